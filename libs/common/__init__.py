@@ -1,0 +1,1 @@
+"""Mechanics every ClientPress service shares: config, logging, db, bus, http app kit."""

@@ -1,0 +1,264 @@
+"""RabbitMQ: one robust connection, the topic exchanges, publishing with confirms and
+consuming into handlers that are idempotent through the inbox.
+
+Names (with ``BUS_PREFIX``): ``<prefix>.events`` (public events), ``<prefix>.mail``
+(private mail jobs), ``<prefix>.dlx`` (dead letters), a quorum queue ``<prefix>.<service>``
+per consuming service and its ``<prefix>.<service>.dead`` dead-letter queue."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aio_pika
+import asyncpg
+import structlog
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustExchange,
+)
+
+from .context import set_correlation_id
+from .db import Conn
+from .events import Envelope, EventData, MalformedEvent, parse_data, parse_envelope
+from .logging import get_logger
+from .metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
+
+log = get_logger(__name__)
+
+ExchangeKind = Literal["events", "mail"]
+Handler = Callable[[Conn, Envelope, EventData], Awaitable[None]]
+
+MAX_DELIVERIES = 5
+
+
+@dataclass(frozen=True)
+class Binding:
+    exchange: ExchangeKind
+    routing_key: str
+
+
+class Bus:
+    def __init__(self, url: str, prefix: str, service: str) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.service = service
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._exchanges: dict[str, AbstractRobustExchange] = {}
+        self._consumer_channels: list[AbstractRobustChannel] = []
+
+    def exchange_name(self, kind: str) -> str:
+        return f"{self.prefix}.{kind}"
+
+    def queue_name(self, service: str | None = None) -> str:
+        return f"{self.prefix}.{service or self.service}"
+
+    async def connect(self) -> None:
+        self._connection = await aio_pika.connect_robust(
+            self.url,
+            client_properties={"connection_name": f"clientpress-{self.service}"},
+            timeout=10,
+        )
+        self._channel = await self._connection.channel(publisher_confirms=True)
+        assert isinstance(self._channel, aio_pika.RobustChannel)
+        for kind in ("events", "mail", "dlx"):
+            exchange = await self._channel.declare_exchange(
+                self.exchange_name(kind),
+                aio_pika.ExchangeType.DIRECT if kind == "dlx" else aio_pika.ExchangeType.TOPIC,
+                durable=True,
+            )
+            assert isinstance(exchange, aio_pika.RobustExchange)
+            self._exchanges[kind] = exchange
+
+    @property
+    def ready(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    async def close(self) -> None:
+        for channel in self._consumer_channels:
+            if not channel.is_closed:
+                await channel.close()
+        if self._connection is not None:
+            await self._connection.close()
+
+    async def publish(
+        self,
+        kind: ExchangeKind,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        correlation_id: str | None,
+        type: str,
+        timestamp: Any = None,
+    ) -> None:
+        """Publish persistently and wait for the broker's confirm."""
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            type=type,
+            app_id=self.service,
+            timestamp=timestamp,
+        )
+        await self._exchanges[kind].publish(message, routing_key=routing_key, timeout=10)
+
+    async def publish_envelope(self, envelope: Envelope, kind: ExchangeKind = "events") -> None:
+        await self.publish(
+            kind,
+            envelope.type,
+            envelope.to_json(),
+            message_id=str(envelope.id),
+            correlation_id=envelope.correlation_id,
+            type=envelope.type,
+            timestamp=envelope.occurred_at,
+        )
+
+    async def declare_queue(
+        self, bindings: Sequence[Binding], *, channel: AbstractRobustChannel | None = None
+    ) -> aio_pika.abc.AbstractRobustQueue:
+        ch = channel or self._channel
+        assert ch is not None
+        dead = await ch.declare_queue(
+            f"{self.queue_name()}.dead", durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dead.bind(self.exchange_name("dlx"), routing_key=self.service)
+        queue = await ch.declare_queue(
+            self.queue_name(),
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": MAX_DELIVERIES,
+                "x-dead-letter-exchange": self.exchange_name("dlx"),
+                "x-dead-letter-routing-key": self.service,
+            },
+        )
+        for binding in bindings:
+            await queue.bind(self.exchange_name(binding.exchange), routing_key=binding.routing_key)
+        assert isinstance(queue, aio_pika.RobustQueue)
+        return queue
+
+    async def consume(
+        self,
+        pool: asyncpg.Pool,
+        bindings: Sequence[Binding],
+        handlers: dict[str, Handler],
+        *,
+        prefetch: int = 32,
+    ) -> Consumer:
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        assert isinstance(channel, aio_pika.RobustChannel)
+        self._consumer_channels.append(channel)
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await self.declare_queue(bindings, channel=channel)
+        consumer = Consumer(pool, handlers)
+        consumer.tag = await queue.consume(consumer.on_message)
+        consumer.queue = queue
+        return consumer
+
+
+class Consumer:
+    """Applies each event once: the inbox row and the effect commit together.
+
+    Unparseable messages are dead-lettered at once; a handler that raises is retried
+    (with a growing pause) until the quorum queue's delivery limit dead-letters it."""
+
+    def __init__(self, pool: asyncpg.Pool, handlers: dict[str, Handler]) -> None:
+        self.pool = pool
+        self.handlers = handlers
+        self.tag: str | None = None
+        self.queue: aio_pika.abc.AbstractRobustQueue | None = None
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking messages and wait for the current ones to finish."""
+        if self.queue is not None and self.tag is not None:
+            try:
+                await self.queue.cancel(self.tag)
+            except Exception:  # the channel may already be gone; nothing left to cancel
+                log.warning("consumer_cancel_failed")
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            log.warning("consumer_stop_timeout", in_flight=self.in_flight)
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            await self._handle(message)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        structlog.contextvars.clear_contextvars()
+        try:
+            envelope = parse_envelope(message.body)
+        except MalformedEvent as exc:
+            await self._dead_letter(message, message.type or "unknown", str(exc))
+            return
+        structlog.contextvars.bind_contextvars(event_type=envelope.type, event_id=str(envelope.id))
+        set_correlation_id(envelope.correlation_id)
+        handler = self.handlers.get(envelope.type)
+        if handler is None:
+            EVENTS_CONSUMED.labels(envelope.type, "ignored").inc()
+            await message.ack()
+            return
+        try:
+            data = parse_data(envelope)
+        except MalformedEvent as exc:
+            await self._dead_letter(message, envelope.type, str(exc))
+            return
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                fresh = await conn.fetchval(
+                    "INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)"
+                    " ON CONFLICT DO NOTHING RETURNING true",
+                    envelope.id,
+                    envelope.type,
+                )
+                if fresh:
+                    await handler(conn, envelope, data)
+        except Exception as exc:
+            deliveries = _delivery_count(message)
+            outcome = "dead_lettered" if deliveries + 1 >= MAX_DELIVERIES else "retry"
+            log.exception(
+                "event_handler_failed",
+                deliveries=deliveries + 1,
+                outcome=outcome,
+                error=type(exc).__name__,
+            )
+            if outcome == "dead_lettered":
+                EVENTS_DEAD_LETTERED.labels(envelope.type, "handler_failed").inc()
+            EVENTS_CONSUMED.labels(envelope.type, "failed").inc()
+            # Pause before handing it back, so a failing dependency isn't hammered.
+            await asyncio.sleep(min(0.2 * 2**deliveries, 5.0))
+            await message.nack(requeue=True)
+            return
+        EVENTS_CONSUMED.labels(envelope.type, "applied" if fresh else "duplicate").inc()
+        if not fresh:
+            log.info("event_duplicate_skipped")
+        await message.ack()
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, type: str, why: str) -> None:
+        log.error("event_malformed_dead_lettered", reason=why, message_id=message.message_id)
+        EVENTS_DEAD_LETTERED.labels(type[:100], "malformed").inc()
+        EVENTS_CONSUMED.labels(type[:100], "malformed").inc()
+        await message.reject(requeue=False)
+
+
+def _delivery_count(message: AbstractIncomingMessage) -> int:
+    value = (message.headers or {}).get("x-delivery-count", 0)
+    return int(value) if isinstance(value, int) else 0

@@ -1,0 +1,37 @@
+"""The correlation id that follows one piece of work through HTTP calls and events."""
+
+from __future__ import annotations
+
+import uuid
+from contextvars import ContextVar
+
+import structlog
+
+correlation_id_var: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+
+CORRELATION_HEADER = "X-Correlation-ID"
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+def current_correlation_id() -> str:
+    value = correlation_id_var.get()
+    if value is None:
+        value = new_id()
+        set_correlation_id(value)
+    return value
+
+
+def set_correlation_id(value: str) -> None:
+    correlation_id_var.set(value)
+    structlog.contextvars.bind_contextvars(correlation_id=value)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def clean_incoming_id(value: str | None) -> str | None:
+    """Accept an id from outside only if it is short and plain, so logs can't be forged."""
+    if value and len(value) <= 64 and all(c.isalnum() or c in "-_." for c in value):
+        return value
+    return None

@@ -1,0 +1,155 @@
+"""asyncpg pools per service schema, and the numbered-SQL migrations runner.
+
+Each service owns one schema. Migrations are ``NNNN_name.sql`` files run in order inside
+one transaction each, recorded in ``<schema>.schema_migrations``; a transaction-level
+advisory lock keyed on the schema makes concurrent starts wait instead of racing."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from .logging import get_logger
+
+log = get_logger(__name__)
+
+# What handlers and repositories take: a plain connection or one borrowed from a pool.
+Conn = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+
+COMMON_MIGRATIONS = Path(__file__).parent / "migrations"
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+
+def _check_schema(schema: str) -> str:
+    if not _SCHEMA.match(schema):
+        raise ValueError(f"bad schema name {schema!r}")
+    return schema
+
+
+async def create_pool(
+    url: str, schema: str, *, min_size: int = 2, max_size: int = 10
+) -> asyncpg.Pool:
+    """A pool whose connections resolve unqualified names in the service's schema.
+
+    ``command_timeout`` bounds every query, so a stalled database turns into an error
+    (and a 503) rather than a hung request."""
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=10,
+        timeout=5,
+        server_settings={"search_path": f"{_check_schema(schema)},public"},
+    )
+    assert pool is not None
+    return pool
+
+
+def load_migrations(*directories: Path) -> list[Migration]:
+    """Common migrations (prefixed ``common_``) first, then the service's own."""
+    found: list[Migration] = []
+    for index, directory in enumerate(directories):
+        prefix = "common_" if directory == COMMON_MIGRATIONS else ""
+        for path in sorted(directory.glob("*.sql")):
+            match = _NAME.match(path.name)
+            if not match:
+                raise ValueError(f"migration {path} is not named NNNN_name.sql")
+            found.append(
+                Migration(
+                    version=f"{index:02d}{prefix}{match.group(1)}",
+                    name=path.name,
+                    sql=path.read_text(),
+                )
+            )
+    return found
+
+
+def _lock_key(schema: str) -> int:
+    return int.from_bytes(
+        hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True
+    )
+
+
+async def migrate(url: str, schema: str, directory: Path) -> list[str]:
+    """Apply pending migrations for one schema; returns the names applied."""
+    _check_schema(schema)
+    await ensure_database(url)
+    migrations = load_migrations(COMMON_MIGRATIONS, directory)
+    applied: list[str] = []
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(schema))
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for migration in migrations:
+                if migration.version in done:
+                    continue
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+                applied.append(migration.name)
+    finally:
+        await conn.close()
+    log.info("migrations_applied", schema=schema, applied=applied)
+    return applied
+
+
+async def ensure_database(url: str) -> None:
+    """Create the database named in ``url`` if it does not exist yet (first run)."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except asyncpg.InvalidCatalogNameError:
+        admin = urlunsplit(parts._replace(path="/postgres"))
+        conn = await asyncpg.connect(admin, timeout=10)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        except asyncpg.DuplicateDatabaseError:
+            pass
+        finally:
+            await conn.close()
+        return
+    await conn.close()
+
+
+def pool_context(
+    url: str, schema: str, *, max_size: int = 10
+) -> Callable[[], AbstractAsyncContextManager[asyncpg.Pool]]:
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def ctx() -> AsyncIterator[asyncpg.Pool]:
+        pool = await create_pool(url, schema, max_size=max_size)
+        try:
+            yield pool
+        finally:
+            await pool.close()
+
+    return ctx

@@ -1,0 +1,141 @@
+"""The transactional outbox: write events with the change, relay them with confirms.
+
+``append`` runs inside the caller's transaction and NOTIFYs the relay (delivered at
+commit). The relay claims rows with ``FOR UPDATE SKIP LOCKED``, so several replicas
+share the work without publishing a row twice at once; a crash between the confirm and
+the commit republishes, and consumers drop the duplicate through their inbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+
+from .bus import Bus, ExchangeKind
+from .db import Conn
+from .events import PRIVATE_TYPES, Envelope
+from .logging import get_logger
+from .metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
+
+log = get_logger(__name__)
+
+
+async def append(conn: Conn, envelope: Envelope) -> None:
+    exchange: ExchangeKind = "mail" if envelope.type in PRIVATE_TYPES else "events"
+    await conn.execute(
+        "INSERT INTO outbox (id, exchange, routing_key, body, correlation_id)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        envelope.id,
+        exchange,
+        envelope.type,
+        envelope.to_json(),
+        envelope.correlation_id,
+    )
+    await conn.execute("SELECT pg_notify('outbox_' || current_schema(), '')")
+
+
+class OutboxRelay:
+    def __init__(
+        self, pool: asyncpg.Pool, bus: Bus, schema: str, dsn: str, *, batch: int = 200
+    ) -> None:
+        self.pool = pool
+        self.dsn = dsn
+        self.bus = bus
+        self.schema = schema
+        self.batch = batch
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._listener: asyncpg.Connection | None = None
+
+    async def flush_once(self) -> int:
+        """Publish one batch; returns how many rows were published."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, exchange, routing_key, body, correlation_id FROM outbox"
+                " WHERE published_at IS NULL ORDER BY created_at LIMIT $1"
+                " FOR UPDATE SKIP LOCKED",
+                self.batch,
+            )
+            if not rows:
+                return 0
+            await asyncio.gather(
+                *(
+                    self.bus.publish(
+                        row["exchange"],
+                        row["routing_key"],
+                        row["body"],
+                        message_id=str(row["id"]),
+                        correlation_id=row["correlation_id"],
+                        type=row["routing_key"],
+                    )
+                    for row in rows
+                )
+            )
+            await conn.execute(
+                "UPDATE outbox SET published_at = now() WHERE id = ANY($1::uuid[])",
+                [row["id"] for row in rows],
+            )
+        for row in rows:
+            EVENTS_PUBLISHED.labels(row["routing_key"]).inc()
+        return len(rows)
+
+    async def backlog(self) -> int:
+        value = await self.pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        return int(value or 0)
+
+    async def run(self) -> None:
+        await self._listen()
+        purge_every, since_purge = 600, 0
+        while not self._stopping:
+            try:
+                published = await self.flush_once()
+                since_purge += 1
+                if since_purge >= purge_every:
+                    since_purge = 0
+                    await self.pool.execute(
+                        "DELETE FROM outbox WHERE published_at < now() - interval '1 hour'"
+                    )
+                    OUTBOX_BACKLOG.set(await self.backlog())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Broker or database away: keep the rows, try again shortly.
+                log.warning("outbox_relay_retry", error=type(exc).__name__, detail=str(exc)[:200])
+                await asyncio.sleep(1.0)
+                await self._listen()
+                continue
+            if published == 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """On shutdown: publish what is already committed, within a bound."""
+        self._stopping = True
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with contextlib.suppress(Exception):
+            while loop.time() < deadline and await self.flush_once():
+                pass
+        await self._unlisten()
+
+    async def _listen(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            self._listener = await asyncpg.connect(self.dsn, timeout=5)
+            await self._listener.add_listener(f"outbox_{self.schema}", self._on_notify)
+        except Exception as exc:
+            log.warning("outbox_listen_failed", error=type(exc).__name__)
+            self._listener = None
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _unlisten(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+        self._listener = None

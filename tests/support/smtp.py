@@ -1,0 +1,74 @@
+"""A real SMTP server for tests: aiosmtpd collecting every message it accepts."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import re
+import time
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+from .env import free_port
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.fail_with: str | None = None  # e.g. "451 try later" or "550 no such user"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.fail_with:
+            return self.fail_with
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        self.messages.append(msg)
+        return "250 OK"
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [m for m in self.messages if address.lower() in str(m["To"]).lower()]
+
+    async def wait_for(
+        self, address: str, count: int = 1, timeout: float = 20.0
+    ) -> list[EmailMessage]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.to(address)
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"expected {count} email(s) to {address}, got {len(self.to(address))}")
+
+
+class SmtpSink:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.sink = Sink()
+        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+def html_part(msg: EmailMessage) -> str:
+    part = msg.get_body(preferencelist=("html",))
+    assert part is not None, "email has no HTML part"
+    return str(part.get_content())
+
+
+def text_part(msg: EmailMessage) -> str:
+    part = msg.get_body(preferencelist=("plain",))
+    assert part is not None, "email has no plain-text part"
+    return str(part.get_content())
+
+
+def accept_link(msg: EmailMessage) -> str:
+    match = re.search(r'href="([^"]*/invitations/accept\?token=[^"]+)"', html_part(msg))
+    assert match, "no Accept Invitation link in the email"
+    return match.group(1).replace("&amp;", "&")

@@ -23,6 +23,8 @@ CONSUMERS = ("portals", "invitations", "mailer", "gateway")
 
 @dataclass(frozen=True)
 class TestEnv:
+    __test__ = False  # not a test class, despite the name
+
     database_url: str
     admin_url: str
     database_name: str

@@ -1,0 +1,158 @@
+"""The outbox relay and the inbox consumer on the real PostgreSQL and RabbitMQ."""
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+import orjson
+import pytest
+
+from libs.common.bus import Binding, Bus
+from libs.common.db import Conn, create_pool, migrate
+from libs.common.events import Envelope, EventData, UserDisabled, make_event
+from libs.common.outbox import OutboxRelay, append
+from tests.support.env import TestEnv
+
+pytestmark = pytest.mark.integration
+
+class ProbePool:
+    """A pool on a throwaway schema that has only the common outbox and inbox tables."""
+
+    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+        self.pool = pool
+        self.schema = schema
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.pool, name)
+
+
+@pytest.fixture
+async def probe_schema(test_env: TestEnv, tmp_path: Path) -> ProbePool:
+    schema = f"probe_{uuid.uuid4().hex[:8]}"
+    await migrate(test_env.database_url, schema, tmp_path)
+    pool = await create_pool(test_env.database_url, schema)
+    yield ProbePool(pool, schema)
+    await pool.close()
+
+
+async def _collect(bus: Bus, channel: aio_pika.abc.AbstractChannel, key: str) -> asyncio.Queue:
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await queue.bind(bus.exchange_name("events"), routing_key=key)
+    got: asyncio.Queue = asyncio.Queue()
+
+    async def on(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async with message.process():
+            await got.put(message)
+
+    await queue.consume(on)
+    return got
+
+
+async def test_relay_publishes_committed_events_with_contract_properties(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    bus = Bus(test_env.amqp_url, test_env.bus_prefix, "probe0")
+    await bus.connect()
+    connection = await aio_pika.connect(test_env.amqp_url)
+    channel = await connection.channel()
+    got = await _collect(bus, channel, "identity.user.disabled")
+    relay = OutboxRelay(probe_schema.pool, bus, probe_schema.schema, test_env.database_url)
+    envelope = make_event("identity.user.disabled", UserDisabled(user_id=uuid.uuid4()),
+                          source="test", correlation_id="corr-1")
+    async with probe_schema.acquire() as conn, conn.transaction():
+        await append(conn, envelope)
+    # A rolled-back change publishes nothing.
+    with pytest.raises(RuntimeError):
+        async with probe_schema.acquire() as conn, conn.transaction():
+            await append(conn, make_event("identity.user.disabled",
+                                          UserDisabled(user_id=uuid.uuid4()), source="test"))
+            raise RuntimeError("rollback")
+    assert await relay.flush_once() == 1
+    assert await relay.flush_once() == 0
+    message = await asyncio.wait_for(got.get(), 10)
+    assert message.message_id == str(envelope.id)
+    assert message.correlation_id == "corr-1"
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert orjson.loads(message.body)["type"] == "identity.user.disabled"
+    assert got.empty()
+    assert await relay.backlog() == 0
+    await connection.close()
+    await bus.close()
+
+
+async def test_relay_keeps_rows_while_broker_is_unreachable(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    bus = Bus(test_env.amqp_url, test_env.bus_prefix, "probe1")
+    await bus.connect()
+    relay = OutboxRelay(probe_schema.pool, bus, probe_schema.schema, test_env.database_url)
+    async with probe_schema.acquire() as conn, conn.transaction():
+        await append(conn, make_event("identity.user.disabled",
+                                      UserDisabled(user_id=uuid.uuid4()), source="test"))
+    await bus.close()  # the broker is "gone" for this relay
+    with pytest.raises(Exception):
+        await relay.flush_once()
+    assert await relay.backlog() == 1
+    bus = Bus(test_env.amqp_url, test_env.bus_prefix, "probe1")
+    await bus.connect()
+    relay.bus = bus
+    assert await relay.flush_once() == 1
+    assert await relay.backlog() == 0
+    await bus.close()
+
+
+async def test_consumer_applies_an_event_once_and_dead_letters_poison(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    await probe_schema.execute("CREATE TABLE effects (user_id uuid NOT NULL)")
+    applied = asyncio.Event()
+
+    async def handler(conn: Conn, envelope: Envelope, data: EventData) -> None:
+        assert isinstance(data, UserDisabled)
+        await conn.execute("INSERT INTO effects VALUES ($1)", data.user_id)
+        applied.set()
+
+    bus = Bus(test_env.amqp_url, test_env.bus_prefix, "probe2")
+    await bus.connect()
+    consumer = await bus.consume(
+        probe_schema.pool, [Binding("events", "identity.user.disabled")],
+        {"identity.user.disabled": handler},
+    )
+    envelope = make_event("identity.user.disabled", UserDisabled(user_id=uuid.uuid4()),
+                          source="test")
+    poison = b"{not json"
+    await bus.publish("events", "identity.user.disabled", poison, message_id="poison",
+                      correlation_id=None, type="identity.user.disabled")
+    for _ in range(2):  # the same event delivered twice
+        await bus.publish_envelope(envelope)
+    await asyncio.wait_for(applied.wait(), 10)
+    for _ in range(50):
+        if consumer.in_flight == 0:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    assert await probe_schema.fetchval("SELECT count(*) FROM effects") == 1
+    connection = await aio_pika.connect(test_env.amqp_url)
+    channel = await connection.channel()
+    dead = await channel.declare_queue(f"{test_env.bus_prefix}.probe2.dead", passive=True)
+    message = await dead.get(timeout=5)
+    assert message is not None and message.body == poison
+    await message.ack()
+    await connection.close()
+    await consumer.stop()
+    await bus.close()
+
+
+async def test_concurrent_migrations_apply_once(test_env: TestEnv, tmp_path: Path) -> None:
+    (tmp_path / "0001_things.sql").write_text("CREATE TABLE things (id int PRIMARY KEY);")
+    (tmp_path / "0002_more.sql").write_text("ALTER TABLE things ADD COLUMN name text;")
+    schema = f"race_{uuid.uuid4().hex[:8]}"
+    results = await asyncio.gather(
+        *(migrate(test_env.database_url, schema, tmp_path) for _ in range(4))
+    )
+    applied = [name for result in results for name in result]
+    assert applied.count("0001_things.sql") == 1
+    assert applied.count("0002_more.sql") == 1
+    assert await migrate(test_env.database_url, schema, tmp_path) == []

@@ -53,7 +53,7 @@ class OutboxRelay:
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT id, exchange, routing_key, body, correlation_id FROM outbox"
-                " WHERE published_at IS NULL ORDER BY created_at LIMIT $1"
+                " WHERE published_at IS NULL ORDER BY seq LIMIT $1"
                 " FOR UPDATE SKIP LOCKED",
                 self.batch,
             )

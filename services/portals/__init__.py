@@ -1,0 +1,1 @@
+"""Portals: portals, their status and content, and who may see them (client + sub-clients)."""

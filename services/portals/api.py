@@ -1,0 +1,229 @@
+"""HTTP views (docs/internal-api.md "portals"): parse with pydantic, call a handler, answer JSON."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from aiohttp import web
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from libs.common.errors import InvalidInput, NotFound
+from libs.common.web import POOL, json_response, parse_query, read_json
+
+from . import handlers
+from .domain import (
+    CONTENT_MAX,
+    SLUG_MAX,
+    SLUG_PATTERN,
+    TITLE_MAX,
+    Portal,
+    Role,
+    Status,
+    decode_cursor,
+    encode_cursor,
+)
+
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX)]
+Slug = Annotated[str, StringConstraints(max_length=SLUG_MAX, pattern=SLUG_PATTERN)]
+Content = Annotated[str, Field(max_length=CONTENT_MAX)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CreatePortal(_Body):
+    title: Title
+    slug: Slug | None = None
+    content: Content = ""
+    # New portals wait as Pending until an admin makes them Active (no content leaks early).
+    status: Status = "pending"
+
+
+class PatchPortal(_Body):
+    title: Title | None = None
+    slug: Slug | None = None
+    content: Content | None = None
+    status: Status | None = None
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> PatchPortal:
+        for name in self.model_fields_set:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} can't be null; leave it out to keep it")
+        return self
+
+
+class ListQuery(_Body):
+    status: Status | None = None
+    q: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+    @field_validator("status", "q", "cursor", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+class SetClient(_Body):
+    user_id: uuid.UUID | None
+
+
+class SetSubClients(_Body):
+    user_ids: list[uuid.UUID] = Field(max_length=1000)
+
+
+class GrantAccess(_Body):
+    user_id: uuid.UUID
+    role: Role | None = None
+    grant_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+
+ContentMode = Literal["full", "omit", "hidden"]
+
+
+def portal_json(portal: Portal, content: ContentMode = "full") -> dict[str, Any]:
+    """``omit`` leaves the content keys out (lists); ``hidden`` nulls them (not active)."""
+    data: dict[str, Any] = {
+        # str(): asyncpg's UUID type is not one orjson serialises.
+        "id": str(portal.id),
+        "title": portal.title,
+        "slug": portal.slug,
+        "content": portal.content,
+        "content_html": portal.content_html,
+        "status": portal.status,
+        "client_id": str(portal.client_id) if portal.client_id else None,
+        "sub_client_ids": [str(u) for u in portal.sub_client_ids],
+        "revision": portal.revision,
+        "created_at": portal.created_at,
+        "updated_at": portal.updated_at,
+    }
+    if content == "omit":
+        del data["content"], data["content_html"]
+    elif content == "hidden":
+        data["content"] = data["content_html"] = None
+    return data
+
+
+def _uuid(request: web.Request, name: str, not_found: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info[name])
+    except ValueError:
+        raise NotFound("Not found.", code=not_found) from None
+
+
+def _portal_id(request: web.Request) -> uuid.UUID:
+    return _uuid(request, "portal_id", "portal_not_found")
+
+
+def _user_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["user_id"])
+    except ValueError:
+        raise InvalidInput("The user id must be a UUID.", code="invalid_user_id") from None
+
+
+async def create_portal(request: web.Request) -> web.Response:
+    body = await read_json(request, CreatePortal)
+    async with request.app[POOL].acquire() as conn:
+        portal = await handlers.create_portal(
+            conn, title=body.title, slug=body.slug, content=body.content, status=body.status
+        )
+    return json_response(portal_json(portal), status=201)
+
+
+async def list_portals(request: web.Request) -> web.Response:
+    query = parse_query(request, ListQuery)
+    after = decode_cursor(query.cursor) if query.cursor else None
+    async with request.app[POOL].acquire() as conn:
+        items, more = await handlers.list_portals(
+            conn, status=query.status, q=query.q, limit=query.limit, after=after
+        )
+    next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if more else None
+    return json_response({"items": [portal_json(p) for p in items], "next_cursor": next_cursor})
+
+
+async def get_portal(request: web.Request) -> web.Response:
+    async with request.app[POOL].acquire() as conn:
+        portal = await handlers.get_portal(conn, _portal_id(request))
+    return json_response(portal_json(portal))
+
+
+async def get_portal_by_slug(request: web.Request) -> web.Response:
+    async with request.app[POOL].acquire() as conn:
+        portal = await handlers.get_portal_by_slug(conn, request.match_info["slug"])
+    return json_response(portal_json(portal))
+
+
+async def patch_portal(request: web.Request) -> web.Response:
+    portal_id = _portal_id(request)
+    body = await read_json(request, PatchPortal)
+    changes = body.model_dump(include=body.model_fields_set)
+    async with request.app[POOL].acquire() as conn:
+        portal = await handlers.update_portal(conn, portal_id, changes)
+    return json_response(portal_json(portal))
+
+
+async def put_client(request: web.Request) -> web.Response:
+    portal_id = _portal_id(request)
+    body = await read_json(request, SetClient)
+    async with request.app[POOL].acquire() as conn:
+        portal = await handlers.set_client(conn, portal_id, body.user_id)
+    return json_response(portal_json(portal))
+
+
+async def put_sub_clients(request: web.Request) -> web.Response:
+    portal_id = _portal_id(request)
+    body = await read_json(request, SetSubClients)
+    async with request.app[POOL].acquire() as conn:
+        portal = await handlers.set_sub_clients(conn, portal_id, body.user_ids)
+    return json_response(portal_json(portal))
+
+
+async def post_access(request: web.Request) -> web.Response:
+    portal_id = _portal_id(request)
+    body = await read_json(request, GrantAccess)
+    async with request.app[POOL].acquire() as conn:
+        portal, role = await handlers.grant_access(
+            conn, portal_id, body.user_id, body.role, body.grant_key
+        )
+    return json_response({"portal": portal_json(portal), "role": role})
+
+
+async def list_user_portals(request: web.Request) -> web.Response:
+    user_id = _user_id(request)
+    async with request.app[POOL].acquire() as conn:
+        found = await handlers.user_portals(conn, user_id)
+    items = [{**portal_json(p, "omit"), "role": role} for p, role in found]
+    return json_response({"items": items})
+
+
+async def get_user_portal(request: web.Request) -> web.Response:
+    user_id = _user_id(request)
+    async with request.app[POOL].acquire() as conn:
+        portal, role = await handlers.user_portal(conn, user_id, request.match_info["slug"])
+    mode: ContentMode = "full" if portal.status == "active" else "hidden"
+    return json_response({**portal_json(portal, mode), "role": role})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/portals", create_portal)
+    r.add_get("/portals", list_portals)
+    r.add_get("/portals/by-slug/{slug}", get_portal_by_slug)
+    r.add_get("/portals/{portal_id}", get_portal)
+    r.add_patch("/portals/{portal_id}", patch_portal)
+    r.add_put("/portals/{portal_id}/client", put_client)
+    r.add_put("/portals/{portal_id}/sub-clients", put_sub_clients)
+    r.add_post("/portals/{portal_id}/access", post_access)
+    r.add_get("/users/{user_id}/portals", list_user_portals)
+    r.add_get("/users/{user_id}/portals/{slug}", get_user_portal)

@@ -1,0 +1,30 @@
+"""Composition root: ``create_app(settings)`` wires the pool, the bus (relay + consumer)
+and the routes. Nothing is built at import time."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from libs.common.web import add_bus, add_database, base_app
+
+from . import api, consumer
+from .settings import PortalsSettings
+
+SERVICE = "portals"
+SCHEMA = "portals"
+
+
+def create_app(settings: PortalsSettings) -> web.Application:
+    # Content may be 100 000 characters of up to 4 bytes each, plus JSON escaping.
+    app = base_app(SERVICE, client_max_size=1024 * 1024)
+    add_database(app, settings, SCHEMA)
+    add_bus(
+        app,
+        settings,
+        SERVICE,
+        schema=SCHEMA,
+        bindings=consumer.BINDINGS,
+        handlers=consumer.HANDLERS,
+    )
+    api.add_routes(app)
+    return app

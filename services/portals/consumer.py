@@ -1,0 +1,46 @@
+"""Events from other services, translated into portal commands at the edge."""
+
+from __future__ import annotations
+
+from libs.common.bus import Binding, Handler
+from libs.common.db import Conn
+from libs.common.errors import NotFound
+from libs.common.events import Envelope, EventData, InvitationAccepted, UserDisabled
+from libs.common.logging import get_logger
+
+from . import handlers
+from .domain import role_for_invitation
+
+log = get_logger(__name__)
+
+BINDINGS = [
+    Binding("events", "invitation.accepted"),
+    Binding("events", "identity.user.disabled"),
+]
+
+
+async def on_invitation_accepted(conn: Conn, envelope: Envelope, data: EventData) -> None:
+    """Grant under the invitation id: harmless when the accept saga already granted."""
+    assert isinstance(data, InvitationAccepted)
+    try:
+        await handlers.grant_access(
+            conn,
+            data.portal_id,
+            data.user_id,
+            role_for_invitation(data.sub_client),
+            str(data.invitation_id),
+        )
+    except NotFound:
+        # Retrying can't make the portal appear; record the event and move on.
+        log.warning("invitation_portal_missing", portal_id=str(data.portal_id))
+
+
+async def on_user_disabled(conn: Conn, envelope: Envelope, data: EventData) -> None:
+    assert isinstance(data, UserDisabled)
+    await handlers.remove_user(conn, data.user_id)
+
+
+HANDLERS: dict[str, Handler] = {
+    "invitation.accepted": on_invitation_accepted,
+    "identity.user.disabled": on_user_disabled,
+}

@@ -1,0 +1,144 @@
+"""Portal rules: slugs, Markdown rendering and sanitising, who becomes the primary client,
+and list cursors. Pure: no I/O."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import nh3
+import orjson
+from markdown_it import MarkdownIt
+
+from libs.common.errors import InvalidInput
+
+Status = Literal["active", "pending", "archived"]
+Role = Literal["client", "sub_client"]
+
+SLUG_MAX = 80
+TITLE_MAX = 200
+CONTENT_MAX = 100_000
+SLUG_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+_SLUG_RE = re.compile(SLUG_PATTERN)
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class Portal:
+    id: uuid.UUID
+    title: str
+    slug: str
+    content: str
+    content_html: str
+    status: Status
+    client_id: uuid.UUID | None
+    sub_client_ids: tuple[uuid.UUID, ...]
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- slugs ----------------------------------------------------------------------------
+def slugify(title: str) -> str:
+    """Lower-case ASCII words joined by '-': accents are folded (NFKD), the rest dropped."""
+    folded = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode("ascii")
+    slug = _NON_ALNUM.sub("-", folded.lower()).strip("-")
+    slug = slug[:SLUG_MAX].rstrip("-")
+    return slug or "portal"
+
+
+def slug_candidate(base: str, n: int) -> str:
+    """The n-th choice for a generated slug: base, base-2, base-3…, always ≤ SLUG_MAX."""
+    if n <= 1:
+        return base
+    suffix = f"-{n}"
+    return base[: SLUG_MAX - len(suffix)].rstrip("-") + suffix
+
+
+def first_free_slug(candidates: list[str], taken: set[str]) -> str | None:
+    return next((slug for slug in candidates if slug not in taken), None)
+
+
+def is_valid_slug(slug: str) -> bool:
+    return len(slug) <= SLUG_MAX and _SLUG_RE.match(slug) is not None
+
+
+# --- content --------------------------------------------------------------------------
+# Raw HTML in Markdown is off, and whatever the renderer emits is sanitised again, so a
+# portal's content can't carry script, event handlers or javascript: links.
+_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False})
+
+_TAGS = {
+    "a", "abbr", "b", "blockquote", "br", "code", "del", "em", "h1", "h2", "h3", "h4",
+    "h5", "h6", "hr", "i", "img", "li", "ol", "p", "pre", "s", "strong", "sub", "sup",
+    "table", "tbody", "td", "th", "thead", "tr", "ul",
+}  # fmt: skip
+_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "img": {"src", "alt", "title"},
+    "ol": {"start"},
+    "code": {"class"},
+    "th": {"align"},
+    "td": {"align"},
+}
+
+
+def render_content(markdown: str) -> str:
+    return sanitise_html(_markdown.render(markdown))
+
+
+def sanitise_html(html: str) -> str:
+    return str(
+        nh3.clean(
+            html,
+            tags=_TAGS,
+            attributes=_ATTRIBUTES,
+            url_schemes={"http", "https", "mailto"},
+            link_rel="noopener noreferrer",
+            strip_comments=True,
+        )
+    )
+
+
+# --- access ---------------------------------------------------------------------------
+def resolve_role(requested: Role | None, existing: Role | None, has_other_client: bool) -> Role:
+    """The role a grant ends with.
+
+    A grant never demotes: the primary client stays client. ``None`` (auto) keeps an
+    existing role, else makes a primary client when the portal has none. An explicit
+    ``client`` while someone else is the client becomes ``sub_client``: the person still
+    gets in, and replacing the primary client stays an explicit admin action."""
+    if existing == "client":
+        return "client"
+    if requested == "sub_client":
+        return "sub_client"
+    if requested is None and existing == "sub_client":
+        return "sub_client"
+    return "sub_client" if has_other_client else "client"
+
+
+def role_for_invitation(sub_client: bool | None) -> Role | None:
+    if sub_client is None:
+        return None
+    return "sub_client" if sub_client else "client"
+
+
+# --- list cursors ---------------------------------------------------------------------
+def encode_cursor(created_at: datetime, portal_id: uuid.UUID) -> str:
+    raw = orjson.dumps([created_at.isoformat(), str(portal_id)])
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, portal_id = orjson.loads(raw)
+        return datetime.fromisoformat(created), uuid.UUID(portal_id)
+    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+        raise InvalidInput("The cursor is not valid.", code="invalid_cursor") from None

@@ -1,0 +1,292 @@
+"""Use cases: each runs in one transaction and writes its events to the outbox with the
+change. Access changes to a portal lock its row first, so they apply one at a time."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from libs.common.db import Conn
+from libs.common.errors import Conflict, NotFound
+from libs.common.events import PortalAccessChanged, PortalChanged, make_event
+from libs.common.logging import get_logger
+from libs.common.outbox import append
+
+from . import repository as repo
+from .domain import (
+    Portal,
+    Role,
+    Status,
+    first_free_slug,
+    render_content,
+    resolve_role,
+    slug_candidate,
+    slugify,
+)
+
+log = get_logger(__name__)
+
+SOURCE = "portals"
+_SLUG_CONSTRAINT = "portals_slug_key"
+_SLUG_ATTEMPTS = 20
+_SLUG_BATCH = 50
+
+
+def _not_found() -> NotFound:
+    return NotFound("No such portal.", code="portal_not_found")
+
+
+def _slug_taken(slug: str) -> Conflict:
+    return Conflict(f"The slug '{slug}' is already used by another portal.", code="slug_taken")
+
+
+def _is_slug_clash(exc: asyncpg.UniqueViolationError) -> bool:
+    return exc.constraint_name == _SLUG_CONSTRAINT
+
+
+async def _announce(conn: Conn, event_type: str, portal: Portal) -> None:
+    data = PortalChanged(
+        portal_id=portal.id,
+        slug=portal.slug,
+        title=portal.title,
+        status=portal.status,
+        revision=portal.revision,
+    )
+    await append(conn, make_event(event_type, data, source=SOURCE))
+
+
+async def _access_changed(
+    conn: Conn, granted: bool, portal_id: uuid.UUID, user_id: uuid.UUID, role: Role
+) -> None:
+    event_type = "portal.access.granted" if granted else "portal.access.revoked"
+    data = PortalAccessChanged(portal_id=portal_id, user_id=user_id, role=role)
+    await append(conn, make_event(event_type, data, source=SOURCE))
+
+
+async def _load(conn: Conn, portal_id: uuid.UUID) -> Portal:
+    portal = await repo.get(conn, portal_id)
+    if portal is None:
+        raise _not_found()
+    return portal
+
+
+# --- portals --------------------------------------------------------------------------
+async def create_portal(
+    conn: Conn, *, title: str, slug: str | None, content: str, status: Status
+) -> Portal:
+    portal_id = uuid.uuid4()
+    html = render_content(content)
+    async with conn.transaction():
+        if slug is not None:
+            try:
+                async with conn.transaction():
+                    await repo.insert(
+                        conn,
+                        portal_id=portal_id,
+                        title=title,
+                        slug=slug,
+                        content=content,
+                        content_html=html,
+                        status=status,
+                    )
+            except asyncpg.UniqueViolationError as exc:
+                if _is_slug_clash(exc):
+                    raise _slug_taken(slug) from None
+                raise
+        else:
+            await _insert_with_generated_slug(conn, portal_id, title, content, html, status)
+        portal = await _load(conn, portal_id)
+        await _announce(conn, "portal.created", portal)
+    log.info("portal_created", portal_id=str(portal.id), slug=portal.slug)
+    return portal
+
+
+async def _insert_with_generated_slug(
+    conn: Conn, portal_id: uuid.UUID, title: str, content: str, html: str, status: Status
+) -> None:
+    """base, base-2, base-3…; a concurrent create may take the same choice first, so a
+    clash just moves on to the next free one."""
+    base = slugify(title)
+    start = 1
+    for _ in range(_SLUG_ATTEMPTS):
+        candidates = [slug_candidate(base, n) for n in range(start, start + _SLUG_BATCH)]
+        slug = first_free_slug(candidates, await repo.taken_slugs(conn, candidates))
+        if slug is None:
+            start += _SLUG_BATCH
+            continue
+        try:
+            async with conn.transaction():
+                await repo.insert(
+                    conn,
+                    portal_id=portal_id,
+                    title=title,
+                    slug=slug,
+                    content=content,
+                    content_html=html,
+                    status=status,
+                )
+            return
+        except asyncpg.UniqueViolationError as exc:
+            if not _is_slug_clash(exc):
+                raise
+    raise Conflict("Could not find a free slug; please choose one.", code="slug_taken")
+
+
+async def update_portal(conn: Conn, portal_id: uuid.UUID, changes: dict[str, Any]) -> Portal:
+    """``changes`` holds only the fields the caller sent (title, slug, content, status).
+    Nothing actually different → no new revision and no event."""
+    async with conn.transaction():
+        if not await repo.lock(conn, portal_id):
+            raise _not_found()
+        current = await _load(conn, portal_id)
+        diff = {k: v for k, v in changes.items() if getattr(current, k) != v}
+        if not diff:
+            return current
+        if "content" in diff:
+            diff["content_html"] = render_content(diff["content"])
+        try:
+            async with conn.transaction():
+                await repo.update(conn, portal_id, diff)
+        except asyncpg.UniqueViolationError as exc:
+            if _is_slug_clash(exc):
+                raise _slug_taken(str(diff["slug"])) from None
+            raise
+        portal = await _load(conn, portal_id)
+        await _announce(conn, "portal.updated", portal)
+    log.info("portal_updated", portal_id=str(portal_id), fields=sorted(changes))
+    return portal
+
+
+# --- access ---------------------------------------------------------------------------
+async def set_client(conn: Conn, portal_id: uuid.UUID, user_id: uuid.UUID | None) -> Portal:
+    """Make ``user_id`` the primary client (a sub-client is promoted); the previous
+    client loses access. ``None`` removes the primary client."""
+    async with conn.transaction():
+        if not await repo.lock(conn, portal_id):
+            raise _not_found()
+        current = await repo.client_of(conn, portal_id)
+        if current != user_id:
+            if current is not None:
+                for old, role in await repo.delete_access(conn, portal_id, [current]):
+                    await _access_changed(conn, False, portal_id, old, role)
+            if user_id is not None:
+                await repo.put_access(conn, portal_id, user_id, "client", None)
+                await _access_changed(conn, True, portal_id, user_id, "client")
+        return await _load(conn, portal_id)
+
+
+async def set_sub_clients(conn: Conn, portal_id: uuid.UUID, user_ids: list[uuid.UUID]) -> Portal:
+    """Replace the set of sub-clients. The primary client can't also be a sub-client."""
+    wanted = list(dict.fromkeys(user_ids))
+    async with conn.transaction():
+        if not await repo.lock(conn, portal_id):
+            raise _not_found()
+        client = await repo.client_of(conn, portal_id)
+        if client is not None and client in wanted:
+            raise Conflict(
+                "That user is the portal's primary client; a user can't be both the client "
+                "and a sub-client. Change the Client first.",
+                code="user_is_client",
+            )
+        current = set(await repo.sub_clients_of(conn, portal_id))
+        gone = [u for u in current if u not in set(wanted)]
+        for old, role in await repo.delete_access(conn, portal_id, gone):
+            await _access_changed(conn, False, portal_id, old, role)
+        for user_id in wanted:
+            if user_id not in current:
+                await repo.put_access(conn, portal_id, user_id, "sub_client", None)
+                await _access_changed(conn, True, portal_id, user_id, "sub_client")
+        return await _load(conn, portal_id)
+
+
+async def grant_access(
+    conn: Conn,
+    portal_id: uuid.UUID,
+    user_id: uuid.UUID,
+    requested: Role | None,
+    grant_key: str | None,
+) -> tuple[Portal, Role]:
+    """Give a user access; idempotent under ``grant_key`` (an invitation id). The portal
+    row lock serialises concurrent grants, and the one-client index backs it up."""
+    async with conn.transaction():
+        if not await repo.lock(conn, portal_id):
+            raise _not_found()
+        if grant_key is not None:
+            applied = await repo.applied_grant(conn, grant_key)
+            if applied is not None:
+                if applied["portal_id"] != portal_id or applied["user_id"] != user_id:
+                    raise Conflict(
+                        "This grant key was already used for another portal or user.",
+                        code="grant_key_conflict",
+                    )
+                role = await repo.role_of(conn, portal_id, user_id) or applied["role"]
+                return await _load(conn, portal_id), role
+        existing = await repo.role_of(conn, portal_id, user_id)
+        client = await repo.client_of(conn, portal_id)
+        role = resolve_role(requested, existing, client is not None and client != user_id)
+        if role != existing:
+            await repo.put_access(conn, portal_id, user_id, role, grant_key)
+            await _access_changed(conn, True, portal_id, user_id, role)
+        if grant_key is not None:
+            try:
+                async with conn.transaction():
+                    await repo.record_grant(conn, grant_key, portal_id, user_id, role)
+            except asyncpg.UniqueViolationError:
+                # The same key, used at once for another portal (ours is locked).
+                raise Conflict(
+                    "This grant key was already used for another portal or user.",
+                    code="grant_key_conflict",
+                ) from None
+        portal = await _load(conn, portal_id)
+    log.info("portal_access_granted", portal_id=str(portal_id), user_id=str(user_id), role=role)
+    return portal, role
+
+
+async def remove_user(conn: Conn, user_id: uuid.UUID) -> int:
+    """Take the user off every portal (the account was disabled)."""
+    async with conn.transaction():
+        removed = await repo.delete_user_access(conn, user_id)
+        for portal_id, role in removed:
+            await _access_changed(conn, False, portal_id, user_id, role)
+    log.info("user_access_removed", user_id=str(user_id), portals=len(removed))
+    return len(removed)
+
+
+# --- reads ----------------------------------------------------------------------------
+async def get_portal(conn: Conn, portal_id: uuid.UUID) -> Portal:
+    return await _load(conn, portal_id)
+
+
+async def get_portal_by_slug(conn: Conn, slug: str) -> Portal:
+    portal = await repo.get_by_slug(conn, slug)
+    if portal is None:
+        raise _not_found()
+    return portal
+
+
+async def list_portals(
+    conn: Conn,
+    *,
+    status: Status | None,
+    q: str | None,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> tuple[list[Portal], bool]:
+    """One page, newest first, and whether more follow."""
+    rows = await repo.page(conn, status=status, q=q or None, limit=limit + 1, after=after)
+    return rows[:limit], len(rows) > limit
+
+
+async def user_portals(conn: Conn, user_id: uuid.UUID) -> list[tuple[Portal, Role]]:
+    return await repo.user_portals(conn, user_id)
+
+
+async def user_portal(conn: Conn, user_id: uuid.UUID, slug: str) -> tuple[Portal, Role]:
+    """Not found and no access look the same (404), so portal names don't leak."""
+    found = await repo.user_portal(conn, user_id, slug)
+    if found is None:
+        raise _not_found()
+    return found

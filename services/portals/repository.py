@@ -1,0 +1,230 @@
+"""SQL against the ``portals`` schema.
+
+Users are referenced by id only: portals does not check them against identity. The gateway
+validates that a user exists before it calls us, and an event (invitation.accepted) names
+a user identity has just created, so a user may be known here before or without any call
+to identity. A disabled user is removed through ``identity.user.disabled``."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, cast
+
+import asyncpg
+
+from libs.common.db import Conn
+
+from .domain import Portal, Role, Status
+
+_PORTAL_COLUMNS = """
+    p.id, p.title, p.slug, p.content, p.content_html, p.status, p.revision,
+    p.created_at, p.updated_at,
+    (SELECT a.user_id FROM access a WHERE a.portal_id = p.id AND a.role = 'client')
+        AS client_id,
+    ARRAY(SELECT a.user_id FROM access a WHERE a.portal_id = p.id AND a.role = 'sub_client'
+          ORDER BY a.granted_at, a.user_id) AS sub_client_ids
+"""
+
+
+def _portal(row: asyncpg.Record) -> Portal:
+    return Portal(
+        id=row["id"],
+        title=row["title"],
+        slug=row["slug"],
+        content=row["content"],
+        content_html=row["content_html"],
+        status=row["status"],
+        client_id=row["client_id"],
+        sub_client_ids=tuple(row["sub_client_ids"]),
+        revision=row["revision"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+# --- portals --------------------------------------------------------------------------
+async def get(conn: Conn, portal_id: uuid.UUID) -> Portal | None:
+    row = await conn.fetchrow(f"SELECT {_PORTAL_COLUMNS} FROM portals p WHERE p.id = $1", portal_id)
+    return _portal(row) if row else None
+
+
+async def get_by_slug(conn: Conn, slug: str) -> Portal | None:
+    row = await conn.fetchrow(f"SELECT {_PORTAL_COLUMNS} FROM portals p WHERE p.slug = $1", slug)
+    return _portal(row) if row else None
+
+
+async def lock(conn: Conn, portal_id: uuid.UUID) -> bool:
+    """Lock the portal row until the transaction ends: access changes to one portal run
+    one at a time (FK checks from other portals' inserts are not blocked)."""
+    found = await conn.fetchval(
+        "SELECT true FROM portals WHERE id = $1 FOR NO KEY UPDATE", portal_id
+    )
+    return bool(found)
+
+
+async def taken_slugs(conn: Conn, candidates: list[str]) -> set[str]:
+    rows = await conn.fetch("SELECT slug FROM portals WHERE slug = ANY($1::text[])", candidates)
+    return {r["slug"] for r in rows}
+
+
+async def insert(
+    conn: Conn,
+    *,
+    portal_id: uuid.UUID,
+    title: str,
+    slug: str,
+    content: str,
+    content_html: str,
+    status: Status,
+) -> None:
+    """Raises asyncpg.UniqueViolationError when the slug is taken."""
+    await conn.execute(
+        "INSERT INTO portals (id, title, slug, content, content_html, status)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        portal_id,
+        title,
+        slug,
+        content,
+        content_html,
+        status,
+    )
+
+
+async def update(conn: Conn, portal_id: uuid.UUID, changes: dict[str, Any]) -> None:
+    """Apply the given columns and bump the revision. Raises UniqueViolationError on slug."""
+    allowed = {"title", "slug", "content", "content_html", "status"}
+    assert changes and set(changes) <= allowed
+    names = sorted(changes)
+    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
+    await conn.execute(
+        f"UPDATE portals SET {sets}, revision = revision + 1, updated_at = now() WHERE id = $1",
+        portal_id,
+        *(changes[name] for name in names),
+    )
+
+
+async def page(
+    conn: Conn,
+    *,
+    status: Status | None,
+    q: str | None,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> list[Portal]:
+    """Newest first; fetches ``limit`` rows after the cursor position."""
+    where: list[str] = []
+    args: list[Any] = []
+    if status is not None:
+        args.append(status)
+        where.append(f"p.status = ${len(args)}")
+    if q:
+        args.append("%" + _escape_like(q) + "%")
+        where.append(f"p.title ILIKE ${len(args)}")
+    if after is not None:
+        args.extend(after)
+        where.append(f"(p.created_at, p.id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit)
+    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    rows = await conn.fetch(
+        f"SELECT {_PORTAL_COLUMNS} FROM portals p {clause}"
+        f" ORDER BY p.created_at DESC, p.id DESC LIMIT ${len(args)}",
+        *args,
+    )
+    return [_portal(r) for r in rows]
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# --- access ---------------------------------------------------------------------------
+async def role_of(conn: Conn, portal_id: uuid.UUID, user_id: uuid.UUID) -> Role | None:
+    role = await conn.fetchval(
+        "SELECT role FROM access WHERE portal_id = $1 AND user_id = $2", portal_id, user_id
+    )
+    return cast(Role | None, role)
+
+
+async def client_of(conn: Conn, portal_id: uuid.UUID) -> uuid.UUID | None:
+    value = await conn.fetchval(
+        "SELECT user_id FROM access WHERE portal_id = $1 AND role = 'client'", portal_id
+    )
+    return cast(uuid.UUID | None, value)
+
+
+async def sub_clients_of(conn: Conn, portal_id: uuid.UUID) -> list[uuid.UUID]:
+    rows = await conn.fetch(
+        "SELECT user_id FROM access WHERE portal_id = $1 AND role = 'sub_client'", portal_id
+    )
+    return [r["user_id"] for r in rows]
+
+
+async def put_access(
+    conn: Conn, portal_id: uuid.UUID, user_id: uuid.UUID, role: Role, grant_key: str | None
+) -> None:
+    """Insert or change a user's role; the partial unique index refuses a second client."""
+    await conn.execute(
+        "INSERT INTO access (portal_id, user_id, role, grant_key) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (portal_id, user_id) DO UPDATE SET role = EXCLUDED.role",
+        portal_id,
+        user_id,
+        role,
+        grant_key,
+    )
+
+
+async def delete_access(
+    conn: Conn, portal_id: uuid.UUID, user_ids: list[uuid.UUID]
+) -> list[tuple[uuid.UUID, Role]]:
+    rows = await conn.fetch(
+        "DELETE FROM access WHERE portal_id = $1 AND user_id = ANY($2::uuid[])"
+        " RETURNING user_id, role",
+        portal_id,
+        user_ids,
+    )
+    return [(r["user_id"], r["role"]) for r in rows]
+
+
+async def delete_user_access(conn: Conn, user_id: uuid.UUID) -> list[tuple[uuid.UUID, Role]]:
+    rows = await conn.fetch(
+        "DELETE FROM access WHERE user_id = $1 RETURNING portal_id, role", user_id
+    )
+    return [(r["portal_id"], r["role"]) for r in rows]
+
+
+async def applied_grant(conn: Conn, grant_key: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT portal_id, user_id, role FROM applied_grants WHERE grant_key = $1", grant_key
+    )
+
+
+async def record_grant(
+    conn: Conn, grant_key: str, portal_id: uuid.UUID, user_id: uuid.UUID, role: Role
+) -> None:
+    await conn.execute(
+        "INSERT INTO applied_grants (grant_key, portal_id, user_id, role) VALUES ($1, $2, $3, $4)",
+        grant_key,
+        portal_id,
+        user_id,
+        role,
+    )
+
+
+async def user_portals(conn: Conn, user_id: uuid.UUID) -> list[tuple[Portal, Role]]:
+    rows = await conn.fetch(
+        f"SELECT {_PORTAL_COLUMNS}, x.role AS access_role FROM access x"
+        " JOIN portals p ON p.id = x.portal_id WHERE x.user_id = $1 ORDER BY p.title, p.id",
+        user_id,
+    )
+    return [(_portal(r), r["access_role"]) for r in rows]
+
+
+async def user_portal(conn: Conn, user_id: uuid.UUID, slug: str) -> tuple[Portal, Role] | None:
+    row = await conn.fetchrow(
+        f"SELECT {_PORTAL_COLUMNS}, x.role AS access_role FROM access x"
+        " JOIN portals p ON p.id = x.portal_id WHERE x.user_id = $1 AND p.slug = $2",
+        user_id,
+        slug,
+    )
+    return (_portal(row), row["access_role"]) if row else None

@@ -1,0 +1,182 @@
+"""Pure portal rules: slugs, content sanitising, role resolution, cursors."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+
+import pytest
+
+from libs.common.errors import InvalidInput
+from services.portals.domain import (
+    SLUG_MAX,
+    decode_cursor,
+    encode_cursor,
+    first_free_slug,
+    is_valid_slug,
+    render_content,
+    resolve_role,
+    role_for_invitation,
+    sanitise_html,
+    slug_candidate,
+    slugify,
+)
+
+
+@pytest.mark.parametrize(
+    ("title", "slug"),
+    [
+        ("Acme Website Redesign", "acme-website-redesign"),
+        ("  Café Ünïcode — Phase #2!  ", "cafe-unicode-phase-2"),
+        ("ﬁnance ①", "finance-1"),
+        ("日本語", "portal"),
+        ("---", "portal"),
+        ("Hello   World", "hello-world"),
+    ],
+)
+def test_slugify(title: str, slug: str) -> None:
+    assert slugify(title) == slug
+    assert is_valid_slug(slug)
+
+
+def test_slugify_is_bounded_and_never_ends_with_a_dash() -> None:
+    slug = slugify("word " * 40)
+    assert len(slug) <= SLUG_MAX
+    assert is_valid_slug(slug)
+
+
+def test_slug_candidates_stay_within_the_limit() -> None:
+    base = slugify("a" * 200)
+    assert slug_candidate(base, 1) == base
+    second = slug_candidate(base, 2)
+    assert second.endswith("-2") and len(second) <= SLUG_MAX and is_valid_slug(second)
+    assert slug_candidate("acme", 3) == "acme-3"
+
+
+def test_first_free_slug() -> None:
+    candidates = [slug_candidate("acme", n) for n in range(1, 5)]
+    assert first_free_slug(candidates, set()) == "acme"
+    assert first_free_slug(candidates, {"acme", "acme-2"}) == "acme-3"
+    assert first_free_slug(candidates, set(candidates)) is None
+
+
+@pytest.mark.parametrize("slug", ["", "A", "a--b", "-a", "a-", "a_b", "a b", "é", "a" * 81])
+def test_invalid_slugs(slug: str) -> None:
+    assert not is_valid_slug(slug)
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def _tags(html: str) -> list[tuple[str, dict[str, str | None]]]:
+    parser = _Tags()
+    parser.feed(html)
+    return parser.tags
+
+
+def _assert_safe(html: str) -> None:
+    for tag, attrs in _tags(html):
+        assert tag not in {"script", "iframe", "object", "embed", "style", "svg"}
+        for name, value in attrs.items():
+            assert not name.startswith("on"), (tag, name)
+            assert not (value or "").strip().lower().startswith(("javascript:", "data:"))
+
+
+EVIL_MARKDOWN = [
+    "<script>alert(1)</script>",
+    "[click](javascript:alert(1))",
+    "[click](JaVaScRiPt:alert(1))",
+    "![x](javascript:alert(1))",
+    '<img src="x" onerror="alert(1)">',
+    '<a href="javascript:alert(1)">x</a>',
+    "[x](data:text/html;base64,PHNjcmlwdD4=)",
+    '<div onclick="x()">hi</div>',
+    "<iframe src='https://evil.example'></iframe>",
+]
+
+
+@pytest.mark.parametrize("markdown", EVIL_MARKDOWN)
+def test_markdown_never_renders_script_handlers_or_javascript_links(markdown: str) -> None:
+    html = render_content(markdown)
+    _assert_safe(html)
+    assert "<script" not in html
+
+
+EVIL_HTML = [
+    "<p>ok</p><script>alert(1)</script>",
+    '<img src="x.png" onerror="alert(1)">',
+    '<a href="javascript:alert(1)">x</a>',
+    '<a href=" JAVASCRIPT:alert(1)">x</a>',
+    '<p onmouseover="x()" style="position:fixed">hi</p>',
+    "<svg><script>alert(1)</script></svg>",
+]
+
+
+@pytest.mark.parametrize("html", EVIL_HTML)
+def test_sanitiser_strips_what_the_renderer_might_let_through(html: str) -> None:
+    clean = sanitise_html(html)
+    _assert_safe(clean)
+    assert "<script" not in clean
+    assert "onerror" not in clean and "onmouseover" not in clean
+
+
+def test_markdown_renders_common_formatting_and_safe_links() -> None:
+    html = render_content(
+        "# Welcome\n\nSee **the plan** and `code` at [our site](https://example.com).\n\n"
+        "- one\n- two\n\n![logo](https://example.com/logo.png)"
+    )
+    assert "<h1>Welcome</h1>" in html
+    assert "<strong>the plan</strong>" in html
+    assert "<code>code</code>" in html
+    assert '<a href="https://example.com" rel="noopener noreferrer">our site</a>' in html
+    assert "<li>one</li>" in html
+    assert '<img src="https://example.com/logo.png" alt="logo">' in html
+
+
+def test_bare_urls_are_not_linkified() -> None:
+    assert "<a" not in render_content("visit https://example.com today")
+
+
+@pytest.mark.parametrize(
+    ("requested", "existing", "other_client", "expected"),
+    [
+        (None, None, False, "client"),
+        (None, None, True, "sub_client"),
+        ("client", None, False, "client"),
+        ("client", None, True, "sub_client"),
+        ("sub_client", None, False, "sub_client"),
+        (None, "sub_client", False, "sub_client"),
+        ("client", "sub_client", False, "client"),
+        ("client", "sub_client", True, "sub_client"),
+        ("sub_client", "client", False, "client"),
+        (None, "client", False, "client"),
+    ],
+)
+def test_resolve_role(requested, existing, other_client, expected) -> None:  # type: ignore[no-untyped-def]
+    assert resolve_role(requested, existing, other_client) == expected
+
+
+def test_role_for_invitation() -> None:
+    assert role_for_invitation(True) == "sub_client"
+    assert role_for_invitation(False) == "client"
+    assert role_for_invitation(None) is None
+
+
+def test_cursor_round_trip() -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    pid = uuid.uuid4()
+    assert decode_cursor(encode_cursor(when, pid)) == (when, pid)
+
+
+@pytest.mark.parametrize("cursor", ["", "!!!", "bm90IGpzb24", "WzFd", "éé"])
+def test_bad_cursor_is_invalid_input(cursor: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        decode_cursor(cursor)
+    assert err.value.code == "invalid_cursor"

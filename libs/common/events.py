@@ -47,8 +47,11 @@ class UserDisabled(EventData):
 
 
 class SessionRevoked(EventData):
+    """One session (session_id) or, without it, every session of the user."""
+
     user_id: uuid.UUID
     reason: str = "logout"
+    session_id: uuid.UUID | None = None
 
 
 # --- portals --------------------------------------------------------------------------

@@ -46,6 +46,8 @@ class OutboxRelay:
         self.batch = batch
         self._wake = asyncio.Event()
         self._stopping = False
+        self._loop_done = asyncio.Event()
+        self._loop_done.set()
         self._listener: asyncpg.Connection | None = None
 
     async def flush_once(self) -> int:
@@ -85,6 +87,13 @@ class OutboxRelay:
         return int(value or 0)
 
     async def run(self) -> None:
+        self._loop_done.clear()
+        try:
+            await self._run()
+        finally:
+            self._loop_done.set()
+
+    async def _run(self) -> None:
         await self._listen()
         purge_every, since_purge = 600, 0
         while not self._stopping:
@@ -116,6 +125,9 @@ class OutboxRelay:
         self._wake.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        # Let the loop finish the batch it may be publishing, rather than cancel it midway.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._loop_done.wait(), timeout)
         with contextlib.suppress(Exception):
             while loop.time() < deadline and await self.flush_once():
                 pass

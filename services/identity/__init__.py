@@ -1,0 +1,1 @@
+"""The identity service: users, roles, passwords, sessions, password resets, login settings."""

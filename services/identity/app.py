@@ -1,0 +1,59 @@
+"""Composition root: create_app(settings) wires the pool, the outbox relay, the password
+hasher, the admin bootstrap and the routes. Nothing is built at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+
+from aiohttp import web
+
+from libs.common.web import POOL, add_bus, add_database, base_app
+
+from . import api, handlers, openapi
+from .domain import SessionPolicy
+from .passwords import Passwords
+from .settings import IdentitySettings
+
+SERVICE = "identity"
+SCHEMA = "identity"
+
+
+def create_app(
+    settings: IdentitySettings,
+    *,
+    now: Callable[[], datetime] = handlers.utcnow,
+    passwords: Passwords | None = None,
+) -> web.Application:
+    app = base_app(SERVICE)
+    add_database(app, settings, SCHEMA)
+
+    async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
+        hasher = passwords or Passwords()
+        await hasher.prepare()
+        deps = handlers.Deps(
+            pool=app[POOL],
+            passwords=hasher,
+            sessions=SessionPolicy(
+                idle=timedelta(minutes=settings.identity_session_idle_minutes),
+                absolute=timedelta(hours=settings.identity_session_max_hours),
+            ),
+            public_base=settings.public_base,
+            site_name=settings.public_url.host or "localhost",
+            now=now,
+        )
+        app[api.DEPS] = deps
+        if settings.admin_email and settings.admin_password:
+            await handlers.bootstrap_admin(
+                deps, settings.admin_email, settings.admin_password.get_secret_value()
+            )
+        yield
+        if passwords is None:
+            hasher.close()
+
+    app.cleanup_ctx.append(identity_ctx)
+    # After the pool, so the relay has it; it publishes what the handlers commit.
+    add_bus(app, settings, SERVICE, schema=SCHEMA)
+    api.add_routes(app)
+    app.router.add_get("/openapi.json", openapi.openapi)
+    return app

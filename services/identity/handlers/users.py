@@ -1,0 +1,192 @@
+"""User use cases: create, ensure (the accept saga's step), read, password, disable, and
+the administrator bootstrap."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+from libs.common.errors import Conflict, InvalidInput
+from libs.common.events import UserDisabled, make_event
+from libs.common.logging import get_logger
+from libs.common.outbox import append
+
+from .. import repository as repo
+from ..domain import (
+    Role,
+    User,
+    check_password,
+    decode_cursor,
+    encode_cursor,
+    hash_token,
+    normalise_email,
+    password_problem,
+)
+from .base import SOURCE, Deps, announce_created, announce_revoked, no_user
+
+log = get_logger(__name__)
+
+
+async def create_user(deps: Deps, email: str, password: str, role: Role) -> User:
+    address = normalise_email(email)
+    check_password(password, address)
+    password_hash = await deps.passwords.hash(password)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        user = await repo.insert_user(
+            conn, email=address, role=role, password_hash=password_hash, created_at=deps.now()
+        )
+        if user is None:
+            raise Conflict("An account with this email already exists.", code="email_taken")
+        await announce_created(conn, user)
+    log.info("user_created", user_id=str(user.id), role=role)
+    return user
+
+
+async def ensure_user(
+    deps: Deps, email: str, password: str, invitation_id: uuid.UUID
+) -> tuple[User, bool]:
+    """Create the client for an invitation, or find the one this invitation created on an
+    earlier try (its password is replaced). Concurrent calls for one email create one user:
+    the losers wait on the unique email index and then find the winner's row."""
+    address = normalise_email(email)
+    check_password(password, address)
+    password_hash = await deps.passwords.hash(password)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        user = await repo.insert_user(
+            conn,
+            email=address,
+            role="client",
+            password_hash=password_hash,
+            created_at=deps.now(),
+            created_by_invitation=invitation_id,
+        )
+        if user is not None:
+            await announce_created(conn, user)
+            log.info("user_created", user_id=str(user.id), role="client")
+            return user, True
+        existing = await repo.find_user_by_email(conn, address)
+        if existing is None or existing.created_by_invitation != invitation_id:
+            raise Conflict(
+                "An account with this email already exists. Log in to continue.",
+                code="account_exists",
+            )
+        await repo.set_password_hash(conn, existing.id, password_hash)
+        return existing, False
+
+
+async def list_users(
+    deps: Deps, q: str | None, cursor: str | None, limit: int
+) -> tuple[list[User], str | None]:
+    after = decode_cursor(cursor) if cursor else None
+    async with deps.pool.acquire() as conn:
+        users = await repo.list_users(conn, q=q, after=after, limit=limit + 1)
+    more = len(users) > limit
+    users = users[:limit]
+    next_cursor = encode_cursor(users[-1].created_at, users[-1].id) if more else None
+    return users, next_cursor
+
+
+async def get_user(deps: Deps, user_id: uuid.UUID) -> User:
+    async with deps.pool.acquire() as conn:
+        user = await repo.get_user(conn, user_id)
+    if user is None:
+        raise no_user()
+    return user
+
+
+async def lookup_user(deps: Deps, email: str) -> User:
+    try:
+        address = normalise_email(email)
+    except InvalidInput:
+        raise no_user() from None
+    async with deps.pool.acquire() as conn:
+        user = await repo.find_user_by_email(conn, address)
+    if user is None:
+        raise no_user()
+    return user
+
+
+async def change_password(
+    deps: Deps,
+    user_id: uuid.UUID,
+    password: str,
+    *,
+    end_sessions: bool = False,
+    keep_token: str | None = None,
+) -> None:
+    """Set a new password; with ``end_sessions``, end every session but ``keep_token``'s."""
+    user = await get_user(deps, user_id)
+    check_password(password, user.email)
+    password_hash = await deps.passwords.hash(password)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        if not await repo.set_password_hash(conn, user_id, password_hash):
+            raise no_user()
+        if end_sessions:
+            keep = hash_token(keep_token) if keep_token else None
+            ended = await repo.revoke_user_sessions(conn, user_id, deps.now(), keep_token_hash=keep)
+            if ended:
+                await announce_revoked(conn, user_id, "password_changed")
+    log.info("password_changed", user_id=str(user_id), end_sessions=end_sessions)
+
+
+async def disable_user(deps: Deps, user_id: uuid.UUID) -> User:
+    async with deps.pool.acquire() as conn, conn.transaction():
+        user = await repo.disable_user(conn, user_id)
+        if user is None:
+            existing = await repo.get_user(conn, user_id)
+            if existing is None:
+                raise no_user()
+            return existing  # already disabled: announced the first time
+        await repo.revoke_user_sessions(conn, user_id, deps.now())
+        await append(
+            conn,
+            make_event("identity.user.disabled", UserDisabled(user_id=user_id), source=SOURCE),
+        )
+        await announce_revoked(conn, user_id, "user_disabled")
+    log.info("user_disabled", user_id=str(user_id))
+    return user
+
+
+_BOOTSTRAP_LOCK = int.from_bytes(
+    hashlib.sha256(b"identity:bootstrap").digest()[:8], "big", signed=True
+)
+
+
+async def bootstrap_admin(deps: Deps, email: str, password: str) -> User | None:
+    """Create the administrator from ADMIN_EMAIL/ADMIN_PASSWORD if there is none yet.
+
+    Several instances may start at once: an advisory lock makes them take turns."""
+    try:
+        address = normalise_email(email)
+    except InvalidInput as exc:
+        log.error("admin_bootstrap_refused", variable="ADMIN_EMAIL", problem=exc.message)
+        return None
+    problem = password_problem(password, address)
+    if problem is not None:
+        log.error("admin_bootstrap_refused", variable="ADMIN_PASSWORD", problem=problem)
+        return None
+    async with deps.pool.acquire() as conn:
+        if await repo.administrator_exists(conn):
+            return None
+    password_hash = await deps.passwords.hash(password)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _BOOTSTRAP_LOCK)
+        if await repo.administrator_exists(conn):
+            return None
+        user = await repo.insert_user(
+            conn,
+            email=address,
+            role="administrator",
+            password_hash=password_hash,
+            created_at=deps.now(),
+        )
+        if user is None:
+            log.error(
+                "admin_bootstrap_refused",
+                variable="ADMIN_EMAIL",
+                problem="a non-administrator account already uses this email",
+            )
+            return None
+        await announce_created(conn, user)
+    log.info("admin_bootstrapped", user_id=str(user.id))
+    return user

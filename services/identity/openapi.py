@@ -1,0 +1,152 @@
+"""The identity API's OpenAPI 3.1 document, built from the same pydantic models the views
+parse with, so the description can't drift from what is accepted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from libs.common.web import json_response
+
+from . import api
+
+UUID = {"type": "string", "format": "uuid"}
+TIME = {"type": "string", "format": "date-time"}
+USER = {
+    "type": "object",
+    "required": ["id", "email", "role", "disabled", "created_at"],
+    "properties": {
+        "id": UUID,
+        "email": {"type": "string"},
+        "role": {"type": "string", "enum": ["administrator", "client"]},
+        "disabled": {"type": "boolean"},
+        "created_at": TIME,
+    },
+}
+SESSION = {
+    "type": "object",
+    "properties": {
+        "id": UUID,
+        "created_at": TIME,
+        "expires_at": TIME,
+        "idle_expires_at": TIME,
+    },
+}
+ISSUED = {
+    "type": "object",
+    "properties": {
+        "token": {"type": "string"},
+        "user": USER,
+        "expires_at": TIME,
+        "session": SESSION,
+    },
+}
+PAGE = {
+    "type": "object",
+    "properties": {
+        "items": {"type": "array", "items": USER},
+        "next_cursor": {"type": ["string", "null"]},
+    },
+}
+SESSION_HEADER = {"name": api.SESSION_HEADER, "in": "header", "required": True}
+USER_ID = {"name": "user_id", "in": "path", "required": True, "schema": UUID}
+
+# (method, path, summary, body, query, parameters, status, response schema, error codes)
+Operation = tuple[
+    str,
+    str,
+    str,
+    type[BaseModel] | None,
+    type[BaseModel] | None,
+    list[dict[str, Any]],
+    int,
+    dict[str, Any] | None,
+    list[str],
+]
+OPERATIONS: list[Operation] = [
+    ("post", "/users", "Create a user", api.CreateUserBody, None, [], 201, USER,
+     ["409 email_taken", "422 weak_password", "422 invalid_email"]),
+    ("post", "/users/ensure", "Create or find an invitation's client", api.EnsureUserBody, None,
+     [], 201, {"type": "object", "properties": {"user": USER, "created": {"type": "boolean"}}},
+     ["200 created=false (retry)", "409 account_exists", "422 weak_password"]),
+    ("get", "/users", "List users", None, api.ListUsersQuery, [], 200, PAGE, ["422"]),
+    ("get", "/users/lookup", "Find a user by email", None, api.LookupQuery, [], 200, USER,
+     ["404 user_not_found"]),
+    ("get", "/users/{user_id}", "Get a user", None, None, [USER_ID], 200, USER,
+     ["404 user_not_found"]),
+    ("post", "/users/{user_id}/password", "Set a user's password", api.PasswordBody, None,
+     [USER_ID], 204, None, ["404 user_not_found", "422 weak_password"]),
+    ("post", "/users/{user_id}/disable", "Disable a user and end their sessions", None, None,
+     [USER_ID], 200, USER, ["404 user_not_found"]),
+    ("post", "/sessions", "Log in", api.LoginBody, None, [], 201, ISSUED,
+     ["401 invalid_credentials"]),
+    ("post", "/sessions/issue", "Open a session for a user", api.IssueBody, None, [], 201, ISSUED,
+     ["404 user_not_found", "409 account_disabled"]),
+    ("get", "/sessions/current", "The session of a token", None, None, [SESSION_HEADER], 200,
+     {"type": "object", "properties": {"user": USER, "session": SESSION}}, ["401 no_session"]),
+    ("delete", "/sessions/current", "Log out", None, None, [SESSION_HEADER], 204, None,
+     ["401 no_session"]),
+    ("get", "/settings/login", "Login settings", None, None, [], 200, None, []),
+    ("put", "/settings/login", "Change login settings", api.LoginSettingsBody, None, [], 200,
+     None, ["422"]),
+    ("post", "/password-resets", "Ask for a reset link (always 202)", api.ResetRequestBody, None,
+     [], 202, None, []),
+    ("get", "/password-resets/validate", "Check a reset link", None, api.TokenQuery, [], 200,
+     {"type": "object", "properties": {"email": {"type": "string"}}},
+     ["404 reset_invalid", "410 reset_expired"]),
+    ("post", "/password-resets/confirm", "Set a password with a reset link",
+     api.ResetConfirmBody, None, [], 204, None,
+     ["404 reset_invalid", "410 reset_expired", "422 weak_password"]),
+]  # fmt: skip
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": prop}
+        for name, prop in schema["properties"].items()
+    ]
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, body, query, params, status, schema, errors in OPERATIONS:
+        response: dict[str, Any] = {"description": "OK"}
+        if schema is not None:
+            response["content"] = {"application/json": {"schema": schema}}
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "parameters": params + (_query_parameters(query) if query else []),
+            "responses": {
+                str(status): response,
+                "default": {"$ref": "#/components/responses/Error"},
+            },
+        }
+        if errors:
+            operation["description"] = "Errors: " + ", ".join(errors) + "."
+        if body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": body.model_json_schema()}},
+            }
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ClientPress identity (internal)", "version": "1"},
+        "paths": paths,
+        "components": {
+            "responses": {
+                "Error": {
+                    "description": 'Error: {"error": {"code", "message"}}',
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            }
+        },
+    }
+
+
+async def openapi(_: web.Request) -> web.Response:
+    return json_response(document())

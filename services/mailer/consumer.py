@@ -1,0 +1,33 @@
+"""The edge: a ``mail.requested`` job from the private mail exchange → RequestMail."""
+
+from __future__ import annotations
+
+from libs.common.bus import Binding, Handler
+from libs.common.db import Conn
+from libs.common.events import Envelope, EventData, MailRequested
+
+from .domain import RequestMail
+from .handlers import request_mail
+
+BINDINGS = [Binding("mail", "mail.requested")]
+
+
+async def on_mail_requested(conn: Conn, envelope: Envelope, data: EventData) -> None:
+    # Only records the job: SMTP happens in the senders, so a slow or dead mail server
+    # never holds up the queue.
+    assert isinstance(data, MailRequested)
+    await request_mail(
+        conn,
+        RequestMail(
+            mail_id=data.mail_id,
+            template=data.template,
+            to=data.to,
+            ref_type=data.ref_type,
+            ref_id=data.ref_id,
+            context=data.context,
+            correlation_id=envelope.correlation_id,
+        ),
+    )
+
+
+HANDLERS: dict[str, Handler] = {"mail.requested": on_mail_requested}

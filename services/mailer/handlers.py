@@ -1,0 +1,149 @@
+"""Use cases: record a mail job; record what happened to a send. Each state change and
+the event announcing it commit together (outbox)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from libs.common.db import Conn
+from libs.common.events import MailFailed, MailSent, make_event
+from libs.common.logging import get_logger
+from libs.common.outbox import append
+
+from . import repository
+from .domain import Delivery, FailureReason, InvalidAddress, RequestMail, normalise_address
+
+log = get_logger(__name__)
+
+SOURCE = "mailer"
+
+
+async def request_mail(conn: Conn, command: RequestMail) -> bool:
+    """Record the job (idempotent by mail_id), inside the caller's transaction.
+
+    Returns True when a new delivery was queued and the senders should be woken. A job
+    whose address can't go into a To header fails at once, without storing its link."""
+    try:
+        to_address = normalise_address(command.to)
+    except InvalidAddress as exc:
+        recorded = await repository.insert_failed(
+            conn,
+            mail_id=command.mail_id,
+            template=command.template,
+            # Stored for the record, never used in a header.
+            to_address=command.to.replace("\r", " ").replace("\n", " ")[:320],
+            ref_type=command.ref_type,
+            ref_id=command.ref_id,
+            correlation_id=command.correlation_id,
+            error=f"invalid address: {exc}"[:500],
+        )
+        if recorded:
+            log.warning("mail_invalid_address", mail_id=str(command.mail_id))
+            await _announce_failure(
+                conn,
+                mail_id=command.mail_id,
+                template=command.template,
+                ref_type=command.ref_type,
+                ref_id=command.ref_id,
+                correlation_id=command.correlation_id,
+                reason=FailureReason.INVALID_ADDRESS,
+                attempts=0,
+            )
+        return False
+    queued = await repository.insert_queued(
+        conn,
+        mail_id=command.mail_id,
+        template=command.template,
+        to_address=to_address,
+        ref_type=command.ref_type,
+        ref_id=command.ref_id,
+        context=command.context,
+        correlation_id=command.correlation_id,
+    )
+    if queued:
+        await repository.notify_wake(conn)
+        log.info("mail_queued", mail_id=str(command.mail_id), template=command.template)
+    else:
+        log.info("mail_duplicate_ignored", mail_id=str(command.mail_id))
+    return queued
+
+
+async def record_sent(conn: Conn, delivery: Delivery, claimed_at: datetime) -> bool:
+    async with conn.transaction():
+        if not await repository.mark_sent(conn, delivery.mail_id, claimed_at):
+            return False
+        await append(
+            conn,
+            make_event(
+                "mail.sent",
+                MailSent(
+                    mail_id=delivery.mail_id,
+                    template=delivery.template,
+                    ref_type=delivery.ref_type,
+                    ref_id=delivery.ref_id,
+                ),
+                source=SOURCE,
+                correlation_id=delivery.correlation_id,
+            ),
+        )
+    return True
+
+
+async def record_retry(
+    conn: Conn, delivery: Delivery, claimed_at: datetime, delay_seconds: float, error: str
+) -> bool:
+    return await repository.reschedule(conn, delivery.mail_id, claimed_at, delay_seconds, error)
+
+
+async def record_failure(
+    conn: Conn, delivery: Delivery, claimed_at: datetime, reason: FailureReason, error: str
+) -> bool:
+    async with conn.transaction():
+        if not await repository.mark_failed(conn, delivery.mail_id, claimed_at, error):
+            return False
+        await _announce_failure(
+            conn,
+            mail_id=delivery.mail_id,
+            template=delivery.template,
+            ref_type=delivery.ref_type,
+            ref_id=delivery.ref_id,
+            correlation_id=delivery.correlation_id,
+            reason=reason,
+            attempts=delivery.attempts,
+        )
+    return True
+
+
+async def _announce_failure(
+    conn: Conn,
+    *,
+    mail_id: uuid.UUID,
+    template: str,
+    ref_type: str,
+    ref_id: uuid.UUID,
+    correlation_id: str | None,
+    reason: FailureReason,
+    attempts: int,
+) -> None:
+    await append(
+        conn,
+        make_event(
+            "mail.failed",
+            MailFailed(
+                mail_id=mail_id,
+                template=template,
+                ref_type=ref_type,
+                ref_id=ref_id,
+                reason=reason.value,
+                attempts=attempts,
+            ),
+            source=SOURCE,
+            correlation_id=correlation_id,
+        ),
+    )
+
+
+async def claim_next(conn: Conn) -> tuple[Delivery, datetime] | None:
+    claimed = await repository.claim_due(conn, 1)
+    return claimed[0] if claimed else None

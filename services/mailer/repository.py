@@ -1,0 +1,168 @@
+"""SQL on the ``mailer`` schema: the deliveries table."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+
+import orjson
+
+from libs.common.db import Conn
+
+from .domain import STUCK_SENDING_SECONDS, Delivery
+
+WAKE_CHANNEL = "mailer_wake"
+
+
+async def insert_queued(
+    conn: Conn,
+    *,
+    mail_id: uuid.UUID,
+    template: str,
+    to_address: str,
+    ref_type: str,
+    ref_id: uuid.UUID,
+    context: Mapping[str, str],
+    correlation_id: str | None,
+) -> bool:
+    """True when recorded now; False when this mail_id was already known."""
+    inserted = await conn.fetchval(
+        "INSERT INTO deliveries"
+        " (mail_id, template, to_address, ref_type, ref_id, context, correlation_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)"
+        " ON CONFLICT (mail_id) DO NOTHING RETURNING true",
+        mail_id,
+        template,
+        to_address,
+        ref_type,
+        ref_id,
+        orjson.dumps(dict(context)).decode(),
+        correlation_id,
+    )
+    return bool(inserted)
+
+
+async def insert_failed(
+    conn: Conn,
+    *,
+    mail_id: uuid.UUID,
+    template: str,
+    to_address: str,
+    ref_type: str,
+    ref_id: uuid.UUID,
+    correlation_id: str | None,
+    error: str,
+) -> bool:
+    """Record a job refused on arrival; its context (the link) is never stored."""
+    inserted = await conn.fetchval(
+        "INSERT INTO deliveries (mail_id, template, to_address, ref_type, ref_id,"
+        " correlation_id, status, last_error)"
+        " VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7)"
+        " ON CONFLICT (mail_id) DO NOTHING RETURNING true",
+        mail_id,
+        template,
+        to_address,
+        ref_type,
+        ref_id,
+        correlation_id,
+        error,
+    )
+    return bool(inserted)
+
+
+async def notify_wake(conn: Conn) -> None:
+    """Delivered at commit, so a sender never looks before the row is visible."""
+    await conn.execute("SELECT pg_notify($1, '')", WAKE_CHANNEL)
+
+
+async def claim_due(conn: Conn, limit: int) -> list[tuple[Delivery, datetime]]:
+    """Take due rows for sending; SKIP LOCKED lets workers (and replicas) share the queue
+    without two of them taking one row. Each claim counts as an attempt, so a job that
+    crashes its worker still runs out of attempts."""
+    rows = await conn.fetch(
+        "UPDATE deliveries SET status = 'sending', claimed_at = clock_timestamp(),"
+        " attempts = attempts + 1"
+        " WHERE mail_id IN ("
+        "   SELECT mail_id FROM deliveries"
+        "   WHERE status = 'queued' AND next_attempt_at <= now()"
+        "   ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+        " RETURNING mail_id, template, to_address, ref_type, ref_id, context::text,"
+        " attempts, correlation_id, claimed_at",
+        limit,
+    )
+    return [
+        (
+            Delivery(
+                mail_id=row["mail_id"],
+                template=row["template"],
+                to_address=row["to_address"],
+                ref_type=row["ref_type"],
+                ref_id=row["ref_id"],
+                context=orjson.loads(row["context"]) if row["context"] else {},
+                attempts=row["attempts"],
+                correlation_id=row["correlation_id"],
+            ),
+            row["claimed_at"],
+        )
+        for row in rows
+    ]
+
+
+# The claimed_at check makes each finishing update apply only to the claim that sent it:
+# if crash recovery re-queued the row meanwhile, the stale worker's update does nothing.
+async def mark_sent(conn: Conn, mail_id: uuid.UUID, claimed_at: datetime) -> bool:
+    done = await conn.fetchval(
+        "UPDATE deliveries SET status = 'sent', sent_at = now(), context = NULL,"
+        " last_error = NULL"
+        " WHERE mail_id = $1 AND status = 'sending' AND claimed_at = $2 RETURNING true",
+        mail_id,
+        claimed_at,
+    )
+    return bool(done)
+
+
+async def mark_failed(conn: Conn, mail_id: uuid.UUID, claimed_at: datetime, error: str) -> bool:
+    done = await conn.fetchval(
+        "UPDATE deliveries SET status = 'failed', context = NULL, last_error = $3"
+        " WHERE mail_id = $1 AND status = 'sending' AND claimed_at = $2 RETURNING true",
+        mail_id,
+        claimed_at,
+        error,
+    )
+    return bool(done)
+
+
+async def reschedule(
+    conn: Conn, mail_id: uuid.UUID, claimed_at: datetime, delay_seconds: float, error: str
+) -> bool:
+    done = await conn.fetchval(
+        "UPDATE deliveries SET status = 'queued', last_error = $4,"
+        " next_attempt_at = now() + make_interval(secs => $3)"
+        " WHERE mail_id = $1 AND status = 'sending' AND claimed_at = $2 RETURNING true",
+        mail_id,
+        claimed_at,
+        delay_seconds,
+        error,
+    )
+    return bool(done)
+
+
+async def requeue_stuck(conn: Conn, older_than_seconds: int = STUCK_SENDING_SECONDS) -> int:
+    """Rows a dead worker left in 'sending' go back to the queue (at-least-once)."""
+    result = await conn.execute(
+        "UPDATE deliveries SET status = 'queued', next_attempt_at = now()"
+        " WHERE status = 'sending' AND claimed_at < now() - make_interval(secs => $1)",
+        float(older_than_seconds),
+    )
+    return int(result.rsplit(" ", 1)[-1])
+
+
+async def count_queued(conn: Conn) -> int:
+    value = await conn.fetchval("SELECT count(*) FROM deliveries WHERE status = 'queued'")
+    return int(value or 0)
+
+
+async def get(conn: Conn, mail_id: uuid.UUID) -> Mapping[str, object] | None:
+    row = await conn.fetchrow("SELECT * FROM deliveries WHERE mail_id = $1", mail_id)
+    return dict(row) if row is not None else None

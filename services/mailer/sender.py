@@ -1,0 +1,229 @@
+"""The senders: MAILER_CONCURRENCY workers that claim due deliveries, render and send
+them, and record the outcome. Woken by NOTIFY when a job is recorded (and by a timer when
+a retry falls due), with a 1 s poll as the safety net.
+
+Delivery is at-least-once: a worker that dies between the SMTP answer and the commit
+leaves its row in 'sending'; after STUCK_SENDING_SECONDS the row is queued again and the
+email may go out twice (same Message-ID, so clients can recognise the copy)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+
+from libs.common.context import set_correlation_id
+from libs.common.db import Conn
+from libs.common.logging import get_logger
+
+from . import handlers, repository
+from .domain import (
+    Delivery,
+    FailureReason,
+    InvalidAddress,
+    InvalidContext,
+    after_failure,
+    judge_smtp_code,
+    normalise_address,
+    retry_delay,
+)
+from .metrics import EMAILS_FAILED, EMAILS_QUEUED, EMAILS_RETRIED, EMAILS_SENT
+from .rendering import build_message, new_environment, render
+from .settings import MailerSettings
+from .smtp import SendError, SmtpTransport
+
+log = get_logger(__name__)
+
+POLL_SECONDS = 1.0
+MAINTENANCE_SECONDS = 5.0
+STOP_GRACE_SECONDS = 15.0
+
+
+class Sender:
+    def __init__(self, pool: asyncpg.Pool, settings: MailerSettings) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.templates = new_environment()
+        self._stopping = False
+        self._wakes: list[asyncio.Event] = []
+        self._workers: list[asyncio.Task[None]] = []
+        self._maintenance: asyncio.Task[None] | None = None
+        self._listener: asyncpg.Connection | None = None
+
+    async def start(self) -> None:
+        await self._recover()
+        await self._listen()
+        for index in range(self.settings.mailer_concurrency):
+            wake = asyncio.Event()
+            self._wakes.append(wake)
+            self._workers.append(
+                asyncio.create_task(self._work(wake), name=f"mailer-sender-{index}")
+            )
+        self._maintenance = asyncio.create_task(self._maintain(), name="mailer-maintenance")
+
+    def wake(self, *_: object) -> None:
+        for event in self._wakes:
+            event.set()
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Let each worker finish the send in hand, then end them all."""
+        self._stopping = True
+        self.wake()
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        if self._workers:
+            _, pending = await asyncio.wait(self._workers, timeout=grace)
+            for task in pending:
+                task.cancel()
+        tasks = [*self._workers, *([self._maintenance] if self._maintenance else [])]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._unlisten()
+
+    async def _work(self, wake: asyncio.Event) -> None:
+        transport = SmtpTransport(self.settings)
+        try:
+            while not self._stopping:
+                # Cleared before looking, so a wake during the look is not lost.
+                wake.clear()
+                try:
+                    busy = await self.send_next(transport)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.exception("mailer_worker_error", error=type(exc).__name__)
+                    busy = False
+                if not busy and not self._stopping:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), timeout=POLL_SECONDS)
+        finally:
+            with contextlib.suppress(Exception):
+                await transport.close()
+
+    async def send_next(self, transport: SmtpTransport) -> bool:
+        """Claim one due delivery and carry it to an outcome; False when none was due."""
+        async with self.pool.acquire() as conn:
+            claimed = await handlers.claim_next(conn)
+        if claimed is None:
+            return False
+        delivery, claimed_at = claimed
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            mail_id=str(delivery.mail_id), template=delivery.template
+        )
+        if delivery.correlation_id:
+            set_correlation_id(delivery.correlation_id)
+        if delivery.attempts > self.settings.mailer_max_attempts:
+            # Only a row recovered from crashed workers gets here: stop trying it.
+            await self._fail(delivery, claimed_at, FailureReason.MAX_ATTEMPTS, "worker crashed")
+            return True
+        try:
+            to = normalise_address(delivery.to_address)
+            message = build_message(
+                render(self.templates, delivery.template, delivery.context),
+                mail_id=delivery.mail_id,
+                to=to,
+                mail_from=self.settings.mail_from,
+                now=datetime.now(UTC),
+            )
+        except InvalidAddress as exc:
+            await self._fail(delivery, claimed_at, FailureReason.INVALID_ADDRESS, str(exc))
+            return True
+        except InvalidContext as exc:
+            await self._fail(delivery, claimed_at, FailureReason.INVALID_CONTEXT, str(exc))
+            return True
+        try:
+            await transport.send(message)
+        except SendError as exc:
+            await self._after_error(delivery, claimed_at, exc)
+            return True
+        if await self._finish(lambda conn: handlers.record_sent(conn, delivery, claimed_at)):
+            EMAILS_SENT.labels(delivery.template).inc()
+            log.info("mail_sent", attempts=delivery.attempts)
+        return True
+
+    async def _after_error(self, delivery: Delivery, claimed_at: datetime, exc: SendError) -> None:
+        verdict = judge_smtp_code(exc.code)
+        reason = after_failure(delivery.attempts, self.settings.mailer_max_attempts, verdict)
+        if reason is not None:
+            await self._fail(delivery, claimed_at, reason, exc.detail)
+            return
+        delay = retry_delay(delivery.attempts, self.settings.mailer_retry_base_seconds)
+        if await self._finish(
+            lambda conn: handlers.record_retry(conn, delivery, claimed_at, delay, exc.detail)
+        ):
+            EMAILS_RETRIED.labels(delivery.template).inc()
+            log.warning(
+                "mail_send_retry",
+                attempts=delivery.attempts,
+                smtp_code=exc.code,
+                error=exc.detail,
+                retry_in=round(delay, 3),
+            )
+            # Wake a worker when it falls due, rather than at the next poll.
+            asyncio.get_running_loop().call_later(delay, self.wake)
+
+    async def _fail(
+        self, delivery: Delivery, claimed_at: datetime, reason: FailureReason, error: str
+    ) -> None:
+        if await self._finish(
+            lambda conn: handlers.record_failure(conn, delivery, claimed_at, reason, error)
+        ):
+            EMAILS_FAILED.labels(delivery.template).inc()
+            log.warning("mail_failed", reason=reason.value, attempts=delivery.attempts, error=error)
+
+    async def _finish(self, write: Callable[[Conn], Awaitable[bool]]) -> bool:
+        """Record an outcome, riding out a short database outage: giving up here would
+        leave the row in 'sending' and, after recovery, send the email again."""
+        for attempt in range(6):
+            try:
+                async with self.pool.acquire() as conn:
+                    return await write(conn)
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+                if attempt == 5:
+                    raise
+                await asyncio.sleep(0.2 * 2**attempt)
+        return False
+
+    async def _maintain(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(MAINTENANCE_SECONDS)
+            ticks += 1
+            try:
+                await self._listen()
+                if ticks % 6 == 0:
+                    await self._recover()
+                async with self.pool.acquire() as conn:
+                    EMAILS_QUEUED.set(await repository.count_queued(conn))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("mailer_maintenance_failed", error=type(exc).__name__)
+
+    async def _recover(self) -> None:
+        async with self.pool.acquire() as conn:
+            count = await repository.requeue_stuck(conn)
+        if count:
+            log.warning("mail_stuck_requeued", count=count)
+            self.wake()
+
+    async def _listen(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            self._listener = await asyncpg.connect(self.settings.database_url, timeout=5)
+            await self._listener.add_listener(repository.WAKE_CHANNEL, self.wake)
+        except Exception as exc:
+            # The 1 s poll still finds new mail; the next maintenance tick tries again.
+            log.warning("mailer_listen_failed", error=type(exc).__name__)
+            self._listener = None
+
+    async def _unlisten(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+        self._listener = None

@@ -1,0 +1,198 @@
+"""The identity HTTP API through the real app (create_app), database and broker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from services.identity.app import create_app
+from services.identity.settings import IdentitySettings
+from tests.identity.helpers import STRONG, Clock, CountingPasswords, new_email, outbox_events
+from tests.support.env import TestEnv
+
+pytestmark = pytest.mark.integration
+
+Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+async def client(
+    migrated_schemas: TestEnv, clock: Clock, passwords: CountingPasswords
+) -> AsyncIterator[Client]:
+    settings = IdentitySettings(
+        database_url=migrated_schemas.database_url,
+        amqp_url=migrated_schemas.amqp_url,
+        bus_prefix=migrated_schemas.bus_prefix,
+        public_url="https://portal.example.com/",
+        admin_email=None,
+        admin_password=None,
+    )
+    app = create_app(settings, now=clock, passwords=passwords)
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+async def _error(response: Any, status: int) -> str:
+    assert response.status == status, await response.text()
+    body = await response.json()
+    assert set(body["error"]) == {"code", "message"}
+    return str(body["error"]["code"])
+
+
+async def test_users_endpoints(client: Client) -> None:
+    email = new_email("api")
+    response = await client.post(
+        "/users", json={"email": email, "password": STRONG, "role": "client"}
+    )
+    assert response.status == 201
+    user = await response.json()
+    assert set(user) == {"id", "email", "role", "disabled", "created_at"}
+    assert user["role"] == "client" and user["disabled"] is False
+
+    response = await client.post(
+        "/users", json={"email": email, "password": STRONG, "role": "client"}
+    )
+    assert await _error(response, 409) == "email_taken"
+    response = await client.post("/users", json={"email": new_email(), "password": "short"})
+    assert await _error(response, 422) == "weak_password"
+    response = await client.post("/users", json={"email": "a@b.com\r\nx", "password": STRONG})
+    assert await _error(response, 422) == "invalid_email"
+    response = await client.post("/users", data=b"{not json")
+    assert await _error(response, 422) == "invalid_json"
+
+    assert (await (await client.get(f"/users/{user['id']}")).json()) == user
+    assert await _error(await client.get(f"/users/{uuid.uuid4()}"), 404) == "user_not_found"
+    assert await _error(await client.get("/users/not-a-uuid"), 404) == "user_not_found"
+    response = await client.get("/users/lookup", params={"email": email.upper()})
+    assert (await response.json())["id"] == user["id"]
+    response = await client.get("/users/lookup", params={"email": new_email()})
+    assert await _error(response, 404) == "user_not_found"
+
+    response = await client.get("/users", params={"q": email.split("@")[0].upper(), "limit": "1"})
+    page = await response.json()
+    assert page == {"items": [user], "next_cursor": None}
+    assert await _error(await client.get("/users", params={"limit": "500"}), 422) == "invalid_input"
+
+    response = await client.post(f"/users/{user['id']}/password", json={"password": "x"})
+    assert await _error(response, 422) == "weak_password"
+    response = await client.post(
+        f"/users/{user['id']}/password", json={"password": "new passphrase here"}
+    )
+    assert response.status == 204
+
+    response = await client.post(f"/users/{user['id']}/disable")
+    assert response.status == 200 and (await response.json())["disabled"] is True
+
+
+async def test_ensure_endpoint(client: Client) -> None:
+    email, invitation = new_email("api-ensure"), str(uuid.uuid4())
+    body = {"email": email, "password": STRONG, "invitation_id": invitation}
+    first = await client.post("/users/ensure", json=body)
+    assert first.status == 201
+    created = await first.json()
+    assert created["created"] is True and created["user"]["role"] == "client"
+    again = await client.post("/users/ensure", json=body)
+    assert again.status == 200
+    assert (await again.json()) == {"user": created["user"], "created": False}
+    other = await client.post("/users/ensure", json={**body, "invitation_id": str(uuid.uuid4())})
+    assert await _error(other, 409) == "account_exists"
+
+
+async def test_session_endpoints(client: Client, clock: Clock) -> None:
+    email = new_email("api-session")
+    user = await (await client.post("/users", json={"email": email, "password": STRONG})).json()
+    response = await client.post("/sessions", json={"email": email, "password": "wrong passphrase"})
+    assert await _error(response, 401) == "invalid_credentials"
+    response = await client.post("/sessions", json={"email": new_email(), "password": STRONG})
+    assert await _error(response, 401) == "invalid_credentials"
+
+    response = await client.post("/sessions", json={"email": email, "password": STRONG})
+    assert response.status == 201
+    login = await response.json()
+    assert login["user"] == user and login["token"] and login["expires_at"]
+    headers = {"X-Session-Token": login["token"]}
+
+    current = await (await client.get("/sessions/current", headers=headers)).json()
+    assert current["user"] == user
+    assert {"id", "created_at", "expires_at"} <= set(current["session"])
+    assert current["session"]["expires_at"] == login["expires_at"]
+
+    assert await _error(await client.get("/sessions/current"), 401) == "no_session"
+    response = await client.get("/sessions/current", headers={"X-Session-Token": "nope"})
+    assert await _error(response, 401) == "no_session"
+
+    clock.advance(minutes=121)
+    assert await _error(await client.get("/sessions/current", headers=headers), 401) == "no_session"
+
+    issued = await client.post("/sessions/issue", json={"user_id": user["id"]})
+    assert issued.status == 201
+    token = (await issued.json())["token"]
+    response = await client.delete("/sessions/current", headers={"X-Session-Token": token})
+    assert response.status == 204
+    response = await client.get("/sessions/current", headers={"X-Session-Token": token})
+    assert await _error(response, 401) == "no_session"
+    response = await client.post("/sessions/issue", json={"user_id": str(uuid.uuid4())})
+    assert await _error(response, 404) == "user_not_found"
+
+
+async def test_login_settings(client: Client) -> None:
+    assert (await (await client.get("/settings/login")).json()) == {"login_redirect": False}
+    response = await client.put("/settings/login", json={"login_redirect": True})
+    assert (await response.json()) == {"login_redirect": True}
+    assert (await (await client.get("/settings/login")).json()) == {"login_redirect": True}
+    response = await client.put("/settings/login", json={"login_redirect": "sometimes"})
+    assert await _error(response, 422) == "invalid_input"
+    await client.put("/settings/login", json={"login_redirect": False})
+
+
+async def test_password_reset_endpoints(client: Client, pool: asyncpg.Pool) -> None:
+    email = new_email("api-reset")
+    user = await (await client.post("/users", json={"email": email, "password": STRONG})).json()
+    for address in (email, new_email("nobody"), "garbage"):
+        response = await client.post("/password-resets", json={"email": address})
+        assert response.status == 202
+    jobs = [
+        j for j in await outbox_events(pool, "mail.requested") if j["data"]["to"] == user["email"]
+    ]
+    assert len(jobs) == 1
+    url = jobs[0]["data"]["context"]["reset_url"]
+    assert url.startswith("https://portal.example.com/reset-password?token=")
+    token = parse_qs(urlsplit(url).query)["token"][0]
+
+    response = await client.get("/password-resets/validate", params={"token": token})
+    assert (await response.json()) == {"email": user["email"]}
+    response = await client.get("/password-resets/validate", params={"token": "nope"})
+    assert await _error(response, 404) == "reset_invalid"
+    response = await client.post(
+        "/password-resets/confirm", json={"token": token, "password": "brand new passphrase"}
+    )
+    assert response.status == 204
+    response = await client.post(
+        "/password-resets/confirm", json={"token": token, "password": "brand new passphrase"}
+    )
+    assert await _error(response, 410) == "reset_expired"
+    login = await client.post(
+        "/sessions", json={"email": email, "password": "brand new passphrase"}
+    )
+    assert login.status == 201
+
+
+async def test_health_and_readiness(client: Client) -> None:
+    assert (await client.get("/healthz")).status == 200
+    response = await client.get("/readyz")
+    assert response.status == 200
+    assert (await response.json())["checks"] == {"database": "ok", "broker": "ok"}
+
+
+async def test_openapi_document_lists_every_route(client: Client) -> None:
+    doc = await (await client.get("/openapi.json")).json()
+    assert doc["openapi"].startswith("3.1")
+    assert {"post", "get"} <= set(doc["paths"]["/users"])
+    assert "requestBody" in doc["paths"]["/users/ensure"]["post"]
+    assert len(doc["paths"]) == 13

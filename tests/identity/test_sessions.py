@@ -1,0 +1,144 @@
+"""Sessions on the real schema: login, issue, idle/absolute expiry (injected clock), logout."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+import asyncpg
+import pytest
+
+from libs.common.errors import Conflict, NotFound, Unauthorized
+from services.identity import handlers
+from services.identity.handlers import Deps
+from services.identity.passwords import default_hasher
+from tests.identity.helpers import STRONG, Clock, CountingPasswords, new_email, outbox_events
+
+pytestmark = pytest.mark.integration
+
+
+async def test_login_returns_a_token_stored_only_as_a_hash(deps: Deps, pool: asyncpg.Pool) -> None:
+    email = new_email("login")
+    user = await handlers.create_user(deps, email, STRONG, "client")
+    issued = await handlers.login(deps, f"  {email.upper()} ", STRONG)
+    assert issued.user.id == user.id
+    assert issued.session.expires_at == deps.now() + deps.sessions.absolute
+    stored = await pool.fetchval("SELECT token_hash FROM sessions WHERE id = $1", issued.session.id)
+    assert stored != issued.token and len(stored) == 64
+    assert (
+        await pool.fetchval("SELECT count(*) FROM sessions WHERE token_hash = $1", issued.token)
+        == 0
+    )
+
+
+async def test_wrong_and_unknown_logins_answer_alike_and_both_verify(
+    deps: Deps, passwords: CountingPasswords
+) -> None:
+    email = new_email("creds")
+    await handlers.create_user(deps, email, STRONG, "client")
+    errors = []
+    for attempt in (
+        (email, "not the right passphrase"),
+        (new_email("ghost"), STRONG),
+        ("not an email at all", STRONG),
+    ):
+        before = passwords.verifies
+        with pytest.raises(Unauthorized) as info:
+            await handlers.login(deps, *attempt)
+        assert passwords.verifies == before + 1  # one argon2 verify, known or not
+        errors.append((info.value.code, info.value.message))
+    assert len(set(errors)) == 1 and errors[0][0] == "invalid_credentials"
+
+
+async def test_login_rehashes_an_outdated_hash(deps: Deps, pool: asyncpg.Pool) -> None:
+    email = new_email("rehash")
+    user = await handlers.create_user(deps, email, STRONG, "client")  # cheap test profile
+    old = await pool.fetchval("SELECT password_hash FROM users WHERE id = $1", user.id)
+    assert "m=8192" in old
+    strong = CountingPasswords(default_hasher())
+    try:
+        await handlers.login(replace(deps, passwords=strong), email, STRONG)
+    finally:
+        strong.close()
+    new = await pool.fetchval("SELECT password_hash FROM users WHERE id = $1", user.id)
+    assert new.startswith("$argon2id$") and "m=65536,t=3" in new
+    assert (await handlers.login(deps, email, STRONG)).user.id == user.id
+
+
+async def test_current_session_touches_only_after_a_minute(
+    deps: Deps, clock: Clock, pool: asyncpg.Pool
+) -> None:
+    email = new_email("touch")
+    await handlers.create_user(deps, email, STRONG, "client")
+    issued = await handlers.login(deps, email, STRONG)
+    start = clock()
+    clock.advance(seconds=30)
+    current = await handlers.current_session(deps, issued.token)
+    assert current.session.last_seen_at == start
+    clock.advance(seconds=40)
+    current = await handlers.current_session(deps, issued.token)
+    assert current.session.last_seen_at == clock()
+    stored = await pool.fetchval(
+        "SELECT last_seen_at FROM sessions WHERE id = $1", issued.session.id
+    )
+    assert stored == clock()
+    assert current.idle_expires_at == clock() + deps.sessions.idle
+
+
+async def test_idle_timeout_ends_a_session(deps: Deps, clock: Clock) -> None:
+    email = new_email("idle")
+    await handlers.create_user(deps, email, STRONG, "client")
+    issued = await handlers.login(deps, email, STRONG)
+    clock.advance(minutes=119)
+    await handlers.current_session(deps, issued.token)  # touched: idle restarts
+    clock.advance(minutes=119)
+    await handlers.current_session(deps, issued.token)
+    clock.advance(minutes=121)
+    with pytest.raises(Unauthorized) as info:
+        await handlers.current_session(deps, issued.token)
+    assert info.value.code == "no_session"
+
+
+async def test_absolute_limit_ends_an_active_session(deps: Deps, clock: Clock) -> None:
+    email = new_email("absolute")
+    await handlers.create_user(deps, email, STRONG, "client")
+    issued = await handlers.login(deps, email, STRONG)
+    for _ in range(168):
+        clock.advance(minutes=59)
+        await handlers.current_session(deps, issued.token)
+    clock.advance(minutes=168)  # past created_at + 168 h, though never idle
+    with pytest.raises(Unauthorized):
+        await handlers.current_session(deps, issued.token)
+
+
+async def test_issue_logs_a_user_in_without_a_password(deps: Deps) -> None:
+    user = await handlers.create_user(deps, new_email("issue"), STRONG, "client")
+    issued = await handlers.issue_session(deps, user.id)
+    assert (await handlers.current_session(deps, issued.token)).user.id == user.id
+    with pytest.raises(NotFound):
+        await handlers.issue_session(deps, uuid.uuid4())
+    await handlers.disable_user(deps, user.id)
+    with pytest.raises(Conflict) as info:
+        await handlers.issue_session(deps, user.id)
+    assert info.value.code == "account_disabled"
+
+
+async def test_logout_revokes_and_announces_once(deps: Deps, pool: asyncpg.Pool) -> None:
+    email = new_email("logout")
+    user = await handlers.create_user(deps, email, STRONG, "client")
+    issued = await handlers.login(deps, email, STRONG)
+    await handlers.logout(deps, issued.token)
+    await handlers.logout(deps, issued.token)  # idempotent
+    with pytest.raises(Unauthorized):
+        await handlers.current_session(deps, issued.token)
+    revoked = [
+        e
+        for e in await outbox_events(pool, "identity.session.revoked")
+        if e["data"]["user_id"] == str(user.id)
+    ]
+    assert [e["data"]["reason"] for e in revoked] == ["logout"]
+    assert issued.token not in str(revoked)
+    with pytest.raises(Unauthorized):
+        await handlers.current_session(deps, None)
+    with pytest.raises(Unauthorized):
+        await handlers.current_session(deps, "made-up-token")

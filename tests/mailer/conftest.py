@@ -1,0 +1,114 @@
+"""Fixtures for the mailer: the app on real PostgreSQL/RabbitMQ/SMTP, and a publisher of
+mail jobs on the real mail exchange."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from libs.common.bus import Bus
+from libs.common.events import Envelope, MailRequested, make_event
+from services.mailer.app import create_app
+from services.mailer.settings import MailerSettings
+from tests.support.env import TestEnv
+
+StartMailer = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+def mailer_settings(env: TestEnv, smtp_port: int, **overrides: Any) -> MailerSettings:
+    values: dict[str, Any] = {
+        "database_url": env.database_url,
+        "amqp_url": env.amqp_url,
+        "bus_prefix": env.bus_prefix,
+        "smtp_host": "127.0.0.1",
+        "smtp_port": smtp_port,
+        "mail_from": "ClientPress <no-reply@example.org>",
+        "mailer_retry_base_seconds": 0.05,
+        "mailer_concurrency": 4,
+    }
+    values.update(overrides)
+    return MailerSettings(**values)
+
+
+@pytest.fixture
+async def start_mailer(migrated_schemas: TestEnv) -> AsyncIterator[StartMailer]:
+    clients: list[TestClient[Any, Any]] = []
+
+    async def start(smtp_port: int, **overrides: Any) -> TestClient[Any, Any]:
+        app = create_app(mailer_settings(migrated_schemas, smtp_port, **overrides))
+        client: TestClient[Any, Any] = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in reversed(clients):
+        await client.close()
+
+
+@pytest.fixture
+async def publisher(migrated_schemas: TestEnv) -> AsyncIterator[Bus]:
+    bus = Bus(migrated_schemas.amqp_url, migrated_schemas.bus_prefix, "probe0")
+    await bus.connect()
+    yield bus
+    await bus.close()
+
+
+def invitation_job(to: str, **context: str) -> tuple[MailRequested, str]:
+    token = f"tok-{uuid.uuid4().hex}"
+    job = MailRequested(
+        mail_id=uuid.uuid4(),
+        template="invitation",
+        to=to,
+        ref_type="invitation",
+        ref_id=uuid.uuid4(),
+        context={
+            "accept_url": f"http://localhost:8080/invitations/accept?token={token}",
+            "portal_title": "Acme Rebrand",
+            "site_name": "Northwind Agency",
+            "expires_at": "2026-12-09T15:30:00+00:00",
+            "invited_by": "Jane Admin",
+            **context,
+        },
+    )
+    return job, token
+
+
+async def publish_job(bus: Bus, job: MailRequested) -> Envelope:
+    envelope = make_event("mail.requested", job, source="invitations")
+    await bus.publish_envelope(envelope, kind="mail")
+    return envelope
+
+
+async def wait_for_row(
+    pool: asyncpg.Pool,
+    mail_id: uuid.UUID,
+    ready: Callable[[asyncpg.Record], bool],
+    timeout: float = 20.0,
+) -> asyncpg.Record:
+    deadline = time.monotonic() + timeout
+    row = None
+    while time.monotonic() < deadline:
+        row = await pool.fetchrow("SELECT * FROM deliveries WHERE mail_id = $1", mail_id)
+        if row is not None and ready(row):
+            return row
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"delivery {mail_id} never got there; last: {row}")
+
+
+async def outbox_events(pool: asyncpg.Pool, mail_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await pool.fetch("SELECT exchange, body FROM outbox ORDER BY created_at")
+    found = []
+    for row in rows:
+        body = orjson.loads(row["body"])
+        if body["data"].get("mail_id") == str(mail_id):
+            found.append({"exchange": row["exchange"], "raw": bytes(row["body"]), **body})
+    return found

@@ -1,0 +1,260 @@
+"""The mailer end to end inside one process: real mail exchange → deliveries table →
+real SMTP server, with retries, permanent failures and the events they announce."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from aiosmtpd.controller import Controller
+
+from libs.common.bus import Bus
+from tests.mailer.conftest import (
+    StartMailer,
+    invitation_job,
+    outbox_events,
+    publish_job,
+    wait_for_row,
+)
+from tests.support.env import free_port
+from tests.support.smtp import Sink, SmtpSink, accept_link, html_part, text_part
+
+pytestmark = pytest.mark.integration
+
+PoolFactory = Callable[[str], Any]
+
+
+def _address() -> str:
+    return f"client-{uuid.uuid4().hex[:8]}@example.com"
+
+
+async def test_a_mail_job_on_the_mail_exchange_arrives_with_both_parts(
+    start_mailer: StartMailer,
+    publisher: Bus,
+    smtp_sink: SmtpSink,
+    pool_factory: PoolFactory,
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    client = await start_mailer(smtp_sink.port)
+    to = _address()
+    job, token = invitation_job(to)
+    await publish_job(publisher, job)
+
+    [msg] = await smtp_sink.sink.wait_for(to)
+    assert msg["Subject"] == "You're invited to Acme Rebrand on Northwind Agency"
+    assert accept_link(msg) == job.context["accept_url"]
+    assert "Accept Invitation</a>" in html_part(msg)
+    assert job.context["accept_url"] in text_part(msg)
+
+    row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "sent")
+    assert row["context"] is None, "the link is forgotten once sent"
+    assert row["attempts"] == 1 and row["sent_at"] is not None
+    [event] = await outbox_events(pool, job.mail_id)
+    assert event["type"] == "mail.sent" and event["exchange"] == "events"
+    assert event["data"]["ref_id"] == str(job.ref_id)
+    assert token.encode() not in event["raw"]
+
+    metrics = await (await client.get("/metrics")).text()
+    assert 'clientpress_emails_sent_total{template="invitation"}' in metrics
+    assert "clientpress_emails_queued" in metrics
+
+
+async def test_the_same_job_delivered_twice_sends_one_email(
+    start_mailer: StartMailer,
+    publisher: Bus,
+    smtp_sink: SmtpSink,
+    pool_factory: PoolFactory,
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    await start_mailer(smtp_sink.port)
+    to = _address()
+    job, _ = invitation_job(to)
+    envelope = await publish_job(publisher, job)
+    await publisher.publish_envelope(envelope, kind="mail")  # the very same message again
+    await publish_job(publisher, job)  # the same job republished under a new event id
+
+    await smtp_sink.sink.wait_for(to)
+    await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "sent")
+    await asyncio.sleep(0.5)
+    assert len(smtp_sink.sink.to(to)) == 1
+    assert [e["type"] for e in await outbox_events(pool, job.mail_id)] == ["mail.sent"]
+
+
+async def test_smtp_down_then_up_the_email_still_arrives(
+    start_mailer: StartMailer, publisher: Bus, pool_factory: PoolFactory
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    port = free_port()  # nothing listens here yet
+    await start_mailer(port, mailer_max_attempts=30)
+    to = _address()
+    job, _ = invitation_job(to)
+    await publish_job(publisher, job)
+
+    row = await wait_for_row(pool, job.mail_id, lambda r: r["attempts"] >= 2)
+    assert row["last_error"] and job.context["accept_url"] not in row["last_error"]
+
+    sink = Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        [msg] = await sink.wait_for(to)
+        assert accept_link(msg) == job.context["accept_url"]
+        row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "sent")
+        assert row["context"] is None
+    finally:
+        controller.stop()
+
+
+async def test_a_4xx_answer_is_retried_then_succeeds(
+    start_mailer: StartMailer,
+    publisher: Bus,
+    smtp_sink: SmtpSink,
+    pool_factory: PoolFactory,
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    smtp_sink.sink.fail_with = "451 4.3.0 try later"
+    await start_mailer(smtp_sink.port)
+    to = _address()
+    job, _ = invitation_job(to)
+    await publish_job(publisher, job)
+
+    row = await wait_for_row(pool, job.mail_id, lambda r: r["attempts"] >= 2)
+    assert row["last_error"].startswith("451")
+    smtp_sink.sink.fail_with = None
+
+    await smtp_sink.sink.wait_for(to)
+    row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "sent")
+    assert row["attempts"] >= 2 and row["last_error"] is None
+    assert [e["type"] for e in await outbox_events(pool, job.mail_id)] == ["mail.sent"]
+
+
+async def test_a_5xx_answer_fails_after_one_attempt(
+    start_mailer: StartMailer,
+    publisher: Bus,
+    smtp_sink: SmtpSink,
+    pool_factory: PoolFactory,
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    smtp_sink.sink.fail_with = "550 5.1.1 no such user"
+    await start_mailer(smtp_sink.port)
+    to = _address()
+    job, token = invitation_job(to)
+    await publish_job(publisher, job)
+
+    row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "failed")
+    assert row["attempts"] == 1 and row["context"] is None
+    assert row["last_error"].startswith("550")
+    [event] = await outbox_events(pool, job.mail_id)
+    assert event["type"] == "mail.failed" and event["exchange"] == "events"
+    assert event["data"]["reason"] == "smtp_rejected" and event["data"]["attempts"] == 1
+    assert token.encode() not in event["raw"]
+    assert smtp_sink.sink.to(to) == []
+
+
+async def test_gives_up_after_max_attempts(
+    start_mailer: StartMailer,
+    publisher: Bus,
+    smtp_sink: SmtpSink,
+    pool_factory: PoolFactory,
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    smtp_sink.sink.fail_with = "421 4.7.0 too busy"
+    await start_mailer(smtp_sink.port, mailer_max_attempts=3)
+    job, _ = invitation_job(_address())
+    await publish_job(publisher, job)
+
+    row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "failed")
+    assert row["attempts"] == 3 and row["context"] is None
+    [event] = await outbox_events(pool, job.mail_id)
+    assert event["type"] == "mail.failed"
+    assert event["data"]["reason"] == "max_attempts" and event["data"]["attempts"] == 3
+
+
+async def test_a_recipient_with_a_line_break_is_refused_not_sent(
+    start_mailer: StartMailer,
+    publisher: Bus,
+    smtp_sink: SmtpSink,
+    pool_factory: PoolFactory,
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    await start_mailer(smtp_sink.port)
+    job, _ = invitation_job("victim@example.com\r\nBcc: attacker@example.net")
+    await publish_job(publisher, job)
+
+    row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "failed")
+    assert row["context"] is None and row["attempts"] == 0
+    assert "\n" not in row["to_address"]
+    [event] = await outbox_events(pool, job.mail_id)
+    assert event["data"]["reason"] == "invalid_address"
+    assert smtp_sink.sink.messages == [] or not smtp_sink.sink.to("attacker@example.net")
+
+
+async def test_a_job_missing_its_link_fails_as_invalid_context(
+    start_mailer: StartMailer,
+    publisher: Bus,
+    smtp_sink: SmtpSink,
+    pool_factory: PoolFactory,
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    await start_mailer(smtp_sink.port)
+    job, _ = invitation_job(_address(), accept_url="")
+    await publish_job(publisher, job)
+
+    row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "failed")
+    [event] = await outbox_events(pool, job.mail_id)
+    assert event["data"]["reason"] == "invalid_context"
+    assert row["context"] is None
+
+
+async def test_a_dead_smtp_server_does_not_hold_up_the_queue(
+    start_mailer: StartMailer, publisher: Bus, pool_factory: PoolFactory
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    await start_mailer(free_port(), mailer_max_attempts=2, mailer_retry_base_seconds=60)
+    jobs = [invitation_job(_address())[0] for _ in range(20)]
+    for job in jobs:
+        await publish_job(publisher, job)
+    for job in jobs:
+        await wait_for_row(pool, job.mail_id, lambda r: True, timeout=5)
+    # Leave nothing for a mailer in a later test to send.
+    await pool.execute(
+        "UPDATE deliveries SET status = 'failed', context = NULL WHERE mail_id = ANY($1)",
+        [job.mail_id for job in jobs],
+    )
+
+
+class SlowSink(Sink):
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(1.0)
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_shutdown_finishes_the_send_in_hand(
+    start_mailer: StartMailer, publisher: Bus, pool_factory: PoolFactory
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    sink = SlowSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        client = await start_mailer(controller.port)
+        to = _address()
+        job, _ = invitation_job(to)
+        await publish_job(publisher, job)
+        await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "sending")
+        await client.close()  # the app shuts down while the SMTP server is still answering
+        row = await pool.fetchrow("SELECT * FROM deliveries WHERE mail_id = $1", job.mail_id)
+        assert row["status"] == "sent"
+        assert len(sink.to(to)) == 1
+        [event] = await outbox_events(pool, job.mail_id)
+        assert event["type"] == "mail.sent"
+        published = await pool.fetchval(
+            "SELECT published_at FROM outbox WHERE id = $1", uuid.UUID(event["id"])
+        )
+        assert published is not None, "the relay drained mail.sent before the bus closed"
+    finally:
+        controller.stop()

@@ -1,0 +1,106 @@
+"""Templates and MIME: what the recipient sees."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import uuid
+from datetime import UTC, datetime
+from email.message import EmailMessage
+
+import pytest
+
+from services.mailer.domain import InvalidContext
+from services.mailer.rendering import build_message, new_environment, render
+from tests.support.smtp import accept_link, html_part, text_part
+
+URL = "http://localhost:8080/invitations/accept?token=abc_DEF-123"
+INVITATION = {
+    "accept_url": URL,
+    "portal_title": "Acme Rebrand",
+    "site_name": "Northwind Agency",
+    "expires_at": "2026-12-09T15:30:00+00:00",
+    "invited_by": "Jane Admin",
+}
+
+
+def _message(template: str, context: dict[str, str]) -> EmailMessage:
+    rendered = render(new_environment(), template, context)
+    message = build_message(
+        rendered,
+        mail_id=uuid.UUID(int=7),
+        to="client@example.com",
+        mail_from="ClientPress <no-reply@example.org>",
+        now=datetime(2026, 11, 25, 10, 0, tzinfo=UTC),
+    )
+    # Round-trip through bytes, as a mail client would see it.
+    parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def test_invitation_subject_and_headers() -> None:
+    msg = _message("invitation", INVITATION)
+    assert msg["Subject"] == "You're invited to Acme Rebrand on Northwind Agency"
+    assert msg["To"] == "client@example.com"
+    assert msg["From"] == "ClientPress <no-reply@example.org>"
+    assert msg["Message-ID"] == f"<{uuid.UUID(int=7)}@example.org>"
+    assert msg["Date"]
+
+
+def test_invitation_html_has_a_button_styled_accept_link() -> None:
+    html = html_part(_message("invitation", INVITATION))
+    assert accept_link(_message("invitation", INVITATION)) == URL
+    button = html[html.index(f'<a href="{URL}"') :]
+    button = button[: button.index("</a>") + 4]
+    assert "Accept Invitation</a>" in button
+    assert 'style="' in button and "background-color" in button
+    assert "Acme Rebrand" in html and "Northwind Agency" in html
+    assert "This link expires on 9 December 2026." in html
+    assert "Jane Admin" in html
+    # Inline styles only, no external resources.
+    assert "<style" not in html and "<link" not in html and "<img" not in html
+
+
+def test_invitation_text_part_has_the_same_information() -> None:
+    text = text_part(_message("invitation", INVITATION))
+    assert URL in text
+    assert "Accept Invitation" in text
+    assert "Acme Rebrand" in text and "Northwind Agency" in text
+    assert "This link expires on 9 December 2026." in text
+
+
+def test_values_are_escaped_in_html_and_subject_stays_one_line() -> None:
+    context = {**INVITATION, "portal_title": '<script>alert(1)</script>\r\nBcc: x@y.z "q"'}
+    msg = _message("invitation", context)
+    html = html_part(msg)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "\n" not in msg["Subject"] and "\r" not in msg["Subject"]
+    assert msg["Bcc"] is None
+
+
+def test_password_reset() -> None:
+    url = "https://portal.example.com/reset-password?token=xyz"
+    msg = _message(
+        "password_reset",
+        {"reset_url": url, "site_name": "Northwind", "expires_at": "2026-12-09T15:30:00Z"},
+    )
+    html = html_part(msg)
+    assert f'<a href="{url}"' in html and "Reset Password</a>" in html
+    assert "15:30 UTC on 9 December 2026" in html
+    assert url in text_part(msg)
+    assert msg["Subject"] == "Reset your password on Northwind"
+
+
+@pytest.mark.parametrize(
+    ("template", "context"),
+    [
+        ("invitation", {k: v for k, v in INVITATION.items() if k != "accept_url"}),
+        ("invitation", {**INVITATION, "accept_url": "javascript:alert(1)"}),
+        ("invitation", {**INVITATION, "expires_at": "next tuesday"}),
+        ("newsletter", INVITATION),
+    ],
+)
+def test_unusable_context_is_refused(template: str, context: dict[str, str]) -> None:
+    with pytest.raises(InvalidContext):
+        render(new_environment(), template, context)

@@ -1,0 +1,171 @@
+"""The deliveries table under concurrency, on the real schema: idempotent recording,
+one claim per row, stale claims, crash recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from services.mailer import handlers, repository
+from services.mailer.domain import FailureReason, RequestMail
+from services.mailer.sender import Sender
+from services.mailer.smtp import SmtpTransport
+from tests.mailer.conftest import mailer_settings, outbox_events
+from tests.support.env import TestEnv, free_port
+
+pytestmark = pytest.mark.integration
+
+PoolFactory = Callable[[str], Any]
+REF_TYPE = "test-repository"
+
+
+@pytest.fixture(autouse=True)
+async def _leave_nothing_to_send(pool_factory: PoolFactory) -> AsyncIterator[None]:
+    """Rows made here must never be picked up later by a mailer in another test."""
+    yield
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    await pool.execute(
+        "UPDATE deliveries SET status = 'failed', context = NULL"
+        " WHERE ref_type = $1 AND status IN ('queued', 'sending')",
+        REF_TYPE,
+    )
+
+
+def _command(mail_id: uuid.UUID | None = None, to: str = "c@example.com") -> RequestMail:
+    return RequestMail(
+        mail_id=mail_id or uuid.uuid4(),
+        template="invitation",
+        to=to,
+        ref_type=REF_TYPE,
+        ref_id=uuid.uuid4(),
+        context={"accept_url": "http://x/invitations/accept?token=t"},
+    )
+
+
+async def _record(pool: asyncpg.Pool, command: RequestMail) -> bool:
+    async with pool.acquire() as conn, conn.transaction():
+        return await handlers.request_mail(conn, command)
+
+
+async def test_sixteen_concurrent_copies_of_one_job_record_one_delivery(
+    pool_factory: PoolFactory,
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    command = _command(to="Someone@Example.COM")
+    results = await asyncio.gather(*(_record(pool, command) for _ in range(16)))
+    assert results.count(True) == 1
+    rows = await pool.fetch("SELECT * FROM deliveries WHERE mail_id = $1", command.mail_id)
+    assert len(rows) == 1 and rows[0]["to_address"] == "Someone@example.com"
+
+
+async def test_sixteen_concurrent_claims_take_one_row_once(pool_factory: PoolFactory) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    # Park everything else already queued so only our rows are due.
+    await pool.execute(
+        "UPDATE deliveries SET status = 'failed', context = NULL"
+        " WHERE status IN ('queued', 'sending')"
+    )
+    command = _command()
+    await _record(pool, command)
+
+    async def claim() -> Any:
+        async with pool.acquire() as conn:
+            return await handlers.claim_next(conn)
+
+    claims = [c for c in await asyncio.gather(*(claim() for _ in range(16))) if c is not None]
+    assert len(claims) == 1 and claims[0][0].mail_id == command.mail_id
+    assert claims[0][0].attempts == 1
+
+
+async def test_sixteen_workers_share_sixteen_rows_without_overlap(
+    pool_factory: PoolFactory,
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    await pool.execute(
+        "UPDATE deliveries SET status = 'failed', context = NULL"
+        " WHERE status IN ('queued', 'sending')"
+    )
+    ids = set()
+    for _ in range(16):
+        command = _command()
+        ids.add(command.mail_id)
+        await _record(pool, command)
+
+    async def claim() -> Any:
+        async with pool.acquire() as conn:
+            return await handlers.claim_next(conn)
+
+    claims = await asyncio.gather(*(claim() for _ in range(16)))
+    claimed = [c[0].mail_id for c in claims if c is not None]
+    assert len(claimed) == len(set(claimed))
+    assert set(claimed) <= ids
+
+
+async def test_a_stale_claim_cannot_finish_a_row_recovered_from_a_crash(
+    pool_factory: PoolFactory,
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    await pool.execute(
+        "UPDATE deliveries SET status = 'failed', context = NULL"
+        " WHERE status IN ('queued', 'sending')"
+    )
+    command = _command()
+    await _record(pool, command)
+    async with pool.acquire() as conn:
+        first = await handlers.claim_next(conn)
+    assert first is not None
+    # The worker "crashed": its claim is three minutes old.
+    await pool.execute(
+        "UPDATE deliveries SET claimed_at = claimed_at - interval '3 minutes' WHERE mail_id = $1",
+        command.mail_id,
+    )
+    async with pool.acquire() as conn:
+        assert await repository.requeue_stuck(conn) == 1
+        second = await handlers.claim_next(conn)
+        assert second is not None and second[0].attempts == 2
+        # The old worker wakes up and reports: nothing happens.
+        assert not await handlers.record_sent(conn, first[0], first[1])
+        assert not await handlers.record_failure(
+            conn, first[0], first[1], FailureReason.REJECTED, "550"
+        )
+        assert await handlers.record_sent(conn, second[0], second[1])
+    row = await pool.fetchrow("SELECT * FROM deliveries WHERE mail_id = $1", command.mail_id)
+    assert row["status"] == "sent" and row["context"] is None
+
+
+async def test_recent_sends_are_not_taken_for_crashes(pool_factory: PoolFactory) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    await pool.execute(
+        "UPDATE deliveries SET status = 'failed', context = NULL"
+        " WHERE status IN ('queued', 'sending')"
+    )
+    await _record(pool, _command())
+    async with pool.acquire() as conn:
+        assert await handlers.claim_next(conn) is not None
+        assert await repository.requeue_stuck(conn) == 0
+
+
+async def test_a_row_that_keeps_crashing_its_worker_ends_as_failed(
+    pool_factory: PoolFactory, migrated_schemas: TestEnv
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    await pool.execute(
+        "UPDATE deliveries SET status = 'failed', context = NULL"
+        " WHERE status IN ('queued', 'sending')"
+    )
+    command = _command()
+    await _record(pool, command)
+    # Three claims already made, each lost with its worker.
+    await pool.execute("UPDATE deliveries SET attempts = 3 WHERE mail_id = $1", command.mail_id)
+    settings = mailer_settings(migrated_schemas, free_port(), mailer_max_attempts=3)
+    sender = Sender(pool, settings)
+    assert await sender.send_next(SmtpTransport(settings))
+    row = await pool.fetchrow("SELECT * FROM deliveries WHERE mail_id = $1", command.mail_id)
+    assert row["status"] == "failed" and row["context"] is None and row["attempts"] == 4
+    [event] = await outbox_events(pool, command.mail_id)
+    assert event["type"] == "mail.failed" and event["data"]["reason"] == "max_attempts"

@@ -1,0 +1,66 @@
+"""What every use case shares: its dependencies, commands and the event writer."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+import asyncpg
+
+from libs.common.db import Conn
+from libs.common.events import EventData, make_event
+from libs.common.logging import get_logger
+from libs.common.outbox import append
+
+from .. import domain
+from ..clients import Directory, PortalInfo
+from ..settings import InvitationsSettings
+
+log = get_logger(__name__)
+
+SOURCE = "invitations"
+Outcome = Literal["created", "resent", "duplicate"]
+Row = asyncpg.Record
+
+
+@dataclass
+class Deps:
+    """What the use cases need besides a connection. The directory (HTTP clients) is
+    opened with the app, after construction."""
+
+    settings: InvitationsSettings
+    clock: domain.Clock = domain.utcnow
+    _directory: Directory | None = field(default=None, repr=False)
+
+    @property
+    def directory(self) -> Directory:
+        assert self._directory is not None, "directory not opened"
+        return self._directory
+
+    @directory.setter
+    def directory(self, value: Directory | None) -> None:
+        self._directory = value
+
+
+@dataclass(frozen=True)
+class InviteCommand:
+    email: str
+    portal_id: uuid.UUID | None = None
+    portal_slug: str | None = None
+    invited_by: str | None = None
+    sub_client: bool | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckedInvite:
+    """An invitation that passed every rule that needs another service."""
+
+    command: InviteCommand
+    email: str
+    portal: PortalInfo
+
+
+async def emit(conn: Conn, event_type: str, data: EventData) -> None:
+    await append(conn, make_event(event_type, data, source=SOURCE))

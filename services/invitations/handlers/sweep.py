@@ -1,0 +1,40 @@
+"""The expiry sweep: pending invitations past their end become expired."""
+
+from __future__ import annotations
+
+import hashlib
+
+import asyncpg
+
+from libs.common.context import new_id, set_correlation_id
+from libs.common.events import InvitationClosed
+
+from .. import repository as repo
+from .base import Deps, emit, log
+
+SWEEP_LOCK = int.from_bytes(hashlib.sha256(b"invitations:sweep").digest()[:8], "big", signed=True)
+
+
+async def sweep_once(pool: asyncpg.Pool, deps: Deps, *, batch: int = 500) -> int:
+    """Mark pending invitations past their expiry as expired, one batch per transaction.
+    Only the instance holding the advisory lock sweeps; the others skip this round."""
+    set_correlation_id(new_id())
+    total = 0
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK):
+                return total
+            rows = await repo.expire_due(conn, deps.clock(), batch)
+            for row in rows:
+                await emit(
+                    conn,
+                    "invitation.expired",
+                    InvitationClosed(
+                        invitation_id=row["id"], portal_id=row["portal_id"], email=row["email"]
+                    ),
+                )
+        total += len(rows)
+        if len(rows) < batch:
+            if total:
+                log.info("invitations_expired", count=total)
+            return total

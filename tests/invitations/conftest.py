@@ -1,0 +1,193 @@
+"""Fixtures for the invitations service: a fake of identity + portals following
+docs/internal-api.md, a movable clock, and the real app on the run's database and broker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from services.invitations.app import create_app
+from services.invitations.settings import InvitationsSettings
+from tests.support.env import TestEnv
+
+PUBLIC_URL = "https://clients.example.com"
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@dataclass
+class World:
+    """What identity and portals know, as their internal APIs would answer it."""
+
+    users: dict[str, str] = field(default_factory=dict)  # email lower -> user id
+    access: dict[str, set[str]] = field(default_factory=dict)  # user id -> portal ids
+    portals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    identity_down: bool = False
+
+    def add_portal(self, status: str = "active", title: str | None = None) -> dict[str, Any]:
+        portal_id = str(uuid.uuid4())
+        portal: dict[str, Any] = {
+            "id": portal_id,
+            "title": title or f"Portal {portal_id[:8]}",
+            "slug": f"portal-{portal_id[:8]}",
+            "content": "",
+            "content_html": "",
+            "status": status,
+            "client_id": None,
+            "sub_client_ids": [],
+            "revision": 1,
+            "created_at": datetime.now(UTC).isoformat(),
+            "updated_at": datetime.now(UTC).isoformat(),
+        }
+        self.portals[portal_id] = portal
+        return portal
+
+    def add_user(self, email: str, *portal_ids: str) -> str:
+        user_id = str(uuid.uuid4())
+        self.users[email.lower()] = user_id
+        self.access[user_id] = set(portal_ids)
+        return user_id
+
+
+def fake_services(world: World) -> web.Application:
+    async def lookup(request: web.Request) -> web.Response:
+        if world.identity_down:
+            return _error(503, "unavailable", "down")
+        user_id = world.users.get(request.query.get("email", "").lower())
+        if user_id is None:
+            return _error(404, "user_not_found", "No such user.")
+        email = request.query["email"]
+        return web.json_response(
+            {
+                "id": user_id,
+                "email": email,
+                "role": "client",
+                "disabled": False,
+                "created_at": datetime.now(UTC).isoformat(),
+            }
+        )
+
+    async def user_portals(request: web.Request) -> web.Response:
+        ids = world.access.get(request.match_info["user_id"], set())
+        return web.json_response({"items": [world.portals[i] for i in ids if i in world.portals]})
+
+    async def portal(request: web.Request) -> web.Response:
+        found = world.portals.get(request.match_info["id"])
+        if found is None:
+            return _error(404, "portal_not_found", "No such portal.")
+        return web.json_response(found)
+
+    async def by_slug(request: web.Request) -> web.Response:
+        for found in world.portals.values():
+            if found["slug"] == request.match_info["slug"]:
+                return web.json_response(found)
+        return _error(404, "portal_not_found", "No such portal.")
+
+    app = web.Application()
+    app.router.add_get("/users/lookup", lookup)
+    app.router.add_get("/users/{user_id}/portals", user_portals)
+    app.router.add_get("/portals/by-slug/{slug}", by_slug)
+    app.router.add_get("/portals/{id}", portal)
+    return app
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture(scope="session")
+async def world() -> AsyncIterator[World]:
+    yield World()
+
+
+@pytest.fixture(scope="session")
+async def fake_url(world: World) -> AsyncIterator[str]:
+    server = TestServer(fake_services(world))
+    await server.start_server()
+    yield str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def make_settings(env: TestEnv, fake_url: str, **extra: Any) -> InvitationsSettings:
+    values: dict[str, Any] = {
+        "database_url": env.database_url,
+        "amqp_url": env.amqp_url,
+        "bus_prefix": env.bus_prefix,
+        "identity_url": fake_url,
+        "portals_url": fake_url,
+        "public_url": PUBLIC_URL,
+        "invitations_sweep_seconds": 3600,
+    }
+    values.update(extra)
+    return InvitationsSettings(**values)
+
+
+AppFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+async def app_factory(
+    migrated_schemas: TestEnv, fake_url: str, clock: Clock
+) -> AsyncIterator[AppFactory]:
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def make(**extra: Any) -> TestClient[web.Request, web.Application]:
+        app = create_app(make_settings(migrated_schemas, fake_url, **extra), clock=clock)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in reversed(clients):
+        await client.close()
+
+
+@pytest.fixture
+async def client(app_factory: AppFactory) -> TestClient[web.Request, web.Application]:
+    return await app_factory()
+
+
+@pytest.fixture
+async def pool(pool_factory: Callable[[str], Awaitable[asyncpg.Pool]]) -> asyncpg.Pool:
+    return await pool_factory("invitations")
+
+
+async def outbox_events(pool: asyncpg.Pool, invitation_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """(type, envelope) of every event written about one invitation, oldest first."""
+    rows = await pool.fetch(
+        "SELECT routing_key, body FROM outbox"
+        " WHERE convert_from(body, 'UTF8') LIKE '%' || $1 || '%' ORDER BY created_at",
+        invitation_id,
+    )
+    return [(row["routing_key"], orjson.loads(row["body"])) for row in rows]
+
+
+async def last_token(pool: asyncpg.Pool, invitation_id: str) -> str:
+    """The token from the newest mail job: the link the person would click."""
+    mails = [e for t, e in await outbox_events(pool, invitation_id) if t == "mail.requested"]
+    url = mails[-1]["data"]["context"]["accept_url"]
+    return str(url.split("token=", 1)[1])

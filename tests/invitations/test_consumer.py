@@ -1,0 +1,252 @@
+"""Events in, through the real broker into the running app's consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import aio_pika
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from libs.common.events import (
+    EventData,
+    InvitationRequested,
+    MailFailed,
+    MailSent,
+    PortalChanged,
+    make_event,
+)
+from tests.invitations.conftest import World, outbox_events
+from tests.support.env import TestEnv
+
+pytestmark = pytest.mark.integration
+
+Client = TestClient[web.Request, web.Application]
+T = TypeVar("T")
+
+Publish = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def publish(migrated_schemas: TestEnv) -> AsyncIterator[Publish]:
+    connection = await aio_pika.connect(migrated_schemas.amqp_url)
+    channel = await connection.channel()
+    exchange = await channel.get_exchange(f"{migrated_schemas.bus_prefix}.events")
+
+    async def send(
+        event_type: str, data: EventData | None = None, *, raw: bytes | None = None
+    ) -> str:
+        correlation_id = uuid.uuid4().hex
+        if raw is None:
+            assert data is not None
+            body = make_event(event_type, data, source="test", correlation_id=correlation_id)
+            raw = body.to_json()
+        await exchange.publish(
+            aio_pika.Message(raw, content_type="application/json", message_id=uuid.uuid4().hex),
+            routing_key=event_type,
+        )
+        return correlation_id
+
+    yield send
+    await connection.close()
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 10.0) -> T:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+def portal_changed(portal_id: uuid.UUID, revision: int, **extra: Any) -> PortalChanged:
+    values: dict[str, Any] = {
+        "portal_id": portal_id,
+        "slug": f"p-{portal_id.hex[:8]}",
+        "title": f"Title r{revision}",
+        "status": "active",
+        "revision": revision,
+    }
+    values.update(extra)
+    return PortalChanged(**values)
+
+
+async def test_portal_events_keep_the_replica_newest_first(
+    client: Client, pool: asyncpg.Pool, publish: Publish
+) -> None:
+    portal_id = uuid.uuid4()
+    await publish("portal.created", portal_changed(portal_id, 1))
+    await publish("portal.updated", portal_changed(portal_id, 3, status="archived"))
+    await publish("portal.updated", portal_changed(portal_id, 2, title="late"))
+
+    async def at_revision_3() -> asyncpg.Record | None:
+        row = await pool.fetchrow("SELECT * FROM portals WHERE portal_id = $1", portal_id)
+        return row if row is not None and row["revision"] == 3 else None
+
+    row = await eventually(at_revision_3)
+    assert row["status"] == "archived" and row["title"] == "Title r3"
+    marker = uuid.uuid4()  # processed after the stale revision 2
+    await publish("portal.created", portal_changed(marker, 1))
+    await eventually(lambda: pool.fetchval("SELECT true FROM portals WHERE portal_id = $1", marker))
+    assert await pool.fetchval("SELECT revision FROM portals WHERE portal_id = $1", portal_id) == 3
+
+
+async def test_mail_outcomes_set_delivery_of_the_latest_send(
+    client: Client, world: World, pool: asyncpg.Pool, publish: Publish
+) -> None:
+    portal = world.add_portal()
+    response = await client.post(
+        "/invitations", json={"portal_id": portal["id"], "email": "deliver@example.com"}
+    )
+    inv_id = uuid.UUID((await response.json())["invitation"]["id"])
+    first_mail = await pool.fetchval("SELECT last_mail_id FROM invitations WHERE id = $1", inv_id)
+    await client.post(f"/invitations/{inv_id}/resend")
+    second_mail = await pool.fetchval("SELECT last_mail_id FROM invitations WHERE id = $1", inv_id)
+    assert first_mail != second_mail
+
+    await publish(
+        "mail.failed",
+        MailFailed(
+            mail_id=first_mail,
+            template="invitation",
+            ref_type="invitation",
+            ref_id=inv_id,
+            reason="550 no such user",
+            attempts=1,
+        ),
+    )
+    await publish(
+        "mail.sent",
+        MailSent(mail_id=second_mail, template="invitation", ref_type="invitation", ref_id=inv_id),
+    )
+
+    async def sent() -> bool:
+        response = await client.get(f"/invitations/{inv_id}")
+        return bool((await response.json())["delivery"] == "sent")
+
+    await eventually(sent)
+    await publish(
+        "mail.failed",
+        MailFailed(
+            mail_id=second_mail,
+            template="invitation",
+            ref_type="invitation",
+            ref_id=inv_id,
+            reason="bounced later",
+            attempts=8,
+        ),
+    )
+
+    async def failed() -> dict[str, Any] | None:
+        body: dict[str, Any] = await (await client.get(f"/invitations/{inv_id}")).json()
+        return body if body["delivery"] == "failed" else None
+
+    body = await eventually(failed)
+    assert body["delivery_error"] == "bounced later"
+
+
+async def test_invitation_requested_by_slug_creates(
+    client: Client, world: World, pool: asyncpg.Pool, publish: Publish
+) -> None:
+    portal = world.add_portal()
+    key = f"crm-{uuid.uuid4().hex}"
+    correlation_id = await publish(
+        "invitation.requested",
+        InvitationRequested(
+            portal_slug=portal["slug"],
+            email="Via.Crm@Example.com",
+            idempotency_key=key,
+            sub_client=True,
+            invited_by="CRM",
+        ),
+    )
+    row = await eventually(
+        lambda: pool.fetchrow("SELECT * FROM invitations WHERE idempotency_key = $1", key)
+    )
+    assert row["email"] == "Via.Crm@example.com" and row["sub_client"] is True
+    events = dict(await outbox_events(pool, str(row["id"])))
+    created = events["invitation.created"]
+    assert created["correlation_id"] == correlation_id
+    assert created["data"]["idempotency_key"] == key
+    assert "mail.requested" in events
+
+
+@pytest.mark.parametrize(
+    ("reason", "request_data"),
+    [
+        ("portal_not_found", {"portal_id": str(uuid.uuid4())}),
+        ("portal_not_found", {"portal_slug": "no-such-portal"}),
+        ("missing_portal", {}),
+        ("invalid_email", {"email": "Jane <jane@example.com>"}),
+        ("portal_not_active", {"status": "pending"}),
+        ("already_has_access", {"member": True}),
+    ],
+)
+async def test_invitation_requested_rejections(
+    client: Client,
+    world: World,
+    pool: asyncpg.Pool,
+    publish: Publish,
+    reason: str,
+    request_data: dict[str, Any],
+) -> None:
+    portal = world.add_portal(status=request_data.pop("status", "active"))
+    email = request_data.pop("email", f"rej-{uuid.uuid4().hex[:8]}@example.com")
+    if request_data.pop("member", False):
+        world.add_user(email, portal["id"])
+    if (
+        "portal_id" not in request_data
+        and "portal_slug" not in request_data
+        and reason != "missing_portal"
+    ):
+        request_data["portal_id"] = portal["id"]
+    key = f"rej-{uuid.uuid4().hex}"
+    correlation_id = await publish(
+        "invitation.requested",
+        InvitationRequested(email=email, idempotency_key=key, **request_data),
+    )
+
+    async def rejected() -> list[tuple[str, dict[str, Any]]]:
+        return [e for e in await outbox_events(pool, key) if e[0] == "invitation.rejected"]
+
+    [(_, envelope)] = await eventually(rejected)
+    assert envelope["data"]["reason"] == reason
+    assert envelope["data"]["message"]
+    assert envelope["correlation_id"] == correlation_id
+    assert (
+        await pool.fetchval("SELECT count(*) FROM invitations WHERE idempotency_key = $1", key) == 0
+    )
+
+
+async def test_poison_message_is_dead_lettered_and_next_processed(
+    client: Client, pool: asyncpg.Pool, publish: Publish, migrated_schemas: TestEnv
+) -> None:
+    await publish("invitation.requested", raw=b"this is not json")
+    portal_id = uuid.uuid4()
+    await publish("portal.created", portal_changed(portal_id, 1))
+    await eventually(
+        lambda: pool.fetchval("SELECT true FROM portals WHERE portal_id = $1", portal_id)
+    )
+    connection = await aio_pika.connect(migrated_schemas.amqp_url)
+    try:
+        channel = await connection.channel()
+        dead = await channel.get_queue(f"{migrated_schemas.bus_prefix}.invitations.dead")
+
+        async def poison() -> aio_pika.abc.AbstractIncomingMessage | None:
+            while True:
+                message = await dead.get(no_ack=True, fail=False)
+                if message is None or message.body == b"this is not json":
+                    return message
+
+        assert (await eventually(poison)).body == b"this is not json"
+    finally:
+        await connection.close()

@@ -1,0 +1,148 @@
+"""Pure rules: expiry, status machine, tokens, emails, the mail job."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from libs.common.errors import Conflict, Gone, InvalidInput
+from services.invitations import domain
+
+SENT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("days", [7, 14, 21, 30])
+def test_expiry_is_sent_at_plus_setting(days: int) -> None:
+    expires = domain.expiry_for(SENT, days)
+    assert expires == SENT + timedelta(days=days)
+    just_before = expires - timedelta(microseconds=1)
+    assert domain.effective_status("pending", expires, just_before) == "pending"
+    # Exactly at the boundary the link is dead (accept checks expires_at > now).
+    assert domain.effective_status("pending", expires, expires) == "expired"
+    assert domain.effective_status("pending", expires, expires + timedelta(seconds=1)) == "expired"
+
+
+@pytest.mark.parametrize("days", [0, 1, 13, 15, 31, -7, 365])
+def test_expiry_days_outside_choices_refused(days: int) -> None:
+    with pytest.raises(InvalidInput) as err:
+        domain.check_expiry_days(days)
+    assert "7, 14, 21 or 30" in err.value.message
+
+
+def test_setting_change_does_not_move_an_issued_expiry() -> None:
+    expires = domain.expiry_for(SENT, 14)
+    # The setting becomes 7 days later: the issued link still runs to its own end...
+    assert domain.effective_status("pending", expires, SENT + timedelta(days=10)) == "pending"
+    # ...and a resend after the change takes the new value from its own send time.
+    resent_at = SENT + timedelta(days=10)
+    assert domain.expiry_for(resent_at, 7) == resent_at + timedelta(days=7)
+
+
+def test_default_is_fourteen_days() -> None:
+    assert domain.DEFAULT_EXPIRY_DAYS == 14
+    assert domain.EXPIRY_CHOICES == (7, 14, 21, 30)
+
+
+@pytest.mark.parametrize("status", ["accepted", "revoked", "expired"])
+def test_effective_status_leaves_closed_states_alone(status: str) -> None:
+    assert domain.effective_status(status, SENT, SENT - timedelta(days=1)) == status
+
+
+def test_token_usable_only_when_pending_and_in_time() -> None:
+    expires = SENT + timedelta(days=14)
+    domain.check_token_usable("pending", expires, SENT)
+    with pytest.raises(Gone) as expired:
+        domain.check_token_usable("pending", expires, expires)
+    assert expired.value.code == "invitation_expired"
+    with pytest.raises(Gone) as revoked:
+        domain.check_token_usable("revoked", expires, SENT)
+    assert revoked.value.code == "invitation_revoked"
+    with pytest.raises(Conflict) as used:
+        domain.check_token_usable("accepted", expires, SENT)
+    assert used.value.code == "invitation_used"
+
+
+def test_resend_allowed_from_pending_and_expired_only() -> None:
+    domain.check_can_resend("pending")
+    domain.check_can_resend("expired")
+    for status, code in (("accepted", "invitation_accepted"), ("revoked", "invitation_revoked")):
+        with pytest.raises(Conflict) as err:
+            domain.check_can_resend(status)
+        assert err.value.code == code
+
+
+def test_revoke_rules() -> None:
+    assert domain.must_revoke("pending") is True
+    assert domain.must_revoke("expired") is True
+    assert domain.must_revoke("revoked") is False
+    with pytest.raises(Conflict) as err:
+        domain.must_revoke("accepted")
+    assert err.value.code == "invitation_accepted"
+
+
+def test_token_is_random_and_stored_as_sha256() -> None:
+    token, token_hash = domain.new_token()
+    other, _ = domain.new_token()
+    assert token != other and len(token) >= 43
+    assert token_hash == domain.hash_token(token) and len(token_hash) == 64
+    assert token not in token_hash
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("  Jane.Doe@Example.COM ", "Jane.Doe@example.com"),
+        ("client@sub.example.org", "client@sub.example.org"),
+    ],
+)
+def test_email_normalised(raw: str, expected: str) -> None:
+    assert domain.normalise_email(raw) == expected
+    assert domain.email_key(domain.normalise_email(raw)) == expected.lower()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "not-an-email",
+        "a@b.com\r\nBcc: x@y.com",
+        "a@b.com\nx",
+        "a@b.com, c@d.com",
+        "a@b.com;c@d.com",
+        "Jane <jane@example.com>",
+        "jane@",
+        "@example.com",
+        "x" * 320 + "@example.com",
+    ],
+)
+def test_bad_emails_refused(raw: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        domain.normalise_email(raw)
+    assert err.value.code == "invalid_email"
+
+
+def test_mail_context() -> None:
+    expires = SENT + timedelta(days=14)
+    context = domain.mail_context(
+        public_base="https://clients.example.com",
+        token="tok",
+        portal_title="Acme",
+        expires_at=expires,
+        invited_by=None,
+    )
+    assert context == {
+        "accept_url": "https://clients.example.com/invitations/accept?token=tok",
+        "portal_title": "Acme",
+        "site_name": "clients.example.com",
+        "expires_at": expires.isoformat(),
+        "invited_by": "",
+    }
+
+
+def test_only_active_portals_take_invitations() -> None:
+    domain.check_portal_accepts("active")
+    for status in ("pending", "archived"):
+        with pytest.raises(Conflict) as err:
+            domain.check_portal_accepts(status)
+        assert err.value.code == "portal_not_active"

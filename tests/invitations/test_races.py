@@ -1,0 +1,117 @@
+"""Every rule that can race, forced with concurrent calls on the real database."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from libs.common.events import InvitationRequested, make_event
+from services.invitations.api import DEPS
+from services.invitations.consumer import make_on_requested
+from tests.invitations.conftest import World, last_token, outbox_events
+
+pytestmark = pytest.mark.integration
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def _invite(client: Client, world: World) -> str:
+    portal = world.add_portal()
+    response = await client.post(
+        "/invitations",
+        json={"portal_id": portal["id"], "email": f"r-{uuid.uuid4().hex[:8]}@example.com"},
+    )
+    assert response.status == 201
+    return str((await response.json())["invitation"]["id"])
+
+
+async def test_sixteen_concurrent_accepts_one_wins(
+    client: Client, world: World, pool: asyncpg.Pool
+) -> None:
+    inv_id = await _invite(client, world)
+    token = await last_token(pool, inv_id)
+
+    async def accept() -> tuple[int, str | None]:
+        response = await client.post(
+            "/invitations/accept", json={"token": token, "user_id": str(uuid.uuid4())}
+        )
+        body = await response.json()
+        return response.status, body.get("error", {}).get("code")
+
+    results = await asyncio.gather(*(accept() for _ in range(16)))
+    assert Counter(results) == {(200, None): 1, (409, "invitation_used"): 15}
+    events = [t for t, _ in await outbox_events(pool, inv_id)]
+    assert events.count("invitation.accepted") == 1
+
+
+async def test_resend_racing_accept(client: Client, world: World, pool: asyncpg.Pool) -> None:
+    for _ in range(5):
+        inv_id = await _invite(client, world)
+        token = await last_token(pool, inv_id)
+        accept, resend = await asyncio.gather(
+            client.post("/invitations/accept", json={"token": token, "user_id": str(uuid.uuid4())}),
+            client.post(f"/invitations/{inv_id}/resend"),
+        )
+        row = await pool.fetchrow(
+            "SELECT status, send_count FROM invitations WHERE id = $1", uuid.UUID(inv_id)
+        )
+        assert row is not None
+        if accept.status == 200:
+            # Accept won: the resend saw an accepted invitation.
+            assert resend.status == 409
+            assert (await resend.json())["error"]["code"] == "invitation_accepted"
+            assert row["status"] == "accepted" and row["send_count"] == 1
+        else:
+            # Resend won: the old link died before the accept got to it.
+            assert resend.status == 200
+            assert accept.status == 404
+            assert row["status"] == "pending" and row["send_count"] == 2
+
+
+async def test_sixteen_concurrent_invites_of_one_person(
+    client: Client, world: World, pool: asyncpg.Pool
+) -> None:
+    portal = world.add_portal()
+    email = f"same-{uuid.uuid4().hex[:8]}@example.com"
+    responses = await asyncio.gather(
+        *(
+            client.post("/invitations", json={"portal_id": portal["id"], "email": email})
+            for _ in range(16)
+        )
+    )
+    statuses = Counter(r.status for r in responses)
+    assert statuses == {201: 1, 200: 15}
+    count = await pool.fetchval(
+        "SELECT count(*) FROM invitations WHERE portal_id = $1", uuid.UUID(portal["id"])
+    )
+    assert count == 1
+
+
+async def test_same_request_twice_at_once_makes_one_invitation(
+    client: Client, world: World, pool: asyncpg.Pool
+) -> None:
+    portal = world.add_portal()
+    key = f"crm-{uuid.uuid4().hex}"
+    data = InvitationRequested(
+        portal_id=uuid.UUID(portal["id"]), email="crm@example.com", idempotency_key=key
+    )
+    handler = make_on_requested(client.app[DEPS])
+    # Different envelope ids: the inbox can't dedupe them, the idempotency key must.
+    envelopes = [make_event("invitation.requested", data, source="crm") for _ in range(16)]
+
+    async def deliver(envelope: object) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await handler(conn, envelope, data)  # type: ignore[arg-type]
+
+    await asyncio.gather(*(deliver(e) for e in envelopes))
+    rows = await pool.fetch("SELECT id FROM invitations WHERE idempotency_key = $1", key)
+    assert len(rows) == 1
+    events = [t for t, _ in await outbox_events(pool, str(rows[0]["id"]))]
+    assert events.count("invitation.created") == 1
+    assert events.count("mail.requested") == 1

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aio_pika
 import asyncpg
 import pytest
 
 from libs.common.db import create_pool, migrate
-from tests.support.env import CONSUMERS, TestEnv, new_test_env
+from tests.support.env import TestEnv, new_test_env, provisioned
 from tests.support.smtp import SmtpSink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,29 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 async def test_env() -> AsyncIterator[TestEnv]:
-    env = new_test_env()
-    admin = await asyncpg.connect(env.admin_url)
-    await admin.execute(f'CREATE DATABASE "{env.database_name}"')
-    await admin.close()
-    yield env
-    await _drop_bus(env)
-    admin = await asyncpg.connect(env.admin_url)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{env.database_name}" WITH (FORCE)')
-    await admin.close()
-
-
-async def _drop_bus(env: TestEnv) -> None:
-    connection = await aio_pika.connect(env.amqp_url)
-    try:
-        channel = await connection.channel()
-        names = list(CONSUMERS) + [f"probe{i}" for i in range(4)]
-        for name in names:
-            for queue in (f"{env.bus_prefix}.{name}", f"{env.bus_prefix}.{name}.dead"):
-                await channel.queue_delete(queue)
-        for kind in ("events", "mail", "dlx"):
-            await channel.exchange_delete(f"{env.bus_prefix}.{kind}")
-    finally:
-        await connection.close()
+    async with provisioned(new_test_env()) as env:
+        yield env
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from tests.support.env import TestEnv
 
 pytestmark = pytest.mark.integration
 
+
 class ProbePool:
     """A pool on a throwaway schema that has only the common outbox and inbox tables."""
 
@@ -59,15 +60,23 @@ async def test_relay_publishes_committed_events_with_contract_properties(
     channel = await connection.channel()
     got = await _collect(bus, channel, "identity.user.disabled")
     relay = OutboxRelay(probe_schema.pool, bus, probe_schema.schema, test_env.database_url)
-    envelope = make_event("identity.user.disabled", UserDisabled(user_id=uuid.uuid4()),
-                          source="test", correlation_id="corr-1")
+    envelope = make_event(
+        "identity.user.disabled",
+        UserDisabled(user_id=uuid.uuid4()),
+        source="test",
+        correlation_id="corr-1",
+    )
     async with probe_schema.acquire() as conn, conn.transaction():
         await append(conn, envelope)
     # A rolled-back change publishes nothing.
     with pytest.raises(RuntimeError):
         async with probe_schema.acquire() as conn, conn.transaction():
-            await append(conn, make_event("identity.user.disabled",
-                                          UserDisabled(user_id=uuid.uuid4()), source="test"))
+            await append(
+                conn,
+                make_event(
+                    "identity.user.disabled", UserDisabled(user_id=uuid.uuid4()), source="test"
+                ),
+            )
             raise RuntimeError("rollback")
     assert await relay.flush_once() == 1
     assert await relay.flush_once() == 0
@@ -89,8 +98,10 @@ async def test_relay_keeps_rows_while_broker_is_unreachable(
     await bus.connect()
     relay = OutboxRelay(probe_schema.pool, bus, probe_schema.schema, test_env.database_url)
     async with probe_schema.acquire() as conn, conn.transaction():
-        await append(conn, make_event("identity.user.disabled",
-                                      UserDisabled(user_id=uuid.uuid4()), source="test"))
+        await append(
+            conn,
+            make_event("identity.user.disabled", UserDisabled(user_id=uuid.uuid4()), source="test"),
+        )
     await bus.close()  # the broker is "gone" for this relay
     with pytest.raises(Exception):
         await relay.flush_once()
@@ -117,14 +128,22 @@ async def test_consumer_applies_an_event_once_and_dead_letters_poison(
     bus = Bus(test_env.amqp_url, test_env.bus_prefix, "probe2")
     await bus.connect()
     consumer = await bus.consume(
-        probe_schema.pool, [Binding("events", "identity.user.disabled")],
+        probe_schema.pool,
+        [Binding("events", "identity.user.disabled")],
         {"identity.user.disabled": handler},
     )
-    envelope = make_event("identity.user.disabled", UserDisabled(user_id=uuid.uuid4()),
-                          source="test")
+    envelope = make_event(
+        "identity.user.disabled", UserDisabled(user_id=uuid.uuid4()), source="test"
+    )
     poison = b"{not json"
-    await bus.publish("events", "identity.user.disabled", poison, message_id="poison",
-                      correlation_id=None, type="identity.user.disabled")
+    await bus.publish(
+        "events",
+        "identity.user.disabled",
+        poison,
+        message_id="poison",
+        correlation_id=None,
+        type="identity.user.disabled",
+    )
     for _ in range(2):  # the same event delivered twice
         await bus.publish_envelope(envelope)
     await asyncio.wait_for(applied.wait(), 10)

@@ -15,7 +15,9 @@ from libs.common.events import (
 
 def test_envelope_round_trip_keeps_contract_fields() -> None:
     data = InvitationAccepted(
-        invitation_id=uuid.uuid4(), portal_id=uuid.uuid4(), email="a@example.com",
+        invitation_id=uuid.uuid4(),
+        portal_id=uuid.uuid4(),
+        email="a@example.com",
         user_id=uuid.uuid4(),
     )
     envelope = make_event("invitation.accepted", data, source="test", correlation_id="c1")
@@ -28,7 +30,9 @@ def test_envelope_round_trip_keeps_contract_fields() -> None:
 
 def test_wrong_model_for_type_is_refused() -> None:
     data = InvitationAccepted(
-        invitation_id=uuid.uuid4(), portal_id=uuid.uuid4(), email="a@example.com",
+        invitation_id=uuid.uuid4(),
+        portal_id=uuid.uuid4(),
+        email="a@example.com",
         user_id=uuid.uuid4(),
     )
     with pytest.raises(ValueError):
@@ -41,12 +45,28 @@ def test_wrong_model_for_type_is_refused() -> None:
         b"not json",
         b"[]",
         b'{"id": "x"}',
-        orjson.dumps({"id": str(uuid.uuid4()), "type": "invitation.accepted", "version": 1,
-                      "occurred_at": "2026-01-01T00:00:00Z", "source": "t",
-                      "correlation_id": "c", "data": {"email": 3}}),
-        orjson.dumps({"id": str(uuid.uuid4()), "type": "invitation.accepted", "version": 99,
-                      "occurred_at": "2026-01-01T00:00:00Z", "source": "t",
-                      "correlation_id": "c", "data": {}}),
+        orjson.dumps(
+            {
+                "id": str(uuid.uuid4()),
+                "type": "invitation.accepted",
+                "version": 1,
+                "occurred_at": "2026-01-01T00:00:00Z",
+                "source": "t",
+                "correlation_id": "c",
+                "data": {"email": 3},
+            }
+        ),
+        orjson.dumps(
+            {
+                "id": str(uuid.uuid4()),
+                "type": "invitation.accepted",
+                "version": 99,
+                "occurred_at": "2026-01-01T00:00:00Z",
+                "source": "t",
+                "correlation_id": "c",
+                "data": {},
+            }
+        ),
     ],
 )
 def test_malformed_messages_are_recognised(body: bytes) -> None:
@@ -60,4 +80,6 @@ def test_every_public_event_has_no_secret_field() -> None:
             continue
         for field in model.model_fields:
             assert not any(s in field for s in ("token", "password", "hash", "url")), (
-                event_type, field)
+                event_type,
+                field,
+            )

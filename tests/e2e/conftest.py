@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from tests.support.env import TestEnv, free_port
+from tests.support.env import TestEnv, free_port, new_test_env, provisioned
 from tests.support.forms import find_form
 from tests.support.processes import ServiceProcess, run_migrations
 from tests.support.smtp import SmtpSink
@@ -26,6 +26,7 @@ class Stack:
     sink: SmtpSink
     public_url: str
     env: dict[str, str]
+    database_url: str
 
     def __getitem__(self, name: str) -> ServiceProcess:
         return self.services[name]
@@ -46,7 +47,15 @@ def stack_sink() -> Iterator[SmtpSink]:
 
 
 @pytest.fixture(scope="session")
-async def stack(test_env: TestEnv, stack_sink: SmtpSink) -> AsyncIterator[Stack]:
+async def stack(stack_sink: SmtpSink) -> AsyncIterator[Stack]:
+    # Its own database and bus prefix: the service tests' in-process consumers share
+    # queue names with these processes and must not compete with them for messages.
+    async with provisioned(new_test_env()) as test_env:
+        async for stack in _run_stack(test_env, stack_sink):
+            yield stack
+
+
+async def _run_stack(test_env: TestEnv, stack_sink: SmtpSink) -> AsyncIterator[Stack]:
     ports = {name: free_port() for name in ORDER}
     public_url = f"http://127.0.0.1:{ports['gateway']}"
     env = test_env.service_env(
@@ -67,7 +76,7 @@ async def stack(test_env: TestEnv, stack_sink: SmtpSink) -> AsyncIterator[Stack]
         service.start()
     try:
         await asyncio.gather(*(s.wait_ready() for s in services.values()))
-        yield Stack(services, stack_sink, public_url, env)
+        yield Stack(services, stack_sink, public_url, env, test_env.database_url)
     finally:
         for service in reversed(list(services.values())):
             service.stop()

@@ -11,14 +11,13 @@ import pytest
 
 from tests.e2e.conftest import Browser, Stack
 from tests.e2e.flows import CLIENT_PASSWORD, accept_from_email, create_portal, invite, unique_email
-from tests.support.env import TestEnv
 from tests.support.smtp import accept_link, html_part, text_part
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
 async def test_admin_invites_and_client_lands_on_portal_logged_in(
-    stack: Stack, admin: Browser, browser: Browser, test_env: TestEnv
+    stack: Stack, admin: Browser, browser: Browser
 ) -> None:
     title = f"Acme Rebrand {uuid.uuid4().hex[:6]}"
     editor_url, editor_html = await create_portal(admin, title, "Welcome to **your** portal.")
@@ -51,7 +50,7 @@ async def test_admin_invites_and_client_lands_on_portal_logged_in(
     assert code == 200 and title in page
 
     # The account has the Client role, exactly once.
-    conn = await asyncpg.connect(test_env.database_url)
+    conn = await asyncpg.connect(stack.database_url)
     try:
         rows = await conn.fetch(
             "SELECT role FROM identity.users WHERE lower(email) = lower($1)", email
@@ -66,7 +65,7 @@ async def test_admin_invites_and_client_lands_on_portal_logged_in(
 
 
 async def test_sixteen_concurrent_accepts_make_exactly_one_account(
-    stack: Stack, admin: Browser, test_env: TestEnv
+    stack: Stack, admin: Browser
 ) -> None:
     editor_url, editor_html = await create_portal(admin, "Race Portal", "race")
     email = unique_email("race")
@@ -92,7 +91,7 @@ async def test_sixteen_concurrent_accepts_make_exactly_one_account(
     landed = [url for _, url, _ in results if "/client-portal/" in url]
     assert len(landed) == 1, [u for _, u, _ in results]
     assert all(code < 500 for code, _, _ in results)
-    conn = await asyncpg.connect(test_env.database_url)
+    conn = await asyncpg.connect(stack.database_url)
     try:
         count = await conn.fetchval(
             "SELECT count(*) FROM identity.users WHERE lower(email) = lower($1)", email

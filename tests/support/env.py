@@ -6,8 +6,13 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import asyncpg
 
 BASE_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL",
@@ -60,3 +65,33 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def provisioned(env: TestEnv) -> AsyncIterator[TestEnv]:
+    """Create the env's database; afterwards drop it and every queue and exchange of its
+    bus prefix, so runs never see each other's data."""
+    admin = await asyncpg.connect(env.admin_url)
+    await admin.execute(f'CREATE DATABASE "{env.database_name}"')
+    await admin.close()
+    try:
+        yield env
+    finally:
+        await drop_bus(env)
+        admin = await asyncpg.connect(env.admin_url)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{env.database_name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def drop_bus(env: TestEnv) -> None:
+    connection = await aio_pika.connect(env.amqp_url)
+    try:
+        channel = await connection.channel()
+        names = [*CONSUMERS, "identity"] + [f"probe{i}" for i in range(4)]
+        for name in names:
+            for queue in (f"{env.bus_prefix}.{name}", f"{env.bus_prefix}.{name}.dead"):
+                await channel.queue_delete(queue)
+        for kind in ("events", "mail", "dlx"):
+            await channel.exchange_delete(f"{env.bus_prefix}.{kind}")
+    finally:
+        await connection.close()

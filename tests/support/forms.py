@@ -33,7 +33,9 @@ class _Parser(HTMLParser):
         super().__init__()
         self.forms: list[Form] = []
         self.labels: dict[str, str] = {}
-        self._form: Form | None = None
+        self._by_id: dict[str, Form] = {}
+        self._enclosing: Form | None = None
+        self._target: Form | None = None  # the form of the open select/button/option
         self._label_for: str | None = None
         self._label_text: list[str] = []
         self._button: list[str] | None = None
@@ -41,55 +43,68 @@ class _Parser(HTMLParser):
         self._option: str | None = None
         self._option_text: list[str] = []
 
+    def _owner(self, a: dict[str, str]) -> Form | None:
+        # A control belongs to the form named by its form= attribute, else the enclosing one.
+        return self._by_id.get(a.get("form", "")) or self._enclosing
+
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: (v or "") for k, v in attrs}
         if tag == "form":
-            self._form = Form(action=a.get("action", ""), method=a.get("method", "get").lower())
-            self.forms.append(self._form)
+            self._enclosing = Form(
+                action=a.get("action", ""), method=a.get("method", "get").lower()
+            )
+            self.forms.append(self._enclosing)
+            if a.get("id"):
+                self._by_id[a["id"]] = self._enclosing
         elif tag == "label":
             self._label_for = a.get("for")
             self._label_text = []
-        elif tag in {"input", "textarea", "select"} and self._form is not None:
+        elif tag == "button":
+            self._target = self._owner(a)
+            self._button = []
+        elif tag in {"input", "textarea", "select"}:
+            form = self._owner(a)
             name = a.get("name")
-            if not name:
+            if form is None or not name:
                 return
             if a.get("id"):
-                self._form.ids[a["id"]] = name
+                form.ids[a["id"]] = name
             kind = a.get("type", "text")
             if tag == "input" and kind in {"checkbox", "radio"}:
                 if "checked" in a:
-                    self._form.fields[name] = a.get("value", "on")
+                    form.fields[name] = a.get("value", "on")
             elif tag == "input" and kind == "submit":
-                self._form.buttons.append(a.get("value", ""))
+                form.buttons.append(a.get("value", ""))
             elif tag == "select":
+                self._target = form
                 self._select = name
-                self._form.fields.setdefault(name, "")
+                form.fields.setdefault(name, "")
             else:
-                self._form.fields[name] = a.get("value", "")
-        elif tag == "option" and self._form is not None and self._select:
+                form.fields[name] = a.get("value", "")
+        elif tag == "option" and self._target is not None and self._select:
             self._option = a.get("value", "")
             self._option_text = []
             if "selected" in a:
-                self._form.fields[self._select] = a.get("value", "")
-        elif tag == "button":
-            self._button = []
+                self._target.fields[self._select] = self._option
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "form":
-            self._form = None
+            self._enclosing = None
         elif tag == "label" and self._label_for:
             self.labels[" ".join("".join(self._label_text).split())] = self._label_for
             self._label_for = None
         elif tag == "button" and self._button is not None:
-            if self._form is not None:
-                self._form.buttons.append(" ".join("".join(self._button).split()))
+            if self._target is not None:
+                self._target.buttons.append(" ".join("".join(self._button).split()))
             self._button = None
+            self._target = None
+        elif tag == "option" and self._option is not None and self._target and self._select:
+            text = " ".join("".join(self._option_text).split())
+            self._target.options.setdefault(self._select, {})[text] = self._option
+            self._option = None
         elif tag == "select":
             self._select = None
-        elif tag == "option" and self._option is not None and self._form and self._select:
-            text = " ".join("".join(self._option_text).split())
-            self._form.options.setdefault(self._select, {})[text] = self._option
-            self._option = None
+            self._target = None
 
     def handle_data(self, data: str) -> None:
         if self._label_for is not None:

@@ -55,6 +55,18 @@ class SmtpSink:
     def stop(self) -> None:
         self.controller.stop()
 
+    @property
+    def messages(self) -> list[EmailMessage]:
+        return self.sink.messages
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return self.sink.to(address)
+
+    async def wait_for(
+        self, address: str, count: int = 1, timeout: float = 20.0
+    ) -> list[EmailMessage]:
+        return await self.sink.wait_for(address, count, timeout)
+
 
 def html_part(msg: EmailMessage) -> str:
     part = msg.get_body(preferencelist=("html",))

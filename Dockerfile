@@ -1,0 +1,83 @@
+# ClientPress services: one image for all five services.
+#
+#   docker build -t clientpress .
+#   docker run --rm -e SERVICE=identity -e IDENTITY_HOST=0.0.0.0 ... clientpress          # serve
+#   docker run --rm -e SERVICE=identity ... clientpress migrate                             # migrations
+#
+# SERVICE picks the service (identity | portals | invitations | mailer | gateway); the
+# optional argument is the command of `python -m services.<SERVICE>` (serve, the default,
+# or migrate). Configuration is environment variables only: see deploy/.env.example.
+#
+# Only classic Dockerfile features are used (no BuildKit-only syntax), so the legacy
+# builder of docker-compose v1 builds it too.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# ---------------------------------------------------------------------------------------
+# builder: resolves the dependencies from pyproject.toml and installs the project into a
+# virtualenv at /opt/venv. Every dependency ships manylinux wheels for amd64 and arm64,
+# so no compiler is needed; if a platform lacks a wheel, add build-essential here (it
+# never reaches the final image).
+# ---------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+
+# 1. Dependencies alone, read from pyproject.toml: this layer is rebuilt only when
+#    pyproject.toml changes, not on every source edit.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+
+# 2. The project itself: setuptools builds a wheel from pyproject.toml (with the package
+#    data: migrations, templates, static files) and pip installs it into the venv.
+COPY libs ./libs
+COPY services ./services
+#    The runtime needs neither pip nor setuptools: they leave the venv afterwards.
+RUN pip install . \
+    && pip check \
+    && python -m pip uninstall --yes pip setuptools
+
+# ---------------------------------------------------------------------------------------
+# runtime: the venv (dependencies + the installed clientpress package) and two small
+# launch scripts. No compiler, no pip in the venv, no curl; runs as uid 10001.
+# ---------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+LABEL org.opencontainers.image.title="clientpress" \
+      org.opencontainers.image.description="ClientPress services (identity, portals, invitations, mailer, gateway)"
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN groupadd --system --gid 10001 clientpress \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin clientpress
+
+COPY --from=builder /opt/venv /opt/venv
+WORKDIR /app
+COPY deploy/docker-entrypoint.sh deploy/healthcheck.py /app/deploy/
+RUN chmod 0755 /app/deploy/docker-entrypoint.sh && chmod 0644 /app/deploy/healthcheck.py
+
+# Nothing in the image is writable by the service user: the root filesystem can be
+# mounted read-only (Kubernetes mounts an emptyDir on /tmp).
+USER 10001:10001
+
+# gateway 8080 (public); identity 8101, portals 8102, invitations 8103, mailer 8104.
+EXPOSE 8080 8101 8102 8103 8104
+
+# Liveness of whichever service runs here: GET /healthz on 127.0.0.1:<its port>, with the
+# standard library (the slim image has no curl). Compose and Kubernetes check /readyz too.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "/app/deploy/healthcheck.py", "/healthz"]
+
+ENTRYPOINT ["/app/deploy/docker-entrypoint.sh"]
+CMD ["serve"]

@@ -1,0 +1,83 @@
+"""Composition root: the gateway app with its templates, static files, security
+middlewares, the upstream clients and the routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from libs.common.http import ServiceClient, new_session
+from libs.common.web import base_app
+
+from . import accept, admin, api, editor, pages
+from .domain import SlidingWindow
+from .rendering import error_middleware
+from .security import csrf_middleware, on_prepare, session_middleware
+from .settings import GatewaySettings
+from .state import LIMITERS, SETTINGS, UPSTREAM, Limiters
+from .upstream import Identity, Invitations, Portals, Upstream
+
+HERE = Path(__file__).parent
+
+
+def when(value: str | None) -> str:
+    """ISO timestamp → "2026-11-25 10:51 UTC" for tables."""
+    if not value:
+        return ""
+    try:
+        return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        return value
+
+
+def create_app(settings: GatewaySettings) -> web.Application:
+    app = base_app(
+        "gateway",
+        json_errors=False,
+        client_max_size=64 * 1024,
+        middlewares=[error_middleware, csrf_middleware, session_middleware],
+    )
+    app[SETTINGS] = settings
+    window = settings.gateway_rate_window_seconds
+    app[LIMITERS] = Limiters(
+        per_ip=SlidingWindow(settings.gateway_rate_per_ip, window),
+        per_email=SlidingWindow(settings.gateway_rate_per_email, window),
+    )
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=jinja2.select_autoescape(default=True),
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["when"] = when
+    app.on_response_prepare.append(on_prepare)
+    app.cleanup_ctx.append(_upstream_ctx(settings))
+    app.router.add_routes(pages.routes)
+    app.router.add_routes(accept.routes)
+    app.router.add_routes(editor.routes)
+    app.router.add_routes(admin.routes)
+    app.router.add_routes(api.routes)
+    app.router.add_static("/static/", HERE / "static", name="static")
+    return app
+
+
+def _upstream_ctx(
+    settings: GatewaySettings,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with new_session() as session:
+            app[UPSTREAM] = Upstream(
+                identity=Identity(ServiceClient(session, settings.identity_url, "identity")),
+                portals=Portals(ServiceClient(session, settings.portals_url, "portals")),
+                invitations=Invitations(
+                    ServiceClient(session, settings.invitations_url, "invitations")
+                ),
+            )
+            yield
+
+    return ctx

@@ -1,0 +1,219 @@
+"""The portal pages of the admin: All Portals, the portal editor (Title, Content,
+Status, Client, Sub-Clients) and its Invite Client box. The role gate is in
+security._gate, for every /admin path."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from libs.common.errors import DomainError, InvalidInput, NotFound
+from libs.common.web import json_response
+
+from .domain import STATUSES, normalise_email, parse_uuid
+from .rendering import current_user, form_str, render, see_other
+from .state import UPSTREAM
+from .upstream import Json, Upstream
+
+ID = "{id:[0-9a-fA-F-]{36}}"
+NOT_ACTIVE = "This portal is not Active. Only Active portals can take invitations."
+
+routes = web.RouteTableDef()
+
+
+async def _emails(up: Upstream, ids: set[str]) -> dict[str, str]:
+    async def one(user_id: str) -> tuple[str, str]:
+        try:
+            return user_id, (await up.identity.get_user(user_id))["email"]
+        except NotFound:
+            return user_id, "(deleted user)"
+
+    return dict(await asyncio.gather(*(one(i) for i in ids if i)))
+
+
+@routes.get("/admin/portals")
+async def portal_list(request: web.Request) -> web.StreamResponse:
+    up = request.app[UPSTREAM]
+    cursor = request.query.get("cursor") or None
+    page = await up.portals.find(limit=50, cursor=cursor)
+    emails = await _emails(up, {p["client_id"] for p in page["items"] if p.get("client_id")})
+    next_url = None
+    if page.get("next_cursor"):
+        next_url = "/admin/portals?" + urlencode({"cursor": page["next_cursor"]})
+    context = {"portals": page["items"], "emails": emails, "next_url": next_url}
+    return render(request, "admin/portals.html", context)
+
+
+async def _editor(
+    request: web.Request,
+    portal: Json | None,
+    *,
+    values: dict[str, Any] | None = None,
+    errors: dict[str, str] | None = None,
+    status: int = 200,
+    invite_email: str = "",
+) -> web.Response:
+    up = request.app[UPSTREAM]
+    users: list[Json] = []
+    emails: dict[str, str] = {}
+    if portal is not None:
+        users = (await up.identity.list_users(limit=200))["items"]
+        emails = {u["id"]: u["email"] for u in users}
+        wanted = {portal.get("client_id") or "", *portal.get("sub_client_ids", [])}
+        emails.update(await _emails(up, {i for i in wanted if i and i not in emails}))
+    values = values or {
+        "title": (portal or {}).get("title", ""),
+        "content": (portal or {}).get("content", ""),
+        "status": (portal or {}).get("status", "pending"),
+    }
+    context = {
+        "portal": portal,
+        "values": values,
+        "errors": errors or {},
+        "users": [u for u in users if not u.get("disabled")],
+        "emails": emails,
+        "statuses": STATUSES,
+        "invite_email": invite_email,
+    }
+    return render(request, "admin/editor.html", context, status=status)
+
+
+def _portal_fields(form: MultiDictProxy[Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    values = {
+        "title": form_str(form, "title", 500).strip(),
+        "content": form_str(form, "content", 60_000),
+        "status": form_str(form, "status", 20),
+    }
+    errors = {}
+    if not values["title"]:
+        errors["title"] = "Enter a title."
+    elif len(values["title"]) > 200:
+        errors["title"] = "The title must be at most 200 characters."
+    if values["status"] not in STATUSES:
+        errors["status"] = "Choose Active, Pending or Archived."
+    return values, errors
+
+
+@routes.get("/admin/portals/new")
+async def new_portal_form(request: web.Request) -> web.StreamResponse:
+    return await _editor(request, None)
+
+
+@routes.post("/admin/portals/new")
+async def create_portal(request: web.Request) -> web.StreamResponse:
+    values, errors = _portal_fields(await request.post())
+    if not errors:
+        try:
+            portal = await request.app[UPSTREAM].portals.create(values)
+        except InvalidInput as exc:
+            errors["title"] = exc.message
+        except DomainError as exc:
+            if exc.code != "slug_taken":
+                raise
+            errors["title"] = "A portal with a similar title already exists."
+        else:
+            return see_other(request, f"/admin/portals/{portal['id']}", flash="portal_created")
+    return await _editor(request, None, values=values, errors=errors, status=422)
+
+
+@routes.get(f"/admin/portals/{ID}")
+async def edit_portal(request: web.Request) -> web.StreamResponse:
+    portal = await request.app[UPSTREAM].portals.get(request.match_info["id"])
+    return await _editor(request, portal)
+
+
+async def _known_user(up: Upstream, raw: str) -> str | None:
+    user_id = parse_uuid(raw)
+    if user_id is None:
+        return None
+    try:
+        await up.identity.get_user(user_id)
+    except NotFound:
+        return None
+    return user_id
+
+
+@routes.post(f"/admin/portals/{ID}")
+async def save_portal(request: web.Request) -> web.StreamResponse:
+    up = request.app[UPSTREAM]
+    portal = await up.portals.get(request.match_info["id"])
+    form = await request.post()
+    values, errors = _portal_fields(form)
+    client_raw = form_str(form, "client_id", 64)
+    client_id = (await _known_user(up, client_raw)) if client_raw else None
+    if client_raw and client_id is None:
+        errors["client_id"] = "Choose an existing user."
+    removed = {v for v in form.getall("remove_sub_client", []) if isinstance(v, str)}
+    subs = [s for s in portal["sub_client_ids"] if s not in removed]
+    add_raw = form_str(form, "add_sub_client", 64)
+    if add_raw:
+        added = await _known_user(up, add_raw)
+        if added is None:
+            errors["add_sub_client"] = "Choose an existing user."
+        elif added not in subs and added != client_id:
+            subs.append(added)
+    subs = [s for s in subs if s != client_id]
+    if errors:
+        return await _editor(request, portal, values=values, errors=errors, status=422)
+    portal_id = portal["id"]
+    try:
+        changed = {k: v for k, v in values.items() if portal.get(k) != v}
+        if changed:
+            await up.portals.patch(portal_id, changed)
+        if client_id != portal.get("client_id"):
+            await up.portals.put_client(portal_id, client_id)
+        if subs != portal["sub_client_ids"]:
+            await up.portals.put_sub_clients(portal_id, subs)
+    except (InvalidInput, DomainError) as exc:
+        if exc.status >= 500 or exc.status == 404:
+            raise
+        errors["title"] = exc.message
+        return await _editor(request, portal, values=values, errors=errors, status=422)
+    return see_other(request, f"/admin/portals/{portal_id}", flash="portal_saved")
+
+
+INVITE_ERRORS = {
+    "portal_not_active": NOT_ACTIVE,
+    "invalid_email": "Enter an email address like name@example.com.",
+}
+
+
+@routes.post(f"/admin/portals/{ID}/invite")
+async def invite(request: web.Request) -> web.StreamResponse:
+    up = request.app[UPSTREAM]
+    portal = await up.portals.get(request.match_info["id"])
+    raw = form_str(await request.post(), "email", 320)
+    email = normalise_email(raw)
+    error = None
+    if email is None:
+        error = INVITE_ERRORS["invalid_email"]
+    elif portal["status"] != "active":
+        error = NOT_ACTIVE
+    else:
+        admin = current_user(request) or {}
+        body = {"portal_id": portal["id"], "email": email, "invited_by": admin.get("email")}
+        try:
+            result = await up.invitations.invite(body)
+        except DomainError as exc:
+            if exc.status >= 500 or exc.code == "portal_not_found":
+                raise
+            error = INVITE_ERRORS.get(exc.code, exc.message)
+        else:
+            key = (
+                "invitation_sent" if result["outcome"] == "created" else "invitation_resent_pending"
+            )
+            return see_other(request, f"/admin/portals/{portal['id']}", flash=key, email=email)
+    errors = {"invite_email": error}
+    return await _editor(request, portal, errors=errors, status=422, invite_email=raw)
+
+
+@routes.get("/admin/users/search")
+async def user_search(request: web.Request) -> web.StreamResponse:
+    q = request.query.get("q", "")[:100]
+    page = await request.app[UPSTREAM].identity.list_users(q=q or None, limit=20)
+    items = [{"id": u["id"], "email": u["email"]} for u in page["items"] if not u["disabled"]]
+    return json_response({"items": items})

@@ -1,0 +1,177 @@
+"""Client-facing pages: home, log in/out, forgot/reset password, and the client portals."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+from aiohttp import web
+
+from libs.common.errors import DomainError, NotFound, Unauthorized
+
+from .domain import BAD_LOGIN, normalise_email, password_problem, safe_next_path
+from .handlers import is_admin, login_destination
+from .rendering import current_user, error_page, form_str, render, see_other
+from .security import (
+    clear_session,
+    login_failed,
+    login_limit,
+    login_url,
+    rate_limit,
+    set_session,
+)
+from .state import SESSION_COOKIE, UPSTREAM
+
+SLUG = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+FORGOT_ANSWER = "If an account exists for that email, we've sent a link to reset the password."
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/")
+async def home(request: web.Request) -> web.StreamResponse:
+    user = current_user(request)
+    if user is None:
+        raise web.HTTPSeeOther("/login")
+    if is_admin(user):
+        raise web.HTTPSeeOther("/admin/portals")
+    return render(request, "home.html")
+
+
+@routes.get("/login")
+async def login_form(request: web.Request) -> web.StreamResponse:
+    next_path = safe_next_path(request.query.get("next")) or ""
+    user = current_user(request)
+    if user is not None and next_path:
+        raise web.HTTPSeeOther(next_path)
+    return render(request, "login.html", {"next": next_path, "email": ""})
+
+
+@routes.post("/login")
+async def login(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    email = form_str(form, "email", 320).strip()
+    password = form_str(form, "password", 1024)
+    next_raw = form_str(form, "next", 2000)
+    login_limit(request, email)
+    up = request.app[UPSTREAM]
+    try:
+        session = await up.identity.login(email, password)
+    except DomainError as exc:
+        if exc.status not in (401, 403, 422):
+            raise
+        login_failed(request, email)
+        context = {"next": safe_next_path(next_raw) or "", "email": email, "error": BAD_LOGIN}
+        return render(request, "login.html", context, status=401)
+    response = see_other(request, await login_destination(up, session["user"], next_raw))
+    set_session(request, response, session["token"])
+    return response
+
+
+@routes.post("/logout")
+async def logout(request: web.Request) -> web.StreamResponse:
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        with contextlib.suppress(Unauthorized):
+            await request.app[UPSTREAM].identity.logout(token)
+    clear_session(request)
+    return see_other(request, "/login", flash="logged_out")
+
+
+@routes.get("/forgot-password")
+async def forgot_form(request: web.Request) -> web.StreamResponse:
+    return render(request, "forgot.html", {"email": ""})
+
+
+@routes.post("/forgot-password")
+async def forgot(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    raw = form_str(form, "email", 320)
+    email = normalise_email(raw)
+    rate_limit(request, "forgot", email or raw)
+    if email is None:
+        error = "Enter an email address like name@example.com."
+        return render(request, "forgot.html", {"email": raw, "error": error}, status=422)
+    await request.app[UPSTREAM].identity.request_reset(email)
+    return render(request, "forgot.html", {"email": "", "done": FORGOT_ANSWER})
+
+
+def _reset_problem(request: web.Request, exc: DomainError) -> web.Response:
+    if exc.code == "reset_expired":
+        title = "This reset link has expired"
+    elif exc.code == "reset_invalid":
+        title = "This reset link is not valid"
+    else:
+        raise exc
+    message = "You can ask for a new link on the Forgot password? page."
+    return error_page(
+        request, exc.status, title, message, link=("/forgot-password", "Forgot password?")
+    )
+
+
+@routes.get("/reset-password")
+async def reset_form(request: web.Request) -> web.StreamResponse:
+    token = request.query.get("token", "")[:200]
+    try:
+        found = await request.app[UPSTREAM].identity.validate_reset(token)
+    except DomainError as exc:
+        return _reset_problem(request, exc)
+    return render(request, "reset.html", {"token": token, "email": found["email"], "errors": {}})
+
+
+@routes.post("/reset-password")
+async def reset(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    token = form_str(form, "token", 200)
+    password, confirm = form_str(form, "password", 2048), form_str(form, "confirm", 2048)
+    rate_limit(request, "reset")
+    up = request.app[UPSTREAM]
+    try:
+        found = await up.identity.validate_reset(token)
+        problem = password_problem(password, confirm, found["email"])
+        if problem is None:
+            await up.identity.confirm_reset(token, password)
+            return see_other(request, "/login", flash="password_set")
+    except DomainError as exc:
+        if exc.code != "weak_password":
+            return _reset_problem(request, exc)
+        problem = exc.message
+    field = "confirm" if problem == "The passwords do not match." else "password"
+    context = {"token": token, "email": found["email"], "errors": {field: problem}}
+    return render(request, "reset.html", context, status=422)
+
+
+@routes.get("/client-portal/")
+async def client_portals(request: web.Request) -> web.StreamResponse:
+    user = current_user(request)
+    if user is None:
+        raise web.HTTPSeeOther(login_url("/client-portal/"))
+    up = request.app[UPSTREAM]
+    if is_admin(user):
+        portals = (await up.portals.find(status="active", limit=200))["items"]
+    else:
+        portals = [p for p in await up.portals.of_user(user["id"]) if p["status"] == "active"]
+        if len(portals) == 1:
+            raise web.HTTPSeeOther(f"/client-portal/{portals[0]['slug']}/")
+    return render(request, "portal_list.html", {"portals": portals})
+
+
+@routes.get("/client-portal/{slug}/")
+async def client_portal(request: web.Request) -> web.StreamResponse:
+    slug = request.match_info["slug"]
+    user = current_user(request)
+    if user is None:
+        raise web.HTTPSeeOther(login_url(request.path))
+    if not SLUG.fullmatch(slug) or len(slug) > 80:
+        raise NotFound("No such portal.", code="portal_not_found")
+    up = request.app[UPSTREAM]
+    if is_admin(user):
+        portal = await up.portals.by_slug(slug)
+    else:
+        portal = await up.portals.of_user_by_slug(user["id"], slug)
+    return render(request, "portal.html", {"portal": portal})
+
+
+@routes.get("/client-portal")
+async def client_portals_no_slash(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMovedPermanently("/client-portal/")

@@ -1,0 +1,178 @@
+"""Page rendering, redirects with flash messages, and the error middleware that answers
+HTML pages for the browser and JSON under /api."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote, unquote
+
+import aiohttp_jinja2
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from libs.common.errors import DomainError, NotFound, RateLimited, Unavailable
+from libs.common.logging import get_logger
+from libs.common.web import UNAVAILABLE_ERRORS, error_response
+
+from .domain import flash_text
+from .state import FLASH_COOKIE, SETTINGS, req_state
+
+log = get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CSRF_FAILED = "The form expired, please try again."
+
+
+def is_api(request: web.Request) -> bool:
+    return request.path == "/api" or request.path.startswith("/api/")
+
+
+def current_user(request: web.Request) -> dict[str, Any] | None:
+    return req_state(request).user
+
+
+def render(
+    request: web.Request, template: str, context: dict[str, Any] | None = None, status: int = 200
+) -> web.Response:
+    ctx: dict[str, Any] = {
+        "user": current_user(request),
+        "csrf_token": req_state(request).csrf,
+        "flash": None,
+        "site": request.app[SETTINGS].public_url.host or "ClientPress",
+    }
+    raw = request.cookies.get(FLASH_COOKIE)
+    if raw:
+        key, _, email = unquote(raw).partition("|")
+        ctx["flash"] = flash_text(key, email)
+    ctx.update(context or {})
+    response = aiohttp_jinja2.render_template(template, request, ctx, status=status)
+    if raw:
+        response.del_cookie(FLASH_COOKIE, path="/")
+    return response
+
+
+def see_other(
+    request: web.Request, location: str, flash: str | None = None, email: str = ""
+) -> web.Response:
+    response = web.Response(status=303, headers={"Location": location})
+    if flash is not None:
+        settings = request.app[SETTINGS]
+        response.set_cookie(
+            FLASH_COOKIE,
+            quote(f"{flash}|{email}", safe="@"),
+            max_age=60,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=settings.secure_cookies,
+        )
+    return response
+
+
+def error_page(
+    request: web.Request,
+    status: int,
+    title: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> web.Response:
+    response = render(
+        request, "error.html", {"title": title, "message": message, **extra}, status=status
+    )
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _answer(
+    request: web.Request,
+    status: int,
+    code: str,
+    title: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    if is_api(request):
+        return error_response(status, code, message, headers)
+    return error_page(request, status, title, message, headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            return _not_found(request)
+        code = exc.reason.lower().replace(" ", "_")
+        return _answer(request, exc.status, code, exc.reason, exc.reason)
+    except RateLimited as exc:
+        return _answer(
+            request,
+            429,
+            exc.code,
+            "Too many attempts",
+            exc.message,
+            {"Retry-After": str(exc.retry_after)},
+        )
+    except NotFound as exc:
+        if is_api(request):
+            return error_response(404, exc.code, exc.message)
+        return _not_found(request)
+    except Unavailable as exc:
+        log.warning("upstream_unavailable", code=exc.code)
+        return _unavailable(request)
+    except DomainError as exc:
+        if exc.status >= 500:
+            log.warning("upstream_error", code=exc.code, status=exc.status)
+            return _unavailable(request)
+        if exc.code == "csrf_failed":
+            return _answer(request, 403, exc.code, "Please try again", CSRF_FAILED)
+        return _answer(request, exc.status, exc.code, "Something is not right", exc.message)
+    except UNAVAILABLE_ERRORS as exc:
+        log.warning("dependency_unavailable", error=type(exc).__name__)
+        return _unavailable(request)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        return _answer(
+            request,
+            500,
+            "internal",
+            "Something went wrong",
+            "Something went wrong on our side. Please try again in a moment.",
+        )
+
+
+def _not_found(request: web.Request) -> web.Response:
+    return _answer(
+        request,
+        404,
+        "not_found",
+        "Page not found",
+        "We couldn't find that page.",
+    )
+
+
+def _unavailable(request: web.Request) -> web.Response:
+    return _answer(
+        request,
+        503,
+        "unavailable",
+        "Temporarily unavailable",
+        "This page is temporarily unavailable. Please try again in a moment.",
+        {"Retry-After": "5"},
+    )
+
+
+def form_str(form: MultiDictProxy[Any], name: str, limit: int = 4096) -> str:
+    """One text field of a posted form, cut to a sane length ('' when absent)."""
+    value = form.get(name)
+    return value[:limit] if isinstance(value, str) else ""

@@ -1,0 +1,34 @@
+// Progressive enhancement only: every page works without this file.
+(function () {
+  "use strict";
+
+  // confirm() before destructive buttons (Revoke, Disable).
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    var question = form && form.getAttribute && form.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) {
+      event.preventDefault();
+    }
+  });
+
+  // Search-as-you-type for the user pickers: a filter box that narrows the options.
+  function enhance(select) {
+    var box = document.createElement("input");
+    box.type = "search";
+    box.className = "picker-filter";
+    box.setAttribute("aria-label", "Filter users by email");
+    box.placeholder = "Type to filter by email";
+    box.addEventListener("input", function () {
+      var q = box.value.trim().toLowerCase();
+      Array.prototype.forEach.call(select.options, function (option) {
+        option.hidden = option.value !== "" && q !== "" &&
+          option.text.toLowerCase().indexOf(q) === -1;
+      });
+    });
+    select.parentNode.insertBefore(box, select);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    Array.prototype.forEach.call(document.querySelectorAll("select[data-user-search]"), enhance);
+  });
+})();

@@ -1,0 +1,737 @@
+"""Packaging checks: the Dockerfile, the compose stack, the Kubernetes manifests, and the
+configuration variables they name, against each other and against the settings models.
+
+Needs the `docker-compose` (Debian package, v1) and `kubectl` binaries; no Docker engine
+and no cluster. `docker compose` (v2) is exercised too when it is installed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import http.server
+import importlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from libs.common.settings import CommonSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE_FILE = DEPLOY / "compose.yaml"
+ENV_EXAMPLE = DEPLOY / ".env.example"
+K8S_BASE = DEPLOY / "k8s" / "base"
+K8S_LOCAL = DEPLOY / "k8s" / "overlays" / "local"
+DOCKERFILE = ROOT / "Dockerfile"
+ENTRYPOINT = DEPLOY / "docker-entrypoint.sh"
+HEALTHCHECK = DEPLOY / "healthcheck.py"
+
+PORTS = {"gateway": 8080, "identity": 8101, "portals": 8102, "invitations": 8103, "mailer": 8104}
+SERVICES = tuple(PORTS)
+SCHEMA_SERVICES = ("identity", "portals", "invitations", "mailer")  # the gateway owns none
+BACKING = {"postgres", "rabbitmq", "mailpit"}
+# Names that are not service settings but belong to the packaging itself.
+IMAGE_VARIABLES = {"SERVICE"}  # picks the service in the image's entrypoint
+COMPOSE_ONLY_PREFIX = "CLIENTPRESS_"  # compose's own knobs (image tag, env file)
+SECRET_NAMES = {"DATABASE_URL", "AMQP_URL", "SMTP_PASSWORD", "ADMIN_PASSWORD", "GATEWAY_API_KEY"}
+
+
+def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    # compose's own variables from the caller's shell would change what is rendered
+    env = {k: v for k, v in os.environ.items() if not k.startswith(COMPOSE_ONLY_PREFIX)}
+    return subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False, **kwargs
+    )
+
+
+def require_binary(name: str, how: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"`{name}` is not installed; CI installs it with {how}", pytrace=False)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# the configuration variables: what the code reads
+# ---------------------------------------------------------------------------------------
+
+
+def settings_env_names(cls: type[Any]) -> set[str]:
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    names = set()
+    for name, field in cls.model_fields.items():
+        alias = field.validation_alias if isinstance(field.validation_alias, str) else None
+        names.add((alias or f"{prefix}{name}").upper())
+    return names
+
+
+@cache
+def common_names() -> frozenset[str]:
+    return frozenset(settings_env_names(CommonSettings))
+
+
+@cache
+def documented_service_names() -> frozenset[str]:
+    """The variable names (in backticks) of docs/internal-api.md's per-service table."""
+    text = (ROOT / "docs" / "internal-api.md").read_text()
+    section = text.split("## Settings (env) per service", 1)[1]
+    names: set[str] = set()
+    in_table = False
+    for line in section.splitlines():
+        if line.startswith("|"):
+            in_table = True
+            cells = line.strip().strip("|").split("|")
+            if len(cells) >= 2:
+                names.update(re.findall(r"`([A-Z][A-Z0-9_]*)`", cells[1]))
+        elif in_table:
+            break
+    return frozenset(names)
+
+
+@cache
+def model_names() -> frozenset[str]:
+    """Every variable of the services' settings models (services/<name>/settings.py).
+    A service whose settings module does not exist yet contributes nothing."""
+    names: set[str] = set()
+    for service in SERVICES:
+        try:
+            module = importlib.import_module(f"services.{service}.settings")
+        except ModuleNotFoundError as exc:
+            if exc.name not in {f"services.{service}", f"services.{service}.settings"}:
+                raise
+            continue
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, CommonSettings)
+                and value.__module__ == module.__name__
+            ):
+                names |= settings_env_names(value)
+    return frozenset(names)
+
+
+def known_names() -> set[str]:
+    """Every variable a service reads: the public ones, the documented per-service ones,
+    and whatever the settings models add."""
+    return set(common_names() | documented_service_names() | model_names())
+
+
+def test_the_variable_sources_parse() -> None:
+    # guards against a silently empty set when the docs or the settings change shape
+    assert {"DATABASE_URL", "AMQP_URL", "PUBLIC_URL", "LOG_LEVEL", "ADMIN_PASSWORD"} <= (
+        common_names()
+    )
+    assert {
+        "IDENTITY_HOST",
+        "IDENTITY_SESSION_MAX_HOURS",
+        "PORTALS_PORT",
+        "INVITATIONS_SWEEP_SECONDS",
+        "MAILER_RETRY_BASE_SECONDS",
+        "GATEWAY_API_KEY",
+        "INVITATIONS_URL",
+    } <= documented_service_names()
+    assert len(documented_service_names()) >= 20
+
+
+# ---------------------------------------------------------------------------------------
+# deploy/.env.example
+# ---------------------------------------------------------------------------------------
+
+
+def env_example() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for number, line in enumerate(ENV_EXAMPLE.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        assert sep and re.fullmatch(r"[A-Z][A-Z0-9_]*", name), f"line {number}: {line!r}"
+        assert name not in values, f"{name} is set twice"
+        assert not value.startswith(("'", '"')), f"{name}: compose v1 would keep the quotes"
+        assert " #" not in value, f"{name}: compose v1 would keep a trailing comment"
+        values[name] = value
+    return values
+
+
+def test_env_example_lists_every_variable_and_nothing_else() -> None:
+    names = set(env_example())
+    missing = known_names() - names
+    assert not missing, f"deploy/.env.example lacks {sorted(missing)}"
+    unknown = {n for n in names - known_names() if not n.startswith(COMPOSE_ONLY_PREFIX)}
+    assert not unknown, f"deploy/.env.example sets variables nothing reads: {sorted(unknown)}"
+
+
+def test_env_example_has_a_comment_for_every_variable() -> None:
+    previous = ""
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name = line.partition("=")[0]
+            assert previous.startswith("#") or previous.partition("=")[0].isupper(), name
+        previous = line
+
+
+def test_env_example_values_fit_the_containers() -> None:
+    values = env_example()
+    for service, port in PORTS.items():
+        assert values[f"{service.upper()}_PORT"] == str(port)
+        assert values[f"{service.upper()}_HOST"] == "0.0.0.0"
+    assert values["IDENTITY_URL"] == "http://identity:8101"
+    assert values["PORTALS_URL"] == "http://portals:8102"
+    assert values["INVITATIONS_URL"] == "http://invitations:8103"
+    assert values["SMTP_HOST"] == "mailpit" and values["SMTP_PORT"] == "1025"
+    assert (
+        values["DATABASE_URL"] == "postgresql://clientpress:clientpress@postgres:5432/clientpress"
+    )
+    assert values["AMQP_URL"] == "amqp://clientpress:clientpress@rabbitmq:5672/"
+    assert values["PUBLIC_URL"] == "http://localhost:8080"
+    assert values["ADMIN_EMAIL"] and len(values["ADMIN_PASSWORD"]) >= 12
+    # the example must itself be a valid configuration
+    settings = CommonSettings.model_validate({k.lower(): v for k, v in values.items()})
+    assert settings.public_base == "http://localhost:8080"
+
+
+# ---------------------------------------------------------------------------------------
+# deploy/compose.yaml
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`docker-compose config` (v1) must accept the file; returns what it resolved.
+    Also `docker compose config` (v2) when that plugin is installed."""
+    binary = require_binary("docker-compose", "`apt-get install docker-compose`")
+    # an empty interpolation env file: a developer's own deploy/.env must not matter here
+    empty = tmp_path_factory.mktemp("compose") / "empty.env"
+    empty.write_text("")
+    base = ["--env-file", str(empty), "-f", str(COMPOSE_FILE), "config"]
+    result = run([binary, *base])
+    assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
+    assert "WARN" not in result.stderr.upper(), result.stderr
+    docker = shutil.which("docker")
+    if docker and run([docker, "compose", "version"]).returncode == 0:
+        v2 = run([docker, "compose", *base])
+        assert v2.returncode == 0, f"docker compose config failed:\n{v2.stderr}"
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    return config
+
+
+@pytest.fixture(scope="module")
+def compose_raw() -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return raw
+
+
+def app_services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The compose services that run the clientpress image."""
+    return {
+        name: svc
+        for name, svc in config["services"].items()
+        if str(svc.get("image", "")).startswith("clientpress:")
+    }
+
+
+def test_compose_has_the_whole_stack(compose_config: dict[str, Any]) -> None:
+    assert set(compose_config["services"]) == {*SERVICES, "migrate", *BACKING}
+    assert set(app_services(compose_config)) == {*SERVICES, "migrate"}
+    assert compose_config["services"]["postgres"]["image"] == "postgres:16"
+    assert compose_config["services"]["rabbitmq"]["image"] == "rabbitmq:3.13-management"
+    assert compose_config["services"]["mailpit"]["image"].startswith("axllent/mailpit")
+    assert set(compose_config["volumes"]) >= {"postgres-data", "rabbitmq-data"}
+
+
+def test_compose_services_build_the_image_and_wait_for_their_dependencies(
+    compose_config: dict[str, Any],
+) -> None:
+    for name, svc in app_services(compose_config).items():
+        assert Path(svc["build"]["context"]).resolve() == ROOT, name
+        assert svc["build"]["dockerfile"] == "Dockerfile", name
+        assert svc["image"] == "clientpress:latest", name
+        depends = svc["depends_on"]
+        assert depends["postgres"]["condition"] == "service_healthy", name
+        if name == "migrate":
+            continue
+        assert depends["rabbitmq"]["condition"] == "service_healthy", name
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert svc["environment"]["SERVICE"] == name
+        assert svc["stop_grace_period"] == "30s", name
+        test = svc["healthcheck"]["test"]
+        assert test[0] == "CMD" and test[-1] == "/readyz", name
+    for name in ("postgres", "rabbitmq"):
+        assert compose_config["services"][name]["healthcheck"]["test"], name
+
+
+def test_compose_migrate_runs_every_schema(compose_raw: dict[str, Any]) -> None:
+    migrate = compose_raw["services"]["migrate"]
+    script = " ".join(migrate["entrypoint"])
+    commands = [f"python -m services.{s} migrate" for s in SCHEMA_SERVICES]
+    assert " && ".join(commands) in re.sub(r"\s+", " ", script)
+    assert migrate["restart"] == "no"
+
+
+def published_ports(service: dict[str, Any]) -> set[int]:
+    ports = set()
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            ports.add(int(entry["published"]))
+        else:  # "8080:8080" or "127.0.0.1:8080:8080"
+            ports.add(int(str(entry).split(":")[-2]))
+    return ports
+
+
+def test_compose_publishes_only_the_gateway_and_the_inboxes(
+    compose_raw: dict[str, Any],
+) -> None:
+    published = {name: published_ports(svc) for name, svc in compose_raw["services"].items()}
+    assert {name: ports for name, ports in published.items() if ports} == {
+        "gateway": {8080},
+        "mailpit": {8025},
+        "rabbitmq": {15672},
+    }
+
+
+def test_compose_names_exactly_the_known_variables(compose_config: dict[str, Any]) -> None:
+    known = known_names()
+    for name, svc in app_services(compose_config).items():
+        env = set(svc.get("environment", {}))
+        unknown = {
+            n for n in env - known - IMAGE_VARIABLES if not n.startswith(COMPOSE_ONLY_PREFIX)
+        }
+        assert not unknown, f"compose service {name} sets unknown variables {sorted(unknown)}"
+        missing = known - env
+        assert not missing, f"compose service {name} lacks {sorted(missing)}"
+    # the raw file names no other variable either (${...} substitutions included)
+    substituted = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE_FILE.read_text()))
+    assert {n for n in substituted if not n.startswith(COMPOSE_ONLY_PREFIX)} <= known
+
+
+# ---------------------------------------------------------------------------------------
+# deploy/k8s (kustomize)
+# ---------------------------------------------------------------------------------------
+
+
+@cache
+def kustomize(directory: Path) -> tuple[dict[str, Any], ...]:
+    binary = require_binary("kubectl", "the Kubernetes apt repository (kubectl)")
+    result = run([binary, "kustomize", str(directory)])
+    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
+    docs = tuple(d for d in yaml.safe_load_all(result.stdout) if d)
+    assert docs, f"kubectl kustomize {directory} rendered nothing"
+    for doc in docs:
+        assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
+    return docs
+
+
+def of_kind(docs: tuple[dict[str, Any], ...], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def labels_of(doc: dict[str, Any]) -> dict[str, str]:
+    return dict(doc["spec"]["template"]["metadata"].get("labels", {}))
+
+
+def is_clientpress(container: dict[str, Any]) -> bool:
+    return str(container["image"]).split(":")[0].rsplit("/", 1)[-1] == "clientpress"
+
+
+def workloads(docs: tuple[dict[str, Any], ...]) -> Iterator[dict[str, Any]]:
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "StatefulSet", "Job"}:
+            yield doc
+
+
+OVERLAYS = pytest.mark.parametrize("directory", [K8S_BASE, K8S_LOCAL], ids=["base", "local"])
+
+
+@OVERLAYS
+def test_k8s_has_every_service(directory: Path) -> None:
+    docs = kustomize(directory)
+    deployments = of_kind(docs, "Deployment")
+    services = of_kind(docs, "Service")
+    hpas = of_kind(docs, "HorizontalPodAutoscaler")
+    pdbs = of_kind(docs, "PodDisruptionBudget")
+    for name, port in PORTS.items():
+        deployment = deployments[name]
+        labels = labels_of(deployment)
+        assert labels["app.kubernetes.io/name"] == name
+        assert labels["app.kubernetes.io/part-of"] == "clientpress"
+        assert deployment["metadata"]["labels"]["app.kubernetes.io/part-of"] == "clientpress"
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= labels.items()
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert is_clientpress(container)
+        assert {"name": "SERVICE", "value": name} in container["env"]
+        assert [p["containerPort"] for p in container["ports"]] == [port]
+        service = services[name]
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert [p["port"] for p in service["spec"]["ports"]] == [port]
+        hpa = hpas[name]
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+        }
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+        pdb = pdbs[name]
+        assert pdb["apiVersion"] == "policy/v1"
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert "replicas" not in deployment["spec"], f"{name}: the HPA owns the replica count"
+    (ingress,) = of_kind(docs, "Ingress").values()
+    backends = [
+        path["backend"]["service"]
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+    assert backends and all(b["name"] == "gateway" for b in backends)
+
+
+@OVERLAYS
+def test_k8s_workloads_are_probed_bounded_and_locked_down(directory: Path) -> None:
+    docs = kustomize(directory)
+    for doc in workloads(docs):
+        pod = doc["spec"]["template"]["spec"]
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        pod_security = pod.get("securityContext", {})
+        assert pod_security.get("runAsNonRoot") is True, where
+        assert pod_security.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        assert pod.get("automountServiceAccountToken") is False, where
+        for container in pod["containers"]:
+            resources = container.get("resources", {})
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"{where} {bound}"
+            security = container.get("securityContext", {})
+            assert security.get("allowPrivilegeEscalation") is False, where
+            assert security.get("capabilities", {}).get("drop") == ["ALL"], where
+            if doc["kind"] != "Job":
+                assert "livenessProbe" in container and "readinessProbe" in container, where
+            if doc["kind"] == "Deployment":
+                assert security.get("readOnlyRootFilesystem") is True, where
+            if not is_clientpress(container):
+                continue
+            # the ClientPress image: uid 10001, read-only root, /tmp on an emptyDir
+            assert security.get("readOnlyRootFilesystem") is True, where
+            assert security.get("runAsNonRoot") is True, where
+            assert pod_security.get("runAsUser") == 10001, where
+            assert pod.get("enableServiceLinks") is False, f"{where}: *_PORT would clash"
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            assert "emptyDir" in volumes[mounts["/tmp"]], where
+            if doc["kind"] == "Deployment":
+                assert pod["terminationGracePeriodSeconds"] == 30, where
+                assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", where
+                assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", where
+
+
+@OVERLAYS
+def test_k8s_migrations_job_runs_every_schema(directory: Path) -> None:
+    jobs = of_kind(kustomize(directory), "Job")
+    (job,) = jobs.values()
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert is_clientpress(container)
+    script = " ".join(container["command"] + container.get("args", []))
+    for service in SCHEMA_SERVICES:
+        assert f"python -m services.{service} migrate" in script
+    assert job["spec"]["template"]["spec"]["restartPolicy"] in {"OnFailure", "Never"}
+
+
+@OVERLAYS
+def test_k8s_network_policies(directory: Path) -> None:
+    policies = list(of_kind(kustomize(directory), "NetworkPolicy").values())
+    default_deny = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"] in ({}, None)
+        and p["spec"].get("policyTypes") == ["Ingress"]
+        and not p["spec"].get("ingress")
+    ]
+    assert default_deny, "no default-deny ingress policy"
+
+    def rules_for(service: str) -> list[dict[str, Any]]:
+        return [
+            rule
+            for p in policies
+            if p["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
+            == service
+            for rule in p["spec"].get("ingress", [])
+        ]
+
+    gateway_rules = rules_for("gateway")
+    assert any(
+        "from" not in r and {"protocol": "TCP", "port": 8080} in r["ports"] for r in gateway_rules
+    )
+    for service in ("identity", "portals", "invitations", "mailer"):
+        rules = rules_for(service)
+        assert rules, f"{service}: no ingress rule (default deny would cut it off)"
+        for rule in rules:
+            assert rule.get("from"), f"{service} accepts connections from anywhere"
+            assert [p["port"] for p in rule["ports"]] == [PORTS[service]]
+            for peer in rule["from"]:
+                pods = peer.get("podSelector", {}).get("matchLabels", {})
+                namespaces = peer.get("namespaceSelector")
+                assert pods.get("app.kubernetes.io/part-of") == "clientpress" or namespaces, peer
+    for service in ("identity", "portals", "invitations"):
+        peers = [peer for rule in rules_for(service) for peer in rule["from"]]
+        assert any(
+            peer.get("podSelector", {}).get("matchLabels")
+            == {
+                "app.kubernetes.io/part-of": "clientpress",
+                "app.kubernetes.io/component": "service",
+            }
+            for peer in peers
+        ), service
+
+
+def k8s_names(docs: tuple[dict[str, Any], ...]) -> tuple[set[str], set[str], set[str]]:
+    """(ConfigMap keys, Secret keys, names set directly on containers) of ClientPress."""
+    config_keys: set[str] = set()
+    secret_keys: set[str] = set()
+    container_names: set[str] = set()
+    for name, config_map in of_kind(docs, "ConfigMap").items():
+        if name.startswith("clientpress-config"):
+            config_keys |= set(config_map.get("data", {}))
+    for name, secret in of_kind(docs, "Secret").items():
+        if name.startswith("clientpress-secrets"):
+            secret_keys |= set(secret.get("data", {})) | set(secret.get("stringData", {}))
+    for doc in workloads(docs):
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            if not is_clientpress(container):
+                continue
+            for source in container.get("envFrom", []):
+                ref = source.get("configMapRef") or source.get("secretRef")
+                assert ref["name"].startswith(("clientpress-config", "clientpress-secrets"))
+            for var in container.get("env", []):
+                container_names.add(var["name"])
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"].startswith("clientpress-secrets"), var
+                    assert ref["key"] == var["name"], var
+    return config_keys, secret_keys, container_names
+
+
+def secret_example_keys() -> set[str]:
+    example = yaml.safe_load((K8S_BASE / "secret.example.yaml").read_text())
+    assert example["kind"] == "Secret" and example["metadata"]["name"] == "clientpress-secrets"
+    return set(example["stringData"])
+
+
+def test_k8s_secret_example_is_not_in_the_base() -> None:
+    kustomization = yaml.safe_load((K8S_BASE / "kustomization.yaml").read_text())
+    assert "secret.example.yaml" not in kustomization.get("resources", [])
+    assert secret_example_keys() == SECRET_NAMES
+    assert not of_kind(kustomize(K8S_BASE), "Secret"), "the base ships no Secret"
+    assert any(i["name"] == "clientpress" for i in kustomization["images"])
+
+
+@OVERLAYS
+def test_k8s_names_exactly_the_known_variables(directory: Path) -> None:
+    docs = kustomize(directory)
+    config_keys, secret_keys, container_names = k8s_names(docs)
+    secret_keys |= secret_example_keys()
+    assert not config_keys & SECRET_NAMES, "a secret is in the ConfigMap"
+    assert secret_keys == SECRET_NAMES
+    named = config_keys | secret_keys | container_names
+    known = known_names()
+    missing = known - named
+    assert not missing, f"{directory.name}: the k8s config lacks {sorted(missing)}"
+    unknown = named - known - IMAGE_VARIABLES
+    assert not unknown, f"{directory.name}: unknown variables {sorted(unknown)}"
+    config_map = next(
+        c for n, c in of_kind(docs, "ConfigMap").items() if n.startswith("clientpress")
+    )
+    data = config_map["data"]
+    for service, port in PORTS.items():
+        if service != "gateway":
+            assert data[f"{service.upper()}_PORT"] == str(port)
+        assert data[f"{service.upper()}_HOST"] == "0.0.0.0"
+    assert data["GATEWAY_PORT"] == "8080"
+    for service in ("identity", "portals", "invitations"):
+        assert data[f"{service.upper()}_URL"] == f"http://{service}:{PORTS[service]}"
+
+
+def test_k8s_local_overlay_is_complete() -> None:
+    docs = kustomize(K8S_LOCAL)
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for backing in ("postgres", "rabbitmq", "mailpit"):
+        assert ("Service", backing) in names
+    assert ("StatefulSet", "postgres") in names and ("StatefulSet", "rabbitmq") in names
+    assert ("Deployment", "mailpit") in names
+    namespaced = [d for d in docs if d["kind"] != "Namespace"]
+    assert {d["metadata"].get("namespace") for d in namespaced} == {"clientpress"}
+    _, secret_keys, _ = k8s_names(docs)
+    assert {"DATABASE_URL", "AMQP_URL"} <= secret_keys
+    data = next(c for n, c in of_kind(docs, "ConfigMap").items() if n.startswith("clientpress"))
+    assert data["data"]["PUBLIC_URL"] == "http://localhost:8080"
+    assert data["data"]["SMTP_HOST"] == "mailpit"
+    base_config = next(
+        c
+        for n, c in of_kind(kustomize(K8S_BASE), "ConfigMap").items()
+        if n.startswith("clientpress")
+    )
+    assert base_config["data"]["PUBLIC_URL"] != "http://localhost:8080"
+    rabbit = of_kind(docs, "StatefulSet")["rabbitmq"]
+    (container,) = rabbit["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "rabbitmq:3.13-management"
+
+
+# ---------------------------------------------------------------------------------------
+# the image: Dockerfile, entrypoint, healthcheck, build context, package data
+# ---------------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    current = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        current += line
+        keyword, _, rest = current.partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+        current = ""
+    assert not current, "the Dockerfile ends inside a continued line"
+    return instructions
+
+
+def test_dockerfile_is_multi_stage_non_root_and_healthchecked() -> None:
+    instructions = dockerfile_instructions()
+    froms = [args for keyword, args in instructions if keyword == "FROM"]
+    assert len(froms) >= 2, "builder + runtime stages"
+    args = dict(a.split("=", 1) for keyword, a in instructions if keyword == "ARG" and "=" in a)
+    final_image = froms[-1].split()[0]
+    final_image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], final_image)
+    assert final_image == "python:3.11-slim"
+    final = instructions[max(i for i, (k, _) in enumerate(instructions) if k == "FROM") :]
+    runs = " ".join(a for k, a in instructions if k == "RUN")
+    assert "pip install ." in runs
+    assert any(k == "COPY" and a.startswith("--from=") for k, a in final), "copies the venv"
+    final_runs = " ".join(a for k, a in final if k == "RUN")
+    assert not re.search(r"apt-get install|build-essential|gcc", final_runs)
+    users = [a for k, a in final if k == "USER"]
+    assert users, "no USER in the final stage"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}
+    assert user == "10001" or "10001" in final_runs
+    healthchecks = [a for k, a in final if k == "HEALTHCHECK"]
+    assert healthchecks and "/healthz" in healthchecks[-1]
+    assert "curl" not in healthchecks[-1]
+    entrypoints = [a for k, a in final if k == "ENTRYPOINT"]
+    assert entrypoints and entrypoints[-1] == '["/app/deploy/docker-entrypoint.sh"]'
+
+
+def test_entrypoint_script_runs_the_chosen_service(tmp_path: Path) -> None:
+    assert ENTRYPOINT.is_file()
+    assert ENTRYPOINT.stat().st_mode & stat.S_IXUSR, "docker-entrypoint.sh is not executable"
+    text = ENTRYPOINT.read_text()
+    assert text.startswith("#!/bin/sh\n")
+    assert 'python -m "services.${SERVICE' in text
+    assert run(["sh", "-n", str(ENTRYPOINT)]).returncode == 0
+    # a stand-in `python` that prints what it was asked to run
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "python $*"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    ok = subprocess.run(
+        [str(ENTRYPOINT), "migrate"],
+        env={**env, "SERVICE": "identity"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "python -m services.identity migrate"
+    for bad in ({}, {"SERVICE": "nope"}):
+        refused = subprocess.run(
+            [str(ENTRYPOINT)], env={**env, **bad}, capture_output=True, text=True, check=False
+        )
+        assert refused.returncode != 0
+        assert "identity|portals|invitations|mailer|gateway" in refused.stderr
+        assert not refused.stdout
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/healthz" else 503)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_healthcheck_script_asks_the_service_port() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = str(server.server_address[1])
+
+        def check(path: str, **env: str) -> int:
+            return subprocess.run(
+                [sys.executable, str(HEALTHCHECK), path],
+                env={"PATH": os.environ.get("PATH", ""), **env},
+                capture_output=True,
+                check=False,
+                timeout=30,
+            ).returncode
+
+        assert check("/healthz", SERVICE="mailer", MAILER_PORT=port, MAILER_HOST="0.0.0.0") == 0
+        assert check("/readyz", SERVICE="mailer", MAILER_PORT=port) == 1
+        assert check("/healthz", SERVICE="gateway", GATEWAY_PORT=port) == 0
+        assert check("/healthz", SERVICE="nope") == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_dockerignore_keeps_what_the_build_needs() -> None:
+    lines = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert "*" in lines  # allow-list style: nothing enters the context by accident
+    for needed in ("pyproject.toml", "libs/", "services/", "deploy/docker-entrypoint.sh"):
+        assert f"!{needed}" in lines, needed
+    assert "!deploy/healthcheck.py" in lines
+    for instruction, args in dockerfile_instructions():
+        if instruction == "COPY" and not args.startswith("--from="):
+            for source in args.split()[:-1]:
+                assert (ROOT / source).exists(), source
+                assert f"!{source.rstrip('/')}/" in lines or f"!{source}" in lines, source
+
+
+def test_package_data_ships_every_non_python_file() -> None:
+    """The image runs the installed wheel: a file type setuptools does not package (e.g. a
+    font in services/gateway/static) would be missing in the container."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["*"]
+    missing = []
+    for top in ("services", "libs"):
+        for path in (ROOT / top).rglob("*"):
+            relative = path.relative_to(ROOT)
+            if (
+                path.is_dir()
+                or "__pycache__" in relative.parts
+                or any(part.startswith(".") for part in relative.parts)
+                or path.suffix in {".py", ".pyc", ".pyi"}
+            ):
+                continue
+            if not any(fnmatch.fnmatch(path.name, p) for p in patterns):
+                missing.append(str(relative))
+    assert not missing, f"not in [tool.setuptools.package-data], so not in the image: {missing}"

@@ -1,0 +1,157 @@
+"""The accept saga through the gateway (docs/internal-api.md), against fakes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp.test_utils import TestClient
+
+from tests.gateway.conftest import csrf, log_in, post_form
+from tests.gateway.fakes import Backend
+
+PASSWORD = "a long new password"
+
+
+async def test_get_shows_the_form_and_never_consumes(gw: TestClient, backend: Backend) -> None:
+    portal = backend.add_portal("Acme Launch")
+    token = backend.add_invitation("new@example.com", portal)
+    for _ in range(2):
+        response = await gw.get(f"/invitations/accept?token={token}")
+        assert response.status == 200
+    html = await response.text()
+    assert "Acme Launch" in html and "new@example.com" in html
+    assert "<strong>localhost</strong>" in html
+    assert "at least 12 characters" in html and "not be your email address" in html
+    assert '<label for="password">Password</label>' in html
+    assert '<label for="confirm">Confirm Password</label>' in html
+    assert ">Set Password</button>" in html
+    assert f'name="token" value="{token}"' in html
+    assert "invitations.accept" not in backend.calls
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+async def test_happy_path_creates_logs_in_and_lands_on_portal(
+    gw: TestClient, backend: Backend
+) -> None:
+    portal = backend.add_portal("Acme Launch")
+    token = backend.add_invitation("new@example.com", portal)
+    await gw.get(f"/invitations/accept?token={token}")
+    data = {"token": token, "password": PASSWORD, "confirm": PASSWORD}
+    response = await post_form(gw, "/invitations/accept", data)
+    assert response.status == 303, await response.text()
+    assert response.headers["Location"] == "/client-portal/acme-launch/"
+    assert response.cookies["cp_session"]["httponly"]
+    user = backend.by_email("new@example.com")
+    assert user is not None and user["role"] == "client"
+    assert portal["client_id"] == user["id"]
+    assert backend.calls[-6:] == [
+        "invitations.validate",
+        "identity.ensure",
+        "portals.grant",
+        "invitations.accept",
+        "identity.password",
+        "identity.issue",
+    ]
+    page = await gw.get("/client-portal/acme-launch/")
+    assert "<strong>Acme Launch</strong>" in await page.text()
+
+
+async def test_mismatched_or_short_passwords_stay_on_the_form(
+    gw: TestClient, backend: Backend
+) -> None:
+    portal = backend.add_portal("Acme Launch")
+    token = backend.add_invitation("new@example.com", portal)
+    bad = {"token": token, "password": PASSWORD, "confirm": PASSWORD + "x"}
+    response = await post_form(gw, "/invitations/accept", bad)
+    assert response.status == 422
+    html = await response.text()
+    assert "The passwords do not match." in html
+    assert 'aria-describedby="confirm-error"' in html and 'role="alert"' in html
+    short = {"token": token, "password": "short", "confirm": "short"}
+    response = await post_form(gw, "/invitations/accept", short)
+    assert "at least 12 characters long." in await response.text()
+    assert "identity.ensure" not in backend.calls
+
+
+async def test_used_link_says_so_with_a_login_link(gw: TestClient, backend: Backend) -> None:
+    portal = backend.add_portal("Acme Launch")
+    token = backend.add_invitation("new@example.com", portal, status="accepted")
+    response = await gw.get(f"/invitations/accept?token={token}")
+    assert response.status == 409
+    html = await response.text()
+    assert "This invitation has already been used" in html
+    assert 'href="/login?next=/client-portal/"' in html
+
+
+async def test_expired_link_shows_no_account_info(gw: TestClient, backend: Backend) -> None:
+    portal = backend.add_portal("Acme Launch")
+    token = backend.add_invitation("new@example.com", portal, status="expired")
+    response = await gw.get(f"/invitations/accept?token={token}")
+    assert response.status == 410
+    html = await response.text()
+    assert "This invitation has expired" in html
+    assert "Ask the person who invited you to resend it." in html
+    assert "new@example.com" not in html and "Acme Launch" not in html
+
+
+async def test_revoked_and_invalid_links(gw: TestClient, backend: Backend) -> None:
+    portal = backend.add_portal("Acme Launch")
+    token = backend.add_invitation("new@example.com", portal, status="revoked")
+    response = await gw.get(f"/invitations/accept?token={token}")
+    assert "This invitation has been revoked" in await response.text()
+    response = await gw.get("/invitations/accept?token=nonsense")
+    assert response.status == 404
+    assert "This invitation link is not valid" in await response.text()
+
+
+async def test_concurrent_accepts_have_one_winner(gw: TestClient, backend: Backend) -> None:
+    portal = backend.add_portal("Acme Launch")
+    token = backend.add_invitation("new@example.com", portal)
+    data = {"csrf_token": await csrf(gw), "token": token, "password": PASSWORD, "confirm": PASSWORD}
+    responses = await asyncio.gather(
+        *(gw.post("/invitations/accept", data=data, allow_redirects=False) for _ in range(16))
+    )
+    statuses = sorted(r.status for r in responses)
+    assert statuses.count(303) == 1
+    assert all(s == 409 for s in statuses if s != 303)
+    assert len([u for u in backend.users.values() if u["email"] == "new@example.com"]) == 1
+
+
+async def test_existing_account_logs_in_to_accept(gw: TestClient, backend: Backend) -> None:
+    existing = backend.add_user("old@example.com", "the old password")
+    portal = backend.add_portal("Second Project")
+    token = backend.add_invitation("old@example.com", portal)
+    response = await gw.get(f"/invitations/accept?token={token}")
+    html = await response.text()
+    assert "You already have an account — log in to accept" in html
+    assert 'value="old@example.com" readonly' in html
+    wrong = await post_form(
+        gw, "/invitations/accept/login", {"token": token, "password": "not the password"}
+    )
+    assert wrong.status == 401
+    assert "The email or password is incorrect." in await wrong.text()
+    response = await post_form(
+        gw,
+        "/invitations/accept/login",
+        {"token": token, "password": "the old password", "email": "attacker@example.com"},
+    )
+    assert response.status == 303
+    assert response.headers["Location"] == "/client-portal/second-project/"
+    assert portal["client_id"] == existing["id"]
+    assert backend.passwords[existing["id"]] == "the old password"
+    assert "identity.password" not in backend.calls
+
+
+async def test_logged_in_as_invited_email_accepts_directly(
+    gw: TestClient, backend: Backend
+) -> None:
+    existing = backend.add_user("old@example.com", "the old password")
+    portal = backend.add_portal("Second Project")
+    token = backend.add_invitation("old@example.com", portal)
+    await log_in(gw, existing, "the old password")
+    page = await gw.get(f"/invitations/accept?token={token}")
+    assert ">Accept Invitation</button>" in await page.text()
+    response = await post_form(gw, "/invitations/accept", {"token": token})
+    assert response.status == 303
+    assert response.headers["Location"] == "/client-portal/second-project/"
+    assert portal["client_id"] == existing["id"]

@@ -1,0 +1,134 @@
+"""/api/v1: admin session + X-CSRF-Token, forwarding, validation and JSON errors."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp.test_utils import TestClient
+
+from tests.gateway.conftest import csrf, log_in
+from tests.gateway.fakes import Backend
+
+PASSWORD = "correct horse battery"
+
+
+async def admin_headers(gw: TestClient, backend: Backend) -> dict[str, str]:
+    admin = backend.add_user("admin@example.com", PASSWORD, role="administrator")
+    await log_in(gw, admin, PASSWORD)
+    return {"X-CSRF-Token": await csrf(gw)}
+
+
+async def test_portals_create_list_get_patch(gw: TestClient, backend: Backend) -> None:
+    headers = await admin_headers(gw, backend)
+    created = await gw.post(
+        "/api/v1/portals", json={"title": "Acme", "status": "active"}, headers=headers
+    )
+    assert created.status == 201
+    portal = await created.json()
+    listed = await (await gw.get("/api/v1/portals?status=active")).json()
+    assert [p["id"] for p in listed["items"]] == [portal["id"]]
+    assert (await gw.get(f"/api/v1/portals/{portal['id']}")).status == 200
+    patched = await gw.patch(
+        f"/api/v1/portals/{portal['id']}", json={"status": "archived"}, headers=headers
+    )
+    assert (await patched.json())["status"] == "archived"
+
+
+async def test_unsafe_api_call_needs_the_csrf_header(gw: TestClient, backend: Backend) -> None:
+    await admin_headers(gw, backend)
+    response = await gw.post("/api/v1/portals", json={"title": "Acme"})
+    assert response.status == 403
+    body = await response.json()
+    assert body["error"]["code"] == "csrf_failed"
+
+
+async def test_bad_bodies_are_422_json(gw: TestClient, backend: Backend) -> None:
+    headers = await admin_headers(gw, backend)
+    for body in ({"title": ""}, {"title": "x", "status": "open"}, {"title": "x", "extra": 1}):
+        response = await gw.post("/api/v1/portals", json=body, headers=headers)
+        assert response.status == 422
+        assert (await response.json())["error"]["code"] == "invalid_input"
+    response = await gw.get("/api/v1/invitations?limit=999")
+    assert response.status == 422
+
+
+async def test_invite_is_201_then_200_resent(gw: TestClient, backend: Backend) -> None:
+    headers = await admin_headers(gw, backend)
+    portal = backend.add_portal("Acme")
+    path = f"/api/v1/portals/{portal['id']}/invitations"
+    first = await gw.post(path, json={"email": "a@b.example"}, headers=headers)
+    assert first.status == 201 and (await first.json())["outcome"] == "created"
+    again = await gw.post(path, json={"email": "a@b.example"}, headers=headers)
+    assert again.status == 200 and (await again.json())["outcome"] == "resent"
+    bad = await gw.post(path, json={"email": "a@b.example, c@d.example"}, headers=headers)
+    assert bad.status == 422
+    archived = backend.add_portal("Old", status="archived")
+    refused = await gw.post(
+        f"/api/v1/portals/{archived['id']}/invitations",
+        json={"email": "a@b.example"},
+        headers=headers,
+    )
+    assert refused.status == 409
+    assert (await refused.json())["error"]["code"] == "portal_not_active"
+    listed = await (await gw.get("/api/v1/invitations?status=pending")).json()
+    invitation_id = listed["items"][0]["id"]
+    revoked = await gw.post(f"/api/v1/invitations/{invitation_id}/revoke", headers=headers)
+    assert (await revoked.json())["status"] == "revoked"
+
+
+async def test_client_and_sub_clients_check_users_exist(gw: TestClient, backend: Backend) -> None:
+    headers = await admin_headers(gw, backend)
+    portal = backend.add_portal("Acme")
+    ann = backend.add_user("ann@example.com", PASSWORD)
+    ok = await gw.put(
+        f"/api/v1/portals/{portal['id']}/client", json={"user_id": ann["id"]}, headers=headers
+    )
+    assert (await ok.json())["client_id"] == ann["id"]
+    bad = await gw.put(
+        f"/api/v1/portals/{portal['id']}/sub-clients",
+        json={"user_ids": [str(uuid.uuid4())]},
+        headers=headers,
+    )
+    assert bad.status == 422
+    assert (await bad.json())["error"]["code"] == "user_not_found"
+
+
+async def test_settings_access_combines_both_owners(gw: TestClient, backend: Backend) -> None:
+    headers = await admin_headers(gw, backend)
+    assert await (await gw.get("/api/v1/settings/access")).json() == {
+        "invitation_expiry_days": 14,
+        "login_redirect": False,
+    }
+    response = await gw.put(
+        "/api/v1/settings/access",
+        json={"invitation_expiry_days": 21, "login_redirect": True},
+        headers=headers,
+    )
+    assert await response.json() == {"invitation_expiry_days": 21, "login_redirect": True}
+    bad = await gw.put(
+        "/api/v1/settings/access", json={"invitation_expiry_days": 10}, headers=headers
+    )
+    assert bad.status == 422
+
+
+async def test_unknown_api_path_is_json_404(gw: TestClient, backend: Backend) -> None:
+    await admin_headers(gw, backend)
+    response = await gw.get("/api/v1/nothing")
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "not_found"
+
+
+async def test_openapi_document_lists_every_api_route(gw: TestClient) -> None:
+    doc = await (await gw.get("/api/v1/openapi.json")).json()
+    assert doc["openapi"].startswith("3.")
+    for route in gw.server.app.router.routes():
+        path = route.resource.canonical if route.resource else ""
+        if (
+            not path.startswith("/api/v1/")
+            or route.method == "HEAD"
+            or path.endswith("openapi.json")
+        ):
+            continue
+        key = path.removeprefix("/api/v1")
+        assert key in doc["paths"], key
+        assert route.method.lower() in doc["paths"][key], (route.method, key)

@@ -1,0 +1,267 @@
+"""/client-portal/ cases, admin pages and the role gate on every /admin and /api route."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from services.gateway.app import create_app
+from tests.gateway.conftest import csrf, log_in, make_settings, post_form
+from tests.gateway.fakes import Backend, Json
+
+PASSWORD = "correct horse battery"
+PUBLIC_API = {"/api/v1/openapi.json"}
+
+
+async def as_admin(gw: TestClient, backend: Backend) -> Json:
+    admin = backend.add_user("admin@example.com", PASSWORD, role="administrator")
+    await log_in(gw, admin, PASSWORD)
+    return admin
+
+
+async def as_client(gw: TestClient, backend: Backend) -> Json:
+    client = backend.add_user("c@example.com", PASSWORD)
+    await log_in(gw, client, PASSWORD)
+    return client
+
+
+async def test_client_portal_needs_login(gw: TestClient) -> None:
+    response = await gw.get("/client-portal/", allow_redirects=False)
+    assert response.status == 303
+    assert response.headers["Location"] == "/login?next=/client-portal/"
+
+
+async def test_one_active_portal_redirects_to_it(gw: TestClient, backend: Backend) -> None:
+    client = await as_client(gw, backend)
+    backend.add_portal("Acme", client_id=client["id"])
+    backend.add_portal("Old", status="archived", client_id=client["id"])
+    response = await gw.get("/client-portal/", allow_redirects=False)
+    assert response.status == 303
+    assert response.headers["Location"] == "/client-portal/acme/"
+
+
+async def test_several_portals_are_listed_and_none_is_friendly(
+    gw: TestClient, backend: Backend
+) -> None:
+    client = await as_client(gw, backend)
+    response = await gw.get("/client-portal/")
+    assert "You don't have a portal yet." in await response.text()
+    backend.add_portal("Acme", client_id=client["id"])
+    backend.add_portal("Beta", sub_client_ids=[client["id"]])
+    html = await (await gw.get("/client-portal/")).text()
+    assert 'href="/client-portal/acme/"' in html and 'href="/client-portal/beta/"' in html
+
+
+async def test_portal_page_cases(gw: TestClient, backend: Backend) -> None:
+    client = await as_client(gw, backend)
+    backend.add_portal("Acme", client_id=client["id"])
+    backend.add_portal("Paused", status="pending", client_id=client["id"])
+    backend.add_portal("Someone Else")
+    html = await (await gw.get("/client-portal/acme/")).text()
+    assert "<p>Welcome to <strong>Acme</strong></p>" in html
+    paused = await gw.get("/client-portal/paused/")
+    text = await paused.text()
+    assert "This portal isn't available right now." in text
+    assert "Welcome to" not in text
+    assert (await gw.get("/client-portal/someone-else/")).status == 404
+    assert (await gw.get("/client-portal/..%2Fportals/")).status == 404
+
+
+async def test_admin_may_view_any_portal(gw: TestClient, backend: Backend) -> None:
+    await as_admin(gw, backend)
+    backend.add_portal("Someone Else")
+    assert (await gw.get("/client-portal/someone-else/")).status == 200
+
+
+def _guarded_routes(app: object) -> list[tuple[str, str]]:
+    routes = []
+    for route in app.router.routes():  # type: ignore[attr-defined]
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path") or info.get("formatter") or ""
+        if route.method == "HEAD" or not path.startswith(("/admin", "/api")):
+            continue
+        if path in PUBLIC_API:
+            continue
+        path = path.replace("{id}", str(uuid.uuid4()))
+        routes.append((route.method, path))
+    return routes
+
+
+async def test_every_admin_and_api_route_refuses_a_client(gw: TestClient, backend: Backend) -> None:
+    await as_client(gw, backend)
+    token = await csrf(gw)
+    routes = _guarded_routes(gw.server.app)
+    assert len(routes) > 20
+    for method, path in routes:
+        kwargs: dict[str, object] = {"allow_redirects": False}
+        if path.startswith("/api"):
+            kwargs["headers"] = {"X-CSRF-Token": token}
+            kwargs["json"] = {}
+        elif method != "GET":
+            kwargs["data"] = {"csrf_token": token}
+        response = await gw.request(method, path, **kwargs)
+        expected = 403 if path.startswith("/api") else 404
+        assert response.status == expected, (method, path, response.status)
+    assert not [c for c in backend.calls if c.startswith(("invitations.invite", "portals."))]
+
+
+async def test_every_admin_and_api_route_needs_a_login(gw: TestClient) -> None:
+    token = await csrf(gw)
+    for method, path in _guarded_routes(gw.server.app):
+        kwargs: dict[str, object] = {"allow_redirects": False}
+        if path.startswith("/api"):
+            kwargs["headers"] = {"X-CSRF-Token": token}
+        elif method != "GET":
+            kwargs["data"] = {"csrf_token": token}
+        response = await gw.request(method, path, **kwargs)
+        if path.startswith("/api"):
+            assert response.status == 401, (method, path)
+            assert (await response.json())["error"]["code"] == "no_session"
+        else:
+            assert response.status == 303, (method, path)
+            assert response.headers["Location"].startswith("/login?next=/admin")
+
+
+async def test_all_portals_and_editor(gw: TestClient, backend: Backend) -> None:
+    await as_admin(gw, backend)
+    portal = backend.add_portal("Acme")
+    html = await (await gw.get("/admin/portals")).text()
+    assert ">Add New Portal</a>" in html
+    assert f'href="/admin/portals/{portal["id"]}">Acme</a>' in html
+    new = await gw.get("/admin/portals/new")
+    assert new.status == 200 and ">Save Portal</button>" in await new.text()
+    empty = await post_form(gw, "/admin/portals/new", {"title": " ", "status": "active"})
+    assert empty.status == 422 and 'aria-describedby="title-error"' in await empty.text()
+    editor = await (await gw.get(f"/admin/portals/{portal['id']}")).text()
+    for text in (
+        '<label for="title">Title</label>',
+        '<label for="content">Content</label>',
+        '<label for="status">Status</label>',
+        ">Save Portal</button>",
+        "<h2>Invite Client</h2>",
+        '<label for="invite_email">Email</label>',
+        ">Send Invitation</button>",
+        '<label for="client_id">Client</label>',
+        '<label for="add_sub_client">Sub-Clients</label>',
+        ">Active</option>",
+        ">Pending</option>",
+        ">Archived</option>",
+    ):
+        assert text in editor, text
+
+
+async def test_create_then_save_portal_with_client_and_sub_clients(
+    gw: TestClient, backend: Backend
+) -> None:
+    await as_admin(gw, backend)
+    response = await post_form(
+        gw, "/admin/portals/new", {"title": "New One", "content": "Hi", "status": "active"}
+    )
+    assert response.status == 303
+    portal_id = response.headers["Location"].rsplit("/", 1)[1]
+    assert "Portal created." in await (await gw.get(response.headers["Location"])).text()
+    ann = backend.add_user("ann@example.com", PASSWORD)
+    bob = backend.add_user("bob@example.com", PASSWORD)
+    data = {
+        "title": "New One",
+        "content": "Hi",
+        "status": "active",
+        "client_id": ann["id"],
+        "add_sub_client": bob["id"],
+    }
+    response = await post_form(gw, f"/admin/portals/{portal_id}", data)
+    assert response.status == 303
+    portal = backend.portals[portal_id]
+    assert portal["client_id"] == ann["id"] and portal["sub_client_ids"] == [bob["id"]]
+    data = {**data, "add_sub_client": "", "remove_sub_client": bob["id"]}
+    await post_form(gw, f"/admin/portals/{portal_id}", data)
+    assert portal["sub_client_ids"] == []
+    bad = await post_form(
+        gw, f"/admin/portals/{portal_id}", {**data, "client_id": str(uuid.uuid4())}
+    )
+    assert bad.status == 422
+    assert "Choose an existing user." in await bad.text()
+
+
+async def test_invite_client_box(gw: TestClient, backend: Backend) -> None:
+    admin = await as_admin(gw, backend)
+    portal = backend.add_portal("Acme")
+    path = f"/admin/portals/{portal['id']}/invite"
+    response = await post_form(gw, path, {"email": "New@Example.COM"})
+    assert response.status == 303
+    page = await (await gw.get(response.headers["Location"])).text()
+    assert "Invitation sent to New@example.com" in page
+    assert f"invitations.invite:{admin['email']}" in backend.calls
+    response = await post_form(gw, path, {"email": "New@example.com"})
+    page = await (await gw.get(response.headers["Location"])).text()
+    assert "An invitation was already pending for New@example.com; it has been resent." in page
+    bad = await post_form(gw, path, {"email": "Ann <ann@example.com>"})
+    assert bad.status == 422
+    assert 'aria-describedby="invite_email-error"' in await bad.text()
+
+
+@pytest.mark.parametrize("status", ["pending", "archived"])
+async def test_inactive_portal_takes_no_invitations(
+    gw: TestClient, backend: Backend, status: str
+) -> None:
+    await as_admin(gw, backend)
+    portal = backend.add_portal("Acme", status=status)
+    response = await post_form(
+        gw, f"/admin/portals/{portal['id']}/invite", {"email": "a@b.example"}
+    )
+    assert response.status == 422
+    assert "This portal is not Active. Only Active portals can take invitations." in (
+        await response.text()
+    )
+
+
+async def test_invitations_page_resend_and_revoke(gw: TestClient, backend: Backend) -> None:
+    await as_admin(gw, backend)
+    portal = backend.add_portal("Acme")
+    backend.add_invitation("a@b.example", portal)
+    invitation = next(iter(backend.invitations.values()))
+    html = await (await gw.get("/admin/invitations")).text()
+    assert "a@b.example" in html and ">Resend</button>" in html and ">Revoke</button>" in html
+    assert "data-confirm=" in html
+    response = await post_form(gw, f"/admin/invitations/{invitation['id']}/resend")
+    assert response.status == 303 and invitation["send_count"] == 2
+    response = await post_form(gw, f"/admin/invitations/{invitation['id']}/revoke")
+    assert invitation["status"] == "revoked"
+    page = await (await gw.get(response.headers["Location"])).text()
+    assert "Invitation to a@b.example revoked." in page
+
+
+async def test_settings_page_saves_both_owners(gw: TestClient, backend: Backend) -> None:
+    await as_admin(gw, backend)
+    html = await (await gw.get("/admin/settings")).text()
+    assert '<label for="expiry">Invitation Link Expiry</label>' in html
+    assert '<option value="14" selected>14 days</option>' in html
+    assert '<label for="login_redirect">Login Redirect</label>' in html
+    assert ">Save Settings</button>" in html
+    data = {"invitation_expiry_days": "30", "login_redirect": "on"}
+    response = await post_form(gw, "/admin/settings", data)
+    assert response.status == 303
+    assert backend.expiry_days == 30 and backend.login_redirect is True
+    bad = await post_form(gw, "/admin/settings", {"invitation_expiry_days": "10"})
+    assert bad.status == 422
+
+
+async def test_users_page_and_disable(gw: TestClient, backend: Backend) -> None:
+    await as_admin(gw, backend)
+    client = backend.add_user("c@example.com", PASSWORD)
+    html = await (await gw.get("/admin/users")).text()
+    assert "c@example.com" in html and ">Disable</button>" in html
+    response = await post_form(gw, f"/admin/users/{client['id']}/disable")
+    assert response.status == 303 and client["disabled"]
+
+
+async def test_api_key_works_without_session_or_csrf(backend: Backend) -> None:
+    app = create_app(make_settings(backend, gateway_api_key="k" * 40))
+    async with TestClient(TestServer(app)) as api:
+        headers = {"Authorization": "Bearer " + "k" * 40}
+        response = await api.post("/api/v1/portals", json={"title": "Via API"}, headers=headers)
+        assert response.status == 201
+        wrong = await api.get("/api/v1/portals", headers={"Authorization": "Bearer nope"})
+        assert wrong.status == 401

@@ -1,0 +1,210 @@
+"""Log in/out, home, security headers, CSRF and Origin checks, rate limits, errors."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from services.gateway.app import create_app
+from tests.gateway.conftest import csrf, log_in, make_settings, post_form
+from tests.gateway.fakes import Backend
+
+PASSWORD = "correct horse battery"
+
+
+async def test_login_page_has_the_product_words(gw: TestClient) -> None:
+    response = await gw.get("/login")
+    html = await response.text()
+    assert response.status == 200
+    for text in (
+        '<label for="email">Email</label>',
+        '<label for="password">Password</label>',
+        ">Log In</button>",
+        ">Forgot password?</a>",
+        'name="csrf_token"',
+    ):
+        assert text in html
+    for landmark in ("<header", "<nav", "<main", "<footer"):
+        assert landmark in html
+
+
+async def test_security_headers_on_every_kind_of_response(gw: TestClient) -> None:
+    for path in ("/login", "/nowhere", "/static/app.css"):
+        response = await gw.get(path, allow_redirects=False)
+        headers = response.headers
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        assert headers["X-Frame-Options"] == "DENY"
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["Referrer-Policy"] == "same-origin"
+    assert (await gw.get("/login")).headers["Cache-Control"] == "no-store"
+    token_page = await gw.get("/invitations/accept?token=nope")
+    assert token_page.headers["Referrer-Policy"] == "no-referrer"
+    assert token_page.headers["Cache-Control"] == "no-store"
+
+
+async def test_unknown_page_is_an_html_404(gw: TestClient) -> None:
+    response = await gw.get("/nowhere")
+    assert response.status == 404
+    assert "text/html" in response.headers["Content-Type"]
+    assert "Page not found" in await response.text()
+
+
+async def test_login_sends_admin_to_portals_with_a_safe_cookie(
+    gw: TestClient, backend: Backend
+) -> None:
+    admin = backend.add_user("admin@example.com", PASSWORD, role="administrator")
+    response = await log_in(gw, admin, PASSWORD)
+    assert response.headers["Location"] == "/admin/portals"
+    cookie = response.cookies["cp_session"]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax" and cookie["path"] == "/"
+    assert not cookie["secure"]
+
+
+async def test_bad_credentials_give_one_message(gw: TestClient, backend: Backend) -> None:
+    backend.add_user("c@example.com", PASSWORD)
+    for email, password in (("c@example.com", "wrong password!"), ("nobody@example.com", PASSWORD)):
+        response = await post_form(gw, "/login", {"email": email, "password": password})
+        assert response.status == 401
+        html = await response.text()
+        assert "The email or password is incorrect." in html
+        assert 'role="alert"' in html
+
+
+@pytest.mark.parametrize(
+    ("next_path", "redirect", "expected"),
+    [
+        ("/client-portal/acme/", False, "/client-portal/acme/"),
+        ("//evil.example", False, "/"),
+        ("https://evil.example", True, "/client-portal/"),
+        ("", True, "/client-portal/"),
+        ("", False, "/"),
+    ],
+)
+async def test_client_login_destination(
+    gw: TestClient, backend: Backend, next_path: str, redirect: bool, expected: str
+) -> None:
+    backend.login_redirect = redirect
+    client = backend.add_user("c@example.com", PASSWORD)
+    data = {"email": client["email"], "password": PASSWORD, "next": next_path}
+    response = await post_form(gw, "/login", data)
+    assert response.status == 303
+    assert response.headers["Location"] == expected
+
+
+async def test_home_depends_on_who_is_there(gw: TestClient, backend: Backend) -> None:
+    response = await gw.get("/", allow_redirects=False)
+    assert response.headers["Location"] == "/login"
+    client = backend.add_user("c@example.com", PASSWORD)
+    await log_in(gw, client, PASSWORD)
+    response = await gw.get("/")
+    assert 'href="/client-portal/"' in await response.text()
+
+
+async def test_logout_revokes_the_session(gw: TestClient, backend: Backend) -> None:
+    client = backend.add_user("c@example.com", PASSWORD)
+    await log_in(gw, client, PASSWORD)
+    assert backend.sessions
+    response = await post_form(gw, "/logout")
+    assert response.status == 303 and response.headers["Location"] == "/login"
+    assert not backend.sessions
+    response = await gw.get("/", allow_redirects=False)
+    assert response.headers["Location"] == "/login"
+
+
+async def test_revoked_session_stops_on_the_next_request(gw: TestClient, backend: Backend) -> None:
+    client = backend.add_user("c@example.com", PASSWORD)
+    await log_in(gw, client, PASSWORD)
+    assert (await gw.get("/", allow_redirects=False)).status == 200
+    backend.sessions.clear()
+    response = await gw.get("/", allow_redirects=False)
+    assert response.headers["Location"] == "/login"
+
+
+async def test_post_without_csrf_token_is_refused(gw: TestClient, backend: Backend) -> None:
+    backend.add_user("c@example.com", PASSWORD)
+    await csrf(gw)
+    data = {"email": "c@example.com", "password": PASSWORD}
+    response = await gw.post("/login", data=data, allow_redirects=False)
+    assert response.status == 403
+    assert "The form expired, please try again." in await response.text()
+    response = await gw.post("/login", data={**data, "csrf_token": "x" * 43}, allow_redirects=False)
+    assert response.status == 403
+    assert "identity.login" not in backend.calls
+
+
+async def test_foreign_origin_is_refused(gw: TestClient, backend: Backend) -> None:
+    backend.add_user("c@example.com", PASSWORD)
+    data = {"email": "c@example.com", "password": PASSWORD}
+    bad = await post_form(gw, "/login", data, headers={"Origin": "http://evil.example"})
+    assert bad.status == 403
+    good = await post_form(gw, "/login", data, headers={"Origin": "http://localhost:8080"})
+    assert good.status == 303
+
+
+async def test_csrf_cookie_is_strict_and_http_only(gw: TestClient) -> None:
+    response = await gw.get("/login")
+    cookie = response.cookies["cp_csrf"]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict"
+
+
+async def test_login_is_rate_limited(backend: Backend) -> None:
+    app = create_app(make_settings(backend, gateway_rate_per_email=3))
+    async with TestClient(TestServer(app)) as client:
+        data = {"email": "c@example.com", "password": "wrong password!"}
+        statuses = [(await post_form(client, "/login", data)).status for _ in range(4)]
+        assert statuses == [401, 401, 401, 429]
+        response = await post_form(client, "/login", data)
+        assert int(response.headers["Retry-After"]) > 0
+        assert "Too many attempts" in await response.text()
+
+
+async def test_service_down_shows_503_page(backend: Backend) -> None:
+    settings = make_settings(backend).model_copy(update={"identity_url": "http://127.0.0.1:9"})
+    async with TestClient(TestServer(create_app(settings))) as client:
+        token = await csrf(client)
+        data = {"csrf_token": token, "email": "c@example.com", "password": PASSWORD}
+        response = await client.post("/login", data=data, allow_redirects=False)
+        assert response.status == 503
+        html = await response.text()
+        assert "temporarily unavailable" in html
+        assert "Traceback" not in html and "127.0.0.1:9" not in html
+
+
+async def test_forgot_password_always_answers_the_same(gw: TestClient, backend: Backend) -> None:
+    backend.add_user("c@example.com", PASSWORD)
+    for email in ("c@example.com", "nobody@example.com"):
+        response = await post_form(gw, "/forgot-password", {"email": email})
+        assert response.status == 200
+        assert "If an account exists for that email, we&#39;ve sent a link" in await response.text()
+
+
+async def test_successful_logins_do_not_lock_an_account(backend: Backend) -> None:
+    app = create_app(make_settings(backend, gateway_rate_per_email=2))
+    user = backend.add_user("c@example.com", PASSWORD)
+    async with TestClient(TestServer(app)) as client:
+        for _ in range(4):
+            await log_in(client, user, PASSWORD)
+
+
+async def test_reset_password_flow(gw: TestClient, backend: Backend) -> None:
+    user = backend.add_user("c@example.com", PASSWORD)
+    backend.resets["good-token"] = user["id"]
+    backend.resets["old-token"] = "expired"
+    page = await gw.get("/reset-password?token=good-token")
+    html = await page.text()
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert (
+        '<label for="confirm">Confirm Password</label>' in html and ">Set Password</button>" in html
+    )
+    bad = await post_form(
+        gw, "/reset-password", {"token": "good-token", "password": "x" * 12, "confirm": "y" * 12}
+    )
+    assert bad.status == 422
+    new = "a brand new password"
+    data = {"token": "good-token", "password": new, "confirm": new}
+    response = await post_form(gw, "/reset-password", data)
+    assert response.status == 303 and backend.passwords[user["id"]] == new
+    expired = await gw.get("/reset-password?token=old-token")
+    assert expired.status == 410 and "This reset link has expired" in await expired.text()
+    assert (await gw.get("/reset-password?token=nope")).status == 404

@@ -25,7 +25,7 @@ migrate: $(STAMP)
 	for s in identity portals invitations mailer; do $(PY) -m services.$$s migrate || exit 1; done
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check services libs tests bench scripts
+	$(VENV)/bin/ruff check services libs tests scripts bench
 	$(VENV)/bin/ruff format --check services libs
 
 typecheck: $(STAMP)

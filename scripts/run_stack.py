@@ -52,8 +52,10 @@ async def check_dependencies(env: dict[str, str]) -> bool:
     except Exception as exc:
         ok = False
         say(f"PostgreSQL is not reachable at {redact(db_url)} ({type(exc).__name__}: {exc}).")
-        say("  Start it, e.g.: pg_ctlcluster --skip-systemctl-redirect "
-            "$(ls /etc/postgresql) main start")
+        say(
+            "  Start it, e.g.: pg_ctlcluster --skip-systemctl-redirect "
+            "$(ls /etc/postgresql) main start"
+        )
         say("  or: docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16")
         say("  or set DATABASE_URL to a server you have.")
     amqp_url = env.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -82,22 +84,46 @@ def start_mail_catcher(env: dict[str, str], procs: list[subprocess.Popen[bytes]]
         say(f"installing MailDev {MAILDEV_VERSION} (npm) into .run/maildev ...")
         (RUN_DIR / "maildev").mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error",
-             "--prefix", str(RUN_DIR / "maildev"), f"maildev@{MAILDEV_VERSION}"],
-            check=False, stdout=log, stderr=log,
+            [
+                "npm",
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+                str(RUN_DIR / "maildev"),
+                f"maildev@{MAILDEV_VERSION}",
+            ],
+            check=False,
+            stdout=log,
+            stderr=log,
         )
     if maildev_bin.exists():
-        procs.append(subprocess.Popen(
-            [str(maildev_bin), "--smtp", smtp_port, "--web", web_port, "--ip", "127.0.0.1"],
-            stdout=log, stderr=log,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [str(maildev_bin), "--smtp", smtp_port, "--web", web_port, "--ip", "127.0.0.1"],
+                stdout=log,
+                stderr=log,
+            )
+        )
         return f"http://localhost:{web_port}/"
     say("npm is not available: emails are printed to .run/mail.log instead of a web inbox.")
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{smtp_port}",
-         "-c", "aiosmtpd.handlers.Debugging"],
-        stdout=(RUN_DIR / "mail.log").open("ab"), stderr=log,
-    ))
+    procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                f"127.0.0.1:{smtp_port}",
+                "-c",
+                "aiosmtpd.handlers.Debugging",
+            ],
+            stdout=(RUN_DIR / "mail.log").open("ab"),
+            stderr=log,
+        )
+    )
     return None
 
 
@@ -107,7 +133,7 @@ def wait_ready(name: str, port: int, proc: subprocess.Popen[bytes], timeout: flo
         if proc.poll() is not None:
             return False
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
                 if r.status == 200:
                     return True
         except OSError:
@@ -122,8 +148,14 @@ def main() -> int:
     if not asyncio.run(check_dependencies(env)):
         return 1
     for name in MIGRATED:
-        result = subprocess.run([sys.executable, "-m", f"services.{name}", "migrate"],
-                                cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", f"services.{name}", "migrate"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             say(f"migrating {name} failed:\n{result.stdout}{result.stderr}")
             return 1
@@ -131,10 +163,11 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     inbox = start_mail_catcher(env, procs)
     services: dict[str, subprocess.Popen[bytes]] = {}
-    for name, (var, default) in SERVICES.items():
+    for name in SERVICES:
         log = (RUN_DIR / f"{name}.log").open("ab")
-        services[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"],
-                                          cwd=ROOT, env=env, stdout=log, stderr=log)
+        services[name] = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
     procs.extend(services.values())
 
     def stop(*_: object) -> None:

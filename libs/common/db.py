@@ -59,6 +59,9 @@ async def create_pool(
         max_size=max_size,
         command_timeout=10,
         timeout=5,
+        # Give idle connections back soon after a burst, so replicas don't hoard the
+        # server's connection slots.
+        max_inactive_connection_lifetime=60,
         server_settings={"search_path": f"{_check_schema(schema)},public"},
     )
     assert pool is not None

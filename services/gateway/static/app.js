@@ -14,10 +14,15 @@
   // Search-as-you-type for the user pickers: a filter box that narrows the options.
   function enhance(select) {
     var box = document.createElement("input");
+    var label = document.createElement("label");
     box.type = "search";
+    box.id = select.id + "-filter";
     box.className = "picker-filter";
-    box.setAttribute("aria-label", "Filter users by email");
-    box.placeholder = "Type to filter by email";
+    box.autocomplete = "off";
+    box.placeholder = "Type part of an email";
+    label.htmlFor = box.id;
+    label.className = "picker-label";
+    label.textContent = "Filter by email";
     box.addEventListener("input", function () {
       var q = box.value.trim().toLowerCase();
       Array.prototype.forEach.call(select.options, function (option) {
@@ -25,6 +30,7 @@
           option.text.toLowerCase().indexOf(q) === -1;
       });
     });
+    select.parentNode.insertBefore(label, select);
     select.parentNode.insertBefore(box, select);
   }
 

@@ -1,0 +1,171 @@
+"""Input limits: oversized bodies refused early, long fields answered with a clear 4xx,
+portal HTML sanitised, and an over-long event field rejected, not a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+
+import aio_pika
+import orjson
+import pytest
+
+from tests.security.conftest import PublicEvents, api, cookie, raw_post, unique_email
+from tests.security.flows import new_client, new_portal
+from tests.support.stack import Browser, Stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+MB = 1024 * 1024
+
+
+async def test_an_oversized_body_is_refused_with_413(stack: Stack, admin: Browser) -> None:
+    token = cookie(admin, "cp_csrf") or ""
+    code, _, _ = await raw_post(
+        stack,
+        "/login",
+        {"email": "a@example.com", "password": "x" * MB, "csrf_token": token},
+        cookies={"cp_csrf": token},
+    )
+    assert code == 413
+    # Not a form: never parsed, so it carries no CSRF token and stops there, unread.
+    code, _, _ = await raw_post(stack, "/login", b"x" * MB, headers={"Content-Type": "text/plain"})
+    assert code in (403, 413)
+    status, _ = await api(admin, "POST", "/api/v1/portals", {"title": "t", "content": "x" * MB})
+    assert status == 413
+
+
+async def test_long_fields_get_a_clear_4xx(
+    stack: Stack, admin: Browser, anonymous: Browser
+) -> None:
+    long = "a" * 10_000
+    cases = [
+        ("POST", "/api/v1/portals", {"title": long}),
+        ("POST", "/api/v1/portals", {"title": "t", "content": "x" * 61_000}),
+        ("POST", "/api/v1/portals", {"title": "t", "slug": "a" * 200}),
+    ]
+    portal = await new_portal(admin)
+    cases += [
+        ("POST", f"/api/v1/portals/{portal['id']}/invitations", {"email": long + "@example.com"}),
+        ("PATCH", f"/api/v1/portals/{portal['id']}", {"title": long}),
+        ("GET", "/api/v1/users?q=" + long[:5000], None),
+        ("GET", "/api/v1/portals?cursor=" + long[:5000], None),
+    ]
+    for method, path, body in cases:
+        status, answer = await api(admin, method, path, body)
+        assert 400 <= status < 500 and status != 403, (method, path[:60], status)
+        assert isinstance(answer, dict) and answer["error"]["code"], answer
+    # The same through the pages: a long email at log in and forgot password.
+    for path, button, fields, wanted in (
+        ("/login", "Log In", {"Email": long, "Password": "whatever-long-1"}, 401),
+        ("/forgot-password", "Send Reset Link", {"Email": long}, 422),
+    ):
+        code, url, html = await anonymous.get(path)
+        code, url, html = await anonymous.submit(url, html, button, fields)
+        assert code == wanted, (path, code)
+    # The editor form: a long title is refused, never a 500 nor saved cut short.
+    code, url, html = await admin.get("/admin/portals/new")
+    code, url, html = await admin.submit(
+        url, html, "Save Portal", {"Title": long, "Content": "c", "Status": "Active"}
+    )
+    assert 400 <= code < 500, code
+    status, page = await api(admin, "GET", "/api/v1/portals?q=" + "a" * 100)
+    assert all(len(p["title"]) <= 200 for p in page["items"])
+
+
+class Tags(HTMLParser):
+    """Every start tag of a page with its attributes, as a browser would build them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[tuple[str, dict[str, str]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.found.append((tag, {k.lower(): v or "" for k, v in attrs}))
+
+
+HOSTILE = (
+    "Hello\n\n<script>alert(1)</script>\n\n"
+    "<img src=x onerror=alert(1)>\n\n"
+    "[click](javascript:alert(1))\n\n"
+    '<a href="javascript:alert(2)">x</a> <iframe src="https://evil.example"></iframe>\n\n'
+    '<p onclick="alert(3)" style="x">para</p> **bold**'
+)
+
+
+async def test_portal_content_is_sanitised_on_the_clients_page(
+    stack: Stack, admin: Browser
+) -> None:
+    client = await new_client(stack, admin, content=HOSTILE)
+    try:
+        code, _, html = await client.browser.get(f"/client-portal/{client.portal['slug']}/")
+        assert code == 200 and "<strong>bold</strong>" in html
+        tags = Tags()
+        tags.feed(html)
+        assert not [
+            t
+            for t in tags.found
+            if t[0] in {"script", "iframe"} and not t[1].get("src", "").startswith("/static/")
+        ]
+        handlers = [(t, a) for t, attrs in tags.found for a in attrs if a.startswith("on")]
+        assert not handlers, handlers
+        links = [v for _, attrs in tags.found for k, v in attrs.items() if k in {"href", "src"}]
+        assert not [v for v in links if v.strip().lower().startswith(("javascript:", "data:"))]
+        # The page's own CSP forbids inline script as a second line.
+        async with client.browser.session.get(
+            f"{stack.public_url}/client-portal/{client.portal['slug']}/"
+        ) as response:
+            assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    finally:
+        await client.browser.close()
+
+
+async def test_an_over_long_email_in_an_event_is_rejected_as_invalid_email(
+    stack: Stack, admin: Browser, public_events: PublicEvents
+) -> None:
+    portal = await new_portal(admin)
+    key = f"crm-{uuid.uuid4()}"
+    envelope = {
+        "id": str(uuid.uuid4()),
+        "type": "invitation.requested",
+        "version": 1,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "source": "crm",
+        "correlation_id": f"sec-{uuid.uuid4().hex[:8]}",
+        "data": {
+            "portal_id": portal["id"],
+            "email": "a" * 10_000 + "@example.com",
+            "idempotency_key": key,
+        },
+    }
+    connection = await aio_pika.connect(stack.env["AMQP_URL"])
+    try:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(f"{stack.env['BUS_PREFIX']}.events")
+        await exchange.publish(
+            aio_pika.Message(
+                orjson.dumps(envelope), message_id=envelope["id"], type=envelope["type"]
+            ),
+            routing_key="invitation.requested",
+        )
+    finally:
+        await connection.close()
+    deadline = time.monotonic() + 20
+    found = None
+    while found is None and time.monotonic() < deadline:
+        for routing_key, body in public_events.bodies:
+            if routing_key == "invitation.rejected" and key in body.decode():
+                found = orjson.loads(body)["data"]
+        await asyncio.sleep(0.1)
+    assert found is not None, stack.services["invitations"].log_tail()
+    assert found["reason"] == "invalid_email"
+    assert len(found.get("email") or "") <= 320  # the rejection doesn't echo 10 kB back
+    # A well-formed request on the same bus still goes through afterwards.
+    email = unique_email("after")
+    status, _ = await api(
+        admin, "POST", f"/api/v1/portals/{portal['id']}/invitations", {"email": email}
+    )
+    assert status == 201

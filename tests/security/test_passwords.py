@@ -1,0 +1,95 @@
+"""The password policy as a person meets it on the accept page, the argon2id parameters,
+and the rehash at log in when the parameters rise."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import pytest
+from argon2 import PasswordHasher, Type, extract_parameters
+
+from services.identity.domain import common_passwords, password_problem
+from services.identity.passwords import default_hasher
+from tests.security.conftest import unique_email
+from tests.security.flows import invite_link, new_portal
+from tests.support.stack import Browser, Stack, login
+
+# OWASP Password Storage Cheat Sheet: argon2id with at least m=19 MiB, t=2, p=1.
+OWASP_MEMORY_KIB = 19 * 1024
+OWASP_TIME = 2
+
+
+def test_argon2id_parameters_are_at_or_above_owasp() -> None:
+    params = default_hasher()._parameters
+    assert params.type is Type.ID
+    assert params.memory_cost >= OWASP_MEMORY_KIB
+    assert params.time_cost >= OWASP_TIME
+    assert params.parallelism >= 1
+    assert params.salt_len >= 16 and params.hash_len >= 32
+
+
+def test_the_policy_refuses_short_and_common_passwords() -> None:
+    assert password_problem("eleven-char", None) is not None
+    assert password_problem("twelve-chars", None) is None
+    assert len(common_passwords()) >= 1000
+    for common in ("password1234", "Password1234", "qwerty123456"):
+        assert password_problem(common, None) is not None, common
+
+
+@pytest.mark.e2e
+@pytest.mark.integration
+async def test_the_accept_page_refuses_short_and_common_passwords(
+    stack: Stack, admin: Browser, anonymous: Browser
+) -> None:
+    portal = await new_portal(admin)
+    email = unique_email("policy")
+    link = await invite_link(stack, admin, portal["id"], email)
+    code, url, html = await anonymous.get(link)
+    for password, words in (
+        ("short-pass1", "at least 12 characters"),
+        ("password1234", "too common"),
+        ("qwertyuiop123", "too common"),
+    ):
+        code, url, page = await anonymous.submit(
+            url, html, "Set Password", {"Password": password, "Confirm Password": password}
+        )
+        assert code == 422 and words in page, (password, code, page[:300])
+        code, url, html = await anonymous.get(link)  # the link still works after a refusal
+        assert code == 200
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM identity.users WHERE lower(email) = lower($1)", email
+        )
+    finally:
+        await conn.close()
+    assert count == 0
+
+
+@pytest.mark.e2e
+@pytest.mark.integration
+async def test_log_in_rehashes_a_hash_made_with_weaker_parameters(stack: Stack) -> None:
+    email = unique_email("legacy")
+    password = "a-legacy-password-from-2019"
+    weak = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(password)
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO identity.users (id, email, role, password_hash) "
+            "VALUES ($1, $2, 'client', $3)",
+            uuid.uuid4(),
+            email,
+            weak,
+        )
+        browser = await login(stack, email, password)
+        await browser.close()
+        stored = await conn.fetchval(
+            "SELECT password_hash FROM identity.users WHERE email = $1", email
+        )
+    finally:
+        await conn.close()
+    assert stored != weak
+    current = default_hasher()._parameters
+    assert extract_parameters(stored) == current
+    assert default_hasher().verify(stored, password)

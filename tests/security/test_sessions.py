@@ -1,0 +1,232 @@
+"""Sessions on the real stack: a fresh id at log in, idle and absolute expiry, log out and
+password reset ending the session server-side, and the cookies' flags."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer
+from yarl import URL
+
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
+from services.identity.domain import hash_token
+from tests.security.conftest import CLIENT_PASSWORD, Secrets, cookie, csrf_of, raw_post
+from tests.security.flows import new_client
+from tests.support.smtp import html_part
+from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Browser, Stack, login
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+async def logged_in(stack: Stack, session: str) -> bool:
+    """Does this cookie value, alone, open an admin or client page?"""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            stack.public_url + "/api/v1/users?limit=1",
+            cookies={"cp_session": session},
+            allow_redirects=False,
+        ) as admin_api,
+        http.get(
+            stack.public_url + "/client-portal/",
+            cookies={"cp_session": session},
+            allow_redirects=False,
+        ) as client_page,
+    ):
+        location = client_page.headers.get("Location", "")
+        return admin_api.status == 200 or (
+            client_page.status in (200, 303) and not location.startswith("/login")
+        )
+
+
+@pytest.fixture
+async def db(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(stack.database_url)
+    yield conn
+    await conn.close()
+
+
+async def test_log_in_issues_a_new_session_id_and_never_adopts_a_planted_one(
+    stack: Stack, admin: Browser
+) -> None:
+    victim = Browser(stack.public_url)
+    try:
+        planted = "attacker-chosen-session-id-0123456789abcdef"
+        own = cookie(admin, "cp_session")  # a real session of someone else, planted too
+        assert own
+        for value in (planted, own):
+            victim.session.cookie_jar.update_cookies(
+                {"cp_session": value}, response_url=URL(stack.public_url)
+            )
+            _, url, html = await victim.get("/login")
+            before = cookie(victim, "cp_session")
+            code, url, html = await victim.submit(
+                url, html, "Log In", {"Email": ADMIN_EMAIL, "Password": ADMIN_PASSWORD}
+            )
+            assert code == 200 and "/admin" in url
+            after = cookie(victim, "cp_session")
+            assert after and after not in {planted, own, before}
+        assert not await logged_in(stack, planted)
+        # Two log ins, two ids; the older one keeps its own identity, untouched.
+        assert await logged_in(stack, own)
+    finally:
+        await victim.close()
+
+
+async def test_log_out_ends_the_session_on_the_server(stack: Stack) -> None:
+    browser = await login(stack, ADMIN_EMAIL, ADMIN_PASSWORD)
+    try:
+        token = cookie(browser, "cp_session")
+        assert token and await logged_in(stack, token)
+        code, _, html = await browser.get("/admin/portals")
+        code, url, html = await browser.submit(browser.last_url, html, "Log out")
+        assert "/login" in url
+        # The old cookie, replayed from elsewhere, opens nothing.
+        assert not await logged_in(stack, token)
+    finally:
+        await browser.close()
+
+
+async def test_a_password_reset_ends_every_session_and_its_link_works_once(
+    stack: Stack, admin: Browser, secrets_seen: Secrets
+) -> None:
+    client = await new_client(stack, admin, secrets_seen)
+    other_device = await login(stack, client.email, CLIENT_PASSWORD)
+    try:
+        sessions = [cookie(client.browser, "cp_session"), cookie(other_device, "cp_session")]
+        assert all(sessions) and all([await logged_in(stack, s or "") for s in sessions])
+        anonymous = Browser(stack.public_url)
+        _, url, html = await anonymous.get("/forgot-password")
+        await anonymous.submit(url, html, "Send Reset Link", {"Email": client.email})
+        mails = await stack.sink.wait_for(client.email, 2)
+        found = re.search(r'href="([^"]*/reset-password\?token=[^"]+)"', html_part(mails[-1]))
+        assert found, html_part(mails[-1])[:500]
+        link = found.group(1).replace("&amp;", "&")
+        secrets_seen.add(link.split("token=", 1)[1])
+        async with anonymous.session.get(link) as response:
+            assert response.headers["Referrer-Policy"] == "no-referrer"
+            page = await response.text()
+        new_password = "a-brand-new-passphrase-99"
+        secrets_seen.add(new_password)
+        code, url, _ = await anonymous.submit(
+            link,
+            page,
+            "Set Password",
+            {"Password": new_password, "Confirm Password": new_password},
+        )
+        assert code == 200 and "/login" in url, url
+        for session in sessions:
+            assert not await logged_in(stack, session or "")
+        # Single use.
+        code, _, html = await anonymous.get(link)
+        assert code == 410 and "Set Password" not in html
+        await anonymous.close()
+    finally:
+        await client.browser.close()
+        await other_device.close()
+
+
+async def test_idle_and_absolute_expiry_are_enforced_by_identity(
+    stack: Stack, db: asyncpg.Connection
+) -> None:
+    """Time passes in the database: the real services, with their real 120-minute idle
+    and 168-hour absolute limits, judge the rows."""
+    browsers = [await login(stack, ADMIN_EMAIL, ADMIN_PASSWORD) for _ in range(3)]
+    try:
+        fresh, idle, old = (cookie(b, "cp_session") or "" for b in browsers)
+        fresh_id, idle_id, old_id = [
+            await db.fetchval(
+                "SELECT id FROM identity.sessions WHERE token_hash = $1", hash_token(token)
+            )
+            for token in (fresh, idle, old)
+        ]
+        await db.execute(
+            "UPDATE identity.sessions SET last_seen_at = now() - interval '119 minutes' "
+            "WHERE id = $1",
+            fresh_id,
+        )
+        await db.execute(
+            "UPDATE identity.sessions SET last_seen_at = now() - interval '121 minutes' "
+            "WHERE id = $1",
+            idle_id,
+        )
+        await db.execute(
+            "UPDATE identity.sessions SET created_at = now() - interval '169 hours', "
+            "expires_at = now() - interval '1 hour', last_seen_at = now() WHERE id = $1",
+            old_id,
+        )
+        assert await logged_in(stack, old) is False  # past the absolute limit, though active
+        assert await logged_in(stack, idle) is False  # idle for longer than allowed
+        assert await logged_in(stack, fresh) is True  # idle, but within the limit
+        # ... and using it moved its idle deadline.
+        seen = await db.fetchval(
+            "SELECT now() - last_seen_at FROM identity.sessions WHERE id = $1", fresh_id
+        )
+        assert seen.total_seconds() < 60
+    finally:
+        for browser in browsers:
+            await browser.close()
+
+
+def _set_cookies(headers: aiohttp.typedefs.LooseHeaders) -> dict[str, str]:
+    found = {}
+    for value in headers.getall("Set-Cookie", []):  # type: ignore[union-attr]
+        found[value.split("=", 1)[0]] = value
+    return found
+
+
+async def test_cookies_are_httponly_and_samesite_over_http(stack: Stack) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(stack.public_url + "/login") as response:
+            page = await response.text()
+            csrf_cookie = _set_cookies(response.headers)["cp_csrf"]
+        token = csrf_of(page)
+    code, headers, _ = await raw_post(
+        stack,
+        "/login",
+        {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "csrf_token": token},
+        cookies={"cp_csrf": token},
+    )
+    assert code == 303
+    session_cookie = next(v for v in [headers.get("Set-Cookie", "")] if v.startswith("cp_session="))
+    for value, samesite in ((csrf_cookie, "Strict"), (session_cookie, "Lax")):
+        flags = [f.strip().lower() for f in value.split(";")]
+        assert "httponly" in flags, value
+        assert f"samesite={samesite.lower()}" in flags, value
+        assert "secure" not in flags, value  # PUBLIC_URL is http here
+
+
+async def test_cookies_are_secure_when_the_public_url_is_https(stack: Stack) -> None:
+    """An in-process gateway with an https PUBLIC_URL, in front of the stack's identity."""
+    settings = GatewaySettings(
+        public_url="https://portal.example.com",
+        identity_url=stack.services["identity"].url,
+        portals_url=stack.services["portals"].url,
+        invitations_url=stack.services["invitations"].url,
+    )
+    server = TestServer(create_app(settings))
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.make_url("/login")) as response:
+                page = await response.text()
+                csrf_cookie = _set_cookies(response.headers)["cp_csrf"]
+            token = csrf_of(page)
+            async with http.post(
+                server.make_url("/login"),
+                data={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "csrf_token": token},
+                headers={"Cookie": f"cp_csrf={token}"},
+                allow_redirects=False,
+            ) as response:
+                assert response.status == 303
+                session_cookie = _set_cookies(response.headers)["cp_session"]
+        for value in (csrf_cookie, session_cookie):
+            flags = [f.strip().lower() for f in value.split(";")]
+            assert "secure" in flags and "httponly" in flags, value
+    finally:
+        await server.close()

@@ -94,7 +94,7 @@ def make_on_requested(deps: Deps) -> Handler:
                 reason=exc.code,
                 message=exc.message,
                 idempotency_key=data.idempotency_key,
-                email=data.email,
+                email=data.email[:320],
                 portal_id=data.portal_id,
                 portal_slug=data.portal_slug,
             )

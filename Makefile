@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export ADMIN_EMAIL    ?= admin@example.com
 export ADMIN_PASSWORD ?= change-this-admin-password
 
-.PHONY: run test check lint typecheck audit migrate bench install clean
+.PHONY: run test check lint typecheck audit migrate bench screenshots install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ check: lint typecheck
 
 test: check
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+screenshots: $(STAMP)
+	SCREENSHOTS=docs $(PY) -m pytest tests/browser -q
 
 audit: $(STAMP)
 	$(VENV)/bin/pip-audit --skip-editable --progress-spinner off

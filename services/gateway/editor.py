@@ -144,9 +144,14 @@ async def save_portal(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     values, errors = _portal_fields(form)
     client_raw = form_str(form, "client_id", 64)
-    client_id = (await _known_user(up, client_raw)) if client_raw else None
-    if client_raw and client_id is None:
-        errors["client_id"] = "Choose an existing user."
+    if form.get("client_id_shown") == client_raw:
+        # The Client field was left as shown: keep the current client, who may have
+        # accepted an invitation since this form was rendered.
+        client_id = portal.get("client_id")
+    else:
+        client_id = (await _known_user(up, client_raw)) if client_raw else None
+        if client_raw and client_id is None:
+            errors["client_id"] = "Choose an existing user."
     removed = {v for v in form.getall("remove_sub_client", []) if isinstance(v, str)}
     subs = [s for s in portal["sub_client_ids"] if s not in removed]
     add_raw = form_str(form, "add_sub_client", 64)

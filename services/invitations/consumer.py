@@ -9,6 +9,7 @@ from libs.common.errors import DomainError
 from libs.common.events import (
     Envelope,
     EventData,
+    InvitationCreated,
     InvitationRejected,
     InvitationRequested,
     MailFailed,
@@ -71,11 +72,31 @@ async def on_mail_outcome(conn: Conn, envelope: Envelope, data: EventData) -> No
         log.info("mail_outcome_stale", invitation_id=str(data.ref_id), mail_id=str(data.mail_id))
 
 
+async def _answer_repeat(conn: Conn, key: str) -> bool:
+    """A retried request (its sender lost our answer, or the broker's confirm) makes
+    nothing new but still gets an answer under its own correlation id: the original
+    invitation, announced again with the same invitation id."""
+    existing = await repo.find_by_key(conn, key)
+    if existing is None:
+        return False
+    log.info("invitation_request_duplicate", idempotency_key=key)
+    again = InvitationCreated(
+        invitation_id=existing["id"],
+        portal_id=existing["portal_id"],
+        email=existing["email"],
+        expires_at=existing["expires_at"],
+        invited_by=existing["invited_by"],
+        idempotency_key=key,
+        sub_client=existing["sub_client"],
+    )
+    await append(conn, make_event("invitation.created", again, source=SOURCE))
+    return True
+
+
 def make_on_requested(deps: Deps) -> Handler:
     async def on_requested(conn: Conn, envelope: Envelope, data: EventData) -> None:
         assert isinstance(data, InvitationRequested)
-        if await repo.find_by_key(conn, data.idempotency_key) is not None:
-            log.info("invitation_request_duplicate", idempotency_key=data.idempotency_key)
+        if await _answer_repeat(conn, data.idempotency_key):
             return
         command = InviteCommand(
             email=data.email,
@@ -102,6 +123,9 @@ def make_on_requested(deps: Deps) -> Handler:
             log.info("invitation_request_rejected", reason=exc.code)
             return
         _, outcome = await record_invite(conn, deps, checked)
+        if outcome == "duplicate":
+            # Lost a race with the same key delivered at the same time: answer like a repeat.
+            await _answer_repeat(conn, data.idempotency_key)
         log.info("invitation_request_applied", outcome=outcome)
 
     return on_requested

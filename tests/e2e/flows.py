@@ -131,7 +131,10 @@ class Listener:
         found = []
         for key, body, _ in self.messages:
             if event_type is None or key == event_type:
-                found.append(orjson.loads(body))
+                try:
+                    found.append(orjson.loads(body))
+                except orjson.JSONDecodeError:
+                    continue  # someone's poison message: not an event
         return found
 
     async def wait_for(

@@ -61,10 +61,9 @@ async def _run_stack(
         IDENTITY_URL=f"http://127.0.0.1:{ports['identity']}",
         PORTALS_URL=f"http://127.0.0.1:{ports['portals']}",
         INVITATIONS_URL=f"http://127.0.0.1:{ports['invitations']}",
-        MAILER_RETRY_BASE_SECONDS="0.2",
-        INVITATIONS_SWEEP_SECONDS="1",
         GATEWAY_API_KEY=API_KEY,
-        **extra_env,
+        # Defaults a test may override through extra_env.
+        **{"MAILER_RETRY_BASE_SECONDS": "0.2", "INVITATIONS_SWEEP_SECONDS": "1", **extra_env},
     )
     await asyncio.to_thread(run_migrations, env, ("identity", "portals", "invitations", "mailer"))
     services = {name: ServiceProcess(name, ports[name], env) for name in ORDER}

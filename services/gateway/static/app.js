@@ -35,6 +35,11 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    Array.prototype.forEach.call(document.querySelectorAll("select[data-user-search]"), enhance);
+    // Only long lists get a filter box; a short list is quicker to read than to search.
+    Array.prototype.forEach.call(document.querySelectorAll("select[data-user-search]"), function (select) {
+      if (select.options.length > 8) {
+        enhance(select);
+      }
+    });
   });
 })();

@@ -1,0 +1,336 @@
+"""Generate docs/asyncapi.yaml from the event models in libs/common/events.py.
+
+    python scripts/gen_asyncapi.py           # write docs/asyncapi.yaml
+    python scripts/gen_asyncapi.py --check   # exit 1 if the committed file is stale
+
+The output is deterministic (no clock, no random ids), so tests/test_asyncapi.py can
+compare the committed file with a fresh generation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from libs.common.events import EVENTS, PRIVATE_TYPES, Envelope  # noqa: E402
+
+TARGET = ROOT / "docs" / "asyncapi.yaml"
+REF = "#/components/schemas/{model}"
+WHEN = "2025-01-15T10:30:00Z"
+PORTAL = "7d1f3c2a-5b8e-4f0a-9c6d-2e4b8a1f0c3d"
+INVITATION = "3a9e6b1c-0d2f-4e8a-b7c5-6f1d9e2a4b80"
+USER = "c5b2e8f1-4a7d-4c3e-9f0b-1d6a8e2c5f47"
+MAIL = "e1d4a7b0-9c3f-4b6e-8a2d-5f0c7b1e3a96"
+SESSION = "9b0e3d6a-2f5c-4a8b-b1e7-4c9f2a6d0e13"
+EMAIL = "client@example.com"
+
+# One example ``data`` per event; validated against its model when generating.
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "identity.user.created": {"user_id": USER, "email": EMAIL, "role": "client"},
+    "identity.user.disabled": {"user_id": USER},
+    "identity.session.revoked": {"user_id": USER, "reason": "logout", "session_id": SESSION},
+    "portal.created": {
+        "portal_id": PORTAL,
+        "slug": "acme-rebrand",
+        "title": "Acme Rebrand",
+        "status": "pending",
+        "revision": 1,
+    },
+    "portal.updated": {
+        "portal_id": PORTAL,
+        "slug": "acme-rebrand",
+        "title": "Acme Rebrand",
+        "status": "active",
+        "revision": 2,
+    },
+    "portal.access.granted": {"portal_id": PORTAL, "user_id": USER, "role": "client"},
+    "portal.access.revoked": {"portal_id": PORTAL, "user_id": USER, "role": "sub_client"},
+    "invitation.requested": {
+        "portal_slug": "acme-rebrand",
+        "email": EMAIL,
+        "idempotency_key": "crm-deal-4711",
+        "sub_client": False,
+        "invited_by": "crm@agency.example",
+    },
+    "invitation.created": {
+        "invitation_id": INVITATION,
+        "portal_id": PORTAL,
+        "email": EMAIL,
+        "expires_at": "2025-01-29T10:30:00Z",
+        "invited_by": "crm@agency.example",
+        "idempotency_key": "crm-deal-4711",
+        "sub_client": False,
+    },
+    "invitation.rejected": {
+        "reason": "portal_not_active",
+        "message": "This portal is pending; only Active portals take invitations.",
+        "idempotency_key": "crm-deal-4711",
+        "email": EMAIL,
+        "portal_slug": "acme-rebrand",
+    },
+    "invitation.resent": {
+        "invitation_id": INVITATION,
+        "portal_id": PORTAL,
+        "email": EMAIL,
+        "expires_at": "2025-02-05T09:00:00Z",
+    },
+    "invitation.revoked": {"invitation_id": INVITATION, "portal_id": PORTAL, "email": EMAIL},
+    "invitation.expired": {"invitation_id": INVITATION, "portal_id": PORTAL, "email": EMAIL},
+    "invitation.accepted": {
+        "invitation_id": INVITATION,
+        "portal_id": PORTAL,
+        "email": EMAIL,
+        "user_id": USER,
+        "sub_client": False,
+    },
+    "mail.requested": {
+        "mail_id": MAIL,
+        "template": "invitation",
+        "to": EMAIL,
+        "ref_type": "invitation",
+        "ref_id": INVITATION,
+        "context": {
+            "accept_url": "https://portal.example.com/invitations/accept?token=<one-time token>",
+            "portal_title": "Acme Rebrand",
+            "site_name": "portal.example.com",
+            "expires_at": "2025-01-29T10:30:00+00:00",
+            "invited_by": "crm@agency.example",
+        },
+    },
+    "mail.sent": {
+        "mail_id": MAIL,
+        "template": "invitation",
+        "ref_type": "invitation",
+        "ref_id": INVITATION,
+    },
+    "mail.failed": {
+        "mail_id": MAIL,
+        "template": "invitation",
+        "ref_type": "invitation",
+        "ref_id": INVITATION,
+        "reason": "550 5.1.1 no such user",
+        "attempts": 1,
+    },
+}
+
+# Who publishes each event: "inbound" ones are published by other systems.
+PUBLISHERS = {
+    "identity.": "identity",
+    "portal.": "portals",
+    "invitation.requested": "inbound",
+    "invitation.": "invitations",
+    "mail.requested": "invitations, identity",
+    "mail.": "mailer",
+}
+
+SUMMARIES = {
+    "identity.user.created": "A user account was created.",
+    "identity.user.disabled": "A user account was disabled; its sessions end.",
+    "identity.session.revoked": "One session (or, without session_id, all of a user's) ended.",
+    "portal.created": "A portal was created; data is its current public state.",
+    "portal.updated": "A portal's title, slug or status changed; data is its current state.",
+    "portal.access.granted": "A user became the portal's Client or a Sub-Client.",
+    "portal.access.revoked": "A user lost access to a portal.",
+    "invitation.requested": (
+        "Inbound: another system asks for an invitation. Answered with invitation.created "
+        "or invitation.rejected carrying the same correlation_id. The same idempotency_key "
+        "never makes a second invitation."
+    ),
+    "invitation.created": "An invitation was sent (answer to invitation.requested, too).",
+    "invitation.rejected": (
+        "An invitation.requested was refused. reason is machine-readable: portal_not_found, "
+        "portal_not_active, invalid_email, already_has_access, missing_portal."
+    ),
+    "invitation.resent": "A new link and expiry were sent; the old link no longer works.",
+    "invitation.revoked": "The invitation was revoked; its link no longer works.",
+    "invitation.expired": "The expiry sweep marked a pending invitation as expired.",
+    "invitation.accepted": "The invitation was accepted and the portal attached to user_id.",
+    "mail.requested": (
+        "Internal mail job, on the private mail exchange only: it carries one-time links. "
+        "Only the mailer binds it; not part of the public contract."
+    ),
+    "mail.sent": "The mailer delivered a mail job to the SMTP server.",
+    "mail.failed": "The mailer gave up on a mail job (permanent error or retries used up).",
+}
+
+
+def _publisher(event_type: str) -> str:
+    for prefix, who in PUBLISHERS.items():
+        if event_type == prefix or (prefix.endswith(".") and event_type.startswith(prefix)):
+            return who
+    raise KeyError(event_type)
+
+
+def _schemas() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    envelope = Envelope.model_json_schema(ref_template=REF)
+    envelope["description"] = (
+        "Every event's JSON body. AMQP message_id = id, correlation_id = correlation_id, "
+        "type = type; persistent delivery, content type application/json."
+    )
+    schemas["Envelope"] = envelope
+    for model in dict.fromkeys(EVENTS.values()):
+        schema = model.model_json_schema(ref_template=REF)
+        for name, sub in sorted(schema.pop("$defs", {}).items()):
+            schemas[name] = sub
+        schemas[model.__name__] = schema
+    return schemas
+
+
+def _message_name(event_type: str, version: int) -> str:
+    return f"{event_type}.v{version}"
+
+
+def _message(event_type: str, version: int, model_name: str) -> dict[str, Any]:
+    data = EVENTS[(event_type, version)].model_validate(EXAMPLES[event_type])
+    example = {
+        "id": "0b6f2d4e-8a1c-4e3b-9d7f-5c2a0e8b1d64",
+        "type": event_type,
+        "version": version,
+        "occurred_at": WHEN,
+        "source": "crm" if event_type == "invitation.requested" else _publisher(event_type),
+        "correlation_id": "crm-deal-4711-request-1",
+        "data": data.model_dump(mode="json", exclude_none=True),
+    }
+    Envelope.model_validate(example)
+    message: dict[str, Any] = {
+        "name": _message_name(event_type, version),
+        "title": f"{event_type} (version {version})",
+        "summary": SUMMARIES[event_type],
+        "contentType": "application/json",
+        "correlationId": {
+            "description": "Follows a request through HTTP calls and events.",
+            "location": "$message.payload#/correlation_id",
+        },
+        "description": (
+            "AMQP properties mirror the envelope: message_id = id, correlation_id = "
+            "correlation_id, type = type; content type application/json, persistent."
+        ),
+        "payload": {
+            "allOf": [
+                {"$ref": "#/components/schemas/Envelope"},
+                {
+                    "type": "object",
+                    "properties": {
+                        "type": {"const": event_type},
+                        "version": {"const": version},
+                        "data": {"$ref": REF.format(model=model_name)},
+                    },
+                },
+            ]
+        },
+        "bindings": {"amqp": {"messageType": event_type, "bindingVersion": "0.2.0"}},
+        "examples": [{"name": event_type.replace(".", "-"), "payload": example}],
+    }
+    if event_type in PRIVATE_TYPES:
+        message["x-internal"] = True
+    return message
+
+
+def _channel(event_type: str, message_name: str) -> dict[str, Any]:
+    private = event_type in PRIVATE_TYPES
+    exchange = "clientpress.mail" if private else "clientpress.events"
+    publisher = _publisher(event_type)
+    inbound = publisher == "inbound"
+    description = SUMMARIES[event_type] + (
+        " Published by other systems; consumed by the invitations service."
+        if inbound
+        else f" Published by the {publisher} service."
+    )
+    channel: dict[str, Any] = {
+        "description": description,
+        "bindings": {
+            "amqp": {
+                "is": "routingKey",
+                "exchange": {
+                    "name": exchange,
+                    "type": "topic",
+                    "durable": True,
+                    "autoDelete": False,
+                    "vhost": "/",
+                },
+                "bindingVersion": "0.2.0",
+            }
+        },
+        # AsyncAPI 2: "publish" = others send it to ClientPress; "subscribe" = others
+        # may receive it from ClientPress.
+        ("publish" if inbound else "subscribe"): {
+            "operationId": ("request" if inbound else "on_") + event_type.replace(".", "_"),
+            "message": {"$ref": f"#/components/messages/{message_name}"},
+        },
+    }
+    if private:
+        channel["x-internal"] = True
+    return channel
+
+
+def build() -> dict[str, Any]:
+    channels: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    for (event_type, version), model in EVENTS.items():
+        name = _message_name(event_type, version)
+        messages[name] = _message(event_type, version, model.__name__)
+        channels[event_type] = _channel(event_type, name)
+    return {
+        "asyncapi": "2.6.0",
+        "id": "urn:clientpress:events",
+        "info": {
+            "title": "ClientPress events",
+            "version": "1.0.0",
+            "description": (
+                "Events on RabbitMQ. Public events travel on the durable topic exchange "
+                "`clientpress.events`; the routing key is the event type (each channel "
+                "below). An installation's BUS_PREFIX replaces `clientpress` in every "
+                "exchange and queue name (`<prefix>.events`). `mail.requested` is internal: "
+                "it travels only on the private `<prefix>.mail` exchange, because it "
+                "carries one-time links. Other systems invite clients by publishing "
+                "`invitation.requested` (see docs/inviting-from-other-systems.md).\n\n"
+                "Generated by scripts/gen_asyncapi.py from libs/common/events.py; do not "
+                "edit by hand."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "local": {
+                "url": "amqp://127.0.0.1:5672/",
+                "protocol": "amqp",
+                "protocolVersion": "0.9.1",
+                "description": "The broker of `make run` (AMQP_URL).",
+            }
+        },
+        "channels": channels,
+        "components": {"schemas": _schemas(), "messages": messages},
+    }
+
+
+def render() -> str:
+    header = "# Generated by scripts/gen_asyncapi.py from libs/common/events.py. Do not edit.\n"
+    body = str(yaml.safe_dump(build(), sort_keys=False, allow_unicode=True, width=100))
+    return header + body
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="fail if the file is stale")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = TARGET.read_text() if TARGET.exists() else ""
+        if current != text:
+            print(f"{TARGET.relative_to(ROOT)} is stale: run python scripts/gen_asyncapi.py")
+            return 1
+        return 0
+    TARGET.write_text(text)
+    print(f"wrote {TARGET.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

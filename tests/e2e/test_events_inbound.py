@@ -1,0 +1,318 @@
+"""Another system invites through the bus: it publishes ``invitation.requested`` with plain
+aio-pika and hears ``invitation.created`` / ``invitation.rejected`` on its own queue."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aio_pika
+import orjson
+import pytest
+
+from tests.e2e.conftest import Browser, Stack
+from tests.e2e.flows import (
+    Api,
+    Listener,
+    accept_from_email,
+    amqp_url,
+    bus_prefix,
+    db_fetch,
+    envelope,
+    eventually,
+    listening,
+    publish_event,
+    publish_raw,
+    unique_email,
+)
+from tests.support.smtp import accept_link
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "publish_invitation.py"
+
+
+@pytest.fixture
+async def api(stack: Stack) -> AsyncIterator[Api]:
+    client = Api(stack)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def outcomes(stack: Stack) -> AsyncIterator[Listener]:
+    async with listening(stack, "invitation.*") as listener:
+        yield listener
+
+
+def request(**data: object) -> dict[str, object]:
+    return envelope({"idempotency_key": f"crm-{uuid.uuid4().hex}", **data})
+
+
+async def answer(outcomes: Listener, event: dict[str, object]) -> dict[str, object]:
+    return await outcomes.wait_for(
+        lambda e: (
+            e["correlation_id"] == event["correlation_id"]
+            and e["type"] in ("invitation.created", "invitation.resent", "invitation.rejected")
+        ),
+        f"the answer to {event['correlation_id']}",
+    )
+
+
+async def test_requested_makes_an_invitation_and_an_email(
+    stack: Stack, api: Api, outcomes: Listener, browser: Browser
+) -> None:
+    portal = await api.portal(f"From CRM {uuid.uuid4().hex[:6]}")
+    email = unique_email("crm")
+    event = request(portal_slug=portal["slug"], email=email, invited_by="crm@agency.test")
+    await publish_event(stack, event)
+
+    created = await answer(outcomes, event)
+    assert created["type"] == "invitation.created" and created["version"] == 1
+    data = created["data"]
+    assert isinstance(data, dict)
+    assert data["portal_id"] == portal["id"] and data["email"] == email
+    assert data["idempotency_key"] == event["data"]["idempotency_key"]  # type: ignore[index]
+    assert data["invited_by"] == "crm@agency.test"
+    code, url, _ = await accept_from_email(stack, browser, email)
+    assert url.endswith(f"/client-portal/{portal['slug']}/"), url
+
+
+async def test_same_idempotency_key_twice_at_once_makes_one_invitation(
+    stack: Stack, api: Api, outcomes: Listener
+) -> None:
+    portal = await api.portal(f"Twice {uuid.uuid4().hex[:6]}")
+    email = unique_email("dup")
+    key = f"crm-{uuid.uuid4().hex}"
+    first = envelope({"portal_id": portal["id"], "email": email, "idempotency_key": key})
+    second = envelope({"portal_id": portal["id"], "email": email, "idempotency_key": key})
+    assert first["id"] != second["id"]
+    await asyncio.gather(publish_event(stack, first), publish_event(stack, second))
+
+    async def both_consumed() -> bool | None:
+        rows = await db_fetch(
+            stack,
+            "SELECT event_id FROM invitations.inbox WHERE event_id = ANY($1::uuid[])",
+            [first["id"], second["id"]],
+        )
+        return True if len(rows) == 2 else None
+
+    await eventually(both_consumed, "both requests consumed")
+    await stack.sink.wait_for(email)
+    rows = await db_fetch(
+        stack,
+        "SELECT id, send_count FROM invitations.invitations WHERE idempotency_key = $1",
+        key,
+    )
+    assert len(rows) == 1 and rows[0]["send_count"] == 1
+    mails = await db_fetch(
+        stack, "SELECT mail_id FROM mailer.deliveries WHERE ref_id = $1", rows[0]["id"]
+    )
+    assert len(mails) == 1
+    await outcomes.wait_for(
+        lambda e: e["type"] == "invitation.created" and e["data"]["idempotency_key"] == key,
+        "invitation.created",
+    )
+    await outcomes.wait_for(
+        lambda e: (
+            e["type"] == "invitation.created" and e["correlation_id"] == second["correlation_id"]
+        ),
+        "an answer to the second request too",
+    )
+    created = [
+        e for e in outcomes.events("invitation.created") if e["data"]["idempotency_key"] == key
+    ]
+    # Each request is answered under its own correlation id, both naming the one invitation.
+    assert {e["correlation_id"] for e in created} == {
+        first["correlation_id"],
+        second["correlation_id"],
+    }
+    assert {e["data"]["invitation_id"] for e in created} == {str(rows[0]["id"])}
+
+
+async def test_rejections_carry_a_reason(stack: Stack, api: Api, outcomes: Listener) -> None:
+    active = await api.portal(f"Active {uuid.uuid4().hex[:6]}")
+    pending = await api.portal(f"Pending {uuid.uuid4().hex[:6]}", status="pending")
+    users = await db_fetch(
+        stack, "SELECT id FROM identity.users WHERE email = $1", "admin@example.com"
+    )
+    code, body = await api.call(
+        "PUT", f"/portals/{active['id']}/client", {"user_id": str(users[0]["id"])}
+    )
+    assert code == 200, body
+
+    cases = {
+        "portal_not_found": request(
+            portal_slug=f"no-such-{uuid.uuid4().hex[:6]}", email=unique_email()
+        ),
+        "portal_not_active": request(portal_id=pending["id"], email=unique_email()),
+        "invalid_email": request(portal_slug=active["slug"], email="a@x.com\r\nBcc: b@y.com"),
+        "already_has_access": request(portal_slug=active["slug"], email="admin@example.com"),
+    }
+    for event in cases.values():
+        await publish_event(stack, event)
+    for reason, event in cases.items():
+        rejected = await answer(outcomes, event)
+        assert rejected["type"] == "invitation.rejected", rejected
+        data = rejected["data"]
+        assert isinstance(data, dict)
+        assert data["reason"] == reason and data["message"], data
+        assert data["idempotency_key"] == event["data"]["idempotency_key"]  # type: ignore[index]
+    rows = await db_fetch(
+        stack,
+        "SELECT id FROM invitations.invitations WHERE idempotency_key = ANY($1::text[])",
+        [e["data"]["idempotency_key"] for e in cases.values()],  # type: ignore[index]
+    )
+    assert rows == []
+
+
+async def test_a_request_for_a_pending_invitation_resends_it(
+    stack: Stack, api: Api, outcomes: Listener
+) -> None:
+    portal = await api.portal(f"Pending Already {uuid.uuid4().hex[:6]}")
+    email = unique_email("pending")
+    code, body = await api.invite(portal["id"], email)
+    assert code == 201, body
+    event = request(portal_id=portal["id"], email=email)
+    await publish_event(stack, event)
+    resent = await answer(outcomes, event)
+    assert resent["type"] == "invitation.resent", resent
+    assert resent["data"]["invitation_id"] == body["invitation"]["id"]  # type: ignore[index]
+    messages = await stack.sink.wait_for(email, count=2)
+    assert accept_link(messages[0]) != accept_link(messages[1])
+
+
+async def _dead_letters(stack: Stack, ids: set[str]) -> dict[str, bytes]:
+    """Take the messages with these ids from the invitations dead-letter queue."""
+    found: dict[str, bytes] = {}
+    connection = await aio_pika.connect(amqp_url(stack))
+    try:
+        channel = await connection.channel()
+        queue = await channel.get_queue(f"{bus_prefix(stack)}.invitations.dead", ensure=True)
+        for _ in range(200):
+            message = await queue.get(fail=False, no_ack=False)
+            if message is None:
+                break
+            if message.message_id in ids:
+                found[message.message_id] = message.body
+                await message.ack()
+            else:
+                await message.nack(requeue=True)
+            if len(found) == len(ids):
+                break
+    finally:
+        await connection.close()
+    return found
+
+
+async def test_malformed_messages_are_dead_lettered_and_the_queue_moves_on(
+    stack: Stack, api: Api, outcomes: Listener
+) -> None:
+    portal = await api.portal(f"Poison {uuid.uuid4().hex[:6]}")
+    not_json = str(uuid.uuid4())
+    await publish_raw(stack, b"{this is not json", message_id=not_json)
+    future = request(portal_slug=portal["slug"], email=unique_email("v99"))
+    future["version"] = 99
+    await publish_event(stack, future)
+    email = unique_email("after-poison")
+    good = request(portal_slug=portal["slug"], email=email)
+    await publish_event(stack, good)
+
+    assert (await answer(outcomes, good))["type"] == "invitation.created"
+    await stack.sink.wait_for(email)
+
+    ids = {not_json, str(future["id"])}
+    got: dict[str, bytes] = {}
+
+    async def dead() -> bool | None:
+        got.update(await _dead_letters(stack, ids - set(got)))
+        return True if set(got) == ids else None
+
+    await eventually(dead, "both poison messages in the dead-letter queue")
+    assert got[not_json] == b"{this is not json"
+    assert orjson.loads(got[str(future["id"])])["version"] == 99
+    log = Path(stack["invitations"].log_path).read_text()
+    assert "event_malformed_dead_lettered" in log and "version 99" in log
+
+
+async def test_a_listener_on_every_public_event_never_sees_a_token(
+    stack: Stack, api: Api, browser: Browser
+) -> None:
+    async with listening(stack, "#") as everything:
+        portal = await api.portal(f"Watched {uuid.uuid4().hex[:6]}")
+        email = unique_email("watched")
+        event = request(portal_slug=portal["slug"], email=email)
+        await publish_event(stack, event)
+        first = accept_link((await stack.sink.wait_for(email))[-1])
+        created = await answer(everything, event)
+        invitation_id = created["data"]["invitation_id"]  # type: ignore[index]
+        code, _ = await api.call("POST", f"/invitations/{invitation_id}/resend")
+        assert code == 200
+        second = accept_link((await stack.sink.wait_for(email, count=2))[-1])
+        await accept_from_email(stack, browser, email)
+        await everything.wait_for(
+            lambda e: (
+                e["type"] == "invitation.accepted" and e["data"]["invitation_id"] == invitation_id
+            ),
+            "invitation.accepted",
+        )
+        await everything.wait_for(
+            lambda e: e["type"] == "mail.sent" and e["data"]["ref_id"] == invitation_id,
+            "mail.sent",
+        )
+    tokens = [link.split("token=", 1)[1] for link in (first, second)]
+    assert tokens[0] != tokens[1]
+    seen = {key for key, _, _ in everything.messages}
+    assert {"invitation.requested", "invitation.created", "invitation.resent"} <= seen
+    assert "mail.requested" not in seen
+    for key, body, headers in everything.messages:
+        text = body.decode() + repr(headers)
+        assert "token=" not in text and "/invitations/accept" not in text, key
+        assert not any(t in text for t in tokens), key
+
+
+async def _run_example(stack: Stack, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLE),
+        "--amqp-url",
+        amqp_url(stack),
+        "--prefix",
+        bus_prefix(stack),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_the_example_publisher_works_against_the_stack(stack: Stack, api: Api) -> None:
+    portal = await api.portal(f"Example {uuid.uuid4().hex[:6]}")
+    email = unique_email("example")
+    key = f"example-{uuid.uuid4().hex}"
+    args = ("--portal-slug", portal["slug"], "--email", email, "--idempotency-key", key)
+    code, out = await _run_example(stack, *args)
+    assert code == 0, out
+    assert "invitation.created" in out and email in out, out
+    await stack.sink.wait_for(email)
+    rows = await db_fetch(
+        stack, "SELECT id FROM invitations.invitations WHERE idempotency_key = $1", key
+    )
+    assert len(rows) == 1 and str(rows[0]["id"]) in out
+
+    code, out = await _run_example(
+        stack,
+        "--portal-slug",
+        f"no-such-{uuid.uuid4().hex[:6]}",
+        "--email",
+        unique_email("example"),
+        "--idempotency-key",
+        f"example-{uuid.uuid4().hex}",
+    )
+    assert code == 1, out
+    assert "invitation.rejected" in out and "portal_not_found" in out, out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from libs.common.openapi import NULL_TIME, TIME, UUID
+
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -46,9 +48,6 @@ LIMIT = {
 }
 CURSOR = {"name": "cursor", "in": "query", "schema": {"type": "string"}}
 STATUS = {"type": "string", "enum": ["active", "pending", "archived"]}
-UUID = {"type": "string", "format": "uuid"}
-TIME = {"type": "string", "format": "date-time"}
-NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
 
 
 def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:

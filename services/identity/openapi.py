@@ -3,17 +3,10 @@ parse with, so the description can't drift from what is accepted."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from aiohttp import web
-from pydantic import BaseModel
-
-from libs.common.web import json_response
+from libs.common.openapi import TIME, UUID, Operation, openapi_route
 
 from . import api
 
-UUID = {"type": "string", "format": "uuid"}
-TIME = {"type": "string", "format": "date-time"}
 USER = {
     "type": "object",
     "required": ["id", "email", "role", "disabled", "created_at"],
@@ -53,18 +46,6 @@ PAGE = {
 SESSION_HEADER = {"name": api.SESSION_HEADER, "in": "header", "required": True}
 USER_ID = {"name": "user_id", "in": "path", "required": True, "schema": UUID}
 
-# (method, path, summary, body, query, parameters, status, response schema, error codes)
-Operation = tuple[
-    str,
-    str,
-    str,
-    type[BaseModel] | None,
-    type[BaseModel] | None,
-    list[dict[str, Any]],
-    int,
-    dict[str, Any] | None,
-    list[str],
-]
 OPERATIONS: list[Operation] = [
     ("post", "/users", "Create a user", api.CreateUserBody, None, [], 201, USER,
      ["409 email_taken", "422 weak_password", "422 invalid_email"]),
@@ -102,51 +83,4 @@ OPERATIONS: list[Operation] = [
 ]  # fmt: skip
 
 
-def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
-    schema = model.model_json_schema()
-    required = set(schema.get("required", []))
-    return [
-        {"name": name, "in": "query", "required": name in required, "schema": prop}
-        for name, prop in schema["properties"].items()
-    ]
-
-
-def document() -> dict[str, Any]:
-    paths: dict[str, dict[str, Any]] = {}
-    for method, path, summary, body, query, params, status, schema, errors in OPERATIONS:
-        response: dict[str, Any] = {"description": "OK"}
-        if schema is not None:
-            response["content"] = {"application/json": {"schema": schema}}
-        operation: dict[str, Any] = {
-            "summary": summary,
-            "parameters": params + (_query_parameters(query) if query else []),
-            "responses": {
-                str(status): response,
-                "default": {"$ref": "#/components/responses/Error"},
-            },
-        }
-        if errors:
-            operation["description"] = "Errors: " + ", ".join(errors) + "."
-        if body is not None:
-            operation["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": body.model_json_schema()}},
-            }
-        paths.setdefault(path, {})[method] = operation
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "ClientPress identity (internal)", "version": "1"},
-        "paths": paths,
-        "components": {
-            "responses": {
-                "Error": {
-                    "description": 'Error: {"error": {"code", "message"}}',
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                }
-            }
-        },
-    }
-
-
-async def openapi(_: web.Request) -> web.Response:
-    return json_response(document())
+openapi = openapi_route("ClientPress identity (internal)", OPERATIONS)

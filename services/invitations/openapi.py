@@ -3,18 +3,10 @@ parse with, so the description can't drift from what is accepted."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from aiohttp import web
-from pydantic import BaseModel
-
-from libs.common.web import json_response
+from libs.common.openapi import NULL_TIME, TIME, UUID, Operation, openapi_route
 
 from . import api
 
-UUID = {"type": "string", "format": "uuid"}
-TIME = {"type": "string", "format": "date-time"}
-NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
 INVITATION = {
     "type": "object",
     "properties": {
@@ -72,18 +64,6 @@ TOKEN_ERRORS = [
     "410 invitation_revoked",
 ]
 
-# (method, path, summary, body, query, path params, status, response schema, error codes)
-Operation = tuple[
-    str,
-    str,
-    str,
-    type[BaseModel] | None,
-    type[BaseModel] | None,
-    list[dict[str, Any]],
-    int,
-    dict[str, Any],
-    list[str],
-]
 OPERATIONS: list[Operation] = [
     ("post", "/invitations", "Invite a person to a portal (or resend their pending one)",
      api.InviteBody, None, [], 201, OUTCOME,
@@ -109,41 +89,4 @@ OPERATIONS: list[Operation] = [
 ]  # fmt: skip
 
 
-def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
-    schema = model.model_json_schema()
-    required = set(schema.get("required", []))
-    return [
-        {"name": name, "in": "query", "required": name in required, "schema": prop}
-        for name, prop in schema.get("properties", {}).items()
-    ]
-
-
-def document() -> dict[str, Any]:
-    paths: dict[str, dict[str, Any]] = {}
-    for method, path, summary, body, query, params, status, schema, errors in OPERATIONS:
-        operation: dict[str, Any] = {
-            "summary": summary,
-            "parameters": params + (_query_parameters(query) if query else []),
-            "responses": {
-                str(status): {
-                    "description": "OK",
-                    "content": {"application/json": {"schema": schema}},
-                },
-                "default": {"description": "Error {error: {code, message}}: " + ", ".join(errors)},
-            },
-        }
-        if body is not None:
-            operation["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": body.model_json_schema()}},
-            }
-        paths.setdefault(path, {})[method] = operation
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "ClientPress invitations (internal)", "version": "1"},
-        "paths": paths,
-    }
-
-
-async def openapi(_: web.Request) -> web.Response:
-    return json_response(document())
+openapi = openapi_route("ClientPress invitations (internal)", OPERATIONS)

@@ -99,18 +99,22 @@ class OutboxRelay:
         while not self._stopping:
             try:
                 published = await self.flush_once()
+                # Cheap to keep current: a short batch means nothing was left behind it
+                # (rows committed since are picked up on the next pass); count only when full.
+                OUTBOX_BACKLOG.set(await self.backlog() if published >= self.batch else 0)
                 since_purge += 1
                 if since_purge >= purge_every:
                     since_purge = 0
                     await self.pool.execute(
                         "DELETE FROM outbox WHERE published_at < now() - interval '1 hour'"
                     )
-                    OUTBOX_BACKLOG.set(await self.backlog())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 # Broker or database away: keep the rows, try again shortly.
                 log.warning("outbox_relay_retry", error=type(exc).__name__, detail=str(exc)[:200])
+                with contextlib.suppress(Exception):  # the broker may be away, not the database
+                    OUTBOX_BACKLOG.set(await self.backlog())
                 await asyncio.sleep(1.0)
                 await self._listen()
                 continue

@@ -13,7 +13,7 @@ from libs.common.http import new_session
 from libs.common.logging import get_logger
 from libs.common.web import POOL, add_bus, add_database, base_app
 
-from . import api, consumer, domain, handlers, openapi
+from . import api, consumer, domain, handlers, metrics, openapi
 from .clients import Directory
 from .handlers import Deps
 from .settings import InvitationsSettings
@@ -42,6 +42,9 @@ def create_app(
         handlers=consumer.handlers(deps),
     )
     app.cleanup_ctx.append(_sweeper(deps, settings.invitations_sweep_seconds))
+    # At least as often as the sweep, which is what turns pending into expired.
+    every = min(metrics.REFRESH_SECONDS, settings.invitations_sweep_seconds)
+    app.cleanup_ctx.append(metrics.refresher(clock, every))
     api.setup_routes(app)
     app.router.add_get("/openapi.json", openapi.openapi)
     return app

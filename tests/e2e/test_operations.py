@@ -242,10 +242,15 @@ class Load:
             except aiohttp.ClientConnectorError:
                 self.refused += 1
                 await asyncio.sleep(0.05)
-            except aiohttp.ClientOSError as exc:
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
                 # Connected into the listen backlog just as the socket closed: reset before
-                # the request was even sent, so the server never saw it; like a refusal.
-                if "Can not write request body" not in str(exc):
+                # the server read the request. Retried with the same email, so had the server
+                # handled it, the retry would answer 200 "resent" (a failure here) and send a
+                # second email (caught by _each_gets_one_email), not 201.
+                if isinstance(exc, aiohttp.ClientOSError) and not (
+                    "Can not write request body" in str(exc)
+                    or isinstance(exc, aiohttp.ServerDisconnectedError)
+                ):
                     raise
                 self.refused += 1
                 await asyncio.sleep(0.05)

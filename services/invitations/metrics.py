@@ -1,0 +1,64 @@
+"""The invitations service's Prometheus metrics: invitations by (effective) status, kept
+fresh by a background task the app owns, with one GROUP BY query per round.
+
+Every replica reports the same totals (they come from the shared table): aggregate them
+with max(), not sum()."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import get_args
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import Gauge
+
+from libs.common.logging import get_logger
+from libs.common.web import POOL
+
+from .domain import Clock, Status
+
+log = get_logger(__name__)
+
+REFRESH_SECONDS = 15.0
+
+INVITATIONS = Gauge("clientpress_invitations", "Invitations by status", ["status"])
+
+# A pending invitation past its expiry counts as expired, as the list shows it.
+_COUNTS = (
+    "SELECT CASE WHEN status = 'pending' AND expires_at <= $1 THEN 'expired' ELSE status END"
+    " AS status, count(*) AS n FROM invitations GROUP BY 1"
+)
+
+
+async def refresh(pool: asyncpg.Pool, now: datetime) -> None:
+    counts = {row["status"]: int(row["n"]) for row in await pool.fetch(_COUNTS, now)}
+    for status in get_args(Status):
+        INVITATIONS.labels(status).set(counts.get(status, 0))
+
+
+def refresher(
+    clock: Clock, every: float = REFRESH_SECONDS
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def loop(app: web.Application) -> None:
+        while True:
+            try:
+                await refresh(app[POOL], clock())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The database may be away for a moment; keep the last values.
+                log.warning("invitation_metrics_failed", error=type(exc).__name__)
+            await asyncio.sleep(every)
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(loop(app), name="invitations-metrics")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx

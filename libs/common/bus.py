@@ -23,7 +23,8 @@ from aio_pika.abc import (
 )
 
 from .context import set_correlation_id
-from .db import Conn
+from .db import DATABASE_AWAY, Conn
+from .errors import Unavailable
 from .events import Envelope, EventData, MalformedEvent, parse_data, parse_envelope
 from .logging import get_logger
 from .metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
@@ -34,6 +35,11 @@ ExchangeKind = Literal["events", "mail"]
 Handler = Callable[[Conn, Envelope, EventData], Awaitable[None]]
 
 MAX_DELIVERIES = 5
+# A dependency that is away (the database restarting, a service down) is waited out while
+# holding the message, instead of spending the message's deliveries: an outage of a few
+# seconds must not dead-letter every message in flight.
+DEPENDENCY_AWAY: tuple[type[BaseException], ...] = (*DATABASE_AWAY, Unavailable)
+DEPENDENCY_PATIENCE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -222,18 +228,12 @@ class Consumer:
             await self._dead_letter(message, envelope.type, str(exc))
             return
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                fresh = await conn.fetchval(
-                    "INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)"
-                    " ON CONFLICT DO NOTHING RETURNING true",
-                    envelope.id,
-                    envelope.type,
-                )
-                if fresh:
-                    await handler(conn, envelope, data)
+            fresh = await self._apply_patiently(envelope, handler, data)
         except Exception as exc:
             deliveries = _delivery_count(message)
-            outcome = "dead_lettered" if deliveries + 1 >= MAX_DELIVERIES else "retry"
+            # The quorum queue dead-letters a message returned once its count of earlier
+            # deliveries has reached the limit: MAX_DELIVERIES + 1 tries in all.
+            outcome = "dead_lettered" if deliveries >= MAX_DELIVERIES else "retry"
             log.exception(
                 "event_handler_failed",
                 deliveries=deliveries + 1,
@@ -251,6 +251,27 @@ class Consumer:
         if not fresh:
             log.info("event_duplicate_skipped")
         await message.ack()
+
+    async def _apply_patiently(self, envelope: Envelope, handler: Handler, data: EventData) -> bool:
+        waited, pause = 0.0, 0.2
+        while True:
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    fresh = await conn.fetchval(
+                        "INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)"
+                        " ON CONFLICT DO NOTHING RETURNING true",
+                        envelope.id,
+                        envelope.type,
+                    )
+                    if fresh:
+                        await handler(conn, envelope, data)
+                return bool(fresh)
+            except DEPENDENCY_AWAY as exc:
+                if waited >= DEPENDENCY_PATIENCE_SECONDS:
+                    raise
+                log.warning("event_dependency_away", error=type(exc).__name__, waited=waited)
+                await asyncio.sleep(pause)
+                waited, pause = round(waited + pause, 1), min(pause * 2, 5.0)
 
     async def _dead_letter(self, message: AbstractIncomingMessage, type: str, why: str) -> None:
         log.error("event_malformed_dead_lettered", reason=why, message_id=message.message_id)

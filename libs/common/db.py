@@ -28,6 +28,20 @@ if TYPE_CHECKING:
 else:
     Conn = asyncpg.Connection | PoolConnectionProxy
 
+# The database is away (restarting, failing over, out of slots): worth waiting out, never
+# the fault of the request or message at hand.
+DATABASE_AWAY: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    # What a pooled connection says when the server went away in the middle of a query.
+    asyncpg.InternalClientError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
 COMMON_MIGRATIONS = Path(__file__).parent / "migrations"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

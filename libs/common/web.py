@@ -50,6 +50,8 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
+    # What asyncpg raises on a connection whose server went away mid-operation.
+    asyncpg.InternalClientError,
 )
 
 

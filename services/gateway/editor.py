@@ -5,6 +5,7 @@ security._gate, for every /admin path."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,6 +24,10 @@ ID = "{id:[0-9a-fA-F-]{36}}"
 NOT_ACTIVE = "This portal is not Active. Only Active portals can take invitations."
 
 routes = web.RouteTableDef()
+
+SLUG = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+SLUG_RULE = "Use lower-case letters, digits and single hyphens, at most 80, e.g. acme-rebrand."
+SLUG_TAKEN = "Another portal already uses this slug; choose another."
 
 
 async def _emails(up: Upstream, ids: set[str]) -> dict[str, str]:
@@ -67,6 +72,7 @@ async def _editor(
         emails.update(await _emails(up, {i for i in wanted if i and i not in emails}))
     values = values or {
         "title": (portal or {}).get("title", ""),
+        "slug": (portal or {}).get("slug", ""),
         "content": (portal or {}).get("content", ""),
         "status": (portal or {}).get("status", "pending"),
     }
@@ -93,6 +99,12 @@ def _portal_fields(form: MultiDictProxy[Any]) -> tuple[dict[str, Any], dict[str,
         errors["title"] = "Enter a title."
     elif len(values["title"]) > 200:
         errors["title"] = "The title must be at most 200 characters."
+    # Left empty, the slug is made from the title (new portal) or kept (existing one).
+    slug = form_str(form, "slug", 200).strip().lower()
+    if slug:
+        values["slug"] = slug
+        if len(slug) > 80 or not SLUG.fullmatch(slug):
+            errors["slug"] = SLUG_RULE
     if values["status"] not in STATUSES:
         errors["status"] = "Choose Active, Pending or Archived."
     return values, errors
@@ -114,7 +126,7 @@ async def create_portal(request: web.Request) -> web.StreamResponse:
         except DomainError as exc:
             if exc.code != "slug_taken":
                 raise
-            errors["title"] = "A portal with a similar title already exists."
+            errors["slug" if "slug" in values else "title"] = SLUG_TAKEN
         else:
             return see_other(request, f"/admin/portals/{portal['id']}", flash="portal_created")
     return await _editor(request, None, values=values, errors=errors, status=422)
@@ -176,7 +188,10 @@ async def save_portal(request: web.Request) -> web.StreamResponse:
     except (InvalidInput, DomainError) as exc:
         if exc.status >= 500 or exc.status == 404:
             raise
-        errors["title"] = exc.message
+        if exc.code == "slug_taken":
+            errors["slug"] = SLUG_TAKEN
+        else:
+            errors["title"] = exc.message
         return await _editor(request, portal, values=values, errors=errors, status=422)
     return see_other(request, f"/admin/portals/{portal_id}", flash="portal_saved")
 

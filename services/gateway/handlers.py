@@ -36,13 +36,16 @@ def same_email(a: str, b: str) -> bool:
 
 
 async def login_destination(up: Upstream, user: Json, next_raw: str | None) -> str:
+    """Administrators always land in the admin area (on the admin page they asked for, if
+    any); with Login Redirect on, a client goes straight to their portal; otherwise back to
+    the page they came from, or home."""
     wanted = safe_next_path(next_raw)
     if is_admin(user):
-        return wanted or ADMIN_HOME
-    if wanted:
-        return wanted
+        return wanted if wanted and wanted.startswith("/admin/") else ADMIN_HOME
     settings = await up.identity.login_settings()
-    return "/client-portal/" if settings.get("login_redirect") else "/"
+    if settings.get("login_redirect"):
+        return "/client-portal/"
+    return wanted or "/"
 
 
 async def accept_with_password(up: Upstream, token: str, password: str) -> Accepted:

@@ -148,7 +148,7 @@ async def reschedule(
     return bool(done)
 
 
-async def requeue_stuck(conn: Conn, older_than_seconds: int = STUCK_SENDING_SECONDS) -> int:
+async def requeue_stuck(conn: Conn, older_than_seconds: float = STUCK_SENDING_SECONDS) -> int:
     """Rows a dead worker left in 'sending' go back to the queue (at-least-once)."""
     result = await conn.execute(
         "UPDATE deliveries SET status = 'queued', next_attempt_at = now()"

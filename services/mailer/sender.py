@@ -3,8 +3,8 @@ them, and record the outcome. Woken by NOTIFY when a job is recorded (and by a t
 a retry falls due), with a 1 s poll as the safety net.
 
 Delivery is at-least-once: a worker that dies between the SMTP answer and the commit
-leaves its row in 'sending'; after STUCK_SENDING_SECONDS the row is queued again and the
-email may go out twice (same Message-ID, so clients can recognise the copy)."""
+leaves its row in 'sending'; after MAILER_STUCK_SENDING_SECONDS the row is queued again and
+the email may go out twice (same Message-ID, so clients can recognise the copy)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import asyncpg
 import structlog
 
 from libs.common.context import set_correlation_id
-from libs.common.db import Conn
+from libs.common.db import DATABASE_AWAY, Conn
 from libs.common.logging import get_logger
 
 from . import handlers, repository
@@ -41,6 +41,7 @@ log = get_logger(__name__)
 POLL_SECONDS = 1.0
 MAINTENANCE_SECONDS = 5.0
 STOP_GRACE_SECONDS = 15.0
+FINISH_PATIENCE_SECONDS = 60.0
 
 
 class Sender:
@@ -176,27 +177,28 @@ class Sender:
             log.warning("mail_failed", reason=reason.value, attempts=delivery.attempts, error=error)
 
     async def _finish(self, write: Callable[[Conn], Awaitable[bool]]) -> bool:
-        """Record an outcome, riding out a short database outage: giving up here would
-        leave the row in 'sending' and, after recovery, send the email again."""
-        for attempt in range(6):
+        """Record an outcome, riding out a database outage (a restart included): giving
+        up here would leave the row in 'sending' and, after recovery, send the email
+        again."""
+        loop = asyncio.get_running_loop()
+        give_up, pause = loop.time() + FINISH_PATIENCE_SECONDS, 0.2
+        while True:
             try:
                 async with self.pool.acquire() as conn:
                     return await write(conn)
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
-                if attempt == 5:
+            except DATABASE_AWAY as exc:
+                if loop.time() >= give_up:
                     raise
-                await asyncio.sleep(0.2 * 2**attempt)
-        return False
+                log.warning("mail_outcome_retry", error=type(exc).__name__)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     async def _maintain(self) -> None:
-        ticks = 0
         while True:
             await asyncio.sleep(MAINTENANCE_SECONDS)
-            ticks += 1
             try:
                 await self._listen()
-                if ticks % 6 == 0:
-                    await self._recover()
+                await self._recover()
                 async with self.pool.acquire() as conn:
                     EMAILS_QUEUED.set(await repository.count_queued(conn))
             except asyncio.CancelledError:
@@ -206,7 +208,7 @@ class Sender:
 
     async def _recover(self) -> None:
         async with self.pool.acquire() as conn:
-            count = await repository.requeue_stuck(conn)
+            count = await repository.requeue_stuck(conn, self.settings.mailer_stuck_sending_seconds)
         if count:
             log.warning("mail_stuck_requeued", count=count)
             self.wake()

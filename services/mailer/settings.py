@@ -18,6 +18,10 @@ class MailerSettings(CommonSettings):
     # Bounds one SMTP conversation (connect, or one message), so a stalled server can't
     # hold a worker forever.
     mailer_smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # A row left in 'sending' this long belongs to a crashed worker and is queued again
+    # (at-least-once). Keep it well above two SMTP timeouts (connect + one message), so a
+    # slow live send is never taken for a dead one.
+    mailer_stuck_sending_seconds: float = Field(default=120.0, gt=0, le=86_400)
 
     @field_validator("mail_from")
     @classmethod

@@ -61,6 +61,20 @@ async def test_login_sends_admin_to_portals_with_a_safe_cookie(
     assert not cookie["secure"]
 
 
+@pytest.mark.parametrize(
+    ("next_path", "expected"),
+    [("/admin/invitations", "/admin/invitations"), ("/client-portal/acme/", "/admin/portals")],
+)
+async def test_administrators_always_land_in_the_admin_area(
+    gw: TestClient, backend: Backend, next_path: str, expected: str
+) -> None:
+    backend.login_redirect = True
+    admin = backend.add_user("admin@example.com", PASSWORD, role="administrator")
+    data = {"email": admin["email"], "password": PASSWORD, "next": next_path}
+    response = await post_form(gw, "/login", data)
+    assert response.headers["Location"] == expected
+
+
 async def test_bad_credentials_give_one_message(gw: TestClient, backend: Backend) -> None:
     backend.add_user("c@example.com", PASSWORD)
     for email, password in (("c@example.com", "wrong password!"), ("nobody@example.com", PASSWORD)):
@@ -75,6 +89,7 @@ async def test_bad_credentials_give_one_message(gw: TestClient, backend: Backend
     ("next_path", "redirect", "expected"),
     [
         ("/client-portal/acme/", False, "/client-portal/acme/"),
+        ("/client-portal/acme/", True, "/client-portal/"),
         ("//evil.example", False, "/"),
         ("https://evil.example", True, "/client-portal/"),
         ("", True, "/client-portal/"),

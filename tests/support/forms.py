@@ -42,6 +42,7 @@ class _Parser(HTMLParser):
         self._select: str | None = None
         self._option: str | None = None
         self._option_text: list[str] = []
+        self._textarea: tuple[Form, str, list[str]] | None = None
 
     def _owner(self, a: dict[str, str]) -> Form | None:
         # A control belongs to the form named by its form= attribute, else the enclosing one.
@@ -79,6 +80,8 @@ class _Parser(HTMLParser):
                 self._target = form
                 self._select = name
                 form.fields.setdefault(name, "")
+            elif tag == "textarea":
+                self._textarea = (form, name, [])
             else:
                 form.fields[name] = a.get("value", "")
         elif tag == "option" and self._target is not None and self._select:
@@ -105,8 +108,16 @@ class _Parser(HTMLParser):
         elif tag == "select":
             self._select = None
             self._target = None
+        elif tag == "textarea" and self._textarea is not None:
+            form, name, text = self._textarea
+            # A newline right after <textarea> is not part of its value (HTML parsing rule).
+            value = "".join(text)
+            form.fields[name] = value[1:] if value.startswith("\n") else value
+            self._textarea = None
 
     def handle_data(self, data: str) -> None:
+        if self._textarea is not None:
+            self._textarea[2].append(data)
         if self._label_for is not None:
             self._label_text.append(data)
         if self._button is not None:

@@ -1,0 +1,46 @@
+"""Smoke test of the benchmark harness: a tiny `python -m bench list --quick` run against a
+stack it starts itself prints valid JSON lines with the expected keys."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.e2e]
+
+
+def test_quick_list_benchmark_prints_json_lines(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "list", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert all({"bench", "case"} <= set(line) for line in lines)
+    by_case = {(line["bench"], line["case"]): line for line in lines}
+    assert by_case[("meta", "run")]["quick"] is True
+    for case in ("first_page", "deep_page", "filtered_page", "filtered_deep_page"):
+        result = by_case[("list", case)]
+        assert result["items"] == 50
+        assert 0 < result["p50_ms"] <= result["p95_ms"]
+    rss = [line for line in lines if line["bench"] == "rss"]
+    assert {line["case"] for line in rss} == {
+        "identity",
+        "portals",
+        "invitations",
+        "mailer",
+        "gateway",
+    }
+    assert all(line["peak_mib"] > 0 for line in rss)
+    assert json.loads(out.read_text()) == lines

@@ -1,0 +1,159 @@
+"""Issue 9, fault 4: the SMTP server answering 4xx for a while (retried with backoff, then
+delivered), answering 4xx for good (given up after MAILER_MAX_ATTEMPTS, mail.failed) and
+answering 5xx (given up at once, mail.failed). The Invitations screen shows the failure,
+and Resend delivers once SMTP is fine again."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from tests.faults.support import (
+    Api,
+    all_delivered,
+    burst,
+    fetch,
+    per_address,
+    record,
+    unique_emails,
+    wait_until,
+)
+from tests.support.smtp import SmtpSink
+from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Stack, login, running_stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+MAX_ATTEMPTS = 5  # backoff 0.3 s, 0.6 s, 1.2 s, 2.4 s (each with 50-100 % jitter)
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[SmtpSink]:
+    smtp = SmtpSink()
+    smtp.start()
+    yield smtp
+    smtp.stop()
+
+
+@pytest.fixture(scope="module")
+async def stack(sink: SmtpSink) -> AsyncIterator[Stack]:
+    async with running_stack(
+        sink, MAILER_RETRY_BASE_SECONDS="0.3", MAILER_MAX_ATTEMPTS=str(MAX_ATTEMPTS)
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+async def api(stack: Stack, sink: SmtpSink) -> AsyncIterator[Api]:
+    client = Api(stack)
+    yield client
+    sink.sink.fail_with = None
+    await client.close()
+
+
+async def _deliveries(stack: Stack, emails: list[str]) -> list[dict[str, Any]]:
+    rows = await fetch(
+        stack,
+        "SELECT lower(to_address) AS to, status, attempts, last_error FROM mailer.deliveries"
+        " WHERE lower(to_address) = ANY($1::text[])",
+        [e.lower() for e in emails],
+    )
+    return [dict(r) for r in rows]
+
+
+async def _listed(api: Api, portal_id: str) -> list[dict[str, Any]]:
+    status, body = await api.call("GET", f"/api/v1/invitations?portal_id={portal_id}&limit=200")
+    assert status == 200, body
+    items: list[dict[str, Any]] = body["items"]
+    return items
+
+
+async def test_4xx_for_a_while_is_retried_then_delivered(stack: Stack, api: Api) -> None:
+    portal = await api.create_portal("SMTP 4xx")
+    emails = unique_emails("smtp4xx", 20)
+    stack.sink.sink.fail_with = "451 4.3.0 Try again later"
+    await burst(api, portal["id"], emails)
+
+    async def all_retried() -> bool:
+        rows = await _deliveries(stack, emails)
+        return len(rows) == 20 and all(r["attempts"] >= 2 for r in rows)
+
+    await wait_until(all_retried, 30, "every delivery tried twice")
+    assert per_address(stack, emails) == {}
+    stack.sink.sink.fail_with = None
+    healed = time.monotonic()
+    await all_delivered(stack, emails, timeout=30)
+    delivered_after = round(time.monotonic() - healed, 2)
+    rows = await _deliveries(stack, emails)
+    counts = per_address(stack, emails)
+    record(
+        "smtp_4xx_then_ok",
+        invitations=20,
+        emails_delivered=sum(counts.values()),
+        duplicated=sum(1 for n in counts.values() if n > 1),
+        max_attempts_used=max(r["attempts"] for r in rows),
+        seconds_from_smtp_back_to_last_email=delivered_after,
+    )
+    assert all(r["status"] == "sent" for r in rows), rows
+    assert set(counts.values()) == {1}
+    assert all(r["attempts"] <= MAX_ATTEMPTS for r in rows), rows
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [("550 5.1.1 No such user", "rejected"), ("451 4.3.0 Try again later", "max_attempts")],
+)
+async def test_failure_is_shown_and_resend_delivers(
+    stack: Stack, api: Api, answer: str, reason: str
+) -> None:
+    code = answer[:3]
+    portal = await api.create_portal(f"SMTP {code}")
+    emails = unique_emails(f"smtp{code}", 5)
+    stack.sink.sink.fail_with = answer
+    started = time.monotonic()
+    await burst(api, portal["id"], emails)
+
+    async def failed_on_screen() -> bool:
+        items = await _listed(api, portal["id"])
+        return len(items) == 5 and all(i["delivery"] == "failed" for i in items)
+
+    await wait_until(failed_on_screen, 30, "delivery 'failed' on every invitation")
+    gave_up_after = round(time.monotonic() - started, 2)
+    rows = await _deliveries(stack, emails)
+    assert all(r["status"] == "failed" for r in rows), rows
+    expected_attempts = 1 if code.startswith("5") else MAX_ATTEMPTS
+    assert {r["attempts"] for r in rows} == {expected_attempts}, rows
+    items = await _listed(api, portal["id"])
+    assert all(reason in (i["delivery_error"] or "") for i in items), items
+    # The Invitations screen shows it to the administrator too.
+    admin = await login(stack, ADMIN_EMAIL, ADMIN_PASSWORD)
+    try:
+        status, _, html = await admin.get("/admin/invitations")
+    finally:
+        await admin.close()
+    assert status == 200 and emails[0] in html
+    assert "failed" in html.lower()
+    assert per_address(stack, emails) == {}
+
+    stack.sink.sink.fail_with = None
+    for item in items:
+        status, body = await api.call("POST", f"/api/v1/invitations/{item['id']}/resend")
+        assert status == 200, body
+    await all_delivered(stack, emails, timeout=30)
+    await wait_until(lambda: _all_sent(api, portal["id"]), 30, "delivery 'sent' after Resend")
+    counts = per_address(stack, emails)
+    record(
+        f"smtp_{code}_failed_then_resend",
+        invitations=5,
+        attempts_per_mail=expected_attempts,
+        seconds_to_mail_failed=gave_up_after,
+        emails_delivered_after_resend=sum(counts.values()),
+        duplicated=sum(1 for n in counts.values() if n > 1),
+    )
+    assert set(counts.values()) == {1}
+
+
+async def _all_sent(api: Api, portal_id: str) -> bool:
+    return all(i["delivery"] == "sent" for i in await _listed(api, portal_id))

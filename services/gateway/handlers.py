@@ -64,8 +64,10 @@ async def accept_with_password(up: Upstream, token: str, password: str) -> Accep
         raise
     user_id = ensured["user"]["id"]
     await grant_and_accept(up, token, invitation, user_id)
-    # Only the winner of step 4 gets here: its password is the final one.
-    await up.identity.set_password(user_id, password)
+    # Only the winner of step 4 gets here. An account it created already has its password;
+    # one found from an earlier try (or made by a concurrent loser) gets this one now.
+    if not ensured.get("created"):
+        await up.identity.set_password(user_id, password)
     session = await up.identity.issue_session(user_id)
     log.info("invitation_accepted_new_account", invitation_id=invitation["invitation_id"])
     return Accepted(token=session["token"], slug=invitation["portal_slug"])

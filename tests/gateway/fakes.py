@@ -150,7 +150,7 @@ class Backend:
             existing = self.by_email(body["email"])
             if existing is not None:
                 if self.ensured.get(body["invitation_id"]) == existing["id"]:
-                    self.passwords[existing["id"]] = body["password"]
+                    # As identity does: a retry finds the account, the password is untouched.
                     return web.json_response({"user": existing, "created": False})
                 return err(409, "account_exists")
             user = self.add_user(body["email"], body["password"])

@@ -44,12 +44,12 @@ async def test_happy_path_creates_logs_in_and_lands_on_portal(
     user = backend.by_email("new@example.com")
     assert user is not None and user["role"] == "client"
     assert portal["client_id"] == user["id"]
-    assert backend.calls[-6:] == [
+    # A new account already has this request's password: no second argon2 round.
+    assert backend.calls[-5:] == [
         "invitations.validate",
         "identity.ensure",
         "portals.grant",
         "invitations.accept",
-        "identity.password",
         "identity.issue",
     ]
     page = await gw.get("/client-portal/acme-launch/")
@@ -71,6 +71,30 @@ async def test_mismatched_or_short_passwords_stay_on_the_form(
     response = await post_form(gw, "/invitations/accept", short)
     assert "at least 12 characters long." in await response.text()
     assert "identity.ensure" not in backend.calls
+
+
+async def test_a_retry_after_a_failed_try_sets_the_password_typed_this_time(
+    gw: TestClient, backend: Backend
+) -> None:
+    portal = backend.add_portal("Acme Launch")
+    token = backend.add_invitation("retry@example.com", portal)
+    invitation_id = next(i["id"] for i in backend.invitations.values() if i["email"] == "retry@example.com")
+    # The earlier try created the account (with its password) and then failed.
+    earlier = backend.add_user("retry@example.com", "the first password typed")
+    backend.ensured[invitation_id] = earlier["id"]
+    await gw.get(f"/invitations/accept?token={token}")
+    data = {"token": token, "password": PASSWORD, "confirm": PASSWORD}
+    response = await post_form(gw, "/invitations/accept", data)
+    assert response.status == 303
+    assert backend.calls[-6:] == [
+        "invitations.validate",
+        "identity.ensure",
+        "portals.grant",
+        "invitations.accept",
+        "identity.password",
+        "identity.issue",
+    ]
+    assert backend.passwords[earlier["id"]] == PASSWORD
 
 
 async def test_used_link_says_so_with_a_login_link(gw: TestClient, backend: Backend) -> None:

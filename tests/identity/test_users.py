@@ -57,11 +57,11 @@ async def test_ensure_creates_then_a_retry_of_the_same_invitation_finds_it(
         deps, email, "a brand new passphrase", invitation
     )
     assert not created_again and again.id == user.id
-    # The retry replaced the password.
-    issued = await handlers.login(deps, email, "a brand new passphrase")
+    # The retry leaves the password alone (the saga sets it only for the winner).
+    issued = await handlers.login(deps, email, STRONG)
     assert issued.user.id == user.id
     with pytest.raises(Unauthorized):
-        await handlers.login(deps, email, STRONG)
+        await handlers.login(deps, email, "a brand new passphrase")
 
     with pytest.raises(Conflict) as info:
         await handlers.ensure_user(deps, email, STRONG, uuid.uuid4())

@@ -46,32 +46,36 @@ async def ensure_user(
     deps: Deps, email: str, password: str, invitation_id: uuid.UUID
 ) -> tuple[User, bool]:
     """Create the client for an invitation, or find the one this invitation created on an
-    earlier try (its password is replaced). Concurrent calls for one email create one user:
-    the losers wait on the unique email index and then find the winner's row."""
+    earlier try (its password is left alone: the accept saga sets it only for the caller
+    that wins the acceptance). Concurrent calls for one email create one user: the losers
+    wait on the unique email index and then find the winner's row. Argon2 runs only when a
+    user is really created."""
     address = normalise_email(email)
     check_password(password, address)
-    password_hash = await deps.passwords.hash(password)
-    async with deps.pool.acquire() as conn, conn.transaction():
-        user = await repo.insert_user(
-            conn,
-            email=address,
-            role="client",
-            password_hash=password_hash,
-            created_at=deps.now(),
-            created_by_invitation=invitation_id,
-        )
-        if user is not None:
-            await announce_created(conn, user)
-            log.info("user_created", user_id=str(user.id), role="client")
-            return user, True
+    async with deps.pool.acquire() as conn:
         existing = await repo.find_user_by_email(conn, address)
-        if existing is None or existing.created_by_invitation != invitation_id:
-            raise Conflict(
-                "An account with this email already exists. Log in to continue.",
-                code="account_exists",
+    if existing is None:
+        password_hash = await deps.passwords.hash(password)
+        async with deps.pool.acquire() as conn, conn.transaction():
+            user = await repo.insert_user(
+                conn,
+                email=address,
+                role="client",
+                password_hash=password_hash,
+                created_at=deps.now(),
+                created_by_invitation=invitation_id,
             )
-        await repo.set_password_hash(conn, existing.id, password_hash)
-        return existing, False
+            if user is not None:
+                await announce_created(conn, user)
+                log.info("user_created", user_id=str(user.id), role="client")
+                return user, True
+            existing = await repo.find_user_by_email(conn, address)
+    if existing is None or existing.created_by_invitation != invitation_id:
+        raise Conflict(
+            "An account with this email already exists. Log in to continue.",
+            code="account_exists",
+        )
+    return existing, False
 
 
 async def list_users(

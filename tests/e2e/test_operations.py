@@ -4,6 +4,7 @@ image's entrypoint starting every service."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import signal
 import subprocess
@@ -249,6 +250,7 @@ class Load:
                 # second email (caught by _each_gets_one_email), not 201.
                 if isinstance(exc, aiohttp.ClientOSError) and not (
                     "Can not write request body" in str(exc)
+                    or exc.errno == errno.ECONNRESET
                     or isinstance(exc, aiohttp.ServerDisconnectedError)
                 ):
                     raise

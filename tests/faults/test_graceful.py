@@ -86,7 +86,11 @@ async def test_sigterm_under_load(stack: Stack, victim: str) -> None:
         # (aiohttp closes connections idle at shutdown); the client looks the invitation
         # up and retries, and the exactly-once count below still holds.
         other = {k for k in api.retries if k.startswith("ambiguous:")}
-        assert other <= {"ambiguous:ServerDisconnectedError"}, api.retries
+        # A connection the kernel had queued when the listening socket closed is reset
+        # before the server reads it (ServerDisconnected, or a reset while writing).
+        assert other <= {"ambiguous:ServerDisconnectedError", "ambiguous:ClientOSError"}, (
+            api.retries
+        )
         if victim == "gateway":
             assert api.retries["503"] == 0, api.retries
         assert len(counts) == BURST and set(counts.values()) == {1}

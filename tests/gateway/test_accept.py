@@ -78,7 +78,9 @@ async def test_a_retry_after_a_failed_try_sets_the_password_typed_this_time(
 ) -> None:
     portal = backend.add_portal("Acme Launch")
     token = backend.add_invitation("retry@example.com", portal)
-    invitation_id = next(i["id"] for i in backend.invitations.values() if i["email"] == "retry@example.com")
+    invitation_id = next(
+        i["id"] for i in backend.invitations.values() if i["email"] == "retry@example.com"
+    )
     # The earlier try created the account (with its password) and then failed.
     earlier = backend.add_user("retry@example.com", "the first password typed")
     backend.ensured[invitation_id] = earlier["id"]

@@ -65,8 +65,11 @@ async def _editor(
     up = request.app[UPSTREAM]
     users: list[Json] = []
     emails: dict[str, str] = {}
+    more_users = False
     if portal is not None:
-        users = (await up.identity.list_users(limit=200))["items"]
+        listed = await up.identity.list_users(limit=200)
+        users = listed["items"]
+        more_users = listed.get("next_cursor") is not None
         emails = {u["id"]: u["email"] for u in users}
         wanted = {portal.get("client_id") or "", *portal.get("sub_client_ids", [])}
         emails.update(await _emails(up, {i for i in wanted if i and i not in emails}))
@@ -84,6 +87,7 @@ async def _editor(
         "emails": emails,
         "statuses": STATUSES,
         "invite_email": invite_email,
+        "more_users": more_users,
     }
     return render(request, "admin/editor.html", context, status=status)
 

@@ -23,12 +23,40 @@
     label.htmlFor = box.id;
     label.className = "picker-label";
     label.textContent = "Filter by email";
-    box.addEventListener("input", function () {
+    var timer = null;
+    function narrow() {
       var q = box.value.trim().toLowerCase();
       Array.prototype.forEach.call(select.options, function (option) {
         option.hidden = option.value !== "" && q !== "" &&
           option.text.toLowerCase().indexOf(q) === -1;
       });
+    }
+    // The page lists the first users only; ask the server for the rest as the person types,
+    // so a picker stays usable with thousands of accounts.
+    function lookUp() {
+      var q = box.value.trim();
+      if (q.length < 2 || !window.fetch) { return; }
+      fetch("/admin/users/search?q=" + encodeURIComponent(q), {credentials: "same-origin"})
+        .then(function (response) { return response.ok ? response.json() : {items: []}; })
+        .then(function (found) {
+          var known = {};
+          Array.prototype.forEach.call(select.options, function (o) { known[o.value] = true; });
+          found.items.forEach(function (user) {
+            if (!known[user.id]) {
+              var option = document.createElement("option");
+              option.value = user.id;
+              option.text = user.email;
+              select.add(option);
+            }
+          });
+          narrow();
+        })
+        .catch(function () { /* the list on the page still works */ });
+    }
+    box.addEventListener("input", function () {
+      narrow();
+      window.clearTimeout(timer);
+      timer = window.setTimeout(lookUp, 200);
     });
     select.parentNode.insertBefore(label, select);
     select.parentNode.insertBefore(box, select);
@@ -37,7 +65,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     // Only long lists get a filter box; a short list is quicker to read than to search.
     Array.prototype.forEach.call(document.querySelectorAll("select[data-user-search]"), function (select) {
-      if (select.options.length > 8) {
+      if (select.options.length > 8 || select.hasAttribute("data-more-users")) {
         enhance(select);
       }
     });

@@ -181,6 +181,8 @@ def main() -> int:
                 proc.kill()
 
     signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
+    # Ctrl-C stops everything even when a shell started us with SIGINT ignored (`&`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         for name, (var, default) in SERVICES.items():
             port = int(env.get(var, default))

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import asyncpg
@@ -260,6 +261,34 @@ def add_bus(
         await bus.close()
 
     app.cleanup_ctx.append(ctx)
+
+
+def periodic(
+    name: str, every: float, work: Callable[[web.Application], Awaitable[object]]
+) -> Callable[[web.Application], AbstractAsyncContextManager[None]]:
+    """A cleanup context running ``work`` every ``every`` seconds in a task the app owns;
+    a failed round (the database away for a moment) is logged and the next one tries
+    again. The task is cancelled and awaited on shutdown."""
+
+    async def loop(app: web.Application) -> None:
+        while True:
+            try:
+                await work(app)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("periodic_task_failed", task=name, error=type(exc).__name__)
+            await asyncio.sleep(every)
+
+    @contextlib.asynccontextmanager
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(loop(app), name=name)
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
 
 
 async def _retry(what: str, connect: Callable[[], Awaitable[Any]], attempts: int = 30) -> Any:

@@ -3,15 +3,13 @@ expiry sweep and the routes. Nothing is built at import time."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from libs.common.http import new_session
 from libs.common.logging import get_logger
-from libs.common.web import POOL, add_bus, add_database, base_app
+from libs.common.web import POOL, add_bus, add_database, base_app, periodic
 
 from . import api, consumer, domain, handlers, metrics, openapi
 from .clients import Directory
@@ -41,10 +39,18 @@ def create_app(
         bindings=consumer.BINDINGS,
         handlers=consumer.handlers(deps),
     )
-    app.cleanup_ctx.append(_sweeper(deps, settings.invitations_sweep_seconds))
+    app.cleanup_ctx.append(
+        periodic(
+            "invitations-expiry-sweep",
+            settings.invitations_sweep_seconds,
+            lambda app: handlers.sweep_once(app[POOL], deps),
+        )
+    )
     # At least as often as the sweep, which is what turns pending into expired.
     every = min(metrics.REFRESH_SECONDS, settings.invitations_sweep_seconds)
-    app.cleanup_ctx.append(metrics.refresher(clock, every))
+    app.cleanup_ctx.append(
+        periodic("invitations-metrics", every, lambda app: metrics.refresh(app[POOL], clock()))
+    )
     api.setup_routes(app)
     app.router.add_get("/openapi.json", openapi.openapi)
     return app
@@ -57,27 +63,5 @@ def _directory(deps: Deps) -> Callable[[web.Application], AsyncIterator[None]]:
         yield
         deps.directory = None
         await session.close()
-
-    return ctx
-
-
-def _sweeper(deps: Deps, every: float) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def loop(app: web.Application) -> None:
-        while True:
-            try:
-                await handlers.sweep_once(app[POOL], deps)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # The database may be away for a moment; the next round tries again.
-                log.warning("expiry_sweep_failed", error=type(exc).__name__)
-            await asyncio.sleep(every)
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(loop(app), name="invitations-expiry-sweep")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
     return ctx

@@ -6,20 +6,15 @@ with max(), not sum()."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import get_args
 
 import asyncpg
-from aiohttp import web
 from prometheus_client import Gauge
 
 from libs.common.logging import get_logger
-from libs.common.web import POOL
 
-from .domain import Clock, Status
+from .domain import Status
 
 log = get_logger(__name__)
 
@@ -38,27 +33,3 @@ async def refresh(pool: asyncpg.Pool, now: datetime) -> None:
     counts = {row["status"]: int(row["n"]) for row in await pool.fetch(_COUNTS, now)}
     for status in get_args(Status):
         INVITATIONS.labels(status).set(counts.get(status, 0))
-
-
-def refresher(
-    clock: Clock, every: float = REFRESH_SECONDS
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def loop(app: web.Application) -> None:
-        while True:
-            try:
-                await refresh(app[POOL], clock())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # The database may be away for a moment; keep the last values.
-                log.warning("invitation_metrics_failed", error=type(exc).__name__)
-            await asyncio.sleep(every)
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(loop(app), name="invitations-metrics")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return ctx

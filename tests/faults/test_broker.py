@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -25,33 +24,11 @@ from tests.faults.support import (
     run,
     unique_emails,
 )
-from tests.support.smtp import SmtpSink
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 BURST = 500
-
-
-@pytest.fixture(scope="module")
-def sink() -> Iterator[SmtpSink]:
-    smtp = SmtpSink()
-    smtp.start()
-    yield smtp
-    smtp.stop()
-
-
-@pytest.fixture(scope="module")
-async def stack(sink: SmtpSink) -> AsyncIterator[Stack]:
-    async with running_stack(sink) as running:
-        yield running
-
-
-@pytest.fixture
-async def api(stack: Stack) -> AsyncIterator[Api]:
-    client = Api(stack)
-    yield client
-    await client.close()
 
 
 async def _cut_midway(stack: Stack, api: Api, scenario: str, fault: list[list[str]]) -> None:

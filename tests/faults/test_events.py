@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -35,33 +34,11 @@ from tests.faults.support import (
     unique_emails,
     wait_until,
 )
-from tests.support.smtp import SmtpSink
-from tests.support.stack import Browser, Stack, running_stack
+from tests.support.stack import Browser, Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 DEAD = "clientpress_events_dead_lettered_total"
-
-
-@pytest.fixture(scope="module")
-def sink() -> Iterator[SmtpSink]:
-    smtp = SmtpSink()
-    smtp.start()
-    yield smtp
-    smtp.stop()
-
-
-@pytest.fixture(scope="module")
-async def stack(sink: SmtpSink) -> AsyncIterator[Stack]:
-    async with running_stack(sink) as running:
-        yield running
-
-
-@pytest.fixture
-async def api(stack: Stack) -> AsyncIterator[Api]:
-    client = Api(stack)
-    yield client
-    await client.close()
 
 
 async def test_invitation_accepted_twice_grants_once(stack: Stack, api: Api) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -24,26 +23,11 @@ from tests.faults.support import (
     unique_emails,
     wait_until,
 )
-from tests.support.smtp import SmtpSink
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 BURST = 150
-
-
-@pytest.fixture(scope="module")
-def sink() -> Iterator[SmtpSink]:
-    smtp = SmtpSink()
-    smtp.start()
-    yield smtp
-    smtp.stop()
-
-
-@pytest.fixture(scope="module")
-async def stack(sink: SmtpSink) -> AsyncIterator[Stack]:
-    async with running_stack(sink) as running:
-        yield running
 
 
 @pytest.mark.parametrize("victim", ["gateway", "invitations"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -32,14 +32,6 @@ from tests.support.stack import ORDER, Stack, running_stack
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 PER_SERVICE = 100  # 5 services: 500 invitations in all
-
-
-@pytest.fixture(scope="module")
-def sink() -> Iterator[SmtpSink]:
-    smtp = SmtpSink()
-    smtp.start()
-    yield smtp
-    smtp.stop()
 
 
 @pytest.fixture(scope="module")

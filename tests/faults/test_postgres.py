@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -29,28 +28,13 @@ from tests.faults.support import (
     unique_emails,
     wait_until,
 )
-from tests.support.smtp import SmtpSink
-from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Stack, login, running_stack
+from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Stack, login
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 BURST = 150
 VERSION = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
 CLUSTER = ("pg_ctlcluster", "--skip-systemctl-redirect", VERSION, "main")
-
-
-@pytest.fixture(scope="module")
-def sink() -> Iterator[SmtpSink]:
-    smtp = SmtpSink()
-    smtp.start()
-    yield smtp
-    smtp.stop()
-
-
-@pytest.fixture(scope="module")
-async def stack(sink: SmtpSink) -> AsyncIterator[Stack]:
-    async with running_stack(sink) as running:
-        yield running
 
 
 def _cluster(action: str) -> None:

@@ -6,7 +6,7 @@ and Resend delivers once SMTP is fine again."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,14 +27,6 @@ from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Stack, login, runni
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 MAX_ATTEMPTS = 5  # backoff 0.3 s, 0.6 s, 1.2 s, 2.4 s (each with 50-100 % jitter)
-
-
-@pytest.fixture(scope="module")
-def sink() -> Iterator[SmtpSink]:
-    smtp = SmtpSink()
-    smtp.start()
-    yield smtp
-    smtp.stop()
 
 
 @pytest.fixture(scope="module")

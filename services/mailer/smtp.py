@@ -4,7 +4,7 @@ into one ``SendError`` carrying the reply code (None when the server never answe
 from __future__ import annotations
 
 import time
-from email.message import EmailMessage
+from email.message import Message
 
 import aiosmtplib
 
@@ -29,7 +29,7 @@ class SmtpTransport:
         self._client: aiosmtplib.SMTP | None = None
         self._last_used = 0.0
 
-    async def send(self, message: EmailMessage) -> None:
+    async def send(self, message: Message) -> None:
         try:
             reused = await self._connect()
             try:
@@ -59,7 +59,7 @@ class SmtpTransport:
             await self.close()
             raise SendError(None, f"{type(exc).__name__}: {exc}") from None
 
-    async def _send(self, message: EmailMessage) -> None:
+    async def _send(self, message: Message) -> None:
         assert self._client is not None
         await self._client.send_message(message)
         self._last_used = time.monotonic()

@@ -25,7 +25,7 @@ from .context import (
     new_id,
     set_correlation_id,
 )
-from .db import create_pool
+from .db import DATABASE_AWAY, create_pool
 from .errors import DomainError, InvalidInput, RateLimited
 from .logging import get_logger
 from .metrics import HTTP_LATENCY, HTTP_REQUESTS
@@ -43,17 +43,7 @@ RELAY = web.AppKey("relay", OutboxRelay)
 CONSUMER = web.AppKey("consumer", Consumer)
 
 # Errors that mean "a dependency is down": answered 503, never a 500 with a trace.
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    # What asyncpg raises on a connection whose server went away mid-operation.
-    asyncpg.InternalClientError,
-)
+UNAVAILABLE_ERRORS = DATABASE_AWAY
 
 
 def _json_default(value: Any) -> Any:

@@ -23,16 +23,17 @@ log = get_logger(__name__)
 
 async def append(conn: Conn, envelope: Envelope) -> None:
     exchange: ExchangeKind = "mail" if envelope.type in PRIVATE_TYPES else "events"
+    # One round trip: the row, and a NOTIFY the relay receives when the caller commits.
     await conn.execute(
-        "INSERT INTO outbox (id, exchange, routing_key, body, correlation_id)"
-        " VALUES ($1, $2, $3, $4, $5)",
+        "WITH row AS (INSERT INTO outbox (id, exchange, routing_key, body, correlation_id)"
+        " VALUES ($1, $2, $3, $4, $5) RETURNING 1)"
+        " SELECT pg_notify('outbox_' || current_schema(), '') FROM row",
         envelope.id,
         exchange,
         envelope.type,
         envelope.to_json(),
         envelope.correlation_id,
     )
-    await conn.execute("SELECT pg_notify('outbox_' || current_schema(), '')")
 
 
 class OutboxRelay:

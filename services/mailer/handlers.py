@@ -144,6 +144,12 @@ async def _announce_failure(
     )
 
 
-async def claim_next(conn: Conn) -> tuple[Delivery, datetime] | None:
-    claimed = await repository.claim_due(conn, 1)
+async def claim_next(
+    conn: Conn, claim_id: uuid.UUID | None = None
+) -> tuple[Delivery, datetime] | None:
+    claimed = await repository.claim_due(conn, 1, claim_id)
     return claimed[0] if claimed else None
+
+
+async def release_claim(conn: Conn, claim_id: uuid.UUID) -> bool:
+    return await repository.release_claim(conn, claim_id)

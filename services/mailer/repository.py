@@ -76,13 +76,15 @@ async def notify_wake(conn: Conn) -> None:
     await conn.execute("SELECT pg_notify($1, '')", WAKE_CHANNEL)
 
 
-async def claim_due(conn: Conn, limit: int) -> list[tuple[Delivery, datetime]]:
+async def claim_due(
+    conn: Conn, limit: int, claim_id: uuid.UUID | None = None
+) -> list[tuple[Delivery, datetime]]:
     """Take due rows for sending; SKIP LOCKED lets workers (and replicas) share the queue
     without two of them taking one row. Each claim counts as an attempt, so a job that
     crashes its worker still runs out of attempts."""
     rows = await conn.fetch(
         "UPDATE deliveries SET status = 'sending', claimed_at = clock_timestamp(),"
-        " attempts = attempts + 1"
+        " attempts = attempts + 1, claim_id = $2"
         " WHERE mail_id IN ("
         "   SELECT mail_id FROM deliveries"
         "   WHERE status = 'queued' AND next_attempt_at <= now()"
@@ -90,6 +92,7 @@ async def claim_due(conn: Conn, limit: int) -> list[tuple[Delivery, datetime]]:
         " RETURNING mail_id, template, to_address, ref_type, ref_id, context::text,"
         " attempts, correlation_id, claimed_at",
         limit,
+        claim_id,
     )
     return [
         (
@@ -146,6 +149,16 @@ async def reschedule(
         error,
     )
     return bool(done)
+
+
+async def release_claim(conn: Conn, claim_id: uuid.UUID) -> bool:
+    """Hand back rows of a claim that never reached SMTP; the attempt didn't happen."""
+    result = await conn.execute(
+        "UPDATE deliveries SET status = 'queued', claimed_at = NULL, claim_id = NULL,"
+        " attempts = attempts - 1 WHERE claim_id = $1 AND status = 'sending'",
+        claim_id,
+    )
+    return result != "UPDATE 0"
 
 
 async def requeue_stuck(conn: Conn, older_than_seconds: float = STUCK_SENDING_SECONDS) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -106,8 +107,15 @@ class Sender:
 
     async def send_next(self, transport: SmtpTransport) -> bool:
         """Claim one due delivery and carry it to an outcome; False when none was due."""
-        async with self.pool.acquire() as conn:
-            claimed = await handlers.claim_next(conn)
+        claim_id = uuid.uuid4()
+        try:
+            async with self.pool.acquire() as conn:
+                claimed = await handlers.claim_next(conn, claim_id)
+        except DATABASE_AWAY:
+            # The claim may have committed without our hearing of it: hand such a row back
+            # now, rather than leave it 'sending' until the stuck-row sweep.
+            await self._finish(lambda conn: handlers.release_claim(conn, claim_id))
+            raise
         if claimed is None:
             return False
         delivery, claimed_at = claimed

@@ -169,3 +169,31 @@ async def test_a_row_that_keeps_crashing_its_worker_ends_as_failed(
     assert row["status"] == "failed" and row["context"] is None and row["attempts"] == 4
     [event] = await outbox_events(pool, command.mail_id)
     assert event["type"] == "mail.failed" and event["data"]["reason"] == "max_attempts"
+
+
+async def test_a_claim_lost_in_the_air_is_handed_back_at_once(
+    pool_factory: PoolFactory,
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    await pool.execute(
+        "UPDATE deliveries SET status = 'failed', context = NULL"
+        " WHERE status IN ('queued', 'sending')"
+    )
+    command = _command()
+    await _record(pool, command)
+    claim_id = uuid.uuid4()
+    async with pool.acquire() as conn:
+        # The claim committed, but (say) the connection died before the worker heard.
+        assert await handlers.claim_next(conn, claim_id) is not None
+        assert not await handlers.release_claim(conn, uuid.uuid4())  # someone else's claim
+        assert await handlers.release_claim(conn, claim_id)
+        row = await conn.fetchrow(
+            "SELECT status, attempts, claim_id FROM deliveries WHERE mail_id = $1",
+            command.mail_id,
+        )
+        assert (row["status"], row["attempts"], row["claim_id"]) == ("queued", 0, None)
+        # It is due again straight away, and the release does nothing twice.
+        again = await handlers.claim_next(conn)
+        assert again is not None and again[0].mail_id == command.mail_id
+        assert again[0].attempts == 1
+        assert not await handlers.release_claim(conn, claim_id)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import uuid
 from collections import Counter
+from typing import Any
 
 import asyncpg
 import pytest
@@ -12,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from libs.common.events import InvitationRequested, make_event
+from services.invitations import repository as repo
 from services.invitations.api import DEPS
 from services.invitations.consumer import make_on_requested
 from tests.invitations.conftest import World, last_token, outbox_events
@@ -96,24 +99,84 @@ async def test_sixteen_concurrent_invites_of_one_person(
 async def test_same_request_twice_at_once_makes_one_invitation(
     client: Client, world: World, pool: asyncpg.Pool
 ) -> None:
+    handler = make_on_requested(client.app[DEPS])
+    # Several rounds: the losing delivery can look in any of the gaps between the winner's
+    # statements (key lookup, pending lookup, insert), and each must end the same way.
+    for _ in range(8):
+        portal = world.add_portal()
+        key = f"crm-{uuid.uuid4().hex}"
+        data = InvitationRequested(
+            portal_id=uuid.UUID(portal["id"]), email="crm@example.com", idempotency_key=key
+        )
+        # Different envelope ids: the inbox can't dedupe them, the idempotency key must.
+        envelopes = [make_event("invitation.requested", data, source="crm") for _ in range(16)]
+
+        async def deliver(envelope: object, data: InvitationRequested = data) -> None:
+            async with pool.acquire() as conn, conn.transaction():
+                await handler(conn, envelope, data)  # type: ignore[arg-type]
+
+        await asyncio.gather(*(deliver(e) for e in envelopes))
+        rows = await pool.fetch(
+            "SELECT id, send_count FROM invitations WHERE idempotency_key = $1", key
+        )
+        assert len(rows) == 1 and rows[0]["send_count"] == 1
+        events = [t for t, _ in await outbox_events(pool, str(rows[0]["id"]))]
+        # One invitation and one email; every delivery is answered (repeats re-announce
+        # the same invitation id, so each sender hears back under its own correlation id).
+        assert events.count("mail.requested") == 1
+        assert events.count("invitation.resent") == 0
+        assert events.count("invitation.created") == 16
+
+
+async def test_same_key_committing_between_the_losers_two_looks(
+    client: Client, world: World, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The narrow interleaving, forced: the loser looks the key up while the winner's row
+    is uncommitted, the winner commits, then the loser looks for a pending invitation of
+    that email and finds the winner's. It must answer as a repeat, not resend it."""
     portal = world.add_portal()
+    # Someone else's invitation first, so the portal is in the replica before the race
+    # (otherwise the loser waits on the winner's replica row and can't look in between).
+    warm = await client.post(
+        "/invitations", json={"portal_id": portal["id"], "email": "first@example.com"}
+    )
+    assert warm.status == 201
     key = f"crm-{uuid.uuid4().hex}"
     data = InvitationRequested(
-        portal_id=uuid.UUID(portal["id"]), email="crm@example.com", idempotency_key=key
+        portal_id=uuid.UUID(portal["id"]), email="narrow@example.com", idempotency_key=key
     )
     handler = make_on_requested(client.app[DEPS])
-    # Different envelope ids: the inbox can't dedupe them, the idempotency key must.
-    envelopes = [make_event("invitation.requested", data, source="crm") for _ in range(16)]
+    inserted, loser_looked, committed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    loser = contextvars.ContextVar("loser", default=False)
+    real_find_pending = repo.find_pending_for_update
 
-    async def deliver(envelope: object) -> None:
+    async def find_pending(conn: Any, portal_id: uuid.UUID, email_lower: str) -> Any:
+        if loser.get():
+            loser_looked.set()
+            await committed.wait()
+        return await real_find_pending(conn, portal_id, email_lower)
+
+    monkeypatch.setattr(repo, "find_pending_for_update", find_pending)
+
+    async def winner() -> None:
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                await handler(conn, make_event("invitation.requested", data, source="crm"), data)
+                inserted.set()
+                await loser_looked.wait()
+            committed.set()
+
+    async def losing() -> None:
+        loser.set(True)
+        await inserted.wait()
         async with pool.acquire() as conn, conn.transaction():
-            await handler(conn, envelope, data)  # type: ignore[arg-type]
+            await handler(conn, make_event("invitation.requested", data, source="crm"), data)
 
-    await asyncio.gather(*(deliver(e) for e in envelopes))
-    rows = await pool.fetch("SELECT id FROM invitations WHERE idempotency_key = $1", key)
-    assert len(rows) == 1
+    await asyncio.wait_for(asyncio.gather(winner(), losing()), 10)
+    rows = await pool.fetch(
+        "SELECT id, send_count FROM invitations WHERE idempotency_key = $1", key
+    )
+    assert len(rows) == 1 and rows[0]["send_count"] == 1
     events = [t for t, _ in await outbox_events(pool, str(rows[0]["id"]))]
-    # One invitation and one email; every delivery is answered (repeats re-announce the
-    # same invitation id, so each sender hears back under its own correlation id).
     assert events.count("mail.requested") == 1
-    assert events.count("invitation.created") == 16
+    assert events.count("invitation.created") == 2

@@ -88,6 +88,9 @@ async def record_invite(conn: Conn, deps: Deps, checked: CheckedInvite) -> tuple
             if existing is not None:
                 return existing, "duplicate"
         pending = await repo.find_pending_for_update(conn, portal.portal_id, email_lower)
+        if pending is not None and key is not None and pending["idempotency_key"] == key:
+            # The same key committed between our two looks (each sees a new snapshot).
+            return pending, "duplicate"
         if pending is not None:
             return await _reissue(conn, deps, pending, portal.title, key=key), "resent"
         now = deps.clock()

@@ -21,19 +21,28 @@ from .metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
 log = get_logger(__name__)
 
 
-async def append(conn: Conn, envelope: Envelope) -> None:
-    exchange: ExchangeKind = "mail" if envelope.type in PRIVATE_TYPES else "events"
-    # One round trip: the row, and a NOTIFY the relay receives when the caller commits.
+async def append(conn: Conn, envelope: Envelope, *more: Envelope) -> None:
+    """Write events inside the caller's transaction, in the order given, in one round
+    trip: the rows, and a NOTIFY the relay receives when the caller commits."""
+    envelopes = (envelope, *more)
     await conn.execute(
-        "WITH row AS (INSERT INTO outbox (id, exchange, routing_key, body, correlation_id)"
-        " VALUES ($1, $2, $3, $4, $5) RETURNING 1)"
-        " SELECT pg_notify('outbox_' || current_schema(), '') FROM row",
-        envelope.id,
-        exchange,
-        envelope.type,
-        envelope.to_json(),
-        envelope.correlation_id,
+        "WITH rows AS (INSERT INTO outbox (id, exchange, routing_key, body, correlation_id)"
+        " SELECT id, exchange, routing_key, body, correlation_id"
+        " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[])"
+        " WITH ORDINALITY AS e(id, exchange, routing_key, body, correlation_id, n)"
+        "   ORDER BY n"
+        " RETURNING 1)"
+        " SELECT pg_notify('outbox_' || current_schema(), '') FROM rows LIMIT 1",
+        [e.id for e in envelopes],
+        [_exchange(e) for e in envelopes],
+        [e.type for e in envelopes],
+        [e.to_json() for e in envelopes],
+        [e.correlation_id for e in envelopes],
     )
+
+
+def _exchange(envelope: Envelope) -> ExchangeKind:
+    return "mail" if envelope.type in PRIVATE_TYPES else "events"
 
 
 class OutboxRelay:

@@ -122,7 +122,7 @@ def make_on_requested(deps: Deps) -> Handler:
             await append(conn, make_event("invitation.rejected", rejected, source=SOURCE))
             log.info("invitation_request_rejected", reason=exc.code)
             return
-        _, outcome = await record_invite(conn, deps, checked)
+        _, outcome = await record_invite(conn, deps, checked, key_checked=True)
         if outcome == "duplicate":
             # Lost a race with the same key delivered at the same time: answer like a repeat.
             await _answer_repeat(conn, data.idempotency_key)

@@ -115,13 +115,14 @@ async def insert(
     sub_client: bool | None,
     invited_by: str | None,
     idempotency_key: str | None,
-) -> bool:
-    """False when a unique rule (one pending per email+portal, idempotency key) said no."""
-    inserted = await conn.fetchval(
-        "INSERT INTO invitations (id, email, email_lower, portal_id, token_hash, sent_at,"
-        " expires_at, last_mail_id, sub_client, invited_by, idempotency_key)"
+) -> Row | None:
+    """The new invitation, or None when a unique rule (one pending per email+portal,
+    idempotency key) said no."""
+    return await conn.fetchrow(
+        "WITH i AS (INSERT INTO invitations (id, email, email_lower, portal_id, token_hash,"
+        " sent_at, expires_at, last_mail_id, sub_client, invited_by, idempotency_key)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        " ON CONFLICT DO NOTHING RETURNING true",
+        f" ON CONFLICT DO NOTHING RETURNING *) SELECT {_COLUMNS} FROM i {_JOIN}",
         invitation_id,
         email,
         email_lower,
@@ -134,7 +135,6 @@ async def insert(
         invited_by,
         idempotency_key,
     )
-    return bool(inserted)
 
 
 async def reissue(

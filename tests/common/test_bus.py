@@ -91,6 +91,35 @@ async def test_relay_publishes_committed_events_with_contract_properties(
     await bus.close()
 
 
+async def test_events_appended_together_are_published_in_the_order_given(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    bus = Bus(test_env.amqp_url, test_env.bus_prefix, "probe2")
+    await bus.connect()
+    connection = await aio_pika.connect(test_env.amqp_url)
+    channel = await connection.channel()
+    got = await _collect(bus, channel, "identity.user.disabled")
+    relay = OutboxRelay(probe_schema.pool, bus, probe_schema.schema, test_env.database_url)
+    batches = [
+        [
+            make_event("identity.user.disabled", UserDisabled(user_id=uuid.uuid4()), source="t")
+            for _ in range(size)
+        ]
+        for size in (3, 1, 5)
+    ]
+    for batch in batches:
+        async with probe_schema.acquire() as conn, conn.transaction():
+            await append(conn, *batch)
+    expected = [str(e.id) for batch in batches for e in batch]
+    stored = await probe_schema.pool.fetch("SELECT id FROM outbox ORDER BY seq")
+    assert [str(row["id"]) for row in stored] == expected
+    assert await relay.flush_once() == len(expected)
+    published = [(await asyncio.wait_for(got.get(), 10)).message_id for _ in expected]
+    assert published == expected
+    await connection.close()
+    await bus.close()
+
+
 async def test_relay_keeps_rows_while_broker_is_unreachable(
     test_env: TestEnv, probe_schema: ProbePool
 ) -> None:

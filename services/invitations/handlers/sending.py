@@ -15,12 +15,14 @@ from libs.common.events import (
     InvitationCreated,
     InvitationResent,
     MailRequested,
+    make_event,
 )
+from libs.common.outbox import append
 
 from .. import domain
 from .. import repository as repo
 from ..clients import PortalInfo
-from .base import CheckedInvite, Deps, InviteCommand, Outcome, Row, emit, log
+from .base import SOURCE, CheckedInvite, Deps, InviteCommand, Outcome, Row, emit, log
 
 
 async def resolve_portal(
@@ -75,15 +77,18 @@ async def check_invite(conn: Conn, deps: Deps, command: InviteCommand) -> Checke
     return CheckedInvite(command=command, email=email, portal=portal)
 
 
-async def record_invite(conn: Conn, deps: Deps, checked: CheckedInvite) -> tuple[Row, Outcome]:
+async def record_invite(
+    conn: Conn, deps: Deps, checked: CheckedInvite, *, key_checked: bool = False
+) -> tuple[Row, Outcome]:
     """Create the invitation, or resend the pending one, or return the one this
     idempotency key already made. Runs inside the caller's transaction; the unique
-    indexes decide races, and the loser looks again."""
+    indexes decide races, and the loser looks again. ``key_checked``: the caller looked
+    the key up a moment ago, so the first round needn't."""
     command, portal = checked.command, checked.portal
     key = command.idempotency_key
     email_lower = domain.email_key(checked.email)
-    for _ in range(5):
-        if key is not None:
+    for attempt in range(5):
+        if key is not None and not (key_checked and attempt == 0):
             existing = await repo.find_by_key(conn, key)
             if existing is not None:
                 return existing, "duplicate"
@@ -111,23 +116,18 @@ async def record_invite(conn: Conn, deps: Deps, checked: CheckedInvite) -> tuple
             invited_by=command.invited_by,
             idempotency_key=key,
         )
-        if not created:
+        if created is None:
             continue
-        await emit(
-            conn,
-            "invitation.created",
-            InvitationCreated(
-                invitation_id=invitation_id,
-                portal_id=portal.portal_id,
-                email=checked.email,
-                expires_at=expires_at,
-                invited_by=command.invited_by,
-                idempotency_key=key,
-                sub_client=command.sub_client,
-            ),
+        announced = InvitationCreated(
+            invitation_id=invitation_id,
+            portal_id=portal.portal_id,
+            email=checked.email,
+            expires_at=expires_at,
+            invited_by=command.invited_by,
+            idempotency_key=key,
+            sub_client=command.sub_client,
         )
-        await _mail(
-            conn,
+        mail = _mail_job(
             deps,
             mail_id,
             invitation_id,
@@ -137,12 +137,15 @@ async def record_invite(conn: Conn, deps: Deps, checked: CheckedInvite) -> tuple
             expires_at,
             command.invited_by,
         )
-        fresh = await repo.get(conn, invitation_id)
-        assert fresh is not None
+        await append(
+            conn,
+            make_event("invitation.created", announced, source=SOURCE),
+            make_event("mail.requested", mail, source=SOURCE),
+        )
         log.info(
             "invitation_created", invitation_id=str(invitation_id), portal_id=str(portal.portal_id)
         )
-        return fresh, "created"
+        return created, "created"
     raise Conflict("The invitation changed while we sent it; try again.", code="conflict")
 
 
@@ -154,7 +157,7 @@ async def invite(pool: asyncpg.Pool, deps: Deps, command: InviteCommand) -> tupl
                 return existing, "duplicate"
         checked = await check_invite(conn, deps, command)
         async with conn.transaction():
-            return await record_invite(conn, deps, checked)
+            return await record_invite(conn, deps, checked, key_checked=True)
 
 
 async def _reissue(
@@ -174,18 +177,13 @@ async def _reissue(
         mail_id=mail_id,
         idempotency_key=key,
     )
-    await emit(
-        conn,
-        "invitation.resent",
-        InvitationResent(
-            invitation_id=row["id"],
-            portal_id=row["portal_id"],
-            email=row["email"],
-            expires_at=expires_at,
-        ),
+    resent = InvitationResent(
+        invitation_id=row["id"],
+        portal_id=row["portal_id"],
+        email=row["email"],
+        expires_at=expires_at,
     )
-    await _mail(
-        conn,
+    mail = _mail_job(
         deps,
         mail_id,
         row["id"],
@@ -195,12 +193,16 @@ async def _reissue(
         expires_at,
         row["invited_by"],
     )
+    await append(
+        conn,
+        make_event("invitation.resent", resent, source=SOURCE),
+        make_event("mail.requested", mail, source=SOURCE),
+    )
     log.info("invitation_resent", invitation_id=str(row["id"]), send_count=updated["send_count"])
     return updated
 
 
-async def _mail(
-    conn: Conn,
+def _mail_job(
     deps: Deps,
     mail_id: uuid.UUID,
     invitation_id: uuid.UUID,
@@ -209,7 +211,7 @@ async def _mail(
     portal_title: str,
     expires_at: datetime,
     invited_by: str | None,
-) -> None:
+) -> MailRequested:
     """The only place the token leaves this service: the private mail job."""
     context = domain.mail_context(
         public_base=deps.settings.public_base,
@@ -218,17 +220,13 @@ async def _mail(
         expires_at=expires_at,
         invited_by=invited_by,
     )
-    await emit(
-        conn,
-        "mail.requested",
-        MailRequested(
-            mail_id=mail_id,
-            template="invitation",
-            to=to,
-            ref_type="invitation",
-            ref_id=invitation_id,
-            context=context,
-        ),
+    return MailRequested(
+        mail_id=mail_id,
+        template="invitation",
+        to=to,
+        ref_type="invitation",
+        ref_id=invitation_id,
+        context=context,
     )
 
 

@@ -18,8 +18,9 @@ from . import accept, admin, api, editor, pages
 from .domain import SlidingWindow
 from .rendering import error_middleware
 from .security import csrf_middleware, on_prepare, session_middleware
+from .sessions import RevocationListener, SessionCache
 from .settings import GatewaySettings
-from .state import LIMITERS, SETTINGS, UPSTREAM, Limiters
+from .state import LIMITERS, SESSIONS, SETTINGS, UPSTREAM, Limiters
 from .upstream import Identity, Invitations, Portals, Upstream
 
 HERE = Path(__file__).parent
@@ -43,6 +44,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
         middlewares=[error_middleware, csrf_middleware, session_middleware],
     )
     app[SETTINGS] = settings
+    app[SESSIONS] = SessionCache(settings.gateway_session_cache_seconds)
     window = settings.gateway_rate_window_seconds
     app[LIMITERS] = Limiters(
         per_ip=SlidingWindow(settings.gateway_rate_per_ip, window),
@@ -57,6 +59,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     env.filters["when"] = when
     app.on_response_prepare.append(on_prepare)
     app.cleanup_ctx.append(_upstream_ctx(settings))
+    app.cleanup_ctx.append(_revocations_ctx(settings))
     app.router.add_routes(pages.routes)
     app.router.add_routes(accept.routes)
     app.router.add_routes(editor.routes)
@@ -72,12 +75,29 @@ def _upstream_ctx(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         async with new_session() as session:
             app[UPSTREAM] = Upstream(
-                identity=Identity(ServiceClient(session, settings.identity_url, "identity")),
+                identity=Identity(
+                    ServiceClient(session, settings.identity_url, "identity"), app[SESSIONS]
+                ),
                 portals=Portals(ServiceClient(session, settings.portals_url, "portals")),
                 invitations=Invitations(
                     ServiceClient(session, settings.invitations_url, "invitations")
                 ),
             )
             yield
+
+    return ctx
+
+
+def _revocations_ctx(
+    settings: GatewaySettings,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if settings.gateway_session_cache_seconds <= 0:
+            yield
+            return
+        listener = RevocationListener(app[SESSIONS], settings.amqp_url, settings.bus_prefix)
+        listener.start()
+        yield
+        await listener.stop()
 
     return ctx

@@ -1,6 +1,6 @@
-"""Request security: the session (asked of identity on every request, so a revoked
-session stops at once), CSRF and Origin checks, role gates for /admin and /api/v1,
-security headers, session cookies and rate limits."""
+"""Request security: the session (from identity, through this replica's short cache that
+identity's revocations empty: sessions.py), CSRF and Origin checks, role gates for /admin
+and /api/v1, security headers, session cookies and rate limits."""
 
 from __future__ import annotations
 
@@ -13,7 +13,15 @@ from libs.common.errors import Forbidden, NotFound, RateLimited, Unauthorized
 
 from .domain import api_key_matches, csrf_matches, new_csrf_token, origin_allowed
 from .rendering import Handler, is_api
-from .state import CSRF_COOKIE, LIMITERS, SESSION_COOKIE, SETTINGS, UPSTREAM, req_state
+from .state import (
+    CSRF_COOKIE,
+    LIMITERS,
+    SESSION_COOKIE,
+    SESSIONS,
+    SETTINGS,
+    UPSTREAM,
+    req_state,
+)
 
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 PLAIN_PATHS = ("/static/", "/healthz", "/readyz", "/metrics")
@@ -76,11 +84,17 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     state = req_state(request)
     token = request.cookies.get(SESSION_COOKIE)
     if token and not _plain(request) and not state.api_key:
-        try:
-            current = await request.app[UPSTREAM].identity.current(token)
-        except Unauthorized:
-            state.clear_session = True
-        else:
+        cache = request.app[SESSIONS]
+        current = cache.get(token)
+        if current is None:
+            generation = cache.generation
+            try:
+                current = await request.app[UPSTREAM].identity.current(token)
+            except Unauthorized:
+                state.clear_session = True
+            else:
+                cache.put(token, current, generation)
+        if current is not None:
             state.user = current["user"]
     _gate(request)
     return await handler(request)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from libs.common.http import ServiceClient
+
+from .sessions import SessionCache
 
 Json = dict[str, Any]
 
@@ -21,7 +23,11 @@ def _page_params(limit: int | None, cursor: str | None, **extra: str | None) -> 
 
 @dataclass(frozen=True)
 class Identity:
+    """Every call that ends sessions also empties them from this replica's cache, before
+    the caller answers: no route can forget it."""
+
     client: ServiceClient
+    sessions: SessionCache = field(default_factory=lambda: SessionCache(0))
 
     async def login(self, email: str, password: str) -> Json:
         result: Json = await self.client.call(
@@ -36,7 +42,12 @@ class Identity:
         return result
 
     async def logout(self, token: str) -> None:
-        await self.client.call("DELETE", "/sessions/current", headers={"X-Session-Token": token})
+        try:
+            await self.client.call(
+                "DELETE", "/sessions/current", headers={"X-Session-Token": token}
+            )
+        finally:
+            self.sessions.forget_token(token)
 
     async def issue_session(self, user_id: str) -> Json:
         result: Json = await self.client.call("POST", "/sessions/issue", json={"user_id": user_id})
@@ -51,7 +62,12 @@ class Identity:
         return result
 
     async def set_password(self, user_id: str, password: str) -> None:
-        await self.client.call("POST", f"/users/{user_id}/password", json={"password": password})
+        try:
+            await self.client.call(
+                "POST", f"/users/{user_id}/password", json={"password": password}
+            )
+        finally:
+            self.sessions.forget_user(user_id)
 
     async def get_user(self, user_id: str) -> Json:
         result: Json = await self.client.call("GET", f"/users/{user_id}")
@@ -66,7 +82,10 @@ class Identity:
         return result
 
     async def disable_user(self, user_id: str) -> Json:
-        result: Json = await self.client.call("POST", f"/users/{user_id}/disable")
+        try:
+            result: Json = await self.client.call("POST", f"/users/{user_id}/disable")
+        finally:
+            self.sessions.forget_user(user_id)
         return result
 
     async def login_settings(self) -> Json:
@@ -89,9 +108,13 @@ class Identity:
         return result
 
     async def confirm_reset(self, token: str, password: str) -> None:
-        await self.client.call(
-            "POST", "/password-resets/confirm", json={"token": token, "password": password}
-        )
+        try:
+            await self.client.call(
+                "POST", "/password-resets/confirm", json={"token": token, "password": password}
+            )
+        finally:
+            # Whose sessions ended isn't in the answer: forget everyone's (resets are rare).
+            self.sessions.clear()
 
 
 @dataclass(frozen=True)

@@ -194,15 +194,18 @@ async def touch_session(conn: Conn, session_id: uuid.UUID, now: datetime) -> Non
     )
 
 
-async def revoke_session(conn: Conn, token_hash: str, now: datetime) -> uuid.UUID | None:
-    """The user id when this call revoked it; None when unknown or already revoked."""
-    value = await conn.fetchval(
+async def revoke_session(
+    conn: Conn, token_hash: str, now: datetime
+) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """(user id, session id) when this call revoked it; None when unknown or already
+    revoked."""
+    row = await conn.fetchrow(
         "UPDATE sessions SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL"
-        " RETURNING user_id",
+        " RETURNING user_id, id",
         token_hash,
         now,
     )
-    return value if isinstance(value, uuid.UUID) else None
+    return (row["user_id"], row["id"]) if row is not None else None
 
 
 async def revoke_user_sessions(

@@ -39,10 +39,15 @@ class Backend:
     tokens: dict[str, str] = field(default_factory=dict)
     expiry_days: int = 14
     calls: list[str] = field(default_factory=list)
+    current_calls: int = 0  # GET /sessions/current, counted apart from the flow calls
     ensured: dict[str, str] = field(default_factory=dict)
     resets: dict[str, str] = field(default_factory=dict)
 
     # --- helpers for tests -------------------------------------------------------
+    @staticmethod
+    def session_id(token: str) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, token))
+
     def add_user(self, email: str, password: str, role: str = "client") -> Json:
         user = {
             "id": str(uuid.uuid4()),
@@ -130,10 +135,18 @@ class Backend:
 
         @r.get("/sessions/current")
         async def current(request: web.Request) -> web.Response:
-            user_id = self.sessions.get(request.headers.get("X-Session-Token", ""))
+            self.current_calls += 1
+            token = request.headers.get("X-Session-Token", "")
+            user_id = self.sessions.get(token)
             if user_id is None or self.users[user_id]["disabled"]:
                 return err(401, "no_session")
-            session = {"id": "s", "created_at": now(), "expires_at": now()}
+            later = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+            session = {
+                "id": self.session_id(token),
+                "created_at": now(),
+                "expires_at": later,
+                "idle_expires_at": later,
+            }
             return web.json_response({"user": self.users[user_id], "session": session})
 
         @r.delete("/sessions/current")

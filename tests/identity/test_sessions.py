@@ -10,6 +10,7 @@ import pytest
 
 from libs.common.errors import Conflict, NotFound, Unauthorized
 from services.identity import handlers
+from services.identity.domain import hash_token
 from services.identity.handlers import Deps
 from services.identity.passwords import default_hasher
 from tests.identity.helpers import STRONG, Clock, CountingPasswords, new_email, outbox_events
@@ -137,6 +138,11 @@ async def test_logout_revokes_and_announces_once(deps: Deps, pool: asyncpg.Pool)
         if e["data"]["user_id"] == str(user.id)
     ]
     assert [e["data"]["reason"] for e in revoked] == ["logout"]
+    # Names the one session that ended, so gateways forget only that one.
+    session_id = await pool.fetchval(
+        "SELECT id FROM sessions WHERE token_hash = $1", hash_token(issued.token)
+    )
+    assert revoked[0]["data"]["session_id"] == str(session_id)
     assert issued.token not in str(revoked)
     with pytest.raises(Unauthorized):
         await handlers.current_session(deps, None)

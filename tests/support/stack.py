@@ -19,6 +19,9 @@ ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "correct-horse-battery-staple-42"
 ORDER = ("identity", "portals", "invitations", "mailer", "gateway")
 API_KEY = "test-api-key-0123456789abcdef"
+# The gateway trusts identity's word on a session this long (its default is 10 s): a test
+# that moves a session's clock in the database waits this out, as real time would.
+SESSION_CACHE_SECONDS = 2.0
 
 
 @dataclass
@@ -63,7 +66,12 @@ async def _run_stack(
         INVITATIONS_URL=f"http://127.0.0.1:{ports['invitations']}",
         GATEWAY_API_KEY=API_KEY,
         # Defaults a test may override through extra_env.
-        **{"MAILER_RETRY_BASE_SECONDS": "0.2", "INVITATIONS_SWEEP_SECONDS": "1", **extra_env},
+        **{
+            "MAILER_RETRY_BASE_SECONDS": "0.2",
+            "INVITATIONS_SWEEP_SECONDS": "1",
+            "GATEWAY_SESSION_CACHE_SECONDS": str(SESSION_CACHE_SECONDS),
+            **extra_env,
+        },
     )
     await asyncio.to_thread(run_migrations, env, ("identity", "portals", "invitations", "mailer"))
     services = {name: ServiceProcess(name, ports[name], env) for name in ORDER}

@@ -43,6 +43,9 @@ async def announce_created(conn: Conn, user: User) -> None:
     await append(conn, make_event("identity.user.created", data, source=SOURCE))
 
 
-async def announce_revoked(conn: Conn, user_id: uuid.UUID, reason: str) -> None:
-    data = SessionRevoked(user_id=user_id, reason=reason)
+async def announce_revoked(
+    conn: Conn, user_id: uuid.UUID, reason: str, *, session_id: uuid.UUID | None = None
+) -> None:
+    """One session (log out) or, without ``session_id``, every session of the user."""
+    data = SessionRevoked(user_id=user_id, reason=reason, session_id=session_id)
     await append(conn, make_event("identity.session.revoked", data, source=SOURCE))

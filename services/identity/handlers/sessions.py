@@ -118,9 +118,10 @@ async def logout(deps: Deps, token: str | None) -> None:
     if not token:
         raise _no_session()
     async with deps.pool.acquire() as conn, conn.transaction():
-        user_id = await repo.revoke_session(conn, hash_token(token), deps.now())
-        if user_id is not None:
-            await announce_revoked(conn, user_id, "logout")
+        revoked = await repo.revoke_session(conn, hash_token(token), deps.now())
+        if revoked is not None:
+            user_id, session_id = revoked
+            await announce_revoked(conn, user_id, "logout", session_id=session_id)
 
 
 # --- login settings ----------------------------------------------------------------------

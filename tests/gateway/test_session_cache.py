@@ -1,0 +1,276 @@
+"""The gateway's session cache: what it keeps, for how long, and how it is told to forget
+(its own calls, identity's announcements on the run's real broker, a lost connection)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aio_pika
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from libs.common.events import SessionRevoked, make_event
+from services.gateway.app import create_app
+from services.gateway.sessions import SessionCache
+from services.gateway.state import SESSIONS
+from tests.gateway.conftest import log_in, make_settings, post_form
+from tests.gateway.fakes import Backend
+from tests.support.env import TestEnv
+
+PASSWORD = "correct horse battery staple"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def answer(user_id: str, session_id: str, ends_in: timedelta = timedelta(hours=2)) -> Any:
+    ends = (datetime.now(UTC) + ends_in).isoformat()
+    return {
+        "user": {"id": user_id, "email": "c@example.com", "role": "client"},
+        "session": {"id": session_id, "expires_at": ends, "idle_expires_at": ends},
+    }
+
+
+def live_cache(ttl: float = 10.0) -> tuple[SessionCache, Clock]:
+    clock = Clock()
+    cache = SessionCache(ttl, clock=clock)
+    cache.set_live(True)
+    return cache, clock
+
+
+# --- the cache on its own ---------------------------------------------------------------
+def test_keeps_an_answer_for_its_ttl_and_no_longer() -> None:
+    cache, clock = live_cache(10)
+    current = answer("u1", "s1")
+    cache.put("tok", current, cache.generation)
+    assert cache.get("tok") == current
+    clock.now += 9.9
+    assert cache.get("tok") == current
+    clock.now += 0.2
+    assert cache.get("tok") is None
+    assert len(cache) == 0
+
+
+def test_never_outlives_the_session_itself() -> None:
+    cache, clock = live_cache(60)
+    cache.put("tok", answer("u1", "s1", timedelta(seconds=2)), cache.generation)
+    assert cache.get("tok") is not None
+    clock.now += 2.5
+    assert cache.get("tok") is None
+    cache.put("old", answer("u1", "s2", timedelta(seconds=-1)), cache.generation)
+    assert cache.get("old") is None
+
+
+def test_is_bypassed_when_off_or_not_connected() -> None:
+    off = SessionCache(0)
+    off.set_live(True)
+    off.put("tok", answer("u1", "s1"), off.generation)
+    assert off.get("tok") is None
+    cache, _ = live_cache()
+    cache.put("tok", answer("u1", "s1"), cache.generation)
+    cache.set_live(False)
+    assert cache.get("tok") is None
+    cache.put("tok", answer("u1", "s1"), cache.generation)
+    cache.set_live(True)  # back, but told nothing of the gap: starts empty
+    assert cache.get("tok") is None
+
+
+def test_forgets_by_token_session_and_user() -> None:
+    cache, _ = live_cache()
+    for token, user, session in (("a", "u1", "s1"), ("b", "u1", "s2"), ("c", "u2", "s3")):
+        cache.put(token, answer(user, session), cache.generation)
+    cache.forget_token("c")
+    assert cache.get("c") is None and cache.get("a") is not None
+    cache.apply(SessionRevoked(user_id=uuid.uuid4(), session_id=uuid.uuid4()))
+    assert cache.get("a") is not None  # someone else's session
+    cache.forget_session("s1")
+    assert cache.get("a") is None and cache.get("b") is not None
+    cache.put("a", answer("u1", "s1"), cache.generation)
+    user = uuid.uuid4()
+    cache.put("d", answer(str(user), "s4"), cache.generation)
+    cache.apply(SessionRevoked(user_id=user))  # no session id: all of the user's
+    assert cache.get("d") is None and cache.get("a") is not None
+
+
+def test_an_answer_asked_before_a_revocation_is_not_cached_after_it() -> None:
+    cache, _ = live_cache()
+    asked_at = cache.generation
+    cache.forget_user("u1")  # the revocation lands while identity's answer is on its way
+    cache.put("tok", answer("u1", "s1"), asked_at)
+    assert cache.get("tok") is None
+
+
+def test_holds_no_raw_tokens_and_ignores_odd_answers() -> None:
+    cache, _ = live_cache()
+    cache.put("secret-token-value", answer("u1", "s1"), cache.generation)
+    assert "secret-token-value" not in repr(cache.__dict__)
+    cache.put("odd", {"user": {"id": "u"}}, cache.generation)
+    cache.put("odder", {"session": {"id": "s", "expires_at": "soon"}}, cache.generation)
+    assert cache.get("odd") is None and cache.get("odder") is None
+
+
+# --- the gateway with the cache on ------------------------------------------------------
+@pytest.fixture
+async def cached_gw(backend: Backend, test_env: TestEnv) -> AsyncIterator[TestClient]:
+    settings = make_settings(
+        backend,
+        gateway_session_cache_seconds=30,
+        amqp_url=test_env.amqp_url,
+        bus_prefix=test_env.bus_prefix,
+    )
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    await eventually(lambda: _true(client.app[SESSIONS].live), "the listener connected")
+    yield client
+    await client.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, limit: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def client_with_portal(backend: Backend, gw: TestClient) -> tuple[Any, str]:
+    user = backend.add_user(f"c-{uuid.uuid4().hex[:6]}@example.com", PASSWORD)
+    portal = backend.add_portal("Cached", client_id=user["id"])
+    await log_in(gw, user, PASSWORD)
+    return user, f"/client-portal/{portal['slug']}/"
+
+
+def use_session(gw: TestClient, token: str) -> None:
+    """Send this session cookie and no other (a copied cookie, another tab)."""
+    gw.session.cookie_jar.clear()
+    gw.session.cookie_jar.update_cookies({"cp_session": token}, gw.make_url("/"))
+
+
+async def status_of(gw: TestClient, path: str) -> int:
+    response = await gw.get(path, allow_redirects=False)
+    await response.read()
+    return response.status
+
+
+@pytest.mark.integration
+async def test_pages_ask_identity_once_per_ttl(cached_gw: TestClient, backend: Backend) -> None:
+    _, page = await client_with_portal(backend, cached_gw)
+    before = backend.current_calls
+    for _ in range(5):
+        assert await status_of(cached_gw, page) == 200
+    assert backend.current_calls - before == 1
+
+
+@pytest.mark.integration
+async def test_logging_out_here_ends_the_session_at_once(
+    cached_gw: TestClient, backend: Backend
+) -> None:
+    _, page = await client_with_portal(backend, cached_gw)
+    assert await status_of(cached_gw, page) == 200
+    token = cached_gw.session.cookie_jar.filter_cookies(cached_gw.make_url("/"))["cp_session"]
+    response = await post_form(cached_gw, "/logout")
+    assert response.status == 303
+    use_session(cached_gw, token.value)  # the old cookie, sent again: refused
+    assert await status_of(cached_gw, page) == 303
+
+
+@pytest.mark.integration
+async def test_disabling_here_ends_the_users_sessions_at_once(
+    cached_gw: TestClient, backend: Backend
+) -> None:
+    admin = backend.add_user("root@example.com", PASSWORD, role="administrator")
+    user, page = await client_with_portal(backend, cached_gw)
+    assert await status_of(cached_gw, page) == 200
+    client_cookie = cached_gw.session.cookie_jar.filter_cookies(cached_gw.make_url("/"))
+    await log_in(cached_gw, admin, PASSWORD)  # the admin, in the same browser for brevity
+    response = await post_form(cached_gw, f"/admin/users/{user['id']}/disable")
+    assert response.status == 303
+    use_session(cached_gw, client_cookie["cp_session"].value)
+    assert await status_of(cached_gw, page) == 303
+
+
+async def _announce(test_env: TestEnv, revoked: SessionRevoked) -> None:
+    connection = await aio_pika.connect(test_env.amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(f"{test_env.bus_prefix}.events")
+        envelope = make_event("identity.session.revoked", revoked, source="identity")
+        await exchange.publish(
+            aio_pika.Message(envelope.to_json(), content_type="application/json"),
+            routing_key=envelope.type,
+        )
+    finally:
+        await connection.close()
+
+
+@pytest.mark.integration
+async def test_a_revocation_announced_by_identity_reaches_the_cache(
+    cached_gw: TestClient, backend: Backend, test_env: TestEnv
+) -> None:
+    """Ended elsewhere (another replica, identity itself): the announcement empties it."""
+    user, page = await client_with_portal(backend, cached_gw)
+    assert await status_of(cached_gw, page) == 200
+    token = cached_gw.session.cookie_jar.filter_cookies(cached_gw.make_url("/"))["cp_session"]
+    backend.sessions.pop(token.value)  # identity ended it, and the gateway wasn't asked
+    assert await status_of(cached_gw, page) == 200  # still cached: nobody said
+    await _announce(
+        test_env,
+        SessionRevoked(
+            user_id=uuid.UUID(user["id"]),
+            session_id=uuid.UUID(backend.session_id(token.value)),
+            reason="logout",
+        ),
+    )
+
+    async def refused() -> bool:
+        use_session(cached_gw, token.value)
+        return await status_of(cached_gw, page) == 303
+
+    await eventually(refused, "the announced revocation to apply")
+
+
+def _close_listener_connection() -> None:
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pids = [line.split()[0] for line in listed.splitlines() if "gateway-sessions" in line]
+    assert pids, listed
+    for pid in pids:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_connection", pid, "session cache test"], check=True
+        )
+
+
+@pytest.mark.integration
+async def test_a_lost_broker_connection_turns_the_cache_off_until_it_is_back(
+    cached_gw: TestClient, backend: Backend
+) -> None:
+    _, page = await client_with_portal(backend, cached_gw)
+    assert await status_of(cached_gw, page) == 200
+    cache = cached_gw.app[SESSIONS]
+    assert len(cache) == 1
+    await asyncio.to_thread(_close_listener_connection)
+    await eventually(lambda: _true(not cache.live), "the cache to notice the lost connection")
+    before = backend.current_calls
+    assert await status_of(cached_gw, page) == 200
+    assert await status_of(cached_gw, page) == 200
+    assert backend.current_calls - before == 2  # asked every time while deaf
+    await eventually(lambda: _true(cache.live), "the listener to reconnect", limit=30)
+    assert len(cache) == 0

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from tests.support.env import free_port
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, ServiceProcess
 
 from .accept import accept_flow, invited_links
 from .loadgen import run_load
@@ -47,6 +47,17 @@ async def _bare_server(database_url: str) -> tuple[subprocess.Popen[bytes], str]
     raise RuntimeError("the bare ceiling server did not start")
 
 
+async def _uncached_gateway(stack: Stack) -> ServiceProcess:
+    """A second gateway on the same services with its cache off: every page asks identity
+    for the session and portals for the page, as before the cache."""
+    base = stack.services["gateway"]
+    gateway = ServiceProcess("gateway", free_port(), {**base.env, "GATEWAY_CACHE_SECONDS": "0"})
+    gateway.log_path = gateway.log_path.with_name(gateway.log_path.stem + "-uncached.log")
+    gateway.start()
+    await gateway.wait_ready(60)
+    return gateway
+
+
 async def run(stack: Stack, quick: bool) -> list[dict[str, Any]]:
     duration = 2.0 if quick else 10.0
     tag = f"page-{uuid.uuid4().hex[:6]}"
@@ -57,6 +68,16 @@ async def run(stack: Stack, quick: bool) -> list[dict[str, Any]]:
     await session.close()
 
     gateway = await run_load(page_url, {"Cookie": cookies}, CONNECTIONS, duration)
+    second = await _uncached_gateway(stack)
+    try:
+        uncached = await run_load(
+            page_url.replace(stack.public_url, second.url),
+            {"Cookie": cookies},
+            CONNECTIONS,
+            duration,
+        )
+    finally:
+        second.stop()
     proc, bare_url = await _bare_server(stack.env.database_url)
     try:
         bare = await run_load(
@@ -83,5 +104,16 @@ async def run(stack: Stack, quick: bool) -> list[dict[str, Any]]:
             "ratio": ratio(gateway["req_per_s"], bare["req_per_s"]),
             "target_req_per_s": TARGET_REQ_PER_S,
             "target_p99_ms": TARGET_P99_MS,
+            "cache_seconds": float(stack.services["gateway"].env.get("GATEWAY_CACHE_SECONDS", 10)),
+        },
+        {
+            "bench": "portal",
+            "case": "gateway_uncached",
+            "connections": CONNECTIONS,
+            "duration_s": duration,
+            **uncached,
+            "ceiling_req_per_s": bare["req_per_s"],
+            "ratio": ratio(uncached["req_per_s"], bare["req_per_s"]),
+            "cache_seconds": 0.0,
         },
     ]

@@ -1,5 +1,5 @@
 """Request security: the session (from identity, through this replica's short cache that
-identity's revocations empty: sessions.py), CSRF and Origin checks, role gates for /admin
+identity's revocations empty: cache.py), CSRF and Origin checks, role gates for /admin
 and /api/v1, security headers, session cookies and rate limits."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from libs.common.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from .domain import api_key_matches, csrf_matches, new_csrf_token, origin_allowed
 from .rendering import Handler, is_api
 from .state import (
+    CACHE,
     CSRF_COOKIE,
     LIMITERS,
     SESSION_COOKIE,
-    SESSIONS,
     SETTINGS,
     UPSTREAM,
     req_state,
@@ -84,8 +84,8 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     state = req_state(request)
     token = request.cookies.get(SESSION_COOKIE)
     if token and not _plain(request) and not state.api_key:
-        cache = request.app[SESSIONS]
-        current = cache.get(token)
+        cache = request.app[CACHE]
+        current = cache.session(token)
         if current is None:
             generation = cache.generation
             try:
@@ -93,7 +93,7 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
             except Unauthorized:
                 state.clear_session = True
             else:
-                cache.put(token, current, generation)
+                cache.put_session(token, current, generation)
         if current is not None:
             state.user = current["user"]
     _gate(request)

@@ -18,9 +18,9 @@ class GatewaySettings(CommonSettings):
     gateway_rate_window_seconds: int = Field(default=300, ge=1)
     gateway_rate_per_ip: int = Field(default=300, ge=1)
     gateway_rate_per_email: int = Field(default=20, ge=1)
-    # How long a page may trust a session identity vouched for (services/gateway/sessions.py);
-    # 0 asks identity on every request.
-    gateway_session_cache_seconds: float = Field(default=10.0, ge=0, le=300)
+    # How long a replica may trust what identity and portals vouched for (a session, a
+    # portal page; services/gateway/cache.py); 0 asks them on every request.
+    gateway_cache_seconds: float = Field(default=10.0, ge=0, le=300)
 
     @field_validator("gateway_api_key", mode="before")
     @classmethod

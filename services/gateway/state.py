@@ -7,8 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .cache import GatewayCache
 from .domain import SlidingWindow
-from .sessions import SessionCache
 from .settings import GatewaySettings
 from .upstream import Upstream
 
@@ -22,7 +22,7 @@ class Limiters:
 SETTINGS = web.AppKey("gateway_settings", GatewaySettings)
 UPSTREAM = web.AppKey("upstream", Upstream)
 LIMITERS = web.AppKey("limiters", Limiters)
-SESSIONS = web.AppKey("sessions", SessionCache)
+CACHE = web.AppKey("cache", GatewayCache)
 
 SESSION_COOKIE = "cp_session"
 CSRF_COOKIE = "cp_csrf"

@@ -7,7 +7,7 @@ from typing import Any
 
 from libs.common.http import ServiceClient
 
-from .sessions import SessionCache
+from .cache import GatewayCache
 
 Json = dict[str, Any]
 
@@ -27,7 +27,7 @@ class Identity:
     the caller answers: no route can forget it."""
 
     client: ServiceClient
-    sessions: SessionCache = field(default_factory=lambda: SessionCache(0))
+    sessions: GatewayCache = field(default_factory=lambda: GatewayCache(0))
 
     async def login(self, email: str, password: str) -> Json:
         result: Json = await self.client.call(
@@ -119,7 +119,11 @@ class Identity:
 
 @dataclass(frozen=True)
 class Portals:
+    """Pages a user was shown come from this replica's cache; every call that changes a
+    portal or its access list forgets that portal's pages before the caller answers."""
+
     client: ServiceClient
+    cache: GatewayCache = field(default_factory=lambda: GatewayCache(0))
 
     async def create(self, body: Json) -> Json:
         result: Json = await self.client.call("POST", "/portals", json=body)
@@ -146,19 +150,28 @@ class Portals:
         return result
 
     async def patch(self, portal_id: str, body: Json) -> Json:
-        result: Json = await self.client.call("PATCH", f"/portals/{portal_id}", json=body)
+        try:
+            result: Json = await self.client.call("PATCH", f"/portals/{portal_id}", json=body)
+        finally:
+            self.cache.forget_portal(portal_id)
         return result
 
     async def put_client(self, portal_id: str, user_id: str | None) -> Json:
-        result: Json = await self.client.call(
-            "PUT", f"/portals/{portal_id}/client", json={"user_id": user_id}
-        )
+        try:
+            result: Json = await self.client.call(
+                "PUT", f"/portals/{portal_id}/client", json={"user_id": user_id}
+            )
+        finally:
+            self.cache.forget_portal(portal_id)
         return result
 
     async def put_sub_clients(self, portal_id: str, user_ids: list[str]) -> Json:
-        result: Json = await self.client.call(
-            "PUT", f"/portals/{portal_id}/sub-clients", json={"user_ids": user_ids}
-        )
+        try:
+            result: Json = await self.client.call(
+                "PUT", f"/portals/{portal_id}/sub-clients", json={"user_ids": user_ids}
+            )
+        finally:
+            self.cache.forget_portal(portal_id)
         return result
 
     async def grant(self, portal_id: str, user_id: str, role: str | None, grant_key: str) -> Json:
@@ -175,7 +188,12 @@ class Portals:
         return items
 
     async def of_user_by_slug(self, user_id: str, slug: str) -> Json:
+        cached = self.cache.portal(user_id, slug)
+        if cached is not None:
+            return cached
+        generation = self.cache.generation
         result: Json = await self.client.call("GET", f"/users/{user_id}/portals/{slug}")
+        self.cache.put_portal(user_id, slug, result, generation)
         return result
 
 

@@ -31,9 +31,9 @@ async def backend() -> AsyncIterator[Backend]:
 
 def make_settings(backend: Backend, **extra: Any) -> GatewaySettings:
     identity, portals, invitations = backend.urls  # type: ignore[attr-defined]
-    # The fakes announce no revocations, so these tests ask identity every time;
-    # test_session_cache.py turns the cache on, on the run's own broker prefix.
-    extra.setdefault("gateway_session_cache_seconds", 0)
+    # The fakes announce no changes, so these tests ask them every time; test_cache.py
+    # turns the cache on, on the run's own broker prefix.
+    extra.setdefault("gateway_cache_seconds", 0)
     return GatewaySettings(
         identity_url=identity,
         portals_url=portals,

@@ -40,6 +40,7 @@ class Backend:
     expiry_days: int = 14
     calls: list[str] = field(default_factory=list)
     current_calls: int = 0  # GET /sessions/current, counted apart from the flow calls
+    page_calls: int = 0  # GET /users/{uid}/portals/{slug}
     ensured: dict[str, str] = field(default_factory=dict)
     resets: dict[str, str] = field(default_factory=dict)
 
@@ -296,6 +297,7 @@ class Backend:
 
         @r.get("/users/{uid}/portals/{slug}")
         async def of_user_slug(request: web.Request) -> web.Response:
+            self.page_calls += 1
             uid = request.match_info["uid"]
             for p in self.portals.values():
                 if p["slug"] == request.match_info["slug"] and self.can_access(uid, p):

@@ -22,7 +22,7 @@ from tests.support.smtp import html_part
 from tests.support.stack import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
-    SESSION_CACHE_SECONDS,
+    CACHE_SECONDS,
     Browser,
     Stack,
     login,
@@ -169,7 +169,7 @@ async def test_idle_and_absolute_expiry_are_enforced_by_identity(
             old_id,
         )
         # Hours pass for the gateway too: what it cached of these sessions is gone by then.
-        await asyncio.sleep(SESSION_CACHE_SECONDS)
+        await asyncio.sleep(CACHE_SECONDS)
         assert await logged_in(stack, old) is False  # past the absolute limit, though active
         assert await logged_in(stack, idle) is False  # idle for longer than allowed
         assert await logged_in(stack, fresh) is True  # idle, but within the limit

@@ -19,9 +19,9 @@ ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "correct-horse-battery-staple-42"
 ORDER = ("identity", "portals", "invitations", "mailer", "gateway")
 API_KEY = "test-api-key-0123456789abcdef"
-# The gateway trusts identity's word on a session this long (its default is 10 s): a test
-# that moves a session's clock in the database waits this out, as real time would.
-SESSION_CACHE_SECONDS = 2.0
+# The gateway trusts what identity and portals said this long (its default is 10 s): a
+# test that moves a session's clock in the database waits this out, as real time would.
+CACHE_SECONDS = 2.0
 
 
 @dataclass
@@ -69,7 +69,7 @@ async def _run_stack(
         **{
             "MAILER_RETRY_BASE_SECONDS": "0.2",
             "INVITATIONS_SWEEP_SECONDS": "1",
-            "GATEWAY_SESSION_CACHE_SECONDS": str(SESSION_CACHE_SECONDS),
+            "GATEWAY_CACHE_SECONDS": str(CACHE_SECONDS),
             **extra_env,
         },
     )

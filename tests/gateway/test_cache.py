@@ -14,11 +14,18 @@ import aio_pika
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from libs.common.events import SessionRevoked, make_event
+from libs.common.events import (
+    EventData,
+    PortalAccessChanged,
+    PortalChanged,
+    SessionRevoked,
+    UserDisabled,
+    make_event,
+)
 from services.gateway.app import create_app
-from services.gateway.sessions import SessionCache
-from services.gateway.state import SESSIONS
-from tests.gateway.conftest import log_in, make_settings, post_form
+from services.gateway.cache import GatewayCache
+from services.gateway.state import CACHE
+from tests.gateway.conftest import csrf, log_in, make_settings, post_form
 from tests.gateway.fakes import Backend
 from tests.support.env import TestEnv
 
@@ -41,9 +48,9 @@ def answer(user_id: str, session_id: str, ends_in: timedelta = timedelta(hours=2
     }
 
 
-def live_cache(ttl: float = 10.0) -> tuple[SessionCache, Clock]:
+def live_cache(ttl: float = 10.0) -> tuple[GatewayCache, Clock]:
     clock = Clock()
-    cache = SessionCache(ttl, clock=clock)
+    cache = GatewayCache(ttl, clock=clock)
     cache.set_live(True)
     return cache, clock
 
@@ -52,71 +59,110 @@ def live_cache(ttl: float = 10.0) -> tuple[SessionCache, Clock]:
 def test_keeps_an_answer_for_its_ttl_and_no_longer() -> None:
     cache, clock = live_cache(10)
     current = answer("u1", "s1")
-    cache.put("tok", current, cache.generation)
-    assert cache.get("tok") == current
+    cache.put_session("tok", current, cache.generation)
+    assert cache.session("tok") == current
     clock.now += 9.9
-    assert cache.get("tok") == current
+    assert cache.session("tok") == current
     clock.now += 0.2
-    assert cache.get("tok") is None
+    assert cache.session("tok") is None
     assert len(cache) == 0
 
 
 def test_never_outlives_the_session_itself() -> None:
     cache, clock = live_cache(60)
-    cache.put("tok", answer("u1", "s1", timedelta(seconds=2)), cache.generation)
-    assert cache.get("tok") is not None
+    cache.put_session("tok", answer("u1", "s1", timedelta(seconds=2)), cache.generation)
+    assert cache.session("tok") is not None
     clock.now += 2.5
-    assert cache.get("tok") is None
-    cache.put("old", answer("u1", "s2", timedelta(seconds=-1)), cache.generation)
-    assert cache.get("old") is None
+    assert cache.session("tok") is None
+    cache.put_session("old", answer("u1", "s2", timedelta(seconds=-1)), cache.generation)
+    assert cache.session("old") is None
 
 
 def test_is_bypassed_when_off_or_not_connected() -> None:
-    off = SessionCache(0)
+    off = GatewayCache(0)
     off.set_live(True)
-    off.put("tok", answer("u1", "s1"), off.generation)
-    assert off.get("tok") is None
+    off.put_session("tok", answer("u1", "s1"), off.generation)
+    assert off.session("tok") is None
     cache, _ = live_cache()
-    cache.put("tok", answer("u1", "s1"), cache.generation)
+    cache.put_session("tok", answer("u1", "s1"), cache.generation)
     cache.set_live(False)
-    assert cache.get("tok") is None
-    cache.put("tok", answer("u1", "s1"), cache.generation)
+    assert cache.session("tok") is None
+    cache.put_session("tok", answer("u1", "s1"), cache.generation)
     cache.set_live(True)  # back, but told nothing of the gap: starts empty
-    assert cache.get("tok") is None
+    assert cache.session("tok") is None
 
 
 def test_forgets_by_token_session_and_user() -> None:
     cache, _ = live_cache()
     for token, user, session in (("a", "u1", "s1"), ("b", "u1", "s2"), ("c", "u2", "s3")):
-        cache.put(token, answer(user, session), cache.generation)
+        cache.put_session(token, answer(user, session), cache.generation)
     cache.forget_token("c")
-    assert cache.get("c") is None and cache.get("a") is not None
+    assert cache.session("c") is None and cache.session("a") is not None
     cache.apply(SessionRevoked(user_id=uuid.uuid4(), session_id=uuid.uuid4()))
-    assert cache.get("a") is not None  # someone else's session
+    assert cache.session("a") is not None  # someone else's session
     cache.forget_session("s1")
-    assert cache.get("a") is None and cache.get("b") is not None
-    cache.put("a", answer("u1", "s1"), cache.generation)
+    assert cache.session("a") is None and cache.session("b") is not None
+    cache.put_session("a", answer("u1", "s1"), cache.generation)
     user = uuid.uuid4()
-    cache.put("d", answer(str(user), "s4"), cache.generation)
+    cache.put_session("d", answer(str(user), "s4"), cache.generation)
     cache.apply(SessionRevoked(user_id=user))  # no session id: all of the user's
-    assert cache.get("d") is None and cache.get("a") is not None
+    assert cache.session("d") is None and cache.session("a") is not None
 
 
 def test_an_answer_asked_before_a_revocation_is_not_cached_after_it() -> None:
     cache, _ = live_cache()
     asked_at = cache.generation
     cache.forget_user("u1")  # the revocation lands while identity's answer is on its way
-    cache.put("tok", answer("u1", "s1"), asked_at)
-    assert cache.get("tok") is None
+    cache.put_session("tok", answer("u1", "s1"), asked_at)
+    assert cache.session("tok") is None
 
 
 def test_holds_no_raw_tokens_and_ignores_odd_answers() -> None:
     cache, _ = live_cache()
-    cache.put("secret-token-value", answer("u1", "s1"), cache.generation)
+    cache.put_session("secret-token-value", answer("u1", "s1"), cache.generation)
     assert "secret-token-value" not in repr(cache.__dict__)
-    cache.put("odd", {"user": {"id": "u"}}, cache.generation)
-    cache.put("odder", {"session": {"id": "s", "expires_at": "soon"}}, cache.generation)
-    assert cache.get("odd") is None and cache.get("odder") is None
+    cache.put_session("odd", {"user": {"id": "u"}}, cache.generation)
+    cache.put_session("odder", {"session": {"id": "s", "expires_at": "soon"}}, cache.generation)
+    assert cache.session("odd") is None and cache.session("odder") is None
+
+
+def test_portal_pages_are_forgotten_with_their_portal_or_their_user() -> None:
+    cache, clock = live_cache(10)
+    page = {"id": "p1", "slug": "acme", "status": "active"}
+    cache.put_portal("u1", "acme", page, cache.generation)
+    cache.put_portal("u2", "acme", page, cache.generation)
+    cache.put_portal("u2", "other", {"id": "p2"}, cache.generation)
+    assert cache.portal("u1", "acme") == page
+    assert cache.portal("u3", "acme") is None  # keyed by user: no one borrows a page
+    cache.forget_portal("p1")
+    assert cache.portal("u1", "acme") is None and cache.portal("u2", "acme") is None
+    assert cache.portal("u2", "other") is not None
+    cache.forget_user("u2")
+    assert cache.portal("u2", "other") is None
+    cache.put_portal("u1", "acme", page, cache.generation)
+    clock.now += 10.1
+    assert cache.portal("u1", "acme") is None
+
+
+@pytest.mark.parametrize(
+    "announcement",
+    [
+        SessionRevoked(user_id=uuid.UUID(int=1)),
+        UserDisabled(user_id=uuid.UUID(int=1)),
+        PortalChanged(
+            portal_id=uuid.UUID(int=7), slug="acme", title="A", status="archived", revision=2
+        ),
+        PortalAccessChanged(portal_id=uuid.UUID(int=7), user_id=uuid.UUID(int=9)),
+    ],
+)
+def test_each_announcement_forgets_what_it_names(announcement: EventData) -> None:
+    cache, _ = live_cache()
+    user, portal = str(uuid.UUID(int=1)), str(uuid.UUID(int=7))
+    cache.put_portal(user, "acme", {"id": portal}, cache.generation)
+    cache.put_portal("someone", "else", {"id": "p-else"}, cache.generation)
+    cache.apply(announcement)
+    assert cache.portal(user, "acme") is None
+    assert cache.portal("someone", "else") is not None
 
 
 # --- the gateway with the cache on ------------------------------------------------------
@@ -124,13 +170,13 @@ def test_holds_no_raw_tokens_and_ignores_odd_answers() -> None:
 async def cached_gw(backend: Backend, test_env: TestEnv) -> AsyncIterator[TestClient]:
     settings = make_settings(
         backend,
-        gateway_session_cache_seconds=30,
+        gateway_cache_seconds=30,
         amqp_url=test_env.amqp_url,
         bus_prefix=test_env.bus_prefix,
     )
     client = TestClient(TestServer(create_app(settings)))
     await client.start_server()
-    await eventually(lambda: _true(client.app[SESSIONS].live), "the listener connected")
+    await eventually(lambda: _true(client.app[CACHE].live), "the listener connected")
     yield client
     await client.close()
 
@@ -203,12 +249,12 @@ async def test_disabling_here_ends_the_users_sessions_at_once(
     assert await status_of(cached_gw, page) == 303
 
 
-async def _announce(test_env: TestEnv, revoked: SessionRevoked) -> None:
+async def _announce(test_env: TestEnv, event_type: str, data: EventData) -> None:
     connection = await aio_pika.connect(test_env.amqp_url)
     try:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(f"{test_env.bus_prefix}.events")
-        envelope = make_event("identity.session.revoked", revoked, source="identity")
+        envelope = make_event(event_type, data, source="test")
         await exchange.publish(
             aio_pika.Message(envelope.to_json(), content_type="application/json"),
             routing_key=envelope.type,
@@ -229,6 +275,7 @@ async def test_a_revocation_announced_by_identity_reaches_the_cache(
     assert await status_of(cached_gw, page) == 200  # still cached: nobody said
     await _announce(
         test_env,
+        "identity.session.revoked",
         SessionRevoked(
             user_id=uuid.UUID(user["id"]),
             session_id=uuid.UUID(backend.session_id(token.value)),
@@ -250,7 +297,7 @@ def _close_listener_connection() -> None:
         text=True,
         check=True,
     ).stdout
-    pids = [line.split()[0] for line in listed.splitlines() if "gateway-sessions" in line]
+    pids = [line.split()[0] for line in listed.splitlines() if "gateway-cache" in line]
     assert pids, listed
     for pid in pids:
         subprocess.run(
@@ -264,13 +311,63 @@ async def test_a_lost_broker_connection_turns_the_cache_off_until_it_is_back(
 ) -> None:
     _, page = await client_with_portal(backend, cached_gw)
     assert await status_of(cached_gw, page) == 200
-    cache = cached_gw.app[SESSIONS]
-    assert len(cache) == 1
+    cache = cached_gw.app[CACHE]
+    assert len(cache) == 2  # the session and the page
     await asyncio.to_thread(_close_listener_connection)
     await eventually(lambda: _true(not cache.live), "the cache to notice the lost connection")
-    before = backend.current_calls
+    before = backend.current_calls, backend.page_calls
     assert await status_of(cached_gw, page) == 200
     assert await status_of(cached_gw, page) == 200
-    assert backend.current_calls - before == 2  # asked every time while deaf
+    # Asked every time while deaf.
+    assert (backend.current_calls - before[0], backend.page_calls - before[1]) == (2, 2)
     await eventually(lambda: _true(cache.live), "the listener to reconnect", limit=30)
     assert len(cache) == 0
+
+
+@pytest.mark.integration
+async def test_portal_pages_come_from_the_cache_until_the_portal_changes_here(
+    cached_gw: TestClient, backend: Backend
+) -> None:
+    admin = backend.add_user("boss@example.com", PASSWORD, role="administrator")
+    user, page = await client_with_portal(backend, cached_gw)
+    client_cookie = cached_gw.session.cookie_jar.filter_cookies(cached_gw.make_url("/"))
+    before = backend.page_calls
+    for _ in range(5):
+        assert await status_of(cached_gw, page) == 200
+    assert backend.page_calls - before == 1
+    portal = next(p for p in backend.portals.values() if page.endswith(f"/{p['slug']}/"))
+    # The administrator takes the client off the portal in this gateway ...
+    await log_in(cached_gw, admin, PASSWORD)
+    headers = {"X-CSRF-Token": (await csrf(cached_gw))}
+    removed = await cached_gw.put(
+        f"/api/v1/portals/{portal['id']}/client", json={"user_id": None}, headers=headers
+    )
+    assert removed.status == 200
+    # ... and the client's very next request is refused.
+    use_session(cached_gw, client_cookie["cp_session"].value)
+    assert await status_of(cached_gw, page) == 404
+
+
+@pytest.mark.integration
+async def test_an_access_change_announced_by_portals_reaches_the_cache(
+    cached_gw: TestClient, backend: Backend, test_env: TestEnv
+) -> None:
+    user, page = await client_with_portal(backend, cached_gw)
+    token = cached_gw.session.cookie_jar.filter_cookies(cached_gw.make_url("/"))["cp_session"]
+    assert await status_of(cached_gw, page) == 200
+    portal = next(p for p in backend.portals.values() if page.endswith(f"/{p['slug']}/"))
+    portal["client_id"] = None  # changed in portals, not through this gateway
+    assert await status_of(cached_gw, page) == 200  # still cached: nobody said
+    await _announce(
+        test_env,
+        "portal.access.revoked",
+        PortalAccessChanged(
+            portal_id=uuid.UUID(portal["id"]), user_id=uuid.UUID(user["id"]), role="client"
+        ),
+    )
+
+    async def refused() -> bool:
+        use_session(cached_gw, token.value)
+        return await status_of(cached_gw, page) == 404
+
+    await eventually(refused, "the announced access change to apply")

@@ -1,0 +1,272 @@
+"""A short cache of what identity and portals vouched for, so a portal page needn't ask
+them every time: whose session a cookie is, and a user's portal page (access included).
+
+It is only as good as being told when that changes, so it is used only while it can be
+told. Identity announces every ended session (``identity.session.revoked``: log out,
+password change or reset, user disabled) and portals every change of a portal and of its
+access list (``portal.updated``, ``portal.access.revoked``); each gateway replica listens
+on a queue of its own. While that queue is not connected the cache is empty and bypassed
+(every request asks, as without a cache); a reconnection empties it, because
+announcements made during the gap went nowhere. What this replica changes itself (log
+out, disable, reset, a portal saved in the editor) it forgets before it answers, so the
+next request never sees the old state.
+
+An entry lives ``GATEWAY_CACHE_SECONDS`` at most, a session never past its own idle or
+absolute expiry; identity still sees an active session at least that often, which keeps
+its idle clock current. Only answers that grant something are kept (never a 404), so a
+new grant shows at once. ``0`` turns the cache off."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from prometheus_client import Counter
+
+from libs.common.events import (
+    EventData,
+    MalformedEvent,
+    PortalAccessChanged,
+    PortalChanged,
+    SessionRevoked,
+    UserDisabled,
+    parse_data,
+    parse_envelope,
+)
+from libs.common.logging import get_logger
+
+log = get_logger(__name__)
+
+CACHE_LOOKUPS = Counter(
+    "clientpress_gateway_cache_total",
+    "Gateway lookups of sessions and portal pages: hit (from the cache), miss (asked and"
+    " cached), bypass (asked; the cache is off or not connected)",
+    ["kind", "result"],
+)
+MAX_ENTRIES = 100_000
+RECONNECT_SECONDS = 5.0
+# What the listener hears; each names whose entries to forget.
+ROUTING_KEYS = (
+    "identity.session.revoked",
+    "identity.user.disabled",
+    "portal.updated",
+    "portal.access.revoked",
+)
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    value: Json
+    tags: frozenset[str]
+    until: float
+
+
+def _digest(token: str) -> str:
+    # Tokens are not kept as keys: a heap dump shows digests, not live cookies.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class GatewayCache:
+    def __init__(self, ttl_seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl_seconds
+        self.clock = clock
+        self.live = False
+        # Bumped by every forgetting: an answer asked for before one is not kept after it.
+        self.generation = 0
+        self._entries: dict[str, _Entry] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl > 0 and self.live
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # --- sessions ---------------------------------------------------------------------
+    def session(self, token: str) -> Json | None:
+        return self._get("session", "s:" + _digest(token))
+
+    def put_session(self, token: str, current: Json, generation: int) -> None:
+        """Keep identity's answer about a session cookie, never past the session's end."""
+        try:
+            user_id = str(current["user"]["id"])
+            session = current["session"]
+            ends = min(
+                datetime.fromisoformat(session["idle_expires_at"]),
+                datetime.fromisoformat(session["expires_at"]),
+            )
+            tags = frozenset({f"user:{user_id}", f"session:{session['id']}"})
+        except (KeyError, TypeError, ValueError):
+            return
+        left = (ends - datetime.now(UTC)).total_seconds()
+        self._put("s:" + _digest(token), current, tags, left, generation)
+
+    # --- portal pages -----------------------------------------------------------------
+    def portal(self, user_id: str, slug: str) -> Json | None:
+        return self._get("portal", f"p:{user_id}:{slug}")
+
+    def put_portal(self, user_id: str, slug: str, portal: Json, generation: int) -> None:
+        """Keep a page portals showed this user (so: active, and theirs)."""
+        try:
+            tags = frozenset({f"user:{user_id}", f"portal:{portal['id']}"})
+        except (KeyError, TypeError):
+            return
+        self._put(f"p:{user_id}:{slug}", portal, tags, self.ttl, generation)
+
+    # --- forgetting -------------------------------------------------------------------
+    def forget_token(self, token: str) -> None:
+        self.generation += 1
+        self._entries.pop("s:" + _digest(token), None)
+
+    def forget_user(self, user_id: str) -> None:
+        self._forget(f"user:{user_id}")
+
+    def forget_session(self, session_id: str) -> None:
+        self._forget(f"session:{session_id}")
+
+    def forget_portal(self, portal_id: str) -> None:
+        self._forget(f"portal:{portal_id}")
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+
+    def set_live(self, live: bool) -> None:
+        # Either way the cache starts empty: while it wasn't told, it may be stale.
+        self.clear()
+        self.live = live
+
+    def apply(self, data: EventData) -> None:
+        """Forget what an announcement says has changed."""
+        if isinstance(data, SessionRevoked):
+            if data.session_id is not None:
+                self.forget_session(str(data.session_id))
+            else:
+                self.forget_user(str(data.user_id))
+        elif isinstance(data, UserDisabled):
+            self.forget_user(str(data.user_id))
+        elif isinstance(data, PortalChanged | PortalAccessChanged):
+            self.forget_portal(str(data.portal_id))
+
+    # --- the store --------------------------------------------------------------------
+    def _get(self, kind: str, key: str) -> Json | None:
+        if not self.enabled:
+            CACHE_LOOKUPS.labels(kind, "bypass").inc()
+            return None
+        entry = self._entries.get(key)
+        if entry is not None and entry.until > self.clock():
+            CACHE_LOOKUPS.labels(kind, "hit").inc()
+            return entry.value
+        if entry is not None:
+            del self._entries[key]
+        CACHE_LOOKUPS.labels(kind, "miss").inc()
+        return None
+
+    def _put(
+        self, key: str, value: Json, tags: frozenset[str], left: float, generation: int
+    ) -> None:
+        # Not kept if something was forgotten since it was asked for: it may be the very
+        # session or access being ended.
+        if not self.enabled or generation != self.generation or left <= 0:
+            return
+        if len(self._entries) >= MAX_ENTRIES:
+            self._entries.pop(next(iter(self._entries)))  # oldest first
+        self._entries[key] = _Entry(value, tags, self.clock() + min(self.ttl, left))
+
+    def _forget(self, tag: str) -> None:
+        self.generation += 1
+        for key in [k for k, e in self._entries.items() if tag in e.tags]:
+            del self._entries[key]
+
+
+class ChangeListener:
+    """This replica's own queue of the announcements in ROUTING_KEYS: exclusive (gone with
+    the connection, so no replica's backlog outlives it), bound to the events exchange."""
+
+    def __init__(self, cache: GatewayCache, amqp_url: str, prefix: str) -> None:
+        self.cache = cache
+        self.amqp_url = amqp_url
+        self.prefix = prefix
+        self.queue_name = f"{prefix}.gateway.cache.{uuid.uuid4().hex[:12]}"
+        self._connection: AbstractRobustConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Connect in the background: the gateway serves (without the cache) meanwhile."""
+        self._task = asyncio.create_task(self._connect(), name="gateway-cache-listener")
+
+    async def stop(self) -> None:
+        self.cache.set_live(False)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+
+    async def _connect(self) -> None:
+        while True:
+            try:
+                await self._open()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cache_listener_connect_failed", error=type(exc).__name__)
+                if self._connection is not None:
+                    with contextlib.suppress(Exception):
+                        await self._connection.close()
+                    self._connection = None
+                await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _open(self) -> None:
+        connection = await aio_pika.connect_robust(
+            self.amqp_url,
+            client_properties={"connection_name": "clientpress-gateway-cache"},
+            timeout=10,
+        )
+        self._connection = connection
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            f"{self.prefix}.events", aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(self.queue_name, exclusive=True, auto_delete=True)
+        for key in ROUTING_KEYS:
+            await queue.bind(exchange, routing_key=key)
+        await queue.consume(self._on_message, no_ack=True)
+        connection.close_callbacks.add(self._on_lost)
+        connection.reconnect_callbacks.add(self._on_back)
+        self.cache.set_live(True)
+        log.info("cache_listener_ready", queue=self.queue_name)
+
+    def _on_lost(self, *_: object) -> None:
+        if self.cache.live:
+            log.warning("gateway_cache_off", reason="broker connection lost")
+        self.cache.set_live(False)
+
+    def _on_back(self, *_: object) -> None:
+        self.cache.set_live(True)
+        log.info("gateway_cache_on", reason="broker connection restored")
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            envelope = parse_envelope(message.body)
+            data = parse_data(envelope)
+        except MalformedEvent as exc:
+            # Can't tell what changed: forget everything rather than guess.
+            log.warning("gateway_cache_announcement_unreadable", error=str(exc)[:200])
+            self.cache.clear()
+            return
+        self.cache.apply(data)

@@ -29,7 +29,7 @@ def create_app(
     add_database(app, settings, SCHEMA)
 
     async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
-        hasher = passwords or Passwords()
+        hasher = passwords or Passwords(workers=settings.identity_hash_concurrency)
         await hasher.prepare()
         deps = handlers.Deps(
             pool=app[POOL],

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from .settings import default_hash_concurrency
 
 
 def default_hasher() -> PasswordHasher:
@@ -19,13 +20,14 @@ def default_hasher() -> PasswordHasher:
 
 
 class Passwords:
-    """argon2 is CPU- and memory-heavy: at most one hash per core at a time, so a burst
-    of logins queues here instead of stalling every request on the loop."""
+    """argon2 is CPU- and memory-heavy: at most ``workers`` hashes at a time
+    (``IDENTITY_HASH_CONCURRENCY``), so a burst of logins queues here instead of stalling
+    every request on the loop or taking 64 MiB per login at once."""
 
     def __init__(self, hasher: PasswordHasher | None = None, workers: int | None = None) -> None:
         self.hasher = hasher or default_hasher()
         self._pool = ThreadPoolExecutor(
-            max_workers=workers or os.cpu_count() or 2, thread_name_prefix="argon2"
+            max_workers=workers or default_hash_concurrency(), thread_name_prefix="argon2"
         )
         self._dummy_hash: str | None = None
 

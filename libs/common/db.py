@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 else:
     Conn = asyncpg.Connection | PoolConnectionProxy
 
+# What takes single statements, each its own transaction: a connection, or the pool itself
+# (which lends one for the statement only, so nothing holds a connection in between).
+if TYPE_CHECKING:
+    Db: TypeAlias = Conn | asyncpg.Pool[asyncpg.Record]
+else:
+    Db = Conn | asyncpg.Pool
+
 # The database is away (restarting, failing over, out of slots): worth waiting out, never
 # the fault of the request or message at hand.
 DATABASE_AWAY: tuple[type[BaseException], ...] = (

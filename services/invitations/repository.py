@@ -7,7 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
-from libs.common.db import Conn
+from libs.common.db import Conn, Db
 
 from .clients import PortalInfo
 
@@ -39,17 +39,17 @@ async def set_expiry_days(conn: Conn, days: int) -> None:
 
 
 # --- portals replica ------------------------------------------------------------------
-async def get_portal(conn: Conn, portal_id: uuid.UUID) -> Row | None:
+async def get_portal(conn: Db, portal_id: uuid.UUID) -> Row | None:
     return await conn.fetchrow("SELECT * FROM portals WHERE portal_id = $1", portal_id)
 
 
-async def get_portal_by_slug(conn: Conn, slug: str) -> Row | None:
+async def get_portal_by_slug(conn: Db, slug: str) -> Row | None:
     return await conn.fetchrow(
         "SELECT * FROM portals WHERE slug = $1 ORDER BY revision DESC LIMIT 1", slug
     )
 
 
-async def upsert_portal(conn: Conn, portal: PortalInfo) -> None:
+async def upsert_portal(conn: Db, portal: PortalInfo) -> None:
     """Apply a portal's state only if it is newer than what we hold (events reorder)."""
     await conn.execute(
         "INSERT INTO portals (portal_id, slug, title, status, revision)"
@@ -79,7 +79,7 @@ async def get_for_update(conn: Conn, invitation_id: uuid.UUID) -> Row | None:
     )
 
 
-async def find_by_key(conn: Conn, key: str) -> Row | None:
+async def find_by_key(conn: Db, key: str) -> Row | None:
     return await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM invitations i {_JOIN} WHERE i.idempotency_key = $1", key
     )

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
-from libs.common.db import Conn
+from libs.common.db import Conn, Db
 from libs.common.errors import Conflict, NotFound, Unavailable
 from libs.common.events import (
     InvitationClosed,
@@ -26,7 +26,7 @@ from .base import SOURCE, CheckedInvite, Deps, InviteCommand, Outcome, Row, emit
 
 
 async def resolve_portal(
-    conn: Conn, deps: Deps, portal_id: uuid.UUID | None, slug: str | None
+    conn: Db, deps: Deps, portal_id: uuid.UUID | None, slug: str | None
 ) -> PortalInfo:
     """From the replica, or (a portal created a moment ago) from the portals service."""
     if portal_id is None and not slug:
@@ -48,7 +48,7 @@ async def resolve_portal(
     return fetched
 
 
-async def _refresh_portal(conn: Conn, deps: Deps, portal: PortalInfo) -> PortalInfo:
+async def _refresh_portal(conn: Db, deps: Deps, portal: PortalInfo) -> PortalInfo:
     """The replica may lag a portal that was made Active a moment ago: before refusing,
     ask the owner. If it can't answer, the replica's answer stands."""
     try:
@@ -61,8 +61,9 @@ async def _refresh_portal(conn: Conn, deps: Deps, portal: PortalInfo) -> PortalI
     return fresh
 
 
-async def check_invite(conn: Conn, deps: Deps, command: InviteCommand) -> CheckedInvite:
-    """The rules that need the replica or other services; no invitation is written."""
+async def check_invite(conn: Db, deps: Deps, command: InviteCommand) -> CheckedInvite:
+    """The rules that need the replica or other services; no invitation is written. Given
+    the pool, it holds no connection while it waits on identity or portals."""
     email = domain.normalise_email(command.email)
     portal = await resolve_portal(conn, deps, command.portal_id, command.portal_slug)
     if portal.status != "active":
@@ -150,14 +151,15 @@ async def record_invite(
 
 
 async def invite(pool: asyncpg.Pool, deps: Deps, command: InviteCommand) -> tuple[Row, Outcome]:
-    async with pool.acquire() as conn:
-        if command.idempotency_key is not None:
-            existing = await repo.find_by_key(conn, command.idempotency_key)
-            if existing is not None:
-                return existing, "duplicate"
-        checked = await check_invite(conn, deps, command)
-        async with conn.transaction():
-            return await record_invite(conn, deps, checked, key_checked=True)
+    if command.idempotency_key is not None:
+        existing = await repo.find_by_key(pool, command.idempotency_key)
+        if existing is not None:
+            return existing, "duplicate"
+    # Checked on the pool: no connection is held across the calls to identity and portals
+    # (holding one capped concurrent invites at the pool's size).
+    checked = await check_invite(pool, deps, command)
+    async with pool.acquire() as conn, conn.transaction():
+        return await record_invite(conn, deps, checked, key_checked=True)
 
 
 async def _reissue(

@@ -7,9 +7,9 @@ import uuid
 from datetime import datetime
 
 from libs.common.db import Conn
-from libs.common.events import MailFailed, MailSent, make_event
+from libs.common.events import Envelope, MailFailed, MailSent, make_event
 from libs.common.logging import get_logger
-from libs.common.outbox import append
+from libs.common.outbox import append, change_and_append
 
 from . import repository
 from .domain import Delivery, FailureReason, InvalidAddress, RequestMail, normalise_address
@@ -40,15 +40,17 @@ async def request_mail(conn: Conn, command: RequestMail) -> bool:
         )
         if recorded:
             log.warning("mail_invalid_address", mail_id=str(command.mail_id))
-            await _announce_failure(
+            await append(
                 conn,
-                mail_id=command.mail_id,
-                template=command.template,
-                ref_type=command.ref_type,
-                ref_id=command.ref_id,
-                correlation_id=command.correlation_id,
-                reason=FailureReason.INVALID_ADDRESS,
-                attempts=0,
+                _failed_event(
+                    mail_id=command.mail_id,
+                    template=command.template,
+                    ref_type=command.ref_type,
+                    ref_id=command.ref_id,
+                    correlation_id=command.correlation_id,
+                    reason=FailureReason.INVALID_ADDRESS,
+                    attempts=0,
+                ),
             )
         return False
     queued = await repository.insert_queued(
@@ -62,7 +64,6 @@ async def request_mail(conn: Conn, command: RequestMail) -> bool:
         correlation_id=command.correlation_id,
     )
     if queued:
-        await repository.notify_wake(conn)
         log.info("mail_queued", mail_id=str(command.mail_id), template=command.template)
     else:
         log.info("mail_duplicate_ignored", mail_id=str(command.mail_id))
@@ -70,24 +71,18 @@ async def request_mail(conn: Conn, command: RequestMail) -> bool:
 
 
 async def record_sent(conn: Conn, delivery: Delivery, claimed_at: datetime) -> bool:
-    async with conn.transaction():
-        if not await repository.mark_sent(conn, delivery.mail_id, claimed_at):
-            return False
-        await append(
-            conn,
-            make_event(
-                "mail.sent",
-                MailSent(
-                    mail_id=delivery.mail_id,
-                    template=delivery.template,
-                    ref_type=delivery.ref_type,
-                    ref_id=delivery.ref_id,
-                ),
-                source=SOURCE,
-                correlation_id=delivery.correlation_id,
-            ),
-        )
-    return True
+    sent = make_event(
+        "mail.sent",
+        MailSent(
+            mail_id=delivery.mail_id,
+            template=delivery.template,
+            ref_type=delivery.ref_type,
+            ref_id=delivery.ref_id,
+        ),
+        source=SOURCE,
+        correlation_id=delivery.correlation_id,
+    )
+    return await change_and_append(conn, repository.MARK_SENT, (delivery.mail_id, claimed_at), sent)
 
 
 async def record_retry(
@@ -99,24 +94,21 @@ async def record_retry(
 async def record_failure(
     conn: Conn, delivery: Delivery, claimed_at: datetime, reason: FailureReason, error: str
 ) -> bool:
-    async with conn.transaction():
-        if not await repository.mark_failed(conn, delivery.mail_id, claimed_at, error):
-            return False
-        await _announce_failure(
-            conn,
-            mail_id=delivery.mail_id,
-            template=delivery.template,
-            ref_type=delivery.ref_type,
-            ref_id=delivery.ref_id,
-            correlation_id=delivery.correlation_id,
-            reason=reason,
-            attempts=delivery.attempts,
-        )
-    return True
+    failed = _failed_event(
+        mail_id=delivery.mail_id,
+        template=delivery.template,
+        ref_type=delivery.ref_type,
+        ref_id=delivery.ref_id,
+        correlation_id=delivery.correlation_id,
+        reason=reason,
+        attempts=delivery.attempts,
+    )
+    return await change_and_append(
+        conn, repository.MARK_FAILED, (delivery.mail_id, claimed_at, error), failed
+    )
 
 
-async def _announce_failure(
-    conn: Conn,
+def _failed_event(
     *,
     mail_id: uuid.UUID,
     template: str,
@@ -125,22 +117,19 @@ async def _announce_failure(
     correlation_id: str | None,
     reason: FailureReason,
     attempts: int,
-) -> None:
-    await append(
-        conn,
-        make_event(
-            "mail.failed",
-            MailFailed(
-                mail_id=mail_id,
-                template=template,
-                ref_type=ref_type,
-                ref_id=ref_id,
-                reason=reason.value,
-                attempts=attempts,
-            ),
-            source=SOURCE,
-            correlation_id=correlation_id,
+) -> Envelope:
+    return make_event(
+        "mail.failed",
+        MailFailed(
+            mail_id=mail_id,
+            template=template,
+            ref_type=ref_type,
+            ref_id=ref_id,
+            reason=reason.value,
+            attempts=attempts,
         ),
+        source=SOURCE,
+        correlation_id=correlation_id,
     )
 
 

@@ -26,12 +26,14 @@ async def insert_queued(
     context: Mapping[str, str],
     correlation_id: str | None,
 ) -> bool:
-    """True when recorded now; False when this mail_id was already known."""
+    """True when recorded now (and the senders are woken at commit); False when this
+    mail_id was already known. One round trip: the row and its NOTIFY."""
     inserted = await conn.fetchval(
-        "INSERT INTO deliveries"
+        "WITH row AS (INSERT INTO deliveries"
         " (mail_id, template, to_address, ref_type, ref_id, context, correlation_id)"
         " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)"
-        " ON CONFLICT (mail_id) DO NOTHING RETURNING true",
+        " ON CONFLICT (mail_id) DO NOTHING RETURNING 1)"
+        " SELECT count(*) FROM (SELECT pg_notify($8, '') FROM row) AS woken",
         mail_id,
         template,
         to_address,
@@ -39,6 +41,7 @@ async def insert_queued(
         ref_id,
         orjson.dumps(dict(context)).decode(),
         correlation_id,
+        WAKE_CHANNEL,
     )
     return bool(inserted)
 
@@ -69,11 +72,6 @@ async def insert_failed(
         error,
     )
     return bool(inserted)
-
-
-async def notify_wake(conn: Conn) -> None:
-    """Delivered at commit, so a sender never looks before the row is visible."""
-    await conn.execute("SELECT pg_notify($1, '')", WAKE_CHANNEL)
 
 
 async def claim_due(
@@ -114,26 +112,16 @@ async def claim_due(
 
 # The claimed_at check makes each finishing update apply only to the claim that sent it:
 # if crash recovery re-queued the row meanwhile, the stale worker's update does nothing.
-async def mark_sent(conn: Conn, mail_id: uuid.UUID, claimed_at: datetime) -> bool:
-    done = await conn.fetchval(
-        "UPDATE deliveries SET status = 'sent', sent_at = now(), context = NULL,"
-        " last_error = NULL"
-        " WHERE mail_id = $1 AND status = 'sending' AND claimed_at = $2 RETURNING true",
-        mail_id,
-        claimed_at,
-    )
-    return bool(done)
-
-
-async def mark_failed(conn: Conn, mail_id: uuid.UUID, claimed_at: datetime, error: str) -> bool:
-    done = await conn.fetchval(
-        "UPDATE deliveries SET status = 'failed', context = NULL, last_error = $3"
-        " WHERE mail_id = $1 AND status = 'sending' AND claimed_at = $2 RETURNING true",
-        mail_id,
-        claimed_at,
-        error,
-    )
-    return bool(done)
+# Each is written with its event in one statement (outbox.change_and_append).
+MARK_SENT = (
+    "UPDATE deliveries SET status = 'sent', sent_at = now(), context = NULL,"
+    " last_error = NULL"
+    " WHERE mail_id = $1 AND status = 'sending' AND claimed_at = $2 RETURNING 1"
+)
+MARK_FAILED = (
+    "UPDATE deliveries SET status = 'failed', context = NULL, last_error = $3"
+    " WHERE mail_id = $1 AND status = 'sending' AND claimed_at = $2 RETURNING 1"
+)
 
 
 async def reschedule(

@@ -12,7 +12,7 @@ import pytest
 from libs.common.bus import Binding, Bus
 from libs.common.db import Conn, create_pool, migrate
 from libs.common.events import Envelope, EventData, UserDisabled, make_event
-from libs.common.outbox import OutboxRelay, append
+from libs.common.outbox import OutboxRelay, append, change_and_append
 from tests.support.env import TestEnv
 
 pytestmark = pytest.mark.integration
@@ -118,6 +118,30 @@ async def test_events_appended_together_are_published_in_the_order_given(
     assert published == expected
     await connection.close()
     await bus.close()
+
+
+async def test_a_change_and_its_event_are_written_together_or_not_at_all(
+    probe_schema: ProbePool,
+) -> None:
+    pool = probe_schema.pool
+    await pool.execute("CREATE TABLE jobs (id int PRIMARY KEY, state text NOT NULL)")
+    await pool.execute("INSERT INTO jobs VALUES (1, 'sending')")
+    change = "UPDATE jobs SET state = 'sent' WHERE id = $1 AND state = $2 RETURNING 1"
+
+    def event() -> Envelope:
+        return make_event("identity.user.disabled", UserDisabled(user_id=uuid.uuid4()), source="t")
+
+    first = event()
+    async with pool.acquire() as conn:
+        assert await change_and_append(conn, change, (1, "sending"), first) is True
+        # The guard no longer matches: no change, and no event either.
+        assert await change_and_append(conn, change, (1, "sending"), event()) is False
+        # The event can't be written (its id is taken): the change is undone with it.
+        await conn.execute("UPDATE jobs SET state = 'sending' WHERE id = 1")
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await change_and_append(conn, change, (1, "sending"), first)
+    assert await pool.fetchval("SELECT state FROM jobs WHERE id = 1") == "sending"
+    assert [r["id"] for r in await pool.fetch("SELECT id FROM outbox")] == [first.id]
 
 
 async def test_relay_keeps_rows_while_broker_is_unreachable(

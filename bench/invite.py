@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from typing import Any
@@ -13,6 +14,7 @@ import aio_pika
 from libs.common.events import InvitationRequested, make_event
 
 from .ceilings import broker_ceiling, smtp_ceiling
+from .cpu import per_unit_ms, snapshot
 from .stack import Stack
 from .stats import latency_summary, rate, ratio
 
@@ -42,11 +44,17 @@ async def _wait_delivered(
     return count, reached - started
 
 
+def _parts(stack: Stack) -> dict[str, int]:
+    # The services, and this process (the clients or publishers, and the polling).
+    return {**stack.pids(), "bench": os.getpid()}
+
+
 async def _via_api(stack: Stack, portal_id: str, duration: float, run: str) -> dict[str, Any]:
     latencies: list[float] = []
     errors: dict[str, int] = {}
     seq = 0
     base = await stack.sent_count()
+    cpu_before = snapshot(_parts(stack))
     started = time.perf_counter()
     stop = started + duration
     url = f"{stack.public_url}/api/v1/portals/{portal_id}/invitations"
@@ -68,6 +76,7 @@ async def _via_api(stack: Stack, portal_id: str, duration: float, run: str) -> d
     api_elapsed = time.perf_counter() - started
     accepted = len(latencies)
     sent, until = await _wait_delivered(stack, base + accepted, started)
+    cpu = per_unit_ms(cpu_before, snapshot(_parts(stack)), sent - base)
     delivered = sent - base
     return {
         "clients": API_CLIENTS,
@@ -79,11 +88,14 @@ async def _via_api(stack: Stack, portal_id: str, duration: float, run: str) -> d
         "delivered": delivered,
         "delivered_per_s": rate(delivered, until),
         "lost": accepted - delivered,
+        # From the first request to the last delivery, all parts of the machine.
+        "cpu_ms_per_invitation": cpu,
     }
 
 
 async def _via_events(stack: Stack, portal_id: str, duration: float, run: str) -> dict[str, Any]:
     base = await stack.sent_count()
+    cpu_before = snapshot(_parts(stack))
     connection = await aio_pika.connect(stack.env.amqp_url)
     published = 0
     try:
@@ -122,6 +134,7 @@ async def _via_events(stack: Stack, portal_id: str, duration: float, run: str) -
     finally:
         await connection.close()
     sent, until = await _wait_delivered(stack, base + published, started)
+    cpu = per_unit_ms(cpu_before, snapshot(_parts(stack)), sent - base)
     created = await stack.pool.fetchval(
         "SELECT count(*) FROM invitations.invitations WHERE idempotency_key LIKE $1", f"evt-{run}-%"
     )
@@ -135,6 +148,8 @@ async def _via_events(stack: Stack, portal_id: str, duration: float, run: str) -
         "delivered": delivered,
         "delivered_per_s": rate(delivered, until),
         "lost": published - delivered,
+        # From the first publish to the last delivery, all parts of the machine.
+        "cpu_ms_per_invitation": cpu,
     }
 
 

@@ -85,6 +85,9 @@ class GatewayCache:
         # Bumped by every forgetting: an answer asked for before one is not kept after it.
         self.generation = 0
         self._entries: dict[str, _Entry] = {}
+        # tag ("user:…", "session:…", "portal:…") -> keys, so forgetting one user's or one
+        # portal's entries doesn't scan the whole cache.
+        self._tagged: dict[str, set[str]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -127,7 +130,7 @@ class GatewayCache:
     # --- forgetting -------------------------------------------------------------------
     def forget_token(self, token: str) -> None:
         self.generation += 1
-        self._entries.pop("s:" + _digest(token), None)
+        self._drop("s:" + _digest(token))
 
     def forget_user(self, user_id: str) -> None:
         self._forget(f"user:{user_id}")
@@ -141,6 +144,7 @@ class GatewayCache:
     def clear(self) -> None:
         self.generation += 1
         self._entries.clear()
+        self._tagged.clear()
 
     def set_live(self, live: bool) -> None:
         # Either way the cache starts empty: while it wasn't told, it may be stale.
@@ -169,7 +173,7 @@ class GatewayCache:
             CACHE_LOOKUPS.labels(kind, "hit").inc()
             return entry.value
         if entry is not None:
-            del self._entries[key]
+            self._drop(key)
         CACHE_LOOKUPS.labels(kind, "miss").inc()
         return None
 
@@ -180,14 +184,28 @@ class GatewayCache:
         # session or access being ended.
         if not self.enabled or generation != self.generation or left <= 0:
             return
+        self._drop(key)
         if len(self._entries) >= MAX_ENTRIES:
-            self._entries.pop(next(iter(self._entries)))  # oldest first
+            self._drop(next(iter(self._entries)))  # oldest first
         self._entries[key] = _Entry(value, tags, self.clock() + min(self.ttl, left))
+        for tag in tags:
+            self._tagged.setdefault(tag, set()).add(key)
 
     def _forget(self, tag: str) -> None:
         self.generation += 1
-        for key in [k for k, e in self._entries.items() if tag in e.tags]:
-            del self._entries[key]
+        for key in list(self._tagged.get(tag, ())):
+            self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        for tag in entry.tags:
+            keys = self._tagged.get(tag)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._tagged[tag]
 
 
 class ChangeListener:

@@ -582,6 +582,21 @@ def test_k8s_local_overlay_is_complete() -> None:
     rabbit = of_kind(docs, "StatefulSet")["rabbitmq"]
     (container,) = rabbit["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "rabbitmq:3.13-management"
+    # Every service reaches AMQP, the gateway included (its cache listens for changes).
+    policy = of_kind(docs, "NetworkPolicy")["rabbitmq"]
+    allowed = {
+        value
+        for rule in policy["spec"]["ingress"]
+        if any(p["port"] == 5672 for p in rule.get("ports", []))
+        for peer in rule.get("from", [])
+        for expr in peer["podSelector"].get("matchExpressions", [])
+        if expr["key"] == "app.kubernetes.io/component"
+        for value in expr["values"]
+    }
+    deployments = of_kind(docs, "Deployment")
+    for name in ("identity", "portals", "invitations", "mailer", "gateway"):
+        labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/component"] in allowed, name
 
 
 # ---------------------------------------------------------------------------------------

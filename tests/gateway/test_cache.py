@@ -371,3 +371,18 @@ async def test_an_access_change_announced_by_portals_reaches_the_cache(
         return await status_of(cached_gw, page) == 404
 
     await eventually(refused, "the announced access change to apply")
+
+
+def test_the_tag_index_follows_every_way_an_entry_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("services.gateway.cache.MAX_ENTRIES", 3)
+    cache, clock = live_cache(10)
+    for n in range(5):  # two evicted, oldest first
+        cache.put_portal(f"u{n}", "acme", {"id": "p1"}, cache.generation)
+    assert len(cache) == 3 and cache.portal("u0", "acme") is None
+    assert cache.portal("u4", "acme") is not None
+    cache.put_portal("u4", "acme", {"id": "p2"}, cache.generation)  # replaced: new tags
+    cache.forget_portal("p1")
+    assert cache.portal("u4", "acme") == {"id": "p2"} and len(cache) == 1
+    clock.now += 11
+    assert cache.portal("u4", "acme") is None  # expired on read
+    assert len(cache) == 0 and cache._tagged == {}

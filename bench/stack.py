@@ -117,9 +117,16 @@ class Stack:
         raise RuntimeError(f"invite: portal {portal_id} never became known to invitations")
 
     async def sent_count(self) -> int:
-        return int(
-            await self.pool.fetchval("SELECT count(*) FROM mailer.deliveries WHERE status = 'sent'")
+        return (await self.sent_progress())[0]
+
+    async def sent_progress(self) -> tuple[int, float | None]:
+        """Deliveries sent so far, and when the last one was (epoch seconds)."""
+        row = await self.pool.fetchrow(
+            "SELECT count(*) AS n, extract(epoch FROM max(sent_at))::float8 AS last"
+            " FROM mailer.deliveries WHERE status = 'sent'"
         )
+        assert row is not None
+        return int(row["n"]), row["last"]
 
     def pids(self) -> dict[str, int]:
         pids = {n: s.proc.pid for n, s in self.services.items() if s.proc is not None}

@@ -21,6 +21,8 @@ from .metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
 
 log = get_logger(__name__)
 
+BACKLOG_COUNT_SECONDS = 2.0
+
 
 async def append(conn: Conn, envelope: Envelope, *more: Envelope) -> None:
     """Write events inside the caller's transaction, in the order given, in one round
@@ -136,12 +138,19 @@ class OutboxRelay:
     async def _run(self) -> None:
         await self._listen()
         purge_every, since_purge = 600, 0
+        loop = asyncio.get_running_loop()
+        counted_at = -BACKLOG_COUNT_SECONDS
         while not self._stopping:
             try:
                 published = await self.flush_once()
-                # Cheap to keep current: a short batch means nothing was left behind it
-                # (rows committed since are picked up on the next pass); count only when full.
-                OUTBOX_BACKLOG.set(await self.backlog() if published >= self.batch else 0)
+                # A short batch means nothing was left behind it (rows committed since are
+                # picked up on the next pass). Behind a full one, count now and then: a
+                # count per batch cost more than the batch under a long backlog.
+                if published < self.batch:
+                    OUTBOX_BACKLOG.set(0)
+                elif loop.time() - counted_at >= BACKLOG_COUNT_SECONDS:
+                    counted_at = loop.time()
+                    OUTBOX_BACKLOG.set(await self.backlog())
                 since_purge += 1
                 if since_purge >= purge_every:
                     since_purge = 0

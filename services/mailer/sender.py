@@ -9,6 +9,7 @@ the email may go out twice (same Message-ID, so clients can recognise the copy).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
@@ -52,6 +53,8 @@ class Sender:
         self.templates = new_environment()
         self._stopping = False
         self._wakes: list[asyncio.Event] = []
+        self._idle: collections.deque[asyncio.Event] = collections.deque()
+        self._next_busy = 0
         self._workers: list[asyncio.Task[None]] = []
         self._maintenance: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
@@ -68,8 +71,19 @@ class Sender:
         self._maintenance = asyncio.create_task(self._maintain(), name="mailer-maintenance")
 
     def wake(self, *_: object) -> None:
+        """Every worker looks again (retries falling due, recovered rows, stopping)."""
         for event in self._wakes:
             event.set()
+
+    def wake_one(self, *_: object) -> None:
+        """One new job: one worker looks, not all of them (waking all sixteen per job
+        made 2.2 claim queries per email, most of them finding nothing). An idle worker
+        if there is one; else a busy one, which looks again when its send is done."""
+        if self._idle:
+            self._idle.popleft().set()
+        elif self._wakes:
+            self._next_busy = (self._next_busy + 1) % len(self._wakes)
+            self._wakes[self._next_busy].set()
 
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Let each worker finish the send in hand, then end them all."""
@@ -99,8 +113,13 @@ class Sender:
                     log.exception("mailer_worker_error", error=type(exc).__name__)
                     busy = False
                 if not busy and not self._stopping:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), timeout=POLL_SECONDS)
+                    self._idle.append(wake)
+                    try:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(wake.wait(), timeout=POLL_SECONDS)
+                    finally:
+                        with contextlib.suppress(ValueError):
+                            self._idle.remove(wake)
         finally:
             with contextlib.suppress(Exception):
                 await transport.close()
@@ -226,7 +245,7 @@ class Sender:
             return
         try:
             self._listener = await asyncpg.connect(self.settings.database_url, timeout=5)
-            await self._listener.add_listener(repository.WAKE_CHANNEL, self.wake)
+            await self._listener.add_listener(repository.WAKE_CHANNEL, self.wake_one)
         except Exception as exc:
             # The 1 s poll still finds new mail; the next maintenance tick tries again.
             log.warning("mailer_listen_failed", error=type(exc).__name__)

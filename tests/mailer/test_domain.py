@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from services.mailer.domain import (
@@ -15,6 +17,8 @@ from services.mailer.domain import (
     normalise_address,
     retry_delay,
 )
+from services.mailer.sender import Sender
+from services.mailer.settings import MailerSettings
 
 
 def test_address_is_stripped_and_domain_lower_cased() -> None:
@@ -75,3 +79,19 @@ def test_when_to_give_up() -> None:
 def test_errors_are_one_bounded_line() -> None:
     assert clip_error("451 4.3.0\r\n try   later") == "451 4.3.0 try later"
     assert len(clip_error("x" * 5000)) == 500
+
+
+async def test_a_new_job_wakes_one_idle_sender_not_all_of_them() -> None:
+    sender = Sender(None, MailerSettings())  # type: ignore[arg-type]
+    events = [asyncio.Event() for _ in range(4)]
+    sender._wakes.extend(events)
+    sender._idle.extend([events[2], events[0]])  # two waiting, oldest first
+    sender.wake_one()
+    assert [e.is_set() for e in events] == [False, False, True, False]
+    sender.wake_one()
+    assert [e.is_set() for e in events] == [True, False, True, False]
+    # Nobody idle: a busy sender is told to look again when its send is done.
+    sender.wake_one()
+    assert sum(e.is_set() for e in events) == 3
+    sender.wake()  # retries, recovery, stopping: everyone
+    assert all(e.is_set() for e in events)

@@ -11,7 +11,7 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from libs.common.errors import InvalidInput, NotFound
+from libs.common.errors import Conflict, InvalidInput, NotFound
 from libs.common.web import json_response, parse_query, read_json
 
 from .domain import normalise_email
@@ -152,9 +152,25 @@ async def put_sub_clients(request: web.Request) -> web.StreamResponse:
     return json_response(portal)
 
 
+def idempotency_key(request: web.Request) -> str | None:
+    """The optional ``Idempotency-Key`` header: 1 to 200 printable ASCII characters. It names
+    one invitation, whichever way it came: the same keys as ``invitation.requested``'s."""
+    raw = request.headers.get("Idempotency-Key")
+    if raw is None:
+        return None
+    key = raw.strip()
+    if not 1 <= len(key) <= 200 or not all(" " <= c <= "~" for c in key):
+        raise InvalidInput(
+            "Idempotency-Key must be 1 to 200 printable ASCII characters.",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
 @routes.post(f"/api/v1/portals/{ID}/invitations")
 async def invite(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, InviteBody)
+    key = idempotency_key(request)
     user = current_user(request)
     payload = {
         "portal_id": request.match_info["id"],
@@ -163,7 +179,20 @@ async def invite(request: web.Request) -> web.StreamResponse:
     }
     if body.sub_client is not None:
         payload["sub_client"] = body.sub_client
+    if key is not None:
+        payload["idempotency_key"] = key
     result = await request.app[UPSTREAM].invitations.invite(payload)
+    made = result.get("invitation", {})
+    if key is not None and (
+        str(made.get("portal_id")) != str(UUID(str(payload["portal_id"])))
+        or str(made.get("email", "")).lower() != body.email.lower()
+    ):
+        # A retry must repeat its request; another invitation under the same key is a bug
+        # in the caller, not a second invitation.
+        raise Conflict(
+            "This Idempotency-Key was already used for another invitation.",
+            code="idempotency_key_reused",
+        )
     return json_response(result, status=201 if result.get("outcome") == "created" else 200)
 
 

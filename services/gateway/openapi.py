@@ -190,11 +190,25 @@ OPENAPI: dict[str, Any] = {
             "post": _op(
                 "Invite a client by email (resends when one is already pending)",
                 {
-                    "201": _json(_ref("InviteResult"), "Created"),
+                    "201": _json(_ref("InviteResult"), "Created (or a repeat of a key)"),
                     "200": _json(_ref("InviteResult"), "Already pending: resent"),
                     "404": {"$ref": "#/components/responses/Error"},
                     "409": {"$ref": "#/components/responses/Error"},
+                    "422": {"$ref": "#/components/responses/Error"},
                 },
+                parameters=[
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": (
+                            "Your stable id for this request: repeating it returns the"
+                            " same invitation and sends no second email; used with another"
+                            " email or portal it answers 409 idempotency_key_reused."
+                        ),
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    }
+                ],
                 requestBody=_body(
                     {
                         "type": "object",

@@ -362,3 +362,37 @@ async def test_email_addresses_are_normalised_or_refused(stack: Stack, api: Api)
         stack, "SELECT to_address FROM mailer.deliveries WHERE to_address ILIKE $1", f"%{tag}@%"
     )
     assert [m["to_address"] for m in mails] == [stored]
+
+
+async def test_an_idempotency_key_makes_a_retried_api_invite_harmless(
+    stack: Stack, api: Api
+) -> None:
+    """A CRM that lost the answer retries with the same Idempotency-Key: the same
+    invitation comes back and no second email goes out (without the key it is a Resend)."""
+    portal = await api.portal(f"Retry {uuid.uuid4().hex[:6]}")
+    email = unique_email("retry")
+    path = f"{api.base}/portals/{portal['id']}/invitations"
+    key = f"crm-deal-{uuid.uuid4().hex}"
+
+    async def post(body: dict[str, Any], key: str) -> tuple[int, Any]:
+        headers = {"Idempotency-Key": key}
+        async with api.session.post(path, json=body, headers=headers) as response:
+            return response.status, await response.json()
+
+    first_code, first = await post({"email": email}, key)
+    again_code, again = await post({"email": email.upper()}, key)
+    assert (first_code, again_code) == (201, 201), (first, again)
+    assert again["invitation"]["id"] == first["invitation"]["id"]
+    await stack.sink.wait_for(email)
+    code, listed = await api.call("GET", f"/invitations?portal_id={portal['id']}")
+    assert listed["items"][0]["send_count"] == 1
+    # The same key for another person is the caller's mistake, not a second invitation.
+    code, body = await post({"email": unique_email("other")}, key)
+    assert code == 409 and body["error"]["code"] == "idempotency_key_reused", body
+    code, body = await post({"email": email}, "x" * 201)
+    assert code == 422 and body["error"]["code"] == "invalid_idempotency_key", body
+    code, body = await post({"email": email}, "tab\tinside")
+    assert code == 422, body
+    code, listed = await api.call("GET", f"/invitations?portal_id={portal['id']}")
+    assert len(listed["items"]) == 1 and listed["items"][0]["send_count"] == 1
+    assert len(stack.sink.to(email)) == 1

@@ -110,9 +110,9 @@ class GatewayCache:
                 datetime.fromisoformat(session["expires_at"]),
             )
             tags = frozenset({f"user:{user_id}", f"session:{session['id']}"})
+            left = (ends - datetime.now(UTC)).total_seconds()
         except (KeyError, TypeError, ValueError):
             return
-        left = (ends - datetime.now(UTC)).total_seconds()
         self._put("s:" + _digest(token), current, tags, left, generation)
 
     # --- portal pages -----------------------------------------------------------------
@@ -120,7 +120,8 @@ class GatewayCache:
         return self._get("portal", f"p:{user_id}:{slug}")
 
     def put_portal(self, user_id: str, slug: str, portal: Json, generation: int) -> None:
-        """Keep a page portals showed this user (so: active, and theirs)."""
+        """Keep a page portals showed this user: one of theirs (a portal that isn't Active
+        comes without its content, and its status change is announced like any other)."""
         try:
             tags = frozenset({f"user:{user_id}", f"portal:{portal['id']}"})
         except (KeyError, TypeError):

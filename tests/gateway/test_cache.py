@@ -386,3 +386,12 @@ def test_the_tag_index_follows_every_way_an_entry_leaves(monkeypatch: pytest.Mon
     clock.now += 11
     assert cache.portal("u4", "acme") is None  # expired on read
     assert len(cache) == 0 and cache._tagged == {}
+
+
+def test_an_answer_without_a_time_zone_is_not_kept() -> None:
+    cache, _ = live_cache()
+    current = answer("u1", "s1")
+    current["session"]["expires_at"] = "2030-01-01T00:00:00"  # naive: can't be compared
+    current["session"]["idle_expires_at"] = "2030-01-01T00:00:00"
+    cache.put_session("tok", current, cache.generation)
+    assert cache.session("tok") is None

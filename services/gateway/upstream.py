@@ -30,9 +30,11 @@ class Identity:
     sessions: GatewayCache = field(default_factory=lambda: GatewayCache(0))
 
     async def login(self, email: str, password: str) -> Json:
+        generation = self.sessions.generation
         result: Json = await self.client.call(
             "POST", "/sessions", json={"email": email, "password": password}
         )
+        self._keep(result, generation)
         return result
 
     async def current(self, token: str) -> Json:
@@ -50,8 +52,17 @@ class Identity:
             self.sessions.forget_token(token)
 
     async def issue_session(self, user_id: str) -> Json:
+        generation = self.sessions.generation
         result: Json = await self.client.call("POST", "/sessions/issue", json={"user_id": user_id})
+        self._keep(result, generation)
         return result
+
+    def _keep(self, issued: Json, generation: int) -> None:
+        """A session identity just issued is what it would answer for it next: the first
+        page after logging in needn't ask."""
+        if "token" in issued and "session" in issued:
+            current = {"user": issued["user"], "session": issued["session"]}
+            self.sessions.put_session(issued["token"], current, generation)
 
     async def ensure_user(self, email: str, password: str, invitation_id: str) -> Json:
         result: Json = await self.client.call(

@@ -94,6 +94,7 @@ def issued_json(issued: handlers.IssuedSession) -> dict[str, Any]:
             "id": str(issued.session.id),
             "created_at": issued.session.created_at.isoformat(),
             "expires_at": issued.session.expires_at.isoformat(),
+            "idle_expires_at": issued.idle_expires_at.isoformat(),
         },
     }
 

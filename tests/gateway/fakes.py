@@ -228,7 +228,15 @@ class Backend:
         return self._app(r)
 
     def _session(self, user: Json) -> Json:
-        return {"token": self.session_for(user), "user": user, "expires_at": now()}
+        token = self.session_for(user)
+        later = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+        session = {
+            "id": self.session_id(token),
+            "created_at": now(),
+            "expires_at": later,
+            "idle_expires_at": later,
+        }
+        return {"token": token, "user": user, "expires_at": later, "session": session}
 
     # --- portals -----------------------------------------------------------------
     def portals_app(self) -> web.Application:

@@ -120,8 +120,12 @@ async def test_session_endpoints(client: Client, clock: Clock) -> None:
 
     current = await (await client.get("/sessions/current", headers=headers)).json()
     assert current["user"] == user
-    assert {"id", "created_at", "expires_at"} <= set(current["session"])
+    assert {"id", "created_at", "expires_at", "idle_expires_at"} <= set(current["session"])
     assert current["session"]["expires_at"] == login["expires_at"]
+    # The answer at log in is the one the gateway keeps: the same session, same limits.
+    assert login["session"]["id"] == current["session"]["id"]
+    assert login["session"]["expires_at"] == current["session"]["expires_at"]
+    assert login["session"]["idle_expires_at"] <= current["session"]["idle_expires_at"]
 
     assert await _error(await client.get("/sessions/current"), 401) == "no_session"
     response = await client.get("/sessions/current", headers={"X-Session-Token": "nope"})

@@ -23,6 +23,7 @@ class IssuedSession:
     token: str
     user: User
     session: repo.SessionRow
+    idle_expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,10 @@ async def _open_session(deps: Deps, user: User) -> IssuedSession:
             created_at=now,
             expires_at=deps.sessions.expires_at(now),
         )
-    return IssuedSession(token=token, user=user, session=session)
+    idle_expires_at = deps.sessions.idle_expires_at(
+        last_seen_at=session.last_seen_at, expires_at=session.expires_at
+    )
+    return IssuedSession(token=token, user=user, session=session, idle_expires_at=idle_expires_at)
 
 
 def _no_session() -> Unauthorized:

@@ -88,7 +88,7 @@ async def accept(request: web.Request) -> web.StreamResponse:
         if problem is not None:
             field = "confirm" if problem == "The passwords do not match." else "password"
             return _accept_page(request, token, invitation, {field: problem}, status=422)
-        accepted = await accept_with_password(up, token, password)
+        accepted = await accept_with_password(up, token, password, invitation)
     except AccountExists:
         return _accept_page(request, token, {**invitation, "account_exists": True}, {}, 409)
     except DomainError as exc:

@@ -48,10 +48,14 @@ async def login_destination(up: Upstream, user: Json, next_raw: str | None) -> s
     return wanted or "/"
 
 
-async def accept_with_password(up: Upstream, token: str, password: str) -> Accepted:
+async def accept_with_password(
+    up: Upstream, token: str, password: str, invitation: Json | None = None
+) -> Accepted:
     """Steps 1-5 for a person without an account. Every step is idempotent under the
-    invitation id, so a retry of the same link after a failure finishes the job."""
-    invitation = await up.invitations.validate(token)
+    invitation id, so a retry of the same link after a failure finishes the job.
+    ``invitation``: step 1's answer when the caller has just asked for it."""
+    if invitation is None:
+        invitation = await up.invitations.validate(token)
     if invitation.get("account_exists"):
         raise AccountExists("You already have an account — log in to accept.")
     try:

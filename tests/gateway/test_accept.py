@@ -37,9 +37,12 @@ async def test_happy_path_creates_logs_in_and_lands_on_portal(
     token = backend.add_invitation("new@example.com", portal)
     await gw.get(f"/invitations/accept?token={token}")
     data = {"token": token, "password": PASSWORD, "confirm": PASSWORD}
+    before = len(backend.calls)
     response = await post_form(gw, "/invitations/accept", data)
     assert response.status == 303, await response.text()
     assert response.headers["Location"] == "/client-portal/acme-launch/"
+    # The link is checked once per post, not once more inside the saga.
+    assert backend.calls[before:].count("invitations.validate") == 1
     assert response.cookies["cp_session"]["httponly"]
     user = backend.by_email("new@example.com")
     assert user is not None and user["role"] == "client"

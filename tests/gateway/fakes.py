@@ -141,13 +141,7 @@ class Backend:
             user_id = self.sessions.get(token)
             if user_id is None or self.users[user_id]["disabled"]:
                 return err(401, "no_session")
-            later = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
-            session = {
-                "id": self.session_id(token),
-                "created_at": now(),
-                "expires_at": later,
-                "idle_expires_at": later,
-            }
+            session = self.session_json(token)
             return web.json_response({"user": self.users[user_id], "session": session})
 
         @r.delete("/sessions/current")
@@ -229,14 +223,23 @@ class Backend:
 
     def _session(self, user: Json) -> Json:
         token = self.session_for(user)
+        session = self.session_json(token)
+        return {
+            "token": token,
+            "user": user,
+            "expires_at": session["expires_at"],
+            "session": session,
+        }
+
+    def session_json(self, token: str) -> Json:
+        """A session as identity describes it: two hours left, idle or not."""
         later = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
-        session = {
+        return {
             "id": self.session_id(token),
             "created_at": now(),
             "expires_at": later,
             "idle_expires_at": later,
         }
-        return {"token": token, "user": user, "expires_at": later, "session": session}
 
     # --- portals -----------------------------------------------------------------
     def portals_app(self) -> web.Application:

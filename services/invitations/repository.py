@@ -23,9 +23,10 @@ _COLUMNS = (
 _JOIN = "LEFT JOIN portals p ON p.portal_id = i.portal_id"
 
 
-def _returning(update_sql: str) -> str:
-    """Wrap an ``UPDATE … RETURNING *`` so it answers with the joined columns."""
-    return f"WITH i AS ({update_sql} RETURNING *) SELECT {_COLUMNS} FROM i {_JOIN}"
+def _returning(change_sql: str) -> str:
+    """Wrap an ``UPDATE`` or ``INSERT`` (``… RETURNING *``) so it answers with the joined
+    columns."""
+    return f"WITH i AS ({change_sql} RETURNING *) SELECT {_COLUMNS} FROM i {_JOIN}"
 
 
 # --- settings -------------------------------------------------------------------------
@@ -119,10 +120,12 @@ async def insert(
     """The new invitation, or None when a unique rule (one pending per email+portal,
     idempotency key) said no."""
     return await conn.fetchrow(
-        "WITH i AS (INSERT INTO invitations (id, email, email_lower, portal_id, token_hash,"
-        " sent_at, expires_at, last_mail_id, sub_client, invited_by, idempotency_key)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        f" ON CONFLICT DO NOTHING RETURNING *) SELECT {_COLUMNS} FROM i {_JOIN}",
+        _returning(
+            "INSERT INTO invitations (id, email, email_lower, portal_id, token_hash, sent_at,"
+            " expires_at, last_mail_id, sub_client, invited_by, idempotency_key)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            " ON CONFLICT DO NOTHING"
+        ),
         invitation_id,
         email,
         email_lower,

@@ -62,5 +62,10 @@ class CheckedInvite:
     portal: PortalInfo
 
 
-async def emit(conn: Conn, event_type: str, data: EventData) -> None:
-    await append(conn, make_event(event_type, data, source=SOURCE))
+async def emit(conn: Conn, event_type: str, data: EventData, *more: tuple[str, EventData]) -> None:
+    """One event, or several in the order given, in one outbox statement."""
+    await append(
+        conn,
+        make_event(event_type, data, source=SOURCE),
+        *(make_event(t, d, source=SOURCE) for t, d in more),
+    )

@@ -15,14 +15,12 @@ from libs.common.events import (
     InvitationCreated,
     InvitationResent,
     MailRequested,
-    make_event,
 )
-from libs.common.outbox import append
 
 from .. import domain
 from .. import repository as repo
 from ..clients import PortalInfo
-from .base import SOURCE, CheckedInvite, Deps, InviteCommand, Outcome, Row, emit, log
+from .base import CheckedInvite, Deps, InviteCommand, Outcome, Row, emit, log
 
 
 async def resolve_portal(
@@ -138,11 +136,7 @@ async def record_invite(
             expires_at,
             command.invited_by,
         )
-        await append(
-            conn,
-            make_event("invitation.created", announced, source=SOURCE),
-            make_event("mail.requested", mail, source=SOURCE),
-        )
+        await emit(conn, "invitation.created", announced, ("mail.requested", mail))
         log.info(
             "invitation_created", invitation_id=str(invitation_id), portal_id=str(portal.portal_id)
         )
@@ -195,11 +189,7 @@ async def _reissue(
         expires_at,
         row["invited_by"],
     )
-    await append(
-        conn,
-        make_event("invitation.resent", resent, source=SOURCE),
-        make_event("mail.requested", mail, source=SOURCE),
-    )
+    await emit(conn, "invitation.resent", resent, ("mail.requested", mail))
     log.info("invitation_resent", invitation_id=str(row["id"]), send_count=updated["send_count"])
     return updated
 

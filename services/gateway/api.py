@@ -184,7 +184,7 @@ async def invite(request: web.Request) -> web.StreamResponse:
     result = await request.app[UPSTREAM].invitations.invite(payload)
     made = result.get("invitation", {})
     if key is not None and (
-        str(made.get("portal_id")) != str(UUID(str(payload["portal_id"])))
+        made.get("portal_id") != str(UUID(request.match_info["id"]))
         or str(made.get("email", "")).lower() != body.email.lower()
     ):
         # A retry must repeat its request; another invitation under the same key is a bug

@@ -13,15 +13,7 @@ from libs.common.errors import Forbidden, NotFound, RateLimited, Unauthorized
 
 from .domain import api_key_matches, csrf_matches, new_csrf_token, origin_allowed
 from .rendering import Handler, is_api
-from .state import (
-    CACHE,
-    CSRF_COOKIE,
-    LIMITERS,
-    SESSION_COOKIE,
-    SETTINGS,
-    UPSTREAM,
-    req_state,
-)
+from .state import CSRF_COOKIE, LIMITERS, SESSION_COOKIE, SETTINGS, UPSTREAM, req_state
 
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 PLAIN_PATHS = ("/static/", "/healthz", "/readyz", "/metrics")
@@ -84,17 +76,11 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     state = req_state(request)
     token = request.cookies.get(SESSION_COOKIE)
     if token and not _plain(request) and not state.api_key:
-        cache = request.app[CACHE]
-        current = cache.session(token)
-        if current is None:
-            generation = cache.generation
-            try:
-                current = await request.app[UPSTREAM].identity.current(token)
-            except Unauthorized:
-                state.clear_session = True
-            else:
-                cache.put_session(token, current, generation)
-        if current is not None:
+        try:
+            current = await request.app[UPSTREAM].identity.current(token)
+        except Unauthorized:
+            state.clear_session = True
+        else:
             state.user = current["user"]
     _gate(request)
     return await handler(request)

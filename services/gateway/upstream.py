@@ -23,14 +23,14 @@ def _page_params(limit: int | None, cursor: str | None, **extra: str | None) -> 
 
 @dataclass(frozen=True)
 class Identity:
-    """Every call that ends sessions also empties them from this replica's cache, before
-    the caller answers: no route can forget it."""
+    """Whose session a cookie is comes from this replica's cache; every call that ends
+    sessions also empties them from it before the caller answers: no route can forget it."""
 
     client: ServiceClient
-    sessions: GatewayCache = field(default_factory=lambda: GatewayCache(0))
+    cache: GatewayCache = field(default_factory=lambda: GatewayCache(0))
 
     async def login(self, email: str, password: str) -> Json:
-        generation = self.sessions.generation
+        generation = self.cache.generation
         result: Json = await self.client.call(
             "POST", "/sessions", json={"email": email, "password": password}
         )
@@ -38,9 +38,14 @@ class Identity:
         return result
 
     async def current(self, token: str) -> Json:
+        cached = self.cache.session(token)
+        if cached is not None:
+            return cached
+        generation = self.cache.generation
         result: Json = await self.client.call(
             "GET", "/sessions/current", headers={"X-Session-Token": token}
         )
+        self.cache.put_session(token, result, generation)
         return result
 
     async def logout(self, token: str) -> None:
@@ -49,10 +54,10 @@ class Identity:
                 "DELETE", "/sessions/current", headers={"X-Session-Token": token}
             )
         finally:
-            self.sessions.forget_token(token)
+            self.cache.forget_token(token)
 
     async def issue_session(self, user_id: str) -> Json:
-        generation = self.sessions.generation
+        generation = self.cache.generation
         result: Json = await self.client.call("POST", "/sessions/issue", json={"user_id": user_id})
         self._keep(result, generation)
         return result
@@ -62,7 +67,7 @@ class Identity:
         page after logging in needn't ask."""
         if "token" in issued and "session" in issued:
             current = {"user": issued["user"], "session": issued["session"]}
-            self.sessions.put_session(issued["token"], current, generation)
+            self.cache.put_session(issued["token"], current, generation)
 
     async def ensure_user(self, email: str, password: str, invitation_id: str) -> Json:
         result: Json = await self.client.call(
@@ -78,7 +83,7 @@ class Identity:
                 "POST", f"/users/{user_id}/password", json={"password": password}
             )
         finally:
-            self.sessions.forget_user(user_id)
+            self.cache.forget_user(user_id)
 
     async def get_user(self, user_id: str) -> Json:
         result: Json = await self.client.call("GET", f"/users/{user_id}")
@@ -96,7 +101,7 @@ class Identity:
         try:
             result: Json = await self.client.call("POST", f"/users/{user_id}/disable")
         finally:
-            self.sessions.forget_user(user_id)
+            self.cache.forget_user(user_id)
         return result
 
     async def login_settings(self) -> Json:
@@ -125,7 +130,7 @@ class Identity:
             )
         finally:
             # Whose sessions ended isn't in the answer: forget everyone's (resets are rare).
-            self.sessions.clear()
+            self.cache.clear()
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,16 @@ def use_session(gw: TestClient, token: str) -> None:
     gw.session.cookie_jar.update_cookies({"cp_session": token}, gw.make_url("/"))
 
 
+async def answers_soon(gw: TestClient, token: str, path: str, status: int, what: str) -> None:
+    """Wait until ``path``, asked with this session cookie, answers ``status``."""
+
+    async def answered() -> bool:
+        use_session(gw, token)
+        return await status_of(gw, path) == status
+
+    await eventually(answered, what)
+
+
 async def status_of(gw: TestClient, path: str) -> int:
     response = await gw.get(path, allow_redirects=False)
     await response.read()
@@ -288,12 +298,7 @@ async def test_a_revocation_announced_by_identity_reaches_the_cache(
             reason="logout",
         ),
     )
-
-    async def refused() -> bool:
-        use_session(cached_gw, token.value)
-        return await status_of(cached_gw, page) == 303
-
-    await eventually(refused, "the announced revocation to apply")
+    await answers_soon(cached_gw, token.value, page, 303, "the announced revocation to apply")
 
 
 def _close_listener_connection() -> None:
@@ -371,12 +376,7 @@ async def test_an_access_change_announced_by_portals_reaches_the_cache(
             portal_id=uuid.UUID(portal["id"]), user_id=uuid.UUID(user["id"]), role="client"
         ),
     )
-
-    async def refused() -> bool:
-        use_session(cached_gw, token.value)
-        return await status_of(cached_gw, page) == 404
-
-    await eventually(refused, "the announced access change to apply")
+    await answers_soon(cached_gw, token.value, page, 404, "the announced access change to apply")
 
 
 def test_the_tag_index_follows_every_way_an_entry_leaves(monkeypatch: pytest.MonkeyPatch) -> None:

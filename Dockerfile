@@ -14,7 +14,7 @@
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # ---------------------------------------------------------------------------------------
-# builder: resolves the dependencies from pyproject.toml and installs the project into a
+# builder: installs the locked dependencies (requirements.lock) and the project into a
 # virtualenv at /opt/venv. Every dependency ships manylinux wheels for amd64 and arm64,
 # so no compiler is needed; if a platform lacks a wheel, add build-essential here (it
 # never reaches the final image).
@@ -29,19 +29,19 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# 1. Dependencies alone, read from pyproject.toml: this layer is rebuilt only when
-#    pyproject.toml changes, not on every source edit.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+# 1. Dependencies alone, from the lock file, every file checked against its sha256: this
+#    layer is rebuilt only when requirements.lock changes, not on every source edit.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 
 # 2. The project itself: setuptools builds a wheel from pyproject.toml (with the package
-#    data: migrations, templates, static files) and pip installs it into the venv.
+#    data: migrations, templates, static files) and pip installs it into the venv, with
+#    nothing more resolved (--no-deps: the lock file is the whole tree).
+COPY pyproject.toml ./
 COPY libs ./libs
 COPY services ./services
 #    The runtime needs neither pip nor setuptools: they leave the venv afterwards.
-RUN pip install . \
+RUN pip install --no-deps . \
     && pip check \
     && python -m pip uninstall --yes pip setuptools
 
@@ -71,11 +71,13 @@ RUN chmod 0755 /app/deploy/docker-entrypoint.sh && chmod 0644 /app/deploy/health
 # mounted read-only (Kubernetes mounts an emptyDir on /tmp).
 USER 10001:10001
 
-# gateway 8080 (public); identity 8101, portals 8102, invitations 8103, mailer 8104.
-EXPOSE 8080 8101 8102 8103 8104
+# gateway 8080 (public); identity 8101, portals 8102, invitations 8103, mailer 8104; and
+# their management ports (/healthz, /readyz, /metrics): 9080, 9101, 9102, 9103, 9104.
+EXPOSE 8080 8101 8102 8103 8104 9080 9101 9102 9103 9104
 
-# Liveness of whichever service runs here: GET /healthz on 127.0.0.1:<its port>, with the
-# standard library (the slim image has no curl). Compose and Kubernetes check /readyz too.
+# Liveness of whichever service runs here: GET /healthz on 127.0.0.1:<its management port>,
+# with the standard library (the slim image has no curl). Compose and Kubernetes check
+# /readyz too.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "/app/deploy/healthcheck.py", "/healthz"]
 

@@ -8,12 +8,15 @@ STAMP  := $(VENV)/.installed
 export ADMIN_EMAIL    ?= admin@example.com
 export ADMIN_PASSWORD ?= change-this-admin-password
 
-.PHONY: run test check lint typecheck audit migrate bench screenshots install clean
+.PHONY: run test check lint typecheck audit migrate bench screenshots install clean secrets lock \
+	monitoring-rules openapi
 
-$(STAMP): pyproject.toml
+# The whole dependency tree comes from the lock file, every file checked against its hash;
+# then the project itself (editable, nothing more resolved).
+$(STAMP): pyproject.toml requirements-dev.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,8 +24,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) scripts/run_stack.py
 
+# Fresh secrets for deploy/compose.yaml in deploy/.env: broker passwords, service keys,
+# the mail-job key, the administrator's password, the API key (keeps the ones already there).
+secrets: $(STAMP)
+	$(PY) scripts/compose_secrets.py
+
 migrate: $(STAMP)
-	for s in identity portals invitations mailer; do $(PY) -m services.$$s migrate || exit 1; done
+	for s in identity portals invitations mailer gateway; do $(PY) -m services.$$s migrate || exit 1; done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check services libs tests scripts bench
@@ -39,12 +47,24 @@ test: check
 screenshots: $(STAMP)
 	SCREENSHOTS=docs $(PY) -m pytest tests/browser -q
 
+# Re-resolve requirements.lock and requirements-dev.lock after changing pyproject.toml.
+lock: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH scripts/lock.sh
+
 audit: $(STAMP)
-	$(VENV)/bin/pip-audit --skip-editable --progress-spinner off
+	$(VENV)/bin/pip-audit --progress-spinner off --disable-pip --require-hashes -r requirements-dev.lock
 	$(VENV)/bin/bandit -q -r services libs -lll
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# docs/openapi.json from the models the gateway's routes declare (tests check it is fresh).
+openapi: $(STAMP)
+	$(PY) scripts/gen_openapi.py
+
+# The Prometheus Operator's PrometheusRule from deploy/monitoring/alerts.yml.
+monitoring-rules: $(STAMP)
+	$(PY) scripts/monitoring_rules.py
 
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache

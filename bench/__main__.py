@@ -1,4 +1,4 @@
-"""``python -m bench [invite|accept|portal|list ...] [--quick]``: start a fresh stack, run
+"""``python -m bench [invite|accept|portal|list|batch ...] [--quick]``: start a fresh stack, run
 the benchmarks, print one JSON object per result line and save them under bench/results/."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from . import accept, invite, listing, portal
+from . import accept, batch, invite, listing, portal
 from .stack import Stack, peak_rss_mib, running_stack
 
 Bench = Callable[[Stack, bool], Awaitable[list[dict[str, Any]]]]
@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, Bench] = {
     "accept": accept.run,
     "portal": portal.run,
     "list": listing.run,
+    "batch": batch.run,
 }
 RESULTS = Path(__file__).parent / "results"
 TARGET_RSS_MIB = 150.0

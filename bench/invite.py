@@ -100,7 +100,7 @@ async def _via_api(stack: Stack, portal_id: str, duration: float, run: str) -> d
 async def _via_events(stack: Stack, portal_id: str, duration: float, run: str) -> dict[str, Any]:
     base = await stack.sent_count()
     cpu_before = snapshot(_parts(stack))
-    connection = await aio_pika.connect(stack.env.amqp_url)
+    connection = await aio_pika.connect(stack.env.integration_url)  # as an integration would
     published = 0
     try:
         channel = await connection.channel(publisher_confirms=True)

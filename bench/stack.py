@@ -18,16 +18,19 @@ import aiohttp
 import asyncpg
 from yarl import URL
 
-from tests.support.env import AMQP_URL, CONSUMERS, TestEnv, free_port, new_test_env
+from libs.common.broker import SERVICES, broker_user
+from libs.common.provision import provision, remove_users
+from tests.support.env import CONSUMERS, TestEnv, free_port, new_test_env
 from tests.support.forms import find_form
 from tests.support.processes import ServiceProcess, run_migrations
+from tests.support.servers import current as current_servers
 
 from .sink import AiosmtpdSink, PostfixSink, start_sink
 
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "bench-admin-password-correct-horse"
 ORDER = ("identity", "portals", "invitations", "mailer", "gateway")
-SCHEMAS = ("identity", "portals", "invitations", "mailer")
+SCHEMAS = ("identity", "portals", "invitations", "mailer", "gateway")
 
 
 def new_bench_env() -> TestEnv:
@@ -38,7 +41,7 @@ def new_bench_env() -> TestEnv:
         database_url=base.database_url.rsplit("/", 1)[0] + f"/{name}",
         admin_url=base.admin_url,
         database_name=name,
-        amqp_url=AMQP_URL,
+        amqp_url=current_servers().amqp_url,
         bus_prefix=f"cpbench-{run}",
     )
 
@@ -150,6 +153,13 @@ async def running_stack(**extra_env: str) -> AsyncIterator[Stack]:
     admin = await asyncpg.connect(env.admin_url)
     await admin.execute(f'CREATE DATABASE "{env.database_name}"')
     await admin.close()
+    # Each service's broker user, as make run makes them (libs/common/provision.py).
+    await provision(
+        env.amqp_url,
+        env.bus_prefix,
+        env.broker_passwords,
+        {env.integration_user: env.integration_password},
+    )
     sink = start_sink()
     services: dict[str, ServiceProcess] = {}
     pool: asyncpg.Pool | None = None
@@ -196,6 +206,10 @@ async def running_stack(**extra_env: str) -> AsyncIterator[Stack]:
         sink.stop()
         try:
             await _drop_bus(env)
+            await remove_users(
+                env.amqp_url,
+                [broker_user(env.bus_prefix, s) for s in SERVICES] + [env.integration_user],
+            )
         finally:
             admin = await asyncpg.connect(env.admin_url)
             await admin.execute(f'DROP DATABASE IF EXISTS "{env.database_name}" WITH (FORCE)')

@@ -1,7 +1,9 @@
 """Container health probe: ``python /app/deploy/healthcheck.py [/healthz|/readyz]``.
 
-Asks the service named by ``SERVICE`` on its own port (``<SERVICE>_PORT`` or the default)
-and exits 0 on a 2xx answer, 1 otherwise. Standard library only: the image has no curl.
+Asks the service named by ``SERVICE`` on its management port (``<SERVICE>_MANAGEMENT_PORT``,
+else ``MANAGEMENT_PORT``, else the service's default; the public port serves no health
+routes) and exits 0 on a 2xx answer, 1 otherwise. Standard library only: the image has no
+curl.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import sys
 import urllib.error
 import urllib.request
 
+# The services' management ports (services/<name>/settings.py).
 DEFAULT_PORTS = {
-    "gateway": 8080,
-    "identity": 8101,
-    "portals": 8102,
-    "invitations": 8103,
-    "mailer": 8104,
+    "gateway": 9080,
+    "identity": 9101,
+    "portals": 9102,
+    "invitations": 9103,
+    "mailer": 9104,
 }
 # A service bound to every interface is asked on loopback.
 ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}  # noqa: S104 - compared, never bound
@@ -29,7 +32,11 @@ def main(argv: list[str]) -> int:
         print(f"healthcheck: unknown SERVICE {service!r}", file=sys.stderr)
         return 1
     prefix = service.upper()
-    port = os.environ.get(f"{prefix}_PORT") or str(DEFAULT_PORTS[service])
+    port = (
+        os.environ.get(f"{prefix}_MANAGEMENT_PORT")
+        or os.environ.get("MANAGEMENT_PORT")
+        or str(DEFAULT_PORTS[service])
+    )
     host = os.environ.get(f"{prefix}_HOST", "")
     host = "127.0.0.1" if host in ANY_ADDRESS else host
     if ":" in host and not host.startswith("["):

@@ -5,9 +5,13 @@ confirms, persistent) and waits on its own exclusive queue for the answer that c
 the same ``correlation_id``: ``invitation.created``, ``invitation.resent`` (the email
 already had a pending invitation to that portal: it was resent) or ``invitation.rejected``.
 
-    python examples/publish_invitation.py --amqp-url amqp://guest:guest@127.0.0.1:5672/ \\
+    python examples/publish_invitation.py --amqp-url amqp://clientpress-crm:SECRET@127.0.0.1:5672/ \\
         --prefix clientpress --portal-slug acme-rebrand --email client@example.com \\
         --idempotency-key crm-deal-4711
+
+Connect as your integration's own broker user (``make run`` prints one; docs/
+inviting-from-other-systems.md): it may publish ``invitation.requested`` and read the
+``invitation.*`` answers, nothing else.
 
 Exit status: 0 created or resent, 1 rejected, 2 no answer in time. It needs only aio-pika; it
 imports nothing from ClientPress, so it can be copied into another code base as it is.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from urllib.parse import unquote, urlsplit
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -29,7 +34,7 @@ ANSWERS = ("invitation.created", "invitation.resent", "invitation.rejected")
 
 
 def build_request(args: argparse.Namespace, correlation_id: str) -> dict[str, object]:
-    """The v1 envelope of DESIGN.md "Events"; ``data`` is the invitation.requested body."""
+    """The v1 envelope of docs/design.md "Events"; ``data`` is the invitation.requested body."""
     data: dict[str, object] = {
         "email": args.email,
         "idempotency_key": args.idempotency_key,
@@ -82,6 +87,8 @@ async def request_invitation(args: argparse.Namespace) -> int:
             correlation_id=correlation_id,
             type="invitation.requested",
             app_id=args.source,
+            # RabbitMQ checks it is the user we logged in as: who sent it, proven.
+            user_id=unquote(urlsplit(args.amqp_url).username or "guest"),
         )
         # Returns once the broker has confirmed it; raises if the broker refused it.
         await exchange.publish(message, routing_key="invitation.requested", timeout=10)

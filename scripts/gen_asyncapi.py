@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from libs.common.activity import EVENT_ACTIONS  # noqa: E402
+from libs.common.broker import WEBHOOK_EVENTS  # noqa: E402
 from libs.common.events import EVENTS, PRIVATE_TYPES, Envelope  # noqa: E402
 
 TARGET = ROOT / "docs" / "asyncapi.yaml"
@@ -29,13 +31,34 @@ INVITATION = "3a9e6b1c-0d2f-4e8a-b7c5-6f1d9e2a4b80"
 USER = "c5b2e8f1-4a7d-4c3e-9f0b-1d6a8e2c5f47"
 MAIL = "e1d4a7b0-9c3f-4b6e-8a2d-5f0c7b1e3a96"
 SESSION = "9b0e3d6a-2f5c-4a8b-b1e7-4c9f2a6d0e13"
+KEY = "5e8c1a3f-7b2d-4f6e-a9c0-3d1b7e5f2a84"
+STAFF = "f2a6c9e1-3b5d-4a7f-8e0c-6d2b9f1a4c73"
+# The envelope's actor in the examples of the changes the Activity log records.
+ACTOR = {"type": "user", "id": STAFF, "name": "dana@agency.example"}
 EMAIL = "client@example.com"
+STAFF_EMAIL = "sam@agency.example"
 
 # One example ``data`` per event; validated against its model when generating.
 EXAMPLES: dict[str, dict[str, Any]] = {
     "identity.user.created": {"user_id": USER, "email": EMAIL, "role": "client"},
     "identity.user.disabled": {"user_id": USER},
+    "identity.user.enabled": {"user_id": USER},
+    "identity.user.role_changed": {"user_id": USER, "role": "staff", "previous_role": "client"},
     "identity.session.revoked": {"user_id": USER, "reason": "logout", "session_id": SESSION},
+    "identity.key.created": {
+        "key_id": KEY,
+        "name": "CRM sync",
+        "scopes": ["invitations:write", "portals:read"],
+    },
+    "identity.key.revoked": {
+        "key_id": KEY,
+        "name": "CRM sync",
+        "scopes": ["invitations:write", "portals:read"],
+    },
+    "identity.settings.changed": {
+        "changes": {"login_redirect": True},
+        "previous": {"login_redirect": False},
+    },
     "portal.created": {
         "portal_id": PORTAL,
         "slug": "acme-rebrand",
@@ -50,7 +73,12 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "status": "active",
         "revision": 2,
     },
-    "portal.access.granted": {"portal_id": PORTAL, "user_id": USER, "role": "client"},
+    "portal.access.granted": {
+        "portal_id": PORTAL,
+        "user_id": USER,
+        "role": "client",
+        "idempotency_key": "crm-deal-4711",
+    },
     "portal.access.revoked": {"portal_id": PORTAL, "user_id": USER, "role": "sub_client"},
     "invitation.requested": {
         "portal_slug": "acme-rebrand",
@@ -58,6 +86,8 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "idempotency_key": "crm-deal-4711",
         "sub_client": False,
         "invited_by": "crm@agency.example",
+        "expires_in_days": 21,
+        "personal_message": "Hi Jane, here is the portal for the rebrand. Talk soon, Ann",
     },
     "invitation.created": {
         "invitation_id": INVITATION,
@@ -67,6 +97,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "invited_by": "crm@agency.example",
         "idempotency_key": "crm-deal-4711",
         "sub_client": False,
+        "expires_in_days": 21,
     },
     "invitation.rejected": {
         "reason": "portal_not_active",
@@ -80,8 +111,24 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "portal_id": PORTAL,
         "email": EMAIL,
         "expires_at": "2025-02-05T09:00:00Z",
+        "expires_in_days": 21,
+        "idempotency_key": "crm-deal-4711",
+        "reason": "staff",
+        "invited_by": "crm@agency.example",
     },
-    "invitation.revoked": {"invitation_id": INVITATION, "portal_id": PORTAL, "email": EMAIL},
+    "invitation.reminded": {
+        "invitation_id": INVITATION,
+        "portal_id": PORTAL,
+        "email": EMAIL,
+        "expires_at": "2025-01-29T10:30:00Z",
+    },
+    "invitation.revoked": {
+        "invitation_id": INVITATION,
+        "portal_id": PORTAL,
+        "email": EMAIL,
+        "idempotency_key": "crm-deal-4711",
+        "invited_by": "crm@agency.example",
+    },
     "invitation.expired": {"invitation_id": INVITATION, "portal_id": PORTAL, "email": EMAIL},
     "invitation.accepted": {
         "invitation_id": INVITATION,
@@ -89,6 +136,42 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "email": EMAIL,
         "user_id": USER,
         "sub_client": False,
+        "idempotency_key": "crm-deal-4711",
+        "invited_by": "crm@agency.example",
+    },
+    "invitation.settings.changed": {
+        "changes": {"invitation_expiry_days": 21},
+        "previous": {"invitation_expiry_days": 14},
+    },
+    "invitation.staff.created": {
+        "invitation_id": INVITATION,
+        "email": STAFF_EMAIL,
+        "role": "staff",
+        "expires_at": "2025-01-29T10:30:00Z",
+        "invited_by": "dana@agency.example",
+    },
+    "invitation.staff.resent": {
+        "invitation_id": INVITATION,
+        "email": STAFF_EMAIL,
+        "role": "staff",
+        "expires_at": "2025-02-05T10:30:00Z",
+        "invited_by": "dana@agency.example",
+    },
+    "invitation.staff.revoked": {
+        "invitation_id": INVITATION,
+        "email": STAFF_EMAIL,
+        "role": "staff",
+    },
+    "invitation.staff.expired": {
+        "invitation_id": INVITATION,
+        "email": STAFF_EMAIL,
+        "role": "administrator",
+    },
+    "invitation.staff.accepted": {
+        "invitation_id": INVITATION,
+        "email": STAFF_EMAIL,
+        "role": "staff",
+        "user_id": USER,
     },
     "mail.requested": {
         "mail_id": MAIL,
@@ -102,6 +185,8 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             "site_name": "portal.example.com",
             "expires_at": "2025-01-29T10:30:00+00:00",
             "invited_by": "crm@agency.example",
+            "expires_in_days": "21",
+            "personal_message": "Hi Jane, here is the portal for the rebrand. Talk soon, Ann",
         },
     },
     "mail.sent": {
@@ -109,6 +194,16 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "template": "invitation",
         "ref_type": "invitation",
         "ref_id": INVITATION,
+    },
+    "mail.retrying": {
+        "mail_id": MAIL,
+        "template": "invitation",
+        "ref_type": "invitation",
+        "ref_id": INVITATION,
+        "attempt": 3,
+        "next_attempt_at": "2025-01-15T10:30:14Z",
+        "reason": "smtp_deferred",
+        "smtp_code": 451,
     },
     "mail.failed": {
         "mail_id": MAIL,
@@ -118,6 +213,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "reason": "550 5.1.1 no such user",
         "attempts": 1,
     },
+    "settings.branding.changed": {"changed": ["agency_name", "logo"]},
 }
 
 # Who publishes each event: "inbound" ones are published by other systems.
@@ -128,12 +224,24 @@ PUBLISHERS = {
     "invitation.": "invitations",
     "mail.requested": "invitations, identity",
     "mail.": "mailer",
+    "settings.branding.": "mailer",
 }
 
 SUMMARIES = {
     "identity.user.created": "A user account was created.",
     "identity.user.disabled": "A user account was disabled; its sessions end.",
+    "identity.user.enabled": "A disabled user account may log in again.",
+    "identity.user.role_changed": (
+        "A user's role changed (Administrator, Staff, Client); it applies to their next request."
+    ),
     "identity.session.revoked": "One session (or, without session_id, all of a user's) ended.",
+    "identity.key.created": (
+        "An integration key was created (Settings → API Keys, POST /api/v1/keys); never the key."
+    ),
+    "identity.key.revoked": "An integration key was revoked; calls made with it are refused.",
+    "identity.settings.changed": (
+        "Login Redirect was changed: changes has the new value, previous the old one."
+    ),
     "portal.created": "A portal was created; data is its current public state.",
     "portal.updated": "A portal's title, slug or status changed; data is its current state.",
     "portal.access.granted": "A user became the portal's Client or a Sub-Client.",
@@ -146,18 +254,63 @@ SUMMARIES = {
     "invitation.created": "An invitation was sent (answer to invitation.requested, too).",
     "invitation.rejected": (
         "An invitation.requested was refused. reason is machine-readable: portal_not_found, "
-        "portal_not_active, invalid_email, already_has_access, missing_portal."
+        "portal_not_active, invalid_email, already_has_access, missing_portal, "
+        "invalid_expires_in_days, personal_message_too_long, or "
+        "send_rate_limited (the invitation was pending and a new link would pass a cap on "
+        "new links; retry_at says when the next one can go)."
     ),
-    "invitation.resent": "A new link and expiry were sent; the old link no longer works.",
+    "invitation.resent": (
+        "A new link and expiry were sent; the old link no longer works (its page says it was "
+        "replaced). reason says who asked: staff, api, invitation_requested or "
+        "requested_by_invitee (Email me a new link)."
+    ),
+    "invitation.reminded": (
+        "The invitation's one reminder (Invitation Reminder: 1 or 3 days before expiry) went "
+        "out with a fresh link; the earlier link no longer works; expires_at is unchanged."
+    ),
     "invitation.revoked": "The invitation was revoked; its link no longer works.",
     "invitation.expired": "The expiry sweep marked a pending invitation as expired.",
     "invitation.accepted": "The invitation was accepted and the portal attached to user_id.",
+    "invitation.staff.created": (
+        "A staff invitation (Users → Invite Staff: a role, Administrator or Staff, and no "
+        "portal) was sent. Staff invitations have their own types, so invitation.accepted "
+        "always names a portal, and integrations bound to invitation.* never see them."
+    ),
+    "invitation.staff.resent": (
+        "A staff invitation got a new link and expiry; the old link no longer works."
+    ),
+    "invitation.staff.revoked": "A staff invitation was revoked; its link no longer works.",
+    "invitation.staff.expired": "The expiry sweep marked a pending staff invitation as expired.",
+    "invitation.staff.accepted": (
+        "A staff invitation was accepted: user_id has an account with at least role (a new "
+        "account is created with it; an existing Client or Staff is raised to it; an "
+        "Administrator invited as Staff stays an Administrator)."
+    ),
+    "invitation.settings.changed": (
+        "Invitation Link Expiry or Invitation Reminder was changed: changes has the new values,"
+        " previous the old ones."
+    ),
     "mail.requested": (
         "Internal mail job, on the private mail exchange only: it carries one-time links. "
         "Only the mailer binds it; not part of the public contract."
     ),
     "mail.sent": "The mailer delivered a mail job to the SMTP server.",
-    "mail.failed": "The mailer gave up on a mail job (permanent error or retries used up).",
+    "settings.branding.changed": (
+        "Settings → Branding was saved (Agency Name, Logo, Accent Colour, Reply-To, Footer "
+        "Text): changed lists the fields whose value changed, never the values. Published "
+        "by the mailer, which keeps the branding; gateways forget their copy on it."
+    ),
+    "mail.retrying": (
+        "A send failed for now (SMTP answered 4xx, or did not answer: reason smtp_deferred "
+        "or smtp_unreachable) and waits until next_attempt_at. attempt counts the tries "
+        "made. Retries back off exponentially, with jitter, to at most "
+        "MAILER_RETRY_MAX_SECONDS apart, until MAILER_GIVE_UP_AFTER_SECONDS after queueing."
+    ),
+    "mail.failed": (
+        "The mailer gave up on a mail job: reason smtp_rejected (a 5xx answer, at once), "
+        "max_attempts (still failing when its retry horizon ended), invalid_address or "
+        "invalid_context."
+    ),
 }
 
 
@@ -171,11 +324,14 @@ def _publisher(event_type: str) -> str:
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     envelope = Envelope.model_json_schema(ref_template=REF)
+    for name, sub in sorted(envelope.pop("$defs", {}).items()):
+        schemas[name] = sub
     envelope["description"] = (
         "Every event's JSON body. AMQP message_id = id, correlation_id = correlation_id, "
         "type = type; persistent delivery, content type application/json."
     )
     schemas["Envelope"] = envelope
+    schemas["TraceHeaders"] = TRACE_HEADERS
     for model in dict.fromkeys(EVENTS.values()):
         schema = model.model_json_schema(ref_template=REF)
         for name, sub in sorted(schema.pop("$defs", {}).items()):
@@ -199,6 +355,8 @@ def _message(event_type: str, version: int, model_name: str) -> dict[str, Any]:
         "correlation_id": "crm-deal-4711-request-1",
         "data": data.model_dump(mode="json", exclude_none=True),
     }
+    if event_type in EVENT_ACTIONS:
+        example["actor"] = ACTOR
     Envelope.model_validate(example)
     message: dict[str, Any] = {
         "name": _message_name(event_type, version),
@@ -226,12 +384,32 @@ def _message(event_type: str, version: int, model_name: str) -> dict[str, Any]:
                 },
             ]
         },
+        "headers": {"$ref": REF.format(model="TraceHeaders")},
         "bindings": {"amqp": {"messageType": event_type, "bindingVersion": "0.2.0"}},
         "examples": [{"name": event_type.replace(".", "-"), "payload": example}],
     }
     if event_type in PRIVATE_TYPES:
         message["x-internal"] = True
     return message
+
+
+# The AMQP headers of every message: the W3C trace context, when traces are on.
+TRACE_HEADERS: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        "Optional. Set when the publishing service traces (OTEL_EXPORTER_OTLP_ENDPOINT): "
+        "the W3C trace context of the request or message that caused the event, which "
+        "consumers continue (docs/observability.md). An integration may set it on "
+        "invitation.requested to have its own trace continue; nothing depends on it."
+    ),
+    "properties": {
+        "traceparent": {
+            "type": "string",
+            "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        },
+        "tracestate": {"type": "string"},
+    },
+}
 
 
 def _channel(event_type: str, message_name: str) -> dict[str, Any]:
@@ -244,6 +422,11 @@ def _channel(event_type: str, message_name: str) -> dict[str, Any]:
         if inbound
         else f" Published by the {publisher} service."
     )
+    if event_type in WEBHOOK_EVENTS:
+        description += (
+            " Also POSTed to the webhook endpoints that subscribe to it, as"
+            ' {"type", "timestamp", "data"} (README "Webhooks").'
+        )
     channel: dict[str, Any] = {
         "description": description,
         "bindings": {
@@ -292,6 +475,13 @@ def build() -> dict[str, Any]:
                 "it travels only on the private `<prefix>.mail` exchange, because it "
                 "carries one-time links. Other systems invite clients by publishing "
                 "`invitation.requested` (see docs/inviting-from-other-systems.md).\n\n"
+                "Every connection logs in as its own broker user and sets the AMQP "
+                "`user_id` property (RabbitMQ checks it). Each service may publish only "
+                "the events it owns (topic permissions); consumers act on an internal "
+                "event only when `user_id` is its owner's user (`<prefix>-identity`, "
+                "`<prefix>-portals`, `<prefix>-invitations`, `<prefix>-mailer`) and the "
+                "envelope's `type` is the routing key. An integration's user may publish "
+                "`invitation.requested` and bind `invitation.*`, nothing else.\n\n"
                 "Generated by scripts/gen_asyncapi.py from libs/common/events.py; do not "
                 "edit by hand."
             ),
@@ -303,10 +493,24 @@ def build() -> dict[str, Any]:
                 "protocol": "amqp",
                 "protocolVersion": "0.9.1",
                 "description": "The broker of `make run` (AMQP_URL).",
+                "security": [{"brokerUser": []}],
             }
         },
         "channels": channels,
-        "components": {"schemas": _schemas(), "messages": messages},
+        "components": {
+            "schemas": _schemas(),
+            "messages": messages,
+            "securitySchemes": {
+                "brokerUser": {
+                    "type": "userPassword",
+                    "description": (
+                        "A RabbitMQ user of your own, made by the provisioning "
+                        "(BROKER_INTEGRATIONS; libs/common/provision.py), whose name you "
+                        "also send as the AMQP user_id property."
+                    ),
+                }
+            },
+        },
     }
 
 

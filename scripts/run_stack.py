@@ -4,6 +4,7 @@ services, print the URLs, and stop everything cleanly on Ctrl-C."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -17,17 +18,24 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import asyncpg
 
+from libs.common import broker
+from libs.common.provision import ProvisionError, provision
+from libs.common.sealing import new_key
+from libs.common.service_auth import encode_private, generate, public_table_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR = ROOT / ".run"
 MAILDEV_VERSION = "2.2.1"
+# Each service's management port (/healthz, /readyz, /metrics): its default, unless
+# <NAME>_MANAGEMENT_PORT (or MANAGEMENT_PORT, for every service) says otherwise.
 SERVICES = {
-    "identity": ("IDENTITY_PORT", 8101),
-    "portals": ("PORTALS_PORT", 8102),
-    "invitations": ("INVITATIONS_PORT", 8103),
-    "mailer": ("MAILER_PORT", 8104),
-    "gateway": ("GATEWAY_PORT", 8080),
+    "identity": 9101,
+    "portals": 9102,
+    "invitations": 9103,
+    "mailer": 9104,
+    "gateway": 9080,
 }
-MIGRATED = ("identity", "portals", "invitations", "mailer")
+MIGRATED = ("identity", "portals", "invitations", "mailer", "gateway")
 
 
 def say(message: str) -> None:
@@ -127,6 +135,65 @@ def start_mail_catcher(env: dict[str, str], procs: list[subprocess.Popen[bytes]]
     return None
 
 
+INTEGRATION = "crm"
+
+
+def local_secrets(env: dict[str, str]) -> dict[str, str]:
+    """This checkout's broker passwords and mail-job key: made once, kept in .run/ (only
+    its owner reads it), so a restart keeps the same users; variables set win."""
+    path = RUN_DIR / "secrets.json"
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    names = [f"{s.upper()}_BROKER_PASSWORD" for s in broker.SERVICES]
+    for name in [*names, "CRM_BROKER_PASSWORD"]:
+        stored.setdefault(name, broker.new_passwords(["x"])["x"])
+    stored.setdefault("MAIL_JOB_KEY", new_key())
+    stored.setdefault("WEBHOOK_SECRET_KEY", new_key())
+    path.write_text(json.dumps(stored, indent=2))
+    path.chmod(0o600)
+    return {name: env.get(name) or value for name, value in stored.items()}
+
+
+def provision_broker(env: dict[str, str], secrets: dict[str, str]) -> str | None:
+    """Each service's own broker user and the example integration's, from AMQP_URL's
+    administrator credentials. Returns the integration's AMQP URL, or None on failure."""
+    amqp_url = env.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    prefix = env.get("BUS_PREFIX", "clientpress")
+    passwords = {s: secrets[f"{s.upper()}_BROKER_PASSWORD"] for s in broker.SERVICES}
+    integration = broker.broker_user(prefix, INTEGRATION)
+    try:
+        asyncio.run(
+            provision(amqp_url, prefix, passwords, {integration: secrets["CRM_BROKER_PASSWORD"]})
+        )
+    except ProvisionError as exc:
+        say(f"could not create the broker users: {exc}")
+        return None
+    return broker.with_credentials(amqp_url, integration, secrets["CRM_BROKER_PASSWORD"])
+
+
+def service_env(env: dict[str, str], secrets: dict[str, str], name: str) -> dict[str, str]:
+    """What one service gets: its own broker password (never another's), and the mail-job
+    key only where mail jobs are sealed or opened."""
+    own = dict(env)
+    for service in broker.SERVICES:
+        own.pop(f"{service.upper()}_BROKER_PASSWORD", None)
+    own[f"{name.upper()}_BROKER_PASSWORD"] = secrets[f"{name.upper()}_BROKER_PASSWORD"]
+    if name in ("identity", "invitations", "mailer"):
+        own["MAIL_JOB_KEY"] = secrets["MAIL_JOB_KEY"]
+    else:
+        own.pop("MAIL_JOB_KEY", None)
+    # The webhook endpoints' signing secrets: the mailer's alone.
+    if name == "mailer":
+        own["WEBHOOK_SECRET_KEY"] = secrets["WEBHOOK_SECRET_KEY"]
+    else:
+        own.pop("WEBHOOK_SECRET_KEY", None)
+    return own
+
+
+def management_port(env: dict[str, str], name: str) -> int:
+    chosen = env.get(f"{name.upper()}_MANAGEMENT_PORT") or env.get("MANAGEMENT_PORT")
+    return int(chosen or SERVICES[name])
+
+
 def wait_ready(name: str, port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -160,13 +227,26 @@ def main() -> int:
             say(f"migrating {name} failed:\n{result.stdout}{result.stderr}")
             return 1
     say("migrations applied")
+    secrets = local_secrets(env)
+    integration_url = provision_broker(env, secrets)
+    if integration_url is None:
+        return 1
+    say("broker users ready (one per service, and the example integration)")
     procs: list[subprocess.Popen[bytes]] = []
     inbox = start_mail_catcher(env, procs)
     services: dict[str, subprocess.Popen[bytes]] = {}
+    # Fresh service keys each run; each service gets only its own private key.
+    keys = generate(SERVICES)
+    table = public_table_text(keys)
     for name in SERVICES:
         log = (RUN_DIR / f"{name}.log").open("ab")
+        own = {"SERVICE_KEY": encode_private(keys[name]), "SERVICE_PUBLIC_KEYS": table}
         services[name] = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env, stdout=log, stderr=log
+            [sys.executable, "-m", f"services.{name}"],
+            cwd=ROOT,
+            env={**service_env(env, secrets, name), **own},
+            stdout=log,
+            stderr=log,
         )
     procs.extend(services.values())
 
@@ -184,9 +264,8 @@ def main() -> int:
     # Ctrl-C stops everything even when a shell started us with SIGINT ignored (`&`).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        for name, (var, default) in SERVICES.items():
-            port = int(env.get(var, default))
-            if not wait_ready(name, port, services[name]):
+        for name in SERVICES:
+            if not wait_ready(name, management_port(env, name), services[name]):
                 say(f"{name} did not start; see .run/{name}.log:")
                 print((RUN_DIR / f"{name}.log").read_text()[-3000:])
                 stop()
@@ -198,6 +277,11 @@ def main() -> int:
             say(f"  Administrator:    {env['ADMIN_EMAIL']} (password from ADMIN_PASSWORD)")
         if inbox:
             say(f"  Mail inbox:       {inbox}")
+        gateway_ops = f"http://127.0.0.1:{management_port(env, 'gateway')}"
+        say(f"  Operations:       {gateway_ops}/metrics, /readyz (each service on its own port)")
+        say(f"  Integrations:     {redact(integration_url)}  (password in .run/secrets.json)")
+        say("                    may publish invitation.requested and read invitation.*;")
+        say("                    see docs/inviting-from-other-systems.md")
         say("  Logs:             .run/<service>.log   (Ctrl-C stops everything)")
         while all(p.poll() is None for p in services.values()):
             time.sleep(0.5)

@@ -9,10 +9,21 @@ import asyncpg
 import pytest
 
 from libs.common.db import create_pool, migrate
+from tests.support import servers
 from tests.support.env import TestEnv, new_test_env, provisioned
 from tests.support.smtp import SmtpSink
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    # Chosen here, before any test: containers (when a Docker engine answers) are
+    # started once for the run, and the header says which servers the run used.
+    return servers.current().describe()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    servers.stop()
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +35,7 @@ async def test_env() -> AsyncIterator[TestEnv]:
 @pytest.fixture(scope="session")
 async def migrated_schemas(test_env: TestEnv) -> TestEnv:
     """Every service's real migrations applied to the run's database."""
-    for schema in ("identity", "portals", "invitations", "mailer"):
+    for schema in ("identity", "portals", "invitations", "mailer", "gateway"):
         directory = ROOT / "services" / schema / "migrations"
         if directory.is_dir():
             await migrate(test_env.database_url, schema, directory)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import aio_pika
 import asyncpg
@@ -21,7 +20,12 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     AbstractRobustExchange,
 )
+from aio_pika.connection import make_url
+from opentelemetry.trace import SpanKind
 
+from . import broker, tracing
+from .actor import set_actor
+from .broker import Binding, ExchangeKind
 from .context import set_correlation_id
 from .db import DATABASE_AWAY, Conn
 from .errors import Unavailable
@@ -31,10 +35,11 @@ from .metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
 
 log = get_logger(__name__)
 
-ExchangeKind = Literal["events", "mail"]
+__all__ = ["Binding", "Bus", "Consumer", "ExchangeKind", "Handler", "Unroutable", "trusted_sender"]
+
 Handler = Callable[[Conn, Envelope, EventData], Awaitable[None]]
 
-MAX_DELIVERIES = 5
+MAX_DELIVERIES = broker.MAX_DELIVERIES
 # A dependency that is away (the database restarting, a service down) is waited out while
 # holding the message, instead of spending the message's deliveries: an outage of a few
 # seconds must not dead-letter every message in flight.
@@ -42,17 +47,19 @@ DEPENDENCY_AWAY: tuple[type[BaseException], ...] = (*DATABASE_AWAY, Unavailable)
 DEPENDENCY_PATIENCE_SECONDS = 60.0
 
 
-@dataclass(frozen=True)
-class Binding:
-    exchange: ExchangeKind
-    routing_key: str
+class Unroutable(Exception):
+    """The broker returned a mandatory message: no queue is bound for its routing key."""
 
 
 class Bus:
+    """One service's connection, as its own broker user: everything it publishes carries
+    that user as ``user_id``, which RabbitMQ checks, so consumers know who sent it."""
+
     def __init__(self, url: str, prefix: str, service: str) -> None:
         self.url = url
         self.prefix = prefix
         self.service = service
+        self.user = broker.user_of(url)
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._exchanges: dict[str, AbstractRobustExchange] = {}
@@ -65,32 +72,41 @@ class Bus:
         return f"{self.prefix}.{service or self.service}"
 
     async def connect(self) -> None:
-        self._connection = await aio_pika.connect_robust(
-            self.url,
+        connection = aio_pika.RobustConnection(
+            make_url(self.url),
             client_properties={"connection_name": f"clientpress-{self.service}"},
-            timeout=10,
         )
-        self._channel = await self._connection.channel(publisher_confirms=True)
+        # Held before it connects: an app stopped while connecting (its start task
+        # cancelled) still closes it in close(), instead of leaving behind a robust
+        # connection that goes on reconnecting by itself.
+        self._connection = connection
+        await connection.connect(timeout=10)
+        self._channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
         assert isinstance(self._channel, aio_pika.RobustChannel)
+        # Passive: the exchanges are the provisioning's (libs/common/provision.py); a
+        # service's user may publish to them but not create or delete them.
         for kind in ("events", "mail", "dlx"):
-            exchange = await self._channel.declare_exchange(
-                self.exchange_name(kind),
-                aio_pika.ExchangeType.DIRECT if kind == "dlx" else aio_pika.ExchangeType.TOPIC,
-                durable=True,
-            )
+            exchange = await self._channel.declare_exchange(self.exchange_name(kind), passive=True)
             assert isinstance(exchange, aio_pika.RobustExchange)
             self._exchanges[kind] = exchange
 
     @property
     def ready(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed
+        """The link is up right now. A robust connection is never "closed" while it
+        reconnects; its ``connected`` event says whether it is through."""
+        connection = self._connection
+        return connection is not None and not connection.is_closed and connection.connected.is_set()
 
     async def close(self) -> None:
         for channel in self._consumer_channels:
             if not channel.is_closed:
                 await channel.close()
-        if self._connection is not None:
-            await self._connection.close()
+        self._consumer_channels.clear()
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed:
+            await connection.close()
 
     async def publish(
         self,
@@ -103,18 +119,44 @@ class Bus:
         type: str,
         timestamp: Any = None,
     ) -> None:
-        """Publish persistently and wait for the broker's confirm."""
+        """Publish persistently and wait for the broker's confirm. A type that a service's
+        durable queue must receive goes mandatory: if no queue is bound, the broker returns
+        it and this raises Unroutable instead of the message vanishing."""
+        headers: dict[str, Any] = {}
         message = aio_pika.Message(
             body,
+            headers=headers,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message_id,
             correlation_id=correlation_id,
             type=type,
             app_id=self.service,
+            user_id=self.user,
             timestamp=timestamp,
         )
-        await self._exchanges[kind].publish(message, routing_key=routing_key, timeout=10)
+        with tracing.span(
+            f"publish {routing_key}",
+            SpanKind.PRODUCER,
+            {
+                "messaging.system": "rabbitmq",
+                "messaging.destination.name": self.exchange_name(kind),
+                "messaging.rabbitmq.destination.routing_key": routing_key,
+                "messaging.message.id": message_id,
+            },
+        ) as span:
+            # The trace goes on in the consumer: traceparent (and tracestate) in the headers.
+            tracing.outgoing(message.headers)
+            try:
+                await self._exchanges[kind].publish(
+                    message,
+                    routing_key=routing_key,
+                    mandatory=broker.mandatory(routing_key),
+                    timeout=10,
+                )
+            except aio_pika.exceptions.DeliveryError as exc:
+                tracing.failed(span, "unroutable")
+                raise Unroutable(f"{routing_key} returned by the broker: no queue bound") from exc
 
     async def publish_envelope(self, envelope: Envelope, kind: ExchangeKind = "events") -> None:
         await self.publish(
@@ -133,18 +175,16 @@ class Bus:
         ch = channel or self._channel
         assert ch is not None
         dead = await ch.declare_queue(
-            f"{self.queue_name()}.dead", durable=True, arguments={"x-queue-type": "quorum"}
+            f"{self.queue_name()}.dead", durable=True, arguments=broker.DEAD_QUEUE_ARGUMENTS
         )
-        await dead.bind(self.exchange_name("dlx"), routing_key=self.service)
+        if self.service not in broker.CONSUMES:
+            # The provisioning binds the services' dead-letter queues; a service's user may
+            # not read the dlx, so it can't bind a queue to another service's dead letters.
+            await dead.bind(self.exchange_name("dlx"), routing_key=self.service)
         queue = await ch.declare_queue(
             self.queue_name(),
             durable=True,
-            arguments={
-                "x-queue-type": "quorum",
-                "x-delivery-limit": MAX_DELIVERIES,
-                "x-dead-letter-exchange": self.exchange_name("dlx"),
-                "x-dead-letter-routing-key": self.service,
-            },
+            arguments=broker.queue_arguments(self.prefix, self.service),
         )
         for binding in bindings:
             await queue.bind(self.exchange_name(binding.exchange), routing_key=binding.routing_key)
@@ -165,7 +205,7 @@ class Bus:
         self._consumer_channels.append(channel)
         await channel.set_qos(prefetch_count=prefetch)
         queue = await self.declare_queue(bindings, channel=channel)
-        consumer = Consumer(pool, handlers)
+        consumer = Consumer(pool, handlers, self.prefix)
         consumer.tag = await queue.consume(consumer.on_message)
         consumer.queue = queue
         return consumer
@@ -174,12 +214,14 @@ class Bus:
 class Consumer:
     """Applies each event once: the inbox row and the effect commit together.
 
-    Unparseable messages are dead-lettered at once; a handler that raises is retried
-    (with a growing pause) until the quorum queue's delivery limit dead-letters it."""
+    Unparseable messages, and messages from a sender that doesn't own their type, are
+    dead-lettered at once; a handler that raises is retried (with a growing pause) until
+    the quorum queue's delivery limit dead-letters it."""
 
-    def __init__(self, pool: asyncpg.Pool, handlers: dict[str, Handler]) -> None:
+    def __init__(self, pool: asyncpg.Pool, handlers: dict[str, Handler], prefix: str) -> None:
         self.pool = pool
         self.handlers = handlers
+        self.prefix = prefix
         self.tag: str | None = None
         self.queue: aio_pika.abc.AbstractRobustQueue | None = None
         self.in_flight = 0
@@ -202,7 +244,19 @@ class Consumer:
         self.in_flight += 1
         self._idle.clear()
         try:
-            await self._handle(message)
+            # The publisher's trace goes on here (and, through the outbox, beyond).
+            with tracing.span(
+                f"process {message.routing_key}",
+                SpanKind.CONSUMER,
+                {
+                    "messaging.system": "rabbitmq",
+                    "messaging.destination.name": message.exchange or "",
+                    "messaging.rabbitmq.destination.routing_key": message.routing_key or "",
+                    "messaging.message.id": message.message_id or "",
+                },
+                incoming=message.headers or {},
+            ):
+                await self._handle(message)
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -210,6 +264,7 @@ class Consumer:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         structlog.contextvars.clear_contextvars()
+        set_actor(None)  # what a consumer writes is the system's doing, not a person's
         try:
             envelope = parse_envelope(message.body)
         except MalformedEvent as exc:
@@ -217,6 +272,11 @@ class Consumer:
             return
         structlog.contextvars.bind_contextvars(event_type=envelope.type, event_id=str(envelope.id))
         set_correlation_id(envelope.correlation_id)
+        if not trusted_sender(self.prefix, envelope, message):
+            EVENTS_DEAD_LETTERED.labels(envelope.type, "untrusted_sender").inc()
+            EVENTS_CONSUMED.labels(envelope.type, "refused").inc()
+            await message.reject(requeue=False)
+            return
         handler = self.handlers.get(envelope.type)
         if handler is None:
             EVENTS_CONSUMED.labels(envelope.type, "ignored").inc()
@@ -278,6 +338,26 @@ class Consumer:
         EVENTS_DEAD_LETTERED.labels(type[:100], "malformed").inc()
         EVENTS_CONSUMED.labels(type[:100], "malformed").inc()
         await message.reject(requeue=False)
+
+
+def trusted_sender(prefix: str, envelope: Envelope, message: AbstractIncomingMessage) -> bool:
+    """Whether the broker-vouched sender owns this event type (libs/common/broker.py);
+    a refusal is logged with the sender's name."""
+    problem = broker.sender_problem(
+        prefix, envelope.type, message.routing_key or "", message.user_id
+    )
+    if problem is None:
+        return True
+    log.error(
+        "event_sender_refused",
+        sender=message.user_id,
+        event_type=envelope.type,
+        routing_key=message.routing_key,
+        correlation_id=envelope.correlation_id,
+        message_id=message.message_id,
+        reason=problem,
+    )
+    return False
 
 
 def _delivery_count(message: AbstractIncomingMessage) -> int:

@@ -19,6 +19,8 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from .logging import get_logger
+from .tracing import enabled as tracing_enabled
+from .tracing import watch_queries
 
 log = get_logger(__name__)
 
@@ -85,6 +87,7 @@ async def create_pool(
         max_inactive_connection_lifetime=60,
         server_settings={"search_path": f"{_check_schema(schema)},public"},
         reset=keep_session,
+        init=watch_queries if tracing_enabled() else None,
     )
     assert pool is not None
     return pool
@@ -108,14 +111,45 @@ def load_migrations(*directories: Path) -> list[Migration]:
             match = _NAME.match(path.name)
             if not match:
                 raise ValueError(f"migration {path} is not named NNNN_name.sql")
+            version = f"{index:02d}{prefix}{match.group(1)}"
+            if any(m.version == version for m in found):
+                # Same number twice (two branches each adding "the next" file): one would
+                # be taken as applied and never run.
+                raise ValueError(f"two migrations numbered {match.group(1)} in {directory}")
             found.append(
                 Migration(
-                    version=f"{index:02d}{prefix}{match.group(1)}",
+                    version=version,
                     name=path.name,
                     sql=path.read_text(),
                 )
             )
     return found
+
+
+class SchemaGate:
+    """Readiness's question to the database: is it reachable, and has every migration this
+    code ships been applied? Extra applied migrations (a newer release's additive ones,
+    docs/deploying.md "expand, then contract") don't matter. Once the schema is current it
+    stays so (migrations only add), and later checks are a plain round trip."""
+
+    def __init__(self, schema: str, directory: Path) -> None:
+        self.schema = _check_schema(schema)
+        self.shipped = {m.version: m.name for m in load_migrations(COMMON_MIGRATIONS, directory)}
+        self._current = False
+
+    async def pending(self, db: Db) -> list[str]:
+        """The shipped migrations not applied yet (empty when the schema is current)."""
+        if self._current:
+            await db.fetchval("SELECT 1")
+            return []
+        try:
+            rows = await db.fetch(f"SELECT version FROM {self.schema}.schema_migrations")
+        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+            rows = []
+        applied = {row["version"] for row in rows}
+        missing = [name for version, name in sorted(self.shipped.items()) if version not in applied]
+        self._current = not missing
+        return missing
 
 
 def _lock_key(schema: str) -> int:

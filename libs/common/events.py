@@ -1,4 +1,4 @@
-"""The event envelope and every event's data model (DESIGN.md "Events": the public contract).
+"""The event envelope and every event's data model (docs/design.md "Events": the public contract).
 
 Models are frozen and versioned: a breaking change is a new ``(type, version)`` entry,
 never an edit of an old one. ``mail.*`` jobs are listed here too, but ``mail.requested``
@@ -13,6 +13,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .actor import Actor, current_actor
 from .context import current_correlation_id
 
 
@@ -30,20 +31,60 @@ class Envelope(BaseModel):
     source: str = Field(max_length=100)
     correlation_id: str = Field(min_length=1, max_length=100)
     data: dict[str, Any]
+    actor: Actor | None = Field(
+        default=None,
+        description=(
+            "Who made the change: a staff member (user) or an integration key (key), for"
+            " changes asked through the gateway. Absent for the system's own work (expiry,"
+            " reminders, events from other systems) and for an invitee's own requests."
+        ),
+    )
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"))
+        body = self.model_dump(mode="json")
+        if body["actor"] is None:
+            del body["actor"]  # an event with no actor reads as it always did
+        return orjson.dumps(body)
 
 
 # --- identity -------------------------------------------------------------------------
+Role = Literal["administrator", "staff", "client"]
+
+
 class UserCreated(EventData):
     user_id: uuid.UUID
     email: str
-    role: Literal["administrator", "client"]
+    role: Role
 
 
 class UserDisabled(EventData):
     user_id: uuid.UUID
+
+
+class UserEnabled(EventData):
+    user_id: uuid.UUID
+
+
+class UserRoleChanged(EventData):
+    user_id: uuid.UUID
+    role: Role
+    previous_role: Role
+
+
+class ApiKeyChanged(EventData):
+    """identity.key.created / identity.key.revoked: never the key itself."""
+
+    key_id: uuid.UUID
+    name: str
+    scopes: list[str]
+
+
+class SettingsChanged(EventData):
+    """identity.settings.changed (Login Redirect) / invitation.settings.changed (Invitation
+    Link Expiry, Invitation Reminder): the settings a save changed, old and new values."""
+
+    changes: dict[str, int | bool | str | None]
+    previous: dict[str, int | bool | str | None] = {}
 
 
 class SessionRevoked(EventData):
@@ -69,11 +110,13 @@ class PortalChanged(EventData):
 
 
 class PortalAccessChanged(EventData):
-    """portal.access.granted / portal.access.revoked."""
+    """portal.access.granted / portal.access.revoked. A grant that comes from accepting an
+    invitation made under an idempotency key carries that key."""
 
     portal_id: uuid.UUID
     user_id: uuid.UUID
     role: Literal["client", "sub_client"] | None = None
+    idempotency_key: str | None = None
 
 
 # --- invitations ----------------------------------------------------------------------
@@ -90,6 +133,27 @@ class InvitationRequested(EventData):
     idempotency_key: str = Field(min_length=1, max_length=200)
     sub_client: bool | None = None
     invited_by: str | None = Field(default=None, max_length=200)
+    # Checked by the invitations service, which answers invitation.rejected
+    # (invalid_expires_in_days, personal_message_too_long) rather than dead-lettering.
+    expires_in_days: int | None = Field(
+        default=None,
+        description="Link Expiry for this invitation: 7, 14, 21 or 30 days (default: the"
+        " Invitation Link Expiry setting). A Resend keeps it.",
+    )
+    personal_message: str | None = Field(
+        default=None,
+        max_length=65_536,
+        description="Plain text (at most 1,000 characters) shown in the email; kept for Resends.",
+    )
+    # Bounded far above the 20 allowed: more is answered with invitation.rejected
+    # (too_many_portals), not dead-lettered.
+    portal_ids: list[uuid.UUID] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Several portals, one invitation: invite the person to each of these"
+        " portals (1 to 20) with one email and one link, instead of portal_id / portal_slug."
+        " Announced as one invitation.created per portal, each with the same group_id.",
+    )
 
 
 class InvitationCreated(EventData):
@@ -100,6 +164,15 @@ class InvitationCreated(EventData):
     invited_by: str | None = None
     idempotency_key: str | None = None
     sub_client: bool | None = None
+    expires_in_days: int | None = Field(
+        default=None,
+        description="The link's length in days: chosen for this invitation, or the setting's.",
+    )
+    group_id: uuid.UUID | None = Field(
+        default=None,
+        description="Set when the invitation was sent with others in one email (several"
+        " portals, one invitation): the same for each of them.",
+    )
 
 
 class InvitationRejected(EventData):
@@ -109,13 +182,64 @@ class InvitationRejected(EventData):
     email: str | None = None
     portal_id: uuid.UUID | None = None
     portal_slug: str | None = None
+    # reason send_rate_limited: when the next email to this invitation or address can go.
+    retry_at: datetime | None = None
+    # A request for several portals (portal_ids): the portals it named.
+    portal_ids: list[uuid.UUID] | None = None
 
 
+# Why a new link was sent (invitation.resent ``reason``; the Invitations screen shows it).
+RESEND_REASONS = ("staff", "api", "invitation_requested", "requested_by_invitee")
+
+
+# Every event of an invitation made under an idempotency key (an API Idempotency-Key, or
+# invitation.requested's) carries that key, so an integration can tie the whole lifecycle
+# to its own request.
 class InvitationResent(EventData):
     invitation_id: uuid.UUID
     portal_id: uuid.UUID
     email: str
     expires_at: datetime
+    expires_in_days: int | None = Field(
+        default=None, description="The new link's length in days (a chosen one is kept)."
+    )
+    idempotency_key: str | None = None
+    reason: str | None = Field(
+        default=None,
+        description=(
+            "Who asked for the new link: staff (Resend on the Invitations screen, or Send"
+            " Invitation again in the portal editor), api (the JSON API), invitation_requested"
+            " (an invitation.requested event found this invitation pending),"
+            " requested_by_invitee (Email me a new link, on the page of an expired or"
+            " replaced link). Absent in events published before it existed."
+        ),
+    )
+    invited_by: str | None = Field(
+        default=None, description="Who sent the invitation: a staff member, a key's name."
+    )
+    group_id: uuid.UUID | None = Field(
+        default=None,
+        description="Set when the invitation was sent with others in one email (several"
+        " portals, one invitation): the same for each of them.",
+    )
+
+
+class InvitationReminded(EventData):
+    """The one reminder of a pending invitation went out with a fresh link (the earlier
+    link is replaced); ``expires_at`` is unchanged."""
+
+    invitation_id: uuid.UUID
+    portal_id: uuid.UUID
+    email: str
+    expires_at: datetime
+    invited_by: str | None = Field(
+        default=None, description="Who sent the invitation: a staff member, a key's name."
+    )
+    group_id: uuid.UUID | None = Field(
+        default=None,
+        description="Set when the invitation was sent with others in one email (several"
+        " portals, one invitation): the same for each of them.",
+    )
 
 
 class InvitationClosed(EventData):
@@ -124,6 +248,15 @@ class InvitationClosed(EventData):
     invitation_id: uuid.UUID
     portal_id: uuid.UUID
     email: str
+    idempotency_key: str | None = None
+    invited_by: str | None = Field(
+        default=None, description="Who sent the invitation: a staff member, a key's name."
+    )
+    group_id: uuid.UUID | None = Field(
+        default=None,
+        description="Set when the invitation was sent with others in one email (several"
+        " portals, one invitation): the same for each of them.",
+    )
 
 
 class InvitationAccepted(EventData):
@@ -132,6 +265,51 @@ class InvitationAccepted(EventData):
     email: str
     user_id: uuid.UUID
     sub_client: bool | None = None
+    idempotency_key: str | None = None
+    invited_by: str | None = Field(
+        default=None, description="Who sent the invitation: a staff member, a key's name."
+    )
+    group_id: uuid.UUID | None = Field(
+        default=None,
+        description="Set when the invitation was sent with others in one email (several"
+        " portals, one invitation): the same for each of them.",
+    )
+
+
+# --- staff invitations (Users → Invite Staff) -------------------------------------------
+# A staff invitation has a role and no portal, so it is announced under its own types,
+# invitation.staff.*: a consumer of invitation.accepted (portals, which grants from it)
+# keeps its portal_id, and an integration bound to invitation.* (one word) never sees
+# the team's invitations.
+StaffRole = Literal["administrator", "staff"]
+
+
+class StaffInvitationSent(EventData):
+    """invitation.staff.created / invitation.staff.resent: a link went out."""
+
+    invitation_id: uuid.UUID
+    email: str
+    role: StaffRole
+    expires_at: datetime
+    invited_by: str | None = None
+
+
+class StaffInvitationClosed(EventData):
+    """invitation.staff.revoked / invitation.staff.expired."""
+
+    invitation_id: uuid.UUID
+    email: str
+    role: StaffRole
+
+
+class StaffInvitationAccepted(EventData):
+    """The person has an account with at least ``role`` (an account that already had a
+    higher role keeps it)."""
+
+    invitation_id: uuid.UUID
+    email: str
+    role: StaffRole
+    user_id: uuid.UUID
 
 
 # --- mail -----------------------------------------------------------------------------
@@ -140,7 +318,7 @@ class MailRequested(EventData):
     mail exchange that the mailer alone binds."""
 
     mail_id: uuid.UUID
-    template: Literal["invitation", "password_reset"]
+    template: Literal["invitation", "invitation_reminder", "staff_invitation", "password_reset"]
     to: str
     ref_type: str
     ref_id: uuid.UUID
@@ -154,6 +332,20 @@ class MailSent(EventData):
     ref_id: uuid.UUID
 
 
+class MailRetrying(EventData):
+    """A send failed for now (a 4xx answer, or no answer at all) and waits for its next
+    try. ``reason`` is machine-readable (``smtp_deferred``, ``smtp_unreachable``)."""
+
+    mail_id: uuid.UUID
+    template: str
+    ref_type: str
+    ref_id: uuid.UUID
+    attempt: int
+    next_attempt_at: datetime
+    reason: str
+    smtp_code: int | None = None
+
+
 class MailFailed(EventData):
     mail_id: uuid.UUID
     template: str
@@ -163,10 +355,26 @@ class MailFailed(EventData):
     attempts: int
 
 
+# --- settings (owned by the mailer, which keeps the branding) --------------------------
+BrandingField = Literal["agency_name", "logo", "accent_colour", "reply_to", "footer_text"]
+
+
+class BrandingChanged(EventData):
+    """Settings → Branding was saved: which fields changed (never their values, so the
+    event says nothing an activity log shouldn't keep). Gateways forget their copy."""
+
+    changed: list[BrandingField]
+
+
 EVENTS: dict[tuple[str, int], type[EventData]] = {
     ("identity.user.created", 1): UserCreated,
     ("identity.user.disabled", 1): UserDisabled,
+    ("identity.user.enabled", 1): UserEnabled,
+    ("identity.user.role_changed", 1): UserRoleChanged,
     ("identity.session.revoked", 1): SessionRevoked,
+    ("identity.key.created", 1): ApiKeyChanged,
+    ("identity.key.revoked", 1): ApiKeyChanged,
+    ("identity.settings.changed", 1): SettingsChanged,
     ("portal.created", 1): PortalChanged,
     ("portal.updated", 1): PortalChanged,
     ("portal.access.granted", 1): PortalAccessChanged,
@@ -175,12 +383,21 @@ EVENTS: dict[tuple[str, int], type[EventData]] = {
     ("invitation.created", 1): InvitationCreated,
     ("invitation.rejected", 1): InvitationRejected,
     ("invitation.resent", 1): InvitationResent,
+    ("invitation.reminded", 1): InvitationReminded,
     ("invitation.revoked", 1): InvitationClosed,
     ("invitation.expired", 1): InvitationClosed,
     ("invitation.accepted", 1): InvitationAccepted,
+    ("invitation.staff.created", 1): StaffInvitationSent,
+    ("invitation.staff.resent", 1): StaffInvitationSent,
+    ("invitation.staff.revoked", 1): StaffInvitationClosed,
+    ("invitation.staff.expired", 1): StaffInvitationClosed,
+    ("invitation.staff.accepted", 1): StaffInvitationAccepted,
+    ("invitation.settings.changed", 1): SettingsChanged,
     ("mail.requested", 1): MailRequested,
     ("mail.sent", 1): MailSent,
+    ("mail.retrying", 1): MailRetrying,
     ("mail.failed", 1): MailFailed,
+    ("settings.branding.changed", 1): BrandingChanged,
 }
 
 PRIVATE_TYPES = frozenset({"mail.requested"})
@@ -197,7 +414,9 @@ def make_event(
     source: str,
     correlation_id: str | None = None,
     version: int = 1,
+    actor: Actor | None = None,
 ) -> Envelope:
+    """``actor``: who made the change; by default the request's (libs/common/actor.py)."""
     if EVENTS.get((event_type, version)) is not type(data):
         raise ValueError(f"{event_type} v{version} does not carry {type(data).__name__}")
     return Envelope(
@@ -208,6 +427,7 @@ def make_event(
         source=source,
         correlation_id=correlation_id or current_correlation_id(),
         data=data.model_dump(mode="json"),
+        actor=actor or current_actor(),
     )
 
 

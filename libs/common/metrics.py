@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+from importlib import metadata
+
 from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter(
@@ -25,3 +28,29 @@ EVENTS_DEAD_LETTERED = Counter(
     ["type", "reason"],
 )
 OUTBOX_BACKLOG = Gauge("clientpress_outbox_backlog", "Outbox rows not yet published")
+EVENTS_UNROUTABLE = Counter(
+    "clientpress_events_unroutable_total",
+    "Mandatory events the broker returned (no queue bound); they stay in the outbox",
+    ["type"],
+)
+BROKER_CONNECTED = Gauge(
+    "clientpress_broker_connected",
+    "1 while the AMQP connection is up; 0 while it is away and reconnecting",
+)
+BUILD_INFO = Gauge(
+    "clientpress_build_info",
+    "Always 1: which release, service and Python this process runs",
+    ["version", "service", "python"],
+)
+
+
+def release() -> str:
+    """The installed ClientPress version (pyproject.toml's), or "unknown" from a bare tree."""
+    try:
+        return metadata.version("clientpress")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def record_build_info(service: str) -> None:
+    BUILD_INFO.labels(release(), service, platform.python_version()).set(1)

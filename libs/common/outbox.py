@@ -3,7 +3,12 @@
 ``append`` runs inside the caller's transaction and NOTIFYs the relay (delivered at
 commit). The relay claims rows with ``FOR UPDATE SKIP LOCKED``, so several replicas
 share the work without publishing a row twice at once; a crash between the confirm and
-the commit republishes, and consumers drop the duplicate through their inbox."""
+the commit republishes, and consumers drop the duplicate through their inbox.
+
+A row the broker returns as unroutable (a mandatory type no queue is bound for yet)
+stays pending and is tried again after a growing pause (``attempts``,
+``next_attempt_at``). Mail jobs are sealed before they are written here
+(libs/common/sealing.py), so no row holds a usable link."""
 
 from __future__ import annotations
 
@@ -13,15 +18,18 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from .bus import Bus, ExchangeKind
+from .bus import Bus, ExchangeKind, Unroutable
 from .db import Conn
 from .events import PRIVATE_TYPES, Envelope
 from .logging import get_logger
-from .metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
+from .metrics import EVENTS_PUBLISHED, EVENTS_UNROUTABLE, OUTBOX_BACKLOG
+from .tracing import carrier, resumed
 
 log = get_logger(__name__)
 
 BACKLOG_COUNT_SECONDS = 2.0
+# An unroutable row waits 1, 2, 4 … seconds, at most this long, between tries.
+UNROUTABLE_MAX_PAUSE_SECONDS = 60
 
 
 async def append(conn: Conn, envelope: Envelope, *more: Envelope) -> None:
@@ -29,8 +37,9 @@ async def append(conn: Conn, envelope: Envelope, *more: Envelope) -> None:
     trip: the rows, and a NOTIFY the relay receives when the caller commits."""
     envelopes = (envelope, *more)
     await conn.execute(
-        "WITH rows AS (INSERT INTO outbox (id, exchange, routing_key, body, correlation_id)"
-        " SELECT id, exchange, routing_key, body, correlation_id"
+        "WITH rows AS (INSERT INTO outbox"
+        " (id, exchange, routing_key, body, correlation_id, trace_context)"
+        " SELECT id, exchange, routing_key, body, correlation_id, $6"
         " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[])"
         " WITH ORDINALITY AS e(id, exchange, routing_key, body, correlation_id, n)"
         "   ORDER BY n"
@@ -41,6 +50,7 @@ async def append(conn: Conn, envelope: Envelope, *more: Envelope) -> None:
         [e.type for e in envelopes],
         [e.to_json() for e in envelopes],
         [e.correlation_id for e in envelopes],
+        carrier(),
     )
 
 
@@ -54,8 +64,9 @@ async def change_and_append(
     n = len(args)
     sql = (
         f"WITH change AS ({change}),"
-        " event AS (INSERT INTO outbox (id, exchange, routing_key, body, correlation_id)"
-        f" SELECT ${n + 1}::uuid, ${n + 2}, ${n + 3}, ${n + 4}::bytea, ${n + 5}"
+        " event AS (INSERT INTO outbox"
+        " (id, exchange, routing_key, body, correlation_id, trace_context)"
+        f" SELECT ${n + 1}::uuid, ${n + 2}, ${n + 3}, ${n + 4}::bytea, ${n + 5}, ${n + 6}"
         " WHERE EXISTS (SELECT 1 FROM change) RETURNING 1)"
         " SELECT EXISTS (SELECT 1 FROM change) AS applied,"
         " (SELECT count(*) FROM (SELECT pg_notify('outbox_' || current_schema(), '')"
@@ -69,6 +80,7 @@ async def change_and_append(
         envelope.type,
         envelope.to_json(),
         envelope.correlation_id,
+        carrier(),
     )
     return bool(row and row["applied"])
 
@@ -93,36 +105,70 @@ class OutboxRelay:
         self._listener: asyncpg.Connection | None = None
 
     async def flush_once(self) -> int:
-        """Publish one batch; returns how many rows were published."""
+        """Publish one batch; returns how many rows were confirmed by the broker."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT id, exchange, routing_key, body, correlation_id FROM outbox"
-                " WHERE published_at IS NULL ORDER BY seq LIMIT $1"
-                " FOR UPDATE SKIP LOCKED",
+                "SELECT id, exchange, routing_key, body, correlation_id, attempts, trace_context"
+                " FROM outbox"
+                " WHERE published_at IS NULL"
+                "   AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
+                " ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self.batch,
             )
             if not rows:
                 return 0
-            await asyncio.gather(
-                *(
-                    self.bus.publish(
-                        row["exchange"],
-                        row["routing_key"],
-                        row["body"],
-                        message_id=str(row["id"]),
-                        correlation_id=row["correlation_id"],
-                        type=row["routing_key"],
-                    )
-                    for row in rows
-                )
+            outcomes = await asyncio.gather(
+                *(self._publish(row) for row in rows), return_exceptions=True
             )
+            sent = [row for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
+            returned = [
+                row
+                for row, outcome in zip(rows, outcomes, strict=True)
+                if isinstance(outcome, Unroutable)
+            ]
             await conn.execute(
                 "UPDATE outbox SET published_at = now() WHERE id = ANY($1::uuid[])",
-                [row["id"] for row in rows],
+                [row["id"] for row in sent],
             )
-        for row in rows:
+            if returned:
+                await conn.execute(
+                    "UPDATE outbox SET attempts = attempts + 1,"
+                    " next_attempt_at = now() + make_interval(secs => least($2::int,"
+                    "   power(2, least(attempts, 16))::int))"
+                    " WHERE id = ANY($1::uuid[])",
+                    [row["id"] for row in returned],
+                    UNROUTABLE_MAX_PAUSE_SECONDS,
+                )
+        for row in sent:
             EVENTS_PUBLISHED.labels(row["routing_key"]).inc()
-        return len(rows)
+        for row in returned:
+            EVENTS_UNROUTABLE.labels(row["routing_key"]).inc()
+            log.warning(
+                "outbox_unroutable",
+                event_type=row["routing_key"],
+                event_id=str(row["id"]),
+                attempts=row["attempts"] + 1,
+            )
+        failures = [
+            o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, Unroutable)
+        ]
+        if failures:
+            # The broker went away mid-batch: what it confirmed is recorded above; the rest
+            # stays pending for the next pass.
+            raise failures[0]
+        return len(sent)
+
+    async def _publish(self, row: asyncpg.Record) -> None:
+        # Each row in its own task (gather), so each resumes its own writer's trace.
+        with resumed(row["trace_context"]):
+            await self.bus.publish(
+                row["exchange"],
+                row["routing_key"],
+                row["body"],
+                message_id=str(row["id"]),
+                correlation_id=row["correlation_id"],
+                type=row["routing_key"],
+            )
 
     async def backlog(self) -> int:
         value = await self.pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")

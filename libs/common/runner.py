@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -12,7 +13,15 @@ from aiohttp import web
 
 from .db import migrate
 from .logging import configure_logging, get_logger
-from .settings import CommonSettings, load_or_exit
+from .settings import (
+    CommonSettings,
+    ConfigError,
+    check_broker_user,
+    load_or_exit,
+    refuse_known_secrets,
+)
+from .tracing import configure_tracing
+from .web import serve_management
 
 S = TypeVar("S", bound=CommonSettings)
 
@@ -25,6 +34,7 @@ def main(
     schema: str | None,
     migrations: Path | None,
     listen: Callable[[S], tuple[str, int]],
+    management_port: Callable[[S], int],
     argv: list[str] | None = None,
 ) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m services.{service}")
@@ -40,15 +50,31 @@ def main(
         asyncio.run(migrate(settings.database_url, schema, migrations))
         return
     try:
+        check_broker_user(settings, service)
+        refuse_known_secrets(settings)
+    except ConfigError as exc:
+        print(f"clientpress: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is optional off Linux/macOS
         pass
     host, port = listen(settings)
+    # Before anything is built or connects: pools and middleware ask whether traces are on.
+    stop_tracing = configure_tracing(service, settings.otel_exporter_otlp_endpoint)
+    try:
+        # Checks what settings alone can't, e.g. the service keys against PUBLIC_URL.
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"clientpress: {service}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     log.info("service_starting", host=host, port=port)
+    # Health, readiness and metrics on a port of their own, on the same host.
+    app.cleanup_ctx.append(serve_management(host, management_port(settings)))
     web.run_app(
-        create_app(settings),
+        app,
         host=host,
         port=port,
         access_log=None,
@@ -56,4 +82,6 @@ def main(
         shutdown_timeout=20,
         handle_signals=True,
     )
+    if stop_tracing is not None:
+        stop_tracing()  # sends the spans still in the batch
     log.info("service_stopped")

@@ -1,13 +1,16 @@
-"""The public configuration (DESIGN.md "Runtime contract") as one pydantic-settings base."""
+"""The public configuration (docs/design.md "Runtime contract") as one pydantic-settings base."""
 
 from __future__ import annotations
 
 import sys
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic import AnyUrl, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .broker import broker_user, user_of, with_credentials
+from .sealing import DEVELOPMENT_KEY, WEBHOOK_DEVELOPMENT_KEY, Sealer, sealer_for
 
 S = TypeVar("S", bound="CommonSettings")
 
@@ -36,6 +39,22 @@ class CommonSettings(BaseSettings):
     admin_email: str | None = None
     admin_password: SecretStr | None = None
     log_level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
+    # How long a consumer remembers an applied event id. A redelivery comes within minutes
+    # (the relay's republish after a crash, the queue's five deliveries with pauses); a
+    # week is far beyond it, and keeps the inbox tables from growing forever.
+    inbox_retention_hours: float = Field(default=168.0, ge=1.0)
+    # Seals mail jobs (libs/common/sealing.py): identity and invitations seal, the mailer
+    # opens. Comma-separated for rotation; the first key seals.
+    mail_job_key: SecretStr = SecretStr(DEVELOPMENT_KEY)
+    # Proof of the calling service on internal HTTP calls (libs/common/service_auth.py):
+    # this service's Ed25519 private key, and every service's public keys. Unset = the
+    # development keys shipped in the repository, refused unless PUBLIC_URL is local.
+    service_key: SecretStr | None = None
+    service_public_keys: str | None = None
+    # Traces (libs/common/tracing.py): the OTLP/HTTP collector, e.g. http://otel-collector:4318
+    # (spans go to <endpoint>/v1/traces). Unset = no traces, and no tracing cost. The other
+    # OTEL_* variables of the OpenTelemetry SDK (headers, timeouts, batch sizes) apply too.
+    otel_exporter_otlp_endpoint: str | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -51,15 +70,39 @@ class CommonSettings(BaseSettings):
             raise ValueError("must be an amqp:// or amqps:// URL")
         return value
 
-    @field_validator("smtp_username", "admin_email", mode="before")
+    @field_validator(
+        "smtp_username",
+        "admin_email",
+        "service_public_keys",
+        "otel_exporter_otlp_endpoint",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("smtp_password", "admin_password", mode="before")
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_broker_password_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        if info.field_name and info.field_name.endswith("_broker_password") and value == "":
+            return None
+        return value
+
+    @field_validator("smtp_password", "admin_password", "service_key", mode="before")
     @classmethod
     def _empty_secret_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    def service_amqp_url(self, service: str) -> str:
+        """The URL this service connects with: AMQP_URL's broker, logged in as the
+        service's own user ``<BUS_PREFIX>-<service>`` when ``<SERVICE>_BROKER_PASSWORD``
+        is set; otherwise AMQP_URL as it is (which must then name that user)."""
+        password = getattr(self, f"{service}_broker_password", None)
+        if password is None:
+            return self.amqp_url
+        return with_credentials(
+            self.amqp_url, broker_user(self.bus_prefix, service), password.get_secret_value()
+        )
 
     @property
     def public_base(self) -> str:
@@ -69,6 +112,76 @@ class CommonSettings(BaseSettings):
     @property
     def secure_cookies(self) -> bool:
         return self.public_url.scheme == "https"
+
+    @property
+    def local(self) -> bool:
+        """PUBLIC_URL names this machine: a developer's run, where shipped defaults do."""
+        return (self.public_url.host or "") in LOCAL_HOSTS
+
+    def sealer(self) -> Sealer:
+        return sealer_for(self.mail_job_key.get_secret_value())
+
+    def known_secrets_in_use(self) -> list[str]:
+        """The variables whose value is one shipped in this repository (so known to
+        anyone who has read it)."""
+        found = []
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                secrets = (
+                    value.get_secret_value().split(",")
+                    if name in ("mail_job_key", "webhook_secret_key")
+                    else [value.get_secret_value()]
+                )
+            elif name in ("database_url", "amqp_url"):
+                secrets = [unquote(urlsplit(value).password or "")]
+            else:
+                continue
+            if any(secret.strip() in KNOWN_SECRETS for secret in secrets):
+                found.append(name.upper())
+        return found
+
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+# Every secret value written anywhere in this repository (Makefile, deploy/, docs,
+# examples, the local defaults): tests/security/test_known_secrets.py fails when one is
+# added without being listed here.
+KNOWN_SECRETS = frozenset(
+    {
+        DEVELOPMENT_KEY,
+        WEBHOOK_DEVELOPMENT_KEY,
+        "change-this-admin-password",
+        "clientpress-local-admin",
+        "local-api-key-not-for-production",
+        "CHANGE-ME",
+        "CHANGE-ME-at-least-12-characters",
+        "CHANGE-ME-a-long-random-string",
+        "CHANGE-ME-base64-of-32-random-bytes",
+        "clientpress",
+        "guest",
+        "local-identity-broker-password",
+        "local-portals-broker-password",
+        "local-invitations-broker-password",
+        "local-mailer-broker-password",
+        "local-gateway-broker-password",
+        "local-crm-broker-password",
+        "bG9jYWwtb3ZlcmxheS1tYWlsLWpvYi1rZXktMDAwMDA=",
+        "bG9jYWwtb3ZlcmxheS13ZWJob29rLXNlY3JldHMtMDA=",
+    }
+)
+
+
+def refuse_known_secrets(settings: CommonSettings) -> None:
+    """Outside localhost, a service doesn't start on a secret everyone can read here."""
+    if settings.local:
+        return
+    names = settings.known_secrets_in_use()
+    if names:
+        raise ConfigError(
+            f"{', '.join(names)}: a value shipped with ClientPress, known to anyone who has"
+            f" read it; PUBLIC_URL is {settings.public_base}, so set a secret of your own"
+            " (docs/deploying.md)"
+        )
 
 
 def load_settings(cls: type[S]) -> S:
@@ -82,6 +195,19 @@ def load_settings(cls: type[S]) -> S:
             name = "_".join(str(part) for part in error["loc"]).upper() or "?"
             problems.append(f"{name}: {error['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def check_broker_user(settings: CommonSettings, service: str) -> None:
+    """A service logs in to the broker as its own user, ``<BUS_PREFIX>-<service>``: what
+    it publishes carries that user, and consumers act only on events their owner sent."""
+    expected = broker_user(settings.bus_prefix, service)
+    actual = user_of(settings.service_amqp_url(service))
+    if actual != expected:
+        raise ConfigError(
+            f"AMQP_URL: must log in as this service's broker user {expected!r}, not"
+            f" {actual!r} (`make run` and `python -m libs.common.provision provision` create"
+            " the users; see docs/deploying.md)"
+        )
 
 
 def load_or_exit(cls: type[S]) -> S:

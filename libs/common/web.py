@@ -1,23 +1,30 @@
-"""The aiohttp app kit: typed app keys, request context and error middlewares, health,
-readiness and metrics routes, JSON helpers, and cleanup contexts for pool, bus and relay."""
+"""The aiohttp app kit: typed app keys, request context, error and service-proof
+middlewares, the management app (health, readiness, metrics) on its own port, JSON
+helpers, and cleanup contexts for pool, bus and relay."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import orjson
 import structlog
 from aiohttp import web
+from opentelemetry.trace import Span, SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from .bus import Binding, Bus, Consumer, Handler
+from . import tracing
+from .actor import ACTOR_HEADER, decode_actor, set_actor
+from .broker import Binding
+from .bus import Bus, Consumer, Handler
 from .context import (
     CORRELATION_HEADER,
     REQUEST_ID_HEADER,
@@ -25,11 +32,21 @@ from .context import (
     new_id,
     set_correlation_id,
 )
-from .db import DATABASE_AWAY, create_pool
-from .errors import DomainError, InvalidInput, RateLimited
+from .db import DATABASE_AWAY, SchemaGate, create_pool
+from .errors import DomainError, Forbidden, InvalidInput, RateLimited, TooLarge, Unauthorized
 from .logging import get_logger
-from .metrics import HTTP_LATENCY, HTTP_REQUESTS
+from .metrics import BROKER_CONNECTED, HTTP_LATENCY, HTTP_REQUESTS, record_build_info
 from .outbox import OutboxRelay
+from .service_auth import (
+    HEADER,
+    SCHEME,
+    SERVICES,
+    ProofRefused,
+    ServiceKeys,
+    TokenSigner,
+    TokenVerifier,
+    load_service_keys,
+)
 from .settings import CommonSettings
 
 log = get_logger(__name__)
@@ -39,8 +56,25 @@ M = TypeVar("M", bound=BaseModel)
 SERVICE = web.AppKey("service", str)
 POOL = web.AppKey("pool", asyncpg.Pool)
 BUS = web.AppKey("bus", Bus)
-RELAY = web.AppKey("relay", OutboxRelay)
-CONSUMER = web.AppKey("consumer", Consumer)
+
+
+@dataclass
+class BusParts:
+    """The relay and consumer add_bus starts once the broker is reached, which may be after
+    the app has started (its state can't change then: this holder does)."""
+
+    relay: OutboxRelay | None = None
+    consumer: Consumer | None = None
+
+
+BUS_PARTS = web.AppKey("bus_parts", BusParts)
+SERVICE_KEYS = web.AppKey("service_keys", ServiceKeys)
+
+# The management app's paths: on the main app they answer 404, without asking for proof.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+SCHEMA_GATE = web.AppKey("schema_gate", SchemaGate)
+# On the management app: the service's main app, whose state readiness reads.
+MAIN = web.AppKey("main", web.Application)
 
 # Errors that mean "a dependency is down": answered 503, never a 500 with a trace.
 UNAVAILABLE_ERRORS = DATABASE_AWAY
@@ -66,9 +100,15 @@ def json_response(
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    details: Mapping[str, Any] | None = None,
 ) -> web.Response:
-    return json_response({"error": {"code": code, "message": message}}, status, headers)
+    error = {"code": code, "message": message}
+    error.update({k: v for k, v in (details or {}).items() if k not in error})
+    return json_response({"error": error}, status, headers)
 
 
 def describe_validation(exc: ValidationError) -> str:
@@ -79,10 +119,27 @@ def describe_validation(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def read_json(request: web.Request, model: type[M]) -> M:
-    """Parse and validate a JSON body, or raise InvalidInput with a readable message."""
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body of a route allowed more than the app's ``client_max_size`` (a batch)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(
+                f"The request body must be at most {limit // (1024 * 1024)} MiB.",
+                code="body_too_large",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: web.Request, model: type[M], *, limit: int | None = None) -> M:
+    """Parse and validate a JSON body, or raise InvalidInput with a readable message.
+    ``limit``: this route's own body limit, in place of the app's."""
+    body = await (read_body(request, limit) if limit is not None else request.read())
     try:
-        raw = orjson.loads(await request.read())
+        raw = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidInput("The request body must be JSON.", code="invalid_json") from None
     try:
@@ -108,10 +165,34 @@ async def context_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     structlog.contextvars.clear_contextvars()
+    set_actor(None)  # bound again by the gateway's session check or the service proof
     request_id = clean_incoming_id(request.headers.get(REQUEST_ID_HEADER)) or new_id()
     correlation_id = clean_incoming_id(request.headers.get(CORRELATION_HEADER)) or request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
     set_correlation_id(correlation_id)
+    route = route_name(request)
+    if tracing.enabled() and route not in OPEN_PATHS:
+        with tracing.span(
+            f"{request.method} {route}",
+            SpanKind.SERVER,
+            {"http.request.method": request.method, "http.route": route},
+            incoming=request.headers,
+        ) as span:
+            response = await _measured(request, handler, route, span)
+    else:
+        response = await _measured(request, handler, route, None)
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = request_id
+        response.headers[CORRELATION_HEADER] = correlation_id
+    return response
+
+
+async def _measured(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    route: str,
+    span: Span | None,
+) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500
     try:
@@ -121,13 +202,29 @@ async def context_middleware(
         status = exc.status
         raise
     finally:
-        route = route_name(request)
+        elapsed = time.perf_counter() - started
         HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
-        HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
-    if not response.prepared:
-        response.headers[REQUEST_ID_HEADER] = request_id
-        response.headers[CORRELATION_HEADER] = correlation_id
+        HTTP_LATENCY.labels(request.method, route).observe(elapsed)
+        _access_log(request.method, route, status, elapsed)
+        if span is not None:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                tracing.failed(span, str(status))
     return response
+
+
+def _access_log(method: str, route: str, status: int, elapsed: float) -> None:
+    """One line per request, with the route's pattern (never the path or query, which may
+    hold ids or a token); request_id and correlation_id come from the context. Probes
+    (health, readiness, metrics: every few seconds from each orchestrator) log at debug."""
+    emit = log.debug if route in OPEN_PATHS else log.info
+    emit(
+        "http_request",
+        method=method,
+        route=route,
+        status=status,
+        duration_ms=round(elapsed * 1000, 2),
+    )
 
 
 @web.middleware
@@ -143,10 +240,14 @@ async def json_error_middleware(
         return error_response(exc.status, code, exc.reason)
     except RateLimited as exc:
         return error_response(
-            exc.status, exc.code, exc.message, {"Retry-After": str(exc.retry_after)}
+            exc.status,
+            exc.code,
+            exc.message,
+            {"Retry-After": str(exc.retry_after)},
+            exc.details,
         )
     except DomainError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, details=exc.details)
     except UNAVAILABLE_ERRORS as exc:
         log.warning("dependency_unavailable", error=type(exc).__name__)
         return error_response(
@@ -164,21 +265,42 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready = can serve: the database answers and holds every migration this code needs.
+    The broker is reported, never required: the outbox keeps what is published while it
+    is away, and the relay and consumers reconnect by themselves."""
+    app = request.app[MAIN]
     checks: dict[str, str] = {}
-    app = request.app
+    ready = True
     if POOL in app:
         try:
-            await asyncio.wait_for(app[POOL].fetchval("SELECT 1"), timeout=2)
+            pending = await asyncio.wait_for(app[SCHEMA_GATE].pending(app[POOL]), timeout=2)
             checks["database"] = "ok"
+            if pending:
+                ready = False
+                checks["schema"] = (
+                    f"migrations not applied: {', '.join(pending)}"
+                    f" (run `python -m services.{app[SERVICE]} migrate`)"
+                )
+            else:
+                checks["schema"] = "ok"
         except Exception as exc:
+            ready = False
             checks["database"] = type(exc).__name__
     if BUS in app:
-        checks["broker"] = "ok" if app[BUS].ready else "disconnected"
-    ready = all(v == "ok" for v in checks.values())
+        checks["broker"] = "ok" if _broker_connected(app[BUS]) else "disconnected"
     return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
 
 
-async def metrics(_: web.Request) -> web.Response:
+def _broker_connected(bus: Bus) -> bool:
+    up = bus.ready
+    BROKER_CONNECTED.set(1 if up else 0)
+    return up
+
+
+async def metrics(request: web.Request) -> web.Response:
+    app = request.app[MAIN]
+    if BUS in app:
+        _broker_connected(app[BUS])
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -189,21 +311,159 @@ def base_app(
     client_max_size: int = 256 * 1024,
     middlewares: Sequence[Any] = (),
 ) -> web.Application:
+    """A service's main app, on its public port. Health, readiness and metrics are not
+    here: they are on the management app (``serve_management``)."""
     chain: list[Any] = [context_middleware]
     if json_errors:
         chain.append(json_error_middleware)
     chain.extend(middlewares)
     app = web.Application(middlewares=chain, client_max_size=client_max_size)
     app[SERVICE] = service
+    record_build_info(service)
+    return app
+
+
+def management_app(main: web.Application) -> web.Application:
+    """``/healthz``, ``/readyz`` and ``/metrics`` for ``main``, whose state they read."""
+    app = web.Application(middlewares=[context_middleware, json_error_middleware])
+    app[MAIN] = main
+    app[SERVICE] = main[SERVICE]
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     return app
 
 
-def add_database(
-    app: web.Application, settings: CommonSettings, schema: str, *, max_size: int = 10
+def service_keys(app: web.Application, settings: CommonSettings) -> ServiceKeys:
+    """This service's keys (SERVICE_KEY, SERVICE_PUBLIC_KEYS), loaded once per app; a
+    development key with a PUBLIC_URL that is not local raises ConfigError here."""
+    if SERVICE_KEYS not in app:
+        app[SERVICE_KEYS] = load_service_keys(app[SERVICE], settings)
+    return app[SERVICE_KEYS]
+
+
+def service_signer(app: web.Application, settings: CommonSettings) -> TokenSigner:
+    """What a ServiceClient of this app signs its calls with."""
+    return TokenSigner(service_keys(app, settings))
+
+
+class ServiceGuard:
+    """Who may call which route: ``{"METHOD /canonical/{path}": {caller, ...}}``."""
+
+    def __init__(self, verifier: TokenVerifier, callers: Mapping[str, Collection[str]]) -> None:
+        self.verifier = verifier
+        self.callers = {route: frozenset(names) for route, names in callers.items()}
+        strangers = {n for names in self.callers.values() for n in names} - set(SERVICES)
+        if strangers:
+            raise ValueError(f"unknown callers {sorted(strangers)}")
+
+    def check_covers(self, router: web.UrlDispatcher) -> None:
+        """Every route has its callers written down, and every entry is a route: a route
+        added without a thought about who calls it fails at start, not in production."""
+        routes = set()
+        for route in router.routes():
+            resource = route.resource
+            if resource is None or route.method in {"HEAD", "*"}:
+                continue
+            if resource.canonical not in OPEN_PATHS:
+                routes.add(f"{route.method} {resource.canonical}")
+        listed = set(self.callers)
+        if routes != listed:
+            raise ValueError(
+                f"service callers table: routes without callers {sorted(routes - listed)},"
+                f" entries without a route {sorted(listed - routes)}"
+            )
+
+    def allowed(self, request: web.Request) -> frozenset[str] | None:
+        """The callers of the request's route; None when no route matched (404/405)."""
+        resource = request.match_info.route.resource
+        if resource is None:
+            return None
+        method = "GET" if request.method == "HEAD" else request.method
+        return self.callers.get(f"{method} {resource.canonical}", frozenset())
+
+
+GUARD = web.AppKey("service_guard", ServiceGuard)
+
+
+@web.middleware
+async def service_proof_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if request.path in OPEN_PATHS:
+        return await handler(request)
+    guard = request.app[GUARD]
+    try:
+        caller = guard.verifier.caller(request.headers.get(HEADER))
+    except ProofRefused as exc:
+        log.warning("service_proof_refused", reason=str(exc), route=route_name(request))
+        raise Unauthorized(
+            f"This internal API answers only ClientPress services: send"
+            f" '{HEADER}: {SCHEME} <token>' signed with the calling service's key"
+            f" ({exc}).",
+            code="service_auth_required",
+        ) from None
+    allowed = guard.allowed(request)
+    if allowed is not None and caller not in allowed:
+        log.warning("service_forbidden", caller=caller, route=route_name(request))
+        raise Forbidden(
+            f"The {caller} service may not call {request.method} {route_name(request)}.",
+            code="service_forbidden",
+        )
+    structlog.contextvars.bind_contextvars(caller=caller)
+    # Who made the change comes only from the gateway, which knows the user or the key;
+    # the same header from any other caller is ignored.
+    actor_header = request.headers.get(ACTOR_HEADER)
+    if caller == "gateway":
+        set_actor(decode_actor(actor_header))
+    elif actor_header is not None:
+        log.warning("actor_header_ignored", caller=caller, route=route_name(request))
+    return await handler(request)
+
+
+def require_service_proof(
+    app: web.Application, settings: CommonSettings, callers: Mapping[str, Collection[str]]
 ) -> None:
+    """Every route but health, readiness and metrics answers only the services listed for
+    it (401 ``service_auth_required`` without proof, 403 ``service_forbidden`` for another
+    service). Call it after the last route is added."""
+    guard = ServiceGuard(TokenVerifier(service_keys(app, settings)), callers)
+    guard.check_covers(app.router)
+    app[GUARD] = guard
+    app.middlewares.append(service_proof_middleware)
+
+
+def serve_management(
+    host: str, port: int
+) -> Callable[[web.Application], AbstractAsyncContextManager[None]]:
+    """A cleanup context serving the management app on its own port (MANAGEMENT_PORT),
+    which no ingress routes. Appended last, it opens once the app has started and closes
+    first, after the main site has stopped taking requests."""
+
+    @contextlib.asynccontextmanager
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        runner = web.AppRunner(management_app(app), access_log=None, shutdown_timeout=1)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        log.info("management_listening", host=host, port=port)
+        yield
+        await runner.cleanup()
+
+    return ctx
+
+
+def add_database(
+    app: web.Application,
+    settings: CommonSettings,
+    schema: str,
+    *,
+    migrations: Path,
+    max_size: int = 10,
+) -> None:
+    """The schema's pool; readiness waits until ``migrations`` (the service's directory)
+    are all applied."""
+    app[SCHEMA_GATE] = SchemaGate(schema, migrations)
+
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await _retry(
             "database", lambda: create_pool(settings.database_url, schema, max_size=max_size)
@@ -226,31 +486,83 @@ def add_bus(
 ) -> None:
     """Connect to RabbitMQ; with a schema, run the outbox relay; with handlers, consume.
 
+    The connection is made in the background: a service serves pages and API calls while
+    the broker is away, even at start (the outbox keeps what it writes until the relay can
+    publish), and readiness reports the broker without failing on it.
     Shutdown order (reverse of start): stop consuming and finish the current event,
     drain the relay, then close the connection."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        bus = Bus(settings.amqp_url, settings.bus_prefix, service)
-        await _retry("broker", bus.connect)
+        bus = Bus(settings.service_amqp_url(service), settings.bus_prefix, service)
         app[BUS] = bus
+        parts = app[BUS_PARTS] = BusParts()
         relay_task: asyncio.Task[None] | None = None
+
+        async def start() -> None:
+            nonlocal relay_task
+            await _connect_patiently(bus)
+            if schema is not None:
+                relay = OutboxRelay(app[POOL], bus, schema, settings.database_url)
+                parts.relay = relay
+                relay_task = asyncio.create_task(relay.run(), name=f"{service}-outbox-relay")
+            if handlers:
+                parts.consumer = await bus.consume(app[POOL], bindings, handlers, prefetch=prefetch)
+
+        starter = asyncio.create_task(start(), name=f"{service}-broker-start")
+        prune_task = None
         if schema is not None:
-            relay = OutboxRelay(app[POOL], bus, schema, settings.database_url)
-            app[RELAY] = relay
-            relay_task = asyncio.create_task(relay.run(), name=f"{service}-outbox-relay")
-        if handlers:
-            app[CONSUMER] = await bus.consume(app[POOL], bindings, handlers, prefetch=prefetch)
+            prune_task = asyncio.create_task(
+                _prune_inbox_forever(app, settings.inbox_retention_hours), name="inbox-prune"
+            )
         yield
-        if CONSUMER in app:
-            await app[CONSUMER].stop()
-        if relay_task is not None:
-            await app[RELAY].drain()
+        for task in (prune_task, starter):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if parts.consumer is not None:
+            await parts.consumer.stop()
+        if relay_task is not None and parts.relay is not None:
+            await parts.relay.drain()
             relay_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay_task
         await bus.close()
 
     app.cleanup_ctx.append(ctx)
+
+
+INBOX_PRUNE_BATCH = 5000
+
+
+async def prune_inbox(pool: asyncpg.Pool, retention_hours: float) -> int:
+    """Forget applied event ids older than the retention window, in bounded batches so no
+    statement holds locks for long; returns how many rows went."""
+    total = 0
+    while True:
+        status = await pool.execute(
+            "DELETE FROM inbox WHERE event_id IN (SELECT event_id FROM inbox"
+            " WHERE received_at < now() - make_interval(secs => $1) LIMIT $2)",
+            retention_hours * 3600,
+            INBOX_PRUNE_BATCH,
+        )
+        deleted = int(status.split()[-1])
+        total += deleted
+        if deleted < INBOX_PRUNE_BATCH:
+            return total
+
+
+async def _prune_inbox_forever(app: web.Application, retention_hours: float) -> None:
+    while True:
+        try:
+            pruned = await prune_inbox(app[POOL], retention_hours)
+            if pruned:
+                log.info("inbox_pruned", rows=pruned)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("inbox_prune_failed", error=type(exc).__name__)
+        await asyncio.sleep(3600)
 
 
 def periodic(
@@ -279,6 +591,29 @@ def periodic(
             await task
 
     return ctx
+
+
+async def _connect_patiently(bus: Bus) -> None:
+    """Connect, however long the broker is away (a pause growing to 5 s between tries)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await bus.connect()
+            if attempt > 1:
+                log.info("broker_connected", attempt=attempt)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "dependency_not_ready",
+                dependency="broker",
+                attempt=attempt,
+                error=type(exc).__name__,
+            )
+            await bus.close()
+            await asyncio.sleep(min(0.5 * attempt, 5.0))
 
 
 async def _retry(what: str, connect: Callable[[], Awaitable[Any]], attempts: int = 30) -> Any:

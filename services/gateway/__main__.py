@@ -1,10 +1,10 @@
-"""python -m services.gateway [serve|migrate]  (migrate is a no-op: no schema)."""
+"""python -m services.gateway [serve|migrate]  (its schema holds the rate-limit counters)."""
 
 from __future__ import annotations
 
 from libs.common.runner import main
 
-from .app import create_app
+from .app import MIGRATIONS, SCHEMA, create_app
 from .settings import GatewaySettings
 
 if __name__ == "__main__":
@@ -12,7 +12,8 @@ if __name__ == "__main__":
         "gateway",
         GatewaySettings,
         create_app,
-        schema=None,
-        migrations=None,
+        schema=SCHEMA,
+        migrations=MIGRATIONS,
         listen=lambda s: (s.gateway_host, s.gateway_port),
+        management_port=lambda s: s.gateway_management_port,
     )

@@ -1,5 +1,8 @@
 """The accept page and saga endpoints: /invitations/accept (GET never consumes the
-token) and /invitations/accept/login for people who already have an account."""
+token), /invitations/accept/login for people who already have an account, and the pages
+of a link that no longer works: each says what happened (replaced by a newer one,
+expired and when, revoked), and the first two offer Email me a new link
+(/invitations/accept/new-link), whose answer is the same whatever happens next."""
 
 from __future__ import annotations
 
@@ -7,8 +10,15 @@ from aiohttp import web
 
 from libs.common.errors import DomainError
 
-from .domain import BAD_LOGIN, password_problem
-from .handlers import AccountExists, accept_for_user, accept_with_password, same_email
+from .domain import BAD_LOGIN, password_problem, when
+from .handlers import (
+    ROLE_NAMES,
+    AccountExists,
+    Joined,
+    accept_for_user,
+    accept_with_password,
+    same_email,
+)
 from .rendering import current_user, error_page, form_str, render, see_other
 from .security import login_failed, login_limit, rate_limit, set_session
 from .state import UPSTREAM
@@ -18,17 +28,28 @@ routes = web.RouteTableDef()
 
 
 INVITATION_PROBLEMS = {
+    "invitation_replaced": (
+        "This link was replaced by a newer one",
+        "This link was replaced by a newer one — use the latest email we sent you.",
+    ),
     "invitation_expired": (
         "This invitation has expired",
-        "Ask the person who invited you to resend it.",
+        "Ask the person who invited you to resend it, or ask for a new link here.",
     ),
     "invitation_revoked": (
         "This invitation has been revoked",
-        "Ask the person who invited you if you still need access.",
+        "It was withdrawn by whoever sent it. Ask the person who invited you if you still"
+        " need access.",
     ),
     "invitation_used": (
         "This invitation has already been used",
         "If it was you, log in to see your portal.",
+    ),
+    # A link for several portals (one invitation) none of which is Active any more.
+    "portal_not_active": (
+        "These portals aren't available right now",
+        "The portals of this invitation aren't available at the moment. Ask the person who"
+        " invited you.",
     ),
     "invitation_invalid": (
         "This invitation link is not valid",
@@ -37,12 +58,28 @@ INVITATION_PROBLEMS = {
 }
 
 
-def _invitation_problem(request: web.Request, exc: DomainError) -> web.Response:
+# The pages that offer Email me a new link: the link is known, the invitation may still be
+# usable. (A revoked one is not; a used one needs a log in, not a link.)
+NEW_LINK_OFFERED = frozenset({"invitation_replaced", "invitation_expired"})
+
+
+def _invitation_problem(request: web.Request, exc: DomainError, token: str) -> web.Response:
     if exc.code not in INVITATION_PROBLEMS:
         raise exc
     title, message = INVITATION_PROBLEMS[exc.code]
-    link = ("/login?next=/client-portal/", "Log in") if exc.code == "invitation_used" else None
-    return error_page(request, exc.status, title, message, link=link)
+    if exc.code == "invitation_used":
+        link = ("/login?next=/client-portal/", "Log in")
+        return error_page(request, exc.status, title, message, link=link)
+    if exc.code == "invitation_invalid":
+        return error_page(request, exc.status, title, message)
+    expired_at = exc.details.get("expired_at") if exc.code == "invitation_expired" else None
+    context = {
+        "title": title,
+        "message": message,
+        "expired_at": when(expired_at) if isinstance(expired_at, str) else None,
+        "token": token if exc.code in NEW_LINK_OFFERED else None,
+    }
+    return render(request, "link_problem.html", context, status=exc.status)
 
 
 def _accept_page(
@@ -55,8 +92,23 @@ def _accept_page(
         template = "accept_login.html"
     else:
         template = "accept.html"
-    context = {"token": token, "invitation": invitation, "errors": errors}
+    context = {
+        "token": token,
+        "invitation": invitation,
+        "errors": errors,
+        # A staff invitation's role, in words ("Staff"); None for a client's invitation.
+        "role_name": ROLE_NAMES.get(invitation.get("role") or ""),
+    }
     return render(request, template, context, status=status)
+
+
+def _joined(request: web.Request, joined: Joined) -> web.Response:
+    """Where an account that accepted lands; a staff invitation says the role it has now,
+    and says so plainly when the account's own role was higher and stays."""
+    if joined.role is None:
+        return see_other(request, joined.destination)
+    flash = "staff_role_kept" if joined.kept else "staff_joined"
+    return see_other(request, joined.destination, flash=flash, email=ROLE_NAMES[joined.role])
 
 
 @routes.get("/invitations/accept")
@@ -65,8 +117,21 @@ async def accept_form(request: web.Request) -> web.StreamResponse:
     try:
         invitation = await request.app[UPSTREAM].invitations.validate(token)
     except DomainError as exc:
-        return _invitation_problem(request, exc)
+        return _invitation_problem(request, exc, token)
     return _accept_page(request, token, invitation, {})
+
+
+@routes.post("/invitations/accept/new-link")
+async def new_link(request: web.Request) -> web.StreamResponse:
+    """Email me a new link. The invitations service writes the request down and answers
+    before it looks anything up; this page is the same for every link (sent, refused by a
+    limit, portal no longer Active, revoked meanwhile, never ours) and shows no address:
+    the new link goes only to the one the invitation was sent to."""
+    form = await request.post()
+    token = form_str(form, "token", 200)
+    await rate_limit(request, "new_link")
+    await request.app[UPSTREAM].invitations.request_new_link(token)
+    return render(request, "link_requested.html", status=202)
 
 
 @routes.post("/invitations/accept")
@@ -74,14 +139,13 @@ async def accept(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     token = form_str(form, "token", 200)
     password, confirm = form_str(form, "password", 2048), form_str(form, "confirm", 2048)
-    rate_limit(request, "accept")
+    await rate_limit(request, "accept")
     up = request.app[UPSTREAM]
     try:
         invitation = await up.invitations.validate(token)
         user = current_user(request)
         if user is not None and same_email(user["email"], invitation["email"]):
-            slug = await accept_for_user(up, token, invitation, user["id"])
-            return see_other(request, f"/client-portal/{slug}/")
+            return _joined(request, await accept_for_user(up, token, invitation, user["id"]))
         if invitation.get("account_exists"):
             return _accept_page(request, token, invitation, {}, status=409)
         problem = password_problem(password, confirm, invitation["email"])
@@ -94,8 +158,13 @@ async def accept(request: web.Request) -> web.StreamResponse:
     except DomainError as exc:
         if exc.code == "weak_password":
             return _accept_page(request, token, invitation, {"password": exc.message}, 422)
-        return _invitation_problem(request, exc)
-    response = see_other(request, f"/client-portal/{accepted.slug}/")
+        return _invitation_problem(request, exc, token)
+    role_name = ROLE_NAMES.get(invitation.get("role") or "")
+    response = see_other(
+        request,
+        accepted.destination,
+        **({"flash": "staff_joined", "email": role_name} if role_name else {}),
+    )
     set_session(request, response, accepted.token)
     return response
 
@@ -109,8 +178,8 @@ async def accept_login(request: web.Request) -> web.StreamResponse:
     try:
         invitation = await up.invitations.validate(token)
     except DomainError as exc:
-        return _invitation_problem(request, exc)
-    login_limit(request, invitation["email"])
+        return _invitation_problem(request, exc, token)
+    await login_limit(request, invitation["email"])
     invitation = {**invitation, "account_exists": True}
     try:
         # Always the invited address: the form's email field is only shown, never trusted.
@@ -118,15 +187,16 @@ async def accept_login(request: web.Request) -> web.StreamResponse:
     except DomainError as exc:
         if exc.status not in (401, 403, 422):
             raise
-        login_failed(request, invitation["email"])
+        await login_failed(request, invitation["email"])
         return _accept_page(request, token, invitation, {"password": BAD_LOGIN}, status=401)
     user = session["user"]
     if not same_email(user["email"], invitation["email"]):
         return _accept_page(request, token, invitation, {"password": BAD_LOGIN}, status=401)
     try:
-        slug = await accept_for_user(up, token, invitation, user["id"])
-        response: web.Response = see_other(request, f"/client-portal/{slug}/")
+        response: web.Response = _joined(
+            request, await accept_for_user(up, token, invitation, user["id"])
+        )
     except DomainError as exc:
-        response = _invitation_problem(request, exc)
+        response = _invitation_problem(request, exc, token)
     set_session(request, response, session["token"])
     return response

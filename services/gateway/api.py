@@ -1,6 +1,7 @@
 """The public JSON API under /api/v1: bodies validated here, then forwarded to the
 owning service. Authorization (admin session + X-CSRF-Token, or the API key) is checked
-for every /api path in security.py."""
+for every /api path in security.py. Each route declares its models beside it: that is
+its entry in the OpenAPI document (openapi.py, docs/openapi.json)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,40 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from libs.common.errors import Conflict, InvalidInput, NotFound
-from libs.common.web import json_response, parse_query, read_json
+from libs.common.openapi import UUID as UUID_SCHEMA
+from libs.common.openapi import ApiRoutes
+from libs.common.web import json_response, parse_query, read_body, read_json
 
-from .domain import normalise_email
-from .openapi import OPENAPI
+from . import bulk
+from .contracts import (
+    AccessSettingsView,
+    BatchResult,
+    GroupInviteResult,
+    Invitation,
+    InvitationPage,
+    InviteResult,
+    Portal,
+    PortalPage,
+    UserPage,
+)
+from .domain import (
+    EXPIRY_CHOICES,
+    LINK_EXPIRY_CHOICES,
+    MAX_GROUP_PORTALS,
+    MAX_PERSONAL_MESSAGE,
+    PERSONAL_MESSAGE_TOO_LONG,
+    normalise_email,
+)
 from .rendering import current_user
-from .state import UPSTREAM
+from .state import UPSTREAM, req_state
 
-ID = "{id:[0-9a-fA-F-]{36}}"
 Status = Literal["active", "pending", "archived"]
 
-routes = web.RouteTableDef()
+API = ApiRoutes(
+    "/api/v1",
+    {"id": ("[0-9a-fA-F-]{36}", UUID_SCHEMA), "delivery_id": ("[0-9a-fA-F-]{36}", UUID_SCHEMA)},
+)
+routes = API.routes
 
 
 class Strict(BaseModel):
@@ -54,6 +78,27 @@ class SubClientsBody(Strict):
 class InviteBody(Strict):
     email: Annotated[str, Field(max_length=320)]
     sub_client: bool | None = None
+    expires_in_days: int | None = None
+    personal_message: str | None = None
+    invited_by: Annotated[
+        str | None,
+        Field(
+            max_length=100,
+            description=(
+                "with an API key: the display name the email gives as the inviter (e.g."
+                " the CRM user's name); default the key's name. Ignored for a session,"
+                " whose user is the inviter."
+            ),
+        ),
+    ] = None
+
+    @field_validator("invited_by")
+    @classmethod
+    def _inviter(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        cleaned = " ".join(value.split())  # no line breaks in an email's sentence
+        return cleaned or None
 
     @field_validator("email")
     @classmethod
@@ -62,6 +107,20 @@ class InviteBody(Strict):
         if email is None:
             raise ValueError("must be one plain email address like name@example.com")
         return email
+
+    @field_validator("expires_in_days")
+    @classmethod
+    def _expiry(cls, value: int | None) -> int | None:
+        if value is not None and value not in EXPIRY_CHOICES:
+            raise ValueError(LINK_EXPIRY_CHOICES)
+        return value
+
+    @field_validator("personal_message")
+    @classmethod
+    def _message(cls, value: str | None) -> str | None:
+        if value is not None and len(value.strip()) > MAX_PERSONAL_MESSAGE:
+            raise ValueError(PERSONAL_MESSAGE_TOO_LONG)
+        return value
 
 
 class PortalQuery(Strict):
@@ -74,6 +133,20 @@ class PortalQuery(Strict):
 class InvitationQuery(Strict):
     status: Literal["pending", "accepted", "expired", "revoked"] | None = None
     portal_id: UUID | None = None
+    email: (
+        Annotated[str, Field(max_length=320, description="exact address, case-insensitive")] | None
+    ) = None
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        email = normalise_email(value)
+        if email is None:
+            raise ValueError("must be one whole email address like name@example.com")
+        return email
+
     limit: Annotated[int, Field(ge=1, le=200)] = 50
     cursor: Annotated[str, Field(max_length=500)] | None = None
 
@@ -86,34 +159,44 @@ class UserQuery(Strict):
 
 class AccessSettings(Strict):
     invitation_expiry_days: Literal[7, 14, 21, 30] | None = None
+    # Invitation Reminder: days before expiry, 0 = Off.
+    invitation_reminder_days: Literal[0, 1, 3] | None = None
     login_redirect: bool | None = None
 
 
-@routes.get("/api/v1/openapi.json")
-async def openapi(request: web.Request) -> web.StreamResponse:
-    return json_response(OPENAPI)
-
-
-@routes.get("/api/v1/portals")
+@API.get("/portals", "List portals", query=PortalQuery, response=PortalPage)
 async def list_portals(request: web.Request) -> web.StreamResponse:
     q = parse_query(request, PortalQuery)
     page = await request.app[UPSTREAM].portals.find(q.status, q.q, q.limit, q.cursor)
     return json_response(page)
 
 
-@routes.post("/api/v1/portals")
+@API.post(
+    "/portals",
+    "Create a portal",
+    body=PortalCreate,
+    response=Portal,
+    status=201,
+    errors=["409 slug_taken"],
+)
 async def create_portal(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, PortalCreate)
     portal = await request.app[UPSTREAM].portals.create(body.model_dump(exclude_none=True))
     return json_response(portal, status=201)
 
 
-@routes.get(f"/api/v1/portals/{ID}")
+@API.get("/portals/{id}", "Get a portal", response=Portal, errors=["404 portal_not_found"])
 async def get_portal(request: web.Request) -> web.StreamResponse:
     return json_response(await request.app[UPSTREAM].portals.get(request.match_info["id"]))
 
 
-@routes.patch(f"/api/v1/portals/{ID}")
+@API.patch(
+    "/portals/{id}",
+    "Update title, slug, content or status",
+    body=PortalPatch,
+    response=Portal,
+    errors=["404 portal_not_found", "409 slug_taken"],
+)
 async def patch_portal(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, PortalPatch)
     changes = body.model_dump(exclude_none=True)
@@ -133,7 +216,13 @@ async def _check_users(request: web.Request, ids: list[UUID]) -> None:
         ) from None
 
 
-@routes.put(f"/api/v1/portals/{ID}/client")
+@API.put(
+    "/portals/{id}/client",
+    "Set (or clear) the primary client",
+    body=ClientBody,
+    response=Portal,
+    errors=["404 portal_not_found", "422 user_not_found"],
+)
 async def put_client(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, ClientBody)
     if body.user_id is not None:
@@ -143,7 +232,13 @@ async def put_client(request: web.Request) -> web.StreamResponse:
     return json_response(portal)
 
 
-@routes.put(f"/api/v1/portals/{ID}/sub-clients")
+@API.put(
+    "/portals/{id}/sub-clients",
+    "Replace the sub-clients",
+    body=SubClientsBody,
+    response=Portal,
+    errors=["404 portal_not_found", "422 user_not_found"],
+)
 async def put_sub_clients(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, SubClientsBody)
     await _check_users(request, body.user_ids)
@@ -167,7 +262,42 @@ def idempotency_key(request: web.Request) -> str | None:
     return key
 
 
-@routes.post(f"/api/v1/portals/{ID}/invitations")
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Your stable id for this request: repeating it returns the same invitation and"
+        " sends no second email; used with another email or portal it answers 409"
+        " idempotency_key_reused."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+}
+
+
+def _key_inviter(request: web.Request, named: str | None) -> str:
+    """Who the email says invited, for a call made with a key: the name the caller gave,
+    else the key's name."""
+    return named or req_state(request).key_name or "api"
+
+
+@API.post(
+    "/portals/{id}/invitations",
+    "Invite a client by email (resends when one is already pending)",
+    body=InviteBody,
+    response=InviteResult,
+    status=201,
+    also=[(200, "Already pending: resent")],
+    headers=[IDEMPOTENCY_KEY],
+    errors=[
+        "404 portal_not_found",
+        "409 portal_not_active",
+        "409 already_has_access",
+        "409 idempotency_key_reused",
+        "422 invalid_email",
+        "422 invalid_idempotency_key",
+    ],
+)
 async def invite(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, InviteBody)
     key = idempotency_key(request)
@@ -175,10 +305,17 @@ async def invite(request: web.Request) -> web.StreamResponse:
     payload = {
         "portal_id": request.match_info["id"],
         "email": body.email,
-        "invited_by": user["email"] if user else "api",
+        # The staff member, or the name of the key that sent it.
+        "invited_by": user["email"] if user else _key_inviter(request, body.invited_by),
+        # Already pending: it gets a new link, and invitation.resent says the API asked.
+        "resend_reason": "api",
     }
     if body.sub_client is not None:
         payload["sub_client"] = body.sub_client
+    if body.expires_in_days is not None:
+        payload["expires_in_days"] = body.expires_in_days
+    if body.personal_message is not None:
+        payload["personal_message"] = body.personal_message
     if key is not None:
         payload["idempotency_key"] = key
     result = await request.app[UPSTREAM].invitations.invite(payload)
@@ -196,20 +333,202 @@ async def invite(request: web.Request) -> web.StreamResponse:
     return json_response(result, status=201 if result.get("outcome") == "created" else 200)
 
 
-@routes.get("/api/v1/invitations")
+class GroupInviteBody(InviteBody):
+    portal_ids: Annotated[
+        list[UUID],
+        Field(
+            min_length=1,
+            max_length=MAX_GROUP_PORTALS,
+            description="the portals (1 to 20, each once, each Active) to invite the person"
+            " to: one invitation per portal, one email and one link for all of them",
+        ),
+    ]
+    name: (
+        Annotated[str, Field(max_length=200, description="the invitee's name: in the greeting")]
+        | None
+    ) = None
+
+
+GROUP_KEY = {
+    **IDEMPOTENCY_KEY,
+    "description": (
+        "Your stable id for this request: repeating it returns the same invitations and"
+        " sends no second email; used with another email or other portals (or for an"
+        " invitation to one portal) it answers 409 idempotency_key_reused."
+    ),
+}
+
+
+@API.post(
+    "/invitations",
+    "Invite one person to several portals with one email: one invitation per portal, one"
+    " link that accepts every one still Active",
+    body=GroupInviteBody,
+    response=GroupInviteResult,
+    status=201,
+    headers=[GROUP_KEY],
+    errors=[
+        "404 portal_not_found (error.portal_id)",
+        "409 portal_not_active (error.portal_ids)",
+        "409 already_has_access (error.portal_ids)",
+        "409 invitation_pending (error.portal_ids)",
+        "409 idempotency_key_reused",
+        "422 duplicate_portal",
+        "422 invalid_email",
+        "422 invalid_idempotency_key",
+    ],
+)
+async def invite_several(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, GroupInviteBody)
+    key = idempotency_key(request)
+    user = current_user(request)
+    payload: dict[str, object] = {
+        "email": body.email,
+        "portal_ids": [str(p) for p in body.portal_ids],
+        # The staff member, or the name of the key that sent it.
+        "invited_by": user["email"] if user else _key_inviter(request, body.invited_by),
+    }
+    for field in ("sub_client", "expires_in_days", "personal_message", "name"):
+        value = getattr(body, field)
+        if value is not None:
+            payload[field] = value
+    if key is not None:
+        payload["idempotency_key"] = key
+    result = await request.app[UPSTREAM].invitations.invite_group(payload)
+    return json_response(result, status=201)
+
+
+class BatchInvitation(Strict):
+    # Generous: a bad address or a long message is a verdict on its row, not a 422.
+    email: Annotated[str, Field(max_length=1000)]
+    name: Annotated[str, Field(max_length=1000, description="the invitee's name")] | None = None
+    personal_message: Annotated[str, Field(max_length=65_536)] | None = None
+    sub_client: bool | None = None
+    key: (
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=200,
+                pattern=r"^[ -~]+$",
+                description="this row's idempotency key: a retry answers as the first time",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class BatchBody(Strict):
+    invitations: Annotated[list[BatchInvitation], Field(min_length=1, max_length=bulk.MAX_ROWS)]
+
+
+class BatchQuery(Strict):
+    dry_run: Annotated[
+        bool, Field(description="answer what a send would do now, and send nothing (a preview)")
+    ] = False
+
+
+# 10,000 rows with a name and a 1,000-character message each.
+BATCH_BODY_LIMIT = 16 * 1024 * 1024
+
+BATCH_KEY = {
+    **IDEMPOTENCY_KEY,
+    "description": (
+        "Your stable id for this batch: a row without its own key is keyed by this and its"
+        " row number, so repeating the request answers each row as before and sends nothing"
+        " twice."
+    ),
+}
+
+
+@API.post(
+    "/portals/{id}/invitations/batch",
+    "Invite many clients at once: JSON, or a text/csv body with an email column"
+    " (and optionally name, personal_message, sub_client); up to 10,000 rows",
+    body=BatchBody,
+    query=BatchQuery,
+    response=BatchResult,
+    headers=[BATCH_KEY],
+    errors=[
+        "404 portal_not_found",
+        "409 portal_not_active",
+        "413 body_too_large",
+        "422 invalid_encoding",
+        "422 not_csv",
+        "422 no_email_column",
+        "422 too_many_rows",
+        "422 empty_file",
+        "422 invalid_idempotency_key",
+    ],
+)
+async def invite_batch(request: web.Request) -> web.StreamResponse:
+    query = parse_query(request, BatchQuery)
+    key = idempotency_key(request)
+    if request.content_type == "text/csv":
+        rows = bulk.parse_csv(await read_body(request, BATCH_BODY_LIMIT))
+    else:
+        body = await read_json(request, BatchBody, limit=BATCH_BODY_LIMIT)
+        rows = [bulk.Row(**item.model_dump()) for item in body.invitations]
+    user = current_user(request)
+    results = await bulk.send(
+        request.app[UPSTREAM].invitations,
+        str(UUID(request.match_info["id"])),
+        rows,
+        request_key=key,
+        # The staff member, or the key's name (as for one invitation).
+        invited_by=user["email"] if user else _key_inviter(request, None),
+        dry_run=query.dry_run,
+    )
+    return json_response({"results": results})
+
+
+@API.get(
+    "/invitations",
+    "List invitations, newest first",
+    query=InvitationQuery,
+    response=InvitationPage,
+    errors=["422 invalid_cursor"],
+)
 async def list_invitations(request: web.Request) -> web.StreamResponse:
     q = parse_query(request, InvitationQuery)
     portal_id = str(q.portal_id) if q.portal_id else None
-    page = await request.app[UPSTREAM].invitations.find(q.status, portal_id, q.limit, q.cursor)
+    page = await request.app[UPSTREAM].invitations.find(
+        q.status, portal_id, q.limit, q.cursor, email=q.email
+    )
     return json_response(page)
 
 
-@routes.post(f"/api/v1/invitations/{ID}/resend")
+@API.get(
+    "/invitations/{id}",
+    "Get an invitation",
+    response=Invitation,
+    errors=["404 invitation_not_found"],
+)
+async def get_invitation(request: web.Request) -> web.StreamResponse:
+    return json_response(await request.app[UPSTREAM].invitations.get(request.match_info["id"]))
+
+
+@API.post(
+    "/invitations/{id}/resend",
+    "Resend with a new link and expiry",
+    response=Invitation,
+    errors=[
+        "404 invitation_not_found",
+        "409 invitation_accepted",
+        "409 invitation_revoked",
+    ],
+)
 async def resend(request: web.Request) -> web.StreamResponse:
-    return json_response(await request.app[UPSTREAM].invitations.resend(request.match_info["id"]))
+    invitations = request.app[UPSTREAM].invitations
+    return json_response(await invitations.resend(request.match_info["id"], reason="api"))
 
 
-@routes.post(f"/api/v1/invitations/{ID}/revoke")
+@API.post(
+    "/invitations/{id}/revoke",
+    "Revoke the link",
+    response=Invitation,
+    errors=["404 invitation_not_found", "409 invitation_accepted"],
+)
 async def revoke(request: web.Request) -> web.StreamResponse:
     return json_response(await request.app[UPSTREAM].invitations.revoke(request.match_info["id"]))
 
@@ -221,27 +540,35 @@ async def _access(request: web.Request) -> dict[str, object]:
     )
     return {
         "invitation_expiry_days": access["invitation_expiry_days"],
+        "invitation_reminder_days": access["invitation_reminder_days"],
         "login_redirect": login["login_redirect"],
     }
 
 
-@routes.get("/api/v1/settings/access")
+@API.get("/settings/access", "Access & Login settings", response=AccessSettingsView)
 async def get_access(request: web.Request) -> web.StreamResponse:
     return json_response(await _access(request))
 
 
-@routes.put("/api/v1/settings/access")
+@API.put(
+    "/settings/access",
+    "Change Access & Login settings (fields left out are unchanged)",
+    body=AccessSettings,
+    response=AccessSettingsView,
+)
 async def put_access(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, AccessSettings)
     up = request.app[UPSTREAM]
-    if body.invitation_expiry_days is not None:
-        await up.invitations.put_access_settings(body.invitation_expiry_days)
+    if body.invitation_expiry_days is not None or body.invitation_reminder_days is not None:
+        await up.invitations.put_access_settings(
+            body.invitation_expiry_days, body.invitation_reminder_days
+        )
     if body.login_redirect is not None:
         await up.identity.put_login_settings(body.login_redirect)
     return json_response(await _access(request))
 
 
-@routes.get("/api/v1/users")
+@API.get("/users", "List users", query=UserQuery, response=UserPage)
 async def list_users(request: web.Request) -> web.StreamResponse:
     q = parse_query(request, UserQuery)
     return json_response(await request.app[UPSTREAM].identity.list_users(q.q, q.limit, q.cursor))

@@ -3,8 +3,8 @@ middlewares, the upstream clients and the routes."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 from pathlib import Path
 
 import aiohttp_jinja2
@@ -12,44 +12,54 @@ import jinja2
 from aiohttp import web
 
 from libs.common.http import ServiceClient, new_session
-from libs.common.web import base_app
+from libs.common.service_auth import TokenSigner
+from libs.common.web import POOL, add_database, base_app, periodic, service_signer
 
-from . import accept, admin, api, editor, pages
+from . import (
+    accept,
+    activity,
+    admin,
+    api,
+    branding,
+    editor,
+    imports,
+    invite_several,
+    keys,
+    openapi,
+    pages,
+    staff,
+    webhooks,
+)
+from .branding import branding_middleware
 from .cache import ChangeListener, GatewayCache
-from .domain import SlidingWindow
+from .domain import when
+from .limits import RateLimits
 from .rendering import error_middleware
 from .security import csrf_middleware, on_prepare, session_middleware
 from .settings import GatewaySettings
-from .state import CACHE, LIMITERS, SETTINGS, UPSTREAM, Limiters
-from .upstream import Identity, Invitations, Portals, Upstream
+from .state import CACHE, LIMITS, SETTINGS, TRUSTED_PROXIES, UPSTREAM
+from .upstream import Branding, Identity, Invitations, Portals, Upstream, Webhooks
 
 HERE = Path(__file__).parent
+SCHEMA = "gateway"
+MIGRATIONS = HERE / "migrations"
 
 
-def when(value: str | None) -> str:
-    """ISO timestamp → "2026-11-25 10:51 UTC" for tables."""
-    if not value:
-        return ""
-    try:
-        return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M UTC")
-    except ValueError:
-        return value
-
-
-def create_app(settings: GatewaySettings) -> web.Application:
+def create_app(
+    settings: GatewaySettings, *, clock: Callable[[], float] = time.time
+) -> web.Application:
     app = base_app(
         "gateway",
         json_errors=False,
         client_max_size=64 * 1024,
-        middlewares=[error_middleware, csrf_middleware, session_middleware],
+        middlewares=[branding_middleware, error_middleware, csrf_middleware, session_middleware],
     )
     app[SETTINGS] = settings
     app[CACHE] = GatewayCache(settings.gateway_cache_seconds)
-    window = settings.gateway_rate_window_seconds
-    app[LIMITERS] = Limiters(
-        per_ip=SlidingWindow(settings.gateway_rate_per_ip, window),
-        per_email=SlidingWindow(settings.gateway_rate_per_email, window),
-    )
+    app[TRUSTED_PROXIES] = settings.trusted_proxies
+    # The rate-limit counters, shared by every replica (limits.py).
+    add_database(app, settings, SCHEMA, migrations=MIGRATIONS, max_size=5)
+    app.cleanup_ctx.append(_limits_ctx(settings, clock))
     env = aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -61,32 +71,69 @@ def create_app(settings: GatewaySettings) -> web.Application:
     )
     env.filters["when"] = when
     app.on_response_prepare.append(on_prepare)
-    app.cleanup_ctx.append(_upstream_ctx(settings))
+    app.cleanup_ctx.append(_upstream_ctx(settings, service_signer(app, settings)))
     app.cleanup_ctx.append(_listener_ctx(settings))
     app.router.add_routes(pages.routes)
     app.router.add_routes(accept.routes)
+    app.router.add_routes(invite_several.routes)
     app.router.add_routes(editor.routes)
+    app.router.add_routes(imports.routes)
     app.router.add_routes(admin.routes)
+    app.router.add_routes(staff.routes)
     app.router.add_routes(api.routes)
+    app.router.add_routes(keys.routes)
+    app.router.add_routes(activity.routes)
+    app.router.add_routes(openapi.routes)
+    app.router.add_routes(webhooks.routes)
+    app.router.add_routes(branding.routes)
     app.router.add_static("/static/", HERE / "static", name="static")
     return app
 
 
+def _limits_ctx(
+    settings: GatewaySettings, clock: Callable[[], float]
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[LIMITS] = RateLimits(
+            app[POOL],
+            per_address=settings.gateway_rate_per_ip,
+            per_email=settings.gateway_rate_per_email,
+            window=settings.gateway_rate_window_seconds,
+            clock=clock,
+        )
+        # Every replica prunes once a window: deleting rows nobody counts any more is
+        # safe to do twice.
+        pruning = periodic("gateway-rate-prune", settings.gateway_rate_window_seconds, _prune)
+        async with pruning(app):
+            yield
+
+    return ctx
+
+
+async def _prune(app: web.Application) -> None:
+    await app[LIMITS].prune()
+
+
 def _upstream_ctx(
-    settings: GatewaySettings,
+    settings: GatewaySettings, signer: TokenSigner
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         async with new_session() as session:
+            mailer = ServiceClient(session, settings.mailer_url, "mailer", signer=signer)
             app[UPSTREAM] = Upstream(
                 identity=Identity(
-                    ServiceClient(session, settings.identity_url, "identity"), app[CACHE]
+                    ServiceClient(session, settings.identity_url, "identity", signer=signer),
+                    app[CACHE],
                 ),
                 portals=Portals(
-                    ServiceClient(session, settings.portals_url, "portals"), app[CACHE]
+                    ServiceClient(session, settings.portals_url, "portals", signer=signer),
+                    app[CACHE],
                 ),
                 invitations=Invitations(
-                    ServiceClient(session, settings.invitations_url, "invitations")
+                    ServiceClient(session, settings.invitations_url, "invitations", signer=signer)
                 ),
+                webhooks=Webhooks(mailer),
+                branding=Branding(mailer, app[CACHE]),
             )
             yield
 
@@ -100,7 +147,9 @@ def _listener_ctx(
         if settings.gateway_cache_seconds <= 0:
             yield
             return
-        listener = ChangeListener(app[CACHE], settings.amqp_url, settings.bus_prefix)
+        listener = ChangeListener(
+            app[CACHE], settings.service_amqp_url("gateway"), settings.bus_prefix
+        )
         listener.start()
         yield
         await listener.stop()

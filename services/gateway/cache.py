@@ -32,13 +32,16 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from prometheus_client import Counter
 
+from libs.common.bus import trusted_sender
 from libs.common.events import (
+    BrandingChanged,
     EventData,
     MalformedEvent,
     PortalAccessChanged,
     PortalChanged,
     SessionRevoked,
     UserDisabled,
+    UserRoleChanged,
     parse_data,
     parse_envelope,
 )
@@ -54,12 +57,14 @@ CACHE_LOOKUPS = Counter(
 )
 MAX_ENTRIES = 100_000
 RECONNECT_SECONDS = 5.0
-# What the listener hears; each names whose entries to forget.
+# What the listener hears; each names whose entries to forget (the branding: all of it).
 ROUTING_KEYS = (
     "identity.session.revoked",
     "identity.user.disabled",
+    "identity.user.role_changed",
     "portal.updated",
     "portal.access.revoked",
+    "settings.branding.changed",
 )
 
 Json = dict[str, Any]
@@ -128,6 +133,16 @@ class GatewayCache:
             return
         self._put(f"p:{user_id}:{slug}", portal, tags, self.ttl, generation)
 
+    # --- branding (the mailer's Settings → Branding, on every page) -------------------
+    def branding(self) -> Json | None:
+        return self._get("branding", "b")
+
+    def put_branding(self, branding: Json, generation: int) -> None:
+        self._put("b", branding, frozenset({"branding"}), self.ttl, generation)
+
+    def forget_branding(self) -> None:
+        self._forget("branding")
+
     # --- forgetting -------------------------------------------------------------------
     def forget_token(self, token: str) -> None:
         self.generation += 1
@@ -159,10 +174,12 @@ class GatewayCache:
                 self.forget_session(str(data.session_id))
             else:
                 self.forget_user(str(data.user_id))
-        elif isinstance(data, UserDisabled):
+        elif isinstance(data, UserDisabled | UserRoleChanged):
             self.forget_user(str(data.user_id))
         elif isinstance(data, PortalChanged | PortalAccessChanged):
             self.forget_portal(str(data.portal_id))
+        elif isinstance(data, BrandingChanged):
+            self.forget_branding()
 
     # --- the store --------------------------------------------------------------------
     def _get(self, kind: str, key: str) -> Json | None:
@@ -258,9 +275,7 @@ class ChangeListener:
         )
         self._connection = connection
         channel = await connection.channel()
-        exchange = await channel.declare_exchange(
-            f"{self.prefix}.events", aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        exchange = await channel.declare_exchange(f"{self.prefix}.events", passive=True)
         queue = await channel.declare_queue(self.queue_name, exclusive=True, auto_delete=True)
         for key in ROUTING_KEYS:
             await queue.bind(exchange, routing_key=key)
@@ -288,4 +303,6 @@ class ChangeListener:
             log.warning("gateway_cache_announcement_unreadable", error=str(exc)[:200])
             self.cache.clear()
             return
+        if not trusted_sender(self.prefix, envelope, message):
+            return  # a forged announcement: neither applied nor a reason to forget
         self.cache.apply(data)

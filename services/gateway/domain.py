@@ -1,23 +1,32 @@
 """Pure gateway rules: safe redirects, CSRF comparison, password form checks, email
-normalisation, rate-limit windows and the fixed flash messages. No I/O."""
+normalisation, the client's address behind trusted proxies, rate-limit windows and the
+fixed flash messages. No I/O."""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import json
+import math
+import re
 import secrets
-import time
 import uuid
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from email_validator import EmailNotValidError, validate_email
 
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024
 EXPIRY_CHOICES = (7, 14, 21, 30)
+# Invitation Reminder: days before expiry (0 = Off) and how the select names them.
+REMINDER_CHOICES = ((0, "Off"), (1, "1 day before expiry"), (3, "3 days before expiry"))
 STATUSES = ("active", "pending", "archived")
 INVITATION_STATUSES = ("pending", "accepted", "expired", "revoked")
+MAX_PERSONAL_MESSAGE = 1000
+# Several portals, one invitation: at most this many portals in one.
+MAX_GROUP_PORTALS = 20
+PERSONAL_MESSAGE_TOO_LONG = "The Personal Message must be at most 1,000 characters."
+LINK_EXPIRY_CHOICES = "Link Expiry must be 7, 14, 21 or 30 days."
 # One answer for an unknown email and a wrong password: no account enumeration.
 BAD_LOGIN = "The email or password is incorrect."
 
@@ -55,6 +64,17 @@ def origin_allowed(origin: str | None, public_origin: str) -> bool:
     return hmac.compare_digest(origin.rstrip("/").lower(), public_origin.lower())
 
 
+# Integration keys (made by identity) start so; another bearer is not ours to verify.
+INTEGRATION_KEY_PREFIX = "cpk_"
+KEY_SCOPES = (
+    "invitations:write",
+    "invitations:read",
+    "portals:read",
+    "portals:write",
+    "users:read",
+)
+
+
 def api_key_matches(header: str | None, key: str | None) -> bool:
     if not key or not header or not header.startswith("Bearer "):
         return False
@@ -86,39 +106,111 @@ def password_problem(password: str, confirm: str, email: str) -> str | None:
     return None
 
 
-@dataclass
-class SlidingWindow:
-    """Counts hits per key over the last ``window`` seconds (in-process)."""
+# --- the client's address, behind trusted proxies --------------------------------------
 
-    limit: int
-    window: float
-    clock: Callable[[], float] = time.monotonic
-    _hits: dict[str, deque[float]] = field(default_factory=dict)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-    def blocked(self, key: str) -> int:
-        """Seconds to wait before the next hit is allowed (0: allowed), recording nothing."""
-        now = self.clock()
-        hits = self._hits.get(key)
-        if hits is None:
-            return 0
-        while hits and hits[0] <= now - self.window:
-            hits.popleft()
-        return max(1, int(hits[0] + self.window - now) + 1) if len(hits) >= self.limit else 0
 
-    def hit(self, key: str) -> int:
-        """Record one hit; return 0 when allowed, else the seconds to wait."""
-        wait = self.blocked(key)
-        if wait:
-            return wait
-        now = self.clock()
-        self._hits.setdefault(key, deque()).append(now)
-        if len(self._hits) > 10_000:
-            self._forget_idle(now)
+def parse_networks(value: str) -> tuple[Network, ...]:
+    """``GATEWAY_TRUSTED_PROXIES``: comma-separated CIDRs (a bare address is a /32 or
+    /128); ValueError names the first that isn't one."""
+    networks = []
+    for part in value.split(","):
+        part = part.strip()
+        if part:
+            try:
+                networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise ValueError(f"{part!r} is not an address or CIDR range") from None
+    return tuple(networks)
+
+
+def parse_address(value: str) -> Address | None:
+    """One hop of X-Forwarded-For or Forwarded ("1.2.3.4", "1.2.3.4:80", "[::1]:80",
+    "2001:db8::1"); None for anything else ("unknown", an obfuscated "_name", junk)."""
+    value = value.strip().strip('"')
+    if value.startswith("["):
+        value = value[1:].split("]", 1)[0]
+    elif value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def forwarded_hops(values: list[str], header: str) -> list[str]:
+    """The hops a header lists, first client first. ``header`` is "x-forwarded-for"
+    (``a, b, c``) or "forwarded" (RFC 7239: ``for=a;proto=https, for="[v6]:port"``)."""
+    items = [item for value in values for item in value.split(",")]
+    if header == "x-forwarded-for":
+        return [item.strip() for item in items]
+    hops = []
+    for element in items:
+        node = ""  # an element without for= is a hop we can't read
+        for pair in element.split(";"):
+            name, _, val = pair.strip().partition("=")
+            if name.strip().lower() == "for":
+                node = val.strip()
+        hops.append(node)
+    return hops
+
+
+def client_address(peer: str | None, hops: list[str], trusted: tuple[Network, ...]) -> str:
+    """The address of whoever sent this request: the TCP peer, unless the peer is a
+    trusted proxy; then walk the forwarded hops from the right (each proxy appends the
+    address it was reached from), skipping trusted proxies, and stop at the first hop that
+    isn't one. Hops to its left were written by the client and prove nothing, so a spoofed
+    header from anyone else changes nothing."""
+    current = parse_address(peer) if peer else None
+    if current is None:
+        return peer or "unknown"
+    remaining = list(hops)
+    while remaining and any(current in net for net in trusted):
+        hop = parse_address(remaining.pop())
+        if hop is None:
+            break  # a hop we can't read: the last proxy we trust is all we know
+        current = hop
+    return str(current)
+
+
+def address_key(address: str) -> str:
+    """What per-address limits count on: an IPv6 client usually holds a whole /64, so
+    its addresses count as one."""
+    parsed = parse_address(address)
+    if isinstance(parsed, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return address
+
+
+# --- rate-limit windows -----------------------------------------------------------------
+
+
+def window_start(now: float, window: int) -> int:
+    """The fixed window (epoch seconds, a multiple of ``window``) that ``now`` falls in."""
+    return int(now // window) * window
+
+
+def retry_after(limit: int, window: int, elapsed: float, current: int, previous: int) -> int:
+    """0 when an attempt is allowed, else the seconds until it would be.
+
+    Two fixed windows approximate a sliding one: the previous window's hits count in
+    proportion to how much of it still overlaps the last ``window`` seconds. ``current``
+    includes the attempt being judged; ``elapsed`` is how far into its window we are."""
+    if previous * (window - elapsed) / window + current <= limit:
         return 0
-
-    def _forget_idle(self, now: float) -> None:
-        for key in [k for k, v in self._hits.items() if not v or v[-1] <= now - self.window]:
-            del self._hits[key]
+    if current > limit:
+        # Not before the next window; there, these hits are the previous window's.
+        fraction = 1 - (limit - 1) / current
+        wait = (window - elapsed) + window * fraction
+    else:
+        fraction = 1 - (limit - current) / previous
+        wait = window * fraction - elapsed
+    return max(1, math.ceil(wait))
 
 
 FLASH_MESSAGES: dict[str, str] = {
@@ -131,15 +223,89 @@ FLASH_MESSAGES: dict[str, str] = {
     "invitation_resent": "Invitation resent to {email}",
     "invitation_revoked": "Invitation to {email} revoked.",
     "settings_saved": "Settings saved.",
+    "webhook_deleted": "Webhook endpoint deleted.",
+    "webhook_redelivered": "Delivery queued again.",
     "user_disabled": "User {email} disabled.",
+    "key_revoked": "API key {email} revoked.",
+    "user_enabled": "User {email} enabled: they can log in again.",
+    "role_changed": "The role of {email} was changed.",
     "password_set": "Your password has been set. You can log in now.",
     "logged_out": "You have been logged out.",
+    "bulk_none": "Select at least one invitation first.",
+    "branding_saved": "Branding saved.",
+    "logo_uploaded": "Logo uploaded.",
+    "logo_removed": "Logo removed.",
+    # {email} is the role's name here (Staff, Administrator).
+    "staff_joined": "Invitation accepted: you are {email} now.",
+    "staff_role_kept": ("Invitation accepted. You are already an {email}, and you keep that role."),
+    "invitation_sent_portals": "Invitation sent to {email}: one email for the portals you ticked.",
+    "invite_none": "Tick at least one portal first, then Invite Client.",
+    "invite_too_many": "Tick at most 20 portals for one invitation.",
 }
 
 
 def flash_text(key: str, email: str = "") -> str | None:
+    if key == BULK_FLASH:
+        return bulk_text(email)
     template = FLASH_MESSAGES.get(key)
     return template.format(email=email) if template is not None else None
+
+
+# --- Resend / Revoke for the selected invitations ---------------------------------------
+BULK_FLASH = "bulk"
+BULK_VERBS = {"resend": "resent", "revoke": "revoked"}
+BULK_REASONS = {
+    "invitation_accepted": "already accepted",
+    "invitation_revoked": "revoked",
+    "invitation_pending": "a newer invitation to the same person is pending",
+    "invitation_not_found": "no longer exists",
+    "portal_not_active": "its portal isn't Active",
+    "unavailable": "the service didn't answer; try again",
+}
+BULK_EMAILS_SHOWN = 3
+
+
+def bulk_payload(action: str, done: int, failed: dict[str, list[str | None]]) -> str:
+    """What the flash cookie carries: counts and reason codes (words are made on reading),
+    and the first few addresses per reason (None: one we couldn't look up)."""
+    refused = [
+        [code, len(emails), [e for e in emails if e][:BULK_EMAILS_SHOWN]]
+        for code, emails in failed.items()
+    ]
+    return json.dumps({"a": action, "ok": done, "no": refused}, separators=(",", ":"))
+
+
+def bulk_text(payload: str) -> str | None:
+    """ "3 resent; 1 could not be resent: already accepted (ann@example.com)"."""
+    try:
+        data = json.loads(payload)
+        verb = BULK_VERBS[data["a"]]
+        parts = [f"{int(data['ok'])} {verb}"]
+        for code, count, emails in data["no"]:
+            reason = BULK_REASONS.get(str(code), "refused")
+            shown = [str(e) for e in emails][:BULK_EMAILS_SHOWN]
+            who = ", ".join(shown) + (
+                f" and {int(count) - len(shown)} more" if count > len(shown) else ""
+            )
+            parts.append(
+                f"{int(count)} could not be {verb}: {reason}" + (f" ({who})" if who else "")
+            )
+    except (ValueError, KeyError, TypeError):
+        return None
+    return "; ".join(parts)
+
+
+def when(value: str | None) -> str:
+    """ISO timestamp → "2026-11-25 10:51 UTC" for people."""
+    if not value:
+        return ""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def parse_uuid(value: str) -> str | None:
@@ -147,3 +313,34 @@ def parse_uuid(value: str) -> str | None:
         return str(uuid.UUID(value))
     except ValueError:
         return None
+
+
+# --- Settings → Branding on pages --------------------------------------------------------
+PRODUCT_NAME = "ClientPress"
+
+
+def page_brand(branding: dict[str, object]) -> dict[str, object]:
+    """What base.html shows: the Agency Name (else the product's), the logo's versioned
+    URL, the footer, and the stylesheet that carries the accent (the CSP allows no inline
+    style, so the colour reaches the page as CSS the gateway serves)."""
+    accent = str(branding.get("accent_colour") or "")
+    etag = str(branding.get("logo_etag") or "")
+    return {
+        "name": str(branding.get("agency_name") or "") or PRODUCT_NAME,
+        "logo_url": f"/branding/logo?v={etag}" if etag else "",
+        "footer_text": str(branding.get("footer_text") or ""),
+        "theme_url": f"/branding/theme.css?v={accent.lstrip('#')}" if accent else "",
+    }
+
+
+def darker(colour: str, amount: float = 0.2) -> str:
+    """``#rrggbb`` mixed with black (the hover shade of a button)."""
+    channels = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return "#" + "".join(f"{round(c * (1 - amount)):02x}" for c in channels)
+
+
+def theme_css(accent: str) -> str:
+    # The mailer only keeps #rrggbb; checked again, as this goes into a stylesheet.
+    if not re.fullmatch(r"#[0-9a-f]{6}", accent):
+        return "/* The built-in accent (app.css). */\n"
+    return f":root {{ --accent: {accent}; --accent-dark: {darker(accent)}; }}\n"

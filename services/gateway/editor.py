@@ -15,7 +15,14 @@ from multidict import MultiDictProxy
 from libs.common.errors import DomainError, InvalidInput, NotFound
 from libs.common.web import json_response
 
-from .domain import STATUSES, normalise_email, parse_uuid
+from .domain import (
+    EXPIRY_CHOICES,
+    MAX_PERSONAL_MESSAGE,
+    PERSONAL_MESSAGE_TOO_LONG,
+    STATUSES,
+    normalise_email,
+    parse_uuid,
+)
 from .rendering import current_user, form_str, render, see_other
 from .state import UPSTREAM
 from .upstream import Json, Upstream
@@ -28,6 +35,8 @@ routes = web.RouteTableDef()
 SLUG = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 SLUG_RULE = "Use lower-case letters, digits and single hyphens, at most 80, e.g. acme-rebrand."
 SLUG_TAKEN = "Another portal already uses this slug; choose another."
+# The portals service takes up to 500 sub-clients; one Save adds at most this many.
+MAX_SUB_CLIENTS_ADDED = 100
 
 
 async def _emails(up: Upstream, ids: set[str]) -> dict[str, str]:
@@ -60,14 +69,18 @@ async def _editor(
     values: dict[str, Any] | None = None,
     errors: dict[str, str] | None = None,
     status: int = 200,
-    invite_email: str = "",
+    invite: dict[str, str] | None = None,
 ) -> web.Response:
     up = request.app[UPSTREAM]
     users: list[Json] = []
     emails: dict[str, str] = {}
     more_users = False
     if portal is not None:
-        listed = await up.identity.list_users(limit=200)
+        listed, access = await asyncio.gather(
+            up.identity.list_users(limit=200), up.invitations.access_settings()
+        )
+        # Link Expiry starts at the Invitation Link Expiry setting.
+        invite = invite or {"expires_in_days": str(access["invitation_expiry_days"])}
         users = listed["items"]
         more_users = listed.get("next_cursor") is not None
         emails = {u["id"]: u["email"] for u in users}
@@ -86,7 +99,8 @@ async def _editor(
         "users": [u for u in users if not u.get("disabled")],
         "emails": emails,
         "statuses": STATUSES,
-        "invite_email": invite_email,
+        "invite": invite or {},
+        "expiry_choices": EXPIRY_CHOICES,
         "more_users": more_users,
     }
     return render(request, "admin/editor.html", context, status=status)
@@ -170,12 +184,15 @@ async def save_portal(request: web.Request) -> web.StreamResponse:
             errors["client_id"] = "Choose an existing user."
     removed = {v for v in form.getall("remove_sub_client", []) if isinstance(v, str)}
     subs = [s for s in portal["sub_client_ids"] if s not in removed]
-    add_raw = form_str(form, "add_sub_client", 64)
-    if add_raw:
-        added = await _known_user(up, add_raw)
-        if added is None:
-            errors["add_sub_client"] = "Choose an existing user."
-        elif added not in subs and added != client_id:
+    # Sub-Clients takes several users in one go: every one chosen is added by this Save.
+    chosen = [v[:64] for v in form.getall("add_sub_client", []) if isinstance(v, str) and v]
+    found = await asyncio.gather(*(_known_user(up, raw) for raw in chosen[:MAX_SUB_CLIENTS_ADDED]))
+    if len(chosen) > MAX_SUB_CLIENTS_ADDED:
+        errors["add_sub_client"] = f"Add at most {MAX_SUB_CLIENTS_ADDED} sub-clients at a time."
+    elif None in found:
+        errors["add_sub_client"] = "Choose existing users."
+    for added in found:
+        if added is not None and added not in subs and added != client_id:
             subs.append(added)
     subs = [s for s in subs if s != client_id]
     if errors:
@@ -204,35 +221,70 @@ INVITE_ERRORS = {
     "portal_not_active": NOT_ACTIVE,
     "invalid_email": "Enter an email address like name@example.com.",
 }
+# Which field an error from the invitations service belongs to.
+INVITE_ERROR_FIELDS = {
+    "invalid_expires_in_days": "invite_expiry",
+    "personal_message_too_long": "invite_message",
+}
+
+
+def invite_fields(form: MultiDictProxy[Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """The Invite Client box: Email, Link Expiry, Personal Message, and what is wrong."""
+    values = {
+        "email": form_str(form, "email", 320),
+        "expires_in_days": form_str(form, "expires_in_days", 10),
+        # Read well past the limit: a long message is refused, with its length, never cut.
+        "personal_message": form_str(form, "personal_message", 20 * MAX_PERSONAL_MESSAGE),
+    }
+    errors = {}
+    if normalise_email(values["email"]) is None:
+        errors["invite_email"] = INVITE_ERRORS["invalid_email"]
+    # Left out (an older form, a script): the setting decides.
+    if values["expires_in_days"] and values["expires_in_days"] not in {
+        str(c) for c in EXPIRY_CHOICES
+    }:
+        errors["invite_expiry"] = "Choose 7, 14, 21 or 30 days."
+    message = values["personal_message"].replace("\r\n", "\n").strip()
+    if len(message) > MAX_PERSONAL_MESSAGE:
+        errors["invite_message"] = (
+            f"{PERSONAL_MESSAGE_TOO_LONG} It has {len(message):,}; shorten it and send again."
+        )
+    return values, errors
 
 
 @routes.post(f"/admin/portals/{ID}/invite")
 async def invite(request: web.Request) -> web.StreamResponse:
     up = request.app[UPSTREAM]
     portal = await up.portals.get(request.match_info["id"])
-    raw = form_str(await request.post(), "email", 320)
-    email = normalise_email(raw)
-    error = None
-    if email is None:
-        error = INVITE_ERRORS["invalid_email"]
-    elif portal["status"] != "active":
-        error = NOT_ACTIVE
-    else:
+    values, errors = invite_fields(await request.post())
+    email = normalise_email(values["email"])
+    if not errors and portal["status"] != "active":
+        errors["invite_email"] = NOT_ACTIVE
+    if not errors and email is not None:
         admin = current_user(request) or {}
-        body = {"portal_id": portal["id"], "email": email, "invited_by": admin.get("email")}
+        body = {
+            "portal_id": portal["id"],
+            "email": email,
+            "invited_by": admin.get("email"),
+        }
+        if values["expires_in_days"]:
+            body["expires_in_days"] = int(values["expires_in_days"])
+        message = values["personal_message"].replace("\r\n", "\n").strip()
+        if message:
+            body["personal_message"] = message
         try:
             result = await up.invitations.invite(body)
         except DomainError as exc:
             if exc.status >= 500 or exc.code == "portal_not_found":
                 raise
-            error = INVITE_ERRORS.get(exc.code, exc.message)
+            field = INVITE_ERROR_FIELDS.get(exc.code, "invite_email")
+            errors[field] = INVITE_ERRORS.get(exc.code, exc.message)
         else:
             key = (
                 "invitation_sent" if result["outcome"] == "created" else "invitation_resent_pending"
             )
             return see_other(request, f"/admin/portals/{portal['id']}", flash=key, email=email)
-    errors = {"invite_email": error}
-    return await _editor(request, portal, errors=errors, status=422, invite_email=raw)
+    return await _editor(request, portal, errors=errors, status=422, invite=values)
 
 
 @routes.get("/admin/users/search")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,14 +23,33 @@ class AccountExists(Conflict):
     code = "account_exists"
 
 
+# Accepting a staff invitation never lowers a role (an Administrator invited as Staff
+# stays an Administrator, and the page says so).
+ROLE_RANK = {"client": 0, "staff": 1, "administrator": 2}
+ROLE_NAMES = {"administrator": "Administrator", "staff": "Staff", "client": "Client"}
+
+
 @dataclass(frozen=True)
 class Accepted:
     token: str  # the new session's token, for the cookie only
-    slug: str
+    # Where the person lands: their portal, the list of their portals (several at once), or
+    # the admin area for a staff invitation.
+    destination: str
 
 
-def is_admin(user: dict[str, Any] | None) -> bool:
-    return user is not None and user.get("role") == "administrator"
+@dataclass(frozen=True)
+class Joined:
+    """An account that accepted after logging in: where it lands, and for a staff
+    invitation, the role it has now and whether that was its own already (higher)."""
+
+    destination: str
+    role: str | None = None
+    kept: bool = False
+
+
+def is_team(user: dict[str, Any] | None) -> bool:
+    """Administrators and Staff: the people who work in the admin area."""
+    return user is not None and user.get("role") in ("administrator", "staff")
 
 
 def same_email(a: str, b: str) -> bool:
@@ -36,11 +57,11 @@ def same_email(a: str, b: str) -> bool:
 
 
 async def login_destination(up: Upstream, user: Json, next_raw: str | None) -> str:
-    """Administrators always land in the admin area (on the admin page they asked for, if
-    any); with Login Redirect on, a client goes straight to their portal; otherwise back to
-    the page they came from, or home."""
+    """Administrators and Staff always land in the admin area (on the admin page they
+    asked for, if any); with Login Redirect on, a client goes straight to their portal;
+    otherwise back to the page they came from, or home."""
     wanted = safe_next_path(next_raw)
-    if is_admin(user):
+    if is_team(user):
         return wanted if wanted and wanted.startswith("/admin/") else ADMIN_HOME
     settings = await up.identity.login_settings()
     if settings.get("login_redirect"):
@@ -51,41 +72,112 @@ async def login_destination(up: Upstream, user: Json, next_raw: str | None) -> s
 async def accept_with_password(
     up: Upstream, token: str, password: str, invitation: Json | None = None
 ) -> Accepted:
-    """Steps 1-5 for a person without an account. Every step is idempotent under the
-    invitation id, so a retry of the same link after a failure finishes the job.
-    ``invitation``: step 1's answer when the caller has just asked for it."""
+    """The saga for a person without an account (docs/internal-api.md). The link is spent
+    (reserved for this request) before anything is made, so a revoke or the expiry that
+    wins leaves no account and no access; a retry of the same link finishes the job.
+    ``invitation``: step 1's answer when the caller has just asked for it. A group's link
+    (several portals, one invitation) is accepted once for each of its portals still
+    Active."""
     if invitation is None:
         invitation = await up.invitations.validate(token)
     if invitation.get("account_exists"):
         raise AccountExists("You already have an account — log in to accept.")
-    try:
-        ensured = await up.identity.ensure_user(
-            invitation["email"], password, invitation["invitation_id"]
-        )
-    except DomainError as exc:
-        if exc.code == "account_exists":
-            raise AccountExists("You already have an account — log in to accept.") from None
-        raise
-    user_id = ensured["user"]["id"]
-    await grant_and_accept(up, token, invitation, user_id)
-    # Only the winner of step 4 gets here. An account it created already has its password;
-    # one found from an earlier try (or made by a concurrent loser) gets this one now.
+    staff_role = invitation.get("role")
+    claim = await up.invitations.reserve(token)
+    async with _holding(up, token, claim):
+        try:
+            # Under the group's id for a group's link: every try of it finds one account.
+            ensured = await up.identity.ensure_user(
+                invitation["email"],
+                password,
+                invitation.get("group_id") or invitation["invitation_id"],
+                staff_role,
+            )
+        except DomainError as exc:
+            if exc.code == "account_exists":
+                raise AccountExists("You already have an account — log in to accept.") from None
+            raise
+        user_id = ensured["user"]["id"]
+        taken = _taken(invitation, await up.invitations.accept(token, claim, user_id))
+    # Only the holder of the claim gets here. An account it created already has its
+    # password; one an earlier try made gets this one now, which ends its other sessions.
     if not ensured.get("created"):
         await up.identity.set_password(user_id, password)
+    if not staff_role:  # a staff invitation's account was made with its role
+        await _grant(up, taken, user_id)
     session = await up.identity.issue_session(user_id)
     log.info("invitation_accepted_new_account", invitation_id=invitation["invitation_id"])
-    return Accepted(token=session["token"], slug=invitation["portal_slug"])
+    destination = ADMIN_HOME if staff_role else landing(taken)
+    return Accepted(token=session["token"], destination=destination)
 
 
-async def accept_for_user(up: Upstream, token: str, invitation: Json, user_id: str) -> str:
-    """Steps 3-4 for someone already logged in as the invited email; returns the slug."""
-    await grant_and_accept(up, token, invitation, user_id)
+async def accept_for_user(up: Upstream, token: str, invitation: Json, user_id: str) -> Joined:
+    """The saga for someone already logged in as the invited email. A staff invitation
+    raises the account to its role (never lowers it) before the acceptance is recorded,
+    so invitation.staff.accepted always means the account has at least that role."""
+    staff_role = invitation.get("role")
+    joined: Joined | None = None
+    claim = await up.invitations.reserve(token)
+    async with _holding(up, token, claim):
+        if staff_role:
+            joined = await _raise_role(up, user_id, staff_role)
+        taken = _taken(invitation, await up.invitations.accept(token, claim, user_id))
     log.info("invitation_accepted_existing_account", invitation_id=invitation["invitation_id"])
-    slug: str = invitation["portal_slug"]
-    return slug
+    if joined is not None:
+        return joined
+    await _grant(up, taken, user_id)
+    return Joined(destination=landing(taken))
 
 
-async def grant_and_accept(up: Upstream, token: str, invitation: Json, user_id: str) -> None:
-    role = "sub_client" if invitation.get("sub_client") else None
-    await up.portals.grant(invitation["portal_id"], user_id, role, invitation["invitation_id"])
-    await up.invitations.accept(token, user_id)
+async def _raise_role(up: Upstream, user_id: str, invited: str) -> Joined:
+    """The account's role becomes the invited one, unless its own is higher already."""
+    current = str((await up.identity.get_user(user_id))["role"])
+    if ROLE_RANK.get(current, 0) >= ROLE_RANK[invited]:
+        return Joined(destination=ADMIN_HOME, role=current, kept=current != invited)
+    await up.identity.set_role(user_id, invited)
+    return Joined(destination=ADMIN_HOME, role=invited)
+
+
+def _taken(invitation: Json, accepted: Json) -> list[Json]:
+    """What the acceptance took: each invitation of a group's link the claim held, or the
+    one the link was for."""
+    listed = accepted.get("invitations")
+    return list(listed) if isinstance(listed, list) and listed else [invitation]
+
+
+def landing(taken: list[Json]) -> str:
+    """One portal: straight to it; several: the list of the person's portals."""
+    if len(taken) == 1:
+        return f"/client-portal/{taken[0]['portal_slug']}/"
+    return "/client-portal/"
+
+
+@asynccontextmanager
+async def _holding(up: Upstream, token: str, claim: str) -> AsyncIterator[None]:
+    """Between reserve and accept: on a failure, let go of the claim so the same link can
+    finish the job at once (else after the lease). A refusal (4xx) made nothing, so the
+    invitation goes back to pending; after anything else the account may exist, so the
+    link stays spent for its holder."""
+    try:
+        yield
+    except Exception as exc:
+        reopen = isinstance(exc, DomainError) and exc.status < 500
+        try:
+            await up.invitations.release(token, claim, reopen=reopen)
+        except DomainError:
+            log.warning("invitation_release_failed", reopen=reopen)
+        raise
+
+
+async def _grant(up: Upstream, taken: list[Json], user_id: str) -> None:
+    """After the acceptance: portals also grants from each ``invitation.accepted`` under
+    the same key, so a failure here delays access but can't lose it."""
+    for invitation in taken:
+        role = "sub_client" if invitation.get("sub_client") else None
+        await up.portals.grant(
+            invitation["portal_id"],
+            user_id,
+            role,
+            invitation["invitation_id"],
+            invitation.get("idempotency_key"),
+        )

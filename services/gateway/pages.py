@@ -10,7 +10,7 @@ from aiohttp import web
 from libs.common.errors import DomainError, NotFound, Unauthorized
 
 from .domain import BAD_LOGIN, normalise_email, password_problem, safe_next_path
-from .handlers import is_admin, login_destination
+from .handlers import is_team, login_destination
 from .rendering import current_user, error_page, form_str, render, see_other
 from .security import (
     clear_session,
@@ -20,7 +20,7 @@ from .security import (
     rate_limit,
     set_session,
 )
-from .state import SESSION_COOKIE, UPSTREAM
+from .state import SETTINGS, UPSTREAM
 
 SLUG = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 FORGOT_ANSWER = "If an account exists for that email, we've sent a link to reset the password."
@@ -33,7 +33,7 @@ async def home(request: web.Request) -> web.StreamResponse:
     user = current_user(request)
     if user is None:
         raise web.HTTPSeeOther("/login")
-    if is_admin(user):
+    if is_team(user):
         raise web.HTTPSeeOther("/admin/portals")
     return render(request, "home.html")
 
@@ -53,14 +53,14 @@ async def login(request: web.Request) -> web.StreamResponse:
     email = form_str(form, "email", 320).strip()
     password = form_str(form, "password", 1024)
     next_raw = form_str(form, "next", 2000)
-    login_limit(request, email)
+    await login_limit(request, email)
     up = request.app[UPSTREAM]
     try:
         session = await up.identity.login(email, password)
     except DomainError as exc:
         if exc.status not in (401, 403, 422):
             raise
-        login_failed(request, email)
+        await login_failed(request, email)
         context = {"next": safe_next_path(next_raw) or "", "email": email, "error": BAD_LOGIN}
         return render(request, "login.html", context, status=401)
     response = see_other(request, await login_destination(up, session["user"], next_raw))
@@ -70,7 +70,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/logout")
 async def logout(request: web.Request) -> web.StreamResponse:
-    token = request.cookies.get(SESSION_COOKIE)
+    token = request.cookies.get(request.app[SETTINGS].session_cookie)
     if token:
         with contextlib.suppress(Unauthorized):
             await request.app[UPSTREAM].identity.logout(token)
@@ -88,7 +88,7 @@ async def forgot(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     raw = form_str(form, "email", 320)
     email = normalise_email(raw)
-    rate_limit(request, "forgot", email or raw)
+    await rate_limit(request, "forgot", email or raw)
     if email is None:
         error = "Enter an email address like name@example.com."
         return render(request, "forgot.html", {"email": raw, "error": error}, status=422)
@@ -124,7 +124,7 @@ async def reset(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     token = form_str(form, "token", 200)
     password, confirm = form_str(form, "password", 2048), form_str(form, "confirm", 2048)
-    rate_limit(request, "reset")
+    await rate_limit(request, "reset")
     up = request.app[UPSTREAM]
     try:
         found = await up.identity.validate_reset(token)
@@ -147,7 +147,7 @@ async def client_portals(request: web.Request) -> web.StreamResponse:
     if user is None:
         raise web.HTTPSeeOther(login_url("/client-portal/"))
     up = request.app[UPSTREAM]
-    if is_admin(user):
+    if is_team(user):
         portals = (await up.portals.find(status="active", limit=200))["items"]
     else:
         portals = [p for p in await up.portals.of_user(user["id"]) if p["status"] == "active"]
@@ -165,7 +165,7 @@ async def client_portal(request: web.Request) -> web.StreamResponse:
     if not SLUG.fullmatch(slug) or len(slug) > 80:
         raise NotFound("No such portal.", code="portal_not_found")
     up = request.app[UPSTREAM]
-    if is_admin(user):
+    if is_team(user):
         portal = await up.portals.by_slug(slug)
     else:
         portal = await up.portals.of_user_by_slug(user["id"], slug)

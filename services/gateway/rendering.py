@@ -16,8 +16,9 @@ from libs.common.errors import DomainError, NotFound, RateLimited, Unavailable
 from libs.common.logging import get_logger
 from libs.common.web import UNAVAILABLE_ERRORS, error_response
 
-from .domain import flash_text
+from .domain import flash_text, page_brand
 from .state import FLASH_COOKIE, SETTINGS, req_state
+from .upstream import NO_BRANDING
 
 log = get_logger(__name__)
 
@@ -42,6 +43,7 @@ def render(
         "csrf_token": req_state(request).csrf,
         "flash": None,
         "site": request.app[SETTINGS].public_url.host or "ClientPress",
+        "brand": page_brand(req_state(request).brand or NO_BRANDING),
     }
     raw = request.cookies.get(FLASH_COOKIE)
     if raw:
@@ -95,9 +97,10 @@ def _answer(
     title: str,
     message: str,
     headers: dict[str, str] | None = None,
+    details: dict[str, Any] | None = None,
 ) -> web.Response:
     if is_api(request):
-        return error_response(status, code, message, headers)
+        return error_response(status, code, message, headers, details)
     return error_page(request, status, title, message, headers)
 
 
@@ -120,6 +123,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             "Too many attempts",
             exc.message,
             {"Retry-After": str(exc.retry_after)},
+            exc.details,
         )
     except NotFound as exc:
         if is_api(request):
@@ -127,6 +131,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _not_found(request)
     except Unavailable as exc:
         log.warning("upstream_unavailable", code=exc.code)
+        if exc.code == "busy":  # identity's hash queue is full: a burst, not an outage
+            return _answer(
+                request,
+                503,
+                "busy",
+                "We're busy right now",
+                "Too many people are signing in at once. Please try again in a few seconds.",
+                {"Retry-After": "5"},
+            )
         return _unavailable(request)
     except DomainError as exc:
         if exc.status >= 500:
@@ -134,7 +147,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return _unavailable(request)
         if exc.code == "csrf_failed":
             return _answer(request, 403, exc.code, "Please try again", CSRF_FAILED)
-        return _answer(request, exc.status, exc.code, "Something is not right", exc.message)
+        return _answer(
+            request, exc.status, exc.code, "Something is not right", exc.message, None, exc.details
+        )
     except UNAVAILABLE_ERRORS as exc:
         log.warning("dependency_unavailable", error=type(exc).__name__)
         return _unavailable(request)

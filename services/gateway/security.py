@@ -1,6 +1,7 @@
 """Request security: the session (from identity, through this replica's short cache that
 identity's revocations empty: cache.py), CSRF and Origin checks, role gates for /admin
-and /api/v1, security headers, session cookies and rate limits."""
+and /api/v1, security headers, session cookies, the client's address and rate limits
+(counted in limits.py)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,36 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from libs.common.errors import Forbidden, NotFound, RateLimited, Unauthorized
+from libs.common.actor import Actor, set_actor
+from libs.common.errors import Forbidden, NotFound, RateLimited, TooLarge, Unauthorized
 
-from .domain import api_key_matches, csrf_matches, new_csrf_token, origin_allowed
+from .domain import (
+    INTEGRATION_KEY_PREFIX,
+    address_key,
+    api_key_matches,
+    client_address,
+    csrf_matches,
+    forwarded_hops,
+    new_csrf_token,
+    origin_allowed,
+)
 from .rendering import Handler, is_api
-from .state import CSRF_COOKIE, LIMITERS, SESSION_COOKIE, SETTINGS, UPSTREAM, req_state
+from .state import (
+    LIMITS,
+    SETTINGS,
+    TRUSTED_PROXIES,
+    UPSTREAM,
+    req_state,
+)
 
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-PLAIN_PATHS = ("/static/", "/healthz", "/readyz", "/metrics")
-PUBLIC_API = frozenset({"/api/v1/openapi.json"})
+# No session or CSRF cookie needed: static files, and the branding's logo and stylesheet.
+PLAIN_PATHS = ("/static/", "/branding/")
+# Page forms allowed a bigger body than the app's limit: the logo upload.
+LARGE_FORMS = {"/admin/settings/branding/logo": 1024 * 1024 + 64 * 1024}
+LARGE_FORM_TOO_BIG = {"/admin/settings/branding/logo": "The Logo is too big: at most 1024 KB."}
+# The API's description and its reference page: public, like any published contract.
+PUBLIC_API = frozenset({"/api/v1/openapi.json", "/api/docs"})
 NO_REFERRER = ("/invitations/accept", "/reset-password")
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -33,24 +55,109 @@ class CsrfFailed(Forbidden):
     code = "csrf_failed"
 
 
-def _api_key(request: web.Request) -> bool:
-    key = request.app[SETTINGS].gateway_api_key
-    return key is not None and api_key_matches(
-        request.headers.get("Authorization"), key.get_secret_value()
-    )
+# The scope an integration key needs for each /api/v1 route (method, canonical path). A
+# route missing here answers only administrators and the bootstrap key (GATEWAY_API_KEY),
+# so a route added without a scope is safe by default.
+API_SCOPES: dict[tuple[str, str], str] = {
+    ("GET", "/api/v1/portals"): "portals:read",
+    ("POST", "/api/v1/portals"): "portals:write",
+    ("GET", "/api/v1/portals/{id}"): "portals:read",
+    ("PATCH", "/api/v1/portals/{id}"): "portals:write",
+    ("PUT", "/api/v1/portals/{id}/client"): "portals:write",
+    ("PUT", "/api/v1/portals/{id}/sub-clients"): "portals:write",
+    ("POST", "/api/v1/portals/{id}/invitations"): "invitations:write",
+    ("POST", "/api/v1/portals/{id}/invitations/batch"): "invitations:write",
+    ("GET", "/api/v1/invitations"): "invitations:read",
+    ("POST", "/api/v1/invitations"): "invitations:write",
+    ("GET", "/api/v1/invitations/{id}"): "invitations:read",
+    ("POST", "/api/v1/invitations/{id}/resend"): "invitations:write",
+    ("POST", "/api/v1/invitations/{id}/revoke"): "invitations:write",
+    ("GET", "/api/v1/users"): "users:read",
+}
+# Routes no integration key may call: administrators and the bootstrap key only. Every
+# /api/v1 route is in exactly one of the two tables (tests/security/test_api_keys.py).
+ADMIN_ONLY_API: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("GET", "/api/v1/activity"),
+        ("GET", "/api/v1/settings/access"),
+        ("PUT", "/api/v1/settings/access"),
+        ("GET", "/api/v1/settings/branding"),
+        ("PUT", "/api/v1/settings/branding"),
+        ("PUT", "/api/v1/settings/branding/logo"),
+        ("DELETE", "/api/v1/settings/branding/logo"),
+        ("POST", "/api/v1/keys"),
+        ("GET", "/api/v1/keys"),
+        ("DELETE", "/api/v1/keys/{id}"),
+        ("POST", "/api/v1/staff-invitations"),
+        ("GET", "/api/v1/staff-invitations"),
+        ("GET", "/api/v1/webhooks"),
+        ("POST", "/api/v1/webhooks"),
+        ("DELETE", "/api/v1/webhooks/{id}"),
+        ("POST", "/api/v1/webhooks/{id}/rotate-secret"),
+        ("GET", "/api/v1/webhooks/{id}/deliveries"),
+        ("POST", "/api/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver"),
+    }
+)
+BOOTSTRAP_KEY_NAME = "bootstrap"
+
+
+def route_key(request: web.Request) -> tuple[str, str]:
+    resource = request.match_info.route.resource
+    return request.method, resource.canonical if resource is not None else request.path
+
+
+async def _authenticate_key(request: web.Request) -> None:
+    """An /api request's bearer key: the bootstrap key (GATEWAY_API_KEY, every scope) or a
+    live integration key, whose scopes identity answers. A key that isn't live is refused
+    here, whatever the route."""
+    header = request.headers.get("Authorization")
+    if not header or not header.startswith("Bearer "):
+        return
+    state = req_state(request)
+    bootstrap = request.app[SETTINGS].gateway_api_key
+    if bootstrap is not None and api_key_matches(header, bootstrap.get_secret_value()):
+        state.api_key, state.key_admin, state.key_name = True, True, BOOTSTRAP_KEY_NAME
+        state.key_id = BOOTSTRAP_KEY_NAME
+        return
+    presented = header[len("Bearer ") :].strip()
+    if not presented.startswith(INTEGRATION_KEY_PREFIX):
+        return  # not ours: the session (if any) decides, as without a key
+    try:
+        key = await request.app[UPSTREAM].identity.verify_api_key(presented)
+    except Unauthorized:
+        raise Unauthorized(
+            "This API key is not valid: it was revoked, or mistyped.", code="invalid_api_key"
+        ) from None
+    state.api_key, state.key_name, state.key_id = True, key["name"], key["id"]
+    state.key_scopes = frozenset(key["scopes"])
+
+
+def _key_allows(request: web.Request) -> None:
+    state = req_state(request)
+    if state.key_admin:
+        return
+    needed = API_SCOPES.get(route_key(request))
+    if needed is None:
+        raise Forbidden(
+            "This needs an administrator (or the bootstrap key); integration keys can't do it.",
+            code="insufficient_scope",
+        )
+    if needed not in state.key_scopes:
+        raise Forbidden(f"This API key lacks the scope {needed}.", code="insufficient_scope")
 
 
 @web.middleware
 async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = req_state(request)
-    cookie = request.cookies.get(CSRF_COOKIE)
+    cookie = request.cookies.get(request.app[SETTINGS].csrf_cookie)
     if cookie and 20 <= len(cookie) <= 100:
         state.csrf = cookie
     elif not _plain(request):
         state.csrf = new_csrf_token()
         state.csrf_new = True
-    # The API key authorises every /api call, reads as well as writes.
-    state.api_key = is_api(request) and _api_key(request)
+    # A key authorises /api calls within its scopes, reads as well as writes (_gate).
+    if is_api(request):
+        await _authenticate_key(request)
     if request.method in UNSAFE:
         settings = request.app[SETTINGS]
         origin = request.headers.get("Origin")
@@ -63,7 +170,17 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
             if is_api(request):
                 submitted = request.headers.get("X-CSRF-Token")
             else:
-                form = await request.post()
+                limit = LARGE_FORMS.get(request.path)
+                if limit is not None:
+                    # Its own limit, for this request only; the handler gets the clone.
+                    request = request.clone(client_max_size=limit)
+                try:
+                    form = await request.post()
+                except web.HTTPRequestEntityTooLarge:
+                    message = LARGE_FORM_TOO_BIG.get(request.path)
+                    if message is None:
+                        raise
+                    raise TooLarge(message, code="too_large") from None
                 value = form.get("csrf_token")
                 submitted = value if isinstance(value, str) else None
             if not csrf_matches(cookie, submitted):
@@ -74,7 +191,7 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
 @web.middleware
 async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = req_state(request)
-    token = request.cookies.get(SESSION_COOKIE)
+    token = request.cookies.get(request.app[SETTINGS].session_cookie)
     if token and not _plain(request) and not state.api_key:
         try:
             current = await request.app[UPSTREAM].identity.current(token)
@@ -83,17 +200,46 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
         else:
             state.user = current["user"]
     _gate(request)
+    set_actor(_actor(request))
     return await handler(request)
 
 
+STAFF_ROLES = ("administrator", "staff")
+
+
+def _actor(request: web.Request) -> Actor | None:
+    """Who the changes this request makes are recorded as (the Activity log): the key of
+    an /api call, or the staff member at /admin or /api. Nobody for a client's or an
+    invitee's own requests (accepting, resetting a password, logging out)."""
+    state = req_state(request)
+    if state.api_key and state.key_id and state.key_name:
+        return Actor(type="key", id=state.key_id, name=state.key_name)
+    user = state.user
+    staff_area = request.path.startswith(("/admin", "/api/"))
+    if user is not None and staff_area and user.get("role") in STAFF_ROLES:
+        return Actor(type="user", id=str(user["id"]), name=str(user["email"])[:320])
+    return None
+
+
+# Admin pages Staff may not open: Settings (API keys included), Users (staff
+# management) and Activity (what everyone did). Staff work with portals, invitations and clients.
+ADMINISTRATOR_PAGES = ("/admin/settings", "/admin/users", "/admin/activity")
+
+
 def _gate(request: web.Request) -> None:
-    """Administrator-only areas, checked once here so that no route can forget it."""
+    """The role each area needs, checked once here so that no route can forget it:
+    /api/v1 by key scope (or an Administrator's session; a Staff session gets the routes
+    that have a scope), /admin for Administrators and Staff (Staff not Settings or
+    Users)."""
     path = request.path
     state = req_state(request)
     user = state.user
-    is_admin = user is not None and user.get("role") == "administrator"
+    role = user.get("role") if user is not None else None
     if path.startswith("/api/") and path not in PUBLIC_API:
-        if state.api_key or is_admin:
+        if state.api_key:
+            _key_allows(request)
+            return
+        if role == "administrator" or (role == "staff" and route_key(request) in API_SCOPES):
             return
         if user is None:
             raise Unauthorized("Log in as an administrator or use an API key.", code="no_session")
@@ -101,7 +247,9 @@ def _gate(request: web.Request) -> None:
     if path == "/admin" or path.startswith("/admin/"):
         if user is None:
             raise web.HTTPSeeOther(login_url(request.path_qs))
-        if not is_admin:
+        if role == "staff" and path.startswith(ADMINISTRATOR_PAGES):
+            raise Forbidden("Only Administrators can open this page.", code="forbidden")
+        if role not in ("administrator", "staff"):
             raise NotFound("No such page.")
 
 
@@ -116,16 +264,24 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
     headers["X-Content-Type-Options"] = "nosniff"
     no_referrer = request.path.startswith(NO_REFERRER)
     headers["Referrer-Policy"] = "no-referrer" if no_referrer else "same-origin"
-    if not request.path.startswith("/static/"):
+    # Static files, and the logo and stylesheet that said how to cache them (branding.py).
+    cacheable = request.path.startswith("/static/") or (
+        request.path.startswith("/branding/") and "Cache-Control" in headers
+    )
+    if not cacheable:
         headers["Cache-Control"] = "no-store"
     settings = request.app[SETTINGS]
     state = req_state(request)
     # Cookies here go straight to the headers: aiohttp has already rendered
     # response.cookies when this signal runs.
     if state.csrf_new and response.status < 500:
-        _header_cookie(response, CSRF_COOKIE, state.csrf, "Strict", settings.secure_cookies)
+        _header_cookie(
+            response, settings.csrf_cookie, state.csrf, "Strict", settings.secure_cookies
+        )
     if state.clear_session and not state.session_set:
-        _header_cookie(response, SESSION_COOKIE, "", "Lax", settings.secure_cookies, max_age=0)
+        _header_cookie(
+            response, settings.session_cookie, "", "Lax", settings.secure_cookies, max_age=0
+        )
 
 
 def _header_cookie(
@@ -153,7 +309,7 @@ def _header_cookie(
 def set_session(request: web.Request, response: web.StreamResponse, token: str) -> None:
     req_state(request).session_set = True
     response.set_cookie(
-        SESSION_COOKIE,
+        request.app[SETTINGS].session_cookie,
         token,
         path="/",
         httponly=True,
@@ -167,29 +323,40 @@ def clear_session(request: web.Request) -> None:
 
 
 def client_ip(request: web.Request) -> str:
-    # The peer address only: X-Forwarded-For is not trusted without a known proxy.
-    return request.remote or "unknown"
+    """The client's address: the TCP peer, or, when the peer is one of
+    GATEWAY_TRUSTED_PROXIES, what the proxies say in the forwarded header they write."""
+    settings = request.app[SETTINGS]
+    header = settings.gateway_forwarded_header
+    hops = forwarded_hops(request.headers.getall(header, []), header)
+    return client_address(request.remote, hops, request.app[TRUSTED_PROXIES])
 
 
-def rate_limit(request: web.Request, scope: str, email: str | None = None) -> None:
-    """Count this attempt per IP, and per email too when one is given."""
-    limiters = request.app[LIMITERS]
-    wait = limiters.per_ip.hit(f"{scope}:{client_ip(request)}")
+async def rate_limit(request: web.Request, scope: str, email: str | None = None) -> None:
+    """Count this unauthenticated post per client address, and per email too when one
+    is given (a reset email: capped per inbox)."""
+    limits = request.app[LIMITS]
+    wait = await limits.hit(limits.address, scope, address_key(client_ip(request)))
     if not wait and email:
-        wait = limiters.per_email.hit(f"{scope}:{email.strip().lower()}")
+        wait = await limits.hit(limits.email, scope, email.strip().lower())
     _raise_if(wait)
 
 
-def login_limit(request: web.Request, email: str) -> None:
-    """Before a password check: per IP every attempt counts; per email only failures
-    (see login_failed), so a busy account isn't locked out by its own logins."""
-    limiters = request.app[LIMITERS]
-    wait = limiters.per_ip.hit(f"login:{client_ip(request)}")
-    _raise_if(wait or limiters.per_email.blocked(f"login:{email.strip().lower()}"))
+async def login_limit(request: web.Request, email: str) -> None:
+    """Before a password check: every attempt counts per client address; failures count
+    per account and address (login_failed), so an attacker's guesses slow only the
+    attacker, and the owner, from their own address, still gets in."""
+    limits = request.app[LIMITS]
+    address = address_key(client_ip(request))
+    wait = await limits.hit(limits.address, "login", address)
+    if not wait:
+        wait = await limits.check(limits.login_failures, email.strip().lower(), address)
+    _raise_if(wait)
 
 
-def login_failed(request: web.Request, email: str) -> None:
-    request.app[LIMITERS].per_email.hit(f"login:{email.strip().lower()}")
+async def login_failed(request: web.Request, email: str) -> None:
+    limits = request.app[LIMITS]
+    address = address_key(client_ip(request))
+    await limits.hit(limits.login_failures, email.strip().lower(), address)
 
 
 def _raise_if(wait: int) -> None:

@@ -8,24 +8,17 @@ from typing import Any
 from aiohttp import web
 
 from .cache import GatewayCache
-from .domain import SlidingWindow
+from .domain import Network
+from .limits import RateLimits
 from .settings import GatewaySettings
 from .upstream import Upstream
 
-
-@dataclass(frozen=True)
-class Limiters:
-    per_ip: SlidingWindow
-    per_email: SlidingWindow
-
-
 SETTINGS = web.AppKey("gateway_settings", GatewaySettings)
 UPSTREAM = web.AppKey("upstream", Upstream)
-LIMITERS = web.AppKey("limiters", Limiters)
+LIMITS = web.AppKey("limits", RateLimits)
+TRUSTED_PROXIES = web.AppKey("trusted_proxies", tuple[Network, ...])
 CACHE = web.AppKey("cache", GatewayCache)
 
-SESSION_COOKIE = "cp_session"
-CSRF_COOKIE = "cp_csrf"
 FLASH_COOKIE = "cp_flash"
 
 
@@ -36,9 +29,15 @@ class RequestState:
     user: dict[str, Any] | None = None
     csrf: str = ""
     csrf_new: bool = False
-    api_key: bool = False
+    api_key: bool = False  # a valid key came with this /api request
+    key_name: str | None = None  # its name ("bootstrap" for GATEWAY_API_KEY)
+    key_id: str | None = None  # its id ("bootstrap" for GATEWAY_API_KEY)
+    key_scopes: frozenset[str] = frozenset()
+    key_admin: bool = False  # the bootstrap key: every scope and the administrators' routes
     clear_session: bool = False
     session_set: bool = False
+    # Settings → Branding for this page (services/gateway/branding.py); None: built-in.
+    brand: dict[str, Any] | None = None
 
 
 STATE = web.RequestKey("gateway_state", RequestState)

@@ -1,4 +1,5 @@
-"""Typed calls to identity, portals and invitations (docs/internal-api.md)."""
+"""Typed calls to identity, portals, invitations and the mailer's webhooks and branding
+(docs/internal-api.md)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from libs.common.http import ServiceClient
 from .cache import GatewayCache
 
 Json = dict[str, Any]
+BATCH_TIMEOUT = 120.0
+BRANDING_TIMEOUT = 2.0
 
 
 def _page_params(limit: int | None, cursor: str | None, **extra: str | None) -> dict[str, str]:
@@ -69,12 +72,14 @@ class Identity:
             current = {"user": issued["user"], "session": issued["session"]}
             self.cache.put_session(issued["token"], current, generation)
 
-    async def ensure_user(self, email: str, password: str, invitation_id: str) -> Json:
-        result: Json = await self.client.call(
-            "POST",
-            "/users/ensure",
-            json={"email": email, "password": password, "invitation_id": invitation_id},
-        )
+    async def ensure_user(
+        self, email: str, password: str, invitation_id: str, role: str | None = None
+    ) -> Json:
+        """``role``: a staff invitation's (the account is made with it); else a client."""
+        body = {"email": email, "password": password, "invitation_id": invitation_id}
+        if role:
+            body["role"] = role
+        result: Json = await self.client.call("POST", "/users/ensure", json=body)
         return result
 
     async def set_password(self, user_id: str, password: str) -> None:
@@ -104,6 +109,19 @@ class Identity:
             self.cache.forget_user(user_id)
         return result
 
+    async def enable_user(self, user_id: str) -> Json:
+        result: Json = await self.client.call("POST", f"/users/{user_id}/enable")
+        return result
+
+    async def set_role(self, user_id: str, role: str) -> Json:
+        try:
+            result: Json = await self.client.call(
+                "PUT", f"/users/{user_id}/role", json={"role": role}
+            )
+        finally:
+            self.cache.forget_user(user_id)  # a cached session carries the old role
+        return result
+
     async def login_settings(self) -> Json:
         result: Json = await self.client.call("GET", "/settings/login")
         return result
@@ -113,6 +131,48 @@ class Identity:
             "PUT", "/settings/login", json={"login_redirect": login_redirect}
         )
         return result
+
+    async def create_api_key(
+        self, name: str, scopes: list[str], created_by: str | None, request_id: str | None = None
+    ) -> Json:
+        body = {"name": name, "scopes": scopes, "created_by": created_by}
+        if request_id is not None:
+            body["request_id"] = request_id
+        result: Json = await self.client.call("POST", "/api-keys", json=body)
+        return result
+
+    async def list_api_keys(self) -> list[Json]:
+        result: Json = await self.client.call("GET", "/api-keys")
+        items: list[Json] = result["items"]
+        return items
+
+    async def revoke_api_key(self, key_id: str) -> None:
+        await self.client.call("DELETE", f"/api-keys/{key_id}")
+
+    async def verify_api_key(self, key: str) -> Json:
+        result: Json = await self.client.call("POST", "/api-keys/verify", json={"key": key})
+        return result
+
+    async def activity(
+        self,
+        actor: str | None = None,
+        action: str | None = None,
+        portal_id: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Json:
+        """The Activity log, newest first."""
+        result: Json = await self.client.call(
+            "GET",
+            "/activity",
+            params=_page_params(limit, cursor, actor=actor, action=action, portal_id=portal_id),
+        )
+        return result
+
+    async def activity_actors(self) -> list[Json]:
+        result: Json = await self.client.call("GET", "/activity/actors")
+        items: list[Json] = result["items"]
+        return items
 
     async def request_reset(self, email: str) -> None:
         await self.client.call("POST", "/password-resets", json={"email": email})
@@ -190,12 +250,18 @@ class Portals:
             self.cache.forget_portal(portal_id)
         return result
 
-    async def grant(self, portal_id: str, user_id: str, role: str | None, grant_key: str) -> Json:
-        result: Json = await self.client.call(
-            "POST",
-            f"/portals/{portal_id}/access",
-            json={"user_id": user_id, "role": role, "grant_key": grant_key},
-        )
+    async def grant(
+        self,
+        portal_id: str,
+        user_id: str,
+        role: str | None,
+        grant_key: str,
+        idempotency_key: str | None = None,
+    ) -> Json:
+        body = {"user_id": user_id, "role": role, "grant_key": grant_key}
+        if idempotency_key:
+            body["idempotency_key"] = idempotency_key
+        result: Json = await self.client.call("POST", f"/portals/{portal_id}/access", json=body)
         return result
 
     async def of_user(self, user_id: str) -> list[Json]:
@@ -221,17 +287,40 @@ class Invitations:
         result: Json = await self.client.call("POST", "/invitations", json=body)
         return result
 
+    async def invite_group(self, body: Json) -> Json:
+        """Several portals, one invitation: ``{"group_id", "invitations"}``."""
+        result: Json = await self.client.call("POST", "/invitations/group", json=body)
+        return result
+
+    async def invite_batch(self, body: Json) -> Json:
+        # Writing a piece of a batch takes longer than one call may usually take, more so
+        # while the same process relays the previous piece's events.
+        result: Json = await self.client.call(
+            "POST", "/invitations/batch", json=body, timeout=BATCH_TIMEOUT
+        )
+        return result
+
     async def find(
         self,
         status: str | None = None,
         portal_id: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        email: str | None = None,
     ) -> Json:
         result: Json = await self.client.call(
             "GET",
             "/invitations",
-            params=_page_params(limit, cursor, status=status, portal_id=portal_id),
+            params=_page_params(limit, cursor, status=status, portal_id=portal_id, email=email),
+        )
+        return result
+
+    async def counts(self, portal_id: str | None = None, email: str | None = None) -> Json:
+        """How many per status tab (all, pending, accepted, expired, revoked)."""
+        result: Json = await self.client.call(
+            "GET",
+            "/invitations/counts",
+            params=_page_params(None, None, portal_id=portal_id, email=email),
         )
         return result
 
@@ -239,12 +328,38 @@ class Invitations:
         result: Json = await self.client.call("GET", f"/invitations/{invitation_id}")
         return result
 
-    async def resend(self, invitation_id: str) -> Json:
-        result: Json = await self.client.call("POST", f"/invitations/{invitation_id}/resend")
+    async def resend(self, invitation_id: str, reason: str = "staff") -> Json:
+        """``reason``: staff (the Invitations screen) or api (the JSON API)."""
+        result: Json = await self.client.call(
+            "POST", f"/invitations/{invitation_id}/resend", json={"reason": reason}
+        )
         return result
 
     async def revoke(self, invitation_id: str) -> Json:
         result: Json = await self.client.call("POST", f"/invitations/{invitation_id}/revoke")
+        return result
+
+    async def invite_staff(self, email: str, role: str, invited_by: str | None) -> Json:
+        """Users → Invite Staff: ``{"invitation", "outcome": created|resent}``."""
+        result: Json = await self.client.call(
+            "POST",
+            "/staff-invitations",
+            json={"email": email, "role": role, "invited_by": invited_by},
+        )
+        return result
+
+    async def staff_invitations(self) -> list[Json]:
+        """Pending and expired staff invitations, newest first."""
+        result: Json = await self.client.call("GET", "/staff-invitations")
+        items: list[Json] = result["items"]
+        return items
+
+    async def resend_staff(self, invitation_id: str) -> Json:
+        result: Json = await self.client.call("POST", f"/staff-invitations/{invitation_id}/resend")
+        return result
+
+    async def revoke_staff(self, invitation_id: str) -> Json:
+        result: Json = await self.client.call("POST", f"/staff-invitations/{invitation_id}/revoke")
         return result
 
     async def validate(self, token: str) -> Json:
@@ -253,20 +368,153 @@ class Invitations:
         )
         return result
 
-    async def accept(self, token: str, user_id: str) -> Json:
+    async def reserve(self, token: str) -> str:
+        """Spend the link for this request; the answer is the claim that finishes it."""
+        result: Json = await self.client.call("POST", "/invitations/reserve", json={"token": token})
+        claim: str = result["claim"]
+        return claim
+
+    async def accept(self, token: str, claim: str, user_id: str) -> Json:
         result: Json = await self.client.call(
-            "POST", "/invitations/accept", json={"token": token, "user_id": user_id}
+            "POST",
+            "/invitations/accept",
+            json={"token": token, "claim": claim, "user_id": user_id},
         )
         return result
+
+    async def release(self, token: str, claim: str, *, reopen: bool) -> None:
+        await self.client.call(
+            "POST",
+            "/invitations/release",
+            json={"token": token, "claim": claim, "reopen": reopen},
+        )
+
+    async def request_new_link(self, token: str) -> None:
+        """Email me a new link: always answered alike, before anything is looked up."""
+        await self.client.call("POST", "/invitations/new-link", json={"token": token})
 
     async def access_settings(self) -> Json:
         result: Json = await self.client.call("GET", "/settings/access")
         return result
 
-    async def put_access_settings(self, days: int) -> Json:
+    async def put_access_settings(
+        self, days: int | None = None, reminder_days: int | None = None
+    ) -> Json:
+        """Fields left as None are unchanged."""
+        body: Json = {}
+        if days is not None:
+            body["invitation_expiry_days"] = days
+        if reminder_days is not None:
+            body["invitation_reminder_days"] = reminder_days
+        result: Json = await self.client.call("PUT", "/settings/access", json=body)
+        return result
+
+
+@dataclass(frozen=True)
+class Webhooks:
+    """The mailer's webhook endpoints and their delivery log."""
+
+    client: ServiceClient
+
+    async def add(self, url: str, events: list[str]) -> Json:
         result: Json = await self.client.call(
-            "PUT", "/settings/access", json={"invitation_expiry_days": days}
+            "POST", "/webhooks", json={"url": url, "events": events}
         )
+        return result
+
+    async def find(self) -> Json:
+        result: Json = await self.client.call("GET", "/webhooks")
+        return result
+
+    async def delete(self, endpoint_id: str) -> None:
+        await self.client.call("DELETE", f"/webhooks/{endpoint_id}")
+
+    async def rotate_secret(self, endpoint_id: str) -> Json:
+        result: Json = await self.client.call("POST", f"/webhooks/{endpoint_id}/rotate-secret")
+        return result
+
+    async def deliveries(
+        self, endpoint_id: str, limit: int | None = None, cursor: str | None = None
+    ) -> Json:
+        result: Json = await self.client.call(
+            "GET", f"/webhooks/{endpoint_id}/deliveries", params=_page_params(limit, cursor)
+        )
+        return result
+
+    async def redeliver(self, endpoint_id: str, delivery_id: str) -> Json:
+        result: Json = await self.client.call(
+            "POST", f"/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver"
+        )
+        return result
+
+
+# What pages show when the mailer has never answered: the built-in look.
+NO_BRANDING: Json = {
+    "agency_name": "",
+    "accent_colour": "",
+    "reply_to": "",
+    "footer_text": "",
+    "logo_etag": None,
+    "logo_type": None,
+}
+
+
+@dataclass(frozen=True)
+class Branding:
+    """The mailer's Settings → Branding. Every page shows it, so it comes from this
+    replica's cache (forgotten on ``settings.branding.changed``, and at once for a change
+    made here); the logo's bytes are kept by their etag, which names one picture for good."""
+
+    client: ServiceClient
+    cache: GatewayCache = field(default_factory=lambda: GatewayCache(0))
+    # The last answer, for pages while the mailer is away; the logo last fetched.
+    _last: dict[str, Any] = field(default_factory=dict)
+
+    async def current(self) -> Json:
+        cached = self.cache.branding()
+        if cached is not None:
+            return cached
+        generation = self.cache.generation
+        # Every page waits for this: a mailer that hangs must not hang them for long.
+        result: Json = await self.client.call("GET", "/branding", timeout=BRANDING_TIMEOUT)
+        self.cache.put_branding(result, generation)
+        self._last["branding"] = result
+        return result
+
+    def last_known(self) -> Json:
+        known: Json = self._last.get("branding", NO_BRANDING)
+        return known
+
+    async def update(self, changes: Json) -> Json:
+        try:
+            result: Json = await self.client.call("PUT", "/branding", json=changes)
+        finally:
+            self.cache.forget_branding()
+        return result
+
+    async def set_logo(self, content_base64: str) -> Json:
+        try:
+            result: Json = await self.client.call(
+                "PUT", "/branding/logo", json={"content": content_base64}
+            )
+        finally:
+            self.cache.forget_branding()
+        return result
+
+    async def remove_logo(self) -> Json:
+        try:
+            result: Json = await self.client.call("DELETE", "/branding/logo")
+        finally:
+            self.cache.forget_branding()
+        return result
+
+    async def logo(self, etag: str) -> Json:
+        """{"content_type", "etag", "content" (base64)} of the logo named ``etag``."""
+        kept: Json | None = self._last.get("logo")
+        if kept is not None and kept["etag"] == etag:
+            return kept
+        result: Json = await self.client.call("GET", "/branding/logo")
+        self._last["logo"] = result
         return result
 
 
@@ -275,3 +523,16 @@ class Upstream:
     identity: Identity
     portals: Portals
     invitations: Invitations
+    # Optional only so that a caller that needs none of them (a test's saga) can leave it.
+    webhooks: Webhooks | None = None
+    branding: Branding | None = None
+
+    def hooks(self) -> Webhooks:
+        if self.webhooks is None:
+            raise RuntimeError("this gateway was built without the mailer's webhooks client")
+        return self.webhooks
+
+    def brand(self) -> Branding:
+        if self.branding is None:
+            raise RuntimeError("this gateway was built without the mailer's branding client")
+        return self.branding

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.errors import NotFound
+from libs.common.service_auth import SERVICES
 from libs.common.web import json_response, parse_query, read_json
 
-from . import handlers
-from .domain import Role, User
+from . import handlers, repository
+from .background import Background
+from .domain import ActivityEntry, Role, User
 
 DEPS = web.AppKey("identity_deps", handlers.Deps)
+BACKGROUND = web.AppKey("identity_background", Background)
 SESSION_HEADER = "X-Session-Token"
 
 
@@ -32,6 +35,8 @@ class EnsureUserBody(_Body):
     email: str = Field(max_length=1000)
     password: str
     invitation_id: uuid.UUID
+    # A staff invitation's role (Users → Invite Staff); a client's invitation leaves it out.
+    role: Role = "client"
 
 
 class ListUsersQuery(_Body):
@@ -44,9 +49,17 @@ class LookupQuery(_Body):
     email: str = Field(max_length=1000)
 
 
+class RoleBody(_Body):
+    role: Role
+
+
+class LookupManyBody(_Body):
+    # 500 addresses of at most 320 characters stay under the app's body limit.
+    emails: list[Annotated[str, Field(max_length=320)]] = Field(max_length=500)
+
+
 class PasswordBody(_Body):
     password: str
-    end_sessions: bool = False
 
 
 class LoginBody(_Body):
@@ -68,6 +81,25 @@ class ResetRequestBody(_Body):
 
 class TokenQuery(_Body):
     token: str = Field(min_length=1, max_length=200)
+
+
+class CreateKeyBody(_Body):
+    name: str = Field(max_length=1000)
+    scopes: list[str] = Field(max_length=20)
+    created_by: uuid.UUID | None = None
+    request_id: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class VerifyKeyBody(_Body):
+    key: str = Field(max_length=1000)
+
+
+class ActivityQuery(_Body):
+    actor: str | None = Field(default=None, max_length=100)
+    action: str | None = Field(default=None, max_length=100)
+    portal_id: uuid.UUID | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = Field(default=None, max_length=500)
 
 
 class ResetConfirmBody(_Body):
@@ -99,6 +131,30 @@ def issued_json(issued: handlers.IssuedSession) -> dict[str, Any]:
     }
 
 
+def key_json(key: repository.ApiKey) -> dict[str, Any]:
+    return {
+        "id": str(key.id),
+        "name": key.name,
+        "scopes": key.scopes,
+        "prefix": key.prefix,
+        "created_by": str(key.created_by) if key.created_by else None,
+        "created_at": key.created_at.isoformat(),
+        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+    }
+
+
+def activity_json(entry: ActivityEntry) -> dict[str, Any]:
+    return {
+        "id": str(entry.id),
+        "occurred_at": entry.occurred_at.isoformat(),
+        "action": entry.action,
+        "actor": {"type": entry.actor_type, "id": entry.actor_id, "name": entry.actor_name},
+        "object": {"type": entry.object_type, "id": entry.object_id, "label": entry.object_label},
+        "portal_id": str(entry.portal_id) if entry.portal_id else None,
+        "details": entry.details,
+    }
+
+
 def _user_id(request: web.Request) -> uuid.UUID:
     try:
         return uuid.UUID(request.match_info["user_id"])
@@ -120,7 +176,7 @@ async def create_user(request: web.Request) -> web.Response:
 async def ensure_user(request: web.Request) -> web.Response:
     body = await read_json(request, EnsureUserBody)
     user, created = await handlers.ensure_user(
-        _deps(request), body.email, body.password, body.invitation_id
+        _deps(request), body.email, body.password, body.invitation_id, body.role
     )
     return json_response({"user": user_json(user), "created": created}, 201 if created else 200)
 
@@ -144,13 +200,18 @@ async def lookup_user(request: web.Request) -> web.Response:
     return json_response(user_json(user))
 
 
+async def lookup_users(request: web.Request) -> web.Response:
+    body = await read_json(request, LookupManyBody)
+    users = await handlers.lookup_users(_deps(request), body.emails)
+    return json_response({"items": [{"id": str(u.id), "email": u.email} for u in users]})
+
+
 async def change_password(request: web.Request) -> web.Response:
     body = await read_json(request, PasswordBody)
     await handlers.change_password(
         _deps(request),
         _user_id(request),
         body.password,
-        end_sessions=body.end_sessions,
         keep_token=request.headers.get(SESSION_HEADER),
     )
     return web.Response(status=204)
@@ -208,8 +269,12 @@ async def put_login_settings(request: web.Request) -> web.Response:
 
 # --- password resets ---------------------------------------------------------------------
 async def request_reset(request: web.Request) -> web.Response:
+    """Answers before looking the email up: a known address (a reset row and a mail job to
+    write) and an unknown one (nothing) then take the same time to answer."""
     body = await read_json(request, ResetRequestBody)
-    await handlers.request_password_reset(_deps(request), body.email)
+    request.app[BACKGROUND].run(
+        handlers.request_password_reset(_deps(request), body.email), name="password_reset"
+    )
     return json_response({"status": "accepted"}, 202)
 
 
@@ -225,6 +290,97 @@ async def confirm_reset(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def enable_user(request: web.Request) -> web.Response:
+    user = await handlers.enable_user(_deps(request), _user_id(request))
+    return json_response(user_json(user))
+
+
+async def set_role(request: web.Request) -> web.Response:
+    body = await read_json(request, RoleBody)
+    user = await handlers.set_role(_deps(request), _user_id(request), body.role)
+    return json_response(user_json(user))
+
+
+# --- integration keys ----------------------------------------------------------------------
+async def create_api_key(request: web.Request) -> web.Response:
+    body = await read_json(request, CreateKeyBody)
+    created, key = await handlers.create_api_key(
+        _deps(request), body.name, body.scopes, body.created_by, body.request_id
+    )
+    return json_response({**key_json(created), "key": key}, 201)
+
+
+async def list_api_keys(request: web.Request) -> web.Response:
+    keys = await handlers.list_api_keys(_deps(request))
+    return json_response({"items": [key_json(key) for key in keys]})
+
+
+async def revoke_api_key(request: web.Request) -> web.Response:
+    try:
+        key_id = uuid.UUID(request.match_info["key_id"])
+    except ValueError:
+        raise NotFound("There is no live key with this id.", code="key_not_found") from None
+    await handlers.revoke_api_key(_deps(request), key_id)
+    return web.Response(status=204)
+
+
+async def verify_api_key(request: web.Request) -> web.Response:
+    body = await read_json(request, VerifyKeyBody)
+    return json_response(key_json(await handlers.verify_api_key(_deps(request), body.key)))
+
+
+# --- the Activity log -----------------------------------------------------------------------
+async def list_activity(request: web.Request) -> web.Response:
+    query = parse_query(request, ActivityQuery)
+    entries, next_cursor = await handlers.list_activity(
+        _deps(request),
+        actor=query.actor or None,
+        action=query.action or None,
+        portal_id=query.portal_id,
+        cursor=query.cursor,
+        limit=query.limit,
+    )
+    return json_response({"items": [activity_json(e) for e in entries], "next_cursor": next_cursor})
+
+
+async def activity_actors(request: web.Request) -> web.Response:
+    return json_response({"items": await handlers.activity_actors(_deps(request))})
+
+
+GATEWAY = frozenset({"gateway"})
+# Who may call each route (libs/common/web.py require_service_proof; docs/internal-api.md
+# "Who may call what"). Sessions, passwords and users answer only the gateway; invitations
+# looks up whether an invited email already has an account.
+CALLERS: dict[str, frozenset[str]] = {
+    "POST /users": GATEWAY,
+    "POST /users/ensure": GATEWAY,
+    "GET /users": GATEWAY,
+    "GET /users/lookup": frozenset({"invitations"}),
+    "POST /users/lookup": frozenset({"invitations"}),
+    "GET /users/{user_id}": GATEWAY,
+    "POST /users/{user_id}/password": GATEWAY,
+    "POST /users/{user_id}/disable": GATEWAY,
+    "POST /users/{user_id}/enable": GATEWAY,
+    "PUT /users/{user_id}/role": GATEWAY,
+    "POST /sessions": GATEWAY,
+    "POST /sessions/issue": GATEWAY,
+    "GET /sessions/current": GATEWAY,
+    "DELETE /sessions/current": GATEWAY,
+    "GET /settings/login": GATEWAY,
+    "PUT /settings/login": GATEWAY,
+    "POST /password-resets": GATEWAY,
+    "GET /password-resets/validate": GATEWAY,
+    "POST /password-resets/confirm": GATEWAY,
+    "POST /api-keys": GATEWAY,
+    "GET /api-keys": GATEWAY,
+    "DELETE /api-keys/{key_id}": GATEWAY,
+    "POST /api-keys/verify": GATEWAY,
+    "GET /activity": GATEWAY,
+    "GET /activity/actors": GATEWAY,
+    "GET /openapi.json": frozenset(SERVICES),
+}
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/users", create_user)
@@ -232,9 +388,12 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/users", list_users)
     # Registered before /users/{user_id} so "lookup" is never read as an id.
     r.add_get("/users/lookup", lookup_user)
+    r.add_post("/users/lookup", lookup_users)
     r.add_get("/users/{user_id}", get_user)
     r.add_post("/users/{user_id}/password", change_password)
     r.add_post("/users/{user_id}/disable", disable_user)
+    r.add_post("/users/{user_id}/enable", enable_user)
+    r.add_put("/users/{user_id}/role", set_role)
     r.add_post("/sessions", login)
     r.add_post("/sessions/issue", issue_session)
     r.add_get("/sessions/current", current_session)
@@ -244,3 +403,9 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/password-resets", request_reset)
     r.add_get("/password-resets/validate", validate_reset)
     r.add_post("/password-resets/confirm", confirm_reset)
+    r.add_post("/api-keys", create_api_key)
+    r.add_get("/api-keys", list_api_keys)
+    r.add_delete("/api-keys/{key_id}", revoke_api_key)
+    r.add_post("/api-keys/verify", verify_api_key)
+    r.add_get("/activity", list_activity)
+    r.add_get("/activity/actors", activity_actors)

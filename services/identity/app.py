@@ -5,18 +5,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from aiohttp import web
 
-from libs.common.web import POOL, add_bus, add_database, base_app
+from libs.common.web import POOL, add_bus, add_database, base_app, require_service_proof
 
-from . import api, handlers, openapi
+from . import api, consumer, handlers, openapi
+from .background import Background
 from .domain import SessionPolicy
 from .passwords import Passwords
 from .settings import IdentitySettings
 
 SERVICE = "identity"
 SCHEMA = "identity"
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def create_app(
@@ -26,10 +29,14 @@ def create_app(
     passwords: Passwords | None = None,
 ) -> web.Application:
     app = base_app(SERVICE)
-    add_database(app, settings, SCHEMA)
+    add_database(app, settings, SCHEMA, migrations=MIGRATIONS)
 
     async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
-        hasher = passwords or Passwords(workers=settings.identity_hash_concurrency)
+        hasher = passwords or Passwords(
+            workers=settings.identity_hash_concurrency,
+            queue=settings.identity_hash_queue,
+            max_wait=settings.identity_hash_max_wait_seconds,
+        )
         await hasher.prepare()
         deps = handlers.Deps(
             pool=app[POOL],
@@ -40,20 +47,32 @@ def create_app(
             ),
             public_base=settings.public_base,
             site_name=settings.public_url.host or "localhost",
+            sealer=settings.sealer(),
             now=now,
         )
         app[api.DEPS] = deps
+        background = app[api.BACKGROUND] = Background()
         if settings.admin_email and settings.admin_password:
             await handlers.bootstrap_admin(
                 deps, settings.admin_email, settings.admin_password.get_secret_value()
             )
         yield
+        await background.drain()
         if passwords is None:
             hasher.close()
 
     app.cleanup_ctx.append(identity_ctx)
     # After the pool, so the relay has it; it publishes what the handlers commit.
-    add_bus(app, settings, SERVICE, schema=SCHEMA)
+    # The consumer records the Activity log from the events that carry an actor.
+    add_bus(
+        app,
+        settings,
+        SERVICE,
+        schema=SCHEMA,
+        bindings=consumer.BINDINGS,
+        handlers=consumer.HANDLERS,
+    )
     api.add_routes(app)
     app.router.add_get("/openapi.json", openapi.openapi)
+    require_service_proof(app, settings, api.CALLERS)
     return app

@@ -6,17 +6,25 @@ import base64
 import hashlib
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 
 from libs.common.errors import InvalidInput
 
-Role = Literal["administrator", "client"]
+Role = Literal["administrator", "staff", "client"]
+ROLES: tuple[Role, ...] = ("administrator", "staff", "client")
+
+# What an integration key may do in the public JSON API (the gateway maps each /api/v1
+# route to one of them; a route without one needs an administrator or the bootstrap key).
+SCOPES = ("invitations:write", "invitations:read", "portals:read", "portals:write", "users:read")
+API_KEY_PREFIX = "cpk_"
+# last_used_at is written at most this often per key: not a write per API call.
+KEY_TOUCH_INTERVAL = timedelta(seconds=60)
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
@@ -126,3 +134,53 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return datetime.fromisoformat(stamp), uuid.UUID(ident)
     except ValueError:
         raise InvalidInput("The cursor is not valid.", code="invalid_cursor") from None
+
+
+# --- integration keys -------------------------------------------------------------------
+def new_api_key() -> tuple[str, str, str]:
+    """A key (shown once), its sha256 (the only thing stored) and its display prefix."""
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    return key, hash_api_key(key), key[: len(API_KEY_PREFIX) + 6]
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def check_key_name(raw: str) -> str:
+    name = " ".join(raw.split())
+    if not 1 <= len(name) <= 100:
+        raise InvalidInput("Give the key a name of 1 to 100 characters.", code="invalid_key_name")
+    return name
+
+
+def check_scopes(scopes: list[str]) -> list[str]:
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise InvalidInput(
+            f"Unknown scope {', '.join(unknown)}; the scopes are {', '.join(SCOPES)}.",
+            code="invalid_scopes",
+        )
+    if not scopes:
+        raise InvalidInput("Choose at least one scope for the key.", code="invalid_scopes")
+    return [scope for scope in SCOPES if scope in scopes]
+
+
+# --- the Activity log -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ActivityEntry:
+    """One change made by a staff member or a key: who, when, what, on which object.
+    ``object_label`` is what a person reads (an email, a title, a key's name); a user's is
+    filled in from the users table when the event names only the id."""
+
+    id: uuid.UUID
+    occurred_at: datetime
+    action: str
+    actor_type: str
+    actor_id: str
+    actor_name: str
+    object_type: str
+    object_id: str | None
+    object_label: str = ""
+    portal_id: uuid.UUID | None = None
+    details: dict[str, Any] = field(default_factory=dict)

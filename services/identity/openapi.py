@@ -3,6 +3,8 @@ parse with, so the description can't drift from what is accepted."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from libs.common.openapi import TIME, UUID, Operation, openapi_route
 
 from . import api
@@ -13,7 +15,7 @@ USER = {
     "properties": {
         "id": UUID,
         "email": {"type": "string"},
-        "role": {"type": "string", "enum": ["administrator", "client"]},
+        "role": {"type": "string", "enum": ["administrator", "staff", "client"]},
         "disabled": {"type": "boolean"},
         "created_at": TIME,
     },
@@ -43,13 +45,59 @@ PAGE = {
         "next_cursor": {"type": ["string", "null"]},
     },
 }
+API_KEY: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "name", "scopes", "prefix", "created_at"],
+    "properties": {
+        "id": UUID,
+        "name": {"type": "string"},
+        "scopes": {"type": "array", "items": {"type": "string"}},
+        "prefix": {"type": "string"},
+        "created_by": {"type": ["string", "null"], "format": "uuid"},
+        "created_at": TIME,
+        "last_used_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+ACTIVITY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": UUID,
+        "occurred_at": TIME,
+        "action": {"type": "string"},
+        "actor": {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "enum": ["user", "key"]},
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+            },
+        },
+        "object": {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string"},
+                "id": {"type": ["string", "null"]},
+                "label": {"type": "string"},
+            },
+        },
+        "portal_id": {"type": ["string", "null"], "format": "uuid"},
+        "details": {"type": "object"},
+    },
+}
+ACTORS = {
+    "type": "object",
+    "properties": {"items": {"type": "array", "items": ACTIVITY["properties"]["actor"]}},
+}
+KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": UUID}
 SESSION_HEADER = {"name": api.SESSION_HEADER, "in": "header", "required": True}
 USER_ID = {"name": "user_id", "in": "path", "required": True, "schema": UUID}
 
 OPERATIONS: list[Operation] = [
     ("post", "/users", "Create a user", api.CreateUserBody, None, [], 201, USER,
      ["409 email_taken", "422 weak_password", "422 invalid_email"]),
-    ("post", "/users/ensure", "Create or find an invitation's client", api.EnsureUserBody, None,
+    ("post", "/users/ensure",
+     "Create or find an invitation's account (a client, or a staff invitation's role)",
+     api.EnsureUserBody, None,
      [], 201, {"type": "object", "properties": {"user": USER, "created": {"type": "boolean"}}},
      ["200 created=false (retry)", "409 account_exists", "422 weak_password"]),
     ("get", "/users", "List users", None, api.ListUsersQuery, [], 200, PAGE, ["422"]),
@@ -60,7 +108,11 @@ OPERATIONS: list[Operation] = [
     ("post", "/users/{user_id}/password", "Set a user's password", api.PasswordBody, None,
      [USER_ID], 204, None, ["404 user_not_found", "422 weak_password"]),
     ("post", "/users/{user_id}/disable", "Disable a user and end their sessions", None, None,
+     [USER_ID], 200, USER, ["404 user_not_found", "409 last_administrator"]),
+    ("post", "/users/{user_id}/enable", "Let a disabled user log in again", None, None,
      [USER_ID], 200, USER, ["404 user_not_found"]),
+    ("put", "/users/{user_id}/role", "Change a user's role", api.RoleBody, None, [USER_ID], 200,
+     USER, ["404 user_not_found", "409 last_administrator", "422"]),
     ("post", "/sessions", "Log in", api.LoginBody, None, [], 201, ISSUED,
      ["401 invalid_credentials"]),
     ("post", "/sessions/issue", "Open a session for a user", api.IssueBody, None, [], 201, ISSUED,
@@ -80,6 +132,22 @@ OPERATIONS: list[Operation] = [
     ("post", "/password-resets/confirm", "Set a password with a reset link",
      api.ResetConfirmBody, None, [], 204, None,
      ["404 reset_invalid", "410 reset_expired", "422 weak_password"]),
+    ("post", "/api-keys", "Create an integration key (the key is in this answer only)",
+     api.CreateKeyBody, None, [], 201,
+     {**API_KEY, "properties": {**API_KEY["properties"], "key": {"type": "string"}}},
+     ["422 invalid_key_name", "422 invalid_scopes"]),
+    ("get", "/api-keys", "The live integration keys", None, None, [], 200,
+     {"type": "object", "properties": {"items": {"type": "array", "items": API_KEY}}}, []),
+    ("delete", "/api-keys/{key_id}", "Revoke an integration key", None, None, [KEY_ID], 204,
+     None, ["404 key_not_found"]),
+    ("post", "/api-keys/verify", "The live key behind a presented key (records its use)",
+     api.VerifyKeyBody, None, [], 200, API_KEY, ["401 invalid_api_key"]),
+    ("get", "/activity", "The Activity log, newest first", None, api.ActivityQuery, [], 200,
+     {"type": "object", "properties": {"items": {"type": "array", "items": ACTIVITY},
+                                       "next_cursor": {"type": ["string", "null"]}}},
+     ["422 invalid_cursor"]),
+    ("get", "/activity/actors", "Who appears in the Activity log", None, None, [], 200, ACTORS,
+     []),
 ]  # fmt: skip
 
 

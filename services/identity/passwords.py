@@ -1,16 +1,33 @@
-"""Password hashing with argon2id, off the event loop in a bounded thread pool."""
+"""Password hashing with argon2id, off the event loop in a bounded thread pool with a
+bounded wait queue: beyond it, or past the longest wait, the answer is 503 at once."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import secrets
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import TypeVar
 
 from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from prometheus_client import Counter
+
+from libs.common.errors import RateLimited
 
 from .settings import default_hash_concurrency
+
+T = TypeVar("T")
+
+HASHES_REFUSED = Counter(
+    "clientpress_identity_hashes_refused_total",
+    "Password hashes refused with 503: the queue was full, or the hash waited too long",
+    ["reason"],
+)
 
 
 def default_hasher() -> PasswordHasher:
@@ -19,27 +36,89 @@ def default_hasher() -> PasswordHasher:
     return PasswordHasher.from_parameters(profiles.RFC_9106_LOW_MEMORY)
 
 
+class HashingBusy(RateLimited):
+    """Too many hashes already waiting: 503 with Retry-After (a RateLimited, so the error
+    middleware sends the header), because the server is busy, not the caller too quick."""
+
+    status = 503
+    code = "busy"
+
+
+class _WaitedTooLong(Exception):
+    pass
+
+
 class Passwords:
     """argon2 is CPU- and memory-heavy: at most ``workers`` hashes at a time
-    (``IDENTITY_HASH_CONCURRENCY``), so a burst of logins queues here instead of stalling
-    every request on the loop or taking 64 MiB per login at once."""
+    (``IDENTITY_HASH_CONCURRENCY``), at most ``queue`` more waiting (``IDENTITY_HASH_QUEUE``),
+    and none started after waiting ``max_wait`` seconds (``IDENTITY_HASH_MAX_WAIT_SECONDS``):
+    by then the gateway has given up on the request, so the hash would be work for nobody."""
 
-    def __init__(self, hasher: PasswordHasher | None = None, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        hasher: PasswordHasher | None = None,
+        workers: int | None = None,
+        *,
+        queue: int = 32,
+        max_wait: float = 8.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.hasher = hasher or default_hasher()
-        self._pool = ThreadPoolExecutor(
-            max_workers=workers or default_hash_concurrency(), thread_name_prefix="argon2"
-        )
+        self.workers = workers or default_hash_concurrency()
+        self.queue = queue
+        self.max_wait = max_wait
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="argon2")
+        # Hashes handed to the pool and not yet finished (running + waiting), counted on
+        # the event loop; released when the pool is done with one, not when its caller
+        # stops waiting, so a cancelled request doesn't free a slot still in use.
+        self._admitted = 0
         self._dummy_hash: str | None = None
 
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.max_wait / 2))
+
     async def hash(self, password: str) -> str:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.hasher.hash, password)
+        return await self._run(self.hasher.hash, password)
 
     async def verify(self, password_hash: str, password: str) -> bool:
+        return await self._run(partial(self._verify, password_hash, password))
+
+    async def _run(self, work: Callable[..., T], *args: object) -> T:
+        if self._admitted >= self.workers + self.queue:
+            HASHES_REFUSED.labels("queue_full").inc()
+            raise HashingBusy(
+                "Too many sign-ins at once. Please try again in a moment.",
+                retry_after=self.retry_after,
+            )
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._pool, partial(self._verify, password_hash, password)
-        )
+        enqueued = self._clock()
+
+        def job() -> T:
+            if self._clock() - enqueued > self.max_wait:
+                raise _WaitedTooLong
+            return work(*args)
+
+        self._admitted += 1
+        future = self._pool.submit(job)
+        future.add_done_callback(lambda _: self._release_from_thread(loop))
+        try:
+            return await asyncio.wrap_future(future)
+        except _WaitedTooLong:
+            HASHES_REFUSED.labels("waited_too_long").inc()
+            raise HashingBusy(
+                "Too many sign-ins at once. Please try again in a moment.",
+                retry_after=self.retry_after,
+            ) from None
+
+    def _release_from_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        # RuntimeError: the loop has closed (shutting down), nothing left to count.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
+        self._admitted -= 1
 
     async def prepare(self) -> None:
         """Make the dummy hash at start, so even the first unknown-email login costs one

@@ -66,6 +66,14 @@ async def find_user_by_email(conn: Conn, email: str) -> User | None:
     return _user(row) if row else None
 
 
+async def find_users_by_emails(conn: Conn, emails: list[str]) -> list[User]:
+    rows = await conn.fetch(
+        f"SELECT {_USER_COLUMNS} FROM users WHERE lower(email) = ANY($1::text[])",
+        [e.lower() for e in emails],
+    )
+    return [_user(row) for row in rows]
+
+
 async def find_credentials(conn: Conn, email: str) -> tuple[User, str] | None:
     row = await conn.fetchrow(
         f"SELECT {_USER_COLUMNS}, password_hash FROM users WHERE lower(email) = lower($1)",
@@ -124,6 +132,34 @@ async def disable_user(conn: Conn, user_id: uuid.UUID) -> User | None:
         user_id,
     )
     return _user(row) if row else None
+
+
+async def enable_user(conn: Conn, user_id: uuid.UUID) -> User | None:
+    """None when the user is missing or not disabled (so events go out once)."""
+    row = await conn.fetchrow(
+        f"UPDATE users SET disabled = false WHERE id = $1 AND disabled RETURNING {_USER_COLUMNS}",
+        user_id,
+    )
+    return _user(row) if row else None
+
+
+async def set_role(conn: Conn, user_id: uuid.UUID, role: Role) -> User | None:
+    """None when the user is missing or already has the role."""
+    row = await conn.fetchrow(
+        f"UPDATE users SET role = $2 WHERE id = $1 AND role <> $2 RETURNING {_USER_COLUMNS}",
+        user_id,
+        role,
+    )
+    return _user(row) if row else None
+
+
+async def lock_active_administrators(conn: Conn) -> list[uuid.UUID]:
+    """The active administrators, locked in one order (so two demotions can't both see the
+    other one still there)."""
+    rows = await conn.fetch(
+        "SELECT id FROM users WHERE role = 'administrator' AND NOT disabled ORDER BY id FOR UPDATE"
+    )
+    return [row["id"] for row in rows]
 
 
 async def administrator_exists(conn: Conn) -> bool:
@@ -223,8 +259,9 @@ async def revoke_user_sessions(
 
 
 # --- login settings ----------------------------------------------------------------------
-async def get_login_redirect(conn: Conn) -> bool:
-    return bool(await conn.fetchval("SELECT login_redirect FROM login_settings"))
+async def get_login_redirect(conn: Conn, *, for_update: bool = False) -> bool:
+    lock = " FOR UPDATE" if for_update else ""
+    return bool(await conn.fetchval("SELECT login_redirect FROM login_settings" + lock))
 
 
 async def set_login_redirect(conn: Conn, value: bool) -> bool:
@@ -309,4 +346,99 @@ async def close_user_resets(conn: Conn, user_id: uuid.UUID, now: datetime) -> No
         "UPDATE password_resets SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL",
         user_id,
         now,
+    )
+
+
+# --- integration keys -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ApiKey:
+    id: uuid.UUID
+    name: str
+    scopes: list[str]
+    prefix: str
+    created_by: uuid.UUID | None
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+_KEY_COLUMNS = "id, name, scopes, prefix, created_by, created_at, last_used_at"
+
+
+def _key(row: asyncpg.Record | Any) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        scopes=list(row["scopes"]),
+        prefix=row["prefix"],
+        created_by=row["created_by"],
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+    )
+
+
+async def insert_api_key(
+    conn: Conn,
+    *,
+    name: str,
+    scopes: list[str],
+    key_hash: str,
+    prefix: str,
+    created_by: uuid.UUID | None,
+    created_at: datetime,
+    request_id: str | None = None,
+) -> ApiKey | None:
+    """The new key, or None when ``request_id`` already made one."""
+    row = await conn.fetchrow(
+        "INSERT INTO api_keys"
+        " (id, name, scopes, key_hash, prefix, created_by, created_at, request_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING"
+        f" RETURNING {_KEY_COLUMNS}",
+        uuid.uuid4(),
+        name,
+        scopes,
+        key_hash,
+        prefix,
+        created_by,
+        created_at,
+        request_id,
+    )
+    return _key(row) if row is not None else None
+
+
+async def live_api_keys(conn: Conn) -> list[ApiKey]:
+    rows = await conn.fetch(
+        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE revoked_at IS NULL"
+        " ORDER BY created_at DESC, id DESC"
+    )
+    return [_key(row) for row in rows]
+
+
+async def revoke_api_key(conn: Conn, key_id: uuid.UUID, now: datetime) -> ApiKey | None:
+    """The key this call revoked; None when it is unknown or was revoked already."""
+    row = await conn.fetchrow(
+        "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL"
+        f" RETURNING {_KEY_COLUMNS}",
+        key_id,
+        now,
+    )
+    return _key(row) if row else None
+
+
+async def find_live_api_key(conn: Conn, key_hash: str) -> ApiKey | None:
+    row = await conn.fetchrow(
+        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        key_hash,
+    )
+    return _key(row) if row else None
+
+
+async def touch_api_key(conn: Conn, key_id: uuid.UUID, now: datetime, before: datetime) -> None:
+    """Record a use, unless one was recorded after ``before`` (one write a minute at most)."""
+    await conn.execute(
+        "UPDATE api_keys SET last_used_at = $2"
+        " WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $3)",
+        key_id,
+        now,
+        before,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 
 from libs.common.settings import CommonSettings
 
@@ -16,10 +16,25 @@ def default_hash_concurrency() -> int:
 
 
 class IdentitySettings(CommonSettings):
+    # This service's own broker user (identity's password; see CommonSettings.service_amqp_url).
+    identity_broker_password: SecretStr | None = None
     identity_host: str = "127.0.0.1"
     identity_port: int = Field(default=8101, ge=1, le=65535)
+    # /healthz, /readyz, /metrics (never routed by an ingress); MANAGEMENT_PORT is the
+    # generic name, for a container that runs one service.
+    identity_management_port: int = Field(
+        default=9101,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("identity_management_port", "management_port"),
+    )
     identity_session_idle_minutes: int = Field(default=120, ge=1)
     identity_session_max_hours: int = Field(default=168, ge=1)
     # Password hashes (log in, set password) at once; peak memory is about 65 MiB plus
     # 64 MiB per hash in flight. More queue; they never weaken the hash.
     identity_hash_concurrency: int = Field(default_factory=default_hash_concurrency, ge=1, le=64)
+    # Hashes that may wait for one of those; beyond, 503 with Retry-After at once. A hash
+    # that has waited longer than the max wait is not started and answers 503 too: the
+    # gateway's calls time out after 10 s, so it would finish for nobody.
+    identity_hash_queue: int = Field(default=32, ge=0, le=10_000)
+    identity_hash_max_wait_seconds: float = Field(default=8.0, gt=0, le=60)

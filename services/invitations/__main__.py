@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from libs.common.runner import main
 
-from .app import SCHEMA, create_app
+from .app import MIGRATIONS, SCHEMA, create_app
 from .settings import InvitationsSettings
 
 if __name__ == "__main__":
@@ -15,6 +13,7 @@ if __name__ == "__main__":
         InvitationsSettings,
         create_app,
         schema=SCHEMA,
-        migrations=Path(__file__).parent / "migrations",
+        migrations=MIGRATIONS,
         listen=lambda s: (s.invitations_host, s.invitations_port),
+        management_port=lambda s: s.invitations_management_port,
     )

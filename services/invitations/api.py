@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from datetime import datetime
 from typing import Any, Literal
@@ -12,13 +10,16 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from libs.common.errors import InvalidInput, NotFound
+from libs.common.cursor import decode_cursor, encode_cursor
+from libs.common.errors import NotFound
+from libs.common.service_auth import SERVICES
 from libs.common.web import POOL, json_response, parse_query, read_json
 
 from . import domain, handlers
-from .handlers import Deps, InviteCommand
+from .handlers import Deps, InviteCommand, NewLinkWorker, batch
 
 DEPS = web.AppKey("deps", Deps)
+NEW_LINKS = web.AppKey("new_links", NewLinkWorker)
 
 
 class _Body(BaseModel):
@@ -31,22 +32,95 @@ class InviteBody(_Body):
     invited_by: str | None = Field(default=None, max_length=320)
     sub_client: bool | None = None
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    expires_in_days: int | None = None
+    # Far above the 1,000 allowed: the handler answers a clear personal_message_too_long.
+    personal_message: str | None = Field(default=None, max_length=65_536)
+
+    # Who asks, should the invitation be pending already and get a new link instead.
+    resend_reason: Literal["staff", "api"] = "staff"
+
+
+class StaffInviteBody(_Body):
+    email: str = Field(max_length=320)
+    # Checked by the handler, which answers a clear invalid_role.
+    role: str = Field(max_length=50)
+    invited_by: str | None = Field(default=None, max_length=320)
+
+
+class GroupBody(_Body):
+    email: str = Field(max_length=320)
+    # Far above the 20 allowed: the handler answers a clear too_many_portals.
+    portal_ids: list[uuid.UUID] = Field(max_length=1000)
+    invited_by: str | None = Field(default=None, max_length=320)
+    sub_client: bool | None = None
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    expires_in_days: int | None = None
+    personal_message: str | None = Field(default=None, max_length=65_536)
+    name: str | None = Field(default=None, max_length=1000)
+
+
+class BatchRowBody(_Body):
+    # Far above the limits: the handler answers each row with a clear reason.
+    email: str = Field(max_length=1000)
+    name: str | None = Field(default=None, max_length=1000)
+    personal_message: str | None = Field(default=None, max_length=65_536)
+    sub_client: bool | None = None
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=300)
+
+
+class BatchBody(_Body):
+    portal_id: uuid.UUID
+    invited_by: str | None = Field(default=None, max_length=320)
+    dry_run: bool = False
+    rows: list[BatchRowBody] = Field(min_length=1, max_length=batch.MAX_ROWS)
+
+
+# 1,000 rows of a 1,000-character message each, encoded, with room to spare.
+BATCH_BODY_LIMIT = 8 * 1024 * 1024
+
+
+class ResendBody(_Body):
+    reason: Literal["staff", "api"] = "staff"
+
+
+class NewLinkBody(_Body):
+    # Anything: an unknown or malformed token is answered like every other.
+    token: str = Field(default="", max_length=2000)
+
+
+class ReserveBody(_Body):
+    token: str = Field(max_length=domain.MAX_TOKEN_LENGTH)
 
 
 class AcceptBody(_Body):
     token: str = Field(max_length=domain.MAX_TOKEN_LENGTH)
+    claim: uuid.UUID
     user_id: uuid.UUID
 
 
+class ReleaseBody(_Body):
+    token: str = Field(max_length=domain.MAX_TOKEN_LENGTH)
+    claim: uuid.UUID
+    reopen: bool = False
+
+
 class AccessSettings(_Body):
-    invitation_expiry_days: int
+    invitation_expiry_days: int | None = None
+    # Invitation Reminder: days before expiry, 0 = Off (0, 1 or 3).
+    invitation_reminder_days: int | None = None
 
 
 class ListQuery(BaseModel):
     status: Literal["pending", "accepted", "expired", "revoked"] | None = None
     portal_id: uuid.UUID | None = None
+    email: str | None = Field(default=None, max_length=320)
     limit: int = Field(default=50, ge=1, le=200)
     cursor: str | None = Field(default=None, max_length=200)
+
+
+class CountsQuery(BaseModel):
+    portal_id: uuid.UUID | None = None
+    email: str | None = Field(default=None, max_length=320)
 
 
 class TokenQuery(BaseModel):
@@ -57,41 +131,52 @@ def invitation_json(row: asyncpg.Record, now: datetime) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
         "email": row["email"],
-        "portal_id": str(row["portal_id"]),
+        "portal_id": _str(row["portal_id"]),
         "portal_title": row["portal_title"],
         "portal_slug": row["portal_slug"],
+        # A staff invitation's role (administrator, staff); null for a client's invitation,
+        # which has a portal instead.
+        "role": row["staff_role"],
         "status": domain.effective_status(row["status"], row["expires_at"], now),
         "sent_at": _iso(row["sent_at"]),
         "expires_at": _iso(row["expires_at"]),
         "delivery": row["delivery"],
         "delivery_error": row["delivery_error"],
+        "delivery_next_attempt_at": _iso(row["delivery_next_attempt_at"]),
         "sub_client": row["sub_client"],
         "invited_by": row["invited_by"],
         "accepted_at": _iso(row["accepted_at"]),
         "revoked_at": _iso(row["revoked_at"]),
         "created_at": _iso(row["created_at"]),
         "send_count": row["send_count"],
+        "expires_in_days": row["expires_in_days"],
+        "personal_message": row["personal_message"],
+        "name": row["invitee_name"],
+        "send_reason": row["send_reason"],
+        "reminded_at": _iso(row["reminded_at"]),
+        "group_id": _str(row["group_id"]),
+    }
+
+
+def _str(value: uuid.UUID | None) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _linked(row: asyncpg.Record) -> dict[str, Any]:
+    """One invitation accepting a link takes (validate, reserve, accept): what the
+    gateway grants."""
+    return {
+        "invitation_id": str(row["id"]),
+        "portal_id": str(row["portal_id"]),
+        "portal_title": row["portal_title"],
+        "portal_slug": row["portal_slug"],
+        "sub_client": row["sub_client"],
+        "idempotency_key": row["idempotency_key"],
     }
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
-
-
-def encode_cursor(row: asyncpg.Record) -> str:
-    raw = f"{row['created_at'].isoformat()}|{row['id']}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created_at, invitation_id = raw.split("|", 1)
-        return datetime.fromisoformat(created_at), uuid.UUID(invitation_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput(
-            "The cursor is not valid; start from the first page.", code="invalid_cursor"
-        ) from None
 
 
 def _id(request: web.Request) -> uuid.UUID:
@@ -110,6 +195,9 @@ async def create_invitation(request: web.Request) -> web.Response:
         invited_by=body.invited_by or None,
         sub_client=body.sub_client,
         idempotency_key=body.idempotency_key,
+        expires_in_days=body.expires_in_days,
+        personal_message=body.personal_message,
+        resend_reason=body.resend_reason,
     )
     row, outcome = await handlers.invite(request.app[POOL], deps, command)
     # Replaying an idempotency key answers like the original request did.
@@ -118,6 +206,66 @@ async def create_invitation(request: web.Request) -> web.Response:
         {"invitation": invitation_json(row, deps.clock()), "outcome": shown},
         200 if outcome == "resent" else 201,
     )
+
+
+async def create_group(request: web.Request) -> web.Response:
+    """Several portals, one invitation: one per portal, one email, one link."""
+    body = await read_json(request, GroupBody)
+    deps = request.app[DEPS]
+    command = handlers.GroupCommand(
+        email=body.email,
+        portal_ids=tuple(body.portal_ids),
+        invited_by=body.invited_by or None,
+        sub_client=body.sub_client,
+        idempotency_key=body.idempotency_key,
+        expires_in_days=body.expires_in_days,
+        personal_message=body.personal_message,
+        invitee_name=body.name,
+    )
+    group = await handlers.invite_group(request.app[POOL], deps, command)
+    now = deps.clock()
+    # Replaying an idempotency key answers like the original request did.
+    return json_response(
+        {
+            "group_id": str(group.group_id),
+            "invitations": [invitation_json(row, now) for row in group.invitations],
+        },
+        201,
+    )
+
+
+async def create_batch(request: web.Request) -> web.Response:
+    body = await read_json(request, BatchBody, limit=BATCH_BODY_LIMIT)
+    rows = [
+        batch.BatchRow(
+            row=number,
+            email=item.email,
+            name=item.name,
+            personal_message=item.personal_message,
+            sub_client=item.sub_client,
+            key=item.idempotency_key,
+        )
+        for number, item in enumerate(body.rows, start=1)
+    ]
+    results = await batch.invite_batch(
+        request.app[POOL],
+        request.app[DEPS],
+        body.portal_id,
+        rows,
+        invited_by=body.invited_by or None,
+        dry_run=body.dry_run,
+    )
+    return json_response({"results": [_result_json(r) for r in results]})
+
+
+def _result_json(result: batch.RowResult) -> dict[str, Any]:
+    data: dict[str, Any] = {"row": result.row, "email": result.email, "status": result.status}
+    if result.invitation_id is not None:
+        data["invitation_id"] = str(result.invitation_id)
+    if result.reason is not None:
+        data["reason"] = result.reason
+        data["message"] = result.message
+    return data
 
 
 async def list_invitations(request: web.Request) -> web.Response:
@@ -131,14 +279,25 @@ async def list_invitations(request: web.Request) -> web.Response:
         portal_id=query.portal_id,
         after=after,
         limit=query.limit,
+        email=query.email or None,
     )
     now = deps.clock()
     return json_response(
         {
             "items": [invitation_json(row, now) for row in rows],
-            "next_cursor": encode_cursor(rows[-1]) if more and rows else None,
+            "next_cursor": encode_cursor(rows[-1]["created_at"], rows[-1]["id"])
+            if more and rows
+            else None,
         }
     )
+
+
+async def invitation_counts(request: web.Request) -> web.Response:
+    query = parse_query(request, CountsQuery)
+    counts = await handlers.status_counts(
+        request.app[POOL], request.app[DEPS], portal_id=query.portal_id, email=query.email or None
+    )
+    return json_response(counts)
 
 
 async def get_invitation(request: web.Request) -> web.Response:
@@ -148,8 +307,19 @@ async def get_invitation(request: web.Request) -> web.Response:
 
 async def resend_invitation(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    row = await handlers.resend(request.app[POOL], deps, _id(request))
+    # The body is optional (the reason defaults to staff).
+    body = await read_json(request, ResendBody) if request.body_exists else ResendBody()
+    row = await handlers.resend(request.app[POOL], deps, _id(request), reason=body.reason)
     return json_response(invitation_json(row, deps.clock()))
+
+
+async def new_link(request: web.Request) -> web.Response:
+    """Email me a new link: always 202, before anything about the link is looked up (the
+    worker serves the request afterwards, handlers/new_link.py)."""
+    body = await read_json(request, NewLinkBody)
+    await handlers.request_new_link(request.app[POOL], request.app[DEPS], body.token)
+    request.app[NEW_LINKS].wake()
+    return json_response({"status": "requested"}, 202)
 
 
 async def revoke_invitation(request: web.Request) -> web.Response:
@@ -160,17 +330,39 @@ async def revoke_invitation(request: web.Request) -> web.Response:
 
 async def validate_token(request: web.Request) -> web.Response:
     query = parse_query(request, TokenQuery)
-    row, account_exists = await handlers.validate(request.app[POOL], request.app[DEPS], query.token)
+    rows, account_exists = await handlers.validate(
+        request.app[POOL], request.app[DEPS], query.token
+    )
+    row = rows[0]
     return json_response(
         {
             "invitation_id": str(row["id"]),
             "email": row["email"],
-            "portal_id": str(row["portal_id"]),
+            "portal_id": _str(row["portal_id"]),
             "portal_title": row["portal_title"],
             "portal_slug": row["portal_slug"],
+            "role": row["staff_role"],
             "expires_at": row["expires_at"].isoformat(),
             "account_exists": account_exists,
             "sub_client": row["sub_client"],
+            "idempotency_key": row["idempotency_key"],
+            # A group's link: each invitation accepting it takes now (the first is above).
+            "group_id": _str(row["group_id"]),
+            "invitations": [_linked(r) for r in rows],
+        }
+    )
+
+
+async def reserve_invitation(request: web.Request) -> web.Response:
+    body = await read_json(request, ReserveBody)
+    deps = request.app[DEPS]
+    rows, claim = await handlers.reserve(request.app[POOL], deps, body.token)
+    now = deps.clock()
+    return json_response(
+        {
+            "claim": str(claim),
+            "invitation": invitation_json(rows[0], now),
+            "invitations": [_linked(r) for r in rows],
         }
     )
 
@@ -178,29 +370,122 @@ async def validate_token(request: web.Request) -> web.Response:
 async def accept_invitation(request: web.Request) -> web.Response:
     body = await read_json(request, AcceptBody)
     deps = request.app[DEPS]
-    row = await handlers.accept(request.app[POOL], deps, body.token, body.user_id)
+    rows = await handlers.accept(request.app[POOL], deps, body.token, body.claim, body.user_id)
+    now = deps.clock()
+    # The first invitation, as before, and (a group's link) every one accepted: what the
+    # gateway grants.
+    return json_response(
+        {**invitation_json(rows[0], now), "invitations": [_linked(r) for r in rows]}
+    )
+
+
+async def release_invitation(request: web.Request) -> web.Response:
+    body = await read_json(request, ReleaseBody)
+    await handlers.release(
+        request.app[POOL], request.app[DEPS], body.token, body.claim, reopen=body.reopen
+    )
+    return web.Response(status=204)
+
+
+async def create_staff_invitation(request: web.Request) -> web.Response:
+    body = await read_json(request, StaffInviteBody)
+    deps = request.app[DEPS]
+    row, outcome = await handlers.invite_staff(
+        request.app[POOL], deps, body.email, body.role, body.invited_by or None
+    )
+    return json_response(
+        {"invitation": invitation_json(row, deps.clock()), "outcome": outcome},
+        200 if outcome == "resent" else 201,
+    )
+
+
+async def list_staff_invitations(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    rows = await handlers.open_staff_invitations(request.app[POOL])
+    now = deps.clock()
+    return json_response({"items": [invitation_json(row, now) for row in rows]})
+
+
+async def resend_staff_invitation(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    row = await handlers.resend(request.app[POOL], deps, _id(request), staff=True)
     return json_response(invitation_json(row, deps.clock()))
 
 
+async def revoke_staff_invitation(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    row = await handlers.revoke(request.app[POOL], deps, _id(request), staff=True)
+    return json_response(invitation_json(row, deps.clock()))
+
+
+async def _access(pool: asyncpg.Pool) -> dict[str, int]:
+    return {
+        "invitation_expiry_days": await handlers.get_expiry_days(pool),
+        "invitation_reminder_days": await handlers.get_reminder_days(pool),
+    }
+
+
 async def get_access_settings(request: web.Request) -> web.Response:
-    days = await handlers.get_expiry_days(request.app[POOL])
-    return json_response({"invitation_expiry_days": days})
+    return json_response(await _access(request.app[POOL]))
 
 
 async def put_access_settings(request: web.Request) -> web.Response:
+    """Fields left out are unchanged."""
     body = await read_json(request, AccessSettings)
-    days = await handlers.set_expiry_days(request.app[POOL], body.invitation_expiry_days)
-    return json_response({"invitation_expiry_days": days})
+    pool = request.app[POOL]
+    await handlers.change_access_settings(
+        pool,
+        expiry_days=body.invitation_expiry_days,
+        reminder_days=body.invitation_reminder_days,
+    )
+    return json_response(await _access(pool))
+
+
+GATEWAY = frozenset({"gateway"})
+# Who may call each route (libs/common/web.py require_service_proof; docs/internal-api.md
+# "Who may call what"): only the gateway.
+CALLERS: dict[str, frozenset[str]] = {
+    "POST /invitations": GATEWAY,
+    "GET /invitations": GATEWAY,
+    "POST /invitations/batch": GATEWAY,
+    "POST /invitations/group": GATEWAY,
+    "GET /invitations/counts": GATEWAY,
+    "GET /invitations/validate": GATEWAY,
+    "POST /invitations/reserve": GATEWAY,
+    "POST /invitations/accept": GATEWAY,
+    "POST /invitations/release": GATEWAY,
+    "POST /invitations/new-link": GATEWAY,
+    "GET /invitations/{id}": GATEWAY,
+    "POST /invitations/{id}/resend": GATEWAY,
+    "POST /invitations/{id}/revoke": GATEWAY,
+    "POST /staff-invitations": GATEWAY,
+    "GET /staff-invitations": GATEWAY,
+    "POST /staff-invitations/{id}/resend": GATEWAY,
+    "POST /staff-invitations/{id}/revoke": GATEWAY,
+    "GET /settings/access": GATEWAY,
+    "PUT /settings/access": GATEWAY,
+    "GET /openapi.json": frozenset(SERVICES),
+}
 
 
 def setup_routes(app: web.Application) -> None:
     # Fixed paths before /invitations/{id}, which would otherwise match them.
     app.router.add_post("/invitations", create_invitation)
     app.router.add_get("/invitations", list_invitations)
+    app.router.add_post("/invitations/batch", create_batch)
+    app.router.add_post("/invitations/group", create_group)
+    app.router.add_get("/invitations/counts", invitation_counts)
     app.router.add_get("/invitations/validate", validate_token)
+    app.router.add_post("/invitations/reserve", reserve_invitation)
     app.router.add_post("/invitations/accept", accept_invitation)
+    app.router.add_post("/invitations/release", release_invitation)
+    app.router.add_post("/invitations/new-link", new_link)
     app.router.add_get("/invitations/{id}", get_invitation)
     app.router.add_post("/invitations/{id}/resend", resend_invitation)
     app.router.add_post("/invitations/{id}/revoke", revoke_invitation)
+    app.router.add_post("/staff-invitations", create_staff_invitation)
+    app.router.add_get("/staff-invitations", list_staff_invitations)
+    app.router.add_post("/staff-invitations/{id}/resend", resend_staff_invitation)
+    app.router.add_post("/staff-invitations/{id}/revoke", revoke_staff_invitation)
     app.router.add_get("/settings/access", get_access_settings)
     app.router.add_put("/settings/access", put_access_settings)

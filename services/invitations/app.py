@@ -4,12 +4,22 @@ expiry sweep and the routes. Nothing is built at import time."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from libs.common.http import new_session
 from libs.common.logging import get_logger
-from libs.common.web import POOL, add_bus, add_database, base_app, periodic
+from libs.common.service_auth import TokenSigner
+from libs.common.web import (
+    POOL,
+    add_bus,
+    add_database,
+    base_app,
+    periodic,
+    require_service_proof,
+    service_signer,
+)
 
 from . import api, consumer, domain, handlers, metrics, openapi
 from .clients import Directory
@@ -18,6 +28,7 @@ from .settings import InvitationsSettings
 
 SERVICE = "invitations"
 SCHEMA = "invitations"
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 log = get_logger(__name__)
 
@@ -28,9 +39,9 @@ def create_app(
     app = base_app(SERVICE)
     deps = Deps(settings=settings, clock=clock)
     app[api.DEPS] = deps
-    add_database(app, settings, SCHEMA)
+    add_database(app, settings, SCHEMA, migrations=MIGRATIONS)
     # Before the bus: the consumer's handlers call identity and portals.
-    app.cleanup_ctx.append(_directory(deps))
+    app.cleanup_ctx.append(_directory(deps, service_signer(app, settings)))
     add_bus(
         app,
         settings,
@@ -38,6 +49,16 @@ def create_app(
         schema=SCHEMA,
         bindings=consumer.BINDINGS,
         handlers=consumer.handlers(deps),
+    )
+    new_links = handlers.NewLinkWorker(deps, settings.invitations_new_link_seconds)
+    app[api.NEW_LINKS] = new_links
+    app.cleanup_ctx.append(new_links.context())
+    app.cleanup_ctx.append(
+        periodic(
+            "invitations-reminders",
+            settings.invitations_sweep_seconds,
+            lambda app: handlers.remind_once(app[POOL], deps),
+        )
     )
     app.cleanup_ctx.append(
         periodic(
@@ -53,13 +74,16 @@ def create_app(
     )
     api.setup_routes(app)
     app.router.add_get("/openapi.json", openapi.openapi)
+    require_service_proof(app, settings, api.CALLERS)
     return app
 
 
-def _directory(deps: Deps) -> Callable[[web.Application], AsyncIterator[None]]:
+def _directory(deps: Deps, signer: TokenSigner) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(_: web.Application) -> AsyncIterator[None]:
         session = new_session()
-        deps.directory = Directory(session, deps.settings.identity_url, deps.settings.portals_url)
+        deps.directory = Directory(
+            session, deps.settings.identity_url, deps.settings.portals_url, signer=signer
+        )
         yield
         deps.directory = None
         await session.close()

@@ -11,6 +11,10 @@ import aiohttp
 
 from libs.common.errors import NotFound
 from libs.common.http import ServiceClient
+from libs.common.service_auth import TokenSigner
+
+# Addresses per identity look-up: identity's own limit (POST /users/lookup).
+LOOKUP_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -35,20 +39,53 @@ class PortalInfo:
 class Directory:
     """Users (identity) and portals (portals). An unreachable service raises Unavailable."""
 
-    def __init__(self, session: aiohttp.ClientSession, identity_url: str, portals_url: str):
-        self.identity = ServiceClient(session, identity_url, "identity")
-        self.portals = ServiceClient(session, portals_url, "portals")
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        identity_url: str,
+        portals_url: str,
+        *,
+        signer: TokenSigner,
+    ):
+        self.identity = ServiceClient(session, identity_url, "identity", signer=signer)
+        self.portals = ServiceClient(session, portals_url, "portals", signer=signer)
 
-    async def find_user_id(self, email: str) -> uuid.UUID | None:
+    async def find_user(self, email: str) -> dict[str, Any] | None:
+        """The account of this address (id, email, role, disabled), if there is one."""
         try:
-            user = await self.identity.call("GET", "/users/lookup", params={"email": email})
+            user: dict[str, Any] = await self.identity.call(
+                "GET", "/users/lookup", params={"email": email}
+            )
         except NotFound:
             return None
-        return uuid.UUID(str(user["id"]))
+        return user
+
+    async def find_user_id(self, email: str) -> uuid.UUID | None:
+        user = await self.find_user(email)
+        return uuid.UUID(str(user["id"])) if user is not None else None
 
     async def user_portal_ids(self, user_id: uuid.UUID) -> set[uuid.UUID]:
         body = await self.portals.call("GET", f"/users/{user_id}/portals")
         return {uuid.UUID(str(item["id"])) for item in body.get("items", [])}
+
+    async def find_user_ids(self, emails: list[str]) -> dict[str, uuid.UUID]:
+        """Accounts for many addresses at once (a batch): lower-cased address -> id."""
+        found: dict[str, uuid.UUID] = {}
+        for start in range(0, len(emails), LOOKUP_BATCH):
+            body = await self.identity.call(
+                "POST", "/users/lookup", json={"emails": emails[start : start + LOOKUP_BATCH]}
+            )
+            for item in body.get("items", []):
+                found[str(item["email"]).lower()] = uuid.UUID(str(item["id"]))
+        return found
+
+    async def portal_member_ids(self, portal_id: uuid.UUID) -> set[uuid.UUID]:
+        """The primary client and the sub-clients: who already has access."""
+        body = await self.portals.call("GET", f"/portals/{portal_id}")
+        members = {uuid.UUID(str(u)) for u in body.get("sub_client_ids", [])}
+        if body.get("client_id"):
+            members.add(uuid.UUID(str(body["client_id"])))
+        return members
 
     async def fetch_portal(self, portal_id: uuid.UUID) -> PortalInfo | None:
         try:

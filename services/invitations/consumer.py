@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from libs.common.bus import Binding, Handler
+from libs.common.broker import CONSUMES
+from libs.common.bus import Handler
 from libs.common.db import Conn
-from libs.common.errors import DomainError
+from libs.common.errors import DomainError, InvalidInput, RateLimited
 from libs.common.events import (
     Envelope,
     EventData,
@@ -13,6 +14,7 @@ from libs.common.events import (
     InvitationRejected,
     InvitationRequested,
     MailFailed,
+    MailRetrying,
     MailSent,
     PortalChanged,
     make_event,
@@ -20,22 +22,26 @@ from libs.common.events import (
 from libs.common.logging import get_logger
 from libs.common.outbox import append
 
+from . import domain
 from . import repository as repo
 from .clients import PortalInfo
-from .handlers import SOURCE, Deps, InviteCommand, check_invite, record_invite
+from .handlers import (
+    SOURCE,
+    Deps,
+    Group,
+    GroupCommand,
+    InviteCommand,
+    check_group,
+    check_invite,
+    record_group,
+    record_invite,
+    replay,
+)
+from .handlers.sending import GROUP_REF, INVITATION_REF
 
 log = get_logger(__name__)
 
-BINDINGS = [
-    Binding("events", key)
-    for key in (
-        "invitation.requested",
-        "portal.created",
-        "portal.updated",
-        "mail.sent",
-        "mail.failed",
-    )
-]
+BINDINGS = CONSUMES["invitations"]
 
 # Rejections that are the request's fault; anything else (a service down) is retried.
 REJECT_REASONS = frozenset(
@@ -45,6 +51,16 @@ REJECT_REASONS = frozenset(
         "invalid_email",
         "already_has_access",
         "missing_portal",
+        "invalid_expires_in_days",
+        "personal_message_too_long",
+        "send_rate_limited",
+        # Several portals, one invitation (portal_ids).
+        "idempotency_key_reused",
+        "no_portals",
+        "too_many_portals",
+        "duplicate_portal",
+        "ambiguous_portal",
+        "invitation_pending",
     }
 )
 
@@ -58,10 +74,12 @@ async def on_portal_changed(conn: Conn, envelope: Envelope, data: EventData) -> 
 
 async def on_mail_outcome(conn: Conn, envelope: Envelope, data: EventData) -> None:
     assert isinstance(data, MailSent | MailFailed)
-    if data.ref_type != "invitation":
+    if data.ref_type not in (INVITATION_REF, GROUP_REF):
         return
+    # One email for several invitations (a group's): each of them it was the latest of.
+    change = repo.set_delivery if data.ref_type == INVITATION_REF else repo.set_group_delivery
     failed = isinstance(data, MailFailed)
-    applied = await repo.set_delivery(
+    applied = await change(
         conn,
         data.ref_id,
         data.mail_id,
@@ -70,6 +88,20 @@ async def on_mail_outcome(conn: Conn, envelope: Envelope, data: EventData) -> No
     )
     if not applied:
         log.info("mail_outcome_stale", invitation_id=str(data.ref_id), mail_id=str(data.mail_id))
+
+
+async def on_mail_retrying(conn: Conn, envelope: Envelope, data: EventData) -> None:
+    assert isinstance(data, MailRetrying)
+    if data.ref_type not in (INVITATION_REF, GROUP_REF):
+        return
+    change = (
+        repo.set_delivery_retrying
+        if data.ref_type == INVITATION_REF
+        else repo.set_group_delivery_retrying
+    )
+    applied = await change(conn, data.ref_id, data.mail_id, data.next_attempt_at, data.reason[:500])
+    if not applied:
+        log.info("mail_retrying_stale", invitation_id=str(data.ref_id), mail_id=str(data.mail_id))
 
 
 async def _answer_repeat(conn: Conn, key: str) -> bool:
@@ -88,14 +120,91 @@ async def _answer_repeat(conn: Conn, key: str) -> bool:
         invited_by=existing["invited_by"],
         idempotency_key=key,
         sub_client=existing["sub_client"],
+        expires_in_days=existing["expires_in_days"],
     )
     await append(conn, make_event("invitation.created", again, source=SOURCE))
     return True
 
 
+async def _reject(conn: Conn, data: InvitationRequested, exc: DomainError) -> None:
+    retry_at = exc.details.get("retry_at") if isinstance(exc, RateLimited) else None
+    rejected = InvitationRejected(
+        reason=exc.code,
+        message=exc.message,
+        idempotency_key=data.idempotency_key,
+        email=data.email[:320],
+        portal_id=data.portal_id,
+        portal_slug=data.portal_slug,
+        retry_at=retry_at,
+        portal_ids=data.portal_ids[: domain.MAX_GROUP_PORTALS] if data.portal_ids else None,
+    )
+    await append(conn, make_event("invitation.rejected", rejected, source=SOURCE))
+    log.info("invitation_request_rejected", reason=exc.code)
+
+
+async def _announce_group(conn: Conn, group: Group) -> None:
+    """A retried request for several portals: its invitations, announced again."""
+    log.info("invitation_request_duplicate", group_id=str(group.group_id))
+    again = [
+        (
+            "invitation.created",
+            InvitationCreated(
+                invitation_id=row["id"],
+                portal_id=row["portal_id"],
+                email=row["email"],
+                expires_at=row["expires_at"],
+                invited_by=row["invited_by"],
+                idempotency_key=row["idempotency_key"],
+                sub_client=row["sub_client"],
+                expires_in_days=row["expires_in_days"],
+                group_id=group.group_id,
+            ),
+        )
+        for row in group.invitations
+    ]
+    await append(conn, *(make_event(t, d, source=SOURCE) for t, d in again))
+
+
+async def _requested_group(conn: Conn, deps: Deps, data: InvitationRequested) -> None:
+    """invitation.requested with portal_ids: one invitation to several portals."""
+    command = GroupCommand(
+        email=data.email,
+        portal_ids=tuple(data.portal_ids or ()),
+        invited_by=data.invited_by,
+        sub_client=data.sub_client,
+        idempotency_key=data.idempotency_key,
+        expires_in_days=data.expires_in_days,
+        personal_message=data.personal_message,
+    )
+    try:
+        if data.portal_id is not None or data.portal_slug:
+            raise InvalidInput(
+                "Give portal_ids, or portal_id / portal_slug, not both.",
+                code="ambiguous_portal",
+            )
+        done = await replay(conn, command)
+        if done is not None:
+            await _announce_group(conn, done)
+            return
+        checked = await check_group(conn, deps, command)
+        async with conn.transaction():  # a savepoint: a refusal leaves only the answer
+            group = await record_group(conn, deps, checked)
+    except DomainError as exc:
+        if exc.code not in REJECT_REASONS:
+            raise
+        await _reject(conn, data, exc)
+        return
+    if group.outcome == "duplicate":
+        await _announce_group(conn, group)
+    log.info("invitation_request_applied", outcome=group.outcome, group_id=str(group.group_id))
+
+
 def make_on_requested(deps: Deps) -> Handler:
     async def on_requested(conn: Conn, envelope: Envelope, data: EventData) -> None:
         assert isinstance(data, InvitationRequested)
+        if data.portal_ids is not None:
+            await _requested_group(conn, deps, data)
+            return
         if await _answer_repeat(conn, data.idempotency_key):
             return
         command = InviteCommand(
@@ -105,24 +214,20 @@ def make_on_requested(deps: Deps) -> Handler:
             invited_by=data.invited_by,
             sub_client=data.sub_client,
             idempotency_key=data.idempotency_key,
+            expires_in_days=data.expires_in_days,
+            personal_message=data.personal_message,
+            resend_reason="invitation_requested",
         )
         try:
             checked = await check_invite(conn, deps, command)
+            # A savepoint: a resend the caps refuse leaves nothing behind but the answer.
+            async with conn.transaction():
+                _, outcome = await record_invite(conn, deps, checked, key_checked=True)
         except DomainError as exc:
             if exc.code not in REJECT_REASONS:
                 raise
-            rejected = InvitationRejected(
-                reason=exc.code,
-                message=exc.message,
-                idempotency_key=data.idempotency_key,
-                email=data.email[:320],
-                portal_id=data.portal_id,
-                portal_slug=data.portal_slug,
-            )
-            await append(conn, make_event("invitation.rejected", rejected, source=SOURCE))
-            log.info("invitation_request_rejected", reason=exc.code)
+            await _reject(conn, data, exc)
             return
-        _, outcome = await record_invite(conn, deps, checked, key_checked=True)
         if outcome == "duplicate":
             # Lost a race with the same key delivered at the same time: answer like a repeat.
             await _answer_repeat(conn, data.idempotency_key)
@@ -136,6 +241,7 @@ def handlers(deps: Deps) -> dict[str, Handler]:
         "portal.created": on_portal_changed,
         "portal.updated": on_portal_changed,
         "mail.sent": on_mail_outcome,
+        "mail.retrying": on_mail_retrying,
         "mail.failed": on_mail_outcome,
         "invitation.requested": make_on_requested(deps),
     }

@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
-from libs.common.errors import Conflict, Gone, InvalidInput
+from libs.common.errors import Conflict, Gone, InvalidInput, RateLimited
 
 Clock = Callable[[], datetime]
 Status = Literal["pending", "accepted", "revoked", "expired"]
 
+# How long one request may drive an acceptance before the same link may take it over: far
+# longer than the saga (a few internal calls and one argon2 hash), short enough that a
+# person retrying after a crash isn't kept waiting long.
+ACCEPT_LEASE = timedelta(seconds=60)
+
 EXPIRY_CHOICES = (7, 14, 21, 30)
 DEFAULT_EXPIRY_DAYS = 14
 MAX_TOKEN_LENGTH = 200
+MAX_MESSAGE_LENGTH = 1000
+MAX_NAME_LENGTH = 200
 
 
 def utcnow() -> datetime:
@@ -34,15 +44,29 @@ def check_expiry_days(days: int) -> int:
     return days
 
 
+def check_link_expiry(days: int) -> int:
+    """A Link Expiry chosen for one invitation: one of the setting's choices."""
+    if days not in EXPIRY_CHOICES:
+        raise InvalidInput(
+            "Link Expiry (expires_in_days) must be 7, 14, 21 or 30 days.",
+            code="invalid_expires_in_days",
+        )
+    return days
+
+
 def expiry_for(sent_at: datetime, days: int) -> datetime:
     """The link's end, fixed when it is sent: a later settings change doesn't move it."""
     return sent_at + timedelta(days=check_expiry_days(days))
 
 
 def effective_status(status: str, expires_at: datetime, now: datetime) -> Status:
-    """A pending invitation past its expiry is expired, even before the sweep marks it."""
+    """A pending invitation past its expiry is expired, even before the sweep marks it. An
+    acceptance under way ('accepting') shows as accepted: its link is spent, and only
+    that link can finish it."""
     if status == "pending" and now >= expires_at:
         return "expired"
+    if status == "accepting":
+        return "accepted"
     if status not in ("pending", "accepted", "revoked", "expired"):
         raise ValueError(f"unknown invitation status {status!r}")
     return status  # type: ignore[return-value]
@@ -50,7 +74,10 @@ def effective_status(status: str, expires_at: datetime, now: datetime) -> Status
 
 # --- transitions ----------------------------------------------------------------------
 def check_token_usable(status: str, expires_at: datetime, now: datetime) -> None:
-    """Why a link can't be used (validate / accept); returns when it is still good."""
+    """Why a link can't be used (validate); returns when it is still good. An acceptance
+    under way is good: the same link, sent again, finishes it."""
+    if status == "accepting":
+        return
     current = effective_status(status, expires_at, now)
     if current == "accepted":
         raise Conflict(
@@ -61,14 +88,48 @@ def check_token_usable(status: str, expires_at: datetime, now: datetime) -> None
         raise Gone("This invitation has been revoked.", code="invitation_revoked")
     if current == "expired":
         raise Gone(
-            "This invitation link has expired. Ask for a new invitation.",
+            f"This invitation link expired at {when(expires_at)}.",
             code="invitation_expired",
+            details={"expired_at": expires_at.isoformat()},
         )
 
 
+def check_earlier_link(status: str) -> None:
+    """Why a link that a newer one replaced can't be used: always raises. What became of
+    the invitation comes first (accepted: log in; revoked: withdrawn); otherwise the link
+    was replaced, and the newest email has the one that works."""
+    if status in ("accepting", "accepted"):
+        raise Conflict(
+            "This invitation has already been used. Please log in instead.",
+            code="invitation_used",
+        )
+    if status == "revoked":
+        raise Gone("This invitation has been revoked.", code="invitation_revoked")
+    raise Gone(
+        "This link was replaced by a newer one; use the latest email we sent.",
+        code="invitation_replaced",
+    )
+
+
+def check_reservable(
+    status: str, expires_at: datetime, claim_until: datetime | None, now: datetime
+) -> None:
+    """Why an acceptance can't start (or take over); returns when it can: a pending link
+    in time, or an acceptance whose driver has gone quiet (its lease is over)."""
+    if status == "accepting":
+        if claim_until is not None and now < claim_until:
+            raise Conflict(
+                "This invitation has already been used. Please log in instead.",
+                code="invitation_used",
+            )
+        return
+    check_token_usable(status, expires_at, now)
+
+
 def check_can_resend(status: str) -> None:
-    """Resend works on pending and expired invitations; nothing leaves accepted/revoked."""
-    if status == "accepted":
+    """Resend works on pending and expired invitations; nothing leaves accepting/accepted/
+    revoked."""
+    if status in ("accepting", "accepted"):
         raise Conflict("This invitation has already been accepted.", code="invitation_accepted")
     if status == "revoked":
         raise Conflict(
@@ -78,13 +139,99 @@ def check_can_resend(status: str) -> None:
 
 
 def must_revoke(status: str) -> bool:
-    """True when revoking changes something; False when it is already revoked."""
-    if status == "accepted":
+    """True when revoking changes something; False when it is already revoked. An acceptance
+    under way has spent the link: the revoke comes too late, as for an accepted one."""
+    if status in ("accepting", "accepted"):
         raise Conflict(
             "This invitation has already been accepted and can't be revoked.",
             code="invitation_accepted",
         )
     return status != "revoked"
+
+
+def check_portal_active_for_resend(status: str, title: str | None) -> None:
+    """A new link for a portal that isn't Active would lead nowhere: refused, saying so."""
+    if status != "active":
+        raise Conflict(
+            f"The portal {title or ''!r} is {status.capitalize()}: its invitations can't be"
+            " resent. Make the portal Active first.",
+            code="portal_not_active",
+        )
+
+
+# --- caps on new links ----------------------------------------------------------------
+SEND_WINDOW = timedelta(hours=1)
+NEW_LINK_WINDOW = timedelta(days=1)
+
+
+def next_send_at(
+    sent: Iterable[datetime], limit: int, window: timedelta, now: datetime
+) -> datetime | None:
+    """None when one more send fits under ``limit`` sends in any ``window`` (sliding);
+    otherwise the moment it will: when enough of the recent sends have left the window."""
+    recent = sorted(t for t in sent if t > now - window)
+    if len(recent) < limit:
+        return None
+    return recent[len(recent) - limit] + window
+
+
+def when(moment: datetime) -> str:
+    """A moment for people: "2026-11-25 14:05 UTC"."""
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def send_limited(
+    until: datetime, now: datetime, *, limit: int, email: str | None = None
+) -> RateLimited:
+    """The refusal of a new link beyond a cap: 429, with when the next one can go (the
+    minute shown is rounded up, so trying at that minute works)."""
+    shown = until.replace(second=0, microsecond=0)
+    if shown < until:
+        shown += timedelta(minutes=1)
+    if email is None:
+        times = "once" if limit == 1 else f"{limit} times"
+        message = (
+            f"This invitation has been emailed {times} in the last hour."
+            f" The next email can go at {when(shown)}."
+        )
+    else:
+        links = "1 new invitation link" if limit == 1 else f"{limit} new invitation links"
+        message = (
+            f"{email} has been sent {links} in the last hour. The next one can go at {when(shown)}."
+        )
+    wait = max(1, math.ceil((until - now).total_seconds()))
+    return RateLimited(
+        message,
+        retry_after=wait,
+        code="send_rate_limited",
+        details={"retry_at": until.isoformat(), "retry_after": wait},
+    )
+
+
+# --- reminders ------------------------------------------------------------------------
+REMINDER_CHOICES = (0, 1, 3)  # days before expiry; 0 = Off
+
+
+def check_reminder_days(days: int) -> int:
+    if days not in REMINDER_CHOICES:
+        raise InvalidInput(
+            "Invitation Reminder must be Off (0), 1 or 3 days before expiry.",
+            code="invalid_reminder_days",
+        )
+    return days
+
+
+def reminder_due(
+    status: str, expires_at: datetime, reminded_at: datetime | None, days: int, now: datetime
+) -> bool:
+    """A pending invitation gets its one reminder from ``days`` before its expiry until it
+    expires (the sweep's SQL says the same)."""
+    return (
+        days > 0
+        and status == "pending"
+        and reminded_at is None
+        and expires_at - timedelta(days=days) <= now < expires_at
+    )
 
 
 # --- tokens ---------------------------------------------------------------------------
@@ -118,6 +265,36 @@ def email_key(email: str) -> str:
     return email.lower()
 
 
+# --- the invitee's name -----------------------------------------------------------------
+def clean_name(raw: str | None) -> str | None:
+    """The invitee's display name for the greeting: one line, at most 200 characters;
+    empty means none."""
+    if raw is None:
+        return None
+    text = " ".join("".join(c if c.isprintable() else " " for c in raw).split())
+    if len(text) > MAX_NAME_LENGTH:
+        raise InvalidInput(
+            f"The name must be at most {MAX_NAME_LENGTH} characters.", code="name_too_long"
+        )
+    return text or None
+
+
+# --- personal message -----------------------------------------------------------------
+def clean_personal_message(raw: str | None) -> str | None:
+    """Plain text, at most 1,000 characters; empty means none. Line breaks stay; other
+    control characters (which no one types and some mail clients choke on) go."""
+    if raw is None:
+        return None
+    text = raw.replace("\r\n", "\n").replace("\r", "\n")
+    text = "".join(c for c in text if c in "\n\t" or (ord(c) >= 32 and ord(c) != 127)).strip()
+    if len(text) > MAX_MESSAGE_LENGTH:
+        raise InvalidInput(
+            f"The Personal Message must be at most 1,000 characters (it has {len(text):,}).",
+            code="personal_message_too_long",
+        )
+    return text or None
+
+
 # --- the mail job ---------------------------------------------------------------------
 def accept_url(public_base: str, token: str) -> str:
     return f"{public_base}/invitations/accept?token={token}"
@@ -127,6 +304,13 @@ def site_name(public_base: str) -> str:
     return urlsplit(public_base).hostname or public_base
 
 
+def token_hash_or_none(token: str) -> str | None:
+    """The hash of something that may be a link's token; None when it can't be one."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    return hash_token(token)
+
+
 def mail_context(
     *,
     public_base: str,
@@ -134,14 +318,32 @@ def mail_context(
     portal_title: str,
     expires_at: datetime,
     invited_by: str | None,
+    expires_in_days: int | None = None,
+    personal_message: str | None = None,
+    invitee_name: str | None = None,
+    portal_titles: Sequence[str] = (),
 ) -> dict[str, str]:
-    return {
+    """``portal_titles``: the portals of one email sent for several invitations (a
+    group's link). ``portal_title`` then names them all in words, so a mailer that knows
+    only one portal still writes a true sentence."""
+    if len(portal_titles) > 1:
+        portal_title = titles_in_words(portal_titles)
+    context = {
         "accept_url": accept_url(public_base, token),
         "portal_title": portal_title,
         "site_name": site_name(public_base),
         "expires_at": expires_at.isoformat(),
         "invited_by": invited_by or "",
     }
+    if expires_in_days is not None:
+        context["expires_in_days"] = str(expires_in_days)
+    if personal_message:
+        context["personal_message"] = personal_message
+    if invitee_name:
+        context["invitee_name"] = invitee_name
+    if len(portal_titles) > 1:
+        context["portal_titles"] = json.dumps(list(portal_titles))
+    return context
 
 
 def check_portal_accepts(status: str) -> None:
@@ -150,3 +352,166 @@ def check_portal_accepts(status: str) -> None:
             f"This portal is {status}; only Active portals take invitations.",
             code="portal_not_active",
         )
+
+
+# --- staff invitations (Users → Invite Staff) -------------------------------------------
+STAFF_ROLES = ("administrator", "staff")
+ROLE_NAMES = {"administrator": "Administrator", "staff": "Staff", "client": "Client"}
+# Accepting a staff invitation never lowers a role: an account keeps the higher of its
+# own and the invited one.
+ROLE_RANK = {"client": 0, "staff": 1, "administrator": 2}
+
+
+def check_staff_role(role: str) -> str:
+    if role not in STAFF_ROLES:
+        raise InvalidInput("Choose a role: Administrator or Staff.", code="invalid_role")
+    return role
+
+
+def check_not_on_the_team(email: str, role: str, disabled: bool, invited: str) -> None:
+    """A staff invitation is for someone who isn't already at least the invited role.
+    A Client (or a stranger) is invited alike, so the answer says nothing about clients."""
+    if ROLE_RANK.get(role, 0) < ROLE_RANK[invited]:
+        return
+    if disabled:
+        raise Conflict(
+            f"{email} has a disabled {ROLE_NAMES[role]} account: Enable it instead.",
+            code="account_disabled",
+        )
+    article = "an" if role == "administrator" else "a"
+    raise Conflict(
+        f"{email} already has {article} {ROLE_NAMES[role]} account; no invitation is needed.",
+        code="already_on_team",
+    )
+
+
+def staff_mail_context(
+    *,
+    public_base: str,
+    token: str,
+    role: str,
+    expires_at: datetime,
+    invited_by: str | None,
+    expires_in_days: int | None,
+) -> dict[str, str]:
+    context = {
+        "accept_url": accept_url(public_base, token),
+        "site_name": site_name(public_base),
+        "role_name": ROLE_NAMES[role],
+        "expires_at": expires_at.isoformat(),
+        "invited_by": invited_by or "",
+    }
+    if expires_in_days is not None:
+        context["expires_in_days"] = str(expires_in_days)
+    return context
+
+
+# --- several portals, one invitation ----------------------------------------------------
+MAX_GROUP_PORTALS = 20
+
+
+def check_portal_ids(portal_ids: Sequence[object]) -> None:
+    """One invitation to several portals: 1 to 20 portals, each once."""
+    if not portal_ids:
+        raise InvalidInput("Choose at least one portal.", code="no_portals")
+    if len(portal_ids) > MAX_GROUP_PORTALS:
+        raise InvalidInput(
+            f"One invitation takes at most {MAX_GROUP_PORTALS} portals"
+            f" ({len(portal_ids)} were given).",
+            code="too_many_portals",
+        )
+    seen: set[object] = set()
+    for portal_id in portal_ids:
+        if portal_id in seen:
+            raise InvalidInput(
+                f"The portal {portal_id} is listed twice; list each portal once.",
+                code="duplicate_portal",
+                details={"portal_id": str(portal_id)},
+            )
+        seen.add(portal_id)
+
+
+def portal_names(titles: Sequence[str]) -> str:
+    """'Acme', 'Acme and Beta', 'Acme, Beta and Gamma': the portals in a sentence."""
+    quoted = [f"'{title}'" for title in titles]
+    if len(quoted) <= 1:
+        return "".join(quoted)
+    return ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def titles_in_words(titles: Sequence[str]) -> str:
+    """The portals of one email as a title: 'Acme, Beta and Gamma'."""
+    if len(titles) <= 1:
+        return "".join(titles)
+    return ", ".join(titles[:-1]) + " and " + titles[-1]
+
+
+@dataclass(frozen=True)
+class LinkRow:
+    """What the rules need of one invitation a group's link was sent for."""
+
+    status: str
+    expires_at: datetime
+    claim_until: datetime | None
+    portal_active: bool
+
+
+def acceptable_in_group(rows: Sequence[LinkRow], now: datetime) -> list[int]:
+    """Which of a group's invitations one acceptance of their link takes (their positions):
+    each pending one, in time, whose portal is still Active, and any acceptance under way
+    whose driver went quiet. Raises why nothing can be taken: another request is driving
+    the acceptance or it is done (used), no portal is Active any more (portal_not_active),
+    or what became of them (expired, revoked). A revoked invitation or an Archived portal
+    never blocks the others."""
+    if any(
+        r.status == "accepting" and (r.claim_until is None or now < r.claim_until) for r in rows
+    ):
+        raise Conflict(
+            "This invitation has already been used. Please log in instead.",
+            code="invitation_used",
+        )
+    taken = [
+        n
+        for n, r in enumerate(rows)
+        if r.status == "accepting"
+        or (r.status == "pending" and now < r.expires_at and r.portal_active)
+    ]
+    if taken:
+        return taken
+    statuses = {effective_status(r.status, r.expires_at, now) for r in rows}
+    if "accepted" in statuses:
+        raise Conflict(
+            "This invitation has already been used. Please log in instead.",
+            code="invitation_used",
+        )
+    if "pending" in statuses:
+        raise Conflict(
+            "The portals of this invitation aren't available at the moment. Ask the person"
+            " who invited you.",
+            code="portal_not_active",
+        )
+    if "expired" in statuses:
+        last = max(r.expires_at for r in rows if r.status in ("pending", "expired"))
+        check_token_usable("pending", last, now)
+    raise Gone("This invitation has been revoked.", code="invitation_revoked")
+
+
+def usable_in_group(rows: Sequence[LinkRow], now: datetime) -> list[int]:
+    """What validating a group's link shows: the invitations an acceptance would take,
+    or, while one is under way (only its own link can finish it), those it holds."""
+    holding = [n for n, r in enumerate(rows) if r.status == "accepting"]
+    if holding:
+        return holding
+    return acceptable_in_group(rows, now)
+
+
+def earlier_group_link(statuses: Iterable[str]) -> None:
+    """Why a group's link that newer ones replaced can't be used: always raises. While
+    any of its invitations is still open, the newest email has the link that works;
+    otherwise what became of them (used, revoked)."""
+    found = set(statuses)
+    if found & {"pending", "expired"}:
+        check_earlier_link("pending")
+    if found & {"accepting", "accepted"}:
+        check_earlier_link("accepted")
+    check_earlier_link("revoked")

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import get_args
 
 import asyncpg
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from libs.common.logging import get_logger
 
@@ -21,6 +21,22 @@ log = get_logger(__name__)
 REFRESH_SECONDS = 15.0
 
 INVITATIONS = Gauge("clientpress_invitations", "Invitations by status", ["status"])
+# Per replica (sum them): what each served Email me a new link request came to (sent,
+# daily_limit, send_rate_limited, portal_not_active, invitation_revoked, …), reminders
+# sent or deferred by the caps, and new links the caps refused, by which cap.
+NEW_LINK_REQUESTS = Counter(
+    "clientpress_invitation_new_link_requests_total",
+    "Email me a new link requests served, by outcome",
+    ["outcome"],
+)
+REMINDERS = Counter(
+    "clientpress_invitation_reminders_total", "Invitation reminders, by result", ["result"]
+)
+SENDS_CAPPED = Counter(
+    "clientpress_invitation_sends_capped_total",
+    "New links refused by the caps on new links, by cap",
+    ["cap"],
+)
 
 # A pending invitation past its expiry counts as expired, as the list shows it.
 _COUNTS = (

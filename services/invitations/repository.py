@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import operator
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
 
 import asyncpg
@@ -17,10 +20,20 @@ Row = asyncpg.Record
 _COLUMNS = (
     "i.id, i.email, i.email_lower, i.portal_id, p.title AS portal_title,"
     " p.slug AS portal_slug, i.status, i.sent_at, i.expires_at, i.delivery,"
-    " i.delivery_error, i.last_mail_id, i.sub_client, i.invited_by, i.idempotency_key,"
-    " i.accepted_user_id, i.accepted_at, i.revoked_at, i.created_at, i.send_count"
+    " i.delivery_error, i.last_mail_id, i.sub_client, i.invited_by,"
+    # A group's rows carry the group's key (the request's), unless they got their own.
+    " COALESCE(i.idempotency_key, g.idempotency_key) AS idempotency_key,"
+    " i.accepted_user_id, i.accepted_at, i.revoked_at, i.created_at, i.send_count,"
+    " i.delivery_next_attempt_at, i.accept_claim_until, i.expires_in_days, i.expiry_chosen,"
+    " i.personal_message, i.invitee_name, i.send_reason, i.reminded_at, i.staff_role,"
+    " i.group_id, i.token_hash, p.status AS portal_status"
 )
-_JOIN = "LEFT JOIN portals p ON p.portal_id = i.portal_id"
+_JOIN = (
+    "LEFT JOIN portals p ON p.portal_id = i.portal_id"
+    " LEFT JOIN invitation_groups g ON g.id = i.group_id"
+)
+# A group's invitations in the order their portals were asked for.
+_GROUP_ORDER = " ORDER BY array_position(g.portal_ids, i.portal_id), i.created_at, i.id"
 
 
 def _returning(change_sql: str) -> str:
@@ -30,13 +43,24 @@ def _returning(change_sql: str) -> str:
 
 
 # --- settings -------------------------------------------------------------------------
-async def expiry_days(conn: Conn) -> int:
-    value = await conn.fetchval("SELECT invitation_expiry_days FROM settings")
+async def expiry_days(conn: Conn, *, for_update: bool = False) -> int:
+    """``for_update``: lock the settings row until the transaction ends (a change)."""
+    lock = " FOR UPDATE" if for_update else ""
+    value = await conn.fetchval("SELECT invitation_expiry_days FROM settings" + lock)
     return int(value)
 
 
 async def set_expiry_days(conn: Conn, days: int) -> None:
     await conn.execute("UPDATE settings SET invitation_expiry_days = $1", days)
+
+
+async def reminder_days(conn: Conn) -> int:
+    value = await conn.fetchval("SELECT invitation_reminder_days FROM settings")
+    return int(value)
+
+
+async def set_reminder_days(conn: Conn, days: int) -> None:
+    await conn.execute("UPDATE settings SET invitation_reminder_days = $1", days)
 
 
 # --- portals replica ------------------------------------------------------------------
@@ -92,6 +116,14 @@ async def find_by_token(conn: Conn, token_hash: str) -> Row | None:
     )
 
 
+async def find_all_by_token(conn: Db, token_hash: str) -> list[Row]:
+    """Whose current link this is: one invitation, or the rows of a group sent together."""
+    return await conn.fetch(
+        f"SELECT {_COLUMNS} FROM invitations i {_JOIN} WHERE i.token_hash = $1{_GROUP_ORDER}",
+        token_hash,
+    )
+
+
 async def find_pending_for_update(conn: Conn, portal_id: uuid.UUID, email_lower: str) -> Row | None:
     return await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM invitations i {_JOIN}"
@@ -108,7 +140,7 @@ async def insert(
     invitation_id: uuid.UUID,
     email: str,
     email_lower: str,
-    portal_id: uuid.UUID,
+    portal_id: uuid.UUID | None,
     token_hash: str,
     sent_at: datetime,
     expires_at: datetime,
@@ -116,15 +148,24 @@ async def insert(
     sub_client: bool | None,
     invited_by: str | None,
     idempotency_key: str | None,
+    expires_in_days: int | None = None,
+    expiry_chosen: bool = False,
+    personal_message: str | None = None,
+    invitee_name: str | None = None,
+    staff_role: str | None = None,
+    group_id: uuid.UUID | None = None,
 ) -> Row | None:
-    """The new invitation, or None when a unique rule (one pending per email+portal,
-    idempotency key) said no."""
+    """The new invitation, or None when a unique rule (one pending per email+portal, or
+    per email for staff invitations; idempotency key) said no. A staff invitation has a
+    ``staff_role`` and no portal."""
     return await conn.fetchrow(
         _returning(
             "INSERT INTO invitations (id, email, email_lower, portal_id, token_hash, sent_at,"
-            " expires_at, last_mail_id, sub_client, invited_by, idempotency_key)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-            " ON CONFLICT DO NOTHING"
+            " expires_at, last_mail_id, sub_client, invited_by, idempotency_key,"
+            " expires_in_days, expiry_chosen, personal_message, invitee_name, staff_role,"
+            " group_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,"
+            " $17) ON CONFLICT DO NOTHING"
         ),
         invitation_id,
         email,
@@ -137,7 +178,60 @@ async def insert(
         sub_client,
         invited_by,
         idempotency_key,
+        expires_in_days,
+        expiry_chosen,
+        personal_message,
+        invitee_name,
+        staff_role,
+        group_id,
     )
+
+
+@dataclass(frozen=True)
+class NewInvitation:
+    """A first invitation's row, as ``insert`` takes it (one or many)."""
+
+    invitation_id: uuid.UUID
+    email: str
+    email_lower: str
+    portal_id: uuid.UUID
+    token_hash: str
+    sent_at: datetime
+    expires_at: datetime
+    mail_id: uuid.UUID
+    sub_client: bool | None
+    invited_by: str | None
+    idempotency_key: str | None
+    expires_in_days: int | None = None
+    expiry_chosen: bool = False
+    personal_message: str | None = None
+    invitee_name: str | None = None
+
+
+_NEW_VALUES = operator.attrgetter(*(f.name for f in fields(NewInvitation)))
+_NEW_TYPES = (
+    "uuid[], text[], text[], uuid[], text[], timestamptz[], timestamptz[], uuid[], bool[],"
+    " text[], text[], int[], bool[], text[], text[]"
+)
+
+
+async def insert_many(conn: Conn, rows: Sequence[NewInvitation]) -> int:
+    """Many first invitations in one statement; returns how many were written (fewer
+    when a unique rule said no to some: the caller redoes the rows one by one)."""
+    columns = list(zip(*map(_NEW_VALUES, rows), strict=True))
+    placeholders = ", ".join(
+        f"${n}::{kind.strip()}" for n, kind in enumerate(_NEW_TYPES.split(","), start=1)
+    )
+    written = await conn.fetchval(
+        "WITH i AS (INSERT INTO invitations (id, email, email_lower, portal_id, token_hash,"
+        " sent_at, expires_at, last_mail_id, sub_client, invited_by, idempotency_key,"
+        " expires_in_days, expiry_chosen, personal_message, invitee_name)"
+        f" SELECT * FROM unnest({placeholders})"
+        " ON CONFLICT DO NOTHING RETURNING 1)"
+        " SELECT count(*) FROM i",
+        *columns,
+    )
+    return int(written)
 
 
 async def reissue(
@@ -149,14 +243,21 @@ async def reissue(
     expires_at: datetime,
     mail_id: uuid.UUID,
     idempotency_key: str | None = None,
+    expires_in_days: int | None = None,
+    expiry_chosen: bool = False,
+    personal_message: str | None = None,
+    invitee_name: str | None = None,
+    reason: str | None = None,
 ) -> Row:
     """New token and expiry: the old hash is overwritten, so the old link dies at once."""
     row = await conn.fetchrow(
         _returning(
             "UPDATE invitations SET status = 'pending', token_hash = $2, sent_at = $3,"
             " expires_at = $4, last_mail_id = $5, send_count = send_count + 1,"
-            " delivery = 'queued', delivery_error = NULL,"
-            " idempotency_key = COALESCE(idempotency_key, $6)"
+            " delivery = 'queued', delivery_error = NULL, delivery_next_attempt_at = NULL,"
+            " idempotency_key = COALESCE(idempotency_key, $6),"
+            " expires_in_days = $7, expiry_chosen = $8, personal_message = $9,"
+            " invitee_name = $10, send_reason = $11"
             " WHERE id = $1"
         ),
         invitation_id,
@@ -165,6 +266,11 @@ async def reissue(
         expires_at,
         mail_id,
         idempotency_key,
+        expires_in_days,
+        expiry_chosen,
+        personal_message,
+        invitee_name,
+        reason,
     )
     assert row is not None
     return row
@@ -183,17 +289,67 @@ async def revoke(conn: Conn, invitation_id: uuid.UUID, now: datetime) -> Row:
     return row
 
 
-async def accept(conn: Conn, token_hash: str, user_id: uuid.UUID, now: datetime) -> Row | None:
-    """Exactly one caller wins: the row lock serialises them and the status check fails
-    for everyone after the first."""
+async def reserve(
+    conn: Conn, token_hash: str, claim: uuid.UUID, now: datetime, until: datetime
+) -> Row | None:
+    """Spend the link for one request: a pending one in time, or an acceptance whose lease
+    is over. Exactly one caller wins: the row lock serialises them and the conditions fail
+    for everyone after the first (the ``SET`` reads the row as it was)."""
     return await conn.fetchrow(
         _returning(
-            "UPDATE invitations SET status = 'accepted', accepted_user_id = $2,"
-            " accepted_at = $3"
-            " WHERE token_hash = $1 AND status = 'pending' AND expires_at > $3"
+            "UPDATE invitations SET status = 'accepting', accept_claim = $2,"
+            " accept_claim_until = $4, accept_reopenable = (status = 'pending')"
+            " WHERE token_hash = $1 AND group_id IS NULL"
+            " AND ((status = 'pending' AND expires_at > $3)"
+            " OR (status = 'accepting' AND accept_claim_until <= $3))"
         ),
         token_hash,
+        claim,
+        now,
+        until,
+    )
+
+
+async def accept(
+    conn: Conn, token_hash: str, claim: uuid.UUID, user_id: uuid.UUID, now: datetime
+) -> list[Row]:
+    """Finish the acceptance this claim holds (a group's link: each of its rows the claim
+    holds); empty when another request holds it now."""
+    return await conn.fetch(
+        _returning(
+            "UPDATE invitations SET status = 'accepted', accepted_user_id = $3,"
+            " accepted_at = $4, accept_claim = NULL, accept_claim_until = NULL"
+            " WHERE token_hash = $1 AND status = 'accepting' AND accept_claim = $2"
+        )
+        + _GROUP_ORDER,
+        token_hash,
+        claim,
         user_id,
+        now,
+    )
+
+
+async def reopen(conn: Conn, token_hash: str, claim: uuid.UUID) -> bool:
+    """Hand an acceptance that made nothing back to 'pending' (only a claim taken straight
+    from 'pending': after a takeover, an earlier try may have made the account)."""
+    result = await conn.execute(
+        "UPDATE invitations SET status = 'pending', accept_claim = NULL,"
+        " accept_claim_until = NULL, accept_reopenable = false"
+        " WHERE token_hash = $1 AND status = 'accepting' AND accept_claim = $2"
+        " AND accept_reopenable",
+        token_hash,
+        claim,
+    )
+    return result != "UPDATE 0"
+
+
+async def end_claim(conn: Conn, token_hash: str, claim: uuid.UUID, now: datetime) -> None:
+    """End the lease now, so the same link may take the acceptance over at once."""
+    await conn.execute(
+        "UPDATE invitations SET accept_claim_until = $3"
+        " WHERE token_hash = $1 AND status = 'accepting' AND accept_claim = $2",
+        token_hash,
+        claim,
         now,
     )
 
@@ -203,7 +359,8 @@ async def set_delivery(
 ) -> bool:
     """Only the latest send's outcome counts: an old failure can't mark a newer send."""
     result = await conn.execute(
-        "UPDATE invitations SET delivery = $3, delivery_error = $4"
+        "UPDATE invitations SET delivery = $3, delivery_error = $4,"
+        " delivery_next_attempt_at = NULL"
         " WHERE id = $1 AND last_mail_id = $2",
         invitation_id,
         mail_id,
@@ -213,12 +370,36 @@ async def set_delivery(
     return result != "UPDATE 0"
 
 
+async def set_delivery_retrying(
+    conn: Conn,
+    invitation_id: uuid.UUID,
+    mail_id: uuid.UUID,
+    next_attempt_at: datetime,
+    reason: str,
+) -> bool:
+    """The latest send waits for its next try. Never over a final outcome, nor over a
+    later try's announcement (events can arrive out of order; next tries only move on)."""
+    result = await conn.execute(
+        "UPDATE invitations SET delivery = 'retrying', delivery_error = $4,"
+        " delivery_next_attempt_at = $3"
+        " WHERE id = $1 AND last_mail_id = $2 AND delivery IN ('queued', 'retrying')"
+        " AND (delivery_next_attempt_at IS NULL OR delivery_next_attempt_at < $3)",
+        invitation_id,
+        mail_id,
+        next_attempt_at,
+        reason,
+    )
+    return result != "UPDATE 0"
+
+
 async def expire_due(conn: Conn, now: datetime, batch: int) -> list[Row]:
     return await conn.fetch(
-        "UPDATE invitations SET status = 'expired' WHERE id IN ("
+        "WITH i AS (UPDATE invitations SET status = 'expired' WHERE id IN ("
         " SELECT id FROM invitations WHERE status = 'pending' AND expires_at <= $1"
-        " ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
-        " RETURNING id, portal_id, email",
+        " ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING *)"
+        " SELECT i.id, i.portal_id, i.email, i.group_id, i.staff_role, i.invited_by,"
+        " COALESCE(i.idempotency_key, g.idempotency_key) AS idempotency_key"
+        " FROM i LEFT JOIN invitation_groups g ON g.id = i.group_id",
         now,
         batch,
     )
@@ -232,10 +413,12 @@ async def page(
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
     now: datetime,
+    email_lower: str | None = None,
 ) -> list[Row]:
     """Newest first, keyset-paginated on (created_at, id). Status filters use the
     effective status, so a pending link past its expiry lists as expired."""
-    where: list[str] = []
+    # The Invitations screen's: client invitations (staff ones are on the Users screen).
+    where: list[str] = ["i.staff_role IS NULL"]
     args: list[object] = []
 
     def arg(value: object) -> str:
@@ -248,10 +431,14 @@ async def page(
         where.append(
             f"(i.status = 'expired' OR (i.status = 'pending' AND i.expires_at <= {arg(now)}))"
         )
+    elif status == "accepted":
+        where.append("i.status IN ('accepted', 'accepting')")
     elif status is not None:
         where.append(f"i.status = {arg(status)}")
     if portal_id is not None:
         where.append(f"i.portal_id = {arg(portal_id)}")
+    if email_lower is not None:
+        where.append(f"i.email_lower = {arg(email_lower)}")
     if after is not None:
         where.append(f"(i.created_at, i.id) < ({arg(after[0])}, {arg(after[1])})")
     clause = ("WHERE " + " AND ".join(where)) if where else ""
@@ -259,4 +446,454 @@ async def page(
         f"SELECT {_COLUMNS} FROM invitations i {_JOIN} {clause}"
         f" ORDER BY i.created_at DESC, i.id DESC LIMIT {arg(limit)}",
         *args,
+    )
+
+
+async def status_counts(
+    conn: Conn, *, portal_id: uuid.UUID | None, email_lower: str | None, now: datetime
+) -> dict[str, int]:
+    """How many invitations each status tab holds (effective status, as the list). One
+    count per stored status, each a range of an index that leads with the filter and the
+    status (invitations_status_newest, invitations_portal_status_newest, or an email's few
+    rows), and the pending ones past their end from invitations_due: no scan of the table,
+    however many rows it holds."""
+    args: list[object] = [now]
+    extra = " AND i.staff_role IS NULL"  # client invitations only, as the list
+    if portal_id is not None:
+        args.append(portal_id)
+        extra += f" AND i.portal_id = ${len(args)}"
+    if email_lower is not None:
+        args.append(email_lower)
+        extra += f" AND i.email_lower = ${len(args)}"
+    row = await conn.fetchrow(
+        "SELECT"
+        f" (SELECT count(*) FROM invitations i WHERE i.status = 'pending'{extra}) AS pending,"
+        f" (SELECT count(*) FROM invitations i WHERE i.status = 'pending'"
+        f"  AND i.expires_at <= $1{extra}) AS overdue,"
+        f" (SELECT count(*) FROM invitations i WHERE i.status = 'accepted'{extra}) AS accepted,"
+        f" (SELECT count(*) FROM invitations i WHERE i.status = 'accepting'{extra}) AS accepting,"
+        f" (SELECT count(*) FROM invitations i WHERE i.status = 'expired'{extra}) AS expired,"
+        f" (SELECT count(*) FROM invitations i WHERE i.status = 'revoked'{extra}) AS revoked",
+        *args,
+    )
+    assert row is not None
+    counts = {
+        "pending": row["pending"] - row["overdue"],
+        "accepted": row["accepted"] + row["accepting"],
+        "expired": row["expired"] + row["overdue"],
+        "revoked": row["revoked"],
+    }
+    return {"all": sum(counts.values()), **counts}
+
+
+# --- staff invitations (Users → Invite Staff) ------------------------------------------
+async def find_pending_staff_for_update(conn: Conn, email_lower: str) -> Row | None:
+    return await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM invitations i {_JOIN}"
+        " WHERE i.staff_role IS NOT NULL AND i.email_lower = $1 AND i.status = 'pending'"
+        " FOR UPDATE OF i",
+        email_lower,
+    )
+
+
+async def set_staff_role(conn: Conn, invitation_id: uuid.UUID, role: str) -> None:
+    await conn.execute(
+        "UPDATE invitations SET staff_role = $2 WHERE id = $1 AND staff_role IS NOT NULL",
+        invitation_id,
+        role,
+    )
+
+
+async def open_staff_invitations(conn: Db, limit: int) -> list[Row]:
+    """The Users screen's: staff invitations still pending or expired (a Resend can still
+    send those), newest first."""
+    return await conn.fetch(
+        f"SELECT {_COLUMNS} FROM invitations i {_JOIN}"
+        " WHERE i.staff_role IS NOT NULL AND i.status IN ('pending', 'expired')"
+        " ORDER BY i.created_at DESC, i.id DESC LIMIT $1",
+        limit,
+    )
+
+
+# --- batches (issue 16) ---------------------------------------------------------------
+async def find_batch_keys(conn: Db, keys: list[str]) -> list[Row]:
+    return await conn.fetch(
+        "SELECT key, invitation_id, portal_id, email_lower, outcome FROM batch_keys"
+        " WHERE key = ANY($1::text[])",
+        keys,
+    )
+
+
+async def record_batch_key(
+    conn: Conn,
+    key: str,
+    invitation_id: uuid.UUID,
+    portal_id: uuid.UUID,
+    email_lower: str,
+    outcome: str,
+) -> bool:
+    """False when a concurrent request recorded this key first."""
+    done = await conn.fetchval(
+        "INSERT INTO batch_keys (key, invitation_id, portal_id, email_lower, outcome)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
+        key,
+        invitation_id,
+        portal_id,
+        email_lower,
+        outcome,
+    )
+    return bool(done)
+
+
+async def record_batch_keys(
+    conn: Conn, portal_id: uuid.UUID, done: Sequence[tuple[str, uuid.UUID, str, str]]
+) -> int:
+    """Many rows' keys (key, invitation id, email_lower, outcome) at once; returns how
+    many were new (fewer: a concurrent request recorded some first)."""
+    written = await conn.fetchval(
+        "WITH k AS (INSERT INTO batch_keys (key, invitation_id, portal_id, email_lower, outcome)"
+        " SELECT key, invitation_id, $5, email_lower, outcome"
+        " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[])"
+        " AS d(key, invitation_id, email_lower, outcome)"
+        " ON CONFLICT DO NOTHING RETURNING 1)"
+        " SELECT count(*) FROM k",
+        [d[0] for d in done],
+        [d[1] for d in done],
+        [d[2] for d in done],
+        [d[3] for d in done],
+        portal_id,
+    )
+    return int(written)
+
+
+async def pending_emails(conn: Db, portal_id: uuid.UUID, email_lowers: list[str]) -> set[str]:
+    """Which of these addresses have a pending invitation to the portal (a send resends)."""
+    rows = await conn.fetch(
+        "SELECT email_lower FROM invitations"
+        " WHERE portal_id = $1 AND status = 'pending' AND email_lower = ANY($2::text[])",
+        portal_id,
+        email_lowers,
+    )
+    return {row["email_lower"] for row in rows}
+
+
+# --- every link sent (invitation_links) ----------------------------------------------------
+async def record_link(
+    conn: Conn,
+    *,
+    token_hash: str,
+    invitation_id: uuid.UUID,
+    email_lower: str,
+    issued_at: datetime,
+    expires_at: datetime,
+    reason: str,
+) -> None:
+    """Keep the new link's hash, and mark the invitation's earlier link replaced."""
+    await conn.execute(
+        "WITH earlier AS (UPDATE invitation_links SET replaced_at = $4"
+        " WHERE invitation_id = $2 AND replaced_at IS NULL)"
+        " INSERT INTO invitation_links"
+        " (token_hash, invitation_id, email_lower, issued_at, expires_at, reason)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        token_hash,
+        invitation_id,
+        email_lower,
+        issued_at,
+        expires_at,
+        reason,
+    )
+
+
+async def record_first_links(conn: Conn, rows: Sequence[NewInvitation], reason: str) -> None:
+    """The first link of each of these new invitations (none has an earlier one)."""
+    await conn.execute(
+        "INSERT INTO invitation_links"
+        " (token_hash, invitation_id, email_lower, issued_at, expires_at, reason)"
+        " SELECT token_hash, invitation_id, email_lower, issued_at, expires_at, $6"
+        " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[],"
+        " $5::timestamptz[]) AS l(token_hash, invitation_id, email_lower, issued_at, expires_at)",
+        [row.token_hash for row in rows],
+        [row.invitation_id for row in rows],
+        [row.email_lower for row in rows],
+        [row.sent_at for row in rows],
+        [row.expires_at for row in rows],
+        reason,
+    )
+
+
+async def find_link(conn: Db, token_hash: str) -> Row | None:
+    """A link that is known, current or not, with its invitation's stored status (a
+    group's link: its first invitation's; find_links has them all)."""
+    found = await find_links(conn, token_hash)
+    return found[0] if found else None
+
+
+async def find_links(conn: Db, token_hash: str) -> list[Row]:
+    """A link that is known, once per invitation it was sent for, with each invitation's
+    stored status and group."""
+    return await conn.fetch(
+        "SELECT l.invitation_id, l.issued_at, l.expires_at, l.replaced_at, i.status,"
+        " i.group_id, i.token_hash = l.token_hash AS current"
+        " FROM invitation_links l JOIN invitations i ON i.id = l.invitation_id"
+        " WHERE l.token_hash = $1 ORDER BY l.invitation_id",
+        token_hash,
+    )
+
+
+async def sends_of_invitation(
+    conn: Conn, invitation_id: uuid.UUID, since: datetime, reason: str | None = None
+) -> list[datetime]:
+    """When this invitation's links went out after ``since`` (only ``reason``'s, if given)."""
+    rows = await conn.fetch(
+        "SELECT issued_at FROM invitation_links WHERE invitation_id = $1 AND issued_at > $2"
+        " AND ($3::text IS NULL OR reason = $3)",
+        invitation_id,
+        since,
+        reason,
+    )
+    return [row["issued_at"] for row in rows]
+
+
+async def resends_to_address(conn: Conn, email_lower: str, since: datetime) -> list[datetime]:
+    """When new links (not first invitations) went to this address after ``since``: one
+    per link, however many invitations of a group it was sent for (one email)."""
+    rows = await conn.fetch(
+        "SELECT min(issued_at) AS issued_at FROM invitation_links"
+        " WHERE email_lower = $1 AND issued_at > $2 AND reason IS DISTINCT FROM 'invited'"
+        " GROUP BY token_hash",
+        email_lower,
+        since,
+    )
+    return [row["issued_at"] for row in rows]
+
+
+async def lock_address(conn: Conn, email_lower: str) -> None:
+    """Serialise the sends to one address until the transaction ends, so two new links
+    to different invitations of one person can't both pass the per-address cap."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('invitations:address:' || $1, 0))",
+        email_lower,
+    )
+
+
+# --- reminders ------------------------------------------------------------------------
+async def reminder_candidates(
+    conn: Conn, now: datetime, days: int, after: tuple[datetime, uuid.UUID] | None, batch: int
+) -> list[Row]:
+    """Pending, not yet reminded, inside the reminder window, of an Active portal; in
+    (expires_at, id) order after ``after``."""
+    return await conn.fetch(
+        "SELECT i.id, i.expires_at, i.group_id FROM invitations i"
+        " JOIN portals p ON p.portal_id = i.portal_id AND p.status = 'active'"
+        " WHERE i.status = 'pending' AND i.reminded_at IS NULL AND i.expires_at > $1"
+        " AND i.expires_at <= $1 + make_interval(days => $2)"
+        " AND ($3::timestamptz IS NULL OR (i.expires_at, i.id) > ($3, $4::uuid))"
+        " ORDER BY i.expires_at, i.id LIMIT $5",
+        now,
+        days,
+        after[0] if after else None,
+        after[1] if after else None,
+        batch,
+    )
+
+
+async def claim_reminder(conn: Conn, invitation_id: uuid.UUID, now: datetime) -> Row | None:
+    """Take this invitation's one reminder: exactly one transaction (of any replica) gets
+    the row, the others find ``reminded_at`` set once the winner commits."""
+    return await conn.fetchrow(
+        _returning(
+            "UPDATE invitations SET reminded_at = $2"
+            " WHERE id = $1 AND status = 'pending' AND reminded_at IS NULL AND expires_at > $2"
+        ),
+        invitation_id,
+        now,
+    )
+
+
+async def relink(
+    conn: Conn, invitation_id: uuid.UUID, *, token_hash: str, mail_id: uuid.UUID, reason: str
+) -> Row:
+    """A fresh link with the same expiry (a reminder): the old hash is overwritten."""
+    row = await conn.fetchrow(
+        _returning(
+            "UPDATE invitations SET token_hash = $2, last_mail_id = $3,"
+            " send_count = send_count + 1, send_reason = $4, delivery = 'queued',"
+            " delivery_error = NULL, delivery_next_attempt_at = NULL"
+            " WHERE id = $1"
+        ),
+        invitation_id,
+        token_hash,
+        mail_id,
+        reason,
+    )
+    assert row is not None
+    return row
+
+
+# --- Email me a new link requests -------------------------------------------------------
+async def add_link_request(conn: Db, token_hash: str, now: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO link_requests (token_hash, requested_at) VALUES ($1, $2)"
+        " ON CONFLICT (token_hash) DO NOTHING",
+        token_hash,
+        now,
+    )
+
+
+async def take_link_request(conn: Conn) -> Row | None:
+    """The oldest waiting request, removed in the caller's transaction (so it comes back
+    if that transaction fails); one that another worker holds is skipped."""
+    return await conn.fetchrow(
+        "DELETE FROM link_requests WHERE token_hash = ("
+        " SELECT token_hash FROM link_requests ORDER BY requested_at"
+        " LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING token_hash, requested_at"
+    )
+
+
+async def drop_stale_link_requests(conn: Db, before: datetime) -> int:
+    """Requests nobody could serve for long (a bug, a database away): dropped, so one can
+    never hold the queue; the person may ask again."""
+    result = await conn.execute("DELETE FROM link_requests WHERE requested_at < $1", before)
+    return int(result.split()[-1])
+
+
+# --- groups: several portals, one invitation ---------------------------------------------
+async def insert_group(
+    conn: Conn,
+    group_id: uuid.UUID,
+    email_lower: str,
+    portal_ids: list[uuid.UUID],
+    idempotency_key: str | None,
+) -> bool:
+    """False when a concurrent request made a group under this key first."""
+    done = await conn.fetchval(
+        "INSERT INTO invitation_groups (id, email_lower, portal_ids, idempotency_key)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
+        group_id,
+        email_lower,
+        portal_ids,
+        idempotency_key,
+    )
+    return bool(done)
+
+
+async def find_group_by_key(conn: Db, key: str) -> Row | None:
+    return await conn.fetchrow(
+        "SELECT id, email_lower, portal_ids FROM invitation_groups WHERE idempotency_key = $1",
+        key,
+    )
+
+
+async def single_key_taken(conn: Db, key: str) -> bool:
+    """Whether this key names an invitation made on its own (not a group)."""
+    return bool(await conn.fetchval("SELECT true FROM invitations WHERE idempotency_key = $1", key))
+
+
+async def group_key_taken(conn: Db, key: str) -> bool:
+    """Whether this key names a group (several portals, one invitation)."""
+    return bool(
+        await conn.fetchval("SELECT true FROM invitation_groups WHERE idempotency_key = $1", key)
+    )
+
+
+async def group_members(conn: Db, group_id: uuid.UUID) -> list[Row]:
+    """The group's invitations, in the order their portals were asked for."""
+    return await conn.fetch(
+        f"SELECT {_COLUMNS} FROM invitations i {_JOIN} WHERE i.group_id = $1{_GROUP_ORDER}",
+        group_id,
+    )
+
+
+async def lock_group(conn: Conn, group_id: uuid.UUID) -> list[Row]:
+    """Every invitation of the group, locked, in id order. Whatever changes several rows
+    of a group (a resend of its link, its reminder, an acceptance) takes the group's lock
+    first and its rows in one order, so two of them can't deadlock."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('invitations:group:' || $1::uuid::text, 0))",
+        group_id,
+    )
+    return await conn.fetch(
+        f"SELECT {_COLUMNS} FROM invitations i {_JOIN} WHERE i.group_id = $1"
+        " ORDER BY i.id FOR UPDATE OF i",
+        group_id,
+    )
+
+
+async def pending_portal_ids(
+    conn: Db, email_lower: str, portal_ids: list[uuid.UUID], *, besides: list[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Which of these portals this address has a pending invitation to, other than the
+    invitations ``besides``."""
+    rows = await conn.fetch(
+        "SELECT portal_id FROM invitations WHERE email_lower = $1 AND status = 'pending'"
+        " AND portal_id = ANY($2::uuid[]) AND NOT (id = ANY($3::uuid[]))",
+        email_lower,
+        portal_ids,
+        besides,
+    )
+    return {row["portal_id"] for row in rows}
+
+
+async def reserve_ids(
+    conn: Conn, ids: list[uuid.UUID], claim: uuid.UUID, until: datetime
+) -> list[Row]:
+    """Spend a group's link for one request: these rows (locked and checked by the
+    caller) are the ones its acceptance will accept."""
+    return await conn.fetch(
+        _returning(
+            "UPDATE invitations SET status = 'accepting', accept_claim = $2,"
+            " accept_claim_until = $3, accept_reopenable = (status = 'pending')"
+            " WHERE id = ANY($1::uuid[])"
+        )
+        + _GROUP_ORDER,
+        ids,
+        claim,
+        until,
+    )
+
+
+async def set_group_delivery(
+    conn: Conn, group_id: uuid.UUID, mail_id: uuid.UUID, delivery: str, error: str | None
+) -> bool:
+    """A group's email went (or failed): each of its rows that this mail is the latest of."""
+    result = await conn.execute(
+        "UPDATE invitations SET delivery = $3, delivery_error = $4,"
+        " delivery_next_attempt_at = NULL WHERE id IN (SELECT id FROM invitations"
+        " WHERE group_id = $1 AND last_mail_id = $2 ORDER BY id FOR UPDATE)",
+        group_id,
+        mail_id,
+        delivery,
+        error,
+    )
+    return result != "UPDATE 0"
+
+
+async def set_group_delivery_retrying(
+    conn: Conn, group_id: uuid.UUID, mail_id: uuid.UUID, next_attempt_at: datetime, reason: str
+) -> bool:
+    result = await conn.execute(
+        "UPDATE invitations SET delivery = 'retrying', delivery_error = $4,"
+        " delivery_next_attempt_at = $3 WHERE id IN (SELECT id FROM invitations"
+        " WHERE group_id = $1 AND last_mail_id = $2 AND delivery IN ('queued', 'retrying')"
+        " AND (delivery_next_attempt_at IS NULL OR delivery_next_attempt_at < $3)"
+        " ORDER BY id FOR UPDATE)",
+        group_id,
+        mail_id,
+        next_attempt_at,
+        reason,
+    )
+    return result != "UPDATE 0"
+
+
+async def claim_reminders(conn: Conn, ids: list[uuid.UUID], now: datetime) -> list[Row]:
+    """Take the one reminder of each of these rows of a group (locked by the caller) that
+    still wants it."""
+    return await conn.fetch(
+        _returning(
+            "UPDATE invitations SET reminded_at = $2 WHERE id = ANY($1::uuid[])"
+            " AND status = 'pending' AND reminded_at IS NULL AND expires_at > $2"
+        )
+        + _GROUP_ORDER,
+        ids,
+        now,
     )

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 
 from libs.common.settings import CommonSettings
 
 
 class InvitationsSettings(CommonSettings):
+    # This service's own broker user (invitations's password; see CommonSettings.service_amqp_url).
+    invitations_broker_password: SecretStr | None = None
     invitations_host: str = "127.0.0.1"
     invitations_port: int = Field(default=8103, ge=1, le=65535)
+    # /healthz, /readyz, /metrics (never routed by an ingress); MANAGEMENT_PORT is the
+    # generic name, for a container that runs one service.
+    invitations_management_port: int = Field(
+        default=9103,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("invitations_management_port", "management_port"),
+    )
     portals_url: str = "http://127.0.0.1:8102"
     identity_url: str = "http://127.0.0.1:8101"
     invitations_sweep_seconds: float = Field(default=60, gt=0)
+    # Caps on new links, however one is asked for (Resend, the API, invitation.requested,
+    # Email me a new link, reminders): emails per invitation per hour (the first one
+    # included), re-sends per address per hour across invitations (first invitations
+    # neither count nor are refused), and Email me a new link per invitation per day.
+    invitations_sends_per_invitation_hour: int = Field(default=5, ge=1)
+    invitations_sends_per_address_hour: int = Field(default=20, ge=1)
+    invitations_new_link_requests_per_day: int = Field(default=3, ge=1)
+    # How often waiting "Email me a new link" requests are looked for (each request also
+    # wakes its own replica's worker at once; this catches what a stopped replica left).
+    invitations_new_link_seconds: float = Field(default=10, gt=0)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from libs.common.runner import main
 
-from .app import create_app
+from .app import MIGRATIONS, create_app
 from .settings import MailerSettings
 
 if __name__ == "__main__":
@@ -15,6 +13,7 @@ if __name__ == "__main__":
         MailerSettings,
         create_app,
         schema="mailer",
-        migrations=Path(__file__).parent / "migrations",
+        migrations=MIGRATIONS,
         listen=lambda s: (s.mailer_host, s.mailer_port),
+        management_port=lambda s: s.mailer_management_port,
     )

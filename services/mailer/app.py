@@ -1,29 +1,50 @@
-"""The composition root: health/metrics routes, the pool, the bus (consumer of mail jobs
-and outbox relay) and the senders, each opened and closed with the app."""
+"""The composition root: the pool, the bus (consumer of mail jobs and lifecycle events,
+outbox relay), the mail senders, the webhook senders and the webhooks API, each opened
+and closed with the app."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
 from libs.common.outbox import OutboxRelay
-from libs.common.web import POOL, RELAY, add_bus, add_database, base_app
+from libs.common.web import (
+    BUS_PARTS,
+    POOL,
+    add_bus,
+    add_database,
+    base_app,
+    require_service_proof,
+)
 
+from . import api
+from .branding.cache import BrandingSource
 from .consumer import BINDINGS, HANDLERS
 from .sender import Sender
 from .settings import MailerSettings
+from .webhooks.sender import WebhookSender
 
 SERVICE = "mailer"
 SCHEMA = "mailer"
+MIGRATIONS = Path(__file__).parent / "migrations"
 SENDER = web.AppKey("sender", Sender)
+WEBHOOK_SENDER = web.AppKey("webhook_sender", WebhookSender)
 
 
 def create_app(settings: MailerSettings) -> web.Application:
     app = base_app(SERVICE)
+    app[api.MAILER_SETTINGS] = settings
     # Workers hold a connection only while claiming or recording, never during SMTP.
-    add_database(app, settings, SCHEMA, max_size=min(settings.mailer_concurrency, 16) + 4)
+    add_database(
+        app,
+        settings,
+        SCHEMA,
+        migrations=MIGRATIONS,
+        max_size=min(settings.mailer_concurrency, 16) + settings.webhooks_concurrency + 4,
+    )
     add_bus(
         app,
         settings,
@@ -35,16 +56,32 @@ def create_app(settings: MailerSettings) -> web.Application:
     )
 
     async def senders(app: web.Application) -> AsyncIterator[None]:
-        sender = Sender(app[POOL], settings)
+        source = BrandingSource(
+            app[POOL], settings.first_branding, settings.mailer_branding_cache_seconds
+        )
+        app[api.BRANDING] = source
+        sender = Sender(app[POOL], settings, source)
         await sender.start()
         app[SENDER] = sender
         yield
         # Before the bus closes, so the relay still publishes the last outcomes.
         await sender.stop()
-        if RELAY in app:
-            await _wait_for_outbox(app[RELAY])
+        relay = app[BUS_PARTS].relay if BUS_PARTS in app else None
+        if relay is not None:
+            await _wait_for_outbox(relay)
 
     app.cleanup_ctx.append(senders)
+
+    async def webhook_senders(app: web.Application) -> AsyncIterator[None]:
+        sender = WebhookSender(app[POOL], settings)
+        await sender.start()
+        app[WEBHOOK_SENDER] = sender
+        yield
+        await sender.stop()
+
+    app.cleanup_ctx.append(webhook_senders)
+    api.setup_routes(app)
+    require_service_proof(app, settings, api.CALLERS)
     return app
 
 

@@ -7,11 +7,15 @@ import random
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from email_validator import EmailNotValidError, validate_email
 
-MAX_RETRY_DELAY_SECONDS = 600.0
+# A mail server may be away for a long while (a provider's outage, a full queue): retries
+# back off to at most an hour apart and stop two days after the job was queued.
+RETRY_MAX_SECONDS = 3600.0
+GIVE_UP_AFTER_SECONDS = 2 * 86_400.0
 # A row left in 'sending' longer than this belongs to a worker that died mid-send; it is
 # queued again, so a crash can mean a second copy of one email (at-least-once).
 STUCK_SENDING_SECONDS = 120
@@ -24,7 +28,16 @@ class FailureReason(StrEnum):
     INVALID_ADDRESS = "invalid_address"
     INVALID_CONTEXT = "invalid_context"
     REJECTED = "smtp_rejected"
-    MAX_ATTEMPTS = "max_attempts"
+    # Retried until the horizon passed. The wire value predates the horizon (a count of
+    # attempts used to decide); it is kept so that consumers matching on it still work.
+    RETRIES_EXHAUSTED = "max_attempts"
+
+
+class RetryReason(StrEnum):
+    """Machine-readable ``mail.retrying`` reasons (never the server's free text)."""
+
+    DEFERRED = "smtp_deferred"
+    UNREACHABLE = "smtp_unreachable"
 
 
 class InvalidAddress(ValueError):
@@ -56,6 +69,9 @@ class Delivery:
     context: Mapping[str, str]
     attempts: int
     correlation_id: str | None
+    queued_at: datetime
+    # Opaque: the trace the send continues (libs/common/tracing.py), None when off.
+    trace_context: str | None = None
 
 
 def normalise_address(raw: str) -> str:
@@ -73,14 +89,43 @@ def normalise_address(raw: str) -> str:
     return f"{local}@{domain.lower()}"
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    base_seconds: float
+    max_seconds: float = RETRY_MAX_SECONDS
+    give_up_after_seconds: float = GIVE_UP_AFTER_SECONDS
+
+    def give_up_at(self, queued_at: datetime) -> datetime:
+        return queued_at + timedelta(seconds=self.give_up_after_seconds)
+
+
 def retry_delay(
-    attempts: int, base_seconds: float, *, rand: Callable[[], float] = random.random
+    attempts: int, policy: RetryPolicy, *, rand: Callable[[], float] = random.random
 ) -> float:
-    """Exponential backoff after ``attempts`` failed tries, capped, with jitter in
-    [50%, 100%] of the step so that many deliveries failing together spread out."""
-    exponent = min(max(attempts - 1, 0), 30)
-    step = min(base_seconds * 2.0**exponent, MAX_RETRY_DELAY_SECONDS)
-    return step * (0.5 + rand() / 2)
+    """Exponential backoff after ``attempts`` failed tries, capped at ``max_seconds``, with
+    full jitter (uniform between the base and the step) so that the many deliveries an
+    outage fails together come back spread out, not as one wave."""
+    exponent = min(max(attempts - 1, 0), 60)
+    step = min(policy.base_seconds * 2.0**exponent, policy.max_seconds)
+    floor = min(policy.base_seconds, step)
+    return floor + rand() * (step - floor)
+
+
+def next_attempt_at(
+    attempts: int,
+    queued_at: datetime,
+    now: datetime,
+    policy: RetryPolicy,
+    *,
+    rand: Callable[[], float] = random.random,
+) -> datetime:
+    """When to try again; never past the horizon, so the last try falls on its end."""
+    planned = now + timedelta(seconds=retry_delay(attempts, policy, rand=rand))
+    return min(planned, policy.give_up_at(queued_at))
+
+
+def retry_reason(code: int | None) -> RetryReason:
+    return RetryReason.UNREACHABLE if code is None else RetryReason.DEFERRED
 
 
 class Verdict(StrEnum):
@@ -95,13 +140,25 @@ def judge_smtp_code(code: int | None) -> Verdict:
     return Verdict.RETRY
 
 
-def after_failure(attempts: int, max_attempts: int, verdict: Verdict) -> FailureReason | None:
+def after_failure(
+    verdict: Verdict, queued_at: datetime, now: datetime, policy: RetryPolicy
+) -> FailureReason | None:
     """The reason to give up now, or None to try again later."""
     if verdict is Verdict.PERMANENT:
         return FailureReason.REJECTED
-    if attempts >= max_attempts:
-        return FailureReason.MAX_ATTEMPTS
+    if now >= policy.give_up_at(queued_at):
+        return FailureReason.RETRIES_EXHAUSTED
     return None
+
+
+def abandoned(
+    attempts: int, queued_at: datetime, now: datetime, policy: RetryPolicy, grace_seconds: float
+) -> bool:
+    """A claimed row tried before and still here well past its horizon was left by
+    senders that died with it (a normal last try is due at the horizon's end): it gets
+    no further try, or a row that kills its sender would be tried forever."""
+    late = now - policy.give_up_at(queued_at)
+    return attempts > 1 and late > timedelta(seconds=grace_seconds)
 
 
 def clip_error(text: str) -> str:

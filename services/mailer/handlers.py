@@ -7,12 +7,20 @@ import uuid
 from datetime import datetime
 
 from libs.common.db import Conn
-from libs.common.events import Envelope, MailFailed, MailSent, make_event
+from libs.common.events import Envelope, MailFailed, MailRetrying, MailSent, make_event
 from libs.common.logging import get_logger
 from libs.common.outbox import append, change_and_append
+from libs.common.tracing import carrier
 
 from . import repository
-from .domain import Delivery, FailureReason, InvalidAddress, RequestMail, normalise_address
+from .domain import (
+    Delivery,
+    FailureReason,
+    InvalidAddress,
+    RequestMail,
+    RetryReason,
+    normalise_address,
+)
 
 log = get_logger(__name__)
 
@@ -62,6 +70,8 @@ async def request_mail(conn: Conn, command: RequestMail) -> bool:
         ref_id=command.ref_id,
         context=command.context,
         correlation_id=command.correlation_id,
+        # The send, whenever it comes, continues the trace of the request that asked.
+        trace_context=carrier(),
     )
     if queued:
         log.info("mail_queued", mail_id=str(command.mail_id), template=command.template)
@@ -86,9 +96,37 @@ async def record_sent(conn: Conn, delivery: Delivery, claimed_at: datetime) -> b
 
 
 async def record_retry(
-    conn: Conn, delivery: Delivery, claimed_at: datetime, delay_seconds: float, error: str
+    conn: Conn,
+    delivery: Delivery,
+    claimed_at: datetime,
+    next_attempt_at: datetime,
+    error: str,
+    reason: RetryReason,
+    smtp_code: int | None,
 ) -> bool:
-    return await repository.reschedule(conn, delivery.mail_id, claimed_at, delay_seconds, error)
+    """Queue the delivery for its next try and say so: the Invitations screen shows
+    "Retrying" with that time. The server's own words stay in ``last_error``."""
+    retrying = make_event(
+        "mail.retrying",
+        MailRetrying(
+            mail_id=delivery.mail_id,
+            template=delivery.template,
+            ref_type=delivery.ref_type,
+            ref_id=delivery.ref_id,
+            attempt=delivery.attempts,
+            next_attempt_at=next_attempt_at,
+            reason=reason.value,
+            smtp_code=smtp_code,
+        ),
+        source=SOURCE,
+        correlation_id=delivery.correlation_id,
+    )
+    return await change_and_append(
+        conn,
+        repository.RESCHEDULE,
+        (delivery.mail_id, claimed_at, next_attempt_at, error),
+        retrying,
+    )
 
 
 async def record_failure(

@@ -10,3 +10,10 @@ EMAILS_RETRIED = Counter(
     "clientpress_emails_retried_total", "Sends that failed and were scheduled again", ["template"]
 )
 EMAILS_QUEUED = Gauge("clientpress_emails_queued", "Deliveries waiting to be sent")
+WEBHOOKS_DELIVERED = Counter(
+    "clientpress_webhooks_delivered_total", "Webhook deliveries answered with a 2xx"
+)
+WEBHOOKS_RETRIED = Counter(
+    "clientpress_webhooks_retried_total", "Webhook tries that failed and were scheduled again"
+)
+WEBHOOKS_FAILED = Counter("clientpress_webhooks_failed_total", "Webhook deliveries given up")

@@ -4,6 +4,7 @@ subject) and the MIME message with both parts."""
 from __future__ import annotations
 
 import email.utils
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +18,12 @@ from pathlib import Path
 
 import jinja2
 
+from libs.common.logging import get_logger
+
+from .branding.domain import Branding
 from .domain import InvalidContext
+
+log = get_logger(__name__)
 
 _UTF8_QP = Charset("utf-8")
 _UTF8_QP.body_encoding = QP
@@ -27,6 +33,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 # What each template needs from the mail job's context; links must be http(s).
 REQUIRED: dict[str, tuple[str, ...]] = {
     "invitation": ("accept_url", "portal_title", "site_name", "expires_at"),
+    "invitation_reminder": ("accept_url", "portal_title", "site_name", "expires_at"),
+    "staff_invitation": ("accept_url", "site_name", "expires_at", "role_name"),
     "password_reset": ("reset_url", "site_name", "expires_at"),
 }
 LINKS = ("accept_url", "reset_url")
@@ -54,9 +62,23 @@ class Rendered:
     html: str
 
 
-def new_environment() -> jinja2.Environment:
+# Every file a template may consist of; an override directory holds any of them.
+TEMPLATE_FILES = (
+    "layout.html",
+    "button.html",
+    *(f"{name}{part}" for name in REQUIRED for part in (".subject.txt", ".txt", ".html")),
+)
+MAX_ERROR_DETAIL = 300
+
+
+def new_environment(override_dir: Path | None = None) -> jinja2.Environment:
+    """The built-in templates; with ``override_dir``, its files first (an override may
+    extend or include the built-in ones it doesn't replace: layout.html, button.html)."""
+    loader: jinja2.BaseLoader = jinja2.FileSystemLoader(TEMPLATES)
+    if override_dir is not None:
+        loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader(override_dir), loader])
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
+        loader=loader,
         # Every value comes from outside (portal titles, names): escape all HTML output.
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",)),
         undefined=jinja2.StrictUndefined,
@@ -79,6 +101,40 @@ def expiry_in_words(value: str) -> tuple[str, str]:
     return f"{moment.day} {MONTHS[moment.month - 1]} {moment.year}", f"{moment:%H:%M} UTC"
 
 
+# The accent of buttons and links when Settings → Branding sets none.
+DEFAULT_ACCENT = "#2563eb"
+LOGO_PATH = "/branding/logo"
+# The emails the Reply-To of Settings → Branding goes on: those an invitee may answer.
+REPLY_TO_TEMPLATES = frozenset({"invitation", "invitation_reminder", "staff_invitation"})
+
+
+def with_branding(
+    context: Mapping[str, str], branding: Branding, public_base: str
+) -> dict[str, str]:
+    """The job's context with the agency's branding: its name in place of the host the
+    producer put in ``site_name`` (subjects and bodies), the accent, the footer, and the
+    logo as an absolute link to the public site (versioned, so a new logo isn't hidden
+    by a cached old one)."""
+    values = dict(context)
+    if branding.agency_name:
+        values["site_name"] = branding.agency_name
+    values["agency_name"] = branding.agency_name or values.get("site_name", "")
+    values["accent_colour"] = branding.accent_colour or DEFAULT_ACCENT
+    values["footer_text"] = branding.footer_text
+    values["logo_url"] = (
+        f"{public_base.rstrip('/')}{LOGO_PATH}?v={branding.logo_etag}" if branding.logo_etag else ""
+    )
+    return values
+
+
+def branded_from(mail_from: str, branding: Branding) -> str:
+    """MAIL_FROM's address with the Agency Name as its display name, when one is set."""
+    if not branding.agency_name:
+        return mail_from
+    _, address = email.utils.parseaddr(mail_from)
+    return email.utils.formataddr((branding.agency_name, address))
+
+
 def render(env: jinja2.Environment, template: str, context: Mapping[str, str]) -> Rendered:
     required = REQUIRED.get(template)
     if required is None:
@@ -92,13 +148,98 @@ def render(env: jinja2.Environment, template: str, context: Mapping[str, str]) -
     expires_on, expires_time = expiry_in_words(context["expires_at"])
     values = {**context, "expires_on": expires_on, "expires_time": expires_time}
     values.setdefault("invited_by", "")
-    subject = env.get_template(f"{template}.subject.txt").render(values)
+    # Optional (issue 20): a Personal Message and the chosen Link Expiry.
+    values.setdefault("personal_message", "")
+    values.setdefault("expires_in_days", "")
+    # Optional (issue 16): the invitee's name, for the greeting.
+    values.setdefault("invitee_name", "")
+    # Branding (issue 17; with_branding): built-in look when a job is rendered without it.
+    values.setdefault("agency_name", values["site_name"])
+    values.setdefault("accent_colour", DEFAULT_ACCENT)
+    values.setdefault("footer_text", "")
+    values.setdefault("logo_url", "")
+    # Optional (issue 20): one email for several portals names each of them.
+    portals = portal_list(context.get("portal_titles", ""))
+    values_with_list = {**values, "portals": portals}
+    subject = env.get_template(f"{template}.subject.txt").render(values_with_list)
     return Rendered(
         # A subject is one header line whatever a portal title contains.
         subject=" ".join(subject.split()),
-        text=env.get_template(f"{template}.txt").render(values),
-        html=env.get_template(f"{template}.html").render(values),
+        text=env.get_template(f"{template}.txt").render(values_with_list),
+        html=env.get_template(f"{template}.html").render(values_with_list),
     )
+
+
+def portal_list(raw: str) -> list[str]:
+    """``portal_titles``: a JSON list of the portals one email is for (two or more), or
+    nothing (one portal, in ``portal_title``)."""
+    if not raw:
+        return []
+    try:
+        titles = json.loads(raw)
+    except ValueError:
+        raise InvalidContext("portal_titles is not a JSON list") from None
+    if not isinstance(titles, list) or not all(isinstance(t, str) for t in titles):
+        raise InvalidContext("portal_titles is not a list of titles")
+    return titles if len(titles) > 1 else []
+
+
+class Templates:
+    """The built-in templates and, when MAIL_TEMPLATES_DIR is set, the overrides. A broken
+    override (a syntax error, a variable the job doesn't have, anything it raises) is
+    logged and the email goes out with the built-in templates: never unsent for it."""
+
+    def __init__(self, override_dir: Path | None = None) -> None:
+        self.builtin = new_environment()
+        self.override: jinja2.Environment | None = None
+        if override_dir is None:
+            return
+        if not override_dir.is_dir():
+            log.error("mail_templates_dir_missing", path=str(override_dir))
+            return
+        self.override = new_environment(override_dir)
+        self._check(override_dir)
+
+    def _check(self, directory: Path) -> None:
+        """Say at start what is wrong with the overrides, rather than at the first email."""
+        assert self.override is not None
+        names = sorted(p.name for p in directory.iterdir() if p.is_file())
+        unknown = [n for n in names if n not in TEMPLATE_FILES]
+        if unknown:
+            log.warning("mail_template_override_unknown", files=unknown, known=TEMPLATE_FILES)
+        for name in names:
+            if name in TEMPLATE_FILES:
+                try:
+                    self.override.get_template(name)
+                except jinja2.TemplateError as exc:
+                    log.error("mail_template_override_broken", file=name, error=_detail(exc))
+        log.info("mail_templates_overridden", files=[n for n in names if n in TEMPLATE_FILES])
+
+    def render(self, template: str, context: Mapping[str, str]) -> Rendered:
+        if self.override is not None:
+            try:
+                return render(self.override, template, context)
+            except InvalidContext:
+                raise  # the job's own fault: the built-in templates would refuse it too
+            except Exception as exc:
+                log.error(
+                    "mail_template_override_failed",
+                    template=template,
+                    error_type=type(exc).__name__,
+                    error=_detail(exc),
+                    fallback="built-in",
+                )
+        return render(self.builtin, template, context)
+
+
+def _detail(exc: Exception) -> str:
+    """What is wrong, for the log: the file and line of a syntax error, the message of
+    anything else (names and types, not the job's values)."""
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        text = f"{exc.name or exc.filename}:{exc.lineno}: {exc.message}"
+    else:
+        text = str(exc)
+    return " ".join(text.split())[:MAX_ERROR_DETAIL]
 
 
 def _header(value: str) -> str:
@@ -107,7 +248,13 @@ def _header(value: str) -> str:
 
 
 def build_message(
-    rendered: Rendered, *, mail_id: uuid.UUID, to: str, mail_from: str, now: datetime
+    rendered: Rendered,
+    *,
+    mail_id: uuid.UUID,
+    to: str,
+    mail_from: str,
+    now: datetime,
+    reply_to: str | None = None,
 ) -> Message:
     """A multipart/alternative message (plain text, then HTML), quoted-printable UTF-8.
 
@@ -120,6 +267,8 @@ def build_message(
     message = MIMEMultipart("alternative")
     message["From"] = email.utils.formataddr((name, sender), charset="utf-8")
     message["To"] = to
+    if reply_to:
+        message["Reply-To"] = reply_to
     message["Subject"] = _header(rendered.subject)
     message["Date"] = email.utils.format_datetime(now.astimezone(UTC))
     message["Message-ID"] = f"<{mail_id}@{domain}>"

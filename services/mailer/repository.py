@@ -25,13 +25,15 @@ async def insert_queued(
     ref_id: uuid.UUID,
     context: Mapping[str, str],
     correlation_id: str | None,
+    trace_context: str | None = None,
 ) -> bool:
     """True when recorded now (and the senders are woken at commit); False when this
     mail_id was already known. One round trip: the row and its NOTIFY."""
     inserted = await conn.fetchval(
         "WITH row AS (INSERT INTO deliveries"
-        " (mail_id, template, to_address, ref_type, ref_id, context, correlation_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)"
+        " (mail_id, template, to_address, ref_type, ref_id, context, correlation_id,"
+        "  trace_context)"
+        " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $9)"
         " ON CONFLICT (mail_id) DO NOTHING RETURNING 1)"
         " SELECT count(*) FROM (SELECT pg_notify($8, '') FROM row) AS woken",
         mail_id,
@@ -42,6 +44,7 @@ async def insert_queued(
         orjson.dumps(dict(context)).decode(),
         correlation_id,
         WAKE_CHANNEL,
+        trace_context,
     )
     return bool(inserted)
 
@@ -88,7 +91,7 @@ async def claim_due(
         "   WHERE status = 'queued' AND next_attempt_at <= now()"
         "   ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
         " RETURNING mail_id, template, to_address, ref_type, ref_id, context::text,"
-        " attempts, correlation_id, claimed_at",
+        " attempts, correlation_id, claimed_at, created_at, trace_context",
         limit,
         claim_id,
     )
@@ -103,6 +106,8 @@ async def claim_due(
                 context=orjson.loads(row["context"]) if row["context"] else {},
                 attempts=row["attempts"],
                 correlation_id=row["correlation_id"],
+                queued_at=row["created_at"],
+                trace_context=row["trace_context"],
             ),
             row["claimed_at"],
         )
@@ -110,7 +115,7 @@ async def claim_due(
     ]
 
 
-# The claimed_at check makes each finishing update apply only to the claim that sent it:
+# The claimed_at check makes each update after a send apply only to the claim that sent it:
 # if crash recovery re-queued the row meanwhile, the stale worker's update does nothing.
 # Each is written with its event in one statement (outbox.change_and_append).
 MARK_SENT = (
@@ -124,19 +129,10 @@ MARK_FAILED = (
 )
 
 
-async def reschedule(
-    conn: Conn, mail_id: uuid.UUID, claimed_at: datetime, delay_seconds: float, error: str
-) -> bool:
-    done = await conn.fetchval(
-        "UPDATE deliveries SET status = 'queued', last_error = $4,"
-        " next_attempt_at = now() + make_interval(secs => $3)"
-        " WHERE mail_id = $1 AND status = 'sending' AND claimed_at = $2 RETURNING true",
-        mail_id,
-        claimed_at,
-        delay_seconds,
-        error,
-    )
-    return bool(done)
+RESCHEDULE = (
+    "UPDATE deliveries SET status = 'queued', next_attempt_at = $3, last_error = $4"
+    " WHERE mail_id = $1 AND status = 'sending' AND claimed_at = $2 RETURNING 1"
+)
 
 
 async def release_claim(conn: Conn, claim_id: uuid.UUID) -> bool:

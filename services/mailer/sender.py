@@ -17,24 +17,36 @@ from datetime import UTC, datetime
 
 import asyncpg
 import structlog
+from opentelemetry.trace import SpanKind
 
+from libs.common import tracing
 from libs.common.context import set_correlation_id
 from libs.common.db import DATABASE_AWAY, Conn
 from libs.common.logging import get_logger
+from libs.common.sealing import Unsealable
 
 from . import handlers, repository
+from .branding.cache import BrandingSource
 from .domain import (
     Delivery,
     FailureReason,
     InvalidAddress,
     InvalidContext,
+    abandoned,
     after_failure,
     judge_smtp_code,
+    next_attempt_at,
     normalise_address,
-    retry_delay,
+    retry_reason,
 )
 from .metrics import EMAILS_FAILED, EMAILS_QUEUED, EMAILS_RETRIED, EMAILS_SENT
-from .rendering import build_message, new_environment, render
+from .rendering import (
+    REPLY_TO_TEMPLATES,
+    Templates,
+    branded_from,
+    build_message,
+    with_branding,
+)
 from .settings import MailerSettings
 from .smtp import SendError, SmtpTransport
 
@@ -47,10 +59,17 @@ FINISH_PATIENCE_SECONDS = 60.0
 
 
 class Sender:
-    def __init__(self, pool: asyncpg.Pool, settings: MailerSettings) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, settings: MailerSettings, branding: BrandingSource | None = None
+    ) -> None:
         self.pool = pool
         self.settings = settings
-        self.templates = new_environment()
+        self.branding = branding or BrandingSource(
+            pool, settings.first_branding, settings.mailer_branding_cache_seconds
+        )
+        self.policy = settings.retry_policy
+        self.templates = Templates(settings.mail_templates_dir)
+        self.sealer = settings.sealer()
         self._stopping = False
         self._wakes: list[asyncio.Event] = []
         self._idle: collections.deque[asyncio.Event] = collections.deque()
@@ -138,58 +157,96 @@ class Sender:
         if claimed is None:
             return False
         delivery, claimed_at = claimed
+        # Continues the trace of the request that asked for the mail, however long after.
+        with tracing.resumed(delivery.trace_context):
+            await self._carry(delivery, claimed_at, transport)
+        return True
+
+    async def _carry(
+        self, delivery: Delivery, claimed_at: datetime, transport: SmtpTransport
+    ) -> None:
+        """Render, send and record one claimed delivery."""
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
             mail_id=str(delivery.mail_id), template=delivery.template
         )
         if delivery.correlation_id:
             set_correlation_id(delivery.correlation_id)
-        if delivery.attempts > self.settings.mailer_max_attempts:
-            # Only a row recovered from crashed workers gets here: stop trying it.
-            await self._fail(delivery, claimed_at, FailureReason.MAX_ATTEMPTS, "worker crashed")
-            return True
+        if abandoned(
+            delivery.attempts,
+            delivery.queued_at,
+            datetime.now(UTC),
+            self.policy,
+            self.settings.mailer_stuck_sending_seconds,
+        ):
+            await self._fail(
+                delivery, claimed_at, FailureReason.RETRIES_EXHAUSTED, "retry horizon passed"
+            )
+            return
+        # Read at each send (within the cache's few seconds), so a change of Settings →
+        # Branding reaches the next email, retries included, on every replica.
+        branding = await self.branding.get()
         try:
             to = normalise_address(delivery.to_address)
+            context = self.sealer.unseal(delivery.context)
             message = build_message(
-                render(self.templates, delivery.template, delivery.context),
+                self.templates.render(
+                    delivery.template,
+                    with_branding(context, branding, self.settings.public_base),
+                ),
                 mail_id=delivery.mail_id,
                 to=to,
-                mail_from=self.settings.mail_from,
+                mail_from=branded_from(self.settings.mail_from, branding),
+                reply_to=branding.reply_to if delivery.template in REPLY_TO_TEMPLATES else None,
                 now=datetime.now(UTC),
             )
         except InvalidAddress as exc:
             await self._fail(delivery, claimed_at, FailureReason.INVALID_ADDRESS, str(exc))
-            return True
+            return
         except InvalidContext as exc:
             await self._fail(delivery, claimed_at, FailureReason.INVALID_CONTEXT, str(exc))
-            return True
+            return
+        except Unsealable as exc:
+            # Not written by identity or invitations with our key: never sent.
+            log.error("mail_job_unsealed_refused", reason=str(exc))
+            await self._fail(delivery, claimed_at, FailureReason.INVALID_CONTEXT, str(exc))
+            return
         try:
-            await transport.send(message)
+            with tracing.span(
+                "smtp send",
+                SpanKind.CLIENT,
+                {"mail.template": delivery.template, "mail.id": str(delivery.mail_id)},
+            ):
+                await transport.send(message)
         except SendError as exc:
             await self._after_error(delivery, claimed_at, exc)
-            return True
+            return
         if await self._finish(lambda conn: handlers.record_sent(conn, delivery, claimed_at)):
             EMAILS_SENT.labels(delivery.template).inc()
             log.info("mail_sent", attempts=delivery.attempts)
-        return True
 
     async def _after_error(self, delivery: Delivery, claimed_at: datetime, exc: SendError) -> None:
-        verdict = judge_smtp_code(exc.code)
-        reason = after_failure(delivery.attempts, self.settings.mailer_max_attempts, verdict)
+        now = datetime.now(UTC)
+        reason = after_failure(judge_smtp_code(exc.code), delivery.queued_at, now, self.policy)
         if reason is not None:
             await self._fail(delivery, claimed_at, reason, exc.detail)
             return
-        delay = retry_delay(delivery.attempts, self.settings.mailer_retry_base_seconds)
+        next_at = next_attempt_at(delivery.attempts, delivery.queued_at, now, self.policy)
+        why = retry_reason(exc.code)
         if await self._finish(
-            lambda conn: handlers.record_retry(conn, delivery, claimed_at, delay, exc.detail)
+            lambda conn: handlers.record_retry(
+                conn, delivery, claimed_at, next_at, exc.detail, why, exc.code
+            )
         ):
             EMAILS_RETRIED.labels(delivery.template).inc()
+            delay = max((next_at - now).total_seconds(), 0.0)
             log.warning(
                 "mail_send_retry",
                 attempts=delivery.attempts,
                 smtp_code=exc.code,
                 error=exc.detail,
                 retry_in=round(delay, 3),
+                next_attempt_at=next_at.isoformat(),
             )
             # Wake a worker when it falls due, rather than at the next poll.
             asyncio.get_running_loop().call_later(delay, self.wake)

@@ -3,18 +3,46 @@
 from __future__ import annotations
 
 import email.utils
+from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 
+from libs.common.sealing import WEBHOOK_DEVELOPMENT_KEY, Sealer, sealer_for
 from libs.common.settings import CommonSettings
+
+from .branding.domain import (
+    Branding,
+    BrandingRefused,
+    check_accent,
+    check_agency_name,
+    check_footer,
+    check_reply_to,
+)
+from .domain import GIVE_UP_AFTER_SECONDS, RETRY_MAX_SECONDS, RetryPolicy
+from .webhooks import domain as webhooks
 
 
 class MailerSettings(CommonSettings):
+    # This service's own broker user (mailer's password; see CommonSettings.service_amqp_url).
+    mailer_broker_password: SecretStr | None = None
     mailer_host: str = "127.0.0.1"
     mailer_port: int = Field(default=8104, ge=1, le=65535)
+    # /healthz, /readyz, /metrics (never routed by an ingress); MANAGEMENT_PORT is the
+    # generic name, for a container that runs one service.
+    mailer_management_port: int = Field(
+        default=9104,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("mailer_management_port", "management_port"),
+    )
     mailer_concurrency: int = Field(default=16, ge=1, le=256)
-    mailer_max_attempts: int = Field(default=8, ge=1, le=100)
+    # Retries back off exponentially from the base, with jitter, to at most the cap; a
+    # delivery fails for good once the horizon since it was queued has passed.
     mailer_retry_base_seconds: float = Field(default=2.0, gt=0, le=600)
+    mailer_retry_max_seconds: float = Field(default=RETRY_MAX_SECONDS, gt=0, le=86_400)
+    mailer_give_up_after_seconds: float = Field(default=GIVE_UP_AFTER_SECONDS, gt=0, le=30 * 86_400)
+    # MAILER_MAX_ATTEMPTS (a count of tries) is no longer read: the horizon replaced it.
+    # A configuration that still sets it starts as before (unknown variables are ignored).
     # Bounds one SMTP conversation (connect, or one message), so a stalled server can't
     # hold a worker forever.
     mailer_smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
@@ -22,6 +50,94 @@ class MailerSettings(CommonSettings):
     # (at-least-once). Keep it well above two SMTP timeouts (connect + one message), so a
     # slow live send is never taken for a dead one.
     mailer_stuck_sending_seconds: float = Field(default=120.0, gt=0, le=86_400)
+
+    # --- branding (services/mailer/branding) ---
+    # The first values of Settings → Branding, used until an administrator saves it there
+    # (after that the saved values win; no restart either way). Empty: not set.
+    mailer_agency_name: str = ""
+    mailer_accent_colour: str = ""
+    mailer_reply_to: str = ""
+    mailer_footer_text: str = ""
+    # How long a mailer replica may use the branding it read; the replica that saved a
+    # change uses it at once.
+    mailer_branding_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+
+    # A directory of templates that replace the built-in ones, file by file
+    # (docs/email-templates.md); a broken one falls back to the built-in, with a logged
+    # error. Read when the mailer starts.
+    mail_templates_dir: Path | None = None
+
+    # --- webhooks (services/mailer/webhooks) ---
+    # Seals the endpoints' signing secrets at rest (Fernet; comma-separated for rotation,
+    # the first seals). The development key is refused unless PUBLIC_URL is local.
+    webhook_secret_key: SecretStr = SecretStr(WEBHOOK_DEVELOPMENT_KEY)
+    # Loopback, private and link-local targets are refused unless this is true (tests, or
+    # a receiver on the same private network on purpose).
+    webhooks_allow_private: bool = False
+    webhooks_concurrency: int = Field(default=4, ge=1, le=64)
+    webhooks_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhooks_retry_base_seconds: float = Field(default=webhooks.RETRY_BASE_SECONDS, gt=0, le=600)
+    webhooks_retry_max_seconds: float = Field(default=webhooks.RETRY_MAX_SECONDS, gt=0, le=86_400)
+    webhooks_give_up_after_seconds: float = Field(
+        default=webhooks.GIVE_UP_AFTER_SECONDS, gt=0, le=7 * 86_400
+    )
+    # After Rotate Secret, deliveries are signed with the old secret too for this long, so
+    # a receiver can switch over without refusing anything.
+    webhooks_rotation_overlap_seconds: float = Field(default=3600.0, ge=0, le=7 * 86_400)
+
+    @property
+    def webhook_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            base_seconds=self.webhooks_retry_base_seconds,
+            max_seconds=self.webhooks_retry_max_seconds,
+            give_up_after_seconds=self.webhooks_give_up_after_seconds,
+        )
+
+    def webhook_sealer(self) -> Sealer:
+        return sealer_for(self.webhook_secret_key.get_secret_value(), "WEBHOOK_SECRET_KEY")
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            base_seconds=self.mailer_retry_base_seconds,
+            max_seconds=self.mailer_retry_max_seconds,
+            give_up_after_seconds=self.mailer_give_up_after_seconds,
+        )
+
+    @field_validator("mail_templates_dir", mode="before")
+    @classmethod
+    def _empty_dir_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("mailer_agency_name", "mailer_accent_colour", "mailer_reply_to")
+    @classmethod
+    def _branding(cls, value: str, info: ValidationInfo) -> str:
+        check = {
+            "mailer_agency_name": check_agency_name,
+            "mailer_accent_colour": check_accent,
+            "mailer_reply_to": check_reply_to,
+        }[str(info.field_name)]
+        try:
+            return check(value)
+        except BrandingRefused as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("mailer_footer_text")
+    @classmethod
+    def _footer(cls, value: str) -> str:
+        try:
+            return check_footer(value)
+        except BrandingRefused as exc:
+            raise ValueError(exc.message) from None
+
+    @property
+    def first_branding(self) -> Branding:
+        return Branding(
+            agency_name=self.mailer_agency_name,
+            accent_colour=self.mailer_accent_colour,
+            reply_to=self.mailer_reply_to,
+            footer_text=self.mailer_footer_text,
+        )
 
     @field_validator("mail_from")
     @classmethod

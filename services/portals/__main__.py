@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from libs.common.runner import main
 
-from .app import SCHEMA, SERVICE, create_app
+from .app import MIGRATIONS, SCHEMA, SERVICE, create_app
 from .settings import PortalsSettings
 
 if __name__ == "__main__":
@@ -15,6 +13,7 @@ if __name__ == "__main__":
         PortalsSettings,
         create_app,
         schema=SCHEMA,
-        migrations=Path(__file__).parent / "migrations",
+        migrations=MIGRATIONS,
         listen=lambda s: (s.portals_host, s.portals_port),
+        management_port=lambda s: s.portals_management_port,
     )

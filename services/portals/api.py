@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from libs.common.errors import InvalidInput, NotFound
+from libs.common.service_auth import SERVICES
 from libs.common.web import POOL, json_response, parse_query, read_json
 
 from . import handlers
@@ -86,6 +87,8 @@ class GrantAccess(_Body):
     user_id: uuid.UUID
     role: Role | None = None
     grant_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    # The key the invitation behind this grant was made under (for portal.access.granted).
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
 
 
 ContentMode = Literal["full", "omit", "hidden"]
@@ -194,7 +197,7 @@ async def post_access(request: web.Request) -> web.Response:
     body = await read_json(request, GrantAccess)
     async with request.app[POOL].acquire() as conn:
         portal, role = await handlers.grant_access(
-            conn, portal_id, body.user_id, body.role, body.grant_key
+            conn, portal_id, body.user_id, body.role, body.grant_key, body.idempotency_key
         )
     return json_response({"portal": portal_json(portal), "role": role})
 
@@ -213,6 +216,25 @@ async def get_user_portal(request: web.Request) -> web.Response:
         portal, role = await handlers.user_portal(conn, user_id, request.match_info["slug"])
     mode: ContentMode = "full" if portal.status == "active" else "hidden"
     return json_response({**portal_json(portal, mode), "role": role})
+
+
+GATEWAY = frozenset({"gateway"})
+GATEWAY_AND_INVITATIONS = frozenset({"gateway", "invitations"})
+# Who may call each route (libs/common/web.py require_service_proof; docs/internal-api.md
+# "Who may call what"): invitations reads portals and a user's portals, nothing else.
+CALLERS: dict[str, frozenset[str]] = {
+    "POST /portals": GATEWAY,
+    "GET /portals": GATEWAY,
+    "GET /portals/by-slug/{slug}": GATEWAY_AND_INVITATIONS,
+    "GET /portals/{portal_id}": GATEWAY_AND_INVITATIONS,
+    "PATCH /portals/{portal_id}": GATEWAY,
+    "PUT /portals/{portal_id}/client": GATEWAY,
+    "PUT /portals/{portal_id}/sub-clients": GATEWAY,
+    "POST /portals/{portal_id}/access": GATEWAY,
+    "GET /users/{user_id}/portals": GATEWAY_AND_INVITATIONS,
+    "GET /users/{user_id}/portals/{slug}": GATEWAY,
+    "GET /openapi.json": frozenset(SERVICES),
+}
 
 
 def add_routes(app: web.Application) -> None:

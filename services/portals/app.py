@@ -3,21 +3,24 @@ and the routes. Nothing is built at import time."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp import web
 
-from libs.common.web import add_bus, add_database, base_app
+from libs.common.web import add_bus, add_database, base_app, require_service_proof
 
-from . import api, consumer
+from . import api, consumer, openapi
 from .settings import PortalsSettings
 
 SERVICE = "portals"
 SCHEMA = "portals"
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def create_app(settings: PortalsSettings) -> web.Application:
     # Content may be 100 000 characters of up to 4 bytes each, plus JSON escaping.
     app = base_app(SERVICE, client_max_size=1024 * 1024)
-    add_database(app, settings, SCHEMA)
+    add_database(app, settings, SCHEMA, migrations=MIGRATIONS)
     add_bus(
         app,
         settings,
@@ -27,4 +30,6 @@ def create_app(settings: PortalsSettings) -> web.Application:
         handlers=consumer.HANDLERS,
     )
     api.add_routes(app)
+    app.router.add_get("/openapi.json", openapi.openapi)
+    require_service_proof(app, settings, api.CALLERS)
     return app

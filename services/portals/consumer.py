@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from libs.common.bus import Binding, Handler
+from libs.common.broker import CONSUMES
+from libs.common.bus import Handler
 from libs.common.db import Conn
 from libs.common.errors import NotFound
 from libs.common.events import Envelope, EventData, InvitationAccepted, UserDisabled
@@ -13,10 +14,7 @@ from .domain import role_for_invitation
 
 log = get_logger(__name__)
 
-BINDINGS = [
-    Binding("events", "invitation.accepted"),
-    Binding("events", "identity.user.disabled"),
-]
+BINDINGS = CONSUMES["portals"]
 
 
 async def on_invitation_accepted(conn: Conn, envelope: Envelope, data: EventData) -> None:
@@ -29,6 +27,7 @@ async def on_invitation_accepted(conn: Conn, envelope: Envelope, data: EventData
             data.user_id,
             role_for_invitation(data.sub_client),
             str(data.invitation_id),
+            data.idempotency_key,
         )
     except NotFound:
         # Retrying can't make the portal appear; record the event and move on.

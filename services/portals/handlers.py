@@ -59,10 +59,17 @@ async def _announce(conn: Conn, event_type: str, portal: Portal) -> None:
 
 
 async def _access_changed(
-    conn: Conn, granted: bool, portal_id: uuid.UUID, user_id: uuid.UUID, role: Role
+    conn: Conn,
+    granted: bool,
+    portal_id: uuid.UUID,
+    user_id: uuid.UUID,
+    role: Role,
+    idempotency_key: str | None = None,
 ) -> None:
     event_type = "portal.access.granted" if granted else "portal.access.revoked"
-    data = PortalAccessChanged(portal_id=portal_id, user_id=user_id, role=role)
+    data = PortalAccessChanged(
+        portal_id=portal_id, user_id=user_id, role=role, idempotency_key=idempotency_key
+    )
     await append(conn, make_event(event_type, data, source=SOURCE))
 
 
@@ -208,9 +215,11 @@ async def grant_access(
     user_id: uuid.UUID,
     requested: Role | None,
     grant_key: str | None,
+    idempotency_key: str | None = None,
 ) -> tuple[Portal, Role]:
     """Give a user access; idempotent under ``grant_key`` (an invitation id). The portal
-    row lock serialises concurrent grants, and the one-client index backs it up."""
+    row lock serialises concurrent grants, and the one-client index backs it up.
+    ``idempotency_key``: the key the invitation was made under, for the event."""
     async with conn.transaction():
         if not await repo.lock(conn, portal_id):
             raise _not_found()
@@ -229,7 +238,7 @@ async def grant_access(
         role = resolve_role(requested, existing, client is not None and client != user_id)
         if role != existing:
             await repo.put_access(conn, portal_id, user_id, role, grant_key)
-            await _access_changed(conn, True, portal_id, user_id, role)
+            await _access_changed(conn, True, portal_id, user_id, role, idempotency_key)
         if grant_key is not None:
             try:
                 async with conn.transaction():

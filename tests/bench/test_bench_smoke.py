@@ -34,6 +34,7 @@ def test_quick_list_benchmark_prints_json_lines(tmp_path: Path) -> None:
         result = by_case[("list", case)]
         assert result["items"] == 50
         assert 0 < result["p50_ms"] <= result["p95_ms"]
+    assert by_case[("list", "email_search")]["items"] == 1
     rss = [line for line in lines if line["bench"] == "rss"]
     assert {line["case"] for line in rss} == {
         "identity",
@@ -44,3 +45,19 @@ def test_quick_list_benchmark_prints_json_lines(tmp_path: Path) -> None:
     }
     assert all(line["peak_mib"] > 0 for line in rss)
     assert json.loads(out.read_text()) == lines
+
+
+def test_trust_costs_print_json_lines() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.trust"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    cases = {line["case"]: line["us_per_call"] for line in lines}
+    assert set(cases) >= {"seal_mail_job", "open_mail_job", "sender_check", "service_token_verify"}
+    assert all(value > 0 for value in cases.values())

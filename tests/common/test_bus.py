@@ -8,11 +8,13 @@ import aio_pika
 import asyncpg
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from libs.common.bus import Binding, Bus
 from libs.common.db import Conn, create_pool, migrate
-from libs.common.events import Envelope, EventData, UserDisabled, make_event
+from libs.common.events import Envelope, EventData, MailRequested, UserDisabled, make_event
 from libs.common.outbox import OutboxRelay, append, change_and_append
+from libs.common.web import prune_inbox
 from tests.support.env import TestEnv
 
 pytestmark = pytest.mark.integration
@@ -180,6 +182,9 @@ async def test_consumer_applies_an_event_once_and_dead_letters_poison(
 
     bus = Bus(test_env.amqp_url, test_env.bus_prefix, "probe2")
     await bus.connect()
+    # What the consumer acts on must come from identity, the owner of the event type.
+    owner = Bus(test_env.amqp_url_as("identity"), test_env.bus_prefix, "identity")
+    await owner.connect()
     consumer = await bus.consume(
         probe_schema.pool,
         [Binding("events", "identity.user.disabled")],
@@ -189,7 +194,7 @@ async def test_consumer_applies_an_event_once_and_dead_letters_poison(
         "identity.user.disabled", UserDisabled(user_id=uuid.uuid4()), source="test"
     )
     poison = b"{not json"
-    await bus.publish(
+    await owner.publish(
         "events",
         "identity.user.disabled",
         poison,
@@ -198,7 +203,7 @@ async def test_consumer_applies_an_event_once_and_dead_letters_poison(
         type="identity.user.disabled",
     )
     for _ in range(2):  # the same event delivered twice
-        await bus.publish_envelope(envelope)
+        await owner.publish_envelope(envelope)
     await asyncio.wait_for(applied.wait(), 10)
     for _ in range(50):
         if consumer.in_flight == 0:
@@ -214,6 +219,7 @@ async def test_consumer_applies_an_event_once_and_dead_letters_poison(
     await message.ack()
     await connection.close()
     await consumer.stop()
+    await owner.close()
     await bus.close()
 
 
@@ -228,3 +234,78 @@ async def test_concurrent_migrations_apply_once(test_env: TestEnv, tmp_path: Pat
     assert applied.count("0001_things.sql") == 1
     assert applied.count("0002_more.sql") == 1
     assert await migrate(test_env.database_url, schema, tmp_path) == []
+
+
+async def test_an_unroutable_mail_job_stays_pending_and_goes_once_the_queue_exists(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    """A fresh broker where nobody has bound the mail exchange yet: the broker returns the
+    mandatory job, the row stays in the outbox (counted and logged), and it is published
+    once a queue is there: never counted as sent and lost."""
+    prefix = f"fresh-{uuid.uuid4().hex[:8]}"
+    admin = await aio_pika.connect(test_env.amqp_url)
+    channel = await admin.channel()
+    for kind in ("events", "mail"):
+        await channel.declare_exchange(f"{prefix}.{kind}", aio_pika.ExchangeType.TOPIC)
+    await channel.declare_exchange(f"{prefix}.dlx", aio_pika.ExchangeType.DIRECT)
+    bus = Bus(test_env.amqp_url, prefix, "probe3")
+    await bus.connect()
+    relay = OutboxRelay(probe_schema.pool, bus, probe_schema.schema, test_env.database_url)
+    job = make_event(
+        "mail.requested",
+        MailRequested(
+            mail_id=uuid.uuid4(),
+            template="invitation",
+            to="someone@example.com",
+            ref_type="invitation",
+            ref_id=uuid.uuid4(),
+            context={"sealed": "x"},
+        ),
+        source="invitations",
+    )
+    async with probe_schema.acquire() as conn, conn.transaction():
+        await append(conn, job)
+    before = _unroutable_count("mail.requested")
+    try:
+        assert await relay.flush_once() == 0
+        row = await probe_schema.pool.fetchrow("SELECT * FROM outbox WHERE id = $1", job.id)
+        assert row["published_at"] is None and row["attempts"] == 1
+        assert row["next_attempt_at"] is not None
+        assert _unroutable_count("mail.requested") == before + 1
+        assert await relay.backlog() == 1
+
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(f"{prefix}.mail", "mail.requested")
+        # Not before its pause is over (no hammering), then once.
+        assert await relay.flush_once() == 0
+        await probe_schema.pool.execute("UPDATE outbox SET next_attempt_at = now()")
+        assert await relay.flush_once() == 1
+        message = await queue.get(timeout=5)
+        assert message is not None and message.message_id == str(job.id)
+        assert await relay.backlog() == 0
+    finally:
+        await bus.close()
+        for kind in ("events", "mail", "dlx"):
+            await channel.exchange_delete(f"{prefix}.{kind}")
+        await admin.close()
+
+
+def _unroutable_count(event_type: str) -> float:
+    return (
+        REGISTRY.get_sample_value("clientpress_events_unroutable_total", {"type": event_type})
+        or 0.0
+    )
+
+
+async def test_old_inbox_rows_are_pruned_and_recent_ones_kept(probe_schema: ProbePool) -> None:
+    old, recent = uuid.uuid4(), uuid.uuid4()
+    await probe_schema.pool.execute(
+        "INSERT INTO inbox (event_id, event_type, received_at) VALUES"
+        " ($1, 't', now() - interval '9 days'), ($2, 't', now() - interval '6 days')",
+        old,
+        recent,
+    )
+    assert await prune_inbox(probe_schema.pool, retention_hours=168) == 1
+    left = {r["event_id"] for r in await probe_schema.pool.fetch("SELECT event_id FROM inbox")}
+    assert left == {recent}
+    assert await prune_inbox(probe_schema.pool, retention_hours=168) == 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.common.db import create_pool, migrate
+from libs.common.db import COMMON_MIGRATIONS, create_pool, load_migrations, migrate
 from tests.support.env import TestEnv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,3 +72,17 @@ async def test_a_released_connection_comes_back_clean(test_env: TestEnv, tmp_pat
             assert held == 0
     finally:
         await pool.close()
+
+
+def test_two_migrations_with_one_number_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "0002_one.sql").write_text("SELECT 1;")
+    (tmp_path / "0002_other.sql").write_text("SELECT 2;")
+    with pytest.raises(ValueError, match="two migrations numbered 0002"):
+        load_migrations(tmp_path)
+
+
+@pytest.mark.parametrize("service", ["identity", "portals", "invitations", "mailer"])
+def test_every_service_numbers_its_migrations_once(service: str) -> None:
+    directory = Path(__file__).resolve().parents[2] / "services" / service / "migrations"
+    versions = [m.version for m in load_migrations(COMMON_MIGRATIONS, directory)]
+    assert len(versions) == len(set(versions))

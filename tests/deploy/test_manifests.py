@@ -26,7 +26,16 @@ from typing import Any
 import pytest
 import yaml
 
+from libs.common.service_auth import (
+    COMPOSE_PUBLIC_VARIABLE,
+    compose_variable,
+    generate,
+    keygen_lines,
+    parse_public_table,
+)
 from libs.common.settings import CommonSettings
+from services.gateway.domain import parse_networks
+from tests.support.env import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -34,18 +43,53 @@ COMPOSE_FILE = DEPLOY / "compose.yaml"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 K8S_BASE = DEPLOY / "k8s" / "base"
 K8S_LOCAL = DEPLOY / "k8s" / "overlays" / "local"
+K8S_MONITORING = DEPLOY / "k8s" / "components" / "monitoring"
 DOCKERFILE = ROOT / "Dockerfile"
 ENTRYPOINT = DEPLOY / "docker-entrypoint.sh"
 HEALTHCHECK = DEPLOY / "healthcheck.py"
 
 PORTS = {"gateway": 8080, "identity": 8101, "portals": 8102, "invitations": 8103, "mailer": 8104}
+# /healthz, /readyz, /metrics: never on the public port, never behind a Service or Ingress.
+MANAGEMENT_PORTS = {
+    "gateway": 9080,
+    "identity": 9101,
+    "portals": 9102,
+    "invitations": 9103,
+    "mailer": 9104,
+}
 SERVICES = tuple(PORTS)
-SCHEMA_SERVICES = ("identity", "portals", "invitations", "mailer")  # the gateway owns none
+SCHEMA_SERVICES = ("identity", "portals", "invitations", "mailer", "gateway")
 BACKING = {"postgres", "rabbitmq", "mailpit"}
 # Names that are not service settings but belong to the packaging itself.
 IMAGE_VARIABLES = {"SERVICE"}  # picks the service in the image's entrypoint
 COMPOSE_ONLY_PREFIX = "CLIENTPRESS_"  # compose's own knobs (image tag, env file)
-SECRET_NAMES = {"DATABASE_URL", "AMQP_URL", "SMTP_PASSWORD", "ADMIN_PASSWORD", "GATEWAY_API_KEY"}
+# Secrets a service gets only for itself (compose passes them per service from deploy/.env,
+# never through the shared env file; k8s mounts each into its own Deployment only).
+OWN_SECRETS = {
+    **{f"{s.upper()}_BROKER_PASSWORD": {s} for s in PORTS},
+    "MAIL_JOB_KEY": {"identity", "invitations", "mailer"},
+    "WEBHOOK_SECRET_KEY": {"mailer"},
+    "ADMIN_PASSWORD": {"identity"},
+    "GATEWAY_API_KEY": {"gateway"},
+}
+SECRET_NAMES = {"DATABASE_URL", "AMQP_URL", "SMTP_PASSWORD", *OWN_SECRETS}
+# What `make secrets` writes to deploy/.env (compose's ${...} need them).
+COMPOSE_SECRETS = {
+    **{name: f"test-{name.lower()}" for name in OWN_SECRETS},
+    "BROKER_ADMIN_PASSWORD": "test-broker-admin",
+    "CRM_BROKER_PASSWORD": "test-crm",
+}
+# The README's architecture table: who calls whose internal HTTP API.
+CALLS = {
+    "gateway": {"identity", "portals", "invitations", "mailer"},
+    "invitations": {"identity", "portals"},
+    "identity": set(),
+    "portals": set(),
+    "mailer": set(),
+}
+# The port serving /metrics: the management port, which no Service or Ingress exposes.
+METRICS_PORTS = MANAGEMENT_PORTS
+SERVICE_KEYS_SECRET = "clientpress-service-keys"
 
 
 def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -166,7 +210,8 @@ def env_example() -> dict[str, str]:
 
 def test_env_example_lists_every_variable_and_nothing_else() -> None:
     names = set(env_example())
-    missing = known_names() - names
+    assert not names & set(OWN_SECRETS), "per-service secrets never go in the shared file"
+    missing = known_names() - names - set(OWN_SECRETS)
     assert not missing, f"deploy/.env.example lacks {sorted(missing)}"
     unknown = {n for n in names - known_names() if not n.startswith(COMPOSE_ONLY_PREFIX)}
     assert not unknown, f"deploy/.env.example sets variables nothing reads: {sorted(unknown)}"
@@ -186,6 +231,8 @@ def test_env_example_values_fit_the_containers() -> None:
     for service, port in PORTS.items():
         assert values[f"{service.upper()}_PORT"] == str(port)
         assert values[f"{service.upper()}_HOST"] == "0.0.0.0"
+        management = values[f"{service.upper()}_MANAGEMENT_PORT"]
+        assert management == str(MANAGEMENT_PORTS[service])
     assert values["IDENTITY_URL"] == "http://identity:8101"
     assert values["PORTALS_URL"] == "http://portals:8102"
     assert values["INVITATIONS_URL"] == "http://invitations:8103"
@@ -193,9 +240,10 @@ def test_env_example_values_fit_the_containers() -> None:
     assert (
         values["DATABASE_URL"] == "postgresql://clientpress:clientpress@postgres:5432/clientpress"
     )
-    assert values["AMQP_URL"] == "amqp://clientpress:clientpress@rabbitmq:5672/"
+    # the broker's address only: each service logs in as its own user
+    assert values["AMQP_URL"] == "amqp://rabbitmq:5672/"
     assert values["PUBLIC_URL"] == "http://localhost:8080"
-    assert values["ADMIN_EMAIL"] and len(values["ADMIN_PASSWORD"]) >= 12
+    assert values["ADMIN_EMAIL"]
     # the example must itself be a valid configuration
     settings = CommonSettings.model_validate({k.lower(): v for k, v in values.items()})
     assert settings.public_base == "http://localhost:8080"
@@ -206,15 +254,25 @@ def test_env_example_values_fit_the_containers() -> None:
 # ---------------------------------------------------------------------------------------
 
 
+COMPOSE_KEYS = keygen_lines(generate())
+
+
 @pytest.fixture(scope="module")
 def compose_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """`docker-compose config` (v1) must accept the file; returns what it resolved.
     Also `docker compose config` (v2) when that plugin is installed."""
     binary = require_binary("docker-compose", "`apt-get install docker-compose`")
-    # an empty interpolation env file: a developer's own deploy/.env must not matter here
+    # without the secrets compose refuses to start, naming what to run
     empty = tmp_path_factory.mktemp("compose") / "empty.env"
     empty.write_text("")
-    base = ["--env-file", str(empty), "-f", str(COMPOSE_FILE), "config"]
+    refused = run([binary, "--env-file", str(empty), "-f", str(COMPOSE_FILE), "config"])
+    assert refused.returncode != 0 and "make secrets" in refused.stderr, refused.stderr
+    # an interpolation env file with only what `make secrets` writes: a developer's own
+    # deploy/.env must not matter here
+    secrets = tmp_path_factory.mktemp("compose") / "secrets.env"
+    lines = [f"{k}={v}" for k, v in COMPOSE_SECRETS.items()] + list(COMPOSE_KEYS)
+    secrets.write_text("\n".join(lines) + "\n")
+    base = ["--env-file", str(secrets), "-f", str(COMPOSE_FILE), "config"]
     result = run([binary, *base])
     assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
     assert "WARN" not in result.stderr.upper(), result.stderr
@@ -242,8 +300,8 @@ def app_services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_compose_has_the_whole_stack(compose_config: dict[str, Any]) -> None:
-    assert set(compose_config["services"]) == {*SERVICES, "migrate", *BACKING}
-    assert set(app_services(compose_config)) == {*SERVICES, "migrate"}
+    assert set(compose_config["services"]) == {*SERVICES, "migrate", "broker-setup", *BACKING}
+    assert set(app_services(compose_config)) == {*SERVICES, "migrate", "broker-setup"}
     assert compose_config["services"]["postgres"]["image"] == "postgres:16"
     assert compose_config["services"]["rabbitmq"]["image"] == "rabbitmq:3.13-management"
     assert compose_config["services"]["mailpit"]["image"].startswith("axllent/mailpit")
@@ -258,11 +316,15 @@ def test_compose_services_build_the_image_and_wait_for_their_dependencies(
         assert svc["build"]["dockerfile"] == "Dockerfile", name
         assert svc["image"] == "clientpress:latest", name
         depends = svc["depends_on"]
+        if name == "broker-setup":
+            assert depends["rabbitmq"]["condition"] == "service_healthy"
+            continue
         assert depends["postgres"]["condition"] == "service_healthy", name
         if name == "migrate":
             continue
         assert depends["rabbitmq"]["condition"] == "service_healthy", name
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["broker-setup"]["condition"] == "service_completed_successfully", name
         assert svc["environment"]["SERVICE"] == name
         assert svc["stop_grace_period"] == "30s", name
         test = svc["healthcheck"]["test"]
@@ -298,21 +360,58 @@ def test_compose_publishes_only_the_gateway_and_the_inboxes(
         "mailpit": {8025},
         "rabbitmq": {15672},
     }
+    # the inboxes (every link; the broker's administrator) answer this host only
+    for name in ("mailpit", "rabbitmq"):
+        for entry in compose_raw["services"][name]["ports"]:
+            assert str(entry).startswith("127.0.0.1:"), (name, entry)
 
 
 def test_compose_names_exactly_the_known_variables(compose_config: dict[str, Any]) -> None:
     known = known_names()
     for name, svc in app_services(compose_config).items():
+        if name == "broker-setup":
+            continue  # the provisioning's own variables (libs/common/provision.py)
         env = set(svc.get("environment", {}))
         unknown = {
             n for n in env - known - IMAGE_VARIABLES if not n.startswith(COMPOSE_ONLY_PREFIX)
         }
         assert not unknown, f"compose service {name} sets unknown variables {sorted(unknown)}"
-        missing = known - env
+        mine = {s for s, owners in OWN_SECRETS.items() if name in owners}
+        others = set(OWN_SECRETS) - mine
+        assert not env & others, f"compose service {name} gets {sorted(env & others)}"
+        missing = known - env - others
         assert not missing, f"compose service {name} lacks {sorted(missing)}"
     # the raw file names no other variable either (${...} substitutions included)
     substituted = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE_FILE.read_text()))
-    assert {n for n in substituted if not n.startswith(COMPOSE_ONLY_PREFIX)} <= known
+    assert {n for n in substituted if not n.startswith(COMPOSE_ONLY_PREFIX)} <= known | set(
+        COMPOSE_SECRETS
+    )
+
+
+def test_compose_gives_each_service_only_its_own_key(compose_config: dict[str, Any]) -> None:
+    keys = dict(line.split("=", 1) for line in COMPOSE_KEYS)
+    for name, svc in app_services(compose_config).items():
+        env = svc["environment"]
+        leaked = {n for n in env if n.startswith("CLIENTPRESS_") and n.endswith("_SERVICE_KEY")}
+        assert not leaked, f"{name} sees {sorted(leaked)}"
+        if name in ("migrate", "broker-setup"):
+            assert not env.get("SERVICE_KEY"), f"{name} needs no key"
+            continue
+        assert env["SERVICE_KEY"] == keys[compose_variable(name)], name
+        assert env["SERVICE_PUBLIC_KEYS"] == keys[COMPOSE_PUBLIC_VARIABLE], name
+        assert set(parse_public_table(env["SERVICE_PUBLIC_KEYS"])) == set(SERVICES)
+
+
+def test_compose_refuses_to_start_without_the_service_keys(tmp_path: Path) -> None:
+    binary = require_binary("docker-compose", "`apt-get install docker-compose`")
+    # every other secret there, only the keys missing
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("".join(f"{k}={v}\n" for k, v in COMPOSE_SECRETS.items()))
+    result = run([binary, "--env-file", str(secrets), "-f", str(COMPOSE_FILE), "config"])
+    assert result.returncode != 0
+    assert "_SERVICE_KEY is not set: run make secrets" in result.stderr
+    makefile = (ROOT / "Makefile").read_text()
+    assert "scripts/compose_secrets.py" in makefile.split("\nsecrets:", 1)[1].split("\n\n")[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -338,6 +437,13 @@ def of_kind(docs: tuple[dict[str, Any], ...], kind: str) -> dict[str, dict[str, 
 
 def labels_of(doc: dict[str, Any]) -> dict[str, str]:
     return dict(doc["spec"]["template"]["metadata"].get("labels", {}))
+
+
+def is_provisioning(container: dict[str, Any]) -> bool:
+    """The broker provisioning (libs/common/provision.py) runs from the ClientPress image
+    with the broker's own credentials; it is a tool, not a service with settings."""
+    words = [*container.get("command", []), *container.get("args", [])]
+    return any("libs.common.provision" in str(word) for word in words)
 
 
 def is_clientpress(container: dict[str, Any]) -> bool:
@@ -371,10 +477,17 @@ def test_k8s_has_every_service(directory: Path) -> None:
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         assert is_clientpress(container)
         assert {"name": "SERVICE", "value": name} in container["env"]
-        assert [p["containerPort"] for p in container["ports"]] == [port]
+        assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+            ("http", port),
+            ("management", MANAGEMENT_PORTS[name]),
+        ]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(MANAGEMENT_PORTS[name])
+        assert annotations["prometheus.io/path"] == "/metrics"
         service = services[name]
         assert service["spec"]["selector"].items() <= labels.items()
-        assert [p["port"] for p in service["spec"]["ports"]] == [port]
+        # The management port is behind no Service, so no Ingress can ever route it.
+        assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(port, "http")]
         hpa = hpas[name]
         assert hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["spec"]["scaleTargetRef"] == {
@@ -394,6 +507,50 @@ def test_k8s_has_every_service(directory: Path) -> None:
         for path in rule["http"]["paths"]
     ]
     assert backends and all(b["name"] == "gateway" for b in backends)
+    assert all(b["port"] in ({"name": "http"}, {"number": PORTS["gateway"]}) for b in backends)
+
+
+@OVERLAYS
+def test_k8s_no_ingress_or_service_reaches_a_management_port(directory: Path) -> None:
+    docs = kustomize(directory)
+    management = set(MANAGEMENT_PORTS.values()) | {"management"}
+    for name, service in of_kind(docs, "Service").items():
+        if name not in PORTS:  # RabbitMQ's own UI port is also called "management"
+            continue
+        for port in service["spec"]["ports"]:
+            assert port["port"] not in management, service["metadata"]["name"]
+            assert port.get("targetPort") not in management, service["metadata"]["name"]
+    for ingress in of_kind(docs, "Ingress").values():
+        backends = [
+            path["backend"]["service"]["port"]
+            for rule in ingress["spec"].get("rules", [])
+            for path in rule["http"]["paths"]
+        ]
+        if "defaultBackend" in ingress["spec"]:
+            backends.append(ingress["spec"]["defaultBackend"]["service"]["port"])
+        for port in backends:
+            assert port.get("name") not in management and port.get("number") not in management
+
+
+def test_k8s_monitoring_component_scrapes_the_management_port(tmp_path: Path) -> None:
+    overlay = tmp_path / "with-monitoring"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(K8S_LOCAL, overlay)],
+                "components": [os.path.relpath(K8S_MONITORING, overlay)],
+            }
+        )
+    )
+    (monitor,) = of_kind(kustomize(overlay), "PodMonitor").values()
+    assert monitor["spec"]["podMetricsEndpoints"] == [
+        {"port": "management", "path": "/metrics", "interval": "30s"}
+    ]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    for deployment in of_kind(kustomize(K8S_LOCAL), "Deployment").values():
+        if deployment["metadata"]["name"] in PORTS:
+            assert selector.items() <= labels_of(deployment).items()
 
 
 @OVERLAYS
@@ -406,14 +563,14 @@ def test_k8s_workloads_are_probed_bounded_and_locked_down(directory: Path) -> No
         assert pod_security.get("runAsNonRoot") is True, where
         assert pod_security.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
         assert pod.get("automountServiceAccountToken") is False, where
-        for container in pod["containers"]:
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
             resources = container.get("resources", {})
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"{where} {bound}"
             security = container.get("securityContext", {})
             assert security.get("allowPrivilegeEscalation") is False, where
             assert security.get("capabilities", {}).get("drop") == ["ALL"], where
-            if doc["kind"] != "Job":
+            if container in pod["containers"] and doc["kind"] != "Job":
                 assert "livenessProbe" in container and "readinessProbe" in container, where
             if doc["kind"] == "Deployment":
                 assert security.get("readOnlyRootFilesystem") is True, where
@@ -422,31 +579,67 @@ def test_k8s_workloads_are_probed_bounded_and_locked_down(directory: Path) -> No
             # the ClientPress image: uid 10001, read-only root, /tmp on an emptyDir
             assert security.get("readOnlyRootFilesystem") is True, where
             assert security.get("runAsNonRoot") is True, where
-            assert pod_security.get("runAsUser") == 10001, where
+            uid = security.get("runAsUser", pod_security.get("runAsUser"))
+            assert uid == 10001, where
             assert pod.get("enableServiceLinks") is False, f"{where}: *_PORT would clash"
             mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
             volumes = {v["name"]: v for v in pod.get("volumes", [])}
             assert "emptyDir" in volumes[mounts["/tmp"]], where
-            if doc["kind"] == "Deployment":
+            if doc["kind"] == "Deployment" and container in pod["containers"]:
                 assert pod["terminationGracePeriodSeconds"] == 30, where
-                assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", where
-                assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", where
+                probes = ("startupProbe", "livenessProbe", "readinessProbe")
+                paths = [container[p]["httpGet"]["path"] for p in probes]
+                assert paths == ["/healthz", "/healthz", "/readyz"], where
+                assert {container[p]["httpGet"]["port"] for p in probes} == {"management"}
 
 
 @OVERLAYS
-def test_k8s_migrations_job_runs_every_schema(directory: Path) -> None:
-    jobs = of_kind(kustomize(directory), "Job")
-    (job,) = jobs.values()
-    (container,) = job["spec"]["template"]["spec"]["containers"]
-    assert is_clientpress(container)
-    script = " ".join(container["command"] + container.get("args", []))
+def test_k8s_migrates_before_serving_and_nothing_blocks_the_next_apply(directory: Path) -> None:
+    docs = kustomize(directory)
+    # A Job's pod template is immutable: one with a fixed name makes the next
+    # `kubectl apply` of a new image fail (and GitOps tools stall). There is none.
+    assert not of_kind(docs, "Job") and not of_kind(docs, "CronJob") and not of_kind(docs, "Pod")
+    deployments = of_kind(docs, "Deployment")
     for service in SCHEMA_SERVICES:
-        assert f"python -m services.{service} migrate" in script
-    assert job["spec"]["template"]["spec"]["restartPolicy"] in {"OnFailure", "Never"}
+        pod = deployments[service]["spec"]["template"]["spec"]
+        (init,) = pod["initContainers"]
+        (container,) = pod["containers"]
+        assert init["command"] == ["python", "-m", f"services.{service}", "migrate"], service
+        assert init["image"] == container["image"], "the migrations of the image that serves"
+        database = next(v for v in init["env"] if v["name"] == "DATABASE_URL")
+        assert database["valueFrom"]["secretKeyRef"]["name"].startswith("clientpress-secrets")
+        assert init["envFrom"] == container["envFrom"]
+
+
+def pod_names(peer: dict[str, Any]) -> set[str]:
+    """The ClientPress services a NetworkPolicy peer selects by name (empty: none)."""
+    labels = peer.get("podSelector", {}).get("matchLabels", {})
+    name = labels.get("app.kubernetes.io/name")
+    return {name} if name in PORTS else set()
+
+
+def policies_for(policies: list[dict[str, Any]], service: str, kind: str) -> list[dict[str, Any]]:
+    """The ingress or egress rules of every policy that selects ``service``'s pods."""
+    rules = []
+    for policy in policies:
+        spec = policy["spec"]
+        if kind.capitalize() not in spec.get("policyTypes", []):
+            continue
+        selector = spec["podSelector"]
+        labels = selector.get("matchLabels", {})
+        matches = labels.get("app.kubernetes.io/name") == service or any(
+            e["key"] == "app.kubernetes.io/component" and "service" in e["values"]
+            for e in selector.get("matchExpressions", [])
+        )
+        if matches:
+            rules.extend(spec.get(kind, []))
+    return rules
 
 
 @OVERLAYS
 def test_k8s_network_policies(directory: Path) -> None:
+    """Ingress and egress allow exactly the arrows of the README's architecture table;
+    the monitoring namespace reaches only the management port (/metrics)."""
     policies = list(of_kind(kustomize(directory), "NetworkPolicy").values())
     default_deny = [
         p
@@ -457,39 +650,45 @@ def test_k8s_network_policies(directory: Path) -> None:
     ]
     assert default_deny, "no default-deny ingress policy"
 
-    def rules_for(service: str) -> list[dict[str, Any]]:
-        return [
-            rule
-            for p in policies
-            if p["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
-            == service
-            for rule in p["spec"].get("ingress", [])
-        ]
-
-    gateway_rules = rules_for("gateway")
+    gateway_rules = policies_for(policies, "gateway", "ingress")
     assert any(
         "from" not in r and {"protocol": "TCP", "port": 8080} in r["ports"] for r in gateway_rules
     )
     for service in ("identity", "portals", "invitations", "mailer"):
-        rules = rules_for(service)
+        rules = policies_for(policies, service, "ingress")
         assert rules, f"{service}: no ingress rule (default deny would cut it off)"
+        callers: set[str] = set()
         for rule in rules:
             assert rule.get("from"), f"{service} accepts connections from anywhere"
-            assert [p["port"] for p in rule["ports"]] == [PORTS[service]]
+            ports = [p["port"] for p in rule["ports"]]
             for peer in rule["from"]:
-                pods = peer.get("podSelector", {}).get("matchLabels", {})
                 namespaces = peer.get("namespaceSelector")
-                assert pods.get("app.kubernetes.io/part-of") == "clientpress" or namespaces, peer
-    for service in ("identity", "portals", "invitations"):
-        peers = [peer for rule in rules_for(service) for peer in rule["from"]]
-        assert any(
-            peer.get("podSelector", {}).get("matchLabels")
-            == {
-                "app.kubernetes.io/part-of": "clientpress",
-                "app.kubernetes.io/component": "service",
-            }
-            for peer in peers
-        ), service
+                if namespaces is not None:
+                    assert namespaces == {
+                        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                    }, peer
+                    assert "podSelector" not in peer, peer
+                    assert ports == [METRICS_PORTS[service]], f"{service}: monitoring {ports}"
+                    continue
+                names = pod_names(peer)
+                assert names, f"{service}: a peer that is not one named service: {peer}"
+                assert ports == [PORTS[service]], service
+                callers |= names
+        expected = {caller for caller, callees in CALLS.items() if service in callees}
+        assert callers == expected, f"{service} answers {sorted(callers)}"
+
+    for service in SERVICES:
+        egress = policies_for(policies, service, "egress")
+        assert egress, f"{service}: egress is not limited"
+        reached = {
+            name for rule in egress for peer in rule.get("to", []) for name in pod_names(peer)
+        }
+        assert reached == CALLS[service], f"{service} reaches {sorted(reached)}"
+        open_ports = {p["port"] for rule in egress if "to" not in rule for p in rule["ports"]}
+        smtp = {25, 465, 587}
+        assert {53, 5432, 5672} <= open_ports, service
+        assert (open_ports & smtp == smtp) == (service == "mailer"), service
+        assert not open_ports & set(PORTS.values()), f"{service} reaches a service port"
 
 
 def k8s_names(docs: tuple[dict[str, Any], ...]) -> tuple[set[str], set[str], set[str]]:
@@ -504,8 +703,9 @@ def k8s_names(docs: tuple[dict[str, Any], ...]) -> tuple[set[str], set[str], set
         if name.startswith("clientpress-secrets"):
             secret_keys |= set(secret.get("data", {})) | set(secret.get("stringData", {}))
     for doc in workloads(docs):
-        for container in doc["spec"]["template"]["spec"]["containers"]:
-            if not is_clientpress(container):
+        pod = doc["spec"]["template"]["spec"]
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            if not is_clientpress(container) or is_provisioning(container):
                 continue
             for source in container.get("envFrom", []):
                 ref = source.get("configMapRef") or source.get("secretRef")
@@ -513,7 +713,9 @@ def k8s_names(docs: tuple[dict[str, Any], ...]) -> tuple[set[str], set[str], set
             for var in container.get("env", []):
                 container_names.add(var["name"])
                 ref = var.get("valueFrom", {}).get("secretKeyRef")
-                if ref:
+                if ref and ref["name"] == SERVICE_KEYS_SECRET:
+                    assert var["name"] in {"SERVICE_KEY", "SERVICE_PUBLIC_KEYS"}, var
+                elif ref:
                     assert ref["name"].startswith("clientpress-secrets"), var
                     assert ref["key"] == var["name"], var
     return config_keys, secret_keys, container_names
@@ -525,9 +727,34 @@ def secret_example_keys() -> set[str]:
     return set(example["stringData"])
 
 
+@OVERLAYS
+def test_k8s_gives_each_service_only_its_own_key(directory: Path) -> None:
+    docs = kustomize(directory)
+    example = yaml.safe_load((K8S_BASE / "service-keys.example.yaml").read_text())
+    assert example["kind"] == "Secret" and example["metadata"]["name"] == SERVICE_KEYS_SECRET
+    assert set(example["stringData"]) == {line.split("=", 1)[0] for line in COMPOSE_KEYS}
+    for doc in workloads(docs):
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            if not is_clientpress(container):
+                continue
+            refs = {
+                var["name"]: var["valueFrom"]["secretKeyRef"]
+                for var in container.get("env", [])
+                if var.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+                == SERVICE_KEYS_SECRET
+            }
+            name = doc["metadata"]["name"]
+            if doc["kind"] == "Job":
+                assert not refs, "the migrations need no key"
+                continue
+            assert refs["SERVICE_KEY"]["key"] == compose_variable(name), name
+            assert refs["SERVICE_PUBLIC_KEYS"]["key"] == COMPOSE_PUBLIC_VARIABLE, name
+
+
 def test_k8s_secret_example_is_not_in_the_base() -> None:
     kustomization = yaml.safe_load((K8S_BASE / "kustomization.yaml").read_text())
     assert "secret.example.yaml" not in kustomization.get("resources", [])
+    assert "service-keys.example.yaml" not in kustomization.get("resources", [])
     assert secret_example_keys() == SECRET_NAMES
     assert not of_kind(kustomize(K8S_BASE), "Secret"), "the base ships no Secret"
     assert any(i["name"] == "clientpress" for i in kustomization["images"])
@@ -554,9 +781,25 @@ def test_k8s_names_exactly_the_known_variables(directory: Path) -> None:
         if service != "gateway":
             assert data[f"{service.upper()}_PORT"] == str(port)
         assert data[f"{service.upper()}_HOST"] == "0.0.0.0"
+        assert data[f"{service.upper()}_MANAGEMENT_PORT"] == str(MANAGEMENT_PORTS[service])
     assert data["GATEWAY_PORT"] == "8080"
     for service in ("identity", "portals", "invitations"):
         assert data[f"{service.upper()}_URL"] == f"http://{service}:{PORTS[service]}"
+
+
+@OVERLAYS
+def test_k8s_each_service_gets_only_its_own_secrets(directory: Path) -> None:
+    for name, deployment in of_kind(kustomize(directory), "Deployment").items():
+        if name not in PORTS:
+            continue
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"] for e in container.get("env", [])}
+        mine = {s for s, owners in OWN_SECRETS.items() if name in owners}
+        assert mine - {"ADMIN_PASSWORD", "GATEWAY_API_KEY"} <= env, name
+        assert not env & (set(OWN_SECRETS) - mine), (name, env & (set(OWN_SECRETS) - mine))
+        assert not container.get("envFrom", []) or all(
+            "secretRef" not in source for source in container["envFrom"]
+        ), name
 
 
 def test_k8s_local_overlay_is_complete() -> None:
@@ -599,6 +842,22 @@ def test_k8s_local_overlay_is_complete() -> None:
         assert labels["app.kubernetes.io/component"] in allowed, name
 
 
+def test_k8s_gateway_trusts_only_the_ingress_controller() -> None:
+    """The base trusts no proxy (an overlay names its controller's range); the local one
+    trusts the laptop clusters' pod networks; the Ingress limits each address first."""
+    for directory, expected in ((K8S_BASE, ""), (K8S_LOCAL, "10.0.0.0/8")):
+        docs = kustomize(directory)
+        data = next(
+            c for n, c in of_kind(docs, "ConfigMap").items() if n.startswith("clientpress")
+        )["data"]
+        assert data["GATEWAY_TRUSTED_PROXIES"] == expected, directory.name
+        parse_networks(data["GATEWAY_TRUSTED_PROXIES"])
+        assert data["GATEWAY_FORWARDED_HEADER"] == "x-forwarded-for"
+        annotations = of_kind(docs, "Ingress")["gateway"]["metadata"]["annotations"]
+        assert int(annotations["nginx.ingress.kubernetes.io/limit-rps"]) > 1
+        assert int(annotations["nginx.ingress.kubernetes.io/limit-connections"]) > 1
+
+
 # ---------------------------------------------------------------------------------------
 # the image: Dockerfile, entrypoint, healthcheck, build context, package data
 # ---------------------------------------------------------------------------------------
@@ -633,7 +892,9 @@ def test_dockerfile_is_multi_stage_non_root_and_healthchecked() -> None:
     assert final_image == "python:3.11-slim"
     final = instructions[max(i for i, (k, _) in enumerate(instructions) if k == "FROM") :]
     runs = " ".join(a for k, a in instructions if k == "RUN")
-    assert "pip install ." in runs
+    # The locked tree, every file checked against its hash; then the project, nothing more.
+    assert "pip install --require-hashes -r requirements.lock" in runs
+    assert "pip install --no-deps ." in runs
     assert any(k == "COPY" and a.startswith("--from=") for k, a in final), "copies the venv"
     final_runs = " ".join(a for k, a in final if k == "RUN")
     assert not re.search(r"apt-get install|build-essential|gcc", final_runs)
@@ -688,7 +949,7 @@ class _Health(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_healthcheck_script_asks_the_service_port() -> None:
+def test_healthcheck_script_asks_the_management_port() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -704,9 +965,20 @@ def test_healthcheck_script_asks_the_service_port() -> None:
                 timeout=30,
             ).returncode
 
-        assert check("/healthz", SERVICE="mailer", MAILER_PORT=port, MAILER_HOST="0.0.0.0") == 0
-        assert check("/readyz", SERVICE="mailer", MAILER_PORT=port) == 1
-        assert check("/healthz", SERVICE="gateway", GATEWAY_PORT=port) == 0
+        closed = str(free_port())
+        mailer = {"SERVICE": "mailer", "MAILER_HOST": "0.0.0.0"}
+        assert check("/healthz", **mailer, MAILER_MANAGEMENT_PORT=port) == 0
+        assert check("/readyz", **mailer, MAILER_MANAGEMENT_PORT=port) == 1
+        # the generic name, for a container that runs one service; the specific one wins
+        assert check("/healthz", SERVICE="gateway", MANAGEMENT_PORT=port) == 0
+        assert (
+            check(
+                "/healthz", SERVICE="gateway", MANAGEMENT_PORT=closed, GATEWAY_MANAGEMENT_PORT=port
+            )
+            == 0
+        )
+        # the public port serves no health route: it is never asked
+        assert check("/healthz", SERVICE="gateway", GATEWAY_PORT=port, MANAGEMENT_PORT=closed) == 1
         assert check("/healthz", SERVICE="nope") == 1
     finally:
         server.shutdown()

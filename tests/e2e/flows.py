@@ -118,7 +118,14 @@ def bus_prefix(stack: Stack) -> str:
 
 
 def amqp_url(stack: Stack) -> str:
-    return stack.env.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    """The example integration's broker user: publishes invitation.requested, reads the
+    invitation lifecycle, nothing else."""
+    return stack.broker.integration_url
+
+
+def admin_amqp_url(stack: Stack) -> str:
+    """The broker administrator's: a program that may bind to every public event."""
+    return stack.broker.amqp_url
 
 
 class Listener:
@@ -147,14 +154,12 @@ class Listener:
 
 
 @asynccontextmanager
-async def listening(stack: Stack, *keys: str) -> AsyncIterator[Listener]:
+async def listening(stack: Stack, *keys: str, url: str | None = None) -> AsyncIterator[Listener]:
     listener = Listener()
-    connection = await aio_pika.connect_robust(amqp_url(stack))
+    connection = await aio_pika.connect_robust(url or amqp_url(stack))
     try:
         channel = await connection.channel()
-        exchange = await channel.declare_exchange(
-            f"{bus_prefix(stack)}.events", aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        exchange = await channel.get_exchange(f"{bus_prefix(stack)}.events", ensure=True)
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         for key in keys:
             await queue.bind(exchange, routing_key=key)
@@ -178,7 +183,7 @@ def envelope(
     version: int = 1,
     correlation_id: str | None = None,
 ) -> dict[str, Any]:
-    """A v1 envelope as DESIGN.md "Events" describes it, built by hand (no libs.common)."""
+    """A v1 envelope as docs/design.md "Events" describes it, built by hand (no libs.common)."""
     return {
         "id": str(uuid.uuid4()),
         "type": event_type,

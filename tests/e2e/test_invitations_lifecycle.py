@@ -91,7 +91,9 @@ async def test_expiry_setting_choices_and_refusal(
     code, _, page = await admin.get("/admin/settings")
     assert code == 200
     assert "Invitation Link Expiry" in page and "Save Settings" in page
-    options = re.findall(r"<option[^>]*>([^<]+)</option>", page)
+    expiry_select = re.search(r'<select id="expiry".*?</select>', page, re.S)
+    assert expiry_select, page
+    options = re.findall(r"<option[^>]*>([^<]+)</option>", expiry_select.group(0))
     assert options == ["7 days", "14 days", "21 days", "30 days"], options
     assert re.search(r'<option value="30" selected>30 days</option>', page)
 
@@ -205,11 +207,11 @@ async def test_resend_from_the_screen_kills_the_old_link(
     new_link = accept_link((await stack.sink.wait_for(email, count=2))[-1])
     assert new_link != old_link
     code, _, page = await browser.get(old_link)
-    assert code == 404 and "not valid" in page
+    assert code == 410 and "This link was replaced by a newer one" in page
     code, url, page = await accept_from_email(stack, browser, email)
     assert url.endswith(f"/client-portal/{portal['slug']}/"), url
     code, _, page = await Browser(stack.public_url).get(old_link)
-    assert "not valid" in page
+    assert code == 409 and "This invitation has already been used" in page
 
     # Accepted: nothing more to resend or revoke.
     code, body = await api.call("POST", f"/invitations/{invitation_id.group(1)}/resend")
@@ -267,7 +269,7 @@ async def test_inviting_again_resends_the_pending_invitation(
     assert [i["email"] for i in listed["items"]] == [email]  # one invitation, not three
     assert listed["items"][0]["send_count"] == 3
     code, _, page = await browser.get(first_link)
-    assert "not valid" in page
+    assert code == 410 and "This link was replaced by a newer one" in page
     code, _, page = await browser.get(accept_link(messages[-1]))
     assert code == 200 and "Set Password" in page
 

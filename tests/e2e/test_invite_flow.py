@@ -11,6 +11,7 @@ import pytest
 
 from tests.e2e.conftest import Browser, Stack
 from tests.e2e.flows import CLIENT_PASSWORD, accept_from_email, create_portal, invite, unique_email
+from tests.support.servers import current as current_servers
 from tests.support.smtp import accept_link, html_part, text_part
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -130,17 +131,15 @@ async def test_broker_connections_dropped_between_invite_and_email(
 ) -> None:
     editor_url, editor_html = await create_portal(admin, "Broker Drop", "b")
     emails = [unique_email("drop") for _ in range(5)]
-    proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl",
-        "close_all_connections",
-        "e2e test: connection drop",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+    dropped = asyncio.create_task(
+        asyncio.to_thread(
+            current_servers().rabbitmqctl, "close_all_connections", "e2e test: connection drop"
+        )
     )
     for email in emails:
         await invite(admin, editor_url, editor_html, email)
         if email == emails[1]:
-            await proc.wait()
+            await dropped
     for email in emails:
         assert len(await stack.sink.wait_for(email, timeout=60)) == 1
     await asyncio.sleep(1.0)

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.conftest import Stack
 from tests.e2e.flows import Api, accept_from_email, eventually, publish_raw, unique_email
 from tests.support.env import free_port, new_test_env, provisioned
-from tests.support.processes import LOG_DIR, PORT_VARS, ROOT
+from tests.support.processes import LOG_DIR, PORT_VARS, ROOT, own_key_only
 from tests.support.smtp import SmtpSink
 from tests.support.stack import API_KEY, ORDER, Browser, running_stack
 
@@ -61,7 +61,7 @@ def requests_off_metrics(samples: Samples) -> float:
 
 
 async def scrape_all(stack: Stack) -> dict[str, Samples]:
-    found = await asyncio.gather(*(scrape(stack.services[name].url) for name in ORDER))
+    found = await asyncio.gather(*(scrape(stack.services[name].management_url) for name in ORDER))
     return {name: samples for name, (samples, _) in zip(ORDER, found, strict=True)}
 
 
@@ -76,10 +76,10 @@ async def test_metrics_move_during_an_invite(stack: Stack) -> None:
         "clientpress_outbox_backlog",
     )
     for name in ORDER:
-        _, text = await scrape(stack.services[name].url)
+        _, text = await scrape(stack.services[name].management_url)
         for family in families:
             assert f"# TYPE {family}" in text, (name, family)
-    _, mailer_text = await scrape(stack["mailer"].url)
+    _, mailer_text = await scrape(stack["mailer"].management_url)
     assert "# TYPE clientpress_emails_sent_total counter" in mailer_text
     assert "# TYPE clientpress_emails_failed_total counter" in mailer_text
 
@@ -92,7 +92,7 @@ async def test_metrics_move_during_an_invite(stack: Stack) -> None:
             _, page = await api.call("GET", f"/invitations?portal_id={portal_id}")
             if not all(i["delivery"] == "sent" for i in page["items"]):
                 return None
-            s, _ = await scrape(stack["invitations"].url)
+            s, _ = await scrape(stack["invitations"].management_url)
             return True if ("clientpress_invitations", (("status", "pending"),)) in s else None
 
         await eventually(quiet, "the probe invitation to settle")
@@ -209,8 +209,15 @@ class Load:
     """Concurrent clients creating invitations; a refused connection (the service is
     down) is retried until it restarts, anything else that isn't a 201 is a failure."""
 
-    def __init__(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        url: str,
+        headers: dict[str, str],
+        body: dict[str, Any],
+        middlewares: tuple[aiohttp.ClientMiddlewareType, ...] = (),
+    ) -> None:
         self.url, self.headers, self.body = url, headers, body
+        self.middlewares = middlewares
         self.created: list[str] = []
         self.failures: list[str] = []
         self.refused = 0
@@ -222,7 +229,9 @@ class Load:
         # closes as it stops would fail the next request without it ever arriving.
         connector = aiohttp.TCPConnector(force_close=True)
         timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, middlewares=self.middlewares
+        ) as session:
             while not self.stop:
                 email = f"load-{next(self._n)}-{uuid.uuid4().hex[:6]}@example.com"
                 await self._create(session, email)
@@ -317,7 +326,12 @@ async def test_sigterm_to_invitations_under_load_loses_nothing(ops_stack: Stack)
     portal_id = await _invitable_portal(ops_stack)
     # Straight to the service's internal API, so that a refused connection is told apart
     # from the gateway's 503 for an unreachable upstream.
-    load = Load(ops_stack["invitations"].url + "/invitations", {}, {"portal_id": portal_id})
+    load = Load(
+        ops_stack["invitations"].url + "/invitations",
+        {},
+        {"portal_id": portal_id},
+        (ops_stack.keys.client_middleware("gateway", "invitations"),),
+    )
     await _sigterm_under_load(ops_stack, "invitations", load)
     await _each_gets_one_email(ops_stack, load.created)
 
@@ -339,7 +353,11 @@ VENV_BIN = ROOT / ".venv" / "bin"
 
 
 def _entrypoint(service: str, env: dict[str, str], *args: str, log: Path | None = None) -> Any:
-    env = {**env, "SERVICE": service, "PATH": f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"}
+    env = {
+        **own_key_only(env, service),
+        "SERVICE": service,
+        "PATH": f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}",
+    }
     out = log.open("ab") if log is not None else subprocess.PIPE
     return subprocess.Popen(
         [str(ENTRYPOINT), *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
@@ -348,13 +366,14 @@ def _entrypoint(service: str, env: dict[str, str], *args: str, log: Path | None 
 
 async def test_the_image_entrypoint_migrates_and_starts_each_service() -> None:
     """deploy/docker-entrypoint.sh outside a container: `migrate`, then each of the five
-    services reaches /readyz and stops on SIGTERM with exit 0.
+    services reaches /readyz (on its management port) and stops on SIGTERM with exit 0.
     (tests/deploy checks the script's arguments with a stand-in python; this runs it.)"""
     sink = SmtpSink()
     sink.start()
     try:
         async with provisioned(new_test_env()) as test_env:
             ports = {name: free_port() for name in ORDER}
+            management = {name: free_port() for name in ORDER}
             env = test_env.service_env(
                 SMTP_HOST="127.0.0.1",
                 SMTP_PORT=str(sink.port),
@@ -363,6 +382,7 @@ async def test_the_image_entrypoint_migrates_and_starts_each_service() -> None:
                 ADMIN_PASSWORD="correct-horse-battery-staple-42",
                 GATEWAY_API_KEY="entrypoint-api-key-0123456789",
                 **{PORT_VARS[name]: str(port) for name, port in ports.items()},
+                **{f"{n.upper()}_MANAGEMENT_PORT": str(p) for n, p in management.items()},
                 **{
                     f"{name.upper()}_URL": f"http://127.0.0.1:{ports[name]}"
                     for name in ("identity", "portals", "invitations")
@@ -370,7 +390,7 @@ async def test_the_image_entrypoint_migrates_and_starts_each_service() -> None:
             )
             env.pop("VIRTUAL_ENV", None)
             # Migrations first, as the compose job and the k8s Job do.
-            for name in ("identity", "portals", "invitations", "mailer"):
+            for name in ("identity", "portals", "invitations", "mailer", "gateway"):
                 proc = _entrypoint(name, env, "migrate")
                 out, _ = await asyncio.to_thread(proc.communicate, timeout=60)
                 assert proc.returncode == 0, (name, out.decode(errors="replace")[-2000:])
@@ -378,7 +398,7 @@ async def test_the_image_entrypoint_migrates_and_starts_each_service() -> None:
             logs = {n: LOG_DIR / f"{test_env.bus_prefix}-entrypoint-{n}.log" for n in ORDER}
             procs = {n: _entrypoint(n, env, log=logs[n]) for n in ORDER}
             try:
-                await asyncio.gather(*(_ready(n, ports[n], procs[n], logs[n]) for n in ORDER))
+                await asyncio.gather(*(_ready(n, management[n], procs[n], logs[n]) for n in ORDER))
                 for name, proc in procs.items():
                     proc.send_signal(signal.SIGTERM)
                 codes = await asyncio.gather(
@@ -395,7 +415,7 @@ async def test_the_image_entrypoint_migrates_and_starts_each_service() -> None:
 
 
 async def _ready(name: str, port: int, proc: Any, log: Path) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a bound for a loaded machine, as in wait_ready
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             assert proc.poll() is None, f"{name} exited: {log.read_text()[-2000:]}"

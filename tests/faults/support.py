@@ -18,8 +18,9 @@ import aio_pika
 import aiohttp
 import asyncpg
 
+from libs.common import broker
 from libs.common.events import EventData, make_event
-from tests.support.env import AMQP_URL
+from tests.support.servers import current as current_servers
 from tests.support.stack import API_KEY, Stack
 
 FIGURES = Path("/tmp/clientpress-reliability.jsonl")
@@ -227,7 +228,7 @@ async def outboxes_drained(stack: Stack, timeout: float = 30) -> None:
 
 async def dead_letters(stack: Stack) -> dict[str, int]:
     prefix = stack.env["BUS_PREFIX"]
-    connection = await aio_pika.connect(AMQP_URL)
+    connection = await aio_pika.connect(current_servers().amqp_url)
     try:
         counts = {}
         for service in CONSUMERS:
@@ -242,13 +243,16 @@ async def dead_letters(stack: Stack) -> dict[str, int]:
 
 
 async def publish(stack: Stack, event_type: str, data: EventData | None, body: bytes = b"") -> str:
-    """Publish to the public exchange as another system would: a real envelope for
-    ``data``, or ``body`` as it is."""
+    """Publish to the public exchange as the sender the consumers trust for this type
+    (its owning service's broker user; an integration's for a command): a real envelope
+    for ``data``, or ``body`` as it is."""
     message_id = str(uuid.uuid4())
     if data is not None:
         envelope = make_event(event_type, data, source="fault-test", correlation_id="fault-test")
         body, message_id = envelope.to_json(), str(envelope.id)
-    connection = await aio_pika.connect(AMQP_URL)
+    owners = broker.owners(event_type)
+    url = stack.broker.amqp_url_as(sorted(owners)[0]) if owners else stack.broker.integration_url
+    connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(f"{stack.env['BUS_PREFIX']}.events")
@@ -259,6 +263,7 @@ async def publish(stack: Stack, event_type: str, data: EventData | None, body: b
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 message_id=message_id,
                 type=event_type,
+                user_id=broker.user_of(url),
             ),
             routing_key=event_type,
         )

@@ -21,9 +21,9 @@ from tests.faults.support import (
     outboxes_drained,
     per_address,
     record,
-    run,
     unique_emails,
 )
+from tests.support.servers import current as current_servers
 from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -32,6 +32,7 @@ BURST = 500
 
 
 async def _cut_midway(stack: Stack, api: Api, scenario: str, fault: list[list[str]]) -> None:
+    """``fault``: rabbitmqctl commands, run in order once a quarter of the burst is in."""
     portal = await api.create_portal(f"Broker {scenario}")
     emails = unique_emails(scenario, BURST)
     start = time.monotonic()
@@ -41,7 +42,7 @@ async def _cut_midway(stack: Stack, api: Api, scenario: str, fault: list[list[st
         await asyncio.sleep(0.05)
     cut_at = time.monotonic()
     for command in fault:
-        await asyncio.to_thread(run, *command)
+        await asyncio.to_thread(current_servers().rabbitmqctl, *command)
     await invites
     await all_delivered(stack, emails, timeout=90)
     recovered = round(time.monotonic() - cut_at, 2)
@@ -67,9 +68,7 @@ async def _cut_midway(stack: Stack, api: Api, scenario: str, fault: list[list[st
 
 
 async def test_connections_closed_midway(stack: Stack, api: Api) -> None:
-    await _cut_midway(
-        stack, api, "connections_closed", [["rabbitmqctl", "close_all_connections", "fault test"]]
-    )
+    await _cut_midway(stack, api, "connections_closed", [["close_all_connections", "fault test"]])
 
 
 async def test_broker_app_restarted_midway(stack: Stack, api: Api) -> None:
@@ -79,11 +78,11 @@ async def test_broker_app_restarted_midway(stack: Stack, api: Api) -> None:
             api,
             "app_restarted",
             [
-                ["rabbitmqctl", "stop_app"],
-                ["rabbitmqctl", "start_app"],
-                ["rabbitmqctl", "await_startup"],
+                ["stop_app"],
+                ["start_app"],
+                ["await_startup"],
             ],
         )
     finally:
         # Leave the broker running for whatever runs next, even after a failure.
-        await asyncio.to_thread(run, "rabbitmqctl", "start_app")
+        await asyncio.to_thread(current_servers().rabbitmqctl, "start_app")

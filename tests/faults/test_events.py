@@ -121,7 +121,9 @@ async def test_invitation_accepted_twice_grants_once(stack: Stack, api: Api) -> 
 
 
 async def _consumed(stack: Stack, event_type: str, count: int) -> bool:
-    total = await metric(stack["portals"].url, "clientpress_events_consumed_total", type=event_type)
+    total = await metric(
+        stack["portals"].management_url, "clientpress_events_consumed_total", type=event_type
+    )
     return total >= count
 
 
@@ -170,7 +172,7 @@ async def _in_inbox(stack: Stack, event_id: str) -> bool:
 async def test_a_message_that_keeps_failing_is_dead_lettered(stack: Stack, api: Api) -> None:
     portal = await api.create_portal("Poison")
     portal_id = uuid.UUID(portal["id"])
-    url = stack["invitations"].url
+    url = stack["invitations"].management_url
     before = await dead_letters(stack)
     failed_before = await metric(url, DEAD, type="portal.updated", reason="handler_failed")
     malformed_before = await metric(url, DEAD, reason="malformed")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -24,27 +23,15 @@ from tests.faults.support import (
     outboxes_drained,
     per_address,
     record,
-    run,
     unique_emails,
     wait_until,
 )
+from tests.support.servers import current as current_servers
 from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Stack, login
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 BURST = 150
-VERSION = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
-CLUSTER = ("pg_ctlcluster", "--skip-systemctl-redirect", VERSION, "main")
-
-
-def _cluster(action: str) -> None:
-    run(*CLUSTER, action, *(["-m", "fast"] if action == "stop" else []), timeout=60)
-
-
-def _ensure_started() -> None:
-    status = run("pg_lsclusters", "--no-header")
-    if "online" not in status:
-        _cluster("start")
 
 
 async def test_postgres_restarted_under_load(stack: Stack) -> None:
@@ -57,12 +44,12 @@ async def test_postgres_restarted_under_load(stack: Stack) -> None:
         emails = unique_emails("pg", BURST)
         invites = asyncio.create_task(burst(api, portal["id"], emails, concurrency=8))
         await wait_until(lambda: _started(api, BURST // 3, invites), 60, "a third of the burst")
-        await asyncio.to_thread(_cluster, "stop")
+        await asyncio.to_thread(current_servers().stop_postgres)
         stopped_at = time.monotonic()
         try:
             probes = await _probe_while_down(stack, api, admin)
         finally:
-            await asyncio.to_thread(_cluster, "start")
+            await asyncio.to_thread(current_servers().start_postgres)
         down_for = round(time.monotonic() - stopped_at, 2)
         await invites
         await all_delivered(stack, emails, timeout=60)
@@ -97,7 +84,7 @@ async def test_postgres_restarted_under_load(stack: Stack) -> None:
         assert {n: s.proc.pid for n, s in stack.services.items() if s.proc} == pids
         assert all(s.proc is not None and s.proc.poll() is None for s in stack.services.values())
     finally:
-        await asyncio.to_thread(_ensure_started)
+        await asyncio.to_thread(current_servers().ensure_postgres_started)
         await admin.close()
         await api.close()
 

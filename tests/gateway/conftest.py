@@ -5,17 +5,26 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from tests.gateway.fakes import Backend, Json
+from tests.support.env import TestEnv
 
 
 @pytest.fixture
-async def backend() -> AsyncIterator[Backend]:
+async def backend(migrated_schemas: TestEnv) -> AsyncIterator[Backend]:
+    # Every test starts with no rate-limit counts (they live in the run's database).
+    conn = await asyncpg.connect(migrated_schemas.database_url)
+    try:
+        await conn.execute("TRUNCATE gateway.rate_counters")
+    finally:
+        await conn.close()
     b = Backend()
+    b.database_url = migrated_schemas.database_url  # type: ignore[attr-defined]
     servers = [
         TestServer(b.identity_app()),
         TestServer(b.portals_app()),
@@ -34,11 +43,15 @@ def make_settings(backend: Backend, **extra: Any) -> GatewaySettings:
     # The fakes announce no changes, so these tests ask them every time; test_cache.py
     # turns the cache on, on the run's own broker prefix.
     extra.setdefault("gateway_cache_seconds", 0)
+    extra.setdefault("database_url", backend.database_url)  # type: ignore[attr-defined]
+    extra.setdefault("public_url", "http://localhost:8080")
+    # No mailer behind these fakes (test_branding.py starts a real one): pages show the
+    # built-in branding, whatever else listens on the machine's default mailer port.
+    extra.setdefault("mailer_url", "http://127.0.0.1:9")
     return GatewaySettings(
         identity_url=identity,
         portals_url=portals,
         invitations_url=invitations,
-        public_url="http://localhost:8080",
         **extra,
     )
 

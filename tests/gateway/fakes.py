@@ -27,6 +27,10 @@ def page(items: list[Json]) -> web.Response:
     return web.json_response({"items": items, "next_cursor": None})
 
 
+INVITATION_STATUSES = ("pending", "accepted", "expired", "revoked")
+COMMON_PASSWORD = "password1234"  # refused by identity's list, not by the gateway's checks
+
+
 @dataclass
 class Backend:
     users: dict[str, Json] = field(default_factory=dict)
@@ -38,11 +42,18 @@ class Backend:
     invitations: dict[str, Json] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     expiry_days: int = 14
+    reminder_days: int = 0
+    new_link_requests: list[str] = field(default_factory=list)
+    invite_bodies: list[Json] = field(default_factory=list)
+    group_bodies: list[Json] = field(default_factory=list)
+    groups: dict[str, list[str]] = field(default_factory=dict)  # token -> invitation ids
+    resend_refusal: tuple[int, str, str, dict[str, Any]] | None = None
     calls: list[str] = field(default_factory=list)
     current_calls: int = 0  # GET /sessions/current, counted apart from the flow calls
     page_calls: int = 0  # GET /users/{uid}/portals/{slug}
     ensured: dict[str, str] = field(default_factory=dict)
     resets: dict[str, str] = field(default_factory=dict)
+    hashing_busy: bool = False  # identity's hash queue is full: logins answer 503
 
     # --- helpers for tests -------------------------------------------------------
     @staticmethod
@@ -98,16 +109,53 @@ class Backend:
             "expires_at": (datetime.now(UTC) + timedelta(days=14)).isoformat(),
             "delivery": "sent",
             "delivery_error": None,
+            "delivery_next_attempt_at": None,
             "sub_client": None,
             "invited_by": "admin@example.com",
             "accepted_at": None,
             "revoked_at": None,
             "created_at": now(),
             "send_count": 1,
+            "expires_in_days": 14,
+            "personal_message": None,
+            "send_reason": "invited",
+            "reminded_at": None,
         }
         self.invitations[inv["id"]] = inv
         self.tokens[token] = inv["id"]
         return token
+
+    def add_staff_invitation(self, email: str, role: str) -> str:
+        """A staff invitation (Users → Invite Staff): a role and no portal."""
+        token = self.add_invitation(email, {"id": None, "title": None, "slug": None})
+        self.invitations[self.tokens[token]]["role"] = role
+        return token
+
+    def add_group(self, email: str, portals: list[Json]) -> str:
+        """Several portals, one invitation: one link for an invitation per portal."""
+        tokens = [self.add_invitation(email, p) for p in portals]
+        ids = [self.tokens[t] for t in tokens]
+        group_id = str(uuid.uuid4())
+        for inv_id in ids:
+            self.invitations[inv_id]["group_id"] = group_id
+        self.groups[tokens[0]] = ids
+        return tokens[0]
+
+    def linked(self, token: str, *statuses: str) -> list[Json]:
+        """The invitations a group's link is for (those in ``statuses``), as the
+        invitations service lists them to the gateway."""
+        return [
+            {
+                "invitation_id": inv["id"],
+                "portal_id": inv["portal_id"],
+                "portal_title": inv["portal_title"],
+                "portal_slug": inv["portal_slug"],
+                "sub_client": inv["sub_client"],
+                "idempotency_key": None,
+            }
+            for inv in (self.invitations[i] for i in self.groups.get(token, []))
+            if inv["status"] in statuses
+        ]
 
     def by_email(self, email: str) -> Json | None:
         return next((u for u in self.users.values() if u["email"].lower() == email.lower()), None)
@@ -123,6 +171,10 @@ class Backend:
         async def login(request: web.Request) -> web.Response:
             body = await request.json()
             self.calls.append("identity.login")
+            if self.hashing_busy:
+                response = err(503, "busy", "Too many sign-ins at once.")
+                response.headers["Retry-After"] = "3"
+                return response
             user = self.by_email(body["email"])
             if user is None or user["disabled"] or self.passwords[user["id"]] != body["password"]:
                 return err(401, "invalid_credentials")
@@ -153,15 +205,15 @@ class Backend:
         async def ensure(request: web.Request) -> web.Response:
             body = await request.json()
             self.calls.append("identity.ensure")
-            if len(body["password"]) < 12:
-                return err(422, "weak_password", "The password is too short.")
+            if len(body["password"]) < 12 or body["password"] == COMMON_PASSWORD:
+                return err(422, "weak_password", "The password is too common.")
             existing = self.by_email(body["email"])
             if existing is not None:
                 if self.ensured.get(body["invitation_id"]) == existing["id"]:
                     # As identity does: a retry finds the account, the password is untouched.
                     return web.json_response({"user": existing, "created": False})
                 return err(409, "account_exists")
-            user = self.add_user(body["email"], body["password"])
+            user = self.add_user(body["email"], body["password"], body.get("role", "client"))
             self.ensured[body["invitation_id"]] = user["id"]
             return web.json_response({"user": user, "created": True}, status=201)
 
@@ -180,6 +232,13 @@ class Backend:
             self.calls.append("identity.password")
             self.passwords[request.match_info["id"]] = (await request.json())["password"]
             return web.Response(status=204)
+
+        @r.put("/users/{id}/role")
+        async def set_role(request: web.Request) -> web.Response:
+            found = self.users[request.match_info["id"]]
+            found["role"] = (await request.json())["role"]
+            self.calls.append(f"identity.role:{found['role']}")
+            return web.json_response(found)
 
         @r.post("/users/{id}/disable")
         async def disable(request: web.Request) -> web.Response:
@@ -331,9 +390,22 @@ class Backend:
                 "expired": (410, "invitation_expired"),
                 "revoked": (410, "invitation_revoked"),
                 "accepted": (409, "invitation_used"),
+                "replaced": (410, "invitation_replaced"),
             }.get(inv["status"])
             if problem:
-                return None, err(problem[0], problem[1])
+                response = err(problem[0], problem[1])
+                if problem[1] == "invitation_expired":
+                    response = web.json_response(
+                        {
+                            "error": {
+                                "code": "invitation_expired",
+                                "message": "expired",
+                                "expired_at": inv["expires_at"],
+                            }
+                        },
+                        status=410,
+                    )
+                return None, response
             return inv, None
 
         @r.get("/invitations/validate")
@@ -350,27 +422,73 @@ class Backend:
                     "portal_id": inv["portal_id"],
                     "portal_title": inv["portal_title"],
                     "portal_slug": inv["portal_slug"],
+                    "role": inv.get("role"),
                     "expires_at": inv["expires_at"],
                     "account_exists": self.by_email(inv["email"]) is not None
                     and inv["id"] not in self.ensured,
+                    **(
+                        {
+                            "group_id": inv["group_id"],
+                            "invitations": self.linked(request.query["token"], "pending"),
+                        }
+                        if request.query["token"] in self.groups
+                        else {}
+                    ),
                 }
             )
+
+        @r.post("/invitations/reserve")
+        async def reserve(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.calls.append("invitations.reserve")
+            inv, problem = check(body["token"])
+            if inv is None:
+                assert problem is not None
+                return problem
+            if inv.get("claim") is not None:
+                return err(409, "invitation_used")
+            claim = str(uuid.uuid4())
+            for inv_id in self.groups.get(body["token"], [inv["id"]]):
+                if self.invitations[inv_id]["status"] == "pending":
+                    self.invitations[inv_id].update(status="accepting", claim=claim)
+            return web.json_response({"claim": claim, "invitation": inv})
 
         @r.post("/invitations/accept")
         async def accept(request: web.Request) -> web.Response:
             body = await request.json()
             self.calls.append("invitations.accept")
-            inv, problem = check(body["token"])
-            if inv is None:
-                assert problem is not None
-                return problem
-            inv["status"] = "accepted"
+            inv = self.invitations.get(self.tokens.get(body["token"], ""))
+            if inv is None or inv.get("claim") != body["claim"]:
+                return err(409, "invitation_used")
+            held = [
+                self.invitations[i]
+                for i in self.groups.get(body["token"], [inv["id"]])
+                if self.invitations[i].get("claim") == body["claim"]
+            ]
+            for each in held:
+                each["status"], each["claim"] = "accepted", None
+            if body["token"] in self.groups:
+                return web.json_response(
+                    {**inv, "invitations": self.linked(body["token"], "accepted")}
+                )
             return web.json_response(inv)
+
+        @r.post("/invitations/release")
+        async def release(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.calls.append("invitations.release")
+            inv = self.invitations.get(self.tokens.get(body["token"], ""))
+            if inv is not None and inv.get("claim") == body["claim"]:
+                inv["claim"] = None
+                if body["reopen"]:
+                    inv["status"] = "pending"
+            return web.Response(status=204)
 
         @r.post("/invitations")
         async def invite(request: web.Request) -> web.Response:
             body = await request.json()
             self.calls.append(f"invitations.invite:{body.get('invited_by')}")
+            self.invite_bodies.append(body)
             portal = self.portals.get(body["portal_id"])
             if portal is None:
                 return err(404, "portal_not_found")
@@ -382,35 +500,176 @@ class Backend:
                     return web.json_response({"invitation": inv, "outcome": "resent"})
             token = self.add_invitation(body["email"], portal)
             inv = self.invitations[self.tokens[token]]
+            inv["expires_in_days"] = body.get("expires_in_days") or self.expiry_days
+            inv["personal_message"] = body.get("personal_message")
             return web.json_response({"invitation": inv, "outcome": "created"}, status=201)
+
+        @r.post("/invitations/group")
+        async def invite_group(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.group_bodies.append(body)
+            chosen = [self.portals.get(p) for p in body["portal_ids"]]
+            for portal_id, portal in zip(body["portal_ids"], chosen, strict=True):
+                if portal is None:
+                    return web.json_response(
+                        {
+                            "error": {
+                                "code": "portal_not_found",
+                                "message": f"There is no portal {portal_id}.",
+                                "portal_id": portal_id,
+                            }
+                        },
+                        status=404,
+                    )
+                if portal["status"] != "active":
+                    return err(
+                        409,
+                        "portal_not_active",
+                        f"The portal '{portal['title']}' is {portal['status'].capitalize()}:"
+                        " only Active portals take invitations.",
+                    )
+            token = self.add_group(body["email"], [p for p in chosen if p is not None])
+            made = [self.invitations[i] for i in self.groups[token]]
+            return web.json_response(
+                {"group_id": made[0]["group_id"], "invitations": made}, status=201
+            )
+
+        def matching(request: web.Request) -> list[Json]:
+            portal_id, email = request.query.get("portal_id"), request.query.get("email")
+            return [
+                i
+                for i in self.invitations.values()
+                if (not portal_id or i["portal_id"] == portal_id)
+                and (not email or i["email"].lower() == email.lower())
+            ]
 
         @r.get("/invitations")
         async def find(request: web.Request) -> web.Response:
+            self.calls.append(f"invitations.find:{sorted(request.query.items())}")
             status = request.query.get("status")
-            return page(
-                [i for i in self.invitations.values() if not status or i["status"] == status]
-            )
+            return page([i for i in matching(request) if not status or i["status"] == status])
+
+        @r.get("/invitations/counts")
+        async def counts(request: web.Request) -> web.Response:
+            found = matching(request)
+            counts = {s: sum(i["status"] == s for i in found) for s in INVITATION_STATUSES}
+            return web.json_response({"all": len(found), **counts})
+
+        @r.get("/invitations/{id}")
+        async def get_one(request: web.Request) -> web.Response:
+            inv = self.invitations.get(request.match_info["id"])
+            if inv is None:
+                return err(404, "invitation_not_found", "There is no such invitation.")
+            return web.json_response(inv)
 
         @r.post("/invitations/{id}/resend")
         async def resend(request: web.Request) -> web.Response:
-            inv = self.invitations[request.match_info["id"]]
+            body = await request.json()
+            self.calls.append(f"invitations.resend:{body.get('reason')}")
+            if self.resend_refusal is not None:
+                status, code, message, details = self.resend_refusal
+                response = web.json_response(
+                    {"error": {"code": code, "message": message, **details}}, status=status
+                )
+                if status == 429:
+                    response.headers["Retry-After"] = str(details["retry_after"])
+                return response
+            inv = self.invitations.get(request.match_info["id"])
+            if inv is None:
+                return err(404, "invitation_not_found", "There is no such invitation.")
+            if inv["status"] == "accepted":
+                return err(409, "invitation_accepted", "Already accepted.")
+            if inv["status"] == "revoked":
+                return err(409, "invitation_revoked", "Revoked.")
             inv["send_count"] += 1
+            # A group's invitation: the group's link goes again for each that can take it.
+            sent = now()
+            for other in self.invitations.values():
+                mate = other is inv or (
+                    inv.get("group_id") and other.get("group_id") == inv["group_id"]
+                )
+                if mate and other["status"] in ("pending", "expired"):
+                    other["sent_at"] = sent
             return web.json_response(inv)
+
+        @r.post("/invitations/new-link")
+        async def new_link(request: web.Request) -> web.Response:
+            self.new_link_requests.append((await request.json())["token"])
+            return web.json_response({"status": "requested"}, status=202)
 
         @r.post("/invitations/{id}/revoke")
         async def revoke(request: web.Request) -> web.Response:
-            inv = self.invitations[request.match_info["id"]]
+            inv = self.invitations.get(request.match_info["id"])
+            if inv is None:
+                return err(404, "invitation_not_found", "There is no such invitation.")
+            if inv["status"] == "accepted":
+                return err(409, "invitation_accepted", "Already accepted.")
             inv["status"] = "revoked"
             return web.json_response(inv)
 
+        # --- staff invitations (Users → Invite Staff), as the service answers them ---
+        @r.post("/staff-invitations")
+        async def invite_staff(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.calls.append(f"invitations.invite_staff:{body['role']}:{body['invited_by']}")
+            if body["role"] not in ("administrator", "staff"):
+                return err(422, "invalid_role", "Choose a role: Administrator or Staff.")
+            user = self.by_email(body["email"])
+            if user is not None and user["role"] in ("administrator", "staff"):
+                name = user["role"].capitalize()
+                return err(
+                    409,
+                    "already_on_team",
+                    f"{body['email']} already has a {name} account; no invitation is needed.",
+                )
+            for inv in self.invitations.values():
+                if inv.get("role") and inv["email"] == body["email"] and inv["status"] == "pending":
+                    inv["role"] = body["role"]
+                    return web.json_response({"invitation": inv, "outcome": "resent"})
+            token = self.add_staff_invitation(body["email"], body["role"])
+            inv = self.invitations[self.tokens[token]]
+            inv["invited_by"] = body["invited_by"]
+            return web.json_response({"invitation": inv, "outcome": "created"}, status=201)
+
+        @r.get("/staff-invitations")
+        async def staff_list(request: web.Request) -> web.Response:
+            items = [
+                i
+                for i in self.invitations.values()
+                if i.get("role") and i["status"] in ("pending", "expired")
+            ]
+            return web.json_response({"items": items})
+
+        @r.post("/staff-invitations/{id}/{action:resend|revoke}")
+        async def staff_action(request: web.Request) -> web.Response:
+            inv = self.invitations.get(request.match_info["id"])
+            if inv is None or not inv.get("role"):
+                return err(404, "invitation_not_found", "There is no such invitation.")
+            self.calls.append(f"invitations.staff_{request.match_info['action']}")
+            if request.match_info["action"] == "revoke":
+                inv["status"] = "revoked"
+            else:
+                inv["send_count"] += 1
+            return web.json_response(inv)
+
+        def access() -> web.Response:
+            return web.json_response(
+                {
+                    "invitation_expiry_days": self.expiry_days,
+                    "invitation_reminder_days": self.reminder_days,
+                }
+            )
+
         @r.get("/settings/access")
         async def get_access(request: web.Request) -> web.Response:
-            return web.json_response({"invitation_expiry_days": self.expiry_days})
+            return access()
 
         @r.put("/settings/access")
         async def put_access(request: web.Request) -> web.Response:
-            self.expiry_days = (await request.json())["invitation_expiry_days"]
-            return web.json_response({"invitation_expiry_days": self.expiry_days})
+            body = await request.json()
+            self.expiry_days = body.get("invitation_expiry_days", self.expiry_days)
+            self.reminder_days = body.get("invitation_reminder_days", self.reminder_days)
+            return access()
 
         return self._app(r)
 

@@ -7,7 +7,7 @@ import asyncio
 from aiohttp.test_utils import TestClient
 
 from tests.gateway.conftest import csrf, log_in, post_form
-from tests.gateway.fakes import Backend
+from tests.gateway.fakes import COMMON_PASSWORD, Backend
 
 PASSWORD = "a long new password"
 
@@ -48,11 +48,13 @@ async def test_happy_path_creates_logs_in_and_lands_on_portal(
     assert user is not None and user["role"] == "client"
     assert portal["client_id"] == user["id"]
     # A new account already has this request's password: no second argon2 round.
-    assert backend.calls[-5:] == [
+    # The link is spent before anything is made; access comes after the acceptance.
+    assert backend.calls[-6:] == [
         "invitations.validate",
+        "invitations.reserve",
         "identity.ensure",
-        "portals.grant",
         "invitations.accept",
+        "portals.grant",
         "identity.issue",
     ]
     page = await gw.get("/client-portal/acme-launch/")
@@ -91,15 +93,29 @@ async def test_a_retry_after_a_failed_try_sets_the_password_typed_this_time(
     data = {"token": token, "password": PASSWORD, "confirm": PASSWORD}
     response = await post_form(gw, "/invitations/accept", data)
     assert response.status == 303
-    assert backend.calls[-6:] == [
+    assert backend.calls[-7:] == [
         "invitations.validate",
+        "invitations.reserve",
         "identity.ensure",
-        "portals.grant",
         "invitations.accept",
         "identity.password",
+        "portals.grant",
         "identity.issue",
     ]
     assert backend.passwords[earlier["id"]] == PASSWORD
+
+
+async def test_a_refused_password_gives_the_link_back(gw: TestClient, backend: Backend) -> None:
+    portal = backend.add_portal("Acme Launch")
+    token = backend.add_invitation("new@example.com", portal)
+    # The gateway's checks pass it; identity, which has the last word, refuses it.
+    data = {"token": token, "password": COMMON_PASSWORD, "confirm": COMMON_PASSWORD}
+    response = await post_form(gw, "/invitations/accept", data)
+    assert response.status == 422
+    assert "too common" in await response.text()
+    inv = next(iter(backend.invitations.values()))
+    assert backend.calls[-2:] == ["identity.ensure", "invitations.release"]
+    assert inv["status"] == "pending" and inv.get("claim") is None
 
 
 async def test_used_link_says_so_with_a_login_link(gw: TestClient, backend: Backend) -> None:
@@ -119,7 +135,7 @@ async def test_expired_link_shows_no_account_info(gw: TestClient, backend: Backe
     assert response.status == 410
     html = await response.text()
     assert "This invitation has expired" in html
-    assert "Ask the person who invited you to resend it." in html
+    assert "Ask the person who invited you to resend it, or ask for a new link here." in html
     assert "new@example.com" not in html and "Acme Launch" not in html
 
 

@@ -97,6 +97,7 @@ async def test_settings_access_combines_both_owners(gw: TestClient, backend: Bac
     headers = await admin_headers(gw, backend)
     assert await (await gw.get("/api/v1/settings/access")).json() == {
         "invitation_expiry_days": 14,
+        "invitation_reminder_days": 0,
         "login_redirect": False,
     }
     response = await gw.put(
@@ -104,11 +105,22 @@ async def test_settings_access_combines_both_owners(gw: TestClient, backend: Bac
         json={"invitation_expiry_days": 21, "login_redirect": True},
         headers=headers,
     )
-    assert await response.json() == {"invitation_expiry_days": 21, "login_redirect": True}
-    bad = await gw.put(
-        "/api/v1/settings/access", json={"invitation_expiry_days": 10}, headers=headers
+    assert await response.json() == {
+        "invitation_expiry_days": 21,
+        "invitation_reminder_days": 0,
+        "login_redirect": True,
+    }
+    response = await gw.put(
+        "/api/v1/settings/access", json={"invitation_reminder_days": 3}, headers=headers
     )
-    assert bad.status == 422
+    assert await response.json() == {
+        "invitation_expiry_days": 21,
+        "invitation_reminder_days": 3,
+        "login_redirect": True,
+    }
+    for bad_body in ({"invitation_expiry_days": 10}, {"invitation_reminder_days": 2}):
+        bad = await gw.put("/api/v1/settings/access", json=bad_body, headers=headers)
+        assert bad.status == 422
 
 
 async def test_unknown_api_path_is_json_404(gw: TestClient, backend: Backend) -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -14,6 +13,7 @@ import aio_pika
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from libs.common import broker
 from libs.common.events import (
     EventData,
     PortalAccessChanged,
@@ -28,6 +28,8 @@ from services.gateway.state import CACHE
 from tests.gateway.conftest import csrf, log_in, make_settings, post_form
 from tests.gateway.fakes import Backend
 from tests.support.env import TestEnv
+from tests.support.owners import OwnersBus
+from tests.support.servers import current as current_servers
 
 PASSWORD = "correct horse battery staple"
 
@@ -171,7 +173,7 @@ async def cached_gw(backend: Backend, test_env: TestEnv) -> AsyncIterator[TestCl
     settings = make_settings(
         backend,
         gateway_cache_seconds=30,
-        amqp_url=test_env.amqp_url,
+        amqp_url=test_env.amqp_url_as("gateway"),
         bus_prefix=test_env.bus_prefix,
     )
     client = TestClient(TestServer(create_app(settings)))
@@ -265,12 +267,23 @@ async def test_disabling_here_ends_the_users_sessions_at_once(
     assert await status_of(cached_gw, page) == 303
 
 
-async def _announce(test_env: TestEnv, event_type: str, data: EventData) -> None:
+async def _announce(
+    test_env: TestEnv, event_type: str, data: EventData, *, as_owner: bool = True
+) -> None:
+    """Publish as the event type's owner, or (``as_owner=False``) as another program."""
+    envelope = make_event(event_type, data, source="test")
+    if as_owner:
+        owners = OwnersBus(test_env)
+        await owners.connect()
+        try:
+            await owners.publish_envelope(envelope)
+        finally:
+            await owners.close()
+        return
     connection = await aio_pika.connect(test_env.amqp_url)
     try:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(f"{test_env.bus_prefix}.events")
-        envelope = make_event(event_type, data, source="test")
         await exchange.publish(
             aio_pika.Message(envelope.to_json(), content_type="application/json"),
             routing_key=envelope.type,
@@ -301,36 +314,42 @@ async def test_a_revocation_announced_by_identity_reaches_the_cache(
     await answers_soon(cached_gw, token.value, page, 303, "the announced revocation to apply")
 
 
-def _close_listener_connection() -> None:
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+def _close_listener_connection(test_env: TestEnv) -> None:
+    """Close the cache listener's connection with the gateway's broker password changed, so
+    it stays away until ``_let_listener_back`` (a reconnect can otherwise come back before a
+    poll ever sees the cache off)."""
+    user = broker.broker_user(test_env.bus_prefix, "gateway")
+    servers = current_servers()
+    servers.rabbitmqctl("-q", "change_password", user, "not-" + user)
+    listed = servers.rabbitmqctl("-q", "list_connections", "pid", "client_properties")
     pids = [line.split()[0] for line in listed.splitlines() if "gateway-cache" in line]
     assert pids, listed
     for pid in pids:
-        subprocess.run(
-            ["rabbitmqctl", "-q", "close_connection", pid, "session cache test"], check=True
-        )
+        servers.rabbitmqctl("-q", "close_connection", pid, "session cache test")
+
+
+def _let_listener_back(test_env: TestEnv) -> None:
+    user = broker.broker_user(test_env.bus_prefix, "gateway")
+    password = test_env.broker_passwords["gateway"]
+    current_servers().rabbitmqctl("-q", "change_password", user, password)
 
 
 @pytest.mark.integration
 async def test_a_lost_broker_connection_turns_the_cache_off_until_it_is_back(
-    cached_gw: TestClient, backend: Backend
+    cached_gw: TestClient, backend: Backend, test_env: TestEnv
 ) -> None:
     _, page = await client_with_portal(backend, cached_gw)
     assert await status_of(cached_gw, page) == 200
     cache = cached_gw.app[CACHE]
     assert len(cache) == 2  # the session and the page
-    await asyncio.to_thread(_close_listener_connection)
+    await asyncio.to_thread(_close_listener_connection, test_env)
     await eventually(lambda: _true(not cache.live), "the cache to notice the lost connection")
     before = backend.current_calls, backend.page_calls
     assert await status_of(cached_gw, page) == 200
     assert await status_of(cached_gw, page) == 200
     # Asked every time while deaf.
     assert (backend.current_calls - before[0], backend.page_calls - before[1]) == (2, 2)
+    await asyncio.to_thread(_let_listener_back, test_env)
     await eventually(lambda: _true(cache.live), "the listener to reconnect", limit=30)
     assert len(cache) == 0
 

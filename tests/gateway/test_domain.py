@@ -3,14 +3,20 @@ from __future__ import annotations
 import pytest
 
 from services.gateway.domain import (
-    SlidingWindow,
+    address_key,
     api_key_matches,
+    client_address,
     csrf_matches,
     flash_text,
+    forwarded_hops,
     normalise_email,
     origin_allowed,
+    parse_address,
+    parse_networks,
     password_problem,
+    retry_after,
     safe_next_path,
+    window_start,
 )
 from services.gateway.settings import GatewaySettings
 
@@ -97,17 +103,77 @@ def test_password_rules() -> None:
     assert password_problem("long enough pw", "long enough pw", "a@b.example") is None
 
 
-def test_sliding_window_blocks_then_forgets() -> None:
-    now = [1000.0]
-    window = SlidingWindow(limit=2, window=60, clock=lambda: now[0])
-    assert window.hit("k") == 0
-    assert window.hit("k") == 0
-    assert window.hit("k") > 0
-    assert window.hit("other") == 0
-    now[0] += 61
-    assert window.hit("k") == 0
-
-
 def test_flash_messages_are_fixed_texts() -> None:
     assert flash_text("invitation_sent", "x@y.example") == "Invitation sent to x@y.example"
     assert flash_text("<script>") is None
+
+
+def test_client_address_walks_trusted_hops_from_the_right() -> None:
+    trusted = parse_networks("10.0.0.0/8, 192.0.2.1")
+    xff = forwarded_hops(["203.0.113.9, 198.51.100.7", "10.1.2.3"], "x-forwarded-for")
+    assert xff == ["203.0.113.9", "198.51.100.7", "10.1.2.3"]
+    # The peer and 10.1.2.3 are proxies; 198.51.100.7 is the first hop that isn't.
+    assert client_address("192.0.2.1", xff, trusted) == "198.51.100.7"
+    # An untrusted peer's header is its own word.
+    assert client_address("198.51.100.50", xff, trusted) == "198.51.100.50"
+    assert client_address("192.0.2.1", xff, ()) == "192.0.2.1"
+    # Nothing forwarded, or only proxies: the last one we reached.
+    assert client_address("192.0.2.1", [], trusted) == "192.0.2.1"
+    assert client_address("192.0.2.1", ["10.0.0.1", "10.0.0.2"], trusted) == "10.0.0.1"
+    # A hop we can't read stops the walk at the last proxy we trust.
+    assert client_address("192.0.2.1", ["198.51.100.7", "unknown"], trusted) == "192.0.2.1"
+    assert client_address(None, xff, trusted) == "unknown"
+
+
+def test_forwarded_header_hops() -> None:
+    header = ['for=192.0.2.60;proto=http;by=203.0.113.43, for="[2001:db8:cafe::17]:4711"']
+    hops = forwarded_hops(header, "forwarded")
+    assert [parse_address(h) for h in hops] == [
+        parse_address("192.0.2.60"),
+        parse_address("2001:db8:cafe::17"),
+    ]
+    assert forwarded_hops(["proto=https"], "forwarded") == [""]
+    assert parse_address("198.51.100.7:8443") == parse_address("198.51.100.7")
+    assert str(parse_address("::ffff:198.51.100.7")) == "198.51.100.7"
+    assert parse_address("_hidden") is None and parse_address("") is None
+
+
+def test_ipv6_clients_count_per_64() -> None:
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::2")
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("198.51.100.7") == "198.51.100.7"
+
+
+def test_trusted_proxies_setting_names_a_bad_range() -> None:
+    assert GatewaySettings(gateway_trusted_proxies="").trusted_proxies == ()
+    assert len(GatewaySettings(gateway_trusted_proxies="10.0.0.0/8,::1").trusted_proxies) == 2
+    with pytest.raises(ValueError, match="not an address or CIDR range"):
+        GatewaySettings(gateway_trusted_proxies="10.0.0.0/8, nginx")
+    assert GatewaySettings(gateway_forwarded_header="Forwarded").gateway_forwarded_header == (
+        "forwarded"
+    )
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "current", "previous", "allowed"),
+    [
+        (0, 3, 0, True),  # at the limit
+        (0, 4, 0, False),
+        (30, 2, 2, True),  # half the previous window still counts: 1 + 2
+        (15, 2, 2, False),  # three quarters of it: 1.5 + 2
+        (50, 1, 100, False),
+    ],
+)
+def test_two_windows_approximate_a_sliding_one(
+    elapsed: float, current: int, previous: int, allowed: bool
+) -> None:
+    wait = retry_after(3, 60, elapsed, current, previous)
+    assert (wait == 0) is allowed
+    if not allowed:
+        # Waiting that long (no more hits meanwhile) lets the next one through.
+        later = elapsed + wait
+        if later < 60:
+            assert retry_after(3, 60, later, current, previous) == 0
+        else:
+            assert retry_after(3, 60, later - 60, 1, current) == 0
+    assert window_start(125.5, 60) == 120

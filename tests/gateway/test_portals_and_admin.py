@@ -12,7 +12,7 @@ from tests.gateway.conftest import csrf, log_in, make_settings, post_form
 from tests.gateway.fakes import Backend, Json
 
 PASSWORD = "correct horse battery"
-PUBLIC_API = {"/api/v1/openapi.json"}
+PUBLIC_API = {"/api/v1/openapi.json", "/api/docs"}
 
 
 async def as_admin(gw: TestClient, backend: Backend) -> Json:
@@ -231,6 +231,26 @@ async def test_invitations_page_resend_and_revoke(gw: TestClient, backend: Backe
     assert invitation["status"] == "revoked"
     page = await (await gw.get(response.headers["Location"])).text()
     assert "Invitation to a@b.example revoked." in page
+
+
+async def test_invitations_page_shows_a_retrying_delivery_with_its_next_try(
+    gw: TestClient, backend: Backend
+) -> None:
+    await as_admin(gw, backend)
+    portal = backend.add_portal("Acme")
+    backend.add_invitation("waiting@b.example", portal)
+    invitation = next(iter(backend.invitations.values()))
+    invitation.update(
+        delivery="retrying",
+        delivery_error="smtp_unreachable",
+        delivery_next_attempt_at="2026-11-30T14:05:00+00:00",
+    )
+    html = await (await gw.get("/admin/invitations")).text()
+    assert (
+        'Retrying — next try at <time datetime="2026-11-30T14:05:00+00:00">'
+        "2026-11-30 14:05 UTC</time>"
+    ) in html
+    assert "(smtp_unreachable)" in html
 
 
 async def test_settings_page_saves_both_owners(gw: TestClient, backend: Backend) -> None:

@@ -8,6 +8,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.gateway.app import create_app
 from tests.gateway.conftest import csrf, log_in, make_settings, post_form
 from tests.gateway.fakes import Backend
+from tests.support.env import TestEnv
 
 PASSWORD = "correct horse battery"
 
@@ -223,3 +224,50 @@ async def test_reset_password_flow(gw: TestClient, backend: Backend) -> None:
     expired = await gw.get("/reset-password?token=old-token")
     assert expired.status == 410 and "This reset link has expired" in await expired.text()
     assert (await gw.get("/reset-password?token=nope")).status == 404
+
+
+async def test_under_https_the_cookies_carry_the_host_prefix(
+    backend: Backend, migrated_schemas: TestEnv
+) -> None:
+    """``__Host-``: browsers accept the cookie only Secure, for this host and path /, so a
+    sibling subdomain can neither plant nor overwrite a session or CSRF cookie."""
+    admin = backend.add_user("admin@example.com", PASSWORD, role="administrator")
+    settings = make_settings(
+        backend,
+        public_url="https://portal.agency.example",
+        **migrated_schemas.keys.settings("gateway"),
+    )
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    try:
+        page = await client.get("/login")
+        (csrf_header,) = page.headers.getall("Set-Cookie")
+        assert csrf_header.startswith("__Host-cp_csrf=")
+        assert "Secure" in csrf_header and "Path=/" in csrf_header
+        assert "Domain" not in csrf_header
+        token = csrf_header.split(";", 1)[0].split("=", 1)[1]
+        response = await client.post(
+            "/login",
+            data={"csrf_token": token, "email": admin["email"], "password": PASSWORD},
+            headers={"Cookie": f"__Host-cp_csrf={token}"},
+            allow_redirects=False,
+        )
+        assert response.status == 303, await response.text()
+        (session_header,) = [h for h in response.headers.getall("Set-Cookie") if "cp_session" in h]
+        assert session_header.startswith("__Host-cp_session=")
+        assert "Secure" in session_header and "Path=/" in session_header
+        assert "Domain" not in session_header
+        session = session_header.split(";", 1)[0].split("=", 1)[1]
+        logged_in = await client.get(
+            "/admin/portals",
+            headers={"Cookie": f"__Host-cp_session={session}"},
+            allow_redirects=False,
+        )
+        assert logged_in.status == 200
+        # The unprefixed name (which any subdomain could set) is not a session here.
+        planted = await client.get(
+            "/admin/portals", headers={"Cookie": f"cp_session={session}"}, allow_redirects=False
+        )
+        assert planted.status == 303 and "/login" in planted.headers["Location"]
+    finally:
+        await client.close()

@@ -11,6 +11,7 @@ import orjson
 from argon2 import PasswordHasher
 
 from services.identity.passwords import Passwords
+from tests.support.mailjobs import opened
 
 STRONG = "correct horse battery staple 42"
 
@@ -49,7 +50,7 @@ def new_email(prefix: str = "user") -> str:
 async def outbox_events(pool: asyncpg.Pool, routing_key: str) -> list[dict[str, Any]]:
     """Envelopes written to the outbox with this routing key, with their exchange."""
     rows = await pool.fetch(
-        "SELECT exchange, body FROM outbox WHERE routing_key = $1 ORDER BY created_at",
+        "SELECT exchange, body FROM outbox WHERE routing_key = $1 ORDER BY seq",
         routing_key,
     )
-    return [{"exchange": r["exchange"], **orjson.loads(r["body"])} for r in rows]
+    return [{"exchange": r["exchange"], **opened(orjson.loads(r["body"]))} for r in rows]

@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from services.identity.app import create_app
-from services.identity.settings import IdentitySettings
-from tests.identity.helpers import STRONG, Clock, CountingPasswords, new_email, outbox_events
+from services.identity.api import BACKGROUND
+from tests.identity.helpers import STRONG, Clock, new_email, outbox_events
 from tests.support.env import TestEnv
+from tests.support.management import management_client
 
 pytestmark = pytest.mark.integration
 
 Client = TestClient[Any, Any]
-
-
-@pytest.fixture
-async def client(
-    migrated_schemas: TestEnv, clock: Clock, passwords: CountingPasswords
-) -> AsyncIterator[Client]:
-    settings = IdentitySettings(
-        database_url=migrated_schemas.database_url,
-        amqp_url=migrated_schemas.amqp_url,
-        bus_prefix=migrated_schemas.bus_prefix,
-        public_url="https://portal.example.com/",
-        admin_email=None,
-        admin_password=None,
-    )
-    app = create_app(settings, now=clock, passwords=passwords)
-    async with TestClient(TestServer(app)) as test_client:
-        yield test_client
 
 
 async def _error(response: Any, status: int) -> str:
@@ -45,7 +28,7 @@ async def _error(response: Any, status: int) -> str:
     return str(body["error"]["code"])
 
 
-async def test_users_endpoints(client: Client) -> None:
+async def test_users_endpoints(client: Client, test_env: TestEnv) -> None:
     email = new_email("api")
     response = await client.post(
         "/users", json={"email": email, "password": STRONG, "role": "client"}
@@ -69,9 +52,12 @@ async def test_users_endpoints(client: Client) -> None:
     assert (await (await client.get(f"/users/{user['id']}")).json()) == user
     assert await _error(await client.get(f"/users/{uuid.uuid4()}"), 404) == "user_not_found"
     assert await _error(await client.get("/users/not-a-uuid"), 404) == "user_not_found"
-    response = await client.get("/users/lookup", params={"email": email.upper()})
+    # the invitations service's question (is the invited email someone's already?)
+    as_invitations = test_env.keys.headers("invitations", "identity")
+    lookup = "/users/lookup"
+    response = await client.get(lookup, params={"email": email.upper()}, headers=as_invitations)
     assert (await response.json())["id"] == user["id"]
-    response = await client.get("/users/lookup", params={"email": new_email()})
+    response = await client.get(lookup, params={"email": new_email()}, headers=as_invitations)
     assert await _error(response, 404) == "user_not_found"
 
     response = await client.get("/users", params={"q": email.split("@")[0].upper(), "limit": "1"})
@@ -81,10 +67,14 @@ async def test_users_endpoints(client: Client) -> None:
 
     response = await client.post(f"/users/{user['id']}/password", json={"password": "x"})
     assert await _error(response, 422) == "weak_password"
+    session = await (await client.post("/sessions/issue", json={"user_id": user["id"]})).json()
     response = await client.post(
         f"/users/{user['id']}/password", json={"password": "new passphrase here"}
     )
     assert response.status == 204
+    # Setting a password ends the account's other sessions.
+    gone = await client.get("/sessions/current", headers={"X-Session-Token": session["token"]})
+    assert await _error(gone, 401) == "no_session"
 
     response = await client.post(f"/users/{user['id']}/disable")
     assert response.status == 200 and (await response.json())["disabled"] is True
@@ -102,6 +92,29 @@ async def test_ensure_endpoint(client: Client) -> None:
     assert (await again.json()) == {"user": created["user"], "created": False}
     other = await client.post("/users/ensure", json={**body, "invitation_id": str(uuid.uuid4())})
     assert await _error(other, 409) == "account_exists"
+
+
+async def test_ensure_for_a_staff_invitation_creates_the_invited_role(client: Client) -> None:
+    invitation = str(uuid.uuid4())
+    for role in ("staff", "administrator"):
+        email = new_email(f"api-ensure-{role}")
+        body = {"email": email, "password": STRONG, "invitation_id": invitation, "role": role}
+        first = await client.post("/users/ensure", json=body)
+        assert first.status == 201
+        assert (await first.json())["user"]["role"] == role
+        # A retry of the same link finds the account, with the role it was made with.
+        again = await client.post("/users/ensure", json=body)
+        assert again.status == 200 and (await again.json())["user"]["role"] == role
+    unknown = await client.post(
+        "/users/ensure",
+        json={
+            "email": new_email("api-ensure-owner"),
+            "password": STRONG,
+            "invitation_id": invitation,
+            "role": "owner",
+        },
+    )
+    assert unknown.status == 422
 
 
 async def test_session_endpoints(client: Client, clock: Clock) -> None:
@@ -161,6 +174,7 @@ async def test_password_reset_endpoints(client: Client, pool: asyncpg.Pool) -> N
     for address in (email, new_email("nobody"), "garbage"):
         response = await client.post("/password-resets", json={"email": address})
         assert response.status == 202
+    await client.app[BACKGROUND].drain()  # the answer came first; the work follows it
     jobs = [
         j for j in await outbox_events(pool, "mail.requested") if j["data"]["to"] == user["email"]
     ]
@@ -187,11 +201,20 @@ async def test_password_reset_endpoints(client: Client, pool: asyncpg.Pool) -> N
     assert login.status == 201
 
 
-async def test_health_and_readiness(client: Client) -> None:
-    assert (await client.get("/healthz")).status == 200
-    response = await client.get("/readyz")
-    assert response.status == 200
-    assert (await response.json())["checks"] == {"database": "ok", "broker": "ok"}
+async def test_health_and_readiness_on_the_management_app(client: Client) -> None:
+    async with management_client(client.app) as management:
+        assert (await management.get("/healthz")).status == 200
+        # The broker is reached in the background: ready at once, the broker "ok" soon.
+        for _ in range(100):
+            response = await management.get("/readyz")
+            assert response.status == 200
+            checks = (await response.json())["checks"]
+            if checks["broker"] == "ok":
+                break
+            await asyncio.sleep(0.1)
+        assert checks == {"database": "ok", "schema": "ok", "broker": "ok"}
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert (await client.get(path)).status == 404, path
 
 
 async def test_openapi_document_lists_every_route(client: Client) -> None:
@@ -199,4 +222,5 @@ async def test_openapi_document_lists_every_route(client: Client) -> None:
     assert doc["openapi"].startswith("3.1")
     assert {"post", "get"} <= set(doc["paths"]["/users"])
     assert "requestBody" in doc["paths"]["/users/ensure"]["post"]
-    assert len(doc["paths"]) == 13
+    assert len(doc["paths"]) == 20
+    assert "parameters" in doc["paths"]["/activity"]["get"]

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from libs.common.db import create_pool, migrate
+from libs.common.sealing import DEVELOPMENT_KEY, Sealer
 from services.identity import handlers
 from services.identity.app import create_app
 from services.identity.domain import SessionPolicy
@@ -57,6 +58,7 @@ def boot_deps(fresh_pool: asyncpg.Pool, passwords: CountingPasswords, clock: Clo
         sessions=SessionPolicy(idle=timedelta(minutes=120), absolute=timedelta(hours=168)),
         public_base="http://localhost:8080",
         site_name="localhost",
+        sealer=Sealer(DEVELOPMENT_KEY),
         now=clock,
     )
 
@@ -106,8 +108,10 @@ async def test_app_start_bootstraps_the_administrator(
         bus_prefix=test_env.bus_prefix,
         admin_email="boss@example.com",
         admin_password=SecretStr(STRONG),
+        **test_env.keys.settings("identity"),
     )
-    async with TestClient(TestServer(create_app(settings))) as client:
+    proof = test_env.keys.client_middleware("gateway", "identity")
+    async with TestClient(TestServer(create_app(settings)), middlewares=(proof,)) as client:
         response = await client.post(
             "/sessions", json={"email": "boss@example.com", "password": STRONG}
         )

@@ -12,7 +12,7 @@ from libs.common.errors import Conflict, NotFound, Unauthorized
 from services.identity import handlers
 from services.identity.domain import hash_token
 from services.identity.handlers import Deps
-from services.identity.passwords import default_hasher
+from services.identity.passwords import HashingBusy, default_hasher
 from tests.identity.helpers import STRONG, Clock, CountingPasswords, new_email, outbox_events
 
 pytestmark = pytest.mark.integration
@@ -64,6 +64,28 @@ async def test_login_rehashes_an_outdated_hash(deps: Deps, pool: asyncpg.Pool) -
     new = await pool.fetchval("SELECT password_hash FROM users WHERE id = $1", user.id)
     assert new.startswith("$argon2id$") and "m=65536,t=3" in new
     assert (await handlers.login(deps, email, STRONG)).user.id == user.id
+
+
+class BusyForNewHashes(CountingPasswords):
+    """The real verify; every new hash refused, as when the hash queue is full."""
+
+    async def hash(self, password: str) -> str:
+        raise HashingBusy("Too many sign-ins at once.", retry_after=4)
+
+
+async def test_a_full_hash_queue_postpones_the_rehash_not_the_login(
+    deps: Deps, pool: asyncpg.Pool
+) -> None:
+    email = new_email("rehash-busy")
+    user = await handlers.create_user(deps, email, STRONG, "client")  # cheap test profile
+    old = await pool.fetchval("SELECT password_hash FROM users WHERE id = $1", user.id)
+    busy = BusyForNewHashes(default_hasher())
+    try:
+        issued = await handlers.login(replace(deps, passwords=busy), email, STRONG)
+    finally:
+        busy.close()
+    assert issued.user.id == user.id and busy.verifies == 1
+    assert await pool.fetchval("SELECT password_hash FROM users WHERE id = $1", user.id) == old
 
 
 async def test_current_session_touches_only_after_a_minute(

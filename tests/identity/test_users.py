@@ -76,6 +76,29 @@ async def test_ensure_refuses_an_account_made_another_way(deps: Deps) -> None:
     assert info.value.code == "account_exists"
 
 
+async def test_the_winners_password_ends_the_racers_session(deps: Deps, pool: asyncpg.Pool) -> None:
+    """Two people hold one link. The loser's account step created the account with its
+    password and logged in; the winner's password is then set (the saga's
+    POST /users/{id}/password): the loser's session ends, and gateways hear of it."""
+    email, invitation = new_email("racer"), uuid.uuid4()
+    user, created = await handlers.ensure_user(
+        deps, email, "the racer's own passphrase", invitation
+    )
+    assert created
+    racer = await handlers.login(deps, email, "the racer's own passphrase")
+
+    await handlers.change_password(deps, user.id, "the winner's passphrase")
+
+    with pytest.raises(Unauthorized):
+        await handlers.current_session(deps, racer.token)
+    with pytest.raises(Unauthorized):
+        await handlers.login(deps, email, "the racer's own passphrase")
+    events = await outbox_events(pool, "identity.session.revoked")
+    assert [e["data"]["reason"] for e in events if e["data"]["user_id"] == str(user.id)] == [
+        "password_changed"
+    ]
+
+
 async def test_sixteen_concurrent_ensures_create_exactly_one_user(
     deps: Deps, pool: asyncpg.Pool
 ) -> None:
@@ -171,21 +194,27 @@ async def test_disable_ends_sessions_and_announces_once(deps: Deps, pool: asyncp
         await handlers.disable_user(deps, uuid.uuid4())
 
 
-async def test_change_password_can_end_other_sessions(deps: Deps) -> None:
+async def test_change_password_ends_every_other_session(deps: Deps, pool: asyncpg.Pool) -> None:
     email = new_email("chpw")
     user = await handlers.create_user(deps, email, STRONG, "client")
     keep = await handlers.login(deps, email, STRONG)
     other = await handlers.login(deps, email, STRONG)
 
-    await handlers.change_password(deps, user.id, "another fine passphrase")
-    assert (await handlers.current_session(deps, other.token)).user.id == user.id
-
-    await handlers.change_password(
-        deps, user.id, "yet another passphrase", end_sessions=True, keep_token=keep.token
-    )
+    await handlers.change_password(deps, user.id, "another fine passphrase", keep_token=keep.token)
     assert (await handlers.current_session(deps, keep.token)).user.id == user.id
     with pytest.raises(Unauthorized):
         await handlers.current_session(deps, other.token)
+
+    # Without a session to keep (the accept saga, an administrator), every session ends.
+    await handlers.change_password(deps, user.id, "yet another passphrase")
+    with pytest.raises(Unauthorized):
+        await handlers.current_session(deps, keep.token)
+    revoked = [
+        e["data"]["reason"]
+        for e in await outbox_events(pool, "identity.session.revoked")
+        if e["data"]["user_id"] == str(user.id)
+    ]
+    assert revoked == ["password_changed", "password_changed"]
     with pytest.raises(InvalidInput) as info:
         await handlers.change_password(deps, user.id, email)
     assert info.value.code == "weak_password"

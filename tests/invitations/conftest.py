@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.invitations.app import create_app
 from services.invitations.settings import InvitationsSettings
 from tests.support.env import TestEnv
+from tests.support.mailjobs import opened
 
 PUBLIC_URL = "https://clients.example.com"
 
@@ -34,6 +35,8 @@ class World:
     access: dict[str, set[str]] = field(default_factory=dict)  # user id -> portal ids
     portals: dict[str, dict[str, Any]] = field(default_factory=dict)
     identity_down: bool = False
+    roles: dict[str, str] = field(default_factory=dict)  # user id -> role, if not client
+    disabled: set[str] = field(default_factory=set)  # user ids
 
     def add_portal(self, status: str = "active", title: str | None = None) -> dict[str, Any]:
         portal_id = str(uuid.uuid4())
@@ -53,10 +56,15 @@ class World:
         self.portals[portal_id] = portal
         return portal
 
-    def add_user(self, email: str, *portal_ids: str) -> str:
+    def add_user(
+        self, email: str, *portal_ids: str, role: str = "client", disabled: bool = False
+    ) -> str:
         user_id = str(uuid.uuid4())
         self.users[email.lower()] = user_id
         self.access[user_id] = set(portal_ids)
+        self.roles[user_id] = role
+        if disabled:
+            self.disabled.add(user_id)
         return user_id
 
 
@@ -72,11 +80,20 @@ def fake_services(world: World) -> web.Application:
             {
                 "id": user_id,
                 "email": email,
-                "role": "client",
-                "disabled": False,
+                "role": world.roles.get(user_id, "client"),
+                "disabled": user_id in world.disabled,
                 "created_at": datetime.now(UTC).isoformat(),
             }
         )
+
+    async def lookup_many(request: web.Request) -> web.Response:
+        if world.identity_down:
+            return _error(503, "unavailable", "down")
+        emails = (await request.json())["emails"]
+        found = [
+            {"id": world.users[e.lower()], "email": e} for e in emails if e.lower() in world.users
+        ]
+        return web.json_response({"items": found})
 
     async def user_portals(request: web.Request) -> web.Response:
         ids = world.access.get(request.match_info["user_id"], set())
@@ -86,7 +103,9 @@ def fake_services(world: World) -> web.Application:
         found = world.portals.get(request.match_info["id"])
         if found is None:
             return _error(404, "portal_not_found", "No such portal.")
-        return web.json_response(found)
+        # As the portals service answers: who has access (here all as sub-clients).
+        people = sorted(u for u, ids in world.access.items() if found["id"] in ids)
+        return web.json_response({**found, "sub_client_ids": people})
 
     async def by_slug(request: web.Request) -> web.Response:
         for found in world.portals.values():
@@ -96,6 +115,7 @@ def fake_services(world: World) -> web.Application:
 
     app = web.Application()
     app.router.add_get("/users/lookup", lookup)
+    app.router.add_post("/users/lookup", lookup_many)
     app.router.add_get("/users/{user_id}/portals", user_portals)
     app.router.add_get("/portals/by-slug/{slug}", by_slug)
     app.router.add_get("/portals/{id}", portal)
@@ -134,12 +154,13 @@ def clock() -> Clock:
 def make_settings(env: TestEnv, fake_url: str, **extra: Any) -> InvitationsSettings:
     values: dict[str, Any] = {
         "database_url": env.database_url,
-        "amqp_url": env.amqp_url,
+        "amqp_url": env.amqp_url_as("invitations"),
         "bus_prefix": env.bus_prefix,
         "identity_url": fake_url,
         "portals_url": fake_url,
         "public_url": PUBLIC_URL,
         "invitations_sweep_seconds": 3600,
+        **env.keys.settings("invitations"),
     }
     values.update(extra)
     return InvitationsSettings(**values)
@@ -156,7 +177,8 @@ async def app_factory(
 
     async def make(**extra: Any) -> TestClient[web.Request, web.Application]:
         app = create_app(make_settings(migrated_schemas, fake_url, **extra), clock=clock)
-        client = TestClient(TestServer(app))
+        proof = migrated_schemas.keys.client_middleware("gateway", "invitations")
+        client = TestClient(TestServer(app), middlewares=(proof,))
         await client.start_server()
         clients.append(client)
         return client
@@ -180,10 +202,10 @@ async def outbox_events(pool: asyncpg.Pool, invitation_id: str) -> list[tuple[st
     """(type, envelope) of every event written about one invitation, oldest first."""
     rows = await pool.fetch(
         "SELECT routing_key, body FROM outbox"
-        " WHERE convert_from(body, 'UTF8') LIKE '%' || $1 || '%' ORDER BY created_at",
+        " WHERE convert_from(body, 'UTF8') LIKE '%' || $1 || '%' ORDER BY seq",
         invitation_id,
     )
-    return [(row["routing_key"], orjson.loads(row["body"])) for row in rows]
+    return [(row["routing_key"], opened(orjson.loads(row["body"]))) for row in rows]
 
 
 async def last_token(pool: asyncpg.Pool, invitation_id: str) -> str:

@@ -7,10 +7,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from libs.common.actor import ACTOR_HEADER, Actor, encode_actor
 from tests.invitations.conftest import (
     PUBLIC_URL,
     AppFactory,
@@ -78,13 +80,15 @@ async def test_invite_creates_and_queues_mail(
         "SELECT token_hash FROM invitations WHERE id = $1", uuid.UUID(inv["id"])
     )
     assert stored != token and len(stored) == 64
-    # The token travels only in the private mail job.
+    # The token travels only in the private mail job, sealed: no outbox row shows it.
     rows = await pool.fetch(
         "SELECT exchange, routing_key, body FROM outbox"
         " WHERE convert_from(body, 'UTF8') LIKE '%' || $1 || '%'",
         token,
     )
-    assert [(r["exchange"], r["routing_key"]) for r in rows] == [("mail", "mail.requested")]
+    assert rows == []
+    jobs = await pool.fetch("SELECT exchange FROM outbox WHERE routing_key = 'mail.requested'")
+    assert {r["exchange"] for r in jobs} == {"mail"}
 
 
 async def test_second_invite_of_same_person_resends(
@@ -99,7 +103,8 @@ async def test_second_invite_of_same_person_resends(
     assert second["invitation"]["id"] == first["invitation"]["id"]
     assert second["invitation"]["send_count"] == 2
     response = await client.get("/invitations/validate", params={"token": old_token})
-    assert response.status == 404 and await error_code(response) == "invitation_invalid"
+    # The old link is known: it says it was replaced (tests/invitations/test_links.py).
+    assert response.status == 410 and await error_code(response) == "invitation_replaced"
 
 
 async def test_invite_refusals(client: Client, world: World) -> None:
@@ -157,7 +162,15 @@ async def test_validate_and_accept(
     assert (await response.json())["account_exists"] is True
 
     user_id = str(uuid.uuid4())
-    response = await client.post("/invitations/accept", json={"token": token, "user_id": user_id})
+    response = await client.post("/invitations/reserve", json={"token": token})
+    assert response.status == 200
+    reserved = await response.json()
+    assert reserved["invitation"]["id"] == inv_id and reserved["invitation"]["status"] == "accepted"
+    assert reserved["invitation"]["accepted_at"] is None
+    claim = reserved["claim"]
+    response = await client.post(
+        "/invitations/accept", json={"token": token, "claim": claim, "user_id": user_id}
+    )
     assert response.status == 200
     accepted = await response.json()
     assert accepted["status"] == "accepted" and accepted["accepted_at"] is not None
@@ -167,7 +180,11 @@ async def test_validate_and_accept(
 
     response = await client.get("/invitations/validate", params={"token": token})
     assert response.status == 409 and await error_code(response) == "invitation_used"
-    response = await client.post("/invitations/accept", json={"token": token, "user_id": user_id})
+    response = await client.post("/invitations/reserve", json={"token": token})
+    assert response.status == 409 and await error_code(response) == "invitation_used"
+    response = await client.post(
+        "/invitations/accept", json={"token": token, "claim": claim, "user_id": user_id}
+    )
     assert response.status == 409 and await error_code(response) == "invitation_used"
     for bad in ("", "nope", "x" * 500):
         response = await client.get("/invitations/validate", params={"token": bad})
@@ -188,9 +205,7 @@ async def test_expired_link_then_resend_with_current_setting(
     clock.advance(days=14)  # exactly at expiry: dead
     response = await client.get("/invitations/validate", params={"token": token})
     assert response.status == 410 and await error_code(response) == "invitation_expired"
-    response = await client.post(
-        "/invitations/accept", json={"token": token, "user_id": str(uuid.uuid4())}
-    )
+    response = await client.post("/invitations/reserve", json={"token": token})
     assert response.status == 410 and await error_code(response) == "invitation_expired"
     response = await client.get(f"/invitations/{inv_id}")
     assert (await response.json())["status"] == "expired"
@@ -209,7 +224,7 @@ async def test_expired_link_then_resend_with_current_setting(
     new_token = await last_token(pool, inv_id)
     assert new_token != token
     response = await client.get("/invitations/validate", params={"token": token})
-    assert response.status == 404
+    assert response.status == 410 and await error_code(response) == "invitation_replaced"
     response = await client.get("/invitations/validate", params={"token": new_token})
     assert response.status == 200
     assert "invitation.resent" in [t for t, _ in await outbox_events(pool, inv_id)]
@@ -274,19 +289,72 @@ async def test_list_filters_and_pages(client: Client, world: World) -> None:
         assert response.status == 422
 
 
+async def test_list_filters_by_the_exact_address_in_any_case(client: Client, world: World) -> None:
+    first, second = world.add_portal(), world.add_portal()
+    local = f"Mixed.Case-{uuid.uuid4().hex[:8]}"
+    _, one = await invite(client, first["id"], f"  {local}@Example.COM ")
+    _, two = await invite(client, second["id"], f"{local}@example.com")
+    await invite(client, first["id"], f"{local}x@example.com")  # a longer address: not it
+    for asked in (f"{local}@example.com", f"{local.upper()}@EXAMPLE.COM"):
+        response = await client.get("/invitations", params={"email": asked})
+        assert response.status == 200
+        found = [item["id"] for item in (await response.json())["items"]]
+        assert found == [two["invitation"]["id"], one["invitation"]["id"]], asked
+    response = await client.get(
+        "/invitations", params={"email": f"{local}@example.com", "portal_id": first["id"]}
+    )
+    assert [i["id"] for i in (await response.json())["items"]] == [one["invitation"]["id"]]
+    response = await client.get("/invitations", params={"email": f"{local[:-1]}@example.com"})
+    assert (await response.json())["items"] == []
+
+
 async def test_access_settings(client: Client) -> None:
     response = await client.get("/settings/access")
-    assert await response.json() == {"invitation_expiry_days": 14}
+    assert await response.json() == {"invitation_expiry_days": 14, "invitation_reminder_days": 0}
     for days in (7, 21, 30, 14):
         response = await client.put("/settings/access", json={"invitation_expiry_days": days})
-        assert response.status == 200 and await response.json() == {"invitation_expiry_days": days}
+        assert response.status == 200
+        assert await response.json() == {
+            "invitation_expiry_days": days,
+            "invitation_reminder_days": 0,
+        }
     for bad in (0, 10, 31, "many"):
         response = await client.put("/settings/access", json={"invitation_expiry_days": bad})
         assert response.status == 422
         message = (await response.json())["error"]["message"]
         assert "invitation_expiry_days" in message or "7, 14, 21 or 30" in message
     response = await client.get("/settings/access")
-    assert await response.json() == {"invitation_expiry_days": 14}
+    assert await response.json() == {"invitation_expiry_days": 14, "invitation_reminder_days": 0}
+
+
+async def _settings_events(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT body FROM outbox WHERE routing_key = 'invitation.settings.changed' ORDER BY seq"
+    )
+    return [orjson.loads(row["body"]) for row in rows]
+
+
+async def test_a_settings_change_is_announced_with_who_made_it(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    dana = Actor(type="user", id=str(uuid.uuid4()), name="dana@agency.example")
+    headers = {ACTOR_HEADER: encode_actor(dana)}
+    before = len(await _settings_events(pool))
+    try:
+        body = {"invitation_expiry_days": 21, "invitation_reminder_days": 0}
+        response = await client.put("/settings/access", json=body, headers=headers)
+        assert response.status == 200
+        # The same values again change nothing, and announce nothing.
+        response = await client.put("/settings/access", json=body, headers=headers)
+        assert response.status == 200
+        [event] = (await _settings_events(pool))[before:]
+        assert event["data"] == {
+            "changes": {"invitation_expiry_days": 21},
+            "previous": {"invitation_expiry_days": 14},
+        }
+        assert event["actor"] == dana.model_dump()
+    finally:
+        await client.put("/settings/access", json={"invitation_expiry_days": 14})
 
 
 async def test_new_invitation_uses_current_setting(

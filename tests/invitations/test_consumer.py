@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import aio_pika
@@ -17,12 +18,14 @@ from libs.common.events import (
     EventData,
     InvitationRequested,
     MailFailed,
+    MailRetrying,
     MailSent,
     PortalChanged,
     make_event,
 )
 from tests.invitations.conftest import World, outbox_events
 from tests.support.env import TestEnv
+from tests.support.owners import OwnersBus
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +37,10 @@ Publish = Callable[..., Awaitable[str]]
 
 @pytest.fixture
 async def publish(migrated_schemas: TestEnv) -> AsyncIterator[Publish]:
-    connection = await aio_pika.connect(migrated_schemas.amqp_url)
-    channel = await connection.channel()
-    exchange = await channel.get_exchange(f"{migrated_schemas.bus_prefix}.events")
+    """Publishes as the owner of each event type (invitation.requested: as invitations,
+    which may send it like any integration)."""
+    owners = OwnersBus(migrated_schemas)
+    await owners.connect()
 
     async def send(
         event_type: str, data: EventData | None = None, *, raw: bytes | None = None
@@ -46,14 +50,18 @@ async def publish(migrated_schemas: TestEnv) -> AsyncIterator[Publish]:
             assert data is not None
             body = make_event(event_type, data, source="test", correlation_id=correlation_id)
             raw = body.to_json()
-        await exchange.publish(
-            aio_pika.Message(raw, content_type="application/json", message_id=uuid.uuid4().hex),
-            routing_key=event_type,
+        await owners.publish(
+            "events",
+            event_type,
+            raw,
+            message_id=uuid.uuid4().hex,
+            correlation_id=None,
+            type=event_type,
         )
         return correlation_id
 
     yield send
-    await connection.close()
+    await owners.close()
 
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 10.0) -> T:
@@ -154,6 +162,76 @@ async def test_mail_outcomes_set_delivery_of_the_latest_send(
     assert body["delivery_error"] == "bounced later"
 
 
+def retrying(inv_id: uuid.UUID, mail_id: uuid.UUID, attempt: int, at: datetime) -> MailRetrying:
+    return MailRetrying(
+        mail_id=mail_id,
+        template="invitation",
+        ref_type="invitation",
+        ref_id=inv_id,
+        attempt=attempt,
+        next_attempt_at=at,
+        reason="smtp_unreachable",
+    )
+
+
+async def test_a_retrying_send_shows_its_next_try_until_it_is_sent(
+    client: Client, world: World, pool: asyncpg.Pool, publish: Publish
+) -> None:
+    portal = world.add_portal()
+    response = await client.post(
+        "/invitations", json={"portal_id": portal["id"], "email": "patient@example.com"}
+    )
+    inv_id = uuid.UUID((await response.json())["invitation"]["id"])
+    mail_id = await pool.fetchval("SELECT last_mail_id FROM invitations WHERE id = $1", inv_id)
+    soon = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+    await publish("mail.retrying", retrying(inv_id, mail_id, 2, soon))
+
+    async def waiting() -> dict[str, Any] | None:
+        body: dict[str, Any] = await (await client.get(f"/invitations/{inv_id}")).json()
+        return body if body["delivery"] == "retrying" else None
+
+    body = await eventually(waiting)
+    assert datetime.fromisoformat(body["delivery_next_attempt_at"]) == soon
+    assert body["delivery_error"] == "smtp_unreachable"
+    listed = await (await client.get(f"/invitations?portal_id={portal['id']}")).json()
+    assert listed["items"][0]["delivery_next_attempt_at"] == body["delivery_next_attempt_at"]
+
+    # Out of order: an earlier try's announcement, then a later one.
+    await publish("mail.retrying", retrying(inv_id, mail_id, 1, soon - timedelta(minutes=1)))
+    later = soon + timedelta(minutes=5)
+    await publish("mail.retrying", retrying(inv_id, mail_id, 3, later))
+
+    async def moved_on() -> dict[str, Any] | None:
+        found = await waiting()
+        return (
+            found
+            if found and found["delivery_next_attempt_at"] != body["delivery_next_attempt_at"]
+            else None
+        )
+
+    body = await eventually(moved_on)
+    assert datetime.fromisoformat(body["delivery_next_attempt_at"]) == later
+
+    await publish(
+        "mail.sent",
+        MailSent(mail_id=mail_id, template="invitation", ref_type="invitation", ref_id=inv_id),
+    )
+    # A retry announced late never undoes the outcome.
+    await publish("mail.retrying", retrying(inv_id, mail_id, 4, later + timedelta(hours=1)))
+    marker = uuid.uuid4()  # processed after the late announcement
+    await publish("portal.created", portal_changed(marker, 1))
+    await eventually(lambda: pool.fetchval("SELECT true FROM portals WHERE portal_id = $1", marker))
+    body = await (await client.get(f"/invitations/{inv_id}")).json()
+    assert body["delivery"] == "sent"
+    assert body["delivery_next_attempt_at"] is None and body["delivery_error"] is None
+
+    # Resend: a new mail job, queued again.
+    await client.post(f"/invitations/{inv_id}/resend")
+    body = await (await client.get(f"/invitations/{inv_id}")).json()
+    assert body["delivery"] == "queued" and body["delivery_next_attempt_at"] is None
+
+
 async def test_invitation_requested_by_slug_creates(
     client: Client, world: World, pool: asyncpg.Pool, publish: Publish
 ) -> None:
@@ -167,17 +245,24 @@ async def test_invitation_requested_by_slug_creates(
             idempotency_key=key,
             sub_client=True,
             invited_by="CRM",
+            expires_in_days=30,
+            personal_message="Welcome aboard, from the CRM.",
         ),
     )
     row = await eventually(
         lambda: pool.fetchrow("SELECT * FROM invitations WHERE idempotency_key = $1", key)
     )
     assert row["email"] == "Via.Crm@example.com" and row["sub_client"] is True
+    assert row["expires_in_days"] == 30 and row["expires_at"] - row["sent_at"] == timedelta(days=30)
+    assert row["personal_message"] == "Welcome aboard, from the CRM."
     events = dict(await outbox_events(pool, str(row["id"])))
     created = events["invitation.created"]
     assert created["correlation_id"] == correlation_id
     assert created["data"]["idempotency_key"] == key
-    assert "mail.requested" in events
+    assert created["data"]["expires_in_days"] == 30
+    assert events["mail.requested"]["data"]["context"]["personal_message"] == (
+        "Welcome aboard, from the CRM."
+    )
 
 
 @pytest.mark.parametrize(
@@ -189,6 +274,8 @@ async def test_invitation_requested_by_slug_creates(
         ("invalid_email", {"email": "Jane <jane@example.com>"}),
         ("portal_not_active", {"status": "pending"}),
         ("already_has_access", {"member": True}),
+        ("invalid_expires_in_days", {"expires_in_days": 10}),
+        ("personal_message_too_long", {"personal_message": "x" * 1001}),
     ],
 )
 async def test_invitation_requested_rejections(

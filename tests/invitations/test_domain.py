@@ -81,6 +81,27 @@ def test_revoke_rules() -> None:
     assert err.value.code == "invitation_accepted"
 
 
+def test_an_acceptance_under_way_is_spent_but_finishable() -> None:
+    expires = SENT + timedelta(days=14)
+    # Spent: shown as accepted, not revocable or resendable, even past the link's end.
+    assert domain.effective_status("accepting", expires, expires + timedelta(days=1)) == "accepted"
+    for check in (domain.must_revoke, domain.check_can_resend):
+        with pytest.raises(Conflict) as err:
+            check("accepting")
+        assert err.value.code == "invitation_accepted"
+    # Finishable: the same link validates, and takes over once the lease is over.
+    domain.check_token_usable("accepting", expires, expires + timedelta(days=1))
+    lease_end = SENT + domain.ACCEPT_LEASE
+    with pytest.raises(Conflict) as held:
+        domain.check_reservable("accepting", expires, lease_end, SENT)
+    assert held.value.code == "invitation_used"
+    domain.check_reservable("accepting", expires, lease_end, lease_end)
+    domain.check_reservable("pending", expires, None, SENT)
+    with pytest.raises(Gone) as expired:
+        domain.check_reservable("pending", expires, None, expires)
+    assert expired.value.code == "invitation_expired"
+
+
 def test_token_is_random_and_stored_as_sha256() -> None:
     token, token_hash = domain.new_token()
     other, _ = domain.new_token()

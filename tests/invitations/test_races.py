@@ -41,11 +41,15 @@ async def test_sixteen_concurrent_accepts_one_wins(
     token = await last_token(pool, inv_id)
 
     async def accept() -> tuple[int, str | None]:
-        response = await client.post(
-            "/invitations/accept", json={"token": token, "user_id": str(uuid.uuid4())}
-        )
+        response = await client.post("/invitations/reserve", json={"token": token})
         body = await response.json()
-        return response.status, body.get("error", {}).get("code")
+        if response.status != 200:
+            return response.status, body.get("error", {}).get("code")
+        response = await client.post(
+            "/invitations/accept",
+            json={"token": token, "claim": body["claim"], "user_id": str(uuid.uuid4())},
+        )
+        return response.status, None
 
     results = await asyncio.gather(*(accept() for _ in range(16)))
     assert Counter(results) == {(200, None): 1, (409, "invitation_used"): 15}
@@ -58,7 +62,7 @@ async def test_resend_racing_accept(client: Client, world: World, pool: asyncpg.
         inv_id = await _invite(client, world)
         token = await last_token(pool, inv_id)
         accept, resend = await asyncio.gather(
-            client.post("/invitations/accept", json={"token": token, "user_id": str(uuid.uuid4())}),
+            client.post("/invitations/reserve", json={"token": token}),
             client.post(f"/invitations/{inv_id}/resend"),
         )
         row = await pool.fetchrow(
@@ -66,14 +70,16 @@ async def test_resend_racing_accept(client: Client, world: World, pool: asyncpg.
         )
         assert row is not None
         if accept.status == 200:
-            # Accept won: the resend saw an accepted invitation.
+            # The acceptance won: the resend saw a spent link.
             assert resend.status == 409
             assert (await resend.json())["error"]["code"] == "invitation_accepted"
-            assert row["status"] == "accepted" and row["send_count"] == 1
+            assert row["status"] == "accepting" and row["send_count"] == 1
         else:
-            # Resend won: the old link died before the accept got to it.
+            # Resend won: the old link died (it says it was replaced) before the accept got
+            # to it.
             assert resend.status == 200
-            assert accept.status == 404
+            assert accept.status == 410
+            assert (await accept.json())["error"]["code"] == "invitation_replaced"
             assert row["status"] == "pending" and row["send_count"] == 2
 
 
@@ -89,11 +95,19 @@ async def test_sixteen_concurrent_invites_of_one_person(
         )
     )
     statuses = Counter(r.status for r in responses)
-    assert statuses == {201: 1, 200: 15}
+    # One invitation; it is emailed at most 5 times an hour (the default cap, counted
+    # under the invitation's lock, so exactly): four resends, eleven refusals.
+    assert statuses == {201: 1, 200: 4, 429: 11}
     count = await pool.fetchval(
         "SELECT count(*) FROM invitations WHERE portal_id = $1", uuid.UUID(portal["id"])
     )
     assert count == 1
+    links = await pool.fetchval(
+        "SELECT count(*) FROM invitation_links l JOIN invitations i ON i.id = l.invitation_id"
+        " WHERE i.portal_id = $1",
+        uuid.UUID(portal["id"]),
+    )
+    assert links == 5
 
 
 async def test_same_request_twice_at_once_makes_one_invitation(

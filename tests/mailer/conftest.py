@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aio_pika
 import asyncpg
 import orjson
 import pytest
@@ -16,9 +17,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from libs.common.bus import Bus
 from libs.common.events import Envelope, MailRequested, make_event
+from libs.common.sealing import DEVELOPMENT_KEY, Sealer
 from services.mailer.app import create_app
 from services.mailer.settings import MailerSettings
 from tests.support.env import TestEnv
+from tests.support.owners import OwnersBus
 
 StartMailer = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -26,21 +29,40 @@ StartMailer = Callable[..., Awaitable[TestClient[Any, Any]]]
 def mailer_settings(env: TestEnv, smtp_port: int, **overrides: Any) -> MailerSettings:
     values: dict[str, Any] = {
         "database_url": env.database_url,
-        "amqp_url": env.amqp_url,
+        "amqp_url": env.amqp_url_as("mailer"),
         "bus_prefix": env.bus_prefix,
         "smtp_host": "127.0.0.1",
         "smtp_port": smtp_port,
         "mail_from": "ClientPress <no-reply@example.org>",
         "mailer_retry_base_seconds": 0.05,
         "mailer_concurrency": 4,
+        **env.keys.settings("mailer"),
     }
     values.update(overrides)
     return MailerSettings(**values)
 
 
+async def _drop_foreign_jobs(env: TestEnv) -> None:
+    """The session's other modules (invitations, identity) leave their mail jobs on the
+    shared mail queue, with no mailer to take them. A mailer started here would first
+    send those hundreds of emails, so a test's own job waited behind work that isn't its
+    own: these tests start from an empty queue."""
+    connection = await aio_pika.connect(env.amqp_url)
+    try:
+        channel = await connection.channel()
+        try:
+            queue = await channel.get_queue(f"{env.bus_prefix}.mailer", ensure=True)
+        except aio_pika.exceptions.ChannelClosed:
+            return  # not declared yet: nothing waits on it
+        await queue.purge()
+    finally:
+        await connection.close()
+
+
 @pytest.fixture
 async def start_mailer(migrated_schemas: TestEnv) -> AsyncIterator[StartMailer]:
     clients: list[TestClient[Any, Any]] = []
+    await _drop_foreign_jobs(migrated_schemas)
 
     async def start(smtp_port: int, **overrides: Any) -> TestClient[Any, Any]:
         app = create_app(mailer_settings(migrated_schemas, smtp_port, **overrides))
@@ -56,9 +78,9 @@ async def start_mailer(migrated_schemas: TestEnv) -> AsyncIterator[StartMailer]:
 
 @pytest.fixture
 async def publisher(migrated_schemas: TestEnv) -> AsyncIterator[Bus]:
-    bus = Bus(migrated_schemas.amqp_url, migrated_schemas.bus_prefix, "probe0")
+    bus = OwnersBus(migrated_schemas)
     await bus.connect()
-    yield bus
+    yield bus  # type: ignore[misc]
     await bus.close()
 
 
@@ -82,8 +104,13 @@ def invitation_job(to: str, **context: str) -> tuple[MailRequested, str]:
     return job, token
 
 
+def sealed(job: MailRequested) -> MailRequested:
+    """As identity and invitations write it: the context sealed with MAIL_JOB_KEY."""
+    return job.model_copy(update={"context": Sealer(DEVELOPMENT_KEY).seal(job.context)})
+
+
 async def publish_job(bus: Bus, job: MailRequested) -> Envelope:
-    envelope = make_event("mail.requested", job, source="invitations")
+    envelope = make_event("mail.requested", sealed(job), source="invitations")
     await bus.publish_envelope(envelope, kind="mail")
     return envelope
 
@@ -105,7 +132,7 @@ async def wait_for_row(
 
 
 async def outbox_events(pool: asyncpg.Pool, mail_id: uuid.UUID) -> list[dict[str, Any]]:
-    rows = await pool.fetch("SELECT exchange, body FROM outbox ORDER BY created_at")
+    rows = await pool.fetch("SELECT exchange, body FROM outbox ORDER BY seq")
     found = []
     for row in rows:
         body = orjson.loads(row["body"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -21,6 +22,7 @@ from tests.mailer.conftest import (
     wait_for_row,
 )
 from tests.support.env import free_port
+from tests.support.management import management_client
 from tests.support.smtp import Sink, SmtpSink, accept_link, html_part, text_part
 
 pytestmark = pytest.mark.integration
@@ -58,7 +60,8 @@ async def test_a_mail_job_on_the_mail_exchange_arrives_with_both_parts(
     assert event["data"]["ref_id"] == str(job.ref_id)
     assert token.encode() not in event["raw"]
 
-    metrics = await (await client.get("/metrics")).text()
+    async with management_client(client.app) as management:
+        metrics = await (await management.get("/metrics")).text()
     assert 'clientpress_emails_sent_total{template="invitation"}' in metrics
     assert "clientpress_emails_queued" in metrics
 
@@ -89,7 +92,7 @@ async def test_smtp_down_then_up_the_email_still_arrives(
 ) -> None:
     pool: asyncpg.Pool = await pool_factory("mailer")
     port = free_port()  # nothing listens here yet
-    await start_mailer(port, mailer_max_attempts=30)
+    await start_mailer(port)
     to = _address()
     job, _ = invitation_job(to)
     await publish_job(publisher, job)
@@ -129,7 +132,8 @@ async def test_a_4xx_answer_is_retried_then_succeeds(
     await smtp_sink.sink.wait_for(to)
     row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "sent")
     assert row["attempts"] >= 2 and row["last_error"] is None
-    assert [e["type"] for e in await outbox_events(pool, job.mail_id)] == ["mail.sent"]
+    types = [e["type"] for e in await outbox_events(pool, job.mail_id)]
+    assert types == ["mail.retrying"] * (row["attempts"] - 1) + ["mail.sent"]
 
 
 async def test_a_5xx_answer_fails_after_one_attempt(
@@ -155,23 +159,87 @@ async def test_a_5xx_answer_fails_after_one_attempt(
     assert smtp_sink.sink.to(to) == []
 
 
-async def test_gives_up_after_max_attempts(
+async def test_an_outage_longer_than_eight_tries_keeps_retrying_then_delivers(
     start_mailer: StartMailer,
     publisher: Bus,
     smtp_sink: SmtpSink,
     pool_factory: PoolFactory,
 ) -> None:
+    """Eight tries used to be the end (2-4 minutes with the shipped settings); now the
+    horizon decides, and each deferred try is announced with its next try time."""
     pool: asyncpg.Pool = await pool_factory("mailer")
-    smtp_sink.sink.fail_with = "421 4.7.0 too busy"
-    await start_mailer(smtp_sink.port, mailer_max_attempts=3)
-    job, _ = invitation_job(_address())
+    smtp_sink.sink.fail_with = "451 4.3.0 try later"
+    await start_mailer(
+        smtp_sink.port, mailer_retry_max_seconds=0.2, mailer_give_up_after_seconds=600
+    )
+    to = _address()
+    job, token = invitation_job(to)
     await publish_job(publisher, job)
 
+    row = await wait_for_row(
+        pool, job.mail_id, lambda r: r["attempts"] >= 12 or r["status"] == "failed", timeout=40
+    )
+    assert row["status"] in ("queued", "sending"), "still trying after twelve refusals"
+    retrying = [e for e in await outbox_events(pool, job.mail_id) if e["type"] == "mail.retrying"]
+    assert len(retrying) >= 11
+    assert all(e["exchange"] == "events" and token.encode() not in e["raw"] for e in retrying)
+    assert [e["data"]["attempt"] for e in retrying] == list(range(1, len(retrying) + 1))
+    last = retrying[-1]["data"]
+    assert last["ref_id"] == str(job.ref_id) and last["ref_type"] == "invitation"
+    assert last["reason"] == "smtp_deferred" and last["smtp_code"] == 451
+    when = [datetime.fromisoformat(e["data"]["next_attempt_at"]) for e in retrying]
+    assert when == sorted(when)
+
+    smtp_sink.sink.fail_with = None
+    await smtp_sink.sink.wait_for(to)
+    row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "sent")
+    assert row["attempts"] >= 12 and row["context"] is None
+    types = [e["type"] for e in await outbox_events(pool, job.mail_id)]
+    assert types[-1] == "mail.sent" and "mail.failed" not in types
+    assert len(smtp_sink.sink.to(to)) == 1
+
+
+async def test_a_job_past_its_horizon_fails_for_good(
+    start_mailer: StartMailer,
+    publisher: Bus,
+    smtp_sink: SmtpSink,
+    pool_factory: PoolFactory,
+) -> None:
+    """Virtual hours: the job's queueing time is moved back, the rest runs for real with
+    the shipped two-day horizon."""
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    smtp_sink.sink.fail_with = "421 4.7.0 too busy"
+    await start_mailer(smtp_sink.port, mailer_retry_max_seconds=0.2)
+    job, _ = invitation_job(_address())
+    await publish_job(publisher, job)
+    await wait_for_row(pool, job.mail_id, lambda r: r["attempts"] >= 2)
+
+    # Queued 47 hours ago: still inside the horizon, so it keeps trying.
+    await pool.execute(
+        "UPDATE deliveries SET created_at = now() - interval '47 hours' WHERE mail_id = $1",
+        job.mail_id,
+    )
+    seen = await pool.fetchval("SELECT attempts FROM deliveries WHERE mail_id = $1", job.mail_id)
+    row = await wait_for_row(pool, job.mail_id, lambda r: r["attempts"] >= seen + 3)
+    assert row["status"] in ("queued", "sending")
+
+    # A second before the horizon's end: no try is planned past it, and the refusal of
+    # the last one is final.
+    queued_at = await pool.fetchval(
+        "UPDATE deliveries SET created_at = now() - interval '48 hours' + interval '1 second'"
+        " WHERE mail_id = $1 RETURNING created_at",
+        job.mail_id,
+    )
     row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "failed")
-    assert row["attempts"] == 3 and row["context"] is None
-    [event] = await outbox_events(pool, job.mail_id)
-    assert event["type"] == "mail.failed"
-    assert event["data"]["reason"] == "max_attempts" and event["data"]["attempts"] == 3
+    assert row["context"] is None and row["last_error"].startswith("421")
+    events = await outbox_events(pool, job.mail_id)
+    assert events[-1]["type"] == "mail.failed"
+    assert events[-1]["data"]["reason"] == "max_attempts"
+    assert events[-1]["data"]["attempts"] == row["attempts"]
+    assert [e["type"] for e in events].count("mail.failed") == 1
+    horizon_end = queued_at + timedelta(hours=48)
+    planned = [datetime.fromisoformat(e["data"]["next_attempt_at"]) for e in events[-4:-1]]
+    assert all(when <= horizon_end for when in planned), (planned, horizon_end)
 
 
 async def test_a_recipient_with_a_line_break_is_refused_not_sent(
@@ -214,7 +282,7 @@ async def test_a_dead_smtp_server_does_not_hold_up_the_queue(
     start_mailer: StartMailer, publisher: Bus, pool_factory: PoolFactory
 ) -> None:
     pool: asyncpg.Pool = await pool_factory("mailer")
-    await start_mailer(free_port(), mailer_max_attempts=2, mailer_retry_base_seconds=60)
+    await start_mailer(free_port(), mailer_retry_base_seconds=60)
     jobs = [invitation_job(_address())[0] for _ in range(20)]
     for job in jobs:
         await publish_job(publisher, job)

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import random
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.mailer.domain import (
-    MAX_RETRY_DELAY_SECONDS,
     FailureReason,
     InvalidAddress,
+    RetryPolicy,
+    RetryReason,
     Verdict,
+    abandoned,
     after_failure,
     clip_error,
     judge_smtp_code,
+    next_attempt_at,
     normalise_address,
     retry_delay,
+    retry_reason,
 )
 from services.mailer.sender import Sender
 from services.mailer.settings import MailerSettings
@@ -44,16 +50,80 @@ def test_unusable_addresses_are_refused(raw: str) -> None:
         normalise_address(raw)
 
 
-def test_retry_delay_grows_exponentially_with_jitter() -> None:
-    low = [retry_delay(n, 2.0, rand=lambda: 0.0) for n in range(1, 5)]
-    high = [retry_delay(n, 2.0, rand=lambda: 1.0) for n in range(1, 5)]
-    assert high == [2.0, 4.0, 8.0, 16.0]
-    assert low == [1.0, 2.0, 4.0, 8.0]
+SHIPPED = RetryPolicy(base_seconds=2.0)  # the defaults: cap one hour, horizon two days
+QUEUED = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 
-def test_retry_delay_is_capped_at_ten_minutes() -> None:
-    assert retry_delay(50, 2.0, rand=lambda: 1.0) == MAX_RETRY_DELAY_SECONDS
-    assert retry_delay(10_000, 2.0, rand=lambda: 1.0) == MAX_RETRY_DELAY_SECONDS
+def test_retry_delay_grows_exponentially_between_the_base_and_the_step() -> None:
+    low = [retry_delay(n, SHIPPED, rand=lambda: 0.0) for n in range(1, 6)]
+    high = [retry_delay(n, SHIPPED, rand=lambda: 1.0) for n in range(1, 6)]
+    assert high == [2.0, 4.0, 8.0, 16.0, 32.0]
+    assert low == [2.0] * 5, "full jitter: any delay from the base up to the step"
+
+
+def test_retry_delay_is_capped_at_an_hour_by_default() -> None:
+    assert SHIPPED.max_seconds == 3600 and SHIPPED.give_up_after_seconds == 2 * 86_400
+    assert retry_delay(12, SHIPPED, rand=lambda: 1.0) == 3600
+    assert retry_delay(10_000, SHIPPED, rand=lambda: 1.0) == 3600
+    short = RetryPolicy(base_seconds=2.0, max_seconds=60)
+    assert retry_delay(30, short, rand=lambda: 1.0) == 60
+    assert retry_delay(30, RetryPolicy(base_seconds=5, max_seconds=1), rand=lambda: 0.5) == 1
+
+
+def test_retry_delays_are_jittered_not_in_lockstep() -> None:
+    """A thousand deliveries failed by one outage come back spread over the step."""
+    rng = random.Random(13)
+    delays = [retry_delay(12, SHIPPED, rand=rng.random) for _ in range(1000)]
+    assert all(2.0 <= d <= 3600 for d in delays)
+    assert len({round(d) for d in delays}) > 500
+    spread = sorted(delays)
+    assert spread[100] < 3600 * 0.2 and spread[900] > 3600 * 0.8
+
+
+def test_an_outage_longer_than_the_old_eight_tries_is_waited_out_for_two_days() -> None:
+    """Virtual time: SMTP refuses every try; the schedule is followed to its end."""
+    rng = random.Random(4)
+    now, attempts, gaps = QUEUED, 0, []
+    while True:
+        attempts += 1
+        if after_failure(Verdict.RETRY, QUEUED, now, SHIPPED) is not None:
+            break
+        later = next_attempt_at(attempts, QUEUED, now, SHIPPED, rand=rng.random)
+        gaps.append((later - now).total_seconds())
+        now = later
+    assert attempts > 8
+    assert now == QUEUED + timedelta(days=2), "the last try falls on the horizon's end"
+    assert max(gaps) <= 3600
+    assert sum(gaps[:8]) < 600, "early tries come quickly"
+
+
+def test_no_try_is_planned_past_the_horizon() -> None:
+    near_end = QUEUED + timedelta(days=2) - timedelta(seconds=30)
+    planned = next_attempt_at(20, QUEUED, near_end, SHIPPED, rand=lambda: 1.0)
+    assert planned == QUEUED + timedelta(days=2)
+
+
+def test_when_to_give_up() -> None:
+    hour = timedelta(hours=1)
+    assert after_failure(Verdict.PERMANENT, QUEUED, QUEUED, SHIPPED) is FailureReason.REJECTED
+    assert after_failure(Verdict.RETRY, QUEUED, QUEUED + 47 * hour, SHIPPED) is None
+    gave_up = after_failure(Verdict.RETRY, QUEUED, QUEUED + 48 * hour, SHIPPED)
+    assert gave_up is FailureReason.RETRIES_EXHAUSTED
+    assert gave_up.value == "max_attempts", "the wire value consumers already know"
+
+
+def test_a_row_left_by_dead_senders_past_its_horizon_is_abandoned() -> None:
+    end = QUEUED + timedelta(days=2)
+    # The last try is due at the end and claimed a moment later: it is still made.
+    assert not abandoned(40, QUEUED, end + timedelta(seconds=5), SHIPPED, 120)
+    assert abandoned(40, QUEUED, end + timedelta(seconds=121), SHIPPED, 120)
+    # A first try is always made, however late the mailer got to it.
+    assert not abandoned(1, QUEUED, end + timedelta(days=1), SHIPPED, 120)
+
+
+def test_retry_reasons_are_machine_readable() -> None:
+    assert retry_reason(451) is RetryReason.DEFERRED
+    assert retry_reason(None) is RetryReason.UNREACHABLE
 
 
 @pytest.mark.parametrize(
@@ -68,12 +138,6 @@ def test_retry_delay_is_capped_at_ten_minutes() -> None:
 )
 def test_smtp_codes(code: int | None, verdict: Verdict) -> None:
     assert judge_smtp_code(code) is verdict
-
-
-def test_when_to_give_up() -> None:
-    assert after_failure(1, 8, Verdict.PERMANENT) is FailureReason.REJECTED
-    assert after_failure(7, 8, Verdict.RETRY) is None
-    assert after_failure(8, 8, Verdict.RETRY) is FailureReason.MAX_ATTEMPTS
 
 
 def test_errors_are_one_bounded_line() -> None:
@@ -95,3 +159,12 @@ async def test_a_new_job_wakes_one_idle_sender_not_all_of_them() -> None:
     assert sum(e.is_set() for e in events) == 3
     sender.wake()  # retries, recovery, stopping: everyone
     assert all(e.is_set() for e in events)
+
+
+def test_an_old_configuration_still_loads_and_the_horizon_decides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MAILER_MAX_ATTEMPTS", "8")
+    monkeypatch.setenv("MAILER_RETRY_MAX_SECONDS", "600")
+    policy = MailerSettings().retry_policy
+    assert policy == RetryPolicy(base_seconds=2.0, max_seconds=600, give_up_after_seconds=172_800)

@@ -35,7 +35,7 @@ async def test_the_mailer_process_sends_and_stops_cleanly(
         assert accept_link(msg) == job.context["accept_url"]
         async with (
             aiohttp.ClientSession() as session,
-            session.get(service.url + "/metrics") as response,
+            session.get(service.management_url + "/metrics") as response,
         ):
             assert "clientpress_emails_sent_total" in await response.text()
     finally:

@@ -104,3 +104,21 @@ def test_password_reset() -> None:
 def test_unusable_context_is_refused(template: str, context: dict[str, str]) -> None:
     with pytest.raises(InvalidContext):
         render(new_environment(), template, context)
+
+
+def test_invitation_shows_the_personal_message_escaped_and_the_expiry() -> None:
+    note = 'Hi Jane,\n<script>alert("x")</script> & <b>welcome</b>!'
+    context = {**INVITATION, "personal_message": note, "expires_in_days": "21"}
+    msg = _message("invitation", context)
+    html, text = html_part(msg), text_part(msg)
+    assert "<script>" not in html and "<b>welcome" not in html
+    assert (
+        "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &lt;b&gt;welcome&lt;/b&gt;!" in html
+    )
+    assert "A message from Jane Admin:" in html and "white-space:pre-line" in html
+    assert "A message from Jane Admin:" in text and note in text
+    for part in (html, text):
+        assert "This link expires on 9 December 2026 (21 days after it was sent)." in part
+    # Without them the email reads as before.
+    plain = html_part(_message("invitation", INVITATION))
+    assert "A message" not in plain and "days after it was sent" not in plain

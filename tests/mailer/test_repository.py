@@ -160,9 +160,13 @@ async def test_a_row_that_keeps_crashing_its_worker_ends_as_failed(
     )
     command = _command()
     await _record(pool, command)
-    # Three claims already made, each lost with its worker.
-    await pool.execute("UPDATE deliveries SET attempts = 3 WHERE mail_id = $1", command.mail_id)
-    settings = mailer_settings(migrated_schemas, free_port(), mailer_max_attempts=3)
+    # Claims already made, each lost with its worker, until the horizon passed.
+    await pool.execute(
+        "UPDATE deliveries SET attempts = 3, created_at = now() - interval '49 hours'"
+        " WHERE mail_id = $1",
+        command.mail_id,
+    )
+    settings = mailer_settings(migrated_schemas, free_port())
     sender = Sender(pool, settings)
     assert await sender.send_next(SmtpTransport(settings))
     row = await pool.fetchrow("SELECT * FROM deliveries WHERE mail_id = $1", command.mail_id)

@@ -22,10 +22,12 @@ from tests.support.env import TestEnv
 async def client(migrated_schemas: TestEnv) -> AsyncIterator[TestClient[Any, Any]]:
     settings = PortalsSettings(
         database_url=migrated_schemas.database_url,
-        amqp_url=migrated_schemas.amqp_url,
+        amqp_url=migrated_schemas.amqp_url_as("portals"),
         bus_prefix=migrated_schemas.bus_prefix,
+        **migrated_schemas.keys.settings("portals"),
     )
-    async with TestClient(TestServer(create_app(settings))) as test_client:
+    proof = migrated_schemas.keys.client_middleware("gateway", "portals")
+    async with TestClient(TestServer(create_app(settings)), middlewares=(proof,)) as test_client:
         yield test_client
 
 
@@ -52,7 +54,7 @@ def new_portal(
 
 async def outbox_events(pool: asyncpg.Pool, portal_id: str) -> list[tuple[str, dict[str, Any]]]:
     """Events this service wrote about one portal, oldest first."""
-    rows = await pool.fetch("SELECT routing_key, body FROM outbox ORDER BY created_at")
+    rows = await pool.fetch("SELECT routing_key, body FROM outbox ORDER BY seq")
     found = []
     for row in rows:
         envelope = orjson.loads(row["body"])

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from services.portals.api import CALLERS
 from tests.portals.conftest import outbox_events
 
 pytestmark = pytest.mark.integration
@@ -408,3 +409,24 @@ async def test_the_schema_itself_refuses_a_second_client(
             portal,
             uuid.uuid4(),
         )
+
+
+async def test_openapi_document(client: Client) -> None:
+    response = await client.get("/openapi.json")
+    assert response.status == 200
+    document = await response.json()
+    assert document["openapi"].startswith("3.1")
+    routes = {
+        f"{method.upper()} {path}"
+        for path, methods in document["paths"].items()
+        for method in methods
+    }
+    # Every route of the service is described (the description itself aside).
+    assert routes == set(CALLERS) - {"GET /openapi.json"}
+    create = document["paths"]["/portals"]["post"]["requestBody"]["content"]
+    assert set(create["application/json"]["schema"]["properties"]) == {
+        "title",
+        "slug",
+        "content",
+        "status",
+    }

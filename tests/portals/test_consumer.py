@@ -16,6 +16,7 @@ from libs.common.bus import Binding, Bus
 from libs.common.events import Envelope, InvitationAccepted, UserDisabled, make_event
 from tests.portals.conftest import eventually, outbox_events
 from tests.support.env import TestEnv
+from tests.support.owners import OwnersBus
 
 pytestmark = pytest.mark.integration
 
@@ -25,14 +26,18 @@ NewPortal = Callable[..., Awaitable[dict[str, Any]]]
 
 @pytest.fixture(scope="module")
 async def publisher(migrated_schemas: TestEnv) -> AsyncIterator[Bus]:
-    bus = Bus(migrated_schemas.amqp_url, migrated_schemas.bus_prefix, "probe0")
+    bus = OwnersBus(migrated_schemas)
     await bus.connect()
-    yield bus
+    yield bus  # type: ignore[misc]
     await bus.close()
 
 
 def accepted(
-    portal_id: str, user_id: str, sub_client: bool | None, invitation_id: uuid.UUID
+    portal_id: str,
+    user_id: str,
+    sub_client: bool | None,
+    invitation_id: uuid.UUID,
+    idempotency_key: str | None = None,
 ) -> Envelope:
     data = InvitationAccepted(
         invitation_id=invitation_id,
@@ -40,6 +45,7 @@ def accepted(
         email="client@example.com",
         user_id=uuid.UUID(user_id),
         sub_client=sub_client,
+        idempotency_key=idempotency_key,
     )
     return make_event("invitation.accepted", data, source="invitations")
 
@@ -53,7 +59,7 @@ async def test_invitation_accepted_grants_access_once(
 ) -> None:
     portal = await new_portal()
     user = str(uuid.uuid4())
-    envelope = accepted(portal["id"], user, None, uuid.uuid4())
+    envelope = accepted(portal["id"], user, None, uuid.uuid4(), "crm-deal-4711")
 
     await publisher.publish_envelope(envelope)
     await publisher.publish_envelope(envelope)  # a redelivery: same event id
@@ -68,7 +74,15 @@ async def test_invitation_accepted_grants_access_once(
     await eventually(lambda: applied(db, again.id))
 
     granted = [d for t, d in await outbox_events(db, portal["id"]) if t == "portal.access.granted"]
-    assert granted == [{"portal_id": portal["id"], "user_id": user, "role": "client"}]
+    # The grant carries the key the invitation was made under (webhooks, integrations).
+    assert granted == [
+        {
+            "portal_id": portal["id"],
+            "user_id": user,
+            "role": "client",
+            "idempotency_key": "crm-deal-4711",
+        }
+    ]
     count = await db.fetchval(
         "SELECT count(*) FROM access WHERE portal_id = $1", uuid.UUID(portal["id"])
     )
@@ -158,7 +172,9 @@ async def test_user_disabled_removes_all_access(
     assert (await (await client.get(f"/users/{user}/portals")).json())["items"] == []
     for portal, role in ((first, "client"), (second, "sub_client")):
         revoked = [d for t, d in await outbox_events(db, portal["id"]) if t.endswith("revoked")]
-        assert revoked == [{"portal_id": portal["id"], "user_id": user, "role": role}]
+        assert revoked == [
+            {"portal_id": portal["id"], "user_id": user, "role": role, "idempotency_key": None}
+        ]
         assert (await (await client.get(f"/portals/{portal['id']}")).json())["client_id"] is None
 
 

@@ -33,14 +33,15 @@ async def service(migrated_schemas: TestEnv) -> AsyncIterator[ServiceProcess]:
 async def test_killed_service_applies_queued_invitation_after_restart(
     service: ServiceProcess, migrated_schemas: TestEnv
 ) -> None:
-    async with aiohttp.ClientSession(service.url) as http:
+    proof = migrated_schemas.keys.client_middleware("gateway", "portals")
+    async with aiohttp.ClientSession(service.url, middlewares=(proof,)) as http:
         async with http.post("/portals", json={"title": "Process", "status": "active"}) as resp:
             assert resp.status == 201
             portal = await resp.json()
 
         await asyncio.to_thread(service.stop, signal.SIGKILL)
         user = uuid.uuid4()
-        bus = Bus(migrated_schemas.amqp_url, migrated_schemas.bus_prefix, "probe2")
+        bus = Bus(migrated_schemas.amqp_url_as("invitations"), migrated_schemas.bus_prefix, "x")
         await bus.connect()
         try:
             data = InvitationAccepted(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from libs.common.errors import Unauthorized
+from libs.common.sealing import DEVELOPMENT_KEY, Sealer
 from services.identity import handlers
 from services.identity.domain import SessionPolicy
 from services.identity.passwords import Passwords
@@ -104,6 +105,7 @@ async def test_an_unknown_email_costs_the_same_argon2_verify_as_a_known_one(
         sessions=SessionPolicy(idle=timedelta(minutes=120), absolute=timedelta(hours=168)),
         public_base="https://portal.example.com",
         site_name="portal.example.com",
+        sealer=Sealer(DEVELOPMENT_KEY),
     )
     try:
         known = unique_email("known")

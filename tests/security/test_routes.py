@@ -18,7 +18,7 @@ from tests.support.stack import Browser, Stack
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
-PUBLIC_API = {"/api/v1/openapi.json"}
+PUBLIC_API = {"/api/v1/openapi.json", "/api/docs"}
 
 
 def route_table() -> list[tuple[str, str]]:

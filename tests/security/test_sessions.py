@@ -215,11 +215,14 @@ async def test_cookies_are_secure_when_the_public_url_is_https(stack: Stack) -> 
     """An in-process gateway with an https PUBLIC_URL, in front of the stack's identity."""
     settings = GatewaySettings(
         public_url="https://portal.example.com",
+        database_url=stack.database_url,
         identity_url=stack.services["identity"].url,
         portals_url=stack.services["portals"].url,
         invitations_url=stack.services["invitations"].url,
         amqp_url=stack.env["AMQP_URL"],
         bus_prefix=stack.env["BUS_PREFIX"],
+        # the stack's gateway key: with an https PUBLIC_URL the development keys are refused
+        **stack.keys.settings("gateway"),
     )
     server = TestServer(create_app(settings))
     await server.start_server()
@@ -227,18 +230,20 @@ async def test_cookies_are_secure_when_the_public_url_is_https(stack: Stack) -> 
         async with aiohttp.ClientSession() as http:
             async with http.get(server.make_url("/login")) as response:
                 page = await response.text()
-                csrf_cookie = _set_cookies(response.headers)["cp_csrf"]
+                csrf_cookie = _set_cookies(response.headers)["__Host-cp_csrf"]
             token = csrf_of(page)
             async with http.post(
                 server.make_url("/login"),
                 data={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "csrf_token": token},
-                headers={"Cookie": f"cp_csrf={token}"},
+                headers={"Cookie": f"__Host-cp_csrf={token}"},
                 allow_redirects=False,
             ) as response:
                 assert response.status == 303
-                session_cookie = _set_cookies(response.headers)["cp_session"]
+                session_cookie = _set_cookies(response.headers)["__Host-cp_session"]
         for value in (csrf_cookie, session_cookie):
             flags = [f.strip().lower() for f in value.split(";")]
-            assert "secure" in flags and "httponly" in flags, value
+            # __Host-: Secure, path /, no Domain, so no subdomain can plant or replace it
+            assert "secure" in flags and "httponly" in flags and "path=/" in flags, value
+            assert not any(f.startswith("domain=") for f in flags), value
     finally:
         await server.close()

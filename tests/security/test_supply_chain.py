@@ -1,30 +1,119 @@
-"""The supply chain in `make test`: bandit finds nothing of high severity in our code, and
-pip-audit finds no known vulnerability in the pinned dependencies. An audit that could
-not look a dependency up fails: it must never pass by auditing nothing."""
+"""The supply chain in `make test`: the lock files pin the whole dependency tree with hashes
+and agree with pyproject.toml; the runtime lock installs on its own in a fresh virtualenv;
+bandit finds nothing of high severity in our code; pip-audit finds no known vulnerability
+anywhere in the locked tree. An audit that could not look a dependency up fails: it must
+never pass by auditing nothing."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tomllib
 import urllib.request
+import venv
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PYPI = "https://pypi.org/pypi/{name}/json"
+RUNTIME_LOCK = ROOT / "requirements.lock"
+DEV_LOCK = ROOT / "requirements-dev.lock"
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
 
 
-def pinned() -> dict[str, str]:
+def _name(raw: str) -> str:
+    return re.sub(r"[-_.]+", "-", raw).lower()
+
+
+def declared() -> tuple[dict[str, str], dict[str, str]]:
+    """pyproject.toml's pins: (runtime, dev)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pins = {}
-    for requirement in project["dependencies"] + project["optional-dependencies"]["dev"]:
-        spec = requirement.split(";", 1)[0].strip()
-        name, _, version = spec.partition("==")
-        assert version, f"{requirement!r} is not pinned with =="
-        pins[name.strip().lower()] = version.strip()
-    return pins
+
+    def pins(requirements: list[str]) -> dict[str, str]:
+        found = {}
+        for requirement in requirements:
+            spec = requirement.split(";", 1)[0].strip()
+            name, _, version = spec.partition("==")
+            assert version, f"{requirement!r} is not pinned with =="
+            found[_name(name.strip())] = version.strip()
+        return found
+
+    return pins(project["dependencies"]), pins(project["optional-dependencies"]["dev"])
+
+
+def locked(path: Path) -> dict[str, tuple[str, int]]:
+    """A lock file's entries: name -> (version, how many hashes)."""
+    entries: dict[str, tuple[str, int]] = {}
+    current = ""
+    for line in path.read_text().splitlines():
+        match = _PIN.match(line)
+        if match:
+            current = _name(match.group(1))
+            entries[current] = (match.group(2), 0)
+        elif line.strip().startswith("--hash=sha256:") and current:
+            version, hashes = entries[current]
+            entries[current] = (version, hashes + 1)
+    return entries
+
+
+def test_the_lock_files_pin_the_whole_tree_with_hashes_as_pyproject_says() -> None:
+    runtime, dev = declared()
+    runtime_lock, dev_lock = locked(RUNTIME_LOCK), locked(DEV_LOCK)
+    assert len(runtime_lock) > len(runtime), "the runtime lock holds the transitive tree too"
+    for entries in (runtime_lock, dev_lock):
+        unhashed = [name for name, (_, hashes) in entries.items() if hashes == 0]
+        assert not unhashed, f"locked without a hash: {unhashed}"
+    stale = {
+        name: (version, runtime_lock.get(name, ("missing", 0))[0])
+        for name, version in runtime.items()
+        if runtime_lock.get(name, ("", 0))[0] != version
+    }
+    stale |= {
+        name: (version, dev_lock.get(name, ("missing", 0))[0])
+        for name, version in (runtime | dev).items()
+        if dev_lock.get(name, ("", 0))[0] != version
+    }
+    assert not stale, f"pyproject.toml and the lock files disagree (run `make lock`): {stale}"
+    # The tests and tools run on exactly the runtime tree the image ships.
+    drift = {
+        name: (version, dev_lock.get(name, ("missing", 0))[0])
+        for name, (version, _) in runtime_lock.items()
+        if dev_lock.get(name, ("", 0))[0] != version
+    }
+    assert not drift, f"the dev lock drifts from the runtime lock: {drift}"
+
+
+@pytest.mark.integration
+def test_the_runtime_lock_installs_alone_in_a_fresh_virtualenv(tmp_path: Path) -> None:
+    """What the Dockerfile does: the locked tree with --require-hashes, nothing resolved
+    beyond it, and `pip check` finds every requirement met."""
+    venv.create(tmp_path / "venv", with_pip=True)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    installed = subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--require-hashes",
+            "--no-deps",
+            "-r",
+            str(RUNTIME_LOCK),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    checked = subprocess.run(
+        [python, "-m", "pip", "check"], capture_output=True, text=True, timeout=120
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_bandit_finds_no_high_severity_issue() -> None:
@@ -45,16 +134,14 @@ def _latest_vulnerabilities(name: str) -> tuple[str, list[object]]:
     return data["info"]["version"], list(data.get("vulnerabilities") or [])
 
 
-def test_pip_audit_finds_no_known_vulnerability_in_the_pins(tmp_path: Path) -> None:
-    pins = pinned()
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text("".join(f"{n}=={v}\n" for n, v in pins.items()))
+def test_pip_audit_finds_no_known_vulnerability_in_the_locked_tree() -> None:
+    pins = {name: version for name, (version, _) in locked(DEV_LOCK).items()}
     result = subprocess.run(
         [
             str(BIN / "pip-audit"),
             "--requirement",
-            str(requirements),
-            "--no-deps",
+            str(DEV_LOCK),
+            "--require-hashes",
             "--disable-pip",
             "--format",
             "json",
@@ -76,7 +163,7 @@ def test_pip_audit_finds_no_known_vulnerability_in_the_pins(tmp_path: Path) -> N
         for d in report["dependencies"]
         if d.get("vulns")
     }
-    assert not vulnerable, f"known vulnerabilities in pinned dependencies: {vulnerable}"
+    assert not vulnerable, f"known vulnerabilities in the locked tree: {vulnerable}"
     assert result.returncode == 0, result.stderr[-2000:]
     # A dependency pip-audit skipped was not audited at all. Where PyPI's per-version JSON
     # is not served (some mirrors), its project JSON still lists the vulnerabilities of
@@ -88,11 +175,11 @@ def test_pip_audit_finds_no_known_vulnerability_in_the_pins(tmp_path: Path) -> N
             latest, vulns = _latest_vulnerabilities(name)
         except OSError as exc:
             raise AssertionError(f"PyPI unreachable, {name} was not audited: {exc}") from None
-        if latest != pins.get(name.lower()):
-            unaudited.append(f"{name}=={pins.get(name.lower())} (latest {latest})")
+        if latest != pins.get(_name(name)):
+            unaudited.append(f"{name}=={pins.get(_name(name))} (latest {latest})")
         elif vulns:
             vulnerable[name] = [str(v) for v in vulns]
-    assert not vulnerable, f"known vulnerabilities in pinned dependencies: {vulnerable}"
+    assert not vulnerable, f"known vulnerabilities in the locked tree: {vulnerable}"
     assert not unaudited, (
         "pip-audit could not audit these pins and they are not PyPI's latest release, so "
         f"nothing vouches for them: {unaudited}"

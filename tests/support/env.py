@@ -1,5 +1,5 @@
-"""Per-run isolation: a fresh database and a fresh bus prefix, from the environment or the
-local servers (DESIGN.md defaults)."""
+"""Per-run isolation: a fresh database, a fresh bus prefix and fresh service keys, on the
+run's servers (tests/support/servers.py: the environment's, containers, or the local ones)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,80 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
+import aiohttp
 import asyncpg
 
-BASE_DATABASE_URL = os.environ.get(
-    "TEST_DATABASE_URL",
-    os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+from libs.common import broker
+from libs.common.provision import provision, remove_users
+from libs.common.service_auth import (
+    HEADER,
+    ServiceKeys,
+    TokenSigner,
+    compose_variable,
+    encode_private,
+    generate,
+    parse_private_key,
+    parse_public_table,
+    public_table_text,
 )
-AMQP_URL = os.environ.get(
-    "TEST_AMQP_URL", os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-)
+
+from .servers import current as current_servers
 
 SCHEMAS = ("identity", "portals", "invitations", "mailer")
 CONSUMERS = ("portals", "invitations", "mailer", "gateway")
+
+
+class Keyring:
+    """Fresh Ed25519 keys for the five services, made once per test run."""
+
+    def __init__(self) -> None:
+        keys = generate()
+        self.private = {name: encode_private(key) for name, key in keys.items()}
+        self.public_table = public_table_text(keys)
+        self._signers: dict[str, TokenSigner] = {}
+
+    def settings(self, service: str) -> dict[str, str]:
+        """Settings fields for an in-process ``service`` (its own key, every public key)."""
+        return {"service_key": self.private[service], "service_public_keys": self.public_table}
+
+    def env(self) -> dict[str, str]:
+        """Process environment: the public table, and each service's key under the name
+        compose uses (tests/support/processes.py hands a process only its own)."""
+        env = {compose_variable(name): key for name, key in self.private.items()}
+        env["SERVICE_PUBLIC_KEYS"] = self.public_table
+        return env
+
+    def signer(self, caller: str) -> TokenSigner:
+        if caller not in self._signers:
+            keys = ServiceKeys(
+                caller,
+                parse_private_key(self.private[caller]),
+                parse_public_table(self.public_table),
+            )
+            self._signers[caller] = TokenSigner(keys)
+        return self._signers[caller]
+
+    def headers(self, caller: str, audience: str) -> dict[str, str]:
+        """``Authorization: Service <token>``: ``caller``'s proof for a call to ``audience``."""
+        return self.signer(caller).headers_for(audience)
+
+    def client_middleware(self, caller: str, audience: str) -> aiohttp.ClientMiddlewareType:
+        """An aiohttp client middleware that adds a fresh proof to every request that has
+        no Authorization header of its own (``ClientSession(middlewares=[...])``)."""
+        signer = self.signer(caller)
+
+        async def middleware(
+            request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+        ) -> aiohttp.ClientResponse:
+            if HEADER not in request.headers:
+                request.headers.update(signer.headers_for(audience))
+            return await handler(request)
+
+        return middleware
 
 
 @dataclass(frozen=True)
@@ -33,30 +91,61 @@ class TestEnv:
     database_url: str
     admin_url: str
     database_name: str
-    amqp_url: str
+    amqp_url: str  # the administrator's: provisions, and acts as "another program"
     bus_prefix: str
+    broker_passwords: dict[str, str] = field(default_factory=broker.new_passwords)
+    integration_password: str = field(default_factory=lambda: broker.new_passwords(["x"])["x"])
+
+    @property
+    def integration_user(self) -> str:
+        return f"{self.bus_prefix}-crm"
+
+    keys: Keyring = field(default_factory=Keyring)
 
     def service_env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "ADMIN_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SMTP_", "ADMIN_", "SERVICE_", "CLIENTPRESS_"))
+        }
         env.update(
             DATABASE_URL=self.database_url,
             AMQP_URL=self.amqp_url,
             BUS_PREFIX=self.bus_prefix,
             LOG_LEVEL="info",
+            **self.keys.env(),
         )
+        for service, password in self.broker_passwords.items():
+            env[f"{service.upper()}_BROKER_PASSWORD"] = password
         env.update(extra)
         return env
+
+    def amqp_url_as(self, service: str) -> str:
+        """The broker as one service's own user (publishing as that service)."""
+        return broker.with_credentials(
+            self.amqp_url,
+            broker.broker_user(self.bus_prefix, service),
+            self.broker_passwords[service],
+        )
+
+    @property
+    def integration_url(self) -> str:
+        """The broker as the example integration (publish invitation.requested only)."""
+        return broker.with_credentials(
+            self.amqp_url, self.integration_user, self.integration_password
+        )
 
 
 def new_test_env() -> TestEnv:
     run = uuid.uuid4().hex[:10]
-    parts = urlsplit(BASE_DATABASE_URL)
+    servers = current_servers()
+    parts = urlsplit(servers.database_url)
     name = f"cp_test_{run}"
     return TestEnv(
         database_url=urlunsplit(parts._replace(path=f"/{name}")),
         admin_url=urlunsplit(parts._replace(path="/postgres")),
         database_name=name,
-        amqp_url=AMQP_URL,
+        amqp_url=servers.amqp_url,
         bus_prefix=f"cptest-{run}",
     )
 
@@ -74,10 +163,21 @@ async def provisioned(env: TestEnv) -> AsyncIterator[TestEnv]:
     admin = await asyncpg.connect(env.admin_url)
     await admin.execute(f'CREATE DATABASE "{env.database_name}"')
     await admin.close()
+    await provision(
+        env.amqp_url,
+        env.bus_prefix,
+        env.broker_passwords,
+        {env.integration_user: env.integration_password},
+    )
     try:
         yield env
     finally:
         await drop_bus(env)
+        await remove_users(
+            env.amqp_url,
+            [broker.broker_user(env.bus_prefix, s) for s in broker.SERVICES]
+            + [env.integration_user],
+        )
         admin = await asyncpg.connect(env.admin_url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{env.database_name}" WITH (FORCE)')
         await admin.close()

@@ -13,6 +13,10 @@ from pathlib import Path
 
 import aiohttp
 
+from libs.common.service_auth import compose_variable
+
+from .env import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 LOG_DIR = Path(os.environ.get("TEST_LOG_DIR", "/tmp/clientpress-test-logs"))
 
@@ -31,19 +35,29 @@ class ServiceProcess:
     port: int
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    # /healthz, /readyz and /metrics: never on the public port.
+    management_port: int = field(default_factory=free_port)
+    # One of several processes of the same service (tests/support/stack.py running_replicas).
+    replica: int | None = None
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
-        self.log_path = LOG_DIR / f"{self.env.get('BUS_PREFIX', 'x')}-{self.name}.log"
+        suffix = "" if self.replica is None else f"-{self.replica}"
+        self.log_path = LOG_DIR / f"{self.env.get('BUS_PREFIX', 'x')}-{self.name}{suffix}.log"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
+
     def start(self) -> None:
-        env = dict(self.env)
+        env = own_key_only(self.env, self.name)
         env[PORT_VARS[self.name]] = str(self.port)
+        env[f"{self.name.upper()}_MANAGEMENT_PORT"] = str(self.management_port)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"],
@@ -53,14 +67,16 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
         )
 
-    async def wait_ready(self, timeout: float = 30.0) -> None:
+    # A bound, not a measurement: on a 2-core machine shared by several test runs a
+    # service's imports alone took 12 s, and five start at once.
+    async def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if self.proc is not None and self.proc.poll() is not None:
                     raise AssertionError(f"{self.name} exited: {self.log_tail()}")
                 try:
-                    async with session.get(self.url + "/readyz") as response:
+                    async with session.get(self.management_url + "/readyz") as response:
                         if response.status == 200:
                             return
                 except aiohttp.ClientError:
@@ -86,6 +102,16 @@ class ServiceProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def own_key_only(env: dict[str, str], service: str) -> dict[str, str]:
+    """The environment of one service's process: its own SERVICE_KEY, as compose hands it
+    (TestEnv.service_env carries every service's key under compose's names)."""
+    own = compose_variable(service)
+    result = {k: v for k, v in env.items() if not k.endswith("_SERVICE_KEY") or k == own}
+    if own in result:
+        result["SERVICE_KEY"] = result.pop(own)
+    return result
 
 
 def run_migrations(env: dict[str, str], services: tuple[str, ...]) -> None:

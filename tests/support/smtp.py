@@ -6,6 +6,7 @@ import asyncio
 import email
 import email.policy
 import re
+import socket
 import time
 from email.message import EmailMessage
 from typing import Any
@@ -43,6 +44,14 @@ class Sink:
         raise AssertionError(f"expected {count} email(s) to {address}, got {len(self.to(address))}")
 
 
+def _listening(port: int) -> str:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return "listening"
+    except OSError as exc:
+        return f"not listening ({exc})"
+
+
 class SmtpSink:
     def __init__(self) -> None:
         self.port = free_port()
@@ -65,7 +74,13 @@ class SmtpSink:
     async def wait_for(
         self, address: str, count: int = 1, timeout: float = 20.0
     ) -> list[EmailMessage]:
-        return await self.sink.wait_for(address, count, timeout)
+        try:
+            return await self.sink.wait_for(address, count, timeout)
+        except AssertionError as exc:
+            # Says whether the server itself went away (a CI run once saw every connection
+            # to a sink refused) or the mail never came.
+            state = await asyncio.to_thread(_listening, self.port)
+            raise AssertionError(f"{exc}; the sink on port {self.port} is {state}") from None
 
 
 def html_part(msg: EmailMessage) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from tests.support.env import TestEnv, free_port, new_test_env, provisioned
+from tests.support.env import Keyring, TestEnv, free_port, new_test_env, provisioned
 from tests.support.forms import find_form
 from tests.support.processes import ServiceProcess, run_migrations
 from tests.support.smtp import SmtpSink
@@ -31,6 +31,8 @@ class Stack:
     public_url: str
     env: dict[str, str]
     database_url: str
+    broker: TestEnv
+    keys: Keyring
 
     def __getitem__(self, name: str) -> ServiceProcess:
         return self.services[name]
@@ -55,7 +57,25 @@ async def _run_stack(
 ) -> AsyncIterator[Stack]:
     ports = {name: free_port() for name in ORDER}
     public_url = f"http://127.0.0.1:{ports['gateway']}"
-    env = test_env.service_env(
+    env = stack_env(test_env, stack_sink, public_url, ports, extra_env)
+    await asyncio.to_thread(run_migrations, env, ORDER)
+    services = {name: ServiceProcess(name, ports[name], env) for name in ORDER}
+    async with started(list(services.values())):
+        yield Stack(
+            services, stack_sink, public_url, env, test_env.database_url, test_env, test_env.keys
+        )
+
+
+def stack_env(
+    test_env: TestEnv,
+    stack_sink: SmtpSink,
+    public_url: str,
+    ports: dict[str, int],
+    extra_env: dict[str, str],
+) -> dict[str, str]:
+    """Every service's environment: the database, bus, SMTP sink and keys of ``test_env``,
+    and the internal URLs of the identity, portals and invitations on ``ports``."""
+    return test_env.service_env(
         SMTP_HOST="127.0.0.1",
         SMTP_PORT=str(stack_sink.port),
         PUBLIC_URL=public_url,
@@ -64,33 +84,95 @@ async def _run_stack(
         IDENTITY_URL=f"http://127.0.0.1:{ports['identity']}",
         PORTALS_URL=f"http://127.0.0.1:{ports['portals']}",
         INVITATIONS_URL=f"http://127.0.0.1:{ports['invitations']}",
+        MAILER_URL=f"http://127.0.0.1:{ports['mailer']}",
         GATEWAY_API_KEY=API_KEY,
         # Defaults a test may override through extra_env.
         **{
             "MAILER_RETRY_BASE_SECONDS": "0.2",
+            # The tests' webhook receivers listen on 127.0.0.x.
+            "WEBHOOKS_ALLOW_PRIVATE": "true",
+            "WEBHOOKS_RETRY_BASE_SECONDS": "0.2",
             "INVITATIONS_SWEEP_SECONDS": "1",
             "GATEWAY_CACHE_SECONDS": str(CACHE_SECONDS),
             **extra_env,
         },
     )
-    await asyncio.to_thread(run_migrations, env, ("identity", "portals", "invitations", "mailer"))
-    services = {name: ServiceProcess(name, ports[name], env) for name in ORDER}
-    for service in services.values():
+
+
+@asynccontextmanager
+async def started(
+    services: list[ServiceProcess], ready_timeout: float | None = None
+) -> AsyncIterator[None]:
+    """Start ``services`` in order, wait until every one is ready (within ``ready_timeout``,
+    else ServiceProcess.wait_ready's bound); stop them in reverse."""
+    for service in services:
         service.start()
     try:
-        await asyncio.gather(*(s.wait_ready() for s in services.values()))
-        yield Stack(services, stack_sink, public_url, env, test_env.database_url)
+        await asyncio.gather(
+            *(
+                s.wait_ready() if ready_timeout is None else s.wait_ready(ready_timeout)
+                for s in services
+            )
+        )
+        yield
     finally:
-        for service in reversed(list(services.values())):
+        for service in reversed(services):
             service.stop()
+
+
+@dataclass
+class Replicas:
+    """``count`` replicas of every service on one database and bus prefix: replica ``i``
+    of each service calls replica ``i`` of identity, portals and invitations."""
+
+    services: dict[str, list[ServiceProcess]]
+    sink: SmtpSink
+    public_url: str
+    env: dict[str, str]  # replica 0's
+    database_url: str
+    broker: TestEnv
+    keys: Keyring
+
+    def __getitem__(self, name: str) -> list[ServiceProcess]:
+        return self.services[name]
+
+
+@asynccontextmanager
+async def running_replicas(
+    sink: SmtpSink, public_url: str, count: int = 2, **extra_env: str
+) -> AsyncIterator[Replicas]:
+    """Like running_stack, with ``count`` processes of each service on their own ports
+    and management ports. ``public_url`` is whatever stands in front of the gateways
+    (a test's proxy): the links in emails point there."""
+    async with provisioned(new_test_env()) as test_env:
+        ports = [{name: free_port() for name in ORDER} for _ in range(count)]
+        envs = [stack_env(test_env, sink, public_url, p, extra_env) for p in ports]
+        await asyncio.to_thread(run_migrations, envs[0], ORDER)
+        services = {
+            name: [
+                ServiceProcess(name, p[name], env, replica=i + 1)
+                for i, (p, env) in enumerate(zip(ports, envs, strict=True))
+            ]
+            for name in ORDER
+        }
+        # ``count`` times the processes starting at once, so ``count`` times the bound.
+        everyone = [s for name in ORDER for s in services[name]]
+        async with started(everyone, ready_timeout=120.0 * count):
+            yield Replicas(
+                services, sink, public_url, envs[0], test_env.database_url, test_env, test_env.keys
+            )
 
 
 class Browser:
     """An HTTP client that keeps cookies and submits forms by their button and labels."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, local_address: str | None = None) -> None:
         self.base = base
-        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        # From another loopback address (127.0.0.2, …): a client a proxy can tell apart.
+        connector = aiohttp.TCPConnector(local_addr=(local_address, 0)) if local_address else None
+        self.session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.CookieJar(unsafe=True), connector=connector
+        )
         self.last_url = ""
 
     async def get(self, path: str) -> tuple[int, str, str]:

@@ -2,10 +2,13 @@
 (function () {
   "use strict";
 
-  // confirm() before destructive buttons (Revoke, Disable).
+  // confirm() before destructive buttons (Revoke, Disable): asked by the form, or by the
+  // button that sent it (the selected invitations' Revoke, beside their Resend).
   document.addEventListener("submit", function (event) {
     var form = event.target;
-    var question = form && form.getAttribute && form.getAttribute("data-confirm");
+    var button = event.submitter;
+    var question = (button && button.getAttribute && button.getAttribute("data-confirm")) ||
+      (form && form.getAttribute && form.getAttribute("data-confirm"));
     if (question && !window.confirm(question)) {
       event.preventDefault();
     }
@@ -62,7 +65,29 @@
     select.parentNode.insertBefore(box, select);
   }
 
+  // "Select all" for the rows a Resend / Revoke of the selected invitations acts on. Made
+  // here: without this file it would be a box that does nothing.
+  function selectAll(table) {
+    var boxes = table.querySelectorAll("tbody input[type=checkbox][form]");
+    var cell = table.querySelector("thead th[data-select-all]");
+    if (!cell || boxes.length === 0) { return; }
+    var all = document.createElement("input");
+    var label = document.createElement("label");
+    all.type = "checkbox";
+    all.id = "select-all";
+    label.htmlFor = all.id;
+    label.className = "visually-hidden";
+    label.textContent = "Select all";
+    all.addEventListener("change", function () {
+      Array.prototype.forEach.call(boxes, function (box) { box.checked = all.checked; });
+    });
+    cell.textContent = "";
+    cell.appendChild(all);
+    cell.appendChild(label);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    Array.prototype.forEach.call(document.querySelectorAll("table[data-selectable]"), selectAll);
     // Only long lists get a filter box; a short list is quicker to read than to search.
     Array.prototype.forEach.call(document.querySelectorAll("select[data-user-search]"), function (select) {
       if (select.options.length > 8 || select.hasAttribute("data-more-users")) {

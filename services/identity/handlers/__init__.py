@@ -1,7 +1,9 @@
 """Identity use cases, one function per command. Events go to the outbox in the same
 transaction as the change they announce."""
 
+from .activity import activity_actors, list_activity, record_activity
 from .base import Deps, utcnow
+from .keys import create_api_key, list_api_keys, revoke_api_key, verify_api_key
 from .resets import RESETS_PER_HOUR, confirm_reset, request_password_reset, validate_reset
 from .sessions import (
     CurrentSession,
@@ -18,10 +20,13 @@ from .users import (
     change_password,
     create_user,
     disable_user,
+    enable_user,
     ensure_user,
     get_user,
     list_users,
     lookup_user,
+    lookup_users,
+    set_role,
 )
 
 __all__ = [
@@ -29,22 +34,32 @@ __all__ = [
     "CurrentSession",
     "Deps",
     "IssuedSession",
+    "activity_actors",
     "bootstrap_admin",
     "change_password",
     "confirm_reset",
+    "create_api_key",
     "create_user",
     "current_session",
     "disable_user",
+    "enable_user",
     "ensure_user",
     "get_login_redirect",
     "get_user",
     "issue_session",
+    "list_activity",
+    "list_api_keys",
     "list_users",
     "login",
     "logout",
     "lookup_user",
+    "lookup_users",
+    "record_activity",
     "request_password_reset",
+    "revoke_api_key",
     "set_login_redirect",
+    "set_role",
     "utcnow",
     "validate_reset",
+    "verify_api_key",
 ]

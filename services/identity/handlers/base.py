@@ -13,6 +13,7 @@ from libs.common.db import Conn
 from libs.common.errors import NotFound
 from libs.common.events import SessionRevoked, UserCreated, make_event
 from libs.common.outbox import append
+from libs.common.sealing import Sealer
 
 from ..domain import SessionPolicy, User
 from ..passwords import Passwords
@@ -31,6 +32,7 @@ class Deps:
     sessions: SessionPolicy
     public_base: str
     site_name: str
+    sealer: Sealer  # seals the links in the mail jobs this service writes
     now: Callable[[], datetime] = utcnow
 
 

@@ -49,11 +49,13 @@ async def request_password_reset(deps: Deps, email: str) -> None:
             to=user.email,
             ref_type="password_reset",
             ref_id=reset_id,
-            context={
-                "reset_url": f"{deps.public_base}/reset-password?token={token}",
-                "expires_at": expires_at.isoformat(),
-                "site_name": deps.site_name,
-            },
+            context=deps.sealer.seal(
+                {
+                    "reset_url": f"{deps.public_base}/reset-password?token={token}",
+                    "expires_at": expires_at.isoformat(),
+                    "site_name": deps.site_name,
+                }
+            ),
         )
         await append(conn, make_event("mail.requested", mail, source=SOURCE))
     log.info("password_reset_requested", user_id=str(user.id), reset_id=str(reset_id))

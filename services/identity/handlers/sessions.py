@@ -3,16 +3,20 @@ login settings."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 from libs.common.errors import Conflict, InvalidInput, Unauthorized
+from libs.common.events import SettingsChanged, make_event
 from libs.common.logging import get_logger
+from libs.common.outbox import append
 
 from .. import repository as repo
 from ..domain import User, hash_token, new_token, normalise_email
-from .base import Deps, announce_revoked
+from ..passwords import HashingBusy
+from .base import SOURCE, Deps, announce_revoked
 from .users import get_user
 
 log = get_logger(__name__)
@@ -56,9 +60,12 @@ async def login(deps: Deps, email: str, password: str) -> IssuedSession:
         log.info("login_failed", reason="wrong_password", user_id=str(user.id))
         raise _bad_credentials()
     if deps.passwords.needs_rehash(password_hash):
-        fresh = await deps.passwords.hash(password)
-        async with deps.pool.acquire() as conn:
-            await repo.replace_password_hash(conn, user.id, password_hash, fresh)
+        # The right password never waits for an upgrade of its hash: with the hash queue
+        # full, the upgrade waits for a quieter login.
+        with contextlib.suppress(HashingBusy):
+            fresh = await deps.passwords.hash(password)
+            async with deps.pool.acquire() as conn:
+                await repo.replace_password_hash(conn, user.id, password_hash, fresh)
     issued = await _open_session(deps, user)
     log.info("login_succeeded", user_id=str(user.id))
     return issued
@@ -135,5 +142,13 @@ async def get_login_redirect(deps: Deps) -> bool:
 
 
 async def set_login_redirect(deps: Deps, value: bool) -> bool:
-    async with deps.pool.acquire() as conn:
-        return await repo.set_login_redirect(conn, value)
+    """A change (not a save of the same value) is announced as identity.settings.changed."""
+    async with deps.pool.acquire() as conn, conn.transaction():
+        before = await repo.get_login_redirect(conn, for_update=True)
+        after = await repo.set_login_redirect(conn, value)
+        if after != before:
+            data = SettingsChanged(
+                changes={"login_redirect": after}, previous={"login_redirect": before}
+            )
+            await append(conn, make_event("identity.settings.changed", data, source=SOURCE))
+        return after

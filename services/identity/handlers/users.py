@@ -1,18 +1,21 @@
-"""User use cases: create, ensure (the accept saga's step), read, password, disable, and
-the administrator bootstrap."""
+"""User use cases: create, ensure (the accept saga's step), read, password, disable and
+enable, the role (the last active administrator stays one), and the administrator
+bootstrap."""
 
 from __future__ import annotations
 
 import hashlib
 import uuid
 
+from libs.common.db import Conn
 from libs.common.errors import Conflict, InvalidInput
-from libs.common.events import UserDisabled, make_event
+from libs.common.events import UserDisabled, UserEnabled, UserRoleChanged, make_event
 from libs.common.logging import get_logger
 from libs.common.outbox import append
 
 from .. import repository as repo
 from ..domain import (
+    ROLES,
     Role,
     User,
     check_password,
@@ -43,13 +46,14 @@ async def create_user(deps: Deps, email: str, password: str, role: Role) -> User
 
 
 async def ensure_user(
-    deps: Deps, email: str, password: str, invitation_id: uuid.UUID
+    deps: Deps, email: str, password: str, invitation_id: uuid.UUID, role: Role = "client"
 ) -> tuple[User, bool]:
-    """Create the client for an invitation, or find the one this invitation created on an
-    earlier try (its password is left alone: the accept saga sets it only for the caller
-    that wins the acceptance). Concurrent calls for one email create one user: the losers
-    wait on the unique email index and then find the winner's row. Argon2 runs only when a
-    user is really created."""
+    """Create the account for an invitation (a client's, or with the role a staff
+    invitation names), or find the one this invitation created on an earlier try (its
+    password is left alone: the accept saga sets it only for the caller that wins the
+    acceptance; its role was set when it was made). Concurrent calls for one email create
+    one user: the losers wait on the unique email index and then find the winner's row.
+    Argon2 runs only when a user is really created."""
     address = normalise_email(email)
     check_password(password, address)
     async with deps.pool.acquire() as conn:
@@ -60,14 +64,14 @@ async def ensure_user(
             user = await repo.insert_user(
                 conn,
                 email=address,
-                role="client",
+                role=role,
                 password_hash=password_hash,
                 created_at=deps.now(),
                 created_by_invitation=invitation_id,
             )
             if user is not None:
                 await announce_created(conn, user)
-                log.info("user_created", user_id=str(user.id), role="client")
+                log.info("user_created", user_id=str(user.id), role=role)
                 return user, True
             existing = await repo.find_user_by_email(conn, address)
     if existing is None or existing.created_by_invitation != invitation_id:
@@ -98,6 +102,21 @@ async def get_user(deps: Deps, user_id: uuid.UUID) -> User:
     return user
 
 
+async def lookup_users(deps: Deps, emails: list[str]) -> list[User]:
+    """The accounts among these addresses (a batch of invitations); unknown or malformed
+    addresses are simply absent."""
+    addresses = []
+    for email in emails:
+        try:
+            addresses.append(normalise_email(email))
+        except InvalidInput:
+            continue
+    if not addresses:
+        return []
+    async with deps.pool.acquire() as conn:
+        return await repo.find_users_by_emails(conn, addresses)
+
+
 async def lookup_user(deps: Deps, email: str) -> User:
     try:
         address = normalise_email(email)
@@ -111,30 +130,40 @@ async def lookup_user(deps: Deps, email: str) -> User:
 
 
 async def change_password(
-    deps: Deps,
-    user_id: uuid.UUID,
-    password: str,
-    *,
-    end_sessions: bool = False,
-    keep_token: str | None = None,
+    deps: Deps, user_id: uuid.UUID, password: str, *, keep_token: str | None = None
 ) -> None:
-    """Set a new password; with ``end_sessions``, end every session but ``keep_token``'s."""
+    """Set a new password and end every other session of the account (all of them, or all
+    but ``keep_token``'s): whoever knew the old password, or logged in on the way to this
+    one (a racer on the same invitation link), is out at once."""
     user = await get_user(deps, user_id)
     check_password(password, user.email)
     password_hash = await deps.passwords.hash(password)
     async with deps.pool.acquire() as conn, conn.transaction():
         if not await repo.set_password_hash(conn, user_id, password_hash):
             raise no_user()
-        if end_sessions:
-            keep = hash_token(keep_token) if keep_token else None
-            ended = await repo.revoke_user_sessions(conn, user_id, deps.now(), keep_token_hash=keep)
-            if ended:
-                await announce_revoked(conn, user_id, "password_changed")
-    log.info("password_changed", user_id=str(user_id), end_sessions=end_sessions)
+        keep = hash_token(keep_token) if keep_token else None
+        ended = await repo.revoke_user_sessions(conn, user_id, deps.now(), keep_token_hash=keep)
+        if ended:
+            await announce_revoked(conn, user_id, "password_changed")
+    log.info("password_changed", user_id=str(user_id), sessions_ended=ended)
+
+
+async def _keep_an_administrator(conn: Conn, user_id: uuid.UUID, doing: str) -> None:
+    """Refuse to disable or demote the last active administrator. The active
+    administrators are locked first, so concurrent changes take turns and the second sees
+    the first's result."""
+    admins = await repo.lock_active_administrators(conn)
+    if admins == [user_id]:
+        raise Conflict(
+            f"You can't {doing} the last active Administrator. Make another user an"
+            " Administrator first.",
+            code="last_administrator",
+        )
 
 
 async def disable_user(deps: Deps, user_id: uuid.UUID) -> User:
     async with deps.pool.acquire() as conn, conn.transaction():
+        await _keep_an_administrator(conn, user_id, "disable")
         user = await repo.disable_user(conn, user_id)
         if user is None:
             existing = await repo.get_user(conn, user_id)
@@ -148,6 +177,44 @@ async def disable_user(deps: Deps, user_id: uuid.UUID) -> User:
         )
         await announce_revoked(conn, user_id, "user_disabled")
     log.info("user_disabled", user_id=str(user_id))
+    return user
+
+
+async def enable_user(deps: Deps, user_id: uuid.UUID) -> User:
+    """Let a disabled user log in again (their sessions stay ended; their portals were
+    taken when they were disabled, and are given back by a new invitation)."""
+    async with deps.pool.acquire() as conn, conn.transaction():
+        user = await repo.enable_user(conn, user_id)
+        if user is None:
+            existing = await repo.get_user(conn, user_id)
+            if existing is None:
+                raise no_user()
+            return existing  # not disabled: nothing to announce
+        await append(
+            conn, make_event("identity.user.enabled", UserEnabled(user_id=user_id), source=SOURCE)
+        )
+    log.info("user_enabled", user_id=str(user_id))
+    return user
+
+
+async def set_role(deps: Deps, user_id: uuid.UUID, role: Role) -> User:
+    """Change a user's role. The last active administrator keeps theirs; the change takes
+    effect on the user's next request (sessions read the role afresh, and the gateways
+    forget what they cached on identity.user.role_changed)."""
+    if role not in ROLES:
+        raise InvalidInput("Choose a role: Administrator, Staff or Client.", code="invalid_role")
+    async with deps.pool.acquire() as conn, conn.transaction():
+        current = await repo.get_user(conn, user_id)
+        if current is None:
+            raise no_user()
+        if current.role == "administrator" and role != "administrator":
+            await _keep_an_administrator(conn, user_id, "demote")
+        user = await repo.set_role(conn, user_id, role)
+        if user is None:
+            return current  # it already had this role
+        changed = UserRoleChanged(user_id=user_id, role=role, previous_role=current.role)
+        await append(conn, make_event("identity.user.role_changed", changed, source=SOURCE))
+    log.info("user_role_changed", user_id=str(user_id), role=role, previous=current.role)
     return user
 
 

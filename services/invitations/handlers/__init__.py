@@ -2,9 +2,22 @@
 through the outbox in the same transaction."""
 
 from .base import SOURCE, CheckedInvite, Deps, InviteCommand, Outcome
-from .links import accept, validate
-from .queries import get, get_expiry_days, list_page, set_expiry_days
+from .groups import Group, GroupCommand, check_group, invite_group, record_group, replay
+from .links import accept, release, reserve, validate
+from .new_link import NewLinkWorker, request_new_link, serve_new_link_requests
+from .queries import (
+    change_access_settings,
+    get,
+    get_expiry_days,
+    get_reminder_days,
+    list_page,
+    set_expiry_days,
+    set_reminder_days,
+    status_counts,
+)
+from .reminders import remind_once
 from .sending import check_invite, invite, record_invite, resend, resolve_portal, revoke
+from .staff import invite_staff, open_staff_invitations
 from .sweep import SWEEP_LOCK, sweep_once
 
 __all__ = [
@@ -12,19 +25,37 @@ __all__ = [
     "SWEEP_LOCK",
     "CheckedInvite",
     "Deps",
+    "Group",
+    "GroupCommand",
     "InviteCommand",
+    "NewLinkWorker",
     "Outcome",
     "accept",
+    "change_access_settings",
+    "check_group",
     "check_invite",
     "get",
     "get_expiry_days",
+    "get_reminder_days",
     "invite",
+    "invite_group",
+    "invite_staff",
     "list_page",
+    "open_staff_invitations",
+    "record_group",
     "record_invite",
+    "release",
+    "remind_once",
+    "replay",
+    "request_new_link",
     "resend",
+    "reserve",
     "resolve_portal",
     "revoke",
+    "serve_new_link_requests",
     "set_expiry_days",
+    "set_reminder_days",
+    "status_counts",
     "sweep_once",
     "validate",
 ]

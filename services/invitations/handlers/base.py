@@ -51,6 +51,14 @@ class InviteCommand:
     invited_by: str | None = None
     sub_client: bool | None = None
     idempotency_key: str | None = None
+    # Chosen for this invitation (Link Expiry, Personal Message); None: the setting / none.
+    expires_in_days: int | None = None
+    personal_message: str | None = None
+    # The invitee's display name (Import Clients, the batch API): kept, and in the greeting.
+    invitee_name: str | None = None
+    # When the invitation is already pending and gets a new link instead: who asked
+    # (invitation.resent ``reason``): staff, api or invitation_requested.
+    resend_reason: str = "staff"
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class CheckedInvite:
     command: InviteCommand
     email: str
     portal: PortalInfo
+    personal_message: str | None = None
 
 
 async def emit(conn: Conn, event_type: str, data: EventData, *more: tuple[str, EventData]) -> None:

@@ -1,16 +1,22 @@
-"""The link a person clicks: validate it (never used up) and accept it, exactly once."""
+"""The link a person clicks: validate it (never used up), reserve it (spent, for exactly
+one request, before any account or access exists), then accept it under that claim."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from typing import NoReturn
 
 import asyncpg
 
-from libs.common.errors import Conflict, NotFound
-from libs.common.events import InvitationAccepted
+from libs.common.db import Db
+from libs.common.errors import Conflict, DomainError, NotFound, Unavailable
+from libs.common.events import EventData, InvitationAccepted
 
 from .. import domain
 from .. import repository as repo
+from ..clients import PortalInfo
+from . import staff_events
 from .base import Deps, Row, emit, log
 
 
@@ -27,39 +33,191 @@ def _token_hash(token: str) -> str:
     return domain.hash_token(token)
 
 
-async def validate(pool: asyncpg.Pool, deps: Deps, token: str) -> tuple[Row, bool]:
-    """The invitation behind a link, and whether its email has an account. Never uses it."""
+async def _refuse_earlier_link(conn: Db, token_hash: str) -> NoReturn:
+    """A link that isn't any invitation's current one: one we sent earlier says what
+    became of it (replaced, revoked, used); anything else is not valid."""
+    links = await repo.find_links(conn, token_hash)
+    if not links:
+        raise _invalid()
+    if links[0]["group_id"] is not None:
+        domain.earlier_group_link(link["status"] for link in links)
+    domain.check_earlier_link(links[0]["status"])
+    raise AssertionError("check_earlier_link always raises")
+
+
+async def _replaced_instead(conn: Db, token_hash: str) -> None:
+    """A group's link that nothing can use any more, though a Resend moved some of its
+    invitations, still open, to a newer link: that is what the person needs to hear."""
+    links = await repo.find_links(conn, token_hash)
+    if any(not link["current"] and link["status"] in ("pending", "expired") for link in links):
+        domain.check_earlier_link("pending")
+
+
+def _link_row(row: Row) -> domain.LinkRow:
+    return domain.LinkRow(
+        status=row["status"],
+        expires_at=row["expires_at"],
+        claim_until=row["accept_claim_until"],
+        portal_active=row["portal_status"] == "active",
+    )
+
+
+async def _fresh_portals(pool: asyncpg.Pool, deps: Deps, rows: list[Row]) -> None:
+    """Before a group's link is judged, ask portals (the owner) how its portals stand: an
+    acceptance takes only the ones still Active, and the replica may lag a portal archived
+    a moment ago. If portals can't answer, the replica decides."""
+    wanted = {r["portal_id"] for r in rows if r["status"] in ("pending", "accepting")}
+
+    async def one(portal_id: uuid.UUID) -> PortalInfo | None:
+        try:
+            return await deps.directory.fetch_portal(portal_id)
+        except Unavailable:
+            return None
+
+    for fresh in await asyncio.gather(*(one(p) for p in sorted(wanted))):
+        if fresh is not None:
+            await repo.upsert_portal(pool, fresh)
+
+
+async def validate(pool: asyncpg.Pool, deps: Deps, token: str) -> tuple[list[Row], bool]:
+    """The invitations behind a link that accepting it would take now (one, or those of a
+    group), and whether their email has an account. Never uses it."""
     token_hash = _token_hash(token)
     async with pool.acquire() as conn:
-        row = await repo.find_by_token(conn, token_hash)
-    if row is None:
-        raise _invalid()
-    domain.check_token_usable(row["status"], row["expires_at"], deps.clock())
-    account_exists = await deps.directory.find_user_id(row["email"]) is not None
-    return row, account_exists
+        rows = await repo.find_all_by_token(conn, token_hash)
+        if not rows:
+            await _refuse_earlier_link(conn, token_hash)
+    if rows[0]["group_id"] is None:
+        domain.check_token_usable(rows[0]["status"], rows[0]["expires_at"], deps.clock())
+    else:
+        await _fresh_portals(pool, deps, rows)
+        async with pool.acquire() as conn:
+            rows = await repo.find_all_by_token(conn, token_hash)
+        try:
+            taken = domain.usable_in_group([_link_row(r) for r in rows], deps.clock())
+        except DomainError:
+            await _replaced_instead(pool, token_hash)
+            raise
+        rows = [rows[n] for n in taken]
+    # An acceptance under way may have made its account already: the same link finishes
+    # it through the set-password form (identity's ensure finds that account, or says the
+    # address belongs to someone else and the page asks them to log in).
+    account_exists = (
+        rows[0]["status"] != "accepting"
+        and await deps.directory.find_user_id(rows[0]["email"]) is not None
+    )
+    return rows, account_exists
 
 
-async def accept(pool: asyncpg.Pool, deps: Deps, token: str, user_id: uuid.UUID) -> Row:
+def _used() -> Conflict:
+    return Conflict("This invitation has already been used.", code="invitation_used")
+
+
+async def reserve(pool: asyncpg.Pool, deps: Deps, token: str) -> tuple[list[Row], uuid.UUID]:
+    """Spend the link for one request, which gets the claim that finishes it. From here a
+    revoke, a resend or the expiry sweep can't take the invitation, so none of them can
+    land between the account and the access. A group's link takes each of its
+    invitations still pending whose portal is still Active; the others (revoked, or an
+    Archived portal) stay as they are and don't stop it."""
+    token_hash = _token_hash(token)
+    now = deps.clock()
+    claim = uuid.uuid4()
+    async with pool.acquire() as conn:
+        row = await repo.reserve(conn, token_hash, claim, now, now + domain.ACCEPT_LEASE)
+        if row is not None:
+            log.info("invitation_reserved", invitation_id=str(row["id"]))
+            return [row], claim
+        current = await repo.find_all_by_token(conn, token_hash)
+        if not current:
+            await _refuse_earlier_link(conn, token_hash)
+        if current[0]["group_id"] is None:
+            domain.check_reservable(
+                current[0]["status"],
+                current[0]["expires_at"],
+                current[0]["accept_claim_until"],
+                now,
+            )
+            raise _used()
+    await _fresh_portals(pool, deps, current)
+    now = deps.clock()
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await repo.lock_group(conn, current[0]["group_id"])
+        mine = [r for r in rows if r["token_hash"] == token_hash]
+        if not mine:  # a Resend replaced the link a moment ago
+            await _refuse_earlier_link(conn, token_hash)
+        try:
+            taken = domain.acceptable_in_group([_link_row(r) for r in mine], now)
+        except DomainError:
+            await _replaced_instead(conn, token_hash)
+            raise
+        reserved = await repo.reserve_ids(
+            conn, [mine[n]["id"] for n in taken], claim, now + domain.ACCEPT_LEASE
+        )
+    log.info(
+        "invitation_group_reserved",
+        group_id=str(current[0]["group_id"]),
+        invitation_ids=[str(r["id"]) for r in reserved],
+    )
+    return reserved, claim
+
+
+async def accept(
+    pool: asyncpg.Pool, deps: Deps, token: str, claim: uuid.UUID, user_id: uuid.UUID
+) -> list[Row]:
+    """Finish the acceptance this claim holds and announce it, once per invitation
+    (portals grants from each event, so access can't be lost after this)."""
     token_hash = _token_hash(token)
     now = deps.clock()
     async with pool.acquire() as conn, conn.transaction():
-        row = await repo.accept(conn, token_hash, user_id, now)
-        if row is None:
-            current = await repo.find_by_token(conn, token_hash)
-            if current is None:
+        rows = await repo.accept(conn, token_hash, claim, user_id, now)
+        if not rows:
+            if not await repo.find_all_by_token(conn, token_hash):
                 raise _invalid()
-            domain.check_token_usable(current["status"], current["expires_at"], now)
-            raise Conflict("This invitation has already been used.", code="invitation_used")
-        await emit(
-            conn,
-            "invitation.accepted",
-            InvitationAccepted(
-                invitation_id=row["id"],
-                portal_id=row["portal_id"],
-                email=row["email"],
-                user_id=user_id,
-                sub_client=row["sub_client"],
-            ),
-        )
-    log.info("invitation_accepted", invitation_id=str(row["id"]), user_id=str(user_id))
-    return row
+            raise _used()  # another request took the acceptance over
+        staff = [row for row in rows if staff_events.is_staff(row)]
+        for row in staff:  # a staff invitation is never in a group: its own event
+            await staff_events.announce_accepted(conn, row, user_id)
+            log.info("staff_invitation_accepted", invitation_id=str(row["id"]))
+        accepted: list[tuple[str, EventData]] = [
+            (
+                "invitation.accepted",
+                InvitationAccepted(
+                    invitation_id=row["id"],
+                    portal_id=row["portal_id"],
+                    email=row["email"],
+                    user_id=user_id,
+                    sub_client=row["sub_client"],
+                    idempotency_key=row["idempotency_key"],
+                    invited_by=row["invited_by"],
+                    group_id=row["group_id"],
+                ),
+            )
+            for row in rows
+            if not staff_events.is_staff(row)
+        ]
+        if accepted:
+            first_type, first = accepted[0]
+            await emit(conn, first_type, first, *accepted[1:])
+    for row in rows:
+        log.info("invitation_accepted", invitation_id=str(row["id"]), user_id=str(user_id))
+    return rows
+
+
+async def release(
+    pool: asyncpg.Pool, deps: Deps, token: str, claim: uuid.UUID, *, reopen: bool
+) -> None:
+    """A driver that failed lets go: with ``reopen`` (it knows nothing was made) the
+    invitation is pending again, revocable and resendable; otherwise the same link may
+    take the acceptance over at once. A claim no longer held changes nothing."""
+    token_hash = _token_hash(token)
+    async with pool.acquire() as conn:
+        if reopen:
+            try:
+                async with conn.transaction():
+                    if await repo.reopen(conn, token_hash, claim):
+                        log.info("invitation_reopened")
+            except asyncpg.UniqueViolationError:
+                pass  # a newer invitation of this person to this portal is pending
+        # What the claim still holds (not reopened, or a group's invitation taken over
+        # from an earlier try) is open to the same link at once.
+        await repo.end_claim(conn, token_hash, claim, deps.clock())

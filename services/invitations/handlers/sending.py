@@ -4,13 +4,17 @@ written through the outbox with the change."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import asyncpg
 
 from libs.common.db import Conn, Db
 from libs.common.errors import Conflict, NotFound, Unavailable
 from libs.common.events import (
+    EventData,
     InvitationClosed,
     InvitationCreated,
     InvitationResent,
@@ -20,6 +24,7 @@ from libs.common.events import (
 from .. import domain
 from .. import repository as repo
 from ..clients import PortalInfo
+from . import sends, staff_events
 from .base import CheckedInvite, Deps, InviteCommand, Outcome, Row, emit, log
 
 
@@ -63,6 +68,9 @@ async def check_invite(conn: Db, deps: Deps, command: InviteCommand) -> CheckedI
     """The rules that need the replica or other services; no invitation is written. Given
     the pool, it holds no connection while it waits on identity or portals."""
     email = domain.normalise_email(command.email)
+    if command.expires_in_days is not None:
+        domain.check_link_expiry(command.expires_in_days)
+    message = domain.clean_personal_message(command.personal_message)
     portal = await resolve_portal(conn, deps, command.portal_id, command.portal_slug)
     if portal.status != "active":
         portal = await _refresh_portal(conn, deps, portal)
@@ -73,7 +81,7 @@ async def check_invite(conn: Db, deps: Deps, command: InviteCommand) -> CheckedI
             "This person already has access to the portal; no invitation is needed.",
             code="already_has_access",
         )
-    return CheckedInvite(command=command, email=email, portal=portal)
+    return CheckedInvite(command=command, email=email, portal=portal, personal_message=message)
 
 
 async def record_invite(
@@ -86,6 +94,8 @@ async def record_invite(
     command, portal = checked.command, checked.portal
     key = command.idempotency_key
     email_lower = domain.email_key(checked.email)
+    if key is not None:
+        await check_key_not_a_group(conn, key)
     for attempt in range(5):
         if key is not None and not (key_checked and attempt == 0):
             existing = await repo.find_by_key(conn, key)
@@ -96,52 +106,110 @@ async def record_invite(
             # The same key committed between our two looks (each sees a new snapshot).
             return pending, "duplicate"
         if pending is not None:
-            return await _reissue(conn, deps, pending, portal.title, key=key), "resent"
-        now = deps.clock()
-        expires_at = domain.expiry_for(now, await repo.expiry_days(conn))
-        token, token_hash = domain.new_token()
-        invitation_id, mail_id = uuid.uuid4(), uuid.uuid4()
-        created = await repo.insert(
-            conn,
-            invitation_id=invitation_id,
-            email=checked.email,
-            email_lower=email_lower,
-            portal_id=portal.portal_id,
-            token_hash=token_hash,
-            sent_at=now,
-            expires_at=expires_at,
-            mail_id=mail_id,
-            sub_client=command.sub_client,
-            invited_by=command.invited_by,
-            idempotency_key=key,
-        )
+            # Inviting again resends (a group's invitation: the group's link, for each of
+            # its invitations that can take it); options given this time replace the
+            # pending ones.
+            mates: list[Row] = []
+            if pending["group_id"] is not None:
+                rows = await repo.lock_group(conn, pending["group_id"])
+                mates = await group_mates(conn, rows, pending)
+            reissued = await _reissue(
+                conn,
+                deps,
+                pending,
+                portal.title,
+                key=key,
+                reason=command.resend_reason,
+                expires_in_days=command.expires_in_days,
+                personal_message=checked.personal_message,
+                invitee_name=command.invitee_name,
+                mates=mates,
+            )
+            return reissued, "resent"
+        days = command.expires_in_days or await repo.expiry_days(conn)
+        fresh = prepare_first(deps, checked, deps.clock(), days)
+        created = await repo.insert(conn, **vars(fresh.row))
         if created is None:
             continue
-        announced = InvitationCreated(
-            invitation_id=invitation_id,
-            portal_id=portal.portal_id,
-            email=checked.email,
-            expires_at=expires_at,
-            invited_by=command.invited_by,
-            idempotency_key=key,
-            sub_client=command.sub_client,
-        )
-        mail = _mail_job(
-            deps,
-            mail_id,
-            invitation_id,
-            checked.email,
-            token,
-            portal.title,
-            expires_at,
-            command.invited_by,
-        )
-        await emit(conn, "invitation.created", announced, ("mail.requested", mail))
+        await write_first_sends(conn, [fresh])
         log.info(
-            "invitation_created", invitation_id=str(invitation_id), portal_id=str(portal.portal_id)
+            "invitation_created",
+            invitation_id=str(fresh.row.invitation_id),
+            portal_id=str(portal.portal_id),
         )
         return created, "created"
     raise Conflict("The invitation changed while we sent it; try again.", code="conflict")
+
+
+@dataclass(frozen=True)
+class FirstSend:
+    """A first invitation ready to write: its row (with its first link's hash) and the
+    two events that go with it."""
+
+    row: repo.NewInvitation
+    created: InvitationCreated
+    mail: MailRequested
+
+
+def prepare_first(deps: Deps, checked: CheckedInvite, now: datetime, days: int) -> FirstSend:
+    command, portal = checked.command, checked.portal
+    expires_at = domain.expiry_for(now, days)
+    token, token_hash = domain.new_token()
+    invitation_id, mail_id = uuid.uuid4(), uuid.uuid4()
+    row = repo.NewInvitation(
+        invitation_id=invitation_id,
+        email=checked.email,
+        email_lower=domain.email_key(checked.email),
+        portal_id=portal.portal_id,
+        token_hash=token_hash,
+        sent_at=now,
+        expires_at=expires_at,
+        mail_id=mail_id,
+        sub_client=command.sub_client,
+        invited_by=command.invited_by,
+        idempotency_key=command.idempotency_key,
+        expires_in_days=days,
+        expiry_chosen=command.expires_in_days is not None,
+        personal_message=checked.personal_message,
+        invitee_name=command.invitee_name,
+    )
+    created = InvitationCreated(
+        invitation_id=invitation_id,
+        portal_id=portal.portal_id,
+        email=checked.email,
+        expires_at=expires_at,
+        invited_by=command.invited_by,
+        idempotency_key=command.idempotency_key,
+        sub_client=command.sub_client,
+        expires_in_days=days,
+    )
+    mail = _mail_job(
+        deps,
+        mail_id,
+        (INVITATION_REF, invitation_id),
+        checked.email,
+        token,
+        [portal.title],
+        expires_at,
+        command.invited_by,
+        expires_in_days=days,
+        personal_message=checked.personal_message,
+        invitee_name=command.invitee_name,
+    )
+    return FirstSend(row, created, mail)
+
+
+async def write_first_sends(conn: Conn, firsts: Sequence[FirstSend]) -> None:
+    """What follows the rows of these new invitations, in the same transaction: their
+    first links and their events (``invitation.created`` then ``mail.requested`` each),
+    in one statement each however many there are."""
+    await repo.record_first_links(conn, [f.row for f in firsts], sends.FIRST)
+    events = [
+        pair
+        for f in firsts
+        for pair in (("invitation.created", f.created), ("mail.requested", f.mail))
+    ]
+    await emit(conn, *events[0], *events[1:])
 
 
 async def invite(pool: asyncpg.Pool, deps: Deps, command: InviteCommand) -> tuple[Row, Outcome]:
@@ -157,106 +225,267 @@ async def invite(pool: asyncpg.Pool, deps: Deps, command: InviteCommand) -> tupl
 
 
 async def _reissue(
-    conn: Conn, deps: Deps, row: Row, portal_title: str | None, *, key: str | None = None
+    conn: Conn,
+    deps: Deps,
+    row: Row,
+    portal_title: str | None,
+    *,
+    key: str | None = None,
+    reason: str,
+    expires_in_days: int | None = None,
+    personal_message: str | None = None,
+    invitee_name: str | None = None,
+    mates: Sequence[Row] = (),
 ) -> Row:
-    """A new token, a new expiry from the current setting, a new mail job."""
+    """A new token, a new expiry, a new mail job; refused (RateLimited) beyond the caps on
+    new links. ``row`` is locked by the caller. The expiry keeps the length chosen for
+    this invitation (or the one given now), else follows the current setting; the
+    Personal Message stays unless a new one is given. ``mates``: the other invitations of
+    its group (locked) that get the same link in the same email, with the same expiry
+    and message."""
     now = deps.clock()
-    expires_at = domain.expiry_for(now, await repo.expiry_days(conn))
+    await sends.check_cap(conn, deps, row, now, mates)
+    chosen = expires_in_days is not None or row["expiry_chosen"]
+    days = expires_in_days or (
+        row["expires_in_days"] if row["expiry_chosen"] else await repo.expiry_days(conn)
+    )
+    message = personal_message if personal_message is not None else row["personal_message"]
+    name = invitee_name if invitee_name is not None else row["invitee_name"]
+    expires_at = domain.expiry_for(now, days)
     token, token_hash = domain.new_token()
     mail_id = uuid.uuid4()
-    updated = await repo.reissue(
-        conn,
-        row["id"],
-        token_hash=token_hash,
-        sent_at=now,
-        expires_at=expires_at,
-        mail_id=mail_id,
-        idempotency_key=key,
-    )
-    resent = InvitationResent(
-        invitation_id=row["id"],
-        portal_id=row["portal_id"],
-        email=row["email"],
-        expires_at=expires_at,
-    )
+    announced: list[tuple[str, EventData]] = []
+    result: Row | None = None
+    for each in (row, *mates):
+        updated = await repo.reissue(
+            conn,
+            each["id"],
+            token_hash=token_hash,
+            sent_at=now,
+            expires_at=expires_at,
+            mail_id=mail_id,
+            idempotency_key=key if each is row else None,
+            expires_in_days=days,
+            expiry_chosen=chosen,
+            personal_message=message,
+            invitee_name=name,
+            reason=reason,
+        )
+        result = result or updated
+        await sends.record(
+            conn,
+            token_hash=token_hash,
+            invitation_id=each["id"],
+            email_lower=each["email_lower"],
+            issued_at=now,
+            expires_at=expires_at,
+            reason=reason,
+        )
+        if staff_events.is_staff(each):  # a staff invitation: no portal, never a group
+            await staff_events.announce_sent(
+                conn, deps, "invitation.staff.resent", updated, token, mail_id, expires_at, days
+            )
+            log.info("staff_invitation_resent", invitation_id=str(each["id"]), reason=reason)
+            return updated
+        resent = InvitationResent(
+            invitation_id=each["id"],
+            portal_id=each["portal_id"],
+            email=each["email"],
+            expires_at=expires_at,
+            expires_in_days=days,
+            idempotency_key=updated["idempotency_key"],
+            reason=reason,
+            invited_by=each["invited_by"],
+            group_id=each["group_id"],
+        )
+        announced.append(("invitation.resent", resent))
+        log.info(
+            "invitation_resent",
+            invitation_id=str(each["id"]),
+            send_count=updated["send_count"],
+            reason=reason,
+        )
+    assert result is not None
     mail = _mail_job(
         deps,
         mail_id,
-        row["id"],
+        (GROUP_REF, row["group_id"]) if mates else (INVITATION_REF, row["id"]),
         row["email"],
         token,
-        portal_title or "",
+        [portal_title or "", *(m["portal_title"] or "" for m in mates)],
         expires_at,
         row["invited_by"],
+        expires_in_days=days,
+        personal_message=message,
+        invitee_name=name,
     )
-    await emit(conn, "invitation.resent", resent, ("mail.requested", mail))
-    log.info("invitation_resent", invitation_id=str(row["id"]), send_count=updated["send_count"])
-    return updated
+    first_type, first = announced[0]
+    await emit(conn, first_type, first, *announced[1:], ("mail.requested", mail))
+    return result
+
+
+async def group_mates(conn: Conn, rows: Sequence[Row], row: Row) -> list[Row]:
+    """The other invitations of ``row``'s group (``rows``, locked) that a new link for it
+    is also for: each that can be resent (pending or expired) to a portal still Active,
+    unless a newer invitation to that portal is pending (it would be two)."""
+    mates = [
+        r
+        for r in rows
+        if r["id"] != row["id"]
+        and r["status"] in ("pending", "expired")
+        and r["portal_status"] == "active"
+    ]
+    expired = [m["portal_id"] for m in mates if m["status"] == "expired"]
+    if expired:
+        taken = await repo.pending_portal_ids(
+            conn, row["email_lower"], expired, besides=[r["id"] for r in rows]
+        )
+        mates = [m for m in mates if m["status"] == "pending" or m["portal_id"] not in taken]
+    return mates
+
+
+# What a mail job is about (its outcome, mail.sent / .failed, comes back under it): one
+# invitation, or a group whose invitations one email was sent for.
+INVITATION_REF = "invitation"
+GROUP_REF = "invitation_group"
 
 
 def _mail_job(
     deps: Deps,
     mail_id: uuid.UUID,
-    invitation_id: uuid.UUID,
+    ref: tuple[str, uuid.UUID],
     to: str,
     token: str,
-    portal_title: str,
+    portal_titles: Sequence[str],
     expires_at: datetime,
     invited_by: str | None,
+    *,
+    expires_in_days: int | None = None,
+    personal_message: str | None = None,
+    invitee_name: str | None = None,
+    template: Literal["invitation", "invitation_reminder"] = "invitation",
 ) -> MailRequested:
     """The only place the token leaves this service: the private mail job."""
     context = domain.mail_context(
         public_base=deps.settings.public_base,
         token=token,
-        portal_title=portal_title,
+        portal_title=portal_titles[0] if portal_titles else "",
         expires_at=expires_at,
         invited_by=invited_by,
+        expires_in_days=expires_in_days,
+        personal_message=personal_message,
+        invitee_name=invitee_name,
+        portal_titles=portal_titles,
     )
     return MailRequested(
         mail_id=mail_id,
-        template="invitation",
+        template=template,
         to=to,
-        ref_type="invitation",
-        ref_id=invitation_id,
-        context=context,
+        ref_type=ref[0],
+        ref_id=ref[1],
+        context=deps.settings.sealer().seal(context),
     )
 
 
-async def resend(pool: asyncpg.Pool, deps: Deps, invitation_id: uuid.UUID) -> Row:
+async def resend(
+    pool: asyncpg.Pool,
+    deps: Deps,
+    invitation_id: uuid.UUID,
+    *,
+    reason: str = "staff",
+    staff: bool = False,
+) -> Row:
+    """Resend from the Invitations screen (``reason`` staff) or the API (api); ``staff``:
+    a staff invitation, from the Users screen (each screen acts on its own kind only)."""
+    async with pool.acquire() as conn:
+        current = await repo.get(conn, invitation_id)
+    if current is None or staff_events.is_staff(current) != staff:
+        raise NotFound("There is no such invitation.", code="invitation_not_found")
+    domain.check_can_resend(current["status"])
+    if not staff:
+        await _check_portal_for_resend(pool, deps, current)
     async with pool.acquire() as conn, conn.transaction():
-        row = await _locked(conn, invitation_id)
-        domain.check_can_resend(row["status"])
+        mates: list[Row] = []
+        if current["group_id"] is not None:
+            # A group's invitation: its link goes again, for each of the group's
+            # invitations that can take it, in one email (only the latest link works).
+            rows = await repo.lock_group(conn, current["group_id"])
+            row = next(r for r in rows if r["id"] == invitation_id)
+            domain.check_can_resend(row["status"])
+            mates = await group_mates(conn, rows, row)
+        else:
+            row = await _locked(conn, invitation_id, staff=staff)
+            domain.check_can_resend(row["status"])
         try:
             async with conn.transaction():
-                return await _reissue(conn, deps, row, row["portal_title"])
+                return await _reissue(
+                    conn, deps, row, row["portal_title"], reason=reason, mates=mates
+                )
         except asyncpg.UniqueViolationError:
             # Resending an expired invitation while a newer one to the same person and
             # portal is pending: two pending links would break the one-pending rule.
             raise Conflict(
-                "A newer pending invitation exists for this email and portal; resend that one.",
+                "A newer pending invitation exists for this email"
+                + ("" if staff else " and portal")
+                + "; resend that one.",
                 code="invitation_pending",
             ) from None
 
 
-async def revoke(pool: asyncpg.Pool, deps: Deps, invitation_id: uuid.UUID) -> Row:
+async def _check_portal_for_resend(pool: asyncpg.Pool, deps: Deps, row: Row) -> None:
+    """Refuse (409 portal_not_active) a resend to a portal that isn't Active. Resends are
+    made by people, one at a time: portals, the owner, is asked (the replica may lag a
+    status changed a moment ago, either way); if it can't answer, the replica decides."""
+    portal = await resolve_portal(pool, deps, row["portal_id"], None)
+    portal = await _refresh_portal(pool, deps, portal)
+    domain.check_portal_active_for_resend(portal.status, portal.title)
+
+
+async def revoke(
+    pool: asyncpg.Pool, deps: Deps, invitation_id: uuid.UUID, *, staff: bool = False
+) -> Row:
     async with pool.acquire() as conn, conn.transaction():
-        row = await _locked(conn, invitation_id)
+        row = await _locked(conn, invitation_id, staff=staff)
         if not domain.must_revoke(row["status"]):
             return row
         updated = await repo.revoke(conn, invitation_id, deps.clock())
+        if staff:
+            await staff_events.announce_closed(conn, "invitation.staff.revoked", row)
+            log.info("staff_invitation_revoked", invitation_id=str(invitation_id))
+            return updated
+        # A group's other invitations keep their link: it no longer takes this one.
         await emit(
             conn,
             "invitation.revoked",
             InvitationClosed(
-                invitation_id=row["id"], portal_id=row["portal_id"], email=row["email"]
+                invitation_id=row["id"],
+                portal_id=row["portal_id"],
+                email=row["email"],
+                idempotency_key=row["idempotency_key"],
+                invited_by=row["invited_by"],
+                group_id=row["group_id"],
             ),
         )
         log.info("invitation_revoked", invitation_id=str(invitation_id))
         return updated
 
 
-async def _locked(conn: Conn, invitation_id: uuid.UUID) -> Row:
+async def check_key_not_a_group(conn: Db, key: str) -> None:
+    """An idempotency key names one request: one already used for an invitation to
+    several portals can't make an invitation to one."""
+    if await repo.group_key_taken(conn, key):
+        raise key_reused()
+
+
+def key_reused() -> Conflict:
+    return Conflict(
+        "This Idempotency-Key was already used for another invitation.",
+        code="idempotency_key_reused",
+    )
+
+
+async def _locked(conn: Conn, invitation_id: uuid.UUID, *, staff: bool = False) -> Row:
     row = await repo.get_for_update(conn, invitation_id)
-    if row is None:
+    if row is None or staff_events.is_staff(row) != staff:
         raise NotFound("There is no such invitation.", code="invitation_not_found")
     return row

@@ -10,6 +10,7 @@ from libs.common.context import new_id, set_correlation_id
 from libs.common.events import InvitationClosed
 
 from .. import repository as repo
+from . import staff_events
 from .base import Deps, emit, log
 
 SWEEP_LOCK = int.from_bytes(hashlib.sha256(b"invitations:sweep").digest()[:8], "big", signed=True)
@@ -26,11 +27,19 @@ async def sweep_once(pool: asyncpg.Pool, deps: Deps, *, batch: int = 500) -> int
                 return total
             rows = await repo.expire_due(conn, deps.clock(), batch)
             for row in rows:
+                if staff_events.is_staff(row):
+                    await staff_events.announce_closed(conn, "invitation.staff.expired", row)
+                    continue
                 await emit(
                     conn,
                     "invitation.expired",
                     InvitationClosed(
-                        invitation_id=row["id"], portal_id=row["portal_id"], email=row["email"]
+                        invitation_id=row["id"],
+                        portal_id=row["portal_id"],
+                        email=row["email"],
+                        idempotency_key=row["idempotency_key"],
+                        invited_by=row["invited_by"],
+                        group_id=row["group_id"],
                     ),
                 )
         total += len(rows)

@@ -1,0 +1,378 @@
+"""Who may say what on the broker: one RabbitMQ user per service, what each may publish
+and read, the durable topology, and provisioning it all from administrator credentials.
+
+The broker enforces the table (vhost permissions, topic permissions per routing key, and
+the AMQP ``user_id`` property, which RabbitMQ checks against the connection's user); the
+consumers check it again (``sender_problem``), so an event is acted on only when it came
+from the service that owns its type."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from .activity import EVENT_ACTIONS
+
+ExchangeKind = Literal["events", "mail"]
+
+SERVICES = ("identity", "portals", "invitations", "mailer", "gateway")
+MAX_DELIVERIES = 5
+
+
+@dataclass(frozen=True)
+class Binding:
+    exchange: ExchangeKind
+    routing_key: str
+
+
+# The public lifecycle events the mailer turns into webhook deliveries
+# (services/mailer/webhooks): facts owned by invitations and portals.
+WEBHOOK_EVENTS = (
+    "invitation.created",
+    "invitation.resent",
+    "invitation.revoked",
+    "invitation.expired",
+    "invitation.accepted",
+    "portal.access.granted",
+    "portal.access.revoked",
+)
+
+# The changes the Activity log records (identity keeps it: libs/common/activity.py).
+ACTIVITY_EVENTS = tuple(EVENT_ACTIONS)
+
+# The durable queue of each consuming service and what it is bound to. The gateway has no
+# durable queue: each replica binds an exclusive one of its own (services/gateway/cache.py).
+CONSUMES: dict[str, tuple[Binding, ...]] = {
+    "identity": tuple(Binding("events", key) for key in ACTIVITY_EVENTS),
+    "portals": (
+        Binding("events", "invitation.accepted"),
+        Binding("events", "identity.user.disabled"),
+    ),
+    "invitations": tuple(
+        Binding("events", key)
+        for key in (
+            "invitation.requested",
+            "portal.created",
+            "portal.updated",
+            "mail.sent",
+            "mail.failed",
+            "mail.retrying",
+        )
+    ),
+    "mailer": (
+        Binding("mail", "mail.requested"),
+        *(Binding("events", key) for key in WEBHOOK_EVENTS),
+    ),
+}
+
+# Commands other systems may send; everything else on the bus is a fact owned by a service.
+COMMANDS = frozenset({"invitation.requested"})
+# Public lifecycle events an integration may bind to (besides ``invitation.*``).
+INTEGRATION_READS = (
+    "created",
+    "resent",
+    "reminded",
+    "rejected",
+    "revoked",
+    "expired",
+    "accepted",
+)
+
+# Event types by owner, as routing-key patterns (PCRE, anchored). The mail job is the one
+# type with two owners; it travels only on the mail exchange.
+_OWNED_EVENTS: dict[str, str] = {
+    "identity": r"identity\..+",
+    "portals": r"portal\..+",
+    "invitations": r"invitation\.(?!requested$).+",
+    # Branding lives with the mailer, which renders every email (docs/design.md).
+    "mailer": r"(?:mail\.(?!requested$).+|settings\.branding\..+)",
+}
+MAIL_JOB = "mail.requested"
+MAIL_JOB_OWNERS = frozenset({"identity", "invitations"})
+
+
+def broker_user(prefix: str, service: str) -> str:
+    """The broker user a service connects as: ``<BUS_PREFIX>-<service>``."""
+    return f"{prefix}-{service}"
+
+
+_OWNED_PATTERNS = {service: re.compile(rx) for service, rx in _OWNED_EVENTS.items()}
+
+
+@functools.lru_cache(maxsize=512)
+def owners(event_type: str) -> frozenset[str] | None:
+    """The services that may send ``event_type``; None for a command from outside."""
+    if event_type in COMMANDS:
+        return None
+    if event_type == MAIL_JOB:
+        return MAIL_JOB_OWNERS
+    return frozenset(s for s, rx in _OWNED_PATTERNS.items() if rx.fullmatch(event_type))
+
+
+@functools.lru_cache(maxsize=512)
+def _owner_users(prefix: str, allowed: frozenset[str]) -> frozenset[str]:
+    return frozenset(broker_user(prefix, s) for s in allowed)
+
+
+def sender_problem(
+    prefix: str, event_type: str, routing_key: str, user_id: str | None
+) -> str | None:
+    """Why a message must not be acted on, or None when its sender may send it.
+
+    The broker vouches for ``user_id`` and (through topic permissions) for the routing
+    key, but not for the body: the envelope's type must be the routing key."""
+    if routing_key != event_type:
+        return f"routing key {routing_key!r} does not match the event type"
+    allowed = owners(event_type)
+    if allowed is None:
+        return None
+    if not allowed:
+        return "no service owns this event type"
+    if user_id not in _owner_users(prefix, allowed):
+        return f"sent by {user_id or 'an unnamed sender'}, not by its owner"
+    return None
+
+
+def mandatory(event_type: str) -> bool:
+    """A type some service's durable queue must receive: published mandatory, so an
+    unroutable message comes back and stays in the outbox instead of vanishing."""
+    return any(b.routing_key == event_type for bs in CONSUMES.values() for b in bs)
+
+
+def queue_arguments(prefix: str, service: str) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": MAX_DELIVERIES,
+        "x-dead-letter-exchange": f"{prefix}.dlx",
+        "x-dead-letter-routing-key": service,
+    }
+
+
+DEAD_QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+
+
+# --- permissions ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Grant:
+    user: str
+    configure: str
+    write: str
+    read: str
+    # exchange -> (write, read) routing-key patterns
+    topics: Mapping[str, tuple[str, str]]
+
+
+NOTHING = "^$"
+
+
+def service_grant(prefix: str, service: str) -> Grant:
+    p = re.escape(prefix)
+    own = rf"{p}\.{re.escape(service)}(\..+)?"
+    events, mail, dlx = f"{p}\\.events", f"{p}\\.mail", f"{p}\\.dlx"
+    # write on the dlx: RabbitMQ asks it of whoever declares a queue dead-lettering there.
+    write = [own, events, dlx] if service != "gateway" else [own]
+    read = [own, events]
+    if service in MAIL_JOB_OWNERS:
+        write.append(mail)
+    if service == "mailer":
+        read.append(mail)
+    topics: dict[str, tuple[str, str]] = {
+        f"{prefix}.events": (
+            f"^{_OWNED_EVENTS[service]}$" if service in _OWNED_EVENTS else NOTHING,
+            ".*",
+        ),
+        f"{prefix}.mail": (
+            "^mail\\.requested$" if service in MAIL_JOB_OWNERS else NOTHING,
+            "^mail\\.requested$" if service == "mailer" else NOTHING,
+        ),
+    }
+    return Grant(
+        broker_user(prefix, service),
+        configure=f"^{own}$",
+        write=f"^({'|'.join(write)})$",
+        read=f"^({'|'.join(read)})$",
+        topics=topics,
+    )
+
+
+def integration_grant(prefix: str, user: str) -> Grant:
+    """Publish commands, read the public invitation lifecycle, own queues named
+    ``<user>.…`` (or server-named): nothing else, and never the mail exchange."""
+    p, u = re.escape(prefix), re.escape(user)
+    # Server-named queues (amq.gen-…, and aio-pika's client-made amq_<hex>) or its own.
+    own = rf"(amq\.gen-.+|amq_[0-9a-f]{{32}}|{u}\..+)"
+    reads = "|".join(INTEGRATION_READS)
+    commands = "|".join(re.escape(c) for c in sorted(COMMANDS))
+    return Grant(
+        user,
+        configure=f"^{own}$",
+        write=f"^({p}\\.events|{own})$",
+        read=f"^({p}\\.events|{own})$",
+        topics={
+            f"{prefix}.events": (f"^({commands})$", rf"^invitation\.(\*|{reads})$"),
+            f"{prefix}.mail": (NOTHING, NOTHING),
+        },
+    )
+
+
+# --- definitions ----------------------------------------------------------------------
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256: base64(salt + sha256(salt + password))."""
+    salt = salt if salt is not None else secrets.token_bytes(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def definitions(
+    prefix: str,
+    passwords: Mapping[str, str],
+    *,
+    integrations: Mapping[str, str] | None = None,
+    vhost: str = "/",
+    admin: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """A RabbitMQ definitions document: users (hashed passwords), permissions, topic
+    permissions, exchanges, the services' durable queues and their bindings. Imported
+    through the management API, ``rabbitmqctl import_definitions`` or ``load_definitions``
+    at broker start."""
+    grants = [service_grant(prefix, s) for s in SERVICES if s in passwords]
+    grants += [integration_grant(prefix, u) for u in integrations or {}]
+    secret_of = {
+        **{broker_user(prefix, s): pw for s, pw in passwords.items()},
+        **(integrations or {}),
+    }
+    users = [
+        {
+            "name": g.user,
+            "password_hash": password_hash(secret_of[g.user]),
+            "hashing_algorithm": "rabbit_password_hashing_sha256",
+            "tags": [],
+        }
+        for g in grants
+    ]
+    permissions = [
+        {"user": g.user, "vhost": vhost, "configure": g.configure, "write": g.write, "read": g.read}
+        for g in grants
+    ]
+    if admin is not None:
+        users.append(
+            {
+                "name": admin[0],
+                "password_hash": password_hash(admin[1]),
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": ["administrator"],
+            }
+        )
+        permissions.append(
+            {"user": admin[0], "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+        )
+    topic_permissions = [
+        {"user": g.user, "vhost": vhost, "exchange": exchange, "write": w, "read": r}
+        for g in grants
+        for exchange, (w, r) in g.topics.items()
+    ]
+    exchanges: list[dict[str, Any]] = [
+        {
+            "name": f"{prefix}.{kind}",
+            "vhost": vhost,
+            "type": "direct" if kind == "dlx" else "topic",
+            "durable": True,
+            "auto_delete": False,
+            "internal": False,
+            "arguments": {},
+        }
+        for kind in ("events", "mail", "dlx")
+    ]
+    queues, bindings = [], []
+    for service, service_bindings in CONSUMES.items():
+        queue = f"{prefix}.{service}"
+        queues.append(_queue(queue, vhost, queue_arguments(prefix, service)))
+        queues.append(_queue(f"{queue}.dead", vhost, DEAD_QUEUE_ARGUMENTS))
+        bindings.append(_binding(f"{prefix}.dlx", f"{queue}.dead", service, vhost))
+        for b in service_bindings:
+            bindings.append(_binding(f"{prefix}.{b.exchange}", queue, b.routing_key, vhost))
+    result: dict[str, Any] = {
+        "users": users,
+        "permissions": permissions,
+        "topic_permissions": topic_permissions,
+        "exchanges": exchanges,
+        "queues": queues,
+        "bindings": bindings,
+    }
+    if vhost != "/":
+        result["vhosts"] = [{"name": vhost}]
+    return result
+
+
+def _queue(name: str, vhost: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "vhost": vhost,
+        "durable": True,
+        "auto_delete": False,
+        "arguments": arguments,
+    }
+
+
+def _binding(source: str, queue: str, key: str, vhost: str) -> dict[str, Any]:
+    return {
+        "source": source,
+        "vhost": vhost,
+        "destination": queue,
+        "destination_type": "queue",
+        "routing_key": key,
+        "arguments": {},
+    }
+
+
+# --- URLs and passwords ---------------------------------------------------------------
+def vhost_of(amqp_url: str) -> str:
+    path = urlsplit(amqp_url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def user_of(amqp_url: str) -> str:
+    return unquote(urlsplit(amqp_url).username or "guest")
+
+
+def with_credentials(amqp_url: str, user: str, password: str) -> str:
+    """``amqp_url`` (the administrator's) with another user's credentials."""
+    parts = urlsplit(amqp_url)
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def new_passwords(names: Sequence[str] = SERVICES) -> dict[str, str]:
+    return {name: secrets.token_urlsafe(24) for name in names}
+
+
+def passwords_from_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """``<SERVICE>_BROKER_PASSWORD`` for each service that has one."""
+    found = {}
+    for service in SERVICES:
+        value = environ.get(f"{service.upper()}_BROKER_PASSWORD", "")
+        if value:
+            found[service] = value
+    return found
+
+
+def integrations_from_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """``BROKER_INTEGRATIONS``: ``name=password`` pairs, comma-separated."""
+    found = {}
+    for item in environ.get("BROKER_INTEGRATIONS", "").split(","):
+        name, _, password = item.strip().partition("=")
+        if name and password:
+            found[name] = password
+    return found

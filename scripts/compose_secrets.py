@@ -1,0 +1,56 @@
+"""`make secrets`: fresh secrets for deploy/compose.yaml in deploy/.env.
+
+Only the variables deploy/.env lacks are added, so running it again keeps the secrets an
+installation already uses (and the broker users made with them)."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+
+from libs.common import broker
+from libs.common.sealing import new_key
+from libs.common.service_auth import COMPOSE_PUBLIC_VARIABLE, generate, keygen_lines
+
+ENV_FILE = Path(__file__).resolve().parents[1] / "deploy" / ".env"
+
+
+def wanted() -> dict[str, str]:
+    values = {f"{s.upper()}_BROKER_PASSWORD": secrets.token_urlsafe(24) for s in broker.SERVICES}
+    values.update(
+        CRM_BROKER_PASSWORD=secrets.token_urlsafe(24),
+        BROKER_ADMIN_PASSWORD=secrets.token_urlsafe(24),
+        MAIL_JOB_KEY=new_key(),
+        WEBHOOK_SECRET_KEY=new_key(),
+        ADMIN_PASSWORD=secrets.token_urlsafe(18),
+        GATEWAY_API_KEY=secrets.token_urlsafe(32),
+    )
+    # The services' keys for internal calls come as a set (each private key and the public
+    # table that must match them): all made together.
+    for line in keygen_lines(generate()):
+        name, _, value = line.partition("=")
+        values[name] = value
+    return values
+
+
+def main() -> int:
+    existing = ENV_FILE.read_text() if ENV_FILE.exists() else ""
+    present = {line.partition("=")[0] for line in existing.splitlines() if "=" in line}
+    fresh = wanted()
+    if COMPOSE_PUBLIC_VARIABLE in present:  # keep the whole key set, never half of it
+        fresh = {k: v for k, v in fresh.items() if "_SERVICE_KEY" not in k}
+    added = {k: v for k, v in fresh.items() if k not in present}
+    if added:
+        lines = [existing.rstrip("\n")] if existing else ["# compose secrets (git-ignored)"]
+        lines += [f"{k}={v}" for k, v in added.items()]
+        ENV_FILE.write_text("\n".join(lines) + "\n")
+    ENV_FILE.chmod(0o600)
+    print(f"clientpress: {ENV_FILE} has every secret compose needs ({len(added)} new)")
+    if "ADMIN_PASSWORD" in added:
+        print(f"clientpress: administrator password: {added['ADMIN_PASSWORD']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Settings → Branding (the page and /api/v1/settings/branding, forwarded to the mailer,
+which keeps the branding: docs/design.md "Branding"), the branding every page shows
+(loaded by branding_middleware), and the public /branding/logo and /branding/theme.css."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiDictProxy
+from pydantic import BaseModel, ConfigDict, Field
+
+from libs.common.errors import DomainError, InvalidInput, TooLarge
+from libs.common.logging import get_logger
+from libs.common.web import json_response, read_json
+
+from .api import API
+from .domain import theme_css
+from .rendering import Handler, form_str, is_api, render, see_other
+from .state import UPSTREAM, req_state
+from .upstream import Branding
+
+log = get_logger(__name__)
+
+PAGE = "/admin/settings/branding"
+LOGO_FORM = PAGE + "/logo"
+# The logo as uploaded (the mailer refuses more than 1 MB with its own words), plus the
+# form around it: the only page form allowed more than the gateway's 64 KB.
+MAX_LOGO_BYTES = 1024 * 1024
+LOGO_FORM_LIMIT = MAX_LOGO_BYTES + 64 * 1024
+LOGO_TOO_BIG = "The Logo is too big: at most 1024 KB."
+# A versioned URL (?v= the current etag or colour) names one picture or colour for good.
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "public, no-cache"
+FIELDS = ("agency_name", "accent_colour", "reply_to", "footer_text")
+
+routes = web.RouteTableDef()
+
+
+def _branding(request: web.Request) -> Branding:
+    return request.app[UPSTREAM].brand()
+
+
+@web.middleware
+async def branding_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Pages get the branding before anything renders them (error pages too). The mailer
+    away must not take pages down: they show the last branding this replica saw."""
+    path = request.path
+    if not is_api(request) and not path.startswith(("/static/", "/branding/")):
+        client = _branding(request)
+        try:
+            req_state(request).brand = await client.current()
+        except DomainError as exc:
+            log.warning("branding_unavailable", error=type(exc).__name__)
+            req_state(request).brand = client.last_known()
+    return await handler(request)
+
+
+# --- public: the logo and the accent's stylesheet ----------------------------------------
+def _cached(request: web.Request, body: bytes, content_type: str, etag: str) -> web.Response:
+    tag = f'"{etag}"'
+    versioned = request.query.get("v") in (etag, etag.lstrip("#"))
+    headers = {"ETag": tag, "Cache-Control": IMMUTABLE if versioned else REVALIDATE}
+    if tag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, content_type=content_type, headers=headers)
+
+
+@routes.get("/branding/logo")
+async def logo(request: web.Request) -> web.StreamResponse:
+    current = await _branding(request).current()
+    etag = current.get("logo_etag")
+    if not etag:
+        raise web.HTTPNotFound()
+    tag = f'"{etag}"'
+    if tag in request.headers.get("If-None-Match", ""):
+        return _cached(request, b"", "image/png", etag)
+    found = await _branding(request).logo(etag)
+    return _cached(
+        request, base64.b64decode(found["content"]), found["content_type"], found["etag"]
+    )
+
+
+@routes.get("/branding/theme.css")
+async def theme(request: web.Request) -> web.StreamResponse:
+    current = await _branding(request).current()
+    accent = str(current.get("accent_colour") or "")
+    css = theme_css(accent).encode()
+    response = _cached(request, css, "text/css", hashlib.sha256(css).hexdigest()[:32])
+    if request.query.get("v") == accent.lstrip("#") and accent:
+        response.headers["Cache-Control"] = IMMUTABLE
+    return response
+
+
+# --- Settings → Branding ------------------------------------------------------------------
+def _page(
+    request: web.Request,
+    current: dict[str, Any],
+    form: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    status: int = 200,
+) -> web.Response:
+    values = form or {name: str(current.get(name) or "") for name in FIELDS}
+    context = {
+        "form": values,
+        "logo_etag": current.get("logo_etag") or "",
+        "errors": errors or {},
+    }
+    return render(request, "admin/branding.html", context, status=status)
+
+
+@routes.get(PAGE)
+async def branding_form(request: web.Request) -> web.StreamResponse:
+    return _page(request, await _branding(request).current())
+
+
+@routes.post(PAGE)
+async def save_branding(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    values = {name: form_str(form, name, 2000) for name in FIELDS}
+    try:
+        await _branding(request).update(values)
+    except InvalidInput as exc:
+        field = str(exc.details.get("field", "form"))
+        current = await _branding(request).current()
+        return _page(request, current, values, {field: exc.message}, status=exc.status)
+    return see_other(request, PAGE, flash="branding_saved")
+
+
+def _upload(form: MultiDictProxy[Any]) -> bytes:
+    field = form.get("logo")
+    if not isinstance(field, web.FileField):
+        raise InvalidInput("Choose a PNG or JPEG file for the Logo.", code="invalid_logo")
+    content: bytes = field.file.read(MAX_LOGO_BYTES + 1)
+    return content
+
+
+@routes.post(LOGO_FORM)
+async def upload_logo(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    client = _branding(request)
+    try:
+        content = _upload(form)
+        if len(content) > MAX_LOGO_BYTES:
+            raise TooLarge(LOGO_TOO_BIG)
+        await client.set_logo(base64.b64encode(content).decode())
+    except (InvalidInput, TooLarge) as exc:
+        return _page(request, await client.current(), None, {"logo": exc.message}, exc.status)
+    return see_other(request, PAGE, flash="logo_uploaded")
+
+
+@routes.post(LOGO_FORM + "/remove")
+async def remove_logo(request: web.Request) -> web.StreamResponse:
+    await request.post()
+    await _branding(request).remove_logo()
+    return see_other(request, PAGE, flash="logo_removed")
+
+
+# --- /api/v1/settings/branding ------------------------------------------------------------
+class BrandingView(BaseModel):
+    agency_name: str = Field(
+        description="Shown in page titles and headers, and as the"
+        " emails' From name, subjects and bodies; empty: the site's host"
+    )
+    accent_colour: str = Field(description="#rrggbb of buttons and links; empty: built-in")
+    reply_to: str = Field(description="Reply-To of invitation emails; empty: none")
+    footer_text: str = Field(description="Plain text under every page and email")
+    logo_etag: str | None = Field(description="Names the logo at /branding/logo; null: none")
+    logo_type: str | None = None
+
+
+class BrandingChange(BaseModel):
+    """Fields left out are unchanged; an empty string unsets one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agency_name: str | None = Field(default=None, max_length=1000)
+    accent_colour: str | None = Field(
+        default=None,
+        max_length=100,
+        description="#rrggbb; refused (422 invalid_accent_colour) when white text on it has"
+        " a contrast ratio under 4.5:1 (WCAG AA)",
+    )
+    reply_to: str | None = Field(default=None, max_length=1000)
+    footer_text: str | None = Field(default=None, max_length=5000)
+
+
+class LogoUpload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    content: str = Field(
+        min_length=1,
+        max_length=(MAX_LOGO_BYTES * 4) // 3 + 8,
+        description="Base64 of a PNG or JPEG file, at most 1 MB and 2000 pixels a side;"
+        " re-encoded without its metadata",
+    )
+
+
+@API.get("/settings/branding", "Branding settings", response=BrandingView)
+async def get_branding(request: web.Request) -> web.StreamResponse:
+    return json_response(await _branding(request).current())
+
+
+@API.put(
+    "/settings/branding",
+    "Change Branding settings (fields left out are unchanged)",
+    body=BrandingChange,
+    response=BrandingView,
+    errors=[
+        "422 invalid_agency_name",
+        "422 invalid_accent_colour",
+        "422 invalid_reply_to",
+        "422 invalid_footer_text",
+    ],
+)
+async def put_branding(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, BrandingChange)
+    changes = body.model_dump(exclude_none=True)
+    return json_response(await _branding(request).update(changes))
+
+
+@API.put(
+    "/settings/branding/logo",
+    "Upload the logo",
+    body=LogoUpload,
+    response=BrandingView,
+    errors=["413 too_large", "422 invalid_logo"],
+)
+async def put_logo(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, LogoUpload, limit=(MAX_LOGO_BYTES * 4) // 3 + 1024)
+    return json_response(await _branding(request).set_logo(body.content))
+
+
+@API.delete("/settings/branding/logo", "Remove the logo", response=BrandingView)
+async def delete_logo(request: web.Request) -> web.StreamResponse:
+    return json_response(await _branding(request).remove_logo())

@@ -1,0 +1,157 @@
+"""Several portals, one invitation, from All Portals: tick portals → **Invite Client**
+opens the Invite Client box for the ticked portals → **Send Invitation** sends one email
+with one link for all of them (POST /invitations/group at the invitations service). No
+script needed: the ticks are a GET form. The role gate (Administrators and Staff) is in
+security._gate, for every /admin path."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from libs.common.errors import DomainError, NotFound
+
+from .domain import EXPIRY_CHOICES, MAX_GROUP_PORTALS, normalise_email, parse_uuid
+from .editor import INVITE_ERROR_FIELDS, INVITE_ERRORS, invite_fields
+from .rendering import current_user, form_str, render, see_other
+from .state import UPSTREAM
+from .upstream import Json, Upstream
+
+routes = web.RouteTableDef()
+
+PATH = "/admin/portals/invite"
+MAX_NAME = 200
+# Refusals about the ticked portals themselves: shown above the list of them.
+PORTAL_PROBLEMS = frozenset(
+    {
+        "portal_not_active",
+        "portal_not_found",
+        "already_has_access",
+        "invitation_pending",
+        "duplicate_portal",
+        "too_many_portals",
+        "no_portals",
+    }
+)
+
+
+def _ticked(values: list[Any]) -> list[str]:
+    """The ticked portal ids, each once, in the order ticked."""
+    ids = (parse_uuid(v) for v in values if isinstance(v, str))
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+async def _portals(up: Upstream, ids: list[str]) -> list[Json]:
+    async def one(portal_id: str) -> Json | None:
+        try:
+            return await up.portals.get(portal_id)
+        except NotFound:
+            return None
+
+    found = await asyncio.gather(*(one(i) for i in ids))
+    return [p for p in found if p is not None]
+
+
+def _idle(portals: list[Json]) -> str | None:
+    idle = [p for p in portals if p["status"] != "active"]
+    if not idle:
+        return None
+    names = ", ".join(f"'{p['title']}' ({p['status'].capitalize()})" for p in idle)
+    return f"Only Active portals can take invitations: untick {names}."
+
+
+async def _page(
+    request: web.Request,
+    portals: list[Json],
+    *,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    status: int = 200,
+) -> web.Response:
+    if values is None:
+        access = await request.app[UPSTREAM].invitations.access_settings()
+        values = {"expires_in_days": str(access["invitation_expiry_days"])}
+    errors = dict(errors or {})
+    problem = _idle(portals)
+    if problem and "invite_portals" not in errors:
+        errors["invite_portals"] = problem
+    context = {
+        "portals": portals,
+        "invite": values,
+        "errors": errors,
+        "expiry_choices": EXPIRY_CHOICES,
+        "nav": "portals",
+    }
+    return render(request, "admin/invite_several.html", context, status=status)
+
+
+def _too_many(ids: list[str]) -> bool:
+    return len(ids) > MAX_GROUP_PORTALS
+
+
+@routes.get(PATH)
+async def invite_form(request: web.Request) -> web.StreamResponse:
+    """The Invite Client box for the portals ticked on All Portals."""
+    ids = _ticked(request.query.getall("portal_id", []))
+    if not ids:
+        return see_other(request, "/admin/portals", flash="invite_none")
+    if _too_many(ids):
+        return see_other(request, "/admin/portals", flash="invite_too_many")
+    return await _page(request, await _portals(request.app[UPSTREAM], ids))
+
+
+def _fields(form: MultiDictProxy[Any]) -> tuple[dict[str, str], dict[str, str]]:
+    values, errors = invite_fields(form)
+    values["name"] = form_str(form, "name", 2 * MAX_NAME).strip()
+    if len(values["name"]) > MAX_NAME:
+        errors["invite_name"] = f"The name must be at most {MAX_NAME} characters."
+    return values, errors
+
+
+@routes.post(PATH)
+async def send_invitation(request: web.Request) -> web.StreamResponse:
+    up = request.app[UPSTREAM]
+    form = await request.post()
+    ids = _ticked(form.getall("portal_id", []))
+    if not ids:
+        return see_other(request, "/admin/portals", flash="invite_none")
+    if _too_many(ids):
+        return see_other(request, "/admin/portals", flash="invite_too_many")
+    values, errors = _fields(form)
+    portals = await _portals(up, ids)
+    if len(portals) < len(ids):
+        errors["invite_portals"] = "A ticked portal no longer exists; go back to All Portals."
+    elif _idle(portals):
+        errors["invite_portals"] = str(_idle(portals))
+    email = normalise_email(values["email"])
+    if errors or email is None:
+        return await _page(request, portals, values=values, errors=errors, status=422)
+    body: Json = {
+        "email": email,
+        "portal_ids": ids,
+        "invited_by": (current_user(request) or {}).get("email"),
+    }
+    if values["expires_in_days"]:
+        body["expires_in_days"] = int(values["expires_in_days"])
+    message = values["personal_message"].replace("\r\n", "\n").strip()
+    if message:
+        body["personal_message"] = message
+    if values["name"]:
+        body["name"] = values["name"]
+    try:
+        await up.invitations.invite_group(body)
+    except DomainError as exc:
+        if exc.status >= 500:
+            raise
+        if exc.code in PORTAL_PROBLEMS:
+            errors["invite_portals"] = exc.message
+        else:
+            field = {**INVITE_ERROR_FIELDS, "name_too_long": "invite_name"}.get(
+                exc.code, "invite_email"
+            )
+            errors[field] = INVITE_ERRORS.get(exc.code, exc.message)
+        return await _page(request, portals, values=values, errors=errors, status=422)
+    return see_other(request, "/admin/portals", flash="invitation_sent_portals", email=email)

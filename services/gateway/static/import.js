@@ -1,0 +1,319 @@
+// Import Clients: read a CSV file, preview a verdict per row (the batch API with
+// dry_run), send in pieces with a progress bar, then show and offer the results as CSV.
+(function () {
+  "use strict";
+
+  var root = document.getElementById("import");
+  if (!root) { return; }
+  var portalId = root.getAttribute("data-portal-id");
+  var csrfToken = root.getAttribute("data-csrf-token");
+  var maxRows = parseInt(root.getAttribute("data-max-rows"), 10);
+  var api = "/api/v1/portals/" + portalId + "/invitations/batch";
+  var PIECE = 200; // rows per request while sending: the progress bar's step
+  var COLUMNS = ["email", "name", "personal_message", "sub_client"];
+
+  var fileInput = document.getElementById("import_file");
+  var errorBox = document.getElementById("import-error");
+  var statusBox = document.getElementById("import-status");
+  var preview = document.getElementById("import-preview");
+  var summary = document.getElementById("import-summary");
+  var sendButton = document.getElementById("import-send");
+  var progressBox = document.getElementById("import-progress-box");
+  var progress = document.getElementById("import-progress");
+  var progressText = document.getElementById("import-progress-text");
+  var results = document.getElementById("import-results");
+  var resultsSummary = document.getElementById("import-results-summary");
+  var download = document.getElementById("import-download");
+
+  var rows = [];      // {email, name, personal_message, sub_client} per data row
+  var verdicts = [];  // the preview's result per row
+  var importId = null;
+
+  function fail(message) {
+    errorBox.textContent = message;
+    errorBox.hidden = false;
+    statusBox.textContent = "";
+  }
+
+  function clear() {
+    errorBox.hidden = true;
+    errorBox.textContent = "";
+    preview.hidden = true;
+    progressBox.hidden = true;
+    results.hidden = true;
+  }
+
+  // RFC 4180: quoted fields may hold commas, quotes ("") and line breaks.
+  function parseCsv(text) {
+    var records = [], record = [], field = "", i = 0, quoted = false, c;
+    while (i < text.length) {
+      c = text[i];
+      if (quoted) {
+        if (c === "\"") {
+          if (text[i + 1] === "\"") { field += "\""; i += 2; continue; }
+          quoted = false; i += 1; continue;
+        }
+        field += c; i += 1; continue;
+      }
+      if (c === "\"") {
+        if (field !== "") { throw new Error("quote"); }
+        quoted = true; i += 1; continue;
+      }
+      if (c === ",") { record.push(field); field = ""; i += 1; continue; }
+      if (c === "\r" || c === "\n") {
+        record.push(field); field = "";
+        records.push(record); record = [];
+        i += (c === "\r" && text[i + 1] === "\n") ? 2 : 1;
+        continue;
+      }
+      field += c; i += 1;
+    }
+    if (quoted) { throw new Error("unterminated"); }
+    if (field !== "" || record.length) { record.push(field); records.push(record); }
+    return records.filter(function (r) {
+      return r.some(function (cell) { return cell.trim() !== ""; });
+    });
+  }
+
+  function readRows(text) {
+    if (text.indexOf("\u0000") !== -1) {
+      throw new Error("The file is not a CSV file.");
+    }
+    var records;
+    try {
+      records = parseCsv(text);
+    } catch (e) {
+      throw new Error("The file is not a CSV file: a quoted value never ends.");
+    }
+    if (!records.length) { throw new Error("The file is empty."); }
+    var header = records[0].map(function (h) { return h.trim().toLowerCase().replace(/ /g, "_"); });
+    if (header.indexOf("email") === -1) {
+      throw new Error("The file has no email column: its first row must name the columns " +
+        "(email, and optionally name, personal_message, sub_client).");
+    }
+    var body = records.slice(1);
+    if (!body.length) { throw new Error("The file has no rows under its header."); }
+    if (body.length > maxRows) {
+      throw new Error("The file has " + body.length.toLocaleString("en") + " rows; at most " +
+        maxRows.toLocaleString("en") + " can be imported at once.");
+    }
+    return body.map(function (record) {
+      var row = {};
+      COLUMNS.forEach(function (name) {
+        var at = header.indexOf(name);
+        var value = at === -1 || at >= record.length ? "" : record[at].trim();
+        if (value !== "") { row[name] = value; }
+      });
+      if (!row.email) { row.email = ""; }
+      return row;
+    });
+  }
+
+  // A CSV cell "true"/"yes"/"1" or "false"/"no"/"0"; anything else is the row's problem.
+  function flag(value) {
+    if (value === undefined) { return undefined; }
+    var v = value.toLowerCase();
+    if (["true", "yes", "y", "1"].indexOf(v) !== -1) { return true; }
+    if (["false", "no", "n", "0"].indexOf(v) !== -1) { return false; }
+    return null;
+  }
+
+  function payload(row, number) {
+    var item = {email: row.email};
+    if (row.name) { item.name = row.name; }
+    if (row.personal_message) { item.personal_message = row.personal_message; }
+    var sub = flag(row.sub_client);
+    if (sub !== undefined && sub !== null) { item.sub_client = sub; }
+    if (number !== undefined) { item.key = "import-" + importId + "-" + number; }
+    return item;
+  }
+
+  function post(body, dryRun) {
+    return fetch(api + (dryRun ? "?dry_run=true" : ""), {
+      method: "POST",
+      credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "X-CSRF-Token": csrfToken},
+      body: JSON.stringify(body)
+    }).then(function (response) {
+      return response.json().catch(function () { return {}; }).then(function (json) {
+        if (!response.ok) {
+          var error = new Error((json.error && json.error.message) ||
+            "The server answered " + response.status + ".");
+          error.retry = response.status >= 500;
+          throw error;
+        }
+        return json;
+      });
+    }, function () {
+      var error = new Error("The server could not be reached.");
+      error.retry = true;
+      throw error;
+    });
+  }
+
+  function verdictText(result) {
+    if (result.status === "created") { return "Will invite"; }
+    if (result.status === "resent") { return "Will resend a pending invitation"; }
+    if (result.reason === "already_has_access") { return "Already has access"; }
+    if (result.reason === "duplicate") { return "Duplicate in the file: " + result.message; }
+    if (result.reason === "invalid_email") { return "Invalid email: " + result.message; }
+    return "Will not invite: " + (result.message || result.reason);
+  }
+
+  function resultText(result) {
+    if (result.status === "created") { return "Invited"; }
+    if (result.status === "resent") { return "Resent"; }
+    return "Not invited";
+  }
+
+  function fill(table, cells) {
+    var tbody = table.tBodies[0];
+    var fragment = document.createDocumentFragment();
+    cells.forEach(function (values) {
+      var tr = document.createElement("tr");
+      values.forEach(function (value) {
+        var td = document.createElement("td");
+        td.textContent = value;
+        tr.appendChild(td);
+      });
+      fragment.appendChild(tr);
+    });
+    tbody.textContent = "";
+    tbody.appendChild(fragment);
+  }
+
+  function count(list, test) {
+    return list.filter(test).length;
+  }
+
+  function showPreview() {
+    var invite = count(verdicts, function (r) { return r.status === "created"; });
+    var resend = count(verdicts, function (r) { return r.status === "resent"; });
+    var skipped = verdicts.length - invite - resend;
+    summary.textContent = rows.length.toLocaleString("en") + " rows: " + invite + " will be invited, " +
+      resend + " pending invitations will be resent, " + skipped + " will not be invited.";
+    fill(document.getElementById("import-preview-table"), verdicts.map(function (r, i) {
+      return [String(i + 1), rows[i].email, rows[i].name || "", verdictText(r)];
+    }));
+    sendButton.disabled = invite + resend === 0;
+    preview.hidden = false;
+    statusBox.textContent = "";
+  }
+
+  fileInput.addEventListener("change", function () {
+    clear();
+    var file = fileInput.files && fileInput.files[0];
+    if (!file) { return; }
+    if (!/\.csv$/i.test(file.name) && file.type !== "text/csv") {
+      fail("The file is not a CSV file. Choose a .csv file.");
+      return;
+    }
+    statusBox.textContent = "Reading " + file.name + "…";
+    file.arrayBuffer().then(function (buffer) {
+      var text;
+      try {
+        // Strict UTF-8 (a BOM is dropped): anything else would garble names and addresses.
+        text = new TextDecoder("utf-8", {fatal: true}).decode(buffer);
+      } catch (e) {
+        throw new Error("The file is not UTF-8 text. Save it as CSV UTF-8 and try again.");
+      }
+      rows = readRows(text);
+      importId = (window.crypto && window.crypto.randomUUID) ? window.crypto.randomUUID() :
+        String(Date.now()) + "-" + String(Math.random()).slice(2);
+      statusBox.textContent = "Checking " + rows.length.toLocaleString("en") + " rows…";
+      var items = rows.map(function (row) { return payload(row); });
+      return post({invitations: items}, true);
+    }).then(function (answer) {
+      verdicts = answer.results.map(function (result, i) {
+        if (flag(rows[i].sub_client) === null && result.status !== "rejected") {
+          return {row: i + 1, email: rows[i].email, status: "rejected", reason: "invalid_sub_client",
+            message: "sub_client must be true or false."};
+        }
+        return result;
+      });
+      showPreview();
+    }).catch(function (error) {
+      fail(error.message);
+    });
+  });
+
+  function sendPiece(items, attempt) {
+    return post({invitations: items}, false).catch(function (error) {
+      if (error.retry && attempt < 3) {
+        // Each row carries its key, so sending the piece again sends nothing twice.
+        return new Promise(function (resolve) { setTimeout(resolve, 1000 * attempt); })
+          .then(function () { return sendPiece(items, attempt + 1); });
+      }
+      throw error;
+    });
+  }
+
+  sendButton.addEventListener("click", function () {
+    sendButton.disabled = true;
+    fileInput.disabled = true;
+    var outcome = verdicts.slice();
+    var todo = [];
+    verdicts.forEach(function (r, i) {
+      if (r.status !== "rejected") { todo.push(i); }
+    });
+    progress.max = todo.length;
+    progress.value = 0;
+    progressText.textContent = "0 of " + todo.length.toLocaleString("en") + " sent";
+    progressBox.hidden = false;
+    var start = 0;
+    function next() {
+      if (start >= todo.length) { return Promise.resolve(); }
+      var piece = todo.slice(start, start + PIECE);
+      var items = piece.map(function (i) { return payload(rows[i], i + 1); });
+      return sendPiece(items, 1).then(function (answer) {
+        answer.results.forEach(function (result, k) {
+          outcome[piece[k]] = Object.assign({}, result, {row: piece[k] + 1});
+        });
+        start += piece.length;
+        progress.value = start;
+        progressText.textContent = start.toLocaleString("en") + " of " +
+          todo.length.toLocaleString("en") + " sent";
+        return next();
+      });
+    }
+    next().catch(function (error) {
+      todo.slice(start).forEach(function (i) {
+        outcome[i] = {row: i + 1, email: rows[i].email, status: "rejected", reason: "not_sent",
+          message: "Not sent: " + error.message + " Import the file again to send the rest; " +
+            "rows already sent are not sent twice."};
+      });
+      fail(error.message);
+    }).then(function () {
+      showResults(outcome);
+    });
+  });
+
+  function csvCell(value) {
+    var text = value === undefined || value === null ? "" : String(value);
+    // A leading = + - @ would run as a formula in a spreadsheet.
+    if (/^[=+\-@\t\r]/.test(text)) { text = "'" + text; }
+    return /[",\r\n]/.test(text) ? "\"" + text.replace(/"/g, "\"\"") + "\"" : text;
+  }
+
+  function showResults(outcome) {
+    var invited = count(outcome, function (r) { return r.status === "created"; });
+    var resent = count(outcome, function (r) { return r.status === "resent"; });
+    resultsSummary.textContent = "Done: " + invited + " invited, " + resent + " resent, " +
+      (outcome.length - invited - resent) + " not invited.";
+    fill(document.getElementById("import-results-table"), outcome.map(function (r, i) {
+      return [String(i + 1), rows[i].email, resultText(r), r.status === "rejected" ? verdictText(r)
+        .replace(/^Will not invite: /, "") : ""];
+    }));
+    var lines = [["row", "email", "name", "status", "invitation_id", "reason", "message"]
+      .join(",")];
+    outcome.forEach(function (r, i) {
+      lines.push([i + 1, rows[i].email, rows[i].name, r.status, r.invitation_id, r.reason,
+        r.message].map(csvCell).join(","));
+    });
+    var blob = new Blob(["\ufeff" + lines.join("\r\n") + "\r\n"], {type: "text/csv;charset=utf-8"});
+    download.href = URL.createObjectURL(blob);
+    progressBox.hidden = false;
+    results.hidden = false;
+    fileInput.disabled = false;
+  }
+}());

@@ -1,0 +1,100 @@
+"""SQL of the Activity log (``identity.activity``): written from events, read newest
+first in keyset pages."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import asyncpg
+import orjson
+
+from libs.common.db import Conn, Db
+
+from .domain import ActivityEntry
+
+_COLUMNS = (
+    "id, occurred_at, action, actor_type, actor_id, actor_name, object_type, object_id,"
+    " object_label, portal_id, details"
+)
+
+
+def _entry(row: asyncpg.Record) -> ActivityEntry:
+    return ActivityEntry(
+        id=row["id"],
+        occurred_at=row["occurred_at"],
+        action=row["action"],
+        actor_type=row["actor_type"],
+        actor_id=row["actor_id"],
+        actor_name=row["actor_name"],
+        object_type=row["object_type"],
+        object_id=row["object_id"],
+        object_label=row["object_label"],
+        portal_id=row["portal_id"],
+        details=orjson.loads(row["details"]),
+    )
+
+
+async def insert(conn: Conn, entry: ActivityEntry) -> bool:
+    """True when recorded; the event id is the key, so a second delivery adds nothing."""
+    recorded = await conn.fetchval(
+        f"INSERT INTO activity ({_COLUMNS})"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)"
+        " ON CONFLICT (id) DO NOTHING RETURNING true",
+        entry.id,
+        entry.occurred_at,
+        entry.action,
+        entry.actor_type,
+        entry.actor_id,
+        entry.actor_name,
+        entry.object_type,
+        entry.object_id,
+        entry.object_label,
+        entry.portal_id,
+        orjson.dumps(entry.details).decode(),
+    )
+    return bool(recorded)
+
+
+async def page(
+    conn: Db,
+    *,
+    actor_id: str | None,
+    action: str | None,
+    portal_id: uuid.UUID | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[ActivityEntry]:
+    """Newest first; ``after``: the last entry of the previous page (keyset)."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM activity"
+        " WHERE ($1::text IS NULL OR actor_id = $1)"
+        " AND ($2::text IS NULL OR action = $2)"
+        " AND ($3::uuid IS NULL OR portal_id = $3)"
+        " AND ($4::timestamptz IS NULL OR (occurred_at, id) < ($4, $5::uuid))"
+        " ORDER BY occurred_at DESC, id DESC LIMIT $6",
+        actor_id,
+        action,
+        portal_id,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
+    )
+    return [_entry(row) for row in rows]
+
+
+async def actors(conn: Db, limit: int) -> list[asyncpg.Record]:
+    """Everyone who appears in the log (for the Actor filter), most recently active first,
+    with the name of their latest entry."""
+    return await conn.fetch(
+        "SELECT actor_id, actor_type, actor_name FROM ("
+        " SELECT DISTINCT ON (actor_id) actor_id, actor_type, actor_name, occurred_at"
+        " FROM activity ORDER BY actor_id, occurred_at DESC) AS latest"
+        " ORDER BY occurred_at DESC LIMIT $1",
+        limit,
+    )
+
+
+async def user_email(conn: Conn, user_id: uuid.UUID) -> str | None:
+    value = await conn.fetchval("SELECT email FROM users WHERE id = $1", user_id)
+    return str(value) if value is not None else None

@@ -1,0 +1,99 @@
+"""Events that record the Activity log, translated into entries at the edge: every change
+a staff member or a key made (the envelope's ``actor``), whichever service announced it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from libs.common.activity import EVENT_ACTIONS
+from libs.common.broker import CONSUMES
+from libs.common.bus import Handler
+from libs.common.db import Conn
+from libs.common.events import (
+    ApiKeyChanged,
+    BrandingChanged,
+    Envelope,
+    EventData,
+    InvitationClosed,
+    InvitationCreated,
+    InvitationResent,
+    PortalAccessChanged,
+    PortalChanged,
+    SettingsChanged,
+    StaffInvitationClosed,
+    StaffInvitationSent,
+    UserDisabled,
+    UserEnabled,
+    UserRoleChanged,
+)
+
+from . import handlers
+from .domain import ActivityEntry
+
+BINDINGS = CONSUMES["identity"]
+SETTINGS_LABEL = "Access & Login"
+BRANDING_LABEL = "Branding"
+
+
+def _object(data: EventData) -> tuple[str, str | None, str, Any, dict[str, Any]]:
+    """(object type, object id, label, portal id, details) of the change ``data`` announces."""
+    match data:
+        case InvitationCreated() | InvitationResent() | InvitationClosed():
+            details = {"invited_by": data.invited_by} if data.invited_by else {}
+            return "invitation", str(data.invitation_id), data.email, data.portal_id, details
+        case StaffInvitationSent() | StaffInvitationClosed():
+            staff: dict[str, Any] = {"role": data.role}
+            if isinstance(data, StaffInvitationSent) and data.invited_by:
+                staff["invited_by"] = data.invited_by
+            return "staff_invitation", str(data.invitation_id), data.email, None, staff
+        case PortalChanged():
+            details = {"status": data.status}
+            return "portal", str(data.portal_id), data.title, data.portal_id, details
+        case PortalAccessChanged():
+            details = {"role": data.role} if data.role else {}
+            return "user", str(data.user_id), "", data.portal_id, details
+        case UserRoleChanged():
+            details = {"role": data.role, "previous_role": data.previous_role}
+            return "user", str(data.user_id), "", None, details
+        case UserDisabled() | UserEnabled():
+            return "user", str(data.user_id), "", None, {}
+        case ApiKeyChanged():
+            return "key", str(data.key_id), data.name, None, {"scopes": data.scopes}
+        case BrandingChanged():
+            return "settings", None, BRANDING_LABEL, None, {"changed": list(data.changed)}
+        case SettingsChanged():
+            changed: dict[str, Any] = {"changes": data.changes, "previous": data.previous}
+            return "settings", None, SETTINGS_LABEL, None, changed
+    raise TypeError(f"no Activity object for {type(data).__name__}")
+
+
+def entry_of(envelope: Envelope, data: EventData) -> ActivityEntry | None:
+    """The entry this event records, or None: a change nobody asked for (expiry, the
+    invitee's own acceptance, another system's invitation.requested) carries no actor."""
+    action = EVENT_ACTIONS.get(envelope.type)
+    actor = envelope.actor
+    if action is None or actor is None:
+        return None
+    object_type, object_id, label, portal_id, details = _object(data)
+    return ActivityEntry(
+        id=envelope.id,
+        occurred_at=envelope.occurred_at,
+        action=action,
+        actor_type=actor.type,
+        actor_id=actor.id,
+        actor_name=actor.name,
+        object_type=object_type,
+        object_id=object_id,
+        object_label=label,
+        portal_id=portal_id,
+        details=details,
+    )
+
+
+async def on_change(conn: Conn, envelope: Envelope, data: EventData) -> None:
+    entry = entry_of(envelope, data)
+    if entry is not None:
+        await handlers.record_activity(conn, entry)
+
+
+HANDLERS: dict[str, Handler] = dict.fromkeys(EVENT_ACTIONS, on_change)

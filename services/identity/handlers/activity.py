@@ -1,0 +1,57 @@
+"""The Activity log: record an entry from an event (the consumer), read it newest first
+in keyset pages, and list who appears in it."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+from libs.common.cursor import decode_cursor, encode_cursor
+from libs.common.db import Conn
+
+from .. import activity_repository as repo
+from ..domain import ActivityEntry
+from .base import Deps
+
+MAX_ACTORS = 200
+
+
+async def record_activity(conn: Conn, entry: ActivityEntry) -> bool:
+    """Inside the consumer's transaction (with its inbox row). A user named only by id is
+    labelled with their email, which this service owns."""
+    if entry.object_type == "user" and not entry.object_label and entry.object_id:
+        email = await repo.user_email(conn, uuid.UUID(entry.object_id))
+        entry = replace(entry, object_label=email or "")
+    return await repo.insert(conn, entry)
+
+
+async def list_activity(
+    deps: Deps,
+    *,
+    actor: str | None,
+    action: str | None,
+    portal_id: uuid.UUID | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[ActivityEntry], str | None]:
+    after = decode_cursor(cursor) if cursor else None
+    entries = await repo.page(
+        deps.pool,
+        actor_id=actor,
+        action=action,
+        portal_id=portal_id,
+        after=after,
+        limit=limit + 1,
+    )
+    more = len(entries) > limit
+    entries = entries[:limit]
+    next_cursor = encode_cursor(entries[-1].occurred_at, entries[-1].id) if more else None
+    return entries, next_cursor
+
+
+async def activity_actors(deps: Deps) -> list[dict[str, str]]:
+    rows = await repo.actors(deps.pool, MAX_ACTORS)
+    return [
+        {"id": row["actor_id"], "type": row["actor_type"], "name": row["actor_name"]}
+        for row in rows
+    ]

@@ -1,0 +1,288 @@
+"""Many invitations to one portal in one request (Import Clients, the batch API): the
+rules are checked for the whole batch at once (one portal, one account look-up), rows
+are written many per transaction, and a row that fails falls back to its own
+transaction so it never fails its neighbours. A row's key makes a retry answer as the
+first request did and send nothing twice."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import asyncpg
+
+from libs.common.db import Conn
+from libs.common.errors import DomainError, Unavailable
+
+from .. import domain
+from .. import repository as repo
+from ..clients import PortalInfo
+from .base import CheckedInvite, Deps, InviteCommand, log
+from .sending import FirstSend, prepare_first, record_invite, resolve_portal, write_first_sends
+
+# Rows per transaction: large enough that a commit's fsync and each statement are shared
+# by many rows, small enough that a fallback to one by one redoes little and locks are
+# held briefly.
+CHUNK = 500
+MAX_ROWS = 1000
+
+Status = Literal["created", "resent", "rejected"]
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    row: int
+    email: str
+    name: str | None = None
+    personal_message: str | None = None
+    sub_client: bool | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class RowResult:
+    row: int
+    email: str
+    status: Status
+    invitation_id: uuid.UUID | None = None
+    reason: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A row that passed every rule: it will be created or resent."""
+
+    row: BatchRow
+    checked: CheckedInvite
+    email_lower: str
+
+
+class _KeyTaken(Exception):
+    """A concurrent request recorded this row's key first: redo the row alone."""
+
+
+def _rejected(row: BatchRow, error: DomainError) -> RowResult:
+    return RowResult(row.row, row.email, "rejected", reason=error.code, message=error.message)
+
+
+async def invite_batch(
+    pool: asyncpg.Pool,
+    deps: Deps,
+    portal_id: uuid.UUID,
+    rows: Sequence[BatchRow],
+    *,
+    invited_by: str | None,
+    dry_run: bool = False,
+) -> list[RowResult]:
+    """One result per row, in input order. The portal must take invitations (else the
+    whole batch is refused); everything else is a verdict on its row. ``dry_run``: the
+    verdicts a send would give now, nothing written (the Import Clients preview)."""
+    portal = await _active_portal(pool, deps, portal_id)
+    results: dict[int, RowResult] = {}
+    ready: list[_Ready] = []
+    replays = await _replays(pool, rows)
+    seen: dict[str, int] = {}
+    for row in rows:
+        try:
+            email = domain.normalise_email(row.email)
+            message = domain.clean_personal_message(row.personal_message)
+            name = domain.clean_name(row.name)
+        except DomainError as error:
+            results[row.row] = _rejected(row, error)
+            continue
+        email_lower = domain.email_key(email)
+        if row.key is not None and row.key in replays:
+            results[row.row] = _replayed(row, replays[row.key], portal.portal_id, email_lower)
+            continue
+        if email_lower in seen:
+            results[row.row] = RowResult(
+                row.row,
+                row.email,
+                "rejected",
+                reason="duplicate",
+                message=f"This email is already on row {seen[email_lower]}.",
+            )
+            continue
+        seen[email_lower] = row.row
+        command = InviteCommand(
+            email=email,
+            portal_id=portal.portal_id,
+            invited_by=invited_by,
+            sub_client=row.sub_client,
+            personal_message=message,
+            invitee_name=name,
+        )
+        checked = CheckedInvite(
+            command=command, email=email, portal=portal, personal_message=message
+        )
+        ready.append(_Ready(row, checked, email_lower))
+    ready = await _without_access(deps, portal, ready, results)
+    if dry_run:
+        pending = await repo.pending_emails(pool, portal.portal_id, [r.email_lower for r in ready])
+        for item in ready:
+            status: Status = "resent" if item.email_lower in pending else "created"
+            results[item.row.row] = RowResult(item.row.row, item.row.email, status)
+    else:
+        async with pool.acquire() as conn:
+            days = await repo.expiry_days(conn)
+        for start in range(0, len(ready), CHUNK):
+            for result in await _write(pool, deps, ready[start : start + CHUNK], days):
+                results[result.row] = result
+    log.info(
+        "invitation_batch",
+        portal_id=str(portal.portal_id),
+        rows=len(rows),
+        sent=sum(r.status != "rejected" for r in results.values()),
+        dry_run=dry_run,
+    )
+    return [results[row.row] for row in rows]
+
+
+async def _active_portal(pool: asyncpg.Pool, deps: Deps, portal_id: uuid.UUID) -> PortalInfo:
+    portal = await resolve_portal(pool, deps, portal_id, None)
+    if portal.status != "active":
+        fresh = await deps.directory.fetch_portal(portal.portal_id)
+        if fresh is not None and fresh.revision > portal.revision:
+            await repo.upsert_portal(pool, fresh)
+            portal = fresh
+    domain.check_portal_accepts(portal.status)
+    return portal
+
+
+async def _replays(pool: asyncpg.Pool, rows: Sequence[BatchRow]) -> dict[str, asyncpg.Record]:
+    keys = [row.key for row in rows if row.key is not None]
+    if not keys:
+        return {}
+    return {found["key"]: found for found in await repo.find_batch_keys(pool, keys)}
+
+
+def _replayed(
+    row: BatchRow, done: asyncpg.Record, portal_id: uuid.UUID, email_lower: str
+) -> RowResult:
+    if done["portal_id"] != portal_id or done["email_lower"] != email_lower:
+        return RowResult(
+            row.row,
+            row.email,
+            "rejected",
+            reason="idempotency_key_reused",
+            message="This key was already used for another invitation.",
+        )
+    return RowResult(row.row, row.email, done["outcome"], invitation_id=done["invitation_id"])
+
+
+async def _without_access(
+    deps: Deps, portal: PortalInfo, ready: list[_Ready], results: dict[int, RowResult]
+) -> list[_Ready]:
+    """Rows whose person already has access to the portal are answered here: one look-up
+    of the portal's people and one of the batch's addresses, not two calls per row."""
+    if not ready:
+        return ready
+    members = await deps.directory.portal_member_ids(portal.portal_id)
+    if not members:
+        return ready
+    accounts = await deps.directory.find_user_ids([item.checked.email for item in ready])
+    kept = []
+    for item in ready:
+        if accounts.get(item.email_lower) in members:
+            results[item.row.row] = RowResult(
+                item.row.row,
+                item.row.email,
+                "rejected",
+                reason="already_has_access",
+                message="This person already has access to the portal; no invitation is needed.",
+            )
+        else:
+            kept.append(item)
+    return kept
+
+
+async def _write(pool: asyncpg.Pool, deps: Deps, chunk: list[_Ready], days: int) -> list[RowResult]:
+    """The chunk in one transaction; if any row fails, each row in its own."""
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            return await _record_chunk(conn, deps, chunk, days)
+    except Unavailable:
+        raise
+    except (
+        DomainError,
+        _KeyTaken,
+        _Taken,
+        asyncpg.IntegrityConstraintViolationError,
+        # Two batches locking the same people in another order: one row at a time can't.
+        asyncpg.TransactionRollbackError,
+    ):
+        if len(chunk) > 1:
+            log.info("invitation_batch_fallback", rows=len(chunk))
+    return [await _write_one(pool, deps, item) for item in chunk]
+
+
+class _Taken(Exception):
+    """A concurrent request invited one of the chunk's people first: redo row by row."""
+
+
+async def _record_chunk(conn: Conn, deps: Deps, chunk: list[_Ready], days: int) -> list[RowResult]:
+    """First invitations as a few statements for the whole chunk (rows, links, events,
+    keys); a person with a pending invitation is resent on their own, as one call would."""
+    portal_id = chunk[0].checked.portal.portal_id
+    pending = await repo.pending_emails(conn, portal_id, [item.email_lower for item in chunk])
+    results: dict[int, RowResult] = {}
+    firsts: list[tuple[_Ready, FirstSend]] = []
+    now = deps.clock()
+    for item in chunk:
+        if item.email_lower in pending:
+            results[item.row.row] = await _record(conn, deps, item)
+        else:
+            chosen = item.checked.command.expires_in_days or days
+            firsts.append((item, prepare_first(deps, item.checked, now, chosen)))
+    if firsts:
+        rows = [first.row for _, first in firsts]
+        if await repo.insert_many(conn, rows) != len(rows):
+            raise _Taken
+        await write_first_sends(conn, [first for _, first in firsts])
+        keyed = [
+            (item.row.key, first.row.invitation_id, item.email_lower, "created")
+            for item, first in firsts
+            if item.row.key is not None
+        ]
+        if keyed and await repo.record_batch_keys(conn, portal_id, keyed) != len(keyed):
+            raise _KeyTaken
+        for item, first in firsts:
+            results[item.row.row] = RowResult(
+                item.row.row, item.row.email, "created", invitation_id=first.row.invitation_id
+            )
+        log.info("invitations_created", portal_id=str(portal_id), rows=len(firsts))
+    return [results[item.row.row] for item in chunk]
+
+
+async def _write_one(pool: asyncpg.Pool, deps: Deps, item: _Ready) -> RowResult:
+    row = item.row
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            return await _record(conn, deps, item)
+    except Unavailable:
+        raise
+    except DomainError as error:
+        return _rejected(row, error)
+    except _KeyTaken:
+        # The concurrent request that took the key has committed: answer as it did.
+        async with pool.acquire() as conn:
+            done = await repo.find_batch_keys(conn, [row.key or ""])
+        if not done:
+            raise
+        return _replayed(row, done[0], item.checked.portal.portal_id, item.email_lower)
+
+
+async def _record(conn: Conn, deps: Deps, item: _Ready) -> RowResult:
+    row = item.row
+    made, outcome = await record_invite(conn, deps, item.checked)
+    status: Status = "resent" if outcome == "resent" else "created"
+    if row.key is not None:
+        recorded = await repo.record_batch_key(
+            conn, row.key, made["id"], item.checked.portal.portal_id, item.email_lower, status
+        )
+        if not recorded:
+            raise _KeyTaken(row.key)
+    return RowResult(row.row, row.email, status, invitation_id=made["id"])

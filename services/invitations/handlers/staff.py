@@ -1,0 +1,98 @@
+"""Staff invitations (Users → Invite Staff): an email and a role, Administrator or Staff,
+and no portal. Everything else is a client invitation's machinery: a hashed one-time
+token, the Invitation Link Expiry, the caps on new links, Resend and Revoke, the pages of
+a link that no longer works, and reserve → account → accept under one claim. Inviting
+someone who already has a pending staff invitation resends it (with the role given now)."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+from libs.common.db import Conn
+from libs.common.errors import Conflict
+
+from .. import domain
+from .. import repository as repo
+from . import sends, staff_events
+from .base import Deps, Outcome, Row, log
+from .sending import _reissue
+
+MAX_LISTED = 200
+
+
+async def invite_staff(
+    pool: asyncpg.Pool, deps: Deps, email: str, role: str, invited_by: str | None
+) -> tuple[Row, Outcome]:
+    """Create the staff invitation, or resend the pending one. Someone who already is at
+    least the invited role is refused (409 already_on_team); a Client is invited like a
+    stranger, and logs in to accept."""
+    address = domain.normalise_email(email)
+    domain.check_staff_role(role)
+    # Asked before the transaction: no connection is held while identity answers.
+    user = await deps.directory.find_user(address)
+    if user is not None:
+        domain.check_not_on_the_team(
+            address, str(user.get("role", "client")), bool(user.get("disabled")), role
+        )
+    async with pool.acquire() as conn, conn.transaction():
+        return await _record(conn, deps, address, role, invited_by)
+
+
+async def _record(
+    conn: Conn, deps: Deps, email: str, role: str, invited_by: str | None
+) -> tuple[Row, Outcome]:
+    email_lower = domain.email_key(email)
+    for _ in range(5):
+        pending = await repo.find_pending_staff_for_update(conn, email_lower)
+        if pending is not None:
+            if pending["staff_role"] != role:
+                await repo.set_staff_role(conn, pending["id"], role)
+                pending = await repo.get(conn, pending["id"])
+                assert pending is not None
+            return await _reissue(conn, deps, pending, None, reason="staff"), "resent"
+        now = deps.clock()
+        days = await repo.expiry_days(conn)
+        expires_at = domain.expiry_for(now, days)
+        token, token_hash = domain.new_token()
+        invitation_id, mail_id = uuid.uuid4(), uuid.uuid4()
+        created = await repo.insert(
+            conn,
+            invitation_id=invitation_id,
+            email=email,
+            email_lower=email_lower,
+            portal_id=None,
+            token_hash=token_hash,
+            sent_at=now,
+            expires_at=expires_at,
+            mail_id=mail_id,
+            sub_client=None,
+            invited_by=invited_by,
+            idempotency_key=None,
+            expires_in_days=days,
+            staff_role=role,
+        )
+        if created is None:
+            continue  # a concurrent invitation of this address won: resend that one
+        await sends.record(
+            conn,
+            token_hash=token_hash,
+            invitation_id=invitation_id,
+            email_lower=email_lower,
+            issued_at=now,
+            expires_at=expires_at,
+            reason=sends.FIRST,
+        )
+        await staff_events.announce_sent(
+            conn, deps, "invitation.staff.created", created, token, mail_id, expires_at, days
+        )
+        log.info("staff_invitation_created", invitation_id=str(invitation_id), role=role)
+        return created, "created"
+    raise Conflict("The invitation changed while we sent it; try again.", code="conflict")
+
+
+async def open_staff_invitations(pool: asyncpg.Pool) -> list[Row]:
+    """Pending and expired staff invitations, newest first (at most 200: a team's)."""
+    async with pool.acquire() as conn:
+        return await repo.open_staff_invitations(conn, MAX_LISTED)

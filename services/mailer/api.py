@@ -1,0 +1,245 @@
+"""The internal HTTP API (docs/internal-api.md, "mailer"): webhook endpoints, their
+delivery log and Redeliver, for the gateway's /api/v1/webhooks and Settings → Webhooks."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from libs.common.errors import InvalidInput, NotFound
+from libs.common.web import POOL, json_response, parse_query, read_json
+
+from .branding import handlers as branding
+from .branding.cache import BrandingSource
+from .branding.domain import MAX_LOGO_BYTES, Branding
+from .settings import MailerSettings
+from .webhooks import handlers
+from .webhooks.domain import EVENT_TYPES, MAX_URL_LENGTH
+
+MAILER_SETTINGS = web.AppKey("mailer_settings", MailerSettings)
+BRANDING = web.AppKey("branding", BrandingSource)
+
+EventType = Literal[
+    "invitation.created",
+    "invitation.resent",
+    "invitation.revoked",
+    "invitation.expired",
+    "invitation.accepted",
+    "portal.access.granted",
+    "portal.access.revoked",
+]
+assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
+
+
+class EndpointBody(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    url: str = Field(min_length=1, max_length=MAX_URL_LENGTH)
+    events: list[EventType] = Field(min_length=1, max_length=len(EVENT_TYPES))
+
+
+class DeliveryQuery(BaseModel):
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
+def endpoint_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "url": row["url"],
+        "events": list(row["events"]),
+        "created_at": row["created_at"].isoformat(),
+    }
+
+
+def delivery_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "endpoint_id": str(row["endpoint_id"]),
+        "event_id": str(row["event_id"]),
+        "event_type": row["event_type"],
+        "status": row["status"],
+        "attempts": row["attempts"],
+        "response_code": row["response_code"],
+        "duration_ms": row["duration_ms"],
+        "error": row["last_error"],
+        "last_attempt_at": _iso(row["last_attempt_at"]),
+        "next_attempt_at": _iso(row["next_attempt_at"]) if row["status"] == "queued" else None,
+        "delivered_at": _iso(row["delivered_at"]),
+        "created_at": row["created_at"].isoformat(),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _uuid(request: web.Request, name: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info[name])
+    except ValueError:
+        code = f"{what.replace(' ', '_')}_not_found"
+        raise NotFound(f"There is no such {what}.", code=code) from None
+
+
+async def add_endpoint(request: web.Request) -> web.Response:
+    body = await read_json(request, EndpointBody)
+    settings = request.app[MAILER_SETTINGS]
+    row, secret = await handlers.add_endpoint(
+        request.app[POOL],
+        settings.webhook_sealer(),
+        body.url,
+        list(body.events),
+        allow_private=settings.webhooks_allow_private,
+    )
+    return json_response({**endpoint_json(row), "secret": secret}, 201)
+
+
+async def list_endpoints(request: web.Request) -> web.Response:
+    rows = await handlers.list_endpoints(request.app[POOL])
+    return json_response({"items": [endpoint_json(r) for r in rows]})
+
+
+async def delete_endpoint(request: web.Request) -> web.Response:
+    await handlers.delete_endpoint(request.app[POOL], _uuid(request, "id", "webhook"))
+    return web.Response(status=204)
+
+
+async def rotate_secret(request: web.Request) -> web.Response:
+    settings = request.app[MAILER_SETTINGS]
+    row, secret = await handlers.rotate_secret(
+        request.app[POOL],
+        settings.webhook_sealer(),
+        _uuid(request, "id", "webhook"),
+        settings.webhooks_rotation_overlap_seconds,
+    )
+    return json_response({**endpoint_json(row), "secret": secret})
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    query = parse_query(request, DeliveryQuery)
+    rows, next_cursor = await handlers.deliveries(
+        request.app[POOL], _uuid(request, "id", "webhook"), query.limit, query.cursor
+    )
+    return json_response({"items": [delivery_json(r) for r in rows], "next_cursor": next_cursor})
+
+
+async def redeliver(request: web.Request) -> web.Response:
+    row = await handlers.redeliver(
+        request.app[POOL],
+        _uuid(request, "id", "webhook"),
+        _uuid(request, "delivery_id", "webhook delivery"),
+    )
+    return json_response(delivery_json(row), 202)
+
+
+class BrandingBody(BaseModel):
+    """Fields left out are unchanged; an empty string unsets one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agency_name: str | None = Field(default=None, max_length=1000)
+    accent_colour: str | None = Field(default=None, max_length=100)
+    reply_to: str | None = Field(default=None, max_length=1000)
+    footer_text: str | None = Field(default=None, max_length=5000)
+
+
+class LogoBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Base64 of the file as uploaded; its kind is told by its first bytes, not a name.
+    content: str = Field(min_length=1, max_length=(MAX_LOGO_BYTES * 4) // 3 + 8)
+
+
+def branding_json(value: Branding) -> dict[str, Any]:
+    return {
+        "agency_name": value.agency_name,
+        "accent_colour": value.accent_colour,
+        "reply_to": value.reply_to,
+        "footer_text": value.footer_text,
+        "logo_etag": value.logo_etag or None,
+        "logo_type": value.logo_type or None,
+    }
+
+
+async def get_branding(request: web.Request) -> web.Response:
+    async with request.app[POOL].acquire() as conn:
+        value = await branding.current(conn, request.app[MAILER_SETTINGS].first_branding)
+    return json_response(branding_json(value))
+
+
+async def put_branding(request: web.Request) -> web.Response:
+    body = await read_json(request, BrandingBody)
+    first = request.app[MAILER_SETTINGS].first_branding
+    value = await branding.update(request.app[POOL], first, body.model_dump())
+    request.app[BRANDING].forget()
+    return json_response(branding_json(value))
+
+
+async def put_logo(request: web.Request) -> web.Response:
+    body = await read_json(request, LogoBody, limit=(MAX_LOGO_BYTES * 4) // 3 + 1024)
+    try:
+        content = base64.b64decode(body.content, validate=True)
+    except binascii.Error:
+        raise InvalidInput("The logo must be sent as base64.", code="invalid_logo") from None
+    first = request.app[MAILER_SETTINGS].first_branding
+    value = await branding.set_logo(request.app[POOL], first, content)
+    request.app[BRANDING].forget()
+    return json_response(branding_json(value))
+
+
+async def delete_logo(request: web.Request) -> web.Response:
+    first = request.app[MAILER_SETTINGS].first_branding
+    value = await branding.remove_logo(request.app[POOL], first)
+    request.app[BRANDING].forget()
+    return json_response(branding_json(value))
+
+
+async def get_logo(request: web.Request) -> web.Response:
+    async with request.app[POOL].acquire() as conn:
+        found = await branding.logo(conn)
+    return json_response(
+        {
+            "content_type": found["logo_type"],
+            "etag": found["logo_etag"],
+            "content": base64.b64encode(found["logo"]).decode(),
+        }
+    )
+
+
+GATEWAY = frozenset({"gateway"})
+# Who may call each route (libs/common/web.py require_service_proof; docs/internal-api.md
+# "Who may call what"): only the gateway.
+CALLERS: dict[str, frozenset[str]] = {
+    "POST /webhooks": GATEWAY,
+    "GET /webhooks": GATEWAY,
+    "DELETE /webhooks/{id}": GATEWAY,
+    "POST /webhooks/{id}/rotate-secret": GATEWAY,
+    "GET /webhooks/{id}/deliveries": GATEWAY,
+    "POST /webhooks/{id}/deliveries/{delivery_id}/redeliver": GATEWAY,
+    "GET /branding": GATEWAY,
+    "PUT /branding": GATEWAY,
+    "PUT /branding/logo": GATEWAY,
+    "DELETE /branding/logo": GATEWAY,
+    "GET /branding/logo": GATEWAY,
+}
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/webhooks", add_endpoint)
+    app.router.add_get("/webhooks", list_endpoints)
+    app.router.add_delete("/webhooks/{id}", delete_endpoint)
+    app.router.add_post("/webhooks/{id}/rotate-secret", rotate_secret)
+    app.router.add_get("/webhooks/{id}/deliveries", list_deliveries)
+    app.router.add_post("/webhooks/{id}/deliveries/{delivery_id}/redeliver", redeliver)
+    app.router.add_get("/branding", get_branding)
+    app.router.add_put("/branding", put_branding)
+    app.router.add_put("/branding/logo", put_logo)
+    app.router.add_delete("/branding/logo", delete_logo)
+    app.router.add_get("/branding/logo", get_logo)

@@ -1,0 +1,189 @@
+"""Branding rules: what an agency name, accent colour, Reply-To, footer and logo may be.
+Pure: no I/O (the logo is decoded and re-encoded in memory)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from dataclasses import dataclass, replace
+
+from PIL import Image, UnidentifiedImageError
+
+from ..domain import InvalidAddress, normalise_address
+
+MAX_NAME_LENGTH = 100
+MAX_FOOTER_LENGTH = 500
+# Our buttons write white text on the accent colour: WCAG 2 AA for normal text.
+MIN_CONTRAST = 4.5
+# The upload as sent, and the picture's size: a logo, not a photograph.
+MAX_LOGO_BYTES = 1024 * 1024
+MAX_LOGO_SIDE = 2000
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+class BrandingRefused(ValueError):
+    """A value a person typed or uploaded can't be used; the message says why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Branding:
+    """What emails and pages show. Empty strings mean "not set": the site's host name (and
+    MAIL_FROM's display name) stand in for the agency name, the built-in colour for the
+    accent, no Reply-To, no footer."""
+
+    agency_name: str = ""
+    accent_colour: str = ""
+    reply_to: str = ""
+    footer_text: str = ""
+    logo_etag: str = ""
+    logo_type: str = ""
+
+    def with_changes(self, **changes: str) -> Branding:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Logo:
+    content: bytes
+    content_type: str
+    etag: str
+    width: int
+    height: int
+
+
+def _linear(channel: int) -> float:
+    c = channel / 255
+    return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+
+def luminance(colour: str) -> float:
+    """WCAG 2 relative luminance of ``#rrggbb``."""
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return 0.2126 * _linear(r) + 0.7152 * _linear(g) + 0.0722 * _linear(b)
+
+
+def contrast_ratio(first: str, second: str) -> float:
+    light, dark = sorted((luminance(first), luminance(second)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def check_accent(raw: str) -> str:
+    """``#rrggbb`` (lower-cased) on which white button text passes WCAG AA; '' unsets."""
+    value = raw.strip()
+    if not value:
+        return ""
+    if not COLOUR.fullmatch(value):
+        raise BrandingRefused(
+            "accent_colour", "Enter the Accent Colour as # and six hex digits, like #1a5fb4."
+        )
+    value = value.lower()
+    ratio = contrast_ratio(value, "#ffffff")
+    if ratio < MIN_CONTRAST:
+        raise BrandingRefused(
+            "accent_colour",
+            f"White button text on {value} has a contrast ratio of {ratio:.2f}:1; WCAG AA"
+            f" needs at least {MIN_CONTRAST}:1. Choose a darker colour.",
+        )
+    return value
+
+
+def _one_line(raw: str) -> str:
+    return " ".join(raw.split())
+
+
+def check_agency_name(raw: str) -> str:
+    value = _one_line(raw)
+    if len(value) > MAX_NAME_LENGTH:
+        raise BrandingRefused(
+            "agency_name", f"Keep the Agency Name to {MAX_NAME_LENGTH} characters or fewer."
+        )
+    return value
+
+
+def check_reply_to(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        return ""
+    try:
+        # ASCII only: it goes into a header as it is.
+        if not value.isascii():
+            raise InvalidAddress("not ascii")
+        return normalise_address(value)
+    except InvalidAddress:
+        raise BrandingRefused(
+            "reply_to", "Enter the Reply-To as one email address, like hello@agency.example."
+        ) from None
+
+
+def check_footer(raw: str) -> str:
+    """Plain text (escaped wherever it is shown); line breaks kept, at most 500 characters."""
+    value = "\n".join(line.rstrip() for line in raw.replace("\r\n", "\n").split("\n")).strip()
+    if any(ord(c) < 32 and c != "\n" for c in value):
+        raise BrandingRefused("footer_text", "The Footer Text can't contain control characters.")
+    if len(value) > MAX_FOOTER_LENGTH:
+        raise BrandingRefused(
+            "footer_text", f"Keep the Footer Text to {MAX_FOOTER_LENGTH} characters or fewer."
+        )
+    return value
+
+
+def logo_kind(content: bytes) -> str | None:
+    """'PNG' or 'JPEG' by the file's first bytes (never its name or declared type)."""
+    if content.startswith(PNG_MAGIC):
+        return "PNG"
+    if content.startswith(JPEG_MAGIC):
+        return "JPEG"
+    return None
+
+
+def prepare_logo(content: bytes) -> Logo:
+    """Check and re-encode an uploaded logo: PNG or JPEG by its magic bytes, at most
+    MAX_LOGO_BYTES and MAX_LOGO_SIDE pixels a side, decoded and written again so that no
+    metadata (EXIF, GPS, comments) and nothing after the picture survives. CPU work: run
+    it off the event loop."""
+    if not content:
+        raise BrandingRefused("logo", "Choose a PNG or JPEG file for the Logo.")
+    if len(content) > MAX_LOGO_BYTES:
+        raise BrandingRefused("logo", f"The Logo is too big: at most {MAX_LOGO_BYTES // 1024} KB.")
+    kind = logo_kind(content)
+    if kind is None:
+        raise BrandingRefused("logo", "The Logo must be a PNG or JPEG image.")
+    try:
+        with Image.open(io.BytesIO(content), formats=[kind]) as image:
+            width, height = image.size
+            if width > MAX_LOGO_SIDE or height > MAX_LOGO_SIDE:
+                raise BrandingRefused(
+                    "logo",
+                    f"The Logo is {width} by {height} pixels: at most {MAX_LOGO_SIDE} a side.",
+                )
+            image.load()
+            out = io.BytesIO()
+            if kind == "PNG":
+                keep = (
+                    image
+                    if image.mode in ("RGB", "RGBA", "L", "LA", "P")
+                    else image.convert("RGBA")
+                )
+                keep.save(out, format="PNG", optimize=True)
+                content_type = "image/png"
+            else:
+                keep = image if image.mode in ("RGB", "L") else image.convert("RGB")
+                keep.save(out, format="JPEG", quality=90)
+                content_type = "image/jpeg"
+    except BrandingRefused:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise BrandingRefused(
+            "logo", "The Logo file is damaged or not a PNG or JPEG image."
+        ) from None
+    encoded = out.getvalue()
+    etag = hashlib.sha256(encoded).hexdigest()[:32]
+    return Logo(encoded, content_type, etag, width, height)

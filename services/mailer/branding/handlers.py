@@ -1,0 +1,118 @@
+"""Use cases: read the branding, change its fields, set or remove the logo. Every change
+and its ``settings.branding.changed`` commit together (outbox)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, get_args
+
+import asyncpg
+
+from libs.common.db import Conn
+from libs.common.errors import InvalidInput, NotFound
+from libs.common.events import BrandingChanged, BrandingField, make_event
+from libs.common.logging import get_logger
+from libs.common.outbox import append
+
+from . import repository
+from .domain import (
+    Branding,
+    BrandingRefused,
+    check_accent,
+    check_agency_name,
+    check_footer,
+    check_reply_to,
+    prepare_logo,
+)
+
+log = get_logger(__name__)
+
+SOURCE = "mailer"
+TEXT_FIELDS = ("agency_name", "accent_colour", "reply_to", "footer_text")
+CHECKS = {
+    "agency_name": check_agency_name,
+    "accent_colour": check_accent,
+    "reply_to": check_reply_to,
+    "footer_text": check_footer,
+}
+
+
+def refused(exc: BrandingRefused) -> InvalidInput:
+    return InvalidInput(exc.message, code=f"invalid_{exc.field}", details={"field": exc.field})
+
+
+def checked(changes: Mapping[str, str | None]) -> dict[str, str]:
+    """The fields given (None: left out), each cleaned and checked; the first refusal
+    raises InvalidInput naming its field."""
+    clean: dict[str, str] = {}
+    for name in TEXT_FIELDS:
+        value = changes.get(name)
+        if value is None:
+            continue
+        try:
+            clean[name] = CHECKS[name](value)
+        except BrandingRefused as exc:
+            raise refused(exc) from None
+    return clean
+
+
+async def current(conn: Conn, first: Branding) -> Branding:
+    return await repository.get(conn) or first
+
+
+async def update(
+    pool: asyncpg.Pool, first: Branding, changes: Mapping[str, str | None]
+) -> Branding:
+    clean = checked(changes)
+    async with pool.acquire() as conn, conn.transaction():
+        before = await repository.lock(conn, first)
+        after = before.with_changes(**clean)
+        changed = [name for name in TEXT_FIELDS if getattr(after, name) != getattr(before, name)]
+        if changed:
+            await repository.save(conn, after)
+            await _announce(conn, changed)
+    if changed:
+        log.info("branding_changed", changed=changed)
+    return after
+
+
+async def set_logo(pool: asyncpg.Pool, first: Branding, content: bytes) -> Branding:
+    try:
+        # Decoding and encoding a picture is CPU work: off the event loop.
+        logo = await asyncio.to_thread(prepare_logo, content)
+    except BrandingRefused as exc:
+        raise refused(exc) from None
+    async with pool.acquire() as conn, conn.transaction():
+        before = await repository.lock(conn, first)
+        if before.logo_etag != logo.etag:
+            await repository.save_logo(conn, logo)
+            await _announce(conn, ["logo"])
+    log.info("branding_logo_set", etag=logo.etag, width=logo.width, height=logo.height)
+    return before.with_changes(logo_etag=logo.etag, logo_type=logo.content_type)
+
+
+async def remove_logo(pool: asyncpg.Pool, first: Branding) -> Branding:
+    async with pool.acquire() as conn, conn.transaction():
+        before = await repository.lock(conn, first)
+        if before.logo_etag:
+            await repository.save_logo(conn, None)
+            await _announce(conn, ["logo"])
+    return before.with_changes(logo_etag="", logo_type="")
+
+
+async def logo(conn: Conn) -> dict[str, Any]:
+    found = await repository.get_logo(conn)
+    if found is None:
+        raise NotFound("No logo has been uploaded.", code="logo_not_found")
+    return found
+
+
+async def _announce(conn: Conn, changed: list[str]) -> None:
+    fields = [name for name in changed if name in get_args(BrandingField)]
+    event = make_event(
+        "settings.branding.changed",
+        BrandingChanged(changed=fields),
+        source=SOURCE,
+    )
+    await append(conn, event)

@@ -1,0 +1,1 @@
+"""Webhooks: lifecycle events POSTed, signed, to the endpoints administrators register."""

@@ -1,0 +1,41 @@
+"""Machine-readable details beside an error's code and message (an expiry time, when the
+next email can go) survive the hop between services, and a 429 keeps its Retry-After."""
+
+from __future__ import annotations
+
+import orjson
+
+from libs.common.errors import Gone, NotFound, RateLimited, from_status
+from libs.common.web import error_response
+
+
+def test_details_go_beside_code_and_message_and_never_over_them() -> None:
+    response = error_response(
+        410, "invitation_expired", "Expired.", details={"expired_at": "2026-01-15T09:00:00+00:00"}
+    )
+    assert response.body is not None
+    assert orjson.loads(response.body) == {
+        "error": {
+            "code": "invitation_expired",
+            "message": "Expired.",
+            "expired_at": "2026-01-15T09:00:00+00:00",
+        }
+    }
+    sneaky = error_response(400, "x", "m", details={"code": "other", "message": "other"})
+    assert sneaky.body is not None
+    assert orjson.loads(sneaky.body) == {"error": {"code": "x", "message": "m"}}
+    plain = error_response(404, "nope", "No.")
+    assert plain.body is not None
+    assert orjson.loads(plain.body) == {"error": {"code": "nope", "message": "No."}}
+
+
+def test_from_status_rebuilds_details_and_rate_limits() -> None:
+    gone = from_status(410, "invitation_expired", "Expired.", {"expired_at": "t"})
+    assert isinstance(gone, Gone) and gone.details == {"expired_at": "t"}
+    limited = from_status(429, "send_rate_limited", "Later.", {"retry_after": 754})
+    assert isinstance(limited, RateLimited) and limited.retry_after == 754
+    assert limited.status == 429 and limited.code == "send_rate_limited"
+    assert from_status(429, "x", "y").retry_after == 1  # type: ignore[attr-defined]
+    assert from_status(429, "x", "y", {"retry_after": "soon"}).retry_after == 1  # type: ignore[attr-defined]
+    missing = from_status(404, "gone", "No.")
+    assert isinstance(missing, NotFound) and missing.details == {}

@@ -1,0 +1,110 @@
+"""Provisioning the broker's trust table (libs/common/provision.py) on the real broker:
+through the management API, through rabbitmqctl when the API isn't there, and as a
+definitions document for a broker that loads it at start."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import aio_pika
+import pytest
+from aiormq.exceptions import ChannelAccessRefused
+
+from libs.common import broker
+from libs.common.provision import provision, remove_users
+from tests.support.servers import current as current_servers
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _can_publish(url: str, prefix: str, key: str) -> bool:
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(f"{prefix}.events")
+        try:
+            await exchange.publish(aio_pika.Message(b"{}"), routing_key=key, timeout=10)
+        except ChannelAccessRefused:
+            return False
+        return True
+    finally:
+        await connection.close()
+
+
+# Provisioning falls back to rabbitmqctl only for a broker on this machine; a run on
+# containers or remote servers has no such path to test.
+PATHS = ["management API"] + (["rabbitmqctl"] if current_servers().broker_is_local else [])
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_provisioning_makes_users_that_may_publish_only_what_they_own(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    amqp_url = current_servers().amqp_url
+    if path == "rabbitmqctl":
+        # The management API unreachable: the broker on this machine is asked directly.
+        monkeypatch.setenv("BROKER_MANAGEMENT_URL", "http://127.0.0.1:9")
+    prefix = f"prov-{uuid.uuid4().hex[:8]}"
+    passwords = broker.new_passwords()
+    used = await provision(amqp_url, prefix, passwords)
+    try:
+        assert used == path
+        portals = broker.with_credentials(
+            amqp_url, broker.broker_user(prefix, "portals"), passwords["portals"]
+        )
+        assert await _can_publish(portals, prefix, "portal.updated")
+        assert not await _can_publish(portals, prefix, "invitation.accepted")
+        # The mailer's queue exists before any mailer ran: a mail job is never unroutable.
+        connection = await aio_pika.connect(amqp_url)
+        channel = await connection.channel()
+        await channel.declare_queue(f"{prefix}.mailer", passive=True)
+        await connection.close()
+    finally:
+        await remove_users(amqp_url, [broker.broker_user(prefix, s) for s in broker.SERVICES])
+        connection = await aio_pika.connect(amqp_url)
+        channel = await connection.channel()
+        for queue in ("portals", "invitations", "mailer"):
+            await channel.queue_delete(f"{prefix}.{queue}")
+            await channel.queue_delete(f"{prefix}.{queue}.dead")
+        for kind in ("events", "mail", "dlx"):
+            await channel.exchange_delete(f"{prefix}.{kind}")
+        await connection.close()
+
+
+def test_the_definitions_document_hashes_passwords_and_asks_for_missing_ones() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_BROKER_PASSWORD")}
+    missing = subprocess.run(
+        [sys.executable, "-m", "libs.common.provision", "definitions"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "IDENTITY_BROKER_PASSWORD" in missing.stderr
+    secrets = {
+        f"{s.upper()}_BROKER_PASSWORD": f"pw-{s}-{uuid.uuid4().hex}" for s in broker.SERVICES
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "libs.common.provision", "definitions"],
+        cwd=ROOT,
+        env={**env, **secrets, "BROKER_INTEGRATIONS": "clientpress-crm=crm-secret-1"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert {u["name"] for u in document["users"]} == {
+        *(broker.broker_user("clientpress", s) for s in broker.SERVICES),
+        "clientpress-crm",
+    }
+    for secret in [*secrets.values(), "crm-secret-1"]:
+        assert secret not in done.stdout  # hashed, never written out
+    crm = [t for t in document["topic_permissions"] if t["user"] == "clientpress-crm"]
+    events = next(t for t in crm if t["exchange"] == "clientpress.events")
+    assert events["write"] == r"^(invitation\.requested)$"

@@ -1,0 +1,211 @@
+"""A revoke racing the accept saga, forced at each step on the real services: the saga is
+the gateway's own code, over the services' real HTTP APIs, with the administrator's
+Revoke landing at the chosen moment. Whoever wins, there is never an account holding the
+typed password plus a standing grant for a revoked invitation."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+
+from libs.common.errors import DomainError, Unavailable
+from libs.common.http import ServiceClient, new_session
+from services.gateway.handlers import accept_with_password
+from services.gateway.upstream import Identity, Invitations, Json, Portals, Upstream
+from tests.e2e.conftest import Browser, Stack
+from tests.e2e.flows import CLIENT_PASSWORD, Api, db_fetch, unique_email
+from tests.support.smtp import accept_link
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+Hook = Callable[[], Awaitable[None]]
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class RevokeAfterAccountStep(Identity):
+    """The real identity client; the administrator clicks Revoke the moment the account
+    step answers, before the saga's next call."""
+
+    after_ensure: Hook = field(default=_nothing)
+
+    async def ensure_user(
+        self, email: str, password: str, invitation_id: str, role: str | None = None
+    ) -> Json:
+        result = await super().ensure_user(email, password, invitation_id, role)
+        await self.after_ensure()
+        return result
+
+
+@dataclass(frozen=True)
+class InvitationsDownAtAccept(Invitations):
+    """The real invitations client, whose accept step finds the service down once."""
+
+    failures: list[str] = field(default_factory=list)
+
+    async def accept(self, token: str, claim: str, user_id: str) -> Json:
+        if not self.failures:
+            self.failures.append(claim)
+            raise Unavailable("The invitations service is unavailable.")
+        return await super().accept(token, claim, user_id)
+
+
+@pytest.fixture
+async def api(stack: Stack) -> AsyncIterator[Api]:
+    client = Api(stack)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with new_session() as session:
+        yield session
+
+
+def _upstream(stack: Stack, http: aiohttp.ClientSession, after_ensure: Hook) -> Upstream:
+    return Upstream(
+        identity=RevokeAfterAccountStep(
+            ServiceClient(
+                http, stack["identity"].url, "identity", signer=stack.keys.signer("gateway")
+            ),
+            after_ensure=after_ensure,
+        ),
+        portals=Portals(
+            ServiceClient(
+                http, stack["portals"].url, "portals", signer=stack.keys.signer("gateway")
+            )
+        ),
+        invitations=Invitations(
+            ServiceClient(
+                http, stack["invitations"].url, "invitations", signer=stack.keys.signer("gateway")
+            )
+        ),
+    )
+
+
+async def _invited(stack: Stack, api: Api, tag: str) -> tuple[str, str, str]:
+    """A fresh portal and invitation: (email, invitation id, token)."""
+    portal = await api.portal(f"Race {tag} {uuid.uuid4().hex[:6]}")
+    email = unique_email(tag)
+    code, body = await api.invite(portal["id"], email)
+    assert code == 201, body
+    link = accept_link((await stack.sink.wait_for(email))[-1])
+    return email, body["invitation"]["id"], link.split("token=", 1)[1]
+
+
+async def _aftermath(stack: Stack, up: Upstream, email: str) -> tuple[int, int, bool]:
+    """(accounts, access rows, whether the typed password logs in) for one email."""
+    accounts = await db_fetch(
+        stack, "SELECT id FROM identity.users WHERE lower(email) = lower($1)", email
+    )
+    access = await db_fetch(
+        stack,
+        "SELECT a.portal_id FROM portals.access a JOIN identity.users u ON u.id = a.user_id"
+        " WHERE lower(u.email) = lower($1)",
+        email,
+    )
+    try:
+        await up.identity.login(email, CLIENT_PASSWORD)
+        logs_in = True
+    except DomainError:
+        logs_in = False
+    return len(accounts), len(access), logs_in
+
+
+async def test_a_revoke_after_the_account_step_never_leaves_access_behind(
+    stack: Stack, api: Api, http: aiohttp.ClientSession
+) -> None:
+    email, invitation_id, token = await _invited(stack, api, "revoke-mid")
+    revoke: list[int] = []
+
+    async def administrator_revokes() -> None:
+        code, _ = await api.call("POST", f"/invitations/{invitation_id}/revoke")
+        revoke.append(code)
+
+    up = _upstream(stack, http, administrator_revokes)
+    try:
+        await accept_with_password(up, token, CLIENT_PASSWORD)
+        saga_won = True
+    except DomainError as exc:
+        assert exc.code == "invitation_revoked", exc.code
+        saga_won = False
+    accounts, access, logs_in = await _aftermath(stack, up, email)
+    rows = await db_fetch(
+        stack, "SELECT status FROM invitations.invitations WHERE id = $1", uuid.UUID(invitation_id)
+    )
+    status = rows[0]["status"]
+    if revoke == [200]:
+        # The revoke won: no access, and the typed password opens nothing.
+        assert status == "revoked"
+        assert (saga_won, access, logs_in) == (False, 0, False)
+    else:
+        # The revoke came after the link was spent: refused, and the person is in.
+        assert revoke == [409]
+        assert status == "accepted"
+        assert (saga_won, accounts, access, logs_in) == (True, 1, 1, True)
+
+
+async def test_a_revoke_right_after_validate_makes_nothing(
+    stack: Stack, api: Api, http: aiohttp.ClientSession
+) -> None:
+    email, invitation_id, token = await _invited(stack, api, "revoke-early")
+    up = _upstream(stack, http, _nothing)
+    invitation = await up.invitations.validate(token)  # the form was shown, then...
+    code, _ = await api.call("POST", f"/invitations/{invitation_id}/revoke")
+    assert code == 200
+    with pytest.raises(DomainError) as info:
+        await accept_with_password(up, token, CLIENT_PASSWORD, invitation)
+    assert info.value.code == "invitation_revoked"
+    assert await _aftermath(stack, up, email) == (0, 0, False)
+
+
+async def test_the_same_link_finishes_after_a_failure_and_ends_the_first_password(
+    stack: Stack, api: Api, http: aiohttp.ClientSession
+) -> None:
+    """The first try made the account (with its password) and failed at the accept step.
+    Someone logs in with that first password; then the link is used again with another
+    password: it finishes the job, and the first password's session ends."""
+    email, _, token = await _invited(stack, api, "retry")
+    first_password = "the first password typed 1"
+    up = _upstream(stack, http, _nothing)
+    failing = Upstream(
+        identity=up.identity,
+        portals=up.portals,
+        invitations=InvitationsDownAtAccept(
+            ServiceClient(
+                http, stack["invitations"].url, "invitations", signer=stack.keys.signer("gateway")
+            )
+        ),
+    )
+    with pytest.raises(Unavailable):
+        await accept_with_password(failing, token, first_password)
+    assert (await _aftermath(stack, up, email))[:2] == (1, 0)  # an account, no access
+    early = await up.identity.login(email, first_password)
+
+    browser = Browser(stack.public_url)
+    try:
+        code, url, html = await browser.get(f"/invitations/accept?token={token}")
+        assert code == 200 and "Set Password" in html, html[:1000]
+        code, url, html = await browser.submit(
+            url,
+            html,
+            "Set Password",
+            {"Password": CLIENT_PASSWORD, "Confirm Password": CLIENT_PASSWORD},
+        )
+    finally:
+        await browser.close()
+    assert "/client-portal/" in url, html[:1000]
+    assert await _aftermath(stack, up, email) == (1, 1, True)
+    with pytest.raises(DomainError) as info:
+        await up.identity.current(early["token"])
+    assert info.value.code == "no_session"
+    with pytest.raises(DomainError):
+        await up.identity.login(email, first_password)

@@ -1,0 +1,45 @@
+"""The Activity screen's Details column: what changed, in the screen's words; the API's
+actions are the log's."""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+import pytest
+
+from libs.common.activity import ACTIONS
+from services.gateway.activity import describe
+from services.gateway.contracts import ActivityAction
+
+
+@pytest.mark.parametrize(
+    ("action", "details", "words"),
+    [
+        ("user.role_changed", {"role": "staff", "previous_role": "client"}, "Staff (was Client)"),
+        ("portal.updated", {"status": "archived"}, "Status: Archived"),
+        ("portal.access_granted", {"role": "sub_client"}, "Sub-Client"),
+        ("portal.access_granted", {"role": "client"}, "Client"),
+        (
+            "settings.changed",
+            {
+                "changes": {"invitation_expiry_days": 21, "invitation_reminder_days": 0},
+                "previous": {"invitation_expiry_days": 14, "invitation_reminder_days": 3},
+            },
+            "Invitation Link Expiry: 21 days (was 14 days); Invitation Reminder: Off (was 3 days)",
+        ),
+        (
+            "settings.changed",
+            {"changes": {"login_redirect": True}, "previous": {"login_redirect": False}},
+            "Login Redirect: On (was Off)",
+        ),
+        ("key.created", {"scopes": ["portals:read", "users:read"]}, "portals:read, users:read"),
+        ("invitation.sent", {"invited_by": "Dana Lee"}, ""),
+        ("user.disabled", {}, ""),
+    ],
+)
+def test_details_in_words(action: str, details: dict[str, Any], words: str) -> None:
+    assert describe({"action": action, "details": details}) == words
+
+
+def test_the_api_names_every_action_the_log_records() -> None:
+    assert set(get_args(ActivityAction)) == set(ACTIONS)

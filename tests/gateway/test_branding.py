@@ -1,0 +1,261 @@
+"""Settings → Branding through the gateway, in front of the real mailer (which keeps the
+branding) on the run's database and broker: the page and its refusals, the API, and a
+logo uploaded through one gateway served by another (two gateway apps, one database)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from PIL import Image
+
+from services.gateway.app import create_app
+from services.gateway.state import CACHE
+from services.mailer.app import create_app as create_mailer
+from tests.gateway.conftest import csrf, log_in, make_settings
+from tests.gateway.fakes import Backend
+from tests.mailer.conftest import mailer_settings
+from tests.support.env import TestEnv, free_port
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "correct horse battery"
+
+
+def picture(kind: str = "PNG", size: tuple[int, int] = (160, 48)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (26, 95, 180)).save(out, format=kind)
+    return out.getvalue()
+
+
+@pytest.fixture
+async def mailer(migrated_schemas: TestEnv) -> AsyncIterator[str]:
+    client: TestClient[Any, Any] = TestClient(
+        TestServer(create_mailer(mailer_settings(migrated_schemas, free_port())))
+    )
+    await client.start_server()
+    yield str(client.make_url("")).rstrip("/")
+    await client.close()
+    conn = await asyncpg.connect(migrated_schemas.database_url)
+    try:  # the run's database is shared: the built-in branding for the next test
+        await conn.execute("DELETE FROM mailer.branding")
+    finally:
+        await conn.close()
+
+
+Start = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def start_gateway(
+    backend: Backend, mailer: str, migrated_schemas: TestEnv
+) -> AsyncIterator[Start]:
+    started: list[TestClient[Any, Any]] = []
+
+    async def start(**extra: Any) -> TestClient[Any, Any]:
+        settings = make_settings(
+            backend, mailer_url=mailer, **migrated_schemas.keys.settings("gateway"), **extra
+        )
+        client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
+        await client.start_server()
+        started.append(client)
+        return client
+
+    yield start
+    for client in reversed(started):
+        await client.close()
+
+
+async def as_admin(gw: TestClient[Any, Any], backend: Backend) -> None:
+    email = f"admin-{uuid.uuid4().hex[:6]}@example.com"
+    admin = backend.add_user(email, PASSWORD, role="administrator")
+    await log_in(gw, admin, PASSWORD)
+
+
+async def post(gw: TestClient[Any, Any], path: str, data: Any) -> aiohttp.ClientResponse:
+    return await gw.post(path, data=data, allow_redirects=False)
+
+
+def logo_form(token: str, content: bytes, filename: str = "logo.png") -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("csrf_token", token)
+    form.add_field("logo", content, filename=filename, content_type="image/png")
+    return form
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, limit: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_the_branding_page_saves_and_every_page_shows_it(
+    start_gateway: Start, backend: Backend
+) -> None:
+    gw = await start_gateway()
+    await as_admin(gw, backend)
+    page = await (await gw.get("/admin/settings")).text()
+    assert 'href="/admin/settings/branding"' in page
+    page = await (await gw.get("/admin/settings/branding")).text()
+    for label in ("Agency Name", "Accent Colour", "Reply-To", "Footer Text", "Logo"):
+        assert f">{label}</label>" in page
+    assert "<title>Branding · ClientPress</title>" in page
+
+    fields = {
+        "agency_name": "Northwind <Studio>",
+        "accent_colour": "#1A5FB4",
+        "reply_to": "hello@northwind.example",
+        "footer_text": "Northwind Studio · 1 Harbour Street",
+    }
+    saved = await post(gw, "/admin/settings/branding", {"csrf_token": await csrf(gw), **fields})
+    assert saved.status == 303
+    page = await (await gw.get("/admin/settings/branding")).text()
+    assert "Branding saved." in page
+    assert "<title>Branding · Northwind &lt;Studio&gt;</title>" in page
+    assert '<span class="brand-name">Northwind &lt;Studio&gt;</span>' in page
+    assert '<p class="footer-text">Northwind Studio · 1 Harbour Street</p>' in page
+    assert '<link rel="stylesheet" href="/branding/theme.css?v=1a5fb4">' in page
+    assert 'value="#1a5fb4"' in page  # kept as the mailer cleaned it
+    css = await gw.get("/branding/theme.css?v=1a5fb4")
+    assert css.content_type == "text/css"
+    assert "--accent: #1a5fb4;" in await css.text()
+    assert "immutable" in css.headers["Cache-Control"]
+
+
+async def test_an_accent_white_text_is_unreadable_on_is_refused_with_the_reason(
+    start_gateway: Start, backend: Backend
+) -> None:
+    gw = await start_gateway()
+    await as_admin(gw, backend)
+    refused = await post(
+        gw,
+        "/admin/settings/branding",
+        {
+            "csrf_token": await csrf(gw),
+            "agency_name": "Sunny",
+            "accent_colour": "#ffcc00",
+            "reply_to": "",
+            "footer_text": "",
+        },
+    )
+    assert refused.status == 422
+    page = await refused.text()
+    assert 'id="accent_colour-error" role="alert">White button text on #ffcc00' in page
+    assert "WCAG AA needs at least 4.5:1" in page
+    assert 'value="Sunny"' in page  # what was typed stays in the form
+    # Nothing was saved.
+    assert "Sunny" not in await (await gw.get("/")).text()
+
+
+async def test_a_logo_uploaded_through_one_gateway_is_served_by_another(
+    start_gateway: Start, backend: Backend, test_env: TestEnv
+) -> None:
+    one = await start_gateway()
+    # The other keeps what it learns for 30 s: only the announcement makes it forget.
+    other = await start_gateway(
+        gateway_cache_seconds=30,
+        amqp_url=test_env.amqp_url_as("gateway"),
+        bus_prefix=test_env.bus_prefix,
+    )
+
+    async def live() -> bool:
+        return other.app[CACHE].live
+
+    await eventually(live, "the other gateway's listener connected")
+    assert (await other.get("/branding/logo")).status == 404
+    assert 'class="brand-logo"' not in await (await other.get("/login")).text()
+
+    await as_admin(one, backend)
+    uploaded = await post(
+        one, "/admin/settings/branding/logo", logo_form(await csrf(one), picture())
+    )
+    assert uploaded.status == 303, await uploaded.text()
+    page = await (await one.get("/admin/settings/branding")).text()
+    assert "Logo uploaded." in page
+
+    async def shown() -> bool:
+        return (
+            'class="brand-logo" src="/branding/logo?v=' in await (await other.get("/login")).text()
+        )
+
+    await eventually(shown, "the other gateway showing the new logo")
+    served = await other.get("/branding/logo")
+    assert served.status == 200
+    assert served.content_type == "image/png"
+    etag = served.headers["ETag"]
+    assert served.headers["Cache-Control"] == "public, no-cache"
+    with Image.open(io.BytesIO(await served.read())) as image:
+        assert image.size == (160, 48)
+    again = await other.get("/branding/logo", headers={"If-None-Match": etag})
+    assert again.status == 304
+    versioned = await other.get(f"/branding/logo?v={etag.strip(chr(34))}")
+    assert "immutable" in versioned.headers["Cache-Control"]
+    assert (await (await one.get("/branding/logo")).read()) == (
+        await (await other.get("/branding/logo")).read()
+    )
+
+
+async def test_only_png_and_jpeg_logos_of_at_most_1_mb_are_taken(
+    start_gateway: Start, backend: Backend
+) -> None:
+    gw = await start_gateway()
+    await as_admin(gw, backend)
+    token = await csrf(gw)
+    gif = await post(gw, "/admin/settings/branding/logo", logo_form(token, picture("GIF")))
+    assert gif.status == 422
+    assert "The Logo must be a PNG or JPEG image." in await gif.text()
+    text = await post(
+        gw, "/admin/settings/branding/logo", logo_form(token, b"just text\n", "fake.png")
+    )
+    assert text.status == 422
+    assert "The Logo must be a PNG or JPEG image." in await text.text()
+    big = await post(
+        gw, "/admin/settings/branding/logo", logo_form(token, picture() + b"\0" * 1_100_000)
+    )
+    assert big.status == 413
+    assert "The Logo is too big: at most 1024 KB." in await big.text()
+    # Past what the form may carry at all: refused before the form is read.
+    huge = await post(
+        gw, "/admin/settings/branding/logo", logo_form(token, picture() + b"\0" * 2_000_000)
+    )
+    assert huge.status == 413
+    assert "The Logo is too big: at most 1024 KB." in await huge.text()
+    assert (await gw.get("/branding/logo")).status == 404
+
+
+async def test_the_api_reads_and_changes_the_branding(
+    start_gateway: Start, backend: Backend
+) -> None:
+    gw = await start_gateway()
+    await as_admin(gw, backend)
+    headers = {"X-CSRF-Token": await csrf(gw)}
+    refused = await gw.put(
+        "/api/v1/settings/branding", json={"accent_colour": "#eeeeee"}, headers=headers
+    )
+    assert refused.status == 422
+    assert (await refused.json())["error"]["code"] == "invalid_accent_colour"
+    changed = await gw.put(
+        "/api/v1/settings/branding", json={"agency_name": "Acme Agency"}, headers=headers
+    )
+    assert changed.status == 200
+    body = await changed.json()
+    assert body["agency_name"] == "Acme Agency"
+    assert body["logo_etag"] is None
+    assert (await (await gw.get("/api/v1/settings/branding")).json()) == body
+
+
+async def test_staff_can_not_open_branding(start_gateway: Start, backend: Backend) -> None:
+    gw = await start_gateway()
+    staff = backend.add_user(f"staff-{uuid.uuid4().hex[:6]}@example.com", PASSWORD, role="staff")
+    await log_in(gw, staff, PASSWORD)
+    assert (await gw.get("/admin/settings/branding")).status == 403
+    assert (await gw.get("/api/v1/settings/branding")).status == 403

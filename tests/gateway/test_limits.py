@@ -1,0 +1,242 @@
+"""Rate limits that hold across replicas and can't be turned against a person, counted on
+the client's real address: real clients bound to 127.0.0.2 and 127.0.0.3 (loopback is a
+whole /8) in front of gateways sharing the run's database."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer
+
+from services.gateway.app import create_app
+from services.gateway.state import LIMITS
+from tests.gateway.conftest import make_settings
+from tests.gateway.fakes import Backend
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "the right password 42"
+PROXY, STRANGER = "127.0.0.2", "127.0.0.3"
+
+
+class Person:
+    """A browser on its own source address: keeps cookies, posts forms with the CSRF token."""
+
+    def __init__(self, address: str) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(local_addr=(address, 0)),
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+        )
+
+    async def post(
+        self, server: TestServer, path: str, data: dict[str, str], **headers: str
+    ) -> tuple[int, dict[str, str], str]:
+        url = server.make_url(path)
+        token = self.session.cookie_jar.filter_cookies(url).get("cp_csrf")
+        if token is None:
+            async with self.session.get(server.make_url("/login")) as response:
+                await response.read()
+            token = self.session.cookie_jar.filter_cookies(url).get("cp_csrf")
+        assert token is not None
+        form = {"csrf_token": token.value, **data}
+        async with self.session.post(
+            url, data=form, headers=headers, allow_redirects=False
+        ) as response:
+            return response.status, dict(response.headers), await response.text()
+
+    async def log_in(
+        self, server: TestServer, email: str, password: str, **headers: str
+    ) -> tuple[int, dict[str, str], str]:
+        return await self.post(server, "/login", {"email": email, "password": password}, **headers)
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def people() -> AsyncIterator[dict[str, Person]]:
+    crowd = {address: Person(address) for address in (PROXY, STRANGER)}
+    yield crowd
+    for person in crowd.values():
+        await person.session.close()
+
+
+async def gateway(backend: Backend, **extra: Any) -> TestServer:
+    clock = extra.pop("clock", None)
+    settings = make_settings(backend, **extra)
+    app = create_app(settings, clock=clock) if clock else create_app(settings)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def test_two_gateways_share_one_count(backend: Backend, people: dict[str, Person]) -> None:
+    one = await gateway(backend, gateway_rate_per_ip=3)
+    two = await gateway(backend, gateway_rate_per_ip=3)
+    person = people[STRANGER]
+    try:
+        statuses = [
+            (await person.log_in(server, f"c{i}@example.com", "wrong password!"))[0]
+            for i, server in enumerate((one, two, one))
+        ]
+        assert statuses == [401, 401, 401]
+        for server in (two, one):
+            status, headers, text = await person.log_in(server, "c9@example.com", "wrong!")
+            assert status == 429, text
+            assert int(headers["Retry-After"]) > 0
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_guesses_from_one_address_do_not_lock_the_owner_out(
+    backend: Backend, people: dict[str, Person]
+) -> None:
+    """The targeted lockout: 20 wrong guesses for victim@ from the attacker's address used
+    to block the account for everyone, the right password included."""
+    backend.add_user("victim@example.com", PASSWORD)
+    server = await gateway(backend)  # the defaults: 20 failures per window
+    attacker, victim = people[STRANGER], people[PROXY]
+    try:
+        for i in range(20):
+            status, _, _ = await attacker.log_in(server, "victim@example.com", f"guess {i:04d}xx")
+            assert status == 401
+        status, headers, _ = await attacker.log_in(server, "victim@example.com", "guess 9999xx")
+        assert status == 429 and int(headers["Retry-After"]) > 0
+        # The guesser is slowed on this account only, and the owner gets in from theirs.
+        assert (await attacker.log_in(server, "other@example.com", "guess 0000xx"))[0] == 401
+        status, headers, text = await victim.log_in(server, "victim@example.com", PASSWORD)
+        assert status == 303, text
+        assert "cp_session=" in headers.get("Set-Cookie", "")
+    finally:
+        await server.close()
+
+
+async def test_a_spoofed_forwarded_header_changes_nothing(
+    backend: Backend, people: dict[str, Person]
+) -> None:
+    server = await gateway(backend, gateway_rate_per_ip=2, gateway_trusted_proxies=PROXY)
+    stranger = people[STRANGER]  # not a trusted proxy: its headers are its own words
+    try:
+        statuses = []
+        for i in range(3):
+            status, _, _ = await stranger.log_in(
+                server,
+                f"c{i}@example.com",
+                "wrong password!",
+                **{"X-Forwarded-For": f"198.51.100.{i}", "Forwarded": f"for=198.51.100.{i}"},
+            )
+            statuses.append(status)
+        assert statuses == [401, 401, 429]
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize(
+    ("header", "written"),
+    [
+        ("x-forwarded-for", lambda hops: {"X-Forwarded-For": ", ".join(hops)}),
+        (
+            "forwarded",
+            lambda hops: {"Forwarded": ", ".join(f'for="{h}:4711";proto=https' for h in hops)},
+        ),
+    ],
+)
+async def test_behind_a_trusted_proxy_each_person_counts_separately(
+    backend: Backend, people: dict[str, Person], header: str, written: Any
+) -> None:
+    server = await gateway(
+        backend,
+        gateway_rate_per_ip=2,
+        gateway_trusted_proxies=f"10.0.0.0/8, {PROXY}/32",
+        gateway_forwarded_header=header,
+    )
+    proxy = people[PROXY]  # what an ingress controller does: append the client it saw
+
+    async def through_proxy(client: str, claimed: str | None = None) -> int:
+        hops = [claimed, client] if claimed else [client]
+        status, _, _ = await proxy.log_in(
+            server, "c@example.com", "wrong password!", **written(hops)
+        )
+        return status
+
+    try:
+        assert [await through_proxy("198.51.100.7") for _ in range(2)] == [401, 401]
+        assert await through_proxy("198.51.100.7") == 429
+        # What the person writes themselves sits left of what the proxy saw: no escape.
+        assert await through_proxy("198.51.100.7", claimed="203.0.113.9") == 429
+        # Someone else behind the same proxy is counted apart.
+        assert await through_proxy("198.51.100.8") == 401
+    finally:
+        await server.close()
+
+
+async def test_counts_expire_with_their_window_and_are_pruned(
+    backend: Backend, people: dict[str, Person]
+) -> None:
+    ticks = Ticks()
+    server = await gateway(
+        backend, clock=ticks, gateway_rate_per_ip=2, gateway_rate_window_seconds=60
+    )
+    person = people[STRANGER]
+    try:
+        statuses = [
+            (await person.post(server, "/forgot-password", {"email": f"c{i}@example.com"}))[0]
+            for i in range(3)
+        ]
+        assert statuses == [200, 200, 429]
+        ticks.now += 45  # still inside the window
+        status, headers, _ = await person.post(
+            server, "/forgot-password", {"email": "c@example.com"}
+        )
+        assert status == 429 and int(headers["Retry-After"]) > 0
+        ticks.now += 130  # two windows on: nothing counts any more
+        assert (await person.post(server, "/forgot-password", {"email": "d@example.com"}))[0] == 200
+        ticks.now += 130
+        await server.app[LIMITS].prune()
+        conn = await asyncpg.connect(backend.database_url)  # type: ignore[attr-defined]
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM gateway.rate_counters") == 0
+        finally:
+            await conn.close()
+    finally:
+        await server.close()
+
+
+async def test_reset_emails_are_capped_per_inbox(
+    backend: Backend, people: dict[str, Person]
+) -> None:
+    server = await gateway(backend, gateway_rate_per_email=2)
+    try:
+        statuses = [
+            (await people[address].post(server, "/forgot-password", {"email": "c@example.com"}))[0]
+            for address in (STRANGER, PROXY, STRANGER)
+        ]
+        assert statuses == [200, 200, 429]
+    finally:
+        await server.close()
+
+
+async def test_a_busy_identity_shows_a_friendly_503(
+    backend: Backend, people: dict[str, Person]
+) -> None:
+    backend.add_user("c@example.com", PASSWORD)
+    backend.hashing_busy = True
+    server = await gateway(backend)
+    try:
+        status, headers, html = await people[STRANGER].log_in(server, "c@example.com", PASSWORD)
+        assert status == 503 and int(headers["Retry-After"]) > 0
+        assert "busy right now" in html and "Traceback" not in html
+        assert re.search(r"try again in a few seconds", html)
+    finally:
+        await server.close()

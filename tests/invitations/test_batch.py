@@ -1,0 +1,104 @@
+"""Issue 16, POST /invitations/batch on the real database and broker: a verdict per row in
+input order, a failing row redone alone so its neighbours still go, the invitee's name in
+the mail job, and two identical batches at once making each invitation and email once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from tests.invitations.conftest import World, outbox_events
+
+pytestmark = pytest.mark.integration
+
+Client = TestClient[web.Request, web.Application]
+
+
+def new_email(tag: str = "bulk") -> str:
+    return f"{tag}-{uuid.uuid4().hex[:10]}@example.com"
+
+
+async def batch(client: Client, portal_id: str, rows: list[dict[str, Any]], **extra: Any) -> Any:
+    response = await client.post(
+        "/invitations/batch", json={"portal_id": portal_id, "rows": rows, **extra}
+    )
+    assert response.status == 200, await response.text()
+    return (await response.json())["results"]
+
+
+async def mail_jobs(pool: asyncpg.Pool, invitation_id: str) -> list[dict[str, Any]]:
+    return [e for t, e in await outbox_events(pool, invitation_id) if t == "mail.requested"]
+
+
+async def test_verdicts_in_order_and_a_failing_row_fails_alone(
+    client: Client, world: World, pool: asyncpg.Pool
+) -> None:
+    portal = world.add_portal()
+    member = new_email("member")
+    world.add_user(member, portal["id"])
+    first, second, third = new_email(), new_email(), new_email()
+    key = f"k-{uuid.uuid4().hex}"
+    rows = [
+        {"email": first, "name": "Ada  Lovelace", "idempotency_key": key},
+        # The same key for another person: recorded second, it makes the chunk's
+        # transaction fail, and the chunk is redone one row at a time.
+        {"email": second, "idempotency_key": key},
+        {"email": "nobody"},
+        {"email": member},
+        {"email": first.upper()},
+        {"email": third, "personal_message": "m" * 1001},
+        {"email": third, "sub_client": True},
+    ]
+    results = await batch(client, portal["id"], rows, invited_by="ann@agency.example")
+    assert [(r["row"], r["status"], r.get("reason")) for r in results] == [
+        (1, "created", None),
+        (2, "rejected", "idempotency_key_reused"),
+        (3, "rejected", "invalid_email"),
+        (4, "rejected", "already_has_access"),
+        (5, "rejected", "duplicate"),
+        (6, "rejected", "personal_message_too_long"),
+        (7, "created", None),
+    ]
+    made = [r["invitation_id"] for r in results if r["status"] == "created"]
+    for invitation_id in made:
+        # The failed chunk's writes are gone: one mail job each, not two.
+        assert len(await mail_jobs(pool, invitation_id)) == 1
+    [job] = await mail_jobs(pool, made[0])
+    assert job["data"]["context"]["invitee_name"] == "Ada Lovelace"
+    response = await client.get(f"/invitations/{made[1]}")
+    shown = await response.json()
+    assert shown["sub_client"] is True and shown["name"] is None
+
+    # A preview of the same rows writes nothing and says what a send would do now.
+    again = await batch(
+        client, portal["id"], [{"email": first}, {"email": new_email()}], dry_run=True
+    )
+    assert [r["status"] for r in again] == ["resent", "created"]
+    assert len(await mail_jobs(pool, made[0])) == 1
+
+
+async def test_two_identical_batches_at_once_invite_each_person_once(
+    client: Client, world: World, pool: asyncpg.Pool
+) -> None:
+    portal = world.add_portal()
+    emails = [new_email("race") for _ in range(150)]
+    tag = uuid.uuid4().hex
+    rows = [{"email": e, "idempotency_key": f"{tag}#{n}"} for n, e in enumerate(emails)]
+    one, two = await asyncio.gather(
+        batch(client, portal["id"], rows), batch(client, portal["id"], rows)
+    )
+    assert one == two
+    assert {r["status"] for r in one} == {"created"}
+    counts = await pool.fetch(
+        "SELECT email_lower, count(*) AS n, max(send_count) AS sends FROM invitations"
+        " WHERE portal_id = $1 GROUP BY email_lower",
+        uuid.UUID(portal["id"]),
+    )
+    assert len(counts) == len(emails)
+    assert {(row["n"], row["sends"]) for row in counts} == {(1, 1)}

@@ -1,0 +1,381 @@
+"""Webhooks inside the mailer, on the real database and broker: lifecycle events from
+their owners → signed POSTs to a real receiver, retries after a 500, Redeliver, secret
+rotation with an overlap, and refused private targets (at creation and at delivery)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.test_utils import TestClient
+
+from libs.common.bus import Bus
+from libs.common.events import InvitationClosed, InvitationCreated, make_event
+from services.mailer.webhooks.domain import RefusedTarget, public_address, sign
+from services.mailer.webhooks.targets import GuardedResolver
+from tests.mailer.conftest import StartMailer
+from tests.support.env import TestEnv
+from tests.support.smtp import SmtpSink
+from tests.support.webhooks import Received, Receiver, receiver, verify
+
+pytestmark = pytest.mark.integration
+
+EVENTS = ["invitation.created", "invitation.revoked"]
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[Receiver]:
+    async with receiver() as got:
+        yield got
+
+
+class Internal:
+    """The mailer's internal API, called as the gateway."""
+
+    def __init__(self, client: TestClient[Any, Any], env: TestEnv) -> None:
+        self.client = client
+        self.env = env
+        self.made: list[str] = []
+
+    async def call(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
+        headers = self.env.keys.headers("gateway", "mailer")
+        response = await self.client.request(method, path, headers=headers, **kw)
+        body = await response.json() if response.status != 204 else None
+        return response.status, body
+
+    async def add(self, url: str, events: list[str] = EVENTS) -> dict[str, Any]:
+        status, body = await self.call("POST", "/webhooks", json={"url": url, "events": events})
+        assert status == 201, body
+        self.made.append(body["id"])
+        return dict(body)
+
+    async def deliveries(self, endpoint_id: str) -> list[dict[str, Any]]:
+        status, body = await self.call("GET", f"/webhooks/{endpoint_id}/deliveries")
+        assert status == 200, body
+        return list(body["items"])
+
+    async def cleanup(self) -> None:
+        # The run's database is shared by the module: leave no endpoint for the next test.
+        for endpoint_id in self.made:
+            await self.call("DELETE", f"/webhooks/{endpoint_id}")
+
+
+@pytest.fixture
+async def internal(
+    start_mailer: StartMailer, smtp_sink: SmtpSink, migrated_schemas: TestEnv
+) -> AsyncIterator[Callable[..., Any]]:
+    made: list[Internal] = []
+
+    async def start(**overrides: Any) -> Internal:
+        overrides.setdefault("webhooks_allow_private", True)
+        overrides.setdefault("webhooks_retry_base_seconds", 0.05)
+        client = await start_mailer(smtp_sink.port, **overrides)
+        api = Internal(client, migrated_schemas)
+        made.append(api)
+        return api
+
+    yield start
+    for api in reversed(made):
+        await api.cleanup()
+
+
+def created(key: str | None = "crm-42") -> InvitationCreated:
+    return InvitationCreated(
+        invitation_id=uuid.uuid4(),
+        portal_id=uuid.uuid4(),
+        email=f"client-{uuid.uuid4().hex[:8]}@example.com",
+        expires_at=datetime.now(UTC) + timedelta(days=14),
+        invited_by="admin@example.com",
+        idempotency_key=key,
+    )
+
+
+async def publish_created(bus: Bus, data: InvitationCreated) -> None:
+    await bus.publish_envelope(make_event("invitation.created", data, source="invitations"))
+
+
+def about(data: InvitationCreated) -> Callable[[list[Received]], bool]:
+    def ready(received: list[Received]) -> bool:
+        return any(r.json["data"]["invitation_id"] == str(data.invitation_id) for r in received)
+
+    return ready
+
+
+def test_signatures_match_the_specification_example() -> None:
+    # The Standard Webhooks specification's own test vector.
+    assert (
+        sign(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            b'{"test": 2432232314}',
+        )
+        == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    )
+
+
+async def test_an_event_arrives_signed_with_its_idempotency_key_and_no_secret(
+    internal: Callable[..., Any], publisher: Bus, hook: Receiver
+) -> None:
+    api: Internal = await internal()
+    endpoint = await api.add(hook.url)
+    secret = endpoint["secret"]
+    assert secret.startswith("whsec_") and len(secret) > 40
+    # The secret is shown when the endpoint is added, and never again.
+    _, listed = await api.call("GET", "/webhooks")
+    mine = [e for e in listed["items"] if e["id"] == endpoint["id"]]
+    assert mine and "secret" not in mine[0] and secret not in str(listed)
+
+    data = created()
+    await publish_created(publisher, data)
+    [got] = [
+        r
+        for r in await hook.wait_for(about(data))
+        if r.json["data"]["invitation_id"] == str(data.invitation_id)
+    ]
+    assert verify(secret, got)
+    assert got.id.startswith("msg_")
+    assert got.json["type"] == "invitation.created"
+    assert datetime.fromisoformat(got.json["timestamp"])
+    assert got.json["data"]["idempotency_key"] == "crm-42"
+    assert got.json["data"]["email"] == data.email
+    assert secret not in got.body.decode() and secret[6:] not in got.body.decode()
+    assert not {"token", "link", "password", "secret"} & set(got.json["data"])
+
+    # The record may trail the answer by a commit.
+    log = await _settled(api, endpoint["id"])
+    assert log["event_type"] == "invitation.created"
+    assert log["response_code"] == 200 and log["attempts"] == 1
+    assert log["duration_ms"] is not None and log["duration_ms"] >= 0
+
+
+async def test_a_500_is_retried_and_redeliver_sends_it_again(
+    internal: Callable[..., Any], publisher: Bus, hook: Receiver
+) -> None:
+    api: Internal = await internal()
+    endpoint = await api.add(hook.url)
+    hook.answers = [500]
+    data = created()
+    await publish_created(publisher, data)
+
+    def tries(n: int) -> Callable[[list[Received]], bool]:
+        def ready(received: list[Received]) -> bool:
+            mine = [
+                r for r in received if r.json["data"]["invitation_id"] == str(data.invitation_id)
+            ]
+            return len(mine) >= n
+
+        return ready
+
+    first, second = (await hook.wait_for(tries(2)))[:2]
+    # The same message: one webhook-id across tries, each signed afresh.
+    assert first.id == second.id and first.body == second.body
+    assert verify(endpoint["secret"], second)
+    log = await _settled(api, endpoint["id"])
+    assert log["status"] == "delivered" and log["attempts"] == 2 and log["response_code"] == 200
+
+    status, queued = await api.call(
+        "POST", f"/webhooks/{endpoint['id']}/deliveries/{log['id']}/redeliver"
+    )
+    assert status == 202 and queued["status"] == "queued"
+    third = (await hook.wait_for(tries(3)))[2]
+    assert third.id == first.id and verify(endpoint["secret"], third)
+    log = await _settled(api, endpoint["id"], attempts=3)
+    assert log["status"] == "delivered" and log["attempts"] == 3
+
+    status, body = await api.call(
+        "POST", f"/webhooks/{endpoint['id']}/deliveries/{uuid.uuid4()}/redeliver"
+    )
+    assert status == 404 and body["error"]["code"] == "webhook_delivery_not_found"
+
+
+async def _settled(api: Internal, endpoint_id: str, attempts: int = 0) -> dict[str, Any]:
+    """The endpoint's one delivery once it is delivered (after ``attempts`` tries)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        [log] = await api.deliveries(endpoint_id)
+        if log["status"] == "delivered" and log["attempts"] >= attempts:
+            return log
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never delivered: {log}")
+
+
+async def test_a_rotated_secret_is_shown_once_and_both_sign_during_the_overlap(
+    internal: Callable[..., Any], publisher: Bus, hook: Receiver
+) -> None:
+    api: Internal = await internal()
+    endpoint = await api.add(hook.url)
+    status, rotated = await api.call("POST", f"/webhooks/{endpoint['id']}/rotate-secret")
+    assert status == 200 and rotated["id"] == endpoint["id"]
+    assert rotated["secret"].startswith("whsec_") and rotated["secret"] != endpoint["secret"]
+    data = created()
+    await publish_created(publisher, data)
+    got = (await hook.wait_for(about(data)))[-1]
+    assert verify(rotated["secret"], got) and verify(endpoint["secret"], got)
+    assert len(got.headers["webhook-signature"].split(" ")) == 2
+
+    status, body = await api.call("POST", f"/webhooks/{uuid.uuid4()}/rotate-secret")
+    assert status == 404 and body["error"]["code"] == "webhook_not_found"
+
+
+async def test_an_endpoint_receives_only_the_events_it_chose(
+    internal: Callable[..., Any], publisher: Bus, hook: Receiver
+) -> None:
+    api: Internal = await internal()
+    endpoint = await api.add(hook.url, ["invitation.revoked"])
+    first = created()
+    revoked = InvitationClosed(
+        invitation_id=first.invitation_id, portal_id=first.portal_id, email=first.email
+    )
+    # The created event goes first; once the revoked one is in, the created one had its turn.
+    await publish_created(publisher, first)
+    await publisher.publish_envelope(
+        make_event("invitation.revoked", revoked, source="invitations")
+    )
+    await hook.wait_for(about(first))
+    assert [r.json["type"] for r in hook.received] == ["invitation.revoked"]
+    [log] = await api.deliveries(endpoint["id"])
+    assert log["event_type"] == "invitation.revoked"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hooks",
+        "http://localhost:9/hooks",
+        "http://[::1]:9/hooks",
+        "http://10.1.2.3/hooks",
+        "http://192.168.0.10/hooks",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[fe80::1]/hooks",
+        "http://[::ffff:127.0.0.1]/hooks",
+        "http://0.0.0.0/hooks",
+        "ftp://example.com/hooks",
+        "https://user:password@example.com/hooks",
+        "file:///etc/passwd",
+        "not a url",
+    ],
+)
+async def test_private_and_non_http_targets_are_refused(
+    internal: Callable[..., Any], url: str
+) -> None:
+    api: Internal = await internal(webhooks_allow_private=False)
+    status, body = await api.call(
+        "POST", "/webhooks", json={"url": url, "events": ["invitation.created"]}
+    )
+    assert status == 422, body
+    assert body["error"]["code"] == "webhook_target_refused"
+
+
+async def test_a_target_that_turned_private_is_refused_at_delivery(
+    internal: Callable[..., Any], publisher: Bus, hook: Receiver
+) -> None:
+    # Stored while private targets were allowed, delivered by a mailer that refuses them:
+    # the check at delivery time is what stands against DNS rebinding.
+    allowing: Internal = await internal()
+    endpoint = await allowing.add(hook.url)
+    await allowing.client.close()
+    allowing.made.clear()  # the refusing mailer deletes it
+    refusing: Internal = await internal(webhooks_allow_private=False)
+    data = created()
+    await publish_created(publisher, data)
+    deadline = time.monotonic() + 30
+    logs = await refusing.deliveries(endpoint["id"])
+    while not (logs and logs[0]["status"] == "failed"):
+        assert time.monotonic() < deadline, f"not refused: {logs}"
+        await asyncio.sleep(0.02)
+        logs = await refusing.deliveries(endpoint["id"])
+    assert logs[0]["error"].startswith("refused:") and logs[0]["response_code"] is None
+    assert not hook.received
+    await refusing.call("DELETE", f"/webhooks/{endpoint['id']}")
+
+
+class Answers(AbstractResolver):
+    """A DNS that answers what the test says (the rebinding attacker's)."""
+
+    def __init__(self, *addresses: str) -> None:
+        self.addresses = addresses
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            {"hostname": host, "host": a, "port": port, "family": family, "proto": 0, "flags": 0}
+            for a in self.addresses
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_the_delivery_resolver_refuses_any_private_answer() -> None:
+    assert await GuardedResolver(Answers("93.184.215.14")).resolve("example.com", 443)
+    for answer in (("127.0.0.1",), ("93.184.215.14", "10.0.0.5"), ("169.254.169.254",), ()):
+        with pytest.raises(RefusedTarget):
+            await GuardedResolver(Answers(*answer)).resolve("rebind.example", 443)
+    assert public_address("2606:4700::1111") and not public_address("fd00::1")
+
+
+def test_the_gateway_offers_exactly_the_events_the_mailer_is_bound_to() -> None:
+    from libs.common.broker import CONSUMES, WEBHOOK_EVENTS
+    from services.gateway.webhook_models import EVENT_TYPES as OFFERED
+    from services.mailer.api import EventType
+
+    bound = {b.routing_key for b in CONSUMES["mailer"] if b.exchange == "events"}
+    assert set(OFFERED) == set(WEBHOOK_EVENTS) == bound == set(EventType.__args__)
+
+
+async def test_the_delivery_log_pages_newest_first(
+    internal: Callable[..., Any], publisher: Bus, hook: Receiver
+) -> None:
+    api: Internal = await internal()
+    endpoint = await api.add(hook.url)
+    sent = [created() for _ in range(3)]
+    for data in sent:
+        await publish_created(publisher, data)
+    await hook.wait_for(lambda received: all(about(d)(received) for d in sent))
+    status, first = await api.call("GET", f"/webhooks/{endpoint['id']}/deliveries?limit=2")
+    assert status == 200 and len(first["items"]) == 2 and first["next_cursor"]
+    status, rest = await api.call(
+        "GET", f"/webhooks/{endpoint['id']}/deliveries?limit=2&cursor={first['next_cursor']}"
+    )
+    assert status == 200 and len(rest["items"]) == 1 and rest["next_cursor"] is None
+    items = first["items"] + rest["items"]
+    assert len({d["id"] for d in items}) == 3
+    stamps = [d["created_at"] for d in items]
+    assert stamps == sorted(stamps, reverse=True)
+    status, body = await api.call("GET", f"/webhooks/{endpoint['id']}/deliveries?cursor=nope")
+    assert status == 422 and body["error"]["code"] == "invalid_cursor"
+    status, body = await api.call("GET", f"/webhooks/{uuid.uuid4()}/deliveries")
+    assert status == 404 and body["error"]["code"] == "webhook_not_found"
+
+
+async def test_without_an_overlap_only_the_new_secret_signs(
+    internal: Callable[..., Any], publisher: Bus, hook: Receiver
+) -> None:
+    api: Internal = await internal(webhooks_rotation_overlap_seconds=0)
+    endpoint = await api.add(hook.url)
+    _, rotated = await api.call("POST", f"/webhooks/{endpoint['id']}/rotate-secret")
+    data = created()
+    await publish_created(publisher, data)
+    got = (await hook.wait_for(about(data)))[-1]
+    assert verify(rotated["secret"], got) and not verify(endpoint["secret"], got)
+    assert len(got.headers["webhook-signature"].split(" ")) == 1
+
+
+async def test_only_the_gateway_may_call_the_webhooks_api(
+    internal: Callable[..., Any], migrated_schemas: TestEnv
+) -> None:
+    api: Internal = await internal()
+    response = await api.client.get("/webhooks")
+    assert response.status == 401
+    headers = migrated_schemas.keys.headers("invitations", "mailer")
+    response = await api.client.get("/webhooks", headers=headers)
+    assert response.status == 403

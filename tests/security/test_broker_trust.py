@@ -1,0 +1,349 @@
+"""Nobody on the broker is trusted for being there (issue 12): an internal event acts only
+when its owner's broker user sent it; the example integration may invite and read the
+invitation lifecycle, nothing else; a service may publish only what it owns."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+import orjson
+import pytest
+from aiormq.exceptions import ChannelAccessRefused, ChannelClosed, ChannelPreconditionFailed
+
+from libs.common import broker
+from libs.common.sealing import DEVELOPMENT_KEY, Sealer
+from tests.security.conftest import api, unique_email
+from tests.support.stack import Browser, Stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+Check = Callable[[Stack, dict[str, Any]], Awaitable[None]]
+
+
+def forged(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "type": event_type,
+        "version": 1,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "source": event_type.split(".")[0],  # claims to be the owner: the body proves nothing
+        "correlation_id": f"forged-{uuid.uuid4().hex}",
+        "data": data,
+    }
+
+
+async def publish_as(
+    url: str, stack: Stack, kind: str, event: dict[str, Any], **props: Any
+) -> None:
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(f"{stack.broker.bus_prefix}.{kind}", ensure=True)
+        await exchange.publish(
+            aio_pika.Message(
+                orjson.dumps(event),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=event["id"],
+                **props,
+            ),
+            routing_key=event["type"],
+            timeout=10,
+        )
+    finally:
+        await connection.close()
+
+
+async def dead_letter_ids(stack: Stack, service: str) -> set[str]:
+    """Message ids now in a service's dead-letter queue (read and put back)."""
+    connection = await aio_pika.connect(stack.broker.amqp_url)
+    ids: set[str] = set()
+    try:
+        channel = await connection.channel()
+        queue = await channel.get_queue(f"{stack.broker.bus_prefix}.{service}.dead")
+        while (message := await queue.get(fail=False)) is not None:
+            ids.add(message.message_id or "")
+        await channel.close()  # unacked: back in the queue for the next look
+    finally:
+        await connection.close()
+    return ids
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out: {what}"
+        await asyncio.sleep(0.1)
+
+
+async def new_portal(admin: Browser) -> str:
+    title = f"Trust {uuid.uuid4().hex[:6]}"
+    code, portal = await api(admin, "POST", "/api/v1/portals", {"title": title, "status": "active"})
+    assert code == 201, portal
+    return str(portal["id"])
+
+
+async def access_rows(stack: Stack, user_id: str) -> int:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM portals.access WHERE user_id = $1", uuid.UUID(user_id)
+            )
+        )
+    finally:
+        await conn.close()
+
+
+# Each internal event type a consumer acts on, forged by a program that is not its owner.
+FORGERIES: list[tuple[str, str, str]] = [
+    ("portals", "events", "invitation.accepted"),
+    ("portals", "events", "identity.user.disabled"),
+    ("invitations", "events", "portal.created"),
+    ("invitations", "events", "portal.updated"),
+    ("invitations", "events", "mail.sent"),
+    ("invitations", "events", "mail.failed"),
+    ("mailer", "mail", "mail.requested"),
+]
+
+
+def forged_data(event_type: str, portal_id: str, user_id: str, email: str) -> dict[str, Any]:
+    ref = str(uuid.uuid4())
+    return {
+        "invitation.accepted": {
+            "invitation_id": ref,
+            "portal_id": portal_id,
+            "email": email,
+            "user_id": user_id,
+        },
+        "identity.user.disabled": {"user_id": user_id},
+        "portal.created": {
+            "portal_id": str(uuid.uuid4()),
+            "slug": f"forged-{ref[:8]}",
+            "title": "Forged",
+            "status": "active",
+            "revision": 1,
+        },
+        "portal.updated": {
+            "portal_id": portal_id,
+            "slug": "forged",
+            "title": "Forged",
+            "status": "archived",
+            "revision": 999,
+        },
+        "mail.sent": {
+            "mail_id": ref,
+            "template": "invitation",
+            "ref_type": "invitation",
+            "ref_id": ref,
+        },
+        "mail.failed": {
+            "mail_id": ref,
+            "template": "invitation",
+            "ref_type": "invitation",
+            "ref_id": ref,
+            "reason": "bounced",
+            "attempts": 1,
+        },
+        "mail.requested": {
+            "mail_id": ref,
+            "template": "password_reset",
+            "to": email,
+            "ref_type": "password_reset",
+            "ref_id": ref,
+            # Even sealed with the (known) key: the sender is what gives it away.
+            "context": Sealer(DEVELOPMENT_KEY).seal(
+                {
+                    "reset_url": "https://phish.example/reset-password?token=gotcha",
+                    "expires_at": datetime.now(UTC).isoformat(),
+                    "site_name": "ClientPress",
+                }
+            ),
+        },
+    }[event_type]
+
+
+async def test_internal_events_from_anyone_but_their_owner_change_nothing(
+    stack: Stack, admin: Browser
+) -> None:
+    """Published by a broker administrator's connection (the most a stolen credential
+    gives): every forgery is dead-lettered, named in the log, and changes nothing."""
+    portal_id = await new_portal(admin)
+    victim = unique_email("victim")
+    code, user = await api(admin, "GET", "/api/v1/users?limit=1")
+    assert code == 200
+    events = {}
+    admin_user = broker.user_of(stack.broker.amqp_url)
+    admin_user_id = user["items"][0]["id"]
+    for service, kind, event_type in FORGERIES:
+        event = forged(event_type, forged_data(event_type, portal_id, admin_user_id, victim))
+        events[event["id"]] = (service, event_type)
+        # It may even name itself: RabbitMQ vouches for the name, which isn't the owner's.
+        await publish_as(stack.broker.amqp_url, stack, kind, event, user_id=admin_user)
+    for service in {s for s, _, _ in FORGERIES}:
+        expected = {i for i, (s, _) in events.items() if s == service}
+
+        async def all_dead(service: str = service, expected: set[str] = expected) -> bool:
+            return expected <= await dead_letter_ids(stack, service)
+
+        await eventually(all_dead, f"{service}'s forgeries in its dead-letter queue")
+    # No effect: no access granted to the admin, the portal still Active under its title,
+    # no phishing mail sent.
+    assert await access_rows(stack, admin_user_id) == 0
+    code, portal = await api(admin, "GET", f"/api/v1/portals/{portal_id}")
+    assert portal["status"] == "active" and portal["title"].startswith("Trust")
+    await asyncio.sleep(0.5)
+    assert not [m for m in stack.sink.messages if "phish.example" in m.as_string()]
+    for service in ("portals", "invitations", "mailer"):
+        log = Path(stack[service].log_path).read_text()
+        assert '"event_sender_refused"' in log and f'"sender": "{admin_user}"' in log, service
+
+
+async def test_a_forged_session_revocation_is_ignored_by_the_gateway(stack: Stack) -> None:
+    event = forged("identity.session.revoked", {"user_id": str(uuid.uuid4()), "reason": "logout"})
+    await publish_as(stack.broker.amqp_url, stack, "events", event)
+
+    async def refused() -> bool:
+        log = Path(stack["gateway"].log_path).read_text()
+        return any(
+            "event_sender_refused" in line and event["correlation_id"] in line
+            for line in log.splitlines()
+        )
+
+    await eventually(refused, "the gateway to refuse the forged revocation")
+
+
+async def test_a_body_claiming_another_type_than_its_routing_key_is_refused(stack: Stack) -> None:
+    """Identity may publish identity.*; a body saying invitation.accepted under its key is
+    still not an invitation acceptance."""
+    event = forged(
+        "invitation.accepted",
+        {
+            "invitation_id": str(uuid.uuid4()),
+            "portal_id": str(uuid.uuid4()),
+            "email": "x@example.com",
+            "user_id": str(uuid.uuid4()),
+        },
+    )
+    connection = await aio_pika.connect(stack.broker.amqp_url_as("identity"))
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(f"{stack.broker.bus_prefix}.events")
+        await exchange.publish(
+            aio_pika.Message(
+                orjson.dumps(event),
+                message_id=event["id"],
+                user_id=broker.broker_user(stack.broker.bus_prefix, "identity"),
+            ),
+            routing_key="identity.user.disabled",
+        )
+    finally:
+        await connection.close()
+
+    async def dead() -> bool:
+        return event["id"] in await dead_letter_ids(stack, "portals")
+
+    await eventually(dead, "the mismatched message in portals' dead-letter queue")
+
+
+async def ignore(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+    await message.reject()
+
+
+async def _refused(
+    action: Callable[[aio_pika.abc.AbstractChannel], Awaitable[object]], url: str
+) -> BaseException:
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        with pytest.raises(
+            (ChannelAccessRefused, ChannelPreconditionFailed, ChannelClosed)
+        ) as caught:
+            await action(channel)
+        return caught.value
+    finally:
+        await connection.close()
+
+
+async def test_a_service_may_publish_only_what_it_owns(stack: Stack) -> None:
+    prefix = stack.broker.bus_prefix
+    mailer_url = stack.broker.amqp_url_as("mailer")
+
+    async def publish(
+        channel: aio_pika.abc.AbstractChannel, kind: str, key: str, **props: Any
+    ) -> None:
+        exchange = await channel.get_exchange(f"{prefix}.{kind}")
+        await exchange.publish(aio_pika.Message(b"{}", **props), routing_key=key, timeout=10)
+
+    # The mailer may announce mail.sent, never an acceptance, a mail job or a disable.
+    for kind, key in (
+        ("events", "invitation.accepted"),
+        ("mail", "mail.requested"),
+        ("events", "identity.user.disabled"),
+    ):
+        await _refused(lambda ch, kind=kind, key=key: publish(ch, kind, key), mailer_url)
+    # Nor can it claim to be someone else: RabbitMQ checks user_id against the login.
+    claim = broker.broker_user(prefix, "invitations")
+    await _refused(lambda ch: publish(ch, "events", "mail.sent", user_id=claim), mailer_url)
+    # Only the mailer reads mail jobs: identity can't bind a queue to the mail exchange.
+    identity_url = stack.broker.amqp_url_as("identity")
+
+    async def bind_mail(channel: aio_pika.abc.AbstractChannel) -> None:
+        queue = await channel.declare_queue(f"{prefix}.identity.snoop", exclusive=True)
+        await queue.bind(f"{prefix}.mail", "mail.requested")
+
+    await _refused(bind_mail, identity_url)
+
+
+async def test_the_integration_may_invite_and_read_the_lifecycle_and_nothing_else(
+    stack: Stack,
+) -> None:
+    prefix = stack.broker.bus_prefix
+    url = stack.broker.integration_url
+
+    # Allowed: its own server-named queue bound to invitation.* (see test_events_inbound
+    # for the whole invite round trip as this user).
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(f"{prefix}.events", "invitation.*")
+        await queue.bind(f"{prefix}.events", "invitation.accepted")
+    finally:
+        await connection.close()
+
+    async def publish(channel: aio_pika.abc.AbstractChannel, key: str) -> None:
+        exchange = await channel.get_exchange(f"{prefix}.events")
+        await exchange.publish(aio_pika.Message(b"{}"), routing_key=key, timeout=10)
+
+    for key in ("invitation.accepted", "identity.user.disabled", "portal.updated", "mail.sent"):
+        await _refused(lambda ch, key=key: publish(ch, key), url)
+
+    async def bind(channel: aio_pika.abc.AbstractChannel, exchange: str, key: str) -> None:
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(f"{prefix}.{exchange}", key)
+
+    await _refused(lambda ch: bind(ch, "mail", "mail.requested"), url)  # the links
+    await _refused(lambda ch: bind(ch, "mail", "#"), url)
+    await _refused(lambda ch: bind(ch, "events", "#"), url)  # every internal fact
+    await _refused(lambda ch: bind(ch, "events", "identity.#"), url)
+    await _refused(lambda ch: bind(ch, "dlx", "mailer"), url)  # others' dead letters
+
+    async def consume(channel: aio_pika.abc.AbstractChannel, name: str) -> None:
+        queue = await channel.get_queue(name, ensure=True)
+        await queue.consume(ignore)
+
+    for name in (f"{prefix}.invitations", f"{prefix}.mailer", f"{prefix}.mailer.dead"):
+        await _refused(lambda ch, name=name: consume(ch, name), url)
+
+    async def squat(channel: aio_pika.abc.AbstractChannel) -> None:
+        await channel.declare_queue(f"{prefix}.portals.extra", durable=True)
+
+    await _refused(squat, url)

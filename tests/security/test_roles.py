@@ -1,0 +1,122 @@
+"""Roles on the real stack: an Administrator makes a client Staff on the Users screen;
+Staff work in the admin area (portals, invitations) but every Administrators-only page
+and API route refuses them; Disable and Enable; nobody changes or disables their own
+account from the screen."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from services.gateway.security import ADMIN_ONLY_API, ADMINISTRATOR_PAGES, API_SCOPES
+from tests.security.conftest import CLIENT_PASSWORD, api, cookie
+from tests.security.flows import Client, new_client
+from tests.security.test_api_keys import api_routes
+from tests.security.test_routes import concrete, route_table
+from tests.support.stack import ADMIN_EMAIL, Browser, Stack, login
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+async def _post(browser: Browser, path: str, **fields: str) -> tuple[int, str]:
+    data = {"csrf_token": cookie(browser, "cp_csrf") or "", **fields}
+    async with browser.session.post(browser.base + path, data=data) as response:
+        return response.status, await response.text()
+
+
+async def _user_id(admin: Browser, email: str) -> str:
+    status, page = await api(admin, "GET", f"/api/v1/users?q={email}")
+    assert status == 200, page
+    return str(next(u["id"] for u in page["items"] if u["email"] == email))
+
+
+async def _make_staff(admin: Browser, client: Client) -> str:
+    user_id = await _user_id(admin, client.email)
+    status, html = await _post(admin, f"/admin/users/{user_id}/role", role="staff")
+    assert status == 200 and f"The role of {client.email} was changed." in html, html[:500]
+    return user_id
+
+
+async def test_staff_get_the_admin_area_but_no_administrator_page_or_route(
+    stack: Stack, admin: Browser
+) -> None:
+    client = await new_client(stack, admin)
+    try:
+        await _make_staff(admin, client)
+        staff = client.browser
+        # At once, on this very session: the gateway forgot the cached role.
+        code, url, html = await staff.get("/admin/portals")
+        assert code == 200 and url.endswith("/admin/portals"), (code, url)
+        assert 'href="/admin/invitations"' in html
+        assert 'href="/admin/settings"' not in html and 'href="/admin/users"' not in html
+        assert 'href="/admin/activity"' not in html
+        code, _, _ = await staff.get("/admin/invitations")
+        assert code == 200
+        wrong: list[Any] = []
+        token = cookie(staff, "cp_csrf")
+        for method, pattern in route_table():
+            if not pattern.startswith(ADMINISTRATOR_PAGES):
+                continue
+            path = concrete(pattern)
+            if method == "GET":
+                code, _, _ = await staff.get(path)
+            else:
+                async with staff.session.request(
+                    method, staff.base + path, data={"csrf_token": token or ""}
+                ) as response:
+                    code = response.status
+            if code != 403:
+                wrong.append((method, pattern, code))
+        for method, pattern in api_routes():
+            status, body = await api(
+                staff, method, concrete(pattern), {} if method != "GET" else None
+            )
+            refused = status in (401, 403)
+            if refused != ((method, pattern) in ADMIN_ONLY_API):
+                wrong.append((method, pattern, status, body))
+        assert not wrong, wrong
+        assert set(API_SCOPES) | set(ADMIN_ONLY_API) == set(api_routes())
+    finally:
+        await client.browser.close()
+
+
+async def test_staff_log_in_to_the_admin_area(stack: Stack, admin: Browser) -> None:
+    client = await new_client(stack, admin)
+    await client.browser.close()
+    await _make_staff(admin, client)
+    staff = await login(stack, client.email, CLIENT_PASSWORD)
+    try:
+        assert staff.last_url.endswith("/admin/portals"), staff.last_url
+    finally:
+        await staff.close()
+
+
+async def test_disable_and_enable_on_the_users_screen(stack: Stack, admin: Browser) -> None:
+    client = await new_client(stack, admin)
+    user_id = await _user_id(admin, client.email)
+    status, html = await _post(admin, f"/admin/users/{user_id}/disable")
+    assert status == 200 and f"User {client.email} disabled." in html
+    assert re.search(rf'action="/admin/users/{user_id}/enable"', html)
+    code, url, _ = await client.browser.get(f"/client-portal/{client.portal['slug']}/")
+    assert "/login" in url  # logged out at once
+    await client.browser.close()
+    status, html = await _post(admin, f"/admin/users/{user_id}/enable")
+    assert status == 200 and f"User {client.email} enabled" in html
+    back = await login(stack, client.email, CLIENT_PASSWORD)
+    await back.close()
+
+
+async def test_an_administrator_cant_demote_or_disable_themselves(
+    stack: Stack, admin: Browser
+) -> None:
+    me = await _user_id(admin, ADMIN_EMAIL.lower())
+    status, html = await _post(admin, f"/admin/users/{me}/role", role="client")
+    assert status == 422 and "You can&#39;t change the role of your own account." in html
+    status, html = await _post(admin, f"/admin/users/{me}/disable")
+    assert status == 422 and "You can&#39;t disable your own account." in html
+    status, html = await _post(admin, f"/admin/users/{me}/role", role="owner")
+    assert status == 422 and "Choose a role" in html
+    code, _, _ = await admin.get("/admin/settings")
+    assert code == 200  # still an administrator

@@ -1,0 +1,104 @@
+"""Staff invitations on the real stack: a Client who already has an account logs in to
+accept and becomes Staff; an Administrator invited as Staff keeps their role; the events
+are invitation.staff.* (invitation.accepted, which portals grants from, never carries a
+staff invitation), and no link travels in a public event."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+
+from tests.security.conftest import (
+    CLIENT_PASSWORD,
+    PublicEvents,
+    Secrets,
+    api,
+    unique_email,
+)
+from tests.security.flows import new_client
+from tests.support.smtp import accept_link
+from tests.support.stack import ADMIN_EMAIL, Browser, Stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+async def _staff_link(stack: Stack, admin: Browser, email: str, role: str, count: int = 1) -> str:
+    status, body = await api(
+        admin, "POST", "/api/v1/staff-invitations", {"email": email, "role": role}
+    )
+    assert status == 201, body
+    messages = await stack.sink.wait_for(email, count)
+    return accept_link(messages[-1])
+
+
+async def _role(admin: Browser, email: str) -> str:
+    status, page = await api(admin, "GET", f"/api/v1/users?q={email}")
+    assert status == 200, page
+    return str(next(u["role"] for u in page["items"] if u["email"] == email))
+
+
+def _events(public_events: PublicEvents, email: str) -> list[tuple[str, dict[str, object]]]:
+    found = []
+    for key, body in public_events.bodies:
+        envelope = orjson.loads(body)
+        if envelope["data"].get("email") == email:
+            found.append((key, envelope["data"]))
+    return found
+
+
+async def test_a_client_logs_in_to_accept_and_becomes_staff(
+    stack: Stack, admin: Browser, public_events: PublicEvents, secrets_seen: Secrets
+) -> None:
+    client = await new_client(stack, admin)
+    await client.browser.close()
+    link = await _staff_link(stack, admin, client.email, "staff", count=2)
+    secrets_seen.add(link.split("token=", 1)[1])
+    subject = str((await stack.sink.wait_for(client.email, 2))[-1]["Subject"])
+    assert subject.startswith(f"{ADMIN_EMAIL} has invited you to join ")
+    assert subject.endswith(" as Staff")
+
+    browser = Browser(stack.public_url)
+    try:
+        code, url, html = await browser.get(link)
+        assert code == 200 and "log in to accept" in html, html[:500]
+        code, url, html = await browser.submit(url, html, "Log In", {"Password": CLIENT_PASSWORD})
+        assert code == 200 and url.endswith("/admin/portals"), (code, url, html[:500])
+        assert "Invitation accepted: you are Staff now." in html
+        # The new role holds on this very session: Invitations yes, Users no.
+        assert (await browser.get("/admin/invitations"))[0] == 200
+        assert (await browser.get("/admin/users"))[0] == 403
+        # The link is spent.
+        code, _, html = await browser.get(link)
+        assert code == 409 and "already been used" in html
+    finally:
+        await browser.close()
+    assert await _role(admin, client.email) == "staff"
+
+    # The relay publishes after commit: wait (bounded) until the accept reached the bus.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if "invitation.staff.accepted" in [k for k, _ in _events(public_events, client.email)]:
+            break
+        await asyncio.sleep(0.1)
+    types = [key for key, _ in _events(public_events, client.email)]
+    assert "invitation.staff.created" in types and "invitation.staff.accepted" in types
+    # invitation.accepted only for the portal invitation it accepted first, with its portal.
+    accepted = [d for k, d in _events(public_events, client.email) if k == "invitation.accepted"]
+    assert [d["portal_id"] for d in accepted] == [client.portal["id"]]
+
+
+async def test_an_administrator_can_not_be_invited_down_to_staff(admin: Browser) -> None:
+    status, body = await api(
+        admin, "POST", "/api/v1/staff-invitations", {"email": ADMIN_EMAIL, "role": "staff"}
+    )
+    assert status == 409 and body["error"]["code"] == "already_on_team"
+    assert body["error"]["message"] == (
+        f"{ADMIN_EMAIL} already has an Administrator account; no invitation is needed."
+    )
+    status, body = await api(
+        admin, "POST", "/api/v1/staff-invitations", {"email": unique_email(), "role": "owner"}
+    )
+    assert status == 422

@@ -32,25 +32,26 @@ pytestmark = pytest.mark.integration
 Client = TestClient[web.Request, web.Application]
 T = TypeVar("T")
 
-Publish = Callable[..., Awaitable[str]]
-
-
-@pytest.fixture
-async def publish(migrated_schemas: TestEnv) -> AsyncIterator[Publish]:
+class Publish:
     """Publishes as the owner of each event type (invitation.requested: as invitations,
-    which may send it like any integration)."""
-    owners = OwnersBus(migrated_schemas)
-    await owners.connect()
+    which may send it like any integration), and remembers what it sent so a test can
+    wait until the consumer has applied all of it (it handles messages concurrently, so
+    one event applied says nothing of those published before it)."""
 
-    async def send(
-        event_type: str, data: EventData | None = None, *, raw: bytes | None = None
+    def __init__(self, owners: OwnersBus) -> None:
+        self.owners = owners
+        self.sent: list[uuid.UUID] = []
+
+    async def __call__(
+        self, event_type: str, data: EventData | None = None, *, raw: bytes | None = None
     ) -> str:
         correlation_id = uuid.uuid4().hex
         if raw is None:
             assert data is not None
-            body = make_event(event_type, data, source="test", correlation_id=correlation_id)
-            raw = body.to_json()
-        await owners.publish(
+            envelope = make_event(event_type, data, source="test", correlation_id=correlation_id)
+            self.sent.append(envelope.id)
+            raw = envelope.to_json()
+        await self.owners.publish(
             "events",
             event_type,
             raw,
@@ -60,7 +61,23 @@ async def publish(migrated_schemas: TestEnv) -> AsyncIterator[Publish]:
         )
         return correlation_id
 
-    yield send
+    async def settled(self, pool: asyncpg.Pool) -> None:
+        """Every event sent so far has been applied (its inbox row committed)."""
+
+        async def all_applied() -> bool:
+            count = await pool.fetchval(
+                "SELECT count(*) FROM inbox WHERE event_id = ANY($1::uuid[])", self.sent
+            )
+            return bool(count == len(self.sent))
+
+        await eventually(all_applied)
+
+
+@pytest.fixture
+async def publish(migrated_schemas: TestEnv) -> AsyncIterator[Publish]:
+    owners = OwnersBus(migrated_schemas)
+    await owners.connect()
+    yield Publish(owners)
     await owners.close()
 
 
@@ -102,9 +119,7 @@ async def test_portal_events_keep_the_replica_newest_first(
 
     row = await eventually(at_revision_3)
     assert row["status"] == "archived" and row["title"] == "Title r3"
-    marker = uuid.uuid4()  # processed after the stale revision 2
-    await publish("portal.created", portal_changed(marker, 1))
-    await eventually(lambda: pool.fetchval("SELECT true FROM portals WHERE portal_id = $1", marker))
+    await publish.settled(pool)  # the stale revision 2 too
     assert await pool.fetchval("SELECT revision FROM portals WHERE portal_id = $1", portal_id) == 3
 
 
@@ -219,9 +234,7 @@ async def test_a_retrying_send_shows_its_next_try_until_it_is_sent(
     )
     # A retry announced late never undoes the outcome.
     await publish("mail.retrying", retrying(inv_id, mail_id, 4, later + timedelta(hours=1)))
-    marker = uuid.uuid4()  # processed after the late announcement
-    await publish("portal.created", portal_changed(marker, 1))
-    await eventually(lambda: pool.fetchval("SELECT true FROM portals WHERE portal_id = $1", marker))
+    await publish.settled(pool)  # the late announcement too
     body = await (await client.get(f"/invitations/{inv_id}")).json()
     assert body["delivery"] == "sent"
     assert body["delivery_next_attempt_at"] is None and body["delivery_error"] is None

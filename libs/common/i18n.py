@@ -1,9 +1,10 @@
 """Languages: the shipped locales, message catalogues and the choice of a reader's language.
 
 Each service keeps its catalogues as gettext `.po` files under
-`<package>/locale/<lang>/LC_MESSAGES/messages.po` (English is the source language: its
-strings are the msgids, so it needs no catalogue). The `.po` files are compiled in memory
-when a service starts, so there is no build step and no `.mo` file to forget.
+`<package>/locale/<lang>/LC_MESSAGES/*.po`, merged into one catalogue per language. English
+is the source language: its strings are the msgids, so it needs no catalogue. The `.po`
+files are compiled in memory when a service starts, so there is no build step and no `.mo`
+file to forget.
 """
 
 from __future__ import annotations
@@ -65,12 +66,20 @@ class Catalogues:
 
     @cache  # noqa: B019 - one instance per service for the process's life
     def get(self, language: str) -> NullTranslations:
-        path = self.locale_dir / language / "LC_MESSAGES" / "messages.po"
-        if language == DEFAULT_LANGUAGE or not path.exists():
-            return NullTranslations()
-        with path.open("rb") as fp:
-            catalog = read_po(fp, locale=language)
-        buffer = io.BytesIO()
-        write_mo(buffer, catalog)
-        buffer.seek(0)
-        return Translations(fp=buffer)
+        """Every ``.po`` file of the language's ``LC_MESSAGES`` merged into one catalogue
+        (a service may split its messages, e.g. public pages and staff screens)."""
+        folder = self.locale_dir / language / "LC_MESSAGES"
+        paths = sorted(folder.glob("*.po")) if language != DEFAULT_LANGUAGE else []
+        merged: Translations | None = None
+        for path in paths:
+            with path.open("rb") as fp:
+                catalog = read_po(fp, locale=language)
+            buffer = io.BytesIO()
+            write_mo(buffer, catalog)
+            buffer.seek(0)
+            translations = Translations(fp=buffer)
+            if merged is None:
+                merged = translations
+            else:
+                merged.merge(translations)
+        return merged if merged is not None else NullTranslations()

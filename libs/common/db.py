@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
@@ -209,19 +207,3 @@ async def ensure_database(url: str) -> None:
             await conn.close()
         return
     await conn.close()
-
-
-def pool_context(
-    url: str, schema: str, *, max_size: int = 10
-) -> Callable[[], AbstractAsyncContextManager[asyncpg.Pool]]:
-    from contextlib import asynccontextmanager
-
-    @asynccontextmanager
-    async def ctx() -> AsyncIterator[asyncpg.Pool]:
-        pool = await create_pool(url, schema, max_size=max_size)
-        try:
-            yield pool
-        finally:
-            await pool.close()
-
-    return ctx

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import secrets
 import uuid
@@ -12,9 +11,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from email_validator import EmailNotValidError, validate_email
-
+from libs.common.email import email_key
 from libs.common.errors import InvalidInput
+from libs.common.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 
 Role = Literal["administrator", "staff", "client"]
 ROLES: tuple[Role, ...] = ("administrator", "staff", "client")
@@ -26,33 +25,12 @@ API_KEY_PREFIX = "cpk_"
 # last_used_at is written at most this often per key: not a write per API call.
 KEY_TOUCH_INTERVAL = timedelta(seconds=60)
 
-MIN_PASSWORD_LENGTH = 12
-MAX_PASSWORD_LENGTH = 1024
-MAX_EMAIL_LENGTH = 320
 RESET_LIFETIME = timedelta(hours=1)
 # Writing last_seen_at on every request would turn each page view into a write; a
 # minute of slack on a two-hour idle limit is harmless.
 TOUCH_INTERVAL = timedelta(seconds=60)
 
 COMMON_PASSWORDS_FILE = Path(__file__).parent / "common_passwords.txt"
-
-
-def normalise_email(raw: str) -> str:
-    """One plain address, stripped, domain lower-cased (comparisons are case-insensitive
-    anyway). Refuses line breaks, lists and display names."""
-    value = raw.strip()
-    if not value or len(value) > MAX_EMAIL_LENGTH:
-        raise InvalidInput("Enter a valid email address.", code="invalid_email")
-    if any(c in value for c in '\r\n,;<>"') or any(c.isspace() for c in value):
-        raise InvalidInput(
-            "Enter a single email address, without a name or spaces.", code="invalid_email"
-        )
-    try:
-        result = validate_email(value, check_deliverability=False, allow_display_name=False)
-    except EmailNotValidError as exc:
-        raise InvalidInput(f"Enter a valid email address ({exc}).", code="invalid_email") from None
-    local, _, domain = result.normalized.rpartition("@")
-    return f"{local}@{domain.lower()}"
 
 
 @cache
@@ -71,7 +49,7 @@ def password_problem(password: str, email: str | None) -> str | None:
         return f"The password must be at most {MAX_PASSWORD_LENGTH} characters long."
     lowered = password.lower()
     if email is not None:
-        address = email.strip().lower()
+        address = email_key(email.strip())
         if lowered in {address, address.partition("@")[0]}:
             return "The password must not be your email address."
     if lowered in common_passwords():
@@ -120,20 +98,6 @@ class SessionPolicy:
     @staticmethod
     def needs_touch(last_seen_at: datetime, now: datetime) -> bool:
         return now - last_seen_at >= TOUCH_INTERVAL
-
-
-def encode_cursor(created_at: datetime, user_id: uuid.UUID) -> str:
-    raw = f"{created_at.isoformat()}|{user_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, _, ident = raw.partition("|")
-        return datetime.fromisoformat(stamp), uuid.UUID(ident)
-    except ValueError:
-        raise InvalidInput("The cursor is not valid.", code="invalid_cursor") from None
 
 
 # --- integration keys -------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from libs.common.db import Conn
+from libs.common.email import email_key
 
 from .domain import Role, User
 
@@ -69,7 +70,7 @@ async def find_user_by_email(conn: Conn, email: str) -> User | None:
 async def find_users_by_emails(conn: Conn, emails: list[str]) -> list[User]:
     rows = await conn.fetch(
         f"SELECT {_USER_COLUMNS} FROM users WHERE lower(email) = ANY($1::text[])",
-        [e.lower() for e in emails],
+        [email_key(e) for e in emails],
     )
     return [_user(row) for row in rows]
 

@@ -12,8 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 from urllib.parse import urlsplit
 
-from email_validator import EmailNotValidError, validate_email
-
 from libs.common.errors import Conflict, Gone, InvalidInput, RateLimited
 
 Clock = Callable[[], datetime]
@@ -243,26 +241,6 @@ def new_token() -> tuple[str, str]:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-# --- email ----------------------------------------------------------------------------
-def normalise_email(raw: str) -> str:
-    """One plain address: trimmed, domain lower-cased. No display names, lists or CR/LF."""
-    value = raw.strip()
-    invalid = InvalidInput(
-        "Enter a single valid email address, like name@example.com.", code="invalid_email"
-    )
-    if not value or len(value) > 320 or any(c in value for c in "\r\n,;<>\t "):
-        raise invalid
-    try:
-        result = validate_email(value, check_deliverability=False, allow_display_name=False)
-    except EmailNotValidError:
-        raise invalid from None
-    return str(result.normalized)
-
-
-def email_key(email: str) -> str:
-    return email.lower()
 
 
 # --- the invitee's name -----------------------------------------------------------------

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from email_validator import EmailNotValidError, validate_email
+from libs.common.email import InvalidEmail, normalise_email
 
 # A mail server may be away for a long while (a provider's outage, a full queue): retries
 # back off to at most an hour apart and stop two days after the job was queued.
@@ -75,18 +75,11 @@ class Delivery:
 
 
 def normalise_address(raw: str) -> str:
-    """One plain address (no display name, no list, no CR/LF), domain lower-cased."""
-    if any(c in raw for c in "\r\n\x00"):
-        raise InvalidAddress("the address contains a line break")
-    candidate = raw.strip()
-    if not candidate or any(c in candidate for c in ',;<>"') or " " in candidate:
-        raise InvalidAddress("the address must be one plain email address")
+    """One plain address (libs/common/email.py), or InvalidAddress saying why not."""
     try:
-        result = validate_email(candidate, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise InvalidAddress(str(exc)) from None
-    local, _, domain = result.normalized.rpartition("@")
-    return f"{local}@{domain.lower()}"
+        return normalise_email(raw)
+    except InvalidEmail as exc:
+        raise InvalidAddress(exc.reason) from None
 
 
 @dataclass(frozen=True)

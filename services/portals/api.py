@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from libs.common.cursor import decode_cursor, encode_cursor
 from libs.common.errors import InvalidInput, NotFound
 from libs.common.service_auth import SERVICES
 from libs.common.web import POOL, json_response, parse_query, read_json
@@ -28,8 +29,6 @@ from .domain import (
     Portal,
     Role,
     Status,
-    decode_cursor,
-    encode_cursor,
 )
 
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX)]

@@ -3,8 +3,6 @@ and list cursors. Pure: no I/O."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import unicodedata
 import uuid
@@ -13,10 +11,7 @@ from datetime import datetime
 from typing import Literal
 
 import nh3
-import orjson
 from markdown_it import MarkdownIt
-
-from libs.common.errors import InvalidInput
 
 Status = Literal["active", "pending", "archived"]
 Role = Literal["client", "sub_client"]
@@ -127,18 +122,3 @@ def role_for_invitation(sub_client: bool | None) -> Role | None:
     if sub_client is None:
         return None
     return "sub_client" if sub_client else "client"
-
-
-# --- list cursors ---------------------------------------------------------------------
-def encode_cursor(created_at: datetime, portal_id: uuid.UUID) -> str:
-    raw = orjson.dumps([created_at.isoformat(), str(portal_id)])
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, portal_id = orjson.loads(raw)
-        return datetime.fromisoformat(created), uuid.UUID(portal_id)
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
-        raise InvalidInput("The cursor is not valid.", code="invalid_cursor") from None

@@ -4,7 +4,9 @@ change. Access changes to a portal lock its row first, so they apply one at a ti
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -43,8 +45,17 @@ def _slug_taken(slug: str) -> Conflict:
     return Conflict(f"The slug '{slug}' is already used by another portal.", code="slug_taken")
 
 
-def _is_slug_clash(exc: asyncpg.UniqueViolationError) -> bool:
-    return exc.constraint_name == _SLUG_CONSTRAINT
+async def _unless_slug_taken(conn: Conn, write: Callable[[], Awaitable[None]]) -> bool:
+    """One write in a savepoint: False when another portal holds the slug (the caller's
+    transaction goes on); any other unique violation is raised."""
+    try:
+        async with conn.transaction():
+            await write()
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != _SLUG_CONSTRAINT:
+            raise
+        return False
+    return True
 
 
 async def _announce(conn: Conn, event_type: str, portal: Portal) -> None:
@@ -85,26 +96,21 @@ async def create_portal(
     conn: Conn, *, title: str, slug: str | None, content: str, status: Status
 ) -> Portal:
     portal_id = uuid.uuid4()
-    html = render_content(content)
+    insert = partial(
+        repo.insert,
+        conn,
+        portal_id=portal_id,
+        title=title,
+        content=content,
+        content_html=render_content(content),
+        status=status,
+    )
     async with conn.transaction():
         if slug is not None:
-            try:
-                async with conn.transaction():
-                    await repo.insert(
-                        conn,
-                        portal_id=portal_id,
-                        title=title,
-                        slug=slug,
-                        content=content,
-                        content_html=html,
-                        status=status,
-                    )
-            except asyncpg.UniqueViolationError as exc:
-                if _is_slug_clash(exc):
-                    raise _slug_taken(slug) from None
-                raise
+            if not await _unless_slug_taken(conn, partial(insert, slug=slug)):
+                raise _slug_taken(slug)
         else:
-            await _insert_with_generated_slug(conn, portal_id, title, content, html, status)
+            await _insert_with_generated_slug(conn, insert, slugify(title))
         portal = await _load(conn, portal_id)
         await _announce(conn, "portal.created", portal)
     log.info("portal_created", portal_id=str(portal.id), slug=portal.slug)
@@ -112,11 +118,10 @@ async def create_portal(
 
 
 async def _insert_with_generated_slug(
-    conn: Conn, portal_id: uuid.UUID, title: str, content: str, html: str, status: Status
+    conn: Conn, insert: Callable[..., Awaitable[None]], base: str
 ) -> None:
     """base, base-2, base-3…; a concurrent create may take the same choice first, so a
     clash just moves on to the next free one."""
-    base = slugify(title)
     start = 1
     for _ in range(_SLUG_ATTEMPTS):
         candidates = [slug_candidate(base, n) for n in range(start, start + _SLUG_BATCH)]
@@ -124,21 +129,8 @@ async def _insert_with_generated_slug(
         if slug is None:
             start += _SLUG_BATCH
             continue
-        try:
-            async with conn.transaction():
-                await repo.insert(
-                    conn,
-                    portal_id=portal_id,
-                    title=title,
-                    slug=slug,
-                    content=content,
-                    content_html=html,
-                    status=status,
-                )
+        if await _unless_slug_taken(conn, partial(insert, slug=slug)):
             return
-        except asyncpg.UniqueViolationError as exc:
-            if not _is_slug_clash(exc):
-                raise
     raise Conflict("Could not find a free slug; please choose one.", code="slug_taken")
 
 
@@ -154,13 +146,8 @@ async def update_portal(conn: Conn, portal_id: uuid.UUID, changes: dict[str, Any
             return current
         if "content" in diff:
             diff["content_html"] = render_content(diff["content"])
-        try:
-            async with conn.transaction():
-                await repo.update(conn, portal_id, diff)
-        except asyncpg.UniqueViolationError as exc:
-            if _is_slug_clash(exc):
-                raise _slug_taken(str(diff["slug"])) from None
-            raise
+        if not await _unless_slug_taken(conn, partial(repo.update, conn, portal_id, diff)):
+            raise _slug_taken(str(diff["slug"]))
         portal = await _load(conn, portal_id)
         await _announce(conn, "portal.updated", portal)
     log.info("portal_updated", portal_id=str(portal_id), fields=sorted(changes))

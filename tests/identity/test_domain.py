@@ -1,8 +1,8 @@
-"""Pure identity rules: email normalisation, password policy, session expiry, cursors."""
+"""Pure identity rules: password policy, session expiry, tokens (the email rule and the
+cursor are libs/common's: tests/common)."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,47 +13,10 @@ from services.identity.domain import (
     SessionPolicy,
     check_password,
     common_passwords,
-    decode_cursor,
-    encode_cursor,
     hash_token,
     new_token,
-    normalise_email,
     password_problem,
 )
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("  Alice@Example.COM ", "Alice@example.com"),
-        ("bob@example.org", "bob@example.org"),
-        ("c.d+tag@Sub.Example.Net\t", "c.d+tag@sub.example.net"),
-    ],
-)
-def test_email_is_stripped_and_domain_lower_cased(raw: str, expected: str) -> None:
-    assert normalise_email(raw) == expected
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        "",
-        "   ",
-        "not-an-email",
-        "a@b.com\r\nBcc: victim@example.com",
-        "a@b.com\nx",
-        "a@example.com, b@example.com",
-        "a@example.com;b@example.com",
-        "Alice <alice@example.com>",
-        '"Alice" alice@example.com',
-        "two words@example.com",
-        "x" * 320 + "@example.com",
-    ],
-)
-def test_bad_emails_are_refused(raw: str) -> None:
-    with pytest.raises(InvalidInput) as info:
-        normalise_email(raw)
-    assert info.value.code == "invalid_email"
 
 
 def test_common_list_is_substantial_and_lower_case() -> None:
@@ -111,11 +74,3 @@ def test_session_idle_and_absolute_expiry() -> None:
     assert policy.idle_expires_at(last_seen_at=late, expires_at=expires) == expires
     assert not policy.needs_touch(start, start + timedelta(seconds=59))
     assert policy.needs_touch(start, start + timedelta(seconds=60))
-
-
-def test_cursor_round_trip_and_garbage() -> None:
-    stamp, ident = datetime(2026, 1, 1, tzinfo=UTC), uuid.uuid4()
-    assert decode_cursor(encode_cursor(stamp, ident)) == (stamp, ident)
-    with pytest.raises(InvalidInput) as info:
-        decode_cursor("!!not-a-cursor")
-    assert info.value.code == "invalid_cursor"

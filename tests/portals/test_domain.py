@@ -1,18 +1,13 @@
-"""Pure portal rules: slugs, content sanitising, role resolution, cursors."""
+"""Pure portal rules: slugs, content sanitising, role resolution."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
 from html.parser import HTMLParser
 
 import pytest
 
-from libs.common.errors import InvalidInput
 from services.portals.domain import (
     SLUG_MAX,
-    decode_cursor,
-    encode_cursor,
     first_free_slug,
     is_valid_slug,
     render_content,
@@ -167,16 +162,3 @@ def test_role_for_invitation() -> None:
     assert role_for_invitation(True) == "sub_client"
     assert role_for_invitation(False) == "client"
     assert role_for_invitation(None) is None
-
-
-def test_cursor_round_trip() -> None:
-    when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-    pid = uuid.uuid4()
-    assert decode_cursor(encode_cursor(when, pid)) == (when, pid)
-
-
-@pytest.mark.parametrize("cursor", ["", "!!!", "bm90IGpzb24", "WzFd", "éé"])
-def test_bad_cursor_is_invalid_input(cursor: str) -> None:
-    with pytest.raises(InvalidInput) as err:
-        decode_cursor(cursor)
-    assert err.value.code == "invalid_cursor"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
+from libs.common.email import normalise_email
 from libs.common.errors import Gone, InvalidInput, NotFound
 from libs.common.events import MailRequested, make_event
 from libs.common.logging import get_logger
 from libs.common.outbox import append
 
 from .. import repository as repo
-from ..domain import RESET_LIFETIME, check_password, hash_token, new_token, normalise_email
+from ..domain import RESET_LIFETIME, check_password, hash_token, new_token
 from .base import SOURCE, Deps, announce_revoked
 
 log = get_logger(__name__)

@@ -8,13 +8,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from libs.common.email import normalise_email
 from libs.common.errors import Conflict, InvalidInput, Unauthorized
 from libs.common.events import SettingsChanged, make_event
 from libs.common.logging import get_logger
 from libs.common.outbox import append
 
 from .. import repository as repo
-from ..domain import User, hash_token, new_token, normalise_email
+from ..domain import User, hash_token, new_token
 from ..passwords import HashingBusy
 from .base import SOURCE, Deps, announce_revoked
 from .users import get_user

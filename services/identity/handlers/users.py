@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+from libs.common.cursor import decode_cursor, encode_cursor
 from libs.common.db import Conn
+from libs.common.email import normalise_email
 from libs.common.errors import Conflict, InvalidInput
 from libs.common.events import UserDisabled, UserEnabled, UserRoleChanged, make_event
 from libs.common.logging import get_logger
@@ -19,10 +21,7 @@ from ..domain import (
     Role,
     User,
     check_password,
-    decode_cursor,
-    encode_cursor,
     hash_token,
-    normalise_email,
     password_problem,
 )
 from .base import SOURCE, Deps, announce_created, announce_revoked, no_user

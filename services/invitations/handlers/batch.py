@@ -14,6 +14,7 @@ from typing import Literal
 import asyncpg
 
 from libs.common.db import Conn
+from libs.common.email import email_key, normalise_email
 from libs.common.errors import DomainError, Unavailable
 
 from .. import domain
@@ -87,13 +88,13 @@ async def invite_batch(
     seen: dict[str, int] = {}
     for row in rows:
         try:
-            email = domain.normalise_email(row.email)
+            email = normalise_email(row.email)
             message = domain.clean_personal_message(row.personal_message)
             name = domain.clean_name(row.name)
         except DomainError as error:
             results[row.row] = _rejected(row, error)
             continue
-        email_lower = domain.email_key(email)
+        email_lower = email_key(email)
         if row.key is not None and row.key in replays:
             results[row.row] = _replayed(row, replays[row.key], portal.portal_id, email_lower)
             continue

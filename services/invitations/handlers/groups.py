@@ -15,6 +15,7 @@ from typing import Literal, NoReturn
 import asyncpg
 
 from libs.common.db import Conn, Db
+from libs.common.email import email_key, normalise_email
 from libs.common.errors import Conflict, NotFound
 from libs.common.events import InvitationCreated
 
@@ -77,7 +78,7 @@ async def replay(conn: Db, command: GroupCommand) -> Group | None:
         if await repo.single_key_taken(conn, key):
             raise key_reused()
         return None
-    email_lower = domain.email_key(domain.normalise_email(command.email))
+    email_lower = email_key(normalise_email(command.email))
     if found["email_lower"] != email_lower or set(found["portal_ids"]) != set(command.portal_ids):
         raise key_reused()
     return Group(found["id"], await repo.group_members(conn, found["id"]), "duplicate")
@@ -86,7 +87,7 @@ async def replay(conn: Db, command: GroupCommand) -> Group | None:
 async def check_group(pool: Db, deps: Deps, command: GroupCommand) -> _Checked:
     """Every rule that needs the replica or another service; nothing is written. Each
     refusal names the portal it is about."""
-    email = domain.normalise_email(command.email)
+    email = normalise_email(command.email)
     domain.check_portal_ids(command.portal_ids)
     if command.expires_in_days is not None:
         domain.check_link_expiry(command.expires_in_days)
@@ -148,7 +149,7 @@ async def record_group(conn: Conn, deps: Deps, checked: _Checked) -> Group:
     one mail job, in the caller's transaction."""
     command = checked.command
     key = command.idempotency_key
-    email_lower = domain.email_key(checked.email)
+    email_lower = email_key(checked.email)
     portal_ids = [p.portal_id for p in checked.portals]
     group_id = uuid.uuid4()
     if not await repo.insert_group(conn, group_id, email_lower, portal_ids, key):

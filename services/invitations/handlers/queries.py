@@ -7,6 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
+from libs.common.email import email_key, normalise_email
 from libs.common.errors import NotFound
 from libs.common.events import SettingsChanged
 
@@ -62,7 +63,7 @@ async def status_counts(
 
 def _email_filter(email: str | None) -> str | None:
     """The key the unique index uses: the normalised address, lower-cased."""
-    return domain.email_key(domain.normalise_email(email)) if email else None
+    return email_key(normalise_email(email)) if email else None
 
 
 async def get_expiry_days(pool: asyncpg.Pool) -> int:

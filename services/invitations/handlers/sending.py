@@ -12,6 +12,7 @@ from typing import Literal
 import asyncpg
 
 from libs.common.db import Conn, Db
+from libs.common.email import email_key, normalise_email
 from libs.common.errors import Conflict, NotFound, Unavailable
 from libs.common.events import (
     EventData,
@@ -67,7 +68,7 @@ async def _refresh_portal(conn: Db, deps: Deps, portal: PortalInfo) -> PortalInf
 async def check_invite(conn: Db, deps: Deps, command: InviteCommand) -> CheckedInvite:
     """The rules that need the replica or other services; no invitation is written. Given
     the pool, it holds no connection while it waits on identity or portals."""
-    email = domain.normalise_email(command.email)
+    email = normalise_email(command.email)
     if command.expires_in_days is not None:
         domain.check_link_expiry(command.expires_in_days)
     message = domain.clean_personal_message(command.personal_message)
@@ -93,7 +94,7 @@ async def record_invite(
     the key up a moment ago, so the first round needn't."""
     command, portal = checked.command, checked.portal
     key = command.idempotency_key
-    email_lower = domain.email_key(checked.email)
+    email_lower = email_key(checked.email)
     if key is not None:
         await check_key_not_a_group(conn, key)
     for attempt in range(5):
@@ -159,7 +160,7 @@ def prepare_first(deps: Deps, checked: CheckedInvite, now: datetime, days: int) 
     row = repo.NewInvitation(
         invitation_id=invitation_id,
         email=checked.email,
-        email_lower=domain.email_key(checked.email),
+        email_lower=email_key(checked.email),
         portal_id=portal.portal_id,
         token_hash=token_hash,
         sent_at=now,

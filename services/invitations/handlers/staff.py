@@ -11,6 +11,7 @@ import uuid
 import asyncpg
 
 from libs.common.db import Conn
+from libs.common.email import email_key, normalise_email
 from libs.common.errors import Conflict
 
 from .. import domain
@@ -28,7 +29,7 @@ async def invite_staff(
     """Create the staff invitation, or resend the pending one. Someone who already is at
     least the invited role is refused (409 already_on_team); a Client is invited like a
     stranger, and logs in to accept."""
-    address = domain.normalise_email(email)
+    address = normalise_email(email)
     domain.check_staff_role(role)
     # Asked before the transaction: no connection is held while identity answers.
     user = await deps.directory.find_user(address)
@@ -43,7 +44,7 @@ async def invite_staff(
 async def _record(
     conn: Conn, deps: Deps, email: str, role: str, invited_by: str | None
 ) -> tuple[Row, Outcome]:
-    email_lower = domain.email_key(email)
+    email_lower = email_key(email)
     for _ in range(5):
         pending = await repo.find_pending_staff_for_update(conn, email_lower)
         if pending is not None:

@@ -1,0 +1,59 @@
+"""The email address rule, once for every service.
+
+An address is one plain mailbox: no display name, no list, no line break or space; the
+domain is lower-cased and the local part kept as typed (it is the owner's spelling).
+Comparisons go through :func:`email_key`, which lower-cases character by character as
+PostgreSQL's ``lower()`` does, so the unique indexes (``lower(email)``, ``email_lower``)
+and the code agree. The one character whose lower case is two characters (U+0130,
+"İ") is refused: Python and PostgreSQL would key it differently.
+"""
+
+from __future__ import annotations
+
+from email_validator import EmailNotValidError, validate_email
+
+from .errors import InvalidInput
+
+MAX_EMAIL_LENGTH = 320
+# Separators and brackets of lists and display names, and every kind of line break.
+_FORBIDDEN = frozenset('\r\n\x00,;<>"')
+
+
+class InvalidEmail(InvalidInput):
+    """Not one plain email address; ``reason`` says why, for logs and the mailer."""
+
+    code = "invalid_email"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("Enter a single valid email address, like name@example.com.")
+        self.reason = reason
+
+
+def normalise_email(raw: str) -> str:
+    """The address, trimmed, domain lower-cased; :class:`InvalidEmail` when it isn't one."""
+    value = raw.strip()
+    if not value:
+        raise InvalidEmail("the address is empty")
+    if len(value) > MAX_EMAIL_LENGTH:
+        raise InvalidEmail(f"the address is longer than {MAX_EMAIL_LENGTH} characters")
+    if any(c in _FORBIDDEN or c.isspace() for c in value):
+        raise InvalidEmail("the address must be one plain email address")
+    if any(len(c.lower()) != 1 for c in value):
+        raise InvalidEmail("the address contains a character without a single lower case")
+    try:
+        result = validate_email(value, check_deliverability=False, allow_display_name=False)
+    except EmailNotValidError as exc:
+        raise InvalidEmail(str(exc)) from None
+    local, _, domain = result.normalized.rpartition("@")
+    return f"{local}@{domain.lower()}"
+
+
+def email_key(address: str) -> str:
+    """The comparison key of an address, equal to PostgreSQL's ``lower(address)``:
+    each character lowered on its own (Python's ``str.lower`` looks at neighbours for a
+    final sigma; PostgreSQL doesn't)."""
+    return "".join(c.lower() for c in address)
+
+
+def same_email(a: str, b: str) -> bool:
+    return email_key(a.strip()) == email_key(b.strip())

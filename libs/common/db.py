@@ -150,10 +150,19 @@ class SchemaGate:
         return missing
 
 
-def _lock_key(schema: str) -> int:
-    return int.from_bytes(
-        hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True
-    )
+def lock_key(name: str) -> int:
+    """The advisory lock key of a name ("invitations:sweep"): 64 bits of its sha256."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+async def xact_lock(conn: Conn, name: str) -> None:
+    """Wait for the named advisory lock; the transaction's end releases it."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(name))
+
+
+async def try_xact_lock(conn: Conn, name: str) -> bool:
+    """The named advisory lock if it is free (held until the transaction's end)."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", lock_key(name)))
 
 
 async def migrate(url: str, schema: str, directory: Path) -> list[str]:
@@ -165,7 +174,7 @@ async def migrate(url: str, schema: str, directory: Path) -> list[str]:
     conn = await asyncpg.connect(url, timeout=10)
     try:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(schema))
+            await xact_lock(conn, f"migrate:{schema}")
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             await conn.execute(f"SET LOCAL search_path TO {schema}, public")
             await conn.execute(

@@ -14,6 +14,7 @@ from prometheus_client import Counter, Gauge
 
 from libs.common.logging import get_logger
 
+from . import repository as repo
 from .domain import Status
 
 log = get_logger(__name__)
@@ -38,14 +39,9 @@ SENDS_CAPPED = Counter(
     ["cap"],
 )
 
-# A pending invitation past its expiry counts as expired, as the list shows it.
-_COUNTS = (
-    "SELECT CASE WHEN status = 'pending' AND expires_at <= $1 THEN 'expired' ELSE status END"
-    " AS status, count(*) AS n FROM invitations GROUP BY 1"
-)
-
 
 async def refresh(pool: asyncpg.Pool, now: datetime) -> None:
-    counts = {row["status"]: int(row["n"]) for row in await pool.fetch(_COUNTS, now)}
+    async with pool.acquire() as conn:
+        counts = await repo.counts_by_status(conn, now)
     for status in get_args(Status):
         INVITATIONS.labels(status).set(counts.get(status, 0))

@@ -392,6 +392,17 @@ async def set_delivery_retrying(
     return result != "UPDATE 0"
 
 
+async def counts_by_status(conn: Conn, now: datetime) -> dict[str, int]:
+    """Every invitation by status; a pending one past its expiry counts as expired, as the
+    list shows it."""
+    rows = await conn.fetch(
+        "SELECT CASE WHEN status = 'pending' AND expires_at <= $1 THEN 'expired'"
+        " ELSE status END AS status, count(*) AS n FROM invitations GROUP BY 1",
+        now,
+    )
+    return {row["status"]: int(row["n"]) for row in rows}
+
+
 async def expire_due(conn: Conn, now: datetime, batch: int) -> list[Row]:
     return await conn.fetch(
         "WITH i AS (UPDATE invitations SET status = 'expired' WHERE id IN ("

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from libs.common.db import try_xact_lock
 from services.invitations.api import DEPS
 from services.invitations.handlers import SWEEP_LOCK, sweep_once
 from tests.invitations.conftest import AppFactory, Clock, World, outbox_events
@@ -57,7 +58,7 @@ async def test_only_one_instance_sweeps(
     inv_id = await _invite(client, world)
     clock.advance(days=15)
     async with pool.acquire() as other, other.transaction():
-        assert await other.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK)
+        assert await try_xact_lock(other, SWEEP_LOCK)
         assert await sweep_once(pool, client.app[DEPS]) == 0
         assert await _status(pool, inv_id) == "pending"
     assert await sweep_once(pool, client.app[DEPS]) >= 1

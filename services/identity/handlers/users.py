@@ -4,11 +4,10 @@ bootstrap."""
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 
 from libs.common.cursor import decode_cursor, encode_cursor
-from libs.common.db import Conn
+from libs.common.db import Conn, xact_lock
 from libs.common.email import normalise_email
 from libs.common.errors import Conflict, InvalidInput
 from libs.common.events import UserDisabled, UserEnabled, UserRoleChanged, make_event
@@ -217,11 +216,6 @@ async def set_role(deps: Deps, user_id: uuid.UUID, role: Role) -> User:
     return user
 
 
-_BOOTSTRAP_LOCK = int.from_bytes(
-    hashlib.sha256(b"identity:bootstrap").digest()[:8], "big", signed=True
-)
-
-
 async def bootstrap_admin(deps: Deps, email: str, password: str) -> User | None:
     """Create the administrator from ADMIN_EMAIL/ADMIN_PASSWORD if there is none yet.
 
@@ -240,7 +234,7 @@ async def bootstrap_admin(deps: Deps, email: str, password: str) -> User | None:
             return None
     password_hash = await deps.passwords.hash(password)
     async with deps.pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _BOOTSTRAP_LOCK)
+        await xact_lock(conn, "identity:bootstrap")
         if await repo.administrator_exists(conn):
             return None
         user = await repo.insert_user(

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import asyncpg
 
 from libs.common.context import new_id, set_correlation_id
+from libs.common.db import try_xact_lock
 from libs.common.events import InvitationClosed
 
 from .. import repository as repo
 from . import staff_events
 from .base import Deps, emit, log
 
-SWEEP_LOCK = int.from_bytes(hashlib.sha256(b"invitations:sweep").digest()[:8], "big", signed=True)
+SWEEP_LOCK = "invitations:sweep"
 
 
 async def sweep_once(pool: asyncpg.Pool, deps: Deps, *, batch: int = 500) -> int:
@@ -23,7 +22,7 @@ async def sweep_once(pool: asyncpg.Pool, deps: Deps, *, batch: int = 500) -> int
     total = 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK):
+            if not await try_xact_lock(conn, SWEEP_LOCK):
                 return total
             rows = await repo.expire_due(conn, deps.clock(), batch)
             for row in rows:

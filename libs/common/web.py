@@ -313,6 +313,10 @@ def base_app(
 ) -> web.Application:
     """A service's main app, on its public port. Health, readiness and metrics are not
     here: they are on the management app (``serve_management``)."""
+    # Order matters, outermost first: the request context (request and correlation ids,
+    # the access log line) wraps everything, so even an error answer is logged with its
+    # ids; the JSON error middleware wraps the service's own middlewares and the service
+    # proof (appended last by ``require_service_proof``), so their refusals are JSON too.
     chain: list[Any] = [context_middleware]
     if json_errors:
         chain.append(json_error_middleware)

@@ -52,6 +52,10 @@ def create_app(
         "gateway",
         json_errors=False,
         client_max_size=64 * 1024,
+        # Outermost first, and the order matters: branding before the error pages (an
+        # error page shows the agency too); the error pages around the checks (a CSRF
+        # refusal or a session failure renders as a page, or JSON under /api); CSRF and
+        # API keys before the session (a forged POST is refused without asking identity).
         middlewares=[branding_middleware, error_middleware, csrf_middleware, session_middleware],
     )
     app[SETTINGS] = settings

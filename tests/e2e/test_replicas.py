@@ -25,7 +25,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.flows import CLIENT_PASSWORD, create_portal, eventually, invite, unique_email
-from tests.support.env import free_port
 from tests.support.forms import find_form
 from tests.support.processes import ServiceProcess
 from tests.support.proxy import RoundRobinProxy
@@ -88,7 +87,7 @@ class Setup:
 async def setup() -> AsyncIterator[Setup]:
     sink = SmtpSink()
     sink.start()
-    proxy = RoundRobinProxy(free_port())
+    proxy = RoundRobinProxy()
     try:
         async with running_replicas(
             sink,

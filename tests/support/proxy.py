@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 
 import aiohttp
 from aiohttp import web
@@ -66,8 +67,12 @@ class RoundRobinProxy:
         {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "content-length"}
     )
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self) -> None:
+        # Bound now and held until start: a port only chosen now would be free for an
+        # outgoing connection's ephemeral port while the replicas start (a flake).
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
         self.targets: list[str] = []
         self.served: list[str] = []
         self._turn = 0
@@ -88,13 +93,14 @@ class RoundRobinProxy:
         app.router.add_route("*", "/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await web.SockSite(self._runner, self._sock).start()
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        self._sock.close()
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None

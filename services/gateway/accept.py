@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from libs.common.email import same_email
 from libs.common.errors import DomainError
 
 from .domain import BAD_LOGIN, password_problem, when
@@ -17,7 +18,6 @@ from .handlers import (
     Joined,
     accept_for_user,
     accept_with_password,
-    same_email,
 )
 from .rendering import current_user, error_page, form_str, render, see_other
 from .security import login_failed, login_limit, rate_limit, set_session

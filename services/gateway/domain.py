@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 from email_validator import EmailNotValidError, validate_email
 
-MIN_PASSWORD = 12
-MAX_PASSWORD = 1024
+from libs.common.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+
 EXPIRY_CHOICES = (7, 14, 21, 30)
 # Invitation Reminder: days before expiry (0 = Off) and how the select names them.
 REMINDER_CHOICES = ((0, "Off"), (1, "1 day before expiry"), (3, "3 days before expiry"))
@@ -95,10 +95,10 @@ def normalise_email(value: str) -> str | None:
 
 def password_problem(password: str, confirm: str, email: str) -> str | None:
     """The first problem with a new password, in words for the person, or None."""
-    if len(password) < MIN_PASSWORD:
-        return f"The password must be at least {MIN_PASSWORD} characters long."
-    if len(password) > MAX_PASSWORD:
-        return f"The password must be at most {MAX_PASSWORD} characters long."
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"The password must be at least {MIN_PASSWORD_LENGTH} characters long."
+    if len(password) > MAX_PASSWORD_LENGTH:
+        return f"The password must be at most {MAX_PASSWORD_LENGTH} characters long."
     if password.strip().lower() == email.strip().lower():
         return "The password must not be your email address."
     if not hmac.compare_digest(password.encode(), confirm.encode()):

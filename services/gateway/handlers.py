@@ -52,10 +52,6 @@ def is_team(user: dict[str, Any] | None) -> bool:
     return user is not None and user.get("role") in ("administrator", "staff")
 
 
-def same_email(a: str, b: str) -> bool:
-    return a.strip().lower() == b.strip().lower()
-
-
 async def login_destination(up: Upstream, user: Json, next_raw: str | None) -> str:
     """Administrators and Staff always land in the admin area (on the admin page they
     asked for, if any); with Login Redirect on, a client goes straight to their portal;

@@ -9,7 +9,7 @@ export ADMIN_EMAIL    ?= admin@example.com
 export ADMIN_PASSWORD ?= change-this-admin-password
 
 .PHONY: run test check lint typecheck audit migrate bench screenshots install clean secrets lock \
-	monitoring-rules openapi
+	monitoring-rules openapi translations catalogues
 
 # The whole dependency tree comes from the lock file, every file checked against its hash;
 # then the project itself (editable, nothing more resolved).
@@ -41,8 +41,17 @@ typecheck: $(STAMP)
 
 check: lint typecheck
 
-test: check
+test: check catalogues
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Every shipped language has a translation of every message (scripts/check_catalogues.py).
+catalogues: $(STAMP)
+	$(PY) scripts/check_catalogues.py
+
+# Extract the messages of the services with a locale folder and add the new ones to their
+# .po files (translations kept); then translate the empty msgstr and `make catalogues`.
+translations: $(STAMP)
+	$(PY) scripts/check_catalogues.py --update || true
 
 screenshots: $(STAMP)
 	SCREENSHOTS=docs $(PY) -m pytest tests/browser -q

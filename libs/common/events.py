@@ -154,6 +154,13 @@ class InvitationRequested(EventData):
         " portals (1 to 20) with one email and one link, instead of portal_id / portal_slug."
         " Announced as one invitation.created per portal, each with the same group_id.",
     )
+    locale: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="The language of the invitation's emails and pages: en, de, fr or es"
+        " (default: the agency's Language, Settings → Branding). Checked by the invitations"
+        " service, which answers invitation.rejected (invalid_locale).",
+    )
 
 
 class InvitationCreated(EventData):
@@ -172,6 +179,11 @@ class InvitationCreated(EventData):
         default=None,
         description="Set when the invitation was sent with others in one email (several"
         " portals, one invitation): the same for each of them.",
+    )
+    locale: str | None = Field(
+        default=None,
+        description="The language of the invitation's emails and pages: en, de, fr or es;"
+        " absent or null: the agency's Language (Settings → Branding).",
     )
 
 
@@ -221,6 +233,11 @@ class InvitationResent(EventData):
         default=None,
         description="Set when the invitation was sent with others in one email (several"
         " portals, one invitation): the same for each of them.",
+    )
+    locale: str | None = Field(
+        default=None,
+        description="The language of the invitation's emails and pages: en, de, fr or es;"
+        " absent or null: the agency's Language (Settings → Branding).",
     )
 
 
@@ -323,6 +340,11 @@ class MailRequested(EventData):
     ref_type: str
     ref_id: uuid.UUID
     context: dict[str, str]
+    locale: str | None = Field(
+        default=None,
+        description="The email's language (en, de, fr, es); absent or null: the branding's"
+        " Language.",
+    )
 
 
 class MailSent(EventData):
@@ -356,7 +378,9 @@ class MailFailed(EventData):
 
 
 # --- settings (owned by the mailer, which keeps the branding) --------------------------
-BrandingField = Literal["agency_name", "logo", "accent_colour", "reply_to", "footer_text"]
+BrandingField = Literal[
+    "agency_name", "logo", "accent_colour", "reply_to", "footer_text", "default_locale", "time_zone"
+]
 
 
 class BrandingChanged(EventData):

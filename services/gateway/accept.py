@@ -19,9 +19,10 @@ from .handlers import (
     accept_for_user,
     accept_with_password,
 )
-from .rendering import current_user, error_page, form_str, render, see_other
+from .i18n import N_
+from .rendering import current_user, error_page, form_str, page_language, render, see_other
 from .security import login_failed, login_limit, rate_limit, set_session
-from .state import UPSTREAM
+from .state import UPSTREAM, req_state
 from .upstream import Json
 
 routes = web.RouteTableDef()
@@ -29,31 +30,35 @@ routes = web.RouteTableDef()
 
 INVITATION_PROBLEMS = {
     "invitation_replaced": (
-        "This link was replaced by a newer one",
-        "This link was replaced by a newer one — use the latest email we sent you.",
+        N_("This link was replaced by a newer one"),
+        N_("This link was replaced by a newer one — use the latest email we sent you."),
     ),
     "invitation_expired": (
-        "This invitation has expired",
-        "Ask the person who invited you to resend it, or ask for a new link here.",
+        N_("This invitation has expired"),
+        N_("Ask the person who invited you to resend it, or ask for a new link here."),
     ),
     "invitation_revoked": (
-        "This invitation has been revoked",
-        "It was withdrawn by whoever sent it. Ask the person who invited you if you still"
-        " need access.",
+        N_("This invitation has been revoked"),
+        N_(
+            "It was withdrawn by whoever sent it. Ask the person who invited you if you still"
+            " need access."
+        ),
     ),
     "invitation_used": (
-        "This invitation has already been used",
-        "If it was you, log in to see your portal.",
+        N_("This invitation has already been used"),
+        N_("If it was you, log in to see your portal."),
     ),
     # A link for several portals (one invitation) none of which is Active any more.
     "portal_not_active": (
-        "These portals aren't available right now",
-        "The portals of this invitation aren't available at the moment. Ask the person who"
-        " invited you.",
+        N_("These portals aren't available right now"),
+        N_(
+            "The portals of this invitation aren't available at the moment. Ask the person who"
+            " invited you."
+        ),
     ),
     "invitation_invalid": (
-        "This invitation link is not valid",
-        "Check that you copied the whole link from the email.",
+        N_("This invitation link is not valid"),
+        N_("Check that you copied the whole link from the email."),
     ),
 }
 
@@ -67,8 +72,12 @@ def _invitation_problem(request: web.Request, exc: DomainError, token: str) -> w
     if exc.code not in INVITATION_PROBLEMS:
         raise exc
     title, message = INVITATION_PROBLEMS[exc.code]
+    # The invitation's language, where the answer says it (else the reader's own).
+    locale = exc.details.get("locale")
+    req_state(request).invitation_locale = locale if isinstance(locale, str) else None
+    page_language(request)  # the expiry below in the reader's zone and language
     if exc.code == "invitation_used":
-        link = ("/login?next=/client-portal/", "Log in")
+        link = ("/login?next=/client-portal/", N_("Log in"))
         return error_page(request, exc.status, title, message, link=link)
     if exc.code == "invitation_invalid":
         return error_page(request, exc.status, title, message)
@@ -85,6 +94,8 @@ def _invitation_problem(request: web.Request, exc: DomainError, token: str) -> w
 def _accept_page(
     request: web.Request, token: str, invitation: Json, errors: dict[str, str], status: int = 200
 ) -> web.Response:
+    # The page speaks the invitation's language unless the reader's account has its own.
+    req_state(request).invitation_locale = invitation.get("locale")
     user = current_user(request)
     if user is not None and same_email(user["email"], invitation["email"]):
         template = "accept_confirm.html"

@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from libs.common.errors import Conflict, InvalidInput, NotFound
+from libs.common.i18n import is_language
 from libs.common.openapi import UUID as UUID_SCHEMA
 from libs.common.openapi import ApiRoutes
 from libs.common.web import json_response, parse_query, read_body, read_json
@@ -80,6 +81,14 @@ class InviteBody(Strict):
     sub_client: bool | None = None
     expires_in_days: int | None = None
     personal_message: str | None = None
+    locale: Annotated[
+        str | None,
+        Field(
+            max_length=20,
+            description="the language of the email and of the pages its link opens: en, de,"
+            " fr or es; default the agency's (Settings → Branding)",
+        ),
+    ] = None
     invited_by: Annotated[
         str | None,
         Field(
@@ -121,6 +130,20 @@ class InviteBody(Strict):
         if value is not None and len(value.strip()) > MAX_PERSONAL_MESSAGE:
             raise ValueError(PERSONAL_MESSAGE_TOO_LONG)
         return value
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, value: str | None) -> str | None:
+        return checked_locale(value)
+
+
+LANGUAGE_REFUSED = "Language (locale) must be one of en, de, fr, es."
+
+
+def checked_locale(value: str | None) -> str | None:
+    if value is not None and not is_language(value):
+        raise ValueError(LANGUAGE_REFUSED)
+    return value
 
 
 class PortalQuery(Strict):
@@ -316,6 +339,8 @@ async def invite(request: web.Request) -> web.StreamResponse:
         payload["expires_in_days"] = body.expires_in_days
     if body.personal_message is not None:
         payload["personal_message"] = body.personal_message
+    if body.locale is not None:
+        payload["locale"] = body.locale
     if key is not None:
         payload["idempotency_key"] = key
     result = await request.app[UPSTREAM].invitations.invite(payload)
@@ -388,7 +413,7 @@ async def invite_several(request: web.Request) -> web.StreamResponse:
         # The staff member, or the name of the key that sent it.
         "invited_by": user["email"] if user else _key_inviter(request, body.invited_by),
     }
-    for field in ("sub_client", "expires_in_days", "personal_message", "name"):
+    for field in ("sub_client", "expires_in_days", "personal_message", "name", "locale"):
         value = getattr(body, field)
         if value is not None:
             payload[field] = value
@@ -426,6 +451,19 @@ class BatchQuery(Strict):
     dry_run: Annotated[
         bool, Field(description="answer what a send would do now, and send nothing (a preview)")
     ] = False
+    locale: Annotated[
+        str | None,
+        Field(
+            max_length=20,
+            description="the language of every row's email and pages: en, de, fr or es;"
+            " default the agency's",
+        ),
+    ] = None
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, value: str | None) -> str | None:
+        return checked_locale(value)
 
 
 # 10,000 rows with a name and a 1,000-character message each.
@@ -478,6 +516,7 @@ async def invite_batch(request: web.Request) -> web.StreamResponse:
         # The staff member, or the key's name (as for one invitation).
         invited_by=user["email"] if user else _key_inviter(request, None),
         dry_run=query.dry_run,
+        locale=query.locale,
     )
     return json_response({"results": results})
 

@@ -22,6 +22,7 @@ from . import (
     api,
     branding,
     editor,
+    i18n,
     imports,
     invite_several,
     keys,
@@ -32,7 +33,6 @@ from . import (
 )
 from .branding import branding_middleware
 from .cache import ChangeListener, GatewayCache
-from .domain import when
 from .limits import RateLimits
 from .rendering import error_middleware
 from .security import csrf_middleware, on_prepare, session_middleware
@@ -73,7 +73,8 @@ def create_app(
         # the gateway's CPU on the portal page).
         auto_reload=False,
     )
-    env.filters["when"] = when
+    # _/gettext/ngettext and the `when` filter, in the language of the page (i18n.py).
+    i18n.install(env)
     app.on_response_prepare.append(on_prepare)
     app.cleanup_ctx.append(_upstream_ctx(settings, service_signer(app, settings)))
     app.cleanup_ctx.append(_listener_ctx(settings))

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from functools import cache
 from typing import Any
+from zoneinfo import available_timezones
 
 from aiohttp import web
 from multidict import MultiDictProxy
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.errors import DomainError, InvalidInput, TooLarge
+from libs.common.i18n import LANGUAGES, is_language, language_name
 from libs.common.logging import get_logger
 from libs.common.web import json_response, read_json
 
@@ -35,6 +38,12 @@ LOGO_TOO_BIG = "The Logo is too big: at most 1024 KB."
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "public, no-cache"
 FIELDS = ("agency_name", "accent_colour", "reply_to", "footer_text")
+# The agency's default language and time zone: a select and a zone name, checked here so
+# the form answers in its own words (the mailer checks them again).
+LOCALE_FIELDS = ("default_locale", "time_zone")
+LOCALE_PROBLEM = "Language (locale) must be one of en, de, fr, es."
+ZONE_PROBLEM = "Time zone must be an IANA time zone name such as Europe/Berlin."
+LANGUAGE_CHOICES = tuple((code, language_name(code)) for code in LANGUAGES)
 
 routes = web.RouteTableDef()
 
@@ -95,6 +104,16 @@ async def theme(request: web.Request) -> web.StreamResponse:
 
 
 # --- Settings → Branding ------------------------------------------------------------------
+@cache
+def time_zones() -> tuple[str, ...]:
+    """The IANA names the Time Zone field offers and accepts (no legacy aliases offered)."""
+    return tuple(sorted(z for z in available_timezones() if "/" in z or z == "UTC"))
+
+
+def is_time_zone(name: str) -> bool:
+    return name in available_timezones()
+
+
 def _page(
     request: web.Request,
     current: dict[str, Any],
@@ -102,9 +121,15 @@ def _page(
     errors: dict[str, str] | None = None,
     status: int = 200,
 ) -> web.Response:
-    values = form or {name: str(current.get(name) or "") for name in FIELDS}
+    values = form or {
+        **{name: str(current.get(name) or "") for name in FIELDS},
+        "default_locale": str(current.get("default_locale") or "en"),
+        "time_zone": str(current.get("time_zone") or "UTC"),
+    }
     context = {
         "form": values,
+        "languages": LANGUAGE_CHOICES,
+        "time_zones": time_zones(),
         "logo_etag": current.get("logo_etag") or "",
         "errors": errors or {},
     }
@@ -120,13 +145,37 @@ async def branding_form(request: web.Request) -> web.StreamResponse:
 async def save_branding(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     values = {name: form_str(form, name, 2000) for name in FIELDS}
+    # Left out (an older form, a script): unchanged.
+    locale = {name: form_str(form, name, 100).strip() for name in LOCALE_FIELDS if name in form}
+    errors = {}
+    if "default_locale" in locale and not is_language(locale["default_locale"]):
+        errors["default_locale"] = LOCALE_PROBLEM
+    if "time_zone" in locale and not is_time_zone(locale["time_zone"]):
+        errors["time_zone"] = ZONE_PROBLEM
+    current = await _branding(request).current()
+    shown = {**_filled({}, current), **values, **locale}
+    if errors:
+        return _page(request, current, shown, errors, status=422)
+    # Only a Language or Time Zone that changed is sent: "unchanged" is what the mailer
+    # already has, whatever it was when the page was opened.
+    unchanged = _filled({}, current)
+    changes = {name: value for name, value in locale.items() if value != unchanged[name]}
     try:
-        await _branding(request).update(values)
+        await _branding(request).update({**values, **changes})
     except InvalidInput as exc:
         field = str(exc.details.get("field", "form"))
         current = await _branding(request).current()
-        return _page(request, current, values, {field: exc.message}, status=exc.status)
+        return _page(request, current, shown, {field: exc.message}, exc.status)
     return see_other(request, PAGE, flash="branding_saved")
+
+
+def _filled(shown: dict[str, str], current: dict[str, Any]) -> dict[str, str]:
+    """The form as posted, with the current Language and Time Zone where it had none."""
+    return {
+        "default_locale": str(current.get("default_locale") or "en"),
+        "time_zone": str(current.get("time_zone") or "UTC"),
+        **shown,
+    }
 
 
 def _upload(form: MultiDictProxy[Any]) -> bytes:
@@ -167,6 +216,16 @@ class BrandingView(BaseModel):
     accent_colour: str = Field(description="#rrggbb of buttons and links; empty: built-in")
     reply_to: str = Field(description="Reply-To of invitation emails; empty: none")
     footer_text: str = Field(description="Plain text under every page and email")
+    default_locale: str = Field(
+        default="en",
+        description="The agency's language (en, de, fr, es): emails, and pages when the"
+        " reader's account and browser name none of ours; an invitation may choose another",
+    )
+    time_zone: str = Field(
+        default="UTC",
+        description="IANA time zone name (e.g. Europe/Berlin) of the times in emails, and on"
+        " pages for readers without their own",
+    )
     logo_etag: str | None = Field(description="Names the logo at /branding/logo; null: none")
     logo_type: str | None = None
 
@@ -185,6 +244,14 @@ class BrandingChange(BaseModel):
     )
     reply_to: str | None = Field(default=None, max_length=1000)
     footer_text: str | None = Field(default=None, max_length=5000)
+    default_locale: str | None = Field(
+        default=None, max_length=100, description="en, de, fr or es (422 invalid_default_locale)"
+    )
+    time_zone: str | None = Field(
+        default=None,
+        max_length=100,
+        description="An IANA time zone name such as Europe/Berlin (422 invalid_time_zone)",
+    )
 
 
 class LogoUpload(BaseModel):
@@ -213,11 +280,17 @@ async def get_branding(request: web.Request) -> web.StreamResponse:
         "422 invalid_accent_colour",
         "422 invalid_reply_to",
         "422 invalid_footer_text",
+        "422 invalid_default_locale",
+        "422 invalid_time_zone",
     ],
 )
 async def put_branding(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, BrandingChange)
     changes = body.model_dump(exclude_none=True)
+    if "default_locale" in changes and not is_language(changes["default_locale"]):
+        raise InvalidInput(LOCALE_PROBLEM, code="invalid_default_locale")
+    if "time_zone" in changes and not is_time_zone(changes["time_zone"]):
+        raise InvalidInput(ZONE_PROBLEM, code="invalid_time_zone")
     return json_response(await _branding(request).update(changes))
 
 

@@ -123,6 +123,7 @@ async def send(
     request_key: str | None,
     invited_by: str,
     dry_run: bool,
+    locale: str | None = None,
 ) -> list[dict[str, Any]]:
     """One result per row, in input order (rows numbered from 1)."""
     results: dict[int, dict[str, Any]] = {}
@@ -159,6 +160,7 @@ async def send(
                 "invited_by": invited_by,
                 "dry_run": dry_run,
                 "rows": [item for _, item in piece],
+                **({"locale": locale} if locale else {}),
             }
         )
         for (number, _), result in zip(piece, answer["results"], strict=True):

@@ -73,6 +73,12 @@ class Invitation(BaseModel):
         str | None,
         Field(description="the invitee's name (Import Clients, the batch API): in the greeting"),
     ] = None
+    locale: Annotated[
+        str | None,
+        Field(
+            description="the language of its emails and pages (en, de, fr, es); null: the agency's"
+        ),
+    ] = None
     group_id: Annotated[
         UUID | None,
         Field(
@@ -152,6 +158,13 @@ class User(BaseModel):
     role: Literal["administrator", "staff", "client"]
     disabled: bool
     created_at: datetime
+    locale: Annotated[
+        str | None,
+        Field(description="the account's Language (en, de, fr, es); null: the browser's"),
+    ] = None
+    time_zone: Annotated[
+        str | None, Field(description="the account's Time Zone (IANA); null: the agency's")
+    ] = None
 
 
 class AccessSettingsView(BaseModel):

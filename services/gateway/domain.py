@@ -11,11 +11,13 @@ import math
 import re
 import secrets
 import uuid
-from datetime import UTC, datetime
 
 from email_validator import EmailNotValidError, validate_email
 
 from libs.common.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+
+from .i18n import N_, gettext
+from .i18n import when as when
 
 EXPIRY_CHOICES = (7, 14, 21, 30)
 # Invitation Reminder: days before expiry (0 = Off) and how the select names them.
@@ -28,7 +30,7 @@ MAX_GROUP_PORTALS = 20
 PERSONAL_MESSAGE_TOO_LONG = "The Personal Message must be at most 1,000 characters."
 LINK_EXPIRY_CHOICES = "Link Expiry must be 7, 14, 21 or 30 days."
 # One answer for an unknown email and a wrong password: no account enumeration.
-BAD_LOGIN = "The email or password is incorrect."
+BAD_LOGIN = N_("The email or password is incorrect.")
 
 
 def safe_next_path(value: str | None) -> str | None:
@@ -96,13 +98,13 @@ def normalise_email(value: str) -> str | None:
 def password_problem(password: str, confirm: str, email: str) -> str | None:
     """The first problem with a new password, in words for the person, or None."""
     if len(password) < MIN_PASSWORD_LENGTH:
-        return f"The password must be at least {MIN_PASSWORD_LENGTH} characters long."
+        return N_("The password must be at least 12 characters long.")  # MIN_PASSWORD_LENGTH
     if len(password) > MAX_PASSWORD_LENGTH:
-        return f"The password must be at most {MAX_PASSWORD_LENGTH} characters long."
+        return N_("The password must be at most 1024 characters long.")  # MAX_PASSWORD_LENGTH
     if password.strip().lower() == email.strip().lower():
-        return "The password must not be your email address."
+        return N_("The password must not be your email address.")
     if not hmac.compare_digest(password.encode(), confirm.encode()):
-        return "The passwords do not match."
+        return N_("The passwords do not match.")
     return None
 
 
@@ -214,33 +216,38 @@ def retry_after(limit: int, window: int, elapsed: float, current: int, previous:
 
 
 FLASH_MESSAGES: dict[str, str] = {
-    "portal_saved": "Portal saved.",
-    "portal_created": "Portal created.",
-    "invitation_sent": "Invitation sent to {email}",
+    "portal_saved": N_("Portal saved."),
+    "portal_created": N_("Portal created."),
+    "invitation_sent": N_("Invitation sent to {email}"),
     "invitation_resent_pending": (
-        "An invitation was already pending for {email}; it has been resent."
+        N_("An invitation was already pending for {email}; it has been resent.")
     ),
-    "invitation_resent": "Invitation resent to {email}",
-    "invitation_revoked": "Invitation to {email} revoked.",
-    "settings_saved": "Settings saved.",
-    "webhook_deleted": "Webhook endpoint deleted.",
-    "webhook_redelivered": "Delivery queued again.",
-    "user_disabled": "User {email} disabled.",
-    "key_revoked": "API key {email} revoked.",
-    "user_enabled": "User {email} enabled: they can log in again.",
-    "role_changed": "The role of {email} was changed.",
-    "password_set": "Your password has been set. You can log in now.",
-    "logged_out": "You have been logged out.",
-    "bulk_none": "Select at least one invitation first.",
-    "branding_saved": "Branding saved.",
-    "logo_uploaded": "Logo uploaded.",
-    "logo_removed": "Logo removed.",
+    "invitation_resent": N_("Invitation resent to {email}"),
+    "invitation_revoked": N_("Invitation to {email} revoked."),
+    "settings_saved": N_("Settings saved."),
+    "webhook_deleted": N_("Webhook endpoint deleted."),
+    "webhook_redelivered": N_("Delivery queued again."),
+    "user_disabled": N_("User {email} disabled."),
+    "key_revoked": N_("API key {email} revoked."),
+    "user_enabled": N_("User {email} enabled: they can log in again."),
+    "role_changed": N_("The role of {email} was changed."),
+    "password_set": N_("Your password has been set. You can log in now."),
+    "logged_out": N_("You have been logged out."),
+    "bulk_none": N_("Select at least one invitation first."),
+    "branding_saved": N_("Branding saved."),
+    "logo_uploaded": N_("Logo uploaded."),
+    "logo_removed": N_("Logo removed."),
     # {email} is the role's name here (Staff, Administrator).
-    "staff_joined": "Invitation accepted: you are {email} now.",
-    "staff_role_kept": ("Invitation accepted. You are already an {email}, and you keep that role."),
-    "invitation_sent_portals": "Invitation sent to {email}: one email for the portals you ticked.",
-    "invite_none": "Tick at least one portal first, then Invite Client.",
-    "invite_too_many": "Tick at most 20 portals for one invitation.",
+    "staff_joined": N_("Invitation accepted: you are {email} now."),
+    "staff_role_kept": (
+        N_("Invitation accepted. You are already an {email}, and you keep that role.")
+    ),
+    "invitation_sent_portals": N_(
+        "Invitation sent to {email}: one email for the portals you ticked."
+    ),
+    "invite_none": N_("Tick at least one portal first, then Invite Client."),
+    "invite_too_many": N_("Tick at most 20 portals for one invitation."),
+    "account_saved": N_("Your Language and Time Zone are saved."),
 }
 
 
@@ -248,7 +255,9 @@ def flash_text(key: str, email: str = "") -> str | None:
     if key == BULK_FLASH:
         return bulk_text(email)
     template = FLASH_MESSAGES.get(key)
-    return template.format(email=email) if template is not None else None
+    if key in ("staff_joined", "staff_role_kept"):
+        email = gettext(email)  # a role's name (Staff, Administrator)
+    return gettext(template).format(email=email) if template is not None else None
 
 
 # --- Resend / Revoke for the selected invitations ---------------------------------------
@@ -293,19 +302,6 @@ def bulk_text(payload: str) -> str | None:
     except (ValueError, KeyError, TypeError):
         return None
     return "; ".join(parts)
-
-
-def when(value: str | None) -> str:
-    """ISO timestamp → "2026-11-25 10:51 UTC" for people."""
-    if not value:
-        return ""
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return value
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def parse_uuid(value: str) -> str | None:

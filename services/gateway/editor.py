@@ -13,6 +13,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from libs.common.errors import DomainError, InvalidInput, NotFound
+from libs.common.i18n import LANGUAGES, is_language, language_name
 from libs.common.web import json_response
 
 from .domain import (
@@ -35,6 +36,10 @@ routes = web.RouteTableDef()
 SLUG = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 SLUG_RULE = "Use lower-case letters, digits and single hyphens, at most 80, e.g. acme-rebrand."
 SLUG_TAKEN = "Another portal already uses this slug; choose another."
+# The Language select of Invite Client: "Agency default" (empty), then each language by
+# its own name, as a person reading only that language finds it.
+LANGUAGE_CHOICES = tuple((code, language_name(code)) for code in LANGUAGES)
+LOCALE_PROBLEM = "Language (locale) must be one of en, de, fr, es."
 # The portals service takes up to 500 sub-clients; one Save adds at most this many.
 MAX_SUB_CLIENTS_ADDED = 100
 
@@ -101,6 +106,7 @@ async def _editor(
         "statuses": STATUSES,
         "invite": invite or {},
         "expiry_choices": EXPIRY_CHOICES,
+        "languages": LANGUAGE_CHOICES,
         "more_users": more_users,
     }
     return render(request, "admin/editor.html", context, status=status)
@@ -225,14 +231,18 @@ INVITE_ERRORS = {
 INVITE_ERROR_FIELDS = {
     "invalid_expires_in_days": "invite_expiry",
     "personal_message_too_long": "invite_message",
+    "invalid_locale": "invite_locale",
 }
 
 
 def invite_fields(form: MultiDictProxy[Any]) -> tuple[dict[str, str], dict[str, str]]:
-    """The Invite Client box: Email, Link Expiry, Personal Message, and what is wrong."""
+    """The Invite Client box: Email, Link Expiry, Language, Personal Message, and what is
+    wrong."""
     values = {
         "email": form_str(form, "email", 320),
         "expires_in_days": form_str(form, "expires_in_days", 10),
+        # Empty: the agency default (Settings → Branding → Language), when the email goes.
+        "locale": form_str(form, "locale", 20).strip(),
         # Read well past the limit: a long message is refused, with its length, never cut.
         "personal_message": form_str(form, "personal_message", 20 * MAX_PERSONAL_MESSAGE),
     }
@@ -244,6 +254,8 @@ def invite_fields(form: MultiDictProxy[Any]) -> tuple[dict[str, str], dict[str, 
         str(c) for c in EXPIRY_CHOICES
     }:
         errors["invite_expiry"] = "Choose 7, 14, 21 or 30 days."
+    if values["locale"] and not is_language(values["locale"]):
+        errors["invite_locale"] = LOCALE_PROBLEM
     message = values["personal_message"].replace("\r\n", "\n").strip()
     if len(message) > MAX_PERSONAL_MESSAGE:
         errors["invite_message"] = (
@@ -269,6 +281,8 @@ async def invite(request: web.Request) -> web.StreamResponse:
         }
         if values["expires_in_days"]:
             body["expires_in_days"] = int(values["expires_in_days"])
+        if values["locale"]:
+            body["locale"] = values["locale"]
         message = values["personal_message"].replace("\r\n", "\n").strip()
         if message:
             body["personal_message"] = message

@@ -12,6 +12,7 @@ from libs.common.errors import Conflict, DomainError
 from libs.common.logging import get_logger
 
 from .domain import safe_next_path
+from .i18n import N_
 from .upstream import Json, Upstream
 
 log = get_logger(__name__)
@@ -26,7 +27,11 @@ class AccountExists(Conflict):
 # Accepting a staff invitation never lowers a role (an Administrator invited as Staff
 # stays an Administrator, and the page says so).
 ROLE_RANK = {"client": 0, "staff": 1, "administrator": 2}
-ROLE_NAMES = {"administrator": "Administrator", "staff": "Staff", "client": "Client"}
+ROLE_NAMES = {
+    "administrator": N_("Administrator"),
+    "staff": N_("Staff"),
+    "client": N_("Client"),
+}
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ async def accept_with_password(
                 password,
                 invitation.get("group_id") or invitation["invitation_id"],
                 staff_role,
+                invitation.get("locale"),
             )
         except DomainError as exc:
             if exc.code == "account_exists":

@@ -71,7 +71,10 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/api/docs")
 async def reference(request: web.Request) -> web.StreamResponse:
-    return render(request, "api_docs.html", {"api": reference_model(OPENAPI)})
+    response = render(request, "api_docs.html", {"api": reference_model(OPENAPI)})
+    # The reference is the API's own English (names, descriptions), whatever the browser.
+    response.headers["Content-Language"] = "en"
+    return response
 
 
 def reference_model(document: dict[str, Any]) -> dict[str, Any]:

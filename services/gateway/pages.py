@@ -8,9 +8,12 @@ import re
 from aiohttp import web
 
 from libs.common.errors import DomainError, NotFound, Unauthorized
+from libs.common.i18n import LANGUAGES, is_language, language_name
 
+from . import i18n
 from .domain import BAD_LOGIN, normalise_email, password_problem, safe_next_path
 from .handlers import is_team, login_destination
+from .i18n import N_
 from .rendering import current_user, error_page, form_str, render, see_other
 from .security import (
     clear_session,
@@ -23,7 +26,7 @@ from .security import (
 from .state import SETTINGS, UPSTREAM
 
 SLUG = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-FORGOT_ANSWER = "If an account exists for that email, we've sent a link to reset the password."
+FORGOT_ANSWER = N_("If an account exists for that email, we've sent a link to reset the password.")
 
 routes = web.RouteTableDef()
 
@@ -90,7 +93,7 @@ async def forgot(request: web.Request) -> web.StreamResponse:
     email = normalise_email(raw)
     await rate_limit(request, "forgot", email or raw)
     if email is None:
-        error = "Enter an email address like name@example.com."
+        error = N_("Enter an email address like name@example.com.")
         return render(request, "forgot.html", {"email": raw, "error": error}, status=422)
     await request.app[UPSTREAM].identity.request_reset(email)
     return render(request, "forgot.html", {"email": "", "done": FORGOT_ANSWER})
@@ -175,3 +178,49 @@ async def client_portal(request: web.Request) -> web.StreamResponse:
 @routes.get("/client-portal")
 async def client_portals_no_slash(request: web.Request) -> web.StreamResponse:
     raise web.HTTPMovedPermanently("/client-portal/")
+
+
+# --- Account: the reader's Language and Time Zone (issue 17) -----------------------------
+LANGUAGE_REFUSED = N_("Language (locale) must be one of en, de, fr, es.")
+ZONE_REFUSED = N_("Time zone must be an IANA time zone name such as Europe/Berlin.")
+
+
+def _account_page(
+    request: web.Request, locale: str, zone: str, errors: dict[str, str], status: int = 200
+) -> web.Response:
+    context = {
+        "languages": [(code, language_name(code)) for code in LANGUAGES],
+        "zones": sorted(i18n.zones()),
+        "locale": locale,
+        "time_zone": zone,
+        "errors": errors,
+    }
+    return render(request, "account.html", context, status=status)
+
+
+@routes.get("/account")
+async def account_form(request: web.Request) -> web.StreamResponse:
+    user = current_user(request)
+    if user is None:
+        raise web.HTTPSeeOther(login_url("/account"))
+    return _account_page(request, user.get("locale") or "", user.get("time_zone") or "", {})
+
+
+@routes.post("/account")
+async def account_save(request: web.Request) -> web.StreamResponse:
+    user = current_user(request)
+    if user is None:
+        raise web.HTTPSeeOther(login_url("/account"))
+    form = await request.post()
+    locale = form_str(form, "locale", 16).strip()
+    zone = form_str(form, "time_zone", 64).strip()
+    errors: dict[str, str] = {}
+    if locale and not is_language(locale):
+        errors["locale"] = LANGUAGE_REFUSED
+    if zone and not i18n.is_zone(zone):
+        errors["time_zone"] = ZONE_REFUSED
+    if errors:
+        return _account_page(request, locale, zone, errors, status=422)
+    up = request.app[UPSTREAM]
+    await up.identity.set_preferences(user["id"], locale or None, zone or None)
+    return see_other(request, "/account", flash="account_saved")

@@ -16,7 +16,9 @@ from libs.common.errors import DomainError, NotFound, RateLimited, Unavailable
 from libs.common.logging import get_logger
 from libs.common.web import UNAVAILABLE_ERRORS, error_response
 
+from . import i18n
 from .domain import flash_text, page_brand
+from .i18n import N_
 from .state import FLASH_COOKIE, SETTINGS, req_state
 from .upstream import NO_BRANDING
 
@@ -24,7 +26,7 @@ log = get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-CSRF_FAILED = "The form expired, please try again."
+CSRF_FAILED = N_("The form expired, please try again.")
 
 
 def is_api(request: web.Request) -> bool:
@@ -35,9 +37,28 @@ def current_user(request: web.Request) -> dict[str, Any] | None:
     return req_state(request).user
 
 
+# Context values render() translates: messages the handlers pass in English.
+TRANSLATED = ("title", "message", "error", "done")
+
+
+def page_language(request: web.Request) -> str:
+    """Chooses this page's language and zone (i18n.py) and makes them the ones rendered."""
+    state = req_state(request)
+    language = i18n.choose_language(
+        state.user,
+        request.headers.get("Accept-Language"),
+        state.brand,
+        state.invitation_locale,
+    )
+    i18n.use(language, i18n.choose_zone(state.user, state.brand))
+    return language
+
+
 def render(
     request: web.Request, template: str, context: dict[str, Any] | None = None, status: int = 200
 ) -> web.Response:
+    # Rendering below is synchronous: the language set here is the one this page uses.
+    language = page_language(request)
     ctx: dict[str, Any] = {
         "user": current_user(request),
         "csrf_token": req_state(request).csrf,
@@ -50,9 +71,17 @@ def render(
         key, _, email = unquote(raw).partition("|")
         ctx["flash"] = flash_text(key, email)
     ctx.update(context or {})
+    for key in TRANSLATED:  # the page's words from the code (English msgids), translated
+        if isinstance(ctx.get(key), str):
+            ctx[key] = i18n.gettext(ctx[key])
+    errors = ctx.get("errors")
+    if isinstance(errors, dict):  # a form's messages (English msgids) in the page language
+        ctx["errors"] = {k: i18n.gettext(v) if isinstance(v, str) else v for k, v in errors.items()}
     response = aiohttp_jinja2.render_template(template, request, ctx, status=status)
     if raw:
         response.del_cookie(FLASH_COOKIE, path="/")
+    response.headers["Content-Language"] = language
+    response.headers["Vary"] = "Accept-Language, Cookie"
     return response
 
 
@@ -120,7 +149,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             request,
             429,
             exc.code,
-            "Too many attempts",
+            N_("Too many attempts"),
             exc.message,
             {"Retry-After": str(exc.retry_after)},
             exc.details,
@@ -136,8 +165,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 request,
                 503,
                 "busy",
-                "We're busy right now",
-                "Too many people are signing in at once. Please try again in a few seconds.",
+                N_("We're busy right now"),
+                N_("Too many people are signing in at once. Please try again in a few seconds."),
                 {"Retry-After": "5"},
             )
         return _unavailable(request)
@@ -146,9 +175,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             log.warning("upstream_error", code=exc.code, status=exc.status)
             return _unavailable(request)
         if exc.code == "csrf_failed":
-            return _answer(request, 403, exc.code, "Please try again", CSRF_FAILED)
+            return _answer(request, 403, exc.code, N_("Please try again"), CSRF_FAILED)
         return _answer(
-            request, exc.status, exc.code, "Something is not right", exc.message, None, exc.details
+            request,
+            exc.status,
+            exc.code,
+            N_("Something is not right"),
+            exc.message,
+            None,
+            exc.details,
         )
     except UNAVAILABLE_ERRORS as exc:
         log.warning("dependency_unavailable", error=type(exc).__name__)
@@ -161,8 +196,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             request,
             500,
             "internal",
-            "Something went wrong",
-            "Something went wrong on our side. Please try again in a moment.",
+            N_("Something went wrong"),
+            N_("Something went wrong on our side. Please try again in a moment."),
         )
 
 
@@ -171,8 +206,8 @@ def _not_found(request: web.Request) -> web.Response:
         request,
         404,
         "not_found",
-        "Page not found",
-        "We couldn't find that page.",
+        N_("Page not found"),
+        N_("We couldn't find that page."),
     )
 
 
@@ -181,8 +216,8 @@ def _unavailable(request: web.Request) -> web.Response:
         request,
         503,
         "unavailable",
-        "Temporarily unavailable",
-        "This page is temporarily unavailable. Please try again in a moment.",
+        N_("Temporarily unavailable"),
+        N_("This page is temporarily unavailable. Please try again in a moment."),
         {"Retry-After": "5"},
     )
 

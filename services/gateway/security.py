@@ -23,6 +23,7 @@ from .domain import (
     new_csrf_token,
     origin_allowed,
 )
+from .i18n import N_
 from .rendering import Handler, is_api
 from .state import (
     LIMITS,
@@ -248,7 +249,7 @@ def _gate(request: web.Request) -> None:
         if user is None:
             raise web.HTTPSeeOther(login_url(request.path_qs))
         if role == "staff" and path.startswith(ADMINISTRATOR_PAGES):
-            raise Forbidden("Only Administrators can open this page.", code="forbidden")
+            raise Forbidden(N_("Only Administrators can open this page."), code="forbidden")
         if role not in ("administrator", "staff"):
             raise NotFound("No such page.")
 
@@ -362,5 +363,5 @@ async def login_failed(request: web.Request, email: str) -> None:
 def _raise_if(wait: int) -> None:
     if wait:
         raise RateLimited(
-            "Too many attempts. Please wait a little and try again.", retry_after=wait
+            N_("Too many attempts. Please wait a little and try again."), retry_after=wait
         )

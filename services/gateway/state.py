@@ -38,6 +38,8 @@ class RequestState:
     session_set: bool = False
     # Settings → Branding for this page (services/gateway/branding.py); None: built-in.
     brand: dict[str, Any] | None = None
+    # An invitation link's language (accept and new-link pages): before Accept-Language.
+    invitation_locale: str | None = None
 
 
 STATE = web.RequestKey("gateway_state", RequestState)

@@ -73,12 +73,20 @@ class Identity:
             self.cache.put_session(issued["token"], current, generation)
 
     async def ensure_user(
-        self, email: str, password: str, invitation_id: str, role: str | None = None
+        self,
+        email: str,
+        password: str,
+        invitation_id: str,
+        role: str | None = None,
+        locale: str | None = None,
     ) -> Json:
-        """``role``: a staff invitation's (the account is made with it); else a client."""
+        """``role``: a staff invitation's (the account is made with it); else a client.
+        ``locale``: the invitation's language, kept by an account made now (issue 17)."""
         body = {"email": email, "password": password, "invitation_id": invitation_id}
         if role:
             body["role"] = role
+        if locale:
+            body["locale"] = locale
         result: Json = await self.client.call("POST", "/users/ensure", json=body)
         return result
 
@@ -89,6 +97,21 @@ class Identity:
             )
         finally:
             self.cache.forget_user(user_id)
+
+    async def set_preferences(
+        self, user_id: str, locale: str | None, time_zone: str | None
+    ) -> Json:
+        """The account's Language and Time Zone (None: the browser's, the agency's). This
+        replica forgets the user's cached sessions, so the next page is in the new language."""
+        try:
+            result: Json = await self.client.call(
+                "PUT",
+                f"/users/{user_id}/preferences",
+                json={"locale": locale, "time_zone": time_zone},
+            )
+        finally:
+            self.cache.forget_user(user_id)
+        return result
 
     async def get_user(self, user_id: str) -> Json:
         result: Json = await self.client.call("GET", f"/users/{user_id}")

@@ -37,6 +37,8 @@ class EnsureUserBody(_Body):
     invitation_id: uuid.UUID
     # A staff invitation's role (Users → Invite Staff); a client's invitation leaves it out.
     role: Role = "client"
+    # The invitation's language: set on a new account only (an existing one keeps its own).
+    locale: str | None = Field(default=None, max_length=100)
 
 
 class ListUsersQuery(_Body):
@@ -56,6 +58,13 @@ class RoleBody(_Body):
 class LookupManyBody(_Body):
     # 500 addresses of at most 320 characters stay under the app's body limit.
     emails: list[Annotated[str, Field(max_length=320)]] = Field(max_length=500)
+
+
+class PreferencesBody(_Body):
+    """A person's Language and Time Zone; null (or left out): not chosen."""
+
+    locale: str | None = Field(default=None, max_length=100)
+    time_zone: str | None = Field(default=None, max_length=100)
 
 
 class PasswordBody(_Body):
@@ -114,6 +123,8 @@ def user_json(user: User) -> dict[str, Any]:
         "role": user.role,
         "disabled": user.disabled,
         "created_at": user.created_at.isoformat(),
+        "locale": user.locale,
+        "time_zone": user.time_zone,
     }
 
 
@@ -176,7 +187,7 @@ async def create_user(request: web.Request) -> web.Response:
 async def ensure_user(request: web.Request) -> web.Response:
     body = await read_json(request, EnsureUserBody)
     user, created = await handlers.ensure_user(
-        _deps(request), body.email, body.password, body.invitation_id, body.role
+        _deps(request), body.email, body.password, body.invitation_id, body.role, body.locale
     )
     return json_response({"user": user_json(user), "created": created}, 201 if created else 200)
 
@@ -215,6 +226,14 @@ async def change_password(request: web.Request) -> web.Response:
         keep_token=request.headers.get(SESSION_HEADER),
     )
     return web.Response(status=204)
+
+
+async def set_preferences(request: web.Request) -> web.Response:
+    body = await read_json(request, PreferencesBody)
+    user = await handlers.set_preferences(
+        _deps(request), _user_id(request), body.locale, body.time_zone
+    )
+    return json_response(user_json(user))
 
 
 async def disable_user(request: web.Request) -> web.Response:
@@ -362,6 +381,7 @@ CALLERS: dict[str, frozenset[str]] = {
     "POST /users/{user_id}/disable": GATEWAY,
     "POST /users/{user_id}/enable": GATEWAY,
     "PUT /users/{user_id}/role": GATEWAY,
+    "PUT /users/{user_id}/preferences": GATEWAY,
     "POST /sessions": GATEWAY,
     "POST /sessions/issue": GATEWAY,
     "GET /sessions/current": GATEWAY,
@@ -394,6 +414,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/users/{user_id}/disable", disable_user)
     r.add_post("/users/{user_id}/enable", enable_user)
     r.add_put("/users/{user_id}/role", set_role)
+    r.add_put("/users/{user_id}/preferences", set_preferences)
     r.add_post("/sessions", login)
     r.add_post("/sessions/issue", issue_session)
     r.add_get("/sessions/current", current_session)

@@ -11,13 +11,15 @@ from . import api
 
 USER = {
     "type": "object",
-    "required": ["id", "email", "role", "disabled", "created_at"],
+    "required": ["id", "email", "role", "disabled", "created_at", "locale", "time_zone"],
     "properties": {
         "id": UUID,
         "email": {"type": "string"},
         "role": {"type": "string", "enum": ["administrator", "staff", "client"]},
         "disabled": {"type": "boolean"},
         "created_at": TIME,
+        "locale": {"type": ["string", "null"], "enum": ["en", "de", "fr", "es", None]},
+        "time_zone": {"type": ["string", "null"], "description": "An IANA time zone name"},
     },
 }
 SESSION = {
@@ -99,7 +101,8 @@ OPERATIONS: list[Operation] = [
      "Create or find an invitation's account (a client, or a staff invitation's role)",
      api.EnsureUserBody, None,
      [], 201, {"type": "object", "properties": {"user": USER, "created": {"type": "boolean"}}},
-     ["200 created=false (retry)", "409 account_exists", "422 weak_password"]),
+     ["200 created=false (retry)", "409 account_exists", "422 weak_password",
+      "422 invalid_locale"]),
     ("get", "/users", "List users", None, api.ListUsersQuery, [], 200, PAGE, ["422"]),
     ("get", "/users/lookup", "Find a user by email", None, api.LookupQuery, [], 200, USER,
      ["404 user_not_found"]),
@@ -113,6 +116,9 @@ OPERATIONS: list[Operation] = [
      [USER_ID], 200, USER, ["404 user_not_found"]),
     ("put", "/users/{user_id}/role", "Change a user's role", api.RoleBody, None, [USER_ID], 200,
      USER, ["404 user_not_found", "409 last_administrator", "422"]),
+    ("put", "/users/{user_id}/preferences", "Set a user's Language and Time Zone",
+     api.PreferencesBody, None, [USER_ID], 200, USER,
+     ["404 user_not_found", "422 invalid_locale", "422 invalid_time_zone"]),
     ("post", "/sessions", "Log in", api.LoginBody, None, [], 201, ISSUED,
      ["401 invalid_credentials"]),
     ("post", "/sessions/issue", "Open a session for a user", api.IssueBody, None, [], 201, ISSUED,

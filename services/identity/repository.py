@@ -14,7 +14,7 @@ from libs.common.email import email_key
 
 from .domain import Role, User
 
-_USER_COLUMNS = "id, email, role, disabled, created_at, created_by_invitation"
+_USER_COLUMNS = "id, email, role, disabled, created_at, created_by_invitation, locale, time_zone"
 
 
 def _user(row: asyncpg.Record | Any) -> User:
@@ -25,6 +25,8 @@ def _user(row: asyncpg.Record | Any) -> User:
         disabled=row["disabled"],
         created_at=row["created_at"],
         created_by_invitation=row["created_by_invitation"],
+        locale=row["locale"],
+        time_zone=row["time_zone"],
     )
 
 
@@ -37,12 +39,14 @@ async def insert_user(
     password_hash: str,
     created_at: datetime,
     created_by_invitation: uuid.UUID | None = None,
+    locale: str | None = None,
 ) -> User | None:
     """Insert, or None when the email (case-insensitively) is taken. Concurrent inserts of
     one email wait on the unique index; exactly one returns a row."""
     row = await conn.fetchrow(
-        "INSERT INTO users (id, email, role, password_hash, created_at, created_by_invitation)"
-        " VALUES ($1, $2, $3, $4, $5, $6)"
+        "INSERT INTO users"
+        " (id, email, role, password_hash, created_at, created_by_invitation, locale)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)"
         f" ON CONFLICT ((lower(email))) DO NOTHING RETURNING {_USER_COLUMNS}",
         uuid.uuid4(),
         email,
@@ -50,6 +54,7 @@ async def insert_user(
         password_hash,
         created_at,
         created_by_invitation,
+        locale,
     )
     return _user(row) if row else None
 
@@ -154,6 +159,19 @@ async def set_role(conn: Conn, user_id: uuid.UUID, role: Role) -> User | None:
     return _user(row) if row else None
 
 
+async def set_preferences(
+    conn: Conn, user_id: uuid.UUID, locale: str | None, time_zone: str | None
+) -> User | None:
+    """None when the user is missing."""
+    row = await conn.fetchrow(
+        f"UPDATE users SET locale = $2, time_zone = $3 WHERE id = $1 RETURNING {_USER_COLUMNS}",
+        user_id,
+        locale,
+        time_zone,
+    )
+    return _user(row) if row else None
+
+
 async def lock_active_administrators(conn: Conn) -> list[uuid.UUID]:
     """The active administrators, locked in one order (so two demotions can't both see the
     other one still there)."""
@@ -205,7 +223,7 @@ async def find_session(conn: Conn, token_hash: str) -> tuple[SessionRow, User] |
     row = await conn.fetchrow(
         "SELECT s.id AS session_id, s.created_at AS session_created_at, s.last_seen_at,"
         " s.expires_at, u.id, u.email, u.role, u.disabled, u.created_at,"
-        " u.created_by_invitation"
+        " u.created_by_invitation, u.locale, u.time_zone"
         " FROM sessions s JOIN users u ON u.id = s.user_id"
         " WHERE s.token_hash = $1 AND s.revoked_at IS NULL",
         token_hash,

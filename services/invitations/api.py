@@ -35,6 +35,8 @@ class InviteBody(_Body):
     expires_in_days: int | None = None
     # Far above the 1,000 allowed: the handler answers a clear personal_message_too_long.
     personal_message: str | None = Field(default=None, max_length=65_536)
+    # Checked by the handler, which answers a clear invalid_locale.
+    locale: str | None = Field(default=None, max_length=100)
 
     # Who asks, should the invitation be pending already and get a new link instead.
     resend_reason: Literal["staff", "api"] = "staff"
@@ -45,6 +47,8 @@ class StaffInviteBody(_Body):
     # Checked by the handler, which answers a clear invalid_role.
     role: str = Field(max_length=50)
     invited_by: str | None = Field(default=None, max_length=320)
+    # Checked by the handler, which answers a clear invalid_locale.
+    locale: str | None = Field(default=None, max_length=100)
 
 
 class GroupBody(_Body):
@@ -57,6 +61,8 @@ class GroupBody(_Body):
     expires_in_days: int | None = None
     personal_message: str | None = Field(default=None, max_length=65_536)
     name: str | None = Field(default=None, max_length=1000)
+    # Checked by the handler, which answers a clear invalid_locale.
+    locale: str | None = Field(default=None, max_length=100)
 
 
 class BatchRowBody(_Body):
@@ -72,6 +78,8 @@ class BatchBody(_Body):
     portal_id: uuid.UUID
     invited_by: str | None = Field(default=None, max_length=320)
     dry_run: bool = False
+    # Checked by the handler, which answers a clear invalid_locale.
+    locale: str | None = Field(default=None, max_length=100)
     rows: list[BatchRowBody] = Field(min_length=1, max_length=batch.MAX_ROWS)
 
 
@@ -155,6 +163,8 @@ def invitation_json(row: asyncpg.Record, now: datetime) -> dict[str, Any]:
         "send_reason": row["send_reason"],
         "reminded_at": _iso(row["reminded_at"]),
         "group_id": _str(row["group_id"]),
+        # The language of its emails and pages; null: the agency's Language.
+        "locale": row["locale"],
     }
 
 
@@ -172,6 +182,7 @@ def _linked(row: asyncpg.Record) -> dict[str, Any]:
         "portal_slug": row["portal_slug"],
         "sub_client": row["sub_client"],
         "idempotency_key": row["idempotency_key"],
+        "locale": row["locale"],
     }
 
 
@@ -198,6 +209,7 @@ async def create_invitation(request: web.Request) -> web.Response:
         expires_in_days=body.expires_in_days,
         personal_message=body.personal_message,
         resend_reason=body.resend_reason,
+        locale=body.locale,
     )
     row, outcome = await handlers.invite(request.app[POOL], deps, command)
     # Replaying an idempotency key answers like the original request did.
@@ -221,6 +233,7 @@ async def create_group(request: web.Request) -> web.Response:
         expires_in_days=body.expires_in_days,
         personal_message=body.personal_message,
         invitee_name=body.name,
+        locale=body.locale,
     )
     group = await handlers.invite_group(request.app[POOL], deps, command)
     now = deps.clock()
@@ -254,6 +267,7 @@ async def create_batch(request: web.Request) -> web.Response:
         rows,
         invited_by=body.invited_by or None,
         dry_run=body.dry_run,
+        locale=body.locale,
     )
     return json_response({"results": [_result_json(r) for r in results]})
 
@@ -348,6 +362,8 @@ async def validate_token(request: web.Request) -> web.Response:
             "idempotency_key": row["idempotency_key"],
             # A group's link: each invitation accepting it takes now (the first is above).
             "group_id": _str(row["group_id"]),
+            # The invitation's language: its accept page is shown in it. Null: the agency's.
+            "locale": row["locale"],
             "invitations": [_linked(r) for r in rows],
         }
     )
@@ -391,7 +407,7 @@ async def create_staff_invitation(request: web.Request) -> web.Response:
     body = await read_json(request, StaffInviteBody)
     deps = request.app[DEPS]
     row, outcome = await handlers.invite_staff(
-        request.app[POOL], deps, body.email, body.role, body.invited_by or None
+        request.app[POOL], deps, body.email, body.role, body.invited_by or None, body.locale
     )
     return json_response(
         {"invitation": invitation_json(row, deps.clock()), "outcome": outcome},

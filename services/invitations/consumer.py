@@ -53,6 +53,7 @@ REJECT_REASONS = frozenset(
         "missing_portal",
         "invalid_expires_in_days",
         "personal_message_too_long",
+        "invalid_locale",
         "send_rate_limited",
         # Several portals, one invitation (portal_ids).
         "idempotency_key_reused",
@@ -121,6 +122,7 @@ async def _answer_repeat(conn: Conn, key: str) -> bool:
         idempotency_key=key,
         sub_client=existing["sub_client"],
         expires_in_days=existing["expires_in_days"],
+        locale=existing["locale"],
     )
     await append(conn, make_event("invitation.created", again, source=SOURCE))
     return True
@@ -158,6 +160,7 @@ async def _announce_group(conn: Conn, group: Group) -> None:
                 sub_client=row["sub_client"],
                 expires_in_days=row["expires_in_days"],
                 group_id=group.group_id,
+                locale=row["locale"],
             ),
         )
         for row in group.invitations
@@ -175,6 +178,7 @@ async def _requested_group(conn: Conn, deps: Deps, data: InvitationRequested) ->
         idempotency_key=data.idempotency_key,
         expires_in_days=data.expires_in_days,
         personal_message=data.personal_message,
+        locale=data.locale,
     )
     try:
         if data.portal_id is not None or data.portal_slug:
@@ -217,6 +221,7 @@ def make_on_requested(deps: Deps) -> Handler:
             expires_in_days=data.expires_in_days,
             personal_message=data.personal_message,
             resend_reason="invitation_requested",
+            locale=data.locale,
         )
         try:
             checked = await check_invite(conn, deps, command)

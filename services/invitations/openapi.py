@@ -12,6 +12,11 @@ ROLE = {
     "enum": ["administrator", "staff", None],
     "description": "a staff invitation's role (Users → Invite Staff); null for a client's",
 }
+LOCALE = {
+    "type": ["string", "null"],
+    "enum": ["en", "de", "fr", "es", None],
+    "description": "the language of its emails and pages; null: the agency's Language",
+}
 INVITATION = {
     "type": "object",
     "properties": {
@@ -55,6 +60,7 @@ INVITATION = {
             "description": "set when sent with others in one email (several portals, one"
             " invitation)",
         },
+        "locale": LOCALE,
     },
 }
 COUNTS = {
@@ -127,6 +133,7 @@ VALIDATED = {
         "account_exists": {"type": "boolean"},
         "sub_client": {"type": ["boolean", "null"]},
         "group_id": {**UUID, "type": ["string", "null"]},
+        "locale": LOCALE,
         "invitations": {
             "type": "array",
             "items": LINKED,
@@ -152,7 +159,8 @@ OPERATIONS: list[Operation] = [
      api.InviteBody, None, [], 201, OUTCOME,
      ["200 outcome=resent", "422 invalid_email", "404 portal_not_found",
       "409 portal_not_active", "409 already_has_access", "422 invalid_expires_in_days",
-      "422 personal_message_too_long", "429 send_rate_limited", "503 identity_unavailable"]),
+      "422 personal_message_too_long", "422 invalid_locale",
+      "429 send_rate_limited", "503 identity_unavailable"]),
     ("post", "/invitations/group",
      "Invite a person to several portals (1 to 20) with one email and one link",
      api.GroupBody, None, [], 201, GROUP,

@@ -26,7 +26,7 @@ _COLUMNS = (
     " i.accepted_user_id, i.accepted_at, i.revoked_at, i.created_at, i.send_count,"
     " i.delivery_next_attempt_at, i.accept_claim_until, i.expires_in_days, i.expiry_chosen,"
     " i.personal_message, i.invitee_name, i.send_reason, i.reminded_at, i.staff_role,"
-    " i.group_id, i.token_hash, p.status AS portal_status"
+    " i.group_id, i.token_hash, i.locale, p.status AS portal_status"
 )
 _JOIN = (
     "LEFT JOIN portals p ON p.portal_id = i.portal_id"
@@ -154,6 +154,7 @@ async def insert(
     invitee_name: str | None = None,
     staff_role: str | None = None,
     group_id: uuid.UUID | None = None,
+    locale: str | None = None,
 ) -> Row | None:
     """The new invitation, or None when a unique rule (one pending per email+portal, or
     per email for staff invitations; idempotency key) said no. A staff invitation has a
@@ -163,9 +164,9 @@ async def insert(
             "INSERT INTO invitations (id, email, email_lower, portal_id, token_hash, sent_at,"
             " expires_at, last_mail_id, sub_client, invited_by, idempotency_key,"
             " expires_in_days, expiry_chosen, personal_message, invitee_name, staff_role,"
-            " group_id)"
+            " group_id, locale)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,"
-            " $17) ON CONFLICT DO NOTHING"
+            " $17, $18) ON CONFLICT DO NOTHING"
         ),
         invitation_id,
         email,
@@ -184,6 +185,7 @@ async def insert(
         invitee_name,
         staff_role,
         group_id,
+        locale,
     )
 
 
@@ -206,12 +208,13 @@ class NewInvitation:
     expiry_chosen: bool = False
     personal_message: str | None = None
     invitee_name: str | None = None
+    locale: str | None = None
 
 
 _NEW_VALUES = operator.attrgetter(*(f.name for f in fields(NewInvitation)))
 _NEW_TYPES = (
     "uuid[], text[], text[], uuid[], text[], timestamptz[], timestamptz[], uuid[], bool[],"
-    " text[], text[], int[], bool[], text[], text[]"
+    " text[], text[], int[], bool[], text[], text[], text[]"
 )
 
 
@@ -225,7 +228,7 @@ async def insert_many(conn: Conn, rows: Sequence[NewInvitation]) -> int:
     written = await conn.fetchval(
         "WITH i AS (INSERT INTO invitations (id, email, email_lower, portal_id, token_hash,"
         " sent_at, expires_at, last_mail_id, sub_client, invited_by, idempotency_key,"
-        " expires_in_days, expiry_chosen, personal_message, invitee_name)"
+        " expires_in_days, expiry_chosen, personal_message, invitee_name, locale)"
         f" SELECT * FROM unnest({placeholders})"
         " ON CONFLICT DO NOTHING RETURNING 1)"
         " SELECT count(*) FROM i",
@@ -248,6 +251,7 @@ async def reissue(
     personal_message: str | None = None,
     invitee_name: str | None = None,
     reason: str | None = None,
+    locale: str | None = None,
 ) -> Row:
     """New token and expiry: the old hash is overwritten, so the old link dies at once."""
     row = await conn.fetchrow(
@@ -257,7 +261,7 @@ async def reissue(
             " delivery = 'queued', delivery_error = NULL, delivery_next_attempt_at = NULL,"
             " idempotency_key = COALESCE(idempotency_key, $6),"
             " expires_in_days = $7, expiry_chosen = $8, personal_message = $9,"
-            " invitee_name = $10, send_reason = $11"
+            " invitee_name = $10, send_reason = $11, locale = $12"
             " WHERE id = $1"
         ),
         invitation_id,
@@ -271,6 +275,7 @@ async def reissue(
         personal_message,
         invitee_name,
         reason,
+        locale,
     )
     assert row is not None
     return row

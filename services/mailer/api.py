@@ -148,6 +148,9 @@ class BrandingBody(BaseModel):
     accent_colour: str | None = Field(default=None, max_length=100)
     reply_to: str | None = Field(default=None, max_length=1000)
     footer_text: str | None = Field(default=None, max_length=5000)
+    # Checked by the handler: a clear invalid_default_locale / invalid_time_zone.
+    default_locale: str | None = Field(default=None, max_length=100)
+    time_zone: str | None = Field(default=None, max_length=100)
 
 
 class LogoBody(BaseModel):
@@ -165,6 +168,8 @@ def branding_json(value: Branding) -> dict[str, Any]:
         "footer_text": value.footer_text,
         "logo_etag": value.logo_etag or None,
         "logo_type": value.logo_type or None,
+        "default_locale": value.default_locale,
+        "time_zone": value.time_zone,
     }
 
 

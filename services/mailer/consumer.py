@@ -30,6 +30,7 @@ async def on_mail_requested(conn: Conn, envelope: Envelope, data: EventData) -> 
             ref_id=data.ref_id,
             context=data.context,
             correlation_id=envelope.correlation_id,
+            locale=data.locale,
         ),
     )
 

@@ -55,6 +55,8 @@ class RequestMail:
     ref_id: uuid.UUID
     context: Mapping[str, str]
     correlation_id: str | None = None
+    # The email's language (en, de, fr, es); None: the branding's Language.
+    locale: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Delivery:
     queued_at: datetime
     # Opaque: the trace the send continues (libs/common/tracing.py), None when off.
     trace_context: str | None = None
+    locale: str | None = None
 
 
 def normalise_address(raw: str) -> str:

@@ -72,6 +72,7 @@ async def request_mail(conn: Conn, command: RequestMail) -> bool:
         correlation_id=command.correlation_id,
         # The send, whenever it comes, continues the trace of the request that asked.
         trace_context=carrier(),
+        locale=(command.locale or "")[:100] or None,
     )
     if queued:
         log.info("mail_queued", mail_id=str(command.mail_id), template=command.template)

@@ -15,9 +15,13 @@ from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import jinja2
+from babel.dates import format_date, format_time
+from babel.support import NullTranslations
 
+from libs.common.i18n import DEFAULT_LANGUAGE, Catalogues, is_language
 from libs.common.logging import get_logger
 
 from .branding.domain import Branding
@@ -29,6 +33,8 @@ _UTF8_QP = Charset("utf-8")
 _UTF8_QP.body_encoding = QP
 
 TEMPLATES = Path(__file__).parent / "templates"
+# The built-in templates' translations (services/mailer/locale/<lang>/LC_MESSAGES/*.po).
+CATALOGUES = Catalogues(Path(__file__).parent / "locale")
 
 # What each template needs from the mail job's context; links must be http(s).
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -60,6 +66,8 @@ class Rendered:
     subject: str
     text: str
     html: str
+    # The email's language: its Content-Language header.
+    language: str = DEFAULT_LANGUAGE
 
 
 # Every file a template may consist of; an override directory holds any of them.
@@ -71,14 +79,19 @@ TEMPLATE_FILES = (
 MAX_ERROR_DETAIL = 300
 
 
-def new_environment(override_dir: Path | None = None) -> jinja2.Environment:
+def new_environment(
+    override_dir: Path | None = None, translations: NullTranslations | None = None
+) -> jinja2.Environment:
     """The built-in templates; with ``override_dir``, its files first (an override may
-    extend or include the built-in ones it doesn't replace: layout.html, button.html)."""
+    extend or include the built-in ones it doesn't replace: layout.html, button.html).
+    ``translations``: the language's catalogue, for ``{% trans %}`` and ``_()`` (English,
+    the msgids, without one)."""
     loader: jinja2.BaseLoader = jinja2.FileSystemLoader(TEMPLATES)
     if override_dir is not None:
         loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader(override_dir), loader])
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=loader,
+        extensions=["jinja2.ext.i18n"],
         # Every value comes from outside (portal titles, names): escape all HTML output.
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",)),
         undefined=jinja2.StrictUndefined,
@@ -87,18 +100,34 @@ def new_environment(override_dir: Path | None = None) -> jinja2.Environment:
         keep_trailing_newline=True,
         auto_reload=False,  # templates ship with the release: no stat per email
     )
+    env.install_gettext_translations(  # type: ignore[attr-defined]
+        translations or NullTranslations(), newstyle=False
+    )
+    return env
 
 
-def expiry_in_words(value: str) -> tuple[str, str]:
-    """ISO timestamp → ("9 December 2026", "14:05 UTC")."""
+def expiry_in_words(
+    value: str, language: str = DEFAULT_LANGUAGE, time_zone: str = "UTC"
+) -> tuple[str, str]:
+    """ISO timestamp → ("9 December 2026", "14:05 UTC"), in the time zone (the branding's)
+    and, for another language than English, as Babel writes a date in it ("9. Dezember
+    2026", "15:05 Europe/Berlin")."""
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidContext("expires_at is not an ISO 8601 timestamp") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
-    return f"{moment.day} {MONTHS[moment.month - 1]} {moment.year}", f"{moment:%H:%M} UTC"
+    try:
+        zone = ZoneInfo(time_zone)
+    except (ValueError, KeyError):
+        zone, time_zone = ZoneInfo("UTC"), "UTC"
+    moment = moment.astimezone(zone)
+    if language == DEFAULT_LANGUAGE:
+        day = f"{moment.day} {MONTHS[moment.month - 1]} {moment.year}"
+    else:
+        day = format_date(moment, format="long", locale=language)
+    return day, f"{format_time(moment, 'HH:mm', locale=language)} {time_zone}"
 
 
 # The accent of buttons and links when Settings → Branding sets none.
@@ -135,7 +164,14 @@ def branded_from(mail_from: str, branding: Branding) -> str:
     return email.utils.formataddr((branding.agency_name, address))
 
 
-def render(env: jinja2.Environment, template: str, context: Mapping[str, str]) -> Rendered:
+def render(
+    env: jinja2.Environment,
+    template: str,
+    context: Mapping[str, str],
+    *,
+    language: str = DEFAULT_LANGUAGE,
+    time_zone: str = "UTC",
+) -> Rendered:
     required = REQUIRED.get(template)
     if required is None:
         raise InvalidContext(f"unknown template {template!r}")
@@ -145,8 +181,9 @@ def render(env: jinja2.Environment, template: str, context: Mapping[str, str]) -
     for key in LINKS:
         if key in context and not context[key].startswith(("https://", "http://")):
             raise InvalidContext(f"{key} is not an http(s) link")
-    expires_on, expires_time = expiry_in_words(context["expires_at"])
+    expires_on, expires_time = expiry_in_words(context["expires_at"], language, time_zone)
     values = {**context, "expires_on": expires_on, "expires_time": expires_time}
+    values["language"] = language
     values.setdefault("invited_by", "")
     # Optional (issue 20): a Personal Message and the chosen Link Expiry.
     values.setdefault("personal_message", "")
@@ -167,6 +204,7 @@ def render(env: jinja2.Environment, template: str, context: Mapping[str, str]) -
         subject=" ".join(subject.split()),
         text=env.get_template(f"{template}.txt").render(values_with_list),
         html=env.get_template(f"{template}.html").render(values_with_list),
+        language=language,
     )
 
 
@@ -192,13 +230,26 @@ class Templates:
     def __init__(self, override_dir: Path | None = None) -> None:
         self.builtin = new_environment()
         self.override: jinja2.Environment | None = None
+        self.override_dir: Path | None = None
+        # One environment per language (each with its catalogue installed), made once.
+        self._builtin: dict[str, jinja2.Environment] = {DEFAULT_LANGUAGE: self.builtin}
+        self._override: dict[str, jinja2.Environment] = {}
         if override_dir is None:
             return
         if not override_dir.is_dir():
             log.error("mail_templates_dir_missing", path=str(override_dir))
             return
+        self.override_dir = override_dir
         self.override = new_environment(override_dir)
+        self._override[DEFAULT_LANGUAGE] = self.override
         self._check(override_dir)
+
+    def _environments(self, language: str) -> tuple[jinja2.Environment | None, jinja2.Environment]:
+        if language not in self._builtin:
+            self._builtin[language] = new_environment(None, CATALOGUES.get(language))
+        if self.override_dir is not None and language not in self._override:
+            self._override[language] = new_environment(self.override_dir, CATALOGUES.get(language))
+        return self._override.get(language), self._builtin[language]
 
     def _check(self, directory: Path) -> None:
         """Say at start what is wrong with the overrides, rather than at the first email."""
@@ -215,10 +266,21 @@ class Templates:
                     log.error("mail_template_override_broken", file=name, error=_detail(exc))
         log.info("mail_templates_overridden", files=[n for n in names if n in TEMPLATE_FILES])
 
-    def render(self, template: str, context: Mapping[str, str]) -> Rendered:
-        if self.override is not None:
+    def render(
+        self,
+        template: str,
+        context: Mapping[str, str],
+        *,
+        language: str = DEFAULT_LANGUAGE,
+        time_zone: str = "UTC",
+    ) -> Rendered:
+        if not is_language(language):
+            language = DEFAULT_LANGUAGE
+        override, builtin = self._environments(language)
+        options = {"language": language, "time_zone": time_zone}
+        if override is not None:
             try:
-                return render(self.override, template, context)
+                return render(override, template, context, **options)
             except InvalidContext:
                 raise  # the job's own fault: the built-in templates would refuse it too
             except Exception as exc:
@@ -229,7 +291,7 @@ class Templates:
                     error=_detail(exc),
                     fallback="built-in",
                 )
-        return render(self.builtin, template, context)
+        return render(builtin, template, context, **options)
 
 
 def _detail(exc: Exception) -> str:
@@ -273,6 +335,7 @@ def build_message(
     message["Date"] = email.utils.format_datetime(now.astimezone(UTC))
     message["Message-ID"] = f"<{mail_id}@{domain}>"
     message["Auto-Submitted"] = "auto-generated"
+    message["Content-Language"] = rendered.language
     for body, subtype in ((rendered.text, "plain"), (rendered.html, "html")):
         part = MIMENonMultipart("text", subtype)
         part.set_payload(body, _UTF8_QP)

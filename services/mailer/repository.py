@@ -26,14 +26,15 @@ async def insert_queued(
     context: Mapping[str, str],
     correlation_id: str | None,
     trace_context: str | None = None,
+    locale: str | None = None,
 ) -> bool:
     """True when recorded now (and the senders are woken at commit); False when this
     mail_id was already known. One round trip: the row and its NOTIFY."""
     inserted = await conn.fetchval(
         "WITH row AS (INSERT INTO deliveries"
         " (mail_id, template, to_address, ref_type, ref_id, context, correlation_id,"
-        "  trace_context)"
-        " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $9)"
+        "  trace_context, locale)"
+        " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $9, $10)"
         " ON CONFLICT (mail_id) DO NOTHING RETURNING 1)"
         " SELECT count(*) FROM (SELECT pg_notify($8, '') FROM row) AS woken",
         mail_id,
@@ -45,6 +46,7 @@ async def insert_queued(
         correlation_id,
         WAKE_CHANNEL,
         trace_context,
+        locale,
     )
     return bool(inserted)
 
@@ -91,7 +93,7 @@ async def claim_due(
         "   WHERE status = 'queued' AND next_attempt_at <= now()"
         "   ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
         " RETURNING mail_id, template, to_address, ref_type, ref_id, context::text,"
-        " attempts, correlation_id, claimed_at, created_at, trace_context",
+        " attempts, correlation_id, claimed_at, created_at, trace_context, locale",
         limit,
         claim_id,
     )
@@ -108,6 +110,7 @@ async def claim_due(
                 correlation_id=row["correlation_id"],
                 queued_at=row["created_at"],
                 trace_context=row["trace_context"],
+                locale=row["locale"],
             ),
             row["claimed_at"],
         )

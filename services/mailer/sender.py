@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind
 from libs.common import tracing
 from libs.common.context import set_correlation_id
 from libs.common.db import DATABASE_AWAY, Conn
+from libs.common.i18n import DEFAULT_LANGUAGE, is_language
 from libs.common.logging import get_logger
 from libs.common.sealing import Unsealable
 
@@ -193,6 +194,12 @@ class Sender:
                 self.templates.render(
                     delivery.template,
                     with_branding(context, branding, self.settings.public_base),
+                    # The job's language, else the agency's (Settings → Branding).
+                    language=(
+                        delivery.locale if is_language(delivery.locale) else branding.default_locale
+                    )
+                    or DEFAULT_LANGUAGE,
+                    time_zone=branding.time_zone or "UTC",
                 ),
                 mail_id=delivery.mail_id,
                 to=to,

@@ -15,8 +15,10 @@ from .branding.domain import (
     BrandingRefused,
     check_accent,
     check_agency_name,
+    check_default_locale,
     check_footer,
     check_reply_to,
+    check_time_zone,
 )
 from .domain import GIVE_UP_AFTER_SECONDS, RETRY_MAX_SECONDS, RetryPolicy
 from .webhooks import domain as webhooks
@@ -58,6 +60,9 @@ class MailerSettings(CommonSettings):
     mailer_accent_colour: str = ""
     mailer_reply_to: str = ""
     mailer_footer_text: str = ""
+    # Settings → Branding's Language and Time Zone until they are saved (issue 17).
+    mailer_default_language: str = "en"
+    mailer_time_zone: str = "UTC"
     # How long a mailer replica may use the branding it read; the replica that saved a
     # change uses it at once.
     mailer_branding_cache_seconds: float = Field(default=5.0, ge=0, le=300)
@@ -122,6 +127,19 @@ class MailerSettings(CommonSettings):
         except BrandingRefused as exc:
             raise ValueError(exc.message) from None
 
+    @field_validator("mailer_default_language", "mailer_time_zone")
+    @classmethod
+    def _language_and_zone(cls, value: str, info: ValidationInfo) -> str:
+        check = (
+            check_default_locale
+            if info.field_name == "mailer_default_language"
+            else check_time_zone
+        )
+        try:
+            return check(value)
+        except BrandingRefused as exc:
+            raise ValueError(exc.message) from None
+
     @field_validator("mailer_footer_text")
     @classmethod
     def _footer(cls, value: str) -> str:
@@ -137,6 +155,8 @@ class MailerSettings(CommonSettings):
             accent_colour=self.mailer_accent_colour,
             reply_to=self.mailer_reply_to,
             footer_text=self.mailer_footer_text,
+            default_locale=self.mailer_default_language,
+            time_zone=self.mailer_time_zone,
         )
 
     @field_validator("mail_from")

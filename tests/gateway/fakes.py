@@ -60,13 +60,22 @@ class Backend:
     def session_id(token: str) -> str:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, token))
 
-    def add_user(self, email: str, password: str, role: str = "client") -> Json:
+    def add_user(
+        self,
+        email: str,
+        password: str,
+        role: str = "client",
+        locale: str | None = None,
+        time_zone: str | None = None,
+    ) -> Json:
         user = {
             "id": str(uuid.uuid4()),
             "email": email,
             "role": role,
             "disabled": False,
             "created_at": now(),
+            "locale": locale,
+            "time_zone": time_zone,
         }
         self.users[user["id"]] = user
         self.passwords[user["id"]] = password
@@ -96,7 +105,9 @@ class Backend:
         self.portals[portal["id"]] = portal
         return portal
 
-    def add_invitation(self, email: str, portal: Json, status: str = "pending") -> str:
+    def add_invitation(
+        self, email: str, portal: Json, status: str = "pending", locale: str | None = None
+    ) -> str:
         token = secrets.token_urlsafe(32)
         inv = {
             "id": str(uuid.uuid4()),
@@ -120,6 +131,7 @@ class Backend:
             "personal_message": None,
             "send_reason": "invited",
             "reminded_at": None,
+            "locale": locale,
         }
         self.invitations[inv["id"]] = inv
         self.tokens[token] = inv["id"]
@@ -213,7 +225,9 @@ class Backend:
                     # As identity does: a retry finds the account, the password is untouched.
                     return web.json_response({"user": existing, "created": False})
                 return err(409, "account_exists")
-            user = self.add_user(body["email"], body["password"], body.get("role", "client"))
+            user = self.add_user(
+                body["email"], body["password"], body.get("role", "client"), body.get("locale")
+            )
             self.ensured[body["invitation_id"]] = user["id"]
             return web.json_response({"user": user, "created": True}, status=201)
 
@@ -238,6 +252,17 @@ class Backend:
             found = self.users[request.match_info["id"]]
             found["role"] = (await request.json())["role"]
             self.calls.append(f"identity.role:{found['role']}")
+            return web.json_response(found)
+
+        @r.put("/users/{id}/preferences")
+        async def preferences(request: web.Request) -> web.Response:
+            found = self.users.get(request.match_info["id"])
+            if found is None:
+                return err(404, "user_not_found")
+            body = await request.json()
+            self.calls.append("identity.preferences")
+            found["locale"] = body.get("locale")
+            found["time_zone"] = body.get("time_zone")
             return web.json_response(found)
 
         @r.post("/users/{id}/disable")
@@ -423,6 +448,7 @@ class Backend:
                     "portal_title": inv["portal_title"],
                     "portal_slug": inv["portal_slug"],
                     "role": inv.get("role"),
+                    "locale": inv.get("locale"),
                     "expires_at": inv["expires_at"],
                     "account_exists": self.by_email(inv["email"]) is not None
                     and inv["id"] not in self.ensured,
@@ -498,7 +524,7 @@ class Backend:
                 same = inv["email"] == body["email"] and inv["portal_id"] == portal["id"]
                 if same and inv["status"] == "pending":
                     return web.json_response({"invitation": inv, "outcome": "resent"})
-            token = self.add_invitation(body["email"], portal)
+            token = self.add_invitation(body["email"], portal, locale=body.get("locale"))
             inv = self.invitations[self.tokens[token]]
             inv["expires_in_days"] = body.get("expires_in_days") or self.expiry_days
             inv["personal_message"] = body.get("personal_message")

@@ -35,8 +35,9 @@ async def test_users_endpoints(client: Client, test_env: TestEnv) -> None:
     )
     assert response.status == 201
     user = await response.json()
-    assert set(user) == {"id", "email", "role", "disabled", "created_at"}
+    assert set(user) == {"id", "email", "role", "disabled", "created_at", "locale", "time_zone"}
     assert user["role"] == "client" and user["disabled"] is False
+    assert user["locale"] is None and user["time_zone"] is None
 
     response = await client.post(
         "/users", json={"email": email, "password": STRONG, "role": "client"}
@@ -222,5 +223,86 @@ async def test_openapi_document_lists_every_route(client: Client) -> None:
     assert doc["openapi"].startswith("3.1")
     assert {"post", "get"} <= set(doc["paths"]["/users"])
     assert "requestBody" in doc["paths"]["/users/ensure"]["post"]
-    assert len(doc["paths"]) == 20
+    assert len(doc["paths"]) == 21
+    assert "put" in doc["paths"]["/users/{user_id}/preferences"]
     assert "parameters" in doc["paths"]["/activity"]["get"]
+
+
+LANGUAGE_MESSAGE = "Language (locale) must be one of en, de, fr, es."
+ZONE_MESSAGE = "Time zone must be an IANA time zone name such as Europe/Berlin."
+
+
+async def test_preferences_are_set_shown_everywhere_and_cleared(client: Client) -> None:
+    email = new_email("prefs")
+    response = await client.post("/users", json={"email": email, "password": STRONG})
+    user = await response.json()
+    url = f"/users/{user['id']}/preferences"
+
+    response = await client.put(url, json={"locale": "de", "time_zone": "Europe/Berlin"})
+    assert response.status == 200, await response.text()
+    changed = await response.json()
+    assert changed == {**user, "locale": "de", "time_zone": "Europe/Berlin"}
+    assert await (await client.get(f"/users/{user['id']}")).json() == changed
+    page = await (await client.get("/users", params={"q": email.split("@")[0]})).json()
+    assert page["items"] == [changed]
+
+    # Every session answer carries them too: issue, login and the current session.
+    issued = await (await client.post("/sessions/issue", json={"user_id": user["id"]})).json()
+    assert issued["user"]["locale"] == "de" and issued["user"]["time_zone"] == "Europe/Berlin"
+    login = await (await client.post("/sessions", json={"email": email, "password": STRONG})).json()
+    assert login["user"] == changed
+    current = await client.get("/sessions/current", headers={"X-Session-Token": issued["token"]})
+    assert (await current.json())["user"] == changed
+
+    # null (or left out) means "not chosen".
+    response = await client.put(url, json={"locale": None})
+    assert await response.json() == {**user, "locale": None, "time_zone": None}
+
+
+async def test_preferences_refusals(client: Client) -> None:
+    response = await client.post("/users", json={"email": new_email("prefs"), "password": STRONG})
+    user = await response.json()
+    url = f"/users/{user['id']}/preferences"
+    for body, code, message in (
+        ({"locale": "it"}, "invalid_locale", LANGUAGE_MESSAGE),
+        ({"locale": "DE"}, "invalid_locale", LANGUAGE_MESSAGE),
+        ({"locale": ""}, "invalid_locale", LANGUAGE_MESSAGE),
+        ({"time_zone": "Mars/Olympus"}, "invalid_time_zone", ZONE_MESSAGE),
+        ({"locale": "fr", "time_zone": "CET+1"}, "invalid_time_zone", ZONE_MESSAGE),
+    ):
+        response = await client.put(url, json=body)
+        assert await _error(response, 422) == code, body
+        assert (await response.json())["error"]["message"] == message
+    # Nothing was saved by a refused request.
+    assert await (await client.get(f"/users/{user['id']}")).json() == user
+    response = await client.put(f"/users/{uuid.uuid4()}/preferences", json={"locale": "de"})
+    assert await _error(response, 404) == "user_not_found"
+    response = await client.put(url, json={"locale": ["de"]})
+    assert await _error(response, 422) == "invalid_input"
+
+
+async def test_ensure_sets_the_invitations_locale_on_a_new_account_only(client: Client) -> None:
+    email, invitation = new_email("ensure-locale"), str(uuid.uuid4())
+    body = {"email": email, "password": STRONG, "invitation_id": invitation, "locale": "fr"}
+    response = await client.post("/users/ensure", json=body)
+    assert response.status == 201
+    user = (await response.json())["user"]
+    assert user["locale"] == "fr" and user["time_zone"] is None
+
+    # The account's own choice wins over a later invitation's language.
+    await client.put(f"/users/{user['id']}/preferences", json={"locale": "es"})
+    response = await client.post("/users/ensure", json={**body, "locale": "de"})
+    assert response.status == 200
+    assert (await response.json())["user"]["locale"] == "es"
+
+    response = await client.post(
+        "/users/ensure",
+        json={**body, "email": new_email("ensure-locale"), "locale": "klingon"},
+    )
+    assert await _error(response, 422) == "invalid_locale"
+    # Without a locale the account has none (pages follow the browser and the branding).
+    response = await client.post(
+        "/users/ensure",
+        json={"email": new_email("ensure-locale"), "password": STRONG, "invitation_id": invitation},
+    )
+    assert (await response.json())["user"]["locale"] is None

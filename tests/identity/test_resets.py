@@ -45,6 +45,7 @@ async def test_reset_request_writes_a_private_mail_job(deps: Deps, pool: asyncpg
     assert context["site_name"] == "portal.example.com"
     assert context["reset_url"].startswith("https://portal.example.com/reset-password?token=")
     assert context["expires_at"] == (deps.now() + RESET_LIFETIME).isoformat()
+    assert data["locale"] is None  # no Language chosen: the mailer uses the branding's
     token = parse_qs(urlsplit(context["reset_url"]).query)["token"][0]
     stored = await pool.fetchval("SELECT token_hash FROM password_resets WHERE id = $1", reset_id)
     assert stored != token and len(stored) == 64
@@ -135,3 +136,11 @@ async def test_sixteen_concurrent_confirms_use_the_link_once(
     assert all(r.code == "reset_expired" for r in losers)
     issued = await handlers.login(deps, user.email, f"race passphrase number {winners[0]}")
     assert issued.user.id == user.id
+
+
+async def test_reset_mail_job_carries_the_users_language(deps: Deps, pool: asyncpg.Pool) -> None:
+    user = await handlers.create_user(deps, new_email("reset-de"), STRONG, "client")
+    await handlers.set_preferences(deps, user.id, "de", "Europe/Berlin")
+    await handlers.request_password_reset(deps, user.email)
+    (job,) = await _mail_for(pool, user.email)
+    assert job["data"]["locale"] == "de"

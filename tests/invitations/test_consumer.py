@@ -260,6 +260,7 @@ async def test_invitation_requested_by_slug_creates(
             invited_by="CRM",
             expires_in_days=30,
             personal_message="Welcome aboard, from the CRM.",
+            locale="fr",
         ),
     )
     row = await eventually(
@@ -273,6 +274,8 @@ async def test_invitation_requested_by_slug_creates(
     assert created["correlation_id"] == correlation_id
     assert created["data"]["idempotency_key"] == key
     assert created["data"]["expires_in_days"] == 30
+    assert row["locale"] == "fr" and created["data"]["locale"] == "fr"
+    assert events["mail.requested"]["data"]["locale"] == "fr"
     assert events["mail.requested"]["data"]["context"]["personal_message"] == (
         "Welcome aboard, from the CRM."
     )
@@ -289,6 +292,7 @@ async def test_invitation_requested_by_slug_creates(
         ("already_has_access", {"member": True}),
         ("invalid_expires_in_days", {"expires_in_days": 10}),
         ("personal_message_too_long", {"personal_message": "x" * 1001}),
+        ("invalid_locale", {"locale": "klingon"}),
     ],
 )
 async def test_invitation_requested_rejections(

@@ -26,6 +26,7 @@ from .users import (
     list_users,
     lookup_user,
     lookup_users,
+    set_preferences,
     set_role,
 )
 
@@ -58,6 +59,7 @@ __all__ = [
     "request_password_reset",
     "revoke_api_key",
     "set_login_redirect",
+    "set_preferences",
     "set_role",
     "utcnow",
     "validate_reset",

@@ -57,6 +57,7 @@ async def request_password_reset(deps: Deps, email: str) -> None:
                     "site_name": deps.site_name,
                 }
             ),
+            locale=user.locale,
         )
         await append(conn, make_event("mail.requested", mail, source=SOURCE))
     log.info("password_reset_requested", user_id=str(user.id), reset_id=str(reset_id))

@@ -19,7 +19,9 @@ from ..domain import (
     ROLES,
     Role,
     User,
+    check_locale,
     check_password,
+    check_time_zone,
     hash_token,
     password_problem,
 )
@@ -44,16 +46,23 @@ async def create_user(deps: Deps, email: str, password: str, role: Role) -> User
 
 
 async def ensure_user(
-    deps: Deps, email: str, password: str, invitation_id: uuid.UUID, role: Role = "client"
+    deps: Deps,
+    email: str,
+    password: str,
+    invitation_id: uuid.UUID,
+    role: Role = "client",
+    locale: str | None = None,
 ) -> tuple[User, bool]:
     """Create the account for an invitation (a client's, or with the role a staff
     invitation names), or find the one this invitation created on an earlier try (its
     password is left alone: the accept saga sets it only for the caller that wins the
     acceptance; its role was set when it was made). Concurrent calls for one email create
     one user: the losers wait on the unique email index and then find the winner's row.
-    Argon2 runs only when a user is really created."""
+    Argon2 runs only when a user is really created. ``locale`` (the invitation's language)
+    is set only on a new account: an existing one keeps its own."""
     address = normalise_email(email)
     check_password(password, address)
+    locale = check_locale(locale)
     async with deps.pool.acquire() as conn:
         existing = await repo.find_user_by_email(conn, address)
     if existing is None:
@@ -66,6 +75,7 @@ async def ensure_user(
                 password_hash=password_hash,
                 created_at=deps.now(),
                 created_by_invitation=invitation_id,
+                locale=locale,
             )
             if user is not None:
                 await announce_created(conn, user)
@@ -144,6 +154,22 @@ async def change_password(
         if ended:
             await announce_revoked(conn, user_id, "password_changed")
     log.info("password_changed", user_id=str(user_id), sessions_ended=ended)
+
+
+async def set_preferences(
+    deps: Deps, user_id: uuid.UUID, locale: str | None, time_zone: str | None
+) -> User:
+    """A person's own Language and Time Zone (None: not chosen). The gateway that saved
+    them forgets its cached copy of the user itself; other gateways see the change when
+    their cache entry ends (GATEWAY_CACHE_SECONDS)."""
+    locale = check_locale(locale)
+    time_zone = check_time_zone(time_zone)
+    async with deps.pool.acquire() as conn:
+        user = await repo.set_preferences(conn, user_id, locale, time_zone)
+    if user is None:
+        raise no_user()
+    log.info("user_preferences_changed", user_id=str(user_id), locale=locale, time_zone=time_zone)
+    return user
 
 
 async def _keep_an_administrator(conn: Conn, user_id: uuid.UUID, doing: str) -> None:

@@ -59,6 +59,8 @@ class InviteCommand:
     # When the invitation is already pending and gets a new link instead: who asked
     # (invitation.resent ``reason``): staff, api or invitation_requested.
     resend_reason: str = "staff"
+    # The language of the invitation's emails and pages; None: the agency's Language.
+    locale: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class CheckedInvite:
     email: str
     portal: PortalInfo
     personal_message: str | None = None
+    locale: str | None = None
 
 
 async def emit(conn: Conn, event_type: str, data: EventData, *more: tuple[str, EventData]) -> None:

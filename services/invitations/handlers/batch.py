@@ -77,10 +77,12 @@ async def invite_batch(
     *,
     invited_by: str | None,
     dry_run: bool = False,
+    locale: str | None = None,
 ) -> list[RowResult]:
     """One result per row, in input order. The portal must take invitations (else the
     whole batch is refused); everything else is a verdict on its row. ``dry_run``: the
     verdicts a send would give now, nothing written (the Import Clients preview)."""
+    locale = domain.check_locale(locale)  # the whole batch's language
     portal = await _active_portal(pool, deps, portal_id)
     results: dict[int, RowResult] = {}
     ready: list[_Ready] = []
@@ -115,9 +117,10 @@ async def invite_batch(
             sub_client=row.sub_client,
             personal_message=message,
             invitee_name=name,
+            locale=locale,
         )
         checked = CheckedInvite(
-            command=command, email=email, portal=portal, personal_message=message
+            command=command, email=email, portal=portal, personal_message=message, locale=locale
         )
         ready.append(_Ready(row, checked, email_lower))
     ready = await _without_access(deps, portal, ready, results)

@@ -37,6 +37,7 @@ class GroupCommand:
     expires_in_days: int | None = None
     personal_message: str | None = None
     invitee_name: str | None = None
+    locale: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class _Checked:
     portals: list[PortalInfo]
     personal_message: str | None
     invitee_name: str | None
+    locale: str | None = None
 
 
 async def invite_group(pool: asyncpg.Pool, deps: Deps, command: GroupCommand) -> Group:
@@ -93,6 +95,7 @@ async def check_group(pool: Db, deps: Deps, command: GroupCommand) -> _Checked:
         domain.check_link_expiry(command.expires_in_days)
     message = domain.clean_personal_message(command.personal_message)
     name = domain.clean_name(command.invitee_name)
+    locale = domain.check_locale(command.locale)
     if isinstance(pool, asyncpg.Pool):
         portals = list(await asyncio.gather(*(_portal(pool, deps, p) for p in command.portal_ids)))
     else:  # one connection (a consumer's transaction) runs one query at a time
@@ -118,7 +121,7 @@ async def check_group(pool: Db, deps: Deps, command: GroupCommand) -> _Checked:
                 code="already_has_access",
                 details={"portal_ids": [str(p.portal_id) for p in already]},
             )
-    return _Checked(command, email, portals, message, name)
+    return _Checked(command, email, portals, message, name, locale)
 
 
 def _is(portals: list[PortalInfo]) -> str:
@@ -187,6 +190,7 @@ async def record_group(conn: Conn, deps: Deps, checked: _Checked) -> Group:
             personal_message=checked.personal_message,
             invitee_name=checked.invitee_name,
             group_id=group_id,
+            locale=checked.locale,
         )
         if row is None:
             # An invitation to this portal went pending between our look and our insert.
@@ -213,6 +217,7 @@ async def record_group(conn: Conn, deps: Deps, checked: _Checked) -> Group:
         expires_in_days=days,
         personal_message=checked.personal_message,
         invitee_name=checked.invitee_name,
+        locale=checked.locale,
     )
     created = [
         (
@@ -227,6 +232,7 @@ async def record_group(conn: Conn, deps: Deps, checked: _Checked) -> Group:
                 sub_client=command.sub_client,
                 expires_in_days=days,
                 group_id=group_id,
+                locale=checked.locale,
             ),
         )
         for row in made

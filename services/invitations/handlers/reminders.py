@@ -166,4 +166,5 @@ def _mail(deps: Deps, rows: list[Row], token: str, mail_id: uuid.UUID) -> MailRe
         ref_type=ref[0],
         ref_id=ref[1],
         context=deps.settings.sealer().seal(context),
+        locale=row["locale"],
     )

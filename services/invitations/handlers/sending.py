@@ -72,6 +72,7 @@ async def check_invite(conn: Db, deps: Deps, command: InviteCommand) -> CheckedI
     if command.expires_in_days is not None:
         domain.check_link_expiry(command.expires_in_days)
     message = domain.clean_personal_message(command.personal_message)
+    locale = domain.check_locale(command.locale)
     portal = await resolve_portal(conn, deps, command.portal_id, command.portal_slug)
     if portal.status != "active":
         portal = await _refresh_portal(conn, deps, portal)
@@ -82,7 +83,9 @@ async def check_invite(conn: Db, deps: Deps, command: InviteCommand) -> CheckedI
             "This person already has access to the portal; no invitation is needed.",
             code="already_has_access",
         )
-    return CheckedInvite(command=command, email=email, portal=portal, personal_message=message)
+    return CheckedInvite(
+        command=command, email=email, portal=portal, personal_message=message, locale=locale
+    )
 
 
 async def record_invite(
@@ -125,6 +128,7 @@ async def record_invite(
                 personal_message=checked.personal_message,
                 invitee_name=command.invitee_name,
                 mates=mates,
+                locale=checked.locale,
             )
             return reissued, "resent"
         days = command.expires_in_days or await repo.expiry_days(conn)
@@ -173,6 +177,7 @@ def prepare_first(deps: Deps, checked: CheckedInvite, now: datetime, days: int) 
         expiry_chosen=command.expires_in_days is not None,
         personal_message=checked.personal_message,
         invitee_name=command.invitee_name,
+        locale=checked.locale,
     )
     created = InvitationCreated(
         invitation_id=invitation_id,
@@ -183,6 +188,7 @@ def prepare_first(deps: Deps, checked: CheckedInvite, now: datetime, days: int) 
         idempotency_key=command.idempotency_key,
         sub_client=command.sub_client,
         expires_in_days=days,
+        locale=checked.locale,
     )
     mail = _mail_job(
         deps,
@@ -196,6 +202,7 @@ def prepare_first(deps: Deps, checked: CheckedInvite, now: datetime, days: int) 
         expires_in_days=days,
         personal_message=checked.personal_message,
         invitee_name=command.invitee_name,
+        locale=checked.locale,
     )
     return FirstSend(row, created, mail)
 
@@ -237,6 +244,7 @@ async def _reissue(
     personal_message: str | None = None,
     invitee_name: str | None = None,
     mates: Sequence[Row] = (),
+    locale: str | None = None,
 ) -> Row:
     """A new token, a new expiry, a new mail job; refused (RateLimited) beyond the caps on
     new links. ``row`` is locked by the caller. The expiry keeps the length chosen for
@@ -252,6 +260,8 @@ async def _reissue(
     )
     message = personal_message if personal_message is not None else row["personal_message"]
     name = invitee_name if invitee_name is not None else row["invitee_name"]
+    # The language stays unless a new one is given (like the Personal Message).
+    language = locale if locale is not None else row["locale"]
     expires_at = domain.expiry_for(now, days)
     token, token_hash = domain.new_token()
     mail_id = uuid.uuid4()
@@ -271,6 +281,7 @@ async def _reissue(
             personal_message=message,
             invitee_name=name,
             reason=reason,
+            locale=language,
         )
         result = result or updated
         await sends.record(
@@ -298,6 +309,7 @@ async def _reissue(
             reason=reason,
             invited_by=each["invited_by"],
             group_id=each["group_id"],
+            locale=language,
         )
         announced.append(("invitation.resent", resent))
         log.info(
@@ -319,6 +331,7 @@ async def _reissue(
         expires_in_days=days,
         personal_message=message,
         invitee_name=name,
+        locale=language,
     )
     first_type, first = announced[0]
     await emit(conn, first_type, first, *announced[1:], ("mail.requested", mail))
@@ -365,6 +378,7 @@ def _mail_job(
     personal_message: str | None = None,
     invitee_name: str | None = None,
     template: Literal["invitation", "invitation_reminder"] = "invitation",
+    locale: str | None = None,
 ) -> MailRequested:
     """The only place the token leaves this service: the private mail job."""
     context = domain.mail_context(
@@ -385,6 +399,7 @@ def _mail_job(
         ref_type=ref[0],
         ref_id=ref[1],
         context=deps.settings.sealer().seal(context),
+        locale=locale,
     )
 
 

@@ -24,13 +24,19 @@ MAX_LISTED = 200
 
 
 async def invite_staff(
-    pool: asyncpg.Pool, deps: Deps, email: str, role: str, invited_by: str | None
+    pool: asyncpg.Pool,
+    deps: Deps,
+    email: str,
+    role: str,
+    invited_by: str | None,
+    locale: str | None = None,
 ) -> tuple[Row, Outcome]:
     """Create the staff invitation, or resend the pending one. Someone who already is at
     least the invited role is refused (409 already_on_team); a Client is invited like a
     stranger, and logs in to accept."""
     address = normalise_email(email)
     domain.check_staff_role(role)
+    locale = domain.check_locale(locale)
     # Asked before the transaction: no connection is held while identity answers.
     user = await deps.directory.find_user(address)
     if user is not None:
@@ -38,11 +44,11 @@ async def invite_staff(
             address, str(user.get("role", "client")), bool(user.get("disabled")), role
         )
     async with pool.acquire() as conn, conn.transaction():
-        return await _record(conn, deps, address, role, invited_by)
+        return await _record(conn, deps, address, role, invited_by, locale)
 
 
 async def _record(
-    conn: Conn, deps: Deps, email: str, role: str, invited_by: str | None
+    conn: Conn, deps: Deps, email: str, role: str, invited_by: str | None, locale: str | None
 ) -> tuple[Row, Outcome]:
     email_lower = email_key(email)
     for _ in range(5):
@@ -52,7 +58,8 @@ async def _record(
                 await repo.set_staff_role(conn, pending["id"], role)
                 pending = await repo.get(conn, pending["id"])
                 assert pending is not None
-            return await _reissue(conn, deps, pending, None, reason="staff"), "resent"
+            resent = await _reissue(conn, deps, pending, None, reason="staff", locale=locale)
+            return resent, "resent"
         now = deps.clock()
         days = await repo.expiry_days(conn)
         expires_at = domain.expiry_for(now, days)
@@ -73,6 +80,7 @@ async def _record(
             idempotency_key=None,
             expires_in_days=days,
             staff_role=role,
+            locale=locale,
         )
         if created is None:
             continue  # a concurrent invitation of this address won: resend that one

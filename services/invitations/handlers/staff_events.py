@@ -48,6 +48,7 @@ def mail_job(
         ref_type="invitation",
         ref_id=row["id"],
         context=deps.settings.sealer().seal(context),
+        locale=row["locale"],
     )
 
 

@@ -7,8 +7,11 @@ import hashlib
 import io
 import re
 from dataclasses import dataclass, replace
+from zoneinfo import available_timezones
 
 from PIL import Image, UnidentifiedImageError
+
+from libs.common.i18n import DEFAULT_LANGUAGE, LANGUAGES, is_language
 
 from ..domain import InvalidAddress, normalise_address
 
@@ -45,9 +48,38 @@ class Branding:
     footer_text: str = ""
     logo_etag: str = ""
     logo_type: str = ""
+    # The agency's Language (emails whose job names none) and Time Zone (dates in emails).
+    # Empty: not saved, the MAILER_DEFAULT_LANGUAGE / MAILER_TIME_ZONE values stand.
+    default_locale: str = ""
+    time_zone: str = ""
 
     def with_changes(self, **changes: str) -> Branding:
         return replace(self, **changes)
+
+
+LANGUAGE_MESSAGE = f"Language (locale) must be one of {', '.join(LANGUAGES)}."
+TIME_ZONE_MESSAGE = "Time zone must be an IANA time zone name such as Europe/Berlin."
+
+
+def check_default_locale(value: str) -> str:
+    if not is_language(value):
+        raise BrandingRefused("default_locale", LANGUAGE_MESSAGE)
+    return value
+
+
+def check_time_zone(value: str) -> str:
+    if value not in available_timezones():
+        raise BrandingRefused("time_zone", TIME_ZONE_MESSAGE)
+    return value
+
+
+def resolved(branding: Branding, first: Branding) -> Branding:
+    """The saved branding with the variables' Language and Time Zone where none is saved."""
+    return replace(
+        branding,
+        default_locale=branding.default_locale or first.default_locale or DEFAULT_LANGUAGE,
+        time_zone=branding.time_zone or first.time_zone or "UTC",
+    )
 
 
 @dataclass(frozen=True)

@@ -21,20 +21,32 @@ from .domain import (
     BrandingRefused,
     check_accent,
     check_agency_name,
+    check_default_locale,
     check_footer,
     check_reply_to,
+    check_time_zone,
     prepare_logo,
+    resolved,
 )
 
 log = get_logger(__name__)
 
 SOURCE = "mailer"
-TEXT_FIELDS = ("agency_name", "accent_colour", "reply_to", "footer_text")
+TEXT_FIELDS = (
+    "agency_name",
+    "accent_colour",
+    "reply_to",
+    "footer_text",
+    "default_locale",
+    "time_zone",
+)
 CHECKS = {
     "agency_name": check_agency_name,
     "accent_colour": check_accent,
     "reply_to": check_reply_to,
     "footer_text": check_footer,
+    "default_locale": check_default_locale,
+    "time_zone": check_time_zone,
 }
 
 
@@ -58,7 +70,7 @@ def checked(changes: Mapping[str, str | None]) -> dict[str, str]:
 
 
 async def current(conn: Conn, first: Branding) -> Branding:
-    return await repository.get(conn) or first
+    return resolved(await repository.get(conn) or first, first)
 
 
 async def update(
@@ -66,7 +78,7 @@ async def update(
 ) -> Branding:
     clean = checked(changes)
     async with pool.acquire() as conn, conn.transaction():
-        before = await repository.lock(conn, first)
+        before = resolved(await repository.lock(conn, first), first)
         after = before.with_changes(**clean)
         changed = [name for name in TEXT_FIELDS if getattr(after, name) != getattr(before, name)]
         if changed:
@@ -84,7 +96,7 @@ async def set_logo(pool: asyncpg.Pool, first: Branding, content: bytes) -> Brand
     except BrandingRefused as exc:
         raise refused(exc) from None
     async with pool.acquire() as conn, conn.transaction():
-        before = await repository.lock(conn, first)
+        before = resolved(await repository.lock(conn, first), first)
         if before.logo_etag != logo.etag:
             await repository.save_logo(conn, logo)
             await _announce(conn, ["logo"])
@@ -94,7 +106,7 @@ async def set_logo(pool: asyncpg.Pool, first: Branding, content: bytes) -> Brand
 
 async def remove_logo(pool: asyncpg.Pool, first: Branding) -> Branding:
     async with pool.acquire() as conn, conn.transaction():
-        before = await repository.lock(conn, first)
+        before = resolved(await repository.lock(conn, first), first)
         if before.logo_etag:
             await repository.save_logo(conn, None)
             await _announce(conn, ["logo"])

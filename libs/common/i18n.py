@@ -12,11 +12,15 @@ from __future__ import annotations
 import io
 from functools import cache
 from pathlib import Path
+from typing import TypeGuard
+from zoneinfo import available_timezones
 
 from babel import Locale
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
+
+from .errors import InvalidInput
 
 # The languages we ship complete, in the order a picker lists them.
 LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es")
@@ -31,6 +35,41 @@ def language_name(code: str) -> str:
 
 def is_language(code: str | None) -> bool:
     return code in LANGUAGES
+
+
+LANGUAGE_MESSAGE = f"Language (locale) must be one of {', '.join(LANGUAGES)}."
+TIME_ZONE_MESSAGE = "Time zone must be an IANA time zone name such as Europe/Berlin."
+
+
+@cache
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def is_time_zone(name: object) -> TypeGuard[str]:
+    """An IANA time zone name this machine's tz database knows ("Europe/Berlin", "UTC")."""
+    return isinstance(name, str) and name in _zones()
+
+
+@cache
+def time_zones() -> tuple[str, ...]:
+    """The names a Time Zone picker offers, sorted: regions and UTC (no legacy aliases
+    such as "EST5EDT" offered, though :func:`is_time_zone` accepts them)."""
+    return tuple(sorted(z for z in _zones() if "/" in z or z == "UTC"))
+
+
+def check_locale(locale: str | None, *, code: str = "invalid_locale") -> str | None:
+    """A shipped language, or None (not chosen); anything else is refused."""
+    if locale is not None and not is_language(locale):
+        raise InvalidInput(LANGUAGE_MESSAGE, code=code)
+    return locale
+
+
+def check_time_zone(zone: str | None, *, code: str = "invalid_time_zone") -> str | None:
+    """An IANA time zone name, or None (not chosen); anything else is refused."""
+    if zone is not None and not is_time_zone(zone):
+        raise InvalidInput(TIME_ZONE_MESSAGE, code=code)
+    return zone
 
 
 def negotiate(accept_language: str | None, default: str = DEFAULT_LANGUAGE) -> str:

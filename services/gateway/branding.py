@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from functools import cache
 from typing import Any
-from zoneinfo import available_timezones
 
 from aiohttp import web
 from multidict import MultiDictProxy
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.errors import DomainError, InvalidInput, TooLarge
-from libs.common.i18n import LANGUAGES, is_language, language_name
+from libs.common.i18n import is_language, is_time_zone, time_zones
 from libs.common.logging import get_logger
 from libs.common.web import json_response, read_json
 
@@ -43,7 +41,6 @@ FIELDS = ("agency_name", "accent_colour", "reply_to", "footer_text")
 LOCALE_FIELDS = ("default_locale", "time_zone")
 LOCALE_PROBLEM = "Language (locale) must be one of en, de, fr, es."
 ZONE_PROBLEM = "Time zone must be an IANA time zone name such as Europe/Berlin."
-LANGUAGE_CHOICES = tuple((code, language_name(code)) for code in LANGUAGES)
 
 routes = web.RouteTableDef()
 
@@ -104,16 +101,6 @@ async def theme(request: web.Request) -> web.StreamResponse:
 
 
 # --- Settings → Branding ------------------------------------------------------------------
-@cache
-def time_zones() -> tuple[str, ...]:
-    """The IANA names the Time Zone field offers and accepts (no legacy aliases offered)."""
-    return tuple(sorted(z for z in available_timezones() if "/" in z or z == "UTC"))
-
-
-def is_time_zone(name: str) -> bool:
-    return name in available_timezones()
-
-
 def _page(
     request: web.Request,
     current: dict[str, Any],
@@ -128,7 +115,6 @@ def _page(
     }
     context = {
         "form": values,
-        "languages": LANGUAGE_CHOICES,
         "time_zones": time_zones(),
         "logo_etag": current.get("logo_etag") or "",
         "errors": errors or {},

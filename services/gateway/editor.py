@@ -13,7 +13,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from libs.common.errors import DomainError, InvalidInput, NotFound
-from libs.common.i18n import LANGUAGES, is_language, language_name
+from libs.common.i18n import is_language
 from libs.common.web import json_response
 
 from .domain import (
@@ -38,7 +38,6 @@ SLUG_RULE = "Use lower-case letters, digits and single hyphens, at most 80, e.g.
 SLUG_TAKEN = "Another portal already uses this slug; choose another."
 # The Language select of Invite Client: "Agency default" (empty), then each language by
 # its own name, as a person reading only that language finds it.
-LANGUAGE_CHOICES = tuple((code, language_name(code)) for code in LANGUAGES)
 LOCALE_PROBLEM = "Language (locale) must be one of en, de, fr, es."
 # The portals service takes up to 500 sub-clients; one Save adds at most this many.
 MAX_SUB_CLIENTS_ADDED = 100
@@ -106,7 +105,6 @@ async def _editor(
         "statuses": STATUSES,
         "invite": invite or {},
         "expiry_choices": EXPIRY_CHOICES,
-        "languages": LANGUAGE_CHOICES,
         "more_users": more_users,
     }
     return render(request, "admin/editor.html", context, status=status)

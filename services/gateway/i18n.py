@@ -15,16 +15,23 @@ from __future__ import annotations
 
 import contextvars
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 import jinja2
 from babel.dates import format_datetime
 from markupsafe import Markup
 
-from libs.common.i18n import DEFAULT_LANGUAGE, Catalogues, is_language, negotiate
+from libs.common.i18n import (
+    DEFAULT_LANGUAGE,
+    LANGUAGES,
+    Catalogues,
+    is_language,
+    is_time_zone,
+    language_name,
+    negotiate,
+)
 
 LOCALE_DIR = Path(__file__).parent / "locale"
 CATALOGUES = Catalogues(LOCALE_DIR)
@@ -56,18 +63,9 @@ def choose_language(
     return negotiate(accept_language, fallback)
 
 
-@cache
-def zones() -> frozenset[str]:
-    return frozenset(available_timezones())
-
-
-def is_zone(name: str | None) -> bool:
-    return isinstance(name, str) and name in zones()
-
-
 def choose_zone(user: dict[str, Any] | None, brand: dict[str, Any] | None) -> str:
     for zone in ((user or {}).get("time_zone"), (brand or {}).get("time_zone")):
-        if isinstance(zone, str) and is_zone(zone):
+        if is_time_zone(zone):
             return zone
     return "UTC"
 
@@ -141,4 +139,6 @@ def install(env: jinja2.Environment) -> None:
     env.globals["ngettext"] = _template_ngettext
     env.newstyle_gettext = True  # type: ignore[attr-defined]
     env.globals["page_language"] = current_language
+    # Every Language picker's options: (code, the language's own name), in LANGUAGES order.
+    env.globals["languages"] = tuple((code, language_name(code)) for code in LANGUAGES)
     env.filters["when"] = when

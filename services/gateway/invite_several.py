@@ -15,7 +15,7 @@ from multidict import MultiDictProxy
 from libs.common.errors import DomainError, NotFound
 
 from .domain import EXPIRY_CHOICES, MAX_GROUP_PORTALS, normalise_email, parse_uuid
-from .editor import INVITE_ERROR_FIELDS, INVITE_ERRORS, LANGUAGE_CHOICES, invite_fields
+from .editor import INVITE_ERROR_FIELDS, INVITE_ERRORS, invite_fields
 from .rendering import current_user, form_str, render, see_other
 from .state import UPSTREAM
 from .upstream import Json, Upstream
@@ -83,7 +83,6 @@ async def _page(
         "invite": values,
         "errors": errors,
         "expiry_choices": EXPIRY_CHOICES,
-        "languages": LANGUAGE_CHOICES,
         "nav": "portals",
     }
     return render(request, "admin/invite_several.html", context, status=status)

@@ -8,9 +8,8 @@ import re
 from aiohttp import web
 
 from libs.common.errors import DomainError, NotFound, Unauthorized
-from libs.common.i18n import LANGUAGES, is_language, language_name
+from libs.common.i18n import is_language, is_time_zone, time_zones
 
-from . import i18n
 from .domain import BAD_LOGIN, normalise_email, password_problem, safe_next_path
 from .handlers import is_team, login_destination
 from .i18n import N_
@@ -189,8 +188,7 @@ def _account_page(
     request: web.Request, locale: str, zone: str, errors: dict[str, str], status: int = 200
 ) -> web.Response:
     context = {
-        "languages": [(code, language_name(code)) for code in LANGUAGES],
-        "zones": sorted(i18n.zones()),
+        "zones": time_zones(),
         "locale": locale,
         "time_zone": zone,
         "errors": errors,
@@ -217,7 +215,7 @@ async def account_save(request: web.Request) -> web.StreamResponse:
     errors: dict[str, str] = {}
     if locale and not is_language(locale):
         errors["locale"] = LANGUAGE_REFUSED
-    if zone and not i18n.is_zone(zone):
+    if zone and not is_time_zone(zone):
         errors["time_zone"] = ZONE_REFUSED
     if errors:
         return _account_page(request, locale, zone, errors, status=422)

@@ -15,7 +15,7 @@ from libs.common.errors import DomainError, RateLimited
 from libs.common.web import json_response, read_json
 
 from .admin import ID, STAFF_ROLE_NAMES, _users_page
-from .api import API
+from .api import API, checked_locale
 from .contracts import StaffInvitation, StaffInvitationList, StaffInviteResult
 from .domain import normalise_email
 from .rendering import current_user, error_page, form_str, see_other
@@ -36,7 +36,8 @@ async def invite_staff(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     raw_email = form_str(form, "email", 320).strip()
     role = form_str(form, "role", 20)
-    shown = {"email": raw_email, "role": role}
+    locale = form_str(form, "locale", 20).strip() or None
+    shown = {"email": raw_email, "role": role, "locale": locale or ""}
     errors: dict[str, str] = {}
     email = normalise_email(raw_email)
     if email is None:
@@ -49,13 +50,15 @@ async def invite_staff(request: web.Request) -> web.StreamResponse:
     admin = current_user(request) or {}
     try:
         answer = await request.app[UPSTREAM].invitations.invite_staff(
-            email, role, admin.get("email")
+            email, role, admin.get("email"), locale
         )
     except DomainError as exc:
         if exc.code in EMAIL_REFUSALS:
             problem = {"staff_email": exc.message}
         elif exc.code == "invalid_role":
             problem = {"staff_role": exc.message}
+        elif exc.code == "invalid_locale":
+            problem = {"staff_locale": exc.message}
         elif isinstance(exc, RateLimited):
             problem = {"staff_email": exc.message}
         else:
@@ -90,6 +93,14 @@ class StaffInviteBody(BaseModel):
 
     email: Annotated[str, Field(max_length=320)]
     role: Literal["administrator", "staff"]
+    locale: Annotated[
+        str | None,
+        Field(
+            max_length=20,
+            description="the language of the email and of the accept page: en, de, fr or"
+            " es; default the agency's (Settings → Branding)",
+        ),
+    ] = None
 
     @field_validator("email")
     @classmethod
@@ -98,6 +109,11 @@ class StaffInviteBody(BaseModel):
         if email is None:
             raise ValueError("must be one plain email address like name@example.com")
         return email
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, value: str | None) -> str | None:
+        return checked_locale(value)
 
 
 def _public(invitation: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +139,9 @@ async def api_invite_staff(request: web.Request) -> web.StreamResponse:
     user = current_user(request)
     # An administrator's session, or the bootstrap key (no person: "api").
     inviter = user["email"] if user else "api"
-    answer = await request.app[UPSTREAM].invitations.invite_staff(body.email, body.role, inviter)
+    answer = await request.app[UPSTREAM].invitations.invite_staff(
+        body.email, body.role, inviter, body.locale
+    )
     result = {"invitation": _public(answer["invitation"]), "outcome": answer["outcome"]}
     return json_response(result, 200 if answer["outcome"] == "resent" else 201)
 

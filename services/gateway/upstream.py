@@ -362,12 +362,15 @@ class Invitations:
         result: Json = await self.client.call("POST", f"/invitations/{invitation_id}/revoke")
         return result
 
-    async def invite_staff(self, email: str, role: str, invited_by: str | None) -> Json:
-        """Users → Invite Staff: ``{"invitation", "outcome": created|resent}``."""
+    async def invite_staff(
+        self, email: str, role: str, invited_by: str | None, locale: str | None = None
+    ) -> Json:
+        """Users → Invite Staff: ``{"invitation", "outcome": created|resent}``. ``locale``:
+        the language of the email and the accept page (None: the agency's)."""
         result: Json = await self.client.call(
             "POST",
             "/staff-invitations",
-            json={"email": email, "role": role, "invited_by": invited_by},
+            json={"email": email, "role": role, "invited_by": invited_by, "locale": locale},
         )
         return result
 

@@ -10,11 +10,9 @@ from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import available_timezones
 
 from libs.common.email import email_key
 from libs.common.errors import InvalidInput
-from libs.common.i18n import LANGUAGES, is_language
 from libs.common.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 
 Role = Literal["administrator", "staff", "client"]
@@ -83,28 +81,6 @@ class User:
     created_by_invitation: uuid.UUID | None = None
     locale: str | None = None
     time_zone: str | None = None
-
-
-LANGUAGE_MESSAGE = f"Language (locale) must be one of {', '.join(LANGUAGES)}."
-TIME_ZONE_MESSAGE = "Time zone must be an IANA time zone name such as Europe/Berlin."
-
-
-def check_locale(locale: str | None) -> str | None:
-    """A shipped language or None (not chosen)."""
-    if locale is None:
-        return None
-    if not is_language(locale):
-        raise InvalidInput(LANGUAGE_MESSAGE, code="invalid_locale")
-    return locale
-
-
-def check_time_zone(zone: str | None) -> str | None:
-    """An IANA time zone name or None (not chosen)."""
-    if zone is None:
-        return None
-    if zone not in available_timezones():
-        raise InvalidInput(TIME_ZONE_MESSAGE, code="invalid_time_zone")
-    return zone
 
 
 @dataclass(frozen=True)

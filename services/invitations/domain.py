@@ -13,7 +13,6 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from libs.common.errors import Conflict, Gone, InvalidInput, RateLimited
-from libs.common.i18n import LANGUAGES, is_language
 
 Clock = Callable[[], datetime]
 Status = Literal["pending", "accepted", "revoked", "expired"]
@@ -272,19 +271,6 @@ def clean_personal_message(raw: str | None) -> str | None:
             code="personal_message_too_long",
         )
     return text or None
-
-
-# --- language --------------------------------------------------------------------------
-LANGUAGE_MESSAGE = f"Language (locale) must be one of {', '.join(LANGUAGES)}."
-
-
-def check_locale(locale: str | None) -> str | None:
-    """The invitation's language (its emails and pages), or None: the agency's Language."""
-    if locale is None:
-        return None
-    if not is_language(locale):
-        raise InvalidInput(LANGUAGE_MESSAGE, code="invalid_locale")
-    return locale
 
 
 # --- the mail job ---------------------------------------------------------------------

@@ -44,6 +44,16 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "password_reset": ("reset_url", "site_name", "expires_at"),
 }
 LINKS = ("accept_url", "reset_url")
+
+
+def N_(message: str) -> str:
+    """Marks a message for extraction (scripts/check_catalogues.py); translated at render."""
+    return message
+
+
+# The role names a staff invitation's ``role_name`` holds (in English, as its producer
+# writes them), put in the email's language when it is rendered.
+ROLE_NAMES = frozenset({N_("Administrator"), N_("Staff"), N_("Client")})
 # Spelled out here rather than by strftime, whose month names follow the process locale.
 MONTHS = (
     "January",
@@ -184,6 +194,9 @@ def render(
     expires_on, expires_time = expiry_in_words(context["expires_at"], language, time_zone)
     values = {**context, "expires_on": expires_on, "expires_time": expires_time}
     values["language"] = language
+    translate = env.globals.get("gettext")  # the language's, from install_gettext_translations
+    if values.get("role_name") in ROLE_NAMES and callable(translate):
+        values["role_name"] = str(translate(values["role_name"]))
     values.setdefault("invited_by", "")
     # Optional (issue 20): a Personal Message and the chosen Link Expiry.
     values.setdefault("personal_message", "")

@@ -114,3 +114,26 @@ async def test_import_clients_from_a_csv_file(page: Page, stack: Stack) -> None:
     assert "See you at the office." in text_part(welcome)
     await stack.sink.wait_for(pending, count=2)
     await stack.sink.wait_for(again)
+
+
+async def test_an_import_in_the_chosen_language(page: Page, stack: Stack) -> None:
+    tag = uuid.uuid4().hex[:6]
+    people = [f"{who}-{tag}@louvre.example" for who in ("amelie", "jules")]
+    await log_in_admin(page)
+    editor = await add_portal(page, f"Musée {tag}", "Les plans.")
+    await page.goto(editor)
+    await page.get_by_role("link", name="Import Clients").click()
+    await page.get_by_label("Language", exact=True).select_option(label="Français")
+    text = "email\n" + "".join(f"{email}\n" for email in people)
+    await page.get_by_label("CSV File", exact=True).set_input_files(
+        csv_file("clients.csv", text)  # type: ignore[arg-type]
+    )
+    await expect(page.locator("#import-preview-table tbody tr")).to_have_count(2)
+    await page.get_by_role("button", name="Send Invitations").click()
+    await expect(page.locator("#import-results-summary")).to_have_text(
+        "Done: 2 invited, 0 resent, 0 not invited."
+    )
+    for email in people:
+        [message] = await stack.sink.wait_for(email)
+        assert message["Content-Language"] == "fr"
+        assert "Accepter l'invitation" in text_part(message)

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from libs.common.errors import InvalidInput
 from libs.common.i18n import (
     LANGUAGES,
     Catalogues,
+    check_locale,
+    check_time_zone,
     is_language,
+    is_time_zone,
     language_name,
     negotiate,
+    time_zones,
 )
 
 
@@ -53,3 +60,31 @@ def test_catalogues_merge_every_po_file_of_a_language(tmp_path: Path) -> None:
     # English is the source language; a language without files falls back to it.
     assert catalogues.get("en").gettext("Log In") == "Log In"
     assert catalogues.get("fr").gettext("Log In") == "Log In"
+
+
+def test_one_language_rule_for_every_service() -> None:
+    assert check_locale("de") == "de"
+    assert check_locale(None) is None
+    for refused in ("it", "DE", "", "de-AT"):
+        with pytest.raises(InvalidInput) as caught:
+            check_locale(refused)
+        assert caught.value.code == "invalid_locale"
+        assert caught.value.message == "Language (locale) must be one of en, de, fr, es."
+    with pytest.raises(InvalidInput) as caught:
+        check_locale("it", code="invalid_default_locale")
+    assert caught.value.code == "invalid_default_locale"
+
+
+def test_one_time_zone_rule_for_every_service() -> None:
+    assert check_time_zone("Europe/Berlin") == "Europe/Berlin"
+    assert check_time_zone(None) is None
+    assert is_time_zone("UTC") and is_time_zone("EST5EDT")
+    for refused in ("Mars/Olympus", "europe/berlin", "", "+02:00"):
+        assert not is_time_zone(refused)
+        with pytest.raises(InvalidInput) as caught:
+            check_time_zone(refused)
+        assert caught.value.code == "invalid_time_zone"
+    assert not is_time_zone(None) and not is_time_zone(3)
+    offered = time_zones()
+    assert "Europe/Berlin" in offered and "UTC" in offered and "EST5EDT" not in offered
+    assert list(offered) == sorted(offered)

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.e2e.flows import Api
 from tests.support.smtp import SmtpSink
 from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Browser, Stack, login, running_stack
 
@@ -39,5 +40,13 @@ async def browser(stack: Stack) -> AsyncIterator[Browser]:
 async def admin(stack: Stack) -> AsyncIterator[Browser]:
     client = await login(stack, ADMIN_EMAIL, ADMIN_PASSWORD)
     assert "/admin" in str(client.last_url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def api(stack: Stack) -> AsyncIterator[Api]:
+    """/api/v1 with the stack's API key."""
+    client = Api(stack)
     yield client
     await client.close()

@@ -17,9 +17,8 @@ import aiohttp
 import asyncpg
 import orjson
 
-from tests.e2e.conftest import Browser, Stack
 from tests.support.smtp import accept_link
-from tests.support.stack import API_KEY
+from tests.support.stack import API_KEY, Browser, Stack
 
 T = TypeVar("T")
 

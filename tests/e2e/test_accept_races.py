@@ -58,13 +58,6 @@ class InvitationsDownAtAccept(Invitations):
 
 
 @pytest.fixture
-async def api(stack: Stack) -> AsyncIterator[Api]:
-    client = Api(stack)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with new_session() as session:
         yield session

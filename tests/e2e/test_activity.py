@@ -8,7 +8,6 @@ from __future__ import annotations
 import html as htmlmod
 import re
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -18,13 +17,6 @@ from tests.e2e.conftest import ADMIN_EMAIL, Browser, Stack
 from tests.e2e.flows import Api, accept_from_email, create_portal, eventually, unique_email
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-@pytest.fixture
-async def api(stack: Stack) -> AsyncIterator[Api]:
-    client = Api(stack)
-    yield client
-    await client.close()
 
 
 def _row(page: str, text: str) -> str:

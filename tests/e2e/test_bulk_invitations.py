@@ -8,7 +8,6 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from email.utils import parseaddr
 from typing import Any
 
@@ -21,13 +20,6 @@ from tests.support.smtp import html_part, text_part
 from tests.support.stack import API_KEY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-@pytest.fixture
-async def api(stack: Stack) -> AsyncIterator[Api]:
-    client = Api(stack)
-    yield client
-    await client.close()
 
 
 async def post_batch(

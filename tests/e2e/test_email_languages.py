@@ -4,7 +4,6 @@ its email in that language (subject, body, Content-Language)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from email.header import decode_header, make_header
 
 import pytest
@@ -14,13 +13,6 @@ from tests.e2e.flows import Api, unique_email
 from tests.support.smtp import html_part, text_part
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-@pytest.fixture
-async def api(stack: Stack) -> AsyncIterator[Api]:
-    client = Api(stack)
-    yield client
-    await client.close()
 
 
 async def test_a_french_invitation_through_the_api(stack: Stack, api: Api) -> None:
@@ -36,3 +28,22 @@ async def test_a_french_invitation_through_the_api(stack: Stack, api: Api) -> No
     assert subject.startswith(f"Vous êtes invité à {title} sur ")
     assert "Accepter l'invitation" in text_part(message)
     assert "Accepter l&#39;invitation" in html_part(message)  # escaped in HTML
+
+
+async def test_a_german_staff_invitation_names_the_role_in_german(stack: Stack, api: Api) -> None:
+    email = unique_email("kollegin")
+    code, body = await api.call(
+        "POST", "/staff-invitations", {"email": email, "role": "staff", "locale": "de"}
+    )
+    assert code == 201, body
+    [message] = await stack.sink.wait_for(email)
+    assert message["Content-Language"] == "de"
+    subject = str(make_header(decode_header(str(message["Subject"])))).strip()
+    assert "als Mitarbeiter" in subject, subject
+    assert "als Mitarbeiter" in text_part(message)
+    # A language we don't ship is refused with the message the Invite Client box gives.
+    code, body = await api.call(
+        "POST", "/staff-invitations", {"email": unique_email("x"), "role": "staff", "locale": "it"}
+    )
+    assert code == 422, body
+    assert "Language (locale) must be one of en, de, fr, es." in str(body)

@@ -37,13 +37,6 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "publish_invitation
 
 
 @pytest.fixture
-async def api(stack: Stack) -> AsyncIterator[Api]:
-    client = Api(stack)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 async def outcomes(stack: Stack) -> AsyncIterator[Listener]:
     async with listening(stack, "invitation.*") as listener:
         yield listener

@@ -32,13 +32,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
 @pytest.fixture
-async def api(stack: Stack) -> AsyncIterator[Api]:
-    client = Api(stack)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 async def expiry_restored(api: Api) -> AsyncIterator[None]:
     """The setting is shared by the session's stack: put the default back afterwards."""
     yield

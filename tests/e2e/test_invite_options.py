@@ -5,7 +5,6 @@ and Personal Message from the API and from invitation.requested reach the email,
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,13 +15,6 @@ from tests.e2e.flows import Api, envelope, listening, publish_event, unique_emai
 from tests.support.smtp import html_part, text_part
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-@pytest.fixture
-async def api(stack: Stack) -> AsyncIterator[Api]:
-    client = Api(stack)
-    yield client
-    await client.close()
 
 
 def length(inv: dict[str, Any]) -> timedelta:

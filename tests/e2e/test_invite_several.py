@@ -7,7 +7,6 @@ sends no second email; invitation.requested takes portal_ids too."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -24,13 +23,6 @@ from tests.e2e.flows import (
 from tests.support.smtp import html_part, text_part
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-@pytest.fixture
-async def api(stack: Stack) -> AsyncIterator[Api]:
-    client = Api(stack)
-    yield client
-    await client.close()
 
 
 async def test_one_invitation_accepts_every_portal_still_active(

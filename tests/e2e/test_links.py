@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -22,13 +21,6 @@ from tests.e2e.flows import (
 from tests.support.smtp import accept_link
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-@pytest.fixture
-async def api(stack: Stack) -> AsyncIterator[Api]:
-    client = Api(stack)
-    yield client
-    await client.close()
 
 
 def _main(page: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -19,13 +18,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 UNAVAILABLE = "isn't available"
 NEW_PASSWORD = "a-brand-new-password-9"
-
-
-@pytest.fixture
-async def api(stack: Stack) -> AsyncIterator[Api]:
-    client = Api(stack)
-    yield client
-    await client.close()
 
 
 def title(tag: str) -> str:

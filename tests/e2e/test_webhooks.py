@@ -23,13 +23,6 @@ EVENTS = ["invitation.created", "invitation.accepted", "portal.access.granted"]
 
 
 @pytest.fixture
-async def api(stack: Stack) -> AsyncIterator[Api]:
-    client = Api(stack)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 async def hook() -> AsyncIterator[Receiver]:
     # Another loopback address than the stack's: the stack sets WEBHOOKS_ALLOW_PRIVATE.
     async with receiver("127.0.0.2") as got:

@@ -45,6 +45,7 @@ class Backend:
     reminder_days: int = 0
     new_link_requests: list[str] = field(default_factory=list)
     invite_bodies: list[Json] = field(default_factory=list)
+    staff_invite_bodies: list[Json] = field(default_factory=list)
     group_bodies: list[Json] = field(default_factory=list)
     groups: dict[str, list[str]] = field(default_factory=dict)  # token -> invitation ids
     resend_refusal: tuple[int, str, str, dict[str, Any]] | None = None
@@ -638,8 +639,13 @@ class Backend:
         async def invite_staff(request: web.Request) -> web.Response:
             body = await request.json()
             self.calls.append(f"invitations.invite_staff:{body['role']}:{body['invited_by']}")
+            self.staff_invite_bodies.append(body)
             if body["role"] not in ("administrator", "staff"):
                 return err(422, "invalid_role", "Choose a role: Administrator or Staff.")
+            if body.get("locale") not in (None, "en", "de", "fr", "es"):
+                return err(
+                    422, "invalid_locale", "Language (locale) must be one of en, de, fr, es."
+                )
             user = self.by_email(body["email"])
             if user is not None and user["role"] in ("administrator", "staff"):
                 name = user["role"].capitalize()

@@ -273,3 +273,37 @@ async def test_the_branding_api_takes_and_refuses_language_and_time_zone(
     assert good.status == 200, await good.text()
     answer = await good.json()
     assert (answer["default_locale"], answer["time_zone"]) == ("es", "America/Mexico_City")
+
+
+async def test_invite_staff_sends_the_chosen_language_and_shows_a_refusal_in_german(
+    gw: TestClient[Any, Any], backend: Backend
+) -> None:
+    await as_admin(gw, backend)
+    page = await (await gw.get("/admin/users")).text()
+    assert language_options(page, "staff_locale")[:3] == [
+        ("", "Agency default"),
+        ("en", "English"),
+        ("de", "Deutsch"),
+    ]
+    email = unique("kollegin")
+    form = {"email": email, "role": "staff", "locale": "de"}
+    response = await post_form(gw, "/admin/users/invite", form)
+    assert response.status == 303
+    assert backend.staff_invite_bodies[-1]["locale"] == "de"
+    # "Agency default" sends none.
+    response = await post_form(
+        gw, "/admin/users/invite", {**form, "email": unique("a"), "locale": ""}
+    )
+    assert response.status == 303
+    assert backend.staff_invite_bodies[-1]["locale"] is None
+    # The invitations service refuses a language we don't ship; the form stays filled in
+    # and says why beside Language, in the staff member's language.
+    refused = unique("b")
+    response = await post_form(
+        gw, "/admin/users/invite", {**form, "email": refused, "locale": "xx"}, headers=GERMAN
+    )
+    assert response.status == 422
+    page = await response.text()
+    assert 'id="staff_locale-error"' in page
+    assert LOCALE_PROBLEM not in page  # in German
+    assert f'value="{refused}"' in page

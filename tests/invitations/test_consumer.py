@@ -32,6 +32,7 @@ pytestmark = pytest.mark.integration
 Client = TestClient[web.Request, web.Application]
 T = TypeVar("T")
 
+
 class Publish:
     """Publishes as the owner of each event type (invitation.requested: as invitations,
     which may send it like any integration), and remembers what it sent so a test can

@@ -53,8 +53,7 @@ async def mailer_pool(pool_factory: PoolFactory) -> AsyncIterator[asyncpg.Pool]:
 
 async def branding_events(pool: asyncpg.Pool) -> list[dict[str, Any]]:
     rows = await pool.fetch(
-        "SELECT body FROM outbox WHERE routing_key = 'settings.branding.changed'"
-        " ORDER BY seq"
+        "SELECT body FROM outbox WHERE routing_key = 'settings.branding.changed' ORDER BY seq"
     )
     return [orjson.loads(r["body"]) for r in rows]
 

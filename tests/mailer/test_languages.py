@@ -175,3 +175,31 @@ def test_overrides_can_translate_and_a_broken_one_falls_back_translated(tmp_path
     # The broken override is logged and the built-in template, in the language, is used.
     rendered = templates.render("password_reset", context, language="fr")
     assert rendered.subject == "Réinitialisez votre mot de passe sur Agentur"
+
+
+@pytest.mark.parametrize(
+    ("language", "role_name", "said"),
+    [
+        ("de", "Administrator", "als Administrator"),
+        ("de", "Staff", "als Mitarbeiter"),
+        ("fr", "Staff", "en tant que Équipe"),
+        ("es", "Administrator", "como Administrador"),
+        ("en", "Staff", "as Staff"),
+    ],
+)
+def test_the_role_in_a_staff_invitation_is_in_the_emails_language(
+    language: str, role_name: str, said: str
+) -> None:
+    context = {
+        "accept_url": "https://portal.example.com/a?token=t",
+        "site_name": "Agentur",
+        "role_name": role_name,
+        "expires_at": "2026-12-09T15:30:00+00:00",
+    }
+    rendered = Templates().render("staff_invitation", context, language=language)
+    assert said in rendered.text and said in rendered.html, rendered.text
+    # A name the producer wrote that we have no word for is shown as it came.
+    rendered = Templates().render(
+        "staff_invitation", {**context, "role_name": "Owner"}, language=language
+    )
+    assert "Owner" in rendered.text

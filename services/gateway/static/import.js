@@ -128,8 +128,17 @@
     return item;
   }
 
+  // The batch API's query: a preview (dry_run) and the chosen Language (locale).
+  function query(dryRun) {
+    var params = [];
+    if (dryRun) { params.push("dry_run=true"); }
+    var locale = document.getElementById("import_locale").value;
+    if (locale) { params.push("locale=" + encodeURIComponent(locale)); }
+    return params.length ? "?" + params.join("&") : "";
+  }
+
   function post(body, dryRun) {
-    return fetch(api + (dryRun ? "?dry_run=true" : ""), {
+    return fetch(api + query(dryRun), {
       method: "POST",
       credentials: "same-origin",
       headers: {"Content-Type": "application/json", "X-CSRF-Token": csrfToken},

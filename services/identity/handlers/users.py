@@ -11,6 +11,7 @@ from libs.common.db import Conn, xact_lock
 from libs.common.email import normalise_email
 from libs.common.errors import Conflict, InvalidInput
 from libs.common.events import UserDisabled, UserEnabled, UserRoleChanged, make_event
+from libs.common.i18n import check_locale, check_time_zone
 from libs.common.logging import get_logger
 from libs.common.outbox import append
 
@@ -19,9 +20,7 @@ from ..domain import (
     ROLES,
     Role,
     User,
-    check_locale,
     check_password,
-    check_time_zone,
     hash_token,
     password_problem,
 )

@@ -16,6 +16,7 @@ import asyncpg
 from libs.common.db import Conn
 from libs.common.email import email_key, normalise_email
 from libs.common.errors import DomainError, Unavailable
+from libs.common.i18n import check_locale
 
 from .. import domain
 from .. import repository as repo
@@ -82,7 +83,7 @@ async def invite_batch(
     """One result per row, in input order. The portal must take invitations (else the
     whole batch is refused); everything else is a verdict on its row. ``dry_run``: the
     verdicts a send would give now, nothing written (the Import Clients preview)."""
-    locale = domain.check_locale(locale)  # the whole batch's language
+    locale = check_locale(locale)  # the whole batch's language
     portal = await _active_portal(pool, deps, portal_id)
     results: dict[int, RowResult] = {}
     ready: list[_Ready] = []

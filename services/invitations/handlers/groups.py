@@ -18,6 +18,7 @@ from libs.common.db import Conn, Db
 from libs.common.email import email_key, normalise_email
 from libs.common.errors import Conflict, NotFound
 from libs.common.events import InvitationCreated
+from libs.common.i18n import check_locale
 
 from .. import domain
 from .. import repository as repo
@@ -95,7 +96,7 @@ async def check_group(pool: Db, deps: Deps, command: GroupCommand) -> _Checked:
         domain.check_link_expiry(command.expires_in_days)
     message = domain.clean_personal_message(command.personal_message)
     name = domain.clean_name(command.invitee_name)
-    locale = domain.check_locale(command.locale)
+    locale = check_locale(command.locale)
     if isinstance(pool, asyncpg.Pool):
         portals = list(await asyncio.gather(*(_portal(pool, deps, p) for p in command.portal_ids)))
     else:  # one connection (a consumer's transaction) runs one query at a time

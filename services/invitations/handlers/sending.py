@@ -21,6 +21,7 @@ from libs.common.events import (
     InvitationResent,
     MailRequested,
 )
+from libs.common.i18n import check_locale
 
 from .. import domain
 from .. import repository as repo
@@ -72,7 +73,7 @@ async def check_invite(conn: Db, deps: Deps, command: InviteCommand) -> CheckedI
     if command.expires_in_days is not None:
         domain.check_link_expiry(command.expires_in_days)
     message = domain.clean_personal_message(command.personal_message)
-    locale = domain.check_locale(command.locale)
+    locale = check_locale(command.locale)
     portal = await resolve_portal(conn, deps, command.portal_id, command.portal_slug)
     if portal.status != "active":
         portal = await _refresh_portal(conn, deps, portal)

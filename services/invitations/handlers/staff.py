@@ -13,6 +13,7 @@ import asyncpg
 from libs.common.db import Conn
 from libs.common.email import email_key, normalise_email
 from libs.common.errors import Conflict
+from libs.common.i18n import check_locale
 
 from .. import domain
 from .. import repository as repo
@@ -36,7 +37,7 @@ async def invite_staff(
     stranger, and logs in to accept."""
     address = normalise_email(email)
     domain.check_staff_role(role)
-    locale = domain.check_locale(locale)
+    locale = check_locale(locale)
     # Asked before the transaction: no connection is held while identity answers.
     user = await deps.directory.find_user(address)
     if user is not None:

@@ -7,11 +7,16 @@ import hashlib
 import io
 import re
 from dataclasses import dataclass, replace
-from zoneinfo import available_timezones
 
 from PIL import Image, UnidentifiedImageError
 
-from libs.common.i18n import DEFAULT_LANGUAGE, LANGUAGES, is_language
+from libs.common.i18n import (
+    DEFAULT_LANGUAGE,
+    LANGUAGE_MESSAGE,
+    TIME_ZONE_MESSAGE,
+    is_language,
+    is_time_zone,
+)
 
 from ..domain import InvalidAddress, normalise_address
 
@@ -57,10 +62,6 @@ class Branding:
         return replace(self, **changes)
 
 
-LANGUAGE_MESSAGE = f"Language (locale) must be one of {', '.join(LANGUAGES)}."
-TIME_ZONE_MESSAGE = "Time zone must be an IANA time zone name such as Europe/Berlin."
-
-
 def check_default_locale(value: str) -> str:
     if not is_language(value):
         raise BrandingRefused("default_locale", LANGUAGE_MESSAGE)
@@ -68,7 +69,7 @@ def check_default_locale(value: str) -> str:
 
 
 def check_time_zone(value: str) -> str:
-    if value not in available_timezones():
+    if not is_time_zone(value):
         raise BrandingRefused("time_zone", TIME_ZONE_MESSAGE)
     return value
 

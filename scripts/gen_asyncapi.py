@@ -44,6 +44,11 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "identity.user.disabled": {"user_id": USER},
     "identity.user.enabled": {"user_id": USER},
     "identity.user.role_changed": {"user_id": USER, "role": "staff", "previous_role": "client"},
+    "identity.user.preferences_changed": {
+        "user_id": USER,
+        "locale": "de",
+        "time_zone": "Europe/Berlin",
+    },
     "identity.session.revoked": {"user_id": USER, "reason": "logout", "session_id": SESSION},
     "identity.key.created": {
         "key_id": KEY,
@@ -233,6 +238,10 @@ SUMMARIES = {
     "identity.user.enabled": "A disabled user account may log in again.",
     "identity.user.role_changed": (
         "A user's role changed (Administrator, Staff, Client); it applies to their next request."
+    ),
+    "identity.user.preferences_changed": (
+        "A person saved their own Language and Time Zone on Account (null: not chosen);"
+        " gateways forget their cached copy of the user."
     ),
     "identity.session.revoked": "One session (or, without session_id, all of a user's) ended.",
     "identity.key.created": (

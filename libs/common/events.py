@@ -65,6 +65,16 @@ class UserEnabled(EventData):
     user_id: uuid.UUID
 
 
+class UserPreferencesChanged(EventData):
+    """A person saved their own Language and Time Zone (None: not chosen, the browser's
+    language and the agency's zone decide). Gateways forget their cached copy of the user,
+    so every replica shows the next page in the new language."""
+
+    user_id: uuid.UUID
+    locale: str | None = None
+    time_zone: str | None = None
+
+
 class UserRoleChanged(EventData):
     user_id: uuid.UUID
     role: Role
@@ -395,6 +405,7 @@ EVENTS: dict[tuple[str, int], type[EventData]] = {
     ("identity.user.disabled", 1): UserDisabled,
     ("identity.user.enabled", 1): UserEnabled,
     ("identity.user.role_changed", 1): UserRoleChanged,
+    ("identity.user.preferences_changed", 1): UserPreferencesChanged,
     ("identity.session.revoked", 1): SessionRevoked,
     ("identity.key.created", 1): ApiKeyChanged,
     ("identity.key.revoked", 1): ApiKeyChanged,

@@ -41,6 +41,7 @@ from libs.common.events import (
     PortalChanged,
     SessionRevoked,
     UserDisabled,
+    UserPreferencesChanged,
     UserRoleChanged,
     parse_data,
     parse_envelope,
@@ -62,6 +63,7 @@ ROUTING_KEYS = (
     "identity.session.revoked",
     "identity.user.disabled",
     "identity.user.role_changed",
+    "identity.user.preferences_changed",
     "portal.updated",
     "portal.access.revoked",
     "settings.branding.changed",
@@ -174,7 +176,7 @@ class GatewayCache:
                 self.forget_session(str(data.session_id))
             else:
                 self.forget_user(str(data.user_id))
-        elif isinstance(data, UserDisabled | UserRoleChanged):
+        elif isinstance(data, UserDisabled | UserRoleChanged | UserPreferencesChanged):
             self.forget_user(str(data.user_id))
         elif isinstance(data, PortalChanged | PortalAccessChanged):
             self.forget_portal(str(data.portal_id))

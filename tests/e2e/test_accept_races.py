@@ -37,9 +37,14 @@ class RevokeAfterAccountStep(Identity):
     after_ensure: Hook = field(default=_nothing)
 
     async def ensure_user(
-        self, email: str, password: str, invitation_id: str, role: str | None = None
+        self,
+        email: str,
+        password: str,
+        invitation_id: str,
+        role: str | None = None,
+        locale: str | None = None,
     ) -> Json:
-        result = await super().ensure_user(email, password, invitation_id, role)
+        result = await super().ensure_user(email, password, invitation_id, role, locale)
         await self.after_ensure()
         return result
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -207,6 +208,18 @@ async def direct_get(gateway: ServiceProcess, path: str, token: str) -> tuple[in
         return response.status, response.headers.get("Location", "")
 
 
+async def page_language(gateway: ServiceProcess, path: str, token: str) -> str:
+    """The ``lang`` of the page one gateway answers ``path`` with for the session."""
+    async with (
+        aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(), headers={"Cookie": f"cp_session={token}"}
+        ) as session,
+        session.get(gateway.url + path, allow_redirects=False) as response,
+    ):
+        found = re.search(r'<html lang="([^"]+)"', await response.text())
+        return found.group(1) if found else ""
+
+
 async def signed_in(gateway: ServiceProcess, token: str) -> bool:
     status, location = await direct_get(gateway, "/client-portal/", token)
     return not (status in (302, 303) and urlsplit(location).path == "/login")
@@ -367,10 +380,24 @@ async def test_invite_accept_revoke_disable_and_log_out_across_replicas(
 
         await within_a_second(setup, changed, page_gone, "serves the removed portal")
 
-        # Log out through one gateway: both forget the session.
+        # The client chooses Deutsch on Account through one gateway: both forget the
+        # cached session (identity.user.preferences_changed) and answer in German.
+        await cached_on_both(setup, "session", "/client-portal/", token)
+        code, url, html = await client.get("/account")
+        assert code == 200, html[:500]
+        code, url, html = await client.submit(url, html, "Save", extra={"locale": "de"})
+        changed = time.monotonic()
+        assert code == 200 and '<html lang="de"' in html, html[:500]
+
+        async def german(gateway: ServiceProcess) -> bool:
+            return await page_language(gateway, "/client-portal/", token) == "de"
+
+        await within_a_second(setup, changed, german, "shows the old language")
+
+        # Log out through one gateway: both forget the session (in German now: "Abmelden").
         await cached_on_both(setup, "session", "/client-portal/", token)
         code, url, html = await client.get("/client-portal/")
-        code, url, html = await client.submit(url, html, "Log out")
+        code, url, html = await client.submit(url, html, "Abmelden")
         changed = time.monotonic()
         assert code == 200 and urlsplit(url).path == "/login", url
 

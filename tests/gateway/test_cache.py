@@ -20,6 +20,7 @@ from libs.common.events import (
     PortalChanged,
     SessionRevoked,
     UserDisabled,
+    UserPreferencesChanged,
     make_event,
 )
 from services.gateway.app import create_app
@@ -151,6 +152,7 @@ def test_portal_pages_are_forgotten_with_their_portal_or_their_user() -> None:
     [
         SessionRevoked(user_id=uuid.UUID(int=1)),
         UserDisabled(user_id=uuid.UUID(int=1)),
+        UserPreferencesChanged(user_id=uuid.UUID(int=1), locale="de", time_zone=None),
         PortalChanged(
             portal_id=uuid.UUID(int=7), slug="acme", title="A", status="archived", revision=2
         ),

@@ -232,7 +232,9 @@ LANGUAGE_MESSAGE = "Language (locale) must be one of en, de, fr, es."
 ZONE_MESSAGE = "Time zone must be an IANA time zone name such as Europe/Berlin."
 
 
-async def test_preferences_are_set_shown_everywhere_and_cleared(client: Client) -> None:
+async def test_preferences_are_set_shown_everywhere_and_cleared(
+    client: Client, pool: asyncpg.Pool
+) -> None:
     email = new_email("prefs")
     response = await client.post("/users", json={"email": email, "password": STRONG})
     user = await response.json()
@@ -257,6 +259,17 @@ async def test_preferences_are_set_shown_everywhere_and_cleared(client: Client) 
     # null (or left out) means "not chosen".
     response = await client.put(url, json={"locale": None})
     assert await response.json() == {**user, "locale": None, "time_zone": None}
+
+    # Each change is announced, so every gateway replica forgets its copy of the user.
+    announced = [
+        e["data"]
+        for e in await outbox_events(pool, "identity.user.preferences_changed")
+        if e["data"]["user_id"] == user["id"]
+    ]
+    assert announced == [
+        {"user_id": user["id"], "locale": "de", "time_zone": "Europe/Berlin"},
+        {"user_id": user["id"], "locale": None, "time_zone": None},
+    ]
 
 
 async def test_preferences_refusals(client: Client) -> None:

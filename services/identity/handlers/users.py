@@ -10,7 +10,13 @@ from libs.common.cursor import decode_cursor, encode_cursor
 from libs.common.db import Conn, xact_lock
 from libs.common.email import normalise_email
 from libs.common.errors import Conflict, InvalidInput
-from libs.common.events import UserDisabled, UserEnabled, UserRoleChanged, make_event
+from libs.common.events import (
+    UserDisabled,
+    UserEnabled,
+    UserPreferencesChanged,
+    UserRoleChanged,
+    make_event,
+)
 from libs.common.i18n import check_locale, check_time_zone
 from libs.common.logging import get_logger
 from libs.common.outbox import append
@@ -158,15 +164,17 @@ async def change_password(
 async def set_preferences(
     deps: Deps, user_id: uuid.UUID, locale: str | None, time_zone: str | None
 ) -> User:
-    """A person's own Language and Time Zone (None: not chosen). The gateway that saved
-    them forgets its cached copy of the user itself; other gateways see the change when
-    their cache entry ends (GATEWAY_CACHE_SECONDS)."""
+    """A person's own Language and Time Zone (None: not chosen), announced with
+    identity.user.preferences_changed so every gateway replica forgets its cached copy of
+    the user (the one that saved them also forgets it at once)."""
     locale = check_locale(locale)
     time_zone = check_time_zone(time_zone)
-    async with deps.pool.acquire() as conn:
+    async with deps.pool.acquire() as conn, conn.transaction():
         user = await repo.set_preferences(conn, user_id, locale, time_zone)
-    if user is None:
-        raise no_user()
+        if user is None:
+            raise no_user()
+        changed = UserPreferencesChanged(user_id=user_id, locale=locale, time_zone=time_zone)
+        await append(conn, make_event("identity.user.preferences_changed", changed, source=SOURCE))
     log.info("user_preferences_changed", user_id=str(user_id), locale=locale, time_zone=time_zone)
     return user
 

@@ -106,6 +106,16 @@ def load(language_dir: Path) -> dict[str, tuple[Path, object]]:
     return merged
 
 
+def plural_forms(language_dir: Path) -> dict[Path, str]:
+    """Each .po file's Plural-Forms header. They must agree: a language's files are merged
+    into one catalogue, which counts plurals with the first file's rule."""
+    forms: dict[Path, str] = {}
+    for path in sorted((language_dir / "LC_MESSAGES").glob("*.po")):
+        with path.open("rb") as fp:
+            forms[path] = read_po(fp, locale=language_dir.name).plural_forms
+    return forms
+
+
 def problems(service_dir: Path) -> list[str]:
     """Every gap, as "<lang> <file>: <what> <msgid>"."""
     wanted = extract(service_dir)
@@ -113,6 +123,10 @@ def problems(service_dir: Path) -> list[str]:
     for language_dir in languages(service_dir):
         have = load(language_dir)
         lang = language_dir.name
+        forms = plural_forms(language_dir)
+        if len(set(forms.values())) > 1:
+            listed = "; ".join(f"{_shown(p)}: {f}" for p, f in forms.items())
+            found.append(f"{lang}: the .po files' Plural-Forms differ ({listed})")
         for msgid, message in wanted.items():
             entry = have.get(msgid)
             where = _shown(entry[0] if entry else language_dir / "LC_MESSAGES")
@@ -168,7 +182,7 @@ def update(service_dir: Path) -> list[Path]:
                 catalog = Catalog(locale=language_dir.name, project="ClientPress")
             for message in messages:
                 msgid = (message.msgid, message.plural) if message.plural else message.msgid
-                catalog.add(msgid, "" if not message.plural else ("", ""))
+                catalog.add(msgid, "" if not message.plural else ("",) * catalog.num_plurals)
             with path.open("wb") as fp:
                 write_po(fp, catalog, width=0, omit_header=False)
             written.append(path)
@@ -189,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     for gap in gaps:
         print(gap, file=sys.stderr)
     if gaps:
-        print(f"{len(gaps)} message(s) lack a translation", file=sys.stderr)
+        print(f"{len(gaps)} problem(s) in the catalogues", file=sys.stderr)
         return 1
     print(f"catalogues complete: {', '.join(s.name for s in services)}")
     return 0

@@ -83,6 +83,33 @@ def test_a_changed_placeholder_is_named(tmp_path: Path, capsys: pytest.CaptureFi
     assert "placeholders ['%(nom)s'] differ from ['%(name)s']" in capsys.readouterr().err
 
 
+def test_files_of_one_language_must_count_plurals_alike(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A language's .po files are merged into one catalogue that counts plurals with the
+    first file's rule: another rule in a second file would pick the wrong form."""
+    service = make_service(tmp_path, COMPLETE)
+    header = '"Plural-Forms: nplurals={n}; plural={rule};\\n"\n'
+    folder = service / "locale" / "de" / "LC_MESSAGES"
+    po = folder / "messages.po"
+    po.write_text(
+        po.read_text().replace(
+            '"Language: de\\n"\n', '"Language: de\\n"\n' + header.format(n=2, rule="(n != 1)")
+        )
+    )
+    admin = PO.format(entries="").replace(
+        '"Language: de\\n"\n',
+        '"Language: de\\n"\n' + header.format(n=3, rule="(n==1 ? 0 : n==2 ? 1 : 2)"),
+    )
+    (folder / "admin.po").write_text(admin)
+    assert checker().main(["--root", str(tmp_path)]) == 1
+    assert "de: the .po files' Plural-Forms differ" in capsys.readouterr().err
+    (folder / "admin.po").write_text(
+        admin.replace("nplurals=3; plural=(n==1 ? 0 : n==2 ? 1 : 2)", "nplurals=2; plural=(n != 1)")
+    )
+    assert checker().main(["--root", str(tmp_path)]) == 0
+
+
 def test_update_adds_new_messages_and_keeps_translations(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from babel.messages import extract as babel_extract
 from babel.messages.catalog import Catalog
 from babel.messages.extract import extract_from_dir
 from babel.messages.frontend import parse_mapping_cfg
@@ -30,6 +31,8 @@ from babel.messages.pofile import read_po, write_po
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("gateway", "mailer")
+# Shared modules whose N_-marked messages a service shows (and so must translate).
+SHARED_SOURCES = {"gateway": ("libs/common/passwords.py",)}
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None}
 METHODS = [
     ("**.py", "python"),
@@ -77,6 +80,15 @@ def extract(service_dir: Path) -> dict[str, Message]:
             msgid, plural = message, None
         if msgid and msgid not in found:
             found[msgid] = Message(msgid, plural, filename)
+    shipped = service_dir.resolve().parent == (ROOT / "services").resolve()
+    for source in SHARED_SOURCES.get(service_dir.name, ()) if shipped else ():
+        path = ROOT / source
+        with path.open("rb") as fp:
+            for _lineno, message, _comments, _context in babel_extract.extract(
+                "python", fp, KEYWORDS
+            ):
+                if isinstance(message, str) and message not in found:
+                    found[message] = Message(message, None, source)
     return found
 
 

@@ -27,6 +27,12 @@ LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es")
 DEFAULT_LANGUAGE = "en"
 
 
+def N_(message: str) -> str:
+    """Marks a message for extraction into the catalogues (scripts/check_catalogues.py);
+    it stays English until it is shown, and is translated then."""
+    return message
+
+
 def language_name(code: str) -> str:
     """The language's own name for itself ("Deutsch"), as a picker shows it."""
     name = Locale.parse(code).get_display_name(code) or code

@@ -11,7 +11,7 @@ from aiohttp import web
 from libs.common.email import same_email
 from libs.common.errors import DomainError
 
-from .domain import BAD_LOGIN, password_problem, when
+from .domain import BAD_LOGIN, new_password_problem, when
 from .handlers import (
     ROLE_NAMES,
     AccountExists,
@@ -159,10 +159,10 @@ async def accept(request: web.Request) -> web.StreamResponse:
             return _joined(request, await accept_for_user(up, token, invitation, user["id"]))
         if invitation.get("account_exists"):
             return _accept_page(request, token, invitation, {}, status=409)
-        problem = password_problem(password, confirm, invitation["email"])
+        problem = new_password_problem(password, confirm, invitation["email"])
         if problem is not None:
-            field = "confirm" if problem == "The passwords do not match." else "password"
-            return _accept_page(request, token, invitation, {field: problem}, status=422)
+            field, message = problem
+            return _accept_page(request, token, invitation, {field: message}, status=422)
         accepted = await accept_with_password(up, token, password, invitation)
     except AccountExists:
         return _accept_page(request, token, {**invitation, "account_exists": True}, {}, 409)

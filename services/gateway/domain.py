@@ -14,7 +14,7 @@ import uuid
 
 from email_validator import EmailNotValidError, validate_email
 
-from libs.common.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from libs.common.passwords import password_problem
 
 from .i18n import N_, gettext
 from .i18n import when as when
@@ -95,16 +95,18 @@ def normalise_email(value: str) -> str | None:
     return f"{checked.local_part}@{checked.domain.lower()}"
 
 
-def password_problem(password: str, confirm: str, email: str) -> str | None:
-    """The first problem with a new password, in words for the person, or None."""
-    if len(password) < MIN_PASSWORD_LENGTH:
-        return N_("The password must be at least 12 characters long.")  # MIN_PASSWORD_LENGTH
-    if len(password) > MAX_PASSWORD_LENGTH:
-        return N_("The password must be at most 1024 characters long.")  # MAX_PASSWORD_LENGTH
-    if password.strip().lower() == email.strip().lower():
-        return N_("The password must not be your email address.")
+PASSWORDS_DIFFER = N_("The passwords do not match.")
+
+
+def new_password_problem(password: str, confirm: str, email: str) -> tuple[str, str] | None:
+    """The first problem with a new password and its confirmation, as (the form field it
+    belongs to, its words for the person), or None. The policy is identity's
+    (libs/common/passwords.py), checked here too so the form needs no round trip."""
+    problem = password_problem(password, email)
+    if problem is not None:
+        return "password", problem
     if not hmac.compare_digest(password.encode(), confirm.encode()):
-        return N_("The passwords do not match.")
+        return "confirm", PASSWORDS_DIFFER
     return None
 
 

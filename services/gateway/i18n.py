@@ -32,6 +32,7 @@ from libs.common.i18n import (
     language_name,
     negotiate,
 )
+from libs.common.i18n import N_ as N_  # re-exported: the gateway's modules mark messages with it
 
 LOCALE_DIR = Path(__file__).parent / "locale"
 CATALOGUES = Catalogues(LOCALE_DIR)
@@ -40,11 +41,6 @@ _LANGUAGE: contextvars.ContextVar[str] = contextvars.ContextVar(
     "gateway_language", default=DEFAULT_LANGUAGE
 )
 _ZONE: contextvars.ContextVar[str] = contextvars.ContextVar("gateway_zone", default="UTC")
-
-
-def N_(message: str) -> str:
-    """Marks a message for extraction; translated when shown."""
-    return message
 
 
 def choose_language(

@@ -10,7 +10,7 @@ from aiohttp import web
 from libs.common.errors import DomainError, NotFound, Unauthorized
 from libs.common.i18n import is_language, is_time_zone, time_zones
 
-from .domain import BAD_LOGIN, normalise_email, password_problem, safe_next_path
+from .domain import BAD_LOGIN, new_password_problem, normalise_email, safe_next_path
 from .handlers import is_team, login_destination
 from .i18n import N_
 from .rendering import current_user, error_page, form_str, render, see_other
@@ -130,16 +130,16 @@ async def reset(request: web.Request) -> web.StreamResponse:
     up = request.app[UPSTREAM]
     try:
         found = await up.identity.validate_reset(token)
-        problem = password_problem(password, confirm, found["email"])
+        problem = new_password_problem(password, confirm, found["email"])
         if problem is None:
             await up.identity.confirm_reset(token, password)
             return see_other(request, "/login", flash="password_set")
     except DomainError as exc:
         if exc.code != "weak_password":
             return _reset_problem(request, exc)
-        problem = exc.message
-    field = "confirm" if problem == "The passwords do not match." else "password"
-    context = {"token": token, "email": found["email"], "errors": {field: problem}}
+        problem = ("password", exc.message)
+    field, message = problem
+    context = {"token": token, "email": found["email"], "errors": {field: message}}
     return render(request, "reset.html", context, status=422)
 
 

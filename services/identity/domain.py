@@ -7,13 +7,10 @@ import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cache
-from pathlib import Path
 from typing import Any, Literal
 
-from libs.common.email import email_key
 from libs.common.errors import InvalidInput
-from libs.common.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from libs.common.passwords import password_problem
 
 Role = Literal["administrator", "staff", "client"]
 ROLES: tuple[Role, ...] = ("administrator", "staff", "client")
@@ -29,32 +26,6 @@ RESET_LIFETIME = timedelta(hours=1)
 # Writing last_seen_at on every request would turn each page view into a write; a
 # minute of slack on a two-hour idle limit is harmless.
 TOUCH_INTERVAL = timedelta(seconds=60)
-
-COMMON_PASSWORDS_FILE = Path(__file__).parent / "common_passwords.txt"
-
-
-@cache
-def common_passwords() -> frozenset[str]:
-    lines = COMMON_PASSWORDS_FILE.read_text(encoding="utf-8").splitlines()
-    return frozenset(line.strip().lower() for line in lines if line.strip())
-
-
-def password_problem(password: str, email: str | None) -> str | None:
-    """Why a password is refused, in words a person understands; None when acceptable.
-
-    The message never repeats the password itself."""
-    if len(password) < MIN_PASSWORD_LENGTH:
-        return f"The password must be at least {MIN_PASSWORD_LENGTH} characters long."
-    if len(password) > MAX_PASSWORD_LENGTH:
-        return f"The password must be at most {MAX_PASSWORD_LENGTH} characters long."
-    lowered = password.lower()
-    if email is not None:
-        address = email_key(email.strip())
-        if lowered in {address, address.partition("@")[0]}:
-            return "The password must not be your email address."
-    if lowered in common_passwords():
-        return "This password is too common and easy to guess. Choose a less predictable one."
-    return None
 
 
 def check_password(password: str, email: str | None) -> None:

@@ -21,7 +21,7 @@ import jinja2
 from babel.dates import format_date, format_time
 from babel.support import NullTranslations
 
-from libs.common.i18n import DEFAULT_LANGUAGE, Catalogues, is_language
+from libs.common.i18n import DEFAULT_LANGUAGE, N_, Catalogues, is_language
 from libs.common.logging import get_logger
 
 from .branding.domain import Branding
@@ -44,11 +44,6 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "password_reset": ("reset_url", "site_name", "expires_at"),
 }
 LINKS = ("accept_url", "reset_url")
-
-
-def N_(message: str) -> str:
-    """Marks a message for extraction (scripts/check_catalogues.py); translated at render."""
-    return message
 
 
 # The role names a staff invitation's ``role_name`` holds (in English, as its producer

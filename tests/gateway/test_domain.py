@@ -9,11 +9,11 @@ from services.gateway.domain import (
     csrf_matches,
     flash_text,
     forwarded_hops,
+    new_password_problem,
     normalise_email,
     origin_allowed,
     parse_address,
     parse_networks,
-    password_problem,
     retry_after,
     safe_next_path,
     window_start,
@@ -95,12 +95,21 @@ def test_emails_are_normalised_or_refused(raw: str, expected: str | None) -> Non
 
 
 def test_password_rules() -> None:
-    assert password_problem("short", "short", "a@b.example") is not None
-    assert password_problem("a@b.example.x", "a@b.example.x", "a@b.example.x") is not None
-    assert password_problem("long enough pw", "different pw!!", "a@b.example") == (
-        "The passwords do not match."
+    assert new_password_problem("short", "short", "a@b.example") == (
+        "password",
+        "The password must be at least 12 characters long.",
     )
-    assert password_problem("long enough pw", "long enough pw", "a@b.example") is None
+    assert new_password_problem("a@b.example.x", "a@b.example.x", "a@b.example.x") is not None
+    assert new_password_problem("long enough pw", "different pw!!", "a@b.example") == (
+        "confirm",
+        "The passwords do not match.",
+    )
+    assert new_password_problem("long enough pw", "long enough pw", "a@b.example") is None
+    # The whole policy, as identity's: a common password is refused before the round trip.
+    assert new_password_problem("password1234", "password1234", "a@b.example") == (
+        "password",
+        "This password is too common and easy to guess. Choose a less predictable one.",
+    )
 
 
 def test_flash_messages_are_fixed_texts() -> None:

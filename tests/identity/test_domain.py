@@ -8,14 +8,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from libs.common.errors import InvalidInput
+from libs.common.passwords import MAX_PASSWORD_LENGTH, common_passwords, password_problem
 from services.identity.domain import (
-    MAX_PASSWORD_LENGTH,
     SessionPolicy,
     check_password,
-    common_passwords,
     hash_token,
     new_token,
-    password_problem,
 )
 
 

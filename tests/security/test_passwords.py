@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from argon2 import PasswordHasher, Type, extract_parameters
 
-from services.identity.domain import common_passwords, password_problem
+from libs.common.passwords import common_passwords, password_problem
 from services.identity.passwords import default_hasher
 from tests.security.conftest import unique_email
 from tests.security.flows import invite_link, new_portal

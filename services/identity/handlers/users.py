@@ -20,6 +20,7 @@ from libs.common.events import (
 from libs.common.i18n import check_locale, check_time_zone
 from libs.common.logging import get_logger
 from libs.common.outbox import append
+from libs.common.passwords import password_problem
 
 from .. import repository as repo
 from ..domain import (
@@ -28,7 +29,6 @@ from ..domain import (
     User,
     check_password,
     hash_token,
-    password_problem,
 )
 from .base import SOURCE, Deps, announce_created, announce_revoked, no_user
 

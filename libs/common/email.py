@@ -48,6 +48,15 @@ def normalise_email(raw: str) -> str:
     return f"{local}@{domain.lower()}"
 
 
+def email_or_none(raw: str) -> str | None:
+    """:func:`normalise_email`, or None when ``raw`` isn't one address (a search box, a
+    form that collects every problem before it answers)."""
+    try:
+        return normalise_email(raw)
+    except InvalidEmail:
+        return None
+
+
 def email_key(address: str) -> str:
     """The comparison key of an address, equal to PostgreSQL's ``lower(address)``:
     each character lowered on its own (Python's ``str.lower`` looks at neighbours for a

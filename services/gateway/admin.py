@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from libs.common.email import email_or_none
 from libs.common.errors import Conflict, DomainError, InvalidInput, RateLimited
 
 from .domain import (
@@ -20,7 +21,6 @@ from .domain import (
     INVITATION_STATUSES,
     REMINDER_CHOICES,
     bulk_payload,
-    normalise_email,
     parse_uuid,
 )
 from .rendering import current_user, error_page, form_str, render, see_other
@@ -57,7 +57,7 @@ async def invitation_list(request: web.Request) -> web.StreamResponse:
     status, portal_id = _invitation_filters(request)
     cursor = request.query.get("cursor") or None
     searched = request.query.get("email", "")[:320].strip()
-    email = normalise_email(searched) if searched else None
+    email = email_or_none(searched) if searched else None
     portals = await up.portals.find(limit=200)
     if searched and email is None:
         page: dict[str, Any] = {"items": [], "next_cursor": None}

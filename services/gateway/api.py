@@ -12,6 +12,7 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from libs.common.email import email_or_none
 from libs.common.errors import Conflict, InvalidInput, NotFound
 from libs.common.i18n import is_language
 from libs.common.openapi import UUID as UUID_SCHEMA
@@ -36,7 +37,6 @@ from .domain import (
     MAX_GROUP_PORTALS,
     MAX_PERSONAL_MESSAGE,
     PERSONAL_MESSAGE_TOO_LONG,
-    normalise_email,
 )
 from .rendering import current_user
 from .state import UPSTREAM, req_state
@@ -112,7 +112,7 @@ class InviteBody(Strict):
     @field_validator("email")
     @classmethod
     def _email(cls, value: str) -> str:
-        email = normalise_email(value)
+        email = email_or_none(value)
         if email is None:
             raise ValueError("must be one plain email address like name@example.com")
         return email
@@ -165,7 +165,7 @@ class InvitationQuery(Strict):
     def _email(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        email = normalise_email(value)
+        email = email_or_none(value)
         if email is None:
             raise ValueError("must be one whole email address like name@example.com")
         return email

@@ -9,9 +9,9 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
+from libs.common.email import email_or_none
 from libs.common.errors import InvalidInput
 
-from .domain import normalise_email
 from .upstream import Invitations
 
 MAX_ROWS = 10_000
@@ -134,7 +134,7 @@ async def send(
             code, message = row.problem
             results[number] = _rejected(number, row.email, code, message)
             continue
-        address = normalise_email(row.email)
+        address = email_or_none(row.email)
         if address is not None:
             # The same person twice in one batch: the first row invites, the rest say so.
             earlier = seen.setdefault(address.lower(), number)

@@ -12,8 +12,6 @@ import re
 import secrets
 import uuid
 
-from email_validator import EmailNotValidError, validate_email
-
 from libs.common.passwords import password_problem
 
 from .i18n import N_, gettext
@@ -81,18 +79,6 @@ def api_key_matches(header: str | None, key: str | None) -> bool:
     if not key or not header or not header.startswith("Bearer "):
         return False
     return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), key.encode())
-
-
-def normalise_email(value: str) -> str | None:
-    """The address stripped, domain lower-cased; None when it isn't one plain address."""
-    value = value.strip()
-    if not value or any(c in value for c in "\r\n,;<>"):
-        return None
-    try:
-        checked = validate_email(value, check_deliverability=False)
-    except EmailNotValidError:
-        return None
-    return f"{checked.local_part}@{checked.domain.lower()}"
 
 
 PASSWORDS_DIFFER = N_("The passwords do not match.")

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from libs.common.email import email_or_none
 from libs.common.errors import DomainError, InvalidInput, NotFound
 from libs.common.i18n import is_language
 from libs.common.web import json_response
@@ -21,7 +22,6 @@ from .domain import (
     MAX_PERSONAL_MESSAGE,
     PERSONAL_MESSAGE_TOO_LONG,
     STATUSES,
-    normalise_email,
     parse_uuid,
 )
 from .rendering import current_user, form_str, render, see_other
@@ -245,7 +245,7 @@ def invite_fields(form: MultiDictProxy[Any]) -> tuple[dict[str, str], dict[str, 
         "personal_message": form_str(form, "personal_message", 20 * MAX_PERSONAL_MESSAGE),
     }
     errors = {}
-    if normalise_email(values["email"]) is None:
+    if email_or_none(values["email"]) is None:
         errors["invite_email"] = INVITE_ERRORS["invalid_email"]
     # Left out (an older form, a script): the setting decides.
     if values["expires_in_days"] and values["expires_in_days"] not in {
@@ -267,7 +267,7 @@ async def invite(request: web.Request) -> web.StreamResponse:
     up = request.app[UPSTREAM]
     portal = await up.portals.get(request.match_info["id"])
     values, errors = invite_fields(await request.post())
-    email = normalise_email(values["email"])
+    email = email_or_none(values["email"])
     if not errors and portal["status"] != "active":
         errors["invite_email"] = NOT_ACTIVE
     if not errors and email is not None:

@@ -12,9 +12,10 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from libs.common.email import email_or_none
 from libs.common.errors import DomainError, NotFound
 
-from .domain import EXPIRY_CHOICES, MAX_GROUP_PORTALS, normalise_email, parse_uuid
+from .domain import EXPIRY_CHOICES, MAX_GROUP_PORTALS, parse_uuid
 from .editor import INVITE_ERROR_FIELDS, INVITE_ERRORS, invite_fields
 from .rendering import current_user, form_str, render, see_other
 from .state import UPSTREAM
@@ -126,7 +127,7 @@ async def send_invitation(request: web.Request) -> web.StreamResponse:
         errors["invite_portals"] = "A ticked portal no longer exists; go back to All Portals."
     elif _idle(portals):
         errors["invite_portals"] = str(_idle(portals))
-    email = normalise_email(values["email"])
+    email = email_or_none(values["email"])
     if errors or email is None:
         return await _page(request, portals, values=values, errors=errors, status=422)
     body: Json = {

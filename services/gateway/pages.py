@@ -7,10 +7,11 @@ import re
 
 from aiohttp import web
 
+from libs.common.email import email_or_none
 from libs.common.errors import DomainError, NotFound, Unauthorized
 from libs.common.i18n import is_language, is_time_zone, time_zones
 
-from .domain import BAD_LOGIN, new_password_problem, normalise_email, safe_next_path
+from .domain import BAD_LOGIN, new_password_problem, safe_next_path
 from .handlers import is_team, login_destination
 from .i18n import N_
 from .rendering import current_user, error_page, form_str, render, see_other
@@ -89,7 +90,7 @@ async def forgot_form(request: web.Request) -> web.StreamResponse:
 async def forgot(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     raw = form_str(form, "email", 320)
-    email = normalise_email(raw)
+    email = email_or_none(raw)
     await rate_limit(request, "forgot", email or raw)
     if email is None:
         error = N_("Enter an email address like name@example.com.")

@@ -11,13 +11,13 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from libs.common.email import email_or_none
 from libs.common.errors import DomainError, RateLimited
 from libs.common.web import json_response, read_json
 
 from .admin import ID, STAFF_ROLE_NAMES, _users_page
 from .api import API, checked_locale
 from .contracts import StaffInvitation, StaffInvitationList, StaffInviteResult
-from .domain import normalise_email
 from .rendering import current_user, error_page, form_str, see_other
 from .state import UPSTREAM
 
@@ -39,7 +39,7 @@ async def invite_staff(request: web.Request) -> web.StreamResponse:
     locale = form_str(form, "locale", 20).strip() or None
     shown = {"email": raw_email, "role": role, "locale": locale or ""}
     errors: dict[str, str] = {}
-    email = normalise_email(raw_email)
+    email = email_or_none(raw_email)
     if email is None:
         errors["staff_email"] = EMAIL_PROBLEM
     if role not in STAFF_ROLE_NAMES:
@@ -105,7 +105,7 @@ class StaffInviteBody(BaseModel):
     @field_validator("email")
     @classmethod
     def _email(cls, value: str) -> str:
-        email = normalise_email(value)
+        email = email_or_none(value)
         if email is None:
             raise ValueError("must be one plain email address like name@example.com")
         return email

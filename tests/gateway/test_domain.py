@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from libs.common.email import email_or_none
 from services.gateway.domain import (
     address_key,
     api_key_matches,
@@ -10,7 +11,6 @@ from services.gateway.domain import (
     flash_text,
     forwarded_hops,
     new_password_problem,
-    normalise_email,
     origin_allowed,
     parse_address,
     parse_networks,
@@ -91,7 +91,7 @@ def test_api_key_needs_bearer_and_exact_key() -> None:
     ],
 )
 def test_emails_are_normalised_or_refused(raw: str, expected: str | None) -> None:
-    assert normalise_email(raw) == expected
+    assert email_or_none(raw) == expected  # the one rule, libs/common/email.py
 
 
 def test_password_rules() -> None:

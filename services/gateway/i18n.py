@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 from babel.dates import format_datetime
+from babel.numbers import format_decimal
 from markupsafe import Markup
 
 from libs.common.i18n import (
@@ -128,6 +129,11 @@ def when(value: str | None) -> str:
     return f"{text} {local.tzname() or zone}"
 
 
+def number(value: int) -> str:
+    """A count in the page language's format: 10,000 in English, 10.000 in German."""
+    return format_decimal(value, locale=_LANGUAGE.get())
+
+
 def install(env: jinja2.Environment) -> None:
     env.add_extension("jinja2.ext.i18n")
     env.globals["_"] = _template_gettext
@@ -138,3 +144,4 @@ def install(env: jinja2.Environment) -> None:
     # Every Language picker's options: (code, the language's own name), in LANGUAGES order.
     env.globals["languages"] = tuple((code, language_name(code)) for code in LANGUAGES)
     env.filters["when"] = when
+    env.filters["number"] = number

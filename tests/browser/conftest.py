@@ -53,10 +53,14 @@ async def chromium() -> AsyncIterator[Browser]:
 
 
 async def new_context(
-    chromium: Browser, stack: Stack, viewport: dict[str, int] | None = None
+    chromium: Browser,
+    stack: Stack,
+    viewport: dict[str, int] | None = None,
+    locale: str = "en-US",
 ) -> BrowserContext:
+    """A fresh context; ``locale`` is the language the browser asks for (Accept-Language)."""
     context = await chromium.new_context(
-        base_url=stack.public_url, viewport=viewport or DESKTOP, locale="en-US"
+        base_url=stack.public_url, viewport=viewport or DESKTOP, locale=locale
     )
     context.set_default_timeout(TIMEOUT_MS)
     return context

@@ -2,6 +2,33 @@
 (function () {
   "use strict";
 
+  // The page's words in its language: base.html's JSON block (script_words.py), English
+  // message → translation. words("Checking {count} rows…", {count: n}) fills in the
+  // placeholders (numbers in the page language's format); a message the block lacks is
+  // shown in English. Used by this file and by import.js (as ClientPress.words).
+  var table = null;
+  var lang = document.documentElement.lang || "en";
+
+  function words(message, values) {
+    if (table === null) {
+      var block = document.getElementById("words");
+      try {
+        table = block ? JSON.parse(block.textContent) : {};
+      } catch (e) {
+        table = {};
+      }
+    }
+    var text = Object.prototype.hasOwnProperty.call(table, message) ? table[message] : message;
+    return text.replace(/\{(\w+)\}/g, function (whole, name) {
+      if (!values || !Object.prototype.hasOwnProperty.call(values, name)) { return whole; }
+      var value = values[name];
+      return typeof value === "number" ? value.toLocaleString(lang) : String(value);
+    });
+  }
+
+  window.ClientPress = window.ClientPress || {};
+  window.ClientPress.words = words;
+
   // confirm() before destructive buttons (Revoke, Disable): asked by the form, or by the
   // button that sent it (the selected invitations' Revoke, beside their Resend).
   document.addEventListener("submit", function (event) {
@@ -22,10 +49,10 @@
     box.id = select.id + "-filter";
     box.className = "picker-filter";
     box.autocomplete = "off";
-    box.placeholder = "Type part of an email";
+    box.placeholder = words("Type part of an email");
     label.htmlFor = box.id;
     label.className = "picker-label";
-    label.textContent = "Filter by email";
+    label.textContent = words("Filter by email");
     var timer = null;
     function narrow() {
       var q = box.value.trim().toLowerCase();
@@ -77,7 +104,7 @@
     all.id = "select-all";
     label.htmlFor = all.id;
     label.className = "visually-hidden";
-    label.textContent = "Select all";
+    label.textContent = words("Select all");
     all.addEventListener("change", function () {
       Array.prototype.forEach.call(boxes, function (box) { box.checked = all.checked; });
     });

@@ -5,6 +5,8 @@
 
   var root = document.getElementById("import");
   if (!root) { return; }
+  // The page's words in its language (app.js; the English message when one is missing).
+  var words = window.ClientPress.words;
   var portalId = root.getAttribute("data-portal-id");
   var csrfToken = root.getAttribute("data-csrf-token");
   var maxRows = parseInt(root.getAttribute("data-max-rows"), 10);
@@ -77,25 +79,25 @@
 
   function readRows(text) {
     if (text.indexOf("\u0000") !== -1) {
-      throw new Error("The file is not a CSV file.");
+      throw new Error(words("The file is not a CSV file."));
     }
     var records;
     try {
       records = parseCsv(text);
     } catch (e) {
-      throw new Error("The file is not a CSV file: a quoted value never ends.");
+      throw new Error(words("The file is not a CSV file: a quoted value never ends."));
     }
-    if (!records.length) { throw new Error("The file is empty."); }
+    if (!records.length) { throw new Error(words("The file is empty.")); }
     var header = records[0].map(function (h) { return h.trim().toLowerCase().replace(/ /g, "_"); });
     if (header.indexOf("email") === -1) {
-      throw new Error("The file has no email column: its first row must name the columns " +
-        "(email, and optionally name, personal_message, sub_client).");
+      throw new Error(words("The file has no email column: its first row must name the " +
+        "columns (email, and optionally name, personal_message, sub_client)."));
     }
     var body = records.slice(1);
-    if (!body.length) { throw new Error("The file has no rows under its header."); }
+    if (!body.length) { throw new Error(words("The file has no rows under its header.")); }
     if (body.length > maxRows) {
-      throw new Error("The file has " + body.length.toLocaleString("en") + " rows; at most " +
-        maxRows.toLocaleString("en") + " can be imported at once.");
+      throw new Error(words("The file has {count} rows; at most {max} can be imported at once.",
+        {count: body.length, max: maxRows}));
     }
     return body.map(function (record) {
       var row = {};
@@ -147,32 +149,55 @@
       return response.json().catch(function () { return {}; }).then(function (json) {
         if (!response.ok) {
           var error = new Error((json.error && json.error.message) ||
-            "The server answered " + response.status + ".");
+            words("The server answered {status}.", {status: String(response.status)}));
           error.retry = response.status >= 500;
           throw error;
         }
         return json;
       });
     }, function () {
-      var error = new Error("The server could not be reached.");
+      var error = new Error(words("The server could not be reached."));
       error.retry = true;
       throw error;
     });
   }
 
+  // The API's message about a row, in the page language when the words have it ("This
+  // email is already on row 1.", an invalid email's); others are shown as they come.
+  function apiText(message) {
+    var row = /^This email is already on row (\d+)\.$/.exec(message || "");
+    if (row) { return words("This email is already on row {row}.", {row: row[1]}); }
+    if (message === "Enter a single valid email address, like name@example.com.") {
+      return words("Enter a single valid email address, like name@example.com.");
+    }
+    return message;
+  }
+
+  // Why a rejected row is not invited (the results table's Reason).
+  function reasonText(result) {
+    if (result.reason === "already_has_access") { return words("Already has access"); }
+    if (result.reason === "duplicate") {
+      return words("Duplicate in the file: {message}", {message: apiText(result.message)});
+    }
+    if (result.reason === "invalid_email") {
+      return words("Invalid email: {message}", {message: apiText(result.message)});
+    }
+    return result.message || result.reason;
+  }
+
   function verdictText(result) {
-    if (result.status === "created") { return "Will invite"; }
-    if (result.status === "resent") { return "Will resend a pending invitation"; }
-    if (result.reason === "already_has_access") { return "Already has access"; }
-    if (result.reason === "duplicate") { return "Duplicate in the file: " + result.message; }
-    if (result.reason === "invalid_email") { return "Invalid email: " + result.message; }
-    return "Will not invite: " + (result.message || result.reason);
+    if (result.status === "created") { return words("Will invite"); }
+    if (result.status === "resent") { return words("Will resend a pending invitation"); }
+    if (["already_has_access", "duplicate", "invalid_email"].indexOf(result.reason) !== -1) {
+      return reasonText(result);
+    }
+    return words("Will not invite: {reason}", {reason: reasonText(result)});
   }
 
   function resultText(result) {
-    if (result.status === "created") { return "Invited"; }
-    if (result.status === "resent") { return "Resent"; }
-    return "Not invited";
+    if (result.status === "created") { return words("Invited"); }
+    if (result.status === "resent") { return words("Resent"); }
+    return words("Not invited");
   }
 
   function fill(table, cells) {
@@ -199,8 +224,9 @@
     var invite = count(verdicts, function (r) { return r.status === "created"; });
     var resend = count(verdicts, function (r) { return r.status === "resent"; });
     var skipped = verdicts.length - invite - resend;
-    summary.textContent = rows.length.toLocaleString("en") + " rows: " + invite + " will be invited, " +
-      resend + " pending invitations will be resent, " + skipped + " will not be invited.";
+    summary.textContent = words("{rows} rows: {invite} will be invited, {resend} pending " +
+      "invitations will be resent, {skipped} will not be invited.",
+      {rows: rows.length, invite: invite, resend: resend, skipped: skipped});
     fill(document.getElementById("import-preview-table"), verdicts.map(function (r, i) {
       return [String(i + 1), rows[i].email, rows[i].name || "", verdictText(r)];
     }));
@@ -214,29 +240,29 @@
     var file = fileInput.files && fileInput.files[0];
     if (!file) { return; }
     if (!/\.csv$/i.test(file.name) && file.type !== "text/csv") {
-      fail("The file is not a CSV file. Choose a .csv file.");
+      fail(words("The file is not a CSV file. Choose a .csv file."));
       return;
     }
-    statusBox.textContent = "Reading " + file.name + "…";
+    statusBox.textContent = words("Reading {name}…", {name: file.name});
     file.arrayBuffer().then(function (buffer) {
       var text;
       try {
         // Strict UTF-8 (a BOM is dropped): anything else would garble names and addresses.
         text = new TextDecoder("utf-8", {fatal: true}).decode(buffer);
       } catch (e) {
-        throw new Error("The file is not UTF-8 text. Save it as CSV UTF-8 and try again.");
+        throw new Error(words("The file is not UTF-8 text. Save it as CSV UTF-8 and try again."));
       }
       rows = readRows(text);
       importId = (window.crypto && window.crypto.randomUUID) ? window.crypto.randomUUID() :
         String(Date.now()) + "-" + String(Math.random()).slice(2);
-      statusBox.textContent = "Checking " + rows.length.toLocaleString("en") + " rows…";
+      statusBox.textContent = words("Checking {count} rows…", {count: rows.length});
       var items = rows.map(function (row) { return payload(row); });
       return post({invitations: items}, true);
     }).then(function (answer) {
       verdicts = answer.results.map(function (result, i) {
         if (flag(rows[i].sub_client) === null && result.status !== "rejected") {
           return {row: i + 1, email: rows[i].email, status: "rejected", reason: "invalid_sub_client",
-            message: "sub_client must be true or false."};
+            message: words("sub_client must be true or false.")};
         }
         return result;
       });
@@ -267,7 +293,7 @@
     });
     progress.max = todo.length;
     progress.value = 0;
-    progressText.textContent = "0 of " + todo.length.toLocaleString("en") + " sent";
+    progressText.textContent = words("{done} of {total} sent", {done: 0, total: todo.length});
     progressBox.hidden = false;
     var start = 0;
     function next() {
@@ -280,16 +306,16 @@
         });
         start += piece.length;
         progress.value = start;
-        progressText.textContent = start.toLocaleString("en") + " of " +
-          todo.length.toLocaleString("en") + " sent";
+        progressText.textContent = words("{done} of {total} sent",
+          {done: start, total: todo.length});
         return next();
       });
     }
     next().catch(function (error) {
       todo.slice(start).forEach(function (i) {
         outcome[i] = {row: i + 1, email: rows[i].email, status: "rejected", reason: "not_sent",
-          message: "Not sent: " + error.message + " Import the file again to send the rest; " +
-            "rows already sent are not sent twice."};
+          message: words("Not sent: {error} Import the file again to send the rest; rows " +
+            "already sent are not sent twice.", {error: error.message})};
       });
       fail(error.message);
     }).then(function () {
@@ -307,11 +333,12 @@
   function showResults(outcome) {
     var invited = count(outcome, function (r) { return r.status === "created"; });
     var resent = count(outcome, function (r) { return r.status === "resent"; });
-    resultsSummary.textContent = "Done: " + invited + " invited, " + resent + " resent, " +
-      (outcome.length - invited - resent) + " not invited.";
+    resultsSummary.textContent = words("Done: {invited} invited, {resent} resent, " +
+      "{skipped} not invited.", {invited: invited, resent: resent,
+      skipped: outcome.length - invited - resent});
     fill(document.getElementById("import-results-table"), outcome.map(function (r, i) {
-      return [String(i + 1), rows[i].email, resultText(r), r.status === "rejected" ? verdictText(r)
-        .replace(/^Will not invite: /, "") : ""];
+      return [String(i + 1), rows[i].email, resultText(r),
+        r.status === "rejected" ? reasonText(r) : ""];
     }));
     var lines = [["row", "email", "name", "status", "invitation_id", "reason", "message"]
       .join(",")];

@@ -14,6 +14,7 @@ from multidict import MultiDictProxy
 from libs.common.email import email_or_none
 from libs.common.errors import Conflict, DomainError, InvalidInput, RateLimited
 
+from .answers import InvitationAnswer, InvitationPage
 from .domain import (
     BULK_FLASH,
     BULK_VERBS,
@@ -60,7 +61,7 @@ async def invitation_list(request: web.Request) -> web.StreamResponse:
     email = email_or_none(searched) if searched else None
     portals = await up.portals.find(limit=200)
     if searched and email is None:
-        page: dict[str, Any] = {"items": [], "next_cursor": None}
+        page: InvitationPage = {"items": [], "next_cursor": None}
         counts: dict[str, Any] = {}
     else:
         page, counts = await asyncio.gather(
@@ -145,10 +146,10 @@ async def bulk(request: web.Request) -> web.StreamResponse:
             if sent_at is not None:
                 async with gate:
                     try:
-                        now = await invitations.get(invitation_id)
+                        now: InvitationAnswer | None = await invitations.get(invitation_id)
                     except DomainError:
-                        now = {}
-                if now.get("sent_at") == sent_at:
+                        now = None
+                if now is not None and now["sent_at"] == sent_at:
                     done.append((invitation_id, None))
                     continue
             async with gate:
@@ -258,7 +259,7 @@ async def settings_form(request: web.Request) -> web.StreamResponse:
     access, login = await asyncio.gather(
         up.invitations.access_settings(), up.identity.login_settings()
     )
-    context = {
+    context: dict[str, Any] = {
         "expiry": access["invitation_expiry_days"],
         "reminder": access.get("invitation_reminder_days", 0),
         "login_redirect": login["login_redirect"],
@@ -348,9 +349,9 @@ async def user_list(request: web.Request) -> web.StreamResponse:
 def _not_me(request: web.Request, doing: str, code: str) -> str:
     """The user id of the path, unless it is the administrator's own (no one locks
     themselves out by a slip of the mouse)."""
-    me = current_user(request) or {}
+    me = current_user(request)
     user_id = request.match_info["id"]
-    if parse_uuid(user_id) == me.get("id"):
+    if me is not None and parse_uuid(user_id) == me["id"]:
         raise InvalidInput(f"You can't {doing} your own account.", code=code)
     return user_id
 

@@ -6,7 +6,7 @@ its entry in the OpenAPI document (openapi.py, docs/openapi.json)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from aiohttp import web
@@ -325,7 +325,7 @@ async def invite(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, InviteBody)
     key = idempotency_key(request)
     user = current_user(request)
-    payload = {
+    payload: dict[str, Any] = {
         "portal_id": request.match_info["id"],
         "email": body.email,
         # The staff member, or the name of the key that sent it.

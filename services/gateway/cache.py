@@ -48,6 +48,8 @@ from libs.common.events import (
 )
 from libs.common.logging import get_logger
 
+from .answers import CurrentSession, PortalAnswer
+
 log = get_logger(__name__)
 
 CACHE_LOOKUPS = Counter(
@@ -74,7 +76,7 @@ Json = dict[str, Any]
 
 @dataclass(frozen=True)
 class _Entry:
-    value: Json
+    value: Any  # an answer as identity, portals or the mailer gave it
     tags: frozenset[str]
     until: float
 
@@ -104,10 +106,11 @@ class GatewayCache:
         return len(self._entries)
 
     # --- sessions ---------------------------------------------------------------------
-    def session(self, token: str) -> Json | None:
-        return self._get("session", "s:" + _digest(token))
+    def session(self, token: str) -> CurrentSession | None:
+        found: CurrentSession | None = self._get("session", "s:" + _digest(token))
+        return found
 
-    def put_session(self, token: str, current: Json, generation: int) -> None:
+    def put_session(self, token: str, current: CurrentSession, generation: int) -> None:
         """Keep identity's answer about a session cookie, never past the session's end."""
         try:
             user_id = str(current["user"]["id"])
@@ -123,10 +126,11 @@ class GatewayCache:
         self._put("s:" + _digest(token), current, tags, left, generation)
 
     # --- portal pages -----------------------------------------------------------------
-    def portal(self, user_id: str, slug: str) -> Json | None:
-        return self._get("portal", f"p:{user_id}:{slug}")
+    def portal(self, user_id: str, slug: str) -> PortalAnswer | None:
+        found: PortalAnswer | None = self._get("portal", f"p:{user_id}:{slug}")
+        return found
 
-    def put_portal(self, user_id: str, slug: str, portal: Json, generation: int) -> None:
+    def put_portal(self, user_id: str, slug: str, portal: PortalAnswer, generation: int) -> None:
         """Keep a page portals showed this user: one of theirs (a portal that isn't Active
         comes without its content, and its status change is announced like any other)."""
         try:
@@ -137,7 +141,8 @@ class GatewayCache:
 
     # --- branding (the mailer's Settings → Branding, on every page) -------------------
     def branding(self) -> Json | None:
-        return self._get("branding", "b")
+        found: Json | None = self._get("branding", "b")
+        return found
 
     def put_branding(self, branding: Json, generation: int) -> None:
         self._put("b", branding, frozenset({"branding"}), self.ttl, generation)
@@ -184,7 +189,7 @@ class GatewayCache:
             self.forget_branding()
 
     # --- the store --------------------------------------------------------------------
-    def _get(self, kind: str, key: str) -> Json | None:
+    def _get(self, kind: str, key: str) -> Any:
         if not self.enabled:
             CACHE_LOOKUPS.labels(kind, "bypass").inc()
             return None
@@ -198,7 +203,7 @@ class GatewayCache:
         return None
 
     def _put(
-        self, key: str, value: Json, tags: frozenset[str], left: float, generation: int
+        self, key: str, value: object, tags: frozenset[str], left: float, generation: int
     ) -> None:
         # Not kept if something was forgotten since it was asked for: it may be the very
         # session or access being ended.

@@ -17,6 +17,7 @@ from libs.common.errors import DomainError, InvalidInput, NotFound
 from libs.common.i18n import is_language
 from libs.common.web import json_response
 
+from .answers import PortalAnswer, UserAnswer
 from .domain import (
     EXPIRY_CHOICES,
     MAX_PERSONAL_MESSAGE,
@@ -26,7 +27,7 @@ from .domain import (
 )
 from .rendering import current_user, form_str, render, see_other
 from .state import UPSTREAM
-from .upstream import Json, Upstream
+from .upstream import Upstream
 
 ID = "{id:[0-9a-fA-F-]{36}}"
 NOT_ACTIVE = "This portal is not Active. Only Active portals can take invitations."
@@ -58,7 +59,7 @@ async def portal_list(request: web.Request) -> web.StreamResponse:
     up = request.app[UPSTREAM]
     cursor = request.query.get("cursor") or None
     page = await up.portals.find(limit=50, cursor=cursor)
-    emails = await _emails(up, {p["client_id"] for p in page["items"] if p.get("client_id")})
+    emails = await _emails(up, {p["client_id"] for p in page["items"] if p["client_id"]})
     next_url = None
     if page.get("next_cursor"):
         next_url = "/admin/portals?" + urlencode({"cursor": page["next_cursor"]})
@@ -68,7 +69,7 @@ async def portal_list(request: web.Request) -> web.StreamResponse:
 
 async def _editor(
     request: web.Request,
-    portal: Json | None,
+    portal: PortalAnswer | None,
     *,
     values: dict[str, Any] | None = None,
     errors: dict[str, str] | None = None,
@@ -76,7 +77,7 @@ async def _editor(
     invite: dict[str, str] | None = None,
 ) -> web.Response:
     up = request.app[UPSTREAM]
-    users: list[Json] = []
+    users: list[UserAnswer] = []
     emails: dict[str, str] = {}
     more_users = False
     if portal is not None:
@@ -88,13 +89,13 @@ async def _editor(
         users = listed["items"]
         more_users = listed.get("next_cursor") is not None
         emails = {u["id"]: u["email"] for u in users}
-        wanted = {portal.get("client_id") or "", *portal.get("sub_client_ids", [])}
+        wanted = {portal["client_id"] or "", *portal["sub_client_ids"]}
         emails.update(await _emails(up, {i for i in wanted if i and i not in emails}))
     values = values or {
-        "title": (portal or {}).get("title", ""),
-        "slug": (portal or {}).get("slug", ""),
-        "content": (portal or {}).get("content", ""),
-        "status": (portal or {}).get("status", "pending"),
+        "title": portal["title"] if portal else "",
+        "slug": portal["slug"] if portal else "",
+        "content": (portal.get("content") if portal else None) or "",
+        "status": portal["status"] if portal else "pending",
     }
     context = {
         "portal": portal,
@@ -271,11 +272,11 @@ async def invite(request: web.Request) -> web.StreamResponse:
     if not errors and portal["status"] != "active":
         errors["invite_email"] = NOT_ACTIVE
     if not errors and email is not None:
-        admin = current_user(request) or {}
-        body = {
+        admin = current_user(request)
+        body: dict[str, Any] = {
             "portal_id": portal["id"],
             "email": email,
-            "invited_by": admin.get("email"),
+            "invited_by": admin["email"] if admin else None,
         }
         if values["expires_in_days"]:
             body["expires_in_days"] = int(values["expires_in_days"])

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from libs.common.errors import Conflict, DomainError
 from libs.common.logging import get_logger
 
+from .answers import AcceptedLink, UserAnswer
 from .domain import safe_next_path
 from .i18n import N_
 from .upstream import Json, Upstream
@@ -52,12 +52,12 @@ class Joined:
     kept: bool = False
 
 
-def is_team(user: dict[str, Any] | None) -> bool:
+def is_team(user: UserAnswer | None) -> bool:
     """Administrators and Staff: the people who work in the admin area."""
-    return user is not None and user.get("role") in ("administrator", "staff")
+    return user is not None and user["role"] in ("administrator", "staff")
 
 
-async def login_destination(up: Upstream, user: Json, next_raw: str | None) -> str:
+async def login_destination(up: Upstream, user: UserAnswer, next_raw: str | None) -> str:
     """Administrators and Staff always land in the admin area (on the admin page they
     asked for, if any); with Login Redirect on, a client goes straight to their portal;
     otherwise back to the page they came from, or home."""
@@ -140,11 +140,11 @@ async def _raise_role(up: Upstream, user_id: str, invited: str) -> Joined:
     return Joined(destination=ADMIN_HOME, role=invited)
 
 
-def _taken(invitation: Json, accepted: Json) -> list[Json]:
+def _taken(invitation: Json, accepted: AcceptedLink) -> list[Json]:
     """What the acceptance took: each invitation of a group's link the claim held, or the
     one the link was for."""
     listed = accepted.get("invitations")
-    return list(listed) if isinstance(listed, list) and listed else [invitation]
+    return [dict(i) for i in listed] if listed else [invitation]
 
 
 def landing(taken: list[Json]) -> str:

@@ -14,6 +14,7 @@ variable, so macros imported without context translate too. Python code marks wo
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ _ZONE: contextvars.ContextVar[str] = contextvars.ContextVar("gateway_zone", defa
 
 
 def choose_language(
-    user: dict[str, Any] | None,
+    user: Mapping[str, Any] | None,
     accept_language: str | None,
     brand: dict[str, Any] | None,
     invitation_locale: str | None = None,
@@ -60,7 +61,7 @@ def choose_language(
     return negotiate(accept_language, fallback)
 
 
-def choose_zone(user: dict[str, Any] | None, brand: dict[str, Any] | None) -> str:
+def choose_zone(user: Mapping[str, Any] | None, brand: Mapping[str, Any] | None) -> str:
     for zone in ((user or {}).get("time_zone"), (brand or {}).get("time_zone")):
         if is_time_zone(zone):
             return zone

@@ -15,6 +15,7 @@ from multidict import MultiDictProxy
 from libs.common.email import email_or_none
 from libs.common.errors import DomainError, NotFound
 
+from .answers import PortalAnswer
 from .domain import EXPIRY_CHOICES, MAX_GROUP_PORTALS, parse_uuid
 from .editor import INVITE_ERROR_FIELDS, INVITE_ERRORS, invite_fields
 from .rendering import current_user, form_str, render, see_other
@@ -45,8 +46,8 @@ def _ticked(values: list[Any]) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 
-async def _portals(up: Upstream, ids: list[str]) -> list[Json]:
-    async def one(portal_id: str) -> Json | None:
+async def _portals(up: Upstream, ids: list[str]) -> list[PortalAnswer]:
+    async def one(portal_id: str) -> PortalAnswer | None:
         try:
             return await up.portals.get(portal_id)
         except NotFound:
@@ -56,7 +57,7 @@ async def _portals(up: Upstream, ids: list[str]) -> list[Json]:
     return [p for p in found if p is not None]
 
 
-def _idle(portals: list[Json]) -> str | None:
+def _idle(portals: list[PortalAnswer]) -> str | None:
     idle = [p for p in portals if p["status"] != "active"]
     if not idle:
         return None
@@ -66,7 +67,7 @@ def _idle(portals: list[Json]) -> str | None:
 
 async def _page(
     request: web.Request,
-    portals: list[Json],
+    portals: list[PortalAnswer],
     *,
     values: dict[str, str] | None = None,
     errors: dict[str, str] | None = None,
@@ -133,7 +134,7 @@ async def send_invitation(request: web.Request) -> web.StreamResponse:
     body: Json = {
         "email": email,
         "portal_ids": ids,
-        "invited_by": (current_user(request) or {}).get("email"),
+        "invited_by": inviter["email"] if (inviter := current_user(request)) else None,
     }
     if values["expires_in_days"]:
         body["expires_in_days"] = int(values["expires_in_days"])

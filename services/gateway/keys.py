@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from libs.common.errors import DomainError
 from libs.common.web import json_response, read_json
 
+from .answers import ApiKeyAnswer, CreatedApiKey
 from .api import API
 from .contracts import ApiKeyCreated, ApiKeyList
 from .domain import KEY_SCOPES, parse_uuid
@@ -36,7 +37,7 @@ class KeyBody(BaseModel):
     ]
 
 
-def _public(key: dict[str, Any]) -> dict[str, Any]:
+def _public(key: ApiKeyAnswer) -> dict[str, Any]:
     shown = ("id", "name", "scopes", "prefix", "created_at", "last_used_at")
     return {field: key.get(field) for field in shown}
 
@@ -86,7 +87,7 @@ async def revoke_key(request: web.Request) -> web.StreamResponse:
 async def _page(
     request: web.Request,
     *,
-    created: dict[str, Any] | None = None,
+    created: CreatedApiKey | None = None,
     form: dict[str, Any] | None = None,
     error: str | None = None,
     notice: str | None = None,
@@ -141,5 +142,6 @@ async def revoke_key_form(request: web.Request) -> web.StreamResponse:
     key_id = parse_uuid(request.match_info["id"]) or ""
     keys = {key["id"]: key for key in await request.app[UPSTREAM].identity.list_api_keys()}
     await request.app[UPSTREAM].identity.revoke_api_key(key_id)
-    name = keys.get(key_id, {}).get("name", "")
+    revoked = keys.get(key_id)
+    name = revoked["name"] if revoked else ""
     return see_other(request, "/admin/settings/api-keys", flash="key_revoked", email=name)

@@ -17,6 +17,7 @@ from libs.common.logging import get_logger
 from libs.common.web import UNAVAILABLE_ERRORS, error_response
 
 from . import i18n
+from .answers import UserAnswer
 from .domain import flash_text, page_brand
 from .i18n import N_
 from .state import FLASH_COOKIE, SETTINGS, req_state
@@ -33,7 +34,7 @@ def is_api(request: web.Request) -> bool:
     return request.path == "/api" or request.path.startswith("/api/")
 
 
-def current_user(request: web.Request) -> dict[str, Any] | None:
+def current_user(request: web.Request) -> UserAnswer | None:
     return req_state(request).user
 
 

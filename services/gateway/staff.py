@@ -16,6 +16,7 @@ from libs.common.errors import DomainError, RateLimited
 from libs.common.web import json_response, read_json
 
 from .admin import ID, STAFF_ROLE_NAMES, _users_page
+from .answers import InvitationAnswer
 from .api import API, checked_locale
 from .contracts import StaffInvitation, StaffInvitationList, StaffInviteResult
 from .rendering import current_user, error_page, form_str, see_other
@@ -47,10 +48,10 @@ async def invite_staff(request: web.Request) -> web.StreamResponse:
     if errors:
         return await _users_page(request, status=422, invite=shown, invite_errors=errors)
     assert email is not None
-    admin = current_user(request) or {}
+    admin = current_user(request)
     try:
         answer = await request.app[UPSTREAM].invitations.invite_staff(
-            email, role, admin.get("email"), locale
+            email, role, admin["email"] if admin else None, locale
         )
     except DomainError as exc:
         if exc.code in EMAIL_REFUSALS:
@@ -116,7 +117,7 @@ class StaffInviteBody(BaseModel):
         return checked_locale(value)
 
 
-def _public(invitation: dict[str, Any]) -> dict[str, Any]:
+def _public(invitation: InvitationAnswer) -> dict[str, Any]:
     return {name: invitation.get(name) for name in StaffInvitation.model_fields}
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .answers import UserAnswer
 from .cache import GatewayCache
 from .domain import Network
 from .limits import RateLimits
@@ -26,7 +27,7 @@ FLASH_COOKIE = "cp_flash"
 class RequestState:
     """What the security middlewares learned about one request."""
 
-    user: dict[str, Any] | None = None
+    user: UserAnswer | None = None
     csrf: str = ""
     csrf_new: bool = False
     api_key: bool = False  # a valid key came with this /api request

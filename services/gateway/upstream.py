@@ -1,5 +1,6 @@
-"""Typed calls to identity, portals, invitations and the mailer's webhooks and branding
-(docs/internal-api.md)."""
+"""Calls to identity, portals, invitations and the mailer's webhooks and branding
+(docs/internal-api.md). Identity's, portals' and invitations' answers are typed
+(answers.py); the mailer's webhook and branding answers are relayed as they come."""
 
 from __future__ import annotations
 
@@ -8,6 +9,24 @@ from typing import Any
 
 from libs.common.http import ServiceClient
 
+from .answers import (
+    AcceptedLink,
+    AccessSettings,
+    ApiKeyAnswer,
+    CreatedApiKey,
+    CurrentSession,
+    EnsuredUser,
+    InvitationAnswer,
+    InvitationPage,
+    InviteOutcome,
+    IssuedSession,
+    LoginSettings,
+    PortalAnswer,
+    PortalPage,
+    ResetLink,
+    UserAnswer,
+    UserPage,
+)
 from .cache import GatewayCache
 
 Json = dict[str, Any]
@@ -32,20 +51,20 @@ class Identity:
     client: ServiceClient
     cache: GatewayCache = field(default_factory=lambda: GatewayCache(0))
 
-    async def login(self, email: str, password: str) -> Json:
+    async def login(self, email: str, password: str) -> IssuedSession:
         generation = self.cache.generation
-        result: Json = await self.client.call(
+        result: IssuedSession = await self.client.call(
             "POST", "/sessions", json={"email": email, "password": password}
         )
         self._keep(result, generation)
         return result
 
-    async def current(self, token: str) -> Json:
+    async def current(self, token: str) -> CurrentSession:
         cached = self.cache.session(token)
         if cached is not None:
             return cached
         generation = self.cache.generation
-        result: Json = await self.client.call(
+        result: CurrentSession = await self.client.call(
             "GET", "/sessions/current", headers={"X-Session-Token": token}
         )
         self.cache.put_session(token, result, generation)
@@ -59,17 +78,19 @@ class Identity:
         finally:
             self.cache.forget_token(token)
 
-    async def issue_session(self, user_id: str) -> Json:
+    async def issue_session(self, user_id: str) -> IssuedSession:
         generation = self.cache.generation
-        result: Json = await self.client.call("POST", "/sessions/issue", json={"user_id": user_id})
+        result: IssuedSession = await self.client.call(
+            "POST", "/sessions/issue", json={"user_id": user_id}
+        )
         self._keep(result, generation)
         return result
 
-    def _keep(self, issued: Json, generation: int) -> None:
+    def _keep(self, issued: IssuedSession, generation: int) -> None:
         """A session identity just issued is what it would answer for it next: the first
         page after logging in needn't ask."""
         if "token" in issued and "session" in issued:
-            current = {"user": issued["user"], "session": issued["session"]}
+            current: CurrentSession = {"user": issued["user"], "session": issued["session"]}
             self.cache.put_session(issued["token"], current, generation)
 
     async def ensure_user(
@@ -79,7 +100,7 @@ class Identity:
         invitation_id: str,
         role: str | None = None,
         locale: str | None = None,
-    ) -> Json:
+    ) -> EnsuredUser:
         """``role``: a staff invitation's (the account is made with it); else a client.
         ``locale``: the invitation's language, kept by an account made now (issue 17)."""
         body = {"email": email, "password": password, "invitation_id": invitation_id}
@@ -87,7 +108,7 @@ class Identity:
             body["role"] = role
         if locale:
             body["locale"] = locale
-        result: Json = await self.client.call("POST", "/users/ensure", json=body)
+        result: EnsuredUser = await self.client.call("POST", "/users/ensure", json=body)
         return result
 
     async def set_password(self, user_id: str, password: str) -> None:
@@ -100,11 +121,11 @@ class Identity:
 
     async def set_preferences(
         self, user_id: str, locale: str | None, time_zone: str | None
-    ) -> Json:
+    ) -> UserAnswer:
         """The account's Language and Time Zone (None: the browser's, the agency's). This
         replica forgets the user's cached sessions, so the next page is in the new language."""
         try:
-            result: Json = await self.client.call(
+            result: UserAnswer = await self.client.call(
                 "PUT",
                 f"/users/{user_id}/preferences",
                 json={"locale": locale, "time_zone": time_zone},
@@ -113,67 +134,67 @@ class Identity:
             self.cache.forget_user(user_id)
         return result
 
-    async def get_user(self, user_id: str) -> Json:
-        result: Json = await self.client.call("GET", f"/users/{user_id}")
+    async def get_user(self, user_id: str) -> UserAnswer:
+        result: UserAnswer = await self.client.call("GET", f"/users/{user_id}")
         return result
 
     async def list_users(
         self, q: str | None = None, limit: int | None = None, cursor: str | None = None
-    ) -> Json:
-        result: Json = await self.client.call(
+    ) -> UserPage:
+        result: UserPage = await self.client.call(
             "GET", "/users", params=_page_params(limit, cursor, q=q)
         )
         return result
 
-    async def disable_user(self, user_id: str) -> Json:
+    async def disable_user(self, user_id: str) -> UserAnswer:
         try:
-            result: Json = await self.client.call("POST", f"/users/{user_id}/disable")
+            result: UserAnswer = await self.client.call("POST", f"/users/{user_id}/disable")
         finally:
             self.cache.forget_user(user_id)
         return result
 
-    async def enable_user(self, user_id: str) -> Json:
-        result: Json = await self.client.call("POST", f"/users/{user_id}/enable")
+    async def enable_user(self, user_id: str) -> UserAnswer:
+        result: UserAnswer = await self.client.call("POST", f"/users/{user_id}/enable")
         return result
 
-    async def set_role(self, user_id: str, role: str) -> Json:
+    async def set_role(self, user_id: str, role: str) -> UserAnswer:
         try:
-            result: Json = await self.client.call(
+            result: UserAnswer = await self.client.call(
                 "PUT", f"/users/{user_id}/role", json={"role": role}
             )
         finally:
             self.cache.forget_user(user_id)  # a cached session carries the old role
         return result
 
-    async def login_settings(self) -> Json:
-        result: Json = await self.client.call("GET", "/settings/login")
+    async def login_settings(self) -> LoginSettings:
+        result: LoginSettings = await self.client.call("GET", "/settings/login")
         return result
 
-    async def put_login_settings(self, login_redirect: bool) -> Json:
-        result: Json = await self.client.call(
+    async def put_login_settings(self, login_redirect: bool) -> LoginSettings:
+        result: LoginSettings = await self.client.call(
             "PUT", "/settings/login", json={"login_redirect": login_redirect}
         )
         return result
 
     async def create_api_key(
         self, name: str, scopes: list[str], created_by: str | None, request_id: str | None = None
-    ) -> Json:
+    ) -> CreatedApiKey:
         body = {"name": name, "scopes": scopes, "created_by": created_by}
         if request_id is not None:
             body["request_id"] = request_id
-        result: Json = await self.client.call("POST", "/api-keys", json=body)
+        result: CreatedApiKey = await self.client.call("POST", "/api-keys", json=body)
         return result
 
-    async def list_api_keys(self) -> list[Json]:
+    async def list_api_keys(self) -> list[ApiKeyAnswer]:
         result: Json = await self.client.call("GET", "/api-keys")
-        items: list[Json] = result["items"]
+        items: list[ApiKeyAnswer] = result["items"]
         return items
 
     async def revoke_api_key(self, key_id: str) -> None:
         await self.client.call("DELETE", f"/api-keys/{key_id}")
 
-    async def verify_api_key(self, key: str) -> Json:
-        result: Json = await self.client.call("POST", "/api-keys/verify", json={"key": key})
+    async def verify_api_key(self, key: str) -> ApiKeyAnswer:
+        result: ApiKeyAnswer = await self.client.call("POST", "/api-keys/verify", json={"key": key})
         return result
 
     async def activity(
@@ -200,8 +221,8 @@ class Identity:
     async def request_reset(self, email: str) -> None:
         await self.client.call("POST", "/password-resets", json={"email": email})
 
-    async def validate_reset(self, token: str) -> Json:
-        result: Json = await self.client.call(
+    async def validate_reset(self, token: str) -> ResetLink:
+        result: ResetLink = await self.client.call(
             "GET", "/password-resets/validate", params={"token": token}
         )
         return result
@@ -224,8 +245,8 @@ class Portals:
     client: ServiceClient
     cache: GatewayCache = field(default_factory=lambda: GatewayCache(0))
 
-    async def create(self, body: Json) -> Json:
-        result: Json = await self.client.call("POST", "/portals", json=body)
+    async def create(self, body: Json) -> PortalAnswer:
+        result: PortalAnswer = await self.client.call("POST", "/portals", json=body)
         return result
 
     async def find(
@@ -234,39 +255,41 @@ class Portals:
         q: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
-    ) -> Json:
-        result: Json = await self.client.call(
+    ) -> PortalPage:
+        result: PortalPage = await self.client.call(
             "GET", "/portals", params=_page_params(limit, cursor, status=status, q=q)
         )
         return result
 
-    async def get(self, portal_id: str) -> Json:
-        result: Json = await self.client.call("GET", f"/portals/{portal_id}")
+    async def get(self, portal_id: str) -> PortalAnswer:
+        result: PortalAnswer = await self.client.call("GET", f"/portals/{portal_id}")
         return result
 
-    async def by_slug(self, slug: str) -> Json:
-        result: Json = await self.client.call("GET", f"/portals/by-slug/{slug}")
+    async def by_slug(self, slug: str) -> PortalAnswer:
+        result: PortalAnswer = await self.client.call("GET", f"/portals/by-slug/{slug}")
         return result
 
-    async def patch(self, portal_id: str, body: Json) -> Json:
+    async def patch(self, portal_id: str, body: Json) -> PortalAnswer:
         try:
-            result: Json = await self.client.call("PATCH", f"/portals/{portal_id}", json=body)
+            result: PortalAnswer = await self.client.call(
+                "PATCH", f"/portals/{portal_id}", json=body
+            )
         finally:
             self.cache.forget_portal(portal_id)
         return result
 
-    async def put_client(self, portal_id: str, user_id: str | None) -> Json:
+    async def put_client(self, portal_id: str, user_id: str | None) -> PortalAnswer:
         try:
-            result: Json = await self.client.call(
+            result: PortalAnswer = await self.client.call(
                 "PUT", f"/portals/{portal_id}/client", json={"user_id": user_id}
             )
         finally:
             self.cache.forget_portal(portal_id)
         return result
 
-    async def put_sub_clients(self, portal_id: str, user_ids: list[str]) -> Json:
+    async def put_sub_clients(self, portal_id: str, user_ids: list[str]) -> PortalAnswer:
         try:
-            result: Json = await self.client.call(
+            result: PortalAnswer = await self.client.call(
                 "PUT", f"/portals/{portal_id}/sub-clients", json={"user_ids": user_ids}
             )
         finally:
@@ -287,17 +310,17 @@ class Portals:
         result: Json = await self.client.call("POST", f"/portals/{portal_id}/access", json=body)
         return result
 
-    async def of_user(self, user_id: str) -> list[Json]:
+    async def of_user(self, user_id: str) -> list[PortalAnswer]:
         result: Json = await self.client.call("GET", f"/users/{user_id}/portals")
-        items: list[Json] = result["items"]
+        items: list[PortalAnswer] = result["items"]
         return items
 
-    async def of_user_by_slug(self, user_id: str, slug: str) -> Json:
+    async def of_user_by_slug(self, user_id: str, slug: str) -> PortalAnswer:
         cached = self.cache.portal(user_id, slug)
         if cached is not None:
             return cached
         generation = self.cache.generation
-        result: Json = await self.client.call("GET", f"/users/{user_id}/portals/{slug}")
+        result: PortalAnswer = await self.client.call("GET", f"/users/{user_id}/portals/{slug}")
         self.cache.put_portal(user_id, slug, result, generation)
         return result
 
@@ -306,8 +329,8 @@ class Portals:
 class Invitations:
     client: ServiceClient
 
-    async def invite(self, body: Json) -> Json:
-        result: Json = await self.client.call("POST", "/invitations", json=body)
+    async def invite(self, body: Json) -> InviteOutcome:
+        result: InviteOutcome = await self.client.call("POST", "/invitations", json=body)
         return result
 
     async def invite_group(self, body: Json) -> Json:
@@ -330,8 +353,8 @@ class Invitations:
         limit: int | None = None,
         cursor: str | None = None,
         email: str | None = None,
-    ) -> Json:
-        result: Json = await self.client.call(
+    ) -> InvitationPage:
+        result: InvitationPage = await self.client.call(
             "GET",
             "/invitations",
             params=_page_params(limit, cursor, status=status, portal_id=portal_id, email=email),
@@ -347,45 +370,51 @@ class Invitations:
         )
         return result
 
-    async def get(self, invitation_id: str) -> Json:
-        result: Json = await self.client.call("GET", f"/invitations/{invitation_id}")
+    async def get(self, invitation_id: str) -> InvitationAnswer:
+        result: InvitationAnswer = await self.client.call("GET", f"/invitations/{invitation_id}")
         return result
 
-    async def resend(self, invitation_id: str, reason: str = "staff") -> Json:
+    async def resend(self, invitation_id: str, reason: str = "staff") -> InvitationAnswer:
         """``reason``: staff (the Invitations screen) or api (the JSON API)."""
-        result: Json = await self.client.call(
+        result: InvitationAnswer = await self.client.call(
             "POST", f"/invitations/{invitation_id}/resend", json={"reason": reason}
         )
         return result
 
-    async def revoke(self, invitation_id: str) -> Json:
-        result: Json = await self.client.call("POST", f"/invitations/{invitation_id}/revoke")
+    async def revoke(self, invitation_id: str) -> InvitationAnswer:
+        result: InvitationAnswer = await self.client.call(
+            "POST", f"/invitations/{invitation_id}/revoke"
+        )
         return result
 
     async def invite_staff(
         self, email: str, role: str, invited_by: str | None, locale: str | None = None
-    ) -> Json:
+    ) -> InviteOutcome:
         """Users → Invite Staff: ``{"invitation", "outcome": created|resent}``. ``locale``:
         the language of the email and the accept page (None: the agency's)."""
-        result: Json = await self.client.call(
+        result: InviteOutcome = await self.client.call(
             "POST",
             "/staff-invitations",
             json={"email": email, "role": role, "invited_by": invited_by, "locale": locale},
         )
         return result
 
-    async def staff_invitations(self) -> list[Json]:
+    async def staff_invitations(self) -> list[InvitationAnswer]:
         """Pending and expired staff invitations, newest first."""
         result: Json = await self.client.call("GET", "/staff-invitations")
-        items: list[Json] = result["items"]
+        items: list[InvitationAnswer] = result["items"]
         return items
 
-    async def resend_staff(self, invitation_id: str) -> Json:
-        result: Json = await self.client.call("POST", f"/staff-invitations/{invitation_id}/resend")
+    async def resend_staff(self, invitation_id: str) -> InvitationAnswer:
+        result: InvitationAnswer = await self.client.call(
+            "POST", f"/staff-invitations/{invitation_id}/resend"
+        )
         return result
 
-    async def revoke_staff(self, invitation_id: str) -> Json:
-        result: Json = await self.client.call("POST", f"/staff-invitations/{invitation_id}/revoke")
+    async def revoke_staff(self, invitation_id: str) -> InvitationAnswer:
+        result: InvitationAnswer = await self.client.call(
+            "POST", f"/staff-invitations/{invitation_id}/revoke"
+        )
         return result
 
     async def validate(self, token: str) -> Json:
@@ -400,8 +429,8 @@ class Invitations:
         claim: str = result["claim"]
         return claim
 
-    async def accept(self, token: str, claim: str, user_id: str) -> Json:
-        result: Json = await self.client.call(
+    async def accept(self, token: str, claim: str, user_id: str) -> AcceptedLink:
+        result: AcceptedLink = await self.client.call(
             "POST",
             "/invitations/accept",
             json={"token": token, "claim": claim, "user_id": user_id},
@@ -419,20 +448,20 @@ class Invitations:
         """Email me a new link: always answered alike, before anything is looked up."""
         await self.client.call("POST", "/invitations/new-link", json={"token": token})
 
-    async def access_settings(self) -> Json:
-        result: Json = await self.client.call("GET", "/settings/access")
+    async def access_settings(self) -> AccessSettings:
+        result: AccessSettings = await self.client.call("GET", "/settings/access")
         return result
 
     async def put_access_settings(
         self, days: int | None = None, reminder_days: int | None = None
-    ) -> Json:
+    ) -> AccessSettings:
         """Fields left as None are unchanged."""
         body: Json = {}
         if days is not None:
             body["invitation_expiry_days"] = days
         if reminder_days is not None:
             body["invitation_reminder_days"] = reminder_days
-        result: Json = await self.client.call("PUT", "/settings/access", json=body)
+        result: AccessSettings = await self.client.call("PUT", "/settings/access", json=body)
         return result
 
 

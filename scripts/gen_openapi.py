@@ -1,5 +1,5 @@
 """Write docs/openapi.json, the public API's OpenAPI document, from the models the gateway's
-routes declare (services/gateway/api.py): the exact bytes /api/v1/openapi.json serves.
+routes declare (services/gateway/views/api.py): the exact bytes /api/v1/openapi.json serves.
 
     python scripts/gen_openapi.py           # write docs/openapi.json (make openapi)
     python scripts/gen_openapi.py --check   # exit 1 if the committed file is stale"""
@@ -18,7 +18,7 @@ TARGET = ROOT / "docs" / "openapi.json"
 
 
 def render() -> bytes:
-    from services.gateway.openapi import OPENAPI_JSON
+    from services.gateway.views.openapi import OPENAPI_JSON
 
     return OPENAPI_JSON
 

@@ -15,24 +15,7 @@ from libs.common.http import ServiceClient, new_session
 from libs.common.service_auth import TokenSigner
 from libs.common.web import POOL, add_database, base_app, periodic, service_signer
 
-from . import (
-    accept,
-    activity,
-    admin,
-    api,
-    branding,
-    editor,
-    i18n,
-    imports,
-    invite_several,
-    keys,
-    openapi,
-    pages,
-    script_words,
-    staff,
-    webhooks,
-)
-from .branding import branding_middleware
+from . import i18n, script_words
 from .cache import ChangeListener, GatewayCache
 from .limits import RateLimits
 from .rendering import error_middleware
@@ -40,6 +23,22 @@ from .security import csrf_middleware, on_prepare, session_middleware
 from .settings import GatewaySettings
 from .state import CACHE, LIMITS, SETTINGS, TRUSTED_PROXIES, UPSTREAM
 from .upstream import Branding, Identity, Invitations, Portals, Upstream, Webhooks
+from .views import (
+    accept,
+    activity,
+    admin,
+    api,
+    branding,
+    editor,
+    imports,
+    invite_several,
+    keys,
+    openapi,
+    pages,
+    staff,
+    webhooks,
+)
+from .views.branding import branding_middleware
 
 HERE = Path(__file__).parent
 SCHEMA = "gateway"

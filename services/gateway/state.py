@@ -37,7 +37,7 @@ class RequestState:
     key_admin: bool = False  # the bootstrap key: every scope and the administrators' routes
     clear_session: bool = False
     session_set: bool = False
-    # Settings → Branding for this page (services/gateway/branding.py); None: built-in.
+    # Settings → Branding for this page (services/gateway/views/branding.py); None: built-in.
     brand: dict[str, Any] | None = None
     # An invitation link's language (accept and new-link pages): before Accept-Language.
     invitation_locale: str | None = None

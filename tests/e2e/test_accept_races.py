@@ -14,7 +14,7 @@ import pytest
 
 from libs.common.errors import DomainError, Unavailable
 from libs.common.http import ServiceClient, new_session
-from services.gateway.handlers import accept_with_password
+from services.gateway.handlers.saga import accept_with_password
 from services.gateway.upstream import Identity, Invitations, Json, Portals, Upstream
 from tests.e2e.conftest import Browser, Stack
 from tests.e2e.flows import CLIENT_PASSWORD, Api, db_fetch, unique_email

@@ -8,8 +8,8 @@ from typing import Any, get_args
 import pytest
 
 from libs.common.activity import ACTIONS
-from services.gateway.activity import describe
 from services.gateway.contracts import ActivityAction
+from services.gateway.views.activity import describe
 
 
 @pytest.mark.parametrize(

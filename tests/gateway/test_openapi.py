@@ -15,9 +15,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.gateway import api
 from services.gateway.app import create_app
-from services.gateway.openapi import OPENAPI
+from services.gateway.views import api
+from services.gateway.views.openapi import OPENAPI
 from tests.gateway.conftest import csrf, log_in, make_settings
 from tests.gateway.fakes import Backend
 

@@ -15,11 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from libs.common.activity import ACTIONS
 from libs.common.web import json_response, parse_query
 
+from ..contracts import ActivityAction, ActivityPage
+from ..domain import parse_uuid
+from ..rendering import render
+from ..state import UPSTREAM
 from .api import API
-from .contracts import ActivityAction, ActivityPage
-from .domain import parse_uuid
-from .rendering import render
-from .state import UPSTREAM
 
 PAGE_ROWS = 50
 ROLE_NAMES = {"administrator": "Administrator", "staff": "Staff", "client": "Client"}

@@ -14,12 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from libs.common.errors import DomainError
 from libs.common.web import json_response, read_json
 
-from .answers import ApiKeyAnswer, CreatedApiKey
+from ..answers import ApiKeyAnswer, CreatedApiKey
+from ..contracts import ApiKeyCreated, ApiKeyList
+from ..domain import KEY_SCOPES, parse_uuid
+from ..rendering import current_user, form_str, render, see_other
+from ..state import UPSTREAM
 from .api import API
-from .contracts import ApiKeyCreated, ApiKeyList
-from .domain import KEY_SCOPES, parse_uuid
-from .rendering import current_user, form_str, render, see_other
-from .state import UPSTREAM
 
 ID = "{id:[0-9a-fA-F-]{36}}"
 

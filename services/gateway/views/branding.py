@@ -17,11 +17,11 @@ from libs.common.i18n import is_language, is_time_zone, time_zones
 from libs.common.logging import get_logger
 from libs.common.web import json_response, read_json
 
+from ..domain import theme_css
+from ..rendering import Handler, form_str, is_api, render, see_other
+from ..state import UPSTREAM, req_state
+from ..upstream import Branding
 from .api import API
-from .domain import theme_css
-from .rendering import Handler, form_str, is_api, render, see_other
-from .state import UPSTREAM, req_state
-from .upstream import Branding
 
 log = get_logger(__name__)
 

@@ -11,11 +11,11 @@ from libs.common.email import email_or_none
 from libs.common.errors import DomainError, NotFound, Unauthorized
 from libs.common.i18n import is_language, is_time_zone, time_zones
 
-from .domain import BAD_LOGIN, new_password_problem, safe_next_path
-from .handlers import is_team, login_destination
-from .i18n import N_
-from .rendering import current_user, error_page, form_str, render, see_other
-from .security import (
+from ..domain import BAD_LOGIN, new_password_problem, safe_next_path
+from ..handlers.saga import is_team, login_destination
+from ..i18n import N_
+from ..rendering import current_user, error_page, form_str, render, see_other
+from ..security import (
     clear_session,
     login_failed,
     login_limit,
@@ -23,7 +23,7 @@ from .security import (
     rate_limit,
     set_session,
 )
-from .state import SETTINGS, UPSTREAM
+from ..state import SETTINGS, UPSTREAM
 
 SLUG = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 FORGOT_ANSWER = N_("If an account exists for that email, we've sent a link to reset the password.")

@@ -17,17 +17,17 @@ from libs.common.errors import DomainError, InvalidInput, NotFound
 from libs.common.i18n import is_language
 from libs.common.web import json_response
 
-from .answers import PortalAnswer, UserAnswer
-from .domain import (
+from ..answers import PortalAnswer, UserAnswer
+from ..domain import (
     EXPIRY_CHOICES,
     MAX_PERSONAL_MESSAGE,
     PERSONAL_MESSAGE_TOO_LONG,
     STATUSES,
     parse_uuid,
 )
-from .rendering import current_user, form_str, render, see_other
-from .state import UPSTREAM
-from .upstream import Upstream
+from ..rendering import current_user, form_str, render, see_other
+from ..state import UPSTREAM
+from ..upstream import Upstream
 
 ID = "{id:[0-9a-fA-F-]{36}}"
 NOT_ACTIVE = "This portal is not Active. Only Active portals can take invitations."

@@ -19,8 +19,7 @@ from libs.common.openapi import UUID as UUID_SCHEMA
 from libs.common.openapi import ApiRoutes
 from libs.common.web import json_response, parse_query, read_body, read_json
 
-from . import bulk
-from .contracts import (
+from ..contracts import (
     AccessSettingsView,
     BatchResult,
     GroupInviteResult,
@@ -31,15 +30,16 @@ from .contracts import (
     PortalPage,
     UserPage,
 )
-from .domain import (
+from ..domain import (
     EXPIRY_CHOICES,
     LINK_EXPIRY_CHOICES,
     MAX_GROUP_PORTALS,
     MAX_PERSONAL_MESSAGE,
     PERSONAL_MESSAGE_TOO_LONG,
 )
-from .rendering import current_user
-from .state import UPSTREAM, req_state
+from ..handlers import bulk
+from ..rendering import current_user
+from ..state import UPSTREAM, req_state
 
 Status = Literal["active", "pending", "archived"]
 

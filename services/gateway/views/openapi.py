@@ -12,13 +12,13 @@ from aiohttp import web
 
 from libs.common.metrics import release
 
+from ..rendering import render
 from . import activity as _activity  # noqa: F401 - declares /api/v1/activity on api.API
 from . import api
 from . import branding as _branding  # noqa: F401 - declares /api/v1/settings/branding
 from . import keys as _keys  # noqa: F401 - declares the /api/v1/keys routes on api.API
 from . import staff as _staff  # noqa: F401 - declares /api/v1/staff-invitations on api.API
 from . import webhooks as _webhooks  # noqa: F401 - declares /api/v1/webhooks on api.API
-from .rendering import render
 
 SECURITY_SCHEMES = {
     "session": {

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from libs.common.errors import Conflict, DomainError
 from libs.common.logging import get_logger
 
-from .answers import AcceptedLink, UserAnswer
-from .domain import safe_next_path
-from .i18n import N_
-from .upstream import Json, Upstream
+from ..answers import AcceptedLink, UserAnswer
+from ..domain import safe_next_path
+from ..i18n import N_
+from ..upstream import Json, Upstream
 
 log = get_logger(__name__)
 

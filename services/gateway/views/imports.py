@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .bulk import MAX_ROWS
-from .rendering import render
-from .state import UPSTREAM
+from ..handlers.bulk import MAX_ROWS
+from ..rendering import render
+from ..state import UPSTREAM
 
 ID = "{id:[0-9a-fA-F-]{36}}"
 

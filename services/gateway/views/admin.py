@@ -14,8 +14,8 @@ from multidict import MultiDictProxy
 from libs.common.email import email_or_none
 from libs.common.errors import Conflict, DomainError, InvalidInput, RateLimited
 
-from .answers import InvitationAnswer, InvitationPage
-from .domain import (
+from ..answers import InvitationAnswer, InvitationPage
+from ..domain import (
     BULK_FLASH,
     BULK_VERBS,
     EXPIRY_CHOICES,
@@ -24,9 +24,9 @@ from .domain import (
     bulk_payload,
     parse_uuid,
 )
-from .rendering import current_user, error_page, form_str, render, see_other
-from .state import UPSTREAM
-from .upstream import Invitations
+from ..rendering import current_user, error_page, form_str, render, see_other
+from ..state import UPSTREAM
+from ..upstream import Invitations
 
 ID = "{id:[0-9a-fA-F-]{36}}"
 SEARCH_ERROR = "Enter a whole email address, like name@example.com."
@@ -313,7 +313,7 @@ async def _users_page(
     invite_errors: dict[str, str] | None = None,
 ) -> web.Response:
     """The Users screen; ``invite`` / ``invite_errors``: the Invite Staff form as it was
-    sent, and what is wrong with it (services/gateway/staff.py)."""
+    sent, and what is wrong with it (services/gateway/views/staff.py)."""
     up = request.app[UPSTREAM]
     q = request.query.get("q", "")[:100]
     cursor = request.query.get("cursor") or None

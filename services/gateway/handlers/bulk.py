@@ -12,7 +12,7 @@ from typing import Any
 from libs.common.email import email_or_none
 from libs.common.errors import InvalidInput
 
-from .upstream import Invitations
+from ..upstream import Invitations
 
 MAX_ROWS = 10_000
 # Rows per call to the invitations service: its limit. It writes a call's rows a few

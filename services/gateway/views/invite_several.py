@@ -15,12 +15,12 @@ from multidict import MultiDictProxy
 from libs.common.email import email_or_none
 from libs.common.errors import DomainError, NotFound
 
-from .answers import PortalAnswer
-from .domain import EXPIRY_CHOICES, MAX_GROUP_PORTALS, parse_uuid
+from ..answers import PortalAnswer
+from ..domain import EXPIRY_CHOICES, MAX_GROUP_PORTALS, parse_uuid
+from ..rendering import current_user, form_str, render, see_other
+from ..state import UPSTREAM
+from ..upstream import Json, Upstream
 from .editor import INVITE_ERROR_FIELDS, INVITE_ERRORS, invite_fields
-from .rendering import current_user, form_str, render, see_other
-from .state import UPSTREAM
-from .upstream import Json, Upstream
 
 routes = web.RouteTableDef()
 

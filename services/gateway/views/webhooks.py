@@ -13,11 +13,10 @@ from pydantic import ValidationError
 from libs.common.errors import InvalidInput
 from libs.common.web import describe_validation, json_response, parse_query, read_json
 
-from .api import API
-from .rendering import form_str, render, see_other
-from .state import UPSTREAM
-from .upstream import Webhooks
-from .webhook_models import (
+from ..rendering import form_str, render, see_other
+from ..state import UPSTREAM
+from ..upstream import Webhooks
+from ..webhook_models import (
     EVENT_TYPES,
     DeliveryQuery,
     WebhookCreate,
@@ -26,6 +25,7 @@ from .webhook_models import (
     WebhookList,
     WebhookWithSecret,
 )
+from .api import API
 
 ID = "{id:[0-9a-fA-F-]{36}}"
 DELIVERY_ID = "{delivery_id:[0-9a-fA-F-]{36}}"

@@ -11,19 +11,19 @@ from aiohttp import web
 from libs.common.email import same_email
 from libs.common.errors import DomainError
 
-from .domain import BAD_LOGIN, new_password_problem, when
-from .handlers import (
+from ..domain import BAD_LOGIN, new_password_problem, when
+from ..handlers.saga import (
     ROLE_NAMES,
     AccountExists,
     Joined,
     accept_for_user,
     accept_with_password,
 )
-from .i18n import N_
-from .rendering import current_user, error_page, form_str, page_language, render, see_other
-from .security import login_failed, login_limit, rate_limit, set_session
-from .state import UPSTREAM, req_state
-from .upstream import Json
+from ..i18n import N_
+from ..rendering import current_user, error_page, form_str, page_language, render, see_other
+from ..security import login_failed, login_limit, rate_limit, set_session
+from ..state import UPSTREAM, req_state
+from ..upstream import Json
 
 routes = web.RouteTableDef()
 

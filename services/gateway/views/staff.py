@@ -15,12 +15,12 @@ from libs.common.email import email_or_none
 from libs.common.errors import DomainError, RateLimited
 from libs.common.web import json_response, read_json
 
+from ..answers import InvitationAnswer
+from ..contracts import StaffInvitation, StaffInvitationList, StaffInviteResult
+from ..rendering import current_user, error_page, form_str, see_other
+from ..state import UPSTREAM
 from .admin import ID, STAFF_ROLE_NAMES, _users_page
-from .answers import InvitationAnswer
 from .api import API, checked_locale
-from .contracts import StaffInvitation, StaffInvitationList, StaffInviteResult
-from .rendering import current_user, error_page, form_str, see_other
-from .state import UPSTREAM
 
 routes = web.RouteTableDef()
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from libs.common.email import email_or_none
 from libs.common.errors import Conflict, InvalidInput, NotFound
@@ -76,19 +76,44 @@ class SubClientsBody(Strict):
     user_ids: Annotated[list[UUID], Field(max_length=500)]
 
 
+def _one_address(value: str) -> str:
+    email = email_or_none(value)
+    if email is None:
+        raise ValueError("must be one plain email address like name@example.com")
+    return email
+
+
+LANGUAGE_REFUSED = "Language (locale) must be one of en, de, fr, es."
+
+
+def checked_locale(value: str | None) -> str | None:
+    if value is not None and not is_language(value):
+        raise ValueError(LANGUAGE_REFUSED)
+    return value
+
+
+# One email address in a body or a query (libs/common/email.py's rule), trimmed.
+EmailAddress = Annotated[str, Field(max_length=320), AfterValidator(_one_address)]
+
+
+# An invitation's optional ``locale`` (its emails' and pages' language), or the agency's.
+InviteLanguage = Annotated[
+    str | None,
+    Field(
+        max_length=20,
+        description="the language of the emails and of the pages their links open: en, de,"
+        " fr or es; default the agency's (Settings → Branding)",
+    ),
+    AfterValidator(checked_locale),
+]
+
+
 class InviteBody(Strict):
-    email: Annotated[str, Field(max_length=320)]
+    email: EmailAddress
     sub_client: bool | None = None
     expires_in_days: int | None = None
     personal_message: str | None = None
-    locale: Annotated[
-        str | None,
-        Field(
-            max_length=20,
-            description="the language of the email and of the pages its link opens: en, de,"
-            " fr or es; default the agency's (Settings → Branding)",
-        ),
-    ] = None
+    locale: InviteLanguage = None
     invited_by: Annotated[
         str | None,
         Field(
@@ -109,14 +134,6 @@ class InviteBody(Strict):
         cleaned = " ".join(value.split())  # no line breaks in an email's sentence
         return cleaned or None
 
-    @field_validator("email")
-    @classmethod
-    def _email(cls, value: str) -> str:
-        email = email_or_none(value)
-        if email is None:
-            raise ValueError("must be one plain email address like name@example.com")
-        return email
-
     @field_validator("expires_in_days")
     @classmethod
     def _expiry(cls, value: int | None) -> int | None:
@@ -131,20 +148,6 @@ class InviteBody(Strict):
             raise ValueError(PERSONAL_MESSAGE_TOO_LONG)
         return value
 
-    @field_validator("locale")
-    @classmethod
-    def _locale(cls, value: str | None) -> str | None:
-        return checked_locale(value)
-
-
-LANGUAGE_REFUSED = "Language (locale) must be one of en, de, fr, es."
-
-
-def checked_locale(value: str | None) -> str | None:
-    if value is not None and not is_language(value):
-        raise ValueError(LANGUAGE_REFUSED)
-    return value
-
 
 class PortalQuery(Strict):
     status: Status | None = None
@@ -156,19 +159,9 @@ class PortalQuery(Strict):
 class InvitationQuery(Strict):
     status: Literal["pending", "accepted", "expired", "revoked"] | None = None
     portal_id: UUID | None = None
-    email: (
-        Annotated[str, Field(max_length=320, description="exact address, case-insensitive")] | None
-    ) = None
-
-    @field_validator("email")
-    @classmethod
-    def _email(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        email = email_or_none(value)
-        if email is None:
-            raise ValueError("must be one whole email address like name@example.com")
-        return email
+    email: Annotated[EmailAddress | None, Field(description="exact address, case-insensitive")] = (
+        None
+    )
 
     limit: Annotated[int, Field(ge=1, le=200)] = 50
     cursor: Annotated[str, Field(max_length=500)] | None = None
@@ -451,19 +444,7 @@ class BatchQuery(Strict):
     dry_run: Annotated[
         bool, Field(description="answer what a send would do now, and send nothing (a preview)")
     ] = False
-    locale: Annotated[
-        str | None,
-        Field(
-            max_length=20,
-            description="the language of every row's email and pages: en, de, fr or es;"
-            " default the agency's",
-        ),
-    ] = None
-
-    @field_validator("locale")
-    @classmethod
-    def _locale(cls, value: str | None) -> str | None:
-        return checked_locale(value)
+    locale: InviteLanguage = None
 
 
 # 10,000 rows with a name and a 1,000-character message each.

@@ -6,10 +6,10 @@ rest, as for a client's invitation."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict
 
 from libs.common.email import email_or_none
 from libs.common.errors import DomainError, RateLimited
@@ -20,7 +20,7 @@ from ..contracts import StaffInvitation, StaffInvitationList, StaffInviteResult
 from ..rendering import current_user, error_page, form_str, see_other
 from ..state import UPSTREAM
 from .admin import ID, STAFF_ROLE_NAMES, _users_page
-from .api import API, checked_locale
+from .api import API, EmailAddress, InviteLanguage
 
 routes = web.RouteTableDef()
 
@@ -92,29 +92,9 @@ async def revoke_staff(request: web.Request) -> web.StreamResponse:
 class StaffInviteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    email: Annotated[str, Field(max_length=320)]
+    email: EmailAddress
     role: Literal["administrator", "staff"]
-    locale: Annotated[
-        str | None,
-        Field(
-            max_length=20,
-            description="the language of the email and of the accept page: en, de, fr or"
-            " es; default the agency's (Settings → Branding)",
-        ),
-    ] = None
-
-    @field_validator("email")
-    @classmethod
-    def _email(cls, value: str) -> str:
-        email = email_or_none(value)
-        if email is None:
-            raise ValueError("must be one plain email address like name@example.com")
-        return email
-
-    @field_validator("locale")
-    @classmethod
-    def _locale(cls, value: str | None) -> str | None:
-        return checked_locale(value)
+    locale: InviteLanguage = None
 
 
 def _public(invitation: InvitationAnswer) -> dict[str, Any]:

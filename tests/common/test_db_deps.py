@@ -1,5 +1,5 @@
-"""The shared mechanics of use cases (libs/common/db.py): ``transaction`` and
-``connection`` on the pool or on a connection, and ``Deps.within``."""
+"""The shared mechanics of use cases (libs/common/db.py, bus.py): ``transaction`` and
+``connection`` on the pool or on a connection, ``Deps.within`` and ``in_inbox``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from dataclasses import FrozenInstanceError, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
+from libs.common.bus import in_inbox
 from libs.common.db import UseCaseDeps, connection, create_pool, migrate, transaction, utcnow
 from tests.support.env import TestEnv
 
@@ -103,3 +105,17 @@ def test_deps_within_replaces_only_the_database() -> None:
     with pytest.raises(FrozenInstanceError):
         inner.db = pool  # type: ignore[misc]
     assert ProbeDeps("x", db=pool).clock is utcnow  # type: ignore[arg-type]
+
+
+async def test_in_inbox_runs_each_handler_on_the_inbox_connection() -> None:
+    pool, conn = object(), object()
+    deps = ProbeDeps("probe", db=pool)  # type: ignore[arg-type]
+    seen: list[tuple[object, str]] = []
+
+    async def handler(given: ProbeDeps, envelope: Any, data: Any) -> None:
+        seen.append((given.db, given.name))
+
+    handlers = in_inbox(lambda: deps, {"probe.happened": handler})
+    await handlers["probe.happened"](conn, None, None)  # type: ignore[arg-type]
+    assert seen == [(conn, "probe")]
+    assert deps.db is pool

@@ -8,8 +8,8 @@ per consuming service and its ``<prefix>.<service>.dead`` dead-letter queue."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import aio_pika
 import asyncpg
@@ -27,7 +27,7 @@ from . import broker, tracing
 from .actor import set_actor
 from .broker import Binding, ExchangeKind
 from .context import set_correlation_id
-from .db import DATABASE_AWAY, Conn
+from .db import DATABASE_AWAY, Conn, UseCaseDeps
 from .errors import Unavailable
 from .events import Envelope, EventData, MalformedEvent, parse_data, parse_envelope
 from .logging import get_logger
@@ -35,9 +35,39 @@ from .metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
 
 log = get_logger(__name__)
 
-__all__ = ["Binding", "Bus", "Consumer", "ExchangeKind", "Handler", "Unroutable", "trusted_sender"]
+__all__ = [
+    "Binding",
+    "Bus",
+    "Consumer",
+    "ExchangeKind",
+    "Handler",
+    "Unroutable",
+    "in_inbox",
+    "trusted_sender",
+]
 
 Handler = Callable[[Conn, Envelope, EventData], Awaitable[None]]
+
+D = TypeVar("D", bound=UseCaseDeps)
+
+
+def in_inbox(
+    deps: Callable[[], D],
+    handlers: Mapping[str, Callable[[D, Envelope, EventData], Awaitable[None]]],
+) -> dict[str, Handler]:
+    """A service's event handlers, which take its ``Deps`` first like its use cases, as the
+    consumer's: each runs on ``deps().within(conn)``, the inbox transaction's connection,
+    so whatever the use case writes commits (or not) with the inbox row. ``deps`` is read
+    per event: the service's ``Deps`` is built once its pool is open."""
+
+    def bind(handler: Callable[[D, Envelope, EventData], Awaitable[None]]) -> Handler:
+        async def handle(conn: Conn, envelope: Envelope, data: EventData) -> None:
+            await handler(deps().within(conn), envelope, data)
+
+        return handle
+
+    return {event_type: bind(handler) for event_type, handler in handlers.items()}
+
 
 MAX_DELIVERIES = broker.MAX_DELIVERIES
 # A dependency that is away (the database restarting, a service down) is waited out while

@@ -6,11 +6,15 @@ advisory lock keyed on the schema makes concurrent starts wait instead of racing
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Self, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -34,6 +38,52 @@ if TYPE_CHECKING:
     Db: TypeAlias = Conn | asyncpg.Pool[asyncpg.Record]
 else:
     Db = Conn | asyncpg.Pool
+
+
+@asynccontextmanager
+async def transaction(db: Db) -> AsyncIterator[Conn]:
+    """One transaction on ``db``: given the pool, a connection is acquired for it; given a
+    connection (a caller's transaction, such as a consumer's inbox transaction), a nested
+    one (a savepoint), so the work commits or rolls back with the caller's."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn, conn.transaction():
+            yield conn
+    else:
+        async with db.transaction():
+            yield db
+
+
+@asynccontextmanager
+async def connection(db: Db) -> AsyncIterator[Conn]:
+    """A connection for reads: one acquired from the pool, or the connection given."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            yield conn
+    else:
+        yield db
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, kw_only=True)
+class UseCaseDeps:
+    """What every service's ``Deps`` holds (each service subclasses it, frozen too, adding
+    its settings and clients): the database and the clock. Use cases take ``deps`` first
+    and work on ``deps.db`` through ``transaction`` / ``connection``."""
+
+    db: Db
+    clock: Clock = utcnow
+
+    def within(self, conn: Conn) -> Self:
+        """The same dependencies on one connection: a consumer applies a use case inside
+        its inbox transaction, so the effect and the inbox row commit together."""
+        return dataclasses.replace(self, db=conn)
+
 
 # The database is away (restarting, failing over, out of slots): worth waiting out, never
 # the fault of the request or message at hand.

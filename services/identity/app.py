@@ -9,6 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from libs.common.bus import in_inbox
 from libs.common.web import POOL, add_bus, add_database, base_app, require_service_proof
 
 from . import api, consumer, handlers, openapi
@@ -25,7 +26,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def create_app(
     settings: IdentitySettings,
     *,
-    now: Callable[[], datetime] = handlers.utcnow,
+    clock: Callable[[], datetime] = handlers.utcnow,
     passwords: Passwords | None = None,
 ) -> web.Application:
     app = base_app(SERVICE)
@@ -39,7 +40,7 @@ def create_app(
         )
         await hasher.prepare()
         deps = handlers.Deps(
-            pool=app[POOL],
+            db=app[POOL],
             passwords=hasher,
             sessions=SessionPolicy(
                 idle=timedelta(minutes=settings.identity_session_idle_minutes),
@@ -48,7 +49,7 @@ def create_app(
             public_base=settings.public_base,
             site_name=settings.public_url.host or "localhost",
             sealer=settings.sealer(),
-            now=now,
+            clock=clock,
         )
         app[api.DEPS] = deps
         background = app[api.BACKGROUND] = Background()
@@ -70,7 +71,7 @@ def create_app(
         SERVICE,
         schema=SCHEMA,
         bindings=consumer.BINDINGS,
-        handlers=consumer.HANDLERS,
+        handlers=in_inbox(lambda: app[api.DEPS], consumer.HANDLERS),
     )
     api.add_routes(app)
     app.router.add_get("/openapi.json", openapi.openapi)

@@ -1,14 +1,15 @@
 """Events that record the Activity log, translated into entries at the edge: every change
-a staff member or a key made (the envelope's ``actor``), whichever service announced it."""
+a staff member or a key made (the envelope's ``actor``), whichever service announced it.
+The handler gets ``Deps`` on the inbox transaction's connection (libs/common/bus.py
+``in_inbox``), so the entry commits with the inbox row."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from libs.common.activity import EVENT_ACTIONS
 from libs.common.broker import CONSUMES
-from libs.common.bus import Handler
-from libs.common.db import Conn
 from libs.common.events import (
     ApiKeyChanged,
     BrandingChanged,
@@ -29,6 +30,7 @@ from libs.common.events import (
 
 from . import handlers
 from .domain import ActivityEntry
+from .handlers import Deps
 
 BINDINGS = CONSUMES["identity"]
 SETTINGS_LABEL = "Access & Login"
@@ -90,10 +92,12 @@ def entry_of(envelope: Envelope, data: EventData) -> ActivityEntry | None:
     )
 
 
-async def on_change(conn: Conn, envelope: Envelope, data: EventData) -> None:
+async def on_change(deps: Deps, envelope: Envelope, data: EventData) -> None:
     entry = entry_of(envelope, data)
     if entry is not None:
-        await handlers.record_activity(conn, entry)
+        await handlers.record_activity(deps, entry)
 
 
-HANDLERS: dict[str, Handler] = dict.fromkeys(EVENT_ACTIONS, on_change)
+HANDLERS: dict[str, Callable[[Deps, Envelope, EventData], Awaitable[None]]] = dict.fromkeys(
+    EVENT_ACTIONS, on_change
+)

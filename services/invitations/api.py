@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from libs.common.cursor import decode_cursor, encode_cursor
 from libs.common.errors import NotFound
 from libs.common.service_auth import SERVICES
-from libs.common.web import POOL, json_response, parse_query, read_json
+from libs.common.web import json_response, parse_query, read_json
 
 from . import domain, handlers
 from .handlers import Deps, InviteCommand, NewLinkWorker, batch
@@ -211,7 +211,7 @@ async def create_invitation(request: web.Request) -> web.Response:
         resend_reason=body.resend_reason,
         locale=body.locale,
     )
-    row, outcome = await handlers.invite(request.app[POOL], deps, command)
+    row, outcome = await handlers.invite(deps, command)
     # Replaying an idempotency key answers like the original request did.
     shown = "resent" if outcome == "resent" else "created"
     return json_response(
@@ -235,7 +235,7 @@ async def create_group(request: web.Request) -> web.Response:
         invitee_name=body.name,
         locale=body.locale,
     )
-    group = await handlers.invite_group(request.app[POOL], deps, command)
+    group = await handlers.invite_group(deps, command)
     now = deps.clock()
     # Replaying an idempotency key answers like the original request did.
     return json_response(
@@ -261,7 +261,6 @@ async def create_batch(request: web.Request) -> web.Response:
         for number, item in enumerate(body.rows, start=1)
     ]
     results = await batch.invite_batch(
-        request.app[POOL],
         request.app[DEPS],
         body.portal_id,
         rows,
@@ -287,7 +286,6 @@ async def list_invitations(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     after = decode_cursor(query.cursor) if query.cursor else None
     rows, more = await handlers.list_page(
-        request.app[POOL],
         deps,
         status=query.status,
         portal_id=query.portal_id,
@@ -309,13 +307,13 @@ async def list_invitations(request: web.Request) -> web.Response:
 async def invitation_counts(request: web.Request) -> web.Response:
     query = parse_query(request, CountsQuery)
     counts = await handlers.status_counts(
-        request.app[POOL], request.app[DEPS], portal_id=query.portal_id, email=query.email or None
+        request.app[DEPS], portal_id=query.portal_id, email=query.email or None
     )
     return json_response(counts)
 
 
 async def get_invitation(request: web.Request) -> web.Response:
-    row = await handlers.get(request.app[POOL], _id(request))
+    row = await handlers.get(request.app[DEPS], _id(request))
     return json_response(invitation_json(row, request.app[DEPS].clock()))
 
 
@@ -323,7 +321,7 @@ async def resend_invitation(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     # The body is optional (the reason defaults to staff).
     body = await read_json(request, ResendBody) if request.body_exists else ResendBody()
-    row = await handlers.resend(request.app[POOL], deps, _id(request), reason=body.reason)
+    row = await handlers.resend(deps, _id(request), reason=body.reason)
     return json_response(invitation_json(row, deps.clock()))
 
 
@@ -331,22 +329,20 @@ async def new_link(request: web.Request) -> web.Response:
     """Email me a new link: always 202, before anything about the link is looked up (the
     worker serves the request afterwards, handlers/new_link.py)."""
     body = await read_json(request, NewLinkBody)
-    await handlers.request_new_link(request.app[POOL], request.app[DEPS], body.token)
+    await handlers.request_new_link(request.app[DEPS], body.token)
     request.app[NEW_LINKS].wake()
     return json_response({"status": "requested"}, 202)
 
 
 async def revoke_invitation(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    row = await handlers.revoke(request.app[POOL], deps, _id(request))
+    row = await handlers.revoke(deps, _id(request))
     return json_response(invitation_json(row, deps.clock()))
 
 
 async def validate_token(request: web.Request) -> web.Response:
     query = parse_query(request, TokenQuery)
-    rows, account_exists = await handlers.validate(
-        request.app[POOL], request.app[DEPS], query.token
-    )
+    rows, account_exists = await handlers.validate(request.app[DEPS], query.token)
     row = rows[0]
     return json_response(
         {
@@ -372,7 +368,7 @@ async def validate_token(request: web.Request) -> web.Response:
 async def reserve_invitation(request: web.Request) -> web.Response:
     body = await read_json(request, ReserveBody)
     deps = request.app[DEPS]
-    rows, claim = await handlers.reserve(request.app[POOL], deps, body.token)
+    rows, claim = await handlers.reserve(deps, body.token)
     now = deps.clock()
     return json_response(
         {
@@ -386,7 +382,7 @@ async def reserve_invitation(request: web.Request) -> web.Response:
 async def accept_invitation(request: web.Request) -> web.Response:
     body = await read_json(request, AcceptBody)
     deps = request.app[DEPS]
-    rows = await handlers.accept(request.app[POOL], deps, body.token, body.claim, body.user_id)
+    rows = await handlers.accept(deps, body.token, body.claim, body.user_id)
     now = deps.clock()
     # The first invitation, as before, and (a group's link) every one accepted: what the
     # gateway grants.
@@ -397,9 +393,7 @@ async def accept_invitation(request: web.Request) -> web.Response:
 
 async def release_invitation(request: web.Request) -> web.Response:
     body = await read_json(request, ReleaseBody)
-    await handlers.release(
-        request.app[POOL], request.app[DEPS], body.token, body.claim, reopen=body.reopen
-    )
+    await handlers.release(request.app[DEPS], body.token, body.claim, reopen=body.reopen)
     return web.Response(status=204)
 
 
@@ -407,7 +401,7 @@ async def create_staff_invitation(request: web.Request) -> web.Response:
     body = await read_json(request, StaffInviteBody)
     deps = request.app[DEPS]
     row, outcome = await handlers.invite_staff(
-        request.app[POOL], deps, body.email, body.role, body.invited_by or None, body.locale
+        deps, body.email, body.role, body.invited_by or None, body.locale
     )
     return json_response(
         {"invitation": invitation_json(row, deps.clock()), "outcome": outcome},
@@ -417,44 +411,44 @@ async def create_staff_invitation(request: web.Request) -> web.Response:
 
 async def list_staff_invitations(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    rows = await handlers.open_staff_invitations(request.app[POOL])
+    rows = await handlers.open_staff_invitations(deps)
     now = deps.clock()
     return json_response({"items": [invitation_json(row, now) for row in rows]})
 
 
 async def resend_staff_invitation(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    row = await handlers.resend(request.app[POOL], deps, _id(request), staff=True)
+    row = await handlers.resend(deps, _id(request), staff=True)
     return json_response(invitation_json(row, deps.clock()))
 
 
 async def revoke_staff_invitation(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    row = await handlers.revoke(request.app[POOL], deps, _id(request), staff=True)
+    row = await handlers.revoke(deps, _id(request), staff=True)
     return json_response(invitation_json(row, deps.clock()))
 
 
-async def _access(pool: asyncpg.Pool) -> dict[str, int]:
+async def _access(deps: Deps) -> dict[str, int]:
     return {
-        "invitation_expiry_days": await handlers.get_expiry_days(pool),
-        "invitation_reminder_days": await handlers.get_reminder_days(pool),
+        "invitation_expiry_days": await handlers.get_expiry_days(deps),
+        "invitation_reminder_days": await handlers.get_reminder_days(deps),
     }
 
 
 async def get_access_settings(request: web.Request) -> web.Response:
-    return json_response(await _access(request.app[POOL]))
+    return json_response(await _access(request.app[DEPS]))
 
 
 async def put_access_settings(request: web.Request) -> web.Response:
     """Fields left out are unchanged."""
     body = await read_json(request, AccessSettings)
-    pool = request.app[POOL]
+    deps = request.app[DEPS]
     await handlers.change_access_settings(
-        pool,
+        deps,
         expiry_days=body.invitation_expiry_days,
         reminder_days=body.invitation_reminder_days,
     )
-    return json_response(await _access(pool))
+    return json_response(await _access(deps))
 
 
 GATEWAY = frozenset({"gateway"})

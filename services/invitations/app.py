@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from libs.common.bus import in_inbox
 from libs.common.http import new_session
 from libs.common.logging import get_logger
 from libs.common.service_auth import TokenSigner
@@ -37,34 +38,32 @@ def create_app(
     settings: InvitationsSettings, *, clock: domain.Clock = domain.utcnow
 ) -> web.Application:
     app = base_app(SERVICE)
-    deps = Deps(settings=settings, clock=clock)
-    app[api.DEPS] = deps
     add_database(app, settings, SCHEMA, migrations=MIGRATIONS)
-    # Before the bus: the consumer's handlers call identity and portals.
-    app.cleanup_ctx.append(_directory(deps, service_signer(app, settings)))
+    # After the pool, before the bus: the consumer's handlers call identity and portals.
+    app.cleanup_ctx.append(_deps(settings, clock, service_signer(app, settings)))
     add_bus(
         app,
         settings,
         SERVICE,
         schema=SCHEMA,
         bindings=consumer.BINDINGS,
-        handlers=consumer.handlers(deps),
+        handlers=in_inbox(lambda: app[api.DEPS], consumer.HANDLERS),
     )
-    new_links = handlers.NewLinkWorker(deps, settings.invitations_new_link_seconds)
+    new_links = handlers.NewLinkWorker(settings.invitations_new_link_seconds)
     app[api.NEW_LINKS] = new_links
-    app.cleanup_ctx.append(new_links.context())
+    app.cleanup_ctx.append(new_links.context(lambda app: app[api.DEPS]))
     app.cleanup_ctx.append(
         periodic(
             "invitations-reminders",
             settings.invitations_sweep_seconds,
-            lambda app: handlers.remind_once(app[POOL], deps),
+            lambda app: handlers.remind_once(app[api.DEPS]),
         )
     )
     app.cleanup_ctx.append(
         periodic(
             "invitations-expiry-sweep",
             settings.invitations_sweep_seconds,
-            lambda app: handlers.sweep_once(app[POOL], deps),
+            lambda app: handlers.sweep_once(app[api.DEPS]),
         )
     )
     # At least as often as the sweep, which is what turns pending into expired.
@@ -78,14 +77,16 @@ def create_app(
     return app
 
 
-def _directory(deps: Deps, signer: TokenSigner) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def ctx(_: web.Application) -> AsyncIterator[None]:
+def _deps(
+    settings: InvitationsSettings, clock: domain.Clock, signer: TokenSigner
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The use cases' Deps, once the pool is open, with the directory's HTTP session."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
         session = new_session()
-        deps.directory = Directory(
-            session, deps.settings.identity_url, deps.settings.portals_url, signer=signer
-        )
+        directory = Directory(session, settings.identity_url, settings.portals_url, signer=signer)
+        app[api.DEPS] = Deps(db=app[POOL], clock=clock, settings=settings, directory=directory)
         yield
-        deps.directory = None
         await session.close()
 
     return ctx

@@ -1,11 +1,14 @@
 """Events in: portal changes into the replica, mail outcomes into delivery status, and
-``invitation.requested`` from other systems into the invite use case."""
+``invitation.requested`` from other systems into the invite use case. Each handler gets
+``Deps`` on the inbox transaction's connection (libs/common/bus.py ``in_inbox``), so what
+it writes commits with the inbox row."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from libs.common.broker import CONSUMES
-from libs.common.bus import Handler
-from libs.common.db import Conn
+from libs.common.db import Conn, connection
 from libs.common.errors import DomainError, InvalidInput, RateLimited
 from libs.common.events import (
     Envelope,
@@ -66,32 +69,33 @@ REJECT_REASONS = frozenset(
 )
 
 
-async def on_portal_changed(conn: Conn, envelope: Envelope, data: EventData) -> None:
+async def on_portal_changed(deps: Deps, envelope: Envelope, data: EventData) -> None:
     assert isinstance(data, PortalChanged)
     await repo.upsert_portal(
-        conn, PortalInfo(data.portal_id, data.slug, data.title, data.status, data.revision)
+        deps.db, PortalInfo(data.portal_id, data.slug, data.title, data.status, data.revision)
     )
 
 
-async def on_mail_outcome(conn: Conn, envelope: Envelope, data: EventData) -> None:
+async def on_mail_outcome(deps: Deps, envelope: Envelope, data: EventData) -> None:
     assert isinstance(data, MailSent | MailFailed)
     if data.ref_type not in (INVITATION_REF, GROUP_REF):
         return
     # One email for several invitations (a group's): each of them it was the latest of.
     change = repo.set_delivery if data.ref_type == INVITATION_REF else repo.set_group_delivery
     failed = isinstance(data, MailFailed)
-    applied = await change(
-        conn,
-        data.ref_id,
-        data.mail_id,
-        "failed" if failed else "sent",
-        data.reason[:500] if isinstance(data, MailFailed) else None,
-    )
+    async with connection(deps.db) as conn:
+        applied = await change(
+            conn,
+            data.ref_id,
+            data.mail_id,
+            "failed" if failed else "sent",
+            data.reason[:500] if isinstance(data, MailFailed) else None,
+        )
     if not applied:
         log.info("mail_outcome_stale", invitation_id=str(data.ref_id), mail_id=str(data.mail_id))
 
 
-async def on_mail_retrying(conn: Conn, envelope: Envelope, data: EventData) -> None:
+async def on_mail_retrying(deps: Deps, envelope: Envelope, data: EventData) -> None:
     assert isinstance(data, MailRetrying)
     if data.ref_type not in (INVITATION_REF, GROUP_REF):
         return
@@ -100,7 +104,10 @@ async def on_mail_retrying(conn: Conn, envelope: Envelope, data: EventData) -> N
         if data.ref_type == INVITATION_REF
         else repo.set_group_delivery_retrying
     )
-    applied = await change(conn, data.ref_id, data.mail_id, data.next_attempt_at, data.reason[:500])
+    async with connection(deps.db) as conn:
+        applied = await change(
+            conn, data.ref_id, data.mail_id, data.next_attempt_at, data.reason[:500]
+        )
     if not applied:
         log.info("mail_retrying_stale", invitation_id=str(data.ref_id), mail_id=str(data.mail_id))
 
@@ -186,13 +193,14 @@ async def _requested_group(conn: Conn, deps: Deps, data: InvitationRequested) ->
                 "Give portal_ids, or portal_id / portal_slug, not both.",
                 code="ambiguous_portal",
             )
-        done = await replay(conn, command)
+        done = await replay(deps, command)
         if done is not None:
             await _announce_group(conn, done)
             return
-        checked = await check_group(conn, deps, command)
-        async with conn.transaction():  # a savepoint: a refusal leaves only the answer
-            group = await record_group(conn, deps, checked)
+        checked = await check_group(deps, command)
+        # record_group's transaction on the inbox connection is a savepoint: a refusal
+        # leaves only the answer.
+        group = await record_group(deps, checked)
     except DomainError as exc:
         if exc.code not in REJECT_REASONS:
             raise
@@ -203,9 +211,11 @@ async def _requested_group(conn: Conn, deps: Deps, data: InvitationRequested) ->
     log.info("invitation_request_applied", outcome=group.outcome, group_id=str(group.group_id))
 
 
-def make_on_requested(deps: Deps) -> Handler:
-    async def on_requested(conn: Conn, envelope: Envelope, data: EventData) -> None:
-        assert isinstance(data, InvitationRequested)
+async def on_requested(deps: Deps, envelope: Envelope, data: EventData) -> None:
+    """The invite use case on the inbox transaction's connection (``deps.db``): the
+    invitation, or the refusal's answer, commits with the inbox row."""
+    assert isinstance(data, InvitationRequested)
+    async with connection(deps.db) as conn:
         if data.portal_ids is not None:
             await _requested_group(conn, deps, data)
             return
@@ -224,10 +234,10 @@ def make_on_requested(deps: Deps) -> Handler:
             locale=data.locale,
         )
         try:
-            checked = await check_invite(conn, deps, command)
-            # A savepoint: a resend the caps refuse leaves nothing behind but the answer.
-            async with conn.transaction():
-                _, outcome = await record_invite(conn, deps, checked, key_checked=True)
+            checked = await check_invite(deps, command)
+            # record_invite's transaction on the inbox connection is a savepoint: a resend
+            # the caps refuse leaves nothing behind but the answer.
+            _, outcome = await record_invite(deps, checked, key_checked=True)
         except DomainError as exc:
             if exc.code not in REJECT_REASONS:
                 raise
@@ -238,15 +248,12 @@ def make_on_requested(deps: Deps) -> Handler:
             await _answer_repeat(conn, data.idempotency_key)
         log.info("invitation_request_applied", outcome=outcome)
 
-    return on_requested
 
-
-def handlers(deps: Deps) -> dict[str, Handler]:
-    return {
-        "portal.created": on_portal_changed,
-        "portal.updated": on_portal_changed,
-        "mail.sent": on_mail_outcome,
-        "mail.retrying": on_mail_retrying,
-        "mail.failed": on_mail_outcome,
-        "invitation.requested": make_on_requested(deps),
-    }
+HANDLERS: dict[str, Callable[[Deps, Envelope, EventData], Awaitable[None]]] = {
+    "portal.created": on_portal_changed,
+    "portal.updated": on_portal_changed,
+    "mail.sent": on_mail_outcome,
+    "mail.retrying": on_mail_retrying,
+    "mail.failed": on_mail_outcome,
+    "invitation.requested": on_requested,
+}

@@ -13,16 +13,16 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.errors import InvalidInput, NotFound
-from libs.common.web import POOL, json_response, parse_query, read_json
+from libs.common.web import json_response, parse_query, read_json
 
 from .branding import handlers as branding
 from .branding.cache import BrandingSource
 from .branding.domain import MAX_LOGO_BYTES, Branding
-from .settings import MailerSettings
+from .handlers import Deps
 from .webhooks import handlers
 from .webhooks.domain import EVENT_TYPES, MAX_URL_LENGTH
 
-MAILER_SETTINGS = web.AppKey("mailer_settings", MailerSettings)
+DEPS = web.AppKey("mailer_deps", Deps)
 BRANDING = web.AppKey("branding", BrandingSource)
 
 EventType = Literal[
@@ -90,49 +90,36 @@ def _uuid(request: web.Request, name: str, what: str) -> uuid.UUID:
 
 async def add_endpoint(request: web.Request) -> web.Response:
     body = await read_json(request, EndpointBody)
-    settings = request.app[MAILER_SETTINGS]
-    row, secret = await handlers.add_endpoint(
-        request.app[POOL],
-        settings.webhook_sealer(),
-        body.url,
-        list(body.events),
-        allow_private=settings.webhooks_allow_private,
-    )
+    row, secret = await handlers.add_endpoint(request.app[DEPS], body.url, list(body.events))
     return json_response({**endpoint_json(row), "secret": secret}, 201)
 
 
 async def list_endpoints(request: web.Request) -> web.Response:
-    rows = await handlers.list_endpoints(request.app[POOL])
+    rows = await handlers.list_endpoints(request.app[DEPS])
     return json_response({"items": [endpoint_json(r) for r in rows]})
 
 
 async def delete_endpoint(request: web.Request) -> web.Response:
-    await handlers.delete_endpoint(request.app[POOL], _uuid(request, "id", "webhook"))
+    await handlers.delete_endpoint(request.app[DEPS], _uuid(request, "id", "webhook"))
     return web.Response(status=204)
 
 
 async def rotate_secret(request: web.Request) -> web.Response:
-    settings = request.app[MAILER_SETTINGS]
-    row, secret = await handlers.rotate_secret(
-        request.app[POOL],
-        settings.webhook_sealer(),
-        _uuid(request, "id", "webhook"),
-        settings.webhooks_rotation_overlap_seconds,
-    )
+    row, secret = await handlers.rotate_secret(request.app[DEPS], _uuid(request, "id", "webhook"))
     return json_response({**endpoint_json(row), "secret": secret})
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
     query = parse_query(request, DeliveryQuery)
     rows, next_cursor = await handlers.deliveries(
-        request.app[POOL], _uuid(request, "id", "webhook"), query.limit, query.cursor
+        request.app[DEPS], _uuid(request, "id", "webhook"), query.limit, query.cursor
     )
     return json_response({"items": [delivery_json(r) for r in rows], "next_cursor": next_cursor})
 
 
 async def redeliver(request: web.Request) -> web.Response:
     row = await handlers.redeliver(
-        request.app[POOL],
+        request.app[DEPS],
         _uuid(request, "id", "webhook"),
         _uuid(request, "delivery_id", "webhook delivery"),
     )
@@ -174,15 +161,13 @@ def branding_json(value: Branding) -> dict[str, Any]:
 
 
 async def get_branding(request: web.Request) -> web.Response:
-    async with request.app[POOL].acquire() as conn:
-        value = await branding.current(conn, request.app[MAILER_SETTINGS].first_branding)
+    value = await branding.current(request.app[DEPS])
     return json_response(branding_json(value))
 
 
 async def put_branding(request: web.Request) -> web.Response:
     body = await read_json(request, BrandingBody)
-    first = request.app[MAILER_SETTINGS].first_branding
-    value = await branding.update(request.app[POOL], first, body.model_dump())
+    value = await branding.update(request.app[DEPS], body.model_dump())
     request.app[BRANDING].forget()
     return json_response(branding_json(value))
 
@@ -193,22 +178,19 @@ async def put_logo(request: web.Request) -> web.Response:
         content = base64.b64decode(body.content, validate=True)
     except binascii.Error:
         raise InvalidInput("The logo must be sent as base64.", code="invalid_logo") from None
-    first = request.app[MAILER_SETTINGS].first_branding
-    value = await branding.set_logo(request.app[POOL], first, content)
+    value = await branding.set_logo(request.app[DEPS], content)
     request.app[BRANDING].forget()
     return json_response(branding_json(value))
 
 
 async def delete_logo(request: web.Request) -> web.Response:
-    first = request.app[MAILER_SETTINGS].first_branding
-    value = await branding.remove_logo(request.app[POOL], first)
+    value = await branding.remove_logo(request.app[DEPS])
     request.app[BRANDING].forget()
     return json_response(branding_json(value))
 
 
 async def get_logo(request: web.Request) -> web.Response:
-    async with request.app[POOL].acquire() as conn:
-        found = await branding.logo(conn)
+    found = await branding.logo(request.app[DEPS])
     return json_response(
         {
             "content_type": found["logo_type"],

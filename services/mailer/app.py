@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from libs.common.bus import in_inbox
 from libs.common.outbox import OutboxRelay
 from libs.common.web import (
     BUS_PARTS,
@@ -23,6 +24,7 @@ from libs.common.web import (
 from . import api
 from .branding.cache import BrandingSource
 from .consumer import BINDINGS, HANDLERS
+from .handlers import Deps
 from .sender import Sender
 from .settings import MailerSettings
 from .webhooks.sender import WebhookSender
@@ -36,7 +38,6 @@ WEBHOOK_SENDER = web.AppKey("webhook_sender", WebhookSender)
 
 def create_app(settings: MailerSettings) -> web.Application:
     app = base_app(SERVICE)
-    app[api.MAILER_SETTINGS] = settings
     # Workers hold a connection only while claiming or recording, never during SMTP.
     add_database(
         app,
@@ -45,22 +46,27 @@ def create_app(settings: MailerSettings) -> web.Application:
         migrations=MIGRATIONS,
         max_size=min(settings.mailer_concurrency, 16) + settings.webhooks_concurrency + 4,
     )
+
+    async def deps_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Once the pool is open: the views, the consumer and the senders use it.
+        app[api.DEPS] = Deps(db=app[POOL], settings=settings)
+        yield
+
+    app.cleanup_ctx.append(deps_ctx)
     add_bus(
         app,
         settings,
         SERVICE,
         schema=SCHEMA,
         bindings=BINDINGS,
-        handlers=HANDLERS,
+        handlers=in_inbox(lambda: app[api.DEPS], HANDLERS),
         prefetch=64,
     )
 
     async def senders(app: web.Application) -> AsyncIterator[None]:
-        source = BrandingSource(
-            app[POOL], settings.first_branding, settings.mailer_branding_cache_seconds
-        )
+        source = BrandingSource(app[api.DEPS], settings.mailer_branding_cache_seconds)
         app[api.BRANDING] = source
-        sender = Sender(app[POOL], settings, source)
+        sender = Sender(app[api.DEPS], source)
         await sender.start()
         app[SENDER] = sender
         yield

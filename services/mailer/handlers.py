@@ -1,12 +1,15 @@
-"""Use cases: record a mail job; record what happened to a send. Each state change and
-the event announcing it commit together (outbox)."""
+"""Use cases: record a mail job; record what happened to a send. Each takes ``deps``
+first and works on ``deps.db``; each state change and the event announcing it commit
+together (outbox). The branding and webhook use cases (branding/, webhooks/) take the
+same ``Deps``."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
-from libs.common.db import Conn
+from libs.common.db import UseCaseDeps, connection, transaction
 from libs.common.events import Envelope, MailFailed, MailRetrying, MailSent, make_event
 from libs.common.logging import get_logger
 from libs.common.outbox import append, change_and_append
@@ -21,67 +24,79 @@ from .domain import (
     RetryReason,
     normalise_address,
 )
+from .settings import MailerSettings
 
 log = get_logger(__name__)
 
 SOURCE = "mailer"
 
 
-async def request_mail(conn: Conn, command: RequestMail) -> bool:
-    """Record the job (idempotent by mail_id), inside the caller's transaction.
+@dataclass(frozen=True)
+class Deps(UseCaseDeps):
+    """What the use cases need: ``db`` (the pool, or a consumer's connection) and
+    ``clock`` from UseCaseDeps, and the settings (the first branding, the webhook
+    sealer and limits)."""
+
+    settings: MailerSettings
+
+
+async def request_mail(deps: Deps, command: RequestMail) -> bool:
+    """Record the job (idempotent by mail_id), in one transaction (in a consumer's, a
+    savepoint in its inbox transaction).
 
     Returns True when a new delivery was queued and the senders should be woken. A job
     whose address can't go into a To header fails at once, without storing its link."""
-    try:
-        to_address = normalise_address(command.to)
-    except InvalidAddress as exc:
-        recorded = await repository.insert_failed(
+    async with transaction(deps.db) as conn:
+        try:
+            to_address = normalise_address(command.to)
+        except InvalidAddress as exc:
+            recorded = await repository.insert_failed(
+                conn,
+                mail_id=command.mail_id,
+                template=command.template,
+                # Stored for the record, never used in a header.
+                to_address=command.to.replace("\r", " ").replace("\n", " ")[:320],
+                ref_type=command.ref_type,
+                ref_id=command.ref_id,
+                correlation_id=command.correlation_id,
+                error=f"invalid address: {exc}"[:500],
+            )
+            if recorded:
+                log.warning("mail_invalid_address", mail_id=str(command.mail_id))
+                await append(
+                    conn,
+                    _failed_event(
+                        mail_id=command.mail_id,
+                        template=command.template,
+                        ref_type=command.ref_type,
+                        ref_id=command.ref_id,
+                        correlation_id=command.correlation_id,
+                        reason=FailureReason.INVALID_ADDRESS,
+                        attempts=0,
+                    ),
+                )
+            return False
+        queued = await repository.insert_queued(
             conn,
             mail_id=command.mail_id,
             template=command.template,
-            # Stored for the record, never used in a header.
-            to_address=command.to.replace("\r", " ").replace("\n", " ")[:320],
+            to_address=to_address,
             ref_type=command.ref_type,
             ref_id=command.ref_id,
+            context=command.context,
             correlation_id=command.correlation_id,
-            error=f"invalid address: {exc}"[:500],
+            # The send, whenever it comes, continues the trace of the request that asked.
+            trace_context=carrier(),
+            locale=(command.locale or "")[:100] or None,
         )
-        if recorded:
-            log.warning("mail_invalid_address", mail_id=str(command.mail_id))
-            await append(
-                conn,
-                _failed_event(
-                    mail_id=command.mail_id,
-                    template=command.template,
-                    ref_type=command.ref_type,
-                    ref_id=command.ref_id,
-                    correlation_id=command.correlation_id,
-                    reason=FailureReason.INVALID_ADDRESS,
-                    attempts=0,
-                ),
-            )
-        return False
-    queued = await repository.insert_queued(
-        conn,
-        mail_id=command.mail_id,
-        template=command.template,
-        to_address=to_address,
-        ref_type=command.ref_type,
-        ref_id=command.ref_id,
-        context=command.context,
-        correlation_id=command.correlation_id,
-        # The send, whenever it comes, continues the trace of the request that asked.
-        trace_context=carrier(),
-        locale=(command.locale or "")[:100] or None,
-    )
-    if queued:
-        log.info("mail_queued", mail_id=str(command.mail_id), template=command.template)
-    else:
-        log.info("mail_duplicate_ignored", mail_id=str(command.mail_id))
-    return queued
+        if queued:
+            log.info("mail_queued", mail_id=str(command.mail_id), template=command.template)
+        else:
+            log.info("mail_duplicate_ignored", mail_id=str(command.mail_id))
+        return queued
 
 
-async def record_sent(conn: Conn, delivery: Delivery, claimed_at: datetime) -> bool:
+async def record_sent(deps: Deps, delivery: Delivery, claimed_at: datetime) -> bool:
     sent = make_event(
         "mail.sent",
         MailSent(
@@ -93,11 +108,14 @@ async def record_sent(conn: Conn, delivery: Delivery, claimed_at: datetime) -> b
         source=SOURCE,
         correlation_id=delivery.correlation_id,
     )
-    return await change_and_append(conn, repository.MARK_SENT, (delivery.mail_id, claimed_at), sent)
+    async with connection(deps.db) as conn:
+        return await change_and_append(
+            conn, repository.MARK_SENT, (delivery.mail_id, claimed_at), sent
+        )
 
 
 async def record_retry(
-    conn: Conn,
+    deps: Deps,
     delivery: Delivery,
     claimed_at: datetime,
     next_attempt_at: datetime,
@@ -122,16 +140,18 @@ async def record_retry(
         source=SOURCE,
         correlation_id=delivery.correlation_id,
     )
-    return await change_and_append(
-        conn,
-        repository.RESCHEDULE,
-        (delivery.mail_id, claimed_at, next_attempt_at, error),
-        retrying,
-    )
+    # One statement (change_and_append), so atomic without a transaction.
+    async with connection(deps.db) as conn:
+        return await change_and_append(
+            conn,
+            repository.RESCHEDULE,
+            (delivery.mail_id, claimed_at, next_attempt_at, error),
+            retrying,
+        )
 
 
 async def record_failure(
-    conn: Conn, delivery: Delivery, claimed_at: datetime, reason: FailureReason, error: str
+    deps: Deps, delivery: Delivery, claimed_at: datetime, reason: FailureReason, error: str
 ) -> bool:
     failed = _failed_event(
         mail_id=delivery.mail_id,
@@ -142,9 +162,10 @@ async def record_failure(
         reason=reason,
         attempts=delivery.attempts,
     )
-    return await change_and_append(
-        conn, repository.MARK_FAILED, (delivery.mail_id, claimed_at, error), failed
-    )
+    async with connection(deps.db) as conn:
+        return await change_and_append(
+            conn, repository.MARK_FAILED, (delivery.mail_id, claimed_at, error), failed
+        )
 
 
 def _failed_event(
@@ -173,11 +194,13 @@ def _failed_event(
 
 
 async def claim_next(
-    conn: Conn, claim_id: uuid.UUID | None = None
+    deps: Deps, claim_id: uuid.UUID | None = None
 ) -> tuple[Delivery, datetime] | None:
-    claimed = await repository.claim_due(conn, 1, claim_id)
+    async with connection(deps.db) as conn:
+        claimed = await repository.claim_due(conn, 1, claim_id)
     return claimed[0] if claimed else None
 
 
-async def release_claim(conn: Conn, claim_id: uuid.UUID) -> bool:
-    return await repository.release_claim(conn, claim_id)
+async def release_claim(deps: Deps, claim_id: uuid.UUID) -> bool:
+    async with connection(deps.db) as conn:
+        return await repository.release_claim(conn, claim_id)

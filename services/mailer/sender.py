@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind
 
 from libs.common import tracing
 from libs.common.context import set_correlation_id
-from libs.common.db import DATABASE_AWAY, Conn
+from libs.common.db import DATABASE_AWAY, connection
 from libs.common.i18n import DEFAULT_LANGUAGE, is_language
 from libs.common.logging import get_logger
 from libs.common.sealing import Unsealable
@@ -40,6 +40,7 @@ from .domain import (
     normalise_address,
     retry_reason,
 )
+from .handlers import Deps
 from .metrics import EMAILS_FAILED, EMAILS_QUEUED, EMAILS_RETRIED, EMAILS_SENT
 from .rendering import (
     REPLY_TO_TEMPLATES,
@@ -48,7 +49,6 @@ from .rendering import (
     build_message,
     with_branding,
 )
-from .settings import MailerSettings
 from .smtp import SendError, SmtpTransport
 
 log = get_logger(__name__)
@@ -60,14 +60,10 @@ FINISH_PATIENCE_SECONDS = 60.0
 
 
 class Sender:
-    def __init__(
-        self, pool: asyncpg.Pool, settings: MailerSettings, branding: BrandingSource | None = None
-    ) -> None:
-        self.pool = pool
-        self.settings = settings
-        self.branding = branding or BrandingSource(
-            pool, settings.first_branding, settings.mailer_branding_cache_seconds
-        )
+    def __init__(self, deps: Deps, branding: BrandingSource | None = None) -> None:
+        self.deps = deps
+        self.settings = settings = deps.settings
+        self.branding = branding or BrandingSource(deps, settings.mailer_branding_cache_seconds)
         self.policy = settings.retry_policy
         self.templates = Templates(settings.mail_templates_dir)
         self.sealer = settings.sealer()
@@ -148,12 +144,11 @@ class Sender:
         """Claim one due delivery and carry it to an outcome; False when none was due."""
         claim_id = uuid.uuid4()
         try:
-            async with self.pool.acquire() as conn:
-                claimed = await handlers.claim_next(conn, claim_id)
+            claimed = await handlers.claim_next(self.deps, claim_id)
         except DATABASE_AWAY:
             # The claim may have committed without our hearing of it: hand such a row back
             # now, rather than leave it 'sending' until the stuck-row sweep.
-            await self._finish(lambda conn: handlers.release_claim(conn, claim_id))
+            await self._finish(lambda deps: handlers.release_claim(deps, claim_id))
             raise
         if claimed is None:
             return False
@@ -228,7 +223,7 @@ class Sender:
         except SendError as exc:
             await self._after_error(delivery, claimed_at, exc)
             return
-        if await self._finish(lambda conn: handlers.record_sent(conn, delivery, claimed_at)):
+        if await self._finish(lambda deps: handlers.record_sent(deps, delivery, claimed_at)):
             EMAILS_SENT.labels(delivery.template).inc()
             log.info("mail_sent", attempts=delivery.attempts)
 
@@ -241,8 +236,8 @@ class Sender:
         next_at = next_attempt_at(delivery.attempts, delivery.queued_at, now, self.policy)
         why = retry_reason(exc.code)
         if await self._finish(
-            lambda conn: handlers.record_retry(
-                conn, delivery, claimed_at, next_at, exc.detail, why, exc.code
+            lambda deps: handlers.record_retry(
+                deps, delivery, claimed_at, next_at, exc.detail, why, exc.code
             )
         ):
             EMAILS_RETRIED.labels(delivery.template).inc()
@@ -262,12 +257,12 @@ class Sender:
         self, delivery: Delivery, claimed_at: datetime, reason: FailureReason, error: str
     ) -> None:
         if await self._finish(
-            lambda conn: handlers.record_failure(conn, delivery, claimed_at, reason, error)
+            lambda deps: handlers.record_failure(deps, delivery, claimed_at, reason, error)
         ):
             EMAILS_FAILED.labels(delivery.template).inc()
             log.warning("mail_failed", reason=reason.value, attempts=delivery.attempts, error=error)
 
-    async def _finish(self, write: Callable[[Conn], Awaitable[bool]]) -> bool:
+    async def _finish(self, write: Callable[[Deps], Awaitable[bool]]) -> bool:
         """Record an outcome, riding out a database outage (a restart included): giving
         up here would leave the row in 'sending' and, after recovery, send the email
         again."""
@@ -275,8 +270,7 @@ class Sender:
         give_up, pause = loop.time() + FINISH_PATIENCE_SECONDS, 0.2
         while True:
             try:
-                async with self.pool.acquire() as conn:
-                    return await write(conn)
+                return await write(self.deps)
             except DATABASE_AWAY as exc:
                 if loop.time() >= give_up:
                     raise
@@ -290,7 +284,7 @@ class Sender:
             try:
                 await self._listen()
                 await self._recover()
-                async with self.pool.acquire() as conn:
+                async with connection(self.deps.db) as conn:
                     EMAILS_QUEUED.set(await repository.count_queued(conn))
             except asyncio.CancelledError:
                 raise
@@ -298,7 +292,7 @@ class Sender:
                 log.warning("mailer_maintenance_failed", error=type(exc).__name__)
 
     async def _recover(self) -> None:
-        async with self.pool.acquire() as conn:
+        async with connection(self.deps.db) as conn:
             count = await repository.requeue_stuck(conn, self.settings.mailer_stuck_sending_seconds)
         if count:
             log.warning("mail_stuck_requeued", count=count)

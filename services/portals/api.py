@@ -18,7 +18,7 @@ from pydantic import (
 from libs.common.cursor import decode_cursor, encode_cursor
 from libs.common.errors import InvalidInput, NotFound
 from libs.common.service_auth import SERVICES
-from libs.common.web import POOL, json_response, parse_query, read_json
+from libs.common.web import json_response, parse_query, read_json
 
 from . import handlers
 from .domain import (
@@ -30,6 +30,8 @@ from .domain import (
     Role,
     Status,
 )
+
+DEPS = web.AppKey("portals_deps", handlers.Deps)
 
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX)]
 Slug = Annotated[str, StringConstraints(max_length=SLUG_MAX, pattern=SLUG_PATTERN)]
@@ -136,33 +138,33 @@ def _user_id(request: web.Request) -> uuid.UUID:
 
 async def create_portal(request: web.Request) -> web.Response:
     body = await read_json(request, CreatePortal)
-    async with request.app[POOL].acquire() as conn:
-        portal = await handlers.create_portal(
-            conn, title=body.title, slug=body.slug, content=body.content, status=body.status
-        )
+    portal = await handlers.create_portal(
+        request.app[DEPS],
+        title=body.title,
+        slug=body.slug,
+        content=body.content,
+        status=body.status,
+    )
     return json_response(portal_json(portal), status=201)
 
 
 async def list_portals(request: web.Request) -> web.Response:
     query = parse_query(request, ListQuery)
     after = decode_cursor(query.cursor) if query.cursor else None
-    async with request.app[POOL].acquire() as conn:
-        items, more = await handlers.list_portals(
-            conn, status=query.status, q=query.q, limit=query.limit, after=after
-        )
+    items, more = await handlers.list_portals(
+        request.app[DEPS], status=query.status, q=query.q, limit=query.limit, after=after
+    )
     next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if more else None
     return json_response({"items": [portal_json(p) for p in items], "next_cursor": next_cursor})
 
 
 async def get_portal(request: web.Request) -> web.Response:
-    async with request.app[POOL].acquire() as conn:
-        portal = await handlers.get_portal(conn, _portal_id(request))
+    portal = await handlers.get_portal(request.app[DEPS], _portal_id(request))
     return json_response(portal_json(portal))
 
 
 async def get_portal_by_slug(request: web.Request) -> web.Response:
-    async with request.app[POOL].acquire() as conn:
-        portal = await handlers.get_portal_by_slug(conn, request.match_info["slug"])
+    portal = await handlers.get_portal_by_slug(request.app[DEPS], request.match_info["slug"])
     return json_response(portal_json(portal))
 
 
@@ -170,49 +172,45 @@ async def patch_portal(request: web.Request) -> web.Response:
     portal_id = _portal_id(request)
     body = await read_json(request, PatchPortal)
     changes = body.model_dump(include=body.model_fields_set)
-    async with request.app[POOL].acquire() as conn:
-        portal = await handlers.update_portal(conn, portal_id, changes)
+    portal = await handlers.update_portal(request.app[DEPS], portal_id, changes)
     return json_response(portal_json(portal))
 
 
 async def put_client(request: web.Request) -> web.Response:
     portal_id = _portal_id(request)
     body = await read_json(request, SetClient)
-    async with request.app[POOL].acquire() as conn:
-        portal = await handlers.set_client(conn, portal_id, body.user_id)
+    portal = await handlers.set_client(request.app[DEPS], portal_id, body.user_id)
     return json_response(portal_json(portal))
 
 
 async def put_sub_clients(request: web.Request) -> web.Response:
     portal_id = _portal_id(request)
     body = await read_json(request, SetSubClients)
-    async with request.app[POOL].acquire() as conn:
-        portal = await handlers.set_sub_clients(conn, portal_id, body.user_ids)
+    portal = await handlers.set_sub_clients(request.app[DEPS], portal_id, body.user_ids)
     return json_response(portal_json(portal))
 
 
 async def post_access(request: web.Request) -> web.Response:
     portal_id = _portal_id(request)
     body = await read_json(request, GrantAccess)
-    async with request.app[POOL].acquire() as conn:
-        portal, role = await handlers.grant_access(
-            conn, portal_id, body.user_id, body.role, body.grant_key, body.idempotency_key
-        )
+    portal, role = await handlers.grant_access(
+        request.app[DEPS], portal_id, body.user_id, body.role, body.grant_key, body.idempotency_key
+    )
     return json_response({"portal": portal_json(portal), "role": role})
 
 
 async def list_user_portals(request: web.Request) -> web.Response:
     user_id = _user_id(request)
-    async with request.app[POOL].acquire() as conn:
-        found = await handlers.user_portals(conn, user_id)
+    found = await handlers.user_portals(request.app[DEPS], user_id)
     items = [{**portal_json(p, "omit"), "role": role} for p, role in found]
     return json_response({"items": items})
 
 
 async def get_user_portal(request: web.Request) -> web.Response:
     user_id = _user_id(request)
-    async with request.app[POOL].acquire() as conn:
-        portal, role = await handlers.user_portal(conn, user_id, request.match_info["slug"])
+    portal, role = await handlers.user_portal(
+        request.app[DEPS], user_id, request.match_info["slug"]
+    )
     mode: ContentMode = "full" if portal.status == "active" else "hidden"
     return json_response({**portal_json(portal, mode), "role": role})
 

@@ -1,28 +1,31 @@
-"""Events from other services, translated into portal commands at the edge."""
+"""Events from other services, translated into portal commands at the edge. Each handler
+gets ``Deps`` on the inbox transaction's connection (libs/common/bus.py ``in_inbox``), so
+the use case's change commits with the inbox row."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from libs.common.broker import CONSUMES
-from libs.common.bus import Handler
-from libs.common.db import Conn
 from libs.common.errors import NotFound
 from libs.common.events import Envelope, EventData, InvitationAccepted, UserDisabled
 from libs.common.logging import get_logger
 
 from . import handlers
 from .domain import role_for_invitation
+from .handlers import Deps
 
 log = get_logger(__name__)
 
 BINDINGS = CONSUMES["portals"]
 
 
-async def on_invitation_accepted(conn: Conn, envelope: Envelope, data: EventData) -> None:
+async def on_invitation_accepted(deps: Deps, envelope: Envelope, data: EventData) -> None:
     """Grant under the invitation id: harmless when the accept saga already granted."""
     assert isinstance(data, InvitationAccepted)
     try:
         await handlers.grant_access(
-            conn,
+            deps,
             data.portal_id,
             data.user_id,
             role_for_invitation(data.sub_client),
@@ -34,12 +37,12 @@ async def on_invitation_accepted(conn: Conn, envelope: Envelope, data: EventData
         log.warning("invitation_portal_missing", portal_id=str(data.portal_id))
 
 
-async def on_user_disabled(conn: Conn, envelope: Envelope, data: EventData) -> None:
+async def on_user_disabled(deps: Deps, envelope: Envelope, data: EventData) -> None:
     assert isinstance(data, UserDisabled)
-    await handlers.remove_user(conn, data.user_id)
+    await handlers.remove_user(deps, data.user_id)
 
 
-HANDLERS: dict[str, Handler] = {
+HANDLERS: dict[str, Callable[[Deps, Envelope, EventData], Awaitable[None]]] = {
     "invitation.accepted": on_invitation_accepted,
     "identity.user.disabled": on_user_disabled,
 }

@@ -1,17 +1,19 @@
-"""Use cases: each runs in one transaction and writes its events to the outbox with the
-change. Access changes to a portal lock its row first, so they apply one at a time."""
+"""Use cases: ``use_case(deps, ...)``; each runs in one transaction on ``deps.db`` and
+writes its events to the outbox with the change. Access changes to a portal lock its row
+first, so they apply one at a time."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
 
 import asyncpg
 
-from libs.common.db import Conn
+from libs.common.db import Conn, UseCaseDeps, connection, transaction
 from libs.common.errors import Conflict, NotFound
 from libs.common.events import PortalAccessChanged, PortalChanged, make_event
 from libs.common.logging import get_logger
@@ -28,6 +30,7 @@ from .domain import (
     slug_candidate,
     slugify,
 )
+from .settings import PortalsSettings
 
 log = get_logger(__name__)
 
@@ -35,6 +38,14 @@ SOURCE = "portals"
 _SLUG_CONSTRAINT = "portals_slug_key"
 _SLUG_ATTEMPTS = 20
 _SLUG_BATCH = 50
+
+
+@dataclass(frozen=True)
+class Deps(UseCaseDeps):
+    """What the use cases need: ``db`` (the pool, or a consumer's connection) and
+    ``clock`` from UseCaseDeps, and the settings."""
+
+    settings: PortalsSettings
 
 
 def _not_found() -> NotFound:
@@ -93,19 +104,19 @@ async def _load(conn: Conn, portal_id: uuid.UUID) -> Portal:
 
 # --- portals --------------------------------------------------------------------------
 async def create_portal(
-    conn: Conn, *, title: str, slug: str | None, content: str, status: Status
+    deps: Deps, *, title: str, slug: str | None, content: str, status: Status
 ) -> Portal:
     portal_id = uuid.uuid4()
-    insert = partial(
-        repo.insert,
-        conn,
-        portal_id=portal_id,
-        title=title,
-        content=content,
-        content_html=render_content(content),
-        status=status,
-    )
-    async with conn.transaction():
+    async with transaction(deps.db) as conn:
+        insert = partial(
+            repo.insert,
+            conn,
+            portal_id=portal_id,
+            title=title,
+            content=content,
+            content_html=render_content(content),
+            status=status,
+        )
         if slug is not None:
             if not await _unless_slug_taken(conn, partial(insert, slug=slug)):
                 raise _slug_taken(slug)
@@ -134,10 +145,10 @@ async def _insert_with_generated_slug(
     raise Conflict("Could not find a free slug; please choose one.", code="slug_taken")
 
 
-async def update_portal(conn: Conn, portal_id: uuid.UUID, changes: dict[str, Any]) -> Portal:
+async def update_portal(deps: Deps, portal_id: uuid.UUID, changes: dict[str, Any]) -> Portal:
     """``changes`` holds only the fields the caller sent (title, slug, content, status).
     Nothing actually different → no new revision and no event."""
-    async with conn.transaction():
+    async with transaction(deps.db) as conn:
         if not await repo.lock(conn, portal_id):
             raise _not_found()
         current = await _load(conn, portal_id)
@@ -155,10 +166,10 @@ async def update_portal(conn: Conn, portal_id: uuid.UUID, changes: dict[str, Any
 
 
 # --- access ---------------------------------------------------------------------------
-async def set_client(conn: Conn, portal_id: uuid.UUID, user_id: uuid.UUID | None) -> Portal:
+async def set_client(deps: Deps, portal_id: uuid.UUID, user_id: uuid.UUID | None) -> Portal:
     """Make ``user_id`` the primary client (a sub-client is promoted); the previous
     client loses access. ``None`` removes the primary client."""
-    async with conn.transaction():
+    async with transaction(deps.db) as conn:
         if not await repo.lock(conn, portal_id):
             raise _not_found()
         current = await repo.client_of(conn, portal_id)
@@ -172,10 +183,10 @@ async def set_client(conn: Conn, portal_id: uuid.UUID, user_id: uuid.UUID | None
         return await _load(conn, portal_id)
 
 
-async def set_sub_clients(conn: Conn, portal_id: uuid.UUID, user_ids: list[uuid.UUID]) -> Portal:
+async def set_sub_clients(deps: Deps, portal_id: uuid.UUID, user_ids: list[uuid.UUID]) -> Portal:
     """Replace the set of sub-clients. The primary client can't also be a sub-client."""
     wanted = list(dict.fromkeys(user_ids))
-    async with conn.transaction():
+    async with transaction(deps.db) as conn:
         if not await repo.lock(conn, portal_id):
             raise _not_found()
         client = await repo.client_of(conn, portal_id)
@@ -197,7 +208,7 @@ async def set_sub_clients(conn: Conn, portal_id: uuid.UUID, user_ids: list[uuid.
 
 
 async def grant_access(
-    conn: Conn,
+    deps: Deps,
     portal_id: uuid.UUID,
     user_id: uuid.UUID,
     requested: Role | None,
@@ -207,7 +218,7 @@ async def grant_access(
     """Give a user access; idempotent under ``grant_key`` (an invitation id). The portal
     row lock serialises concurrent grants, and the one-client index backs it up.
     ``idempotency_key``: the key the invitation was made under, for the event."""
-    async with conn.transaction():
+    async with transaction(deps.db) as conn:
         if not await repo.lock(conn, portal_id):
             raise _not_found()
         if grant_key is not None:
@@ -241,9 +252,9 @@ async def grant_access(
     return portal, role
 
 
-async def remove_user(conn: Conn, user_id: uuid.UUID) -> int:
+async def remove_user(deps: Deps, user_id: uuid.UUID) -> int:
     """Take the user off every portal (the account was disabled)."""
-    async with conn.transaction():
+    async with transaction(deps.db) as conn:
         removed = await repo.delete_user_access(conn, user_id)
         for portal_id, role in removed:
             await _access_changed(conn, False, portal_id, user_id, role)
@@ -252,19 +263,21 @@ async def remove_user(conn: Conn, user_id: uuid.UUID) -> int:
 
 
 # --- reads ----------------------------------------------------------------------------
-async def get_portal(conn: Conn, portal_id: uuid.UUID) -> Portal:
-    return await _load(conn, portal_id)
+async def get_portal(deps: Deps, portal_id: uuid.UUID) -> Portal:
+    async with connection(deps.db) as conn:
+        return await _load(conn, portal_id)
 
 
-async def get_portal_by_slug(conn: Conn, slug: str) -> Portal:
-    portal = await repo.get_by_slug(conn, slug)
+async def get_portal_by_slug(deps: Deps, slug: str) -> Portal:
+    async with connection(deps.db) as conn:
+        portal = await repo.get_by_slug(conn, slug)
     if portal is None:
         raise _not_found()
     return portal
 
 
 async def list_portals(
-    conn: Conn,
+    deps: Deps,
     *,
     status: Status | None,
     q: str | None,
@@ -272,17 +285,20 @@ async def list_portals(
     after: tuple[datetime, uuid.UUID] | None,
 ) -> tuple[list[Portal], bool]:
     """One page, newest first, and whether more follow."""
-    rows = await repo.page(conn, status=status, q=q or None, limit=limit + 1, after=after)
+    async with connection(deps.db) as conn:
+        rows = await repo.page(conn, status=status, q=q or None, limit=limit + 1, after=after)
     return rows[:limit], len(rows) > limit
 
 
-async def user_portals(conn: Conn, user_id: uuid.UUID) -> list[tuple[Portal, Role]]:
-    return await repo.user_portals(conn, user_id)
+async def user_portals(deps: Deps, user_id: uuid.UUID) -> list[tuple[Portal, Role]]:
+    async with connection(deps.db) as conn:
+        return await repo.user_portals(conn, user_id)
 
 
-async def user_portal(conn: Conn, user_id: uuid.UUID, slug: str) -> tuple[Portal, Role]:
+async def user_portal(deps: Deps, user_id: uuid.UUID, slug: str) -> tuple[Portal, Role]:
     """Not found and no access look the same (404), so portal names don't leak."""
-    found = await repo.user_portal(conn, user_id, slug)
+    async with connection(deps.db) as conn:
+        found = await repo.user_portal(conn, user_id, slug)
     if found is None:
         raise _not_found()
     return found

@@ -41,13 +41,13 @@ async def pool(pool_factory: Callable[[str], Any]) -> asyncpg.Pool:
 @pytest.fixture
 def deps(pool: asyncpg.Pool, passwords: CountingPasswords, clock: Clock) -> Deps:
     return Deps(
-        pool=pool,
+        db=pool,
         passwords=passwords,
         sessions=SessionPolicy(idle=timedelta(minutes=120), absolute=timedelta(hours=168)),
         public_base="https://portal.example.com",
         site_name="portal.example.com",
         sealer=Sealer(DEVELOPMENT_KEY),
-        now=clock,
+        clock=clock,
     )
 
 
@@ -65,7 +65,7 @@ async def client(
         admin_password=None,
         **migrated_schemas.keys.settings("identity"),
     )
-    app = create_app(settings, now=clock, passwords=passwords)
+    app = create_app(settings, clock=clock, passwords=passwords)
     proof = migrated_schemas.keys.client_middleware("gateway", "identity")
     async with TestClient(TestServer(app), middlewares=(proof,)) as test_client:
         yield test_client

@@ -18,7 +18,7 @@ from libs.common.actor import ACTOR_HEADER, Actor, encode_actor
 from libs.common.events import EVENTS, make_event, parse_data
 from services.identity.consumer import HANDLERS, entry_of
 from services.identity.domain import ActivityEntry
-from services.identity.handlers import record_activity
+from services.identity.handlers import Deps, record_activity
 
 Client = TestClient[Any, Any]
 
@@ -223,7 +223,7 @@ async def _page(client: Client, **query: str) -> dict[str, Any]:
 
 @pytest.mark.integration
 async def test_the_log_pages_newest_first_and_filters_by_actor_action_and_portal(
-    client: Client, pool: asyncpg.Pool
+    client: Client, pool: asyncpg.Pool, deps: Deps
 ) -> None:
     ann, bob = str(uuid.uuid4()), str(uuid.uuid4())
     one, two = uuid.uuid4(), uuid.uuid4()
@@ -237,9 +237,9 @@ async def test_the_log_pages_newest_first_and_filters_by_actor_action_and_portal
     ]
     async with pool.acquire() as conn:
         for entry in entries:
-            assert await record_activity(conn, entry)
+            assert await record_activity(deps.within(conn), entry)
         # The same event delivered again adds nothing.
-        assert not await record_activity(conn, entries[0])
+        assert not await record_activity(deps.within(conn), entries[0])
 
     mine = [e for e in entries if e.actor_id == ann]
     seen: list[str] = []
@@ -272,7 +272,9 @@ async def test_the_log_pages_newest_first_and_filters_by_actor_action_and_portal
 
 
 @pytest.mark.integration
-async def test_a_user_is_labelled_with_their_email(client: Client, pool: asyncpg.Pool) -> None:
+async def test_a_user_is_labelled_with_their_email(
+    client: Client, pool: asyncpg.Pool, deps: Deps
+) -> None:
     email = f"sam-{uuid.uuid4().hex[:8]}@client.example"
     made = await client.post(
         "/users", json={"email": email, "password": "a-long-password-for-sam", "role": "client"}
@@ -282,7 +284,7 @@ async def test_a_user_is_labelled_with_their_email(client: Client, pool: asyncpg
     actor = str(uuid.uuid4())
     entry = _entry(actor, "user.disabled", datetime.now(UTC), user=user_id)
     async with pool.acquire() as conn:
-        await record_activity(conn, entry)
+        await record_activity(deps.within(conn), entry)
     [item] = (await _page(client, actor=actor))["items"]
     assert item["object"] == {"type": "user", "id": str(user_id), "label": email}
 

@@ -53,13 +53,13 @@ async def fresh_pool(fresh_database: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 def boot_deps(fresh_pool: asyncpg.Pool, passwords: CountingPasswords, clock: Clock) -> Deps:
     return Deps(
-        pool=fresh_pool,
+        db=fresh_pool,
         passwords=passwords,
         sessions=SessionPolicy(idle=timedelta(minutes=120), absolute=timedelta(hours=168)),
         public_base="http://localhost:8080",
         site_name="localhost",
         sealer=Sealer(DEVELOPMENT_KEY),
-        now=clock,
+        clock=clock,
     )
 
 
@@ -67,7 +67,7 @@ async def test_weak_admin_password_is_refused_and_named(boot_deps: Deps) -> None
     with capture_logs() as logs:
         result = await handlers.bootstrap_admin(boot_deps, "admin@example.com", "password1234")
     assert result is None
-    assert await boot_deps.pool.fetchval("SELECT count(*) FROM users") == 0
+    assert await boot_deps.db.fetchval("SELECT count(*) FROM users") == 0
     errors = [e for e in logs if e["log_level"] == "error"]
     assert len(errors) == 1
     assert errors[0]["variable"] == "ADMIN_PASSWORD"
@@ -82,14 +82,14 @@ async def test_concurrent_starts_create_one_administrator(boot_deps: Deps) -> No
     made = [r for r in results if r is not None]
     assert len(made) == 1 and made[0].role == "administrator"
     assert made[0].email == "Admin@example.com"
-    rows = await boot_deps.pool.fetch("SELECT role FROM users")
+    rows = await boot_deps.db.fetch("SELECT role FROM users")
     assert [r["role"] for r in rows] == ["administrator"]
-    assert len(await outbox_events(boot_deps.pool, "identity.user.created")) == 1
+    assert len(await outbox_events(boot_deps.db, "identity.user.created")) == 1
     issued = await handlers.login(boot_deps, "admin@example.com", STRONG)
     assert issued.user.role == "administrator"
     # A later start with other credentials leaves the existing administrator alone.
     assert await handlers.bootstrap_admin(boot_deps, "other@example.com", STRONG) is None
-    assert await boot_deps.pool.fetchval("SELECT count(*) FROM users") == 1
+    assert await boot_deps.db.fetchval("SELECT count(*) FROM users") == 1
 
 
 async def test_admin_email_used_by_a_client_is_reported(boot_deps: Deps) -> None:

@@ -44,7 +44,7 @@ async def test_reset_request_writes_a_private_mail_job(deps: Deps, pool: asyncpg
     context = data["context"]
     assert context["site_name"] == "portal.example.com"
     assert context["reset_url"].startswith("https://portal.example.com/reset-password?token=")
-    assert context["expires_at"] == (deps.now() + RESET_LIFETIME).isoformat()
+    assert context["expires_at"] == (deps.clock() + RESET_LIFETIME).isoformat()
     assert data["locale"] is None  # no Language chosen: the mailer uses the branding's
     token = parse_qs(urlsplit(context["reset_url"]).query)["token"][0]
     stored = await pool.fetchval("SELECT token_hash FROM password_resets WHERE id = $1", reset_id)

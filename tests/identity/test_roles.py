@@ -36,7 +36,7 @@ async def lonely(deps: Deps, migrated_schemas: TestEnv) -> AsyncIterator[Deps]:
         await migrate(url, "identity", MIGRATIONS)
         pool = await create_pool(url, "identity", max_size=5)
         try:
-            yield replace(deps, pool=pool)
+            yield replace(deps, db=pool)
         finally:
             await pool.close()
     finally:
@@ -53,7 +53,7 @@ async def test_staff_is_a_role_and_a_change_is_announced(deps: Deps) -> None:
     assert again.role == "administrator"
     events = [
         e
-        for e in await outbox_events(deps.pool, "identity.user.role_changed")
+        for e in await outbox_events(deps.db, "identity.user.role_changed")
         if e["data"]["user_id"] == str(user.id)
     ]
     assert [(e["data"]["previous_role"], e["data"]["role"]) for e in events] == [
@@ -76,7 +76,7 @@ async def test_a_disabled_user_can_be_enabled_and_log_in_again(deps: Deps) -> No
     assert (await handlers.enable_user(deps, user.id)).disabled is False  # idempotent
     events = [
         e
-        for e in await outbox_events(deps.pool, "identity.user.enabled")
+        for e in await outbox_events(deps.db, "identity.user.enabled")
         if e["data"]["user_id"] == str(user.id)
     ]
     assert len(events) == 1
@@ -112,10 +112,10 @@ async def test_two_racing_demotions_leave_one_administrator(lonely: Deps) -> Non
         )
         refused = [o for o in outcomes if isinstance(o, Conflict)]
         assert len(refused) == 1, outcomes
-        async with lonely.pool.acquire() as conn:
+        async with lonely.db.acquire() as conn:
             active = await conn.fetchval(
                 "SELECT count(*) FROM users WHERE role = 'administrator' AND NOT disabled"
             )
         assert active == 1
-        async with lonely.pool.acquire() as conn:  # a clean slate for the next round
+        async with lonely.db.acquire() as conn:  # a clean slate for the next round
             await conn.execute("UPDATE users SET role = 'staff'")

@@ -23,7 +23,7 @@ async def test_login_returns_a_token_stored_only_as_a_hash(deps: Deps, pool: asy
     user = await handlers.create_user(deps, email, STRONG, "client")
     issued = await handlers.login(deps, f"  {email.upper()} ", STRONG)
     assert issued.user.id == user.id
-    assert issued.session.expires_at == deps.now() + deps.sessions.absolute
+    assert issued.session.expires_at == deps.clock() + deps.sessions.absolute
     stored = await pool.fetchval("SELECT token_hash FROM sessions WHERE id = $1", issued.session.id)
     assert stored != issued.token and len(stored) == 64
     assert (

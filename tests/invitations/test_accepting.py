@@ -63,7 +63,7 @@ async def test_a_spent_link_beats_revoke_resend_and_expiry(
     # The link's time runs out while the saga runs: the sweep leaves it alone, and the
     # holder still finishes (the link was spent in time).
     clock.advance(days=15)
-    await sweep_once(pool, client.app[DEPS])
+    await sweep_once(client.app[DEPS])
     assert await _status(pool, inv_id) == "accepting"
     listed = await (await client.get("/invitations", params={"status": "accepted"})).json()
     assert inv_id in [i["id"] for i in listed["items"]]

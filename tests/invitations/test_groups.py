@@ -334,7 +334,7 @@ async def test_one_email_one_delivery_for_each_of_its_invitations(
     [mail] = await group_mails(pool, body["group_id"])
     async with pool.acquire() as conn:
         await consumer.on_mail_outcome(
-            conn,
+            client.app[DEPS].within(conn),
             None,  # type: ignore[arg-type]  # not read
             MailSent(
                 mail_id=uuid.UUID(mail["mail_id"]),
@@ -359,8 +359,8 @@ async def test_one_reminder_for_the_group(
         )
         [mail] = await group_mails(pool, body["group_id"])
         clock.advance(days=6, hours=1)
-        await remind_once(pool, client.app[DEPS])
-        await remind_once(pool, client.app[DEPS])
+        await remind_once(client.app[DEPS])
+        await remind_once(client.app[DEPS])
         [_, reminder] = await group_mails(pool, body["group_id"])
         assert reminder["template"] == "invitation_reminder"
         assert len(reminder["context"]["portal_titles"].split(",")) == 3

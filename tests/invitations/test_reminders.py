@@ -65,7 +65,7 @@ async def test_reminder_is_off_by_default(
     assert settings["invitation_reminder_days"] == 0
     inv_id = await invite(client, world.add_portal())
     clock.advance(days=13, hours=12)
-    await remind_once(pool, client.app[DEPS])
+    await remind_once(client.app[DEPS])
     assert await reminded(pool, inv_id) == 0
 
 
@@ -84,11 +84,11 @@ async def test_one_reminder_with_a_fresh_link_a_day_before_expiry(
     deps = client.app[DEPS]
 
     clock.advance(days=12, hours=23, minutes=59)  # a minute before the window
-    await remind_once(pool, deps)
+    await remind_once(deps)
     assert await reminded(pool, inv_id) == 0
 
     clock.advance(minutes=1)  # exactly one day before expiry
-    await remind_once(pool, deps)
+    await remind_once(deps)
     [event] = await events_of(pool, inv_id, "invitation.reminded")
     assert {**event, "expires_at": datetime.fromisoformat(event["expires_at"])} == {
         "invitation_id": inv_id,
@@ -119,7 +119,7 @@ async def test_one_reminder_with_a_fresh_link_a_day_before_expiry(
 
     # Later rounds, even in the last hour: never a second reminder.
     clock.advance(hours=23)
-    await remind_once(pool, deps)
+    await remind_once(deps)
     assert await reminded(pool, inv_id) == 1
 
 
@@ -135,7 +135,7 @@ async def test_many_replicas_sweeping_at_once_send_one_reminder(
     replicas = [client] + [await app_factory() for _ in range(3)]
     clock.advance(days=13, hours=1)
     await asyncio.gather(
-        *(remind_once(pool, replica.app[DEPS]) for replica in replicas for _ in range(2))
+        *(remind_once(replica.app[DEPS]) for replica in replicas for _ in range(2))
     )
     for inv_id in ids:
         assert await reminded(pool, inv_id) == 1
@@ -155,7 +155,7 @@ async def test_a_restart_neither_repeats_nor_loses_a_reminder(
     clock.advance(days=1)
     late = await invite(client, world.add_portal())
     clock.advance(days=12, hours=1)  # early is in its window, late not yet
-    await remind_once(pool, client.app[DEPS])
+    await remind_once(client.app[DEPS])
     assert (await reminded(pool, early), await reminded(pool, late)) == (1, 0)
     await client.close()  # the instance goes away
 
@@ -163,7 +163,7 @@ async def test_a_restart_neither_repeats_nor_loses_a_reminder(
     # runs at start) and sends exactly what is still due.
     clock.advance(days=1)
     restarted = await app_factory()
-    await remind_once(pool, restarted.app[DEPS])
+    await remind_once(restarted.app[DEPS])
     assert (await reminded(pool, early), await reminded(pool, late)) == (1, 1)
 
 
@@ -191,7 +191,7 @@ async def test_no_reminder_for_what_can_no_longer_be_accepted(
 
     missed = await invite(client, world.add_portal())
     clock.advance(days=14)  # missed's window passed with no sweep: it has expired
-    await remind_once(pool, client.app[DEPS])
+    await remind_once(client.app[DEPS])
     for inv_id in (revoked, accepted, archived, missed):
         assert await reminded(pool, inv_id) == 0, inv_id
 
@@ -211,12 +211,12 @@ async def test_a_reminder_the_caps_refuse_waits_for_a_later_round(
         # Another invitation of the same person was just resent: the address is at its cap.
         other = await invite(client, world.add_portal(), email)
         assert (await client.post(f"/invitations/{other}/resend")).status == 200
-        await remind_once(pool, client.app[DEPS])
+        await remind_once(client.app[DEPS])
         assert await reminded(pool, due) == 0
         shown = await (await client.get(f"/invitations/{due}")).json()
         assert shown["reminded_at"] is None
         clock.advance(hours=1)
-        await remind_once(pool, client.app[DEPS])
+        await remind_once(client.app[DEPS])
         assert await reminded(pool, due) == 1
     finally:
         await client.put("/settings/access", json={"invitation_reminder_days": 0})

@@ -221,7 +221,7 @@ async def test_expiry_and_email_me_a_new_link(
     inv_id = await created(client, new_email())
     token = await last_token(pool, inv_id)
     clock.advance(days=15)
-    await sweep_once(pool, client.app[DEPS])
+    await sweep_once(client.app[DEPS])
     assert (await types(pool, inv_id))[-1] == "invitation.staff.expired"
     status, answer = await validate(client, token)
     assert status == 410 and answer["error"]["code"] == "invitation_expired"

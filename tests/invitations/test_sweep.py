@@ -40,16 +40,16 @@ async def test_sweep_expires_in_batches(
     ids = [await _invite(client, world) for _ in range(5)]
     deps = client.app[DEPS]
     clock.advance(days=13, hours=23)
-    await sweep_once(pool, deps, batch=2)
+    await sweep_once(deps, batch=2)
     assert {await _status(pool, i) for i in ids} == {"pending"}
 
     clock.advance(hours=1)  # exactly at expiry
-    assert await sweep_once(pool, deps, batch=2) >= 5
+    assert await sweep_once(deps, batch=2) >= 5
     assert {await _status(pool, i) for i in ids} == {"expired"}
     for inv_id in ids:
         events = [t for t, _ in await outbox_events(pool, str(inv_id))]
         assert events.count("invitation.expired") == 1
-    assert await sweep_once(pool, deps, batch=2) == 0
+    assert await sweep_once(deps, batch=2) == 0
 
 
 async def test_only_one_instance_sweeps(
@@ -59,9 +59,9 @@ async def test_only_one_instance_sweeps(
     clock.advance(days=15)
     async with pool.acquire() as other, other.transaction():
         assert await try_xact_lock(other, SWEEP_LOCK)
-        assert await sweep_once(pool, client.app[DEPS]) == 0
+        assert await sweep_once(client.app[DEPS]) == 0
         assert await _status(pool, inv_id) == "pending"
-    assert await sweep_once(pool, client.app[DEPS]) >= 1
+    assert await sweep_once(client.app[DEPS]) >= 1
     assert await _status(pool, inv_id) == "expired"
 
 
@@ -90,7 +90,7 @@ async def test_resending_an_expired_invitation_next_to_a_pending_one(
     first = await client.post("/invitations", json={"portal_id": portal["id"], "email": email})
     old_id = (await first.json())["invitation"]["id"]
     clock.advance(days=15)
-    await sweep_once(pool, client.app[DEPS])
+    await sweep_once(client.app[DEPS])
     second = await client.post("/invitations", json={"portal_id": portal["id"], "email": email})
     assert second.status == 201
     assert (await second.json())["invitation"]["id"] != old_id

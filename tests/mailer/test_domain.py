@@ -23,6 +23,7 @@ from services.mailer.domain import (
     retry_delay,
     retry_reason,
 )
+from services.mailer.handlers import Deps
 from services.mailer.sender import Sender
 from services.mailer.settings import MailerSettings
 
@@ -146,7 +147,7 @@ def test_errors_are_one_bounded_line() -> None:
 
 
 async def test_a_new_job_wakes_one_idle_sender_not_all_of_them() -> None:
-    sender = Sender(None, MailerSettings())  # type: ignore[arg-type]
+    sender = Sender(Deps(db=None, settings=MailerSettings()))  # type: ignore[arg-type]
     events = [asyncio.Event() for _ in range(4)]
     sender._wakes.extend(events)
     sender._idle.extend([events[2], events[0]])  # two waiting, oldest first

@@ -13,7 +13,9 @@ import pytest
 
 from services.mailer import handlers, repository
 from services.mailer.domain import FailureReason, RequestMail
+from services.mailer.handlers import Deps
 from services.mailer.sender import Sender
+from services.mailer.settings import MailerSettings
 from services.mailer.smtp import SmtpTransport
 from tests.mailer.conftest import mailer_settings, outbox_events
 from tests.support.env import TestEnv, free_port
@@ -47,9 +49,13 @@ def _command(mail_id: uuid.UUID | None = None, to: str = "c@example.com") -> Req
     )
 
 
+def _deps(db: Any) -> Deps:
+    return Deps(db=db, settings=MailerSettings())
+
+
 async def _record(pool: asyncpg.Pool, command: RequestMail) -> bool:
     async with pool.acquire() as conn, conn.transaction():
-        return await handlers.request_mail(conn, command)
+        return await handlers.request_mail(_deps(conn), command)
 
 
 async def test_sixteen_concurrent_copies_of_one_job_record_one_delivery(
@@ -75,7 +81,7 @@ async def test_sixteen_concurrent_claims_take_one_row_once(pool_factory: PoolFac
 
     async def claim() -> Any:
         async with pool.acquire() as conn:
-            return await handlers.claim_next(conn)
+            return await handlers.claim_next(_deps(conn))
 
     claims = [c for c in await asyncio.gather(*(claim() for _ in range(16))) if c is not None]
     assert len(claims) == 1 and claims[0][0].mail_id == command.mail_id
@@ -98,7 +104,7 @@ async def test_sixteen_workers_share_sixteen_rows_without_overlap(
 
     async def claim() -> Any:
         async with pool.acquire() as conn:
-            return await handlers.claim_next(conn)
+            return await handlers.claim_next(_deps(conn))
 
     claims = await asyncio.gather(*(claim() for _ in range(16)))
     claimed = [c[0].mail_id for c in claims if c is not None]
@@ -117,7 +123,7 @@ async def test_a_stale_claim_cannot_finish_a_row_recovered_from_a_crash(
     command = _command()
     await _record(pool, command)
     async with pool.acquire() as conn:
-        first = await handlers.claim_next(conn)
+        first = await handlers.claim_next(_deps(conn))
     assert first is not None
     # The worker "crashed": its claim is three minutes old.
     await pool.execute(
@@ -126,14 +132,14 @@ async def test_a_stale_claim_cannot_finish_a_row_recovered_from_a_crash(
     )
     async with pool.acquire() as conn:
         assert await repository.requeue_stuck(conn) == 1
-        second = await handlers.claim_next(conn)
+        second = await handlers.claim_next(_deps(conn))
         assert second is not None and second[0].attempts == 2
         # The old worker wakes up and reports: nothing happens.
-        assert not await handlers.record_sent(conn, first[0], first[1])
+        assert not await handlers.record_sent(_deps(conn), first[0], first[1])
         assert not await handlers.record_failure(
-            conn, first[0], first[1], FailureReason.REJECTED, "550"
+            _deps(conn), first[0], first[1], FailureReason.REJECTED, "550"
         )
-        assert await handlers.record_sent(conn, second[0], second[1])
+        assert await handlers.record_sent(_deps(conn), second[0], second[1])
     row = await pool.fetchrow("SELECT * FROM deliveries WHERE mail_id = $1", command.mail_id)
     assert row["status"] == "sent" and row["context"] is None
 
@@ -146,7 +152,7 @@ async def test_recent_sends_are_not_taken_for_crashes(pool_factory: PoolFactory)
     )
     await _record(pool, _command())
     async with pool.acquire() as conn:
-        assert await handlers.claim_next(conn) is not None
+        assert await handlers.claim_next(_deps(conn)) is not None
         assert await repository.requeue_stuck(conn) == 0
 
 
@@ -167,7 +173,7 @@ async def test_a_row_that_keeps_crashing_its_worker_ends_as_failed(
         command.mail_id,
     )
     settings = mailer_settings(migrated_schemas, free_port())
-    sender = Sender(pool, settings)
+    sender = Sender(Deps(db=pool, settings=settings))
     assert await sender.send_next(SmtpTransport(settings))
     row = await pool.fetchrow("SELECT * FROM deliveries WHERE mail_id = $1", command.mail_id)
     assert row["status"] == "failed" and row["context"] is None and row["attempts"] == 4
@@ -188,16 +194,16 @@ async def test_a_claim_lost_in_the_air_is_handed_back_at_once(
     claim_id = uuid.uuid4()
     async with pool.acquire() as conn:
         # The claim committed, but (say) the connection died before the worker heard.
-        assert await handlers.claim_next(conn, claim_id) is not None
-        assert not await handlers.release_claim(conn, uuid.uuid4())  # someone else's claim
-        assert await handlers.release_claim(conn, claim_id)
+        assert await handlers.claim_next(_deps(conn), claim_id) is not None
+        assert not await handlers.release_claim(_deps(conn), uuid.uuid4())  # someone else's claim
+        assert await handlers.release_claim(_deps(conn), claim_id)
         row = await conn.fetchrow(
             "SELECT status, attempts, claim_id FROM deliveries WHERE mail_id = $1",
             command.mail_id,
         )
         assert (row["status"], row["attempts"], row["claim_id"]) == ("queued", 0, None)
         # It is due again straight away, and the release does nothing twice.
-        again = await handlers.claim_next(conn)
+        again = await handlers.claim_next(_deps(conn))
         assert again is not None and again[0].mail_id == command.mail_id
         assert again[0].attempts == 1
-        assert not await handlers.release_claim(conn, claim_id)
+        assert not await handlers.release_claim(_deps(conn), claim_id)

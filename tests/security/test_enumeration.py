@@ -100,7 +100,7 @@ async def test_an_unknown_email_costs_the_same_argon2_verify_as_a_known_one(
 
     passwords = CountingPasswords(PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1))
     deps = handlers.Deps(
-        pool=await pool_factory("identity"),  # type: ignore[misc]
+        db=await pool_factory("identity"),  # type: ignore[misc]
         passwords=passwords,
         sessions=SessionPolicy(idle=timedelta(minutes=120), absolute=timedelta(hours=168)),
         public_base="https://portal.example.com",

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import replace
 
 from libs.common.cursor import decode_cursor, encode_cursor
-from libs.common.db import Conn
+from libs.common.db import connection
 
 from .. import activity_repository as repo
 from ..domain import ActivityEntry
@@ -16,13 +16,14 @@ from .base import Deps
 MAX_ACTORS = 200
 
 
-async def record_activity(conn: Conn, entry: ActivityEntry) -> bool:
-    """Inside the consumer's transaction (with its inbox row). A user named only by id is
-    labelled with their email, which this service owns."""
-    if entry.object_type == "user" and not entry.object_label and entry.object_id:
-        email = await repo.user_email(conn, uuid.UUID(entry.object_id))
-        entry = replace(entry, object_label=email or "")
-    return await repo.insert(conn, entry)
+async def record_activity(deps: Deps, entry: ActivityEntry) -> bool:
+    """In the consumer, on its inbox transaction's connection (with its inbox row). A user
+    named only by id is labelled with their email, which this service owns."""
+    async with connection(deps.db) as conn:
+        if entry.object_type == "user" and not entry.object_label and entry.object_id:
+            email = await repo.user_email(conn, uuid.UUID(entry.object_id))
+            entry = replace(entry, object_label=email or "")
+        return await repo.insert(conn, entry)
 
 
 async def list_activity(
@@ -36,7 +37,7 @@ async def list_activity(
 ) -> tuple[list[ActivityEntry], str | None]:
     after = decode_cursor(cursor) if cursor else None
     entries = await repo.page(
-        deps.pool,
+        deps.db,
         actor_id=actor,
         action=action,
         portal_id=portal_id,
@@ -50,7 +51,7 @@ async def list_activity(
 
 
 async def activity_actors(deps: Deps) -> list[dict[str, str]]:
-    rows = await repo.actors(deps.pool, MAX_ACTORS)
+    rows = await repo.actors(deps.db, MAX_ACTORS)
     return [
         {"id": row["actor_id"], "type": row["actor_type"], "name": row["actor_name"]}
         for row in rows

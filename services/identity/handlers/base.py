@@ -1,15 +1,12 @@
-"""What every identity use case shares: its dependencies and the events it announces."""
+"""What every identity use case shares: its dependencies and the events it announces.
+Use cases take ``deps`` first and work on ``deps.db``."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-import asyncpg
-
-from libs.common.db import Conn
+from libs.common.db import Conn, UseCaseDeps, utcnow
 from libs.common.errors import NotFound
 from libs.common.events import SessionRevoked, UserCreated, make_event
 from libs.common.outbox import append
@@ -21,19 +18,19 @@ from ..passwords import Passwords
 SOURCE = "identity"
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+__all__ = ["SOURCE", "Deps", "announce_created", "announce_revoked", "no_user", "utcnow"]
 
 
 @dataclass(frozen=True)
-class Deps:
-    pool: asyncpg.Pool
+class Deps(UseCaseDeps):
+    """``db`` (the pool, or a consumer's connection) and ``clock`` from UseCaseDeps; the
+    password hasher, the session policy and what the mail jobs need."""
+
     passwords: Passwords
     sessions: SessionPolicy
     public_base: str
     site_name: str
     sealer: Sealer  # seals the links in the mail jobs this service writes
-    now: Callable[[], datetime] = utcnow
 
 
 def no_user() -> NotFound:

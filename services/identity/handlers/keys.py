@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from libs.common.db import Conn
+from libs.common.db import Conn, connection, transaction
 from libs.common.errors import Conflict, NotFound, Unauthorized
 from libs.common.events import ApiKeyChanged, make_event
 from libs.common.outbox import append
@@ -26,7 +26,7 @@ async def create_api_key(
     Create Key), it makes no second key, and the first key is never shown again."""
     name, scopes = domain.check_key_name(name), domain.check_scopes(scopes)
     key, key_hash, prefix = domain.new_api_key()
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with transaction(deps.db) as conn:
         created = await repo.insert_api_key(
             conn,
             name=name,
@@ -34,7 +34,7 @@ async def create_api_key(
             key_hash=key_hash,
             prefix=prefix,
             created_by=created_by,
-            created_at=deps.now(),
+            created_at=deps.clock(),
             request_id=request_id,
         )
         if created is None:
@@ -53,13 +53,13 @@ async def _announce(conn: Conn, event_type: str, key: repo.ApiKey) -> None:
 
 
 async def list_api_keys(deps: Deps) -> list[repo.ApiKey]:
-    async with deps.pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         return await repo.live_api_keys(conn)
 
 
 async def revoke_api_key(deps: Deps, key_id: uuid.UUID) -> repo.ApiKey:
-    async with deps.pool.acquire() as conn, conn.transaction():
-        revoked = await repo.revoke_api_key(conn, key_id, deps.now())
+    async with transaction(deps.db) as conn:
+        revoked = await repo.revoke_api_key(conn, key_id, deps.clock())
         if revoked is not None:
             await _announce(conn, "identity.key.revoked", revoked)
     if revoked is None:
@@ -73,8 +73,8 @@ async def verify_api_key(deps: Deps, key: str) -> repo.ApiKey:
     refused = Unauthorized("This API key is not valid.", code="invalid_api_key")
     if not key.startswith(domain.API_KEY_PREFIX) or len(key) > 100:
         raise refused
-    now = deps.now()
-    async with deps.pool.acquire() as conn:
+    now = deps.clock()
+    async with connection(deps.db) as conn:
         found = await repo.find_live_api_key(conn, domain.hash_api_key(key))
         if found is None:
             raise refused

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
+from libs.common.db import connection, transaction
 from libs.common.email import normalise_email
 from libs.common.errors import Gone, InvalidInput, NotFound
 from libs.common.events import MailRequested, make_event
@@ -26,8 +27,8 @@ async def request_password_reset(deps: Deps, email: str) -> None:
         address = normalise_email(email)
     except InvalidInput:
         return
-    now = deps.now()
-    async with deps.pool.acquire() as conn, conn.transaction():
+    now = deps.clock()
+    async with transaction(deps.db) as conn:
         user = await repo.find_user_by_email(conn, address)
         if user is None or user.disabled:
             return
@@ -79,9 +80,9 @@ def _reset_error(reset: repo.ResetRow | None, now: datetime) -> Exception | None
 
 
 async def validate_reset(deps: Deps, token: str) -> str:
-    async with deps.pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         reset = await repo.find_reset(conn, hash_token(token))
-    error = _reset_error(reset, deps.now())
+    error = _reset_error(reset, deps.clock())
     if error is not None:
         raise error
     assert reset is not None
@@ -91,17 +92,17 @@ async def validate_reset(deps: Deps, token: str) -> str:
 async def confirm_reset(deps: Deps, token: str, password: str) -> None:
     """Single use even under concurrent confirms: the conditional UPDATE picks one winner."""
     token_hash = hash_token(token)
-    async with deps.pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         reset = await repo.find_reset(conn, token_hash)
-    error = _reset_error(reset, deps.now())
+    error = _reset_error(reset, deps.clock())
     if error is not None:
         raise error
     assert reset is not None
     # The policy is checked before the link is used, so a refused password doesn't burn it.
     check_password(password, reset.email)
     password_hash = await deps.passwords.hash(password)
-    now = deps.now()
-    async with deps.pool.acquire() as conn, conn.transaction():
+    now = deps.clock()
+    async with transaction(deps.db) as conn:
         user_id = await repo.use_reset(conn, token_hash, now)
         if user_id is None:
             raise _reset_error(await repo.find_reset(conn, token_hash), now) or Gone(

@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from libs.common.db import connection, transaction
 from libs.common.email import normalise_email
 from libs.common.errors import Conflict, InvalidInput, Unauthorized
 from libs.common.events import SettingsChanged, make_event
@@ -50,7 +51,7 @@ async def login(deps: Deps, email: str, password: str) -> IssuedSession:
         address = None
     found = None
     if address is not None:
-        async with deps.pool.acquire() as conn:
+        async with connection(deps.db) as conn:
             found = await repo.find_credentials(conn, address)
     if found is None or found[0].disabled:
         await deps.passwords.verify_dummy(password)
@@ -65,7 +66,7 @@ async def login(deps: Deps, email: str, password: str) -> IssuedSession:
         # full, the upgrade waits for a quieter login.
         with contextlib.suppress(HashingBusy):
             fresh = await deps.passwords.hash(password)
-            async with deps.pool.acquire() as conn:
+            async with connection(deps.db) as conn:
                 await repo.replace_password_hash(conn, user.id, password_hash, fresh)
     issued = await _open_session(deps, user)
     log.info("login_succeeded", user_id=str(user.id))
@@ -81,8 +82,8 @@ async def issue_session(deps: Deps, user_id: uuid.UUID) -> IssuedSession:
 
 async def _open_session(deps: Deps, user: User) -> IssuedSession:
     token = new_token()
-    now = deps.now()
-    async with deps.pool.acquire() as conn:
+    now = deps.clock()
+    async with connection(deps.db) as conn:
         session = await repo.insert_session(
             conn,
             token_hash=hash_token(token),
@@ -103,8 +104,8 @@ def _no_session() -> Unauthorized:
 async def current_session(deps: Deps, token: str | None) -> CurrentSession:
     if not token:
         raise _no_session()
-    now = deps.now()
-    async with deps.pool.acquire() as conn:
+    now = deps.clock()
+    async with connection(deps.db) as conn:
         found = await repo.find_session(conn, hash_token(token))
         if found is None:
             raise _no_session()
@@ -129,8 +130,8 @@ async def logout(deps: Deps, token: str | None) -> None:
     """Idempotent: ending an unknown or already ended session is not an error."""
     if not token:
         raise _no_session()
-    async with deps.pool.acquire() as conn, conn.transaction():
-        revoked = await repo.revoke_session(conn, hash_token(token), deps.now())
+    async with transaction(deps.db) as conn:
+        revoked = await repo.revoke_session(conn, hash_token(token), deps.clock())
         if revoked is not None:
             user_id, session_id = revoked
             await announce_revoked(conn, user_id, "logout", session_id=session_id)
@@ -138,13 +139,13 @@ async def logout(deps: Deps, token: str | None) -> None:
 
 # --- login settings ----------------------------------------------------------------------
 async def get_login_redirect(deps: Deps) -> bool:
-    async with deps.pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         return await repo.get_login_redirect(conn)
 
 
 async def set_login_redirect(deps: Deps, value: bool) -> bool:
     """A change (not a save of the same value) is announced as identity.settings.changed."""
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with transaction(deps.db) as conn:
         before = await repo.get_login_redirect(conn, for_update=True)
         after = await repo.set_login_redirect(conn, value)
         if after != before:

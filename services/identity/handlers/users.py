@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 from libs.common.cursor import decode_cursor, encode_cursor
-from libs.common.db import Conn, xact_lock
+from libs.common.db import Conn, connection, transaction, xact_lock
 from libs.common.email import normalise_email
 from libs.common.errors import Conflict, InvalidInput
 from libs.common.events import (
@@ -39,9 +39,9 @@ async def create_user(deps: Deps, email: str, password: str, role: Role) -> User
     address = normalise_email(email)
     check_password(password, address)
     password_hash = await deps.passwords.hash(password)
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with transaction(deps.db) as conn:
         user = await repo.insert_user(
-            conn, email=address, role=role, password_hash=password_hash, created_at=deps.now()
+            conn, email=address, role=role, password_hash=password_hash, created_at=deps.clock()
         )
         if user is None:
             raise Conflict("An account with this email already exists.", code="email_taken")
@@ -68,17 +68,17 @@ async def ensure_user(
     address = normalise_email(email)
     check_password(password, address)
     locale = check_locale(locale)
-    async with deps.pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         existing = await repo.find_user_by_email(conn, address)
     if existing is None:
         password_hash = await deps.passwords.hash(password)
-        async with deps.pool.acquire() as conn, conn.transaction():
+        async with transaction(deps.db) as conn:
             user = await repo.insert_user(
                 conn,
                 email=address,
                 role=role,
                 password_hash=password_hash,
-                created_at=deps.now(),
+                created_at=deps.clock(),
                 created_by_invitation=invitation_id,
                 locale=locale,
             )
@@ -99,7 +99,7 @@ async def list_users(
     deps: Deps, q: str | None, cursor: str | None, limit: int
 ) -> tuple[list[User], str | None]:
     after = decode_cursor(cursor) if cursor else None
-    async with deps.pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         users = await repo.list_users(conn, q=q, after=after, limit=limit + 1)
     more = len(users) > limit
     users = users[:limit]
@@ -108,7 +108,7 @@ async def list_users(
 
 
 async def get_user(deps: Deps, user_id: uuid.UUID) -> User:
-    async with deps.pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         user = await repo.get_user(conn, user_id)
     if user is None:
         raise no_user()
@@ -126,7 +126,7 @@ async def lookup_users(deps: Deps, emails: list[str]) -> list[User]:
             continue
     if not addresses:
         return []
-    async with deps.pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         return await repo.find_users_by_emails(conn, addresses)
 
 
@@ -135,7 +135,7 @@ async def lookup_user(deps: Deps, email: str) -> User:
         address = normalise_email(email)
     except InvalidInput:
         raise no_user() from None
-    async with deps.pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         user = await repo.find_user_by_email(conn, address)
     if user is None:
         raise no_user()
@@ -151,11 +151,11 @@ async def change_password(
     user = await get_user(deps, user_id)
     check_password(password, user.email)
     password_hash = await deps.passwords.hash(password)
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with transaction(deps.db) as conn:
         if not await repo.set_password_hash(conn, user_id, password_hash):
             raise no_user()
         keep = hash_token(keep_token) if keep_token else None
-        ended = await repo.revoke_user_sessions(conn, user_id, deps.now(), keep_token_hash=keep)
+        ended = await repo.revoke_user_sessions(conn, user_id, deps.clock(), keep_token_hash=keep)
         if ended:
             await announce_revoked(conn, user_id, "password_changed")
     log.info("password_changed", user_id=str(user_id), sessions_ended=ended)
@@ -169,7 +169,7 @@ async def set_preferences(
     the user (the one that saved them also forgets it at once)."""
     locale = check_locale(locale)
     time_zone = check_time_zone(time_zone)
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with transaction(deps.db) as conn:
         user = await repo.set_preferences(conn, user_id, locale, time_zone)
         if user is None:
             raise no_user()
@@ -193,7 +193,7 @@ async def _keep_an_administrator(conn: Conn, user_id: uuid.UUID, doing: str) -> 
 
 
 async def disable_user(deps: Deps, user_id: uuid.UUID) -> User:
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with transaction(deps.db) as conn:
         await _keep_an_administrator(conn, user_id, "disable")
         user = await repo.disable_user(conn, user_id)
         if user is None:
@@ -201,7 +201,7 @@ async def disable_user(deps: Deps, user_id: uuid.UUID) -> User:
             if existing is None:
                 raise no_user()
             return existing  # already disabled: announced the first time
-        await repo.revoke_user_sessions(conn, user_id, deps.now())
+        await repo.revoke_user_sessions(conn, user_id, deps.clock())
         await append(
             conn,
             make_event("identity.user.disabled", UserDisabled(user_id=user_id), source=SOURCE),
@@ -214,7 +214,7 @@ async def disable_user(deps: Deps, user_id: uuid.UUID) -> User:
 async def enable_user(deps: Deps, user_id: uuid.UUID) -> User:
     """Let a disabled user log in again (their sessions stay ended; their portals were
     taken when they were disabled, and are given back by a new invitation)."""
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with transaction(deps.db) as conn:
         user = await repo.enable_user(conn, user_id)
         if user is None:
             existing = await repo.get_user(conn, user_id)
@@ -234,7 +234,7 @@ async def set_role(deps: Deps, user_id: uuid.UUID, role: Role) -> User:
     forget what they cached on identity.user.role_changed)."""
     if role not in ROLES:
         raise InvalidInput("Choose a role: Administrator, Staff or Client.", code="invalid_role")
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with transaction(deps.db) as conn:
         current = await repo.get_user(conn, user_id)
         if current is None:
             raise no_user()
@@ -262,11 +262,11 @@ async def bootstrap_admin(deps: Deps, email: str, password: str) -> User | None:
     if problem is not None:
         log.error("admin_bootstrap_refused", variable="ADMIN_PASSWORD", problem=problem)
         return None
-    async with deps.pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         if await repo.administrator_exists(conn):
             return None
     password_hash = await deps.passwords.hash(password)
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with transaction(deps.db) as conn:
         await xact_lock(conn, "identity:bootstrap")
         if await repo.administrator_exists(conn):
             return None
@@ -275,7 +275,7 @@ async def bootstrap_admin(deps: Deps, email: str, password: str) -> User | None:
             email=address,
             role="administrator",
             password_hash=password_hash,
-            created_at=deps.now(),
+            created_at=deps.clock(),
         )
         if user is None:
             log.error(

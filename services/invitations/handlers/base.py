@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import asyncpg
 
-from libs.common.db import Conn
+from libs.common.db import Conn, UseCaseDeps
 from libs.common.events import EventData, make_event
 from libs.common.logging import get_logger
 from libs.common.outbox import append
 
-from .. import domain
 from ..clients import Directory, PortalInfo
 from ..settings import InvitationsSettings
 
@@ -24,23 +23,14 @@ Outcome = Literal["created", "resent", "duplicate"]
 Row = asyncpg.Record
 
 
-@dataclass
-class Deps:
-    """What the use cases need besides a connection. The directory (HTTP clients) is
-    opened with the app, after construction."""
+@dataclass(frozen=True)
+class Deps(UseCaseDeps):
+    """What the use cases need: ``db`` (the pool, or a consumer's connection) and
+    ``clock`` from UseCaseDeps, the settings, and the directory (the HTTP clients of
+    identity and portals). Built once the pool and the directory are open."""
 
     settings: InvitationsSettings
-    clock: domain.Clock = domain.utcnow
-    _directory: Directory | None = field(default=None, repr=False)
-
-    @property
-    def directory(self) -> Directory:
-        assert self._directory is not None, "directory not opened"
-        return self._directory
-
-    @directory.setter
-    def directory(self, value: Directory | None) -> None:
-        self._directory = value
+    directory: Directory
 
 
 @dataclass(frozen=True)

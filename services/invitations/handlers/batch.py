@@ -13,7 +13,7 @@ from typing import Literal
 
 import asyncpg
 
-from libs.common.db import Conn
+from libs.common.db import Conn, connection, transaction
 from libs.common.email import email_key, normalise_email
 from libs.common.errors import DomainError, Unavailable
 from libs.common.i18n import check_locale
@@ -71,7 +71,6 @@ def _rejected(row: BatchRow, error: DomainError) -> RowResult:
 
 
 async def invite_batch(
-    pool: asyncpg.Pool,
     deps: Deps,
     portal_id: uuid.UUID,
     rows: Sequence[BatchRow],
@@ -84,10 +83,10 @@ async def invite_batch(
     whole batch is refused); everything else is a verdict on its row. ``dry_run``: the
     verdicts a send would give now, nothing written (the Import Clients preview)."""
     locale = check_locale(locale)  # the whole batch's language
-    portal = await _active_portal(pool, deps, portal_id)
+    portal = await _active_portal(deps, portal_id)
     results: dict[int, RowResult] = {}
     ready: list[_Ready] = []
-    replays = await _replays(pool, rows)
+    replays = await _replays(deps, rows)
     seen: dict[str, int] = {}
     for row in rows:
         try:
@@ -126,15 +125,17 @@ async def invite_batch(
         ready.append(_Ready(row, checked, email_lower))
     ready = await _without_access(deps, portal, ready, results)
     if dry_run:
-        pending = await repo.pending_emails(pool, portal.portal_id, [r.email_lower for r in ready])
+        pending = await repo.pending_emails(
+            deps.db, portal.portal_id, [r.email_lower for r in ready]
+        )
         for item in ready:
             status: Status = "resent" if item.email_lower in pending else "created"
             results[item.row.row] = RowResult(item.row.row, item.row.email, status)
     else:
-        async with pool.acquire() as conn:
+        async with connection(deps.db) as conn:
             days = await repo.expiry_days(conn)
         for start in range(0, len(ready), CHUNK):
-            for result in await _write(pool, deps, ready[start : start + CHUNK], days):
+            for result in await _write(deps, ready[start : start + CHUNK], days):
                 results[result.row] = result
     log.info(
         "invitation_batch",
@@ -146,22 +147,22 @@ async def invite_batch(
     return [results[row.row] for row in rows]
 
 
-async def _active_portal(pool: asyncpg.Pool, deps: Deps, portal_id: uuid.UUID) -> PortalInfo:
-    portal = await resolve_portal(pool, deps, portal_id, None)
+async def _active_portal(deps: Deps, portal_id: uuid.UUID) -> PortalInfo:
+    portal = await resolve_portal(deps, portal_id, None)
     if portal.status != "active":
         fresh = await deps.directory.fetch_portal(portal.portal_id)
         if fresh is not None and fresh.revision > portal.revision:
-            await repo.upsert_portal(pool, fresh)
+            await repo.upsert_portal(deps.db, fresh)
             portal = fresh
     domain.check_portal_accepts(portal.status)
     return portal
 
 
-async def _replays(pool: asyncpg.Pool, rows: Sequence[BatchRow]) -> dict[str, asyncpg.Record]:
+async def _replays(deps: Deps, rows: Sequence[BatchRow]) -> dict[str, asyncpg.Record]:
     keys = [row.key for row in rows if row.key is not None]
     if not keys:
         return {}
-    return {found["key"]: found for found in await repo.find_batch_keys(pool, keys)}
+    return {found["key"]: found for found in await repo.find_batch_keys(deps.db, keys)}
 
 
 def _replayed(
@@ -204,10 +205,10 @@ async def _without_access(
     return kept
 
 
-async def _write(pool: asyncpg.Pool, deps: Deps, chunk: list[_Ready], days: int) -> list[RowResult]:
+async def _write(deps: Deps, chunk: list[_Ready], days: int) -> list[RowResult]:
     """The chunk in one transaction; if any row fails, each row in its own."""
     try:
-        async with pool.acquire() as conn, conn.transaction():
+        async with transaction(deps.db) as conn:
             return await _record_chunk(conn, deps, chunk, days)
     except Unavailable:
         raise
@@ -221,7 +222,7 @@ async def _write(pool: asyncpg.Pool, deps: Deps, chunk: list[_Ready], days: int)
     ):
         if len(chunk) > 1:
             log.info("invitation_batch_fallback", rows=len(chunk))
-    return [await _write_one(pool, deps, item) for item in chunk]
+    return [await _write_one(deps, item) for item in chunk]
 
 
 class _Taken(Exception):
@@ -262,10 +263,10 @@ async def _record_chunk(conn: Conn, deps: Deps, chunk: list[_Ready], days: int) 
     return [results[item.row.row] for item in chunk]
 
 
-async def _write_one(pool: asyncpg.Pool, deps: Deps, item: _Ready) -> RowResult:
+async def _write_one(deps: Deps, item: _Ready) -> RowResult:
     row = item.row
     try:
-        async with pool.acquire() as conn, conn.transaction():
+        async with transaction(deps.db) as conn:
             return await _record(conn, deps, item)
     except Unavailable:
         raise
@@ -273,7 +274,7 @@ async def _write_one(pool: asyncpg.Pool, deps: Deps, item: _Ready) -> RowResult:
         return _rejected(row, error)
     except _KeyTaken:
         # The concurrent request that took the key has committed: answer as it did.
-        async with pool.acquire() as conn:
+        async with connection(deps.db) as conn:
             done = await repo.find_batch_keys(conn, [row.key or ""])
         if not done:
             raise
@@ -282,7 +283,8 @@ async def _write_one(pool: asyncpg.Pool, deps: Deps, item: _Ready) -> RowResult:
 
 async def _record(conn: Conn, deps: Deps, item: _Ready) -> RowResult:
     row = item.row
-    made, outcome = await record_invite(conn, deps, item.checked)
+    # The batch's row transaction holds the invitation and its key together.
+    made, outcome = await record_invite(deps.within(conn), item.checked)
     status: Status = "resent" if outcome == "resent" else "created"
     if row.key is not None:
         recorded = await repo.record_batch_key(

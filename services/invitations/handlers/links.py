@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import asyncpg
 
-from libs.common.db import Db
+from libs.common.db import Db, connection, transaction
 from libs.common.errors import Conflict, DomainError, NotFound, Unavailable
 from libs.common.events import EventData, InvitationAccepted
 
@@ -62,7 +62,7 @@ def _link_row(row: Row) -> domain.LinkRow:
     )
 
 
-async def _fresh_portals(pool: asyncpg.Pool, deps: Deps, rows: list[Row]) -> None:
+async def _fresh_portals(deps: Deps, rows: list[Row]) -> None:
     """Before a group's link is judged, ask portals (the owner) how its portals stand: an
     acceptance takes only the ones still Active, and the replica may lag a portal archived
     a moment ago. If portals can't answer, the replica decides."""
@@ -76,27 +76,27 @@ async def _fresh_portals(pool: asyncpg.Pool, deps: Deps, rows: list[Row]) -> Non
 
     for fresh in await asyncio.gather(*(one(p) for p in sorted(wanted))):
         if fresh is not None:
-            await repo.upsert_portal(pool, fresh)
+            await repo.upsert_portal(deps.db, fresh)
 
 
-async def validate(pool: asyncpg.Pool, deps: Deps, token: str) -> tuple[list[Row], bool]:
+async def validate(deps: Deps, token: str) -> tuple[list[Row], bool]:
     """The invitations behind a link that accepting it would take now (one, or those of a
     group), and whether their email has an account. Never uses it."""
     token_hash = _token_hash(token)
-    async with pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         rows = await repo.find_all_by_token(conn, token_hash)
         if not rows:
             await _refuse_earlier_link(conn, token_hash)
     if rows[0]["group_id"] is None:
         domain.check_token_usable(rows[0]["status"], rows[0]["expires_at"], deps.clock())
     else:
-        await _fresh_portals(pool, deps, rows)
-        async with pool.acquire() as conn:
+        await _fresh_portals(deps, rows)
+        async with connection(deps.db) as conn:
             rows = await repo.find_all_by_token(conn, token_hash)
         try:
             taken = domain.usable_in_group([_link_row(r) for r in rows], deps.clock())
         except DomainError:
-            await _replaced_instead(pool, token_hash)
+            await _replaced_instead(deps.db, token_hash)
             raise
         rows = [rows[n] for n in taken]
     # An acceptance under way may have made its account already: the same link finishes
@@ -113,7 +113,7 @@ def _used() -> Conflict:
     return Conflict("This invitation has already been used.", code="invitation_used")
 
 
-async def reserve(pool: asyncpg.Pool, deps: Deps, token: str) -> tuple[list[Row], uuid.UUID]:
+async def reserve(deps: Deps, token: str) -> tuple[list[Row], uuid.UUID]:
     """Spend the link for one request, which gets the claim that finishes it. From here a
     revoke, a resend or the expiry sweep can't take the invitation, so none of them can
     land between the account and the access. A group's link takes each of its
@@ -122,7 +122,7 @@ async def reserve(pool: asyncpg.Pool, deps: Deps, token: str) -> tuple[list[Row]
     token_hash = _token_hash(token)
     now = deps.clock()
     claim = uuid.uuid4()
-    async with pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         row = await repo.reserve(conn, token_hash, claim, now, now + domain.ACCEPT_LEASE)
         if row is not None:
             log.info("invitation_reserved", invitation_id=str(row["id"]))
@@ -138,9 +138,9 @@ async def reserve(pool: asyncpg.Pool, deps: Deps, token: str) -> tuple[list[Row]
                 now,
             )
             raise _used()
-    await _fresh_portals(pool, deps, current)
+    await _fresh_portals(deps, current)
     now = deps.clock()
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction(deps.db) as conn:
         rows = await repo.lock_group(conn, current[0]["group_id"])
         mine = [r for r in rows if r["token_hash"] == token_hash]
         if not mine:  # a Resend replaced the link a moment ago
@@ -161,14 +161,12 @@ async def reserve(pool: asyncpg.Pool, deps: Deps, token: str) -> tuple[list[Row]
     return reserved, claim
 
 
-async def accept(
-    pool: asyncpg.Pool, deps: Deps, token: str, claim: uuid.UUID, user_id: uuid.UUID
-) -> list[Row]:
+async def accept(deps: Deps, token: str, claim: uuid.UUID, user_id: uuid.UUID) -> list[Row]:
     """Finish the acceptance this claim holds and announce it, once per invitation
     (portals grants from each event, so access can't be lost after this)."""
     token_hash = _token_hash(token)
     now = deps.clock()
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction(deps.db) as conn:
         rows = await repo.accept(conn, token_hash, claim, user_id, now)
         if not rows:
             if not await repo.find_all_by_token(conn, token_hash):
@@ -203,14 +201,12 @@ async def accept(
     return rows
 
 
-async def release(
-    pool: asyncpg.Pool, deps: Deps, token: str, claim: uuid.UUID, *, reopen: bool
-) -> None:
+async def release(deps: Deps, token: str, claim: uuid.UUID, *, reopen: bool) -> None:
     """A driver that failed lets go: with ``reopen`` (it knows nothing was made) the
     invitation is pending again, revocable and resendable; otherwise the same link may
     take the acceptance over at once. A claim no longer held changes nothing."""
     token_hash = _token_hash(token)
-    async with pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         if reopen:
             try:
                 async with conn.transaction():

@@ -22,9 +22,8 @@ import asyncpg
 from aiohttp import web
 
 from libs.common.context import new_id, set_correlation_id
-from libs.common.db import Conn
+from libs.common.db import Conn, transaction
 from libs.common.errors import RateLimited
-from libs.common.web import POOL
 
 from .. import domain
 from .. import repository as repo
@@ -37,21 +36,21 @@ from .sending import _reissue, group_mates
 STALE_AFTER = timedelta(hours=1)
 
 
-async def request_new_link(pool: asyncpg.Pool, deps: Deps, token: str) -> None:
+async def request_new_link(deps: Deps, token: str) -> None:
     """Write the request down; nothing is looked up. Repeats of one link coalesce."""
     token_hash = domain.token_hash_or_none(token)
     if token_hash is not None:
-        await repo.add_link_request(pool, token_hash, deps.clock())
+        await repo.add_link_request(deps.db, token_hash, deps.clock())
 
 
-async def serve_new_link_requests(pool: asyncpg.Pool, deps: Deps, *, limit: int = 100) -> int:
+async def serve_new_link_requests(deps: Deps, *, limit: int = 100) -> int:
     """Serve up to ``limit`` waiting requests, each in its own transaction with the request's
     removal, so each is served once however many replicas work; returns how many."""
-    await repo.drop_stale_link_requests(pool, deps.clock() - STALE_AFTER)
+    await repo.drop_stale_link_requests(deps.db, deps.clock() - STALE_AFTER)
     served = 0
     while served < limit:
         set_correlation_id(new_id())
-        async with pool.acquire() as conn, conn.transaction():
+        async with transaction(deps.db) as conn:
             request = await repo.take_link_request(conn)
             if request is None:
                 break
@@ -99,19 +98,18 @@ class NewLinkWorker:
     """Serves the requests: woken by each request this replica takes, and every
     ``every`` seconds for what another (stopped) replica left."""
 
-    def __init__(self, deps: Deps, every: float) -> None:
-        self.deps = deps
+    def __init__(self, every: float) -> None:
         self.every = every
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
         self._wake.set()
 
-    async def run(self, pool: asyncpg.Pool) -> None:
+    async def run(self, deps: Deps) -> None:
         while True:
             self._wake.clear()
             try:
-                await serve_new_link_requests(pool, self.deps)
+                await serve_new_link_requests(deps)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -119,10 +117,14 @@ class NewLinkWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.every)
 
-    def context(self) -> Callable[[web.Application], AbstractAsyncContextManager[None]]:
+    def context(
+        self, deps: Callable[[web.Application], Deps]
+    ) -> Callable[[web.Application], AbstractAsyncContextManager[None]]:
+        """Runs with the app, on ``deps(app)`` (built once the pool is open)."""
+
         @contextlib.asynccontextmanager
         async def ctx(app: web.Application) -> AsyncIterator[None]:
-            task = asyncio.create_task(self.run(app[POOL]), name="invitations-new-links")
+            task = asyncio.create_task(self.run(deps(app)), name="invitations-new-links")
             yield
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-import asyncpg
-
+from libs.common.db import connection, transaction
 from libs.common.email import email_key, normalise_email
 from libs.common.errors import NotFound
 from libs.common.events import SettingsChanged
@@ -16,9 +15,9 @@ from .. import repository as repo
 from .base import Deps, Row, emit, log
 
 
-async def get(pool: asyncpg.Pool, invitation_id: uuid.UUID) -> Row:
+async def get(deps: Deps, invitation_id: uuid.UUID) -> Row:
     """A client's invitation (a staff invitation is only on the Users screen's routes)."""
-    async with pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         row = await repo.get(conn, invitation_id)
     if row is None or row["staff_role"] is not None:
         raise NotFound("There is no such invitation.", code="invitation_not_found")
@@ -26,7 +25,6 @@ async def get(pool: asyncpg.Pool, invitation_id: uuid.UUID) -> Row:
 
 
 async def list_page(
-    pool: asyncpg.Pool,
     deps: Deps,
     *,
     status: str | None,
@@ -37,7 +35,7 @@ async def list_page(
 ) -> tuple[list[Row], bool]:
     """A page and whether more follow. ``email``: that address only (normalised, any case)."""
     email_lower = _email_filter(email)
-    async with pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         rows = await repo.page(
             conn,
             status=status,
@@ -51,11 +49,11 @@ async def list_page(
 
 
 async def status_counts(
-    pool: asyncpg.Pool, deps: Deps, *, portal_id: uuid.UUID | None, email: str | None
+    deps: Deps, *, portal_id: uuid.UUID | None, email: str | None
 ) -> dict[str, int]:
     """The Invitations screen's tabs: how many per status under the same filters."""
     email_lower = _email_filter(email)
-    async with pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         return await repo.status_counts(
             conn, portal_id=portal_id, email_lower=email_lower, now=deps.clock()
         )
@@ -66,28 +64,28 @@ def _email_filter(email: str | None) -> str | None:
     return email_key(normalise_email(email)) if email else None
 
 
-async def get_expiry_days(pool: asyncpg.Pool) -> int:
-    async with pool.acquire() as conn:
+async def get_expiry_days(deps: Deps) -> int:
+    async with connection(deps.db) as conn:
         return await repo.expiry_days(conn)
 
 
-async def set_expiry_days(pool: asyncpg.Pool, days: int) -> int:
-    await change_access_settings(pool, expiry_days=days)
+async def set_expiry_days(deps: Deps, days: int) -> int:
+    await change_access_settings(deps, expiry_days=days)
     return days
 
 
-async def get_reminder_days(pool: asyncpg.Pool) -> int:
-    async with pool.acquire() as conn:
+async def get_reminder_days(deps: Deps) -> int:
+    async with connection(deps.db) as conn:
         return await repo.reminder_days(conn)
 
 
-async def set_reminder_days(pool: asyncpg.Pool, days: int) -> int:
-    await change_access_settings(pool, reminder_days=days)
+async def set_reminder_days(deps: Deps, days: int) -> int:
+    await change_access_settings(deps, reminder_days=days)
     return days
 
 
 async def change_access_settings(
-    pool: asyncpg.Pool, *, expiry_days: int | None = None, reminder_days: int | None = None
+    deps: Deps, *, expiry_days: int | None = None, reminder_days: int | None = None
 ) -> None:
     """Invitation Link Expiry and Invitation Reminder (None: unchanged). A save that
     changes something is announced as invitation.settings.changed, with who did it."""
@@ -95,7 +93,7 @@ async def change_access_settings(
         domain.check_expiry_days(expiry_days)
     if reminder_days is not None:
         domain.check_reminder_days(reminder_days)
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction(deps.db) as conn:
         before = {
             "invitation_expiry_days": await repo.expiry_days(conn, for_update=True),
             "invitation_reminder_days": await repo.reminder_days(conn),

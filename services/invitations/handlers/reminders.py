@@ -13,10 +13,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-import asyncpg
-
 from libs.common.context import new_id, set_correlation_id
-from libs.common.db import Conn
+from libs.common.db import Conn, connection, transaction
 from libs.common.errors import RateLimited
 from libs.common.events import EventData, InvitationReminded, MailRequested
 
@@ -31,10 +29,10 @@ class _Deferred(Exception):
     """The caps refused this reminder for now: undo its claim."""
 
 
-async def remind_once(pool: asyncpg.Pool, deps: Deps, *, batch: int = 200) -> int:
+async def remind_once(deps: Deps, *, batch: int = 200) -> int:
     """Send every reminder that is due now; returns how many went."""
     set_correlation_id(new_id())
-    async with pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         days = await repo.reminder_days(conn)
     if days == 0:
         return 0
@@ -42,10 +40,10 @@ async def remind_once(pool: asyncpg.Pool, deps: Deps, *, batch: int = 200) -> in
     sent = 0
     after: tuple[datetime, uuid.UUID] | None = None
     while True:
-        async with pool.acquire() as conn:
+        async with connection(deps.db) as conn:
             rows = await repo.reminder_candidates(conn, now, days, after, batch)
         for row in rows:
-            sent += await _remind(pool, deps, row["id"], row["group_id"], now)
+            sent += await _remind(deps, row["id"], row["group_id"], now)
         if len(rows) < batch:
             break
         after = (rows[-1]["expires_at"], rows[-1]["id"])
@@ -55,14 +53,13 @@ async def remind_once(pool: asyncpg.Pool, deps: Deps, *, batch: int = 200) -> in
 
 
 async def _remind(
-    pool: asyncpg.Pool,
     deps: Deps,
     invitation_id: uuid.UUID,
     group_id: uuid.UUID | None,
     now: datetime,
 ) -> int:
     try:
-        async with pool.acquire() as conn, conn.transaction():
+        async with transaction(deps.db) as conn:
             if group_id is None:
                 row = await repo.claim_reminder(conn, invitation_id, now)
                 claimed = [row] if row is not None else []

@@ -11,7 +11,7 @@ from typing import Literal
 
 import asyncpg
 
-from libs.common.db import Conn, Db
+from libs.common.db import Conn, Db, connection, transaction
 from libs.common.email import email_key, normalise_email
 from libs.common.errors import Conflict, NotFound, Unavailable
 from libs.common.events import (
@@ -30,14 +30,13 @@ from . import sends, staff_events
 from .base import CheckedInvite, Deps, InviteCommand, Outcome, Row, emit, log
 
 
-async def resolve_portal(
-    conn: Db, deps: Deps, portal_id: uuid.UUID | None, slug: str | None
-) -> PortalInfo:
+async def resolve_portal(deps: Deps, portal_id: uuid.UUID | None, slug: str | None) -> PortalInfo:
     """From the replica, or (a portal created a moment ago) from the portals service."""
     if portal_id is None and not slug:
         raise NotFound("Give the portal's id or slug.", code="missing_portal")
+    db = deps.db
     row = await (
-        repo.get_portal(conn, portal_id) if portal_id else repo.get_portal_by_slug(conn, slug or "")
+        repo.get_portal(db, portal_id) if portal_id else repo.get_portal_by_slug(db, slug or "")
     )
     if row is not None:
         return PortalInfo(
@@ -49,11 +48,11 @@ async def resolve_portal(
         fetched = await deps.directory.fetch_portal_by_slug(slug or "")
     if fetched is None:
         raise NotFound("There is no such portal.", code="portal_not_found")
-    await repo.upsert_portal(conn, fetched)
+    await repo.upsert_portal(db, fetched)
     return fetched
 
 
-async def _refresh_portal(conn: Db, deps: Deps, portal: PortalInfo) -> PortalInfo:
+async def _refresh_portal(deps: Deps, portal: PortalInfo) -> PortalInfo:
     """The replica may lag a portal that was made Active a moment ago: before refusing,
     ask the owner. If it can't answer, the replica's answer stands."""
     try:
@@ -62,21 +61,21 @@ async def _refresh_portal(conn: Db, deps: Deps, portal: PortalInfo) -> PortalInf
         return portal
     if fresh is None or fresh.revision <= portal.revision:
         return portal
-    await repo.upsert_portal(conn, fresh)
+    await repo.upsert_portal(deps.db, fresh)
     return fresh
 
 
-async def check_invite(conn: Db, deps: Deps, command: InviteCommand) -> CheckedInvite:
-    """The rules that need the replica or other services; no invitation is written. Given
-    the pool, it holds no connection while it waits on identity or portals."""
+async def check_invite(deps: Deps, command: InviteCommand) -> CheckedInvite:
+    """The rules that need the replica or other services; no invitation is written. On
+    the pool (``deps.db``), it holds no connection while it waits on identity or portals."""
     email = normalise_email(command.email)
     if command.expires_in_days is not None:
         domain.check_link_expiry(command.expires_in_days)
     message = domain.clean_personal_message(command.personal_message)
     locale = check_locale(command.locale)
-    portal = await resolve_portal(conn, deps, command.portal_id, command.portal_slug)
+    portal = await resolve_portal(deps, command.portal_id, command.portal_slug)
     if portal.status != "active":
-        portal = await _refresh_portal(conn, deps, portal)
+        portal = await _refresh_portal(deps, portal)
     domain.check_portal_accepts(portal.status)
     user_id = await deps.directory.find_user_id(email)
     if user_id is not None and portal.portal_id in await deps.directory.user_portal_ids(user_id):
@@ -90,61 +89,62 @@ async def check_invite(conn: Db, deps: Deps, command: InviteCommand) -> CheckedI
 
 
 async def record_invite(
-    conn: Conn, deps: Deps, checked: CheckedInvite, *, key_checked: bool = False
+    deps: Deps, checked: CheckedInvite, *, key_checked: bool = False
 ) -> tuple[Row, Outcome]:
     """Create the invitation, or resend the pending one, or return the one this
-    idempotency key already made. Runs inside the caller's transaction; the unique
+    idempotency key already made. In one transaction (in a caller's, a savepoint); the unique
     indexes decide races, and the loser looks again. ``key_checked``: the caller looked
     the key up a moment ago, so the first round needn't."""
-    command, portal = checked.command, checked.portal
-    key = command.idempotency_key
-    email_lower = email_key(checked.email)
-    if key is not None:
-        await check_key_not_a_group(conn, key)
-    for attempt in range(5):
-        if key is not None and not (key_checked and attempt == 0):
-            existing = await repo.find_by_key(conn, key)
-            if existing is not None:
-                return existing, "duplicate"
-        pending = await repo.find_pending_for_update(conn, portal.portal_id, email_lower)
-        if pending is not None and key is not None and pending["idempotency_key"] == key:
-            # The same key committed between our two looks (each sees a new snapshot).
-            return pending, "duplicate"
-        if pending is not None:
-            # Inviting again resends (a group's invitation: the group's link, for each of
-            # its invitations that can take it); options given this time replace the
-            # pending ones.
-            mates: list[Row] = []
-            if pending["group_id"] is not None:
-                rows = await repo.lock_group(conn, pending["group_id"])
-                mates = await group_mates(conn, rows, pending)
-            reissued = await _reissue(
-                conn,
-                deps,
-                pending,
-                portal.title,
-                key=key,
-                reason=command.resend_reason,
-                expires_in_days=command.expires_in_days,
-                personal_message=checked.personal_message,
-                invitee_name=command.invitee_name,
-                mates=mates,
-                locale=checked.locale,
+    async with transaction(deps.db) as conn:
+        command, portal = checked.command, checked.portal
+        key = command.idempotency_key
+        email_lower = email_key(checked.email)
+        if key is not None:
+            await check_key_not_a_group(conn, key)
+        for attempt in range(5):
+            if key is not None and not (key_checked and attempt == 0):
+                existing = await repo.find_by_key(conn, key)
+                if existing is not None:
+                    return existing, "duplicate"
+            pending = await repo.find_pending_for_update(conn, portal.portal_id, email_lower)
+            if pending is not None and key is not None and pending["idempotency_key"] == key:
+                # The same key committed between our two looks (each sees a new snapshot).
+                return pending, "duplicate"
+            if pending is not None:
+                # Inviting again resends (a group's invitation: the group's link, for each of
+                # its invitations that can take it); options given this time replace the
+                # pending ones.
+                mates: list[Row] = []
+                if pending["group_id"] is not None:
+                    rows = await repo.lock_group(conn, pending["group_id"])
+                    mates = await group_mates(conn, rows, pending)
+                reissued = await _reissue(
+                    conn,
+                    deps,
+                    pending,
+                    portal.title,
+                    key=key,
+                    reason=command.resend_reason,
+                    expires_in_days=command.expires_in_days,
+                    personal_message=checked.personal_message,
+                    invitee_name=command.invitee_name,
+                    mates=mates,
+                    locale=checked.locale,
+                )
+                return reissued, "resent"
+            days = command.expires_in_days or await repo.expiry_days(conn)
+            fresh = prepare_first(deps, checked, deps.clock(), days)
+            created = await repo.insert(conn, **vars(fresh.row))
+            if created is None:
+                continue
+            await write_first_sends(conn, [fresh])
+            log.info(
+                "invitation_created",
+                invitation_id=str(fresh.row.invitation_id),
+                portal_id=str(portal.portal_id),
             )
-            return reissued, "resent"
-        days = command.expires_in_days or await repo.expiry_days(conn)
-        fresh = prepare_first(deps, checked, deps.clock(), days)
-        created = await repo.insert(conn, **vars(fresh.row))
-        if created is None:
-            continue
-        await write_first_sends(conn, [fresh])
-        log.info(
-            "invitation_created",
-            invitation_id=str(fresh.row.invitation_id),
-            portal_id=str(portal.portal_id),
-        )
-        return created, "created"
-    raise Conflict("The invitation changed while we sent it; try again.", code="conflict")
+            return created, "created"
+        raise Conflict("The invitation changed while we sent it; try again.", code="conflict")
 
 
 @dataclass(frozen=True)
@@ -221,16 +221,15 @@ async def write_first_sends(conn: Conn, firsts: Sequence[FirstSend]) -> None:
     await emit(conn, *events[0], *events[1:])
 
 
-async def invite(pool: asyncpg.Pool, deps: Deps, command: InviteCommand) -> tuple[Row, Outcome]:
+async def invite(deps: Deps, command: InviteCommand) -> tuple[Row, Outcome]:
     if command.idempotency_key is not None:
-        existing = await repo.find_by_key(pool, command.idempotency_key)
+        existing = await repo.find_by_key(deps.db, command.idempotency_key)
         if existing is not None:
             return existing, "duplicate"
     # Checked on the pool: no connection is held across the calls to identity and portals
     # (holding one capped concurrent invites at the pool's size).
-    checked = await check_invite(pool, deps, command)
-    async with pool.acquire() as conn, conn.transaction():
-        return await record_invite(conn, deps, checked, key_checked=True)
+    checked = await check_invite(deps, command)
+    return await record_invite(deps, checked, key_checked=True)
 
 
 async def _reissue(
@@ -405,7 +404,6 @@ def _mail_job(
 
 
 async def resend(
-    pool: asyncpg.Pool,
     deps: Deps,
     invitation_id: uuid.UUID,
     *,
@@ -414,14 +412,14 @@ async def resend(
 ) -> Row:
     """Resend from the Invitations screen (``reason`` staff) or the API (api); ``staff``:
     a staff invitation, from the Users screen (each screen acts on its own kind only)."""
-    async with pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         current = await repo.get(conn, invitation_id)
     if current is None or staff_events.is_staff(current) != staff:
         raise NotFound("There is no such invitation.", code="invitation_not_found")
     domain.check_can_resend(current["status"])
     if not staff:
-        await _check_portal_for_resend(pool, deps, current)
-    async with pool.acquire() as conn, conn.transaction():
+        await _check_portal_for_resend(deps, current)
+    async with transaction(deps.db) as conn:
         mates: list[Row] = []
         if current["group_id"] is not None:
             # A group's invitation: its link goes again, for each of the group's
@@ -449,19 +447,17 @@ async def resend(
             ) from None
 
 
-async def _check_portal_for_resend(pool: asyncpg.Pool, deps: Deps, row: Row) -> None:
+async def _check_portal_for_resend(deps: Deps, row: Row) -> None:
     """Refuse (409 portal_not_active) a resend to a portal that isn't Active. Resends are
     made by people, one at a time: portals, the owner, is asked (the replica may lag a
     status changed a moment ago, either way); if it can't answer, the replica decides."""
-    portal = await resolve_portal(pool, deps, row["portal_id"], None)
-    portal = await _refresh_portal(pool, deps, portal)
+    portal = await resolve_portal(deps, row["portal_id"], None)
+    portal = await _refresh_portal(deps, portal)
     domain.check_portal_active_for_resend(portal.status, portal.title)
 
 
-async def revoke(
-    pool: asyncpg.Pool, deps: Deps, invitation_id: uuid.UUID, *, staff: bool = False
-) -> Row:
-    async with pool.acquire() as conn, conn.transaction():
+async def revoke(deps: Deps, invitation_id: uuid.UUID, *, staff: bool = False) -> Row:
+    async with transaction(deps.db) as conn:
         row = await _locked(conn, invitation_id, staff=staff)
         if not domain.must_revoke(row["status"]):
             return row

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import uuid
 
-import asyncpg
-
-from libs.common.db import Conn
+from libs.common.db import Conn, connection, transaction
 from libs.common.email import email_key, normalise_email
 from libs.common.errors import Conflict
 from libs.common.i18n import check_locale
@@ -25,7 +23,6 @@ MAX_LISTED = 200
 
 
 async def invite_staff(
-    pool: asyncpg.Pool,
     deps: Deps,
     email: str,
     role: str,
@@ -44,7 +41,7 @@ async def invite_staff(
         domain.check_not_on_the_team(
             address, str(user.get("role", "client")), bool(user.get("disabled")), role
         )
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction(deps.db) as conn:
         return await _record(conn, deps, address, role, invited_by, locale)
 
 
@@ -102,7 +99,7 @@ async def _record(
     raise Conflict("The invitation changed while we sent it; try again.", code="conflict")
 
 
-async def open_staff_invitations(pool: asyncpg.Pool) -> list[Row]:
+async def open_staff_invitations(deps: Deps) -> list[Row]:
     """Pending and expired staff invitations, newest first (at most 200: a team's)."""
-    async with pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         return await repo.open_staff_invitations(conn, MAX_LISTED)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncpg
-
 from libs.common.context import new_id, set_correlation_id
-from libs.common.db import try_xact_lock
+from libs.common.db import transaction, try_xact_lock
 from libs.common.events import InvitationClosed
 
 from .. import repository as repo
@@ -15,13 +13,13 @@ from .base import Deps, emit, log
 SWEEP_LOCK = "invitations:sweep"
 
 
-async def sweep_once(pool: asyncpg.Pool, deps: Deps, *, batch: int = 500) -> int:
+async def sweep_once(deps: Deps, *, batch: int = 500) -> int:
     """Mark pending invitations past their expiry as expired, one batch per transaction.
     Only the instance holding the advisory lock sweeps; the others skip this round."""
     set_correlation_id(new_id())
     total = 0
     while True:
-        async with pool.acquire() as conn, conn.transaction():
+        async with transaction(deps.db) as conn:
             if not await try_xact_lock(conn, SWEEP_LOCK):
                 return total
             rows = await repo.expire_due(conn, deps.clock(), batch)

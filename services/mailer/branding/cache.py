@@ -7,8 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import asyncpg
-
+from ..handlers import Deps
 from . import handlers
 from .domain import Branding
 
@@ -16,14 +15,12 @@ from .domain import Branding
 class BrandingSource:
     def __init__(
         self,
-        pool: asyncpg.Pool,
-        first: Branding,
+        deps: Deps,
         ttl_seconds: float,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.pool = pool
-        self.first = first
+        self.deps = deps
         self.ttl = ttl_seconds
         self.clock = clock
         self._kept: tuple[Branding, float] | None = None
@@ -32,8 +29,7 @@ class BrandingSource:
         now = self.clock()
         if self._kept is not None and self._kept[1] > now:
             return self._kept[0]
-        async with self.pool.acquire() as conn:
-            branding = await handlers.current(conn, self.first)
+        branding = await handlers.current(self.deps)
         if self.ttl > 0:
             self._kept = (branding, now + self.ttl)
         return branding

@@ -1,5 +1,6 @@
-"""Use cases: read the branding, change its fields, set or remove the logo. Every change
-and its ``settings.branding.changed`` commit together (outbox)."""
+"""Use cases: read the branding, change its fields, set or remove the logo. Each takes
+the mailer's ``Deps`` first (the first branding is ``deps.settings.first_branding``); every
+change and its ``settings.branding.changed`` commit together (outbox)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any, get_args
 
-import asyncpg
-
-from libs.common.db import Conn
+from libs.common.db import Conn, connection, transaction
 from libs.common.errors import InvalidInput, NotFound
 from libs.common.events import BrandingChanged, BrandingField, make_event
 from libs.common.logging import get_logger
 from libs.common.outbox import append
 
+from ..handlers import Deps
 from . import repository
 from .domain import (
     Branding,
@@ -69,15 +69,16 @@ def checked(changes: Mapping[str, str | None]) -> dict[str, str]:
     return clean
 
 
-async def current(conn: Conn, first: Branding) -> Branding:
-    return resolved(await repository.get(conn) or first, first)
+async def current(deps: Deps) -> Branding:
+    first = deps.settings.first_branding
+    async with connection(deps.db) as conn:
+        return resolved(await repository.get(conn) or first, first)
 
 
-async def update(
-    pool: asyncpg.Pool, first: Branding, changes: Mapping[str, str | None]
-) -> Branding:
+async def update(deps: Deps, changes: Mapping[str, str | None]) -> Branding:
+    first = deps.settings.first_branding
     clean = checked(changes)
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction(deps.db) as conn:
         before = resolved(await repository.lock(conn, first), first)
         after = before.with_changes(**clean)
         changed = [name for name in TEXT_FIELDS if getattr(after, name) != getattr(before, name)]
@@ -89,13 +90,14 @@ async def update(
     return after
 
 
-async def set_logo(pool: asyncpg.Pool, first: Branding, content: bytes) -> Branding:
+async def set_logo(deps: Deps, content: bytes) -> Branding:
+    first = deps.settings.first_branding
     try:
         # Decoding and encoding a picture is CPU work: off the event loop.
         logo = await asyncio.to_thread(prepare_logo, content)
     except BrandingRefused as exc:
         raise refused(exc) from None
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction(deps.db) as conn:
         before = resolved(await repository.lock(conn, first), first)
         if before.logo_etag != logo.etag:
             await repository.save_logo(conn, logo)
@@ -104,8 +106,9 @@ async def set_logo(pool: asyncpg.Pool, first: Branding, content: bytes) -> Brand
     return before.with_changes(logo_etag=logo.etag, logo_type=logo.content_type)
 
 
-async def remove_logo(pool: asyncpg.Pool, first: Branding) -> Branding:
-    async with pool.acquire() as conn, conn.transaction():
+async def remove_logo(deps: Deps) -> Branding:
+    first = deps.settings.first_branding
+    async with transaction(deps.db) as conn:
         before = resolved(await repository.lock(conn, first), first)
         if before.logo_etag:
             await repository.save_logo(conn, None)
@@ -113,8 +116,9 @@ async def remove_logo(pool: asyncpg.Pool, first: Branding) -> Branding:
     return before.with_changes(logo_etag="", logo_type="")
 
 
-async def logo(conn: Conn) -> dict[str, Any]:
-    found = await repository.get_logo(conn)
+async def logo(deps: Deps) -> dict[str, Any]:
+    async with connection(deps.db) as conn:
+        found = await repository.get_logo(conn)
     if found is None:
         raise NotFound("No logo has been uploaded.", code="logo_not_found")
     return found

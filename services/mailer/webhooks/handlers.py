@@ -1,20 +1,19 @@
 """Use cases: add, list, rotate and delete endpoints; queue an event's deliveries; the
-delivery log and Redeliver."""
+delivery log and Redeliver. Each takes the mailer's ``Deps`` first (the webhook sealer
+and limits come from ``deps.settings``)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-import asyncpg
-
 from libs.common.cursor import decode_cursor, encode_cursor
-from libs.common.db import Conn
+from libs.common.db import connection, transaction
 from libs.common.errors import InvalidInput, NotFound
 from libs.common.events import Envelope, EventData
 from libs.common.logging import get_logger
-from libs.common.sealing import Sealer
 
+from ..handlers import Deps
 from . import domain, repository
 from .domain import RefusedTarget
 from .targets import check_target
@@ -26,37 +25,27 @@ def _endpoint_gone() -> NotFound:
     return NotFound("There is no such webhook endpoint.", code="webhook_not_found")
 
 
-async def add_endpoint(
-    pool: asyncpg.Pool,
-    sealer: Sealer,
-    url: str,
-    events: list[str],
-    *,
-    allow_private: bool,
-) -> tuple[dict[str, Any], str]:
+async def add_endpoint(deps: Deps, url: str, events: list[str]) -> tuple[dict[str, Any], str]:
     """The endpoint and its signing secret, which is returned this once only."""
     try:
-        await check_target(url, allow_private=allow_private)
+        await check_target(url, allow_private=deps.settings.webhooks_allow_private)
     except RefusedTarget as exc:
         raise InvalidInput(str(exc), code="webhook_target_refused") from None
     secret = domain.new_secret()
     wanted = [t for t in domain.EVENT_TYPES if t in set(events)]
-    async with pool.acquire() as conn:
-        row = await repository.insert_endpoint(
-            conn, uuid.uuid4(), url, wanted, sealer.seal_text(secret)
-        )
+    sealed = deps.settings.webhook_sealer().seal_text(secret)
+    async with connection(deps.db) as conn:
+        row = await repository.insert_endpoint(conn, uuid.uuid4(), url, wanted, sealed)
     log.info("webhook_endpoint_added", endpoint_id=str(row["id"]), events=wanted)
     return row, secret
 
 
-async def rotate_secret(
-    pool: asyncpg.Pool, sealer: Sealer, endpoint_id: uuid.UUID, overlap_seconds: float
-) -> tuple[dict[str, Any], str]:
+async def rotate_secret(deps: Deps, endpoint_id: uuid.UUID) -> tuple[dict[str, Any], str]:
     secret = domain.new_secret()
-    async with pool.acquire() as conn, conn.transaction():
-        if not await repository.rotate_secret(
-            conn, endpoint_id, sealer.seal_text(secret), overlap_seconds
-        ):
+    sealed = deps.settings.webhook_sealer().seal_text(secret)
+    overlap_seconds = deps.settings.webhooks_rotation_overlap_seconds
+    async with transaction(deps.db) as conn:
+        if not await repository.rotate_secret(conn, endpoint_id, sealed, overlap_seconds):
             raise _endpoint_gone()
         row = await repository.get_endpoint(conn, endpoint_id)
     assert row is not None
@@ -64,23 +53,23 @@ async def rotate_secret(
     return row, secret
 
 
-async def list_endpoints(pool: asyncpg.Pool) -> list[dict[str, Any]]:
-    async with pool.acquire() as conn:
+async def list_endpoints(deps: Deps) -> list[dict[str, Any]]:
+    async with connection(deps.db) as conn:
         return await repository.list_endpoints(conn)
 
 
-async def delete_endpoint(pool: asyncpg.Pool, endpoint_id: uuid.UUID) -> None:
-    async with pool.acquire() as conn:
+async def delete_endpoint(deps: Deps, endpoint_id: uuid.UUID) -> None:
+    async with connection(deps.db) as conn:
         if not await repository.delete_endpoint(conn, endpoint_id):
             raise _endpoint_gone()
     log.info("webhook_endpoint_deleted", endpoint_id=str(endpoint_id))
 
 
 async def deliveries(
-    pool: asyncpg.Pool, endpoint_id: uuid.UUID, limit: int, cursor: str | None
+    deps: Deps, endpoint_id: uuid.UUID, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
     after = decode_cursor(cursor) if cursor else None
-    async with pool.acquire() as conn:
+    async with connection(deps.db) as conn:
         if await repository.get_endpoint(conn, endpoint_id) is None:
             raise _endpoint_gone()
         rows = await repository.list_deliveries(conn, endpoint_id, limit=limit + 1, after=after)
@@ -89,10 +78,8 @@ async def deliveries(
     return rows, encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
 
 
-async def redeliver(
-    pool: asyncpg.Pool, endpoint_id: uuid.UUID, delivery_id: uuid.UUID
-) -> dict[str, Any]:
-    async with pool.acquire() as conn:
+async def redeliver(deps: Deps, endpoint_id: uuid.UUID, delivery_id: uuid.UUID) -> dict[str, Any]:
+    async with connection(deps.db) as conn:
         row = await repository.redeliver(conn, endpoint_id, delivery_id)
     if row is None:
         raise NotFound("There is no such delivery.", code="webhook_delivery_not_found")
@@ -100,11 +87,13 @@ async def redeliver(
     return row
 
 
-async def queue_event(conn: Conn, envelope: Envelope, data: EventData) -> int:
-    """Inside the consumer's transaction (with the inbox row): one delivery per endpoint
-    that wants this type. The payload is built from the event's public model only."""
+async def queue_event(deps: Deps, envelope: Envelope, data: EventData) -> int:
+    """In one transaction (the consumer's: a savepoint with the inbox row): one delivery
+    per endpoint that wants this type. The payload is built from the event's public
+    model only."""
     body = domain.payload(envelope.type, envelope.occurred_at, data.model_dump(mode="json"))
-    count = await repository.queue_for_event(conn, envelope.id, envelope.type, body.decode())
+    async with transaction(deps.db) as conn:
+        count = await repository.queue_for_event(conn, envelope.id, envelope.type, body.decode())
     if count:
         log.info("webhook_deliveries_queued", count=count)
     return count

@@ -54,6 +54,22 @@ async def transaction(db: Db) -> AsyncIterator[Conn]:
 
 
 @asynccontextmanager
+async def atomic(db: Db) -> AsyncIterator[Conn]:
+    """One transaction on ``db`` without a savepoint: given the pool, a connection and a
+    transaction; given a connection already in a transaction, that transaction as it is.
+    For a step whose failure fails the caller's whole transaction anyway (a consumer's
+    effect beside its inbox row): two round trips fewer than :func:`transaction`."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn, conn.transaction():
+            yield conn
+    elif db.is_in_transaction():
+        yield db
+    else:
+        async with db.transaction():
+            yield db
+
+
+@asynccontextmanager
 async def connection(db: Db) -> AsyncIterator[Conn]:
     """A connection for reads: one acquired from the pool, or the connection given."""
     if isinstance(db, asyncpg.Pool):

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from libs.common.db import UseCaseDeps, connection, transaction
+from libs.common.db import UseCaseDeps, atomic, connection
 from libs.common.events import Envelope, MailFailed, MailRetrying, MailSent, make_event
 from libs.common.logging import get_logger
 from libs.common.outbox import append, change_and_append
@@ -41,12 +41,12 @@ class Deps(UseCaseDeps):
 
 
 async def request_mail(deps: Deps, command: RequestMail) -> bool:
-    """Record the job (idempotent by mail_id), in one transaction (in a consumer's, a
-    savepoint in its inbox transaction).
+    """Record the job (idempotent by mail_id), in one transaction (in a consumer's, its
+    inbox transaction: a failure fails the message, so no savepoint is needed).
 
     Returns True when a new delivery was queued and the senders should be woken. A job
     whose address can't go into a To header fails at once, without storing its link."""
-    async with transaction(deps.db) as conn:
+    async with atomic(deps.db) as conn:
         try:
             to_address = normalise_address(command.to)
         except InvalidAddress as exc:

@@ -14,7 +14,15 @@ import asyncpg
 import pytest
 
 from libs.common.bus import in_inbox
-from libs.common.db import UseCaseDeps, connection, create_pool, migrate, transaction, utcnow
+from libs.common.db import (
+    UseCaseDeps,
+    atomic,
+    connection,
+    create_pool,
+    migrate,
+    transaction,
+    utcnow,
+)
 from tests.support.env import TestEnv
 
 pytestmark = pytest.mark.integration
@@ -76,6 +84,31 @@ async def test_a_transaction_on_a_connection_is_a_savepoint_in_the_callers(
                     await conn.execute("INSERT INTO probe VALUES (3)")
                 raise Boom
         assert await count(pool) == 1
+
+
+async def test_atomic_joins_the_callers_transaction_without_a_savepoint(
+    pool: asyncpg.Pool,
+) -> None:
+    async with atomic(pool) as conn:
+        assert conn.is_in_transaction()
+        await conn.execute("INSERT INTO probe VALUES (1)")
+    assert await count(pool) == 1
+    async with pool.acquire() as outer:
+        # Inside the caller's transaction: its work is the caller's, all or nothing.
+        with pytest.raises(Boom):
+            async with outer.transaction():
+                async with atomic(outer) as conn:
+                    assert conn is outer
+                    await conn.execute("INSERT INTO probe VALUES (2)")
+                raise Boom
+        assert await count(pool) == 1
+        # Given a connection outside any transaction, it opens one of its own.
+        with pytest.raises(Boom):
+            async with atomic(outer) as conn:
+                assert conn.is_in_transaction()
+                await conn.execute("INSERT INTO probe VALUES (3)")
+                raise Boom
+        assert await count(pool) == 1 and not outer.is_in_transaction()
 
 
 async def test_connection_borrows_from_the_pool_or_passes_the_connection_on(

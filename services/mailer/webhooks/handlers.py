@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from libs.common.cursor import decode_cursor, encode_cursor
-from libs.common.db import connection, transaction
+from libs.common.db import atomic, connection, transaction
 from libs.common.errors import InvalidInput, NotFound
 from libs.common.events import Envelope, EventData
 from libs.common.logging import get_logger
@@ -88,11 +88,11 @@ async def redeliver(deps: Deps, endpoint_id: uuid.UUID, delivery_id: uuid.UUID) 
 
 
 async def queue_event(deps: Deps, envelope: Envelope, data: EventData) -> int:
-    """In one transaction (the consumer's: a savepoint with the inbox row): one delivery
+    """In one transaction (the consumer's, with the inbox row): one delivery
     per endpoint that wants this type. The payload is built from the event's public
     model only."""
     body = domain.payload(envelope.type, envelope.occurred_at, data.model_dump(mode="json"))
-    async with transaction(deps.db) as conn:
+    async with atomic(deps.db) as conn:
         count = await repository.queue_for_event(conn, envelope.id, envelope.type, body.decode())
     if count:
         log.info("webhook_deliveries_queued", count=count)

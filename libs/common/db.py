@@ -55,18 +55,15 @@ async def transaction(db: Db) -> AsyncIterator[Conn]:
 
 @asynccontextmanager
 async def atomic(db: Db) -> AsyncIterator[Conn]:
-    """One transaction on ``db`` without a savepoint: given the pool, a connection and a
-    transaction; given a connection already in a transaction, that transaction as it is.
-    For a step whose failure fails the caller's whole transaction anyway (a consumer's
-    effect beside its inbox row): two round trips fewer than :func:`transaction`."""
-    if isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn, conn.transaction():
-            yield conn
-    elif db.is_in_transaction():
+    """One transaction on ``db`` without a savepoint: given a connection already in a
+    transaction, that transaction as it is; else as :func:`transaction`. For a step whose
+    failure fails the caller's whole transaction anyway (a consumer's effect beside its
+    inbox row): two round trips fewer than a savepoint."""
+    if not isinstance(db, asyncpg.Pool) and db.is_in_transaction():
         yield db
     else:
-        async with db.transaction():
-            yield db
+        async with transaction(db) as conn:
+            yield conn
 
 
 @asynccontextmanager

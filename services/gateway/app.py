@@ -75,7 +75,7 @@ def create_app(
     )
     # _/gettext/ngettext and the `when` filter, in the language of the page (i18n.py).
     i18n.install(env)
-    # The page scripts' words, translated into base.html's JSON block (script_words.py).
+    # The page scripts' words, translated into base.html's meta#words (script_words.py).
     script_words.install(env)
     app.on_response_prepare.append(on_prepare)
     app.cleanup_ctx.append(_upstream_ctx(settings, service_signer(app, settings)))

@@ -1,9 +1,9 @@
 """The words the page scripts write (static/app.js, static/import.js), in the page's
 language (issue 17).
 
-A page carries them translated, as data: base.html's ``<script type="application/json"
-id="words">`` block (not script, so the Content-Security-Policy's ``script-src 'self'``
-holds), which app.js's ``ClientPress.words`` reads. The keys are the English messages, so a
+A page carries them translated, as data: base.html's ``<meta id="words" content='{json}'>``
+(an attribute, never a script element, so no inline script of any type is on a page),
+which app.js's ``ClientPress.words`` reads. The keys are the English messages, so a
 script shows the English when a key is missing; ``{name}`` placeholders are filled in by
 the script (numbers in the page language's format).
 """

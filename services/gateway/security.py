@@ -26,6 +26,7 @@ from .domain import (
 from .i18n import N_
 from .rendering import Handler, is_api
 from .state import (
+    FLASH_COOKIE,
     LIMITS,
     SETTINGS,
     TRUSTED_PROXIES,
@@ -194,8 +195,12 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     state = req_state(request)
     token = request.cookies.get(request.app[SETTINGS].session_cookie)
     if token and not _plain(request) and not state.api_key:
+        # The page a change redirects to (it carries the change's flash message) may be
+        # answered by another replica than the one that made the change, before that one's
+        # announcement reaches it: it asks identity afresh, so the page shows the change.
+        fresh = FLASH_COOKIE in request.cookies
         try:
-            current = await request.app[UPSTREAM].identity.current(token)
+            current = await request.app[UPSTREAM].identity.current(token, fresh=fresh)
         except Unauthorized:
             state.clear_session = True
         else:

@@ -59,8 +59,10 @@ class Identity:
         self._keep(result, generation)
         return result
 
-    async def current(self, token: str) -> CurrentSession:
-        cached = self.cache.session(token)
+    async def current(self, token: str, *, fresh: bool = False) -> CurrentSession:
+        """``fresh``: ask identity even when cached (and keep its answer): the page after
+        a change, which another replica may have made, shows the change."""
+        cached = None if fresh else self.cache.session(token)
         if cached is not None:
             return cached
         generation = self.cache.generation

@@ -22,19 +22,7 @@ async def on_mail_requested(deps: Deps, envelope: Envelope, data: EventData) -> 
     # Only records the job: SMTP happens in the senders, so a slow or dead mail server
     # never holds up the queue.
     assert isinstance(data, MailRequested)
-    await request_mail(
-        deps,
-        RequestMail(
-            mail_id=data.mail_id,
-            template=data.template,
-            to=data.to,
-            ref_type=data.ref_type,
-            ref_id=data.ref_id,
-            context=data.context,
-            correlation_id=envelope.correlation_id,
-            locale=data.locale,
-        ),
-    )
+    await request_mail(deps, RequestMail.of_job(data, envelope.correlation_id))
 
 
 async def on_lifecycle_event(deps: Deps, envelope: Envelope, data: EventData) -> None:

@@ -9,8 +9,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from libs.common.email import InvalidEmail, normalise_email
+from libs.common.events import MailRequested
 
 # A mail server may be away for a long while (a provider's outage, a full queue): retries
 # back off to at most an hour apart and stop two days after the job was queued.
@@ -46,7 +48,7 @@ class InvalidAddress(ValueError):
 
 @dataclass(frozen=True)
 class RequestMail:
-    """Command: record a mail job and send it."""
+    """Command: record a mail job and send it (from ``mail.requested``: :meth:`of_job`)."""
 
     mail_id: uuid.UUID
     template: str
@@ -57,6 +59,20 @@ class RequestMail:
     correlation_id: str | None = None
     # The email's language (en, de, fr, es); None: the branding's Language.
     locale: str | None = None
+
+    @classmethod
+    def of_job(cls, job: MailRequested, correlation_id: str | None) -> RequestMail:
+        return cls(**job.model_dump(), correlation_id=correlation_id)
+
+
+def about(mail: RequestMail | Delivery) -> dict[str, Any]:
+    """What every mail.* event says of the email it is about."""
+    return {
+        "mail_id": mail.mail_id,
+        "template": mail.template,
+        "ref_type": mail.ref_type,
+        "ref_id": mail.ref_id,
+    }
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from .domain import (
     InvalidAddress,
     RequestMail,
     RetryReason,
+    about,
     normalise_address,
 )
 from .settings import MailerSettings
@@ -50,45 +51,14 @@ async def request_mail(deps: Deps, command: RequestMail) -> bool:
         try:
             to_address = normalise_address(command.to)
         except InvalidAddress as exc:
-            recorded = await repository.insert_failed(
-                conn,
-                mail_id=command.mail_id,
-                template=command.template,
-                # Stored for the record, never used in a header.
-                to_address=command.to.replace("\r", " ").replace("\n", " ")[:320],
-                ref_type=command.ref_type,
-                ref_id=command.ref_id,
-                correlation_id=command.correlation_id,
-                error=f"invalid address: {exc}"[:500],
-            )
-            if recorded:
+            error = f"invalid address: {exc}"[:500]
+            if await repository.insert_failed(conn, command, error):
                 log.warning("mail_invalid_address", mail_id=str(command.mail_id))
-                await append(
-                    conn,
-                    _failed_event(
-                        mail_id=command.mail_id,
-                        template=command.template,
-                        ref_type=command.ref_type,
-                        ref_id=command.ref_id,
-                        correlation_id=command.correlation_id,
-                        reason=FailureReason.INVALID_ADDRESS,
-                        attempts=0,
-                    ),
-                )
+                failed = _failed_event(command, FailureReason.INVALID_ADDRESS, attempts=0)
+                await append(conn, failed)
             return False
-        queued = await repository.insert_queued(
-            conn,
-            mail_id=command.mail_id,
-            template=command.template,
-            to_address=to_address,
-            ref_type=command.ref_type,
-            ref_id=command.ref_id,
-            context=command.context,
-            correlation_id=command.correlation_id,
-            # The send, whenever it comes, continues the trace of the request that asked.
-            trace_context=carrier(),
-            locale=(command.locale or "")[:100] or None,
-        )
+        # The send, whenever it comes, continues the trace of the request that asked.
+        queued = await repository.insert_queued(conn, command, to_address, carrier())
         if queued:
             log.info("mail_queued", mail_id=str(command.mail_id), template=command.template)
         else:
@@ -99,12 +69,7 @@ async def request_mail(deps: Deps, command: RequestMail) -> bool:
 async def record_sent(deps: Deps, delivery: Delivery, claimed_at: datetime) -> bool:
     sent = make_event(
         "mail.sent",
-        MailSent(
-            mail_id=delivery.mail_id,
-            template=delivery.template,
-            ref_type=delivery.ref_type,
-            ref_id=delivery.ref_id,
-        ),
+        MailSent(**about(delivery)),
         source=SOURCE,
         correlation_id=delivery.correlation_id,
     )
@@ -128,10 +93,7 @@ async def record_retry(
     retrying = make_event(
         "mail.retrying",
         MailRetrying(
-            mail_id=delivery.mail_id,
-            template=delivery.template,
-            ref_type=delivery.ref_type,
-            ref_id=delivery.ref_id,
+            **about(delivery),
             attempt=delivery.attempts,
             next_attempt_at=next_attempt_at,
             reason=reason.value,
@@ -153,15 +115,7 @@ async def record_retry(
 async def record_failure(
     deps: Deps, delivery: Delivery, claimed_at: datetime, reason: FailureReason, error: str
 ) -> bool:
-    failed = _failed_event(
-        mail_id=delivery.mail_id,
-        template=delivery.template,
-        ref_type=delivery.ref_type,
-        ref_id=delivery.ref_id,
-        correlation_id=delivery.correlation_id,
-        reason=reason,
-        attempts=delivery.attempts,
-    )
+    failed = _failed_event(delivery, reason, attempts=delivery.attempts)
     async with connection(deps.db) as conn:
         return await change_and_append(
             conn, repository.MARK_FAILED, (delivery.mail_id, claimed_at, error), failed
@@ -169,27 +123,13 @@ async def record_failure(
 
 
 def _failed_event(
-    *,
-    mail_id: uuid.UUID,
-    template: str,
-    ref_type: str,
-    ref_id: uuid.UUID,
-    correlation_id: str | None,
-    reason: FailureReason,
-    attempts: int,
+    mail: RequestMail | Delivery, reason: FailureReason, *, attempts: int
 ) -> Envelope:
     return make_event(
         "mail.failed",
-        MailFailed(
-            mail_id=mail_id,
-            template=template,
-            ref_type=ref_type,
-            ref_id=ref_id,
-            reason=reason.value,
-            attempts=attempts,
-        ),
+        MailFailed(**about(mail), reason=reason.value, attempts=attempts),
         source=SOURCE,
-        correlation_id=correlation_id,
+        correlation_id=mail.correlation_id,
     )
 
 

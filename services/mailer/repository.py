@@ -10,23 +10,13 @@ import orjson
 
 from libs.common.db import Conn
 
-from .domain import STUCK_SENDING_SECONDS, Delivery
+from .domain import STUCK_SENDING_SECONDS, Delivery, RequestMail
 
 WAKE_CHANNEL = "mailer_wake"
 
 
 async def insert_queued(
-    conn: Conn,
-    *,
-    mail_id: uuid.UUID,
-    template: str,
-    to_address: str,
-    ref_type: str,
-    ref_id: uuid.UUID,
-    context: Mapping[str, str],
-    correlation_id: str | None,
-    trace_context: str | None = None,
-    locale: str | None = None,
+    conn: Conn, job: RequestMail, to_address: str, trace_context: str | None = None
 ) -> bool:
     """True when recorded now (and the senders are woken at commit); False when this
     mail_id was already known. One round trip: the row and its NOTIFY."""
@@ -37,43 +27,34 @@ async def insert_queued(
         " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $9, $10)"
         " ON CONFLICT (mail_id) DO NOTHING RETURNING 1)"
         " SELECT count(*) FROM (SELECT pg_notify($8, '') FROM row) AS woken",
-        mail_id,
-        template,
+        job.mail_id,
+        job.template,
         to_address,
-        ref_type,
-        ref_id,
-        orjson.dumps(dict(context)).decode(),
-        correlation_id,
+        job.ref_type,
+        job.ref_id,
+        orjson.dumps(dict(job.context)).decode(),
+        job.correlation_id,
         WAKE_CHANNEL,
         trace_context,
-        locale,
+        (job.locale or "")[:100] or None,
     )
     return bool(inserted)
 
 
-async def insert_failed(
-    conn: Conn,
-    *,
-    mail_id: uuid.UUID,
-    template: str,
-    to_address: str,
-    ref_type: str,
-    ref_id: uuid.UUID,
-    correlation_id: str | None,
-    error: str,
-) -> bool:
-    """Record a job refused on arrival; its context (the link) is never stored."""
+async def insert_failed(conn: Conn, job: RequestMail, error: str) -> bool:
+    """Record a job refused on arrival; its context (the link) is never stored, and its
+    address only for the record (line breaks out: it is never used in a header)."""
     inserted = await conn.fetchval(
         "INSERT INTO deliveries (mail_id, template, to_address, ref_type, ref_id,"
         " correlation_id, status, last_error)"
         " VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7)"
         " ON CONFLICT (mail_id) DO NOTHING RETURNING true",
-        mail_id,
-        template,
-        to_address,
-        ref_type,
-        ref_id,
-        correlation_id,
+        job.mail_id,
+        job.template,
+        job.to.replace("\r", " ").replace("\n", " ")[:320],
+        job.ref_type,
+        job.ref_id,
+        job.correlation_id,
         error,
     )
     return bool(inserted)

@@ -241,6 +241,29 @@ async def test_pages_ask_identity_once_per_ttl(cached_gw: TestClient, backend: B
     assert backend.current_calls - before == 1
 
 
+async def test_the_page_a_change_redirects_to_asks_identity_afresh(
+    cached_gw: TestClient, backend: Backend
+) -> None:
+    """Another replica saved the user's Language and redirected here before its
+    announcement arrived: the page carrying the change's flash message shows it anyway."""
+    user, page = await client_with_portal(backend, cached_gw)
+    assert await status_of(cached_gw, page) == 200
+    user["locale"] = "de"  # saved through another replica; this one wasn't told yet
+    before = backend.current_calls
+    stale = await (await cached_gw.get("/account")).text()
+    assert '<html lang="en">' in stale and backend.current_calls == before
+    cached_gw.session.cookie_jar.update_cookies(
+        {"cp_flash": "account_saved|"}, cached_gw.make_url("/")
+    )
+    fresh = await cached_gw.get("/account")
+    assert '<html lang="de">' in await fresh.text()
+    assert "Ihre Sprache und Zeitzone sind gespeichert." in await fresh.text()
+    assert backend.current_calls == before + 1
+    # The fresh answer is the one kept: the next pages are German from the cache.
+    after = await (await cached_gw.get("/account")).text()
+    assert '<html lang="de">' in after and backend.current_calls == before + 1
+
+
 @pytest.mark.integration
 async def test_logging_out_here_ends_the_session_at_once(
     cached_gw: TestClient, backend: Backend

@@ -1,5 +1,5 @@
 """Issue 17 for the page scripts: the words static/import.js and static/app.js write come
-translated in the page's JSON block (<script type="application/json" id="words">,
+translated in the page's words (<meta id="words" name="cp-words" content='{json}'>,
 services/gateway/script_words.py): German for a German browser with its {name}
 placeholders kept, English otherwise; and every message the scripts ask for is one the
 block carries."""
@@ -30,7 +30,7 @@ async def as_staff(gw: TestClient[Any, Any], backend: Backend) -> None:
 
 def words_of(page: str) -> dict[str, str]:
     """The page's JSON words block, parsed."""
-    blocks = re.findall(r'<script type="application/json" id="words">(.*?)</script>', page, re.S)
+    blocks = re.findall(r"<meta id=\"words\" name=\"cp-words\" content='(.*?)'>", page, re.S)
     assert len(blocks) == 1, page
     words = json.loads(blocks[0])
     assert isinstance(words, dict)

@@ -2,7 +2,7 @@
 (function () {
   "use strict";
 
-  // The page's words in its language: base.html's JSON block (script_words.py), English
+  // The page's words in its language: base.html's meta
   // message → translation. words("Checking {count} rows…", {count: n}) fills in the
   // placeholders (numbers in the page language's format); a message the block lacks is
   // shown in English. Used by this file and by import.js (as ClientPress.words).
@@ -13,7 +13,7 @@
     if (table === null) {
       var block = document.getElementById("words");
       try {
-        table = block ? JSON.parse(block.textContent) : {};
+        table = block ? JSON.parse(block.getAttribute("content")) : {};
       } catch (e) {
         table = {};
       }

@@ -317,25 +317,12 @@ def _key_inviter(request: web.Request, named: str | None) -> str:
 async def invite(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, InviteBody)
     key = idempotency_key(request)
-    user = current_user(request)
-    payload: dict[str, Any] = {
+    payload = {
         "portal_id": request.match_info["id"],
-        "email": body.email,
-        # The staff member, or the name of the key that sent it.
-        "invited_by": user["email"] if user else _key_inviter(request, body.invited_by),
+        **_invitation_payload(request, body, key),
         # Already pending: it gets a new link, and invitation.resent says the API asked.
         "resend_reason": "api",
     }
-    if body.sub_client is not None:
-        payload["sub_client"] = body.sub_client
-    if body.expires_in_days is not None:
-        payload["expires_in_days"] = body.expires_in_days
-    if body.personal_message is not None:
-        payload["personal_message"] = body.personal_message
-    if body.locale is not None:
-        payload["locale"] = body.locale
-    if key is not None:
-        payload["idempotency_key"] = key
     result = await request.app[UPSTREAM].invitations.invite(payload)
     made = result.get("invitation", {})
     if key is not None and (
@@ -349,6 +336,23 @@ async def invite(request: web.Request) -> web.StreamResponse:
             code="idempotency_key_reused",
         )
     return json_response(result, status=201 if result.get("outcome") == "created" else 200)
+
+
+def _invitation_payload(request: web.Request, body: InviteBody, key: str | None) -> dict[str, Any]:
+    """An invitation's fields as the invitations service takes them: the given ones, the
+    inviter (the staff member, or the name of the key that sent it) and the request's key."""
+    user = current_user(request)
+    payload: dict[str, Any] = {
+        "email": body.email,
+        "invited_by": user["email"] if user else _key_inviter(request, body.invited_by),
+    }
+    for field in ("sub_client", "expires_in_days", "personal_message", "name", "locale"):
+        value = getattr(body, field, None)
+        if value is not None:
+            payload[field] = value
+    if key is not None:
+        payload["idempotency_key"] = key
+    return payload
 
 
 class GroupInviteBody(InviteBody):
@@ -399,19 +403,10 @@ GROUP_KEY = {
 async def invite_several(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, GroupInviteBody)
     key = idempotency_key(request)
-    user = current_user(request)
-    payload: dict[str, object] = {
-        "email": body.email,
+    payload = {
         "portal_ids": [str(p) for p in body.portal_ids],
-        # The staff member, or the name of the key that sent it.
-        "invited_by": user["email"] if user else _key_inviter(request, body.invited_by),
+        **_invitation_payload(request, body, key),
     }
-    for field in ("sub_client", "expires_in_days", "personal_message", "name", "locale"):
-        value = getattr(body, field)
-        if value is not None:
-            payload[field] = value
-    if key is not None:
-        payload["idempotency_key"] = key
     result = await request.app[UPSTREAM].invitations.invite_group(payload)
     return json_response(result, status=201)
 

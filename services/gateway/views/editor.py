@@ -263,6 +263,21 @@ def invite_fields(form: MultiDictProxy[Any]) -> tuple[dict[str, str], dict[str, 
     return values, errors
 
 
+def invite_options(request: web.Request, email: str, values: dict[str, str]) -> dict[str, Any]:
+    """The Invite Client box's fields as the invitations service takes them (an empty
+    choice left out: the setting or the agency's language decides)."""
+    admin = current_user(request)
+    body: dict[str, Any] = {"email": email, "invited_by": admin["email"] if admin else None}
+    if values["expires_in_days"]:
+        body["expires_in_days"] = int(values["expires_in_days"])
+    if values["locale"]:
+        body["locale"] = values["locale"]
+    message = values["personal_message"].replace("\r\n", "\n").strip()
+    if message:
+        body["personal_message"] = message
+    return body
+
+
 @routes.post(f"/admin/portals/{ID}/invite")
 async def invite(request: web.Request) -> web.StreamResponse:
     up = request.app[UPSTREAM]
@@ -272,19 +287,7 @@ async def invite(request: web.Request) -> web.StreamResponse:
     if not errors and portal["status"] != "active":
         errors["invite_email"] = NOT_ACTIVE
     if not errors and email is not None:
-        admin = current_user(request)
-        body: dict[str, Any] = {
-            "portal_id": portal["id"],
-            "email": email,
-            "invited_by": admin["email"] if admin else None,
-        }
-        if values["expires_in_days"]:
-            body["expires_in_days"] = int(values["expires_in_days"])
-        if values["locale"]:
-            body["locale"] = values["locale"]
-        message = values["personal_message"].replace("\r\n", "\n").strip()
-        if message:
-            body["personal_message"] = message
+        body = {"portal_id": portal["id"], **invite_options(request, email, values)}
         try:
             result = await up.invitations.invite(body)
         except DomainError as exc:

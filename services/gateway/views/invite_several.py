@@ -17,10 +17,10 @@ from libs.common.errors import DomainError, NotFound
 
 from ..answers import PortalAnswer
 from ..domain import EXPIRY_CHOICES, MAX_GROUP_PORTALS, parse_uuid
-from ..rendering import current_user, form_str, render, see_other
+from ..rendering import form_str, render, see_other
 from ..state import UPSTREAM
 from ..upstream import Json, Upstream
-from .editor import INVITE_ERROR_FIELDS, INVITE_ERRORS, invite_fields
+from .editor import INVITE_ERROR_FIELDS, INVITE_ERRORS, invite_fields, invite_options
 
 routes = web.RouteTableDef()
 
@@ -131,18 +131,7 @@ async def send_invitation(request: web.Request) -> web.StreamResponse:
     email = email_or_none(values["email"])
     if errors or email is None:
         return await _page(request, portals, values=values, errors=errors, status=422)
-    body: Json = {
-        "email": email,
-        "portal_ids": ids,
-        "invited_by": inviter["email"] if (inviter := current_user(request)) else None,
-    }
-    if values["expires_in_days"]:
-        body["expires_in_days"] = int(values["expires_in_days"])
-    if values["locale"]:
-        body["locale"] = values["locale"]
-    message = values["personal_message"].replace("\r\n", "\n").strip()
-    if message:
-        body["personal_message"] = message
+    body: Json = {"portal_ids": ids, **invite_options(request, email, values)}
     if values["name"]:
         body["name"] = values["name"]
     try:

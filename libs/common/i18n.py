@@ -43,8 +43,9 @@ def is_language(code: str | None) -> bool:
     return code in LANGUAGES
 
 
-LANGUAGE_MESSAGE = f"Language (locale) must be one of {', '.join(LANGUAGES)}."
-TIME_ZONE_MESSAGE = "Time zone must be an IANA time zone name such as Europe/Berlin."
+# The refusals every service and form gives (the gateway's catalogues translate them).
+LANGUAGE_MESSAGE = N_("Language (locale) must be one of en, de, fr, es.")  # LANGUAGES
+TIME_ZONE_MESSAGE = N_("Time zone must be an IANA time zone name such as Europe/Berlin.")
 
 
 @cache

@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from libs.common.email import email_or_none
 from libs.common.errors import Conflict, InvalidInput, NotFound
-from libs.common.i18n import is_language
+from libs.common.i18n import LANGUAGE_MESSAGE, is_language
 from libs.common.openapi import UUID as UUID_SCHEMA
 from libs.common.openapi import ApiRoutes
 from libs.common.web import json_response, parse_query, read_body, read_json
@@ -83,12 +83,9 @@ def _one_address(value: str) -> str:
     return email
 
 
-LANGUAGE_REFUSED = "Language (locale) must be one of en, de, fr, es."
-
-
 def checked_locale(value: str | None) -> str | None:
     if value is not None and not is_language(value):
-        raise ValueError(LANGUAGE_REFUSED)
+        raise ValueError(LANGUAGE_MESSAGE)
     return value
 
 

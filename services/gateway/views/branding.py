@@ -13,7 +13,13 @@ from multidict import MultiDictProxy
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.errors import DomainError, InvalidInput, TooLarge
-from libs.common.i18n import is_language, is_time_zone, time_zones
+from libs.common.i18n import (
+    LANGUAGE_MESSAGE,
+    TIME_ZONE_MESSAGE,
+    is_language,
+    is_time_zone,
+    time_zones,
+)
 from libs.common.logging import get_logger
 from libs.common.web import json_response, read_json
 
@@ -39,8 +45,6 @@ FIELDS = ("agency_name", "accent_colour", "reply_to", "footer_text")
 # The agency's default language and time zone: a select and a zone name, checked here so
 # the form answers in its own words (the mailer checks them again).
 LOCALE_FIELDS = ("default_locale", "time_zone")
-LOCALE_PROBLEM = "Language (locale) must be one of en, de, fr, es."
-ZONE_PROBLEM = "Time zone must be an IANA time zone name such as Europe/Berlin."
 
 routes = web.RouteTableDef()
 
@@ -135,9 +139,9 @@ async def save_branding(request: web.Request) -> web.StreamResponse:
     locale = {name: form_str(form, name, 100).strip() for name in LOCALE_FIELDS if name in form}
     errors = {}
     if "default_locale" in locale and not is_language(locale["default_locale"]):
-        errors["default_locale"] = LOCALE_PROBLEM
+        errors["default_locale"] = LANGUAGE_MESSAGE
     if "time_zone" in locale and not is_time_zone(locale["time_zone"]):
-        errors["time_zone"] = ZONE_PROBLEM
+        errors["time_zone"] = TIME_ZONE_MESSAGE
     current = await _branding(request).current()
     shown = {**_filled({}, current), **values, **locale}
     if errors:
@@ -274,9 +278,9 @@ async def put_branding(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, BrandingChange)
     changes = body.model_dump(exclude_none=True)
     if "default_locale" in changes and not is_language(changes["default_locale"]):
-        raise InvalidInput(LOCALE_PROBLEM, code="invalid_default_locale")
+        raise InvalidInput(LANGUAGE_MESSAGE, code="invalid_default_locale")
     if "time_zone" in changes and not is_time_zone(changes["time_zone"]):
-        raise InvalidInput(ZONE_PROBLEM, code="invalid_time_zone")
+        raise InvalidInput(TIME_ZONE_MESSAGE, code="invalid_time_zone")
     return json_response(await _branding(request).update(changes))
 
 

@@ -14,7 +14,7 @@ from multidict import MultiDictProxy
 
 from libs.common.email import email_or_none
 from libs.common.errors import DomainError, InvalidInput, NotFound
-from libs.common.i18n import is_language
+from libs.common.i18n import LANGUAGE_MESSAGE, is_language
 from libs.common.web import json_response
 
 from ..answers import PortalAnswer, UserAnswer
@@ -39,7 +39,6 @@ SLUG_RULE = "Use lower-case letters, digits and single hyphens, at most 80, e.g.
 SLUG_TAKEN = "Another portal already uses this slug; choose another."
 # The Language select of Invite Client: "Agency default" (empty), then each language by
 # its own name, as a person reading only that language finds it.
-LOCALE_PROBLEM = "Language (locale) must be one of en, de, fr, es."
 # The portals service takes up to 500 sub-clients; one Save adds at most this many.
 MAX_SUB_CLIENTS_ADDED = 100
 
@@ -254,7 +253,7 @@ def invite_fields(form: MultiDictProxy[Any]) -> tuple[dict[str, str], dict[str, 
     }:
         errors["invite_expiry"] = "Choose 7, 14, 21 or 30 days."
     if values["locale"] and not is_language(values["locale"]):
-        errors["invite_locale"] = LOCALE_PROBLEM
+        errors["invite_locale"] = LANGUAGE_MESSAGE
     message = values["personal_message"].replace("\r\n", "\n").strip()
     if len(message) > MAX_PERSONAL_MESSAGE:
         errors["invite_message"] = (

@@ -9,7 +9,13 @@ from aiohttp import web
 
 from libs.common.email import email_or_none
 from libs.common.errors import DomainError, NotFound, Unauthorized
-from libs.common.i18n import is_language, is_time_zone, time_zones
+from libs.common.i18n import (
+    LANGUAGE_MESSAGE,
+    TIME_ZONE_MESSAGE,
+    is_language,
+    is_time_zone,
+    time_zones,
+)
 
 from ..domain import BAD_LOGIN, new_password_problem, safe_next_path
 from ..handlers.saga import is_team, login_destination
@@ -181,8 +187,6 @@ async def client_portals_no_slash(request: web.Request) -> web.StreamResponse:
 
 
 # --- Account: the reader's Language and Time Zone (issue 17) -----------------------------
-LANGUAGE_REFUSED = N_("Language (locale) must be one of en, de, fr, es.")
-ZONE_REFUSED = N_("Time zone must be an IANA time zone name such as Europe/Berlin.")
 
 
 def _account_page(
@@ -215,9 +219,9 @@ async def account_save(request: web.Request) -> web.StreamResponse:
     zone = form_str(form, "time_zone", 64).strip()
     errors: dict[str, str] = {}
     if locale and not is_language(locale):
-        errors["locale"] = LANGUAGE_REFUSED
+        errors["locale"] = LANGUAGE_MESSAGE
     if zone and not is_time_zone(zone):
-        errors["time_zone"] = ZONE_REFUSED
+        errors["time_zone"] = TIME_ZONE_MESSAGE
     if errors:
         return _account_page(request, locale, zone, errors, status=422)
     up = request.app[UPSTREAM]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Sequence
 
 import asyncpg
@@ -83,6 +84,43 @@ async def change_and_append(
         carrier(),
     )
     return bool(row and row["applied"])
+
+
+async def changes_and_append(
+    conn: Conn,
+    change: str,
+    args: Sequence[object],
+    events: Sequence[tuple[uuid.UUID, Envelope, str | None]],
+) -> set[uuid.UUID]:
+    """``change_and_append`` for many rows in one statement. ``change`` returns a column
+    ``key`` for each row it touched; ``events`` are ``(key, envelope, trace_context)``,
+    and each is written only if its key was touched (with one NOTIFY for them all).
+    Returns the keys touched. ``trace_context`` is given per event, since a batch carries
+    the work of many traces."""
+    n = len(args)
+    rows = await conn.fetch(
+        f"WITH change AS ({change}),"
+        " event AS (INSERT INTO outbox"
+        " (id, exchange, routing_key, body, correlation_id, trace_context)"
+        " SELECT e.id, e.exchange, e.routing_key, e.body, e.correlation_id, e.trace_context"
+        f" FROM unnest(${n + 1}::uuid[], ${n + 2}::uuid[], ${n + 3}::text[],"
+        f"  ${n + 4}::text[], ${n + 5}::bytea[], ${n + 6}::text[], ${n + 7}::text[])"
+        " WITH ORDINALITY"
+        "   AS e(key, id, exchange, routing_key, body, correlation_id, trace_context, n)"
+        " WHERE e.key IN (SELECT key FROM change) ORDER BY e.n RETURNING 1),"
+        " woken AS (SELECT pg_notify('outbox_' || current_schema(), '')"
+        "  WHERE EXISTS (SELECT 1 FROM event))"
+        " SELECT key FROM change, (SELECT count(*) FROM woken) AS w",
+        *args,
+        [key for key, _, _ in events],
+        [e.id for _, e, _ in events],
+        [_exchange(e) for _, e, _ in events],
+        [e.type for _, e, _ in events],
+        [e.to_json() for _, e, _ in events],
+        [e.correlation_id for _, e, _ in events],
+        [trace for _, _, trace in events],
+    )
+    return {row["key"] for row in rows}
 
 
 def _exchange(envelope: Envelope) -> ExchangeKind:

@@ -6,13 +6,14 @@ same ``Deps``."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from libs.common.db import UseCaseDeps, atomic, connection
 from libs.common.events import Envelope, MailFailed, MailRetrying, MailSent, make_event
 from libs.common.logging import get_logger
-from libs.common.outbox import append, change_and_append
+from libs.common.outbox import append, change_and_append, changes_and_append
 from libs.common.tracing import carrier
 
 from . import repository
@@ -67,16 +68,40 @@ async def request_mail(deps: Deps, command: RequestMail) -> bool:
 
 
 async def record_sent(deps: Deps, delivery: Delivery, claimed_at: datetime) -> bool:
-    sent = make_event(
-        "mail.sent",
-        MailSent(**about(delivery)),
-        source=SOURCE,
-        correlation_id=delivery.correlation_id,
-    )
-    async with connection(deps.db) as conn:
-        return await change_and_append(
-            conn, repository.MARK_SENT, (delivery.mail_id, claimed_at), sent
+    return (await record_sent_many(deps, [(delivery, claimed_at, carrier())]))[0]
+
+
+async def record_sent_many(
+    deps: Deps, sends: Sequence[tuple[Delivery, datetime, str | None]]
+) -> list[bool]:
+    """Mark many sends done and announce each (``mail.sent``), in one statement: the
+    senders' outcomes gathered while the previous write ran (libs/common/batching). Each
+    send is ``(delivery, claimed_at, trace_context)``; True for each recorded now, False
+    for one whose claim was taken over meanwhile (crash recovery re-queued it)."""
+    events = [
+        (
+            delivery.mail_id,
+            make_event(
+                "mail.sent",
+                MailSent(**about(delivery)),
+                source=SOURCE,
+                correlation_id=delivery.correlation_id,
+            ),
+            trace,
         )
+        for delivery, _, trace in sends
+    ]
+    async with connection(deps.db) as conn:
+        recorded = await changes_and_append(
+            conn,
+            repository.MARK_SENT,
+            (
+                [delivery.mail_id for delivery, _, _ in sends],
+                [claimed_at for _, claimed_at, _ in sends],
+            ),
+            events,
+        )
+    return [delivery.mail_id in recorded for delivery, _, _ in sends]
 
 
 async def record_retry(
@@ -136,9 +161,16 @@ def _failed_event(
 async def claim_next(
     deps: Deps, claim_id: uuid.UUID | None = None
 ) -> tuple[Delivery, datetime] | None:
-    async with connection(deps.db) as conn:
-        claimed = await repository.claim_due(conn, 1, claim_id)
+    claimed = await claim(deps, 1, claim_id)
     return claimed[0] if claimed else None
+
+
+async def claim(
+    deps: Deps, limit: int, claim_id: uuid.UUID | None = None
+) -> list[tuple[Delivery, datetime]]:
+    """Take up to ``limit`` due deliveries for sending, under one ``claim_id``."""
+    async with connection(deps.db) as conn:
+        return await repository.claim_due(conn, limit, claim_id)
 
 
 async def release_claim(deps: Deps, claim_id: uuid.UUID) -> bool:

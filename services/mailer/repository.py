@@ -102,10 +102,14 @@ async def claim_due(
 # The claimed_at check makes each update after a send apply only to the claim that sent it:
 # if crash recovery re-queued the row meanwhile, the stale worker's update does nothing.
 # Each is written with its event in one statement (outbox.change_and_append).
+# Many sends at once ($1 the mail ids, $2 their claims), each row's key returned for
+# outbox.changes_and_append.
 MARK_SENT = (
-    "UPDATE deliveries SET status = 'sent', sent_at = now(), context = NULL,"
+    "UPDATE deliveries AS d SET status = 'sent', sent_at = now(), context = NULL,"
     " last_error = NULL"
-    " WHERE mail_id = $1 AND status = 'sending' AND claimed_at = $2 RETURNING 1"
+    " FROM unnest($1::uuid[], $2::timestamptz[]) AS s(mail_id, claimed_at)"
+    " WHERE d.mail_id = s.mail_id AND d.status = 'sending' AND d.claimed_at = s.claimed_at"
+    " RETURNING d.mail_id AS key"
 )
 MARK_FAILED = (
     "UPDATE deliveries SET status = 'failed', context = NULL, last_error = $3"

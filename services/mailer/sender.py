@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
@@ -20,6 +21,7 @@ import structlog
 from opentelemetry.trace import SpanKind
 
 from libs.common import tracing
+from libs.common.batching import GroupCommit
 from libs.common.context import set_correlation_id
 from libs.common.db import DATABASE_AWAY, connection
 from libs.common.i18n import DEFAULT_LANGUAGE, is_language
@@ -74,6 +76,14 @@ class Sender:
         self._workers: list[asyncio.Task[None]] = []
         self._maintenance: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
+        # The workers' claims, and their sends' outcomes, each gathered into one statement
+        # while the previous one runs (group commit): under load a few statements carry
+        # many emails; alone, a worker's claim or outcome is written at once, as before.
+        self._claims = GroupCommit(self._claim_many, max_batch=settings.mailer_concurrency)
+        self._sent = GroupCommit(
+            functools.partial(handlers.record_sent_many, deps),
+            max_batch=settings.mailer_concurrency,
+        )
 
     async def start(self) -> None:
         await self._recover()
@@ -142,14 +152,7 @@ class Sender:
 
     async def send_next(self, transport: SmtpTransport) -> bool:
         """Claim one due delivery and carry it to an outcome; False when none was due."""
-        claim_id = uuid.uuid4()
-        try:
-            claimed = await handlers.claim_next(self.deps, claim_id)
-        except DATABASE_AWAY:
-            # The claim may have committed without our hearing of it: hand such a row back
-            # now, rather than leave it 'sending' until the stuck-row sweep.
-            await self._finish(lambda deps: handlers.release_claim(deps, claim_id))
-            raise
+        claimed = await self._claims(None)
         if claimed is None:
             return False
         delivery, claimed_at = claimed
@@ -157,6 +160,18 @@ class Sender:
         with tracing.resumed(delivery.trace_context):
             await self._carry(delivery, claimed_at, transport)
         return True
+
+    async def _claim_many(self, wanted: Sequence[None]) -> list[tuple[Delivery, datetime] | None]:
+        """One claim for every worker asking at once: a delivery each while there are."""
+        claim_id = uuid.uuid4()
+        try:
+            claimed = await handlers.claim(self.deps, len(wanted), claim_id)
+        except DATABASE_AWAY:
+            # The claim may have committed without our hearing of it: hand such rows back
+            # now, rather than leave them 'sending' until the stuck-row sweep.
+            await self._finish(lambda deps: handlers.release_claim(deps, claim_id))
+            raise
+        return [*claimed, *[None] * (len(wanted) - len(claimed))]
 
     async def _carry(
         self, delivery: Delivery, claimed_at: datetime, transport: SmtpTransport
@@ -223,7 +238,7 @@ class Sender:
         except SendError as exc:
             await self._after_error(delivery, claimed_at, exc)
             return
-        if await self._finish(lambda deps: handlers.record_sent(deps, delivery, claimed_at)):
+        if await self._finish(lambda _: self._sent((delivery, claimed_at, tracing.carrier()))):
             EMAILS_SENT.labels(delivery.template).inc()
             log.info("mail_sent", attempts=delivery.attempts)
 

@@ -8,6 +8,7 @@ per consuming service and its ``<prefix>.<service>.dead`` dead-letter queue."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from opentelemetry.trace import SpanKind
 
 from . import broker, tracing
 from .actor import set_actor
+from .batching import GroupCommit
 from .broker import Binding, ExchangeKind
 from .context import set_correlation_id
 from .db import DATABASE_AWAY, Conn, UseCaseDeps
@@ -75,6 +77,12 @@ MAX_DELIVERIES = broker.MAX_DELIVERIES
 # seconds must not dead-letter every message in flight.
 DEPENDENCY_AWAY: tuple[type[BaseException], ...] = (*DATABASE_AWAY, Unavailable)
 DEPENDENCY_PATIENCE_SECONDS = 60.0
+# At most this many consumed events share a transaction (the channel's prefetch bounds it
+# too): the inbox rows and effects of whatever arrived while the last one committed.
+APPLY_BATCH = 32
+# An event on its way into the shared transaction: with its handler, its data and the
+# context (correlation id, log fields, trace) it arrived with.
+Applying = tuple[Envelope, Handler, EventData, contextvars.Context]
 
 
 class Unroutable(Exception):
@@ -257,6 +265,7 @@ class Consumer:
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._apply = GroupCommit(self._apply_together, max_batch=APPLY_BATCH)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking messages and wait for the current ones to finish."""
@@ -343,19 +352,16 @@ class Consumer:
         await message.ack()
 
     async def _apply_patiently(self, envelope: Envelope, handler: Handler, data: EventData) -> bool:
+        # The message's context (correlation id, log fields, trace) goes with it into the
+        # shared transaction, where its handler runs.
+        applying = (envelope, handler, data, contextvars.copy_context())
         waited, pause = 0.0, 0.2
         while True:
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    fresh = await conn.fetchval(
-                        "INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)"
-                        " ON CONFLICT DO NOTHING RETURNING true",
-                        envelope.id,
-                        envelope.type,
-                    )
-                    if fresh:
-                        await handler(conn, envelope, data)
-                return bool(fresh)
+                outcome = await self._apply(applying)
+                if isinstance(outcome, Exception):
+                    raise outcome
+                return outcome
             except DEPENDENCY_AWAY as exc:
                 if waited >= DEPENDENCY_PATIENCE_SECONDS:
                     raise
@@ -363,11 +369,58 @@ class Consumer:
                 await asyncio.sleep(pause)
                 waited, pause = round(waited + pause, 1), min(pause * 2, 5.0)
 
+    async def _apply_together(self, batch: Sequence[Applying]) -> list[bool | Exception]:
+        """The messages that arrived while the last transaction ran, in one transaction:
+        their inbox rows in one statement, then each handler in turn (group commit). If
+        anything fails, that transaction is rolled back and each message is applied on its
+        own, so a failure stays with its message and never holds back the others.
+        For each: True when applied now, False for a duplicate, or what it failed with."""
+        if len(batch) > 1:
+            try:
+                return list(await self._apply_all(batch))
+            except Exception as exc:
+                log.info("event_batch_split", events=len(batch), error=type(exc).__name__)
+        outcomes: list[bool | Exception] = []
+        for applying in batch:
+            try:
+                [applied] = await self._apply_all([applying])
+                outcomes.append(applied)
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def _apply_all(self, batch: Sequence[Applying]) -> list[bool]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = {
+                row["event_id"]
+                for row in await conn.fetch(
+                    "INSERT INTO inbox (event_id, event_type)"
+                    " SELECT * FROM unnest($1::uuid[], $2::text[])"
+                    " ON CONFLICT DO NOTHING RETURNING event_id",
+                    [envelope.id for envelope, _, _, _ in batch],
+                    [envelope.type for envelope, _, _, _ in batch],
+                )
+            }
+            applied: list[bool] = []
+            for envelope, handler, data, context in batch:
+                now = envelope.id in fresh
+                fresh.discard(envelope.id)  # the same event twice in one batch: once
+                if now:
+                    await asyncio.create_task(
+                        _handle(handler, conn, envelope, data), context=context
+                    )
+                applied.append(now)
+        return applied
+
     async def _dead_letter(self, message: AbstractIncomingMessage, type: str, why: str) -> None:
         log.error("event_malformed_dead_lettered", reason=why, message_id=message.message_id)
         EVENTS_DEAD_LETTERED.labels(type[:100], "malformed").inc()
         EVENTS_CONSUMED.labels(type[:100], "malformed").inc()
         await message.reject(requeue=False)
+
+
+async def _handle(handler: Handler, conn: Conn, envelope: Envelope, data: EventData) -> None:
+    await handler(conn, envelope, data)
 
 
 def trusted_sender(prefix: str, envelope: Envelope, message: AbstractIncomingMessage) -> bool:

@@ -3,6 +3,7 @@
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import asyncpg
@@ -11,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from libs.common.bus import Binding, Bus
+from libs.common.context import current_correlation_id
 from libs.common.db import Conn, create_pool, migrate
 from libs.common.events import Envelope, EventData, MailRequested, UserDisabled, make_event
 from libs.common.outbox import OutboxRelay, append, change_and_append
@@ -218,6 +220,118 @@ async def test_consumer_applies_an_event_once_and_dead_letters_poison(
     assert message is not None and message.body == poison
     await message.ack()
     await connection.close()
+    await consumer.stop()
+    await owner.close()
+    await bus.close()
+
+
+async def _consume_held(
+    test_env: TestEnv, probe_schema: ProbePool, name: str, fail_for: set[uuid.UUID]
+) -> tuple[Bus, Bus, Any, list[Envelope], asyncio.Event]:
+    """A consumer whose first event is held in its transaction until ``release`` is set,
+    so the events published meanwhile arrive together; ``fail_for`` users' events raise."""
+    await probe_schema.execute(
+        "CREATE TABLE effects (user_id uuid NOT NULL, tx bigint NOT NULL, correlation text)"
+    )
+    release = asyncio.Event()
+    first: list[uuid.UUID] = []
+
+    async def handler(conn: Conn, envelope: Envelope, data: EventData) -> None:
+        assert isinstance(data, UserDisabled)
+        await conn.execute(
+            "INSERT INTO effects VALUES ($1, txid_current(), $2)",
+            data.user_id,
+            current_correlation_id(),
+        )
+        if not first:
+            first.append(data.user_id)
+            await release.wait()
+        if data.user_id in fail_for:
+            raise ValueError("this one can't be applied")
+
+    bus = Bus(test_env.amqp_url, test_env.bus_prefix, name)
+    await bus.connect()
+    owner = Bus(test_env.amqp_url_as("identity"), test_env.bus_prefix, "identity")
+    await owner.connect()
+    consumer = await bus.consume(
+        probe_schema.pool,
+        [Binding("events", "identity.user.disabled")],
+        {"identity.user.disabled": handler},
+    )
+    envelopes = [
+        make_event(
+            "identity.user.disabled",
+            UserDisabled(user_id=uuid.uuid4()),
+            source="test",
+            correlation_id=f"corr-{n}",
+        )
+        for n in range(12)
+    ]
+    return bus, owner, consumer, envelopes, release
+
+
+async def _wait_for_effects(probe_schema: ProbePool, count: int) -> list[asyncpg.Record]:
+    for _ in range(200):
+        rows = await probe_schema.fetch("SELECT * FROM effects")
+        if len(rows) >= count:
+            return rows
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {count} effects, got {len(rows)}")
+
+
+async def test_events_arriving_together_share_one_transaction_and_each_applies_once(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    bus, owner, consumer, envelopes, release = await _consume_held(
+        test_env, probe_schema, "probe3", set()
+    )
+    await owner.publish_envelope(envelopes[0])
+    await asyncio.sleep(0.3)  # the first is in its transaction, held
+    for envelope in envelopes[1:]:
+        await owner.publish_envelope(envelope)
+    await owner.publish_envelope(envelopes[5])  # and one delivered twice
+    await asyncio.sleep(0.5)
+    release.set()
+    rows = await _wait_for_effects(probe_schema, len(envelopes))
+    await asyncio.sleep(0.3)
+    rows = await probe_schema.fetch("SELECT * FROM effects")
+    by_user = {row["user_id"]: row for row in rows}
+    assert len(rows) == len(by_user) == len(envelopes), "each applied once"
+    # Each handler ran in its own message's context, though the transaction was shared.
+    for envelope in envelopes:
+        assert by_user[uuid.UUID(envelope.data["user_id"])]["correlation"] == envelope.correlation_id
+    # The first alone; the eleven that arrived meanwhile in one transaction.
+    assert len({row["tx"] for row in rows}) == 2
+    assert await probe_schema.fetchval("SELECT count(*) FROM inbox") == len(envelopes)
+    await consumer.stop()
+    await owner.close()
+    await bus.close()
+
+
+async def test_an_event_that_fails_in_a_shared_transaction_holds_back_no_other(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    bad = uuid.uuid4()
+    bus, owner, consumer, envelopes, release = await _consume_held(
+        test_env, probe_schema, "probe4", {bad}
+    )
+    envelopes[6] = make_event("identity.user.disabled", UserDisabled(user_id=bad), source="t")
+    await owner.publish_envelope(envelopes[0])
+    await asyncio.sleep(0.3)
+    for envelope in envelopes[1:]:
+        await owner.publish_envelope(envelope)
+    await asyncio.sleep(0.5)
+    release.set()
+    rows = await _wait_for_effects(probe_schema, len(envelopes) - 1)
+    await asyncio.sleep(0.5)
+    rows = await probe_schema.fetch("SELECT * FROM effects")
+    # Every good event applied once; the bad one's effect and inbox row rolled back, and
+    # it goes on being retried (and then dead-lettered) on its own.
+    assert sorted(str(row["user_id"]) for row in rows) == sorted(
+        e.data["user_id"] for e in envelopes if e.data["user_id"] != str(bad)
+    )
+    inbox = {row["event_id"] for row in await probe_schema.fetch("SELECT event_id FROM inbox")}
+    assert inbox == {e.id for e in envelopes if e.data["user_id"] != str(bad)}
     await consumer.stop()
     await owner.close()
     await bus.close()

@@ -283,7 +283,7 @@ async def test_events_arriving_together_share_one_transaction_and_each_applies_o
     test_env: TestEnv, probe_schema: ProbePool
 ) -> None:
     bus, owner, consumer, envelopes, release = await _consume_held(
-        test_env, probe_schema, "probe3", set()
+        test_env, probe_schema, "probe5", set()
     )
     await owner.publish_envelope(envelopes[0])
     await asyncio.sleep(0.3)  # the first is in its transaction, held
@@ -313,7 +313,7 @@ async def test_an_event_that_fails_in_a_shared_transaction_holds_back_no_other(
 ) -> None:
     bad = uuid.uuid4()
     bus, owner, consumer, envelopes, release = await _consume_held(
-        test_env, probe_schema, "probe4", {bad}
+        test_env, probe_schema, "probe6", {bad}
     )
     envelopes[6] = make_event("identity.user.disabled", UserDisabled(user_id=bad), source="t")
     await owner.publish_envelope(envelopes[0])

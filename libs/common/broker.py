@@ -16,7 +16,7 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from .activity import EVENT_ACTIONS
@@ -34,8 +34,9 @@ class Binding:
 
 
 # The public lifecycle events the mailer turns into webhook deliveries
-# (services/mailer/webhooks): facts owned by invitations and portals.
-WEBHOOK_EVENTS = (
+# (services/mailer/webhooks): facts owned by invitations and portals. The Literal types the
+# webhook APIs' bodies (the gateway's /api/v1/webhooks and the mailer's).
+WebhookEvent = Literal[
     "invitation.created",
     "invitation.resent",
     "invitation.revoked",
@@ -43,7 +44,8 @@ WEBHOOK_EVENTS = (
     "invitation.accepted",
     "portal.access.granted",
     "portal.access.revoked",
-)
+]
+WEBHOOK_EVENTS: tuple[str, ...] = get_args(WebhookEvent)
 
 # The changes the Activity log records (identity keeps it: libs/common/activity.py).
 ACTIVITY_EVENTS = tuple(EVENT_ACTIONS)

@@ -45,6 +45,24 @@ SCHEMA = "gateway"
 MIGRATIONS = HERE / "migrations"
 
 
+# The pages and the API, in the order their routes are matched.
+VIEWS = (
+    pages,
+    accept,
+    invite_several,
+    editor,
+    imports,
+    admin,
+    staff,
+    api,
+    keys,
+    activity,
+    openapi,
+    webhooks,
+    branding,
+)
+
+
 def create_app(
     settings: GatewaySettings, *, clock: Callable[[], float] = time.time
 ) -> web.Application:
@@ -80,19 +98,8 @@ def create_app(
     app.on_response_prepare.append(on_prepare)
     app.cleanup_ctx.append(_upstream_ctx(settings, service_signer(app, settings)))
     app.cleanup_ctx.append(_listener_ctx(settings))
-    app.router.add_routes(pages.routes)
-    app.router.add_routes(accept.routes)
-    app.router.add_routes(invite_several.routes)
-    app.router.add_routes(editor.routes)
-    app.router.add_routes(imports.routes)
-    app.router.add_routes(admin.routes)
-    app.router.add_routes(staff.routes)
-    app.router.add_routes(api.routes)
-    app.router.add_routes(keys.routes)
-    app.router.add_routes(activity.routes)
-    app.router.add_routes(openapi.routes)
-    app.router.add_routes(webhooks.routes)
-    app.router.add_routes(branding.routes)
+    for view in VIEWS:
+        app.router.add_routes(view.routes)
     app.router.add_static("/static/", HERE / "static", name="static")
     return app
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote
 
 import aiohttp_jinja2
@@ -28,6 +28,41 @@ log = get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CSRF_FAILED = N_("The form expired, please try again.")
+
+
+class Refusal(NamedTuple):
+    """An answer the middleware gives the same way each time: the page's title and message
+    (English msgids), or the JSON error's code and message under /api."""
+
+    status: int
+    code: str
+    title: str
+    message: str
+    headers: dict[str, str] | None = None
+
+
+NOT_FOUND = Refusal(404, "not_found", N_("Page not found"), N_("We couldn't find that page."))
+UNAVAILABLE = Refusal(
+    503,
+    "unavailable",
+    N_("Temporarily unavailable"),
+    N_("This page is temporarily unavailable. Please try again in a moment."),
+    {"Retry-After": "5"},
+)
+# Identity's hash queue is full: a burst, not an outage.
+BUSY = Refusal(
+    503,
+    "busy",
+    N_("We're busy right now"),
+    N_("Too many people are signing in at once. Please try again in a few seconds."),
+    {"Retry-After": "5"},
+)
+INTERNAL = Refusal(
+    500,
+    "internal",
+    N_("Something went wrong"),
+    N_("Something went wrong on our side. Please try again in a moment."),
+)
 
 
 def is_api(request: web.Request) -> bool:
@@ -142,7 +177,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         if exc.status == 404:
-            return _not_found(request)
+            return _answer(request, *NOT_FOUND)
         code = exc.reason.lower().replace(" ", "_")
         return _answer(request, exc.status, code, exc.reason, exc.reason)
     except RateLimited as exc:
@@ -158,23 +193,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except NotFound as exc:
         if is_api(request):
             return error_response(404, exc.code, exc.message)
-        return _not_found(request)
+        return _answer(request, *NOT_FOUND)
     except Unavailable as exc:
         log.warning("upstream_unavailable", code=exc.code)
-        if exc.code == "busy":  # identity's hash queue is full: a burst, not an outage
-            return _answer(
-                request,
-                503,
-                "busy",
-                N_("We're busy right now"),
-                N_("Too many people are signing in at once. Please try again in a few seconds."),
-                {"Retry-After": "5"},
-            )
-        return _unavailable(request)
+        if exc.code == "busy":
+            return _answer(request, *BUSY)
+        return _answer(request, *UNAVAILABLE)
     except DomainError as exc:
         if exc.status >= 500:
             log.warning("upstream_error", code=exc.code, status=exc.status)
-            return _unavailable(request)
+            return _answer(request, *UNAVAILABLE)
         if exc.code == "csrf_failed":
             return _answer(request, 403, exc.code, N_("Please try again"), CSRF_FAILED)
         return _answer(
@@ -188,42 +216,25 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
     except UNAVAILABLE_ERRORS as exc:
         log.warning("dependency_unavailable", error=type(exc).__name__)
-        return _unavailable(request)
+        return _answer(request, *UNAVAILABLE)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled_error", path=request.path)
-        return _answer(
-            request,
-            500,
-            "internal",
-            N_("Something went wrong"),
-            N_("Something went wrong on our side. Please try again in a moment."),
-        )
-
-
-def _not_found(request: web.Request) -> web.Response:
-    return _answer(
-        request,
-        404,
-        "not_found",
-        N_("Page not found"),
-        N_("We couldn't find that page."),
-    )
-
-
-def _unavailable(request: web.Request) -> web.Response:
-    return _answer(
-        request,
-        503,
-        "unavailable",
-        N_("Temporarily unavailable"),
-        N_("This page is temporarily unavailable. Please try again in a moment."),
-        {"Retry-After": "5"},
-    )
+        return _answer(request, *INTERNAL)
 
 
 def form_str(form: MultiDictProxy[Any], name: str, limit: int = 4096) -> str:
     """One text field of a posted form, cut to a sane length ('' when absent)."""
     value = form.get(name)
     return value[:limit] if isinstance(value, str) else ""
+
+
+async def password_form(request: web.Request) -> tuple[str, str, str]:
+    """The set-password form's link token, password and Confirm Password (accept, reset)."""
+    form = await request.post()
+    return (
+        form_str(form, "token", 200),
+        form_str(form, "password", 2048),
+        form_str(form, "confirm", 2048),
+    )

@@ -7,16 +7,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-EventType = Literal[
-    "invitation.created",
-    "invitation.resent",
-    "invitation.revoked",
-    "invitation.expired",
-    "invitation.accepted",
-    "portal.access.granted",
-    "portal.access.revoked",
-]
-EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
+from libs.common.broker import WEBHOOK_EVENTS, WebhookEvent
+
+EventType = WebhookEvent
+EVENT_TYPES = WEBHOOK_EVENTS
 
 
 class WebhookCreate(BaseModel):

@@ -7,11 +7,12 @@ import base64
 import binascii
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from libs.common.broker import WebhookEvent
 from libs.common.errors import InvalidInput, NotFound
 from libs.common.web import json_response, parse_query, read_json
 
@@ -25,16 +26,7 @@ from .webhooks.domain import EVENT_TYPES, MAX_URL_LENGTH
 DEPS = web.AppKey("mailer_deps", Deps)
 BRANDING = web.AppKey("branding", BrandingSource)
 
-EventType = Literal[
-    "invitation.created",
-    "invitation.resent",
-    "invitation.revoked",
-    "invitation.expired",
-    "invitation.accepted",
-    "portal.access.granted",
-    "portal.access.revoked",
-]
-assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
+EventType = WebhookEvent
 
 
 class EndpointBody(BaseModel):

@@ -15,34 +15,31 @@
   var COLUMNS = ["email", "name", "personal_message", "sub_client"];
 
   var fileInput = document.getElementById("import_file");
-  var errorBox = document.getElementById("import-error");
-  var statusBox = document.getElementById("import-status");
-  var preview = document.getElementById("import-preview");
-  var summary = document.getElementById("import-summary");
-  var sendButton = document.getElementById("import-send");
-  var progressBox = document.getElementById("import-progress-box");
-  var progress = document.getElementById("import-progress");
-  var progressText = document.getElementById("import-progress-text");
-  var results = document.getElementById("import-results");
-  var resultsSummary = document.getElementById("import-results-summary");
-  var download = document.getElementById("import-download");
+  // The page's parts (import.html): el.error is #import-error, el.progressBox
+  // #import-progress-box.
+  var el = {};
+  ["error", "status", "preview", "previewTable", "summary", "send", "progressBox", "progress",
+    "progressText", "results", "resultsTable", "resultsSummary", "download"
+  ].forEach(function (name) {
+    el[name] = document.getElementById("import-" + name.replace(/[A-Z]/g, "-$&").toLowerCase());
+  });
 
   var rows = [];      // {email, name, personal_message, sub_client} per data row
   var verdicts = [];  // the preview's result per row
   var importId = null;
 
   function fail(message) {
-    errorBox.textContent = message;
-    errorBox.hidden = false;
-    statusBox.textContent = "";
+    el.error.textContent = message;
+    el.error.hidden = false;
+    el.status.textContent = "";
   }
 
   function clear() {
-    errorBox.hidden = true;
-    errorBox.textContent = "";
-    preview.hidden = true;
-    progressBox.hidden = true;
-    results.hidden = true;
+    el.error.hidden = true;
+    el.error.textContent = "";
+    el.preview.hidden = true;
+    el.progressBox.hidden = true;
+    el.results.hidden = true;
   }
 
   // RFC 4180: quoted fields may hold commas, quotes ("") and line breaks.
@@ -224,15 +221,15 @@
     var invite = count(verdicts, function (r) { return r.status === "created"; });
     var resend = count(verdicts, function (r) { return r.status === "resent"; });
     var skipped = verdicts.length - invite - resend;
-    summary.textContent = words("{rows} rows: {invite} will be invited, {resend} pending " +
+    el.summary.textContent = words("{rows} rows: {invite} will be invited, {resend} pending " +
       "invitations will be resent, {skipped} will not be invited.",
       {rows: rows.length, invite: invite, resend: resend, skipped: skipped});
-    fill(document.getElementById("import-preview-table"), verdicts.map(function (r, i) {
+    fill(el.previewTable, verdicts.map(function (r, i) {
       return [String(i + 1), rows[i].email, rows[i].name || "", verdictText(r)];
     }));
-    sendButton.disabled = invite + resend === 0;
-    preview.hidden = false;
-    statusBox.textContent = "";
+    el.send.disabled = invite + resend === 0;
+    el.preview.hidden = false;
+    el.status.textContent = "";
   }
 
   fileInput.addEventListener("change", function () {
@@ -243,7 +240,7 @@
       fail(words("The file is not a CSV file. Choose a .csv file."));
       return;
     }
-    statusBox.textContent = words("Reading {name}…", {name: file.name});
+    el.status.textContent = words("Reading {name}…", {name: file.name});
     file.arrayBuffer().then(function (buffer) {
       var text;
       try {
@@ -255,7 +252,7 @@
       rows = readRows(text);
       importId = (window.crypto && window.crypto.randomUUID) ? window.crypto.randomUUID() :
         String(Date.now()) + "-" + String(Math.random()).slice(2);
-      statusBox.textContent = words("Checking {count} rows…", {count: rows.length});
+      el.status.textContent = words("Checking {count} rows…", {count: rows.length});
       var items = rows.map(function (row) { return payload(row); });
       return post({invitations: items}, true);
     }).then(function (answer) {
@@ -283,18 +280,18 @@
     });
   }
 
-  sendButton.addEventListener("click", function () {
-    sendButton.disabled = true;
+  el.send.addEventListener("click", function () {
+    el.send.disabled = true;
     fileInput.disabled = true;
     var outcome = verdicts.slice();
     var todo = [];
     verdicts.forEach(function (r, i) {
       if (r.status !== "rejected") { todo.push(i); }
     });
-    progress.max = todo.length;
-    progress.value = 0;
-    progressText.textContent = words("{done} of {total} sent", {done: 0, total: todo.length});
-    progressBox.hidden = false;
+    el.progress.max = todo.length;
+    el.progress.value = 0;
+    el.progressText.textContent = words("{done} of {total} sent", {done: 0, total: todo.length});
+    el.progressBox.hidden = false;
     var start = 0;
     function next() {
       if (start >= todo.length) { return Promise.resolve(); }
@@ -305,8 +302,8 @@
           outcome[piece[k]] = Object.assign({}, result, {row: piece[k] + 1});
         });
         start += piece.length;
-        progress.value = start;
-        progressText.textContent = words("{done} of {total} sent",
+        el.progress.value = start;
+        el.progressText.textContent = words("{done} of {total} sent",
           {done: start, total: todo.length});
         return next();
       });
@@ -333,10 +330,10 @@
   function showResults(outcome) {
     var invited = count(outcome, function (r) { return r.status === "created"; });
     var resent = count(outcome, function (r) { return r.status === "resent"; });
-    resultsSummary.textContent = words("Done: {invited} invited, {resent} resent, " +
+    el.resultsSummary.textContent = words("Done: {invited} invited, {resent} resent, " +
       "{skipped} not invited.", {invited: invited, resent: resent,
       skipped: outcome.length - invited - resent});
-    fill(document.getElementById("import-results-table"), outcome.map(function (r, i) {
+    fill(el.resultsTable, outcome.map(function (r, i) {
       return [String(i + 1), rows[i].email, resultText(r),
         r.status === "rejected" ? reasonText(r) : ""];
     }));
@@ -347,9 +344,9 @@
         r.message].map(csvCell).join(","));
     });
     var blob = new Blob(["\ufeff" + lines.join("\r\n") + "\r\n"], {type: "text/csv;charset=utf-8"});
-    download.href = URL.createObjectURL(blob);
-    progressBox.hidden = false;
-    results.hidden = false;
+    el.download.href = URL.createObjectURL(blob);
+    el.progressBox.hidden = false;
+    el.results.hidden = false;
     fileInput.disabled = false;
   }
 }());

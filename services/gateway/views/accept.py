@@ -20,7 +20,15 @@ from ..handlers.saga import (
     accept_with_password,
 )
 from ..i18n import N_
-from ..rendering import current_user, error_page, form_str, page_language, render, see_other
+from ..rendering import (
+    current_user,
+    error_page,
+    form_str,
+    page_language,
+    password_form,
+    render,
+    see_other,
+)
 from ..security import login_failed, login_limit, rate_limit, set_session
 from ..state import UPSTREAM, req_state
 from ..upstream import Json
@@ -147,9 +155,7 @@ async def new_link(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/invitations/accept")
 async def accept(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
-    token = form_str(form, "token", 200)
-    password, confirm = form_str(form, "password", 2048), form_str(form, "confirm", 2048)
+    token, password, confirm = await password_form(request)
     await rate_limit(request, "accept")
     up = request.app[UPSTREAM]
     try:

@@ -6,7 +6,7 @@ its entry in the OpenAPI document (openapi.py, docs/openapi.json)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 from aiohttp import web
@@ -288,10 +288,11 @@ IDEMPOTENCY_KEY = {
 }
 
 
-def _key_inviter(request: web.Request, named: str | None) -> str:
-    """Who the email says invited, for a call made with a key: the name the caller gave,
-    else the key's name."""
-    return named or req_state(request).key_name or "api"
+def _inviter(request: web.Request, named: str | None) -> str:
+    """Who the email says invited: the staff member, or for a call made with a key the name
+    the caller gave, else the key's name."""
+    user = current_user(request)
+    return user["email"] if user else named or req_state(request).key_name or "api"
 
 
 @API.post(
@@ -312,17 +313,16 @@ def _key_inviter(request: web.Request, named: str | None) -> str:
     ],
 )
 async def invite(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request, InviteBody)
-    key = idempotency_key(request)
+    body, fields = await _invitation(request, InviteBody)
     payload = {
         "portal_id": request.match_info["id"],
-        **_invitation_payload(request, body, key),
+        **fields,
         # Already pending: it gets a new link, and invitation.resent says the API asked.
         "resend_reason": "api",
     }
     result = await request.app[UPSTREAM].invitations.invite(payload)
     made = result.get("invitation", {})
-    if key is not None and (
+    if "idempotency_key" in fields and (
         made.get("portal_id") != str(UUID(request.match_info["id"]))
         or str(made.get("email", "")).lower() != body.email.lower()
     ):
@@ -335,13 +335,17 @@ async def invite(request: web.Request) -> web.StreamResponse:
     return json_response(result, status=201 if result.get("outcome") == "created" else 200)
 
 
-def _invitation_payload(request: web.Request, body: InviteBody, key: str | None) -> dict[str, Any]:
-    """An invitation's fields as the invitations service takes them: the given ones, the
-    inviter (the staff member, or the name of the key that sent it) and the request's key."""
-    user = current_user(request)
+Body = TypeVar("Body", bound=InviteBody)
+
+
+async def _invitation(request: web.Request, model: type[Body]) -> tuple[Body, dict[str, Any]]:
+    """The posted invitation, and its fields as the invitations service takes them: the
+    given ones, the inviter (_inviter) and the request's Idempotency-Key."""
+    body = await read_json(request, model)
+    key = idempotency_key(request)
     payload: dict[str, Any] = {
         "email": body.email,
-        "invited_by": user["email"] if user else _key_inviter(request, body.invited_by),
+        "invited_by": _inviter(request, body.invited_by),
     }
     for field in ("sub_client", "expires_in_days", "personal_message", "name", "locale"):
         value = getattr(body, field, None)
@@ -349,7 +353,7 @@ def _invitation_payload(request: web.Request, body: InviteBody, key: str | None)
             payload[field] = value
     if key is not None:
         payload["idempotency_key"] = key
-    return payload
+    return body, payload
 
 
 class GroupInviteBody(InviteBody):
@@ -398,12 +402,8 @@ GROUP_KEY = {
     ],
 )
 async def invite_several(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request, GroupInviteBody)
-    key = idempotency_key(request)
-    payload = {
-        "portal_ids": [str(p) for p in body.portal_ids],
-        **_invitation_payload(request, body, key),
-    }
+    body, fields = await _invitation(request, GroupInviteBody)
+    payload = {"portal_ids": [str(p) for p in body.portal_ids], **fields}
     result = await request.app[UPSTREAM].invitations.invite_group(payload)
     return json_response(result, status=201)
 
@@ -480,14 +480,12 @@ async def invite_batch(request: web.Request) -> web.StreamResponse:
     else:
         body = await read_json(request, BatchBody, limit=BATCH_BODY_LIMIT)
         rows = [bulk.Row(**item.model_dump()) for item in body.invitations]
-    user = current_user(request)
     results = await bulk.send(
         request.app[UPSTREAM].invitations,
         str(UUID(request.match_info["id"])),
         rows,
         request_key=key,
-        # The staff member, or the key's name (as for one invitation).
-        invited_by=user["email"] if user else _key_inviter(request, None),
+        invited_by=_inviter(request, None),
         dry_run=query.dry_run,
         locale=query.locale,
     )

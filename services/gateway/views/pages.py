@@ -20,7 +20,7 @@ from libs.common.i18n import (
 from ..domain import BAD_LOGIN, new_password_problem, safe_next_path
 from ..handlers.saga import is_team, login_destination
 from ..i18n import N_
-from ..rendering import current_user, error_page, form_str, render, see_other
+from ..rendering import current_user, error_page, form_str, password_form, render, see_other
 from ..security import (
     clear_session,
     login_failed,
@@ -130,9 +130,7 @@ async def reset_form(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/reset-password")
 async def reset(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
-    token = form_str(form, "token", 200)
-    password, confirm = form_str(form, "password", 2048), form_str(form, "confirm", 2048)
+    token, password, confirm = await password_form(request)
     await rate_limit(request, "reset")
     up = request.app[UPSTREAM]
     try:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import email.utils
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from libs.common.sealing import WEBHOOK_DEVELOPMENT_KEY, Sealer, sealer_for
-from libs.common.settings import CommonSettings
+from libs.common.settings import CommonSettings, management_port_field, port_field
 
 from .branding.domain import (
     Branding,
@@ -28,15 +28,8 @@ class MailerSettings(CommonSettings):
     # This service's own broker user (mailer's password; see CommonSettings.service_amqp_url).
     mailer_broker_password: SecretStr | None = None
     mailer_host: str = "127.0.0.1"
-    mailer_port: int = Field(default=8104, ge=1, le=65535)
-    # /healthz, /readyz, /metrics (never routed by an ingress); MANAGEMENT_PORT is the
-    # generic name, for a container that runs one service.
-    mailer_management_port: int = Field(
-        default=9104,
-        ge=1,
-        le=65535,
-        validation_alias=AliasChoices("mailer_management_port", "management_port"),
-    )
+    mailer_port: int = port_field(8104)
+    mailer_management_port: int = management_port_field("mailer", 9104)
     mailer_concurrency: int = Field(default=16, ge=1, le=256)
     # Retries back off exponentially from the base, with jitter, to at most the cap; a
     # delivery fails for good once the horizon since it was queued has passed.

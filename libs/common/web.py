@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from . import tracing
 from .actor import ACTOR_HEADER, decode_actor, set_actor
 from .broker import Binding
-from .bus import Bus, Consumer, Handler
+from .bus import Bus, Consumer, Handler, in_inbox
 from .context import (
     CORRELATION_HEADER,
     REQUEST_ID_HEADER,
@@ -32,8 +32,9 @@ from .context import (
     new_id,
     set_correlation_id,
 )
-from .db import DATABASE_AWAY, SchemaGate, create_pool
+from .db import DATABASE_AWAY, SchemaGate, UseCaseDeps, create_pool
 from .errors import DomainError, Forbidden, InvalidInput, RateLimited, TooLarge, Unauthorized
+from .events import Envelope, EventData
 from .logging import get_logger
 from .metrics import BROKER_CONNECTED, HTTP_LATENCY, HTTP_REQUESTS, record_build_info
 from .outbox import OutboxRelay
@@ -52,6 +53,7 @@ from .settings import CommonSettings
 log = get_logger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+D = TypeVar("D", bound=UseCaseDeps)
 
 SERVICE = web.AppKey("service", str)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -476,6 +478,42 @@ def add_database(
         await app[POOL].close()
 
     app.cleanup_ctx.append(ctx)
+
+
+def add_deps(app: web.Application, key: web.AppKey[D], build: Callable[[asyncpg.Pool], D]) -> None:
+    """The service's use-case ``Deps`` under ``key``, built on the pool once it is open
+    (add_database first): the views and the consumer call the use cases with it."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[key] = build(app[POOL])
+        yield
+
+    app.cleanup_ctx.append(ctx)
+
+
+def add_service_bus(
+    app: web.Application,
+    settings: CommonSettings,
+    service: str,
+    deps: web.AppKey[D],
+    bindings: Sequence[Binding],
+    handlers: Mapping[str, Callable[[D, Envelope, EventData], Awaitable[None]]],
+    *,
+    prefetch: int = 32,
+) -> None:
+    """add_bus for a service with its own schema (add_database first): the outbox relay of
+    that schema, and a consumer that runs each event handler on the ``Deps`` under
+    ``deps`` within the inbox transaction (``in_inbox``). After the Deps' context, so the
+    consumer finds them."""
+    add_bus(
+        app,
+        settings,
+        service,
+        schema=app[SCHEMA_GATE].schema,
+        bindings=bindings,
+        handlers=in_inbox(lambda: app[deps], handlers),
+        prefetch=prefetch,
+    )
 
 
 def add_bus(

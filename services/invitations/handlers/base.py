@@ -9,7 +9,7 @@ from typing import Literal
 import asyncpg
 
 from libs.common.db import Conn, UseCaseDeps
-from libs.common.events import EventData, make_event
+from libs.common.events import EventData, InvitationClosed, make_event
 from libs.common.logging import get_logger
 from libs.common.outbox import append
 
@@ -62,6 +62,18 @@ class CheckedInvite:
     portal: PortalInfo
     personal_message: str | None = None
     locale: str | None = None
+
+
+def closed_event(row: Row) -> InvitationClosed:
+    """invitation.revoked / invitation.expired of the invitation in ``row``."""
+    return InvitationClosed(
+        invitation_id=row["id"],
+        portal_id=row["portal_id"],
+        email=row["email"],
+        idempotency_key=row["idempotency_key"],
+        invited_by=row["invited_by"],
+        group_id=row["group_id"],
+    )
 
 
 async def emit(conn: Conn, event_type: str, data: EventData, *more: tuple[str, EventData]) -> None:

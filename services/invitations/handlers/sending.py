@@ -16,7 +16,6 @@ from libs.common.email import email_key, normalise_email
 from libs.common.errors import Conflict, NotFound, Unavailable
 from libs.common.events import (
     EventData,
-    InvitationClosed,
     InvitationCreated,
     InvitationResent,
     MailRequested,
@@ -27,7 +26,7 @@ from .. import domain
 from .. import repository as repo
 from ..clients import PortalInfo
 from . import sends, staff_events
-from .base import CheckedInvite, Deps, InviteCommand, Outcome, Row, emit, log
+from .base import CheckedInvite, Deps, InviteCommand, Outcome, Row, closed_event, emit, log
 
 
 async def resolve_portal(deps: Deps, portal_id: uuid.UUID | None, slug: str | None) -> PortalInfo:
@@ -467,18 +466,7 @@ async def revoke(deps: Deps, invitation_id: uuid.UUID, *, staff: bool = False) -
             log.info("staff_invitation_revoked", invitation_id=str(invitation_id))
             return updated
         # A group's other invitations keep their link: it no longer takes this one.
-        await emit(
-            conn,
-            "invitation.revoked",
-            InvitationClosed(
-                invitation_id=row["id"],
-                portal_id=row["portal_id"],
-                email=row["email"],
-                idempotency_key=row["idempotency_key"],
-                invited_by=row["invited_by"],
-                group_id=row["group_id"],
-            ),
-        )
+        await emit(conn, "invitation.revoked", closed_event(row))
         log.info("invitation_revoked", invitation_id=str(invitation_id))
         return updated
 

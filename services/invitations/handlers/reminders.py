@@ -112,7 +112,7 @@ async def _send(conn: Conn, deps: Deps, rows: list[Row], now: datetime) -> None:
         await repo.relink(
             conn, row["id"], token_hash=token_hash, mail_id=mail_id, reason=sends.REMINDER
         )
-        await sends.record(
+        await repo.record_link(
             conn,
             token_hash=token_hash,
             invitation_id=row["id"],

@@ -283,7 +283,7 @@ async def _reissue(
             locale=language,
         )
         result = result or updated
-        await sends.record(
+        await repo.record_link(
             conn,
             token_hash=token_hash,
             invitation_id=each["id"],

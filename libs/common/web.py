@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -148,6 +149,15 @@ async def read_json(request: web.Request, model: type[M], *, limit: int | None =
         return model.model_validate(raw)
     except ValidationError as exc:
         raise InvalidInput(describe_validation(exc)) from None
+
+
+def path_uuid(request: web.Request, name: str, not_a_uuid: DomainError) -> uuid.UUID:
+    """The path parameter ``name`` as a UUID; anything else names nothing there, and
+    answers ``not_a_uuid``."""
+    try:
+        return uuid.UUID(request.match_info[name])
+    except ValueError:
+        raise not_a_uuid from None
 
 
 def parse_query(request: web.Request, model: type[M]) -> M:

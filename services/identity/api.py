@@ -9,8 +9,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.errors import NotFound
-from libs.common.service_auth import SERVICES
-from libs.common.web import json_response, parse_query, read_json
+from libs.common.service_auth import GATEWAY, SERVICES
+from libs.common.web import json_response, parse_query, path_uuid, read_json
 
 from . import handlers, repository
 from .background import Background
@@ -167,10 +167,7 @@ def activity_json(entry: ActivityEntry) -> dict[str, Any]:
 
 
 def _user_id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["user_id"])
-    except ValueError:
-        raise NotFound("No user has this id.", code="user_not_found") from None
+    return path_uuid(request, "user_id", NotFound("No user has this id.", code="user_not_found"))
 
 
 def _deps(request: web.Request) -> handlers.Deps:
@@ -335,10 +332,8 @@ async def list_api_keys(request: web.Request) -> web.Response:
 
 
 async def revoke_api_key(request: web.Request) -> web.Response:
-    try:
-        key_id = uuid.UUID(request.match_info["key_id"])
-    except ValueError:
-        raise NotFound("There is no live key with this id.", code="key_not_found") from None
+    no_key = NotFound("There is no live key with this id.", code="key_not_found")
+    key_id = path_uuid(request, "key_id", no_key)
     await handlers.revoke_api_key(_deps(request), key_id)
     return web.Response(status=204)
 
@@ -366,7 +361,6 @@ async def activity_actors(request: web.Request) -> web.Response:
     return json_response({"items": await handlers.activity_actors(_deps(request))})
 
 
-GATEWAY = frozenset({"gateway"})
 # Who may call each route (libs/common/web.py require_service_proof; docs/internal-api.md
 # "Who may call what"). Sessions, passwords and users answer only the gateway; invitations
 # looks up whether an invited email already has an account.

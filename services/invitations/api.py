@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.cursor import decode_cursor, encode_cursor
 from libs.common.errors import NotFound
-from libs.common.service_auth import SERVICES
-from libs.common.web import json_response, parse_query, read_json
+from libs.common.service_auth import GATEWAY, SERVICES
+from libs.common.web import json_response, parse_query, path_uuid, read_json
 
 from . import domain, handlers
 from .handlers import Deps, InviteCommand, NewLinkWorker, batch
@@ -191,10 +191,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["id"])
-    except ValueError:
-        raise NotFound("There is no such invitation.", code="invitation_not_found") from None
+    no_invitation = NotFound("There is no such invitation.", code="invitation_not_found")
+    return path_uuid(request, "id", no_invitation)
 
 
 async def create_invitation(request: web.Request) -> web.Response:
@@ -451,7 +449,6 @@ async def put_access_settings(request: web.Request) -> web.Response:
     return json_response(await _access(deps))
 
 
-GATEWAY = frozenset({"gateway"})
 # Who may call each route (libs/common/web.py require_service_proof; docs/internal-api.md
 # "Who may call what"): only the gateway.
 CALLERS: dict[str, frozenset[str]] = {

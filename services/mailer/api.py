@@ -13,7 +13,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.errors import InvalidInput, NotFound
-from libs.common.web import json_response, parse_query, read_json
+from libs.common.service_auth import GATEWAY
+from libs.common.web import json_response, parse_query, path_uuid, read_json
 
 from .branding import handlers as branding
 from .branding.cache import BrandingSource
@@ -81,11 +82,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _uuid(request: web.Request, name: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info[name])
-    except ValueError:
-        code = f"{what.replace(' ', '_')}_not_found"
-        raise NotFound(f"There is no such {what}.", code=code) from None
+    code = f"{what.replace(' ', '_')}_not_found"
+    return path_uuid(request, name, NotFound(f"There is no such {what}.", code=code))
 
 
 async def add_endpoint(request: web.Request) -> web.Response:
@@ -200,7 +198,6 @@ async def get_logo(request: web.Request) -> web.Response:
     )
 
 
-GATEWAY = frozenset({"gateway"})
 # Who may call each route (libs/common/web.py require_service_proof; docs/internal-api.md
 # "Who may call what"): only the gateway.
 CALLERS: dict[str, frozenset[str]] = {

@@ -17,8 +17,8 @@ from pydantic import (
 
 from libs.common.cursor import decode_cursor, encode_cursor
 from libs.common.errors import InvalidInput, NotFound
-from libs.common.service_auth import SERVICES
-from libs.common.web import json_response, parse_query, read_json
+from libs.common.service_auth import GATEWAY, SERVICES
+from libs.common.web import json_response, parse_query, path_uuid, read_json
 
 from . import handlers
 from .domain import (
@@ -118,22 +118,13 @@ def portal_json(portal: Portal, content: ContentMode = "full") -> dict[str, Any]
     return data
 
 
-def _uuid(request: web.Request, name: str, not_found: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info[name])
-    except ValueError:
-        raise NotFound("Not found.", code=not_found) from None
-
-
 def _portal_id(request: web.Request) -> uuid.UUID:
-    return _uuid(request, "portal_id", "portal_not_found")
+    return path_uuid(request, "portal_id", NotFound("Not found.", code="portal_not_found"))
 
 
 def _user_id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["user_id"])
-    except ValueError:
-        raise InvalidInput("The user id must be a UUID.", code="invalid_user_id") from None
+    not_a_user_id = InvalidInput("The user id must be a UUID.", code="invalid_user_id")
+    return path_uuid(request, "user_id", not_a_user_id)
 
 
 async def create_portal(request: web.Request) -> web.Response:
@@ -215,7 +206,6 @@ async def get_user_portal(request: web.Request) -> web.Response:
     return json_response({**portal_json(portal, mode), "role": role})
 
 
-GATEWAY = frozenset({"gateway"})
 GATEWAY_AND_INVITATIONS = frozenset({"gateway", "invitations"})
 # Who may call each route (libs/common/web.py require_service_proof; docs/internal-api.md
 # "Who may call what"): invitations reads portals and a user's portals, nothing else.

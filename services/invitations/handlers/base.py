@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 
@@ -64,16 +64,21 @@ class CheckedInvite:
     locale: str | None = None
 
 
+def about(row: Row) -> dict[str, Any]:
+    """What every invitation.* event says of the invitation in ``row``: which one, to whom,
+    for which portal, sent by whom, with which others in one email."""
+    return {
+        "invitation_id": row["id"],
+        "portal_id": row["portal_id"],
+        "email": row["email"],
+        "invited_by": row["invited_by"],
+        "group_id": row["group_id"],
+    }
+
+
 def closed_event(row: Row) -> InvitationClosed:
     """invitation.revoked / invitation.expired of the invitation in ``row``."""
-    return InvitationClosed(
-        invitation_id=row["id"],
-        portal_id=row["portal_id"],
-        email=row["email"],
-        idempotency_key=row["idempotency_key"],
-        invited_by=row["invited_by"],
-        group_id=row["group_id"],
-    )
+    return InvitationClosed(**about(row), idempotency_key=row["idempotency_key"])
 
 
 async def emit(conn: Conn, event_type: str, data: EventData, *more: tuple[str, EventData]) -> None:

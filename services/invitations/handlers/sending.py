@@ -26,7 +26,7 @@ from .. import domain
 from .. import repository as repo
 from ..clients import PortalInfo
 from . import sends, staff_events
-from .base import CheckedInvite, Deps, InviteCommand, Outcome, Row, closed_event, emit, log
+from .base import CheckedInvite, Deps, InviteCommand, Outcome, Row, about, closed_event, emit, log
 
 
 async def resolve_portal(deps: Deps, portal_id: uuid.UUID | None, slug: str | None) -> PortalInfo:
@@ -299,15 +299,11 @@ async def _reissue(
             log.info("staff_invitation_resent", invitation_id=str(each["id"]), reason=reason)
             return updated
         resent = InvitationResent(
-            invitation_id=each["id"],
-            portal_id=each["portal_id"],
-            email=each["email"],
+            **about(each),
             expires_at=expires_at,
             expires_in_days=days,
             idempotency_key=updated["idempotency_key"],
             reason=reason,
-            invited_by=each["invited_by"],
-            group_id=each["group_id"],
             locale=language,
         )
         announced.append(("invitation.resent", resent))

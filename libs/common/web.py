@@ -437,6 +437,31 @@ async def service_proof_middleware(
     return await handler(request)
 
 
+View = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route of a service's internal API and the services that may call it
+    (require_service_proof; docs/internal-api.md "Who may call what")."""
+
+    method: str
+    path: str
+    view: View
+    callers: frozenset[str]
+
+
+def add_routes(app: web.Application, routes: Sequence[Route]) -> None:
+    """The routes, in the order given: a fixed path goes before a variable one that would
+    also match it."""
+    app.router.add_routes([web.route(r.method, r.path, r.view) for r in routes])
+
+
+def callers_of(routes: Sequence[Route]) -> dict[str, frozenset[str]]:
+    """Who may call each route, as require_service_proof takes it."""
+    return {f"{r.method} {r.path}": r.callers for r in routes}
+
+
 def require_service_proof(
     app: web.Application, settings: CommonSettings, callers: Mapping[str, Collection[str]]
 ) -> None:

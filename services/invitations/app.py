@@ -14,6 +14,7 @@ from libs.common.service_auth import TokenSigner
 from libs.common.web import (
     POOL,
     add_database,
+    add_routes,
     add_service_bus,
     base_app,
     periodic,
@@ -63,7 +64,7 @@ def create_app(
     app.cleanup_ctx.append(
         periodic("invitations-metrics", every, lambda app: metrics.refresh(app[POOL], clock()))
     )
-    api.setup_routes(app)
+    add_routes(app, api.ROUTES)
     app.router.add_get("/openapi.json", openapi.openapi)
     require_service_proof(app, settings, api.CALLERS)
     return app

@@ -16,6 +16,7 @@ from libs.common.web import (
     POOL,
     add_database,
     add_deps,
+    add_routes,
     add_service_bus,
     base_app,
     require_service_proof,
@@ -73,7 +74,7 @@ def create_app(settings: MailerSettings) -> web.Application:
         await sender.stop()
 
     app.cleanup_ctx.append(webhook_senders)
-    api.setup_routes(app)
+    add_routes(app, api.ROUTES)
     require_service_proof(app, settings, api.CALLERS)
     return app
 

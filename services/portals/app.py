@@ -7,7 +7,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from libs.common.web import add_database, add_deps, add_service_bus, base_app, require_service_proof
+from libs.common.web import (
+    add_database,
+    add_deps,
+    add_routes,
+    add_service_bus,
+    base_app,
+    require_service_proof,
+)
 
 from . import api, consumer, handlers, openapi
 from .settings import PortalsSettings
@@ -23,7 +30,7 @@ def create_app(settings: PortalsSettings) -> web.Application:
     add_database(app, settings, SCHEMA, migrations=MIGRATIONS)
     add_deps(app, api.DEPS, lambda pool: handlers.Deps(db=pool, settings=settings))
     add_service_bus(app, settings, SERVICE, api.DEPS, consumer.BINDINGS, consumer.HANDLERS)
-    api.add_routes(app)
+    add_routes(app, api.ROUTES)
     app.router.add_get("/openapi.json", openapi.openapi)
     require_service_proof(app, settings, api.CALLERS)
     return app

@@ -7,8 +7,17 @@ import base64
 import binascii
 import uuid
 from datetime import datetime
+from typing import TypeVar
 
 from .errors import InvalidInput
+
+T = TypeVar("T")
+
+
+def page_of(fetched: list[T], limit: int) -> tuple[list[T], bool]:
+    """A page asked of the database as ``limit + 1`` rows: its first ``limit``, and whether
+    more follow (the extra row)."""
+    return fetched[:limit], len(fetched) > limit
 
 
 def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:

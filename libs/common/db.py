@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -38,6 +38,20 @@ if TYPE_CHECKING:
     Db: TypeAlias = Conn | asyncpg.Pool[asyncpg.Record]
 else:
     Db = Conn | asyncpg.Pool
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    R = TypeVar("R", bound=DataclassInstance)
+else:
+    R = TypeVar("R")
+
+
+def from_row(cls: type[R], row: asyncpg.Record | Mapping[str, Any], **converted: Any) -> R:
+    """The dataclass ``cls`` from a row whose columns carry its field names; ``converted``
+    gives the fields whose column needs converting first (an array to a tuple, JSON text)."""
+    columns = {f.name: row[f.name] for f in dataclasses.fields(cls) if f.name not in converted}
+    return cls(**columns, **converted)
 
 
 @asynccontextmanager

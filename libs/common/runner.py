@@ -33,8 +33,6 @@ def main(
     *,
     schema: str | None,
     migrations: Path | None,
-    listen: Callable[[S], tuple[str, int]],
-    management_port: Callable[[S], int],
     argv: list[str] | None = None,
 ) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m services.{service}")
@@ -61,7 +59,7 @@ def main(
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is optional off Linux/macOS
         pass
-    host, port = listen(settings)
+    host, port = settings.listen(service)
     # Before anything is built or connects: pools and middleware ask whether traces are on.
     stop_tracing = configure_tracing(service, settings.otel_exporter_otlp_endpoint)
     try:
@@ -72,7 +70,7 @@ def main(
         raise SystemExit(2) from None
     log.info("service_starting", host=host, port=port)
     # Health, readiness and metrics on a port of their own, on the same host.
-    app.cleanup_ctx.append(serve_management(host, management_port(settings)))
+    app.cleanup_ctx.append(serve_management(host, settings.management_port(service)))
     web.run_app(
         app,
         host=host,

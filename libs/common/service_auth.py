@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from .settings import CommonSettings, ConfigError
 
 SERVICES = ("gateway", "identity", "portals", "invitations", "mailer")
+# The callers of a route that only the gateway calls (a service API's CALLERS table).
+GATEWAY = frozenset({"gateway"})
 HEADER = "Authorization"
 SCHEME = "Service"
 ALGORITHM = "EdDSA"

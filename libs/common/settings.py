@@ -3,16 +3,47 @@
 from __future__ import annotations
 
 import sys
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from pydantic import AnyUrl, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    AnyUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .broker import broker_user, user_of, with_credentials
 from .sealing import DEVELOPMENT_KEY, WEBHOOK_DEVELOPMENT_KEY, Sealer, sealer_for
 
 S = TypeVar("S", bound="CommonSettings")
+
+
+def port_field(default: int) -> Any:
+    """A TCP port variable."""
+    return Field(default=default, ge=1, le=65535)
+
+
+def management_port_field(service: str, default: int) -> Any:
+    """``<SERVICE>_MANAGEMENT_PORT``: /healthz, /readyz, /metrics (never routed by an
+    ingress); MANAGEMENT_PORT is the generic name, for a container that runs one service."""
+    return Field(
+        default=default,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices(f"{service}_management_port", "management_port"),
+    )
+
+
+# The URL variables checked by scheme, and what the refusal says they must be.
+_URL_SCHEMES = {
+    "database_url": (frozenset({"postgres", "postgresql"}), "a postgresql:// URL"),
+    "amqp_url": (frozenset({"amqp", "amqps"}), "an amqp:// or amqps:// URL"),
+}
 
 
 class ConfigError(Exception):
@@ -29,13 +60,13 @@ class CommonSettings(BaseSettings):
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     bus_prefix: str = Field(default="clientpress", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     smtp_host: str = "127.0.0.1"
-    smtp_port: int = Field(default=1025, ge=1, le=65535)
+    smtp_port: int = port_field(1025)
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_tls: bool = False
     mail_from: str = "ClientPress <no-reply@localhost>"
     public_url: AnyUrl = AnyUrl("http://localhost:8080")
-    gateway_port: int = Field(default=8080, ge=1, le=65535)
+    gateway_port: int = port_field(8080)
     admin_email: str | None = None
     admin_password: SecretStr | None = None
     log_level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
@@ -56,18 +87,12 @@ class CommonSettings(BaseSettings):
     # OTEL_* variables of the OpenTelemetry SDK (headers, timeouts, batch sizes) apply too.
     otel_exporter_otlp_endpoint: str | None = None
 
-    @field_validator("database_url")
+    @field_validator("database_url", "amqp_url")
     @classmethod
-    def _postgres_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in {"postgres", "postgresql"}:
-            raise ValueError("must be a postgresql:// URL")
-        return value
-
-    @field_validator("amqp_url")
-    @classmethod
-    def _amqp_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in {"amqp", "amqps"}:
-            raise ValueError("must be an amqp:// or amqps:// URL")
+    def _url_scheme(cls, value: str, info: ValidationInfo) -> str:
+        schemes, expected = _URL_SCHEMES[str(info.field_name)]
+        if urlsplit(value).scheme not in schemes:
+            raise ValueError(f"must be {expected}")
         return value
 
     @field_validator(
@@ -75,6 +100,9 @@ class CommonSettings(BaseSettings):
         "admin_email",
         "service_public_keys",
         "otel_exporter_otlp_endpoint",
+        "smtp_password",
+        "admin_password",
+        "service_key",
         mode="before",
     )
     @classmethod
@@ -88,11 +116,6 @@ class CommonSettings(BaseSettings):
             return None
         return value
 
-    @field_validator("smtp_password", "admin_password", "service_key", mode="before")
-    @classmethod
-    def _empty_secret_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
-
     def service_amqp_url(self, service: str) -> str:
         """The URL this service connects with: AMQP_URL's broker, logged in as the
         service's own user ``<BUS_PREFIX>-<service>`` when ``<SERVICE>_BROKER_PASSWORD``
@@ -103,6 +126,14 @@ class CommonSettings(BaseSettings):
         return with_credentials(
             self.amqp_url, broker_user(self.bus_prefix, service), password.get_secret_value()
         )
+
+    def listen(self, service: str) -> tuple[str, int]:
+        """Where the service serves its API: ``<SERVICE>_HOST`` and ``<SERVICE>_PORT``."""
+        return str(getattr(self, f"{service}_host")), int(getattr(self, f"{service}_port"))
+
+    def management_port(self, service: str) -> int:
+        """``<SERVICE>_MANAGEMENT_PORT`` (see management_port_field)."""
+        return int(getattr(self, f"{service}_management_port"))
 
     @property
     def public_base(self) -> str:

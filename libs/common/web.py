@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from . import tracing
 from .actor import ACTOR_HEADER, decode_actor, set_actor
 from .broker import Binding
-from .bus import Bus, Consumer, Handler
+from .bus import Bus, Consumer, Handler, in_inbox
 from .context import (
     CORRELATION_HEADER,
     REQUEST_ID_HEADER,
@@ -32,8 +33,9 @@ from .context import (
     new_id,
     set_correlation_id,
 )
-from .db import DATABASE_AWAY, SchemaGate, create_pool
+from .db import DATABASE_AWAY, SchemaGate, UseCaseDeps, create_pool
 from .errors import DomainError, Forbidden, InvalidInput, RateLimited, TooLarge, Unauthorized
+from .events import Envelope, EventData
 from .logging import get_logger
 from .metrics import BROKER_CONNECTED, HTTP_LATENCY, HTTP_REQUESTS, record_build_info
 from .outbox import OutboxRelay
@@ -52,6 +54,7 @@ from .settings import CommonSettings
 log = get_logger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+D = TypeVar("D", bound=UseCaseDeps)
 
 SERVICE = web.AppKey("service", str)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -146,6 +149,15 @@ async def read_json(request: web.Request, model: type[M], *, limit: int | None =
         return model.model_validate(raw)
     except ValidationError as exc:
         raise InvalidInput(describe_validation(exc)) from None
+
+
+def path_uuid(request: web.Request, name: str, not_a_uuid: DomainError) -> uuid.UUID:
+    """The path parameter ``name`` as a UUID; anything else names nothing there, and
+    answers ``not_a_uuid``."""
+    try:
+        return uuid.UUID(request.match_info[name])
+    except ValueError:
+        raise not_a_uuid from None
 
 
 def parse_query(request: web.Request, model: type[M]) -> M:
@@ -425,6 +437,31 @@ async def service_proof_middleware(
     return await handler(request)
 
 
+View = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route of a service's internal API and the services that may call it
+    (require_service_proof; docs/internal-api.md "Who may call what")."""
+
+    method: str
+    path: str
+    view: View
+    callers: frozenset[str]
+
+
+def add_routes(app: web.Application, routes: Sequence[Route]) -> None:
+    """The routes, in the order given: a fixed path goes before a variable one that would
+    also match it."""
+    app.router.add_routes([web.route(r.method, r.path, r.view) for r in routes])
+
+
+def callers_of(routes: Sequence[Route]) -> dict[str, frozenset[str]]:
+    """Who may call each route, as require_service_proof takes it."""
+    return {f"{r.method} {r.path}": r.callers for r in routes}
+
+
 def require_service_proof(
     app: web.Application, settings: CommonSettings, callers: Mapping[str, Collection[str]]
 ) -> None:
@@ -476,6 +513,42 @@ def add_database(
         await app[POOL].close()
 
     app.cleanup_ctx.append(ctx)
+
+
+def add_deps(app: web.Application, key: web.AppKey[D], build: Callable[[asyncpg.Pool], D]) -> None:
+    """The service's use-case ``Deps`` under ``key``, built on the pool once it is open
+    (add_database first): the views and the consumer call the use cases with it."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[key] = build(app[POOL])
+        yield
+
+    app.cleanup_ctx.append(ctx)
+
+
+def add_service_bus(
+    app: web.Application,
+    settings: CommonSettings,
+    service: str,
+    deps: web.AppKey[D],
+    bindings: Sequence[Binding],
+    handlers: Mapping[str, Callable[[D, Envelope, EventData], Awaitable[None]]],
+    *,
+    prefetch: int = 32,
+) -> None:
+    """add_bus for a service with its own schema (add_database first): the outbox relay of
+    that schema, and a consumer that runs each event handler on the ``Deps`` under
+    ``deps`` within the inbox transaction (``in_inbox``). After the Deps' context, so the
+    consumer finds them."""
+    add_bus(
+        app,
+        settings,
+        service,
+        schema=app[SCHEMA_GATE].schema,
+        bindings=bindings,
+        handlers=in_inbox(lambda: app[deps], handlers),
+        prefetch=prefetch,
+    )
 
 
 def add_bus(

@@ -8,12 +8,4 @@ from .app import MIGRATIONS, SCHEMA, create_app
 from .settings import GatewaySettings
 
 if __name__ == "__main__":
-    main(
-        "gateway",
-        GatewaySettings,
-        create_app,
-        schema=SCHEMA,
-        migrations=MIGRATIONS,
-        listen=lambda s: (s.gateway_host, s.gateway_port),
-        management_port=lambda s: s.gateway_management_port,
-    )
+    main("gateway", GatewaySettings, create_app, schema=SCHEMA, migrations=MIGRATIONS)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
-from libs.common.settings import CommonSettings
+from libs.common.settings import CommonSettings, management_port_field
 
 from .domain import Network, parse_networks
 
@@ -18,14 +18,7 @@ class GatewaySettings(CommonSettings):
     # This service's own broker user (gateway's password; see CommonSettings.service_amqp_url).
     gateway_broker_password: SecretStr | None = None
     gateway_host: str = "0.0.0.0"  # noqa: S104 - the public entry listens on every interface
-    # /healthz, /readyz, /metrics (never routed by an ingress); MANAGEMENT_PORT is the
-    # generic name, for a container that runs one service.
-    gateway_management_port: int = Field(
-        default=9080,
-        ge=1,
-        le=65535,
-        validation_alias=AliasChoices("gateway_management_port", "management_port"),
-    )
+    gateway_management_port: int = management_port_field("gateway", 9080)
     identity_url: str = "http://127.0.0.1:8101"
     portals_url: str = "http://127.0.0.1:8102"
     invitations_url: str = "http://127.0.0.1:8103"

@@ -8,12 +8,4 @@ from .app import MIGRATIONS, SCHEMA, SERVICE, create_app
 from .settings import IdentitySettings
 
 if __name__ == "__main__":
-    main(
-        SERVICE,
-        IdentitySettings,
-        create_app,
-        schema=SCHEMA,
-        migrations=MIGRATIONS,
-        listen=lambda s: (s.identity_host, s.identity_port),
-        management_port=lambda s: s.identity_management_port,
-    )
+    main(SERVICE, IdentitySettings, create_app, schema=SCHEMA, migrations=MIGRATIONS)

@@ -9,7 +9,7 @@ from datetime import datetime
 import asyncpg
 import orjson
 
-from libs.common.db import Conn, Db
+from libs.common.db import Conn, Db, from_row
 
 from .domain import ActivityEntry
 
@@ -20,19 +20,7 @@ _COLUMNS = (
 
 
 def _entry(row: asyncpg.Record) -> ActivityEntry:
-    return ActivityEntry(
-        id=row["id"],
-        occurred_at=row["occurred_at"],
-        action=row["action"],
-        actor_type=row["actor_type"],
-        actor_id=row["actor_id"],
-        actor_name=row["actor_name"],
-        object_type=row["object_type"],
-        object_id=row["object_id"],
-        object_label=row["object_label"],
-        portal_id=row["portal_id"],
-        details=orjson.loads(row["details"]),
-    )
+    return from_row(ActivityEntry, row, details=orjson.loads(row["details"]))
 
 
 async def insert(conn: Conn, entry: ActivityEntry) -> bool:

@@ -9,8 +9,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.errors import NotFound
-from libs.common.service_auth import SERVICES
-from libs.common.web import json_response, parse_query, read_json
+from libs.common.service_auth import GATEWAY, SERVICES
+from libs.common.web import Route, callers_of, json_response, parse_query, path_uuid, read_json
 
 from . import handlers, repository
 from .background import Background
@@ -167,10 +167,7 @@ def activity_json(entry: ActivityEntry) -> dict[str, Any]:
 
 
 def _user_id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["user_id"])
-    except ValueError:
-        raise NotFound("No user has this id.", code="user_not_found") from None
+    return path_uuid(request, "user_id", NotFound("No user has this id.", code="user_not_found"))
 
 
 def _deps(request: web.Request) -> handlers.Deps:
@@ -335,10 +332,8 @@ async def list_api_keys(request: web.Request) -> web.Response:
 
 
 async def revoke_api_key(request: web.Request) -> web.Response:
-    try:
-        key_id = uuid.UUID(request.match_info["key_id"])
-    except ValueError:
-        raise NotFound("There is no live key with this id.", code="key_not_found") from None
+    no_key = NotFound("There is no live key with this id.", code="key_not_found")
+    key_id = path_uuid(request, "key_id", no_key)
     await handlers.revoke_api_key(_deps(request), key_id)
     return web.Response(status=204)
 
@@ -366,67 +361,39 @@ async def activity_actors(request: web.Request) -> web.Response:
     return json_response({"items": await handlers.activity_actors(_deps(request))})
 
 
-GATEWAY = frozenset({"gateway"})
 # Who may call each route (libs/common/web.py require_service_proof; docs/internal-api.md
 # "Who may call what"). Sessions, passwords and users answer only the gateway; invitations
 # looks up whether an invited email already has an account.
+ROUTES = (
+    Route("POST", "/users", create_user, GATEWAY),
+    Route("POST", "/users/ensure", ensure_user, GATEWAY),
+    Route("GET", "/users", list_users, GATEWAY),
+    # Registered before /users/{user_id} so "lookup" is never read as an id.
+    Route("GET", "/users/lookup", lookup_user, frozenset({"invitations"})),
+    Route("POST", "/users/lookup", lookup_users, frozenset({"invitations"})),
+    Route("GET", "/users/{user_id}", get_user, GATEWAY),
+    Route("POST", "/users/{user_id}/password", change_password, GATEWAY),
+    Route("POST", "/users/{user_id}/disable", disable_user, GATEWAY),
+    Route("POST", "/users/{user_id}/enable", enable_user, GATEWAY),
+    Route("PUT", "/users/{user_id}/role", set_role, GATEWAY),
+    Route("PUT", "/users/{user_id}/preferences", set_preferences, GATEWAY),
+    Route("POST", "/sessions", login, GATEWAY),
+    Route("POST", "/sessions/issue", issue_session, GATEWAY),
+    Route("GET", "/sessions/current", current_session, GATEWAY),
+    Route("DELETE", "/sessions/current", logout, GATEWAY),
+    Route("GET", "/settings/login", get_login_settings, GATEWAY),
+    Route("PUT", "/settings/login", put_login_settings, GATEWAY),
+    Route("POST", "/password-resets", request_reset, GATEWAY),
+    Route("GET", "/password-resets/validate", validate_reset, GATEWAY),
+    Route("POST", "/password-resets/confirm", confirm_reset, GATEWAY),
+    Route("POST", "/api-keys", create_api_key, GATEWAY),
+    Route("GET", "/api-keys", list_api_keys, GATEWAY),
+    Route("DELETE", "/api-keys/{key_id}", revoke_api_key, GATEWAY),
+    Route("POST", "/api-keys/verify", verify_api_key, GATEWAY),
+    Route("GET", "/activity", list_activity, GATEWAY),
+    Route("GET", "/activity/actors", activity_actors, GATEWAY),
+)
 CALLERS: dict[str, frozenset[str]] = {
-    "POST /users": GATEWAY,
-    "POST /users/ensure": GATEWAY,
-    "GET /users": GATEWAY,
-    "GET /users/lookup": frozenset({"invitations"}),
-    "POST /users/lookup": frozenset({"invitations"}),
-    "GET /users/{user_id}": GATEWAY,
-    "POST /users/{user_id}/password": GATEWAY,
-    "POST /users/{user_id}/disable": GATEWAY,
-    "POST /users/{user_id}/enable": GATEWAY,
-    "PUT /users/{user_id}/role": GATEWAY,
-    "PUT /users/{user_id}/preferences": GATEWAY,
-    "POST /sessions": GATEWAY,
-    "POST /sessions/issue": GATEWAY,
-    "GET /sessions/current": GATEWAY,
-    "DELETE /sessions/current": GATEWAY,
-    "GET /settings/login": GATEWAY,
-    "PUT /settings/login": GATEWAY,
-    "POST /password-resets": GATEWAY,
-    "GET /password-resets/validate": GATEWAY,
-    "POST /password-resets/confirm": GATEWAY,
-    "POST /api-keys": GATEWAY,
-    "GET /api-keys": GATEWAY,
-    "DELETE /api-keys/{key_id}": GATEWAY,
-    "POST /api-keys/verify": GATEWAY,
-    "GET /activity": GATEWAY,
-    "GET /activity/actors": GATEWAY,
+    **callers_of(ROUTES),
     "GET /openapi.json": frozenset(SERVICES),
 }
-
-
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_post("/users", create_user)
-    r.add_post("/users/ensure", ensure_user)
-    r.add_get("/users", list_users)
-    # Registered before /users/{user_id} so "lookup" is never read as an id.
-    r.add_get("/users/lookup", lookup_user)
-    r.add_post("/users/lookup", lookup_users)
-    r.add_get("/users/{user_id}", get_user)
-    r.add_post("/users/{user_id}/password", change_password)
-    r.add_post("/users/{user_id}/disable", disable_user)
-    r.add_post("/users/{user_id}/enable", enable_user)
-    r.add_put("/users/{user_id}/role", set_role)
-    r.add_put("/users/{user_id}/preferences", set_preferences)
-    r.add_post("/sessions", login)
-    r.add_post("/sessions/issue", issue_session)
-    r.add_get("/sessions/current", current_session)
-    r.add_delete("/sessions/current", logout)
-    r.add_get("/settings/login", get_login_settings)
-    r.add_put("/settings/login", put_login_settings)
-    r.add_post("/password-resets", request_reset)
-    r.add_get("/password-resets/validate", validate_reset)
-    r.add_post("/password-resets/confirm", confirm_reset)
-    r.add_post("/api-keys", create_api_key)
-    r.add_get("/api-keys", list_api_keys)
-    r.add_delete("/api-keys/{key_id}", revoke_api_key)
-    r.add_post("/api-keys/verify", verify_api_key)
-    r.add_get("/activity", list_activity)
-    r.add_get("/activity/actors", activity_actors)

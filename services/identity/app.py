@@ -9,8 +9,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from libs.common.bus import in_inbox
-from libs.common.web import POOL, add_bus, add_database, base_app, require_service_proof
+from libs.common.web import (
+    POOL,
+    add_database,
+    add_routes,
+    add_service_bus,
+    base_app,
+    require_service_proof,
+)
 
 from . import api, consumer, handlers, openapi
 from .background import Background
@@ -65,15 +71,8 @@ def create_app(
     app.cleanup_ctx.append(identity_ctx)
     # After the pool, so the relay has it; it publishes what the handlers commit.
     # The consumer records the Activity log from the events that carry an actor.
-    add_bus(
-        app,
-        settings,
-        SERVICE,
-        schema=SCHEMA,
-        bindings=consumer.BINDINGS,
-        handlers=in_inbox(lambda: app[api.DEPS], consumer.HANDLERS),
-    )
-    api.add_routes(app)
+    add_service_bus(app, settings, SERVICE, api.DEPS, consumer.BINDINGS, consumer.HANDLERS)
+    add_routes(app, api.ROUTES)
     app.router.add_get("/openapi.json", openapi.openapi)
     require_service_proof(app, settings, api.CALLERS)
     return app

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from libs.common.db import Conn
+from libs.common.db import Conn, from_row
 from libs.common.email import email_key
 
 from .domain import Role, User
@@ -18,16 +18,7 @@ _USER_COLUMNS = "id, email, role, disabled, created_at, created_by_invitation, l
 
 
 def _user(row: asyncpg.Record | Any) -> User:
-    return User(
-        id=row["id"],
-        email=row["email"],
-        role=row["role"],
-        disabled=row["disabled"],
-        created_at=row["created_at"],
-        created_by_invitation=row["created_by_invitation"],
-        locale=row["locale"],
-        time_zone=row["time_zone"],
-    )
+    return from_row(User, row)
 
 
 # --- users -----------------------------------------------------------------------------
@@ -384,15 +375,7 @@ _KEY_COLUMNS = "id, name, scopes, prefix, created_by, created_at, last_used_at"
 
 
 def _key(row: asyncpg.Record | Any) -> ApiKey:
-    return ApiKey(
-        id=row["id"],
-        name=row["name"],
-        scopes=list(row["scopes"]),
-        prefix=row["prefix"],
-        created_by=row["created_by"],
-        created_at=row["created_at"],
-        last_used_at=row["last_used_at"],
-    )
+    return from_row(ApiKey, row, scopes=list(row["scopes"]))
 
 
 async def insert_api_key(

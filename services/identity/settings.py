@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import Field, SecretStr
 
-from libs.common.settings import CommonSettings
+from libs.common.settings import CommonSettings, management_port_field, port_field
 
 
 def default_hash_concurrency() -> int:
@@ -19,15 +19,8 @@ class IdentitySettings(CommonSettings):
     # This service's own broker user (identity's password; see CommonSettings.service_amqp_url).
     identity_broker_password: SecretStr | None = None
     identity_host: str = "127.0.0.1"
-    identity_port: int = Field(default=8101, ge=1, le=65535)
-    # /healthz, /readyz, /metrics (never routed by an ingress); MANAGEMENT_PORT is the
-    # generic name, for a container that runs one service.
-    identity_management_port: int = Field(
-        default=9101,
-        ge=1,
-        le=65535,
-        validation_alias=AliasChoices("identity_management_port", "management_port"),
-    )
+    identity_port: int = port_field(8101)
+    identity_management_port: int = management_port_field("identity", 9101)
     identity_session_idle_minutes: int = Field(default=120, ge=1)
     identity_session_max_hours: int = Field(default=168, ge=1)
     # Password hashes (log in, set password) at once; peak memory is about 65 MiB plus

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from libs.common.runner import main
 
-from .app import MIGRATIONS, SCHEMA, create_app
+from .app import MIGRATIONS, SCHEMA, SERVICE, create_app
 from .settings import InvitationsSettings
 
 if __name__ == "__main__":
-    main(
-        "invitations",
-        InvitationsSettings,
-        create_app,
-        schema=SCHEMA,
-        migrations=MIGRATIONS,
-        listen=lambda s: (s.invitations_host, s.invitations_port),
-        management_port=lambda s: s.invitations_management_port,
-    )
+    main(SERVICE, InvitationsSettings, create_app, schema=SCHEMA, migrations=MIGRATIONS)

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.cursor import decode_cursor, encode_cursor
 from libs.common.errors import NotFound
-from libs.common.service_auth import SERVICES
-from libs.common.web import json_response, parse_query, read_json
+from libs.common.service_auth import GATEWAY, SERVICES
+from libs.common.web import Route, callers_of, json_response, parse_query, path_uuid, read_json
 
 from . import domain, handlers
 from .handlers import Deps, InviteCommand, NewLinkWorker, batch
@@ -191,10 +191,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["id"])
-    except ValueError:
-        raise NotFound("There is no such invitation.", code="invitation_not_found") from None
+    no_invitation = NotFound("There is no such invitation.", code="invitation_not_found")
+    return path_uuid(request, "id", no_invitation)
 
 
 async def create_invitation(request: web.Request) -> web.Response:
@@ -451,51 +449,31 @@ async def put_access_settings(request: web.Request) -> web.Response:
     return json_response(await _access(deps))
 
 
-GATEWAY = frozenset({"gateway"})
 # Who may call each route (libs/common/web.py require_service_proof; docs/internal-api.md
 # "Who may call what"): only the gateway.
+ROUTES = (
+    # Fixed paths before /invitations/{id}, which would otherwise match them.
+    Route("POST", "/invitations", create_invitation, GATEWAY),
+    Route("GET", "/invitations", list_invitations, GATEWAY),
+    Route("POST", "/invitations/batch", create_batch, GATEWAY),
+    Route("POST", "/invitations/group", create_group, GATEWAY),
+    Route("GET", "/invitations/counts", invitation_counts, GATEWAY),
+    Route("GET", "/invitations/validate", validate_token, GATEWAY),
+    Route("POST", "/invitations/reserve", reserve_invitation, GATEWAY),
+    Route("POST", "/invitations/accept", accept_invitation, GATEWAY),
+    Route("POST", "/invitations/release", release_invitation, GATEWAY),
+    Route("POST", "/invitations/new-link", new_link, GATEWAY),
+    Route("GET", "/invitations/{id}", get_invitation, GATEWAY),
+    Route("POST", "/invitations/{id}/resend", resend_invitation, GATEWAY),
+    Route("POST", "/invitations/{id}/revoke", revoke_invitation, GATEWAY),
+    Route("POST", "/staff-invitations", create_staff_invitation, GATEWAY),
+    Route("GET", "/staff-invitations", list_staff_invitations, GATEWAY),
+    Route("POST", "/staff-invitations/{id}/resend", resend_staff_invitation, GATEWAY),
+    Route("POST", "/staff-invitations/{id}/revoke", revoke_staff_invitation, GATEWAY),
+    Route("GET", "/settings/access", get_access_settings, GATEWAY),
+    Route("PUT", "/settings/access", put_access_settings, GATEWAY),
+)
 CALLERS: dict[str, frozenset[str]] = {
-    "POST /invitations": GATEWAY,
-    "GET /invitations": GATEWAY,
-    "POST /invitations/batch": GATEWAY,
-    "POST /invitations/group": GATEWAY,
-    "GET /invitations/counts": GATEWAY,
-    "GET /invitations/validate": GATEWAY,
-    "POST /invitations/reserve": GATEWAY,
-    "POST /invitations/accept": GATEWAY,
-    "POST /invitations/release": GATEWAY,
-    "POST /invitations/new-link": GATEWAY,
-    "GET /invitations/{id}": GATEWAY,
-    "POST /invitations/{id}/resend": GATEWAY,
-    "POST /invitations/{id}/revoke": GATEWAY,
-    "POST /staff-invitations": GATEWAY,
-    "GET /staff-invitations": GATEWAY,
-    "POST /staff-invitations/{id}/resend": GATEWAY,
-    "POST /staff-invitations/{id}/revoke": GATEWAY,
-    "GET /settings/access": GATEWAY,
-    "PUT /settings/access": GATEWAY,
+    **callers_of(ROUTES),
     "GET /openapi.json": frozenset(SERVICES),
 }
-
-
-def setup_routes(app: web.Application) -> None:
-    # Fixed paths before /invitations/{id}, which would otherwise match them.
-    app.router.add_post("/invitations", create_invitation)
-    app.router.add_get("/invitations", list_invitations)
-    app.router.add_post("/invitations/batch", create_batch)
-    app.router.add_post("/invitations/group", create_group)
-    app.router.add_get("/invitations/counts", invitation_counts)
-    app.router.add_get("/invitations/validate", validate_token)
-    app.router.add_post("/invitations/reserve", reserve_invitation)
-    app.router.add_post("/invitations/accept", accept_invitation)
-    app.router.add_post("/invitations/release", release_invitation)
-    app.router.add_post("/invitations/new-link", new_link)
-    app.router.add_get("/invitations/{id}", get_invitation)
-    app.router.add_post("/invitations/{id}/resend", resend_invitation)
-    app.router.add_post("/invitations/{id}/revoke", revoke_invitation)
-    app.router.add_post("/staff-invitations", create_staff_invitation)
-    app.router.add_get("/staff-invitations", list_staff_invitations)
-    app.router.add_post("/staff-invitations/{id}/resend", resend_staff_invitation)
-    app.router.add_post("/staff-invitations/{id}/revoke", revoke_staff_invitation)
-    app.router.add_get("/settings/access", get_access_settings)
-    app.router.add_put("/settings/access", put_access_settings)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from libs.common.bus import in_inbox
 from libs.common.http import new_session
 from libs.common.logging import get_logger
 from libs.common.service_auth import TokenSigner
 from libs.common.web import (
     POOL,
-    add_bus,
     add_database,
+    add_routes,
+    add_service_bus,
     base_app,
     periodic,
     require_service_proof,
@@ -41,14 +41,7 @@ def create_app(
     add_database(app, settings, SCHEMA, migrations=MIGRATIONS)
     # After the pool, before the bus: the consumer's handlers call identity and portals.
     app.cleanup_ctx.append(_deps(settings, clock, service_signer(app, settings)))
-    add_bus(
-        app,
-        settings,
-        SERVICE,
-        schema=SCHEMA,
-        bindings=consumer.BINDINGS,
-        handlers=in_inbox(lambda: app[api.DEPS], consumer.HANDLERS),
-    )
+    add_service_bus(app, settings, SERVICE, api.DEPS, consumer.BINDINGS, consumer.HANDLERS)
     new_links = handlers.NewLinkWorker(settings.invitations_new_link_seconds)
     app[api.NEW_LINKS] = new_links
     app.cleanup_ctx.append(new_links.context(lambda app: app[api.DEPS]))
@@ -71,7 +64,7 @@ def create_app(
     app.cleanup_ctx.append(
         periodic("invitations-metrics", every, lambda app: metrics.refresh(app[POOL], clock()))
     )
-    api.setup_routes(app)
+    add_routes(app, api.ROUTES)
     app.router.add_get("/openapi.json", openapi.openapi)
     require_service_proof(app, settings, api.CALLERS)
     return app

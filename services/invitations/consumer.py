@@ -5,6 +5,7 @@ it writes commits with the inbox row."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 
 from libs.common.broker import CONSUMES
@@ -40,6 +41,7 @@ from .handlers import (
     record_invite,
     replay,
 )
+from .handlers.base import Row
 from .handlers.sending import GROUP_REF, INVITATION_REF
 
 log = get_logger(__name__)
@@ -112,6 +114,24 @@ async def on_mail_retrying(deps: Deps, envelope: Envelope, data: EventData) -> N
         log.info("mail_retrying_stale", invitation_id=str(data.ref_id), mail_id=str(data.mail_id))
 
 
+def _created_again(
+    row: Row, *, idempotency_key: str | None, group_id: uuid.UUID | None = None
+) -> InvitationCreated:
+    """invitation.created announced again to a retried request, from the invitation's row."""
+    return InvitationCreated(
+        invitation_id=row["id"],
+        portal_id=row["portal_id"],
+        email=row["email"],
+        expires_at=row["expires_at"],
+        invited_by=row["invited_by"],
+        idempotency_key=idempotency_key,
+        sub_client=row["sub_client"],
+        expires_in_days=row["expires_in_days"],
+        group_id=group_id,
+        locale=row["locale"],
+    )
+
+
 async def _answer_repeat(conn: Conn, key: str) -> bool:
     """A retried request (its sender lost our answer, or the broker's confirm) makes
     nothing new but still gets an answer under its own correlation id: the original
@@ -120,17 +140,7 @@ async def _answer_repeat(conn: Conn, key: str) -> bool:
     if existing is None:
         return False
     log.info("invitation_request_duplicate", idempotency_key=key)
-    again = InvitationCreated(
-        invitation_id=existing["id"],
-        portal_id=existing["portal_id"],
-        email=existing["email"],
-        expires_at=existing["expires_at"],
-        invited_by=existing["invited_by"],
-        idempotency_key=key,
-        sub_client=existing["sub_client"],
-        expires_in_days=existing["expires_in_days"],
-        locale=existing["locale"],
-    )
+    again = _created_again(existing, idempotency_key=key)
     await append(conn, make_event("invitation.created", again, source=SOURCE))
     return True
 
@@ -157,18 +167,7 @@ async def _announce_group(conn: Conn, group: Group) -> None:
     again = [
         (
             "invitation.created",
-            InvitationCreated(
-                invitation_id=row["id"],
-                portal_id=row["portal_id"],
-                email=row["email"],
-                expires_at=row["expires_at"],
-                invited_by=row["invited_by"],
-                idempotency_key=row["idempotency_key"],
-                sub_client=row["sub_client"],
-                expires_in_days=row["expires_in_days"],
-                group_id=group.group_id,
-                locale=row["locale"],
-            ),
+            _created_again(row, idempotency_key=row["idempotency_key"], group_id=group.group_id),
         )
         for row in group.invitations
     ]

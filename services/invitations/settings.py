@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import Field, SecretStr
 
-from libs.common.settings import CommonSettings
+from libs.common.settings import CommonSettings, management_port_field, port_field
 
 
 class InvitationsSettings(CommonSettings):
     # This service's own broker user (invitations's password; see CommonSettings.service_amqp_url).
     invitations_broker_password: SecretStr | None = None
     invitations_host: str = "127.0.0.1"
-    invitations_port: int = Field(default=8103, ge=1, le=65535)
-    # /healthz, /readyz, /metrics (never routed by an ingress); MANAGEMENT_PORT is the
-    # generic name, for a container that runs one service.
-    invitations_management_port: int = Field(
-        default=9103,
-        ge=1,
-        le=65535,
-        validation_alias=AliasChoices("invitations_management_port", "management_port"),
-    )
+    invitations_port: int = port_field(8103)
+    invitations_management_port: int = management_port_field("invitations", 9103)
     portals_url: str = "http://127.0.0.1:8102"
     identity_url: str = "http://127.0.0.1:8101"
     invitations_sweep_seconds: float = Field(default=60, gt=0)

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.broker import WebhookEvent
 from libs.common.errors import InvalidInput, NotFound
-from libs.common.web import json_response, parse_query, read_json
+from libs.common.service_auth import GATEWAY
+from libs.common.web import Route, callers_of, json_response, parse_query, path_uuid, read_json
 
 from .branding import handlers as branding
 from .branding.cache import BrandingSource
@@ -73,11 +74,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _uuid(request: web.Request, name: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info[name])
-    except ValueError:
-        code = f"{what.replace(' ', '_')}_not_found"
-        raise NotFound(f"There is no such {what}.", code=code) from None
+    code = f"{what.replace(' ', '_')}_not_found"
+    return path_uuid(request, name, NotFound(f"There is no such {what}.", code=code))
 
 
 async def add_endpoint(request: web.Request) -> web.Response:
@@ -192,33 +190,19 @@ async def get_logo(request: web.Request) -> web.Response:
     )
 
 
-GATEWAY = frozenset({"gateway"})
 # Who may call each route (libs/common/web.py require_service_proof; docs/internal-api.md
 # "Who may call what"): only the gateway.
-CALLERS: dict[str, frozenset[str]] = {
-    "POST /webhooks": GATEWAY,
-    "GET /webhooks": GATEWAY,
-    "DELETE /webhooks/{id}": GATEWAY,
-    "POST /webhooks/{id}/rotate-secret": GATEWAY,
-    "GET /webhooks/{id}/deliveries": GATEWAY,
-    "POST /webhooks/{id}/deliveries/{delivery_id}/redeliver": GATEWAY,
-    "GET /branding": GATEWAY,
-    "PUT /branding": GATEWAY,
-    "PUT /branding/logo": GATEWAY,
-    "DELETE /branding/logo": GATEWAY,
-    "GET /branding/logo": GATEWAY,
-}
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_post("/webhooks", add_endpoint)
-    app.router.add_get("/webhooks", list_endpoints)
-    app.router.add_delete("/webhooks/{id}", delete_endpoint)
-    app.router.add_post("/webhooks/{id}/rotate-secret", rotate_secret)
-    app.router.add_get("/webhooks/{id}/deliveries", list_deliveries)
-    app.router.add_post("/webhooks/{id}/deliveries/{delivery_id}/redeliver", redeliver)
-    app.router.add_get("/branding", get_branding)
-    app.router.add_put("/branding", put_branding)
-    app.router.add_put("/branding/logo", put_logo)
-    app.router.add_delete("/branding/logo", delete_logo)
-    app.router.add_get("/branding/logo", get_logo)
+ROUTES = (
+    Route("POST", "/webhooks", add_endpoint, GATEWAY),
+    Route("GET", "/webhooks", list_endpoints, GATEWAY),
+    Route("DELETE", "/webhooks/{id}", delete_endpoint, GATEWAY),
+    Route("POST", "/webhooks/{id}/rotate-secret", rotate_secret, GATEWAY),
+    Route("GET", "/webhooks/{id}/deliveries", list_deliveries, GATEWAY),
+    Route("POST", "/webhooks/{id}/deliveries/{delivery_id}/redeliver", redeliver, GATEWAY),
+    Route("GET", "/branding", get_branding, GATEWAY),
+    Route("PUT", "/branding", put_branding, GATEWAY),
+    Route("PUT", "/branding/logo", put_logo, GATEWAY),
+    Route("DELETE", "/branding/logo", delete_logo, GATEWAY),
+    Route("GET", "/branding/logo", get_logo, GATEWAY),
+)
+CALLERS: dict[str, frozenset[str]] = callers_of(ROUTES)

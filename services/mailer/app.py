@@ -10,13 +10,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from libs.common.bus import in_inbox
 from libs.common.outbox import OutboxRelay
 from libs.common.web import (
     BUS_PARTS,
     POOL,
-    add_bus,
     add_database,
+    add_deps,
+    add_routes,
+    add_service_bus,
     base_app,
     require_service_proof,
 )
@@ -46,22 +47,9 @@ def create_app(settings: MailerSettings) -> web.Application:
         migrations=MIGRATIONS,
         max_size=min(settings.mailer_concurrency, 16) + settings.webhooks_concurrency + 4,
     )
-
-    async def deps_ctx(app: web.Application) -> AsyncIterator[None]:
-        # Once the pool is open: the views, the consumer and the senders use it.
-        app[api.DEPS] = Deps(db=app[POOL], settings=settings)
-        yield
-
-    app.cleanup_ctx.append(deps_ctx)
-    add_bus(
-        app,
-        settings,
-        SERVICE,
-        schema=SCHEMA,
-        bindings=BINDINGS,
-        handlers=in_inbox(lambda: app[api.DEPS], HANDLERS),
-        prefetch=64,
-    )
+    # The senders use the Deps too.
+    add_deps(app, api.DEPS, lambda pool: Deps(db=pool, settings=settings))
+    add_service_bus(app, settings, SERVICE, api.DEPS, BINDINGS, HANDLERS, prefetch=64)
 
     async def senders(app: web.Application) -> AsyncIterator[None]:
         source = BrandingSource(app[api.DEPS], settings.mailer_branding_cache_seconds)
@@ -86,7 +74,7 @@ def create_app(settings: MailerSettings) -> web.Application:
         await sender.stop()
 
     app.cleanup_ctx.append(webhook_senders)
-    api.setup_routes(app)
+    add_routes(app, api.ROUTES)
     require_service_proof(app, settings, api.CALLERS)
     return app
 

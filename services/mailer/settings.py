@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import email.utils
+from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from libs.common.sealing import WEBHOOK_DEVELOPMENT_KEY, Sealer, sealer_for
-from libs.common.settings import CommonSettings
+from libs.common.settings import CommonSettings, management_port_field, port_field
 
 from .branding.domain import (
     Branding,
@@ -23,20 +24,22 @@ from .branding.domain import (
 from .domain import GIVE_UP_AFTER_SECONDS, RETRY_MAX_SECONDS, RetryPolicy
 from .webhooks import domain as webhooks
 
+_BRANDING_CHECKS: dict[str, Callable[[str], str]] = {
+    "mailer_agency_name": check_agency_name,
+    "mailer_accent_colour": check_accent,
+    "mailer_reply_to": check_reply_to,
+    "mailer_footer_text": check_footer,
+    "mailer_default_language": check_default_locale,
+    "mailer_time_zone": check_time_zone,
+}
+
 
 class MailerSettings(CommonSettings):
     # This service's own broker user (mailer's password; see CommonSettings.service_amqp_url).
     mailer_broker_password: SecretStr | None = None
     mailer_host: str = "127.0.0.1"
-    mailer_port: int = Field(default=8104, ge=1, le=65535)
-    # /healthz, /readyz, /metrics (never routed by an ingress); MANAGEMENT_PORT is the
-    # generic name, for a container that runs one service.
-    mailer_management_port: int = Field(
-        default=9104,
-        ge=1,
-        le=65535,
-        validation_alias=AliasChoices("mailer_management_port", "management_port"),
-    )
+    mailer_port: int = port_field(8104)
+    mailer_management_port: int = management_port_field("mailer", 9104)
     mailer_concurrency: int = Field(default=16, ge=1, le=256)
     # Retries back off exponentially from the base, with jitter, to at most the cap; a
     # delivery fails for good once the horizon since it was queued has passed.
@@ -114,37 +117,19 @@ class MailerSettings(CommonSettings):
     def _empty_dir_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("mailer_agency_name", "mailer_accent_colour", "mailer_reply_to")
+    @field_validator(
+        "mailer_agency_name",
+        "mailer_accent_colour",
+        "mailer_reply_to",
+        "mailer_footer_text",
+        "mailer_default_language",
+        "mailer_time_zone",
+    )
     @classmethod
     def _branding(cls, value: str, info: ValidationInfo) -> str:
-        check = {
-            "mailer_agency_name": check_agency_name,
-            "mailer_accent_colour": check_accent,
-            "mailer_reply_to": check_reply_to,
-        }[str(info.field_name)]
+        """The first branding passes the checks Settings → Branding makes."""
         try:
-            return check(value)
-        except BrandingRefused as exc:
-            raise ValueError(exc.message) from None
-
-    @field_validator("mailer_default_language", "mailer_time_zone")
-    @classmethod
-    def _language_and_zone(cls, value: str, info: ValidationInfo) -> str:
-        check = (
-            check_default_locale
-            if info.field_name == "mailer_default_language"
-            else check_time_zone
-        )
-        try:
-            return check(value)
-        except BrandingRefused as exc:
-            raise ValueError(exc.message) from None
-
-    @field_validator("mailer_footer_text")
-    @classmethod
-    def _footer(cls, value: str) -> str:
-        try:
-            return check_footer(value)
+            return _BRANDING_CHECKS[str(info.field_name)](value)
         except BrandingRefused as exc:
             raise ValueError(exc.message) from None
 

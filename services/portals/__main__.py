@@ -8,12 +8,4 @@ from .app import MIGRATIONS, SCHEMA, SERVICE, create_app
 from .settings import PortalsSettings
 
 if __name__ == "__main__":
-    main(
-        SERVICE,
-        PortalsSettings,
-        create_app,
-        schema=SCHEMA,
-        migrations=MIGRATIONS,
-        listen=lambda s: (s.portals_host, s.portals_port),
-        management_port=lambda s: s.portals_management_port,
-    )
+    main(SERVICE, PortalsSettings, create_app, schema=SCHEMA, migrations=MIGRATIONS)

@@ -17,8 +17,8 @@ from pydantic import (
 
 from libs.common.cursor import decode_cursor, encode_cursor
 from libs.common.errors import InvalidInput, NotFound
-from libs.common.service_auth import SERVICES
-from libs.common.web import json_response, parse_query, read_json
+from libs.common.service_auth import GATEWAY, SERVICES
+from libs.common.web import Route, callers_of, json_response, parse_query, path_uuid, read_json
 
 from . import handlers
 from .domain import (
@@ -118,22 +118,13 @@ def portal_json(portal: Portal, content: ContentMode = "full") -> dict[str, Any]
     return data
 
 
-def _uuid(request: web.Request, name: str, not_found: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info[name])
-    except ValueError:
-        raise NotFound("Not found.", code=not_found) from None
-
-
 def _portal_id(request: web.Request) -> uuid.UUID:
-    return _uuid(request, "portal_id", "portal_not_found")
+    return path_uuid(request, "portal_id", NotFound("Not found.", code="portal_not_found"))
 
 
 def _user_id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["user_id"])
-    except ValueError:
-        raise InvalidInput("The user id must be a UUID.", code="invalid_user_id") from None
+    not_a_user_id = InvalidInput("The user id must be a UUID.", code="invalid_user_id")
+    return path_uuid(request, "user_id", not_a_user_id)
 
 
 async def create_portal(request: web.Request) -> web.Response:
@@ -215,34 +206,22 @@ async def get_user_portal(request: web.Request) -> web.Response:
     return json_response({**portal_json(portal, mode), "role": role})
 
 
-GATEWAY = frozenset({"gateway"})
 GATEWAY_AND_INVITATIONS = frozenset({"gateway", "invitations"})
 # Who may call each route (libs/common/web.py require_service_proof; docs/internal-api.md
 # "Who may call what"): invitations reads portals and a user's portals, nothing else.
+ROUTES = (
+    Route("POST", "/portals", create_portal, GATEWAY),
+    Route("GET", "/portals", list_portals, GATEWAY),
+    Route("GET", "/portals/by-slug/{slug}", get_portal_by_slug, GATEWAY_AND_INVITATIONS),
+    Route("GET", "/portals/{portal_id}", get_portal, GATEWAY_AND_INVITATIONS),
+    Route("PATCH", "/portals/{portal_id}", patch_portal, GATEWAY),
+    Route("PUT", "/portals/{portal_id}/client", put_client, GATEWAY),
+    Route("PUT", "/portals/{portal_id}/sub-clients", put_sub_clients, GATEWAY),
+    Route("POST", "/portals/{portal_id}/access", post_access, GATEWAY),
+    Route("GET", "/users/{user_id}/portals", list_user_portals, GATEWAY_AND_INVITATIONS),
+    Route("GET", "/users/{user_id}/portals/{slug}", get_user_portal, GATEWAY),
+)
 CALLERS: dict[str, frozenset[str]] = {
-    "POST /portals": GATEWAY,
-    "GET /portals": GATEWAY,
-    "GET /portals/by-slug/{slug}": GATEWAY_AND_INVITATIONS,
-    "GET /portals/{portal_id}": GATEWAY_AND_INVITATIONS,
-    "PATCH /portals/{portal_id}": GATEWAY,
-    "PUT /portals/{portal_id}/client": GATEWAY,
-    "PUT /portals/{portal_id}/sub-clients": GATEWAY,
-    "POST /portals/{portal_id}/access": GATEWAY,
-    "GET /users/{user_id}/portals": GATEWAY_AND_INVITATIONS,
-    "GET /users/{user_id}/portals/{slug}": GATEWAY,
+    **callers_of(ROUTES),
     "GET /openapi.json": frozenset(SERVICES),
 }
-
-
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_post("/portals", create_portal)
-    r.add_get("/portals", list_portals)
-    r.add_get("/portals/by-slug/{slug}", get_portal_by_slug)
-    r.add_get("/portals/{portal_id}", get_portal)
-    r.add_patch("/portals/{portal_id}", patch_portal)
-    r.add_put("/portals/{portal_id}/client", put_client)
-    r.add_put("/portals/{portal_id}/sub-clients", put_sub_clients)
-    r.add_post("/portals/{portal_id}/access", post_access)
-    r.add_get("/users/{user_id}/portals", list_user_portals)
-    r.add_get("/users/{user_id}/portals/{slug}", get_user_portal)

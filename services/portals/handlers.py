@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from libs.common.cursor import page_of
 from libs.common.db import Conn, UseCaseDeps, connection, transaction
 from libs.common.errors import Conflict, NotFound
 from libs.common.events import PortalAccessChanged, PortalChanged, make_event
@@ -287,7 +288,7 @@ async def list_portals(
     """One page, newest first, and whether more follow."""
     async with connection(deps.db) as conn:
         rows = await repo.page(conn, status=status, q=q or None, limit=limit + 1, after=after)
-    return rows[:limit], len(rows) > limit
+    return page_of(rows, limit)
 
 
 async def user_portals(deps: Deps, user_id: uuid.UUID) -> list[tuple[Portal, Role]]:

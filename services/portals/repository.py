@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import asyncpg
 
-from libs.common.db import Conn
+from libs.common.db import Conn, from_row
 
 from .domain import Portal, Role, Status
 
@@ -28,19 +28,7 @@ _PORTAL_COLUMNS = """
 
 
 def _portal(row: asyncpg.Record) -> Portal:
-    return Portal(
-        id=row["id"],
-        title=row["title"],
-        slug=row["slug"],
-        content=row["content"],
-        content_html=row["content_html"],
-        status=row["status"],
-        client_id=row["client_id"],
-        sub_client_ids=tuple(row["sub_client_ids"]),
-        revision=row["revision"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    return from_row(Portal, row, sub_client_ids=tuple(row["sub_client_ids"]))
 
 
 # --- portals --------------------------------------------------------------------------

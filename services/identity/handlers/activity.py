@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
-from libs.common.cursor import decode_cursor, encode_cursor
+from libs.common.cursor import decode_cursor, encode_cursor, page_of
 from libs.common.db import connection
 
 from .. import activity_repository as repo
@@ -44,8 +44,7 @@ async def list_activity(
         after=after,
         limit=limit + 1,
     )
-    more = len(entries) > limit
-    entries = entries[:limit]
+    entries, more = page_of(entries, limit)
     next_cursor = encode_cursor(entries[-1].occurred_at, entries[-1].id) if more else None
     return entries, next_cursor
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 
-from libs.common.cursor import decode_cursor, encode_cursor
+from libs.common.cursor import decode_cursor, encode_cursor, page_of
 from libs.common.db import Conn, connection, transaction, xact_lock
 from libs.common.email import normalise_email
 from libs.common.errors import Conflict, InvalidInput
@@ -101,8 +101,7 @@ async def list_users(
     after = decode_cursor(cursor) if cursor else None
     async with connection(deps.db) as conn:
         users = await repo.list_users(conn, q=q, after=after, limit=limit + 1)
-    more = len(users) > limit
-    users = users[:limit]
+    users, more = page_of(users, limit)
     next_cursor = encode_cursor(users[-1].created_at, users[-1].id) if more else None
     return users, next_cursor
 

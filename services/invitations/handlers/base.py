@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 
 from libs.common.db import Conn, UseCaseDeps
-from libs.common.events import EventData, make_event
+from libs.common.events import EventData, InvitationClosed, make_event
 from libs.common.logging import get_logger
 from libs.common.outbox import append
 
@@ -62,6 +62,23 @@ class CheckedInvite:
     portal: PortalInfo
     personal_message: str | None = None
     locale: str | None = None
+
+
+def about(row: Row) -> dict[str, Any]:
+    """What every invitation.* event says of the invitation in ``row``: which one, to whom,
+    for which portal, sent by whom, with which others in one email."""
+    return {
+        "invitation_id": row["id"],
+        "portal_id": row["portal_id"],
+        "email": row["email"],
+        "invited_by": row["invited_by"],
+        "group_id": row["group_id"],
+    }
+
+
+def closed_event(row: Row) -> InvitationClosed:
+    """invitation.revoked / invitation.expired of the invitation in ``row``."""
+    return InvitationClosed(**about(row), idempotency_key=row["idempotency_key"])
 
 
 async def emit(conn: Conn, event_type: str, data: EventData, *more: tuple[str, EventData]) -> None:

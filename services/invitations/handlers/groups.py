@@ -196,7 +196,7 @@ async def record_group(deps: Deps, checked: _Checked) -> Group:
             if row is None:
                 # An invitation to this portal went pending between our look and our insert.
                 _refuse_pending([portal])
-            await sends.record(
+            await repo.record_link(
                 conn,
                 token_hash=token_hash,
                 invitation_id=row["id"],

@@ -17,7 +17,7 @@ from .. import domain
 from .. import repository as repo
 from ..clients import PortalInfo
 from . import staff_events
-from .base import Deps, Row, emit, log
+from .base import Deps, Row, about, emit, log
 
 
 def _invalid() -> NotFound:
@@ -180,14 +180,10 @@ async def accept(deps: Deps, token: str, claim: uuid.UUID, user_id: uuid.UUID) -
             (
                 "invitation.accepted",
                 InvitationAccepted(
-                    invitation_id=row["id"],
-                    portal_id=row["portal_id"],
-                    email=row["email"],
+                    **about(row),
                     user_id=user_id,
                     sub_client=row["sub_client"],
                     idempotency_key=row["idempotency_key"],
-                    invited_by=row["invited_by"],
-                    group_id=row["group_id"],
                 ),
             )
             for row in rows

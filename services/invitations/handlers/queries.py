@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from libs.common.cursor import page_of
 from libs.common.db import connection, transaction
 from libs.common.email import email_key, normalise_email
 from libs.common.errors import NotFound
@@ -45,7 +46,7 @@ async def list_page(
             now=deps.clock(),
             email_lower=email_lower,
         )
-    return rows[:limit], len(rows) > limit
+    return page_of(rows, limit)
 
 
 async def status_counts(

@@ -22,7 +22,7 @@ from .. import domain
 from .. import repository as repo
 from ..metrics import REMINDERS
 from . import sends
-from .base import Deps, Row, emit, log
+from .base import Deps, Row, about, emit, log
 
 
 class _Deferred(Exception):
@@ -112,7 +112,7 @@ async def _send(conn: Conn, deps: Deps, rows: list[Row], now: datetime) -> None:
         await repo.relink(
             conn, row["id"], token_hash=token_hash, mail_id=mail_id, reason=sends.REMINDER
         )
-        await sends.record(
+        await repo.record_link(
             conn,
             token_hash=token_hash,
             invitation_id=row["id"],
@@ -121,14 +121,7 @@ async def _send(conn: Conn, deps: Deps, rows: list[Row], now: datetime) -> None:
             expires_at=row["expires_at"],
             reason=sends.REMINDER,
         )
-        event = InvitationReminded(
-            invitation_id=row["id"],
-            portal_id=row["portal_id"],
-            email=row["email"],
-            expires_at=row["expires_at"],
-            invited_by=row["invited_by"],
-            group_id=row["group_id"],
-        )
+        event = InvitationReminded(**about(row), expires_at=row["expires_at"])
         reminded.append(("invitation.reminded", event))
     first_type, first = reminded[0]
     await emit(

@@ -16,7 +16,6 @@ from libs.common.email import email_key, normalise_email
 from libs.common.errors import Conflict, NotFound, Unavailable
 from libs.common.events import (
     EventData,
-    InvitationClosed,
     InvitationCreated,
     InvitationResent,
     MailRequested,
@@ -27,7 +26,7 @@ from .. import domain
 from .. import repository as repo
 from ..clients import PortalInfo
 from . import sends, staff_events
-from .base import CheckedInvite, Deps, InviteCommand, Outcome, Row, emit, log
+from .base import CheckedInvite, Deps, InviteCommand, Outcome, Row, about, closed_event, emit, log
 
 
 async def resolve_portal(deps: Deps, portal_id: uuid.UUID | None, slug: str | None) -> PortalInfo:
@@ -284,7 +283,7 @@ async def _reissue(
             locale=language,
         )
         result = result or updated
-        await sends.record(
+        await repo.record_link(
             conn,
             token_hash=token_hash,
             invitation_id=each["id"],
@@ -300,15 +299,11 @@ async def _reissue(
             log.info("staff_invitation_resent", invitation_id=str(each["id"]), reason=reason)
             return updated
         resent = InvitationResent(
-            invitation_id=each["id"],
-            portal_id=each["portal_id"],
-            email=each["email"],
+            **about(each),
             expires_at=expires_at,
             expires_in_days=days,
             idempotency_key=updated["idempotency_key"],
             reason=reason,
-            invited_by=each["invited_by"],
-            group_id=each["group_id"],
             locale=language,
         )
         announced.append(("invitation.resent", resent))
@@ -467,18 +462,7 @@ async def revoke(deps: Deps, invitation_id: uuid.UUID, *, staff: bool = False) -
             log.info("staff_invitation_revoked", invitation_id=str(invitation_id))
             return updated
         # A group's other invitations keep their link: it no longer takes this one.
-        await emit(
-            conn,
-            "invitation.revoked",
-            InvitationClosed(
-                invitation_id=row["id"],
-                portal_id=row["portal_id"],
-                email=row["email"],
-                idempotency_key=row["idempotency_key"],
-                invited_by=row["invited_by"],
-                group_id=row["group_id"],
-            ),
-        )
+        await emit(conn, "invitation.revoked", closed_event(row))
         log.info("invitation_revoked", invitation_id=str(invitation_id))
         return updated
 

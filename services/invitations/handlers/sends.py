@@ -62,25 +62,3 @@ async def new_link_requests_left(conn: Conn, deps: Deps, invitation_id: uuid.UUI
     )
     limit = deps.settings.invitations_new_link_requests_per_day
     return domain.next_send_at(sent, limit, domain.NEW_LINK_WINDOW, now) is None
-
-
-async def record(
-    conn: Conn,
-    *,
-    token_hash: str,
-    invitation_id: uuid.UUID,
-    email_lower: str,
-    issued_at: datetime,
-    expires_at: datetime,
-    reason: str,
-) -> None:
-    """Keep the new link's hash (its earlier link is now "replaced")."""
-    await repo.record_link(
-        conn,
-        token_hash=token_hash,
-        invitation_id=invitation_id,
-        email_lower=email_lower,
-        issued_at=issued_at,
-        expires_at=expires_at,
-        reason=reason,
-    )

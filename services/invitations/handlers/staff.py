@@ -82,7 +82,7 @@ async def _record(
         )
         if created is None:
             continue  # a concurrent invitation of this address won: resend that one
-        await sends.record(
+        await repo.record_link(
             conn,
             token_hash=token_hash,
             invitation_id=invitation_id,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from libs.common.context import new_id, set_correlation_id
 from libs.common.db import transaction, try_xact_lock
-from libs.common.events import InvitationClosed
 
 from .. import repository as repo
 from . import staff_events
-from .base import Deps, emit, log
+from .base import Deps, closed_event, emit, log
 
 SWEEP_LOCK = "invitations:sweep"
 
@@ -27,18 +26,7 @@ async def sweep_once(deps: Deps, *, batch: int = 500) -> int:
                 if staff_events.is_staff(row):
                     await staff_events.announce_closed(conn, "invitation.staff.expired", row)
                     continue
-                await emit(
-                    conn,
-                    "invitation.expired",
-                    InvitationClosed(
-                        invitation_id=row["id"],
-                        portal_id=row["portal_id"],
-                        email=row["email"],
-                        idempotency_key=row["idempotency_key"],
-                        invited_by=row["invited_by"],
-                        group_id=row["group_id"],
-                    ),
-                )
+                await emit(conn, "invitation.expired", closed_event(row))
         total += len(rows)
         if len(rows) < batch:
             if total:

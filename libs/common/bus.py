@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import aio_pika
@@ -236,14 +236,19 @@ class Bus:
         handlers: dict[str, Handler],
         *,
         prefetch: int = 32,
+        alone: Collection[str] = (),
     ) -> Consumer:
+        """Consume ``bindings`` into the service's queue. The events that arrive together
+        share a transaction (group commit), except the types in ``alone``: handlers that
+        wait on another service each run in a transaction of their own, concurrently, so
+        that one slow answer doesn't hold back the events queued behind it."""
         assert self._connection is not None
         channel = await self._connection.channel()
         assert isinstance(channel, aio_pika.RobustChannel)
         self._consumer_channels.append(channel)
         await channel.set_qos(prefetch_count=prefetch)
         queue = await self.declare_queue(bindings, channel=channel)
-        consumer = Consumer(pool, handlers, self.prefix)
+        consumer = Consumer(pool, handlers, self.prefix, alone=alone)
         consumer.tag = await queue.consume(consumer.on_message)
         consumer.queue = queue
         return consumer
@@ -256,10 +261,18 @@ class Consumer:
     dead-lettered at once; a handler that raises is retried (with a growing pause) until
     the quorum queue's delivery limit dead-letters it."""
 
-    def __init__(self, pool: asyncpg.Pool, handlers: dict[str, Handler], prefix: str) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        handlers: dict[str, Handler],
+        prefix: str,
+        *,
+        alone: Collection[str] = (),
+    ) -> None:
         self.pool = pool
         self.handlers = handlers
         self.prefix = prefix
+        self.alone = frozenset(alone)
         self.tag: str | None = None
         self.queue: aio_pika.abc.AbstractRobustQueue | None = None
         self.in_flight = 0
@@ -358,7 +371,11 @@ class Consumer:
         waited, pause = 0.0, 0.2
         while True:
             try:
-                outcome = await self._apply(applying)
+                outcome: bool | Exception
+                if envelope.type in self.alone:
+                    [outcome] = await self._apply_all([applying])
+                else:
+                    outcome = await self._apply(applying)
                 if isinstance(outcome, Exception):
                     raise outcome
                 return outcome

@@ -535,6 +535,7 @@ def add_service_bus(
     handlers: Mapping[str, Callable[[D, Envelope, EventData], Awaitable[None]]],
     *,
     prefetch: int = 32,
+    alone: Collection[str] = (),
 ) -> None:
     """add_bus for a service with its own schema (add_database first): the outbox relay of
     that schema, and a consumer that runs each event handler on the ``Deps`` under
@@ -548,6 +549,7 @@ def add_service_bus(
         bindings=bindings,
         handlers=in_inbox(lambda: app[deps], handlers),
         prefetch=prefetch,
+        alone=alone,
     )
 
 
@@ -560,8 +562,10 @@ def add_bus(
     bindings: Sequence[Binding] = (),
     handlers: dict[str, Handler] | None = None,
     prefetch: int = 32,
+    alone: Collection[str] = (),
 ) -> None:
-    """Connect to RabbitMQ; with a schema, run the outbox relay; with handlers, consume.
+    """Connect to RabbitMQ; with a schema, run the outbox relay; with handlers, consume
+    (the event types in ``alone`` each in a transaction of its own: see Bus.consume).
 
     The connection is made in the background: a service serves pages and API calls while
     the broker is away, even at start (the outbox keeps what it writes until the relay can
@@ -583,7 +587,9 @@ def add_bus(
                 parts.relay = relay
                 relay_task = asyncio.create_task(relay.run(), name=f"{service}-outbox-relay")
             if handlers:
-                parts.consumer = await bus.consume(app[POOL], bindings, handlers, prefetch=prefetch)
+                parts.consumer = await bus.consume(
+                    app[POOL], bindings, handlers, prefetch=prefetch, alone=alone
+                )
 
         starter = asyncio.create_task(start(), name=f"{service}-broker-start")
         prune_task = None

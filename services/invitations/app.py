@@ -41,7 +41,15 @@ def create_app(
     add_database(app, settings, SCHEMA, migrations=MIGRATIONS)
     # After the pool, before the bus: the consumer's handlers call identity and portals.
     app.cleanup_ctx.append(_deps(settings, clock, service_signer(app, settings)))
-    add_service_bus(app, settings, SERVICE, api.DEPS, consumer.BINDINGS, consumer.HANDLERS)
+    add_service_bus(
+        app,
+        settings,
+        SERVICE,
+        api.DEPS,
+        consumer.BINDINGS,
+        consumer.HANDLERS,
+        alone=consumer.ALONE,
+    )
     new_links = handlers.NewLinkWorker(settings.invitations_new_link_seconds)
     app[api.NEW_LINKS] = new_links
     app.cleanup_ctx.append(new_links.context(lambda app: app[api.DEPS]))

@@ -248,6 +248,10 @@ async def on_requested(deps: Deps, envelope: Envelope, data: EventData) -> None:
         log.info("invitation_request_applied", outcome=outcome)
 
 
+# Waits on identity and portals (who has access already): each such event in a
+# transaction of its own, concurrently, not queued behind the others (Bus.consume).
+ALONE = frozenset({"invitation.requested"})
+
 HANDLERS: dict[str, Callable[[Deps, Envelope, EventData], Awaitable[None]]] = {
     "portal.created": on_portal_changed,
     "portal.updated": on_portal_changed,

@@ -226,7 +226,11 @@ async def test_consumer_applies_an_event_once_and_dead_letters_poison(
 
 
 async def _consume_held(
-    test_env: TestEnv, probe_schema: ProbePool, name: str, fail_for: set[uuid.UUID]
+    test_env: TestEnv,
+    probe_schema: ProbePool,
+    name: str,
+    fail_for: set[uuid.UUID],
+    alone: frozenset[str] = frozenset(),
 ) -> tuple[Bus, Bus, Any, list[Envelope], asyncio.Event]:
     """A consumer whose first event is held in its transaction until ``release`` is set,
     so the events published meanwhile arrive together; ``fail_for`` users' events raise."""
@@ -257,6 +261,7 @@ async def _consume_held(
         probe_schema.pool,
         [Binding("events", "identity.user.disabled")],
         {"identity.user.disabled": handler},
+        alone=alone,
     )
     envelopes = [
         make_event(
@@ -299,7 +304,9 @@ async def test_events_arriving_together_share_one_transaction_and_each_applies_o
     assert len(rows) == len(by_user) == len(envelopes), "each applied once"
     # Each handler ran in its own message's context, though the transaction was shared.
     for envelope in envelopes:
-        assert by_user[uuid.UUID(envelope.data["user_id"])]["correlation"] == envelope.correlation_id
+        assert (
+            by_user[uuid.UUID(envelope.data["user_id"])]["correlation"] == envelope.correlation_id
+        )
     # The first alone; the eleven that arrived meanwhile in one transaction.
     assert len({row["tx"] for row in rows}) == 2
     assert await probe_schema.fetchval("SELECT count(*) FROM inbox") == len(envelopes)
@@ -332,6 +339,27 @@ async def test_an_event_that_fails_in_a_shared_transaction_holds_back_no_other(
     )
     inbox = {row["event_id"] for row in await probe_schema.fetch("SELECT event_id FROM inbox")}
     assert inbox == {e.id for e in envelopes if e.data["user_id"] != str(bad)}
+    await consumer.stop()
+    await owner.close()
+    await bus.close()
+
+
+async def test_events_that_wait_on_other_services_are_applied_alone_and_concurrently(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    bus, owner, consumer, envelopes, release = await _consume_held(
+        test_env, probe_schema, "probe7", set(), alone=frozenset({"identity.user.disabled"})
+    )
+    await owner.publish_envelope(envelopes[0])
+    await asyncio.sleep(0.3)
+    for envelope in envelopes[1:]:
+        await owner.publish_envelope(envelope)
+    # While the first is held, the others are applied and committed, each on its own.
+    rows = await _wait_for_effects(probe_schema, len(envelopes) - 1)
+    assert str(envelopes[0].data["user_id"]) not in {str(row["user_id"]) for row in rows}
+    release.set()
+    rows = await _wait_for_effects(probe_schema, len(envelopes))
+    assert len({row["tx"] for row in rows}) == len(envelopes)
     await consumer.stop()
     await owner.close()
     await bus.close()

@@ -171,6 +171,28 @@ async def test_relay_keeps_rows_while_broker_is_unreachable(
     await bus.close()
 
 
+async def _consume_user_disabled(
+    test_env: TestEnv,
+    probe_schema: ProbePool,
+    name: str,
+    handler: Any,
+    alone: frozenset[str] = frozenset(),
+) -> tuple[Bus, Bus, Any]:
+    """A consumer ``name`` of identity.user.disabled, and identity to publish it: what the
+    consumer acts on must come from the owner of the event type."""
+    bus = Bus(test_env.amqp_url, test_env.bus_prefix, name)
+    await bus.connect()
+    owner = Bus(test_env.amqp_url_as("identity"), test_env.bus_prefix, "identity")
+    await owner.connect()
+    consumer = await bus.consume(
+        probe_schema.pool,
+        [Binding("events", "identity.user.disabled")],
+        {"identity.user.disabled": handler},
+        alone=alone,
+    )
+    return bus, owner, consumer
+
+
 async def test_consumer_applies_an_event_once_and_dead_letters_poison(
     test_env: TestEnv, probe_schema: ProbePool
 ) -> None:
@@ -182,16 +204,7 @@ async def test_consumer_applies_an_event_once_and_dead_letters_poison(
         await conn.execute("INSERT INTO effects VALUES ($1)", data.user_id)
         applied.set()
 
-    bus = Bus(test_env.amqp_url, test_env.bus_prefix, "probe2")
-    await bus.connect()
-    # What the consumer acts on must come from identity, the owner of the event type.
-    owner = Bus(test_env.amqp_url_as("identity"), test_env.bus_prefix, "identity")
-    await owner.connect()
-    consumer = await bus.consume(
-        probe_schema.pool,
-        [Binding("events", "identity.user.disabled")],
-        {"identity.user.disabled": handler},
-    )
+    bus, owner, consumer = await _consume_user_disabled(test_env, probe_schema, "probe2", handler)
     envelope = make_event(
         "identity.user.disabled", UserDisabled(user_id=uuid.uuid4()), source="test"
     )
@@ -253,15 +266,8 @@ async def _consume_held(
         if data.user_id in fail_for:
             raise ValueError("this one can't be applied")
 
-    bus = Bus(test_env.amqp_url, test_env.bus_prefix, name)
-    await bus.connect()
-    owner = Bus(test_env.amqp_url_as("identity"), test_env.bus_prefix, "identity")
-    await owner.connect()
-    consumer = await bus.consume(
-        probe_schema.pool,
-        [Binding("events", "identity.user.disabled")],
-        {"identity.user.disabled": handler},
-        alone=alone,
+    bus, owner, consumer = await _consume_user_disabled(
+        test_env, probe_schema, name, handler, alone
     )
     envelopes = [
         make_event(
@@ -273,6 +279,15 @@ async def _consume_held(
         for n in range(12)
     ]
     return bus, owner, consumer, envelopes, release
+
+
+async def _publish_behind_the_first(owner: Bus, envelopes: list[Envelope], *more: Envelope) -> None:
+    """The first event, and once its handler holds it in its transaction, the rest."""
+    await owner.publish_envelope(envelopes[0])
+    await asyncio.sleep(0.3)
+    for envelope in (*envelopes[1:], *more):
+        await owner.publish_envelope(envelope)
+    await asyncio.sleep(0.5)
 
 
 async def _wait_for_effects(probe_schema: ProbePool, count: int) -> list[asyncpg.Record]:
@@ -290,12 +305,7 @@ async def test_events_arriving_together_share_one_transaction_and_each_applies_o
     bus, owner, consumer, envelopes, release = await _consume_held(
         test_env, probe_schema, "probe5", set()
     )
-    await owner.publish_envelope(envelopes[0])
-    await asyncio.sleep(0.3)  # the first is in its transaction, held
-    for envelope in envelopes[1:]:
-        await owner.publish_envelope(envelope)
-    await owner.publish_envelope(envelopes[5])  # and one delivered twice
-    await asyncio.sleep(0.5)
+    await _publish_behind_the_first(owner, envelopes, envelopes[5])  # one delivered twice
     release.set()
     rows = await _wait_for_effects(probe_schema, len(envelopes))
     await asyncio.sleep(0.3)
@@ -310,9 +320,7 @@ async def test_events_arriving_together_share_one_transaction_and_each_applies_o
     # The first alone; the eleven that arrived meanwhile in one transaction.
     assert len({row["tx"] for row in rows}) == 2
     assert await probe_schema.fetchval("SELECT count(*) FROM inbox") == len(envelopes)
-    await consumer.stop()
-    await owner.close()
-    await bus.close()
+    await _close(consumer, owner, bus)
 
 
 async def test_an_event_that_fails_in_a_shared_transaction_holds_back_no_other(
@@ -323,11 +331,7 @@ async def test_an_event_that_fails_in_a_shared_transaction_holds_back_no_other(
         test_env, probe_schema, "probe6", {bad}
     )
     envelopes[6] = make_event("identity.user.disabled", UserDisabled(user_id=bad), source="t")
-    await owner.publish_envelope(envelopes[0])
-    await asyncio.sleep(0.3)
-    for envelope in envelopes[1:]:
-        await owner.publish_envelope(envelope)
-    await asyncio.sleep(0.5)
+    await _publish_behind_the_first(owner, envelopes)
     release.set()
     rows = await _wait_for_effects(probe_schema, len(envelopes) - 1)
     await asyncio.sleep(0.5)
@@ -339,9 +343,7 @@ async def test_an_event_that_fails_in_a_shared_transaction_holds_back_no_other(
     )
     inbox = {row["event_id"] for row in await probe_schema.fetch("SELECT event_id FROM inbox")}
     assert inbox == {e.id for e in envelopes if e.data["user_id"] != str(bad)}
-    await consumer.stop()
-    await owner.close()
-    await bus.close()
+    await _close(consumer, owner, bus)
 
 
 async def test_events_that_wait_on_other_services_are_applied_alone_and_concurrently(
@@ -350,16 +352,17 @@ async def test_events_that_wait_on_other_services_are_applied_alone_and_concurre
     bus, owner, consumer, envelopes, release = await _consume_held(
         test_env, probe_schema, "probe7", set(), alone=frozenset({"identity.user.disabled"})
     )
-    await owner.publish_envelope(envelopes[0])
-    await asyncio.sleep(0.3)
-    for envelope in envelopes[1:]:
-        await owner.publish_envelope(envelope)
+    await _publish_behind_the_first(owner, envelopes)
     # While the first is held, the others are applied and committed, each on its own.
     rows = await _wait_for_effects(probe_schema, len(envelopes) - 1)
     assert str(envelopes[0].data["user_id"]) not in {str(row["user_id"]) for row in rows}
     release.set()
     rows = await _wait_for_effects(probe_schema, len(envelopes))
     assert len({row["tx"] for row in rows}) == len(envelopes)
+    await _close(consumer, owner, bus)
+
+
+async def _close(consumer: Any, owner: Bus, bus: Bus) -> None:
     await consumer.stop()
     await owner.close()
     await bus.close()

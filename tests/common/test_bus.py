@@ -287,7 +287,7 @@ async def _publish_behind_the_first(owner: Bus, envelopes: list[Envelope], *more
     await asyncio.sleep(0.3)
     for envelope in (*envelopes[1:], *more):
         await owner.publish_envelope(envelope)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)  # all of them delivered, queued behind the first
 
 
 async def _wait_for_effects(probe_schema: ProbePool, count: int) -> list[asyncpg.Record]:

@@ -1,6 +1,6 @@
 """Calls to identity, portals, invitations and the mailer's webhooks and branding
 (docs/internal-api.md). Identity's, portals' and invitations' answers are typed
-(answers.py); the mailer's webhook and branding answers are relayed as they come."""
+(answers.py), and so are the mailer's webhook and branding answers."""
 
 from __future__ import annotations
 
@@ -13,19 +13,25 @@ from .answers import (
     AcceptedLink,
     AccessSettings,
     ApiKeyAnswer,
+    BrandingAnswer,
     CreatedApiKey,
     CurrentSession,
+    DeliveryAnswer,
+    DeliveryPage,
     EnsuredUser,
     InvitationAnswer,
     InvitationPage,
     InviteOutcome,
     IssuedSession,
     LoginSettings,
+    LogoAnswer,
     PortalAnswer,
     PortalPage,
     ResetLink,
     UserAnswer,
     UserPage,
+    WebhookList,
+    WebhookWithSecretAnswer,
 )
 from .cache import GatewayCache
 
@@ -473,40 +479,42 @@ class Webhooks:
 
     client: ServiceClient
 
-    async def add(self, url: str, events: list[str]) -> Json:
-        result: Json = await self.client.call(
+    async def add(self, url: str, events: list[str]) -> WebhookWithSecretAnswer:
+        result: WebhookWithSecretAnswer = await self.client.call(
             "POST", "/webhooks", json={"url": url, "events": events}
         )
         return result
 
-    async def find(self) -> Json:
-        result: Json = await self.client.call("GET", "/webhooks")
+    async def find(self) -> WebhookList:
+        result: WebhookList = await self.client.call("GET", "/webhooks")
         return result
 
     async def delete(self, endpoint_id: str) -> None:
         await self.client.call("DELETE", f"/webhooks/{endpoint_id}")
 
-    async def rotate_secret(self, endpoint_id: str) -> Json:
-        result: Json = await self.client.call("POST", f"/webhooks/{endpoint_id}/rotate-secret")
+    async def rotate_secret(self, endpoint_id: str) -> WebhookWithSecretAnswer:
+        result: WebhookWithSecretAnswer = await self.client.call(
+            "POST", f"/webhooks/{endpoint_id}/rotate-secret"
+        )
         return result
 
     async def deliveries(
         self, endpoint_id: str, limit: int | None = None, cursor: str | None = None
-    ) -> Json:
-        result: Json = await self.client.call(
+    ) -> DeliveryPage:
+        result: DeliveryPage = await self.client.call(
             "GET", f"/webhooks/{endpoint_id}/deliveries", params=_page_params(limit, cursor)
         )
         return result
 
-    async def redeliver(self, endpoint_id: str, delivery_id: str) -> Json:
-        result: Json = await self.client.call(
+    async def redeliver(self, endpoint_id: str, delivery_id: str) -> DeliveryAnswer:
+        result: DeliveryAnswer = await self.client.call(
             "POST", f"/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver"
         )
         return result
 
 
 # What pages show when the mailer has never answered: the built-in look.
-NO_BRANDING: Json = {
+NO_BRANDING: BrandingAnswer = {
     "agency_name": "",
     "accent_colour": "",
     "reply_to": "",
@@ -527,50 +535,52 @@ class Branding:
     # The last answer, for pages while the mailer is away; the logo last fetched.
     _last: dict[str, Any] = field(default_factory=dict)
 
-    async def current(self) -> Json:
+    async def current(self) -> BrandingAnswer:
         cached = self.cache.branding()
         if cached is not None:
             return cached
         generation = self.cache.generation
         # Every page waits for this: a mailer that hangs must not hang them for long.
-        result: Json = await self.client.call("GET", "/branding", timeout=BRANDING_TIMEOUT)
+        result: BrandingAnswer = await self.client.call(
+            "GET", "/branding", timeout=BRANDING_TIMEOUT
+        )
         self.cache.put_branding(result, generation)
         self._last["branding"] = result
         return result
 
-    def last_known(self) -> Json:
-        known: Json = self._last.get("branding", NO_BRANDING)
+    def last_known(self) -> BrandingAnswer:
+        known: BrandingAnswer = self._last.get("branding", NO_BRANDING)
         return known
 
-    async def update(self, changes: Json) -> Json:
+    async def update(self, changes: dict[str, Any]) -> BrandingAnswer:
         try:
-            result: Json = await self.client.call("PUT", "/branding", json=changes)
+            result: BrandingAnswer = await self.client.call("PUT", "/branding", json=changes)
         finally:
             self.cache.forget_branding()
         return result
 
-    async def set_logo(self, content_base64: str) -> Json:
+    async def set_logo(self, content_base64: str) -> BrandingAnswer:
         try:
-            result: Json = await self.client.call(
+            result: BrandingAnswer = await self.client.call(
                 "PUT", "/branding/logo", json={"content": content_base64}
             )
         finally:
             self.cache.forget_branding()
         return result
 
-    async def remove_logo(self) -> Json:
+    async def remove_logo(self) -> BrandingAnswer:
         try:
-            result: Json = await self.client.call("DELETE", "/branding/logo")
+            result: BrandingAnswer = await self.client.call("DELETE", "/branding/logo")
         finally:
             self.cache.forget_branding()
         return result
 
-    async def logo(self, etag: str) -> Json:
-        """{"content_type", "etag", "content" (base64)} of the logo named ``etag``."""
-        kept: Json | None = self._last.get("logo")
+    async def logo(self, etag: str) -> LogoAnswer:
+        """The logo named ``etag``."""
+        kept: LogoAnswer | None = self._last.get("logo")
         if kept is not None and kept["etag"] == etag:
             return kept
-        result: Json = await self.client.call("GET", "/branding/logo")
+        result: LogoAnswer = await self.client.call("GET", "/branding/logo")
         self._last["logo"] = result
         return result
 

@@ -12,13 +12,18 @@ from libs.common.http import ServiceClient
 from .answers import (
     AcceptedLink,
     AccessSettings,
+    ActivityActor,
+    ActivityActors,
+    ActivityPage,
     ApiKeyAnswer,
+    ApiKeyList,
     BrandingAnswer,
     CreatedApiKey,
     CurrentSession,
     DeliveryAnswer,
     DeliveryPage,
     EnsuredUser,
+    GrantedAccess,
     InvitationAnswer,
     InvitationPage,
     InviteOutcome,
@@ -30,6 +35,8 @@ from .answers import (
     ResetLink,
     UserAnswer,
     UserPage,
+    UserPortal,
+    UserPortalList,
     WebhookList,
     WebhookWithSecretAnswer,
 )
@@ -194,9 +201,8 @@ class Identity:
         return result
 
     async def list_api_keys(self) -> list[ApiKeyAnswer]:
-        result: Json = await self.client.call("GET", "/api-keys")
-        items: list[ApiKeyAnswer] = result["items"]
-        return items
+        result: ApiKeyList = await self.client.call("GET", "/api-keys")
+        return result["items"]
 
     async def revoke_api_key(self, key_id: str) -> None:
         await self.client.call("DELETE", f"/api-keys/{key_id}")
@@ -212,19 +218,18 @@ class Identity:
         portal_id: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
-    ) -> Json:
+    ) -> ActivityPage:
         """The Activity log, newest first."""
-        result: Json = await self.client.call(
+        result: ActivityPage = await self.client.call(
             "GET",
             "/activity",
             params=_page_params(limit, cursor, actor=actor, action=action, portal_id=portal_id),
         )
         return result
 
-    async def activity_actors(self) -> list[Json]:
-        result: Json = await self.client.call("GET", "/activity/actors")
-        items: list[Json] = result["items"]
-        return items
+    async def activity_actors(self) -> list[ActivityActor]:
+        result: ActivityActors = await self.client.call("GET", "/activity/actors")
+        return result["items"]
 
     async def request_reset(self, email: str) -> None:
         await self.client.call("POST", "/password-resets", json={"email": email})
@@ -253,7 +258,7 @@ class Portals:
     client: ServiceClient
     cache: GatewayCache = field(default_factory=lambda: GatewayCache(0))
 
-    async def create(self, body: Json) -> PortalAnswer:
+    async def create(self, body: dict[str, Any]) -> PortalAnswer:
         result: PortalAnswer = await self.client.call("POST", "/portals", json=body)
         return result
 
@@ -277,7 +282,7 @@ class Portals:
         result: PortalAnswer = await self.client.call("GET", f"/portals/by-slug/{slug}")
         return result
 
-    async def patch(self, portal_id: str, body: Json) -> PortalAnswer:
+    async def patch(self, portal_id: str, body: dict[str, Any]) -> PortalAnswer:
         try:
             result: PortalAnswer = await self.client.call(
                 "PATCH", f"/portals/{portal_id}", json=body
@@ -311,17 +316,18 @@ class Portals:
         role: str | None,
         grant_key: str,
         idempotency_key: str | None = None,
-    ) -> Json:
+    ) -> GrantedAccess:
         body = {"user_id": user_id, "role": role, "grant_key": grant_key}
         if idempotency_key:
             body["idempotency_key"] = idempotency_key
-        result: Json = await self.client.call("POST", f"/portals/{portal_id}/access", json=body)
+        result: GrantedAccess = await self.client.call(
+            "POST", f"/portals/{portal_id}/access", json=body
+        )
         return result
 
-    async def of_user(self, user_id: str) -> list[PortalAnswer]:
-        result: Json = await self.client.call("GET", f"/users/{user_id}/portals")
-        items: list[PortalAnswer] = result["items"]
-        return items
+    async def of_user(self, user_id: str) -> list[UserPortal]:
+        result: UserPortalList = await self.client.call("GET", f"/users/{user_id}/portals")
+        return result["items"]
 
     async def of_user_by_slug(self, user_id: str, slug: str) -> PortalAnswer:
         cached = self.cache.portal(user_id, slug)

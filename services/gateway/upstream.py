@@ -1,6 +1,5 @@
 """Calls to identity, portals, invitations and the mailer's webhooks and branding
-(docs/internal-api.md). Identity's, portals' and invitations' answers are typed
-(answers.py), and so are the mailer's webhook and branding answers."""
+(docs/internal-api.md). Every answer is typed (answers.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ from .answers import (
     ActivityPage,
     ApiKeyAnswer,
     ApiKeyList,
+    BatchAnswer,
     BrandingAnswer,
     CreatedApiKey,
     CurrentSession,
@@ -25,6 +25,9 @@ from .answers import (
     EnsuredUser,
     GrantedAccess,
     InvitationAnswer,
+    InvitationCounts,
+    InvitationGroup,
+    InvitationList,
     InvitationPage,
     InviteOutcome,
     IssuedSession,
@@ -32,17 +35,18 @@ from .answers import (
     LogoAnswer,
     PortalAnswer,
     PortalPage,
+    ReservedLink,
     ResetLink,
     UserAnswer,
     UserPage,
     UserPortal,
     UserPortalList,
+    ValidatedLink,
     WebhookList,
     WebhookWithSecretAnswer,
 )
 from .cache import GatewayCache
 
-Json = dict[str, Any]
 BATCH_TIMEOUT = 120.0
 BRANDING_TIMEOUT = 2.0
 
@@ -343,19 +347,19 @@ class Portals:
 class Invitations:
     client: ServiceClient
 
-    async def invite(self, body: Json) -> InviteOutcome:
+    async def invite(self, body: dict[str, Any]) -> InviteOutcome:
         result: InviteOutcome = await self.client.call("POST", "/invitations", json=body)
         return result
 
-    async def invite_group(self, body: Json) -> Json:
-        """Several portals, one invitation: ``{"group_id", "invitations"}``."""
-        result: Json = await self.client.call("POST", "/invitations/group", json=body)
+    async def invite_group(self, body: dict[str, Any]) -> InvitationGroup:
+        """Several portals, one invitation."""
+        result: InvitationGroup = await self.client.call("POST", "/invitations/group", json=body)
         return result
 
-    async def invite_batch(self, body: Json) -> Json:
+    async def invite_batch(self, body: dict[str, Any]) -> BatchAnswer:
         # Writing a piece of a batch takes longer than one call may usually take, more so
         # while the same process relays the previous piece's events.
-        result: Json = await self.client.call(
+        result: BatchAnswer = await self.client.call(
             "POST", "/invitations/batch", json=body, timeout=BATCH_TIMEOUT
         )
         return result
@@ -375,9 +379,11 @@ class Invitations:
         )
         return result
 
-    async def counts(self, portal_id: str | None = None, email: str | None = None) -> Json:
+    async def counts(
+        self, portal_id: str | None = None, email: str | None = None
+    ) -> InvitationCounts:
         """How many per status tab (all, pending, accepted, expired, revoked)."""
-        result: Json = await self.client.call(
+        result: InvitationCounts = await self.client.call(
             "GET",
             "/invitations/counts",
             params=_page_params(None, None, portal_id=portal_id, email=email),
@@ -415,9 +421,8 @@ class Invitations:
 
     async def staff_invitations(self) -> list[InvitationAnswer]:
         """Pending and expired staff invitations, newest first."""
-        result: Json = await self.client.call("GET", "/staff-invitations")
-        items: list[InvitationAnswer] = result["items"]
-        return items
+        result: InvitationList = await self.client.call("GET", "/staff-invitations")
+        return result["items"]
 
     async def resend_staff(self, invitation_id: str) -> InvitationAnswer:
         result: InvitationAnswer = await self.client.call(
@@ -431,17 +436,18 @@ class Invitations:
         )
         return result
 
-    async def validate(self, token: str) -> Json:
-        result: Json = await self.client.call(
+    async def validate(self, token: str) -> ValidatedLink:
+        result: ValidatedLink = await self.client.call(
             "GET", "/invitations/validate", params={"token": token}
         )
         return result
 
     async def reserve(self, token: str) -> str:
         """Spend the link for this request; the answer is the claim that finishes it."""
-        result: Json = await self.client.call("POST", "/invitations/reserve", json={"token": token})
-        claim: str = result["claim"]
-        return claim
+        result: ReservedLink = await self.client.call(
+            "POST", "/invitations/reserve", json={"token": token}
+        )
+        return result["claim"]
 
     async def accept(self, token: str, claim: str, user_id: str) -> AcceptedLink:
         result: AcceptedLink = await self.client.call(
@@ -470,7 +476,7 @@ class Invitations:
         self, days: int | None = None, reminder_days: int | None = None
     ) -> AccessSettings:
         """Fields left as None are unchanged."""
-        body: Json = {}
+        body: dict[str, int] = {}
         if days is not None:
             body["invitation_expiry_days"] = days
         if reminder_days is not None:

@@ -4,7 +4,9 @@ check, not a request. JSON as it arrives: ids and times are strings."""
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
+
+from libs.common.broker import WebhookEvent
 
 Role = Literal["administrator", "staff", "client"]
 
@@ -65,8 +67,45 @@ class CreatedApiKey(ApiKeyAnswer):
     key: str
 
 
+class ApiKeyList(TypedDict):
+    items: list[ApiKeyAnswer]
+
+
 class ResetLink(TypedDict):
     email: str
+
+
+class ActivityActor(TypedDict):
+    """Who made a change: also each row of ``GET /activity/actors``."""
+
+    type: str  # user or key
+    id: str  # a user's or key's id; bootstrap for GATEWAY_API_KEY
+    name: str
+
+
+class ActivityObject(TypedDict):
+    type: str
+    id: str | None
+    label: str
+
+
+class ActivityEntry(TypedDict):
+    id: str
+    occurred_at: str
+    action: str
+    actor: ActivityActor
+    object: ActivityObject
+    portal_id: str | None
+    details: dict[str, Any]  # what changed: its keys differ by action
+
+
+class ActivityPage(TypedDict):
+    items: list[ActivityEntry]
+    next_cursor: str | None
+
+
+class ActivityActors(TypedDict):
+    items: list[ActivityActor]
 
 
 # --- portals ----------------------------------------------------------------------------
@@ -88,6 +127,24 @@ class PortalAnswer(TypedDict):
 class PortalPage(TypedDict):
     items: list[PortalAnswer]
     next_cursor: str | None
+
+
+AccessRole = Literal["client", "sub_client"]
+
+
+class GrantedAccess(TypedDict):
+    portal: PortalAnswer
+    role: AccessRole
+
+
+class UserPortal(PortalAnswer):
+    """One of a user's portals (without content), with the user's role on it."""
+
+    role: AccessRole
+
+
+class UserPortalList(TypedDict):
+    items: list[UserPortal]
 
 
 # --- invitations ------------------------------------------------------------------------
@@ -132,6 +189,40 @@ class InvitationPage(TypedDict):
     next_cursor: str | None
 
 
+class InvitationList(TypedDict):
+    items: list[InvitationAnswer]
+
+
+class InvitationCounts(TypedDict):
+    """How many invitations each status tab holds."""
+
+    all: int
+    pending: int
+    accepted: int
+    expired: int
+    revoked: int
+
+
+class InvitationGroup(TypedDict):
+    """Several portals, one invitation: one per portal, in the order given."""
+
+    group_id: str
+    invitations: list[InvitationAnswer]
+
+
+class BatchRowAnswer(TypedDict):
+    row: int
+    email: str
+    status: Literal["created", "resent", "rejected"]
+    invitation_id: NotRequired[str]  # created or resent
+    reason: NotRequired[str]  # rejected: the error code, and its words
+    message: NotRequired[str | None]
+
+
+class BatchAnswer(TypedDict):
+    results: list[BatchRowAnswer]
+
+
 class LinkedInvitation(TypedDict):
     """One invitation a link accepts: what the gateway grants."""
 
@@ -144,6 +235,30 @@ class LinkedInvitation(TypedDict):
     locale: str | None
 
 
+class ValidatedLink(TypedDict):
+    """What a link would accept now; the top-level fields are the first invitation's."""
+
+    invitation_id: str
+    email: str
+    portal_id: str | None
+    portal_title: str | None
+    portal_slug: str | None
+    role: Literal["administrator", "staff"] | None
+    expires_at: str
+    account_exists: bool
+    sub_client: bool | None
+    idempotency_key: str | None
+    group_id: str | None
+    locale: str | None
+    invitations: list[LinkedInvitation]
+
+
+class ReservedLink(TypedDict):
+    claim: str
+    invitation: InvitationAnswer
+    invitations: list[LinkedInvitation]
+
+
 class AcceptedLink(InvitationAnswer):
     invitations: list[LinkedInvitation]
 
@@ -151,3 +266,62 @@ class AcceptedLink(InvitationAnswer):
 class AccessSettings(TypedDict):
     invitation_expiry_days: int
     invitation_reminder_days: int | None
+
+
+# --- mailer: webhooks -------------------------------------------------------------------
+class WebhookAnswer(TypedDict):
+    id: str
+    url: str
+    events: list[WebhookEvent]
+    created_at: str
+
+
+class WebhookWithSecretAnswer(WebhookAnswer):
+    """Adding an endpoint or rotating its secret: the only answers with the secret."""
+
+    secret: str
+
+
+class WebhookList(TypedDict):
+    items: list[WebhookAnswer]
+
+
+class DeliveryAnswer(TypedDict):
+    id: str
+    endpoint_id: str
+    event_id: str
+    event_type: WebhookEvent
+    status: Literal["queued", "sending", "delivered", "failed"]
+    attempts: int
+    response_code: int | None
+    duration_ms: int | None
+    error: str | None
+    last_attempt_at: str | None
+    next_attempt_at: str | None  # while queued
+    delivered_at: str | None
+    created_at: str
+
+
+class DeliveryPage(TypedDict):
+    items: list[DeliveryAnswer]
+    next_cursor: str | None
+
+
+# --- mailer: branding -------------------------------------------------------------------
+class BrandingAnswer(TypedDict):
+    agency_name: str  # empty strings: not set
+    accent_colour: str
+    reply_to: str
+    footer_text: str
+    logo_etag: str | None
+    logo_type: str | None
+    # The mailer always answers both; the built-in look (upstream.NO_BRANDING) has neither,
+    # and pages then use the browser's language and UTC.
+    default_locale: NotRequired[str]
+    time_zone: NotRequired[str]
+
+
+class LogoAnswer(TypedDict):
+    content_type: str
+    etag: str
+    content: str  # base64

@@ -48,7 +48,7 @@ from libs.common.events import (
 )
 from libs.common.logging import get_logger
 
-from .answers import CurrentSession, PortalAnswer
+from .answers import BrandingAnswer, CurrentSession, PortalAnswer
 
 log = get_logger(__name__)
 
@@ -70,8 +70,6 @@ ROUTING_KEYS = (
     "portal.access.revoked",
     "settings.branding.changed",
 )
-
-Json = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -140,11 +138,11 @@ class GatewayCache:
         self._put(f"p:{user_id}:{slug}", portal, tags, self.ttl, generation)
 
     # --- branding (the mailer's Settings → Branding, on every page) -------------------
-    def branding(self) -> Json | None:
-        found: Json | None = self._get("branding", "b")
+    def branding(self) -> BrandingAnswer | None:
+        found: BrandingAnswer | None = self._get("branding", "b")
         return found
 
-    def put_branding(self, branding: Json, generation: int) -> None:
+    def put_branding(self, branding: BrandingAnswer, generation: int) -> None:
         self._put("b", branding, frozenset({"branding"}), self.ttl, generation)
 
     def forget_branding(self) -> None:

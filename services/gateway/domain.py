@@ -14,6 +14,7 @@ import uuid
 
 from libs.common.passwords import password_problem
 
+from .answers import BrandingAnswer
 from .i18n import N_, gettext
 from .i18n import when as when
 
@@ -303,7 +304,7 @@ def parse_uuid(value: str) -> str | None:
 PRODUCT_NAME = "ClientPress"
 
 
-def page_brand(branding: dict[str, object]) -> dict[str, object]:
+def page_brand(branding: BrandingAnswer) -> dict[str, object]:
     """What base.html shows: the Agency Name (else the product's), the logo's versioned
     URL, the footer, and the stylesheet that carries the accent (the CSP allows no inline
     style, so the colour reaches the page as CSS the gateway serves)."""

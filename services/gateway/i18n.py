@@ -48,7 +48,7 @@ _ZONE: contextvars.ContextVar[str] = contextvars.ContextVar("gateway_zone", defa
 def choose_language(
     user: Mapping[str, Any] | None,
     accept_language: str | None,
-    brand: dict[str, Any] | None,
+    brand: Mapping[str, Any] | None,
     invitation_locale: str | None = None,
 ) -> str:
     account = (user or {}).get("locale")

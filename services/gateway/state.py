@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
-from .answers import UserAnswer
+from .answers import BrandingAnswer, UserAnswer
 from .cache import GatewayCache
 from .domain import Network
 from .limits import RateLimits
@@ -38,7 +37,7 @@ class RequestState:
     clear_session: bool = False
     session_set: bool = False
     # Settings → Branding for this page (services/gateway/views/branding.py); None: built-in.
-    brand: dict[str, Any] | None = None
+    brand: BrandingAnswer | None = None
     # An invitation link's language (accept and new-link pages): before Accept-Language.
     invitation_locale: str | None = None
 

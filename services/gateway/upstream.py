@@ -1,6 +1,5 @@
 """Calls to identity, portals, invitations and the mailer's webhooks and branding
-(docs/internal-api.md). Identity's, portals' and invitations' answers are typed
-(answers.py); the mailer's webhook and branding answers are relayed as they come."""
+(docs/internal-api.md). Every answer is typed (answers.py)."""
 
 from __future__ import annotations
 
@@ -12,24 +11,42 @@ from libs.common.http import ServiceClient
 from .answers import (
     AcceptedLink,
     AccessSettings,
+    ActivityActor,
+    ActivityActors,
+    ActivityPage,
     ApiKeyAnswer,
+    ApiKeyList,
+    BatchAnswer,
+    BrandingAnswer,
     CreatedApiKey,
     CurrentSession,
+    DeliveryAnswer,
+    DeliveryPage,
     EnsuredUser,
+    GrantedAccess,
     InvitationAnswer,
+    InvitationCounts,
+    InvitationGroup,
+    InvitationList,
     InvitationPage,
     InviteOutcome,
     IssuedSession,
     LoginSettings,
+    LogoAnswer,
     PortalAnswer,
     PortalPage,
+    ReservedLink,
     ResetLink,
     UserAnswer,
     UserPage,
+    UserPortal,
+    UserPortalList,
+    ValidatedLink,
+    WebhookList,
+    WebhookWithSecretAnswer,
 )
 from .cache import GatewayCache
 
-Json = dict[str, Any]
 BATCH_TIMEOUT = 120.0
 BRANDING_TIMEOUT = 2.0
 
@@ -188,9 +205,8 @@ class Identity:
         return result
 
     async def list_api_keys(self) -> list[ApiKeyAnswer]:
-        result: Json = await self.client.call("GET", "/api-keys")
-        items: list[ApiKeyAnswer] = result["items"]
-        return items
+        result: ApiKeyList = await self.client.call("GET", "/api-keys")
+        return result["items"]
 
     async def revoke_api_key(self, key_id: str) -> None:
         await self.client.call("DELETE", f"/api-keys/{key_id}")
@@ -206,19 +222,18 @@ class Identity:
         portal_id: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
-    ) -> Json:
+    ) -> ActivityPage:
         """The Activity log, newest first."""
-        result: Json = await self.client.call(
+        result: ActivityPage = await self.client.call(
             "GET",
             "/activity",
             params=_page_params(limit, cursor, actor=actor, action=action, portal_id=portal_id),
         )
         return result
 
-    async def activity_actors(self) -> list[Json]:
-        result: Json = await self.client.call("GET", "/activity/actors")
-        items: list[Json] = result["items"]
-        return items
+    async def activity_actors(self) -> list[ActivityActor]:
+        result: ActivityActors = await self.client.call("GET", "/activity/actors")
+        return result["items"]
 
     async def request_reset(self, email: str) -> None:
         await self.client.call("POST", "/password-resets", json={"email": email})
@@ -247,7 +262,7 @@ class Portals:
     client: ServiceClient
     cache: GatewayCache = field(default_factory=lambda: GatewayCache(0))
 
-    async def create(self, body: Json) -> PortalAnswer:
+    async def create(self, body: dict[str, Any]) -> PortalAnswer:
         result: PortalAnswer = await self.client.call("POST", "/portals", json=body)
         return result
 
@@ -271,7 +286,7 @@ class Portals:
         result: PortalAnswer = await self.client.call("GET", f"/portals/by-slug/{slug}")
         return result
 
-    async def patch(self, portal_id: str, body: Json) -> PortalAnswer:
+    async def patch(self, portal_id: str, body: dict[str, Any]) -> PortalAnswer:
         try:
             result: PortalAnswer = await self.client.call(
                 "PATCH", f"/portals/{portal_id}", json=body
@@ -305,17 +320,18 @@ class Portals:
         role: str | None,
         grant_key: str,
         idempotency_key: str | None = None,
-    ) -> Json:
+    ) -> GrantedAccess:
         body = {"user_id": user_id, "role": role, "grant_key": grant_key}
         if idempotency_key:
             body["idempotency_key"] = idempotency_key
-        result: Json = await self.client.call("POST", f"/portals/{portal_id}/access", json=body)
+        result: GrantedAccess = await self.client.call(
+            "POST", f"/portals/{portal_id}/access", json=body
+        )
         return result
 
-    async def of_user(self, user_id: str) -> list[PortalAnswer]:
-        result: Json = await self.client.call("GET", f"/users/{user_id}/portals")
-        items: list[PortalAnswer] = result["items"]
-        return items
+    async def of_user(self, user_id: str) -> list[UserPortal]:
+        result: UserPortalList = await self.client.call("GET", f"/users/{user_id}/portals")
+        return result["items"]
 
     async def of_user_by_slug(self, user_id: str, slug: str) -> PortalAnswer:
         cached = self.cache.portal(user_id, slug)
@@ -331,19 +347,19 @@ class Portals:
 class Invitations:
     client: ServiceClient
 
-    async def invite(self, body: Json) -> InviteOutcome:
+    async def invite(self, body: dict[str, Any]) -> InviteOutcome:
         result: InviteOutcome = await self.client.call("POST", "/invitations", json=body)
         return result
 
-    async def invite_group(self, body: Json) -> Json:
-        """Several portals, one invitation: ``{"group_id", "invitations"}``."""
-        result: Json = await self.client.call("POST", "/invitations/group", json=body)
+    async def invite_group(self, body: dict[str, Any]) -> InvitationGroup:
+        """Several portals, one invitation."""
+        result: InvitationGroup = await self.client.call("POST", "/invitations/group", json=body)
         return result
 
-    async def invite_batch(self, body: Json) -> Json:
+    async def invite_batch(self, body: dict[str, Any]) -> BatchAnswer:
         # Writing a piece of a batch takes longer than one call may usually take, more so
         # while the same process relays the previous piece's events.
-        result: Json = await self.client.call(
+        result: BatchAnswer = await self.client.call(
             "POST", "/invitations/batch", json=body, timeout=BATCH_TIMEOUT
         )
         return result
@@ -363,9 +379,11 @@ class Invitations:
         )
         return result
 
-    async def counts(self, portal_id: str | None = None, email: str | None = None) -> Json:
+    async def counts(
+        self, portal_id: str | None = None, email: str | None = None
+    ) -> InvitationCounts:
         """How many per status tab (all, pending, accepted, expired, revoked)."""
-        result: Json = await self.client.call(
+        result: InvitationCounts = await self.client.call(
             "GET",
             "/invitations/counts",
             params=_page_params(None, None, portal_id=portal_id, email=email),
@@ -403,9 +421,8 @@ class Invitations:
 
     async def staff_invitations(self) -> list[InvitationAnswer]:
         """Pending and expired staff invitations, newest first."""
-        result: Json = await self.client.call("GET", "/staff-invitations")
-        items: list[InvitationAnswer] = result["items"]
-        return items
+        result: InvitationList = await self.client.call("GET", "/staff-invitations")
+        return result["items"]
 
     async def resend_staff(self, invitation_id: str) -> InvitationAnswer:
         result: InvitationAnswer = await self.client.call(
@@ -419,17 +436,18 @@ class Invitations:
         )
         return result
 
-    async def validate(self, token: str) -> Json:
-        result: Json = await self.client.call(
+    async def validate(self, token: str) -> ValidatedLink:
+        result: ValidatedLink = await self.client.call(
             "GET", "/invitations/validate", params={"token": token}
         )
         return result
 
     async def reserve(self, token: str) -> str:
         """Spend the link for this request; the answer is the claim that finishes it."""
-        result: Json = await self.client.call("POST", "/invitations/reserve", json={"token": token})
-        claim: str = result["claim"]
-        return claim
+        result: ReservedLink = await self.client.call(
+            "POST", "/invitations/reserve", json={"token": token}
+        )
+        return result["claim"]
 
     async def accept(self, token: str, claim: str, user_id: str) -> AcceptedLink:
         result: AcceptedLink = await self.client.call(
@@ -458,7 +476,7 @@ class Invitations:
         self, days: int | None = None, reminder_days: int | None = None
     ) -> AccessSettings:
         """Fields left as None are unchanged."""
-        body: Json = {}
+        body: dict[str, int] = {}
         if days is not None:
             body["invitation_expiry_days"] = days
         if reminder_days is not None:
@@ -473,40 +491,42 @@ class Webhooks:
 
     client: ServiceClient
 
-    async def add(self, url: str, events: list[str]) -> Json:
-        result: Json = await self.client.call(
+    async def add(self, url: str, events: list[str]) -> WebhookWithSecretAnswer:
+        result: WebhookWithSecretAnswer = await self.client.call(
             "POST", "/webhooks", json={"url": url, "events": events}
         )
         return result
 
-    async def find(self) -> Json:
-        result: Json = await self.client.call("GET", "/webhooks")
+    async def find(self) -> WebhookList:
+        result: WebhookList = await self.client.call("GET", "/webhooks")
         return result
 
     async def delete(self, endpoint_id: str) -> None:
         await self.client.call("DELETE", f"/webhooks/{endpoint_id}")
 
-    async def rotate_secret(self, endpoint_id: str) -> Json:
-        result: Json = await self.client.call("POST", f"/webhooks/{endpoint_id}/rotate-secret")
+    async def rotate_secret(self, endpoint_id: str) -> WebhookWithSecretAnswer:
+        result: WebhookWithSecretAnswer = await self.client.call(
+            "POST", f"/webhooks/{endpoint_id}/rotate-secret"
+        )
         return result
 
     async def deliveries(
         self, endpoint_id: str, limit: int | None = None, cursor: str | None = None
-    ) -> Json:
-        result: Json = await self.client.call(
+    ) -> DeliveryPage:
+        result: DeliveryPage = await self.client.call(
             "GET", f"/webhooks/{endpoint_id}/deliveries", params=_page_params(limit, cursor)
         )
         return result
 
-    async def redeliver(self, endpoint_id: str, delivery_id: str) -> Json:
-        result: Json = await self.client.call(
+    async def redeliver(self, endpoint_id: str, delivery_id: str) -> DeliveryAnswer:
+        result: DeliveryAnswer = await self.client.call(
             "POST", f"/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver"
         )
         return result
 
 
 # What pages show when the mailer has never answered: the built-in look.
-NO_BRANDING: Json = {
+NO_BRANDING: BrandingAnswer = {
     "agency_name": "",
     "accent_colour": "",
     "reply_to": "",
@@ -527,50 +547,52 @@ class Branding:
     # The last answer, for pages while the mailer is away; the logo last fetched.
     _last: dict[str, Any] = field(default_factory=dict)
 
-    async def current(self) -> Json:
+    async def current(self) -> BrandingAnswer:
         cached = self.cache.branding()
         if cached is not None:
             return cached
         generation = self.cache.generation
         # Every page waits for this: a mailer that hangs must not hang them for long.
-        result: Json = await self.client.call("GET", "/branding", timeout=BRANDING_TIMEOUT)
+        result: BrandingAnswer = await self.client.call(
+            "GET", "/branding", timeout=BRANDING_TIMEOUT
+        )
         self.cache.put_branding(result, generation)
         self._last["branding"] = result
         return result
 
-    def last_known(self) -> Json:
-        known: Json = self._last.get("branding", NO_BRANDING)
+    def last_known(self) -> BrandingAnswer:
+        known: BrandingAnswer = self._last.get("branding", NO_BRANDING)
         return known
 
-    async def update(self, changes: Json) -> Json:
+    async def update(self, changes: dict[str, Any]) -> BrandingAnswer:
         try:
-            result: Json = await self.client.call("PUT", "/branding", json=changes)
+            result: BrandingAnswer = await self.client.call("PUT", "/branding", json=changes)
         finally:
             self.cache.forget_branding()
         return result
 
-    async def set_logo(self, content_base64: str) -> Json:
+    async def set_logo(self, content_base64: str) -> BrandingAnswer:
         try:
-            result: Json = await self.client.call(
+            result: BrandingAnswer = await self.client.call(
                 "PUT", "/branding/logo", json={"content": content_base64}
             )
         finally:
             self.cache.forget_branding()
         return result
 
-    async def remove_logo(self) -> Json:
+    async def remove_logo(self) -> BrandingAnswer:
         try:
-            result: Json = await self.client.call("DELETE", "/branding/logo")
+            result: BrandingAnswer = await self.client.call("DELETE", "/branding/logo")
         finally:
             self.cache.forget_branding()
         return result
 
-    async def logo(self, etag: str) -> Json:
-        """{"content_type", "etag", "content" (base64)} of the logo named ``etag``."""
-        kept: Json | None = self._last.get("logo")
+    async def logo(self, etag: str) -> LogoAnswer:
+        """The logo named ``etag``."""
+        kept: LogoAnswer | None = self._last.get("logo")
         if kept is not None and kept["etag"] == etag:
             return kept
-        result: Json = await self.client.call("GET", "/branding/logo")
+        result: LogoAnswer = await self.client.call("GET", "/branding/logo")
         self._last["logo"] = result
         return result
 

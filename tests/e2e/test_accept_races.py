@@ -14,8 +14,9 @@ import pytest
 
 from libs.common.errors import DomainError, Unavailable
 from libs.common.http import ServiceClient, new_session
+from services.gateway.answers import AcceptedLink, EnsuredUser
 from services.gateway.handlers.saga import accept_with_password
-from services.gateway.upstream import Identity, Invitations, Json, Portals, Upstream
+from services.gateway.upstream import Identity, Invitations, Portals, Upstream
 from tests.e2e.conftest import Browser, Stack
 from tests.e2e.flows import CLIENT_PASSWORD, Api, db_fetch, unique_email
 from tests.support.smtp import accept_link
@@ -43,7 +44,7 @@ class RevokeAfterAccountStep(Identity):
         invitation_id: str,
         role: str | None = None,
         locale: str | None = None,
-    ) -> Json:
+    ) -> EnsuredUser:
         result = await super().ensure_user(email, password, invitation_id, role, locale)
         await self.after_ensure()
         return result
@@ -55,7 +56,7 @@ class InvitationsDownAtAccept(Invitations):
 
     failures: list[str] = field(default_factory=list)
 
-    async def accept(self, token: str, claim: str, user_id: str) -> Json:
+    async def accept(self, token: str, claim: str, user_id: str) -> AcceptedLink:
         if not self.failures:
             self.failures.append(claim)
             raise Unavailable("The invitations service is unavailable.")

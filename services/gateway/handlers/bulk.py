@@ -12,6 +12,7 @@ from typing import Any
 from libs.common.email import email_or_none
 from libs.common.errors import InvalidInput
 
+from ..answers import BatchRowAnswer
 from ..upstream import Invitations
 
 MAX_ROWS = 10_000
@@ -124,9 +125,9 @@ async def send(
     invited_by: str,
     dry_run: bool,
     locale: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[BatchRowAnswer]:
     """One result per row, in input order (rows numbered from 1)."""
-    results: dict[int, dict[str, Any]] = {}
+    results: dict[int, BatchRowAnswer] = {}
     outgoing: list[tuple[int, dict[str, Any]]] = []
     seen: dict[str, int] = {}
     for number, row in enumerate(rows, start=1):
@@ -168,7 +169,7 @@ async def send(
     return [results[number] for number in range(1, len(rows) + 1)]
 
 
-def _rejected(number: int, email: str, reason: str, message: str) -> dict[str, Any]:
+def _rejected(number: int, email: str, reason: str, message: str) -> BatchRowAnswer:
     return {
         "row": number,
         "email": email,

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from libs.common.errors import Conflict, DomainError
 from libs.common.logging import get_logger
 
-from ..answers import AcceptedLink, UserAnswer
+from ..answers import AcceptedLink, LinkedInvitation, UserAnswer, ValidatedLink
 from ..domain import safe_next_path
 from ..i18n import N_
-from ..upstream import Json, Upstream
+from ..upstream import Upstream
 
 log = get_logger(__name__)
 
@@ -71,7 +71,7 @@ async def login_destination(up: Upstream, user: UserAnswer, next_raw: str | None
 
 
 async def accept_with_password(
-    up: Upstream, token: str, password: str, invitation: Json | None = None
+    up: Upstream, token: str, password: str, invitation: ValidatedLink | None = None
 ) -> Accepted:
     """The saga for a person without an account (docs/internal-api.md). The link is spent
     (reserved for this request) before anything is made, so a revoke or the expiry that
@@ -113,7 +113,9 @@ async def accept_with_password(
     return Accepted(token=session["token"], destination=destination)
 
 
-async def accept_for_user(up: Upstream, token: str, invitation: Json, user_id: str) -> Joined:
+async def accept_for_user(
+    up: Upstream, token: str, invitation: ValidatedLink, user_id: str
+) -> Joined:
     """The saga for someone already logged in as the invited email. A staff invitation
     raises the account to its role (never lowers it) before the acceptance is recorded,
     so invitation.staff.accepted always means the account has at least that role."""
@@ -140,14 +142,27 @@ async def _raise_role(up: Upstream, user_id: str, invited: str) -> Joined:
     return Joined(destination=ADMIN_HOME, role=invited)
 
 
-def _taken(invitation: Json, accepted: AcceptedLink) -> list[Json]:
+def _taken(invitation: ValidatedLink, accepted: AcceptedLink) -> list[LinkedInvitation]:
     """What the acceptance took: each invitation of a group's link the claim held, or the
     one the link was for."""
     listed = accepted.get("invitations")
-    return [dict(i) for i in listed] if listed else [invitation]
+    if listed:
+        return list(listed)
+    return [
+        {
+            "invitation_id": invitation["invitation_id"],
+            # As invitations writes a linked invitation's portal id.
+            "portal_id": str(invitation["portal_id"]),
+            "portal_title": invitation.get("portal_title"),
+            "portal_slug": invitation["portal_slug"],
+            "sub_client": invitation.get("sub_client"),
+            "idempotency_key": invitation.get("idempotency_key"),
+            "locale": invitation.get("locale"),
+        }
+    ]
 
 
-def landing(taken: list[Json]) -> str:
+def landing(taken: list[LinkedInvitation]) -> str:
     """One portal: straight to it; several: the list of the person's portals."""
     if len(taken) == 1:
         return f"/client-portal/{taken[0]['portal_slug']}/"
@@ -171,7 +186,7 @@ async def _holding(up: Upstream, token: str, claim: str) -> AsyncIterator[None]:
         raise
 
 
-async def _grant(up: Upstream, taken: list[Json], user_id: str) -> None:
+async def _grant(up: Upstream, taken: list[LinkedInvitation], user_id: str) -> None:
     """After the acceptance: portals also grants from each ``invitation.accepted`` under
     the same key, so a failure here delays access but can't lose it."""
     for invitation in taken:

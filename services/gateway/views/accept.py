@@ -11,6 +11,7 @@ from aiohttp import web
 from libs.common.email import same_email
 from libs.common.errors import DomainError
 
+from ..answers import ValidatedLink
 from ..domain import BAD_LOGIN, new_password_problem, when
 from ..handlers.saga import (
     ROLE_NAMES,
@@ -31,7 +32,6 @@ from ..rendering import (
 )
 from ..security import login_failed, login_limit, rate_limit, set_session
 from ..state import UPSTREAM, req_state
-from ..upstream import Json
 
 routes = web.RouteTableDef()
 
@@ -100,7 +100,11 @@ def _invitation_problem(request: web.Request, exc: DomainError, token: str) -> w
 
 
 def _accept_page(
-    request: web.Request, token: str, invitation: Json, errors: dict[str, str], status: int = 200
+    request: web.Request,
+    token: str,
+    invitation: ValidatedLink,
+    errors: dict[str, str],
+    status: int = 200,
 ) -> web.Response:
     # The page speaks the invitation's language unless the reader's account has its own.
     req_state(request).invitation_locale = invitation.get("locale")

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from libs.common.activity import ACTIONS
 from libs.common.web import json_response, parse_query
 
-from ..contracts import ActivityAction, ActivityPage
+from .. import contracts
+from ..answers import ActivityActor, ActivityEntry, ActivityPage, PortalPage
+from ..contracts import ActivityAction
 from ..domain import parse_uuid
 from ..rendering import render
 from ..state import UPSTREAM
@@ -57,7 +59,7 @@ class ActivityQuery(BaseModel):
     "The Activity log: every change a staff member or a key made, newest first"
     " (administrators and the bootstrap key)",
     query=ActivityQuery,
-    response=ActivityPage,
+    response=contracts.ActivityPage,
     errors=["422 invalid_cursor"],
 )
 async def list_activity(request: web.Request) -> web.StreamResponse:
@@ -76,7 +78,7 @@ def _setting(name: str, value: Any) -> str:
     return f"{value} days"
 
 
-def describe(entry: dict[str, Any]) -> str:
+def describe(entry: ActivityEntry) -> str:
     """What changed, in words, for the screen's Details column."""
     details = entry.get("details") or {}
     action = entry["action"]
@@ -107,6 +109,10 @@ async def activity_page(request: web.Request) -> web.StreamResponse:
     action = action if action in ACTIONS else ""
     portal_id = parse_uuid(request.query.get("portal_id", ""))
     cursor = request.query.get("cursor", "")[:500] or None
+    # Declared: an entry's details (dict[str, Any]) would leave gather's answer untyped.
+    page: ActivityPage
+    actors: list[ActivityActor]
+    portals: PortalPage
     page, actors, portals = await asyncio.gather(
         up.identity.activity(actor, action or None, portal_id, PAGE_ROWS, cursor),
         up.identity.activity_actors(),

@@ -14,7 +14,7 @@ from multidict import MultiDictProxy
 from libs.common.email import email_or_none
 from libs.common.errors import Conflict, DomainError, InvalidInput, RateLimited
 
-from ..answers import InvitationAnswer, InvitationPage
+from ..answers import InvitationAnswer, InvitationCounts, InvitationPage
 from ..domain import (
     BULK_FLASH,
     BULK_VERBS,
@@ -62,7 +62,7 @@ async def invitation_list(request: web.Request) -> web.StreamResponse:
     portals = await up.portals.find(limit=200)
     if searched and email is None:
         page: InvitationPage = {"items": [], "next_cursor": None}
-        counts: dict[str, Any] = {}
+        counts: InvitationCounts | dict[str, int] = {}
     else:
         page, counts = await asyncio.gather(
             up.invitations.find(

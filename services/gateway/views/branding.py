@@ -23,6 +23,7 @@ from libs.common.i18n import (
 from libs.common.logging import get_logger
 from libs.common.web import json_response, read_json
 
+from ..answers import BrandingAnswer
 from ..domain import theme_css
 from ..rendering import Handler, form_str, is_api, render, see_other
 from ..state import UPSTREAM, req_state
@@ -107,7 +108,7 @@ async def theme(request: web.Request) -> web.StreamResponse:
 # --- Settings → Branding ------------------------------------------------------------------
 def _page(
     request: web.Request,
-    current: dict[str, Any],
+    current: BrandingAnswer,
     form: dict[str, str] | None = None,
     errors: dict[str, str] | None = None,
     status: int = 200,
@@ -159,7 +160,7 @@ async def save_branding(request: web.Request) -> web.StreamResponse:
     return see_other(request, PAGE, flash="branding_saved")
 
 
-def _filled(shown: dict[str, str], current: dict[str, Any]) -> dict[str, str]:
+def _filled(shown: dict[str, str], current: BrandingAnswer) -> dict[str, str]:
     """The form as posted, with the current Language and Time Zone where it had none."""
     return {
         "default_locale": str(current.get("default_locale") or "en"),

@@ -19,7 +19,7 @@ from ..answers import PortalAnswer
 from ..domain import EXPIRY_CHOICES, MAX_GROUP_PORTALS, parse_uuid
 from ..rendering import form_str, render, see_other
 from ..state import UPSTREAM
-from ..upstream import Json, Upstream
+from ..upstream import Upstream
 from .editor import INVITE_ERROR_FIELDS, INVITE_ERRORS, invite_fields, invite_options
 
 routes = web.RouteTableDef()
@@ -131,7 +131,7 @@ async def send_invitation(request: web.Request) -> web.StreamResponse:
     email = email_or_none(values["email"])
     if errors or email is None:
         return await _page(request, portals, values=values, errors=errors, status=422)
-    body: Json = {"portal_ids": ids, **invite_options(request, email, values)}
+    body: dict[str, Any] = {"portal_ids": ids, **invite_options(request, email, values)}
     if values["name"]:
         body["name"] = values["name"]
     try:

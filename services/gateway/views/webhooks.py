@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from libs.common.errors import InvalidInput
 from libs.common.web import describe_validation, json_response, parse_query, read_json
 
+from ..answers import WebhookWithSecretAnswer
 from ..rendering import form_str, render, see_other
 from ..state import UPSTREAM
 from ..upstream import Webhooks
@@ -109,7 +110,7 @@ async def redeliver(request: web.Request) -> web.StreamResponse:
 async def _page(
     request: web.Request,
     *,
-    secret: dict[str, Any] | None = None,
+    secret: WebhookWithSecretAnswer | None = None,
     errors: dict[str, str] | None = None,
     form: dict[str, Any] | None = None,
     status: int = 200,

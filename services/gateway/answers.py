@@ -227,7 +227,7 @@ class LinkedInvitation(TypedDict):
     """One invitation a link accepts: what the gateway grants."""
 
     invitation_id: str
-    portal_id: str
+    portal_id: str | None  # null for a staff invitation
     portal_title: str | None
     portal_slug: str | None
     sub_client: bool | None

@@ -177,7 +177,7 @@ def _linked(row: asyncpg.Record) -> dict[str, Any]:
     gateway grants."""
     return {
         "invitation_id": str(row["id"]),
-        "portal_id": str(row["portal_id"]),
+        "portal_id": _str(row["portal_id"]),
         "portal_title": row["portal_title"],
         "portal_slug": row["portal_slug"],
         "sub_client": row["sub_client"],

@@ -134,6 +134,8 @@ async def test_accepting_announces_the_role_and_never_invitation_accepted(
     assert status == 200
     assert shown["role"] == "staff" and shown["portal_id"] is None
     assert shown["account_exists"] is False
+    # What the link takes: no portal (null, never the string "None").
+    assert [linked["portal_id"] for linked in shown["invitations"]] == [None]
     reserved = await client.post("/invitations/reserve", json={"token": token})
     assert reserved.status == 200
     claim = (await reserved.json())["claim"]

@@ -151,8 +151,7 @@ def _taken(invitation: ValidatedLink, accepted: AcceptedLink) -> list[LinkedInvi
     return [
         {
             "invitation_id": invitation["invitation_id"],
-            # As invitations writes a linked invitation's portal id.
-            "portal_id": str(invitation["portal_id"]),
+            "portal_id": invitation["portal_id"],
             "portal_title": invitation.get("portal_title"),
             "portal_slug": invitation["portal_slug"],
             "sub_client": invitation.get("sub_client"),
@@ -190,9 +189,12 @@ async def _grant(up: Upstream, taken: list[LinkedInvitation], user_id: str) -> N
     """After the acceptance: portals also grants from each ``invitation.accepted`` under
     the same key, so a failure here delays access but can't lose it."""
     for invitation in taken:
+        portal_id = invitation["portal_id"]
+        if portal_id is None:  # a staff invitation: a role, no portal
+            continue
         role = "sub_client" if invitation.get("sub_client") else None
         await up.portals.grant(
-            invitation["portal_id"],
+            portal_id,
             user_id,
             role,
             invitation["invitation_id"],

@@ -26,6 +26,7 @@ from opentelemetry.trace import SpanKind
 
 from . import broker, tracing
 from .actor import set_actor
+from .amqp_transport import CoalescingTransportFactory
 from .batching import GroupCommit
 from .broker import Binding, ExchangeKind
 from .context import set_correlation_id
@@ -114,6 +115,9 @@ class Bus:
             make_url(self.url),
             client_properties={"connection_name": f"clientpress-{self.service}"},
         )
+        # Frames written in one turn of the loop (a relay batch, a batch's acks) leave in
+        # one send: amqp_transport.py. aio_pika passes its kwargs on to aiormq.
+        connection.kwargs["transport_factory"] = CoalescingTransportFactory()
         # Held before it connects: an app stopped while connecting (its start task
         # cancelled) still closes it in close(), instead of leaving behind a robust
         # connection that goes on reconnecting by itself.

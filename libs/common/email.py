@@ -10,13 +10,17 @@ and the code agree. The one character whose lower case is two characters (U+0130
 
 from __future__ import annotations
 
+import re
+
 from email_validator import EmailNotValidError, validate_email
 
 from .errors import InvalidInput
 
 MAX_EMAIL_LENGTH = 320
-# Separators and brackets of lists and display names, and every kind of line break.
-_FORBIDDEN = frozenset('\r\n\x00,;<>"')
+# Separators and brackets of lists and display names, and every kind of line break or
+# space (``\s`` is ``str.isspace``): one C-speed search instead of a loop per character,
+# which cost as much as the validator itself in a 10,000-row batch.
+_FORBIDDEN = re.compile(r'[\r\n\x00,;<>"\s]')
 
 
 class InvalidEmail(InvalidInput):
@@ -36,9 +40,9 @@ def normalise_email(raw: str) -> str:
         raise InvalidEmail("the address is empty")
     if len(value) > MAX_EMAIL_LENGTH:
         raise InvalidEmail(f"the address is longer than {MAX_EMAIL_LENGTH} characters")
-    if any(c in _FORBIDDEN or c.isspace() for c in value):
+    if _FORBIDDEN.search(value):
         raise InvalidEmail("the address must be one plain email address")
-    if any(len(c.lower()) != 1 for c in value):
+    if not value.isascii() and any(len(c.lower()) != 1 for c in value):
         raise InvalidEmail("the address contains a character without a single lower case")
     try:
         result = validate_email(value, check_deliverability=False, allow_display_name=False)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.cursor import decode_cursor, encode_cursor
 from libs.common.errors import NotFound
-from libs.common.service_auth import GATEWAY, SERVICES
+from libs.common.service_auth import GATEWAY
 from libs.common.web import Route, callers_of, json_response, parse_query, path_uuid, read_json
 
 from . import domain, handlers
@@ -473,7 +473,4 @@ ROUTES = (
     Route("GET", "/settings/access", get_access_settings, GATEWAY),
     Route("PUT", "/settings/access", put_access_settings, GATEWAY),
 )
-CALLERS: dict[str, frozenset[str]] = {
-    **callers_of(ROUTES),
-    "GET /openapi.json": frozenset(SERVICES),
-}
+CALLERS: dict[str, frozenset[str]] = callers_of(ROUTES, openapi=True)

@@ -24,21 +24,14 @@ from .. import domain
 from .. import repository as repo
 from ..clients import PortalInfo
 from . import sends
-from .base import Deps, Row, emit, log
+from .base import Deps, InviteOptions, Row, emit, log
 from .sending import GROUP_REF, _mail_job, _refresh_portal, key_reused, resolve_portal
 
 
 @dataclass(frozen=True)
-class GroupCommand:
+class GroupCommand(InviteOptions):
     email: str
     portal_ids: tuple[uuid.UUID, ...]
-    invited_by: str | None = None
-    sub_client: bool | None = None
-    idempotency_key: str | None = None
-    expires_in_days: int | None = None
-    personal_message: str | None = None
-    invitee_name: str | None = None
-    locale: str | None = None
 
 
 @dataclass(frozen=True)

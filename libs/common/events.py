@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -173,6 +173,26 @@ class InvitationRequested(EventData):
     )
 
 
+# Fields that several invitation.* events carry, described once.
+InvitedBy = Annotated[
+    str | None, Field(description="Who sent the invitation: a staff member, a key's name.")
+]
+GroupId = Annotated[
+    uuid.UUID | None,
+    Field(
+        description="Set when the invitation was sent with others in one email (several"
+        " portals, one invitation): the same for each of them."
+    ),
+]
+InvitationLocale = Annotated[
+    str | None,
+    Field(
+        description="The language of the invitation's emails and pages: en, de, fr or es;"
+        " absent or null: the agency's Language (Settings → Branding)."
+    ),
+]
+
+
 class InvitationCreated(EventData):
     invitation_id: uuid.UUID
     portal_id: uuid.UUID
@@ -185,16 +205,8 @@ class InvitationCreated(EventData):
         default=None,
         description="The link's length in days: chosen for this invitation, or the setting's.",
     )
-    group_id: uuid.UUID | None = Field(
-        default=None,
-        description="Set when the invitation was sent with others in one email (several"
-        " portals, one invitation): the same for each of them.",
-    )
-    locale: str | None = Field(
-        default=None,
-        description="The language of the invitation's emails and pages: en, de, fr or es;"
-        " absent or null: the agency's Language (Settings → Branding).",
-    )
+    group_id: GroupId = None
+    locale: InvitationLocale = None
 
 
 class InvitationRejected(EventData):
@@ -236,19 +248,9 @@ class InvitationResent(EventData):
             " replaced link). Absent in events published before it existed."
         ),
     )
-    invited_by: str | None = Field(
-        default=None, description="Who sent the invitation: a staff member, a key's name."
-    )
-    group_id: uuid.UUID | None = Field(
-        default=None,
-        description="Set when the invitation was sent with others in one email (several"
-        " portals, one invitation): the same for each of them.",
-    )
-    locale: str | None = Field(
-        default=None,
-        description="The language of the invitation's emails and pages: en, de, fr or es;"
-        " absent or null: the agency's Language (Settings → Branding).",
-    )
+    invited_by: InvitedBy = None
+    group_id: GroupId = None
+    locale: InvitationLocale = None
 
 
 class InvitationReminded(EventData):
@@ -259,14 +261,8 @@ class InvitationReminded(EventData):
     portal_id: uuid.UUID
     email: str
     expires_at: datetime
-    invited_by: str | None = Field(
-        default=None, description="Who sent the invitation: a staff member, a key's name."
-    )
-    group_id: uuid.UUID | None = Field(
-        default=None,
-        description="Set when the invitation was sent with others in one email (several"
-        " portals, one invitation): the same for each of them.",
-    )
+    invited_by: InvitedBy = None
+    group_id: GroupId = None
 
 
 class InvitationClosed(EventData):
@@ -276,14 +272,8 @@ class InvitationClosed(EventData):
     portal_id: uuid.UUID
     email: str
     idempotency_key: str | None = None
-    invited_by: str | None = Field(
-        default=None, description="Who sent the invitation: a staff member, a key's name."
-    )
-    group_id: uuid.UUID | None = Field(
-        default=None,
-        description="Set when the invitation was sent with others in one email (several"
-        " portals, one invitation): the same for each of them.",
-    )
+    invited_by: InvitedBy = None
+    group_id: GroupId = None
 
 
 class InvitationAccepted(EventData):
@@ -293,14 +283,8 @@ class InvitationAccepted(EventData):
     user_id: uuid.UUID
     sub_client: bool | None = None
     idempotency_key: str | None = None
-    invited_by: str | None = Field(
-        default=None, description="Who sent the invitation: a staff member, a key's name."
-    )
-    group_id: uuid.UUID | None = Field(
-        default=None,
-        description="Set when the invitation was sent with others in one email (several"
-        " portals, one invitation): the same for each of them.",
-    )
+    invited_by: InvitedBy = None
+    group_id: GroupId = None
 
 
 # --- staff invitations (Users → Invite Staff) -------------------------------------------

@@ -457,9 +457,13 @@ def add_routes(app: web.Application, routes: Sequence[Route]) -> None:
     app.router.add_routes([web.route(r.method, r.path, r.view) for r in routes])
 
 
-def callers_of(routes: Sequence[Route]) -> dict[str, frozenset[str]]:
-    """Who may call each route, as require_service_proof takes it."""
-    return {f"{r.method} {r.path}": r.callers for r in routes}
+def callers_of(routes: Sequence[Route], *, openapi: bool = False) -> dict[str, frozenset[str]]:
+    """Who may call each route, as require_service_proof takes it; with ``openapi``, also
+    the service's OpenAPI document (GET /openapi.json), which every service may read."""
+    callers = {f"{r.method} {r.path}": r.callers for r in routes}
+    if openapi:
+        callers["GET /openapi.json"] = frozenset(SERVICES)
+    return callers
 
 
 def require_service_proof(

@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.errors import NotFound
-from libs.common.service_auth import GATEWAY, SERVICES
+from libs.common.service_auth import GATEWAY
 from libs.common.web import Route, callers_of, json_response, parse_query, path_uuid, read_json
 
 from . import handlers, repository
@@ -393,7 +393,4 @@ ROUTES = (
     Route("GET", "/activity", list_activity, GATEWAY),
     Route("GET", "/activity/actors", activity_actors, GATEWAY),
 )
-CALLERS: dict[str, frozenset[str]] = {
-    **callers_of(ROUTES),
-    "GET /openapi.json": frozenset(SERVICES),
-}
+CALLERS: dict[str, frozenset[str]] = callers_of(ROUTES, openapi=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from aiohttp import web
@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.cursor import decode_cursor, encode_cursor
 from libs.common.errors import NotFound
-from libs.common.service_auth import GATEWAY, SERVICES
+from libs.common.service_auth import GATEWAY
 from libs.common.web import Route, callers_of, json_response, parse_query, path_uuid, read_json
 
 from . import domain, handlers
@@ -26,17 +26,21 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
 
+InvitedBy = Annotated[str | None, Field(max_length=320)]
+# Checked by the handler, which answers a clear invalid_locale.
+Locale = Annotated[str | None, Field(max_length=100)]
+
+
 class InviteBody(_Body):
     portal_id: uuid.UUID
     email: str = Field(max_length=320)
-    invited_by: str | None = Field(default=None, max_length=320)
+    invited_by: InvitedBy = None
     sub_client: bool | None = None
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     expires_in_days: int | None = None
     # Far above the 1,000 allowed: the handler answers a clear personal_message_too_long.
     personal_message: str | None = Field(default=None, max_length=65_536)
-    # Checked by the handler, which answers a clear invalid_locale.
-    locale: str | None = Field(default=None, max_length=100)
+    locale: Locale = None
 
     # Who asks, should the invitation be pending already and get a new link instead.
     resend_reason: Literal["staff", "api"] = "staff"
@@ -46,23 +50,21 @@ class StaffInviteBody(_Body):
     email: str = Field(max_length=320)
     # Checked by the handler, which answers a clear invalid_role.
     role: str = Field(max_length=50)
-    invited_by: str | None = Field(default=None, max_length=320)
-    # Checked by the handler, which answers a clear invalid_locale.
-    locale: str | None = Field(default=None, max_length=100)
+    invited_by: InvitedBy = None
+    locale: Locale = None
 
 
 class GroupBody(_Body):
     email: str = Field(max_length=320)
     # Far above the 20 allowed: the handler answers a clear too_many_portals.
     portal_ids: list[uuid.UUID] = Field(max_length=1000)
-    invited_by: str | None = Field(default=None, max_length=320)
+    invited_by: InvitedBy = None
     sub_client: bool | None = None
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     expires_in_days: int | None = None
     personal_message: str | None = Field(default=None, max_length=65_536)
     name: str | None = Field(default=None, max_length=1000)
-    # Checked by the handler, which answers a clear invalid_locale.
-    locale: str | None = Field(default=None, max_length=100)
+    locale: Locale = None
 
 
 class BatchRowBody(_Body):
@@ -76,10 +78,9 @@ class BatchRowBody(_Body):
 
 class BatchBody(_Body):
     portal_id: uuid.UUID
-    invited_by: str | None = Field(default=None, max_length=320)
+    invited_by: InvitedBy = None
     dry_run: bool = False
-    # Checked by the handler, which answers a clear invalid_locale.
-    locale: str | None = Field(default=None, max_length=100)
+    locale: Locale = None
     rows: list[BatchRowBody] = Field(min_length=1, max_length=batch.MAX_ROWS)
 
 
@@ -473,7 +474,4 @@ ROUTES = (
     Route("GET", "/settings/access", get_access_settings, GATEWAY),
     Route("PUT", "/settings/access", put_access_settings, GATEWAY),
 )
-CALLERS: dict[str, frozenset[str]] = {
-    **callers_of(ROUTES),
-    "GET /openapi.json": frozenset(SERVICES),
-}
+CALLERS: dict[str, frozenset[str]] = callers_of(ROUTES, openapi=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
@@ -11,26 +10,18 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from libs.common.sealing import WEBHOOK_DEVELOPMENT_KEY, Sealer, sealer_for
 from libs.common.settings import CommonSettings, management_port_field, port_field
 
-from .branding.domain import (
-    Branding,
-    BrandingRefused,
-    check_accent,
-    check_agency_name,
-    check_default_locale,
-    check_footer,
-    check_reply_to,
-    check_time_zone,
-)
+from .branding.domain import TEXT_CHECKS, Branding, BrandingRefused
 from .domain import GIVE_UP_AFTER_SECONDS, RETRY_MAX_SECONDS, RetryPolicy
 from .webhooks import domain as webhooks
 
-_BRANDING_CHECKS: dict[str, Callable[[str], str]] = {
-    "mailer_agency_name": check_agency_name,
-    "mailer_accent_colour": check_accent,
-    "mailer_reply_to": check_reply_to,
-    "mailer_footer_text": check_footer,
-    "mailer_default_language": check_default_locale,
-    "mailer_time_zone": check_time_zone,
+# Each variable of the first branding, and the Settings → Branding field it stands for.
+_FIRST_BRANDING = {
+    "mailer_agency_name": "agency_name",
+    "mailer_accent_colour": "accent_colour",
+    "mailer_reply_to": "reply_to",
+    "mailer_footer_text": "footer_text",
+    "mailer_default_language": "default_locale",
+    "mailer_time_zone": "time_zone",
 }
 
 
@@ -117,32 +108,18 @@ class MailerSettings(CommonSettings):
     def _empty_dir_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator(
-        "mailer_agency_name",
-        "mailer_accent_colour",
-        "mailer_reply_to",
-        "mailer_footer_text",
-        "mailer_default_language",
-        "mailer_time_zone",
-    )
+    @field_validator(*_FIRST_BRANDING)
     @classmethod
     def _branding(cls, value: str, info: ValidationInfo) -> str:
         """The first branding passes the checks Settings → Branding makes."""
         try:
-            return _BRANDING_CHECKS[str(info.field_name)](value)
+            return TEXT_CHECKS[_FIRST_BRANDING[str(info.field_name)]](value)
         except BrandingRefused as exc:
             raise ValueError(exc.message) from None
 
     @property
     def first_branding(self) -> Branding:
-        return Branding(
-            agency_name=self.mailer_agency_name,
-            accent_colour=self.mailer_accent_colour,
-            reply_to=self.mailer_reply_to,
-            footer_text=self.mailer_footer_text,
-            default_locale=self.mailer_default_language,
-            time_zone=self.mailer_time_zone,
-        )
+        return Branding(**{field: getattr(self, name) for name, field in _FIRST_BRANDING.items()})
 
     @field_validator("mail_from")
     @classmethod

@@ -17,7 +17,7 @@ from pydantic import (
 
 from libs.common.cursor import decode_cursor, encode_cursor
 from libs.common.errors import InvalidInput, NotFound
-from libs.common.service_auth import GATEWAY, SERVICES
+from libs.common.service_auth import GATEWAY
 from libs.common.web import Route, callers_of, json_response, parse_query, path_uuid, read_json
 
 from . import handlers
@@ -221,7 +221,4 @@ ROUTES = (
     Route("GET", "/users/{user_id}/portals", list_user_portals, GATEWAY_AND_INVITATIONS),
     Route("GET", "/users/{user_id}/portals/{slug}", get_user_portal, GATEWAY),
 )
-CALLERS: dict[str, frozenset[str]] = {
-    **callers_of(ROUTES),
-    "GET /openapi.json": frozenset(SERVICES),
-}
+CALLERS: dict[str, frozenset[str]] = callers_of(ROUTES, openapi=True)

@@ -33,11 +33,11 @@ class Deps(UseCaseDeps):
     directory: Directory
 
 
-@dataclass(frozen=True)
-class InviteCommand:
-    email: str
-    portal_id: uuid.UUID | None = None
-    portal_slug: str | None = None
+@dataclass(frozen=True, kw_only=True)
+class InviteOptions:
+    """What a request to invite chooses besides whom and to which portals: the same for
+    one portal (InviteCommand) and several (GroupCommand)."""
+
     invited_by: str | None = None
     sub_client: bool | None = None
     idempotency_key: str | None = None
@@ -46,11 +46,18 @@ class InviteCommand:
     personal_message: str | None = None
     # The invitee's display name (Import Clients, the batch API): kept, and in the greeting.
     invitee_name: str | None = None
+    # The language of the invitation's emails and pages; None: the agency's Language.
+    locale: str | None = None
+
+
+@dataclass(frozen=True)
+class InviteCommand(InviteOptions):
+    email: str
+    portal_id: uuid.UUID | None = None
+    portal_slug: str | None = None
     # When the invitation is already pending and gets a new link instead: who asked
     # (invitation.resent ``reason``): staff, api or invitation_requested.
     resend_reason: str = "staff"
-    # The language of the invitation's emails and pages; None: the agency's Language.
-    locale: str | None = None
 
 
 @dataclass(frozen=True)

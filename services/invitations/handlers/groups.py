@@ -24,21 +24,14 @@ from .. import domain
 from .. import repository as repo
 from ..clients import PortalInfo
 from . import sends
-from .base import Deps, Row, emit, log
+from .base import Deps, InviteOptions, Row, emit, log
 from .sending import GROUP_REF, _mail_job, _refresh_portal, key_reused, resolve_portal
 
 
 @dataclass(frozen=True)
-class GroupCommand:
+class GroupCommand(InviteOptions):
     email: str
     portal_ids: tuple[uuid.UUID, ...]
-    invited_by: str | None = None
-    sub_client: bool | None = None
-    idempotency_key: str | None = None
-    expires_in_days: int | None = None
-    personal_message: str | None = None
-    invitee_name: str | None = None
-    locale: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,24 +95,23 @@ async def check_group(deps: Deps, command: GroupCommand) -> _Checked:
         portals = [await _portal(deps, p) for p in command.portal_ids]
     idle = [p for p in portals if p.status != "active"]
     if idle:
-        raise Conflict(
-            f"{_is(idle)}: only Active portals take invitations. Leave"
-            f" {'it' if len(idle) == 1 else 'them'} out, or make"
-            f" {'it' if len(idle) == 1 else 'them'} Active first.",
-            code="portal_not_active",
-            details={"portal_ids": [str(p.portal_id) for p in idle]},
+        it = "it" if len(idle) == 1 else "them"
+        _refuse(
+            idle,
+            "portal_not_active",
+            f"{_is(idle)}: only Active portals take invitations. Leave {it} out, or make"
+            f" {it} Active first.",
         )
     user_id = await deps.directory.find_user_id(email)
     if user_id is not None:
         theirs = await deps.directory.user_portal_ids(user_id)
         already = [p for p in portals if p.portal_id in theirs]
         if already:
-            names = domain.portal_names([p.title for p in already])
-            raise Conflict(
-                f"This person already has access to {names}; no invitation is needed"
-                " there. Leave it out.",
-                code="already_has_access",
-                details={"portal_ids": [str(p.portal_id) for p in already]},
+            _refuse(
+                already,
+                "already_has_access",
+                f"This person already has access to {_names(already)}; no invitation is"
+                " needed there. Leave it out.",
             )
     return _Checked(command, email, portals, message, name, locale)
 
@@ -129,8 +121,11 @@ def _is(portals: list[PortalInfo]) -> str:
     (Archived) are not Active"."""
     if len(portals) == 1:
         return f"The portal '{portals[0].title}' is {portals[0].status.capitalize()}"
-    listed = domain.portal_names([p.title for p in portals])
-    return f"The portals {listed} are not Active"
+    return f"The portals {_names(portals)} are not Active"
+
+
+def _names(portals: list[PortalInfo]) -> str:
+    return domain.portal_names([p.title for p in portals])
 
 
 async def _portal(deps: Deps, portal_id: uuid.UUID) -> PortalInfo:
@@ -245,10 +240,14 @@ async def record_group(deps: Deps, checked: _Checked) -> Group:
 
 
 def _refuse_pending(portals: list[PortalInfo]) -> NoReturn:
-    names = domain.portal_names([p.title for p in portals])
-    raise Conflict(
-        f"This person already has a pending invitation to {names}. Resend it from"
-        " Invitations, or leave that portal out.",
-        code="invitation_pending",
-        details={"portal_ids": [str(p.portal_id) for p in portals]},
+    _refuse(
+        portals,
+        "invitation_pending",
+        f"This person already has a pending invitation to {_names(portals)}. Resend it"
+        " from Invitations, or leave that portal out.",
     )
+
+
+def _refuse(portals: list[PortalInfo], code: str, message: str) -> NoReturn:
+    """A refusal about some of the portals asked for: ``details`` lists them."""
+    raise Conflict(message, code=code, details={"portal_ids": [str(p.portal_id) for p in portals]})

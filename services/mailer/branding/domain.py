@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from PIL import Image, UnidentifiedImageError
@@ -166,6 +167,17 @@ def check_footer(raw: str) -> str:
             "footer_text", f"Keep the Footer Text to {MAX_FOOTER_LENGTH} characters or fewer."
         )
     return value
+
+
+# Each text field of Settings → Branding, and the check its value passes.
+TEXT_CHECKS: dict[str, Callable[[str], str]] = {
+    "agency_name": check_agency_name,
+    "accent_colour": check_accent,
+    "reply_to": check_reply_to,
+    "footer_text": check_footer,
+    "default_locale": check_default_locale,
+    "time_zone": check_time_zone,
+}
 
 
 def logo_kind(content: bytes) -> str | None:

@@ -16,38 +16,12 @@ from libs.common.outbox import append
 
 from ..handlers import Deps
 from . import repository
-from .domain import (
-    Branding,
-    BrandingRefused,
-    check_accent,
-    check_agency_name,
-    check_default_locale,
-    check_footer,
-    check_reply_to,
-    check_time_zone,
-    prepare_logo,
-    resolved,
-)
+from .domain import TEXT_CHECKS, Branding, BrandingRefused, prepare_logo, resolved
 
 log = get_logger(__name__)
 
 SOURCE = "mailer"
-TEXT_FIELDS = (
-    "agency_name",
-    "accent_colour",
-    "reply_to",
-    "footer_text",
-    "default_locale",
-    "time_zone",
-)
-CHECKS = {
-    "agency_name": check_agency_name,
-    "accent_colour": check_accent,
-    "reply_to": check_reply_to,
-    "footer_text": check_footer,
-    "default_locale": check_default_locale,
-    "time_zone": check_time_zone,
-}
+TEXT_FIELDS = tuple(TEXT_CHECKS)
 
 
 def refused(exc: BrandingRefused) -> InvalidInput:
@@ -63,7 +37,7 @@ def checked(changes: Mapping[str, str | None]) -> dict[str, str]:
         if value is None:
             continue
         try:
-            clean[name] = CHECKS[name](value)
+            clean[name] = TEXT_CHECKS[name](value)
         except BrandingRefused as exc:
             raise refused(exc) from None
     return clean

@@ -3,17 +3,14 @@ subject) and the MIME message with both parts."""
 
 from __future__ import annotations
 
+import binascii
 import email.utils
 import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.charset import QP, Charset
 from email.header import Header
-from email.message import Message
-from email.mime.multipart import MIMEMultipart
-from email.mime.nonmultipart import MIMENonMultipart
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -28,9 +25,6 @@ from .branding.domain import Branding
 from .domain import InvalidContext
 
 log = get_logger(__name__)
-
-_UTF8_QP = Charset("utf-8")
-_UTF8_QP.body_encoding = QP
 
 TEMPLATES = Path(__file__).parent / "templates"
 # The built-in templates' translations (services/mailer/locale/<lang>/LC_MESSAGES/*.po).
@@ -312,9 +306,41 @@ def _detail(exc: Exception) -> str:
     return " ".join(text.split())[:MAX_ERROR_DETAIL]
 
 
-def _header(value: str) -> str:
-    # Plain ASCII stays as it is; anything else is RFC 2047 encoded.
-    return value if value.isascii() else Header(value, "utf-8").encode()
+CRLF = "\r\n"
+# A header line longer than this is folded (RFC 5322's "should").
+MAX_HEADER_LINE = 78
+
+
+@dataclass(frozen=True)
+class Email:
+    """A message ready for SMTP: the envelope and the bytes of the message."""
+
+    sender: str
+    to: str
+    data: bytes
+
+    @property
+    def utf8(self) -> bool:
+        """An internationalised address: the server must take SMTPUTF8, and the address
+        headers are UTF-8 as they stand (RFC 6532), not RFC 2047 words, which no mail
+        client reads as an address."""
+        return not (self.sender + self.to).isascii()
+
+
+def _header(name: str, value: str) -> str:
+    """One header line, folded: plain short ASCII as it is, anything else RFC 2047
+    encoded (or folded at spaces) in lines of at most 78 characters."""
+    if value.isascii() and len(name) + len(value) + 2 <= MAX_HEADER_LINE:
+        return f"{name}: {value}\r\n"
+    charset = "us-ascii" if value.isascii() else "utf-8"
+    return f"{name}: {Header(value, charset, header_name=name).encode(linesep=CRLF)}\r\n"
+
+
+def _quoted_printable(body: str) -> bytes:
+    """UTF-8, quoted-printable in lines of at most 76 characters, CRLF line ends
+    (binascii's encoder; "=" is always escaped, so a boundary with "=_" never occurs)."""
+    text = body.replace("\r\n", "\n").replace("\n", "\r\n")
+    return binascii.b2a_qp(text.encode("utf-8"), istext=True)
 
 
 def build_message(
@@ -325,27 +351,35 @@ def build_message(
     mail_from: str,
     now: datetime,
     reply_to: str | None = None,
-) -> Message:
-    """A multipart/alternative message (plain text, then HTML), quoted-printable UTF-8.
-
-    Built with the stdlib's compat32 MIME classes: the profile showed the modern
-    EmailMessage header machinery costing about 2 ms per email, a third of the mailer's
-    CPU; these take about 0.6 ms. Message-ID comes from the mail id, so a resent copy after
-    a crash is recognisably the same message."""
+) -> Email:
+    """A multipart/alternative message (plain text, then HTML), quoted-printable UTF-8,
+    written straight to bytes. The stdlib's MIME classes and generator took about 0.5 ms
+    an email (0.13 to build, 0.39 to flatten), an eighth of the mailer's CPU; these few
+    lines of headers and two encoded parts take a fraction of that, and
+    tests/mailer/test_rendering.py reads the result back with the stdlib's parser.
+    Message-ID comes from the mail id, so a resent copy after a crash is recognisably the
+    same message."""
     name, sender = email.utils.parseaddr(mail_from)
     domain = sender.rpartition("@")[2] or "localhost"
-    message = MIMEMultipart("alternative")
-    message["From"] = email.utils.formataddr((name, sender), charset="utf-8")
-    message["To"] = to
-    if reply_to:
-        message["Reply-To"] = reply_to
-    message["Subject"] = _header(rendered.subject)
-    message["Date"] = email.utils.format_datetime(now.astimezone(UTC))
-    message["Message-ID"] = f"<{mail_id}@{domain}>"
-    message["Auto-Submitted"] = "auto-generated"
-    message["Content-Language"] = rendered.language
-    for body, subtype in ((rendered.text, "plain"), (rendered.html, "html")):
-        part = MIMENonMultipart("text", subtype)
-        part.set_payload(body, _UTF8_QP)
-        message.attach(part)
-    return message
+    boundary = f"=_{mail_id.hex}"
+    headers = [
+        _header("From", email.utils.formataddr((name, sender), charset="utf-8")),
+        # An address is written as it is: ASCII, or UTF-8 under SMTPUTF8 (Email.utf8).
+        f"To: {to}\r\n",
+        f"Reply-To: {reply_to}\r\n" if reply_to else "",
+        _header("Subject", rendered.subject),
+        f"Date: {email.utils.format_datetime(now.astimezone(UTC))}\r\n",
+        f"Message-ID: <{mail_id}@{domain}>\r\n",
+        "Auto-Submitted: auto-generated\r\n",
+        f"Content-Language: {rendered.language}\r\n",
+        "MIME-Version: 1.0\r\n",
+        f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n',
+    ]
+    parts = [
+        f"\r\n--{boundary}\r\n"
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode() + _quoted_printable(body)
+        for body, subtype in ((rendered.text, "plain"), (rendered.html, "html"))
+    ]
+    data = "".join(headers).encode() + b"".join(parts) + f"\r\n--{boundary}--\r\n".encode()
+    return Email(sender=sender, to=to, data=data)

@@ -4,11 +4,11 @@ into one ``SendError`` carrying the reply code (None when the server never answe
 from __future__ import annotations
 
 import time
-from email.message import Message
 
 import aiosmtplib
 
 from .domain import clip_error
+from .rendering import Email
 from .settings import MailerSettings
 
 # Servers drop idle clients after a while; past this, open a fresh connection instead of
@@ -29,7 +29,7 @@ class SmtpTransport:
         self._client: aiosmtplib.SMTP | None = None
         self._last_used = 0.0
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Email) -> None:
         try:
             reused = await self._connect()
             try:
@@ -59,9 +59,17 @@ class SmtpTransport:
             await self.close()
             raise SendError(None, f"{type(exc).__name__}: {exc}") from None
 
-    async def _send(self, message: Message) -> None:
-        assert self._client is not None
-        await self._client.send_message(message)
+    async def _send(self, message: Email) -> None:
+        client = self._client
+        assert client is not None
+        options = []
+        if message.utf8:
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()  # what the server supports
+            if not client.supports_extension("smtputf8"):
+                raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server")
+            options.append("SMTPUTF8")
+        await client.sendmail(message.sender, [message.to], message.data, mail_options=options)
         self._last_used = time.monotonic()
 
     async def _connect(self) -> bool:

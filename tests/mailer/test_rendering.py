@@ -11,7 +11,7 @@ from email.message import EmailMessage
 import pytest
 
 from services.mailer.domain import InvalidContext
-from services.mailer.rendering import build_message, new_environment, render
+from services.mailer.rendering import Email, Rendered, build_message, new_environment, render
 from tests.support.smtp import accept_link, html_part, text_part
 
 URL = "http://localhost:8080/invitations/accept?token=abc_DEF-123"
@@ -24,18 +24,28 @@ INVITATION = {
 }
 
 
-def _message(template: str, context: dict[str, str]) -> EmailMessage:
-    rendered = render(new_environment(), template, context)
-    message = build_message(
+def _message(
+    template: str, context: dict[str, str], to: str = "client@example.com"
+) -> EmailMessage:
+    return _parsed(_built(render(new_environment(), template, context), to=to))
+
+
+def _built(rendered: Rendered, to: str = "client@example.com") -> Email:
+    return build_message(
         rendered,
         mail_id=uuid.UUID(int=7),
-        to="client@example.com",
+        to=to,
         mail_from="ClientPress <no-reply@example.org>",
         now=datetime(2026, 11, 25, 10, 0, tzinfo=UTC),
     )
-    # Round-trip through bytes, as a mail client would see it.
-    parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+
+
+def _parsed(built: Email) -> EmailMessage:
+    # Read back as a mail client would: UTF-8 (RFC 6532), its own line ends.
+    text = built.data.decode("utf-8").replace("\r\n", "\n")
+    parsed = email.message_from_string(text, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
+    assert not parsed.defects
     return parsed
 
 
@@ -122,3 +132,43 @@ def test_invitation_shows_the_personal_message_escaped_and_the_expiry() -> None:
     # Without them the email reads as before.
     plain = html_part(_message("invitation", INVITATION))
     assert "A message" not in plain and "days after it was sent" not in plain
+
+
+def test_an_internationalised_address_is_written_as_it_is_and_asks_for_smtputf8() -> None:
+    """RFC 6532: the To of an address with non-ASCII characters is UTF-8 as it stands.
+    The stdlib's compat32 generator wrote it as an RFC 2047 word, which no mail client
+    reads as an address."""
+    built = _built(render(new_environment(), "invitation", INVITATION), to="jürgen@exämple.de")
+    assert built.utf8 and built.to == "jürgen@exämple.de" and built.sender == "no-reply@example.org"
+    assert "jürgen@exämple.de".encode() in built.data
+    assert _parsed(built)["To"].addresses[0].addr_spec == "jürgen@exämple.de"
+    assert not _built(render(new_environment(), "invitation", INVITATION)).utf8
+
+
+def test_headers_are_folded_and_bodies_survive_quoted_printable() -> None:
+    text = (
+        "a line with trailing spaces   \n"
+        ".a line starting with a dot\n"
+        "= signs = and =3D and =_ boundaries\n"
+        + "long " * 40
+        + "\n"
+        + "ünïcödé “quotes” and a tab\there\n"
+    )
+    rendered = Rendered(
+        subject="Zu " + "Ünïcödé Pörtal " * 8 + "eingeladen",
+        text=text,
+        html="<p>" + text.replace("\n", "<br>\n") + "</p>",
+        language="de",
+    )
+    built = _built(rendered)
+    assert built.data.isascii()
+    head = built.data.split(b"\r\n\r\n", 1)[0]
+    assert all(len(line) <= 78 for line in head.split(b"\r\n"))
+    assert all(len(line) <= 76 for line in built.data.split(b"\r\n")[len(head.split(b"\r\n")) :])
+    assert b"\n" not in built.data.replace(b"\r\n", b"")
+    parsed = _parsed(built)
+    assert parsed["Subject"] == rendered.subject
+    assert parsed["Content-Language"] == "de"
+    assert parsed.get_content_type() == "multipart/alternative"
+    assert text_part(parsed) == text
+    assert html_part(parsed) == rendered.html

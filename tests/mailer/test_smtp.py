@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -90,5 +92,60 @@ async def test_smtp_credentials_are_used(
         await publish_job(publisher, job)
         await sink.wait_for(to)
         assert (b"mailer", b"s3cret-pass") in seen
+    finally:
+        controller.stop()
+
+
+class EnvelopeSink:
+    """Keeps each envelope as it came: the recipients, the MAIL options, the bytes."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.envelopes.append(envelope)
+        return "250 OK"
+
+
+async def test_an_internationalised_address_goes_out_under_smtputf8_as_it_is(
+    start_mailer: StartMailer, publisher: Bus, pool_factory: PoolFactory
+) -> None:
+    """RFC 6531/6532: the envelope asks for SMTPUTF8 and the To header carries the address
+    in UTF-8. The stdlib's generator used to write it as an RFC 2047 word there."""
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    sink = EnvelopeSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=True)
+    controller.start()
+    try:
+        await start_mailer(controller.port, mailer_concurrency=1)
+        to = f"jürgen-{uuid.uuid4().hex[:8]}@exämple.de"
+        job = invitation_job(to)[0]
+        await publish_job(publisher, job)
+        await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "sent")
+        (envelope,) = sink.envelopes
+        assert envelope.rcpt_tos == [to]
+        assert "SMTPUTF8" in [option.upper() for option in envelope.mail_options]
+        message = email.message_from_string(
+            envelope.content.decode("utf-8"), policy=email.policy.default
+        )
+        assert message["To"].addresses[0].addr_spec == to
+    finally:
+        controller.stop()
+
+
+async def test_an_internationalised_address_waits_for_a_server_with_smtputf8(
+    start_mailer: StartMailer, publisher: Bus, pool_factory: PoolFactory
+) -> None:
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    sink = EnvelopeSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=False)
+    controller.start()
+    try:
+        await start_mailer(controller.port, mailer_concurrency=1)
+        job = invitation_job(f"jürgen-{uuid.uuid4().hex[:8]}@exämple.de")[0]
+        await publish_job(publisher, job)
+        row = await wait_for_row(pool, job.mail_id, lambda r: r["last_error"] is not None)
+        assert row["status"] == "queued" and "SMTPUTF8" in row["last_error"]
+        assert sink.envelopes == []
     finally:
         controller.stop()

@@ -32,7 +32,8 @@ from libs.common.service_auth import (
 from .servers import current as current_servers
 
 SCHEMAS = ("identity", "portals", "invitations", "mailer")
-CONSUMERS = ("portals", "invitations", "mailer", "gateway")
+# Every service with a queue of its own on the bus.
+CONSUMERS = ("identity", "portals", "invitations", "mailer", "gateway")
 
 
 class Keyring:
@@ -187,7 +188,7 @@ async def drop_bus(env: TestEnv) -> None:
     connection = await aio_pika.connect(env.amqp_url)
     try:
         channel = await connection.channel()
-        names = [*CONSUMERS, "identity"] + [f"probe{i}" for i in range(4)]
+        names = [*CONSUMERS] + [f"probe{i}" for i in range(4)]
         for name in names:
             for queue in (f"{env.bus_prefix}.{name}", f"{env.bus_prefix}.{name}.dead"):
                 await channel.queue_delete(queue)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import aio_pika
 import asyncpg
@@ -44,26 +45,55 @@ __all__ = [
     "Consumer",
     "ExchangeKind",
     "Handler",
+    "Together",
     "Unroutable",
     "in_inbox",
     "trusted_sender",
 ]
 
 Handler = Callable[[Conn, Envelope, EventData], Awaitable[None]]
+Event = tuple[Envelope, EventData]
 
 D = TypeVar("D", bound=UseCaseDeps)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, eq=False)
+class Together(Generic[T]):
+    """A handler of many events at once: the events of its types that share a transaction
+    (group commit) and follow one another are handed over in one call, in arrival order,
+    so that one statement can carry them all. ``T`` is what it runs on: a service's
+    ``Deps`` in a service's table (``in_inbox``), the connection in the consumer's. The
+    call runs in the first event's context (its correlation id in the logs); if it
+    raises, the batch is rolled back and each event is applied on its own, a call of one."""
+
+    apply: Callable[[T, Sequence[Event]], Awaitable[None]]
+
+
+AnyHandler = Handler | Together[Conn]
+ServiceHandler = Callable[[D, Envelope, EventData], Awaitable[None]] | Together[D]
 
 
 def in_inbox(
-    deps: Callable[[], D],
-    handlers: Mapping[str, Callable[[D, Envelope, EventData], Awaitable[None]]],
-) -> dict[str, Handler]:
+    deps: Callable[[], D], handlers: Mapping[str, ServiceHandler[D]]
+) -> dict[str, AnyHandler]:
     """A service's event handlers, which take its ``Deps`` first like its use cases, as the
     consumer's: each runs on ``deps().within(conn)``, the inbox transaction's connection,
     so whatever the use case writes commits (or not) with the inbox row. ``deps`` is read
-    per event: the service's ``Deps`` is built once its pool is open."""
+    per event: the service's ``Deps`` is built once its pool is open. One ``Together``
+    named for several types stays one, so a run may mix those types."""
+    bound: dict[int, Together[Conn]] = {}
 
-    def bind(handler: Callable[[D, Envelope, EventData], Awaitable[None]]) -> Handler:
+    def bind_many(handler: Together[D]) -> Together[Conn]:
+        async def apply(conn: Conn, events: Sequence[Event]) -> None:
+            await handler.apply(deps().within(conn), events)
+
+        return bound.setdefault(id(handler), Together(apply))
+
+    def bind(handler: ServiceHandler[D]) -> AnyHandler:
+        if isinstance(handler, Together):
+            return bind_many(handler)
+
         async def handle(conn: Conn, envelope: Envelope, data: EventData) -> None:
             await handler(deps().within(conn), envelope, data)
 
@@ -83,7 +113,7 @@ DEPENDENCY_PATIENCE_SECONDS = 60.0
 APPLY_BATCH = 32
 # An event on its way into the shared transaction: with its handler, its data and the
 # context (correlation id, log fields, trace) it arrived with.
-Applying = tuple[Envelope, Handler, EventData, contextvars.Context]
+Applying = tuple[Envelope, AnyHandler, EventData, contextvars.Context]
 
 
 class Unroutable(Exception):
@@ -237,7 +267,7 @@ class Bus:
         self,
         pool: asyncpg.Pool,
         bindings: Sequence[Binding],
-        handlers: dict[str, Handler],
+        handlers: Mapping[str, AnyHandler],
         *,
         prefetch: int = 32,
         alone: Collection[str] = (),
@@ -268,7 +298,7 @@ class Consumer:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        handlers: dict[str, Handler],
+        handlers: Mapping[str, AnyHandler],
         prefix: str,
         *,
         alone: Collection[str] = (),
@@ -368,7 +398,9 @@ class Consumer:
             log.info("event_duplicate_skipped")
         await message.ack()
 
-    async def _apply_patiently(self, envelope: Envelope, handler: Handler, data: EventData) -> bool:
+    async def _apply_patiently(
+        self, envelope: Envelope, handler: AnyHandler, data: EventData
+    ) -> bool:
         # The message's context (correlation id, log fields, trace) goes with it into the
         # shared transaction, where its handler runs.
         applying = (envelope, handler, data, contextvars.copy_context())
@@ -423,14 +455,33 @@ class Consumer:
                 )
             }
             applied: list[bool] = []
+            # A run of events for one Together handler goes in one call; any other
+            # handler, or another Together, ends the run first, so the order holds.
+            run: list[Event] = []
+            run_handler: Together[Conn] | None = None
+            run_context = contextvars.copy_context()
             for envelope, handler, data, context in batch:
                 now = envelope.id in fresh
                 fresh.discard(envelope.id)  # the same event twice in one batch: once
-                if now:
+                applied.append(now)
+                if not now:
+                    continue
+                if isinstance(handler, Together) and handler is run_handler:
+                    run.append((envelope, data))
+                    continue
+                if run_handler is not None:
+                    await asyncio.create_task(
+                        _apply_run(run_handler, conn, run), context=run_context
+                    )
+                    run_handler, run = None, []
+                if isinstance(handler, Together):
+                    run_handler, run, run_context = handler, [(envelope, data)], context
+                else:
                     await asyncio.create_task(
                         _handle(handler, conn, envelope, data), context=context
                     )
-                applied.append(now)
+            if run_handler is not None:
+                await asyncio.create_task(_apply_run(run_handler, conn, run), context=run_context)
         return applied
 
     async def _dead_letter(self, message: AbstractIncomingMessage, type: str, why: str) -> None:
@@ -442,6 +493,10 @@ class Consumer:
 
 async def _handle(handler: Handler, conn: Conn, envelope: Envelope, data: EventData) -> None:
     await handler(conn, envelope, data)
+
+
+async def _apply_run(handler: Together[Conn], conn: Conn, events: Sequence[Event]) -> None:
+    await handler.apply(conn, events)
 
 
 def trusted_sender(prefix: str, envelope: Envelope, message: AbstractIncomingMessage) -> bool:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from . import tracing
 from .actor import ACTOR_HEADER, decode_actor, set_actor
 from .broker import Binding
-from .bus import Bus, Consumer, Handler, in_inbox
+from .bus import AnyHandler, Bus, Consumer, ServiceHandler, in_inbox
 from .context import (
     CORRELATION_HEADER,
     REQUEST_ID_HEADER,
@@ -35,7 +35,6 @@ from .context import (
 )
 from .db import DATABASE_AWAY, SchemaGate, UseCaseDeps, create_pool
 from .errors import DomainError, Forbidden, InvalidInput, RateLimited, TooLarge, Unauthorized
-from .events import Envelope, EventData
 from .logging import get_logger
 from .metrics import BROKER_CONNECTED, HTTP_LATENCY, HTTP_REQUESTS, record_build_info
 from .outbox import OutboxRelay
@@ -536,7 +535,7 @@ def add_service_bus(
     service: str,
     deps: web.AppKey[D],
     bindings: Sequence[Binding],
-    handlers: Mapping[str, Callable[[D, Envelope, EventData], Awaitable[None]]],
+    handlers: Mapping[str, ServiceHandler[D]],
     *,
     prefetch: int = 32,
     alone: Collection[str] = (),
@@ -564,7 +563,7 @@ def add_bus(
     *,
     schema: str | None,
     bindings: Sequence[Binding] = (),
-    handlers: dict[str, Handler] | None = None,
+    handlers: Mapping[str, AnyHandler] | None = None,
     prefetch: int = 32,
     alone: Collection[str] = (),
 ) -> None:

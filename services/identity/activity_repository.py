@@ -4,6 +4,7 @@ first in keyset pages."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
@@ -23,25 +24,31 @@ def _entry(row: asyncpg.Record) -> ActivityEntry:
     return from_row(ActivityEntry, row, details=orjson.loads(row["details"]))
 
 
-async def insert(conn: Conn, entry: ActivityEntry) -> bool:
-    """True when recorded; the event id is the key, so a second delivery adds nothing."""
-    recorded = await conn.fetchval(
-        f"INSERT INTO activity ({_COLUMNS})"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)"
-        " ON CONFLICT (id) DO NOTHING RETURNING true",
-        entry.id,
-        entry.occurred_at,
-        entry.action,
-        entry.actor_type,
-        entry.actor_id,
-        entry.actor_name,
-        entry.object_type,
-        entry.object_id,
-        entry.object_label,
-        entry.portal_id,
-        orjson.dumps(entry.details).decode(),
-    )
-    return bool(recorded)
+async def insert_many(conn: Conn, entries: Sequence[ActivityEntry]) -> list[bool]:
+    """One statement for all; for each, True when recorded now. The event id is the key,
+    so a second delivery adds nothing."""
+    recorded = {
+        row["id"]
+        for row in await conn.fetch(
+            f"INSERT INTO activity ({_COLUMNS})"
+            " SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[],"
+            " $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::uuid[],"
+            " $11::jsonb[])"
+            " ON CONFLICT (id) DO NOTHING RETURNING id",
+            [e.id for e in entries],
+            [e.occurred_at for e in entries],
+            [e.action for e in entries],
+            [e.actor_type for e in entries],
+            [e.actor_id for e in entries],
+            [e.actor_name for e in entries],
+            [e.object_type for e in entries],
+            [e.object_id for e in entries],
+            [e.object_label for e in entries],
+            [e.portal_id for e in entries],
+            [orjson.dumps(e.details).decode() for e in entries],
+        )
+    }
+    return [e.id in recorded for e in entries]
 
 
 async def page(

@@ -1,15 +1,17 @@
 """Events that record the Activity log, translated into entries at the edge: every change
 a staff member or a key made (the envelope's ``actor``), whichever service announced it.
 The handler gets ``Deps`` on the inbox transaction's connection (libs/common/bus.py
-``in_inbox``), so the entry commits with the inbox row."""
+``in_inbox``), so the entries commit with their inbox rows; the events that arrive
+together are recorded in one statement (``Together``)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from typing import Any
 
 from libs.common.activity import EVENT_ACTIONS
 from libs.common.broker import CONSUMES
+from libs.common.bus import Together
 from libs.common.events import (
     ApiKeyChanged,
     BrandingChanged,
@@ -92,12 +94,12 @@ def entry_of(envelope: Envelope, data: EventData) -> ActivityEntry | None:
     )
 
 
-async def on_change(deps: Deps, envelope: Envelope, data: EventData) -> None:
-    entry = entry_of(envelope, data)
-    if entry is not None:
-        await handlers.record_activity(deps, entry)
+async def on_changes(deps: Deps, events: Sequence[tuple[Envelope, EventData]]) -> None:
+    """The entries of the events that arrived together, in one statement."""
+    entries = [entry for envelope, data in events if (entry := entry_of(envelope, data))]
+    if entries:
+        await handlers.record_activities(deps, entries)
 
 
-HANDLERS: dict[str, Callable[[Deps, Envelope, EventData], Awaitable[None]]] = dict.fromkeys(
-    EVENT_ACTIONS, on_change
-)
+# One Together for every type: a run of changes of any kinds is recorded in one statement.
+HANDLERS: dict[str, Together[Deps]] = dict.fromkeys(EVENT_ACTIONS, Together(on_changes))

@@ -6,9 +6,10 @@ it writes commits with the inbox row."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 
 from libs.common.broker import CONSUMES
+from libs.common.bus import ServiceHandler, Together
 from libs.common.db import Conn, connection
 from libs.common.errors import DomainError, InvalidInput, RateLimited
 from libs.common.events import (
@@ -78,23 +79,33 @@ async def on_portal_changed(deps: Deps, envelope: Envelope, data: EventData) -> 
     )
 
 
-async def on_mail_outcome(deps: Deps, envelope: Envelope, data: EventData) -> None:
-    assert isinstance(data, MailSent | MailFailed)
-    if data.ref_type not in (INVITATION_REF, GROUP_REF):
-        return
-    # One email for several invitations (a group's): each of them it was the latest of.
-    change = repo.set_delivery if data.ref_type == INVITATION_REF else repo.set_group_delivery
-    failed = isinstance(data, MailFailed)
+async def on_mail_outcomes(deps: Deps, events: Sequence[tuple[Envelope, EventData]]) -> None:
+    """``mail.sent`` / ``mail.failed``: the invitations' in one statement for the events
+    that arrived together; a group's email marks each of its rows it was the latest of."""
+    outcomes: list[tuple[MailSent | MailFailed, repo.Outcome]] = []
     async with connection(deps.db) as conn:
-        applied = await change(
-            conn,
-            data.ref_id,
-            data.mail_id,
-            "failed" if failed else "sent",
-            data.reason[:500] if isinstance(data, MailFailed) else None,
-        )
-    if not applied:
-        log.info("mail_outcome_stale", invitation_id=str(data.ref_id), mail_id=str(data.mail_id))
+        for _, data in events:
+            assert isinstance(data, MailSent | MailFailed)
+            failed = isinstance(data, MailFailed)
+            delivery = "failed" if failed else "sent"
+            error = data.reason[:500] if isinstance(data, MailFailed) else None
+            if data.ref_type == INVITATION_REF:
+                outcomes.append((data, (data.ref_id, data.mail_id, delivery, error)))
+            elif data.ref_type == GROUP_REF:
+                applied = await repo.set_group_delivery(
+                    conn, data.ref_id, data.mail_id, delivery, error
+                )
+                if not applied:
+                    _stale(data)
+        if outcomes:
+            marked = await repo.set_deliveries(conn, [outcome for _, outcome in outcomes])
+            for (sent, _), ok in zip(outcomes, marked, strict=True):
+                if not ok:
+                    _stale(sent)
+
+
+def _stale(data: MailSent | MailFailed) -> None:
+    log.info("mail_outcome_stale", invitation_id=str(data.ref_id), mail_id=str(data.mail_id))
 
 
 async def on_mail_retrying(deps: Deps, envelope: Envelope, data: EventData) -> None:
@@ -252,11 +263,13 @@ async def on_requested(deps: Deps, envelope: Envelope, data: EventData) -> None:
 # transaction of its own, concurrently, not queued behind the others (Bus.consume).
 ALONE = frozenset({"invitation.requested"})
 
-HANDLERS: dict[str, Callable[[Deps, Envelope, EventData], Awaitable[None]]] = {
+# The outcomes that arrive together are written in one statement (libs/common/bus.py).
+MAIL_OUTCOMES = Together(on_mail_outcomes)
+HANDLERS: dict[str, ServiceHandler[Deps]] = {
     "portal.created": on_portal_changed,
     "portal.updated": on_portal_changed,
-    "mail.sent": on_mail_outcome,
+    "mail.sent": MAIL_OUTCOMES,
     "mail.retrying": on_mail_retrying,
-    "mail.failed": on_mail_outcome,
+    "mail.failed": MAIL_OUTCOMES,
     "invitation.requested": on_requested,
 }

@@ -359,12 +359,29 @@ async def end_claim(conn: Conn, token_hash: str, claim: uuid.UUID, now: datetime
     )
 
 
-async def set_delivery(
-    conn: Conn, invitation_id: uuid.UUID, mail_id: uuid.UUID, delivery: str, error: str | None
-) -> bool:
-    """Only the latest send's outcome counts: an old failure can't mark a newer send."""
-    where = "id = $1 AND last_mail_id = $2"
-    return await _set_delivery(conn, where, invitation_id, mail_id, delivery, error)
+# A send's outcome: (invitation id, mail id, "sent" or "failed", the error or None).
+Outcome = tuple[uuid.UUID, uuid.UUID, str, str | None]
+
+
+async def set_deliveries(conn: Conn, outcomes: Sequence[Outcome]) -> list[bool]:
+    """Many sends' outcomes in one statement (the ``mail.sent`` events that arrived
+    together). Only the latest send's outcome counts: an old failure can't mark a newer
+    send. For each, True when it marked its invitation."""
+    if not outcomes:
+        return []
+    marked = {
+        (row["id"], row["mail_id"])
+        for row in await conn.fetch(
+            "UPDATE invitations AS i SET delivery = u.delivery, delivery_error = u.error,"
+            " delivery_next_attempt_at = NULL"
+            " FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[])"
+            " AS u(id, mail_id, delivery, error)"
+            " WHERE i.id = u.id AND i.last_mail_id = u.mail_id"
+            " RETURNING i.id, u.mail_id",
+            *(list(column) for column in zip(*outcomes, strict=True)),
+        )
+    }
+    return [(invitation_id, mail_id) in marked for invitation_id, mail_id, _, _ in outcomes]
 
 
 async def set_delivery_retrying(

@@ -2,6 +2,7 @@
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,17 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from libs.common.bus import Binding, Bus
+from libs.common.bus import Binding, Bus, Together
 from libs.common.context import current_correlation_id
 from libs.common.db import Conn, create_pool, migrate
-from libs.common.events import Envelope, EventData, MailRequested, UserDisabled, make_event
+from libs.common.events import (
+    Envelope,
+    EventData,
+    MailRequested,
+    UserDisabled,
+    UserEnabled,
+    make_event,
+)
 from libs.common.outbox import OutboxRelay, append, change_and_append
 from libs.common.web import prune_inbox
 from tests.support.env import TestEnv
@@ -359,6 +367,104 @@ async def test_events_that_wait_on_other_services_are_applied_alone_and_concurre
     release.set()
     rows = await _wait_for_effects(probe_schema, len(envelopes))
     assert len({row["tx"] for row in rows}) == len(envelopes)
+    await _close(consumer, owner, bus)
+
+
+async def test_a_run_of_events_for_one_together_handler_is_applied_in_one_call_in_order(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    """Events of a Together handler's types that share a transaction come in one call per
+    run; another handler's event in between ends the run, so the order holds."""
+    await probe_schema.execute(
+        "CREATE TABLE effects (seq serial, user_id uuid NOT NULL, call int NOT NULL,"
+        " correlation text)"
+    )
+    release = asyncio.Event()
+    calls: list[int] = []
+
+    async def many(conn: Conn, events: Sequence[tuple[Envelope, EventData]]) -> None:
+        calls.append(len(events))
+        await conn.execute(
+            "INSERT INTO effects (user_id, call, correlation) SELECT unnest($1::uuid[]), $2, $3",
+            [data.user_id for _, data in events],  # type: ignore[attr-defined]
+            len(calls),
+            current_correlation_id(),
+        )
+        if len(calls) == 1:
+            await release.wait()
+
+    async def one(conn: Conn, envelope: Envelope, data: EventData) -> None:
+        calls.append(0)
+        await conn.execute(
+            "INSERT INTO effects (user_id, call) VALUES ($1, $2)", data.user_id, len(calls)
+        )  # type: ignore[attr-defined]
+
+    bus = Bus(test_env.amqp_url, test_env.bus_prefix, "probe8")
+    await bus.connect()
+    owner = Bus(test_env.amqp_url_as("identity"), test_env.bus_prefix, "identity")
+    await owner.connect()
+    consumer = await bus.consume(
+        probe_schema.pool,
+        [Binding("events", "identity.user.disabled"), Binding("events", "identity.user.enabled")],
+        {"identity.user.disabled": Together(many), "identity.user.enabled": one},
+    )
+    disabled = [
+        make_event(
+            "identity.user.disabled",
+            UserDisabled(user_id=uuid.uuid4()),
+            source="test",
+            correlation_id=f"corr-{n}",
+        )
+        for n in range(9)
+    ]
+    enabled = make_event("identity.user.enabled", UserEnabled(user_id=uuid.uuid4()), source="t")
+    order = [*disabled[:5], enabled, *disabled[5:]]
+    await _publish_behind_the_first(owner, order)
+    release.set()
+    await _wait_for_effects(probe_schema, len(order))
+    rows = await probe_schema.fetch("SELECT * FROM effects ORDER BY seq")
+    assert [str(row["user_id"]) for row in rows] == [e.data["user_id"] for e in order]
+    # The first alone (held), then the four behind it, the one handler, the last four.
+    assert calls == [1, 4, 0, 4]
+    # A run is called in its first event's context.
+    assert [row["correlation"] for row in rows if row["call"] == 2] == ["corr-1"] * 4
+    await _close(consumer, owner, bus)
+
+
+async def test_a_together_handler_that_fails_is_called_again_for_each_event_alone(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    bad = uuid.uuid4()
+    await probe_schema.execute("CREATE TABLE effects (user_id uuid NOT NULL, call int NOT NULL)")
+    release = asyncio.Event()
+    calls: list[int] = []
+
+    async def many(conn: Conn, events: Sequence[tuple[Envelope, EventData]]) -> None:
+        calls.append(len(events))
+        users = [data.user_id for _, data in events]  # type: ignore[attr-defined]
+        await conn.execute("INSERT INTO effects SELECT unnest($1::uuid[]), $2", users, len(calls))
+        if len(calls) == 1:
+            await release.wait()
+        if bad in users:
+            raise ValueError("this one can't be applied")
+
+    bus, owner, consumer = await _consume_user_disabled(
+        test_env, probe_schema, "probe9", Together(many)
+    )
+    envelopes = [
+        make_event("identity.user.disabled", UserDisabled(user_id=user), source="t")
+        for user in [uuid.uuid4(), uuid.uuid4(), bad, uuid.uuid4()]
+    ]
+    await _publish_behind_the_first(owner, envelopes)
+    release.set()
+    await _wait_for_effects(probe_schema, len(envelopes) - 1)
+    await asyncio.sleep(0.5)
+    rows = await probe_schema.fetch("SELECT * FROM effects")
+    assert sorted(str(row["user_id"]) for row in rows) == sorted(
+        e.data["user_id"] for e in envelopes if e.data["user_id"] != str(bad)
+    )
+    # The three behind the first failed together, then went one by one.
+    assert calls[:5] == [1, 3, 1, 1, 1]
     await _close(consumer, owner, bus)
 
 

@@ -355,3 +355,44 @@ async def test_poison_message_is_dead_lettered_and_next_processed(
         assert (await eventually(poison)).body == b"this is not json"
     finally:
         await connection.close()
+
+
+async def test_outcomes_arriving_together_are_written_in_one_statement(
+    client: Client, world: World, pool: asyncpg.Pool
+) -> None:
+    """The mail.sent / mail.failed events that share a transaction mark their invitations
+    in one statement; a stale one (not the latest send) marks nothing and says so."""
+    from services.invitations import repository as repo
+
+    portal = world.add_portal()
+    ids = []
+    for n in range(3):
+        response = await client.post(
+            "/invitations", json={"portal_id": portal["id"], "email": f"together{n}@example.com"}
+        )
+        ids.append(uuid.UUID((await response.json())["invitation"]["id"]))
+    mails = [
+        await pool.fetchval("SELECT last_mail_id FROM invitations WHERE id = $1", i) for i in ids
+    ]
+    async with pool.acquire() as conn:
+        marked = await repo.set_deliveries(
+            conn,
+            [
+                (ids[0], mails[0], "sent", None),
+                (ids[1], uuid.uuid4(), "failed", "an older send"),
+                (ids[2], mails[2], "failed", "550 no such user"),
+            ],
+        )
+    assert marked == [True, False, True]
+    rows = {
+        row["id"]: row
+        for row in await pool.fetch(
+            "SELECT id, delivery, delivery_error FROM invitations WHERE id = ANY($1)", ids
+        )
+    }
+    assert (rows[ids[0]]["delivery"], rows[ids[0]]["delivery_error"]) == ("sent", None)
+    assert rows[ids[1]]["delivery"] not in ("sent", "failed")
+    assert (rows[ids[2]]["delivery"], rows[ids[2]]["delivery_error"]) == (
+        "failed",
+        "550 no such user",
+    )

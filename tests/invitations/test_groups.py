@@ -333,15 +333,15 @@ async def test_one_email_one_delivery_for_each_of_its_invitations(
     )
     [mail] = await group_mails(pool, body["group_id"])
     async with pool.acquire() as conn:
-        await consumer.on_mail_outcome(
+        sent = MailSent(
+            mail_id=uuid.UUID(mail["mail_id"]),
+            template="invitation",
+            ref_type="invitation_group",
+            ref_id=uuid.UUID(body["group_id"]),
+        )
+        await consumer.on_mail_outcomes(
             client.app[DEPS].within(conn),
-            None,  # type: ignore[arg-type]  # not read
-            MailSent(
-                mail_id=uuid.UUID(mail["mail_id"]),
-                template="invitation",
-                ref_type="invitation_group",
-                ref_id=uuid.UUID(body["group_id"]),
-            ),
+            [(None, sent)],  # type: ignore[list-item]  # the envelope is not read
         )
     for invitation in body["invitations"]:
         shown = await (await client.get(f"/invitations/{invitation['id']}")).json()

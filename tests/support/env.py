@@ -188,7 +188,7 @@ async def drop_bus(env: TestEnv) -> None:
     connection = await aio_pika.connect(env.amqp_url)
     try:
         channel = await connection.channel()
-        names = [*CONSUMERS] + [f"probe{i}" for i in range(4)]
+        names = [*CONSUMERS] + [f"probe{i}" for i in range(10)]
         for name in names:
             for queue in (f"{env.bus_prefix}.{name}", f"{env.bus_prefix}.{name}.dead"):
                 await channel.queue_delete(queue)

@@ -1,7 +1,7 @@
 """Identity use cases, one function per command. Events go to the outbox in the same
 transaction as the change they announce."""
 
-from .activity import activity_actors, list_activity, record_activity
+from .activity import activity_actors, list_activity, record_activities, record_activity
 from .base import Deps, utcnow
 from .keys import create_api_key, list_api_keys, revoke_api_key, verify_api_key
 from .resets import RESETS_PER_HOUR, confirm_reset, request_password_reset, validate_reset
@@ -55,6 +55,7 @@ __all__ = [
     "logout",
     "lookup_user",
     "lookup_users",
+    "record_activities",
     "record_activity",
     "request_password_reset",
     "revoke_api_key",

@@ -4,6 +4,7 @@ in keyset pages, and list who appears in it."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 
 from libs.common.cursor import decode_cursor, encode_cursor, page_of
@@ -17,13 +18,23 @@ MAX_ACTORS = 200
 
 
 async def record_activity(deps: Deps, entry: ActivityEntry) -> bool:
-    """In the consumer, on its inbox transaction's connection (with its inbox row). A user
-    named only by id is labelled with their email, which this service owns."""
+    return (await record_activities(deps, [entry]))[0]
+
+
+async def record_activities(deps: Deps, entries: Sequence[ActivityEntry]) -> list[bool]:
+    """In the consumer, on its inbox transaction's connection (with the inbox rows), in
+    one statement for the events that arrived together. A user named only by id is
+    labelled with their email, which this service owns. For each, True when recorded."""
     async with connection(deps.db) as conn:
-        if entry.object_type == "user" and not entry.object_label and entry.object_id:
-            email = await repo.user_email(conn, uuid.UUID(entry.object_id))
-            entry = replace(entry, object_label=email or "")
-        return await repo.insert(conn, entry)
+        labelled = [
+            replace(
+                entry, object_label=await repo.user_email(conn, uuid.UUID(entry.object_id)) or ""
+            )
+            if entry.object_type == "user" and not entry.object_label and entry.object_id
+            else entry
+            for entry in entries
+        ]
+        return await repo.insert_many(conn, labelled)
 
 
 async def list_activity(

@@ -378,7 +378,8 @@ def build_message(
     parts = [
         f"\r\n--{boundary}\r\n"
         f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
-        "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode() + _quoted_printable(body)
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode()
+        + _quoted_printable(body)
         for body, subtype in ((rendered.text, "plain"), (rendered.html, "html"))
     ]
     data = "".join(headers).encode() + b"".join(parts) + f"\r\n--{boundary}--\r\n".encode()

@@ -5,15 +5,16 @@ commit with the inbox row."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 
 from libs.common.broker import CONSUMES
+from libs.common.bus import ServiceHandler, Together
 from libs.common.events import Envelope, EventData, MailRequested
 
 from .domain import RequestMail
 from .handlers import Deps, request_mail
 from .webhooks.domain import EVENT_TYPES
-from .webhooks.handlers import queue_event
+from .webhooks.handlers import queue_events
 
 BINDINGS = CONSUMES["mailer"]
 
@@ -25,13 +26,14 @@ async def on_mail_requested(deps: Deps, envelope: Envelope, data: EventData) -> 
     await request_mail(deps, RequestMail.of_job(data, envelope.correlation_id))
 
 
-async def on_lifecycle_event(deps: Deps, envelope: Envelope, data: EventData) -> None:
-    # Only records the deliveries (with the inbox row): POSTs happen in the webhook
+async def on_lifecycle_events(deps: Deps, events: Sequence[tuple[Envelope, EventData]]) -> None:
+    # Only records the deliveries (with the inbox rows): POSTs happen in the webhook
     # senders, so a slow receiver never holds up the queue.
-    await queue_event(deps, envelope, data)
+    await queue_events(deps, events)
 
 
-HANDLERS: dict[str, Callable[[Deps, Envelope, EventData], Awaitable[None]]] = {
+HANDLERS: dict[str, ServiceHandler[Deps]] = {
     "mail.requested": on_mail_requested,
-    **dict.fromkeys(EVENT_TYPES, on_lifecycle_event),
+    # The lifecycle events that arrive together are queued in one statement.
+    **dict.fromkeys(EVENT_TYPES, Together(on_lifecycle_events)),
 }

@@ -379,3 +379,33 @@ async def test_only_the_gateway_may_call_the_webhooks_api(
     headers = migrated_schemas.keys.headers("invitations", "mailer")
     response = await api.client.get("/webhooks", headers=headers)
     assert response.status == 403
+
+
+async def test_events_arriving_together_are_queued_in_one_statement(
+    internal: Callable[..., Any], hook: Receiver
+) -> None:
+    """The lifecycle events that share the consumer's transaction: one statement queues a
+    delivery per endpoint that wants each one, and again nothing (once per endpoint and
+    event)."""
+    from libs.common.web import POOL
+    from services.mailer.webhooks.repository import queue_for_events
+
+    api: Internal = await internal()
+    both = await api.add(hook.url, ["invitation.created", "invitation.revoked"])
+    revoked_only = await api.add(hook.url, ["invitation.revoked"])
+    payload = '{"type": "test"}'
+    events = [
+        (uuid.uuid4(), "invitation.created", payload),
+        (uuid.uuid4(), "invitation.revoked", payload),
+        (uuid.uuid4(), "invitation.accepted", payload),
+    ]
+    async with api.client.app[POOL].acquire() as conn, conn.transaction():
+        assert await queue_for_events(conn, events) == 3
+        assert await queue_for_events(conn, events) == 0
+    assert sorted(d["event_type"] for d in await api.deliveries(both["id"])) == [
+        "invitation.created",
+        "invitation.revoked",
+    ]
+    assert [d["event_type"] for d in await api.deliveries(revoked_only["id"])] == [
+        "invitation.revoked"
+    ]

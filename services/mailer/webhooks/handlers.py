@@ -5,6 +5,7 @@ and limits come from ``deps.settings``)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from libs.common.cursor import decode_cursor, encode_cursor
@@ -87,13 +88,22 @@ async def redeliver(deps: Deps, endpoint_id: uuid.UUID, delivery_id: uuid.UUID) 
     return row
 
 
-async def queue_event(deps: Deps, envelope: Envelope, data: EventData) -> int:
-    """In one transaction (the consumer's, with the inbox row): one delivery
-    per endpoint that wants this type. The payload is built from the event's public
-    model only."""
-    body = domain.payload(envelope.type, envelope.occurred_at, data.model_dump(mode="json"))
+async def queue_events(deps: Deps, events: Sequence[tuple[Envelope, EventData]]) -> int:
+    """In one transaction (the consumer's, with the inbox rows) and one statement for the
+    events that arrived together: one delivery per endpoint that wants each event's type.
+    A payload is built from the event's public model only."""
+    rows = [
+        (
+            envelope.id,
+            envelope.type,
+            domain.payload(
+                envelope.type, envelope.occurred_at, data.model_dump(mode="json")
+            ).decode(),
+        )
+        for envelope, data in events
+    ]
     async with atomic(deps.db) as conn:
-        count = await repository.queue_for_event(conn, envelope.id, envelope.type, body.decode())
+        count = await repository.queue_for_events(conn, rows)
     if count:
         log.info("webhook_deliveries_queued", count=count)
     return count

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -85,19 +86,21 @@ async def delete_endpoint(conn: Conn, endpoint_id: uuid.UUID) -> bool:
     return result != "DELETE 0"
 
 
-async def queue_for_event(conn: Conn, event_id: uuid.UUID, event_type: str, payload: str) -> int:
-    """A delivery for every endpoint that wants ``event_type`` (once per endpoint and
-    event), and a wake-up for the senders at commit."""
+async def queue_for_events(conn: Conn, events: Sequence[tuple[uuid.UUID, str, str]]) -> int:
+    """A delivery for every endpoint that wants each event's type (once per endpoint and
+    event), for many events ``(event id, type, payload)`` in one statement, and a wake-up
+    for the senders at commit. How many deliveries were queued."""
+    if not events:
+        return 0
     count = await conn.fetchval(
         "WITH queued AS ("
         "  INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, payload)"
-        "  SELECT gen_random_uuid(), e.id, $1, $2, $3 FROM webhook_endpoints e"
-        "  WHERE $2 = ANY (e.events)"
+        "  SELECT gen_random_uuid(), e.id, v.event_id, v.event_type, v.payload"
+        "  FROM unnest($1::uuid[], $2::text[], $3::text[]) AS v(event_id, event_type, payload)"
+        "  JOIN webhook_endpoints e ON v.event_type = ANY (e.events)"
         "  ON CONFLICT (endpoint_id, event_id) DO NOTHING RETURNING 1)"
         " SELECT count(*) FROM queued",
-        event_id,
-        event_type,
-        payload,
+        *(list(column) for column in zip(*events, strict=True)),
     )
     if count:
         await conn.execute("SELECT pg_notify($1, '')", WAKE_CHANNEL)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +52,12 @@ def from_row(cls: type[R], row: asyncpg.Record | Mapping[str, Any], **converted:
     gives the fields whose column needs converting first (an array to a tuple, JSON text)."""
     columns = {f.name: row[f.name] for f in dataclasses.fields(cls) if f.name not in converted}
     return cls(**columns, **converted)
+
+
+def columns(items: Sequence[Any], *names: str) -> list[list[Any]]:
+    """Many rows as the arrays of an ``unnest($1::…[], $2::…[], …)`` statement: for each
+    attribute named, its value in every item, in order."""
+    return [[getattr(item, name) for item in items] for name in names]
 
 
 @asynccontextmanager

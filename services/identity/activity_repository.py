@@ -10,7 +10,7 @@ from datetime import datetime
 import asyncpg
 import orjson
 
-from libs.common.db import Conn, Db, from_row
+from libs.common.db import Conn, Db, columns, from_row
 
 from .domain import ActivityEntry
 
@@ -35,16 +35,19 @@ async def insert_many(conn: Conn, entries: Sequence[ActivityEntry]) -> list[bool
             " $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::uuid[],"
             " $11::jsonb[])"
             " ON CONFLICT (id) DO NOTHING RETURNING id",
-            [e.id for e in entries],
-            [e.occurred_at for e in entries],
-            [e.action for e in entries],
-            [e.actor_type for e in entries],
-            [e.actor_id for e in entries],
-            [e.actor_name for e in entries],
-            [e.object_type for e in entries],
-            [e.object_id for e in entries],
-            [e.object_label for e in entries],
-            [e.portal_id for e in entries],
+            *columns(
+                entries,
+                "id",
+                "occurred_at",
+                "action",
+                "actor_type",
+                "actor_id",
+                "actor_name",
+                "object_type",
+                "object_id",
+                "object_label",
+                "portal_id",
+            ),
             [orjson.dumps(e.details).decode() for e in entries],
         )
     }

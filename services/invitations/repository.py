@@ -10,7 +10,7 @@ from datetime import datetime
 
 import asyncpg
 
-from libs.common.db import Conn, Db
+from libs.common.db import Conn, Db, columns
 
 from .clients import PortalInfo
 
@@ -637,11 +637,7 @@ async def record_first_links(conn: Conn, rows: Sequence[NewInvitation], reason: 
         " SELECT token_hash, invitation_id, email_lower, issued_at, expires_at, $6"
         " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[],"
         " $5::timestamptz[]) AS l(token_hash, invitation_id, email_lower, issued_at, expires_at)",
-        [row.token_hash for row in rows],
-        [row.invitation_id for row in rows],
-        [row.email_lower for row in rows],
-        [row.sent_at for row in rows],
-        [row.expires_at for row in rows],
+        *columns(rows, "token_hash", "invitation_id", "email_lower", "sent_at", "expires_at"),
         reason,
     )
 

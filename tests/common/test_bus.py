@@ -277,16 +277,20 @@ async def _consume_held(
     bus, owner, consumer = await _consume_user_disabled(
         test_env, probe_schema, name, handler, alone
     )
-    envelopes = [
+    return bus, owner, consumer, _disabled(12), release
+
+
+def _disabled(count: int) -> list[Envelope]:
+    """identity.user.disabled events, each with its own correlation id (corr-0, corr-1 …)."""
+    return [
         make_event(
             "identity.user.disabled",
             UserDisabled(user_id=uuid.uuid4()),
             source="test",
             correlation_id=f"corr-{n}",
         )
-        for n in range(12)
+        for n in range(count)
     ]
-    return bus, owner, consumer, envelopes, release
 
 
 async def _publish_behind_the_first(owner: Bus, envelopes: list[Envelope], *more: Envelope) -> None:
@@ -408,15 +412,7 @@ async def test_a_run_of_events_for_one_together_handler_is_applied_in_one_call_i
         [Binding("events", "identity.user.disabled"), Binding("events", "identity.user.enabled")],
         {"identity.user.disabled": Together(many), "identity.user.enabled": one},
     )
-    disabled = [
-        make_event(
-            "identity.user.disabled",
-            UserDisabled(user_id=uuid.uuid4()),
-            source="test",
-            correlation_id=f"corr-{n}",
-        )
-        for n in range(9)
-    ]
+    disabled = _disabled(9)
     enabled = make_event("identity.user.enabled", UserEnabled(user_id=uuid.uuid4()), source="t")
     order = [*disabled[:5], enabled, *disabled[5:]]
     await _publish_behind_the_first(owner, order)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -107,45 +107,60 @@ class EnvelopeSink:
         return "250 OK"
 
 
+@pytest.fixture
+def envelope_sink() -> Iterator[Callable[[bool], tuple[EnvelopeSink, int]]]:
+    """An SMTP server that offers SMTPUTF8 or not: its sink and its port."""
+    controllers: list[Controller] = []
+
+    def start(smtputf8: bool) -> tuple[EnvelopeSink, int]:
+        sink = EnvelopeSink()
+        controller = Controller(
+            sink, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=smtputf8
+        )
+        controller.start()
+        controllers.append(controller)
+        return sink, controller.port
+
+    yield start
+    for controller in controllers:
+        controller.stop()
+
+
 async def test_an_internationalised_address_goes_out_under_smtputf8_as_it_is(
-    start_mailer: StartMailer, publisher: Bus, pool_factory: PoolFactory
+    start_mailer: StartMailer,
+    publisher: Bus,
+    pool_factory: PoolFactory,
+    envelope_sink: Callable[[bool], tuple[EnvelopeSink, int]],
 ) -> None:
     """RFC 6531/6532: the envelope asks for SMTPUTF8 and the To header carries the address
     in UTF-8. The stdlib's generator used to write it as an RFC 2047 word there."""
     pool: asyncpg.Pool = await pool_factory("mailer")
-    sink = EnvelopeSink()
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=True)
-    controller.start()
-    try:
-        await start_mailer(controller.port, mailer_concurrency=1)
-        to = f"jürgen-{uuid.uuid4().hex[:8]}@exämple.de"
-        job = invitation_job(to)[0]
-        await publish_job(publisher, job)
-        await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "sent")
-        (envelope,) = sink.envelopes
-        assert envelope.rcpt_tos == [to]
-        assert "SMTPUTF8" in [option.upper() for option in envelope.mail_options]
-        message = email.message_from_string(
-            envelope.content.decode("utf-8"), policy=email.policy.default
-        )
-        assert message["To"].addresses[0].addr_spec == to
-    finally:
-        controller.stop()
+    sink, port = envelope_sink(True)
+    await start_mailer(port, mailer_concurrency=1)
+    to = f"jürgen-{uuid.uuid4().hex[:8]}@exämple.de"
+    job = invitation_job(to)[0]
+    await publish_job(publisher, job)
+    await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "sent")
+    (envelope,) = sink.envelopes
+    assert envelope.rcpt_tos == [to]
+    assert "SMTPUTF8" in [option.upper() for option in envelope.mail_options]
+    message = email.message_from_string(
+        envelope.content.decode("utf-8"), policy=email.policy.default
+    )
+    assert message["To"].addresses[0].addr_spec == to
 
 
 async def test_an_internationalised_address_waits_for_a_server_with_smtputf8(
-    start_mailer: StartMailer, publisher: Bus, pool_factory: PoolFactory
+    start_mailer: StartMailer,
+    publisher: Bus,
+    pool_factory: PoolFactory,
+    envelope_sink: Callable[[bool], tuple[EnvelopeSink, int]],
 ) -> None:
     pool: asyncpg.Pool = await pool_factory("mailer")
-    sink = EnvelopeSink()
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=False)
-    controller.start()
-    try:
-        await start_mailer(controller.port, mailer_concurrency=1)
-        job = invitation_job(f"jürgen-{uuid.uuid4().hex[:8]}@exämple.de")[0]
-        await publish_job(publisher, job)
-        row = await wait_for_row(pool, job.mail_id, lambda r: r["last_error"] is not None)
-        assert row["status"] == "queued" and "SMTPUTF8" in row["last_error"]
-        assert sink.envelopes == []
-    finally:
-        controller.stop()
+    sink, port = envelope_sink(False)
+    await start_mailer(port, mailer_concurrency=1)
+    job = invitation_job(f"jürgen-{uuid.uuid4().hex[:8]}@exämple.de")[0]
+    await publish_job(publisher, job)
+    row = await wait_for_row(pool, job.mail_id, lambda r: r["last_error"] is not None)
+    assert row["status"] == "queued" and "SMTPUTF8" in row["last_error"]
+    assert sink.envelopes == []

@@ -67,6 +67,8 @@ class CoalescingWriter(asyncio.StreamWriter):
         if not self._pending:
             return
         pending, self._pending, self._size = self._pending, [], 0
+        if self.transport.is_closing():
+            return  # the connection is gone: the transport would drop it (and warn)
         super().write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def write_eof(self) -> None:

@@ -75,7 +75,14 @@ async def test_a_broker_outage_is_reported_but_fails_neither_liveness_nor_readin
     try:
         await service.wait_ready()
         ready = service.management_url + "/readyz"
-        status, body = await _get(ready)
+
+        async def broker_up() -> Any:
+            # Ready doesn't wait for the broker (it connects in the background): wait for
+            # it here, so that the outage below is one the service had a connection for.
+            status, body = await _get(ready)
+            return (status, body) if body["checks"].get("broker") == "ok" else None
+
+        status, body = await _until(broker_up, "the service to connect to the broker")
         assert (status, body["checks"]["broker"]) == (200, "ok")
 
         cut_at = asyncio.get_running_loop().time()

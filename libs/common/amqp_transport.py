@@ -1,4 +1,4 @@
-"""The broker connection's socket, written once per turn of the event loop.
+"""The broker connection's socket, written at most once a millisecond.
 
 aiormq writes every frame the moment it has it, and a publish holds its channel until
 its frame has been written: each publish, each ack, was a ``send`` of its own, and
@@ -7,7 +7,8 @@ CPU while a 10,000-row batch was accepted. Here what is written within one milli
 (``FLUSH_SECONDS``) leaves in one ``send``, in the order it was written; at 256 KiB it
 leaves at once. A frame counts as written (``drain``) once it is in this buffer, as it
 would be in the transport's: it goes out unless the connection is lost, and then the
-transport's frames are lost with it too.
+transport's frames are lost with it too. The cost: a connection's handshake, a dozen
+round trips, takes about 10 ms longer (measured 5 → 14 ms with its channel).
 
 aiormq takes a transport factory for this (``transport_factory``); the reader, the
 protocol and the writer are built as ``asyncio.open_connection`` builds them, with the

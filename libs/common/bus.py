@@ -145,8 +145,8 @@ class Bus:
             make_url(self.url),
             client_properties={"connection_name": f"clientpress-{self.service}"},
         )
-        # Frames written in one turn of the loop (a relay batch, a batch's acks) leave in
-        # one send: amqp_transport.py. aio_pika passes its kwargs on to aiormq.
+        # Frames written within a millisecond (a relay batch, a batch's acks) leave in one
+        # send: amqp_transport.py. aio_pika passes its kwargs on to aiormq.
         connection.kwargs["transport_factory"] = CoalescingTransportFactory()
         # Held before it connects: an app stopped while connecting (its start task
         # cancelled) still closes it in close(), instead of leaving behind a robust

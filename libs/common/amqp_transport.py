@@ -1,4 +1,4 @@
-"""The broker connection's socket, written at most once a millisecond.
+"""The broker connection's socket: what is written within a millisecond leaves in one send.
 
 aiormq writes every frame the moment it has it, and a publish holds its channel until
 its frame has been written: each publish, each ack, was a ``send`` of its own, and

@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any, Generic, TypeVar
 
 import aio_pika
@@ -33,7 +34,7 @@ from .broker import Binding, ExchangeKind
 from .context import set_correlation_id
 from .db import DATABASE_AWAY, Conn, UseCaseDeps
 from .errors import Unavailable
-from .events import Envelope, EventData, MalformedEvent, parse_data, parse_envelope
+from .events import Envelope, Event, EventData, MalformedEvent, parse_data, parse_envelope
 from .logging import get_logger
 from .metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
 
@@ -52,7 +53,6 @@ __all__ = [
 ]
 
 Handler = Callable[[Conn, Envelope, EventData], Awaitable[None]]
-Event = tuple[Envelope, EventData]
 
 D = TypeVar("D", bound=UseCaseDeps)
 T = TypeVar("T")
@@ -455,33 +455,26 @@ class Consumer:
                 )
             }
             applied: list[bool] = []
-            # A run of events for one Together handler goes in one call; any other
-            # handler, or another Together, ends the run first, so the order holds.
-            run: list[Event] = []
-            run_handler: Together[Conn] | None = None
-            run_context = contextvars.copy_context()
-            for envelope, handler, data, context in batch:
-                now = envelope.id in fresh
-                fresh.discard(envelope.id)  # the same event twice in one batch: once
+            to_apply: list[Applying] = []
+            for applying in batch:
+                event_id = applying[0].id
+                now = event_id in fresh
+                fresh.discard(event_id)  # the same event twice in one batch: once
                 applied.append(now)
-                if not now:
-                    continue
-                if isinstance(handler, Together) and handler is run_handler:
-                    run.append((envelope, data))
-                    continue
-                if run_handler is not None:
-                    await asyncio.create_task(
-                        _apply_run(run_handler, conn, run), context=run_context
-                    )
-                    run_handler, run = None, []
+                if now:
+                    to_apply.append(applying)
+            # A run of events for one Together handler goes in one call, in the first's
+            # context; any other handler's event ends the run, so the order holds.
+            for handler, group in groupby(to_apply, key=_run_key):
+                run = list(group)
+                context = run[0][3]
                 if isinstance(handler, Together):
-                    run_handler, run, run_context = handler, [(envelope, data)], context
+                    events = [(envelope, data) for envelope, _, data, _ in run]
+                    await asyncio.create_task(_apply_run(handler, conn, events), context=context)
                 else:
-                    await asyncio.create_task(
-                        _handle(handler, conn, envelope, data), context=context
-                    )
-            if run_handler is not None:
-                await asyncio.create_task(_apply_run(run_handler, conn, run), context=run_context)
+                    [(envelope, one, data, _)] = run
+                    assert not isinstance(one, Together)
+                    await asyncio.create_task(_handle(one, conn, envelope, data), context=context)
         return applied
 
     async def _dead_letter(self, message: AbstractIncomingMessage, type: str, why: str) -> None:
@@ -497,6 +490,13 @@ async def _handle(handler: Handler, conn: Conn, envelope: Envelope, data: EventD
 
 async def _apply_run(handler: Together[Conn], conn: Conn, events: Sequence[Event]) -> None:
     await handler.apply(conn, events)
+
+
+def _run_key(applying: Applying) -> object:
+    """What groups consecutive events into one call: their Together handler; any other
+    event stands alone."""
+    handler = applying[1]
+    return handler if isinstance(handler, Together) else id(applying)
 
 
 def trusted_sender(prefix: str, envelope: Envelope, message: AbstractIncomingMessage) -> bool:

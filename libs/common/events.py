@@ -48,6 +48,9 @@ class Envelope(BaseModel):
 
 
 # --- identity -------------------------------------------------------------------------
+# An event as a consumer's handler gets it: its envelope and its parsed data.
+Event = tuple[Envelope, EventData]
+
 Role = Literal["administrator", "staff", "client"]
 
 

@@ -16,6 +16,7 @@ from libs.common.events import (
     ApiKeyChanged,
     BrandingChanged,
     Envelope,
+    Event,
     EventData,
     InvitationClosed,
     InvitationCreated,
@@ -94,7 +95,7 @@ def entry_of(envelope: Envelope, data: EventData) -> ActivityEntry | None:
     )
 
 
-async def on_changes(deps: Deps, events: Sequence[tuple[Envelope, EventData]]) -> None:
+async def on_changes(deps: Deps, events: Sequence[Event]) -> None:
     """The entries of the events that arrived together, in one statement."""
     entries = [entry for envelope, data in events if (entry := entry_of(envelope, data))]
     if entries:

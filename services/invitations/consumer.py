@@ -14,6 +14,7 @@ from libs.common.db import Conn, connection
 from libs.common.errors import DomainError, InvalidInput, RateLimited
 from libs.common.events import (
     Envelope,
+    Event,
     EventData,
     InvitationCreated,
     InvitationRejected,
@@ -79,7 +80,7 @@ async def on_portal_changed(deps: Deps, envelope: Envelope, data: EventData) -> 
     )
 
 
-async def on_mail_outcomes(deps: Deps, events: Sequence[tuple[Envelope, EventData]]) -> None:
+async def on_mail_outcomes(deps: Deps, events: Sequence[Event]) -> None:
     """``mail.sent`` / ``mail.failed``: the invitations' in one statement for the events
     that arrived together; a group's email marks each of its rows it was the latest of."""
     outcomes: list[tuple[MailSent | MailFailed, repo.Outcome]] = []

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from libs.common.broker import CONSUMES
 from libs.common.bus import ServiceHandler, Together
-from libs.common.events import Envelope, EventData, MailRequested
+from libs.common.events import Envelope, Event, EventData, MailRequested
 
 from .domain import RequestMail
 from .handlers import Deps, request_mail
@@ -26,7 +26,7 @@ async def on_mail_requested(deps: Deps, envelope: Envelope, data: EventData) -> 
     await request_mail(deps, RequestMail.of_job(data, envelope.correlation_id))
 
 
-async def on_lifecycle_events(deps: Deps, events: Sequence[tuple[Envelope, EventData]]) -> None:
+async def on_lifecycle_events(deps: Deps, events: Sequence[Event]) -> None:
     # Only records the deliveries (with the inbox rows): POSTs happen in the webhook
     # senders, so a slow receiver never holds up the queue.
     await queue_events(deps, events)

@@ -17,6 +17,7 @@ from libs.common.context import current_correlation_id
 from libs.common.db import Conn, create_pool, migrate
 from libs.common.events import (
     Envelope,
+    Event,
     EventData,
     MailRequested,
     UserDisabled,
@@ -386,7 +387,7 @@ async def test_a_run_of_events_for_one_together_handler_is_applied_in_one_call_i
     release = asyncio.Event()
     calls: list[int] = []
 
-    async def many(conn: Conn, events: Sequence[tuple[Envelope, EventData]]) -> None:
+    async def many(conn: Conn, events: Sequence[Event]) -> None:
         calls.append(len(events))
         await conn.execute(
             "INSERT INTO effects (user_id, call, correlation) SELECT unnest($1::uuid[]), $2, $3",
@@ -435,7 +436,7 @@ async def test_a_together_handler_that_fails_is_called_again_for_each_event_alon
     release = asyncio.Event()
     calls: list[int] = []
 
-    async def many(conn: Conn, events: Sequence[tuple[Envelope, EventData]]) -> None:
+    async def many(conn: Conn, events: Sequence[Event]) -> None:
         calls.append(len(events))
         users = [data.user_id for _, data in events]  # type: ignore[attr-defined]
         await conn.execute("INSERT INTO effects SELECT unnest($1::uuid[]), $2", users, len(calls))

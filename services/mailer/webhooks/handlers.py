@@ -11,7 +11,7 @@ from typing import Any
 from libs.common.cursor import decode_cursor, encode_cursor
 from libs.common.db import atomic, connection, transaction
 from libs.common.errors import InvalidInput, NotFound
-from libs.common.events import Envelope, EventData
+from libs.common.events import Event
 from libs.common.logging import get_logger
 
 from ..handlers import Deps
@@ -88,7 +88,7 @@ async def redeliver(deps: Deps, endpoint_id: uuid.UUID, delivery_id: uuid.UUID) 
     return row
 
 
-async def queue_events(deps: Deps, events: Sequence[tuple[Envelope, EventData]]) -> int:
+async def queue_events(deps: Deps, events: Sequence[Event]) -> int:
     """In one transaction (the consumer's, with the inbox rows) and one statement for the
     events that arrived together: one delivery per endpoint that wants each event's type.
     A payload is built from the event's public model only."""

@@ -56,7 +56,10 @@ def from_row(cls: type[R], row: asyncpg.Record | Mapping[str, Any], **converted:
 
 def columns(items: Sequence[Any], *names: str) -> list[list[Any]]:
     """Many rows as the arrays of an ``unnest($1::…[], $2::…[], …)`` statement: for each
-    attribute named, its value in every item, in order."""
+    attribute named, its value in every item, in order; without names, the items are
+    tuples, and each position is a column."""
+    if not names:
+        return [list(column) for column in zip(*items, strict=True)]
     return [[getattr(item, name) for item in items] for name in names]
 
 

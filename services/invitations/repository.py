@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -211,7 +210,7 @@ class NewInvitation:
     locale: str | None = None
 
 
-_NEW_VALUES = operator.attrgetter(*(f.name for f in fields(NewInvitation)))
+_NEW_FIELDS = tuple(f.name for f in fields(NewInvitation))
 _NEW_TYPES = (
     "uuid[], text[], text[], uuid[], text[], timestamptz[], timestamptz[], uuid[], bool[],"
     " text[], text[], int[], bool[], text[], text[], text[]"
@@ -221,7 +220,6 @@ _NEW_TYPES = (
 async def insert_many(conn: Conn, rows: Sequence[NewInvitation]) -> int:
     """Many first invitations in one statement; returns how many were written (fewer
     when a unique rule said no to some: the caller redoes the rows one by one)."""
-    columns = list(zip(*map(_NEW_VALUES, rows), strict=True))
     placeholders = ", ".join(
         f"${n}::{kind.strip()}" for n, kind in enumerate(_NEW_TYPES.split(","), start=1)
     )
@@ -232,7 +230,7 @@ async def insert_many(conn: Conn, rows: Sequence[NewInvitation]) -> int:
         f" SELECT * FROM unnest({placeholders})"
         " ON CONFLICT DO NOTHING RETURNING 1)"
         " SELECT count(*) FROM i",
-        *columns,
+        *columns(rows, *_NEW_FIELDS),
     )
     return int(written)
 
@@ -378,7 +376,7 @@ async def set_deliveries(conn: Conn, outcomes: Sequence[Outcome]) -> list[bool]:
             " AS u(id, mail_id, delivery, error)"
             " WHERE i.id = u.id AND i.last_mail_id = u.mail_id"
             " RETURNING i.id, u.mail_id",
-            *(list(column) for column in zip(*outcomes, strict=True)),
+            *columns(outcomes),
         )
     }
     return [(invitation_id, mail_id) in marked for invitation_id, mail_id, _, _ in outcomes]

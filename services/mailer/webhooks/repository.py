@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from libs.common.db import Conn
+from libs.common.db import Conn, columns
 
 WAKE_CHANNEL = "webhooks_wake"
 
@@ -100,7 +100,7 @@ async def queue_for_events(conn: Conn, events: Sequence[tuple[uuid.UUID, str, st
         "  JOIN webhook_endpoints e ON v.event_type = ANY (e.events)"
         "  ON CONFLICT (endpoint_id, event_id) DO NOTHING RETURNING 1)"
         " SELECT count(*) FROM queued",
-        *(list(column) for column in zip(*events, strict=True)),
+        *columns(events),
     )
     if count:
         await conn.execute("SELECT pg_notify($1, '')", WAKE_CHANNEL)

@@ -87,9 +87,9 @@ async def on_mail_outcomes(deps: Deps, events: Sequence[Event]) -> None:
     async with connection(deps.db) as conn:
         for _, data in events:
             assert isinstance(data, MailSent | MailFailed)
-            failed = isinstance(data, MailFailed)
-            delivery = "failed" if failed else "sent"
-            error = data.reason[:500] if isinstance(data, MailFailed) else None
+            delivery, error = (
+                ("failed", data.reason[:500]) if isinstance(data, MailFailed) else ("sent", None)
+            )
             if data.ref_type == INVITATION_REF:
                 outcomes.append((data, (data.ref_id, data.mail_id, delivery, error)))
             elif data.ref_type == GROUP_REF:

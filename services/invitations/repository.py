@@ -875,21 +875,11 @@ async def set_group_delivery(
     conn: Conn, group_id: uuid.UUID, mail_id: uuid.UUID, delivery: str, error: str | None
 ) -> bool:
     """A group's email went (or failed): each of its rows that this mail is the latest of."""
-    where = (
-        "id IN (SELECT id FROM invitations"
-        " WHERE group_id = $1 AND last_mail_id = $2 ORDER BY id FOR UPDATE)"
-    )
-    return await _set_delivery(conn, where, group_id, mail_id, delivery, error)
-
-
-async def _set_delivery(
-    conn: Conn, where: str, key: uuid.UUID, mail_id: uuid.UUID, delivery: str, error: str | None
-) -> bool:
-    """A send's outcome on the rows ``where`` picks ($1 ``key``, $2 ``mail_id``)."""
     result = await conn.execute(
-        "UPDATE invitations SET delivery = $3, delivery_error = $4,"
-        " delivery_next_attempt_at = NULL WHERE " + where,
-        key,
+        "UPDATE invitations SET delivery = $3, delivery_error = $4, delivery_next_attempt_at = NULL"
+        " WHERE id IN (SELECT id FROM invitations"
+        " WHERE group_id = $1 AND last_mail_id = $2 ORDER BY id FOR UPDATE)",
+        group_id,
         mail_id,
         delivery,
         error,

@@ -345,7 +345,9 @@ def _close_listener_connection(test_env: TestEnv) -> None:
     poll ever sees the cache off)."""
     user = broker.broker_user(test_env.bus_prefix, "gateway")
     servers = current_servers()
-    servers.rabbitmqctl("-q", "change_password", user, "not-" + user)
+    # "--": a generated password may begin with "-", which rabbitmqctl would take for an
+    # option (exit 64), leaving the user with the wrong password for every later test.
+    servers.rabbitmqctl("-q", "change_password", "--", user, "not-" + user)
     listed = servers.rabbitmqctl("-q", "list_connections", "pid", "client_properties")
     pids = [line.split()[0] for line in listed.splitlines() if "gateway-cache" in line]
     assert pids, listed
@@ -356,7 +358,7 @@ def _close_listener_connection(test_env: TestEnv) -> None:
 def _let_listener_back(test_env: TestEnv) -> None:
     user = broker.broker_user(test_env.bus_prefix, "gateway")
     password = test_env.broker_passwords["gateway"]
-    current_servers().rabbitmqctl("-q", "change_password", user, password)
+    current_servers().rabbitmqctl("-q", "change_password", "--", user, password)
 
 
 @pytest.mark.integration

@@ -137,3 +137,95 @@ async def test_an_import_in_the_chosen_language(page: Page, stack: Stack) -> Non
         [message] = await stack.sink.wait_for(email)
         assert message["Content-Language"] == "fr"
         assert "Accepter l'invitation" in text_part(message)
+
+
+async def test_ten_thousand_rows_from_a_spreadsheet(page: Page, stack: Stack) -> None:
+    """A file at the row limit, as a spreadsheet saves it (BOM, CRLF, quoted cells): every
+    row previewed, the progress bar moving piece by piece, every row in the result CSV,
+    and every invited address emailed exactly once."""
+    tag = uuid.uuid4().hex[:6]
+    people = [f"client-{n}-{tag}@gotham.example" for n in range(9_994)]
+    pending = people[7_000]
+    await log_in_admin(page)
+    editor = await add_portal(page, f"Gotham Import {tag}", "Everyone.")
+    await invite_client(page, editor, pending)
+    lines = ["Email,Name,Sub Client"]
+    lines += [f'{email},"Client {n}, Gotham",no' for n, email in enumerate(people)]
+    # Three invalid rows and three repeats, spread through the file.
+    for at, bad in ((10, "not an email"), (5_000, "two@@gotham.example"), (9_990, "a b@c.example")):
+        lines.insert(at, f"{bad},,")
+    for at, again in ((20, people[0]), (6_000, people[4_000].upper()), (10_000, people[-1])):
+        lines.insert(at, f"{again},,")
+    assert len(lines) == 10_001
+    emails = [line.split(",")[0] for line in lines[1:]]
+    await page.goto(editor)
+    await page.get_by_role("link", name="Import Clients").click()
+    await page.get_by_label("CSV File", exact=True).set_input_files(
+        csv_file("clients.csv", "\r\n".join(lines) + "\r\n")  # type: ignore[arg-type]
+    )
+    await expect(page.locator("#import-summary")).to_have_text(
+        "10,000 rows: 9,993 will be invited, 1 pending invitations will be resent, "
+        "6 will not be invited.",
+        timeout=60_000,
+    )
+    await expect(page.locator("#import-preview-table tbody tr")).to_have_count(10_000)
+    verdicts = await page.locator(
+        "#import-preview-table tbody tr td:nth-child(4)"
+    ).all_inner_texts()
+    assert (
+        verdicts[9] == "Invalid email: Enter a single valid email address, like name@example.com."
+    )
+    assert verdicts[19] == "Duplicate in the file: This email is already on row 1."
+    assert verdicts.count("Will invite") == 9_993
+    assert verdicts.index("Will resend a pending invitation") == emails.index(pending)
+    assert (
+        verdicts[-1]
+        == f"Duplicate in the file: This email is already on row {emails.index(people[-1]) + 1}."
+    )
+
+    # Every text the progress line shows, recorded as it changes.
+    await page.evaluate(
+        """() => {
+          window.progressSeen = [];
+          const line = document.getElementById("import-progress-text");
+          new MutationObserver(() => window.progressSeen.push(line.textContent))
+            .observe(line, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
+    await page.get_by_role("button", name="Send Invitations").click()
+    # Waited for in the page: Playwright's own polling of a page this big holds its main
+    # thread about 2 s a time, which would slow the sending it watches tenfold.
+    await page.wait_for_function(
+        "() => document.getElementById('import-results-summary').textContent !== ''",
+        polling=250,
+        timeout=300_000,
+    )
+    await expect(page.locator("#import-results-summary")).to_have_text(
+        "Done: 9,993 invited, 1 resent, 6 not invited."
+    )
+    seen = await page.evaluate("window.progressSeen")
+    done = [int(text.split(" of ")[0].replace(",", "")) for text in seen]
+    assert done == sorted(done) and done[-1] == 9_994 and len(set(done)) > 10, seen
+    progress = page.get_by_label("Progress", exact=True)
+    assert await progress.get_attribute("value") == await progress.get_attribute("max") == "9994"
+    await expect(page.locator("#import-results-table tbody tr")).to_have_count(10_000)
+
+    async with page.expect_download() as info:
+        await page.get_by_role("link", name="Download Results").click()
+    path = await (await info.value).path()
+    results = list(csv.DictReader(io.StringIO(Path(str(path)).read_text(encoding="utf-8-sig"))))
+    assert [int(r["row"]) for r in results] == list(range(1, 10_001))
+    assert [r["email"] for r in results] == emails
+    statuses = [r["status"] for r in results]
+    assert statuses.count("created") == 9_993 and statuses.count("resent") == 1
+    assert {r["reason"] for r in results if r["status"] == "rejected"} == {
+        "invalid_email",
+        "duplicate",
+    }
+    assert results[1]["name"] == "Client 1, Gotham"
+    assert all(r["invitation_id"] for r in results if r["status"] != "rejected")
+
+    counts = await stack.sink.wait_for_each(people, timeout=900)
+    assert len(counts) == len(people), f"{len(people) - len(counts)} addresses got no email"
+    assert counts[pending] == 2 and max(counts.values()) == 2
+    assert sum(counts.values()) == len(people) + 1

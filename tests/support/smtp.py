@@ -8,7 +8,10 @@ import email.policy
 import re
 import socket
 import time
+from collections import Counter
+from collections.abc import Iterable
 from email.message import EmailMessage
+from email.utils import parseaddr
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -81,6 +84,19 @@ class SmtpSink:
             # to a sink refused) or the mail never came.
             state = await asyncio.to_thread(_listening, self.port)
             raise AssertionError(f"{exc}; the sink on port {self.port} is {state}") from None
+
+    async def wait_for_each(self, addresses: Iterable[str], timeout: float) -> Counter[str]:
+        """How many emails each address got, once every one has at least one (or at the
+        timeout): the caller asserts none is missing and none came twice."""
+        wanted = {address.lower() for address in addresses}
+        deadline = time.monotonic() + timeout
+        while True:
+            counts = Counter(
+                to for m in self.messages if (to := parseaddr(str(m["To"]))[1].lower()) in wanted
+            )
+            if len(counts) == len(wanted) or time.monotonic() > deadline:
+                return counts
+            await asyncio.sleep(1)
 
 
 def html_part(msg: EmailMessage) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from .bus import Bus, ExchangeKind, Unroutable
-from .db import Conn
+from .db import Conn, Db
 from .events import PRIVATE_TYPES, Envelope
 from .logging import get_logger
 from .metrics import EVENTS_PUBLISHED, EVENTS_UNROUTABLE, OUTBOX_BACKLOG
@@ -62,28 +62,50 @@ async def change_and_append(
     ``args``) and, only if it touched a row, write ``envelope`` to the outbox and NOTIFY
     the relay: one statement, so atomic without a transaction, in one round trip instead
     of four (BEGIN, change, append, COMMIT). True when the change touched a row."""
+    [row] = await write_with_events(
+        conn,
+        f"change AS ({change})",
+        args,
+        [envelope],
+        result="SELECT EXISTS (SELECT 1 FROM change) AS applied",
+    )
+    return bool(row["applied"])
+
+
+async def write_with_events(
+    conn: Db,
+    changes: str,
+    args: Sequence[object],
+    envelopes: Sequence[Envelope],
+    *,
+    result: str,
+) -> list[asyncpg.Record]:
+    """One statement, so atomic without a transaction: ``changes`` (common table
+    expressions, ``name AS (…), …``, placeholders $1..$n for ``args``, the first named
+    ``change``), then ``envelopes`` written to the outbox in order if ``change`` touched a
+    row, with a NOTIFY for the relay. Answers ``result``, a SELECT over the expressions;
+    it must answer a row whenever ``change`` touched one (that row carries the NOTIFY)."""
     n = len(args)
-    sql = (
-        f"WITH change AS ({change}),"
+    return await conn.fetch(
+        f"WITH {changes},"
         " event AS (INSERT INTO outbox"
         " (id, exchange, routing_key, body, correlation_id, trace_context)"
-        f" SELECT ${n + 1}::uuid, ${n + 2}, ${n + 3}, ${n + 4}::bytea, ${n + 5}, ${n + 6}"
-        " WHERE EXISTS (SELECT 1 FROM change) RETURNING 1)"
-        " SELECT EXISTS (SELECT 1 FROM change) AS applied,"
-        " (SELECT count(*) FROM (SELECT pg_notify('outbox_' || current_schema(), '')"
-        "  FROM event) AS n) AS notified"
-    )
-    row = await conn.fetchrow(
-        sql,
+        f" SELECT id, exchange, routing_key, body, correlation_id, ${n + 6}"
+        f" FROM unnest(${n + 1}::uuid[], ${n + 2}::text[], ${n + 3}::text[], ${n + 4}::bytea[],"
+        f"  ${n + 5}::text[])"
+        " WITH ORDINALITY AS e(id, exchange, routing_key, body, correlation_id, n)"
+        " WHERE EXISTS (SELECT 1 FROM change) ORDER BY n RETURNING 1),"
+        " woken AS (SELECT pg_notify('outbox_' || current_schema(), '')"
+        "  WHERE EXISTS (SELECT 1 FROM event))"
+        f" SELECT r.* FROM ({result}) AS r, (SELECT count(*) FROM woken) AS w",
         *args,
-        envelope.id,
-        _exchange(envelope),
-        envelope.type,
-        envelope.to_json(),
-        envelope.correlation_id,
+        [e.id for e in envelopes],
+        [_exchange(e) for e in envelopes],
+        [e.type for e in envelopes],
+        [e.to_json() for e in envelopes],
+        [e.correlation_id for e in envelopes],
         carrier(),
     )
-    return bool(row and row["applied"])
 
 
 async def changes_and_append(

@@ -43,6 +43,65 @@ async def error_code(response: Any) -> str:
     return str((await response.json())["error"]["code"])
 
 
+async def test_a_first_invitation_is_one_statement_that_writes_nothing_when_refused(
+    client: Client, world: World, pool: asyncpg.Pool, clock: Clock
+) -> None:
+    """The common case is written as one statement (row, first link, both events in
+    order); the same person again is refused by the unique rule with nothing of its own
+    written, and the transaction's path resends."""
+    from libs.common.events import InvitationCreated
+    from services.invitations import repository as repo
+    from services.invitations.handlers.base import envelope
+
+    portal = world.add_portal()
+    email = new_email()
+    status, body = await invite(client, portal["id"], email)
+    assert status == 201 and body["outcome"] == "created"
+    first = body["invitation"]
+    events = [t for t, _ in await outbox_events(pool, first["id"])]
+    assert events == ["invitation.created", "mail.requested"]
+    assert (
+        await pool.fetchval(
+            "SELECT reason FROM invitation_links l JOIN invitations i ON i.token_hash = l.token_hash"
+            " WHERE i.id = $1",
+            uuid.UUID(first["id"]),
+        )
+        == "invited"
+    )
+
+    again = repo.NewInvitation(
+        invitation_id=uuid.uuid4(),
+        email=first["email"],
+        email_lower=first["email"].lower(),
+        portal_id=uuid.UUID(portal["id"]),
+        token_hash=uuid.uuid4().hex,
+        sent_at=clock.now,
+        expires_at=clock.now + timedelta(days=7),
+        mail_id=uuid.uuid4(),
+        sub_client=None,
+        invited_by=None,
+        idempotency_key=None,
+    )
+    created = InvitationCreated(
+        invitation_id=again.invitation_id,
+        portal_id=again.portal_id,
+        email=again.email,
+        expires_at=again.expires_at,
+    )
+    refused = await repo.insert_first(
+        pool, again, "invited", [envelope("invitation.created", created)]
+    )
+    assert refused is None
+    assert await outbox_events(pool, str(again.invitation_id)) == []
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM invitation_links WHERE token_hash = $1", again.token_hash
+    )
+
+    status, body = await invite(client, portal["id"], email)
+    assert status == 200 and body["outcome"] == "resent"
+    assert body["invitation"]["id"] == first["id"]
+
+
 async def test_invite_creates_and_queues_mail(
     client: Client, world: World, pool: asyncpg.Pool, clock: Clock
 ) -> None:

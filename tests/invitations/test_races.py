@@ -147,8 +147,9 @@ async def test_same_key_committing_between_the_losers_two_looks(
     client: Client, world: World, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The narrow interleaving, forced: the loser looks the key up while the winner's row
-    is uncommitted, the winner commits, then the loser looks for a pending invitation of
-    that email and finds the winner's. It must answer as a repeat, not resend it."""
+    is uncommitted (and finds nothing), then the winner commits, then the loser writes
+    (its insert meets the winner's row) and looks again. It must answer as a repeat, not
+    resend the winner's invitation."""
     portal = world.add_portal()
     # Someone else's invitation first, so the portal is in the replica before the race
     # (otherwise the loser waits on the winner's replica row and can't look in between).
@@ -163,15 +164,17 @@ async def test_same_key_committing_between_the_losers_two_looks(
     handler = in_inbox(lambda: client.app[DEPS], HANDLERS)["invitation.requested"]
     inserted, loser_looked, committed = asyncio.Event(), asyncio.Event(), asyncio.Event()
     loser = contextvars.ContextVar("loser", default=False)
-    real_find_pending = repo.find_pending_for_update
+    real_find_by_key = repo.find_by_key
 
-    async def find_pending(conn: Any, portal_id: uuid.UUID, email_lower: str) -> Any:
-        if loser.get():
+    async def find_by_key(conn: Any, looked_for: str) -> Any:
+        found = await real_find_by_key(conn, looked_for)
+        if loser.get() and not loser_looked.is_set():
+            assert found is None  # the winner's row is not committed yet
             loser_looked.set()
             await committed.wait()
-        return await real_find_pending(conn, portal_id, email_lower)
+        return found
 
-    monkeypatch.setattr(repo, "find_pending_for_update", find_pending)
+    monkeypatch.setattr(repo, "find_by_key", find_by_key)
 
     async def winner() -> None:
         async with pool.acquire() as conn:

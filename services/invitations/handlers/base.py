@@ -9,7 +9,7 @@ from typing import Any, Literal
 import asyncpg
 
 from libs.common.db import Conn, UseCaseDeps
-from libs.common.events import EventData, InvitationClosed, make_event
+from libs.common.events import Envelope, EventData, InvitationClosed, make_event
 from libs.common.logging import get_logger
 from libs.common.outbox import append
 
@@ -88,10 +88,11 @@ def closed_event(row: Row) -> InvitationClosed:
     return InvitationClosed(**about(row), idempotency_key=row["idempotency_key"])
 
 
+def envelope(event_type: str, data: EventData) -> Envelope:
+    """The event as this service publishes it."""
+    return make_event(event_type, data, source=SOURCE)
+
+
 async def emit(conn: Conn, event_type: str, data: EventData, *more: tuple[str, EventData]) -> None:
     """One event, or several in the order given, in one outbox statement."""
-    await append(
-        conn,
-        make_event(event_type, data, source=SOURCE),
-        *(make_event(t, d, source=SOURCE) for t, d in more),
-    )
+    await append(conn, envelope(event_type, data), *(envelope(t, d) for t, d in more))

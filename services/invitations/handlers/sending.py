@@ -26,7 +26,18 @@ from .. import domain
 from .. import repository as repo
 from ..clients import PortalInfo
 from . import sends, staff_events
-from .base import CheckedInvite, Deps, InviteCommand, Outcome, Row, about, closed_event, emit, log
+from .base import (
+    CheckedInvite,
+    Deps,
+    InviteCommand,
+    Outcome,
+    Row,
+    about,
+    closed_event,
+    emit,
+    envelope,
+    log,
+)
 
 
 async def resolve_portal(deps: Deps, portal_id: uuid.UUID | None, slug: str | None) -> PortalInfo:
@@ -94,6 +105,9 @@ async def record_invite(
     idempotency key already made. In one transaction (in a caller's, a savepoint); the unique
     indexes decide races, and the loser looks again. ``key_checked``: the caller looked
     the key up a moment ago, so the first round needn't."""
+    created = await _first_at_once(deps, checked)
+    if created is not None:
+        return created, "created"
     async with transaction(deps.db) as conn:
         command, portal = checked.command, checked.portal
         key = command.idempotency_key
@@ -218,6 +232,28 @@ async def write_first_sends(conn: Conn, firsts: Sequence[FirstSend]) -> None:
         for pair in (("invitation.created", f.created), ("mail.requested", f.mail))
     ]
     await emit(conn, *events[0], *events[1:])
+
+
+async def _first_at_once(deps: Deps, checked: CheckedInvite) -> Row | None:
+    """The common case, a first invitation, as one statement: its row, its first link and
+    its two events. None when the person has a pending invitation here or the key was
+    used before (or names a group): nothing was written, and the transaction's path
+    decides, as it did before this shortcut."""
+    days = checked.command.expires_in_days or await repo.expiry_days(deps.db)
+    first = prepare_first(deps, checked, deps.clock(), days)
+    created = await repo.insert_first(
+        deps.db,
+        first.row,
+        sends.FIRST,
+        [envelope("invitation.created", first.created), envelope("mail.requested", first.mail)],
+    )
+    if created is not None:
+        log.info(
+            "invitation_created",
+            invitation_id=str(first.row.invitation_id),
+            portal_id=str(checked.portal.portal_id),
+        )
+    return created
 
 
 async def invite(deps: Deps, command: InviteCommand) -> tuple[Row, Outcome]:

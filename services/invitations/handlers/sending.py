@@ -102,9 +102,10 @@ async def record_invite(
     deps: Deps, checked: CheckedInvite, *, key_checked: bool = False
 ) -> tuple[Row, Outcome]:
     """Create the invitation, or resend the pending one, or return the one this
-    idempotency key already made. In one transaction (in a caller's, a savepoint); the unique
-    indexes decide races, and the loser looks again. ``key_checked``: the caller looked
-    the key up a moment ago, so the first round needn't."""
+    idempotency key already made. A first invitation is one statement; anything else runs
+    in one transaction (in a caller's, a savepoint), where the unique indexes decide races
+    and the loser looks again. ``key_checked``: the caller looked the key up a moment ago,
+    so the first round needn't."""
     created = await _first_at_once(deps, checked)
     if created is not None:
         return created, "created"

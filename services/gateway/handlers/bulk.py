@@ -10,7 +10,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-from libs.common.email import email_or_none
+from libs.common.email import email_key, email_or_none
 from libs.common.errors import InvalidInput
 
 from ..answers import BatchRowAnswer
@@ -139,8 +139,9 @@ async def send(
             continue
         address = email_or_none(row.email)
         if address is not None:
-            # The same person twice in one batch: the first row invites, the rest say so.
-            earlier = seen.setdefault(address.lower(), number)
+            # The same person twice in one batch: the first row invites, the rest say so
+            # (compared as invitations and the database's unique index compare them).
+            earlier = seen.setdefault(email_key(address), number)
             if earlier != number:
                 results[number] = _rejected(
                     number, row.email, "duplicate", f"This email is already on row {earlier}."

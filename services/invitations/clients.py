@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from libs.common.email import email_key
 from libs.common.errors import NotFound
 from libs.common.http import ServiceClient
 from libs.common.service_auth import TokenSigner
@@ -69,14 +70,15 @@ class Directory:
         return {uuid.UUID(str(item["id"])) for item in body.get("items", [])}
 
     async def find_user_ids(self, emails: list[str]) -> dict[str, uuid.UUID]:
-        """Accounts for many addresses at once (a batch): lower-cased address -> id."""
+        """Accounts for many addresses at once (a batch): ``email_key`` of the address -> id
+        (the rows' key: Python's lower() differs on a final capital sigma)."""
         found: dict[str, uuid.UUID] = {}
         for start in range(0, len(emails), LOOKUP_BATCH):
             body = await self.identity.call(
                 "POST", "/users/lookup", json={"emails": emails[start : start + LOOKUP_BATCH]}
             )
             for item in body.get("items", []):
-                found[str(item["email"]).lower()] = uuid.UUID(str(item["id"]))
+                found[email_key(str(item["email"]))] = uuid.UUID(str(item["id"]))
         return found
 
     async def portal_member_ids(self, portal_id: uuid.UUID) -> set[uuid.UUID]:

@@ -102,3 +102,19 @@ async def test_two_identical_batches_at_once_invite_each_person_once(
     )
     assert len(counts) == len(emails)
     assert {(row["n"], row["sends"]) for row in counts} == {(1, 1)}
+
+
+async def test_a_member_whose_address_ends_in_a_capital_sigma_already_has_access(
+    client: Client, world: World
+) -> None:
+    """The batch's look-up of existing accounts is keyed by the one address rule (as the
+    rows are): Python's lower() would key this account by the final small sigma and the
+    row by the ordinary one, and the member would be invited to a portal they are in."""
+    portal = world.add_portal()
+    member = f"ΟΔΥΣΣΕΑΣ-{uuid.uuid4().hex[:6]}@example.gr"
+    world.add_user(member, portal["id"])
+    results = await batch(client, portal["id"], [{"email": member}, {"email": new_email()}])
+    assert [(r["status"], r.get("reason")) for r in results] == [
+        ("rejected", "already_has_access"),
+        ("created", None),
+    ]

@@ -12,7 +12,7 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from libs.common.email import email_or_none
+from libs.common.email import email_or_none, same_email
 from libs.common.errors import Conflict, InvalidInput, NotFound
 from libs.common.i18n import LANGUAGE_MESSAGE, is_language
 from libs.common.openapi import UUID as UUID_SCHEMA
@@ -324,7 +324,7 @@ async def invite(request: web.Request) -> web.StreamResponse:
     made = result.get("invitation", {})
     if "idempotency_key" in fields and (
         made.get("portal_id") != str(UUID(request.match_info["id"]))
-        or str(made.get("email", "")).lower() != body.email.lower()
+        or not same_email(str(made.get("email", "")), body.email)
     ):
         # A retry must repeat its request; another invitation under the same key is a bug
         # in the caller, not a second invitation.

@@ -213,23 +213,24 @@ class NewInvitation:
 
 
 _NEW_FIELDS = tuple(f.name for f in fields(NewInvitation))
-_NEW_TYPES = (
-    "uuid[], text[], text[], uuid[], text[], timestamptz[], timestamptz[], uuid[], bool[],"
-    " text[], text[], int[], bool[], text[], text[], text[]"
+# The columns NewInvitation fills, in its fields' order, and their types.
+_NEW_INSERT = (
+    "INSERT INTO invitations (id, email, email_lower, portal_id, token_hash, sent_at,"
+    " expires_at, last_mail_id, sub_client, invited_by, idempotency_key, expires_in_days,"
+    " expiry_chosen, personal_message, invitee_name, locale)"
 )
+_NEW_TYPES = (
+    "uuid", "text", "text", "uuid", "text", "timestamptz", "timestamptz", "uuid", "bool",
+    "text", "text", "int", "bool", "text", "text", "text",
+)  # fmt: skip
 
 
 async def insert_many(conn: Conn, rows: Sequence[NewInvitation]) -> int:
     """Many first invitations in one statement; returns how many were written (fewer
     when a unique rule said no to some: the caller redoes the rows one by one)."""
-    placeholders = ", ".join(
-        f"${n}::{kind.strip()}" for n, kind in enumerate(_NEW_TYPES.split(","), start=1)
-    )
+    arrays = ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_NEW_TYPES, start=1))
     written = await conn.fetchval(
-        "WITH i AS (INSERT INTO invitations (id, email, email_lower, portal_id, token_hash,"
-        " sent_at, expires_at, last_mail_id, sub_client, invited_by, idempotency_key,"
-        " expires_in_days, expiry_chosen, personal_message, invitee_name, locale)"
-        f" SELECT * FROM unnest({placeholders})"
+        f"WITH i AS ({_NEW_INSERT} SELECT * FROM unnest({arrays})"
         " ON CONFLICT DO NOTHING RETURNING 1)"
         " SELECT count(*) FROM i",
         *columns(rows, *_NEW_FIELDS),
@@ -244,17 +245,11 @@ async def insert_first(
     a transaction, one round trip instead of seven). None, with nothing written, when a
     unique rule said no or the idempotency key names a group: the caller takes the
     transaction's path, which resends a pending invitation or answers the key."""
-    values = ", ".join(
-        f"${n}::{kind.strip().removesuffix('[]')}"
-        for n, kind in enumerate(_NEW_TYPES.split(","), start=1)
-    )
+    values = ", ".join(f"${n}::{kind}" for n, kind in enumerate(_NEW_TYPES, start=1))
     key_at = _NEW_FIELDS.index("idempotency_key") + 1
     found = await write_with_events(
         db,
-        "change AS (INSERT INTO invitations (id, email, email_lower, portal_id, token_hash,"
-        " sent_at, expires_at, last_mail_id, sub_client, invited_by, idempotency_key,"
-        " expires_in_days, expiry_chosen, personal_message, invitee_name, locale)"
-        f" SELECT {values} WHERE NOT EXISTS"
+        f"change AS ({_NEW_INSERT} SELECT {values} WHERE NOT EXISTS"
         f" (SELECT 1 FROM invitation_groups WHERE idempotency_key = ${key_at})"
         " ON CONFLICT DO NOTHING RETURNING *),"
         " link AS (INSERT INTO invitation_links"

@@ -170,6 +170,10 @@ class FirstSend:
     created: InvitationCreated
     mail: MailRequested
 
+    def events(self) -> tuple[tuple[str, EventData], ...]:
+        """``invitation.created`` then ``mail.requested``, in the order they are written."""
+        return (("invitation.created", self.created), ("mail.requested", self.mail))
+
 
 def prepare_first(deps: Deps, checked: CheckedInvite, now: datetime, days: int) -> FirstSend:
     command, portal = checked.command, checked.portal
@@ -227,11 +231,7 @@ async def write_first_sends(conn: Conn, firsts: Sequence[FirstSend]) -> None:
     first links and their events (``invitation.created`` then ``mail.requested`` each),
     in one statement each however many there are."""
     await repo.record_first_links(conn, [f.row for f in firsts], sends.FIRST)
-    events = [
-        pair
-        for f in firsts
-        for pair in (("invitation.created", f.created), ("mail.requested", f.mail))
-    ]
+    events = [pair for f in firsts for pair in f.events()]
     await emit(conn, *events[0], *events[1:])
 
 
@@ -246,7 +246,7 @@ async def _first_at_once(deps: Deps, checked: CheckedInvite) -> Row | None:
         deps.db,
         first.row,
         sends.FIRST,
-        [envelope("invitation.created", first.created), envelope("mail.requested", first.mail)],
+        [envelope(event_type, data) for event_type, data in first.events()],
     )
     if created is not None:
         log.info(

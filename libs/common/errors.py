@@ -24,45 +24,48 @@ class DomainError(Exception):
             self.code = code
         self.details: dict[str, Any] = dict(details or {})
 
-
-class InvalidInput(DomainError):
-    status = 422
-    code = "invalid_input"
-
-
-class NotFound(DomainError):
-    status = 404
-    code = "not_found"
-
-
-class Conflict(DomainError):
-    status = 409
-    code = "conflict"
+    def __init_subclass__(
+        cls, *, status: int | None = None, code: str | None = None, **kwargs: Any
+    ) -> None:
+        """A kind declares its HTTP status and default code on its class line; a narrower
+        kind (``class AccountExists(Conflict)``) keeps its parent's unless it names its own."""
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if code is not None:
+            cls.code = code
 
 
-class TooLarge(DomainError):
-    status = 413
-    code = "too_large"
+class InvalidInput(DomainError, status=422, code="invalid_input"):
+    """Input that breaks a rule: a field the service cannot accept."""
 
 
-class Gone(DomainError):
-    status = 410
-    code = "gone"
+class NotFound(DomainError, status=404, code="not_found"):
+    """No such thing, or not one the caller may see."""
 
 
-class Unauthorized(DomainError):
-    status = 401
-    code = "unauthorized"
+class Conflict(DomainError, status=409, code="conflict"):
+    """The change clashes with the current state (a slug taken, a row changed)."""
 
 
-class Forbidden(DomainError):
-    status = 403
-    code = "forbidden"
+class TooLarge(DomainError, status=413, code="too_large"):
+    """A body or file over its size limit."""
 
 
-class RateLimited(DomainError):
-    status = 429
-    code = "rate_limited"
+class Gone(DomainError, status=410, code="gone"):
+    """A thing that existed but is no more (a link expired or used)."""
+
+
+class Unauthorized(DomainError, status=401, code="unauthorized"):
+    """The caller did not prove who it is."""
+
+
+class Forbidden(DomainError, status=403, code="forbidden"):
+    """The caller proved who it is but may not do this."""
+
+
+class RateLimited(DomainError, status=429, code="rate_limited"):
+    """Too many attempts; ``retry_after`` says how many seconds to wait."""
 
     def __init__(
         self,
@@ -76,9 +79,8 @@ class RateLimited(DomainError):
         self.retry_after = retry_after
 
 
-class Unavailable(DomainError):
-    status = 503
-    code = "unavailable"
+class Unavailable(DomainError, status=503, code="unavailable"):
+    """A service this one needs did not answer; try again."""
 
 
 _BY_STATUS: dict[int, type[DomainError]] = {

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from .bus import Bus, ExchangeKind, Unroutable
-from .db import Conn, Db
+from .db import Conn, Db, Listener
 from .events import PRIVATE_TYPES, Envelope
 from .logging import get_logger
 from .metrics import EVENTS_PUBLISHED, EVENTS_UNROUTABLE, OUTBOX_BACKLOG
@@ -46,12 +46,20 @@ async def append(conn: Conn, envelope: Envelope, *more: Envelope) -> None:
         "   ORDER BY n"
         " RETURNING 1)"
         " SELECT pg_notify('outbox_' || current_schema(), '') FROM rows LIMIT 1",
+        *_columns(envelopes),
+        carrier(),
+    )
+
+
+def _columns(envelopes: Sequence[Envelope]) -> tuple[list[object], ...]:
+    """The outbox columns of ``envelopes``, one array each, for ``unnest``: id,
+    exchange, routing key, body, correlation id."""
+    return (
         [e.id for e in envelopes],
         [_exchange(e) for e in envelopes],
         [e.type for e in envelopes],
         [e.to_json() for e in envelopes],
         [e.correlation_id for e in envelopes],
-        carrier(),
     )
 
 
@@ -99,11 +107,7 @@ async def write_with_events(
         "  WHERE EXISTS (SELECT 1 FROM event))"
         f" SELECT r.* FROM ({result}) AS r, (SELECT count(*) FROM woken) AS w",
         *args,
-        [e.id for e in envelopes],
-        [_exchange(e) for e in envelopes],
-        [e.type for e in envelopes],
-        [e.to_json() for e in envelopes],
-        [e.correlation_id for e in envelopes],
+        *_columns(envelopes),
         carrier(),
     )
 
@@ -135,11 +139,7 @@ async def changes_and_append(
         " SELECT key FROM change, (SELECT count(*) FROM woken) AS w",
         *args,
         [key for key, _, _ in events],
-        [e.id for _, e, _ in events],
-        [_exchange(e) for _, e, _ in events],
-        [e.type for _, e, _ in events],
-        [e.to_json() for _, e, _ in events],
-        [e.correlation_id for _, e, _ in events],
+        *_columns([e for _, e, _ in events]),
         [trace for _, _, trace in events],
     )
     return {row["key"] for row in rows}
@@ -162,7 +162,7 @@ class OutboxRelay:
         self._stopping = False
         self._loop_done = asyncio.Event()
         self._loop_done.set()
-        self._listener: asyncpg.Connection | None = None
+        self._listener = Listener(dsn, f"outbox_{schema}", self._on_notify, name="outbox")
 
     async def flush_once(self) -> int:
         """Publish one batch; returns how many rows were confirmed by the broker."""
@@ -242,7 +242,7 @@ class OutboxRelay:
             self._loop_done.set()
 
     async def _run(self) -> None:
-        await self._listen()
+        await self._listener.ensure()
         purge_every, since_purge = 600, 0
         loop = asyncio.get_running_loop()
         counted_at = -BACKLOG_COUNT_SECONDS
@@ -271,7 +271,7 @@ class OutboxRelay:
                 with contextlib.suppress(Exception):  # the broker may be away, not the database
                     OUTBOX_BACKLOG.set(await self.backlog())
                 await asyncio.sleep(1.0)
-                await self._listen()
+                await self._listener.ensure()
                 continue
             if published == 0:
                 self._wake.clear()
@@ -290,23 +290,7 @@ class OutboxRelay:
         with contextlib.suppress(Exception):
             while loop.time() < deadline and await self.flush_once():
                 pass
-        await self._unlisten()
-
-    async def _listen(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        try:
-            self._listener = await asyncpg.connect(self.dsn, timeout=5)
-            await self._listener.add_listener(f"outbox_{self.schema}", self._on_notify)
-        except Exception as exc:
-            log.warning("outbox_listen_failed", error=type(exc).__name__)
-            self._listener = None
+        await self._listener.close()
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
-
-    async def _unlisten(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            with contextlib.suppress(Exception):
-                await self._listener.close()
-        self._listener = None

@@ -16,14 +16,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-import asyncpg
 import structlog
 from opentelemetry.trace import SpanKind
 
 from libs.common import tracing
 from libs.common.batching import GroupCommit
 from libs.common.context import set_correlation_id
-from libs.common.db import DATABASE_AWAY, connection
+from libs.common.db import DATABASE_AWAY, Listener, connection
 from libs.common.i18n import DEFAULT_LANGUAGE, is_language
 from libs.common.logging import get_logger
 from libs.common.sealing import Unsealable
@@ -75,7 +74,9 @@ class Sender:
         self._next_busy = 0
         self._workers: list[asyncio.Task[None]] = []
         self._maintenance: asyncio.Task[None] | None = None
-        self._listener: asyncpg.Connection | None = None
+        self._listener = Listener(
+            settings.database_url, repository.WAKE_CHANNEL, self.wake_one, name="mailer"
+        )
         # The workers' claims, and their sends' outcomes, each gathered into one statement
         # while the previous one runs (group commit): under load a few statements carry
         # many emails; alone, a worker's claim or outcome is written at once, as before.
@@ -87,7 +88,7 @@ class Sender:
 
     async def start(self) -> None:
         await self._recover()
-        await self._listen()
+        await self._listener.ensure()
         for index in range(self.settings.mailer_concurrency):
             wake = asyncio.Event()
             self._wakes.append(wake)
@@ -123,7 +124,7 @@ class Sender:
                 task.cancel()
         tasks = [*self._workers, *([self._maintenance] if self._maintenance else [])]
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._unlisten()
+        await self._listener.close()
 
     async def _work(self, wake: asyncio.Event) -> None:
         transport = SmtpTransport(self.settings)
@@ -297,7 +298,7 @@ class Sender:
         while True:
             await asyncio.sleep(MAINTENANCE_SECONDS)
             try:
-                await self._listen()
+                await self._listener.ensure()
                 await self._recover()
                 async with connection(self.deps.db) as conn:
                     EMAILS_QUEUED.set(await repository.count_queued(conn))
@@ -312,20 +313,3 @@ class Sender:
         if count:
             log.warning("mail_stuck_requeued", count=count)
             self.wake()
-
-    async def _listen(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        try:
-            self._listener = await asyncpg.connect(self.settings.database_url, timeout=5)
-            await self._listener.add_listener(repository.WAKE_CHANNEL, self.wake_one)
-        except Exception as exc:
-            # The 1 s poll still finds new mail; the next maintenance tick tries again.
-            log.warning("mailer_listen_failed", error=type(exc).__name__)
-            self._listener = None
-
-    async def _unlisten(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            with contextlib.suppress(Exception):
-                await self._listener.close()
-        self._listener = None

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import aiohttp
 import asyncpg
 
+from libs.common.db import Listener
 from libs.common.logging import get_logger
 from libs.common.sealing import Sealer, Unsealable
 
@@ -48,7 +49,9 @@ class WebhookSender:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
-        self._listener: asyncpg.Connection | None = None
+        self._listener = Listener(
+            settings.database_url, repository.WAKE_CHANNEL, self.wake, name="webhook"
+        )
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -64,7 +67,7 @@ class WebhookSender:
             trust_env=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        await self._listen()
+        await self._listener.ensure()
         for index in range(self.settings.webhooks_concurrency):
             self._tasks.append(asyncio.create_task(self._work(), name=f"webhook-sender-{index}"))
         self._tasks.append(asyncio.create_task(self._maintain(), name="webhook-maintenance"))
@@ -82,9 +85,7 @@ class WebhookSender:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
-        if self._listener is not None and not self._listener.is_closed():
-            with contextlib.suppress(Exception):
-                await self._listener.close()
+        await self._listener.close()
 
     async def _work(self) -> None:
         while not self._stopping:
@@ -201,7 +202,7 @@ class WebhookSender:
         while not self._stopping:
             await asyncio.sleep(MAINTENANCE_SECONDS)
             try:
-                await self._listen()
+                await self._listener.ensure()
                 async with self.pool.acquire() as conn:
                     count = await repository.requeue_stuck(conn, self.stuck_seconds)
                 if count:
@@ -211,16 +212,6 @@ class WebhookSender:
                 raise
             except Exception as exc:
                 log.warning("webhook_maintenance_failed", error=type(exc).__name__)
-
-    async def _listen(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        try:
-            self._listener = await asyncpg.connect(self.settings.database_url, timeout=5)
-            await self._listener.add_listener(repository.WAKE_CHANNEL, self.wake)
-        except Exception as exc:
-            log.warning("webhook_listen_failed", error=type(exc).__name__)
-            self._listener = None
 
 
 def _ms(started: float) -> int:

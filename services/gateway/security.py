@@ -25,7 +25,7 @@ from .domain import (
     origin_allowed,
 )
 from .i18n import N_
-from .rendering import Handler, is_api
+from .rendering import Handler, form_str, is_api
 from .state import (
     FLASH_COOKIE,
     LIMITS,
@@ -347,6 +347,18 @@ async def rate_limit(request: web.Request, scope: str, email: str | None = None)
     if not wait and email:
         wait = await limits.hit(limits.email, scope, email_key(email.strip()))
     _raise_if(wait)
+
+
+async def password_form(request: web.Request, scope: str) -> tuple[str, str, str]:
+    """A set-password form (accept, reset): its link token, Password and Confirm Password,
+    counted under ``scope`` (rate_limit) before anyone looks the token up."""
+    form = await request.post()
+    await rate_limit(request, scope)
+    return (
+        form_str(form, "token", 200),
+        form_str(form, "password", 2048),
+        form_str(form, "confirm", 2048),
+    )
 
 
 async def login_limit(request: web.Request, email: str) -> None:

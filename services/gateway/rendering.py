@@ -228,13 +228,3 @@ def form_str(form: MultiDictProxy[Any], name: str, limit: int = 4096) -> str:
     """One text field of a posted form, cut to a sane length ('' when absent)."""
     value = form.get(name)
     return value[:limit] if isinstance(value, str) else ""
-
-
-async def password_form(request: web.Request) -> tuple[str, str, str]:
-    """The set-password form's link token, password and Confirm Password (accept, reset)."""
-    form = await request.post()
-    return (
-        form_str(form, "token", 200),
-        form_str(form, "password", 2048),
-        form_str(form, "confirm", 2048),
-    )

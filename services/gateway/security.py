@@ -11,6 +11,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from libs.common.actor import Actor, set_actor
+from libs.common.email import email_key
 from libs.common.errors import Forbidden, NotFound, RateLimited, TooLarge, Unauthorized
 
 from .domain import (
@@ -24,7 +25,7 @@ from .domain import (
     origin_allowed,
 )
 from .i18n import N_
-from .rendering import Handler, is_api
+from .rendering import Handler, form_str, is_api
 from .state import (
     FLASH_COOKIE,
     LIMITS,
@@ -339,12 +340,25 @@ def client_ip(request: web.Request) -> str:
 
 async def rate_limit(request: web.Request, scope: str, email: str | None = None) -> None:
     """Count this unauthenticated post per client address, and per email too when one
-    is given (a reset email: capped per inbox)."""
+    is given (a reset email: capped per inbox). An address is counted by its email_key,
+    the database's comparison, so every spelling of one inbox shares one count."""
     limits = request.app[LIMITS]
     wait = await limits.hit(limits.address, scope, address_key(client_ip(request)))
     if not wait and email:
-        wait = await limits.hit(limits.email, scope, email.strip().lower())
+        wait = await limits.hit(limits.email, scope, email_key(email.strip()))
     _raise_if(wait)
+
+
+async def password_form(request: web.Request, scope: str) -> tuple[str, str, str]:
+    """A set-password form (accept, reset): its link token, Password and Confirm Password,
+    counted under ``scope`` (rate_limit) before anyone looks the token up."""
+    form = await request.post()
+    await rate_limit(request, scope)
+    return (
+        form_str(form, "token", 200),
+        form_str(form, "password", 2048),
+        form_str(form, "confirm", 2048),
+    )
 
 
 async def login_limit(request: web.Request, email: str) -> None:
@@ -355,14 +369,14 @@ async def login_limit(request: web.Request, email: str) -> None:
     address = address_key(client_ip(request))
     wait = await limits.hit(limits.address, "login", address)
     if not wait:
-        wait = await limits.check(limits.login_failures, email.strip().lower(), address)
+        wait = await limits.check(limits.login_failures, email_key(email.strip()), address)
     _raise_if(wait)
 
 
 async def login_failed(request: web.Request, email: str) -> None:
     limits = request.app[LIMITS]
     address = address_key(client_ip(request))
-    await limits.hit(limits.login_failures, email.strip().lower(), address)
+    await limits.hit(limits.login_failures, email_key(email.strip()), address)
 
 
 def _raise_if(wait: int) -> None:

@@ -227,6 +227,24 @@ async def test_reset_emails_are_capped_per_inbox(
         await server.close()
 
 
+async def test_every_spelling_of_one_inbox_shares_its_count(
+    backend: Backend, people: dict[str, Person]
+) -> None:
+    """Python's lower() ends ΟΔΥΣΣΕΑΣ with a final small sigma; PostgreSQL's lower(), which
+    says whose inbox an address is, with the ordinary one: the two spellings below are one
+    inbox, and were two counts."""
+    server = await gateway(backend, gateway_rate_per_email=2)
+    spellings = ("ΟΔΥΣΣΕΑΣ@example.gr", "οδυσσεασ@example.gr", "ΟΔΥΣΣΕΑΣ@example.gr")
+    try:
+        statuses = [
+            (await people[address].post(server, "/forgot-password", {"email": email}))[0]
+            for address, email in zip((STRANGER, PROXY, STRANGER), spellings, strict=True)
+        ]
+        assert statuses == [200, 200, 429]
+    finally:
+        await server.close()
+
+
 async def test_a_busy_identity_shows_a_friendly_503(
     backend: Backend, people: dict[str, Person]
 ) -> None:

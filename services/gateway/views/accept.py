@@ -26,11 +26,10 @@ from ..rendering import (
     error_page,
     form_str,
     page_language,
-    password_form,
     render,
     see_other,
 )
-from ..security import login_failed, login_limit, rate_limit, set_session
+from ..security import login_failed, login_limit, password_form, rate_limit, set_session
 from ..state import UPSTREAM, req_state
 
 routes = web.RouteTableDef()
@@ -159,8 +158,7 @@ async def new_link(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/invitations/accept")
 async def accept(request: web.Request) -> web.StreamResponse:
-    token, password, confirm = await password_form(request)
-    await rate_limit(request, "accept")
+    token, password, confirm = await password_form(request, "accept")
     up = request.app[UPSTREAM]
     try:
         invitation = await up.invitations.validate(token)

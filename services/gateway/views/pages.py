@@ -20,12 +20,13 @@ from libs.common.i18n import (
 from ..domain import BAD_LOGIN, new_password_problem, safe_next_path
 from ..handlers.saga import is_team, login_destination
 from ..i18n import N_
-from ..rendering import current_user, error_page, form_str, password_form, render, see_other
+from ..rendering import current_user, error_page, form_str, render, see_other
 from ..security import (
     clear_session,
     login_failed,
     login_limit,
     login_url,
+    password_form,
     rate_limit,
     set_session,
 )
@@ -130,8 +131,7 @@ async def reset_form(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/reset-password")
 async def reset(request: web.Request) -> web.StreamResponse:
-    token, password, confirm = await password_form(request)
-    await rate_limit(request, "reset")
+    token, password, confirm = await password_form(request, "reset")
     up = request.app[UPSTREAM]
     try:
         found = await up.identity.validate_reset(token)

@@ -199,17 +199,7 @@ def _id(request: web.Request) -> uuid.UUID:
 async def create_invitation(request: web.Request) -> web.Response:
     body = await read_json(request, InviteBody)
     deps = request.app[DEPS]
-    command = InviteCommand(
-        email=body.email,
-        portal_id=body.portal_id,
-        invited_by=body.invited_by or None,
-        sub_client=body.sub_client,
-        idempotency_key=body.idempotency_key,
-        expires_in_days=body.expires_in_days,
-        personal_message=body.personal_message,
-        resend_reason=body.resend_reason,
-        locale=body.locale,
-    )
+    command = InviteCommand.from_fields(body, invited_by=body.invited_by or None)
     row, outcome = await handlers.invite(deps, command)
     # Replaying an idempotency key answers like the original request did.
     shown = "resent" if outcome == "resent" else "created"
@@ -223,16 +213,11 @@ async def create_group(request: web.Request) -> web.Response:
     """Several portals, one invitation: one per portal, one email, one link."""
     body = await read_json(request, GroupBody)
     deps = request.app[DEPS]
-    command = handlers.GroupCommand(
-        email=body.email,
+    command = handlers.GroupCommand.from_fields(
+        body,
         portal_ids=tuple(body.portal_ids),
         invited_by=body.invited_by or None,
-        sub_client=body.sub_client,
-        idempotency_key=body.idempotency_key,
-        expires_in_days=body.expires_in_days,
-        personal_message=body.personal_message,
         invitee_name=body.name,
-        locale=body.locale,
     )
     group = await handlers.invite_group(deps, command)
     now = deps.clock()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal, Self
 
 import asyncpg
 
@@ -48,6 +48,17 @@ class InviteOptions:
     invitee_name: str | None = None
     # The language of the invitation's emails and pages; None: the agency's Language.
     locale: str | None = None
+
+    @classmethod
+    def from_fields(cls, source: object, **given: Any) -> Self:
+        """The command from a request body or an event that names its fields alike: each
+        field ``source`` has, unless ``given`` says it (named otherwise there, or changed)."""
+        taken = {
+            field.name: getattr(source, field.name)
+            for field in fields(cls)
+            if field.name not in given and hasattr(source, field.name)
+        }
+        return cls(**taken, **given)
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,7 @@ def _linked(row: asyncpg.Record) -> dict[str, Any]:
         "portal_slug": row["portal_slug"],
         "sub_client": row["sub_client"],
         "idempotency_key": row["idempotency_key"],
+        # The invitation's language: its accept page is shown in it. Null: the agency's.
         "locale": row["locale"],
     }
 
@@ -330,20 +331,14 @@ async def validate_token(request: web.Request) -> web.Response:
     row = rows[0]
     return json_response(
         {
-            "invitation_id": str(row["id"]),
+            # The first invitation as accepting the link grants it, and what its page shows.
+            **_linked(row),
             "email": row["email"],
-            "portal_id": _str(row["portal_id"]),
-            "portal_title": row["portal_title"],
-            "portal_slug": row["portal_slug"],
             "role": row["staff_role"],
             "expires_at": row["expires_at"].isoformat(),
             "account_exists": account_exists,
-            "sub_client": row["sub_client"],
-            "idempotency_key": row["idempotency_key"],
             # A group's link: each invitation accepting it takes now (the first is above).
             "group_id": _str(row["group_id"]),
-            # The invitation's language: its accept page is shown in it. Null: the agency's.
-            "locale": row["locale"],
             "invitations": [_linked(r) for r in rows],
         }
     )

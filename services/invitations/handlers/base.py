@@ -72,6 +72,12 @@ class InviteCommand(InviteOptions):
 
 
 @dataclass(frozen=True)
+class GroupCommand(InviteOptions):
+    email: str
+    portal_ids: tuple[uuid.UUID, ...]
+
+
+@dataclass(frozen=True)
 class CheckedInvite:
     """An invitation that passed every rule that needs another service."""
 
@@ -79,6 +85,28 @@ class CheckedInvite:
     email: str
     portal: PortalInfo
     personal_message: str | None = None
+    locale: str | None = None
+
+    # A first email is written alike for one portal and a group's (sending.prepare_first).
+    @property
+    def portals(self) -> list[PortalInfo]:
+        return [self.portal]
+
+    @property
+    def invitee_name(self) -> str | None:
+        return self.command.invitee_name
+
+
+@dataclass(frozen=True)
+class CheckedGroup:
+    """A group that passed every rule that needs another service; its portals in the
+    order they were asked for."""
+
+    command: GroupCommand
+    email: str
+    portals: list[PortalInfo]
+    personal_message: str | None
+    invitee_name: str | None
     locale: str | None = None
 
 

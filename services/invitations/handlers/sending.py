@@ -334,15 +334,7 @@ async def _reissue(
             locale=language,
         )
         result = result or updated
-        await repo.record_link(
-            conn,
-            token_hash=token_hash,
-            invitation_id=each["id"],
-            email_lower=each["email_lower"],
-            issued_at=now,
-            expires_at=expires_at,
-            reason=reason,
-        )
+        await sends.record_link(conn, each, token_hash, now, expires_at, reason)
         if staff_events.is_staff(each):  # a staff invitation: no portal, never a group
             await staff_events.announce_sent(
                 conn, deps, "invitation.staff.resent", updated, token, mail_id, expires_at, days

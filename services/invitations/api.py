@@ -183,6 +183,7 @@ def _linked(row: asyncpg.Record) -> dict[str, Any]:
         "portal_slug": row["portal_slug"],
         "sub_client": row["sub_client"],
         "idempotency_key": row["idempotency_key"],
+        # The invitation's language: its accept page is shown in it. Null: the agency's.
         "locale": row["locale"],
     }
 
@@ -199,17 +200,7 @@ def _id(request: web.Request) -> uuid.UUID:
 async def create_invitation(request: web.Request) -> web.Response:
     body = await read_json(request, InviteBody)
     deps = request.app[DEPS]
-    command = InviteCommand(
-        email=body.email,
-        portal_id=body.portal_id,
-        invited_by=body.invited_by or None,
-        sub_client=body.sub_client,
-        idempotency_key=body.idempotency_key,
-        expires_in_days=body.expires_in_days,
-        personal_message=body.personal_message,
-        resend_reason=body.resend_reason,
-        locale=body.locale,
-    )
+    command = InviteCommand.from_fields(body, invited_by=body.invited_by or None)
     row, outcome = await handlers.invite(deps, command)
     # Replaying an idempotency key answers like the original request did.
     shown = "resent" if outcome == "resent" else "created"
@@ -223,16 +214,11 @@ async def create_group(request: web.Request) -> web.Response:
     """Several portals, one invitation: one per portal, one email, one link."""
     body = await read_json(request, GroupBody)
     deps = request.app[DEPS]
-    command = handlers.GroupCommand(
-        email=body.email,
+    command = handlers.GroupCommand.from_fields(
+        body,
         portal_ids=tuple(body.portal_ids),
         invited_by=body.invited_by or None,
-        sub_client=body.sub_client,
-        idempotency_key=body.idempotency_key,
-        expires_in_days=body.expires_in_days,
-        personal_message=body.personal_message,
         invitee_name=body.name,
-        locale=body.locale,
     )
     group = await handlers.invite_group(deps, command)
     now = deps.clock()
@@ -345,20 +331,14 @@ async def validate_token(request: web.Request) -> web.Response:
     row = rows[0]
     return json_response(
         {
-            "invitation_id": str(row["id"]),
+            # The first invitation as accepting the link grants it, and what its page shows.
+            **_linked(row),
             "email": row["email"],
-            "portal_id": _str(row["portal_id"]),
-            "portal_title": row["portal_title"],
-            "portal_slug": row["portal_slug"],
             "role": row["staff_role"],
             "expires_at": row["expires_at"].isoformat(),
             "account_exists": account_exists,
-            "sub_client": row["sub_client"],
-            "idempotency_key": row["idempotency_key"],
             # A group's link: each invitation accepting it takes now (the first is above).
             "group_id": _str(row["group_id"]),
-            # The invitation's language: its accept page is shown in it. Null: the agency's.
-            "locale": row["locale"],
             "invitations": [_linked(r) for r in rows],
         }
     )

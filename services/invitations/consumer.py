@@ -188,16 +188,7 @@ async def _announce_group(conn: Conn, group: Group) -> None:
 
 async def _requested_group(conn: Conn, deps: Deps, data: InvitationRequested) -> None:
     """invitation.requested with portal_ids: one invitation to several portals."""
-    command = GroupCommand(
-        email=data.email,
-        portal_ids=tuple(data.portal_ids or ()),
-        invited_by=data.invited_by,
-        sub_client=data.sub_client,
-        idempotency_key=data.idempotency_key,
-        expires_in_days=data.expires_in_days,
-        personal_message=data.personal_message,
-        locale=data.locale,
-    )
+    command = GroupCommand.from_fields(data, portal_ids=tuple(data.portal_ids or ()))
     try:
         if data.portal_id is not None or data.portal_slug:
             raise InvalidInput(
@@ -232,18 +223,7 @@ async def on_requested(deps: Deps, envelope: Envelope, data: EventData) -> None:
             return
         if await _answer_repeat(conn, data.idempotency_key):
             return
-        command = InviteCommand(
-            email=data.email,
-            portal_id=data.portal_id,
-            portal_slug=data.portal_slug,
-            invited_by=data.invited_by,
-            sub_client=data.sub_client,
-            idempotency_key=data.idempotency_key,
-            expires_in_days=data.expires_in_days,
-            personal_message=data.personal_message,
-            resend_reason="invitation_requested",
-            locale=data.locale,
-        )
+        command = InviteCommand.from_fields(data, resend_reason="invitation_requested")
         try:
             checked = await check_invite(deps, command)
             # record_invite's transaction on the inbox connection is a savepoint: a resend

@@ -192,7 +192,8 @@ async def insert(
 
 @dataclass(frozen=True)
 class NewInvitation:
-    """A first invitation's row, as ``insert`` takes it (one or many)."""
+    """A first invitation's row (a group's: with its group), as ``insert`` takes it (one
+    or many)."""
 
     invitation_id: uuid.UUID
     email: str
@@ -210,6 +211,7 @@ class NewInvitation:
     personal_message: str | None = None
     invitee_name: str | None = None
     locale: str | None = None
+    group_id: uuid.UUID | None = None
 
 
 _NEW_FIELDS = tuple(f.name for f in fields(NewInvitation))
@@ -217,11 +219,11 @@ _NEW_FIELDS = tuple(f.name for f in fields(NewInvitation))
 _NEW_INSERT = (
     "INSERT INTO invitations (id, email, email_lower, portal_id, token_hash, sent_at,"
     " expires_at, last_mail_id, sub_client, invited_by, idempotency_key, expires_in_days,"
-    " expiry_chosen, personal_message, invitee_name, locale)"
+    " expiry_chosen, personal_message, invitee_name, locale, group_id)"
 )
 _NEW_TYPES = (
     "uuid", "text", "text", "uuid", "text", "timestamptz", "timestamptz", "uuid", "bool",
-    "text", "text", "int", "bool", "text", "text", "text",
+    "text", "text", "int", "bool", "text", "text", "text", "uuid",
 )  # fmt: skip
 
 

@@ -1,8 +1,8 @@
 """Use cases: one async function per command or event. Every change writes its events
 through the outbox in the same transaction."""
 
-from .base import SOURCE, CheckedInvite, Deps, InviteCommand, Outcome
-from .groups import Group, GroupCommand, check_group, invite_group, record_group, replay
+from .base import SOURCE, CheckedInvite, Deps, GroupCommand, InviteCommand, Outcome
+from .groups import Group, check_group, invite_group, record_group, replay
 from .links import accept, release, reserve, validate
 from .new_link import NewLinkWorker, request_new_link, serve_new_link_requests
 from .queries import (

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal, Self
 
 import asyncpg
 
@@ -49,6 +49,17 @@ class InviteOptions:
     # The language of the invitation's emails and pages; None: the agency's Language.
     locale: str | None = None
 
+    @classmethod
+    def from_fields(cls, source: object, **given: Any) -> Self:
+        """The command from a request body or an event that names its fields alike: each
+        field ``source`` has, unless ``given`` says it (named otherwise there, or changed)."""
+        taken = {
+            field.name: getattr(source, field.name)
+            for field in fields(cls)
+            if field.name not in given and hasattr(source, field.name)
+        }
+        return cls(**taken, **given)
+
 
 @dataclass(frozen=True)
 class InviteCommand(InviteOptions):
@@ -61,6 +72,12 @@ class InviteCommand(InviteOptions):
 
 
 @dataclass(frozen=True)
+class GroupCommand(InviteOptions):
+    email: str
+    portal_ids: tuple[uuid.UUID, ...]
+
+
+@dataclass(frozen=True)
 class CheckedInvite:
     """An invitation that passed every rule that needs another service."""
 
@@ -68,6 +85,28 @@ class CheckedInvite:
     email: str
     portal: PortalInfo
     personal_message: str | None = None
+    locale: str | None = None
+
+    # A first email is written alike for one portal and a group's (sending.prepare_first).
+    @property
+    def portals(self) -> list[PortalInfo]:
+        return [self.portal]
+
+    @property
+    def invitee_name(self) -> str | None:
+        return self.command.invitee_name
+
+
+@dataclass(frozen=True)
+class CheckedGroup:
+    """A group that passed every rule that needs another service; its portals in the
+    order they were asked for."""
+
+    command: GroupCommand
+    email: str
+    portals: list[PortalInfo]
+    personal_message: str | None
+    invitee_name: str | None
     locale: str | None = None
 
 

@@ -244,20 +244,22 @@ async def _record_chunk(conn: Conn, deps: Deps, chunk: list[_Ready], days: int) 
             chosen = item.checked.command.expires_in_days or days
             firsts.append((item, prepare_first(deps, item.checked, now, chosen)))
     if firsts:
-        rows = [first.row for _, first in firsts]
+        rows = [row for _, first in firsts for row in first.rows]
         if await repo.insert_many(conn, rows) != len(rows):
             raise _Taken
         await write_first_sends(conn, [first for _, first in firsts])
+        # One portal: each row's one invitation.
+        made = [(item, first.rows[0].invitation_id) for item, first in firsts]
         keyed = [
-            (item.row.key, first.row.invitation_id, item.email_lower, "created")
-            for item, first in firsts
+            (item.row.key, invitation_id, item.email_lower, "created")
+            for item, invitation_id in made
             if item.row.key is not None
         ]
         if keyed and await repo.record_batch_keys(conn, portal_id, keyed) != len(keyed):
             raise _KeyTaken
-        for item, first in firsts:
+        for item, invitation_id in made:
             results[item.row.row] = RowResult(
-                item.row.row, item.row.email, "created", invitation_id=first.row.invitation_id
+                item.row.row, item.row.email, "created", invitation_id=invitation_id
             )
         log.info("invitations_created", portal_id=str(portal_id), rows=len(firsts))
     return [results[item.row.row] for item in chunk]

@@ -17,21 +17,13 @@ import asyncpg
 from libs.common.db import transaction
 from libs.common.email import email_key, normalise_email
 from libs.common.errors import Conflict, NotFound
-from libs.common.events import InvitationCreated
 from libs.common.i18n import check_locale
 
 from .. import domain
 from .. import repository as repo
 from ..clients import PortalInfo
-from . import sends
-from .base import Deps, InviteOptions, Row, emit, log
-from .sending import GROUP_REF, _mail_job, _refresh_portal, key_reused, resolve_portal
-
-
-@dataclass(frozen=True)
-class GroupCommand(InviteOptions):
-    email: str
-    portal_ids: tuple[uuid.UUID, ...]
+from .base import CheckedGroup, Deps, GroupCommand, Row, log
+from .sending import _refresh_portal, key_reused, prepare_first, resolve_portal, write_first_sends
 
 
 @dataclass(frozen=True)
@@ -39,16 +31,6 @@ class Group:
     group_id: uuid.UUID
     invitations: list[Row]  # one per portal, in the order the portals were asked for
     outcome: Literal["created", "duplicate"]
-
-
-@dataclass(frozen=True)
-class _Checked:
-    command: GroupCommand
-    email: str
-    portals: list[PortalInfo]
-    personal_message: str | None
-    invitee_name: str | None
-    locale: str | None = None
 
 
 async def invite_group(deps: Deps, command: GroupCommand) -> Group:
@@ -79,7 +61,7 @@ async def replay(deps: Deps, command: GroupCommand) -> Group | None:
     return Group(found["id"], await repo.group_members(deps.db, found["id"]), "duplicate")
 
 
-async def check_group(deps: Deps, command: GroupCommand) -> _Checked:
+async def check_group(deps: Deps, command: GroupCommand) -> CheckedGroup:
     """Every rule that needs the replica or another service; nothing is written. Each
     refusal names the portal it is about."""
     email = normalise_email(command.email)
@@ -113,7 +95,7 @@ async def check_group(deps: Deps, command: GroupCommand) -> _Checked:
                 f"This person already has access to {_names(already)}; no invitation is"
                 " needed there. Leave it out.",
             )
-    return _Checked(command, email, portals, message, name, locale)
+    return CheckedGroup(command, email, portals, message, name, locale)
 
 
 def _is(portals: list[PortalInfo]) -> str:
@@ -142,7 +124,7 @@ async def _portal(deps: Deps, portal_id: uuid.UUID) -> PortalInfo:
     return portal
 
 
-async def record_group(deps: Deps, checked: _Checked) -> Group:
+async def record_group(deps: Deps, checked: CheckedGroup) -> Group:
     """The group, its invitations (one per portal, each with the group's one link) and
     one mail job, in one transaction (in a caller's, a savepoint)."""
     async with transaction(deps.db) as conn:
@@ -163,78 +145,15 @@ async def record_group(deps: Deps, checked: _Checked) -> Group:
             _refuse_pending([p for p in checked.portals if p.portal_id in pending])
         now = deps.clock()
         days = command.expires_in_days or await repo.expiry_days(conn)
-        expires_at = domain.expiry_for(now, days)
-        token, token_hash = domain.new_token()
-        mail_id = uuid.uuid4()
+        first = prepare_first(deps, checked, now, days, group_id)
         made: list[Row] = []
-        for portal in checked.portals:
-            row = await repo.insert(
-                conn,
-                invitation_id=uuid.uuid4(),
-                email=checked.email,
-                email_lower=email_lower,
-                portal_id=portal.portal_id,
-                token_hash=token_hash,
-                sent_at=now,
-                expires_at=expires_at,
-                mail_id=mail_id,
-                sub_client=command.sub_client,
-                invited_by=command.invited_by,
-                idempotency_key=None,  # the group's key: each row's events carry it
-                expires_in_days=days,
-                expiry_chosen=command.expires_in_days is not None,
-                personal_message=checked.personal_message,
-                invitee_name=checked.invitee_name,
-                group_id=group_id,
-                locale=checked.locale,
-            )
+        for portal, new in zip(checked.portals, first.rows, strict=True):
+            row = await repo.insert(conn, **vars(new))
             if row is None:
                 # An invitation to this portal went pending between our look and our insert.
                 _refuse_pending([portal])
-            await repo.record_link(
-                conn,
-                token_hash=token_hash,
-                invitation_id=row["id"],
-                email_lower=email_lower,
-                issued_at=now,
-                expires_at=expires_at,
-                reason=sends.FIRST,
-            )
             made.append(row)
-        mail = _mail_job(
-            deps,
-            mail_id,
-            (GROUP_REF, group_id),
-            checked.email,
-            token,
-            [p.title for p in checked.portals],
-            expires_at,
-            command.invited_by,
-            expires_in_days=days,
-            personal_message=checked.personal_message,
-            invitee_name=checked.invitee_name,
-            locale=checked.locale,
-        )
-        created = [
-            (
-                "invitation.created",
-                InvitationCreated(
-                    invitation_id=row["id"],
-                    portal_id=row["portal_id"],
-                    email=checked.email,
-                    expires_at=expires_at,
-                    invited_by=command.invited_by,
-                    idempotency_key=key,
-                    sub_client=command.sub_client,
-                    expires_in_days=days,
-                    group_id=group_id,
-                    locale=checked.locale,
-                ),
-            )
-            for row in made
-        ]
-        first_type, first = created[0]
-        await emit(conn, first_type, first, *created[1:], ("mail.requested", mail))
+        await write_first_sends(conn, [first])
         log.info("invitation_group_created", group_id=str(group_id), portals=len(made))
         return Group(group_id, made, "created")
 

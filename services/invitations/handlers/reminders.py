@@ -112,15 +112,7 @@ async def _send(conn: Conn, deps: Deps, rows: list[Row], now: datetime) -> None:
         await repo.relink(
             conn, row["id"], token_hash=token_hash, mail_id=mail_id, reason=sends.REMINDER
         )
-        await repo.record_link(
-            conn,
-            token_hash=token_hash,
-            invitation_id=row["id"],
-            email_lower=row["email_lower"],
-            issued_at=now,
-            expires_at=row["expires_at"],
-            reason=sends.REMINDER,
-        )
+        await sends.record_link(conn, row, token_hash, now, row["expires_at"], sends.REMINDER)
         event = InvitationReminded(**about(row), expires_at=row["expires_at"])
         reminded.append(("invitation.reminded", event))
     first_type, first = reminded[0]

@@ -27,6 +27,7 @@ from .. import repository as repo
 from ..clients import PortalInfo
 from . import sends, staff_events
 from .base import (
+    CheckedGroup,
     CheckedInvite,
     Deps,
     InviteCommand,
@@ -148,13 +149,14 @@ async def record_invite(
                 return reissued, "resent"
             days = command.expires_in_days or await repo.expiry_days(conn)
             fresh = prepare_first(deps, checked, deps.clock(), days)
-            created = await repo.insert(conn, **vars(fresh.row))
+            (row,) = fresh.rows
+            created = await repo.insert(conn, **vars(row))
             if created is None:
                 continue
             await write_first_sends(conn, [fresh])
             log.info(
                 "invitation_created",
-                invitation_id=str(fresh.row.invitation_id),
+                invitation_id=str(row.invitation_id),
                 portal_id=str(portal.portal_id),
             )
             return created, "created"
@@ -163,74 +165,85 @@ async def record_invite(
 
 @dataclass(frozen=True)
 class FirstSend:
-    """A first invitation ready to write: its row (with its first link's hash) and the
-    two events that go with it."""
+    """One email's first invitations ready to write: their rows (one per portal, each with
+    the email's first link's hash) and the events that go with them."""
 
-    row: repo.NewInvitation
-    created: InvitationCreated
+    rows: tuple[repo.NewInvitation, ...]
+    created: tuple[InvitationCreated, ...]
     mail: MailRequested
 
     def events(self) -> tuple[tuple[str, EventData], ...]:
-        """``invitation.created`` then ``mail.requested``, in the order they are written."""
-        return (("invitation.created", self.created), ("mail.requested", self.mail))
+        """Each ``invitation.created`` then ``mail.requested``, in the order they are
+        written."""
+        return (*(("invitation.created", c) for c in self.created), ("mail.requested", self.mail))
 
 
-def prepare_first(deps: Deps, checked: CheckedInvite, now: datetime, days: int) -> FirstSend:
-    command, portal = checked.command, checked.portal
+def prepare_first(
+    deps: Deps,
+    checked: CheckedInvite | CheckedGroup,
+    now: datetime,
+    days: int,
+    group_id: uuid.UUID | None = None,
+) -> FirstSend:
+    """The first invitation to each of the checked portals and the one email with their
+    link: one portal's, or (``group_id``) a group's."""
+    command = checked.command
     expires_at = domain.expiry_for(now, days)
     token, token_hash = domain.new_token()
-    invitation_id, mail_id = uuid.uuid4(), uuid.uuid4()
-    row = repo.NewInvitation(
-        invitation_id=invitation_id,
-        email=checked.email,
-        email_lower=email_key(checked.email),
-        portal_id=portal.portal_id,
-        token_hash=token_hash,
-        sent_at=now,
-        expires_at=expires_at,
-        mail_id=mail_id,
-        sub_client=command.sub_client,
-        invited_by=command.invited_by,
-        idempotency_key=command.idempotency_key,
-        expires_in_days=days,
-        expiry_chosen=command.expires_in_days is not None,
-        personal_message=checked.personal_message,
-        invitee_name=command.invitee_name,
-        locale=checked.locale,
+    mail_id = uuid.uuid4()
+    rows = tuple(
+        repo.NewInvitation(
+            invitation_id=uuid.uuid4(),
+            email=checked.email,
+            email_lower=email_key(checked.email),
+            portal_id=portal.portal_id,
+            token_hash=token_hash,
+            sent_at=now,
+            expires_at=expires_at,
+            mail_id=mail_id,
+            sub_client=command.sub_client,
+            invited_by=command.invited_by,
+            # A group's key is the group's: each row's events carry it.
+            idempotency_key=command.idempotency_key if group_id is None else None,
+            expires_in_days=days,
+            expiry_chosen=command.expires_in_days is not None,
+            personal_message=checked.personal_message,
+            invitee_name=checked.invitee_name,
+            locale=checked.locale,
+            group_id=group_id,
+        )
+        for portal in checked.portals
     )
-    created = InvitationCreated(
-        invitation_id=invitation_id,
-        portal_id=portal.portal_id,
-        email=checked.email,
-        expires_at=expires_at,
-        invited_by=command.invited_by,
-        idempotency_key=command.idempotency_key,
-        sub_client=command.sub_client,
-        expires_in_days=days,
-        locale=checked.locale,
+    # invitation.created says what the row says (the fields are named alike), with the
+    # request's key: a group's is the group's, not its rows'.
+    created = tuple(
+        InvitationCreated.model_validate(row, from_attributes=True).model_copy(
+            update={"idempotency_key": command.idempotency_key}
+        )
+        for row in rows
     )
     mail = _mail_job(
         deps,
         mail_id,
-        (INVITATION_REF, invitation_id),
+        (INVITATION_REF, rows[0].invitation_id) if group_id is None else (GROUP_REF, group_id),
         checked.email,
         token,
-        [portal.title],
+        [portal.title for portal in checked.portals],
         expires_at,
         command.invited_by,
         expires_in_days=days,
         personal_message=checked.personal_message,
-        invitee_name=command.invitee_name,
+        invitee_name=checked.invitee_name,
         locale=checked.locale,
     )
-    return FirstSend(row, created, mail)
+    return FirstSend(rows, created, mail)
 
 
 async def write_first_sends(conn: Conn, firsts: Sequence[FirstSend]) -> None:
     """What follows the rows of these new invitations, in the same transaction: their
-    first links and their events (``invitation.created`` then ``mail.requested`` each),
-    in one statement each however many there are."""
-    await repo.record_first_links(conn, [f.row for f in firsts], sends.FIRST)
+    first links and their events (each email's ``invitation.created`` then its
+    ``mail.requested``), in one statement each however many there are."""
+    await repo.record_first_links(conn, [row for f in firsts for row in f.rows], sends.FIRST)
     events = [pair for f in firsts for pair in f.events()]
     await emit(conn, *events[0], *events[1:])
 
@@ -242,16 +255,17 @@ async def _first_at_once(deps: Deps, checked: CheckedInvite) -> Row | None:
     decides, as it did before this shortcut."""
     days = checked.command.expires_in_days or await repo.expiry_days(deps.db)
     first = prepare_first(deps, checked, deps.clock(), days)
+    (row,) = first.rows
     created = await repo.insert_first(
         deps.db,
-        first.row,
+        row,
         sends.FIRST,
         [envelope(event_type, data) for event_type, data in first.events()],
     )
     if created is not None:
         log.info(
             "invitation_created",
-            invitation_id=str(first.row.invitation_id),
+            invitation_id=str(row.invitation_id),
             portal_id=str(checked.portal.portal_id),
         )
     return created
@@ -320,15 +334,7 @@ async def _reissue(
             locale=language,
         )
         result = result or updated
-        await repo.record_link(
-            conn,
-            token_hash=token_hash,
-            invitation_id=each["id"],
-            email_lower=each["email_lower"],
-            issued_at=now,
-            expires_at=expires_at,
-            reason=reason,
-        )
+        await sends.record_link(conn, each, token_hash, now, expires_at, reason)
         if staff_events.is_staff(each):  # a staff invitation: no portal, never a group
             await staff_events.announce_sent(
                 conn, deps, "invitation.staff.resent", updated, token, mail_id, expires_at, days

@@ -29,6 +29,22 @@ REMINDER = "reminder"
 REQUESTED_BY_INVITEE = "requested_by_invitee"
 
 
+async def record_link(
+    conn: Conn, row: Row, token_hash: str, issued_at: datetime, expires_at: datetime, reason: str
+) -> None:
+    """Keep the link just sent for the invitation in ``row`` (its hash, never the token);
+    the invitation's earlier link is then replaced."""
+    await repo.record_link(
+        conn,
+        token_hash=token_hash,
+        invitation_id=row["id"],
+        email_lower=row["email_lower"],
+        issued_at=issued_at,
+        expires_at=expires_at,
+        reason=reason,
+    )
+
+
 async def check_cap(
     conn: Conn, deps: Deps, row: Row, now: datetime, mates: Sequence[Row] = ()
 ) -> None:

@@ -82,15 +82,7 @@ async def _record(
         )
         if created is None:
             continue  # a concurrent invitation of this address won: resend that one
-        await repo.record_link(
-            conn,
-            token_hash=token_hash,
-            invitation_id=invitation_id,
-            email_lower=email_lower,
-            issued_at=now,
-            expires_at=expires_at,
-            reason=sends.FIRST,
-        )
+        await sends.record_link(conn, created, token_hash, now, expires_at, sends.FIRST)
         await staff_events.announce_sent(
             conn, deps, "invitation.staff.created", created, token, mail_id, expires_at, days
         )

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import asyncpg
 
@@ -31,6 +32,10 @@ log = get_logger(__name__)
 BACKLOG_COUNT_SECONDS = 2.0
 # An unroutable row waits 1, 2, 4 … seconds, at most this long, between tries.
 UNROUTABLE_MAX_PAUSE_SECONDS = 60
+# How long a relay held by a large request (OutboxRelay.held) waits at the most; after
+# that it publishes as usual until every hold is released, so events are never held back
+# longer than this, however many large requests follow one another.
+HOLD_MAX_SECONDS = 5.0
 
 
 async def append(conn: Conn, envelope: Envelope, *more: Envelope) -> None:
@@ -151,7 +156,14 @@ def _exchange(envelope: Envelope) -> ExchangeKind:
 
 class OutboxRelay:
     def __init__(
-        self, pool: asyncpg.Pool, bus: Bus, schema: str, dsn: str, *, batch: int = 200
+        self,
+        pool: asyncpg.Pool,
+        bus: Bus,
+        schema: str,
+        dsn: str,
+        *,
+        batch: int = 200,
+        hold_max: float = HOLD_MAX_SECONDS,
     ) -> None:
         self.pool = pool
         self.dsn = dsn
@@ -163,6 +175,37 @@ class OutboxRelay:
         self._loop_done = asyncio.Event()
         self._loop_done.set()
         self._listener = Listener(dsn, f"outbox_{schema}", self._on_notify, name="outbox")
+        self.hold_max = hold_max
+        self._holds = 0
+        self._held_since = 0.0
+        self._released = asyncio.Event()
+        self._released.set()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Around a request that writes many rows at once (a batch of invitations): the
+        relay publishes nothing meanwhile, for ``hold_max`` seconds at the most, so the
+        process and the machine spend themselves on writing and answering it, and what it
+        wrote is published right after. Its rows are committed either way: holding only
+        orders the work. Other replicas' relays are not held."""
+        if self._holds == 0:
+            self._held_since = time.monotonic()
+            self._released.clear()
+        self._holds += 1
+        try:
+            yield
+        finally:
+            self._holds -= 1
+            if self._holds == 0:
+                self._released.set()
+
+    async def _while_held(self) -> None:
+        """Wait while a request holds the relay, until ``hold_max`` has passed since the
+        first hold of the run; past it, return at once until every hold is released."""
+        left = self._held_since + self.hold_max - time.monotonic()
+        if self._holds and left > 0 and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), left)
 
     async def flush_once(self) -> int:
         """Publish one batch; returns how many rows were confirmed by the broker."""
@@ -247,6 +290,7 @@ class OutboxRelay:
         loop = asyncio.get_running_loop()
         counted_at = -BACKLOG_COUNT_SECONDS
         while not self._stopping:
+            await self._while_held()
             try:
                 published = await self.flush_once()
                 # A short batch means nothing was left behind it (rows committed since are
@@ -282,6 +326,7 @@ class OutboxRelay:
         """On shutdown: publish what is already committed, within a bound."""
         self._stopping = True
         self._wake.set()
+        self._released.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         # Let the loop finish the batch it may be publishing, rather than cancel it midway.

@@ -70,6 +70,16 @@ class BusParts:
 
 
 BUS_PARTS = web.AppKey("bus_parts", BusParts)
+
+
+def relay_held(app: web.Application) -> contextlib.AbstractContextManager[None]:
+    """``OutboxRelay.held`` on this app's relay, around a request that writes many rows;
+    nothing to hold before the broker is reached (no relay yet) or in a service without
+    an outbox."""
+    relay = app[BUS_PARTS].relay if BUS_PARTS in app else None
+    return relay.held() if relay is not None else contextlib.nullcontext()
+
+
 SERVICE_KEYS = web.AppKey("service_keys", ServiceKeys)
 
 # The management app's paths: on the main app they answer 404, without asking for proof.

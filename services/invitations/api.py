@@ -13,7 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from libs.common.cursor import decode_cursor, encode_cursor
 from libs.common.errors import NotFound
 from libs.common.service_auth import GATEWAY
-from libs.common.web import Route, callers_of, json_response, parse_query, path_uuid, read_json
+from libs.common.web import (
+    Route,
+    callers_of,
+    json_response,
+    parse_query,
+    path_uuid,
+    read_json,
+    relay_held,
+)
 
 from . import domain, handlers
 from .handlers import Deps, InviteCommand, NewLinkWorker, batch
@@ -245,14 +253,17 @@ async def create_batch(request: web.Request) -> web.Response:
         )
         for number, item in enumerate(body.rows, start=1)
     ]
-    results = await batch.invite_batch(
-        request.app[DEPS],
-        body.portal_id,
-        rows,
-        invited_by=body.invited_by or None,
-        dry_run=body.dry_run,
-        locale=body.locale,
-    )
+    # The relay waits while the batch is written (at most a few seconds): the answer,
+    # every row durable, comes first, and the batch's events are published right after.
+    with relay_held(request.app):
+        results = await batch.invite_batch(
+            request.app[DEPS],
+            body.portal_id,
+            rows,
+            invited_by=body.invited_by or None,
+            dry_run=body.dry_run,
+            locale=body.locale,
+        )
     return json_response({"results": [_result_json(r) for r in results]})
 
 

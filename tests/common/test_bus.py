@@ -557,3 +557,49 @@ async def test_old_inbox_rows_are_pruned_and_recent_ones_kept(probe_schema: Prob
     left = {r["event_id"] for r in await probe_schema.pool.fetch("SELECT event_id FROM inbox")}
     assert left == {recent}
     assert await prune_inbox(probe_schema.pool, retention_hours=168) == 0
+
+
+async def test_a_held_relay_waits_and_never_longer_than_its_hold_max(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    """While a request holds the relay, nothing is published; on release, at once. A hold
+    that lasts past hold_max no longer holds: events are never held back longer."""
+    bus = Bus(test_env.amqp_url, test_env.bus_prefix, "probe-held")
+    await bus.connect()
+    connection = await aio_pika.connect(test_env.amqp_url)
+    channel = await connection.channel()
+    got = await _collect(bus, channel, "identity.user.disabled")
+    relay = OutboxRelay(
+        probe_schema.pool, bus, probe_schema.schema, test_env.database_url, hold_max=3.0
+    )
+    running = asyncio.create_task(relay.run())
+
+    async def write() -> Envelope:
+        event = make_event("identity.user.disabled", UserDisabled(user_id=uuid.uuid4()), source="t")
+        async with probe_schema.acquire() as conn, conn.transaction():
+            await append(conn, event)
+        return event
+
+    try:
+        with relay.held():
+            first = await write()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(got.get(), 1.0)
+        message = await asyncio.wait_for(got.get(), 10)
+        assert message.message_id == str(first.id)
+
+        with relay.held():
+            with relay.held():  # two requests at once; one ends, the other goes on
+                pass
+            second = await write()
+            # Still held: published once hold_max (3 s from the first hold) is over.
+            message = await asyncio.wait_for(got.get(), 15)
+            assert message.message_id == str(second.id)
+            third = await write()
+            message = await asyncio.wait_for(got.get(), 10)
+            assert message.message_id == str(third.id)
+    finally:
+        await relay.drain()
+        running.cancel()
+        await connection.close()
+        await bus.close()

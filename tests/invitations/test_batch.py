@@ -13,6 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from libs.common.web import BUS_PARTS
+from services.invitations.handlers import batch as batch_module
 from tests.invitations.conftest import World, outbox_events
 
 pytestmark = pytest.mark.integration
@@ -118,3 +120,53 @@ async def test_a_member_whose_address_ends_in_a_capital_sigma_already_has_access
         ("rejected", "already_has_access"),
         ("created", None),
     ]
+
+
+async def test_a_batch_is_written_before_any_of_its_events_is_published(
+    client: Client, world: World, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay is held while a batch is written: the first chunk's events are not
+    published while the next chunk is still to be written (without the hold they go out at
+    once), and every event is published right after the answer."""
+    portal = world.add_portal()
+    parts = client.server.app[BUS_PARTS]
+    for _ in range(100):  # the broker is reached in the background after the app starts
+        if parts.relay is not None:
+            break
+        await asyncio.sleep(0.1)
+    before = await pool.fetchval("SELECT coalesce(max(seq), 0) FROM outbox")
+    published_between: list[int] = []
+    write = batch_module._write
+
+    async def write_slowly(deps: Any, chunk: Any, days: int) -> Any:
+        if published_between or await pool.fetchval(
+            "SELECT count(*) FROM outbox WHERE seq > $1", before
+        ):
+            # The first chunk is committed: time enough for a relay that is not held.
+            await asyncio.sleep(1.0)
+            published_between.append(
+                await pool.fetchval(
+                    "SELECT count(*) FROM outbox WHERE seq > $1 AND published_at IS NOT NULL",
+                    before,
+                )
+            )
+        return await write(deps, chunk, days)
+
+    monkeypatch.setattr(batch_module, "_write", write_slowly)
+    rows = [{"email": new_email("held")} for _ in range(2 * batch_module.CHUNK)]
+    results = await batch(client, portal["id"], rows)
+    assert {r["status"] for r in results} == {"created"}
+    assert published_between == [0]
+    unpublished = None
+    for _ in range(300):
+        unpublished = await pool.fetchval(
+            "SELECT count(*) FROM outbox WHERE seq > $1 AND published_at IS NULL", before
+        )
+        if unpublished == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert unpublished == 0
+    # invitation.created and mail.requested for each row.
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE seq > $1", before) == 2 * len(
+        rows
+    )

@@ -4,8 +4,12 @@ the database's unique index (PostgreSQL's lower(), character by character)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
+
+from libs.common.errors import NotFound
 from services.gateway.handlers import bulk
 
 
@@ -48,3 +52,76 @@ async def test_duplicates_in_the_file_follow_the_one_address_rule() -> None:
     assert results[3].get("reason") == "duplicate"
     assert results[3].get("message") == "This email is already on row 3."
     assert invitations.sent == [row.email for row in rows[:3]]
+
+
+class PieceLog(FakeInvitations):
+    """Records when each piece arrives (how many rows the gateway had checked by then)
+    and refuses the pieces from ``refuse_from`` on, as invitations does a portal that
+    was deleted meanwhile."""
+
+    def __init__(self, checked: list[str], refuse_from: int | None = None) -> None:
+        super().__init__()
+        self.checked = checked
+        self.refuse_from = refuse_from
+        self.arrived: list[int] = []
+
+    async def invite_batch(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.arrived.append(len(self.checked))
+        if self.refuse_from is not None and len(self.arrived) > self.refuse_from:
+            raise NotFound("There is no such portal.", code="portal_not_found")
+        await asyncio.sleep(0.01)
+        return await super().invite_batch(body)
+
+
+@pytest.fixture
+def checked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The addresses the gateway has checked so far, in order."""
+    seen: list[str] = []
+    check = bulk.email_or_none
+
+    def counting(raw: str) -> str | None:
+        seen.append(raw)
+        return check(raw)
+
+    monkeypatch.setattr(bulk, "email_or_none", counting)
+    return seen
+
+
+def rows(count: int) -> list[bulk.Row]:
+    return [bulk.Row(email=f"row-{n}@example.com") for n in range(count)]
+
+
+async def test_a_piece_is_sent_while_the_next_is_checked(checked: list[str]) -> None:
+    invitations = PieceLog(checked)
+    batch = rows(3 * bulk.PIECE)
+    results = await bulk.send(
+        invitations,  # type: ignore[arg-type]
+        "portal",
+        batch,
+        request_key=None,
+        invited_by="staff",
+        dry_run=False,
+    )
+    assert {r["status"] for r in results} == {"created"}
+    assert invitations.sent == [row.email for row in batch]
+    # The first piece went out before the rows after it had all been checked.
+    assert invitations.arrived[0] < len(batch)
+
+
+async def test_a_refused_piece_stops_the_batch_and_the_rest_is_not_sent(
+    checked: list[str],
+) -> None:
+    invitations = PieceLog(checked, refuse_from=0)
+    batch = rows(6 * bulk.PIECE)
+    with pytest.raises(NotFound):
+        await bulk.send(
+            invitations,  # type: ignore[arg-type]
+            "portal",
+            batch,
+            request_key=None,
+            invited_by="staff",
+            dry_run=False,
+        )
+    assert invitations.sent == []
+    assert len(invitations.arrived) <= bulk.PIECES_AT_ONCE
+    assert len(checked) < len(batch)

@@ -22,6 +22,8 @@ MAX_ROWS = 10_000
 # inside upstream.BATCH_TIMEOUT; fewer calls spare the per-call look-ups.
 PIECE = 1000
 PIECES_AT_ONCE = 2
+# Rows checked between two looks at the pieces in flight (each look lets them go on).
+CHECKED_BETWEEN_SENDS = 100
 COLUMNS = ("email", "name", "personal_message", "sub_client")
 _YES = {"true", "yes", "y", "1"}
 _NO = {"false", "no", "n", "0"}
@@ -130,36 +132,12 @@ async def send(
 ) -> list[BatchRowAnswer]:
     """One result per row, in input order (rows numbered from 1)."""
     results: dict[int, BatchRowAnswer] = {}
-    outgoing: list[tuple[int, dict[str, Any]]] = []
     seen: dict[str, int] = {}
-    for number, row in enumerate(rows, start=1):
-        if row.problem is not None:
-            code, message = row.problem
-            results[number] = _rejected(number, row.email, code, message)
-            continue
-        address = email_or_none(row.email)
-        if address is not None:
-            # The same person twice in one batch: the first row invites, the rest say so
-            # (compared as invitations and the database's unique index compare them).
-            earlier = seen.setdefault(email_key(address), number)
-            if earlier != number:
-                results[number] = _rejected(
-                    number, row.email, "duplicate", f"This email is already on row {earlier}."
-                )
-                continue
-        item: dict[str, Any] = {"email": row.email}
-        for name in ("name", "personal_message", "sub_client"):
-            value = getattr(row, name)
-            if value is not None:
-                item[name] = value
-        key = row_key(row, number, request_key)
-        if key is not None:
-            item["idempotency_key"] = key
-        outgoing.append((number, item))
     # Two pieces in flight: one is written while the next is checked, so the services
     # and PostgreSQL work side by side (the rows of different pieces are different
     # people, and invitations redoes a piece row by row if two writers ever meet).
     gate = asyncio.Semaphore(PIECES_AT_ONCE)
+    sends: list[asyncio.Future[None]] = []
 
     async def send_piece(piece: list[tuple[int, dict[str, Any]]]) -> None:
         async with gate:
@@ -175,11 +153,26 @@ async def send(
         for (number, _), result in zip(piece, answer["results"], strict=True):
             results[number] = {**result, "row": number}
 
-    sends = [
-        asyncio.ensure_future(send_piece(outgoing[start : start + PIECE]))
-        for start in range(0, len(outgoing), PIECE)
-    ]
     try:
+        piece: list[tuple[int, dict[str, Any]]] = []
+        for number, row in enumerate(rows, start=1):
+            rejected = _rejection(number, row, seen)
+            if rejected is not None:
+                results[number] = rejected
+                continue
+            piece.append((number, _item(number, row, request_key)))
+            if len(piece) == PIECE:
+                sends.append(asyncio.ensure_future(send_piece(piece)))
+                piece = []
+                # A refusal (the portal is gone) ends the checking.
+                if any(send.done() and send.exception() is not None for send in sends):
+                    break
+            if number % CHECKED_BETWEEN_SENDS == 0:
+                # The pieces in flight go out and come back while the next is checked.
+                await asyncio.sleep(0)
+        else:
+            if piece:
+                sends.append(asyncio.ensure_future(send_piece(piece)))
         await asyncio.gather(*sends)
     except BaseException:
         # The first refusal answers the request as it is (a TaskGroup would wrap it);
@@ -189,6 +182,36 @@ async def send(
             send.cancel()
         raise
     return [results[number] for number in range(1, len(rows) + 1)]
+
+
+def _rejection(number: int, row: Row, seen: dict[str, int]) -> BatchRowAnswer | None:
+    """The row's rejection before it goes to invitations: a problem found while reading
+    the file, or the same person as an earlier row (``seen``: each address's first row)."""
+    if row.problem is not None:
+        code, message = row.problem
+        return _rejected(number, row.email, code, message)
+    address = email_or_none(row.email)
+    if address is None:
+        return None  # invitations says why
+    # The same person twice in one batch: the first row invites, the rest say so
+    # (compared as invitations and the database's unique index compare them).
+    earlier = seen.setdefault(email_key(address), number)
+    if earlier == number:
+        return None
+    return _rejected(number, row.email, "duplicate", f"This email is already on row {earlier}.")
+
+
+def _item(number: int, row: Row, request_key: str | None) -> dict[str, Any]:
+    """The row as invitations takes it."""
+    item: dict[str, Any] = {"email": row.email}
+    for name in ("name", "personal_message", "sub_client"):
+        value = getattr(row, name)
+        if value is not None:
+            item[name] = value
+    key = row_key(row, number, request_key)
+    if key is not None:
+        item["idempotency_key"] = key
+    return item
 
 
 def _rejected(number: int, email: str, reason: str, message: str) -> BatchRowAnswer:

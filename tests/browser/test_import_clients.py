@@ -1,5 +1,6 @@
 """Issue 16 in a real browser: Import Clients from the portal editor: a CSV file with good,
-duplicate and bad rows, a verdict per row, Send Invitations with its progress bar, the
+duplicate and bad rows, a pending invitee and a client who already has access, a verdict
+per row, Send Invitations with its progress bar, the
 result table and Download Results; files that aren't one get a clear message."""
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from tests.browser.pages import (
     add_portal,
     check_accessible,
+    client_of,
     invite_client,
     log_in_admin,
     screenshot,
@@ -37,12 +39,17 @@ async def table_rows(page: Page, table_id: str) -> list[list[str]]:
     ]
 
 
-async def test_import_clients_from_a_csv_file(page: Page, stack: Stack) -> None:
+async def test_import_clients_from_a_csv_file(page: Page, stack: Stack, chromium: Browser) -> None:
     tag = uuid.uuid4().hex[:6]
-    good, again, pending = (f"{who}-{tag}@wayne.example" for who in ("lucius", "alfred", "selina"))
+    good, again, pending, member = (
+        f"{who}-{tag}@wayne.example" for who in ("lucius", "alfred", "selina", "bruce")
+    )
     await log_in_admin(page)
     editor = await add_portal(page, f"Wayne Manor {tag}", "Blueprints.")
     await invite_client(page, editor, pending)
+    async with client_of(chromium, stack, page, editor, member):
+        pass  # Bruce accepted: he has access to the portal
+    await page.goto(editor)
 
     await page.get_by_role("link", name="Import Clients").click()
     await expect(page.get_by_role("heading", name="Import Clients")).to_be_visible()
@@ -67,21 +74,23 @@ async def test_import_clients_from_a_csv_file(page: Page, stack: Stack) -> None:
         "not an email,,\n"
         f"{good.upper()},Lucius again,\n"
         f"{pending},Selina,\n"
+        f"{member.upper()},Bruce,\n"
     )
     await upload.set_input_files(csv_file("clients.csv", text))  # type: ignore[arg-type]
     await expect(error).to_be_hidden()
     preview = page.locator("#import-preview-table")
-    await expect(preview.locator("tbody tr")).to_have_count(5)
+    await expect(preview.locator("tbody tr")).to_have_count(6)
     verdicts = [row[3] for row in await table_rows(page, "import-preview-table")]
     assert verdicts[0] == verdicts[1] == "Will invite"
     assert verdicts[2].startswith("Invalid email: ")
     assert verdicts[3] == "Duplicate in the file: This email is already on row 1."
     assert verdicts[4] == "Will resend a pending invitation"
+    assert verdicts[5] == "Already has access"
     await screenshot(page, "import-clients-preview")
 
     await page.get_by_role("button", name="Send Invitations").click()
     await expect(page.locator("#import-results-summary")).to_have_text(
-        "Done: 2 invited, 1 resent, 2 not invited."
+        "Done: 2 invited, 1 resent, 3 not invited."
     )
     progress = page.get_by_label("Progress", exact=True)
     assert await progress.get_attribute("value") == await progress.get_attribute("max") == "3"
@@ -92,6 +101,7 @@ async def test_import_clients_from_a_csv_file(page: Page, stack: Stack) -> None:
         "Not invited",
         "Not invited",
         "Resent",
+        "Not invited",
     ]
     await screenshot(page, "import-clients-results")
 
@@ -106,14 +116,18 @@ async def test_import_clients_from_a_csv_file(page: Page, stack: Stack) -> None:
         ("3", "not an email", "rejected"),
         ("4", good.upper(), "rejected"),
         ("5", pending, "resent"),
+        ("6", member.upper(), "rejected"),
     ]
     assert lines[3]["reason"] == "duplicate" and lines[0]["invitation_id"]
+    assert lines[5]["reason"] == "already_has_access"
 
     [welcome] = await stack.sink.wait_for(good)
     assert "Hi Lucius Fox," in text_part(welcome)
     assert "See you at the office." in text_part(welcome)
     await stack.sink.wait_for(pending, count=2)
     await stack.sink.wait_for(again)
+    # Bruce's one email is the invitation he accepted before the import.
+    assert len(await stack.sink.wait_for(member)) == 1
 
 
 async def test_an_import_in_the_chosen_language(page: Page, stack: Stack) -> None:

@@ -29,6 +29,19 @@ class FakeInvitations:
         }
 
 
+async def send(invitations: FakeInvitations, rows: list[bulk.Row]) -> list[Any]:
+    """A staff member's batch of ``rows`` to one portal, no key, as the API sends it."""
+    results: list[Any] = await bulk.send(
+        invitations,  # type: ignore[arg-type]
+        "portal",
+        rows,
+        request_key=None,
+        invited_by="staff",
+        dry_run=False,
+    )
+    return results
+
+
 async def test_duplicates_in_the_file_follow_the_one_address_rule() -> None:
     # Python's lower() turns a final capital sigma into the final small sigma; PostgreSQL's
     # lower(), and so the unique index, into the ordinary small sigma: these are two
@@ -40,14 +53,7 @@ async def test_duplicates_in_the_file_follow_the_one_address_rule() -> None:
         bulk.Row(email="ann@example.com"),
     ]
     invitations = FakeInvitations()
-    results = await bulk.send(
-        invitations,  # type: ignore[arg-type]
-        "portal",
-        rows,
-        request_key=None,
-        invited_by="staff",
-        dry_run=False,
-    )
+    results = await send(invitations, rows)
     assert [r["status"] for r in results] == ["created", "created", "created", "rejected"]
     assert results[3].get("reason") == "duplicate"
     assert results[3].get("message") == "This email is already on row 3."
@@ -94,14 +100,7 @@ def rows(count: int) -> list[bulk.Row]:
 async def test_a_piece_is_sent_while_the_next_is_checked(checked: list[str]) -> None:
     invitations = PieceLog(checked)
     batch = rows(3 * bulk.PIECE)
-    results = await bulk.send(
-        invitations,  # type: ignore[arg-type]
-        "portal",
-        batch,
-        request_key=None,
-        invited_by="staff",
-        dry_run=False,
-    )
+    results = await send(invitations, batch)
     assert {r["status"] for r in results} == {"created"}
     assert invitations.sent == [row.email for row in batch]
     # The first piece went out before the rows after it had all been checked.
@@ -114,14 +113,7 @@ async def test_a_refused_piece_stops_the_batch_and_the_rest_is_not_sent(
     invitations = PieceLog(checked, refuse_from=0)
     batch = rows(6 * bulk.PIECE)
     with pytest.raises(NotFound):
-        await bulk.send(
-            invitations,  # type: ignore[arg-type]
-            "portal",
-            batch,
-            request_key=None,
-            invited_by="staff",
-            dry_run=False,
-        )
+        await send(invitations, batch)
     assert invitations.sent == []
     assert len(invitations.arrived) <= bulk.PIECES_AT_ONCE
     assert len(checked) < len(batch)

@@ -166,9 +166,7 @@ class OutboxRelay:
         hold_max: float = HOLD_MAX_SECONDS,
     ) -> None:
         self.pool = pool
-        self.dsn = dsn
         self.bus = bus
-        self.schema = schema
         self.batch = batch
         self._wake = asyncio.Event()
         self._stopping = False

@@ -107,7 +107,11 @@ async def record_invite(
     in one transaction (in a caller's, a savepoint), where the unique indexes decide races
     and the loser looks again. ``key_checked``: the caller looked the key up a moment ago,
     so the first round needn't."""
-    created = await _first_at_once(deps, checked)
+    days = checked.command.expires_in_days or await repo.expiry_days(deps.db)
+    # Prepared once: written by the one statement, or else by the transaction if it finds
+    # nothing pending after all (the statement wrote nothing).
+    first = prepare_first(deps, checked, deps.clock(), days)
+    created = await _first_at_once(deps, first)
     if created is not None:
         return created, "created"
     async with transaction(deps.db) as conn:
@@ -147,13 +151,11 @@ async def record_invite(
                     locale=checked.locale,
                 )
                 return reissued, "resent"
-            days = command.expires_in_days or await repo.expiry_days(conn)
-            fresh = prepare_first(deps, checked, deps.clock(), days)
-            (row,) = fresh.rows
+            (row,) = first.rows
             created = await repo.insert(conn, **vars(row))
             if created is None:
                 continue
-            await write_first_sends(conn, [fresh])
+            await write_first_sends(conn, [first])
             log.info(
                 "invitation_created",
                 invitation_id=str(row.invitation_id),
@@ -248,13 +250,11 @@ async def write_first_sends(conn: Conn, firsts: Sequence[FirstSend]) -> None:
     await emit(conn, *events[0], *events[1:])
 
 
-async def _first_at_once(deps: Deps, checked: CheckedInvite) -> Row | None:
+async def _first_at_once(deps: Deps, first: FirstSend) -> Row | None:
     """The common case, a first invitation, as one statement: its row, its first link and
     its two events. None when the person has a pending invitation here or the key was
     used before (or names a group): nothing was written, and the transaction's path
     decides, as it did before this shortcut."""
-    days = checked.command.expires_in_days or await repo.expiry_days(deps.db)
-    first = prepare_first(deps, checked, deps.clock(), days)
     (row,) = first.rows
     created = await repo.insert_first(
         deps.db,
@@ -266,7 +266,7 @@ async def _first_at_once(deps: Deps, checked: CheckedInvite) -> Row | None:
         log.info(
             "invitation_created",
             invitation_id=str(row.invitation_id),
-            portal_id=str(checked.portal.portal_id),
+            portal_id=str(row.portal_id),
         )
     return created
 

@@ -232,6 +232,15 @@ PUBLISHERS = {
     "settings.branding.": "mailer",
 }
 
+# A later version of a type: its example data and what it adds to the type's summary.
+LATER_VERSIONS: dict[tuple[str, int], tuple[dict[str, Any], str]] = {
+    ("mail.requested", 2): (
+        {"jobs": [EXAMPLES["mail.requested"]]},
+        " Version 2 carries several jobs in one message (jobs, each a version 1 job): a"
+        " batch's first invitations. The mailer takes both versions.",
+    ),
+}
+
 SUMMARIES = {
     "identity.user.created": "A user account was created.",
     "identity.user.disabled": "A user account was disabled; its sessions end.",
@@ -354,7 +363,8 @@ def _message_name(event_type: str, version: int) -> str:
 
 
 def _message(event_type: str, version: int, model_name: str) -> dict[str, Any]:
-    data = EVENTS[(event_type, version)].model_validate(EXAMPLES[event_type])
+    example_data, note = LATER_VERSIONS.get((event_type, version), (EXAMPLES[event_type], ""))
+    data = EVENTS[(event_type, version)].model_validate(example_data)
     example = {
         "id": "0b6f2d4e-8a1c-4e3b-9d7f-5c2a0e8b1d64",
         "type": event_type,
@@ -370,7 +380,7 @@ def _message(event_type: str, version: int, model_name: str) -> dict[str, Any]:
     message: dict[str, Any] = {
         "name": _message_name(event_type, version),
         "title": f"{event_type} (version {version})",
-        "summary": SUMMARIES[event_type],
+        "summary": SUMMARIES[event_type] + note,
         "contentType": "application/json",
         "correlationId": {
             "description": "Follows a request through HTTP calls and events.",
@@ -421,7 +431,7 @@ TRACE_HEADERS: dict[str, Any] = {
 }
 
 
-def _channel(event_type: str, message_name: str) -> dict[str, Any]:
+def _channel(event_type: str, message_names: list[str]) -> dict[str, Any]:
     private = event_type in PRIVATE_TYPES
     exchange = "clientpress.mail" if private else "clientpress.events"
     publisher = _publisher(event_type)
@@ -455,7 +465,11 @@ def _channel(event_type: str, message_name: str) -> dict[str, Any]:
         # may receive it from ClientPress.
         ("publish" if inbound else "subscribe"): {
             "operationId": ("request" if inbound else "on_") + event_type.replace(".", "_"),
-            "message": {"$ref": f"#/components/messages/{message_name}"},
+            "message": (
+                {"oneOf": [{"$ref": f"#/components/messages/{name}"} for name in message_names]}
+                if len(message_names) > 1
+                else {"$ref": f"#/components/messages/{message_names[0]}"}
+            ),
         },
     }
     if private:
@@ -466,10 +480,13 @@ def _channel(event_type: str, message_name: str) -> dict[str, Any]:
 def build() -> dict[str, Any]:
     channels: dict[str, Any] = {}
     messages: dict[str, Any] = {}
+    versions: dict[str, list[str]] = {}
     for (event_type, version), model in EVENTS.items():
         name = _message_name(event_type, version)
         messages[name] = _message(event_type, version, model.__name__)
-        channels[event_type] = _channel(event_type, name)
+        versions.setdefault(event_type, []).append(name)
+    for event_type, names in versions.items():
+        channels[event_type] = _channel(event_type, names)
     return {
         "asyncapi": "2.6.0",
         "id": "urn:clientpress:events",

@@ -42,7 +42,11 @@ def test_every_event_has_a_channel_a_schema_and_a_valid_example() -> None:
         assert exchange == ("clientpress.mail" if private else "clientpress.events")
         assert channel.get("x-internal", False) is private
         operation = "publish" if event_type == "invitation.requested" else "subscribe"
-        ref = channel[operation]["message"]["$ref"].rsplit("/", 1)[1]
+        # A type with several versions lists each of them.
+        listed = channel[operation]["message"]
+        refs = [m["$ref"] for m in listed["oneOf"]] if "oneOf" in listed else [listed["$ref"]]
+        ref = f"{event_type}.v{version}"
+        assert f"#/components/messages/{ref}" in refs
         message = messages[ref]
         assert model.__name__ in schemas
         data_ref = message["payload"]["allOf"][1]["properties"]["data"]["$ref"]

@@ -344,6 +344,15 @@ class MailRequested(EventData):
     )
 
 
+class MailJobs(EventData):
+    """``mail.requested`` version 2: several mail jobs in one message (the first
+    invitations of a batch, written together), so the broker carries, and the mailer
+    records, one message for many emails. Each job is a version 1 job; the mailer takes
+    both versions."""
+
+    jobs: list[MailRequested] = Field(min_length=1, max_length=1000)
+
+
 class MailSent(EventData):
     mail_id: uuid.UUID
     template: str
@@ -416,10 +425,16 @@ EVENTS: dict[tuple[str, int], type[EventData]] = {
     ("invitation.staff.accepted", 1): StaffInvitationAccepted,
     ("invitation.settings.changed", 1): SettingsChanged,
     ("mail.requested", 1): MailRequested,
+    ("mail.requested", 2): MailJobs,
     ("mail.sent", 1): MailSent,
     ("mail.retrying", 1): MailRetrying,
     ("mail.failed", 1): MailFailed,
     ("settings.branding.changed", 1): BrandingChanged,
+}
+
+# The version of each (type, model): what make_event stamps on an event of that model.
+VERSIONS: dict[tuple[str, type[EventData]], int] = {
+    (event_type, model): version for (event_type, version), model in EVENTS.items()
 }
 
 PRIVATE_TYPES = frozenset({"mail.requested"})
@@ -435,10 +450,13 @@ def make_event(
     *,
     source: str,
     correlation_id: str | None = None,
-    version: int = 1,
+    version: int | None = None,
     actor: Actor | None = None,
 ) -> Envelope:
-    """``actor``: who made the change; by default the request's (libs/common/actor.py)."""
+    """``actor``: who made the change; by default the request's (libs/common/actor.py).
+    ``version``: by default the one whose model ``data`` is."""
+    if version is None:
+        version = VERSIONS.get((event_type, type(data)), 1)
     if EVENTS.get((event_type, version)) is not type(data):
         raise ValueError(f"{event_type} v{version} does not carry {type(data).__name__}")
     return Envelope(

@@ -1,4 +1,4 @@
-"""The edge: a ``mail.requested`` job from the private mail exchange → RequestMail; a
+"""The edge: ``mail.requested`` jobs from the private mail exchange → RequestMail; a
 public lifecycle event → its webhook deliveries. Each handler gets ``Deps`` on the inbox
 transaction's connection (libs/common/bus.py ``in_inbox``): the job or the deliveries
 commit with the inbox row."""
@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 from libs.common.broker import CONSUMES
 from libs.common.bus import ServiceHandler, Together
-from libs.common.events import Envelope, Event, EventData, MailRequested
+from libs.common.events import Envelope, Event, EventData, MailJobs, MailRequested
 
 from .domain import RequestMail
-from .handlers import Deps, request_mail
+from .handlers import Deps, request_mails
 from .webhooks.domain import EVENT_TYPES
 from .webhooks.handlers import queue_events
 
@@ -20,10 +20,14 @@ BINDINGS = CONSUMES["mailer"]
 
 
 async def on_mail_requested(deps: Deps, envelope: Envelope, data: EventData) -> None:
-    # Only records the job: SMTP happens in the senders, so a slow or dead mail server
-    # never holds up the queue.
-    assert isinstance(data, MailRequested)
-    await request_mail(deps, RequestMail.of_job(data, envelope.correlation_id))
+    # Only records the jobs: SMTP happens in the senders, so a slow or dead mail server
+    # never holds up the queue. Version 1 is one job, version 2 several.
+    if isinstance(data, MailJobs):
+        jobs = data.jobs
+    else:
+        assert isinstance(data, MailRequested)
+        jobs = [data]
+    await request_mails(deps, [RequestMail.of_job(job, envelope.correlation_id) for job in jobs])
 
 
 async def on_lifecycle_events(deps: Deps, events: Sequence[Event]) -> None:

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from libs.common.db import UseCaseDeps, atomic, connection
+import asyncpg
+
+from libs.common.db import Conn, UseCaseDeps, atomic, connection
 from libs.common.events import Envelope, MailFailed, MailRetrying, MailSent, make_event
 from libs.common.logging import get_logger
 from libs.common.outbox import append, change_and_append, changes_and_append
@@ -18,6 +20,7 @@ from libs.common.tracing import carrier
 
 from . import repository
 from .domain import (
+    MAX_ERROR_LENGTH,
     Delivery,
     FailureReason,
     InvalidAddress,
@@ -31,6 +34,8 @@ from .settings import MailerSettings
 log = get_logger(__name__)
 
 SOURCE = "mailer"
+# What a job's values can make the database refuse (a NUL in a text, say).
+UNSTORABLE = (asyncpg.DataError, UnicodeEncodeError)
 
 
 @dataclass(frozen=True)
@@ -43,28 +48,63 @@ class Deps(UseCaseDeps):
 
 
 async def request_mail(deps: Deps, command: RequestMail) -> bool:
-    """Record the job (idempotent by mail_id), in one transaction (in a consumer's, its
-    inbox transaction: a failure fails the message, so no savepoint is needed).
+    """One job (:func:`request_mails`); True when a new delivery was queued."""
+    return bool(await request_mails(deps, [command]))
 
-    Returns True when a new delivery was queued and the senders should be woken. A job
-    whose address can't go into a To header fails at once, without storing its link."""
+
+async def request_mails(deps: Deps, commands: Sequence[RequestMail]) -> set[uuid.UUID]:
+    """Record jobs (idempotent by mail_id) in one transaction (in a consumer's, its inbox
+    transaction), the good ones in one statement. A job whose address can't go into a To
+    header fails at once, without storing its link. If the statement for several fails,
+    each is stored on its own and one that still can't be is refused (its neighbours are
+    not held back); one job alone fails its message, which is retried.
+
+    Returns the mail ids queued now (the senders are woken at commit)."""
     async with atomic(deps.db) as conn:
-        try:
-            to_address = normalise_address(command.to)
-        except InvalidAddress as exc:
-            error = f"invalid address: {exc}"[:500]
-            if await repository.insert_failed(conn, command, error):
-                log.warning("mail_invalid_address", mail_id=str(command.mail_id))
-                failed = _failed_event(command, FailureReason.INVALID_ADDRESS, attempts=0)
-                await append(conn, failed)
-            return False
-        # The send, whenever it comes, continues the trace of the request that asked.
-        queued = await repository.insert_queued(conn, command, to_address, carrier())
-        if queued:
+        good: list[tuple[RequestMail, str]] = []
+        for command in commands:
+            try:
+                good.append((command, normalise_address(command.to)))
+            except InvalidAddress as exc:
+                reason = FailureReason.INVALID_ADDRESS
+                await _refuse(conn, command, reason, f"invalid address: {exc}")
+        # The sends, whenever they come, continue the trace of the request that asked.
+        trace = carrier()
+        if len(good) <= 1:
+            queued = await repository.insert_queued(conn, good, trace) if good else set()
+        else:
+            queued = await _queue_many(conn, good, trace)
+    for command, _ in good:
+        if command.mail_id in queued:
             log.info("mail_queued", mail_id=str(command.mail_id), template=command.template)
         else:
             log.info("mail_duplicate_ignored", mail_id=str(command.mail_id))
-        return queued
+    return queued
+
+
+async def _queue_many(
+    conn: Conn, good: Sequence[tuple[RequestMail, str]], trace: str | None
+) -> set[uuid.UUID]:
+    try:
+        async with conn.transaction():
+            return await repository.insert_queued(conn, good, trace)
+    except UNSTORABLE:
+        log.info("mail_jobs_split", jobs=len(good))
+    queued: set[uuid.UUID] = set()
+    for command, to_address in good:
+        try:
+            async with conn.transaction():
+                queued |= await repository.insert_queued(conn, [(command, to_address)], trace)
+        except UNSTORABLE as exc:
+            reason = FailureReason.INVALID_CONTEXT
+            await _refuse(conn, command, reason, f"the job can't be stored: {exc}")
+    return queued
+
+
+async def _refuse(conn: Conn, command: RequestMail, reason: FailureReason, error: str) -> None:
+    if await repository.insert_failed(conn, command, error[:MAX_ERROR_LENGTH]):
+        log.warning(f"mail_{reason.value}", mail_id=str(command.mail_id))
+        await append(conn, _failed_event(command, reason, attempts=0))
 
 
 async def record_sent(deps: Deps, delivery: Delivery, claimed_at: datetime) -> bool:

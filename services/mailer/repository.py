@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import orjson
@@ -16,29 +16,33 @@ WAKE_CHANNEL = "mailer_wake"
 
 
 async def insert_queued(
-    conn: Conn, job: RequestMail, to_address: str, trace_context: str | None = None
-) -> bool:
-    """True when recorded now (and the senders are woken at commit); False when this
-    mail_id was already known. One round trip: the row and its NOTIFY."""
-    inserted = await conn.fetchval(
-        "WITH row AS (INSERT INTO deliveries"
+    conn: Conn, jobs: Sequence[tuple[RequestMail, str]], trace_context: str | None = None
+) -> set[uuid.UUID]:
+    """Record jobs ``(job, its checked To address)`` in one statement, with a wake-up for
+    the senders at commit. The mail ids recorded now; one already known is left as it is."""
+    rows = await conn.fetch(
+        "WITH queued AS (INSERT INTO deliveries"
         " (mail_id, template, to_address, ref_type, ref_id, context, correlation_id,"
         "  trace_context, locale)"
-        " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $9, $10)"
-        " ON CONFLICT (mail_id) DO NOTHING RETURNING 1)"
-        " SELECT count(*) FROM (SELECT pg_notify($8, '') FROM row) AS woken",
-        job.mail_id,
-        job.template,
-        to_address,
-        job.ref_type,
-        job.ref_id,
-        orjson.dumps(dict(job.context)).decode(),
-        job.correlation_id,
-        WAKE_CHANNEL,
+        " SELECT v.mail_id, v.template, v.to_address, v.ref_type, v.ref_id, v.context::jsonb,"
+        "  v.correlation_id, $8, v.locale"
+        " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[],"
+        "  $6::text[], $7::text[], $10::text[])"
+        "  AS v(mail_id, template, to_address, ref_type, ref_id, context, correlation_id, locale)"
+        " ON CONFLICT (mail_id) DO NOTHING RETURNING mail_id)"
+        " SELECT q.mail_id FROM queued AS q CROSS JOIN LATERAL (SELECT pg_notify($9, '')) AS woken",
+        [job.mail_id for job, _ in jobs],
+        [job.template for job, _ in jobs],
+        [to_address for _, to_address in jobs],
+        [job.ref_type for job, _ in jobs],
+        [job.ref_id for job, _ in jobs],
+        [orjson.dumps(dict(job.context)).decode() for job, _ in jobs],
+        [job.correlation_id for job, _ in jobs],
         trace_context,
-        (job.locale or "")[:100] or None,
+        WAKE_CHANNEL,
+        [(job.locale or "")[:100] or None for job, _ in jobs],
     )
-    return bool(inserted)
+    return {row["mail_id"] for row in rows}
 
 
 async def insert_failed(conn: Conn, job: RequestMail, error: str) -> bool:
@@ -51,13 +55,19 @@ async def insert_failed(conn: Conn, job: RequestMail, error: str) -> bool:
         " ON CONFLICT (mail_id) DO NOTHING RETURNING true",
         job.mail_id,
         job.template,
-        job.to.replace("\r", " ").replace("\n", " ")[:320],
-        job.ref_type,
+        _storable(job.to.replace("\r", " ").replace("\n", " ")[:320]),
+        _storable(job.ref_type),
         job.ref_id,
-        job.correlation_id,
-        error,
+        _storable(job.correlation_id),
+        _storable(error),
     )
     return bool(inserted)
+
+
+def _storable(text: str | None) -> str | None:
+    """Without NUL, which no text column holds: a job that could not be stored as it came
+    is still recorded as refused."""
+    return None if text is None else text.replace("\x00", "")
 
 
 async def claim_due(

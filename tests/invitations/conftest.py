@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.invitations.app import create_app
 from services.invitations.settings import InvitationsSettings
 from tests.support.env import TestEnv
-from tests.support.mailjobs import opened
+from tests.support.mailjobs import jobs_of, opened
 
 PUBLIC_URL = "https://clients.example.com"
 
@@ -205,7 +205,12 @@ async def outbox_events(pool: asyncpg.Pool, invitation_id: str) -> list[tuple[st
         " WHERE convert_from(body, 'UTF8') LIKE '%' || $1 || '%' ORDER BY seq",
         invitation_id,
     )
-    return [(row["routing_key"], opened(orjson.loads(row["body"]))) for row in rows]
+    # A batch's mail jobs travel together (mail.requested version 2): this one's job.
+    return [
+        (row["routing_key"], job)
+        for row in rows
+        for job in jobs_of(opened(orjson.loads(row["body"])), invitation_id)
+    ]
 
 
 async def last_token(pool: asyncpg.Pool, invitation_id: str) -> str:

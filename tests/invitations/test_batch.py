@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -16,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from libs.common.web import BUS_PARTS
 from services.invitations.handlers import batch as batch_module
 from tests.invitations.conftest import World, outbox_events
+from tests.support.mailjobs import opened
 
 pytestmark = pytest.mark.integration
 
@@ -166,7 +168,43 @@ async def test_a_batch_is_written_before_any_of_its_events_is_published(
             break
         await asyncio.sleep(0.1)
     assert unpublished == 0
-    # invitation.created and mail.requested for each row.
-    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE seq > $1", before) == 2 * len(
+    # invitation.created for each row, and each chunk's mail jobs in one message.
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE seq > $1", before) == len(
         rows
+    ) + len(rows) // batch_module.CHUNK
+
+
+async def test_a_chunks_mail_jobs_travel_in_one_message_each_sealed(
+    client: Client, world: World, pool: asyncpg.Pool
+) -> None:
+    portal = world.add_portal()
+    before = await pool.fetchval("SELECT coalesce(max(seq), 0) FROM outbox")
+    rows = [{"email": new_email("jobs"), "name": f"Client {n}"} for n in range(batch_module.CHUNK + 3)]
+    results = await batch(client, portal["id"], rows)
+    made = {r["invitation_id"]: rows[r["row"] - 1] for r in results}
+    assert len(made) == len(rows)
+
+    messages = await pool.fetch(
+        "SELECT routing_key, exchange, body FROM outbox WHERE seq > $1 ORDER BY seq", before
     )
+    jobs = [m for m in messages if m["routing_key"] == "mail.requested"]
+    # Two chunks (500 and 3 rows): two messages, version 2, on the private mail exchange.
+    assert len(jobs) == 2 and all(m["exchange"] == "mail" for m in jobs)
+    bodies = [orjson.loads(m["body"]) for m in jobs]
+    assert [b["version"] for b in bodies] == [2, 2]
+    assert [len(b["data"]["jobs"]) for b in bodies] == [batch_module.CHUNK, 3]
+    # The links are sealed in the message, one per job, each for its own invitation.
+    for message in jobs:
+        assert b"token=" not in message["body"]
+    seen = {}
+    for body in bodies:
+        for job in opened(body)["data"]["jobs"]:
+            seen[job["ref_id"]] = job
+    assert set(seen) == set(made)
+    for invitation_id, row in made.items():
+        job = seen[invitation_id]
+        assert job["to"] == row["email"] and job["context"]["invitee_name"] == row["name"]
+    tokens = {job["context"]["accept_url"] for job in seen.values()}
+    assert len(tokens) == len(made)
+    created = [m for m in messages if m["routing_key"] == "invitation.created"]
+    assert len(created) == len(rows)

@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from libs.common.bus import Bus
-from libs.common.events import Envelope, MailRequested, make_event
+from libs.common.events import Envelope, MailJobs, MailRequested, make_event
 from libs.common.sealing import DEVELOPMENT_KEY, Sealer
 from services.mailer.app import create_app
 from services.mailer.settings import MailerSettings
@@ -111,6 +111,16 @@ def sealed(job: MailRequested) -> MailRequested:
 
 async def publish_job(bus: Bus, job: MailRequested) -> Envelope:
     envelope = make_event("mail.requested", sealed(job), source="invitations")
+    await bus.publish_envelope(envelope, kind="mail")
+    return envelope
+
+
+async def publish_jobs(bus: Bus, jobs: list[MailRequested]) -> Envelope:
+    """Several jobs in one message, as invitations writes a batch's (version 2)."""
+    envelope = make_event(
+        "mail.requested", MailJobs(jobs=[sealed(job) for job in jobs]), source="invitations"
+    )
+    assert envelope.version == 2
     await bus.publish_envelope(envelope, kind="mail")
     return envelope
 

@@ -18,6 +18,7 @@ from libs.common.events import (
     EventData,
     InvitationCreated,
     InvitationResent,
+    MailJobs,
     MailRequested,
 )
 from libs.common.i18n import check_locale
@@ -243,10 +244,17 @@ def prepare_first(
 
 async def write_first_sends(conn: Conn, firsts: Sequence[FirstSend]) -> None:
     """What follows the rows of these new invitations, in the same transaction: their
-    first links and their events (each email's ``invitation.created`` then its
-    ``mail.requested``), in one statement each however many there are."""
+    first links and their events, in one statement each however many there are: one
+    email's ``invitation.created`` then its ``mail.requested``; for several, every
+    ``invitation.created`` then one ``mail.requested`` version 2 with all the jobs."""
     await repo.record_first_links(conn, [row for f in firsts for row in f.rows], sends.FIRST)
-    events = [pair for f in firsts for pair in f.events()]
+    if len(firsts) == 1:
+        events = list(firsts[0].events())
+    else:
+        # Many emails (a batch's chunk): their invitation.created, then all their mail
+        # jobs in one message, one for the broker to carry and the mailer to record.
+        events = [("invitation.created", c) for f in firsts for c in f.created]
+        events.append(("mail.requested", MailJobs(jobs=[f.mail for f in firsts])))
     await emit(conn, *events[0], *events[1:])
 
 

@@ -4,8 +4,10 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from libs.common.actor import Actor
+from libs.common.context import correlation_id_var
 from libs.common.events import (
     EVENTS,
     BrandingChanged,
@@ -212,3 +214,32 @@ def test_to_json_writes_the_bytes_orjson_did() -> None:
         assert envelope.to_json() == _orjson_bytes(envelope)
     assert b'"actor"' not in envelopes[0].to_json()
     assert b'"actor":{"type":"user"' in envelopes[1].to_json()
+
+
+def test_a_made_envelope_is_what_its_json_reads_back_as() -> None:
+    for envelope in _sample_envelopes()[: 2 * len(SAMPLE_DATA)]:
+        parsed = Envelope.model_validate(orjson.loads(envelope.to_json()))
+        for field in Envelope.model_fields:
+            assert getattr(parsed, field) == getattr(envelope, field), field
+        assert parsed == envelope
+        assert parsed.model_dump() == envelope.model_dump()
+        assert envelope.model_fields_set == set(Envelope.model_fields)
+        with pytest.raises(ValidationError):
+            envelope.source = "other"  # type: ignore[misc]
+
+
+def test_a_correlation_id_envelopes_cant_carry_is_refused() -> None:
+    data = BrandingChanged(changed=["logo"])
+    envelope = make_event("settings.branding.changed", data, source="t", correlation_id="c" * 100)
+    assert envelope.correlation_id == "c" * 100
+    with pytest.raises(ValidationError):
+        make_event("settings.branding.changed", data, source="t", correlation_id="c" * 101)
+    token = correlation_id_var.set("request-1")
+    try:
+        assert make_event("settings.branding.changed", data, source="t").correlation_id == (
+            "request-1"
+        )
+        empty = make_event("settings.branding.changed", data, source="t", correlation_id="")
+        assert empty.correlation_id == "request-1"
+    finally:
+        correlation_id_var.reset(token)

@@ -41,10 +41,10 @@ class Envelope(BaseModel):
     )
 
     def to_json(self) -> bytes:
-        body = self.model_dump(mode="json")
-        if body["actor"] is None:
-            del body["actor"]  # an event with no actor reads as it always did
-        return orjson.dumps(body)
+        """Written by pydantic-core in one pass (it runs twice a row of a batch), byte for
+        byte what orjson makes of ``model_dump(mode="json")``."""
+        exclude = {"actor"} if self.actor is None else None  # reads as it always did
+        return self.__pydantic_serializer__.to_json(self, exclude=exclude)
 
 
 # --- identity -------------------------------------------------------------------------

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import random
+
 import asyncpg
+import email_validator
 import pytest
 
-from libs.common.email import InvalidEmail, email_key, normalise_email, same_email
+from libs.common.email import (
+    InvalidEmail,
+    _full,
+    _plain,
+    email_key,
+    email_or_none,
+    normalise_email,
+    same_email,
+)
 from libs.common.errors import InvalidInput
 from tests.support.env import TestEnv
 
@@ -72,3 +83,179 @@ async def test_the_key_is_postgresqls_lower(migrated_schemas: TestEnv, address: 
         )
     finally:
         await connection.close()
+
+
+# --- the fast path for plain addresses, against the validator --------------------------
+def _agree(value: str) -> str | None:
+    """The fast path's answer, after checking it against the validator's: never an
+    address the validator refuses, never a different spelling."""
+    fast = _plain(value)
+    try:
+        full = _full(value)
+    except InvalidEmail:
+        assert fast is None, value
+        return None
+    assert fast is None or fast == full, value
+    return fast
+
+
+def _long(local: int, domain: int) -> str:
+    """An address with a local part and a domain of these lengths (labels of 62)."""
+    return "x" * local + "@" + (("a" * 62 + ".") * 4 + "com")[-domain:]
+
+
+ATEXT_SPECIALS = "!#$%&'*+-/=?^_`{|}~"
+EDGE_CASES = [
+    "Jane.Doe+x@Example.COM",
+    "a@b.co",
+    "A@EXAMPLE.COM",
+    "a@B.Example.Org",
+    "postmaster@example.com",
+    "PostMaster@example.com",
+    "Abuse@Example.com",
+    "INFO@example.com",
+    "info.x@example.com",
+    "a@b.test",
+    "a@B.TEST",
+    "a@test",
+    "a@localhost",
+    "a@x.local",
+    "a@local",
+    "a@x.invalid",
+    "a@example.onion",
+    "a@x.arpa",
+    "a@in-addr.arpa",
+    "a@xn--bcher-kva.example",
+    "a@XN--bcher-kva.example",
+    "a@xn--.example",
+    "a@ab--cd.example",
+    "a@a--b.example",
+    "a@a-b.example",
+    "a@a-.example",
+    "a@-a.example",
+    "a@a.-example",
+    "a@a.example-",
+    "a@example.x-y",
+    "a@example.123",
+    "a@example.c0m",
+    "a@example.co1",
+    "a@1.2.3.4",
+    "a@123.com",
+    "a@example.c",
+    "a@example",
+    "a@EXAMPLE",
+    ".a@example.com",
+    "a.@example.com",
+    "a..b@example.com",
+    "a@.example.com",
+    "a@example.com.",
+    "a@example..com",
+    "a@exa_mple.com",
+    "a@b@example.com",
+    "@example.com",
+    "a@",
+    "a",
+    '"ab"@example.com',
+    '"a.b"@example.com',
+    '"a b"@example.com',
+    "a@[127.0.0.1]",
+    "a@[IPv6:::1]",
+    "a(b)@example.com",
+    "a[b]@example.com",
+    "a\\b@example.com",
+    "a:b@example.com",
+    _long(64, 11),
+    _long(65, 11),
+    _long(64, 189),
+    _long(64, 190),
+    _long(1, 252),
+    _long(1, 253),
+    _long(1, 254),
+    "a@" + "b" * 63 + ".com",
+    "a@" + "b" * 64 + ".com",
+    "a@example." + "b" * 63,
+    "a@example." + "b" * 64,
+    *(f"a{c}b@example.com" for c in ATEXT_SPECIALS),
+    *(f"{c}@example.com" for c in ATEXT_SPECIALS),
+    *(f"{c}.{c}@example.com" for c in ATEXT_SPECIALS),
+    ATEXT_SPECIALS + "@example.com",
+]
+# email-validator's settings a program may change; the fast path must stay right.
+VALIDATOR_SETTINGS = [
+    {},
+    {"TEST_ENVIRONMENT": True},
+    {"GLOBALLY_DELIVERABLE": False},
+    {"STRICT": True},
+    {"ALLOW_QUOTED_LOCAL": True, "ALLOW_DOMAIN_LITERAL": True, "ALLOW_EMPTY_LOCAL": True},
+    {"SPECIAL_USE_DOMAIN_NAMES": [*email_validator.SPECIAL_USE_DOMAIN_NAMES, "example.com"]},
+]
+
+
+@pytest.mark.parametrize("settings", VALIDATOR_SETTINGS)
+def test_the_fast_path_agrees_with_the_validator_on_edge_cases(
+    monkeypatch: pytest.MonkeyPatch, settings: dict[str, object]
+) -> None:
+    for name, value in settings.items():
+        monkeypatch.setattr(email_validator, name, value)
+    for value in EDGE_CASES:
+        _agree(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "fast", "full"),
+    [
+        (_long(64, 11), True, True),
+        (_long(65, 11), False, True),  # longer than 64 only in the validator's strict mode
+        ("a@" + "b" * 63 + ".com", True, True),
+        ("a@" + "b" * 64 + ".com", False, False),
+        (_long(64, 189), True, True),  # 254 characters
+        (_long(64, 190), False, False),
+        (_long(1, 252), True, True),  # 254
+        (_long(1, 253), False, False),  # the domain's limit, but 255 in all
+        (_long(1, 254), False, False),
+    ],
+)
+def test_the_fast_path_at_the_length_limits(value: str, fast: bool, full: bool) -> None:
+    assert (_agree(value) is not None) is fast
+    assert (email_or_none(value) is not None) is full
+
+
+def test_the_fast_path_agrees_with_the_validator_on_random_strings() -> None:
+    rng = random.Random(20240601)
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    tricky = letters + "0123456789" + ".-_+@" + ATEXT_SPECIALS
+    special_tlds = ["test", "local", "localhost", "invalid", "onion", "arpa", "example"]
+
+    def part(alphabet: str) -> str:
+        size = rng.choice([1, 2, 3, 5, 8, 12]) if rng.random() < 0.9 else rng.randint(60, 70)
+        if rng.random() < 0.1:  # a long run of one character
+            return rng.choice(alphabet) * size
+        return "".join(rng.choice(alphabet) for _ in range(size))
+
+    accepted = refused = 0
+    for _ in range(20_000):
+        local = part(letters + "0123456789.+_-" if rng.random() < 0.7 else tricky)
+        labels = [part(letters + "0123456789-") for _ in range(rng.randint(1, 4))]
+        if rng.random() < 0.15:
+            labels.append(rng.choice(special_tlds))
+        value = local + "@" + ".".join(labels)
+        if rng.random() < 0.3:  # a character of the tricky alphabet anywhere
+            at = rng.randrange(len(value) + 1)
+            value = value[:at] + rng.choice(tricky) + value[at:]
+        if _agree(value) is None:
+            refused += 1
+        else:
+            accepted += 1
+    # Both sides of the comparison are well exercised.
+    assert accepted > 4_000 and refused > 4_000, (accepted, refused)
+
+
+def test_the_fast_path_takes_common_addresses() -> None:
+    for raw, expected in [
+        ("Jane.Doe+x@Example.COM", "Jane.Doe+x@example.com"),
+        (" bob@example.org ", "bob@example.org"),
+        ("c.d+tag@Sub.Example.Net", "c.d+tag@sub.example.net"),
+        ("o'neil_1@mail.example.co.uk", "o'neil_1@mail.example.co.uk"),
+    ]:
+        assert _plain(raw.strip()) == expected
+        assert normalise_email(raw) == expected

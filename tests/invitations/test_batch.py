@@ -169,9 +169,10 @@ async def test_a_batch_is_written_before_any_of_its_events_is_published(
         await asyncio.sleep(0.1)
     assert unpublished == 0
     # invitation.created for each row, and each chunk's mail jobs in one message.
-    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE seq > $1", before) == len(
-        rows
-    ) + len(rows) // batch_module.CHUNK
+    assert (
+        await pool.fetchval("SELECT count(*) FROM outbox WHERE seq > $1", before)
+        == len(rows) + len(rows) // batch_module.CHUNK
+    )
 
 
 async def test_a_chunks_mail_jobs_travel_in_one_message_each_sealed(
@@ -179,7 +180,9 @@ async def test_a_chunks_mail_jobs_travel_in_one_message_each_sealed(
 ) -> None:
     portal = world.add_portal()
     before = await pool.fetchval("SELECT coalesce(max(seq), 0) FROM outbox")
-    rows = [{"email": new_email("jobs"), "name": f"Client {n}"} for n in range(batch_module.CHUNK + 3)]
+    rows = [
+        {"email": new_email("jobs"), "name": f"Client {n}"} for n in range(batch_module.CHUNK + 3)
+    ]
     results = await batch(client, portal["id"], rows)
     made = {r["invitation_id"]: rows[r["row"] - 1] for r in results}
     assert len(made) == len(rows)

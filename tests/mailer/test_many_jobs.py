@@ -30,14 +30,19 @@ def _address(tag: str = "many") -> str:
     return f"{tag}-{uuid.uuid4().hex[:8]}@example.com"
 
 
-async def test_each_job_of_one_message_is_sent_once_with_its_own_link(
-    start_mailer: StartMailer,
-    publisher: Bus,
-    smtp_sink: SmtpSink,
-    pool_factory: PoolFactory,
-) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
+@pytest.fixture
+async def pool(
+    start_mailer: StartMailer, smtp_sink: SmtpSink, pool_factory: PoolFactory
+) -> asyncpg.Pool:
+    """The mailer's tables, with a mailer running that sends to ``smtp_sink``."""
     await start_mailer(smtp_sink.port)
+    mailer_pool: asyncpg.Pool = await pool_factory("mailer")
+    return mailer_pool
+
+
+async def test_each_job_of_one_message_is_sent_once_with_its_own_link(
+    pool: asyncpg.Pool, publisher: Bus, smtp_sink: SmtpSink
+) -> None:
     made = [invitation_job(_address()) for _ in range(25)]
     jobs = [job for job, _ in made]
     envelope = await publish_jobs(publisher, jobs)
@@ -57,13 +62,8 @@ async def test_each_job_of_one_message_is_sent_once_with_its_own_link(
 
 
 async def test_a_bad_job_fails_alone_and_its_neighbours_are_sent(
-    start_mailer: StartMailer,
-    publisher: Bus,
-    smtp_sink: SmtpSink,
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool, publisher: Bus, smtp_sink: SmtpSink
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
-    await start_mailer(smtp_sink.port)
     good = [invitation_job(_address())[0] for _ in range(3)]
     header_injection = invitation_job("victim@example.com\r\nBcc: attacker@example.net")[0]
     # A NUL can't be stored in a text column: the statement for all of them fails, and

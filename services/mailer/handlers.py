@@ -47,11 +47,6 @@ class Deps(UseCaseDeps):
     settings: MailerSettings
 
 
-async def request_mail(deps: Deps, command: RequestMail) -> bool:
-    """One job (:func:`request_mails`); True when a new delivery was queued."""
-    return bool(await request_mails(deps, [command]))
-
-
 async def request_mails(deps: Deps, commands: Sequence[RequestMail]) -> set[uuid.UUID]:
     """Record jobs (idempotent by mail_id) in one transaction (in a consumer's, its inbox
     transaction), the good ones in one statement. A job whose address can't go into a To

@@ -88,7 +88,8 @@ async def test_sends_finishing_together_are_claimed_and_recorded_together(
     ]
     async with pool.acquire() as conn, conn.transaction():
         for command in commands:
-            assert await handlers.request_mail(Deps(db=conn, settings=MailerSettings()), command)
+            deps = Deps(db=conn, settings=MailerSettings())
+            assert command.mail_id in await handlers.request_mails(deps, [command])
 
     claims: list[int] = []
     records: list[int] = []
@@ -147,7 +148,7 @@ async def test_a_batch_of_outcomes_refuses_only_the_claim_taken_over(
     stale, fresh = _command("stale@example.com"), _command("fresh@example.com")
     deps = Deps(db=pool, settings=MailerSettings())
     for command in (stale, fresh):
-        assert await handlers.request_mail(deps, command)
+        assert command.mail_id in await handlers.request_mails(deps, [command])
     claimed = await handlers.claim(deps, 2)
     assert len(claimed) == 2
     by_id = {delivery.mail_id: (delivery, at) for delivery, at in claimed}

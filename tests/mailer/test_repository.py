@@ -55,7 +55,7 @@ def _deps(db: Any) -> Deps:
 
 async def _record(pool: asyncpg.Pool, command: RequestMail) -> bool:
     async with pool.acquire() as conn, conn.transaction():
-        return await handlers.request_mail(_deps(conn), command)
+        return command.mail_id in await handlers.request_mails(_deps(conn), [command])
 
 
 async def test_sixteen_concurrent_copies_of_one_job_record_one_delivery(

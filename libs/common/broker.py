@@ -143,10 +143,13 @@ def sender_problem(
     return None
 
 
+_MANDATORY = frozenset(b.routing_key for bs in CONSUMES.values() for b in bs)
+
+
 def mandatory(event_type: str) -> bool:
     """A type some service's durable queue must receive: published mandatory, so an
     unroutable message comes back and stays in the outbox instead of vanishing."""
-    return any(b.routing_key == event_type for bs in CONSUMES.values() for b in bs)
+    return event_type in _MANDATORY
 
 
 def queue_arguments(prefix: str, service: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from aio_pika.connection import make_url
 from opentelemetry.trace import SpanKind
 
 from . import broker, tracing
+from .acks import Acks
 from .actor import set_actor
 from .amqp_transport import CoalescingTransportFactory
 from .batching import GroupCommit
@@ -313,6 +314,7 @@ class Consumer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._apply = GroupCommit(self._apply_together, max_batch=APPLY_BATCH)
+        self.acks = Acks()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking messages and wait for the current ones to finish."""
@@ -361,12 +363,12 @@ class Consumer:
         if not trusted_sender(self.prefix, envelope, message):
             EVENTS_DEAD_LETTERED.labels(envelope.type, "untrusted_sender").inc()
             EVENTS_CONSUMED.labels(envelope.type, "refused").inc()
-            await message.reject(requeue=False)
+            await self._reject(message)
             return
         handler = self.handlers.get(envelope.type)
         if handler is None:
             EVENTS_CONSUMED.labels(envelope.type, "ignored").inc()
-            await message.ack()
+            await self._ack(message)
             return
         try:
             data = parse_data(envelope)
@@ -392,11 +394,26 @@ class Consumer:
             # Pause before handing it back, so a failing dependency isn't hammered.
             await asyncio.sleep(min(0.2 * 2**deliveries, 5.0))
             await message.nack(requeue=True)
+            self._settled(message)
             return
         EVENTS_CONSUMED.labels(envelope.type, "applied" if fresh else "duplicate").inc()
         if not fresh:
             log.info("event_duplicate_skipped")
-        await message.ack()
+        await self._ack(message)
+
+    async def _ack(self, message: AbstractIncomingMessage) -> None:
+        """Acknowledge with the others that finish in this turn of the loop (libs/common/acks)."""
+        assert message.delivery_tag is not None  # consumed with acknowledgements
+        await self.acks.of(message.channel).ack(message.delivery_tag)
+
+    async def _reject(self, message: AbstractIncomingMessage) -> None:
+        """Dead-letter at once (the queue's dead-letter exchange takes it)."""
+        await message.reject(requeue=False)
+        self._settled(message)
+
+    def _settled(self, message: AbstractIncomingMessage) -> None:
+        assert message.delivery_tag is not None
+        self.acks.of(message.channel).settled(message.delivery_tag)
 
     async def _apply_patiently(
         self, envelope: Envelope, handler: AnyHandler, data: EventData
@@ -481,7 +498,7 @@ class Consumer:
         log.error("event_malformed_dead_lettered", reason=why, message_id=message.message_id)
         EVENTS_DEAD_LETTERED.labels(type[:100], "malformed").inc()
         EVENTS_CONSUMED.labels(type[:100], "malformed").inc()
-        await message.reject(requeue=False)
+        await self._reject(message)
 
 
 async def _handle(handler: Handler, conn: Conn, envelope: Envelope, data: EventData) -> None:

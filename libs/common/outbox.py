@@ -128,9 +128,29 @@ async def changes_and_append(
     and each is written only if its key was touched (with one NOTIFY for them all).
     Returns the keys touched. ``trace_context`` is given per event, since a batch carries
     the work of many traces."""
+    rows = await write_with_keyed_events(
+        conn, f"change AS ({change})", args, events, result="SELECT key FROM change"
+    )
+    return {row["key"] for row in rows}
+
+
+async def write_with_keyed_events(
+    conn: Db,
+    changes: str,
+    args: Sequence[object],
+    events: Sequence[tuple[uuid.UUID, Envelope, str | None]],
+    *,
+    result: str,
+) -> list[asyncpg.Record]:
+    """``write_with_events`` for many rows, each with its own events, in one statement
+    (atomic without a transaction): ``changes`` are common table expressions, the first
+    named ``change`` and returning a column ``key`` for each row it touched; ``events`` are
+    ``(key, envelope, trace_context)``, each written only if its key was touched, in the
+    order given, with one NOTIFY for them all. Answers ``result``, a SELECT over the
+    expressions that answers a row whenever ``change`` touched one."""
     n = len(args)
-    rows = await conn.fetch(
-        f"WITH change AS ({change}),"
+    return await conn.fetch(
+        f"WITH {changes},"
         " event AS (INSERT INTO outbox"
         " (id, exchange, routing_key, body, correlation_id, trace_context)"
         " SELECT e.id, e.exchange, e.routing_key, e.body, e.correlation_id, e.trace_context"
@@ -141,13 +161,12 @@ async def changes_and_append(
         " WHERE e.key IN (SELECT key FROM change) ORDER BY e.n RETURNING 1),"
         " woken AS (SELECT pg_notify('outbox_' || current_schema(), '')"
         "  WHERE EXISTS (SELECT 1 FROM event))"
-        " SELECT key FROM change, (SELECT count(*) FROM woken) AS w",
+        f" SELECT r.* FROM ({result}) AS r, (SELECT count(*) FROM woken) AS w",
         *args,
         [key for key, _, _ in events],
         *_columns([e for _, e, _ in events]),
         [trace for _, _, trace in events],
     )
-    return {row["key"] for row in rows}
 
 
 def _exchange(envelope: Envelope) -> ExchangeKind:

@@ -25,6 +25,7 @@ from libs.common.web import (
 from . import api, consumer, domain, handlers, metrics, openapi
 from .clients import Directory
 from .handlers import Deps
+from .handlers.sending import FirstWrites
 from .settings import InvitationsSettings
 
 SERVICE = "invitations"
@@ -86,7 +87,13 @@ def _deps(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         session = new_session()
         directory = Directory(session, settings.identity_url, settings.portals_url, signer=signer)
-        app[api.DEPS] = Deps(db=app[POOL], clock=clock, settings=settings, directory=directory)
+        app[api.DEPS] = Deps(
+            db=app[POOL],
+            clock=clock,
+            settings=settings,
+            directory=directory,
+            firsts=FirstWrites(app[POOL]),
+        )
         yield
         await session.close()
 

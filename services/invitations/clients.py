@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
+from libs.common.batching import GroupCommit
 from libs.common.email import email_key
 from libs.common.errors import NotFound
 from libs.common.http import ServiceClient
@@ -50,6 +52,8 @@ class Directory:
     ):
         self.identity = ServiceClient(session, identity_url, "identity", signer=signer)
         self.portals = ServiceClient(session, portals_url, "portals", signer=signer)
+        # The addresses asked about while a look-up is under way go in the next one.
+        self._lookups = GroupCommit(self._user_ids, max_batch=LOOKUP_BATCH)
 
     async def find_user(self, email: str) -> dict[str, Any] | None:
         """The account of this address (id, email, role, disabled), if there is one."""
@@ -62,8 +66,16 @@ class Directory:
         return user
 
     async def find_user_id(self, email: str) -> uuid.UUID | None:
-        user = await self.find_user(email)
-        return uuid.UUID(str(user["id"])) if user is not None else None
+        """The account of this address, if there is one. Concurrent invitations share one
+        request to identity: one address alone is asked as before, several at once."""
+        return await self._lookups(email)
+
+    async def _user_ids(self, emails: Sequence[str]) -> list[uuid.UUID | None]:
+        if len(emails) == 1:
+            user = await self.find_user(emails[0])
+            return [uuid.UUID(str(user["id"])) if user is not None else None]
+        found = await self.find_user_ids(list(dict.fromkeys(emails)))
+        return [found.get(email_key(email)) for email in emails]
 
     async def user_portal_ids(self, user_id: uuid.UUID) -> set[uuid.UUID]:
         body = await self.portals.call("GET", f"/users/{user_id}/portals")

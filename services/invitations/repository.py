@@ -11,7 +11,7 @@ import asyncpg
 
 from libs.common.db import Conn, Db, columns
 from libs.common.events import Envelope
-from libs.common.outbox import write_with_events
+from libs.common.outbox import write_with_keyed_events
 
 from .clients import PortalInfo
 
@@ -240,29 +240,36 @@ async def insert_many(conn: Conn, rows: Sequence[NewInvitation]) -> int:
     return int(written)
 
 
-async def insert_first(
-    db: Db, row: NewInvitation, reason: str, events: Sequence[Envelope]
-) -> Row | None:
-    """A first invitation, its first link and its events in one statement (atomic without
-    a transaction, one round trip instead of seven). None, with nothing written, when a
-    unique rule said no or the idempotency key names a group: the caller takes the
-    transaction's path, which resends a pending invitation or answers the key."""
-    values = ", ".join(f"${n}::{kind}" for n, kind in enumerate(_NEW_TYPES, start=1))
-    key_at = _NEW_FIELDS.index("idempotency_key") + 1
-    found = await write_with_events(
+# A first invitation on its way into ``insert_firsts``: its row, its events (built in its
+# request's context: correlation id) and its request's trace context.
+FirstWrite = tuple[NewInvitation, Sequence[Envelope], str | None]
+
+
+async def insert_firsts(db: Db, firsts: Sequence[FirstWrite], reason: str) -> dict[uuid.UUID, Row]:
+    """First invitations, each with its first link and its events, in one statement
+    (atomic without a transaction: one round trip for them all, instead of seven each).
+    Answers the rows written, by id. A row that a unique rule said no to, or whose
+    idempotency key names a group, is not written, nor are its link and events: its
+    caller takes the transaction's path, which resends a pending invitation or answers
+    the key."""
+    rows = [row for row, _, _ in firsts]
+    arrays = ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_NEW_TYPES, start=1))
+    found = await write_with_keyed_events(
         db,
-        f"change AS ({_NEW_INSERT} SELECT {values} WHERE NOT EXISTS"
-        f" (SELECT 1 FROM invitation_groups WHERE idempotency_key = ${key_at})"
-        " ON CONFLICT DO NOTHING RETURNING *),"
+        f"change AS ({_NEW_INSERT} SELECT * FROM unnest({arrays})"
+        f" AS n({', '.join(_NEW_FIELDS)})"
+        " WHERE NOT EXISTS (SELECT 1 FROM invitation_groups g"
+        "  WHERE g.idempotency_key = n.idempotency_key)"
+        " ON CONFLICT DO NOTHING RETURNING *, id AS key),"
         " link AS (INSERT INTO invitation_links"
         " (token_hash, invitation_id, email_lower, issued_at, expires_at, reason)"
         f" SELECT token_hash, id, email_lower, sent_at, expires_at, ${len(_NEW_FIELDS) + 1}::text"
         " FROM change)",
-        [*(getattr(row, name) for name in _NEW_FIELDS), reason],
-        events,
+        [*columns(rows, *_NEW_FIELDS), reason],
+        [(row.invitation_id, event, trace) for row, events, trace in firsts for event in events],
         result=f"SELECT {_COLUMNS} FROM change i {_JOIN}",
     )
-    return found[0] if found else None
+    return {row["id"]: row for row in found}
 
 
 async def reissue(

@@ -88,10 +88,10 @@ async def test_a_first_invitation_is_one_statement_that_writes_nothing_when_refu
         email=again.email,
         expires_at=again.expires_at,
     )
-    refused = await repo.insert_first(
-        pool, again, "invited", [envelope("invitation.created", created)]
+    refused = await repo.insert_firsts(
+        pool, [(again, [envelope("invitation.created", created)], None)], "invited"
     )
-    assert refused is None
+    assert refused == {}
     assert await outbox_events(pool, str(again.invitation_id)) == []
     assert not await pool.fetchval(
         "SELECT count(*) FROM invitation_links WHERE token_hash = $1", again.token_hash

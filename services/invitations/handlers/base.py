@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import asyncpg
 
@@ -15,6 +16,9 @@ from libs.common.outbox import append
 
 from ..clients import Directory, PortalInfo
 from ..settings import InvitationsSettings
+
+if TYPE_CHECKING:
+    from .sending import FirstWrites
 
 log = get_logger(__name__)
 
@@ -31,6 +35,12 @@ class Deps(UseCaseDeps):
 
     settings: InvitationsSettings
     directory: Directory
+    # First invitations written together on the pool (None: each in its own statement).
+    firsts: FirstWrites | None = None
+
+    def within(self, conn: Conn) -> Self:
+        """On one connection (a caller's transaction), each statement goes on it."""
+        return dataclasses.replace(self, db=conn, firsts=None)
 
 
 @dataclass(frozen=True, kw_only=True)

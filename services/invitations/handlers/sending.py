@@ -11,7 +11,8 @@ from typing import Literal
 
 import asyncpg
 
-from libs.common.db import Conn, Db, connection, transaction
+from libs.common.batching import GroupCommit
+from libs.common.db import DATABASE_AWAY, Conn, Db, connection, transaction
 from libs.common.email import email_key, normalise_email
 from libs.common.errors import Conflict, NotFound, Unavailable
 from libs.common.events import (
@@ -22,6 +23,7 @@ from libs.common.events import (
     MailRequested,
 )
 from libs.common.i18n import check_locale
+from libs.common.tracing import carrier
 
 from .. import domain
 from .. import repository as repo
@@ -260,16 +262,17 @@ async def write_first_sends(conn: Conn, firsts: Sequence[FirstSend]) -> None:
 
 async def _first_at_once(deps: Deps, first: FirstSend) -> Row | None:
     """The common case, a first invitation, as one statement: its row, its first link and
-    its two events. None when the person has a pending invitation here or the key was
-    used before (or names a group): nothing was written, and the transaction's path
-    decides, as it did before this shortcut."""
+    its two events; on the pool, in the statement of every first invitation asked for
+    meanwhile (``FirstWrites``). None when the person has a pending invitation here or the
+    key was used before (or names a group): nothing was written, and the transaction's
+    path decides, as it did before this shortcut."""
     (row,) = first.rows
-    created = await repo.insert_first(
-        deps.db,
-        row,
-        sends.FIRST,
-        [envelope(event_type, data) for event_type, data in first.events()],
-    )
+    # Built here, in the request's context: its correlation id and its trace.
+    write = (row, [envelope(t, data) for t, data in first.events()], carrier())
+    if deps.firsts is not None:
+        created = await deps.firsts(write)
+    else:
+        created = (await repo.insert_firsts(deps.db, [write], sends.FIRST)).get(row.invitation_id)
     if created is not None:
         log.info(
             "invitation_created",
@@ -277,6 +280,55 @@ async def _first_at_once(deps: Deps, first: FirstSend) -> Row | None:
             portal_id=str(row.portal_id),
         )
     return created
+
+
+# First invitations of concurrent requests in one statement, at most.
+FIRSTS_AT_ONCE = 64
+
+
+class FirstWrites:
+    """The first invitations of concurrent requests, written together: while one
+    statement is on its way, the ones asked for meanwhile wait and go in the next, one
+    statement for all of them (``repository.insert_firsts``: each row with its link and
+    its events, atomic). Each caller gets its own row, or None when a unique rule said no
+    to it. A statement that fails for them all (a value one row can't store) is redone
+    one row at a time, so a row never fails its neighbours."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = FIRSTS_AT_ONCE) -> None:
+        self.pool = pool
+        self._group: GroupCommit[repo.FirstWrite, Row | Exception | None] = GroupCommit(
+            self._write, max_batch=max_batch
+        )
+
+    async def __call__(self, write: repo.FirstWrite) -> Row | None:
+        outcome = await self._group(write)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def _write(self, writes: Sequence[repo.FirstWrite]) -> list[Row | Exception | None]:
+        try:
+            return self._answers(writes, await repo.insert_firsts(self.pool, writes, sends.FIRST))
+        except DATABASE_AWAY:
+            raise  # for them all, as for each alone
+        except Exception as exc:
+            if len(writes) == 1:
+                return [exc]
+            log.info("invitation_firsts_split", rows=len(writes), error=type(exc).__name__)
+        outcomes: list[Row | Exception | None] = []
+        for write in writes:
+            try:
+                written = await repo.insert_firsts(self.pool, [write], sends.FIRST)
+                outcomes.extend(self._answers([write], written))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    @staticmethod
+    def _answers(
+        writes: Sequence[repo.FirstWrite], written: dict[uuid.UUID, Row]
+    ) -> list[Row | Exception | None]:
+        return [written.get(row.invitation_id) for row, _, _ in writes]
 
 
 async def invite(deps: Deps, command: InviteCommand) -> tuple[Row, Outcome]:

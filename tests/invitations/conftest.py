@@ -218,3 +218,32 @@ async def last_token(pool: asyncpg.Pool, invitation_id: str) -> str:
     mails = [e for t, e in await outbox_events(pool, invitation_id) if t == "mail.requested"]
     url = mails[-1]["data"]["context"]["accept_url"]
     return str(url.split("token=", 1)[1])
+
+
+def first_write(portal_id: uuid.UUID, email: str, now: datetime) -> tuple[Any, Any, None]:
+    """A first invitation as ``repository.insert_firsts`` takes it (row, its
+    ``invitation.created``, no trace), written straight to the database."""
+    from libs.common.events import InvitationCreated
+    from services.invitations import repository as repo
+    from services.invitations.handlers.base import envelope
+
+    row = repo.NewInvitation(
+        invitation_id=uuid.uuid4(),
+        email=email,
+        email_lower=email.lower(),
+        portal_id=portal_id,
+        token_hash=uuid.uuid4().hex,
+        sent_at=now,
+        expires_at=now + timedelta(days=7),
+        mail_id=uuid.uuid4(),
+        sub_client=None,
+        invited_by=None,
+        idempotency_key=None,
+    )
+    created = InvitationCreated(
+        invitation_id=row.invitation_id,
+        portal_id=row.portal_id,
+        email=row.email,
+        expires_at=row.expires_at,
+    )
+    return (row, [envelope("invitation.created", created)], None)

@@ -18,6 +18,7 @@ from tests.invitations.conftest import (
     AppFactory,
     Clock,
     World,
+    first_write,
     last_token,
     outbox_events,
 )
@@ -49,9 +50,7 @@ async def test_a_first_invitation_is_one_statement_that_writes_nothing_when_refu
     """The common case is written as one statement (row, first link, both events in
     order); the same person again is refused by the unique rule with nothing of its own
     written, and the transaction's path resends."""
-    from libs.common.events import InvitationCreated
     from services.invitations import repository as repo
-    from services.invitations.handlers.base import envelope
 
     portal = world.add_portal()
     email = new_email()
@@ -69,28 +68,9 @@ async def test_a_first_invitation_is_one_statement_that_writes_nothing_when_refu
         == "invited"
     )
 
-    again = repo.NewInvitation(
-        invitation_id=uuid.uuid4(),
-        email=first["email"],
-        email_lower=first["email"].lower(),
-        portal_id=uuid.UUID(portal["id"]),
-        token_hash=uuid.uuid4().hex,
-        sent_at=clock.now,
-        expires_at=clock.now + timedelta(days=7),
-        mail_id=uuid.uuid4(),
-        sub_client=None,
-        invited_by=None,
-        idempotency_key=None,
-    )
-    created = InvitationCreated(
-        invitation_id=again.invitation_id,
-        portal_id=again.portal_id,
-        email=again.email,
-        expires_at=again.expires_at,
-    )
-    refused = await repo.insert_firsts(
-        pool, [(again, [envelope("invitation.created", created)], None)], "invited"
-    )
+    write = first_write(uuid.UUID(portal["id"]), first["email"], clock.now)
+    again = write[0]
+    refused = await repo.insert_firsts(pool, [write], "invited")
     assert refused == {}
     assert await outbox_events(pool, str(again.invitation_id)) == []
     assert not await pool.fetchval(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -16,12 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from libs.common.context import CORRELATION_HEADER
-from libs.common.events import InvitationCreated
 from services.invitations import repository as repo
 from services.invitations.clients import Directory
-from services.invitations.handlers.base import envelope
 from services.invitations.handlers.sending import FirstWrites
-from tests.invitations.conftest import Clock, World, outbox_events
+from tests.invitations.conftest import Clock, World, first_write, outbox_events
 
 pytestmark = pytest.mark.integration
 
@@ -120,26 +117,7 @@ async def test_a_row_that_cannot_be_written_fails_no_other_in_its_statement(
     firsts = FirstWrites(pool)
 
     def write(email: str) -> repo.FirstWrite:
-        row = repo.NewInvitation(
-            invitation_id=uuid.uuid4(),
-            email=email,
-            email_lower=email.lower(),
-            portal_id=uuid.UUID(portal["id"]),
-            token_hash=uuid.uuid4().hex,
-            sent_at=clock.now,
-            expires_at=clock.now + timedelta(days=7),
-            mail_id=uuid.uuid4(),
-            sub_client=None,
-            invited_by=None,
-            idempotency_key=None,
-        )
-        created = InvitationCreated(
-            invitation_id=row.invitation_id,
-            portal_id=row.portal_id,
-            email=row.email,
-            expires_at=row.expires_at,
-        )
-        return (row, [envelope("invitation.created", created)], None)
+        return first_write(uuid.UUID(portal["id"]), email, clock.now)
 
     good = [write(f"fine-{n}-{uuid.uuid4().hex[:6]}@example.com") for n in range(4)]
     bad = write("nul\x00byte@example.com")  # PostgreSQL can't store a NUL in text

@@ -313,7 +313,12 @@ class Consumer:
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._apply = GroupCommit(self._apply_together, max_batch=APPLY_BATCH)
+        # The messages that arrived while the last transaction ran go in one (group
+        # commit). If anything fails, that transaction is rolled back and each message is
+        # applied on its own, so a failure stays with its message.
+        self._apply = GroupCommit(
+            self._apply_all, max_batch=APPLY_BATCH, redo_alone_if=lambda exc: True
+        )
         self.acks = Acks()
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -424,14 +429,10 @@ class Consumer:
         waited, pause = 0.0, 0.2
         while True:
             try:
-                outcome: bool | Exception
                 if envelope.type in self.alone:
-                    [outcome] = await self._apply_all([applying])
-                else:
-                    outcome = await self._apply(applying)
-                if isinstance(outcome, Exception):
-                    raise outcome
-                return outcome
+                    [applied] = await self._apply_all([applying])
+                    return applied
+                return await self._apply(applying)
             except DEPENDENCY_AWAY as exc:
                 if waited >= DEPENDENCY_PATIENCE_SECONDS:
                     raise
@@ -439,27 +440,9 @@ class Consumer:
                 await asyncio.sleep(pause)
                 waited, pause = round(waited + pause, 1), min(pause * 2, 5.0)
 
-    async def _apply_together(self, batch: Sequence[Applying]) -> list[bool | Exception]:
-        """The messages that arrived while the last transaction ran, in one transaction:
-        their inbox rows in one statement, then each handler in turn (group commit). If
-        anything fails, that transaction is rolled back and each message is applied on its
-        own, so a failure stays with its message and never holds back the others.
-        For each: True when applied now, False for a duplicate, or what it failed with."""
-        if len(batch) > 1:
-            try:
-                return list(await self._apply_all(batch))
-            except Exception as exc:
-                log.info("event_batch_split", events=len(batch), error=type(exc).__name__)
-        outcomes: list[bool | Exception] = []
-        for applying in batch:
-            try:
-                [applied] = await self._apply_all([applying])
-                outcomes.append(applied)
-            except Exception as exc:
-                outcomes.append(exc)
-        return outcomes
-
     async def _apply_all(self, batch: Sequence[Applying]) -> list[bool]:
+        """The messages in one transaction: their inbox rows in one statement, then each
+        handler in turn. For each: True when applied now, False for a duplicate."""
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = {
                 row["event_id"]

@@ -66,6 +66,33 @@ async def test_a_failed_write_fails_its_own_batch_only() -> None:
     assert await group(7) == 70
 
 
+async def test_a_failure_that_may_be_one_items_is_redone_item_by_item() -> None:
+    recorder = Recorder(fail_when=2)
+    recorder.release.clear()
+    group = GroupCommit(
+        recorder.write, max_batch=4, redo_alone_if=lambda exc: isinstance(exc, ConnectionError)
+    )
+    calls = [asyncio.create_task(group(n)) for n in range(1, 5)]
+    await asyncio.sleep(0)
+    recorder.release.set()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert recorder.batches == [[1, 2, 3, 4], [1], [2], [3], [4]]
+    assert isinstance(outcomes[1], ConnectionError)
+    assert [outcomes[0], *outcomes[2:]] == [10, 30, 40]
+
+
+async def test_a_failure_the_predicate_refuses_still_fails_the_whole_batch() -> None:
+    recorder = Recorder(fail_when=2)
+    recorder.release.clear()
+    group = GroupCommit(recorder.write, max_batch=4, redo_alone_if=lambda exc: False)
+    calls = [asyncio.create_task(group(n)) for n in range(1, 4)]
+    await asyncio.sleep(0)
+    recorder.release.set()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert recorder.batches == [[1, 2, 3]]
+    assert all(isinstance(o, ConnectionError) for o in outcomes)
+
+
 async def test_a_write_must_answer_every_item() -> None:
     async def short(items: Sequence[int]) -> list[int]:
         return [0]

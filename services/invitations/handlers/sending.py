@@ -296,38 +296,18 @@ class FirstWrites:
 
     def __init__(self, pool: asyncpg.Pool, *, max_batch: int = FIRSTS_AT_ONCE) -> None:
         self.pool = pool
-        self._group: GroupCommit[repo.FirstWrite, Row | Exception | None] = GroupCommit(
-            self._write, max_batch=max_batch
+        self._group = GroupCommit(
+            self._write,
+            max_batch=max_batch,
+            # A database that is away fails them all, as it would fail each alone.
+            redo_alone_if=lambda exc: not isinstance(exc, DATABASE_AWAY),
         )
 
     async def __call__(self, write: repo.FirstWrite) -> Row | None:
-        outcome = await self._group(write)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+        return await self._group(write)
 
-    async def _write(self, writes: Sequence[repo.FirstWrite]) -> list[Row | Exception | None]:
-        try:
-            return self._answers(writes, await repo.insert_firsts(self.pool, writes, sends.FIRST))
-        except DATABASE_AWAY:
-            raise  # for them all, as for each alone
-        except Exception as exc:
-            if len(writes) == 1:
-                return [exc]
-            log.info("invitation_firsts_split", rows=len(writes), error=type(exc).__name__)
-        outcomes: list[Row | Exception | None] = []
-        for write in writes:
-            try:
-                written = await repo.insert_firsts(self.pool, [write], sends.FIRST)
-                outcomes.extend(self._answers([write], written))
-            except Exception as exc:
-                outcomes.append(exc)
-        return outcomes
-
-    @staticmethod
-    def _answers(
-        writes: Sequence[repo.FirstWrite], written: dict[uuid.UUID, Row]
-    ) -> list[Row | Exception | None]:
+    async def _write(self, writes: Sequence[repo.FirstWrite]) -> list[Row | None]:
+        written = await repo.insert_firsts(self.pool, writes, sends.FIRST)
         return [written.get(row.invitation_id) for row, _, _ in writes]
 
 

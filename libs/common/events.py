@@ -11,7 +11,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from .actor import Actor, current_actor
 from .context import current_correlation_id
@@ -342,13 +349,34 @@ class MailRequested(EventData):
         description="The email's language (en, de, fr, es); absent or null: the branding's"
         " Language.",
     )
+    correlation_id: str | None = Field(
+        default=None,
+        max_length=100,
+        description="In a version 2 message, the correlation id of the request that asked"
+        " for this job (absent: the message's).",
+    )
+    trace_context: str | None = Field(
+        default=None,
+        description="In a version 2 message, the trace this job's send continues (W3C"
+        " trace context, opaque; absent: the message's).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_absent_origin(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A job without its own correlation id or trace is written as it always was."""
+        data: dict[str, Any] = handler(self)
+        for name in ("correlation_id", "trace_context"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class MailJobs(EventData):
     """``mail.requested`` version 2: several mail jobs in one message (the first
-    invitations of a batch, written together), so the broker carries, and the mailer
-    records, one message for many emails. Each job is a version 1 job; the mailer takes
-    both versions."""
+    invitations of a batch, written together, or the single jobs an outbox relay found
+    together), so the broker carries, and the mailer records, one message for many
+    emails. Each job is a version 1 job, with its own correlation id and trace where they
+    differ from the message's; the mailer takes both versions."""
 
     jobs: list[MailRequested] = Field(min_length=1, max_length=1000)
 

@@ -8,7 +8,11 @@ the commit republishes, and consumers drop the duplicate through their inbox.
 A row the broker returns as unroutable (a mandatory type no queue is bound for yet)
 stays pending and is tried again after a growing pause (``attempts``,
 ``next_attempt_at``). Mail jobs are sealed before they are written here
-(libs/common/sealing.py), so no row holds a usable link."""
+(libs/common/sealing.py), so no row holds a usable link.
+
+Mail jobs the relay finds together in one batch go as one message (``mail.requested``
+version 2), each job with its own correlation id and trace: one message for the broker
+to carry and the mailer to record, instead of one each."""
 
 from __future__ import annotations
 
@@ -17,8 +21,11 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
+import orjson
 
 from .bus import Bus, ExchangeKind, Unroutable
 from .db import Conn, Db, Listener
@@ -36,6 +43,11 @@ UNROUTABLE_MAX_PAUSE_SECONDS = 60
 # that it publishes as usual until every hold is released, so events are never held back
 # longer than this, however many large requests follow one another.
 HOLD_MAX_SECONDS = 5.0
+# At most this many mail jobs in one packed message (what mail.requested version 2 takes).
+JOBS_PER_PACK = 1000
+# A pack's message id is named after its rows (uuid5): the same rows published again (a
+# crash between the confirm and the commit) are the same message to the mailer's inbox.
+_PACK_IDS = uuid.UUID("6f0c8f3e-4b5a-4d1e-9a77-3c2f1e0b9d41")
 
 
 async def append(conn: Conn, envelope: Envelope, *more: Envelope) -> None:
@@ -173,6 +185,93 @@ def _exchange(envelope: Envelope) -> ExchangeKind:
     return "mail" if envelope.type in PRIVATE_TYPES else "events"
 
 
+@dataclass(frozen=True)
+class _Message:
+    """What the relay publishes for one or several outbox rows."""
+
+    rows: Sequence[asyncpg.Record]
+    exchange: ExchangeKind
+    routing_key: str
+    body: bytes
+    message_id: str
+    correlation_id: str | None
+    trace_context: str | None
+
+
+def _messages(rows: Sequence[asyncpg.Record]) -> list[_Message]:
+    """A batch's rows as messages, in their order: each row its own, except single mail
+    jobs (``mail.requested`` version 1), which go together, where the first of them was,
+    as version 2 messages (a lone job goes as it was written)."""
+    jobs = {row["id"]: job for row in rows if (job := _single_job(row)) is not None}
+    if len(jobs) < 2:
+        return [_as_written(row) for row in rows]
+    packed = [row for row in rows if row["id"] in jobs]
+    messages: list[_Message] = []
+    for row in rows:
+        if row["id"] not in jobs:
+            messages.append(_as_written(row))
+        elif row is packed[0]:
+            for at in range(0, len(packed), JOBS_PER_PACK):
+                chunk = packed[at : at + JOBS_PER_PACK]
+                messages.append(_pack(chunk, [jobs[r["id"]] for r in chunk]))
+    return messages
+
+
+def _as_written(row: asyncpg.Record) -> _Message:
+    return _Message(
+        [row],
+        row["exchange"],
+        row["routing_key"],
+        row["body"],
+        str(row["id"]),
+        row["correlation_id"],
+        row["trace_context"],
+    )
+
+
+def _single_job(row: asyncpg.Record) -> dict[str, Any] | None:
+    """The envelope of a version 1 mail job, or None for any other row."""
+    if row["routing_key"] != "mail.requested":
+        return None
+    envelope = orjson.loads(row["body"])
+    return envelope if envelope.get("version") == 1 else None
+
+
+def _pack(rows: Sequence[asyncpg.Record], envelopes: Sequence[dict[str, Any]]) -> _Message:
+    """Single mail jobs as one ``mail.requested`` version 2 message; each job keeps the
+    correlation id and the trace of the request that asked for it."""
+    first = envelopes[0]
+    message_id = str(uuid.uuid5(_PACK_IDS, ",".join(str(row["id"]) for row in rows)))
+    jobs = [
+        {
+            **envelope["data"],
+            "correlation_id": envelope["correlation_id"],
+            **({"trace_context": row["trace_context"]} if row["trace_context"] else {}),
+        }
+        for row, envelope in zip(rows, envelopes, strict=True)
+    ]
+    body = orjson.dumps(
+        {
+            "id": message_id,
+            "type": "mail.requested",
+            "version": 2,
+            "occurred_at": first["occurred_at"],
+            "source": first["source"],
+            "correlation_id": first["correlation_id"],
+            "data": {"jobs": jobs},
+        }
+    )
+    return _Message(
+        rows,
+        "mail",
+        "mail.requested",
+        body,
+        message_id,
+        first["correlation_id"],
+        rows[0]["trace_context"],
+    )
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -237,14 +336,22 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
+            messages = _messages(rows)
             outcomes = await asyncio.gather(
-                *(self._publish(row) for row in rows), return_exceptions=True
+                *(self._publish(message) for message in messages), return_exceptions=True
             )
-            sent = [row for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
+            # A pack's rows share its fate: all confirmed, or all returned, or all kept.
+            sent = [
+                row
+                for message, outcome in zip(messages, outcomes, strict=True)
+                if outcome is None
+                for row in message.rows
+            ]
             returned = [
                 row
-                for row, outcome in zip(rows, outcomes, strict=True)
+                for message, outcome in zip(messages, outcomes, strict=True)
                 if isinstance(outcome, Unroutable)
+                for row in message.rows
             ]
             await conn.execute(
                 "UPDATE outbox SET published_at = now() WHERE id = ANY($1::uuid[])",
@@ -278,16 +385,17 @@ class OutboxRelay:
             raise failures[0]
         return len(sent)
 
-    async def _publish(self, row: asyncpg.Record) -> None:
-        # Each row in its own task (gather), so each resumes its own writer's trace.
-        with resumed(row["trace_context"]):
+    async def _publish(self, message: _Message) -> None:
+        # Each message in its own task (gather), so each resumes its own writer's trace (a
+        # pack, its first job's: each job carries its own to the mailer).
+        with resumed(message.trace_context):
             await self.bus.publish(
-                row["exchange"],
-                row["routing_key"],
-                row["body"],
-                message_id=str(row["id"]),
-                correlation_id=row["correlation_id"],
-                type=row["routing_key"],
+                message.exchange,
+                message.routing_key,
+                message.body,
+                message_id=message.message_id,
+                correlation_id=message.correlation_id,
+                type=message.routing_key,
             )
 
     async def backlog(self) -> int:

@@ -59,10 +59,16 @@ class RequestMail:
     correlation_id: str | None = None
     # The email's language (en, de, fr, es); None: the branding's Language.
     locale: str | None = None
+    # Opaque: the trace the send continues; None: the one recording the job.
+    trace_context: str | None = None
 
     @classmethod
     def of_job(cls, job: MailRequested, correlation_id: str | None) -> RequestMail:
-        return cls(**job.model_dump(), correlation_id=correlation_id)
+        """``correlation_id``: the message's, for a job that doesn't carry its own."""
+        return cls(
+            **job.model_dump(exclude={"correlation_id"}),
+            correlation_id=job.correlation_id or correlation_id,
+        )
 
 
 def about(mail: RequestMail | Delivery) -> dict[str, Any]:

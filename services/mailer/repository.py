@@ -19,16 +19,18 @@ async def insert_queued(
     conn: Conn, jobs: Sequence[tuple[RequestMail, str]], trace_context: str | None = None
 ) -> set[uuid.UUID]:
     """Record jobs ``(job, its checked To address)`` in one statement, with a wake-up for
-    the senders at commit. The mail ids recorded now; one already known is left as it is."""
+    the senders at commit; each send continues its job's trace, else ``trace_context``.
+    The mail ids recorded now; one already known is left as it is."""
     rows = await conn.fetch(
         "WITH queued AS (INSERT INTO deliveries"
         " (mail_id, template, to_address, ref_type, ref_id, context, correlation_id,"
         "  trace_context, locale)"
         " SELECT v.mail_id, v.template, v.to_address, v.ref_type, v.ref_id, v.context::jsonb,"
-        "  v.correlation_id, $8, v.locale"
+        "  v.correlation_id, v.trace_context, v.locale"
         " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[],"
-        "  $6::text[], $7::text[], $10::text[])"
-        "  AS v(mail_id, template, to_address, ref_type, ref_id, context, correlation_id, locale)"
+        "  $6::text[], $7::text[], $8::text[], $10::text[])"
+        "  AS v(mail_id, template, to_address, ref_type, ref_id, context, correlation_id,"
+        "   trace_context, locale)"
         " ON CONFLICT (mail_id) DO NOTHING RETURNING mail_id)"
         " SELECT q.mail_id FROM queued AS q CROSS JOIN LATERAL (SELECT pg_notify($9, '')) AS woken",
         [job.mail_id for job, _ in jobs],
@@ -38,7 +40,7 @@ async def insert_queued(
         [job.ref_id for job, _ in jobs],
         [orjson.dumps(dict(job.context)).decode() for job, _ in jobs],
         [job.correlation_id for job, _ in jobs],
-        trace_context,
+        [job.trace_context or trace_context for job, _ in jobs],
         WAKE_CHANNEL,
         [(job.locale or "")[:100] or None for job, _ in jobs],
     )

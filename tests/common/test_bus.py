@@ -19,6 +19,7 @@ from libs.common.events import (
     Envelope,
     Event,
     EventData,
+    MailJobs,
     MailRequested,
     UserDisabled,
     UserEnabled,
@@ -603,3 +604,73 @@ async def test_a_held_relay_waits_and_never_longer_than_its_hold_max(
         running.cancel()
         await connection.close()
         await bus.close()
+
+
+async def test_single_mail_jobs_of_a_batch_go_as_one_message_each_with_its_origin(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    """The relay publishes the single mail jobs it finds together as one version 2
+    message where the first of them was, each job with its writer's correlation id and
+    trace; other rows (a version 2 job among them) go as they were written, in order.
+    Published again (a crash before the commit), the pack is the same message."""
+    bus = Bus(test_env.amqp_url, test_env.bus_prefix, "probe4")
+    await bus.connect()
+    connection = await aio_pika.connect(test_env.amqp_url)
+    channel = await connection.channel()
+    mail = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await mail.bind(bus.exchange_name("mail"), routing_key="mail.requested")
+    events = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await events.bind(bus.exchange_name("events"), routing_key="identity.user.disabled")
+    relay = OutboxRelay(probe_schema.pool, bus, probe_schema.schema, test_env.database_url)
+
+    def job() -> MailRequested:
+        return MailRequested(
+            mail_id=uuid.uuid4(),
+            template="invitation",
+            to=f"{uuid.uuid4().hex[:8]}@example.com",
+            ref_type="invitation",
+            ref_id=uuid.uuid4(),
+            context={"sealed": "x"},
+        )
+
+    def disabled() -> Envelope:
+        return make_event("identity.user.disabled", UserDisabled(user_id=uuid.uuid4()), source="t")
+
+    singles = [
+        make_event("mail.requested", job(), source="t", correlation_id=f"request-{n}")
+        for n in range(3)
+    ]
+    several = make_event("mail.requested", MailJobs(jobs=[job(), job()]), source="t")
+    before, between, after = disabled(), disabled(), disabled()
+    written = [before, singles[0], between, singles[1], several, singles[2], after]
+    for envelope in written:
+        async with probe_schema.acquire() as conn, conn.transaction():
+            await append(conn, envelope)
+    trace = '{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}'
+    await probe_schema.pool.execute(
+        "UPDATE outbox SET trace_context = $2 WHERE id = $1", singles[1].id, trace
+    )
+
+    assert await relay.flush_once() == len(written)
+    assert await relay.backlog() == 0
+    got = [await mail.get(timeout=5) for _ in range(2)]
+    assert await mail.get(fail=False) is None
+    pack, other = (orjson.loads(message.body) for message in got)
+    assert pack["version"] == 2 and pack["type"] == "mail.requested"
+    assert got[0].message_id == pack["id"] and got[0].type == "mail.requested"
+    parsed = MailJobs.model_validate(pack["data"])
+    assert [str(j.mail_id) for j in parsed.jobs] == [s.data["mail_id"] for s in singles]
+    assert [j.correlation_id for j in parsed.jobs] == ["request-0", "request-1", "request-2"]
+    assert [j.trace_context for j in parsed.jobs] == [None, trace, None]
+    assert got[1].message_id == str(several.id) and other == orjson.loads(several.to_json())
+    published = [(await events.get(timeout=5)).message_id for _ in range(3)]
+    assert published == [str(before.id), str(between.id), str(after.id)]
+
+    # The broker confirmed but the relay died before its commit: the same rows again are
+    # the same pack, which the mailer's inbox takes once.
+    await probe_schema.pool.execute("UPDATE outbox SET published_at = NULL")
+    assert await relay.flush_once() == len(written)
+    again = await mail.get(timeout=5)
+    assert again.message_id == got[0].message_id and again.body == got[0].body
+    await connection.close()
+    await bus.close()

@@ -11,12 +11,14 @@ import asyncpg
 import pytest
 
 from libs.common.bus import Bus
+from libs.common.events import MailJobs, make_event
 from tests.mailer.conftest import (
     StartMailer,
     invitation_job,
     outbox_events,
     publish_job,
     publish_jobs,
+    sealed,
     wait_for_row,
 )
 from tests.support.smtp import SmtpSink, accept_link
@@ -84,3 +86,33 @@ async def test_a_bad_job_fails_alone_and_its_neighbours_are_sent(
     [event] = await outbox_events(pool, unstorable.mail_id)
     assert event["type"] == "mail.failed" and event["data"]["reason"] == "invalid_context"
     assert not smtp_sink.sink.to("attacker@example.net")
+
+
+async def test_each_job_of_a_packed_message_keeps_its_own_correlation_id_and_trace(
+    pool: asyncpg.Pool, publisher: Bus, smtp_sink: SmtpSink
+) -> None:
+    """The single jobs an outbox relay packs into one message each carry the correlation
+    id and the trace of the request that asked for them; a job without its own takes the
+    message's."""
+    own, plain = invitation_job(_address("own"))[0], invitation_job(_address("plain"))[0]
+    trace = '{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}'
+    own = own.model_copy(update={"correlation_id": "request-of-own", "trace_context": trace})
+    envelope = make_event(
+        "mail.requested",
+        MailJobs(jobs=[sealed(own), sealed(plain)]),
+        source="invitations",
+        correlation_id="the-message",
+    )
+    await publisher.publish_envelope(envelope, kind="mail")
+
+    for job, correlation_id, trace_context in (
+        (own, "request-of-own", trace),
+        (plain, "the-message", None),
+    ):
+        await smtp_sink.sink.wait_for(job.to)
+        row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "sent")
+        assert row["correlation_id"] == correlation_id
+        if trace_context is not None:
+            assert row["trace_context"] == trace_context
+        [sent] = await outbox_events(pool, job.mail_id)
+        assert sent["type"] == "mail.sent" and sent["correlation_id"] == correlation_id

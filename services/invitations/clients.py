@@ -29,6 +29,11 @@ class PortalInfo:
     revision: int
 
     @classmethod
+    def of_row(cls, row: Any) -> PortalInfo:
+        """From a row of the replica (``portals``)."""
+        return cls(row["portal_id"], row["slug"], row["title"], row["status"], row["revision"])
+
+    @classmethod
     def from_json(cls, body: dict[str, Any]) -> PortalInfo:
         return cls(
             portal_id=uuid.UUID(str(body["id"])),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -16,7 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from libs.common.context import CORRELATION_HEADER
 from services.invitations import repository as repo
-from services.invitations.clients import Directory
+from services.invitations.clients import Directory, PortalInfo
 from services.invitations.handlers.sending import FirstWrites
 from tests.invitations.conftest import Clock, World, first_write, outbox_events
 
@@ -179,3 +180,55 @@ async def test_concurrent_look_ups_of_accounts_go_to_identity_together(
     finally:
         world.identity_down = False
     assert {status for status, _ in down} == {503}
+
+
+async def test_the_first_look_answers_the_key_the_portal_and_the_setting_in_one_statement(
+    pool: asyncpg.Pool, clock: Clock
+) -> None:
+    slug = f"look-{uuid.uuid4().hex[:8]}"
+    older, newer = uuid.uuid4(), uuid.uuid4()
+    # During a slug swap the replica holds both owners: the slug names the newer.
+    await repo.upsert_portal(pool, PortalInfo(older, slug, "Older", "archived", 1))
+    await repo.upsert_portal(pool, PortalInfo(newer, slug, "Newer", "active", 4))
+    row, events, trace = first_write(older, f"look-{uuid.uuid4().hex[:6]}@example.com", clock())
+    key = f"look-key-{uuid.uuid4().hex}"
+    await repo.insert_firsts(pool, [(replace(row, idempotency_key=key), events, trace)], "first")
+    days = await repo.expiry_days(pool)
+
+    by_id = await repo.first_look(pool, key, older, None)
+    assert by_id == repo.FirstLook(True, PortalInfo(older, slug, "Older", "archived", 1), days)
+    by_slug = await repo.first_look(pool, f"new-{key}", None, slug)
+    assert by_slug == repo.FirstLook(False, PortalInfo(newer, slug, "Newer", "active", 4), days)
+    # The id decides when both are given; a portal the replica lacks is None.
+    assert (await repo.first_look(pool, None, older, "other-slug")).portal == by_id.portal
+    nowhere = await repo.first_look(pool, None, uuid.uuid4(), None)
+    assert nowhere == repo.FirstLook(False, None, days)
+    assert (await repo.first_look(pool, None, None, f"no-{slug}")).portal is None
+
+
+async def test_a_first_invitation_reads_its_own_tables_once_before_it_is_written(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key, the portal and the expiry setting in one look; a retried key answers the
+    invitation it made without checking again."""
+    looks: list[str | None] = []
+    real = repo.first_look
+
+    async def first_look(db: Any, key: str | None, *where: Any) -> repo.FirstLook:
+        looks.append(key)
+        return await real(db, key, *where)
+
+    async def never(*_: Any, **__: Any) -> Any:
+        raise AssertionError("read again after the first look")
+
+    monkeypatch.setattr(repo, "first_look", first_look)
+    for name in ("get_portal", "get_portal_by_slug", "expiry_days"):
+        monkeypatch.setattr(repo, name, never)
+    portal = world.add_portal()
+    key = f"once-{uuid.uuid4().hex}"
+    email = f"once-{uuid.uuid4().hex[:8]}@example.com"
+    first_status, first = await _invite(client, portal["id"], email, idempotency_key=key)
+    again_status, again = await _invite(client, portal["id"], email, idempotency_key=key)
+    # Replaying a key answers like the original request did.
+    assert (first_status, again_status) == (201, 201)
+    assert again["invitation"]["id"] == first["invitation"]["id"] and looks == [key, key]

@@ -44,18 +44,23 @@ from .base import (
 )
 
 
-async def resolve_portal(deps: Deps, portal_id: uuid.UUID | None, slug: str | None) -> PortalInfo:
-    """From the replica, or (a portal created a moment ago) from the portals service."""
+async def resolve_portal(
+    deps: Deps, portal_id: uuid.UUID | None, slug: str | None, *, look: repo.FirstLook | None = None
+) -> PortalInfo:
+    """From the replica, or (a portal created a moment ago) from the portals service.
+    ``look``: the replica was read a moment ago (``repository.first_look``)."""
     if portal_id is None and not slug:
         raise NotFound("Give the portal's id or slug.", code="missing_portal")
     db = deps.db
-    row = await (
-        repo.get_portal(db, portal_id) if portal_id else repo.get_portal_by_slug(db, slug or "")
-    )
-    if row is not None:
-        return PortalInfo(
-            row["portal_id"], row["slug"], row["title"], row["status"], row["revision"]
+    if look is not None:
+        held = look.portal
+    else:
+        row = await (
+            repo.get_portal(db, portal_id) if portal_id else repo.get_portal_by_slug(db, slug or "")
         )
+        held = None if row is None else PortalInfo.of_row(row)
+    if held is not None:
+        return held
     if portal_id is not None:
         fetched = await deps.directory.fetch_portal(portal_id)
     else:
@@ -79,15 +84,18 @@ async def _refresh_portal(deps: Deps, portal: PortalInfo) -> PortalInfo:
     return fresh
 
 
-async def check_invite(deps: Deps, command: InviteCommand) -> CheckedInvite:
+async def check_invite(
+    deps: Deps, command: InviteCommand, *, look: repo.FirstLook | None = None
+) -> CheckedInvite:
     """The rules that need the replica or other services; no invitation is written. On
-    the pool (``deps.db``), it holds no connection while it waits on identity or portals."""
+    the pool (``deps.db``), it holds no connection while it waits on identity or portals.
+    ``look``: the replica was read a moment ago."""
     email = normalise_email(command.email)
     if command.expires_in_days is not None:
         domain.check_link_expiry(command.expires_in_days)
     message = domain.clean_personal_message(command.personal_message)
     locale = check_locale(command.locale)
-    portal = await resolve_portal(deps, command.portal_id, command.portal_slug)
+    portal = await resolve_portal(deps, command.portal_id, command.portal_slug, look=look)
     if portal.status != "active":
         portal = await _refresh_portal(deps, portal)
     domain.check_portal_accepts(portal.status)
@@ -103,14 +111,18 @@ async def check_invite(deps: Deps, command: InviteCommand) -> CheckedInvite:
 
 
 async def record_invite(
-    deps: Deps, checked: CheckedInvite, *, key_checked: bool = False
+    deps: Deps,
+    checked: CheckedInvite,
+    *,
+    key_checked: bool = False,
+    expiry_days: int | None = None,
 ) -> tuple[Row, Outcome]:
     """Create the invitation, or resend the pending one, or return the one this
     idempotency key already made. A first invitation is one statement; anything else runs
     in one transaction (in a caller's, a savepoint), where the unique indexes decide races
     and the loser looks again. ``key_checked``: the caller looked the key up a moment ago,
-    so the first round needn't."""
-    days = checked.command.expires_in_days or await repo.expiry_days(deps.db)
+    so the first round needn't; ``expiry_days``: the setting, read a moment ago."""
+    days = checked.command.expires_in_days or expiry_days or await repo.expiry_days(deps.db)
     # Prepared once: written by the one statement, or else by the transaction if it finds
     # nothing pending after all (the statement wrote nothing).
     first = prepare_first(deps, checked, deps.clock(), days)
@@ -312,14 +324,18 @@ class FirstWrites:
 
 
 async def invite(deps: Deps, command: InviteCommand) -> tuple[Row, Outcome]:
-    if command.idempotency_key is not None:
-        existing = await repo.find_by_key(deps.db, command.idempotency_key)
+    key = command.idempotency_key
+    # The key, the portal and the expiry setting in one look (the common case: a new key,
+    # a portal the replica holds).
+    look = await repo.first_look(deps.db, key, command.portal_id, command.portal_slug)
+    if key is not None and look.key_taken:
+        existing = await repo.find_by_key(deps.db, key)
         if existing is not None:
             return existing, "duplicate"
     # Checked on the pool: no connection is held across the calls to identity and portals
     # (holding one capped concurrent invites at the pool's size).
-    checked = await check_invite(deps, command)
-    return await record_invite(deps, checked, key_checked=True)
+    checked = await check_invite(deps, command, look=look)
+    return await record_invite(deps, checked, key_checked=True, expiry_days=look.expiry_days)
 
 
 async def _reissue(

@@ -225,10 +225,15 @@ async def on_requested(deps: Deps, envelope: Envelope, data: EventData) -> None:
             return
         command = InviteCommand.from_fields(data, resend_reason="invitation_requested")
         try:
-            checked = await check_invite(deps, command)
+            # The portal in the replica and the expiry setting in one look (the key was
+            # answered above, from the requests' answers).
+            look = await repo.first_look(conn, None, command.portal_id, command.portal_slug)
+            checked = await check_invite(deps, command, look=look)
             # record_invite's transaction on the inbox connection is a savepoint: a resend
             # the caps refuse leaves nothing behind but the answer.
-            _, outcome = await record_invite(deps, checked, key_checked=True)
+            _, outcome = await record_invite(
+                deps, checked, key_checked=True, expiry_days=look.expiry_days
+            )
         except DomainError as exc:
             if exc.code not in REJECT_REASONS:
                 raise

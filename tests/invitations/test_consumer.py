@@ -23,6 +23,7 @@ from libs.common.events import (
     PortalChanged,
     make_event,
 )
+from services.invitations import repository as repo
 from tests.invitations.conftest import World, outbox_events
 from tests.support.env import TestEnv
 from tests.support.owners import OwnersBus
@@ -280,6 +281,45 @@ async def test_invitation_requested_by_slug_creates(
     assert events["mail.requested"]["data"]["context"]["personal_message"] == (
         "Welcome aboard, from the CRM."
     )
+
+
+async def test_invitation_requested_reads_its_own_tables_once(
+    client: Client,
+    world: World,
+    pool: asyncpg.Pool,
+    publish: Publish,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The portal in the replica and the expiry setting in one look, as on the API path
+    (a portal the replica lacks is then asked of portals)."""
+    looks: list[Any] = []
+    real = repo.first_look
+
+    async def first_look(db: Any, key: str | None, *where: Any) -> repo.FirstLook:
+        looks.append(where)
+        return await real(db, key, *where)
+
+    async def never(*_: Any, **__: Any) -> Any:
+        raise AssertionError("read again after the first look")
+
+    monkeypatch.setattr(repo, "first_look", first_look)
+    for name in ("get_portal", "get_portal_by_slug", "expiry_days"):
+        monkeypatch.setattr(repo, name, never)
+    portal = world.add_portal()
+    key = f"crm-once-{uuid.uuid4().hex}"
+    await publish(
+        "invitation.requested",
+        InvitationRequested(
+            portal_id=uuid.UUID(portal["id"]),
+            email=f"once-{uuid.uuid4().hex[:8]}@example.com",
+            idempotency_key=key,
+        ),
+    )
+    row = await eventually(
+        lambda: pool.fetchrow("SELECT * FROM invitations WHERE idempotency_key = $1", key)
+    )
+    assert str(row["portal_id"]) == portal["id"]
+    assert looks == [(uuid.UUID(portal["id"]), None)]
 
 
 @pytest.mark.parametrize(

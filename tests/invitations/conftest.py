@@ -247,3 +247,24 @@ def first_write(portal_id: uuid.UUID, email: str, now: datetime) -> tuple[Any, A
         expires_at=row.expires_at,
     )
     return (row, [envelope("invitation.created", created)], None)
+
+
+def only_first_looks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Record the arguments of each ``repository.first_look`` (key, portal id, slug), and
+    fail any other read of the portal or the expiry setting: they were in the look."""
+    from services.invitations import repository as repo
+
+    looks: list[tuple[Any, ...]] = []
+    real = repo.first_look
+
+    async def first_look(db: Any, *args: Any) -> Any:
+        looks.append(args)
+        return await real(db, *args)
+
+    async def never(*_: Any, **__: Any) -> Any:
+        raise AssertionError("read again after the first look")
+
+    monkeypatch.setattr(repo, "first_look", first_look)
+    for name in ("get_portal", "get_portal_by_slug", "expiry_days"):
+        monkeypatch.setattr(repo, name, never)
+    return looks

@@ -23,8 +23,7 @@ from libs.common.events import (
     PortalChanged,
     make_event,
 )
-from services.invitations import repository as repo
-from tests.invitations.conftest import World, outbox_events
+from tests.invitations.conftest import World, only_first_looks, outbox_events
 from tests.support.env import TestEnv
 from tests.support.owners import OwnersBus
 
@@ -292,19 +291,7 @@ async def test_invitation_requested_reads_its_own_tables_once(
 ) -> None:
     """The portal in the replica and the expiry setting in one look, as on the API path
     (a portal the replica lacks is then asked of portals)."""
-    looks: list[Any] = []
-    real = repo.first_look
-
-    async def first_look(db: Any, key: str | None, *where: Any) -> repo.FirstLook:
-        looks.append(where)
-        return await real(db, key, *where)
-
-    async def never(*_: Any, **__: Any) -> Any:
-        raise AssertionError("read again after the first look")
-
-    monkeypatch.setattr(repo, "first_look", first_look)
-    for name in ("get_portal", "get_portal_by_slug", "expiry_days"):
-        monkeypatch.setattr(repo, name, never)
+    looks = only_first_looks(monkeypatch)
     portal = world.add_portal()
     key = f"crm-once-{uuid.uuid4().hex}"
     await publish(
@@ -319,7 +306,7 @@ async def test_invitation_requested_reads_its_own_tables_once(
         lambda: pool.fetchrow("SELECT * FROM invitations WHERE idempotency_key = $1", key)
     )
     assert str(row["portal_id"]) == portal["id"]
-    assert looks == [(uuid.UUID(portal["id"]), None)]
+    assert looks == [(None, uuid.UUID(portal["id"]), None)]
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,13 @@ from libs.common.context import CORRELATION_HEADER
 from services.invitations import repository as repo
 from services.invitations.clients import Directory, PortalInfo
 from services.invitations.handlers.sending import FirstWrites
-from tests.invitations.conftest import Clock, World, first_write, outbox_events
+from tests.invitations.conftest import (
+    Clock,
+    World,
+    first_write,
+    only_first_looks,
+    outbox_events,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -211,19 +217,7 @@ async def test_a_first_invitation_reads_its_own_tables_once_before_it_is_written
 ) -> None:
     """The key, the portal and the expiry setting in one look; a retried key answers the
     invitation it made without checking again."""
-    looks: list[str | None] = []
-    real = repo.first_look
-
-    async def first_look(db: Any, key: str | None, *where: Any) -> repo.FirstLook:
-        looks.append(key)
-        return await real(db, key, *where)
-
-    async def never(*_: Any, **__: Any) -> Any:
-        raise AssertionError("read again after the first look")
-
-    monkeypatch.setattr(repo, "first_look", first_look)
-    for name in ("get_portal", "get_portal_by_slug", "expiry_days"):
-        monkeypatch.setattr(repo, name, never)
+    looks = only_first_looks(monkeypatch)
     portal = world.add_portal()
     key = f"once-{uuid.uuid4().hex}"
     email = f"once-{uuid.uuid4().hex[:8]}@example.com"
@@ -231,4 +225,6 @@ async def test_a_first_invitation_reads_its_own_tables_once_before_it_is_written
     again_status, again = await _invite(client, portal["id"], email, idempotency_key=key)
     # Replaying a key answers like the original request did.
     assert (first_status, again_status) == (201, 201)
-    assert again["invitation"]["id"] == first["invitation"]["id"] and looks == [key, key]
+    assert again["invitation"]["id"] == first["invitation"]["id"] and [
+        key for key, _, _ in looks
+    ] == [key, key]

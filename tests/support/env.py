@@ -4,6 +4,7 @@ run's servers (tests/support/servers.py: the environment's, containers, or the l
 from __future__ import annotations
 
 import os
+import random
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -151,7 +152,34 @@ def new_test_env() -> TestEnv:
     )
 
 
+# Ports for the services a test starts come from below the kernel's ephemeral range: a
+# port from bind(0) is an ephemeral one, which an outgoing connection of any process (to
+# PostgreSQL, to the broker) could take as its local end before the service binds it, and
+# the service then failed to start ("address already in use").
+LISTEN_PORTS_FROM = 20000
+# Never the same port twice in a run: one handed out may not be bound yet.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
+    """A port nothing listens on and not handed out before in this run, outside the
+    ephemeral range where there is room."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            ephemeral_from = int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_from = 0
+    for _ in range(200 if ephemeral_from > LISTEN_PORTS_FROM + 1000 else 0):
+        port = random.randrange(LISTEN_PORTS_FROM, ephemeral_from)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

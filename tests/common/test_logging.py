@@ -1,0 +1,69 @@
+"""The services' log lines (libs/common/logging.py), as a service writes them to its
+stdout: one JSON object a line, secrets masked, any value written rather than lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import orjson
+
+SCRIPT = textwrap.dedent(
+    """
+    import logging, uuid
+    from datetime import UTC, datetime
+    from libs.common.logging import configure_logging, get_logger
+
+    class Odd:
+        def __repr__(self):
+            return "<odd thing>"
+
+    configure_logging("portals")
+    log = get_logger("check")
+    log.info(
+        "first",
+        password="hunter2",
+        api_token="t0k3n",
+        session_cookie="c00k13",
+        url="https://agency.example/accept?token=abc123&x=1",
+        when=datetime(2026, 12, 2, 8, 30, tzinfo=UTC),
+        who=uuid.UUID(int=7),
+        thing=Odd(),
+        accents="Zoë Ñandú",
+    )
+    log.info("huge", number=2**70)
+    log.debug("hidden")
+    logging.getLogger("library").warning("plain %s", "words")
+    for n in range(3):
+        log.info("counted", n=n)
+    """
+)
+
+
+def _run() -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, timeout=60
+    )
+    return done.stdout.splitlines()
+
+
+def test_each_line_is_json_with_secrets_masked_and_every_value_written() -> None:
+    lines = _run()
+    entries = [orjson.loads(line) for line in lines if line.startswith("{")]
+    first, huge, *counted = entries
+    assert first["event"] == "first" and first["service"] == "portals"
+    assert first["level"] == "info" and first["timestamp"].endswith("Z")
+    assert first["password"] == first["api_token"] == first["session_cookie"] == "[redacted]"
+    assert first["url"] == "https://agency.example/accept?token=[redacted]&x=1"
+    assert first["when"] == "2026-12-02T08:30:00+00:00"
+    assert first["who"] == "00000000-0000-0000-0000-000000000007"
+    assert first["thing"] == "<odd thing>"
+    assert first["accents"] == "Zoë Ñandú"
+    # Beyond what orjson writes: still a line, the number whole.
+    assert huge["event"] == "huge" and huge["number"] == 2**70
+    assert [e["n"] for e in counted] == [0, 1, 2]
+    assert "hidden" not in "".join(lines)
+    # A library's own logger still reaches the same stdout, in order.
+    assert lines.index("plain words") == 2
+    assert not any(secret in "".join(lines) for secret in ("hunter2", "t0k3n", "c00k13", "abc123"))

@@ -221,13 +221,15 @@ async def on_requested(deps: Deps, envelope: Envelope, data: EventData) -> None:
         if data.portal_ids is not None:
             await _requested_group(conn, deps, data)
             return
-        if await _answer_repeat(conn, data.idempotency_key):
-            return
         command = InviteCommand.from_fields(data, resend_reason="invitation_requested")
+        # The key, the portal in the replica and the expiry setting in one look; the key's
+        # invitation is read only when the key was used before.
+        look = await repo.first_look(
+            conn, data.idempotency_key, command.portal_id, command.portal_slug
+        )
+        if look.key_taken and await _answer_repeat(conn, data.idempotency_key):
+            return
         try:
-            # The portal in the replica and the expiry setting in one look (the key was
-            # answered above, from the requests' answers).
-            look = await repo.first_look(conn, None, command.portal_id, command.portal_slug)
             checked = await check_invite(deps, command, look=look)
             # record_invite's transaction on the inbox connection is a savepoint: a resend
             # the caps refuse leaves nothing behind but the answer.

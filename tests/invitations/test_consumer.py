@@ -289,24 +289,50 @@ async def test_invitation_requested_reads_its_own_tables_once(
     publish: Publish,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The portal in the replica and the expiry setting in one look, as on the API path
-    (a portal the replica lacks is then asked of portals)."""
+    """The key, the portal in the replica and the expiry setting in one look, as on the API
+    path (a portal the replica lacks is then asked of portals). The key's invitation is
+    read only when the key was used before: a repeat is still answered."""
+    from services.invitations import repository as repo
+
     looks = only_first_looks(monkeypatch)
+    by_key: list[str] = []
+    real_find_by_key = repo.find_by_key
+
+    async def find_by_key(db: Any, key: str) -> Any:
+        by_key.append(key)
+        return await real_find_by_key(db, key)
+
+    monkeypatch.setattr(repo, "find_by_key", find_by_key)
     portal = world.add_portal()
     key = f"crm-once-{uuid.uuid4().hex}"
-    await publish(
-        "invitation.requested",
-        InvitationRequested(
-            portal_id=uuid.UUID(portal["id"]),
-            email=f"once-{uuid.uuid4().hex[:8]}@example.com",
-            idempotency_key=key,
-        ),
+    request = InvitationRequested(
+        portal_id=uuid.UUID(portal["id"]),
+        email=f"once-{uuid.uuid4().hex[:8]}@example.com",
+        idempotency_key=key,
     )
+    await publish("invitation.requested", request)
     row = await eventually(
         lambda: pool.fetchrow("SELECT * FROM invitations WHERE idempotency_key = $1", key)
     )
     assert str(row["portal_id"]) == portal["id"]
-    assert looks == [(None, uuid.UUID(portal["id"]), None)]
+    assert looks == [(key, uuid.UUID(portal["id"]), None)]
+    assert by_key == []
+    # The same request again (its sender lost our answer): the look says the key is taken.
+    answers_before = await _created_answers(pool, key)
+    await publish("invitation.requested", request)
+    await eventually(lambda: _more_answers(pool, key, answers_before))
+    assert by_key == [key] and len(looks) == 2
+    assert (
+        await pool.fetchval("SELECT count(*) FROM invitations WHERE idempotency_key = $1", key) == 1
+    )
+
+
+async def _created_answers(pool: asyncpg.Pool, key: str) -> int:
+    return sum(t == "invitation.created" for t, _ in await outbox_events(pool, key))
+
+
+async def _more_answers(pool: asyncpg.Pool, key: str, before: int) -> bool:
+    return await _created_answers(pool, key) > before
 
 
 @pytest.mark.parametrize(

@@ -164,17 +164,17 @@ async def test_same_key_committing_between_the_losers_two_looks(
     handler = in_inbox(lambda: client.app[DEPS], HANDLERS)["invitation.requested"]
     inserted, loser_looked, committed = asyncio.Event(), asyncio.Event(), asyncio.Event()
     loser = contextvars.ContextVar("loser", default=False)
-    real_find_by_key = repo.find_by_key
+    real_first_look = repo.first_look
 
-    async def find_by_key(conn: Any, looked_for: str) -> Any:
-        found = await real_find_by_key(conn, looked_for)
+    async def first_look(conn: Any, looked_for: str | None, *portal: Any) -> Any:
+        found = await real_first_look(conn, looked_for, *portal)
         if loser.get() and not loser_looked.is_set():
-            assert found is None  # the winner's row is not committed yet
+            assert not found.key_taken  # the winner's row is not committed yet
             loser_looked.set()
             await committed.wait()
         return found
 
-    monkeypatch.setattr(repo, "find_by_key", find_by_key)
+    monkeypatch.setattr(repo, "first_look", first_look)
 
     async def winner() -> None:
         async with pool.acquire() as conn:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, Generic, TypeVar
+from uuid import UUID
 
 import aio_pika
 import asyncpg
@@ -49,6 +50,7 @@ __all__ = [
     "Handler",
     "Together",
     "Unroutable",
+    "arrival_context",
     "in_inbox",
     "trusted_sender",
 ]
@@ -66,9 +68,25 @@ class Together(Generic[T]):
     so that one statement can carry them all. ``T`` is what it runs on: a service's
     ``Deps`` in a service's table (``in_inbox``), the connection in the consumer's. The
     call runs in the first event's context (its correlation id in the logs); if it
-    raises, the batch is rolled back and each event is applied on its own, a call of one."""
+    raises, the batch is rolled back and each event is applied on its own, a call of one.
+    What is one event's own (its answer, its log lines) can run in ``arrival_context``."""
 
     apply: Callable[[T, Sequence[Event]], Awaitable[None]]
+
+
+# The contexts the events of the Together run under way arrived in, by event id.
+_RUN_CONTEXTS: contextvars.ContextVar[Mapping[UUID, contextvars.Context] | None] = (
+    contextvars.ContextVar("run_contexts", default=None)
+)
+
+
+def arrival_context(envelope: Envelope) -> contextvars.Context:
+    """A copy of the context an event of a Together run arrived in: its correlation id,
+    log fields and trace, for the part of the run's work that is that event's own (the
+    events it publishes, its log lines). Outside a run, a copy of the current context."""
+    run = _RUN_CONTEXTS.get()
+    arrived = None if run is None else run.get(envelope.id)
+    return arrived.copy() if arrived is not None else contextvars.copy_context()
 
 
 AnyHandler = Handler | Together[Conn]
@@ -275,8 +293,10 @@ class Bus:
     ) -> Consumer:
         """Consume ``bindings`` into the service's queue. The events that arrive together
         share a transaction (group commit), except the types in ``alone``: handlers that
-        wait on another service each run in a transaction of their own, concurrently, so
-        that one slow answer doesn't hold back the events queued behind it."""
+        wait on another service run apart, so that one slow answer doesn't hold back the
+        events queued behind it. Each such event runs in a transaction of its own,
+        concurrently; those of a ``Together`` handler share a group commit of their own
+        (a run of them waits on the other service once, for them all)."""
         assert self._connection is not None
         channel = await self._connection.channel()
         assert isinstance(channel, aio_pika.RobustChannel)
@@ -317,6 +337,10 @@ class Consumer:
         # commit). If anything fails, that transaction is rolled back and each message is
         # applied on its own, so a failure stays with its message.
         self._apply = GroupCommit(
+            self._apply_all, max_batch=APPLY_BATCH, redo_alone_if=lambda exc: True
+        )
+        # The events of a Together handler in ``alone``: together, but apart from the rest.
+        self._apply_apart = GroupCommit(
             self._apply_all, max_batch=APPLY_BATCH, redo_alone_if=lambda exc: True
         )
         self.acks = Acks()
@@ -430,6 +454,8 @@ class Consumer:
         while True:
             try:
                 if envelope.type in self.alone:
+                    if isinstance(handler, Together):
+                        return await self._apply_apart(applying)
                     [applied] = await self._apply_all([applying])
                     return applied
                 return await self._apply(applying)
@@ -470,7 +496,10 @@ class Consumer:
                 context = run[0][3]
                 if isinstance(handler, Together):
                     events = [(envelope, data) for envelope, _, data, _ in run]
-                    await asyncio.create_task(_apply_run(handler, conn, events), context=context)
+                    arrived = {envelope.id: each for envelope, _, _, each in run}
+                    await asyncio.create_task(
+                        _apply_run(handler, conn, events, arrived), context=context
+                    )
                 else:
                     [(envelope, one, data, _)] = run
                     assert not isinstance(one, Together)
@@ -488,7 +517,13 @@ async def _handle(handler: Handler, conn: Conn, envelope: Envelope, data: EventD
     await handler(conn, envelope, data)
 
 
-async def _apply_run(handler: Together[Conn], conn: Conn, events: Sequence[Event]) -> None:
+async def _apply_run(
+    handler: Together[Conn],
+    conn: Conn,
+    events: Sequence[Event],
+    arrived: Mapping[UUID, contextvars.Context],
+) -> None:
+    _RUN_CONTEXTS.set(arrived)
     await handler.apply(conn, events)
 
 

@@ -5,11 +5,14 @@ it writes commits with the inbox row."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 from libs.common.broker import CONSUMES
-from libs.common.bus import ServiceHandler, Together
+from libs.common.bus import ServiceHandler, Together, arrival_context
 from libs.common.db import Conn, connection
 from libs.common.errors import DomainError, InvalidInput, RateLimited
 from libs.common.events import (
@@ -33,20 +36,28 @@ from . import repository as repo
 from .clients import PortalInfo
 from .handlers import (
     SOURCE,
+    CheckedInvite,
     Deps,
     Group,
     GroupCommand,
     InviteCommand,
     check_group,
     check_invite,
+    first_write,
+    log_created,
+    prepare_first,
     record_group,
-    record_invite,
+    record_not_first,
     replay,
+    sends,
 )
 from .handlers.base import Row
-from .handlers.sending import GROUP_REF, INVITATION_REF
+from .handlers.sending import GROUP_REF, INVITATION_REF, FirstSend
+from .repository import NewInvitation
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 BINDINGS = CONSUMES["invitations"]
 
@@ -213,42 +224,139 @@ async def _requested_group(conn: Conn, deps: Deps, data: InvitationRequested) ->
     log.info("invitation_request_applied", outcome=group.outcome, group_id=str(group.group_id))
 
 
-async def on_requested(deps: Deps, envelope: Envelope, data: EventData) -> None:
-    """The invite use case on the inbox transaction's connection (``deps.db``): the
-    invitation, or the refusal's answer, commits with the inbox row."""
-    assert isinstance(data, InvitationRequested)
+@dataclass(frozen=True)
+class _Request:
+    """One invitation.requested of a run (one portal), with what its first look found."""
+
+    envelope: Envelope
+    data: InvitationRequested
+    command: InviteCommand
+    look: repo.FirstLook
+
+
+async def on_requested(deps: Deps, events: Sequence[Event]) -> None:
+    """A run of invitation.requested on the inbox transaction's connection (``deps.db``):
+    each invitation, or each refusal's answer, commits with its inbox row. The run's
+    checks wait on identity and portals together (their look-ups go as one) and its first
+    invitations are one statement; each answer and log line is its own request's
+    (``arrival_context``). Anything but a refusal fails the run, which the consumer then
+    applies one event at a time."""
     async with connection(deps.db) as conn:
-        if data.portal_ids is not None:
-            await _requested_group(conn, deps, data)
-            return
-        command = InviteCommand.from_fields(data, resend_reason="invitation_requested")
-        # The key, the portal in the replica and the expiry setting in one look; the key's
-        # invitation is read only when the key was used before.
-        look = await repo.first_look(
-            conn, data.idempotency_key, command.portal_id, command.portal_slug
-        )
-        if look.key_taken and await _answer_repeat(conn, data.idempotency_key):
-            return
-        try:
-            checked = await check_invite(deps, command, look=look)
-            # record_invite's transaction on the inbox connection is a savepoint: a resend
-            # the caps refuse leaves nothing behind but the answer.
-            _, outcome = await record_invite(
-                deps, checked, key_checked=True, expiry_days=look.expiry_days
+        run: list[_Request] = []
+        for envelope, data in events:
+            assert isinstance(data, InvitationRequested)
+            if data.portal_ids is not None:
+                # Several portals: on its own, after the requests before it.
+                await _requests(conn, deps, run)
+                run = []
+                await _own(envelope, _requested_group(conn, deps, data))
+                continue
+            command = InviteCommand.from_fields(data, resend_reason="invitation_requested")
+            # The key, the portal in the replica and the expiry setting in one look; the
+            # key's invitation is read only when the key was used before.
+            look = await repo.first_look(
+                conn, data.idempotency_key, command.portal_id, command.portal_slug
             )
+            if look.key_taken and await _own(envelope, _answer_repeat(conn, data.idempotency_key)):
+                continue
+            run.append(_Request(envelope, data, command, look))
+        await _requests(conn, deps, run)
+
+
+async def _own(envelope: Envelope, work: Awaitable[T]) -> T:
+    """Work that is one request's own, in the context it arrived in."""
+    return await asyncio.create_task(_awaited(work), context=arrival_context(envelope))
+
+
+async def _awaited(work: Awaitable[T]) -> T:
+    return await work
+
+
+async def _requests(conn: Conn, deps: Deps, run: Sequence[_Request]) -> None:
+    if not run:
+        return
+    checked = await _checked(deps, run)
+    firsts: list[tuple[_Request, CheckedInvite, FirstSend]] = []
+    now = deps.clock()
+    for request, verdict in zip(run, checked, strict=True):
+        if isinstance(verdict, DomainError):
+            await _own(request.envelope, _reject(conn, request.data, verdict))
+            continue
+        days = request.command.expires_in_days or request.look.expiry_days
+        context = arrival_context(request.envelope)
+        first = context.run(prepare_first, deps, verdict, now, days)
+        firsts.append((request, verdict, first))
+    if not firsts:
+        return
+    writes = [arrival_context(r.envelope).run(first_write, first) for r, _, first in firsts]
+    created = await repo.insert_firsts(conn, writes, sends.FIRST)
+    for request, verdict, first in firsts:
+        (row,) = first.rows
+        if row.invitation_id in created:
+            arrival_context(request.envelope).run(_applied_first, row)
+        else:
+            # A pending invitation, a key used before or a race: the transaction's path.
+            await _own(request.envelope, _not_first(conn, deps, request, verdict, first))
+
+
+def _applied_first(row: NewInvitation) -> None:
+    log_created(row)
+    log.info("invitation_request_applied", outcome="created")
+
+
+async def _checked(deps: Deps, run: Sequence[_Request]) -> list[CheckedInvite | DomainError]:
+    """Each request's check, or the refusal it earns. A portal the replica holds as Active
+    needs no database: those are checked at once (their look-ups of who has access go to
+    identity together); the others, which may write the replica, one after another."""
+
+    async def check(request: _Request) -> CheckedInvite | DomainError:
+        try:
+            return await check_invite(deps, request.command, look=request.look)
         except DomainError as exc:
             if exc.code not in REJECT_REASONS:
                 raise
-            await _reject(conn, data, exc)
-            return
-        if outcome == "duplicate":
-            # Lost a race with the same key delivered at the same time: answer like a repeat.
-            await _answer_repeat(conn, data.idempotency_key)
-        log.info("invitation_request_applied", outcome=outcome)
+            return exc
+
+    def at_once(request: _Request) -> bool:
+        portal = request.look.portal
+        return portal is not None and portal.status == "active"
+
+    verdicts: dict[int, CheckedInvite | DomainError | BaseException] = {}
+    together = [i for i, request in enumerate(run) if at_once(request)]
+    answers = await asyncio.gather(
+        *(_own(run[i].envelope, check(run[i])) for i in together), return_exceptions=True
+    )
+    verdicts.update(zip(together, answers, strict=True))
+    for i, request in enumerate(run):
+        if i not in verdicts:
+            verdicts[i] = await _own(request.envelope, check(request))
+    ordered = [verdicts[i] for i in range(len(run))]
+    for verdict in ordered:
+        if isinstance(verdict, BaseException) and not isinstance(verdict, DomainError):
+            raise verdict
+    return [v for v in ordered if isinstance(v, CheckedInvite | DomainError)]
 
 
-# Waits on identity and portals (who has access already): each such event in a
-# transaction of its own, concurrently, not queued behind the others (Bus.consume).
+async def _not_first(
+    conn: Conn, deps: Deps, request: _Request, checked: CheckedInvite, first: FirstSend
+) -> None:
+    try:
+        # Its transaction on the inbox connection is a savepoint: a resend the caps refuse
+        # leaves nothing behind but the answer.
+        _, outcome = await record_not_first(deps, checked, first, key_checked=True)
+    except DomainError as exc:
+        if exc.code not in REJECT_REASONS:
+            raise
+        await _reject(conn, request.data, exc)
+        return
+    if outcome == "duplicate":
+        # Lost a race with the same key delivered at the same time: answer like a repeat.
+        await _answer_repeat(conn, request.data.idempotency_key)
+    log.info("invitation_request_applied", outcome=outcome)
+
+
+# Waits on identity and portals (who has access already): apart from the other events,
+# not queued behind them; its runs share a group commit of their own (Bus.consume).
 ALONE = frozenset({"invitation.requested"})
 
 # The outcomes that arrive together are written in one statement (libs/common/bus.py).
@@ -259,5 +367,5 @@ HANDLERS: dict[str, ServiceHandler[Deps]] = {
     "mail.sent": MAIL_OUTCOMES,
     "mail.retrying": on_mail_retrying,
     "mail.failed": MAIL_OUTCOMES,
-    "invitation.requested": on_requested,
+    "invitation.requested": Together(on_requested),
 }

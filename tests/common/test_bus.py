@@ -12,7 +12,7 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from libs.common.bus import Binding, Bus, Together
+from libs.common.bus import Binding, Bus, Together, arrival_context
 from libs.common.context import current_correlation_id
 from libs.common.db import Conn, create_pool, migrate
 from libs.common.events import (
@@ -463,6 +463,68 @@ async def test_a_together_handler_that_fails_is_called_again_for_each_event_alon
     )
     # The three behind the first failed together, then went one by one.
     assert calls[:5] == [1, 3, 1, 1, 1]
+    await _close(consumer, owner, bus)
+
+
+async def test_a_together_handler_in_alone_runs_apart_and_each_event_keeps_its_context(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    """A Together handler named in ``alone`` (it waits on another service) has group
+    commits of its own: while its run is held, other events go on; the ones behind it come
+    in one call, in one transaction; and each event's own work runs in the context it
+    arrived in (``arrival_context``), not the run's."""
+    await probe_schema.execute(
+        "CREATE TABLE effects (seq serial, user_id uuid NOT NULL, call int NOT NULL,"
+        " correlation text, tx bigint NOT NULL)"
+    )
+    release = asyncio.Event()
+    calls: list[int] = []
+    insert = (
+        "INSERT INTO effects (user_id, call, correlation, tx) VALUES ($1, $2, $3, txid_current())"
+    )
+
+    async def many(conn: Conn, events: Sequence[Event]) -> None:
+        calls.append(len(events))
+        call = len(calls)
+        for envelope, data in events:
+            assert isinstance(data, UserDisabled)
+            correlation = arrival_context(envelope).run(current_correlation_id)
+            await conn.execute(insert, data.user_id, call, correlation)
+        if call == 1:
+            await release.wait()
+
+    async def one(conn: Conn, envelope: Envelope, data: EventData) -> None:
+        assert isinstance(data, UserEnabled)
+        await conn.execute(insert, data.user_id, 0, current_correlation_id())
+
+    bus = Bus(test_env.amqp_url, test_env.bus_prefix, "probe10")
+    await bus.connect()
+    owner = Bus(test_env.amqp_url_as("identity"), test_env.bus_prefix, "identity")
+    await owner.connect()
+    consumer = await bus.consume(
+        probe_schema.pool,
+        [Binding("events", "identity.user.disabled"), Binding("events", "identity.user.enabled")],
+        {"identity.user.disabled": Together(many), "identity.user.enabled": one},
+        alone=frozenset({"identity.user.disabled"}),
+    )
+    disabled = _disabled(6)
+    enabled = make_event(
+        "identity.user.enabled",
+        UserEnabled(user_id=uuid.uuid4()),
+        source="t",
+        correlation_id="corr-enabled",
+    )
+    await _publish_behind_the_first(owner, disabled, enabled)
+    # The first run is held in its transaction: the other event was applied meanwhile.
+    (applied,) = await _wait_for_effects(probe_schema, 1)
+    assert str(applied["user_id"]) == enabled.data["user_id"]
+    release.set()
+    await _wait_for_effects(probe_schema, len(disabled) + 1)
+    rows = await probe_schema.fetch("SELECT * FROM effects WHERE call > 0 ORDER BY seq")
+    assert [str(row["user_id"]) for row in rows] == [e.data["user_id"] for e in disabled]
+    assert calls == [1, 5]
+    assert len({row["tx"] for row in rows if row["call"] == 2}) == 1
+    assert [row["correlation"] for row in rows] == [e.correlation_id for e in disabled]
     await _close(consumer, owner, bus)
 
 

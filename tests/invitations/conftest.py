@@ -268,3 +268,22 @@ def only_first_looks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     for name in ("get_portal", "get_portal_by_slug", "expiry_days"):
         monkeypatch.setattr(repo, name, never)
     return looks
+
+
+RequestedHandler = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+def requested_handler(client: TestClient) -> RequestedHandler:
+    """invitation.requested's handler as the consumer binds it (``in_inbox``), given one
+    event at a time: ``await handler(conn, envelope, data)`` in the caller's transaction."""
+    from libs.common.bus import Together, in_inbox
+    from services.invitations.api import DEPS
+    from services.invitations.consumer import HANDLERS
+
+    bound = in_inbox(lambda: client.app[DEPS], HANDLERS)["invitation.requested"]
+    assert isinstance(bound, Together)
+
+    async def handle(conn: Any, envelope: Any, data: Any) -> None:
+        await bound.apply(conn, [(envelope, data)])
+
+    return handle

@@ -335,6 +335,78 @@ async def _more_answers(pool: asyncpg.Pool, key: str, before: int) -> bool:
     return await _created_answers(pool, key) > before
 
 
+async def test_a_run_of_requests_is_one_write_and_each_is_answered_as_its_own(
+    client: Client,
+    world: World,
+    pool: asyncpg.Pool,
+    publish: Publish,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Requests that arrive together share one transaction and one statement writes their
+    first invitations; still each answer (invitation.created, invitation.rejected, a
+    repeat's answer) and each mail job carries its own request's correlation id, and a
+    refusal or a repeat in the middle of the run doesn't fail its neighbours."""
+    from services.invitations import repository as repo
+
+    portal = world.add_portal()
+    # The portal in the replica first, so the run's checks need no database.
+    warm = await client.post(
+        "/invitations", json={"portal_id": portal["id"], "email": "warm@example.com"}
+    )
+    assert warm.status == 201
+    sizes: list[int] = []
+    real = repo.insert_firsts
+
+    async def insert_firsts(db: Any, firsts: Any, reason: str) -> Any:
+        sizes.append(len(firsts))
+        if len(sizes) == 1:
+            await asyncio.sleep(0.5)  # the others arrive meanwhile: the next run
+        return await real(db, firsts, reason)
+
+    monkeypatch.setattr(repo, "insert_firsts", insert_firsts)
+    run = uuid.uuid4().hex[:8]
+    asked: list[tuple[str, str, str]] = []  # (key, email, correlation id)
+    for i in range(12):
+        key, email = f"crm-run-{run}-{i}", f"run-{run}-{i}@example.com"
+        if i == 5:
+            email = "not an address"
+        if i == 8:  # the same request as the third, again (its sender retried at once)
+            key, email = asked[2][0], asked[2][1]
+        request = InvitationRequested(
+            portal_id=uuid.UUID(portal["id"]), email=email, idempotency_key=key
+        )
+        asked.append((key, email, await publish("invitation.requested", request)))
+
+    async def all_answered() -> bool:
+        answers = [await outbox_events(pool, key) for key, _, _ in asked]
+        return all(answers) and len(await outbox_events(pool, asked[2][0])) >= 2
+
+    await eventually(all_answered)
+    assert max(sizes) > 1, sizes
+    for i, (key, _, correlation_id) in enumerate(asked):
+        answers = await outbox_events(pool, key)
+        mine = [(t, e) for t, e in answers if e["correlation_id"] == correlation_id]
+        if i == 5:
+            assert [t for t, _ in mine] == ["invitation.rejected"]
+            assert mine[0][1]["data"]["reason"] == "invalid_email"
+            continue
+        # The first request and its repeat: one answer each, under each one's id.
+        assert [t for t, _ in mine] == ["invitation.created"], (i, answers)
+        if i in (2, 8):
+            continue
+        invitation_id = mine[0][1]["data"]["invitation_id"]
+        jobs = [e for t, e in await outbox_events(pool, invitation_id) if t == "mail.requested"]
+        assert [job["correlation_id"] for job in jobs] == [correlation_id], i
+    rows = await pool.fetch(
+        "SELECT idempotency_key, send_count FROM invitations WHERE idempotency_key LIKE $1",
+        f"crm-run-{run}-%",
+    )
+    assert sorted(r["idempotency_key"] for r in rows) == sorted(
+        key for i, (key, _, _) in enumerate(asked) if i not in (5, 8)
+    )
+    assert all(r["send_count"] == 1 for r in rows)
+
+
 @pytest.mark.parametrize(
     ("reason", "request_data"),
     [

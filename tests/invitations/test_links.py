@@ -15,15 +15,20 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from libs.common.bus import in_inbox
 from libs.common.events import InvitationRequested, make_event
 from services.invitations import domain
 from services.invitations import repository as repo
 from services.invitations.api import DEPS
 from services.invitations.clients import PortalInfo
-from services.invitations.consumer import HANDLERS
 from services.invitations.handlers import Deps, serve_new_link_requests
-from tests.invitations.conftest import AppFactory, Clock, World, last_token, outbox_events
+from tests.invitations.conftest import (
+    AppFactory,
+    Clock,
+    World,
+    last_token,
+    outbox_events,
+    requested_handler,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -299,7 +304,7 @@ async def test_every_resend_says_who_asked(
     assert (await resend(client, inv_id)).status == 200  # the screen: no body
     assert (await resend(client, inv_id, reason="api")).status == 200
     await invite(client, portal, email, resend_reason="api")  # the API, pending already
-    handler = in_inbox(lambda: client.app[DEPS], HANDLERS)["invitation.requested"]
+    handler = requested_handler(client)
     data = InvitationRequested(
         portal_id=uuid.UUID(portal["id"]), email=email, idempotency_key=uuid.uuid4().hex
     )
@@ -404,7 +409,7 @@ async def test_invitation_requested_beyond_the_cap_is_rejected_with_retry_at(
     portal = world.add_portal()
     email = new_email()
     inv_id = await invite(client, portal, email)
-    handler = in_inbox(lambda: client.app[DEPS], HANDLERS)["invitation.requested"]
+    handler = requested_handler(client)
     key = uuid.uuid4().hex
     data = InvitationRequested(portal_id=uuid.UUID(portal["id"]), email=email, idempotency_key=key)
     async with pool.acquire() as conn, conn.transaction():

@@ -13,12 +13,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from libs.common.bus import in_inbox
 from libs.common.events import InvitationRequested, make_event
 from services.invitations import repository as repo
-from services.invitations.api import DEPS
-from services.invitations.consumer import HANDLERS
-from tests.invitations.conftest import World, last_token, outbox_events
+from tests.invitations.conftest import World, last_token, outbox_events, requested_handler
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +111,7 @@ async def test_sixteen_concurrent_invites_of_one_person(
 async def test_same_request_twice_at_once_makes_one_invitation(
     client: Client, world: World, pool: asyncpg.Pool
 ) -> None:
-    handler = in_inbox(lambda: client.app[DEPS], HANDLERS)["invitation.requested"]
+    handler = requested_handler(client)
     # Several rounds: the losing delivery can look in any of the gaps between the winner's
     # statements (key lookup, pending lookup, insert), and each must end the same way.
     for _ in range(8):
@@ -161,7 +158,7 @@ async def test_same_key_committing_between_the_losers_two_looks(
     data = InvitationRequested(
         portal_id=uuid.UUID(portal["id"]), email="narrow@example.com", idempotency_key=key
     )
-    handler = in_inbox(lambda: client.app[DEPS], HANDLERS)["invitation.requested"]
+    handler = requested_handler(client)
     inserted, loser_looked, committed = asyncio.Event(), asyncio.Event(), asyncio.Event()
     loser = contextvars.ContextVar("loser", default=False)
     real_first_look = repo.first_look

@@ -16,7 +16,18 @@ from .queries import (
     status_counts,
 )
 from .reminders import remind_once
-from .sending import check_invite, invite, record_invite, resend, resolve_portal, revoke
+from .sending import (
+    check_invite,
+    first_write,
+    invite,
+    log_created,
+    prepare_first,
+    record_invite,
+    record_not_first,
+    resend,
+    resolve_portal,
+    revoke,
+)
 from .staff import invite_staff, open_staff_invitations
 from .sweep import SWEEP_LOCK, sweep_once
 
@@ -34,6 +45,7 @@ __all__ = [
     "change_access_settings",
     "check_group",
     "check_invite",
+    "first_write",
     "get",
     "get_expiry_days",
     "get_reminder_days",
@@ -41,9 +53,12 @@ __all__ = [
     "invite_group",
     "invite_staff",
     "list_page",
+    "log_created",
     "open_staff_invitations",
+    "prepare_first",
     "record_group",
     "record_invite",
+    "record_not_first",
     "release",
     "remind_once",
     "replay",

@@ -129,6 +129,15 @@ async def record_invite(
     created = await _first_at_once(deps, first)
     if created is not None:
         return created, "created"
+    return await record_not_first(deps, checked, first, key_checked=key_checked)
+
+
+async def record_not_first(
+    deps: Deps, checked: CheckedInvite, first: FirstSend, *, key_checked: bool = False
+) -> tuple[Row, Outcome]:
+    """``record_invite`` once its one statement wrote nothing (a pending invitation, a key
+    used before, a race): in a transaction, with ``first`` written if nothing is pending
+    after all."""
     async with transaction(deps.db) as conn:
         command, portal = checked.command, checked.portal
         key = command.idempotency_key
@@ -279,19 +288,27 @@ async def _first_at_once(deps: Deps, first: FirstSend) -> Row | None:
     key was used before (or names a group): nothing was written, and the transaction's
     path decides, as it did before this shortcut."""
     (row,) = first.rows
-    # Built here, in the request's context: its correlation id and its trace.
-    write = (row, [envelope(t, data) for t, data in first.events()], carrier())
+    write = first_write(first)
     if deps.firsts is not None:
         created = await deps.firsts(write)
     else:
         created = (await repo.insert_firsts(deps.db, [write], sends.FIRST)).get(row.invitation_id)
     if created is not None:
-        log.info(
-            "invitation_created",
-            invitation_id=str(row.invitation_id),
-            portal_id=str(row.portal_id),
-        )
+        log_created(row)
     return created
+
+
+def first_write(first: FirstSend) -> repo.FirstWrite:
+    """A first invitation as ``repository.insert_firsts`` writes it, with its events built
+    now, in the request's context: its correlation id and its trace."""
+    (row,) = first.rows
+    return row, [envelope(t, data) for t, data in first.events()], carrier()
+
+
+def log_created(row: repo.NewInvitation) -> None:
+    log.info(
+        "invitation_created", invitation_id=str(row.invitation_id), portal_id=str(row.portal_id)
+    )
 
 
 # First invitations of concurrent requests in one statement, at most.

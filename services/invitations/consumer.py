@@ -241,33 +241,22 @@ async def on_requested(deps: Deps, events: Sequence[Event]) -> None:
     invitations are one statement; each answer and log line is its own request's
     (``arrival_context``). Anything but a refusal fails the run, which the consumer then
     applies one event at a time."""
-    requests = [data for _, data in events if isinstance(data, InvitationRequested)]
-    assert len(requests) == len(events)
-    # None: a request for several portals.
-    commands = [
-        None
-        if data.portal_ids is not None
-        else InviteCommand.from_fields(data, resend_reason="invitation_requested")
-        for data in requests
-    ]
     async with connection(deps.db) as conn:
-        # The keys, the portals in the replica and the expiry setting of the run's requests
-        # for one portal, in one look; a key's invitation is read only when it was used.
-        asked = [
-            (data.idempotency_key, command.portal_id, command.portal_slug)
-            for data, command in zip(requests, commands, strict=True)
-            if command is not None
-        ]
-        looks = iter(await repo.first_looks(conn, asked) if asked else [])
         run: list[_Request] = []
-        for (envelope, _), data, command in zip(events, requests, commands, strict=True):
-            if command is None:
+        for envelope, data in events:
+            assert isinstance(data, InvitationRequested)
+            if data.portal_ids is not None:
                 # Several portals: on its own, after the requests before it.
                 await _requests(conn, deps, run)
                 run = []
                 await _own(envelope, _requested_group(conn, deps, data))
                 continue
-            look = next(looks)
+            command = InviteCommand.from_fields(data, resend_reason="invitation_requested")
+            # The key, the portal in the replica and the expiry setting in one look; the
+            # key's invitation is read only when the key was used before.
+            look = await repo.first_look(
+                conn, data.idempotency_key, command.portal_id, command.portal_slug
+            )
             if look.key_taken and await _own(envelope, _answer_repeat(conn, data.idempotency_key)):
                 continue
             run.append(_Request(envelope, data, command, look))

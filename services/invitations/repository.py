@@ -116,46 +116,28 @@ class FirstLook:
     expiry_days: int
 
 
-# What a first look is asked: an idempotency key (or None), a portal's id or its slug.
-LookFor = tuple[str | None, uuid.UUID | None, str | None]
-
-
 async def first_look(
     conn: Db, key: str | None, portal_id: uuid.UUID | None, slug: str | None
 ) -> FirstLook:
     """``FirstLook`` in one round trip instead of three (the key, the portal, the setting):
     the portal by its id, else the latest by its slug."""
-    (look,) = await first_looks(conn, [(key, portal_id, slug)])
-    return look
-
-
-async def first_looks(conn: Db, asked: Sequence[LookFor]) -> list[FirstLook]:
-    """``first_look`` for many invitations (a run of requests) in one statement, in the
-    order asked."""
-    rows = await conn.fetch(
+    row = await conn.fetchrow(
         "SELECT s.invitation_expiry_days,"
-        " EXISTS (SELECT 1 FROM invitations i WHERE i.idempotency_key = a.key) AS key_taken,"
+        " EXISTS (SELECT 1 FROM invitations i WHERE i.idempotency_key = $1) AS key_taken,"
         " p.portal_id, p.slug, p.title, p.status, p.revision"
-        " FROM unnest($1::text[], $2::uuid[], $3::text[]) WITH ORDINALITY"
-        "  AS a(key, portal_id, slug, n)"
-        " CROSS JOIN settings s LEFT JOIN LATERAL ("
-        "  (SELECT * FROM portals WHERE portal_id = a.portal_id)"
+        " FROM settings s LEFT JOIN LATERAL ("
+        "  (SELECT * FROM portals WHERE portal_id = $2)"
         "  UNION ALL"
-        "  (SELECT * FROM portals WHERE a.portal_id IS NULL AND slug = a.slug"
+        "  (SELECT * FROM portals WHERE $2::uuid IS NULL AND slug = $3"
         "   ORDER BY revision DESC LIMIT 1)"
-        "  LIMIT 1) p ON true"
-        " ORDER BY a.n",
-        *columns(asked),
+        "  LIMIT 1) p ON true",
+        key,
+        portal_id,
+        slug,
     )
-    assert len(rows) == len(asked)
-    return [
-        FirstLook(
-            row["key_taken"],
-            None if row["portal_id"] is None else PortalInfo.of_row(row),
-            int(row["invitation_expiry_days"]),
-        )
-        for row in rows
-    ]
+    assert row is not None
+    portal = None if row["portal_id"] is None else PortalInfo.of_row(row)
+    return FirstLook(row["key_taken"], portal, int(row["invitation_expiry_days"]))
 
 
 async def find_by_key(conn: Db, key: str) -> Row | None:

@@ -250,22 +250,21 @@ def first_write(portal_id: uuid.UUID, email: str, now: datetime) -> tuple[Any, A
 
 
 def only_first_looks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
-    """Record what each ``repository.first_look(s)`` was asked (key, portal id, slug), and
+    """Record the arguments of each ``repository.first_look`` (key, portal id, slug), and
     fail any other read of the portal or the expiry setting: they were in the look."""
     from services.invitations import repository as repo
 
     looks: list[tuple[Any, ...]] = []
-    real = repo.first_looks
+    real = repo.first_look
 
-    async def first_looks(db: Any, asked: Any) -> Any:
-        looks.extend(asked)
-        return await real(db, asked)
+    async def first_look(db: Any, *args: Any) -> Any:
+        looks.append(args)
+        return await real(db, *args)
 
     async def never(*_: Any, **__: Any) -> Any:
         raise AssertionError("read again after the first look")
 
-    # first_look asks first_looks: one statement, one look or many.
-    monkeypatch.setattr(repo, "first_looks", first_looks)
+    monkeypatch.setattr(repo, "first_look", first_look)
     for name in ("get_portal", "get_portal_by_slug", "expiry_days"):
         monkeypatch.setattr(repo, name, never)
     return looks

@@ -210,16 +210,6 @@ async def test_the_first_look_answers_the_key_the_portal_and_the_setting_in_one_
     nowhere = await repo.first_look(pool, None, uuid.uuid4(), None)
     assert nowhere == repo.FirstLook(False, None, days)
     assert (await repo.first_look(pool, None, None, f"no-{slug}")).portal is None
-    # Many at once (a run of requests): one statement, each answer as if asked alone.
-    asked: list[repo.LookFor] = [
-        (key, older, None),
-        (f"new-{key}", None, slug),
-        (None, older, "other-slug"),
-        (None, uuid.uuid4(), None),
-        (key, None, f"no-{slug}"),
-        (key, newer, None),
-    ]
-    assert await repo.first_looks(pool, asked) == [await repo.first_look(pool, *a) for a in asked]
 
 
 async def test_a_first_invitation_reads_its_own_tables_once_before_it_is_written(

@@ -161,17 +161,17 @@ async def test_same_key_committing_between_the_losers_two_looks(
     handler = requested_handler(client)
     inserted, loser_looked, committed = asyncio.Event(), asyncio.Event(), asyncio.Event()
     loser = contextvars.ContextVar("loser", default=False)
-    real_first_looks = repo.first_looks
+    real_first_look = repo.first_look
 
-    async def first_looks(conn: Any, asked: Any) -> Any:
-        found = await real_first_looks(conn, asked)
+    async def first_look(conn: Any, looked_for: str | None, *portal: Any) -> Any:
+        found = await real_first_look(conn, looked_for, *portal)
         if loser.get() and not loser_looked.is_set():
-            assert not found[0].key_taken  # the winner's row is not committed yet
+            assert not found.key_taken  # the winner's row is not committed yet
             loser_looked.set()
             await committed.wait()
         return found
 
-    monkeypatch.setattr(repo, "first_looks", first_looks)
+    monkeypatch.setattr(repo, "first_look", first_look)
 
     async def winner() -> None:
         async with pool.acquire() as conn:

@@ -181,6 +181,28 @@ async def test_relay_keeps_rows_while_broker_is_unreachable(
     await bus.close()
 
 
+async def _consume(
+    test_env: TestEnv,
+    probe_schema: ProbePool,
+    name: str,
+    handlers: dict[str, Any],
+    alone: frozenset[str] = frozenset(),
+) -> tuple[Bus, Bus, Any]:
+    """A consumer ``name`` of these identity.* events, each with its handler, and identity
+    to publish them: what the consumer acts on must come from the owner of the event type."""
+    bus = Bus(test_env.amqp_url, test_env.bus_prefix, name)
+    await bus.connect()
+    owner = Bus(test_env.amqp_url_as("identity"), test_env.bus_prefix, "identity")
+    await owner.connect()
+    consumer = await bus.consume(
+        probe_schema.pool,
+        [Binding("events", event_type) for event_type in handlers],
+        handlers,
+        alone=alone,
+    )
+    return bus, owner, consumer
+
+
 async def _consume_user_disabled(
     test_env: TestEnv,
     probe_schema: ProbePool,
@@ -188,19 +210,8 @@ async def _consume_user_disabled(
     handler: Any,
     alone: frozenset[str] = frozenset(),
 ) -> tuple[Bus, Bus, Any]:
-    """A consumer ``name`` of identity.user.disabled, and identity to publish it: what the
-    consumer acts on must come from the owner of the event type."""
-    bus = Bus(test_env.amqp_url, test_env.bus_prefix, name)
-    await bus.connect()
-    owner = Bus(test_env.amqp_url_as("identity"), test_env.bus_prefix, "identity")
-    await owner.connect()
-    consumer = await bus.consume(
-        probe_schema.pool,
-        [Binding("events", "identity.user.disabled")],
-        {"identity.user.disabled": handler},
-        alone=alone,
-    )
-    return bus, owner, consumer
+    """A consumer ``name`` of identity.user.disabled."""
+    return await _consume(test_env, probe_schema, name, {"identity.user.disabled": handler}, alone)
 
 
 async def test_consumer_applies_an_event_once_and_dead_letters_poison(
@@ -405,13 +416,10 @@ async def test_a_run_of_events_for_one_together_handler_is_applied_in_one_call_i
             "INSERT INTO effects (user_id, call) VALUES ($1, $2)", data.user_id, len(calls)
         )  # type: ignore[attr-defined]
 
-    bus = Bus(test_env.amqp_url, test_env.bus_prefix, "probe8")
-    await bus.connect()
-    owner = Bus(test_env.amqp_url_as("identity"), test_env.bus_prefix, "identity")
-    await owner.connect()
-    consumer = await bus.consume(
-        probe_schema.pool,
-        [Binding("events", "identity.user.disabled"), Binding("events", "identity.user.enabled")],
+    bus, owner, consumer = await _consume(
+        test_env,
+        probe_schema,
+        "probe8",
         {"identity.user.disabled": Together(many), "identity.user.enabled": one},
     )
     disabled = _disabled(9)
@@ -497,13 +505,10 @@ async def test_a_together_handler_in_alone_runs_apart_and_each_event_keeps_its_c
         assert isinstance(data, UserEnabled)
         await conn.execute(insert, data.user_id, 0, current_correlation_id())
 
-    bus = Bus(test_env.amqp_url, test_env.bus_prefix, "probe10")
-    await bus.connect()
-    owner = Bus(test_env.amqp_url_as("identity"), test_env.bus_prefix, "identity")
-    await owner.connect()
-    consumer = await bus.consume(
-        probe_schema.pool,
-        [Binding("events", "identity.user.disabled"), Binding("events", "identity.user.enabled")],
+    bus, owner, consumer = await _consume(
+        test_env,
+        probe_schema,
+        "probe10",
         {"identity.user.disabled": Together(many), "identity.user.enabled": one},
         alone=frozenset({"identity.user.disabled"}),
     )

@@ -234,6 +234,15 @@ class _Request:
     look: repo.FirstLook
 
 
+@dataclass(frozen=True)
+class _Refused:
+    """A check's refusal that is the request's fault (``REJECT_REASONS``): answered with
+    invitation.rejected. Any other error (a service away answers Unavailable, itself a
+    DomainError) is raised, and the run is retried."""
+
+    error: DomainError
+
+
 async def on_requested(deps: Deps, events: Sequence[Event]) -> None:
     """A run of invitation.requested on the inbox transaction's connection (``deps.db``):
     each invitation, or each refusal's answer, commits with its inbox row. The run's
@@ -279,8 +288,8 @@ async def _requests(conn: Conn, deps: Deps, run: Sequence[_Request]) -> None:
     firsts: list[tuple[_Request, CheckedInvite, FirstSend]] = []
     now = deps.clock()
     for request, verdict in zip(run, checked, strict=True):
-        if isinstance(verdict, DomainError):
-            await _own(request.envelope, _reject(conn, request.data, verdict))
+        if isinstance(verdict, _Refused):
+            await _own(request.envelope, _reject(conn, request.data, verdict.error))
             continue
         days = request.command.expires_in_days or request.look.expiry_days
         context = arrival_context(request.envelope)
@@ -304,24 +313,25 @@ def _applied_first(row: NewInvitation) -> None:
     log.info("invitation_request_applied", outcome="created")
 
 
-async def _checked(deps: Deps, run: Sequence[_Request]) -> list[CheckedInvite | DomainError]:
-    """Each request's check, or the refusal it earns. A portal the replica holds as Active
-    needs no database: those are checked at once (their look-ups of who has access go to
-    identity together); the others, which may write the replica, one after another."""
+async def _checked(deps: Deps, run: Sequence[_Request]) -> list[CheckedInvite | _Refused]:
+    """Each request's check, or the refusal it earns; any other error is raised once every
+    check is done. A portal the replica holds as Active needs no database: those are
+    checked at once (their look-ups of who has access go to identity together); the
+    others, which may write the replica, one after another."""
 
-    async def check(request: _Request) -> CheckedInvite | DomainError:
+    async def check(request: _Request) -> CheckedInvite | _Refused:
         try:
             return await check_invite(deps, request.command, look=request.look)
         except DomainError as exc:
             if exc.code not in REJECT_REASONS:
                 raise
-            return exc
+            return _Refused(exc)
 
     def at_once(request: _Request) -> bool:
         portal = request.look.portal
         return portal is not None and portal.status == "active"
 
-    verdicts: dict[int, CheckedInvite | DomainError | BaseException] = {}
+    verdicts: dict[int, CheckedInvite | _Refused | BaseException] = {}
     together = [i for i, request in enumerate(run) if at_once(request)]
     answers = await asyncio.gather(
         *(_own(run[i].envelope, check(run[i])) for i in together), return_exceptions=True
@@ -330,11 +340,13 @@ async def _checked(deps: Deps, run: Sequence[_Request]) -> list[CheckedInvite | 
     for i, request in enumerate(run):
         if i not in verdicts:
             verdicts[i] = await _own(request.envelope, check(request))
-    ordered = [verdicts[i] for i in range(len(run))]
-    for verdict in ordered:
-        if isinstance(verdict, BaseException) and not isinstance(verdict, DomainError):
+    checked: list[CheckedInvite | _Refused] = []
+    for i in range(len(run)):
+        verdict = verdicts[i]
+        if isinstance(verdict, BaseException):
             raise verdict
-    return [v for v in ordered if isinstance(v, CheckedInvite | DomainError)]
+        checked.append(verdict)
+    return checked
 
 
 async def _not_first(

@@ -407,6 +407,44 @@ async def test_a_run_of_requests_is_one_write_and_each_is_answered_as_its_own(
     assert all(r["send_count"] == 1 for r in rows)
 
 
+async def test_a_run_of_requests_while_identity_is_down_waits_and_is_never_refused(
+    client: Client, world: World, pool: asyncpg.Pool, publish: Publish
+) -> None:
+    """Identity unreachable is not the request's fault: a run of requests whose checks
+    all meet it is held and retried (the consumer waits out a dependency that is away),
+    never answered invitation.rejected; once identity is back each is created once."""
+    portal = world.add_portal()
+    warm = await client.post(
+        "/invitations", json={"portal_id": portal["id"], "email": "warm-down@example.com"}
+    )
+    assert warm.status == 201  # the portal in the replica: the run's checks go at once
+    run = uuid.uuid4().hex[:8]
+    keys = [f"crm-down-{run}-{i}" for i in range(4)]
+    world.identity_down = True
+    try:
+        for i, key in enumerate(keys):
+            request = InvitationRequested(
+                portal_id=uuid.UUID(portal["id"]),
+                email=f"down-{run}-{i}@example.com",
+                idempotency_key=key,
+            )
+            await publish("invitation.requested", request)
+        await asyncio.sleep(1.5)
+        answers = [t for key in keys for t, _ in await outbox_events(pool, key)]
+        assert answers == [], answers
+    finally:
+        world.identity_down = False
+
+    async def all_created() -> bool:
+        answers = [[t for t, _ in await outbox_events(pool, key)] for key in keys]
+        return all(types == ["invitation.created"] for types in answers)
+
+    await eventually(all_created, timeout=30.0)
+    assert await pool.fetchval(
+        "SELECT count(*) FROM invitations WHERE idempotency_key = ANY($1::text[])", keys
+    ) == len(keys)
+
+
 @pytest.mark.parametrize(
     ("reason", "request_data"),
     [

@@ -246,8 +246,8 @@ class _Refused:
 async def on_requested(deps: Deps, events: Sequence[Event]) -> None:
     """A run of invitation.requested on the inbox transaction's connection (``deps.db``):
     each invitation, or each refusal's answer, commits with its inbox row. The run's
-    checks wait on identity and portals together (their look-ups go as one) and its first
-    invitations are one statement; each answer and log line is its own request's
+    checks wait on identity and portals together (their look-ups share requests) and its
+    first invitations are one statement; each answer and log line is its own request's
     (``arrival_context``). Anything but a refusal fails the run, which the consumer then
     applies one event at a time."""
     async with connection(deps.db) as conn:

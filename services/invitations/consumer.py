@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from datetime import datetime
+from typing import Any, TypeVar
 
 from libs.common.broker import CONSUMES
 from libs.common.bus import ServiceHandler, Together, arrival_context
@@ -272,34 +273,28 @@ async def on_requested(deps: Deps, events: Sequence[Event]) -> None:
         await _requests(conn, deps, run)
 
 
-async def _own(envelope: Envelope, work: Awaitable[T]) -> T:
+def _own(envelope: Envelope, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
     """Work that is one request's own, in the context it arrived in."""
-    return await asyncio.create_task(_awaited(work), context=arrival_context(envelope))
-
-
-async def _awaited(work: Awaitable[T]) -> T:
-    return await work
+    return asyncio.create_task(work, context=arrival_context(envelope))
 
 
 async def _requests(conn: Conn, deps: Deps, run: Sequence[_Request]) -> None:
     if not run:
         return
     checked = await _checked(deps, run)
-    firsts: list[tuple[_Request, CheckedInvite, FirstSend]] = []
+    firsts: list[tuple[_Request, CheckedInvite, FirstSend, repo.FirstWrite]] = []
     now = deps.clock()
     for request, verdict in zip(run, checked, strict=True):
         if isinstance(verdict, _Refused):
             await _own(request.envelope, _reject(conn, request.data, verdict.error))
             continue
         days = request.command.expires_in_days or request.look.expiry_days
-        context = arrival_context(request.envelope)
-        first = context.run(prepare_first, deps, verdict, now, days)
-        firsts.append((request, verdict, first))
+        first, write = arrival_context(request.envelope).run(_prepared, deps, verdict, now, days)
+        firsts.append((request, verdict, first, write))
     if not firsts:
         return
-    writes = [arrival_context(r.envelope).run(first_write, first) for r, _, first in firsts]
-    created = await repo.insert_firsts(conn, writes, sends.FIRST)
-    for request, verdict, first in firsts:
+    created = await repo.insert_firsts(conn, [write for *_, write in firsts], sends.FIRST)
+    for request, verdict, first, _ in firsts:
         (row,) = first.rows
         if row.invitation_id in created:
             arrival_context(request.envelope).run(_applied_first, row)
@@ -308,16 +303,24 @@ async def _requests(conn: Conn, deps: Deps, run: Sequence[_Request]) -> None:
             await _own(request.envelope, _not_first(conn, deps, request, verdict, first))
 
 
+def _prepared(
+    deps: Deps, checked: CheckedInvite, now: datetime, days: int
+) -> tuple[FirstSend, repo.FirstWrite]:
+    """A request's first invitation and its write, in the request's context."""
+    first = prepare_first(deps, checked, now, days)
+    return first, first_write(first)
+
+
 def _applied_first(row: NewInvitation) -> None:
     log_created(row)
     log.info("invitation_request_applied", outcome="created")
 
 
 async def _checked(deps: Deps, run: Sequence[_Request]) -> list[CheckedInvite | _Refused]:
-    """Each request's check, or the refusal it earns; any other error is raised once every
-    check is done. A portal the replica holds as Active needs no database: those are
-    checked at once (their look-ups of who has access go to identity together); the
-    others, which may write the replica, one after another."""
+    """Each request's check, or the refusal it earns; any other error is raised. A portal
+    the replica holds as Active needs no database: those are checked at once (their
+    look-ups of who has access go to identity together); the others, which may write the
+    replica, one after another."""
 
     async def check(request: _Request) -> CheckedInvite | _Refused:
         try:
@@ -331,18 +334,18 @@ async def _checked(deps: Deps, run: Sequence[_Request]) -> list[CheckedInvite | 
         portal = request.look.portal
         return portal is not None and portal.status == "active"
 
-    verdicts: dict[int, CheckedInvite | _Refused | BaseException] = {}
-    together = [i for i, request in enumerate(run) if at_once(request)]
-    answers = await asyncio.gather(
-        *(_own(run[i].envelope, check(run[i])) for i in together), return_exceptions=True
+    # In the run's order: the answers of those checked at once, the others' as they come.
+    answers = iter(
+        await asyncio.gather(
+            *(_own(r.envelope, check(r)) for r in run if at_once(r)), return_exceptions=True
+        )
     )
-    verdicts.update(zip(together, answers, strict=True))
-    for i, request in enumerate(run):
-        if i not in verdicts:
-            verdicts[i] = await _own(request.envelope, check(request))
     checked: list[CheckedInvite | _Refused] = []
-    for i in range(len(run)):
-        verdict = verdicts[i]
+    for request in run:
+        if at_once(request):
+            verdict = next(answers)
+        else:
+            verdict = await _own(request.envelope, check(request))
         if isinstance(verdict, BaseException):
             raise verdict
         checked.append(verdict)

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from libs.common.errors import DomainError
 from libs.common.http import ServiceClient
+from libs.common.logging import get_logger
 
 from .answers import (
     AcceptedLink,
@@ -47,8 +52,12 @@ from .answers import (
 )
 from .cache import GatewayCache
 
+log = get_logger(__name__)
+
 BATCH_TIMEOUT = 120.0
 BRANDING_TIMEOUT = 2.0
+# While the mailer doesn't answer, pages show the last branding and ask again this often.
+BRANDING_RETRY_SECONDS = 5.0
 
 
 def _page_params(limit: int | None, cursor: str | None, **extra: str | None) -> dict[str, str]:
@@ -536,6 +545,13 @@ NO_BRANDING: BrandingAnswer = {
 }
 
 
+@dataclass
+class _MailerAway:
+    until: float = 0.0  # the clock's time before which pages don't ask again
+    since: float = 0.0  # the wall time the mailer stopped answering (0: it answers)
+    asking: asyncio.Future[BrandingAnswer] | None = None  # the question pages share
+
+
 @dataclass(frozen=True)
 class Branding:
     """The mailer's Settings → Branding. Every page shows it, so it comes from this
@@ -544,8 +560,48 @@ class Branding:
 
     client: ServiceClient
     cache: GatewayCache = field(default_factory=lambda: GatewayCache(0))
+    clock: Callable[[], float] = time.monotonic
     # The last answer, for pages while the mailer is away; the logo last fetched.
     _last: dict[str, Any] = field(default_factory=dict)
+    _away: _MailerAway = field(default_factory=lambda: _MailerAway())
+
+    async def for_page(self) -> BrandingAnswer:
+        """What a page shows: the current branding or, while the mailer doesn't answer, the
+        last one this replica saw (the built-in one before any). Pages never take turns
+        asking a mailer that is away: the pages that find no answer share one question,
+        and after it failed they ask nothing for BRANDING_RETRY_SECONDS. So a mailer that
+        hangs holds up the pages of one BRANDING_TIMEOUT in every few seconds, not all of
+        them, and it is logged once when it goes and once when it is back."""
+        cached = self.cache.branding()
+        if cached is not None:
+            return cached
+        away = self._away
+        if self.clock() < away.until:
+            return self.last_known()
+        if away.asking is None:
+            away.asking = asyncio.ensure_future(self._ask())
+        return await asyncio.shield(away.asking)
+
+    async def _ask(self) -> BrandingAnswer:
+        away = self._away
+        try:
+            result = await self.current()
+        except DomainError as exc:
+            away.until = self.clock() + BRANDING_RETRY_SECONDS
+            if not away.since:
+                away.since = time.time()
+                log.warning(
+                    "branding_unavailable",
+                    error=type(exc).__name__,
+                    retry_seconds=BRANDING_RETRY_SECONDS,
+                )
+            return self.last_known()
+        finally:
+            away.asking = None
+        if away.since:
+            log.info("branding_available", away_seconds=round(time.time() - away.since, 1))
+            away.since = 0.0
+        return result
 
     async def current(self) -> BrandingAnswer:
         cached = self.cache.branding()

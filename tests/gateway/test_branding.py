@@ -13,9 +13,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
+from services.gateway import upstream
 from services.gateway.app import create_app
 from services.gateway.state import CACHE
 from services.mailer.app import create_app as create_mailer
@@ -259,3 +261,66 @@ async def test_staff_can_not_open_branding(start_gateway: Start, backend: Backen
     await log_in(gw, staff, PASSWORD)
     assert (await gw.get("/admin/settings/branding")).status == 403
     assert (await gw.get("/api/v1/settings/branding")).status == 403
+
+
+async def test_a_mailer_that_stops_answering_is_asked_once_a_while_not_by_every_page(
+    backend: Backend,
+    migrated_schemas: TestEnv,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Every page shows the branding. While the mailer hangs, pages show the last branding
+    seen; the pages that find none share one question, and after it failed nothing asks
+    again for BRANDING_RETRY_SECONDS (before: each page waited for its own question, and
+    logged a warning)."""
+    monkeypatch.setattr(upstream, "BRANDING_TIMEOUT", 0.2)
+    monkeypatch.setattr(upstream, "BRANDING_RETRY_SECONDS", 0.6)
+    asked, hanging = 0, False
+
+    async def branding(request: web.Request) -> web.Response:
+        nonlocal asked
+        asked += 1
+        while hanging:
+            await asyncio.sleep(0.02)
+        return web.json_response({"agency_name": "Northwind Studio", "accent_colour": ""})
+
+    mailer_app = web.Application()
+    mailer_app.router.add_get("/branding", branding)
+    mailer = TestServer(mailer_app)
+    await mailer.start_server()
+    settings = make_settings(
+        backend,
+        mailer_url=str(mailer.make_url("")).rstrip("/"),
+        **migrated_schemas.keys.settings("gateway"),
+    )
+    gw: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
+    await gw.start_server()
+
+    async def pages(count: int) -> None:
+        for response in await asyncio.gather(*(gw.get("/login") for _ in range(count))):
+            assert response.status == 200
+            assert '<span class="brand-name">Northwind Studio</span>' in await response.text()
+
+    try:
+        await pages(1)  # GATEWAY_CACHE_SECONDS=0: every page asks the mailer
+        assert asked == 1
+        hanging = True
+        await pages(10)  # one question for all ten, timed out: the last branding seen
+        assert asked == 2
+        await pages(5)
+        assert asked == 2  # inside the retry window, nobody asks
+        await asyncio.sleep(0.7)
+        await pages(3)
+        assert asked == 3
+        hanging = False
+        await asyncio.sleep(0.7)
+        await pages(1)  # it answers again: asked by each page as before
+        await pages(1)
+        assert asked == 5
+    finally:
+        hanging = False
+        await gw.close()
+        await mailer.close()
+    lines = capfd.readouterr().out.splitlines()
+    for event in ("branding_unavailable", "branding_available"):  # once each, not a page
+        assert len([line for line in lines if f" {event} " in line]) == 1, lines

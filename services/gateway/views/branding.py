@@ -12,7 +12,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 from pydantic import BaseModel, ConfigDict, Field
 
-from libs.common.errors import DomainError, InvalidInput, TooLarge
+from libs.common.errors import InvalidInput, TooLarge
 from libs.common.i18n import (
     LANGUAGE_MESSAGE,
     TIME_ZONE_MESSAGE,
@@ -20,7 +20,6 @@ from libs.common.i18n import (
     is_time_zone,
     time_zones,
 )
-from libs.common.logging import get_logger
 from libs.common.web import json_response, read_json
 
 from ..answers import BrandingAnswer
@@ -29,8 +28,6 @@ from ..rendering import Handler, form_str, is_api, render, see_other
 from ..state import UPSTREAM, req_state
 from ..upstream import Branding
 from .api import API
-
-log = get_logger(__name__)
 
 PAGE = "/admin/settings/branding"
 LOGO_FORM = PAGE + "/logo"
@@ -60,12 +57,7 @@ async def branding_middleware(request: web.Request, handler: Handler) -> web.Str
     away must not take pages down: they show the last branding this replica saw."""
     path = request.path
     if not is_api(request) and not path.startswith(("/static/", "/branding/")):
-        client = _branding(request)
-        try:
-            req_state(request).brand = await client.current()
-        except DomainError as exc:
-            log.warning("branding_unavailable", error=type(exc).__name__)
-            req_state(request).brand = client.last_known()
+        req_state(request).brand = await _branding(request).for_page()
     return await handler(request)
 
 

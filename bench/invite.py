@@ -53,6 +53,16 @@ def _parts(stack: Stack) -> dict[str, int]:
     return {**stack.pids(), "bench": os.getpid()}
 
 
+async def _integration_key(stack: Stack, run: str) -> dict[str, str]:
+    """What a CRM calls the API with: an integration key that may only send invitations."""
+    status, made = await stack.api(
+        "POST", "/api/v1/keys", {"name": f"bench {run}", "scopes": ["invitations:write"]}
+    )
+    if status != 201:
+        raise RuntimeError(f"could not make an integration key: {status} {made}")
+    return {"Authorization": f"Bearer {made['key']}"}
+
+
 async def _via_api(stack: Stack, portal_id: str, duration: float, run: str) -> dict[str, Any]:
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -62,6 +72,7 @@ async def _via_api(stack: Stack, portal_id: str, duration: float, run: str) -> d
     started = time.perf_counter()
     stop = started + duration
     url = f"{stack.public_url}/api/v1/portals/{portal_id}/invitations"
+    headers = await _integration_key(stack, run)
 
     async def client() -> None:
         nonlocal seq
@@ -69,7 +80,7 @@ async def _via_api(stack: Stack, portal_id: str, duration: float, run: str) -> d
             seq += 1
             body = {"email": f"api-{run}-{seq}@example.com"}
             t0 = time.perf_counter()
-            async with stack.http.post(url, json=body, headers=stack.api_headers) as response:
+            async with stack.http.post(url, json=body, headers=headers) as response:
                 await response.read()
                 if response.status == 201:
                     latencies.append(time.perf_counter() - t0)
@@ -84,6 +95,7 @@ async def _via_api(stack: Stack, portal_id: str, duration: float, run: str) -> d
     delivered = sent - base
     return {
         "clients": API_CLIENTS,
+        "auth": "integration_key",
         "duration_s": round(api_elapsed, 2),
         "accepted": accepted,
         "api_accepted_per_s": rate(accepted, api_elapsed),

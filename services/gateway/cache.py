@@ -1,20 +1,23 @@
-"""A short cache of what identity and portals vouched for, so a portal page needn't ask
-them every time: whose session a cookie is, and a user's portal page (access included).
+"""A short cache of what identity and portals vouched for, so a portal page or an API call
+needn't ask them every time: whose session a cookie is, a user's portal page (access
+included), and which live integration key a bearer key is (its name and scopes).
 
 It is only as good as being told when that changes, so it is used only while it can be
 told. Identity announces every ended session (``identity.session.revoked``: log out,
-password change or reset, user disabled) and portals every change of a portal and of its
+password change or reset, user disabled) and every revoked key
+(``identity.key.revoked``), and portals every change of a portal and of its
 access list (``portal.updated``, ``portal.access.revoked``); each gateway replica listens
 on a queue of its own. While that queue is not connected the cache is empty and bypassed
 (every request asks, as without a cache); a reconnection empties it, because
 announcements made during the gap went nowhere. What this replica changes itself (log
-out, disable, reset, a portal saved in the editor) it forgets before it answers, so the
-next request never sees the old state.
+out, disable, reset, a portal saved in the editor, a key revoked) it forgets before it
+answers, so the next request never sees the old state.
 
 An entry lives ``GATEWAY_CACHE_SECONDS`` at most, a session never past its own idle or
-absolute expiry; identity still sees an active session at least that often, which keeps
-its idle clock current. Only answers that grant something are kept (never a 404), so a
-new grant shows at once. ``0`` turns the cache off."""
+absolute expiry; identity still sees an active session (and a key in use) at least that
+often, which keeps its idle clock (and the key's last use) current. Only answers that
+grant something are kept (never a 404 or a refused key), so a new grant shows at once.
+``0`` turns the cache off."""
 
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from prometheus_client import Counter
 
 from libs.common.bus import trusted_sender
 from libs.common.events import (
+    ApiKeyChanged,
     BrandingChanged,
     EventData,
     MalformedEvent,
@@ -48,14 +52,15 @@ from libs.common.events import (
 )
 from libs.common.logging import get_logger
 
-from .answers import BrandingAnswer, CurrentSession, PortalAnswer
+from .answers import ApiKeyAnswer, BrandingAnswer, CurrentSession, PortalAnswer
 
 log = get_logger(__name__)
 
 CACHE_LOOKUPS = Counter(
     "clientpress_gateway_cache_total",
-    "Gateway lookups of sessions and portal pages: hit (from the cache), miss (asked and"
-    " cached), bypass (asked; the cache is off or not connected)",
+    "Gateway lookups of sessions, portal pages, the branding and integration keys: hit"
+    " (from the cache), miss (asked and cached), bypass (asked; the cache is off or not"
+    " connected)",
     ["kind", "result"],
 )
 MAX_ENTRIES = 100_000
@@ -66,6 +71,7 @@ ROUTING_KEYS = (
     "identity.user.disabled",
     "identity.user.role_changed",
     "identity.user.preferences_changed",
+    "identity.key.revoked",
     "portal.updated",
     "portal.access.revoked",
     "settings.branding.changed",
@@ -92,8 +98,8 @@ class GatewayCache:
         # Bumped by every forgetting: an answer asked for before one is not kept after it.
         self.generation = 0
         self._entries: dict[str, _Entry] = {}
-        # tag ("user:…", "session:…", "portal:…") -> keys, so forgetting one user's or one
-        # portal's entries doesn't scan the whole cache.
+        # tag ("user:…", "session:…", "portal:…", "key:…") -> keys, so forgetting one
+        # user's or one portal's entries doesn't scan the whole cache.
         self._tagged: dict[str, set[str]] = {}
 
     @property
@@ -148,6 +154,23 @@ class GatewayCache:
     def forget_branding(self) -> None:
         self._forget("branding")
 
+    # --- integration keys (an /api call's bearer key) ---------------------------------
+    def api_key(self, key: str) -> ApiKeyAnswer | None:
+        found: ApiKeyAnswer | None = self._get("api_key", "k:" + _digest(key))
+        return found
+
+    def put_api_key(self, key: str, answer: ApiKeyAnswer, generation: int) -> None:
+        """Keep identity's answer that a presented key is live (never a refusal: a key made
+        a moment later is not refused from the cache)."""
+        try:
+            tags = frozenset({f"key:{answer['id']}"})
+        except (KeyError, TypeError):
+            return
+        self._put("k:" + _digest(key), answer, tags, self.ttl, generation)
+
+    def forget_api_key(self, key_id: str) -> None:
+        self._forget(f"key:{key_id}")
+
     # --- forgetting -------------------------------------------------------------------
     def forget_token(self, token: str) -> None:
         self.generation += 1
@@ -185,6 +208,8 @@ class GatewayCache:
             self.forget_portal(str(data.portal_id))
         elif isinstance(data, BrandingChanged):
             self.forget_branding()
+        elif isinstance(data, ApiKeyChanged):
+            self.forget_api_key(str(data.key_id))
 
     # --- the store --------------------------------------------------------------------
     def _get(self, kind: str, key: str) -> Any:

@@ -71,8 +71,9 @@ def _page_params(limit: int | None, cursor: str | None, **extra: str | None) -> 
 
 @dataclass(frozen=True)
 class Identity:
-    """Whose session a cookie is comes from this replica's cache; every call that ends
-    sessions also empties them from it before the caller answers: no route can forget it."""
+    """Whose session a cookie is, and which live key a bearer key is, come from this
+    replica's cache; every call that ends sessions or revokes a key also empties them from
+    it before the caller answers: no route can forget it."""
 
     client: ServiceClient
     cache: GatewayCache = field(default_factory=lambda: GatewayCache(0))
@@ -218,10 +219,20 @@ class Identity:
         return result["items"]
 
     async def revoke_api_key(self, key_id: str) -> None:
-        await self.client.call("DELETE", f"/api-keys/{key_id}")
+        try:
+            await self.client.call("DELETE", f"/api-keys/{key_id}")
+        finally:
+            self.cache.forget_api_key(key_id)
 
     async def verify_api_key(self, key: str) -> ApiKeyAnswer:
+        """The live key behind a bearer key: from this replica's cache while it is told of
+        revocations, else identity's answer (which records the key's use)."""
+        cached = self.cache.api_key(key)
+        if cached is not None:
+            return cached
+        generation = self.cache.generation
         result: ApiKeyAnswer = await self.client.call("POST", "/api-keys/verify", json={"key": key})
+        self.cache.put_api_key(key, result, generation)
         return result
 
     async def activity(

@@ -57,6 +57,8 @@ class Backend:
     ensured: dict[str, str] = field(default_factory=dict)
     resets: dict[str, str] = field(default_factory=dict)
     hashing_busy: bool = False  # identity's hash queue is full: logins answer 503
+    api_keys: dict[str, Json] = field(default_factory=dict)  # live key -> identity's answer
+    key_checks: int = 0  # POST /api-keys/verify
 
     # --- helpers for tests -------------------------------------------------------
     @staticmethod
@@ -88,6 +90,20 @@ class Backend:
         token = secrets.token_urlsafe(32)
         self.sessions[token] = user["id"]
         return token
+
+    def add_api_key(self, name: str, scopes: list[str]) -> tuple[str, Json]:
+        key = "cpk_" + secrets.token_urlsafe(32)
+        answer = {
+            "id": str(uuid.uuid4()),
+            "name": name,
+            "scopes": scopes,
+            "prefix": key[:8],
+            "created_by": None,
+            "created_at": now(),
+            "last_used_at": None,
+        }
+        self.api_keys[key] = answer
+        return key, answer
 
     def add_portal(self, title: str, status: str = "active", **extra: Any) -> Json:
         slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
@@ -273,6 +289,20 @@ class Backend:
             found = self.users[request.match_info["id"]]
             found["disabled"] = True
             return web.json_response(found)
+
+        @r.post("/api-keys/verify")
+        async def verify_key(request: web.Request) -> web.Response:
+            self.key_checks += 1
+            found = self.api_keys.get((await request.json())["key"])
+            return web.json_response(found) if found else err(401, "invalid_api_key")
+
+        @r.delete("/api-keys/{id}")
+        async def revoke_key(request: web.Request) -> web.Response:
+            for key, answer in list(self.api_keys.items()):
+                if answer["id"] == request.match_info["id"]:
+                    del self.api_keys[key]
+                    return web.Response(status=204)
+            return err(404, "key_not_found")
 
         @r.get("/settings/login")
         async def get_login(request: web.Request) -> web.Response:

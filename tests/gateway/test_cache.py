@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from libs.common import broker
 from libs.common.events import (
+    ApiKeyChanged,
     EventData,
     PortalAccessChanged,
     PortalChanged,
@@ -33,6 +34,7 @@ from tests.support.owners import OwnersBus
 from tests.support.servers import current as current_servers
 
 PASSWORD = "correct horse battery staple"
+BOOTSTRAP_KEY = "bootstrap-" + uuid.uuid4().hex
 
 
 class Clock:
@@ -169,12 +171,37 @@ def test_each_announcement_forgets_what_it_names(announcement: EventData) -> Non
     assert cache.portal("someone", "else") is not None
 
 
+def test_keys_are_kept_for_the_ttl_and_forgotten_by_revocation_or_refusal() -> None:
+    cache, clock = live_cache()
+    answer: Any = {"id": str(uuid.UUID(int=3)), "name": "CRM", "scopes": ["invitations:write"]}
+    other: Any = {"id": str(uuid.UUID(int=4)), "name": "Billing", "scopes": []}
+    cache.put_api_key("cpk_one", answer, cache.generation)
+    cache.put_api_key("cpk_two", other, cache.generation)
+    cache.put_api_key("cpk_odd", {"name": "no id"}, cache.generation)  # type: ignore[typeddict-item]
+    assert cache.api_key("cpk_one") == answer and cache.api_key("cpk_odd") is None
+    assert not any("cpk_" in key for key in cache._entries)  # digests, never the keys
+    clock.now += 9.9
+    assert cache.api_key("cpk_one") == answer
+    clock.now += 0.2
+    assert cache.api_key("cpk_one") is None
+    cache.put_api_key("cpk_one", answer, cache.generation)
+    cache.put_api_key("cpk_two", other, cache.generation)
+    cache.apply(ApiKeyChanged(key_id=uuid.UUID(int=3), name="CRM", scopes=[]))
+    assert cache.api_key("cpk_one") is None and cache.api_key("cpk_two") == other
+    # Asked before a revocation, answered after it: not kept.
+    generation = cache.generation
+    cache.forget_api_key(other["id"])
+    cache.put_api_key("cpk_two", other, generation)
+    assert cache.api_key("cpk_two") is None
+
+
 # --- the gateway with the cache on ------------------------------------------------------
 @pytest.fixture
 async def cached_gw(backend: Backend, test_env: TestEnv) -> AsyncIterator[TestClient]:
     settings = make_settings(
         backend,
         gateway_cache_seconds=30,
+        gateway_api_key=BOOTSTRAP_KEY,
         amqp_url=test_env.amqp_url_as("gateway"),
         bus_prefix=test_env.bus_prefix,
     )
@@ -337,6 +364,54 @@ async def test_a_revocation_announced_by_identity_reaches_the_cache(
         ),
     )
     await answers_soon(cached_gw, token.value, page, 303, "the announced revocation to apply")
+
+
+async def api_status(gw: TestClient, key: str, method: str = "GET", path: str = "") -> int:
+    response = await gw.request(
+        method, path or "/api/v1/portals", headers={"Authorization": f"Bearer {key}"}
+    )
+    await response.read()
+    return response.status
+
+
+@pytest.mark.integration
+async def test_a_key_is_checked_once_per_ttl_and_refused_at_once_when_revoked_here(
+    cached_gw: TestClient, backend: Backend
+) -> None:
+    key, made = backend.add_api_key("CRM", ["portals:read"])
+    other, _ = backend.add_api_key("Billing", ["portals:read"])
+    for _ in range(5):
+        assert await api_status(cached_gw, key) == 200
+    assert backend.key_checks == 1
+    assert await api_status(cached_gw, other) == 200 and backend.key_checks == 2
+    assert await api_status(cached_gw, "cpk_" + "A" * 43) == 401
+    assert await api_status(cached_gw, "cpk_" + "A" * 43) == 401  # a refusal isn't kept
+    assert backend.key_checks == 4
+    revoked = await api_status(cached_gw, BOOTSTRAP_KEY, "DELETE", f"/api/v1/keys/{made['id']}")
+    assert revoked == 204
+    assert await api_status(cached_gw, key) == 401
+    assert await api_status(cached_gw, other) == 200 and backend.key_checks == 5
+
+
+@pytest.mark.integration
+async def test_a_key_revoked_elsewhere_is_refused_once_identity_announces_it(
+    cached_gw: TestClient, backend: Backend, test_env: TestEnv
+) -> None:
+    key, made = backend.add_api_key("CRM", ["portals:read"])
+    assert await api_status(cached_gw, key) == 200
+    del backend.api_keys[key]  # revoked through another replica: this one wasn't told
+    assert await api_status(cached_gw, key) == 200
+    revoked = ApiKeyChanged(key_id=uuid.UUID(made["id"]), name="CRM", scopes=["portals:read"])
+    # Another program can't make a replica forget (nor, so, ask identity every time).
+    await _announce(test_env, "identity.key.revoked", revoked, as_owner=False)
+    await asyncio.sleep(0.3)
+    assert await api_status(cached_gw, key) == 200
+    await _announce(test_env, "identity.key.revoked", revoked)
+
+    async def refused() -> bool:
+        return await api_status(cached_gw, key) == 401
+
+    await eventually(refused, "the announced revocation to apply")
 
 
 def _close_listener_connection(test_env: TestEnv) -> None:

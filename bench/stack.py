@@ -169,21 +169,21 @@ async def running_stack(**extra_env: str) -> AsyncIterator[Stack]:
         ports = {name: free_port() for name in ORDER}
         public_url = f"http://127.0.0.1:{ports['gateway']}"
         api_key = secrets.token_urlsafe(32)
-        settings = dict(
-            SMTP_HOST="127.0.0.1",
-            SMTP_PORT=str(sink.port),
-            PUBLIC_URL=public_url,
-            ADMIN_EMAIL=ADMIN_EMAIL,
-            ADMIN_PASSWORD=ADMIN_PASSWORD,
-            IDENTITY_URL=f"http://127.0.0.1:{ports['identity']}",
-            PORTALS_URL=f"http://127.0.0.1:{ports['portals']}",
-            INVITATIONS_URL=f"http://127.0.0.1:{ports['invitations']}",
-            MAILER_URL=f"http://127.0.0.1:{ports['mailer']}",
-            GATEWAY_API_KEY=api_key,
+        settings = {
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(sink.port),
+            "PUBLIC_URL": public_url,
+            "ADMIN_EMAIL": ADMIN_EMAIL,
+            "ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "IDENTITY_URL": f"http://127.0.0.1:{ports['identity']}",
+            "PORTALS_URL": f"http://127.0.0.1:{ports['portals']}",
+            "INVITATIONS_URL": f"http://127.0.0.1:{ports['invitations']}",
+            "MAILER_URL": f"http://127.0.0.1:{ports['mailer']}",
+            "GATEWAY_API_KEY": api_key,
             # Every benchmark client comes from 127.0.0.1: lift the per-IP limit on accepts.
-            GATEWAY_RATE_PER_IP="1000000",
-            MAILER_RETRY_BASE_SECONDS="0.2",
-        )
+            "GATEWAY_RATE_PER_IP": "1000000",
+            "MAILER_RETRY_BASE_SECONDS": "0.2",
+        }
         service_env = env.service_env(**{**settings, **extra_env})
         await asyncio.to_thread(run_migrations, service_env, SCHEMAS)
         services = {name: ServiceProcess(name, ports[name], service_env) for name in ORDER}

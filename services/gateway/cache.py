@@ -64,6 +64,9 @@ CACHE_LOOKUPS = Counter(
     ["kind", "result"],
 )
 MAX_ENTRIES = 100_000
+# A key in use is checked with identity again at least this often, whatever the TTL: its
+# last use (the API keys screen) stays current to within a minute or two.
+KEY_SECONDS = 60.0
 RECONNECT_SECONDS = 5.0
 # What the listener hears; each names whose entries to forget (the branding: all of it).
 ROUTING_KEYS = (
@@ -166,7 +169,7 @@ class GatewayCache:
             tags = frozenset({f"key:{answer['id']}"})
         except (KeyError, TypeError):
             return
-        self._put("k:" + _digest(key), answer, tags, self.ttl, generation)
+        self._put("k:" + _digest(key), answer, tags, KEY_SECONDS, generation)
 
     def forget_api_key(self, key_id: str) -> None:
         self._forget(f"key:{key_id}")

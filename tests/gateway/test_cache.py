@@ -188,6 +188,11 @@ def test_keys_are_kept_for_the_ttl_and_forgotten_by_revocation_or_refusal() -> N
     cache.put_api_key("cpk_two", other, cache.generation)
     cache.apply(ApiKeyChanged(key_id=uuid.UUID(int=3), name="CRM", scopes=[]))
     assert cache.api_key("cpk_one") is None and cache.api_key("cpk_two") == other
+    # Never longer than a minute, whatever the TTL: identity records the key's use.
+    long_cache, long_clock = live_cache(ttl=300)
+    long_cache.put_api_key("cpk_one", answer, long_cache.generation)
+    long_clock.now += 60.1
+    assert long_cache.api_key("cpk_one") is None
     # Asked before a revocation, answered after it: not kept.
     generation = cache.generation
     cache.forget_api_key(other["id"])

@@ -441,6 +441,8 @@ class BatchQuery(Strict):
 
 # 10,000 rows with a name and a 1,000-character message each.
 BATCH_BODY_LIMIT = 16 * 1024 * 1024
+# What senders call a CSV body: the registered type (RFC 7111) and the names in use before it.
+CSV_TYPES = frozenset({"text/csv", "application/csv", "text/x-csv", "text/comma-separated-values"})
 
 BATCH_KEY = {
     **IDEMPOTENCY_KEY,
@@ -475,10 +477,18 @@ BATCH_KEY = {
 async def invite_batch(request: web.Request) -> web.StreamResponse:
     query = parse_query(request, BatchQuery)
     key = idempotency_key(request)
-    if request.content_type == "text/csv":
+    if request.content_type in CSV_TYPES:
         rows = bulk.parse_csv(await read_body(request, BATCH_BODY_LIMIT))
     else:
-        body = await read_json(request, BatchBody, limit=BATCH_BODY_LIMIT)
+        try:
+            body = await read_json(request, BatchBody, limit=BATCH_BODY_LIMIT)
+        except InvalidInput as exc:
+            if exc.code != "invalid_json":
+                raise
+            raise InvalidInput(
+                "The request body must be JSON, or a CSV file sent with Content-Type: text/csv.",
+                code="invalid_json",
+            ) from None
         rows = [bulk.Row(**item.model_dump()) for item in body.invitations]
     results = await bulk.send(
         request.app[UPSTREAM].invitations,

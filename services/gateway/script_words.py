@@ -59,6 +59,7 @@ IMPORT = (
         "{rows} rows: {invite} will be invited, {resend} pending invitations will be resent,"
         " {skipped} will not be invited."
     ),
+    N_("Columns not read: {columns}. Only email, name, personal_message and sub_client are read."),
     # The results
     N_("Invited"),
     N_("Resent"),

@@ -68,13 +68,13 @@ async def test_import_clients_from_a_csv_file(page: Page, stack: Stack, chromium
     await expect(page.get_by_role("button", name="Send Invitations")).to_be_hidden()
 
     text = (
-        "Email,Name,Personal Message\n"
-        f"{good},Lucius Fox,See you at the office.\n"
-        f"{again},Alfred,\n"
-        "not an email,,\n"
-        f"{good.upper()},Lucius again,\n"
-        f"{pending},Selina,\n"
-        f"{member.upper()},Bruce,\n"
+        "Email,Name,Personal Message,Company\n"
+        f"{good},Lucius Fox,See you at the office.,Wayne Enterprises\n"
+        f"{again},Alfred,,\n"
+        "not an email,,,\n"
+        f"{good.upper()},Lucius again,,\n"
+        f"{pending},Selina,,\n"
+        f"{member.upper()},Bruce,,\n"
     )
     await upload.set_input_files(csv_file("clients.csv", text))  # type: ignore[arg-type]
     await expect(error).to_be_hidden()
@@ -86,6 +86,10 @@ async def test_import_clients_from_a_csv_file(page: Page, stack: Stack, chromium
     assert verdicts[3] == "Duplicate in the file: This email is already on row 1."
     assert verdicts[4] == "Will resend a pending invitation"
     assert verdicts[5] == "Already has access"
+    # A column it doesn't read is named, not dropped without a word.
+    await expect(page.locator("#import-summary")).to_contain_text(
+        "Columns not read: Company. Only email, name, personal_message and sub_client are read."
+    )
     await screenshot(page, "import-clients-preview")
 
     await page.get_by_role("button", name="Send Invitations").click()

@@ -25,6 +25,7 @@
   });
 
   var rows = [];      // {email, name, personal_message, sub_client} per data row
+  var unread = [];    // the file's column names that aren't read, as the file spells them
   var verdicts = [];  // the preview's result per row
   var importId = null;
 
@@ -90,6 +91,9 @@
       throw new Error(words("The file has no email column: its first row must name the " +
         "columns (email, and optionally name, personal_message, sub_client)."));
     }
+    unread = records[0].filter(function (name, at) {
+      return name.trim() !== "" && COLUMNS.indexOf(header[at]) === -1;
+    }).map(function (name) { return name.trim(); });
     var body = records.slice(1);
     if (!body.length) { throw new Error(words("The file has no rows under its header.")); }
     if (body.length > maxRows) {
@@ -223,7 +227,10 @@
     var skipped = verdicts.length - invite - resend;
     el.summary.textContent = words("{rows} rows: {invite} will be invited, {resend} pending " +
       "invitations will be resent, {skipped} will not be invited.",
-      {rows: rows.length, invite: invite, resend: resend, skipped: skipped});
+      {rows: rows.length, invite: invite, resend: resend, skipped: skipped}) +
+      // A column named otherwise (First Name, Company) would be dropped without a word.
+      (unread.length ? " " + words("Columns not read: {columns}. Only email, name, " +
+        "personal_message and sub_client are read.", {columns: unread.join(", ")}) : "");
     fill(el.previewTable, verdicts.map(function (r, i) {
       return [String(i + 1), rows[i].email, rows[i].name || "", verdictText(r)];
     }));

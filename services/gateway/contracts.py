@@ -150,6 +150,14 @@ class BatchRowResult(BaseModel):
 
 class BatchResult(BaseModel):
     results: Annotated[list[BatchRowResult], Field(description="one per input row, in order")]
+    unread_columns: Annotated[
+        list[str] | None,
+        Field(
+            description="a CSV body's columns that were not read (only email, name,"
+            " personal_message and sub_client are), as the file names them; absent when"
+            " there are none"
+        ),
+    ] = None
 
 
 class User(BaseModel):

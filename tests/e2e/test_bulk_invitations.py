@@ -136,13 +136,14 @@ async def test_batch_from_csv(stack: Stack, api: Api) -> None:
     portal = await api.portal(f"Bulk CSV {uuid.uuid4().hex[:6]}")
     one, two = unique_email("csv"), unique_email("csv")
     text = (
-        "Email,Name,Personal Message,Sub Client\r\n"
-        f'{one},"Grace Hopper",,yes\r\n'
-        f'{two},,"Hello,\nsee you",\r\n'
-        "nobody,,,\r\n"
+        "Email,Name,Personal Message,Sub Client,First Name\r\n"
+        f'{one},"Grace Hopper",,yes,Grace\r\n'
+        f'{two},,"Hello,\nsee you",,\r\n'
+        "nobody,,,,\r\n"
     )
     code, body = await post_batch(stack, portal["id"], None, csv=b"\xef\xbb\xbf" + text.encode())
     assert code == 200, body
+    assert body["unread_columns"] == ["First Name"]  # named, not dropped without a word
     assert verdicts(body["results"]) == [
         (1, "created", None),
         (2, "created", None),
@@ -169,6 +170,7 @@ async def test_batch_from_csv(stack: Stack, api: Api) -> None:
         stack, portal["id"], None, csv=f"email\n{three}\n".encode(), csv_type="application/csv"
     )
     assert code == 200 and verdicts(body["results"]) == [(1, "created", None)], body
+    assert "unread_columns" not in body
     code, error = await post_batch(
         stack, portal["id"], None, csv=f"email\n{three}\n".encode(), csv_type="text/plain"
     )

@@ -40,10 +40,11 @@ class Row:
     problem: tuple[str, str] | None = None
 
 
-def parse_csv(raw: bytes) -> list[Row]:
+def parse_csv(raw: bytes) -> tuple[list[Row], list[str]]:
     """A CSV file's rows: UTF-8 with or without a BOM, a header row naming ``email`` and
     optionally ``name``, ``personal_message``, ``sub_client``. A clear InvalidInput for a
-    file that isn't one."""
+    file that isn't one. Also the header's other column names, as the file spells them,
+    which nothing reads (so the caller can say so)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -70,6 +71,11 @@ def parse_csv(raw: bytes) -> list[Row]:
     body = records[1:]
     check_size(len(body))
     where = {name: header.index(name) for name in COLUMNS if name in header}
+    unread = [
+        given.strip()
+        for given, name in zip(records[0], header, strict=True)
+        if given.strip() and name not in COLUMNS
+    ]
 
     def cell(record: list[str], name: str) -> str | None:
         index = where.get(name)
@@ -90,7 +96,7 @@ def parse_csv(raw: bytes) -> list[Row]:
                 problem=problem,
             )
         )
-    return rows
+    return rows, unread
 
 
 def _flag(value: str | None) -> tuple[bool | None, tuple[str, str] | None]:

@@ -477,8 +477,9 @@ BATCH_KEY = {
 async def invite_batch(request: web.Request) -> web.StreamResponse:
     query = parse_query(request, BatchQuery)
     key = idempotency_key(request)
+    unread: list[str] = []
     if request.content_type in CSV_TYPES:
-        rows = bulk.parse_csv(await read_body(request, BATCH_BODY_LIMIT))
+        rows, unread = bulk.parse_csv(await read_body(request, BATCH_BODY_LIMIT))
     else:
         try:
             body = await read_json(request, BatchBody, limit=BATCH_BODY_LIMIT)
@@ -499,7 +500,10 @@ async def invite_batch(request: web.Request) -> web.StreamResponse:
         dry_run=query.dry_run,
         locale=query.locale,
     )
-    return json_response({"results": results})
+    answer: dict[str, Any] = {"results": results}
+    if unread:
+        answer["unread_columns"] = unread
+    return json_response(answer)
 
 
 @API.get(

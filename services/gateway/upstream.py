@@ -596,7 +596,7 @@ class Branding:
     async def _ask(self) -> BrandingAnswer:
         away = self._away
         try:
-            result = await self.current()
+            result = await self._fetch()
         except DomainError as exc:
             away.until = self.clock() + BRANDING_RETRY_SECONDS
             if not away.since:
@@ -618,6 +618,10 @@ class Branding:
         cached = self.cache.branding()
         if cached is not None:
             return cached
+        return await self._fetch()
+
+    async def _fetch(self) -> BrandingAnswer:
+        """Ask the mailer (the cache was just looked in), and keep its answer."""
         generation = self.cache.generation
         # Every page waits for this: a mailer that hangs must not hang them for long.
         result: BrandingAnswer = await self.client.call(

@@ -142,11 +142,14 @@ async def test_an_import_in_the_chosen_language(page: Page, stack: Stack) -> Non
     await page.goto(editor)
     await page.get_by_role("link", name="Import Clients").click()
     await page.get_by_label("Language", exact=True).select_option(label="Français")
-    text = "email\n" + "".join(f"{email}\n" for email in people)
+    # As a French spreadsheet saves it: cells separated by semicolons, the column E-mail.
+    text = "E-mail;name\r\n" + "".join(f"{email};Dupont, {email[:5]}\r\n" for email in people)
     await page.get_by_label("CSV File", exact=True).set_input_files(
         csv_file("clients.csv", text)  # type: ignore[arg-type]
     )
     await expect(page.locator("#import-preview-table tbody tr")).to_have_count(2)
+    await expect(page.locator("#import-preview-table")).to_contain_text("Dupont, ameli")
+    await expect(page.locator("#import-summary")).not_to_contain_text("name")
     await page.get_by_role("button", name="Send Invitations").click()
     await expect(page.locator("#import-results-summary")).to_have_text(
         "Done: 2 invited, 0 resent, 0 not invited."

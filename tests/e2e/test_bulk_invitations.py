@@ -164,6 +164,23 @@ async def test_batch_from_csv(stack: Stack, api: Api) -> None:
         code, error = await post_batch(stack, portal["id"], None, csv=raw)
         assert code == 422 and error["error"]["code"] == problem, (problem, error)
 
+    # A spreadsheet saved in French or German separates its cells with semicolons (tabs
+    # from some others) and may spell the column E-Mail: read as such, not "no email column".
+    four, five = unique_email("csv"), unique_email("csv")
+    answers = []
+    for separated in (
+        f"\ufeffE-Mail;Name;Sub-Client\r\n{four};Hopper, Grace;1\r\n",
+        f"email\tname\tNotes\r\n{five}\tAda\tVIP\r\n",
+    ):
+        code, body = await post_batch(stack, portal["id"], None, csv=separated.encode())
+        assert code == 200 and verdicts(body["results"]) == [(1, "created", None)], body
+        answers.append(body)
+    assert "unread_columns" not in answers[0] and answers[1]["unread_columns"] == ["Notes"]
+    code, listed = await api.call("GET", f"/invitations?email={four}")
+    assert listed["items"][0]["name"] == "Hopper, Grace" and listed["items"][0]["sub_client"]
+    code, listed = await api.call("GET", f"/invitations?email={five}")
+    assert listed["items"][0]["name"] == "Ada"
+
     # CSV under the older names some senders use; another type is read as JSON, and says so.
     three = unique_email("csv")
     code, body = await post_batch(

@@ -25,6 +25,9 @@ PIECES_AT_ONCE = 2
 # Rows checked between two looks at the pieces in flight (each look lets them go on).
 CHECKED_BETWEEN_SENDS = 100
 COLUMNS = ("email", "name", "personal_message", "sub_client")
+# A spreadsheet saved in French, German and many other languages separates with ";".
+DELIMITERS = (",", ";", "\t")
+_ALIASES = {"e_mail": "email", "email_address": "email", "e_mail_address": "email"}
 _YES = {"true", "yes", "y", "1"}
 _NO = {"false", "no", "n", "0"}
 
@@ -42,9 +45,10 @@ class Row:
 
 def parse_csv(raw: bytes) -> tuple[list[Row], list[str]]:
     """A CSV file's rows: UTF-8 with or without a BOM, a header row naming ``email`` and
-    optionally ``name``, ``personal_message``, ``sub_client``. A clear InvalidInput for a
-    file that isn't one. Also the header's other column names, as the file spells them,
-    which nothing reads (so the caller can say so)."""
+    optionally ``name``, ``personal_message``, ``sub_client``, its cells separated by
+    commas, or by the semicolons or tabs a spreadsheet saves in many languages. A clear
+    InvalidInput for a file that isn't one. Also the header's other column names, as the
+    file spells them, which nothing reads (so the caller can say so)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -55,13 +59,15 @@ def parse_csv(raw: bytes) -> tuple[list[Row], list[str]]:
     if "\x00" in text:
         raise InvalidInput("The file is not a CSV file.", code="not_csv")
     try:
-        records = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+        records = list(
+            csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=_delimiter(text))
+        )
     except csv.Error:
         raise InvalidInput("The file is not a CSV file.", code="not_csv") from None
     records = [r for r in records if any(cell.strip() for cell in r)]
     if not records:
         raise InvalidInput("The file is empty.", code="empty_file")
-    header = [cell.strip().lower().replace(" ", "_") for cell in records[0]]
+    header = [column(cell) for cell in records[0]]
     if "email" not in header:
         raise InvalidInput(
             "The file has no email column: its first row must name the columns"
@@ -71,10 +77,9 @@ def parse_csv(raw: bytes) -> tuple[list[Row], list[str]]:
     body = records[1:]
     check_size(len(body))
     where = {name: header.index(name) for name in COLUMNS if name in header}
+    read = set(where.values())
     unread = [
-        given.strip()
-        for given, name in zip(records[0], header, strict=True)
-        if given.strip() and name not in COLUMNS
+        given.strip() for at, given in enumerate(records[0]) if given.strip() and at not in read
     ]
 
     def cell(record: list[str], name: str) -> str | None:
@@ -97,6 +102,24 @@ def parse_csv(raw: bytes) -> tuple[list[Row], list[str]]:
             )
         )
     return rows, unread
+
+
+def column(cell: str) -> str:
+    """A header cell's column: ``Personal Message``, ``sub-client`` and ``E-Mail`` name
+    personal_message, sub_client and email."""
+    name = cell.strip().lower().replace(" ", "_").replace("-", "_")
+    return _ALIASES.get(name, name)
+
+
+def _delimiter(text: str) -> str:
+    """The separator that makes the first row name an email column: a comma, else a
+    semicolon or a tab (a comma when none does, so the file is refused for its header)."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    for delimiter in DELIMITERS:
+        header = next(csv.reader([first], delimiter=delimiter), [])
+        if "email" in (column(cell) for cell in header):
+            return delimiter
+    return ","
 
 
 def _flag(value: str | None) -> tuple[bool | None, tuple[str, str] | None]:

@@ -43,8 +43,19 @@
     el.results.hidden = true;
   }
 
-  // RFC 4180: quoted fields may hold commas, quotes ("") and line breaks.
-  function parseCsv(text) {
+  // A spreadsheet saved in French, German and many other languages separates with ";".
+  var DELIMITERS = [",", ";", "\t"];
+  var ALIASES = {e_mail: "email", email_address: "email", e_mail_address: "email"};
+
+  // A header cell's column: "Personal Message", "sub-client" and "E-Mail" name
+  // personal_message, sub_client and email (as the batch API reads them).
+  function column(cell) {
+    var name = cell.trim().toLowerCase().replace(/[ -]/g, "_");
+    return ALIASES[name] || name;
+  }
+
+  // RFC 4180: quoted fields may hold the separator, quotes ("") and line breaks.
+  function parseCsv(text, delimiter) {
     var records = [], record = [], field = "", i = 0, quoted = false, c;
     while (i < text.length) {
       c = text[i];
@@ -59,7 +70,7 @@
         if (field !== "") { throw new Error("quote"); }
         quoted = true; i += 1; continue;
       }
-      if (c === ",") { record.push(field); field = ""; i += 1; continue; }
+      if (c === delimiter) { record.push(field); field = ""; i += 1; continue; }
       if (c === "\r" || c === "\n") {
         record.push(field); field = "";
         records.push(record); record = [];
@@ -75,24 +86,41 @@
     });
   }
 
+  // The separator that makes the first row name an email column: a comma, else a
+  // semicolon or a tab (a comma when none does, so the file is refused for its header).
+  function delimiterOf(text) {
+    var first = (/^.*\S.*$/m.exec(text) || [""])[0];
+    for (var i = 0; i < DELIMITERS.length; i += 1) {
+      var header;
+      try {
+        header = parseCsv(first, DELIMITERS[i])[0] || [];
+      } catch (e) {
+        header = [];
+      }
+      if (header.map(column).indexOf("email") !== -1) { return DELIMITERS[i]; }
+    }
+    return ",";
+  }
+
   function readRows(text) {
     if (text.indexOf("\u0000") !== -1) {
       throw new Error(words("The file is not a CSV file."));
     }
     var records;
     try {
-      records = parseCsv(text);
+      records = parseCsv(text, delimiterOf(text));
     } catch (e) {
       throw new Error(words("The file is not a CSV file: a quoted value never ends."));
     }
     if (!records.length) { throw new Error(words("The file is empty.")); }
-    var header = records[0].map(function (h) { return h.trim().toLowerCase().replace(/ /g, "_"); });
+    var header = records[0].map(column);
     if (header.indexOf("email") === -1) {
       throw new Error(words("The file has no email column: its first row must name the " +
         "columns (email, and optionally name, personal_message, sub_client)."));
     }
+    var read = COLUMNS.map(function (name) { return header.indexOf(name); });
     unread = records[0].filter(function (name, at) {
-      return name.trim() !== "" && COLUMNS.indexOf(header[at]) === -1;
+      return name.trim() !== "" && read.indexOf(at) === -1;
     }).map(function (name) { return name.trim(); });
     var body = records.slice(1);
     if (!body.length) { throw new Error(words("The file has no rows under its header.")); }

@@ -154,6 +154,15 @@ async def test_an_import_in_the_chosen_language(page: Page, stack: Stack) -> Non
     await expect(page.locator("#import-results-summary")).to_have_text(
         "Done: 2 invited, 0 resent, 0 not invited."
     )
+    # The results come back separated as the file was, so the same spreadsheet opens them.
+    async with page.expect_download() as info:
+        await page.get_by_role("link", name="Download Results").click()
+    path = await (await info.value).path()
+    content = Path(str(path)).read_text(encoding="utf-8-sig")
+    results = list(csv.DictReader(io.StringIO(content), delimiter=";"))
+    assert [(r["email"], r["name"], r["status"]) for r in results] == [
+        (email, f"Dupont, {email[:5]}", "created") for email in people
+    ]
     for email in people:
         [message] = await stack.sink.wait_for(email)
         assert message["Content-Language"] == "fr"

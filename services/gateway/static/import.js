@@ -25,6 +25,7 @@
   });
 
   var rows = [];      // {email, name, personal_message, sub_client} per data row
+  var delimiter = ",";  // the file's separator: Download Results uses it too
   var unread = [];    // the file's column names that aren't read, as the file spells them
   var verdicts = [];  // the preview's result per row
   var importId = null;
@@ -108,7 +109,8 @@
     }
     var records;
     try {
-      records = parseCsv(text, delimiterOf(text));
+      delimiter = delimiterOf(text);
+      records = parseCsv(text, delimiter);
     } catch (e) {
       throw new Error(words("The file is not a CSV file: a quoted value never ends."));
     }
@@ -359,7 +361,8 @@
     var text = value === undefined || value === null ? "" : String(value);
     // A leading = + - @ would run as a formula in a spreadsheet.
     if (/^[=+\-@\t\r]/.test(text)) { text = "'" + text; }
-    return /[",\r\n]/.test(text) ? "\"" + text.replace(/"/g, "\"\"") + "\"" : text;
+    var quote = /["\r\n]/.test(text) || text.indexOf(delimiter) !== -1;
+    return quote ? "\"" + text.replace(/"/g, "\"\"") + "\"" : text;
   }
 
   function showResults(outcome) {
@@ -373,10 +376,10 @@
         r.status === "rejected" ? reasonText(r) : ""];
     }));
     var lines = [["row", "email", "name", "status", "invitation_id", "reason", "message"]
-      .join(",")];
+      .join(delimiter)];
     outcome.forEach(function (r, i) {
       lines.push([i + 1, rows[i].email, rows[i].name, r.status, r.invitation_id, r.reason,
-        r.message].map(csvCell).join(","));
+        r.message].map(csvCell).join(delimiter));
     });
     var blob = new Blob(["\ufeff" + lines.join("\r\n") + "\r\n"], {type: "text/csv;charset=utf-8"});
     el.download.href = URL.createObjectURL(blob);

@@ -456,8 +456,9 @@ BATCH_KEY = {
 
 @API.post(
     "/portals/{id}/invitations/batch",
-    "Invite many clients at once: JSON, or a text/csv body with an email column"
-    " (and optionally name, personal_message, sub_client); up to 10,000 rows",
+    "Invite many clients at once: JSON, or a text/csv body (comma, semicolon or tab"
+    " separated) with an email column (and optionally name, personal_message,"
+    " sub_client); up to 10,000 rows",
     body=BatchBody,
     query=BatchQuery,
     response=BatchResult,

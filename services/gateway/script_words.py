@@ -65,8 +65,8 @@ IMPORT = (
     N_("Resent"),
     N_("Not invited"),
     N_(
-        "Not sent: {error} Import the file again to send the rest; rows already sent are"
-        " not sent twice."
+        "Not sent: {error} Select Send Invitations again to send the rest; rows already sent"
+        " are not sent twice."
     ),
     N_("Done: {invited} invited, {resent} resent, {skipped} not invited."),
 )

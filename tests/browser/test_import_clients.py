@@ -5,13 +5,14 @@ result table and Download Results; files that aren't one get a clear message."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import uuid
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, Route, expect
 
 from tests.browser.pages import (
     add_portal,
@@ -167,6 +168,84 @@ async def test_an_import_in_the_chosen_language(page: Page, stack: Stack) -> Non
         [message] = await stack.sink.wait_for(email)
         assert message["Content-Language"] == "fr"
         assert "Accepter l'invitation" in text_part(message)
+
+
+async def test_a_send_stopped_by_the_network_goes_on_without_sending_twice(
+    page: Page, stack: Stack
+) -> None:
+    """The network fails while the second piece is on its way, after the server took it:
+    the page says what was not sent and how to go on, asks before it is left while
+    sending, and Send Invitations sends the rest with the same keys, so no one is emailed
+    twice (before: the page said to import the file again, which resends every row
+    already sent as a pending invitation)."""
+    tag = uuid.uuid4().hex[:6]
+    people = [f"guest-{n}-{tag}@arkham.example" for n in range(600)]  # two pieces of 500
+    await log_in_admin(page)
+    editor = await add_portal(page, f"Arkham Import {tag}", "Rooms.")
+    await page.goto(editor)
+    await page.get_by_role("link", name="Import Clients").click()
+    await page.get_by_label("CSV File", exact=True).set_input_files(
+        csv_file("guests.csv", "email\n" + "\n".join(people) + "\n")  # type: ignore[arg-type]
+    )
+    await expect(page.locator("#import-preview-table tbody tr")).to_have_count(600)
+
+    sends: list[int] = []
+    inside, release = asyncio.Event(), asyncio.Event()
+
+    async def flaky(route: Route) -> None:
+        if "dry_run" in route.request.url:
+            await route.continue_()
+            return
+        body = route.request.post_data_json
+        assert body is not None
+        sends.append(len(body["invitations"]))
+        if len(sends) == 1:
+            await route.continue_()
+            return
+        if len(sends) == 2:
+            await route.fetch()  # the server takes the piece; its answer never arrives
+            inside.set()
+            await release.wait()
+        await route.abort("connectionreset")
+
+    await page.route("**/invitations/batch*", flaky)
+    await page.get_by_role("button", name="Send Invitations").click()
+    await asyncio.wait_for(inside.wait(), 60)
+    leave = """() => {
+      const event = new Event("beforeunload", {cancelable: true});
+      window.dispatchEvent(event);
+      return event.defaultPrevented;
+    }"""
+    assert await page.evaluate(leave) is True  # leaving now would strand the rest
+    release.set()
+    await expect(page.locator("#import-error")).to_have_text(
+        "Not sent: The server could not be reached. Select Send Invitations again to send the"
+        " rest; rows already sent are not sent twice.",
+        timeout=30_000,
+    )
+    assert sends == [500, 100, 100, 100]  # three tries of the second piece
+    await expect(page.locator("#import-results-summary")).to_have_text(
+        "Done: 500 invited, 0 resent, 100 not invited."
+    )
+    assert await page.evaluate(leave) is False
+
+    await page.unroute("**/invitations/batch*")
+    await page.get_by_role("button", name="Send Invitations").click()
+    await expect(page.locator("#import-results-summary")).to_have_text(
+        "Done: 600 invited, 0 resent, 0 not invited.", timeout=60_000
+    )
+    await expect(page.locator("#import-error")).to_be_hidden()
+    async with page.expect_download() as info:
+        await page.get_by_role("link", name="Download Results").click()
+    path = await (await info.value).path()
+    results = list(csv.DictReader(io.StringIO(Path(str(path)).read_text(encoding="utf-8-sig"))))
+    assert [r["status"] for r in results] == ["created"] * 600
+    assert [r["email"] for r in results] == people
+
+    counts = await stack.sink.wait_for_each(people, timeout=300)
+    assert len(counts) == 600
+    await asyncio.sleep(2)  # a second email would follow the first at once
+    assert max(len(stack.sink.to(email)) for email in people) == 1
 
 
 async def test_ten_thousand_rows_from_a_spreadsheet(page: Page, stack: Stack) -> None:

@@ -287,6 +287,7 @@
         throw new Error(words("The file is not UTF-8 text. Save it as CSV UTF-8 and try again."));
       }
       rows = readRows(text);
+      stopped = null;
       importId = (window.crypto && window.crypto.randomUUID) ? window.crypto.randomUUID() :
         String(Date.now()) + "-" + String(Math.random()).slice(2);
       el.status.textContent = words("Checking {count} rows…", {count: rows.length});
@@ -317,43 +318,69 @@
     });
   }
 
+  // A send that stopped on an error: Send Invitations goes on from the piece that failed,
+  // with the same keys, so a piece the server took but whose answer was lost sends nothing
+  // twice. Reading a file starts afresh.
+  var stopped = null;
+
+  // Leaving while pieces are still to send would leave the rest unsent, without results.
+  function holdPage(event) {
+    event.preventDefault();
+    event.returnValue = "";
+  }
+
   el.send.addEventListener("click", function () {
     el.send.disabled = true;
     fileInput.disabled = true;
-    var outcome = verdicts.slice();
-    var todo = [];
-    verdicts.forEach(function (r, i) {
-      if (r.status !== "rejected") { todo.push(i); }
-    });
+    el.error.hidden = true;
+    el.results.hidden = true;
+    var run = stopped;
+    stopped = null;
+    if (!run) {
+      run = {outcome: verdicts.slice(), todo: [], start: 0};
+      verdicts.forEach(function (r, i) {
+        if (r.status !== "rejected") { run.todo.push(i); }
+      });
+    }
+    var todo = run.todo;
+    function shown() {
+      el.progress.value = run.start;
+      el.progressText.textContent = words("{done} of {total} sent",
+        {done: run.start, total: todo.length});
+    }
     el.progress.max = todo.length;
-    el.progress.value = 0;
-    el.progressText.textContent = words("{done} of {total} sent", {done: 0, total: todo.length});
+    shown();
     el.progressBox.hidden = false;
-    var start = 0;
+    window.addEventListener("beforeunload", holdPage);
     function next() {
-      if (start >= todo.length) { return Promise.resolve(); }
-      var piece = todo.slice(start, start + PIECE);
+      if (run.start >= todo.length) { return Promise.resolve(); }
+      var piece = todo.slice(run.start, run.start + PIECE);
       var items = piece.map(function (i) { return payload(rows[i], i + 1); });
       return sendPiece(items, 1).then(function (answer) {
         answer.results.forEach(function (result, k) {
-          outcome[piece[k]] = Object.assign({}, result, {row: piece[k] + 1});
+          run.outcome[piece[k]] = Object.assign({}, result, {row: piece[k] + 1});
         });
-        start += piece.length;
-        el.progress.value = start;
-        el.progressText.textContent = words("{done} of {total} sent",
-          {done: start, total: todo.length});
+        run.start += piece.length;
+        shown();
         return next();
       });
     }
-    next().catch(function (error) {
-      todo.slice(start).forEach(function (i) {
+    next().then(function () {
+      window.removeEventListener("beforeunload", holdPage);
+      showResults(run.outcome);
+    }, function (error) {
+      window.removeEventListener("beforeunload", holdPage);
+      stopped = run;
+      var why = words("Not sent: {error} Select Send Invitations again to send the rest; " +
+        "rows already sent are not sent twice.", {error: error.message});
+      var outcome = run.outcome.slice();
+      todo.slice(run.start).forEach(function (i) {
         outcome[i] = {row: i + 1, email: rows[i].email, status: "rejected", reason: "not_sent",
-          message: words("Not sent: {error} Import the file again to send the rest; rows " +
-            "already sent are not sent twice.", {error: error.message})};
+          message: why};
       });
-      fail(error.message);
-    }).then(function () {
+      fail(why);
       showResults(outcome);
+      el.send.disabled = false;
     });
   });
 

@@ -143,8 +143,11 @@ async def test_an_import_in_the_chosen_language(page: Page, stack: Stack) -> Non
     await page.goto(editor)
     await page.get_by_role("link", name="Import Clients").click()
     await page.get_by_label("Language", exact=True).select_option(label="Français")
-    # As a French spreadsheet saves it: cells separated by semicolons, the column E-mail.
-    text = "E-mail;name\r\n" + "".join(f"{email};Dupont, {email[:5]}\r\n" for email in people)
+    # As a French spreadsheet saves it: cells separated by semicolons, the columns headed
+    # in French.
+    text = "Adresse e-mail;Nom\r\n" + "".join(
+        f"{email};Dupont, {email[:5]}\r\n" for email in people
+    )
     await page.get_by_label("CSV File", exact=True).set_input_files(
         csv_file("clients.csv", text)  # type: ignore[arg-type]
     )

@@ -72,7 +72,8 @@ async def test_a_german_staff_member_imports_clients_in_german(
             "Die Datei hat 10.001 Zeilen; höchstens 10.000 können auf einmal importiert werden."
         )
 
-        text = f"email,name\n{good},Anna\nkeine Adresse,\n"
+        # As a German Excel may save it: a "sep=;" line, semicolons, the column E-Mail.
+        text = f"sep=;\nE-Mail;Name\n{good};Anna\nkeine Adresse;\n"
         await upload.set_input_files(csv_file("kunden.csv", text))  # type: ignore[arg-type]
         await expect(error).to_be_hidden()
         await expect(staff.locator("#import-preview-table tbody tr")).to_have_count(2)

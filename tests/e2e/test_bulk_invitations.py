@@ -166,11 +166,13 @@ async def test_batch_from_csv(stack: Stack, api: Api) -> None:
 
     # A spreadsheet saved in French or German separates its cells with semicolons (tabs
     # from some others) and may spell the column E-Mail: read as such, not "no email column".
-    four, five = unique_email("csv"), unique_email("csv")
+    four, five, six, seven = (unique_email("csv") for _ in range(4))
     answers = []
     for separated in (
         f"\ufeffE-Mail;Name;Sub-Client\r\n{four};Hopper, Grace;1\r\n",
         f"email\tname\tNotes\r\n{five}\tAda\tVIP\r\n",
+        f"sep=;\r\nE-Mail;Name\r\n{six};Curie, Marie\r\n",  # Excel's separator line
+        f"Adresse e-mail;Nom\r\n{seven};Zoé\r\n",  # the columns headed in French
     ):
         code, body = await post_batch(stack, portal["id"], None, csv=separated.encode())
         assert code == 200 and verdicts(body["results"]) == [(1, "created", None)], body
@@ -180,6 +182,10 @@ async def test_batch_from_csv(stack: Stack, api: Api) -> None:
     assert listed["items"][0]["name"] == "Hopper, Grace" and listed["items"][0]["sub_client"]
     code, listed = await api.call("GET", f"/invitations?email={five}")
     assert listed["items"][0]["name"] == "Ada"
+    code, listed = await api.call("GET", f"/invitations?email={six}")
+    assert listed["items"][0]["name"] == "Curie, Marie"
+    code, listed = await api.call("GET", f"/invitations?email={seven}")
+    assert listed["items"][0]["name"] == "Zoé"
 
     # CSV under the older names some senders use; another type is read as JSON, and says so.
     three = unique_email("csv")

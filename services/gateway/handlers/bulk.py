@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,29 @@ CHECKED_BETWEEN_SENDS = 100
 COLUMNS = ("email", "name", "personal_message", "sub_client")
 # A spreadsheet saved in French, German and many other languages separates with ";".
 DELIMITERS = (",", ";", "\t")
-_ALIASES = {"e_mail": "email", "email_address": "email", "e_mail_address": "email"}
+# A first line "sep=;" (which Excel writes and reads) names the separator.
+SEP_LINE = re.compile(r"[\r\n]*sep=([,;\t|])[ \t]*(?:\r\n|\r|\n|$)", re.IGNORECASE)
+# The email and name columns as people head them in the languages the pages speak.
+_ALIASES = {
+    **dict.fromkeys(
+        (
+            "e_mail",
+            "email_address",
+            "e_mail_address",
+            "e_mail_adresse",
+            "email_adresse",
+            "adresse_e_mail",
+            "adresse_email",
+            "courriel",
+            "correo",
+            "correo_electrónico",
+            "correo_electronico",
+        ),
+        "email",
+    ),
+    "nom": "name",
+    "nombre": "name",
+}
 _YES = {"true", "yes", "y", "1"}
 _NO = {"false", "no", "n", "0"}
 
@@ -46,7 +69,8 @@ class Row:
 def parse_csv(raw: bytes) -> tuple[list[Row], list[str]]:
     """A CSV file's rows: UTF-8 with or without a BOM, a header row naming ``email`` and
     optionally ``name``, ``personal_message``, ``sub_client``, its cells separated by
-    commas, or by the semicolons or tabs a spreadsheet saves in many languages. A clear
+    commas, or by the semicolons or tabs a spreadsheet saves in many languages (or as a
+    first line ``sep=;`` says). A clear
     InvalidInput for a file that isn't one. Also the header's other column names, as the
     file spells them, which nothing reads (so the caller can say so)."""
     try:
@@ -58,10 +82,13 @@ def parse_csv(raw: bytes) -> tuple[list[Row], list[str]]:
         ) from None
     if "\x00" in text:
         raise InvalidInput("The file is not a CSV file.", code="not_csv")
+    given = SEP_LINE.match(text)
+    if given:  # Excel's "sep=;" first line names the separator
+        delimiter, text = given[1], text[given.end() :]
+    else:
+        delimiter = _delimiter(text)
     try:
-        records = list(
-            csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=_delimiter(text))
-        )
+        records = list(csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter))
     except csv.Error:
         raise InvalidInput("The file is not a CSV file.", code="not_csv") from None
     records = [r for r in records if any(cell.strip() for cell in r)]
@@ -114,7 +141,7 @@ def column(cell: str) -> str:
 def _delimiter(text: str) -> str:
     """The separator that makes the first row name an email column: a comma, else a
     semicolon or a tab (a comma when none does, so the file is refused for its header)."""
-    first = next((line for line in text.splitlines() if line.strip()), "")
+    first = next((line for line in io.StringIO(text, newline="") if line.strip()), "")
     for delimiter in DELIMITERS:
         header = next(csv.reader([first], delimiter=delimiter), [])
         if "email" in (column(cell) for cell in header):

@@ -46,7 +46,14 @@
 
   // A spreadsheet saved in French, German and many other languages separates with ";".
   var DELIMITERS = [",", ";", "\t"];
-  var ALIASES = {e_mail: "email", email_address: "email", e_mail_address: "email"};
+  // A first line "sep=;" (which Excel writes and reads) names the separator.
+  var SEP_LINE = /^[\r\n]*sep=([,;\t|])[ \t]*(\r\n|\r|\n|$)/i;
+  // The email and name columns as people head them in the languages the pages speak
+  // (as the batch API reads them: handlers/bulk.py).
+  var ALIASES = {nom: "name", nombre: "name"};
+  ["e_mail", "email_address", "e_mail_address", "e_mail_adresse", "email_adresse",
+    "adresse_e_mail", "adresse_email", "courriel", "correo", "correo_electrónico",
+    "correo_electronico"].forEach(function (name) { ALIASES[name] = "email"; });
 
   // A header cell's column: "Personal Message", "sub-client" and "E-Mail" name
   // personal_message, sub_client and email (as the batch API reads them).
@@ -109,7 +116,13 @@
     }
     var records;
     try {
-      delimiter = delimiterOf(text);
+      var given = SEP_LINE.exec(text);
+      if (given) {  // Excel's "sep=;" first line names the separator
+        delimiter = given[1];
+        text = text.slice(given[0].length);
+      } else {
+        delimiter = delimiterOf(text);
+      }
       records = parseCsv(text, delimiter);
     } catch (e) {
       throw new Error(words("The file is not a CSV file: a quoted value never ends."));

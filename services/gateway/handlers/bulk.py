@@ -70,9 +70,9 @@ def parse_csv(raw: bytes) -> tuple[list[Row], list[str]]:
     """A CSV file's rows: UTF-8 with or without a BOM, a header row naming ``email`` and
     optionally ``name``, ``personal_message``, ``sub_client``, its cells separated by
     commas, or by the semicolons or tabs a spreadsheet saves in many languages (or as a
-    first line ``sep=;`` says). A clear
-    InvalidInput for a file that isn't one. Also the header's other column names, as the
-    file spells them, which nothing reads (so the caller can say so)."""
+    first line ``sep=;`` says). A clear InvalidInput for a file that isn't one. Also the
+    header's other column names, as the file spells them, which nothing reads (so the
+    caller can say so)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -82,9 +82,9 @@ def parse_csv(raw: bytes) -> tuple[list[Row], list[str]]:
         ) from None
     if "\x00" in text:
         raise InvalidInput("The file is not a CSV file.", code="not_csv")
-    given = SEP_LINE.match(text)
-    if given:  # Excel's "sep=;" first line names the separator
-        delimiter, text = given[1], text[given.end() :]
+    sep_line = SEP_LINE.match(text)
+    if sep_line:  # Excel's "sep=;" first line names the separator
+        delimiter, text = sep_line[1], text[sep_line.end() :]
     else:
         delimiter = _delimiter(text)
     try:
@@ -133,7 +133,8 @@ def parse_csv(raw: bytes) -> tuple[list[Row], list[str]]:
 
 def column(cell: str) -> str:
     """A header cell's column: ``Personal Message``, ``sub-client`` and ``E-Mail`` name
-    personal_message, sub_client and email."""
+    personal_message, sub_client and email; ``Courriel`` or ``Nom`` (_ALIASES) email and
+    name."""
     name = cell.strip().lower().replace(" ", "_").replace("-", "_")
     return _ALIASES.get(name, name)
 

@@ -76,9 +76,10 @@ class GroupBody(_Body):
 
 
 class BatchRowBody(_Body):
-    # Far above the limits: the handler answers each row with a clear reason.
-    email: str = Field(max_length=1000)
-    name: str | None = Field(default=None, max_length=1000)
+    # Far above the limits: the handler answers each row with a clear reason. The gateway
+    # answers a longer cell itself (its bulk.CELL_LIMIT).
+    email: str = Field(max_length=65_536)
+    name: str | None = Field(default=None, max_length=65_536)
     personal_message: str | None = Field(default=None, max_length=65_536)
     sub_client: bool | None = None
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=300)

@@ -224,3 +224,63 @@ async def test_ten_thousand_rows_each_delivered_exactly_once(stack: Stack, api: 
     counts = await stack.sink.wait_for_each(emails, timeout=900)
     assert len(counts) == len(emails), f"{len(emails) - len(counts)} addresses got no email"
     assert max(counts.values()) == 1, [a for a, n in counts.items() if n > 1][:5]
+
+
+async def test_an_oversized_or_repeated_row_never_fails_its_neighbours(
+    stack: Stack, api: Api
+) -> None:
+    """A row with a name or message far over the limits, or a key an earlier row of the
+    same batch holds, is rejected alone, in the preview as in the send; rows whose
+    messages fill a piece of the batch go in smaller pieces, not as one refused call."""
+    portal = await api.portal(f"Bulk limits {uuid.uuid4().hex[:6]}")
+    fine, long_name, long_mail = (unique_email("lim") for _ in range(3))
+    keyed, rekeyed = unique_email("lim"), unique_email("lim")
+    key = f"row-{uuid.uuid4().hex}"
+    rows = [
+        {"email": fine},
+        {"email": long_name, "name": "N" * 5_000},
+        {"email": long_mail, "personal_message": "m" * 80_000},
+        {"email": "x" * 3_000 + "@example.com"},
+        {"email": keyed, "key": key},
+        {"email": rekeyed, "key": key},
+    ]
+    expected = [
+        (1, "created", None),
+        (2, "rejected", "name_too_long"),
+        (3, "rejected", "personal_message_too_long"),
+        (4, "rejected", "invalid_email"),
+        (5, "created", None),
+        (6, "rejected", "idempotency_key_reused"),
+    ]
+    code, preview = await post_batch(stack, portal["id"], {"invitations": rows}, dry_run=True)
+    assert code == 200 and verdicts(preview["results"]) == expected, preview
+    assert "row 5" in preview["results"][5]["message"]
+    code, sent = await post_batch(stack, portal["id"], {"invitations": rows})
+    assert code == 200 and verdicts(sent["results"]) == expected, sent
+    assert "80,000" in sent["results"][2]["message"]
+
+    # The same in a CSV file: no cell is too long to be answered on its row.
+    csv_rows = [
+        "email,name,personal_message",
+        f"{unique_email('lim')},{'N' * 70_000},",
+        f"{unique_email('lim')},,{'m' * 70_000}",
+        f"{unique_email('lim')},Ada,Hello",
+    ]
+    code, body = await post_batch(
+        stack, portal["id"], None, csv="\r\n".join(csv_rows).encode(), dry_run=True
+    )
+    assert code == 200, body
+    assert verdicts(body["results"]) == [
+        (1, "rejected", "name_too_long"),
+        (2, "rejected", "personal_message_too_long"),
+        (3, "created", None),
+    ]
+
+    # 1,200 rows of 9,000-character messages (11 MB, under the 16 MiB a body may be):
+    # each row is rejected for its message, none for its neighbours' size.
+    many = "email,personal_message\r\n" + "".join(
+        f"{unique_email('big')},{'m' * 9_000}\r\n" for _ in range(1_200)
+    )
+    code, body = await post_batch(stack, portal["id"], None, csv=many.encode(), dry_run=True)
+    assert code == 200, body
+    assert Counter(r["reason"] for r in body["results"]) == {"personal_message_too_long": 1_200}

@@ -8,10 +8,10 @@ import asyncio
 import csv
 import io
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from libs.common.email import email_key, email_or_none
+from libs.common.email import InvalidEmail, email_key, email_or_none
 from libs.common.errors import InvalidInput
 
 from ..answers import BatchRowAnswer
@@ -22,6 +22,11 @@ MAX_ROWS = 10_000
 # statements per 500 (0.6 s for 1,000 on a busy 2-core machine, bench/README.md), well
 # inside upstream.BATCH_TIMEOUT; fewer calls spare the per-call look-ups.
 PIECE = 1000
+# Characters per call, and per cell: a piece of long messages goes in fewer rows, and a
+# cell longer than any invitation takes is answered here, so a call's JSON (at most six
+# bytes a character) stays under the body invitations accepts (8 MiB) whatever the rows.
+PIECE_CHARS = 800_000
+CELL_LIMIT = 65_536
 PIECES_AT_ONCE = 2
 # Rows checked between two looks at the pieces in flight (each look lets them go on).
 CHECKED_BETWEEN_SENDS = 100
@@ -189,7 +194,7 @@ async def send(
 ) -> list[BatchRowAnswer]:
     """One result per row, in input order (rows numbered from 1)."""
     results: dict[int, BatchRowAnswer] = {}
-    seen: dict[str, int] = {}
+    seen = _Seen()
     # Two pieces in flight: one is written while the next is checked, so the services
     # and PostgreSQL work side by side (the rows of different pieces are different
     # people, and invitations redoes a piece row by row if two writers ever meet).
@@ -212,15 +217,17 @@ async def send(
 
     try:
         piece: list[tuple[int, dict[str, Any]]] = []
+        chars = 0
         for number, row in enumerate(rows, start=1):
             rejected = _rejection(number, row, seen)
             if rejected is not None:
                 results[number] = rejected
                 continue
             piece.append((number, _item(number, row, request_key)))
-            if len(piece) == PIECE:
+            chars += _chars(row)
+            if len(piece) == PIECE or chars >= PIECE_CHARS:
                 sends.append(asyncio.ensure_future(send_piece(piece)))
-                piece = []
+                piece, chars = [], 0
                 # A refusal (the portal is gone) ends the checking.
                 if any(send.done() and send.exception() is not None for send in sends):
                     break
@@ -241,21 +248,56 @@ async def send(
     return [results[number] for number in range(1, len(rows) + 1)]
 
 
-def _rejection(number: int, row: Row, seen: dict[str, int]) -> BatchRowAnswer | None:
+@dataclass
+class _Seen:
+    """The first row of each address and of each row key in the batch so far."""
+
+    emails: dict[str, int] = field(default_factory=dict)
+    keys: dict[str, int] = field(default_factory=dict)
+
+
+# A cell too long for any invitation: the column's reason, and its words.
+_TOO_LONG = {
+    "name": ("name_too_long", "The name is far too long ({length:,} characters)."),
+    "personal_message": (
+        "personal_message_too_long",
+        "The Personal Message is far too long ({length:,} characters).",
+    ),
+}
+
+
+def _rejection(number: int, row: Row, seen: _Seen) -> BatchRowAnswer | None:
     """The row's rejection before it goes to invitations: a problem found while reading
-    the file, or the same person as an earlier row (``seen``: each address's first row)."""
+    the file, a cell longer than any invitation takes, a key an earlier row holds, or the
+    same person as an earlier row (``seen``)."""
     if row.problem is not None:
         code, message = row.problem
         return _rejected(number, row.email, code, message)
+    if len(row.email) > CELL_LIMIT:
+        return _rejected(number, row.email, InvalidEmail.code, InvalidEmail("too long").message)
+    for name, (code, words) in _TOO_LONG.items():
+        value = getattr(row, name)
+        if value is not None and len(value) > CELL_LIMIT:
+            return _rejected(number, row.email, code, words.format(length=len(value)))
+    if row.key is not None:
+        held = seen.keys.setdefault(row.key, number)
+        if held != number:
+            return _rejected(
+                number, row.email, "idempotency_key_reused", f"This key is already on row {held}."
+            )
     address = email_or_none(row.email)
     if address is None:
         return None  # invitations says why
     # The same person twice in one batch: the first row invites, the rest say so
     # (compared as invitations and the database's unique index compare them).
-    earlier = seen.setdefault(email_key(address), number)
+    earlier = seen.emails.setdefault(email_key(address), number)
     if earlier == number:
         return None
     return _rejected(number, row.email, "duplicate", f"This email is already on row {earlier}.")
+
+
+def _chars(row: Row) -> int:
+    return len(row.email) + len(row.name or "") + len(row.personal_message or "")
 
 
 def _item(number: int, row: Row, request_key: str | None) -> dict[str, Any]:

@@ -409,10 +409,11 @@ async def invite_several(request: web.Request) -> web.StreamResponse:
 
 
 class BatchInvitation(Strict):
-    # Generous: a bad address or a long message is a verdict on its row, not a 422.
-    email: Annotated[str, Field(max_length=1000)]
-    name: Annotated[str, Field(max_length=1000, description="the invitee's name")] | None = None
-    personal_message: Annotated[str, Field(max_length=65_536)] | None = None
+    # No length limits: a bad address or a long name or message, however long, is a
+    # verdict on its row (bulk._rejection), never a 422 for the whole batch.
+    email: str
+    name: Annotated[str, Field(description="the invitee's name")] | None = None
+    personal_message: str | None = None
     sub_client: bool | None = None
     key: (
         Annotated[

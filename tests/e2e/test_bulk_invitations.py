@@ -187,6 +187,24 @@ async def test_batch_from_csv(stack: Stack, api: Api) -> None:
     code, listed = await api.call("GET", f"/invitations?email={seven}")
     assert listed["items"][0]["name"] == "Zoé"
 
+    # A sender that declares another charset is read in it; one we don't know is refused.
+    eight = unique_email("csv")
+    code, body = await post_batch(
+        stack,
+        portal["id"],
+        None,
+        csv=f"email;name\r\n{eight};Zoë Œuvre\r\n".encode("windows-1252"),
+        csv_type="text/csv; charset=windows-1252",
+    )
+    assert code == 200 and verdicts(body["results"]) == [(1, "created", None)], body
+    code, listed = await api.call("GET", f"/invitations?email={eight}")
+    assert listed["items"][0]["name"] == "Zoë Œuvre"
+    code, error = await post_batch(
+        stack, portal["id"], None, csv=b"email\r\n", csv_type="text/csv; charset=klingon"
+    )
+    assert code == 422 and error["error"]["code"] == "invalid_encoding", error
+    assert "klingon" in error["error"]["message"]
+
     # CSV under the older names some senders use; another type is read as JSON, and says so.
     three = unique_email("csv")
     code, body = await post_batch(

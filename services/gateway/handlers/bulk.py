@@ -5,6 +5,7 @@ pieces for the invitations service, answered in input order."""
 from __future__ import annotations
 
 import asyncio
+import codecs
 import csv
 import io
 import re
@@ -71,20 +72,15 @@ class Row:
     problem: tuple[str, str] | None = None
 
 
-def parse_csv(raw: bytes) -> tuple[list[Row], list[str]]:
-    """A CSV file's rows: UTF-8 with or without a BOM, a header row naming ``email`` and
+def parse_csv(raw: bytes, charset: str | None = None) -> tuple[list[Row], list[str]]:
+    """A CSV file's rows: UTF-8 with or without a BOM (or the ``charset`` its sender
+    declares, as ``text/csv; charset=windows-1252``), a header row naming ``email`` and
     optionally ``name``, ``personal_message``, ``sub_client``, its cells separated by
     commas, or by the semicolons or tabs a spreadsheet saves in many languages (or as a
     first line ``sep=;`` says). A clear InvalidInput for a file that isn't one. Also the
     header's other column names, as the file spells them, which nothing reads (so the
     caller can say so)."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InvalidInput(
-            "The file is not UTF-8 text. Save it as CSV UTF-8 and try again.",
-            code="invalid_encoding",
-        ) from None
+    text = _decode(raw, charset)
     if "\x00" in text:
         raise InvalidInput("The file is not a CSV file.", code="not_csv")
     sep_line = SEP_LINE.match(text)
@@ -134,6 +130,30 @@ def parse_csv(raw: bytes) -> tuple[list[Row], list[str]]:
             )
         )
     return rows, unread
+
+
+def _decode(raw: bytes, charset: str | None) -> str:
+    declared = None if charset is None or _is_utf8(charset) else charset
+    try:
+        return raw.decode(declared or "utf-8-sig")
+    except LookupError:
+        raise InvalidInput(
+            f"The charset {declared!r} is not one we know. Send the file as UTF-8.",
+            code="invalid_encoding",
+        ) from None
+    except UnicodeDecodeError:
+        said = f"{declared} text" if declared else "UTF-8 text"
+        raise InvalidInput(
+            f"The file is not {said}. Save it as CSV UTF-8 and try again.",
+            code="invalid_encoding",
+        ) from None
+
+
+def _is_utf8(charset: str) -> bool:
+    try:
+        return codecs.lookup(charset).name in {"utf-8", "utf-8-sig"}
+    except LookupError:
+        return False
 
 
 def column(cell: str) -> str:

@@ -458,8 +458,8 @@ BATCH_KEY = {
 @API.post(
     "/portals/{id}/invitations/batch",
     "Invite many clients at once: JSON, or a text/csv body (comma, semicolon or tab"
-    " separated) with an email column (and optionally name, personal_message,"
-    " sub_client); up to 10,000 rows",
+    " separated; UTF-8 unless a charset is declared) with an email column (and optionally"
+    " name, personal_message, sub_client); up to 10,000 rows",
     body=BatchBody,
     query=BatchQuery,
     response=BatchResult,
@@ -481,7 +481,7 @@ async def invite_batch(request: web.Request) -> web.StreamResponse:
     key = idempotency_key(request)
     unread: list[str] = []
     if request.content_type in CSV_TYPES:
-        rows, unread = bulk.parse_csv(await read_body(request, BATCH_BODY_LIMIT))
+        rows, unread = bulk.parse_csv(await read_body(request, BATCH_BODY_LIMIT), request.charset)
     else:
         try:
             body = await read_json(request, BatchBody, limit=BATCH_BODY_LIMIT)

@@ -69,9 +69,12 @@ class Together(Generic[T]):
     ``Deps`` in a service's table (``in_inbox``), the connection in the consumer's. The
     call runs in the first event's context (its correlation id in the logs); if it
     raises, the batch is rolled back and each event is applied on its own, a call of one.
-    What is one event's own (its answer, its log lines) can run in ``arrival_context``."""
+    What is one event's own (its answer, its log lines) can run in ``arrival_context``.
+    ``wants``: whether an event (by its envelope alone) is one the handler acts on; the
+    others are acknowledged at once, without a transaction or an inbox row."""
 
     apply: Callable[[T, Sequence[Event]], Awaitable[None]]
+    wants: Callable[[Envelope], bool] | None = None
 
 
 # The contexts the events of the Together run under way arrived in, by event id.
@@ -107,7 +110,7 @@ def in_inbox(
         async def apply(conn: Conn, events: Sequence[Event]) -> None:
             await handler.apply(deps().within(conn), events)
 
-        return bound.setdefault(id(handler), Together(apply))
+        return bound.setdefault(id(handler), Together(apply, handler.wants))
 
     def bind(handler: ServiceHandler[D]) -> AnyHandler:
         if isinstance(handler, Together):
@@ -395,7 +398,11 @@ class Consumer:
             await self._reject(message)
             return
         handler = self.handlers.get(envelope.type)
-        if handler is None:
+        if handler is None or (
+            isinstance(handler, Together)
+            and handler.wants is not None
+            and not handler.wants(envelope)
+        ):
             EVENTS_CONSUMED.labels(envelope.type, "ignored").inc()
             await self._ack(message)
             return

@@ -102,5 +102,13 @@ async def on_changes(deps: Deps, events: Sequence[Event]) -> None:
         await handlers.record_activities(deps, entries)
 
 
+def has_actor(envelope: Envelope) -> bool:
+    """A change somebody made: the others (an expiry, another system's invitation) record
+    nothing, and are acknowledged without a transaction."""
+    return envelope.actor is not None
+
+
 # One Together for every type: a run of changes of any kinds is recorded in one statement.
-HANDLERS: dict[str, Together[Deps]] = dict.fromkeys(EVENT_ACTIONS, Together(on_changes))
+HANDLERS: dict[str, Together[Deps]] = dict.fromkeys(
+    EVENT_ACTIONS, Together(on_changes, wants=has_actor)
+)

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from libs.common.actor import Actor
 from libs.common.bus import Binding, Bus, Together, arrival_context
 from libs.common.context import current_correlation_id
 from libs.common.db import Conn, create_pool, migrate
@@ -472,6 +473,53 @@ async def test_a_together_handler_that_fails_is_called_again_for_each_event_alon
     # The three behind the first failed together, then went one by one.
     assert calls[:5] == [1, 3, 1, 1, 1]
     await _close(consumer, owner, bus)
+
+
+async def test_events_a_together_handler_does_not_want_are_acknowledged_without_a_transaction(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    """``wants`` says from the envelope alone which events the handler acts on: the
+    others are acknowledged at once, with no inbox row and no call."""
+    await probe_schema.execute("CREATE TABLE effects (user_id uuid NOT NULL)")
+    called: list[int] = []
+
+    async def many(conn: Conn, events: Sequence[Event]) -> None:
+        called.append(len(events))
+        users = [data.user_id for _, data in events]  # type: ignore[attr-defined]
+        await conn.execute("INSERT INTO effects SELECT unnest($1::uuid[])", users)
+
+    bus, owner, consumer = await _consume_user_disabled(
+        test_env,
+        probe_schema,
+        "probe12",
+        Together(many, wants=lambda envelope: envelope.actor is not None),
+    )
+    staff = Actor(type="user", id=str(uuid.uuid4()), name="staff@example.com")
+    envelopes = [
+        make_event(
+            "identity.user.disabled",
+            UserDisabled(user_id=uuid.uuid4()),
+            source="t",
+            actor=staff if n % 2 else None,
+        )
+        for n in range(6)
+    ]
+    for envelope in envelopes:
+        await owner.publish_envelope(envelope)
+    wanted = [e for e in envelopes if e.actor is not None]
+    rows = await _wait_for_effects(probe_schema, len(wanted))
+    await asyncio.sleep(0.5)
+    assert sorted(str(row["user_id"]) for row in rows) == sorted(e.data["user_id"] for e in wanted)
+    inbox = {row["event_id"] for row in await probe_schema.fetch("SELECT event_id FROM inbox")}
+    assert inbox == {e.id for e in wanted}
+    assert sum(called) == len(wanted)
+    await _close(consumer, owner, bus)
+    # Every one acknowledged, the unwanted too: none went back to the queue.
+    connection = await aio_pika.connect(test_env.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(bus.queue_name(), passive=True)
+        assert queue.declaration_result.message_count == 0
 
 
 async def test_a_together_handler_in_alone_runs_apart_and_each_event_keeps_its_context(

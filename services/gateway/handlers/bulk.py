@@ -36,8 +36,9 @@ COLUMNS = ("email", "name", "personal_message", "sub_client")
 DELIMITERS = (",", ";", "\t")
 # A first line "sep=;" (which Excel writes and reads) names the separator.
 SEP_LINE = re.compile(r"[\r\n]*sep=([,;\t|])[ \t]*(?:\r\n|\r|\n|$)", re.IGNORECASE)
-# The email and name columns as people head them in the languages the pages speak.
-_ALIASES = {
+# The email and name columns as people head them in the languages the pages speak (the
+# Import Clients page reads its file with these too: views/imports.py).
+COLUMN_ALIASES = {
     **dict.fromkeys(
         (
             "e_mail",
@@ -158,10 +159,10 @@ def _is_utf8(charset: str) -> bool:
 
 def column(cell: str) -> str:
     """A header cell's column: ``Personal Message``, ``sub-client`` and ``E-Mail`` name
-    personal_message, sub_client and email; ``Courriel`` or ``Nom`` (_ALIASES) email and
+    personal_message, sub_client and email; ``Courriel`` or ``Nom`` (COLUMN_ALIASES) email and
     name."""
     name = cell.strip().lower().replace(" ", "_").replace("-", "_")
-    return _ALIASES.get(name, name)
+    return COLUMN_ALIASES.get(name, name)
 
 
 def _delimiter(text: str) -> str:

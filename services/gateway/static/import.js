@@ -48,12 +48,9 @@
   var DELIMITERS = [",", ";", "\t"];
   // A first line "sep=;" (which Excel writes and reads) names the separator.
   var SEP_LINE = /^[\r\n]*sep=([,;\t|])[ \t]*(\r\n|\r|\n|$)/i;
-  // The email and name columns as people head them in the languages the pages speak
-  // (as the batch API reads them: handlers/bulk.py).
-  var ALIASES = {nom: "name", nombre: "name"};
-  ["e_mail", "email_address", "e_mail_address", "e_mail_adresse", "email_adresse",
-    "adresse_e_mail", "adresse_email", "courriel", "correo", "correo_electrónico",
-    "correo_electronico"].forEach(function (name) { ALIASES[name] = "email"; });
+  // The email and name columns as people head them in the languages the pages speak:
+  // the batch API's own list (handlers/bulk.py COLUMN_ALIASES), given by the page.
+  var ALIASES = JSON.parse(root.getAttribute("data-column-aliases"));
 
   // A header cell's column: "Personal Message", "sub-client" and "E-Mail" name
   // personal_message, sub_client and email (as the batch API reads them).
@@ -63,7 +60,7 @@
   }
 
   // RFC 4180: quoted fields may hold the separator, quotes ("") and line breaks.
-  function parseCsv(text, delimiter) {
+  function parseCsv(text, separator) {
     var records = [], record = [], field = "", i = 0, quoted = false, c;
     while (i < text.length) {
       c = text[i];
@@ -78,7 +75,7 @@
         if (field !== "") { throw new Error("quote"); }
         quoted = true; i += 1; continue;
       }
-      if (c === delimiter) { record.push(field); field = ""; i += 1; continue; }
+      if (c === separator) { record.push(field); field = ""; i += 1; continue; }
       if (c === "\r" || c === "\n") {
         record.push(field); field = "";
         records.push(record); record = [];

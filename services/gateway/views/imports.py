@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..handlers.bulk import MAX_ROWS
+from ..handlers.bulk import COLUMN_ALIASES, MAX_ROWS
 from ..rendering import render
 from ..state import UPSTREAM
 
@@ -21,5 +21,10 @@ async def import_clients(request: web.Request) -> web.StreamResponse:
     return render(
         request,
         "admin/import.html",
-        {"portal": portal, "nav": "portals", "max_rows": MAX_ROWS},
+        {
+            "portal": portal,
+            "nav": "portals",
+            "max_rows": MAX_ROWS,
+            "column_aliases": COLUMN_ALIASES,
+        },
     )

@@ -279,6 +279,7 @@ class _Seen:
 
 # A cell too long for any invitation: the column's reason, and its words.
 _TOO_LONG = {
+    "email": (InvalidEmail.code, InvalidEmail("too long").message),
     "name": ("name_too_long", "The name is far too long ({length:,} characters)."),
     "personal_message": (
         "personal_message_too_long",
@@ -294,8 +295,6 @@ def _rejection(number: int, row: Row, seen: _Seen) -> BatchRowAnswer | None:
     if row.problem is not None:
         code, message = row.problem
         return _rejected(number, row.email, code, message)
-    if len(row.email) > CELL_LIMIT:
-        return _rejected(number, row.email, InvalidEmail.code, InvalidEmail("too long").message)
     for name, (code, words) in _TOO_LONG.items():
         value = getattr(row, name)
         if value is not None and len(value) > CELL_LIMIT:

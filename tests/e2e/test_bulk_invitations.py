@@ -302,3 +302,33 @@ async def test_an_oversized_or_repeated_row_never_fails_its_neighbours(
     code, body = await post_batch(stack, portal["id"], None, csv=many.encode(), dry_run=True)
     assert code == 200, body
     assert Counter(r["reason"] for r in body["results"]) == {"personal_message_too_long": 1_200}
+
+
+async def test_json_and_csv_are_refused_and_answered_alike(stack: Stack, api: Api) -> None:
+    """Over the row limit, JSON is refused as a CSV file is (too_many_rows, in words); a
+    contact without an address (null) is rejected on its row, as an empty email cell is;
+    a CSV file with a quote left open says on which line."""
+    portal = await api.portal(f"Bulk alike {uuid.uuid4().hex[:6]}")
+    rows = [{"email": f"many{n}@example.com"} for n in range(10_001)]
+    code, error = await post_batch(stack, portal["id"], {"invitations": rows}, dry_run=True)
+    assert code == 422 and error["error"]["code"] == "too_many_rows", error
+    assert error["error"]["message"] == "At most 10,000 invitations at once; this has 10,001."
+
+    one, two = unique_email("null"), unique_email("null")
+    body = {"invitations": [{"email": one}, {"email": None, "name": "No Address"}, {"email": two}]}
+    code, sent = await post_batch(stack, portal["id"], body)
+    assert code == 200, sent
+    assert verdicts(sent["results"]) == [
+        (1, "created", None),
+        (2, "rejected", "invalid_email"),
+        (3, "created", None),
+    ]
+    assert sent["results"][1]["email"] == ""
+
+    for text, words in (
+        (f'email,name\r\n{one},Ann\r\n{two},"Bob\r\n', "a quoted value on line 3 never ends"),
+        (f'email,name\r\n{one},"Ann"s\r\n{two},Bob\r\n', "line 2 has a quote inside a value"),
+    ):
+        code, error = await post_batch(stack, portal["id"], None, csv=text.encode())
+        assert code == 422 and error["error"]["code"] == "not_csv", error
+        assert error["error"]["message"] == f"The file is not a CSV file: {words}.", error

@@ -89,10 +89,7 @@ def parse_csv(raw: bytes, charset: str | None = None) -> tuple[list[Row], list[s
         delimiter, text = sep_line[1], text[sep_line.end() :]
     else:
         delimiter = _delimiter(text)
-    try:
-        records = list(csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter))
-    except csv.Error:
-        raise InvalidInput("The file is not a CSV file.", code="not_csv") from None
+    records = _records(text, delimiter)
     records = [r for r in records if any(cell.strip() for cell in r)]
     if not records:
         raise InvalidInput("The file is empty.", code="empty_file")
@@ -131,6 +128,26 @@ def parse_csv(raw: bytes, charset: str | None = None) -> tuple[list[Row], list[s
             )
         )
     return rows, unread
+
+
+def _records(text: str, delimiter: str) -> list[list[str]]:
+    """The file's records, or a not_csv refusal naming the line where the record that
+    went wrong starts: a quoted value the file ends inside, or a stray quote."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
+    records: list[list[str]] = []
+    starts = 1
+    try:
+        for record in reader:
+            records.append(record)
+            starts = reader.line_num + 1
+    except csv.Error as exc:
+        # The csv module's words when the file ends inside quotes.
+        if str(exc) == "unexpected end of data":
+            why = f"a quoted value on line {starts:,} never ends"
+        else:
+            why = f"line {starts:,} has a quote inside a value"
+        raise InvalidInput(f"The file is not a CSV file: {why}.", code="not_csv") from None
+    return records
 
 
 def _decode(raw: bytes, charset: str | None) -> str:

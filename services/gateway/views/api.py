@@ -410,8 +410,9 @@ async def invite_several(request: web.Request) -> web.StreamResponse:
 
 class BatchInvitation(Strict):
     # No length limits: a bad address or a long name or message, however long, is a
-    # verdict on its row (bulk._rejection), never a 422 for the whole batch.
-    email: str
+    # verdict on its row (bulk._rejection), never a 422 for the whole batch; nor is a
+    # contact without an address (null), as an empty email cell in a CSV file isn't.
+    email: str | None
     name: Annotated[str, Field(description="the invitee's name")] | None = None
     personal_message: str | None = None
     sub_client: bool | None = None
@@ -430,7 +431,12 @@ class BatchInvitation(Strict):
 
 
 class BatchBody(Strict):
-    invitations: Annotated[list[BatchInvitation], Field(min_length=1, max_length=bulk.MAX_ROWS)]
+    # The row limit is bulk.check_size's, so JSON is refused as a CSV file is (422
+    # too_many_rows, its words), not with a validation message about list items.
+    invitations: Annotated[
+        list[BatchInvitation],
+        Field(min_length=1, json_schema_extra={"maxItems": bulk.MAX_ROWS}),
+    ]
 
 
 class BatchQuery(Strict):
@@ -492,7 +498,11 @@ async def invite_batch(request: web.Request) -> web.StreamResponse:
                 "The request body must be JSON, or a CSV file sent with Content-Type: text/csv.",
                 code="invalid_json",
             ) from None
-        rows = [bulk.Row(**item.model_dump()) for item in body.invitations]
+        bulk.check_size(len(body.invitations))
+        rows = [
+            bulk.Row(**{**item.model_dump(), "email": item.email or ""})
+            for item in body.invitations
+        ]
     results = await bulk.send(
         request.app[UPSTREAM].invitations,
         str(UUID(request.match_info["id"])),

@@ -123,11 +123,25 @@ def error_response(
     return json_response({"error": error}, status, headers)
 
 
+# What the patterns fields must match mean, in words (``readable``).
+_PATTERN_WORDS: dict[str, str] = {}
+
+
+def readable(pattern: str, words: str) -> str:
+    """``pattern``, for a Field: a value it refuses is told ``words`` (what the value
+    should look like), not shown the regular expression."""
+    _PATTERN_WORDS[pattern] = words
+    return pattern
+
+
 def describe_validation(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
         field = ".".join(str(p) for p in err["loc"] if p != "__root__") or "body"
-        parts.append(f"{field}: {err['msg']}")
+        message = err["msg"]
+        if err["type"] == "string_pattern_mismatch":
+            message = _PATTERN_WORDS.get(str((err.get("ctx") or {}).get("pattern")), message)
+        parts.append(f"{field}: {message}")
     return "; ".join(parts)
 
 

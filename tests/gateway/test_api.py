@@ -52,6 +52,27 @@ async def test_bad_bodies_are_422_json(gw: TestClient, backend: Backend) -> None
     assert response.status == 422
 
 
+async def test_a_value_a_pattern_refuses_is_told_what_it_should_look_like(
+    gw: TestClient, backend: Backend
+) -> None:
+    headers = await admin_headers(gw, backend)
+    response = await gw.post(
+        "/api/v1/portals", json={"title": "x", "slug": "Spring Launch!"}, headers=headers
+    )
+    assert response.status == 422
+    assert (await response.json())["error"]["message"] == (
+        "slug: Use lower-case letters, digits and single hyphens, e.g. acme-rebrand."
+    )
+    rows = {"invitations": [{"email": "ann@example.com", "key": "clé-1"}]}
+    response = await gw.post(
+        f"/api/v1/portals/{uuid.uuid4()}/invitations/batch", json=rows, headers=headers
+    )
+    assert response.status == 422
+    assert (await response.json())["error"]["message"] == (
+        "invitations.0.key: A key must be printable ASCII characters."
+    )
+
+
 async def test_invite_is_201_then_200_resent(gw: TestClient, backend: Backend) -> None:
     headers = await admin_headers(gw, backend)
     portal = backend.add_portal("Acme")

@@ -17,7 +17,7 @@ from libs.common.errors import Conflict, InvalidInput, NotFound
 from libs.common.i18n import LANGUAGE_MESSAGE, is_language
 from libs.common.openapi import UUID as UUID_SCHEMA
 from libs.common.openapi import ApiRoutes
-from libs.common.web import json_response, parse_query, read_body, read_json
+from libs.common.web import json_response, parse_query, read_body, read_json, readable
 
 from ..contracts import (
     AccessSettingsView,
@@ -54,16 +54,28 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Slug = Annotated[
+    str,
+    Field(
+        max_length=80,
+        pattern=readable(
+            r"^[a-z0-9]+(-[a-z0-9]+)*$",
+            "Use lower-case letters, digits and single hyphens, e.g. acme-rebrand.",
+        ),
+    ),
+]
+
+
 class PortalCreate(Strict):
     title: Annotated[str, Field(min_length=1, max_length=200)]
-    slug: Annotated[str, Field(max_length=80, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")] | None = None
+    slug: Slug | None = None
     content: Annotated[str, Field(max_length=60_000)] = ""
     status: Status = "pending"
 
 
 class PortalPatch(Strict):
     title: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    slug: Annotated[str, Field(max_length=80, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")] | None = None
+    slug: Slug | None = None
     content: Annotated[str, Field(max_length=60_000)] | None = None
     status: Status | None = None
 
@@ -422,7 +434,7 @@ class BatchInvitation(Strict):
             Field(
                 min_length=1,
                 max_length=200,
-                pattern=r"^[ -~]+$",
+                pattern=readable(r"^[ -~]+$", "A key must be printable ASCII characters."),
                 description="this row's idempotency key: a retry answers as the first time",
             ),
         ]

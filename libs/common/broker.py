@@ -46,6 +46,10 @@ WebhookEvent = Literal[
     "portal.access.revoked",
 ]
 WEBHOOK_EVENTS: tuple[str, ...] = get_args(WebhookEvent)
+# The mailer's queue is declared bound to every one of them, then bound to only those some
+# webhook endpoint wants (services/mailer/webhooks/subscription.py): with no endpoint, a
+# lifecycle event costs the mailer nothing. So none of them is mandatory on its account.
+WEBHOOK_BINDINGS = tuple(Binding("events", key) for key in WEBHOOK_EVENTS)
 
 # The changes the Activity log records (identity keeps it: libs/common/activity.py).
 ACTIVITY_EVENTS = tuple(EVENT_ACTIONS)
@@ -71,7 +75,7 @@ CONSUMES: dict[str, tuple[Binding, ...]] = {
     ),
     "mailer": (
         Binding("mail", "mail.requested"),
-        *(Binding("events", key) for key in WEBHOOK_EVENTS),
+        *WEBHOOK_BINDINGS,
     ),
 }
 
@@ -143,7 +147,12 @@ def sender_problem(
     return None
 
 
-_MANDATORY = frozenset(b.routing_key for bs in CONSUMES.values() for b in bs)
+_MANDATORY = frozenset(
+    b.routing_key
+    for service, bs in CONSUMES.items()
+    for b in bs
+    if not (service == "mailer" and b in WEBHOOK_BINDINGS)
+)
 
 
 def mandatory(event_type: str) -> bool:

@@ -553,6 +553,10 @@ def add_deps(app: web.Application, key: web.AppKey[D], build: Callable[[asyncpg.
     app.cleanup_ctx.append(ctx)
 
 
+# Called once the consumer's queue is declared and bound (with the bus and the consumer).
+Consuming = Callable[[Bus, Consumer], Awaitable[None]]
+
+
 def add_service_bus(
     app: web.Application,
     settings: CommonSettings,
@@ -563,6 +567,7 @@ def add_service_bus(
     *,
     prefetch: int = 32,
     alone: Collection[str] = (),
+    consuming: Consuming | None = None,
 ) -> None:
     """add_bus for a service with its own schema (add_database first): the outbox relay of
     that schema, and a consumer that runs each event handler on the ``Deps`` under
@@ -577,6 +582,7 @@ def add_service_bus(
         handlers=in_inbox(lambda: app[deps], handlers),
         prefetch=prefetch,
         alone=alone,
+        consuming=consuming,
     )
 
 
@@ -590,9 +596,11 @@ def add_bus(
     handlers: Mapping[str, AnyHandler] | None = None,
     prefetch: int = 32,
     alone: Collection[str] = (),
+    consuming: Consuming | None = None,
 ) -> None:
     """Connect to RabbitMQ; with a schema, run the outbox relay; with handlers, consume
-    (the event types in ``alone`` each in a transaction of its own: see Bus.consume).
+    (the event types in ``alone`` each in a transaction of its own: see Bus.consume), then
+    call ``consuming`` (a failure there is logged, and consuming goes on).
 
     The connection is made in the background: a service serves pages and API calls while
     the broker is away, even at start (the outbox keeps what it writes until the relay can
@@ -617,6 +625,11 @@ def add_bus(
                 parts.consumer = await bus.consume(
                     app[POOL], bindings, handlers, prefetch=prefetch, alone=alone
                 )
+                if consuming is not None:
+                    try:
+                        await consuming(bus, parts.consumer)
+                    except Exception as exc:
+                        log.warning("consuming_hook_failed", error=type(exc).__name__)
 
         starter = asyncio.create_task(start(), name=f"{service}-broker-start")
         prune_task = None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from libs.common.bus import Bus, Consumer
 from libs.common.outbox import OutboxRelay
 from libs.common.web import (
     BUS_PARTS,
@@ -19,6 +20,7 @@ from libs.common.web import (
     add_routes,
     add_service_bus,
     base_app,
+    periodic,
     require_service_proof,
 )
 
@@ -29,6 +31,7 @@ from .handlers import Deps
 from .sender import Sender
 from .settings import MailerSettings
 from .webhooks.sender import WebhookSender
+from .webhooks.subscription import SETTLE_EVERY, Subscription
 
 SERVICE = "mailer"
 SCHEMA = "mailer"
@@ -48,8 +51,23 @@ def create_app(settings: MailerSettings) -> web.Application:
         max_size=min(settings.mailer_concurrency, 16) + settings.webhooks_concurrency + 4,
     )
     # The senders use the Deps too.
-    add_deps(app, api.DEPS, lambda pool: Deps(db=pool, settings=settings))
-    add_service_bus(app, settings, SERVICE, api.DEPS, BINDINGS, HANDLERS, prefetch=64)
+    subscription = Subscription()
+    add_deps(
+        app, api.DEPS, lambda pool: Deps(db=pool, settings=settings, subscription=subscription)
+    )
+
+    async def consuming(bus: Bus, consumer: Consumer) -> None:
+        assert consumer.queue is not None
+        await subscription.attach(app[POOL], consumer.queue, bus.exchange_name("events"))
+
+    add_service_bus(
+        app, settings, SERVICE, api.DEPS, BINDINGS, HANDLERS, prefetch=64, consuming=consuming
+    )
+    # Settled again now and then: bindings a broker brought back from its definitions, or a
+    # settle that failed, are set right.
+    app.cleanup_ctx.append(
+        periodic("webhook-subscription", SETTLE_EVERY, lambda a: subscription.settle_now(a[POOL]))
+    )
 
     async def senders(app: web.Application) -> AsyncIterator[None]:
         source = BrandingSource(app[api.DEPS], settings.mailer_branding_cache_seconds)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
@@ -30,6 +30,7 @@ from .domain import (
     normalise_address,
 )
 from .settings import MailerSettings
+from .webhooks.subscription import Subscription
 
 log = get_logger(__name__)
 
@@ -45,6 +46,8 @@ class Deps(UseCaseDeps):
     sealer and limits)."""
 
     settings: MailerSettings
+    # The event types the queue is bound to, settled as endpoints come and go.
+    subscription: Subscription = field(default_factory=Subscription)
 
 
 async def request_mails(deps: Deps, commands: Sequence[RequestMail]) -> set[uuid.UUID]:

@@ -12,15 +12,18 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestClient
 
+from libs.common import broker
 from libs.common.bus import Bus
 from libs.common.events import InvitationClosed, InvitationCreated, make_event
+from services.mailer.api import DEPS
 from services.mailer.webhooks.domain import RefusedTarget, public_address, sign
 from services.mailer.webhooks.targets import GuardedResolver
-from tests.mailer.conftest import StartMailer
+from tests.mailer.conftest import StartMailer, invitation_job, publish_job, wait_for_row
 from tests.support.env import TestEnv
 from tests.support.smtp import SmtpSink
 from tests.support.webhooks import Received, Receiver, receiver, verify
@@ -28,6 +31,7 @@ from tests.support.webhooks import Received, Receiver, receiver, verify
 pytestmark = pytest.mark.integration
 
 EVENTS = ["invitation.created", "invitation.revoked"]
+PoolFactory = Callable[[str], Any]
 
 
 @pytest.fixture
@@ -409,3 +413,48 @@ async def test_events_arriving_together_are_queued_in_one_statement(
     assert [d["event_type"] for d in await api.deliveries(revoked_only["id"])] == [
         "invitation.revoked"
     ]
+
+
+async def test_lifecycle_events_reach_the_mailer_only_while_an_endpoint_wants_them(
+    internal: Callable[..., Any], publisher: Bus, hook: Receiver, pool_factory: PoolFactory
+) -> None:
+    """With no endpoint for a type, the mailer's queue isn't bound to it: another system's
+    invitation costs the mailer no delivery, inbox row or transaction. An endpoint is bound
+    before its creation is answered, so the next event reaches it; deleting the last one
+    unbinds. (Before, every lifecycle event took an inbox transaction in the mailer.)"""
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    api: Internal = await internal()
+    subscription = api.client.app[DEPS].subscription
+    await eventually(lambda: subscription.bound == frozenset())
+    # No service needs the types only webhooks read: they are not published mandatory.
+    assert not broker.mandatory("invitation.expired") and broker.mandatory("invitation.created")
+
+    async def reached_the_mailer(data: InvitationCreated) -> bool:
+        envelope = make_event("invitation.created", data, source="invitations")
+        await publisher.publish_envelope(envelope)
+        # A mail job published after it, into the same queue: once it is recorded, an
+        # event ahead of it in the queue has been applied too.
+        job, _ = invitation_job(f"marker-{uuid.uuid4().hex[:8]}@example.com")
+        await publish_job(publisher, job)
+        await wait_for_row(pool, job.mail_id, lambda _: True)
+        seen = await pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1", envelope.id)
+        return bool(seen)
+
+    assert not await reached_the_mailer(created())
+
+    endpoint = await api.add(hook.url, ["invitation.created"])
+    assert subscription.bound == frozenset({"invitation.created"})
+    wanted = created()
+    assert await reached_the_mailer(wanted)
+    await hook.wait_for(about(wanted))
+
+    status, _ = await api.call("DELETE", f"/webhooks/{endpoint['id']}")
+    assert status == 204 and subscription.bound == frozenset()
+    assert not await reached_the_mailer(created())
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "never happened"
+        await asyncio.sleep(0.02)

@@ -35,8 +35,10 @@ async def add_endpoint(deps: Deps, url: str, events: list[str]) -> tuple[dict[st
     secret = domain.new_secret()
     wanted = [t for t in domain.EVENT_TYPES if t in set(events)]
     sealed = deps.settings.webhook_sealer().seal_text(secret)
-    async with connection(deps.db) as conn:
+    async with transaction(deps.db) as conn:
         row = await repository.insert_endpoint(conn, uuid.uuid4(), url, wanted, sealed)
+        # Its events reach the queue before it is committed (subscription.py).
+        await deps.subscription.settle(conn)
     log.info("webhook_endpoint_added", endpoint_id=str(row["id"]), events=wanted)
     return row, secret
 
@@ -64,6 +66,13 @@ async def delete_endpoint(deps: Deps, endpoint_id: uuid.UUID) -> None:
         if not await repository.delete_endpoint(conn, endpoint_id):
             raise _endpoint_gone()
     log.info("webhook_endpoint_deleted", endpoint_id=str(endpoint_id))
+    # The types no endpoint wants any more stop reaching the queue; if that fails, they
+    # only cost a delivery each until the next settle.
+    try:
+        async with transaction(deps.db) as conn:
+            await deps.subscription.settle(conn)
+    except Exception as exc:
+        log.warning("webhook_subscription_not_settled", error=type(exc).__name__)
 
 
 async def deliveries(

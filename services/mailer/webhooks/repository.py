@@ -86,6 +86,12 @@ async def delete_endpoint(conn: Conn, endpoint_id: uuid.UUID) -> bool:
     return result != "DELETE 0"
 
 
+async def wanted_event_types(conn: Conn) -> list[str]:
+    """The event types at least one endpoint wants."""
+    rows = await conn.fetch("SELECT DISTINCT unnest(events) AS event_type FROM webhook_endpoints")
+    return [row["event_type"] for row in rows]
+
+
 async def queue_for_events(conn: Conn, events: Sequence[tuple[uuid.UUID, str, str]]) -> int:
     """A delivery for every endpoint that wants each event's type (once per endpoint and
     event), for many events ``(event id, type, payload)`` in one statement, and a wake-up

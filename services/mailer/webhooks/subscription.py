@@ -1,0 +1,85 @@
+"""The lifecycle events reach the mailer's queue only while some webhook endpoint wants
+them. Its queue is declared bound to all of them (libs/common/broker.WEBHOOK_BINDINGS);
+``settle`` then binds the types the endpoints want and unbinds the rest, so with no
+endpoint an invitation costs the mailer no delivery, inbox row or transaction.
+
+Never too few bindings: every settle reads the endpoints under one advisory lock and
+changes the broker before that transaction ends, and adding an endpoint settles in the
+transaction that inserts it, before it commits. So a settle that unbinds has read every
+endpoint committed before it, and one added meanwhile binds after it. Too many is only a
+cost (the handler finds no endpoint), so a failure leaves bindings as they are; each
+replica settles again every ``SETTLE_EVERY`` seconds, and at start."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+from aio_pika.abc import AbstractQueue
+
+from libs.common.db import Conn, transaction, xact_lock
+from libs.common.errors import Unavailable
+from libs.common.logging import get_logger
+
+from . import repository
+from .domain import EVENT_TYPES
+
+log = get_logger(__name__)
+
+LOCK = "mailer:webhook-subscription"
+SETTLE_EVERY = 60.0
+# How long adding an endpoint waits for a broker connection this replica doesn't have yet.
+ATTACH_WAIT = 5.0
+BROKER_TIMEOUT = 10.0
+
+
+class Subscription:
+    """The mailer's queue bound to the event types the webhook endpoints want."""
+
+    def __init__(self) -> None:
+        self._queue: AbstractQueue | None = None
+        self._exchange = ""
+        self._attached = asyncio.Event()
+        self._bound: frozenset[str] | None = None  # what this replica bound last
+
+    @property
+    def bound(self) -> frozenset[str] | None:
+        """The types this replica last bound the queue to (None: not settled yet)."""
+        return self._bound
+
+    async def attach(self, pool: asyncpg.Pool, queue: AbstractQueue, exchange: str) -> None:
+        """The consumer's queue is declared (bound to every type): settle it."""
+        self._queue, self._exchange = queue, exchange
+        self._attached.set()
+        await self.settle_now(pool)
+
+    async def settle_now(self, pool: asyncpg.Pool) -> None:
+        if self._queue is not None:
+            async with transaction(pool) as conn:
+                await self.settle(conn)
+
+    async def settle(self, conn: Conn) -> None:
+        """In ``conn``'s transaction: bind the queue to the types some endpoint wants (as
+        this transaction sees them) and unbind the others. Unavailable if this replica has
+        no broker connection (after waiting ``ATTACH_WAIT`` for one)."""
+        if self._queue is None:
+            try:
+                await asyncio.wait_for(self._attached.wait(), ATTACH_WAIT)
+            except TimeoutError:
+                raise Unavailable(
+                    "The message broker can't be reached, so the endpoint would receive"
+                    " nothing. Try again in a moment.",
+                    code="broker_unavailable",
+                ) from None
+        queue = self._queue
+        assert queue is not None
+        await xact_lock(conn, LOCK)
+        wanted = frozenset(await repository.wanted_event_types(conn))
+        for event_type in EVENT_TYPES:
+            if event_type in wanted:
+                await queue.bind(self._exchange, event_type, timeout=BROKER_TIMEOUT)
+            else:
+                await queue.unbind(self._exchange, event_type, timeout=BROKER_TIMEOUT)
+        if wanted != self._bound:
+            log.info("webhook_events_bound", events=sorted(wanted))
+            self._bound = wanted

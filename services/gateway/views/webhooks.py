@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from libs.common.errors import InvalidInput
+from libs.common.errors import InvalidInput, Unavailable
 from libs.common.web import describe_validation, json_response, parse_query, read_json
 
 from ..answers import WebhookWithSecretAnswer
@@ -53,7 +53,7 @@ async def list_endpoints(request: web.Request) -> web.StreamResponse:
     body=WebhookCreate,
     response=WebhookWithSecret,
     status=201,
-    errors=["422 webhook_target_refused"],
+    errors=["422 webhook_target_refused", "503 broker_unavailable"],
 )
 async def add_endpoint(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, WebhookCreate)
@@ -149,8 +149,9 @@ async def add_from_page(request: web.Request) -> web.StreamResponse:
         return await _page(request, errors={field: message}, form=form, status=422)
     try:
         added = await _hooks(request).add(body.url, list[str](dict.fromkeys(body.events)))
-    except InvalidInput as exc:
-        return await _page(request, errors={"url": exc.message}, form=form, status=422)
+    except (InvalidInput, Unavailable) as exc:
+        # A refused target, or no broker to bind its events (the mailer saved nothing).
+        return await _page(request, errors={"url": exc.message}, form=form, status=exc.status)
     # The secret is in this answer only: shown now, never again (no redirect to lose it).
     return await _page(request, secret=added)
 

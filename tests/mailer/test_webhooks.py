@@ -458,3 +458,24 @@ async def eventually(condition: Callable[[], bool], timeout: float = 20.0) -> No
     while not condition():
         assert time.monotonic() < deadline, "never happened"
         await asyncio.sleep(0.02)
+
+
+async def test_an_endpoint_is_not_saved_while_the_broker_is_out_of_reach(
+    internal: Callable[..., Any], hook: Receiver
+) -> None:
+    """Its events could not be bound to the mailer's queue, so it would receive nothing:
+    503 broker_unavailable, in words, and no endpoint."""
+    api: Internal = await internal(amqp_url=f"amqp://guest:guest@127.0.0.1:{closed_port()}/")
+    status, body = await api.call(
+        "POST", "/webhooks", json={"url": hook.url, "events": ["invitation.created"]}
+    )
+    assert status == 503 and body["error"]["code"] == "broker_unavailable", body
+    assert "message broker" in body["error"]["message"]
+    status, listed = await api.call("GET", "/webhooks")
+    assert status == 200 and all(e["url"] != hook.url for e in listed["items"]), listed
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -16,6 +16,7 @@ import asyncio
 
 import asyncpg
 from aio_pika.abc import AbstractQueue
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from libs.common.db import Conn, transaction, xact_lock
 from libs.common.errors import Unavailable
@@ -66,20 +67,29 @@ class Subscription:
             try:
                 await asyncio.wait_for(self._attached.wait(), ATTACH_WAIT)
             except TimeoutError:
-                raise Unavailable(
-                    "The message broker can't be reached, so the endpoint would receive"
-                    " nothing. Try again in a moment.",
-                    code="broker_unavailable",
-                ) from None
+                raise _no_broker() from None
         queue = self._queue
         assert queue is not None
         await xact_lock(conn, LOCK)
         wanted = frozenset(await repository.wanted_event_types(conn))
-        for event_type in EVENT_TYPES:
-            if event_type in wanted:
-                await queue.bind(self._exchange, event_type, timeout=BROKER_TIMEOUT)
-            else:
-                await queue.unbind(self._exchange, event_type, timeout=BROKER_TIMEOUT)
+        try:
+            for event_type in EVENT_TYPES:
+                if event_type in wanted:
+                    await queue.bind(self._exchange, event_type, timeout=BROKER_TIMEOUT)
+                else:
+                    await queue.unbind(self._exchange, event_type, timeout=BROKER_TIMEOUT)
+        except (AMQPError, ConnectionError, TimeoutError, ChannelInvalidStateError) as exc:
+            # The connection went away (it comes back by itself, and this replica settles
+            # again): the transaction is rolled back, an endpoint being added isn't saved.
+            raise _no_broker() from exc
         if wanted != self._bound:
             log.info("webhook_events_bound", events=sorted(wanted))
             self._bound = wanted
+
+
+def _no_broker() -> Unavailable:
+    return Unavailable(
+        "The message broker can't be reached, so the endpoint would receive nothing."
+        " Try again in a moment.",
+        code="broker_unavailable",
+    )

@@ -28,7 +28,8 @@ IMPORT = (
     # The file
     N_("The file is not a CSV file. Choose a .csv file."),
     N_("The file is not a CSV file."),
-    N_("The file is not a CSV file: a quoted value never ends."),
+    N_("The file is not a CSV file: a quoted value on line {line} never ends."),
+    N_("The file is not a CSV file: line {line} has a quote inside a value."),
     N_("The file is not UTF-8 text. Save it as CSV UTF-8 and try again."),
     N_("The file is empty."),
     N_(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from libs.common.errors import NotFound
+from libs.common.errors import InvalidInput, NotFound
 from services.gateway.handlers import bulk
 
 
@@ -117,3 +117,25 @@ async def test_a_refused_piece_stops_the_batch_and_the_rest_is_not_sent(
     assert invitations.sent == []
     assert len(invitations.arrived) <= bulk.PIECES_AT_ONCE
     assert len(checked) < len(batch)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('email,name\r\na@example.com,"Ann\r\n', "a quoted value on line 2 never ends"),
+        ('email,name\r\na@example.com,"Ann\r\nLee\r\n', "a quoted value on line 2 never ends"),
+        ('email,name\r\na@example.com,"Ann\r\nLee"\r\nb@example.com,"Bob', "on line 4 never"),
+        ('email,name\r\na@example.com,"Ann" Lee\r\n', "line 2 has a quote inside a value"),
+        # Excel's separator line is a line of the file too.
+        ('sep=;\r\nemail;name\r\na@example.com;"Ann\r\n', "a quoted value on line 3 never ends"),
+    ],
+)
+def test_a_quote_gone_wrong_is_refused_with_its_line(text: str, words: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        bulk.parse_csv(text.encode())
+    assert refused.value.code == "not_csv" and words in refused.value.message
+
+
+def test_a_quote_inside_an_unquoted_value_is_itself() -> None:
+    rows, _ = bulk.parse_csv(b'email,personal_message\r\na@example.com,Our "VIP" portal\r\n')
+    assert rows == [bulk.Row(email="a@example.com", personal_message='Our "VIP" portal')]

@@ -85,11 +85,13 @@ def parse_csv(raw: bytes, charset: str | None = None) -> tuple[list[Row], list[s
     if "\x00" in text:
         raise InvalidInput("The file is not a CSV file.", code="not_csv")
     sep_line = SEP_LINE.match(text)
+    first_line = 1
     if sep_line:  # Excel's "sep=;" first line names the separator
         delimiter, text = sep_line[1], text[sep_line.end() :]
+        first_line += len(sep_line[0].splitlines())
     else:
         delimiter = _delimiter(text)
-    records = _records(text, delimiter)
+    records = _records(text, delimiter, first_line)
     records = [r for r in records if any(cell.strip() for cell in r)]
     if not records:
         raise InvalidInput("The file is empty.", code="empty_file")
@@ -130,16 +132,18 @@ def parse_csv(raw: bytes, charset: str | None = None) -> tuple[list[Row], list[s
     return rows, unread
 
 
-def _records(text: str, delimiter: str) -> list[list[str]]:
-    """The file's records, or a not_csv refusal naming the line where the record that
-    went wrong starts: a quoted value the file ends inside, or a stray quote."""
+def _records(text: str, delimiter: str, first_line: int) -> list[list[str]]:
+    """The file's records, or a not_csv refusal naming the line (the text's first is the
+    file's ``first_line``) where the record that went wrong starts: a quoted value the
+    file ends inside, or text after a closing quote. (The Import Clients page's parser,
+    static/import.js, reads and refuses the same.)"""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
     records: list[list[str]] = []
-    starts = 1
+    starts = first_line
     try:
         for record in reader:
             records.append(record)
-            starts = reader.line_num + 1
+            starts = first_line + reader.line_num
     except csv.Error as exc:
         # The csv module's words when the file ends inside quotes.
         if str(exc) == "unexpected end of data":

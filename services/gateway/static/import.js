@@ -59,33 +59,43 @@
     return ALIASES[name] || name;
   }
 
-  // RFC 4180: quoted fields may hold the separator, quotes ("") and line breaks.
-  function parseCsv(text, separator) {
-    var records = [], record = [], field = "", i = 0, quoted = false, c;
+  // RFC 4180: quoted fields may hold the separator, quotes ("") and line breaks; a quote
+  // inside an unquoted value is itself (as the batch API and spreadsheets read it). A
+  // quoted value never closed, or text after its closing quote, is refused with the line
+  // its record starts on (counted from firstLine), as the batch API says it.
+  function parseCsv(text, separator, firstLine) {
+    var records = [], record = [], field = "", i = 0, quoted = false, closed = false, c;
+    var line = firstLine || 1, starts = line;
+    function broken(kind) {
+      var error = new Error(kind);
+      error.csv = kind;
+      error.line = starts;
+      return error;
+    }
     while (i < text.length) {
       c = text[i];
       if (quoted) {
         if (c === "\"") {
           if (text[i + 1] === "\"") { field += "\""; i += 2; continue; }
-          quoted = false; i += 1; continue;
+          quoted = false; closed = true; i += 1; continue;
         }
+        if (c === "\n" || (c === "\r" && text[i + 1] !== "\n")) { line += 1; }
         field += c; i += 1; continue;
       }
-      if (c === "\"") {
-        if (field !== "") { throw new Error("quote"); }
-        quoted = true; i += 1; continue;
-      }
-      if (c === separator) { record.push(field); field = ""; i += 1; continue; }
+      if (c === separator) { record.push(field); field = ""; closed = false; i += 1; continue; }
       if (c === "\r" || c === "\n") {
-        record.push(field); field = "";
+        record.push(field); field = ""; closed = false;
         records.push(record); record = [];
         i += (c === "\r" && text[i + 1] === "\n") ? 2 : 1;
+        line += 1; starts = line;
         continue;
       }
+      if (closed) { throw broken("quote"); }
+      if (c === "\"" && field === "") { quoted = true; i += 1; continue; }
       field += c; i += 1;
     }
-    if (quoted) { throw new Error("unterminated"); }
-    if (field !== "" || record.length) { record.push(field); records.push(record); }
+    if (quoted) { throw broken("unterminated"); }
+    if (field !== "" || closed || record.length) { record.push(field); records.push(record); }
     return records.filter(function (r) {
       return r.some(function (cell) { return cell.trim() !== ""; });
     });
@@ -111,18 +121,24 @@
     if (text.indexOf("\u0000") !== -1) {
       throw new Error(words("The file is not a CSV file."));
     }
-    var records;
+    var records, firstLine = 1;
+    var given = SEP_LINE.exec(text);
+    if (given) {  // Excel's "sep=;" first line names the separator
+      delimiter = given[1];
+      text = text.slice(given[0].length);
+      firstLine += given[0].split(/\r\n|\r|\n/).length - 1;
+    } else {
+      delimiter = delimiterOf(text);
+    }
     try {
-      var given = SEP_LINE.exec(text);
-      if (given) {  // Excel's "sep=;" first line names the separator
-        delimiter = given[1];
-        text = text.slice(given[0].length);
-      } else {
-        delimiter = delimiterOf(text);
-      }
-      records = parseCsv(text, delimiter);
+      records = parseCsv(text, delimiter, firstLine);
     } catch (e) {
-      throw new Error(words("The file is not a CSV file: a quoted value never ends."));
+      if (!e.csv) { throw e; }
+      throw new Error(e.csv === "unterminated" ?
+        words("The file is not a CSV file: a quoted value on line {line} never ends.",
+          {line: e.line}) :
+        words("The file is not a CSV file: line {line} has a quote inside a value.",
+          {line: e.line}));
     }
     if (!records.length) { throw new Error(words("The file is empty.")); }
     var header = records[0].map(column);

@@ -24,7 +24,7 @@ from services.mailer.api import DEPS
 from services.mailer.webhooks.domain import RefusedTarget, public_address, sign
 from services.mailer.webhooks.targets import GuardedResolver
 from tests.mailer.conftest import StartMailer, invitation_job, publish_job, wait_for_row
-from tests.support.env import TestEnv
+from tests.support.env import TestEnv, free_port
 from tests.support.smtp import SmtpSink
 from tests.support.webhooks import Received, Receiver, receiver, verify
 
@@ -465,7 +465,7 @@ async def test_an_endpoint_is_not_saved_while_the_broker_is_out_of_reach(
 ) -> None:
     """Its events could not be bound to the mailer's queue, so it would receive nothing:
     503 broker_unavailable, in words, and no endpoint."""
-    api: Internal = await internal(amqp_url=f"amqp://guest:guest@127.0.0.1:{closed_port()}/")
+    api: Internal = await internal(amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
     status, body = await api.call(
         "POST", "/webhooks", json={"url": hook.url, "events": ["invitation.created"]}
     )
@@ -473,9 +473,3 @@ async def test_an_endpoint_is_not_saved_while_the_broker_is_out_of_reach(
     assert "message broker" in body["error"]["message"]
     status, listed = await api.call("GET", "/webhooks")
     assert status == 200 and all(e["url"] != hook.url for e in listed["items"]), listed
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

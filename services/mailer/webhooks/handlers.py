@@ -69,8 +69,7 @@ async def delete_endpoint(deps: Deps, endpoint_id: uuid.UUID) -> None:
     # The types no endpoint wants any more stop reaching the queue; if that fails, they
     # only cost a delivery each until the next settle.
     try:
-        async with transaction(deps.db) as conn:
-            await deps.subscription.settle(conn)
+        await deps.subscription.settle_now(deps.db)
     except Exception as exc:
         log.warning("webhook_subscription_not_settled", error=type(exc).__name__)
 

@@ -18,7 +18,7 @@ import asyncpg
 from aio_pika.abc import AbstractQueue
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
-from libs.common.db import Conn, transaction, xact_lock
+from libs.common.db import Conn, Db, transaction, xact_lock
 from libs.common.errors import Unavailable
 from libs.common.logging import get_logger
 
@@ -54,9 +54,11 @@ class Subscription:
         self._attached.set()
         await self.settle_now(pool)
 
-    async def settle_now(self, pool: asyncpg.Pool) -> None:
+    async def settle_now(self, db: Db) -> None:
+        """Settle in a transaction of its own, if this replica has a broker connection
+        (else the bindings stay as they are until it has)."""
         if self._queue is not None:
-            async with transaction(pool) as conn:
+            async with transaction(db) as conn:
                 await self.settle(conn)
 
     async def settle(self, conn: Conn) -> None:

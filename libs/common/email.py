@@ -106,6 +106,18 @@ def email_or_none(raw: str) -> str | None:
         return None
 
 
+def ascii_address(address: str) -> str | None:
+    """The address for a mail server without SMTPUTF8 (RFC 6531): an internationalised
+    domain in its ASCII form (IDNA, ``xn--``), which every server takes; None when the
+    local part isn't ASCII, which only SMTPUTF8 can carry."""
+    if address.isascii():
+        return address
+    try:
+        return validate_email(address, check_deliverability=False).ascii_email
+    except EmailNotValidError:
+        return None
+
+
 def email_key(address: str) -> str:
     """The comparison key of an address, equal to PostgreSQL's ``lower(address)``:
     each character lowered on its own (Python's ``str.lower`` looks at neighbours for a

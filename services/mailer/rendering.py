@@ -18,6 +18,7 @@ import jinja2
 from babel.dates import format_date, format_time
 from babel.support import NullTranslations
 
+from libs.common.email import ascii_address
 from libs.common.i18n import DEFAULT_LANGUAGE, N_, Catalogues, is_language
 from libs.common.logging import get_logger
 
@@ -326,6 +327,21 @@ class Email:
         client reads as an address."""
         return not (self.sender + self.to).isascii()
 
+    def in_ascii(self) -> Email | None:
+        """The same message for a server without SMTPUTF8: internationalised domains in
+        their ASCII form, in the envelope and the To header; None when a local part isn't
+        ASCII (only SMTPUTF8 carries it)."""
+        sender, to = ascii_address(self.sender), ascii_address(self.to)
+        if sender is None or to is None:
+            return None
+        data = self.data.replace(_to_line(self.to), _to_line(to), 1)
+        return Email(sender=sender, to=to, data=data)
+
+
+def _to_line(to: str) -> bytes:
+    # An address is written as it is: ASCII, or UTF-8 under SMTPUTF8 (Email.utf8).
+    return f"To: {to}\r\n".encode()
+
 
 def _header(name: str, value: str) -> str:
     """One header line, folded: plain short ASCII as it is, anything else RFC 2047
@@ -364,8 +380,7 @@ def build_message(
     boundary = f"=_{mail_id.hex}"
     headers = [
         _header("From", email.utils.formataddr((name, sender), charset="utf-8")),
-        # An address is written as it is: ASCII, or UTF-8 under SMTPUTF8 (Email.utf8).
-        f"To: {to}\r\n",
+        _to_line(to).decode(),
         f"Reply-To: {reply_to}\r\n" if reply_to else "",
         _header("Subject", rendered.subject),
         f"Date: {email.utils.format_datetime(now.astimezone(UTC))}\r\n",

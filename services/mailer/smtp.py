@@ -66,9 +66,14 @@ class SmtpTransport:
         if message.utf8:
             if client.is_ehlo_or_helo_needed:
                 await client.ehlo()  # what the server supports
-            if not client.supports_extension("smtputf8"):
-                raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server")
-            options.append("SMTPUTF8")
+            if client.supports_extension("smtputf8"):
+                options.append("SMTPUTF8")
+            else:
+                # An internationalised domain has an ASCII form any server takes.
+                ascii_message = message.in_ascii()
+                if ascii_message is None:
+                    raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server")
+                message = ascii_message
         await client.sendmail(message.sender, [message.to], message.data, mail_options=options)
         self._last_used = time.monotonic()
 

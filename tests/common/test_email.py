@@ -12,6 +12,7 @@ from libs.common.email import (
     InvalidEmail,
     _full,
     _plain,
+    ascii_address,
     email_key,
     email_or_none,
     normalise_email,
@@ -62,6 +63,13 @@ def test_bad_emails_are_refused(raw: str) -> None:
     assert info.value.code == "invalid_email"
     assert info.value.message == "Enter a single valid email address, like name@example.com."
     assert isinstance(info.value, InvalidEmail) and info.value.reason
+
+
+def test_an_internationalised_domain_has_an_ascii_form_and_a_local_part_has_none() -> None:
+    assert ascii_address("ada@example.com") == "ada@example.com"
+    assert ascii_address("Jane@bücher.de") == "Jane@xn--bcher-kva.de"
+    assert ascii_address("jürgen@example.de") is None
+    assert ascii_address("jürgen@bücher.de") is None
 
 
 def test_same_email_compares_keys() -> None:

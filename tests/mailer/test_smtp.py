@@ -150,6 +150,32 @@ async def test_an_internationalised_address_goes_out_under_smtputf8_as_it_is(
     assert message["To"].addresses[0].addr_spec == to
 
 
+async def test_an_internationalised_domain_goes_out_in_its_ascii_form_without_smtputf8(
+    start_mailer: StartMailer,
+    publisher: Bus,
+    pool_factory: PoolFactory,
+    envelope_sink: Callable[[bool], tuple[EnvelopeSink, int]],
+) -> None:
+    """Only the local part needs SMTPUTF8: a server without it (Postfix's smtp-sink, many
+    relays) takes an internationalised domain in its IDNA form, which the mailer used to
+    hold back as unreachable for two days."""
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    sink, port = envelope_sink(False)
+    await start_mailer(port, mailer_concurrency=1)
+    local = f"jane-{uuid.uuid4().hex[:8]}"
+    job = invitation_job(f"{local}@Bücher.DE")[0]
+    await publish_job(publisher, job)
+    row = await wait_for_row(
+        pool, job.mail_id, lambda r: r["status"] == "sent" or r["last_error"] is not None
+    )
+    assert row["status"] == "sent", row["last_error"]
+    (envelope,) = sink.envelopes
+    assert envelope.rcpt_tos == [f"{local}@xn--bcher-kva.de"]
+    assert "SMTPUTF8" not in [option.upper() for option in envelope.mail_options]
+    message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+    assert message["To"] == f"{local}@xn--bcher-kva.de"
+
+
 async def test_an_internationalised_address_waits_for_a_server_with_smtputf8(
     start_mailer: StartMailer,
     publisher: Bus,

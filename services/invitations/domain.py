@@ -243,13 +243,19 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-# --- the invitee's name -----------------------------------------------------------------
+# --- names -----------------------------------------------------------------------------
+def one_line(raw: str | None) -> str | None:
+    """A name for one line of an email or a screen: each run of spaces, line breaks and
+    other unprintable characters becomes one space; empty means none."""
+    if raw is None:
+        return None
+    return " ".join("".join(c if c.isprintable() else " " for c in raw).split()) or None
+
+
 def clean_name(raw: str | None) -> str | None:
     """The invitee's display name for the greeting: one line, at most 200 characters;
     empty means none."""
-    if raw is None:
-        return None
-    text = " ".join("".join(c if c.isprintable() else " " for c in raw).split())
+    text = one_line(raw) or ""
     if len(text) > MAX_NAME_LENGTH:
         raise InvalidInput(
             f"The name must be at most {MAX_NAME_LENGTH} characters.", code="name_too_long"

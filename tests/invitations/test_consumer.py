@@ -282,6 +282,32 @@ async def test_invitation_requested_by_slug_creates(
     )
 
 
+async def test_who_invited_is_one_line_whoever_sent_it(
+    client: Client, world: World, pool: asyncpg.Pool, publish: Publish
+) -> None:
+    """The email's first sentence names the inviter: another system's line breaks there
+    added lines of its own to our email (the JSON API already made it one line)."""
+    portal = world.add_portal()
+    key = f"crm-{uuid.uuid4().hex}"
+    await publish(
+        "invitation.requested",
+        InvitationRequested(
+            portal_slug=portal["slug"],
+            email=f"one-line-{uuid.uuid4().hex[:8]}@example.com",
+            idempotency_key=key,
+            invited_by="Ann\r\n\r\nBcc: x@evil.example\u2028Your account is\x1b[31m locked",
+        ),
+    )
+    row = await eventually(
+        lambda: pool.fetchrow("SELECT * FROM invitations WHERE idempotency_key = $1", key)
+    )
+    one_line = "Ann Bcc: x@evil.example Your account is [31m locked"
+    assert row["invited_by"] == one_line
+    events = dict(await outbox_events(pool, str(row["id"])))
+    assert events["invitation.created"]["data"]["invited_by"] == one_line
+    assert events["mail.requested"]["data"]["context"]["invited_by"] == one_line
+
+
 async def test_invitation_requested_reads_its_own_tables_once(
     client: Client,
     world: World,

@@ -15,6 +15,7 @@ from libs.common.logging import get_logger
 from libs.common.outbox import append
 
 from ..clients import Directory, PortalInfo
+from ..domain import one_line
 from ..settings import InvitationsSettings
 
 if TYPE_CHECKING:
@@ -58,6 +59,11 @@ class InviteOptions:
     invitee_name: str | None = None
     # The language of the invitation's emails and pages; None: the agency's Language.
     locale: str | None = None
+
+    def __post_init__(self) -> None:
+        # Who invited is the subject of the email's first sentence, whoever sent it (an
+        # event from another system too): one line, so it can't add lines of its own.
+        object.__setattr__(self, "invited_by", one_line(self.invited_by))
 
     @classmethod
     def from_fields(cls, source: object, **given: Any) -> Self:

@@ -308,6 +308,34 @@ async def test_who_invited_is_one_line_whoever_sent_it(
     assert events["mail.requested"]["data"]["context"]["invited_by"] == one_line
 
 
+async def test_a_slug_in_capitals_or_with_its_id_names_the_portal(
+    client: Client, world: World, pool: asyncpg.Pool, publish: Publish
+) -> None:
+    portal = world.add_portal()
+    keys = [f"crm-{uuid.uuid4().hex}" for _ in range(2)]
+    for key, names in zip(
+        keys,
+        (
+            {"portal_slug": portal["slug"].upper()},
+            {"portal_slug": portal["slug"], "portal_id": portal["id"]},
+        ),
+        strict=True,
+    ):
+        await publish(
+            "invitation.requested",
+            InvitationRequested(
+                email=f"caps-{uuid.uuid4().hex[:8]}@example.com", idempotency_key=key, **names
+            ),
+        )
+    for key in keys:
+        row = await eventually(
+            lambda key=key: pool.fetchrow(
+                "SELECT * FROM invitations WHERE idempotency_key = $1", key
+            )
+        )
+        assert str(row["portal_id"]) == str(portal["id"])
+
+
 async def test_invitation_requested_reads_its_own_tables_once(
     client: Client,
     world: World,
@@ -483,6 +511,8 @@ async def test_a_run_of_requests_while_identity_is_down_waits_and_is_never_refus
         ("invalid_expires_in_days", {"expires_in_days": 10}),
         ("personal_message_too_long", {"personal_message": "x" * 1001}),
         ("invalid_locale", {"locale": "klingon"}),
+        # Two names for the portal that disagree: neither wins.
+        ("ambiguous_portal", {"portal_slug": "another-portal", "also_id": True}),
     ],
 )
 async def test_invitation_requested_rejections(
@@ -497,6 +527,8 @@ async def test_invitation_requested_rejections(
     email = request_data.pop("email", f"rej-{uuid.uuid4().hex[:8]}@example.com")
     if request_data.pop("member", False):
         world.add_user(email, portal["id"])
+    if request_data.pop("also_id", False):
+        request_data["portal_id"] = portal["id"]
     if (
         "portal_id" not in request_data
         and "portal_slug" not in request_data

@@ -86,6 +86,12 @@ class InviteCommand(InviteOptions):
     # (invitation.resent ``reason``): staff, api or invitation_requested.
     resend_reason: str = "staff"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.portal_slug:
+            # Slugs are lower case: a CRM's "Acme-Rebrand" names acme-rebrand.
+            object.__setattr__(self, "portal_slug", self.portal_slug.lower())
+
 
 @dataclass(frozen=True)
 class GroupCommand(InviteOptions):

@@ -14,7 +14,7 @@ import asyncpg
 from libs.common.batching import GroupCommit
 from libs.common.db import DATABASE_AWAY, Conn, Db, connection, transaction
 from libs.common.email import email_key, normalise_email
-from libs.common.errors import Conflict, NotFound, Unavailable
+from libs.common.errors import Conflict, InvalidInput, NotFound, Unavailable
 from libs.common.events import (
     EventData,
     InvitationCreated,
@@ -96,6 +96,12 @@ async def check_invite(
     message = domain.clean_personal_message(command.personal_message)
     locale = check_locale(command.locale)
     portal = await resolve_portal(deps, command.portal_id, command.portal_slug, look=look)
+    if command.portal_id is not None and command.portal_slug not in (None, "", portal.slug):
+        raise InvalidInput(
+            f"portal_id names the portal {portal.slug!r}, portal_slug {command.portal_slug!r}:"
+            " give one of them.",
+            code="ambiguous_portal",
+        )
     if portal.status != "active":
         portal = await _refresh_portal(deps, portal)
     domain.check_portal_accepts(portal.status)

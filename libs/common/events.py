@@ -147,9 +147,15 @@ class InvitationRequested(EventData):
 
     portal_id: uuid.UUID | None = None
     portal_slug: str | None = Field(default=None, max_length=200)
-    # Bounded, but far above an address's 320: a too-long address must reach the
-    # consumer and be answered with invitation.rejected invalid_email, not dead-lettered.
-    email: str = Field(max_length=65_536)
+    # Bounded, but far above an address's 320: a too-long address, or none (a CRM's
+    # contact without one, null or left out), must reach the consumer and be answered with
+    # invitation.rejected invalid_email, not dead-lettered.
+    email: str | None = Field(
+        default=None,
+        max_length=65_536,
+        description="The person to invite: one plain address (required; without one the"
+        " request is answered with invitation.rejected, reason invalid_email).",
+    )
     idempotency_key: str = Field(min_length=1, max_length=200)
     sub_client: bool | None = None
     invited_by: str | None = Field(default=None, max_length=200)

@@ -175,7 +175,7 @@ async def _reject(conn: Conn, data: InvitationRequested, exc: DomainError) -> No
         reason=exc.code,
         message=exc.message,
         idempotency_key=data.idempotency_key,
-        email=data.email[:320],
+        email=(data.email or "")[:320] or None,
         portal_id=data.portal_id,
         portal_slug=data.portal_slug,
         retry_at=retry_at,
@@ -200,7 +200,9 @@ async def _announce_group(conn: Conn, group: Group) -> None:
 
 async def _requested_group(conn: Conn, deps: Deps, data: InvitationRequested) -> None:
     """invitation.requested with portal_ids: one invitation to several portals."""
-    command = GroupCommand.from_fields(data, portal_ids=tuple(data.portal_ids or ()))
+    command = GroupCommand.from_fields(
+        data, email=data.email or "", portal_ids=tuple(data.portal_ids or ())
+    )
     try:
         if data.portal_id is not None or data.portal_slug:
             raise InvalidInput(
@@ -261,7 +263,9 @@ async def on_requested(deps: Deps, events: Sequence[Event]) -> None:
                 run = []
                 await _own(envelope, _requested_group(conn, deps, data))
                 continue
-            command = InviteCommand.from_fields(data, resend_reason="invitation_requested")
+            command = InviteCommand.from_fields(
+                data, email=data.email or "", resend_reason="invitation_requested"
+            )
             # The key, the portal in the replica and the expiry setting in one look; the
             # key's invitation is read only when the key was used before.
             look = await repo.first_look(

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import aio_pika
 import asyncpg
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -551,6 +552,43 @@ async def test_invitation_requested_rejections(
     assert (
         await pool.fetchval("SELECT count(*) FROM invitations WHERE idempotency_key = $1", key) == 0
     )
+
+
+async def test_a_request_without_an_email_is_answered(
+    client: Client, world: World, pool: asyncpg.Pool, publish: Publish
+) -> None:
+    """A CRM's contact without an address (null, or the field left out) is answered with
+    invalid_email like a bad address, not dead-lettered without a word."""
+    portal = world.add_portal()
+    keys = [f"no-email-{uuid.uuid4().hex}" for _ in range(2)]
+    sent = []
+    for key, email in zip(keys, (None, "left out"), strict=True):
+        data = {"portal_id": str(portal["id"]), "idempotency_key": key, "email": email}
+        if email == "left out":
+            del data["email"]
+        envelope = {
+            "id": str(uuid.uuid4()),
+            "type": "invitation.requested",
+            "version": 1,
+            "occurred_at": "2026-12-03T06:00:00Z",
+            "source": "crm",
+            "correlation_id": f"crm-{key}",
+            "data": data,
+        }
+        await publish("invitation.requested", raw=orjson.dumps(envelope))
+        sent.append(envelope["correlation_id"])
+    for key, correlation_id in zip(keys, sent, strict=True):
+
+        async def rejected(key: str = key) -> list[tuple[str, dict[str, Any]]]:
+            return [e for e in await outbox_events(pool, key) if e[0] == "invitation.rejected"]
+
+        [(_, answer)] = await eventually(rejected)
+        assert answer["correlation_id"] == correlation_id
+        assert answer["data"]["reason"] == "invalid_email"
+        assert answer["data"]["message"] == (
+            "Enter a single valid email address, like name@example.com."
+        )
+        assert answer["data"]["email"] is None
 
 
 async def test_poison_message_is_dead_lettered_and_next_processed(

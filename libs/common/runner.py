@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -24,6 +25,30 @@ from .tracing import configure_tracing
 from .web import serve_management
 
 S = TypeVar("S", bound=CommonSettings)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def stop_once(loop: asyncio.AbstractEventLoop, log: Any) -> None:
+    """The first SIGINT or SIGTERM stops the service gracefully (aiohttp's GracefulExit);
+    the rest are noted and ignored. Ctrl-C on ``make run`` reaches every process of the
+    group and the supervisor then sends SIGTERM too: aiohttp's own handlers let that
+    second signal break into the shutdown the first had begun, leaving tasks half closed
+    (a service hung until killed), or, once the shutdown had removed them, kill the
+    process (exit -15)."""
+    stopping = False
+
+    def stop(name: str) -> None:
+        nonlocal stopping
+        if stopping:
+            log.info("signal_ignored_while_stopping", signal=name)
+            return
+        stopping = True
+        log.info("service_stopping", signal=name)
+        raise web.GracefulExit()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop, sig.name)
 
 
 def main(
@@ -71,6 +96,8 @@ def main(
     log.info("service_starting", host=host, port=port)
     # Health, readiness and metrics on a port of their own, on the same host.
     app.cleanup_ctx.append(serve_management(host, settings.management_port(service)))
+    loop = asyncio.new_event_loop()
+    stop_once(loop, log)
     web.run_app(
         app,
         host=host,
@@ -78,8 +105,11 @@ def main(
         access_log=None,
         print=None,
         shutdown_timeout=20,
-        handle_signals=True,
+        handle_signals=False,  # stop_once's
+        loop=loop,
     )
+    for sig in STOP_SIGNALS:  # the loop is closed: a late one must not kill what's left
+        signal.signal(sig, signal.SIG_IGN)
     if stop_tracing is not None:
         stop_tracing()  # sends the spans still in the batch
     log.info("service_stopped")

@@ -60,6 +60,21 @@ STOP_GRACE_SECONDS = 15.0
 FINISH_PATIENCE_SECONDS = 60.0
 
 
+async def stop_workers(
+    workers: Sequence[asyncio.Task[None]], maintenance: asyncio.Task[None] | None, grace: float
+) -> None:
+    """Let each worker finish what it holds (up to ``grace`` seconds), then end them all;
+    the maintenance task has nothing to finish and ends at once (waiting out its sleep
+    held a stop for seconds)."""
+    if maintenance is not None:
+        maintenance.cancel()
+    if workers:
+        _, pending = await asyncio.wait(workers, timeout=grace)
+        for task in pending:
+            task.cancel()
+    await asyncio.gather(*workers, *([maintenance] if maintenance else []), return_exceptions=True)
+
+
 class Sender:
     def __init__(self, deps: Deps, branding: BrandingSource | None = None) -> None:
         self.deps = deps
@@ -116,14 +131,7 @@ class Sender:
         """Let each worker finish the send in hand, then end them all."""
         self._stopping = True
         self.wake()
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-        if self._workers:
-            _, pending = await asyncio.wait(self._workers, timeout=grace)
-            for task in pending:
-                task.cancel()
-        tasks = [*self._workers, *([self._maintenance] if self._maintenance else [])]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_workers(self._workers, self._maintenance, grace)
         await self._listener.close()
 
     async def _work(self, wake: asyncio.Event) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import time
 
 import pytest
@@ -23,7 +24,7 @@ from tests.faults.support import (
     unique_emails,
     wait_until,
 )
-from tests.support.stack import Stack
+from tests.support.stack import Browser, Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -81,3 +82,36 @@ async def test_sigterm_under_load(stack: Stack, victim: str) -> None:
         assert dead == dict.fromkeys(dead, 0)
     finally:
         await api.close()
+
+
+@pytest.mark.parametrize("name", ["gateway", "mailer"])
+async def test_a_second_signal_while_stopping_changes_nothing(stack: Stack, name: str) -> None:
+    """Ctrl-C on `make run` reaches every process of the group, and the supervisor then
+    sends SIGTERM too. The second signal used to break into the shutdown the first had
+    begun, and a service could hang in half-closed tasks until it was killed (the gateway
+    after serving a page: 25 s, then SIGKILL). Now the first signal stops it and the
+    rest are noted."""
+    service = stack[name]
+    browser = Browser(stack.public_url)
+    try:
+        status, _, _ = await browser.get("/login")  # a page served, as by make run
+        assert status == 200
+    finally:
+        await browser.close()
+    proc = service.proc
+    assert proc is not None
+    proc.send_signal(signal.SIGINT)
+    await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = await asyncio.to_thread(proc.wait, 20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = None
+    log = service.log_tail()
+    service.start()
+    await service.wait_ready()
+    assert code == 0, log  # old: the gateway killed by the late SIGTERM (-15), the mailer hung
+    assert "service_stopped" in log, log
+    if name == "mailer":  # still stopping 50 ms later (its senders finish their sends)
+        assert "signal_ignored_while_stopping" in log, log

@@ -22,8 +22,15 @@ from libs.common.bus import Bus
 from libs.common.events import InvitationClosed, InvitationCreated, make_event
 from services.mailer.api import DEPS
 from services.mailer.webhooks.domain import RefusedTarget, public_address, sign
+from services.mailer.webhooks.sender import WebhookSender
 from services.mailer.webhooks.targets import GuardedResolver
-from tests.mailer.conftest import StartMailer, invitation_job, publish_job, wait_for_row
+from tests.mailer.conftest import (
+    StartMailer,
+    invitation_job,
+    mailer_settings,
+    publish_job,
+    wait_for_row,
+)
 from tests.support.env import TestEnv, free_port
 from tests.support.smtp import SmtpSink
 from tests.support.webhooks import Received, Receiver, receiver, verify
@@ -473,3 +480,17 @@ async def test_an_endpoint_is_not_saved_while_the_broker_is_out_of_reach(
     assert "message broker" in body["error"]["message"]
     status, listed = await api.call("GET", "/webhooks")
     assert status == 200 and all(e["url"] != hook.url for e in listed["items"]), listed
+
+
+async def test_the_webhook_senders_stop_without_waiting_out_their_maintenance(
+    pool_factory: PoolFactory, migrated_schemas: TestEnv
+) -> None:
+    """Stopping waited for the maintenance task's 5 s sleep to end: every Ctrl-C on make
+    run, and every rolling restart, held the mailer that long."""
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    sender = WebhookSender(pool, mailer_settings(migrated_schemas, free_port()))
+    await sender.start()
+    await asyncio.sleep(0.1)  # the maintenance task is in its sleep
+    [maintenance] = [t for t in asyncio.all_tasks() if t.get_name() == "webhook-maintenance"]
+    await sender.stop()
+    assert maintenance.cancelled()  # old: it ran to the end of its sleep

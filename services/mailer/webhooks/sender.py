@@ -22,6 +22,7 @@ from libs.common.sealing import Sealer, Unsealable
 
 from ..domain import RetryPolicy, abandoned, next_attempt_at
 from ..metrics import WEBHOOKS_DELIVERED, WEBHOOKS_FAILED, WEBHOOKS_RETRIED
+from ..sender import stop_workers
 from ..settings import MailerSettings
 from . import domain, repository
 from .domain import Attempt, RefusedTarget
@@ -48,6 +49,7 @@ class WebhookSender:
         self._stopping = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._maintenance: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._listener = Listener(
             settings.database_url, repository.WAKE_CHANNEL, self.wake, name="webhook"
@@ -70,7 +72,7 @@ class WebhookSender:
         await self._listener.ensure()
         for index in range(self.settings.webhooks_concurrency):
             self._tasks.append(asyncio.create_task(self._work(), name=f"webhook-sender-{index}"))
-        self._tasks.append(asyncio.create_task(self._maintain(), name="webhook-maintenance"))
+        self._maintenance = asyncio.create_task(self._maintain(), name="webhook-maintenance")
 
     def wake(self, *_: object) -> None:
         self._wake.set()
@@ -78,11 +80,7 @@ class WebhookSender:
     async def stop(self, grace: float = 10.0) -> None:
         self._stopping = True
         self.wake()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_workers(self._tasks, self._maintenance, grace)
         if self._session is not None:
             await self._session.close()
         await self._listener.close()

@@ -185,6 +185,53 @@ async def test_create_then_save_portal_with_client_and_sub_clients(
     assert "Choose an existing user." in await bad.text()
 
 
+# Markdown in German, 59,000 characters: inside the 60,000 allowed, but 61 KB of UTF-8
+# and twice that form-encoded.
+GERMAN = (
+    "## Über uns\n\nWir begrüßen Sie herzlich in Ihrem Kundenportal: "
+    "[Zeitplan](https://example.com/plan) & *Entwürfe*.\n\n"
+) * 600
+
+
+async def test_a_portal_of_59000_characters_in_german_is_saved_from_the_editor_and_the_api(
+    gw: TestClient, backend: Backend
+) -> None:
+    """The gateway took at most 64 KiB a request: Content far inside its 60,000 characters
+    was answered 413 "Request Entity Too Large" (the editor's page lost what was typed)."""
+    await as_admin(gw, backend)
+    content = GERMAN[:59_000]
+    made = await post_form(
+        gw, "/admin/portals/new", {"title": "Deutsch", "content": content, "status": "active"}
+    )
+    assert made.status == 303, await made.text()
+    portal_id = made.headers["Location"].rsplit("/", 1)[1]
+    assert backend.portals[portal_id]["content"] == content
+    saved = await post_form(
+        gw,
+        f"/admin/portals/{portal_id}",
+        {"title": "Deutsch", "content": content[::-1], "status": "active"},
+    )
+    assert saved.status == 303 and backend.portals[portal_id]["content"] == content[::-1]
+    headers = {"X-CSRF-Token": await csrf(gw)}
+    api = await gw.post(
+        "/api/v1/portals", json={"title": "Deutsch API", "content": content}, headers=headers
+    )
+    assert api.status == 201, await api.text()
+    patched = await gw.patch(
+        f"/api/v1/portals/{(await api.json())['id']}", json={"content": content}, headers=headers
+    )
+    assert patched.status == 200, await patched.text()
+    # Past what any valid Content needs: told why, in words.
+    huge = await post_form(gw, "/admin/portals/new", {"title": "X", "content": "ü" * 400_000})
+    assert huge.status == 413
+    assert "The Content is too long: at most 60,000 characters." in await huge.text()
+    huge_api = await gw.post(
+        "/api/v1/portals", json={"title": "X", "content": "x" * 1_100_000}, headers=headers
+    )
+    assert huge_api.status == 413
+    assert (await huge_api.json())["error"]["code"] == "body_too_large"
+
+
 async def test_invite_client_box(gw: TestClient, backend: Backend) -> None:
     admin = await as_admin(gw, backend)
     portal = backend.add_portal("Acme")

@@ -26,8 +26,8 @@ INVITATION_STATUSES = ("pending", "accepted", "expired", "revoked")
 MAX_PERSONAL_MESSAGE = 1000
 # Several portals, one invitation: at most this many portals in one.
 MAX_GROUP_PORTALS = 20
-PERSONAL_MESSAGE_TOO_LONG = "The Personal Message must be at most 1,000 characters."
-LINK_EXPIRY_CHOICES = "Link Expiry must be 7, 14, 21 or 30 days."
+PERSONAL_MESSAGE_TOO_LONG = N_("The Personal Message must be at most 1,000 characters.")
+LINK_EXPIRY_CHOICES = N_("Link Expiry must be 7, 14, 21 or 30 days.")
 # One answer for an unknown email and a wrong password: no account enumeration.
 BAD_LOGIN = N_("The email or password is incorrect.")
 

@@ -42,8 +42,8 @@ PLAIN_PATHS = ("/static/", "/branding/")
 # Forms allowed more than the app's 64 KiB (by route), and what a bigger one is told.
 # A portal's Content (at most 60,000 characters) is form-encoded at up to 12 bytes a
 # character: the 64 KiB turned away German or Japanese pages far inside the limit.
-_CONTENT_TOO_LONG = (1024 * 1024, "The Content is too long: at most 60,000 characters.")
-_LOGO_TOO_BIG = (1024 * 1024 + 64 * 1024, "The Logo is too big: at most 1024 KB.")
+_CONTENT_TOO_LONG = (1024 * 1024, N_("The Content is too long: at most 60,000 characters."))
+_LOGO_TOO_BIG = (1024 * 1024 + 64 * 1024, N_("The Logo is too big: at most 1024 KB."))
 LARGE_FORMS: dict[str, tuple[int, str]] = {
     "/admin/settings/branding/logo": _LOGO_TOO_BIG,
     "/admin/portals/new": _CONTENT_TOO_LONG,
@@ -176,7 +176,7 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
         # forms with "Origin: null"; the CSRF token below must still match.
         opaque_ok = origin == "null" and request.path.startswith(NO_REFERRER)
         if not opaque_ok and not origin_allowed(origin, settings.public_origin):
-            raise CsrfFailed("The request came from another site.")
+            raise CsrfFailed(N_("The request came from another site."))
         if not state.api_key:
             if is_api(request):
                 submitted = request.headers.get("X-CSRF-Token")

@@ -553,6 +553,13 @@ class Backend:
                 return err(404, "portal_not_found")
             if portal["status"] != "active":
                 return err(409, "portal_not_active", "The portal is not active.")
+            members = {portal.get("client_id"), *portal.get("sub_client_ids", [])}
+            if any(self.users[m]["email"] == body["email"] for m in members if m in self.users):
+                return err(
+                    409,
+                    "already_has_access",
+                    "This person already has access to the portal; no invitation is needed.",
+                )
             for inv in self.invitations.values():
                 same = inv["email"] == body["email"] and inv["portal_id"] == portal["id"]
                 if same and inv["status"] == "pending":

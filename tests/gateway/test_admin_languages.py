@@ -307,3 +307,30 @@ async def test_invite_staff_sends_the_chosen_language_and_shows_a_refusal_in_ger
     assert 'id="staff_locale-error"' in page
     assert LOCALE_PROBLEM not in page  # in German
     assert f'value="{refused}"' in page
+
+
+async def test_the_editor_says_what_is_wrong_in_german(
+    gw: TestClient[Any, Any], backend: Backend
+) -> None:
+    """The screens were German but what a form said was wrong stayed English: "Enter a
+    title.", "Choose 7, 14, 21 or 30 days.", the invitations service's "This person already
+    has access…"."""
+    await as_admin(gw, backend)
+    empty = await post_form(
+        gw, "/admin/portals/new", {"title": " ", "status": "closed"}, headers=GERMAN
+    )
+    assert empty.status == 422
+    page = html.unescape(await empty.text())
+    assert "Geben Sie einen Titel ein." in page and "Enter a title." not in page
+    assert "Wählen Sie Aktiv, Ausstehend oder Archiviert." in page
+    client = backend.add_user(unique("kunde"), PASSWORD)
+    portal = backend.add_portal("Acme", client_id=client["id"])
+    path = f"/admin/portals/{portal['id']}/invite"
+    again = await post_form(gw, path, {"email": client["email"]}, headers=GERMAN)
+    assert again.status == 422
+    page = html.unescape(await again.text())
+    assert "Diese Person hat bereits Zugriff auf das Portal" in page
+    expiry = await post_form(
+        gw, path, {"email": unique("neu"), "expires_in_days": "10"}, headers=GERMAN
+    )
+    assert "Wählen Sie 7, 14, 21 oder 30 Tage." in html.unescape(await expiry.text())

@@ -82,7 +82,7 @@ async def accept_with_password(
     if invitation is None:
         invitation = await up.invitations.validate(token)
     if invitation.get("account_exists"):
-        raise AccountExists("You already have an account — log in to accept.")
+        raise AccountExists(N_("You already have an account — log in to accept."))
     staff_role = invitation.get("role")
     claim = await up.invitations.reserve(token)
     async with _holding(up, token, claim):
@@ -97,7 +97,7 @@ async def accept_with_password(
             )
         except DomainError as exc:
             if exc.code == "account_exists":
-                raise AccountExists("You already have an account — log in to accept.") from None
+                raise AccountExists(N_("You already have an account — log in to accept.")) from None
             raise
         user_id = ensured["user"]["id"]
         taken = _taken(invitation, await up.invitations.accept(token, claim, user_id))

@@ -24,12 +24,13 @@ from ..domain import (
     bulk_payload,
     parse_uuid,
 )
+from ..i18n import N_
 from ..rendering import current_user, error_page, form_str, render, see_other
 from ..state import UPSTREAM
 from ..upstream import Invitations
 
 ID = "{id:[0-9a-fA-F-]{36}}"
-SEARCH_ERROR = "Enter a whole email address, like name@example.com."
+SEARCH_ERROR = N_("Enter a whole email address, like name@example.com.")
 TABS = (("all", "All"), *((s, s.capitalize()) for s in INVITATION_STATUSES))
 # One Resend / Revoke acts on at most this many selected rows (a page shows 50).
 MAX_SELECTED = 200
@@ -108,7 +109,7 @@ async def bulk(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     action = form_str(form, "action", 10)
     if action not in BULK_VERBS:
-        raise InvalidInput("Choose Resend or Revoke.", code="invalid_action")
+        raise InvalidInput(N_("Choose Resend or Revoke."), code="invalid_action")
     chosen = [parse_uuid(v) for v in form.getall("ids", []) if isinstance(v, str)]
     ids = list(dict.fromkeys(i for i in chosen if i is not None))
     if not ids:
@@ -279,9 +280,9 @@ async def save_settings(request: web.Request) -> web.StreamResponse:
     login_redirect = form_str(form, "login_redirect", 10) == "on"
     errors = {}
     if raw not in {str(c) for c in EXPIRY_CHOICES}:
-        errors["expiry"] = "Choose 7, 14, 21 or 30 days."
+        errors["expiry"] = N_("Choose 7, 14, 21 or 30 days.")
     if raw_reminder is not None and raw_reminder not in {str(d) for d, _ in REMINDER_CHOICES}:
-        errors["reminder"] = "Choose Off, 1 day before expiry or 3 days before expiry."
+        errors["reminder"] = N_("Choose Off, 1 day before expiry or 3 days before expiry.")
     if errors:
         context = {
             "expiry": int(raw) if "expiry" not in errors else 14,
@@ -380,7 +381,7 @@ async def change_role(request: web.Request) -> web.StreamResponse:
     role = form_str(form, "role", 20)
     if role not in ROLE_NAMES:
         return await _users_page(
-            request, error="Choose a role: Administrator, Staff or Client.", status=422
+            request, error=N_("Choose a role: Administrator, Staff or Client."), status=422
         )
     try:
         user_id = _not_me(request, "change the role of", "cannot_change_own_role")

@@ -24,6 +24,7 @@ from libs.common.web import json_response, read_json
 
 from ..answers import BrandingAnswer
 from ..domain import theme_css
+from ..i18n import N_
 from ..rendering import Handler, form_str, is_api, render, see_other
 from ..state import UPSTREAM, req_state
 from ..upstream import Branding
@@ -35,7 +36,7 @@ LOGO_FORM = PAGE + "/logo"
 # form around it: the only page form allowed more than the gateway's 64 KB.
 MAX_LOGO_BYTES = 1024 * 1024
 LOGO_FORM_LIMIT = MAX_LOGO_BYTES + 64 * 1024
-LOGO_TOO_BIG = "The Logo is too big: at most 1024 KB."
+LOGO_TOO_BIG = N_("The Logo is too big: at most 1024 KB.")
 # A versioned URL (?v= the current etag or colour) names one picture or colour for good.
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "public, no-cache"
@@ -164,7 +165,7 @@ def _filled(shown: dict[str, str], current: BrandingAnswer) -> dict[str, str]:
 def _upload(form: MultiDictProxy[Any]) -> bytes:
     field = form.get("logo")
     if not isinstance(field, web.FileField):
-        raise InvalidInput("Choose a PNG or JPEG file for the Logo.", code="invalid_logo")
+        raise InvalidInput(N_("Choose a PNG or JPEG file for the Logo."), code="invalid_logo")
     content: bytes = field.file.read(MAX_LOGO_BYTES + 1)
     return content
 

@@ -25,6 +25,7 @@ from ..domain import (
     STATUSES,
     parse_uuid,
 )
+from ..i18n import N_
 from ..rendering import current_user, form_str, render, see_other
 from ..state import UPSTREAM
 from ..upstream import Upstream
@@ -35,8 +36,8 @@ NOT_ACTIVE = "This portal is not Active. Only Active portals can take invitation
 routes = web.RouteTableDef()
 
 SLUG = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
-SLUG_RULE = "Use lower-case letters, digits and single hyphens, at most 80, e.g. acme-rebrand."
-SLUG_TAKEN = "Another portal already uses this slug; choose another."
+SLUG_RULE = N_("Use lower-case letters, digits and single hyphens, at most 80, e.g. acme-rebrand.")
+SLUG_TAKEN = N_("Another portal already uses this slug; choose another.")
 # The Language select of Invite Client: "Agency default" (empty), then each language by
 # its own name, as a person reading only that language finds it.
 # The portals service takes up to 500 sub-clients; one Save adds at most this many.
@@ -118,9 +119,9 @@ def _portal_fields(form: MultiDictProxy[Any]) -> tuple[dict[str, Any], dict[str,
     }
     errors = {}
     if not values["title"]:
-        errors["title"] = "Enter a title."
+        errors["title"] = N_("Enter a title.")
     elif len(values["title"]) > 200:
-        errors["title"] = "The title must be at most 200 characters."
+        errors["title"] = N_("The title must be at most 200 characters.")
     # Left empty, the slug is made from the title (new portal) or kept (existing one).
     slug = form_str(form, "slug", 200).strip().lower()
     if slug:
@@ -128,7 +129,7 @@ def _portal_fields(form: MultiDictProxy[Any]) -> tuple[dict[str, Any], dict[str,
         if len(slug) > 80 or not SLUG.fullmatch(slug):
             errors["slug"] = SLUG_RULE
     if values["status"] not in STATUSES:
-        errors["status"] = "Choose Active, Pending or Archived."
+        errors["status"] = N_("Choose Active, Pending or Archived.")
     return values, errors
 
 
@@ -185,7 +186,7 @@ async def save_portal(request: web.Request) -> web.StreamResponse:
     else:
         client_id = (await _known_user(up, client_raw)) if client_raw else None
         if client_raw and client_id is None:
-            errors["client_id"] = "Choose an existing user."
+            errors["client_id"] = N_("Choose an existing user.")
     removed = {v for v in form.getall("remove_sub_client", []) if isinstance(v, str)}
     subs = [s for s in portal["sub_client_ids"] if s not in removed]
     # Sub-Clients takes several users in one go: every one chosen is added by this Save.
@@ -194,7 +195,7 @@ async def save_portal(request: web.Request) -> web.StreamResponse:
     if len(chosen) > MAX_SUB_CLIENTS_ADDED:
         errors["add_sub_client"] = f"Add at most {MAX_SUB_CLIENTS_ADDED} sub-clients at a time."
     elif None in found:
-        errors["add_sub_client"] = "Choose existing users."
+        errors["add_sub_client"] = N_("Choose existing users.")
     for added in found:
         if added is not None and added not in subs and added != client_id:
             subs.append(added)
@@ -224,6 +225,9 @@ async def save_portal(request: web.Request) -> web.StreamResponse:
 INVITE_ERRORS = {
     "portal_not_active": NOT_ACTIVE,
     "invalid_email": "Enter an email address like name@example.com.",
+    "already_has_access": N_(
+        "This person already has access to the portal; no invitation is needed."
+    ),
 }
 # Which field an error from the invitations service belongs to.
 INVITE_ERROR_FIELDS = {
@@ -251,7 +255,7 @@ def invite_fields(form: MultiDictProxy[Any]) -> tuple[dict[str, str], dict[str, 
     if values["expires_in_days"] and values["expires_in_days"] not in {
         str(c) for c in EXPIRY_CHOICES
     }:
-        errors["invite_expiry"] = "Choose 7, 14, 21 or 30 days."
+        errors["invite_expiry"] = N_("Choose 7, 14, 21 or 30 days.")
     if values["locale"] and not is_language(values["locale"]):
         errors["invite_locale"] = LANGUAGE_MESSAGE
     message = values["personal_message"].replace("\r\n", "\n").strip()

@@ -17,6 +17,7 @@ from libs.common.errors import DomainError, NotFound
 
 from ..answers import PortalAnswer
 from ..domain import EXPIRY_CHOICES, MAX_GROUP_PORTALS, parse_uuid
+from ..i18n import N_
 from ..rendering import form_str, render, see_other
 from ..state import UPSTREAM
 from ..upstream import Upstream
@@ -125,7 +126,7 @@ async def send_invitation(request: web.Request) -> web.StreamResponse:
     values, errors = _fields(form)
     portals = await _portals(up, ids)
     if len(portals) < len(ids):
-        errors["invite_portals"] = "A ticked portal no longer exists; go back to All Portals."
+        errors["invite_portals"] = N_("A ticked portal no longer exists; go back to All Portals.")
     elif _idle(portals):
         errors["invite_portals"] = str(_idle(portals))
     email = email_or_none(values["email"])

@@ -113,7 +113,7 @@ def _reset_problem(request: web.Request, exc: DomainError) -> web.Response:
         title = "This reset link is not valid"
     else:
         raise exc
-    message = "You can ask for a new link on the Forgot password? page."
+    message = N_("You can ask for a new link on the Forgot password? page.")
     return error_page(
         request, exc.status, title, message, link=("/forgot-password", "Forgot password?")
     )
@@ -170,7 +170,7 @@ async def client_portal(request: web.Request) -> web.StreamResponse:
     if user is None:
         raise web.HTTPSeeOther(login_url(request.path))
     if not SLUG.fullmatch(slug) or len(slug) > 80:
-        raise NotFound("No such portal.", code="portal_not_found")
+        raise NotFound(N_("No such portal."), code="portal_not_found")
     up = request.app[UPSTREAM]
     if is_team(user):
         portal = await up.portals.by_slug(slug)

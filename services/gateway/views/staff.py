@@ -17,6 +17,7 @@ from libs.common.web import json_response, read_json
 
 from ..answers import InvitationAnswer
 from ..contracts import StaffInvitation, StaffInvitationList, StaffInviteResult
+from ..i18n import N_
 from ..rendering import current_user, error_page, form_str, see_other
 from ..state import UPSTREAM
 from .admin import ID, STAFF_ROLE_NAMES, _users_page
@@ -25,7 +26,7 @@ from .api import API, EmailAddress, InviteLanguage
 routes = web.RouteTableDef()
 
 EMAIL_PROBLEM = "Enter a single valid email address, like name@example.com."
-ROLE_PROBLEM = "Choose a role: Administrator or Staff."
+ROLE_PROBLEM = N_("Choose a role: Administrator or Staff.")
 # Refusals shown beside the Email field: the address is already on the team (or the
 # service's own check of it); the form stays filled in.
 EMAIL_REFUSALS = frozenset({"invalid_email", "already_on_team", "account_disabled"})

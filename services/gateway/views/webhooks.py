@@ -14,6 +14,7 @@ from libs.common.errors import InvalidInput, Unavailable
 from libs.common.web import describe_validation, json_response, parse_query, read_json
 
 from ..answers import WebhookWithSecretAnswer
+from ..i18n import N_
 from ..rendering import form_str, render, see_other
 from ..state import UPSTREAM
 from ..upstream import Webhooks
@@ -145,7 +146,9 @@ async def add_from_page(request: web.Request) -> web.StreamResponse:
         body = WebhookCreate.model_validate({"url": url, "events": events})
     except ValidationError as exc:
         field = "events" if any(e["loc"][:1] == ("events",) for e in exc.errors()) else "url"
-        message = "Choose at least one event." if field == "events" else describe_validation(exc)
+        message = (
+            N_("Choose at least one event.") if field == "events" else describe_validation(exc)
+        )
         return await _page(request, errors={field: message}, form=form, status=422)
     try:
         added = await _hooks(request).add(body.url, list[str](dict.fromkeys(body.events)))

@@ -334,3 +334,33 @@ async def test_the_editor_says_what_is_wrong_in_german(
         gw, path, {"email": unique("neu"), "expires_in_days": "10"}, headers=GERMAN
     )
     assert "Wählen Sie 7, 14, 21 oder 30 Tage." in html.unescape(await expiry.text())
+
+
+async def test_a_refused_webhook_target_is_told_in_german(
+    start_gateway: Start,  # noqa: F811
+    backend: Backend,
+) -> None:
+    """The mailer refuses the target in English; the Webhooks screen says why in the staff
+    member's language, naming the host."""
+    gw = await start_gateway()
+    await as_admin(gw, backend)
+    for url, words in (
+        (
+            "http://127.0.0.1:9/hook",
+            "127.0.0.1 ist eine Loopback-, private oder Link-Local-Adresse; Webhooks gehen nur"
+            " an öffentliche Adressen.",
+        ),
+        (
+            "ftp://example.com/hook",
+            "Die URL muss eine einzelne http://- oder https://-Adresse sein.",
+        ),
+        ("https://ann:pw@example.com/hook", "Die URL darf keinen Benutzernamen und kein Passwort"),
+    ):
+        response = await post_form(
+            gw,
+            "/admin/settings/webhooks",
+            {"url": url, "events": "invitation.created"},
+            headers=GERMAN,
+        )
+        assert response.status == 422, url
+        assert words in html.unescape(await response.text()), url

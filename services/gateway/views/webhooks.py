@@ -14,8 +14,8 @@ from libs.common.errors import InvalidInput, Unavailable
 from libs.common.web import describe_validation, json_response, parse_query, read_json
 
 from ..answers import WebhookWithSecretAnswer
-from ..i18n import N_
-from ..rendering import form_str, render, see_other
+from ..i18n import N_, gettext
+from ..rendering import form_str, page_language, render, see_other
 from ..state import UPSTREAM
 from ..upstream import Webhooks
 from ..webhook_models import (
@@ -131,6 +131,33 @@ async def _page(
     return render(request, "admin/webhooks.html", context, status=status)
 
 
+# The mailer's refusals, by what it names as the problem, in the reader's language.
+REFUSALS = {
+    "not_http": N_("The URL must be one http:// or https:// address."),
+    "credentials": N_("The URL must not carry a user name or password."),
+    "port": N_("The URL's port is not a number from 1 to 65535."),
+    "unresolvable": N_("%(host)s does not resolve."),
+    "private": N_(
+        "%(host)s is a loopback, private or link-local address; webhooks go only to public"
+        " addresses."
+    ),
+}
+NO_BROKER = N_(
+    "The message broker can't be reached, so the endpoint would receive nothing. Try again"
+    " in a moment."
+)
+
+
+def _refusal(request: web.Request, exc: InvalidInput | Unavailable) -> str:
+    page_language(request)  # the words below in the reader's language
+    if exc.code == "broker_unavailable":
+        return gettext(NO_BROKER)
+    words = REFUSALS.get(str(exc.details.get("problem")))
+    if exc.code != "webhook_target_refused" or words is None:
+        return exc.message
+    return gettext(words, host=str(exc.details.get("host", "")))
+
+
 @routes.get(PAGE)
 async def webhooks_page(request: web.Request) -> web.StreamResponse:
     return await _page(request)
@@ -154,7 +181,8 @@ async def add_from_page(request: web.Request) -> web.StreamResponse:
         added = await _hooks(request).add(body.url, list[str](dict.fromkeys(body.events)))
     except (InvalidInput, Unavailable) as exc:
         # A refused target, or no broker to bind its events (the mailer saved nothing).
-        return await _page(request, errors={"url": exc.message}, form=form, status=exc.status)
+        errors = {"url": _refusal(request, exc)}
+        return await _page(request, errors=errors, form=form, status=exc.status)
     # The secret is in this answer only: shown now, never again (no redirect to lose it).
     return await _page(request, secret=added)
 

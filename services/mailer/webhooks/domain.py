@@ -36,7 +36,14 @@ SECRET_FIELDS = frozenset({"token", "link", "url", "password", "password_hash", 
 
 
 class RefusedTarget(ValueError):
-    """A URL webhooks must not be sent to (not http(s), or not a public address)."""
+    """A URL webhooks must not be sent to (not http(s), or not a public address).
+    ``problem`` names why for a screen that says it in another language (not_http,
+    credentials, port, unresolvable, private), with the ``host`` it is about."""
+
+    def __init__(self, message: str, problem: str, host: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem
+        self.host = host
 
 
 def new_secret() -> str:
@@ -83,17 +90,17 @@ def payload(event_type: str, occurred_at: datetime, data: Mapping[str, Any]) -> 
 def check_url(url: str) -> tuple[str, int]:
     """An absolute http(s) URL with a host: returns (host, port)."""
     if len(url) > MAX_URL_LENGTH or any(c.isspace() for c in url):
-        raise RefusedTarget("The URL must be one http:// or https:// address.")
+        raise RefusedTarget("The URL must be one http:// or https:// address.", "not_http")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise RefusedTarget("The URL must be one http:// or https:// address.")
+        raise RefusedTarget("The URL must be one http:// or https:// address.", "not_http")
     if parts.username is not None or parts.password is not None:
         # It would be shown in every list and log; the signature is the authentication.
-        raise RefusedTarget("The URL must not carry a user name or password.")
+        raise RefusedTarget("The URL must not carry a user name or password.", "credentials")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise RefusedTarget("The URL's port is not a number from 1 to 65535.") from None
+        raise RefusedTarget("The URL's port is not a number from 1 to 65535.", "port") from None
     return parts.hostname, port
 
 
@@ -114,11 +121,13 @@ def check_addresses(host: str, addresses: Iterable[str]) -> None:
     for a rebinding attacker."""
     found = list(addresses)
     if not found:
-        raise RefusedTarget(f"{host} does not resolve.")
+        raise RefusedTarget(f"{host} does not resolve.", "unresolvable", host)
     if not all(public_address(a) for a in found):
         raise RefusedTarget(
             f"{host} is a loopback, private or link-local address; webhooks go only to"
-            " public addresses."
+            " public addresses.",
+            "private",
+            host,
         )
 
 

@@ -31,7 +31,8 @@ async def add_endpoint(deps: Deps, url: str, events: list[str]) -> tuple[dict[st
     try:
         await check_target(url, allow_private=deps.settings.webhooks_allow_private)
     except RefusedTarget as exc:
-        raise InvalidInput(str(exc), code="webhook_target_refused") from None
+        details = {"problem": exc.problem, **({"host": exc.host} if exc.host else {})}
+        raise InvalidInput(str(exc), code="webhook_target_refused", details=details) from None
     secret = domain.new_secret()
     wanted = [t for t in domain.EVENT_TYPES if t in set(events)]
     sealed = deps.settings.webhook_sealer().seal_text(secret)

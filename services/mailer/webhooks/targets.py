@@ -26,7 +26,7 @@ async def check_target(url: str, *, allow_private: bool) -> None:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
-        raise RefusedTarget(f"{host} does not resolve.") from None
+        raise RefusedTarget(f"{host} does not resolve.", "unresolvable", host) from None
     check_addresses(host, [str(info[4][0]) for info in infos])
 
 

@@ -4,24 +4,27 @@ these events; the gateway shows it and takes the action names as a filter."""
 
 from __future__ import annotations
 
-# Action name (the API's ``action`` filter) -> the words on the Activity screen.
+from .i18n import N_
+
+# Action name (the API's ``action`` filter) -> the words on the Activity screen (English
+# msgids: the screen shows them in the reader's language).
 ACTIONS: dict[str, str] = {
-    "invitation.sent": "Invitation sent",
-    "invitation.resent": "Invitation resent",
-    "invitation.revoked": "Invitation revoked",
-    "portal.created": "Portal created",
-    "portal.updated": "Portal updated",
-    "portal.access_granted": "Access granted",
-    "portal.access_removed": "Access removed",
-    "settings.changed": "Settings changed",
-    "user.invited": "User invited",
-    "user.invitation_resent": "User invitation resent",
-    "user.invitation_revoked": "User invitation revoked",
-    "user.role_changed": "Role changed",
-    "user.disabled": "User disabled",
-    "user.enabled": "User enabled",
-    "key.created": "Key created",
-    "key.revoked": "Key revoked",
+    "invitation.sent": N_("Invitation sent"),
+    "invitation.resent": N_("Invitation resent"),
+    "invitation.revoked": N_("Invitation revoked"),
+    "portal.created": N_("Portal created"),
+    "portal.updated": N_("Portal updated"),
+    "portal.access_granted": N_("Access granted"),
+    "portal.access_removed": N_("Access removed"),
+    "settings.changed": N_("Settings changed"),
+    "user.invited": N_("User invited"),
+    "user.invitation_resent": N_("User invitation resent"),
+    "user.invitation_revoked": N_("User invitation revoked"),
+    "user.role_changed": N_("Role changed"),
+    "user.disabled": N_("User disabled"),
+    "user.enabled": N_("User enabled"),
+    "key.created": N_("Key created"),
+    "key.revoked": N_("Key revoked"),
 }
 
 # Event type -> action. An event of these types that carries an actor (a staff member or

@@ -8,6 +8,7 @@ from typing import Any, get_args
 import pytest
 
 from libs.common.activity import ACTIONS
+from services.gateway import i18n
 from services.gateway.contracts import ActivityAction
 from services.gateway.views.activity import describe
 
@@ -43,3 +44,39 @@ def test_details_in_words(action: str, details: dict[str, Any], words: str) -> N
 
 def test_the_api_names_every_action_the_log_records() -> None:
     assert set(get_args(ActivityAction)) == set(ACTIONS)
+
+
+@pytest.mark.parametrize(
+    ("action", "details", "words"),
+    [
+        (
+            "user.role_changed",
+            {"role": "staff", "previous_role": "client"},
+            "Mitarbeiter (vorher Kunde)",
+        ),
+        ("portal.updated", {"status": "archived"}, "Status: Archiviert"),
+        ("portal.access_granted", {"role": "sub_client"}, "Unterkunde"),
+        (
+            "settings.changed",
+            {
+                "changes": {"invitation_expiry_days": 21, "invitation_reminder_days": 0},
+                "previous": {"invitation_expiry_days": 1, "invitation_reminder_days": 3},
+            },
+            "Ablauf des Einladungslinks: 21 Tage (vorher 1 Tag);"
+            " Erinnerung an die Einladung: Aus (vorher 3 Tage)",
+        ),
+        (
+            "settings.changed",
+            {"changes": {"login_redirect": True}, "previous": {"login_redirect": False}},
+            "Weiterleitung nach der Anmeldung: An (vorher Aus)",
+        ),
+    ],
+)
+def test_details_in_german(action: str, details: dict[str, Any], words: str) -> None:
+    """The Activity screen was German around English details and actions."""
+    i18n.use("de")
+    try:
+        assert describe({"action": action, "details": details}) == words
+        assert i18n.gettext(ACTIONS["invitation.sent"]) == "Einladung gesendet"
+    finally:
+        i18n.use("en")

@@ -19,17 +19,22 @@ from .. import contracts
 from ..answers import ActivityActor, ActivityEntry, ActivityPage, PortalPage
 from ..contracts import ActivityAction
 from ..domain import parse_uuid
-from ..rendering import render
+from ..i18n import N_, gettext, ngettext
+from ..rendering import page_language, render
 from ..state import UPSTREAM
 from .api import API
 
 PAGE_ROWS = 50
-ROLE_NAMES = {"administrator": "Administrator", "staff": "Staff", "client": "Client"}
+# Words the screen shows in the reader's language (English msgids).
+ROLE_NAMES = {"administrator": N_("Administrator"), "staff": N_("Staff"), "client": N_("Client")}
 SETTING_NAMES = {
-    "invitation_expiry_days": "Invitation Link Expiry",
-    "invitation_reminder_days": "Invitation Reminder",
-    "login_redirect": "Login Redirect",
+    "invitation_expiry_days": N_("Invitation Link Expiry"),
+    "invitation_reminder_days": N_("Invitation Reminder"),
+    "login_redirect": N_("Login Redirect"),
 }
+STATUS_NAMES = {"active": N_("Active"), "pending": N_("Pending"), "archived": N_("Archived")}
+# The labels identity gives settings entries (services/identity/consumer.py).
+SETTINGS_LABELS = (N_("Access & Login"), N_("Branding"))
 
 routes = web.RouteTableDef()
 
@@ -72,28 +77,47 @@ async def list_activity(request: web.Request) -> web.StreamResponse:
 
 def _setting(name: str, value: Any) -> str:
     if name == "login_redirect":
-        return "On" if value else "Off"
+        return gettext("On") if value else gettext("Off")
     if name == "invitation_reminder_days" and value == 0:
-        return "Off"
-    return f"{value} days"
+        return gettext("Off")
+    if isinstance(value, int):
+        return ngettext("%(count)s day", "%(count)s days", value, count=value)
+    return str(value)
+
+
+def _named(names: dict[str, str], key: str) -> str:
+    return gettext(names[key]) if key in names else key
 
 
 def describe(entry: ActivityEntry) -> str:
-    """What changed, in words, for the screen's Details column."""
+    """What changed, in words, for the screen's Details column, in the page's language."""
     details = entry.get("details") or {}
     action = entry["action"]
     if action == "user.role_changed":
         role, before = details.get("role", ""), details.get("previous_role", "")
-        return f"{ROLE_NAMES.get(role, role)} (was {ROLE_NAMES.get(before, before)})"
+        return gettext(
+            "%(role)s (was %(previous)s)",
+            role=_named(ROLE_NAMES, role),
+            previous=_named(ROLE_NAMES, before),
+        )
     if action in ("portal.created", "portal.updated") and "status" in details:
-        return f"Status: {str(details['status']).capitalize()}"
+        status = str(details["status"])
+        return gettext("Status: %(status)s", status=_named(STATUS_NAMES, status))
     if action == "portal.access_granted" and details.get("role"):
-        return "Sub-Client" if details["role"] == "sub_client" else "Client"
+        return gettext(N_("Sub-Client") if details["role"] == "sub_client" else N_("Client"))
     if action == "settings.changed":
         changes, previous = details.get("changes", {}), details.get("previous", {})
         return "; ".join(
-            f"{SETTING_NAMES.get(k, k)}: {_setting(k, v)}"
-            + (f" (was {_setting(k, previous[k])})" if k in previous else "")
+            gettext(
+                "%(setting)s: %(value)s (was %(previous)s)",
+                setting=_named(SETTING_NAMES, k),
+                value=_setting(k, v),
+                previous=_setting(k, previous[k]),
+            )
+            if k in previous
+            else gettext(
+                "%(setting)s: %(value)s", setting=_named(SETTING_NAMES, k), value=_setting(k, v)
+            )
             for k, v in changes.items()
         )
     if action == "key.created":
@@ -125,6 +149,7 @@ async def activity_page(request: web.Request) -> web.StreamResponse:
     next_url = None
     if page.get("next_cursor"):
         next_url = "/admin/activity?" + urlencode({**filters, "cursor": page["next_cursor"]})
+    page_language(request)  # the details below in the reader's language
     rows = [
         {
             **entry,

@@ -224,6 +224,12 @@ async def test_reset_password_flow(gw: TestClient, backend: Backend) -> None:
     expired = await gw.get("/reset-password?token=old-token")
     assert expired.status == 410 and "This reset link has expired" in await expired.text()
     assert (await gw.get("/reset-password?token=nope")).status == 404
+    # In the reader's language (it was English on French pages).
+    french = {"Accept-Language": "fr"}
+    expired = await gw.get("/reset-password?token=old-token", headers=french)
+    assert "Ce lien de réinitialisation a expiré" in await expired.text()
+    invalid = await gw.get("/reset-password?token=nope", headers=french)
+    assert "Ce lien de réinitialisation n&#39;est pas valide" in await invalid.text()
 
 
 async def test_under_https_the_cookies_carry_the_host_prefix(

@@ -108,9 +108,9 @@ async def forgot(request: web.Request) -> web.StreamResponse:
 
 def _reset_problem(request: web.Request, exc: DomainError) -> web.Response:
     if exc.code == "reset_expired":
-        title = "This reset link has expired"
+        title = N_("This reset link has expired")
     elif exc.code == "reset_invalid":
-        title = "This reset link is not valid"
+        title = N_("This reset link is not valid")
     else:
         raise exc
     message = N_("You can ask for a new link on the Forgot password? page.")

@@ -88,9 +88,10 @@ async def test_sigterm_under_load(stack: Stack, victim: str) -> None:
 async def test_a_second_signal_while_stopping_changes_nothing(stack: Stack, name: str) -> None:
     """Ctrl-C on `make run` reaches every process of the group, and the supervisor then
     sends SIGTERM too. The second signal used to break into the shutdown the first had
-    begun, and a service could hang in half-closed tasks until it was killed (the gateway
-    after serving a page: 25 s, then SIGKILL). Now the first signal stops it and the
-    rest are noted."""
+    begun (a service hung in half-closed tasks until it was killed: the mailer, or the
+    gateway after serving a page), or, arriving once the shutdown had removed aiohttp's
+    handlers, killed the process (-15). Now the first signal stops it, the rest are noted
+    (signal_ignored_while_stopping) or, after the loop has closed, ignored."""
     service = stack[name]
     browser = Browser(stack.public_url)
     try:
@@ -101,7 +102,7 @@ async def test_a_second_signal_while_stopping_changes_nothing(stack: Stack, name
     proc = service.proc
     assert proc is not None
     proc.send_signal(signal.SIGINT)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # as make run's SIGTERM follows the group's SIGINT
     proc.send_signal(signal.SIGTERM)
     try:
         code = await asyncio.to_thread(proc.wait, 20)
@@ -111,7 +112,5 @@ async def test_a_second_signal_while_stopping_changes_nothing(stack: Stack, name
     log = service.log_tail()
     service.start()
     await service.wait_ready()
-    assert code == 0, log  # old: the gateway killed by the late SIGTERM (-15), the mailer hung
+    assert code == 0, log  # old: killed by the late SIGTERM (-15), or hung (None)
     assert "service_stopped" in log, log
-    if name == "mailer":  # still stopping 50 ms later (its senders finish their sends)
-        assert "signal_ignored_while_stopping" in log, log

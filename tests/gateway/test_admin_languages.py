@@ -364,3 +364,28 @@ async def test_a_refused_webhook_target_is_told_in_german(
         )
         assert response.status == 422, url
         assert words in html.unescape(await response.text()), url
+
+
+async def test_invite_several_and_resend_say_what_is_wrong_in_german(
+    gw: TestClient[Any, Any], backend: Backend
+) -> None:
+    """Messages built with a number or a name (an archived portal ticked, a name too long)
+    and the Not resent page were English on German screens."""
+    await as_admin(gw, backend)
+    acme = backend.add_portal("Acme")
+    archived = backend.add_portal("Old Site", status="archived")
+    page = await (
+        await gw.get(f"/admin/portals/invite?portal_id={archived['id']}", headers=GERMAN)
+    ).text()
+    assert (
+        "Nur aktive Portale können Einladungen erhalten: Entfernen Sie das Häkchen bei"
+        " 'Old Site' (Archiviert)." in html.unescape(page)
+    )
+    response = await post_form(
+        gw,
+        "/admin/portals/invite",
+        {"portal_id": acme["id"], "email": unique("lang"), "name": "N" * 201},
+        headers=GERMAN,
+    )
+    assert response.status == 422
+    assert "Der Name darf höchstens 200 Zeichen lang sein." in html.unescape(await response.text())

@@ -24,8 +24,15 @@ from ..domain import (
     bulk_payload,
     parse_uuid,
 )
-from ..i18n import N_
-from ..rendering import current_user, error_page, form_str, render, see_other
+from ..i18n import N_, gettext
+from ..rendering import (
+    current_user,
+    error_page,
+    form_str,
+    page_language,
+    render,
+    see_other,
+)
 from ..state import UPSTREAM
 from ..upstream import Invitations
 
@@ -115,8 +122,10 @@ async def bulk(request: web.Request) -> web.StreamResponse:
     if not ids:
         return see_other(request, _back(form), flash="bulk_none")
     if len(ids) > MAX_SELECTED:
+        page_language(request)
         raise InvalidInput(
-            f"Select at most {MAX_SELECTED} invitations at a time.", code="too_many_selected"
+            gettext("Select at most %(max)s invitations at a time.", max=MAX_SELECTED),
+            code="too_many_selected",
         )
     invitations = request.app[UPSTREAM].invitations
     act = invitations.resend if action == "resend" else invitations.revoke
@@ -239,10 +248,10 @@ async def resend(request: web.Request) -> web.StreamResponse:
         return error_page(
             request,
             exc.status,
-            "Not resent",
+            N_("Not resent"),
             exc.message,
             headers,
-            link=(_back(form), "Back to Invitations"),
+            link=(_back(form), N_("Back to Invitations")),
         )
     return see_other(request, _back(form), flash="invitation_resent", email=invitation["email"])
 
@@ -347,13 +356,13 @@ async def user_list(request: web.Request) -> web.StreamResponse:
     return await _users_page(request)
 
 
-def _not_me(request: web.Request, doing: str, code: str) -> str:
+def _not_me(request: web.Request, refusal: str, code: str) -> str:
     """The user id of the path, unless it is the administrator's own (no one locks
     themselves out by a slip of the mouse)."""
     me = current_user(request)
     user_id = request.match_info["id"]
     if me is not None and parse_uuid(user_id) == me["id"]:
-        raise InvalidInput(f"You can't {doing} your own account.", code=code)
+        raise InvalidInput(refusal, code=code)
     return user_id
 
 
@@ -361,7 +370,7 @@ def _not_me(request: web.Request, doing: str, code: str) -> str:
 async def disable_user(request: web.Request) -> web.StreamResponse:
     await request.post()
     try:
-        user_id = _not_me(request, "disable", "cannot_disable_self")
+        user_id = _not_me(request, N_("You can't disable your own account."), "cannot_disable_self")
         user = await request.app[UPSTREAM].identity.disable_user(user_id)
     except (Conflict, InvalidInput) as exc:
         return await _users_page(request, error=exc.message, status=exc.status)
@@ -384,7 +393,9 @@ async def change_role(request: web.Request) -> web.StreamResponse:
             request, error=N_("Choose a role: Administrator, Staff or Client."), status=422
         )
     try:
-        user_id = _not_me(request, "change the role of", "cannot_change_own_role")
+        user_id = _not_me(
+            request, N_("You can't change the role of your own account."), "cannot_change_own_role"
+        )
         user = await request.app[UPSTREAM].identity.set_role(user_id, role)
     except (Conflict, InvalidInput) as exc:
         return await _users_page(request, error=exc.message, status=exc.status)

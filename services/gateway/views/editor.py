@@ -25,8 +25,8 @@ from ..domain import (
     STATUSES,
     parse_uuid,
 )
-from ..i18n import N_
-from ..rendering import current_user, form_str, render, see_other
+from ..i18n import N_, gettext
+from ..rendering import current_user, form_str, page_language, render, see_other
 from ..state import UPSTREAM
 from ..upstream import Upstream
 
@@ -193,7 +193,10 @@ async def save_portal(request: web.Request) -> web.StreamResponse:
     chosen = [v[:64] for v in form.getall("add_sub_client", []) if isinstance(v, str) and v]
     found = await asyncio.gather(*(_known_user(up, raw) for raw in chosen[:MAX_SUB_CLIENTS_ADDED]))
     if len(chosen) > MAX_SUB_CLIENTS_ADDED:
-        errors["add_sub_client"] = f"Add at most {MAX_SUB_CLIENTS_ADDED} sub-clients at a time."
+        page_language(request)
+        errors["add_sub_client"] = gettext(
+            "Add at most %(max)s sub-clients at a time.", max=MAX_SUB_CLIENTS_ADDED
+        )
     elif None in found:
         errors["add_sub_client"] = N_("Choose existing users.")
     for added in found:

@@ -17,8 +17,8 @@ from libs.common.errors import DomainError, NotFound
 
 from ..answers import PortalAnswer
 from ..domain import EXPIRY_CHOICES, MAX_GROUP_PORTALS, parse_uuid
-from ..i18n import N_
-from ..rendering import form_str, render, see_other
+from ..i18n import N_, gettext
+from ..rendering import form_str, page_language, render, see_other
 from ..state import UPSTREAM
 from ..upstream import Upstream
 from .editor import INVITE_ERROR_FIELDS, INVITE_ERRORS, invite_fields, invite_options
@@ -62,8 +62,8 @@ def _idle(portals: list[PortalAnswer]) -> str | None:
     idle = [p for p in portals if p["status"] != "active"]
     if not idle:
         return None
-    names = ", ".join(f"'{p['title']}' ({p['status'].capitalize()})" for p in idle)
-    return f"Only Active portals can take invitations: untick {names}."
+    names = ", ".join(f"'{p['title']}' ({gettext(p['status'].capitalize())})" for p in idle)
+    return gettext("Only Active portals can take invitations: untick %(names)s.", names=names)
 
 
 async def _page(
@@ -78,6 +78,7 @@ async def _page(
         access = await request.app[UPSTREAM].invitations.access_settings()
         values = {"expires_in_days": str(access["invitation_expiry_days"])}
     errors = dict(errors or {})
+    page_language(request)  # _idle's words in the reader's language
     problem = _idle(portals)
     if problem and "invite_portals" not in errors:
         errors["invite_portals"] = problem
@@ -110,7 +111,9 @@ def _fields(form: MultiDictProxy[Any]) -> tuple[dict[str, str], dict[str, str]]:
     values, errors = invite_fields(form)
     values["name"] = form_str(form, "name", 2 * MAX_NAME).strip()
     if len(values["name"]) > MAX_NAME:
-        errors["invite_name"] = f"The name must be at most {MAX_NAME} characters."
+        errors["invite_name"] = gettext(
+            "The name must be at most %(max)s characters.", max=MAX_NAME
+        )
     return values, errors
 
 
@@ -123,6 +126,7 @@ async def send_invitation(request: web.Request) -> web.StreamResponse:
         return see_other(request, "/admin/portals", flash="invite_none")
     if _too_many(ids):
         return see_other(request, "/admin/portals", flash="invite_too_many")
+    page_language(request)  # _fields' and _idle's words in the reader's language
     values, errors = _fields(form)
     portals = await _portals(up, ids)
     if len(portals) < len(ids):

@@ -77,8 +77,8 @@ async def resend_staff(request: web.Request) -> web.StreamResponse:
         invitation = await request.app[UPSTREAM].invitations.resend_staff(request.match_info["id"])
     except RateLimited as exc:
         headers = {"Retry-After": str(exc.retry_after)}
-        link = (USERS, "Back to Users")
-        return error_page(request, exc.status, "Not resent", exc.message, headers, link=link)
+        link = (USERS, N_("Back to Users"))
+        return error_page(request, exc.status, N_("Not resent"), exc.message, headers, link=link)
     return see_other(request, USERS, flash="invitation_resent", email=invitation["email"])
 
 

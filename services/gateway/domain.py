@@ -28,6 +28,17 @@ MAX_PERSONAL_MESSAGE = 1000
 MAX_GROUP_PORTALS = 20
 PERSONAL_MESSAGE_TOO_LONG = N_("The Personal Message must be at most 1,000 characters.")
 LINK_EXPIRY_CHOICES = N_("Link Expiry must be 7, 14, 21 or 30 days.")
+# A portal's Content, and the most a request carrying it may hold: at most 60,000
+# characters are up to 12 bytes each form-encoded or as JSON escapes, so the app's 64 KiB
+# turned away German or Japanese pages far inside the limit.
+MAX_CONTENT = 60_000
+CONTENT_TOO_LONG = N_("The Content is too long: at most 60,000 characters.")
+PORTAL_BODY_LIMIT = 1024 * 1024
+# The logo as uploaded (the mailer refuses more than 1 MB with its own words), plus the
+# form around it.
+MAX_LOGO_BYTES = 1024 * 1024
+LOGO_FORM_LIMIT = MAX_LOGO_BYTES + 64 * 1024
+LOGO_TOO_BIG = N_("The Logo is too big: at most 1024 KB.")
 # One answer for an unknown email and a wrong password: no account enumeration.
 BAD_LOGIN = N_("The email or password is incorrect.")
 

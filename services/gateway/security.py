@@ -15,7 +15,11 @@ from libs.common.email import email_key
 from libs.common.errors import Forbidden, NotFound, RateLimited, TooLarge, Unauthorized
 
 from .domain import (
+    CONTENT_TOO_LONG,
     INTEGRATION_KEY_PREFIX,
+    LOGO_FORM_LIMIT,
+    LOGO_TOO_BIG,
+    PORTAL_BODY_LIMIT,
     address_key,
     api_key_matches,
     client_address,
@@ -38,16 +42,12 @@ from .state import (
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # No session or CSRF cookie needed: static files, and the branding's logo and stylesheet.
 PLAIN_PATHS = ("/static/", "/branding/")
-# Page forms allowed a bigger body than the app's limit: the logo upload.
-# Forms allowed more than the app's 64 KiB (by route), and what a bigger one is told.
-# A portal's Content (at most 60,000 characters) is form-encoded at up to 12 bytes a
-# character: the 64 KiB turned away German or Japanese pages far inside the limit.
-_CONTENT_TOO_LONG = (1024 * 1024, N_("The Content is too long: at most 60,000 characters."))
-_LOGO_TOO_BIG = (1024 * 1024 + 64 * 1024, N_("The Logo is too big: at most 1024 KB."))
+# Page forms allowed more than the app's 64 KiB (by route), and what a bigger one is told:
+# the logo upload and a portal's Content (domain.py).
 LARGE_FORMS: dict[str, tuple[int, str]] = {
-    "/admin/settings/branding/logo": _LOGO_TOO_BIG,
-    "/admin/portals/new": _CONTENT_TOO_LONG,
-    "/admin/portals/{id}": _CONTENT_TOO_LONG,
+    "/admin/settings/branding/logo": (LOGO_FORM_LIMIT, LOGO_TOO_BIG),
+    "/admin/portals/new": (PORTAL_BODY_LIMIT, CONTENT_TOO_LONG),
+    "/admin/portals/{id}": (PORTAL_BODY_LIMIT, CONTENT_TOO_LONG),
 }
 # The API's description and its reference page: public, like any published contract.
 PUBLIC_API = frozenset({"/api/v1/openapi.json", "/api/docs"})

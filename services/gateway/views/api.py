@@ -33,9 +33,11 @@ from ..contracts import (
 from ..domain import (
     EXPIRY_CHOICES,
     LINK_EXPIRY_CHOICES,
+    MAX_CONTENT,
     MAX_GROUP_PORTALS,
     MAX_PERSONAL_MESSAGE,
     PERSONAL_MESSAGE_TOO_LONG,
+    PORTAL_BODY_LIMIT,
 )
 from ..handlers import bulk
 from ..rendering import current_user
@@ -66,23 +68,17 @@ Slug = Annotated[
 ]
 
 
-# A portal's content (at most 60,000 characters) is up to 12 bytes a character in JSON
-# (an escaped surrogate pair): the app's 64 KiB refused German or Japanese pages far
-# inside the limit.
-PORTAL_BODY_LIMIT = 1024 * 1024
-
-
 class PortalCreate(Strict):
     title: Annotated[str, Field(min_length=1, max_length=200)]
     slug: Slug | None = None
-    content: Annotated[str, Field(max_length=60_000)] = ""
+    content: Annotated[str, Field(max_length=MAX_CONTENT)] = ""
     status: Status = "pending"
 
 
 class PortalPatch(Strict):
     title: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     slug: Slug | None = None
-    content: Annotated[str, Field(max_length=60_000)] | None = None
+    content: Annotated[str, Field(max_length=MAX_CONTENT)] | None = None
     status: Status | None = None
 
 

@@ -23,7 +23,7 @@ from libs.common.i18n import (
 from libs.common.web import json_response, read_json
 
 from ..answers import BrandingAnswer
-from ..domain import theme_css
+from ..domain import LOGO_TOO_BIG, MAX_LOGO_BYTES, theme_css
 from ..i18n import N_
 from ..rendering import Handler, form_str, is_api, render, see_other
 from ..state import UPSTREAM, req_state
@@ -32,11 +32,6 @@ from .api import API
 
 PAGE = "/admin/settings/branding"
 LOGO_FORM = PAGE + "/logo"
-# The logo as uploaded (the mailer refuses more than 1 MB with its own words), plus the
-# form around it: the only page form allowed more than the gateway's 64 KB.
-MAX_LOGO_BYTES = 1024 * 1024
-LOGO_FORM_LIMIT = MAX_LOGO_BYTES + 64 * 1024
-LOGO_TOO_BIG = N_("The Logo is too big: at most 1024 KB.")
 # A versioned URL (?v= the current etag or colour) names one picture or colour for good.
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "public, no-cache"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import uuid
 
 import pytest
@@ -221,6 +222,18 @@ async def test_a_portal_of_59000_characters_in_german_is_saved_from_the_editor_a
         f"/api/v1/portals/{(await api.json())['id']}", json={"content": content}, headers=headers
     )
     assert patched.status == 200, await patched.text()
+    # One character past the limit is refused beside the field, the form kept: the editor
+    # cut Content to 60,000 characters without a word (a 1 MiB form carries far more).
+    too_long = content + "x" * 1_001
+    refused = await post_form(
+        gw,
+        f"/admin/portals/{portal_id}",
+        {"title": "Deutsch", "content": too_long, "status": "active"},
+    )
+    assert refused.status == 422
+    page = html.unescape(await refused.text())
+    assert "The Content is too long: at most 60,000 characters." in page
+    assert too_long in page and backend.portals[portal_id]["content"] == content[::-1]
     # Past what any valid Content needs: told why, in words.
     huge = await post_form(gw, "/admin/portals/new", {"title": "X", "content": "ü" * 400_000})
     assert huge.status == 413

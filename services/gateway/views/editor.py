@@ -19,7 +19,9 @@ from libs.common.web import json_response
 
 from ..answers import PortalAnswer, UserAnswer
 from ..domain import (
+    CONTENT_TOO_LONG,
     EXPIRY_CHOICES,
+    MAX_CONTENT,
     MAX_PERSONAL_MESSAGE,
     PERSONAL_MESSAGE_TOO_LONG,
     STATUSES,
@@ -114,7 +116,8 @@ async def _editor(
 def _portal_fields(form: MultiDictProxy[Any]) -> tuple[dict[str, Any], dict[str, str]]:
     values = {
         "title": form_str(form, "title", 500).strip(),
-        "content": form_str(form, "content", 60_000),
+        # One past the limit, to refuse it: never cut what was typed.
+        "content": form_str(form, "content", MAX_CONTENT + 1),
         "status": form_str(form, "status", 20),
     }
     errors = {}
@@ -128,6 +131,8 @@ def _portal_fields(form: MultiDictProxy[Any]) -> tuple[dict[str, Any], dict[str,
         values["slug"] = slug
         if len(slug) > 80 or not SLUG.fullmatch(slug):
             errors["slug"] = SLUG_RULE
+    if len(values["content"]) > MAX_CONTENT:
+        errors["content"] = CONTENT_TOO_LONG
     if values["status"] not in STATUSES:
         errors["status"] = N_("Choose Active, Pending or Archived.")
     return values, errors

@@ -335,13 +335,13 @@ class Email:
         sender, to = ascii_address(self.sender), ascii_address(self.to)
         if sender is None or to is None:
             return None
-        data = self.data.replace(_to_line(self.to), _to_line(to), 1)
+        data = self.data.replace(_to_line(self.to).encode(), _to_line(to).encode(), 1)
         return Email(sender=sender, to=to, data=data)
 
 
-def _to_line(to: str) -> bytes:
+def _to_line(to: str) -> str:
     # An address is written as it is: ASCII, or UTF-8 under SMTPUTF8 (Email.utf8).
-    return f"To: {to}\r\n".encode()
+    return f"To: {to}\r\n"
 
 
 def _header(name: str, value: str) -> str:
@@ -389,7 +389,7 @@ def build_message(
     boundary = f"=_{mail_id.hex}"
     headers = [
         from_line,
-        _to_line(to).decode(),
+        _to_line(to),
         f"Reply-To: {reply_to}\r\n" if reply_to else "",
         _header("Subject", rendered.subject),
         f"Date: {email.utils.format_datetime(now.astimezone(UTC))}\r\n",

@@ -131,8 +131,8 @@ async def send_invitation(request: web.Request) -> web.StreamResponse:
     portals = await _portals(up, ids)
     if len(portals) < len(ids):
         errors["invite_portals"] = N_("A ticked portal no longer exists; go back to All Portals.")
-    elif _idle(portals):
-        errors["invite_portals"] = str(_idle(portals))
+    elif problem := _idle(portals):
+        errors["invite_portals"] = problem
     email = email_or_none(values["email"])
     if errors or email is None:
         return await _page(request, portals, values=values, errors=errors, status=422)

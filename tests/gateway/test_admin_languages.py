@@ -389,3 +389,23 @@ async def test_invite_several_and_resend_say_what_is_wrong_in_german(
     )
     assert response.status == 422
     assert "Der Name darf höchstens 200 Zeichen lang sein." in html.unescape(await response.text())
+
+
+async def test_a_clash_in_the_portal_editor_is_told_in_german(
+    gw: TestClient[Any, Any], backend: Backend
+) -> None:
+    await as_admin(gw, backend)
+    portal = backend.add_portal("Acme")
+    page = await (await gw.get(f"/admin/portals/{portal['id']}", headers=GERMAN)).text()
+    shown = re.search(r'name="shown" value="([^"]+)"', page)
+    assert shown, page
+    portal.update(title="Acme Gruppe", status="archived")  # saved by someone else meanwhile
+    form = {"title": "Acme GmbH", "content": portal["content"], "status": "pending"}
+    response = await post_form(
+        gw, f"/admin/portals/{portal['id']}", {**form, "shown": shown.group(1)}, headers=GERMAN
+    )
+    page = html.unescape(await response.text())
+    assert response.status == 409
+    assert "Jemand anderes hat den Titel in „Acme Gruppe“ geändert" in page
+    assert "Jemand anderes hat den Status auf „Archiviert“ geändert" in page
+    assert (portal["title"], portal["status"]) == ("Acme Gruppe", "archived")

@@ -27,6 +27,7 @@ from ..domain import (
     STATUSES,
     parse_uuid,
 )
+from ..edits import fingerprints, plan_edit
 from ..i18n import N_, gettext
 from ..rendering import current_user, form_str, page_language, render, see_other
 from ..state import UPSTREAM
@@ -44,6 +45,7 @@ SLUG_TAKEN = N_("Another portal already uses this slug; choose another.")
 # its own name, as a person reading only that language finds it.
 # The portals service takes up to 500 sub-clients; one Save adds at most this many.
 MAX_SUB_CLIENTS_ADDED = 100
+STATUS_NAMES = {"active": N_("Active"), "pending": N_("Pending"), "archived": N_("Archived")}
 
 
 async def _emails(up: Upstream, ids: set[str]) -> dict[str, str]:
@@ -77,6 +79,7 @@ async def _editor(
     errors: dict[str, str] | None = None,
     status: int = 200,
     invite: dict[str, str] | None = None,
+    shown: str | None = None,
 ) -> web.Response:
     up = request.app[UPSTREAM]
     users: list[UserAnswer] = []
@@ -109,6 +112,8 @@ async def _editor(
         "invite": invite or {},
         "expiry_choices": EXPIRY_CHOICES,
         "more_users": more_users,
+        # What this form is based on: kept from the form it was posted from, if any.
+        "shown": shown if shown is not None else fingerprints(portal) if portal else "",
     }
     return render(request, "admin/editor.html", context, status=status)
 
@@ -208,11 +213,19 @@ async def save_portal(request: web.Request) -> web.StreamResponse:
         if added is not None and added not in subs and added != client_id:
             subs.append(added)
     subs = [s for s in subs if s != client_id]
+    shown = form_str(form, "shown", 200)
     if errors:
-        return await _editor(request, portal, values=values, errors=errors, status=422)
+        return await _editor(request, portal, values=values, errors=errors, status=422, shown=shown)
+    edit = plan_edit(shown, portal, values)
+    if edit.clashes:
+        page_language(request)
+        errors = {field: _clash(field, portal) for field in edit.clashes}
+        return await _editor(
+            request, portal, values=values, errors=errors, status=409, shown=edit.shown
+        )
     portal_id = portal["id"]
     try:
-        changed = {k: v for k, v in values.items() if portal.get(k) != v}
+        changed = edit.changes
         if changed:
             await up.portals.patch(portal_id, changed)
         if client_id != portal.get("client_id"):
@@ -228,6 +241,33 @@ async def save_portal(request: web.Request) -> web.StreamResponse:
             errors["title"] = exc.message
         return await _editor(request, portal, values=values, errors=errors, status=422)
     return see_other(request, f"/admin/portals/{portal_id}", flash="portal_saved")
+
+
+def _clash(field: str, portal: PortalAnswer) -> str:
+    """The message beside a field someone else changed after this form was opened."""
+    if field == "content":
+        return gettext(
+            "Someone else changed the Content while you were editing."
+            " Save Portal again to replace it with yours."
+        )
+    if field == "status":
+        now = gettext(STATUS_NAMES[portal["status"]])
+        return gettext(
+            "Someone else changed the Status to “%(value)s” while you were editing."
+            " Save Portal again to replace it with yours.",
+            value=now,
+        )
+    if field == "slug":
+        return gettext(
+            "Someone else changed the Slug to “%(value)s” while you were editing."
+            " Save Portal again to replace it with yours.",
+            value=portal["slug"],
+        )
+    return gettext(
+        "Someone else changed the Title to “%(value)s” while you were editing."
+        " Save Portal again to replace it with yours.",
+        value=portal["title"],
+    )
 
 
 INVITE_ERRORS = {

@@ -55,6 +55,8 @@ class PatchPortal(_Body):
     slug: Slug | None = None
     content: Content | None = None
     status: Status | None = None
+    # Change it only if it is still at this revision (read, change, write back safely).
+    revision: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
     def _no_nulls(self) -> PatchPortal:
@@ -162,8 +164,10 @@ async def get_portal_by_slug(request: web.Request) -> web.Response:
 async def patch_portal(request: web.Request) -> web.Response:
     portal_id = _portal_id(request)
     body = await read_json(request, PatchPortal)
-    changes = body.model_dump(include=body.model_fields_set)
-    portal = await handlers.update_portal(request.app[DEPS], portal_id, changes)
+    changes = body.model_dump(include=body.model_fields_set - {"revision"})
+    portal = await handlers.update_portal(
+        request.app[DEPS], portal_id, changes, revision=body.revision
+    )
     return json_response(portal_json(portal))
 
 

@@ -146,13 +146,24 @@ async def _insert_with_generated_slug(
     raise Conflict("Could not find a free slug; please choose one.", code="slug_taken")
 
 
-async def update_portal(deps: Deps, portal_id: uuid.UUID, changes: dict[str, Any]) -> Portal:
+async def update_portal(
+    deps: Deps, portal_id: uuid.UUID, changes: dict[str, Any], *, revision: int | None = None
+) -> Portal:
     """``changes`` holds only the fields the caller sent (title, slug, content, status).
-    Nothing actually different → no new revision and no event."""
+    Nothing actually different → no new revision and no event. With ``revision``, only a
+    portal still at that revision is changed: a caller that read it, changed it and writes
+    it back never undoes a change saved in between."""
     async with transaction(deps.db) as conn:
         if not await repo.lock(conn, portal_id):
             raise _not_found()
         current = await _load(conn, portal_id)
+        if revision is not None and revision != current.revision:
+            raise Conflict(
+                f"The portal has changed since revision {revision}; it is at revision"
+                f" {current.revision} now. Read it again and make your change to that.",
+                code="portal_changed",
+                details={"revision": current.revision},
+            )
         diff = {k: v for k, v in changes.items() if getattr(current, k) != v}
         if not diff:
             return current

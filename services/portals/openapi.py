@@ -57,7 +57,7 @@ OPERATIONS: list[Operation] = [
      PORTAL, NOT_FOUND),
     ("get", "/portals/{portal_id}", "Get a portal", None, None, [ID], 200, PORTAL, NOT_FOUND),
     ("patch", "/portals/{portal_id}", "Change title, slug, content or status", api.PatchPortal,
-     None, [ID], 200, PORTAL, [*NOT_FOUND, "409 slug_taken"]),
+     None, [ID], 200, PORTAL, [*NOT_FOUND, "409 slug_taken", "409 portal_changed"]),
     ("put", "/portals/{portal_id}/client", "Set (or clear) the primary Client", api.SetClient,
      None, [ID], 200, PORTAL, NOT_FOUND),
     ("put", "/portals/{portal_id}/sub-clients", "Replace the Sub-Clients", api.SetSubClients,

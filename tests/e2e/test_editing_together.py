@@ -57,3 +57,25 @@ async def test_a_change_saved_meanwhile_is_kept_and_a_clash_is_told(
         assert (portal["title"], portal["status"]) == ("Acme Ltd", "pending")
     finally:
         await other.close()
+
+
+async def test_the_api_writes_back_only_onto_the_revision_it_read(api: Api) -> None:
+    portal = await api.portal("Acme Website")
+    path = f"/portals/{portal['id']}"
+    code, read = await api.call("GET", path)
+    assert code == 200 and read["revision"] == 1
+    # Someone else changes the portal after this program read it.
+    code, _ = await api.call("PATCH", path, {"title": "Acme Rebrand"})
+    assert code == 200
+    code, answer = await api.call("PATCH", path, {"content": "Hello", "revision": 1})
+    assert code == 409, answer
+    assert answer["error"]["code"] == "portal_changed" and answer["error"]["revision"] == 2
+    code, answer = await api.call("PATCH", path, {"content": "Hello", "revision": 2})
+    assert code == 200 and (answer["title"], answer["content"], answer["revision"]) == (
+        "Acme Rebrand",
+        "Hello",
+        3,
+    )
+    for body in ({"revision": 3}, {"title": "x", "revision": 0}, {"title": "x", "revision": "3rd"}):
+        code, answer = await api.call("PATCH", path, body)
+        assert code == 422, (body, answer)

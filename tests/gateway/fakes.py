@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -59,6 +60,7 @@ class Backend:
     hashing_busy: bool = False  # identity's hash queue is full: logins answer 503
     api_keys: dict[str, Json] = field(default_factory=dict)  # live key -> identity's answer
     key_checks: int = 0  # POST /api-keys/verify
+    before_patch: Callable[[Json], None] | None = None  # someone else saving a portal first
 
     # --- helpers for tests -------------------------------------------------------
     @staticmethod
@@ -389,7 +391,12 @@ class Backend:
         @r.patch("/portals/{id}")
         async def patch(request: web.Request) -> web.Response:
             portal = self.portals[request.match_info["id"]]
-            portal.update(await request.json())
+            if self.before_patch is not None:
+                self.before_patch(portal)
+            changes = await request.json()
+            if changes.pop("revision", portal["revision"]) != portal["revision"]:
+                return err(409, "portal_changed")
+            portal.update(changes, revision=portal["revision"] + 1)
             return web.json_response(portal)
 
         @r.put("/portals/{id}/client")

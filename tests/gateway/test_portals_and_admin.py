@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 import uuid
 
 import pytest
@@ -345,3 +346,27 @@ async def test_api_key_works_without_session_or_csrf(backend: Backend) -> None:
         assert response.status == 201
         wrong = await api.get("/api/v1/portals", headers={"Authorization": "Bearer nope"})
         assert wrong.status == 401
+
+
+async def test_a_save_landing_between_the_editors_read_and_write_is_merged_too(
+    gw: TestClient, backend: Backend
+) -> None:
+    await as_admin(gw, backend)
+    portal = backend.add_portal("Acme")
+    page = await (await gw.get(f"/admin/portals/{portal['id']}")).text()
+    shown = re.search(r'name="shown" value="([^"]+)"', page)
+    assert shown, page
+
+    def someone_else_saves_first(target: Json) -> None:
+        backend.before_patch = None
+        target.update(title="Acme Group", revision=target["revision"] + 1)
+
+    backend.before_patch = someone_else_saves_first
+    form = {"title": "Acme Ltd", "content": portal["content"], "status": "active"}
+    response = await post_form(
+        gw, f"/admin/portals/{portal['id']}", {**form, "shown": shown.group(1)}
+    )
+    page = html.unescape(await response.text())
+    assert response.status == 409, page
+    assert "Someone else changed the Title to “Acme Group” while you were editing." in page
+    assert portal["title"] == "Acme Group"

@@ -177,6 +177,31 @@ async def test_concurrent_patches_each_bump_the_revision(
     assert revisions == list(range(2, 18))
 
 
+async def test_a_write_at_a_revision_wins_once_and_the_rest_are_told_the_new_one(
+    client: Client, new_portal: NewPortal
+) -> None:
+    portal = await new_portal()
+    path = f"/portals/{portal['id']}"
+    responses = await asyncio.gather(
+        *(client.patch(path, json={"title": f"T{i}", "revision": 1}) for i in range(16))
+    )
+    assert sorted(r.status for r in responses) == [200] + [409] * 15
+    for response in responses:
+        if response.status == 409:
+            error = (await response.json())["error"]
+            assert (error["code"], error["revision"]) == ("portal_changed", 2)
+    now = await (await client.get(path)).json()
+    assert now["revision"] == 2
+    # Nothing to change, yet a stale revision is still refused; the current one is fine.
+    resp = await client.patch(path, json={"title": now["title"], "revision": 1})
+    assert resp.status == 409
+    resp = await client.patch(path, json={"content": "new", "revision": 2})
+    assert resp.status == 200 and (await resp.json())["revision"] == 3
+    for bad in (0, None, "two"):
+        resp = await client.patch(path, json={"title": "x", "revision": bad})
+        assert resp.status == 422, bad
+
+
 async def test_list_filters_and_keyset_pagination(client: Client, new_portal: NewPortal) -> None:
     tag = uuid.uuid4().hex[:8]
     made = [await new_portal(title=f"List {tag} {i} 100%_x") for i in range(5)]

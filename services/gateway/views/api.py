@@ -80,6 +80,14 @@ class PortalPatch(Strict):
     slug: Slug | None = None
     content: Annotated[str, Field(max_length=MAX_CONTENT)] | None = None
     status: Status | None = None
+    revision: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="change the portal only if it is still at this revision (from GET);"
+            " otherwise 409 portal_changed, with its current revision",
+        ),
+    ] = None
 
 
 class ClientBody(Strict):
@@ -222,13 +230,15 @@ async def get_portal(request: web.Request) -> web.StreamResponse:
     "Update title, slug, content or status",
     body=PortalPatch,
     response=Portal,
-    errors=["404 portal_not_found", "409 slug_taken", "413 body_too_large"],
+    errors=["404 portal_not_found", "409 slug_taken", "409 portal_changed", "413 body_too_large"],
 )
 async def patch_portal(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, PortalPatch, limit=PORTAL_BODY_LIMIT)
-    changes = body.model_dump(exclude_none=True)
+    changes = body.model_dump(exclude_none=True, exclude={"revision"})
     if not changes:
         raise InvalidInput("Send at least one of title, slug, content, status.")
+    if body.revision is not None:
+        changes["revision"] = body.revision
     portal = await request.app[UPSTREAM].portals.patch(request.match_info["id"], changes)
     return json_response(portal)
 

@@ -27,7 +27,7 @@ from ..domain import (
     STATUSES,
     parse_uuid,
 )
-from ..edits import fingerprints, plan_edit
+from ..edits import Edit, fingerprints, plan_edit
 from ..i18n import N_, gettext
 from ..rendering import current_user, form_str, page_language, render, see_other
 from ..state import UPSTREAM
@@ -216,18 +216,15 @@ async def save_portal(request: web.Request) -> web.StreamResponse:
     shown = form_str(form, "shown", 200)
     if errors:
         return await _editor(request, portal, values=values, errors=errors, status=422, shown=shown)
-    edit = plan_edit(shown, portal, values)
-    if edit.clashes:
-        page_language(request)
-        errors = {field: _clash(field, portal) for field in edit.clashes}
-        return await _editor(
-            request, portal, values=values, errors=errors, status=409, shown=edit.shown
-        )
     portal_id = portal["id"]
     try:
-        changed = edit.changes
-        if changed:
-            await up.portals.patch(portal_id, changed)
+        edit, portal = await _save_fields(up, portal, shown, values)
+        if edit.clashes:
+            page_language(request)
+            errors = {field: _clash(field, portal) for field in edit.clashes}
+            return await _editor(
+                request, portal, values=values, errors=errors, status=409, shown=edit.shown
+            )
         if client_id != portal.get("client_id"):
             await up.portals.put_client(portal_id, client_id)
         if subs != portal["sub_client_ids"]:
@@ -239,8 +236,28 @@ async def save_portal(request: web.Request) -> web.StreamResponse:
             errors["slug"] = SLUG_TAKEN
         else:
             errors["title"] = exc.message
-        return await _editor(request, portal, values=values, errors=errors, status=422)
+        return await _editor(request, portal, values=values, errors=errors, status=422, shown=shown)
     return see_other(request, f"/admin/portals/{portal_id}", flash="portal_saved")
+
+
+async def _save_fields(
+    up: Upstream, portal: PortalAnswer, shown: str, values: dict[str, Any]
+) -> tuple[Edit, PortalAnswer]:
+    """Saves Title, Slug, Content and Status merged with what others saved since the form
+    was shown; the portal must still be at the revision merged with, so a save landing in
+    between is merged too. Returns the edit (its clashes, if any) and the portal it used."""
+    for attempt in range(3):
+        edit = plan_edit(shown, portal, values)
+        if edit.clashes or not edit.changes:
+            break
+        try:
+            await up.portals.patch(portal["id"], {**edit.changes, "revision": portal["revision"]})
+            break
+        except DomainError as exc:
+            if exc.code != "portal_changed" or attempt == 2:
+                raise
+        portal = await up.portals.get(portal["id"])
+    return edit, portal
 
 
 def _clash(field: str, portal: PortalAnswer) -> str:

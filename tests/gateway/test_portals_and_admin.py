@@ -370,3 +370,31 @@ async def test_a_save_landing_between_the_editors_read_and_write_is_merged_too(
     assert response.status == 409, page
     assert "Someone else changed the Title to “Acme Group” while you were editing." in page
     assert portal["title"] == "Acme Group"
+
+
+async def test_a_refused_save_keeps_the_client_and_sub_clients_chosen(
+    gw: TestClient, backend: Backend
+) -> None:
+    await as_admin(gw, backend)
+    ann, bob, cy, dee = (
+        backend.add_user(f"{n}@example.com", PASSWORD) for n in ("ann", "bob", "cy", "dee")
+    )
+    portal = backend.add_portal("Acme", client_id=ann["id"], sub_client_ids=[bob["id"]])
+    form = {
+        "title": "",  # refused: Enter a title.
+        "content": portal["content"],
+        "status": "active",
+        "client_id_shown": ann["id"],
+        "client_id": cy["id"],
+        "remove_sub_client": bob["id"],
+        "add_sub_client": dee["id"],
+    }
+    response = await post_form(gw, f"/admin/portals/{portal['id']}", form)
+    page = await response.text()
+    assert response.status == 422 and "Enter a title." in page
+    # What was chosen is still chosen, and the Client field still knows what it first showed.
+    assert f'<option value="{cy["id"]}" selected>' in page
+    assert f'<option value="{ann["id"]}">' in page
+    assert page.count(f'<option value="{dee["id"]}" selected>') == 1  # in Sub-Clients only
+    assert re.search(rf'name="remove_sub_client" value="{bob["id"]}"[^>]* checked', page)
+    assert f'name="client_id_shown" value="{ann["id"]}"' in page

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -80,6 +81,7 @@ async def _editor(
     status: int = 200,
     invite: dict[str, str] | None = None,
     shown: str | None = None,
+    picked: dict[str, Any] | None = None,
 ) -> web.Response:
     up = request.app[UPSTREAM]
     users: list[UserAnswer] = []
@@ -95,6 +97,8 @@ async def _editor(
         more_users = listed.get("next_cursor") is not None
         emails = {u["id"]: u["email"] for u in users}
         wanted = {portal["client_id"] or "", *portal["sub_client_ids"]}
+        if picked:
+            wanted.add(picked["client_id"] or "")
         emails.update(await _emails(up, {i for i in wanted if i and i not in emails}))
     values = values or {
         "title": portal["title"] if portal else "",
@@ -114,6 +118,8 @@ async def _editor(
         "more_users": more_users,
         # What this form is based on: kept from the form it was posted from, if any.
         "shown": shown if shown is not None else fingerprints(portal) if portal else "",
+        # A refused Save shows the Client and Sub-Clients as its person chose them.
+        "picked": picked,
     }
     return render(request, "admin/editor.html", context, status=status)
 
@@ -214,17 +220,22 @@ async def save_portal(request: web.Request) -> web.StreamResponse:
             subs.append(added)
     subs = [s for s in subs if s != client_id]
     shown = form_str(form, "shown", 200)
+    picked = {
+        "client_id": portal.get("client_id") if "client_id" in errors else client_id,
+        "client_id_shown": form_str(form, "client_id_shown", 64),
+        "remove": removed,
+        "add": [added for added in found if added is not None],
+    }
+    again = partial(_editor, request, values=values, shown=shown, picked=picked)
     if errors:
-        return await _editor(request, portal, values=values, errors=errors, status=422, shown=shown)
+        return await again(portal, errors=errors, status=422)
     portal_id = portal["id"]
     try:
         edit, portal = await _save_fields(up, portal, shown, values)
         if edit.clashes:
             page_language(request)
             errors = {field: _clash(field, portal) for field in edit.clashes}
-            return await _editor(
-                request, portal, values=values, errors=errors, status=409, shown=edit.shown
-            )
+            return await again(portal, errors=errors, status=409, shown=edit.shown)
         if client_id != portal.get("client_id"):
             await up.portals.put_client(portal_id, client_id)
         if subs != portal["sub_client_ids"]:
@@ -236,7 +247,7 @@ async def save_portal(request: web.Request) -> web.StreamResponse:
             errors["slug"] = SLUG_TAKEN
         else:
             errors["title"] = exc.message
-        return await _editor(request, portal, values=values, errors=errors, status=422, shown=shown)
+        return await again(portal, errors=errors, status=422)
     return see_other(request, f"/admin/portals/{portal_id}", flash="portal_saved")
 
 

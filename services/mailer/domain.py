@@ -4,6 +4,7 @@ reasons a delivery fails for good. Pure: no I/O."""
 from __future__ import annotations
 
 import random
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -179,9 +180,15 @@ def abandoned(
     return attempts > 1 and late > timedelta(seconds=grace_seconds)
 
 
-def clip_error(text: str) -> str:
-    """An SMTP answer fit for ``last_error``: one line, bounded."""
-    return " ".join(text.split())[:MAX_ERROR_LENGTH]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clip_error(text: str, limit: int = MAX_ERROR_LENGTH) -> str:
+    """A server's answer fit for ``last_error``, a log line and an event: one line,
+    bounded, printable. The text is the server's: PostgreSQL takes no NUL, and bytes that
+    aren't UTF-8 (kept by aiosmtplib as lone surrogates) can't be written at all."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return " ".join(_CONTROL.sub(" ", text).split())[:limit]
 
 
 class InvalidContext(ValueError):

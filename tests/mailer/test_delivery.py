@@ -136,6 +136,27 @@ async def test_a_4xx_answer_is_retried_then_succeeds(
     assert types == ["mail.retrying"] * (row["attempts"] - 1) + ["mail.sent"]
 
 
+async def test_an_answer_with_a_nul_byte_is_recorded_and_retried_not_stuck(
+    start_mailer: StartMailer,
+    publisher: Bus,
+    smtp_sink: SmtpSink,
+    pool_factory: PoolFactory,
+) -> None:
+    """PostgreSQL takes no NUL in text: a server's reply with one used to make the retry
+    fail to record, leaving the mail 'sending' until the stuck-send sweep."""
+    pool: asyncpg.Pool = await pool_factory("mailer")
+    smtp_sink.sink.fail_with = "451 4.3.0 try\x00 later\x1b[31m"
+    await start_mailer(smtp_sink.port)
+    to = _address()
+    job, _ = invitation_job(to)
+    await publish_job(publisher, job)
+
+    row = await wait_for_row(pool, job.mail_id, lambda r: r["attempts"] >= 2, timeout=10)
+    assert row["last_error"] == "451 4.3.0 try later [31m"
+    smtp_sink.sink.fail_with = None
+    await smtp_sink.sink.wait_for(to)
+
+
 async def test_a_5xx_answer_fails_after_one_attempt(
     start_mailer: StartMailer,
     publisher: Bus,

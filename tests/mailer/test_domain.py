@@ -144,6 +144,14 @@ def test_smtp_codes(code: int | None, verdict: Verdict) -> None:
 def test_errors_are_one_bounded_line() -> None:
     assert clip_error("451 4.3.0\r\n try   later") == "451 4.3.0 try later"
     assert len(clip_error("x" * 5000)) == 500
+    # What a server sends is its own: no NUL, no control codes, no bytes that aren't UTF-8.
+    assert clip_error("451 try\x00 later\x1b[31m\x85") == "451 try later [31m"
+    assert (
+        clip_error(
+            "554 b\udcffad".encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
+        )
+        == "554 b?ad"
+    )
 
 
 async def test_a_new_job_wakes_one_idle_sender_not_all_of_them() -> None:

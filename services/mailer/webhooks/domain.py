@@ -19,6 +19,8 @@ import orjson
 
 from libs.common.broker import WEBHOOK_EVENTS
 
+from ..domain import clip_error
+
 # The public lifecycle events an endpoint may subscribe to (the bus's own type names;
 # the mailer's queue is bound to them in libs/common/broker.py).
 EVENT_TYPES = WEBHOOK_EVENTS
@@ -153,4 +155,4 @@ class Attempt:
 
 
 def clip(text: str) -> str:
-    return " ".join(text.split())[:MAX_ERROR_LENGTH]
+    return clip_error(text, MAX_ERROR_LENGTH)

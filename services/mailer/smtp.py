@@ -48,6 +48,11 @@ class SmtpTransport:
                 first.code if first else None,
                 f"{first.code} {first.message}" if first else "recipient refused",
             ) from None
+        except (aiosmtplib.SMTPConnectResponseError, aiosmtplib.SMTPHeloError) as exc:
+            # Turned away before any email was named (the greeting, EHLO): a verdict on this
+            # client, not the email, so retried, as Postfix does (smtp_skip_5xx_greeting).
+            await self.close()
+            raise SendError(None, f"server turned us away: {exc.code} {exc.message}") from None
         except aiosmtplib.SMTPAuthenticationError as exc:
             # Our credentials, not the recipient: worth retrying once someone fixes them.
             await self.close()

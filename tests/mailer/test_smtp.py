@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import uuid
@@ -15,7 +16,13 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from pydantic import SecretStr
 
 from libs.common.bus import Bus
-from tests.mailer.conftest import StartMailer, invitation_job, publish_job, wait_for_row
+from tests.mailer.conftest import (
+    StartMailer,
+    invitation_job,
+    outbox_events,
+    publish_job,
+    wait_for_row,
+)
 from tests.support.env import free_port
 from tests.support.smtp import Sink
 
@@ -190,3 +197,30 @@ async def test_an_internationalised_address_waits_for_a_server_with_smtputf8(
     row = await wait_for_row(pool, job.mail_id, lambda r: r["last_error"] is not None)
     assert row["status"] == "queued" and "SMTPUTF8" in row["last_error"]
     assert sink.envelopes == []
+
+
+async def test_a_server_that_greets_with_5xx_is_retried_not_a_refusal_of_the_email(
+    start_mailer: StartMailer, publisher: Bus, pool_factory: PoolFactory
+) -> None:
+    """554 at the greeting is the server turning us away (an address not allowed to relay, a
+    server in maintenance), not a verdict on the email: like Postfix (smtp_skip_5xx_greeting),
+    try again later instead of failing every invitation for good."""
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"554 5.7.1 Service unavailable; client host blocked\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    try:
+        pool: asyncpg.Pool = await pool_factory("mailer")
+        await start_mailer(server.sockets[0].getsockname()[1], mailer_concurrency=1)
+        job = invitation_job(f"client-{uuid.uuid4().hex[:8]}@example.com")[0]
+        await publish_job(publisher, job)
+        row = await wait_for_row(pool, job.mail_id, lambda r: r["last_error"] is not None)
+        assert row["status"] == "queued", row["last_error"]
+        assert "554 5.7.1 Service unavailable" in row["last_error"]
+        types = [e["type"] for e in await outbox_events(pool, job.mail_id)]
+        assert types and set(types) == {"mail.retrying"}
+    finally:
+        server.close()

@@ -22,6 +22,7 @@ from pydantic import (
 
 from .actor import Actor, current_actor
 from .context import current_correlation_id
+from .nul import NUL_PROBLEM, json_nul_path
 
 
 class EventData(BaseModel):
@@ -510,6 +511,9 @@ def parse_envelope(body: bytes) -> Envelope:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedEvent(f"body is not JSON: {exc}") from None
+    where = json_nul_path(body, raw)
+    if where is not None:
+        raise MalformedEvent(f"bad envelope: {where}: {NUL_PROBLEM}")
     try:
         return Envelope.model_validate(raw)
     except ValidationError as exc:

@@ -37,6 +37,7 @@ from .db import DATABASE_AWAY, SchemaGate, UseCaseDeps, create_pool
 from .errors import DomainError, Forbidden, InvalidInput, RateLimited, TooLarge, Unauthorized
 from .logging import get_logger
 from .metrics import BROKER_CONNECTED, HTTP_LATENCY, HTTP_REQUESTS, record_build_info
+from .nul import NUL_PROBLEM, json_nul_path, query_nul_path
 from .outbox import OutboxRelay
 from .service_auth import (
     HEADER,
@@ -160,14 +161,20 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: web.Request, model: type[M], *, limit: int | None = None) -> M:
+async def read_json(
+    request: web.Request, model: type[M], *, limit: int | None = None, nul_ok: bool = False
+) -> M:
     """Parse and validate a JSON body, or raise InvalidInput with a readable message.
-    ``limit``: this route's own body limit, in place of the app's."""
+    ``limit``: this route's own body limit, in place of the app's. ``nul_ok``: the route
+    answers a NUL itself (a batch, row by row), before anything is written."""
     body = await (read_body(request, limit) if limit is not None else request.read())
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidInput("The request body must be JSON.", code="invalid_json") from None
+    where = None if nul_ok else json_nul_path(body, raw)
+    if where is not None:
+        raise InvalidInput(f"{where}: {NUL_PROBLEM}.")
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -184,6 +191,9 @@ def path_uuid(request: web.Request, name: str, not_a_uuid: DomainError) -> uuid.
 
 
 def parse_query(request: web.Request, model: type[M]) -> M:
+    where = query_nul_path(request.query)
+    if where is not None:
+        raise InvalidInput(f"{where}: {NUL_PROBLEM}.")
     try:
         return model.model_validate(dict(request.query))
     except ValidationError as exc:

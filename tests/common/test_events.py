@@ -99,6 +99,8 @@ def test_every_public_event_has_no_secret_field() -> None:
 
 
 ODD_TEXT = 'Zoë Ørsted 李 🎉 \u2028 \x00\x1f\x7f \\ " / é'
+# What a consumer takes from another program: anything but NUL, which makes it malformed.
+FOREIGN_TEXT = ODD_TEXT.replace("\x00", "")
 ACTOR = Actor(type="user", id=str(uuid.uuid4()), name="Ådmin 管理 <a@example.com>")
 SAMPLE_DATA: list[tuple[str, EventData]] = [
     (
@@ -166,12 +168,12 @@ FOREIGN_BODIES: list[dict[str, Any]] = [
         "source": "crm",
         "correlation_id": "x" * 100,
         "data": {
-            "email": ODD_TEXT,
+            "email": FOREIGN_TEXT,
             "nested": {"list": [1, -2.5, 1e-7, 1e16, 0.1, True, None, [], {}], "deep": {"a": None}},
             "float": 123456789.123,
             "int": 2**63 - 1,
         },
-        "actor": {"type": "key", "id": "bootstrap", "name": ODD_TEXT},
+        "actor": {"type": "key", "id": "bootstrap", "name": FOREIGN_TEXT},
     },
     {
         "id": str(uuid.uuid4()),
@@ -243,3 +245,9 @@ def test_a_correlation_id_envelopes_cant_carry_is_refused() -> None:
         assert empty.correlation_id == "request-1"
     finally:
         correlation_id_var.reset(token)
+
+
+def test_an_envelope_holding_nul_is_malformed_naming_where() -> None:
+    body = {**FOREIGN_BODIES[0], "data": {"portal_slug": "acme\x00", "email": "a@b.c"}}
+    with pytest.raises(MalformedEvent, match=r"data\.portal_slug: can't contain the NUL"):
+        parse_envelope(orjson.dumps(body))

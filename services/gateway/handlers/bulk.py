@@ -14,6 +14,7 @@ from typing import Any
 
 from libs.common.email import InvalidEmail, email_key, email_or_none
 from libs.common.errors import InvalidInput
+from libs.common.nul import NUL_PROBLEM
 
 from ..answers import BatchRowAnswer
 from ..upstream import Invitations
@@ -309,6 +310,14 @@ _TOO_LONG = {
 }
 
 
+# A JSON row's text holding NUL, which no invitation can store: its column, in words.
+_TEXT_COLUMNS = {
+    "email": "The email",
+    "name": "The name",
+    "personal_message": "The Personal Message",
+}
+
+
 def _rejection(number: int, row: Row, seen: _Seen) -> BatchRowAnswer | None:
     """The row's rejection before it goes to invitations: a problem found while reading
     the file, a cell longer than any invitation takes, a key an earlier row holds, or the
@@ -320,6 +329,12 @@ def _rejection(number: int, row: Row, seen: _Seen) -> BatchRowAnswer | None:
         value = getattr(row, name)
         if value is not None and len(value) > CELL_LIMIT:
             return _rejected(number, row.email, code, words.format(length=len(value)))
+    for name, column_words in _TEXT_COLUMNS.items():
+        value = getattr(row, name)
+        if value is not None and "\x00" in value:
+            return _rejected(
+                number, row.email, "invalid_character", f"{column_words} {NUL_PROBLEM}."
+            )
     if row.key is not None:
         held = seen.keys.setdefault(row.key, number)
         if held != number:

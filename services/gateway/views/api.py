@@ -514,7 +514,7 @@ async def invite_batch(request: web.Request) -> web.StreamResponse:
         rows, unread = bulk.parse_csv(await read_body(request, BATCH_BODY_LIMIT), request.charset)
     else:
         try:
-            body = await read_json(request, BatchBody, limit=BATCH_BODY_LIMIT)
+            body = await read_json(request, BatchBody, limit=BATCH_BODY_LIMIT, nul_ok=True)
         except InvalidInput as exc:
             if exc.code != "invalid_json":
                 raise

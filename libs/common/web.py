@@ -174,7 +174,7 @@ async def read_json(
         raise InvalidInput("The request body must be JSON.", code="invalid_json") from None
     where = None if nul_ok else json_nul_path(body, raw)
     if where is not None:
-        raise InvalidInput(f"{where}: {NUL_PROBLEM}.")
+        raise InvalidInput(f"{where}: {NUL_PROBLEM}.", code="invalid_character")
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -193,7 +193,7 @@ def path_uuid(request: web.Request, name: str, not_a_uuid: DomainError) -> uuid.
 def parse_query(request: web.Request, model: type[M]) -> M:
     where = query_nul_path(request.query)
     if where is not None:
-        raise InvalidInput(f"{where}: {NUL_PROBLEM}.")
+        raise InvalidInput(f"{where}: {NUL_PROBLEM}.", code="invalid_character")
     try:
         return model.model_validate(dict(request.query))
     except ValidationError as exc:

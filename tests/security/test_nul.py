@@ -38,7 +38,7 @@ async def test_the_json_api_refuses_nul_with_422_naming_the_field(
     for method, path, body, field in calls:
         status, answer = await api(admin, method, path, body)
         assert status == 422, (method, path, answer)
-        assert answer["error"]["code"] == "invalid_input"
+        assert answer["error"]["code"] == "invalid_character"
         assert answer["error"]["message"] == f"{field}: {NUL_MESSAGE}.", answer
     # Written as text, a backslash and "u0000" are six ordinary characters.
     status, answer = await api(

@@ -268,6 +268,15 @@ async def test_an_endpoint_receives_only_the_events_it_chose(
         "http://[fe80::1]/hooks",
         "http://[::ffff:127.0.0.1]/hooks",
         "http://0.0.0.0/hooks",
+        # IPv6 forms that carry a private IPv4 address, which a NAT64 or 6to4 gateway (an
+        # IPv6-only cluster's way out) delivers to: judged by that address.
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+        "http://[64:ff9b::10.0.0.5]/hooks",
+        "http://[64:ff9b:1::a00:5]/hooks",
+        "http://[2002:a9fe:a9fe::1]/hooks",
+        "http://[::127.0.0.1]/hooks",
+        "http://[::ffff:0:a00:5]/hooks",
+        "http://[fec0::1]/hooks",
         "ftp://example.com/hooks",
         "https://user:password@example.com/hooks",
         "file:///etc/passwd",
@@ -332,6 +341,12 @@ async def test_the_delivery_resolver_refuses_any_private_answer() -> None:
         with pytest.raises(RefusedTarget):
             await GuardedResolver(Answers(*answer)).resolve("rebind.example", 443)
     assert public_address("2606:4700::1111") and not public_address("fd00::1")
+    # A name whose AAAA answer is the NAT64 (or 6to4) form of a private address.
+    for answer in ("64:ff9b::a00:5", "2002:7f00:1::", "::ffff:0:a9fe:a9fe", "fec0::5"):
+        with pytest.raises(RefusedTarget):
+            await GuardedResolver(Answers(answer)).resolve("rebind.example", 443)
+    # The same forms of a public address stay public.
+    assert public_address("64:ff9b::5db8:d70e") and public_address("2002:5db8:d70e::1")
 
 
 def test_the_gateway_offers_exactly_the_events_the_mailer_is_bound_to() -> None:

@@ -106,15 +106,33 @@ def check_url(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+# IPv6 ranges whose last 32 bits are an IPv4 address that the network delivers to (a
+# NAT64 gateway, the way out of an IPv6-only cluster; SIIT; the old IPv4-compatible
+# form): such an address is as public as that IPv4 address.
+_CARRIES_IPV4 = tuple(
+    ipaddress.IPv6Network(net)
+    for net in ("64:ff9b::/96", "::ffff:0:0:0/96", "::ffff:0:0/96", "::/96")
+)
+# Never public, whatever the Python version's ``is_global`` says: the local-use NAT64
+# prefix (RFC 8215) and the deprecated site-local range.
+_NEVER_PUBLIC = tuple(ipaddress.IPv6Network(net) for net in ("64:ff9b:1::/48", "fec0::/10"))
+
+
 def public_address(address: str) -> bool:
     """Whether ``address`` (an IP literal) is on the public internet: loopback, private,
-    link-local (cloud metadata), shared, multicast and reserved ranges are not."""
+    link-local (cloud metadata), shared, multicast and reserved ranges are not, nor an
+    IPv6 address that carries one of them (NAT64, 6to4, IPv4-mapped or -compatible)."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in net for net in _NEVER_PUBLIC):
+            return False
+        if ip.sixtofour is not None:
+            return public_address(str(ip.sixtofour))
+        if any(ip in net for net in _CARRIES_IPV4):
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
     return ip.is_global and not ip.is_multicast
 
 

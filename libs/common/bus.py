@@ -36,7 +36,15 @@ from .broker import Binding, ExchangeKind
 from .context import set_correlation_id
 from .db import DATABASE_AWAY, Conn, UseCaseDeps
 from .errors import Unavailable
-from .events import Envelope, Event, EventData, MalformedEvent, parse_data, parse_envelope
+from .events import (
+    Envelope,
+    Event,
+    EventData,
+    MalformedEvent,
+    parse_data,
+    parse_envelope,
+    type_label,
+)
 from .logging import get_logger
 from .metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
 
@@ -393,8 +401,8 @@ class Consumer:
         structlog.contextvars.bind_contextvars(event_type=envelope.type, event_id=str(envelope.id))
         set_correlation_id(envelope.correlation_id)
         if not trusted_sender(self.prefix, envelope, message):
-            EVENTS_DEAD_LETTERED.labels(envelope.type, "untrusted_sender").inc()
-            EVENTS_CONSUMED.labels(envelope.type, "refused").inc()
+            EVENTS_DEAD_LETTERED.labels(type_label(envelope.type), "untrusted_sender").inc()
+            EVENTS_CONSUMED.labels(type_label(envelope.type), "refused").inc()
             await self._reject(message)
             return
         handler = self.handlers.get(envelope.type)
@@ -403,7 +411,7 @@ class Consumer:
             and handler.wants is not None
             and not handler.wants(envelope)
         ):
-            EVENTS_CONSUMED.labels(envelope.type, "ignored").inc()
+            EVENTS_CONSUMED.labels(type_label(envelope.type), "ignored").inc()
             await self._ack(message)
             return
         try:
@@ -425,14 +433,15 @@ class Consumer:
                 error=type(exc).__name__,
             )
             if outcome == "dead_lettered":
-                EVENTS_DEAD_LETTERED.labels(envelope.type, "handler_failed").inc()
-            EVENTS_CONSUMED.labels(envelope.type, "failed").inc()
+                EVENTS_DEAD_LETTERED.labels(type_label(envelope.type), "handler_failed").inc()
+            EVENTS_CONSUMED.labels(type_label(envelope.type), "failed").inc()
             # Pause before handing it back, so a failing dependency isn't hammered.
             await asyncio.sleep(min(0.2 * 2**deliveries, 5.0))
             await message.nack(requeue=True)
             self._settled(message)
             return
-        EVENTS_CONSUMED.labels(envelope.type, "applied" if fresh else "duplicate").inc()
+        outcome = "applied" if fresh else "duplicate"
+        EVENTS_CONSUMED.labels(type_label(envelope.type), outcome).inc()
         if not fresh:
             log.info("event_duplicate_skipped")
         await self._ack(message)
@@ -515,8 +524,8 @@ class Consumer:
 
     async def _dead_letter(self, message: AbstractIncomingMessage, type: str, why: str) -> None:
         log.error("event_malformed_dead_lettered", reason=why, message_id=message.message_id)
-        EVENTS_DEAD_LETTERED.labels(type[:100], "malformed").inc()
-        EVENTS_CONSUMED.labels(type[:100], "malformed").inc()
+        EVENTS_DEAD_LETTERED.labels(type_label(type), "malformed").inc()
+        EVENTS_CONSUMED.labels(type_label(type), "malformed").inc()
         await self._reject(message)
 
 

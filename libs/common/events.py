@@ -473,6 +473,15 @@ VERSIONS: dict[tuple[str, type[EventData]], int] = {
 }
 
 PRIVATE_TYPES = frozenset({"mail.requested"})
+KNOWN_TYPES = frozenset(event_type for event_type, _ in EVENTS)
+OTHER_TYPE = "other"
+
+
+def type_label(event_type: str) -> str:
+    """An event type as a metric label: a type we know, else ``other``. A type comes from
+    whoever sent the message; each made-up one would be a series of its own, kept for the
+    life of the process."""
+    return event_type if event_type in KNOWN_TYPES else OTHER_TYPE
 
 
 class MalformedEvent(Exception):

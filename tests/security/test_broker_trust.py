@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiohttp
 import asyncpg
 import orjson
 import pytest
@@ -352,3 +353,48 @@ async def test_the_integration_may_invite_and_read_the_lifecycle_and_nothing_els
         await channel.declare_queue(f"{prefix}.portals.extra", durable=True)
 
     await _refused(squat, url)
+
+
+async def test_types_a_sender_makes_up_never_become_metric_labels(stack: Stack) -> None:
+    """Every refused or malformed message used to add its own made-up type as a label of
+    the consumer's counters: a series per message, kept for the life of the process, so
+    any program allowed to publish could grow a service's memory and its /metrics page
+    without bound. Unknown types are counted under one label."""
+    prefix = stack.broker.bus_prefix
+    made_up = [f"probe-{uuid.uuid4().hex}" for _ in range(6)]
+    ids: set[str] = set()
+    connection = await aio_pika.connect(stack.broker.integration_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(f"{prefix}.events")
+        for index, event_type in enumerate(made_up):
+            event = forged(event_type, {"idempotency_key": "k", "email": "x@example.com"})
+            ids.add(event["id"])
+            # Half a JSON envelope whose type isn't its routing key, half not JSON at all
+            # with the type only in the AMQP property.
+            body = orjson.dumps(event) if index % 2 else b"not json"
+            await exchange.publish(
+                aio_pika.Message(
+                    body,
+                    message_id=event["id"],
+                    type=event_type,
+                    user_id=stack.broker.integration_user,
+                ),
+                routing_key="invitation.requested",
+                timeout=10,
+            )
+    finally:
+        await connection.close()
+
+    async def dead() -> bool:
+        return ids <= await dead_letter_ids(stack, "invitations")
+
+    await eventually(dead, "the made-up types in invitations' dead-letter queue")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(stack["invitations"].management_url + "/metrics") as response,
+    ):
+        text = await response.text()
+    assert "probe-" not in text
+    assert 'clientpress_events_dead_lettered_total{reason="malformed",type="other"}' in text
+    assert 'clientpress_events_dead_lettered_total{reason="untrusted_sender",type="other"}' in text

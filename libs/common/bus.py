@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from itertools import groupby
 from typing import Any, Generic, TypeVar
 from uuid import UUID
@@ -60,6 +61,7 @@ __all__ = [
     "Unroutable",
     "arrival_context",
     "in_inbox",
+    "stale",
     "trusted_sender",
 ]
 
@@ -301,20 +303,22 @@ class Bus:
         *,
         prefetch: int = 32,
         alone: Collection[str] = (),
+        max_age: timedelta | None = None,
     ) -> Consumer:
         """Consume ``bindings`` into the service's queue. The events that arrive together
         share a transaction (group commit), except the types in ``alone``: handlers that
         wait on another service run apart, so that one slow answer doesn't hold back the
         events queued behind it. Each such event runs in a transaction of its own,
         concurrently; those of a ``Together`` handler share a group commit of their own
-        (a run of them waits on the other service once, for them all)."""
+        (a run of them waits on the other service once, for them all). ``max_age``: how
+        long the inbox remembers an event id (``Consumer``)."""
         assert self._connection is not None
         channel = await self._connection.channel()
         assert isinstance(channel, aio_pika.RobustChannel)
         self._consumer_channels.append(channel)
         await channel.set_qos(prefetch_count=prefetch)
         queue = await self.declare_queue(bindings, channel=channel)
-        consumer = Consumer(pool, handlers, self.prefix, alone=alone)
+        consumer = Consumer(pool, handlers, self.prefix, alone=alone, max_age=max_age)
         consumer.tag = await queue.consume(consumer.on_message)
         consumer.queue = queue
         return consumer
@@ -323,7 +327,8 @@ class Bus:
 class Consumer:
     """Applies each event once: the inbox row and the effect commit together.
 
-    Unparseable messages, and messages from a sender that doesn't own their type, are
+    Unparseable messages, messages from a sender that doesn't own their type, and a
+    service's event older than ``max_age`` (how long the inbox remembers an id) are
     dead-lettered at once; a handler that raises is retried (with a growing pause) until
     the quorum queue's delivery limit dead-letters it."""
 
@@ -334,11 +339,13 @@ class Consumer:
         prefix: str,
         *,
         alone: Collection[str] = (),
+        max_age: timedelta | None = None,
     ) -> None:
         self.pool = pool
         self.handlers = handlers
         self.prefix = prefix
         self.alone = frozenset(alone)
+        self.max_age = max_age
         self.tag: str | None = None
         self.queue: aio_pika.abc.AbstractRobustQueue | None = None
         self.in_flight = 0
@@ -413,6 +420,18 @@ class Consumer:
         ):
             EVENTS_CONSUMED.labels(type_label(envelope.type), "ignored").inc()
             await self._ack(message)
+            return
+        if self.max_age is not None and stale(envelope, self.max_age):
+            log.error(
+                "event_stale",
+                sender=message.user_id,
+                occurred_at=envelope.occurred_at.isoformat(),
+                message_id=message.message_id,
+                max_age_hours=self.max_age.total_seconds() / 3600,
+            )
+            EVENTS_DEAD_LETTERED.labels(type_label(envelope.type), "stale").inc()
+            EVENTS_CONSUMED.labels(type_label(envelope.type), "stale").inc()
+            await self._reject(message)
             return
         try:
             data = parse_data(envelope)
@@ -548,6 +567,19 @@ def _run_key(applying: Applying) -> object:
     event stands alone."""
     handler = applying[1]
     return handler if isinstance(handler, Together) else id(applying)
+
+
+def stale(envelope: Envelope, max_age: timedelta, now: datetime | None = None) -> bool:
+    """Whether a service's event is older than the inbox remembers ids: it may have been
+    applied and forgotten, and brought back since (a publisher's own queue can dead-letter
+    what it read into the events exchange, its owner's user_id intact). Commands from other
+    systems are not judged by age: their idempotency keys are kept for good."""
+    if broker.owners(envelope.type) is None:
+        return False
+    occurred_at = envelope.occurred_at
+    if occurred_at.tzinfo is None:
+        occurred_at = occurred_at.replace(tzinfo=UTC)
+    return (now or datetime.now(UTC)) - occurred_at > max_age
 
 
 def trusted_sender(prefix: str, envelope: Envelope, message: AbstractIncomingMessage) -> bool:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from datetime import timedelta
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -632,8 +633,16 @@ def add_bus(
                 parts.relay = relay
                 relay_task = asyncio.create_task(relay.run(), name=f"{service}-outbox-relay")
             if handlers:
+                # An event older than the inbox remembers ids might be one applied and
+                # forgotten, sent back: refused (Consumer).
+                retention = timedelta(hours=settings.inbox_retention_hours)
                 parts.consumer = await bus.consume(
-                    app[POOL], bindings, handlers, prefetch=prefetch, alone=alone
+                    app[POOL],
+                    bindings,
+                    handlers,
+                    prefetch=prefetch,
+                    alone=alone,
+                    max_age=retention if schema is not None else None,
                 )
                 if consuming is not None:
                     try:

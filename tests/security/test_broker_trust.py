@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from aiormq.exceptions import ChannelAccessRefused, ChannelClosed, ChannelPrecon
 from libs.common import broker
 from libs.common.sealing import DEVELOPMENT_KEY, Sealer
 from tests.security.conftest import api, unique_email
+from tests.security.flows import new_client
 from tests.support.stack import Browser, Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -398,3 +399,35 @@ async def test_types_a_sender_makes_up_never_become_metric_labels(stack: Stack) 
     assert "probe-" not in text
     assert 'clientpress_events_dead_lettered_total{reason="malformed",type="other"}' in text
     assert 'clientpress_events_dead_lettered_total{reason="untrusted_sender",type="other"}' in text
+
+
+async def test_an_owners_event_older_than_the_inbox_remembers_is_not_applied_again(
+    stack: Stack, admin: Browser
+) -> None:
+    """Any user that may publish on the events exchange can declare a queue of its own that
+    dead-letters into it, bind it to what it may read, and so send an event it saw back,
+    as long after as it likes, with its owner's user_id intact (the broker checks user_id
+    on the first publish only). Within INBOX_RETENTION_HOURS the inbox knows the id; after
+    it, an identity.user.disabled of a person enabled since would take their portals
+    away again. An owner's event older than the inbox remembers is refused."""
+    prefix = stack.broker.bus_prefix
+    client = await new_client(stack, admin)
+    code, users = await api(admin, "GET", f"/api/v1/users?q={client.email}")
+    assert code == 200, users
+    user_id = users["items"][0]["id"]
+    assert await access_rows(stack, user_id) == 1
+    # What identity wrote eight days ago (a week is the default retention), as it arrives
+    # again from such a queue: with identity's user_id, under its own routing key.
+    event = forged("identity.user.disabled", {"user_id": user_id})
+    event["occurred_at"] = (datetime.now(UTC) - timedelta(days=8)).isoformat()
+    identity = broker.broker_user(prefix, "identity")
+    await publish_as(stack.broker.amqp_url_as("identity"), stack, "events", event, user_id=identity)
+
+    async def dead() -> bool:
+        return event["id"] in await dead_letter_ids(stack, "portals")
+
+    await eventually(dead, "the replayed event in portals' dead-letter queue")
+    assert await access_rows(stack, user_id) == 1
+    lines = Path(stack["portals"].log_path).read_text().splitlines()
+    assert any("event_stale" in line and event["id"] in line for line in lines)
+

@@ -217,9 +217,23 @@ def service_grant(prefix: str, service: str) -> Grant:
     )
 
 
+def check_integration_name(prefix: str, user: str) -> None:
+    """An integration owns the queues named ``<user>.…``: never a name whose pattern takes
+    in the services' resources (``<prefix>.…``: their queues, dead letters and exchanges),
+    and never a service's own user, whose grant it would replace. ValueError names it."""
+    services = {broker_user(prefix, s) for s in SERVICES}
+    if user == prefix or user.startswith(f"{prefix}.") or user in services:
+        raise ValueError(
+            f"BROKER_INTEGRATIONS: {user!r} can't name an integration: its queues would be"
+            f" the services' ({prefix}.…) or it is a service's own user; choose another"
+            f" name, such as {prefix}-crm"
+        )
+
+
 def integration_grant(prefix: str, user: str) -> Grant:
     """Publish commands, read the public invitation lifecycle, own queues named
     ``<user>.…`` (or server-named): nothing else, and never the mail exchange."""
+    check_integration_name(prefix, user)
     p, u = re.escape(prefix), re.escape(user)
     # Server-named queues (amq.gen-…, and aio-pika's client-made amq_<hex>) or its own.
     own = rf"(amq\.gen-.+|amq_[0-9a-f]{{32}}|{u}\..+)"

@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"clientpress: set {names} (one secret per service)", file=sys.stderr)
         raise SystemExit(2)
     integrations = broker.integrations_from_env()
+    try:
+        for name in integrations:
+            broker.check_integration_name(prefix, name)
+    except ValueError as exc:
+        print(f"clientpress: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.command == "definitions":
         admin = None
         if args.admin_user:

@@ -108,3 +108,37 @@ def test_the_definitions_document_hashes_passwords_and_asks_for_missing_ones() -
     crm = [t for t in document["topic_permissions"] if t["user"] == "clientpress-crm"]
     events = next(t for t in crm if t["exchange"] == "clientpress.events")
     assert events["write"] == r"^(invitation\.requested)$"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["{prefix}", "{prefix}.mailer", "{prefix}-mailer", "{prefix}-portals"],
+)
+async def test_an_integration_is_never_named_into_the_services_namespace(name: str) -> None:
+    """An integration's own queues are ``<its name>.…``: named like the bus prefix (or
+    ``<prefix>.mailer``) that pattern took in the services' queues, so it could read,
+    purge and delete every one (the mail jobs, invitation.requested, the dead letters);
+    named like a service's user, its grant replaced that service's. Refused, naming it."""
+    amqp_url = current_servers().amqp_url
+    prefix = f"prov-{uuid.uuid4().hex[:8]}"
+    integration = name.format(prefix=prefix)
+    passwords = broker.new_passwords()
+    try:
+        with pytest.raises(ValueError, match="BROKER_INTEGRATIONS") as refused:
+            await provision(amqp_url, prefix, passwords, {integration: "integration-secret-1"})
+        assert integration in str(refused.value)
+    finally:
+        await remove_users(
+            amqp_url, [broker.broker_user(prefix, s) for s in broker.SERVICES] + [integration]
+        )
+    env = {
+        **os.environ,
+        **{f"{s.upper()}_BROKER_PASSWORD": f"pw-{s}" for s in broker.SERVICES},
+        "BUS_PREFIX": prefix,
+        "BROKER_INTEGRATIONS": f"{integration}=integration-secret-1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "libs.common.provision", "definitions"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and integration in done.stderr, done.stderr

@@ -431,3 +431,53 @@ async def test_an_owners_event_older_than_the_inbox_remembers_is_not_applied_aga
     lines = Path(stack["portals"].log_path).read_text().splitlines()
     assert any("event_stale" in line and event["id"] in line for line in lines)
 
+
+
+async def test_an_internal_key_routed_in_through_an_integrations_own_exchange_is_refused(
+    stack: Stack, admin: Browser
+) -> None:
+    """Topic permissions are checked where a message is published, not where it is routed
+    on: an integration's own exchange, bound to the events exchange or naming it as its
+    alternate exchange, carries any routing key there and into the services' queues. The
+    broker can't refuse it (the same write permission lets the integration publish its
+    command); the consumer does, by the sender the broker vouches for."""
+    prefix = stack.broker.bus_prefix
+    user = stack.broker.integration_user
+    portal_id = await new_portal(admin)
+    data = forged_data("portal.updated", portal_id, str(uuid.uuid4()), unique_email())
+    bound, alternate = forged("portal.updated", data), forged("portal.updated", data)
+    connection = await aio_pika.connect(stack.broker.integration_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        events = await channel.get_exchange(f"{prefix}.events", ensure=False)
+        fanout = await channel.declare_exchange(
+            f"{user}.fanout-{uuid.uuid4().hex[:6]}", aio_pika.ExchangeType.FANOUT, auto_delete=True
+        )
+        await events.bind(fanout)
+        other = await channel.declare_exchange(
+            f"{user}.ae-{uuid.uuid4().hex[:6]}",
+            aio_pika.ExchangeType.DIRECT,
+            auto_delete=True,
+            arguments={"alternate-exchange": f"{prefix}.events"},
+        )
+        for exchange, event in ((fanout, bound), (other, alternate)):
+            await exchange.publish(
+                aio_pika.Message(orjson.dumps(event), message_id=event["id"], user_id=user),
+                routing_key="portal.updated",
+                timeout=10,
+            )
+    finally:
+        await connection.close()
+
+    async def dead() -> bool:
+        return {bound["id"], alternate["id"]} <= await dead_letter_ids(stack, "invitations")
+
+    await eventually(dead, "both in invitations' dead-letter queue")
+    lines = Path(stack["invitations"].log_path).read_text().splitlines()
+    for event in (bound, alternate):
+        assert any("event_sender_refused" in line and event["id"] in line for line in lines)
+    # Invitations' copy of the portal is still Active: it still takes invitations.
+    code, body = await api(
+        admin, "POST", f"/api/v1/portals/{portal_id}/invitations", {"email": unique_email()}
+    )
+    assert code == 201, body

@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanKind
 
 from . import tracing
 from .actor import ACTOR_HEADER, current_actor, encode_actor
-from .context import CORRELATION_HEADER, current_correlation_id
+from .context import CORRELATION_HEADER, clean_incoming_id, current_correlation_id
 from .errors import DomainError, Unavailable, from_status
 from .service_auth import TokenSigner
 
@@ -40,7 +40,13 @@ class ServiceClient:
     ) -> Any:
         """``timeout``: this call's own limit in seconds, in place of the session's (a
         batch that writes many rows)."""
-        all_headers = {CORRELATION_HEADER: current_correlation_id()}
+        all_headers: dict[str, str] = {}
+        # Only an id the callee would take (context_middleware): an integration's
+        # correlation id may hold what no header can (a line break, a control character),
+        # and a call refused for it would fail the event it serves again and again.
+        correlation_id = clean_incoming_id(current_correlation_id())
+        if correlation_id is not None:
+            all_headers[CORRELATION_HEADER] = correlation_id
         actor = current_actor()
         # Only the gateway vouches for who asked; the services don't pass it on.
         if actor is not None and self.signer.keys.service == "gateway":

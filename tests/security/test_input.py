@@ -169,3 +169,45 @@ async def test_an_over_long_email_in_an_event_is_rejected_as_invalid_email(
         admin, "POST", f"/api/v1/portals/{portal['id']}/invitations", {"email": email}
     )
     assert status == 201
+
+
+@pytest.mark.parametrize("correlation_id", ["crm\r\nX-Injected: 1", "crm\x7fdeal", "crm\u2028deal"])
+async def test_a_correlation_id_no_header_can_carry_is_still_answered(
+    stack: Stack, admin: Browser, public_events: PublicEvents, correlation_id: str
+) -> None:
+    """An integration's correlation id follows its request into the services' calls
+    (X-Correlation-ID): one with a line break or a control character can't be a header
+    value, and the request was retried until dead-lettered, never answered. It is
+    answered under its own correlation id, and the calls carry a plain one."""
+    portal = await new_portal(admin)
+    key = f"crm-{uuid.uuid4()}"
+    envelope = {
+        "id": str(uuid.uuid4()),
+        "type": "invitation.requested",
+        "version": 1,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "source": "crm",
+        "correlation_id": correlation_id,
+        "data": {"portal_id": portal["id"], "email": unique_email(), "idempotency_key": key},
+    }
+    connection = await aio_pika.connect(stack.env["AMQP_URL"])
+    try:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(f"{stack.env['BUS_PREFIX']}.events")
+        await exchange.publish(
+            aio_pika.Message(
+                orjson.dumps(envelope), message_id=envelope["id"], type=envelope["type"]
+            ),
+            routing_key="invitation.requested",
+        )
+    finally:
+        await connection.close()
+    deadline = time.monotonic() + 20
+    found = None
+    while found is None and time.monotonic() < deadline:
+        for routing_key, body in public_events.bodies:
+            if routing_key == "invitation.created" and key in body.decode():
+                found = orjson.loads(body)
+        await asyncio.sleep(0.1)
+    assert found is not None, stack.services["invitations"].log_tail()
+    assert found["correlation_id"] == correlation_id

@@ -8,10 +8,10 @@ import asyncio
 import contextlib
 import time
 import uuid
-from datetime import timedelta
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 

@@ -432,7 +432,6 @@ async def test_an_owners_event_older_than_the_inbox_remembers_is_not_applied_aga
     assert any("event_stale" in line and event["id"] in line for line in lines)
 
 
-
 async def test_an_internal_key_routed_in_through_an_integrations_own_exchange_is_refused(
     stack: Stack, admin: Browser
 ) -> None:

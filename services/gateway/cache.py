@@ -35,6 +35,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from prometheus_client import Counter
 
+from libs.common.broker import sender_problem
 from libs.common.bus import trusted_sender
 from libs.common.events import (
     ApiKeyChanged,
@@ -330,12 +331,36 @@ class ChangeListener:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
             envelope = parse_envelope(message.body)
-            data = parse_data(envelope)
         except MalformedEvent as exc:
-            # Can't tell what changed: forget everything rather than guess.
-            log.warning("gateway_cache_announcement_unreadable", error=str(exc)[:200])
-            self.cache.clear()
+            # Anyone who may write on the events exchange can route a message here: only
+            # the owner's unreadable announcement is a reason to forget.
+            if self._from_owner(message):
+                self._unreadable(exc)
             return
         if not trusted_sender(self.prefix, envelope, message):
             return  # a forged announcement: neither applied nor a reason to forget
+        try:
+            data = parse_data(envelope)
+        except MalformedEvent as exc:
+            self._unreadable(exc)
+            return
         self.cache.apply(data)
+
+    def _from_owner(self, message: AbstractIncomingMessage) -> bool:
+        """Whether the broker-vouched sender owns the message's routing key."""
+        key = message.routing_key or ""
+        problem = sender_problem(self.prefix, key, key, message.user_id)
+        if problem is not None:
+            log.error(
+                "event_sender_refused",
+                sender=message.user_id,
+                routing_key=key,
+                message_id=message.message_id,
+                reason=problem,
+            )
+        return problem is None
+
+    def _unreadable(self, exc: MalformedEvent) -> None:
+        # Can't tell what changed: forget everything rather than guess.
+        log.warning("gateway_cache_announcement_unreadable", error=str(exc)[:200])
+        self.cache.clear()

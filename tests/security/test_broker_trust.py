@@ -480,3 +480,42 @@ async def test_an_internal_key_routed_in_through_an_integrations_own_exchange_is
         admin, "POST", f"/api/v1/portals/{portal_id}/invitations", {"email": unique_email()}
     )
     assert code == 201, body
+
+
+async def test_an_unreadable_announcement_from_anyone_but_its_owner_leaves_the_cache_alone(
+    stack: Stack,
+) -> None:
+    """A gateway forgets every cached session and portal when an announcement it can't
+    read arrives (it can't tell what changed). Any user that may write on the events
+    exchange can route one into every replica's queue (an exchange of its own, bound to
+    the events exchange): sent again and again, the cache was off for everyone. An
+    unreadable message is a reason to forget only when its owner's user sent it."""
+    prefix = stack.broker.bus_prefix
+    user = stack.broker.integration_user
+    message_id = str(uuid.uuid4())
+    log_path = Path(stack["gateway"].log_path)
+    before = log_path.read_text().count("gateway_cache_announcement_unreadable")
+    connection = await aio_pika.connect(stack.broker.integration_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        events = await channel.get_exchange(f"{prefix}.events", ensure=False)
+        fanout = await channel.declare_exchange(
+            f"{user}.fanout-{uuid.uuid4().hex[:6]}", aio_pika.ExchangeType.FANOUT, auto_delete=True
+        )
+        await events.bind(fanout)
+        await fanout.publish(
+            aio_pika.Message(b"not json", message_id=message_id, user_id=user),
+            routing_key="identity.session.revoked",
+            timeout=10,
+        )
+    finally:
+        await connection.close()
+
+    async def refused() -> bool:
+        return any(
+            "event_sender_refused" in line and message_id in line
+            for line in log_path.read_text().splitlines()
+        )
+
+    await eventually(refused, "the gateway to refuse the unreadable announcement")
+    assert log_path.read_text().count("gateway_cache_announcement_unreadable") == before

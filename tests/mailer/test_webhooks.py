@@ -23,7 +23,7 @@ from libs.common.events import InvitationClosed, InvitationCreated, make_event
 from services.mailer.api import DEPS
 from services.mailer.webhooks.domain import RefusedTarget, public_address, sign
 from services.mailer.webhooks.sender import WebhookSender
-from services.mailer.webhooks.targets import GuardedResolver
+from services.mailer.webhooks.targets import GuardedResolver, literal_problem
 from tests.mailer.conftest import (
     StartMailer,
     invitation_job,
@@ -347,6 +347,17 @@ async def test_the_delivery_resolver_refuses_any_private_answer() -> None:
             await GuardedResolver(Answers(answer)).resolve("rebind.example", 443)
     # The same forms of a public address stay public.
     assert public_address("64:ff9b::5db8:d70e") and public_address("2002:5db8:d70e::1")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://①②⑦.0.0.1:9/hooks", "http://１２７.0.0.1/hooks", "http://169。254。169。254/latest"],
+)
+def test_the_delivery_check_reads_the_host_as_the_client_connects_to_it(url: str) -> None:
+    """The HTTP client normalises a host (IDNA: full-width digits, circled digits,
+    ideographic full stops) into an IP address and then connects without asking the
+    resolver; the delivery check must see that address, not the text it was written as."""
+    assert literal_problem(url) is not None
 
 
 def test_the_gateway_offers_exactly_the_events_the_mailer_is_bound_to() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from yarl import URL
 
 from libs.common.broker import WEBHOOK_EVENTS
 
@@ -103,7 +104,16 @@ def check_url(url: str) -> tuple[str, int]:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise RefusedTarget("The URL's port is not a number from 1 to 65535.", "port") from None
-    return parts.hostname, port
+    # The host as the HTTP client (yarl) will connect to it: it normalises a name (IDNA:
+    # full-width or circled digits, ideographic full stops) that may turn out to be an IP
+    # address, which it then reaches without asking the resolver.
+    try:
+        host = URL(url).host
+    except ValueError:
+        host = None
+    if not host:
+        raise RefusedTarget("The URL must be one http:// or https:// address.", "not_http")
+    return host, port
 
 
 # IPv6 ranges whose last 32 bits are an IPv4 address that the network delivers to (a

@@ -65,8 +65,10 @@ def configure_logging(service: str, level: str = "info") -> None:
             _add_service(service),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _redact,
+            # The traceback first, so that its text is masked too: an HTTP client's error
+            # names the URL it was asked for, query and all (aiohttp's connect timeout).
             structlog.processors.format_exc_info,
+            _redact,
             structlog.processors.JSONRenderer(serializer=_json),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

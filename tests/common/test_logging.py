@@ -67,3 +67,26 @@ def test_each_line_is_json_with_secrets_masked_and_every_value_written() -> None
     # A library's own logger still reaches the same stdout, in order.
     assert lines.index("plain words") == 2
     assert not any(secret in "".join(lines) for secret in ("hunter2", "t0k3n", "c00k13", "abc123"))
+
+
+def test_a_link_in_an_exception_is_masked_in_its_traceback() -> None:
+    """The traceback of a logged exception was written after the masking ran: an error
+    whose text holds a link (an HTTP client's error names the URL it was asked for, with
+    its query) reached the log with the token in it."""
+    script = textwrap.dedent(
+        """
+        from libs.common.logging import configure_logging, get_logger
+
+        configure_logging("gateway")
+        try:
+            raise ValueError("GET http://invitations/invitations/validate?token=s3cr3tT0k3n")
+        except ValueError:
+            get_logger("check").exception("unhandled_error", path="/invitations/accept")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    [entry] = [orjson.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert "validate?token=[redacted]" in entry["exception"]
+    assert "s3cr3tT0k3n" not in done.stdout

@@ -351,7 +351,11 @@ async def test_the_delivery_resolver_refuses_any_private_answer() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["http://①②⑦.0.0.1:9/hooks", "http://１２７.0.0.1/hooks", "http://169。254。169。254/latest"],
+    [
+        "http://①②⑦.0.0.1:9/hooks",
+        "http://\uff11\uff12\uff17.0.0.1/hooks",  # full-width digits
+        "http://169。254。169。254/latest",
+    ],
 )
 def test_the_delivery_check_reads_the_host_as_the_client_connects_to_it(url: str) -> None:
     """The HTTP client normalises a host (IDNA: full-width digits, circled digits,

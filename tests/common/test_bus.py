@@ -3,6 +3,7 @@
 import asyncio
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,14 @@ import pytest
 from prometheus_client import REGISTRY
 
 from libs.common.actor import Actor
-from libs.common.bus import Binding, Bus, Together, arrival_context
+from libs.common.bus import Binding, Bus, Together, arrival_context, stale
 from libs.common.context import current_correlation_id
 from libs.common.db import Conn, create_pool, migrate
 from libs.common.events import (
     Envelope,
     Event,
     EventData,
+    InvitationRequested,
     MailJobs,
     MailRequested,
     UserDisabled,
@@ -789,3 +791,28 @@ async def test_single_mail_jobs_of_a_batch_go_as_one_message_each_with_its_origi
     assert again.message_id == got[0].message_id and again.body == got[0].body
     await connection.close()
     await bus.close()
+
+
+def test_an_owners_event_is_stale_past_the_inbox_window_and_a_command_or_mail_job_never() -> None:
+    week = timedelta(hours=168)
+    now = datetime.now(UTC)
+
+    def aged(event_type: str, data: EventData, days: float) -> Envelope:
+        envelope = make_event(event_type, data, source="test")
+        return envelope.model_copy(update={"occurred_at": now - timedelta(days=days)})
+
+    disabled = UserDisabled(user_id=uuid.uuid4())
+    assert not stale(aged("identity.user.disabled", disabled, 6.9), week, now)
+    assert stale(aged("identity.user.disabled", disabled, 7.1), week, now)
+    # Kept for good by their consumers (idempotency key, mail id): never refused for age.
+    requested = InvitationRequested(portal_slug="acme", email="a@example.com", idempotency_key="k")
+    assert not stale(aged("invitation.requested", requested, 30), week, now)
+    job = MailRequested(
+        mail_id=uuid.uuid4(),
+        template="invitation",
+        to="a@example.com",
+        ref_type="invitation",
+        ref_id=uuid.uuid4(),
+        context={"sealed": "x"},
+    )
+    assert not stale(aged("mail.requested", job, 30), week, now)

@@ -299,7 +299,7 @@ def bulk_text(payload: str) -> str | None:
             parts.append(
                 f"{int(count)} could not be {verb}: {reason}" + (f" ({who})" if who else "")
             )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):  # a cookie anyone can forge
         return None
     return "; ".join(parts)
 

@@ -256,3 +256,6 @@ def test_a_forged_bulk_flash_shows_nothing() -> None:
     assert bulk_text('{"a":"revoke","ok":2,"no":[["x",5,["a@b.example"]]]}') == (
         "2 revoked; 5 could not be revoked: refused (a@b.example and 4 more)"
     )
+    # Numbers no int holds (JSON's 1e999 is infinity, NaN): nothing, not a 500 page.
+    assert bulk_text('{"a":"resend","ok":1e999,"no":[]}') is None
+    assert bulk_text('{"a":"resend","ok":1,"no":[["x",NaN,[]]]}') is None

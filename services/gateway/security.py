@@ -9,10 +9,19 @@ from http.cookies import SimpleCookie
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from multidict import MultiDictProxy
 
 from libs.common.actor import Actor, set_actor
 from libs.common.email import email_key
-from libs.common.errors import Forbidden, NotFound, RateLimited, TooLarge, Unauthorized
+from libs.common.errors import (
+    DomainError,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    Unauthorized,
+)
 
 from .domain import (
     CONTENT_TOO_LONG,
@@ -64,6 +73,26 @@ def _plain(request: web.Request) -> bool:
 
 class CsrfFailed(Forbidden):
     code = "csrf_failed"
+
+
+class UnreadableForm(DomainError, status=400, code="unreadable_form"):
+    """A form body that isn't what a browser sends: bytes that aren't UTF-8, a charset
+    nobody knows, a multipart body cut short."""
+
+
+UNREADABLE_FORM = N_(
+    "The form could not be read: it was not sent as UTF-8 text. Reload the page and try again."
+)
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | web.FileField]:
+    """The posted form (parsed once: the handler's own request.post() gets it again)."""
+    try:
+        return await request.post()
+    # UnicodeDecodeError is a ValueError; an unknown charset a LookupError; a broken
+    # multipart part an HttpProcessingError. aiohttp lets each through as a 500.
+    except (ValueError, LookupError, HttpProcessingError):
+        raise UnreadableForm(UNREADABLE_FORM) from None
 
 
 # The scope an integration key needs for each /api/v1 route (method, canonical path). A
@@ -187,7 +216,7 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
                     # Its own limit, for this request only; the handler gets the clone.
                     request = request.clone(client_max_size=large[0])
                 try:
-                    form = await request.post()
+                    form = await read_form(request)
                 except web.HTTPRequestEntityTooLarge:
                     if large is None:
                         raise

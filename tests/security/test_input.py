@@ -76,6 +76,41 @@ async def test_long_fields_get_a_clear_4xx(
     assert all(len(p["title"]) <= 200 for p in page["items"])
 
 
+MULTIPART = "multipart/form-data; boundary=X"
+# Form bodies no browser of ours sends, but anyone can: each must get a clear 400 page,
+# never a 500.
+UNREADABLE_FORMS = [
+    (b"email=\xff\xfe&password=x", "application/x-www-form-urlencoded"),
+    (b"email=a%40example.com", "application/x-www-form-urlencoded; charset=no-such-charset"),
+    (b"--X\r\nbroken", MULTIPART),
+    (
+        b'--X\r\nContent-Disposition: form-data; name="email"\r\n'
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\n\xff\xfe\r\n--X--\r\n",
+        MULTIPART,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "body, content_type",
+    UNREADABLE_FORMS,
+    ids=["not-utf8", "unknown-charset", "multipart-cut-short", "multipart-not-utf8"],
+)
+async def test_a_form_that_cannot_be_read_gets_a_clear_400(
+    stack: Stack, admin: Browser, body: bytes, content_type: str
+) -> None:
+    headers = {"Content-Type": content_type}
+    for path in ("/login", "/forgot-password", "/invitations/accept", "/reset-password"):
+        code, _, html = await raw_post(stack, path, body, headers=headers)
+        assert code == 400, (path, code)
+        assert "The form could not be read" in html, html[:300]
+    async with admin.session.post(
+        f"{stack.public_url}/admin/portals/new", data=body, headers=headers
+    ) as response:
+        assert response.status == 400
+        assert "The form could not be read" in await response.text()
+
+
 class Tags(HTMLParser):
     """Every start tag of a page with its attributes, as a browser would build them."""
 

@@ -294,6 +294,42 @@ async def test_invitations_page_resend_and_revoke(gw: TestClient, backend: Backe
     assert "Invitation to a@b.example revoked." in page
 
 
+@pytest.mark.parametrize(
+    "back",
+    [
+        "/admin/invitations\r\nSet-Cookie: cp_session=planted",
+        "/admin/invitations\t",
+        "/admin/invitations?email=a\x00",
+        "/admin/invitations\\..\\",
+        "/admin/invitations@evil.example",
+        "//evil.example/admin/invitations",
+    ],
+)
+async def test_a_forged_way_back_from_resend_and_revoke_lands_on_invitations(
+    gw: TestClient, backend: Backend, back: str
+) -> None:
+    """The hidden "back" field comes from the form: whatever it says, the answer is a
+    redirect to the Invitations screen, never a dropped connection or another page."""
+    await as_admin(gw, backend)
+    portal = backend.add_portal("Acme")
+    backend.add_invitation("a@b.example", portal)
+    invitation = next(iter(backend.invitations.values()))
+    for path, extra in (
+        (f"/admin/invitations/{invitation['id']}/resend", {}),
+        ("/admin/invitations/bulk", {"action": "resend", "ids": invitation["id"]}),
+        (f"/admin/invitations/{invitation['id']}/revoke", {}),
+    ):
+        response = await post_form(gw, path, {"back": back, **extra})
+        assert response.status == 303, (path, response.status)
+        assert response.headers["Location"] == "/admin/invitations", path
+    # The way back to a filtered list still works (nothing selected: back with a word).
+    filtered = "/admin/invitations?status=all&email=a%2Bb%40b.example"
+    response = await post_form(
+        gw, "/admin/invitations/bulk", {"back": filtered, "action": "resend"}
+    )
+    assert response.status == 303 and response.headers["Location"] == filtered
+
+
 async def test_invitations_page_shows_a_retrying_delivery_with_its_next_try(
     gw: TestClient, backend: Backend
 ) -> None:

@@ -23,6 +23,7 @@ from ..domain import (
     REMINDER_CHOICES,
     bulk_payload,
     parse_uuid,
+    safe_next_path,
 )
 from ..i18n import N_, gettext
 from ..rendering import (
@@ -223,11 +224,17 @@ async def _by_group(
     return tasks
 
 
+INVITATIONS = "/admin/invitations"
+
+
 def _back(form: MultiDictProxy[Any]) -> str:
-    back = form_str(form, "back", 2000)
-    return (
-        back if back.startswith("/admin/invitations") and "\\" not in back else "/admin/invitations"
-    )
+    """Where Resend and Revoke return: the Invitations screen as it was filtered. The
+    hidden field is the browser's to change, so only that screen, as a safe local path (a
+    line break in it would end the answer as a dropped connection)."""
+    back = safe_next_path(form_str(form, "back", 2000))
+    if back is not None and (back == INVITATIONS or back.startswith(INVITATIONS + "?")):
+        return back
+    return INVITATIONS
 
 
 # Resends the invitations service refuses with a reason for the person at the screen.

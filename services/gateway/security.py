@@ -268,6 +268,9 @@ def _actor(request: web.Request) -> Actor | None:
 # Admin pages Staff may not open: Settings (API keys included), Users (staff
 # management) and Activity (what everyone did). Staff work with portals, invitations and clients.
 ADMINISTRATOR_PAGES = ("/admin/settings", "/admin/users", "/admin/activity")
+# ... but for the user pickers' search in the portal editor, which Staff use too (the
+# first 200 users are on the page; the rest are searched as Staff type, app.js).
+STAFF_PAGES = frozenset({"/admin/users/search"})
 
 
 def _gate(request: web.Request) -> None:
@@ -291,7 +294,7 @@ def _gate(request: web.Request) -> None:
     if path == "/admin" or path.startswith("/admin/"):
         if user is None:
             raise web.HTTPSeeOther(login_url(request.path_qs))
-        if role == "staff" and path.startswith(ADMINISTRATOR_PAGES):
+        if role == "staff" and path.startswith(ADMINISTRATOR_PAGES) and path not in STAFF_PAGES:
             raise Forbidden(N_("Only Administrators can open this page."), code="forbidden")
         if role not in ("administrator", "staff"):
             raise NotFound("No such page.")

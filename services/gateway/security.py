@@ -85,7 +85,9 @@ UNREADABLE_FORM = N_(
 )
 
 
-async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | web.FileField]:
+async def read_form(
+    request: web.Request,
+) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
     """The posted form (parsed once: the handler's own request.post() gets it again)."""
     try:
         return await request.post()

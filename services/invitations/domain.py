@@ -147,6 +147,20 @@ def must_revoke(status: str) -> bool:
     return status != "revoked"
 
 
+def check_portal_takes_acceptance(portal_id: object, portal_status: str | None) -> None:
+    """One portal's link is accepted only while its portal is Active, as a link for several
+    takes only its Active portals: until then the invitation stays pending (nothing is
+    made), and the same link takes it once the portal is Active again. A staff
+    invitation has no portal."""
+    if portal_id is not None and portal_status != "active":
+        raise Conflict(
+            "The portal of this invitation isn't available at the moment. Ask the person who"
+            " invited you.",
+            code="portal_not_active",
+            details={"portal_count": 1},
+        )
+
+
 def check_portal_active_for_resend(status: str, title: str | None) -> None:
     """A new link for a portal that isn't Active would lead nowhere: refused, saying so."""
     if status != "active":

@@ -367,15 +367,18 @@ async def revoke(conn: Conn, invitation_id: uuid.UUID, now: datetime) -> Row:
 async def reserve(
     conn: Conn, token_hash: str, claim: uuid.UUID, now: datetime, until: datetime
 ) -> Row | None:
-    """Spend the link for one request: a pending one in time, or an acceptance whose lease
-    is over. Exactly one caller wins: the row lock serialises them and the conditions fail
-    for everyone after the first (the ``SET`` reads the row as it was)."""
+    """Spend the link for one request: a pending one in time whose portal is Active (none,
+    for a staff invitation), or an acceptance whose lease is over. Exactly one caller
+    wins: the row lock serialises them and the conditions fail for everyone after the
+    first (the ``SET`` reads the row as it was)."""
     return await conn.fetchrow(
         _returning(
             "UPDATE invitations SET status = 'accepting', accept_claim = $2,"
             " accept_claim_until = $4, accept_reopenable = (status = 'pending')"
             " WHERE token_hash = $1 AND group_id IS NULL"
-            " AND ((status = 'pending' AND expires_at > $3)"
+            " AND ((status = 'pending' AND expires_at > $3 AND (portal_id IS NULL OR EXISTS"
+            " (SELECT 1 FROM portals p WHERE p.portal_id = invitations.portal_id"
+            " AND p.status = 'active')))"
             " OR (status = 'accepting' AND accept_claim_until <= $3))"
         ),
         token_hash,

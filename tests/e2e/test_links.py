@@ -144,6 +144,67 @@ async def test_resend_is_refused_for_a_portal_that_is_not_active(
     assert len(stack.sink.to(email)) == 1
 
 
+async def test_a_link_to_a_portal_that_is_not_active_makes_no_account_until_it_is(
+    stack: Stack, api: Api
+) -> None:
+    """One portal's link behaves as a link for several does: while its portal is Pending
+    or Archived the page says the portal isn't available and nothing is made (no account,
+    no access, the invitation still pending); once the portal is Active again, the same
+    link accepts."""
+    portal = await api.portal(f"Paused {uuid.uuid4().hex[:6]}")
+    email = unique_email("paused")
+    code, body = await api.invite(portal["id"], email)
+    assert code == 201, body
+    invitation_id = body["invitation"]["id"]
+    link = accept_link((await stack.sink.wait_for(email))[-1])
+    code, patched = await api.call("PATCH", f"/portals/{portal['id']}", {"status": "archived"})
+    assert code == 200, patched
+
+    browser = Browser(stack.public_url)
+    try:
+        code, url, page = await browser.get(link)
+        assert code == 409 and "available at the moment" in page, (code, page[:400])
+        assert "Set Password" not in page
+        # A form posted before the portal was archived makes nothing either.
+        token = link.split("token=", 1)[1]
+        fields = {"token": token, "password": "a-long-client-password-7"}
+        code, _, page = await browser.submit(
+            url,
+            f'<form method="post" action="/invitations/accept">'
+            f'<input name="csrf_token" value="{_csrf(browser)}">'
+            f'<input name="token" value="{token}"><label for="p">Password</label>'
+            f'<input id="p" name="password"><label for="c">Confirm Password</label>'
+            f'<input id="c" name="confirm"><button>Set Password</button></form>',
+            "Set Password",
+            {"Password": fields["password"], "Confirm Password": fields["password"]},
+        )
+        assert code == 409 and "available at the moment" in page, (code, page[:400])
+        users = await db_fetch(
+            stack, "SELECT id FROM identity.users WHERE lower(email) = lower($1)", email
+        )
+        assert users == []
+        code, shown = await api.call("GET", f"/invitations/{invitation_id}")
+        assert shown["status"] == "pending", shown
+
+        code, patched = await api.call("PATCH", f"/portals/{portal['id']}", {"status": "active"})
+        assert code == 200, patched
+        code, url, page = await browser.get(link)
+        assert code == 200 and "Set Password" in page
+        code, url, page = await browser.submit(
+            url,
+            page,
+            "Set Password",
+            {"Password": fields["password"], "Confirm Password": fields["password"]},
+        )
+        assert code == 200 and url.endswith(f"/client-portal/{portal['slug']}/"), (code, url)
+    finally:
+        await browser.close()
+
+
+def _csrf(browser: Browser) -> str:
+    return next(m.value for m in browser.session.cookie_jar if m.key == "cp_csrf")
+
+
 async def test_one_invitation_is_emailed_at_most_five_times_an_hour(stack: Stack, api: Api) -> None:
     portal = await api.portal(f"Capped {uuid.uuid4().hex[:6]}")
     email = unique_email("capped")

@@ -63,6 +63,14 @@ INVITATION_PROBLEMS = {
             " invited you."
         ),
     ),
+    # The same for a link to one portal (the answer's portal_count is 1).
+    "portal_not_active_one": (
+        N_("This portal isn't available right now"),
+        N_(
+            "The portal of this invitation isn't available at the moment. Ask the person who"
+            " invited you."
+        ),
+    ),
     "invitation_invalid": (
         N_("This invitation link is not valid"),
         N_("Check that you copied the whole link from the email."),
@@ -78,7 +86,8 @@ NEW_LINK_OFFERED = frozenset({"invitation_replaced", "invitation_expired"})
 def _invitation_problem(request: web.Request, exc: DomainError, token: str) -> web.Response:
     if exc.code not in INVITATION_PROBLEMS:
         raise exc
-    title, message = INVITATION_PROBLEMS[exc.code]
+    one_portal = exc.code == "portal_not_active" and exc.details.get("portal_count") == 1
+    title, message = INVITATION_PROBLEMS["portal_not_active_one" if one_portal else exc.code]
     # The invitation's language, where the answer says it (else the reader's own).
     locale = exc.details.get("locale")
     req_state(request).invitation_locale = locale if isinstance(locale, str) else None

@@ -63,7 +63,7 @@ def _link_row(row: Row) -> domain.LinkRow:
 
 
 async def _fresh_portals(deps: Deps, rows: list[Row]) -> None:
-    """Before a group's link is judged, ask portals (the owner) how its portals stand: an
+    """Before a link is judged, ask portals (the owner) how its portals stand: an
     acceptance takes only the ones still Active, and the replica may lag a portal archived
     a moment ago. If portals can't answer, the replica decides."""
     wanted = {r["portal_id"] for r in rows if r["status"] in ("pending", "accepting")}
@@ -79,6 +79,25 @@ async def _fresh_portals(deps: Deps, rows: list[Row]) -> None:
             await repo.upsert_portal(deps.db, fresh)
 
 
+async def _usable_alone(deps: Deps, token_hash: str, rows: list[Row]) -> list[Row]:
+    """A link for one invitation, as validate shows it: usable (an acceptance under way
+    too, which only it can finish), else why not; while its portal isn't Active it waits,
+    pending, as a group's link waits for its portals. Portals is asked, so a portal
+    archived a moment ago counts."""
+    domain.check_token_usable(rows[0]["status"], rows[0]["expires_at"], deps.clock())
+    if rows[0]["status"] != "pending" or rows[0]["portal_id"] is None:
+        return rows
+    await _fresh_portals(deps, rows)
+    async with connection(deps.db) as conn:
+        rows = await repo.find_all_by_token(conn, token_hash)
+        if not rows:  # a Resend replaced the link a moment ago
+            await _refuse_earlier_link(conn, token_hash)
+    domain.check_token_usable(rows[0]["status"], rows[0]["expires_at"], deps.clock())
+    if rows[0]["status"] == "pending":
+        domain.check_portal_takes_acceptance(rows[0]["portal_id"], rows[0]["portal_status"])
+    return rows
+
+
 async def validate(deps: Deps, token: str) -> tuple[list[Row], bool]:
     """The invitations behind a link that accepting it would take now (one, or those of a
     group), and whether their email has an account. Never uses it."""
@@ -88,7 +107,7 @@ async def validate(deps: Deps, token: str) -> tuple[list[Row], bool]:
         if not rows:
             await _refuse_earlier_link(conn, token_hash)
     if rows[0]["group_id"] is None:
-        domain.check_token_usable(rows[0]["status"], rows[0]["expires_at"], deps.clock())
+        rows = await _usable_alone(deps, token_hash, rows)
     else:
         await _fresh_portals(deps, rows)
         async with connection(deps.db) as conn:
@@ -137,6 +156,10 @@ async def reserve(deps: Deps, token: str) -> tuple[list[Row], uuid.UUID]:
                 current[0]["accept_claim_until"],
                 now,
             )
+            if current[0]["status"] == "pending":
+                domain.check_portal_takes_acceptance(
+                    current[0]["portal_id"], current[0]["portal_status"]
+                )
             raise _used()
     await _fresh_portals(deps, current)
     now = deps.clock()

@@ -107,6 +107,26 @@ async def test_validate_then_confirm_ends_sessions_and_the_link(
     assert [e["data"]["reason"] for e in revoked] == ["password_reset"]
 
 
+async def test_a_disabled_account_keeps_no_reset_link_for_when_it_is_enabled(
+    deps: Deps, pool: asyncpg.Pool
+) -> None:
+    """Disabling ends what lets someone in: the sessions, and the reset links out in an
+    inbox too. Enabling the account again (within the link's hour) brings none back."""
+    user = await handlers.create_user(deps, new_email("paused"), STRONG, "client")
+    token = await _request_token(deps, pool, user.email)
+    await handlers.disable_user(deps, user.id)
+    await handlers.enable_user(deps, user.id)
+    with pytest.raises(Gone) as info:
+        await handlers.validate_reset(deps, token)
+    assert info.value.code == "reset_expired"
+    with pytest.raises(Gone):
+        await handlers.confirm_reset(deps, token, "a fresh new passphrase")
+    assert (await handlers.login(deps, user.email, STRONG)).user.id == user.id
+    # A link asked for after it was enabled works as usual.
+    fresh = await _request_token(deps, pool, user.email)
+    assert await handlers.validate_reset(deps, fresh) == user.email
+
+
 async def test_expired_and_unknown_links(deps: Deps, pool: asyncpg.Pool, clock: Clock) -> None:
     user = await handlers.create_user(deps, new_email("expiry"), STRONG, "client")
     token = await _request_token(deps, pool, user.email)

@@ -201,6 +201,9 @@ async def disable_user(deps: Deps, user_id: uuid.UUID) -> User:
                 raise no_user()
             return existing  # already disabled: announced the first time
         await repo.revoke_user_sessions(conn, user_id, deps.clock())
+        # A reset link still out in an inbox is a way in too: enabling the account again
+        # within the link's hour must not bring it back.
+        await repo.close_user_resets(conn, user_id, deps.clock())
         await append(
             conn,
             make_event("identity.user.disabled", UserDisabled(user_id=user_id), source=SOURCE),
@@ -211,8 +214,8 @@ async def disable_user(deps: Deps, user_id: uuid.UUID) -> User:
 
 
 async def enable_user(deps: Deps, user_id: uuid.UUID) -> User:
-    """Let a disabled user log in again (their sessions stay ended; their portals were
-    taken when they were disabled, and are given back by a new invitation)."""
+    """Let a disabled user log in again (their sessions and reset links stay ended; their
+    portals were taken when they were disabled, and are given back by a new invitation)."""
     async with transaction(deps.db) as conn:
         user = await repo.enable_user(conn, user_id)
         if user is None:

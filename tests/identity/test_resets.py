@@ -127,6 +127,22 @@ async def test_a_disabled_account_keeps_no_reset_link_for_when_it_is_enabled(
     assert await handlers.validate_reset(deps, fresh) == user.email
 
 
+async def test_a_password_set_another_way_ends_the_reset_links_out(
+    deps: Deps, pool: asyncpg.Pool
+) -> None:
+    """A new password (the accept saga's retry sets one) ends the account's reset links as
+    a reset does: a link asked for under the old password can't replace the new one."""
+    user = await handlers.create_user(deps, new_email("changed"), STRONG, "client")
+    token = await _request_token(deps, pool, user.email)
+    await handlers.change_password(deps, user.id, "a fresh new passphrase")
+    with pytest.raises(Gone) as info:
+        await handlers.validate_reset(deps, token)
+    assert info.value.code == "reset_expired"
+    with pytest.raises(Gone):
+        await handlers.confirm_reset(deps, token, "an attackers passphrase")
+    assert (await handlers.login(deps, user.email, "a fresh new passphrase")).user.id == user.id
+
+
 async def test_expired_and_unknown_links(deps: Deps, pool: asyncpg.Pool, clock: Clock) -> None:
     user = await handlers.create_user(deps, new_email("expiry"), STRONG, "client")
     token = await _request_token(deps, pool, user.email)

@@ -145,8 +145,8 @@ async def change_password(
     deps: Deps, user_id: uuid.UUID, password: str, *, keep_token: str | None = None
 ) -> None:
     """Set a new password and end every other session of the account (all of them, or all
-    but ``keep_token``'s): whoever knew the old password, or logged in on the way to this
-    one (a racer on the same invitation link), is out at once."""
+    but ``keep_token``'s) and its reset links: whoever knew the old password, or logged in
+    on the way to this one (a racer on the same invitation link), is out at once."""
     user = await get_user(deps, user_id)
     check_password(password, user.email)
     password_hash = await deps.passwords.hash(password)
@@ -155,6 +155,8 @@ async def change_password(
             raise no_user()
         keep = hash_token(keep_token) if keep_token else None
         ended = await repo.revoke_user_sessions(conn, user_id, deps.clock(), keep_token_hash=keep)
+        # As a reset does: a link asked for under the old password can't replace this one.
+        await repo.close_user_resets(conn, user_id, deps.clock())
         if ended:
             await announce_revoked(conn, user_id, "password_changed")
     log.info("password_changed", user_id=str(user_id), sessions_ended=ended)

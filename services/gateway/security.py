@@ -61,6 +61,7 @@ LARGE_FORMS: dict[str, tuple[int, str]] = {
 # The API's description and its reference page: public, like any published contract.
 PUBLIC_API = frozenset({"/api/v1/openapi.json", "/api/docs"})
 NO_REFERRER = ("/invitations/accept", "/reset-password")
+HSTS = "max-age=31536000"
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -311,6 +312,10 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
     headers["Content-Security-Policy"] = CSP
     headers["X-Frame-Options"] = "DENY"
     headers["X-Content-Type-Options"] = "nosniff"
+    if request.app[SETTINGS].secure_cookies:
+        # PUBLIC_URL is https: browsers keep to it (a year), so nobody in the middle serves
+        # a page over http on a later visit. Not over http, where it would pin localhost.
+        headers["Strict-Transport-Security"] = HSTS
     no_referrer = request.path.startswith(NO_REFERRER)
     headers["Referrer-Policy"] = "no-referrer" if no_referrer else "same-origin"
     # Static files, and the logo and stylesheet that said how to cache them (branding.py).

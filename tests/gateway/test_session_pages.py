@@ -38,6 +38,8 @@ async def test_security_headers_on_every_kind_of_response(gw: TestClient) -> Non
         assert headers["X-Frame-Options"] == "DENY"
         assert headers["X-Content-Type-Options"] == "nosniff"
         assert headers["Referrer-Policy"] == "same-origin"
+        # Over plain http (a local run) no HSTS: it would pin localhost to https.
+        assert "Strict-Transport-Security" not in headers
     assert (await gw.get("/login")).headers["Cache-Control"] == "no-store"
     token_page = await gw.get("/invitations/accept?token=nope")
     assert token_page.headers["Referrer-Policy"] == "no-referrer"
@@ -247,6 +249,11 @@ async def test_under_https_the_cookies_carry_the_host_prefix(
     await client.start_server()
     try:
         page = await client.get("/login")
+        # Browsers keep to https for this host from now on: a network in the middle can't
+        # serve the log in page over http the next time.
+        for path in ("/login", "/nowhere", "/static/app.css"):
+            hsts = (await client.get(path)).headers.get("Strict-Transport-Security")
+            assert hsts == "max-age=31536000", (path, hsts)
         (csrf_header,) = page.headers.getall("Set-Cookie")
         assert csrf_header.startswith("__Host-cp_csrf=")
         assert "Secure" in csrf_header and "Path=/" in csrf_header

@@ -191,8 +191,10 @@ def path_uuid(request: web.Request, name: str, not_a_uuid: DomainError) -> uuid.
         raise not_a_uuid from None
 
 
-def parse_query(request: web.Request, model: type[M]) -> M:
-    where = query_nul_path(request.query)
+def parse_query(request: web.Request, model: type[M], *, nul_ok: bool = False) -> M:
+    """``nul_ok``: the route stores none of it as text (a link's token, looked up by its
+    hash), so a NUL is only a value that matches nothing, answered as any other."""
+    where = None if nul_ok else query_nul_path(request.query)
     if where is not None:
         raise InvalidInput(f"{where}: {NUL_PROBLEM}.", code="invalid_character")
     try:

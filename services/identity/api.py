@@ -295,7 +295,8 @@ async def request_reset(request: web.Request) -> web.Response:
 
 
 async def validate_reset(request: web.Request) -> web.Response:
-    query = parse_query(request, TokenQuery)
+    # Looked up by its hash: a NUL in it is a link we never sent (reset_invalid).
+    query = parse_query(request, TokenQuery, nul_ok=True)
     email = await handlers.validate_reset(_deps(request), query.token)
     return json_response({"email": email})
 

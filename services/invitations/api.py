@@ -325,7 +325,9 @@ async def resend_invitation(request: web.Request) -> web.Response:
 async def new_link(request: web.Request) -> web.Response:
     """Email me a new link: always 202, before anything about the link is looked up (the
     worker serves the request afterwards, handlers/new_link.py)."""
-    body = await read_json(request, NewLinkBody)
+    # A link's token is only ever hashed: one holding NUL is a link we never sent, and gets
+    # the same answer as any other (the page may not tell them apart).
+    body = await read_json(request, NewLinkBody, nul_ok=True)
     await handlers.request_new_link(request.app[DEPS], body.token)
     request.app[NEW_LINKS].wake()
     return json_response({"status": "requested"}, 202)
@@ -338,7 +340,8 @@ async def revoke_invitation(request: web.Request) -> web.Response:
 
 
 async def validate_token(request: web.Request) -> web.Response:
-    query = parse_query(request, TokenQuery)
+    # Looked up by its hash: a NUL in it is a link we never sent (invitation_invalid).
+    query = parse_query(request, TokenQuery, nul_ok=True)
     rows, account_exists = await handlers.validate(request.app[DEPS], query.token)
     row = rows[0]
     return json_response(

@@ -80,6 +80,21 @@ async def test_accept_answers_every_unknown_token_alike(stack: Stack, anonymous:
         code, _, html = await anonymous.get(f"/invitations/accept?token={token}")
         pages.append((code, normalised(html)))
     assert len(set(pages)) == 1 and pages[0][0] == 404, pages[0]
+    # The reset page alike, and Email me a new link's neutral answer for any token.
+    resets = []
+    for token in ("A" * 43, "%00'\"<>"):
+        code, _, html = await anonymous.get(f"/reset-password?token={token}")
+        resets.append((code, normalised(html)))
+    assert len(set(resets)) == 1 and resets[0][0] == 404, resets[0]
+    answers = []
+    for token in ("A" * 43, "\x00"):
+        csrf = next(m.value for m in anonymous.session.cookie_jar if m.key == "cp_csrf")
+        async with anonymous.session.post(
+            f"{anonymous.base}/invitations/accept/new-link",
+            data={"csrf_token": csrf, "token": token},
+        ) as response:
+            answers.append((response.status, normalised(await response.text())))
+    assert len(set(answers)) == 1 and answers[0][0] == 202, answers[0]
 
 
 class CountingPasswords(Passwords):

@@ -225,6 +225,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def form_str(form: MultiDictProxy[Any], name: str, limit: int = 4096) -> str:
-    """One text field of a posted form, cut to a sane length ('' when absent)."""
+    """One text field of a posted form, cut to a sane length ('' when absent). A NUL,
+    which no service stores and nobody sees, is dropped from what a person typed or pasted."""
     value = form.get(name)
-    return value[:limit] if isinstance(value, str) else ""
+    return value.replace("\x00", "")[:limit] if isinstance(value, str) else ""

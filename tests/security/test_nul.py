@@ -108,3 +108,19 @@ async def test_an_event_holding_nul_is_dead_lettered_at_once_not_retried(
     events = [line["event"] for line in lines]
     assert events == ["event_malformed_dead_lettered"], events
     assert "data.portal_slug" in str(lines[0]["reason"])
+
+
+async def test_a_nul_typed_into_a_page_is_dropped_not_an_english_refusal(
+    stack: Stack, admin: Browser
+) -> None:
+    """A person can't see a NUL, pasted along with text: the pages drop it from what was
+    typed (the JSON API and events, written by programs, are told instead)."""
+    portal = await new_portal(admin)
+    url = f"{stack.public_url}/admin/portals/{portal['id']}"
+    _, _, page = await admin.get(url)
+    code, _, page = await admin.submit(
+        url, page, "Save Portal", {"Title": "Acme\x00 Ltd", "Content": "Hello\x00 there"}
+    )
+    assert code == 200 and "NUL" not in page, page[:2000]
+    status, saved = await api(admin, "GET", f"/api/v1/portals/{portal['id']}")
+    assert status == 200 and (saved["title"], saved["content"]) == ("Acme Ltd", "Hello there")

@@ -1,12 +1,19 @@
-"""Steps the security tests share: a portal through the API, an invited client."""
+"""Steps the security tests share: a portal through the API, an invited client, an
+invitation.requested published as another program would and its answer."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from tests.security.conftest import CLIENT_PASSWORD, Secrets, api, unique_email
+import aio_pika
+import orjson
+
+from tests.security.conftest import CLIENT_PASSWORD, PublicEvents, Secrets, api, unique_email
 from tests.support.smtp import accept_link
 from tests.support.stack import Browser, Stack
 
@@ -56,3 +63,44 @@ async def new_client(
     )
     assert code == 200 and f"/client-portal/{portal['slug']}/" in url, (code, url, html[:500])
     return Client(browser, email, portal, link)
+
+
+def invitation_requested(data: dict[str, Any], correlation_id: str | None = None) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "type": "invitation.requested",
+        "version": 1,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "source": "crm",
+        "correlation_id": correlation_id or f"sec-{uuid.uuid4().hex[:8]}",
+        "data": data,
+    }
+
+
+async def publish_envelope(stack: Stack, envelope: dict[str, Any]) -> None:
+    """On the events exchange, under the envelope's type, as the broker's administrator."""
+    connection = await aio_pika.connect(stack.env["AMQP_URL"])
+    try:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(f"{stack.env['BUS_PREFIX']}.events")
+        await exchange.publish(
+            aio_pika.Message(
+                orjson.dumps(envelope), message_id=envelope["id"], type=envelope["type"]
+            ),
+            routing_key=envelope["type"],
+        )
+    finally:
+        await connection.close()
+
+
+async def answer_to(
+    stack: Stack, public_events: PublicEvents, routing_key: str, key: str, timeout: float = 20
+) -> dict[str, Any]:
+    """The first ``routing_key`` event the services published that mentions ``key``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for published, body in public_events.bodies:
+            if published == routing_key and key in body.decode():
+                return dict(orjson.loads(body))
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no {routing_key} for {key}: {stack.services['invitations'].log_tail()}")

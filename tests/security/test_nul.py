@@ -7,15 +7,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
-import aio_pika
 import orjson
 import pytest
 
 from tests.security.conftest import api
-from tests.security.flows import new_portal
+from tests.security.flows import invitation_requested, new_portal, publish_envelope
 from tests.support.stack import Browser, Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -73,30 +71,15 @@ async def test_an_event_holding_nul_is_dead_lettered_at_once_not_retried(
     stack: Stack, admin: Browser
 ) -> None:
     portal = await new_portal(admin)
-    event_id = str(uuid.uuid4())
-    envelope = {
-        "id": event_id,
-        "type": "invitation.requested",
-        "version": 1,
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "source": "crm",
-        "correlation_id": f"nul-{uuid.uuid4().hex[:8]}",
-        "data": {
+    envelope = invitation_requested(
+        {
             "portal_slug": portal["slug"] + "\u0000",
             "email": f"nul-{uuid.uuid4().hex[:8]}@example.com",
             "idempotency_key": f"crm-{uuid.uuid4()}",
-        },
-    }
-    connection = await aio_pika.connect(stack.env["AMQP_URL"])
-    try:
-        channel = await connection.channel()
-        exchange = await channel.get_exchange(f"{stack.env['BUS_PREFIX']}.events")
-        await exchange.publish(
-            aio_pika.Message(orjson.dumps(envelope), message_id=event_id, type=envelope["type"]),
-            routing_key="invitation.requested",
-        )
-    finally:
-        await connection.close()
+        }
+    )
+    event_id = envelope["id"]
+    await publish_envelope(stack, envelope)
     log: Path = stack.services["invitations"].log_path
     deadline = time.monotonic() + 20
     lines: list[dict[str, object]] = []

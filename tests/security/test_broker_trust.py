@@ -63,6 +63,18 @@ async def publish_as(
         await connection.close()
 
 
+async def own_fanout_into(
+    channel: aio_pika.abc.AbstractChannel, events: aio_pika.abc.AbstractExchange, user: str
+) -> aio_pika.abc.AbstractExchange:
+    """An exchange of the integration's own (its name starts with its user) bound into the
+    events exchange: what it publishes there reaches the services' queues, any key."""
+    fanout = await channel.declare_exchange(
+        f"{user}.fanout-{uuid.uuid4().hex[:6]}", aio_pika.ExchangeType.FANOUT, auto_delete=True
+    )
+    await events.bind(fanout)
+    return fanout
+
+
 async def dead_letter_ids(stack: Stack, service: str) -> set[str]:
     """Message ids now in a service's dead-letter queue (read and put back)."""
     connection = await aio_pika.connect(stack.broker.amqp_url)
@@ -449,10 +461,7 @@ async def test_an_internal_key_routed_in_through_an_integrations_own_exchange_is
     try:
         channel = await connection.channel(publisher_confirms=True)
         events = await channel.get_exchange(f"{prefix}.events", ensure=False)
-        fanout = await channel.declare_exchange(
-            f"{user}.fanout-{uuid.uuid4().hex[:6]}", aio_pika.ExchangeType.FANOUT, auto_delete=True
-        )
-        await events.bind(fanout)
+        fanout = await own_fanout_into(channel, events, user)
         other = await channel.declare_exchange(
             f"{user}.ae-{uuid.uuid4().hex[:6]}",
             aio_pika.ExchangeType.DIRECT,
@@ -499,10 +508,7 @@ async def test_an_unreadable_announcement_from_anyone_but_its_owner_leaves_the_c
     try:
         channel = await connection.channel(publisher_confirms=True)
         events = await channel.get_exchange(f"{prefix}.events", ensure=False)
-        fanout = await channel.declare_exchange(
-            f"{user}.fanout-{uuid.uuid4().hex[:6]}", aio_pika.ExchangeType.FANOUT, auto_delete=True
-        )
-        await events.bind(fanout)
+        fanout = await own_fanout_into(channel, events, user)
         await fanout.publish(
             aio_pika.Message(b"not json", message_id=message_id, user_id=user),
             routing_key="identity.session.revoked",

@@ -66,6 +66,9 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+# A portal's page shows its Content, whose pictures the agency may host elsewhere
+# (![plan](https://…)): https only, so an https site never loads one in the clear.
+PORTAL_CSP = CSP.replace("img-src 'self' data:", "img-src 'self' data: https:")
 
 
 def _plain(request: web.Request) -> bool:
@@ -309,7 +312,8 @@ def login_url(next_path: str) -> str:
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
-    headers["Content-Security-Policy"] = CSP
+    portal_page = request.path.startswith("/client-portal/") and request.path != "/client-portal/"
+    headers["Content-Security-Policy"] = PORTAL_CSP if portal_page else CSP
     headers["X-Frame-Options"] = "DENY"
     headers["X-Content-Type-Options"] = "nosniff"
     if request.app[SETTINGS].secure_cookies:

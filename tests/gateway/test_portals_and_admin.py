@@ -299,7 +299,7 @@ async def test_invitations_page_resend_and_revoke(gw: TestClient, backend: Backe
     [
         "/admin/invitations\r\nSet-Cookie: cp_session=planted",
         "/admin/invitations\t",
-        "/admin/invitations?email=a\x00",
+        "/admin/invitations?email=a\x1b",
         "/admin/invitations\\..\\",
         "/admin/invitations@evil.example",
         "//evil.example/admin/invitations",
@@ -434,3 +434,23 @@ async def test_a_refused_save_keeps_the_client_and_sub_clients_chosen(
     assert page.count(f'<option value="{dee["id"]}" selected>') == 1  # in Sub-Clients only
     assert re.search(rf'name="remove_sub_client" value="{bob["id"]}"[^>]* checked', page)
     assert f'name="client_id_shown" value="{ann["id"]}"' in page
+
+
+async def test_images_in_a_portals_content_may_come_from_https_addresses(
+    gw: TestClient, backend: Backend
+) -> None:
+    """Content keeps ![logo](https://…) (portals' sanitiser); the portal page's policy lets
+    the browser load it. Every other page keeps to our own images."""
+    client = await as_client(gw, backend)
+    backend.add_portal(
+        "Acme",
+        client_id=client["id"],
+        content_html='<p><img src="https://cdn.example.com/plan.png" alt="plan"></p>',
+    )
+    page = await gw.get("/client-portal/acme/")
+    assert '<img src="https://cdn.example.com/plan.png" alt="plan">' in await page.text()
+    policy = page.headers["Content-Security-Policy"]
+    assert "img-src 'self' data: https:;" in policy and "script-src 'self';" in policy
+    for path in ("/client-portal/", "/login", "/account"):
+        other = await gw.get(path, allow_redirects=False)
+        assert "img-src 'self' data:;" in other.headers["Content-Security-Policy"], path

@@ -70,3 +70,74 @@ def test_the_repository_has_a_licence_and_a_changelog() -> None:
     licence = (ROOT / "LICENSE").read_text()
     assert licence.startswith("MIT License"), "an OSI licence"
     assert "## [Unreleased]" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def _configuration_rows(path: Path) -> dict[str, str]:
+    """The rows of a "### Configuration" table, by the variable names of the first cell."""
+    text = path.read_text()
+    section = text.split("### Configuration", 1)[1].split("\n### ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            rows[line.split("|")[1].strip()] = line
+    return rows
+
+
+def _settings_defaults() -> dict[str, object]:
+    """Every variable a service's settings model reads, with its default."""
+    import importlib
+
+    from pydantic import SecretStr
+    from pydantic_core import PydanticUndefined
+
+    from libs.common.settings import CommonSettings
+
+    found: dict[str, object] = {}
+    for service in ("identity", "portals", "invitations", "mailer", "gateway"):
+        module = importlib.import_module(f"services.{service}.settings")
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, CommonSettings):
+                for name, field in value.model_fields.items():
+                    default = field.default
+                    if isinstance(default, SecretStr) or default is PydanticUndefined:
+                        default = ...  # a development key, or computed: described in words
+                    found[name.upper()] = default
+    return found
+
+
+def test_the_configuration_table_lists_every_variable_with_its_default() -> None:
+    rows = _configuration_rows(ROOT / "README.md")
+    documented: dict[str, str] = {}
+    for first, line in rows.items():
+        names = re.findall(r"`([A-Z<][A-Z0-9_<>]*)`", first)
+        defaults = re.findall(r"`([^`]*)`", line.rstrip(" |").rsplit("|", 1)[1])
+        for index, name in enumerate(names):
+            documented[name] = defaults[index] if len(defaults) == len(names) else ""
+    wrong = []
+    for name, default in _settings_defaults().items():
+        generic = re.sub(r"^(IDENTITY|PORTALS|INVITATIONS|MAILER|GATEWAY)_", "<SERVICE>_", name)
+        if name not in documented and generic not in documented:
+            wrong.append(f"{name}: not in the README's Configuration table")
+        elif name in documented and documented[name] and default not in (None, "", ...):
+            stated = documented[name]
+            same = (
+                float(stated) == float(default)  # type: ignore[arg-type]
+                if isinstance(default, int | float) and not isinstance(default, bool)
+                else stated.rstrip("/") == str(default).rstrip("/").lower()
+                if isinstance(default, bool)
+                else stated.rstrip("/") == str(default).rstrip("/")
+            )
+            if not same:
+                wrong.append(f"{name}: the README says {stated!r}, the code {default!r}")
+    assert not wrong, wrong
+
+
+def test_docs_deploying_has_the_readme_configuration_table() -> None:
+    readme = _configuration_rows(ROOT / "README.md")
+    deploying = _configuration_rows(ROOT / "docs" / "deploying.md")
+    assert sorted(readme) == sorted(deploying)
+    relink = {"](docs/": "](", "](#": "](../README.md#"}
+    for name, line in readme.items():
+        for old, new in relink.items():
+            line = line.replace(old, new)
+        assert deploying[name] == line, name

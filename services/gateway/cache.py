@@ -52,6 +52,7 @@ from libs.common.events import (
     parse_envelope,
 )
 from libs.common.logging import get_logger
+from libs.common.metrics import BROKER_CONNECTED
 
 from .answers import ApiKeyAnswer, BrandingAnswer, CurrentSession, PortalAnswer
 
@@ -277,7 +278,7 @@ class ChangeListener:
         self._task = asyncio.create_task(self._connect(), name="gateway-cache-listener")
 
     async def stop(self) -> None:
-        self.cache.set_live(False)
+        self._set_connected(False)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -316,16 +317,23 @@ class ChangeListener:
         await queue.consume(self._on_message, no_ack=True)
         connection.close_callbacks.add(self._on_lost)
         connection.reconnect_callbacks.add(self._on_back)
-        self.cache.set_live(True)
+        self._set_connected(True)
         log.info("cache_listener_ready", queue=self.queue_name)
+
+    def _set_connected(self, up: bool) -> None:
+        # The gateway's only broker connection is this one: clientpress_broker_connected
+        # says whether it is up, as every other service's says of its bus (an alert pages
+        # on 0).
+        self.cache.set_live(up)
+        BROKER_CONNECTED.set(1 if up else 0)
 
     def _on_lost(self, *_: object) -> None:
         if self.cache.live:
             log.warning("gateway_cache_off", reason="broker connection lost")
-        self.cache.set_live(False)
+        self._set_connected(False)
 
     def _on_back(self, *_: object) -> None:
-        self.cache.set_live(True)
+        self._set_connected(True)
         log.info("gateway_cache_on", reason="broker connection restored")
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

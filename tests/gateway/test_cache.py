@@ -428,8 +428,14 @@ def _close_listener_connection(test_env: TestEnv) -> None:
     # "--": a generated password may begin with "-", which rabbitmqctl would take for an
     # option (exit 64), leaving the user with the wrong password for every later test.
     servers.rabbitmqctl("-q", "change_password", "--", user, "not-" + user)
-    listed = servers.rabbitmqctl("-q", "list_connections", "pid", "client_properties")
-    pids = [line.split()[0] for line in listed.splitlines() if "gateway-cache" in line]
+    # Only this run's own listener: the broker is shared, and every other installation's
+    # gateway (another test run, a developer's `make run`) has a "gateway-cache" too.
+    listed = servers.rabbitmqctl("-q", "list_connections", "pid", "user", "client_properties")
+    pids = [
+        fields[0]
+        for fields in (line.split() for line in listed.splitlines())
+        if len(fields) > 2 and fields[1] == user and "gateway-cache" in " ".join(fields[2:])
+    ]
     assert pids, listed
     for pid in pids:
         servers.rabbitmqctl("-q", "close_connection", pid, "session cache test")

@@ -194,6 +194,27 @@ def management_port(env: dict[str, str], name: str) -> int:
     return int(chosen or SERVICES[name])
 
 
+def administrator_line(env: dict[str, str], identity_log: str) -> str | None:
+    """What to say about the administrator: identity's verdict in this run's log. It
+    refuses a weak ADMIN_PASSWORD (or an ADMIN_EMAIL another account uses) and makes no
+    administrator; saying "password from ADMIN_PASSWORD" then would send a person to a
+    log in that can't work."""
+    email = env.get("ADMIN_EMAIL")
+    if not email:
+        return None
+    for line in identity_log.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == "admin_bootstrap_refused":
+            return (
+                f"  Administrator:    not created: {record.get('variable')}:"
+                f" {record.get('problem')} (see .run/identity.log)"
+            )
+    return f"  Administrator:    {email} (password from ADMIN_PASSWORD)"
+
+
 def wait_ready(name: str, port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -238,6 +259,11 @@ def main() -> int:
     # Fresh service keys each run; each service gets only its own private key.
     keys = generate(SERVICES)
     table = public_table_text(keys)
+    # Where this run's lines start in each log (they are kept across runs).
+    log_start = {
+        name: (RUN_DIR / f"{name}.log").stat().st_size if (RUN_DIR / f"{name}.log").exists() else 0
+        for name in SERVICES
+    }
     for name in SERVICES:
         log = (RUN_DIR / f"{name}.log").open("ab")
         own = {"SERVICE_KEY": encode_private(keys[name]), "SERVICE_PUBLIC_KEYS": table}
@@ -273,8 +299,11 @@ def main() -> int:
         public = env.get("PUBLIC_URL", "http://localhost:8080")
         say("ClientPress is running.")
         say(f"  Site (gateway):   {public}/login")
-        if env.get("ADMIN_EMAIL"):
-            say(f"  Administrator:    {env['ADMIN_EMAIL']} (password from ADMIN_PASSWORD)")
+        with (RUN_DIR / "identity.log").open("rb") as identity_log:
+            identity_log.seek(log_start["identity"])
+            admin = administrator_line(env, identity_log.read().decode(errors="replace"))
+        if admin:
+            say(admin)
         if inbox:
             say(f"  Mail inbox:       {inbox}")
         gateway_ops = f"http://127.0.0.1:{management_port(env, 'gateway')}"

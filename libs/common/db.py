@@ -6,10 +6,12 @@ advisory lock keyed on the schema makes concurrent starts wait instead of racing
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hashlib
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -134,7 +136,44 @@ DATABASE_AWAY: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
+    # A failover to a standby, or the primary demoted: writes are refused until the pool
+    # reaches a writable server again (ReadOnlyWatch replaces the connections).
+    asyncpg.ReadOnlySQLTransactionError,
 )
+
+
+class DatabaseReadOnly(Exception):
+    """Readiness found the database refusing writes (a standby, or read-only by setting)."""
+
+
+class ReadOnlyWatch:
+    """A pool's query logger: a statement refused because the server is read-only expires
+    every connection of the pool (at most once a second), so that the next ones are opened
+    anew and reach the writable server once the failover is over. Without it a pool keeps
+    the connections it opened to the standby, read-only for good, long after the primary
+    is back (tests/faults/test_database.py)."""
+
+    EVERY_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self.pool: asyncpg.Pool | None = None
+        self._expired_at = -self.EVERY_SECONDS
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, record: Any) -> None:
+        if isinstance(record.exception, asyncpg.ReadOnlySQLTransactionError):
+            self.expire()
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        if self.pool is None or now - self._expired_at < self.EVERY_SECONDS:
+            return
+        self._expired_at = now
+        log.warning("database_read_only", action="reconnecting")
+        task = asyncio.get_running_loop().create_task(self.pool.expire_connections())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
 
 COMMON_MIGRATIONS = Path(__file__).parent / "migrations"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -160,7 +199,15 @@ async def create_pool(
     """A pool whose connections resolve unqualified names in the service's schema.
 
     ``command_timeout`` bounds every query, so a stalled database turns into an error
-    (and a 503) rather than a hung request."""
+    (and a 503) rather than a hung request. A statement refused by a read-only server
+    replaces the pool's connections (``ReadOnlyWatch``)."""
+    watch = ReadOnlyWatch()
+
+    async def init(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        conn.add_query_logger(watch)
+        if tracing_enabled():
+            await watch_queries(conn)
+
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
@@ -172,10 +219,21 @@ async def create_pool(
         max_inactive_connection_lifetime=60,
         server_settings={"search_path": f"{_check_schema(schema)},public"},
         reset=keep_session,
-        init=watch_queries if tracing_enabled() else None,
+        init=init,
     )
     assert pool is not None
+    watch.pool = pool
     return pool
+
+
+async def refuses_writes(db: Db) -> bool:
+    """Whether a transaction on ``db`` would be read-only (a standby, or the database set
+    so); on a pool, one found so also replaces the pool's connections, which may be
+    left from a failover that is over."""
+    read_only = bool(await db.fetchval("SELECT current_setting('transaction_read_only')::boolean"))
+    if read_only and isinstance(db, asyncpg.Pool):
+        await db.expire_connections()
+    return read_only
 
 
 async def keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
@@ -255,9 +313,12 @@ class SchemaGate:
         self._current = False
 
     async def pending(self, db: Db) -> list[str]:
-        """The shipped migrations not applied yet (empty when the schema is current)."""
+        """The shipped migrations not applied yet (empty when the schema is current);
+        raises DatabaseReadOnly when the database refuses writes, since a service that can
+        only read can't serve."""
+        if await refuses_writes(db):
+            raise DatabaseReadOnly
         if self._current:
-            await db.fetchval("SELECT 1")
             return []
         try:
             rows = await db.fetch(f"SELECT version FROM {self.schema}.schema_migrations")

@@ -34,7 +34,7 @@ from .context import (
     new_id,
     set_correlation_id,
 )
-from .db import DATABASE_AWAY, SchemaGate, UseCaseDeps, create_pool
+from .db import DATABASE_AWAY, DatabaseReadOnly, SchemaGate, UseCaseDeps, create_pool
 from .errors import DomainError, Forbidden, InvalidInput, RateLimited, TooLarge, Unauthorized
 from .logging import get_logger
 from .metrics import BROKER_CONNECTED, HTTP_LATENCY, HTTP_REQUESTS, record_build_info
@@ -313,7 +313,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready = can serve: the database answers and holds every migration this code needs.
+    """Ready = can serve: the database answers, takes writes, and holds every migration
+    this code needs.
     The broker is reported, never required: the outbox keeps what is published while it
     is away, and the relay and consumers reconnect by themselves."""
     app = request.app[MAIN]
@@ -331,6 +332,10 @@ async def readyz(request: web.Request) -> web.Response:
                 )
             else:
                 checks["schema"] = "ok"
+        except DatabaseReadOnly:
+            # A failover to a standby: reads would work, every write would fail.
+            ready = False
+            checks["database"] = "read-only"
         except Exception as exc:
             ready = False
             checks["database"] = type(exc).__name__

@@ -139,7 +139,17 @@ DATABASE_AWAY: tuple[type[BaseException], ...] = (
     # A failover to a standby, or the primary demoted: writes are refused until the pool
     # reaches a writable server again (ReadOnlyWatch replaces the connections).
     asyncpg.ReadOnlySQLTransactionError,
+    # Another session holds a lock this statement needs for longer than LOCK_WAIT_SECONDS
+    # (a migration, an operator's LOCK TABLE, a long maintenance statement).
+    asyncpg.LockNotAvailableError,
 )
+
+# How long a request waits for a pooled connection, and a statement for a lock, before it
+# gives up (rolled back, answered 503): well within the gateway's 10 s for an internal
+# call, so the service's own answer arrives first and a 503 means nothing was made.
+# Without these bounds a lock held for 25 s queued requests in the pool without limit,
+# and the gateway answered 503 for requests the service then carried out.
+LOCK_WAIT_SECONDS = 4.0
 
 
 class DatabaseReadOnly(Exception):
@@ -193,14 +203,25 @@ def _check_schema(schema: str) -> str:
     return schema
 
 
+class BoundedPool(asyncpg.Pool):
+    """A pool whose ``acquire`` (and so ``fetch``, ``execute`` … on the pool) waits at
+    most ``LOCK_WAIT_SECONDS`` for a free connection unless told otherwise: TimeoutError,
+    one of DATABASE_AWAY, instead of a queue that grows while the database is stuck."""
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=LOCK_WAIT_SECONDS if timeout is None else timeout)
+
+
 async def create_pool(
     url: str, schema: str, *, min_size: int = 2, max_size: int = 10
 ) -> asyncpg.Pool:
     """A pool whose connections resolve unqualified names in the service's schema.
 
     ``command_timeout`` bounds every query, so a stalled database turns into an error
-    (and a 503) rather than a hung request. A statement refused by a read-only server
-    replaces the pool's connections (``ReadOnlyWatch``)."""
+    (and a 503) rather than a hung request; ``lock_timeout`` and the pool's acquire
+    (``BoundedPool``) bound what waits on a lock or a connection (``LOCK_WAIT_SECONDS``).
+    A statement refused by a read-only server replaces the pool's connections
+    (``ReadOnlyWatch``)."""
     watch = ReadOnlyWatch()
 
     async def init(conn: asyncpg.Connection[asyncpg.Record]) -> None:
@@ -208,8 +229,14 @@ async def create_pool(
         if tracing_enabled():
             await watch_queries(conn)
 
-    pool = await asyncpg.create_pool(
+    pool = await BoundedPool(
         url,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        loop=None,
+        connect=None,
+        setup=None,
+        max_queries=50000,
         min_size=min_size,
         max_size=max_size,
         command_timeout=10,
@@ -217,7 +244,10 @@ async def create_pool(
         # Give idle connections back soon after a burst, so replicas don't hoard the
         # server's connection slots.
         max_inactive_connection_lifetime=60,
-        server_settings={"search_path": f"{_check_schema(schema)},public"},
+        server_settings={
+            "search_path": f"{_check_schema(schema)},public",
+            "lock_timeout": f"{int(LOCK_WAIT_SECONDS * 1000)}ms",
+        },
         reset=keep_session,
         init=init,
     )

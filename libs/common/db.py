@@ -142,6 +142,10 @@ DATABASE_AWAY: tuple[type[BaseException], ...] = (
     # Another session holds a lock this statement needs for longer than LOCK_WAIT_SECONDS
     # (a migration, an operator's LOCK TABLE, a long maintenance statement).
     asyncpg.LockNotAvailableError,
+    # A statement cancelled by another session (pg_cancel_backend, a failover tool) or by
+    # a server-side statement_timeout: rolled back, so trying again is safe, and giving up
+    # on it is not (a mail sent but not recorded would be sent again).
+    asyncpg.QueryCanceledError,
 )
 
 # How long a request waits for a pooled connection, and a statement for a lock, before it

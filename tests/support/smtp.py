@@ -7,6 +7,7 @@ import email
 import email.policy
 import re
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -23,8 +24,18 @@ class Sink:
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
         self.fail_with: str | None = None  # e.g. "451 try later" or "550 no such user"
+        # While ``hold`` is an Event not yet set, DATA is answered only once it is set
+        # (``holding`` says one waits). Read at each DATA: aiosmtpd binds the handler's
+        # methods per connection, and the mailer keeps its connections open.
+        self.hold: threading.Event | None = None
+        self.holding = threading.Event()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        hold = self.hold
+        if hold is not None:
+            self.holding.set()
+            while not hold.is_set():
+                await asyncio.sleep(0.02)
         if self.fail_with:
             return self.fail_with
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)

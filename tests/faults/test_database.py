@@ -374,7 +374,7 @@ async def test_outcome_write_cancelled_after_the_smtp_server_took_the_email(stac
     try:
         portal = await api.create_portal("Cancelled outcome")
         email = unique_emails("outcome", 1)[0]
-        sink.hold = gate
+        sink.hold_data = gate
         await api.invite(portal["id"], email)
 
         async def holding() -> bool:
@@ -403,7 +403,7 @@ async def test_outcome_write_cancelled_after_the_smtp_server_took_the_email(stac
             await wait_until(waiting_on_lock, 10, "the outcome write waiting on the lock", 0.05)
         finally:
             await tx.rollback()
-        sink.hold = None
+        sink.hold_data = None
         # Past the stuck-sending window (6 s) and a maintenance round (5 s).
         await asyncio.sleep(15)
         rows = await fetch(
@@ -421,7 +421,7 @@ async def test_outcome_write_cancelled_after_the_smtp_server_took_the_email(stac
         assert emails == 1, rows
         assert [r["status"] for r in rows] == ["sent"], rows
     finally:
-        sink.hold = None
+        sink.hold_data = None
         gate.set()
         await locker.close()
         await admin.close()

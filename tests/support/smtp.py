@@ -24,14 +24,14 @@ class Sink:
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
         self.fail_with: str | None = None  # e.g. "451 try later" or "550 no such user"
-        # While ``hold`` is an Event not yet set, DATA is answered only once it is set
+        # While ``hold_data`` is an Event not yet set, DATA is answered only once it is set
         # (``holding`` says one waits). Read at each DATA: aiosmtpd binds the handler's
         # methods per connection, and the mailer keeps its connections open.
-        self.hold: threading.Event | None = None
+        self.hold_data: threading.Event | None = None
         self.holding = threading.Event()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        hold = self.hold
+        hold = self.hold_data
         if hold is not None:
             self.holding.set()
             while not hold.is_set():

@@ -640,6 +640,8 @@ def add_bus(
                 parts.relay = relay
                 relay_task = asyncio.create_task(relay.run(), name=f"{service}-outbox-relay")
             if handlers:
+                if schema is not None:
+                    await _schema_current(app)
                 # An event older than the inbox remembers ids might be one applied and
                 # forgotten, sent back: refused (Consumer).
                 retention = timedelta(hours=settings.inbox_retention_hours)
@@ -740,6 +742,32 @@ def periodic(
             await task
 
     return ctx
+
+
+SCHEMA_WAIT_SECONDS = 2.0
+
+
+async def _schema_current(app: web.Application) -> None:
+    """Wait until the schema has every migration this code ships (readiness's question):
+    a consumer started before ``migrate`` ran (the services restarted first, a restore)
+    would fail each event on a missing table or column, and the queue's delivery limit
+    would dead-letter them. Until then the events wait in the queue. Asked once: the
+    schema, once current, stays so (migrations only add)."""
+    gate = app[SCHEMA_GATE]
+    told = False
+    while True:
+        try:
+            pending = await gate.pending(app[POOL])
+        except Exception as exc:  # the database away or read-only: ask again shortly
+            pending = [type(exc).__name__]
+        if not pending:
+            if told:
+                log.info("consumer_schema_current")
+            return
+        if not told:
+            log.warning("consumer_waits_for_schema", pending=pending)
+            told = True
+        await asyncio.sleep(SCHEMA_WAIT_SECONDS)
 
 
 async def _connect_patiently(bus: Bus) -> None:

@@ -6,18 +6,23 @@ previous release, which keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aio_pika
 import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from libs.common import broker
 from libs.common.db import migrate
+from libs.common.events import UserDisabled, make_event
 from services.portals import app as portals_app
 from services.portals.settings import PortalsSettings
 from tests.support.env import TestEnv, free_port, new_test_env, provisioned
@@ -243,3 +248,72 @@ async def test_a_service_started_while_the_broker_is_away_serves_and_catches_up(
     finally:
         await asyncio.to_thread(service.stop)
         await proxy.cut()
+
+
+async def test_a_service_started_before_its_migrations_keeps_its_events_until_they_are_applied(
+    own_env: TestEnv,
+) -> None:
+    """Portals started on a database its migrations haven't reached (the services
+    restarted before `migrate`, a restore): not ready, naming the migrations, and an event
+    published meanwhile waits in its queue instead of failing its deliveries into the
+    dead-letter queue; once the migrations run, it is applied."""
+    env = own_env.service_env()
+    service = ServiceProcess("portals", free_port(), env)
+    service.start()
+    try:
+
+        async def alive() -> bool:
+            with contextlib.suppress(aiohttp.ClientError):
+                status, _ = await _get(service.management_url + "/healthz")
+                return status == 200
+            return False
+
+        await _until(alive, "portals alive", timeout=60)
+        status, body = await _get(service.management_url + "/readyz")
+        assert status == 503 and "migrations not applied" in body["checks"]["schema"], body
+
+        envelope = make_event(
+            "identity.user.disabled", UserDisabled(user_id=uuid.uuid4()), source="test"
+        )
+        url = own_env.amqp_url_as("identity")
+        connection = await aio_pika.connect(url)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(f"{own_env.bus_prefix}.events")
+            await exchange.publish(
+                aio_pika.Message(
+                    envelope.to_json(),
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=str(envelope.id),
+                    type=envelope.type,
+                    user_id=broker.user_of(url),
+                ),
+                routing_key=envelope.type,
+            )
+            # Long enough for 6 failed deliveries (the delivery limit) with their pauses.
+            await asyncio.sleep(15)
+            dead = await channel.declare_queue(f"{own_env.bus_prefix}.portals.dead", passive=True)
+            dead_count = dead.declaration_result.message_count
+        finally:
+            await connection.close()
+        assert dead_count == 0, service.log_tail()
+
+        await asyncio.to_thread(run_migrations, env, ("portals",))
+
+        async def applied() -> bool:
+            conn = await asyncpg.connect(own_env.database_url)
+            try:
+                return bool(
+                    await conn.fetchval(
+                        "SELECT true FROM portals.inbox WHERE event_id = $1", envelope.id
+                    )
+                )
+            finally:
+                await conn.close()
+
+        await _until(applied, "the event applied once the migrations ran", timeout=30)
+        status, body = await _get(service.management_url + "/readyz")
+        assert status == 200, body
+    finally:
+        await asyncio.to_thread(service.stop)

@@ -204,6 +204,36 @@ async def all_delivered(stack: Stack, emails: list[str], timeout: float) -> floa
     return await wait_until(done, timeout, f"{len(emails)} emails", every=0.5)
 
 
+async def deliveries_settled(stack: Stack, timeout: float = 30) -> None:
+    """Wait until every delivery is recorded as sent, in the mailer and on its invitation;
+    past ``timeout``, fail naming the rows that are not."""
+
+    async def settled() -> bool:
+        rows = await fetch(
+            stack,
+            "SELECT (SELECT count(*) FROM mailer.deliveries WHERE status <> 'sent')"
+            " + (SELECT count(*) FROM invitations.invitations WHERE delivery <> 'sent') AS n",
+        )
+        return int(rows[0]["n"]) == 0
+
+    try:
+        await wait_until(settled, timeout, "every delivery recorded as sent")
+    except AssertionError:
+        mailer = await fetch(
+            stack,
+            "SELECT mail_id, status, attempts, last_error FROM mailer.deliveries"
+            " WHERE status <> 'sent'",
+        )
+        invitations = await fetch(
+            stack,
+            "SELECT id, status, delivery, last_mail_id FROM invitations.invitations"
+            " WHERE delivery <> 'sent'",
+        )
+        raise AssertionError(
+            f"mailer: {[dict(r) for r in mailer]} invitations: {[dict(r) for r in invitations]}"
+        ) from None
+
+
 async def outbox_backlog(stack: Stack) -> dict[str, int]:
     conn = await asyncpg.connect(stack.database_url)
     try:

@@ -26,6 +26,7 @@ from tests.faults.support import (
     Api,
     all_delivered,
     dead_letters,
+    deliveries_settled,
     fetch,
     outboxes_drained,
     per_address,
@@ -304,10 +305,7 @@ async def test_statements_cancelled_and_backends_terminated_under_a_burst(stack:
         assert len(counts) == BURST
         assert all(n == 1 for n in counts.values()), counts
         assert dead == dict.fromkeys(dead, 0)
-        try:
-            await wait_until(lambda: _all_sent(stack), 30, "every delivery recorded as sent")
-        except AssertionError:
-            raise AssertionError(await _not_sent(stack)) from None
+        await deliveries_settled(stack)
     finally:
         await admin.close()
         await api.close()
@@ -333,29 +331,6 @@ def _service_ports(stack: Stack) -> list[int]:
             if fields[9] in inodes:
                 ports.append(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
-
-
-async def _all_sent(stack: Stack) -> bool:
-    rows = await fetch(
-        stack,
-        "SELECT (SELECT count(*) FROM mailer.deliveries WHERE status <> 'sent')"
-        " + (SELECT count(*) FROM invitations.invitations WHERE delivery <> 'sent') AS n",
-    )
-    return int(rows[0]["n"]) == 0
-
-
-async def _not_sent(stack: Stack) -> str:
-    mailer = await fetch(
-        stack,
-        "SELECT mail_id, status, attempts, last_error FROM mailer.deliveries"
-        " WHERE status <> 'sent'",
-    )
-    invitations = await fetch(
-        stack,
-        "SELECT id, status, delivery, last_mail_id FROM invitations.invitations"
-        " WHERE delivery <> 'sent'",
-    )
-    return f"mailer: {[dict(r) for r in mailer]} invitations: {[dict(r) for r in invitations]}"
 
 
 async def test_outcome_write_cancelled_after_the_smtp_server_took_the_email(stack: Stack) -> None:

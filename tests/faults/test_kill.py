@@ -19,6 +19,7 @@ from tests.faults.support import (
     Api,
     all_delivered,
     burst,
+    deliveries_settled,
     fetch,
     outboxes_drained,
     per_address,
@@ -67,7 +68,7 @@ async def test_kill_9_during_a_burst(stack: Stack, victim: str) -> None:
         await all_delivered(stack, emails, timeout=60)
         recovered = round(time.monotonic() - killed_at, 2)
         await outboxes_drained(stack)
-        await wait_until(lambda: _deliveries_settled(stack), 30, "every delivery sent")
+        await deliveries_settled(stack)
         counts = per_address(stack, emails)
         duplicated = {a: n for a, n in counts.items() if n > 1}
         record(
@@ -99,13 +100,3 @@ async def _sending_addresses(stack: Stack) -> set[str]:
         stack, "SELECT lower(to_address) AS a FROM mailer.deliveries WHERE status = 'sending'"
     )
     return {row["a"] for row in rows}
-
-
-async def _deliveries_settled(stack: Stack) -> bool:
-    mailer = await fetch(
-        stack, "SELECT count(*) AS n FROM mailer.deliveries WHERE status <> 'sent'"
-    )
-    invitations = await fetch(
-        stack, "SELECT count(*) AS n FROM invitations.invitations WHERE delivery <> 'sent'"
-    )
-    return mailer[0]["n"] == 0 and invitations[0]["n"] == 0

@@ -19,7 +19,7 @@ from tests.faults.support import (
     all_delivered,
     burst,
     dead_letters,
-    fetch,
+    deliveries_settled,
     outboxes_drained,
     per_address,
     record,
@@ -55,10 +55,7 @@ async def test_postgres_restarted_under_load(stack: Stack) -> None:
         await all_delivered(stack, emails, timeout=60)
         recovered = round(time.monotonic() - stopped_at, 2)
         await outboxes_drained(stack)
-        try:
-            await wait_until(lambda: _settled(stack), 30, "every delivery sent")
-        except AssertionError:
-            raise AssertionError(await _unsettled(stack)) from None
+        await deliveries_settled(stack)
         status, _, html = await admin.get("/admin/portals")
         assert status == 200 and "Postgres restart" in html
         counts = per_address(stack, emails)
@@ -115,26 +112,3 @@ async def _probe_while_down(stack: Stack, api: Api, admin: object) -> list[tuple
         assert r.status == 503, html[:500]
         assert "Traceback" not in html and "asyncpg" not in html, html[:500]
     return results
-
-
-async def _settled(stack: Stack) -> bool:
-    rows = await fetch(
-        stack,
-        "SELECT (SELECT count(*) FROM mailer.deliveries WHERE status <> 'sent')"
-        " + (SELECT count(*) FROM invitations.invitations WHERE delivery <> 'sent') AS n",
-    )
-    return rows[0]["n"] == 0
-
-
-async def _unsettled(stack: Stack) -> str:
-    mailer = await fetch(
-        stack,
-        "SELECT mail_id, status, attempts, last_error FROM mailer.deliveries"
-        " WHERE status <> 'sent'",
-    )
-    invitations = await fetch(
-        stack,
-        "SELECT id, status, delivery, last_mail_id FROM invitations.invitations"
-        " WHERE delivery <> 'sent'",
-    )
-    return f"mailer: {[dict(r) for r in mailer]} invitations: {[dict(r) for r in invitations]}"

@@ -77,6 +77,12 @@ async def start_mailer(migrated_schemas: TestEnv) -> AsyncIterator[StartMailer]:
 
 
 @pytest.fixture
+async def pool(pool_factory: Callable[[str], Awaitable[asyncpg.Pool]]) -> asyncpg.Pool:
+    """The mailer's tables (deliveries, outbox); no mailer runs unless a test starts one."""
+    return await pool_factory("mailer")
+
+
+@pytest.fixture
 async def publisher(migrated_schemas: TestEnv) -> AsyncIterator[Bus]:
     bus = OwnersBus(migrated_schemas)
     await bus.connect()
@@ -113,6 +119,16 @@ async def publish_job(bus: Bus, job: MailRequested) -> Envelope:
     envelope = make_event("mail.requested", sealed(job), source="invitations")
     await bus.publish_envelope(envelope, kind="mail")
     return envelope
+
+
+async def publish_invitation(
+    bus: Bus, to: str | None = None, **context: str
+) -> tuple[MailRequested, str]:
+    """An invitation's mail job, to ``to`` or a fresh address, published on the mail
+    exchange; the job and its link's token."""
+    job, token = invitation_job(to or f"client-{uuid.uuid4().hex[:8]}@example.com", **context)
+    await publish_job(bus, job)
+    return job, token
 
 
 async def publish_jobs(bus: Bus, jobs: list[MailRequested]) -> Envelope:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,6 +17,7 @@ from tests.mailer.conftest import (
     StartMailer,
     invitation_job,
     outbox_events,
+    publish_invitation,
     publish_job,
     wait_for_row,
 )
@@ -26,8 +26,6 @@ from tests.support.management import management_client
 from tests.support.smtp import Sink, SmtpSink, accept_link, html_part, text_part
 
 pytestmark = pytest.mark.integration
-
-PoolFactory = Callable[[str], Any]
 
 
 def _address() -> str:
@@ -38,13 +36,11 @@ async def test_a_mail_job_on_the_mail_exchange_arrives_with_both_parts(
     start_mailer: StartMailer,
     publisher: Bus,
     smtp_sink: SmtpSink,
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     client = await start_mailer(smtp_sink.port)
-    to = _address()
-    job, token = invitation_job(to)
-    await publish_job(publisher, job)
+    job, token = await publish_invitation(publisher)
+    to = job.to
 
     [msg] = await smtp_sink.sink.wait_for(to)
     assert msg["Subject"] == "You're invited to Acme Rebrand on Northwind Agency"
@@ -70,9 +66,8 @@ async def test_the_same_job_delivered_twice_sends_one_email(
     start_mailer: StartMailer,
     publisher: Bus,
     smtp_sink: SmtpSink,
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     await start_mailer(smtp_sink.port)
     to = _address()
     job, _ = invitation_job(to)
@@ -88,14 +83,12 @@ async def test_the_same_job_delivered_twice_sends_one_email(
 
 
 async def test_smtp_down_then_up_the_email_still_arrives(
-    start_mailer: StartMailer, publisher: Bus, pool_factory: PoolFactory
+    start_mailer: StartMailer, publisher: Bus, pool: asyncpg.Pool
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     port = free_port()  # nothing listens here yet
     await start_mailer(port)
-    to = _address()
-    job, _ = invitation_job(to)
-    await publish_job(publisher, job)
+    job, _ = await publish_invitation(publisher)
+    to = job.to
 
     row = await wait_for_row(pool, job.mail_id, lambda r: r["attempts"] >= 2)
     assert row["last_error"] and job.context["accept_url"] not in row["last_error"]
@@ -116,14 +109,12 @@ async def test_a_4xx_answer_is_retried_then_succeeds(
     start_mailer: StartMailer,
     publisher: Bus,
     smtp_sink: SmtpSink,
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     smtp_sink.sink.fail_with = "451 4.3.0 try later"
     await start_mailer(smtp_sink.port)
-    to = _address()
-    job, _ = invitation_job(to)
-    await publish_job(publisher, job)
+    job, _ = await publish_invitation(publisher)
+    to = job.to
 
     row = await wait_for_row(pool, job.mail_id, lambda r: r["attempts"] >= 2)
     assert row["last_error"].startswith("451")
@@ -140,16 +131,14 @@ async def test_an_answer_with_a_nul_byte_is_recorded_and_retried_not_stuck(
     start_mailer: StartMailer,
     publisher: Bus,
     smtp_sink: SmtpSink,
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
 ) -> None:
     """PostgreSQL takes no NUL in text: a server's reply with one used to make the retry
     fail to record, leaving the mail 'sending' until the stuck-send sweep."""
-    pool: asyncpg.Pool = await pool_factory("mailer")
     smtp_sink.sink.fail_with = "451 4.3.0 try\x00 later\x1b[31m"
     await start_mailer(smtp_sink.port)
-    to = _address()
-    job, _ = invitation_job(to)
-    await publish_job(publisher, job)
+    job, _ = await publish_invitation(publisher)
+    to = job.to
 
     row = await wait_for_row(pool, job.mail_id, lambda r: r["attempts"] >= 2, timeout=10)
     assert row["last_error"] == "451 4.3.0 try later [31m"
@@ -161,14 +150,12 @@ async def test_a_5xx_answer_fails_after_one_attempt(
     start_mailer: StartMailer,
     publisher: Bus,
     smtp_sink: SmtpSink,
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     smtp_sink.sink.fail_with = "550 5.1.1 no such user"
     await start_mailer(smtp_sink.port)
-    to = _address()
-    job, token = invitation_job(to)
-    await publish_job(publisher, job)
+    job, token = await publish_invitation(publisher)
+    to = job.to
 
     row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "failed")
     assert row["attempts"] == 1 and row["context"] is None
@@ -184,18 +171,16 @@ async def test_an_outage_longer_than_eight_tries_keeps_retrying_then_delivers(
     start_mailer: StartMailer,
     publisher: Bus,
     smtp_sink: SmtpSink,
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
 ) -> None:
     """Eight tries used to be the end (2-4 minutes with the shipped settings); now the
     horizon decides, and each deferred try is announced with its next try time."""
-    pool: asyncpg.Pool = await pool_factory("mailer")
     smtp_sink.sink.fail_with = "451 4.3.0 try later"
     await start_mailer(
         smtp_sink.port, mailer_retry_max_seconds=0.2, mailer_give_up_after_seconds=600
     )
-    to = _address()
-    job, token = invitation_job(to)
-    await publish_job(publisher, job)
+    job, token = await publish_invitation(publisher)
+    to = job.to
 
     row = await wait_for_row(
         pool, job.mail_id, lambda r: r["attempts"] >= 12 or r["status"] == "failed", timeout=40
@@ -224,15 +209,13 @@ async def test_a_job_past_its_horizon_fails_for_good(
     start_mailer: StartMailer,
     publisher: Bus,
     smtp_sink: SmtpSink,
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
 ) -> None:
     """Virtual hours: the job's queueing time is moved back, the rest runs for real with
     the shipped two-day horizon."""
-    pool: asyncpg.Pool = await pool_factory("mailer")
     smtp_sink.sink.fail_with = "421 4.7.0 too busy"
     await start_mailer(smtp_sink.port, mailer_retry_max_seconds=0.2)
-    job, _ = invitation_job(_address())
-    await publish_job(publisher, job)
+    job, _ = await publish_invitation(publisher)
     await wait_for_row(pool, job.mail_id, lambda r: r["attempts"] >= 2)
 
     # Queued 47 hours ago: still inside the horizon, so it keeps trying.
@@ -267,12 +250,10 @@ async def test_a_recipient_with_a_line_break_is_refused_not_sent(
     start_mailer: StartMailer,
     publisher: Bus,
     smtp_sink: SmtpSink,
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     await start_mailer(smtp_sink.port)
-    job, _ = invitation_job("victim@example.com\r\nBcc: attacker@example.net")
-    await publish_job(publisher, job)
+    job, _ = await publish_invitation(publisher, "victim@example.com\r\nBcc: attacker@example.net")
 
     row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "failed")
     assert row["context"] is None and row["attempts"] == 0
@@ -286,12 +267,10 @@ async def test_a_job_missing_its_link_fails_as_invalid_context(
     start_mailer: StartMailer,
     publisher: Bus,
     smtp_sink: SmtpSink,
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     await start_mailer(smtp_sink.port)
-    job, _ = invitation_job(_address(), accept_url="")
-    await publish_job(publisher, job)
+    job, _ = await publish_invitation(publisher, accept_url="")
 
     row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "failed")
     [event] = await outbox_events(pool, job.mail_id)
@@ -300,9 +279,8 @@ async def test_a_job_missing_its_link_fails_as_invalid_context(
 
 
 async def test_a_dead_smtp_server_does_not_hold_up_the_queue(
-    start_mailer: StartMailer, publisher: Bus, pool_factory: PoolFactory
+    start_mailer: StartMailer, publisher: Bus, pool: asyncpg.Pool
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     await start_mailer(free_port(), mailer_retry_base_seconds=60)
     jobs = [invitation_job(_address())[0] for _ in range(20)]
     for job in jobs:
@@ -323,17 +301,15 @@ class SlowSink(Sink):
 
 
 async def test_shutdown_finishes_the_send_in_hand(
-    start_mailer: StartMailer, publisher: Bus, pool_factory: PoolFactory
+    start_mailer: StartMailer, publisher: Bus, pool: asyncpg.Pool
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     sink = SlowSink()
     controller = Controller(sink, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
         client = await start_mailer(controller.port)
-        to = _address()
-        job, _ = invitation_job(to)
-        await publish_job(publisher, job)
+        job, _ = await publish_invitation(publisher)
+        to = job.to
         await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "sending")
         await client.close()  # the app shuts down while the SMTP server is still answering
         row = await pool.fetchrow("SELECT * FROM deliveries WHERE mail_id = $1", job.mail_id)

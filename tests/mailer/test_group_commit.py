@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -26,7 +26,6 @@ from tests.support.smtp import Sink
 
 pytestmark = pytest.mark.integration
 
-PoolFactory = Callable[[str], Any]
 WORKERS = 8
 REF_TYPE = "test-group-commit"
 
@@ -79,9 +78,8 @@ async def _clear_queue(pool: asyncpg.Pool) -> None:
 
 
 async def test_sends_finishing_together_are_claimed_and_recorded_together(
-    pool_factory: PoolFactory, migrated_schemas: TestEnv, monkeypatch: pytest.MonkeyPatch
+    pool: asyncpg.Pool, migrated_schemas: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     await _clear_queue(pool)
     commands = [
         _command(f"together-{n}-{uuid.uuid4().hex[:6]}@example.com") for n in range(WORKERS)
@@ -141,9 +139,8 @@ async def test_sends_finishing_together_are_claimed_and_recorded_together(
 
 
 async def test_a_batch_of_outcomes_refuses_only_the_claim_taken_over(
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     await _clear_queue(pool)
     stale, fresh = _command("stale@example.com"), _command("fresh@example.com")
     deps = Deps(db=pool, settings=MailerSettings())

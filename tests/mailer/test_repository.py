@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -22,15 +22,13 @@ from tests.support.env import TestEnv, free_port
 
 pytestmark = pytest.mark.integration
 
-PoolFactory = Callable[[str], Any]
 REF_TYPE = "test-repository"
 
 
 @pytest.fixture(autouse=True)
-async def _leave_nothing_to_send(pool_factory: PoolFactory) -> AsyncIterator[None]:
+async def _leave_nothing_to_send(pool: asyncpg.Pool) -> AsyncIterator[None]:
     """Rows made here must never be picked up later by a mailer in another test."""
     yield
-    pool: asyncpg.Pool = await pool_factory("mailer")
     await pool.execute(
         "UPDATE deliveries SET status = 'failed', context = NULL"
         " WHERE ref_type = $1 AND status IN ('queued', 'sending')",
@@ -59,9 +57,8 @@ async def _record(pool: asyncpg.Pool, command: RequestMail) -> bool:
 
 
 async def test_sixteen_concurrent_copies_of_one_job_record_one_delivery(
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     command = _command(to="Someone@Example.COM")
     results = await asyncio.gather(*(_record(pool, command) for _ in range(16)))
     assert results.count(True) == 1
@@ -69,8 +66,7 @@ async def test_sixteen_concurrent_copies_of_one_job_record_one_delivery(
     assert len(rows) == 1 and rows[0]["to_address"] == "Someone@example.com"
 
 
-async def test_sixteen_concurrent_claims_take_one_row_once(pool_factory: PoolFactory) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
+async def test_sixteen_concurrent_claims_take_one_row_once(pool: asyncpg.Pool) -> None:
     # Park everything else already queued so only our rows are due.
     await pool.execute(
         "UPDATE deliveries SET status = 'failed', context = NULL"
@@ -89,9 +85,8 @@ async def test_sixteen_concurrent_claims_take_one_row_once(pool_factory: PoolFac
 
 
 async def test_sixteen_workers_share_sixteen_rows_without_overlap(
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     await pool.execute(
         "UPDATE deliveries SET status = 'failed', context = NULL"
         " WHERE status IN ('queued', 'sending')"
@@ -113,9 +108,8 @@ async def test_sixteen_workers_share_sixteen_rows_without_overlap(
 
 
 async def test_a_stale_claim_cannot_finish_a_row_recovered_from_a_crash(
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     await pool.execute(
         "UPDATE deliveries SET status = 'failed', context = NULL"
         " WHERE status IN ('queued', 'sending')"
@@ -144,8 +138,7 @@ async def test_a_stale_claim_cannot_finish_a_row_recovered_from_a_crash(
     assert row["status"] == "sent" and row["context"] is None
 
 
-async def test_recent_sends_are_not_taken_for_crashes(pool_factory: PoolFactory) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
+async def test_recent_sends_are_not_taken_for_crashes(pool: asyncpg.Pool) -> None:
     await pool.execute(
         "UPDATE deliveries SET status = 'failed', context = NULL"
         " WHERE status IN ('queued', 'sending')"
@@ -157,9 +150,8 @@ async def test_recent_sends_are_not_taken_for_crashes(pool_factory: PoolFactory)
 
 
 async def test_a_row_that_keeps_crashing_its_worker_ends_as_failed(
-    pool_factory: PoolFactory, migrated_schemas: TestEnv
+    pool: asyncpg.Pool, migrated_schemas: TestEnv
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     await pool.execute(
         "UPDATE deliveries SET status = 'failed', context = NULL"
         " WHERE status IN ('queued', 'sending')"
@@ -182,9 +174,8 @@ async def test_a_row_that_keeps_crashing_its_worker_ends_as_failed(
 
 
 async def test_a_claim_lost_in_the_air_is_handed_back_at_once(
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     await pool.execute(
         "UPDATE deliveries SET status = 'failed', context = NULL"
         " WHERE status IN ('queued', 'sending')"

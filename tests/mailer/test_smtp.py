@@ -28,8 +28,6 @@ from tests.support.smtp import Sink
 
 pytestmark = pytest.mark.integration
 
-PoolFactory = Callable[[str], Any]
-
 
 class CountingSink(Sink):
     def __init__(self) -> None:
@@ -45,9 +43,8 @@ class CountingSink(Sink):
 
 
 async def test_one_worker_reuses_its_smtp_connection(
-    start_mailer: StartMailer, publisher: Bus, pool_factory: PoolFactory
+    start_mailer: StartMailer, publisher: Bus, pool: asyncpg.Pool
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     sink = CountingSink()
     controller = Controller(sink, hostname="127.0.0.1", port=free_port())
     controller.start()
@@ -67,9 +64,7 @@ async def test_one_worker_reuses_its_smtp_connection(
 
 # Plain AUTH without TLS is fine against a local test server.
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
-async def test_smtp_credentials_are_used(
-    start_mailer: StartMailer, publisher: Bus, pool_factory: PoolFactory
-) -> None:
+async def test_smtp_credentials_are_used(start_mailer: StartMailer, publisher: Bus) -> None:
     seen: list[tuple[bytes, bytes]] = []
 
     def authenticator(
@@ -136,12 +131,11 @@ def envelope_sink() -> Iterator[Callable[[bool], tuple[EnvelopeSink, int]]]:
 async def test_an_internationalised_address_goes_out_under_smtputf8_as_it_is(
     start_mailer: StartMailer,
     publisher: Bus,
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
     envelope_sink: Callable[[bool], tuple[EnvelopeSink, int]],
 ) -> None:
     """RFC 6531/6532: the envelope asks for SMTPUTF8 and the To header carries the address
     in UTF-8. The stdlib's generator used to write it as an RFC 2047 word there."""
-    pool: asyncpg.Pool = await pool_factory("mailer")
     sink, port = envelope_sink(True)
     await start_mailer(port, mailer_concurrency=1)
     to = f"jürgen-{uuid.uuid4().hex[:8]}@exämple.de"
@@ -160,13 +154,12 @@ async def test_an_internationalised_address_goes_out_under_smtputf8_as_it_is(
 async def test_an_internationalised_domain_goes_out_in_its_ascii_form_without_smtputf8(
     start_mailer: StartMailer,
     publisher: Bus,
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
     envelope_sink: Callable[[bool], tuple[EnvelopeSink, int]],
 ) -> None:
     """Only the local part needs SMTPUTF8: a server without it (Postfix's smtp-sink, many
     relays) takes an internationalised domain in its IDNA form, which the mailer used to
     hold back as unreachable for two days."""
-    pool: asyncpg.Pool = await pool_factory("mailer")
     sink, port = envelope_sink(False)
     await start_mailer(port, mailer_concurrency=1)
     local = f"jane-{uuid.uuid4().hex[:8]}"
@@ -186,10 +179,9 @@ async def test_an_internationalised_domain_goes_out_in_its_ascii_form_without_sm
 async def test_an_internationalised_address_waits_for_a_server_with_smtputf8(
     start_mailer: StartMailer,
     publisher: Bus,
-    pool_factory: PoolFactory,
+    pool: asyncpg.Pool,
     envelope_sink: Callable[[bool], tuple[EnvelopeSink, int]],
 ) -> None:
-    pool: asyncpg.Pool = await pool_factory("mailer")
     sink, port = envelope_sink(False)
     await start_mailer(port, mailer_concurrency=1)
     job = invitation_job(f"jürgen-{uuid.uuid4().hex[:8]}@exämple.de")[0]
@@ -200,7 +192,7 @@ async def test_an_internationalised_address_waits_for_a_server_with_smtputf8(
 
 
 async def test_a_server_that_greets_with_5xx_is_retried_not_a_refusal_of_the_email(
-    start_mailer: StartMailer, publisher: Bus, pool_factory: PoolFactory
+    start_mailer: StartMailer, publisher: Bus, pool: asyncpg.Pool
 ) -> None:
     """554 at the greeting is the server turning us away (an address not allowed to relay, a
     server in maintenance), not a verdict on the email: like Postfix (smtp_skip_5xx_greeting),
@@ -213,7 +205,6 @@ async def test_a_server_that_greets_with_5xx_is_retried_not_a_refusal_of_the_ema
 
     server = await asyncio.start_server(refuse, "127.0.0.1", 0)
     try:
-        pool: asyncpg.Pool = await pool_factory("mailer")
         await start_mailer(server.sockets[0].getsockname()[1], mailer_concurrency=1)
         job = invitation_job(f"client-{uuid.uuid4().hex[:8]}@example.com")[0]
         await publish_job(publisher, job)

@@ -38,7 +38,6 @@ from tests.support.webhooks import Received, Receiver, receiver, verify
 pytestmark = pytest.mark.integration
 
 EVENTS = ["invitation.created", "invitation.revoked"]
-PoolFactory = Callable[[str], Any]
 
 
 @pytest.fixture
@@ -453,13 +452,12 @@ async def test_events_arriving_together_are_queued_in_one_statement(
 
 
 async def test_lifecycle_events_reach_the_mailer_only_while_an_endpoint_wants_them(
-    internal: Callable[..., Any], publisher: Bus, hook: Receiver, pool_factory: PoolFactory
+    internal: Callable[..., Any], publisher: Bus, hook: Receiver, pool: asyncpg.Pool
 ) -> None:
     """With no endpoint for a type, the mailer's queue isn't bound to it: another system's
     invitation costs the mailer no delivery, inbox row or transaction. An endpoint is bound
     before its creation is answered, so the next event reaches it; deleting the last one
     unbinds. (Before, every lifecycle event took an inbox transaction in the mailer.)"""
-    pool: asyncpg.Pool = await pool_factory("mailer")
     api: Internal = await internal()
     subscription = api.client.app[DEPS].subscription
     await eventually(lambda: subscription.bound == frozenset())
@@ -513,11 +511,10 @@ async def test_an_endpoint_is_not_saved_while_the_broker_is_out_of_reach(
 
 
 async def test_the_webhook_senders_stop_without_waiting_out_their_maintenance(
-    pool_factory: PoolFactory, migrated_schemas: TestEnv
+    pool: asyncpg.Pool, migrated_schemas: TestEnv
 ) -> None:
     """Stopping waited for the maintenance task's 5 s sleep to end: every Ctrl-C on make
     run, and every rolling restart, held the mailer that long."""
-    pool: asyncpg.Pool = await pool_factory("mailer")
     sender = WebhookSender(pool, mailer_settings(migrated_schemas, free_port()))
     await sender.start()
     await asyncio.sleep(0.1)  # the maintenance task is in its sleep

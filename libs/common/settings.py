@@ -95,6 +95,29 @@ class CommonSettings(BaseSettings):
             raise ValueError(f"must be {expected}")
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _origin_only(cls, value: AnyUrl) -> AnyUrl:
+        """Every emailed link is PUBLIC_URL + a path, and the gateway answers at the root of
+        its host: anything past the origin would break every link (and a password in it would
+        be written into every email)."""
+        if value.scheme not in ("http", "https"):
+            raise ValueError("must start with http:// or https://")
+        extras = [
+            ("no path", value.path not in (None, "", "/")),
+            ("no query", bool(value.query)),
+            ("no fragment", bool(value.fragment)),
+            ("no user name or password", bool(value.username or value.password)),
+        ]
+        wrong = [name for name, present in extras if present]
+        if wrong:
+            raise ValueError(
+                "must be the site's address alone, like https://portal.example.com ("
+                + ", ".join(wrong)
+                + "): ClientPress answers at the root of its host"
+            )
+        return value
+
     @field_validator(
         "smtp_username",
         "admin_email",

@@ -40,3 +40,40 @@ def test_https_public_url_makes_cookies_secure(monkeypatch: pytest.MonkeyPatch) 
     settings = load_settings(CommonSettings)
     assert settings.secure_cookies
     assert settings.public_base == "https://portal.example.com"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("https://portal.example.com/clients", "no path"),
+        ("https://portal.example.com/?tenant=acme", "no query"),
+        ("https://portal.example.com/#top", "no fragment"),
+        ("https://admin:secret@portal.example.com", "no user name or password"),
+        ("ftp://portal.example.com", "http:// or https://"),
+    ],
+)
+def test_a_public_url_links_cannot_be_built_on_is_refused_and_explained(
+    monkeypatch: pytest.MonkeyPatch, value: str, says: str
+) -> None:
+    """Every link in an email is PUBLIC_URL + a path, and the gateway answers at its host's
+    root: with a path, a query or a fragment every emailed link would be broken."""
+    monkeypatch.setenv("PUBLIC_URL", value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(CommonSettings)
+    message = str(info.value)
+    assert "PUBLIC_URL" in message and says in message
+    assert "secret" not in message
+
+
+@pytest.mark.parametrize(
+    ("value", "base"),
+    [
+        ("https://portal.example.com", "https://portal.example.com"),
+        ("https://portal.example.com/", "https://portal.example.com"),
+        ("http://localhost:8080", "http://localhost:8080"),
+        ("https://[2001:db8::1]:8443/", "https://[2001:db8::1]:8443"),
+    ],
+)
+def test_an_origin_is_a_public_url(monkeypatch: pytest.MonkeyPatch, value: str, base: str) -> None:
+    monkeypatch.setenv("PUBLIC_URL", value)
+    assert load_settings(CommonSettings).public_base == base

@@ -124,7 +124,7 @@ class MailerSettings(CommonSettings):
     @field_validator("mail_from")
     @classmethod
     def _one_sender(cls, value: str) -> str:
-        _, address = email.utils.parseaddr(value)
-        if "@" not in address or any(c in value for c in "\r\n"):
+        addresses = email.utils.getaddresses([value])
+        if len(addresses) != 1 or "@" not in addresses[0][1] or any(c in value for c in "\r\n"):
             raise ValueError("must be one address, e.g. 'ClientPress <no-reply@example.com>'")
         return value

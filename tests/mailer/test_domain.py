@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from libs.common.settings import ConfigError, load_settings
 from services.mailer.domain import (
     FailureReason,
     InvalidAddress,
@@ -177,3 +178,23 @@ def test_an_old_configuration_still_loads_and_the_horizon_decides(
     monkeypatch.setenv("MAILER_RETRY_MAX_SECONDS", "600")
     policy = MailerSettings().retry_policy
     assert policy == RetryPolicy(base_seconds=2.0, max_seconds=600, give_up_after_seconds=172_800)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not an address",
+        "ClientPress <no-reply@example.com>, someone@example.net",
+        "no-reply@example.com\r\nBcc: someone@example.net",
+    ],
+)
+def test_mail_from_must_be_one_address(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """A second address was dropped without a word: emails went out from the first only."""
+    monkeypatch.setenv("MAIL_FROM", value)
+    with pytest.raises(ConfigError, match=r"MAIL_FROM: .*must be one address"):
+        load_settings(MailerSettings)
+
+
+def test_mail_from_with_a_display_name_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAIL_FROM", '"Northwind, Agency" <no-reply@example.com>')
+    assert load_settings(MailerSettings).mail_from == '"Northwind, Agency" <no-reply@example.com>'

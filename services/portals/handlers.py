@@ -4,8 +4,10 @@ first, so they apply one at a time."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -104,10 +106,21 @@ async def _load(conn: Conn, portal_id: uuid.UUID) -> Portal:
 
 
 # --- portals --------------------------------------------------------------------------
+# Rendering is CPU alone, and crafted Content takes markdown-it-py seconds (some unclosed
+# brackets make its inline parse quadratic): it runs on a thread of its own, one render at
+# a time, before any transaction, so the service goes on answering and no row lock waits.
+_RENDERER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
+
+
+async def _render(content: str) -> str:
+    return await asyncio.get_running_loop().run_in_executor(_RENDERER, render_content, content)
+
+
 async def create_portal(
     deps: Deps, *, title: str, slug: str | None, content: str, status: Status
 ) -> Portal:
     portal_id = uuid.uuid4()
+    content_html = await _render(content)
     async with transaction(deps.db) as conn:
         insert = partial(
             repo.insert,
@@ -115,7 +128,7 @@ async def create_portal(
             portal_id=portal_id,
             title=title,
             content=content,
-            content_html=render_content(content),
+            content_html=content_html,
             status=status,
         )
         if slug is not None:
@@ -153,6 +166,7 @@ async def update_portal(
     Nothing actually different → no new revision and no event. With ``revision``, only a
     portal still at that revision is changed: a caller that read it, changed it and writes
     it back never undoes a change saved in between."""
+    content_html = await _render(changes["content"]) if "content" in changes else None
     async with transaction(deps.db) as conn:
         if not await repo.lock(conn, portal_id):
             raise _not_found()
@@ -168,7 +182,7 @@ async def update_portal(
         if not diff:
             return current
         if "content" in diff:
-            diff["content_html"] = render_content(diff["content"])
+            diff["content_html"] = content_html
         if not await _unless_slug_taken(conn, partial(repo.update, conn, portal_id, diff)):
             raise _slug_taken(str(diff["slug"]))
         portal = await _load(conn, portal_id)

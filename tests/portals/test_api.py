@@ -202,6 +202,31 @@ async def test_a_write_at_a_revision_wins_once_and_the_rest_are_told_the_new_one
         assert resp.status == 422, bad
 
 
+# 100 KB that markdown-it-py takes seconds to render: an unclosed image on every line
+# (its label search runs to the end of the paragraph each time, so the cost is quadratic).
+SLOW_CONTENT = "![a\n" * 25_000
+
+
+async def test_content_slow_to_render_holds_up_neither_the_service_nor_the_portal(
+    client: Client, new_portal: NewPortal
+) -> None:
+    """Rendering ran on the event loop, inside the transaction holding the portal's row
+    lock: while one save of crafted Content rendered (seconds), the service answered no
+    one and another save to that portal waited on the lock."""
+    portal, other = await new_portal(), await new_portal()
+    path = f"/portals/{portal['id']}"
+    save = asyncio.create_task(client.patch(path, json={"content": SLOW_CONTENT}))
+    await asyncio.sleep(0.3)  # the save is rendering by now
+    read = await client.get(f"/portals/{other['id']}")
+    renamed = await client.patch(path, json={"title": "Renamed meanwhile"})
+    assert read.status == 200 and renamed.status == 200
+    assert not save.done(), "answered only once the render was over"
+    saved = await save
+    assert saved.status == 200
+    body = await saved.json()
+    assert body["title"] == "Renamed meanwhile" and body["content"] == SLOW_CONTENT
+
+
 async def test_list_filters_and_keyset_pagination(client: Client, new_portal: NewPortal) -> None:
     tag = uuid.uuid4().hex[:8]
     made = [await new_portal(title=f"List {tag} {i} 100%_x") for i in range(5)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -51,6 +52,22 @@ def stop_once(loop: asyncio.AbstractEventLoop, log: Any) -> None:
         loop.add_signal_handler(sig, stop, sig.name)
 
 
+# Set when the hard limit is "unlimited": a soft limit has to be a number, and a million
+# connections is past what one process's memory would hold anyway.
+OPEN_FILES_WHEN_UNLIMITED = 1 << 20
+
+
+def raise_open_files_limit() -> None:
+    """Each connection is a file descriptor, and a process started from a shell or in a
+    container (Docker 25 and later) gets a soft limit of 1,024: one client holding a
+    thousand connections open would leave no room for anyone else. The soft limit goes up
+    to the hard one, which only the operator sets (as Go's runtime does at start)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WHEN_UNLIMITED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def main(
     service: str,
     settings_cls: type[S],
@@ -93,7 +110,9 @@ def main(
     except ConfigError as exc:
         print(f"clientpress: {service}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    log.info("service_starting", host=host, port=port)
+    raise_open_files_limit()
+    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    log.info("service_starting", host=host, port=port, open_files=open_files)
     # Health, readiness and metrics on a port of their own, on the same host.
     app.cleanup_ctx.append(serve_management(host, settings.management_port(service)))
     loop = asyncio.new_event_loop()

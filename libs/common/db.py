@@ -2,7 +2,8 @@
 
 Each service owns one schema. Migrations are ``NNNN_name.sql`` files run in order inside
 one transaction each, recorded in ``<schema>.schema_migrations``; a transaction-level
-advisory lock keyed on the schema makes concurrent starts wait instead of racing."""
+advisory lock keyed on the schema makes concurrent starts wait instead of racing, and a
+lock timeout keeps a migration from queueing the running release's statements behind it."""
 
 from __future__ import annotations
 
@@ -379,38 +380,86 @@ async def try_xact_lock(conn: Conn, name: str) -> bool:
     return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", lock_key(name)))
 
 
-async def migrate(url: str, schema: str, directory: Path) -> list[str]:
-    """Apply pending migrations for one schema; returns the names applied."""
+# How long a migration's statement waits for a table lock before it gives up and the file
+# is tried again after a pause. During a rolling update the previous release keeps
+# serving: a statement waiting for a lock (an ALTER behind a replica's open transaction)
+# would queue every later statement on that table behind it, reads included, for as long
+# as that transaction lasted. Below LOCK_WAIT_SECONDS, so the services' own statements
+# queued behind it meanwhile are answered, not refused.
+MIGRATION_LOCK_TIMEOUT_SECONDS = 2.0
+# The pause after a lock wait given up, doubled each time up to this.
+MIGRATION_RETRY_MAX_SECONDS = 30.0
+
+
+async def migrate(
+    url: str,
+    schema: str,
+    directory: Path,
+    *,
+    lock_timeout: float = MIGRATION_LOCK_TIMEOUT_SECONDS,
+) -> list[str]:
+    """Apply pending migrations for one schema, each file in its own transaction (its
+    locks are held for that file only, not for every release an upgrade crosses);
+    returns the names applied. A file whose statement waits for a lock longer than
+    ``lock_timeout`` is rolled back and tried again after a pause."""
     _check_schema(schema)
     await ensure_database(url)
     migrations = load_migrations(COMMON_MIGRATIONS, directory)
     applied: list[str] = []
     conn = await asyncpg.connect(url, timeout=10)
     try:
-        async with conn.transaction():
-            await xact_lock(conn, f"migrate:{schema}")
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-            await conn.execute(f"SET LOCAL search_path TO {schema}, public")
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version text PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-            for migration in migrations:
-                if migration.version in done:
-                    continue
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
+        for migration in migrations:
+            if await _apply_patiently(conn, schema, migration, lock_timeout):
                 applied.append(migration.name)
     finally:
         await conn.close()
     log.info("migrations_applied", schema=schema, applied=applied)
     return applied
+
+
+async def _apply_patiently(
+    conn: asyncpg.Connection[asyncpg.Record], schema: str, migration: Migration, lock_timeout: float
+) -> bool:
+    pause = lock_timeout
+    while True:
+        try:
+            return await _apply(conn, schema, migration, lock_timeout)
+        except asyncpg.LockNotAvailableError:
+            log.warning(
+                "migration_lock_wait", schema=schema, migration=migration.name, retry_in=pause
+            )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MIGRATION_RETRY_MAX_SECONDS)
+
+
+async def _apply(
+    conn: asyncpg.Connection[asyncpg.Record], schema: str, migration: Migration, lock_timeout: float
+) -> bool:
+    """Apply one migration unless it is recorded as applied; True if it was applied."""
+    async with conn.transaction():
+        # Concurrent runs (replicas starting together) take turns, file by file; the
+        # lock timeout below does not apply to this wait.
+        await xact_lock(conn, f"migrate:{schema}")
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version text PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        if await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)",
+            migration.version,
+        ):
+            return False
+        await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms'")
+        await conn.execute(migration.sql)
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            migration.version,
+            migration.name,
+        )
+    return True
 
 
 async def ensure_database(url: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import orjson
 from pydantic import (
@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     ValidationError,
+    WithJsonSchema,
     model_serializer,
 )
 
@@ -424,11 +425,21 @@ BrandingField = Literal[
 ]
 
 
+# What a reader takes in ``changed``: any name. A release that adds a Branding field names
+# it here within version 1 (default_locale and time_zone came so), and a reader of the
+# previous release, still running during the rollout, must not refuse the event for it.
+# The schema documents the names this release writes.
+_BrandingFieldName = Annotated[
+    str, WithJsonSchema({"type": "string", "enum": list(get_args(BrandingField))})
+]
+
+
 class BrandingChanged(EventData):
     """Settings → Branding was saved: which fields changed (never their values, so the
-    event says nothing an activity log shouldn't keep). Gateways forget their copy."""
+    event says nothing an activity log shouldn't keep). Gateways forget their copy. A
+    later release may name a field not listed: read it as a change all the same."""
 
-    changed: list[BrandingField]
+    changed: list[_BrandingFieldName]
 
 
 EVENTS: dict[tuple[str, int], type[EventData]] = {

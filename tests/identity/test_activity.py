@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from libs.common.activity import ACTIONS, EVENT_ACTIONS
 from libs.common.actor import ACTOR_HEADER, Actor, encode_actor
-from libs.common.events import EVENTS, make_event, parse_data
+from libs.common.events import EVENTS, make_event, parse_data, parse_envelope
 from services.identity.consumer import HANDLERS, entry_of
 from services.identity.domain import ActivityEntry
 from services.identity.handlers import Deps, record_activity
@@ -337,3 +337,17 @@ async def test_settings_and_keys_announce_their_changes_with_who_made_them(
     ]
     assert all(e["actor"] == dana.model_dump() for e in events)
     assert key["key"] not in str(events)  # never the key itself
+
+
+def test_a_branding_change_naming_a_field_this_release_doesnt_know_is_still_recorded() -> None:
+    """A later release's mailer may name a Branding field this release doesn't know, as this
+    release's mailer names default_locale and time_zone, which a 0.1.0 identity refused as a
+    malformed event and dead-lettered during the rollout. The list only says what changed:
+    the entry keeps the names as they came."""
+    dana = Actor(type="user", id=str(uuid.uuid4()), name="dana@agency.example")
+    known = _event("settings.branding.changed", dana)
+    body = orjson.loads(known.to_json())
+    body["data"]["changed"] = ["agency_name", "signature"]
+    envelope = parse_envelope(orjson.dumps(body))
+    entry = entry_of(envelope, parse_data(envelope))
+    assert entry is not None and entry.details == {"changed": ["agency_name", "signature"]}

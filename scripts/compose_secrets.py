@@ -11,7 +11,12 @@ from pathlib import Path
 
 from libs.common import broker
 from libs.common.sealing import new_key
-from libs.common.service_auth import COMPOSE_PUBLIC_VARIABLE, generate, keygen_lines
+from libs.common.service_auth import (
+    COMPOSE_PUBLIC_VARIABLE,
+    generate,
+    keygen_lines,
+    write_private,
+)
 
 ENV_FILE = Path(__file__).resolve().parents[1] / "deploy" / ".env"
 
@@ -44,8 +49,9 @@ def main() -> int:
     if added:
         lines = [existing.rstrip("\n")] if existing else ["# compose secrets (git-ignored)"]
         lines += [f"{k}={v}" for k, v in added.items()]
-        ENV_FILE.write_text("\n".join(lines) + "\n")
-    ENV_FILE.chmod(0o600)
+        write_private(ENV_FILE, "\n".join(lines) + "\n")
+    elif ENV_FILE.exists():
+        ENV_FILE.chmod(0o600)
     print(f"clientpress: {ENV_FILE} has every secret compose needs ({len(added)} new)")
     if "ADMIN_PASSWORD" in added:
         print(f"clientpress: administrator password: {added['ADMIN_PASSWORD']}")

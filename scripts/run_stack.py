@@ -21,7 +21,7 @@ import asyncpg
 from libs.common import broker
 from libs.common.provision import ProvisionError, provision
 from libs.common.sealing import new_key
-from libs.common.service_auth import encode_private, generate, public_table_text
+from libs.common.service_auth import encode_private, generate, public_table_text, write_private
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR = ROOT / ".run"
@@ -148,8 +148,7 @@ def local_secrets(env: dict[str, str]) -> dict[str, str]:
         stored.setdefault(name, broker.new_passwords(["x"])["x"])
     stored.setdefault("MAIL_JOB_KEY", new_key())
     stored.setdefault("WEBHOOK_SECRET_KEY", new_key())
-    path.write_text(json.dumps(stored, indent=2))
-    path.chmod(0o600)
+    write_private(path, json.dumps(stored, indent=2))
     return {name: env.get(name) or value for name, value in stored.items()}
 
 

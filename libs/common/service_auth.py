@@ -361,11 +361,23 @@ def write_env_file(path: Path, lines: list[str]) -> None:
         kept = [
             line for line in path.read_text().splitlines() if line.partition("=")[0] not in names
         ]
+    write_private(path, "\n".join([*kept, *lines]) + "\n")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file of secrets that only its owner may read, from its first byte: made
+    0600, and an existing file made so before it is emptied and written (a chmod after
+    the write left a moment when anyone could open it, and keep reading what came)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
     with os.fdopen(fd, "w") as out:
-        out.write("\n".join([*kept, *lines]) + "\n")
-    path.chmod(0o600)
+        out.write(text)
 
 
 def main(argv: list[str] | None = None) -> int:

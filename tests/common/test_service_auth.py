@@ -4,6 +4,7 @@ refused off localhost, tokens bound to issuer, audience and a short life."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from libs.common.service_auth import (
     main,
     parse_public_table,
     public_table_text,
+    write_private,
 )
 from libs.common.settings import CommonSettings, ConfigError
 from libs.common.web import base_app, require_service_proof
@@ -271,3 +273,23 @@ def test_an_app_refuses_to_build_when_its_callers_table_misses_a_route() -> None
         app.router.add_post("/things", handler)
         with pytest.raises(ValueError, match=re.escape(problem)):
             require_service_proof(app, CommonSettings(), callers)
+
+
+def test_a_file_of_secrets_is_private_before_anything_new_is_written(tmp_path: Path) -> None:
+    """An existing file readable by anyone (0644) is made 0600 before it is emptied and
+    the new secrets go in: whoever opened it before then sees only what it already held."""
+    path = tmp_path / ".env"
+    path.write_text("OLD=1\n")
+    path.chmod(0o644)
+    seen: list[int] = []
+    truncate = os.ftruncate
+
+    def watched(fd: int, length: int) -> None:
+        seen.append(path.stat().st_mode & 0o777)
+        truncate(fd, length)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "ftruncate", watched)
+        write_private(path, "NEW=2\n")
+    assert seen == [0o600]
+    assert path.read_text() == "NEW=2\n" and path.stat().st_mode & 0o777 == 0o600

@@ -4,6 +4,7 @@ what's wrong in the reader's language without a round trip)."""
 
 from __future__ import annotations
 
+import unicodedata
 from functools import cache
 from pathlib import Path
 
@@ -23,6 +24,13 @@ IS_THE_EMAIL = N_("The password must not be your email address.")
 TOO_COMMON = N_("This password is too common and easy to guess. Choose a less predictable one.")
 
 
+def normalise_password(password: str) -> str:
+    """The password as it is checked and hashed: Unicode NFKC (NIST SP 800-63B), so one
+    password typed on another device (an accented letter as one character or as a letter
+    and an accent, full-width digits from an East Asian input method) is the same one."""
+    return unicodedata.normalize("NFKC", password)
+
+
 @cache
 def common_passwords() -> frozenset[str]:
     lines = COMMON_PASSWORDS_FILE.read_text(encoding="utf-8").splitlines()
@@ -33,6 +41,7 @@ def password_problem(password: str, email: str | None) -> str | None:
     """Why a password is refused, in words a person understands; None when acceptable.
 
     The message never repeats the password itself."""
+    password = normalise_password(password)
     if len(password) < MIN_PASSWORD_LENGTH:
         return TOO_SHORT
     if len(password) > MAX_PASSWORD_LENGTH:

@@ -18,6 +18,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from prometheus_client import Counter
 
 from libs.common.errors import RateLimited
+from libs.common.passwords import normalise_password
 
 from .settings import default_hash_concurrency
 
@@ -80,7 +81,7 @@ class Passwords:
         return max(1, math.ceil(self.max_wait / 2))
 
     async def hash(self, password: str) -> str:
-        return await self._run(self.hasher.hash, password)
+        return await self._run(self.hasher.hash, normalise_password(password))
 
     async def verify(self, password_hash: str, password: str) -> bool:
         return await self._run(partial(self._verify, password_hash, password))
@@ -143,6 +144,15 @@ class Passwords:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _verify(self, password_hash: str, password: str) -> bool:
+        """The normalised password, and, if the person typed it otherwise, the password as
+        typed: a hash made before passwords were normalised. Either way the cost depends
+        on what was typed alone, never on the account."""
+        normal = normalise_password(password)
+        if self._matches(password_hash, normal):
+            return True
+        return normal != password and self._matches(password_hash, password)
+
+    def _matches(self, password_hash: str, password: str) -> bool:
         try:
             return self.hasher.verify(password_hash, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):

@@ -13,7 +13,14 @@ from services.identity import handlers
 from services.identity.domain import hash_token
 from services.identity.handlers import Deps
 from services.identity.passwords import HashingBusy, default_hasher
-from tests.identity.helpers import STRONG, Clock, CountingPasswords, new_email, outbox_events
+from tests.identity.helpers import (
+    STRONG,
+    Clock,
+    CountingPasswords,
+    cheap_hasher,
+    new_email,
+    outbox_events,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -170,3 +177,32 @@ async def test_logout_revokes_and_announces_once(deps: Deps, pool: asyncpg.Pool)
         await handlers.current_session(deps, None)
     with pytest.raises(Unauthorized):
         await handlers.current_session(deps, "made-up-token")
+
+
+# One password as two keyboards may send it: "é" as one character (NFC, most systems) or
+# as "e" and a combining accent (NFD, text copied from some macOS apps); full-width
+# letters from an East Asian input method.
+PRECOMPOSED = "Mot de passe d'\u00e9t\u00e9 2026"
+DECOMPOSED = "Mot de passe d'e\u0301te\u0301 2026"
+FULL_WIDTH = "Mot de passe d'\u00e9t\u00e9 \uff12\uff10\uff12\uff16"
+
+
+async def test_a_password_logs_in_however_its_characters_were_composed(deps: Deps) -> None:
+    """NIST SP 800-63B: passwords are normalised (NFKC) before hashing, so the same
+    password typed on another device still opens the account."""
+    email = new_email("unicode")
+    user = await handlers.create_user(deps, email, DECOMPOSED, "client")
+    for typed in (PRECOMPOSED, DECOMPOSED, FULL_WIDTH):
+        assert (await handlers.login(deps, email, typed)).user.id == user.id
+    with pytest.raises(Unauthorized):
+        await handlers.login(deps, email, PRECOMPOSED.lower())
+
+
+async def test_a_hash_made_before_passwords_were_normalised_still_logs_in(
+    deps: Deps, pool: asyncpg.Pool
+) -> None:
+    email = new_email("legacy")
+    user = await handlers.create_user(deps, email, STRONG, "client")
+    legacy = cheap_hasher().hash(DECOMPOSED)  # as the password was typed, not normalised
+    await pool.execute("UPDATE users SET password_hash = $1 WHERE id = $2", legacy, user.id)
+    assert (await handlers.login(deps, email, DECOMPOSED)).user.id == user.id

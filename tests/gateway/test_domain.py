@@ -63,11 +63,11 @@ def test_origin_must_be_ours_when_sent() -> None:
     assert not origin_allowed("http://localhost:8081", "http://localhost:8080")
 
 
-def test_public_origin_drops_default_port_and_path() -> None:
-    assert GatewaySettings(public_url="https://cp.example.com/").public_origin == (
+def test_public_origin_drops_the_default_port_and_keeps_another() -> None:
+    assert GatewaySettings(public_url="https://cp.example.com:443/").public_origin == (
         "https://cp.example.com"
     )
-    assert GatewaySettings(public_url="http://localhost:8080/x").public_origin == (
+    assert GatewaySettings(public_url="http://localhost:8080/").public_origin == (
         "http://localhost:8080"
     )
 

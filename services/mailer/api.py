@@ -4,7 +4,6 @@ delivery log and Redeliver, for the gateway's /api/v1/webhooks and Settings → 
 from __future__ import annotations
 
 import base64
-import binascii
 import uuid
 from datetime import datetime
 from typing import Any
@@ -166,7 +165,7 @@ async def put_logo(request: web.Request) -> web.Response:
     body = await read_json(request, LogoBody, limit=(MAX_LOGO_BYTES * 4) // 3 + 1024)
     try:
         content = base64.b64decode(body.content, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, and any character outside ASCII
         raise InvalidInput("The logo must be sent as base64.", code="invalid_logo") from None
     value = await branding.set_logo(request.app[DEPS], content)
     request.app[BRANDING].forget()

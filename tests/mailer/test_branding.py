@@ -113,6 +113,20 @@ async def test_bad_values_are_refused_with_their_field_and_reason(
     assert len(await branding_events(mailer_pool)) == said
 
 
+async def test_a_logo_that_is_not_ascii_base64_is_refused_as_not_base64(
+    start_mailer: StartMailer,
+    smtp_sink: SmtpSink,
+    migrated_schemas: TestEnv,
+    mailer_pool: asyncpg.Pool,
+) -> None:
+    api = Internal(await start_mailer(smtp_sink.port), migrated_schemas)
+    said = len(await branding_events(mailer_pool))
+    for content in ("\u00e9", "iVBOR\u00e9w0KGgo=", "\U0001f600"):
+        status, body = await api.call("PUT", "/branding/logo", json={"content": content})
+        assert (status, body["error"]["code"]) == (422, "invalid_logo"), content
+    assert len(await branding_events(mailer_pool)) == said
+
+
 async def test_a_logo_is_stored_served_and_announced(
     start_mailer: StartMailer,
     smtp_sink: SmtpSink,

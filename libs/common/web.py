@@ -125,6 +125,14 @@ def error_response(
     return json_response({"error": error}, status, headers)
 
 
+def http_error_headers(exc: web.HTTPException) -> dict[str, str]:
+    """The headers aiohttp's own error carries that its JSON (or page) answer must keep:
+    a 405's ``Allow`` (RFC 9110 15.5.6)."""
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return {"Allow": ", ".join(sorted(exc.allowed_methods))}
+    return {}
+
+
 # What the patterns fields must match mean, in words (``readable``).
 _PATTERN_WORDS: dict[str, str] = {}
 
@@ -285,7 +293,7 @@ async def json_error_middleware(
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_")
-        return error_response(exc.status, code, exc.reason)
+        return error_response(exc.status, code, exc.reason, http_error_headers(exc))
     except RateLimited as exc:
         return error_response(
             exc.status,

@@ -14,7 +14,7 @@ from multidict import MultiDictProxy
 
 from libs.common.errors import DomainError, NotFound, RateLimited, Unavailable
 from libs.common.logging import get_logger
-from libs.common.web import UNAVAILABLE_ERRORS, error_response
+from libs.common.web import UNAVAILABLE_ERRORS, error_response, http_error_headers
 
 from . import i18n
 from .answers import UserAnswer
@@ -179,7 +179,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 404:
             return _answer(request, *NOT_FOUND)
         code = exc.reason.lower().replace(" ", "_")
-        return _answer(request, exc.status, code, exc.reason, exc.reason)
+        headers = http_error_headers(exc)
+        return _answer(request, exc.status, code, exc.reason, exc.reason, headers)
     except RateLimited as exc:
         return _answer(
             request,

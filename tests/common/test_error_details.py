@@ -1,12 +1,15 @@
 """Machine-readable details beside an error's code and message (an expiry time, when the
-next email can go) survive the hop between services, and a 429 keeps its Retry-After."""
+next email can go) survive the hop between services, a 429 keeps its Retry-After and a
+405 its Allow."""
 
 from __future__ import annotations
 
 import orjson
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from libs.common.errors import Gone, NotFound, RateLimited, from_status
-from libs.common.web import error_response
+from libs.common.web import base_app, error_response
 
 
 def test_details_go_beside_code_and_message_and_never_over_them() -> None:
@@ -39,3 +42,20 @@ def test_from_status_rebuilds_details_and_rate_limits() -> None:
     assert from_status(429, "x", "y", {"retry_after": "soon"}).retry_after == 1  # type: ignore[attr-defined]
     missing = from_status(404, "gone", "No.")
     assert isinstance(missing, NotFound) and missing.details == {}
+
+
+async def _listed(request: web.Request) -> web.Response:
+    return web.json_response({"items": []})
+
+
+async def test_a_method_the_route_lacks_is_405_json_with_allow() -> None:
+    app = base_app("portals")
+    app.router.add_get("/things", _listed)
+    app.router.add_post("/things", _listed)
+    async with TestClient(TestServer(app)) as client:
+        for method in ("DELETE", "OPTIONS", "TRACE"):
+            response = await client.request(method, "/things")
+            assert response.status == 405, method
+            assert (await response.json())["error"]["code"] == "method_not_allowed"
+            # RFC 9110 15.5.6: a 405 must say which methods the resource takes.
+            assert set(response.headers.get("Allow", "").split(", ")) == {"GET", "HEAD", "POST"}

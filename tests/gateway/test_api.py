@@ -165,3 +165,16 @@ async def test_openapi_document_lists_every_api_route(gw: TestClient) -> None:
         key = path.removeprefix("/api/v1")
         assert key in doc["paths"], key
         assert route.method.lower() in doc["paths"][key], (route.method, key)
+
+
+async def test_a_method_the_route_lacks_is_405_with_allow(gw: TestClient, backend: Backend) -> None:
+    headers = await admin_headers(gw, backend)
+    response = await gw.delete("/api/v1/portals", headers=headers)
+    assert response.status == 405
+    assert (await response.json())["error"]["code"] == "method_not_allowed"
+    # RFC 9110 15.5.6: a 405 must say which methods the resource takes, page or API.
+    assert set(response.headers.get("Allow", "").split(", ")) == {"GET", "HEAD", "POST"}
+    form = {"csrf_token": headers["X-CSRF-Token"]}
+    page = await gw.request("PUT", "/admin/portals", data=form)
+    assert page.status == 405
+    assert set(page.headers.get("Allow", "").split(", ")) == {"GET", "HEAD"}

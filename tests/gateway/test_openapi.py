@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.gateway.app import create_app
 from services.gateway.views import api
 from services.gateway.views.openapi import OPENAPI
+from services.invitations import openapi as invitations_openapi
 from tests.gateway.conftest import csrf, log_in, make_settings
 from tests.gateway.fakes import Backend
 
@@ -74,6 +75,33 @@ def test_the_document_is_made_of_the_routes_models() -> None:
         "schema": {"type": "string", "format": "uuid"},
     }
     assert set(one["responses"]) == {"200", "401", "403", "404"}
+
+
+# The /api/v1 routes that forward to one route of the invitations service, and that route.
+FORWARDED = {
+    ("post", "/portals/{id}/invitations"): ("post", "/invitations"),
+    ("post", "/invitations"): ("post", "/invitations/group"),
+    ("post", "/invitations/{id}/resend"): ("post", "/invitations/{id}/resend"),
+    ("post", "/invitations/{id}/revoke"): ("post", "/invitations/{id}/revoke"),
+    ("post", "/staff-invitations"): ("post", "/staff-invitations"),
+}
+
+
+def _refusals(errors: Any) -> set[str]:
+    """``"429 send_rate_limited (Retry-After, …)"`` → ``"429 send_rate_limited"``: the 4xx
+    refusals a route lists, except 422s (the gateway checks the body first, in its words)."""
+    found = {" ".join(str(e).split()[:2]) for e in errors}
+    return {e for e in found if e[0] == "4" and not e.startswith("422")}
+
+
+def test_a_forwarding_route_documents_every_refusal_the_invitations_service_gives() -> None:
+    upstream = {(op[0], op[1]): op[8] for op in invitations_openapi.OPERATIONS}
+    declared = {(e.method.lower(), e.path): e.errors for e in api.API.endpoints}
+    for route, target in FORWARDED.items():
+        responses = OPENAPI["paths"][route[1]][route[0]]["responses"]
+        missing = _refusals(upstream[target]) - _refusals(declared[route])
+        assert not missing, (route, missing)
+        assert {r.split()[0] for r in _refusals(upstream[target])} <= set(responses), route
 
 
 async def test_the_reference_page_is_self_hosted_and_script_free(gw: TestClient) -> None:

@@ -334,6 +334,7 @@ def _inviter(request: web.Request, named: str | None) -> str:
         "409 idempotency_key_reused",
         "422 invalid_email",
         "422 invalid_idempotency_key",
+        "429 send_rate_limited (already pending: beyond the caps on new links)",
     ],
 )
 async def invite(request: web.Request) -> web.StreamResponse:
@@ -576,6 +577,9 @@ async def get_invitation(request: web.Request) -> web.StreamResponse:
         "404 invitation_not_found",
         "409 invitation_accepted",
         "409 invitation_revoked",
+        "409 invitation_pending (a newer one to the same person and portal)",
+        "409 portal_not_active",
+        "429 send_rate_limited (Retry-After, error.retry_at)",
     ],
 )
 async def resend(request: web.Request) -> web.StreamResponse:

@@ -239,6 +239,8 @@ class ApiRoutes:
         failures = {"401", "403"} | {err.split()[0] for err in e.errors}
         if e.body is not None or e.query is not None:
             failures.add("422")
+        if e.body is not None:
+            failures.add("413")  # body_too_large: over the route's or the app's limit
         for failure in sorted(failures):
             responses[failure] = {"$ref": "#/components/responses/Error"}
         operation: dict[str, Any] = {"summary": e.summary, "parameters": params}

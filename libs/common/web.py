@@ -155,6 +155,14 @@ def describe_validation(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def body_too_large(limit: int) -> TooLarge:
+    """413 ``body_too_large``, saying the limit: a route's own, or the app's
+    ``client_max_size`` (which aiohttp enforces with an error of its own words)."""
+    mib = 1024 * 1024
+    size = f"{limit // mib} MiB" if limit >= mib else f"{limit // 1024} KiB"
+    return TooLarge(f"The request body must be at most {size}.", code="body_too_large")
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The body of a route allowed more than the app's ``client_max_size`` (a batch)."""
     chunks: list[bytes] = []
@@ -162,10 +170,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     async for chunk in request.content.iter_chunked(64 * 1024):
         size += len(chunk)
         if size > limit:
-            raise TooLarge(
-                f"The request body must be at most {limit // (1024 * 1024)} MiB.",
-                code="body_too_large",
-            )
+            raise body_too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -289,6 +294,9 @@ async def json_error_middleware(
 ) -> web.StreamResponse:
     try:
         return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        refused = body_too_large(request.client_max_size)
+        return error_response(refused.status, refused.code, refused.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

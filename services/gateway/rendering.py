@@ -14,7 +14,12 @@ from multidict import MultiDictProxy
 
 from libs.common.errors import DomainError, NotFound, RateLimited, Unavailable
 from libs.common.logging import get_logger
-from libs.common.web import UNAVAILABLE_ERRORS, error_response, http_error_headers
+from libs.common.web import (
+    UNAVAILABLE_ERRORS,
+    body_too_large,
+    error_response,
+    http_error_headers,
+)
 
 from . import i18n
 from .answers import UserAnswer
@@ -176,6 +181,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if isinstance(exc, web.HTTPRequestEntityTooLarge) and is_api(request):
+            refused = body_too_large(request.client_max_size)
+            return error_response(refused.status, refused.code, refused.message)
         if exc.status == 404:
             return _answer(request, *NOT_FOUND)
         code = exc.reason.lower().replace(" ", "_")

@@ -59,3 +59,20 @@ async def test_a_method_the_route_lacks_is_405_json_with_allow() -> None:
             assert (await response.json())["error"]["code"] == "method_not_allowed"
             # RFC 9110 15.5.6: a 405 must say which methods the resource takes.
             assert set(response.headers.get("Allow", "").split(", ")) == {"GET", "HEAD", "POST"}
+
+
+async def _created(request: web.Request) -> web.Response:
+    return web.json_response(await request.json(), status=201)
+
+
+async def test_a_body_over_the_apps_limit_is_413_body_too_large_with_the_limit() -> None:
+    app = base_app("portals", client_max_size=64 * 1024)
+    app.router.add_post("/things", _created)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.post("/things", json={"title": "x" * 70_000})
+        assert response.status == 413
+        assert (await response.json())["error"] == {
+            "code": "body_too_large",
+            "message": "The request body must be at most 64 KiB.",
+        }
+        assert (await client.post("/things", json={"title": "x"})).status == 201

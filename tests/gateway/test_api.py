@@ -6,6 +6,7 @@ import uuid
 
 from aiohttp.test_utils import TestClient
 
+from services.gateway.views.openapi import OPENAPI
 from tests.gateway.conftest import csrf, log_in
 from tests.gateway.fakes import Backend
 
@@ -178,3 +179,27 @@ async def test_a_method_the_route_lacks_is_405_with_allow(gw: TestClient, backen
     page = await gw.request("PUT", "/admin/portals", data=form)
     assert page.status == 405
     assert set(page.headers.get("Allow", "").split(", ")) == {"GET", "HEAD"}
+
+
+async def test_a_body_over_the_limit_is_413_body_too_large_as_documented(
+    gw: TestClient, backend: Backend
+) -> None:
+    headers = await admin_headers(gw, backend)
+    portal = await (
+        await gw.post("/api/v1/portals", json={"title": "Acme"}, headers=headers)
+    ).json()
+    big = "x" * 100_000
+    for method, path, body in (
+        ("PUT", f"/api/v1/portals/{portal['id']}/client", {"user_id": None, "x": big}),
+        ("POST", f"/api/v1/portals/{portal['id']}/invitations", {"email": big}),
+        ("PUT", "/api/v1/settings/access", {"x": big}),
+    ):
+        response = await gw.request(method, path, json=body, headers=headers)
+        assert response.status == 413, path
+        assert (await response.json())["error"]["code"] == "body_too_large", path
+        assert (
+            "413"
+            in OPENAPI["paths"][path.removeprefix("/api/v1").replace(portal["id"], "{id}")][
+                method.lower()
+            ]["responses"]
+        ), path

@@ -91,7 +91,12 @@ ACTORS = {
     "properties": {"items": {"type": "array", "items": ACTIVITY["properties"]["actor"]}},
 }
 KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": UUID}
-SESSION_HEADER = {"name": api.SESSION_HEADER, "in": "header", "required": True}
+SESSION_HEADER = {
+    "name": api.SESSION_HEADER,
+    "in": "header",
+    "required": True,
+    "schema": {"type": "string"},
+}
 USER_ID = {"name": "user_id", "in": "path", "required": True, "schema": UUID}
 
 OPERATIONS: list[Operation] = [

@@ -226,6 +226,12 @@ async def test_openapi_document_lists_every_route(client: Client) -> None:
     assert len(doc["paths"]) == 21
     assert "put" in doc["paths"]["/users/{user_id}/preferences"]
     assert "parameters" in doc["paths"]["/activity"]["get"]
+    # OpenAPI 3.1 (4.8.12.4): a parameter has a schema or a content, else tools that read
+    # the document (client generators, schemathesis) refuse the operation.
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                assert "schema" in parameter or "content" in parameter, (method, path, parameter)
 
 
 LANGUAGE_MESSAGE = "Language (locale) must be one of en, de, fr, es."

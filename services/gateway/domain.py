@@ -87,10 +87,32 @@ KEY_SCOPES = (
 )
 
 
+# identity makes keys of 47 ASCII characters and checks none longer than this.
+MAX_API_KEY_LENGTH = 1000
+
+
+def bearer_key(header: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header (the scheme in any case, RFC
+    9110 11.1), or None for any other header."""
+    scheme, _, key = (header or "").partition(" ")
+    key = key.strip()
+    return key if scheme.lower() == "bearer" and key else None
+
+
+def could_be_integration_key(key: str) -> bool:
+    """Whether identity could have made ``key``: anything else is refused unasked (a header
+    byte that isn't UTF-8 arrives as a lone surrogate, which no JSON can carry)."""
+    return (
+        key.startswith(INTEGRATION_KEY_PREFIX) and key.isascii() and len(key) <= MAX_API_KEY_LENGTH
+    )
+
+
 def api_key_matches(header: str | None, key: str | None) -> bool:
-    if not key or not header or not header.startswith("Bearer "):
+    presented = bearer_key(header)
+    if not key or presented is None:
         return False
-    return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), key.encode())
+    raw = presented.encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(raw, key.encode("utf-8", "surrogateescape"))
 
 
 PASSWORDS_DIFFER = N_("The passwords do not match.")

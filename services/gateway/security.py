@@ -31,7 +31,9 @@ from .domain import (
     PORTAL_BODY_LIMIT,
     address_key,
     api_key_matches,
+    bearer_key,
     client_address,
+    could_be_integration_key,
     csrf_matches,
     forwarded_hops,
     new_csrf_token,
@@ -157,7 +159,8 @@ async def _authenticate_key(request: web.Request) -> None:
     live integration key, whose scopes identity answers. A key that isn't live is refused
     here, whatever the route."""
     header = request.headers.get("Authorization")
-    if not header or not header.startswith("Bearer "):
+    presented = bearer_key(header)
+    if presented is None:
         return
     state = req_state(request)
     bootstrap = request.app[SETTINGS].gateway_api_key
@@ -165,15 +168,17 @@ async def _authenticate_key(request: web.Request) -> None:
         state.api_key, state.key_admin, state.key_name = True, True, BOOTSTRAP_KEY_NAME
         state.key_id = BOOTSTRAP_KEY_NAME
         return
-    presented = header[len("Bearer ") :].strip()
     if not presented.startswith(INTEGRATION_KEY_PREFIX):
         return  # not ours: the session (if any) decides, as without a key
+    invalid = Unauthorized(
+        "This API key is not valid: it was revoked, or mistyped.", code="invalid_api_key"
+    )
+    if not could_be_integration_key(presented):
+        raise invalid
     try:
         key = await request.app[UPSTREAM].identity.verify_api_key(presented)
     except Unauthorized:
-        raise Unauthorized(
-            "This API key is not valid: it was revoked, or mistyped.", code="invalid_api_key"
-        ) from None
+        raise invalid from None
     state.api_key, state.key_name, state.key_id = True, key["name"], key["id"]
     state.key_scopes = frozenset(key["scopes"])
 

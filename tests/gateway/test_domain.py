@@ -77,6 +77,9 @@ def test_api_key_needs_bearer_and_exact_key() -> None:
     assert not api_key_matches("Bearer nope", "key")
     assert not api_key_matches("key", "key")
     assert not api_key_matches("Bearer key", None)
+    assert api_key_matches("bearer key", "key")  # the scheme in any case (RFC 9110 11.1)
+    assert not api_key_matches("Bearer k\udcff", "key")  # a byte that is not UTF-8
+    assert not api_key_matches("Bearer ", "key")
 
 
 @pytest.mark.parametrize(

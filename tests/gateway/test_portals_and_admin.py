@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 import uuid
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -382,6 +384,45 @@ async def test_api_key_works_without_session_or_csrf(backend: Backend) -> None:
         assert response.status == 201
         wrong = await api.get("/api/v1/portals", headers={"Authorization": "Bearer nope"})
         assert wrong.status == 401
+
+
+async def _raw_get(server: TestServer, path: str, header: bytes) -> tuple[int, Json]:
+    """GET with one header line sent as these bytes (aiohttp's client would re-encode it)."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"GET "
+        + path.encode()
+        + b" HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+        + header
+        + b"\r\n\r\n"
+    )
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), orjson.loads(body)
+
+
+async def test_any_authorization_header_is_a_key_or_refused_never_a_500(
+    backend: Backend,
+) -> None:
+    app = create_app(make_settings(backend, gateway_api_key="k" * 40))
+    async with TestClient(TestServer(app)) as api:
+        # RFC 9110 11.1: the scheme is case-insensitive.
+        for scheme in ("bearer", "BEARER"):
+            headers = {"Authorization": f"{scheme} {'k' * 40}"}
+            assert (await api.get("/api/v1/portals", headers=headers)).status == 200, scheme
+        asked = backend.key_checks
+        for presented, code in (
+            (b"\xff", "no_session"),  # a byte that isn't UTF-8
+            (b"cpk_\xff", "invalid_api_key"),
+            (b"cpk_" + b"A" * 5000, "invalid_api_key"),  # longer than any key identity makes
+        ):
+            status, body = await _raw_get(
+                api.server, "/api/v1/portals", b"Authorization: Bearer " + presented
+            )
+            assert (status, body["error"]["code"]) == (401, code), presented[:10]
+        assert backend.key_checks == asked  # none of them could be a key: identity not asked
 
 
 async def test_a_save_landing_between_the_editors_read_and_write_is_merged_too(

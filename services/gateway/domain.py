@@ -63,17 +63,26 @@ def new_csrf_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+def same_text(a: str, b: str) -> bool:
+    """``a == b`` in constant time, for any text a request carries: compare_digest takes
+    only ASCII str, and a header byte that isn't UTF-8 arrives as a lone surrogate
+    (aiohttp's surrogateescape), which plain UTF-8 can't encode."""
+    return hmac.compare_digest(
+        a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape")
+    )
+
+
 def csrf_matches(cookie: str | None, submitted: str | None) -> bool:
     if not cookie or not submitted:
         return False
-    return hmac.compare_digest(cookie.encode(), submitted.encode())
+    return same_text(cookie, submitted)
 
 
 def origin_allowed(origin: str | None, public_origin: str) -> bool:
     """An Origin header, when the browser sends one, must be our own public origin."""
     if origin is None:
         return True
-    return hmac.compare_digest(origin.rstrip("/").lower(), public_origin.lower())
+    return same_text(origin.rstrip("/").lower(), public_origin.lower())
 
 
 # Integration keys (made by identity) start so; another bearer is not ours to verify.
@@ -111,8 +120,7 @@ def api_key_matches(header: str | None, key: str | None) -> bool:
     presented = bearer_key(header)
     if not key or presented is None:
         return False
-    raw = presented.encode("utf-8", "surrogateescape")
-    return hmac.compare_digest(raw, key.encode("utf-8", "surrogateescape"))
+    return same_text(presented, key)
 
 
 PASSWORDS_DIFFER = N_("The passwords do not match.")
@@ -125,7 +133,7 @@ def new_password_problem(password: str, confirm: str, email: str) -> tuple[str, 
     problem = password_problem(password, email)
     if problem is not None:
         return "password", problem
-    if not hmac.compare_digest(password.encode(), confirm.encode()):
+    if not same_text(password, confirm):
         return "confirm", PASSWORDS_DIFFER
     return None
 

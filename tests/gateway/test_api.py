@@ -43,6 +43,19 @@ async def test_unsafe_api_call_needs_the_csrf_header(gw: TestClient, backend: Ba
     assert body["error"]["code"] == "csrf_failed"
 
 
+async def test_an_origin_of_any_characters_is_refused_as_another_site(
+    gw: TestClient, backend: Backend
+) -> None:
+    headers = await admin_headers(gw, backend)
+    for origin in ("http://é.example", "http://bücher.example:8080"):
+        response = await gw.post(
+            "/api/v1/portals", json={"title": "Acme"}, headers={**headers, "Origin": origin}
+        )
+        assert response.status == 403, origin
+        assert (await response.json())["error"]["code"] == "csrf_failed"
+    assert not backend.portals
+
+
 async def test_bad_bodies_are_422_json(gw: TestClient, backend: Backend) -> None:
     headers = await admin_headers(gw, backend)
     for body in ({"title": ""}, {"title": "x", "status": "open"}, {"title": "x", "extra": 1}):

@@ -53,6 +53,11 @@ def test_csrf_tokens_must_be_present_and_equal() -> None:
     assert not csrf_matches(None, "a")
     assert not csrf_matches("a", None)
     assert not csrf_matches("", "")
+    # Any characters a header, cookie or form can carry, a byte that isn't UTF-8 included
+    # (a lone surrogate, as aiohttp decodes one): refused, never an exception.
+    assert not csrf_matches("\udcff" + "a" * 42, "a" * 43)
+    assert not csrf_matches("a" * 43, "é" * 43)
+    assert csrf_matches("é\udcff", "é\udcff")
 
 
 def test_origin_must_be_ours_when_sent() -> None:
@@ -61,6 +66,9 @@ def test_origin_must_be_ours_when_sent() -> None:
     assert not origin_allowed("http://evil.example", "http://localhost:8080")
     assert not origin_allowed("null", "http://localhost:8080")
     assert not origin_allowed("http://localhost:8081", "http://localhost:8080")
+    assert not origin_allowed("http://é.example", "http://localhost:8080")
+    assert not origin_allowed("http://\udcff.example", "http://localhost:8080")
+    assert origin_allowed("https://bücher.example", "https://bücher.example")
 
 
 def test_public_origin_drops_the_default_port_and_keeps_another() -> None:
@@ -108,6 +116,10 @@ def test_password_rules() -> None:
         "The passwords do not match.",
     )
     assert new_password_problem("long enough pw", "long enough pw", "a@b.example") is None
+    assert new_password_problem("long enough \udcff", "long enough x", "a@b.example") == (
+        "confirm",
+        "The passwords do not match.",
+    )
     # The whole policy, as identity's: a common password is refused before the round trip.
     assert new_password_problem("password1234", "password1234", "a@b.example") == (
         "password",

@@ -72,6 +72,15 @@ def same_text(a: str, b: str) -> bool:
     )
 
 
+def cookie_token(value: str | None, shortest: int = 1, longest: int = 256) -> str | None:
+    """A cookie's value if it could be a token of ours (identity's session tokens, our
+    CSRF tokens: printable ASCII of a sane length), else None: a broken or planted cookie
+    (a byte that isn't UTF-8, a kilobyte) is as no cookie, never sent on or compared."""
+    if value is None or not shortest <= len(value) <= longest:
+        return None
+    return value if value.isascii() and value.isprintable() else None
+
+
 def csrf_matches(cookie: str | None, submitted: str | None) -> bool:
     if not cookie or not submitted:
         return False

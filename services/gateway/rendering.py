@@ -23,7 +23,7 @@ from libs.common.web import (
 
 from . import i18n
 from .answers import UserAnswer
-from .domain import flash_text, page_brand
+from .domain import cookie_token, flash_text, page_brand
 from .i18n import N_
 from .state import FLASH_COOKIE, SETTINGS, req_state
 from .upstream import NO_BRANDING
@@ -108,8 +108,9 @@ def render(
         "brand": page_brand(req_state(request).brand or NO_BRANDING),
     }
     raw = request.cookies.get(FLASH_COOKIE)
-    if raw:
-        key, _, email = unquote(raw).partition("|")
+    flash = cookie_token(raw, longest=4096)  # we set it quoted: ASCII
+    if flash:
+        key, _, email = unquote(flash).partition("|")
         ctx["flash"] = flash_text(key, email)
     ctx.update(context or {})
     for key in TRANSLATED:  # the page's words from the code (English msgids), translated

@@ -33,6 +33,7 @@ from .domain import (
     api_key_matches,
     bearer_key,
     client_address,
+    cookie_token,
     could_be_integration_key,
     csrf_matches,
     forwarded_hops,
@@ -200,8 +201,8 @@ def _key_allows(request: web.Request) -> None:
 @web.middleware
 async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = req_state(request)
-    cookie = request.cookies.get(request.app[SETTINGS].csrf_cookie)
-    if cookie and 20 <= len(cookie) <= 100:
+    cookie = cookie_token(request.cookies.get(request.app[SETTINGS].csrf_cookie), 20, 100)
+    if cookie:
         state.csrf = cookie
     elif not _plain(request):
         state.csrf = new_csrf_token()
@@ -242,7 +243,10 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
 @web.middleware
 async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = req_state(request)
-    token = request.cookies.get(request.app[SETTINGS].session_cookie)
+    raw_token = request.cookies.get(request.app[SETTINGS].session_cookie)
+    token = cookie_token(raw_token)
+    if raw_token and token is None:
+        state.clear_session = True  # not a session of ours: the browser forgets it
     if token and not _plain(request) and not state.api_key:
         # The page a change redirects to (it carries the change's flash message) may be
         # answered by another replica than the one that made the change, before that one's

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import html
 import re
 import uuid
@@ -12,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.gateway.app import create_app
-from tests.gateway.conftest import csrf, log_in, make_settings, post_form
+from tests.gateway.conftest import csrf, log_in, make_settings, post_form, raw_request
 from tests.gateway.fakes import Backend, Json
 
 PASSWORD = "correct horse battery"
@@ -386,23 +385,6 @@ async def test_api_key_works_without_session_or_csrf(backend: Backend) -> None:
         assert wrong.status == 401
 
 
-async def _raw_get(server: TestServer, path: str, header: bytes) -> tuple[int, Json]:
-    """GET with one header line sent as these bytes (aiohttp's client would re-encode it)."""
-    reader, writer = await asyncio.open_connection(server.host, server.port)
-    writer.write(
-        b"GET "
-        + path.encode()
-        + b" HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
-        + header
-        + b"\r\n\r\n"
-    )
-    answer = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split()[1]), orjson.loads(body)
-
-
 async def test_any_authorization_header_is_a_key_or_refused_never_a_500(
     backend: Backend,
 ) -> None:
@@ -418,10 +400,10 @@ async def test_any_authorization_header_is_a_key_or_refused_never_a_500(
             (b"cpk_\xff", "invalid_api_key"),
             (b"cpk_" + b"A" * 5000, "invalid_api_key"),  # longer than any key identity makes
         ):
-            status, body = await _raw_get(
-                api.server, "/api/v1/portals", b"Authorization: Bearer " + presented
+            status, _, body = await raw_request(
+                api.server, b"GET /api/v1/portals HTTP/1.1\r\nAuthorization: Bearer " + presented
             )
-            assert (status, body["error"]["code"]) == (401, code), presented[:10]
+            assert (status, orjson.loads(body)["error"]["code"]) == (401, code), presented[:10]
         assert backend.key_checks == asked  # none of them could be a key: identity not asked
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.gateway.app import create_app
-from tests.gateway.conftest import csrf, log_in, make_settings, post_form
+from tests.gateway.conftest import csrf, log_in, make_settings, post_form, raw_request
 from tests.gateway.fakes import Backend
 from tests.support.env import TestEnv
 
@@ -137,6 +138,50 @@ async def test_revoked_session_stops_on_the_next_request(gw: TestClient, backend
     backend.sessions.clear()
     response = await gw.get("/", allow_redirects=False)
     assert response.headers["Location"] == "/login"
+
+
+async def test_a_cookie_that_cannot_be_ours_is_no_session_and_no_token(
+    gw: TestClient, backend: Backend
+) -> None:
+    """A cookie holding a byte that isn't UTF-8 (a broken or planted one) is as no cookie:
+    the pages answer (the session cookie is cleared, a fresh CSRF token given), never 500."""
+    bad = b"\xff\xfe" + b"a" * 41
+    for path in (b"/login", b"/client-portal/", b"/admin/portals"):
+        status, head, _ = await raw_request(
+            gw.server, b"GET " + path + b" HTTP/1.1\r\nCookie: cp_session=" + bad
+        )
+        assert status in (200, 302, 303), (path, status)
+        assert b"Set-Cookie: cp_session=;" in head or b'Set-Cookie: cp_session="";' in head, path
+    status, _, body = await raw_request(
+        gw.server, b"GET /api/v1/portals HTTP/1.1\r\nCookie: cp_session=" + bad
+    )
+    assert (status, orjson.loads(body)["error"]["code"]) == (401, "no_session")
+    status, head, _ = await raw_request(gw.server, b"GET /login HTTP/1.1\r\nCookie: cp_csrf=" + bad)
+    assert status == 200 and b"Set-Cookie: cp_csrf=" in head  # a fresh token, as with none
+    status, _, page = await raw_request(
+        gw.server,
+        b"POST /logout HTTP/1.1\r\nCookie: cp_csrf="
+        + bad
+        + b"\r\nContent-Type: application/x-www-form-urlencoded",
+        b"csrf_token=%ff%fe" + b"a" * 41,
+    )
+    assert status == 403 and b"The form expired, please try again." in page
+    token = await csrf(gw)
+    status, _, _ = await raw_request(
+        gw.server,
+        b"POST /logout HTTP/1.1\r\nCookie: cp_session="
+        + bad
+        + b"; cp_csrf="
+        + token.encode()
+        + b"\r\nContent-Type: application/x-www-form-urlencoded",
+        b"csrf_token=" + token.encode(),
+    )
+    assert status == 303
+    for flash in (bad, b"invitation_sent|" + bad):
+        status, _, _ = await raw_request(
+            gw.server, b"GET /login HTTP/1.1\r\nCookie: cp_flash=" + flash
+        )
+        assert status == 200, flash
 
 
 async def test_post_without_csrf_token_is_refused(gw: TestClient, backend: Backend) -> None:

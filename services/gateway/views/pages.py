@@ -17,7 +17,7 @@ from libs.common.i18n import (
     time_zones,
 )
 
-from ..domain import BAD_LOGIN, new_password_problem, safe_next_path
+from ..domain import BAD_LOGIN, cookie_token, new_password_problem, safe_next_path
 from ..handlers.saga import is_team, login_destination
 from ..i18n import N_
 from ..rendering import current_user, error_page, form_str, render, see_other
@@ -80,7 +80,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/logout")
 async def logout(request: web.Request) -> web.StreamResponse:
-    token = request.cookies.get(request.app[SETTINGS].session_cookie)
+    token = cookie_token(request.cookies.get(request.app[SETTINGS].session_cookie))
     if token:
         with contextlib.suppress(Unauthorized):
             await request.app[UPSTREAM].identity.logout(token)

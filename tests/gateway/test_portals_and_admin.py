@@ -11,8 +11,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.gateway.app import create_app
-from tests.gateway.conftest import csrf, log_in, make_settings, post_form, raw_request
+from tests.gateway.conftest import csrf, log_in, make_settings, post_form
 from tests.gateway.fakes import Backend, Json
+from tests.support.raw_http import raw_request
 
 PASSWORD = "correct horse battery"
 PUBLIC_API = {"/api/v1/openapi.json", "/api/docs"}

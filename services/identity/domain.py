@@ -39,7 +39,9 @@ def new_token() -> str:
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    # surrogateescape: a header byte that isn't UTF-8 reaches us as a lone surrogate; such
+    # a token hashes to what no token we made does (an unknown one), never an error.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @dataclass(frozen=True)

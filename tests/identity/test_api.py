@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -15,6 +16,7 @@ from services.identity.api import BACKGROUND
 from tests.identity.helpers import STRONG, Clock, new_email, outbox_events
 from tests.support.env import TestEnv
 from tests.support.management import management_client
+from tests.support.raw_http import raw_request
 
 pytestmark = pytest.mark.integration
 
@@ -216,6 +218,19 @@ async def test_health_and_readiness_on_the_management_app(client: Client) -> Non
         assert checks == {"database": "ok", "schema": "ok", "broker": "ok"}
     for path in ("/healthz", "/readyz", "/metrics"):
         assert (await client.get(path)).status == 404, path
+
+
+async def test_a_session_token_of_any_bytes_is_no_session(
+    client: Client, migrated_schemas: TestEnv
+) -> None:
+    """X-Session-Token holding a byte that isn't UTF-8 (aiohttp hands it on as a lone
+    surrogate) is a token like any unknown one: 401 no_session, 204 on logout."""
+    proof = migrated_schemas.keys.headers("gateway", "identity")["Authorization"].encode()
+    head = b"\r\nAuthorization: " + proof + b"\r\nX-Session-Token: \xff\xfe" + b"a" * 41
+    status, _, body = await raw_request(client.server, b"GET /sessions/current HTTP/1.1" + head)
+    assert (status, orjson.loads(body)["error"]["code"]) == (401, "no_session")
+    status, _, _ = await raw_request(client.server, b"DELETE /sessions/current HTTP/1.1" + head)
+    assert status == 204  # as for any session it doesn't know
 
 
 async def test_openapi_document_lists_every_route(client: Client) -> None:

@@ -190,7 +190,7 @@ async def get_logo(request: web.Request) -> web.Response:
 
 
 # Who may call each route (libs/common/web.py require_service_proof; docs/internal-api.md
-# "Who may call what"): only the gateway.
+# "Who may call what"): only the gateway; the OpenAPI document (openapi.py), any service.
 ROUTES = (
     Route("POST", "/webhooks", add_endpoint, GATEWAY),
     Route("GET", "/webhooks", list_endpoints, GATEWAY),
@@ -204,4 +204,4 @@ ROUTES = (
     Route("DELETE", "/branding/logo", delete_logo, GATEWAY),
     Route("GET", "/branding/logo", get_logo, GATEWAY),
 )
-CALLERS: dict[str, frozenset[str]] = callers_of(ROUTES)
+CALLERS: dict[str, frozenset[str]] = callers_of(ROUTES, openapi=True)

@@ -24,7 +24,7 @@ from libs.common.web import (
     require_service_proof,
 )
 
-from . import api
+from . import api, openapi
 from .branding.cache import BrandingSource
 from .consumer import BINDINGS, HANDLERS
 from .handlers import Deps
@@ -93,6 +93,7 @@ def create_app(settings: MailerSettings) -> web.Application:
 
     app.cleanup_ctx.append(webhook_senders)
     add_routes(app, api.ROUTES)
+    app.router.add_get("/openapi.json", openapi.openapi)
     require_service_proof(app, settings, api.CALLERS)
     return app
 

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from libs.common.bus import Bus
+from services.mailer.api import ROUTES
 from tests.mailer.conftest import StartMailer, invitation_job, publish_job, wait_for_row
 from tests.support.env import TestEnv
 from tests.support.smtp import SmtpSink, html_part, text_part
@@ -153,6 +154,30 @@ async def test_a_logo_is_stored_served_and_announced(
     assert (status, body["logo_etag"]) == (200, None)
     status, body = await api.call("GET", "/branding/logo")
     assert (status, body["error"]["code"]) == (404, "logo_not_found")
+
+
+async def test_the_api_publishes_its_openapi_document_to_every_service(
+    start_mailer: StartMailer, smtp_sink: SmtpSink, migrated_schemas: TestEnv
+) -> None:
+    """As every service does (docs/design.md): each route of the table, its answers."""
+    client = await start_mailer(smtp_sink.port)
+    for caller in ("gateway", "invitations", "identity"):
+        status, doc = await Internal(client, migrated_schemas, caller=caller).call(
+            "GET", "/openapi.json"
+        )
+        assert status == 200, caller
+    assert doc["openapi"].startswith("3.1")
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    assert documented == {(r.method, r.path) for r in ROUTES}
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                assert "schema" in parameter, (method, path, parameter)
+    assert "requestBody" in doc["paths"]["/branding/logo"]["put"]
+    assert (
+        "202"
+        in doc["paths"]["/webhooks/{id}/deliveries/{delivery_id}/redeliver"]["post"]["responses"]
+    )
 
 
 async def test_only_the_gateway_may_change_the_branding(

@@ -203,6 +203,20 @@ class Bus:
         connection = self._connection
         return connection is not None and not connection.is_closed and connection.connected.is_set()
 
+    @property
+    def blocked(self) -> bool:
+        """The broker has blocked this connection (``connection.blocked``: a memory or disk
+        alarm): it reads nothing more from it, publishes and acknowledgements included,
+        until the alarm clears. aiormq keeps that state in the event its ``ready()`` waits
+        on and exposes nothing else; tests/faults/test_alarm.py raises a real alarm, so a
+        release that renames it fails there instead of reporting "ok" again."""
+        connection = self._connection
+        transport = connection.transport if connection is not None else None
+        if transport is None:
+            return False
+        unblocked = getattr(transport.connection, "_Connection__connection_unblocked", None)
+        return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
+
     async def close(self) -> None:
         for channel in self._consumer_channels:
             if not channel.is_closed:

@@ -37,6 +37,11 @@ BROKER_CONNECTED = Gauge(
     "clientpress_broker_connected",
     "1 while the AMQP connection is up; 0 while it is away and reconnecting",
 )
+BROKER_BLOCKED = Gauge(
+    "clientpress_broker_blocked",
+    "1 while RabbitMQ blocks the AMQP connection (a memory or disk alarm): nothing is"
+    " published or acknowledged until it clears; the outbox keeps the events",
+)
 BUILD_INFO = Gauge(
     "clientpress_build_info",
     "Always 1: which release, service and Python this process runs",

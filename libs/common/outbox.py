@@ -436,7 +436,14 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 # Broker or database away: keep the rows, try again shortly.
-                log.warning("outbox_relay_retry", error=type(exc).__name__, detail=str(exc)[:200])
+                # A publish that timed out under a broker's resource alarm says nothing of
+                # it itself: ``blocked`` names the cause.
+                log.warning(
+                    "outbox_relay_retry",
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                    blocked=self.bus.blocked,
+                )
                 with contextlib.suppress(Exception):  # the broker may be away, not the database
                     OUTBOX_BACKLOG.set(await self.backlog())
                 await asyncio.sleep(1.0)

@@ -37,7 +37,13 @@ from .context import (
 from .db import DATABASE_AWAY, DatabaseReadOnly, SchemaGate, UseCaseDeps, create_pool
 from .errors import DomainError, Forbidden, InvalidInput, RateLimited, TooLarge, Unauthorized
 from .logging import get_logger
-from .metrics import BROKER_CONNECTED, HTTP_LATENCY, HTTP_REQUESTS, record_build_info
+from .metrics import (
+    BROKER_BLOCKED,
+    BROKER_CONNECTED,
+    HTTP_LATENCY,
+    HTTP_REQUESTS,
+    record_build_info,
+)
 from .nul import NUL_PROBLEM, json_nul_path, query_nul_path
 from .outbox import OutboxRelay
 from .service_auth import (
@@ -332,7 +338,8 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready = can serve: the database answers, takes writes, and holds every migration
     this code needs.
     The broker is reported, never required: the outbox keeps what is published while it
-    is away, and the relay and consumers reconnect by themselves."""
+    is away or blocks the service (a resource alarm), and the relay and consumers
+    reconnect and resume by themselves."""
     app = request.app[MAIN]
     checks: dict[str, str] = {}
     ready = True
@@ -356,20 +363,26 @@ async def readyz(request: web.Request) -> web.Response:
             ready = False
             checks["database"] = type(exc).__name__
     if BUS in app:
-        checks["broker"] = "ok" if _broker_connected(app[BUS]) else "disconnected"
+        checks["broker"] = _broker_state(app[BUS])
     return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
 
 
-def _broker_connected(bus: Bus) -> bool:
+def _broker_state(bus: Bus) -> str:
+    """``ok``, ``disconnected``, or ``blocked``: connected, but RabbitMQ reads nothing
+    from the service until its resource alarm clears (events wait in the outbox)."""
     up = bus.ready
+    blocked = up and bus.blocked
     BROKER_CONNECTED.set(1 if up else 0)
-    return up
+    BROKER_BLOCKED.set(1 if blocked else 0)
+    if not up:
+        return "disconnected"
+    return "blocked" if blocked else "ok"
 
 
 async def metrics(request: web.Request) -> web.Response:
     app = request.app[MAIN]
     if BUS in app:
-        _broker_connected(app[BUS])
+        _broker_state(app[BUS])
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

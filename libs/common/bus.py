@@ -148,6 +148,12 @@ APPLY_BATCH = 32
 Applying = tuple[Envelope, AnyHandler, EventData, contextvars.Context]
 
 
+# How long a shutdown waits for the broker to answer a cancel or a close: a broker that
+# blocks the connection (a resource alarm) reads nothing from it and never answers, and
+# the service must still stop within its grace period.
+CLOSE_SECONDS = 3.0
+
+
 class Unroutable(Exception):
     """The broker returned a mandatory message: no queue is bound for its routing key."""
 
@@ -218,13 +224,17 @@ class Bus:
         return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
 
     async def close(self) -> None:
+        """Close the consumers' channels, then the connection, each within
+        ``CLOSE_SECONDS``. A blocked connection's channels are left to the connection's
+        close: the broker would read neither their close nor answer it."""
+        blocked = self.blocked
         for channel in self._consumer_channels:
-            if not channel.is_closed:
-                await channel.close()
+            if not channel.is_closed and not blocked:
+                await _bounded("channel", channel.close())
         self._consumer_channels.clear()
         connection, self._connection = self._connection, None
         if connection is not None and not connection.is_closed:
-            await connection.close()
+            await _bounded("connection", connection.close())
 
     async def publish(
         self,
@@ -377,13 +387,16 @@ class Consumer:
         )
         self.acks = Acks()
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking messages and wait for the current ones to finish."""
-        if self.queue is not None and self.tag is not None:
+    async def stop(self, timeout: float = 10.0, *, cancel: bool = True) -> None:
+        """Stop taking messages and wait for the current ones to finish. ``cancel=False``
+        when the broker reads nothing from the connection (blocked): the cancel would go
+        unanswered, and a blocked broker delivers no more than the unacknowledged
+        prefetch, which the connection's close hands back."""
+        if cancel and self.queue is not None and self.tag is not None:
             try:
-                await self.queue.cancel(self.tag)
-            except Exception:  # the channel may already be gone; nothing left to cancel
-                log.warning("consumer_cancel_failed")
+                await self.queue.cancel(self.tag, timeout=CLOSE_SECONDS)
+            except Exception as exc:  # the channel may already be gone, or the broker mute
+                log.warning("consumer_cancel_failed", error=type(exc).__name__)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
@@ -560,6 +573,14 @@ class Consumer:
         EVENTS_DEAD_LETTERED.labels(type_label(type), "malformed").inc()
         EVENTS_CONSUMED.labels(type_label(type), "malformed").inc()
         await self._reject(message)
+
+
+async def _bounded(what: str, closing: Awaitable[object]) -> None:
+    """Await a close for ``CLOSE_SECONDS`` at most; past that, aiormq drops it locally."""
+    try:
+        await asyncio.wait_for(closing, CLOSE_SECONDS)
+    except TimeoutError:
+        log.warning("broker_close_timeout", closing=what, seconds=CLOSE_SECONDS)
 
 
 async def _handle(handler: Handler, conn: Conn, envelope: Envelope, data: EventData) -> None:

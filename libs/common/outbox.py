@@ -455,7 +455,12 @@ class OutboxRelay:
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
 
     async def drain(self, timeout: float = 5.0) -> None:
-        """On shutdown: publish what is already committed, within a bound."""
+        """On shutdown: publish what is already committed, within a bound. Not while the
+        broker blocks the connection (a resource alarm): it would confirm nothing before
+        the alarm clears, and the rows wait in the outbox for the next start."""
+        if self.bus.blocked:
+            log.warning("outbox_drain_skipped", reason="broker blocks the connection")
+            timeout = 0.0
         self._stopping = True
         self._wake.set()
         self._released.set()

@@ -701,7 +701,8 @@ def add_bus(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if parts.consumer is not None:
-            await parts.consumer.stop()
+            # A broker blocking the connection (a resource alarm) would answer no cancel.
+            await parts.consumer.stop(cancel=not bus.blocked)
         if relay_task is not None and parts.relay is not None:
             await parts.relay.drain()
             relay_task.cancel()

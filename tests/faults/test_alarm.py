@@ -13,13 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.faults.support import Api, all_delivered, per_address, unique_emails, wait_until
+from tests.faults.support import (
+    Api,
+    all_delivered,
+    per_address,
+    record,
+    unique_emails,
+    wait_until,
+)
 from tests.support.servers import current as current_servers
 from tests.support.stack import Stack
 
@@ -48,6 +57,20 @@ async def _management(stack: Stack, service: str, path: str) -> Any:
         return (await response.json()) if path == "/readyz" else await response.text()
 
 
+async def _connection_states(stack: Stack, service: str) -> set[str]:
+    """The states RabbitMQ gives the service's connections (``blocked`` once it has
+    published under the alarm)."""
+    user = f"{stack.broker.bus_prefix}-{service}"
+    listed = await asyncio.to_thread(
+        current_servers().rabbitmqctl, "list_connections", "-q", "user", "state"
+    )
+    return {
+        line.split("\t")[1]
+        for line in listed.splitlines()
+        if line.count("\t") == 1 and line.split("\t")[0] == user
+    }
+
+
 async def test_a_blocked_broker_is_reported_and_nothing_is_lost(stack: Stack, api: Api) -> None:
     portal = await api.create_portal("Alarm reported")
     emails = unique_emails("alarm", 3)
@@ -74,3 +97,35 @@ async def test_a_blocked_broker_is_reported_and_nothing_is_lost(stack: Stack, ap
 
     await wait_until(unblocked, 15, "invitations' /readyz to see the broker unblocked")
     assert "clientpress_broker_blocked 0.0" in await _management(stack, "invitations", "/metrics")
+
+
+async def test_sigterm_while_the_broker_blocks_the_service(stack: Stack, api: Api) -> None:
+    portal = await api.create_portal("Alarm stop")
+    emails = unique_emails("alarm-stop", 2)
+    try:
+        async with disk_alarm():
+            for email in emails:
+                await api.invite(portal["id"], email)
+
+            async def blocked() -> bool:
+                return "blocked" in await _connection_states(stack, "invitations")
+
+            await wait_until(blocked, 15, "RabbitMQ to block invitations' connection")
+            # Within Kubernetes' grace period (30 s), with room to spare; the broker reads
+            # nothing from the service, so nothing it waits on the broker for can come.
+            stopped_at = time.monotonic()
+            code = await asyncio.to_thread(stack["invitations"].stop, signal.SIGTERM, 15.0)
+            record(
+                "alarm_sigterm",
+                exit_code=code,
+                seconds_to_stop=round(time.monotonic() - stopped_at, 2),
+            )
+            assert code == 0, stack["invitations"].log_tail()
+    finally:
+        process = stack["invitations"].proc
+        if process is not None and process.poll() is not None:
+            stack["invitations"].start()
+            await stack["invitations"].wait_ready()
+    # What it had committed was kept in its outbox and goes out once it is back.
+    await all_delivered(stack, emails, timeout=60)
+    assert set(per_address(stack, emails).values()) == {1}

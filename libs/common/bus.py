@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import aio_pika
+import aiormq
 import asyncpg
 import structlog
 from aio_pika.abc import (
@@ -222,6 +223,34 @@ class Bus:
             return False
         unblocked = getattr(transport.connection, "_Connection__connection_unblocked", None)
         return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
+
+    def refusal(self, exc: BaseException) -> str | None:
+        """What a failed connection attempt means when the broker turned this user away,
+        for the log; None for anything else (the broker away, a network fault)."""
+        refused_login = (
+            aiormq.exceptions.AuthenticationError,
+            aiormq.exceptions.ProbableAuthenticationError,
+        )
+        if isinstance(exc, refused_login):
+            return (
+                f"RabbitMQ refused the login of {self.user}: the password in AMQP_URL /"
+                f" {self.service.upper()}_BROKER_PASSWORD is not the broker's (a rotation"
+                " applied on one side only) or the user does not exist"
+            )
+        # RabbitMQ answers Connection.Open with Connection.Close (NOT_ALLOWED) when the user
+        # may not use the vhost; aiormq reports that only as an unexpected frame.
+        text = str(exc)
+        if (
+            isinstance(exc, aiormq.exceptions.InvalidFrameError)
+            and "Connection.OpenOk" in text
+            and "Connection.Close" in text
+        ):
+            return (
+                f"RabbitMQ refused the vhost {broker.vhost_of(self.url)!r} to {self.user}: it"
+                " has no permissions on the vhost (or the vhost does not exist, or a"
+                " connection limit is reached); re-run the broker provisioning"
+            )
+        return None
 
     async def close(self) -> None:
         """Close the consumers' channels, then the connection, each within

@@ -813,11 +813,13 @@ async def _connect_patiently(bus: Bus) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            refusal = bus.refusal(exc)
             log.warning(
                 "dependency_not_ready",
                 dependency="broker",
                 attempt=attempt,
                 error=type(exc).__name__,
+                **({"reason": refusal} if refusal is not None else {}),
             )
             await bus.close()
             await asyncio.sleep(min(0.5 * attempt, 5.0))

@@ -1,0 +1,98 @@
+"""A service's broker user changed under it, as a secret rotation or a provisioning slip
+would: its password changed, its permissions on the vhost cleared. A service starting
+meanwhile says in its log what the broker refused, keeps trying, and connects once the
+user is put right."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from libs.common import broker
+from libs.common.bus import Bus
+from libs.common.web import _connect_patiently
+from tests.support.env import TestEnv, new_test_env, provisioned
+from tests.support.servers import current as current_servers
+
+pytestmark = [pytest.mark.integration]
+
+SERVICE = "portals"
+
+
+@pytest.fixture
+async def own_env() -> AsyncIterator[TestEnv]:
+    # Its own broker users: the ones changed here belong to no other test.
+    async with provisioned(new_test_env()) as env:
+        yield env
+
+
+async def _rabbitmqctl(*args: str) -> None:
+    await asyncio.to_thread(current_servers().rabbitmqctl, *args)
+
+
+async def _refused_then_connected(
+    env: TestEnv, put_right: Callable[[], Awaitable[None]]
+) -> list[dict[str, Any]]:
+    """Start connecting as the service's user (which the broker refuses), wait for the
+    first refusal in the log, put the user right, and wait for the connection. Returns the
+    refusals logged."""
+    bus = Bus(env.amqp_url_as(SERVICE), env.bus_prefix, SERVICE)
+    with capture_logs() as logs:
+        connecting = asyncio.create_task(_connect_patiently(bus))
+        try:
+
+            def refusals() -> list[dict[str, Any]]:
+                return [e for e in logs if e["event"] == "dependency_not_ready"]
+
+            for _ in range(100):
+                if refusals():
+                    break
+                await asyncio.sleep(0.1)
+            assert refusals(), "the refused connection was never logged"
+            await put_right()
+            await asyncio.wait_for(connecting, 30)
+            assert bus.ready
+        finally:
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+            await bus.close()
+    assert any(e["event"] == "broker_connected" for e in logs)
+    return refusals()
+
+
+async def test_a_changed_password_is_named_and_the_restored_one_connects(
+    own_env: TestEnv,
+) -> None:
+    user = broker.broker_user(own_env.bus_prefix, SERVICE)
+    await _rabbitmqctl("change_password", user, "rotated-elsewhere-0123456789")
+
+    async def restore() -> None:
+        await _rabbitmqctl("change_password", user, own_env.broker_passwords[SERVICE])
+
+    refusals = await _refused_then_connected(own_env, restore)
+    reason = refusals[0]["reason"]
+    assert "refused the login" in reason and user in reason, reason
+    assert own_env.broker_passwords[SERVICE] not in str(refusals)
+
+
+async def test_permissions_cleared_are_named_and_connects_once_granted_again(
+    own_env: TestEnv,
+) -> None:
+    user = broker.broker_user(own_env.bus_prefix, SERVICE)
+    vhost = broker.vhost_of(own_env.amqp_url)
+    await _rabbitmqctl("clear_permissions", "-p", vhost, user)
+
+    async def grant() -> None:
+        g = broker.service_grant(own_env.bus_prefix, SERVICE)
+        await _rabbitmqctl("set_permissions", "-p", vhost, user, g.configure, g.write, g.read)
+
+    refusals = await _refused_then_connected(own_env, grant)
+    reason = refusals[0]["reason"]
+    # aiormq calls this an unexpected frame (InvalidFrameError): the log says what it is.
+    assert "permissions on the vhost" in reason and user in reason, reason

@@ -12,6 +12,7 @@ from typing import Any
 import aio_pika
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
 
 from libs.common import broker
 from libs.common.events import (
@@ -465,6 +466,47 @@ async def test_a_lost_broker_connection_turns_the_cache_off_until_it_is_back(
     await asyncio.to_thread(_let_listener_back, test_env)
     await eventually(lambda: _true(cache.live), "the listener to reconnect", limit=30)
     assert len(cache) == 0
+
+
+def _delete_listener_queue(test_env: TestEnv) -> None:
+    """Delete this run's listener queue, as an operator might: the broker cancels the
+    consumer (basic.cancel) and aio-pika declares the queue again on its own."""
+    servers = current_servers()
+    prefix = f"{test_env.bus_prefix}.gateway.cache."
+    names = [
+        name
+        for name in servers.rabbitmqctl("-q", "list_queues", "name").split()
+        if name.startswith(prefix)
+    ]
+    assert names, f"no {prefix}* queue"
+    for name in names:
+        servers.rabbitmqctl("-q", "delete_queue", name)
+
+
+@pytest.mark.integration
+async def test_a_deleted_listener_queue_empties_the_cache(
+    cached_gw: TestClient, backend: Backend, test_env: TestEnv
+) -> None:
+    # What was announced between the deletion and the new queue went nowhere: the cache
+    # is off meanwhile and starts empty, as after a lost connection.
+    _, page = await client_with_portal(backend, cached_gw)
+    assert await status_of(cached_gw, page) == 200
+    cache = cached_gw.app[CACHE]
+    assert len(cache) == 2  # the session and the page
+    with capture_logs() as logs:
+        await asyncio.to_thread(_delete_listener_queue, test_env)
+        await eventually(
+            lambda: _true(cache.live and len(cache) == 0),
+            "the cache to start empty once its listener consumes again",
+            limit=30,
+        )
+    events = [e["event"] for e in logs if e["event"].startswith("gateway_cache_")]
+    assert events == ["gateway_cache_off", "gateway_cache_on"], events
+    before = backend.current_calls, backend.page_calls
+    assert await status_of(cached_gw, page) == 200
+    assert await status_of(cached_gw, page) == 200
+    # Asked once, then kept again.
+    assert (backend.current_calls - before[0], backend.page_calls - before[1]) == (1, 1)
 
 
 @pytest.mark.integration

@@ -62,6 +62,10 @@ BUSY = Refusal(
     N_("Too many people are signing in at once. Please try again in a few seconds."),
     {"Retry-After": "5"},
 )
+# Unavailable answers the JSON API passes on as they came (documented in its OpenAPI),
+# rather than as the generic ``unavailable``: the mailer can't bind a new webhook
+# endpoint's events while its broker connection is away or blocked.
+API_UNAVAILABLE = frozenset({"broker_unavailable"})
 INTERNAL = Refusal(
     500,
     "internal",
@@ -208,6 +212,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.warning("upstream_unavailable", code=exc.code)
         if exc.code == "busy":
             return _answer(request, *BUSY)
+        if exc.code in API_UNAVAILABLE and is_api(request):
+            # A refusal the API documents (POST /api/v1/webhooks): its code and words.
+            return error_response(503, exc.code, exc.message, {"Retry-After": "5"})
         return _answer(request, *UNAVAILABLE)
     except DomainError as exc:
         if exc.status >= 500:

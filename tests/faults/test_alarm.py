@@ -30,9 +30,17 @@ from tests.faults.support import (
     wait_until,
 )
 from tests.support.servers import current as current_servers
-from tests.support.stack import Stack
+from tests.support.smtp import SmtpSink
+from tests.support.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+async def stack(sink: SmtpSink) -> AsyncIterator[Stack]:
+    # A webhook endpoint on this machine (never called: nothing it wants is published).
+    async with running_stack(sink, WEBHOOKS_ALLOW_PRIVATE="true") as running:
+        yield running
 
 
 @contextlib.asynccontextmanager
@@ -97,6 +105,28 @@ async def test_a_blocked_broker_is_reported_and_nothing_is_lost(stack: Stack, ap
 
     await wait_until(unblocked, 15, "invitations' /readyz to see the broker unblocked")
     assert "clientpress_broker_blocked 0.0" in await _management(stack, "invitations", "/metrics")
+
+
+async def test_an_endpoint_added_while_the_broker_blocks_the_mailer_is_refused_at_once(
+    stack: Stack, api: Api
+) -> None:
+    hook = {"url": "http://127.0.0.1:9/alarm", "events": ["invitation.created"]}
+    async with disk_alarm():
+        # The mailer publishes (settings.branding.changed), so RabbitMQ blocks it.
+        status, body = await api.call("PUT", "/api/v1/settings/branding", {"agency_name": "A"})
+        assert status == 200, body
+
+        async def blocked() -> bool:
+            return "blocked" in await _connection_states(stack, "mailer")
+
+        await wait_until(blocked, 15, "RabbitMQ to block the mailer's connection")
+        status, body = await api.call("POST", "/api/v1/webhooks", hook)
+        # Its events could not be bound (the broker answers nothing): the documented
+        # refusal, not the gateway's own timeout after 10 s.
+        assert (status, body["error"]["code"]) == (503, "broker_unavailable"), body
+        assert "message broker" in body["error"]["message"], body
+    status, listed = await api.call("GET", "/api/v1/webhooks")
+    assert status == 200 and listed["items"] == [], listed
 
 
 async def test_sigterm_while_the_broker_blocks_the_service(stack: Stack, api: Api) -> None:

@@ -13,6 +13,7 @@ replica settles again every ``SETTLE_EVERY`` seconds, and at start."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import asyncpg
 from aio_pika.abc import AbstractQueue
@@ -42,15 +43,24 @@ class Subscription:
         self._exchange = ""
         self._attached = asyncio.Event()
         self._bound: frozenset[str] | None = None  # what this replica bound last
+        self._blocked: Callable[[], bool] = lambda: False
 
     @property
     def bound(self) -> frozenset[str] | None:
         """The types this replica last bound the queue to (None: not settled yet)."""
         return self._bound
 
-    async def attach(self, pool: asyncpg.Pool, queue: AbstractQueue, exchange: str) -> None:
-        """The consumer's queue is declared (bound to every type): settle it."""
-        self._queue, self._exchange = queue, exchange
+    async def attach(
+        self,
+        pool: asyncpg.Pool,
+        queue: AbstractQueue,
+        exchange: str,
+        *,
+        blocked: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """The consumer's queue is declared (bound to every type): settle it. ``blocked``:
+        whether the broker blocks the connection now (Bus.blocked)."""
+        self._queue, self._exchange, self._blocked = queue, exchange, blocked
         self._attached.set()
         await self.settle_now(pool)
 
@@ -72,6 +82,11 @@ class Subscription:
                 raise _no_broker() from None
         queue = self._queue
         assert queue is not None
+        if self._blocked():
+            # A resource alarm: the broker reads nothing from the connection, so a bind
+            # would wait out BROKER_TIMEOUT (and the gateway its own) for no answer.
+            log.warning("webhook_settle_refused", reason="the broker blocks the connection")
+            raise _no_broker()
         await xact_lock(conn, LOCK)
         wanted = frozenset(await repository.wanted_event_types(conn))
         try:

@@ -8,6 +8,7 @@ per consuming service and its ``<prefix>.<service>.dead`` dead-letter queue."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ from .events import (
     type_label,
 )
 from .logging import get_logger
-from .metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
+from .metrics import CONSUMER_CANCELLED, EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
 
 log = get_logger(__name__)
 
@@ -153,6 +154,66 @@ Applying = tuple[Envelope, AnyHandler, EventData, contextvars.Context]
 # blocks the connection (a resource alarm) reads nothing from it and never answers, and
 # the service must still stop within its grace period.
 CLOSE_SECONDS = 3.0
+
+
+# How often a consumer the broker cancelled looks whether aio-pika has it consuming again.
+RESUME_POLL_SECONDS = 0.1
+
+
+class CancelWatch:
+    """Hears the broker cancel a consumer (``basic.cancel``: its queue deleted, or a quorum
+    queue's leader gone) and sees aio-pika consume again. aio-pika declares the queue and
+    consumes again by itself, but only says so at debug level, and not at all while it
+    can't (the queue declared again by someone else, with other arguments): ``cancelled``
+    is True from the cancel until the consumer is back. ``on_change(cancelled)`` is called
+    at both ends."""
+
+    def __init__(
+        self, channel: AbstractRobustChannel, tag: str, on_change: Callable[[bool], None]
+    ) -> None:
+        self.channel = channel
+        self.tag = tag
+        self.on_change = on_change
+        self.cancelled = False
+        self._resumed: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._hear()
+        # A reopened channel (after a reconnection) is a new aiormq channel to listen on.
+        self.channel.reopen_callbacks.add(self._on_reopened)
+
+    async def close(self) -> None:
+        if self._resumed is not None:
+            self._resumed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resumed
+
+    async def _hear(self) -> None:
+        underlay = await self.channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
+
+    async def _on_reopened(self, *_: object) -> None:
+        await self._hear()
+
+    def _on_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        if frame.consumer_tag != self.tag or self.cancelled:
+            return
+        self.cancelled = True
+        self.on_change(True)
+        self._resumed = asyncio.create_task(self._until_consuming(), name="consumer-resume")
+
+    async def _until_consuming(self) -> None:
+        while True:
+            await asyncio.sleep(RESUME_POLL_SECONDS)
+            try:
+                underlay = await self.channel.get_underlay_channel()
+            except Exception as exc:  # the channel between two lives (reopening): look again
+                log.debug("consumer_resume_check_failed", error=type(exc).__name__)
+                continue
+            if isinstance(underlay, aiormq.Channel) and self.tag in underlay.consumers:
+                self.cancelled = False
+                self.on_change(False)
+                return
 
 
 class Unroutable(Exception):
@@ -374,6 +435,8 @@ class Bus:
         consumer = Consumer(pool, handlers, self.prefix, alone=alone, max_age=max_age)
         consumer.tag = await queue.consume(consumer.on_message)
         consumer.queue = queue
+        consumer.watch = CancelWatch(channel, consumer.tag, consumer.on_cancel_change)
+        await consumer.watch.start()
         return consumer
 
 
@@ -401,6 +464,7 @@ class Consumer:
         self.max_age = max_age
         self.tag: str | None = None
         self.queue: aio_pika.abc.AbstractRobustQueue | None = None
+        self.watch: CancelWatch | None = None
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -416,6 +480,21 @@ class Consumer:
         )
         self.acks = Acks()
 
+    @property
+    def cancelled(self) -> bool:
+        """The broker cancelled this consumer and it does not consume again yet."""
+        return self.watch is not None and self.watch.cancelled
+
+    def on_cancel_change(self, cancelled: bool) -> None:
+        CONSUMER_CANCELLED.set(1 if cancelled else 0)
+        queue = self.queue.name if self.queue is not None else None
+        if cancelled:
+            # Until aio-pika can declare the queue again (while someone else's queue of the
+            # same name, with other arguments, stands there: never), nothing is consumed.
+            log.error("consumer_cancelled", queue=queue, reason="cancelled by the broker")
+        else:
+            log.info("consumer_resumed", queue=queue)
+
     async def stop(self, timeout: float = 10.0, *, cancel: bool = True) -> None:
         """Stop taking messages and wait for the current ones to finish. ``cancel=False``
         when the broker reads nothing from the connection (blocked): the cancel would go
@@ -426,6 +505,8 @@ class Consumer:
                 await self.queue.cancel(self.tag, timeout=CLOSE_SECONDS)
             except Exception as exc:  # the channel may already be gone, or the broker mute
                 log.warning("consumer_cancel_failed", error=type(exc).__name__)
+        if self.watch is not None:
+            await self.watch.close()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:

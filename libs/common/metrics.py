@@ -42,6 +42,11 @@ BROKER_BLOCKED = Gauge(
     "1 while RabbitMQ blocks the AMQP connection (a memory or disk alarm): nothing is"
     " published or acknowledged until it clears; the outbox keeps the events",
 )
+CONSUMER_CANCELLED = Gauge(
+    "clientpress_consumer_cancelled",
+    "1 while the broker has cancelled the service's consumer (its queue deleted) and it"
+    " does not consume again yet",
+)
 BUILD_INFO = Gauge(
     "clientpress_build_info",
     "Always 1: which release, service and Python this process runs",

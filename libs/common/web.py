@@ -75,6 +75,7 @@ class BusParts:
 
     relay: OutboxRelay | None = None
     consumer: Consumer | None = None
+    consumes: bool = False  # the service has event handlers (its consumer may not yet)
 
 
 BUS_PARTS = web.AppKey("bus_parts", BusParts)
@@ -364,6 +365,14 @@ async def readyz(request: web.Request) -> web.Response:
             checks["database"] = type(exc).__name__
     if BUS in app:
         checks["broker"] = _broker_state(app[BUS])
+    parts = app.get(BUS_PARTS)
+    if parts is not None and parts.consumes:
+        # Reported like the broker: the events wait in the queue meanwhile.
+        consumer = parts.consumer
+        if consumer is None:
+            checks["consumer"] = "starting"
+        else:
+            checks["consumer"] = "cancelled" if consumer.cancelled else "ok"
     return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
 
 
@@ -658,7 +667,7 @@ def add_bus(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         bus = Bus(settings.service_amqp_url(service), settings.bus_prefix, service)
         app[BUS] = bus
-        parts = app[BUS_PARTS] = BusParts()
+        parts = app[BUS_PARTS] = BusParts(consumes=bool(handlers))
         relay_task: asyncio.Task[None] | None = None
 
         async def start() -> None:

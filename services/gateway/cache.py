@@ -33,12 +33,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
-import aiormq
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from prometheus_client import Counter
 
 from libs.common.broker import sender_problem
-from libs.common.bus import trusted_sender
+from libs.common.bus import CancelWatch, trusted_sender
 from libs.common.events import (
     ApiKeyChanged,
     BrandingChanged,
@@ -72,8 +71,6 @@ MAX_ENTRIES = 100_000
 # last use (the API keys screen) stays current to within a minute or two.
 KEY_SECONDS = 60.0
 RECONNECT_SECONDS = 5.0
-# How often a cancelled listener looks whether aio-pika has it consuming again.
-RESUME_POLL_SECONDS = 0.1
 # What the listener hears; each names whose entries to forget (the branding: all of it).
 ROUTING_KEYS = (
     "identity.session.revoked",
@@ -275,10 +272,8 @@ class ChangeListener:
         self.prefix = prefix
         self.queue_name = f"{prefix}.gateway.cache.{uuid.uuid4().hex[:12]}"
         self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractRobustChannel | None = None
-        self._tag: str | None = None
+        self._watch: CancelWatch | None = None
         self._task: asyncio.Task[None] | None = None
-        self._resumed: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Connect in the background: the gateway serves (without the cache) meanwhile."""
@@ -286,11 +281,12 @@ class ChangeListener:
 
     async def stop(self) -> None:
         self._set_connected(False)
-        for task in (self._task, self._resumed):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._watch is not None:
+            await self._watch.close()
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
@@ -322,47 +318,25 @@ class ChangeListener:
         queue = await channel.declare_queue(self.queue_name, exclusive=True, auto_delete=True)
         for key in ROUTING_KEYS:
             await queue.bind(exchange, routing_key=key)
-        self._tag = await queue.consume(self._on_message, no_ack=True)
+        tag = await queue.consume(self._on_message, no_ack=True)
         assert isinstance(channel, aio_pika.RobustChannel)
-        self._channel = channel
-        await self._hear_cancels()
-        # A reopened channel (after a reconnection) is a new aiormq channel to listen on.
-        channel.reopen_callbacks.add(self._on_reopened)
+        self._watch = CancelWatch(channel, tag, self._on_cancel_change)
+        await self._watch.start()
         connection.close_callbacks.add(self._on_lost)
         connection.reconnect_callbacks.add(self._on_back)
         self._set_connected(True)
         log.info("cache_listener_ready", queue=self.queue_name)
 
-    async def _hear_cancels(self) -> None:
-        assert self._channel is not None
-        underlay = await self._channel.get_underlay_channel()
-        underlay.on_consumer_cancel_callbacks.add(self._on_cancelled)
-
-    async def _on_reopened(self, *_: object) -> None:
-        await self._hear_cancels()
-
-    def _on_cancelled(self, frame: aiormq.spec.Basic.Cancel) -> None:
+    def _on_cancel_change(self, cancelled: bool) -> None:
         """The broker cancelled the listener (its queue deleted): aio-pika declares the
         queue and consumes again by itself, but what was announced meanwhile went nowhere.
         Off until it consumes again, then on, empty, as after a lost connection."""
-        if frame.consumer_tag != self._tag or not self.cache.live:
-            return
-        log.warning("gateway_cache_off", reason="the broker cancelled the listener")
-        self.cache.set_live(False)
-        if self._resumed is None or self._resumed.done():
-            self._resumed = asyncio.create_task(self._until_consuming(), name="cache-resume")
-
-    async def _until_consuming(self) -> None:
-        assert self._channel is not None
-        while True:
-            await asyncio.sleep(RESUME_POLL_SECONDS)
-            if self._connection is None or not self._connection.connected.is_set():
-                return  # a reconnection turns the cache on (_on_back)
-            underlay = await self._channel.get_underlay_channel()
-            if isinstance(underlay, aiormq.Channel) and self._tag in underlay.consumers:
-                self.cache.set_live(True)
-                log.info("gateway_cache_on", reason="the listener consumes again")
-                return
+        if cancelled:
+            log.warning("gateway_cache_off", reason="the broker cancelled the listener")
+            self.cache.set_live(False)
+        else:
+            self.cache.set_live(True)
+            log.info("gateway_cache_on", reason="the listener consumes again")
 
     def _set_connected(self, up: bool) -> None:
         # The gateway's only broker connection is this one: clientpress_broker_connected

@@ -34,11 +34,17 @@ async def test_operations_routes_live_only_on_the_management_port(stack: Stack) 
                 async with session.get(service.management_url + "/readyz") as response:
                     assert response.status == 200, await response.text()
                     checks = (await response.json())["checks"]
-                if checks.get("broker", "ok") == "ok":
+                if checks.get("broker", "ok") == "ok" and checks.get("consumer", "ok") == "ok":
                     break
                 await asyncio.sleep(0.1)
             if name != "gateway":  # the gateway has no outbox: its broker is only a cache's
-                assert checks == {"database": "ok", "schema": "ok", "broker": "ok"}, name
+                # Each of the four consumes its own queue.
+                assert checks == {
+                    "database": "ok",
+                    "schema": "ok",
+                    "broker": "ok",
+                    "consumer": "ok",
+                }, name
             # The gateway's figure is its cache listener's connection: 0 would page someone
             # (deploy/monitoring/alerts.yml ClientPressBrokerDisconnected) for nothing.
             for _ in range(100):

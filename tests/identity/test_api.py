@@ -212,10 +212,10 @@ async def test_health_and_readiness_on_the_management_app(client: Client) -> Non
             response = await management.get("/readyz")
             assert response.status == 200
             checks = (await response.json())["checks"]
-            if checks["broker"] == "ok":
+            if checks["broker"] == "ok" and checks.get("consumer") == "ok":
                 break
             await asyncio.sleep(0.1)
-        assert checks == {"database": "ok", "schema": "ok", "broker": "ok"}
+        assert checks == {"database": "ok", "schema": "ok", "broker": "ok", "consumer": "ok"}
     for path in ("/healthz", "/readyz", "/metrics"):
         assert (await client.get(path)).status == 404, path
 

@@ -35,6 +35,9 @@ from .servers import current as current_servers
 SCHEMAS = ("identity", "portals", "invitations", "mailer")
 # Every service with a queue of its own on the bus.
 CONSUMERS = ("identity", "portals", "invitations", "mailer", "gateway")
+# The queues tests declare for consumers of their own (probe0, probe1, …), dropped with the
+# run's bus (tests/common/test_drop_bus.py checks that every name a test uses is here).
+PROBE_QUEUES = tuple(f"probe{i}" for i in range(20))
 
 
 class Keyring:
@@ -216,7 +219,7 @@ async def drop_bus(env: TestEnv) -> None:
     connection = await aio_pika.connect(env.amqp_url)
     try:
         channel = await connection.channel()
-        names = [*CONSUMERS] + [f"probe{i}" for i in range(10)]
+        names = [*CONSUMERS, *PROBE_QUEUES]
         for name in names:
             for queue in (f"{env.bus_prefix}.{name}", f"{env.bus_prefix}.{name}.dead"):
                 await channel.queue_delete(queue)

@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# axe-core for the browser tests' accessibility checks (tests/browser/package-lock.json).
+BROWSER_JS := tests/browser/node_modules/.installed
 
 # `make run` creates this administrator if no administrator exists yet (override them).
 export ADMIN_EMAIL    ?= admin@example.com
@@ -19,7 +21,14 @@ $(STAMP): pyproject.toml requirements-dev.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+# npm ci installs exactly the lock file's versions, each checked against its integrity hash
+# (it empties node_modules first, the stamp with it).
+$(BROWSER_JS): tests/browser/package.json tests/browser/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is needed for the browser tests' axe-core (apt-get install npm)"; exit 1; }
+	cd tests/browser && npm ci --no-audit --no-fund
+	touch $(BROWSER_JS)
+
+install: $(STAMP) $(BROWSER_JS)
 
 run: $(STAMP)
 	$(PY) scripts/run_stack.py
@@ -41,7 +50,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck
 
-test: check catalogues
+test: check catalogues $(BROWSER_JS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Every shipped language has a translation of every message (scripts/check_catalogues.py).
@@ -53,7 +62,7 @@ catalogues: $(STAMP)
 translations: $(STAMP)
 	$(PY) scripts/check_catalogues.py --update || true
 
-screenshots: $(STAMP)
+screenshots: $(STAMP) $(BROWSER_JS)
 	SCREENSHOTS=docs $(PY) -m pytest tests/browser -q
 
 # Re-resolve requirements.lock and requirements-dev.lock after changing pyproject.toml.
@@ -76,4 +85,4 @@ monitoring-rules: $(STAMP)
 	$(PY) scripts/monitoring_rules.py
 
 clean:
-	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache tests/browser/node_modules

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
+from tests.browser.axe import axe_violations, describe
 from tests.browser.conftest import new_context
 from tests.support.smtp import SmtpSink, accept_link, html_part
 from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Stack
@@ -32,7 +33,8 @@ async def screenshot(page: Page, name: str) -> None:
 
 
 async def check_accessible(page: Page, *, admin: bool = False) -> None:
-    """Every control has a <label for>, the landmarks exist, errors are announced."""
+    """Every control has a <label for>, the landmarks exist, errors are announced, and
+    axe-core finds nothing against WCAG 2.1 A and AA (tests/browser/axe.py)."""
     controls = page.locator("input:not([type=hidden]), select, textarea")
     for i in range(await controls.count()):
         control = controls.nth(i)
@@ -53,6 +55,8 @@ async def check_accessible(page: Page, *, admin: bool = False) -> None:
         error_id = await error.get_attribute("id")
         described = error_id and await page.locator(f'[aria-describedby~="{error_id}"]').count()
         assert role == "alert" or described, await error.evaluate("e => e.outerHTML")
+    violations = await axe_violations(page)
+    assert not violations, f"axe-core on {page.url}:\n{describe(violations)}"
 
 
 async def log_in(page: Page, email: str, password: str) -> None:

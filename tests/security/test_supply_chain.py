@@ -22,6 +22,8 @@ BIN = Path(sys.executable).parent
 PYPI = "https://pypi.org/pypi/{name}/json"
 RUNTIME_LOCK = ROOT / "requirements.lock"
 DEV_LOCK = ROOT / "requirements-dev.lock"
+BROWSER_PACKAGE = ROOT / "tests" / "browser" / "package.json"
+BROWSER_LOCK = ROOT / "tests" / "browser" / "package-lock.json"
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
 
 
@@ -88,6 +90,22 @@ def test_the_lock_files_pin_the_whole_tree_with_hashes_as_pyproject_says() -> No
 
 
 @pytest.mark.integration
+def test_the_browser_tests_javascript_is_pinned_with_integrity_hashes() -> None:
+    """axe-core (what check_accessible runs) comes from npm ci: an exact version in
+    package.json, and every package of the lock with the sha512 npm checks it against."""
+    declared_js = json.loads(BROWSER_PACKAGE.read_text())["devDependencies"]
+    unpinned = {n: v for n, v in declared_js.items() if not re.fullmatch(r"\d+\.\d+\.\d+", v)}
+    assert not unpinned, f"tests/browser/package.json: not an exact version: {unpinned}"
+    lock = json.loads(BROWSER_LOCK.read_text())
+    assert lock["packages"][""]["devDependencies"] == declared_js, "run npm install there"
+    packages = {path: entry for path, entry in lock["packages"].items() if path}
+    assert packages, "the lock holds no package"
+    unhashed = [p for p, e in packages.items() if not e.get("integrity", "").startswith("sha512-")]
+    assert not unhashed, f"locked without a sha512 integrity hash: {unhashed}"
+    for name, version in declared_js.items():
+        assert packages[f"node_modules/{name}"]["version"] == version
+
+
 def test_the_runtime_lock_installs_alone_in_a_fresh_virtualenv(tmp_path: Path) -> None:
     """What the Dockerfile does: the locked tree with --require-hashes, nothing resolved
     beyond it, and `pip check` finds every requirement met."""

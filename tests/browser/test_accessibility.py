@@ -4,11 +4,21 @@ and Accept Invitation, where focus goes after a form answers."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.async_api import Browser, Page, expect
 
 from tests.browser.axe import axe_violations, describe
-from tests.browser.pages import check_accessible
+from tests.browser.conftest import new_context
+from tests.browser.pages import (
+    CLIENT_PASSWORD,
+    add_portal,
+    check_accessible,
+    latest_link,
+    log_in_admin,
+)
+from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.integration]
 
@@ -37,3 +47,86 @@ async def test_the_api_reference_is_accessible(page: Page) -> None:
     await page.goto("/api/docs")
     await expect(page.get_by_role("heading", name="Schemas")).to_be_visible()
     await check_accessible(page)
+
+
+FOCUSED = """() => {
+    const e = document.activeElement;
+    if (!e || e === document.body) return null;
+    const style = getComputedStyle(e);
+    return {
+        what: e.id ? "#" + e.id : (e.innerText || e.getAttribute("aria-label") || e.tagName).trim(),
+        ring: style.outlineStyle !== "none" && parseFloat(style.outlineWidth) >= 2,
+    };
+}"""
+
+
+async def tab_to(page: Page, what: str, limit: int = 40) -> list[str]:
+    """Tab until ``what`` (an #id or a control's words) has the focus; every stop on the way
+    must show where the focus is. Returns the stops, in order."""
+    stops: list[str] = []
+    for _ in range(limit):
+        await page.keyboard.press("Tab")
+        focused = await page.evaluate(FOCUSED)
+        assert focused, f"the focus left the page after {stops}"
+        assert focused["ring"], f"no visible focus on {focused['what']} (after {stops})"
+        stops.append(focused["what"])
+        if focused["what"] == what:
+            return stops
+    raise AssertionError(f"{what} not reached in {limit} Tabs: {stops}")
+
+
+async def test_keyboard_only_through_invite_client_and_accept_invitation(
+    page: Page, chromium: Browser, stack: Stack
+) -> None:
+    await log_in_admin(page)
+    editor_url = await add_portal(page, "Keyboard Only", "Hello.", status="Active")
+    await page.goto(editor_url)
+
+    # The page's order: the header, the portal's fields and its Save, then Invite Client.
+    stops = await tab_to(page, "#invite_email")
+    assert stops[0] == "Skip to content"
+    order = ["#title", "#content", "#status", "Save Portal", "#invite_email"]
+    assert [stop for stop in stops if stop in order] == order, stops
+    await page.keyboard.type("not-an-email")
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("alert")).to_be_visible()
+    # Sent back with an error, the focus is on the field to correct, not at the page's top.
+    await expect(page.locator("#invite_email")).to_be_focused()
+    await check_accessible(page, admin=True)
+
+    email = "keyboard@acme.example"
+    await page.keyboard.press("ControlOrMeta+a")
+    await page.keyboard.type(email)
+    await tab_to(page, "Send Invitation")
+    await page.keyboard.press("Space")
+    status = page.get_by_role("status")
+    await expect(status).to_have_text(f"Invitation sent to {email}")
+    # The result is where the focus is: read out at once, the next Tab goes on from there.
+    await expect(status).to_be_focused()
+
+    link = await latest_link(stack.sink, email)
+    context = await new_context(chromium, stack)
+    try:
+        client = await context.new_page()
+        await client.goto(link)
+        stops = await tab_to(client, "#password")
+        assert stops[0] == "Skip to content"
+        await client.keyboard.type(CLIENT_PASSWORD)
+        await tab_to(client, "#confirm", limit=1)
+        await client.keyboard.type("not-the-same-password")
+        await client.keyboard.press("Enter")
+        await expect(client.get_by_role("alert")).to_have_text("The passwords do not match.")
+        await expect(client.locator("#confirm")).to_be_focused()
+        await check_accessible(client)
+
+        await client.keyboard.press("Shift+Tab")
+        await expect(client.locator("#password")).to_be_focused()
+        await client.keyboard.type(CLIENT_PASSWORD)
+        await client.keyboard.press("Tab")
+        await client.keyboard.type(CLIENT_PASSWORD)
+        await tab_to(client, "Set Password", limit=1)
+        await client.keyboard.press("Enter")
+        await expect(client).to_have_url(re.compile(r"/client-portal/keyboard-only/$"))
+        await expect(client.get_by_text("Hello.")).to_be_visible()
+    finally:
+        await context.close()

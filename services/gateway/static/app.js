@@ -113,7 +113,28 @@
     cell.appendChild(label);
   }
 
+  // A page that answers a form starts where the person's attention belongs, not at the
+  // top of the page: the first field to correct (its label and error are read with it),
+  // else the message about the whole form, else the result of what they just did. A
+  // keyboard user would otherwise Tab through the header and every field before it (16
+  // stops back to Invite Client's Email) and a screen reader would not read the message.
+  function focusOutcome() {
+    var active = document.activeElement;
+    if (active && active !== document.body) { return; }
+    var target = document.querySelector("main [aria-invalid=true]");
+    if (!target) {
+      target = Array.prototype.filter.call(
+        document.querySelectorAll("main [role=alert], main .flash"),
+        function (e) { return !e.hidden && e.textContent.trim() !== ""; }
+      )[0];
+      if (!target) { return; }
+      if (!target.hasAttribute("tabindex")) { target.setAttribute("tabindex", "-1"); }
+    }
+    target.focus();
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    focusOutcome();
     Array.prototype.forEach.call(document.querySelectorAll("table[data-selectable]"), selectAll);
     // Only long lists get a filter box; a short list is quicker to read than to search.
     Array.prototype.forEach.call(document.querySelectorAll("select[data-user-search]"), function (select) {

@@ -111,12 +111,15 @@ async def set_password(page: Page, password: str = CLIENT_PASSWORD) -> None:
 
 
 async def screenshot_email(chromium: Browser, html: str, name: str) -> None:
-    """Render an email's HTML part on a blank page (no CSP of ours), as a mail client would."""
+    """Render an email's HTML part on a blank page (no CSP of ours), as a mail client would;
+    axe-core finds nothing in it against WCAG 2.1 A and AA either."""
     context = await chromium.new_context(viewport={"width": 800, "height": 700})
     try:
         page = await context.new_page()
         await page.set_content(html)
         await expect(page.get_by_role("link", name=re.compile(r"\w"))).not_to_have_count(0)
+        violations = await axe_violations(page)
+        assert not violations, f"axe-core on the email {name}:\n{describe(violations)}"
         await screenshot(page, name)
     finally:
         await context.close()

@@ -4,6 +4,7 @@ fixed flash messages. No I/O."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -12,6 +13,7 @@ import re
 import secrets
 import uuid
 
+from libs.common.colours import darker, readable_on
 from libs.common.passwords import password_problem
 
 from .answers import BrandingAnswer
@@ -364,18 +366,25 @@ def page_brand(branding: BrandingAnswer) -> dict[str, object]:
         "name": str(branding.get("agency_name") or "") or PRODUCT_NAME,
         "logo_url": f"/branding/logo?v={etag}" if etag else "",
         "footer_text": str(branding.get("footer_text") or ""),
-        "theme_url": f"/branding/theme.css?v={accent.lstrip('#')}" if accent else "",
+        "theme_url": f"/branding/theme.css?v={theme_version(accent)}" if accent else "",
     }
 
 
-def darker(colour: str, amount: float = 0.2) -> str:
-    """``#rrggbb`` mixed with black (the hover shade of a button)."""
-    channels = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
-    return "#" + "".join(f"{round(c * (1 - amount)):02x}" for c in channels)
+# app.css's --bg: the darkest background the pages write links on (main around the cards).
+PAGE_BACKGROUND = "#f0f0f1"
 
 
 def theme_css(accent: str) -> str:
     # The mailer only keeps #rrggbb; checked again, as this goes into a stylesheet.
     if not re.fullmatch(r"#[0-9a-f]{6}", accent):
         return "/* The built-in accent (app.css). */\n"
-    return f":root {{ --accent: {accent}; --accent-dark: {darker(accent)}; }}\n"
+    # The mailer vouches for white text on the accent (4.5:1); links in it on the grey
+    # page background need a shade darker when the accent is near that limit.
+    link = readable_on(accent, PAGE_BACKGROUND)
+    return f":root {{ --accent: {accent}; --accent-dark: {darker(accent)}; --link: {link}; }}\n"
+
+
+def theme_version(accent: str) -> str:
+    """What the stylesheet's address says (and its ETag): its content's hash, so a browser
+    keeping it for a year takes a new one when the accent, or how it is applied, changes."""
+    return hashlib.sha256(theme_css(accent).encode()).hexdigest()[:32]

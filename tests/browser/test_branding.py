@@ -110,3 +110,21 @@ async def test_branding_screen(page: Page, stack: Stack, built_in_branding_after
     html = await latest_html(stack.sink, email)
     assert f'src="{stack.public_url}/branding/logo?v=' in html
     assert "background-color:#1a5fb4" in html
+
+
+async def test_the_lightest_accent_branding_takes_keeps_every_page_readable(
+    page: Page, stack: Stack, built_in_branding_after: None
+) -> None:
+    # #767676: white on it is 4.54:1, so Branding takes it; the pages also put it on their
+    # grey background (#f0f0f1), as links' colour, where the same grey is only 3.99:1.
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        body = {"accent_colour": "#767676"}
+        async with session.put(f"{stack.public_url}/api/v1/settings/branding", json=body) as r:
+            assert r.status == 200, await r.text()
+    await log_in_admin(page)
+    editor_url = await add_portal(page, "Grey Accent", "Readable.")
+    await invite_client(page, editor_url, "grey@accent.example")
+    for path in (editor_url, "/admin/portals", "/admin/invitations", "/admin/settings"):
+        await page.goto(path)
+        await check_accessible(page, admin=True)

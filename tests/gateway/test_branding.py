@@ -17,8 +17,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
+from libs.common.colours import readable_on
 from services.gateway import upstream
 from services.gateway.app import create_app
+from services.gateway.domain import PAGE_BACKGROUND, theme_css, theme_version
 from services.gateway.state import CACHE
 from services.mailer.app import create_app as create_mailer
 from tests.gateway.conftest import csrf, log_in, make_settings
@@ -125,9 +127,10 @@ async def test_the_branding_page_saves_and_every_page_shows_it(
     assert "<title>Branding · Northwind &lt;Studio&gt;</title>" in page
     assert '<span class="brand-name">Northwind &lt;Studio&gt;</span>' in page
     assert '<p class="footer-text">Northwind Studio · 1 Harbour Street</p>' in page
-    assert '<link rel="stylesheet" href="/branding/theme.css?v=1a5fb4">' in page
+    stylesheet = f"/branding/theme.css?v={theme_version('#1a5fb4')}"
+    assert f'<link rel="stylesheet" href="{stylesheet}">' in page
     assert 'value="#1a5fb4"' in page  # kept as the mailer cleaned it
-    css = await gw.get("/branding/theme.css?v=1a5fb4")
+    css = await gw.get(stylesheet)
     assert css.content_type == "text/css"
     assert "--accent: #1a5fb4;" in await css.text()
     assert "immutable" in css.headers["Cache-Control"]
@@ -324,3 +327,12 @@ async def test_a_mailer_that_stops_answering_is_asked_once_a_while_not_by_every_
     lines = capfd.readouterr().out.splitlines()
     for event in ("branding_unavailable", "branding_available"):  # once each, not a page
         assert len([line for line in lines if f" {event} " in line]) == 1, lines
+
+
+def test_the_theme_gives_links_a_shade_of_the_accent_readable_on_the_page() -> None:
+    # White on #767676 is 4.54:1 (the mailer takes it); links on the grey page, 3.99:1.
+    assert "--link: #1a5fb4;" in theme_css("#1a5fb4")
+    css = theme_css("#767676")
+    assert "--accent: #767676;" in css
+    assert f"--link: {readable_on('#767676', PAGE_BACKGROUND)};" in css
+    assert readable_on("#767676", PAGE_BACKGROUND) != "#767676"

@@ -5,7 +5,6 @@ which keeps the branding: docs/design.md "Branding"), the branding every page sh
 from __future__ import annotations
 
 import base64
-import hashlib
 from typing import Any
 
 from aiohttp import web
@@ -23,7 +22,7 @@ from libs.common.i18n import (
 from libs.common.web import json_response, read_json
 
 from ..answers import BrandingAnswer
-from ..domain import LOGO_TOO_BIG, MAX_LOGO_BYTES, theme_css
+from ..domain import LOGO_TOO_BIG, MAX_LOGO_BYTES, theme_css, theme_version
 from ..i18n import N_
 from ..rendering import Handler, form_str, is_api, render, see_other
 from ..state import UPSTREAM, req_state
@@ -86,11 +85,7 @@ async def logo(request: web.Request) -> web.StreamResponse:
 async def theme(request: web.Request) -> web.StreamResponse:
     current = await _branding(request).current()
     accent = str(current.get("accent_colour") or "")
-    css = theme_css(accent).encode()
-    response = _cached(request, css, "text/css", hashlib.sha256(css).hexdigest()[:32])
-    if request.query.get("v") == accent.lstrip("#") and accent:
-        response.headers["Cache-Control"] = IMMUTABLE
-    return response
+    return _cached(request, theme_css(accent).encode(), "text/css", theme_version(accent))
 
 
 # --- Settings → Branding ------------------------------------------------------------------

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image, UnidentifiedImageError
 
+from libs.common.colours import MIN_CONTRAST, contrast_ratio
 from libs.common.i18n import (
     DEFAULT_LANGUAGE,
     LANGUAGE_MESSAGE,
@@ -23,8 +24,6 @@ from ..domain import InvalidAddress, normalise_address
 
 MAX_NAME_LENGTH = 100
 MAX_FOOTER_LENGTH = 500
-# Our buttons write white text on the accent colour: WCAG 2 AA for normal text.
-MIN_CONTRAST = 4.5
 # The upload as sent, and the picture's size: a logo, not a photograph.
 MAX_LOGO_BYTES = 1024 * 1024
 MAX_LOGO_SIDE = 2000
@@ -91,22 +90,6 @@ class Logo:
     etag: str
     width: int
     height: int
-
-
-def _linear(channel: int) -> float:
-    c = channel / 255
-    return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
-
-
-def luminance(colour: str) -> float:
-    """WCAG 2 relative luminance of ``#rrggbb``."""
-    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
-    return 0.2126 * _linear(r) + 0.7152 * _linear(g) + 0.0722 * _linear(b)
-
-
-def contrast_ratio(first: str, second: str) -> float:
-    light, dark = sorted((luminance(first), luminance(second)), reverse=True)
-    return (light + 0.05) / (dark + 0.05)
 
 
 def check_accent(raw: str) -> str:

@@ -70,6 +70,7 @@ async def test_import_clients_from_a_csv_file(page: Page, stack: Stack, chromium
         await upload.set_input_files(bad)  # type: ignore[arg-type]
         await expect(error).to_contain_text(words)
     await expect(page.get_by_role("button", name="Send Invitations")).to_be_hidden()
+    await check_accessible(page, admin=True)
 
     text = (
         "Email,Name,Personal Message,Company\n"
@@ -94,6 +95,7 @@ async def test_import_clients_from_a_csv_file(page: Page, stack: Stack, chromium
     await expect(page.locator("#import-summary")).to_contain_text(
         "Columns not read: Company. Only email, name, personal_message and sub_client are read."
     )
+    await check_accessible(page, admin=True)
     await screenshot(page, "import-clients-preview")
 
     await page.get_by_role("button", name="Send Invitations").click()
@@ -111,6 +113,7 @@ async def test_import_clients_from_a_csv_file(page: Page, stack: Stack, chromium
         "Resent",
         "Not invited",
     ]
+    await check_accessible(page, admin=True)
     await screenshot(page, "import-clients-results")
 
     async with page.expect_download() as info:

@@ -61,6 +61,8 @@ async def test_a_replaced_link_gets_a_new_one_that_accepts(
         await expect(client.get_by_role("status")).to_contain_text(
             "a new link is on its way to the address it was sent to"
         )
+        # The answer to the button is where the focus is, read out as the page opens.
+        await expect(client.get_by_role("status")).to_be_focused()
         await check_accessible(client)
         await screenshot(client, "new-link-requested")
 

@@ -115,7 +115,7 @@
 
   // A page that answers a form starts where the person's attention belongs, not at the
   // top of the page: the first field to correct (its label and error are read with it),
-  // else the message about the whole form, else the result of what they just did. A
+  // else the message about the whole form, or the result of what they just did. A
   // keyboard user would otherwise Tab through the header and every field before it (16
   // stops back to Invite Client's Email) and a screen reader would not read the message.
   function focusOutcome() {
@@ -124,7 +124,7 @@
     var target = document.querySelector("main [aria-invalid=true]");
     if (!target) {
       target = Array.prototype.filter.call(
-        document.querySelectorAll("main [role=alert], main .flash"),
+        document.querySelectorAll("main [role=alert], main [role=status]"),
         function (e) { return !e.hidden && e.textContent.trim() !== ""; }
       )[0];
       if (!target) { return; }

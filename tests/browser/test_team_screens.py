@@ -55,6 +55,10 @@ async def test_a_key_is_created_shown_once_limited_to_its_scopes_and_revoked(
     await page.get_by_label("Name", exact=True).fill(name)
     await page.get_by_role("button", name="Create Key").click()
     await expect(page.get_by_role("alert")).to_be_visible()
+    # It looks like every other error on the pages: the danger red, in bold.
+    await expect(page.get_by_role("alert")).to_have_css("color", "rgb(179, 45, 46)")
+    await expect(page.get_by_role("alert")).to_have_css("font-weight", "600")
+    await check_accessible(page, admin=True)
 
     await page.get_by_label("Name", exact=True).fill(name)
     await page.get_by_label("invitations:read", exact=True).check()

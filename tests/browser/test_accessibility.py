@@ -130,3 +130,34 @@ async def test_keyboard_only_through_invite_client_and_accept_invitation(
         await expect(client.get_by_text("Hello.")).to_be_visible()
     finally:
         await context.close()
+
+
+async def test_a_visitors_pages_in_german_with_their_errors(
+    chromium: Browser, stack: Stack
+) -> None:
+    context = await new_context(chromium, stack, locale="de-DE")
+    try:
+        page = await context.new_page()
+        await page.goto("/login")
+        await expect(page.locator("html")).to_have_attribute("lang", "de")
+        await check_accessible(page)
+        await page.locator("#email").fill("nobody@acme.example")
+        await page.locator("#password").fill("not-the-password-1")
+        await page.locator("#password").press("Enter")
+        await expect(page.get_by_role("alert")).to_be_visible()
+        await expect(page.locator("#email")).to_be_focused()
+        await check_accessible(page)
+
+        await page.goto("/forgot-password")
+        await page.locator("#email").fill("not an address")
+        await page.locator("#email").press("Enter")
+        await expect(page.get_by_role("alert")).to_be_visible()
+        await expect(page.locator("#email")).to_be_focused()
+        await check_accessible(page)
+
+        for path in ("/reset-password?token=unknown", "/invitations/accept?token=x", "/nowhere"):
+            await page.goto(path)
+            await expect(page.locator("html")).to_have_attribute("lang", "de")
+            await check_accessible(page)
+    finally:
+        await context.close()

@@ -95,6 +95,9 @@ async def test_import_clients_from_a_csv_file(page: Page, stack: Stack, chromium
     await expect(page.locator("#import-summary")).to_contain_text(
         "Columns not read: Company. Only email, name, personal_message and sub_client are read."
     )
+    # The focus follows what the person waits for: the preview's summary (read out, the next
+    # Tab is Send Invitations), then, as the button goes off while sending, the results.
+    await expect(page.locator("#import-summary")).to_be_focused()
     await check_accessible(page, admin=True)
     await screenshot(page, "import-clients-preview")
 
@@ -102,6 +105,7 @@ async def test_import_clients_from_a_csv_file(page: Page, stack: Stack, chromium
     await expect(page.locator("#import-results-summary")).to_have_text(
         "Done: 2 invited, 1 resent, 3 not invited."
     )
+    await expect(page.locator("#import-results-summary")).to_be_focused()
     progress = page.get_by_label("Progress", exact=True)
     assert await progress.get_attribute("value") == await progress.get_attribute("max") == "3"
     results = await table_rows(page, "import-results-table")
@@ -232,6 +236,7 @@ async def test_a_send_stopped_by_the_network_goes_on_without_sending_twice(
         " rest; rows already sent are not sent twice.",
         timeout=30_000,
     )
+    await expect(page.locator("#import-error")).to_be_focused()
     assert sends == [500, 100, 100, 100]  # three tries of the second piece
     await expect(page.locator("#import-results-summary")).to_have_text(
         "Done: 500 invited, 0 resent, 100 not invited."

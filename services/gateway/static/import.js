@@ -36,6 +36,15 @@
     el.status.textContent = "";
   }
 
+  // The focus goes where the person's attention goes next, so that it is read out and the
+  // next Tab goes on from there: the preview's summary (then Send Invitations), the progress
+  // while Send Invitations is off, the results (then Download Results), or why a send stopped.
+  // Left on the disabled button, it would fall back to the top of the page.
+  function moveFocus(element) {
+    if (!element.hasAttribute("tabindex")) { element.setAttribute("tabindex", "-1"); }
+    element.focus();
+  }
+
   function clear() {
     el.error.hidden = true;
     el.error.textContent = "";
@@ -293,6 +302,7 @@
     el.send.disabled = invite + resend === 0;
     el.preview.hidden = false;
     el.status.textContent = "";
+    moveFocus(el.summary);
   }
 
   fileInput.addEventListener("change", function () {
@@ -377,6 +387,7 @@
     el.progress.max = todo.length;
     shown();
     el.progressBox.hidden = false;
+    moveFocus(el.progressText);
     window.addEventListener("beforeunload", holdPage);
     function next() {
       if (run.start >= todo.length) { return Promise.resolve(); }
@@ -394,6 +405,7 @@
     next().then(function () {
       window.removeEventListener("beforeunload", holdPage);
       showResults(run.outcome);
+      moveFocus(el.resultsSummary);
     }, function (error) {
       window.removeEventListener("beforeunload", holdPage);
       stopped = run;
@@ -407,6 +419,7 @@
       fail(why);
       showResults(outcome);
       el.send.disabled = false;
+      moveFocus(el.error);
     });
   });
 

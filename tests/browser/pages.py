@@ -24,6 +24,11 @@ SCREENSHOTS = (
     else Path(os.environ.get("TEST_LOG_DIR", "/tmp/clientpress-test-logs")) / "screenshots"
 )
 CLIENT_PASSWORD = "a-long-client-password-7"
+DUPLICATE_IDS = """() => {
+    const seen = new Map();
+    for (const e of document.querySelectorAll("[id]")) seen.set(e.id, (seen.get(e.id) || 0) + 1);
+    return [...seen].filter(([, count]) => count > 1).map(([id]) => id);
+}"""
 
 
 async def screenshot(page: Page, name: str) -> None:
@@ -33,8 +38,8 @@ async def screenshot(page: Page, name: str) -> None:
 
 
 async def check_accessible(page: Page, *, admin: bool = False) -> None:
-    """Every control has a <label for>, the landmarks exist, errors are announced, and
-    axe-core finds nothing against WCAG 2.1 A and AA (tests/browser/axe.py)."""
+    """Every control has a <label for>, the landmarks exist, errors are announced, no id is
+    used twice, and axe-core finds nothing against WCAG 2.1 A and AA (tests/browser/axe.py)."""
     controls = page.locator("input:not([type=hidden]), select, textarea")
     for i in range(await controls.count()):
         control = controls.nth(i)
@@ -55,6 +60,10 @@ async def check_accessible(page: Page, *, admin: bool = False) -> None:
         error_id = await error.get_attribute("id")
         described = error_id and await page.locator(f'[aria-describedby~="{error_id}"]').count()
         assert role == "alert" or described, await error.evaluate("e => e.outerHTML")
+    # axe 4 no longer counts an id used twice (WCAG 2.2 made 4.1.1 obsolete), but a label,
+    # aria-describedby or the skip link would still point at the first of them only.
+    duplicated = await page.evaluate(DUPLICATE_IDS)
+    assert not duplicated, f"ids used more than once on {page.url}: {duplicated}"
     violations = await axe_violations(page)
     assert not violations, f"axe-core on {page.url}:\n{describe(violations)}"
 

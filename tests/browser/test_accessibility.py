@@ -1,6 +1,8 @@
 """The accessibility check every browser test runs (pages.check_accessible): axe-core finds
-and names what breaks WCAG 2.1 A and AA; and the keyboard-only journey through Invite Client
-and Accept Invitation, where focus goes after a form answers."""
+and names what breaks WCAG 2.1 A and AA, an id used twice is refused; the pages only these
+tests visit (the API reference, a visitor's pages in German with their errors); and the
+keyboard-only journey through Invite Client and Accept Invitation, where the focus goes
+after a form answers."""
 
 from __future__ import annotations
 
@@ -39,6 +41,20 @@ async def test_axe_finds_and_names_what_breaks_wcag(chromium: Browser) -> None:
     report = describe(violations)
     assert "image-alt (critical): Images must have alternative text" in report
     assert "\n  img: " in report and "\n  #email: " in report
+
+
+async def test_check_accessible_refuses_an_id_used_twice(chromium: Browser) -> None:
+    page = await chromium.new_page()
+    try:
+        await page.set_content(
+            '<!doctype html><html lang="en"><head><title>twice</title></head><body>'
+            '<header>ClientPress</header><main><h1>Twice</h1><p id="note">one</p>'
+            '<p id="note">two</p></main></body></html>'
+        )
+        with pytest.raises(AssertionError, match=r"ids used more than once on .*: \['note'\]"):
+            await check_accessible(page)
+    finally:
+        await page.close()
 
 
 async def test_the_api_reference_is_accessible(page: Page) -> None:

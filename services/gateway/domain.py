@@ -83,6 +83,19 @@ def cookie_token(value: str | None, shortest: int = 1, longest: int = 256) -> st
     return value if value.isascii() and value.isprintable() else None
 
 
+def new_send_key() -> str:
+    """A form's own id, rendered with it: a post of the same form again (a double click,
+    the back button) names the same request (send_key)."""
+    return secrets.token_urlsafe(16)
+
+
+def send_key(form_key: str, portal_id: str, email_key: str) -> str:
+    """The Idempotency-Key of one form's invitation of one address to one portal: the same
+    form posted again with another address (back, retyped) is another invitation."""
+    named = f"{form_key}\n{portal_id}\n{email_key}".encode()
+    return "form-" + hashlib.sha256(named).hexdigest()
+
+
 def csrf_matches(cookie: str | None, submitted: str | None) -> bool:
     if not cookie or not submitted:
         return False

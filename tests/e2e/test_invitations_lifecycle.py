@@ -4,6 +4,7 @@ Invitations screen and email addresses."""
 
 from __future__ import annotations
 
+import asyncio
 import html as htmlmod
 import re
 import uuid
@@ -265,6 +266,42 @@ async def test_inviting_again_resends_the_pending_invitation(
     assert code == 410 and "This link was replaced by a newer one" in page
     code, _, page = await browser.get(accept_link(messages[-1]))
     assert code == 200 and "Set Password" in page
+
+
+async def test_send_invitation_clicked_twice_or_sent_again_with_back_sends_one_email(
+    stack: Stack, admin: Browser, api: Api
+) -> None:
+    """A double click on Send Invitation posts the same form twice at once, and the back
+    button then Send Invitation posts it a third time: one email, whose link works. (Each
+    post used to resend: three emails, and the first two links dead.)"""
+    editor_url, editor_html = await create_portal(admin, "Invite Double Click", "double")
+    portal_id = editor_url.rstrip("/").rsplit("/", 1)[-1]
+    email = unique_email("double")
+    pages = await asyncio.gather(
+        invite(admin, editor_url, editor_html, email),
+        invite(admin, editor_url, editor_html, email),
+    )
+    for page in pages:
+        assert f"Invitation sent to {email}" in page
+    page = await invite(admin, editor_url, editor_html, email)  # back, Send Invitation
+    assert f"Invitation sent to {email}" in page
+    code, listed = await api.call("GET", f"/invitations?portal_id={portal_id}")
+    assert code == 200 and [i["email"] for i in listed["items"]] == [email], listed
+    assert listed["items"][0]["send_count"] == 1, listed["items"][0]
+    code, _, page = await admin.get(accept_link((await stack.sink.wait_for(email))[-1]))
+    assert code == 200 and "Set Password" in page
+
+    # The same form with another address (back, retyped) is another invitation.
+    other = unique_email("double-other")
+    page = await invite(admin, editor_url, editor_html, other)
+    assert f"Invitation sent to {other}" in page
+    await stack.sink.wait_for(other)
+    # Revoked meanwhile, the form posted again invites again, as it always did.
+    code, _ = await api.call("POST", f"/invitations/{listed['items'][0]['id']}/revoke")
+    assert code == 200
+    page = await invite(admin, editor_url, editor_html, email)
+    assert f"Invitation sent to {email}" in page
+    await stack.sink.wait_for(email, count=2)
 
 
 async def test_existing_account_logs_in_and_lands_on_the_new_portal(

@@ -13,12 +13,12 @@ from urllib.parse import urlencode
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from libs.common.email import email_or_none
+from libs.common.email import email_key, email_or_none
 from libs.common.errors import DomainError, InvalidInput, NotFound
 from libs.common.i18n import LANGUAGE_MESSAGE, is_language
 from libs.common.web import json_response
 
-from ..answers import PortalAnswer, UserAnswer
+from ..answers import InviteOutcome, PortalAnswer, UserAnswer
 from ..domain import (
     CONTENT_TOO_LONG,
     EXPIRY_CHOICES,
@@ -26,7 +26,9 @@ from ..domain import (
     MAX_PERSONAL_MESSAGE,
     PERSONAL_MESSAGE_TOO_LONG,
     STATUSES,
+    new_send_key,
     parse_uuid,
+    send_key,
 )
 from ..edits import Edit, fingerprints, plan_edit
 from ..i18n import N_, gettext
@@ -120,6 +122,8 @@ async def _editor(
         "shown": shown if shown is not None else fingerprints(portal) if portal else "",
         # A refused Save shows the Client and Sub-Clients as its person chose them.
         "picked": picked,
+        # The Invite Client form's own id: posted twice, it sends once (invite).
+        "send_key": new_send_key(),
     }
     return render(request, "admin/editor.html", context, status=status)
 
@@ -361,14 +365,16 @@ def invite_options(request: web.Request, email: str, values: dict[str, str]) -> 
 async def invite(request: web.Request) -> web.StreamResponse:
     up = request.app[UPSTREAM]
     portal = await up.portals.get(request.match_info["id"])
-    values, errors = invite_fields(await request.post())
+    form = await request.post()
+    values, errors = invite_fields(form)
     email = email_or_none(values["email"])
     if not errors and portal["status"] != "active":
         errors["invite_email"] = NOT_ACTIVE
     if not errors and email is not None:
         body = {"portal_id": portal["id"], **invite_options(request, email, values)}
+        form_key = form_str(form, "send_key", 100)
         try:
-            result = await up.invitations.invite(body)
+            result = await _send_once(up, body, form_key)
         except DomainError as exc:
             if exc.status >= 500 or exc.code == "portal_not_found":
                 raise
@@ -380,6 +386,20 @@ async def invite(request: web.Request) -> web.StreamResponse:
             )
             return see_other(request, f"/admin/portals/{portal['id']}", flash=key, email=email)
     return await _editor(request, portal, errors=errors, status=422, invite=values)
+
+
+async def _send_once(up: Upstream, body: dict[str, Any], form_key: str) -> InviteOutcome:
+    """Invite under the form's key (send_key), so that a double click on Send Invitation
+    or the back button's post of the same form sends one email, not a new link each time
+    that kills the one before. Under a key whose invitation was revoked or has expired
+    meanwhile, the form invites again, as a post without a key (an older page) does."""
+    if not form_key:
+        return await up.invitations.invite(body)
+    key = send_key(form_key, body["portal_id"], email_key(body["email"]))
+    result = await up.invitations.invite({**body, "idempotency_key": key})
+    if result["invitation"]["status"] != "pending":  # what the key made is over
+        return await up.invitations.invite(body)
+    return result
 
 
 @routes.get("/admin/users/search")

@@ -246,6 +246,7 @@ class ValidatedLink(TypedDict):
     role: Literal["administrator", "staff"] | None
     expires_at: str
     account_exists: bool
+    account_disabled: NotRequired[bool]  # absent from an older invitations service
     sub_client: bool | None
     idempotency_key: str | None
     group_id: str | None

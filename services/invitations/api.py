@@ -342,7 +342,7 @@ async def revoke_invitation(request: web.Request) -> web.Response:
 async def validate_token(request: web.Request) -> web.Response:
     # Looked up by its hash: a NUL in it is a link we never sent (invitation_invalid).
     query = parse_query(request, TokenQuery, nul_ok=True)
-    rows, account_exists = await handlers.validate(request.app[DEPS], query.token)
+    rows, account = await handlers.validate(request.app[DEPS], query.token)
     row = rows[0]
     return json_response(
         {
@@ -351,7 +351,8 @@ async def validate_token(request: web.Request) -> web.Response:
             "email": row["email"],
             "role": row["staff_role"],
             "expires_at": row["expires_at"].isoformat(),
-            "account_exists": account_exists,
+            "account_exists": account.exists,
+            "account_disabled": account.disabled,
             # A group's link: each invitation accepting it takes now (the first is above).
             "group_id": _str(row["group_id"]),
             "invitations": [_linked(r) for r in rows],

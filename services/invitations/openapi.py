@@ -131,6 +131,10 @@ VALIDATED = {
         "role": ROLE,
         "expires_at": TIME,
         "account_exists": {"type": "boolean"},
+        "account_disabled": {
+            "type": "boolean",
+            "description": "the account exists and is disabled: it can't log in to accept",
+        },
         "sub_client": {"type": ["boolean", "null"]},
         "group_id": {**UUID, "type": ["string", "null"]},
         "locale": LOCALE,

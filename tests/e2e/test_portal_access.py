@@ -12,6 +12,7 @@ import pytest
 from tests.e2e.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Browser, Stack
 from tests.e2e.flows import CLIENT_PASSWORD, Api, accept_from_email, eventually, unique_email
 from tests.support.forms import find_form
+from tests.support.smtp import accept_link
 from tests.support.stack import login
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -402,6 +403,54 @@ async def test_disabling_a_user_ends_their_sessions_and_access(
     finally:
         await client.close()
         await second.close()
+
+
+async def test_a_link_for_a_disabled_account_says_so_and_works_once_enabled(
+    stack: Stack, api: Api, admin: Browser
+) -> None:
+    """Invited to a second portal, then disabled before accepting (or invited while
+    disabled): the link says the account is disabled, instead of a log in that answers
+    "The email or password is incorrect." to the right password; enabled again, the same
+    link logs in and lands on the portal."""
+    first = await portal(api, "Disabled First", "first-words")
+    email, _, client = await new_client(stack, api, first["id"], "disabled-link")
+    await client.close()
+    second = await portal(api, "Disabled Second", "second-words")
+    code, _ = await api.invite(second["id"], email)
+    assert code == 201
+    link = accept_link((await stack.sink.wait_for(email, count=2))[-1])
+    code, url, html = await admin.get("/admin/users?q=" + quote(email))
+    code, url, html = await admin.submit(url, html, "Disable")
+    assert code == 200 and "Disabled" in html, html[:1000]
+
+    browser = Browser(stack.public_url)
+    try:
+        code, url, html = await browser.get(link)
+        assert code == 403 and "Your account is disabled" in html, html[:2000]
+        assert "Ask the person who invited you to enable it" in html
+        assert 'type="password"' not in html
+        # The log in form of a page shown before the account was disabled says the same.
+        token = link.split("token=", 1)[1]
+        code, _, html = await browser.get("/login")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', html)
+        assert csrf is not None
+        async with browser.session.post(
+            stack.public_url + "/invitations/accept/login",
+            data={"token": token, "password": CLIENT_PASSWORD, "csrf_token": csrf.group(1)},
+        ) as response:
+            html = await response.text()
+            assert response.status == 403 and "Your account is disabled" in html, html[:2000]
+
+        code, url, html = await admin.get("/admin/users?q=" + quote(email))
+        code, url, html = await admin.submit(url, html, "Enable")
+        assert code == 200, html[:1000]
+        code, url, html = await browser.get(link)
+        assert code == 200 and "log in to accept" in html, html[:2000]
+        code, url, html = await browser.submit(url, html, "Log In", {"Password": CLIENT_PASSWORD})
+        assert code == 200 and urlsplit(url).path == f"/client-portal/{second['slug']}/", url
+        assert "second-words" in html
+    finally:
+        await browser.close()
 
 
 # --- Forgot password? ----------------------------------------------------------------

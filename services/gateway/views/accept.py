@@ -78,6 +78,20 @@ INVITATION_PROBLEMS = {
 }
 
 
+# A link whose address has a disabled account: a log in would answer "The email or
+# password is incorrect." to the right password. The link's holder owns the address.
+ACCOUNT_DISABLED = (
+    N_("Your account is disabled"),
+    N_("Ask the person who invited you to enable it; this link works again once they have."),
+)
+
+
+def _account_disabled(request: web.Request, invitation: ValidatedLink) -> web.Response:
+    req_state(request).invitation_locale = invitation.get("locale")
+    title, message = ACCOUNT_DISABLED
+    return error_page(request, 403, title, message)
+
+
 # The pages that offer Email me a new link: the link is known, the invitation may still be
 # usable. (A revoked one is not; a used one needs a log in, not a link.)
 NEW_LINK_OFFERED = frozenset({"invitation_replaced", "invitation_expired"})
@@ -149,6 +163,8 @@ async def accept_form(request: web.Request) -> web.StreamResponse:
         invitation = await request.app[UPSTREAM].invitations.validate(token)
     except DomainError as exc:
         return _invitation_problem(request, exc, token)
+    if invitation.get("account_disabled"):
+        return _account_disabled(request, invitation)
     return _accept_page(request, token, invitation, {})
 
 
@@ -171,6 +187,8 @@ async def accept(request: web.Request) -> web.StreamResponse:
     up = request.app[UPSTREAM]
     try:
         invitation = await up.invitations.validate(token)
+        if invitation.get("account_disabled"):
+            return _account_disabled(request, invitation)
         user = current_user(request)
         if user is not None and same_email(user["email"], invitation["email"]):
             return _joined(request, await accept_for_user(up, token, invitation, user["id"]))
@@ -207,6 +225,8 @@ async def accept_login(request: web.Request) -> web.StreamResponse:
         invitation = await up.invitations.validate(token)
     except DomainError as exc:
         return _invitation_problem(request, exc, token)
+    if invitation.get("account_disabled"):
+        return _account_disabled(request, invitation)
     await login_limit(request, invitation["email"])
     invitation = {**invitation, "account_exists": True}
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
 from typing import NoReturn
 
 import asyncpg
@@ -98,9 +99,17 @@ async def _usable_alone(deps: Deps, token_hash: str, rows: list[Row]) -> list[Ro
     return rows
 
 
-async def validate(deps: Deps, token: str) -> tuple[list[Row], bool]:
+@dataclass(frozen=True)
+class Account:
+    """What identity says of a link's address: an account, and whether it is disabled."""
+
+    exists: bool
+    disabled: bool
+
+
+async def validate(deps: Deps, token: str) -> tuple[list[Row], Account]:
     """The invitations behind a link that accepting it would take now (one, or those of a
-    group), and whether their email has an account. Never uses it."""
+    group), and whether their email has an account, and a disabled one. Never uses it."""
     token_hash = _token_hash(token)
     async with connection(deps.db) as conn:
         rows = await repo.find_all_by_token(conn, token_hash)
@@ -121,11 +130,12 @@ async def validate(deps: Deps, token: str) -> tuple[list[Row], bool]:
     # An acceptance under way may have made its account already: the same link finishes
     # it through the set-password form (identity's ensure finds that account, or says the
     # address belongs to someone else and the page asks them to log in).
-    account_exists = (
-        rows[0]["status"] != "accepting"
-        and await deps.directory.find_user_id(rows[0]["email"]) is not None
-    )
-    return rows, account_exists
+    if rows[0]["status"] == "accepting":
+        return rows, Account(exists=False, disabled=False)
+    user = await deps.directory.find_user(rows[0]["email"])
+    # Disabled: its owner can't log in to accept until someone enables it, and the page
+    # says so (a log in would answer "The email or password is incorrect.").
+    return rows, Account(exists=user is not None, disabled=bool(user and user.get("disabled")))
 
 
 def _used() -> Conflict:

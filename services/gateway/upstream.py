@@ -414,10 +414,16 @@ class Invitations:
         result: InvitationAnswer = await self.client.call("GET", f"/invitations/{invitation_id}")
         return result
 
-    async def resend(self, invitation_id: str, reason: str = "staff") -> InvitationAnswer:
-        """``reason``: staff (the Invitations screen) or api (the JSON API)."""
+    async def resend(
+        self, invitation_id: str, reason: str = "staff", shown_sent_at: str | None = None
+    ) -> InvitationAnswer:
+        """``reason``: staff (the Invitations screen) or api (the JSON API);
+        ``shown_sent_at``: the sent time the screen showed (sent since: nothing more goes)."""
+        body: dict[str, str] = {"reason": reason}
+        if shown_sent_at is not None:
+            body["shown_sent_at"] = shown_sent_at
         result: InvitationAnswer = await self.client.call(
-            "POST", f"/invitations/{invitation_id}/resend", json={"reason": reason}
+            "POST", f"/invitations/{invitation_id}/resend", json=body
         )
         return result
 

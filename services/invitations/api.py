@@ -99,6 +99,9 @@ BATCH_BODY_LIMIT = 8 * 1024 * 1024
 
 class ResendBody(_Body):
     reason: Literal["staff", "api"] = "staff"
+    # The sent time the screen showed: sent again since (a double click, the back button),
+    # nothing more is sent and the answer is the invitation as it is.
+    shown_sent_at: datetime | None = None
 
 
 class NewLinkBody(_Body):
@@ -318,7 +321,9 @@ async def resend_invitation(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     # The body is optional (the reason defaults to staff).
     body = await read_json(request, ResendBody) if request.body_exists else ResendBody()
-    row = await handlers.resend(deps, _id(request), reason=body.reason)
+    row = await handlers.resend(
+        deps, _id(request), reason=body.reason, shown_sent_at=body.shown_sent_at
+    )
     return json_response(invitation_json(row, deps.clock()))
 
 

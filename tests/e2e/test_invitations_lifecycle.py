@@ -212,6 +212,35 @@ async def test_resend_from_the_screen_kills_the_old_link(
     assert code == 409 and body["error"]["code"] == "invitation_accepted", body
 
 
+async def test_resend_clicked_twice_or_again_with_back_sends_one_email(
+    stack: Stack, admin: Browser, api: Api, browser: Browser
+) -> None:
+    """Resend clicked twice in a row posts the row's form twice at once, and the back button
+    then Resend a third time: one new email, whose link works. (Each post used to send a
+    new link: three emails, and the first two dead.)"""
+    portal = await api.portal(f"Resend Twice {uuid.uuid4().hex[:6]}")
+    email = unique_email("resend-twice")
+    await api.invite(portal["id"], email)
+    await stack.sink.wait_for(email)
+    code, url, page = await admin.get(f"/admin/invitations?portal_id={portal['id']}")
+    row = _row(page, email)
+    pages = await asyncio.gather(admin.submit(url, row, "Resend"), admin.submit(url, row, "Resend"))
+    for code, _, page in pages:
+        assert code == 200 and f"Invitation resent to {email}" in page, page[:2000]
+    code, _, page = await admin.submit(url, row, "Resend")  # back, Resend
+    assert code == 200 and f"Invitation resent to {email}" in page, page[:2000]
+    invitation = await _invitation(stack, email)
+    assert invitation["send_count"] == 2, dict(invitation)
+    code, _, page = await browser.get(accept_link((await stack.sink.wait_for(email, count=2))[-1]))
+    assert code == 200 and "Set Password" in page
+
+    # The screen shown again: its Resend sends a new link.
+    code, url, page = await admin.get(f"/admin/invitations?portal_id={portal['id']}")
+    code, _, page = await admin.submit(url, _row(page, email), "Resend")
+    assert code == 200 and f"Invitation resent to {email}" in page, page[:2000]
+    assert (await _invitation(stack, email))["send_count"] == 3
+
+
 async def test_revoke_from_the_screen_kills_the_link_and_refuses_resend(
     stack: Stack, admin: Browser, api: Api, browser: Browser
 ) -> None:

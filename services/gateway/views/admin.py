@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -237,6 +238,17 @@ def _back(form: MultiDictProxy[Any]) -> str:
     return INVITATIONS
 
 
+def _shown_sent_at(form: MultiDictProxy[Any]) -> str | None:
+    """The sent time the row showed, so that its Resend posted twice (a double click, the
+    back button) sends one email; None when missing or not a time (the browser's to
+    change): then it resends, as an older page's form does."""
+    raw = form_str(form, "sent_at", 64)
+    try:
+        return datetime.fromisoformat(raw).isoformat() if raw else None
+    except ValueError:
+        return None
+
+
 # Resends the invitations service refuses with a reason for the person at the screen.
 RESEND_REFUSALS = frozenset({"portal_not_active", "send_rate_limited"})
 
@@ -245,7 +257,9 @@ RESEND_REFUSALS = frozenset({"portal_not_active", "send_rate_limited"})
 async def resend(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     try:
-        invitation = await request.app[UPSTREAM].invitations.resend(request.match_info["id"])
+        invitation = await request.app[UPSTREAM].invitations.resend(
+            request.match_info["id"], shown_sent_at=_shown_sent_at(form)
+        )
     except DomainError as exc:
         if exc.code not in RESEND_REFUSALS:
             raise

@@ -526,9 +526,12 @@ async def resend(
     *,
     reason: str = "staff",
     staff: bool = False,
+    shown_sent_at: datetime | None = None,
 ) -> Row:
     """Resend from the Invitations screen (``reason`` staff) or the API (api); ``staff``:
-    a staff invitation, from the Users screen (each screen acts on its own kind only)."""
+    a staff invitation, from the Users screen (each screen acts on its own kind only).
+    ``shown_sent_at``: the sent time the screen showed; if it was sent again since (a
+    double click, the back button), that send stands and nothing more goes."""
     async with connection(deps.db) as conn:
         current = await repo.get(conn, invitation_id)
     if current is None or staff_events.is_staff(current) != staff:
@@ -548,6 +551,9 @@ async def resend(
         else:
             row = await _locked(conn, invitation_id, staff=staff)
             domain.check_can_resend(row["status"])
+        if shown_sent_at is not None and row["sent_at"] != shown_sent_at:
+            log.info("invitation_resent_already", invitation_id=str(invitation_id))
+            return row
         try:
             async with conn.transaction():
                 return await _reissue(

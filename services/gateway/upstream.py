@@ -434,15 +434,20 @@ class Invitations:
         return result
 
     async def invite_staff(
-        self, email: str, role: str, invited_by: str | None, locale: str | None = None
+        self,
+        email: str,
+        role: str,
+        invited_by: str | None,
+        locale: str | None = None,
+        key: str | None = None,
     ) -> InviteOutcome:
         """Users → Invite Staff: ``{"invitation", "outcome": created|resent}``. ``locale``:
-        the language of the email and the accept page (None: the agency's)."""
-        result: InviteOutcome = await self.client.call(
-            "POST",
-            "/staff-invitations",
-            json={"email": email, "role": role, "invited_by": invited_by, "locale": locale},
-        )
+        the language of the email and the accept page (None: the agency's); ``key``: the
+        form's (send_key), so that posting it again sends nothing more."""
+        body = {"email": email, "role": role, "invited_by": invited_by, "locale": locale}
+        if key is not None:
+            body["idempotency_key"] = key
+        result: InviteOutcome = await self.client.call("POST", "/staff-invitations", json=body)
         return result
 
     async def staff_invitations(self) -> list[InvitationAnswer]:

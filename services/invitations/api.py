@@ -60,6 +60,9 @@ class StaffInviteBody(_Body):
     role: str = Field(max_length=50)
     invited_by: InvitedBy = None
     locale: Locale = None
+    # The Invite Staff form's own key: posted again (a double click, the back button)
+    # while its invitation is pending, nothing more is sent.
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class GroupBody(_Body):
@@ -401,10 +404,11 @@ async def create_staff_invitation(request: web.Request) -> web.Response:
     body = await read_json(request, StaffInviteBody)
     deps = request.app[DEPS]
     row, outcome = await handlers.invite_staff(
-        deps, body.email, body.role, body.invited_by or None, body.locale
+        deps, body.email, body.role, body.invited_by or None, body.locale, body.idempotency_key
     )
+    shown = "resent" if outcome == "resent" else "created"
     return json_response(
-        {"invitation": invitation_json(row, deps.clock()), "outcome": outcome},
+        {"invitation": invitation_json(row, deps.clock()), "outcome": shown},
         200 if outcome == "resent" else 201,
     )
 

@@ -333,6 +333,31 @@ async def test_send_invitation_clicked_twice_or_sent_again_with_back_sends_one_e
     await stack.sink.wait_for(email, count=2)
 
 
+async def test_invite_staff_clicked_twice_or_sent_again_with_back_sends_one_email(
+    stack: Stack, admin: Browser
+) -> None:
+    """Users → Invite Staff: Send Invitation clicked twice, then the same form posted again
+    after the back button: one email. (Each post used to resend.)"""
+    email = unique_email("staff-double")
+    code, url, form_page = await admin.get("/admin/users")
+    fields = {"Email": email}
+    pages = await asyncio.gather(
+        admin.submit(url, form_page, "Send Invitation", fields),
+        admin.submit(url, form_page, "Send Invitation", fields),
+    )
+    for code, _, page in pages:
+        assert code == 200 and f"Invitation sent to {email}" in page, page[:2000]
+    code, _, page = await admin.submit(url, form_page, "Send Invitation", fields)
+    assert code == 200 and f"Invitation sent to {email}" in page, page[:2000]
+    assert (await _invitation(stack, email))["send_count"] == 1
+
+    # The screen shown again: inviting again resends, as before.
+    code, url, form_page = await admin.get("/admin/users")
+    code, _, page = await admin.submit(url, form_page, "Send Invitation", fields)
+    assert f"An invitation was already pending for {email}; it has been resent." in page
+    assert (await _invitation(stack, email))["send_count"] == 2
+
+
 async def test_existing_account_logs_in_and_lands_on_the_new_portal(
     stack: Stack, admin: Browser, api: Api, browser: Browser
 ) -> None:

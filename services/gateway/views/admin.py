@@ -23,6 +23,7 @@ from ..domain import (
     INVITATION_STATUSES,
     REMINDER_CHOICES,
     bulk_payload,
+    new_send_key,
     parse_uuid,
     safe_next_path,
 )
@@ -368,6 +369,8 @@ async def _users_page(
         "staff_invitations": staff_invitations,
         "invite": invite or {"role": "staff"},
         "errors": invite_errors or {},
+        # The Invite Staff form's own id: posted twice, it sends once (staff.invite_staff).
+        "send_key": new_send_key(),
     }
     return render(request, "admin/users.html", context, status=status)
 

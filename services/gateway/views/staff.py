@@ -11,12 +11,13 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
-from libs.common.email import email_or_none
+from libs.common.email import email_key, email_or_none
 from libs.common.errors import DomainError, RateLimited
 from libs.common.web import json_response, read_json
 
 from ..answers import InvitationAnswer
 from ..contracts import StaffInvitation, StaffInvitationList, StaffInviteResult
+from ..domain import send_key
 from ..i18n import N_
 from ..rendering import current_user, error_page, form_str, see_other
 from ..state import UPSTREAM
@@ -51,8 +52,14 @@ async def invite_staff(request: web.Request) -> web.StreamResponse:
     assert email is not None
     admin = current_user(request)
     try:
+        form_key = form_str(form, "send_key", 100)
         answer = await request.app[UPSTREAM].invitations.invite_staff(
-            email, role, admin["email"] if admin else None, locale
+            email,
+            role,
+            admin["email"] if admin else None,
+            locale,
+            # Another role chosen (back, changed) is another request: resent with it.
+            send_key(form_key, f"staff:{role}", email_key(email)) if form_key else None,
         )
     except DomainError as exc:
         if exc.code in EMAIL_REFUSALS:

@@ -28,10 +28,12 @@ async def invite_staff(
     role: str,
     invited_by: str | None,
     locale: str | None = None,
+    key: str | None = None,
 ) -> tuple[Row, Outcome]:
     """Create the staff invitation, or resend the pending one. Someone who already is at
     least the invited role is refused (409 already_on_team); a Client is invited like a
-    stranger, and logs in to accept."""
+    stranger, and logs in to accept. ``key``: the Invite Staff form's (send_key): posted
+    again while its invitation is pending, nothing more is sent."""
     address = normalise_email(email)
     domain.check_staff_role(role)
     locale = check_locale(locale)
@@ -42,21 +44,42 @@ async def invite_staff(
             address, str(user.get("role", "client")), bool(user.get("disabled")), role
         )
     async with transaction(deps.db) as conn:
-        return await _record(conn, deps, address, role, invited_by, locale)
+        return await _record(conn, deps, address, role, invited_by, locale, key)
 
 
 async def _record(
-    conn: Conn, deps: Deps, email: str, role: str, invited_by: str | None, locale: str | None
+    conn: Conn,
+    deps: Deps,
+    email: str,
+    role: str,
+    invited_by: str | None,
+    locale: str | None,
+    key: str | None,
 ) -> tuple[Row, Outcome]:
     email_lower = email_key(email)
     for _ in range(5):
+        if key is not None:
+            existing = await repo.find_by_key(conn, key)
+            if existing is not None and staff_events.is_staff(existing):
+                if (
+                    domain.effective_status(
+                        existing["status"], existing["expires_at"], deps.clock()
+                    )
+                    == "pending"
+                ):
+                    return existing, "duplicate"
+                key = None  # over (revoked, expired, accepted): invited again, as without
         pending = await repo.find_pending_staff_for_update(conn, email_lower)
+        if pending is not None and key is not None and pending["idempotency_key"] == key:
+            return pending, "duplicate"
         if pending is not None:
             if pending["staff_role"] != role:
                 await repo.set_staff_role(conn, pending["id"], role)
                 pending = await repo.get(conn, pending["id"])
                 assert pending is not None
-            resent = await _reissue(conn, deps, pending, None, reason="staff", locale=locale)
+            resent = await _reissue(
+                conn, deps, pending, None, reason="staff", locale=locale, key=key
+            )
             return resent, "resent"
         now = deps.clock()
         days = await repo.expiry_days(conn)
@@ -75,7 +98,7 @@ async def _record(
             mail_id=mail_id,
             sub_client=None,
             invited_by=invited_by,
-            idempotency_key=None,
+            idempotency_key=key,
             expires_in_days=days,
             staff_role=role,
             locale=locale,

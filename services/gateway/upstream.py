@@ -455,9 +455,14 @@ class Invitations:
         result: InvitationList = await self.client.call("GET", "/staff-invitations")
         return result["items"]
 
-    async def resend_staff(self, invitation_id: str) -> InvitationAnswer:
+    async def resend_staff(
+        self, invitation_id: str, shown_sent_at: str | None = None
+    ) -> InvitationAnswer:
+        """``shown_sent_at``: the sent time the Users screen showed (sent since: nothing
+        more goes)."""
+        body = {"shown_sent_at": shown_sent_at} if shown_sent_at is not None else None
         result: InvitationAnswer = await self.client.call(
-            "POST", f"/staff-invitations/{invitation_id}/resend"
+            "POST", f"/staff-invitations/{invitation_id}/resend", json=body
         )
         return result
 

@@ -422,7 +422,9 @@ async def list_staff_invitations(request: web.Request) -> web.Response:
 
 async def resend_staff_invitation(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    row = await handlers.resend(deps, _id(request), staff=True)
+    # The body is optional: the sent time the Users screen showed (ResendBody).
+    body = await read_json(request, ResendBody) if request.body_exists else ResendBody()
+    row = await handlers.resend(deps, _id(request), staff=True, shown_sent_at=body.shown_sent_at)
     return json_response(invitation_json(row, deps.clock()))
 
 

@@ -337,7 +337,8 @@ async def test_invite_staff_clicked_twice_or_sent_again_with_back_sends_one_emai
     stack: Stack, admin: Browser
 ) -> None:
     """Users → Invite Staff: Send Invitation clicked twice, then the same form posted again
-    after the back button: one email. (Each post used to resend.)"""
+    after the back button: one email; the same for the staff invitation's Resend. (Each
+    post used to resend.)"""
     email = unique_email("staff-double")
     code, url, form_page = await admin.get("/admin/users")
     fields = {"Email": email}
@@ -356,6 +357,16 @@ async def test_invite_staff_clicked_twice_or_sent_again_with_back_sends_one_emai
     code, _, page = await admin.submit(url, form_page, "Send Invitation", fields)
     assert f"An invitation was already pending for {email}; it has been resent." in page
     assert (await _invitation(stack, email))["send_count"] == 2
+
+    # Its Resend clicked twice, then again after the back button: one new email.
+    code, url, page = await admin.get("/admin/users")
+    row = _row(page, email)
+    pages = await asyncio.gather(admin.submit(url, row, "Resend"), admin.submit(url, row, "Resend"))
+    for code, _, page in pages:
+        assert code == 200 and f"Invitation resent to {email}" in page, page[:2000]
+    code, _, page = await admin.submit(url, row, "Resend")
+    assert code == 200 and f"Invitation resent to {email}" in page, page[:2000]
+    assert (await _invitation(stack, email))["send_count"] == 3
 
 
 async def test_existing_account_logs_in_and_lands_on_the_new_portal(

@@ -239,7 +239,7 @@ def _back(form: MultiDictProxy[Any]) -> str:
     return INVITATIONS
 
 
-def _shown_sent_at(form: MultiDictProxy[Any]) -> str | None:
+def shown_sent_at(form: MultiDictProxy[Any]) -> str | None:
     """The sent time the row showed, so that its Resend posted twice (a double click, the
     back button) sends one email; None when missing or not a time (the browser's to
     change): then it resends, as an older page's form does."""
@@ -259,7 +259,7 @@ async def resend(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     try:
         invitation = await request.app[UPSTREAM].invitations.resend(
-            request.match_info["id"], shown_sent_at=_shown_sent_at(form)
+            request.match_info["id"], shown_sent_at=shown_sent_at(form)
         )
     except DomainError as exc:
         if exc.code not in RESEND_REFUSALS:

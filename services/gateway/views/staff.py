@@ -21,7 +21,7 @@ from ..domain import send_key
 from ..i18n import N_
 from ..rendering import current_user, error_page, form_str, see_other
 from ..state import UPSTREAM
-from .admin import ID, STAFF_ROLE_NAMES, _users_page
+from .admin import ID, STAFF_ROLE_NAMES, _users_page, shown_sent_at
 from .api import API, EmailAddress, InviteLanguage
 
 routes = web.RouteTableDef()
@@ -79,9 +79,11 @@ async def invite_staff(request: web.Request) -> web.StreamResponse:
 
 @routes.post(f"/admin/users/invitations/{ID}/resend")
 async def resend_staff(request: web.Request) -> web.StreamResponse:
-    await request.post()
+    form = await request.post()
     try:
-        invitation = await request.app[UPSTREAM].invitations.resend_staff(request.match_info["id"])
+        invitation = await request.app[UPSTREAM].invitations.resend_staff(
+            request.match_info["id"], shown_sent_at(form)
+        )
     except RateLimited as exc:
         headers = {"Retry-After": str(exc.retry_after)}
         link = (USERS, N_("Back to Users"))

@@ -6,6 +6,7 @@ sends no second email; invitation.requested takes portal_ids too."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -15,11 +16,13 @@ from tests.e2e.flows import (
     Api,
     accept_from_email,
     admin_amqp_url,
+    db_fetch,
     envelope,
     listening,
     publish_event,
     unique_email,
 )
+from tests.support.forms import find_form
 from tests.support.smtp import html_part, text_part
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -173,3 +176,41 @@ async def test_invitation_requested_with_portal_ids(stack: Stack, api: Api) -> N
             "invitation.rejected",
         )
         assert rejected["data"]["reason"] == "duplicate_portal"
+
+
+async def test_send_invitation_for_several_portals_clicked_twice_sends_one_email(
+    stack: Stack, api: Api, admin: Browser
+) -> None:
+    """Invite Client for the portals ticked on All Portals: Send Invitation clicked twice,
+    then the form posted again after the back button: one email, and every page says it
+    was sent. (The second post used to be refused: "already has a pending invitation".)"""
+    tag = uuid.uuid4().hex[:6]
+    one, two = [await api.portal(f"{name} {tag}") for name in ("Twice One", "Twice Two")]
+    email = unique_email("several-twice")
+    code, url, form_page = await admin.get(
+        f"/admin/portals/invite?portal_id={one['id']}&portal_id={two['id']}"
+    )
+    assert code == 200, form_page[:1000]
+    # The form as a browser posts it: each ticked portal's hidden portal_id.
+    data = find_form(form_page, "Send Invitation").fill({"Email": email})
+    posted = [(k, v) for k, v in data.items() if k != "portal_id"]
+    posted += [("portal_id", one["id"]), ("portal_id", two["id"])]
+
+    async def send() -> tuple[int, str]:
+        async with admin.session.post(url, data=posted) as response:
+            return response.status, await response.text()
+
+    pages = list(await asyncio.gather(send(), send()))
+    pages.append(await send())  # back, Send Invitation
+    for code, page in pages:
+        assert code == 200 and f"Invitation sent to {email}" in page, page[:3000]
+    rows = await db_fetch(
+        stack,
+        "SELECT portal_id::text, send_count FROM invitations.invitations WHERE email = $1",
+        email,
+    )
+    assert sorted((r["portal_id"], r["send_count"]) for r in rows) == sorted(
+        [(one["id"], 1), (two["id"], 1)]
+    ), rows
+    [message] = await stack.sink.wait_for(email)
+    assert "You're invited to 2 client portals" in message["Subject"]

@@ -12,11 +12,11 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from libs.common.email import email_or_none
+from libs.common.email import email_key, email_or_none
 from libs.common.errors import DomainError, NotFound
 
-from ..answers import PortalAnswer
-from ..domain import EXPIRY_CHOICES, MAX_GROUP_PORTALS, parse_uuid
+from ..answers import InvitationGroup, PortalAnswer
+from ..domain import EXPIRY_CHOICES, MAX_GROUP_PORTALS, new_send_key, parse_uuid, send_key
 from ..i18n import N_, gettext
 from ..rendering import form_str, page_language, render, see_other
 from ..state import UPSTREAM
@@ -88,6 +88,8 @@ async def _page(
         "errors": errors,
         "expiry_choices": EXPIRY_CHOICES,
         "nav": "portals",
+        # The form's own id: posted twice, it sends once (_send_once).
+        "send_key": new_send_key(),
     }
     return render(request, "admin/invite_several.html", context, status=status)
 
@@ -117,6 +119,26 @@ def _fields(form: MultiDictProxy[Any]) -> tuple[dict[str, str], dict[str, str]]:
     return values, errors
 
 
+async def _send_once(up: Upstream, body: dict[str, Any], key: str | None) -> InvitationGroup:
+    """Invite under the form's key (send_key), so that a double click on Send Invitation
+    or the back button's post of the same form sends one email: its twin's refusal
+    (invitation_pending, the two at the same moment) is asked again under the key, which
+    answers what the first made. What the key made being over (revoked, expired,
+    accepted), the form invites again, as a post without a key (an older page) does."""
+    if key is None:
+        return await up.invitations.invite_group(body)
+    keyed = {**body, "idempotency_key": key}
+    try:
+        made = await up.invitations.invite_group(keyed)
+    except DomainError as exc:
+        if exc.code != "invitation_pending":
+            raise
+        made = await up.invitations.invite_group(keyed)
+    if all(i["status"] != "pending" for i in made["invitations"]):
+        return await up.invitations.invite_group(body)
+    return made
+
+
 @routes.post(PATH)
 async def send_invitation(request: web.Request) -> web.StreamResponse:
     up = request.app[UPSTREAM]
@@ -139,8 +161,12 @@ async def send_invitation(request: web.Request) -> web.StreamResponse:
     body: dict[str, Any] = {"portal_ids": ids, **invite_options(request, email, values)}
     if values["name"]:
         body["name"] = values["name"]
+    form_key = form_str(form, "send_key", 100)
+    key = (
+        send_key(form_key, "group:" + ",".join(sorted(ids)), email_key(email)) if form_key else None
+    )
     try:
-        await up.invitations.invite_group(body)
+        await _send_once(up, body, key)
     except DomainError as exc:
         if exc.status >= 500:
             raise

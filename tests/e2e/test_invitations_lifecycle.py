@@ -241,6 +241,29 @@ async def test_resend_clicked_twice_or_again_with_back_sends_one_email(
     assert (await _invitation(stack, email))["send_count"] == 3
 
 
+async def test_resend_of_the_selected_clicked_twice_sends_one_email(
+    stack: Stack, admin: Browser, api: Api
+) -> None:
+    """Resend for the selected rows clicked twice, then again after the back button: one
+    new email. (Each post used to send a new link.)"""
+    portal = await api.portal(f"Bulk Twice {uuid.uuid4().hex[:6]}")
+    email = unique_email("bulk-twice")
+    code, body = await api.invite(portal["id"], email)
+    await stack.sink.wait_for(email)
+    code, url, page = await admin.get(f"/admin/invitations?portal_id={portal['id']}")
+    fields = {f"Select {email}": body["invitation"]["id"]}
+    extra = {"action": "resend"}
+
+    async def resend() -> tuple[int, str, str]:
+        return await admin.submit(url, page, "Resend", fields, extra)
+
+    pages = list(await asyncio.gather(resend(), resend()))
+    pages.append(await resend())  # back, Resend
+    for code, _, shown in pages:
+        assert code == 200 and "1 resent" in shown, shown[:2000]
+    assert (await _invitation(stack, email))["send_count"] == 2
+
+
 async def test_revoke_from_the_screen_kills_the_link_and_refuses_resend(
     stack: Stack, admin: Browser, api: Api, browser: Browser
 ) -> None:

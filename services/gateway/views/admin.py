@@ -131,8 +131,15 @@ async def bulk(request: web.Request) -> web.StreamResponse:
             code="too_many_selected",
         )
     invitations = request.app[UPSTREAM].invitations
-    act = invitations.resend if action == "resend" else invitations.revoke
     gate = asyncio.Semaphore(BULK_CONCURRENCY)
+
+    async def act(invitation_id: str) -> InvitationAnswer:
+        if action == "revoke":
+            return await invitations.revoke(invitation_id)
+        # The sent time its row showed: posted twice (a double click, the back button),
+        # the selection is resent once.
+        shown = shown_sent_at(form, f"sent_at:{invitation_id}")
+        return await invitations.resend(invitation_id, shown_sent_at=shown)
 
     async def one(invitation_id: str) -> tuple[str, str | None]:
         async with gate:
@@ -167,7 +174,7 @@ async def bulk(request: web.Request) -> web.StreamResponse:
                     continue
             async with gate:
                 try:
-                    resent = await invitations.resend(invitation_id)
+                    resent = await act(invitation_id)
                 except DomainError as exc:
                     done.append((invitation_id, "unavailable" if exc.status >= 500 else exc.code))
                     continue
@@ -239,11 +246,11 @@ def _back(form: MultiDictProxy[Any]) -> str:
     return INVITATIONS
 
 
-def shown_sent_at(form: MultiDictProxy[Any]) -> str | None:
+def shown_sent_at(form: MultiDictProxy[Any], field: str = "sent_at") -> str | None:
     """The sent time the row showed, so that its Resend posted twice (a double click, the
     back button) sends one email; None when missing or not a time (the browser's to
     change): then it resends, as an older page's form does."""
-    raw = form_str(form, "sent_at", 64)
+    raw = form_str(form, field, 64)
     try:
         return datetime.fromisoformat(raw).isoformat() if raw else None
     except ValueError:

@@ -27,7 +27,7 @@ _COLUMNS = (
     " i.accepted_user_id, i.accepted_at, i.revoked_at, i.created_at, i.send_count,"
     " i.delivery_next_attempt_at, i.accept_claim_until, i.expires_in_days, i.expiry_chosen,"
     " i.personal_message, i.invitee_name, i.send_reason, i.reminded_at, i.staff_role,"
-    " i.group_id, i.token_hash, i.locale, p.status AS portal_status"
+    " i.group_id, i.token_hash, i.locale, p.status AS portal_status, i.last_request_key"
 )
 _JOIN = (
     "LEFT JOIN portals p ON p.portal_id = i.portal_id"
@@ -330,6 +330,7 @@ async def reissue(
             " expires_at = $4, last_mail_id = $5, send_count = send_count + 1,"
             " delivery = 'queued', delivery_error = NULL, delivery_next_attempt_at = NULL,"
             " idempotency_key = COALESCE(idempotency_key, $6),"
+            " last_request_key = COALESCE($6, last_request_key),"
             " expires_in_days = $7, expiry_chosen = $8, personal_message = $9,"
             " invitee_name = $10, send_reason = $11, locale = $12"
             " WHERE id = $1"

@@ -156,8 +156,9 @@ async def record_not_first(
                 if existing is not None:
                     return existing, "duplicate"
             pending = await repo.find_pending_for_update(conn, portal.portal_id, email_lower)
-            if pending is not None and key is not None and pending["idempotency_key"] == key:
-                # The same key committed between our two looks (each sees a new snapshot).
+            if pending is not None and key is not None and key in _keys_of(pending):
+                # The same key committed between our two looks (each sees a new snapshot), or
+                # the same request resent it a moment ago (a double click on inviting again).
                 return pending, "duplicate"
             if pending is not None:
                 # Inviting again resends (a group's invitation: the group's link, for each of
@@ -193,6 +194,12 @@ async def record_not_first(
             )
             return created, "created"
         raise Conflict("The invitation changed while we sent it; try again.", code="conflict")
+
+
+def _keys_of(row: Row) -> tuple[str | None, str | None]:
+    """The keys a request finds an invitation under: the one that made it, and the one
+    that last sent it a link (inviting again)."""
+    return row["idempotency_key"], row["last_request_key"]
 
 
 @dataclass(frozen=True)

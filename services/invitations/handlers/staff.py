@@ -17,7 +17,7 @@ from .. import domain
 from .. import repository as repo
 from . import sends, staff_events
 from .base import Deps, Outcome, Row, log
-from .sending import _reissue
+from .sending import _keys_of, _reissue
 
 MAX_LISTED = 200
 
@@ -70,7 +70,7 @@ async def _record(
                     return existing, "duplicate"
                 key = None  # over (revoked, expired, accepted): invited again, as without
         pending = await repo.find_pending_staff_for_update(conn, email_lower)
-        if pending is not None and key is not None and pending["idempotency_key"] == key:
+        if pending is not None and key is not None and key in _keys_of(pending):
             return pending, "duplicate"
         if pending is not None:
             if pending["staff_role"] != role:

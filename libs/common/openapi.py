@@ -49,6 +49,18 @@ Operation = tuple[
 ]
 
 
+def page_of(item: dict[str, Any]) -> dict[str, Any]:
+    """A page of a listing: its ``items`` and the ``next_cursor`` of the next (null at the
+    end), as libs/common/cursor.py makes them."""
+    return {
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": item},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    }
+
+
 def path_parameter(name: str, schema: dict[str, Any] = UUID) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": schema}
 

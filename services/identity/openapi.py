@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from libs.common.openapi import TIME, UUID, Operation, openapi_route
+from libs.common.openapi import TIME, UUID, Operation, openapi_route, page_of
 
 from . import api
 
@@ -40,13 +40,7 @@ ISSUED = {
         "session": SESSION,
     },
 }
-PAGE = {
-    "type": "object",
-    "properties": {
-        "items": {"type": "array", "items": USER},
-        "next_cursor": {"type": ["string", "null"]},
-    },
-}
+PAGE = page_of(USER)
 API_KEY: dict[str, Any] = {
     "type": "object",
     "required": ["id", "name", "scopes", "prefix", "created_at"],
@@ -154,9 +148,7 @@ OPERATIONS: list[Operation] = [
     ("post", "/api-keys/verify", "The live key behind a presented key (records its use)",
      api.VerifyKeyBody, None, [], 200, API_KEY, ["401 invalid_api_key"]),
     ("get", "/activity", "The Activity log, newest first", None, api.ActivityQuery, [], 200,
-     {"type": "object", "properties": {"items": {"type": "array", "items": ACTIVITY},
-                                       "next_cursor": {"type": ["string", "null"]}}},
-     ["422 invalid_cursor"]),
+     page_of(ACTIVITY), ["422 invalid_cursor"]),
     ("get", "/activity/actors", "Who appears in the Activity log", None, None, [], 200, ACTORS,
      []),
 ]  # fmt: skip

@@ -3,7 +3,7 @@ parse with, so the description can't drift from what is accepted."""
 
 from __future__ import annotations
 
-from libs.common.openapi import NULL_TIME, TIME, UUID, Operation, openapi_route
+from libs.common.openapi import NULL_TIME, TIME, UUID, Operation, openapi_route, page_of
 
 from . import api
 
@@ -113,13 +113,7 @@ OUTCOME = {
         "outcome": {"type": "string", "enum": ["created", "resent"]},
     },
 }
-PAGE = {
-    "type": "object",
-    "properties": {
-        "items": {"type": "array", "items": INVITATION},
-        "next_cursor": {"type": ["string", "null"]},
-    },
-}
+PAGE = page_of(INVITATION)
 VALIDATED = {
     "type": "object",
     "properties": {

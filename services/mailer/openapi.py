@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from libs.common.openapi import NULL_TIME, TIME, UUID, Operation, openapi_route, path_parameter
+from libs.common.openapi import (
+    NULL_TIME,
+    TIME,
+    UUID,
+    Operation,
+    openapi_route,
+    page_of,
+    path_parameter,
+)
 
 from . import api
 from .webhooks.domain import EVENT_TYPES
@@ -42,13 +50,7 @@ DELIVERY = {
         "created_at": TIME,
     },
 }
-DELIVERIES = {
-    "type": "object",
-    "properties": {
-        "items": {"type": "array", "items": DELIVERY},
-        "next_cursor": {"type": ["string", "null"]},
-    },
-}
+DELIVERIES = page_of(DELIVERY)
 BRANDING = {
     "type": "object",
     "description": "empty strings: not set",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from libs.common.openapi import TIME, UUID, Operation, openapi_route, path_parameter
+from libs.common.openapi import TIME, UUID, Operation, openapi_route, page_of, path_parameter
 
 from . import api
 
@@ -26,13 +26,7 @@ PORTAL: dict[str, Any] = {
     },
 }
 ROLE = {"type": "string", "enum": ["client", "sub_client"]}
-PAGE = {
-    "type": "object",
-    "properties": {
-        "items": {"type": "array", "items": PORTAL},
-        "next_cursor": {"type": ["string", "null"]},
-    },
-}
+PAGE = page_of(PORTAL)
 GRANTED = {"type": "object", "properties": {"portal": PORTAL, "role": ROLE}}
 USER_PORTAL = {
     "type": "object",

@@ -21,7 +21,9 @@ from libs.common.errors import (
     RateLimited,
     TooLarge,
     Unauthorized,
+    Unavailable,
 )
+from libs.common.logging import get_logger
 
 from .domain import (
     CONTENT_TOO_LONG,
@@ -50,6 +52,8 @@ from .state import (
     UPSTREAM,
     req_state,
 )
+
+log = get_logger(__name__)
 
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # No session or CSRF cookie needed: static files, and the branding's logo and stylesheet.
@@ -260,7 +264,18 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
             state.user = current["user"]
     _gate(request)
     set_actor(_actor(request))
-    return await handler(request)
+    response = await handler(request)
+    if state.session_set and state.user is not None and token:
+        # A log in (or an accept) replaced a live session's cookie: a shared computer's
+        # next person. That session ends too, rather than staying valid for whoever had
+        # copied the cookie.
+        try:
+            await request.app[UPSTREAM].identity.logout(token)
+        except Unauthorized:
+            pass  # over already
+        except Unavailable:
+            log.warning("replaced_session_not_ended")  # it ends at its idle timeout
+    return response
 
 
 STAFF_ROLES = ("administrator", "staff")

@@ -521,7 +521,9 @@ async def test_portal_pages_come_from_the_cache_until_the_portal_changes_here(
         assert await status_of(cached_gw, page) == 200
     assert backend.page_calls - before == 1
     portal = next(p for p in backend.portals.values() if page.endswith(f"/{p['slug']}/"))
-    # The administrator takes the client off the portal in this gateway ...
+    # The administrator (in a browser of their own) takes the client off the portal in
+    # this gateway ...
+    cached_gw.session.cookie_jar.clear()
     await log_in(cached_gw, admin, PASSWORD)
     headers = {"X-CSRF-Token": (await csrf(cached_gw))}
     removed = await cached_gw.put(

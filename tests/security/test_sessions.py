@@ -80,10 +80,33 @@ async def test_log_in_issues_a_new_session_id_and_never_adopts_a_planted_one(
             after = cookie(victim, "cp_session")
             assert after and after not in {planted, own, before}
         assert not await logged_in(stack, planted)
-        # Two log ins, two ids; the older one keeps its own identity, untouched.
-        assert await logged_in(stack, own)
+        # The session whose cookie the log in replaced is over: nobody holds it any more
+        # but whoever copied it.
+        assert not await logged_in(stack, own)
     finally:
         await victim.close()
+
+
+async def test_a_log_in_over_a_session_ends_that_session(
+    stack: Stack,
+) -> None:
+    """A shared computer: someone logs in (or accepts an invitation) without logging the
+    previous person out. Their cookie is replaced, and their session must end with it,
+    not stay valid on the server for anyone who had copied it."""
+    browser = await login(stack, ADMIN_EMAIL, ADMIN_PASSWORD)
+    try:
+        first = cookie(browser, "cp_session")
+        assert first and await logged_in(stack, first)
+        _, url, html = await browser.get("/login")
+        code, url, _ = await browser.submit(
+            url, html, "Log In", {"Email": ADMIN_EMAIL, "Password": ADMIN_PASSWORD}
+        )
+        assert code == 200 and "/admin" in url
+        second = cookie(browser, "cp_session")
+        assert second and second != first and await logged_in(stack, second)
+        assert not await logged_in(stack, first)
+    finally:
+        await browser.close()
 
 
 async def test_log_out_ends_the_session_on_the_server(stack: Stack) -> None:

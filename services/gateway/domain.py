@@ -14,6 +14,7 @@ import secrets
 import uuid
 
 from libs.common.colours import darker, readable_on
+from libs.common.email import email_key
 from libs.common.passwords import password_problem
 
 from .answers import BrandingAnswer
@@ -89,10 +90,14 @@ def new_send_key() -> str:
     return secrets.token_urlsafe(16)
 
 
-def send_key(form_key: str, portal_id: str, email_key: str) -> str:
-    """The Idempotency-Key of one form's invitation of one address to one portal: the same
-    form posted again with another address (back, retyped) is another invitation."""
-    named = f"{form_key}\n{portal_id}\n{email_key}".encode()
+def send_key(form_key: str, scope: str, email: str) -> str | None:
+    """The Idempotency-Key of one form's invitation of one address within ``scope`` (a
+    portal, a group of portals, a staff role): the same form posted again with another
+    address or scope (back, changed) is another invitation. None for a form without its
+    key (an older page)."""
+    if not form_key:
+        return None
+    named = f"{form_key}\n{scope}\n{email_key(email)}".encode()
     return "form-" + hashlib.sha256(named).hexdigest()
 
 

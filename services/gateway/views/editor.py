@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from libs.common.email import email_key, email_or_none
+from libs.common.email import email_or_none
 from libs.common.errors import DomainError, InvalidInput, NotFound
 from libs.common.i18n import LANGUAGE_MESSAGE, is_language
 from libs.common.web import json_response
@@ -372,9 +372,9 @@ async def invite(request: web.Request) -> web.StreamResponse:
         errors["invite_email"] = NOT_ACTIVE
     if not errors and email is not None:
         body = {"portal_id": portal["id"], **invite_options(request, email, values)}
-        form_key = form_str(form, "send_key", 100)
+        key = send_key(form_str(form, "send_key", 100), portal["id"], email)
         try:
-            result = await _send_once(up, body, form_key)
+            result = await _send_once(up, body, key)
         except DomainError as exc:
             if exc.status >= 500 or exc.code == "portal_not_found":
                 raise
@@ -388,14 +388,13 @@ async def invite(request: web.Request) -> web.StreamResponse:
     return await _editor(request, portal, errors=errors, status=422, invite=values)
 
 
-async def _send_once(up: Upstream, body: dict[str, Any], form_key: str) -> InviteOutcome:
+async def _send_once(up: Upstream, body: dict[str, Any], key: str | None) -> InviteOutcome:
     """Invite under the form's key (send_key), so that a double click on Send Invitation
     or the back button's post of the same form sends one email, not a new link each time
     that kills the one before. Under a key whose invitation was revoked or has expired
     meanwhile, the form invites again, as a post without a key (an older page) does."""
-    if not form_key:
+    if key is None:
         return await up.invitations.invite(body)
-    key = send_key(form_key, body["portal_id"], email_key(body["email"]))
     result = await up.invitations.invite({**body, "idempotency_key": key})
     if result["invitation"]["status"] != "pending":  # what the key made is over
         return await up.invitations.invite(body)

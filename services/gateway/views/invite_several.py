@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from libs.common.email import email_key, email_or_none
+from libs.common.email import email_or_none
 from libs.common.errors import DomainError, NotFound
 
 from ..answers import InvitationGroup, PortalAnswer
@@ -161,10 +161,7 @@ async def send_invitation(request: web.Request) -> web.StreamResponse:
     body: dict[str, Any] = {"portal_ids": ids, **invite_options(request, email, values)}
     if values["name"]:
         body["name"] = values["name"]
-    form_key = form_str(form, "send_key", 100)
-    key = (
-        send_key(form_key, "group:" + ",".join(sorted(ids)), email_key(email)) if form_key else None
-    )
+    key = send_key(form_str(form, "send_key", 100), "group:" + ",".join(sorted(ids)), email)
     try:
         await _send_once(up, body, key)
     except DomainError as exc:

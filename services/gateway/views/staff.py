@@ -11,7 +11,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
-from libs.common.email import email_key, email_or_none
+from libs.common.email import email_or_none
 from libs.common.errors import DomainError, RateLimited
 from libs.common.web import json_response, read_json
 
@@ -52,14 +52,13 @@ async def invite_staff(request: web.Request) -> web.StreamResponse:
     assert email is not None
     admin = current_user(request)
     try:
-        form_key = form_str(form, "send_key", 100)
         answer = await request.app[UPSTREAM].invitations.invite_staff(
             email,
             role,
             admin["email"] if admin else None,
             locale,
             # Another role chosen (back, changed) is another request: resent with it.
-            send_key(form_key, f"staff:{role}", email_key(email)) if form_key else None,
+            send_key(form_str(form, "send_key", 100), f"staff:{role}", email),
         )
     except DomainError as exc:
         if exc.code in EMAIL_REFUSALS:

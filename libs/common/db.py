@@ -408,7 +408,10 @@ async def migrate(
     applied: list[str] = []
     conn = await asyncpg.connect(url, timeout=10)
     try:
+        done = await _recorded(conn, schema)
         for migration in migrations:
+            if migration.version in done:
+                continue
             if await _apply_patiently(conn, schema, migration, lock_timeout):
                 applied.append(migration.name)
     finally:
@@ -432,21 +435,31 @@ async def _apply_patiently(
             pause = min(pause * 2, MIGRATION_RETRY_MAX_SECONDS)
 
 
+async def _recorded(conn: asyncpg.Connection[asyncpg.Record], schema: str) -> set[str]:
+    """The schema and its ``schema_migrations`` (made on the first run), and the versions
+    recorded there: a current schema is read once, not file by file."""
+    async with conn.transaction():
+        await xact_lock(conn, f"migrate:{schema}")
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ("
+            " version text PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        rows = await conn.fetch(f"SELECT version FROM {schema}.schema_migrations")
+    return {row["version"] for row in rows}
+
+
 async def _apply(
     conn: asyncpg.Connection[asyncpg.Record], schema: str, migration: Migration, lock_timeout: float
 ) -> bool:
-    """Apply one migration unless it is recorded as applied; True if it was applied."""
+    """Apply one migration unless it is recorded as applied (by a concurrent run since
+    ``_recorded``); True if it was applied."""
     async with conn.transaction():
         # Concurrent runs (replicas starting together) take turns, file by file; the
         # lock timeout below does not apply to this wait.
         await xact_lock(conn, f"migrate:{schema}")
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         await conn.execute(f"SET LOCAL search_path TO {schema}, public")
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version text PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
         if await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)",
             migration.version,

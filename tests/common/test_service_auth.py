@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from libs.common.service_auth import (
     DEVELOPMENT_KEYS,
+    REUSE_SECONDS,
     SERVICES,
     ProofRefused,
     ServiceKeys,
@@ -293,3 +294,28 @@ def test_a_file_of_secrets_is_private_before_anything_new_is_written(tmp_path: P
         write_private(path, "NEW=2\n")
     assert seen == [0o600]
     assert path.read_text() == "NEW=2\n" and path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_caller_whose_clock_is_off_by_half_a_minute_is_still_heard() -> None:
+    """Hosts' clocks drift apart by seconds when NTP hiccups: a caller 25 s ahead, or 60 s
+    behind (its token then reused for 20 s), is still the service it says it is."""
+    identity = TokenVerifier(keys_of("identity"))
+    ahead = TokenSigner(keys_of("gateway"), clock=Clock(25)).token_for("identity")
+    assert identity.caller(proof(ahead)) == "gateway"
+    behind = TokenSigner(keys_of("gateway"), clock=Clock(-60)).token_for("identity")
+    later = TokenVerifier(keys_of("identity"), clock=Clock(REUSE_SECONDS))
+    assert later.caller(proof(behind)) == "gateway"
+
+
+def test_a_refusal_for_the_clocks_says_so_and_by_how_much() -> None:
+    identity = TokenVerifier(keys_of("identity"))
+    ahead = TokenSigner(keys_of("gateway"), clock=Clock(600)).token_for("identity")
+    with pytest.raises(ProofRefused) as refused:
+        identity.caller(proof(ahead))
+    assert re.search(r"issued (599|600|601) s ahead of this host's clock", str(refused.value))
+    assert "NTP" in str(refused.value)
+    behind = TokenSigner(keys_of("gateway"), clock=Clock(-600)).token_for("identity")
+    with pytest.raises(ProofRefused) as refused:
+        identity.caller(proof(behind))
+    assert re.search(r"expired (539|540|541) s ago by this host's clock", str(refused.value))
+    assert "NTP" in str(refused.value)

@@ -69,7 +69,10 @@ async def test_a_german_invitation_in_the_agencys_time_zone(
     assert subject(msg) == "Sie sind zu Acme Rebrand auf Northwind Agency eingeladen"
     text, html = text_part(msg), html_part(msg)
     # 23:30 UTC on the 9th is past midnight in Berlin: the 10th, as German writes it.
-    assert "Dieser Link läuft am 10. Dezember 2026 ab (14 Tage nach dem Versand)." in text
+    assert (
+        "Dieser Link läuft am 10. Dezember 2026 um 00:30 Europe/Berlin ab"
+        " (14 Tage nach dem Versand)."
+    ) in text
     assert "Jane Admin hat Sie zu Ihrem Kundenportal „Acme Rebrand“" in text
     assert "Einladung annehmen" in html and '<html lang="de">' in html
     assert "You're invited" not in text + html
@@ -92,7 +95,7 @@ async def test_the_branding_language_when_the_job_names_none(
     [msg] = await smtp_sink.sink.wait_for(to)
     assert msg["Content-Language"] == "fr"
     assert subject(msg) == "Vous êtes invité à Acme Rebrand sur Northwind Agency"
-    assert "Ce lien expire le 9 décembre 2026." in text_part(msg)
+    assert "Ce lien expire le 9 décembre 2026 à 15:30 UTC." in text_part(msg)
 
     # A job's own language wins over the agency's.
     to = new_address()
@@ -138,7 +141,10 @@ async def test_english_stays_as_it_was(
     [msg] = await smtp_sink.sink.wait_for(to)
     assert msg["Content-Language"] == "en"
     assert subject(msg) == "You're invited to Acme Rebrand on Northwind Agency"
-    assert "This link expires on 9 December 2026. It can be used only once." in text_part(msg)
+    assert (
+        "This link expires on 9 December 2026 at 15:30 UTC. It can be used only once."
+        in text_part(msg)
+    )
 
 
 async def test_branding_language_and_zone_are_checked(

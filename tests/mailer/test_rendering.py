@@ -66,7 +66,7 @@ def test_invitation_html_has_a_button_styled_accept_link() -> None:
     assert "Accept Invitation</a>" in button
     assert 'style="' in button and "background-color" in button
     assert "Acme Rebrand" in html and "Northwind Agency" in html
-    assert "This link expires on 9 December 2026." in html
+    assert "This link expires on 9 December 2026 at 15:30 UTC." in html
     assert "Jane Admin" in html
     # Inline styles only, no external resources.
     assert "<style" not in html and "<link" not in html and "<img" not in html
@@ -77,7 +77,7 @@ def test_invitation_text_part_has_the_same_information() -> None:
     assert URL in text
     assert "Accept Invitation" in text
     assert "Acme Rebrand" in text and "Northwind Agency" in text
-    assert "This link expires on 9 December 2026." in text
+    assert "This link expires on 9 December 2026 at 15:30 UTC." in text
 
 
 def test_values_are_escaped_in_html_and_subject_stays_one_line() -> None:
@@ -128,10 +128,29 @@ def test_invitation_shows_the_personal_message_escaped_and_the_expiry() -> None:
     assert "A message from Jane Admin:" in html and "white-space:pre-line" in html
     assert "A message from Jane Admin:" in text and note in text
     for part in (html, text):
-        assert "This link expires on 9 December 2026 (21 days after it was sent)." in part
+        assert (
+            "This link expires on 9 December 2026 at 15:30 UTC (21 days after it was sent)." in part
+        )
     # Without them the email reads as before.
     plain = html_part(_message("invitation", INVITATION))
     assert "A message" not in plain and "days after it was sent" not in plain
+
+
+def test_an_invitation_says_the_hour_and_the_zone_its_link_expires_at() -> None:
+    """The day alone reads as "all that day": in Los Angeles a link that expires on 9
+    December 2026 at 23:00 UTC is dead from 15:00 on the 9th. The agency's zone, named."""
+    late = {**INVITATION, "expires_at": "2026-12-09T23:00:00+00:00"}
+    for template in ("invitation", "staff_invitation"):
+        context = {**late, "role_name": "Staff"} if template == "staff_invitation" else late
+        for days in ("", "14"):
+            rendered = render(
+                new_environment(),
+                template,
+                {**context, "expires_in_days": days},
+                time_zone="America/Los_Angeles",
+            )
+            for part in (rendered.html, rendered.text):
+                assert "This link expires on 9 December 2026 at 15:00 America/Los_Angeles" in part
 
 
 def test_an_internationalised_address_is_written_as_it_is_and_asks_for_smtputf8() -> None:

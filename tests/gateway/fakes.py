@@ -292,6 +292,10 @@ class Backend:
             found["disabled"] = True
             return web.json_response(found)
 
+        @r.get("/api-keys")
+        async def list_keys(request: web.Request) -> web.Response:
+            return web.json_response({"items": list(self.api_keys.values())})
+
         @r.post("/api-keys/verify")
         async def verify_key(request: web.Request) -> web.Response:
             self.key_checks += 1

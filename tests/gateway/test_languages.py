@@ -53,6 +53,25 @@ async def test_the_account_language_wins_over_the_browser(
     assert 'href="/account"' in page and ">Cuenta</a>" in page
 
 
+async def test_api_keys_show_their_times_in_the_reader_zone_and_language(
+    gw: TestClient[Any, Any], backend: Backend
+) -> None:
+    """Every screen shows times in the reader's Time Zone; API Keys said UTC to everyone."""
+    admin = backend.add_user(
+        "ada-keys@example.com", PASSWORD, role="administrator", time_zone="Australia/Sydney"
+    )
+    _, key = backend.add_api_key("CRM", ["invitations:write"])
+    key["created_at"] = "2026-12-03T23:00:00+00:00"
+    key["last_used_at"] = "2026-12-04T01:15:00+00:00"
+    await log_in(gw, admin, PASSWORD)
+    page = await (await gw.get("/admin/settings/api-keys")).text()
+    assert '<time datetime="2026-12-03T23:00:00+00:00">2026-12-04 10:00 AEDT</time>' in page
+    assert '<time datetime="2026-12-04T01:15:00+00:00">2026-12-04 12:15 AEDT</time>' in page
+    backend.users[admin["id"]]["locale"] = "de"
+    page = await (await gw.get("/admin/settings/api-keys")).text()
+    assert ">04.12.2026, 10:00:00 AEDT</time>" in page
+
+
 async def test_account_saves_language_and_time_zone(
     gw: TestClient[Any, Any], backend: Backend
 ) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import functools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from opentelemetry.trace import SpanKind
@@ -73,6 +73,15 @@ async def stop_workers(
         for task in pending:
             task.cancel()
     await asyncio.gather(*workers, *([maintenance] if maintenance else []), return_exceptions=True)
+
+
+def database_now(claimed_at: datetime, since: float) -> datetime:
+    """Now on the database server's clock: the claim's time (its ``clock_timestamp()``)
+    plus what the event loop's monotonic clock says has passed ``since`` it. The queue is
+    read on that clock (``next_attempt_at <= now()``) and a job's horizon starts on it
+    (``created_at``): planned on this host's clock instead, a mailer ten minutes behind
+    the database retried every failing email at once, and one ahead gave up early."""
+    return claimed_at + timedelta(seconds=max(asyncio.get_running_loop().time() - since, 0.0))
 
 
 class Sender:
@@ -186,6 +195,7 @@ class Sender:
         self, delivery: Delivery, claimed_at: datetime, transport: SmtpTransport
     ) -> None:
         """Render, send and record one claimed delivery."""
+        since = asyncio.get_running_loop().time()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
             mail_id=str(delivery.mail_id), template=delivery.template
@@ -195,7 +205,7 @@ class Sender:
         if abandoned(
             delivery.attempts,
             delivery.queued_at,
-            datetime.now(UTC),
+            claimed_at,
             self.policy,
             self.settings.mailer_stuck_sending_seconds,
         ):
@@ -245,14 +255,16 @@ class Sender:
             ):
                 await transport.send(message)
         except SendError as exc:
-            await self._after_error(delivery, claimed_at, exc)
+            await self._after_error(delivery, claimed_at, exc, since)
             return
         if await self._finish(lambda _: self._sent((delivery, claimed_at, tracing.carrier()))):
             EMAILS_SENT.labels(delivery.template).inc()
             log.info("mail_sent", attempts=delivery.attempts)
 
-    async def _after_error(self, delivery: Delivery, claimed_at: datetime, exc: SendError) -> None:
-        now = datetime.now(UTC)
+    async def _after_error(
+        self, delivery: Delivery, claimed_at: datetime, exc: SendError, since: float
+    ) -> None:
+        now = database_now(claimed_at, since)
         reason = after_failure(judge_smtp_code(exc.code), delivery.queued_at, now, self.policy)
         if reason is not None:
             await self._fail(delivery, claimed_at, reason, exc.detail)

@@ -323,3 +323,35 @@ async def test_shutdown_finishes_the_send_in_hand(
         assert published is not None, "the relay drained mail.sent before the bus closed"
     finally:
         controller.stop()
+
+
+class _TenMinutesBehind(datetime):
+    """The mailer host's clock, ten minutes behind the database server's."""
+
+    @classmethod
+    def now(cls, tz: Any = None) -> Any:
+        return datetime.now(tz) - timedelta(minutes=10)
+
+
+async def test_a_retry_waits_its_delay_on_the_database_clock_whatever_the_mailer_host_says(
+    start_mailer: StartMailer,
+    publisher: Bus,
+    smtp_sink: SmtpSink,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The queue is read on the database's clock (next_attempt_at <= now()); a retry
+    planned on the mailer's own clock, ten minutes behind, fell due at once: every
+    failing email was tried again at each poll instead of a minute later."""
+    monkeypatch.setattr("services.mailer.sender.datetime", _TenMinutesBehind)
+    smtp_sink.sink.fail_with = "451 4.3.0 try later"
+    await start_mailer(smtp_sink.port, mailer_retry_base_seconds=60)
+    job, _ = await publish_invitation(publisher)
+    row = await wait_for_row(pool, job.mail_id, lambda r: r["last_error"] is not None)
+    database_now = await pool.fetchval("SELECT clock_timestamp()")
+    assert row["attempts"] == 1
+    assert row["status"] == "queued"
+    assert row["next_attempt_at"] > database_now + timedelta(seconds=50), (
+        row["next_attempt_at"],
+        database_now,
+    )

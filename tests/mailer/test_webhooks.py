@@ -521,3 +521,39 @@ async def test_the_webhook_senders_stop_without_waiting_out_their_maintenance(
     [maintenance] = [t for t in asyncio.all_tasks() if t.get_name() == "webhook-maintenance"]
     await sender.stop()
     assert maintenance.cancelled()  # old: it ran to the end of its sleep
+
+
+class _TenMinutesBehind(datetime):
+    """The mailer host's clock, ten minutes behind the database server's."""
+
+    @classmethod
+    def now(cls, tz: Any = None) -> Any:
+        return datetime.now(tz) - timedelta(minutes=10)
+
+
+async def test_a_retry_waits_its_delay_on_the_database_clock_whatever_the_mailer_host_says(
+    internal: Callable[..., Any],
+    publisher: Bus,
+    hook: Receiver,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The queue is read on the database's clock; a retry planned on the mailer's own
+    clock, ten minutes behind, fell due at once, so a failing receiver was posted to at
+    every poll instead of after the backoff."""
+    monkeypatch.setattr("services.mailer.webhooks.sender.datetime", _TenMinutesBehind)
+    api: Internal = await internal(webhooks_retry_base_seconds=60)
+    endpoint = await api.add(hook.url)
+    hook.answers = [500, 500, 500]
+    data = created()
+    await publish_created(publisher, data)
+    await hook.wait_for(about(data))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        [log] = await api.deliveries(endpoint["id"])
+        if log["status"] == "queued" and log["attempts"] >= 1:
+            break
+        await asyncio.sleep(0.02)
+    database_now = await pool.fetchval("SELECT clock_timestamp()")
+    assert log["attempts"] == 1, log
+    assert datetime.fromisoformat(log["next_attempt_at"]) > database_now + timedelta(seconds=50)

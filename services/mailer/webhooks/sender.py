@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 
 import aiohttp
 import asyncpg
@@ -22,7 +22,7 @@ from libs.common.sealing import Sealer, Unsealable
 
 from ..domain import RetryPolicy, abandoned, next_attempt_at
 from ..metrics import WEBHOOKS_DELIVERED, WEBHOOKS_FAILED, WEBHOOKS_RETRIED
-from ..sender import stop_workers
+from ..sender import database_now, stop_workers
 from ..settings import MailerSettings
 from . import domain, repository
 from .domain import Attempt, RefusedTarget
@@ -105,8 +105,10 @@ class WebhookSender:
             claimed = await repository.claim_due(conn)
         if claimed is None:
             return False
-        now = datetime.now(UTC)
-        if abandoned(claimed.attempts, claimed.queued_at, now, self.policy, self.stuck_seconds):
+        since = asyncio.get_running_loop().time()
+        if abandoned(
+            claimed.attempts, claimed.queued_at, claimed.claimed_at, self.policy, self.stuck_seconds
+        ):
             # Still here well past its horizon: its tries kept dying with their workers.
             await self._record(claimed, Attempt(None, 0, "retry horizon passed"), final=True)
             return True
@@ -122,6 +124,8 @@ class WebhookSender:
         if attempt.delivered:
             await self._record(claimed, attempt)
             return True
+        # The queue's clock, the database's, whatever this host's says (database_now).
+        now = database_now(claimed.claimed_at, since)
         final = attempt.error is not None and attempt.error.startswith("refused:")
         final = final or now >= self.policy.give_up_at(claimed.queued_at)
         await self._record(claimed, attempt, final=final, now=now)
@@ -178,7 +182,7 @@ class WebhookSender:
                 return
             next_at = None
             if not final:
-                now = now or datetime.now(UTC)
+                now = now or claimed.claimed_at
                 next_at = next_attempt_at(claimed.attempts, claimed.queued_at, now, self.policy)
             await repository.mark_retry(
                 conn, claimed, next_at, attempt.status, attempt.duration_ms, attempt.error
@@ -193,7 +197,7 @@ class WebhookSender:
             next_attempt_at=next_at.isoformat() if next_at else None,
         )
         if next_at is not None:
-            delay = max((next_at - datetime.now(UTC)).total_seconds(), 0.0)
+            delay = max((next_at - (now or next_at)).total_seconds(), 0.0)
             asyncio.get_running_loop().call_later(delay, self.wake)
 
     async def _maintain(self) -> None:

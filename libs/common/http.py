@@ -14,7 +14,12 @@ from . import tracing
 from .actor import ACTOR_HEADER, current_actor, encode_actor
 from .context import CORRELATION_HEADER, clean_incoming_id, current_correlation_id
 from .errors import DomainError, Unavailable, from_status
+from .logging import get_logger
 from .service_auth import TokenSigner
+
+log = get_logger(__name__)
+# The called service refused this one's proof (libs/common/web.py require_service_proof).
+REFUSED_PROOF = frozenset({(401, "service_auth_required"), (403, "service_forbidden")})
 
 
 class ServiceClient:
@@ -88,6 +93,19 @@ class ServiceClient:
             error = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
             if not isinstance(error, dict):
                 error = {}
+            if (status, error.get("code")) in REFUSED_PROOF:
+                # The deployment's fault (keys, clocks, the callers table), never the
+                # request's: passed on, a 401 told an /api client its own key was refused.
+                log.error(
+                    "internal_call_refused",
+                    service=self.name,
+                    status=status,
+                    path=path,
+                    reason=str(error.get("message", "")),
+                )
+                raise Unavailable(
+                    f"The {self.name} service is unavailable.", code=f"{self.name}_unavailable"
+                )
             raise from_status(
                 status,
                 str(error.get("code", "error")),

@@ -1,0 +1,78 @@
+"""ServiceClient (libs/common/http.py) when the called service refuses this one's proof:
+a fault of the deployment (keys, clocks, the callers table), never of the request."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+import structlog
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from libs.common.errors import Unavailable
+from libs.common.http import ServiceClient
+from libs.common.service_auth import (
+    ServiceKeys,
+    TokenSigner,
+    encode_private,
+    generate,
+    parse_public_table,
+    public_table_text,
+)
+from libs.common.settings import CommonSettings
+from libs.common.web import base_app, json_response, require_service_proof
+
+KEYS = generate()
+TABLE = public_table_text(KEYS)
+
+
+@pytest.fixture
+async def identity() -> AsyncIterator[str]:
+    """Identity with one route, which only the gateway may call."""
+
+    async def hello(_: web.Request) -> web.Response:
+        return json_response({"hello": "gateway"})
+
+    settings = CommonSettings.model_validate(
+        {"service_key": encode_private(KEYS["identity"]), "service_public_keys": TABLE}
+    )
+    app = base_app("identity")
+    app.router.add_get("/hello", hello)
+    require_service_proof(app, settings, {"GET /hello": {"gateway"}})
+    server = TestServer(app)
+    await server.start_server()
+    yield str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+def signer(service: str, key: Ed25519PrivateKey | None = None) -> TokenSigner:
+    return TokenSigner(ServiceKeys(service, key or KEYS[service], parse_public_table(TABLE)))
+
+
+async def test_a_refused_proof_is_the_service_unavailable_and_its_reason_is_logged(
+    identity: str,
+) -> None:
+    """A gateway whose key identity doesn't know (a rotation half done) or whose clock is
+    far off passed identity's 401 service_auth_required, with its message about the
+    internal API, to the person or program asking: an /api/v1 client read that its own
+    credentials were refused. It is a 503 like any service out of reach, the reason in
+    the log for the operator."""
+    async with aiohttp.ClientSession() as session:
+        good = ServiceClient(session, identity, "identity", signer=signer("gateway"))
+        assert await good.call("GET", "/hello") == {"hello": "gateway"}
+        for caller, key, status, why in (
+            ("gateway", Ed25519PrivateKey.generate(), 401, "the signature is not gateway's"),
+            ("mailer", None, 403, "The mailer service may not call GET /hello"),
+        ):
+            client = ServiceClient(session, identity, "identity", signer=signer(caller, key))
+            with structlog.testing.capture_logs() as logs, pytest.raises(Unavailable) as refused:
+                await client.call("GET", "/hello")
+            assert (refused.value.status, refused.value.code) == (503, "identity_unavailable")
+            assert "internal API" not in str(refused.value)
+            [entry] = [e for e in logs if e["event"] == "internal_call_refused"]
+            assert entry["log_level"] == "error"
+            assert entry["service"] == "identity" and entry["status"] == status
+            assert why in entry["reason"]

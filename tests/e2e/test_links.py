@@ -54,7 +54,8 @@ async def test_an_expired_link_says_when_and_a_new_link_accepts(
     )
     code, url, page = await browser.get(link)
     assert code == 410 and "This invitation has expired" in page
-    assert "This link expired on <strong>2026-01-15 09:00 UTC</strong>." in page
+    assert "This link expired on <strong><time datetime=" in page
+    assert ">2026-01-15 09:00 UTC</time></strong>." in page
     assert email not in page and portal["title"] not in page
 
     # A token we never sent gets the very same answer (and sends nothing to anyone).

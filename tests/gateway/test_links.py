@@ -59,7 +59,10 @@ async def test_an_expired_link_says_when_and_offers_a_new_one(
     assert response.status == 410
     html = await response.text()
     assert "<h1>This invitation has expired</h1>" in html
-    assert "This link expired on <strong>2026-11-20 09:30 UTC</strong>." in html
+    assert (
+        'This link expired on <strong><time datetime="2026-11-20T09:30:00+00:00">'
+        "2026-11-20 09:30 UTC</time></strong>." in html
+    )
     assert ">Email me a new link</button>" in html
     assert "jo@example.com" not in html and "Acme Launch" not in html
 

@@ -116,6 +116,7 @@ def _invitation_problem(request: web.Request, exc: DomainError, token: str) -> w
         "title": title,
         "message": message,
         "expired_at": when(expired_at) if isinstance(expired_at, str) else None,
+        "expired_iso": expired_at,
         "token": token if exc.code in NEW_LINK_OFFERED else None,
     }
     return render(request, "link_problem.html", context, status=exc.status)

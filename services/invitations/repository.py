@@ -776,12 +776,14 @@ async def reminder_candidates(
     conn: Conn, now: datetime, days: int, after: tuple[datetime, uuid.UUID] | None, batch: int
 ) -> list[Row]:
     """Pending, not yet reminded, inside the reminder window, of an Active portal; in
-    (expires_at, id) order after ``after``."""
+    (expires_at, id) order after ``after``. The window's days are 24 hours, as
+    domain.reminder_due counts them: ``days =>`` adds calendar days of the session's
+    TimeZone, 23 or 25 hours across a DST change."""
     return await conn.fetch(
         "SELECT i.id, i.expires_at, i.group_id FROM invitations i"
         " JOIN portals p ON p.portal_id = i.portal_id AND p.status = 'active'"
         " WHERE i.status = 'pending' AND i.reminded_at IS NULL AND i.expires_at > $1"
-        " AND i.expires_at <= $1 + make_interval(days => $2)"
+        " AND i.expires_at <= $1 + make_interval(hours => 24 * $2)"
         " AND ($3::timestamptz IS NULL OR (i.expires_at, i.id) > ($3, $4::uuid))"
         " ORDER BY i.expires_at, i.id LIMIT $5",
         now,

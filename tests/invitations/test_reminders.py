@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -20,6 +20,7 @@ from services.invitations.api import DEPS
 from services.invitations.clients import PortalInfo
 from services.invitations.handlers import remind_once
 from tests.invitations.conftest import AppFactory, Clock, World, last_token, outbox_events
+from tests.support.env import TestEnv
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +233,28 @@ async def test_reminder_setting_is_validated(client: Client) -> None:
         response = await client.put("/settings/access", json={"invitation_reminder_days": bad})
         assert response.status == 422
     assert (await (await client.get("/settings/access")).json())["invitation_reminder_days"] == 0
+
+
+async def test_the_reminder_window_is_whole_days_whatever_the_database_time_zone(
+    app_factory: AppFactory,
+    client: Client,
+    world: World,
+    pool: asyncpg.Pool,
+    clock: Clock,
+    reminder_one_day: None,
+    migrated_schemas: TestEnv,
+) -> None:
+    """The sweep's SQL added the reminder's days as calendar days of the database
+    session's TimeZone (the server's default, often the host's: Europe/Berlin), where the
+    rule counts 24 hours: on the night Berlin moves its clocks forward that day had 23
+    hours, and an invitation 23.5 hours from its expiry got no reminder."""
+    berlin = await app_factory(
+        database_url=migrated_schemas.database_url + "?TimeZone=Europe/Berlin"
+    )
+    clock.now = datetime(2027, 3, 14, 9, 30, tzinfo=UTC)
+    inv_id = await invite(berlin, world.add_portal())
+    shown = await (await berlin.get(f"/invitations/{inv_id}")).json()
+    assert shown["expires_at"] == "2027-03-28T09:30:00+00:00"
+    clock.now = datetime(2027, 3, 27, 10, 0, tzinfo=UTC)  # 23.5 hours before it expires
+    await remind_once(berlin.app[DEPS])
+    assert await reminded(pool, inv_id) == 1

@@ -30,8 +30,7 @@ async def run(stack: Stack, quick: bool) -> list[dict[str, Any]]:
     base = await stack.sent_count()
     body = {
         "invitations": [
-            {"email": f"batch-{run_id}-{n}@example.com", "name": f"Client {n}"}
-            for n in range(rows)
+            {"email": f"batch-{run_id}-{n}@example.com", "name": f"Client {n}"} for n in range(rows)
         ]
     }
     parts = {**stack.pids(), "bench": os.getpid()}

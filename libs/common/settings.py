@@ -63,7 +63,7 @@ class CommonSettings(BaseSettings):
     smtp_port: int = port_field(1025)
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
-    smtp_tls: bool = False
+    # SMTP_TLS is the mailer's alone (services/mailer/settings.py: false, true, implicit).
     mail_from: str = "ClientPress <no-reply@localhost>"
     public_url: AnyUrl = AnyUrl("http://localhost:8080")
     gateway_port: int = port_field(8080)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import email.utils
+import ssl
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
@@ -25,7 +27,31 @@ _FIRST_BRANDING = {
 }
 
 
+class SmtpTls(StrEnum):
+    """SMTP_TLS: how the connection to the SMTP server is protected."""
+
+    # No TLS asked for; a password is still sent only after STARTTLS (smtp.py).
+    OFF = "false"
+    # STARTTLS, required ("true", as before).
+    STARTTLS = "starttls"
+    # TLS from the first byte ("SMTPS", port 465; RFC 8314).
+    IMPLICIT = "implicit"
+
+
+# The words pydantic took for the boolean SMTP_TLS was until it took "implicit" too.
+_TRUE = {"1", "on", "t", "true", "y", "yes"}
+_FALSE = {"", "0", "off", "f", "false", "n", "no"}
+
+
 class MailerSettings(CommonSettings):
+    smtp_tls: SmtpTls = SmtpTls.OFF
+    # A PEM file of the CA certificates that sign the SMTP server's certificate (an internal
+    # relay's private CA), trusted besides the system's. The certificate and its name are
+    # always checked.
+    mailer_smtp_ca_file: Path | None = None
+    # Lets SMTP_PASSWORD go to a server that offers no TLS (a relay on a trusted network, a
+    # local mail catcher). Off: such an email waits, retried, with the reason in its error.
+    mailer_smtp_allow_plaintext_auth: bool = False
     # This service's own broker user (mailer's password; see CommonSettings.service_amqp_url).
     mailer_broker_password: SecretStr | None = None
     mailer_host: str = "127.0.0.1"
@@ -102,6 +128,44 @@ class MailerSettings(CommonSettings):
             max_seconds=self.mailer_retry_max_seconds,
             give_up_after_seconds=self.mailer_give_up_after_seconds,
         )
+
+    @field_validator("smtp_tls", mode="before")
+    @classmethod
+    def _tls_words(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return SmtpTls.STARTTLS if value else SmtpTls.OFF
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in _TRUE:
+                return SmtpTls.STARTTLS
+            if word in _FALSE:
+                return SmtpTls.OFF
+            if word in (SmtpTls.STARTTLS, SmtpTls.IMPLICIT):
+                return SmtpTls(word)
+            raise ValueError(
+                "must be false, true (STARTTLS, also written starttls) or implicit"
+                " (TLS from the first byte, as on port 465)"
+            )
+        return value
+
+    @field_validator("mailer_smtp_ca_file", mode="before")
+    @classmethod
+    def _empty_ca_file_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("mailer_smtp_ca_file")
+    @classmethod
+    def _ca_file_loads(cls, value: Path | None) -> Path | None:
+        """A missing or unreadable CA file is a start-up error, not an email retried for two
+        days with every connection refused."""
+        if value is not None:
+            try:
+                ssl.create_default_context(cafile=str(value))
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"must be a readable PEM file of CA certificates ({value}: {exc})"
+                ) from None
+        return value
 
     @field_validator("mail_templates_dir", mode="before")
     @classmethod

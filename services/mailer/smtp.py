@@ -1,15 +1,17 @@
-"""One reusable SMTP connection (aiosmtplib) per sender worker, and SMTP errors turned
-into one ``SendError`` carrying the reply code (None when the server never answered)."""
+"""One reusable SMTP connection (aiosmtplib) per sender worker, over TLS as SMTP_TLS
+says, and SMTP errors turned into one ``SendError`` carrying the reply code (None when the
+server never answered)."""
 
 from __future__ import annotations
 
+import ssl
 import time
 
 import aiosmtplib
 
 from .domain import clip_error
 from .rendering import Email
-from .settings import MailerSettings
+from .settings import MailerSettings, SmtpTls
 
 # Servers drop idle clients after a while; past this, open a fresh connection instead of
 # discovering the drop mid-send.
@@ -21,6 +23,27 @@ class SendError(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = clip_error(detail)
+
+
+# RFC 8314: submission over implicit TLS. STARTTLS there can never work.
+SMTPS_PORT = 465
+
+
+def connection_security(settings: MailerSettings) -> SmtpTls:
+    """SMTP_TLS as it applies: ``true`` on port 465 means TLS from the first byte."""
+    if settings.smtp_tls is SmtpTls.STARTTLS and settings.smtp_port == SMTPS_PORT:
+        return SmtpTls.IMPLICIT
+    return settings.smtp_tls
+
+
+def _certificate_refusal(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate check behind an error (aiosmtplib wraps it on implicit TLS)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__
+    return None
 
 
 class SmtpTransport:
@@ -62,7 +85,19 @@ class SmtpTransport:
             raise SendError(exc.code, f"{exc.code} {exc.message}") from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             await self.close()
+            refusal = _certificate_refusal(exc)
+            if refusal is not None:
+                raise SendError(
+                    None,
+                    f"the TLS certificate of {self._server} was not accepted:"
+                    f" {refusal.verify_message or refusal.reason}"
+                    " (a server whose certificate a private CA signs: MAILER_SMTP_CA_FILE)",
+                ) from None
             raise SendError(None, f"{type(exc).__name__}: {exc}") from None
+
+    @property
+    def _server(self) -> str:
+        return f"{self.settings.smtp_host}:{self.settings.smtp_port}"
 
     async def _send(self, message: Email) -> None:
         client = self._client
@@ -90,19 +125,62 @@ class SmtpTransport:
             await self.close()
         s = self.settings
         password = s.smtp_password.get_secret_value() if s.smtp_password else None
-        credentials = s.smtp_username is not None and password is not None
+        login = (s.smtp_username, password) if s.smtp_username is not None and password else None
+        security = connection_security(s)
         client = aiosmtplib.SMTP(
             hostname=s.smtp_host,
             port=s.smtp_port,
-            username=s.smtp_username if credentials else None,
-            password=password if credentials else None,
-            start_tls=s.smtp_tls,
+            use_tls=security is SmtpTls.IMPLICIT,
+            # SMTP_TLS=false: a password still goes only over STARTTLS when the server offers
+            # it (aiosmtplib's None); without one, plain SMTP as ever. A required STARTTLS is
+            # asked for below, whose refusal names the server and the setting.
+            start_tls=None if security is SmtpTls.OFF and login else False,
+            cert_bundle=str(s.mailer_smtp_ca_file) if s.mailer_smtp_ca_file else None,
             timeout=s.mailer_smtp_timeout_seconds,
         )
         await client.connect()
+        try:
+            if security is SmtpTls.STARTTLS:
+                await self._require_starttls(client)
+            if login is not None:
+                await self._log_in(client, *login)
+        except BaseException:
+            client.close()
+            raise
         self._client = client
         self._last_used = time.monotonic()
         return False
+
+    async def _require_starttls(self, client: aiosmtplib.SMTP) -> None:
+        await client.ehlo()
+        if not client.supports_extension("starttls"):
+            raise SendError(
+                None,
+                f"the SMTP server at {self._server} does not offer STARTTLS, which SMTP_TLS=true"
+                " requires (SMTP_TLS=implicit for a server that speaks TLS from the first byte)",
+            )
+        await client.starttls()
+
+    async def _log_in(self, client: aiosmtplib.SMTP, username: str, password: str) -> None:
+        encrypted = client.get_transport_info("sslcontext") is not None
+        if not encrypted and not self.settings.mailer_smtp_allow_plaintext_auth:
+            raise SendError(
+                None,
+                f"the SMTP server at {self._server} offers no STARTTLS, and SMTP_PASSWORD is"
+                " not sent unencrypted: SMTP_TLS=implicit for a server that speaks TLS from"
+                " the first byte, or MAILER_SMTP_ALLOW_PLAINTEXT_AUTH=true for one on a"
+                " trusted network",
+            )
+        if client.is_ehlo_or_helo_needed:
+            await client.ehlo()
+        if not client.supports_extension("auth"):
+            raise SendError(
+                None,
+                f"the SMTP server at {self._server} offers no AUTH"
+                f"{'' if encrypted else ' without TLS'}, and SMTP_USERNAME is set"
+                " (empty it for a server that takes mail without a login)",
+            )
+        await client.login(username, password)
 
     async def close(self) -> None:
         client, self._client = self._client, None

@@ -62,7 +62,8 @@ async def test_one_worker_reuses_its_smtp_connection(
         controller.stop()
 
 
-# Plain AUTH without TLS is fine against a local test server.
+# Plain AUTH without TLS, allowed by MAILER_SMTP_ALLOW_PLAINTEXT_AUTH for a local test
+# server (tests/mailer/test_smtp_tls.py: the password over TLS, and refused without it).
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 async def test_smtp_credentials_are_used(start_mailer: StartMailer, publisher: Bus) -> None:
     seen: list[tuple[bytes, bytes]] = []
@@ -87,7 +88,10 @@ async def test_smtp_credentials_are_used(start_mailer: StartMailer, publisher: B
     controller.start()
     try:
         await start_mailer(
-            controller.port, smtp_username="mailer", smtp_password=SecretStr("s3cret-pass")
+            controller.port,
+            smtp_username="mailer",
+            smtp_password=SecretStr("s3cret-pass"),
+            mailer_smtp_allow_plaintext_auth=True,
         )
         to = f"auth-{uuid.uuid4().hex[:8]}@example.com"
         job, _ = invitation_job(to)

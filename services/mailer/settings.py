@@ -49,8 +49,9 @@ class MailerSettings(CommonSettings):
     # relay's private CA), trusted besides the system's. The certificate and its name are
     # always checked.
     mailer_smtp_ca_file: Path | None = None
-    # Lets SMTP_PASSWORD go to a server that offers no TLS (a relay on a trusted network, a
-    # local mail catcher). Off: such an email waits, retried, with the reason in its error.
+    # On: SMTP_TLS=false is plain SMTP even with a login, as before (a relay on a trusted
+    # network, a local mail catcher). Off: a login goes only over TLS; a server without
+    # STARTTLS gets none, and the email waits, retried, with the reason in its error.
     mailer_smtp_allow_plaintext_auth: bool = False
     # This service's own broker user (mailer's password; see CommonSettings.service_amqp_url).
     mailer_broker_password: SecretStr | None = None

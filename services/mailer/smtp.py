@@ -36,11 +36,11 @@ def connection_security(settings: MailerSettings) -> SmtpTls:
     return settings.smtp_tls
 
 
-def _certificate_refusal(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate check behind an error (aiosmtplib wraps it on implicit TLS)."""
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind an error (aiosmtplib wraps it on implicit TLS)."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
+        if isinstance(seen, ssl.SSLError):
             return seen
         seen = seen.__cause__
     return None
@@ -85,15 +85,30 @@ class SmtpTransport:
             raise SendError(exc.code, f"{exc.code} {exc.message}") from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             await self.close()
-            refusal = _certificate_refusal(exc)
-            if refusal is not None:
-                raise SendError(
-                    None,
-                    f"the TLS certificate of {self._server} was not accepted:"
-                    f" {refusal.verify_message or refusal.reason}"
-                    " (a server whose certificate a private CA signs: MAILER_SMTP_CA_FILE)",
-                ) from None
-            raise SendError(None, f"{type(exc).__name__}: {exc}") from None
+            raise SendError(None, self._explain(exc)) from None
+
+    def _explain(self, exc: Exception) -> str:
+        """What went wrong, for an operator: the server and the variable to look at."""
+        security = connection_security(self.settings)
+        failure = _tls_failure(exc)
+        if isinstance(failure, ssl.SSLCertVerificationError):
+            return (
+                f"the TLS certificate of {self._server} was not accepted:"
+                f" {failure.verify_message or failure.reason}"
+                " (a server whose certificate a private CA signs: MAILER_SMTP_CA_FILE)"
+            )
+        if failure is not None and security is SmtpTls.IMPLICIT:
+            return (
+                f"the SMTP server at {self._server} did not answer in TLS ({failure.reason}):"
+                " SMTP_TLS=implicit is for a port that speaks TLS from the first byte (465);"
+                " for one that offers STARTTLS (587, 25), SMTP_TLS=true"
+            )
+        if isinstance(exc, aiosmtplib.SMTPConnectTimeoutError) and security is SmtpTls.STARTTLS:
+            return (
+                f"{type(exc).__name__}: {exc} from {self._server} (a server that speaks TLS"
+                " from the first byte sends nothing before it: SMTP_TLS=implicit)"
+            )
+        return f"{type(exc).__name__}: {exc}"
 
     @property
     def _server(self) -> str:
@@ -132,9 +147,14 @@ class SmtpTransport:
             port=s.smtp_port,
             use_tls=security is SmtpTls.IMPLICIT,
             # SMTP_TLS=false: a password still goes only over STARTTLS when the server offers
-            # it (aiosmtplib's None); without one, plain SMTP as ever. A required STARTTLS is
-            # asked for below, whose refusal names the server and the setting.
-            start_tls=None if security is SmtpTls.OFF and login else False,
+            # it (aiosmtplib's None); without one, or with plaintext logins allowed, plain
+            # SMTP as ever. A required STARTTLS is asked for below, whose refusal names the
+            # server and the setting.
+            start_tls=(
+                None
+                if security is SmtpTls.OFF and login and not s.mailer_smtp_allow_plaintext_auth
+                else False
+            ),
             cert_bundle=str(s.mailer_smtp_ca_file) if s.mailer_smtp_ca_file else None,
             timeout=s.mailer_smtp_timeout_seconds,
         )

@@ -313,3 +313,65 @@ def test_a_ca_file_that_is_not_one_is_refused_at_start(
     monkeypatch.setenv("MAILER_SMTP_CA_FILE", str(not_pem))
     with pytest.raises(ValueError, match="PEM"):
         MailerSettings()
+
+
+@pytestmark_auth
+async def test_plaintext_auth_allowed_is_plain_smtp_as_before(
+    start_mailer: StartMailer,
+    publisher: Bus,
+    pool: asyncpg.Pool,
+    smtp_server: Callable[..., tuple[Sink, int]],
+    tmp_path: Path,
+) -> None:
+    """MAILER_SMTP_ALLOW_PLAINTEXT_AUTH=true is the way back to the old SMTP_TLS=false: no
+    STARTTLS asked for, so a relay offering it with a certificate nobody can check (Postfix's
+    self-signed default) still takes the login and the email."""
+    unchecked = make_certificate(tmp_path / "snakeoil", ("relay.internal",))
+    logins = Logins()
+    sink, port = smtp_server(
+        tls_context=unchecked.server_context(),
+        authenticator=logins,
+        auth_required=True,
+        auth_require_tls=False,
+    )
+    await start_mailer(port, mailer_smtp_allow_plaintext_auth=True, **CREDENTIALS)
+    to = f"asbefore-{uuid.uuid4().hex[:8]}@example.com"
+    job = invitation_job(to)[0]
+    await publish_job(publisher, job)
+    row = await _first_outcome(pool, job.mail_id)
+    assert row["status"] == "sent", row["last_error"]
+    assert logins.seen and not any(tls for _, tls in logins.seen)
+
+
+async def test_implicit_tls_against_a_starttls_port_says_so(
+    start_mailer: StartMailer,
+    publisher: Bus,
+    pool: asyncpg.Pool,
+    smtp_server: Callable[..., tuple[Sink, int]],
+) -> None:
+    sink, port = smtp_server()
+    await start_mailer(port, mailer_concurrency=1, smtp_tls="implicit")
+    job = invitation_job(f"implicit-{uuid.uuid4().hex[:8]}@example.com")[0]
+    await publish_job(publisher, job)
+    row = await _first_outcome(pool, job.mail_id)
+    assert row["status"] == "queued", row
+    assert f"127.0.0.1:{port} did not answer in TLS" in row["last_error"]
+    assert "SMTP_TLS=true" in row["last_error"]
+
+
+async def test_starttls_against_an_implicit_tls_port_says_so(
+    start_mailer: StartMailer,
+    publisher: Bus,
+    pool: asyncpg.Pool,
+    smtp_server: Callable[..., tuple[Sink, int]],
+    certificate: ServerCertificate,
+) -> None:
+    """The server waits for a TLS handshake, the mailer for a greeting: no answer until the
+    timeout (short here), which now says what may be wrong."""
+    sink, port = smtp_server(ssl_context=certificate.server_context())
+    await start_mailer(port, mailer_concurrency=1, smtp_tls=True, mailer_smtp_timeout_seconds=0.5)
+    job = invitation_job(f"starttls-{uuid.uuid4().hex[:8]}@example.com")[0]
+    await publish_job(publisher, job)
+    row = await _first_outcome(pool, job.mail_id)
+    assert row["status"] == "queued", row
+    assert "SMTP_TLS=implicit" in row["last_error"]

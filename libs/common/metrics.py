@@ -47,6 +47,11 @@ CONSUMER_CANCELLED = Gauge(
     "1 while the broker has cancelled the service's consumer (its queue deleted) and it"
     " does not consume again yet",
 )
+ROWS_PRUNED = Counter(
+    "clientpress_rows_pruned_total",
+    "Rows deleted once past their retention (libs/common/retention.py)",
+    ["table"],
+)
 BUILD_INFO = Gauge(
     "clientpress_build_info",
     "Always 1: which release, service and Python this process runs",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from libs.common.retention import pruning
 from libs.common.web import (
     POOL,
     add_database,
@@ -72,6 +73,14 @@ def create_app(
     # After the pool, so the relay has it; it publishes what the handlers commit.
     # The consumer records the Activity log from the events that carry an actor.
     add_service_bus(app, settings, SERVICE, api.DEPS, consumer.BINDINGS, consumer.HANDLERS)
+    app.cleanup_ctx.append(
+        pruning(
+            "identity-retention",
+            lambda app: handlers.prune_ended(
+                app[api.DEPS], timedelta(days=settings.identity_retention_days)
+            ),
+        )
+    )
     add_routes(app, api.ROUTES)
     app.router.add_get("/openapi.json", openapi.openapi)
     require_service_proof(app, settings, api.CALLERS)

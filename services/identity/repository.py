@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from libs.common.db import Conn, from_row
+from libs.common.db import Conn, Db, from_row
 from libs.common.email import email_key
+from libs.common.retention import delete_in_batches
 
 from .domain import Role, User
 
@@ -268,6 +269,18 @@ async def revoke_user_sessions(
     return int(status.rsplit(" ", 1)[-1])
 
 
+async def prune_sessions(db: Db, ended_before: datetime, idle: timedelta) -> int:
+    """Delete the sessions that ended (logged out, past their limit, or idle too long)
+    before ``ended_before``: nothing reads a session once it has ended."""
+    return await delete_in_batches(
+        db,
+        "sessions",
+        "revoked_at < $1 OR expires_at < $1 OR last_seen_at < $2",
+        ended_before,
+        ended_before - idle,
+    )
+
+
 # --- login settings ----------------------------------------------------------------------
 async def get_login_redirect(conn: Conn, *, for_update: bool = False) -> bool:
     lock = " FOR UPDATE" if for_update else ""
@@ -356,6 +369,14 @@ async def close_user_resets(conn: Conn, user_id: uuid.UUID, now: datetime) -> No
         "UPDATE password_resets SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL",
         user_id,
         now,
+    )
+
+
+async def prune_resets(db: Db, ended_before: datetime) -> int:
+    """Delete the reset links used or expired before ``ended_before`` (the hourly cap
+    counts only the last hour's)."""
+    return await delete_in_batches(
+        db, "password_resets", "used_at < $1 OR expires_at < $1", ended_before
     )
 
 

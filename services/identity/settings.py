@@ -23,6 +23,9 @@ class IdentitySettings(CommonSettings):
     identity_management_port: int = management_port_field("identity", 9101)
     identity_session_idle_minutes: int = Field(default=120, ge=1)
     identity_session_max_hours: int = Field(default=168, ge=1)
+    # Ended sessions and spent or expired password-reset links are deleted this long after
+    # they ended (docs/reliability.md "What is kept and for how long").
+    identity_retention_days: float = Field(default=30.0, ge=1.0)
     # Password hashes (log in, set password) at once; peak memory is about 65 MiB plus
     # 64 MiB per hash in flight. More queue; they never weaken the hash.
     identity_hash_concurrency: int = Field(default_factory=default_hash_concurrency, ge=1, le=64)

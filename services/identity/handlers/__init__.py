@@ -5,6 +5,7 @@ from .activity import activity_actors, list_activity, record_activities, record_
 from .base import Deps, utcnow
 from .keys import create_api_key, list_api_keys, revoke_api_key, verify_api_key
 from .resets import RESETS_PER_HOUR, confirm_reset, request_password_reset, validate_reset
+from .retention import prune_ended
 from .sessions import (
     CurrentSession,
     IssuedSession,
@@ -55,6 +56,7 @@ __all__ = [
     "logout",
     "lookup_user",
     "lookup_users",
+    "prune_ended",
     "record_activities",
     "record_activity",
     "request_password_reset",

@@ -1,0 +1,78 @@
+"""What identity forgets (IDENTITY_RETENTION_DAYS): ended sessions and spent or expired
+reset links go some time after they ended, in batches; live ones stay."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+import pytest
+
+from libs.common import retention
+from services.identity import handlers
+from services.identity.handlers import Deps
+from tests.identity.helpers import STRONG, Clock, new_email, outbox_events
+
+pytestmark = pytest.mark.integration
+
+MONTH = timedelta(days=30)
+
+
+async def _reset_token(deps: Deps, pool: asyncpg.Pool, address: str) -> str:
+    await handlers.request_password_reset(deps, address)
+    jobs = [j for j in await outbox_events(pool, "mail.requested") if j["data"]["to"] == address]
+    url: str = jobs[-1]["data"]["context"]["reset_url"]
+    return parse_qs(urlsplit(url).query)["token"][0]
+
+
+async def _count(pool: asyncpg.Pool, table: str, user_id: object) -> int:
+    return int(await pool.fetchval(f"SELECT count(*) FROM {table} WHERE user_id = $1", user_id))
+
+
+async def test_ended_sessions_and_spent_reset_links_go_after_the_retention(
+    deps: Deps, pool: asyncpg.Pool, clock: Clock
+) -> None:
+    user = await handlers.create_user(deps, new_email("forget"), STRONG, "client")
+    logged_out = await handlers.login(deps, user.email, STRONG)
+    await handlers.logout(deps, logged_out.token)
+    await handlers.login(deps, user.email, STRONG)  # left idle, then past its limit
+    await handlers.confirm_reset(deps, await _reset_token(deps, pool, user.email), STRONG + "!")
+    await _reset_token(deps, pool, user.email)  # never used: expires in an hour
+    assert await _count(pool, "sessions", user.id) == 2
+    assert await _count(pool, "password_resets", user.id) == 2
+
+    # Not yet a month since they ended: kept (someone may still ask about them).
+    clock.advance(days=29)
+    live = await handlers.login(deps, user.email, STRONG + "!")
+    assert await handlers.prune_ended(deps, MONTH) == {"sessions": 0, "password_resets": 0}
+    assert await _count(pool, "sessions", user.id) == 3
+
+    clock.advance(days=2)
+    fresh_reset = await _reset_token(deps, pool, user.email)
+    pruned = await handlers.prune_ended(deps, MONTH)
+    assert pruned == {"sessions": 2, "password_resets": 2}
+    assert await _count(pool, "sessions", user.id) == 1
+    assert await _count(pool, "password_resets", user.id) == 1
+    # What is still alive works as before.
+    assert (await handlers.validate_reset(deps, fresh_reset)) == user.email
+    live_again = await pool.fetchval("SELECT count(*) FROM sessions WHERE id = $1", live.session.id)
+    assert live_again == 1
+
+
+async def test_a_prune_deletes_in_batches_until_none_is_left(
+    deps: Deps, pool: asyncpg.Pool, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retention, "PRUNE_BATCH", 3)
+    user = await handlers.create_user(deps, new_email("batches"), STRONG, "client")
+    for _ in range(7):
+        await handlers.logout(deps, (await handlers.login(deps, user.email, STRONG)).token)
+    clock.advance(days=31)
+    before = retention.ROWS_PRUNED.labels("sessions")._value.get()
+    # Two replicas at once: each row goes once, neither waits on the other's.
+    both = await asyncio.gather(*(handlers.prune_ended(deps, MONTH) for _ in range(2)))
+    gone = sum(p["sessions"] for p in both)
+    assert gone >= 7
+    assert await _count(pool, "sessions", user.id) == 0
+    assert retention.ROWS_PRUNED.labels("sessions")._value.get() - before == gone

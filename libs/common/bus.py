@@ -718,8 +718,9 @@ def stale(envelope: Envelope, max_age: timedelta, now: datetime | None = None) -
     """Whether a service's event is older than the inbox remembers ids: it may have been
     applied and forgotten, and brought back since (a publisher's own queue can dead-letter
     what it read into the events exchange, its owner's user_id intact). Commands from other
-    systems and mail jobs are not judged by age: their idempotency keys and mail ids are
-    kept for good, and a late email (a mailer down for a week) beats a lost one."""
+    systems are not judged by age: their idempotency keys are kept for good. Nor are mail
+    jobs here: a late email (a mailer down for a week) beats a lost one, and the mailer
+    judges them against how long it keeps mail ids (MAILER_RETENTION_DAYS)."""
     if envelope.type == broker.MAIL_JOB or broker.owners(envelope.type) is None:
         return False
     occurred_at = envelope.occurred_at

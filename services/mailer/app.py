@@ -12,6 +12,7 @@ from aiohttp import web
 
 from libs.common.bus import Bus, Consumer
 from libs.common.outbox import OutboxRelay
+from libs.common.retention import pruning
 from libs.common.web import (
     BUS_PARTS,
     POOL,
@@ -27,7 +28,7 @@ from libs.common.web import (
 from . import api, openapi
 from .branding.cache import BrandingSource
 from .consumer import BINDINGS, HANDLERS
-from .handlers import Deps
+from .handlers import Deps, prune_finished
 from .sender import Sender
 from .settings import MailerSettings
 from .webhooks.sender import WebhookSender
@@ -94,6 +95,7 @@ def create_app(settings: MailerSettings) -> web.Application:
         await sender.stop()
 
     app.cleanup_ctx.append(webhook_senders)
+    app.cleanup_ctx.append(pruning("mailer-retention", lambda a: prune_finished(a[api.DEPS])))
     add_routes(app, api.ROUTES)
     app.router.add_get("/openapi.json", openapi.openapi)
     require_service_proof(app, settings, api.CALLERS)

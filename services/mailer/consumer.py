@@ -12,7 +12,7 @@ from libs.common.bus import ServiceHandler, Together
 from libs.common.events import Envelope, Event, EventData, MailJobs, MailRequested
 
 from .domain import RequestMail
-from .handlers import Deps, request_mails
+from .handlers import Deps, request_mails, stale_job
 from .webhooks.domain import EVENT_TYPES
 from .webhooks.handlers import queue_events
 
@@ -22,6 +22,8 @@ BINDINGS = CONSUMES["mailer"]
 async def on_mail_requested(deps: Deps, envelope: Envelope, data: EventData) -> None:
     # Only records the jobs: SMTP happens in the senders, so a slow or dead mail server
     # never holds up the queue. Version 1 is one job, version 2 several.
+    if stale_job(deps, envelope):
+        return
     if isinstance(data, MailJobs):
         jobs = data.jobs
     else:

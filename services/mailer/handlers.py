@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -30,6 +30,7 @@ from .domain import (
     normalise_address,
 )
 from .settings import MailerSettings
+from .webhooks import repository as webhook_repository
 from .webhooks.subscription import Subscription
 
 log = get_logger(__name__)
@@ -48,6 +49,35 @@ class Deps(UseCaseDeps):
     settings: MailerSettings
     # The event types the queue is bound to, settled as endpoints come and go.
     subscription: Subscription = field(default_factory=Subscription)
+
+
+def stale_job(deps: Deps, envelope: Envelope) -> bool:
+    """A mail job older than ``MAILER_RETENTION_DAYS`` is not sent: the record that makes a
+    job delivered twice send once may already be pruned, so it may be one sent long ago
+    and brought back. Nothing is announced either (a mail.failed would mark an email
+    that went as failed); the log says so."""
+    occurred_at = envelope.occurred_at
+    if occurred_at.tzinfo is None:
+        occurred_at = occurred_at.replace(tzinfo=UTC)
+    age = deps.clock() - occurred_at
+    if age <= timedelta(days=deps.settings.mailer_retention_days):
+        return False
+    log.error(
+        "mail_job_stale",
+        message_id=str(envelope.id),
+        occurred_at=occurred_at.isoformat(),
+        retention_days=deps.settings.mailer_retention_days,
+    )
+    return True
+
+
+async def prune_finished(deps: Deps) -> dict[str, int]:
+    """Forget emails and webhook deliveries finished ``MAILER_RETENTION_DAYS`` ago."""
+    before = deps.clock() - timedelta(days=deps.settings.mailer_retention_days)
+    return {
+        "deliveries": await repository.prune(deps.db, before),
+        "webhook_deliveries": await webhook_repository.prune(deps.db, before),
+    }
 
 
 async def request_mails(deps: Deps, commands: Sequence[RequestMail]) -> set[uuid.UUID]:

@@ -8,7 +8,8 @@ from datetime import datetime
 
 import orjson
 
-from libs.common.db import Conn
+from libs.common.db import Conn, Db
+from libs.common.retention import delete_in_batches
 
 from .domain import STUCK_SENDING_SECONDS, Delivery, RequestMail
 
@@ -163,3 +164,14 @@ async def count_queued(conn: Conn) -> int:
 async def get(conn: Conn, mail_id: uuid.UUID) -> Mapping[str, object] | None:
     row = await conn.fetchrow("SELECT * FROM deliveries WHERE mail_id = $1", mail_id)
     return dict(row) if row is not None else None
+
+
+async def prune(db: Db, finished_before: datetime) -> int:
+    """Delete the records of emails sent or given up before ``finished_before`` (their
+    link is already gone; this takes the address and the error too)."""
+    return await delete_in_batches(
+        db,
+        "deliveries",
+        "status IN ('sent', 'failed') AND coalesce(sent_at, claimed_at, created_at) < $1",
+        finished_before,
+    )

@@ -7,7 +7,7 @@ import ssl
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from libs.common.sealing import WEBHOOK_DEVELOPMENT_KEY, Sealer, sealer_for
 from libs.common.settings import CommonSettings, management_port_field, port_field
@@ -93,6 +93,13 @@ class MailerSettings(CommonSettings):
     # error. Read when the mailer starts.
     mail_templates_dir: Path | None = None
 
+    # Sent and failed emails' records, and the webhook delivery log's finished rows, are
+    # deleted this long after their last try; a mail job older than this is not sent (its
+    # record, which makes a job delivered twice send once, may be gone). At least the
+    # inbox's memory: a lifecycle event is refused once older than that, so it can't
+    # queue a webhook delivery a second time (docs/reliability.md).
+    mailer_retention_days: float = Field(default=30.0, ge=7.0)
+
     # --- webhooks (services/mailer/webhooks) ---
     # Seals the endpoints' signing secrets at rest (Fernet; comma-separated for rotation,
     # the first seals). The development key is refused unless PUBLIC_URL is local.
@@ -167,6 +174,16 @@ class MailerSettings(CommonSettings):
                     f"must be a readable PEM file of CA certificates ({value}: {exc})"
                 ) from None
         return value
+
+    @model_validator(mode="after")
+    def _retention_outlasts_the_inbox(self) -> MailerSettings:
+        if self.mailer_retention_days * 24 < self.inbox_retention_hours:
+            raise ValueError(
+                "MAILER_RETENTION_DAYS must be at least INBOX_RETENTION_HOURS"
+                f" ({self.inbox_retention_hours:g} hours): a webhook delivery forgotten"
+                " sooner could be queued twice by an event sent again"
+            )
+        return self
 
     @field_validator("mail_templates_dir", mode="before")
     @classmethod

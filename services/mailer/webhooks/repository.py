@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from libs.common.db import Conn, columns
+from libs.common.db import Conn, Db, columns
+from libs.common.retention import delete_in_batches
 
 WAKE_CHANNEL = "webhooks_wake"
 
@@ -238,3 +239,14 @@ async def requeue_stuck(conn: Conn, older_than_seconds: float) -> int:
         float(older_than_seconds),
     )
     return int(result.rsplit(" ", 1)[-1])
+
+
+async def prune(db: Db, finished_before: datetime) -> int:
+    """Delete the log's delivered and failed rows last tried (or queued) before
+    ``finished_before``: their payload names the people the events were about."""
+    return await delete_in_batches(
+        db,
+        "webhook_deliveries",
+        "status IN ('delivered', 'failed') AND coalesce(last_attempt_at, queued_at) < $1",
+        finished_before,
+    )

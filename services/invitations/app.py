@@ -10,6 +10,7 @@ from aiohttp import web
 
 from libs.common.http import new_session
 from libs.common.logging import get_logger
+from libs.common.retention import pruning
 from libs.common.service_auth import TokenSigner
 from libs.common.web import (
     POOL,
@@ -67,6 +68,9 @@ def create_app(
             settings.invitations_sweep_seconds,
             lambda app: handlers.sweep_once(app[api.DEPS]),
         )
+    )
+    app.cleanup_ctx.append(
+        pruning("invitations-retention", lambda app: handlers.clear_closed_once(app[api.DEPS]))
     )
     # At least as often as the sweep, which is what turns pending into expired.
     every = min(metrics.REFRESH_SECONDS, settings.invitations_sweep_seconds)

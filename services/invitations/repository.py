@@ -12,6 +12,7 @@ import asyncpg
 from libs.common.db import Conn, Db, columns
 from libs.common.events import Envelope
 from libs.common.outbox import write_with_keyed_events
+from libs.common.retention import clear_in_batches
 
 from .clients import PortalInfo
 
@@ -993,4 +994,17 @@ async def claim_reminders(conn: Conn, ids: list[uuid.UUID], now: datetime) -> li
         + _GROUP_ORDER,
         ids,
         now,
+    )
+
+
+async def clear_closed_messages(db: Db, closed_before: datetime) -> int:
+    """Clear the Personal Message of invitations accepted or revoked before
+    ``closed_before``: no Resend can send it again."""
+    return await clear_in_batches(
+        db,
+        "invitations",
+        "personal_message = NULL",
+        "personal_message IS NOT NULL AND status IN ('accepted', 'revoked')"
+        " AND coalesce(accepted_at, revoked_at) < $1",
+        closed_before,
     )

@@ -26,3 +26,6 @@ class InvitationsSettings(CommonSettings):
     # How often waiting "Email me a new link" requests are looked for (each request also
     # wakes its own replica's worker at once; this catches what a stopped replica left).
     invitations_new_link_seconds: float = Field(default=10, gt=0)
+    # An accepted or revoked invitation's Personal Message is cleared this long after it
+    # closed (docs/reliability.md "What is kept and for how long").
+    invitations_retention_days: float = Field(default=30.0, ge=1.0)

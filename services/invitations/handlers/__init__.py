@@ -29,7 +29,7 @@ from .sending import (
     revoke,
 )
 from .staff import invite_staff, open_staff_invitations
-from .sweep import SWEEP_LOCK, sweep_once
+from .sweep import SWEEP_LOCK, clear_closed_once, sweep_once
 
 __all__ = [
     "SOURCE",
@@ -45,6 +45,7 @@ __all__ = [
     "change_access_settings",
     "check_group",
     "check_invite",
+    "clear_closed_once",
     "first_write",
     "get",
     "get_expiry_days",

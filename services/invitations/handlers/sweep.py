@@ -1,6 +1,9 @@
-"""The expiry sweep: pending invitations past their end become expired."""
+"""The expiry sweep: pending invitations past their end become expired; the retention
+sweep clears what a closed invitation no longer needs."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from libs.common.context import new_id, set_correlation_id
 from libs.common.db import transaction, try_xact_lock
@@ -32,3 +35,12 @@ async def sweep_once(deps: Deps, *, batch: int = 500) -> int:
             if total:
                 log.info("invitations_expired", count=total)
             return total
+
+
+async def clear_closed_once(deps: Deps) -> dict[str, int]:
+    """Clear the Personal Message of invitations accepted or revoked
+    ``INVITATIONS_RETENTION_DAYS`` ago (the invitation itself stays: the Invitations
+    screen's history). Any replica may run it at once: each row is cleared once."""
+    before = deps.clock() - timedelta(days=deps.settings.invitations_retention_days)
+    cleared = await repo.clear_closed_messages(deps.db, before)
+    return {"personal_messages_cleared": cleared}

@@ -804,7 +804,8 @@ def test_an_owners_event_is_stale_past_the_inbox_window_and_a_command_or_mail_jo
     disabled = UserDisabled(user_id=uuid.uuid4())
     assert not stale(aged("identity.user.disabled", disabled, 6.9), week, now)
     assert stale(aged("identity.user.disabled", disabled, 7.1), week, now)
-    # Kept for good by their consumers (idempotency key, mail id): never refused for age.
+    # Not judged here: an idempotency key is kept for good, and the mailer judges a mail
+    # job against how long it keeps mail ids (tests/mailer/test_retention.py).
     requested = InvitationRequested(portal_slug="acme", email="a@example.com", idempotency_key="k")
     assert not stale(aged("invitation.requested", requested, 30), week, now)
     job = MailRequested(

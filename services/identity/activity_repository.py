@@ -11,6 +11,7 @@ import asyncpg
 import orjson
 
 from libs.common.db import Conn, Db, columns, from_row
+from libs.common.retention import delete_in_batches
 
 from .domain import ActivityEntry
 
@@ -96,3 +97,8 @@ async def actors(conn: Db, limit: int) -> list[asyncpg.Record]:
 async def user_email(conn: Conn, user_id: uuid.UUID) -> str | None:
     value = await conn.fetchval("SELECT email FROM users WHERE id = $1", user_id)
     return str(value) if value is not None else None
+
+
+async def prune(db: Db, before: datetime) -> int:
+    """Delete the entries of changes made before ``before`` (IDENTITY_ACTIVITY_RETENTION_DAYS)."""
+    return await delete_in_batches(db, "activity", "occurred_at < $1", before)

@@ -77,7 +77,9 @@ def create_app(
         pruning(
             "identity-retention",
             lambda app: handlers.prune_ended(
-                app[api.DEPS], timedelta(days=settings.identity_retention_days)
+                app[api.DEPS],
+                timedelta(days=settings.identity_retention_days),
+                settings.activity_retention,
             ),
         )
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 from pydantic import Field, SecretStr
 
@@ -26,6 +27,15 @@ class IdentitySettings(CommonSettings):
     # Ended sessions and spent or expired password-reset links are deleted this long after
     # they ended (docs/reliability.md "What is kept and for how long").
     identity_retention_days: float = Field(default=30.0, ge=1.0)
+    # The Activity log's entries are deleted this long after the change; 0 keeps them for
+    # good (the default: it is the audit log).
+    identity_activity_retention_days: float = Field(default=0.0, ge=0.0)
+
+    @property
+    def activity_retention(self) -> timedelta | None:
+        days = self.identity_activity_retention_days
+        return timedelta(days=days) if days else None
+
     # Password hashes (log in, set password) at once; peak memory is about 65 MiB plus
     # 64 MiB per hash in flight. More queue; they never weaken the hash.
     identity_hash_concurrency: int = Field(default_factory=default_hash_concurrency, ge=1, le=64)

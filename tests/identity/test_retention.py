@@ -4,7 +4,8 @@ reset links go some time after they ended, in batches; live ones stay."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -12,7 +13,9 @@ import pytest
 
 from libs.common import retention
 from services.identity import handlers
+from services.identity.domain import ActivityEntry
 from services.identity.handlers import Deps
+from services.identity.settings import IdentitySettings
 from tests.identity.helpers import STRONG, Clock, new_email, outbox_events
 
 pytestmark = pytest.mark.integration
@@ -76,3 +79,40 @@ async def test_a_prune_deletes_in_batches_until_none_is_left(
     assert gone >= 7
     assert await _count(pool, "sessions", user.id) == 0
     assert retention.ROWS_PRUNED.labels("sessions")._value.get() - before == gone
+
+
+async def test_the_activity_log_is_kept_unless_an_operator_sets_its_retention(
+    deps: Deps, pool: asyncpg.Pool, clock: Clock
+) -> None:
+    actor = str(uuid.uuid4())
+
+    def entry(when: datetime) -> ActivityEntry:
+        return ActivityEntry(
+            id=uuid.uuid4(),
+            occurred_at=when,
+            action="portal.created",
+            actor_type="user",
+            actor_id=actor,
+            actor_name="dana@agency.example",
+            object_type="portal",
+            object_id=str(uuid.uuid4()),
+            object_label="Acme",
+        )
+
+    old, recent = entry(clock() - timedelta(days=400)), entry(clock() - timedelta(days=10))
+    async with pool.acquire() as conn:
+        for item in (old, recent):
+            assert await handlers.record_activity(deps.within(conn), item)
+
+    async def kept() -> set[uuid.UUID]:
+        rows = await pool.fetch("SELECT id FROM activity WHERE actor_id = $1", actor)
+        return {row["id"] for row in rows}
+
+    # The default: the audit log stays.
+    assert "activity" not in await handlers.prune_ended(deps, MONTH)
+    assert await kept() == {old.id, recent.id}
+    assert IdentitySettings().activity_retention is None
+    year = IdentitySettings(identity_activity_retention_days=365).activity_retention
+    assert year == timedelta(days=365)
+    assert (await handlers.prune_ended(deps, MONTH, year))["activity"] >= 1
+    assert await kept() == {recent.id}

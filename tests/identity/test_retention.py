@@ -49,13 +49,14 @@ async def test_ended_sessions_and_spent_reset_links_go_after_the_retention(
     # Not yet a month since they ended: kept (someone may still ask about them).
     clock.advance(days=29)
     live = await handlers.login(deps, user.email, STRONG + "!")
-    assert await handlers.prune_ended(deps, MONTH) == {"sessions": 0, "password_resets": 0}
+    await handlers.prune_ended(deps, MONTH)
     assert await _count(pool, "sessions", user.id) == 3
+    assert await _count(pool, "password_resets", user.id) == 2
 
     clock.advance(days=2)
     fresh_reset = await _reset_token(deps, pool, user.email)
     pruned = await handlers.prune_ended(deps, MONTH)
-    assert pruned == {"sessions": 2, "password_resets": 2}
+    assert pruned["sessions"] >= 2 and pruned["password_resets"] >= 2  # others' too
     assert await _count(pool, "sessions", user.id) == 1
     assert await _count(pool, "password_resets", user.id) == 1
     # What is still alive works as before.

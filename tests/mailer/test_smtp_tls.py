@@ -95,10 +95,16 @@ def smtp_server() -> Iterator[Callable[..., tuple[Sink, int]]]:
         controller.stop()
 
 
-async def _first_outcome(pool: asyncpg.Pool, mail_id: uuid.UUID) -> asyncpg.Record:
-    return await wait_for_row(
-        pool, mail_id, lambda r: r["status"] == "sent" or r["last_error"] is not None
+async def _send_one(publisher: Bus, pool: asyncpg.Pool, name: str) -> tuple[str, asyncpg.Record]:
+    """One invitation email to a new address: the address, and its delivery once it was sent
+    or its first try failed."""
+    to = f"{name}-{uuid.uuid4().hex[:8]}@example.com"
+    job = invitation_job(to)[0]
+    await publish_job(publisher, job)
+    row = await wait_for_row(
+        pool, job.mail_id, lambda r: r["status"] == "sent" or r["last_error"] is not None
     )
+    return to, row
 
 
 @pytestmark_auth
@@ -119,10 +125,7 @@ async def test_the_password_goes_over_starttls_when_the_server_offers_it(
         auth_require_tls=False,
     )
     await start_mailer(port, mailer_smtp_ca_file=certificate.ca_file, **CREDENTIALS)
-    to = f"starttls-{uuid.uuid4().hex[:8]}@example.com"
-    job = invitation_job(to)[0]
-    await publish_job(publisher, job)
-    row = await _first_outcome(pool, job.mail_id)
+    _, row = await _send_one(publisher, pool, "starttls")
     assert row["status"] == "sent", row["last_error"]
     assert logins.all_over_tls, logins.seen
 
@@ -138,9 +141,7 @@ async def test_the_password_is_not_sent_to_a_server_without_tls(
     logins = Logins()
     sink, port = smtp_server(authenticator=logins, auth_required=True, auth_require_tls=False)
     await start_mailer(port, mailer_concurrency=1, **CREDENTIALS)
-    job = invitation_job(f"clear-{uuid.uuid4().hex[:8]}@example.com")[0]
-    await publish_job(publisher, job)
-    row = await _first_outcome(pool, job.mail_id)
+    _, row = await _send_one(publisher, pool, "clear")
     assert row["status"] == "queued", row
     assert "offers no STARTTLS" in row["last_error"]
     assert "MAILER_SMTP_ALLOW_PLAINTEXT_AUTH" in row["last_error"]
@@ -170,10 +171,7 @@ async def test_implicit_tls_smtps(
     await start_mailer(
         port, smtp_tls="implicit", mailer_smtp_ca_file=certificate.ca_file, **CREDENTIALS
     )
-    to = f"smtps-{uuid.uuid4().hex[:8]}@example.com"
-    job = invitation_job(to)[0]
-    await publish_job(publisher, job)
-    row = await _first_outcome(pool, job.mail_id)
+    to, row = await _send_one(publisher, pool, "smtps")
     assert row["status"] == "sent", row["last_error"]
     assert logins.all_over_tls, logins.seen
     assert len(sink.to(to)) == 1
@@ -187,9 +185,7 @@ async def test_starttls_required_but_not_offered(
 ) -> None:
     sink, port = smtp_server()
     await start_mailer(port, mailer_concurrency=1, smtp_tls=True)
-    job = invitation_job(f"nostarttls-{uuid.uuid4().hex[:8]}@example.com")[0]
-    await publish_job(publisher, job)
-    row = await _first_outcome(pool, job.mail_id)
+    _, row = await _send_one(publisher, pool, "nostarttls")
     assert row["status"] == "queued", row
     assert f"127.0.0.1:{port} does not offer STARTTLS" in row["last_error"]
     assert "SMTP_TLS" in row["last_error"]
@@ -224,9 +220,7 @@ async def test_a_certificate_not_accepted_keeps_the_email_for_later(
         smtp_tls=True,
         mailer_smtp_ca_file=bad.ca_file if trusted else None,
     )
-    job = invitation_job(f"cert-{uuid.uuid4().hex[:8]}@example.com")[0]
-    await publish_job(publisher, job)
-    row = await _first_outcome(pool, job.mail_id)
+    _, row = await _send_one(publisher, pool, "cert")
     assert row["status"] == "queued", row
     assert f"TLS certificate of 127.0.0.1:{port} was not accepted: " in row["last_error"]
     assert reason in row["last_error"]
@@ -252,9 +246,7 @@ async def test_wrong_credentials_keep_the_email_for_later(
         smtp_username="mailer",
         smtp_password=SecretStr("wrong"),
     )
-    job = invitation_job(f"badpass-{uuid.uuid4().hex[:8]}@example.com")[0]
-    await publish_job(publisher, job)
-    row = await _first_outcome(pool, job.mail_id)
+    _, row = await _send_one(publisher, pool, "badpass")
     assert row["status"] == "queued", row
     assert "authentication failed: 535" in row["last_error"]
     assert "wrong" not in row["last_error"]
@@ -269,9 +261,7 @@ async def test_no_auth_offered_while_a_login_is_configured(
 ) -> None:
     sink, port = smtp_server(NoAuthSink(), tls_context=certificate.server_context())
     await start_mailer(port, smtp_tls=True, mailer_smtp_ca_file=certificate.ca_file, **CREDENTIALS)
-    job = invitation_job(f"noauth-{uuid.uuid4().hex[:8]}@example.com")[0]
-    await publish_job(publisher, job)
-    row = await _first_outcome(pool, job.mail_id)
+    _, row = await _send_one(publisher, pool, "noauth")
     assert row["status"] == "queued", row
     assert f"127.0.0.1:{port} offers no AUTH" in row["last_error"]
     assert "SMTP_USERNAME" in row["last_error"]
@@ -335,10 +325,7 @@ async def test_plaintext_auth_allowed_is_plain_smtp_as_before(
         auth_require_tls=False,
     )
     await start_mailer(port, mailer_smtp_allow_plaintext_auth=True, **CREDENTIALS)
-    to = f"asbefore-{uuid.uuid4().hex[:8]}@example.com"
-    job = invitation_job(to)[0]
-    await publish_job(publisher, job)
-    row = await _first_outcome(pool, job.mail_id)
+    _, row = await _send_one(publisher, pool, "asbefore")
     assert row["status"] == "sent", row["last_error"]
     assert logins.seen and not any(tls for _, tls in logins.seen)
 
@@ -351,9 +338,7 @@ async def test_implicit_tls_against_a_starttls_port_says_so(
 ) -> None:
     sink, port = smtp_server()
     await start_mailer(port, mailer_concurrency=1, smtp_tls="implicit")
-    job = invitation_job(f"implicit-{uuid.uuid4().hex[:8]}@example.com")[0]
-    await publish_job(publisher, job)
-    row = await _first_outcome(pool, job.mail_id)
+    _, row = await _send_one(publisher, pool, "implicit")
     assert row["status"] == "queued", row
     assert f"127.0.0.1:{port} did not answer in TLS" in row["last_error"]
     assert "SMTP_TLS=true" in row["last_error"]
@@ -370,8 +355,6 @@ async def test_starttls_against_an_implicit_tls_port_says_so(
     timeout (short here), which now says what may be wrong."""
     sink, port = smtp_server(ssl_context=certificate.server_context())
     await start_mailer(port, mailer_concurrency=1, smtp_tls=True, mailer_smtp_timeout_seconds=0.5)
-    job = invitation_job(f"starttls-{uuid.uuid4().hex[:8]}@example.com")[0]
-    await publish_job(publisher, job)
-    row = await _first_outcome(pool, job.mail_id)
+    _, row = await _send_one(publisher, pool, "starttls")
     assert row["status"] == "queued", row
     assert "SMTP_TLS=implicit" in row["last_error"]

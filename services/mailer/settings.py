@@ -156,9 +156,9 @@ class MailerSettings(CommonSettings):
             )
         return value
 
-    @field_validator("mailer_smtp_ca_file", mode="before")
+    @field_validator("mailer_smtp_ca_file", "mail_templates_dir", mode="before")
     @classmethod
-    def _empty_ca_file_is_unset(cls, value: object) -> object:
+    def _empty_path_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
     @field_validator("mailer_smtp_ca_file")
@@ -184,11 +184,6 @@ class MailerSettings(CommonSettings):
                 " sooner could be queued twice by an event sent again"
             )
         return self
-
-    @field_validator("mail_templates_dir", mode="before")
-    @classmethod
-    def _empty_dir_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
 
     @field_validator(*_FIRST_BRANDING)
     @classmethod

@@ -14,7 +14,7 @@ from aiohttp import web
 from .db import Db
 from .logging import get_logger
 from .metrics import ROWS_PRUNED
-from .web import periodic
+from .tasks import periodic
 
 log = get_logger(__name__)
 

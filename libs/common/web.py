@@ -34,7 +34,7 @@ from .context import (
     new_id,
     set_correlation_id,
 )
-from .db import DATABASE_AWAY, DatabaseReadOnly, SchemaGate, UseCaseDeps, create_pool
+from .db import DATABASE_AWAY, DatabaseReadOnly, Db, SchemaGate, UseCaseDeps, create_pool
 from .errors import DomainError, Forbidden, InvalidInput, RateLimited, TooLarge, Unauthorized
 from .logging import get_logger
 from .metrics import (
@@ -46,6 +46,7 @@ from .metrics import (
 )
 from .nul import NUL_PROBLEM, json_nul_path, query_nul_path
 from .outbox import OutboxRelay
+from .retention import delete_in_batches, pruning
 from .service_auth import (
     HEADER,
     SCHEME,
@@ -698,17 +699,11 @@ def add_bus(
                         log.warning("consuming_hook_failed", error=type(exc).__name__)
 
         starter = asyncio.create_task(start(), name=f"{service}-broker-start")
-        prune_task = None
-        if schema is not None:
-            prune_task = asyncio.create_task(
-                _prune_inbox_forever(app, settings.inbox_retention_hours), name="inbox-prune"
-            )
         yield
-        for task in (prune_task, starter):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if not starter.done():
+            starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starter
         if parts.consumer is not None:
             # A broker blocking the connection (a resource alarm) would answer no cancel.
             await parts.consumer.stop(cancel=not bus.blocked)
@@ -720,67 +715,20 @@ def add_bus(
         await bus.close()
 
     app.cleanup_ctx.append(ctx)
+    if schema is not None:
+
+        async def forget_old_events(app: web.Application) -> dict[str, int]:
+            return {"inbox": await prune_inbox(app[POOL], settings.inbox_retention_hours)}
+
+        app.cleanup_ctx.append(pruning("inbox-prune", forget_old_events))
 
 
-INBOX_PRUNE_BATCH = 5000
-
-
-async def prune_inbox(pool: asyncpg.Pool, retention_hours: float) -> int:
+async def prune_inbox(db: Db, retention_hours: float) -> int:
     """Forget applied event ids older than the retention window, in bounded batches so no
     statement holds locks for long; returns how many rows went."""
-    total = 0
-    while True:
-        status = await pool.execute(
-            "DELETE FROM inbox WHERE event_id IN (SELECT event_id FROM inbox"
-            " WHERE received_at < now() - make_interval(secs => $1) LIMIT $2)",
-            retention_hours * 3600,
-            INBOX_PRUNE_BATCH,
-        )
-        deleted = int(status.split()[-1])
-        total += deleted
-        if deleted < INBOX_PRUNE_BATCH:
-            return total
-
-
-async def _prune_inbox_forever(app: web.Application, retention_hours: float) -> None:
-    while True:
-        try:
-            pruned = await prune_inbox(app[POOL], retention_hours)
-            if pruned:
-                log.info("inbox_pruned", rows=pruned)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("inbox_prune_failed", error=type(exc).__name__)
-        await asyncio.sleep(3600)
-
-
-def periodic(
-    name: str, every: float, work: Callable[[web.Application], Awaitable[object]]
-) -> Callable[[web.Application], AbstractAsyncContextManager[None]]:
-    """A cleanup context running ``work`` every ``every`` seconds in a task the app owns;
-    a failed round (the database away for a moment) is logged and the next one tries
-    again. The task is cancelled and awaited on shutdown."""
-
-    async def loop(app: web.Application) -> None:
-        while True:
-            try:
-                await work(app)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("periodic_task_failed", task=name, error=type(exc).__name__)
-            await asyncio.sleep(every)
-
-    @contextlib.asynccontextmanager
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(loop(app), name=name)
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return ctx
+    return await delete_in_batches(
+        db, "inbox", "received_at < now() - make_interval(secs => $1)", retention_hours * 3600
+    )
 
 
 SCHEMA_WAIT_SECONDS = 2.0

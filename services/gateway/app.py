@@ -13,7 +13,8 @@ from aiohttp import web
 
 from libs.common.http import ServiceClient, new_session
 from libs.common.service_auth import TokenSigner
-from libs.common.web import POOL, add_database, base_app, periodic, service_signer
+from libs.common.tasks import periodic
+from libs.common.web import POOL, add_database, base_app, service_signer
 
 from . import i18n, script_words
 from .cache import ChangeListener, GatewayCache

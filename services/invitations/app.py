@@ -12,13 +12,13 @@ from libs.common.http import new_session
 from libs.common.logging import get_logger
 from libs.common.retention import pruning
 from libs.common.service_auth import TokenSigner
+from libs.common.tasks import periodic
 from libs.common.web import (
     POOL,
     add_database,
     add_routes,
     add_service_bus,
     base_app,
-    periodic,
     require_service_proof,
     service_signer,
 )

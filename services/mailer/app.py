@@ -13,6 +13,7 @@ from aiohttp import web
 from libs.common.bus import Bus, Consumer
 from libs.common.outbox import OutboxRelay
 from libs.common.retention import pruning
+from libs.common.tasks import periodic
 from libs.common.web import (
     BUS_PARTS,
     POOL,
@@ -21,7 +22,6 @@ from libs.common.web import (
     add_routes,
     add_service_bus,
     base_app,
-    periodic,
     require_service_proof,
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from libs.common.db import Db
+from libs.common.retention import delete_in_batches
 
 
 async def hit(db: Db, key: bytes, start: int, window: int) -> tuple[int, int]:
@@ -47,6 +48,6 @@ async def count(db: Db, key: bytes, start: int, window: int) -> tuple[int, int]:
 
 
 async def prune(db: Db, now: float) -> int:
-    """Delete the rows no window counts any more; returns how many."""
-    status = await db.execute("DELETE FROM rate_counters WHERE expires_at < to_timestamp($1)", now)
-    return int(status.split()[-1])
+    """Delete the rows no window counts any more, in batches (a window of many addresses,
+    an attack's, would otherwise go in one long statement); returns how many."""
+    return await delete_in_batches(db, "rate_counters", "expires_at < to_timestamp($1)", now)

@@ -239,11 +239,24 @@ class GatewayCache:
         if not self.enabled or generation != self.generation or left <= 0:
             return
         self._drop(key)
+        now = self.clock()
+        self._drop_expired(now)
         if len(self._entries) >= MAX_ENTRIES:
             self._drop(next(iter(self._entries)))  # oldest first
-        self._entries[key] = _Entry(value, tags, self.clock() + min(self.ttl, left))
+        self._entries[key] = _Entry(value, tags, now + min(self.ttl, left))
         for tag in tags:
             self._tagged.setdefault(tag, set()).add(key)
+
+    def _drop_expired(self, now: float) -> None:
+        """Drop the expired entries at the front: the oldest first, in the order they were
+        put (each lives at most the TTL), so the first one still fresh ends the sweep and
+        what stays was all put within the last TTL. Otherwise an expired entry went only
+        when its own key was asked for again: a page per client who ever came by."""
+        while self._entries:
+            key, entry = next(iter(self._entries.items()))
+            if entry.until > now:
+                return
+            self._drop(key)
 
     def _forget(self, tag: str) -> None:
         self.generation += 1

@@ -150,6 +150,30 @@ def test_portal_pages_are_forgotten_with_their_portal_or_their_user() -> None:
     assert cache.portal("u1", "acme") is None
 
 
+def test_expired_answers_do_not_pile_up_until_the_cap() -> None:
+    """An expired entry was dropped only when its own key was asked for again, or pushed
+    out at MAX_ENTRIES: every client who ever opened a portal left a copy of its page
+    (content and HTML, up to 100,000 characters each) in the replica for good."""
+    cache, clock = live_cache(10)
+    content = "x" * 10_000
+    for n in range(5_000):
+        page = {"id": "p1", "slug": "acme", "status": "active", "content_html": content}
+        cache.put_portal(f"user-{n}", "acme", page, cache.generation)  # type: ignore[arg-type]
+        cache.put_session(f"token-{n}", answer(f"user-{n}", f"s-{n}"), cache.generation)
+        clock.now += 0.001
+    assert len(cache) == 10_000
+    clock.now += 10.1  # every one of them expired; one more client comes by
+    cache.put_portal("user-new", "acme", {"id": "p1"}, cache.generation)  # type: ignore[typeddict-item]
+    assert len(cache) == 1
+    assert cache.portal("user-new", "acme") == {"id": "p1"}
+    # What is still fresh stays, whatever came before it.
+    clock.now += 5
+    cache.put_session("token-new", answer("user-new", "s-new"), cache.generation)
+    clock.now += 5.05  # user-new's page is expired, its session not yet
+    cache.put_portal("user-other", "acme", {"id": "p1"}, cache.generation)  # type: ignore[typeddict-item]
+    assert len(cache) == 2 and cache.session("token-new") is not None
+
+
 @pytest.mark.parametrize(
     "announcement",
     [

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -202,6 +202,15 @@ class Migration:
     sql: str
 
 
+def named(url: str, service: str) -> dict[str, str]:
+    """The server settings that name a service's connections in ``pg_stat_activity`` (and
+    ``%a`` in the server's log) as ``clientpress-<service>``, unless ``url`` names them
+    itself (``?application_name=``): who holds the connection slots, at a glance."""
+    if "application_name" in parse_qs(urlsplit(url).query):
+        return {}
+    return {"application_name": f"clientpress-{service}"}
+
+
 def _check_schema(schema: str) -> str:
     if not _SCHEMA.match(schema):
         raise ValueError(f"bad schema name {schema!r}")
@@ -250,6 +259,7 @@ async def create_pool(
         # server's connection slots.
         max_inactive_connection_lifetime=60,
         server_settings={
+            **named(url, schema),
             "search_path": f"{_check_schema(schema)},public",
             "lock_timeout": f"{int(LOCK_WAIT_SECONDS * 1000)}ms",
         },
@@ -288,18 +298,23 @@ class Listener:
     ``<name>_listen_failed`` and left to the next tick, since every listener here only
     hurries work that a poll finds anyway. ``close()`` ends it."""
 
-    def __init__(self, dsn: str, channel: str, callback: Callable[..., None], *, name: str) -> None:
+    def __init__(
+        self, dsn: str, channel: str, callback: Callable[..., None], *, name: str, service: str
+    ) -> None:
         self.dsn = dsn
         self.channel = channel
         self.callback = callback
         self.name = name
+        self.service = service
         self._conn: asyncpg.Connection[asyncpg.Record] | None = None
 
     async def ensure(self) -> None:
         if self._conn is not None and not self._conn.is_closed():
             return
         try:
-            self._conn = await asyncpg.connect(self.dsn, timeout=5)
+            self._conn = await asyncpg.connect(
+                self.dsn, timeout=5, server_settings=named(self.dsn, self.service)
+            )
             await self._conn.add_listener(self.channel, self.callback)
         except Exception as exc:
             log.warning(f"{self.name}_listen_failed", error=type(exc).__name__)
@@ -406,7 +421,7 @@ async def migrate(
     await ensure_database(url)
     migrations = load_migrations(COMMON_MIGRATIONS, directory)
     applied: list[str] = []
-    conn = await asyncpg.connect(url, timeout=10)
+    conn = await asyncpg.connect(url, timeout=10, server_settings=named(url, schema))
     try:
         done = await _recorded(conn, schema)
         for migration in migrations:

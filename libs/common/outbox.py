@@ -290,7 +290,9 @@ class OutboxRelay:
         self._stopping = False
         self._loop_done = asyncio.Event()
         self._loop_done.set()
-        self._listener = Listener(dsn, f"outbox_{schema}", self._on_notify, name="outbox")
+        self._listener = Listener(
+            dsn, f"outbox_{schema}", self._on_notify, name="outbox", service=schema
+        )
         self.hold_max = hold_max
         self._holds = 0
         self._held_since = 0.0

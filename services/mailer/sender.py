@@ -99,7 +99,11 @@ class Sender:
         self._workers: list[asyncio.Task[None]] = []
         self._maintenance: asyncio.Task[None] | None = None
         self._listener = Listener(
-            settings.database_url, repository.WAKE_CHANNEL, self.wake_one, name="mailer"
+            settings.database_url,
+            repository.WAKE_CHANNEL,
+            self.wake_one,
+            name="mailer",
+            service="mailer",
         )
         # The workers' claims, and their sends' outcomes, each gathered into one statement
         # while the previous one runs (group commit): under load a few statements carry

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.common.db import COMMON_MIGRATIONS, create_pool, load_migrations, migrate
+from libs.common.db import COMMON_MIGRATIONS, Listener, create_pool, load_migrations, migrate
 from tests.support.env import TestEnv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,3 +86,34 @@ def test_every_service_numbers_its_migrations_once(service: str) -> None:
     directory = Path(__file__).resolve().parents[2] / "services" / service / "migrations"
     versions = [m.version for m in load_migrations(COMMON_MIGRATIONS, directory)]
     assert len(versions) == len(set(versions))
+
+
+@pytest.mark.integration
+async def test_pg_stat_activity_names_the_service_of_each_connection(
+    test_env: TestEnv, tmp_path: Path
+) -> None:
+    """Every connection showed an empty application_name: an operator counting who holds
+    PostgreSQL's connection slots (pg_stat_activity, or %a in the server's log) could not
+    tell the five services apart. A DATABASE_URL that names one keeps its own."""
+    schema = f"probe_{uuid.uuid4().hex[:8]}"
+    await migrate(test_env.database_url, schema, tmp_path)
+    query = "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+    pool = await create_pool(test_env.database_url, schema, min_size=1, max_size=1)
+    listener = Listener(
+        test_env.database_url, "probe", lambda *_: None, name="probe", service=schema
+    )
+    try:
+        assert await pool.fetchval(query) == f"clientpress-{schema}"
+        await listener.ensure()
+        assert listener._conn is not None
+        assert await listener._conn.fetchval(query) == f"clientpress-{schema}"
+    finally:
+        await listener.close()
+        await pool.close()
+    own = await create_pool(
+        test_env.database_url + "?application_name=ours", schema, min_size=1, max_size=1
+    )
+    try:
+        assert await own.fetchval(query) == "ours"
+    finally:
+        await own.close()

@@ -52,7 +52,11 @@ class WebhookSender:
         self._maintenance: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._listener = Listener(
-            settings.database_url, repository.WAKE_CHANNEL, self.wake, name="webhook"
+            settings.database_url,
+            repository.WAKE_CHANNEL,
+            self.wake,
+            name="webhook",
+            service="mailer",
         )
 
     async def start(self) -> None:

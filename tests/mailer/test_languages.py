@@ -74,7 +74,7 @@ async def test_a_german_invitation_in_the_agencys_time_zone(
         " (14 Tage nach dem Versand)."
     ) in text
     assert "Jane Admin hat Sie zu Ihrem Kundenportal „Acme Rebrand“" in text
-    assert "Einladung annehmen" in html and '<html lang="de">' in html
+    assert "Einladung annehmen" in html and '<html lang="de" dir="ltr"' in html
     assert "You're invited" not in text + html
     await wait_for_row(mailer_pool, job.mail_id, lambda r: r["status"] == "sent")
 

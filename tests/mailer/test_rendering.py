@@ -11,7 +11,14 @@ from email.message import EmailMessage
 import pytest
 
 from services.mailer.domain import InvalidContext
-from services.mailer.rendering import Email, Rendered, build_message, new_environment, render
+from services.mailer.rendering import (
+    CATALOGUES,
+    Email,
+    Rendered,
+    build_message,
+    new_environment,
+    render,
+)
 from tests.support.smtp import accept_link, html_part, text_part
 
 URL = "http://localhost:8080/invitations/accept?token=abc_DEF-123"
@@ -191,3 +198,24 @@ def test_headers_are_folded_and_bodies_survive_quoted_printable() -> None:
     assert parsed.get_content_type() == "multipart/alternative"
     assert text_part(parsed) == text
     assert html_part(parsed) == rendered.html
+
+
+@pytest.mark.parametrize("language", ["en", "de", "fr", "es"])
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"invitee_name": "Zoë"}, {"portal_titles": '["Acme Rebrand", "Second"]'}],
+    ids=["one portal", "a greeting", "several portals"],
+)
+def test_the_text_part_sets_its_heading_apart_with_a_blank_line(
+    language: str, extra: dict[str, str]
+) -> None:
+    # As the reminder, the staff invitation and the reset do; a plain-text reader
+    # otherwise sees the heading and the first sentence as one paragraph.
+    rendered = render(
+        new_environment(None, CATALOGUES.get(language)),
+        "invitation",
+        {**INVITATION, **extra},
+        language=language,
+    )
+    heading, gap, first = rendered.text.split("\n")[:3]
+    assert heading and gap == "" and first, rendered.text[:300]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from libs.common.email import ascii_address
 from libs.common.sealing import WEBHOOK_DEVELOPMENT_KEY, Sealer, sealer_for
 from libs.common.settings import CommonSettings, management_port_field, port_field
 
@@ -204,4 +205,17 @@ class MailerSettings(CommonSettings):
         addresses = email.utils.getaddresses([value])
         if len(addresses) != 1 or "@" not in addresses[0][1] or any(c in value for c in "\r\n"):
             raise ValueError("must be one address, e.g. 'ClientPress <no-reply@example.com>'")
-        return value
+        address = addresses[0][1]
+        if address.isascii():
+            return value
+        # An internationalised domain goes into the From header, the Message-ID and the
+        # envelope in its ASCII (IDNA) form, which every server and client takes; a local
+        # part only SMTPUTF8 carries can't be in an ASCII From header at all.
+        written = ascii_address(address)
+        if written is None:
+            raise ValueError(
+                f"the address {address!r} must be ASCII before the @ (an internationalised"
+                " domain after it is fine), e.g. 'ClientPress <no-reply@example.com>'"
+            )
+        head, _, tail = value.rpartition(address)
+        return f"{head}{written}{tail}"

@@ -355,3 +355,17 @@ async def test_a_retry_waits_its_delay_on_the_database_clock_whatever_the_mailer
         row["next_attempt_at"],
         database_now,
     )
+
+
+async def test_an_email_from_an_internationalised_domain_arrives_from_its_ascii_form(
+    start_mailer: StartMailer, publisher: Bus, smtp_sink: SmtpSink
+) -> None:
+    """MAIL_FROM at a domain like bücher.example: every email raised UnicodeEncodeError
+    in the worker (the From header is ASCII) and none was sent, though /readyz said 200."""
+    await start_mailer(smtp_sink.port, mail_from="Bücher Büro <no-reply@bücher.example>")
+    job, _ = await publish_invitation(publisher)
+
+    [msg] = await smtp_sink.sink.wait_for(job.to)
+    assert msg["From"].addresses[0].addr_spec == "no-reply@xn--bcher-kva.example"
+    assert msg["From"].addresses[0].display_name == "Bücher Büro"
+    assert msg["Message-ID"].endswith("@xn--bcher-kva.example>")

@@ -198,3 +198,20 @@ def test_mail_from_must_be_one_address(monkeypatch: pytest.MonkeyPatch, value: s
 def test_mail_from_with_a_display_name_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAIL_FROM", '"Northwind, Agency" <no-reply@example.com>')
     assert load_settings(MailerSettings).mail_from == '"Northwind, Agency" <no-reply@example.com>'
+
+
+def test_mail_from_at_an_internationalised_domain_is_written_in_its_ascii_form(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A From header, Message-ID and envelope any SMTP server takes (the domain as IDNA);
+    the display name stays as written (an RFC 2047 word in the header)."""
+    monkeypatch.setenv("MAIL_FROM", "Bücher Büro <no-reply@Bücher.example>")
+    assert load_settings(MailerSettings).mail_from == "Bücher Büro <no-reply@xn--bcher-kva.example>"
+
+
+def test_mail_from_with_a_local_part_only_smtputf8_carries_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MAIL_FROM", "ClientPress <büro@example.com>")
+    with pytest.raises(ConfigError, match=r"MAIL_FROM: .*must be ASCII before the @"):
+        load_settings(MailerSettings)

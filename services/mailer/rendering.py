@@ -344,13 +344,23 @@ def _to_line(to: str) -> str:
     return f"To: {to}\r\n"
 
 
-def _header(name: str, value: str) -> str:
+def _header(name: str, value: str, *, words: bool = True) -> str:
     """One header line, folded: plain short ASCII as it is, anything else RFC 2047
-    encoded (or folded at spaces) in lines of at most 78 characters."""
+    encoded (or folded at spaces) in lines of at most 78 characters. ASCII with a word
+    too long for a line (a portal title without a space) is RFC 2047 encoded too, the
+    only way to split it; ``words=False`` for a value holding an address, which must
+    stay as it is (the caller encodes its display name: _sender)."""
     if value.isascii() and len(name) + len(value) + 2 <= MAX_HEADER_LINE:
         return f"{name}: {value}\r\n"
     charset = "us-ascii" if value.isascii() else "utf-8"
-    return f"{name}: {Header(value, charset, header_name=name).encode(linesep=CRLF)}\r\n"
+    folded = Header(value, charset, header_name=name).encode(linesep=CRLF)
+    if words and charset == "us-ascii" and _too_long(f"{name}: {folded}"):
+        folded = Header(value, "utf-8", header_name=name).encode(linesep=CRLF)
+    return f"{name}: {folded}\r\n"
+
+
+def _too_long(lines: str) -> bool:
+    return any(len(line) > MAX_HEADER_LINE for line in lines.split(CRLF))
 
 
 def _quoted_printable(body: str) -> bytes:
@@ -365,7 +375,13 @@ def _sender(mail_from: str) -> tuple[str, str, str]:
     """The From line, the envelope sender and its domain: the same for every email of one
     branding, so parsed once (it was 3 % of the mailer's CPU)."""
     name, sender = email.utils.parseaddr(mail_from)
-    from_line = _header("From", email.utils.formataddr((name, sender), charset="utf-8"))
+    from_line = _header(
+        "From", email.utils.formataddr((name, sender), charset="utf-8"), words=False
+    )
+    if name and _too_long(from_line):
+        # A display name with a word longer than a line: RFC 2047 words split it.
+        encoded = Header(name, "utf-8", maxlinelen=60).encode(linesep=CRLF)
+        from_line = _header("From", f"{encoded.replace(CRLF + ' ', ' ')} <{sender}>", words=False)
     return from_line, sender, sender.rpartition("@")[2] or "localhost"
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import email
+import email.header
 import email.policy
+import email.utils
 import uuid
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -219,3 +221,26 @@ def test_the_text_part_sets_its_heading_apart_with_a_blank_line(
     )
     heading, gap, first = rendered.text.split("\n")[:3]
     assert heading and gap == "" and first, rendered.text[:300]
+
+
+def test_a_header_with_a_long_unbroken_word_is_still_folded_to_78() -> None:
+    # A portal title of TITLE_MAX characters without a space (a project code, a URL)
+    # and an Agency Name of 100: folding at spaces alone left lines of 200 and more.
+    title = "ACME-2026-Q4-Website-Relaunch-" * 6 + "x" * 20
+    agency = "NorthwindCreativeAgency" * 4 + "Berlin-GmbH"
+    built = build_message(
+        render(new_environment(), "invitation", {**INVITATION, "portal_title": title}),
+        mail_id=uuid.UUID(int=7),
+        to="client@example.com",
+        mail_from=f"{agency} <no-reply@example.org>",
+        now=datetime(2026, 11, 25, 10, 0, tzinfo=UTC),
+    )
+    head = built.data.split(b"\r\n\r\n", 1)[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 78, head.decode()
+    parsed = _parsed(built)
+    assert parsed["Subject"] == f"You're invited to {title} on Northwind Agency"
+    # As RFC 2047 reads it (the space between two encoded words is not text); Python's
+    # address parser keeps it.
+    raw_from = email.message_from_bytes(built.data)["From"]
+    decoded = str(email.header.make_header(email.header.decode_header(raw_from)))
+    assert email.utils.parseaddr(decoded) == (agency, "no-reply@example.org")

@@ -5,12 +5,14 @@ and closed with the app."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
 from libs.common.bus import Bus, Consumer
+from libs.common.logging import get_logger
 from libs.common.outbox import OutboxRelay
 from libs.common.retention import pruning
 from libs.common.tasks import periodic
@@ -29,6 +31,7 @@ from . import api, openapi
 from .branding.cache import BrandingSource
 from .consumer import BINDINGS, HANDLERS
 from .handlers import Deps, prune_finished
+from .rendering import is_public_domain
 from .sender import Sender
 from .settings import MailerSettings
 from .webhooks.sender import WebhookSender
@@ -37,12 +40,15 @@ from .webhooks.subscription import SETTLE_EVERY, Subscription
 SERVICE = "mailer"
 SCHEMA = "mailer"
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = get_logger(__name__)
+
 SENDER = web.AppKey("sender", Sender)
 WEBHOOK_SENDER = web.AppKey("webhook_sender", WebhookSender)
 
 
 def create_app(settings: MailerSettings) -> web.Application:
     app = base_app(SERVICE)
+    warn_of_a_local_sender(settings)
     # Workers hold a connection only while claiming or recording, never during SMTP.
     add_database(
         app,
@@ -100,6 +106,26 @@ def create_app(settings: MailerSettings) -> web.Application:
     app.router.add_get("/openapi.json", openapi.openapi)
     require_service_proof(app, settings, api.CALLERS)
     return app
+
+
+def warn_of_a_local_sender(settings: MailerSettings) -> None:
+    """MAIL_FROM left at this machine's address (the default no-reply@localhost) on a
+    public site: receiving servers refuse or file as spam mail from a domain that isn't
+    one, unless the relay rewrites the sender (some do, for their logged-in account)."""
+    _, address = email.utils.parseaddr(settings.mail_from)
+    domain = address.rpartition("@")[2]
+    if not settings.local and not is_public_domain(domain):
+        log.warning(
+            "mail_from_not_public",
+            mail_from=address,
+            public_url=settings.public_base,
+            problem=(
+                f"MAIL_FROM's domain {domain!r} is not one the world can resolve: receiving"
+                " servers refuse or file as spam mail from it. Set MAIL_FROM to an address"
+                f" at your own domain, like 'ClientPress <no-reply@{settings.public_url.host}>'"
+                " (docs/deploying.md)"
+            ),
+        )
 
 
 async def _wait_for_outbox(relay: OutboxRelay, timeout: float = 5.0) -> None:

@@ -22,6 +22,7 @@ from babel.support import NullTranslations
 from libs.common.email import ascii_address
 from libs.common.i18n import DEFAULT_LANGUAGE, N_, Catalogues, is_language
 from libs.common.logging import get_logger
+from libs.common.settings import LOCAL_HOSTS
 
 from .branding.domain import Branding
 from .domain import InvalidContext
@@ -370,6 +371,18 @@ def _quoted_printable(body: str) -> bytes:
     return binascii.b2a_qp(text.encode("utf-8"), istext=True)
 
 
+def is_public_domain(domain: str) -> bool:
+    """A domain the world can resolve: not this machine's (localhost, an address of it)
+    nor a single label (``mailer``, a container's name)."""
+    domain = domain.lower().strip("[]")
+    return (
+        "." in domain
+        and domain not in LOCAL_HOSTS
+        and not domain.endswith((".localhost", ".localdomain"))
+        and not domain.replace(".", "").isdigit()
+    )
+
+
 @functools.lru_cache(maxsize=64)
 def _sender(mail_from: str) -> tuple[str, str, str]:
     """The From line, the envelope sender and its domain: the same for every email of one
@@ -393,6 +406,7 @@ def build_message(
     mail_from: str,
     now: datetime,
     reply_to: str | None = None,
+    site_host: str = "",
 ) -> Email:
     """A multipart/alternative message (plain text, then HTML), quoted-printable UTF-8,
     written straight to bytes. The stdlib's MIME classes and generator took about 0.5 ms
@@ -400,8 +414,11 @@ def build_message(
     lines of headers and two encoded parts take a fraction of that, and
     tests/mailer/test_rendering.py reads the result back with the stdlib's parser.
     Message-ID comes from the mail id, so a resent copy after a crash is recognisably the
-    same message."""
+    same message; its domain is MAIL_FROM's, or ``site_host`` (PUBLIC_URL's host) when
+    MAIL_FROM's is this machine's (``localhost``), which filters count against a message."""
     from_line, sender, domain = _sender(mail_from)
+    if not is_public_domain(domain) and is_public_domain(site_host):
+        domain = site_host
     boundary = f"=_{mail_id.hex}"
     headers = [
         from_line,

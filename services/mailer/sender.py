@@ -239,6 +239,7 @@ class Sender:
                 mail_from=branded_from(self.settings.mail_from, branding),
                 reply_to=branding.reply_to if delivery.template in REPLY_TO_TEMPLATES else None,
                 now=datetime.now(UTC),
+                site_host=self.settings.public_url.host or "",
             )
         except InvalidAddress as exc:
             await self._fail(delivery, claimed_at, FailureReason.INVALID_ADDRESS, str(exc))

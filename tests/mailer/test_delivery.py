@@ -369,3 +369,20 @@ async def test_an_email_from_an_internationalised_domain_arrives_from_its_ascii_
     assert msg["From"].addresses[0].addr_spec == "no-reply@xn--bcher-kva.example"
     assert msg["From"].addresses[0].display_name == "Bücher Büro"
     assert msg["Message-ID"].endswith("@xn--bcher-kva.example>")
+
+
+async def test_a_message_id_names_the_public_site_when_mail_from_is_this_machines(
+    start_mailer: StartMailer, publisher: Bus, smtp_sink: SmtpSink
+) -> None:
+    """MAIL_FROM left at no-reply@localhost on a public site (a relay that rewrites the
+    sender delivers it): the Message-ID said @localhost, which filters count against."""
+    await start_mailer(
+        smtp_sink.port,
+        mail_from="ClientPress <no-reply@localhost>",
+        public_url="https://portal.agency.example",
+    )
+    job, _ = await publish_invitation(publisher)
+
+    [msg] = await smtp_sink.sink.wait_for(job.to)
+    assert msg["Message-ID"].endswith("@portal.agency.example>"), msg["Message-ID"]
+    assert msg["From"].addresses[0].addr_spec == "no-reply@localhost"  # as the operator set

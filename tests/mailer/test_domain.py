@@ -7,8 +7,10 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from libs.common.settings import ConfigError, load_settings
+from services.mailer.app import warn_of_a_local_sender
 from services.mailer.domain import (
     FailureReason,
     InvalidAddress,
@@ -215,3 +217,24 @@ def test_mail_from_with_a_local_part_only_smtputf8_carries_is_refused(
     monkeypatch.setenv("MAIL_FROM", "ClientPress <büro@example.com>")
     with pytest.raises(ConfigError, match=r"MAIL_FROM: .*must be ASCII before the @"):
         load_settings(MailerSettings)
+
+
+@pytest.mark.parametrize(
+    ("mail_from", "public_url", "warned"),
+    [
+        ("ClientPress <no-reply@localhost>", "https://portal.agency.example", True),
+        ("ClientPress <no-reply@mailer>", "https://portal.agency.example", True),
+        ("ClientPress <no-reply@localhost>", "http://localhost:8080", False),
+        ("ClientPress <no-reply@agency.example>", "https://portal.agency.example", False),
+    ],
+)
+def test_a_sender_at_this_machine_on_a_public_site_is_warned_of_at_start(
+    mail_from: str, public_url: str, warned: bool
+) -> None:
+    settings = MailerSettings(mail_from=mail_from, public_url=public_url)
+    with capture_logs() as logs:
+        warn_of_a_local_sender(settings)  # create_app calls it first
+    warnings = [e for e in logs if e["event"] == "mail_from_not_public"]
+    assert len(warnings) == warned
+    if warned:
+        assert "no-reply@portal.agency.example" in warnings[0]["problem"]

@@ -427,7 +427,9 @@ def build_message(
         _header("Subject", rendered.subject),
         f"Date: {email.utils.format_datetime(now.astimezone(UTC))}\r\n",
         f"Message-ID: <{mail_id}@{domain}>\r\n",
+        # Auto-responders answer none of them: RFC 3834's header, and Exchange's own.
         "Auto-Submitted: auto-generated\r\n",
+        "X-Auto-Response-Suppress: OOF, AutoReply\r\n",
         f"Content-Language: {rendered.language}\r\n",
         "MIME-Version: 1.0\r\n",
         f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n',

@@ -244,3 +244,15 @@ def test_a_header_with_a_long_unbroken_word_is_still_folded_to_78() -> None:
     raw_from = email.message_from_bytes(built.data)["From"]
     decoded = str(email.header.make_header(email.header.decode_header(raw_from)))
     assert email.utils.parseaddr(decoded) == (agency, "no-reply@example.org")
+
+
+def test_auto_responders_are_told_not_to_answer() -> None:
+    # RFC 3834 for most; Exchange's out-of-office and auto-reply rules read their own
+    # header. Not NDR: a bounce still comes back.
+    msg = _message("invitation", INVITATION)
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["X-Auto-Response-Suppress"] == "OOF, AutoReply"
+    # Transactional: no list headers, which would offer to unsubscribe from one's invitation.
+    assert msg["List-Unsubscribe"] is None and msg["Precedence"] is None
+    assert msg["MIME-Version"] == "1.0"
+    assert msg["Date"].datetime == datetime(2026, 11, 25, 10, 0, tzinfo=UTC)

@@ -94,13 +94,16 @@ INFORMATIONAL = {"NO_RECEIVED", "NO_RELAYS", "HTML_MESSAGE"}
 MAX_SCORE = 1.0
 
 
-def every_email() -> dict[str, bytes]:
-    """Each email in each language and look, by a readable name."""
+def every_email(
+    only: dict[str, tuple[str, dict[str, str]]] | None = None,
+    brandings: dict[str, Branding] | None = None,
+) -> dict[str, bytes]:
+    """Each email (or ``only`` these) in each language and look, by a readable name."""
     templates = Templates()
     found = {}
-    for name, (template, context) in EMAILS.items():
+    for name, (template, context) in (only or EMAILS).items():
         for language in LANGUAGES:
-            for look, branding in BRANDINGS.items():
+            for look, branding in (brandings or BRANDINGS).items():
                 rendered = templates.render(
                     template,
                     with_branding(context, branding, PUBLIC),

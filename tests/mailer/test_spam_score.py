@@ -6,6 +6,7 @@ branded_from, build_message). .ci/run installs spamassassin."""
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import json
@@ -16,6 +17,10 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
+import pytest
+
+from libs.common.bus import Bus
 from libs.common.i18n import LANGUAGES
 from services.mailer.branding.domain import Branding
 from services.mailer.rendering import (
@@ -25,6 +30,10 @@ from services.mailer.rendering import (
     build_message,
     with_branding,
 )
+from tests.mailer.conftest import StartMailer, invitation_job, publish_job
+from tests.mailer.test_branding import Internal, mailer_pool, png
+from tests.support.env import TestEnv
+from tests.support.smtp import SmtpSink, html_part
 
 # A short site and real-length tokens: the least HTML beside a logo.
 PUBLIC = "https://cp.example"
@@ -92,6 +101,7 @@ BRANDINGS = {
 # The rules that say only what any message handed straight to a filter is: no score.
 INFORMATIONAL = {"NO_RECEIVED", "NO_RELAYS", "HTML_MESSAGE"}
 MAX_SCORE = 1.0
+__all__ = ["mailer_pool"]  # the fixture, which leaves the built-in branding behind
 
 
 def every_email(
@@ -163,3 +173,34 @@ def test_no_email_gives_a_spam_filter_a_reason(tmp_path: Path) -> None:
         if score >= MAX_SCORE or not set(rules) <= INFORMATIONAL
     }
     assert not punished, f"SpamAssassin scores and rules: {dict(sorted(punished.items()))}"
+
+
+@pytest.mark.integration
+async def test_a_branded_reminder_from_the_mailer_gives_a_spam_filter_no_reason(
+    start_mailer: StartMailer,
+    smtp_sink: SmtpSink,
+    migrated_schemas: TestEnv,
+    publisher: Bus,
+    mailer_pool: asyncpg.Pool,
+    tmp_path: Path,
+) -> None:
+    """The same through the real mailer and an SMTP server: Settings → Branding with a
+    logo, the shortest email (a reminder), its bytes as they arrived."""
+    client = await start_mailer(smtp_sink.port, public_url=PUBLIC)
+    api = Internal(client, migrated_schemas)
+    status, body = await api.call(
+        "PUT", "/branding", json={"agency_name": "Northwind", "reply_to": "hi@cp.example"}
+    )
+    assert status == 200, body
+    status, body = await api.call(
+        "PUT", "/branding/logo", json={"content": base64.b64encode(png()).decode()}
+    )
+    assert status == 200, body
+    to = f"client-{uuid.uuid4().hex[:8]}@example.com"
+    job, _ = invitation_job(to, accept_url=ACCEPT, site_name=SITE, portal_title="Acme")
+    await publish_job(publisher, job.model_copy(update={"template": "invitation_reminder"}))
+
+    [msg] = await smtp_sink.sink.wait_for(to)
+    assert "<img " in html_part(msg)
+    [(score, rules)] = spamassassin({"reminder": smtp_sink.sink.raw_of(msg)}, tmp_path).values()
+    assert score < MAX_SCORE and set(rules) <= INFORMATIONAL, (score, rules)

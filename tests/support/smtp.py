@@ -23,6 +23,8 @@ from .env import free_port
 class Sink:
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
+        # Each message's bytes as they arrived (DATA, dot-unstuffed), in the same order.
+        self.raw: list[bytes] = []
         self.fail_with: str | None = None  # e.g. "451 try later" or "550 no such user"
         # While ``hold_data`` is an Event not yet set, DATA is answered only once it is set
         # (``holding`` says one waits). Read at each DATA: aiosmtpd binds the handler's
@@ -40,11 +42,16 @@ class Sink:
             return self.fail_with
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(msg, EmailMessage)
+        self.raw.append(envelope.content)
         self.messages.append(msg)
         return "250 OK"
 
     def to(self, address: str) -> list[EmailMessage]:
         return [m for m in self.messages if address.lower() in str(m["To"]).lower()]
+
+    def raw_of(self, msg: EmailMessage) -> bytes:
+        """The bytes ``msg`` was read from, as the SMTP server received them."""
+        return self.raw[next(i for i, m in enumerate(self.messages) if m is msg)]
 
     async def wait_for(
         self, address: str, count: int = 1, timeout: float = 20.0

@@ -155,7 +155,23 @@ def with_branding(
     values["logo_url"] = (
         f"{public_base.rstrip('/')}{LOGO_PATH}?v={branding.logo_etag}" if branding.logo_etag else ""
     )
+    width, height = logo_box(branding.logo_width, branding.logo_height)
+    values["logo_width"], values["logo_height"] = str(width or ""), str(height)
     return values
+
+
+# The logo in an email: this high, at most this wide, in proportion.
+LOGO_HEIGHT = 40
+LOGO_MAX_WIDTH = 240
+
+
+def logo_box(width: int, height: int) -> tuple[int, int]:
+    """The logo's size in the email, (0, LOGO_HEIGHT) when its own isn't known."""
+    if width <= 0 or height <= 0:
+        return 0, LOGO_HEIGHT
+    if width * LOGO_HEIGHT <= LOGO_MAX_WIDTH * height:
+        return max(1, round(width * LOGO_HEIGHT / height)), LOGO_HEIGHT
+    return LOGO_MAX_WIDTH, max(1, round(height * LOGO_MAX_WIDTH / width))
 
 
 def branded_from(mail_from: str, branding: Branding) -> str:
@@ -200,6 +216,8 @@ def render(
     values.setdefault("accent_colour", DEFAULT_ACCENT)
     values.setdefault("footer_text", "")
     values.setdefault("logo_url", "")
+    values.setdefault("logo_width", "")
+    values.setdefault("logo_height", str(LOGO_HEIGHT))
     # Optional (issue 20): one email for several portals names each of them.
     portals = portal_list(context.get("portal_titles", ""))
     values_with_list = {**values, "portals": portals}

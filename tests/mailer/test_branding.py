@@ -232,3 +232,38 @@ async def test_an_invitation_email_carries_the_branding(
     assert "Northwind &amp; Co · 1 Harbour Street" in html
     assert "background-color:#1a5fb4" in html
     await wait_for_row(mailer_pool, job.mail_id, lambda r: r["status"] == "sent")
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [((90, 30), (120, 40)), ((480, 160), (120, 40)), ((2000, 100), (240, 12))],
+    ids=["small", "drawn for high-density screens", "a wide banner"],
+)
+async def test_the_logo_says_its_size_for_clients_that_ignore_css(
+    start_mailer: StartMailer,
+    smtp_sink: SmtpSink,
+    migrated_schemas: TestEnv,
+    publisher: Bus,
+    mailer_pool: asyncpg.Pool,
+    size: tuple[int, int],
+    shown: tuple[int, int],
+) -> None:
+    """Outlook for Windows reads an image's width and height attributes only (not CSS
+    max-width): without a width it drew a logo at its own pixel size. The logo is 40 px
+    high, at most 240 px wide, in proportion."""
+    client = await start_mailer(smtp_sink.port)
+    api = Internal(client, migrated_schemas)
+    out = io.BytesIO()
+    Image.new("RGB", size, (20, 90, 180)).save(out, format="PNG")
+    status, body = await api.call(
+        "PUT", "/branding/logo", json={"content": base64.b64encode(out.getvalue()).decode()}
+    )
+    assert status == 200, body
+    to = f"client-{uuid.uuid4().hex[:8]}@example.com"
+    await publish_job(publisher, invitation_job(to)[0])
+    [msg] = await smtp_sink.sink.wait_for(to)
+    html = html_part(msg)
+    img = html[html.index("<img ") : html.index(">", html.index("<img ")) + 1]
+    width, height = shown
+    assert f'width="{width}" height="{height}"' in img, img
+    assert f"width:{width}px; height:{height}px;" in img, img

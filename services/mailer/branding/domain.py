@@ -8,6 +8,7 @@ import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -53,12 +54,15 @@ class Branding:
     footer_text: str = ""
     logo_etag: str = ""
     logo_type: str = ""
+    # The logo's size in pixels; 0 when not known (a logo saved before they were kept).
+    logo_width: int = 0
+    logo_height: int = 0
     # The agency's Language (emails whose job names none) and Time Zone (dates in emails).
     # Empty: not saved, the MAILER_DEFAULT_LANGUAGE / MAILER_TIME_ZONE values stand.
     default_locale: str = ""
     time_zone: str = ""
 
-    def with_changes(self, **changes: str) -> Branding:
+    def with_changes(self, **changes: Any) -> Branding:
         return replace(self, **changes)
 
 

@@ -77,7 +77,12 @@ async def set_logo(deps: Deps, content: bytes) -> Branding:
             await repository.save_logo(conn, logo)
             await _announce(conn, ["logo"])
     log.info("branding_logo_set", etag=logo.etag, width=logo.width, height=logo.height)
-    return before.with_changes(logo_etag=logo.etag, logo_type=logo.content_type)
+    return before.with_changes(
+        logo_etag=logo.etag,
+        logo_type=logo.content_type,
+        logo_width=logo.width,
+        logo_height=logo.height,
+    )
 
 
 async def remove_logo(deps: Deps) -> Branding:
@@ -87,7 +92,7 @@ async def remove_logo(deps: Deps) -> Branding:
         if before.logo_etag:
             await repository.save_logo(conn, None)
             await _announce(conn, ["logo"])
-    return before.with_changes(logo_etag="", logo_type="")
+    return before.with_changes(logo_etag="", logo_type="", logo_width=0, logo_height=0)
 
 
 async def logo(deps: Deps) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from .domain import Branding, Logo
 # Every column but the logo's bytes, which only the logo route reads.
 COLUMNS = (
     "agency_name, accent_colour, reply_to, footer_text, logo_etag, logo_type,"
-    " default_locale, time_zone"
+    " logo_width, logo_height, default_locale, time_zone"
 )
 
 
@@ -55,11 +55,15 @@ async def save(conn: Conn, branding: Branding) -> None:
 
 async def save_logo(conn: Conn, logo: Logo | None) -> None:
     content, kind, etag = (logo.content, logo.content_type, logo.etag) if logo else (None, "", "")
+    width, height = (logo.width, logo.height) if logo else (0, 0)
     await conn.execute(
-        "UPDATE branding SET logo = $1, logo_type = $2, logo_etag = $3, updated_at = now()",
+        "UPDATE branding SET logo = $1, logo_type = $2, logo_etag = $3, logo_width = $4,"
+        " logo_height = $5, updated_at = now()",
         content,
         kind,
         etag,
+        width,
+        height,
     )
 
 

@@ -33,6 +33,8 @@ BRANDING = Branding(
     footer_text="Northwind Agency · https://www.northwind-agency.example/imprint/legal-notice-and-privacy",
     logo_etag="0123456789abcdef",
     logo_type="image/png",
+    logo_width=2000,
+    logo_height=100,
 )
 
 

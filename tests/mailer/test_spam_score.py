@@ -94,8 +94,10 @@ BRANDINGS = {
         footer_text="Nörthwind Ägency GmbH\nHauptstraße 1, 10115 Berlin",
         logo_etag="0123456789abcdef",
         logo_type="image/png",
+        logo_width=300,
+        logo_height=100,
     ),
-    # The least text beside a logo: no Agency Name (its alt is the site), no footer.
+    # The least text beside a logo (one uploaded before its size was kept): no Agency Name (its alt is the site), no footer.
     "logo only": Branding(logo_etag="0123456789abcdef", logo_type="image/png"),
 }
 # The rules that say only what any message handed straight to a filter is: no score.

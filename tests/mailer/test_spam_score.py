@@ -97,8 +97,12 @@ BRANDINGS = {
         logo_width=300,
         logo_height=100,
     ),
-    # The least text beside a logo (one uploaded before its size was kept): no Agency Name (its alt is the site), no footer.
-    "logo only": Branding(logo_etag="0123456789abcdef", logo_type="image/png"),
+    # The least text beside a logo: no Agency Name (its alt is the site), no footer; and
+    # a logo uploaded before its size was kept (the older markup).
+    "logo only": Branding(
+        logo_etag="0123456789abcdef", logo_type="image/png", logo_width=90, logo_height=30
+    ),
+    "older logo": Branding(logo_etag="0123456789abcdef", logo_type="image/png"),
 }
 # The rules that say only what any message handed straight to a filter is: no score.
 INFORMATIONAL = {"NO_RECEIVED", "NO_RELAYS", "HTML_MESSAGE"}

@@ -61,6 +61,14 @@ def test_reply_to_is_one_plain_address() -> None:
             check_reply_to(bad)
 
 
+def test_a_reply_to_at_an_internationalised_domain_is_kept_in_its_ascii_form() -> None:
+    # It goes into an ASCII header; the domain's IDNA form is the same mailbox. It was
+    # refused as "not one email address", and an agency at such a domain had no Reply-To.
+    assert check_reply_to("hallo@Bücher.example") == "hallo@xn--bcher-kva.example"
+    with pytest.raises(BrandingRefused, match="one email address"):
+        check_reply_to("büro@example.com")  # only SMTPUTF8 carries it
+
+
 def test_footer_text_keeps_lines_and_is_bounded() -> None:
     assert check_footer("  Acme Ltd\r\n1 High Street  \n") == "Acme Ltd\n1 High Street"
     with pytest.raises(BrandingRefused, match="500"):

@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from libs.common.colours import MIN_CONTRAST, contrast_ratio
+from libs.common.email import ascii_address
 from libs.common.i18n import (
     DEFAULT_LANGUAGE,
     LANGUAGE_MESSAGE,
@@ -134,10 +135,13 @@ def check_reply_to(raw: str) -> str:
     if not value:
         return ""
     try:
-        # ASCII only: it goes into a header as it is.
-        if not value.isascii():
-            raise InvalidAddress("not ascii")
-        return normalise_address(value)
+        address = normalise_address(value)
+        # ASCII only: it goes into a header as it is. An internationalised domain in its
+        # IDNA form (the same mailbox); a local part only SMTPUTF8 carries can't be.
+        written = ascii_address(address)
+        if written is None:
+            raise InvalidAddress("the part before the @ is not ASCII")
+        return written
     except InvalidAddress:
         raise BrandingRefused(
             "reply_to", "Enter the Reply-To as one email address, like hello@agency.example."

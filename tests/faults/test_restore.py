@@ -4,7 +4,8 @@ traffic after it, then the stack stopped, the dump restored into a fresh databas
 started again. The SQL is read from README.md, so the procedure an operator follows is
 the one tested: no email goes twice, no invitation waits for an email forever, a link
 sent after the dump gets a page that says so, and nobody stays logged in on a session
-the restore brought back."""
+the restore brought back. And a broker lost with its queues: the README's SQL sends
+again what it held, once."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from tests.faults.support import Api, burst, record, unique_emails, wait_until
-from tests.support.env import free_port, new_test_env, provisioned
+from libs.common.provision import provision
+from tests.faults.support import Api, burst, outboxes_drained, record, unique_emails, wait_until
+from tests.support.env import drop_bus, free_port, new_test_env, provisioned
 from tests.support.processes import ServiceProcess, run_migrations
 from tests.support.smtp import SmtpSink, accept_link
 from tests.support.stack import (
@@ -38,13 +40,13 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 PASSWORD = "a-long-client-password-7"
 
 
-def restore_sql() -> str:
-    """The SQL blocks of the README's Backups and restore section, in order."""
+def readme_sql(after: str) -> str:
+    """The SQL block of the README's Backups and restore section that follows the
+    paragraph starting with ``after`` (none: nothing is run, and the test shows what that leaves)."""
     text = README.read_text()
     section = text.split("### Backups and restore", 1)[1].split("\n### ", 1)[0]
-    blocks = re.findall(r"```sql\n(.*?)```", section, re.S)
-    assert blocks, "the README's Backups and restore section has no SQL"
-    return "\n".join(blocks)
+    found = re.search(re.escape(after) + r".*?```sql\n(.*?)```", section, re.S)
+    return found.group(1) if found else "SELECT 1"
 
 
 def pg(command: str, *args: str, database_url: str) -> None:
@@ -142,7 +144,7 @@ async def test_a_restored_dump_sends_no_email_twice_and_leaves_none_waiting(
             )
             conn = await asyncpg.connect(restored_url)
             try:
-                await conn.execute(restore_sql())
+                await conn.execute(readme_sql("**Before the services start"))
             finally:
                 await conn.close()
             after = dict(before, DATABASE_URL=restored_url)
@@ -218,3 +220,55 @@ async def test_a_restored_dump_sends_no_email_twice_and_leaves_none_waiting(
     assert "/login" in later_url, later_url
     assert "/login" in earlier_url, earlier_url
     assert restored.get("invitation pending/failed", 0) == len(waiting), restored
+
+
+async def test_emails_a_lost_broker_held_go_once_the_outboxes_publish_again(sink: SmtpSink) -> None:
+    env = new_test_env()
+    async with provisioned(env):
+        ports = {name: free_port() for name in ORDER}
+        public_url = f"http://127.0.0.1:{ports['gateway']}"
+        service_env = stack_env(env, sink, public_url, ports, {})
+        await asyncio.to_thread(run_migrations, service_env, ORDER)
+        services = {name: ServiceProcess(name, ports[name], service_env) for name in ORDER}
+        stack = Stack(services, sink, public_url, service_env, env.database_url, env, env.keys)
+        async with started(list(services.values())):
+            api = Api(stack)
+            portal = await api.create_portal("Lost broker")
+            sent = unique_emails("sent", 3)
+            await burst(api, portal["id"], sent, 3)
+            await sink.wait_for_each(sent, 20)
+            # The mailer is away: the mail jobs wait in its queue, published and gone
+            # from the outbox's pending rows.
+            services["mailer"].stop()
+            held = unique_emails("held", 3)
+            await burst(api, portal["id"], held, 3)
+            await outboxes_drained(stack)
+            await api.close()
+        # The broker is lost with its queues and exchanges (its users survive, as a
+        # broker's definitions restored from its own backup would); provisioned again.
+        await drop_bus(env)
+        await provision(
+            env.amqp_url,
+            env.bus_prefix,
+            env.broker_passwords,
+            {env.integration_user: env.integration_password},
+        )
+        conn = await asyncpg.connect(env.database_url)
+        try:
+            await conn.execute(readme_sql("**A broker lost with its queues"))
+        finally:
+            await conn.close()
+        services = {name: ServiceProcess(name, ports[name], service_env) for name in ORDER}
+        async with started(list(services.values())):
+            counts = await sink.wait_for_each(sent + held, 30)
+
+            async def announced() -> bool:
+                found = await states(env.database_url)
+                return found.get("invitation pending/sent") == len(sent + held)
+
+            await wait_until(announced, 30, "every invitation's email announced as sent")
+            queued = await states(env.database_url)
+            record("broker_lost", emails=dict(counts), restored=queued)
+
+    assert counts == dict.fromkeys(sent + held, 1), counts
+    assert queued == {"invitation pending/sent": 6, "delivery sent": 6}, queued

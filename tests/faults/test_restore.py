@@ -33,6 +33,7 @@ from tests.support.stack import (
     stack_env,
     started,
 )
+from tests.support.webhooks import receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -75,6 +76,8 @@ async def states(database_url: str) -> dict[str, int]:
             "SELECT 'invitation ' || status || '/' || delivery AS state, count(*)"
             " FROM invitations.invitations GROUP BY 1"
             " UNION ALL SELECT 'delivery ' || status, count(*) FROM mailer.deliveries GROUP BY 1"
+            " UNION ALL SELECT 'webhook ' || status, count(*)"
+            " FROM mailer.webhook_deliveries GROUP BY 1"
         )
     finally:
         await conn.close()
@@ -88,7 +91,7 @@ async def test_a_restored_dump_sends_no_email_twice_and_leaves_none_waiting(
     restored_name = env.database_name + "_restored"
     restored_url = urlunsplit(urlsplit(env.database_url)._replace(path=f"/{restored_name}"))
     dump = tmp_path / "clientpress.dump"
-    async with provisioned(env):
+    async with receiver() as hook, provisioned(env):
         ports = {name: free_port() for name in ORDER}
         public_url = f"http://127.0.0.1:{ports['gateway']}"
         # A row restored as sending would go again after 6 s, not 120, within the test.
@@ -99,18 +102,26 @@ async def test_a_restored_dump_sends_no_email_twice_and_leaves_none_waiting(
         async with started(list(services.values())):
             api = Api(stack)
             portal = await api.create_portal("Restored")
+            code, _ = await api.call(
+                "POST", "/api/v1/webhooks", {"url": hook.url, "events": ["invitation.created"]}
+            )
+            assert code == 201
             sent = unique_emails("sent", 3)
             await burst(api, portal["id"], sent, 3)
             await sink.wait_for_each(sent, 20)
+            await hook.wait_for(lambda got: len(got) == len(sent))
             # The SMTP server turns emails away while the dump is taken: their deliveries
             # are in the dump as queued, and go out after it.
             sink.sink.fail_with = "451 4.3.0 try again later"
+            hook.answers = [503] * 10_000  # and the webhook receiver
             waiting = unique_emails("waiting", 4)
             await burst(api, portal["id"], waiting, 4)
 
             async def all_waiting() -> bool:
                 found = await states(env.database_url)
-                return found.get("delivery queued", 0) == len(waiting)
+                return found.get("delivery queued", 0) == len(waiting) and found.get(
+                    "webhook queued", 0
+                ) == len(waiting)
 
             await wait_until(all_waiting, 20, "the held emails queued in the mailer")
             # A session opened before the dump: the restore brings it back, with any
@@ -128,6 +139,7 @@ async def test_a_restored_dump_sends_no_email_twice_and_leaves_none_waiting(
             )
             dumped = await states(env.database_url)
             sink.sink.fail_with = None
+            hook.answers.clear()
             await sink.wait_for_each(waiting, 30)
             after_dump = unique_emails("after", 2)
             await burst(api, portal["id"], after_dump, 2)
@@ -136,6 +148,7 @@ async def test_a_restored_dump_sends_no_email_twice_and_leaves_none_waiting(
             later = await login(stack, ADMIN_EMAIL, ADMIN_PASSWORD)
             await api.close()
         before_restore = len(sink.messages)
+        posts_before_restore = len(hook.received)
 
         await asyncio.to_thread(pg, "createdb", restored_name, database_url=env.database_url)
         try:
@@ -168,6 +181,8 @@ async def test_a_restored_dump_sends_no_email_twice_and_leaves_none_waiting(
                             "delivery queued",
                             "delivery sending",
                             "invitation pending/queued",
+                            "webhook queued",
+                            "webhook sending",
                         )
                     )
 
@@ -202,8 +217,14 @@ async def test_a_restored_dump_sends_no_email_twice_and_leaves_none_waiting(
                 await later.close()
                 await earlier.close()
                 await api.close()
+                # Webhook deliveries the dump held as queued are posted again: with the
+                # webhook-id of the first post, on which a receiver deduplicates.
+                invitations = {r.json["data"]["invitation_id"] for r in hook.received}
+                webhook_ids = {r.id for r in hook.received}
                 record(
                     "restore",
+                    webhook_posts_after_restart=len(hook.received) - posts_before_restore,
+                    webhook_events=len(invitations),
                     dumped=dumped,
                     restored=restored,
                     emails_after_restart=len(sink.messages) - before_restore,
@@ -215,6 +236,7 @@ async def test_a_restored_dump_sends_no_email_twice_and_leaves_none_waiting(
             await admin.close()
 
     assert twice == {}, f"emailed twice after the restore: {twice}"
+    assert len(webhook_ids) == len(invitations), (webhook_ids, invitations)
     assert code == 404 and "This invitation link is not valid" in html, (code, html[:500])
     assert accepted == 200 and "/client-portal/" in landed, (accepted, landed)
     assert "/login" in later_url, later_url

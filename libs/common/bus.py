@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import re
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -310,6 +311,16 @@ class Bus:
                 f"RabbitMQ refused the vhost {broker.vhost_of(self.url)!r} to {self.user}: it"
                 " has no permissions on the vhost (or the vhost does not exist, or a"
                 " connection limit is reached); re-run the broker provisioning"
+            )
+        # The passive declare of an exchange the provisioning makes: a new broker, or one
+        # lost with its definitions, that nobody provisioned for this BUS_PREFIX.
+        if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+            missing = re.search(r"no exchange '([^']+)'", text)
+            name = missing.group(1) if missing else f"{self.prefix}.events"
+            return (
+                f"RabbitMQ has no exchange {name!r} (BUS_PREFIX={self.prefix!r}): this broker"
+                " was not provisioned for it (a new broker, or one lost with its"
+                " definitions); run python -m libs.common.provision provision"
             )
         return None
 

@@ -1,5 +1,6 @@
 """A service's broker user changed under it, as a secret rotation or a provisioning slip
-would: its password changed, its permissions on the vhost cleared. A service starting
+would: its password changed, its permissions on the vhost cleared; or the exchanges
+missing, on a broker lost and not provisioned again. A service starting
 meanwhile says in its log what the broker refused, keeps trying, and connects once the
 user is put right."""
 
@@ -15,8 +16,9 @@ from structlog.testing import capture_logs
 
 from libs.common import broker
 from libs.common.bus import Bus
+from libs.common.provision import provision
 from libs.common.web import _connect_patiently
-from tests.support.env import TestEnv, new_test_env, provisioned
+from tests.support.env import TestEnv, drop_bus, new_test_env, provisioned
 from tests.support.servers import current as current_servers
 
 pytestmark = [pytest.mark.integration]
@@ -96,3 +98,23 @@ async def test_permissions_cleared_are_named_and_connects_once_granted_again(
     reason = refusals[0]["reason"]
     # aiormq calls this an unexpected frame (InvalidFrameError): the log says what it is.
     assert "permissions on the vhost" in reason and user in reason, reason
+
+
+async def test_a_broker_without_the_exchanges_is_named_and_connects_once_provisioned(
+    own_env: TestEnv,
+) -> None:
+    # A broker lost with its definitions and restored without them, or one never
+    # provisioned for this BUS_PREFIX: the users are there, the exchanges are not.
+    await drop_bus(own_env)
+
+    async def provision_again() -> None:
+        await provision(
+            own_env.amqp_url,
+            own_env.bus_prefix,
+            own_env.broker_passwords,
+            {own_env.integration_user: own_env.integration_password},
+        )
+
+    refusals = await _refused_then_connected(own_env, provision_again)
+    reason = refusals[0]["reason"]
+    assert f"'{own_env.bus_prefix}.events'" in reason and "provision" in reason, reason

@@ -43,6 +43,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "identity.user.created": {"user_id": USER, "email": EMAIL, "role": "client"},
     "identity.user.disabled": {"user_id": USER},
     "identity.user.enabled": {"user_id": USER},
+    "identity.user.erased": {"user_id": USER},
     "identity.user.role_changed": {"user_id": USER, "role": "staff", "previous_role": "client"},
     "identity.user.preferences_changed": {
         "user_id": USER,
@@ -245,6 +246,11 @@ SUMMARIES = {
     "identity.user.created": "A user account was created.",
     "identity.user.disabled": "A user account was disabled; its sessions end.",
     "identity.user.enabled": "A disabled user account may log in again.",
+    "identity.user.erased": (
+        "An administrator erased the account (the right to erasure): it and its sessions are"
+        " deleted, and each service removes or anonymises what it keeps of the person. Carries"
+        " the user's id only, never personal data."
+    ),
     "identity.user.role_changed": (
         "A user's role changed (Administrator, Staff, Client); it applies to their next request."
     ),

@@ -23,6 +23,7 @@ ACTIONS: dict[str, str] = {
     "user.role_changed": N_("Role changed"),
     "user.disabled": N_("User disabled"),
     "user.enabled": N_("User enabled"),
+    "user.erased": N_("User erased"),
     "key.created": N_("Key created"),
     "key.revoked": N_("Key revoked"),
 }
@@ -46,6 +47,7 @@ EVENT_ACTIONS: dict[str, str] = {
     "identity.user.role_changed": "user.role_changed",
     "identity.user.disabled": "user.disabled",
     "identity.user.enabled": "user.enabled",
+    "identity.user.erased": "user.erased",
     "identity.key.created": "key.created",
     "identity.key.revoked": "key.revoked",
 }

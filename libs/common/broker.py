@@ -61,11 +61,13 @@ CONSUMES: dict[str, tuple[Binding, ...]] = {
     "portals": (
         Binding("events", "invitation.accepted"),
         Binding("events", "identity.user.disabled"),
+        Binding("events", "identity.user.erased"),
     ),
     "invitations": tuple(
         Binding("events", key)
         for key in (
             "invitation.requested",
+            "identity.user.erased",
             "portal.created",
             "portal.updated",
             "mail.sent",

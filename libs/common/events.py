@@ -77,6 +77,14 @@ class UserEnabled(EventData):
     user_id: uuid.UUID
 
 
+class UserErased(EventData):
+    """An administrator erased the account (the right to erasure): identity deleted it and
+    its sessions. Each service that keeps something of the person removes or anonymises it
+    in its own schema. Carries the id alone: the event must say nothing of the person."""
+
+    user_id: uuid.UUID
+
+
 class UserPreferencesChanged(EventData):
     """A person saved their own Language and Time Zone (None: not chosen, the browser's
     language and the agency's zone decide). Gateways forget their cached copy of the user,
@@ -446,6 +454,7 @@ EVENTS: dict[tuple[str, int], type[EventData]] = {
     ("identity.user.created", 1): UserCreated,
     ("identity.user.disabled", 1): UserDisabled,
     ("identity.user.enabled", 1): UserEnabled,
+    ("identity.user.erased", 1): UserErased,
     ("identity.user.role_changed", 1): UserRoleChanged,
     ("identity.user.preferences_changed", 1): UserPreferencesChanged,
     ("identity.session.revoked", 1): SessionRevoked,

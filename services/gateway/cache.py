@@ -48,6 +48,7 @@ from libs.common.events import (
     PortalChanged,
     SessionRevoked,
     UserDisabled,
+    UserErased,
     UserPreferencesChanged,
     UserRoleChanged,
     parse_data,
@@ -76,6 +77,7 @@ RECONNECT_SECONDS = 5.0
 ROUTING_KEYS = (
     "identity.session.revoked",
     "identity.user.disabled",
+    "identity.user.erased",
     "identity.user.role_changed",
     "identity.user.preferences_changed",
     "identity.key.revoked",
@@ -211,7 +213,7 @@ class GatewayCache:
                 self.forget_session(str(data.session_id))
             else:
                 self.forget_user(str(data.user_id))
-        elif isinstance(data, UserDisabled | UserRoleChanged | UserPreferencesChanged):
+        elif isinstance(data, UserDisabled | UserErased | UserRoleChanged | UserPreferencesChanged):
             self.forget_user(str(data.user_id))
         elif isinstance(data, PortalChanged | PortalAccessChanged):
             self.forget_portal(str(data.portal_id))

@@ -99,6 +99,26 @@ async def user_email(conn: Conn, user_id: uuid.UUID) -> str | None:
     return str(value) if value is not None else None
 
 
+async def anonymise(conn: Conn, user_id: uuid.UUID, email: str, label: str) -> int:
+    """Put ``label`` where an entry names the erased person: as its actor, its object (an
+    invitation's address) or the invitation's sender. The entry stays: the audit log keeps
+    that something happened, and to which id."""
+    status = await conn.execute(
+        "UPDATE activity SET"
+        " actor_name = CASE WHEN actor_type = 'user' AND actor_id = $1"
+        "   THEN $3 ELSE actor_name END,"
+        " object_label = CASE WHEN lower(object_label) = $2 THEN $3 ELSE object_label END,"
+        " details = CASE WHEN lower(details->>'invited_by') = $2"
+        "   THEN jsonb_set(details, '{invited_by}', to_jsonb($3::text)) ELSE details END"
+        " WHERE (actor_type = 'user' AND actor_id = $1) OR lower(object_label) = $2"
+        " OR lower(details->>'invited_by') = $2",
+        str(user_id),
+        email.lower(),
+        label,
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def prune(db: Db, before: datetime) -> int:
     """Delete the entries of changes made before ``before`` (IDENTITY_ACTIVITY_RETENTION_DAYS)."""
     return await delete_in_batches(db, "activity", "occurred_at < $1", before)

@@ -238,6 +238,11 @@ async def disable_user(request: web.Request) -> web.Response:
     return json_response(user_json(user))
 
 
+async def erase_user(request: web.Request) -> web.Response:
+    user = await handlers.erase_user(_deps(request), _user_id(request))
+    return json_response(user_json(user))
+
+
 # --- sessions ----------------------------------------------------------------------------
 async def login(request: web.Request) -> web.Response:
     body = await read_json(request, LoginBody)
@@ -376,6 +381,7 @@ ROUTES = (
     Route("POST", "/users/{user_id}/password", change_password, GATEWAY),
     Route("POST", "/users/{user_id}/disable", disable_user, GATEWAY),
     Route("POST", "/users/{user_id}/enable", enable_user, GATEWAY),
+    Route("POST", "/users/{user_id}/erase", erase_user, GATEWAY),
     Route("PUT", "/users/{user_id}/role", set_role, GATEWAY),
     Route("PUT", "/users/{user_id}/preferences", set_preferences, GATEWAY),
     Route("POST", "/sessions", login, GATEWAY),

@@ -28,6 +28,7 @@ from libs.common.events import (
     StaffInvitationSent,
     UserDisabled,
     UserEnabled,
+    UserErased,
     UserRoleChanged,
 )
 
@@ -60,7 +61,7 @@ def _object(data: EventData) -> tuple[str, str | None, str, Any, dict[str, Any]]
         case UserRoleChanged():
             details = {"role": data.role, "previous_role": data.previous_role}
             return "user", str(data.user_id), "", None, details
-        case UserDisabled() | UserEnabled():
+        case UserDisabled() | UserEnabled() | UserErased():
             return "user", str(data.user_id), "", None, {}
         case ApiKeyChanged():
             return "key", str(data.key_id), data.name, None, {"scopes": data.scopes}

@@ -17,6 +17,8 @@ ROLES: tuple[Role, ...] = ("administrator", "staff", "client")
 
 # What an integration key may do in the public JSON API (the gateway maps each /api/v1
 # route to one of them; a route without one needs an administrator or the bootstrap key).
+# What the Activity log says instead of an erased person's email (handlers.erase_user).
+ERASED_LABEL = "Erased user"
 SCOPES = ("invitations:write", "invitations:read", "portals:read", "portals:write", "users:read")
 API_KEY_PREFIX = "cpk_"
 # last_used_at is written at most this often per key: not a write per API call.

@@ -113,6 +113,10 @@ OPERATIONS: list[Operation] = [
      [USER_ID], 200, USER, ["404 user_not_found", "409 last_administrator"]),
     ("post", "/users/{user_id}/enable", "Let a disabled user log in again", None, None,
      [USER_ID], 200, USER, ["404 user_not_found"]),
+    ("post", "/users/{user_id}/erase",
+     "Erase a user (right to erasure): delete the account and its sessions, anonymise the"
+     " Activity log, announce identity.user.erased; answers the account as it was",
+     None, None, [USER_ID], 200, USER, ["404 user_not_found", "409 last_administrator"]),
     ("put", "/users/{user_id}/role", "Change a user's role", api.RoleBody, None, [USER_ID], 200,
      USER, ["404 user_not_found", "409 last_administrator", "422"]),
     ("put", "/users/{user_id}/preferences", "Set a user's Language and Time Zone",

@@ -141,6 +141,13 @@ async def enable_user(conn: Conn, user_id: uuid.UUID) -> User | None:
     return _user(row) if row else None
 
 
+async def delete_user(conn: Conn, user_id: uuid.UUID) -> User | None:
+    """None when the user is missing (erased already). Their sessions and reset links go
+    with the row (ON DELETE CASCADE)."""
+    row = await conn.fetchrow(f"DELETE FROM users WHERE id = $1 RETURNING {_USER_COLUMNS}", user_id)
+    return _user(row) if row else None
+
+
 async def set_role(conn: Conn, user_id: uuid.UUID, role: Role) -> User | None:
     """None when the user is missing or already has the role."""
     row = await conn.fetchrow(

@@ -151,6 +151,7 @@ CASES: dict[str, tuple[dict[str, Any], tuple[str, Any, str, Any, dict[str, Any]]
         ),
     ),
     "identity.user.disabled": ({"user_id": USER}, ("user", str(USER), "", None, {})),
+    "identity.user.erased": ({"user_id": USER}, ("user", str(USER), "", None, {})),
     "identity.user.enabled": ({"user_id": USER}, ("user", str(USER), "", None, {})),
     "identity.key.created": (
         KEY_DATA,

@@ -87,6 +87,10 @@ async def test_the_last_active_administrator_stays_one(lonely: Deps) -> None:
     with pytest.raises(Conflict) as demoted:
         await handlers.set_role(lonely, first.id, "staff")
     assert demoted.value.code == "last_administrator"
+    with pytest.raises(Conflict) as erased:
+        await handlers.erase_user(lonely, first.id)
+    assert erased.value.code == "last_administrator"
+    assert "erase the last active Administrator" in erased.value.message
     assert "last active Administrator" in demoted.value.message
     with pytest.raises(Conflict):
         await handlers.disable_user(lonely, first.id)

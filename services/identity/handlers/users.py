@@ -13,6 +13,7 @@ from libs.common.errors import Conflict, InvalidInput
 from libs.common.events import (
     UserDisabled,
     UserEnabled,
+    UserErased,
     UserPreferencesChanged,
     UserRoleChanged,
     make_event,
@@ -22,8 +23,9 @@ from libs.common.logging import get_logger
 from libs.common.outbox import append
 from libs.common.passwords import password_problem
 
-from .. import repository as repo
+from .. import activity_repository, repository as repo
 from ..domain import (
+    ERASED_LABEL,
     ROLES,
     Role,
     User,
@@ -229,6 +231,27 @@ async def enable_user(deps: Deps, user_id: uuid.UUID) -> User:
             conn, make_event("identity.user.enabled", UserEnabled(user_id=user_id), source=SOURCE)
         )
     log.info("user_enabled", user_id=str(user_id))
+    return user
+
+
+async def erase_user(deps: Deps, user_id: uuid.UUID) -> User:
+    """The right to erasure: delete the account, its sessions and reset links, and put
+    ERASED_LABEL where the Activity log names the person (the entries stay, for the audit).
+    identity.user.erased tells the other services to remove or anonymise what they keep;
+    identity.session.revoked empties the gateways' caches of the person's sessions. The
+    last active administrator stays. Erasing an erased user is user_not_found: the first
+    erasure was announced."""
+    async with transaction(deps.db) as conn:
+        await _keep_an_administrator(conn, user_id, "erase")
+        user = await repo.delete_user(conn, user_id)
+        if user is None:
+            raise no_user()
+        entries = await activity_repository.anonymise(conn, user_id, user.email, ERASED_LABEL)
+        await append(
+            conn, make_event("identity.user.erased", UserErased(user_id=user_id), source=SOURCE)
+        )
+        await announce_revoked(conn, user_id, "user_erased")
+    log.info("user_erased", user_id=str(user_id), activity_anonymised=entries)
     return user
 
 

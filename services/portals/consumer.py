@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from libs.common.broker import CONSUMES
 from libs.common.errors import NotFound
-from libs.common.events import Envelope, EventData, InvitationAccepted, UserDisabled
+from libs.common.events import Envelope, EventData, InvitationAccepted, UserDisabled, UserErased
 from libs.common.logging import get_logger
 
 from . import handlers
@@ -38,11 +38,13 @@ async def on_invitation_accepted(deps: Deps, envelope: Envelope, data: EventData
 
 
 async def on_user_disabled(deps: Deps, envelope: Envelope, data: EventData) -> None:
-    assert isinstance(data, UserDisabled)
+    """A disabled or an erased account leaves every portal (an erased one for good)."""
+    assert isinstance(data, UserDisabled | UserErased)
     await handlers.remove_user(deps, data.user_id)
 
 
 HANDLERS: dict[str, Callable[[Deps, Envelope, EventData], Awaitable[None]]] = {
     "invitation.accepted": on_invitation_accepted,
     "identity.user.disabled": on_user_disabled,
+    "identity.user.erased": on_user_disabled,
 }

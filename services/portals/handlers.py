@@ -279,7 +279,7 @@ async def grant_access(
 
 
 async def remove_user(deps: Deps, user_id: uuid.UUID) -> int:
-    """Take the user off every portal (the account was disabled)."""
+    """Take the user off every portal (the account was disabled or erased)."""
     async with transaction(deps.db) as conn:
         removed = await repo.delete_user_access(conn, user_id)
         for portal_id, role in removed:

@@ -1,4 +1,5 @@
-"""Events on the real broker: invitation.accepted grants, identity.user.disabled revokes,
+"""Events on the real broker: invitation.accepted grants, identity.user.disabled and
+.erased revoke,
 and what portals writes to its outbox reaches the exchange."""
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from libs.common.bus import Binding, Bus
-from libs.common.events import Envelope, InvitationAccepted, UserDisabled, make_event
+from libs.common.events import (
+    Envelope,
+    InvitationAccepted,
+    UserDisabled,
+    UserErased,
+    make_event,
+)
 from tests.portals.conftest import eventually, outbox_events
 from tests.support.env import TestEnv
 from tests.support.owners import OwnersBus
@@ -210,3 +217,25 @@ async def test_outbox_events_reach_the_exchange(
         await eventually(marked_published)
     finally:
         await probe.close()
+
+
+async def test_user_erased_removes_all_access_once(
+    client: Client, db: asyncpg.Pool, publisher: Bus, new_portal: NewPortal
+) -> None:
+    user = str(uuid.uuid4())
+    first, second = await new_portal(), await new_portal()
+    await client.put(f"/portals/{first['id']}/client", json={"user_id": user})
+    await client.put(f"/portals/{second['id']}/sub-clients", json={"user_ids": [user]})
+
+    envelope = make_event(
+        "identity.user.erased", UserErased(user_id=uuid.UUID(user)), source="identity"
+    )
+    await publisher.publish_envelope(envelope)
+    await publisher.publish_envelope(envelope)  # a redelivery: same event id
+    await eventually(lambda: applied(db, envelope.id))
+
+    assert (await (await client.get(f"/users/{user}/portals")).json())["items"] == []
+    assert await db.fetchval("SELECT count(*) FROM access WHERE user_id = $1", uuid.UUID(user)) == 0
+    for portal in (first, second):
+        revoked = [d for t, d in await outbox_events(db, portal["id"]) if t.endswith("revoked")]
+        assert len(revoked) == 1

@@ -27,6 +27,7 @@ from libs.common.events import (
     MailRetrying,
     MailSent,
     PortalChanged,
+    UserErased,
     make_event,
 )
 from libs.common.logging import get_logger
@@ -44,6 +45,7 @@ from .handlers import (
     InviteCommand,
     check_group,
     check_invite,
+    erase_person,
     first_write,
     log_created,
     prepare_first,
@@ -90,6 +92,11 @@ async def on_portal_changed(deps: Deps, envelope: Envelope, data: EventData) -> 
     await repo.upsert_portal(
         deps.db, PortalInfo(data.portal_id, data.slug, data.title, data.status, data.revision)
     )
+
+
+async def on_user_erased(deps: Deps, envelope: Envelope, data: EventData) -> None:
+    assert isinstance(data, UserErased)
+    await erase_person(deps, data.user_id)
 
 
 async def on_mail_outcomes(deps: Deps, events: Sequence[Event]) -> None:
@@ -387,4 +394,5 @@ HANDLERS: dict[str, ServiceHandler[Deps]] = {
     "mail.retrying": on_mail_retrying,
     "mail.failed": MAIL_OUTCOMES,
     "invitation.requested": Together(on_requested),
+    "identity.user.erased": on_user_erased,
 }

@@ -27,6 +27,9 @@ DEFAULT_EXPIRY_DAYS = 14
 MAX_TOKEN_LENGTH = 200
 MAX_MESSAGE_LENGTH = 1000
 MAX_NAME_LENGTH = 200
+# What an erased person's invitations say instead of their address (handlers/erasure.py):
+# a reserved domain (RFC 2606), so nothing is ever sent to it.
+ERASED_EMAIL = "erased@erased.invalid"
 
 
 def utcnow() -> datetime:

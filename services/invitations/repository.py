@@ -1008,3 +1008,54 @@ async def clear_closed_messages(db: Db, closed_before: datetime) -> int:
         " AND coalesce(accepted_at, revoked_at) < $1",
         closed_before,
     )
+
+
+# --- erasure ----------------------------------------------------------------------------
+async def addresses_of_user(conn: Conn, user_id: uuid.UUID, erased: str) -> list[str]:
+    """The addresses whose invitations made or reached this account (an accepted one names
+    the user), but ``erased``, the one an earlier erasure left."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT email_lower FROM invitations"
+        " WHERE accepted_user_id = $1 AND email_lower <> $2",
+        user_id,
+        erased,
+    )
+    return sorted(r["email_lower"] for r in rows)
+
+
+async def revoke_open_to(conn: Conn, addresses: list[str], now: datetime) -> list[Row]:
+    """Revoke every pending or expired invitation to these addresses (their links die)."""
+    rows = await conn.fetch(
+        _returning(
+            "UPDATE invitations SET status = 'revoked', revoked_at = $2"
+            " WHERE email_lower = ANY($1::text[]) AND status IN ('pending', 'expired')"
+        ),
+        addresses,
+        now,
+    )
+    return list(rows)
+
+
+async def anonymise_addresses(conn: Conn, addresses: list[str], erased: str) -> int:
+    """Put ``erased`` where these addresses were (invitations, their links, groups and batch
+    keys), and drop what else names or speaks to the person: their name, the Personal
+    Message, the last delivery error (an SMTP answer often quotes the address) and, where
+    they invited others, the sender. The rows stay: the Invitations screen's history."""
+    status = await conn.execute(
+        "UPDATE invitations SET email = $2, email_lower = $2, invitee_name = NULL,"
+        " personal_message = NULL, delivery_error = NULL"
+        " WHERE email_lower = ANY($1::text[])",
+        addresses,
+        erased,
+    )
+    await conn.execute(
+        "UPDATE invitations SET invited_by = NULL WHERE lower(invited_by) = ANY($1::text[])",
+        addresses,
+    )
+    for table in ("invitation_links", "invitation_groups", "batch_keys"):
+        await conn.execute(
+            f"UPDATE {table} SET email_lower = $2 WHERE email_lower = ANY($1::text[])",
+            addresses,
+            erased,
+        )
+    return int(status.rsplit(" ", 1)[-1])

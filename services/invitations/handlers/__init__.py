@@ -2,6 +2,7 @@
 through the outbox in the same transaction."""
 
 from .base import SOURCE, CheckedInvite, Deps, GroupCommand, InviteCommand, Outcome
+from .erasure import erase_person
 from .groups import Group, check_group, invite_group, record_group, replay
 from .links import accept, release, reserve, validate
 from .new_link import NewLinkWorker, request_new_link, serve_new_link_requests
@@ -46,6 +47,7 @@ __all__ = [
     "check_group",
     "check_invite",
     "clear_closed_once",
+    "erase_person",
     "first_write",
     "get",
     "get_expiry_days",

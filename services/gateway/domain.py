@@ -287,6 +287,7 @@ FLASH_MESSAGES: dict[str, str] = {
     "webhook_deleted": N_("Webhook endpoint deleted."),
     "webhook_redelivered": N_("Delivery queued again."),
     "user_disabled": N_("User {email} disabled."),
+    "user_erased": N_("User {email} erased: their account and personal data are gone."),
     "key_revoked": N_("API key {email} revoked."),
     "user_enabled": N_("User {email} enabled: they can log in again."),
     "role_changed": N_("The role of {email} was changed."),

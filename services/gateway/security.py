@@ -132,6 +132,7 @@ API_SCOPES: dict[tuple[str, str], str] = {
 ADMIN_ONLY_API: frozenset[tuple[str, str]] = frozenset(
     {
         ("GET", "/api/v1/activity"),
+        ("POST", "/api/v1/users/{id}/erase"),
         ("GET", "/api/v1/settings/access"),
         ("PUT", "/api/v1/settings/access"),
         ("GET", "/api/v1/settings/branding"),

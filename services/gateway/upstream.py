@@ -182,6 +182,13 @@ class Identity:
             self.cache.forget_user(user_id)
         return result
 
+    async def erase_user(self, user_id: str) -> UserAnswer:
+        try:
+            result: UserAnswer = await self.client.call("POST", f"/users/{user_id}/erase")
+        finally:
+            self.cache.forget_user(user_id)
+        return result
+
     async def enable_user(self, user_id: str) -> UserAnswer:
         result: UserAnswer = await self.client.call("POST", f"/users/{user_id}/enable")
         return result

@@ -292,6 +292,14 @@ class Backend:
             found["disabled"] = True
             return web.json_response(found)
 
+        @r.post("/users/{id}/erase")
+        async def erase(request: web.Request) -> web.Response:
+            found = self.users.pop(request.match_info["id"], None)
+            if found is None:
+                return err(404, "user_not_found")
+            self.calls.append("identity.erase")
+            return web.json_response(found)
+
         @r.get("/api-keys")
         async def list_keys(request: web.Request) -> web.Response:
             return web.json_response({"items": list(self.api_keys.values())})

@@ -478,3 +478,40 @@ async def test_images_in_a_portals_content_may_come_from_https_addresses(
     for path in ("/client-portal/", "/login", "/account"):
         other = await gw.get(path, allow_redirects=False)
         assert "img-src 'self' data:;" in other.headers["Content-Security-Policy"], path
+
+
+async def test_users_page_erases_a_user_after_a_confirmation_but_never_oneself(
+    gw: TestClient, backend: Backend
+) -> None:
+    admin = await as_admin(gw, backend)
+    client = backend.add_user("c@example.com", PASSWORD)
+    page = html.unescape(await (await gw.get("/admin/users")).text())
+    assert ">Erase</button>" in page
+    assert f"Erase {client['email']} for good?" in page and "can't be undone" in page
+    assert f"/admin/users/{admin['id']}/erase" not in page
+
+    response = await post_form(gw, f"/admin/users/{client['id']}/erase")
+    assert response.status == 303 and client["id"] not in backend.users
+    shown = html.unescape(await (await gw.get(response.headers["Location"])).text())
+    assert "User c@example.com erased" in shown
+
+    mine = await post_form(gw, f"/admin/users/{admin['id']}/erase")
+    assert mine.status == 422 and admin["id"] in backend.users
+    assert "You can&#39;t erase your own account." in await mine.text()
+
+
+async def test_the_api_erases_a_user_for_an_administrator_only(
+    gw: TestClient, backend: Backend
+) -> None:
+    admin = await as_admin(gw, backend)
+    client = backend.add_user("c@example.com", PASSWORD)
+    headers = {"X-CSRF-Token": await csrf(gw)}
+    response = await gw.post(f"/api/v1/users/{client['id']}/erase", headers=headers)
+    assert response.status == 200 and (await response.json())["id"] == client["id"]
+    assert client["id"] not in backend.users
+    again = await gw.post(f"/api/v1/users/{client['id']}/erase", headers=headers)
+    assert again.status == 404
+    assert (await again.json())["error"]["code"] == "user_not_found"
+    mine = await gw.post(f"/api/v1/users/{admin['id']}/erase", headers=headers)
+    assert mine.status == 422
+    assert (await mine.json())["error"]["code"] == "cannot_erase_self"

@@ -408,6 +408,19 @@ async def disable_user(request: web.Request) -> web.StreamResponse:
     return see_other(request, "/admin/users", flash="user_disabled", email=user["email"])
 
 
+@routes.post(f"/admin/users/{ID}/erase")
+async def erase_user(request: web.Request) -> web.StreamResponse:
+    """The right to erasure (docs/reliability.md "Erasing a person"): the confirmation in
+    the page says it can't be undone."""
+    await request.post()
+    try:
+        user_id = _not_me(request, N_("You can't erase your own account."), "cannot_erase_self")
+        user = await request.app[UPSTREAM].identity.erase_user(user_id)
+    except (Conflict, InvalidInput) as exc:
+        return await _users_page(request, error=exc.message, status=exc.status)
+    return see_other(request, "/admin/users", flash="user_erased", email=user["email"])
+
+
 @routes.post(f"/admin/users/{ID}/enable")
 async def enable_user(request: web.Request) -> web.StreamResponse:
     await request.post()

@@ -28,6 +28,7 @@ from ..contracts import (
     InviteResult,
     Portal,
     PortalPage,
+    User,
     UserPage,
 )
 from ..domain import (
@@ -38,6 +39,7 @@ from ..domain import (
     MAX_PERSONAL_MESSAGE,
     PERSONAL_MESSAGE_TOO_LONG,
     PORTAL_BODY_LIMIT,
+    parse_uuid,
 )
 from ..handlers import bulk
 from ..rendering import current_user
@@ -636,3 +638,25 @@ async def put_access(request: web.Request) -> web.StreamResponse:
 async def list_users(request: web.Request) -> web.StreamResponse:
     q = parse_query(request, UserQuery)
     return json_response(await request.app[UPSTREAM].identity.list_users(q.q, q.limit, q.cursor))
+
+
+@API.post(
+    "/users/{id}/erase",
+    "Erase a user (the right to erasure), for good: the account and its sessions are deleted,"
+    " the person leaves every portal, their invitations are revoked and keep no address or"
+    " name, and the Activity log says 'Erased user' where it named them"
+    " (docs/reliability.md 'Erasing a person'). Answers the account as it was. Administrators"
+    " only; no one erases their own account or the last active Administrator.",
+    response=User,
+    errors=[
+        "404 user_not_found (also: erased already)",
+        "409 last_administrator",
+        "422 cannot_erase_self",
+    ],
+)
+async def erase_user(request: web.Request) -> web.StreamResponse:
+    me = current_user(request)
+    user_id = request.match_info["id"]
+    if me is not None and parse_uuid(user_id) == me["id"]:
+        raise InvalidInput("You can't erase your own account.", code="cannot_erase_self")
+    return json_response(await request.app[UPSTREAM].identity.erase_user(user_id))

@@ -23,7 +23,8 @@ from libs.common.logging import get_logger
 from libs.common.outbox import append
 from libs.common.passwords import password_problem
 
-from .. import activity_repository, repository as repo
+from .. import activity_repository
+from .. import repository as repo
 from ..domain import (
     ERASED_LABEL,
     ROLES,

@@ -195,6 +195,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             "personal_message": "Hi Jane, here is the portal for the rebrand. Talk soon, Ann",
         },
     },
+    "mail.forget": {"addresses": [EMAIL]},
     "mail.sent": {
         "mail_id": MAIL,
         "template": "invitation",
@@ -229,6 +230,7 @@ PUBLISHERS = {
     "invitation.requested": "inbound",
     "invitation.": "invitations",
     "mail.requested": "invitations, identity",
+    "mail.forget": "identity",
     "mail.": "mailer",
     "settings.branding.": "mailer",
 }
@@ -317,6 +319,11 @@ SUMMARIES = {
     "mail.requested": (
         "Internal mail job, on the private mail exchange only: it carries one-time links. "
         "Only the mailer binds it; not part of the public contract."
+    ),
+    "mail.forget": (
+        "Internal, on the private mail exchange only: the address of a person just erased"
+        " (identity.user.erased), whose delivery records and webhook deliveries the mailer"
+        " forgets. Only the mailer binds it; not part of the public contract."
     ),
     "mail.sent": "The mailer delivered a mail job to the SMTP server.",
     "settings.branding.changed": (

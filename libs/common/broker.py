@@ -77,6 +77,7 @@ CONSUMES: dict[str, tuple[Binding, ...]] = {
     ),
     "mailer": (
         Binding("mail", "mail.requested"),
+        Binding("mail", "mail.forget"),
         *WEBHOOK_BINDINGS,
     ),
 }
@@ -101,10 +102,13 @@ _OWNED_EVENTS: dict[str, str] = {
     "portals": r"portal\..+",
     "invitations": r"invitation\.(?!requested$).+",
     # Branding lives with the mailer, which renders every email (docs/design.md).
-    "mailer": r"(?:mail\.(?!requested$).+|settings\.branding\..+)",
+    "mailer": r"(?:mail\.(?!requested$|forget$).+|settings\.branding\..+)",
 }
 MAIL_JOB = "mail.requested"
 MAIL_JOB_OWNERS = frozenset({"identity", "invitations"})
+# An erased person's addresses, for the mailer alone: identity, which erases, sends it.
+MAIL_FORGET = "mail.forget"
+MAIL_FORGET_OWNERS = frozenset({"identity"})
 
 
 def broker_user(prefix: str, service: str) -> str:
@@ -122,6 +126,8 @@ def owners(event_type: str) -> frozenset[str] | None:
         return None
     if event_type == MAIL_JOB:
         return MAIL_JOB_OWNERS
+    if event_type == MAIL_FORGET:
+        return MAIL_FORGET_OWNERS
     return frozenset(s for s, rx in _OWNED_PATTERNS.items() if rx.fullmatch(event_type))
 
 
@@ -189,6 +195,19 @@ class Grant:
 NOTHING = "^$"
 
 
+def _mail_writes(service: str) -> str:
+    """What a service may publish on the mail exchange: mail jobs, and identity the
+    mail.forget of an erasure."""
+    keys = [
+        key
+        for key, owners in ((MAIL_JOB, MAIL_JOB_OWNERS), (MAIL_FORGET, MAIL_FORGET_OWNERS))
+        if service in owners
+    ]
+    if not keys:
+        return NOTHING
+    return "^(" + "|".join(re.escape(key) for key in keys) + ")$"
+
+
 def service_grant(prefix: str, service: str) -> Grant:
     p = re.escape(prefix)
     own = rf"{p}\.{re.escape(service)}(\..+)?"
@@ -206,8 +225,8 @@ def service_grant(prefix: str, service: str) -> Grant:
             ".*",
         ),
         f"{prefix}.mail": (
-            "^mail\\.requested$" if service in MAIL_JOB_OWNERS else NOTHING,
-            "^mail\\.requested$" if service == "mailer" else NOTHING,
+            _mail_writes(service),
+            "^mail\\.(requested|forget)$" if service == "mailer" else NOTHING,
         ),
     }
     return Grant(

@@ -731,8 +731,12 @@ def stale(envelope: Envelope, max_age: timedelta, now: datetime | None = None) -
     what it read into the events exchange, its owner's user_id intact). Commands from other
     systems are not judged by age: their idempotency keys are kept for good. Nor are mail
     jobs here: a late email (a mailer down for a week) beats a lost one, and the mailer
-    judges them against how long it keeps mail ids (MAILER_RETENTION_DAYS)."""
-    if envelope.type == broker.MAIL_JOB or broker.owners(envelope.type) is None:
+    judges them against how long it keeps mail ids (MAILER_RETENTION_DAYS). Nor is an
+    erasure's mail.forget: applied twice, it forgets nothing more."""
+    if (
+        envelope.type in (broker.MAIL_JOB, broker.MAIL_FORGET)
+        or broker.owners(envelope.type) is None
+    ):
         return False
     occurred_at = envelope.occurred_at
     if occurred_at.tzinfo is None:

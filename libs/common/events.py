@@ -397,6 +397,14 @@ class MailJobs(EventData):
     jobs: list[MailRequested] = Field(min_length=1, max_length=1000)
 
 
+class MailForget(EventData):
+    """A person was erased (identity.user.erased): the mailer forgets its records of email
+    to these addresses and the webhook deliveries that name them. Private, like a mail
+    job: it carries the address, so it travels only on the mail exchange."""
+
+    addresses: list[str] = Field(min_length=1, max_length=100)
+
+
 class MailSent(EventData):
     mail_id: uuid.UUID
     template: str
@@ -481,6 +489,7 @@ EVENTS: dict[tuple[str, int], type[EventData]] = {
     ("invitation.settings.changed", 1): SettingsChanged,
     ("mail.requested", 1): MailRequested,
     ("mail.requested", 2): MailJobs,
+    ("mail.forget", 1): MailForget,
     ("mail.sent", 1): MailSent,
     ("mail.retrying", 1): MailRetrying,
     ("mail.failed", 1): MailFailed,
@@ -492,7 +501,7 @@ VERSIONS: dict[tuple[str, type[EventData]], int] = {
     (event_type, model): version for (event_type, version), model in EVENTS.items()
 }
 
-PRIVATE_TYPES = frozenset({"mail.requested"})
+PRIVATE_TYPES = frozenset({"mail.requested", "mail.forget"})
 KNOWN_TYPES = frozenset(event_type for event_type, _ in EVENTS)
 OTHER_TYPE = "other"
 

@@ -1,4 +1,5 @@
-"""The edge: ``mail.requested`` jobs from the private mail exchange → RequestMail; a
+"""The edge: ``mail.requested`` jobs from the private mail exchange → RequestMail, and an
+erasure's ``mail.forget`` → forget_addresses; a
 public lifecycle event → its webhook deliveries. Each handler gets ``Deps`` on the inbox
 transaction's connection (libs/common/bus.py ``in_inbox``): the job or the deliveries
 commit with the inbox row."""
@@ -9,10 +10,17 @@ from collections.abc import Sequence
 
 from libs.common.broker import CONSUMES
 from libs.common.bus import ServiceHandler, Together
-from libs.common.events import Envelope, Event, EventData, MailJobs, MailRequested
+from libs.common.events import (
+    Envelope,
+    Event,
+    EventData,
+    MailForget,
+    MailJobs,
+    MailRequested,
+)
 
 from .domain import RequestMail
-from .handlers import Deps, request_mails, stale_job
+from .handlers import Deps, forget_addresses, request_mails, stale_job
 from .webhooks.domain import EVENT_TYPES
 from .webhooks.handlers import queue_events
 
@@ -32,6 +40,11 @@ async def on_mail_requested(deps: Deps, envelope: Envelope, data: EventData) -> 
     await request_mails(deps, [RequestMail.of_job(job, envelope.correlation_id) for job in jobs])
 
 
+async def on_mail_forget(deps: Deps, envelope: Envelope, data: EventData) -> None:
+    assert isinstance(data, MailForget)
+    await forget_addresses(deps, data.addresses)
+
+
 async def on_lifecycle_events(deps: Deps, events: Sequence[Event]) -> None:
     # Only records the deliveries (with the inbox rows): POSTs happen in the webhook
     # senders, so a slow receiver never holds up the queue.
@@ -40,6 +53,7 @@ async def on_lifecycle_events(deps: Deps, events: Sequence[Event]) -> None:
 
 HANDLERS: dict[str, ServiceHandler[Deps]] = {
     "mail.requested": on_mail_requested,
+    "mail.forget": on_mail_forget,
     # The lifecycle events that arrive together are queued in one statement.
     **dict.fromkeys(EVENT_TYPES, Together(on_lifecycle_events)),
 }

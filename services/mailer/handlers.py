@@ -244,3 +244,18 @@ async def claim(
 async def release_claim(deps: Deps, claim_id: uuid.UUID) -> bool:
     async with connection(deps.db) as conn:
         return await repository.release_claim(conn, claim_id)
+
+
+# What an erased person's delivery records say instead of their address.
+ERASED_ADDRESS = "erased@erased.invalid"
+
+
+async def forget_addresses(deps: Deps, addresses: Sequence[str]) -> tuple[int, int]:
+    """mail.forget (a person was erased): their delivery records keep no address, context
+    or error, and the webhook deliveries naming them go. Idempotent."""
+    wanted = [a for a in addresses if a.strip()]
+    async with atomic(deps.db) as conn:
+        deliveries = await repository.forget_addresses(conn, wanted, ERASED_ADDRESS)
+        webhooks = await webhook_repository.forget_addresses(conn, wanted)
+    log.info("addresses_forgotten", deliveries=deliveries, webhook_deliveries=webhooks)
+    return deliveries, webhooks

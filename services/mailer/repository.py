@@ -166,6 +166,20 @@ async def get(conn: Conn, mail_id: uuid.UUID) -> Mapping[str, object] | None:
     return dict(row) if row is not None else None
 
 
+async def forget_addresses(conn: Conn, addresses: list[str], erased: str) -> int:
+    """An erased person's records: the address becomes ``erased``, the context (names, a
+    sealed link) and the error go, and an email not sent yet never will be. The row stays,
+    so the same mail job delivered again is still recognised and not sent."""
+    status = await conn.execute(
+        "UPDATE deliveries SET to_address = $2, context = NULL, last_error = NULL,"
+        " status = CASE WHEN status = 'queued' THEN 'failed' ELSE status END"
+        " WHERE lower(to_address) = ANY($1::text[])",
+        [address.lower() for address in addresses],
+        erased,
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def prune(db: Db, finished_before: datetime) -> int:
     """Delete the records of emails sent or given up before ``finished_before`` (their
     link is already gone; this takes the address and the error too)."""

@@ -94,6 +94,11 @@ async def test_erasing_a_user_deletes_the_account_and_anonymises_the_activity_lo
         if e["data"]["user_id"] == str(user.id)
     ]
     assert revoked == ["user_erased"]
+    # The address goes to the mailer alone: on the private mail exchange.
+    forgets = [
+        e for e in await outbox_events(pool, "mail.forget") if e["data"]["addresses"] == [address]
+    ]
+    assert [e["exchange"] for e in forgets] == ["mail"]
 
     # Erased once: a second erasure finds no one, and the address is free for a new account.
     with pytest.raises(NotFound):

@@ -11,6 +11,7 @@ from libs.common.db import Conn, connection, transaction, xact_lock
 from libs.common.email import normalise_email
 from libs.common.errors import Conflict, InvalidInput
 from libs.common.events import (
+    MailForget,
     UserDisabled,
     UserEnabled,
     UserErased,
@@ -251,6 +252,9 @@ async def erase_user(deps: Deps, user_id: uuid.UUID) -> User:
         await append(
             conn, make_event("identity.user.erased", UserErased(user_id=user_id), source=SOURCE)
         )
+        # The address goes to the mailer alone, on the private mail exchange.
+        forget = MailForget(addresses=[user.email])
+        await append(conn, make_event("mail.forget", forget, source=SOURCE))
         await announce_revoked(conn, user_id, "user_erased")
     log.info("user_erased", user_id=str(user_id), activity_anonymised=entries)
     return user

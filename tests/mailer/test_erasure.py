@@ -1,0 +1,112 @@
+"""An erased person in the mailer (mail.forget from identity): the records of email to
+their address keep no address, context or error, one not sent yet never is, the webhook
+deliveries naming them go, and the same mail job delivered again still sends nothing."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from libs.common.events import MailForget, make_event
+from services.mailer import handlers
+from services.mailer.consumer import HANDLERS, on_mail_forget
+from services.mailer.domain import RequestMail
+from services.mailer.handlers import ERASED_ADDRESS, Deps
+from services.mailer.settings import MailerSettings
+from services.mailer.webhooks import repository as webhook_repository
+from tests.support.erasure import places_naming
+
+pytestmark = pytest.mark.integration
+
+REF_TYPE = "test-erasure"
+
+
+def _deps(db: Any) -> Deps:
+    return Deps(db=db, settings=MailerSettings(), clock=lambda: datetime.now(UTC))
+
+
+def _job(to: str) -> RequestMail:
+    return RequestMail(
+        mail_id=uuid.uuid4(),
+        template="invitation",
+        to=to,
+        ref_type=REF_TYPE,
+        ref_id=uuid.uuid4(),
+        context={"accept_url": "http://x/invitations/accept?token=t", "invitee_name": "Erin"},
+    )
+
+
+async def test_an_erased_address_leaves_no_record_and_its_queued_email_is_never_sent(
+    pool: asyncpg.Pool,
+) -> None:
+    address = f"erin-{uuid.uuid4().hex[:8]}@Example.com"
+    sent, queued, other = _job(address), _job(address.lower()), _job("other@example.com")
+    await handlers.request_mails(_deps(pool), [sent, queued, other])
+    await pool.execute(
+        "UPDATE deliveries SET status = 'sent', sent_at = now(), context = NULL, last_error = $2"
+        " WHERE mail_id = $1",
+        sent.mail_id,
+        f"451 try again <{address}>",
+    )
+    await pool.execute(
+        "UPDATE deliveries SET next_attempt_at = now() + interval '10 years'"
+        " WHERE mail_id = ANY($1::uuid[])",
+        [queued.mail_id, other.mail_id],
+    )
+    endpoint = uuid.uuid4()
+    async with pool.acquire() as conn:
+        await webhook_repository.insert_endpoint(
+            conn, endpoint, "https://hooks.example.org/in", ["invitation.created"], "sealed"
+        )
+        events = [
+            (uuid.uuid4(), "invitation.created", f'{{"email": "{address.lower()}"}}'),
+            (uuid.uuid4(), "invitation.created", '{"email": "other@example.com"}'),
+        ]
+        await webhook_repository.queue_for_events(conn, events)
+    try:
+        async with pool.acquire() as conn:
+            assert await places_naming(conn, "mailer", address)
+        assert "mail.forget" in HANDLERS
+        forget = make_event("mail.forget", MailForget(addresses=[address]), source="identity")
+        async with pool.acquire() as conn, conn.transaction():
+            await on_mail_forget(_deps(conn), forget, MailForget(addresses=[address]))
+
+        async with pool.acquire() as conn:
+            assert await places_naming(conn, "mailer", address) == []
+        rows = {
+            r["mail_id"]: r
+            for r in await pool.fetch(
+                "SELECT mail_id, to_address, status, context FROM deliveries"
+                " WHERE mail_id = ANY($1::uuid[])",
+                [sent.mail_id, queued.mail_id, other.mail_id],
+            )
+        }
+        assert rows[sent.mail_id]["status"] == "sent"
+        assert rows[queued.mail_id]["status"] == "failed"  # never sent now
+        assert {rows[m]["to_address"] for m in (sent.mail_id, queued.mail_id)} == {ERASED_ADDRESS}
+        assert rows[other.mail_id]["to_address"] == "other@example.com"
+        assert rows[other.mail_id]["status"] == "queued"
+        left = await pool.fetch(
+            "SELECT event_id FROM webhook_deliveries WHERE endpoint_id = $1", endpoint
+        )
+        assert [r["event_id"] for r in left] == [events[1][0]]
+
+        # The same job delivered again (a broker redelivery) sends nothing to the person.
+        await handlers.request_mails(_deps(pool), [queued])
+        assert (
+            await pool.fetchval("SELECT status FROM deliveries WHERE mail_id = $1", queued.mail_id)
+            == "failed"
+        )
+        # Forgetting again finds nothing more.
+        assert await handlers.forget_addresses(_deps(pool), [address]) == (0, 0)
+    finally:
+        await pool.execute("DELETE FROM webhook_endpoints WHERE id = $1", endpoint)
+        await pool.execute(
+            "UPDATE deliveries SET status = 'failed', context = NULL"
+            " WHERE ref_type = $1 AND status IN ('queued', 'sending')",
+            REF_TYPE,
+        )

@@ -50,6 +50,19 @@ JOBS_PER_PACK = 1000
 _PACK_IDS = uuid.UUID("6f0c8f3e-4b5a-4d1e-9a77-3c2f1e0b9d41")
 
 
+async def forget_published(conn: Conn, needles: Sequence[str]) -> int:
+    """Delete the published rows whose body names any of ``needles`` (an erased person's
+    address), case-insensitively: kept an hour for nothing the relay needs. A row not yet
+    published stays: it is still owed to the broker, and goes an hour after it was."""
+    status = await conn.execute(
+        "DELETE FROM outbox WHERE published_at IS NOT NULL AND EXISTS ("
+        " SELECT 1 FROM unnest($1::text[]) AS n"
+        " WHERE position(n IN lower(convert_from(body, 'UTF8'))) > 0)",
+        [needle.lower() for needle in needles if needle],
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def append(conn: Conn, envelope: Envelope, *more: Envelope) -> None:
     """Write events inside the caller's transaction, in the order given, in one round
     trip: the rows, and a NOTIFY the relay receives when the caller commits."""

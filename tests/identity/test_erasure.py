@@ -48,6 +48,10 @@ async def test_erasing_a_user_deletes_the_account_and_anonymises_the_activity_lo
     for entry in (about_them, by_them, as_user, someone_else):
         await handlers.record_activity(deps, entry)
 
+    # As the relay does: identity.user.created (with the address) is published, and kept
+    # an hour.
+    await pool.execute("UPDATE outbox SET published_at = now() WHERE published_at IS NULL")
+
     erased = await handlers.erase_user(deps, user.id)
 
     assert erased.id == user.id
@@ -94,6 +98,12 @@ async def test_erasing_a_user_deletes_the_account_and_anonymises_the_activity_lo
         if e["data"]["user_id"] == str(user.id)
     ]
     assert revoked == ["user_erased"]
+    published = await pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL"
+        " AND position($1 IN lower(convert_from(body, 'UTF8'))) > 0",
+        address,
+    )
+    assert published == 0
     # The address goes to the mailer alone: on the private mail exchange.
     forgets = [
         e for e in await outbox_events(pool, "mail.forget") if e["data"]["addresses"] == [address]

@@ -57,7 +57,8 @@ async def test_an_erased_persons_invitations_keep_no_address_and_the_open_ones_a
         uuid.UUID(pending["id"]),
     )
     async with pool.acquire() as conn:
-        assert await places_naming(conn, "invitations", email)
+        before = await places_naming(conn, "invitations", email)
+        assert "outbox.body" in before and "invitations.email" in before, before
     deps = client.app[DEPS]
 
     assert await erase_person(deps, user_id) == 2

@@ -1,28 +1,31 @@
-"""Where a person's address is still written: every text, JSON and array column of every
-table of a schema, searched case-insensitively (the erasure tests)."""
+"""Where a person's address is still written: every text, JSON, array and bytea (an
+outbox body) column of every table of a schema, searched case-insensitively (the erasure
+tests)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+_AS_TEXT = {"bytea": "convert_from({}, 'UTF8')"}
+
 
 async def places_naming(conn: Any, schema: str, needle: str) -> list[str]:
     """``table.column`` for each column of ``schema`` with a row that contains ``needle``."""
     columns = await conn.fetch(
-        "SELECT table_name, column_name FROM information_schema.columns"
-        " WHERE table_schema = $1 AND (data_type IN ('text', 'character varying', 'json',"
-        " 'jsonb', 'ARRAY', 'bytea'))",
+        "SELECT table_name, column_name, data_type FROM information_schema.columns"
+        " WHERE table_schema = $1 AND data_type IN"
+        " ('text', 'character varying', 'json', 'jsonb', 'ARRAY', 'bytea')",
         schema,
     )
     found = []
     for row in columns:
-        table, column = row["table_name"], row["column_name"]
+        table, column = row["table_name"], f'"{row["column_name"]}"'
+        text = _AS_TEXT.get(row["data_type"], "{}::text").format(column)
         hit = await conn.fetchval(
             f'SELECT EXISTS (SELECT 1 FROM "{schema}"."{table}"'
-            f""" WHERE position(lower($1) IN lower(convert_from(convert_to("{column}"::text,"""
-            " 'UTF8'), 'UTF8'))) > 0)",
+            f" WHERE position(lower($1) IN lower({text})) > 0)",
             needle,
         )
         if hit:
-            found.append(f"{table}.{column}")
+            found.append(f"{table}.{row['column_name']}")
     return found

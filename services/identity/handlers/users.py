@@ -21,7 +21,7 @@ from libs.common.events import (
 )
 from libs.common.i18n import check_locale, check_time_zone
 from libs.common.logging import get_logger
-from libs.common.outbox import append
+from libs.common.outbox import append, forget_published
 from libs.common.passwords import password_problem
 
 from .. import activity_repository
@@ -249,6 +249,8 @@ async def erase_user(deps: Deps, user_id: uuid.UUID) -> User:
         if user is None:
             raise no_user()
         entries = await activity_repository.anonymise(conn, user_id, user.email, ERASED_LABEL)
+        # identity.user.created and reset mail jobs, published within the hour.
+        await forget_published(conn, [user.email])
         await append(
             conn, make_event("identity.user.erased", UserErased(user_id=user_id), source=SOURCE)
         )

@@ -8,6 +8,7 @@ import uuid
 from libs.common.db import transaction
 from libs.common.events import StaffInvitationClosed
 from libs.common.logging import get_logger
+from libs.common.outbox import forget_published
 
 from .. import repository as repo
 from ..domain import ERASED_EMAIL
@@ -27,6 +28,8 @@ async def erase_person(deps: Deps, user_id: uuid.UUID) -> int:
             return 0
         revoked = await repo.revoke_open_to(conn, addresses, deps.clock())
         erased = await repo.anonymise_addresses(conn, addresses, ERASED_EMAIL)
+        # invitation.* events and mail jobs published within the hour.
+        await forget_published(conn, addresses)
         # Announced without the address: a webhook's log or an integration keeps none.
         for row in revoked:
             if row["staff_role"]:

@@ -195,7 +195,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             "personal_message": "Hi Jane, here is the portal for the rebrand. Talk soon, Ann",
         },
     },
-    "mail.forget": {"addresses": [EMAIL]},
+    "mail.forget": {"sealed": "<Fernet token under MAIL_JOB_KEY: the addresses, a JSON list>"},
     "mail.sent": {
         "mail_id": MAIL,
         "template": "invitation",
@@ -322,8 +322,9 @@ SUMMARIES = {
     ),
     "mail.forget": (
         "Internal, on the private mail exchange only: the address of a person just erased"
-        " (identity.user.erased), whose delivery records and webhook deliveries the mailer"
-        " forgets. Only the mailer binds it; not part of the public contract."
+        " (identity.user.erased), sealed under MAIL_JOB_KEY, whose delivery records and"
+        " webhook deliveries the mailer forgets. Only the mailer binds it; not part of the"
+        " public contract."
     ),
     "mail.sent": "The mailer delivered a mail job to the SMTP server.",
     "settings.branding.changed": (

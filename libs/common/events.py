@@ -399,10 +399,11 @@ class MailJobs(EventData):
 
 class MailForget(EventData):
     """A person was erased (identity.user.erased): the mailer forgets its records of email
-    to these addresses and the webhook deliveries that name them. Private, like a mail
-    job: it carries the address, so it travels only on the mail exchange."""
+    to their addresses and the webhook deliveries that name them. Private, like a mail
+    job, and the addresses sealed under MAIL_JOB_KEY (a JSON list in a Fernet token), so
+    no outbox row, broker store or dead-letter queue it passes keeps them readable."""
 
-    addresses: list[str] = Field(min_length=1, max_length=100)
+    sealed: str = Field(min_length=1, max_length=20_000)
 
 
 class MailSent(EventData):

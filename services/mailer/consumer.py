@@ -18,11 +18,15 @@ from libs.common.events import (
     MailJobs,
     MailRequested,
 )
+from libs.common.logging import get_logger
+from libs.common.sealing import Unsealable
 
 from .domain import RequestMail
-from .handlers import Deps, forget_addresses, request_mails, stale_job
+from .handlers import Deps, forget_addresses, opened_addresses, request_mails, stale_job
 from .webhooks.domain import EVENT_TYPES
 from .webhooks.handlers import queue_events
+
+log = get_logger(__name__)
 
 BINDINGS = CONSUMES["mailer"]
 
@@ -42,7 +46,14 @@ async def on_mail_requested(deps: Deps, envelope: Envelope, data: EventData) -> 
 
 async def on_mail_forget(deps: Deps, envelope: Envelope, data: EventData) -> None:
     assert isinstance(data, MailForget)
-    await forget_addresses(deps, data.addresses)
+    try:
+        addresses = opened_addresses(deps, data)
+    except Unsealable as exc:
+        # Never opens, however often it is tried: the operator erases by hand
+        # (docs/reliability.md "Erasing a person").
+        log.error("mail_forget_unsealable", problem=str(exc), event_id=str(envelope.id))
+        return
+    await forget_addresses(deps, addresses)
 
 
 async def on_lifecycle_events(deps: Deps, events: Sequence[Event]) -> None:

@@ -11,11 +11,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import orjson
 
 from libs.common.db import Conn, UseCaseDeps, atomic, connection
-from libs.common.events import Envelope, MailFailed, MailRetrying, MailSent, make_event
+from libs.common.events import (
+    Envelope,
+    MailFailed,
+    MailForget,
+    MailRetrying,
+    MailSent,
+    make_event,
+)
 from libs.common.logging import get_logger
 from libs.common.outbox import append, change_and_append, changes_and_append
+from libs.common.sealing import Unsealable
 from libs.common.tracing import carrier
 
 from . import repository
@@ -248,6 +257,18 @@ async def release_claim(deps: Deps, claim_id: uuid.UUID) -> bool:
 
 # What an erased person's delivery records say instead of their address.
 ERASED_ADDRESS = "erased@erased.invalid"
+
+
+def opened_addresses(deps: Deps, forget: MailForget) -> list[str]:
+    """The addresses a mail.forget sealed (Unsealable: not under MAIL_JOB_KEY, or not a
+    list of them)."""
+    try:
+        opened = orjson.loads(deps.settings.sealer().open_text(forget.sealed))
+    except orjson.JSONDecodeError:
+        opened = None
+    if not isinstance(opened, list) or not all(isinstance(a, str) for a in opened):
+        raise Unsealable("the mail.forget's sealed addresses are not a list of strings")
+    return opened
 
 
 async def forget_addresses(deps: Deps, addresses: Sequence[str]) -> tuple[int, int]:

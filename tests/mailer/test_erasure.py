@@ -9,9 +9,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
 from libs.common.events import MailForget, make_event
+from libs.common.sealing import Sealer, new_key
 from services.mailer import handlers
 from services.mailer.consumer import HANDLERS, on_mail_forget
 from services.mailer.domain import RequestMail
@@ -71,9 +73,11 @@ async def test_an_erased_address_leaves_no_record_and_its_queued_email_is_never_
         async with pool.acquire() as conn:
             assert await places_naming(conn, "mailer", address)
         assert "mail.forget" in HANDLERS
-        forget = make_event("mail.forget", MailForget(addresses=[address]), source="identity")
+        sealed = MailerSettings().sealer().seal_text(orjson.dumps([address]).decode())
+        data = MailForget(sealed=sealed)
+        forget = make_event("mail.forget", data, source="identity")
         async with pool.acquire() as conn, conn.transaction():
-            await on_mail_forget(_deps(conn), forget, MailForget(addresses=[address]))
+            await on_mail_forget(_deps(conn), forget, data)
 
         async with pool.acquire() as conn:
             assert await places_naming(conn, "mailer", address) == []
@@ -109,4 +113,22 @@ async def test_an_erased_address_leaves_no_record_and_its_queued_email_is_never_
             "UPDATE deliveries SET status = 'failed', context = NULL"
             " WHERE ref_type = $1 AND status IN ('queued', 'sending')",
             REF_TYPE,
+        )
+
+
+async def test_a_forget_not_sealed_with_the_key_changes_nothing(pool: asyncpg.Pool) -> None:
+    job = _job(f"kept-{uuid.uuid4().hex[:8]}@example.com")
+    await handlers.request_mails(_deps(pool), [job])
+    try:
+        forged = MailForget(sealed=Sealer(new_key()).seal_text(orjson.dumps([job.to]).decode()))
+        envelope = make_event("mail.forget", forged, source="identity")
+        await on_mail_forget(_deps(pool), envelope, forged)
+        kept = await pool.fetchval(
+            "SELECT to_address FROM deliveries WHERE mail_id = $1", job.mail_id
+        )
+        assert kept == job.to
+    finally:
+        await pool.execute(
+            "UPDATE deliveries SET status = 'failed', context = NULL WHERE mail_id = $1",
+            job.mail_id,
         )

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-_AS_TEXT = {"bytea": "convert_from({}, 'UTF8')"}
+# A bytea (an outbox body, a logo) as text: ASCII as it is, other bytes escaped.
+_AS_TEXT = {"bytea": "encode({}, 'escape')"}
 
 
 async def places_naming(conn: Any, schema: str, needle: str) -> list[str]:

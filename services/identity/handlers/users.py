@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import uuid
 
+import orjson
+
 from libs.common.cursor import decode_cursor, encode_cursor, page_of
 from libs.common.db import Conn, connection, transaction, xact_lock
 from libs.common.email import normalise_email
@@ -254,8 +256,8 @@ async def erase_user(deps: Deps, user_id: uuid.UUID) -> User:
         await append(
             conn, make_event("identity.user.erased", UserErased(user_id=user_id), source=SOURCE)
         )
-        # The address goes to the mailer alone, on the private mail exchange.
-        forget = MailForget(addresses=[user.email])
+        # The address goes to the mailer alone, sealed, on the private mail exchange.
+        forget = MailForget(sealed=deps.sealer.seal_text(orjson.dumps([user.email]).decode()))
         await append(conn, make_event("mail.forget", forget, source=SOURCE))
         await announce_revoked(conn, user_id, "user_erased")
     log.info("user_erased", user_id=str(user_id), activity_anonymised=entries)

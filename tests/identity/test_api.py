@@ -238,7 +238,8 @@ async def test_openapi_document_lists_every_route(client: Client) -> None:
     assert doc["openapi"].startswith("3.1")
     assert {"post", "get"} <= set(doc["paths"]["/users"])
     assert "requestBody" in doc["paths"]["/users/ensure"]["post"]
-    assert len(doc["paths"]) == 21
+    assert len(doc["paths"]) == 22
+    assert "409 last_administrator" in doc["paths"]["/users/{user_id}/erase"]["post"]["description"]
     assert "put" in doc["paths"]["/users/{user_id}/preferences"]
     assert "parameters" in doc["paths"]["/activity"]["get"]
     # OpenAPI 3.1 (4.8.12.4): a parameter has a schema or a content, else tools that read

@@ -235,6 +235,7 @@ ActivityAction = Literal[
     "user.role_changed",
     "user.disabled",
     "user.enabled",
+    "user.erased",
     "key.created",
     "key.revoked",
 ]

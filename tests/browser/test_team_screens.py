@@ -96,7 +96,7 @@ async def test_a_key_is_created_shown_once_limited_to_its_scopes_and_revoked(
     assert await _status(stack, key, "/api/v1/invitations") == 401
 
 
-async def test_users_change_role_disable_and_enable(
+async def test_users_change_role_disable_enable_and_erase(
     page: Page, chromium: Browser, stack: Stack
 ) -> None:
     await log_in_admin(page)
@@ -123,3 +123,9 @@ async def test_users_change_role_disable_and_enable(
     await screenshot(page, "users")
     await page.get_by_role("button", name=f"Enable {email}").click()
     await expect(page.get_by_role("button", name=f"Disable {email}")).to_be_visible()
+
+    # Erase asks first, saying it can't be undone; then the row is gone.
+    await page.get_by_role("button", name=f"Erase {email}").click()
+    await expect(page.get_by_text(f"User {email} erased")).to_be_visible()
+    assert "can't be undone" in asked[-1] and email in asked[-1]
+    await expect(page.get_by_role("row").filter(has_text=email)).to_have_count(0)

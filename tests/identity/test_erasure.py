@@ -114,6 +114,12 @@ async def test_erasing_a_user_deletes_the_account_and_anonymises_the_activity_lo
     assert [e["exchange"] for e in forgets] == ["mail"]
     assert address not in str(forgets).lower()
 
+    # The entry of the erasure itself, recorded from the event once the account is gone.
+    erasure = _entry(action="user.erased", object_type="user", object_id=str(user.id))
+    await handlers.record_activity(deps, erasure)
+    label = await pool.fetchval("SELECT object_label FROM activity WHERE id = $1", erasure.id)
+    assert label == ERASED_LABEL
+
     # Erased once: a second erasure finds no one, and the address is free for a new account.
     with pytest.raises(NotFound):
         await handlers.erase_user(deps, user.id)

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from libs.common.cursor import decode_cursor, encode_cursor, page_of
-from libs.common.db import connection
+from libs.common.db import Conn, connection
 
 from .. import activity_repository as repo
-from ..domain import ActivityEntry
+from ..domain import ERASED_LABEL, ActivityEntry
 from .base import Deps
 
 MAX_ACTORS = 200
@@ -27,14 +27,19 @@ async def record_activities(deps: Deps, entries: Sequence[ActivityEntry]) -> lis
     labelled with their email, which this service owns. For each, True when recorded."""
     async with connection(deps.db) as conn:
         labelled = [
-            replace(
-                entry, object_label=await repo.user_email(conn, uuid.UUID(entry.object_id)) or ""
-            )
+            replace(entry, object_label=await _user_label(conn, entry, entry.object_id))
             if entry.object_type == "user" and not entry.object_label and entry.object_id
             else entry
             for entry in entries
         ]
         return await repo.insert_many(conn, labelled)
+
+
+async def _user_label(conn: Conn, entry: ActivityEntry, user_id: str) -> str:
+    """The user's email; for their erasure, whose account is gone by then, ERASED_LABEL."""
+    if entry.action == "user.erased":
+        return ERASED_LABEL
+    return await repo.user_email(conn, uuid.UUID(user_id)) or ""
 
 
 async def list_activity(

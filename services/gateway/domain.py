@@ -288,6 +288,7 @@ FLASH_MESSAGES: dict[str, str] = {
     "webhook_redelivered": N_("Delivery queued again."),
     "user_disabled": N_("User {email} disabled."),
     "user_erased": N_("User {email} erased: their account and personal data are gone."),
+    "user_gone": N_("This user no longer exists: they were erased already."),
     "key_revoked": N_("API key {email} revoked."),
     "user_enabled": N_("User {email} enabled: they can log in again."),
     "role_changed": N_("The role of {email} was changed."),

@@ -494,6 +494,11 @@ async def test_users_page_erases_a_user_after_a_confirmation_but_never_oneself(
     assert response.status == 303 and client["id"] not in backend.users
     shown = html.unescape(await (await gw.get(response.headers["Location"])).text())
     assert "User c@example.com erased" in shown
+    # Clicked twice (or by two administrators at once): the second finds it done.
+    twice = await post_form(gw, f"/admin/users/{client['id']}/erase")
+    assert twice.status == 303
+    shown = html.unescape(await (await gw.get(twice.headers["Location"])).text())
+    assert "This user no longer exists: they were erased already." in shown
 
     mine = await post_form(gw, f"/admin/users/{admin['id']}/erase")
     assert mine.status == 422 and admin["id"] in backend.users

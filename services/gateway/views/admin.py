@@ -13,7 +13,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from libs.common.email import email_or_none
-from libs.common.errors import Conflict, DomainError, InvalidInput, RateLimited
+from libs.common.errors import Conflict, DomainError, InvalidInput, NotFound, RateLimited
 
 from ..answers import InvitationAnswer, InvitationCounts, InvitationPage
 from ..domain import (
@@ -418,6 +418,9 @@ async def erase_user(request: web.Request) -> web.StreamResponse:
         user = await request.app[UPSTREAM].identity.erase_user(user_id)
     except (Conflict, InvalidInput) as exc:
         return await _users_page(request, error=exc.message, status=exc.status)
+    except NotFound:
+        # Erase clicked twice, or by two administrators at once: the first one erased it.
+        return see_other(request, "/admin/users", flash="user_gone")
     return see_other(request, "/admin/users", flash="user_erased", email=user["email"])
 
 

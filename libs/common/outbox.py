@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -50,15 +51,20 @@ JOBS_PER_PACK = 1000
 _PACK_IDS = uuid.UUID("6f0c8f3e-4b5a-4d1e-9a77-3c2f1e0b9d41")
 
 
-async def forget_published(conn: Conn, needles: Sequence[str]) -> int:
-    """Delete the published rows whose body names any of ``needles`` (an erased person's
-    address), case-insensitively: kept an hour for nothing the relay needs. A row not yet
-    published stays: it is still owed to the broker, and goes an hour after it was."""
+async def forget_published(
+    conn: Conn, needles: Sequence[str], before: datetime | None = None
+) -> int:
+    """Delete the published rows (written before ``before``, when given) whose body names any of
+    ``needles`` (an erased person's address), case-insensitively: kept an hour for nothing
+    the relay needs. A row not yet published stays: it is still owed to the broker, and
+    goes an hour after it was."""
     status = await conn.execute(
-        "DELETE FROM outbox WHERE published_at IS NOT NULL AND EXISTS ("
+        "DELETE FROM outbox WHERE published_at IS NOT NULL"
+        " AND ($2::timestamptz IS NULL OR created_at <= $2) AND EXISTS ("
         " SELECT 1 FROM unnest($1::text[]) AS n"
         " WHERE position(n IN lower(convert_from(body, 'UTF8'))) > 0)",
         [needle.lower() for needle in needles if needle],
+        before,
     )
     return int(status.rsplit(" ", 1)[-1])
 

@@ -96,7 +96,7 @@ async def on_portal_changed(deps: Deps, envelope: Envelope, data: EventData) -> 
 
 async def on_user_erased(deps: Deps, envelope: Envelope, data: EventData) -> None:
     assert isinstance(data, UserErased)
-    await erase_person(deps, data.user_id)
+    await erase_person(deps, data.user_id, envelope.occurred_at)
 
 
 async def on_mail_outcomes(deps: Deps, events: Sequence[Event]) -> None:

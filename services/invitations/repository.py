@@ -1023,39 +1023,69 @@ async def addresses_of_user(conn: Conn, user_id: uuid.UUID, erased: str) -> list
     return sorted(r["email_lower"] for r in rows)
 
 
-async def revoke_open_to(conn: Conn, addresses: list[str], now: datetime) -> list[Row]:
-    """Revoke every pending or expired invitation to these addresses (their links die)."""
+async def invitations_to(conn: Conn, addresses: list[str], before: datetime) -> list[uuid.UUID]:
+    """The invitations to these addresses made before ``before`` (the erasure): one made
+    since is a new person's, whom a late erasure must not touch. Locked, so a Resend or an
+    accept waits for the erasure."""
+    rows = await conn.fetch(
+        "SELECT id FROM invitations WHERE email_lower = ANY($1::text[]) AND created_at <= $2"
+        " ORDER BY id FOR UPDATE",
+        addresses,
+        before,
+    )
+    return [r["id"] for r in rows]
+
+
+async def revoke_open(conn: Conn, ids: list[uuid.UUID], now: datetime) -> list[Row]:
+    """Revoke those of these invitations still pending or expired (their links die)."""
     rows = await conn.fetch(
         _returning(
             "UPDATE invitations SET status = 'revoked', revoked_at = $2"
-            " WHERE email_lower = ANY($1::text[]) AND status IN ('pending', 'expired')"
+            " WHERE id = ANY($1::uuid[]) AND status IN ('pending', 'expired')"
         ),
-        addresses,
+        ids,
         now,
     )
     return list(rows)
 
 
-async def anonymise_addresses(conn: Conn, addresses: list[str], erased: str) -> int:
-    """Put ``erased`` where these addresses were (invitations, their links, groups and batch
-    keys), and drop what else names or speaks to the person: their name, the Personal
-    Message, the last delivery error (an SMTP answer often quotes the address) and, where
-    they invited others, the sender. The rows stay: the Invitations screen's history."""
+async def anonymise(conn: Conn, ids: list[uuid.UUID], erased: str) -> int:
+    """Put ``erased`` where these invitations, their links, groups and batch keys had the
+    address, and drop what else names or speaks to the person: their name, the Personal
+    Message and the last delivery error (an SMTP answer often quotes the address). The
+    rows stay: the Invitations screen's history."""
     status = await conn.execute(
         "UPDATE invitations SET email = $2, email_lower = $2, invitee_name = NULL,"
-        " personal_message = NULL, delivery_error = NULL"
-        " WHERE email_lower = ANY($1::text[])",
-        addresses,
+        " personal_message = NULL, delivery_error = NULL WHERE id = ANY($1::uuid[])",
+        ids,
         erased,
     )
     await conn.execute(
-        "UPDATE invitations SET invited_by = NULL WHERE lower(invited_by) = ANY($1::text[])",
-        addresses,
+        "UPDATE invitation_links SET email_lower = $2 WHERE invitation_id = ANY($1::uuid[])",
+        ids,
+        erased,
     )
-    for table in ("invitation_links", "invitation_groups", "batch_keys"):
-        await conn.execute(
-            f"UPDATE {table} SET email_lower = $2 WHERE email_lower = ANY($1::text[])",
-            addresses,
-            erased,
-        )
+    await conn.execute(
+        "UPDATE batch_keys SET email_lower = $2 WHERE invitation_id = ANY($1::uuid[])",
+        ids,
+        erased,
+    )
+    await conn.execute(
+        "UPDATE invitation_groups SET email_lower = $2 WHERE id IN"
+        " (SELECT group_id FROM invitations WHERE id = ANY($1::uuid[]))",
+        ids,
+        erased,
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def forget_sender(conn: Conn, addresses: list[str], before: datetime) -> int:
+    """Where the erased person invited others (a staff member), the invitations made
+    before the erasure no longer name them as the sender."""
+    status = await conn.execute(
+        "UPDATE invitations SET invited_by = NULL"
+        " WHERE lower(invited_by) = ANY($1::text[]) AND created_at <= $2",
+        addresses,
+        before,
+    )
     return int(status.rsplit(" ", 1)[-1])

@@ -53,7 +53,7 @@ async def on_mail_forget(deps: Deps, envelope: Envelope, data: EventData) -> Non
         # (docs/reliability.md "Erasing a person").
         log.error("mail_forget_unsealable", problem=str(exc), event_id=str(envelope.id))
         return
-    await forget_addresses(deps, addresses)
+    await forget_addresses(deps, addresses, envelope.occurred_at)
 
 
 async def on_lifecycle_events(deps: Deps, events: Sequence[Event]) -> None:

@@ -271,12 +271,15 @@ def opened_addresses(deps: Deps, forget: MailForget) -> list[str]:
     return opened
 
 
-async def forget_addresses(deps: Deps, addresses: Sequence[str]) -> tuple[int, int]:
-    """mail.forget (a person was erased): their delivery records keep no address, context
-    or error, and the webhook deliveries naming them go. Idempotent."""
+async def forget_addresses(
+    deps: Deps, addresses: Sequence[str], before: datetime
+) -> tuple[int, int]:
+    """mail.forget (a person was erased at ``before``): their delivery records keep no
+    address, context or error, and the webhook deliveries naming them go; what came after
+    is a new person's at the same address. Idempotent."""
     wanted = [a for a in addresses if a.strip()]
     async with atomic(deps.db) as conn:
-        deliveries = await repository.forget_addresses(conn, wanted, ERASED_ADDRESS)
-        webhooks = await webhook_repository.forget_addresses(conn, wanted)
+        deliveries = await repository.forget_addresses(conn, wanted, ERASED_ADDRESS, before)
+        webhooks = await webhook_repository.forget_addresses(conn, wanted, before)
     log.info("addresses_forgotten", deliveries=deliveries, webhook_deliveries=webhooks)
     return deliveries, webhooks

@@ -166,16 +166,18 @@ async def get(conn: Conn, mail_id: uuid.UUID) -> Mapping[str, object] | None:
     return dict(row) if row is not None else None
 
 
-async def forget_addresses(conn: Conn, addresses: list[str], erased: str) -> int:
-    """An erased person's records: the address becomes ``erased``, the context (names, a
+async def forget_addresses(conn: Conn, addresses: list[str], erased: str, before: datetime) -> int:
+    """An erased person's records made before ``before`` (the erasure; a later one is a new
+    person's at the same address): the address becomes ``erased``, the context (names, a
     sealed link) and the error go, and an email not sent yet never will be. The row stays,
     so the same mail job delivered again is still recognised and not sent."""
     status = await conn.execute(
         "UPDATE deliveries SET to_address = $2, context = NULL, last_error = NULL,"
         " status = CASE WHEN status = 'queued' THEN 'failed' ELSE status END"
-        " WHERE lower(to_address) = ANY($1::text[])",
+        " WHERE lower(to_address) = ANY($1::text[]) AND created_at <= $3",
         [address.lower() for address in addresses],
         erased,
+        before,
     )
     return int(status.rsplit(" ", 1)[-1])
 

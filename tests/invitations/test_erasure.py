@@ -5,6 +5,7 @@ history stays and the address can be invited again."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -61,8 +62,9 @@ async def test_an_erased_persons_invitations_keep_no_address_and_the_open_ones_a
         assert "outbox.body" in before and "invitations.email" in before, before
     deps = client.app[DEPS]
 
-    assert await erase_person(deps, user_id) == 2
-    assert await erase_person(deps, user_id) == 0  # a redelivery: nothing left to do
+    erased_at = datetime.now(UTC)
+    assert await erase_person(deps, user_id, erased_at) == 2
+    assert await erase_person(deps, user_id, erased_at) == 0  # a redelivery: nothing to do
 
     async with pool.acquire() as conn:
         assert await places_naming(conn, "invitations", email) == []
@@ -77,5 +79,30 @@ async def test_an_erased_persons_invitations_keep_no_address_and_the_open_ones_a
     assert [d["data"]["email"] for d in revoked] == [ERASED_EMAIL]
 
     # The address is free: a new invitation to it is a new person's.
-    again = await _invite(client, second["id"], email)
+    again = await _invite(client, second["id"], email, name="Another Erin")
     assert again["status"] == "pending" and again["email"].lower() == email.lower()
+
+
+async def test_an_erasure_applied_late_leaves_a_new_person_at_the_address_alone(
+    client: Client, world: World, pool: asyncpg.Pool
+) -> None:
+    email = f"late-{uuid.uuid4().hex[:8]}@example.com"
+    portal = world.add_portal()
+    old = await _invite(client, portal["id"], email)
+    user_id = uuid.uuid4()
+    await pool.execute(
+        "UPDATE invitations SET status = 'accepted', accepted_at = now(), accepted_user_id = $2"
+        " WHERE id = $1",
+        uuid.UUID(old["id"]),
+        user_id,
+    )
+    erased_at = datetime.now(UTC)
+    # Invited again before the erasure reached this service (its consumer was behind).
+    new = await _invite(client, portal["id"], email)
+
+    await erase_person(client.app[DEPS], user_id, erased_at)
+
+    kept = await (await client.get(f"/invitations/{new['id']}")).json()
+    assert kept["status"] == "pending" and kept["email"] == email
+    gone = await (await client.get(f"/invitations/{old['id']}")).json()
+    assert gone["email"] == ERASED_EMAIL

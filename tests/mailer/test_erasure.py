@@ -106,7 +106,8 @@ async def test_an_erased_address_leaves_no_record_and_its_queued_email_is_never_
             == "failed"
         )
         # Forgetting again finds nothing more.
-        assert await handlers.forget_addresses(_deps(pool), [address]) == (0, 0)
+        now = datetime.now(UTC)
+        assert await handlers.forget_addresses(_deps(pool), [address], now) == (0, 0)
     finally:
         await pool.execute("DELETE FROM webhook_endpoints WHERE id = $1", endpoint)
         await pool.execute(
@@ -131,4 +132,35 @@ async def test_a_forget_not_sealed_with_the_key_changes_nothing(pool: asyncpg.Po
         await pool.execute(
             "UPDATE deliveries SET status = 'failed', context = NULL WHERE mail_id = $1",
             job.mail_id,
+        )
+
+
+async def test_a_late_forget_leaves_a_new_person_at_the_address_alone(pool: asyncpg.Pool) -> None:
+    """The mailer was behind: the person was invited again before mail.forget came."""
+    address = f"late-{uuid.uuid4().hex[:8]}@example.com"
+    old = _job(address)
+    await handlers.request_mails(_deps(pool), [old])
+    erased_at = datetime.now(UTC)
+    new = _job(address)
+    await handlers.request_mails(_deps(pool), [new])
+    await pool.execute(
+        "UPDATE deliveries SET next_attempt_at = now() + interval '10 years'"
+        " WHERE mail_id = ANY($1::uuid[])",
+        [old.mail_id, new.mail_id],
+    )
+    try:
+        await handlers.forget_addresses(_deps(pool), [address], erased_at)
+        rows = {
+            r["mail_id"]: (r["to_address"], r["status"])
+            for r in await pool.fetch(
+                "SELECT mail_id, to_address, status FROM deliveries WHERE mail_id = ANY($1)",
+                [old.mail_id, new.mail_id],
+            )
+        }
+        assert rows == {old.mail_id: (ERASED_ADDRESS, "failed"), new.mail_id: (address, "queued")}
+    finally:
+        await pool.execute(
+            "UPDATE deliveries SET status = 'failed', context = NULL"
+            " WHERE ref_type = $1 AND status IN ('queued', 'sending')",
+            REF_TYPE,
         )

@@ -4,6 +4,7 @@ invitation to their address keeps its history without the address, name or messa
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from libs.common.db import transaction
 from libs.common.events import StaffInvitationClosed
@@ -17,19 +18,23 @@ from .base import Deps, closed_event, emit
 log = get_logger(__name__)
 
 
-async def erase_person(deps: Deps, user_id: uuid.UUID) -> int:
+async def erase_person(deps: Deps, user_id: uuid.UUID, before: datetime) -> int:
     """Idempotent: once anonymised, no invitation names the user's address any more. The
     addresses are those of the invitations the account accepted; an address it never
     accepted an invitation from (an account made by ADMIN_EMAIL or created directly) is
-    not known here (docs/reliability.md "Erasing a person")."""
+    not known here (docs/reliability.md "Erasing a person"). Only what was made before
+    ``before`` (the erasure) is touched: an erasure applied late must not reach a new
+    person invited at the same address since."""
     async with transaction(deps.db) as conn:
         addresses = await repo.addresses_of_user(conn, user_id, ERASED_EMAIL)
         if not addresses:
             return 0
-        revoked = await repo.revoke_open_to(conn, addresses, deps.clock())
-        erased = await repo.anonymise_addresses(conn, addresses, ERASED_EMAIL)
+        ids = await repo.invitations_to(conn, addresses, before)
+        revoked = await repo.revoke_open(conn, ids, deps.clock())
+        erased = await repo.anonymise(conn, ids, ERASED_EMAIL)
+        await repo.forget_sender(conn, addresses, before)
         # invitation.* events and mail jobs published within the hour.
-        await forget_published(conn, addresses)
+        await forget_published(conn, addresses, before)
         # Announced without the address: a webhook's log or an integration keeps none.
         for row in revoked:
             if row["staff_role"]:

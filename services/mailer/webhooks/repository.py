@@ -241,13 +241,14 @@ async def requeue_stuck(conn: Conn, older_than_seconds: float) -> int:
     return int(result.rsplit(" ", 1)[-1])
 
 
-async def forget_addresses(conn: Conn, addresses: list[str]) -> int:
-    """Delete the log's rows whose payload names an erased person's address: queued ones
-    too (their receiver never hears of the event)."""
+async def forget_addresses(conn: Conn, addresses: list[str], before: datetime) -> int:
+    """Delete the log's rows queued before ``before`` (the erasure) whose payload names an
+    erased person's address: queued ones too (their receiver never hears of the event)."""
     status = await conn.execute(
-        "DELETE FROM webhook_deliveries WHERE EXISTS (SELECT 1 FROM unnest($1::text[]) AS a"
-        " WHERE position(a IN lower(payload)) > 0)",
+        "DELETE FROM webhook_deliveries WHERE queued_at <= $2 AND EXISTS"
+        " (SELECT 1 FROM unnest($1::text[]) AS a WHERE position(a IN lower(payload)) > 0)",
         [address.lower() for address in addresses],
+        before,
     )
     return int(status.rsplit(" ", 1)[-1])
 

@@ -49,6 +49,10 @@ class UserPage(TypedDict):
     next_cursor: str | None
 
 
+class UserList(TypedDict):
+    items: list[UserAnswer]
+
+
 class LoginSettings(TypedDict):
     login_redirect: bool
 

@@ -60,6 +60,11 @@ class LookupManyBody(_Body):
     emails: list[Annotated[str, Field(max_length=320)]] = Field(max_length=500)
 
 
+class UsersByIdBody(_Body):
+    # As many as a portal's sub-clients (500) in one request.
+    ids: list[uuid.UUID] = Field(max_length=500)
+
+
 class PreferencesBody(_Body):
     """A person's Language and Time Zone; null (or left out): not chosen."""
 
@@ -200,6 +205,12 @@ async def list_users(request: web.Request) -> web.Response:
 async def get_user(request: web.Request) -> web.Response:
     user = await handlers.get_user(_deps(request), _user_id(request))
     return json_response(user_json(user))
+
+
+async def users_by_id(request: web.Request) -> web.Response:
+    body = await read_json(request, UsersByIdBody)
+    users = await handlers.get_users(_deps(request), body.ids)
+    return json_response({"items": [user_json(u) for u in users]})
 
 
 async def lookup_user(request: web.Request) -> web.Response:
@@ -377,6 +388,7 @@ ROUTES = (
     # Registered before /users/{user_id} so "lookup" is never read as an id.
     Route("GET", "/users/lookup", lookup_user, frozenset({"invitations"})),
     Route("POST", "/users/lookup", lookup_users, frozenset({"invitations"})),
+    Route("POST", "/users/by-id", users_by_id, GATEWAY),
     Route("GET", "/users/{user_id}", get_user, GATEWAY),
     Route("POST", "/users/{user_id}/password", change_password, GATEWAY),
     Route("POST", "/users/{user_id}/disable", disable_user, GATEWAY),

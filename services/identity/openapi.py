@@ -41,6 +41,7 @@ ISSUED = {
     },
 }
 PAGE = page_of(USER)
+USERS = {"type": "object", "properties": {"items": {"type": "array", "items": USER}}}
 API_KEY: dict[str, Any] = {
     "type": "object",
     "required": ["id", "name", "scopes", "prefix", "created_at"],
@@ -105,6 +106,8 @@ OPERATIONS: list[Operation] = [
     ("get", "/users", "List users", None, api.ListUsersQuery, [], 200, PAGE, ["422"]),
     ("get", "/users/lookup", "Find a user by email", None, api.LookupQuery, [], 200, USER,
      ["404 user_not_found"]),
+    ("post", "/users/by-id", "Get the users among these ids (at most 500)", api.UsersByIdBody,
+     None, [], 200, USERS, ["422"]),
     ("get", "/users/{user_id}", "Get a user", None, None, [USER_ID], 200, USER,
      ["404 user_not_found"]),
     ("post", "/users/{user_id}/password", "Set a user's password", api.PasswordBody, None,

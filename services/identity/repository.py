@@ -57,6 +57,13 @@ async def get_user(conn: Conn, user_id: uuid.UUID, *, for_update: bool = False) 
     return _user(row) if row else None
 
 
+async def get_users(conn: Conn, user_ids: list[uuid.UUID]) -> list[User]:
+    rows = await conn.fetch(
+        f"SELECT {_USER_COLUMNS} FROM users WHERE id = ANY($1::uuid[])", user_ids
+    )
+    return [_user(row) for row in rows]
+
+
 async def find_user_by_email(conn: Conn, email: str) -> User | None:
     row = await conn.fetchrow(
         f"SELECT {_USER_COLUMNS} FROM users WHERE lower(email) = lower($1)", email

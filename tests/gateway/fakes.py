@@ -257,6 +257,11 @@ class Backend:
             q = request.query.get("q", "").lower()
             return page([u for u in self.users.values() if q in u["email"].lower()])
 
+        @r.post("/users/by-id")
+        async def users_by_id(request: web.Request) -> web.Response:
+            ids = (await request.json())["ids"]
+            return web.json_response({"items": [self.users[i] for i in ids if i in self.users]})
+
         @r.get("/users/{id}")
         async def user(request: web.Request) -> web.Response:
             found = self.users.get(request.match_info["id"])

@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from libs.common.email import email_or_none, same_email
-from libs.common.errors import Conflict, InvalidInput, NotFound
+from libs.common.errors import Conflict, InvalidInput
 from libs.common.i18n import LANGUAGE_MESSAGE, is_language
 from libs.common.openapi import UUID as UUID_SCHEMA
 from libs.common.openapi import ApiRoutes
@@ -246,13 +246,12 @@ async def patch_portal(request: web.Request) -> web.StreamResponse:
 
 
 async def _check_users(request: web.Request, ids: list[UUID]) -> None:
-    identity = request.app[UPSTREAM].identity
-    try:
-        await asyncio.gather(*(identity.get_user(str(i)) for i in set(ids)))
-    except NotFound:
-        raise InvalidInput(
-            "Every user id must belong to an existing user.", code="user_not_found"
-        ) from None
+    wanted = {str(i) for i in ids}
+    if not wanted:
+        return
+    found = await request.app[UPSTREAM].identity.get_users(wanted)
+    if wanted - found.keys():
+        raise InvalidInput("Every user id must belong to an existing user.", code="user_not_found")
 
 
 @API.put(

@@ -52,13 +52,10 @@ STATUS_NAMES = {"active": N_("Active"), "pending": N_("Pending"), "archived": N_
 
 
 async def _emails(up: Upstream, ids: set[str]) -> dict[str, str]:
-    async def one(user_id: str) -> tuple[str, str]:
-        try:
-            return user_id, (await up.identity.get_user(user_id))["email"]
-        except NotFound:
-            return user_id, "(deleted user)"
-
-    return dict(await asyncio.gather(*(one(i) for i in ids if i)))
+    # One request for a page's clients or a portal's 500 sub-clients, not one each.
+    ids = {i for i in ids if i}
+    users = await up.identity.get_users(ids) if ids else {}
+    return {i: users[i]["email"] if i in users else "(deleted user)" for i in ids}
 
 
 @routes.get("/admin/portals")

@@ -120,6 +120,15 @@ async def get_user(deps: Deps, user_id: uuid.UUID) -> User:
     return user
 
 
+async def get_users(deps: Deps, user_ids: list[uuid.UUID]) -> list[User]:
+    """The accounts among these ids (a screen's clients and sub-clients, an API call's
+    user ids), in one query; an id that is no one's is simply absent."""
+    if not user_ids:
+        return []
+    async with connection(deps.db) as conn:
+        return await repo.get_users(conn, list(dict.fromkeys(user_ids)))
+
+
 async def lookup_users(deps: Deps, emails: list[str]) -> list[User]:
     """The accounts among these addresses (a batch of invitations); unknown or malformed
     addresses are simply absent."""

@@ -151,6 +151,15 @@ class UserPortalList(TypedDict):
     items: list[UserPortal]
 
 
+class UsersPortals(TypedDict):
+    user_id: str
+    portals: list[UserPortal]
+
+
+class UsersPortalsList(TypedDict):
+    items: list[UsersPortals]
+
+
 # --- invitations ------------------------------------------------------------------------
 InvitationStatus = Literal["pending", "accepted", "expired", "revoked"]
 

@@ -47,6 +47,7 @@ from .answers import (
     UserPage,
     UserPortal,
     UserPortalList,
+    UsersPortalsList,
     ValidatedLink,
     WebhookList,
     WebhookWithSecretAnswer,
@@ -373,6 +374,15 @@ class Portals:
     async def of_user(self, user_id: str) -> list[UserPortal]:
         result: UserPortalList = await self.client.call("GET", f"/users/{user_id}/portals")
         return result["items"]
+
+    async def of_users(self, user_ids: list[str]) -> dict[str, list[UserPortal]]:
+        """Each user's portals (a page of users) in one request."""
+        if not user_ids:
+            return {}
+        result: UsersPortalsList = await self.client.call(
+            "POST", "/users/portals", json={"user_ids": user_ids}
+        )
+        return {item["user_id"]: item["portals"] for item in result["items"]}
 
     async def of_user_by_slug(self, user_id: str, slug: str) -> PortalAnswer:
         cached = self.cache.portal(user_id, slug)

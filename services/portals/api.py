@@ -86,6 +86,11 @@ class SetSubClients(_Body):
     user_ids: list[uuid.UUID] = Field(max_length=1000)
 
 
+class UsersPortalsBody(_Body):
+    # A page of the Users screen is 50; an API caller's page at most 200.
+    user_ids: list[uuid.UUID] = Field(max_length=200)
+
+
 class GrantAccess(_Body):
     user_id: uuid.UUID
     role: Role | None = None
@@ -201,6 +206,19 @@ async def list_user_portals(request: web.Request) -> web.Response:
     return json_response({"items": items})
 
 
+async def list_users_portals(request: web.Request) -> web.Response:
+    body = await read_json(request, UsersPortalsBody)
+    found = await handlers.users_portals(request.app[DEPS], body.user_ids)
+    items = [
+        {
+            "user_id": str(user_id),
+            "portals": [{**portal_json(p, "omit"), "role": role} for p, role in portals],
+        }
+        for user_id, portals in found.items()
+    ]
+    return json_response({"items": items})
+
+
 async def get_user_portal(request: web.Request) -> web.Response:
     user_id = _user_id(request)
     portal, role = await handlers.user_portal(
@@ -222,6 +240,7 @@ ROUTES = (
     Route("PUT", "/portals/{portal_id}/client", put_client, GATEWAY),
     Route("PUT", "/portals/{portal_id}/sub-clients", put_sub_clients, GATEWAY),
     Route("POST", "/portals/{portal_id}/access", post_access, GATEWAY),
+    Route("POST", "/users/portals", list_users_portals, GATEWAY),
     Route("GET", "/users/{user_id}/portals", list_user_portals, GATEWAY_AND_INVITATIONS),
     Route("GET", "/users/{user_id}/portals/{slug}", get_user_portal, GATEWAY),
 )

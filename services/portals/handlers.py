@@ -321,6 +321,14 @@ async def user_portals(deps: Deps, user_id: uuid.UUID) -> list[tuple[Portal, Rol
         return await repo.user_portals(conn, user_id)
 
 
+async def users_portals(
+    deps: Deps, user_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[tuple[Portal, Role]]]:
+    """Each user's portals (a page of the Users screen) in one query."""
+    async with connection(deps.db) as conn:
+        return await repo.users_portals(conn, list(dict.fromkeys(user_ids)))
+
+
 async def user_portal(deps: Deps, user_id: uuid.UUID, slug: str) -> tuple[Portal, Role]:
     """Not found and no access look the same (404), so portal names don't leak."""
     async with connection(deps.db) as conn:

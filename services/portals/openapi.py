@@ -37,6 +37,21 @@ USER_PORTALS = {
     "type": "object",
     "properties": {"items": {"type": "array", "items": USER_PORTAL}},
 }
+USERS_PORTALS = {
+    "type": "object",
+    "properties": {
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "user_id": {"type": "string", "format": "uuid"},
+                    "portals": {"type": "array", "items": USER_PORTAL},
+                },
+            },
+        }
+    },
+}
 ID = path_parameter("portal_id")
 USER = path_parameter("user_id")
 SLUG = path_parameter("slug", {"type": "string"})
@@ -60,6 +75,8 @@ OPERATIONS: list[Operation] = [
      "Grant a user access (idempotent under grant_key): the primary Client if the portal has"
      " none, else a Sub-Client, unless the role is given", api.GrantAccess, None, [ID], 200,
      GRANTED, [*NOT_FOUND, "409 grant_key_conflict"]),
+    ("post", "/users/portals", "The portals of each of these users (at most 200), with the role",
+     api.UsersPortalsBody, None, [], 200, USERS_PORTALS, ["422"]),
     ("get", "/users/{user_id}/portals", "The portals a user may open, with the role",
      None, None, [USER], 200, USER_PORTALS, ["422 invalid_user_id"]),
     ("get", "/users/{user_id}/portals/{slug}", "One of a user's portals, by slug", None, None,

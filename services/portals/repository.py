@@ -208,6 +208,21 @@ async def user_portals(conn: Conn, user_id: uuid.UUID) -> list[tuple[Portal, Rol
     return [(_portal(r), r["access_role"]) for r in rows]
 
 
+async def users_portals(
+    conn: Conn, user_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[tuple[Portal, Role]]]:
+    rows = await conn.fetch(
+        f"SELECT {_PORTAL_COLUMNS}, x.role AS access_role, x.user_id AS access_user FROM access x"
+        " JOIN portals p ON p.id = x.portal_id WHERE x.user_id = ANY($1::uuid[])"
+        " ORDER BY p.title, p.id",
+        user_ids,
+    )
+    found: dict[uuid.UUID, list[tuple[Portal, Role]]] = {u: [] for u in user_ids}
+    for r in rows:
+        found[r["access_user"]].append((_portal(r), r["access_role"]))
+    return found
+
+
 async def user_portal(conn: Conn, user_id: uuid.UUID, slug: str) -> tuple[Portal, Role] | None:
     row = await conn.fetchrow(
         f"SELECT {_PORTAL_COLUMNS}, x.role AS access_role FROM access x"

@@ -124,3 +124,20 @@ async def test_all_portals_asks_identity_once_for_a_page_of_clients(
     for n in range(1, 11):
         assert f"scale-{tag}-{n}@example.com" in html
     assert calls["identity"] <= 1, calls
+
+
+async def test_the_users_screen_asks_portals_once_for_a_page_of_users(
+    stack: Stack, admin: Browser, api: Api
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    users = await clients(stack, tag, 12)
+    portal = await api.portal(f"Scale {tag}")
+    code, body = await api.call("PUT", f"/portals/{portal['id']}/sub-clients", {"user_ids": users})
+    assert code == 200, body
+
+    html, calls = await page_calls(stack, admin, f"/admin/users?q=scale-{tag}")
+
+    for n in range(1, 13):
+        assert f"scale-{tag}-{n}@example.com" in html
+    assert html.count(f">Scale {tag}</a>") == 12, "each user's portal in their row"
+    assert calls["portals"] <= 1, calls

@@ -441,6 +441,18 @@ class Backend:
                     portal["sub_client_ids"].append(body["user_id"])
             return web.json_response({"portal": portal, "role": "client"})
 
+        @r.post("/users/portals")
+        async def of_users(request: web.Request) -> web.Response:
+            uids = (await request.json())["user_ids"]
+            items = [
+                {
+                    "user_id": uid,
+                    "portals": [p for p in self.portals.values() if self.can_access(uid, p)],
+                }
+                for uid in uids
+            ]
+            return web.json_response({"items": items})
+
         @r.get("/users/{uid}/portals")
         async def of_user(request: web.Request) -> web.Response:
             uid = request.match_info["uid"]

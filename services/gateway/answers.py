@@ -321,6 +321,14 @@ class DeliveryPage(TypedDict):
     next_cursor: str | None
 
 
+class WebhookWithLog(WebhookAnswer):
+    deliveries: list[DeliveryAnswer]
+
+
+class WebhookLogList(TypedDict):
+    items: list[WebhookWithLog]
+
+
 # --- mailer: branding -------------------------------------------------------------------
 class BrandingAnswer(TypedDict):
     agency_name: str  # empty strings: not set

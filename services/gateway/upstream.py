@@ -50,6 +50,7 @@ from .answers import (
     UsersPortalsList,
     ValidatedLink,
     WebhookList,
+    WebhookLogList,
     WebhookWithSecretAnswer,
 )
 from .cache import GatewayCache
@@ -566,6 +567,13 @@ class Webhooks:
 
     async def find(self) -> WebhookList:
         result: WebhookList = await self.client.call("GET", "/webhooks")
+        return result
+
+    async def with_logs(self, rows: int) -> WebhookLogList:
+        """Every endpoint with its ``rows`` newest deliveries, in one request."""
+        result: WebhookLogList = await self.client.call(
+            "GET", "/webhooks", params={"deliveries": str(rows)}
+        )
         return result
 
     async def delete(self, endpoint_id: str) -> None:

@@ -36,6 +36,11 @@ class EndpointBody(BaseModel):
     events: list[EventType] = Field(min_length=1, max_length=len(EVENT_TYPES))
 
 
+class EndpointsQuery(BaseModel):
+    # Each endpoint's newest deliveries in the same answer (Settings → Webhooks).
+    deliveries: int = Field(default=0, ge=0, le=50)
+
+
 class DeliveryQuery(BaseModel):
     limit: int = Field(default=50, ge=1, le=200)
     cursor: str | None = Field(default=None, max_length=200)
@@ -84,8 +89,15 @@ async def add_endpoint(request: web.Request) -> web.Response:
 
 
 async def list_endpoints(request: web.Request) -> web.Response:
-    rows = await handlers.list_endpoints(request.app[DEPS])
-    return json_response({"items": [endpoint_json(r) for r in rows]})
+    query = parse_query(request, EndpointsQuery)
+    rows = await handlers.list_endpoints(request.app[DEPS], query.deliveries)
+    items = [
+        {**endpoint_json(r), "deliveries": [delivery_json(d) for d in r["deliveries"]]}
+        if "deliveries" in r
+        else endpoint_json(r)
+        for r in rows
+    ]
+    return json_response({"items": items})
 
 
 async def delete_endpoint(request: web.Request) -> web.Response:

@@ -31,7 +31,6 @@ WITH_SECRET = {
     "description": "the endpoint and its signing secret (the only time the secret is shown)",
     "properties": {**ENDPOINT_FIELDS, "secret": {"type": "string"}},
 }
-ENDPOINTS = {"type": "object", "properties": {"items": {"type": "array", "items": ENDPOINT}}}
 DELIVERY = {
     "type": "object",
     "properties": {
@@ -51,6 +50,25 @@ DELIVERY = {
     },
 }
 DELIVERIES = page_of(DELIVERY)
+ENDPOINTS_WITH_LOGS = {
+    "type": "object",
+    "properties": {
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    **ENDPOINT_FIELDS,
+                    "deliveries": {
+                        "type": "array",
+                        "items": DELIVERY,
+                        "description": "with ?deliveries=N: its N newest, newest first",
+                    },
+                },
+            },
+        }
+    },
+}
 BRANDING = {
     "type": "object",
     "description": "empty strings: not set",
@@ -84,8 +102,8 @@ BRANDING_REFUSED = [
 OPERATIONS: list[Operation] = [
     ("post", "/webhooks", "Add a webhook endpoint", api.EndpointBody, None, [], 201,
      WITH_SECRET, ["422 webhook_target_refused (error.problem, error.host)"]),
-    ("get", "/webhooks", "The webhook endpoints (never a secret)", None, None, [], 200,
-     ENDPOINTS, []),
+    ("get", "/webhooks", "The webhook endpoints (never a secret), with their newest deliveries"
+     " if asked", None, api.EndpointsQuery, [], 200, ENDPOINTS_WITH_LOGS, ["422"]),
     ("delete", "/webhooks/{id}", "Delete an endpoint and its deliveries", None, None, [ID],
      204, None, WEBHOOK_NOT_FOUND),
     ("post", "/webhooks/{id}/rotate-secret", "A new secret; the old one still signs a while",

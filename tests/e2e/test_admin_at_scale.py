@@ -141,3 +141,26 @@ async def test_the_users_screen_asks_portals_once_for_a_page_of_users(
         assert f"scale-{tag}-{n}@example.com" in html
     assert html.count(f">Scale {tag}</a>") == 12, "each user's portal in their row"
     assert calls["portals"] <= 1, calls
+
+
+async def test_the_webhooks_screen_asks_the_mailer_once_for_every_endpoint_log(
+    stack: Stack, admin: Browser
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    for n in range(6):
+        code, url, html = await admin.get("/admin/settings/webhooks")
+        code, url, html = await admin.submit(
+            url,
+            html,
+            "Add Endpoint",
+            {"URL": f"http://127.0.0.1:9/{tag}-{n}"},
+            extra={"events": "invitation.created"},
+        )
+        assert code == 200, html[-2000:]
+
+    html, calls = await page_calls(stack, admin, "/admin/settings/webhooks")
+
+    for n in range(6):
+        assert f"http://127.0.0.1:9/{tag}-{n}" in html
+    # The endpoints with their delivery logs, and perhaps the branding: not one a log.
+    assert calls["mailer"] <= 2, calls

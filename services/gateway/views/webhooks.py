@@ -4,7 +4,6 @@ security middlewares gate both paths (administrators, or the API key for /api)."
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -117,12 +116,10 @@ async def _page(
     status: int = 200,
 ) -> web.Response:
     hooks = _hooks(request)
-    endpoints = (await hooks.find())["items"]
-    logs = await asyncio.gather(*(hooks.deliveries(e["id"], LOG_ROWS) for e in endpoints))
+    # Every endpoint with its log in one request, not one an endpoint.
+    endpoints = (await hooks.with_logs(LOG_ROWS))["items"]
     context = {
-        "endpoints": [
-            {**e, "deliveries": log["items"]} for e, log in zip(endpoints, logs, strict=True)
-        ],
+        "endpoints": endpoints,
         "event_types": EVENT_TYPES,
         "secret": secret,
         "errors": errors or {},

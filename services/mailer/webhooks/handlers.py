@@ -57,9 +57,19 @@ async def rotate_secret(deps: Deps, endpoint_id: uuid.UUID) -> tuple[dict[str, A
     return row, secret
 
 
-async def list_endpoints(deps: Deps) -> list[dict[str, Any]]:
+async def list_endpoints(deps: Deps, deliveries: int = 0) -> list[dict[str, Any]]:
+    """The endpoints; with ``deliveries``, each with that many of its newest deliveries
+    (newest first) under "deliveries"."""
     async with connection(deps.db) as conn:
-        return await repository.list_endpoints(conn)
+        endpoints = await repository.list_endpoints(conn)
+        if not deliveries:
+            return endpoints
+        logs: dict[uuid.UUID, list[dict[str, Any]]] = {e["id"]: [] for e in endpoints}
+        for row in await repository.latest_deliveries(conn, deliveries):
+            logs.setdefault(row["endpoint_id"], []).append(row)
+    for log_rows in logs.values():
+        log_rows.sort(key=lambda r: (r["created_at"], r["id"]), reverse=True)
+    return [{**e, "deliveries": logs[e["id"]]} for e in endpoints]
 
 
 async def delete_endpoint(deps: Deps, endpoint_id: uuid.UUID) -> None:

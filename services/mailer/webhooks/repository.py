@@ -59,6 +59,18 @@ async def list_endpoints(conn: Conn) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+async def latest_deliveries(conn: Conn, per_endpoint: int) -> list[dict[str, Any]]:
+    """Every endpoint's newest ``per_endpoint`` deliveries (Settings → Webhooks), in one
+    query on webhook_deliveries_log rather than one an endpoint."""
+    rows = await conn.fetch(
+        f"SELECT d.* FROM webhook_endpoints e CROSS JOIN LATERAL"
+        f" (SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE endpoint_id = e.id"
+        "  ORDER BY created_at DESC, id DESC LIMIT $1) d",
+        per_endpoint,
+    )
+    return [dict(r) for r in rows]
+
+
 async def get_endpoint(conn: Conn, endpoint_id: uuid.UUID) -> dict[str, Any] | None:
     row = await conn.fetchrow(
         f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1", endpoint_id

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from libs.common.errors import DomainError
+from libs.common.errors import DomainError, NotFound
 from libs.common.http import ServiceClient
 from libs.common.logging import get_logger
 
@@ -58,6 +58,8 @@ from .cache import GatewayCache
 log = get_logger(__name__)
 
 BATCH_TIMEOUT = 120.0
+# The Portal filter of Invitations and Activity lists this many (the newest).
+FILTER_PORTALS = 200
 # Identity's POST /users/by-id takes this many ids a request.
 USERS_BY_ID = 500
 BRANDING_TIMEOUT = 2.0
@@ -320,6 +322,23 @@ class Portals:
             "GET", "/portals", params=_page_params(limit, cursor, status=status, q=q)
         )
         return result
+
+    async def choices(self, chosen: str | None) -> list[PortalAnswer]:
+        """A Portal filter's options: the newest FILTER_PORTALS, and the chosen one (a link
+        or a bookmark may name an older one) so that it shows as chosen."""
+        if chosen is None:
+            return (await self.find(limit=FILTER_PORTALS))["items"]
+        page, portal = await asyncio.gather(
+            self.find(limit=FILTER_PORTALS), self.get(chosen), return_exceptions=True
+        )
+        if isinstance(page, BaseException):
+            raise page
+        options = page["items"]
+        if isinstance(portal, NotFound):
+            return options
+        if isinstance(portal, BaseException):
+            raise portal
+        return options if any(p["id"] == chosen for p in options) else [portal, *options]
 
     async def get(self, portal_id: str) -> PortalAnswer:
         result: PortalAnswer = await self.client.call("GET", f"/portals/{portal_id}")

@@ -164,3 +164,30 @@ async def test_the_webhooks_screen_asks_the_mailer_once_for_every_endpoint_log(
         assert f"http://127.0.0.1:9/{tag}-{n}" in html
     # The endpoints with their delivery logs, and perhaps the branding: not one a log.
     assert calls["mailer"] <= 2, calls
+
+
+async def test_a_portal_past_the_newest_200_stays_chosen_in_the_filters(
+    stack: Stack, admin: Browser
+) -> None:
+    """The Portal filter lists the newest 200 portals; filtering by an older one (a link,
+    or a bookmark) showed 'All portals' while listing only that portal's rows."""
+    tag = uuid.uuid4().hex[:8]
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO portals.portals (id, title, slug, status, created_at)"
+            " SELECT gen_random_uuid(), 'Old ' || $1 || ' ' || n, 'old-' || $1 || '-' || n,"
+            " 'active', now() - interval '5 years' + n * interval '1 second'"
+            " FROM generate_series(1, 201) AS n",
+            tag,
+        )
+        oldest = await conn.fetchval(
+            "SELECT id FROM portals.portals WHERE slug = $1", f"old-{tag}-1"
+        )
+    finally:
+        await conn.close()
+
+    for path in ("/admin/invitations", "/admin/activity"):
+        code, _, html = await admin.get(f"{path}?portal_id={oldest}")
+        assert code == 200
+        assert f'<option value="{oldest}" selected>Old {tag} 1</option>' in html, path

@@ -16,7 +16,7 @@ from libs.common.activity import ACTIONS
 from libs.common.web import json_response, parse_query
 
 from .. import contracts
-from ..answers import ActivityActor, ActivityEntry, ActivityPage, PortalPage
+from ..answers import ActivityActor, ActivityEntry, ActivityPage, PortalAnswer
 from ..contracts import ActivityAction
 from ..domain import parse_uuid
 from ..i18n import N_, gettext, ngettext
@@ -136,13 +136,13 @@ async def activity_page(request: web.Request) -> web.StreamResponse:
     # Declared: an entry's details (dict[str, Any]) would leave gather's answer untyped.
     page: ActivityPage
     actors: list[ActivityActor]
-    portals: PortalPage
+    portals: list[PortalAnswer]
     page, actors, portals = await asyncio.gather(
         up.identity.activity(actor, action or None, portal_id, PAGE_ROWS, cursor),
         up.identity.activity_actors(),
-        up.portals.find(limit=200),
+        up.portals.choices(portal_id),
     )
-    titles = {p["id"]: p["title"] for p in portals["items"]}
+    titles = {p["id"]: p["title"] for p in portals}
     filters = {
         k: v for k, v in {"actor": actor, "action": action, "portal_id": portal_id}.items() if v
     }
@@ -163,7 +163,7 @@ async def activity_page(request: web.Request) -> web.StreamResponse:
         "rows": rows,
         "actors": actors,
         "actions": ACTIONS,
-        "portals": portals["items"],
+        "portals": portals,
         "actor": actor or "",
         "action": action,
         "portal_id": portal_id or "",

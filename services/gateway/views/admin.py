@@ -70,7 +70,7 @@ async def invitation_list(request: web.Request) -> web.StreamResponse:
     cursor = request.query.get("cursor") or None
     searched = request.query.get("email", "")[:320].strip()
     email = email_or_none(searched) if searched else None
-    portals = await up.portals.find(limit=200)
+    portals = await up.portals.choices(portal_id)
     if searched and email is None:
         page: InvitationPage = {"items": [], "next_cursor": None}
         counts: InvitationCounts | dict[str, int] = {}
@@ -100,7 +100,7 @@ async def invitation_list(request: web.Request) -> web.StreamResponse:
     ]
     context = {
         "invitations": page["items"],
-        "portals": portals["items"],
+        "portals": portals,
         "status": status or "all",
         "portal_id": portal_id or "",
         "email": searched,

@@ -55,6 +55,12 @@ async def test_users_endpoints(client: Client, test_env: TestEnv) -> None:
     assert (await (await client.get(f"/users/{user['id']}")).json()) == user
     assert await _error(await client.get(f"/users/{uuid.uuid4()}"), 404) == "user_not_found"
     assert await _error(await client.get("/users/not-a-uuid"), 404) == "user_not_found"
+    # a screen's users in one request: the ones that exist, an unknown id simply absent
+    response = await client.post("/users/by-id", json={"ids": [user["id"], str(uuid.uuid4())]})
+    assert (await response.json()) == {"items": [user]}
+    too_many = [str(uuid.uuid4()) for _ in range(501)]
+    response = await client.post("/users/by-id", json={"ids": too_many})
+    assert await _error(response, 422) == "invalid_input"
     # the invitations service's question (is the invited email someone's already?)
     as_invitations = test_env.keys.headers("invitations", "identity")
     lookup = "/users/lookup"
@@ -238,8 +244,9 @@ async def test_openapi_document_lists_every_route(client: Client) -> None:
     assert doc["openapi"].startswith("3.1")
     assert {"post", "get"} <= set(doc["paths"]["/users"])
     assert "requestBody" in doc["paths"]["/users/ensure"]["post"]
-    assert len(doc["paths"]) == 22
+    assert len(doc["paths"]) == 23
     assert "409 last_administrator" in doc["paths"]["/users/{user_id}/erase"]["post"]["description"]
+    assert "requestBody" in doc["paths"]["/users/by-id"]["post"]
     assert "put" in doc["paths"]["/users/{user_id}/preferences"]
     assert "parameters" in doc["paths"]["/activity"]["get"]
     # OpenAPI 3.1 (4.8.12.4): a parameter has a schema or a content, else tools that read

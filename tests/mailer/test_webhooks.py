@@ -396,6 +396,16 @@ async def test_the_delivery_log_pages_newest_first(
     status, body = await api.call("GET", f"/webhooks/{uuid.uuid4()}/deliveries")
     assert status == 404 and body["error"]["code"] == "webhook_not_found"
 
+    # Settings → Webhooks: every endpoint with its newest deliveries, in one request.
+    status, body = await api.call("GET", "/webhooks?deliveries=2")
+    assert status == 200
+    [mine] = [e for e in body["items"] if e["id"] == endpoint["id"]]
+    assert [d["id"] for d in mine["deliveries"]] == [d["id"] for d in first["items"]]
+    status, body = await api.call("GET", "/webhooks")
+    assert all("deliveries" not in e for e in body["items"])
+    status, body = await api.call("GET", "/webhooks?deliveries=51")
+    assert status == 422
+
 
 async def test_without_an_overlap_only_the_new_secret_signs(
     internal: Callable[..., Any], publisher: Bus, hook: Receiver

@@ -428,6 +428,16 @@ async def test_user_portals_and_content_visibility(client: Client, new_portal: N
     assert (await (await client.get(f"/users/{uuid.uuid4()}/portals")).json()) == {"items": []}
     assert (await client.get("/users/nope/portals")).status == 422
 
+    # A page of users in one request: each user's portals as its own list gives them.
+    nobody = str(uuid.uuid4())
+    resp = await client.post("/users/portals", json={"user_ids": [user, nobody]})
+    assert (await resp.json())["items"] == [
+        {"user_id": user, "portals": items},
+        {"user_id": nobody, "portals": []},
+    ]
+    too_many = [str(uuid.uuid4()) for _ in range(201)]
+    assert (await client.post("/users/portals", json={"user_ids": too_many})).status == 422
+
 
 async def test_concurrent_client_changes_leave_exactly_one_client(
     client: Client, db: asyncpg.Pool, new_portal: NewPortal

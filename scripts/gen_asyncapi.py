@@ -283,7 +283,9 @@ SUMMARIES = {
         "portal_not_active, invalid_email, already_has_access, missing_portal, "
         "invalid_expires_in_days, personal_message_too_long, or "
         "send_rate_limited (the invitation was pending and a new link would pass a cap on "
-        "new links; retry_at says when the next one can go)."
+        "new links; retry_at says when the next one can go), or integration_rate_limited "
+        "(the sender's broker user passed INVITATIONS_REQUESTS_PER_INTEGRATION_HOUR; "
+        "nothing was sent; retry_at says when the next request fits)."
     ),
     "invitation.resent": (
         "A new link and expiry were sent; the old link no longer works (its page says it was "

@@ -37,7 +37,7 @@ from .actor import set_actor
 from .amqp_transport import CoalescingTransportFactory
 from .batching import GroupCommit
 from .broker import Binding, ExchangeKind
-from .context import set_correlation_id
+from .context import set_correlation_id, set_sender
 from .db import DATABASE_AWAY, Conn, UseCaseDeps
 from .errors import Unavailable
 from .events import (
@@ -548,6 +548,7 @@ class Consumer:
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         structlog.contextvars.clear_contextvars()
         set_actor(None)  # what a consumer writes is the system's doing, not a person's
+        set_sender(message.user_id)
         try:
             envelope = parse_envelope(message.body)
         except MalformedEvent as exc:

@@ -8,6 +8,9 @@ from contextvars import ContextVar
 import structlog
 
 correlation_id_var: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+# The broker user that sent the event being handled (AMQP user_id, which RabbitMQ checks
+# against the login); None over HTTP, or when the sender left user_id out.
+sender_var: ContextVar[str | None] = ContextVar("sender", default=None)
 
 CORRELATION_HEADER = "X-Correlation-ID"
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -24,6 +27,14 @@ def current_correlation_id() -> str:
 def set_correlation_id(value: str) -> None:
     correlation_id_var.set(value)
     structlog.contextvars.bind_contextvars(correlation_id=value)
+
+
+def set_sender(value: str | None) -> None:
+    sender_var.set(value)
+
+
+def current_sender() -> str | None:
+    return sender_var.get()
 
 
 def new_id() -> str:

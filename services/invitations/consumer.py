@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from libs.common.broker import CONSUMES
 from libs.common.bus import ServiceHandler, Together, arrival_context
+from libs.common.context import current_sender
 from libs.common.db import Conn, connection
 from libs.common.errors import DomainError, InvalidInput, RateLimited
 from libs.common.events import (
@@ -56,6 +57,7 @@ from .handlers import (
 )
 from .handlers.base import Row
 from .handlers.sending import GROUP_REF, INVITATION_REF, FirstSend
+from .metrics import REQUESTS_CAPPED
 from .repository import NewInvitation
 
 log = get_logger(__name__)
@@ -76,6 +78,7 @@ REJECT_REASONS = frozenset(
         "personal_message_too_long",
         "invalid_locale",
         "send_rate_limited",
+        "integration_rate_limited",
         # Several portals, one invitation (portal_ids).
         "idempotency_key_reused",
         "no_portals",
@@ -261,6 +264,7 @@ async def on_requested(deps: Deps, events: Sequence[Event]) -> None:
     (``arrival_context``). Anything but a refusal fails the run, which the consumer then
     applies one event at a time."""
     async with connection(deps.db) as conn:
+        budget = await _SenderBudget.of(conn, deps, events)
         run: list[_Request] = []
         for envelope, data in events:
             assert isinstance(data, InvitationRequested)
@@ -268,6 +272,8 @@ async def on_requested(deps: Deps, events: Sequence[Event]) -> None:
                 # Several portals: on its own, after the requests before it.
                 await _requests(conn, deps, run)
                 run = []
+                if await budget.refused(conn, envelope, data):
+                    continue
                 await _own(envelope, _requested_group(conn, deps, data))
                 continue
             command = InviteCommand.from_fields(
@@ -280,8 +286,67 @@ async def on_requested(deps: Deps, events: Sequence[Event]) -> None:
             )
             if look.key_taken and await _own(envelope, _answer_repeat(conn, data.idempotency_key)):
                 continue
+            if await budget.refused(conn, envelope, data):
+                continue
             run.append(_Request(envelope, data, command, look))
         await _requests(conn, deps, run)
+        await budget.record(conn)
+
+
+def _sender(envelope: Envelope) -> str:
+    """The broker user that sent the request ('' when it gave no user_id)."""
+    return arrival_context(envelope).run(current_sender) or ""
+
+
+class _SenderBudget:
+    """The cap on invitation.requested per integration (its broker user) in any hour
+    (INVITATIONS_REQUESTS_PER_INTEGRATION_HOUR): a leaked or looping integration gets
+    invitation.rejected integration_rate_limited beyond it, and the log and
+    clientpress_invitation_requests_capped_total name it. Runs under way together (other
+    replicas, concurrent batches) don't see each other's count: they may pass the cap by
+    what they hold, at most the prefetch each, rather than wait on one another."""
+
+    def __init__(self, deps: Deps, now: datetime, left: dict[str, int]) -> None:
+        self.deps, self.now, self.left = deps, now, left
+        self.taken: list[tuple[str, datetime]] = []
+
+    @classmethod
+    async def of(cls, conn: Conn, deps: Deps, events: Sequence[Event]) -> _SenderBudget:
+        now = deps.clock()
+        cap = deps.settings.invitations_requests_per_integration_hour
+        senders = sorted({_sender(envelope) for envelope, _ in events})
+        taken = await repo.senders_taken(conn, senders, now - domain.SENDER_WINDOW)
+        return cls(deps, now, {sender: cap - n for sender, n in taken.items()})
+
+    async def refused(self, conn: Conn, envelope: Envelope, data: InvitationRequested) -> bool:
+        """Whether the request is past its sender's cap (then answered), else counted."""
+        sender = _sender(envelope)
+        if self.left[sender] > 0:
+            self.left[sender] -= 1
+            self.taken.append((sender, self.now))
+            return False
+        cap = self.deps.settings.invitations_requests_per_integration_hour
+        until = self.now
+        oldest = await repo.sender_nth_latest(conn, sender, cap)
+        if oldest is not None:
+            until = max(until, oldest + domain.SENDER_WINDOW)
+        REQUESTS_CAPPED.labels(sender or "unnamed").inc()
+        refusal = domain.sender_limited(sender, until, self.now, limit=cap)
+        context = arrival_context(envelope)
+        context.run(
+            log.warning,
+            "invitation_request_integration_capped",
+            sender=sender or None,
+            cap=cap,
+            retry_at=until.isoformat(),
+        )
+        await asyncio.create_task(_reject(conn, data, refusal), context=context)
+        return True
+
+    async def record(self, conn: Conn) -> None:
+        if self.taken:
+            await repo.record_sender_requests(conn, self.taken)
+            self.taken = []
 
 
 def _own(envelope: Envelope, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:

@@ -223,6 +223,34 @@ def send_limited(
     )
 
 
+SENDER_WINDOW = timedelta(hours=1)
+
+
+def sender_limited(
+    sender: str | None, until: datetime, now: datetime, *, limit: int
+) -> RateLimited:
+    """The refusal of an invitation.requested beyond the cap on requests per integration
+    (its broker user) in any hour: nothing is made or sent; ``retry_at`` says when the
+    next one fits."""
+    shown = until.replace(second=0, microsecond=0)
+    if shown < until:
+        shown += timedelta(minutes=1)
+    who = f"The integration {sender}" if sender else "An integration without a user_id"
+    requests = "1 invitation request" if limit == 1 else f"{limit} invitation requests"
+    message = (
+        f"{who} has sent {requests} in the last hour, its cap"
+        f" (INVITATIONS_REQUESTS_PER_INTEGRATION_HOUR). Nothing was sent."
+        f" The next request can go at {when(shown)}."
+    )
+    wait = max(1, math.ceil((until - now).total_seconds()))
+    return RateLimited(
+        message,
+        retry_after=wait,
+        code="integration_rate_limited",
+        details={"retry_at": until.isoformat(), "retry_after": wait},
+    )
+
+
 # --- reminders ------------------------------------------------------------------------
 REMINDER_CHOICES = (0, 1, 3)  # days before expiry; 0 = Off
 

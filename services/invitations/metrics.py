@@ -39,6 +39,14 @@ SENDS_CAPPED = Counter(
     ["cap"],
 )
 
+# Per replica (sum them): invitation.requested refused by the cap on requests per
+# integration, by the broker user that sent them ('unnamed' without a user_id).
+REQUESTS_CAPPED = Counter(
+    "clientpress_invitation_requests_capped_total",
+    "invitation.requested refused by the cap per integration, by sender",
+    ["sender"],
+)
+
 
 async def refresh(pool: asyncpg.Pool, now: datetime) -> None:
     async with pool.acquire() as conn:

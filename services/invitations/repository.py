@@ -141,6 +141,44 @@ async def first_look(
     return FirstLook(row["key_taken"], portal, int(row["invitation_expiry_days"]))
 
 
+async def senders_taken(conn: Db, senders: list[str], since: datetime) -> dict[str, int]:
+    """The invitation.requested each sender had taken since ``since`` (committed: runs
+    under way on other connections are not seen, so together they may pass a cap by what
+    they hold, at most the consumer's prefetch each, rather than wait on one another)."""
+    rows = await conn.fetch(
+        "SELECT sender, count(*) AS taken FROM sender_requests"
+        " WHERE sender = ANY($1::text[]) AND at > $2 GROUP BY sender",
+        senders,
+        since,
+    )
+    return dict.fromkeys(senders, 0) | {r["sender"]: r["taken"] for r in rows}
+
+
+async def forget_sender_requests(conn: Db, before: datetime) -> int:
+    """Counted requests that have left the cap's window."""
+    status = await conn.execute("DELETE FROM sender_requests WHERE at <= $1", before)
+    return int(status.split()[-1])
+
+
+async def record_sender_requests(conn: Db, taken: list[tuple[str, datetime]]) -> None:
+    await conn.execute(
+        "INSERT INTO sender_requests (sender, at)"
+        " SELECT * FROM unnest($1::text[], $2::timestamptz[])",
+        [sender for sender, _ in taken],
+        [at for _, at in taken],
+    )
+
+
+async def sender_nth_latest(conn: Db, sender: str, n: int) -> datetime | None:
+    """When ``sender``'s ``n``-th latest counted request was taken."""
+    at: datetime | None = await conn.fetchval(
+        "SELECT at FROM sender_requests WHERE sender = $1 ORDER BY at DESC OFFSET $2 LIMIT 1",
+        sender,
+        n - 1,
+    )
+    return at
+
+
 async def find_by_key(conn: Db, key: str) -> Row | None:
     return await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM invitations i {_JOIN} WHERE i.idempotency_key = $1", key

@@ -23,6 +23,11 @@ class InvitationsSettings(CommonSettings):
     invitations_sends_per_invitation_hour: int = Field(default=5, ge=1)
     invitations_sends_per_address_hour: int = Field(default=20, ge=1)
     invitations_new_link_requests_per_day: int = Field(default=3, ge=1)
+    # invitation.requested taken from one integration (its broker user; the user_id it
+    # publishes with) in any hour, repeats of a key not counted; beyond, each is answered
+    # invitation.rejected integration_rate_limited: a leaked or looping integration can't
+    # turn the SMTP server into a spam cannon. Migrations in bulk: the batch API.
+    invitations_requests_per_integration_hour: int = Field(default=1000, ge=1)
     # How often waiting "Email me a new link" requests are looked for (each request also
     # wakes its own replica's worker at once; this catches what a stopped replica left).
     invitations_new_link_seconds: float = Field(default=10, gt=0)

@@ -24,7 +24,9 @@ from libs.common.events import (
     PortalChanged,
     make_event,
 )
-from tests.invitations.conftest import World, only_first_looks, outbox_events
+from services.invitations.api import DEPS
+from services.invitations.handlers import clear_closed_once
+from tests.invitations.conftest import Clock, World, only_first_looks, outbox_events
 from tests.support.env import TestEnv
 from tests.support.owners import OwnersBus
 
@@ -655,3 +657,60 @@ async def test_outcomes_arriving_together_are_written_in_one_statement(
         "failed",
         "550 no such user",
     )
+
+
+async def test_an_integration_past_its_hourly_cap_is_answered_and_sends_nothing(
+    app_factory: Any,
+    world: World,
+    pool: asyncpg.Pool,
+    publish: Publish,
+    clock: Clock,
+    migrated_schemas: TestEnv,
+) -> None:
+    """A leaked or looping integration can't send unbounded first invitations (each an
+    email to a new address): past INVITATIONS_REQUESTS_PER_INTEGRATION_HOUR in any hour,
+    each request is answered invitation.rejected integration_rate_limited naming the
+    sender and when the next fits; nothing is made or sent. A repeat of a key is not
+    counted, and the hour after, the integration is served again."""
+    # Past the hour of the requests the earlier tests of the run published.
+    clock.advance(hours=2)
+    app = await app_factory(invitations_requests_per_integration_hour=3)
+    portal = world.add_portal()
+    keys = [f"cap-{n}-{uuid.uuid4().hex}" for n in range(5)]
+
+    def request(key: str) -> InvitationRequested:
+        return InvitationRequested(
+            portal_id=uuid.UUID(portal["id"]), email=f"{key}@example.com", idempotency_key=key
+        )
+
+    for key in keys[:3]:
+        await publish("invitation.requested", request(key))
+    await publish.settled(pool)
+    await publish("invitation.requested", request(keys[0]))  # a repeat: answered, not counted
+    for key in keys[3:]:
+        await publish("invitation.requested", request(key))
+    await publish.settled(pool)
+    made = await pool.fetchval(
+        "SELECT count(*) FROM invitations WHERE idempotency_key = ANY($1::text[])", keys
+    )
+    assert made == 3
+    for key in keys[3:]:
+        [(kind, answer)] = await outbox_events(pool, key)
+        assert kind == "invitation.rejected"
+        assert answer["data"]["reason"] == "integration_rate_limited"
+        assert migrated_schemas.integration_user in answer["data"]["message"]
+        assert "Nothing was sent" in answer["data"]["message"]
+        retry_at = datetime.fromisoformat(answer["data"]["retry_at"])
+        assert retry_at == clock.now + timedelta(hours=1)
+    clock.advance(hours=1, seconds=1)
+    await publish("invitation.requested", request(keys[4]))
+    await publish.settled(pool)
+    kinds = [kind for kind, _ in await outbox_events(pool, keys[4])]
+    assert kinds[-2:] == ["invitation.created", "mail.requested"]
+    # The hourly retention task forgets what has left the window.
+    sender = migrated_schemas.integration_user
+    counted = "SELECT count(*) FROM sender_requests WHERE sender = $1"
+    assert await pool.fetchval(counted, sender) == 4
+    clock.advance(minutes=59)
+    await clear_closed_once(app.app[DEPS])
+    assert await pool.fetchval(counted, sender) == 1

@@ -8,6 +8,7 @@ from datetime import timedelta
 from libs.common.context import new_id, set_correlation_id
 from libs.common.db import transaction, try_xact_lock
 
+from .. import domain
 from .. import repository as repo
 from . import staff_events
 from .base import Deps, closed_event, emit, log
@@ -40,7 +41,10 @@ async def sweep_once(deps: Deps, *, batch: int = 500) -> int:
 async def clear_closed_once(deps: Deps) -> dict[str, int]:
     """Clear the Personal Message of invitations accepted or revoked
     ``INVITATIONS_RETENTION_DAYS`` ago (the invitation itself stays: the Invitations
-    screen's history). Any replica may run it at once: each row is cleared once."""
+    screen's history), and forget the requests counted for the cap per integration an
+    hour on. Any replica may run it at once: each row is cleared once."""
     before = deps.clock() - timedelta(days=deps.settings.invitations_retention_days)
     cleared = await repo.clear_closed_messages(deps.db, before)
-    return {"personal_messages_cleared": cleared}
+    # The requests counted for the cap per integration, once out of its window.
+    forgotten = await repo.forget_sender_requests(deps.db, deps.clock() - domain.SENDER_WINDOW)
+    return {"personal_messages_cleared": cleared, "sender_requests": forgotten}

@@ -16,6 +16,7 @@ from libs.common.broker import CONSUMES
 from libs.common.bus import ServiceHandler, Together, arrival_context
 from libs.common.context import current_sender
 from libs.common.db import Conn, connection
+from libs.common.email import same_email
 from libs.common.errors import DomainError, InvalidInput, RateLimited
 from libs.common.events import (
     Envelope,
@@ -56,7 +57,7 @@ from .handlers import (
     sends,
 )
 from .handlers.base import Row
-from .handlers.sending import GROUP_REF, INVITATION_REF, FirstSend
+from .handlers.sending import GROUP_REF, INVITATION_REF, FirstSend, key_reused
 from .metrics import REQUESTS_CAPPED
 from .repository import NewInvitation
 
@@ -166,17 +167,39 @@ def _created_again(
     )
 
 
-async def _answer_repeat(conn: Conn, key: str) -> bool:
+async def _answer_repeat(conn: Conn, data: InvitationRequested) -> bool:
     """A retried request (its sender lost our answer, or the broker's confirm) makes
     nothing new but still gets an answer under its own correlation id: the original
-    invitation, announced again with the same invitation id."""
+    invitation, announced again with the same invitation id. The key with another address
+    or portal is no retry: refused idempotency_key_reused, as the API does, never
+    answered as if that address had been invited."""
+    key = data.idempotency_key
     existing = await repo.find_by_key(conn, key)
     if existing is None:
         return False
+    if not _same_request(existing, data):
+        log.warning(
+            "invitation_request_key_reused",
+            idempotency_key=key,
+            invitation_id=str(existing["id"]),
+            sender=current_sender(),
+        )
+        await _reject(conn, data, key_reused())
+        return True
     log.info("invitation_request_duplicate", idempotency_key=key)
     again = _created_again(existing, idempotency_key=key)
     await append(conn, make_event("invitation.created", again, source=SOURCE))
     return True
+
+
+def _same_request(invitation: Row, data: InvitationRequested) -> bool:
+    """Whether a request names the address and portal of the invitation its key made."""
+    if not same_email(invitation["email"], data.email or ""):
+        return False
+    if data.portal_id is not None and data.portal_id != invitation["portal_id"]:
+        return False
+    slug = invitation["portal_slug"]
+    return not data.portal_slug or (slug is not None and data.portal_slug.lower() == slug.lower())
 
 
 async def _reject(conn: Conn, data: InvitationRequested, exc: DomainError) -> None:
@@ -284,7 +307,7 @@ async def on_requested(deps: Deps, events: Sequence[Event]) -> None:
             look = await repo.first_look(
                 conn, data.idempotency_key, command.portal_id, command.portal_slug
             )
-            if look.key_taken and await _own(envelope, _answer_repeat(conn, data.idempotency_key)):
+            if look.key_taken and await _own(envelope, _answer_repeat(conn, data)):
                 continue
             if await budget.refused(conn, envelope, data):
                 continue
@@ -442,7 +465,7 @@ async def _not_first(
         return
     if outcome == "duplicate":
         # Lost a race with the same key delivered at the same time: answer like a repeat.
-        await _answer_repeat(conn, request.data.idempotency_key)
+        await _answer_repeat(conn, request.data)
     log.info("invitation_request_applied", outcome=outcome)
 
 

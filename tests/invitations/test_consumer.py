@@ -714,3 +714,46 @@ async def test_an_integration_past_its_hourly_cap_is_answered_and_sends_nothing(
     clock.advance(minutes=59)
     await clear_closed_once(app.app[DEPS])
     assert await pool.fetchval(counted, sender) == 1
+
+
+async def test_a_key_reused_for_another_address_or_portal_is_refused_not_answered_created(
+    client: Client, world: World, pool: asyncpg.Pool, publish: Publish
+) -> None:
+    """A key that already made an invitation, sent again with another address or another
+    portal, is a bug (or worse) in the integration: it is answered idempotency_key_reused,
+    and makes nothing; before, it was answered invitation.created naming the first
+    invitation, as if the new address had been invited."""
+    portal, other = world.add_portal(), world.add_portal()
+    key = f"reuse-{uuid.uuid4().hex}"
+    first = InvitationRequested(
+        portal_id=uuid.UUID(portal["id"]), email="first-reuse@example.com", idempotency_key=key
+    )
+    await publish("invitation.requested", first)
+    await publish.settled(pool)
+    answers = [
+        await publish(
+            "invitation.requested",
+            first.model_copy(update=change),
+        )
+        for change in (
+            {"email": "second-reuse@example.com"},
+            {"portal_id": uuid.UUID(other["id"])},
+            {"portal_id": None, "portal_slug": other["slug"]},
+        )
+    ]
+    # The same request again, the address in another case: a repeat, answered created.
+    again = await publish(
+        "invitation.requested", first.model_copy(update={"email": "First-Reuse@Example.com"})
+    )
+    await publish.settled(pool)
+    by_correlation = {e["correlation_id"]: (t, e) for t, e in await outbox_events(pool, key)}
+    for correlation_id in answers:
+        kind, envelope = by_correlation[correlation_id]
+        assert kind == "invitation.rejected", envelope["data"]
+        assert envelope["data"]["reason"] == "idempotency_key_reused"
+    assert by_correlation[again][0] == "invitation.created"
+    rows = await pool.fetch("SELECT email FROM invitations WHERE idempotency_key = $1", key)
+    assert [r["email"] for r in rows] == ["first-reuse@example.com"]
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM invitations WHERE email LIKE 'second-reuse@%'"
+    )

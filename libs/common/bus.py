@@ -691,7 +691,13 @@ class Consumer:
         return applied
 
     async def _dead_letter(self, message: AbstractIncomingMessage, type: str, why: str) -> None:
-        log.error("event_malformed_dead_lettered", reason=why, message_id=message.message_id)
+        # The broker-checked user_id names who to call about it (a buggy integration).
+        log.error(
+            "event_malformed_dead_lettered",
+            reason=why,
+            message_id=message.message_id,
+            sender=message.user_id,
+        )
         EVENTS_DEAD_LETTERED.labels(type_label(type), "malformed").inc()
         EVENTS_CONSUMED.labels(type_label(type), "malformed").inc()
         await self._reject(message)

@@ -757,3 +757,27 @@ async def test_a_key_reused_for_another_address_or_portal_is_refused_not_answere
     assert not await pool.fetchval(
         "SELECT count(*) FROM invitations WHERE email LIKE 'second-reuse@%'"
     )
+
+
+async def test_a_malformed_request_is_dead_lettered_with_a_log_naming_its_sender(
+    client: Client, pool: asyncpg.Pool, publish: Publish, migrated_schemas: TestEnv
+) -> None:
+    """A buggy integration's malformed requests go to the dead-letter queue; the log line
+    must say which integration sent them (the broker-checked user_id), else the operator
+    can't tell whom to call."""
+    from structlog.testing import capture_logs
+
+    def dead_lettered() -> list[dict[str, Any]]:
+        return [line for line in logs if line["event"] == "event_malformed_dead_lettered"]
+
+    with capture_logs() as logs:
+        await publish("invitation.requested", raw=b"not json")
+        await publish("invitation.requested", InvitationRequested(idempotency_key="after"))
+        await publish.settled(pool)
+        [line] = await eventually(lambda: _now(dead_lettered()))
+    assert line["sender"] == migrated_schemas.integration_user
+    assert line["log_level"] == "error"
+
+
+async def _now(value: T) -> T:
+    return value

@@ -329,8 +329,10 @@ class _SenderBudget:
     replicas, concurrent batches) don't see each other's count: they may pass the cap by
     what they hold, at most the prefetch each, rather than wait on one another."""
 
-    def __init__(self, deps: Deps, now: datetime, left: dict[str, int]) -> None:
-        self.deps, self.now, self.left = deps, now, left
+    def __init__(
+        self, deps: Deps, now: datetime, left: dict[str, int], *, counting: bool = True
+    ) -> None:
+        self.deps, self.now, self.left, self.counting = deps, now, left, counting
         self.taken: list[tuple[str, datetime]] = []
 
     @classmethod
@@ -338,7 +340,9 @@ class _SenderBudget:
         now = deps.clock()
         cap = deps.settings.invitations_requests_per_integration_hour
         senders = sorted({_sender(envelope) for envelope, _ in events})
-        taken = await repo.senders_taken(conn, senders, now - domain.SENDER_WINDOW)
+        if not cap:  # no cap (0): nothing counted, nothing refused
+            return cls(deps, now, dict.fromkeys(senders, len(events)), counting=False)
+        taken = await repo.senders_taken(conn, senders, now - domain.SENDER_WINDOW, cap)
         return cls(deps, now, {sender: cap - n for sender, n in taken.items()})
 
     async def refused(self, conn: Conn, envelope: Envelope, data: InvitationRequested) -> bool:
@@ -367,7 +371,7 @@ class _SenderBudget:
         return True
 
     async def record(self, conn: Conn) -> None:
-        if self.taken:
+        if self.taken and self.counting:
             await repo.record_sender_requests(conn, self.taken)
             self.taken = []
 

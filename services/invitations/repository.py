@@ -141,17 +141,20 @@ async def first_look(
     return FirstLook(row["key_taken"], portal, int(row["invitation_expiry_days"]))
 
 
-async def senders_taken(conn: Db, senders: list[str], since: datetime) -> dict[str, int]:
-    """The invitation.requested each sender had taken since ``since`` (committed: runs
+async def senders_taken(conn: Db, senders: list[str], since: datetime, cap: int) -> dict[str, int]:
+    """The invitation.requested each sender had taken since ``since``, counted up to
+    ``cap`` (reading no more rows than the cap, however busy the sender) and committed: runs
     under way on other connections are not seen, so together they may pass a cap by what
-    they hold, at most the consumer's prefetch each, rather than wait on one another)."""
+    they hold, at most the consumer's prefetch each, rather than wait on one another."""
     rows = await conn.fetch(
-        "SELECT sender, count(*) AS taken FROM sender_requests"
-        " WHERE sender = ANY($1::text[]) AND at > $2 GROUP BY sender",
+        "SELECT s.sender, (SELECT count(*) FROM (SELECT 1 FROM sender_requests r"
+        "  WHERE r.sender = s.sender AND r.at > $2 LIMIT $3) AS c) AS taken"
+        " FROM unnest($1::text[]) AS s(sender)",
         senders,
         since,
+        cap,
     )
-    return dict.fromkeys(senders, 0) | {r["sender"]: r["taken"] for r in rows}
+    return {r["sender"]: r["taken"] for r in rows}
 
 
 async def forget_sender_requests(conn: Db, before: datetime) -> int:

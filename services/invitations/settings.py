@@ -27,7 +27,7 @@ class InvitationsSettings(CommonSettings):
     # publishes with) in any hour, repeats of a key not counted; beyond, each is answered
     # invitation.rejected integration_rate_limited: a leaked or looping integration can't
     # turn the SMTP server into a spam cannon. Migrations in bulk: the batch API.
-    invitations_requests_per_integration_hour: int = Field(default=1000, ge=1)
+    invitations_requests_per_integration_hour: int = Field(default=1000, ge=0)  # 0: no cap
     # How often waiting "Email me a new link" requests are looked for (each request also
     # wakes its own replica's worker at once; this catches what a stopped replica left).
     invitations_new_link_seconds: float = Field(default=10, gt=0)

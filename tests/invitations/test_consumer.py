@@ -716,6 +716,39 @@ async def test_an_integration_past_its_hourly_cap_is_answered_and_sends_nothing(
     assert await pool.fetchval(counted, sender) == 1
 
 
+async def test_a_cap_of_zero_counts_nothing_and_refuses_nothing(
+    app_factory: Any,
+    world: World,
+    pool: asyncpg.Pool,
+    publish: Publish,
+    clock: Clock,
+    migrated_schemas: TestEnv,
+) -> None:
+    """INVITATIONS_REQUESTS_PER_INTEGRATION_HOUR=0 turns the cap off (an installation that
+    caps its integrations elsewhere, the benchmark): every request is served and none is
+    written down to be counted."""
+    clock.advance(hours=2)
+    await app_factory(invitations_requests_per_integration_hour=0)
+    sender = migrated_schemas.integration_user
+    counted = "SELECT count(*) FROM sender_requests WHERE sender = $1"
+    before = await pool.fetchval(counted, sender)
+    portal = world.add_portal()
+    keys = [f"nocap-{n}-{uuid.uuid4().hex}" for n in range(4)]
+    for key in keys:
+        await publish(
+            "invitation.requested",
+            InvitationRequested(
+                portal_id=uuid.UUID(portal["id"]), email=f"{key}@example.com", idempotency_key=key
+            ),
+        )
+    await publish.settled(pool)
+    made = await pool.fetchval(
+        "SELECT count(*) FROM invitations WHERE idempotency_key = ANY($1::text[])", keys
+    )
+    assert made == 4
+    assert await pool.fetchval(counted, sender) == before
+
+
 async def test_a_key_reused_for_another_address_or_portal_is_refused_not_answered_created(
     client: Client, world: World, pool: asyncpg.Pool, publish: Publish
 ) -> None:

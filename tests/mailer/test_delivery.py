@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import pytest
 from aiosmtpd.controller import Controller
+from prometheus_client import REGISTRY
 
 from libs.common.bus import Bus
 from tests.mailer.conftest import (
@@ -30,6 +31,29 @@ pytestmark = pytest.mark.integration
 
 def _address() -> str:
     return f"client-{uuid.uuid4().hex[:8]}@example.com"
+
+
+class Counts(NamedTuple):
+    sent: float
+    retried: float
+    failed: float
+
+    def since(self, before: Counts) -> Counts:
+        return Counts(*(now - then for now, then in zip(self, before, strict=True)))
+
+
+def email_counts(template: str = "invitation") -> Counts:
+    """The mailer's counters for ``template`` in this process's registry (0 before the
+    first: a labelled counter appears with its first increment)."""
+
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"template": template}) or 0.0
+
+    return Counts(
+        value("clientpress_emails_sent_total"),
+        value("clientpress_emails_retried_total"),
+        value("clientpress_emails_failed_total"),
+    )
 
 
 async def test_a_mail_job_on_the_mail_exchange_arrives_with_both_parts(
@@ -113,6 +137,7 @@ async def test_a_4xx_answer_is_retried_then_succeeds(
 ) -> None:
     smtp_sink.sink.fail_with = "451 4.3.0 try later"
     await start_mailer(smtp_sink.port)
+    before = email_counts()
     job, _ = await publish_invitation(publisher)
     to = job.to
 
@@ -125,6 +150,8 @@ async def test_a_4xx_answer_is_retried_then_succeeds(
     assert row["attempts"] >= 2 and row["last_error"] is None
     types = [e["type"] for e in await outbox_events(pool, job.mail_id)]
     assert types == ["mail.retrying"] * (row["attempts"] - 1) + ["mail.sent"]
+    # What ClientPressMailRetrying reads, one per retry, and the send.
+    assert email_counts().since(before) == Counts(sent=1, retried=row["attempts"] - 1, failed=0)
 
 
 async def test_an_answer_with_a_nul_byte_is_recorded_and_retried_not_stuck(
@@ -154,10 +181,13 @@ async def test_a_5xx_answer_fails_after_one_attempt(
 ) -> None:
     smtp_sink.sink.fail_with = "550 5.1.1 no such user"
     await start_mailer(smtp_sink.port)
+    before = email_counts()
     job, token = await publish_invitation(publisher)
     to = job.to
 
     row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "failed")
+    # What ClientPressMailFailures reads.
+    assert email_counts().since(before) == Counts(sent=0, retried=0, failed=1)
     assert row["attempts"] == 1 and row["context"] is None
     assert row["last_error"].startswith("550")
     [event] = await outbox_events(pool, job.mail_id)

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -42,7 +43,13 @@ from .domain import (
     retry_reason,
 )
 from .handlers import Deps
-from .metrics import EMAILS_FAILED, EMAILS_QUEUED, EMAILS_RETRIED, EMAILS_SENT
+from .metrics import (
+    EMAILS_FAILED,
+    EMAILS_QUEUED,
+    EMAILS_RETRIED,
+    EMAILS_SENT,
+    SMTP_SEND_SECONDS,
+)
 from .rendering import (
     REPLY_TO_TEMPLATES,
     Templates,
@@ -252,6 +259,7 @@ class Sender:
             log.error("mail_job_unsealed_refused", reason=str(exc))
             await self._fail(delivery, claimed_at, FailureReason.INVALID_CONTEXT, str(exc))
             return
+        started = time.perf_counter()
         try:
             with tracing.span(
                 "smtp send",
@@ -260,17 +268,20 @@ class Sender:
             ):
                 await transport.send(message)
         except SendError as exc:
-            await self._after_error(delivery, claimed_at, exc, since)
+            took = time.perf_counter() - started
+            await self._after_error(delivery, claimed_at, exc, since, took)
             return
+        SMTP_SEND_SECONDS.labels("sent").observe(time.perf_counter() - started)
         if await self._finish(lambda _: self._sent((delivery, claimed_at, tracing.carrier()))):
             EMAILS_SENT.labels(delivery.template).inc()
             log.info("mail_sent", attempts=delivery.attempts)
 
     async def _after_error(
-        self, delivery: Delivery, claimed_at: datetime, exc: SendError, since: float
+        self, delivery: Delivery, claimed_at: datetime, exc: SendError, since: float, took: float
     ) -> None:
         now = database_now(claimed_at, since)
         reason = after_failure(judge_smtp_code(exc.code), delivery.queued_at, now, self.policy)
+        SMTP_SEND_SECONDS.labels("retry" if reason is None else "failed").observe(took)
         if reason is not None:
             await self._fail(delivery, claimed_at, reason, exc.detail)
             return

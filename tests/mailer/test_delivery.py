@@ -56,6 +56,22 @@ def email_counts(template: str = "invitation") -> Counts:
     )
 
 
+async def counted(before: Counts, expected: Counts) -> None:
+    """Wait for the counters to have moved by ``expected`` since ``before``: the mailer
+    counts an outcome just after recording it, so the row may show it first."""
+    for _ in range(400):
+        if email_counts().since(before) == expected:
+            return
+        await asyncio.sleep(0.05)
+    assert email_counts().since(before) == expected
+
+
+def smtp_sends(outcome: str) -> float:
+    """How many SMTP sends the mailer timed that ended in ``outcome``."""
+    name = "clientpress_smtp_send_duration_seconds_count"
+    return REGISTRY.get_sample_value(name, {"outcome": outcome}) or 0.0
+
+
 async def test_a_mail_job_on_the_mail_exchange_arrives_with_both_parts(
     start_mailer: StartMailer,
     publisher: Bus,
@@ -138,6 +154,7 @@ async def test_a_4xx_answer_is_retried_then_succeeds(
     smtp_sink.sink.fail_with = "451 4.3.0 try later"
     await start_mailer(smtp_sink.port)
     before = email_counts()
+    before_sends = {outcome: smtp_sends(outcome) for outcome in ("retry", "sent")}
     job, _ = await publish_invitation(publisher)
     to = job.to
 
@@ -151,7 +168,10 @@ async def test_a_4xx_answer_is_retried_then_succeeds(
     types = [e["type"] for e in await outbox_events(pool, job.mail_id)]
     assert types == ["mail.retrying"] * (row["attempts"] - 1) + ["mail.sent"]
     # What ClientPressMailRetrying reads, one per retry, and the send.
-    assert email_counts().since(before) == Counts(sent=1, retried=row["attempts"] - 1, failed=0)
+    await counted(before, Counts(sent=1, retried=row["attempts"] - 1, failed=0))
+    # Each try is timed, by how it ended: the refusals and the send.
+    assert smtp_sends("retry") - before_sends["retry"] == row["attempts"] - 1
+    assert smtp_sends("sent") - before_sends["sent"] == 1
 
 
 async def test_an_answer_with_a_nul_byte_is_recorded_and_retried_not_stuck(
@@ -182,12 +202,14 @@ async def test_a_5xx_answer_fails_after_one_attempt(
     smtp_sink.sink.fail_with = "550 5.1.1 no such user"
     await start_mailer(smtp_sink.port)
     before = email_counts()
+    failed_sends = smtp_sends("failed")
     job, token = await publish_invitation(publisher)
     to = job.to
 
     row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "failed")
     # What ClientPressMailFailures reads.
-    assert email_counts().since(before) == Counts(sent=0, retried=0, failed=1)
+    await counted(before, Counts(sent=0, retried=0, failed=1))
+    assert smtp_sends("failed") - failed_sends == 1
     assert row["attempts"] == 1 and row["context"] is None
     assert row["last_error"].startswith("550")
     [event] = await outbox_events(pool, job.mail_id)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "monitoring" / "alerts.yml"
@@ -53,3 +54,12 @@ def test_every_alert_fires_on_its_series_and_only_then(tmp_path: Path) -> None:
     written.write_text(yaml.safe_dump(suite, sort_keys=False))
     tested = promtool("test", "rules", str(written))
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_the_rules_outside_clientpress_metrics_are_exported_too() -> None:
+    """ClientPressDeadLetters and ClientPressMailFailures read process_start_time_seconds,
+    which /metrics has from prometheus-client's process collector (the default registry,
+    on Linux); `up` is Prometheus's own."""
+    text = ALERTS.read_text()
+    assert "process_start_time_seconds" in text
+    assert REGISTRY.get_sample_value("process_start_time_seconds"), "no process collector"

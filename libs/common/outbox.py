@@ -317,6 +317,9 @@ class OutboxRelay:
         self._held_since = 0.0
         self._released = asyncio.Event()
         self._released.set()
+        # Rows the broker returned (unroutable) wait their pause in the outbox: while any
+        # may, a short batch does not mean an empty outbox, so the backlog is counted.
+        self._returned_waiting = False
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -389,6 +392,8 @@ class OutboxRelay:
                 )
         for row in sent:
             EVENTS_PUBLISHED.labels(row["routing_key"]).inc()
+        if returned:
+            self._returned_waiting = True
         for row in returned:
             EVENTS_UNROUTABLE.labels(row["routing_key"]).inc()
             log.warning(
@@ -440,13 +445,17 @@ class OutboxRelay:
             try:
                 published = await self.flush_once()
                 # A short batch means nothing was left behind it (rows committed since are
-                # picked up on the next pass). Behind a full one, count now and then: a
-                # count per batch cost more than the batch under a long backlog.
-                if published < self.batch:
+                # picked up on the next pass), unless the broker returned some: they wait
+                # their pause outside any batch. Behind a full one, or while returned rows
+                # may wait, count now and then: a count per batch cost more than the batch
+                # under a long backlog.
+                if published < self.batch and not self._returned_waiting:
                     OUTBOX_BACKLOG.set(0)
                 elif loop.time() - counted_at >= BACKLOG_COUNT_SECONDS:
                     counted_at = loop.time()
-                    OUTBOX_BACKLOG.set(await self.backlog())
+                    waiting = await self.backlog()
+                    OUTBOX_BACKLOG.set(waiting)
+                    self._returned_waiting = self._returned_waiting and waiting > 0
                 since_purge += 1
                 if since_purge >= purge_every:
                     since_purge = 0

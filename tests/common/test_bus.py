@@ -1,6 +1,7 @@
 """The outbox relay and the inbox consumer on the real PostgreSQL and RabbitMQ."""
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -817,3 +818,71 @@ def test_an_owners_event_is_stale_past_the_inbox_window_and_a_command_or_mail_jo
         context={"sealed": "x"},
     )
     assert not stale(aged("mail.requested", job, 30), week, now)
+
+
+async def test_the_backlog_gauge_counts_unroutable_rows_waiting_in_the_outbox(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    """The relay set clientpress_outbox_backlog to 0 after any short batch, so the rows the
+    broker returned (waiting their pause) read as no backlog at all: the gauge, and the
+    backlog alert over it, said all was published while nothing was."""
+    prefix = f"fresh-{uuid.uuid4().hex[:8]}"
+    admin = await aio_pika.connect(test_env.amqp_url)
+    channel = await admin.channel()
+    for kind in ("events", "mail"):
+        await channel.declare_exchange(f"{prefix}.{kind}", aio_pika.ExchangeType.TOPIC)
+    await channel.declare_exchange(f"{prefix}.dlx", aio_pika.ExchangeType.DIRECT)
+    bus = Bus(test_env.amqp_url, prefix, "probe4")
+    await bus.connect()
+    relay = OutboxRelay(probe_schema.pool, bus, probe_schema.schema, test_env.database_url)
+    jobs = [
+        make_event(
+            "mail.requested",
+            MailRequested(
+                mail_id=uuid.uuid4(),
+                template="invitation",
+                to=f"someone{n}@example.com",
+                ref_type="invitation",
+                ref_id=uuid.uuid4(),
+                context={"sealed": "x"},
+            ),
+            source="invitations",
+        )
+        for n in range(3)
+    ]
+    async with probe_schema.acquire() as conn, conn.transaction():
+        for job in jobs:
+            await append(conn, job)
+    before = _unroutable_count("mail.requested")
+    running = asyncio.create_task(relay.run())
+    try:
+
+        async def gauge_reads(rows: int) -> bool:
+            for _ in range(200):
+                if REGISTRY.get_sample_value("clientpress_outbox_backlog") == rows:
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+        for _ in range(200):  # the broker returns the three, once each
+            if _unroutable_count("mail.requested") >= before + 3:
+                break
+            await asyncio.sleep(0.05)
+        assert _unroutable_count("mail.requested") == before + 3
+        assert await gauge_reads(3), REGISTRY.get_sample_value("clientpress_outbox_backlog")
+
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(f"{prefix}.mail", "mail.requested")
+        await probe_schema.pool.execute("UPDATE outbox SET next_attempt_at = now()")
+        relay._wake.set()
+        assert await gauge_reads(0), REGISTRY.get_sample_value("clientpress_outbox_backlog")
+        assert await relay.backlog() == 0
+    finally:
+        await relay.drain(timeout=1.0)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await bus.close()
+        for kind in ("events", "mail", "dlx"):
+            await channel.exchange_delete(f"{prefix}.{kind}")
+        await admin.close()

@@ -318,8 +318,9 @@ class OutboxRelay:
         self._released = asyncio.Event()
         self._released.set()
         # Rows the broker returned (unroutable) wait their pause in the outbox: while any
-        # may, a short batch does not mean an empty outbox, so the backlog is counted.
-        self._returned_waiting = False
+        # may, a short batch does not mean an empty outbox, so the backlog is counted. A
+        # new relay may find some a previous process left: it counts once.
+        self._returned_waiting = True
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:

@@ -29,6 +29,7 @@ from libs.common.events import (
     UserEnabled,
     make_event,
 )
+from libs.common.metrics import OUTBOX_BACKLOG
 from libs.common.outbox import OutboxRelay, append, change_and_append
 from libs.common.web import prune_inbox
 from tests.support.env import TestEnv
@@ -869,6 +870,14 @@ async def test_the_backlog_gauge_counts_unroutable_rows_waiting_in_the_outbox(
                 break
             await asyncio.sleep(0.05)
         assert _unroutable_count("mail.requested") == before + 3
+        assert await gauge_reads(3), REGISTRY.get_sample_value("clientpress_outbox_backlog")
+        # A new process finds them waiting their pause: none is due, yet three wait.
+        await relay.drain(timeout=1.0)
+        await running
+        await probe_schema.pool.execute("UPDATE outbox SET next_attempt_at = now() + '1 hour'")
+        OUTBOX_BACKLOG.set(0)
+        relay = OutboxRelay(probe_schema.pool, bus, probe_schema.schema, test_env.database_url)
+        running = asyncio.create_task(relay.run())
         assert await gauge_reads(3), REGISTRY.get_sample_value("clientpress_outbox_backlog")
 
         queue = await channel.declare_queue(exclusive=True)

@@ -5,6 +5,7 @@ should. .ci/run installs promtool (Debian's `prometheus`)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -63,3 +64,10 @@ def test_the_rules_outside_clientpress_metrics_are_exported_too() -> None:
     text = ALERTS.read_text()
     assert "process_start_time_seconds" in text
     assert REGISTRY.get_sample_value("process_start_time_seconds"), "no process collector"
+
+
+def test_docs_list_every_alert() -> None:
+    """docs/observability.md's table of alerts names each rule, and nothing else."""
+    text = (ROOT / "docs" / "observability.md").read_text()
+    listed = set(re.findall(r"^\s*\| `(ClientPress[A-Za-z0-9]+)` \|", text, re.M))
+    assert listed == set(rules())

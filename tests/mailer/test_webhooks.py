@@ -567,3 +567,52 @@ async def test_a_retry_waits_its_delay_on_the_database_clock_whatever_the_mailer
     database_now = await pool.fetchval("SELECT clock_timestamp()")
     assert log["attempts"] == 1, log
     assert datetime.fromisoformat(log["next_attempt_at"]) > database_now + timedelta(seconds=50)
+
+
+async def test_a_receiver_that_hangs_holds_back_no_other_endpoint(
+    internal: Callable[..., Any], publisher: Bus, hook: Receiver, pool: asyncpg.Pool
+) -> None:
+    """One customer's receiver that never answers: its deliveries (and later their
+    retries, always the oldest due) were claimed first by every worker, so each other
+    endpoint's deliveries waited behind all of them. It holds at most half the workers
+    while another endpoint has a delivery due (all of them while no one else does)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # reads the request, never answers
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        api: Internal = await internal(
+            webhooks_concurrency=4, webhooks_timeout_seconds=1.0, webhooks_retry_base_seconds=60
+        )
+        dead = await api.add(f"http://127.0.0.1:{port}/hooks", ["invitation.created"])
+        for _ in range(16):
+            await publish_created(publisher, created(key=None))
+        waiting = "SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1"
+        await _until(lambda: _count(pool, waiting, dead["id"]), 16)
+        await api.add(hook.url, ["invitation.created"])
+        data = created()
+        await publish_created(publisher, data)
+        await hook.wait_for(about(data))
+        tried = "SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1 AND attempts > 0"
+        # Taken in due order, all 16 older deliveries to the dead receiver went first.
+        assert await _count(pool, tried, dead["id"]) < 12
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def _count(pool: asyncpg.Pool, query: str, endpoint_id: str) -> int:
+    return int(await pool.fetchval(query, uuid.UUID(endpoint_id)))
+
+
+async def _until(read: Callable[[], Any], at_least: int, timeout: float = 30.0) -> None:
+    """Poll until ``read()`` reaches ``at_least`` (a bound, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while (value := await read()) < at_least:
+        assert time.monotonic() < deadline, f"only {value} of {at_least}"
+        await asyncio.sleep(0.05)

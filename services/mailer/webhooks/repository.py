@@ -178,14 +178,27 @@ async def redeliver(
     return dict(row) if row is not None else None
 
 
-async def claim_due(conn: Conn) -> Claimed | None:
-    """Take one due delivery; SKIP LOCKED lets workers and replicas share the queue. Each
-    claim counts as an attempt, so one that kills its worker still reaches the horizon."""
+async def claim_due(conn: Conn, share: int, depth: int) -> Claimed | None:
+    """Take one due delivery: the oldest of an endpoint holding fewer than ``share``
+    deliveries under way, else the oldest of any (no worker idles while work is due). So
+    a receiver that hangs or refuses takes more than its share of the workers only while
+    no one else has a delivery due; taken in due order alone, one dead receiver's
+    retries, always the oldest, held every worker and the others waited behind them all.
+    ``depth``: how many of each endpoint's due deliveries are candidates (the workers).
+    SKIP LOCKED lets workers and replicas share the queue; each claim counts as an
+    attempt, so one that kills its worker still reaches the horizon."""
     row = await conn.fetchrow(
-        "WITH due AS ("
-        "  SELECT id FROM webhook_deliveries"
-        "  WHERE status = 'queued' AND next_attempt_at <= now()"
-        "  ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED),"
+        "WITH candidates AS ("
+        "  SELECT d.id, (SELECT count(*) FROM webhook_deliveries s"
+        "   WHERE s.endpoint_id = e.id AND s.status = 'sending') >= $1 AS over_share"
+        "  FROM webhook_endpoints e"
+        "  CROSS JOIN LATERAL (SELECT id FROM webhook_deliveries"
+        "   WHERE endpoint_id = e.id AND status = 'queued' AND next_attempt_at <= now()"
+        "   ORDER BY next_attempt_at LIMIT $2) d),"
+        " due AS ("
+        "  SELECT w.id FROM webhook_deliveries w JOIN candidates c ON c.id = w.id"
+        "  WHERE w.status = 'queued'"
+        "  ORDER BY c.over_share, w.next_attempt_at LIMIT 1 FOR UPDATE OF w SKIP LOCKED),"
         " taken AS ("
         "  UPDATE webhook_deliveries d SET status = 'sending', claimed_at = clock_timestamp(),"
         "  attempts = attempts + 1 FROM due WHERE d.id = due.id"
@@ -193,7 +206,9 @@ async def claim_due(conn: Conn) -> Claimed | None:
         " SELECT taken.*, e.url, e.secret_sealed,"
         "  CASE WHEN e.previous_until > now() THEN e.previous_sealed END AS previous_sealed,"
         "  e.previous_until"
-        " FROM taken JOIN webhook_endpoints e ON e.id = taken.endpoint_id"
+        " FROM taken JOIN webhook_endpoints e ON e.id = taken.endpoint_id",
+        share,
+        depth,
     )
     if row is None:
         return None

@@ -46,6 +46,10 @@ class WebhookSender:
         self.allow_private = settings.webhooks_allow_private
         # A claim older than this belongs to a worker that died mid-POST.
         self.stuck_seconds = 2 * settings.webhooks_timeout_seconds + 30
+        # An endpoint's share of the workers while others have deliveries due: a receiver
+        # that hangs holds at most half of them then, whatever its backlog of retries.
+        self.share = max(1, settings.webhooks_concurrency // 2)
+        self.depth = settings.webhooks_concurrency
         self._stopping = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -106,7 +110,7 @@ class WebhookSender:
     async def deliver_next(self) -> bool:
         """Claim one due delivery and carry it to an outcome; False when none was due."""
         async with self.pool.acquire() as conn:
-            claimed = await repository.claim_due(conn)
+            claimed = await repository.claim_due(conn, self.share, self.depth)
         if claimed is None:
             return False
         since = asyncio.get_running_loop().time()

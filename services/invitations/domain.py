@@ -200,9 +200,7 @@ def send_limited(
 ) -> RateLimited:
     """The refusal of a new link beyond a cap: 429, with when the next one can go (the
     minute shown is rounded up, so trying at that minute works)."""
-    shown = until.replace(second=0, microsecond=0)
-    if shown < until:
-        shown += timedelta(minutes=1)
+    shown = _minute_up(until)
     if email is None:
         times = "once" if limit == 1 else f"{limit} times"
         message = (
@@ -214,11 +212,22 @@ def send_limited(
         message = (
             f"{email} has been sent {links} in the last hour. The next one can go at {when(shown)}."
         )
+    return _limited(message, until, now, "send_rate_limited")
+
+
+def _minute_up(moment: datetime) -> datetime:
+    """The minute to show for ``moment``, rounded up: trying at that minute works."""
+    shown = moment.replace(second=0, microsecond=0)
+    return shown + timedelta(minutes=1) if shown < moment else shown
+
+
+def _limited(message: str, until: datetime, now: datetime, code: str) -> RateLimited:
+    """429 with ``message``, and when the next one fits (``retry_at``, ``retry_after``)."""
     wait = max(1, math.ceil((until - now).total_seconds()))
     return RateLimited(
         message,
         retry_after=wait,
-        code="send_rate_limited",
+        code=code,
         details={"retry_at": until.isoformat(), "retry_after": wait},
     )
 
@@ -232,9 +241,7 @@ def sender_limited(
     """The refusal of an invitation.requested beyond the cap on requests per integration
     (its broker user) in any hour: nothing is made or sent; ``retry_at`` says when the
     next one fits."""
-    shown = until.replace(second=0, microsecond=0)
-    if shown < until:
-        shown += timedelta(minutes=1)
+    shown = _minute_up(until)
     who = f"The integration {sender}" if sender else "An integration without a user_id"
     requests = "1 invitation request" if limit == 1 else f"{limit} invitation requests"
     message = (
@@ -242,13 +249,7 @@ def sender_limited(
         f" (INVITATIONS_REQUESTS_PER_INTEGRATION_HOUR). Nothing was sent."
         f" The next request can go at {when(shown)}."
     )
-    wait = max(1, math.ceil((until - now).total_seconds()))
-    return RateLimited(
-        message,
-        retry_after=wait,
-        code="integration_rate_limited",
-        details={"retry_at": until.isoformat(), "retry_after": wait},
-    )
+    return _limited(message, until, now, "integration_rate_limited")
 
 
 # --- reminders ------------------------------------------------------------------------

@@ -604,33 +604,55 @@ async def test_concurrent_migrations_apply_once(test_env: TestEnv, tmp_path: Pat
     assert await migrate(test_env.database_url, schema, tmp_path) == []
 
 
-async def test_an_unroutable_mail_job_stays_pending_and_goes_once_the_queue_exists(
-    test_env: TestEnv, probe_schema: ProbePool
-) -> None:
-    """A fresh broker where nobody has bound the mail exchange yet: the broker returns the
-    mandatory job, the row stays in the outbox (counted and logged), and it is published
-    once a queue is there: never counted as sent and lost."""
+async def _exchanges_nobody_binds(
+    env: TestEnv,
+) -> tuple[str, aio_pika.abc.AbstractConnection, aio_pika.abc.AbstractChannel]:
+    """A fresh prefix's exchanges, as on a broker where no queue is bound yet: the prefix,
+    and the administrator's connection and channel (_drop_exchanges undoes it)."""
     prefix = f"fresh-{uuid.uuid4().hex[:8]}"
-    admin = await aio_pika.connect(test_env.amqp_url)
+    admin = await aio_pika.connect(env.amqp_url)
     channel = await admin.channel()
     for kind in ("events", "mail"):
         await channel.declare_exchange(f"{prefix}.{kind}", aio_pika.ExchangeType.TOPIC)
     await channel.declare_exchange(f"{prefix}.dlx", aio_pika.ExchangeType.DIRECT)
-    bus = Bus(test_env.amqp_url, prefix, "probe3")
-    await bus.connect()
-    relay = OutboxRelay(probe_schema.pool, bus, probe_schema.schema, test_env.database_url)
-    job = make_event(
+    return prefix, admin, channel
+
+
+async def _drop_exchanges(
+    admin: aio_pika.abc.AbstractConnection, channel: aio_pika.abc.AbstractChannel, prefix: str
+) -> None:
+    for kind in ("events", "mail", "dlx"):
+        await channel.exchange_delete(f"{prefix}.{kind}")
+    await admin.close()
+
+
+def _mail_job(to: str) -> Envelope:
+    """An invitation's mail job, sealed context and all, as the invitations service writes it."""
+    return make_event(
         "mail.requested",
         MailRequested(
             mail_id=uuid.uuid4(),
             template="invitation",
-            to="someone@example.com",
+            to=to,
             ref_type="invitation",
             ref_id=uuid.uuid4(),
             context={"sealed": "x"},
         ),
         source="invitations",
     )
+
+
+async def test_an_unroutable_mail_job_stays_pending_and_goes_once_the_queue_exists(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    """A fresh broker where nobody has bound the mail exchange yet: the broker returns the
+    mandatory job, the row stays in the outbox (counted and logged), and it is published
+    once a queue is there: never counted as sent and lost."""
+    prefix, admin, channel = await _exchanges_nobody_binds(test_env)
+    bus = Bus(test_env.amqp_url, prefix, "probe3")
+    await bus.connect()
+    relay = OutboxRelay(probe_schema.pool, bus, probe_schema.schema, test_env.database_url)
+    job = _mail_job("someone@example.com")
     async with probe_schema.acquire() as conn, conn.transaction():
         await append(conn, job)
     before = _unroutable_count("mail.requested")
@@ -653,9 +675,7 @@ async def test_an_unroutable_mail_job_stays_pending_and_goes_once_the_queue_exis
         assert await relay.backlog() == 0
     finally:
         await bus.close()
-        for kind in ("events", "mail", "dlx"):
-            await channel.exchange_delete(f"{prefix}.{kind}")
-        await admin.close()
+        await _drop_exchanges(admin, channel, prefix)
 
 
 def _unroutable_count(event_type: str) -> float:
@@ -827,30 +847,11 @@ async def test_the_backlog_gauge_counts_unroutable_rows_waiting_in_the_outbox(
     """The relay set clientpress_outbox_backlog to 0 after any short batch, so the rows the
     broker returned (waiting their pause) read as no backlog at all: the gauge, and the
     backlog alert over it, said all was published while nothing was."""
-    prefix = f"fresh-{uuid.uuid4().hex[:8]}"
-    admin = await aio_pika.connect(test_env.amqp_url)
-    channel = await admin.channel()
-    for kind in ("events", "mail"):
-        await channel.declare_exchange(f"{prefix}.{kind}", aio_pika.ExchangeType.TOPIC)
-    await channel.declare_exchange(f"{prefix}.dlx", aio_pika.ExchangeType.DIRECT)
+    prefix, admin, channel = await _exchanges_nobody_binds(test_env)
     bus = Bus(test_env.amqp_url, prefix, "probe4")
     await bus.connect()
     relay = OutboxRelay(probe_schema.pool, bus, probe_schema.schema, test_env.database_url)
-    jobs = [
-        make_event(
-            "mail.requested",
-            MailRequested(
-                mail_id=uuid.uuid4(),
-                template="invitation",
-                to=f"someone{n}@example.com",
-                ref_type="invitation",
-                ref_id=uuid.uuid4(),
-                context={"sealed": "x"},
-            ),
-            source="invitations",
-        )
-        for n in range(3)
-    ]
+    jobs = [_mail_job(f"someone{n}@example.com") for n in range(3)]
     async with probe_schema.acquire() as conn, conn.transaction():
         for job in jobs:
             await append(conn, job)
@@ -892,6 +893,4 @@ async def test_the_backlog_gauge_counts_unroutable_rows_waiting_in_the_outbox(
         with contextlib.suppress(asyncio.CancelledError):
             await running
         await bus.close()
-        for kind in ("events", "mail", "dlx"):
-            await channel.exchange_delete(f"{prefix}.{kind}")
-        await admin.close()
+        await _drop_exchanges(admin, channel, prefix)

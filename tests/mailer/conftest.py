@@ -165,3 +165,13 @@ async def outbox_events(pool: asyncpg.Pool, mail_id: uuid.UUID) -> list[dict[str
         if body["data"].get("mail_id") == str(mail_id):
             found.append({"exchange": row["exchange"], "raw": bytes(row["body"]), **body})
     return found
+
+
+async def retire_unsent(pool: asyncpg.Pool, ref_type: str) -> None:
+    """Mark the queued or sending deliveries a test made (its ``ref_type``) failed, with no
+    context, so no mailer of a later test picks them up."""
+    await pool.execute(
+        "UPDATE deliveries SET status = 'failed', context = NULL"
+        " WHERE ref_type = $1 AND status IN ('queued', 'sending')",
+        ref_type,
+    )

@@ -17,7 +17,7 @@ from services.mailer.handlers import Deps
 from services.mailer.sender import Sender
 from services.mailer.settings import MailerSettings
 from services.mailer.smtp import SmtpTransport
-from tests.mailer.conftest import mailer_settings, outbox_events
+from tests.mailer.conftest import mailer_settings, outbox_events, retire_unsent
 from tests.support.env import TestEnv, free_port
 
 pytestmark = pytest.mark.integration
@@ -29,11 +29,7 @@ REF_TYPE = "test-repository"
 async def _leave_nothing_to_send(pool: asyncpg.Pool) -> AsyncIterator[None]:
     """Rows made here must never be picked up later by a mailer in another test."""
     yield
-    await pool.execute(
-        "UPDATE deliveries SET status = 'failed', context = NULL"
-        " WHERE ref_type = $1 AND status IN ('queued', 'sending')",
-        REF_TYPE,
-    )
+    await retire_unsent(pool, REF_TYPE)
 
 
 def _command(mail_id: uuid.UUID | None = None, to: str = "c@example.com") -> RequestMail:

@@ -21,7 +21,7 @@ from services.mailer.domain import RequestMail
 from services.mailer.handlers import Deps
 from services.mailer.settings import MailerSettings
 from services.mailer.webhooks import repository as webhook_repository
-from tests.mailer.conftest import invitation_job, sealed
+from tests.mailer.conftest import invitation_job, retire_unsent, sealed
 
 pytestmark = pytest.mark.integration
 
@@ -32,11 +32,7 @@ REF_TYPE = "test-retention"
 async def _leave_nothing_to_send(pool: asyncpg.Pool) -> AsyncIterator[None]:
     """Rows made here must never be picked up later by a mailer in another test."""
     yield
-    await pool.execute(
-        "UPDATE deliveries SET status = 'failed', context = NULL"
-        " WHERE ref_type = $1 AND status IN ('queued', 'sending')",
-        REF_TYPE,
-    )
+    await retire_unsent(pool, REF_TYPE)
 
 
 def _deps(db: Any, *, days_later: float = 0) -> Deps:

@@ -182,9 +182,10 @@ async def running_stack(**extra_env: str) -> AsyncIterator[Stack]:
             "GATEWAY_API_KEY": api_key,
             # Every benchmark client comes from 127.0.0.1: lift the per-IP limit on accepts.
             "GATEWAY_RATE_PER_IP": "1000000",
-            # The events case publishes tens of thousands of invitation.requested as one
-            # integration: no cap per integration.
+            # The events and API cases send tens of thousands of invitations as one
+            # integration and one key: no cap per integration or per key.
             "INVITATIONS_REQUESTS_PER_INTEGRATION_HOUR": "0",
+            "INVITATIONS_REQUESTS_PER_KEY_HOUR": "0",
             "MAILER_RETRY_BASE_SECONDS": "0.2",
         }
         service_env = env.service_env(**{**settings, **extra_env})

@@ -25,6 +25,7 @@ from libs.common.web import (
 
 from . import domain, handlers
 from .handlers import Deps, InviteCommand, NewLinkWorker, batch
+from .handlers.key_cap import key_allowance
 
 DEPS = web.AppKey("deps", Deps)
 NEW_LINKS = web.AppKey("new_links", NewLinkWorker)
@@ -216,7 +217,10 @@ async def create_invitation(request: web.Request) -> web.Response:
     body = await read_json(request, InviteBody)
     deps = request.app[DEPS]
     command = InviteCommand.from_fields(body, invited_by=body.invited_by or None)
+    allowance = await key_allowance(deps)
+    await allowance.check_one(command.idempotency_key)
     row, outcome = await handlers.invite(deps, command)
+    await allowance.spend(0 if outcome == "duplicate" else 1)
     # Replaying an idempotency key answers like the original request did.
     shown = "resent" if outcome == "resent" else "created"
     return json_response(
@@ -235,7 +239,10 @@ async def create_group(request: web.Request) -> web.Response:
         invited_by=body.invited_by or None,
         invitee_name=body.name,
     )
+    allowance = await key_allowance(deps)
+    await allowance.check_one(command.idempotency_key)
     group = await handlers.invite_group(deps, command)
+    await allowance.spend(0 if group.outcome == "duplicate" else 1)
     now = deps.clock()
     # Replaying an idempotency key answers like the original request did.
     return json_response(
@@ -324,9 +331,12 @@ async def resend_invitation(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     # The body is optional (the reason defaults to staff).
     body = await read_json(request, ResendBody) if request.body_exists else ResendBody()
+    allowance = await key_allowance(deps)
+    await allowance.check_one()
     row = await handlers.resend(
         deps, _id(request), reason=body.reason, shown_sent_at=body.shown_sent_at
     )
+    await allowance.spend(1)
     return json_response(invitation_json(row, deps.clock()))
 
 

@@ -252,6 +252,20 @@ def sender_limited(
     return _limited(message, until, now, "integration_rate_limited")
 
 
+def key_limited(name: str, until: datetime, now: datetime, *, limit: int) -> RateLimited:
+    """The refusal of an invitation sent with an API key beyond the cap on invitations per
+    key in any hour (the same ``integration_rate_limited`` as an integration on the
+    broker): nothing is sent; ``retry_at`` says when the next one fits."""
+    shown = _minute_up(until)
+    invitations = "1 invitation" if limit == 1 else f"{limit:,} invitations"
+    message = (
+        f"The API key {name!r} has sent {invitations} in the last hour, its cap"
+        f" (INVITATIONS_REQUESTS_PER_KEY_HOUR). Nothing was sent."
+        f" The next one can go at {when(shown)}."
+    )
+    return _limited(message, until, now, "integration_rate_limited")
+
+
 # --- reminders ------------------------------------------------------------------------
 REMINDER_CHOICES = (0, 1, 3)  # days before expiry; 0 = Off
 

@@ -43,7 +43,8 @@ SENDS_CAPPED = Counter(
 # integration, by the broker user that sent them ('unnamed' without a user_id).
 REQUESTS_CAPPED = Counter(
     "clientpress_invitation_requests_capped_total",
-    "invitation.requested refused by the cap per integration, by sender",
+    "Invitation requests refused by the cap per integration (a broker user, or key:<id> for"
+    " an API key), by sender",
     ["sender"],
 )
 

@@ -28,6 +28,11 @@ class InvitationsSettings(CommonSettings):
     # invitation.rejected integration_rate_limited: a leaked or looping integration can't
     # turn the SMTP server into a spam cannon. Migrations in bulk: the batch API.
     invitations_requests_per_integration_hour: int = Field(default=1000, ge=0)  # 0: no cap
+    # Invitations sent with one API key (created, resent, a batch's rows; a replayed
+    # idempotency key not counted) in any hour; beyond, 429 integration_rate_limited (a
+    # batch's rows past it: rejected with that reason). A leaked key can't mail the world:
+    # one full 10,000-row batch an hour by default.
+    invitations_requests_per_key_hour: int = Field(default=10_000, ge=0)  # 0: no cap
     # How often waiting "Email me a new link" requests are looked for (each request also
     # wakes its own replica's worker at once; this catches what a stopped replica left).
     invitations_new_link_seconds: float = Field(default=10, gt=0)

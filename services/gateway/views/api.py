@@ -208,6 +208,12 @@ async def list_portals(request: web.Request) -> web.StreamResponse:
     return json_response(page)
 
 
+# An integration key past INVITATIONS_REQUESTS_PER_KEY_HOUR (a person is not counted).
+KEY_CAPPED = (
+    "429 integration_rate_limited (past the key's cap an hour; Retry-After, error.retry_at)"
+)
+
+
 @API.post(
     "/portals",
     "Create a portal",
@@ -336,6 +342,7 @@ def _inviter(request: web.Request, named: str | None) -> str:
         "422 invalid_email",
         "422 invalid_idempotency_key",
         "429 send_rate_limited (already pending: beyond the caps on new links)",
+        KEY_CAPPED,
     ],
 )
 async def invite(request: web.Request) -> web.StreamResponse:
@@ -425,6 +432,7 @@ GROUP_KEY = {
         "422 duplicate_portal",
         "422 invalid_email",
         "422 invalid_idempotency_key",
+        KEY_CAPPED,
     ],
 )
 async def invite_several(request: web.Request) -> web.StreamResponse:
@@ -581,6 +589,7 @@ async def get_invitation(request: web.Request) -> web.StreamResponse:
         "409 invitation_pending (a newer one to the same person and portal)",
         "409 portal_not_active",
         "429 send_rate_limited (Retry-After, error.retry_at)",
+        KEY_CAPPED,
     ],
 )
 async def resend(request: web.Request) -> web.StreamResponse:

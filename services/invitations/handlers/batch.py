@@ -22,6 +22,7 @@ from .. import domain
 from .. import repository as repo
 from ..clients import PortalInfo
 from .base import CheckedInvite, Deps, InviteCommand, log
+from .key_cap import key_allowance
 from .sending import FirstSend, prepare_first, record_invite, resolve_portal, write_first_sends
 
 # Rows per transaction: large enough that a commit's fsync and each statement are shared
@@ -132,6 +133,7 @@ async def invite_batch(
             status: Status = "resent" if item.email_lower in pending else "created"
             results[item.row.row] = RowResult(item.row.row, item.row.email, status)
     else:
+        ready = await _within_key_cap(deps, ready, results)
         async with connection(deps.db) as conn:
             days = await repo.expiry_days(conn)
         for start in range(0, len(ready), CHUNK):
@@ -145,6 +147,23 @@ async def invite_batch(
         dry_run=dry_run,
     )
     return [results[row.row] for row in rows]
+
+
+async def _within_key_cap(
+    deps: Deps, ready: list[_Ready], results: dict[int, RowResult]
+) -> list[_Ready]:
+    """The rows the request's API key may still send this hour (all of them for a person);
+    the rest are answered integration_rate_limited. The granted rows are counted before
+    they are written, so a batch's pieces under way together see each other sooner (a row
+    that then fails is counted too; a replayed row never reaches here)."""
+    allowance = await key_allowance(deps)
+    granted = allowance.granted(len(ready))
+    if granted < len(ready):
+        refusal = await allowance.refusal()
+        for item in ready[granted:]:
+            results[item.row.row] = _rejected(item.row, refusal)
+    await allowance.spend(granted)
+    return ready[:granted]
 
 
 async def _active_portal(deps: Deps, portal_id: uuid.UUID) -> PortalInfo:

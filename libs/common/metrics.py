@@ -5,7 +5,13 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# Every counter and histogram series would carry a `_created` twin (the time it was first
+# seen), which no rule or panel of ours reads: twice the series for each counter in
+# Prometheus's memory and in every scrape. The alerts tell a pod's new series by
+# process_start_time_seconds instead.
+disable_created_metrics()
 
 HTTP_REQUESTS = Counter(
     "clientpress_http_requests_total", "HTTP requests by route", ["method", "route", "status"]

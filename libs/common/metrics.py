@@ -11,7 +11,7 @@ from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 # seen), which no rule or panel of ours reads: twice the series for each counter in
 # Prometheus's memory and in every scrape. The alerts tell a pod's new series by
 # process_start_time_seconds instead.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 HTTP_REQUESTS = Counter(
     "clientpress_http_requests_total", "HTTP requests by route", ["method", "route", "status"]

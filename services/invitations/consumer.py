@@ -57,6 +57,7 @@ from .handlers import (
     sends,
 )
 from .handlers.base import Row
+from .handlers.key_cap import sender_fits_at
 from .handlers.sending import GROUP_REF, INVITATION_REF, FirstSend, key_reused
 from .metrics import REQUESTS_CAPPED
 from .repository import NewInvitation
@@ -342,7 +343,7 @@ class _SenderBudget:
         senders = sorted({_sender(envelope) for envelope, _ in events})
         if not cap:  # no cap (0): nothing counted, nothing refused
             return cls(deps, now, dict.fromkeys(senders, len(events)), counting=False)
-        taken = await repo.senders_taken(conn, senders, now - domain.SENDER_WINDOW, cap)
+        taken = await repo.senders_taken(conn, senders, domain.sender_window(now))
         return cls(deps, now, {sender: cap - n for sender, n in taken.items()})
 
     async def refused(self, conn: Conn, envelope: Envelope, data: InvitationRequested) -> bool:
@@ -353,10 +354,7 @@ class _SenderBudget:
             self.taken.append((sender, self.now))
             return False
         cap = self.deps.settings.invitations_requests_per_integration_hour
-        until = self.now
-        oldest = await repo.sender_nth_latest(conn, sender, cap)
-        if oldest is not None:
-            until = max(until, oldest + domain.SENDER_WINDOW)
+        until = await sender_fits_at(conn, sender, self.now, cap)
         REQUESTS_CAPPED.labels(sender or "unnamed").inc()
         refusal = domain.sender_limited(sender, until, self.now, limit=cap)
         context = arrival_context(envelope)

@@ -235,6 +235,13 @@ def _limited(message: str, until: datetime, now: datetime, code: str) -> RateLim
 SENDER_WINDOW = timedelta(hours=1)
 
 
+def sender_window(now: datetime) -> datetime:
+    """The minute after which an integration's or key's counted minutes are in the cap's
+    hour: the current minute and the hour's whole minutes before it. A counted minute
+    leaves the window SENDER_WINDOW after it began."""
+    return now.replace(second=0, microsecond=0) - SENDER_WINDOW
+
+
 def sender_limited(
     sender: str | None, until: datetime, now: datetime, *, limit: int
 ) -> RateLimited:

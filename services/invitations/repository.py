@@ -141,45 +141,52 @@ async def first_look(
     return FirstLook(row["key_taken"], portal, int(row["invitation_expiry_days"]))
 
 
-async def senders_taken(conn: Db, senders: list[str], since: datetime, cap: int) -> dict[str, int]:
-    """The invitation.requested each sender had taken since ``since``, counted up to
-    ``cap`` (reading no more rows than the cap, however busy the sender) and committed: runs
-    under way on other connections are not seen, so together they may pass a cap by what
-    they hold, at most the consumer's prefetch each, rather than wait on one another."""
+async def senders_taken(conn: Db, senders: list[str], since: datetime) -> dict[str, int]:
+    """The requests each sender had taken in the minutes after ``since`` (its window),
+    committed: runs under way on other connections are not seen, so together they may pass
+    a cap by what they hold, at most the consumer's prefetch each, rather than wait on one
+    another. At most 61 rows a sender, however busy."""
     rows = await conn.fetch(
-        "SELECT s.sender, (SELECT count(*) FROM (SELECT 1 FROM sender_requests r"
-        "  WHERE r.sender = s.sender AND r.at > $2 LIMIT $3) AS c) AS taken"
+        "SELECT s.sender, coalesce((SELECT sum(c.requests) FROM sender_counts c"
+        "  WHERE c.sender = s.sender AND c.minute > $2), 0) AS taken"
         " FROM unnest($1::text[]) AS s(sender)",
         senders,
         since,
-        cap,
     )
-    return {r["sender"]: r["taken"] for r in rows}
+    return {r["sender"]: int(r["taken"]) for r in rows}
 
 
-async def forget_sender_requests(conn: Db, before: datetime) -> int:
-    """Counted requests that have left the cap's window."""
-    status = await conn.execute("DELETE FROM sender_requests WHERE at <= $1", before)
+async def forget_sender_counts(conn: Db, since: datetime) -> int:
+    """Counted minutes that have left the cap's window (at or before ``since``)."""
+    status = await conn.execute("DELETE FROM sender_counts WHERE minute <= $1", since)
     return int(status.split()[-1])
 
 
 async def record_sender_requests(conn: Db, taken: list[tuple[str, datetime]]) -> None:
+    """Count each (sender, moment) in its minute."""
     await conn.execute(
-        "INSERT INTO sender_requests (sender, at)"
-        " SELECT * FROM unnest($1::text[], $2::timestamptz[])",
+        "INSERT INTO sender_counts AS c (sender, minute, requests)"
+        " SELECT sender, date_trunc('minute', at), count(*)"
+        " FROM unnest($1::text[], $2::timestamptz[]) AS t(sender, at) GROUP BY 1, 2"
+        " ORDER BY 1, 2"
+        " ON CONFLICT (sender, minute) DO UPDATE SET requests = c.requests + EXCLUDED.requests",
         [sender for sender, _ in taken],
         [at for _, at in taken],
     )
 
 
-async def sender_nth_latest(conn: Db, sender: str, n: int) -> datetime | None:
-    """When ``sender``'s ``n``-th latest counted request was taken."""
-    at: datetime | None = await conn.fetchval(
-        "SELECT at FROM sender_requests WHERE sender = $1 ORDER BY at DESC OFFSET $2 LIMIT 1",
+async def sender_full_minute(conn: Db, sender: str, since: datetime, cap: int) -> datetime | None:
+    """The newest counted minute of ``sender`` (after ``since``) by which its latest
+    ``cap`` requests are reached: when it leaves the window, the next request fits."""
+    minute: datetime | None = await conn.fetchval(
+        "SELECT minute FROM (SELECT minute, sum(requests) OVER (ORDER BY minute DESC) AS upto"
+        "  FROM sender_counts WHERE sender = $1 AND minute > $2) AS t"
+        " WHERE upto >= $3 ORDER BY minute DESC LIMIT 1",
         sender,
-        n - 1,
+        since,
+        cap,
     )
-    return at
+    return minute
 
 
 async def find_by_key(conn: Db, key: str) -> Row | None:

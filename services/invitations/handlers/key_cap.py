@@ -1,5 +1,5 @@
 """The cap on invitations one API key sends in any hour (INVITATIONS_REQUESTS_PER_KEY_HOUR),
-counted as an integration's invitation.requested are (sender_requests): a leaked or
+counted as an integration's invitation.requested are (sender_counts): a leaked or
 looping key gets 429 integration_rate_limited beyond it, and the log and
 clientpress_invitation_requests_capped_total name it. Staff working in the browser are
 not capped here (their caps are per address and per invitation). Requests under way
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from libs.common.actor import current_actor
+from libs.common.db import Db
 from libs.common.errors import RateLimited
 
 from .. import domain
@@ -39,10 +40,7 @@ class KeyAllowance:
         if self._refusal is None:
             cap = self.deps.settings.invitations_requests_per_key_hour
             assert self.now is not None
-            until = self.now
-            oldest = await repo.sender_nth_latest(self.deps.db, self.sender, cap)
-            if oldest is not None:
-                until = max(until, oldest + domain.SENDER_WINDOW)
+            until = await sender_fits_at(self.deps.db, self.sender, self.now, cap)
             REQUESTS_CAPPED.labels(self.sender).inc()
             log.warning(
                 "invitation_key_capped",
@@ -76,6 +74,13 @@ class KeyAllowance:
         await repo.record_sender_requests(self.deps.db, [(self.sender, self.now)] * sent)
 
 
+async def sender_fits_at(db: Db, sender: str, now: datetime, cap: int) -> datetime:
+    """When a sender (an integration's broker user, ``key:<id>``) past its cap may send
+    again: once the minute that filled its cap leaves the hour."""
+    full = await repo.sender_full_minute(db, sender, domain.sender_window(now), cap)
+    return now if full is None else max(now, full + domain.SENDER_WINDOW)
+
+
 async def key_allowance(deps: Deps) -> KeyAllowance:
     """The allowance of the API key behind this request (bound by the gateway)."""
     actor = current_actor()
@@ -83,5 +88,5 @@ async def key_allowance(deps: Deps) -> KeyAllowance:
     if actor is None or actor.type != "key" or not cap:
         return KeyAllowance(deps)
     sender, now = f"key:{actor.id}", deps.clock()
-    taken = await repo.senders_taken(deps.db, [sender], now - domain.SENDER_WINDOW, cap)
+    taken = await repo.senders_taken(deps.db, [sender], domain.sender_window(now))
     return KeyAllowance(deps, sender, actor.name, cap - taken.get(sender, 0), now)

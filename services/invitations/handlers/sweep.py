@@ -46,5 +46,5 @@ async def clear_closed_once(deps: Deps) -> dict[str, int]:
     before = deps.clock() - timedelta(days=deps.settings.invitations_retention_days)
     cleared = await repo.clear_closed_messages(deps.db, before)
     # The requests counted for the cap per integration, once out of its window.
-    forgotten = await repo.forget_sender_requests(deps.db, deps.clock() - domain.SENDER_WINDOW)
-    return {"personal_messages_cleared": cleared, "sender_requests": forgotten}
+    forgotten = await repo.forget_sender_counts(deps.db, domain.sender_window(deps.clock()))
+    return {"personal_messages_cleared": cleared, "sender_counts": forgotten}

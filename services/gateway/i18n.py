@@ -125,9 +125,16 @@ def when(value: str | None) -> str:
     local = moment.astimezone(ZoneInfo(zone))
     language = _LANGUAGE.get()
     if language == DEFAULT_LANGUAGE:
-        return local.strftime("%Y-%m-%d %H:%M ") + (local.tzname() or zone)
+        return local.strftime("%Y-%m-%d %H:%M ") + _zone_name(local, zone)
     text = format_datetime(local, format="medium", tzinfo=ZoneInfo(zone), locale=language)
-    return f"{text} {local.tzname() or zone}"
+    return f"{text} {_zone_name(local, zone)}"
+
+
+def _zone_name(local: datetime, zone: str) -> str:
+    """The zone's abbreviation (CET, PST), or its offset from UTC where the zone database
+    has no abbreviation: "UTC-03" in São Paulo, where a bare "-03" reads as a typo."""
+    name = local.tzname() or zone
+    return f"UTC{name}" if name[:1] in "+-" else name
 
 
 def number(value: int) -> str:

@@ -204,6 +204,11 @@ def test_times_are_shown_in_the_reader_zone_and_language() -> None:
     assert i18n.when("2026-11-25T10:51:00+00:00") == "2026-11-25 10:51 UTC"
     i18n.use("de", "Europe/Berlin")
     assert i18n.when("2026-11-25T10:51:00+00:00") == "25.11.2026, 11:51:00 CET"
+    # A zone the database knows by its offset only says so.
+    i18n.use("en", "America/Sao_Paulo")
+    assert i18n.when("2026-11-25T10:51:00+00:00") == "2026-11-25 07:51 UTC-03"
+    i18n.use("es", "Asia/Dubai")
+    assert i18n.when("2026-11-25T10:51:00+00:00") == "25 nov 2026, 14:51:00 UTC+04"
     i18n.use("en", "UTC")
 
 

@@ -160,10 +160,17 @@ def provision_broker(env: dict[str, str], secrets: dict[str, str]) -> str | None
     passwords = {s: secrets[f"{s.upper()}_BROKER_PASSWORD"] for s in broker.SERVICES}
     integration = broker.broker_user(prefix, INTEGRATION)
     try:
+        limits = broker.limits_from_env(env)
         asyncio.run(
-            provision(amqp_url, prefix, passwords, {integration: secrets["CRM_BROKER_PASSWORD"]})
+            provision(
+                amqp_url,
+                prefix,
+                passwords,
+                {integration: secrets["CRM_BROKER_PASSWORD"]},
+                limits,
+            )
         )
-    except ProvisionError as exc:
+    except (ProvisionError, ValueError) as exc:
         say(f"could not create the broker users: {exc}")
         return None
     return broker.with_credentials(amqp_url, integration, secrets["CRM_BROKER_PASSWORD"])

@@ -181,6 +181,86 @@ def queue_arguments(prefix: str, service: str) -> dict[str, Any]:
 DEAD_QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
 
 
+# --- limits ---------------------------------------------------------------------------
+# What one queue of an installation may hold. Without a bound, one integration publishing
+# in a loop (invitation.requested from a leaked password, a bug) fills the broker's disk
+# or memory until its alarm blocks every publisher on it: all five services, every
+# installation sharing the broker. With it, RabbitMQ refuses what goes beyond
+# (``overflow: reject-publish``): a publisher with confirms gets a nack (the services'
+# outbox keeps the event and tries again), so the flood fills one queue and stops there.
+QUEUE_MAX_MESSAGES = 100_000
+QUEUE_MAX_BYTES = 256 * 1024 * 1024
+# The largest message RabbitMQ should accept (``max_message_size`` in rabbitmq.conf: a
+# node-wide setting, so the deployment's broker configuration carries it, not the
+# definitions). RabbitMQ 3.13's own default is 128 MiB; 4.0's is this. The services'
+# biggest message, a version 2 mail.requested of 1000 jobs, stays far below it.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# What a consumer reads of a message on the public events exchange: every event the
+# services publish is a few kilobytes, and an invitation.requested at its fields' limits
+# stays below 200 KiB. A bigger one is dead-lettered (reason ``too_large``) unparsed.
+MAX_EVENT_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """Per queue: at most ``messages`` messages and ``bytes`` bytes of bodies; 0 leaves
+    that bound off."""
+
+    messages: int = QUEUE_MAX_MESSAGES
+    bytes: int = QUEUE_MAX_BYTES
+
+    def policy_definition(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        if self.messages:
+            found["max-length"] = self.messages
+        if self.bytes:
+            found["max-length-bytes"] = self.bytes
+        if found:
+            found["overflow"] = "reject-publish"
+        return found
+
+
+def limits_policy_name(prefix: str) -> str:
+    return f"{prefix}-queue-limits"
+
+
+def limits_from_env(environ: Mapping[str, str] = os.environ) -> QueueLimits:
+    """``BROKER_QUEUE_MAX_MESSAGES`` and ``BROKER_QUEUE_MAX_BYTES``; ValueError names a
+    value that is not a whole number of at least 0."""
+    values = {}
+    for name, field, default in (
+        ("BROKER_QUEUE_MAX_MESSAGES", "messages", QUEUE_MAX_MESSAGES),
+        ("BROKER_QUEUE_MAX_BYTES", "bytes", QUEUE_MAX_BYTES),
+    ):
+        raw = environ.get(name, "").strip()
+        try:
+            value = int(raw) if raw else default
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ValueError(f"{name}={raw!r}: a whole number of at least 0 (0: no limit)")
+        values[field] = value
+    return QueueLimits(**values)
+
+
+def limits_policy(prefix: str, limits: QueueLimits, vhost: str = "/") -> dict[str, Any] | None:
+    """The policy that bounds the services' queues and their dead-letter queues; None when
+    both bounds are off. Its priority is above an operator's catch-all policy at 0 (one
+    policy applies to a queue: the one with the highest priority)."""
+    definition = limits.policy_definition()
+    if not definition:
+        return None
+    services = "|".join(re.escape(s) for s in CONSUMES)
+    return {
+        "vhost": vhost,
+        "name": limits_policy_name(prefix),
+        "pattern": rf"^{re.escape(prefix)}\.({services})(\.dead)?$",
+        "apply-to": "queues",
+        "priority": 10,
+        "definition": definition,
+    }
+
+
 # --- permissions ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Grant:
@@ -286,9 +366,11 @@ def definitions(
     integrations: Mapping[str, str] | None = None,
     vhost: str = "/",
     admin: tuple[str, str] | None = None,
+    limits: QueueLimits | None = None,
 ) -> dict[str, Any]:
     """A RabbitMQ definitions document: users (hashed passwords), permissions, topic
-    permissions, exchanges, the services' durable queues and their bindings. Imported
+    permissions, exchanges, the services' durable queues and their bindings, and the
+    policy that bounds those queues (``limits``, the defaults when None). Imported
     through the management API, ``rabbitmqctl import_definitions`` or ``load_definitions``
     at broker start."""
     grants = [service_grant(prefix, s) for s in SERVICES if s in passwords]
@@ -355,6 +437,9 @@ def definitions(
         "queues": queues,
         "bindings": bindings,
     }
+    policy = limits_policy(prefix, limits or QueueLimits(), vhost)
+    if policy is not None:
+        result["policies"] = [policy]
     if vhost != "/":
         result["vhosts"] = [{"name": vhost}]
     return result

@@ -60,6 +60,7 @@ __all__ = [
     "Consumer",
     "ExchangeKind",
     "Handler",
+    "Refused",
     "Together",
     "Unroutable",
     "arrival_context",
@@ -221,6 +222,12 @@ class Unroutable(Exception):
     """The broker returned a mandatory message: no queue is bound for its routing key."""
 
 
+class Refused(Exception):
+    """The broker nacked a message: a queue it routes to is full (the installation's queue
+    limits, ``overflow: reject-publish``) or could not take it. Nothing was lost: the
+    outbox keeps it and tries again once the queue has room."""
+
+
 class Bus:
     """One service's connection, as its own broker user: everything it publishes carries
     that user as ``user_id``, which RabbitMQ checks, so consumers know who sent it."""
@@ -285,6 +292,30 @@ class Bus:
             return False
         unblocked = getattr(transport.connection, "_Connection__connection_unblocked", None)
         return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
+
+    async def dead_letters(self) -> int | None:
+        """How many messages wait in this service's dead-letter queue, or None when the
+        broker can't say now (away, blocking, the queue not there). Asked on a channel of
+        its own: the passive declare of a missing queue closes the channel it is sent on."""
+        connection = self._connection
+        if connection is None or not self.ready or self.blocked:
+            return None
+        try:
+            transport = connection.transport
+            assert transport is not None
+            channel = await asyncio.wait_for(transport.connection.channel(), CLOSE_SECONDS)
+            try:
+                declared = await asyncio.wait_for(
+                    channel.queue_declare(f"{self.queue_name()}.dead", passive=True),
+                    CLOSE_SECONDS,
+                )
+            finally:
+                if not channel.is_closed:
+                    await _bounded("channel", channel.close())
+        except Exception as exc:  # the broker away, slow, or the queue missing: unknown
+            log.debug("dead_letters_unknown", error=type(exc).__name__)
+            return None
+        return int(declared.message_count or 0)
 
     def refusal(self, exc: BaseException) -> str | None:
         """What a failed connection attempt means when the broker turned this user away,
@@ -383,9 +414,15 @@ class Bus:
                     mandatory=broker.mandatory(routing_key),
                     timeout=10,
                 )
-            except aio_pika.exceptions.DeliveryError as exc:
+            except aio_pika.exceptions.PublishError as exc:
                 tracing.failed(span, "unroutable")
                 raise Unroutable(f"{routing_key} returned by the broker: no queue bound") from exc
+            except aio_pika.exceptions.DeliveryError as exc:
+                # A nack, not a return: the message was routed, and a queue refused it.
+                tracing.failed(span, "refused")
+                raise Refused(
+                    f"{routing_key} refused by the broker: a queue it goes to is full"
+                ) from exc
 
     async def publish_envelope(self, envelope: Envelope, kind: ExchangeKind = "events") -> None:
         await self.publish(
@@ -549,6 +586,9 @@ class Consumer:
         structlog.contextvars.clear_contextvars()
         set_actor(None)  # what a consumer writes is the system's doing, not a person's
         set_sender(message.user_id)
+        if _too_large(message, f"{self.prefix}.mail"):
+            await self._refuse_too_large(message)
+            return
         try:
             envelope = parse_envelope(message.body)
         except MalformedEvent as exc:
@@ -690,6 +730,23 @@ class Consumer:
                     await asyncio.create_task(_handle(one, conn, envelope, data), context=context)
         return applied
 
+    async def _refuse_too_large(self, message: AbstractIncomingMessage) -> None:
+        # Unparsed: a 100 MB body made a parse of several hundred MB (a pod's memory limit
+        # passed), and its extra fields were ignored, so it was acted on.
+        log.error(
+            "event_too_large_dead_lettered",
+            reason="too_large",
+            size=len(message.body),
+            limit=broker.MAX_EVENT_BYTES,
+            routing_key=message.routing_key,
+            message_id=message.message_id,
+            sender=message.user_id,
+        )
+        event_type = type_label(message.routing_key or "")
+        EVENTS_DEAD_LETTERED.labels(event_type, "too_large").inc()
+        EVENTS_CONSUMED.labels(event_type, "too_large").inc()
+        await self._reject(message)
+
     async def _dead_letter(self, message: AbstractIncomingMessage, type: str, why: str) -> None:
         # The broker-checked user_id names who to call about it (a buggy integration).
         log.error(
@@ -769,6 +826,13 @@ def trusted_sender(prefix: str, envelope: Envelope, message: AbstractIncomingMes
         reason=problem,
     )
     return False
+
+
+def _too_large(message: AbstractIncomingMessage, mail_exchange: str) -> bool:
+    """A message on the public events exchange over ``MAX_EVENT_BYTES``. Mail jobs (the
+    mail exchange, which only identity and invitations may write) pack up to 1000 jobs
+    in one message: the broker's ``max_message_size`` bounds them."""
+    return message.exchange != mail_exchange and len(message.body) > broker.MAX_EVENT_BYTES
 
 
 def _delivery_count(message: AbstractIncomingMessage) -> int:

@@ -39,6 +39,18 @@ EVENTS_UNROUTABLE = Counter(
     "Mandatory events the broker returned (no queue bound); they stay in the outbox",
     ["type"],
 )
+EVENTS_REFUSED = Counter(
+    "clientpress_events_refused_total",
+    "Events the broker nacked (a queue they go to is full: the installation's queue"
+    " limits); they stay in the outbox and are tried again",
+    ["type"],
+)
+DEAD_LETTERS_WAITING = Gauge(
+    "clientpress_dead_letters_waiting",
+    "Messages in the service's dead-letter queue (<prefix>.<service>.dead), whoever put"
+    " them there: the service, the delivery limit, an expiry or a full queue",
+    ["queue"],
+)
 BROKER_CONNECTED = Gauge(
     "clientpress_broker_connected",
     "1 while the AMQP connection is up; 0 while it is away and reconnecting",

@@ -28,11 +28,11 @@ from typing import Any
 import asyncpg
 import orjson
 
-from .bus import Bus, ExchangeKind, Unroutable
+from .bus import Bus, ExchangeKind, Refused, Unroutable
 from .db import Conn, Db, Listener
 from .events import PRIVATE_TYPES, Envelope
 from .logging import get_logger
-from .metrics import EVENTS_PUBLISHED, EVENTS_UNROUTABLE, OUTBOX_BACKLOG
+from .metrics import EVENTS_PUBLISHED, EVENTS_REFUSED, EVENTS_UNROUTABLE, OUTBOX_BACKLOG
 from .tracing import carrier, resumed
 
 log = get_logger(__name__)
@@ -372,12 +372,20 @@ class OutboxRelay:
                 if outcome is None
                 for row in message.rows
             ]
+            # Returned (no queue bound) or refused (a full queue): each waits a growing
+            # pause in the outbox, instead of being offered again at once.
             returned = [
                 row
                 for message, outcome in zip(messages, outcomes, strict=True)
-                if isinstance(outcome, Unroutable)
+                if isinstance(outcome, Unroutable | Refused)
                 for row in message.rows
             ]
+            refused = {
+                row["id"]
+                for message, outcome in zip(messages, outcomes, strict=True)
+                if isinstance(outcome, Refused)
+                for row in message.rows
+            }
             await conn.execute(
                 "UPDATE outbox SET published_at = now() WHERE id = ANY($1::uuid[])",
                 [row["id"] for row in sent],
@@ -396,15 +404,21 @@ class OutboxRelay:
         if returned:
             self._returned_waiting = True
         for row in returned:
-            EVENTS_UNROUTABLE.labels(row["routing_key"]).inc()
+            if row["id"] in refused:
+                EVENTS_REFUSED.labels(row["routing_key"]).inc()
+            else:
+                EVENTS_UNROUTABLE.labels(row["routing_key"]).inc()
             log.warning(
-                "outbox_unroutable",
+                "outbox_refused" if row["id"] in refused else "outbox_unroutable",
                 event_type=row["routing_key"],
                 event_id=str(row["id"]),
                 attempts=row["attempts"] + 1,
+                **({"reason": "queue_full"} if row["id"] in refused else {}),
             )
         failures = [
-            o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, Unroutable)
+            o
+            for o in outcomes
+            if isinstance(o, BaseException) and not isinstance(o, Unroutable | Refused)
         ]
         if failures:
             # The broker went away mid-batch: what it confirmed is recorded above; the rest

@@ -5,7 +5,8 @@ management API (``BROKER_MANAGEMENT_URL``, default ``http://<AMQP host>:15672``)
 when that isn't reachable and the broker runs on this machine, ``rabbitmqctl
 import_definitions``. ``definitions`` prints the document instead, for a broker that
 loads it at start (compose, the local Kubernetes overlay) or an operator's own tooling.
-Passwords come from ``<SERVICE>_BROKER_PASSWORD`` and ``BROKER_INTEGRATIONS``."""
+Passwords come from ``<SERVICE>_BROKER_PASSWORD`` and ``BROKER_INTEGRATIONS``; the queues'
+bounds from ``BROKER_QUEUE_MAX_MESSAGES`` and ``BROKER_QUEUE_MAX_BYTES``."""
 
 from __future__ import annotations
 
@@ -121,11 +122,41 @@ async def provision(
     prefix: str,
     passwords: Mapping[str, str],
     integrations: Mapping[str, str] | None = None,
+    limits: broker.QueueLimits | None = None,
 ) -> str:
     document = broker.definitions(
-        prefix, passwords, integrations=integrations, vhost=broker.vhost_of(admin_amqp_url)
+        prefix,
+        passwords,
+        integrations=integrations,
+        vhost=broker.vhost_of(admin_amqp_url),
+        limits=limits,
     )
     return await apply(admin_amqp_url, document)
+
+
+async def remove_limits(admin_amqp_url: str, prefix: str) -> None:
+    """Delete the policy that bounds a prefix's queues (a test run's, when it ends)."""
+    api = management_url(admin_amqp_url)
+    vhost = broker.vhost_of(admin_amqp_url)
+    name = broker.limits_policy_name(prefix)
+    try:
+        async with (
+            _admin_session(admin_amqp_url) as http,
+            http.delete(f"{api}/api/policies/{quote(vhost, safe='')}/{quote(name, safe='')}") as r,
+        ):
+            if r.status not in (204, 404):
+                raise ProvisionError(f"deleting broker policy {name}: {r.status}")
+        return
+    except aiohttp.ClientConnectionError:
+        pass
+    if _local(admin_amqp_url) and shutil.which("rabbitmqctl"):
+        await asyncio.to_thread(
+            subprocess.run,
+            ["rabbitmqctl", "clear_policy", "-p", vhost, name],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
 
 
 async def remove_users(admin_amqp_url: str, users: list[str]) -> None:
@@ -172,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for name in integrations:
             broker.check_integration_name(prefix, name)
+        limits = broker.limits_from_env()
     except ValueError as exc:
         print(f"clientpress: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -189,12 +221,13 @@ def main(argv: list[str] | None = None) -> None:
             integrations=integrations,
             vhost=broker.vhost_of(amqp_url),
             admin=admin,
+            limits=limits,
         )
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
     try:
-        how = asyncio.run(provision(amqp_url, prefix, passwords, integrations))
+        how = asyncio.run(provision(amqp_url, prefix, passwords, integrations, limits))
     except ProvisionError as exc:
         print(f"clientpress: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

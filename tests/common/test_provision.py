@@ -16,7 +16,7 @@ import pytest
 from aiormq.exceptions import ChannelAccessRefused
 
 from libs.common import broker
-from libs.common.provision import provision, remove_users
+from libs.common.provision import provision, remove_limits, remove_users
 from tests.support.servers import current as current_servers
 
 pytestmark = pytest.mark.integration
@@ -68,6 +68,7 @@ async def test_provisioning_makes_users_that_may_publish_only_what_they_own(
         await connection.close()
     finally:
         await remove_users(amqp_url, [broker.broker_user(prefix, s) for s in broker.SERVICES])
+        await remove_limits(amqp_url, prefix)
         connection = await aio_pika.connect(amqp_url)
         channel = await connection.channel()
         for queue in ("portals", "invitations", "mailer"):

@@ -17,7 +17,7 @@ import aiohttp
 import asyncpg
 
 from libs.common import broker
-from libs.common.provision import provision, remove_users
+from libs.common.provision import provision, remove_limits, remove_users
 from libs.common.service_auth import (
     HEADER,
     ServiceKeys,
@@ -205,6 +205,7 @@ async def provisioned(env: TestEnv) -> AsyncIterator[TestEnv]:
         yield env
     finally:
         await drop_bus(env)
+        await remove_limits(env.amqp_url, env.bus_prefix)
         await remove_users(
             env.amqp_url,
             [broker.broker_user(env.bus_prefix, s) for s in broker.SERVICES]

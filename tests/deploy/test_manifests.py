@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from libs.common import broker
 from libs.common.service_auth import (
     COMPOSE_PUBLIC_VARIABLE,
     compose_variable,
@@ -800,6 +801,36 @@ def test_k8s_each_service_gets_only_its_own_secrets(directory: Path) -> None:
         assert not container.get("envFrom", []) or all(
             "secretRef" not in source for source in container["envFrom"]
         ), name
+
+
+def _rabbitmq_conf(text: str) -> dict[str, str]:
+    return {
+        key.strip(): value.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+        for key, _, value in [line.partition("=")]
+    }
+
+
+def test_the_brokers_refuse_messages_over_the_size_limit(compose_raw: dict[str, Any]) -> None:
+    """RabbitMQ 3.13 takes a message of up to 128 MiB by default: an integration's 100 MB
+    invitation.requested was queued, and read whole by the invitations service. Compose
+    and the local Kubernetes broker load max_message_size from the same conf.d file."""
+    limit = str(broker.MAX_MESSAGE_BYTES)
+    conf = DEPLOY / "rabbitmq" / "30-clientpress-limits.conf"
+    assert _rabbitmq_conf(conf.read_text()) == {"max_message_size": limit}
+    mounts = compose_raw["services"]["rabbitmq"]["volumes"]
+    assert f"./rabbitmq/{conf.name}:/etc/rabbitmq/conf.d/{conf.name}:ro" in mounts
+    docs = kustomize(K8S_LOCAL)
+    config = of_kind(docs, "ConfigMap")
+    loaded = next(c["data"][conf.name] for c in config.values() if conf.name in c.get("data", {}))
+    assert _rabbitmq_conf(loaded) == {"max_message_size": limit}
+    (container,) = of_kind(docs, "StatefulSet")["rabbitmq"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert f"/etc/rabbitmq/conf.d/{conf.name}" in {
+        m["mountPath"] for m in container["volumeMounts"]
+    }
 
 
 def test_k8s_local_overlay_is_complete() -> None:

@@ -685,6 +685,43 @@ def _unroutable_count(event_type: str) -> float:
     )
 
 
+def _refused_count(event_type: str) -> float:
+    return (
+        REGISTRY.get_sample_value("clientpress_events_refused_total", {"type": event_type}) or 0.0
+    )
+
+
+async def test_an_event_a_full_queue_refuses_stays_pending_counted_as_refused(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    """A queue at its limit (overflow reject-publish) nacks the event: the row stays in
+    the outbox for a later try, counted and logged as refused. Before, the nack was taken
+    for a return and reported as unroutable ("no queue bound"), pointing the operator at
+    the provisioning instead of the full queue."""
+    prefix, admin, channel = await _exchanges_nobody_binds(test_env)
+    full = await channel.declare_queue(
+        exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+    )
+    await full.bind(f"{prefix}.mail", "mail.requested")
+    bus = Bus(test_env.amqp_url, prefix, "probe5")
+    await bus.connect()
+    relay = OutboxRelay(probe_schema.pool, bus, probe_schema.schema, test_env.database_url)
+    job = _mail_job("full@example.com")
+    async with probe_schema.acquire() as conn, conn.transaction():
+        await append(conn, job)
+    unroutable, refused = _unroutable_count("mail.requested"), _refused_count("mail.requested")
+    try:
+        assert await relay.flush_once() == 0
+        row = await probe_schema.pool.fetchrow("SELECT * FROM outbox WHERE id = $1", job.id)
+        assert row["published_at"] is None and row["attempts"] == 1
+        assert row["next_attempt_at"] is not None
+        assert _unroutable_count("mail.requested") == unroutable
+        assert _refused_count("mail.requested") == refused + 1
+    finally:
+        await bus.close()
+        await _drop_exchanges(admin, channel, prefix)
+
+
 async def test_old_inbox_rows_are_pruned_and_recent_ones_kept(probe_schema: ProbePool) -> None:
     old, recent = uuid.uuid4(), uuid.uuid4()
     await probe_schema.pool.execute(

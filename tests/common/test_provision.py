@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -143,3 +144,34 @@ async def test_an_integration_is_never_named_into_the_services_namespace(name: s
         cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2 and integration in done.stderr, done.stderr
+
+
+def test_the_queue_limits_come_from_the_environment_and_a_bad_value_is_named() -> None:
+    """The definitions carry the policy that bounds the services' queues (and their dead
+    letters) with the operator's figures; a value that is not a whole number stops the
+    provisioning, naming the variable, instead of provisioning no bound."""
+    env = {
+        **os.environ,
+        **{f"{s.upper()}_BROKER_PASSWORD": f"pw-{s}" for s in broker.SERVICES},
+        "BUS_PREFIX": "clientpress",
+        "BROKER_QUEUE_MAX_MESSAGES": "5000",
+        "BROKER_QUEUE_MAX_BYTES": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "libs.common.provision", "definitions"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (policy,) = json.loads(done.stdout)["policies"]
+    assert policy["definition"] == {"max-length": 5000, "overflow": "reject-publish"}
+    assert policy["apply-to"] == "queues"
+    for queue in ("identity", "portals", "invitations", "mailer"):
+        for name in (f"clientpress.{queue}", f"clientpress.{queue}.dead"):
+            assert re.fullmatch(policy["pattern"], name), name
+    assert not re.fullmatch(policy["pattern"], "clientpress-crm.replies")
+    bad = subprocess.run(
+        [sys.executable, "-m", "libs.common.provision", "definitions"],
+        cwd=ROOT, env={**env, "BROKER_QUEUE_MAX_MESSAGES": "lots"},
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "BROKER_QUEUE_MAX_MESSAGES='lots'" in bad.stderr, bad.stderr

@@ -22,6 +22,12 @@ HTTP_LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+HTTP_REFUSED = Counter(
+    "clientpress_http_refused_total",
+    "Requests refused under the routes: malformed (aiohttp's parser), body_timeout (a body"
+    " slower than HTTP_BODY_TIMEOUT_SECONDS)",
+    ["reason"],
+)
 EVENTS_PUBLISHED = Counter(
     "clientpress_events_published_total", "Events published by the outbox relay", ["type"]
 )

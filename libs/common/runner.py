@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .db import migrate
 from .logging import configure_logging, get_logger
+from .protocol import server_options
 from .settings import (
     CommonSettings,
     ConfigError,
@@ -126,6 +127,7 @@ def main(
         shutdown_timeout=20,
         handle_signals=False,  # stop_once's
         loop=loop,
+        **server_options(settings.http_head_timeout_seconds),
     )
     for sig in STOP_SIGNALS:  # the loop is closed: a late one must not kill what's left
         signal.signal(sig, signal.SIG_IGN)

@@ -18,6 +18,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .broker import broker_user, user_of, with_credentials
+from .protocol import BODY_TIMEOUT_SECONDS, HEAD_TIMEOUT_SECONDS
 from .sealing import DEVELOPMENT_KEY, WEBHOOK_DEVELOPMENT_KEY, Sealer, sealer_for
 
 S = TypeVar("S", bound="CommonSettings")
@@ -70,6 +71,12 @@ class CommonSettings(BaseSettings):
     admin_email: str | None = None
     admin_password: SecretStr | None = None
     log_level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
+    # Slow clients (libs/common/protocol.py): how long a connection may wait for a request's
+    # line and headers, from its opening or the previous answer (idle keep-alive included:
+    # above a proxy's own keep-alive, 60 s in ingress-nginx, or it reuses closed ones), and
+    # how long a request's body may take to arrive once its head has.
+    http_head_timeout_seconds: float = Field(default=HEAD_TIMEOUT_SECONDS, gt=0, le=3600)
+    http_body_timeout_seconds: float = Field(default=BODY_TIMEOUT_SECONDS, gt=0, le=3600)
     # How long a consumer remembers an applied event id. A redelivery comes within minutes
     # (the relay's republish after a crash, the queue's five deliveries with pauses); a
     # week is far beyond it, and keeps the inbox tables from growing forever.

@@ -47,6 +47,7 @@ from .metrics import (
 )
 from .nul import NUL_PROBLEM, json_nul_path, query_nul_path
 from .outbox import OutboxRelay
+from .protocol import BODY_TIMEOUT, BODY_TIMEOUT_SECONDS, body_deadline_middleware
 from .retention import delete_in_batches, pruning
 from .service_auth import (
     HEADER,
@@ -427,19 +428,24 @@ def base_app(
     json_errors: bool = True,
     client_max_size: int = 256 * 1024,
     middlewares: Sequence[Any] = (),
+    body_timeout: float = BODY_TIMEOUT_SECONDS,
 ) -> web.Application:
     """A service's main app, on its public port. Health, readiness and metrics are not
-    here: they are on the management app (``serve_management``)."""
+    here: they are on the management app (``serve_management``). ``body_timeout``:
+    HTTP_BODY_TIMEOUT_SECONDS (libs/common/protocol.py)."""
     # Order matters, outermost first: the request context (request and correlation ids,
     # the access log line) wraps everything, so even an error answer is logged with its
     # ids; the JSON error middleware wraps the service's own middlewares and the service
     # proof (appended last by ``require_service_proof``), so their refusals are JSON too.
-    chain: list[Any] = [context_middleware]
+    # The body's deadline wraps every reader of the body (the gateway's CSRF check reads
+    # forms) and sees the error middlewares' 408, whose connection it closes.
+    chain: list[Any] = [context_middleware, body_deadline_middleware]
     if json_errors:
         chain.append(json_error_middleware)
     chain.extend(middlewares)
     app = web.Application(middlewares=chain, client_max_size=client_max_size)
     app[SERVICE] = service
+    app[BODY_TIMEOUT] = body_timeout
     record_build_info(service)
     return app
 

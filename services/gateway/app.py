@@ -71,6 +71,7 @@ def create_app(
         "gateway",
         json_errors=False,
         client_max_size=64 * 1024,
+        body_timeout=settings.http_body_timeout_seconds,
         # Outermost first, and the order matters: branding before the error pages (an
         # error page shows the agency too); the error pages around the checks (a CSRF
         # refusal or a session failure renders as a page, or JSON under /api); CSRF and

@@ -14,6 +14,7 @@ from multidict import MultiDictProxy
 
 from libs.common.errors import DomainError, NotFound, RateLimited, Unavailable
 from libs.common.logging import get_logger
+from libs.common.protocol import BodyTimeout
 from libs.common.web import (
     UNAVAILABLE_ERRORS,
     body_too_large,
@@ -66,6 +67,14 @@ BUSY = Refusal(
 # rather than as the generic ``unavailable``: the mailer can't bind a new webhook
 # endpoint's events while its broker connection is away or blocked.
 API_UNAVAILABLE = frozenset({"broker_unavailable"})
+# A body slower than HTTP_BODY_TIMEOUT_SECONDS (libs/common/protocol.py); the API answers
+# the library's own words.
+BODY_TIMEOUT = Refusal(
+    408,
+    "body_timeout",
+    N_("Please try again"),
+    N_("The form took too long to arrive. Check your connection and send it again."),
+)
 INTERNAL = Refusal(
     500,
     "internal",
@@ -208,6 +217,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if is_api(request):
             return error_response(404, exc.code, exc.message)
         return _answer(request, *NOT_FOUND)
+    except BodyTimeout as exc:
+        if is_api(request):
+            return error_response(exc.status, exc.code, exc.message)
+        return _answer(request, *BODY_TIMEOUT)
     except Unavailable as exc:
         log.warning("upstream_unavailable", code=exc.code)
         if exc.code == "busy":

@@ -36,7 +36,7 @@ def create_app(
     clock: Callable[[], datetime] = handlers.utcnow,
     passwords: Passwords | None = None,
 ) -> web.Application:
-    app = base_app(SERVICE)
+    app = base_app(SERVICE, body_timeout=settings.http_body_timeout_seconds)
     add_database(app, settings, SCHEMA, migrations=MIGRATIONS)
 
     async def identity_ctx(app: web.Application) -> AsyncIterator[None]:

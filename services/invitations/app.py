@@ -39,7 +39,7 @@ log = get_logger(__name__)
 def create_app(
     settings: InvitationsSettings, *, clock: domain.Clock = domain.utcnow
 ) -> web.Application:
-    app = base_app(SERVICE)
+    app = base_app(SERVICE, body_timeout=settings.http_body_timeout_seconds)
     add_database(app, settings, SCHEMA, migrations=MIGRATIONS)
     # After the pool, before the bus: the consumer's handlers call identity and portals.
     app.cleanup_ctx.append(_deps(settings, clock, service_signer(app, settings)))

@@ -47,7 +47,7 @@ WEBHOOK_SENDER = web.AppKey("webhook_sender", WebhookSender)
 
 
 def create_app(settings: MailerSettings) -> web.Application:
-    app = base_app(SERVICE)
+    app = base_app(SERVICE, body_timeout=settings.http_body_timeout_seconds)
     warn_of_a_local_sender(settings)
     # Workers hold a connection only while claiming or recording, never during SMTP.
     add_database(

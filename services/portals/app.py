@@ -26,7 +26,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def create_app(settings: PortalsSettings) -> web.Application:
     # Content may be 100 000 characters of up to 4 bytes each, plus JSON escaping.
-    app = base_app(SERVICE, client_max_size=1024 * 1024)
+    app = base_app(
+        SERVICE, client_max_size=1024 * 1024, body_timeout=settings.http_body_timeout_seconds
+    )
     add_database(app, settings, SCHEMA, migrations=MIGRATIONS)
     add_deps(app, api.DEPS, lambda pool: handlers.Deps(db=pool, settings=settings))
     add_service_bus(app, settings, SERVICE, api.DEPS, consumer.BINDINGS, consumer.HANDLERS)

@@ -1,0 +1,124 @@
+"""The HTTP layer under the routes, against slow and malformed clients: bounded waits for a
+request's head (aiohttp's keep-alive timer) and body (a deadline per request), and one JSON
+log line and a metric for every request refused there."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from .errors import DomainError
+from .logging import get_logger
+from .metrics import HTTP_REFUSED
+
+log = get_logger(__name__)
+
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
+# The defaults of HTTP_HEAD_TIMEOUT_SECONDS (aiohttp's run_app's own) and
+# HTTP_BODY_TIMEOUT_SECONDS.
+HEAD_TIMEOUT_SECONDS = 75.0
+BODY_TIMEOUT_SECONDS = 60.0
+
+
+class BodyTimeout(DomainError, status=408, code="body_timeout"):
+    """A request's body that did not arrive within HTTP_BODY_TIMEOUT_SECONDS of its head."""
+
+
+BODY_TOO_SLOW = "The request body did not arrive in time. Please try again."
+
+
+@web.middleware
+async def body_deadline_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp waits for a body as long as the client likes: a Content-Length announced
+    and never sent held the connection (and a file descriptor) for good, so that a few
+    thousand of them left none for anyone else. Past the deadline the body's reader fails
+    with BodyTimeout (answered 408 by the error middlewares) and the connection closes."""
+    content = request.content
+    if not request.body_exists or content.is_eof():
+        return await handler(request)
+    late = False
+
+    def expire() -> None:
+        nonlocal late
+        if content.is_eof():
+            return
+        late = True
+        _refused("body_timeout", request.remote, 408, "request body too slow")
+        content.set_exception(BodyTimeout(BODY_TOO_SLOW))
+
+    timer = request.loop.call_later(request.app[BODY_TIMEOUT], expire)
+    try:
+        response = await handler(request)
+    finally:
+        timer.cancel()
+    if late:
+        response.force_close()  # what is left of the body is not read
+    return response
+
+
+def _refused(reason: str, peer: str | None, status: int, what: str) -> None:
+    HTTP_REFUSED.labels(reason).inc()
+    log.info("http_request_refused", reason=reason, status=status, peer=peer, detail=what)
+
+
+# aiohttp's parser errors quote the request's bytes (a header line, a Cookie or an
+# Authorization header among them): only the words before the quote are kept.
+_QUOTE = re.compile(r":?\s*(?:b'|b\"|bytearray\().*$|:\s*$")
+
+
+def _detail(exc: HttpProcessingError) -> str:
+    lines = str(exc.message or "").strip().splitlines()
+    return _QUOTE.sub("", lines[0]).strip()[:120] if lines else ""
+
+
+class ProtocolLog:
+    """aiohttp's server logger (``run_app(logger=…)``): a request the parser refused was
+    logged as a traceback in plain text, quoting the request's bytes (an API key in a
+    broken header line included), at error level; now it is one JSON line
+    ``http_request_refused`` with the reason and the peer, and a count in
+    ``clientpress_http_refused_total``. Anything else stays an error, in JSON."""
+
+    def _emit(self, level: str, msg: str, args: tuple[Any, ...], exc: Any) -> None:
+        if isinstance(exc, HttpProcessingError):
+            peer = args[0] if args and isinstance(args[0], str) else None
+            _refused("malformed", peer, exc.code, _detail(exc))
+            return
+        text = msg % args if args else msg
+        getattr(log, level)("http_server_error", detail=text, exc_info=exc or False)
+
+    def exception(self, msg: str, *args: Any, exc_info: Any = None, **_: Any) -> None:
+        self._emit("error", msg, args, exc_info)
+
+    def error(self, msg: str, *args: Any, exc_info: Any = None, **_: Any) -> None:
+        self._emit("error", msg, args, exc_info)
+
+    def warning(self, msg: str, *args: Any, exc_info: Any = None, **_: Any) -> None:
+        self._emit("warning", msg, args, exc_info)
+
+    def info(self, msg: str, *args: Any, exc_info: Any = None, **_: Any) -> None:
+        self._emit("info", msg, args, exc_info)
+
+    def debug(self, msg: str, *args: Any, exc_info: Any = None, **_: Any) -> None:
+        # aiohttp's first-request "not HTTP at all" (TLS on the HTTP port): a refusal too.
+        if isinstance(exc_info, HttpProcessingError):
+            self._emit("debug", msg, args, exc_info)
+
+    def isEnabledFor(self, level: int) -> bool:
+        return True
+
+
+def server_options(head_timeout: float) -> dict[str, Any]:
+    """``web.run_app``'s protocol options for a service. aiohttp's keep-alive timer runs
+    whenever a connection waits for a request's head: from its opening or the previous
+    answer, not restarted by each byte, so it bounds a head sent a byte at a time as well
+    as an idle connection."""
+    return {
+        "keepalive_timeout": head_timeout,
+        "logger": ProtocolLog(),
+    }

@@ -4,6 +4,7 @@ log line and a metric for every request refused there."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -52,7 +53,7 @@ async def body_deadline_middleware(
         _refused("body_timeout", request.remote, 408, "request body too slow")
         content.set_exception(BodyTimeout(BODY_TOO_SLOW))
 
-    timer = request.loop.call_later(request.app[BODY_TIMEOUT], expire)
+    timer = asyncio.get_running_loop().call_later(request.app[BODY_TIMEOUT], expire)
     try:
         response = await handler(request)
     finally:

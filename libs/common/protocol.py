@@ -38,8 +38,9 @@ async def body_deadline_middleware(
 ) -> web.StreamResponse:
     """aiohttp waits for a body as long as the client likes: a Content-Length announced
     and never sent held the connection (and a file descriptor) for good, so that some
-    20,000 of them (the open-files limit) left none for anyone else. Past the deadline the body's reader fails
-    with BodyTimeout (answered 408 by the error middlewares) and the connection closes."""
+    20,000 of them (the open-files limit) left none for anyone else. Past the deadline
+    the body's reader fails with BodyTimeout (answered 408 by the error middlewares) and
+    the connection closes."""
     content = request.content
     if not request.body_exists or content.is_eof():
         return await handler(request)

@@ -337,6 +337,9 @@ def login_url(next_path: str) -> str:
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
+    # In place of aiohttp's "Python/3.11 aiohttp/3.14.5": the versions to look up in
+    # advisories, on every answer, for anyone who asks.
+    headers["Server"] = "ClientPress"
     portal_page = request.path.startswith("/client-portal/") and request.path != "/client-portal/"
     headers["Content-Security-Policy"] = PORTAL_CSP if portal_page else CSP
     headers["X-Frame-Options"] = "DENY"

@@ -40,6 +40,8 @@ async def test_security_headers_on_every_kind_of_response(gw: TestClient) -> Non
         assert headers["X-Frame-Options"] == "DENY"
         assert headers["X-Content-Type-Options"] == "nosniff"
         assert headers["Referrer-Policy"] == "same-origin"
+        # No version for a scanner to match against advisories ("Python/3.11 aiohttp/3.14.5").
+        assert headers["Server"] == "ClientPress"
         # Over plain http (a local run) no HSTS: it would pin localhost to https.
         assert "Strict-Transport-Security" not in headers
     assert (await gw.get("/login")).headers["Cache-Control"] == "no-store"

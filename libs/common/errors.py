@@ -40,6 +40,14 @@ class InvalidInput(DomainError, status=422, code="invalid_input"):
     """Input that breaks a rule: a field the service cannot accept."""
 
 
+class Unreadable(DomainError, status=400, code="invalid_json"):
+    """A body that can't be read as what it says it is: not JSON, not UTF-8, empty."""
+
+
+class UnsupportedMediaType(DomainError, status=415, code="unsupported_media_type"):
+    """A body declared as another format (a form, text, XML) where JSON is expected."""
+
+
 class NotFound(DomainError, status=404, code="not_found"):
     """No such thing, or not one the caller may see."""
 
@@ -85,7 +93,16 @@ class Unavailable(DomainError, status=503, code="unavailable"):
 
 _BY_STATUS: dict[int, type[DomainError]] = {
     cls.status: cls
-    for cls in (InvalidInput, NotFound, Conflict, Gone, Unauthorized, Forbidden, Unavailable)
+    for cls in (
+        InvalidInput,
+        NotFound,
+        Conflict,
+        Gone,
+        Unauthorized,
+        Forbidden,
+        UnsupportedMediaType,
+        Unavailable,
+    )
 }
 
 

@@ -15,6 +15,9 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from .web import json_response
 
 UUID: dict[str, Any] = {"type": "string", "format": "uuid"}
+# A path's id, in the canonical 8-4-4-4-12 form (any case): anything else names no route,
+# never a value that fails further in.
+UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 TIME: dict[str, Any] = {"type": "string", "format": "date-time"}
 NULL_TIME: dict[str, Any] = {"type": ["string", "null"], "format": "date-time"}
 ERROR_RESPONSE: dict[str, Any] = {
@@ -129,6 +132,7 @@ class Endpoint:
     errors: tuple[str, ...]
     headers: tuple[dict[str, Any], ...]
     also: tuple[tuple[int, str], ...]  # other success answers: (status, description)
+    any_type: bool = False  # the body is read as JSON whatever its declared type
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -164,7 +168,9 @@ class ApiRoutes:
         errors: Sequence[str] = (),
         headers: Sequence[dict[str, Any]] = (),
         also: Sequence[tuple[int, str]] = (),
+        any_type: bool = False,
     ) -> Callable[[Handler], Handler]:
+        """``any_type``: the view reads its body with read_json(any_type=True), so no 415."""
         self.endpoints.append(
             Endpoint(
                 method.lower(),
@@ -177,6 +183,7 @@ class ApiRoutes:
                 tuple(errors),
                 tuple(headers),
                 tuple(also),
+                any_type,
             )
         )
         return self.routes.route(method.upper(), self.prefix + self._aiohttp_path(path))
@@ -253,6 +260,9 @@ class ApiRoutes:
             failures.add("422")
         if e.body is not None:
             failures.add("413")  # body_too_large: over the route's or the app's limit
+            failures.add("400")  # invalid_json: not JSON, not UTF-8, empty
+            if not e.any_type:
+                failures.add("415")  # unsupported_media_type: declared as another format
         for failure in sorted(failures):
             responses[failure] = {"$ref": "#/components/responses/Error"}
         operation: dict[str, Any] = {"summary": e.summary, "parameters": params}

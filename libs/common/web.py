@@ -36,6 +36,7 @@ from .context import (
 )
 from .db import DATABASE_AWAY, DatabaseReadOnly, Db, SchemaGate, UseCaseDeps, create_pool
 from .errors import DomainError, Forbidden, InvalidInput, RateLimited, TooLarge, Unauthorized
+from .json_body import check_media_type, parse_json
 from .logging import get_logger
 from .metrics import (
     BROKER_BLOCKED,
@@ -186,21 +187,30 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def read_json(
-    request: web.Request, model: type[M], *, limit: int | None = None, nul_ok: bool = False
+    request: web.Request,
+    model: type[M],
+    *,
+    limit: int | None = None,
+    nul_ok: bool = False,
+    any_type: bool = False,
 ) -> M:
-    """Parse and validate a JSON body, or raise InvalidInput with a readable message.
-    ``limit``: this route's own body limit, in place of the app's. ``nul_ok``: the route
-    answers a NUL itself (a batch, row by row), before anything is written."""
+    """Parse and validate a JSON body (json_body.py: strict JSON, strictly typed), or
+    raise a domain error with a readable message: 415 for another declared format, 400
+    for a body that isn't JSON, 422 for a value the model refuses. ``limit``: this route's
+    own body limit, in place of the app's. ``nul_ok``: the route answers a NUL itself (a
+    batch, row by row), before anything is written. ``any_type``: the route reads any
+    declared type as JSON (its documentation says so)."""
+    if not any_type:
+        check_media_type(request.headers, request.content_type, request.charset)
     body = await (read_body(request, limit) if limit is not None else request.read())
-    try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidInput("The request body must be JSON.", code="invalid_json") from None
+    body, raw = parse_json(body)
     where = None if nul_ok else json_nul_path(body, raw)
     if where is not None:
         raise InvalidInput(f"{where}: {NUL_PROBLEM}.", code="invalid_character")
     try:
-        return model.model_validate(raw)
+        # From the bytes, strict: JSON's own types only (a string is a UUID or a time where
+        # the model says so, but never a number or a boolean).
+        return model.model_validate_json(body, strict=True)
     except ValidationError as exc:
         raise InvalidInput(describe_validation(exc)) from None
 
@@ -220,6 +230,14 @@ def parse_query(request: web.Request, model: type[M], *, nul_ok: bool = False) -
     where = None if nul_ok else query_nul_path(request.query)
     if where is not None:
         raise InvalidInput(f"{where}: {NUL_PROBLEM}.", code="invalid_character")
+    # Every parameter takes one value: of two, one would be dropped without a word (a
+    # filter by the first status only, while the caller asked for both).
+    repeated = next((name for name in request.query if len(request.query.getall(name)) > 1), None)
+    if repeated is not None:
+        raise InvalidInput(
+            f"{repeated}: given more than once; give each parameter once.",
+            code="repeated_parameter",
+        )
     try:
         return model.model_validate(dict(request.query))
     except ValidationError as exc:

@@ -37,6 +37,8 @@ LINK_EXPIRY_CHOICES = N_("Link Expiry must be 7, 14, 21 or 30 days.")
 MAX_CONTENT = 60_000
 CONTENT_TOO_LONG = N_("The Content is too long: at most 60,000 characters.")
 PORTAL_BODY_LIMIT = 1024 * 1024
+# A portal's revision is a PostgreSQL integer: a larger one is no revision it can be at.
+MAX_REVISION = 2**31 - 1
 # The logo as uploaded (the mailer refuses more than 1 MB with its own words), plus the
 # form around it.
 MAX_LOGO_BYTES = 1024 * 1024

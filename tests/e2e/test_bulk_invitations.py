@@ -215,7 +215,7 @@ async def test_batch_from_csv(stack: Stack, api: Api) -> None:
     code, error = await post_batch(
         stack, portal["id"], None, csv=f"email\n{three}\n".encode(), csv_type="text/plain"
     )
-    assert code == 422 and error["error"]["code"] == "invalid_json", error
+    assert code == 400 and error["error"]["code"] == "invalid_json", error
     assert "text/csv" in error["error"]["message"]
 
 

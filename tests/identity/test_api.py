@@ -50,7 +50,7 @@ async def test_users_endpoints(client: Client, test_env: TestEnv) -> None:
     response = await client.post("/users", json={"email": "a@b.com\r\nx", "password": STRONG})
     assert await _error(response, 422) == "invalid_email"
     response = await client.post("/users", data=b"{not json")
-    assert await _error(response, 422) == "invalid_json"
+    assert await _error(response, 400) == "invalid_json"
 
     assert (await (await client.get(f"/users/{user['id']}")).json()) == user
     assert await _error(await client.get(f"/users/{uuid.uuid4()}"), 404) == "user_not_found"

@@ -162,7 +162,7 @@ async def test_patch_errors(client: Client, new_portal: NewPortal) -> None:
     resp = await client.patch(f"/portals/{uuid.uuid4()}", json={"title": "x"})
     assert resp.status == 404
     resp = await client.patch(f"/portals/{a['id']}", data=b"not json")
-    assert resp.status == 422 and (await resp.json())["error"]["code"] == "invalid_json"
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_json"
 
 
 async def test_concurrent_patches_each_bump_the_revision(

@@ -122,13 +122,20 @@ async def api(
     path: str,
     body: Any = None,
     headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
 ) -> tuple[int, Any]:
     """A JSON API call with the browser's session, sending its CSRF cookie as the
-    X-CSRF-Token header unless ``headers`` says otherwise."""
+    X-CSRF-Token header unless ``headers`` says otherwise. ``raw``: the body's bytes as
+    they are, in place of ``body`` (JSON no serialiser writes: a key twice)."""
     sent = {"X-CSRF-Token": cookie(browser, "cp_csrf") or ""}
     sent.update(headers or {})
     async with browser.session.request(
-        method, browser.base + path, json=body, headers=sent, allow_redirects=False
+        method,
+        browser.base + path,
+        json=body if raw is None else None,
+        data=raw,
+        headers=sent,
+        allow_redirects=False,
     ) as response:
         text = await response.text()
         try:

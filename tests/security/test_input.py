@@ -195,3 +195,62 @@ async def test_a_correlation_id_no_header_can_carry_is_still_answered(
     await publish_envelope(stack, invitation_requested(data, correlation_id))
     found = await answer_to(stack, public_events, "invitation.created", key)
     assert found["correlation_id"] == correlation_id
+
+
+async def test_a_path_id_that_is_no_uuid_is_404_on_every_route(
+    stack: Stack, admin: Browser
+) -> None:
+    """Thirty-six hex digits and hyphens in any order matched the routes: the batch
+    answered 500 and the invitation a 422 about "group count"."""
+    portal = await new_portal(admin)
+    for not_uuid in ("-" * 36, "0" * 36, "0123456789abcdef-0123456789abcdef-01"):
+        for method, path, body in (
+            (
+                "POST",
+                f"/api/v1/portals/{not_uuid}/invitations/batch",
+                {"invitations": [{"email": unique_email()}]},
+            ),
+            ("POST", f"/api/v1/portals/{not_uuid}/invitations", {"email": unique_email()}),
+            ("GET", f"/api/v1/portals/{not_uuid}", None),
+            ("PATCH", f"/api/v1/portals/{not_uuid}", {"title": "x"}),
+            ("PUT", f"/api/v1/portals/{not_uuid}/client", {"user_id": None}),
+            ("POST", f"/api/v1/invitations/{not_uuid}/resend", None),
+            ("DELETE", f"/api/v1/keys/{not_uuid}", None),
+        ):
+            status, answer = await api(admin, method, path, body)
+            assert status == 404, (method, path, answer)
+            assert answer["error"]["code"] == "not_found", answer
+    # The same id in capitals is the same portal.
+    status, answer = await api(admin, "GET", f"/api/v1/portals/{portal['id'].upper()}")
+    assert status == 200 and answer["id"] == portal["id"], answer
+
+
+async def test_a_batch_row_is_read_as_strictly_as_one_invitation(
+    stack: Stack, admin: Browser
+) -> None:
+    portal = await new_portal(admin)
+    batch = f"/api/v1/portals/{portal['id']}/invitations/batch?dry_run=true"
+    email = unique_email()
+    for row in (
+        f'{{"email": "{email}", "sub_client": "yes"}}',
+        f'{{"email": "{email}", "sub_client": 1}}',
+        f'{{"email": "{email}", "email": "{unique_email()}"}}',
+    ):
+        status, answer = await api(
+            admin,
+            "POST",
+            batch,
+            headers={"Content-Type": "application/json"},
+            raw=f'{{"invitations": [{row}]}}'.encode(),
+        )
+        assert status == 422, (row, answer)
+        assert answer["error"]["code"] in ("invalid_input", "duplicate_field"), answer
+        assert answer["error"]["message"].split(":")[0] in ("invitations.0.sub_client", "email")
+    # One key in each of two rows is two rows, and JSON's true is a Sub-Client.
+    status, answer = await api(
+        admin,
+        "POST",
+        batch,
+        {"invitations": [{"email": email, "sub_client": True}, {"email": unique_email()}]},
+    )
+    assert status == 200 and [r["status"] for r in answer["results"]] == ["created"] * 2

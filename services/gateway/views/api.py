@@ -13,10 +13,11 @@ from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from libs.common.email import email_or_none, same_email
-from libs.common.errors import Conflict, InvalidInput
+from libs.common.errors import Conflict, InvalidInput, Unreadable
 from libs.common.i18n import LANGUAGE_MESSAGE, is_language
+from libs.common.json_body import EXACT
 from libs.common.openapi import UUID as UUID_SCHEMA
-from libs.common.openapi import ApiRoutes
+from libs.common.openapi import UUID_PATTERN, ApiRoutes
 from libs.common.web import json_response, parse_query, read_body, read_json, readable
 
 from ..contracts import (
@@ -37,6 +38,7 @@ from ..domain import (
     MAX_CONTENT,
     MAX_GROUP_PORTALS,
     MAX_PERSONAL_MESSAGE,
+    MAX_REVISION,
     PERSONAL_MESSAGE_TOO_LONG,
     PORTAL_BODY_LIMIT,
     parse_uuid,
@@ -49,7 +51,7 @@ Status = Literal["active", "pending", "archived"]
 
 API = ApiRoutes(
     "/api/v1",
-    {"id": ("[0-9a-fA-F-]{36}", UUID_SCHEMA), "delivery_id": ("[0-9a-fA-F-]{36}", UUID_SCHEMA)},
+    {"id": (UUID_PATTERN, UUID_SCHEMA), "delivery_id": (UUID_PATTERN, UUID_SCHEMA)},
 )
 routes = API.routes
 
@@ -86,6 +88,7 @@ class PortalPatch(Strict):
         int | None,
         Field(
             ge=1,
+            le=MAX_REVISION,
             description="change the portal only if it is still at this revision (from GET);"
             " otherwise 409 portal_changed, with its current revision",
         ),
@@ -195,9 +198,9 @@ class UserQuery(Strict):
 
 
 class AccessSettings(Strict):
-    invitation_expiry_days: Literal[7, 14, 21, 30] | None = None
+    invitation_expiry_days: Annotated[Literal[7, 14, 21, 30], EXACT] | None = None
     # Invitation Reminder: days before expiry, 0 = Off.
-    invitation_reminder_days: Literal[0, 1, 3] | None = None
+    invitation_reminder_days: Annotated[Literal[0, 1, 3], EXACT] | None = None
     login_redirect: bool | None = None
 
 
@@ -504,6 +507,7 @@ BATCH_KEY = {
     query=BatchQuery,
     response=BatchResult,
     headers=[BATCH_KEY],
+    any_type=True,
     errors=[
         "404 portal_not_found",
         "409 portal_not_active",
@@ -524,13 +528,12 @@ async def invite_batch(request: web.Request) -> web.StreamResponse:
         rows, unread = bulk.parse_csv(await read_body(request, BATCH_BODY_LIMIT), request.charset)
     else:
         try:
-            body = await read_json(request, BatchBody, limit=BATCH_BODY_LIMIT, nul_ok=True)
-        except InvalidInput as exc:
-            if exc.code != "invalid_json":
-                raise
-            raise InvalidInput(
-                "The request body must be JSON, or a CSV file sent with Content-Type: text/csv.",
-                code="invalid_json",
+            body = await read_json(
+                request, BatchBody, limit=BATCH_BODY_LIMIT, nul_ok=True, any_type=True
+            )
+        except Unreadable:
+            raise Unreadable(
+                "The request body must be JSON, or a CSV file sent with Content-Type: text/csv."
             ) from None
         bulk.check_size(len(body.invitations))
         rows = [

@@ -48,7 +48,14 @@ def build() -> dict[str, Any]:
             "description": (
                 'Errors are {"error": {"code", "message"}} with the status given. Every'
                 " call needs an administrator's session (plus X-CSRF-Token on writes) or"
-                " Authorization: Bearer GATEWAY_API_KEY."
+                " Authorization: Bearer GATEWAY_API_KEY. A body is JSON (RFC 8259) in"
+                " UTF-8, sent with Content-Type: application/json (or none): another"
+                " declared type answers 415 unsupported_media_type; a body that is not"
+                " JSON 400 invalid_json; a key given twice in one object 422"
+                " duplicate_field. Values are taken only as their schema's JSON type (a"
+                ' boolean is true or false, never "yes" or 1; an integer is never 7.0 or'
+                ' "7"); a field the schema does not name answers 422 invalid_input. A'
+                " query parameter is given once (422 repeated_parameter)."
             ),
         },
         servers=[{"url": "/api/v1"}],

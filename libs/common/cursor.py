@@ -1,5 +1,7 @@
 """The keyset cursor of a list ordered by (created_at, id): opaque to the caller, a
-URL-safe encoding of the last row's two keys."""
+URL-safe encoding of the list's name and the last row's two keys. The name keeps a cursor
+to its own list: another list's would page from a row that isn't there, a page that
+looks right and is not."""
 
 from __future__ import annotations
 
@@ -20,15 +22,24 @@ def page_of(fetched: list[T], limit: int) -> tuple[list[T], bool]:
     return fetched[:limit], len(fetched) > limit
 
 
-def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
-    raw = f"{created_at.isoformat()}|{row_id}"
+def encode_cursor(listing: str, created_at: datetime, row_id: uuid.UUID) -> str:
+    """``listing``: the list's name (``portals``, ``invitations``), checked on the way back."""
+    raw = f"{listing}|{created_at.isoformat()}|{row_id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+def decode_cursor(listing: str, cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created_at, row_id = raw.split("|", 1)
+        parts = raw.split("|")
+        if len(parts) == 3:
+            named, created_at, row_id = parts
+            if named != listing:
+                raise ValueError(named)
+        else:
+            # A cursor issued before lists named theirs: a client paging through the
+            # upgrade finishes its walk.
+            created_at, row_id = parts
         return datetime.fromisoformat(created_at), uuid.UUID(row_id)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidInput(

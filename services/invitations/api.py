@@ -294,7 +294,7 @@ def _result_json(result: batch.RowResult) -> dict[str, Any]:
 async def list_invitations(request: web.Request) -> web.Response:
     query = parse_query(request, ListQuery)
     deps = request.app[DEPS]
-    after = decode_cursor(query.cursor) if query.cursor else None
+    after = decode_cursor("invitations", query.cursor) if query.cursor else None
     rows, more = await handlers.list_page(
         deps,
         status=query.status,
@@ -307,7 +307,7 @@ async def list_invitations(request: web.Request) -> web.Response:
     return json_response(
         {
             "items": [invitation_json(row, now) for row in rows],
-            "next_cursor": encode_cursor(rows[-1]["created_at"], rows[-1]["id"])
+            "next_cursor": encode_cursor("invitations", rows[-1]["created_at"], rows[-1]["id"])
             if more and rows
             else None,
         }

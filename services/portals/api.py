@@ -148,11 +148,11 @@ async def create_portal(request: web.Request) -> web.Response:
 
 async def list_portals(request: web.Request) -> web.Response:
     query = parse_query(request, ListQuery)
-    after = decode_cursor(query.cursor) if query.cursor else None
+    after = decode_cursor("portals", query.cursor) if query.cursor else None
     items, more = await handlers.list_portals(
         request.app[DEPS], status=query.status, q=query.q, limit=query.limit, after=after
     )
-    next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if more else None
+    next_cursor = encode_cursor("portals", items[-1].created_at, items[-1].id) if more else None
     return json_response({"items": [portal_json(p) for p in items], "next_cursor": next_cursor})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import UTC, datetime
 
@@ -14,7 +15,21 @@ from libs.common.errors import InvalidInput
 def test_cursor_round_trip() -> None:
     when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     row_id = uuid.uuid4()
-    assert decode_cursor(encode_cursor(when, row_id)) == (when, row_id)
+    assert decode_cursor("portals", encode_cursor("portals", when, row_id)) == (when, row_id)
+
+
+def test_a_cursor_of_another_list_is_invalid() -> None:
+    cursor = encode_cursor("invitations", datetime.now(UTC), uuid.uuid4())
+    with pytest.raises(InvalidInput) as err:
+        decode_cursor("portals", cursor)
+    assert err.value.code == "invalid_cursor"
+
+
+def test_a_cursor_issued_before_lists_named_theirs_still_pages() -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    row_id = uuid.uuid4()
+    old = base64.urlsafe_b64encode(f"{when.isoformat()}|{row_id}".encode()).decode().rstrip("=")
+    assert decode_cursor("users", old) == (when, row_id)
 
 
 @pytest.mark.parametrize(
@@ -22,5 +37,5 @@ def test_cursor_round_trip() -> None:
 )
 def test_bad_cursor_is_invalid_input(cursor: str) -> None:
     with pytest.raises(InvalidInput) as err:
-        decode_cursor(cursor)
+        decode_cursor("portals", cursor)
     assert err.value.code == "invalid_cursor"

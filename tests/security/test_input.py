@@ -254,3 +254,31 @@ async def test_a_batch_row_is_read_as_strictly_as_one_invitation(
         {"invitations": [{"email": email, "sub_client": True}, {"email": unique_email()}]},
     )
     assert status == 200 and [r["status"] for r in answer["results"]] == ["created"] * 2
+
+
+async def test_a_cursor_of_another_list_is_refused(stack: Stack, admin: Browser) -> None:
+    """Every list's cursor was the last row's time and id: an invitations cursor given to
+    the portals list answered 200, a page starting at an unrelated time."""
+    for _ in range(2):
+        portal = await new_portal(admin)
+        status, _ = await api(
+            admin, "POST", f"/api/v1/portals/{portal['id']}/invitations", {"email": unique_email()}
+        )
+        assert status == 201
+    cursors = {}
+    for listing in ("portals", "invitations", "activity"):
+        status, page = await api(admin, "GET", f"/api/v1/{listing}?limit=1")
+        assert status == 200 and page["next_cursor"], page
+        cursors[listing] = page["next_cursor"]
+    for listing, other in (
+        ("portals", "invitations"),
+        ("invitations", "portals"),
+        ("activity", "invitations"),
+        ("users", "portals"),
+    ):
+        status, answer = await api(admin, "GET", f"/api/v1/{listing}?cursor={cursors[other]}")
+        assert status == 422, (listing, other, answer)
+        assert answer["error"]["code"] == "invalid_cursor", answer
+    for listing, cursor in cursors.items():
+        status, page = await api(admin, "GET", f"/api/v1/{listing}?limit=1&cursor={cursor}")
+        assert status == 200 and len(page["items"]) == 1, (listing, page)

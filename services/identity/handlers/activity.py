@@ -51,7 +51,7 @@ async def list_activity(
     cursor: str | None,
     limit: int,
 ) -> tuple[list[ActivityEntry], str | None]:
-    after = decode_cursor(cursor) if cursor else None
+    after = decode_cursor("activity", cursor) if cursor else None
     entries = await repo.page(
         deps.db,
         actor_id=actor,
@@ -61,7 +61,9 @@ async def list_activity(
         limit=limit + 1,
     )
     entries, more = page_of(entries, limit)
-    next_cursor = encode_cursor(entries[-1].occurred_at, entries[-1].id) if more else None
+    next_cursor = (
+        encode_cursor("activity", entries[-1].occurred_at, entries[-1].id) if more else None
+    )
     return entries, next_cursor
 
 

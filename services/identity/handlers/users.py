@@ -104,11 +104,11 @@ async def ensure_user(
 async def list_users(
     deps: Deps, q: str | None, cursor: str | None, limit: int
 ) -> tuple[list[User], str | None]:
-    after = decode_cursor(cursor) if cursor else None
+    after = decode_cursor("users", cursor) if cursor else None
     async with connection(deps.db) as conn:
         users = await repo.list_users(conn, q=q, after=after, limit=limit + 1)
     users, more = page_of(users, limit)
-    next_cursor = encode_cursor(users[-1].created_at, users[-1].id) if more else None
+    next_cursor = encode_cursor("users", users[-1].created_at, users[-1].id) if more else None
     return users, next_cursor
 
 

@@ -88,14 +88,16 @@ async def delete_endpoint(deps: Deps, endpoint_id: uuid.UUID) -> None:
 async def deliveries(
     deps: Deps, endpoint_id: uuid.UUID, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    after = decode_cursor(cursor) if cursor else None
+    after = decode_cursor("webhook_deliveries", cursor) if cursor else None
     async with connection(deps.db) as conn:
         if await repository.get_endpoint(conn, endpoint_id) is None:
             raise _endpoint_gone()
         rows = await repository.list_deliveries(conn, endpoint_id, limit=limit + 1, after=after)
     more = len(rows) > limit
     rows = rows[:limit]
-    return rows, encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
+    return rows, encode_cursor(
+        "webhook_deliveries", rows[-1]["created_at"], rows[-1]["id"]
+    ) if more and rows else None
 
 
 async def redeliver(deps: Deps, endpoint_id: uuid.UUID, delivery_id: uuid.UUID) -> dict[str, Any]:

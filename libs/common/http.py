@@ -88,7 +88,22 @@ class ServiceClient:
                 ) from exc
             if span is not None:
                 span.set_attribute("http.response.status_code", status)
-        payload = orjson.loads(body) if body else None
+        try:
+            payload = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            # Not the service's answer: a proxy's or mesh's own page (Envoy's "upstream
+            # connect error", an ingress's 502 HTML), a route the callee's version lacks.
+            # The service is out of reach (503 with Retry-After), never a 500 of ours.
+            log.error(
+                "internal_answer_unreadable",
+                service=self.name,
+                status=status,
+                path=path,
+                content_type=response.headers.get("Content-Type", ""),
+            )
+            raise Unavailable(
+                f"The {self.name} service is unavailable.", code=f"{self.name}_unavailable"
+            ) from None
         if status >= 400:
             error = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
             if not isinstance(error, dict):

@@ -76,3 +76,31 @@ async def test_a_refused_proof_is_the_service_unavailable_and_its_reason_is_logg
             assert entry["log_level"] == "error"
             assert entry["service"] == "identity" and entry["status"] == status
             assert why in entry["reason"]
+
+
+async def test_an_answer_that_is_not_json_is_the_service_unavailable() -> None:
+    """A proxy or mesh between the services answers with a page of its own (Envoy's
+    "upstream connect error", an ingress's 502 HTML): the caller raised orjson's
+    JSONDecodeError, and the gateway answered an /api/v1 client 500 "internal"."""
+
+    async def proxied(request: web.Request) -> web.Response:
+        status = int(request.query["status"])
+        return web.Response(status=status, text="upstream connect error", content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/users", proxied)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = str(server.make_url("")).rstrip("/")
+            client = ServiceClient(session, url, "identity", signer=signer("gateway"))
+            for status in ("503", "404", "200"):
+                with structlog.testing.capture_logs() as logs, pytest.raises(Unavailable) as out:
+                    await client.call("GET", "/users", params={"status": status})
+                assert (out.value.status, out.value.code) == (503, "identity_unavailable")
+                [entry] = [e for e in logs if e["event"] == "internal_answer_unreadable"]
+                assert entry["status"] == int(status) and entry["service"] == "identity"
+                assert entry["content_type"].startswith("text/plain")
+    finally:
+        await server.close()

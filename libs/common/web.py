@@ -162,8 +162,29 @@ def describe_validation(exc: ValidationError) -> str:
         message = err["msg"]
         if err["type"] == "string_pattern_mismatch":
             message = _PATTERN_WORDS.get(str((err.get("ctx") or {}).get("pattern")), message)
+        elif err["type"] == "value_error":
+            # pydantic's prefix for a validator's own sentence, which says it all.
+            message = message.removeprefix("Value error, ")
+        elif err["type"].endswith("_type") and "input" in err:
+            message += f" (got {_json_kind(err['input'])})"
         parts.append(f"{field}: {message}")
     return "; ".join(parts)
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value of the wrong type was: a scalar as it was written (``true``,
+    ``7.0``, ``null``), never a string's text (it may be anything, a password)."""
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return (
+        orjson.dumps(value).decode()
+        if value is None or isinstance(value, bool | int | float)
+        else type(value).__name__
+    )
 
 
 def body_too_large(limit: int) -> TooLarge:

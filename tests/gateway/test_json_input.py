@@ -62,6 +62,24 @@ async def test_a_value_of_another_json_type_is_refused_not_coerced(
         assert field in answer["error"]["message"], answer
     assert not backend.invitations
     assert portal["title"] == "Acme"
+    # The message names the field, what it takes and what came (a string's text never).
+    for body, message in (
+        (
+            b'{"email": "a@example.com", "sub_client": "yes"}',
+            "sub_client: Input should be a valid boolean (got a string)",
+        ),
+        (
+            b'{"email": "a@example.com", "expires_in_days": 7.5}',
+            "expires_in_days: Input should be a valid integer (got 7.5)",
+        ),
+        (
+            b'{"email": "a@example.com", "expires_in_days": 9}',
+            "expires_in_days: Link Expiry must be 7, 14, 21 or 30 days.",
+        ),
+        (b'["a@example.com"]', "body: Input should be an object (got an array)"),
+    ):
+        status, answer = await send(gw, headers, "POST", invite, body)
+        assert (status, answer["error"]["message"]) == (422, message), answer
     assert (backend.login_redirect, backend.reminder_days) == (login_redirect, reminder_days)
     # JSON's own types still do what they say.
     status, answer = await send(

@@ -5,7 +5,7 @@ of the wrong type is refused rather than guessed at ("yes" is not true, 7.0 is n
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -15,6 +15,7 @@ from .errors import InvalidInput, Unreadable, UnsupportedMediaType
 
 NOT_JSON_TYPE = "The request body must be JSON, sent with Content-Type: application/json."
 NOT_UTF8 = "The request body must be JSON in UTF-8."
+TOO_DEEP = "The request body must be JSON: recursion limit exceeded."
 _BOM = b"\xef\xbb\xbf"
 # A body aiohttp's client (and others) label when nothing else was said: no claim either way.
 _UNDECLARED = "application/octet-stream"
@@ -70,8 +71,22 @@ def _refuse_repeated_keys(body: bytes) -> None:
             seen[key] = value
         return seen
 
-    # Only after orjson read it: valid JSON, so this finds nothing else to refuse.
-    json.loads(body, object_pairs_hook=pairs)
+    # Only after orjson read it: valid JSON, so this finds nothing else to refuse but a
+    # nesting deeper than the standard library's recursion (orjson reads 1,024 levels).
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except RecursionError:
+        raise Unreadable(TOO_DEEP) from None
+
+
+def unreadable_for_pydantic(errors: Sequence[Mapping[str, Any]]) -> Unreadable | None:
+    """pydantic's parser reads less than orjson (200 levels of nesting): what it can't read
+    is a body it can't read, 400, not a value the model refuses."""
+    for err in errors:
+        if err["type"] == "json_invalid":
+            reason = str(err["msg"]).removeprefix("Invalid JSON: ")
+            return Unreadable(f"The request body must be JSON: {reason}.")
+    return None
 
 
 def _as_given(value: Any) -> Any:

@@ -36,7 +36,7 @@ from .context import (
 )
 from .db import DATABASE_AWAY, DatabaseReadOnly, Db, SchemaGate, UseCaseDeps, create_pool
 from .errors import DomainError, Forbidden, InvalidInput, RateLimited, TooLarge, Unauthorized
-from .json_body import check_media_type, parse_json
+from .json_body import check_media_type, parse_json, unreadable_for_pydantic
 from .logging import get_logger
 from .metrics import (
     BROKER_BLOCKED,
@@ -233,7 +233,9 @@ async def read_json(
         # the model says so, but never a number or a boolean).
         return model.model_validate_json(body, strict=True)
     except ValidationError as exc:
-        raise InvalidInput(describe_validation(exc)) from None
+        raise unreadable_for_pydantic(exc.errors()) or InvalidInput(
+            describe_validation(exc)
+        ) from None
 
 
 def path_uuid(request: web.Request, name: str, not_a_uuid: DomainError) -> uuid.UUID:

@@ -173,6 +173,10 @@ async def test_a_body_that_is_not_json_is_400_saying_why(gw: TestClient, backend
         (b'{"title": "x", "content": 1e400}', "infinity"),
         (b'{"title": "x"', "line 1"),
         (b"[" * 2000 + b"]" * 2000, "depth"),
+        # Past what the duplicate check (1,000) and pydantic (200) read, not orjson (1,024):
+        # a RecursionError (500) and a 422 "body: Invalid JSON" before.
+        (b'{"title": "x", "content": ' + b"[" * 1000 + b"]" * 1000 + b"}", "recursion"),
+        (b'{"title": "x", "content": ' + b"[" * 250 + b"]" * 250 + b"}", "recursion"),
     ]
     for body, reason in cases:
         status, answer = await send(gw, headers, "POST", "/api/v1/portals", body)

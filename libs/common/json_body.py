@@ -64,8 +64,9 @@ def _refuse_repeated_keys(body: bytes) -> None:
         seen: dict[str, Any] = {}
         for key, value in items:
             if key in seen:
+                name = key if len(key) <= 80 else key[:80] + "…"
                 raise InvalidInput(
-                    f"{key}: given more than once in one object; send each field once.",
+                    f"{name}: given more than once in one object; send each field once.",
                     code="duplicate_field",
                 )
             seen[key] = value

@@ -393,6 +393,12 @@ async def test_the_delivery_log_pages_newest_first(
     assert stamps == sorted(stamps, reverse=True)
     status, body = await api.call("GET", f"/webhooks/{endpoint['id']}/deliveries?cursor=nope")
     assert status == 422 and body["error"]["code"] == "invalid_cursor"
+    # A cursor is one endpoint's: another's log doesn't page from it.
+    other = await api.add(hook.url + "/other")
+    status, body = await api.call(
+        "GET", f"/webhooks/{other['id']}/deliveries?cursor={first['next_cursor']}"
+    )
+    assert status == 422 and body["error"]["code"] == "invalid_cursor", body
     status, body = await api.call("GET", f"/webhooks/{uuid.uuid4()}/deliveries")
     assert status == 404 and body["error"]["code"] == "webhook_not_found"
 

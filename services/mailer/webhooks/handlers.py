@@ -88,7 +88,9 @@ async def delete_endpoint(deps: Deps, endpoint_id: uuid.UUID) -> None:
 async def deliveries(
     deps: Deps, endpoint_id: uuid.UUID, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    after = decode_cursor("webhook_deliveries", cursor) if cursor else None
+    # One endpoint's log: another endpoint's cursor would page from a row not in it.
+    listing = f"webhook_deliveries/{endpoint_id}"
+    after = decode_cursor(listing, cursor) if cursor else None
     async with connection(deps.db) as conn:
         if await repository.get_endpoint(conn, endpoint_id) is None:
             raise _endpoint_gone()
@@ -96,7 +98,7 @@ async def deliveries(
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, encode_cursor(
-        "webhook_deliveries", rows[-1]["created_at"], rows[-1]["id"]
+        listing, rows[-1]["created_at"], rows[-1]["id"]
     ) if more and rows else None
 
 

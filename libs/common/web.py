@@ -224,7 +224,7 @@ async def read_json(
     if not any_type:
         check_media_type(request.headers, request.content_type, request.charset)
     body = await (read_body(request, limit) if limit is not None else request.read())
-    body, raw = parse_json(body)
+    body, raw = parse_json(body, repeated_keys=PROVEN_CALLER not in request)
     where = None if nul_ok else json_nul_path(body, raw)
     if where is not None:
         raise InvalidInput(f"{where}: {NUL_PROBLEM}.", code="invalid_character")
@@ -552,6 +552,8 @@ class ServiceGuard:
 
 
 GUARD = web.AppKey("service_guard", ServiceGuard)
+# The ClientPress service a request proved it came from (service_proof_middleware).
+PROVEN_CALLER = web.RequestKey("clientpress_proven_caller", str)
 
 
 @web.middleware
@@ -579,6 +581,7 @@ async def service_proof_middleware(
             code="service_forbidden",
         )
     structlog.contextvars.bind_contextvars(caller=caller)
+    request[PROVEN_CALLER] = caller
     # Who made the change comes only from the gateway, which knows the user or the key;
     # the same header from any other caller is ignored.
     actor_header = request.headers.get(ACTOR_HEADER)

@@ -66,7 +66,6 @@ CONSUMES: dict[str, tuple[Binding, ...]] = {
     "invitations": tuple(
         Binding("events", key)
         for key in (
-            "invitation.requested",
             "identity.user.erased",
             "portal.created",
             "portal.updated",
@@ -80,6 +79,19 @@ CONSUMES: dict[str, tuple[Binding, ...]] = {
         Binding("mail", "mail.forget"),
         *WEBHOOK_BINDINGS,
     ),
+    # Requests from other systems wait in a queue of their own, read by a consumer of its
+    # own: one integration's flood (a loop, a leaked password) queues there, and the
+    # service's own events (a portal created, a delivery reported) never wait behind it,
+    # nor find the queue full. Keys here name queues after the prefix, a service's own.
+    "invitations.requests": (Binding("events", "invitation.requested"),),
+}
+REQUESTS_QUEUE = "invitations.requests"
+
+# Bindings a queue had in an earlier release: removed by its service at start, once the
+# queues that take their place are bound (Bus.declare_queue), so an upgraded installation
+# stops routing there while what already waits in the queue is still consumed.
+RETIRED_BINDINGS: dict[str, tuple[Binding, ...]] = {
+    "invitations": (Binding("events", "invitation.requested"),),
 }
 
 # Commands other systems may send; everything else on the bus is a fact owned by a service.

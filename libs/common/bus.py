@@ -245,8 +245,9 @@ class Bus:
     def exchange_name(self, kind: str) -> str:
         return f"{self.prefix}.{kind}"
 
-    def queue_name(self, service: str | None = None) -> str:
-        return f"{self.prefix}.{service or self.service}"
+    def queue_name(self, queue: str | None = None) -> str:
+        """``<prefix>.<queue>``: the service's main queue when None."""
+        return f"{self.prefix}.{queue or self.service}"
 
     async def connect(self) -> None:
         connection = aio_pika.RobustConnection(
@@ -293,10 +294,11 @@ class Bus:
         unblocked = getattr(transport.connection, "_Connection__connection_unblocked", None)
         return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
 
-    async def dead_letters(self) -> int | None:
-        """How many messages wait in this service's dead-letter queue, or None when the
-        broker can't say now (away, blocking, the queue not there). Asked on a channel of
-        its own: the passive declare of a missing queue closes the channel it is sent on."""
+    async def dead_letters(self, queue: str | None = None) -> int | None:
+        """How many messages wait in the dead-letter queue of this service's queue
+        (``queue``: another of its own), or None when the broker can't say now (away,
+        blocking, the queue not there). Asked on a channel of its own: the passive declare
+        of a missing queue closes the channel it is sent on."""
         connection = self._connection
         if connection is None or not self.ready or self.blocked:
             return None
@@ -306,7 +308,7 @@ class Bus:
             channel = await asyncio.wait_for(transport.connection.channel(), CLOSE_SECONDS)
             try:
                 declared = await asyncio.wait_for(
-                    channel.queue_declare(f"{self.queue_name()}.dead", passive=True),
+                    channel.queue_declare(f"{self.queue_name(queue)}.dead", passive=True),
                     CLOSE_SECONDS,
                 )
             finally:
@@ -436,26 +438,48 @@ class Bus:
         )
 
     async def declare_queue(
-        self, bindings: Sequence[Binding], *, channel: AbstractRobustChannel | None = None
+        self,
+        bindings: Sequence[Binding],
+        *,
+        channel: AbstractRobustChannel | None = None,
+        queue: str | None = None,
     ) -> aio_pika.abc.AbstractRobustQueue:
+        """Declare and bind ``<prefix>.<queue>`` (the service's main queue when None) and
+        its dead-letter queue, then remove the queue's retired bindings
+        (``broker.RETIRED_BINDINGS``). A retired binding is removed only here, after the
+        bindings of the call that declares it: a service declares the queue that takes a
+        retired binding's place before the queue that loses it (``add_bus``)."""
+        name = queue or self.service
         ch = channel or self._channel
         assert ch is not None
         dead = await ch.declare_queue(
-            f"{self.queue_name()}.dead", durable=True, arguments=broker.DEAD_QUEUE_ARGUMENTS
+            f"{self.queue_name(name)}.dead", durable=True, arguments=broker.DEAD_QUEUE_ARGUMENTS
         )
-        if self.service not in broker.CONSUMES:
+        if name not in broker.CONSUMES:
             # The provisioning binds the services' dead-letter queues; a service's user may
             # not read the dlx, so it can't bind a queue to another service's dead letters.
-            await dead.bind(self.exchange_name("dlx"), routing_key=self.service)
-        queue = await ch.declare_queue(
-            self.queue_name(),
+            await dead.bind(self.exchange_name("dlx"), routing_key=name)
+        declared = await ch.declare_queue(
+            self.queue_name(name),
             durable=True,
-            arguments=broker.queue_arguments(self.prefix, self.service),
+            arguments=broker.queue_arguments(self.prefix, name),
         )
         for binding in bindings:
-            await queue.bind(self.exchange_name(binding.exchange), routing_key=binding.routing_key)
-        assert isinstance(queue, aio_pika.RobustQueue)
-        return queue
+            await declared.bind(
+                self.exchange_name(binding.exchange), routing_key=binding.routing_key
+            )
+        for retired in broker.RETIRED_BINDINGS.get(name, ()):
+            if retired in bindings:
+                continue
+            # Unbinding what isn't bound is no error (RabbitMQ answers unbind-ok).
+            await declared.unbind(
+                self.exchange_name(retired.exchange), routing_key=retired.routing_key
+            )
+            log.info(
+                "retired_binding_removed", queue=declared.name, routing_key=retired.routing_key
+            )
+        assert isinstance(declared, aio_pika.RobustQueue)
+        return declared
 
     async def consume(
         self,
@@ -466,8 +490,10 @@ class Bus:
         prefetch: int = 32,
         alone: Collection[str] = (),
         max_age: timedelta | None = None,
+        queue: str | None = None,
     ) -> Consumer:
-        """Consume ``bindings`` into the service's queue. The events that arrive together
+        """Consume ``bindings`` into the service's queue (``queue``: another of its own,
+        ``<prefix>.<queue>``, on a channel and prefetch of its own). The events that arrive together
         share a transaction (group commit), except the types in ``alone``: handlers that
         wait on another service run apart, so that one slow answer doesn't hold back the
         events queued behind it. Each such event runs in a transaction of its own,
@@ -479,10 +505,11 @@ class Bus:
         assert isinstance(channel, aio_pika.RobustChannel)
         self._consumer_channels.append(channel)
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await self.declare_queue(bindings, channel=channel)
+        declared = await self.declare_queue(bindings, channel=channel, queue=queue)
         consumer = Consumer(pool, handlers, self.prefix, alone=alone, max_age=max_age)
-        consumer.tag = await queue.consume(consumer.on_message)
-        consumer.queue = queue
+        consumer.tag = await declared.consume(consumer.on_message)
+        consumer.queue = declared
+        CONSUMER_CANCELLED.labels(declared.name).set(0)
         consumer.watch = CancelWatch(channel, consumer.tag, consumer.on_cancel_change)
         await consumer.watch.start()
         return consumer
@@ -534,8 +561,8 @@ class Consumer:
         return self.watch is not None and self.watch.cancelled
 
     def on_cancel_change(self, cancelled: bool) -> None:
-        CONSUMER_CANCELLED.set(1 if cancelled else 0)
         queue = self.queue.name if self.queue is not None else None
+        CONSUMER_CANCELLED.labels(queue or "").set(1 if cancelled else 0)
         if cancelled:
             # Until aio-pika can declare the queue again (while someone else's queue of the
             # same name, with other arguments, stands there: never), nothing is consumed.

@@ -68,8 +68,9 @@ BROKER_BLOCKED = Gauge(
 )
 CONSUMER_CANCELLED = Gauge(
     "clientpress_consumer_cancelled",
-    "1 while the broker has cancelled the service's consumer (its queue deleted) and it"
-    " does not consume again yet",
+    "1 while the broker has cancelled the service's consumer of the queue (its queue"
+    " deleted) and it does not consume again yet",
+    ["queue"],
 )
 ROWS_PRUNED = Counter(
     "clientpress_rows_pruned_total",

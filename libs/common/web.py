@@ -10,10 +10,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import orjson
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import tracing
 from .actor import ACTOR_HEADER, decode_actor, set_actor
-from .broker import Binding
+from .broker import CONSUMES, Binding
 from .bus import AnyHandler, Bus, Consumer, ServiceHandler, in_inbox
 from .context import (
     CORRELATION_HEADER,
@@ -80,6 +80,9 @@ class BusParts:
     relay: OutboxRelay | None = None
     consumer: Consumer | None = None
     consumes: bool = False  # the service has event handlers (its consumer may not yet)
+    # The consumers of its other queues (``Apart``), by queue, once started.
+    apart: dict[str, Consumer] = field(default_factory=dict)
+    apart_queues: tuple[str, ...] = ()
 
 
 BUS_PARTS = web.AppKey("bus_parts", BusParts)
@@ -412,12 +415,16 @@ async def readyz(request: web.Request) -> web.Response:
     parts = app.get(BUS_PARTS)
     if parts is not None and parts.consumes:
         # Reported like the broker: the events wait in the queue meanwhile.
-        consumer = parts.consumer
-        if consumer is None:
-            checks["consumer"] = "starting"
-        else:
-            checks["consumer"] = "cancelled" if consumer.cancelled else "ok"
+        checks["consumer"] = _consumer_state(parts.consumer)
+        for queue in parts.apart_queues:
+            checks[f"consumer:{queue}"] = _consumer_state(parts.apart.get(queue))
     return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+
+def _consumer_state(consumer: Consumer | None) -> str:
+    if consumer is None:
+        return "starting"
+    return "cancelled" if consumer.cancelled else "ok"
 
 
 def _broker_state(bus: Bus) -> str:
@@ -438,20 +445,21 @@ async def metrics(request: web.Request) -> web.Response:
         _broker_state(app[BUS])
         parts = app.get(BUS_PARTS)
         if parts is not None and parts.consumes:
-            await _dead_letters(app[BUS])
+            for queue in (None, *parts.apart_queues):
+                await _dead_letters(app[BUS], queue)
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def _dead_letters(bus: Bus) -> None:
+async def _dead_letters(bus: Bus, of: str | None = None) -> None:
     """What waits in the service's dead-letter queue, whoever put it there: the service
     counts its own refusals (clientpress_events_dead_lettered_total), but the broker also
     dead-letters by itself (the delivery limit after a crash, a publisher's short
     ``expiration``, a queue over its limits) and nobody counted those. Logged when the
     count grows. Left as it was when the broker can't say."""
-    count = await bus.dead_letters()
+    count = await bus.dead_letters(of)
     if count is None:
         return
-    queue = f"{bus.queue_name()}.dead"
+    queue = f"{bus.queue_name(of)}.dead"
     before = _DEAD_LETTERS_SEEN.get(queue, 0)
     _DEAD_LETTERS_SEEN[queue] = count
     DEAD_LETTERS_WAITING.labels(queue).set(count)
@@ -688,6 +696,22 @@ def add_deps(app: web.Application, key: web.AppKey[D], build: Callable[[asyncpg.
 # Called once the consumer's queue is declared and bound (with the bus and the consumer).
 Consuming = Callable[[Bus, Consumer], Awaitable[None]]
 
+H = TypeVar("H")
+
+
+@dataclass(frozen=True)
+class Apart(Generic[H]):
+    """Another queue of the service's own (``queue``, a key of ``broker.CONSUMES``, bound
+    as it says), read by a consumer of its own, on a channel and prefetch of its own: what
+    waits in it (a flood of requests from other systems) never delays the events of the
+    main queue. Started before the main consumer, so it is bound before the main queue
+    drops the bindings it takes over (``broker.RETIRED_BINDINGS``)."""
+
+    queue: str
+    handlers: Mapping[str, H]
+    prefetch: int = 32
+    alone: Collection[str] = ()
+
 
 def add_service_bus(
     app: web.Application,
@@ -700,6 +724,7 @@ def add_service_bus(
     prefetch: int = 32,
     alone: Collection[str] = (),
     consuming: Consuming | None = None,
+    apart: Sequence[Apart[ServiceHandler[D]]] = (),
 ) -> None:
     """add_bus for a service with its own schema (add_database first): the outbox relay of
     that schema, and a consumer that runs each event handler on the ``Deps`` under
@@ -715,6 +740,10 @@ def add_service_bus(
         prefetch=prefetch,
         alone=alone,
         consuming=consuming,
+        apart=[
+            Apart(a.queue, in_inbox(lambda: app[deps], a.handlers), a.prefetch, a.alone)
+            for a in apart
+        ],
     )
 
 
@@ -729,6 +758,7 @@ def add_bus(
     prefetch: int = 32,
     alone: Collection[str] = (),
     consuming: Consuming | None = None,
+    apart: Sequence[Apart[AnyHandler]] = (),
 ) -> None:
     """Connect to RabbitMQ; with a schema, run the outbox relay; with handlers, consume
     (the event types in ``alone`` each in a transaction of its own: see Bus.consume), then
@@ -743,7 +773,9 @@ def add_bus(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         bus = Bus(settings.service_amqp_url(service), settings.bus_prefix, service)
         app[BUS] = bus
-        parts = app[BUS_PARTS] = BusParts(consumes=bool(handlers))
+        parts = app[BUS_PARTS] = BusParts(
+            consumes=bool(handlers), apart_queues=tuple(a.queue for a in apart)
+        )
         relay_task: asyncio.Task[None] | None = None
 
         async def start() -> None:
@@ -759,13 +791,24 @@ def add_bus(
                 # An event older than the inbox remembers ids might be one applied and
                 # forgotten, sent back: refused (Consumer).
                 retention = timedelta(hours=settings.inbox_retention_hours)
+                max_age = retention if schema is not None else None
+                for other in apart:
+                    parts.apart[other.queue] = await bus.consume(
+                        app[POOL],
+                        CONSUMES[other.queue],
+                        other.handlers,
+                        prefetch=other.prefetch,
+                        alone=other.alone,
+                        max_age=max_age,
+                        queue=other.queue,
+                    )
                 parts.consumer = await bus.consume(
                     app[POOL],
                     bindings,
                     handlers,
                     prefetch=prefetch,
                     alone=alone,
-                    max_age=retention if schema is not None else None,
+                    max_age=max_age,
                 )
                 if consuming is not None:
                     try:
@@ -779,9 +822,10 @@ def add_bus(
             starter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starter
-        if parts.consumer is not None:
-            # A broker blocking the connection (a resource alarm) would answer no cancel.
-            await parts.consumer.stop(cancel=not bus.blocked)
+        # A broker blocking the connection (a resource alarm) would answer no cancel.
+        for consumer in (parts.consumer, *parts.apart.values()):
+            if consumer is not None:
+                await consumer.stop(cancel=not bus.blocked)
         if relay_task is not None and parts.relay is not None:
             await parts.relay.drain()
             relay_task.cancel()

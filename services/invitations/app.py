@@ -15,6 +15,7 @@ from libs.common.service_auth import TokenSigner
 from libs.common.tasks import periodic
 from libs.common.web import (
     POOL,
+    Apart,
     add_database,
     add_routes,
     add_service_bus,
@@ -51,6 +52,14 @@ def create_app(
         consumer.BINDINGS,
         consumer.HANDLERS,
         alone=consumer.ALONE,
+        apart=[
+            Apart(
+                consumer.REQUESTS,
+                consumer.REQUEST_HANDLERS,
+                prefetch=consumer.REQUESTS_PREFETCH,
+                alone=consumer.ALONE,
+            )
+        ],
     )
     new_links = handlers.NewLinkWorker(settings.invitations_new_link_seconds)
     app[api.NEW_LINKS] = new_links

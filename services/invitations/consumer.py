@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from libs.common.broker import CONSUMES
+from libs.common.broker import CONSUMES, REQUESTS_QUEUE
 from libs.common.bus import ServiceHandler, Together, arrival_context
 from libs.common.context import current_sender
 from libs.common.db import Conn, connection
@@ -67,6 +67,10 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 BINDINGS = CONSUMES["invitations"]
+# invitation.requested from other systems: a queue and consumer of their own
+# (libs/common/broker.py), so a flood of them never holds back the events above.
+REQUESTS = REQUESTS_QUEUE
+REQUESTS_PREFETCH = 32
 
 # Rejections that are the request's fault; anything else (a service down) is retried.
 REJECT_REASONS = frozenset(
@@ -477,12 +481,17 @@ ALONE = frozenset({"invitation.requested"})
 
 # The outcomes that arrive together are written in one statement (libs/common/bus.py).
 MAIL_OUTCOMES = Together(on_mail_outcomes)
+REQUESTED = Together(on_requested)
+REQUEST_HANDLERS: dict[str, ServiceHandler[Deps]] = {"invitation.requested": REQUESTED}
 HANDLERS: dict[str, ServiceHandler[Deps]] = {
     "portal.created": on_portal_changed,
     "portal.updated": on_portal_changed,
     "mail.sent": MAIL_OUTCOMES,
     "mail.retrying": on_mail_retrying,
     "mail.failed": MAIL_OUTCOMES,
-    "invitation.requested": Together(on_requested),
+    # The main queue is no longer bound to it, but an installation upgraded from a release
+    # where it was may still hold requests there: they are applied, once (the inbox is
+    # the service's, whichever queue an event came through).
+    **REQUEST_HANDLERS,
     "identity.user.erased": on_user_erased,
 }

@@ -175,3 +175,29 @@ def test_the_queue_limits_come_from_the_environment_and_a_bad_value_is_named() -
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2 and "BROKER_QUEUE_MAX_MESSAGES='lots'" in bad.stderr, bad.stderr
+
+
+def test_integration_requests_have_a_queue_of_their_own_with_its_dead_letters_and_bound() -> None:
+    """invitation.requested goes to ``<prefix>.invitations.requests`` only (one
+    integration's flood never queues in front of the service's own events), a quorum
+    queue with the delivery limit, dead-lettering to its own ``.dead`` queue, and under
+    the queue limits like the others."""
+    document = broker.definitions("cp", broker.new_passwords())
+    queues = {q["name"]: q["arguments"] for q in document["queues"]}
+    assert queues["cp.invitations.requests"] == {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": broker.MAX_DELIVERIES,
+        "x-dead-letter-exchange": "cp.dlx",
+        "x-dead-letter-routing-key": "invitations.requests",
+    }
+    assert queues["cp.invitations.requests.dead"] == broker.DEAD_QUEUE_ARGUMENTS
+    bound = {(b["source"], b["destination"], b["routing_key"]) for b in document["bindings"]}
+    assert ("cp.dlx", "cp.invitations.requests.dead", "invitations.requests") in bound
+    requested = {d for s, d, key in bound if key == "invitation.requested"}
+    assert requested == {"cp.invitations.requests"}
+    [policy] = document["policies"]
+    pattern = re.compile(policy["pattern"])
+    assert pattern.match("cp.invitations.requests") and pattern.match(
+        "cp.invitations.requests.dead"
+    )
+    assert pattern.match("cp.invitations") and not pattern.match("cp.invitations.other")

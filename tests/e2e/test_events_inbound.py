@@ -182,13 +182,13 @@ async def test_a_request_for_a_pending_invitation_resends_it(
 
 
 async def _dead_letters(stack: Stack, ids: set[str]) -> dict[str, bytes]:
-    """Take the messages with these ids from the invitations dead-letter queue."""
+    """Take the messages with these ids from the dead-letter queue of integration requests."""
     found: dict[str, bytes] = {}
     # An operator looks at the dead letters; an integration may not.
     connection = await aio_pika.connect(admin_amqp_url(stack))
     try:
         channel = await connection.channel()
-        queue = await channel.get_queue(f"{bus_prefix(stack)}.invitations.dead", ensure=True)
+        queue = await channel.get_queue(f"{bus_prefix(stack)}.invitations.requests.dead", ensure=True)
         for _ in range(200):
             message = await queue.get(fail=False, no_ack=False)
             if message is None:

@@ -26,7 +26,7 @@ from tests.support.stack import API_KEY, Stack
 FIGURES = Path("/tmp/clientpress-reliability.jsonl")
 SCHEMAS = ("identity", "portals", "invitations", "mailer")
 # The gateway consumes session revocations on a queue of its own without a dead-letter queue.
-CONSUMERS = ("portals", "invitations", "mailer")
+CONSUMERS = ("portals", "invitations", "invitations.requests", "mailer")
 
 
 def record(scenario: str, **figures: Any) -> None:

@@ -93,7 +93,7 @@ async def test_a_request_over_the_event_size_limit_is_dead_lettered_unread(
     await publish_as_integration(stack, event)
 
     async def dead() -> bool:
-        return event["id"] in await dead_ids(stack, "invitations")
+        return event["id"] in await dead_ids(stack, "invitations.requests")
 
     await wait_until(dead, 30, "the oversized request in the dead-letter queue")
     assert await invitations_to(stack, email) == 0
@@ -131,15 +131,15 @@ async def test_what_the_broker_dead_letters_by_itself_is_counted_and_logged(
     queue: no service saw it, so no metric, log line or alert said so."""
     portal = await api.create_portal(f"Expiry {uuid.uuid4().hex[:6]}")
     invitations = stack["invitations"]
-    queue = f"{stack.broker.bus_prefix}.invitations.dead"
+    queue = f"{stack.broker.bus_prefix}.invitations.requests.dead"
     invitations.stop()
     try:
-        already = len(await dead_ids(stack, "invitations"))
+        already = len(await dead_ids(stack, "invitations.requests"))
         event = request(portal["slug"], f"late-{uuid.uuid4().hex[:8]}@example.com")
         await publish_as_integration(stack, event, expiration=0.001)
 
         async def expired() -> bool:
-            return event["id"] in await dead_ids(stack, "invitations")
+            return event["id"] in await dead_ids(stack, "invitations.requests")
 
         await wait_until(expired, 30, "the expired request in the dead-letter queue")
     finally:

@@ -67,7 +67,7 @@ async def test_a_consumer_the_broker_cancelled_is_reported_until_it_consumes_aga
         body = await _get(ready)
         # Reported, as the broker is: the API still answers, and the events wait.
         assert body["ready"] is True, body
-        assert "clientpress_consumer_cancelled 1.0" in await _get(
+        assert f'clientpress_consumer_cancelled{{queue="{queue}"}} 1.0' in await _get(
             service.management_url + "/metrics"
         )
         assert "consumer_cancelled" in service.log_tail(200)
@@ -75,7 +75,7 @@ async def test_a_consumer_the_broker_cancelled_is_reported_until_it_consumes_aga
         # The stray queue goes: the service declares its own again and consumes.
         await channel.queue_delete(queue)
         await _until(consuming, "portals to consume again")
-        assert "clientpress_consumer_cancelled 0.0" in await _get(
+        assert f'clientpress_consumer_cancelled{{queue="{queue}"}} 0.0' in await _get(
             service.management_url + "/metrics"
         )
         assert "consumer_resumed" in service.log_tail(200)

@@ -7,8 +7,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import quote, unquote, urlsplit
 
 import aio_pika
+import aiohttp
 import asyncpg
 import orjson
 import pytest
@@ -605,7 +607,7 @@ async def test_poison_message_is_dead_lettered_and_next_processed(
     connection = await aio_pika.connect(migrated_schemas.amqp_url)
     try:
         channel = await connection.channel()
-        dead = await channel.get_queue(f"{migrated_schemas.bus_prefix}.invitations.dead")
+        dead = await channel.get_queue(f"{migrated_schemas.bus_prefix}.invitations.requests.dead")
 
         async def poison() -> aio_pika.abc.AbstractIncomingMessage | None:
             while True:
@@ -811,6 +813,157 @@ async def test_a_malformed_request_is_dead_lettered_with_a_log_naming_its_sender
         [line] = await eventually(lambda: _now(dead_lettered()))
     assert line["sender"] == migrated_schemas.integration_user
     assert line["log_level"] == "error"
+
+
+# Enough requests that draining them takes seconds (about 3 ms each), far more than the
+# prefetch of any consumer (32).
+FLOOD = 2000
+
+
+async def _flood(owners: OwnersBus, count: int) -> list[uuid.UUID]:
+    """``count`` invitation.requested from the integration, as a looping one sends them
+    (for portals that don't exist: each is read, checked and answered rejected)."""
+    tag = uuid.uuid4().hex[:8]
+    envelopes = [
+        make_event(
+            "invitation.requested",
+            InvitationRequested(
+                portal_id=uuid.uuid4(),
+                email=f"flood-{tag}-{n}@example.com",
+                idempotency_key=f"flood-{tag}-{n}",
+            ),
+            source="test",
+        )
+        for n in range(count)
+    ]
+    for start in range(0, count, 200):
+        await asyncio.gather(*(owners.publish_envelope(e) for e in envelopes[start : start + 200]))
+    return [envelope.id for envelope in envelopes]
+
+
+async def _handled(pool: asyncpg.Pool, ids: list[uuid.UUID]) -> int:
+    count = await pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = ANY($1::uuid[])", ids)
+    return int(count)
+
+
+async def test_a_flood_of_requests_never_holds_back_the_services_own_events(
+    app_factory: Any, pool: asyncpg.Pool, publish: Publish
+) -> None:
+    """Before: integration requests and the service's own events shared one queue, so a
+    portal created (or a delivery reported) behind 3000 queued requests waited until they
+    were all read: every internal event queued behind one integration's flood. Now the
+    requests wait in a queue of their own, and the portal arrives at once."""
+    flood = await _flood(publish.owners, FLOOD)
+    portal_id = uuid.uuid4()
+    await publish("portal.created", portal_changed(portal_id, 1))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # No cap: this test's flood must not use up the integration's hour for the others.
+    await app_factory(invitations_requests_per_integration_hour=0)
+    await eventually(
+        lambda: pool.fetchval("SELECT true FROM portals WHERE portal_id = $1", portal_id),
+        timeout=120,
+    )
+    waited = loop.time() - started
+    handled = await _handled(pool, flood)
+    print(f"portal.created applied {waited:.2f} s after start, {handled}/{FLOOD} requests read")
+    assert handled < FLOOD // 2, (
+        f"portal.created waited behind {handled} of the {FLOOD} requests queued before it"
+        f" ({waited:.1f} s)"
+    )
+    # And the flood is still served, each request once.
+    await eventually(lambda: _handled_all(pool, flood), timeout=120)
+    print(f"the {FLOOD} requests drained {loop.time() - started:.2f} s after start")
+
+
+async def _handled_all(pool: asyncpg.Pool, ids: list[uuid.UUID]) -> bool:
+    return await _handled(pool, ids) == len(ids)
+
+
+async def _bindings(env: TestEnv, queue: str) -> set[str]:
+    """The routing keys ``queue`` is bound with on the events exchange, as the broker's
+    management API lists them."""
+    from libs.common.broker import vhost_of
+    from libs.common.provision import management_url
+
+    url = urlsplit(env.amqp_url)
+    auth = aiohttp.encode_basic_auth(
+        unquote(url.username or "guest"), unquote(url.password or "guest")
+    )
+    vhost = quote(vhost_of(env.amqp_url), safe="")
+    api = management_url(env.amqp_url)
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": auth}) as http,
+        http.get(f"{api}/api/queues/{vhost}/{quote(queue, safe='')}/bindings") as response,
+    ):
+        assert response.status == 200, await response.text()
+        found = await response.json()
+    return {b["routing_key"] for b in found if b["source"] == f"{env.bus_prefix}.events"}
+
+
+async def test_an_upgrade_applies_the_requests_left_in_the_main_queue_each_once(
+    app_factory: Any,
+    world: World,
+    pool: asyncpg.Pool,
+    publish: Publish,
+    migrated_schemas: TestEnv,
+) -> None:
+    """An installation of the release before: its main queue bound to invitation.requested
+    and requests waiting there. The provisioning of this release binds the requests' queue
+    while the old service still runs (a request then goes to both queues). The new service
+    applies every request once, whichever queue it came through (the inbox is one), and
+    removes the old binding, so new requests no longer queue with its own events."""
+    from prometheus_client import REGISTRY
+
+    def duplicates() -> float:
+        labels = {"type": "invitation.requested", "outcome": "duplicate"}
+        return REGISTRY.get_sample_value("clientpress_events_consumed_total", labels) or 0.0
+
+    prefix = migrated_schemas.bus_prefix
+    events, main, requests = (
+        f"{prefix}.events",
+        f"{prefix}.invitations",
+        f"{prefix}.invitations.requests",
+    )
+    portal = world.add_portal()
+    keys = [f"upgrade-{n}-{uuid.uuid4().hex}" for n in range(6)]
+
+    def request(key: str) -> InvitationRequested:
+        return InvitationRequested(
+            portal_id=uuid.UUID(portal["id"]), email=f"{key}@example.com", idempotency_key=key
+        )
+
+    admin = await aio_pika.connect(migrated_schemas.amqp_url)
+    try:
+        channel = await admin.channel()
+        old, new = await channel.get_queue(main), await channel.get_queue(requests)
+        # Before the upgrade: requests go to the main queue only.
+        await old.bind(events, "invitation.requested")
+        await new.unbind(events, "invitation.requested")
+        for key in keys[:3]:
+            await publish("invitation.requested", request(key))
+        # The new release's provisioning: the requests' queue bound too.
+        await new.bind(events, "invitation.requested")
+        for key in keys[3:]:
+            await publish("invitation.requested", request(key))
+        assert "invitation.requested" in await _bindings(migrated_schemas, main)
+        before = duplicates()
+
+        await app_factory()
+        await publish.settled(pool)
+        # The three that were in both queues: each applied once, and once skipped.
+        await eventually(lambda: _now(duplicates() - before == 3))
+    finally:
+        await admin.close()
+    made = await pool.fetch(
+        "SELECT idempotency_key FROM invitations WHERE idempotency_key = ANY($1::text[])", keys
+    )
+    assert sorted(row["idempotency_key"] for row in made) == sorted(keys)
+    for key in keys:
+        kinds = [kind for kind, _ in await outbox_events(pool, key)]
+        assert kinds.count("invitation.created") == 1, (key, kinds)
+    assert "invitation.requested" not in await _bindings(migrated_schemas, main)
+    assert await _bindings(migrated_schemas, requests) == {"invitation.requested"}
 
 
 async def _now(value: T) -> T:

@@ -34,7 +34,7 @@ from .servers import current as current_servers
 
 SCHEMAS = ("identity", "portals", "invitations", "mailer")
 # Every service with a queue of its own on the bus.
-CONSUMERS = ("identity", "portals", "invitations", "mailer", "gateway")
+CONSUMERS = ("identity", "portals", "invitations", "invitations.requests", "mailer", "gateway")
 # The queues tests declare for consumers of their own (probe0, probe1, …), dropped with the
 # run's bus (tests/common/test_drop_bus.py checks that every name a test uses is here).
 PROBE_QUEUES = tuple(f"probe{i}" for i in range(20))

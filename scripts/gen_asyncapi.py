@@ -453,7 +453,9 @@ def _channel(event_type: str, message_names: list[str]) -> dict[str, Any]:
     publisher = _publisher(event_type)
     inbound = publisher == "inbound"
     description = SUMMARIES[event_type] + (
-        " Published by other systems; consumed by the invitations service."
+        " Published by other systems; consumed by the invitations service from a queue"
+        " of their own, `<prefix>.invitations.requests` (dead letters in its `.dead`"
+        " queue), so a flood of requests never holds back the service's own events."
         if inbound
         else f" Published by the {publisher} service."
     )

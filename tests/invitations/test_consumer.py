@@ -30,6 +30,7 @@ from services.invitations.api import DEPS
 from services.invitations.handlers import clear_closed_once
 from tests.invitations.conftest import Clock, World, only_first_looks, outbox_events
 from tests.support.env import TestEnv
+from tests.support.management import management_client
 from tests.support.owners import OwnersBus
 
 pytestmark = pytest.mark.integration
@@ -964,6 +965,48 @@ async def test_an_upgrade_applies_the_requests_left_in_the_main_queue_each_once(
         assert kinds.count("invitation.created") == 1, (key, kinds)
     assert "invitation.requested" not in await _bindings(migrated_schemas, main)
     assert await _bindings(migrated_schemas, requests) == {"invitation.requested"}
+
+
+async def test_readiness_and_metrics_cover_the_consumer_of_the_requests_queue(
+    client: Client, migrated_schemas: TestEnv
+) -> None:
+    """The requests' consumer is reported like the main one: cancelled by the broker (its
+    queue deleted, a classic queue of that name declared in its place) it is
+    ``"consumer:invitations.requests": "cancelled"`` in /readyz and 1 in
+    ``clientpress_consumer_cancelled{queue}`` while the main consumer stays ok; its
+    dead-letter queue's depth is in ``clientpress_dead_letters_waiting``."""
+    requests = f"{migrated_schemas.bus_prefix}.invitations.requests"
+    key = "consumer:invitations.requests"
+    async with management_client(client.server.app) as management:
+
+        async def checks() -> dict[str, str]:
+            response = await management.get("/readyz")
+            return dict((await response.json())["checks"])
+
+        async def metrics() -> str:
+            return await (await management.get("/metrics")).text()
+
+        await eventually(lambda: _state(checks, key, "ok"))
+        text = await metrics()
+        assert f'clientpress_consumer_cancelled{{queue="{requests}"}} 0.0' in text
+        assert f'clientpress_dead_letters_waiting{{queue="{requests}.dead"}}' in text
+
+        admin = await aio_pika.connect(migrated_schemas.amqp_url)
+        try:
+            channel = await admin.channel()
+            await channel.queue_delete(requests)
+            await channel.declare_queue(requests, durable=True)  # classic: the service's is quorum
+            await eventually(lambda: _state(checks, key, "cancelled"))
+            assert (await checks())["consumer"] == "ok"
+            assert f'clientpress_consumer_cancelled{{queue="{requests}"}} 1.0' in await metrics()
+            await channel.queue_delete(requests)
+            await eventually(lambda: _state(checks, key, "ok"))
+        finally:
+            await admin.close()
+
+
+async def _state(checks: Callable[[], Awaitable[dict[str, str]]], key: str, state: str) -> bool:
+    return (await checks()).get(key) == state
 
 
 async def _now(value: T) -> T:

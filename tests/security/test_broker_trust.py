@@ -359,7 +359,13 @@ async def test_the_integration_may_invite_and_read_the_lifecycle_and_nothing_els
         queue = await channel.get_queue(name, ensure=True)
         await queue.consume(ignore)
 
-    for name in (f"{prefix}.invitations", f"{prefix}.mailer", f"{prefix}.mailer.dead"):
+    for name in (
+        f"{prefix}.invitations",
+        f"{prefix}.invitations.requests",
+        f"{prefix}.invitations.requests.dead",
+        f"{prefix}.mailer",
+        f"{prefix}.mailer.dead",
+    ):
         await _refused(lambda ch, name=name: consume(ch, name), url)
 
     async def squat(channel: aio_pika.abc.AbstractChannel) -> None:

@@ -188,7 +188,9 @@ async def _dead_letters(stack: Stack, ids: set[str]) -> dict[str, bytes]:
     connection = await aio_pika.connect(admin_amqp_url(stack))
     try:
         channel = await connection.channel()
-        queue = await channel.get_queue(f"{bus_prefix(stack)}.invitations.requests.dead", ensure=True)
+        queue = await channel.get_queue(
+            f"{bus_prefix(stack)}.invitations.requests.dead", ensure=True
+        )
         for _ in range(200):
             message = await queue.get(fail=False, no_ack=False)
             if message is None:

@@ -406,9 +406,9 @@ async def test_types_a_sender_makes_up_never_become_metric_labels(stack: Stack) 
         await connection.close()
 
     async def dead() -> bool:
-        return ids <= await dead_letter_ids(stack, "invitations")
+        return ids <= await dead_letter_ids(stack, "invitations.requests")
 
-    await eventually(dead, "the made-up types in invitations' dead-letter queue")
+    await eventually(dead, "the made-up types in the requests' dead-letter queue")
     async with (
         aiohttp.ClientSession() as session,
         session.get(stack["invitations"].management_url + "/metrics") as response,

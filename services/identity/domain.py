@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from libs.common.errors import InvalidInput
 from libs.common.passwords import password_problem
+from libs.common.text import clean_line
 
 Role = Literal["administrator", "staff", "client"]
 ROLES: tuple[Role, ...] = ("administrator", "staff", "client")
@@ -89,7 +90,8 @@ def hash_api_key(key: str) -> str:
 
 
 def check_key_name(raw: str) -> str:
-    name = " ".join(raw.split())
+    """One line: an invitation sent with the key names it as the inviter."""
+    name = clean_line(raw, "The key's name")
     if not 1 <= len(name) <= 100:
         raise InvalidInput("Give the key a name of 1 to 100 characters.", code="invalid_key_name")
     return name

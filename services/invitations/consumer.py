@@ -82,6 +82,8 @@ REJECT_REASONS = frozenset(
         "missing_portal",
         "invalid_expires_in_days",
         "personal_message_too_long",
+        # A name or message holding a character that would reorder what is shown around it.
+        "invalid_character",
         "invalid_locale",
         "send_rate_limited",
         "integration_rate_limited",

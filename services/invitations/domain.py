@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 from urllib.parse import urlsplit
 
+from libs.common import text
 from libs.common.errors import Conflict, Gone, InvalidInput, RateLimited
 
 Clock = Callable[[], datetime]
@@ -312,38 +313,48 @@ def hash_token(token: str) -> str:
 
 # --- names -----------------------------------------------------------------------------
 def one_line(raw: str | None) -> str | None:
-    """A name for one line of an email or a screen: each run of spaces, line breaks and
-    other unprintable characters becomes one space; empty means none."""
+    """A name for one line of an email or a screen (libs/common/text.py): invisible
+    characters dropped, each run of spaces, line breaks and controls one space; empty means
+    none. Not yet checked: :func:`check_inviter` and :func:`clean_name` refuse what would
+    reorder the sentence around it."""
     if raw is None:
         return None
-    return " ".join("".join(c if c.isprintable() else " " for c in raw).split()) or None
+    return text.one_line(raw) or None
+
+
+def check_inviter(invited_by: str | None) -> str | None:
+    """Who invited, the subject of the email's first sentence and its From line's
+    neighbour: one line that can't reorder the words around it."""
+    if invited_by is None:
+        return None
+    return text.clean_line(invited_by, "The inviter's name (invited_by)") or None
 
 
 def clean_name(raw: str | None) -> str | None:
     """The invitee's display name for the greeting: one line, at most 200 characters;
     empty means none."""
-    text = one_line(raw) or ""
-    if len(text) > MAX_NAME_LENGTH:
+    name = "" if raw is None else text.clean_line(raw, "The name")
+    if len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(
             f"The name must be at most {MAX_NAME_LENGTH} characters.", code="name_too_long"
         )
-    return text or None
+    return name or None
 
 
 # --- personal message -----------------------------------------------------------------
 def clean_personal_message(raw: str | None) -> str | None:
     """Plain text, at most 1,000 characters; empty means none. Line breaks stay; other
-    control characters (which no one types and some mail clients choke on) go."""
+    control characters (which no one types and some mail clients choke on) and invisible
+    ones go; a change of direction must be closed on its line (libs/common/text.py)."""
     if raw is None:
         return None
-    text = raw.replace("\r\n", "\n").replace("\r", "\n")
-    text = "".join(c for c in text if c in "\n\t" or (ord(c) >= 32 and ord(c) != 127)).strip()
-    if len(text) > MAX_MESSAGE_LENGTH:
+    message = text.clean_text(raw, "The Personal Message")
+    if len(message) > MAX_MESSAGE_LENGTH:
         raise InvalidInput(
-            f"The Personal Message must be at most 1,000 characters (it has {len(text):,}).",
+            f"The Personal Message must be at most 1,000 characters (it has {len(message):,}).",
             code="personal_message_too_long",
         )
-    return text or None
+    return message or None
 
 
 # --- the mail job ---------------------------------------------------------------------

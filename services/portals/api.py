@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -29,11 +30,17 @@ from .domain import (
     Portal,
     Role,
     Status,
+    clean_title,
 )
 
 DEPS = web.AppKey("portals_deps", handlers.Deps)
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX)]
+# One line that shows what it holds (libs/common/text.py), cleaned before its length counts.
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX),
+    BeforeValidator(clean_title),
+]
 Slug = Annotated[str, StringConstraints(max_length=SLUG_MAX, pattern=SLUG_PATTERN)]
 Content = Annotated[str, Field(max_length=CONTENT_MAX)]
 

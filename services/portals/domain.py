@@ -13,6 +13,8 @@ from typing import Literal
 import nh3
 from markdown_it import MarkdownIt
 
+from libs.common.text import clean_line
+
 Status = Literal["active", "pending", "archived"]
 Role = Literal["client", "sub_client"]
 
@@ -37,6 +39,14 @@ class Portal:
     revision: int
     created_at: datetime
     updated_at: datetime
+
+
+# --- titles ---------------------------------------------------------------------------
+def clean_title(raw: object) -> object:
+    """A Title is one line of a page, an email's subject and its first sentence: invisible
+    characters dropped, line breaks a space, and nothing that reorders the words around it
+    (``invalid_character``). Anything but text is left for the model to refuse."""
+    return clean_line(raw, "The Title") if isinstance(raw, str) else raw
 
 
 # --- slugs ----------------------------------------------------------------------------

@@ -314,6 +314,34 @@ async def test_who_invited_is_one_line_whoever_sent_it(
     assert events["mail.requested"]["data"]["context"]["invited_by"] == one_line
 
 
+async def test_real_names_keep_the_characters_their_writing_needs(
+    client: Client, world: World, pool: asyncpg.Pool, publish: Publish
+) -> None:
+    """A Persian name's ZWNJ, a Hindi conjunct's ZWJ, an emoji sequence and a Hebrew
+    RLM are writing, not tricks: kept. Invisible characters around them go. (Before, every
+    format character became a space: "مریم زاده", "👩 💻".)"""
+    portal = world.add_portal()
+    key = f"crm-{uuid.uuid4().hex}"
+    await publish(
+        "invitation.requested",
+        InvitationRequested(
+            portal_slug=portal["slug"],
+            email=f"names-{uuid.uuid4().hex[:8]}@example.com",
+            idempotency_key=key,
+            invited_by="\ufeffمریم\u200cزاده \u0915\u094d\u200d\u0937 👩\u200d💻 שרה\u200f\u200b",
+            personal_message="می\u200cخواهم \u2067שלום\u2069\u2028👍🏽",
+        ),
+    )
+    row = await eventually(
+        lambda: pool.fetchrow("SELECT * FROM invitations WHERE idempotency_key = $1", key)
+    )
+    name = "مریم\u200cزاده \u0915\u094d\u200d\u0937 👩\u200d💻 שרה\u200f"
+    assert row["invited_by"] == name
+    assert row["personal_message"] == "می\u200cخواهم \u2067שלום\u2069\n👍🏽"
+    events = dict(await outbox_events(pool, str(row["id"])))
+    assert events["mail.requested"]["data"]["context"]["invited_by"] == name
+
+
 async def test_a_slug_in_capitals_or_with_its_id_names_the_portal(
     client: Client, world: World, pool: asyncpg.Pool, publish: Publish
 ) -> None:
@@ -517,6 +545,11 @@ async def test_a_run_of_requests_while_identity_is_down_waits_and_is_never_refus
         ("invalid_expires_in_days", {"expires_in_days": 10}),
         ("personal_message_too_long", {"personal_message": "x" * 1001}),
         ("invalid_locale", {"locale": "klingon"}),
+        # The From line's neighbour reads "Acme Support" then whatever the override turns.
+        ("invalid_character", {"invited_by": "Acme Support\u202e moc.live@"}),
+        ("invalid_character", {"invited_by": "Ann \u2067Bank\u2069"}),
+        ("invalid_character", {"personal_message": "Pay to \u202eIBAN 4321\nthanks"}),
+        ("invalid_character", {"portal_ids": ["P"], "invited_by": "\u202dAnn"}),
         # Two names for the portal that disagree: neither wins.
         ("ambiguous_portal", {"portal_slug": "another-portal", "also_id": True}),
     ],
@@ -535,8 +568,11 @@ async def test_invitation_requested_rejections(
         world.add_user(email, portal["id"])
     if request_data.pop("also_id", False):
         request_data["portal_id"] = portal["id"]
+    if request_data.get("portal_ids") == ["P"]:
+        request_data["portal_ids"] = [portal["id"]]
     if (
-        "portal_id" not in request_data
+        "portal_ids" not in request_data
+        and "portal_id" not in request_data
         and "portal_slug" not in request_data
         and reason != "missing_portal"
     ):

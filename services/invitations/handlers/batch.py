@@ -84,6 +84,7 @@ async def invite_batch(
     whole batch is refused); everything else is a verdict on its row. ``dry_run``: the
     verdicts a send would give now, nothing written (the Import Clients preview)."""
     locale = check_locale(locale)  # the whole batch's language
+    invited_by = domain.check_inviter(invited_by)
     portal = await _active_portal(deps, portal_id)
     results: dict[int, RowResult] = {}
     ready: list[_Ready] = []

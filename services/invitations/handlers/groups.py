@@ -68,6 +68,7 @@ async def check_group(deps: Deps, command: GroupCommand) -> CheckedGroup:
     domain.check_portal_ids(command.portal_ids)
     if command.expires_in_days is not None:
         domain.check_link_expiry(command.expires_in_days)
+    domain.check_inviter(command.invited_by)
     message = domain.clean_personal_message(command.personal_message)
     name = domain.clean_name(command.invitee_name)
     locale = check_locale(command.locale)

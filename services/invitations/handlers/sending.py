@@ -93,6 +93,7 @@ async def check_invite(
     email = normalise_email(command.email)
     if command.expires_in_days is not None:
         domain.check_link_expiry(command.expires_in_days)
+    domain.check_inviter(command.invited_by)
     message = domain.clean_personal_message(command.personal_message)
     locale = check_locale(command.locale)
     portal = await resolve_portal(deps, command.portal_id, command.portal_slug, look=look)

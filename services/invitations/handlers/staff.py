@@ -36,6 +36,7 @@ async def invite_staff(
     again while its invitation is pending, nothing more is sent."""
     address = normalise_email(email)
     domain.check_staff_role(role)
+    invited_by = domain.check_inviter(invited_by)
     locale = check_locale(locale)
     # Asked before the transaction: no connection is held while identity answers.
     user = await deps.directory.find_user(address)

@@ -21,6 +21,7 @@ from libs.common.i18n import (
     is_language,
     is_time_zone,
 )
+from libs.common.text import InvalidCharacter, clean_line, clean_text
 
 from ..domain import InvalidAddress, normalise_address
 
@@ -117,12 +118,13 @@ def check_accent(raw: str) -> str:
     return value
 
 
-def _one_line(raw: str) -> str:
-    return " ".join(raw.split())
-
-
 def check_agency_name(raw: str) -> str:
-    value = _one_line(raw)
+    """One line: the From line's display name and the emails' sign-off, which must show
+    what they hold (libs/common/text.py)."""
+    try:
+        value = clean_line(raw, "The Agency Name")
+    except InvalidCharacter as exc:
+        raise BrandingRefused("agency_name", exc.message) from None
     if len(value) > MAX_NAME_LENGTH:
         raise BrandingRefused(
             "agency_name", f"Keep the Agency Name to {MAX_NAME_LENGTH} characters or fewer."
@@ -153,6 +155,10 @@ def check_footer(raw: str) -> str:
     value = "\n".join(line.rstrip() for line in raw.replace("\r\n", "\n").split("\n")).strip()
     if any(ord(c) < 32 and c != "\n" for c in value):
         raise BrandingRefused("footer_text", "The Footer Text can't contain control characters.")
+    try:
+        value = clean_text(value, "The Footer Text")
+    except InvalidCharacter as exc:
+        raise BrandingRefused("footer_text", exc.message) from None
     if len(value) > MAX_FOOTER_LENGTH:
         raise BrandingRefused(
             "footer_text", f"Keep the Footer Text to {MAX_FOOTER_LENGTH} characters or fewer."

@@ -1,0 +1,156 @@
+"""Text one person writes and another reads (a name, a title, a message): the characters
+that would make it show something other than what is stored, once for every service.
+
+- Invisible characters are dropped: zero-width space, word joiner, BOM, soft hyphen,
+  Hangul fillers, interlinear annotation marks, tag characters (but an emoji's tag
+  sequence, the flag of Scotland, stays), a variation selector after nothing it can
+  vary, and a zero-width (non-)joiner that joins nothing.
+- What real writing needs stays: ZWNJ and ZWJ between two characters (Persian and Hindi
+  names, emoji sequences such as U+1F469 U+200D U+1F4BB, woman technologist), the
+  direction marks LRM, RLM and ALM (Arabic, Hebrew).
+- The bidirectional embeddings, overrides and isolates (U+202A to U+202E, U+2066 to
+  U+2069) reorder the text around them: refused in one-line text (``invalid_character``); in
+  text of several lines each must be closed on its own line, as a text editor would.
+- Line breaks and other control characters: one-line text turns each run of them and of
+  spaces into one space; text of several lines keeps line breaks (U+2028 and U+2029 are
+  line breaks too) and tabs, and drops the other controls.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from .errors import InvalidInput
+
+ZWNJ, ZWJ = "\u200c", "\u200d"
+# Embeddings and overrides (closed by PDF) and isolates (closed by PDI).
+_OPENS_EMBEDDING = frozenset("\u202a\u202b\u202d\u202e")
+_PDF = "\u202c"
+_OPENS_ISOLATE = frozenset("\u2066\u2067\u2068")
+_PDI = "\u2069"
+BIDI_CONTROLS = _OPENS_EMBEDDING | _OPENS_ISOLATE | {_PDF, _PDI}
+_INVISIBLE = frozenset(
+    "\u00ad\u115f\u1160\u17b4\u17b5\u180e\u200b\u2060\u2061\u2062\u2063\u2064"
+    "\u206a\u206b\u206c\u206d\u206e\u206f\u3164\ufeff\uffa0\ufff9\ufffa\ufffb"
+) | {chr(c) for c in range(0x1D173, 0x1D17B)}
+_BLACK_FLAG = "\U0001f3f4"
+_CANCEL_TAG = "\U000e007f"
+_LINE_BREAKS = str.maketrans(
+    {"\r": "\n", "\x0b": "\n", "\x0c": "\n", "\x85": "\n", "\u2028": "\n", "\u2029": "\n"}
+)
+
+
+class InvalidCharacter(InvalidInput, code="invalid_character"):
+    """Text holding a character that would make it show something other than it says."""
+
+    def __init__(self, field: str, character: str, problem: str) -> None:
+        super().__init__(f"{field} {problem} ({describe(character)}).")
+        self.field = field
+        self.character = character
+
+
+def describe(character: str) -> str:
+    """``U+202E RIGHT-TO-LEFT OVERRIDE``: a character a person can't see, named."""
+    return f"U+{ord(character):04X} {unicodedata.name(character, 'UNNAMED CHARACTER')}"
+
+
+def _is_tag(c: str) -> bool:
+    return "\U000e0000" <= c <= "\U000e007f"
+
+
+def _is_variation_selector(c: str) -> bool:
+    return "\ufe00" <= c <= "\ufe0f" or "\U000e0100" <= c <= "\U000e01ef"
+
+
+def _is_blank(c: str) -> bool:
+    """Nothing a joiner, a selector or a tag could attach to."""
+    return c.isspace() or unicodedata.category(c) in ("Cc", "Cf")
+
+
+def drop_invisible(text: str) -> str:
+    """``text`` without the characters that show nothing and mean nothing where they are."""
+    if text.isascii():
+        return text
+    kept: list[str] = []
+    in_flag = False  # inside an emoji tag sequence (U+1F3F4, tags, CANCEL TAG)
+    for i, c in enumerate(text):
+        if _is_tag(c):
+            if in_flag:
+                kept.append(c)
+                in_flag = c != _CANCEL_TAG
+            continue
+        in_flag = c == _BLACK_FLAG
+        if c in _INVISIBLE:
+            continue
+        before = kept[-1] if kept else ""
+        if _is_variation_selector(c) and (not before or _is_blank(before)):
+            continue
+        if c in (ZWNJ, ZWJ):
+            after = text[i + 1] if i + 1 < len(text) else ""
+            if not before or not after or _is_blank(before) or _is_blank(after):
+                continue
+        kept.append(c)
+    return "".join(kept)
+
+
+def _visible(text: str) -> str:
+    """'' when nothing in ``text`` shows (only spaces, marks and joiners)."""
+    return text if any(not _is_blank(c) for c in text) else ""
+
+
+def clean_line(raw: str, field: str) -> str:
+    """One-line text (a name, a title): invisible characters dropped, each run of spaces,
+    line breaks and controls one space, trimmed; '' when nothing shows.
+    :class:`InvalidCharacter` when it holds a bidirectional embedding, override or isolate."""
+    text = one_line(raw)
+    for c in text:
+        if c in BIDI_CONTROLS:
+            raise InvalidCharacter(
+                field, c, "can't contain a character that changes the order the text is shown in"
+            )
+    return text
+
+
+def one_line(raw: str) -> str:
+    """:func:`clean_line` without its check, for a value checked later by its owner."""
+    text = drop_invisible(raw)
+    spaced = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
+    return _visible(" ".join(spaced.split()))
+
+
+def clean_text(raw: str, field: str) -> str:
+    """Text of several lines (a message, a footer): invisible characters dropped, line
+    breaks as ``\\n``, tabs kept and other controls dropped, each line's trailing spaces
+    and the whole text's surrounding blank lines trimmed; '' when nothing shows.
+    :class:`InvalidCharacter` when an embedding, override or isolate is not closed on its
+    own line, or a closing one closes nothing."""
+    text = drop_invisible(raw.replace("\r\n", "\n").translate(_LINE_BREAKS))
+    text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
+    lines = [line.rstrip() for line in text.split("\n")]
+    for line in lines:
+        check_balanced(line, field)
+    return _visible("\n".join(lines).strip())
+
+
+def check_balanced(line: str, field: str) -> None:
+    """Each embedding or override closed by PDF and each isolate by PDI, nested, on one
+    line (a line break ends them all, so what is left open reorders nothing after it in
+    the text, but would in a sentence that shows the text)."""
+    if not any(c in BIDI_CONTROLS for c in line):
+        return
+    open_: list[str] = []
+    for c in line:
+        if c in _OPENS_EMBEDDING or c in _OPENS_ISOLATE:
+            open_.append(c)
+        elif c in (_PDF, _PDI):
+            expected = _OPENS_EMBEDDING if c == _PDF else _OPENS_ISOLATE
+            if not open_ or open_[-1] not in expected:
+                raise InvalidCharacter(field, c, "has a character that closes nothing")
+            open_.pop()
+    if open_:
+        raise InvalidCharacter(
+            field,
+            open_[-1],
+            "has a character that changes the order the text is shown in and is not closed"
+            " on its line",
+        )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import unicodedata
 
 from .errors import InvalidInput
+from .i18n import N_
 
 ZWNJ, ZWJ = "\u200c", "\u200d"
 # Embeddings and overrides (closed by PDF) and isolates (closed by PDI).
@@ -37,6 +38,14 @@ _BLACK_FLAG = "\U0001f3f4"
 _CANCEL_TAG = "\U000e007f"
 _LINE_BREAKS = str.maketrans(
     {"\r": "\n", "\x0b": "\n", "\x0c": "\n", "\x85": "\n", "\u2028": "\n", "\u2029": "\n"}
+)
+
+
+# What a page says in its reader's language (the JSON API and events say which character).
+REORDERING_WORDS = N_(
+    "This holds a hidden character that changes the order the text is shown in (a"
+    " right-to-left override or a similar control). Type the text again rather than"
+    " pasting it."
 )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import jinja2
+import markupsafe
 from babel.dates import format_date, format_time
 from babel.support import NullTranslations
 
@@ -105,7 +106,15 @@ def new_environment(
     env.install_gettext_translations(  # type: ignore[attr-defined]
         translations or NullTranslations(), newstyle=False
     )
+    env.filters["bdi"] = bdi
     return env
+
+
+def bdi(value: object) -> markupsafe.Markup:
+    """A name or title in a sentence of the HTML part, isolated: a right-to-left one
+    (Arabic, Hebrew) can't pull the words and punctuation around it into its own order."""
+    text = str(value)
+    return markupsafe.Markup("<bdi>%s</bdi>") % text if text else markupsafe.Markup()
 
 
 def expiry_in_words(

@@ -43,7 +43,7 @@ async def test_link_expiry_and_personal_message_reach_the_email(
     html, text = html_part(message), text_part(message).replace("\r\n", "\n")
     assert ESCAPED in html and "<script>" not in html
     assert NOTE in text
-    for part in (html, text):
+    for part in (html.replace("<bdi>", ""), text):
         assert "A message from admin@" in part
         assert "(30 days after it was sent)" in part
 

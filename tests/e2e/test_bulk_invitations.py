@@ -100,7 +100,7 @@ async def test_batch_verdicts_names_and_a_retry_that_sends_nothing_twice(
 
     [greeting] = await stack.sink.wait_for(named)
     assert "Hi Ada Lovelace," in text_part(greeting)
-    assert "Hi Ada Lovelace," in html_part(greeting)
+    assert "Hi <bdi>Ada Lovelace</bdi>," in html_part(greeting)
     assert "Welcome aboard." in text_part(greeting)
     await stack.sink.wait_for(fresh)
     await stack.sink.wait_for(pending, count=2)

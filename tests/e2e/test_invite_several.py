@@ -68,7 +68,7 @@ async def test_one_invitation_accepts_every_portal_still_active(
         assert "You're invited to 4 client portals" in message["Subject"]
         for portal in (acme, beta, gamma, delta):
             assert portal["title"] in text_part(message)
-            assert f"<strong>{portal['title']}</strong>" in html_part(message)
+            assert f"<strong><bdi>{portal['title']}</bdi></strong>" in html_part(message)
         for portal in (acme, beta, gamma, delta):
             created = await listener.wait_for(
                 lambda e, p=portal: (

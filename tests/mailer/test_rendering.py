@@ -134,7 +134,7 @@ def test_invitation_shows_the_personal_message_escaped_and_the_expiry() -> None:
     assert (
         "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &lt;b&gt;welcome&lt;/b&gt;!" in html
     )
-    assert "A message from Jane Admin:" in html and "white-space:pre-line" in html
+    assert "A message from <bdi>Jane Admin</bdi>:" in html and "white-space:pre-line" in html
     assert "A message from Jane Admin:" in text and note in text
     for part in (html, text):
         assert (

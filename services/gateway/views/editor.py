@@ -16,6 +16,7 @@ from multidict import MultiDictProxy
 from libs.common.email import email_or_none
 from libs.common.errors import DomainError, InvalidInput, NotFound
 from libs.common.i18n import LANGUAGE_MESSAGE, is_language
+from libs.common.text import REORDERING_WORDS
 from libs.common.web import json_response
 
 from ..answers import InviteOutcome, PortalAnswer, UserAnswer
@@ -162,7 +163,7 @@ async def create_portal(request: web.Request) -> web.StreamResponse:
         try:
             portal = await request.app[UPSTREAM].portals.create(values)
         except InvalidInput as exc:
-            errors["title"] = exc.message
+            errors["title"] = REORDERING_WORDS if exc.code == "invalid_character" else exc.message
         except DomainError as exc:
             if exc.code != "slug_taken":
                 raise
@@ -247,7 +248,7 @@ async def save_portal(request: web.Request) -> web.StreamResponse:
         if exc.code == "slug_taken":
             errors["slug"] = SLUG_TAKEN
         else:
-            errors["title"] = exc.message
+            errors["title"] = REORDERING_WORDS if exc.code == "invalid_character" else exc.message
         return await again(portal, errors=errors, status=422)
     return see_other(request, f"/admin/portals/{portal_id}", flash="portal_saved")
 
@@ -305,11 +306,13 @@ INVITE_ERRORS = {
     "already_has_access": N_(
         "This person already has access to the portal; no invitation is needed."
     ),
+    "invalid_character": REORDERING_WORDS,
 }
 # Which field an error from the invitations service belongs to.
 INVITE_ERROR_FIELDS = {
     "invalid_expires_in_days": "invite_expiry",
     "personal_message_too_long": "invite_message",
+    "invalid_character": "invite_message",
     "invalid_locale": "invite_locale",
 }
 

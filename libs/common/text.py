@@ -58,6 +58,12 @@ class InvalidCharacter(InvalidInput, code="invalid_character"):
         self.character = character
 
 
+def isolated(text: str) -> str:
+    """``text`` between FIRST STRONG ISOLATE and POP DIRECTIONAL ISOLATE, for a sentence of
+    plain text that names it (where HTML would use <bdi>); '' stays ''."""
+    return f"\u2068{text}\u2069" if text else text
+
+
 def describe(character: str) -> str:
     """``U+202E RIGHT-TO-LEFT OVERRIDE``: a character a person can't see, named."""
     return f"U+{ord(character):04X} {unicodedata.name(character, 'UNNAMED CHARACTER')}"

@@ -1,6 +1,9 @@
 """The rule for text one person writes and another reads (libs/common/text.py): what real
 writing needs stays, what shows nothing goes, what reorders the text around it is refused."""
 
+# Real names in Arabic, Persian and Hebrew script: their letters are the point.
+# ruff: noqa: RUF001
+
 from __future__ import annotations
 
 import unicodedata

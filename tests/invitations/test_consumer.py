@@ -328,16 +328,16 @@ async def test_real_names_keep_the_characters_their_writing_needs(
             portal_slug=portal["slug"],
             email=f"names-{uuid.uuid4().hex[:8]}@example.com",
             idempotency_key=key,
-            invited_by="\ufeffمریم\u200cزاده \u0915\u094d\u200d\u0937 👩\u200d💻 שרה\u200f\u200b",
-            personal_message="می\u200cخواهم \u2067שלום\u2069\u2028👍🏽",
+            invited_by="\ufeffمریم\u200cزاده \u0915\u094d\u200d\u0937 👩\u200d💻 שרה\u200f\u200b",  # noqa: RUF001
+            personal_message="می\u200cخواهم \u2067שלום\u2069\u2028👍🏽",  # noqa: RUF001
         ),
     )
     row = await eventually(
         lambda: pool.fetchrow("SELECT * FROM invitations WHERE idempotency_key = $1", key)
     )
-    name = "مریم\u200cزاده \u0915\u094d\u200d\u0937 👩\u200d💻 שרה\u200f"
+    name = "مریم\u200cزاده \u0915\u094d\u200d\u0937 👩\u200d💻 שרה\u200f"  # noqa: RUF001
     assert row["invited_by"] == name
-    assert row["personal_message"] == "می\u200cخواهم \u2067שלום\u2069\n👍🏽"
+    assert row["personal_message"] == "می\u200cخواهم \u2067שלום\u2069\n👍🏽"  # noqa: RUF001
     events = dict(await outbox_events(pool, str(row["id"])))
     assert events["mail.requested"]["data"]["context"]["invited_by"] == name
 

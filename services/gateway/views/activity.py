@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.activity import ACTIONS
+from libs.common.text import isolated
 from libs.common.web import json_response, parse_query
 
 from .. import contracts
@@ -82,7 +83,9 @@ def _setting(name: str, value: Any) -> str:
         return gettext("Off")
     if isinstance(value, int):
         return ngettext("%(count)s day", "%(count)s days", value, count=value)
-    return str(value)
+    # Text a person typed (an Agency Name, a Footer Text), isolated within the sentence:
+    # a right-to-left one can't pull "(was …)" into its own order.
+    return isolated(str(value))
 
 
 def _named(names: dict[str, str], key: str) -> str:

@@ -133,7 +133,7 @@ async def test_all_portals_and_editor(gw: TestClient, backend: Backend) -> None:
     portal = backend.add_portal("Acme")
     html = await (await gw.get("/admin/portals")).text()
     assert ">Add New Portal</a>" in html
-    assert f'href="/admin/portals/{portal["id"]}">Acme</a>' in html
+    assert f'href="/admin/portals/{portal["id"]}" dir="auto">Acme</a>' in html
     new = await gw.get("/admin/portals/new")
     assert new.status == 200 and ">Save Portal</button>" in await new.text()
     empty = await post_form(gw, "/admin/portals/new", {"title": " ", "status": "active"})

@@ -33,7 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("gateway", "mailer")
 # Shared modules whose N_-marked messages a service shows (and so must translate).
 SHARED_SOURCES = {
-    "gateway": ("libs/common/passwords.py", "libs/common/i18n.py", "libs/common/activity.py", "libs/common/text.py")
+    "gateway": (
+        "libs/common/passwords.py",
+        "libs/common/i18n.py",
+        "libs/common/activity.py",
+        "libs/common/text.py",
+    )
 }
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None}
 METHODS = [

@@ -281,7 +281,8 @@ SUMMARIES = {
     "invitation.rejected": (
         "An invitation.requested was refused. reason is machine-readable: portal_not_found, "
         "portal_not_active, invalid_email, already_has_access, missing_portal, "
-        "invalid_expires_in_days, personal_message_too_long, or "
+        "invalid_expires_in_days, personal_message_too_long, invalid_character (invited_by or "
+        "personal_message holds a character that reorders the text around it), or "
         "send_rate_limited (the invitation was pending and a new link would pass a cap on "
         "new links; retry_at says when the next one can go), or integration_rate_limited "
         "(the sender's broker user passed INVITATIONS_REQUESTS_PER_INTEGRATION_HOUR; "

@@ -170,7 +170,8 @@ class InvitationRequested(EventData):
     sub_client: bool | None = None
     invited_by: str | None = Field(default=None, max_length=200)
     # Checked by the invitations service, which answers invitation.rejected
-    # (invalid_expires_in_days, personal_message_too_long) rather than dead-lettering.
+    # (invalid_expires_in_days, personal_message_too_long, invalid_character) rather than
+    # dead-lettering.
     expires_in_days: int | None = Field(
         default=None,
         description="Link Expiry for this invitation: 7, 14, 21 or 30 days (default: the"

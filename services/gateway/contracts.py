@@ -143,7 +143,8 @@ class BatchRowResult(BaseModel):
         Field(
             description="why a row was rejected: invalid_email, duplicate, already_has_access,"
             " idempotency_key_reused, personal_message_too_long, name_too_long,"
-            " integration_rate_limited (past the key's cap on invitations an hour), …"
+            " integration_rate_limited (past the key's cap on invitations an hour),"
+            " invalid_character, …"
         ),
     ] = None
     message: Annotated[str | None, Field(description="the reason in words")] = None

@@ -222,7 +222,7 @@ KEY_CAPPED = (
     body=PortalCreate,
     response=Portal,
     status=201,
-    errors=["409 slug_taken", "413 body_too_large"],
+    errors=["409 slug_taken", "413 body_too_large", "422 invalid_character"],
 )
 async def create_portal(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, PortalCreate, limit=PORTAL_BODY_LIMIT)
@@ -240,7 +240,13 @@ async def get_portal(request: web.Request) -> web.StreamResponse:
     "Update title, slug, content or status",
     body=PortalPatch,
     response=Portal,
-    errors=["404 portal_not_found", "409 slug_taken", "409 portal_changed", "413 body_too_large"],
+    errors=[
+        "404 portal_not_found",
+        "409 slug_taken",
+        "409 portal_changed",
+        "413 body_too_large",
+        "422 invalid_character",
+    ],
 )
 async def patch_portal(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, PortalPatch, limit=PORTAL_BODY_LIMIT)
@@ -342,6 +348,7 @@ def _inviter(request: web.Request, named: str | None) -> str:
         "409 already_has_access",
         "409 idempotency_key_reused",
         "422 invalid_email",
+        "422 invalid_character (invited_by, personal_message)",
         "422 invalid_idempotency_key",
         "429 send_rate_limited (already pending: beyond the caps on new links)",
         KEY_CAPPED,
@@ -433,6 +440,7 @@ GROUP_KEY = {
         "409 idempotency_key_reused",
         "422 duplicate_portal",
         "422 invalid_email",
+        "422 invalid_character (name, invited_by, personal_message)",
         "422 invalid_idempotency_key",
         KEY_CAPPED,
     ],

@@ -54,7 +54,7 @@ def _creator(request: web.Request) -> str | None:
     body=KeyBody,
     response=ApiKeyCreated,
     status=201,
-    errors=["422 invalid_key_name", "422 invalid_scopes"],
+    errors=["422 invalid_key_name", "422 invalid_character", "422 invalid_scopes"],
 )
 async def create_key(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, KeyBody)

@@ -57,7 +57,7 @@ def test_real_names_are_kept_as_written(name: str) -> None:
         ("\ufe0fAda", "Ada"),  # a variation selector with nothing to vary
         ("\u200dAda\u200c", "Ada"),  # joiners that join nothing
         ("Ada\u200d Lovelace", "Ada Lovelace"),  # next to a space
-        ("Ada\u200d\u200dL", "Ada\u200dL"),  # doubled
+        ("Ada\u200d\u200dL", "AdaL"),  # doubled: each beside a format character
         ("Invoice\ufff9hidden\ufffa", "Invoicehidden"),  # interlinear annotation
         ("\u200f\u200b", ""),  # nothing that shows
     ],

@@ -249,27 +249,27 @@ def sender_limited(
     """The refusal of an invitation.requested beyond the cap on requests per integration
     (its broker user) in any hour: nothing is made or sent; ``retry_at`` says when the
     next one fits."""
-    shown = _minute_up(until)
     who = f"The integration {sender}" if sender else "An integration without a user_id"
     requests = "1 invitation request" if limit == 1 else f"{limit} invitation requests"
-    message = (
-        f"{who} has sent {requests} in the last hour, its cap"
-        f" (INVITATIONS_REQUESTS_PER_INTEGRATION_HOUR). Nothing was sent."
-        f" The next request can go at {when(shown)}."
-    )
-    return _limited(message, until, now, "integration_rate_limited")
+    setting = "INVITATIONS_REQUESTS_PER_INTEGRATION_HOUR"
+    return _integration_limited(f"{who} has sent {requests}", setting, until, now)
 
 
 def key_limited(name: str, until: datetime, now: datetime, *, limit: int) -> RateLimited:
     """The refusal of an invitation sent with an API key beyond the cap on invitations per
     key in any hour (the same ``integration_rate_limited`` as an integration on the
     broker): nothing is sent; ``retry_at`` says when the next one fits."""
-    shown = _minute_up(until)
     invitations = "1 invitation" if limit == 1 else f"{limit:,} invitations"
+    sent = f"The API key {name!r} has sent {invitations}"
+    return _integration_limited(sent, "INVITATIONS_REQUESTS_PER_KEY_HOUR", until, now)
+
+
+def _integration_limited(sent: str, setting: str, until: datetime, now: datetime) -> RateLimited:
+    """429 integration_rate_limited: what was ``sent`` in the hour, the ``setting`` that
+    caps it, and when the next one can go (the minute shown rounded up)."""
     message = (
-        f"The API key {name!r} has sent {invitations} in the last hour, its cap"
-        f" (INVITATIONS_REQUESTS_PER_KEY_HOUR). Nothing was sent."
-        f" The next one can go at {when(shown)}."
+        f"{sent} in the last hour, its cap ({setting}). Nothing was sent."
+        f" The next one can go at {when(_minute_up(until))}."
     )
     return _limited(message, until, now, "integration_rate_limited")
 

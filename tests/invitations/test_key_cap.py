@@ -37,6 +37,16 @@ async def _invite(client: Client, headers: dict[str, str], portal_id: str, **ext
     return await client.post("/invitations", json=body, headers=headers)
 
 
+async def _batch(
+    client: Client, headers: dict[str, str], portal_id: str, rows: list[Any], **extra: Any
+) -> list[dict[str, Any]]:
+    body = {"portal_id": portal_id, "rows": rows, **extra}
+    response = await client.post("/invitations/batch", json=body, headers=headers)
+    assert response.status == 200, await response.text()
+    results: list[dict[str, Any]] = (await response.json())["results"]
+    return results
+
+
 async def _sent(pool: asyncpg.Pool, emails: list[str]) -> int:
     count: int = await pool.fetchval(
         "SELECT count(*) FROM invitations WHERE email_lower = ANY($1::text[])", emails
@@ -100,28 +110,23 @@ async def test_a_batch_sends_what_the_cap_leaves_and_rejects_the_rest_by_row(
     portal = world.add_portal()
     emails = [_email("row") for _ in range(8)]
     rows = [{"email": email, "idempotency_key": f"r-{uuid.uuid4().hex}"} for email in emails]
-    body = {"portal_id": portal["id"], "rows": rows[:2]}
-    response = await client.post("/invitations/batch", json=body, headers=key)
-    assert [r["status"] for r in (await response.json())["results"]] == ["created"] * 2
+    results = await _batch(client, key, portal["id"], rows[:2])
+    assert [r["status"] for r in results] == ["created"] * 2
     # The whole file again: its first two rows are replays (not counted, nothing sent),
     # three more fit, the last three are refused alone with the reason and the time.
-    body = {"portal_id": portal["id"], "rows": rows}
-    response = await client.post("/invitations/batch", json=body, headers=key)
-    results = (await response.json())["results"]
+    results = await _batch(client, key, portal["id"], rows)
     assert [(r["status"], r.get("reason")) for r in results] == [("created", None)] * 5 + [
         ("rejected", "integration_rate_limited")
     ] * 3
     assert "INVITATIONS_REQUESTS_PER_KEY_HOUR" in results[-1]["message"]
     assert await _sent(pool, emails) == 5
     # A preview (dry_run) writes nothing and is not counted.
-    body = {"portal_id": portal["id"], "rows": [{"email": _email("p")}], "dry_run": True}
-    response = await client.post("/invitations/batch", json=body, headers=key)
-    assert [r["status"] for r in (await response.json())["results"]] == ["created"]
+    results = await _batch(client, key, portal["id"], [{"email": _email("p")}], dry_run=True)
+    assert [r["status"] for r in results] == ["created"]
     # Import Clients, a person's batch, is not capped by a key's count.
     person = _as("user", "ann@agency.example")
-    body = {"portal_id": portal["id"], "rows": [{"email": _email("s")} for _ in range(7)]}
-    response = await client.post("/invitations/batch", json=body, headers=person)
-    assert {r["status"] for r in (await response.json())["results"]} == {"created"}
+    results = await _batch(client, person, portal["id"], [{"email": _email("s")} for _ in range(7)])
+    assert {r["status"] for r in results} == {"created"}
 
 
 async def test_a_key_cap_of_zero_counts_nothing(

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from .db import migrate
-from .logging import configure_logging, get_logger
+from .logging import configure_logging, get_logger, log_loop_exception
 from .protocol import server_options
 from .settings import (
     CommonSettings,
@@ -117,6 +117,8 @@ def main(
     # Health, readiness and metrics on a port of their own, on the same host.
     app.cleanup_ctx.append(serve_management(host, settings.management_port(service)))
     loop = asyncio.new_event_loop()
+    # "Task exception was never retrieved" and the like: a JSON line, not stderr's text.
+    loop.set_exception_handler(log_loop_exception)
     stop_once(loop, log)
     web.run_app(
         app,

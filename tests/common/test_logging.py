@@ -50,7 +50,8 @@ def _run() -> list[str]:
 
 def test_each_line_is_json_with_secrets_masked_and_every_value_written() -> None:
     lines = _run()
-    entries = [orjson.loads(line) for line in lines if line.startswith("{")]
+    # The service's own lines; the library's is looked at below.
+    entries = [e for e in map(orjson.loads, lines) if "logger" not in e]
     first, huge, *counted = entries
     assert first["event"] == "first" and first["service"] == "portals"
     assert first["level"] == "info" and first["timestamp"].endswith("Z")
@@ -64,8 +65,11 @@ def test_each_line_is_json_with_secrets_masked_and_every_value_written() -> None
     assert huge["event"] == "huge" and huge["number"] == 2**70
     assert [e["n"] for e in counted] == [0, 1, 2]
     assert "hidden" not in "".join(lines)
-    # A library's own logger still reaches the same stdout, in order.
-    assert lines.index("plain words") == 2
+    # A library's own logger reaches the same stdout, in order, as a JSON line too.
+    library = orjson.loads(lines[2])
+    assert library["event"] == "plain words" and library["logger"] == "library"
+    assert (library["service"], library["level"]) == ("portals", "warning")
+    assert all(line.startswith("{") for line in lines)
     assert not any(secret in "".join(lines) for secret in ("hunter2", "t0k3n", "c00k13", "abc123"))
 
 
@@ -90,3 +94,55 @@ def test_a_link_in_an_exception_is_masked_in_its_traceback() -> None:
     [entry] = [orjson.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert "validate?token=[redacted]" in entry["exception"]
     assert "s3cr3tT0k3n" not in done.stdout
+
+
+def test_passwords_in_urls_and_secret_headers_are_masked_in_any_text() -> None:
+    """A DSN's password and an Authorization or API-key header written in a message (a
+    library's error names the URL it connected to, or the headers it sent) reached the
+    line as they were: only ``token=`` and ``password=`` were masked in a text."""
+    script = textwrap.dedent(
+        """
+        import logging
+        from libs.common.logging import configure_logging, get_logger
+
+        configure_logging("mailer")
+        get_logger("check").warning(
+            "dependency_not_ready",
+            error="could not connect to postgresql://clientpress:pgS3cret@db:5432/cp",
+            broker="amqps://mailer:amqpS3cret@broker/%2f",
+            sent="Authorization: Bearer bearerS3cret",
+            shown="{'X-API-Key': 'keyS3cret', 'Accept': 'text/html'}",
+            sent_line="Cookie: cp_session=sessionS3cret",
+            plain="see https://agency.example/login at 10:30",
+        )
+        logging.getLogger("aiormq.connection").warning(
+            "Connection attempt to %s failed", "amqp://guest:libS3cret@127.0.0.1:5672/"
+        )
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    own_line, library_line = done.stdout.splitlines()
+    own = orjson.loads(own_line)
+    assert own["error"] == "could not connect to postgresql://clientpress:[redacted]@db:5432/cp"
+    assert own["broker"] == "amqps://mailer:[redacted]@broker/%2f"
+    assert own["sent"] == "Authorization: [redacted]"
+    assert own["shown"] == "{'X-API-Key': '[redacted]', 'Accept': 'text/html'}"
+    assert own["sent_line"] == "Cookie: [redacted]"
+    assert own["plain"] == "see https://agency.example/login at 10:30"
+    library = orjson.loads(library_line)
+    assert (
+        library["event"] == "Connection attempt to amqp://guest:[redacted]@127.0.0.1:5672/ failed"
+    )
+    assert library["logger"] == "aiormq.connection"
+    for secret in (
+        "pgS3cret",
+        "amqpS3cret",
+        "bearerS3cret",
+        "keyS3cret",
+        "sessionS3cret",
+        "libS3cret",
+    ):
+        assert secret not in done.stdout
+    assert done.stderr == ""

@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from libs.common.broker import broker_user
-from tests.support.env import TestEnv, free_port
+from tests.support.env import TestEnv, free_port, new_test_env
 from tests.support.processes import PORT_VARS, ROOT, ServiceProcess, own_key_only, run_migrations
 from tests.support.servers import current as current_servers
 
@@ -183,3 +183,34 @@ async def test_every_line_a_service_writes_is_one_json_object_without_secrets(
     assert "'Authorization': '[redacted]'" in client["event"]
     # The service's own events are as they were.
     assert {"service_starting", "service_stopped"} <= {e["event"] for e in entries}
+
+
+def test_a_migration_that_cannot_reach_the_database_fails_in_one_json_line() -> None:
+    """``python -m services.portals migrate`` against a database that refuses the
+    connection: the uncaught exception was Python's traceback on stderr, 51 lines of
+    plain text for a log pipeline."""
+    password = "pg-" + secrets.token_hex(8)
+    env = own_key_only(
+        new_test_env().service_env(
+            DATABASE_URL=f"postgresql://clientpress:{password}@127.0.0.1:1/clientpress"
+        ),
+        "portals",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "services.portals", "migrate"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr == "", done.stderr[:2000]
+    [line] = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert (line["event"], line["level"], line["service"]) == (
+        "uncaught_exception",
+        "critical",
+        "portals",
+    )
+    assert "ConnectionRefusedError" in line["exception"]
+    assert password not in done.stdout

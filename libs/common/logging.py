@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -159,6 +160,7 @@ def configure_logging(service: str, level: str = "info") -> None:
     # session) as a record of the logger "py.warnings", not text on stderr.
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
 
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
@@ -167,6 +169,17 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> Non
         sys.__excepthook__(kind, exc, tb)
         return
     get_logger("python").critical("uncaught_exception", exc_info=(kind, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    """A thread's (the trace exporter's, a resolver's) exception ends only that thread."""
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    get_logger("python").error(
+        "uncaught_exception",
+        thread=args.thread.name if args.thread is not None else None,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
 
 
 def log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

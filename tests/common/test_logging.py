@@ -146,3 +146,34 @@ def test_passwords_in_urls_and_secret_headers_are_masked_in_any_text() -> None:
     ):
         assert secret not in done.stdout
     assert done.stderr == ""
+
+
+def test_an_exception_nothing_caught_in_a_thread_or_the_main_one_is_one_json_line() -> None:
+    """Python's own hooks wrote the traceback to stderr as plain text, a line a frame."""
+    script = textwrap.dedent(
+        """
+        import threading
+        from libs.common.logging import configure_logging
+
+        configure_logging("gateway")
+        worker = threading.Thread(target=lambda: 1 / 0, name="exporter")
+        worker.start()
+        worker.join()
+        raise RuntimeError("cannot reach postgresql://cp:mainS3cret@db/cp")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stderr == "", done.stderr
+    in_thread, in_main = (orjson.loads(line) for line in done.stdout.splitlines())
+    assert (in_thread["event"], in_thread["level"], in_thread["thread"]) == (
+        "uncaught_exception",
+        "error",
+        "exporter",
+    )
+    assert in_thread["exception"].endswith("ZeroDivisionError: division by zero")
+    assert (in_main["event"], in_main["level"]) == ("uncaught_exception", "critical")
+    assert "postgresql://cp:[redacted]@db/cp" in in_main["exception"]
+    assert "mainS3cret" not in done.stdout

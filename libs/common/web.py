@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
@@ -793,22 +794,30 @@ def add_bus(
                 retention = timedelta(hours=settings.inbox_retention_hours)
                 max_age = retention if schema is not None else None
                 for other in apart:
-                    parts.apart[other.queue] = await bus.consume(
-                        app[POOL],
-                        CONSUMES[other.queue],
-                        other.handlers,
-                        prefetch=other.prefetch,
-                        alone=other.alone,
-                        max_age=max_age,
-                        queue=other.queue,
+                    parts.apart[other.queue] = await _consume_patiently(
+                        other.queue,
+                        functools.partial(
+                            bus.consume,
+                            app[POOL],
+                            CONSUMES[other.queue],
+                            other.handlers,
+                            prefetch=other.prefetch,
+                            alone=other.alone,
+                            max_age=max_age,
+                            queue=other.queue,
+                        ),
                     )
-                parts.consumer = await bus.consume(
-                    app[POOL],
-                    bindings,
-                    handlers,
-                    prefetch=prefetch,
-                    alone=alone,
-                    max_age=max_age,
+                parts.consumer = await _consume_patiently(
+                    service,
+                    functools.partial(
+                        bus.consume,
+                        app[POOL],
+                        bindings,
+                        handlers,
+                        prefetch=prefetch,
+                        alone=alone,
+                        max_age=max_age,
+                    ),
                 )
                 if consuming is not None:
                     try:
@@ -874,6 +883,34 @@ async def _schema_current(app: web.Application) -> None:
             log.warning("consumer_waits_for_schema", pending=pending)
             told = True
         await asyncio.sleep(SCHEMA_WAIT_SECONDS)
+
+
+async def _consume_patiently(queue: str, consume: Callable[[], Awaitable[Consumer]]) -> Consumer:
+    """Start consuming ``queue``, however often the broker refuses it: the connection lost
+    between connecting and consuming, or the queue refused to this user (an upgrade
+    started before the provisioning gave it the new release's queue). Before, the start
+    gave up for good on the first refusal: the service served, said ready, and never
+    consumed an event again until restarted."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            consumer = await consume()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "consumer_not_started",
+                queue=queue,
+                attempt=attempt,
+                error=type(exc).__name__,
+                reason=str(exc)[:300],
+            )
+            await asyncio.sleep(min(0.5 * attempt, 5.0))
+            continue
+        if attempt > 1:
+            log.info("consumer_started", queue=queue, attempt=attempt)
+        return consumer
 
 
 async def _connect_patiently(bus: Bus) -> None:

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
@@ -18,7 +19,8 @@ from libs.common import broker
 from libs.common.bus import Bus
 from libs.common.provision import provision
 from libs.common.web import _connect_patiently
-from tests.support.env import TestEnv, drop_bus, new_test_env, provisioned
+from tests.support.env import TestEnv, drop_bus, free_port, new_test_env, provisioned
+from tests.support.processes import ServiceProcess, run_migrations
 from tests.support.servers import current as current_servers
 
 pytestmark = [pytest.mark.integration]
@@ -118,3 +120,55 @@ async def test_a_broker_without_the_exchanges_is_named_and_connects_once_provisi
     refusals = await _refused_then_connected(own_env, provision_again)
     reason = refusals[0]["reason"]
     assert f"'{own_env.bus_prefix}.events'" in reason and "provision" in reason, reason
+
+
+async def test_a_queue_refused_at_start_is_consumed_once_the_user_may(own_env: TestEnv) -> None:
+    """Connected, then refused its queue (an upgrade started before the provisioning gave
+    the service user the new release's queue, or a permission slip): the service's start
+    gave up on the first refusal, and it served, said ready and never consumed an event
+    again until restarted. It keeps trying, says why, and consumes once the user may."""
+    user = broker.broker_user(own_env.bus_prefix, SERVICE)
+    vhost = broker.vhost_of(own_env.amqp_url)
+    grant = broker.service_grant(own_env.bus_prefix, SERVICE)
+    # May connect, publish and read, but declare (configure) nothing.
+    await _rabbitmqctl("set_permissions", "-p", vhost, user, "^$", grant.write, grant.read)
+    env = own_env.service_env()
+    await asyncio.to_thread(run_migrations, env, (SERVICE,))
+    service = ServiceProcess(SERVICE, free_port(), env)
+    service.start()
+    try:
+        await service.wait_ready()
+
+        async def logged(text: str) -> bool:
+            return text in service.log_path.read_text(errors="replace")
+
+        await _until(lambda: logged("ACCESS_REFUSED"), "the broker's refusal of the queue")
+        status, body = await _readyz(service)
+        assert body["checks"]["consumer"] == "starting", body
+        await _rabbitmqctl(
+            "set_permissions", "-p", vhost, user, grant.configure, grant.write, grant.read
+        )
+
+        async def consuming() -> bool:
+            return (await _readyz(service))[1]["checks"]["consumer"] == "ok"
+
+        await _until(consuming, "the consumer to start once the queue is allowed")
+        assert await logged('"consumer_not_started"') and await logged('"consumer_started"')
+    finally:
+        await asyncio.to_thread(service.stop)
+
+
+async def _readyz(service: ServiceProcess) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(service.management_url + "/readyz") as response,
+    ):
+        return response.status, await response.json()
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60) -> None:
+    """Poll ``check`` until it holds (a wait, never a timed assertion)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"gave up waiting for {what}"
+        await asyncio.sleep(0.2)

@@ -1,5 +1,6 @@
-"""``python -m bench [invite|accept|portal|list|batch ...] [--quick]``: start a fresh stack, run
-the benchmarks, print one JSON object per result line and save them under bench/results/."""
+"""``python -m bench [invite|accept|portal|list|batch|webperf ...] [--quick]``: start a fresh
+stack, run the benchmarks, print one JSON object per result line and save them under
+bench/results/."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from . import accept, batch, invite, listing, portal
+from . import accept, batch, invite, listing, portal, webperf
 from .stack import Stack, peak_rss_mib, running_stack
 
 Bench = Callable[[Stack, bool], Awaitable[list[dict[str, Any]]]]
@@ -27,6 +28,7 @@ BENCHMARKS: dict[str, Bench] = {
     "portal": portal.run,
     "list": listing.run,
     "batch": batch.run,
+    "webperf": webperf.run,
 }
 RESULTS = Path(__file__).parent / "results"
 TARGET_RSS_MIB = 150.0

@@ -16,8 +16,9 @@ from libs.common.service_auth import TokenSigner
 from libs.common.tasks import periodic
 from libs.common.web import POOL, add_database, base_app, service_signer
 
-from . import i18n, script_words
+from . import assets, i18n, script_words
 from .cache import ChangeListener, GatewayCache
+from .compression import compression_middleware
 from .limits import RateLimits
 from .rendering import error_middleware
 from .security import csrf_middleware, on_prepare, session_middleware
@@ -72,11 +73,18 @@ def create_app(
         json_errors=False,
         client_max_size=64 * 1024,
         body_timeout=settings.http_body_timeout_seconds,
-        # Outermost first, and the order matters: branding before the error pages (an
-        # error page shows the agency too); the error pages around the checks (a CSRF
-        # refusal or a session failure renders as a page, or JSON under /api); CSRF and
-        # API keys before the session (a forged POST is refused without asking identity).
-        middlewares=[branding_middleware, error_middleware, csrf_middleware, session_middleware],
+        # Outermost first, and the order matters: compression around everything (error
+        # pages too); branding before the error pages (an error page shows the agency
+        # too); the error pages around the checks (a CSRF refusal or a session failure
+        # renders as a page, or JSON under /api); CSRF and API keys before the session (a
+        # forged POST is refused without asking identity).
+        middlewares=[
+            compression_middleware,
+            branding_middleware,
+            error_middleware,
+            csrf_middleware,
+            session_middleware,
+        ],
     )
     app[SETTINGS] = settings
     app[CACHE] = GatewayCache(settings.gateway_cache_seconds)
@@ -102,7 +110,8 @@ def create_app(
     app.cleanup_ctx.append(_listener_ctx(settings))
     for view in VIEWS:
         app.router.add_routes(view.routes)
-    app.router.add_static("/static/", HERE / "static", name="static")
+    # The static files under fingerprinted URLs: static("app.css") in templates.
+    assets.install(app, env, HERE / "static")
     return app
 
 

@@ -4,6 +4,7 @@ fixed flash messages. No I/O."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -68,6 +69,29 @@ def new_csrf_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+def mask_csrf(token: str) -> str:
+    """The CSRF token as one page shows it: XORed with a fresh random pad that travels
+    with it, so no two pages carry the same bytes and a compressed page can't be
+    searched for it by size (BREACH; compression.py). csrf_matches takes it back."""
+    raw = token.encode()
+    pad = secrets.token_bytes(len(raw))
+    return base64.urlsafe_b64encode(
+        pad + bytes(a ^ b for a, b in zip(pad, raw, strict=True))
+    ).decode()
+
+
+def _unmask_csrf(submitted: str) -> str | None:
+    try:
+        both = base64.urlsafe_b64decode(submitted.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        return None
+    half = len(both) // 2
+    if not half or len(both) % 2:
+        return None
+    pad, masked = both[:half], both[half:]
+    return bytes(a ^ b for a, b in zip(pad, masked, strict=True)).decode("latin-1")
+
+
 def same_text(a: str, b: str) -> bool:
     """``a == b`` in constant time, for any text a request carries: compare_digest takes
     only ASCII str, and a header byte that isn't UTF-8 arrives as a lone surrogate
@@ -104,9 +128,14 @@ def send_key(form_key: str, scope: str, email: str) -> str | None:
 
 
 def csrf_matches(cookie: str | None, submitted: str | None) -> bool:
+    """The form's (or X-CSRF-Token's) token is the cookie's: masked (mask_csrf), as pages
+    show it, or as it is (a page rendered before the masking)."""
     if not cookie or not submitted:
         return False
-    return same_text(cookie, submitted)
+    if same_text(cookie, submitted):
+        return True
+    unmasked = _unmask_csrf(submitted) if submitted.isascii() else None
+    return unmasked is not None and same_text(cookie, unmasked)
 
 
 def origin_allowed(origin: str | None, public_origin: str) -> bool:

@@ -24,7 +24,7 @@ from libs.common.web import (
 
 from . import i18n
 from .answers import UserAnswer
-from .domain import cookie_token, flash_text, page_brand
+from .domain import cookie_token, flash_text, mask_csrf, page_brand
 from .i18n import N_
 from .state import FLASH_COOKIE, SETTINGS, req_state
 from .upstream import NO_BRANDING
@@ -115,7 +115,8 @@ def render(
     language = page_language(request)
     ctx: dict[str, Any] = {
         "user": current_user(request),
-        "csrf_token": req_state(request).csrf,
+        # Masked afresh for every page (domain.mask_csrf): safe to compress.
+        "csrf_token": mask_csrf(req_state(request).csrf),
         "flash": None,
         "site": request.app[SETTINGS].public_url.host or "ClientPress",
         "brand": page_brand(req_state(request).brand or NO_BRANDING),

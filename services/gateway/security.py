@@ -350,10 +350,9 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
         headers["Strict-Transport-Security"] = HSTS
     no_referrer = request.path.startswith(NO_REFERRER)
     headers["Referrer-Policy"] = "no-referrer" if no_referrer else "same-origin"
-    # Static files, and the logo and stylesheet that said how to cache them (branding.py).
-    cacheable = request.path.startswith("/static/") or (
-        request.path.startswith("/branding/") and "Cache-Control" in headers
-    )
+    # Static files (assets.py), the logo and stylesheet (branding.py): they say how to
+    # cache them; anything else there (a 404) isn't kept.
+    cacheable = _plain(request) and "Cache-Control" in headers
     if not cacheable:
         headers["Cache-Control"] = "no-store"
     settings = request.app[SETTINGS]

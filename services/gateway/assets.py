@@ -23,6 +23,9 @@ from .compression import COMPRESSIBLE, accepts_gzip, add_vary
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "public, no-cache"
 DIGEST_CHARS = 16
+# The types of what static/ holds, the same on every machine (mimetypes reads the host's
+# /etc/mime.types: .js is application/javascript on some, text/javascript on others).
+TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 FINGERPRINTED = re.compile(
     r"^(?P<stem>[A-Za-z0-9_-]+)\.(?P<digest>[0-9a-f]{16})\.(?P<ext>[a-z0-9]+)$"
 )
@@ -41,7 +44,9 @@ class Asset:
 def _load(path: Path) -> Asset:
     body = path.read_bytes()
     digest = hashlib.sha256(body).hexdigest()[:DIGEST_CHARS]
-    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    content_type = (
+        TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    )
     gzipped = None
     if content_type in COMPRESSIBLE:
         content_type += "; charset=utf-8"
@@ -87,7 +92,7 @@ class Assets:
             raise web.HTTPNotFound()
         asset, fixed = found
         headers = {"ETag": asset.etag, "Cache-Control": IMMUTABLE if fixed else REVALIDATE}
-        if asset.etag in _tags(request.headers.get("If-None-Match", "")):
+        if _tags(request.headers.get("If-None-Match", "")) & {asset.etag, "*"}:
             response = web.Response(status=304, headers=headers)
         elif asset.gzipped is not None and accepts_gzip(request):
             headers["Content-Encoding"] = "gzip"

@@ -22,6 +22,10 @@ from libs.common.i18n import (
 from libs.common.web import json_response, read_json
 
 from ..answers import BrandingAnswer
+
+# A versioned URL (?v= the current etag or colour) names one picture or colour for good,
+# as a static file's digest does.
+from ..assets import IMMUTABLE, REVALIDATE
 from ..domain import LOGO_TOO_BIG, MAX_LOGO_BYTES, theme_css, theme_version
 from ..i18n import N_
 from ..rendering import Handler, form_str, is_api, render, see_other
@@ -31,9 +35,6 @@ from .api import API
 
 PAGE = "/admin/settings/branding"
 LOGO_FORM = PAGE + "/logo"
-# A versioned URL (?v= the current etag or colour) names one picture or colour for good.
-IMMUTABLE = "public, max-age=31536000, immutable"
-REVALIDATE = "public, no-cache"
 FIELDS = ("agency_name", "accent_colour", "reply_to", "footer_text")
 # The agency's default language and time zone: a select and a zone name, checked here so
 # the form answers in its own words (the mailer checks them again).

@@ -79,14 +79,12 @@ def check_time_zone(zone: str | None, *, code: str = "invalid_time_zone") -> str
     return zone
 
 
-def negotiate(accept_language: str | None, default: str = DEFAULT_LANGUAGE) -> str:
-    """The shipped language a browser's `Accept-Language` header prefers most, else default.
-
-    Quality values are honoured; a regional tag ("de-AT") matches its language ("de").
-    """
-    ranked: list[tuple[float, int, str]] = []
-    for position, part in enumerate((accept_language or "").split(",")):
-        tag, _, params = part.strip().partition(";")
+def weighted(header: str | None) -> list[tuple[str, float]]:
+    """An ``Accept-*`` header's items in order, lower-cased, each with its quality (RFC 9110
+    12.4.2: 1 when not given; a ``q`` that isn't a number counts as 0)."""
+    items: list[tuple[str, float]] = []
+    for part in (header or "").split(","):
+        item, _, params = part.strip().partition(";")
         quality = 1.0
         for param in params.split(";"):
             key, _, value = param.strip().partition("=")
@@ -95,7 +93,18 @@ def negotiate(accept_language: str | None, default: str = DEFAULT_LANGUAGE) -> s
                     quality = float(value)
                 except ValueError:
                     quality = 0.0
-        language = tag.strip().lower().split("-")[0]
+        items.append((item.strip().lower(), quality))
+    return items
+
+
+def negotiate(accept_language: str | None, default: str = DEFAULT_LANGUAGE) -> str:
+    """The shipped language a browser's `Accept-Language` header prefers most, else default.
+
+    Quality values are honoured; a regional tag ("de-AT") matches its language ("de").
+    """
+    ranked: list[tuple[float, int, str]] = []
+    for position, (tag, quality) in enumerate(weighted(accept_language)):
+        language = tag.split("-")[0]
         if language and quality > 0:
             ranked.append((-quality, position, language))
     for _, _, language in sorted(ranked):

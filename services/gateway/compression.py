@@ -21,6 +21,8 @@ import zlib
 
 from aiohttp import web
 
+from libs.common.i18n import weighted
+
 from .rendering import Handler
 
 MIN_SIZE = 1024
@@ -42,19 +44,11 @@ OWN_NAVIGATION = frozenset({"same-origin", "none"})
 
 def accepts_gzip(request: web.Request) -> bool:
     """Accept-Encoding names gzip (or *) without q=0 (RFC 9110 12.5.3)."""
-    offered: dict[str, float] = {}
-    for part in request.headers.get("Accept-Encoding", "").lower().split(","):
-        coding, _, params = part.strip().partition(";")
-        quality = 1.0
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        if coding:
-            offered[coding] = quality
+    offered = {
+        coding: quality
+        for coding, quality in weighted(request.headers.get("Accept-Encoding"))
+        if coding
+    }
     return offered.get("gzip", offered.get("*", 0.0)) > 0
 
 

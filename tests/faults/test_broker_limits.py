@@ -6,7 +6,6 @@ itself (a publisher's short ``expiration``) shows in the service's metrics and l
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -15,42 +14,28 @@ import pytest
 
 from libs.common import broker
 from tests.faults.support import Api, fetch, metric, wait_until
+from tests.security.flows import invitation_requested, publish_as
 from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
 def request(slug: str, email: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": str(uuid.uuid4()),
-        "type": "invitation.requested",
-        "version": 1,
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "source": "crm",
-        "correlation_id": f"limits-{uuid.uuid4().hex}",
-        "data": {"portal_slug": slug, "email": email, "idempotency_key": uuid.uuid4().hex, **extra},
-    }
+    data = {"portal_slug": slug, "email": email, "idempotency_key": uuid.uuid4().hex, **extra}
+    return invitation_requested(data, f"limits-{uuid.uuid4().hex}")
 
 
 async def publish_as_integration(stack: Stack, event: dict[str, Any], **props: Any) -> None:
-    connection = await aio_pika.connect(stack.broker.integration_url)
-    try:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(f"{stack.broker.bus_prefix}.events", ensure=False)
-        await exchange.publish(
-            aio_pika.Message(
-                orjson.dumps(event),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=event["id"],
-                user_id=stack.broker.integration_user,
-                **props,
-            ),
-            routing_key=event["type"],
-            timeout=30,
-        )
-    finally:
-        await connection.close()
+    await publish_as(
+        stack.broker.integration_url,
+        stack,
+        "events",
+        event,
+        ensure=False,
+        timeout=30,
+        user_id=stack.broker.integration_user,
+        **props,
+    )
 
 
 async def dead_ids(stack: Stack, service: str) -> set[str]:

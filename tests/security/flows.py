@@ -77,6 +77,37 @@ def invitation_requested(data: dict[str, Any], correlation_id: str | None = None
     }
 
 
+async def publish_as(
+    url: str,
+    stack: Stack,
+    kind: str,
+    event: dict[str, Any],
+    *,
+    ensure: bool = True,
+    timeout: float = 10,
+    **props: Any,
+) -> None:
+    """``event`` on the ``kind`` exchange as the user of ``url``, under publisher confirms
+    (``props``: the message's own, such as ``user_id`` or ``expiration``)."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(f"{stack.broker.bus_prefix}.{kind}", ensure=ensure)
+        await exchange.publish(
+            aio_pika.Message(
+                orjson.dumps(event),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=event["id"],
+                **props,
+            ),
+            routing_key=event["type"],
+            timeout=timeout,
+        )
+    finally:
+        await connection.close()
+
+
 async def publish_envelope(stack: Stack, envelope: dict[str, Any]) -> None:
     """On the events exchange, under the envelope's type, as the broker's administrator."""
     connection = await aio_pika.connect(stack.env["AMQP_URL"])

@@ -21,7 +21,7 @@ from aiormq.exceptions import ChannelAccessRefused, ChannelClosed, ChannelPrecon
 from libs.common import broker
 from libs.common.sealing import DEVELOPMENT_KEY, Sealer
 from tests.security.conftest import api, unique_email
-from tests.security.flows import new_client
+from tests.security.flows import new_client, publish_as
 from tests.support.stack import Browser, Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -39,28 +39,6 @@ def forged(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
         "correlation_id": f"forged-{uuid.uuid4().hex}",
         "data": data,
     }
-
-
-async def publish_as(
-    url: str, stack: Stack, kind: str, event: dict[str, Any], **props: Any
-) -> None:
-    connection = await aio_pika.connect(url)
-    try:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(f"{stack.broker.bus_prefix}.{kind}", ensure=True)
-        await exchange.publish(
-            aio_pika.Message(
-                orjson.dumps(event),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=event["id"],
-                **props,
-            ),
-            routing_key=event["type"],
-            timeout=10,
-        )
-    finally:
-        await connection.close()
 
 
 async def own_fanout_into(

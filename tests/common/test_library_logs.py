@@ -22,7 +22,7 @@ import pytest
 
 from libs.common.broker import broker_user
 from tests.support.env import TestEnv, free_port, new_test_env
-from tests.support.processes import PORT_VARS, ROOT, ServiceProcess, own_key_only, run_migrations
+from tests.support.processes import ROOT, ServiceProcess, own_key_only, run_migrations
 from tests.support.servers import current as current_servers
 
 pytestmark = pytest.mark.e2e
@@ -75,18 +75,8 @@ PROVOKING = textwrap.dedent(
 class ProvokedPortals(ServiceProcess):
     """The portals process started with PROVOKING instead of ``-m services.portals``."""
 
-    def start(self) -> None:
-        env = own_key_only(self.env, self.name)
-        env[PORT_VARS[self.name]] = str(self.port)
-        env[f"{self.name.upper()}_MANAGEMENT_PORT"] = str(self.management_port)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", PROVOKING, self.env["DATABASE_URL"]],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", PROVOKING, self.env["DATABASE_URL"]]
 
 
 def _with_password(url: str, password: str) -> str:

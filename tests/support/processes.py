@@ -54,13 +54,17 @@ class ServiceProcess:
     def management_url(self) -> str:
         return f"http://127.0.0.1:{self.management_port}"
 
+    def command(self) -> list[str]:
+        """What starts the service's process."""
+        return [sys.executable, "-m", f"services.{self.name}"]
+
     def start(self) -> None:
         env = own_key_only(self.env, self.name)
         env[PORT_VARS[self.name]] = str(self.port)
         env[f"{self.name.upper()}_MANAGEMENT_PORT"] = str(self.management_port)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}"],
+            self.command(),
             cwd=ROOT,
             env=env,
             stdout=log,

@@ -404,16 +404,14 @@ class OutboxRelay:
         if returned:
             self._returned_waiting = True
         for row in returned:
-            if row["id"] in refused:
-                EVENTS_REFUSED.labels(row["routing_key"]).inc()
-            else:
-                EVENTS_UNROUTABLE.labels(row["routing_key"]).inc()
+            full = row["id"] in refused  # nacked by a full queue, not returned unbound
+            (EVENTS_REFUSED if full else EVENTS_UNROUTABLE).labels(row["routing_key"]).inc()
             log.warning(
-                "outbox_refused" if row["id"] in refused else "outbox_unroutable",
+                "outbox_refused" if full else "outbox_unroutable",
                 event_type=row["routing_key"],
                 event_id=str(row["id"]),
                 attempts=row["attempts"] + 1,
-                **({"reason": "queue_full"} if row["id"] in refused else {}),
+                **({"reason": "queue_full"} if full else {}),
             )
         failures = [
             o

@@ -62,8 +62,15 @@ REORDERING_WORDS = N_(
 class InvalidCharacter(InvalidInput, code="invalid_character"):
     """Text holding a character that would make it show something other than it says."""
 
-    def __init__(self, field: str, character: str, problem: str) -> None:
-        super().__init__(f"{field} {problem} ({describe(character)}).")
+    def __init__(self, field: str, character: str, problem: str, key: str | None) -> None:
+        """``field``: the words the message names it with ("The name"); ``key``: its name
+        in the request ("name"), sent as ``details.field`` so a caller (a form) can tell
+        which field it was without reading the message."""
+        details = {"character": f"U+{ord(character):04X}"}
+        super().__init__(
+            f"{field} {problem} ({describe(character)}).",
+            details=details if key is None else {"field": key, **details},
+        )
         self.field = field
         self.character = character
 
@@ -107,7 +114,7 @@ def _visible(text: str) -> str:
     return text if any(not _is_blank(c) for c in text) else ""
 
 
-def clean_line(raw: str, field: str) -> str:
+def clean_line(raw: str, field: str, key: str | None = None) -> str:
     """One-line text (a name, a title): invisible characters dropped, each run of spaces,
     line breaks and controls one space, trimmed; '' when nothing shows.
     :class:`InvalidCharacter` when it holds a bidirectional embedding, override or isolate."""
@@ -118,6 +125,7 @@ def clean_line(raw: str, field: str) -> str:
             field,
             found.group(),
             "can't contain a character that changes the order the text is shown in",
+            key,
         )
     return text
 
@@ -128,7 +136,7 @@ def one_line(raw: str) -> str:
     return _visible(" ".join(_BREAKS_AND_CONTROLS.sub(" ", text).split()))
 
 
-def clean_text(raw: str, field: str) -> str:
+def clean_text(raw: str, field: str, key: str | None = None) -> str:
     """Text of several lines (a message, a footer): invisible characters dropped, line
     breaks as ``\\n``, tabs kept and other controls dropped, each line's trailing spaces
     and the whole text's surrounding blank lines trimmed; '' when nothing shows.
@@ -138,11 +146,11 @@ def clean_text(raw: str, field: str) -> str:
     text = _CONTROLS_BUT_LINES.sub("", text)
     lines = [line.rstrip() for line in text.split("\n")]
     for line in lines:
-        check_balanced(line, field)
+        check_balanced(line, field, key)
     return _visible("\n".join(lines).strip())
 
 
-def check_balanced(line: str, field: str) -> None:
+def check_balanced(line: str, field: str, key: str | None = None) -> None:
     """Each embedding or override closed by PDF and each isolate by PDI, nested, on one
     line (a line break ends them all, so what is left open reorders nothing after it in
     the text, but would in a sentence that shows the text)."""
@@ -154,7 +162,7 @@ def check_balanced(line: str, field: str) -> None:
         elif c in (_PDF, _PDI):
             expected = _OPENS_EMBEDDING if c == _PDF else _OPENS_ISOLATE
             if not open_ or open_[-1] not in expected:
-                raise InvalidCharacter(field, c, "has a character that closes nothing")
+                raise InvalidCharacter(field, c, "has a character that closes nothing", key)
             open_.pop()
     if open_:
         raise InvalidCharacter(
@@ -162,4 +170,5 @@ def check_balanced(line: str, field: str) -> None:
             open_[-1],
             "has a character that changes the order the text is shown in and is not closed"
             " on its line",
+            key,
         )

@@ -91,7 +91,7 @@ def hash_api_key(key: str) -> str:
 
 def check_key_name(raw: str) -> str:
     """One line: an invitation sent with the key names it as the inviter."""
-    name = clean_line(raw, "The key's name")
+    name = clean_line(raw, "The key's name", "name")
     if not 1 <= len(name) <= 100:
         raise InvalidInput("Give the key a name of 1 to 100 characters.", code="invalid_key_name")
     return name

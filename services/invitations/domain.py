@@ -327,13 +327,13 @@ def check_inviter(invited_by: str | None) -> str | None:
     neighbour: one line that can't reorder the words around it."""
     if invited_by is None:
         return None
-    return text.clean_line(invited_by, "The inviter's name (invited_by)") or None
+    return text.clean_line(invited_by, "The inviter's name (invited_by)", "invited_by") or None
 
 
 def clean_name(raw: str | None) -> str | None:
     """The invitee's display name for the greeting: one line, at most 200 characters;
     empty means none."""
-    name = "" if raw is None else text.clean_line(raw, "The name")
+    name = "" if raw is None else text.clean_line(raw, "The name", "name")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(
             f"The name must be at most {MAX_NAME_LENGTH} characters.", code="name_too_long"
@@ -348,7 +348,7 @@ def clean_personal_message(raw: str | None) -> str | None:
     ones go; a change of direction must be closed on its line (libs/common/text.py)."""
     if raw is None:
         return None
-    message = text.clean_text(raw, "The Personal Message")
+    message = text.clean_text(raw, "The Personal Message", "personal_message")
     if len(message) > MAX_MESSAGE_LENGTH:
         raise InvalidInput(
             f"The Personal Message must be at most 1,000 characters (it has {len(message):,}).",

@@ -46,7 +46,7 @@ def clean_title(raw: object) -> object:
     """A Title is one line of a page, an email's subject and its first sentence: invisible
     characters dropped, line breaks a space, and nothing that reorders the words around it
     (``invalid_character``). Anything but text is left for the model to refuse."""
-    return clean_line(raw, "The Title") if isinstance(raw, str) else raw
+    return clean_line(raw, "The Title", "title") if isinstance(raw, str) else raw
 
 
 # --- slugs ----------------------------------------------------------------------------

@@ -104,3 +104,35 @@ async def test_tick_portals_then_invite_client(page: Page, chromium: Browser, st
     for title, status in zip(titles, ("Accepted", "Accepted", "Pending"), strict=True):
         row = page.get_by_role("row").filter(has_text=email).filter(has_text=title)
         await expect(row.get_by_text(status, exact=True)).to_be_visible()
+
+
+async def test_a_refused_character_is_shown_beside_the_field_that_holds_it(
+    page: Page, stack: Stack
+) -> None:
+    """invitations names the field it refused (``details.field``); the page puts the
+    message beside that field, the Name's or the Personal Message's."""
+    await log_in_admin(page)
+    title = f"Kent Farm {uuid.uuid4().hex[:4]}"
+    await add_portal(page, title, "About the farm.")
+    await page.goto("/admin/portals")
+    await page.get_by_label(f"Select {title}", exact=True).check()
+    await page.get_by_role("button", name="Invite Client").click()
+    await page.get_by_label("Email", exact=True).fill(f"clark-{uuid.uuid4().hex[:6]}@kent.example")
+    await page.get_by_label("Name", exact=True).fill("Clark \u202eKent")
+    await page.get_by_label("Personal Message", exact=True).fill("See you Sunday.")
+    await page.get_by_role("button", name="Send Invitation").click()
+    name, message = page.get_by_label("Name", exact=True), page.get_by_label("Personal Message")
+    await expect(name).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator("#invite_name-error")).to_contain_text(
+        "changes the order the text is shown in"
+    )
+    await expect(message).not_to_have_attribute("aria-invalid", "true")
+
+    await name.fill("Clark Kent")
+    await message.fill("Pay to \u202e4321 NABI\nThanks")
+    await page.get_by_role("button", name="Send Invitation").click()
+    await expect(message).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator("#invite_message-error")).to_contain_text(
+        "changes the order the text is shown in"
+    )
+    await expect(name).not_to_have_attribute("aria-invalid", "true")

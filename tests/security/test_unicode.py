@@ -55,27 +55,31 @@ async def test_the_json_api_refuses_a_bidi_override_in_one_line_fields_naming_it
     portal = await new_portal(admin)
     key = (await new_key(admin, f"CRM {uuid.uuid4().hex[:6]}"))["key"]
     invite_path = f"/api/v1/portals/{portal['id']}/invitations"
-    calls: list[tuple[str, str, dict[str, Any], str, str]] = [
-        ("POST", "/api/v1/portals", {"title": f"Invoice {RLO}gnp.exe"}, "invalid_character", "The Title"),
-        ("PATCH", f"/api/v1/portals/{portal['id']}", {"title": "\u2067Acme"}, "invalid_character", "The Title"),
-        ("POST", "/api/v1/keys", {"name": f"CRM{RLO}", "scopes": ["portals:read"]}, "invalid_character", "The key's name"),
-        ("PUT", "/api/v1/settings/branding", {"agency_name": f"Acme{RLO} Support"}, "invalid_agency_name", "The Agency Name"),
+    calls: list[tuple[str, str, dict[str, Any], str, str, str]] = [
+        ("POST", "/api/v1/portals", {"title": f"Invoice {RLO}gnp.exe"}, "invalid_character", "The Title", "title"),
+        ("PATCH", f"/api/v1/portals/{portal['id']}", {"title": "\u2067Acme"}, "invalid_character", "The Title", "title"),
+        ("POST", "/api/v1/keys", {"name": f"CRM{RLO}", "scopes": ["portals:read"]}, "invalid_character", "The key's name", "name"),
+        ("PUT", "/api/v1/settings/branding", {"agency_name": f"Acme{RLO} Support"}, "invalid_agency_name", "The Agency Name", "agency_name"),
     ]  # fmt: skip
-    for method, path, body, code, field in calls:
+    for method, path, body, code, field, name in calls:
         status, answer = await api(admin, method, path, body)
         assert status == 422, (method, path, answer)
         assert answer["error"]["code"] == code, answer
+        # Which field, and which character, for a program (and a form) to read.
+        assert answer["error"].get("field") == name, answer
         message = answer["error"]["message"]
         assert message.startswith(f"{field} {REORDERS}") and "RIGHT-TO-LEFT" in message + "\u2067"
     inviter = {"email": unique_email(), "invited_by": f"Acme Support{RLO} moc.live@"}
     status, answer = await with_key(stack, key, "POST", invite_path, inviter)
     assert (status, answer["error"]["code"]) == (422, "invalid_character"), answer
     assert answer["error"]["message"] == f"The inviter's name (invited_by) {REORDERS} {RLO_NAMED}"
+    assert (answer["error"]["field"], answer["error"]["character"]) == ("invited_by", "U+202E")
     # A message of several lines may change direction, but must close it on its line.
     note = {"email": unique_email(), "personal_message": f"Pay to {RLO}4321 NABI\nThanks"}
     status, answer = await api(admin, "POST", invite_path, note)
     assert (status, answer["error"]["code"]) == (422, "invalid_character"), answer
     assert "The Personal Message has a character" in answer["error"]["message"]
+    assert answer["error"]["field"] == "personal_message", answer
     footer = {"footer_text": f"Acme Ltd{RLO}\n1 High Street"}
     status, answer = await api(admin, "PUT", "/api/v1/settings/branding", footer)
     assert (status, answer["error"]["code"]) == (422, "invalid_footer_text"), answer

@@ -173,7 +173,7 @@ async def send_invitation(request: web.Request) -> web.StreamResponse:
             field = {**INVITE_ERROR_FIELDS, "name_too_long": "invite_name"}.get(
                 exc.code, "invite_email"
             )
-            if exc.code == "invalid_character" and exc.message.startswith("The name "):
+            if exc.code == "invalid_character" and exc.details.get("field") == "name":
                 field = "invite_name"
             errors[field] = INVITE_ERRORS.get(exc.code, exc.message)
         return await _page(request, portals, values=values, errors=errors, status=422)

@@ -122,7 +122,7 @@ def check_agency_name(raw: str) -> str:
     """One line: the From line's display name and the emails' sign-off, which must show
     what they hold (libs/common/text.py)."""
     try:
-        value = clean_line(raw, "The Agency Name")
+        value = clean_line(raw, "The Agency Name", "agency_name")
     except InvalidCharacter as exc:
         raise BrandingRefused("agency_name", exc.message) from None
     if len(value) > MAX_NAME_LENGTH:
@@ -156,7 +156,7 @@ def check_footer(raw: str) -> str:
     if any(ord(c) < 32 and c != "\n" for c in value):
         raise BrandingRefused("footer_text", "The Footer Text can't contain control characters.")
     try:
-        value = clean_text(value, "The Footer Text")
+        value = clean_text(value, "The Footer Text", "footer_text")
     except InvalidCharacter as exc:
         raise BrandingRefused("footer_text", exc.message) from None
     if len(value) > MAX_FOOTER_LENGTH:

@@ -14,6 +14,11 @@ from .i18n import N_
 MIN_PASSWORD_LENGTH = 12
 # argon2id hashes whatever it is given; a bound keeps one request from costing seconds.
 MAX_PASSWORD_LENGTH = 1024
+# How much of a password field a form reads, whether it sets the password or checks it (one
+# bound for all, so the password that was set is the one that logs in). NFKC composes at
+# most four code points into one (U+1F82 from four), so every password the policy takes
+# fits, and a field cut here is still too long for the policy: never silently shortened.
+PASSWORD_FIELD = 4 * MAX_PASSWORD_LENGTH + 1
 COMMON_PASSWORDS_FILE = Path(__file__).parent / "common_passwords.txt"
 
 

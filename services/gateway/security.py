@@ -24,6 +24,7 @@ from libs.common.errors import (
     Unavailable,
 )
 from libs.common.logging import get_logger
+from libs.common.passwords import PASSWORD_FIELD
 
 from .domain import (
     CONTENT_TOO_LONG,
@@ -434,8 +435,8 @@ async def password_form(request: web.Request, scope: str) -> tuple[str, str, str
     await rate_limit(request, scope)
     return (
         form_str(form, "token", 200),
-        form_str(form, "password", 2048),
-        form_str(form, "confirm", 2048),
+        form_str(form, "password", PASSWORD_FIELD),
+        form_str(form, "confirm", PASSWORD_FIELD),
     )
 
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.errors import NotFound
+from libs.common.passwords import PASSWORD_FIELD
 from libs.common.service_auth import GATEWAY
 from libs.common.web import Route, callers_of, json_response, parse_query, path_uuid, read_json
 
@@ -78,7 +79,7 @@ class PasswordBody(_Body):
 
 class LoginBody(_Body):
     email: str = Field(max_length=1000)
-    password: str = Field(max_length=4096)
+    password: str = Field(max_length=PASSWORD_FIELD)  # as much as the gateway's forms read
 
 
 class IssueBody(_Body):

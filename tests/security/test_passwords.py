@@ -9,10 +9,11 @@ import asyncpg
 import pytest
 from argon2 import PasswordHasher, Type, extract_parameters
 
-from libs.common.passwords import common_passwords, password_problem
+from libs.common.passwords import PASSWORD_FIELD, common_passwords, password_problem
 from services.identity.passwords import default_hasher
-from tests.security.conftest import unique_email
+from tests.security.conftest import api, unique_email
 from tests.security.flows import invite_link, new_portal
+from tests.support.smtp import accept_link
 from tests.support.stack import Browser, Stack, login
 
 # OWASP Password Storage Cheat Sheet: argon2id with at least m=19 MiB, t=2, p=1.
@@ -93,3 +94,58 @@ async def test_log_in_rehashes_a_hash_made_with_weaker_parameters(stack: Stack) 
     current = default_hasher()._parameters
     assert extract_parameters(stored) == current
     assert default_hasher().verify(stored, password)
+
+
+# A password of accented letters typed as letter + combining accent ("é" as "e" and U+0301):
+# 1,200 characters as sent, 600 once NFKC composes them, well within the policy's 1,024.
+DECOMPOSED = "e\u0301" * 600
+
+
+@pytest.mark.e2e
+@pytest.mark.integration
+async def test_a_long_password_the_policy_took_logs_in_as_typed(
+    stack: Stack, admin: Browser, anonymous: Browser
+) -> None:
+    """Every form that checks a password reads as much of it as the forms that set it: the
+    log in page and the accept page's log in once cut it at 1,024 characters as sent, where
+    Set Password read 2,048, so a password the policy took never logged in again."""
+    first, second = await new_portal(admin), await new_portal(admin)
+    email = unique_email("long")
+    link = await invite_link(stack, admin, first["id"], email)
+    code, url, html = await anonymous.get(link)
+    code, url, _ = await anonymous.submit(
+        url, html, "Set Password", {"Password": DECOMPOSED, "Confirm Password": DECOMPOSED}
+    )
+    assert code == 200 and f"/client-portal/{first['slug']}/" in url, (code, url)
+
+    browser = Browser(stack.public_url)
+    try:
+        _, url, html = await browser.get("/login")
+        code, url, page = await browser.submit(
+            url, html, "Log In", {"Email": email, "Password": DECOMPOSED}
+        )
+        assert code == 200 and "/login" not in url, (code, url, page[:300])
+    finally:
+        await browser.close()
+
+    # The accept page's log in, for an invitation to a second portal.
+    status, body = await api(
+        admin, "POST", f"/api/v1/portals/{second['id']}/invitations", {"email": email}
+    )
+    assert status in (200, 201), body
+    link = accept_link((await stack.sink.wait_for(email, 2))[-1])
+    browser = Browser(stack.public_url)
+    try:
+        code, url, html = await browser.get(link)
+        code, url, page = await browser.submit(url, html, "Log In", {"Password": DECOMPOSED})
+        assert code == 200 and f"/client-portal/{second['slug']}/" in url, (code, url, page[:300])
+    finally:
+        await browser.close()
+
+
+def test_no_password_longer_than_the_fields_read_passes_the_policy() -> None:
+    """NFKC composes at most four code points into one, so a field cut at PASSWORD_FIELD
+    characters is still too long for the policy: nothing is ever silently shortened."""
+    for unit in ("x", "e\u0301", "\u03b1\u0313\u0300\u0345"):  # 1, 2 and 4 code points each
+        over = unit * (PASSWORD_FIELD // len(unit) + 1)
+        assert password_problem(over[:PASSWORD_FIELD], None) is not None, unit

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from libs.common.email import same_email
 from libs.common.errors import DomainError
+from libs.common.passwords import PASSWORD_FIELD
 
 from ..answers import ValidatedLink
 from ..domain import BAD_LOGIN, new_password_problem, when
@@ -220,7 +221,7 @@ async def accept(request: web.Request) -> web.StreamResponse:
 async def accept_login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     token = form_str(form, "token", 200)
-    password = form_str(form, "password", 1024)
+    password = form_str(form, "password", PASSWORD_FIELD)
     up = request.app[UPSTREAM]
     try:
         invitation = await up.invitations.validate(token)

@@ -16,6 +16,7 @@ from libs.common.i18n import (
     is_time_zone,
     time_zones,
 )
+from libs.common.passwords import PASSWORD_FIELD
 
 from ..domain import BAD_LOGIN, cookie_token, new_password_problem, safe_next_path
 from ..handlers.saga import is_team, login_destination
@@ -61,7 +62,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
 async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     email = form_str(form, "email", 320).strip()
-    password = form_str(form, "password", 1024)
+    password = form_str(form, "password", PASSWORD_FIELD)
     next_raw = form_str(form, "next", 2000)
     await login_limit(request, email)
     up = request.app[UPSTREAM]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import orjson
 import pytest
 
@@ -16,6 +17,7 @@ from tests.security.conftest import (
     PublicEvents,
     Secrets,
     api,
+    cookie,
     unique_email,
 )
 from tests.security.flows import new_client
@@ -102,3 +104,37 @@ async def test_an_administrator_can_not_be_invited_down_to_staff(admin: Browser)
         admin, "POST", "/api/v1/staff-invitations", {"email": unique_email(), "role": "owner"}
     )
     assert status == 422
+
+
+async def test_a_client_logged_in_who_accepts_staff_gets_a_new_session(
+    stack: Stack, admin: Browser
+) -> None:
+    """Raising a role renews the session (OWASP: a new id at any change of privilege): the
+    Client's session, whose cookie may have been copied or planted, doesn't become a Staff
+    one; the browser that accepted gets a new one and the old one ends."""
+    client = await new_client(stack, admin)
+    try:
+        before = cookie(client.browser, "cp_session")
+        assert before
+        link = await _staff_link(stack, admin, client.email, "staff", count=2)
+        code, url, html = await client.browser.get(link)
+        assert code == 200, html[:500]
+        code, url, html = await client.browser.submit(url, html, "Accept Invitation")
+        assert code == 200 and url.endswith("/admin/portals"), (code, url, html[:500])
+        assert "Invitation accepted: you are Staff now." in html
+        after = cookie(client.browser, "cp_session")
+        assert after and after != before
+        assert (await client.browser.get("/admin/invitations"))[0] == 200
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                stack.public_url + "/admin/invitations",
+                cookies={"cp_session": before},
+                allow_redirects=False,
+            ) as response,
+        ):
+            assert response.status == 303, response.status
+            assert response.headers["Location"].startswith("/login"), response.headers
+    finally:
+        await client.browser.close()
+    assert await _role(admin, client.email) == "staff"

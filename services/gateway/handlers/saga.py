@@ -50,6 +50,8 @@ class Joined:
     destination: str
     role: str | None = None
     kept: bool = False
+    # The account's role went up: the session that asked must be replaced by a new one.
+    raised: bool = False
 
 
 def is_team(user: UserAnswer | None) -> bool:
@@ -139,7 +141,7 @@ async def _raise_role(up: Upstream, user_id: str, invited: str) -> Joined:
     if ROLE_RANK.get(current, 0) >= ROLE_RANK[invited]:
         return Joined(destination=ADMIN_HOME, role=current, kept=current != invited)
     await up.identity.set_role(user_id, invited)
-    return Joined(destination=ADMIN_HOME, role=invited)
+    return Joined(destination=ADMIN_HOME, role=invited, raised=True)
 
 
 def _taken(invitation: ValidatedLink, accepted: AcceptedLink) -> list[LinkedInvitation]:

@@ -193,7 +193,15 @@ async def accept(request: web.Request) -> web.StreamResponse:
             return _account_disabled(request, invitation)
         user = current_user(request)
         if user is not None and same_email(user["email"], invitation["email"]):
-            return _joined(request, await accept_for_user(up, token, invitation, user["id"]))
+            joined = await accept_for_user(up, token, invitation, user["id"])
+            response = _joined(request, joined)
+            if joined.raised:
+                # A new session at a change of privilege (OWASP): a Client's session, its
+                # cookie perhaps copied or planted, never becomes a Staff one. The old one
+                # ends as the cookie is replaced (session_middleware).
+                session = await up.identity.issue_session(user["id"])
+                set_session(request, response, session["token"])
+            return response
         if invitation.get("account_exists"):
             return _accept_page(request, token, invitation, {}, status=409)
         problem = new_password_problem(password, confirm, invitation["email"])

@@ -361,9 +361,11 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
     # Cookies here go straight to the headers: aiohttp has already rendered
     # response.cookies when this signal runs.
     if state.csrf_new and response.status < 500:
-        _header_cookie(
-            response, settings.csrf_cookie, state.csrf, "Strict", settings.secure_cookies
-        )
+        # Lax, not Strict: a Strict cookie stays home when a link on another site (a
+        # webmail, a chat) is followed, so that page got a new token here and every form
+        # open in the person's other tabs answered "The form expired". A cross-site post
+        # carries neither, and the token is checked in the form (with the Origin) anyway.
+        _header_cookie(response, settings.csrf_cookie, state.csrf, "Lax", settings.secure_cookies)
     if state.clear_session and not state.session_set:
         _header_cookie(
             response, settings.session_cookie, "", "Lax", settings.secure_cookies, max_age=0

@@ -232,7 +232,7 @@ async def test_cookies_are_httponly_and_samesite_over_http(stack: Stack) -> None
     )
     assert code == 303
     session_cookie = next(v for v in [headers.get("Set-Cookie", "")] if v.startswith("cp_session="))
-    for value, samesite in ((csrf_cookie, "Strict"), (session_cookie, "Lax")):
+    for value, samesite in ((csrf_cookie, "Lax"), (session_cookie, "Lax")):
         flags = [f.strip().lower() for f in value.split(";")]
         assert "httponly" in flags, value
         assert f"samesite={samesite.lower()}" in flags, value

@@ -16,6 +16,13 @@ from libs.common.text import clean_line
 Role = Literal["administrator", "staff", "client"]
 ROLES: tuple[Role, ...] = ("administrator", "staff", "client")
 
+
+def raises(previous: str, role: Role) -> bool:
+    """``role`` gives more than ``previous`` (ROLES runs from the most to the least)."""
+    rank: dict[str, int] = {name: at for at, name in enumerate(ROLES)}
+    return rank[role] < rank.get(previous, len(ROLES))
+
+
 # What an integration key may do in the public JSON API (the gateway maps each /api/v1
 # route to one of them; a route without one needs an administrator or the bootstrap key).
 # What the Activity log says instead of an erased person's email (handlers.erase_user).

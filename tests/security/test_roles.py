@@ -48,10 +48,14 @@ async def test_staff_get_the_admin_area_but_no_administrator_page_or_route(
     stack: Stack, admin: Browser
 ) -> None:
     client = await new_client(stack, admin)
+    await _make_staff(admin, client)
+    # A new session at a change of privilege: the Client's ended with the change (on the
+    # old code it became a Staff session at once, a planted or copied cookie with it).
+    code, url, _ = await client.browser.get(f"/client-portal/{client.portal['slug']}/")
+    assert "/login" in url, (code, url)
+    await client.browser.close()
+    staff = await login(stack, client.email, CLIENT_PASSWORD)
     try:
-        await _make_staff(admin, client)
-        staff = client.browser
-        # At once, on this very session: the gateway forgot the cached role.
         code, url, html = await staff.get("/admin/portals")
         assert code == 200 and url.endswith("/admin/portals"), (code, url)
         assert 'href="/admin/invitations"' in html
@@ -88,7 +92,7 @@ async def test_staff_get_the_admin_area_but_no_administrator_page_or_route(
         assert not wrong, wrong
         assert set(API_SCOPES) | set(ADMIN_ONLY_API) == set(api_routes())
     finally:
-        await client.browser.close()
+        await staff.close()
 
 
 async def test_staff_log_in_to_the_admin_area(stack: Stack, admin: Browser) -> None:

@@ -196,9 +196,8 @@ async def accept(request: web.Request) -> web.StreamResponse:
             joined = await accept_for_user(up, token, invitation, user["id"])
             response = _joined(request, joined)
             if joined.raised:
-                # A new session at a change of privilege (OWASP): a Client's session, its
-                # cookie perhaps copied or planted, never becomes a Staff one. The old one
-                # ends as the cookie is replaced (session_middleware).
+                # A new session at a change of privilege (OWASP): raising the role ended
+                # every session of the account (identity's set_role), this one's too.
                 session = await up.identity.issue_session(user["id"])
                 set_session(request, response, session["token"])
             return response
@@ -251,10 +250,14 @@ async def accept_login(request: web.Request) -> web.StreamResponse:
     if not same_email(user["email"], invitation["email"]):
         return _accept_page(request, token, invitation, {"password": BAD_LOGIN}, status=401)
     try:
-        response: web.Response = _joined(
-            request, await accept_for_user(up, token, invitation, user["id"])
-        )
+        joined = await accept_for_user(up, token, invitation, user["id"])
     except DomainError as exc:
         response = _invitation_problem(request, exc, token)
+    else:
+        response = _joined(request, joined)
+        if joined.raised:
+            # Raising the role ended the session the log in just made (identity's
+            # set_role): a new one, at the new role.
+            session = await up.identity.issue_session(user["id"])
     set_session(request, response, session["token"])
     return response

@@ -35,6 +35,7 @@ from ..domain import (
     User,
     check_password,
     hash_token,
+    raises,
 )
 from .base import SOURCE, Deps, announce_created, announce_revoked, no_user
 
@@ -290,7 +291,21 @@ async def set_role(deps: Deps, user_id: uuid.UUID, role: Role) -> User:
             return current  # it already had this role
         changed = UserRoleChanged(user_id=user_id, role=role, previous_role=current.role)
         await append(conn, make_event("identity.user.role_changed", changed, source=SOURCE))
-    log.info("user_role_changed", user_id=str(user_id), role=role, previous=current.role)
+        # A new session at a change of privilege (OWASP): a Client's session, its cookie
+        # perhaps copied or planted, never becomes a Staff or Administrator one. A lower
+        # role needs none of this: every session reads the role afresh.
+        ended = raises(current.role, role) and await repo.revoke_user_sessions(
+            conn, user_id, deps.clock()
+        )
+        if ended:
+            await announce_revoked(conn, user_id, "role_raised")
+    log.info(
+        "user_role_changed",
+        user_id=str(user_id),
+        role=role,
+        previous=current.role,
+        sessions_ended=ended or 0,
+    )
     return user
 
 

@@ -123,6 +123,26 @@ async def test_log_out_ends_the_session_on_the_server(stack: Stack) -> None:
         await browser.close()
 
 
+async def test_log_out_while_identity_is_down_still_logs_this_browser_out(stack: Stack) -> None:
+    """Before, the 503 page kept the cookie: on a shared computer the next person opened
+    the admin area once identity was back."""
+    browser = await login(stack, ADMIN_EMAIL, ADMIN_PASSWORD)
+    try:
+        code, _, html = await browser.get("/admin/portals")
+        stack["identity"].stop()
+        try:
+            code, url, _ = await browser.submit(browser.last_url, html, "Log out")
+            assert code == 503, (code, url)
+            assert not cookie(browser, "cp_session")
+        finally:
+            stack["identity"].start()
+            await stack["identity"].wait_ready()
+        code, url, _ = await browser.get("/admin/portals")
+        assert "/login" in url, (code, url)
+    finally:
+        await browser.close()
+
+
 async def test_a_password_reset_ends_every_session_and_its_link_works_once(
     stack: Stack, admin: Browser, secrets_seen: Secrets
 ) -> None:

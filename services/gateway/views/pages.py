@@ -82,10 +82,13 @@ async def login(request: web.Request) -> web.StreamResponse:
 @routes.post("/logout")
 async def logout(request: web.Request) -> web.StreamResponse:
     token = cookie_token(request.cookies.get(request.app[SETTINGS].session_cookie))
+    # First: this browser forgets the session whatever identity answers, so Log out on a
+    # shared computer never leaves it logged in (with identity down, the page says to try
+    # again, and the session ends on the server when it is next idle too long).
+    clear_session(request)
     if token:
         with contextlib.suppress(Unauthorized):
             await request.app[UPSTREAM].identity.logout(token)
-    clear_session(request)
     return see_other(request, "/login", flash="logged_out")
 
 

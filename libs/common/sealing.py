@@ -36,11 +36,28 @@ class Sealer:
     def __init__(self, keys: str, name: str = "MAIL_JOB_KEY") -> None:
         self.name = name
         try:
-            self._fernet = MultiFernet([Fernet(k.strip()) for k in keys.split(",") if k.strip()])
+            fernets = [Fernet(k.strip()) for k in keys.split(",") if k.strip()]
+            self._fernet = MultiFernet(fernets)
         except ValueError as exc:
             raise ValueError(
                 f"{name} must be Fernet keys (32 url-safe base64-encoded bytes), comma-separated"
             ) from exc
+        self._first = fernets[0]
+        self.rotating = len(fernets) > 1
+
+    def resealed(self, token: str) -> str | None:
+        """``token`` sealed afresh under the first key when another of the keys sealed it
+        (a key being rotated out), keeping its time; None when the first key sealed it.
+        :class:`Unsealable` when no key opens it."""
+        try:
+            self._first.decrypt(token.encode())
+            return None
+        except InvalidToken:
+            pass
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken:
+            raise Unsealable(f"the value does not open with {self.name}") from None
 
     def seal(self, context: Mapping[str, str]) -> dict[str, str]:
         return {SEALED: self._fernet.encrypt(orjson.dumps(dict(context))).decode()}

@@ -32,6 +32,7 @@ from .branding.cache import BrandingSource
 from .consumer import BINDINGS, HANDLERS
 from .handlers import Deps, prune_finished
 from .rendering import is_public_domain
+from .resealing import RESEAL_EVERY, reseal_stored
 from .sender import Sender
 from .settings import MailerSettings
 from .webhooks.sender import WebhookSender
@@ -102,6 +103,15 @@ def create_app(settings: MailerSettings) -> web.Application:
 
     app.cleanup_ctx.append(webhook_senders)
     app.cleanup_ctx.append(pruning("mailer-retention", lambda a: prune_finished(a[api.DEPS])))
+    # While MAIL_JOB_KEY or WEBHOOK_SECRET_KEY lists more than one key: what the mailer
+    # keeps sealed moves to the first, so the others can be dropped.
+    app.cleanup_ctx.append(
+        periodic(
+            "reseal",
+            RESEAL_EVERY,
+            lambda a: reseal_stored(a[POOL], settings.sealer(), settings.webhook_sealer()),
+        )
+    )
     add_routes(app, api.ROUTES)
     app.router.add_get("/openapi.json", openapi.openapi)
     require_service_proof(app, settings, api.CALLERS)

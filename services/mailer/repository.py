@@ -156,6 +156,29 @@ async def requeue_stuck(conn: Conn, older_than_seconds: float = STUCK_SENDING_SE
     return int(result.rsplit(" ", 1)[-1])
 
 
+async def sealed_contexts(conn: Conn) -> list[tuple[uuid.UUID, str]]:
+    """The sealed context of every delivery still to be sent: (mail id, sealed value)."""
+    rows = await conn.fetch(
+        "SELECT mail_id, context->>'sealed' AS sealed FROM deliveries"
+        " WHERE status IN ('queued', 'sending') AND context ? 'sealed'"
+    )
+    return [(row["mail_id"], row["sealed"]) for row in rows]
+
+
+async def reseal_contexts(conn: Conn, changes: Sequence[tuple[uuid.UUID, str, str]]) -> int:
+    """``(mail id, sealed value, resealed value)``: each row's context resealed, if it
+    still holds that sealed value (a row sent meanwhile holds none)."""
+    result = await conn.execute(
+        "UPDATE deliveries AS d SET context = jsonb_build_object('sealed', v.resealed)"
+        " FROM unnest($1::uuid[], $2::text[], $3::text[]) AS v(mail_id, sealed, resealed)"
+        " WHERE d.mail_id = v.mail_id AND d.context->>'sealed' = v.sealed",
+        [mail_id for mail_id, _, _ in changes],
+        [sealed for _, sealed, _ in changes],
+        [resealed for _, _, resealed in changes],
+    )
+    return int(result.rsplit(" ", 1)[-1])
+
+
 async def count_queued(conn: Conn) -> int:
     value = await conn.fetchval("SELECT count(*) FROM deliveries WHERE status = 'queued'")
     return int(value or 0)

@@ -94,6 +94,30 @@ async def rotate_secret(
     return result != "UPDATE 0"
 
 
+async def sealed_secrets(conn: Conn) -> list[tuple[uuid.UUID, str, str | None]]:
+    """Every endpoint's sealed secrets: (id, current, previous or None)."""
+    rows = await conn.fetch("SELECT id, secret_sealed, previous_sealed FROM webhook_endpoints")
+    return [(row["id"], row["secret_sealed"], row["previous_sealed"]) for row in rows]
+
+
+async def reseal_secrets(
+    conn: Conn,
+    endpoint_id: uuid.UUID,
+    sealed: tuple[str, str | None],
+    resealed: tuple[str, str | None],
+) -> bool:
+    """The endpoint's secrets resealed, if they are still the ones read (a Rotate Secret
+    meanwhile wins)."""
+    result = await conn.execute(
+        "UPDATE webhook_endpoints SET secret_sealed = $4, previous_sealed = $5"
+        " WHERE id = $1 AND secret_sealed = $2 AND previous_sealed IS NOT DISTINCT FROM $3",
+        endpoint_id,
+        *sealed,
+        *resealed,
+    )
+    return result != "UPDATE 0"
+
+
 async def delete_endpoint(conn: Conn, endpoint_id: uuid.UUID) -> bool:
     result = await conn.execute("DELETE FROM webhook_endpoints WHERE id = $1", endpoint_id)
     return result != "DELETE 0"

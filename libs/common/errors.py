@@ -5,7 +5,8 @@ The app kit's error middleware turns them into ``{"error": {"code", "message"}}`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 
 class DomainError(Exception):
@@ -14,6 +15,8 @@ class DomainError(Exception):
 
     status = 400
     code = "bad_request"
+    # Response headers every answer of this kind carries (a 415's Accept-Encoding).
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     def __init__(
         self, message: str, *, code: str | None = None, details: Mapping[str, Any] | None = None

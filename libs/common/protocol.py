@@ -1,12 +1,14 @@
 """The HTTP layer under the routes, against slow and malformed clients: bounded waits for a
-request's head (aiohttp's keep-alive timer) and body (a deadline per request), and one JSON
-log line and a metric for every request refused there."""
+request's head (aiohttp's keep-alive timer) and body (a deadline per request), bodies read
+only as they were sent (never inflated), and one JSON log line and a metric for every
+request refused there."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 from collections.abc import Awaitable, Callable
+from types import MappingProxyType
 from typing import Any
 
 from aiohttp import web
@@ -62,6 +64,57 @@ async def body_deadline_middleware(
     if late:
         response.force_close()  # what is left of the body is not read
     return response
+
+
+class UnsupportedContentEncoding(DomainError, status=415, code="unsupported_content_encoding"):
+    """A request body sent compressed (Content-Encoding other than identity)."""
+
+    # RFC 7694 3: what the server takes instead.
+    headers = MappingProxyType({"Accept-Encoding": "identity"})
+
+
+class UnsupportedTransferEncoding(DomainError, status=501, code="unsupported_transfer_encoding"):
+    """A transfer coding other than chunked (RFC 9112 6.1: 501)."""
+
+
+ENCODED_BODY = (
+    "The request body must be sent without Content-Encoding: ClientPress reads no"
+    " compressed body (gzip, deflate, br or zstd)."
+)
+CODED_TRANSFER = "The request body must be sent as it is, or with Transfer-Encoding: chunked alone."
+
+
+def _codings(request: web.Request, header: str) -> list[str]:
+    return [
+        token.strip().lower()
+        for value in request.headers.getall(header, ())
+        for token in value.split(",")
+        if token.strip()
+    ]
+
+
+@web.middleware
+async def body_coding_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """No client of ours compresses a body, and aiohttp inflated whatever said gzip or
+    deflate, even a body nobody read: it drains what is left of one before closing, so a
+    MiB that inflates to a GiB cost seconds of CPU, with no key or proof needed. A coding
+    it didn't know (``compress``, ``gzip, gzip``) it ignored, reading the body as it
+    wasn't; br and zstd were a plain-text 400, a declared gzip that wasn't one a 500.
+    Services run with ``auto_decompress=False`` (server_options) and refuse an encoded
+    body here, before anything reads it; a transfer coding other than chunked (which
+    aiohttp ignored too) is 501."""
+    if request.body_exists:
+        coding = _codings(request, "Content-Encoding")
+        if any(c != "identity" for c in coding):
+            _refused("content_encoding", request.remote, 415, ",".join(coding)[:60])
+            raise UnsupportedContentEncoding(ENCODED_BODY)
+        transfer = _codings(request, "Transfer-Encoding")
+        if transfer and transfer != ["chunked"]:
+            _refused("transfer_encoding", request.remote, 501, ",".join(transfer)[:60])
+            raise UnsupportedTransferEncoding(CODED_TRANSFER)
+    return await handler(request)
 
 
 def _refused(reason: str, peer: str | None, status: int, what: str) -> None:
@@ -123,4 +176,6 @@ def server_options(head_timeout: float) -> dict[str, Any]:
     return {
         "keepalive_timeout": head_timeout,
         "logger": ProtocolLog(),
+        # A body is read as it was sent: body_coding_middleware refuses an encoded one.
+        "auto_decompress": False,
     }

@@ -49,7 +49,12 @@ from .metrics import (
 )
 from .nul import NUL_PROBLEM, json_nul_path, query_nul_path
 from .outbox import OutboxRelay
-from .protocol import BODY_TIMEOUT, BODY_TIMEOUT_SECONDS, body_deadline_middleware
+from .protocol import (
+    BODY_TIMEOUT,
+    BODY_TIMEOUT_SECONDS,
+    body_coding_middleware,
+    body_deadline_middleware,
+)
 from .retention import delete_in_batches, pruning
 from .service_auth import (
     HEADER,
@@ -366,7 +371,9 @@ async def json_error_middleware(
             exc.details,
         )
     except DomainError as exc:
-        return error_response(exc.status, exc.code, exc.message, details=exc.details)
+        return error_response(
+            exc.status, exc.code, exc.message, dict(exc.headers) or None, exc.details
+        )
     except UNAVAILABLE_ERRORS as exc:
         log.warning("dependency_unavailable", error=type(exc).__name__)
         return error_response(
@@ -491,7 +498,8 @@ def base_app(
     # forms) and sees the error middlewares' 408, whose connection it closes.
     chain: list[Any] = [context_middleware, body_deadline_middleware]
     if json_errors:
-        chain.append(json_error_middleware)
+        # The gateway, which answers pages too, puts the coding check inside its own.
+        chain.extend([json_error_middleware, body_coding_middleware])
     chain.extend(middlewares)
     app = web.Application(middlewares=chain, client_max_size=client_max_size)
     app[SERVICE] = service

@@ -12,6 +12,7 @@ import jinja2
 from aiohttp import web
 
 from libs.common.http import ServiceClient, new_session
+from libs.common.protocol import body_coding_middleware
 from libs.common.service_auth import TokenSigner
 from libs.common.tasks import periodic
 from libs.common.web import POOL, add_database, base_app, service_signer
@@ -76,12 +77,14 @@ def create_app(
         # Outermost first, and the order matters: compression around everything (error
         # pages too); branding before the error pages (an error page shows the agency
         # too); the error pages around the checks (a CSRF refusal or a session failure
-        # renders as a page, or JSON under /api); CSRF and API keys before the session (a
+        # renders as a page, or JSON under /api); an encoded body refused before anything
+        # reads it (the CSRF check reads forms); CSRF and API keys before the session (a
         # forged POST is refused without asking identity).
         middlewares=[
             compression_middleware,
             branding_middleware,
             error_middleware,
+            body_coding_middleware,
             csrf_middleware,
             session_middleware,
         ],

@@ -14,7 +14,7 @@ from multidict import MultiDictProxy
 
 from libs.common.errors import DomainError, NotFound, RateLimited, Unavailable
 from libs.common.logging import get_logger
-from libs.common.protocol import BodyTimeout
+from libs.common.protocol import BodyTimeout, UnsupportedTransferEncoding
 from libs.common.web import (
     UNAVAILABLE_ERRORS,
     body_too_large,
@@ -222,6 +222,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if is_api(request):
             return error_response(exc.status, exc.code, exc.message)
         return _answer(request, *BODY_TIMEOUT)
+    except UnsupportedTransferEncoding as exc:
+        # The gateway's own 501 (protocol.py), not an upstream's failure.
+        return _answer(request, exc.status, exc.code, N_("Something is not right"), exc.message)
     except Unavailable as exc:
         log.warning("upstream_unavailable", code=exc.code)
         if exc.code == "busy":
@@ -242,7 +245,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             exc.code,
             N_("Something is not right"),
             exc.message,
-            None,
+            dict(exc.headers) or None,
             exc.details,
         )
     except UNAVAILABLE_ERRORS as exc:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 import time
+import typing
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -270,10 +272,32 @@ def parse_query(request: web.Request, model: type[M], *, nul_ok: bool = False) -
             f"{repeated}: given more than once; give each parameter once.",
             code="repeated_parameter",
         )
+    for name in _integer_parameters(model):
+        value = request.query.get(name)
+        if value is not None and not _WHOLE_NUMBER.fullmatch(value):
+            raise InvalidInput(f"{name}: {NOT_A_WHOLE_NUMBER}")
     try:
         return model.model_validate(dict(request.query))
     except ValidationError as exc:
         raise InvalidInput(describe_validation(exc)) from None
+
+
+# An integer in a query string, as strict as one in a JSON body: pydantic read text as
+# Python's int() does, so "+5", " 5", "5.0" were 5 and "1_0" was 10. The sign stays, so
+# that a negative number is told its range.
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+NOT_A_WHOLE_NUMBER = "Input should be a whole number, in the digits 0-9 alone"
+
+
+@functools.cache
+def _integer_parameters(model: type[BaseModel]) -> tuple[str, ...]:
+    """The query parameters of ``model`` that are integers (``int`` or ``int | None``)."""
+    names = []
+    for name, info in model.model_fields.items():
+        kinds = typing.get_args(info.annotation) or (info.annotation,)
+        if int in kinds:
+            names.append(info.alias or name)
+    return tuple(names)
 
 
 def route_name(request: web.Request) -> str:

@@ -212,3 +212,38 @@ async def test_a_query_parameter_given_twice_is_refused(gw: TestClient, backend:
             "code": "repeated_parameter",
             "message": f"{name}: given more than once; give each parameter once.",
         }
+
+
+async def test_an_integer_query_parameter_is_digits_alone(gw: TestClient, backend: Backend) -> None:
+    """A page size was read as pydantic reads text: ``+5``, `` 5``, ``5.0`` were 5 and
+    ``1_0`` was 10, where the JSON body takes only a JSON integer."""
+    await admin_headers(gw, backend)
+    lists = ("/api/v1/portals", "/api/v1/invitations", "/api/v1/users", "/api/v1/activity")
+    for value in (
+        "%2B5",
+        "+5",
+        "%205",
+        "5%20",
+        "5.0",
+        "1_0",
+        "0x10",
+        "%D9%A1%D9%A2",
+        "%EF%BC%95",
+        "5%0A",
+    ):
+        for path in lists:
+            response = await gw.get(f"{path}?limit={value}")
+            answer = await response.json()
+            assert response.status == 422, (path, value, answer)
+            assert answer["error"] == {
+                "code": "invalid_input",
+                "message": "limit: Input should be a whole number, in the digits 0-9 alone",
+            }, (path, value)
+    # Out of range is said as before; digits alone are read.
+    response = await gw.get("/api/v1/portals?limit=-5")
+    assert (await response.json())["error"]["message"] == (
+        "limit: Input should be greater than or equal to 1"
+    )
+    for value in ("5", "05", "200"):
+        response = await gw.get(f"/api/v1/portals?limit={value}")
+        assert response.status == 200, value

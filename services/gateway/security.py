@@ -95,6 +95,10 @@ class UnreadableForm(DomainError, status=400, code="unreadable_form"):
 UNREADABLE_FORM = N_(
     "The form could not be read: it was not sent as UTF-8 text. Reload the page and try again."
 )
+MALFORMED_FORM = N_(
+    "The form could not be read: it was not sent the way a browser sends a form. Reload the"
+    " page and try again."
+)
 
 
 async def read_form(
@@ -103,10 +107,14 @@ async def read_form(
     """The posted form (parsed once: the handler's own request.post() gets it again)."""
     try:
         return await request.post()
-    # UnicodeDecodeError is a ValueError; an unknown charset a LookupError; a broken
-    # multipart part an HttpProcessingError. aiohttp lets each through as a 500.
-    except (ValueError, LookupError, HttpProcessingError):
+    # aiohttp lets each of these through, a 500: text not in its charset, a charset
+    # nobody knows; a multipart part cut short or with a header over 8 KiB
+    # (HttpProcessingError), without a name, holding another multipart body or bad base64
+    # (ValueError), in a transfer coding it doesn't know (RuntimeError).
+    except (UnicodeDecodeError, LookupError):
         raise UnreadableForm(UNREADABLE_FORM) from None
+    except (ValueError, HttpProcessingError, RuntimeError):
+        raise UnreadableForm(MALFORMED_FORM) from None
 
 
 # The scope an integration key needs for each /api/v1 route (method, canonical path). A

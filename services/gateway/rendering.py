@@ -75,6 +75,17 @@ BODY_TIMEOUT = Refusal(
     N_("Please try again"),
     N_("The form took too long to arrive. Check your connection and send it again."),
 )
+# A page's form over the app's 64 KiB or aiohttp's 1,000 fields (the larger forms have
+# their own words: security.LARGE_FORMS).
+FORM_TOO_LARGE = Refusal(
+    413,
+    "body_too_large",
+    N_("This form is too large"),
+    N_(
+        "The form holds more than this page takes. Go back, shorten what you entered and"
+        " send it again."
+    ),
+)
 INTERNAL = Refusal(
     500,
     "internal",
@@ -196,7 +207,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        if isinstance(exc, web.HTTPRequestEntityTooLarge) and is_api(request):
+        if isinstance(exc, web.HTTPRequestEntityTooLarge):
+            if not is_api(request):
+                return _answer(request, *FORM_TOO_LARGE)
             refused = body_too_large(request.client_max_size)
             return error_response(refused.status, refused.code, refused.message)
         if exc.status == 404:

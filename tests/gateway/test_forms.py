@@ -59,3 +59,29 @@ async def test_a_form_not_in_utf8_is_still_told_so(gw: TestClient) -> None:
     status, page = await _post_form(gw, _multipart((NAMED, b"\xff\xfe")))
     assert status == 400
     assert "it was not sent as UTF-8 text" in page
+
+
+TOO_LARGE = "The form holds more than this page takes"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"email=" + b"a" * 70_000, "application/x-www-form-urlencoded"),
+        # aiohttp's bound of 1,000 fields.
+        (
+            _multipart(*((NAMED, b"a") for _ in range(1001))),
+            f"multipart/form-data; boundary={BOUNDARY}",
+        ),
+    ],
+    ids=["64-kib", "1001-fields"],
+)
+async def test_a_form_over_its_bounds_is_told_so_on_a_page(
+    gw: TestClient, body: bytes, content_type: str
+) -> None:
+    """The page said aiohttp's "Request Entity Too Large", as title and as message."""
+    response = await gw.post("/login", data=body, headers={"Content-Type": content_type})
+    page = await response.text()
+    assert response.status == 413
+    assert TOO_LARGE in page
+    assert "Request Entity Too Large" not in page

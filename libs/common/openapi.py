@@ -261,8 +261,9 @@ class ApiRoutes:
         if e.body is not None:
             failures.add("413")  # body_too_large: over the route's or the app's limit
             failures.add("400")  # invalid_json: not JSON, not UTF-8, empty
-            if not e.any_type:
-                failures.add("415")  # unsupported_media_type: declared as another format
+            # unsupported_media_type: declared as another format (unless any type is read);
+            # unsupported_content_encoding: sent compressed (protocol.py), on every route.
+            failures.add("415")
         for failure in sorted(failures):
             responses[failure] = {"$ref": "#/components/responses/Error"}
         operation: dict[str, Any] = {"summary": e.summary, "parameters": params}

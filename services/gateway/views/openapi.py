@@ -55,7 +55,10 @@ def build() -> dict[str, Any]:
                 " duplicate_field. Values are taken only as their schema's JSON type (a"
                 ' boolean is true or false, never "yes" or 1; an integer is never 7.0 or'
                 ' "7"); a field the schema does not name answers 422 invalid_input. A'
-                " query parameter is given once (422 repeated_parameter)."
+                " query parameter is given once (422 repeated_parameter), an integer one"
+                " in the digits 0-9 alone (422 invalid_input). A body is sent uncompressed:"
+                " a Content-Encoding other than identity answers 415"
+                " unsupported_content_encoding, unread."
             ),
         },
         servers=[{"url": "/api/v1"}],

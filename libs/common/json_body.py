@@ -53,11 +53,11 @@ def parse_json(body: bytes, *, repeated_keys: bool = True) -> tuple[bytes, Any]:
         # orjson's reason and where: "unexpected character ...: line 1 column 9 (char 8)".
         raise Unreadable(f"The request body must be JSON: {exc}.") from None
     if repeated_keys:
-        _refuse_repeated_keys(body)
+        refuse_repeated_keys(body)
     return body, value
 
 
-def _refuse_repeated_keys(body: bytes) -> None:
+def refuse_repeated_keys(body: bytes) -> None:
     """A key given twice in one object: readers disagree on which value counts (the last
     here, the first elsewhere, a log line may show either), so neither is taken."""
     if body.count(b'"') < 4:

@@ -92,8 +92,7 @@ def parse_csv(raw: bytes, charset: str | None = None) -> tuple[list[Row], list[s
         first_line += len(sep_line[0].splitlines())
     else:
         delimiter = _delimiter(text)
-    records = _records(text, delimiter, first_line)
-    records = [r for r in records if any(cell.strip() for cell in r)]
+    records, count = _records(text, delimiter, first_line)
     if not records:
         raise InvalidInput("The file is empty.", code="empty_file")
     header = [column(cell) for cell in records[0]]
@@ -104,7 +103,7 @@ def parse_csv(raw: bytes, charset: str | None = None) -> tuple[list[Row], list[s
             code="no_email_column",
         )
     body = records[1:]
-    check_size(len(body))
+    check_size(count - 1)
     where = {name: header.index(name) for name in COLUMNS if name in header}
     read = set(where.values())
     unread = [
@@ -133,17 +132,23 @@ def parse_csv(raw: bytes, charset: str | None = None) -> tuple[list[Row], list[s
     return rows, unread
 
 
-def _records(text: str, delimiter: str, first_line: int) -> list[list[str]]:
-    """The file's records, or a not_csv refusal naming the line (the text's first is the
-    file's ``first_line``) where the record that went wrong starts: a quoted value the
-    file ends inside, or text after a closing quote. (The Import Clients page's parser,
-    static/import.js, reads and refuses the same.)"""
+def _records(text: str, delimiter: str, first_line: int) -> tuple[list[list[str]], int]:
+    """The file's records that hold something, at most the header and MAX_ROWS rows and
+    one more (the others are counted, not kept: 16 MiB of short lines were 1.9 GB of
+    lists), and how many there are; or a not_csv refusal naming the line (the text's
+    first is the file's ``first_line``) where the record that went wrong starts: a quoted
+    value the file ends inside, or text after a closing quote. (The Import Clients page's
+    parser, static/import.js, reads and refuses the same.)"""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
     records: list[list[str]] = []
+    count = 0
     starts = first_line
     try:
         for record in reader:
-            records.append(record)
+            if any(cell.strip() for cell in record):
+                count += 1
+                if count <= MAX_ROWS + 2:
+                    records.append(record)
             starts = first_line + reader.line_num
     except csv.Error as exc:
         # The csv module's words when the file ends inside quotes.
@@ -152,7 +157,7 @@ def _records(text: str, delimiter: str, first_line: int) -> list[list[str]]:
         else:
             why = f"line {starts:,} has a quote inside a value"
         raise InvalidInput(f"The file is not a CSV file: {why}.", code="not_csv") from None
-    return records
+    return records, count
 
 
 def _decode(raw: bytes, charset: str | None) -> str:

@@ -505,6 +505,13 @@ BATCH_KEY = {
 }
 
 
+def _not_too_many(value: Any) -> None:
+    """Over the row limit, refused before a row is validated (read_json's ``check``)."""
+    rows = value.get("invitations") if isinstance(value, dict) else None
+    if isinstance(rows, list) and len(rows) > bulk.MAX_ROWS:
+        bulk.check_size(len(rows))
+
+
 @API.post(
     "/portals/{id}/invitations/batch",
     "Invite many clients at once: JSON, or a text/csv body (comma, semicolon or tab"
@@ -536,7 +543,12 @@ async def invite_batch(request: web.Request) -> web.StreamResponse:
     else:
         try:
             body = await read_json(
-                request, BatchBody, limit=BATCH_BODY_LIMIT, nul_ok=True, any_type=True
+                request,
+                BatchBody,
+                limit=BATCH_BODY_LIMIT,
+                nul_ok=True,
+                any_type=True,
+                check=_not_too_many,
             )
         except Unreadable:
             raise Unreadable(

@@ -218,15 +218,16 @@ TOO_MANY = 2_000_000
 
 
 @pytest.mark.parametrize(
-    ("content_type", "body"),
+    ("content_type", "body", "has"),
     [
-        ("application/json", b'{"invitations": [' + b"1," * (TOO_MANY - 1) + b"1]}"),
-        ("text/csv", b"email\n" + b"a\n" * TOO_MANY),
+        ("application/json", b'{"invitations": [' + b"1," * (TOO_MANY - 1) + b"1]}", "2,000,000"),
+        # A CSV file is counted up to 100,000 rows: counting 8,000,000 held the loop 6.4 s.
+        ("text/csv", b"email\n" + b"a\n" * TOO_MANY, "more than 100,000"),
     ],
     ids=["json", "csv"],
 )
 async def test_a_batch_of_too_many_rows_is_refused_in_bounded_memory(
-    gateway: ServiceProcess, content_type: str, body: bytes
+    gateway: ServiceProcess, content_type: str, body: bytes, has: str
 ) -> None:
     """A key's 16 MiB batch of 8,000,000 rows took the gateway to 12.7 GB of memory and
     87 s of CPU (JSON: pydantic built an error for every row before the count was
@@ -245,4 +246,4 @@ async def test_a_batch_of_too_many_rows_is_refused_in_bounded_memory(
     assert status == 422, answer[:300]
     error = json.loads(answer)["error"]
     assert error["code"] == "too_many_rows"
-    assert error["message"] == f"At most 10,000 invitations at once; this has {TOO_MANY:,}."
+    assert error["message"] == f"At most 10,000 invitations at once; this has {has}."

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import aiohttp
 import orjson
 
 from tests.security.conftest import CLIENT_PASSWORD, PublicEvents, Secrets, api, unique_email
@@ -135,3 +136,24 @@ async def answer_to(
                 return dict(orjson.loads(body))
         await asyncio.sleep(0.1)
     raise AssertionError(f"no {routing_key} for {key}: {stack.services['invitations'].log_tail()}")
+
+
+async def logged_in(stack: Stack, session: str) -> bool:
+    """Does this cookie value, alone, open an admin or client page?"""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            stack.public_url + "/api/v1/users?limit=1",
+            cookies={"cp_session": session},
+            allow_redirects=False,
+        ) as admin_api,
+        http.get(
+            stack.public_url + "/client-portal/",
+            cookies={"cp_session": session},
+            allow_redirects=False,
+        ) as client_page,
+    ):
+        location = client_page.headers.get("Location", "")
+        return admin_api.status == 200 or (
+            client_page.status in (200, 303) and not location.startswith("/login")
+        )

@@ -17,7 +17,7 @@ from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from services.identity.domain import hash_token
 from tests.security.conftest import CLIENT_PASSWORD, Secrets, cookie, csrf_of, raw_post
-from tests.security.flows import new_client
+from tests.security.flows import logged_in, new_client
 from tests.support.smtp import html_part
 from tests.support.stack import (
     ADMIN_EMAIL,
@@ -29,27 +29,6 @@ from tests.support.stack import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-async def logged_in(stack: Stack, session: str) -> bool:
-    """Does this cookie value, alone, open an admin or client page?"""
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(
-            stack.public_url + "/api/v1/users?limit=1",
-            cookies={"cp_session": session},
-            allow_redirects=False,
-        ) as admin_api,
-        http.get(
-            stack.public_url + "/client-portal/",
-            cookies={"cp_session": session},
-            allow_redirects=False,
-        ) as client_page,
-    ):
-        location = client_page.headers.get("Location", "")
-        return admin_api.status == 200 or (
-            client_page.status in (200, 303) and not location.startswith("/login")
-        )
 
 
 @pytest.fixture

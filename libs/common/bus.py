@@ -56,6 +56,7 @@ log = get_logger(__name__)
 
 __all__ = [
     "Binding",
+    "BrokerConnectionLost",
     "Bus",
     "Consumer",
     "ExchangeKind",
@@ -226,6 +227,11 @@ class Refused(Exception):
     """The broker nacked a message: a queue it routes to is full (the installation's queue
     limits, ``overflow: reject-publish``) or could not take it. Nothing was lost: the
     outbox keeps it and tries again once the queue has room."""
+
+
+class BrokerConnectionLost(aiormq.exceptions.AMQPConnectionError):
+    """A publish ended by the loss of its connection (found stuck, or closed) before the
+    broker confirmed it: it may or may not have been routed; the outbox tries it again."""
 
 
 class Bus:
@@ -425,6 +431,18 @@ class Bus:
                 raise Refused(
                     f"{routing_key} refused by the broker: a queue it goes to is full"
                 ) from exc
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this task is being cancelled: a stop, a timeout around it
+                # aiormq closes a connection it found stuck (no frame within the heartbeat
+                # grace: a black hole) by cancelling it, and the publishes waiting on it
+                # get that CancelledError. Passed on as it is, it ended the outbox relay's
+                # task for good, and nothing was published again until a restart.
+                tracing.failed(span, "connection_lost")
+                raise BrokerConnectionLost(
+                    f"{routing_key}: the broker connection was lost before its confirm"
+                ) from None
 
     async def publish_envelope(self, envelope: Envelope, kind: ExchangeKind = "events") -> None:
         await self.publish(

@@ -17,7 +17,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .broker import broker_user, user_of, with_credentials
+from .broker import broker_user, user_of, with_credentials, with_heartbeat
 from .protocol import BODY_TIMEOUT_SECONDS, HEAD_TIMEOUT_SECONDS
 from .sealing import DEVELOPMENT_KEY, WEBHOOK_DEVELOPMENT_KEY, Sealer, sealer_for
 
@@ -59,6 +59,12 @@ class CommonSettings(BaseSettings):
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/clientpress"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # AMQP heartbeats: a broker that stops answering without closing the connection (a
+    # black hole) is noticed after about three times this, and the service reconnects.
+    # aiormq's own 60 s left a service publishing and consuming nothing for three minutes
+    # after the network was back (tests/faults/test_black_hole.py). AMQP_URL's
+    # ``?heartbeat=`` wins; 0 turns heartbeats off.
+    amqp_heartbeat_seconds: int = Field(default=10, ge=0, le=600)
     bus_prefix: str = Field(default="clientpress", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     smtp_host: str = "127.0.0.1"
     smtp_port: int = port_field(1025)
@@ -149,13 +155,15 @@ class CommonSettings(BaseSettings):
     def service_amqp_url(self, service: str) -> str:
         """The URL this service connects with: AMQP_URL's broker, logged in as the
         service's own user ``<BUS_PREFIX>-<service>`` when ``<SERVICE>_BROKER_PASSWORD``
-        is set; otherwise AMQP_URL as it is (which must then name that user)."""
+        is set; otherwise AMQP_URL's user (which must then be that user); with
+        AMQP_HEARTBEAT_SECONDS unless AMQP_URL asks for a heartbeat itself."""
         password = getattr(self, f"{service}_broker_password", None)
-        if password is None:
-            return self.amqp_url
-        return with_credentials(
-            self.amqp_url, broker_user(self.bus_prefix, service), password.get_secret_value()
-        )
+        url = self.amqp_url
+        if password is not None:
+            url = with_credentials(
+                url, broker_user(self.bus_prefix, service), password.get_secret_value()
+            )
+        return with_heartbeat(url, self.amqp_heartbeat_seconds)
 
     def listen(self, service: str) -> tuple[str, int]:
         """Where the service serves its API: ``<SERVICE>_HOST`` and ``<SERVICE>_PORT``."""

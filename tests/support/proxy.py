@@ -1,6 +1,7 @@
 """A TCP proxy the test can cut and restore on the same port: a dependency (RabbitMQ)
 going away for one service only, without touching the server others share; and a
-round-robin HTTP proxy standing in for an ingress in front of gateway replicas."""
+round-robin HTTP proxy standing in for an ingress in front of gateway replicas; and a
+black hole: a peer that stops answering without closing anything."""
 
 from __future__ import annotations
 
@@ -56,6 +57,133 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     finally:
         with contextlib.suppress(Exception):
             writer.close()
+
+
+class BlackHole:
+    """A TCP proxy that can turn into a black hole, as a real network does (a cable
+    pulled, a node gone, a NAT table flushed): nothing is closed, nothing is refused, and
+    no byte goes through in either direction.
+
+    ``swallow()`` starts the hole: every live connection goes silent for good (its peer
+    is gone; only the client's own timeouts, heartbeats or keepalives can tell), and a
+    connection opened meanwhile is accepted and never answered. ``restore()`` ends it for
+    connections opened from then on. ``tarpit`` makes every new connection silent from
+    its first byte (an SMTP server whose greeting never comes); ``stall_after`` makes each
+    new connection go silent once the client has sent those bytes (``b"DATA\r\n"``:
+    the body never reaches the server, whose answer never comes)."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self.tarpit = False
+        self.stall_after: bytes | None = None
+        self.accepted = 0
+        self._holed = False
+        self._server: asyncio.Server | None = None
+        self._live: set[_Link] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for link in list(self._live):
+            link.close()
+
+    def swallow(self) -> None:
+        self._holed = True
+        for link in self._live:
+            link.silent = True
+
+    def restore(self) -> None:
+        self._holed = False
+
+    @property
+    def silent(self) -> int:
+        """Connections held open and answered nothing: the ones lost in a hole."""
+        return sum(1 for link in self._live if link.silent and not link.client_gone)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        link = _Link(writer, silent=self._holed or self.tarpit, stall_after=self.stall_after)
+        self._live.add(link)
+        try:
+            if link.silent:
+                await _drain_into_nothing(reader)
+                link.client_gone = True
+                return
+            try:
+                upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+            except OSError:
+                return
+            link.upstream = upstream_writer
+            await asyncio.gather(
+                link.pipe(reader, upstream_writer, outbound=True),
+                link.pipe(upstream_reader, writer, outbound=False),
+                return_exceptions=True,
+            )
+        finally:
+            link.close()
+            self._live.discard(link)
+
+
+class _Link:
+    def __init__(self, client: asyncio.StreamWriter, silent: bool, stall_after: bytes | None):
+        self.client = client
+        self.upstream: asyncio.StreamWriter | None = None
+        self.silent = silent  # nothing goes through, either way
+        self.stalled = False  # the client's bytes go nowhere; the server's still arrive
+        self.client_gone = False
+        self.stall_after = stall_after
+        self._sent = b""
+
+    async def pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outbound: bool
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if outbound and self.stall_after is not None and not self.stalled:
+                    self._sent = (self._sent + data)[-4096:]
+                    at = self._sent.find(self.stall_after)
+                    if at >= 0:
+                        # What the client sent up to the marker and with it goes through.
+                        after = len(self._sent) - at - len(self.stall_after)
+                        data = data[: len(data) - after]
+                        self.stalled = True
+                        if self.silent or not data:
+                            continue
+                        writer.write(data)
+                        await writer.drain()
+                        continue
+                if self.silent or (outbound and self.stalled):
+                    continue  # dropped: the other side never hears of it
+                writer.write(data)
+                await writer.drain()
+            if outbound and (self.silent or self.stalled):
+                # The client gave up; a hole hides that from the server too.
+                self.client_gone = True
+                return
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if not (self.silent or self.stalled):
+                with contextlib.suppress(Exception):
+                    writer.close()
+
+    def close(self) -> None:
+        for writer in (self.client, self.upstream):
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.close()
+
+
+async def _drain_into_nothing(reader: asyncio.StreamReader) -> None:
+    """Read and drop what a client sends until it gives up and closes."""
+    with contextlib.suppress(ConnectionError, OSError):
+        while await reader.read(65536):
+            pass
 
 
 class RoundRobinProxy:

@@ -76,8 +76,6 @@ def stack_env(
     """Every service's environment: the database, bus, SMTP sink and keys of ``test_env``,
     and the internal URLs of the identity, portals and invitations on ``ports``."""
     return test_env.service_env(
-        SMTP_HOST="127.0.0.1",
-        SMTP_PORT=str(stack_sink.port),
         PUBLIC_URL=public_url,
         ADMIN_EMAIL=ADMIN_EMAIL,
         ADMIN_PASSWORD=ADMIN_PASSWORD,
@@ -88,6 +86,9 @@ def stack_env(
         GATEWAY_API_KEY=API_KEY,
         # Defaults a test may override through extra_env.
         **{
+            # A test may put a proxy in front of the sink.
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(stack_sink.port),
             "MAILER_RETRY_BASE_SECONDS": "0.2",
             # The tests' webhook receivers listen on 127.0.0.x.
             "WEBHOOKS_ALLOW_PRIVATE": "true",

@@ -77,3 +77,20 @@ def test_a_public_url_links_cannot_be_built_on_is_refused_and_explained(
 def test_an_origin_is_a_public_url(monkeypatch: pytest.MonkeyPatch, value: str, base: str) -> None:
     monkeypatch.setenv("PUBLIC_URL", value)
     assert load_settings(CommonSettings).public_base == base
+
+
+def test_the_broker_url_asks_for_heartbeats_unless_amqp_url_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker black hole is noticed after about three heartbeats
+    (tests/faults/test_black_hole.py); aiormq's own 60 s took three minutes."""
+    for name in CommonSettings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    assert load_settings(CommonSettings).service_amqp_url("mailer").endswith("/?heartbeat=10")
+    monkeypatch.setenv("AMQP_HEARTBEAT_SECONDS", "4")
+    monkeypatch.setenv("AMQP_URL", "amqp://u:p@broker:5672/vhost?connection_timeout=3000")
+    assert load_settings(CommonSettings).service_amqp_url("mailer") == (
+        "amqp://u:p@broker:5672/vhost?connection_timeout=3000&heartbeat=4"
+    )
+    monkeypatch.setenv("AMQP_URL", "amqp://u:p@broker:5672/?heartbeat=30")
+    assert load_settings(CommonSettings).service_amqp_url("mailer").endswith("?heartbeat=30")

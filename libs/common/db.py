@@ -290,11 +290,18 @@ async def keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     trip per checkout for nothing: about 5 % of a busy service's CPU in py-spy."""
 
 
+# How long a listener's connection may take to answer its check (Listener.ensure).
+LISTEN_CHECK_SECONDS = 3.0
+# The check itself (what pg_stat_activity shows as the listener's last query).
+LISTEN_CHECK = "SELECT pg_listening_channels()"
+
+
 class Listener:
     """A ``LISTEN`` on a connection of its own (a pooled one would lose it when returned).
 
-    ``ensure()`` opens it, or opens it again after the database dropped it, and is meant
-    to be called at start and on every maintenance tick; a failure is logged as
+    ``ensure()`` opens it, or opens it again after the database dropped it or stopped
+    answering (a black hole, found by a round trip), and is meant to be called at start
+    and on every maintenance tick; a failure is logged as
     ``<name>_listen_failed`` and left to the next tick, since every listener here only
     hurries work that a poll finds anyway. ``close()`` ends it."""
 
@@ -310,7 +317,13 @@ class Listener:
 
     async def ensure(self) -> None:
         if self._conn is not None and not self._conn.is_closed():
-            return
+            if await self._answers():
+                return
+            # Open but silent (a black hole: the server gone without closing anything):
+            # it would wait for notifications forever, so it is dropped and opened anew.
+            log.warning(f"{self.name}_listen_lost", action="reconnecting")
+            conn, self._conn = self._conn, None
+            conn.terminate()
         try:
             self._conn = await asyncpg.connect(
                 self.dsn, timeout=5, server_settings=named(self.dsn, self.service)
@@ -319,6 +332,17 @@ class Listener:
         except Exception as exc:
             log.warning(f"{self.name}_listen_failed", error=type(exc).__name__)
             await self.close()
+
+    async def _answers(self) -> bool:
+        """Whether the held connection answers a round trip within LISTEN_CHECK_SECONDS:
+        nothing else tells a LISTEN connection whose server stopped answering (no TCP
+        keepalive here, and it never sends a query of its own)."""
+        assert self._conn is not None
+        try:
+            await self._conn.fetch(LISTEN_CHECK, timeout=LISTEN_CHECK_SECONDS)
+        except Exception:
+            return False
+        return True
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

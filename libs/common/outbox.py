@@ -38,6 +38,8 @@ from .tracing import carrier, resumed
 log = get_logger(__name__)
 
 BACKLOG_COUNT_SECONDS = 2.0
+# How often the relay checks that its LISTEN connection still answers (Listener.ensure).
+LISTEN_CHECK_EVERY_SECONDS = 10.0
 # An unroutable row waits 1, 2, 4 … seconds, at most this long, between tries.
 UNROUTABLE_MAX_PAUSE_SECONDS = 60
 # How long a relay held by a large request (OutboxRelay.held) waits at the most; after
@@ -453,8 +455,14 @@ class OutboxRelay:
         purge_every, since_purge = 600, 0
         loop = asyncio.get_running_loop()
         counted_at = -BACKLOG_COUNT_SECONDS
+        checked_at = loop.time()
         while not self._stopping:
             await self._while_held()
+            if loop.time() - checked_at >= LISTEN_CHECK_EVERY_SECONDS:
+                # A listener left silent by a database black hole would lose every wake-up
+                # for good (the poll still finds the rows, a second late each).
+                checked_at = loop.time()
+                await self._listener.ensure()
             try:
                 published = await self.flush_once()
                 # A short batch means nothing was left behind it (rows committed since are

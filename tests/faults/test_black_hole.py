@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +20,7 @@ import aio_pika
 import aiohttp
 import pytest
 
+from libs.common.db import LISTEN_CHECK
 from tests.faults.support import (
     Api,
     all_delivered,
@@ -143,6 +145,7 @@ async def test_database_black_holed_then_back(stack: Stack, holes: Holes) -> Non
             await api.invite(portal["id"], email)
         await all_delivered(stack, before, timeout=30)
 
+        listening = await _listening(stack)
         holes.database.swallow()
         try:
             during = unique_emails("pg-hole-during", 1)[0]
@@ -160,6 +163,7 @@ async def test_database_black_holed_then_back(stack: Stack, holes: Holes) -> Non
         finally:
             holes.database.restore()
         restored = time.monotonic()
+        restored_at = (await fetch(stack, "SELECT now() AS t"))[0]["t"]
         healed_ready = await wait_until(lambda: _all_ready(stack), 60, "every service ready")
         after = unique_emails("pg-hole-after", 3)
         for email in after:
@@ -168,6 +172,13 @@ async def test_database_black_holed_then_back(stack: Stack, holes: Holes) -> Non
         await all_delivered(stack, after, timeout=60)
         await outboxes_drained(stack)
         await deliveries_settled(stack)
+
+        # Every LISTEN connection lost in the hole is noticed and opened anew: kept, it
+        # waits for notifications forever, and every wake-up is lost until a restart.
+        async def listening_again() -> bool:
+            return await _listening(stack, since=restored_at) >= listening
+
+        await wait_until(listening_again, 30, f"LISTEN connections anew for {listening}")
         made_during = await fetch(
             stack,
             "SELECT count(*) AS n FROM invitations.invitations WHERE email_lower = $1",
@@ -249,6 +260,21 @@ async def test_broker_black_holed_then_back(stack: Stack, holes: Holes) -> None:
         assert dead == dict.fromkeys(dead, 0)
     finally:
         await api.close()
+
+
+async def _listening(stack: Stack, since: Any = None) -> Counter[str]:
+    """The services' LISTEN connections by name (opened after ``since``): their last
+    query is the LISTEN or the listener's check."""
+    rows = await fetch(
+        stack,
+        "SELECT application_name AS name FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name LIKE 'clientpress-%'"
+        "   AND (query LIKE 'LISTEN %' OR query = $1)"
+        "   AND ($2::timestamptz IS NULL OR backend_start > $2)",
+        LISTEN_CHECK,
+        since,
+    )
+    return Counter(row["name"] for row in rows)
 
 
 async def _sessions(stack: Stack) -> list[tuple[Any, ...]]:

@@ -484,7 +484,15 @@ class OutboxRelay:
                         "DELETE FROM outbox WHERE published_at < now() - interval '1 hour'"
                     )
             except asyncio.CancelledError:
-                raise
+                task = asyncio.current_task()
+                if self._stopping or task is None or task.cancelling():
+                    raise
+                # Not this task's cancellation but one a library let through (aiormq ends
+                # a connection it found stuck by cancelling it): passed on, it ended the
+                # relay for good and nothing was published again until a restart.
+                log.warning("outbox_relay_retry", error="CancelledError", blocked=self.bus.blocked)
+                await asyncio.sleep(1.0)
+                continue
             except Exception as exc:
                 # Broker or database away: keep the rows, try again shortly.
                 # A publish that timed out under a broker's resource alarm says nothing of

@@ -139,6 +139,47 @@ async def test_events_appended_together_are_published_in_the_order_given(
     await bus.close()
 
 
+async def test_a_stray_cancellation_of_a_publish_leaves_the_relay_running(
+    test_env: TestEnv, probe_schema: ProbePool
+) -> None:
+    """A CancelledError from under a publish that was not the relay's own cancellation (a
+    library cancelling what it waited on) ended the relay's task: nothing was published
+    again until a restart."""
+    bus = Bus(test_env.amqp_url, test_env.bus_prefix, "probe3")
+    await bus.connect()
+    connection = await aio_pika.connect(test_env.amqp_url)
+    channel = await connection.channel()
+    got = await _collect(bus, channel, "identity.user.disabled")
+    relay = OutboxRelay(probe_schema.pool, bus, probe_schema.schema, test_env.database_url)
+    publish, calls = bus.publish, 0
+
+    async def cancelled_once(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncio.CancelledError
+        await publish(*args, **kwargs)
+
+    bus.publish = cancelled_once  # type: ignore[method-assign]
+    running = asyncio.create_task(relay.run())
+    try:
+        envelope = make_event(
+            "identity.user.disabled", UserDisabled(user_id=uuid.uuid4()), source="test"
+        )
+        async with probe_schema.acquire() as conn, conn.transaction():
+            await append(conn, envelope)
+        message = await asyncio.wait_for(got.get(), 15)
+        assert message.message_id == str(envelope.id) and calls == 2
+        assert not running.done()
+    finally:
+        await relay.drain(timeout=1.0)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await connection.close()
+        await bus.close()
+
+
 async def test_a_change_and_its_event_are_written_together_or_not_at_all(
     probe_schema: ProbePool,
 ) -> None:

@@ -61,6 +61,9 @@ class Envelope(BaseModel):
 Event = tuple[Envelope, EventData]
 
 Role = Literal["administrator", "staff", "client"]
+# What a role may do, least to most: a role is raised when its rank goes up (identity ends
+# the account's sessions), and accepting a staff invitation never lowers one.
+ROLE_RANK = {"client": 0, "staff": 1, "administrator": 2}
 
 
 class UserCreated(EventData):

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from libs.common.errors import InvalidInput
+from libs.common.events import ROLE_RANK
 from libs.common.passwords import password_problem
 from libs.common.text import clean_line
 
@@ -18,9 +19,8 @@ ROLES: tuple[Role, ...] = ("administrator", "staff", "client")
 
 
 def raises(previous: str, role: Role) -> bool:
-    """``role`` gives more than ``previous`` (ROLES runs from the most to the least)."""
-    rank: dict[str, int] = {name: at for at, name in enumerate(ROLES)}
-    return rank[role] < rank.get(previous, len(ROLES))
+    """``role`` gives more than ``previous``."""
+    return ROLE_RANK[role] > ROLE_RANK.get(previous, 0)
 
 
 # What an integration key may do in the public JSON API (the gateway maps each /api/v1

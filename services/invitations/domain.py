@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from libs.common import text
 from libs.common.errors import Conflict, Gone, InvalidInput, RateLimited
+from libs.common.events import ROLE_RANK
 
 Clock = Callable[[], datetime]
 Status = Literal["pending", "accepted", "revoked", "expired"]
@@ -419,9 +420,6 @@ def check_portal_accepts(status: str) -> None:
 # --- staff invitations (Users → Invite Staff) -------------------------------------------
 STAFF_ROLES = ("administrator", "staff")
 ROLE_NAMES = {"administrator": "Administrator", "staff": "Staff", "client": "Client"}
-# Accepting a staff invitation never lowers a role: an account keeps the higher of its
-# own and the invited one.
-ROLE_RANK = {"client": 0, "staff": 1, "administrator": 2}
 
 
 def check_staff_role(role: str) -> str:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from libs.common.errors import Conflict, DomainError
+from libs.common.events import ROLE_RANK
 from libs.common.logging import get_logger
 
 from ..answers import AcceptedLink, LinkedInvitation, UserAnswer, ValidatedLink
@@ -24,9 +25,8 @@ class AccountExists(Conflict):
     code = "account_exists"
 
 
-# Accepting a staff invitation never lowers a role (an Administrator invited as Staff
-# stays an Administrator, and the page says so).
-ROLE_RANK = {"client": 0, "staff": 1, "administrator": 2}
+# Accepting a staff invitation never lowers a role (ROLE_RANK: an Administrator invited
+# as Staff stays an Administrator, and the page says so).
 ROLE_NAMES = {
     "administrator": N_("Administrator"),
     "staff": N_("Staff"),

@@ -32,11 +32,11 @@ def check_media_type(headers: Mapping[str, str], content_type: str, charset: str
         raise UnsupportedMediaType(NOT_UTF8)
 
 
-def parse_json(body: bytes, *, repeated_keys: bool = True) -> tuple[bytes, Any]:
+def parse_json(body: bytes) -> tuple[bytes, Any]:
     """The body (without a UTF-8 byte order mark, which RFC 8259 lets a reader ignore) and
-    its value; 400 ``invalid_json`` saying why it can't be read. ``repeated_keys``: look
-    for a key given twice (a second, slower reading: not for a body another ClientPress
-    service wrote from a model, where there can be none)."""
+    its value; 400 ``invalid_json`` saying why it can't be read. A key given twice is
+    :func:`refuse_repeated_keys`' to find (a second, slower reading: not for a body
+    another ClientPress service wrote from a model, where there can be none)."""
     if body.startswith(_BOM):
         body = body[len(_BOM) :]
     if not body.strip():
@@ -52,8 +52,6 @@ def parse_json(body: bytes, *, repeated_keys: bool = True) -> tuple[bytes, Any]:
             raise Unreadable(NOT_UTF8) from None
         # orjson's reason and where: "unexpected character ...: line 1 column 9 (char 8)".
         raise Unreadable(f"The request body must be JSON: {exc}.") from None
-    if repeated_keys:
-        refuse_repeated_keys(body)
     return body, value
 
 

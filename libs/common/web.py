@@ -243,7 +243,7 @@ async def read_json(
     if not any_type:
         check_media_type(request.headers, request.content_type, request.charset)
     body = await (read_body(request, limit) if limit is not None else request.read())
-    body, raw = parse_json(body, repeated_keys=False)
+    body, raw = parse_json(body)
     if check is not None:
         check(raw)
     if PROVEN_CALLER not in request:

@@ -38,7 +38,7 @@ async def migrated_schemas(test_env: TestEnv) -> TestEnv:
     for schema in ("identity", "portals", "invitations", "mailer", "gateway"):
         directory = ROOT / "services" / schema / "migrations"
         if directory.is_dir():
-            await migrate(test_env.database_url, schema, directory)
+            await migrate(test_env.database_url_as(schema), schema, directory)
     return test_env
 
 

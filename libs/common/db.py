@@ -479,7 +479,12 @@ async def _recorded(conn: asyncpg.Connection[asyncpg.Record], schema: str) -> se
     recorded there: a current schema is read once, not file by file."""
     async with conn.transaction():
         await xact_lock(conn, f"migrate:{schema}")
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        # A service's own role may not create schemas (libs/common/database_roles.py made
+        # it its schema), and CREATE SCHEMA IF NOT EXISTS checks that right first.
+        if not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema
+        ):
+            await conn.execute(f"CREATE SCHEMA {schema}")
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ("
             " version text PRIMARY KEY, name text NOT NULL,"

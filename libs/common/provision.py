@@ -1,4 +1,5 @@
-"""Apply the broker's trust table (libs/common/broker.py) with administrator credentials.
+"""Apply the broker's trust table (libs/common/broker.py) with administrator credentials,
+and make the services' database roles (``database``, libs/common/database_roles.py).
 
 ``python -m libs.common.provision provision`` imports the definitions through the
 management API (``BROKER_MANAGEMENT_URL``, default ``http://<AMQP host>:15672``), or,
@@ -23,8 +24,9 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aio_pika
 import aiohttp
+import asyncpg
 
-from . import broker
+from . import broker, database_roles
 
 
 class ProvisionError(Exception):
@@ -184,13 +186,16 @@ async def remove_users(admin_amqp_url: str, users: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m libs.common.provision")
-    parser.add_argument("command", choices=["provision", "definitions"])
+    parser.add_argument("command", choices=["provision", "definitions", "database"])
     parser.add_argument(
         "--admin-user",
         default=os.environ.get("BROKER_ADMIN_USER", ""),
         help="definitions: also define this administrator (password from BROKER_ADMIN_PASSWORD)",
     )
     args = parser.parse_args(argv)
+    if args.command == "database":
+        provision_database()
+        return
     amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     prefix = os.environ.get("BUS_PREFIX", "clientpress")
     passwords = broker.passwords_from_env()
@@ -233,6 +238,21 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1) from None
     users = [broker.broker_user(prefix, s) for s in broker.SERVICES] + list(integrations)
     print(f"clientpress: broker users provisioned through the {how}: {', '.join(users)}")
+
+
+def provision_database() -> None:
+    """``database``: every service's own role in DATABASE_URL's database (the
+    administrator's URL), passwords from ``<SERVICE>_DATABASE_PASSWORD``."""
+    url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/clientpress")
+    try:
+        roles = asyncio.run(database_roles.provision(url, database_roles.passwords_from_env()))
+    except database_roles.RoleError as exc:
+        print(f"clientpress: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"clientpress: the database refused: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"clientpress: database roles provisioned, each owning its schema: {', '.join(roles)}")
 
 
 if __name__ == "__main__":

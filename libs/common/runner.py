@@ -88,7 +88,7 @@ def main(
         if schema is None or migrations is None:
             log.info("no_migrations", service=service)
             return
-        asyncio.run(migrate(settings.database_url, schema, migrations))
+        asyncio.run(migrate(settings.service_database_url(service), schema, migrations))
         return
     try:
         check_broker_user(settings, service)

@@ -17,6 +17,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from . import database_roles
 from .broker import broker_user, user_of, with_credentials, with_heartbeat
 from .protocol import BODY_TIMEOUT_SECONDS, HEAD_TIMEOUT_SECONDS
 from .sealing import DEVELOPMENT_KEY, WEBHOOK_DEVELOPMENT_KEY, Sealer, sealer_for
@@ -45,6 +46,10 @@ _URL_SCHEMES = {
     "database_url": (frozenset({"postgres", "postgresql"}), "a postgresql:// URL"),
     "amqp_url": (frozenset({"amqp", "amqps"}), "an amqp:// or amqps:// URL"),
 }
+
+
+# Each service's own login to the broker and to the database.
+_SERVICE_PASSWORDS = ("_broker_password", "_database_password")
 
 
 class ConfigError(Exception):
@@ -147,8 +152,8 @@ class CommonSettings(BaseSettings):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _empty_broker_password_is_unset(cls, value: object, info: ValidationInfo) -> object:
-        if info.field_name and info.field_name.endswith("_broker_password") and value == "":
+    def _empty_service_password_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        if info.field_name and info.field_name.endswith(_SERVICE_PASSWORDS) and value == "":
             return None
         return value
 
@@ -164,6 +169,16 @@ class CommonSettings(BaseSettings):
                 url, broker_user(self.bus_prefix, service), password.get_secret_value()
             )
         return with_heartbeat(url, self.amqp_heartbeat_seconds)
+
+    def service_database_url(self, service: str) -> str:
+        """The URL this service connects with: DATABASE_URL's server and database, logged
+        in as the service's own role ``<database>_<service>`` when
+        ``<SERVICE>_DATABASE_PASSWORD`` is set (libs/common/database_roles.py); otherwise
+        DATABASE_URL as it is."""
+        password = getattr(self, f"{service}_database_password", None)
+        if password is None:
+            return self.database_url
+        return database_roles.service_url(self.database_url, service, password.get_secret_value())
 
     def listen(self, service: str) -> tuple[str, int]:
         """Where the service serves its API: ``<SERVICE>_HOST`` and ``<SERVICE>_PORT``."""

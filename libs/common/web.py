@@ -719,7 +719,9 @@ def add_database(
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await _retry(
-            "database", lambda: create_pool(settings.database_url, schema, max_size=max_size)
+            "database",
+            # Each service's schema bears its name, and so does its database role.
+            lambda: create_pool(settings.service_database_url(schema), schema, max_size=max_size),
         )
         yield
         await app[POOL].close()
@@ -827,7 +829,7 @@ def add_bus(
             nonlocal relay_task
             await _connect_patiently(bus)
             if schema is not None:
-                relay = OutboxRelay(app[POOL], bus, schema, settings.database_url)
+                relay = OutboxRelay(app[POOL], bus, schema, settings.service_database_url(service))
                 parts.relay = relay
                 relay_task = asyncio.create_task(relay.run(), name=f"{service}-outbox-relay")
             if handlers:

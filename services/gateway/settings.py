@@ -17,6 +17,8 @@ COOKIE_PREFIX = "__Host-"
 class GatewaySettings(CommonSettings):
     # This service's own broker user (gateway's password; see CommonSettings.service_amqp_url).
     gateway_broker_password: SecretStr | None = None
+    # This service's own database role (see CommonSettings.service_database_url).
+    gateway_database_password: SecretStr | None = None
     gateway_host: str = "0.0.0.0"  # noqa: S104 - the public entry listens on every interface
     gateway_management_port: int = management_port_field("gateway", 9080)
     identity_url: str = "http://127.0.0.1:8101"

@@ -19,6 +19,8 @@ def default_hash_concurrency() -> int:
 class IdentitySettings(CommonSettings):
     # This service's own broker user (identity's password; see CommonSettings.service_amqp_url).
     identity_broker_password: SecretStr | None = None
+    # This service's own database role (see CommonSettings.service_database_url).
+    identity_database_password: SecretStr | None = None
     identity_host: str = "127.0.0.1"
     identity_port: int = port_field(8101)
     identity_management_port: int = management_port_field("identity", 9101)

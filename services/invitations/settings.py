@@ -10,6 +10,8 @@ from libs.common.settings import CommonSettings, management_port_field, port_fie
 class InvitationsSettings(CommonSettings):
     # This service's own broker user (invitations's password; see CommonSettings.service_amqp_url).
     invitations_broker_password: SecretStr | None = None
+    # This service's own database role (see CommonSettings.service_database_url).
+    invitations_database_password: SecretStr | None = None
     invitations_host: str = "127.0.0.1"
     invitations_port: int = port_field(8103)
     invitations_management_port: int = management_port_field("invitations", 9103)

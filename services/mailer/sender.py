@@ -106,7 +106,7 @@ class Sender:
         self._workers: list[asyncio.Task[None]] = []
         self._maintenance: asyncio.Task[None] | None = None
         self._listener = Listener(
-            settings.database_url,
+            settings.service_database_url("mailer"),
             repository.WAKE_CHANNEL,
             self.wake_one,
             name="mailer",

@@ -56,6 +56,8 @@ class MailerSettings(CommonSettings):
     mailer_smtp_allow_plaintext_auth: bool = False
     # This service's own broker user (mailer's password; see CommonSettings.service_amqp_url).
     mailer_broker_password: SecretStr | None = None
+    # This service's own database role (see CommonSettings.service_database_url).
+    mailer_database_password: SecretStr | None = None
     mailer_host: str = "127.0.0.1"
     mailer_port: int = port_field(8104)
     mailer_management_port: int = management_port_field("mailer", 9104)

@@ -177,7 +177,7 @@ async def test_new_code_waits_for_its_schema_while_the_previous_release_keeps_se
                         assert resp.status == 200, await resp.text()
 
             applied, _ = await asyncio.gather(
-                migrate(own_env.database_url, "portals", next_migrations), traffic()
+                migrate(own_env.database_url_as("portals"), "portals", next_migrations), traffic()
             )
             assert applied == [next(next_migrations.glob("*_test_additive.sql")).name]
 

@@ -16,7 +16,7 @@ import aio_pika
 import aiohttp
 import asyncpg
 
-from libs.common import broker
+from libs.common import broker, database_roles
 from libs.common.provision import provision, remove_limits, remove_users
 from libs.common.service_auth import (
     HEADER,
@@ -100,6 +100,9 @@ class TestEnv:
     bus_prefix: str
     broker_passwords: dict[str, str] = field(default_factory=broker.new_passwords)
     integration_password: str = field(default_factory=lambda: broker.new_passwords(["x"])["x"])
+    # Each service logs in to the database as its own role, as deployments do
+    # (libs/common/database_roles.py), so every test with services checks they need no more.
+    database_passwords: dict[str, str] = field(default_factory=database_roles.new_passwords)
 
     @property
     def integration_user(self) -> str:
@@ -122,8 +125,16 @@ class TestEnv:
         )
         for service, password in self.broker_passwords.items():
             env[f"{service.upper()}_BROKER_PASSWORD"] = password
+        for service, password in self.database_passwords.items():
+            env[f"{service.upper()}_DATABASE_PASSWORD"] = password
         env.update(extra)
         return env
+
+    def database_url_as(self, service: str) -> str:
+        """The database as one service's own role (what that service may do, and no more)."""
+        return database_roles.service_url(
+            self.database_url, service, self.database_passwords[service]
+        )
 
     def amqp_url_as(self, service: str) -> str:
         """The broker as one service's own user (publishing as that service)."""
@@ -195,6 +206,7 @@ async def provisioned(env: TestEnv) -> AsyncIterator[TestEnv]:
     admin = await asyncpg.connect(env.admin_url)
     await admin.execute(f'CREATE DATABASE "{env.database_name}"')
     await admin.close()
+    await database_roles.provision(env.database_url, env.database_passwords)
     await provision(
         env.amqp_url,
         env.bus_prefix,
@@ -214,6 +226,7 @@ async def provisioned(env: TestEnv) -> AsyncIterator[TestEnv]:
         admin = await asyncpg.connect(env.admin_url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{env.database_name}" WITH (FORCE)')
         await admin.close()
+        await database_roles.drop(env.database_url)
 
 
 async def drop_bus(env: TestEnv) -> None:

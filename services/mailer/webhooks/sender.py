@@ -56,7 +56,7 @@ class WebhookSender:
         self._maintenance: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._listener = Listener(
-            settings.database_url,
+            settings.service_database_url("mailer"),
             repository.WAKE_CHANNEL,
             self.wake,
             name="webhook",

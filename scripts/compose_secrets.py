@@ -24,6 +24,9 @@ ENV_FILE = Path(__file__).resolve().parents[1] / "deploy" / ".env"
 def wanted() -> dict[str, str]:
     values = {f"{s.upper()}_BROKER_PASSWORD": secrets.token_urlsafe(24) for s in broker.SERVICES}
     values.update(
+        {f"{s.upper()}_DATABASE_PASSWORD": secrets.token_urlsafe(24) for s in broker.SERVICES}
+    )
+    values.update(
         CRM_BROKER_PASSWORD=secrets.token_urlsafe(24),
         BROKER_ADMIN_PASSWORD=secrets.token_urlsafe(24),
         MAIL_JOB_KEY=new_key(),

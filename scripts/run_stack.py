@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import asyncpg
 
-from libs.common import broker
+from libs.common import broker, database_roles
 from libs.common.provision import ProvisionError, provision
 from libs.common.sealing import new_key
 from libs.common.service_auth import encode_private, generate, public_table_text, write_private
@@ -136,6 +136,8 @@ def start_mail_catcher(env: dict[str, str], procs: list[subprocess.Popen[bytes]]
 
 
 INTEGRATION = "crm"
+# Each service's own login to the broker and to the database.
+OWN_LOGINS = ("BROKER", "DATABASE")
 
 
 def local_secrets(env: dict[str, str]) -> dict[str, str]:
@@ -143,7 +145,7 @@ def local_secrets(env: dict[str, str]) -> dict[str, str]:
     its owner reads it), so a restart keeps the same users; variables set win."""
     path = RUN_DIR / "secrets.json"
     stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    names = [f"{s.upper()}_BROKER_PASSWORD" for s in broker.SERVICES]
+    names = [f"{s.upper()}_{kind}_PASSWORD" for s in broker.SERVICES for kind in OWN_LOGINS]
     for name in [*names, "CRM_BROKER_PASSWORD"]:
         stored.setdefault(name, broker.new_passwords(["x"])["x"])
     stored.setdefault("MAIL_JOB_KEY", new_key())
@@ -176,13 +178,31 @@ def provision_broker(env: dict[str, str], secrets: dict[str, str]) -> str | None
     return broker.with_credentials(amqp_url, integration, secrets["CRM_BROKER_PASSWORD"])
 
 
+def provision_database(env: dict[str, str], secrets: dict[str, str]) -> bool:
+    """Each service's own database role, owner of its schema alone, made with
+    DATABASE_URL's login (the local administrator). False when that login may not: the
+    services then share it, as before, and the run says so."""
+    url = env.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/clientpress")
+    passwords = {s: secrets[f"{s.upper()}_DATABASE_PASSWORD"] for s in broker.SERVICES}
+    try:
+        asyncio.run(database_roles.provision(url, passwords))
+    except (OSError, asyncpg.PostgresError, database_roles.RoleError) as exc:
+        say(f"could not create the database roles ({exc}): the services share DATABASE_URL's login")
+        return False
+    return True
+
+
 def service_env(env: dict[str, str], secrets: dict[str, str], name: str) -> dict[str, str]:
-    """What one service gets: its own broker password (never another's), and the mail-job
-    key only where mail jobs are sealed or opened."""
+    """What one service gets: its own broker and database passwords (never another's), and
+    the mail-job key only where mail jobs are sealed or opened."""
     own = dict(env)
     for service in broker.SERVICES:
-        own.pop(f"{service.upper()}_BROKER_PASSWORD", None)
-    own[f"{name.upper()}_BROKER_PASSWORD"] = secrets[f"{name.upper()}_BROKER_PASSWORD"]
+        for kind in OWN_LOGINS:
+            own.pop(f"{service.upper()}_{kind}_PASSWORD", None)
+    for kind in OWN_LOGINS:
+        variable = f"{name.upper()}_{kind}_PASSWORD"
+        if variable in secrets:
+            own[variable] = secrets[variable]
     if name in ("identity", "invitations", "mailer"):
         own["MAIL_JOB_KEY"] = secrets["MAIL_JOB_KEY"]
     else:
@@ -241,11 +261,17 @@ def main() -> int:
     RUN_DIR.mkdir(exist_ok=True)
     if not asyncio.run(check_dependencies(env)):
         return 1
+    secrets = local_secrets(env)
+    if provision_database(env, secrets):
+        say("database roles ready (one per service, each owning its schema alone)")
+    else:
+        for service in broker.SERVICES:
+            secrets.pop(f"{service.upper()}_DATABASE_PASSWORD")
     for name in MIGRATED:
         result = subprocess.run(
             [sys.executable, "-m", f"services.{name}", "migrate"],
             cwd=ROOT,
-            env=env,
+            env=service_env(env, secrets, name),
             capture_output=True,
             text=True,
             check=False,
@@ -254,7 +280,6 @@ def main() -> int:
             say(f"migrating {name} failed:\n{result.stdout}{result.stderr}")
             return 1
     say("migrations applied")
-    secrets = local_secrets(env)
     integration_url = provision_broker(env, secrets)
     if integration_url is None:
         return 1

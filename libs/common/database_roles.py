@@ -110,71 +110,81 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 # Every kind of relation a migration can make, and the statement that hands it over.
 # Indexes and the sequences of serial or identity columns go with their table.
 _OWNED = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE"}
+_HAND_OVER = """DO $clientpress$
+DECLARE
+    item record;
+BEGIN
+    FOR item IN
+        SELECT c.relname, CASE c.relkind::text {cases} END AS kind
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = {schema} AND c.relkind::text IN ({kinds})
+          AND pg_get_userbyid(c.relowner) <> {role}
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                          AND d.objid = c.oid AND d.deptype IN ('a', 'i'))
+    LOOP
+        EXECUTE format('ALTER %s %I.%I OWNER TO %I', item.kind, {schema}, item.relname, {role});
+    END LOOP;
+END
+$clientpress$;"""
+
+
+def script(database: str, passwords: Mapping[str, str]) -> str:
+    """The SQL that makes (or updates) every service's role and gives it its schema, for
+    the database administrator to run in ``database``: what :func:`provision` runs, and
+    what ``python -m libs.common.provision database-sql`` prints for a server that runs
+    it at its first start (the local Kubernetes overlay) or an operator's own tooling.
+    Idempotent; it holds each password only as its verifier."""
+    missing = [s for s in SERVICES if s not in passwords]
+    if missing:
+        names = ", ".join(f"{s.upper()}_DATABASE_PASSWORD" for s in missing)
+        raise RoleError(f"set {names} (one secret per service)")
+    cases = " ".join(f"WHEN {_literal(k)} THEN {_literal(v)}" for k, v in _OWNED.items())
+    kinds = ", ".join(_literal(k) for k in _OWNED)
+    statements = []
+    for service in SERVICES:
+        role = role_name(database, service)
+        statements += [
+            f"-- {service}: the role {role}, owner of the schema {service} alone",
+            "DO $clientpress$ BEGIN"
+            f" IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {_literal(role)})"
+            f" THEN CREATE ROLE {_ident(role)}; END IF; END $clientpress$;",
+            f"ALTER ROLE {_ident(role)} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"
+            f" NOREPLICATION NOBYPASSRLS INHERIT PASSWORD"
+            f" {_literal(scram_verifier(passwords[service]))};",
+            f"GRANT CONNECT ON DATABASE {_ident(database)} TO {_ident(role)};",
+            f"CREATE SCHEMA IF NOT EXISTS {_ident(service)} AUTHORIZATION {_ident(role)};",
+            f"ALTER SCHEMA {_ident(service)} OWNER TO {_ident(role)};",
+            f"REVOKE ALL ON SCHEMA {_ident(service)} FROM PUBLIC;",
+            # What an earlier release (or a migration run as the administrator) made in it.
+            _HAND_OVER.format(
+                cases=cases, kinds=kinds, schema=_literal(service), role=_literal(role)
+            ),
+        ]
+    return "\n".join(statements) + "\n"
 
 
 async def provision(admin_url: str, passwords: Mapping[str, str]) -> list[str]:
     """Make (or update) every service's role and give it its schema; returns the roles.
     Idempotent: run it at installation and after every upgrade, as the broker's is."""
-    missing = [s for s in SERVICES if s not in passwords]
-    if missing:
-        names = ", ".join(f"{s.upper()}_DATABASE_PASSWORD" for s in missing)
-        raise RoleError(f"set {names} (one secret per service)")
     database = database_of(admin_url)
-    roles = {service: role_name(database, service) for service in SERVICES}
-    verifiers = {service: scram_verifier(passwords[service]) for service in SERVICES}
+    sql = script(database, passwords)
     await ensure_database(admin_url)
     conn = await asyncpg.connect(admin_url, timeout=10)
     try:
-        for service in SERVICES:
-            async with conn.transaction():
-                # Two runs at once (replicas of a setup job) take turns.
-                await xact_lock(conn, f"roles:{roles[service]}")
-                await _role(conn, roles[service], verifiers[service], database)
-                await _schema(conn, service, roles[service])
+        async with conn.transaction():
+            # Two runs at once (replicas of a setup job) take turns.
+            await xact_lock(conn, f"roles:{database}")
+            await conn.execute(sql)
     finally:
         await conn.close()
-    return list(roles.values())
-
-
-async def _role(
-    conn: asyncpg.Connection[asyncpg.Record], role: str, verifier: str, database: str
-) -> None:
-    exists = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role)
-    # A verifier is not a secret worth hiding from the server (it stores exactly this), and
-    # utility statements take no parameters: it is quoted as a literal.
-    literal = "'" + verifier.replace("'", "''") + "'"
-    attributes = (
-        "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
-        f" PASSWORD {literal}"
-    )
-    verb = "ALTER" if exists else "CREATE"
-    await conn.execute(f"{verb} ROLE {_ident(role)} WITH {attributes}")
-    await conn.execute(f"GRANT CONNECT ON DATABASE {_ident(database)} TO {_ident(role)}")
-
-
-async def _schema(conn: asyncpg.Connection[asyncpg.Record], schema: str, role: str) -> None:
-    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)} AUTHORIZATION {_ident(role)}")
-    await conn.execute(f"ALTER SCHEMA {_ident(schema)} OWNER TO {_ident(role)}")
-    await conn.execute(f"REVOKE ALL ON SCHEMA {_ident(schema)} FROM PUBLIC")
-    # What an earlier release (or a migration run as the administrator) made in it.
-    rows = await conn.fetch(
-        "SELECT c.relname, c.relkind::text AS relkind FROM pg_class c"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = $1 AND c.relkind::text = ANY($2::text[])"
-        " AND pg_get_userbyid(c.relowner) <> $3"
-        " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass"
-        "   AND d.objid = c.oid AND d.deptype IN ('a', 'i'))",
-        schema,
-        list(_OWNED),
-        role,
-    )
-    for row in rows:
-        kind = _OWNED[row["relkind"]]
-        name = f"{_ident(schema)}.{_ident(row['relname'])}"
-        await conn.execute(f"ALTER {kind} {name} OWNER TO {_ident(role)}")
+    return [role_name(database, service) for service in SERVICES]
 
 
 async def drop(admin_url: str) -> None:

@@ -186,15 +186,15 @@ async def remove_users(admin_amqp_url: str, users: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m libs.common.provision")
-    parser.add_argument("command", choices=["provision", "definitions", "database"])
+    parser.add_argument("command", choices=["provision", "definitions", "database", "database-sql"])
     parser.add_argument(
         "--admin-user",
         default=os.environ.get("BROKER_ADMIN_USER", ""),
         help="definitions: also define this administrator (password from BROKER_ADMIN_PASSWORD)",
     )
     args = parser.parse_args(argv)
-    if args.command == "database":
-        provision_database()
+    if args.command in ("database", "database-sql"):
+        provision_database(print_only=args.command == "database-sql")
         return
     amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     prefix = os.environ.get("BUS_PREFIX", "clientpress")
@@ -240,12 +240,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"clientpress: broker users provisioned through the {how}: {', '.join(users)}")
 
 
-def provision_database() -> None:
+def provision_database(*, print_only: bool) -> None:
     """``database``: every service's own role in DATABASE_URL's database (the
-    administrator's URL), passwords from ``<SERVICE>_DATABASE_PASSWORD``."""
+    administrator's URL), passwords from ``<SERVICE>_DATABASE_PASSWORD``; ``database-sql``
+    prints the SQL instead (DATABASE_URL names the database only)."""
     url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/clientpress")
+    passwords = database_roles.passwords_from_env()
     try:
-        roles = asyncio.run(database_roles.provision(url, database_roles.passwords_from_env()))
+        if print_only:
+            sys.stdout.write(database_roles.script(database_roles.database_of(url), passwords))
+            return
+        roles = asyncio.run(database_roles.provision(url, passwords))
     except database_roles.RoleError as exc:
         print(f"clientpress: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -249,6 +249,11 @@ KNOWN_SECRETS = frozenset(
         "local-mailer-broker-password",
         "local-gateway-broker-password",
         "local-crm-broker-password",
+        "local-identity-database-password",
+        "local-portals-database-password",
+        "local-invitations-database-password",
+        "local-mailer-database-password",
+        "local-gateway-database-password",
         "bG9jYWwtb3ZlcmxheS1tYWlsLWpvYi1rZXktMDAwMDA=",
         "bG9jYWwtb3ZlcmxheS13ZWJob29rLXNlY3JldHMtMDA=",
     }

@@ -61,6 +61,8 @@ MANAGEMENT_PORTS = {
 SERVICES = tuple(PORTS)
 SCHEMA_SERVICES = ("identity", "portals", "invitations", "mailer", "gateway")
 BACKING = {"postgres", "rabbitmq", "mailpit"}
+# compose's one-shot containers of the clientpress image, before the services start
+ONE_SHOTS = {"migrate", "broker-setup", "database-setup"}
 # Names that are not service settings but belong to the packaging itself.
 IMAGE_VARIABLES = {"SERVICE"}  # picks the service in the image's entrypoint
 COMPOSE_ONLY_PREFIX = "CLIENTPRESS_"  # compose's own knobs (image tag, env file)
@@ -68,6 +70,8 @@ COMPOSE_ONLY_PREFIX = "CLIENTPRESS_"  # compose's own knobs (image tag, env file
 # never through the shared env file; k8s mounts each into its own Deployment only).
 OWN_SECRETS = {
     **{f"{s.upper()}_BROKER_PASSWORD": {s} for s in PORTS},
+    # compose's one-shot `migrate` runs every schema's migrations, each as its own role
+    **{f"{s.upper()}_DATABASE_PASSWORD": {s, "migrate"} for s in PORTS},
     "MAIL_JOB_KEY": {"identity", "invitations", "mailer"},
     "WEBHOOK_SECRET_KEY": {"mailer"},
     "ADMIN_PASSWORD": {"identity"},
@@ -238,9 +242,8 @@ def test_env_example_values_fit_the_containers() -> None:
     assert values["PORTALS_URL"] == "http://portals:8102"
     assert values["INVITATIONS_URL"] == "http://invitations:8103"
     assert values["SMTP_HOST"] == "mailpit" and values["SMTP_PORT"] == "1025"
-    assert (
-        values["DATABASE_URL"] == "postgresql://clientpress:clientpress@postgres:5432/clientpress"
-    )
+    # the server and database only: each service logs in as its own role
+    assert values["DATABASE_URL"] == "postgresql://postgres:5432/clientpress"
     # the broker's address only: each service logs in as its own user
     assert values["AMQP_URL"] == "amqp://rabbitmq:5672/"
     assert values["PUBLIC_URL"] == "http://localhost:8080"
@@ -301,8 +304,8 @@ def app_services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_compose_has_the_whole_stack(compose_config: dict[str, Any]) -> None:
-    assert set(compose_config["services"]) == {*SERVICES, "migrate", "broker-setup", *BACKING}
-    assert set(app_services(compose_config)) == {*SERVICES, "migrate", "broker-setup"}
+    assert set(compose_config["services"]) == {*SERVICES, *ONE_SHOTS, *BACKING}
+    assert set(app_services(compose_config)) == {*SERVICES, *ONE_SHOTS}
     assert compose_config["services"]["postgres"]["image"] == "postgres:16"
     assert compose_config["services"]["rabbitmq"]["image"] == "rabbitmq:3.13-management"
     assert compose_config["services"]["mailpit"]["image"].startswith("axllent/mailpit")
@@ -321,7 +324,11 @@ def test_compose_services_build_the_image_and_wait_for_their_dependencies(
             assert depends["rabbitmq"]["condition"] == "service_healthy"
             continue
         assert depends["postgres"]["condition"] == "service_healthy", name
+        if name == "database-setup":
+            continue
         if name == "migrate":
+            # each schema migrated by its own role, which database-setup makes
+            assert depends["database-setup"]["condition"] == "service_completed_successfully"
             continue
         assert depends["rabbitmq"]["condition"] == "service_healthy", name
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
@@ -370,7 +377,7 @@ def test_compose_publishes_only_the_gateway_and_the_inboxes(
 def test_compose_names_exactly_the_known_variables(compose_config: dict[str, Any]) -> None:
     known = known_names()
     for name, svc in app_services(compose_config).items():
-        if name == "broker-setup":
+        if name in ("broker-setup", "database-setup"):
             continue  # the provisioning's own variables (libs/common/provision.py)
         env = set(svc.get("environment", {}))
         unknown = {
@@ -395,7 +402,7 @@ def test_compose_gives_each_service_only_its_own_key(compose_config: dict[str, A
         env = svc["environment"]
         leaked = {n for n in env if n.startswith("CLIENTPRESS_") and n.endswith("_SERVICE_KEY")}
         assert not leaked, f"{name} sees {sorted(leaked)}"
-        if name in ("migrate", "broker-setup"):
+        if name in ONE_SHOTS:
             assert not env.get("SERVICE_KEY"), f"{name} needs no key"
             continue
         assert env["SERVICE_KEY"] == keys[compose_variable(name)], name

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from libs.common import database_roles
 from libs.common.provision import provision
 from tests.faults.support import Api, burst, outboxes_drained, record, unique_emails, wait_until
 from tests.support.env import drop_bus, free_port, new_test_env, provisioned
@@ -155,6 +156,9 @@ async def test_a_restored_dump_sends_no_email_twice_and_leaves_none_waiting(
             await asyncio.to_thread(
                 pg, "pg_restore", "-d", restored_name, str(dump), database_url=restored_url
             )
+            # As the README says: the restored database's own roles (its name is new), which
+            # take over what the dump's roles owned.
+            await database_roles.provision(restored_url, env.database_passwords)
             conn = await asyncpg.connect(restored_url)
             try:
                 await conn.execute(readme_sql("**Before the services start"))
@@ -233,6 +237,7 @@ async def test_a_restored_dump_sends_no_email_twice_and_leaves_none_waiting(
         finally:
             admin = await asyncpg.connect(env.admin_url)
             await admin.execute(f'DROP DATABASE IF EXISTS "{restored_name}" WITH (FORCE)')
+            await database_roles.drop(restored_url)
             await admin.close()
 
     assert twice == {}, f"emailed twice after the restore: {twice}"

@@ -488,9 +488,10 @@ def user_of(amqp_url: str) -> str:
     return unquote(urlsplit(amqp_url).username or "guest")
 
 
-def with_credentials(amqp_url: str, user: str, password: str) -> str:
-    """``amqp_url`` (the administrator's) with another user's credentials."""
-    parts = urlsplit(amqp_url)
+def with_credentials(url: str, user: str, password: str) -> str:
+    """``url`` (the administrator's ``amqp://``, or a ``postgresql://``) with another
+    user's credentials: its host, port, path and options kept."""
+    parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"

@@ -23,11 +23,11 @@ import hmac
 import os
 import secrets
 from collections.abc import Mapping, Sequence
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
-from .broker import SERVICES
+from .broker import SERVICES, with_credentials
 from .db import ensure_database, xact_lock
 
 # PostgreSQL's identifiers are cut at 63 bytes (NAMEDATALEN - 1): a longer role name
@@ -62,15 +62,8 @@ def role_name(database: str, service: str) -> str:
 def service_url(database_url: str, service: str, password: str) -> str:
     """``database_url`` (its host, port, database and options) logged in as ``service``'s
     role instead of whoever the URL names."""
-    parts = urlsplit(database_url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    user = quote(role_name(database_of(database_url), service), safe="")
-    netloc = f"{user}:{quote(password, safe='')}@{host}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    role = role_name(database_of(database_url), service)
+    return with_credentials(database_url, role, password)
 
 
 def scram_verifier(password: str, *, salt: bytes | None = None) -> str:

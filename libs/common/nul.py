@@ -10,26 +10,38 @@ NUL_PROBLEM = "can't contain the NUL character (\\u0000)"
 # JSON can carry NUL only escaped, so a body without this holds none: the usual case costs
 # one scan of the bytes.
 _ESCAPED = b"\\u0000"
+# Stands on the stack for a key found holding NUL: its path is the answer.
+_NUL_KEY = "\x00"
 
 
 def nul_path(value: Any, path: str = "") -> str | None:
-    """Where the first NUL is in parsed JSON (``title``, ``invitations.3.name``), else None."""
-    if isinstance(value, str):
-        return (path or "body") if "\x00" in value else None
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            name = str(key).replace("\x00", "\\u0000")
-            here = f"{path}.{name}" if path else name
-            if name != key:
-                return here
-            found = nul_path(item, here)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found = nul_path(item, f"{path}.{i}" if path else str(i))
-            if found is not None:
-                return found
+    """Where the first NUL is in parsed JSON (``title``, ``invitations.3.name``), else None.
+
+    Walked with a stack of its own, not by recursion: orjson parses documents nested up to
+    1024 deep, past Python's recursion limit, and a RecursionError here escaped the event
+    consumer, which then held the message unacknowledged for its channel's life."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, here = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return here or "body"
+        elif isinstance(item, Mapping):
+            children: list[tuple[Any, str]] = []
+            for key, child in item.items():
+                name = str(key).replace("\x00", "\\u0000")
+                where = f"{here}.{name}" if here else name
+                if name != key:
+                    # A key holding NUL is found before its value and its later siblings.
+                    children.append((_NUL_KEY, where))
+                    break
+                children.append((child, where))
+            stack.extend(reversed(children))
+        elif isinstance(item, list):
+            stack.extend(
+                (child, f"{here}.{i}" if here else str(i))
+                for i, child in reversed(list(enumerate(item)))
+            )
     return None
 
 

@@ -251,3 +251,13 @@ def test_an_envelope_holding_nul_is_malformed_naming_where() -> None:
     body = {**FOREIGN_BODIES[0], "data": {"portal_slug": "acme\x00", "email": "a@b.c"}}
     with pytest.raises(MalformedEvent, match=r"data\.portal_slug: can't contain the NUL"):
         parse_envelope(orjson.dumps(body))
+
+
+def test_an_envelope_nested_as_deep_as_json_parses_is_malformed_not_a_crash() -> None:
+    # 1020 levels (orjson's limit is 1024) with a NUL at the bottom: the NUL check's
+    # RecursionError escaped the consumer and held the message unacknowledged.
+    depth = 1020
+    nested = b"[" * depth + b'"\\u0000"' + b"]" * depth
+    body = orjson.dumps({**FOREIGN_BODIES[0], "data": {"x": "y"}}).replace(b'"y"', nested)
+    with pytest.raises(MalformedEvent, match="can't contain the NUL"):
+        parse_envelope(body)

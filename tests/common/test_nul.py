@@ -29,3 +29,13 @@ def test_a_query_parameter_holding_nul_is_named() -> None:
     assert query_nul_path({"q": "a\x00", "limit": "5"}) == "q"
     assert query_nul_path({"q\x00": "a"}) == "q\\u0000"
     assert query_nul_path({"q": "a"}) is None
+
+
+def test_a_document_nested_as_deep_as_json_parses_is_walked_without_recursion() -> None:
+    # orjson parses up to 1024 levels, past Python's recursion limit: the walk raised
+    # RecursionError, which escaped the event consumer and held the message for good.
+    depth = 1020
+    body = b'{"data":' + b"[" * depth + b'"a\\u0000"' + b"]" * depth + b"}"
+    assert json_nul_path(body, orjson.loads(body)) == "data" + ".0" * depth
+    deep_key = b'{"a":' * depth + b'{"k\\u0000":1}' + b"}" * depth
+    assert json_nul_path(deep_key, orjson.loads(deep_key)) == "a." * depth + "k\\u0000"

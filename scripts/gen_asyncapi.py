@@ -274,15 +274,21 @@ SUMMARIES = {
     "portal.access.revoked": "A user lost access to a portal.",
     "invitation.requested": (
         "Inbound: another system asks for an invitation. Answered with invitation.created "
-        "or invitation.rejected carrying the same correlation_id. The same idempotency_key "
+        "(or invitation.resent, when the email had a pending invitation to that portal) or "
+        "invitation.rejected carrying the same correlation_id. The same idempotency_key "
         "never makes a second invitation."
     ),
     "invitation.created": "An invitation was sent (answer to invitation.requested, too).",
     "invitation.rejected": (
         "An invitation.requested was refused. reason is machine-readable: portal_not_found, "
         "portal_not_active, invalid_email, already_has_access, missing_portal, "
-        "invalid_expires_in_days, personal_message_too_long, invalid_character (invited_by or "
-        "personal_message holds a character that reorders the text around it), or "
+        "ambiguous_portal (portal_id and portal_slug name different portals, or portal_ids "
+        "came with either), invalid_expires_in_days, personal_message_too_long, "
+        "invalid_character (invited_by or personal_message holds a character that reorders "
+        "the text around it), invalid_locale (locale is not en, de, fr or es), "
+        "idempotency_key_reused (the key already made an invitation to another address or "
+        "portal), no_portals, too_many_portals, duplicate_portal, invitation_pending "
+        "(portal_ids: none, more than 20, one twice, or one with a pending invitation), or "
         "send_rate_limited (the invitation was pending and a new link would pass a cap on "
         "new links; retry_at says when the next one can go), or integration_rate_limited "
         "(the sender's broker user passed INVITATIONS_REQUESTS_PER_INTEGRATION_HOUR; "

@@ -141,3 +141,35 @@ def test_docs_deploying_has_the_readme_configuration_table() -> None:
         for old, new in relink.items():
             line = line.replace(old, new)
         assert deploying[name] == line, name
+
+
+def _section(markdown: str, heading: str) -> str:
+    """From ``heading`` to the next heading of its level or above."""
+    text = "\n" + markdown
+    start = text.index(f"\n{heading}\n")
+    level = len(heading.split(" ", 1)[0])
+    end = re.compile(rf"\n#{{1,{level}}} ").search(text, start + 1)
+    return text[start : end.start() if end else len(text)]
+
+
+def test_every_reason_an_invitation_request_is_rejected_for_is_documented() -> None:
+    """What an integration is promised about invitation.rejected: each reason the consumer
+    answers with is in the reason tables (README and docs/inviting-from-other-systems.md)
+    and in the AsyncAPI document's invitation.rejected; each field of invitation.requested
+    is in the field tables."""
+    import yaml
+
+    from libs.common.events import InvitationRequested
+    from services.invitations.consumer import REJECT_REASONS
+
+    asyncapi = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text())
+    rejected = asyncapi["channels"]["invitation.rejected"]["description"]
+    for path in (ROOT / "README.md", ROOT / "docs" / "inviting-from-other-systems.md"):
+        section = _section(path.read_text(), "## Inviting clients from another system")
+        rows = "\n".join(line for line in section.splitlines() if line.startswith("| `"))
+        missing = sorted(r for r in REJECT_REASONS if f"`{r}`" not in rows)
+        assert not missing, f"{path.name}: reasons not in the table: {missing}"
+        fields = sorted(f for f in InvitationRequested.model_fields if f"`data.{f}`" not in rows)
+        assert not fields, f"{path.name}: fields not in the table: {fields}"
+    missing = sorted(r for r in REJECT_REASONS if r not in rejected)
+    assert not missing, f"asyncapi invitation.rejected: {missing}"

@@ -31,7 +31,7 @@ from aio_pika.abc import (
 from aio_pika.connection import make_url
 from opentelemetry.trace import SpanKind
 
-from . import broker, tracing
+from . import amqp_decode, broker, tracing
 from .acks import Acks
 from .actor import set_actor
 from .amqp_transport import CoalescingTransportFactory
@@ -256,6 +256,9 @@ class Bus:
         return f"{self.prefix}.{queue or self.service}"
 
     async def connect(self) -> None:
+        # Whatever a sender puts in a message's properties must not close this connection
+        # (amqp_decode.py).
+        amqp_decode.install()
         connection = aio_pika.RobustConnection(
             make_url(self.url),
             client_properties={"connection_name": f"clientpress-{self.service}"},

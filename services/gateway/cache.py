@@ -37,6 +37,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from prometheus_client import Counter
 
+from libs.common import amqp_decode
 from libs.common.broker import sender_problem
 from libs.common.bus import CancelWatch, trusted_sender
 from libs.common.events import (
@@ -325,6 +326,9 @@ class ChangeListener:
                 await asyncio.sleep(RECONNECT_SECONDS)
 
     async def _open(self) -> None:
+        # Anyone who may write on the events exchange can route a message here: what it
+        # puts in the properties must not close the connection (libs/common/amqp_decode.py).
+        amqp_decode.install()
         connection = await aio_pika.connect_robust(
             self.amqp_url,
             client_properties={"connection_name": "clientpress-gateway-cache"},

@@ -13,6 +13,7 @@ import aio_pika
 import aiohttp
 import pytest
 
+from libs.common import amqp_decode
 from libs.common.broker import SERVICES, broker_user
 from tests.support.smtp import SmtpSink
 from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Browser, Stack, login, running_stack
@@ -60,6 +61,8 @@ async def public_events(sec_stack: Stack) -> AsyncIterator[PublicEvents]:
     """An exclusive queue bound with '#' to the public exchange, as any other system on
     the bus could bind one. Started with the stack, so it sees every test's events."""
     seen = PublicEvents()
+    # It reads the hostile tests' messages too (test_hostile_properties): as a service does.
+    amqp_decode.install()
     connection = await aio_pika.connect(sec_stack.env["AMQP_URL"])
     channel = await connection.channel()
     exchange = await channel.get_exchange(f"{sec_stack.env['BUS_PREFIX']}.events")

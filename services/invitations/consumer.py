@@ -25,6 +25,7 @@ from libs.common.events import (
     InvitationCreated,
     InvitationRejected,
     InvitationRequested,
+    InvitationResent,
     MailFailed,
     MailRetrying,
     MailSent,
@@ -465,16 +466,37 @@ async def _not_first(
     try:
         # Its transaction on the inbox connection is a savepoint: a resend the caps refuse
         # leaves nothing behind but the answer.
-        _, outcome = await record_not_first(deps, checked, first, key_checked=True)
+        row, outcome = await record_not_first(deps, checked, first, key_checked=True)
     except DomainError as exc:
         if exc.code not in REJECT_REASONS:
             raise
         await _reject(conn, request.data, exc)
         return
-    if outcome == "duplicate":
-        # Lost a race with the same key delivered at the same time: answer like a repeat.
-        await _answer_repeat(conn, request.data)
+    # Lost a race with the same key delivered at the same time: answered like a repeat. Or
+    # the retry of a request that resent a pending invitation (its key is the one that last
+    # sent the link, not the one that made it): answered with that resend again, sending
+    # nothing. Unanswered, a retry after a lost answer or confirm waited for ever.
+    if outcome == "duplicate" and not await _answer_repeat(conn, request.data):
+        await _resent_again(conn, row)
     log.info("invitation_request_applied", outcome=outcome)
+
+
+async def _resent_again(conn: Conn, row: Row) -> None:
+    """invitation.resent announced again to a retried request, from the invitation's row."""
+    log.info("invitation_request_duplicate", invitation_id=str(row["id"]))
+    again = InvitationResent(
+        invitation_id=row["id"],
+        portal_id=row["portal_id"],
+        email=row["email"],
+        expires_at=row["expires_at"],
+        expires_in_days=row["expires_in_days"],
+        idempotency_key=row["idempotency_key"],
+        reason="invitation_requested",
+        invited_by=row["invited_by"],
+        group_id=row["group_id"],
+        locale=row["locale"],
+    )
+    await append(conn, make_event("invitation.resent", again, source=SOURCE))
 
 
 # Waits on identity and portals (who has access already): apart from the other events,

@@ -595,6 +595,54 @@ async def test_invitation_requested_rejections(
     )
 
 
+async def test_a_retried_request_that_resent_a_pending_invitation_is_answered_again(
+    client: Client, world: World, pool: asyncpg.Pool, publish: Publish
+) -> None:
+    """Inviting a person again resends their pending invitation, answered
+    invitation.resent. The same request retried (its sender lost the answer, or the
+    broker's confirm) sends nothing, and was never answered: the integration waited for
+    ever. It is answered with that resend again, under its own correlation id."""
+    portal = world.add_portal()
+    email = f"again-{uuid.uuid4().hex[:8]}@example.com"
+    made_key, again_key = f"made-{uuid.uuid4().hex}", f"again-{uuid.uuid4().hex}"
+
+    def request(key: str) -> InvitationRequested:
+        return InvitationRequested(email=email, portal_id=portal["id"], idempotency_key=key)
+
+    await publish("invitation.requested", request(made_key))
+
+    async def made() -> uuid.UUID | None:
+        found = await pool.fetchval(
+            "SELECT id FROM invitations WHERE idempotency_key = $1", made_key
+        )
+        return found if isinstance(found, uuid.UUID) else None
+
+    invitation_id = str(await eventually(made))
+
+    async def answer(correlation_id: str) -> list[dict[str, Any]]:
+        return [
+            envelope
+            for event_type, envelope in await outbox_events(pool, invitation_id)
+            if event_type == "invitation.resent" and envelope["correlation_id"] == correlation_id
+        ]
+
+    correlation_id = await publish("invitation.requested", request(again_key))
+    [resent] = await eventually(lambda: answer(correlation_id))
+    retried = await publish("invitation.requested", request(again_key))
+    [again] = await eventually(lambda: answer(retried))
+    assert again["data"]["invitation_id"] == invitation_id
+    assert again["data"]["expires_at"] == resent["data"]["expires_at"]
+    assert again["data"]["reason"] == "invitation_requested"
+    mails = [t for t, _ in await outbox_events(pool, invitation_id) if t == "mail.requested"]
+    assert len(mails) == 2  # the first link and the resend's: the retry sent nothing
+    assert (
+        await pool.fetchval(
+            "SELECT send_count FROM invitations WHERE id = $1", uuid.UUID(invitation_id)
+        )
+        == 2
+    )
+
+
 async def test_a_request_without_an_email_is_answered(
     client: Client, world: World, pool: asyncpg.Pool, publish: Publish
 ) -> None:

@@ -18,6 +18,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     ValidationError,
     WithJsonSchema,
+    field_validator,
     model_serializer,
 )
 
@@ -153,6 +154,10 @@ class PortalAccessChanged(EventData):
 
 
 # --- invitations ----------------------------------------------------------------------
+# What invitation.requested reads of its longest text fields (the checks answer far less).
+TEXT_BOUND = 65_536
+
+
 class InvitationRequested(EventData):
     """Inbound from other systems (CRM, billing)."""
 
@@ -165,7 +170,7 @@ class InvitationRequested(EventData):
     # invitation.rejected invalid_email, not dead-lettered.
     email: str | None = Field(
         default=None,
-        max_length=65_536,
+        max_length=TEXT_BOUND,
         description="The person to invite: one plain address (required; without one the"
         " request is answered with invitation.rejected, reason invalid_email).",
     )
@@ -182,7 +187,7 @@ class InvitationRequested(EventData):
     )
     personal_message: str | None = Field(
         default=None,
-        max_length=65_536,
+        max_length=TEXT_BOUND,
         description="Plain text (at most 1,000 characters) shown in the email; kept for Resends.",
     )
     # Bounded far above the 20 allowed: more is answered with invitation.rejected
@@ -201,6 +206,31 @@ class InvitationRequested(EventData):
         " (default: the agency's Language, Settings → Branding). Checked by the invitations"
         " service, which answers invitation.rejected (invalid_locale).",
     )
+
+    # The docs promise an answer for a Link Expiry that is not 7, 14, 21 or 30 and for a
+    # Personal Message over 1,000 characters; these keep that promise for values the
+    # types above refused, which were dead-lettered unanswered (the CRM waited for ever).
+    @field_validator("expires_in_days", mode="before")
+    @classmethod
+    def _any_expiry_is_answered(cls, value: Any) -> Any:
+        """Anything but a whole number of days (14.5, "two weeks", true, 1e30) is read as
+        -1, which no Link Expiry is: answered invalid_expires_in_days."""
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        if isinstance(value, float) and value.is_integer() and abs(value) <= 1000:
+            return int(value)
+        if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 4:
+            return int(value)
+        return -1
+
+    @field_validator("email", "personal_message", mode="before")
+    @classmethod
+    def _any_length_is_answered(cls, value: Any) -> Any:
+        """Text past its bound is cut to it: still too long for an address or a message, so
+        answered invalid_email or personal_message_too_long (the body's 1 MiB bounds it)."""
+        if isinstance(value, str) and len(value) > TEXT_BOUND:
+            return value[:TEXT_BOUND]
+        return value
 
 
 # Fields that several invitation.* events carry, described once.

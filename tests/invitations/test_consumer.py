@@ -680,6 +680,56 @@ async def test_a_request_without_an_email_is_answered(
         assert answer["data"]["email"] is None
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("expires_in_days", 14.5, "invalid_expires_in_days"),
+        ("expires_in_days", "two weeks", "invalid_expires_in_days"),
+        ("expires_in_days", True, "invalid_expires_in_days"),
+        ("expires_in_days", 1e30, "invalid_expires_in_days"),
+        ("personal_message", "a" * 70_000, "personal_message_too_long"),
+        ("email", "a" * 70_000 + "@example.com", "invalid_email"),
+    ],
+)
+async def test_a_value_of_another_type_or_past_its_bound_is_answered(
+    client: Client,
+    world: World,
+    pool: asyncpg.Pool,
+    publish: Publish,
+    field: str,
+    value: object,
+    reason: str,
+) -> None:
+    """The docs promise invalid_expires_in_days for a Link Expiry that is not 7, 14, 21 or
+    30 and personal_message_too_long past 1,000 characters: 14.5, "two weeks" or a
+    message of 70,000 characters (what a CRM's bug sends) were dead-lettered unanswered."""
+    portal = world.add_portal()
+    key = f"shape-{uuid.uuid4().hex}"
+    data: dict[str, object] = {
+        "portal_id": str(portal["id"]),
+        "idempotency_key": key,
+        "email": f"shape-{uuid.uuid4().hex[:8]}@example.com",
+        field: value,
+    }
+    envelope = {
+        "id": str(uuid.uuid4()),
+        "type": "invitation.requested",
+        "version": 1,
+        "occurred_at": "2026-12-03T06:00:00Z",
+        "source": "crm",
+        "correlation_id": f"crm-{key}",
+        "data": data,
+    }
+    await publish("invitation.requested", raw=orjson.dumps(envelope))
+
+    async def rejected() -> list[tuple[str, dict[str, Any]]]:
+        return [e for e in await outbox_events(pool, key) if e[0] == "invitation.rejected"]
+
+    [(_, answer)] = await eventually(rejected)
+    assert answer["correlation_id"] == envelope["correlation_id"]
+    assert answer["data"]["reason"] == reason
+
+
 async def test_poison_message_is_dead_lettered_and_next_processed(
     client: Client, pool: asyncpg.Pool, publish: Publish, migrated_schemas: TestEnv
 ) -> None:

@@ -640,7 +640,7 @@ class Consumer:
         try:
             envelope = parse_envelope(message.body)
         except MalformedEvent as exc:
-            await self._dead_letter(message, message.type or "unknown", str(exc))
+            await self._dead_letter(message, message.type or "unknown", _unread(message, exc))
             return
         structlog.contextvars.bind_contextvars(event_type=envelope.type, event_id=str(envelope.id))
         set_correlation_id(envelope.correlation_id)
@@ -881,6 +881,21 @@ def _too_large(message: AbstractIncomingMessage, mail_exchange: str) -> bool:
     mail exchange, which only identity and invitations may write) pack up to 1000 jobs
     in one message: the broker's ``max_message_size`` bounds them."""
     return message.exchange != mail_exchange and len(message.body) > broker.MAX_EVENT_BYTES
+
+
+# What a sender may name in content_encoding for a compressed body. Bodies are JSON and
+# never decompressed (a gzip bomb inflates a thousandfold); the property is not read
+# otherwise, so that one which names a charset ("utf-8", as some clients write) does no
+# harm, and a dead-lettered compressed body is told by its log line, not by "not UTF-8".
+COMPRESSED = frozenset({"gzip", "x-gzip", "deflate", "br", "compress", "zstd", "lz4", "snappy"})
+
+
+def _unread(message: AbstractIncomingMessage, exc: MalformedEvent) -> str:
+    """Why a body is no event, for the dead-letter's log line."""
+    encoding = (message.content_encoding or "").strip().lower()
+    if encoding in COMPRESSED:
+        return f"content_encoding {encoding!r}: a body is read as JSON, never decompressed ({exc})"
+    return str(exc)
 
 
 def _delivery_count(message: AbstractIncomingMessage) -> int:

@@ -950,6 +950,65 @@ async def test_a_malformed_request_is_dead_lettered_with_a_log_naming_its_sender
     assert line["log_level"] == "error"
 
 
+async def test_a_compressed_request_is_dead_lettered_saying_so(
+    client: Client, pool: asyncpg.Pool, migrated_schemas: TestEnv
+) -> None:
+    """A body is JSON and never decompressed: a gzip one is dead-lettered with a log line
+    that names its content_encoding (it said "not valid UTF-8"). The property is not read
+    otherwise: plain JSON that names gzip is applied like any request."""
+    import gzip
+
+    from structlog.testing import capture_logs
+
+    def request() -> dict[str, Any]:
+        return make_event(
+            "invitation.requested",
+            InvitationRequested(idempotency_key=f"gzip-{uuid.uuid4().hex}"),
+            source="crm",
+        ).model_dump(mode="json")
+
+    packed, labelled = request(), request()
+    connection = await aio_pika.connect(migrated_schemas.integration_url)
+    with capture_logs() as logs:
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(f"{migrated_schemas.bus_prefix}.events")
+            for event, body in (
+                (packed, gzip.compress(orjson.dumps(packed))),
+                (labelled, orjson.dumps(labelled)),
+            ):
+                await exchange.publish(
+                    aio_pika.Message(
+                        body,
+                        content_encoding="gzip",
+                        message_id=event["id"],
+                        user_id=migrated_schemas.integration_user,
+                    ),
+                    routing_key="invitation.requested",
+                )
+        finally:
+            await connection.close()
+
+        def dead_lettered() -> list[dict[str, Any]]:
+            return [
+                line
+                for line in logs
+                if line["event"] == "event_malformed_dead_lettered"
+                and line["message_id"] == packed["id"]
+            ]
+
+        [line] = await eventually(lambda: _now(dead_lettered()))
+    assert line["reason"].startswith("content_encoding 'gzip': a body is read as JSON"), line
+
+    async def applied() -> bool:
+        found = await pool.fetchval(
+            "SELECT count(*) FROM inbox WHERE event_id = $1", uuid.UUID(labelled["id"])
+        )
+        return bool(found)
+
+    await eventually(applied)
+
+
 # Enough requests that draining them takes seconds (about 3 ms each), far more than the
 # prefetch of any consumer (32).
 FLOOD = 2000

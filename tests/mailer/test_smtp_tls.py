@@ -5,7 +5,7 @@ password never sent unencrypted unless an operator says so."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,18 @@ class Logins:
         # handled=False: aiosmtpd answers the refusal (535) itself; its default, True, leaves
         # the client waiting for an answer.
         return AuthResult(success=ok, handled=ok)
+
+
+@pytest.fixture
+def start_mailer(start_mailer: StartMailer) -> StartMailer:
+    """Every test here judges the first try. At the mailer tests' pace a retry came 50 ms
+    later and could claim the row again before the test read it: on a loaded machine the
+    test read 'sending' and the next try's error. Here a retry waits a minute."""
+
+    def start(smtp_port: int, **overrides: Any) -> Awaitable[Any]:
+        return start_mailer(smtp_port, **{"mailer_retry_base_seconds": 60.0, **overrides})
+
+    return start
 
 
 @pytest.fixture(autouse=True)

@@ -140,7 +140,9 @@ def script(database: str, passwords: Mapping[str, str]) -> str:
         raise RoleError(f"set {names} (one secret per service)")
     cases = " ".join(f"WHEN {_literal(k)} THEN {_literal(v)}" for k, v in _OWNED.items())
     kinds = ", ".join(_literal(k) for k in _OWNED)
-    statements = []
+    # The services' search path ends with ``public``: before PostgreSQL 15 anyone could
+    # create there, and so put a table or function in another service's way.
+    statements = ["REVOKE CREATE ON SCHEMA public FROM PUBLIC;"]
     for service in SERVICES:
         role = role_name(database, service)
         statements += [

@@ -66,8 +66,10 @@ async def test_each_service_may_use_its_own_schema_and_no_other(
             assert not any(attributes.values()), dict(attributes)
         finally:
             await conn.close()
-        # Nor may it make a schema of its own beside the one it was given.
+        # Nor may it make a schema of its own beside the one it was given, nor put a table
+        # in the schema every service's search path ends with.
         await _refused(env.database_url_as(service), "CREATE SCHEMA squatter")
+        await _refused(env.database_url_as(service), "CREATE TABLE public.squatter (id int)")
 
 
 async def test_every_service_of_a_running_stack_logs_in_as_its_own_role(

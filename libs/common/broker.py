@@ -518,11 +518,14 @@ def new_passwords(names: Sequence[str] = SERVICES) -> dict[str, str]:
     return {name: secrets.token_urlsafe(24) for name in names}
 
 
-def passwords_from_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """``<SERVICE>_BROKER_PASSWORD`` for each service that has one."""
+def passwords_from_env(
+    environ: Mapping[str, str] = os.environ, *, login: str = "BROKER"
+) -> dict[str, str]:
+    """``<SERVICE>_<login>_PASSWORD`` (the broker's, or ``DATABASE``) for each service
+    that has one."""
     found = {}
     for service in SERVICES:
-        value = environ.get(f"{service.upper()}_BROKER_PASSWORD", "")
+        value = environ.get(f"{service.upper()}_{login}_PASSWORD", "")
         if value:
             found[service] = value
     return found

@@ -21,8 +21,7 @@ import base64
 import hashlib
 import hmac
 import os
-import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
@@ -83,20 +82,6 @@ def scram_verifier(password: str, *, salt: bytes | None = None) -> str:
         return base64.b64encode(value).decode()
 
     return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
-
-
-def new_passwords(names: Sequence[str] = SERVICES) -> dict[str, str]:
-    return {name: secrets.token_urlsafe(24) for name in names}
-
-
-def passwords_from_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """``<SERVICE>_DATABASE_PASSWORD`` for each service that has one."""
-    found = {}
-    for service in SERVICES:
-        value = environ.get(f"{service.upper()}_DATABASE_PASSWORD", "")
-        if value:
-            found[service] = value
-    return found
 
 
 def _ident(name: str) -> str:

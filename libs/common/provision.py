@@ -245,7 +245,7 @@ def provision_database(*, print_only: bool) -> None:
     administrator's URL), passwords from ``<SERVICE>_DATABASE_PASSWORD``; ``database-sql``
     prints the SQL instead (DATABASE_URL names the database only)."""
     url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/clientpress")
-    passwords = database_roles.passwords_from_env()
+    passwords = broker.passwords_from_env(login="DATABASE")
     try:
         if print_only:
             sys.stdout.write(database_roles.script(database_roles.database_of(url), passwords))

@@ -122,7 +122,7 @@ async def test_an_upgrade_hands_each_schema_over_with_everything_in_it(
         )
     finally:
         await admin.close()
-    passwords = database_roles.new_passwords()
+    passwords = broker.new_passwords()
     await database_roles.provision(earlier_release, passwords)
     # Twice, as every upgrade runs it: nothing changes, nothing fails.
     await database_roles.provision(earlier_release, passwords)

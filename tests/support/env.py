@@ -102,7 +102,7 @@ class TestEnv:
     integration_password: str = field(default_factory=lambda: broker.new_passwords(["x"])["x"])
     # Each service logs in to the database as its own role, as deployments do
     # (libs/common/database_roles.py), so every test with services checks they need no more.
-    database_passwords: dict[str, str] = field(default_factory=database_roles.new_passwords)
+    database_passwords: dict[str, str] = field(default_factory=broker.new_passwords)
 
     @property
     def integration_user(self) -> str:

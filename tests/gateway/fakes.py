@@ -340,8 +340,10 @@ class Backend:
         @r.get("/password-resets/validate")
         async def validate_reset(request: web.Request) -> web.Response:
             user_id = self.resets.get(request.query.get("token", ""))
-            if user_id == "expired":
-                return err(410, "reset_expired")
+            if user_id in ("expired", "used"):
+                # identity's reason: the same code for a link used and one out of time
+                error = {"code": "reset_expired", "message": "gone", "reason": user_id}
+                return web.json_response({"error": error}, status=410)
             if user_id is None:
                 return err(404, "reset_invalid")
             return web.json_response({"email": self.users[user_id]["email"]})
@@ -349,9 +351,13 @@ class Backend:
         @r.post("/password-resets/confirm")
         async def confirm_reset(request: web.Request) -> web.Response:
             body = await request.json()
-            user_id = self.resets.pop(body["token"], None)
+            user_id = self.resets.get(body["token"])
             if user_id is None:
                 return err(404, "reset_invalid")
+            if user_id in ("expired", "used"):
+                error = {"code": "reset_expired", "message": "gone", "reason": user_id}
+                return web.json_response({"error": error}, status=410)
+            self.resets[body["token"]] = "used"
             self.passwords[user_id] = body["password"]
             return web.Response(status=204)
 

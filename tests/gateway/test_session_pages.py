@@ -276,6 +276,15 @@ async def test_reset_password_flow(gw: TestClient, backend: Backend) -> None:
     assert response.status == 303 and backend.passwords[user["id"]] == new
     expired = await gw.get("/reset-password?token=old-token")
     assert expired.status == 410 and "This reset link has expired" in await expired.text()
+    # A link already used says so (it said "expired"), and offers a new one the same way.
+    for used in (
+        await gw.get("/reset-password?token=good-token"),
+        await post_form(gw, "/reset-password", data),
+    ):
+        html = await used.text()
+        assert used.status == 410 and "This reset link has already been used" in html
+        assert "expired" not in html and 'href="/forgot-password"' in html
+    assert backend.passwords[user["id"]] == new
     assert (await gw.get("/reset-password?token=nope")).status == 404
     # In the reader's language (it was English on French pages).
     french = {"Accept-Language": "fr"}
@@ -283,6 +292,8 @@ async def test_reset_password_flow(gw: TestClient, backend: Backend) -> None:
     assert "Ce lien de réinitialisation a expiré" in await expired.text()
     invalid = await gw.get("/reset-password?token=nope", headers=french)
     assert "Ce lien de réinitialisation n&#39;est pas valide" in await invalid.text()
+    german = await gw.get("/reset-password?token=good-token", headers={"Accept-Language": "de"})
+    assert "Dieser Link zum Zurücksetzen wurde bereits benutzt" in await german.text()
 
 
 async def test_under_https_the_cookies_carry_the_host_prefix(

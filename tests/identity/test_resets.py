@@ -149,7 +149,7 @@ async def test_expired_and_unknown_links(deps: Deps, pool: asyncpg.Pool, clock: 
     clock.advance(hours=1)
     with pytest.raises(Gone) as info:
         await handlers.validate_reset(deps, token)
-    assert info.value.code == "reset_expired"
+    assert (info.value.code, info.value.details) == ("reset_expired", {"reason": "expired"})
     with pytest.raises(Gone):
         await handlers.confirm_reset(deps, token, "a fresh new passphrase")
     with pytest.raises(NotFound) as missing:
@@ -169,7 +169,7 @@ async def test_sixteen_concurrent_confirms_use_the_link_once(
     winners = [i for i, r in enumerate(results) if r is None]
     losers = [r for r in results if isinstance(r, DomainError)]
     assert len(winners) == 1 and len(losers) == 15
-    assert all(r.code == "reset_expired" for r in losers)
+    assert all((r.code, r.details) == ("reset_expired", {"reason": "used"}) for r in losers)
     issued = await handlers.login(deps, user.email, f"race passphrase number {winners[0]}")
     assert issued.user.id == user.id
 

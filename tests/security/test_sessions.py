@@ -152,9 +152,11 @@ async def test_a_password_reset_ends_every_session_and_its_link_works_once(
         assert code == 200 and "/login" in url, url
         for session in sessions:
             assert not await logged_in(stack, session or "")
-        # Single use.
+        # Single use, and the page says so (it said the link had expired).
         code, _, html = await anonymous.get(link)
         assert code == 410 and "Set Password" not in html
+        assert "This reset link has already been used" in html, html[:800]
+        assert 'href="/forgot-password"' in html
         await anonymous.close()
     finally:
         await client.browser.close()

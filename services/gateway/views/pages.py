@@ -110,14 +110,28 @@ async def forgot(request: web.Request) -> web.StreamResponse:
     return render(request, "forgot.html", {"email": "", "done": FORGOT_ANSWER})
 
 
+NEW_RESET_LINK = N_("You can ask for a new link on the Forgot password? page.")
+# Identity answers 410 reset_expired for a link used as for one out of time; its reason
+# says which. A link is "used" too when a newer password ended it (another link, a change).
+USED_RESET_LINK = (
+    N_("This reset link has already been used"),
+    N_(
+        "Each link sets a password once, and a new password ends the links sent before it."
+        " You can ask for a new link on the Forgot password? page."
+    ),
+)
+
+
 def _reset_problem(request: web.Request, exc: DomainError) -> web.Response:
-    if exc.code == "reset_expired":
+    message = NEW_RESET_LINK
+    if exc.code == "reset_expired" and exc.details.get("reason") == "used":
+        title, message = USED_RESET_LINK
+    elif exc.code == "reset_expired":
         title = N_("This reset link has expired")
     elif exc.code == "reset_invalid":
         title = N_("This reset link is not valid")
     else:
         raise exc
-    message = N_("You can ask for a new link on the Forgot password? page.")
     return error_page(
         request, exc.status, title, message, link=("/forgot-password", "Forgot password?")
     )

@@ -64,17 +64,30 @@ async def request_password_reset(deps: Deps, email: str) -> None:
     log.info("password_reset_requested", user_id=str(user.id), reset_id=str(reset_id))
 
 
+# A link that no longer works is 410 reset_expired whether it was used or ran out of
+# time (the code callers know); ``reason`` says which, so a page can tell the person.
+USED = {"reason": "used"}
+EXPIRED = {"reason": "expired"}
+
+
+def _used() -> Gone:
+    return Gone(
+        "This password reset link has already been used. Ask for a new one.",
+        code="reset_expired",
+        details=USED,
+    )
+
+
 def _reset_error(reset: repo.ResetRow | None, now: datetime) -> Exception | None:
     if reset is None or reset.disabled:
         return NotFound("This password reset link is not valid.", code="reset_invalid")
     if reset.used_at is not None:
-        return Gone(
-            "This password reset link has already been used. Ask for a new one.",
-            code="reset_expired",
-        )
+        return _used()
     if reset.expires_at <= now:
         return Gone(
-            "This password reset link has expired. Ask for a new one.", code="reset_expired"
+            "This password reset link has expired. Ask for a new one.",
+            code="reset_expired",
+            details=EXPIRED,
         )
     return None
 
@@ -105,9 +118,7 @@ async def confirm_reset(deps: Deps, token: str, password: str) -> None:
     async with transaction(deps.db) as conn:
         user_id = await repo.use_reset(conn, token_hash, now)
         if user_id is None:
-            raise _reset_error(await repo.find_reset(conn, token_hash), now) or Gone(
-                "This password reset link has already been used.", code="reset_expired"
-            )
+            raise _reset_error(await repo.find_reset(conn, token_hash), now) or _used()
         await repo.set_password_hash(conn, user_id, password_hash)
         await repo.close_user_resets(conn, user_id, now)
         if await repo.revoke_user_sessions(conn, user_id, now):

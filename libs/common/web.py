@@ -426,9 +426,51 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "service": request.app[SERVICE]})
 
 
+# How long /readyz waits for the database's answer before it says not ready.
+READY_CHECK_SECONDS = 2.0
+
+
+class DatabaseCheck:
+    """Readiness's database check, run as a task of its own that /readyz waits for at most
+    READY_CHECK_SECONDS: cancelling a query on a connection that went silent (a network
+    black hole) makes asyncpg wait for its cancel request and the connection's release
+    (LOCK_WAIT_SECONDS more), and a wait_for around it answered after 6 s. The task ends
+    by itself, its connection released or closed by the pool; one runs at a time, so
+    probes every second during an outage hold one connection, not one each."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[list[str]] | None = None
+
+    async def pending(self, app: web.Application) -> list[str]:
+        """SchemaGate.pending on the pool, or TimeoutError at READY_CHECK_SECONDS."""
+        if self._task is None or self._task.done():
+            check = app[SCHEMA_GATE].pending(app[POOL])
+            self._task = asyncio.create_task(asyncio.wait_for(check, READY_CHECK_SECONDS))
+            self._task.add_done_callback(_retrieved)
+        task = self._task
+        await asyncio.wait({task}, timeout=READY_CHECK_SECONDS)
+        if not task.done():
+            raise TimeoutError
+        return task.result()
+
+    async def close(self, _: web.Application) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.wait({self._task})
+
+
+def _retrieved(task: asyncio.Task[list[str]]) -> None:
+    """A check that ended after its probe answered: its error was the probe's to say."""
+    if not task.cancelled():
+        task.exception()
+
+
+DATABASE_CHECK = web.AppKey("database_check", DatabaseCheck)
+
+
 async def readyz(request: web.Request) -> web.Response:
     """Ready = can serve: the database answers, takes writes, and holds every migration
-    this code needs.
+    this code needs; not ready within READY_CHECK_SECONDS whatever the database does.
     The broker is reported, never required: the outbox keeps what is published while it
     is away or blocks the service (a resource alarm), and the relay and consumers
     reconnect and resume by themselves."""
@@ -437,7 +479,7 @@ async def readyz(request: web.Request) -> web.Response:
     ready = True
     if POOL in app:
         try:
-            pending = await asyncio.wait_for(app[SCHEMA_GATE].pending(app[POOL]), timeout=2)
+            pending = await request.app[DATABASE_CHECK].pending(app)
             checks["database"] = "ok"
             if pending:
                 ready = False
@@ -549,6 +591,8 @@ def management_app(main: web.Application) -> web.Application:
     app = web.Application(middlewares=[context_middleware, json_error_middleware])
     app[MAIN] = main
     app[SERVICE] = main[SERVICE]
+    app[DATABASE_CHECK] = DatabaseCheck()
+    app.on_cleanup.append(app[DATABASE_CHECK].close)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -284,30 +284,44 @@ def parse_query(request: web.Request, model: type[M], *, nul_ok: bool = False) -
             f"{repeated}: given more than once; give each parameter once.",
             code="repeated_parameter",
         )
-    for name in _integer_parameters(model):
-        value = request.query.get(name)
-        if value is not None and not _WHOLE_NUMBER.fullmatch(value):
-            raise InvalidInput(f"{name}: {NOT_A_WHOLE_NUMBER}")
+    for kind, (spelling, problem) in _SPELLINGS.items():
+        for name in _parameters(model, kind):
+            value = request.query.get(name)
+            if value is not None and not spelling.fullmatch(value):
+                raise InvalidInput(f"{name}: {problem}")
     try:
         return model.model_validate(dict(request.query))
     except ValidationError as exc:
         raise InvalidInput(describe_validation(exc)) from None
 
 
-# An integer in a query string, as strict as one in a JSON body: pydantic read text as
-# Python's int() does, so "+5", " 5", "5.0" were 5 and "1_0" was 10. The sign stays, so
-# that a negative number is told its range.
+# A query value as strict as the same value in a JSON body, one spelling each. Pydantic
+# reads text leniently: an integer as Python's int() does ("+5", " 5", "5.0" were 5 and
+# "1_0" was 10); a boolean as yes/no, on/off, 1/0, True, ("dry_run=1" a preview); a UUID
+# in braces, without hyphens, as urn:uuid:… The sign stays, so that a negative number is
+# told its range. 1 and 0 are not booleans here: a JSON body's boolean is true or false,
+# and so is the one OpenAPI's clients send in a query.
 _WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 NOT_A_WHOLE_NUMBER = "Input should be a whole number, in the digits 0-9 alone"
+_BOOLEAN = re.compile(r"true|false")
+NOT_A_BOOLEAN = "Input should be true or false"
+_HEX = "[0-9a-fA-F]"
+_CANONICAL_UUID = re.compile(f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}")
+NOT_A_UUID = "Input should be a UUID: 32 hexadecimal digits in groups of 8-4-4-4-12 with hyphens"
+_SPELLINGS: dict[type, tuple[re.Pattern[str], str]] = {
+    int: (_WHOLE_NUMBER, NOT_A_WHOLE_NUMBER),
+    bool: (_BOOLEAN, NOT_A_BOOLEAN),
+    uuid.UUID: (_CANONICAL_UUID, NOT_A_UUID),
+}
 
 
 @functools.cache
-def _integer_parameters(model: type[BaseModel]) -> tuple[str, ...]:
-    """The query parameters of ``model`` that are integers (``int`` or ``int | None``)."""
+def _parameters(model: type[BaseModel], kind: type) -> tuple[str, ...]:
+    """The query parameters of ``model`` of type ``kind`` (``kind`` or ``kind | None``)."""
     names = []
     for name, info in model.model_fields.items():
         kinds = typing.get_args(info.annotation) or (info.annotation,)
-        if int in kinds:
+        if kind in kinds:
             names.append(info.alias or name)
     return tuple(names)
 

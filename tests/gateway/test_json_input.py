@@ -247,3 +247,57 @@ async def test_an_integer_query_parameter_is_digits_alone(gw: TestClient, backen
     for value in ("5", "05", "200"):
         response = await gw.get(f"/api/v1/portals?limit={value}")
         assert response.status == 200, value
+
+
+async def test_a_boolean_query_parameter_is_true_or_false(gw: TestClient, backend: Backend) -> None:
+    """``?dry_run=`` was read as pydantic reads text: yes, on, 1, True, ... were a preview
+    and no, off, 0 a send, where the JSON body takes only true and false."""
+    headers = await admin_headers(gw, backend)
+    portal = backend.add_portal("Acme")
+    batch = f"/api/v1/portals/{portal['id']}/invitations/batch"
+    body = b'{"invitations": [{"email": "a@example.com"}]}'
+    for value in ("1", "0", "yes", "no", "on", "off", "True", "FALSE", "t", "%20true", "true%0A"):
+        status, answer = await send(gw, headers, "POST", f"{batch}?dry_run={value}", body)
+        assert status == 422, (value, answer)
+        assert answer["error"] == {
+            "code": "invalid_input",
+            "message": "dry_run: Input should be true or false",
+        }, value
+    for value in ("true", "false"):
+        status, answer = await send(gw, headers, "POST", f"{batch}?dry_run={value}", body)
+        assert status != 422, (value, answer)  # past the query (the fakes have no batch)
+
+
+async def test_a_uuid_query_parameter_is_its_canonical_spelling(
+    gw: TestClient, backend: Backend
+) -> None:
+    """``?portal_id=`` took any spelling Python's UUID() reads: in braces, without hyphens,
+    as urn:uuid:…; now the 8-4-4-4-12 hexadecimal digits with hyphens, in either case."""
+    await admin_headers(gw, backend)
+    portal = backend.add_portal("Acme")
+    backend.add_invitation("a@example.com", portal)
+    canonical = portal["id"]
+    for value in (
+        "{" + canonical + "}",
+        "%7B" + canonical + "%7D",
+        canonical.replace("-", ""),
+        "urn:uuid:" + canonical,
+        "%20" + canonical,
+        canonical + "%0A",
+        canonical[:-1],
+        canonical.replace("-", "", 1) + "0",
+    ):
+        for path in ("/api/v1/invitations", "/api/v1/activity"):
+            response = await gw.get(f"{path}?portal_id={value}")
+            answer = await response.json()
+            assert response.status == 422, (path, value, answer)
+            assert answer["error"] == {
+                "code": "invalid_input",
+                "message": "portal_id: Input should be a UUID: 32 hexadecimal digits in"
+                " groups of 8-4-4-4-12 with hyphens",
+            }, (path, value)
+    for value in (canonical, canonical.upper()):
+        response = await gw.get(f"/api/v1/invitations?portal_id={value}")
+        answer = await response.json()
+        assert response.status == 200, (value, answer)
+        assert [i["email"] for i in answer["items"]] == ["a@example.com"], value

@@ -56,7 +56,9 @@ def build() -> dict[str, Any]:
                 ' boolean is true or false, never "yes" or 1; an integer is never 7.0 or'
                 ' "7"); a field the schema does not name answers 422 invalid_input. A'
                 " query parameter is given once (422 repeated_parameter), an integer one"
-                " in the digits 0-9 alone (422 invalid_input). A body is sent uncompressed:"
+                " in the digits 0-9 alone, a boolean one as true or false (never 1 or yes),"
+                " a UUID as its 8-4-4-4-12 hexadecimal digits with hyphens (422"
+                " invalid_input). A body is sent uncompressed:"
                 " a Content-Encoding other than identity answers 415"
                 " unsupported_content_encoding, unread."
             ),

@@ -634,21 +634,39 @@ class Consumer:
         structlog.contextvars.clear_contextvars()
         set_actor(None)  # what a consumer writes is the system's doing, not a person's
         set_sender(message.user_id)
+        try:
+            judged = await self._judge(message)
+        except Exception as exc:
+            # A check before the handler met what it never expected (the NUL walk's
+            # RecursionError on a request nested 1,000 deep was one): dead-lettered with
+            # its reason. Let out, it left the message unacknowledged for good, holding a
+            # prefetch slot, and enough such messages stopped the consumer.
+            log.exception("event_check_failed", error=type(exc).__name__)
+            await self._dead_letter(message, message.type or "unknown", type(exc).__name__)
+            return
+        if judged is not None:
+            await self._apply_and_settle(message, *judged)
+
+    async def _judge(
+        self, message: AbstractIncomingMessage
+    ) -> tuple[Envelope, AnyHandler, EventData] | None:
+        """The event, its handler and its data, when the message is one to apply; None
+        when it was settled here (refused, dead-lettered, or acknowledged unwanted)."""
         if _too_large(message, f"{self.prefix}.mail"):
             await self._refuse_too_large(message)
-            return
+            return None
         try:
             envelope = parse_envelope(message.body)
         except MalformedEvent as exc:
             await self._dead_letter(message, message.type or "unknown", _unread(message, exc))
-            return
+            return None
         structlog.contextvars.bind_contextvars(event_type=envelope.type, event_id=str(envelope.id))
         set_correlation_id(envelope.correlation_id)
         if not trusted_sender(self.prefix, envelope, message):
             EVENTS_DEAD_LETTERED.labels(type_label(envelope.type), "untrusted_sender").inc()
             EVENTS_CONSUMED.labels(type_label(envelope.type), "refused").inc()
             await self._reject(message)
-            return
+            return None
         handler = self.handlers.get(envelope.type)
         if handler is None or (
             isinstance(handler, Together)
@@ -657,7 +675,7 @@ class Consumer:
         ):
             EVENTS_CONSUMED.labels(type_label(envelope.type), "ignored").inc()
             await self._ack(message)
-            return
+            return None
         if self.max_age is not None and stale(envelope, self.max_age):
             log.error(
                 "event_stale",
@@ -669,12 +687,21 @@ class Consumer:
             EVENTS_DEAD_LETTERED.labels(type_label(envelope.type), "stale").inc()
             EVENTS_CONSUMED.labels(type_label(envelope.type), "stale").inc()
             await self._reject(message)
-            return
+            return None
         try:
             data = parse_data(envelope)
         except MalformedEvent as exc:
             await self._dead_letter(message, envelope.type, str(exc))
-            return
+            return None
+        return envelope, handler, data
+
+    async def _apply_and_settle(
+        self,
+        message: AbstractIncomingMessage,
+        envelope: Envelope,
+        handler: AnyHandler,
+        data: EventData,
+    ) -> None:
         try:
             fresh = await self._apply_patiently(envelope, handler, data)
         except Exception as exc:

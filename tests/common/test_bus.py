@@ -14,6 +14,7 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+import libs.common.bus as bus_module
 from libs.common.actor import Actor
 from libs.common.bus import Binding, Bus, Together, arrival_context, stale
 from libs.common.context import current_correlation_id
@@ -303,6 +304,57 @@ async def test_consumer_applies_an_event_once_and_dead_letters_poison(
     await consumer.stop()
     await owner.close()
     await bus.close()
+
+
+async def test_a_message_a_check_fails_on_unexpectedly_is_dead_lettered_not_held(
+    test_env: TestEnv, probe_schema: ProbePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a check before the handler raises (as the NUL walk's RecursionError did on
+    a request nested 1,000 deep) dead-letters that message with its reason. Before, the
+    exception left the consumer and the message stayed unacknowledged for good, holding
+    one of the consumer's prefetch slots: enough such messages and it took no other."""
+    await probe_schema.execute("CREATE TABLE effects (user_id uuid NOT NULL)")
+    applied = asyncio.Event()
+    surprising = uuid.uuid4()
+    real_parse_data = bus_module.parse_data
+
+    def parse_data(envelope: Envelope) -> EventData:
+        if envelope.id == surprising:
+            raise RuntimeError("a check met what it never expected")
+        return real_parse_data(envelope)
+
+    monkeypatch.setattr(bus_module, "parse_data", parse_data)
+
+    async def handler(conn: Conn, envelope: Envelope, data: EventData) -> None:
+        assert isinstance(data, UserDisabled)
+        await conn.execute("INSERT INTO effects VALUES ($1)", data.user_id)
+        applied.set()
+
+    bus, owner, consumer = await _consume_user_disabled(test_env, probe_schema, "probe13", handler)
+    odd = make_event("identity.user.disabled", UserDisabled(user_id=uuid.uuid4()), source="test")
+    odd = odd.model_copy(update={"id": surprising})
+    await owner.publish_envelope(odd)
+    await owner.publish_envelope(
+        make_event("identity.user.disabled", UserDisabled(user_id=uuid.uuid4()), source="test")
+    )
+    await asyncio.wait_for(applied.wait(), 10)
+    connection = await aio_pika.connect(test_env.amqp_url)
+    try:
+        channel = await connection.channel()
+        dead = await channel.declare_queue(f"{test_env.bus_prefix}.probe13.dead", passive=True)
+        message = None
+        for _ in range(100):
+            message = await dead.get(fail=False)
+            if message is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert message is not None, "the message was held, not dead-lettered"
+        assert message.message_id == str(surprising)
+        await message.ack()
+    finally:
+        await connection.close()
+    assert consumer.in_flight == 0
+    await _close(consumer, owner, bus)
 
 
 async def _consume_held(

@@ -252,10 +252,17 @@ class ActivityActor(BaseModel):
 
 
 class ActivityObject(BaseModel):
-    type: Literal["invitation", "portal", "user", "key", "settings"]
+    type: Annotated[
+        Literal["invitation", "staff_invitation", "portal", "user", "key", "settings"],
+        Field(description="staff_invitation: an invitation to join the team (user.invited, …)"),
+    ]
     id: str | None = None
     label: Annotated[
-        str, Field(description="an invitation's or user's email, a portal's title, a key's name")
+        str,
+        Field(
+            description="an invitation's, a staff invitation's or a user's email, a portal's"
+            " title, a key's name"
+        ),
     ]
 
 

@@ -13,6 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from services.gateway.contracts import ActivityPage
+from services.gateway.views.openapi import OPENAPI
 from tests.e2e.conftest import ADMIN_EMAIL, Browser, Stack
 from tests.e2e.flows import Api, accept_from_email, create_portal, eventually, unique_email
 
@@ -212,3 +214,23 @@ async def test_changes_made_with_a_key_are_recorded_with_the_key(stack: Stack, a
     # The bootstrap key made the key: recorded as the bootstrap key.
     created = await _recorded(api, {("key.created", name)}, actor="bootstrap")
     assert {i["actor"]["type"] for i in created} == {"key"}
+
+
+async def test_a_staff_invitations_entries_are_what_the_published_document_says(
+    api: Api,
+) -> None:
+    # Found by fuzzing /api/v1 against its own OpenAPI document: a staff invitation's
+    # entries name their object "staff_invitation", a type the document's enum left out,
+    # so a client generated from the document refused the whole page.
+    email = unique_email("activity-staff")
+    code, made = await api.call("POST", "/staff-invitations", {"email": email, "role": "staff"})
+    assert code == 201, made
+    items = await _recorded(api, {("user.invited", email)}, action="user.invited")
+    entry = next(i for i in items if i["object"]["label"] == email)
+    assert entry["object"]["type"] == "staff_invitation"
+    documented = OPENAPI["components"]["schemas"]["ActivityObject"]["properties"]["type"]
+    assert "staff_invitation" in documented["enum"]
+    # The page as served is the document's ActivityPage, every entry of it.
+    code, page = await api.call("GET", "/activity?action=user.invited")
+    assert code == 200, page
+    ActivityPage.model_validate(page)

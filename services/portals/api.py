@@ -31,6 +31,7 @@ from .domain import (
     Role,
     Status,
     clean_title,
+    is_valid_slug,
 )
 
 DEPS = web.AppKey("portals_deps", handlers.Deps)
@@ -136,6 +137,15 @@ def _portal_id(request: web.Request) -> uuid.UUID:
     return path_uuid(request, "portal_id", NotFound("Not found.", code="portal_not_found"))
 
 
+def _slug(request: web.Request) -> str:
+    """The path's slug. Anything a slug can't be (the table's CHECK holds every stored one
+    to the pattern) names no portal: 404, never a value PostgreSQL refuses (a NUL)."""
+    slug = request.match_info["slug"]
+    if not is_valid_slug(slug):
+        raise NotFound("Not found.", code="portal_not_found")
+    return slug
+
+
 def _user_id(request: web.Request) -> uuid.UUID:
     not_a_user_id = InvalidInput("The user id must be a UUID.", code="invalid_user_id")
     return path_uuid(request, "user_id", not_a_user_id)
@@ -169,7 +179,7 @@ async def get_portal(request: web.Request) -> web.Response:
 
 
 async def get_portal_by_slug(request: web.Request) -> web.Response:
-    portal = await handlers.get_portal_by_slug(request.app[DEPS], request.match_info["slug"])
+    portal = await handlers.get_portal_by_slug(request.app[DEPS], _slug(request))
     return json_response(portal_json(portal))
 
 
@@ -228,9 +238,7 @@ async def list_users_portals(request: web.Request) -> web.Response:
 
 async def get_user_portal(request: web.Request) -> web.Response:
     user_id = _user_id(request)
-    portal, role = await handlers.user_portal(
-        request.app[DEPS], user_id, request.match_info["slug"]
-    )
+    portal, role = await handlers.user_portal(request.app[DEPS], user_id, _slug(request))
     mode: ContentMode = "full" if portal.status == "active" else "hidden"
     return json_response({**portal_json(portal, mode), "role": role})
 

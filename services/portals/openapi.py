@@ -8,6 +8,7 @@ from typing import Any
 from libs.common.openapi import TIME, UUID, Operation, openapi_route, page_of, path_parameter
 
 from . import api
+from .domain import SLUG_MAX, SLUG_PATTERN
 
 PORTAL: dict[str, Any] = {
     "type": "object",
@@ -54,7 +55,9 @@ USERS_PORTALS = {
 }
 ID = path_parameter("portal_id")
 USER = path_parameter("user_id")
-SLUG = path_parameter("slug", {"type": "string"})
+SLUG = path_parameter(
+    "slug", {"type": "string", "pattern": SLUG_PATTERN, "maxLength": SLUG_MAX}
+)  # anything else: 404 portal_not_found
 NOT_FOUND = ["404 portal_not_found"]
 
 OPERATIONS: list[Operation] = [

@@ -129,6 +129,20 @@ async def test_get_by_id_and_slug(client: Client, new_portal: NewPortal) -> None
         assert (await resp.json())["error"]["code"] == "portal_not_found"
 
 
+async def test_a_slug_no_portal_can_have_names_none(client: Client, new_portal: NewPortal) -> None:
+    # Found by fuzzing the internal API: a NUL in a slug reached PostgreSQL, which can't
+    # take one in text, and the answer was a 500 (on both routes that take a slug).
+    portal = await new_portal()
+    user = uuid.uuid4()
+    await client.put(f"/portals/{portal['id']}/client", json={"user_id": str(user)})
+    assert (await client.get(f"/users/{user}/portals/{portal['slug']}")).status == 200
+    for slug in ("a%00b", "%00", portal["slug"] + "%00", "Upper-Case", "x" * 81):
+        for path in (f"/portals/by-slug/{slug}", f"/users/{user}/portals/{slug}"):
+            resp = await client.get(path)
+            assert resp.status == 404, (path, await resp.text())
+            assert (await resp.json())["error"]["code"] == "portal_not_found"
+
+
 async def test_patch_bumps_revision_and_publishes_update(
     client: Client, db: asyncpg.Pool, new_portal: NewPortal
 ) -> None:

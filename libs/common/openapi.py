@@ -255,7 +255,9 @@ class ApiRoutes:
         responses: dict[str, Any] = {str(e.status): ok}
         for other, description in e.also:
             responses[str(other)] = {**ok, "description": description}
-        failures = {"401", "403"} | {err.split()[0] for err in e.errors}
+        # 503: every route asks a service behind the gateway (a key's check asks identity),
+        # which may be away (<service>_unavailable, unavailable, busy).
+        failures = {"401", "403", "503"} | {err.split()[0] for err in e.errors}
         if e.body is not None or e.query is not None:
             failures.add("422")
         if e.body is not None:

@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -67,7 +68,10 @@ def log_in(gateway: str, email: str, password: str) -> tuple[str, str]:
     form = urllib.parse.urlencode(
         {"csrf_token": found.group(1), "email": email, "password": password, "next": ""}
     )
-    landed = opener.open(gateway + "/login", data=form.encode()).geturl()
+    try:
+        landed = opener.open(gateway + "/login", data=form.encode()).geturl()
+    except urllib.error.HTTPError as refused:
+        raise SystemExit(f"the administrator's log in was refused ({refused.code})") from None
     if "/login" in landed:
         raise SystemExit("the administrator's log in was refused")
     cookies = {c.name: c.value or "" for c in jar}

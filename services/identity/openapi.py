@@ -106,6 +106,12 @@ OPERATIONS: list[Operation] = [
     ("get", "/users", "List users", None, api.ListUsersQuery, [], 200, PAGE, ["422"]),
     ("get", "/users/lookup", "Find a user by email", None, api.LookupQuery, [], 200, USER,
      ["404 user_not_found"]),
+    ("post", "/users/lookup",
+     "Which of these addresses (at most 500) have an account: a batch's invitees",
+     api.LookupManyBody, None, [], 200,
+     {"type": "object", "properties": {"items": {"type": "array", "items": {
+         "type": "object", "properties": {"id": UUID, "email": {"type": "string"}}}}}},
+     ["422"]),
     ("post", "/users/by-id", "Get the users among these ids (at most 500)", api.UsersByIdBody,
      None, [], 200, USERS, ["422"]),
     ("get", "/users/{user_id}", "Get a user", None, None, [USER_ID], 200, USER,

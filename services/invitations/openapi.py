@@ -150,6 +150,26 @@ TOKEN_ERRORS = [
     "410 invitation_replaced (a newer link was sent)",
     "409 portal_not_active (a group's link: none of its portals is Active)",
 ]
+BATCH = {
+    "type": "object",
+    "properties": {
+        "results": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["row", "email", "status"],
+                "properties": {
+                    "row": {"type": "integer", "description": "from 1, in input order"},
+                    "email": {"type": "string"},
+                    "status": {"type": "string", "enum": ["created", "resent", "rejected"]},
+                    "invitation_id": UUID,
+                    "reason": {"type": "string"},
+                    "message": {"type": "string"},
+                },
+            },
+        }
+    },
+}
 REQUESTED = {"type": "object", "properties": {"status": {"const": "requested"}}}
 
 OPERATIONS: list[Operation] = [
@@ -167,6 +187,10 @@ OPERATIONS: list[Operation] = [
       "409 already_has_access (error.portal_ids)", "409 invitation_pending (error.portal_ids)",
       "409 idempotency_key_reused", "422 invalid_expires_in_days",
       "422 personal_message_too_long", "422 name_too_long", "503 identity_unavailable"]),
+    ("post", "/invitations/batch",
+     "Invite many people to one portal (up to 10,000 rows): a verdict per row, in order",
+     api.BatchBody, None, [], 200, BATCH,
+     ["404 portal_not_found", "409 portal_not_active", "413 body_too_large"]),
     ("get", "/invitations", "List invitations, newest first", None, api.ListQuery, [], 200,
      PAGE, ["422 invalid_cursor", "422 invalid_email"]),
     ("get", "/invitations/counts",

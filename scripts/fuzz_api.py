@@ -92,9 +92,13 @@ def run(
     command += f"--mode all --seed {args.seed} --generation-deterministic".split()
     command += f"--max-examples {args.max_examples} --workers 1".split()
     command += ["--suppress-health-check", "all", "--report", "junit,har"]
-    command += ["--report-dir", str(Path(args.report_dir) / name), *extra]
+    reports = Path(args.report_dir).resolve()
+    reports.mkdir(parents=True, exist_ok=True)
+    command += ["--report-dir", str(reports / name), *extra]
     print(f"fuzz: {name}: {schema}", flush=True)
-    return subprocess.run(command, env={**os.environ, **(env or {})}).returncode
+    # From the report directory: Schemathesis keeps its cache (.schemathesis/) where it runs.
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(command, env=environment, cwd=reports).returncode
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -926,5 +926,7 @@ def _unread(message: AbstractIncomingMessage, exc: MalformedEvent) -> str:
 
 
 def _delivery_count(message: AbstractIncomingMessage) -> int:
+    """The quorum queue's count of earlier deliveries, bounded: the broker sets it, but
+    a pause of 2**count seconds must never meet a count nobody could wait for."""
     value = (message.headers or {}).get("x-delivery-count", 0)
-    return int(value) if isinstance(value, int) else 0
+    return min(max(value, 0), 100) if isinstance(value, int) else 0

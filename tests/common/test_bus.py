@@ -1024,3 +1024,21 @@ async def test_the_backlog_gauge_counts_unroutable_rows_waiting_in_the_outbox(
             await running
         await bus.close()
         await _drop_exchanges(admin, channel, prefix)
+
+
+def test_a_delivery_count_past_any_pause_is_bounded() -> None:
+    """The count of earlier deliveries comes from a header: one nobody could wait 2**n
+    seconds for (``min(0.2 * 2**n, 5.0)`` overflowed a float) is read as a large one."""
+
+    class Delivered:
+        def __init__(self, headers: dict[str, Any]) -> None:
+            self.headers = headers
+
+    for headers, count in [
+        ({"x-delivery-count": 10**6}, 100),
+        ({"x-delivery-count": -3}, 0),
+        ({}, 0),
+    ]:
+        read = bus_module._delivery_count(Delivered(headers))  # type: ignore[arg-type]
+        assert read == count
+        assert min(0.2 * 2**read, 5.0) <= 5.0

@@ -474,6 +474,22 @@ async def _apply_patiently(
             pause = min(pause * 2, MIGRATION_RETRY_MAX_SECONDS)
 
 
+async def _as_schema_owner(conn: asyncpg.Connection[asyncpg.Record], schema: str) -> None:
+    """For the rest of the transaction, act as the schema's owner (its service's own role,
+    libs/common/database_roles.py) when the login is another that may: what a migration
+    makes is then that role's, whoever runs it. Run as the administrator (``make migrate``,
+    a restore by hand), a new table was the administrator's, and the service, logging in
+    as its role, could not use it."""
+    owner = await conn.fetchval(
+        "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = $1"
+        " AND nspowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+        " AND pg_has_role(current_user, nspowner, 'MEMBER')",
+        schema,
+    )
+    if owner:
+        await conn.execute("SET LOCAL ROLE " + '"' + str(owner).replace('"', '""') + '"')
+
+
 async def _recorded(conn: asyncpg.Connection[asyncpg.Record], schema: str) -> set[str]:
     """The schema and its ``schema_migrations`` (made on the first run), and the versions
     recorded there: a current schema is read once, not file by file."""
@@ -485,6 +501,7 @@ async def _recorded(conn: asyncpg.Connection[asyncpg.Record], schema: str) -> se
             "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema
         ):
             await conn.execute(f"CREATE SCHEMA {schema}")
+        await _as_schema_owner(conn, schema)
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ("
             " version text PRIMARY KEY, name text NOT NULL,"
@@ -503,6 +520,7 @@ async def _apply(
         # Concurrent runs (replicas starting together) take turns, file by file; the
         # lock timeout below does not apply to this wait.
         await xact_lock(conn, f"migrate:{schema}")
+        await _as_schema_owner(conn, schema)
         await conn.execute(f"SET LOCAL search_path TO {schema}, public")
         if await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)",

@@ -154,6 +154,32 @@ async def test_an_upgrade_hands_each_schema_over_with_everything_in_it(
     )
 
 
+async def test_a_migration_run_as_the_administrator_leaves_its_tables_to_the_schemas_role(
+    earlier_release: str, tmp_path: Path
+) -> None:
+    """`make migrate`, or `python -m services.<name> migrate` by hand after a restore, runs
+    as whoever DATABASE_URL names. A table it made in a role's schema was the
+    administrator's, and the service, logging in as its role, could not use it."""
+    passwords = broker.new_passwords()
+    await database_roles.provision(earlier_release, passwords)
+    newer = tmp_path / "portals"
+    newer.mkdir()
+    for migration in SCHEMAS["portals"].glob("*.sql"):
+        (newer / migration.name).write_text(migration.read_text())
+    (newer / "9999_newer_release.sql").write_text(
+        "CREATE TABLE newer (id bigserial PRIMARY KEY, note text);"
+    )
+    assert await migrate(earlier_release, "portals", newer) == ["9999_newer_release.sql"]
+    conn = await asyncpg.connect(
+        database_roles.service_url(earlier_release, "portals", passwords["portals"])
+    )
+    try:
+        await conn.execute("INSERT INTO portals.newer (note) VALUES ('the service writes it')")
+        assert await conn.fetchval("SELECT count(*) FROM portals.newer") == 1
+    finally:
+        await conn.close()
+
+
 async def test_the_password_is_sent_as_the_verifier_postgresql_itself_makes(
     test_env: TestEnv,
 ) -> None:

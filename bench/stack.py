@@ -18,6 +18,7 @@ import aiohttp
 import asyncpg
 from yarl import URL
 
+from libs.common import database_roles
 from libs.common.broker import SERVICES, broker_user
 from libs.common.provision import provision, remove_users
 from tests.support.env import CONSUMERS, TestEnv, free_port, new_test_env
@@ -153,6 +154,8 @@ async def running_stack(**extra_env: str) -> AsyncIterator[Stack]:
     admin = await asyncpg.connect(env.admin_url)
     await admin.execute(f'CREATE DATABASE "{env.database_name}"')
     await admin.close()
+    # Each service's database role, as deployments make them (libs/common/database_roles.py).
+    await database_roles.provision(env.database_url, env.database_passwords)
     # Each service's broker user, as make run makes them (libs/common/provision.py).
     await provision(
         env.amqp_url,
@@ -219,6 +222,7 @@ async def running_stack(**extra_env: str) -> AsyncIterator[Stack]:
             admin = await asyncpg.connect(env.admin_url)
             await admin.execute(f'DROP DATABASE IF EXISTS "{env.database_name}" WITH (FORCE)')
             await admin.close()
+            await database_roles.drop(env.database_url)
 
 
 async def _drop_bus(env: TestEnv) -> None:

@@ -74,10 +74,11 @@ async def test_a_changed_password_is_named_and_the_restored_one_connects(
     own_env: TestEnv,
 ) -> None:
     user = broker.broker_user(own_env.bus_prefix, SERVICE)
-    await _rabbitmqctl("change_password", user, "rotated-elsewhere-0123456789")
+    await _rabbitmqctl("change_password", "--", user, "rotated-elsewhere-0123456789")
 
     async def restore() -> None:
-        await _rabbitmqctl("change_password", user, own_env.broker_passwords[SERVICE])
+        # "--": a password may start with "-" (1 in 64 do), which rabbitmqctl took for an option
+        await _rabbitmqctl("change_password", "--", user, own_env.broker_passwords[SERVICE])
 
     refusals = await _refused_then_connected(own_env, restore)
     reason = refusals[0]["reason"]

@@ -9,11 +9,19 @@ import base64
 import binascii
 import uuid
 from datetime import datetime
-from typing import TypeVar
+from typing import Annotated, TypeVar
+
+from pydantic import StringConstraints
 
 from .errors import InvalidInput
 
 T = TypeVar("T")
+
+# A list's ``cursor`` query value, as every service reads it. A list issues about 110
+# characters; the bound is the one the lists have always documented. Within it, anything
+# no list issued is refused by ``decode_cursor`` as ``invalid_cursor``.
+MAX_CURSOR_LENGTH = 500
+Cursor = Annotated[str, StringConstraints(max_length=MAX_CURSOR_LENGTH)]
 
 
 def page_of(fetched: list[T], limit: int) -> tuple[list[T], bool]:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.broker import WEBHOOK_EVENTS, WebhookEvent
+from libs.common.cursor import Cursor
 
 EventType = WebhookEvent
 EVENT_TYPES = WEBHOOK_EVENTS
@@ -63,4 +64,4 @@ class DeliveryQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: Annotated[int, Field(ge=1, le=200)] = 50
-    cursor: Annotated[str, Field(max_length=500)] | None = None
+    cursor: Cursor | None = None

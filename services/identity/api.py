@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from libs.common.cursor import Cursor
 from libs.common.errors import NotFound
 from libs.common.passwords import PASSWORD_FIELD
 from libs.common.service_auth import GATEWAY
@@ -45,7 +46,7 @@ class EnsureUserBody(_Body):
 class ListUsersQuery(_Body):
     q: str | None = Field(default=None, max_length=320)
     limit: int = Field(default=50, ge=1, le=200)
-    cursor: str | None = Field(default=None, max_length=500)
+    cursor: Cursor | None = None
 
 
 class LookupQuery(_Body):
@@ -114,7 +115,7 @@ class ActivityQuery(_Body):
     action: str | None = Field(default=None, max_length=100)
     portal_id: uuid.UUID | None = None
     limit: int = Field(default=50, ge=1, le=200)
-    cursor: str | None = Field(default=None, max_length=500)
+    cursor: Cursor | None = None
 
 
 class ResetConfirmBody(_Body):

@@ -10,7 +10,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from libs.common.cursor import decode_cursor, encode_cursor
+from libs.common.cursor import Cursor, decode_cursor, encode_cursor
 from libs.common.errors import NotFound
 from libs.common.service_auth import GATEWAY
 from libs.common.web import (
@@ -140,7 +140,7 @@ class ListQuery(BaseModel):
     portal_id: uuid.UUID | None = None
     email: str | None = Field(default=None, max_length=320)
     limit: int = Field(default=50, ge=1, le=200)
-    cursor: str | None = Field(default=None, max_length=200)
+    cursor: Cursor | None = None
 
 
 class CountsQuery(BaseModel):

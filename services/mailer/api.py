@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.broker import WebhookEvent
+from libs.common.cursor import Cursor
 from libs.common.errors import InvalidInput, NotFound
 from libs.common.service_auth import GATEWAY
 from libs.common.web import Route, callers_of, json_response, parse_query, path_uuid, read_json
@@ -43,7 +44,7 @@ class EndpointsQuery(BaseModel):
 
 class DeliveryQuery(BaseModel):
     limit: int = Field(default=50, ge=1, le=200)
-    cursor: str | None = Field(default=None, max_length=200)
+    cursor: Cursor | None = None
 
 
 def endpoint_json(row: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from libs.common.cursor import decode_cursor, encode_cursor
+from libs.common.cursor import Cursor, decode_cursor, encode_cursor
 from libs.common.errors import InvalidInput, NotFound
 from libs.common.service_auth import GATEWAY
 from libs.common.web import Route, callers_of, json_response, parse_query, path_uuid, read_json
@@ -78,7 +78,7 @@ class ListQuery(_Body):
     status: Status | None = None
     q: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
     limit: int = Field(default=50, ge=1, le=200)
-    cursor: Annotated[str, StringConstraints(max_length=500)] | None = None
+    cursor: Cursor | None = None
 
     @field_validator("status", "q", "cursor", mode="before")
     @classmethod

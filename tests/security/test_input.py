@@ -17,6 +17,7 @@ from tests.security.flows import (
     publish_envelope,
 )
 from tests.support.stack import Browser, Stack
+from tests.support.webhooks import receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -289,3 +290,33 @@ async def test_a_cursor_of_another_list_is_refused(stack: Stack, admin: Browser)
     for listing, cursor in cursors.items():
         status, page = await api(admin, "GET", f"/api/v1/{listing}?limit=1&cursor={cursor}")
         assert status == 200 and len(page["items"]) == 1, (listing, page)
+
+
+async def test_a_cursor_no_list_issued_gets_the_same_answer_on_every_list(
+    stack: Stack, admin: Browser
+) -> None:
+    """Every list documents its cursor as up to 500 characters, but invitations and the
+    webhook deliveries refused more than 200 as a malformed query, another answer than
+    a cursor no list issued gets elsewhere. One bound now: any cursor within it that is
+    not a list's is 422 invalid_cursor; one past it, 422 naming the cursor."""
+    async with receiver() as hook:
+        status, endpoint = await api(
+            admin, "POST", "/api/v1/webhooks", {"url": hook.url, "events": ["invitation.created"]}
+        )
+        assert status == 201, endpoint
+        for listing in (
+            "portals",
+            "invitations",
+            "activity",
+            "users",
+            f"webhooks/{endpoint['id']}/deliveries",
+        ):
+            for forged in ("x" * 16, "x" * 300, "x" * 500):
+                status, answer = await api(admin, "GET", f"/api/v1/{listing}?cursor={forged}")
+                assert (status, answer["error"]["code"]) == (422, "invalid_cursor"), (
+                    listing,
+                    len(forged),
+                    answer,
+                )
+            status, answer = await api(admin, "GET", f"/api/v1/{listing}?cursor={'x' * 501}")
+            assert status == 422 and "cursor" in str(answer["error"]), (listing, answer)

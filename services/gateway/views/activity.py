@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.activity import ACTIONS
+from libs.common.cursor import Cursor
 from libs.common.text import isolated
 from libs.common.web import json_response, parse_query
 
@@ -57,7 +58,7 @@ class ActivityQuery(BaseModel):
     action: ActivityAction | None = None
     portal_id: UUID | None = None
     limit: Annotated[int, Field(ge=1, le=200)] = 50
-    cursor: Annotated[str, Field(max_length=500)] | None = None
+    cursor: Cursor | None = None
 
 
 @API.get(

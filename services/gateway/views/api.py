@@ -12,6 +12,7 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from libs.common.cursor import Cursor
 from libs.common.email import normalise_email, same_email
 from libs.common.errors import Conflict, InvalidInput, Unreadable
 from libs.common.i18n import LANGUAGE_MESSAGE, is_language
@@ -176,7 +177,7 @@ class PortalQuery(Strict):
     status: Status | None = None
     q: Annotated[str, Field(max_length=100)] | None = None
     limit: Annotated[int, Field(ge=1, le=200)] = 50
-    cursor: Annotated[str, Field(max_length=500)] | None = None
+    cursor: Cursor | None = None
 
 
 class InvitationQuery(Strict):
@@ -187,13 +188,13 @@ class InvitationQuery(Strict):
     )
 
     limit: Annotated[int, Field(ge=1, le=200)] = 50
-    cursor: Annotated[str, Field(max_length=500)] | None = None
+    cursor: Cursor | None = None
 
 
 class UserQuery(Strict):
     q: Annotated[str, Field(max_length=100)] | None = None
     limit: Annotated[int, Field(ge=1, le=200)] = 50
-    cursor: Annotated[str, Field(max_length=500)] | None = None
+    cursor: Cursor | None = None
 
 
 class AccessSettings(Strict):

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 import aio_pika
 import aio_pika.abc
 import aiohttp
-import asyncpg
 import orjson
 
 from tests.support.smtp import accept_link
@@ -88,14 +87,6 @@ class Api:
 
     async def close(self) -> None:
         await self.session.close()
-
-
-async def db_fetch(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        return list(await conn.fetch(query, *args))
-    finally:
-        await conn.close()
 
 
 async def eventually(

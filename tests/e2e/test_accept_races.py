@@ -18,8 +18,9 @@ from services.gateway.answers import AcceptedLink, EnsuredUser
 from services.gateway.handlers.saga import accept_with_password
 from services.gateway.upstream import Identity, Invitations, Portals, Upstream
 from tests.e2e.conftest import Browser, Stack
-from tests.e2e.flows import CLIENT_PASSWORD, Api, db_fetch, unique_email
+from tests.e2e.flows import CLIENT_PASSWORD, Api, unique_email
 from tests.support.smtp import accept_link
+from tests.support.stack import db_fetch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 
 from tests.e2e.conftest import ADMIN_EMAIL, Stack
-from tests.e2e.flows import Api, db_fetch, unique_email
+from tests.e2e.flows import Api, unique_email
 from tests.support.smtp import html_part, text_part
-from tests.support.stack import API_KEY
+from tests.support.stack import API_KEY, db_fetch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

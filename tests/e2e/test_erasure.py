@@ -10,16 +10,10 @@ import asyncpg
 import pytest
 
 from tests.e2e.conftest import Browser, Stack
-from tests.e2e.flows import (
-    CLIENT_PASSWORD,
-    Api,
-    accept_from_email,
-    db_fetch,
-    eventually,
-    unique_email,
-)
+from tests.e2e.flows import CLIENT_PASSWORD, Api, accept_from_email, eventually, unique_email
 from tests.e2e.test_portal_access import login_location, user_id_of
 from tests.support.erasure import places_naming
+from tests.support.stack import db_fetch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

@@ -21,7 +21,6 @@ from tests.e2e.flows import (
     admin_amqp_url,
     amqp_url,
     bus_prefix,
-    db_fetch,
     envelope,
     eventually,
     listening,
@@ -30,6 +29,7 @@ from tests.e2e.flows import (
     unique_email,
 )
 from tests.support.smtp import accept_link
+from tests.support.stack import db_fetch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

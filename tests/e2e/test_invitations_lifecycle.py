@@ -21,13 +21,13 @@ from tests.e2e.flows import (
     Api,
     accept_from_email,
     create_portal,
-    db_fetch,
     eventually,
     invite,
     listening,
     unique_email,
 )
 from tests.support.smtp import accept_link
+from tests.support.stack import db_fetch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

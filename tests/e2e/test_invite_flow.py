@@ -13,6 +13,7 @@ from tests.e2e.conftest import Browser, Stack
 from tests.e2e.flows import CLIENT_PASSWORD, accept_from_email, create_portal, invite, unique_email
 from tests.support.servers import current as current_servers
 from tests.support.smtp import accept_link, html_part, text_part
+from tests.support.stack import db_fetch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -51,13 +52,9 @@ async def test_admin_invites_and_client_lands_on_portal_logged_in(
     assert code == 200 and title in page
 
     # The account has the Client role, exactly once.
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT role FROM identity.users WHERE lower(email) = lower($1)", email
-        )
-    finally:
-        await conn.close()
+    rows = await db_fetch(
+        stack, "SELECT role FROM identity.users WHERE lower(email) = lower($1)", email
+    )
     assert [r["role"] for r in rows] == ["client"]
 
     # The link is single-use.

@@ -16,7 +16,6 @@ from tests.e2e.flows import (
     Api,
     accept_from_email,
     admin_amqp_url,
-    db_fetch,
     envelope,
     listening,
     publish_event,
@@ -24,6 +23,7 @@ from tests.e2e.flows import (
 )
 from tests.support.forms import find_form
 from tests.support.smtp import html_part, text_part
+from tests.support.stack import db_fetch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

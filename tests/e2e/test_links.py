@@ -11,14 +11,9 @@ import uuid
 import pytest
 
 from tests.e2e.conftest import Browser, Stack
-from tests.e2e.flows import (
-    Api,
-    accept_from_email,
-    db_fetch,
-    listening,
-    unique_email,
-)
+from tests.e2e.flows import Api, accept_from_email, listening, unique_email
 from tests.support.smtp import accept_link
+from tests.support.stack import db_fetch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

@@ -20,7 +20,6 @@ from urllib.parse import quote, urlsplit
 import aio_pika
 import aio_pika.abc
 import aiohttp
-import asyncpg
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -36,6 +35,7 @@ from tests.support.stack import (
     API_KEY,
     Browser,
     Replicas,
+    db_fetch,
     running_replicas,
 )
 
@@ -134,14 +134,6 @@ async def listening(stack: Replicas) -> AsyncIterator[Bus]:
         yield bus
     finally:
         await connection.close()
-
-
-async def db_fetch(stack: Replicas, query: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        return list(await conn.fetch(query, *args))
-    finally:
-        await conn.close()
 
 
 async def outbox_schemas(stack: Replicas) -> list[str]:

@@ -21,7 +21,7 @@ import asyncpg
 from libs.common import broker
 from libs.common.events import EventData, make_event
 from tests.support.servers import current as current_servers
-from tests.support.stack import API_KEY, Stack
+from tests.support.stack import API_KEY, Stack, db_fetch
 
 FIGURES = Path("/tmp/clientpress-reliability.jsonl")
 SCHEMAS = ("identity", "portals", "invitations", "mailer")
@@ -209,7 +209,7 @@ async def deliveries_settled(stack: Stack, timeout: float = 30) -> None:
     past ``timeout``, fail naming the rows that are not."""
 
     async def settled() -> bool:
-        rows = await fetch(
+        rows = await db_fetch(
             stack,
             "SELECT (SELECT count(*) FROM mailer.deliveries WHERE status <> 'sent')"
             " + (SELECT count(*) FROM invitations.invitations WHERE delivery <> 'sent') AS n",
@@ -219,12 +219,12 @@ async def deliveries_settled(stack: Stack, timeout: float = 30) -> None:
     try:
         await wait_until(settled, timeout, "every delivery recorded as sent")
     except AssertionError:
-        mailer = await fetch(
+        mailer = await db_fetch(
             stack,
             "SELECT mail_id, status, attempts, last_error FROM mailer.deliveries"
             " WHERE status <> 'sent'",
         )
-        invitations = await fetch(
+        invitations = await db_fetch(
             stack,
             "SELECT id, status, delivery, last_mail_id FROM invitations.invitations"
             " WHERE delivery <> 'sent'",
@@ -318,11 +318,3 @@ async def metric(url: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             total += float(value)
     return total
-
-
-async def fetch(stack: Stack, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()

@@ -26,7 +26,6 @@ from tests.faults.support import (
     all_delivered,
     dead_letters,
     deliveries_settled,
-    fetch,
     outbox_backlog,
     outboxes_drained,
     per_address,
@@ -38,7 +37,7 @@ from tests.support.env import new_test_env, provisioned
 from tests.support.proxy import BlackHole
 from tests.support.servers import current as current_servers
 from tests.support.smtp import SmtpSink
-from tests.support.stack import Stack, _run_stack
+from tests.support.stack import Stack, _run_stack, db_fetch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -163,7 +162,7 @@ async def test_database_black_holed_then_back(stack: Stack, holes: Holes) -> Non
         finally:
             holes.database.restore()
         restored = time.monotonic()
-        restored_at = (await fetch(stack, "SELECT now() AS t"))[0]["t"]
+        restored_at = (await db_fetch(stack, "SELECT now() AS t"))[0]["t"]
         healed_ready = await wait_until(lambda: _all_ready(stack), 60, "every service ready")
         after = unique_emails("pg-hole-after", 3)
         for email in after:
@@ -179,7 +178,7 @@ async def test_database_black_holed_then_back(stack: Stack, holes: Holes) -> Non
             return await _listening(stack, since=restored_at) >= listening
 
         await wait_until(listening_again, 30, f"LISTEN connections anew for {listening}")
-        made_during = await fetch(
+        made_during = await db_fetch(
             stack,
             "SELECT count(*) AS n FROM invitations.invitations WHERE email_lower = $1",
             during,
@@ -265,7 +264,7 @@ async def test_broker_black_holed_then_back(stack: Stack, holes: Holes) -> None:
 async def _listening(stack: Stack, since: Any = None) -> Counter[str]:
     """The services' LISTEN connections by name (opened after ``since``): their last
     query is the LISTEN or the listener's check."""
-    rows = await fetch(
+    rows = await db_fetch(
         stack,
         "SELECT application_name AS name FROM pg_stat_activity"
         " WHERE datname = current_database() AND application_name LIKE 'clientpress-%'"
@@ -278,7 +277,7 @@ async def _listening(stack: Stack, since: Any = None) -> Counter[str]:
 
 
 async def _sessions(stack: Stack) -> list[tuple[Any, ...]]:
-    rows = await fetch(
+    rows = await db_fetch(
         stack,
         "SELECT application_name, state, left(query, 60) AS q,"
         " round(extract(epoch FROM now() - xact_start)) AS xact"
@@ -305,7 +304,7 @@ async def _queues(stack: Stack) -> dict[str, tuple[int, int]]:
 
 
 async def _delivery(stack: Stack, email: str) -> dict[str, Any]:
-    rows = await fetch(
+    rows = await db_fetch(
         stack,
         "SELECT status, attempts, last_error FROM mailer.deliveries WHERE to_address = $1",
         email,

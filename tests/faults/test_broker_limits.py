@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from libs.common import broker
-from tests.faults.support import Api, fetch, metric, wait_until
+from tests.faults.support import Api, metric, wait_until
 from tests.security.flows import invitation_requested, publish_as
-from tests.support.stack import Stack
+from tests.support.stack import Stack, db_fetch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -53,7 +53,7 @@ async def dead_ids(stack: Stack, service: str) -> set[str]:
 
 
 async def invitations_to(stack: Stack, email: str) -> int:
-    rows = await fetch(
+    rows = await db_fetch(
         stack, "SELECT count(*) AS n FROM invitations.invitations WHERE email = $1", email
     )
     return int(rows[0]["n"])

@@ -28,7 +28,7 @@ from tests.faults.support import (
     wait_until,
 )
 from tests.support.servers import current as current_servers
-from tests.support.stack import Stack
+from tests.support.stack import Stack, db_fetch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -148,13 +148,9 @@ async def _cut_a_batch(stack: Stack, scenario: str, stop: Any, start: Any) -> No
 
 
 async def _invitation_rows(stack: Stack, portal_id: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        return await conn.fetch(
-            "SELECT id FROM invitations.invitations WHERE portal_id = $1", uuid.UUID(portal_id)
-        )
-    finally:
-        await conn.close()
+    return await db_fetch(
+        stack, "SELECT id FROM invitations.invitations WHERE portal_id = $1", uuid.UUID(portal_id)
+    )
 
 
 async def test_postgres_restarted_in_the_middle_of_a_batch(stack: Stack) -> None:

@@ -27,7 +27,6 @@ from tests.faults.support import (
     all_delivered,
     dead_letters,
     deliveries_settled,
-    fetch,
     outboxes_drained,
     per_address,
     publish,
@@ -36,7 +35,7 @@ from tests.faults.support import (
     wait_until,
 )
 from tests.support.smtp import SmtpSink
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Stack, db_fetch, running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -172,7 +171,7 @@ async def _ready(session: aiohttp.ClientSession, stack: Stack, name: str) -> boo
 
 
 async def _invitation_count(stack: Stack, email: str) -> int:
-    rows = await fetch(
+    rows = await db_fetch(
         stack,
         "SELECT count(*) AS n FROM invitations.invitations WHERE email_lower = $1",
         email.lower(),
@@ -381,7 +380,7 @@ async def test_outcome_write_cancelled_after_the_smtp_server_took_the_email(stac
         sink.hold_data = None
         # Past the stuck-sending window (6 s) and a maintenance round (5 s).
         await asyncio.sleep(15)
-        rows = await fetch(
+        rows = await db_fetch(
             stack,
             "SELECT status, attempts FROM mailer.deliveries WHERE to_address = $1",
             email,

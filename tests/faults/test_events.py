@@ -26,7 +26,6 @@ from tests.e2e.flows import accept_from_email
 from tests.faults.support import (
     Api,
     dead_letters,
-    fetch,
     metric,
     publish,
     publish_raw_envelope,
@@ -34,7 +33,7 @@ from tests.faults.support import (
     unique_emails,
     wait_until,
 )
-from tests.support.stack import Browser, Stack
+from tests.support.stack import Browser, Stack, db_fetch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -52,11 +51,11 @@ async def test_invitation_accepted_twice_grants_once(stack: Stack, api: Api) -> 
     finally:
         await browser.close()
     assert status == 200
-    (user,) = await fetch(stack, "SELECT id FROM identity.users WHERE email = $1", email)
+    (user,) = await db_fetch(stack, "SELECT id FROM identity.users WHERE email = $1", email)
     # A pending invitation of the same person to the second portal, accepted only by the
     # events below (the saga never ran for it).
     await api.invite(second["id"], email)
-    (invitation,) = await fetch(
+    (invitation,) = await db_fetch(
         stack,
         "SELECT id FROM invitations.invitations WHERE portal_id = $1",
         uuid.UUID(second["id"]),
@@ -74,13 +73,13 @@ async def test_invitation_accepted_twice_grants_once(stack: Stack, api: Api) -> 
     await publish(stack, "invitation.accepted", data)  # announced again: a new event id
 
     async def three_seen() -> bool:
-        rows = await fetch(
+        rows = await db_fetch(
             stack,
             "SELECT count(*) AS n FROM portals.inbox WHERE event_type = 'invitation.accepted'"
             " AND event_id = ANY($1::uuid[])",
             [envelope.id],
         )
-        grants = await fetch(
+        grants = await db_fetch(
             stack,
             "SELECT count(*) AS n FROM portals.access WHERE portal_id = $1",
             uuid.UUID(second["id"]),
@@ -92,17 +91,17 @@ async def test_invitation_accepted_twice_grants_once(stack: Stack, api: Api) -> 
     await wait_until(
         lambda: _consumed(stack, "invitation.accepted", 3), 20, "all three deliveries consumed"
     )
-    access = await fetch(
+    access = await db_fetch(
         stack,
         "SELECT user_id, role FROM portals.access WHERE portal_id = $1",
         uuid.UUID(second["id"]),
     )
-    grants = await fetch(
+    grants = await db_fetch(
         stack,
         "SELECT count(*) AS n FROM portals.applied_grants WHERE grant_key = $1",
         str(invitation["id"]),
     )
-    granted_events = await fetch(
+    granted_events = await db_fetch(
         stack,
         "SELECT count(*) AS n FROM portals.outbox WHERE routing_key = 'portal.access.granted'"
         " AND convert_from(body, 'UTF8') LIKE $1",
@@ -154,7 +153,9 @@ async def test_portal_updates_out_of_order_keep_the_newer(stack: Stack, api: Api
 
 
 async def _replica(stack: Stack, portal_id: uuid.UUID) -> dict[str, object]:
-    (row,) = await fetch(stack, "SELECT * FROM invitations.portals WHERE portal_id = $1", portal_id)
+    (row,) = await db_fetch(
+        stack, "SELECT * FROM invitations.portals WHERE portal_id = $1", portal_id
+    )
     return dict(row)
 
 
@@ -163,7 +164,7 @@ async def _replica_title(stack: Stack, portal_id: uuid.UUID, title: str) -> bool
 
 
 async def _in_inbox(stack: Stack, event_id: str) -> bool:
-    rows = await fetch(
+    rows = await db_fetch(
         stack, "SELECT 1 FROM invitations.inbox WHERE event_id = $1", uuid.UUID(event_id)
     )
     return bool(rows)

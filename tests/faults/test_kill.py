@@ -20,7 +20,6 @@ from tests.faults.support import (
     all_delivered,
     burst,
     deliveries_settled,
-    fetch,
     outboxes_drained,
     per_address,
     record,
@@ -28,7 +27,7 @@ from tests.faults.support import (
     wait_until,
 )
 from tests.support.smtp import SmtpSink
-from tests.support.stack import ORDER, Stack, running_stack
+from tests.support.stack import ORDER, Stack, db_fetch, running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -96,7 +95,7 @@ async def _at_least(api: Api, count: int, task: asyncio.Task[object]) -> bool:
 
 
 async def _sending_addresses(stack: Stack) -> set[str]:
-    rows = await fetch(
+    rows = await db_fetch(
         stack, "SELECT lower(to_address) AS a FROM mailer.deliveries WHERE status = 'sending'"
     )
     return {row["a"] for row in rows}

@@ -19,14 +19,13 @@ from tests.faults.support import (
     Api,
     all_delivered,
     burst,
-    fetch,
     per_address,
     record,
     unique_emails,
     wait_until,
 )
 from tests.support.smtp import SmtpSink
-from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Stack, login, running_stack
+from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Stack, db_fetch, login, running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -58,7 +57,7 @@ async def api(stack: Stack, sink: SmtpSink) -> AsyncIterator[Api]:
 
 
 async def _deliveries(stack: Stack, emails: list[str]) -> list[dict[str, Any]]:
-    rows = await fetch(
+    rows = await db_fetch(
         stack,
         "SELECT lower(to_address) AS to, status, attempts, last_error FROM mailer.deliveries"
         " WHERE lower(to_address) = ANY($1::text[])",

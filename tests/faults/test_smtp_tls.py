@@ -19,14 +19,13 @@ from tests.faults.support import (
     Api,
     all_delivered,
     burst,
-    fetch,
     per_address,
     record,
     unique_emails,
     wait_until,
 )
 from tests.support.smtp import SmtpSink
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Stack, db_fetch, running_stack
 from tests.support.tls import PrivateCa, ServerCertificate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -109,7 +108,7 @@ async def test_an_expired_relay_certificate_holds_the_emails_until_it_is_renewed
     await burst(api, portal["id"], emails)
 
     async def retried_with_the_reason() -> bool:
-        rows = await fetch(
+        rows = await db_fetch(
             stack,
             "SELECT attempts, status, last_error FROM mailer.deliveries"
             " WHERE lower(to_address) = ANY($1::text[])",
@@ -123,7 +122,7 @@ async def test_an_expired_relay_certificate_holds_the_emails_until_it_is_renewed
         )
 
     await wait_until(retried_with_the_reason, 60, "every email retried 3 times, reason kept")
-    (row,) = await fetch(
+    (row,) = await db_fetch(
         stack,
         "SELECT last_error FROM mailer.deliveries WHERE lower(to_address) = $1",
         emails[0],
@@ -149,7 +148,7 @@ async def test_an_expired_relay_certificate_holds_the_emails_until_it_is_renewed
     counts = per_address(stack, emails)
 
     async def rows_now() -> list[Any]:
-        return await fetch(
+        return await db_fetch(
             stack,
             "SELECT attempts, status FROM mailer.deliveries"
             " WHERE lower(to_address) = ANY($1::text[])",

@@ -10,19 +10,24 @@ import struct
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aio_pika
-import asyncpg
 import orjson
 import pytest
 from pamqp import encode
 
 from tests.security.conftest import unique_email
 from tests.security.flows import invitation_requested, new_portal
-from tests.security.test_broker_trust import eventually, forged, own_fanout_into
-from tests.support.stack import Browser, Stack
+from tests.security.test_broker_trust import (
+    eventually,
+    eventually_logged,
+    forged,
+    log_lines,
+    logged,
+    routed_in,
+)
+from tests.support.stack import Browser, Stack, db_fetch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -97,18 +102,10 @@ async def publish_marked(
 
 
 async def invitation_with_key(stack: Stack, key: str) -> bool:
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        found = await conn.fetchval(
-            "SELECT count(*) FROM invitations.invitations WHERE idempotency_key = $1", key
-        )
-    finally:
-        await conn.close()
-    return bool(found)
-
-
-def lines(path: Path, after: int) -> list[str]:
-    return path.read_text().splitlines()[after:]
+    rows = await db_fetch(
+        stack, "SELECT 1 FROM invitations.invitations WHERE idempotency_key = $1", key
+    )
+    return bool(rows)
 
 
 async def test_properties_no_client_writes_never_cut_the_invitations_service_off(
@@ -118,8 +115,7 @@ async def test_properties_no_client_writes_never_cut_the_invitations_service_off
     its outbox relay) on every delivery, the message back at the head of the queue, until
     the delivery limit dropped it unread: now each request is read and invites."""
     portal = await new_portal(admin)
-    log = Path(stack["invitations"].log_path)
-    start = len(log.read_text().splitlines())
+    start = len(log_lines(stack["invitations"]))
     keys = {}
     for prop in WIRE:
         key = f"hostile-{prop}-{uuid.uuid4().hex[:8]}"
@@ -142,7 +138,7 @@ async def test_properties_no_client_writes_never_cut_the_invitations_service_off
 
         await eventually(invited, f"the request with a hostile {prop} applied")
     # The service's connection never dropped (aiormq says so when its reader fails).
-    assert not [line for line in lines(log, start) if "exited abnormally" in line]
+    assert not logged(stack["invitations"], "exited abnormally", after=start)
 
 
 async def test_properties_no_client_writes_never_cut_the_gateway_listener_off(
@@ -152,35 +148,24 @@ async def test_properties_no_client_writes_never_cut_the_gateway_listener_off(
     gateway's listener (test_broker_trust): a message there whose properties didn't decode
     closed the gateway's connection, and the cache went off. Now it is read and refused
     for its sender."""
-    prefix = stack.broker.bus_prefix
-    user = stack.broker.integration_user
-    log = Path(stack["gateway"].log_path)
-    start = len(log.read_text().splitlines())
+    gateway = stack["gateway"]
+    start = len(log_lines(gateway))
     event = forged("identity.session.revoked", {"user_id": str(uuid.uuid4())})
-    connection = await aio_pika.connect(stack.broker.integration_url)
-    try:
-        channel = await connection.channel(publisher_confirms=True)
-        events = await channel.get_exchange(f"{prefix}.events", ensure=False)
-        fanout = await own_fanout_into(channel, events, user)
-        kind, raw = WIRE["timestamp"]
-        with written(kind, raw):
-            await fanout.publish(
-                aio_pika.Message(
-                    orjson.dumps(event),
-                    message_id=event["id"],
-                    user_id=user,
-                    **marked_properties("timestamp"),
-                ),
-                routing_key="identity.session.revoked",
-                timeout=10,
-            )
-    finally:
-        await connection.close()
-
-    async def refused() -> bool:
-        return any(
-            "event_sender_refused" in line and event["id"] in line for line in lines(log, start)
+    kind, raw = WIRE["timestamp"]
+    with written(kind, raw):
+        await routed_in(
+            stack,
+            orjson.dumps(event),
+            "identity.session.revoked",
+            message_id=event["id"],
+            **marked_properties("timestamp"),
         )
 
-    await eventually(refused, "the gateway refused the forged announcement")
-    assert not [line for line in lines(log, start) if "gateway_cache_off" in line]
+    await eventually_logged(
+        gateway,
+        "event_sender_refused",
+        event["id"],
+        after=start,
+        what="the gateway refused the forged announcement",
+    )
+    assert not logged(gateway, "gateway_cache_off", after=start)

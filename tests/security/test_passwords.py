@@ -14,7 +14,7 @@ from services.identity.passwords import default_hasher
 from tests.security.conftest import api, unique_email
 from tests.security.flows import invite_link, new_portal
 from tests.support.smtp import accept_link
-from tests.support.stack import Browser, Stack, login
+from tests.support.stack import Browser, Stack, db_fetch, login
 
 # OWASP Password Storage Cheat Sheet: argon2id with at least m=19 MiB, t=2, p=1.
 OWASP_MEMORY_KIB = 19 * 1024
@@ -58,14 +58,9 @@ async def test_the_accept_page_refuses_short_and_common_passwords(
         assert code == 422 and words in page, (password, code, page[:300])
         code, url, html = await anonymous.get(link)  # the link still works after a refusal
         assert code == 200
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        count = await conn.fetchval(
-            "SELECT count(*) FROM identity.users WHERE lower(email) = lower($1)", email
-        )
-    finally:
-        await conn.close()
-    assert count == 0
+    assert not await db_fetch(
+        stack, "SELECT 1 FROM identity.users WHERE lower(email) = lower($1)", email
+    )
 
 
 @pytest.mark.e2e

@@ -7,8 +7,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+import asyncpg
 
 from tests.support.env import Keyring, TestEnv, free_port, new_test_env, provisioned
 from tests.support.forms import find_form
@@ -165,6 +167,16 @@ async def running_replicas(
             yield Replicas(
                 services, sink, public_url, envs[0], test_env.database_url, test_env, test_env.keys
             )
+
+
+async def db_fetch(stack: Stack | Replicas, query: str, *args: Any) -> list[asyncpg.Record]:
+    """One query on the stack's database, as its administrator (a test looks past the
+    services' roles)."""
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
 
 
 class Browser:

@@ -6,6 +6,7 @@ request refused there."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from types import MappingProxyType
@@ -13,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from .errors import DomainError
 from .logging import get_logger
@@ -168,11 +170,46 @@ class ProtocolLog:
         return True
 
 
+# What every answer says in Server: not aiohttp's "Python/3.11 aiohttp/3.14.5", the
+# versions a scanner looks up in advisories (the gateway's on_prepare sets it on the
+# answers of its routes, _hide_versions on those aiohttp writes itself).
+SERVER_NAME = "ClientPress"
+
+
+def _hide_versions() -> None:
+    """aiohttp answers a request its parser refuses (a control byte in a header, a header
+    over 8 KiB, an unknown HTTP version) with ``RequestHandler.handle_error``, before any
+    route, middleware or on_response_prepare runs: that answer named the versions and had
+    no nosniff (its text quotes the request's bytes). Its own answer gets both, for every
+    service this process runs; done once."""
+    original = RequestHandler.handle_error
+    if getattr(original, "_clientpress", False):
+        return
+
+    @functools.wraps(original)
+    def handle_error(
+        self: RequestHandler,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        response = original(self, request, status, exc, message)
+        response.headers["Server"] = SERVER_NAME
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    handle_error._clientpress = True  # type: ignore[attr-defined]
+    RequestHandler.handle_error = handle_error  # type: ignore[method-assign]
+
+
 def server_options(head_timeout: float) -> dict[str, Any]:
     """``web.run_app``'s protocol options for a service. aiohttp's keep-alive timer runs
     whenever a connection waits for a request's head: from its opening or the previous
     answer, not restarted by each byte, so it bounds a head sent a byte at a time as well
-    as an idle connection."""
+    as an idle connection. Answers aiohttp writes itself hide its version
+    (_hide_versions)."""
+    _hide_versions()
     return {
         "keepalive_timeout": head_timeout,
         "logger": ProtocolLog(),

@@ -172,3 +172,29 @@ async def test_a_request_the_parser_refuses_is_logged_as_one_line_without_its_by
     assert line["peer"] == "127.0.0.2"
     assert line["status"] == 400
     assert line["detail"] == "Invalid header value char"
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /login HTTP/1.1\r\nHost: clientpress\r\nX-Broken: a\x01b\r\n\r\n",
+        b"GET /login HTTP/1.1\r\nHost: clientpress\r\nX-Long: " + b"a" * 20000 + b"\r\n\r\n",
+        b"GET /login HTTP/9.9\r\nHost: clientpress\r\n\r\n",
+        b"GET * HTTP/1.1\r\nHost: clientpress\r\n\r\n",
+    ],
+    ids=["control-byte", "long-header", "unknown-version", "asterisk-target"],
+)
+async def test_a_request_the_parser_refuses_is_answered_without_the_servers_version(
+    gateway: ServiceProcess, request_head: bytes
+) -> None:
+    """aiohttp answers these itself, before any route or on_prepare runs: its answer named
+    "Python/3.11 aiohttp/3.14.5", the versions a scanner looks up in advisories, which
+    every other answer hides (SECURITY.md: Server is ClientPress on every answer)."""
+    reader, writer = await _connect(gateway)
+    writer.write(request_head)
+    status, head, _ = _answer(await _until_closed(reader))
+    writer.close()
+    assert status == 400
+    assert "server: clientpress\r\n" in head + "\r\n", head
+    assert "aiohttp" not in head and "python" not in head, head
+    assert "x-content-type-options: nosniff" in head, head

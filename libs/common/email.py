@@ -125,5 +125,15 @@ def email_key(address: str) -> str:
     return "".join(c.lower() for c in address)
 
 
+def typed_email_key(raw: str) -> str:
+    """The :func:`email_key` of the inbox an address typed into a form is, as identity
+    reads it (:func:`normalise_email`: a full-width letter or an ideographic full stop
+    in the domain is the ASCII one, a local part is NFC): every spelling that logs in to
+    one account gets one key, so a count per account can't be split by respelling it.
+    What isn't an address is keyed as typed (trimmed)."""
+    value = raw.strip()
+    return email_key(email_or_none(value) or value)
+
+
 def same_email(a: str, b: str) -> bool:
     return email_key(a.strip()) == email_key(b.strip())

@@ -13,7 +13,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDictProxy
 
 from libs.common.actor import Actor, set_actor
-from libs.common.email import email_key
+from libs.common.email import typed_email_key
 from libs.common.errors import (
     DomainError,
     Forbidden,
@@ -430,12 +430,13 @@ def client_ip(request: web.Request) -> str:
 
 async def rate_limit(request: web.Request, scope: str, email: str | None = None) -> None:
     """Count this unauthenticated post per client address, and per email too when one
-    is given (a reset email: capped per inbox). An address is counted by its email_key,
-    the database's comparison, so every spelling of one inbox shares one count."""
+    is given (a reset email: capped per inbox). An address is counted by its
+    typed_email_key, the inbox identity reads it as, so every spelling of one inbox
+    shares one count."""
     limits = request.app[LIMITS]
     wait = await limits.hit(limits.address, scope, address_key(client_ip(request)))
     if not wait and email:
-        wait = await limits.hit(limits.email, scope, email_key(email.strip()))
+        wait = await limits.hit(limits.email, scope, typed_email_key(email))
     _raise_if(wait)
 
 
@@ -459,14 +460,14 @@ async def login_limit(request: web.Request, email: str) -> None:
     address = address_key(client_ip(request))
     wait = await limits.hit(limits.address, "login", address)
     if not wait:
-        wait = await limits.check(limits.login_failures, email_key(email.strip()), address)
+        wait = await limits.check(limits.login_failures, typed_email_key(email), address)
     _raise_if(wait)
 
 
 async def login_failed(request: web.Request, email: str) -> None:
     limits = request.app[LIMITS]
     address = address_key(client_ip(request))
-    await limits.hit(limits.login_failures, email_key(email.strip()), address)
+    await limits.hit(limits.login_failures, typed_email_key(email), address)
 
 
 def _raise_if(wait: int) -> None:

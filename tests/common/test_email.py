@@ -17,6 +17,7 @@ from libs.common.email import (
     email_or_none,
     normalise_email,
     same_email,
+    typed_email_key,
 )
 from libs.common.errors import InvalidInput
 from tests.support.env import TestEnv
@@ -267,3 +268,23 @@ def test_the_fast_path_takes_common_addresses() -> None:
     ]:
         assert _plain(raw.strip()) == expected
         assert normalise_email(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        " victim@example.com ",
+        "victim@\uff45xample.com",  # a full-width e
+        "victim@example\u3002com",  # an ideographic full stop
+        "victim@EXAMPLE\uff0ecom",
+    ],
+)
+def test_every_spelling_identity_logs_in_as_one_account_has_its_key(typed: str) -> None:
+    """The rate limits count failed logins by this key: identity finds the account by the
+    normalised address, so a spelling with another email_key was a fresh count."""
+    assert normalise_email(typed) == "victim@example.com"
+    assert typed_email_key(typed) == email_key("victim@example.com")
+
+
+def test_what_is_no_address_is_keyed_as_typed() -> None:
+    assert typed_email_key(" Not An Address ") == "not an address"

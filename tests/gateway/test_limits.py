@@ -122,6 +122,39 @@ async def test_guesses_from_one_address_do_not_lock_the_owner_out(
         await server.close()
 
 
+async def test_every_spelling_of_one_account_shares_its_failed_logins(
+    backend: Backend, people: dict[str, Person]
+) -> None:
+    """Identity logs in the address as the address rule writes it (IDNA: a full-width
+    letter or an ideographic full stop in the domain is the ASCII one), so each of these
+    opens victim@example.com. The failures were counted per spelling as typed: a guesser
+    cycling through them had a fresh 20 for each, up to the whole address limit (300)."""
+    backend.add_user("victim@example.com", PASSWORD)
+    server = await gateway(backend)  # the defaults: 20 failures per window
+    attacker = people[STRANGER]
+    spellings = [
+        "victim@"
+        + "".join(chr(ord(c) + 0xFEE0) if i == n else c for i, c in enumerate("example"))
+        + ".com"
+        for n in range(7)
+    ]
+    spellings += ["victim@example\u3002com", "victim@example\uff0ecom", "Victim@EXAMPLE.com"]
+    try:
+        for i in range(20):
+            email = spellings[i % len(spellings)]
+            status, _, text = await attacker.log_in(server, email, f"guess {i:04d}xx")
+            assert status == 401, (email, status, text[:200])
+        for email in ("victim@example.com", *spellings):
+            status, headers, _ = await attacker.log_in(server, email, "guess 9999xx")
+            assert status == 429 and int(headers["Retry-After"]) > 0, (email, status)
+        # Another account, and the owner from their own address, are not slowed.
+        assert (await attacker.log_in(server, "other@example.com", "guess 0000xx"))[0] == 401
+        status, _, text = await people[PROXY].log_in(server, "victim@example.com", PASSWORD)
+        assert status == 303, text
+    finally:
+        await server.close()
+
+
 async def test_a_spoofed_forwarded_header_changes_nothing(
     backend: Backend, people: dict[str, Person]
 ) -> None:

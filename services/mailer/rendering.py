@@ -188,7 +188,11 @@ def branded_from(mail_from: str, branding: Branding) -> str:
     if not branding.agency_name:
         return mail_from
     _, address = email.utils.parseaddr(mail_from)
-    return email.utils.formataddr((branding.agency_name, address))
+    # Quoted, not RFC 2047 encoded (formataddr): _sender encodes the name once, as long
+    # as it needs; it used to encode these words a second time when they didn't fit on
+    # one line, and the inbox showed "=?utf-8?q?Agence_Num=C3=A9rique…" as the sender.
+    quoted = branding.agency_name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{address}>'
 
 
 def render(
@@ -378,9 +382,12 @@ def _header(name: str, value: str, *, words: bool = True) -> str:
     too long for a line (a portal title without a space) is RFC 2047 encoded too, the
     only way to split it; ``words=False`` for a value holding an address, which must
     stay as it is (the caller encodes its display name: _sender)."""
-    if value.isascii() and len(name) + len(value) + 2 <= MAX_HEADER_LINE:
+    # ASCII that reads as an RFC 2047 word ("=?utf-8?q?…?="), a portal title so written,
+    # would be shown decoded: another text than the one given. Encoded, it shows as is.
+    literal = words and "=?" in value
+    if value.isascii() and not literal and len(name) + len(value) + 2 <= MAX_HEADER_LINE:
         return f"{name}: {value}\r\n"
-    charset = "us-ascii" if value.isascii() else "utf-8"
+    charset = "us-ascii" if value.isascii() and not literal else "utf-8"
     folded = Header(value, charset, header_name=name).encode(linesep=CRLF)
     if words and charset == "us-ascii" and _too_long(f"{name}: {folded}"):
         folded = Header(value, "utf-8", header_name=name).encode(linesep=CRLF)
@@ -418,8 +425,10 @@ def _sender(mail_from: str) -> tuple[str, str, str]:
     from_line = _header(
         "From", email.utils.formataddr((name, sender), charset="utf-8"), words=False
     )
-    if name and _too_long(from_line):
-        # A display name with a word longer than a line: RFC 2047 words split it.
+    if name and (_too_long(from_line) or "=?" in name):
+        # A display name with a word longer than a line: RFC 2047 words split it. One
+        # that reads as such a word already ("=?utf-8?q?…?="), encoded too, is shown as
+        # typed rather than decoded.
         encoded = Header(name, "utf-8", maxlinelen=60).encode(linesep=CRLF)
         from_line = _header("From", f"{encoded.replace(CRLF + ' ', ' ')} <{sender}>", words=False)
     return from_line, sender, sender.rpartition("@")[2] or "localhost"

@@ -12,11 +12,13 @@ from email.message import EmailMessage
 
 import pytest
 
+from services.mailer.branding.domain import Branding
 from services.mailer.domain import InvalidContext
 from services.mailer.rendering import (
     CATALOGUES,
     Email,
     Rendered,
+    branded_from,
     build_message,
     new_environment,
     render,
@@ -244,6 +246,51 @@ def test_a_header_with_a_long_unbroken_word_is_still_folded_to_78() -> None:
     raw_from = email.message_from_bytes(built.data)["From"]
     decoded = str(email.header.make_header(email.header.decode_header(raw_from)))
     assert email.utils.parseaddr(decoded) == (agency, "no-reply@example.org")
+
+
+def _as_shown(raw: str) -> str:
+    """A header as a mail client shows it: every RFC 2047 word decoded, once."""
+    return str(email.header.make_header(email.header.decode_header(raw)))
+
+
+@pytest.mark.parametrize(
+    "agency",
+    [
+        "Agence Numérique du Grand Ouest et des Territoires Associés",
+        "Müller & Söhne Kommunikationsagentur für Mittelstand und Handwerk GmbH",
+        "ö" * 50,
+        '=?utf-8?q?Your_Bank?= "Support", \\ Team',
+    ],
+)
+def test_a_long_agency_name_with_accents_is_the_senders_name_as_typed(agency: str) -> None:
+    """branded_from writes a non-ASCII Agency Name as RFC 2047 words already; a From
+    line that came out longer than 78 encoded those words a second time, so the inbox
+    showed "=?utf-8?q?Agence_Num=C3=A9rique_du_Grand..." as the sender."""
+    built = build_message(
+        render(new_environment(), "invitation", INVITATION),
+        mail_id=uuid.UUID(int=7),
+        to="client@example.com",
+        mail_from=branded_from("ClientPress <no-reply@example.org>", Branding(agency_name=agency)),
+        now=datetime(2026, 11, 25, 10, 0, tzinfo=UTC),
+    )
+    head = built.data.split(b"\r\n\r\n", 1)[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 78, head.decode()
+    words, _, address = email.message_from_bytes(built.data)["From"].rpartition(" <")
+    assert (_as_shown(words), address) == (agency, "no-reply@example.org>")
+
+
+@pytest.mark.parametrize(
+    "title", ["=?utf-8?q?Your_account_is_locked?=", "Plan =?UTF-8?B?w7Zm?= v2", "=?x?="]
+)
+def test_a_title_that_looks_like_an_encoded_word_is_shown_as_typed(title: str) -> None:
+    """Plain ASCII went into Subject as it was, so a portal title written as an RFC 2047
+    word was shown decoded: another text than the portal's name."""
+    msg = _message("invitation", {**INVITATION, "portal_title": title})
+    raw = email.message_from_bytes(
+        _built(render(new_environment(), "invitation", {**INVITATION, "portal_title": title})).data
+    )["Subject"]
+    assert _as_shown(raw) == f"You're invited to {title} on Northwind Agency"
+    assert msg["Subject"] == f"You're invited to {title} on Northwind Agency"
 
 
 def test_auto_responders_are_told_not_to_answer() -> None:

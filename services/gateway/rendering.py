@@ -26,7 +26,7 @@ from . import i18n
 from .answers import UserAnswer
 from .domain import cookie_token, flash_text, mask_csrf, page_brand
 from .i18n import N_
-from .state import FLASH_COOKIE, SETTINGS, req_state
+from .state import SETTINGS, req_state
 from .upstream import NO_BRANDING
 
 log = get_logger(__name__)
@@ -132,7 +132,8 @@ def render(
         "site": request.app[SETTINGS].public_url.host or "ClientPress",
         "brand": page_brand(req_state(request).brand or NO_BRANDING),
     }
-    raw = request.cookies.get(FLASH_COOKIE)
+    flash_cookie = request.app[SETTINGS].flash_cookie
+    raw = request.cookies.get(flash_cookie)
     flash = cookie_token(raw, longest=4096)  # we set it quoted: ASCII
     if flash:
         key, _, email = unquote(flash).partition("|")
@@ -146,7 +147,7 @@ def render(
         ctx["errors"] = {k: i18n.gettext(v) if isinstance(v, str) else v for k, v in errors.items()}
     response = aiohttp_jinja2.render_template(template, request, ctx, status=status)
     if raw:
-        response.del_cookie(FLASH_COOKIE, path="/")
+        response.del_cookie(flash_cookie, path="/", secure=request.app[SETTINGS].secure_cookies)
     response.headers["Content-Language"] = language
     response.headers["Vary"] = "Accept-Language, Cookie"
     return response
@@ -159,7 +160,7 @@ def see_other(
     if flash is not None:
         settings = request.app[SETTINGS]
         response.set_cookie(
-            FLASH_COOKIE,
+            settings.flash_cookie,
             quote(f"{flash}|{email}", safe="@"),
             max_age=60,
             path="/",

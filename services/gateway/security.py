@@ -47,7 +47,6 @@ from .domain import (
 from .i18n import N_
 from .rendering import Handler, form_str, is_api
 from .state import (
-    FLASH_COOKIE,
     LIMITS,
     SETTINGS,
     TRUSTED_PROXIES,
@@ -266,7 +265,7 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
         # The page a change redirects to (it carries the change's flash message) may be
         # answered by another replica than the one that made the change, before that one's
         # announcement reaches it: it asks identity afresh, so the page shows the change.
-        fresh = FLASH_COOKIE in request.cookies
+        fresh = request.app[SETTINGS].flash_cookie in request.cookies
         try:
             current = await request.app[UPSTREAM].identity.current(token, fresh=fresh)
         except Unauthorized:

@@ -73,6 +73,12 @@ class GatewaySettings(CommonSettings):
         return f"{COOKIE_PREFIX}cp_csrf" if self.secure_cookies else "cp_csrf"
 
     @property
+    def flash_cookie(self) -> str:
+        """The message a page shows once after a change ("Invitation resent to …"): a
+        sibling subdomain could otherwise put its own words in it, on every page."""
+        return f"{COOKIE_PREFIX}cp_flash" if self.secure_cookies else "cp_flash"
+
+    @property
     def public_origin(self) -> str:
         url = self.public_url
         default = {"http": 80, "https": 443}.get(url.scheme)

@@ -19,8 +19,6 @@ LIMITS = web.AppKey("limits", RateLimits)
 TRUSTED_PROXIES = web.AppKey("trusted_proxies", tuple[Network, ...])
 CACHE = web.AppKey("cache", GatewayCache)
 
-FLASH_COOKIE = "cp_flash"
-
 
 @dataclass
 class RequestState:

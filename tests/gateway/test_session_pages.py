@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -344,5 +346,52 @@ async def test_under_https_the_cookies_carry_the_host_prefix(
             "/admin/portals", headers={"Cookie": f"cp_session={session}"}, allow_redirects=False
         )
         assert planted.status == 303 and "/login" in planted.headers["Location"]
+    finally:
+        await client.close()
+
+
+async def test_under_https_a_flash_message_a_sibling_subdomain_plants_is_not_shown(
+    backend: Backend, migrated_schemas: TestEnv
+) -> None:
+    """The flash cookie (the message a page shows once after a change) kept its plain name
+    under https: any subdomain of the agency's domain could set ``cp_flash`` for the
+    portal's host (``Domain=agency.example``), and the log in page then said "Invitation
+    resent to <the planter's words>", again on every page (a domain cookie outlives the
+    page's deletion of the host's own). Under https its name carries ``__Host-`` too."""
+    backend.add_user("c@example.com", PASSWORD)
+    settings = make_settings(
+        backend,
+        public_url="https://portal.agency.example",
+        **migrated_schemas.keys.settings("gateway"),
+    )
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    planted = "Your account is locked. Call +1 555 0100 to unlock it"
+    try:
+        page = await client.get(
+            "/login", headers={"Cookie": f"cp_flash=invitation_resent|{quote(planted)}"}
+        )
+        assert page.status == 200
+        assert "Your account is locked" not in await page.text()
+        # The gateway's own flash still reaches the next page, under the prefixed name.
+        token = page.cookies["__Host-cp_csrf"].value
+        logged_out = await client.post(
+            "/logout",
+            data={"csrf_token": token},
+            headers={"Cookie": f"__Host-cp_csrf={token}"},
+            allow_redirects=False,
+        )
+        assert logged_out.status == 303
+        (flash,) = [h for h in logged_out.headers.getall("Set-Cookie") if "cp_flash" in h]
+        assert flash.startswith("__Host-cp_flash=") and "Secure" in flash, flash
+        assert "Domain" not in flash and "Path=/" in flash, flash
+        value = flash.split(";", 1)[0].split("=", 1)[1]
+        shown = await client.get(
+            "/login", headers={"Cookie": f"__Host-cp_csrf={token}; __Host-cp_flash={value}"}
+        )
+        assert "You have been logged out." in await shown.text()
+        # Shown once: forgotten with the attributes a __Host- cookie must be set with.
+        (gone,) = [h for h in shown.headers.getall("Set-Cookie") if "cp_flash" in h]
+        assert gone.startswith('__Host-cp_flash=""') and "Secure" in gone, gone
     finally:
         await client.close()

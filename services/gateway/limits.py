@@ -63,14 +63,11 @@ class RateLimits:
         current, previous = await repository.hit(self.pool, _key(rule, subject), start, rule.window)
         return self._verdict(rule, now - start, current, previous)
 
-    async def check(self, rule: Rule, *subject: str) -> int:
-        """Would one more be allowed? 0 if so, else the seconds to wait; counts nothing."""
-        now = self.clock()
-        start = window_start(now, rule.window)
-        current, previous = await repository.count(
-            self.pool, _key(rule, subject), start, rule.window
-        )
-        return self._verdict(rule, now - start, current + 1, previous)
+    async def take_back(self, rule: Rule, *subject: str) -> None:
+        """Uncount one hit of this window: an attempt counted before it was made (a log
+        in counts as failed until it proves otherwise) that turned out not to be one."""
+        start = window_start(self.clock(), rule.window)
+        await repository.take_back(self.pool, _key(rule, subject), start)
 
     async def prune(self) -> None:
         deleted = await repository.prune(self.pool, self.clock())

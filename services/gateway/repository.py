@@ -29,22 +29,14 @@ async def hit(db: Db, key: bytes, start: int, window: int) -> tuple[int, int]:
     return int(row["current"]), int(row["previous"])
 
 
-async def count(db: Db, key: bytes, start: int, window: int) -> tuple[int, int]:
-    """(hits in the window starting at ``start``, hits in the window before), counting
-    nothing."""
-    row = await db.fetchrow(
-        """
-        SELECT coalesce(sum(hits) FILTER (WHERE window_start = $2), 0) AS current,
-               coalesce(sum(hits) FILTER (WHERE window_start = $2 - $3), 0) AS previous
-        FROM rate_counters
-        WHERE key = $1 AND window_start IN ($2, $2 - $3)
-        """,
+async def take_back(db: Db, key: bytes, start: int) -> None:
+    """One hit fewer in the window starting at ``start`` (none below zero)."""
+    await db.execute(
+        "UPDATE rate_counters SET hits = hits - 1"
+        " WHERE key = $1 AND window_start = $2::bigint AND hits > 0",
         key,
         start,
-        window,
     )
-    assert row is not None
-    return int(row["current"]), int(row["previous"])
 
 
 async def prune(db: Db, now: float) -> int:

@@ -5,6 +5,8 @@ and /api/v1, security headers, session cookies, the client's address and rate li
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from http.cookies import SimpleCookie
 from urllib.parse import quote
 
@@ -451,22 +453,36 @@ async def password_form(request: web.Request, scope: str) -> tuple[str, str, str
     )
 
 
-async def login_limit(request: web.Request, email: str) -> None:
-    """Before a password check: every attempt counts per client address; failures count
-    per account and address (login_failed), so an attacker's guesses slow only the
-    attacker, and the owner, from their own address, still gets in."""
+class LoginAttempt:
+    """One password check under the limits (login_attempt): ``failed`` once identity says
+    the email or password is wrong."""
+
+    failed = False
+
+
+@asynccontextmanager
+async def login_attempt(request: web.Request, email: str) -> AsyncIterator[LoginAttempt]:
+    """Around a password check: every attempt counts per client address; failures count
+    per account and address, so an attacker's guesses slow only the attacker, and the
+    owner, from their own address, still gets in. The attempt counts as a failure before
+    identity is asked (counted afterwards, guesses sent at once were all checked against
+    the count before any of them was in it) and is taken back unless it ``failed``: a
+    log in, or identity not answering."""
     limits = request.app[LIMITS]
     address = address_key(client_ip(request))
+    account = typed_email_key(email)
     wait = await limits.hit(limits.address, "login", address)
     if not wait:
-        wait = await limits.check(limits.login_failures, typed_email_key(email), address)
+        wait = await limits.hit(limits.login_failures, account, address)
+        if wait:  # refused here: no attempt made, none counted
+            await limits.take_back(limits.login_failures, account, address)
     _raise_if(wait)
-
-
-async def login_failed(request: web.Request, email: str) -> None:
-    limits = request.app[LIMITS]
-    address = address_key(client_ip(request))
-    await limits.hit(limits.login_failures, typed_email_key(email), address)
+    attempt = LoginAttempt()
+    try:
+        yield attempt
+    finally:
+        if not attempt.failed:
+            await limits.take_back(limits.login_failures, account, address)
 
 
 def _raise_if(wait: int) -> None:

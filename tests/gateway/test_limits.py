@@ -4,6 +4,7 @@ whole /8) in front of gateways sharing the run's database."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -151,6 +152,31 @@ async def test_every_spelling_of_one_account_shares_its_failed_logins(
         assert (await attacker.log_in(server, "other@example.com", "guess 0000xx"))[0] == 401
         status, _, text = await people[PROXY].log_in(server, "victim@example.com", PASSWORD)
         assert status == 303, text
+    finally:
+        await server.close()
+
+
+async def test_guesses_sent_at_once_get_no_more_than_the_failures_allowed(
+    backend: Backend, people: dict[str, Person]
+) -> None:
+    """Each attempt was checked against the failures counted so far, and counted only once
+    identity had said the password was wrong: 60 guesses sent together were all checked
+    before the first was counted, and all went to identity (up to the whole address
+    limit, 300, on one account). Now each attempt counts before the check, and one that
+    turns out right is taken back, so the owner logging in often is never slowed."""
+    backend.add_user("victim@example.com", PASSWORD)
+    server = await gateway(backend)  # the defaults: 20 failures per window
+    attacker, owner = people[STRANGER], people[PROXY]
+    try:
+        await attacker.log_in(server, "other@example.com", "warm up the csrf")
+        answers = await asyncio.gather(
+            *(attacker.log_in(server, "victim@example.com", f"guess {i:04d}xx") for i in range(60))
+        )
+        statuses = sorted(status for status, _, _ in answers)
+        assert statuses.count(401) == 20 and statuses.count(429) == 40, statuses
+        for _ in range(25):
+            status, _, text = await owner.log_in(server, "victim@example.com", PASSWORD)
+            assert status == 303, text
     finally:
         await server.close()
 

@@ -30,7 +30,7 @@ from ..rendering import (
     render,
     see_other,
 )
-from ..security import login_failed, login_limit, password_form, rate_limit, set_session
+from ..security import login_attempt, password_form, rate_limit, set_session
 from ..state import UPSTREAM, req_state
 
 routes = web.RouteTableDef()
@@ -236,16 +236,16 @@ async def accept_login(request: web.Request) -> web.StreamResponse:
         return _invitation_problem(request, exc, token)
     if invitation.get("account_disabled"):
         return _account_disabled(request, invitation)
-    await login_limit(request, invitation["email"])
     invitation = {**invitation, "account_exists": True}
-    try:
-        # Always the invited address: the form's email field is only shown, never trusted.
-        session = await up.identity.login(invitation["email"], password)
-    except DomainError as exc:
-        if exc.status not in (401, 403, 422):
-            raise
-        await login_failed(request, invitation["email"])
-        return _accept_page(request, token, invitation, {"password": BAD_LOGIN}, status=401)
+    async with login_attempt(request, invitation["email"]) as attempt:
+        try:
+            # Always the invited address: the form's email field is only shown, never trusted.
+            session = await up.identity.login(invitation["email"], password)
+        except DomainError as exc:
+            if exc.status not in (401, 403, 422):
+                raise
+            attempt.failed = True
+            return _accept_page(request, token, invitation, {"password": BAD_LOGIN}, status=401)
     user = session["user"]
     if not same_email(user["email"], invitation["email"]):
         return _accept_page(request, token, invitation, {"password": BAD_LOGIN}, status=401)

@@ -24,8 +24,7 @@ from ..i18n import N_
 from ..rendering import current_user, error_page, form_str, render, see_other
 from ..security import (
     clear_session,
-    login_failed,
-    login_limit,
+    login_attempt,
     login_url,
     password_form,
     rate_limit,
@@ -64,16 +63,16 @@ async def login(request: web.Request) -> web.StreamResponse:
     email = form_str(form, "email", 320).strip()
     password = form_str(form, "password", PASSWORD_FIELD)
     next_raw = form_str(form, "next", 2000)
-    await login_limit(request, email)
     up = request.app[UPSTREAM]
-    try:
-        session = await up.identity.login(email, password)
-    except DomainError as exc:
-        if exc.status not in (401, 403, 422):
-            raise
-        await login_failed(request, email)
-        context = {"next": safe_next_path(next_raw) or "", "email": email, "error": BAD_LOGIN}
-        return render(request, "login.html", context, status=401)
+    async with login_attempt(request, email) as attempt:
+        try:
+            session = await up.identity.login(email, password)
+        except DomainError as exc:
+            if exc.status not in (401, 403, 422):
+                raise
+            attempt.failed = True
+            context = {"next": safe_next_path(next_raw) or "", "email": email, "error": BAD_LOGIN}
+            return render(request, "login.html", context, status=401)
     response = see_other(request, await login_destination(up, session["user"], next_raw))
     set_session(request, response, session["token"])
     return response

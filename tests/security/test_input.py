@@ -3,12 +3,14 @@ portal HTML sanitised, and an over-long event field rejected, not a crash."""
 
 from __future__ import annotations
 
+import re
 import uuid
+from email.message import EmailMessage
 from html.parser import HTMLParser
 
 import pytest
 
-from tests.security.conftest import PublicEvents, api, cookie, raw_post, unique_email
+from tests.security.conftest import PublicEvents, api, cookie, csrf_of, raw_post, unique_email
 from tests.security.flows import (
     answer_to,
     invitation_requested,
@@ -16,6 +18,7 @@ from tests.security.flows import (
     new_portal,
     publish_envelope,
 )
+from tests.support.smtp import html_part, text_part
 from tests.support.stack import Browser, Stack
 from tests.support.webhooks import receiver
 
@@ -320,3 +323,61 @@ async def test_a_cursor_no_list_issued_gets_the_same_answer_on_every_list(
                 )
             status, answer = await api(admin, "GET", f"/api/v1/{listing}?cursor={'x' * 501}")
             assert status == 422 and "cursor" in str(answer["error"]), (listing, answer)
+# What a client or a misconfigured proxy may send to make the site name another host.
+HOSTILE_HOST = {
+    "Host": "evil.example",
+    "X-Forwarded-Host": "evil.example",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Server": "evil.example",
+    "X-Host": "evil.example",
+    "X-Original-URL": "//evil.example/",
+    "Forwarded": "host=evil.example;proto=https",
+}
+
+
+def _links(msg: EmailMessage) -> list[str]:
+    html, text = html_part(msg), text_part(msg)
+    return re.findall(r'(?:href|src)="([^"]+)"', html) + re.findall(r"https?://\S+", text)
+
+
+async def test_links_in_emails_and_redirects_ignore_the_host_and_forwarded_headers(
+    stack: Stack, admin: Browser
+) -> None:
+    """Email links are built from PUBLIC_URL: a reset asked for, an invitation sent and a
+    log in redirected under another Host and every forwarded header still name this site
+    (relative Locations; the emails' links, logo included, on PUBLIC_URL)."""
+    client = await new_client(stack, admin)
+    page = Browser(stack.public_url)
+    try:
+        _, _, html = await page.get("/forgot-password")
+        status, _, text = await raw_post(
+            stack,
+            "/forgot-password",
+            {"csrf_token": csrf_of(html), "email": client.email},
+            cookies={"cp_csrf": cookie(page, "cp_csrf") or ""},
+            headers=HOSTILE_HOST,
+        )
+        assert status == 200, text[:300]
+        invited = unique_email("host")
+        status, body = await api(
+            admin,
+            "POST",
+            f"/api/v1/portals/{client.portal['id']}/invitations",
+            {"email": invited},
+            headers=HOSTILE_HOST,
+        )
+        assert status == 201, body
+        async with page.session.get(
+            stack.public_url + "/admin/portals", headers=HOSTILE_HOST, allow_redirects=False
+        ) as redirected:
+            assert redirected.headers["Location"].startswith("/login?"), redirected.headers
+    finally:
+        await page.close()
+    reset = (await stack.sink.wait_for(client.email, count=2))[-1]
+    invitation = (await stack.sink.wait_for(invited))[-1]
+    for msg in (reset, invitation):
+        links = _links(msg)
+        assert any("token=" in link for link in links), links
+        off_site = [link for link in links if not link.startswith(stack.public_url + "/")]
+        assert not off_site, off_site
+        assert "evil.example" not in msg.as_string()

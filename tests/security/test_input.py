@@ -323,6 +323,8 @@ async def test_a_cursor_no_list_issued_gets_the_same_answer_on_every_list(
                 )
             status, answer = await api(admin, "GET", f"/api/v1/{listing}?cursor={'x' * 501}")
             assert status == 422 and "cursor" in str(answer["error"]), (listing, answer)
+
+
 # What a client or a misconfigured proxy may send to make the site name another host.
 HOSTILE_HOST = {
     "Host": "evil.example",

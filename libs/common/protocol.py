@@ -176,6 +176,12 @@ class ProtocolLog:
 SERVER_NAME = "ClientPress"
 
 
+async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` of every service's apps (``libs.common.web``): Server says
+    ClientPress on every answer a route or middleware writes."""
+    response.headers["Server"] = SERVER_NAME
+
+
 def _hide_versions() -> None:
     """aiohttp answers a request its parser refuses (a control byte in a header, a header
     over 8 KiB, an unknown HTTP version) with ``RequestHandler.handle_error``, before any

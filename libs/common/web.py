@@ -61,6 +61,7 @@ from .protocol import (
     BODY_TIMEOUT_SECONDS,
     body_coding_middleware,
     body_deadline_middleware,
+    name_the_server,
 )
 from .retention import delete_in_batches, pruning
 from .service_auth import (
@@ -594,6 +595,7 @@ def base_app(
         chain.extend([json_error_middleware, body_coding_middleware])
     chain.extend(middlewares)
     app = web.Application(middlewares=chain, client_max_size=client_max_size)
+    app.on_response_prepare.append(name_the_server)
     app[SERVICE] = service
     app[BODY_TIMEOUT] = body_timeout
     record_build_info(service)
@@ -603,6 +605,7 @@ def base_app(
 def management_app(main: web.Application) -> web.Application:
     """``/healthz``, ``/readyz`` and ``/metrics`` for ``main``, whose state they read."""
     app = web.Application(middlewares=[context_middleware, json_error_middleware])
+    app.on_response_prepare.append(name_the_server)
     app[MAIN] = main
     app[SERVICE] = main[SERVICE]
     app[DATABASE_CHECK] = DatabaseCheck()

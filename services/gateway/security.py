@@ -27,7 +27,6 @@ from libs.common.errors import (
 )
 from libs.common.logging import get_logger
 from libs.common.passwords import PASSWORD_FIELD
-from libs.common.protocol import SERVER_NAME
 
 from .domain import (
     CONTENT_TOO_LONG,
@@ -348,9 +347,6 @@ def login_url(next_path: str) -> str:
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
-    # In place of aiohttp's "Python/3.11 aiohttp/3.14.5": the versions to look up in
-    # advisories, on every answer, for anyone who asks.
-    headers["Server"] = SERVER_NAME
     portal_page = request.path.startswith("/client-portal/") and request.path != "/client-portal/"
     headers["Content-Security-Policy"] = PORTAL_CSP if portal_page else CSP
     headers["X-Frame-Options"] = "DENY"

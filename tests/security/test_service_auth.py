@@ -239,3 +239,21 @@ def test_a_service_refuses_to_start_with_the_development_keys_off_localhost(
     assert result.returncode == 2, result.stderr[-2000:]
     assert "SERVICE_KEY is unset" in result.stderr
     assert "PUBLIC_URL=https://clients.example.com is not localhost" in result.stderr
+
+
+async def test_every_answer_of_every_service_hides_the_servers_version(stack: Stack) -> None:
+    """The gateway said Server: ClientPress, but identity, portals, invitations and the
+    mailer answered "Python/3.11 aiohttp/3.14.5" on both ports, the versions a scanner
+    in the cluster looks up in advisories."""
+    async with aiohttp.ClientSession() as session:
+        for service in (*INTERNAL, "gateway"):
+            for url in (
+                stack[service].url + "/nothing-here",
+                stack[service].management_url + "/healthz",
+                stack[service].management_url + "/nothing-here",
+            ):
+                async with session.get(url) as response:
+                    assert response.headers.get("Server") == "ClientPress", (
+                        url,
+                        response.headers.get("Server"),
+                    )

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +37,14 @@ SERVICES = {
     "gateway": 9080,
 }
 MIGRATED = ("identity", "portals", "invitations", "mailer", "gateway")
+# Each service's own port (the gateway's is the site), and the variable that moves it.
+PORTS = {
+    "identity": ("IDENTITY_PORT", 8101),
+    "portals": ("PORTALS_PORT", 8102),
+    "invitations": ("INVITATIONS_PORT", 8103),
+    "mailer": ("MAILER_PORT", 8104),
+    "gateway": ("GATEWAY_PORT", 8080),
+}
 
 
 def say(message: str) -> None:
@@ -81,8 +90,7 @@ async def check_dependencies(env: dict[str, str]) -> bool:
 
 def start_mail_catcher(env: dict[str, str], procs: list[subprocess.Popen[bytes]]) -> str | None:
     """MailDev (npm) on SMTP_PORT with a web inbox; a plain aiosmtpd sink without npm."""
-    host = env.get("SMTP_HOST", "127.0.0.1")
-    if host not in {"127.0.0.1", "localhost"} or env.get("MAIL_CATCHER", "1") == "0":
+    if not catches_mail(env):
         return None
     smtp_port = env.get("SMTP_PORT", "1025")
     web_port = env.get("MAIL_CATCHER_WEB_PORT", "1080")
@@ -192,10 +200,54 @@ def provision_database(env: dict[str, str], secrets: dict[str, str]) -> bool:
     return True
 
 
+def public_url(env: dict[str, str]) -> str:
+    """PUBLIC_URL, or else the site this run serves: localhost on GATEWAY_PORT. The
+    services' own default (http://localhost:8080) would send every emailed link, and the
+    check of a form's Origin, to a port nothing listens on when GATEWAY_PORT moves."""
+    return env.get("PUBLIC_URL") or f"http://localhost:{env.get('GATEWAY_PORT') or 8080}"
+
+
+def catches_mail(env: dict[str, str]) -> bool:
+    host = env.get("SMTP_HOST", "127.0.0.1")
+    return host in {"127.0.0.1", "localhost"} and env.get("MAIL_CATCHER", "1") != "0"
+
+
+def ports_in_use(env: dict[str, str]) -> list[str]:
+    """Why this run can't listen where it means to: one line per port something else
+    already holds, naming the variable that moves it. Checked before anything starts, so a
+    taken port is not found as a traceback in a service's log after the migrations."""
+    wanted: list[tuple[int, str, str]] = []
+    for name, (variable, default) in PORTS.items():
+        what = "the site" if name == "gateway" else f"{name}'s internal API"
+        wanted.append((int(env.get(variable) or default), what, variable))
+        wanted.append(
+            (management_port(env, name), f"{name}'s /metrics", f"{name.upper()}_MANAGEMENT_PORT")
+        )
+    if catches_mail(env):
+        wanted.append((int(env.get("SMTP_PORT") or 1025), "the mail catcher's SMTP", "SMTP_PORT"))
+        web = int(env.get("MAIL_CATCHER_WEB_PORT") or 1080)
+        wanted.append((web, "the mail inbox", "MAIL_CATCHER_WEB_PORT"))
+    problems = []
+    for port, what, variable in wanted:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                # Every address, as the gateway listens: a port held on any one is taken.
+                probe.bind(("0.0.0.0", port))  # noqa: S104 - bound for a moment, never served
+            except OSError:
+                problems.append(
+                    f"port {port} ({what}) is already in use on this machine: stop what"
+                    f" listens there, or choose another with {variable}"
+                    f" (make run {variable}=<port>)."
+                )
+    return problems
+
+
 def service_env(env: dict[str, str], secrets: dict[str, str], name: str) -> dict[str, str]:
     """What one service gets: its own broker and database passwords (never another's), and
     the mail-job key only where mail jobs are sealed or opened."""
     own = dict(env)
+    own["PUBLIC_URL"] = public_url(env)
     for service in broker.SERVICES:
         for kind in OWN_LOGINS:
             own.pop(f"{service.upper()}_{kind}_PASSWORD", None)
@@ -260,6 +312,11 @@ def main() -> int:
     env = dict(os.environ)
     RUN_DIR.mkdir(exist_ok=True)
     if not asyncio.run(check_dependencies(env)):
+        return 1
+    taken = ports_in_use(env)
+    for problem in taken:
+        say(problem)
+    if taken:
         return 1
     secrets = local_secrets(env)
     if provision_database(env, secrets):
@@ -327,9 +384,8 @@ def main() -> int:
                 print((RUN_DIR / f"{name}.log").read_text()[-3000:])
                 stop()
                 return 1
-        public = env.get("PUBLIC_URL", "http://localhost:8080")
         say("ClientPress is running.")
-        say(f"  Site (gateway):   {public}/login")
+        say(f"  Site (gateway):   {public_url(env)}/login")
         with (RUN_DIR / "identity.log").open("rb") as identity_log:
             identity_log.seek(log_start["identity"])
             admin = administrator_line(env, identity_log.read().decode(errors="replace"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
 from pathlib import Path
 from types import ModuleType
 
@@ -46,3 +47,36 @@ def test_the_administrator_line_says_why_identity_refused_it() -> None:
 
 def test_no_administrator_line_without_admin_email() -> None:
     assert _run_stack().administrator_line({}, "") is None
+
+
+SECRETS = {"MAIL_JOB_KEY": "k", "WEBHOOK_SECRET_KEY": "w"}
+
+
+def test_gateway_port_moves_the_links_and_the_site_line_with_it() -> None:
+    # `GATEWAY_PORT=8090 make run` served the site on 8090 but left PUBLIC_URL at
+    # http://localhost:8080: the banner named 8080, every emailed link went there, and
+    # logging in on 8090 was refused ("The form expired") for its Origin.
+    run_stack = _run_stack()
+    env = {"GATEWAY_PORT": "8090"}
+    for name in run_stack.SERVICES:
+        assert run_stack.service_env(env, SECRETS, name)["PUBLIC_URL"] == "http://localhost:8090"
+    assert run_stack.public_url(env) == "http://localhost:8090"
+    assert run_stack.public_url({}) == "http://localhost:8080"
+    # A PUBLIC_URL of one's own (a proxy in front) is kept as it is.
+    mine = {"GATEWAY_PORT": "8090", "PUBLIC_URL": "https://portal.agency.example"}
+    assert run_stack.service_env(mine, SECRETS, "gateway")["PUBLIC_URL"] == mine["PUBLIC_URL"]
+
+
+def test_a_port_in_use_is_named_with_its_variable_before_anything_starts() -> None:
+    # With 8080 taken, `make run` migrated, started four services and then printed
+    # "gateway did not start" over 3,000 characters of old log lines, the cause (errno 98)
+    # deep in a traceback.
+    run_stack = _run_stack()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        problems = run_stack.ports_in_use({"GATEWAY_PORT": str(port)})
+    assert len(problems) == 1
+    assert f"port {port}" in problems[0] and "GATEWAY_PORT" in problems[0]
+    assert "in use" in problems[0]

@@ -33,8 +33,6 @@ log = get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-CSRF_FAILED = N_("The form expired, please try again.")
-
 
 class Refusal(NamedTuple):
     """An answer the middleware gives the same way each time: the page's title and message
@@ -252,7 +250,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             log.warning("upstream_error", code=exc.code, status=exc.status)
             return _answer(request, *UNAVAILABLE)
         if exc.code == "csrf_failed":
-            return _answer(request, 403, exc.code, N_("Please try again"), CSRF_FAILED)
+            # A token that no longer matches (the form expired), or an Origin not ours,
+            # which no retry mends: each says which.
+            return _answer(request, 403, exc.code, N_("Please try again"), exc.message)
         return _answer(
             request,
             exc.status,

@@ -232,6 +232,13 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
         # forms with "Origin: null"; the CSRF token below must still match.
         opaque_ok = origin == "null" and request.path.startswith(NO_REFERRER)
         if not opaque_ok and not origin_allowed(origin, settings.public_origin):
+            # Another site's page, or this site at an address PUBLIC_URL doesn't name (a
+            # port moved without it): the line says which, for whoever reads the logs.
+            log.warning(
+                "csrf_origin_refused",
+                origin=(origin or "")[:200],
+                public_url=settings.public_origin,
+            )
             raise CsrfFailed(N_("The request came from another site."))
         if not state.api_key:
             if is_api(request):
@@ -251,7 +258,7 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 value = form.get("csrf_token")
                 submitted = value if isinstance(value, str) else None
             if not csrf_matches(cookie, submitted):
-                raise CsrfFailed("The form expired, please try again.")
+                raise CsrfFailed(N_("The form expired, please try again."))
     return await handler(request)
 
 

@@ -7,6 +7,7 @@ from urllib.parse import quote
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
 
 from services.gateway.app import create_app
 from tests.gateway.conftest import csrf, log_in, make_settings, post_form
@@ -204,8 +205,24 @@ async def test_post_without_csrf_token_is_refused(gw: TestClient, backend: Backe
 async def test_foreign_origin_is_refused(gw: TestClient, backend: Backend) -> None:
     backend.add_user("c@example.com", PASSWORD)
     data = {"email": "c@example.com", "password": PASSWORD}
-    bad = await post_form(gw, "/login", data, headers={"Origin": "http://evil.example"})
+    with capture_logs() as logs:
+        bad = await post_form(gw, "/login", data, headers={"Origin": "http://evil.example"})
     assert bad.status == 403
+    # The page said "The form expired, please try again.", which no retry mends: the cause
+    # is where the form was, e.g. a site served on a port PUBLIC_URL doesn't name. The log
+    # line says which origin came and which one PUBLIC_URL expects.
+    page = await bad.text()
+    assert "The request came from another site." in page
+    assert "The form expired" not in page
+    refused = [e for e in logs if e["event"] == "csrf_origin_refused"]
+    assert refused == [
+        {
+            "event": "csrf_origin_refused",
+            "log_level": "warning",
+            "origin": "http://evil.example",
+            "public_url": "http://localhost:8080",
+        }
+    ]
     good = await post_form(gw, "/login", data, headers={"Origin": "http://localhost:8080"})
     assert good.status == 303
 

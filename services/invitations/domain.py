@@ -385,10 +385,12 @@ def mail_context(
     personal_message: str | None = None,
     invitee_name: str | None = None,
     portal_titles: Sequence[str] = (),
+    has_account: bool = False,
 ) -> dict[str, str]:
     """``portal_titles``: the portals of one email sent for several invitations (a
     group's link). ``portal_title`` then names them all in words, so a mailer that knows
-    only one portal still writes a true sentence."""
+    only one portal still writes a true sentence. ``has_account``: the address already
+    has an account, so the link will ask the person to log in, not to set a password."""
     if len(portal_titles) > 1:
         portal_title = titles_in_words(portal_titles)
     context = {
@@ -406,6 +408,8 @@ def mail_context(
         context["invitee_name"] = invitee_name
     if len(portal_titles) > 1:
         context["portal_titles"] = json.dumps(list(portal_titles))
+    if has_account:
+        context["has_account"] = "1"
     return context
 
 

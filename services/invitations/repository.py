@@ -836,7 +836,7 @@ async def reminder_candidates(
     domain.reminder_due counts them: ``days =>`` adds calendar days of the session's
     TimeZone, 23 or 25 hours across a DST change."""
     return await conn.fetch(
-        "SELECT i.id, i.expires_at, i.group_id FROM invitations i"
+        "SELECT i.id, i.expires_at, i.group_id, i.email FROM invitations i"
         " JOIN portals p ON p.portal_id = i.portal_id AND p.status = 'active'"
         " WHERE i.status = 'pending' AND i.reminded_at IS NULL AND i.expires_at > $1"
         " AND i.expires_at <= $1 + make_interval(hours => 24 * $2)"

@@ -224,6 +224,8 @@ def render(
     values.setdefault("expires_in_days", "")
     # Optional (issue 16): the invitee's name, for the greeting.
     values.setdefault("invitee_name", "")
+    # Optional: "1" when the address already has an account (the link asks to log in).
+    values.setdefault("has_account", "")
     # Branding (issue 17; with_branding): built-in look when a job is rendered without it.
     values.setdefault("agency_name", values["site_name"])
     values.setdefault("accent_colour", DEFAULT_ACCENT)

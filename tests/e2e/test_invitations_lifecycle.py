@@ -28,6 +28,7 @@ from tests.e2e.flows import (
 )
 from tests.support.smtp import accept_link
 from tests.support.stack import db_fetch
+from tests.support.smtp import accept_link, html_part, text_part
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -415,9 +416,22 @@ async def test_existing_account_logs_in_and_lands_on_the_new_portal(
     code, url, _ = await accept_from_email(stack, browser, email)
     assert url.endswith(f"/client-portal/{first['slug']}/"), url
 
+    welcome = (await stack.sink.wait_for(email))[0]
+    assert "set your password" in text_part(welcome) and "set your password" in html_part(welcome)
+
     code, body = await api.invite(second["id"], email)
     assert code == 201 and body["outcome"] == "created", body
-    link = accept_link((await stack.sink.wait_for(email, count=2))[-1])
+    # The email told a person with an account to set a password, their account "created
+    # for" them; the link then asked them to log in. It says what the link will ask, in
+    # the first email and in a Resend.
+    code, resent = await api.call("POST", f"/invitations/{body['invitation']['id']}/resend")
+    assert code == 200, resent
+    emails = await stack.sink.wait_for(email, count=3)
+    for message in emails[1:]:
+        for part in (text_part(message), html_part(message)):
+            assert "set your password" not in part and "is created for you" not in part, part
+            assert "log in with your account" in part, part
+    link = accept_link(emails[-1])
     fresh = Browser(stack.public_url)
     try:
         code, url, page = await fresh.get(link)
@@ -441,7 +455,7 @@ async def test_existing_account_logs_in_and_lands_on_the_new_portal(
     code, url, page = await admin.get(f"/admin/portals/{first['id']}")
     code, url, page = await admin.submit(url, page, "Send Invitation", {"Email": email})
     assert code == 422 and "already has access" in page, page[:2000]
-    assert len(stack.sink.to(email)) == 2
+    assert len(stack.sink.to(email)) == 3
 
 
 async def test_invitations_screen_shows_delivery_and_times(

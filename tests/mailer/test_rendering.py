@@ -225,6 +225,35 @@ def test_the_text_part_sets_its_heading_apart_with_a_blank_line(
     assert heading and gap == "" and first, rendered.text[:300]
 
 
+@pytest.mark.parametrize("language", ["en", "de", "fr", "es"])
+@pytest.mark.parametrize(
+    ("template", "extra"),
+    [
+        ("invitation", {}),
+        ("invitation", {"portal_titles": '["Acme Rebrand", "Second"]'}),
+        ("invitation_reminder", {}),
+    ],
+    ids=["one portal", "several portals", "reminder"],
+)
+def test_a_person_with_an_account_is_asked_to_log_in_not_to_set_a_password(
+    language: str, template: str, extra: dict[str, str]
+) -> None:
+    # Every invitation said "set your password. Your account is created for you", also
+    # to a person who had one; the link then asked them to log in.
+    environment = new_environment(None, CATALOGUES.get(language))
+    newcomer = render(environment, template, {**INVITATION, **extra}, language=language)
+    known = render(
+        environment, template, {**INVITATION, **extra, "has_account": "1"}, language=language
+    )
+    for part in ("text", "html"):
+        assert getattr(known, part) != getattr(newcomer, part)
+    if language == "en":
+        for part in (known.text, known.html):
+            assert "log in with your account" in part and "set your password" not in part
+        for part in (newcomer.text, newcomer.html):
+            assert "set your password" in part and "log in" not in part
+
+
 def test_a_header_with_a_long_unbroken_word_is_still_folded_to_78() -> None:
     # A portal title of TITLE_MAX characters without a space (a project code, a URL)
     # and an Agency Name of 100: folding at spaces alone left lines of 200 and more.

@@ -108,6 +108,8 @@ class CheckedInvite:
     portal: PortalInfo
     personal_message: str | None = None
     locale: str | None = None
+    # The address has an account: the email asks the person to log in (mail_context).
+    has_account: bool = False
 
     # A first email is written alike for one portal and a group's (sending.prepare_first).
     @property
@@ -130,6 +132,7 @@ class CheckedGroup:
     personal_message: str | None
     invitee_name: str | None
     locale: str | None = None
+    has_account: bool = False
 
 
 def about(row: Row) -> dict[str, Any]:

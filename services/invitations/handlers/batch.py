@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import asyncpg
@@ -203,16 +203,18 @@ async def _without_access(
     deps: Deps, portal: PortalInfo, ready: list[_Ready], results: dict[int, RowResult]
 ) -> list[_Ready]:
     """Rows whose person already has access to the portal are answered here: one look-up
-    of the portal's people and one of the batch's addresses, not two calls per row."""
+    of the portal's people and one of the batch's addresses, not two calls per row. The
+    others learn whether they have an account, for the words of their email."""
     if not ready:
         return ready
     members = await deps.directory.portal_member_ids(portal.portal_id)
-    if not members:
-        return ready
     accounts = await deps.directory.find_user_ids([item.checked.email for item in ready])
     kept = []
     for item in ready:
-        if accounts.get(item.email_lower) in members:
+        account = accounts.get(item.email_lower)
+        if account is None:
+            kept.append(item)
+        elif account in members:
             results[item.row.row] = RowResult(
                 item.row.row,
                 item.row.email,
@@ -221,7 +223,7 @@ async def _without_access(
                 message="This person already has access to the portal; no invitation is needed.",
             )
         else:
-            kept.append(item)
+            kept.append(replace(item, checked=replace(item.checked, has_account=True)))
     return kept
 
 

@@ -96,7 +96,9 @@ async def check_group(deps: Deps, command: GroupCommand) -> CheckedGroup:
                 f"This person already has access to {_names(already)}; no invitation is"
                 " needed there. Leave it out.",
             )
-    return CheckedGroup(command, email, portals, message, name, locale)
+    return CheckedGroup(
+        command, email, portals, message, name, locale, has_account=user_id is not None
+    )
 
 
 def _is(portals: list[PortalInfo]) -> str:

@@ -30,7 +30,7 @@ from .. import repository as repo
 from ..metrics import NEW_LINK_REQUESTS
 from . import sends
 from .base import Deps, log
-from .sending import _reissue, group_mates
+from .sending import _reissue, account_exists, group_mates
 
 # A request not served within this long (the database away, a bug) is dropped.
 STALE_AFTER = timedelta(hours=1)
@@ -84,9 +84,17 @@ async def _serve(conn: Conn, deps: Deps, token_hash: str) -> str:
             return "portal_not_active"
     if not await sends.new_link_requests_left(conn, deps, row["id"]):
         return "daily_limit"
+    has_account = await account_exists(deps, row["email"])
     try:
         async with conn.transaction():
-            await _reissue(conn, deps, row, row["portal_title"], reason=sends.REQUESTED_BY_INVITEE)
+            await _reissue(
+                conn,
+                deps,
+                row,
+                row["portal_title"],
+                reason=sends.REQUESTED_BY_INVITEE,
+                has_account=has_account,
+            )
     except RateLimited:
         return "send_rate_limited"
     except asyncpg.UniqueViolationError:
@@ -158,6 +166,7 @@ async def _serve_group(conn: Conn, deps: Deps, token_hash: str, group_id: uuid.U
         for m in await group_mates(conn, rows, target)
         if await sends.new_link_requests_left(conn, deps, m["id"])
     ]
+    has_account = await account_exists(deps, target["email"])
     try:
         async with conn.transaction():
             await _reissue(
@@ -167,6 +176,7 @@ async def _serve_group(conn: Conn, deps: Deps, token_hash: str, group_id: uuid.U
                 target["portal_title"],
                 reason=sends.REQUESTED_BY_INVITEE,
                 mates=mates,
+                has_account=has_account,
             )
     except RateLimited:
         return "send_rate_limited"

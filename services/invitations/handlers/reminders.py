@@ -23,6 +23,7 @@ from .. import repository as repo
 from ..metrics import REMINDERS
 from . import sends
 from .base import Deps, Row, about, emit, log
+from .sending import account_exists
 
 
 class _Deferred(Exception):
@@ -43,7 +44,8 @@ async def remind_once(deps: Deps, *, batch: int = 200) -> int:
         async with connection(deps.db) as conn:
             rows = await repo.reminder_candidates(conn, now, days, after, batch)
         for row in rows:
-            sent += await _remind(deps, row["id"], row["group_id"], now)
+            has_account = await account_exists(deps, row["email"])
+            sent += await _remind(deps, row["id"], row["group_id"], now, has_account)
         if len(rows) < batch:
             break
         after = (rows[-1]["expires_at"], rows[-1]["id"])
@@ -57,6 +59,7 @@ async def _remind(
     invitation_id: uuid.UUID,
     group_id: uuid.UUID | None,
     now: datetime,
+    has_account: bool = False,
 ) -> int:
     try:
         async with transaction(deps.db) as conn:
@@ -71,7 +74,7 @@ async def _remind(
                 await sends.check_cap(conn, deps, claimed[0], now, claimed[1:])
             except RateLimited as exc:
                 raise _Deferred(exc.message) from None
-            await _send(conn, deps, claimed, now)
+            await _send(conn, deps, claimed, now, has_account)
     except _Deferred:
         log.info("invitation_reminder_deferred", invitation_id=str(invitation_id))
         REMINDERS.labels("deferred").inc()
@@ -104,7 +107,7 @@ async def _claim_group(
     return sorted(claimed, key=lambda r: r["id"] != invitation_id)
 
 
-async def _send(conn: Conn, deps: Deps, rows: list[Row], now: datetime) -> None:
+async def _send(conn: Conn, deps: Deps, rows: list[Row], now: datetime, has_account: bool) -> None:
     token, token_hash = domain.new_token()
     mail_id = uuid.uuid4()
     reminded: list[tuple[str, EventData]] = []
@@ -121,11 +124,13 @@ async def _send(conn: Conn, deps: Deps, rows: list[Row], now: datetime) -> None:
         first_type,
         first,
         *reminded[1:],
-        ("mail.requested", _mail(deps, rows, token, mail_id)),
+        ("mail.requested", _mail(deps, rows, token, mail_id, has_account)),
     )
 
 
-def _mail(deps: Deps, rows: list[Row], token: str, mail_id: uuid.UUID) -> MailRequested:
+def _mail(
+    deps: Deps, rows: list[Row], token: str, mail_id: uuid.UUID, has_account: bool
+) -> MailRequested:
     """The reminder email: the invitation's words, with the fresh link (sealed: only the
     mailer opens it); a group's names each portal it is for."""
     row = rows[0]
@@ -140,6 +145,7 @@ def _mail(deps: Deps, rows: list[Row], token: str, mail_id: uuid.UUID) -> MailRe
         personal_message=row["personal_message"],
         invitee_name=row["invitee_name"],
         portal_titles=[r["portal_title"] or "" for r in rows],
+        has_account=has_account,
     )
     return MailRequested(
         mail_id=mail_id,

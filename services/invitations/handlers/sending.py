@@ -113,8 +113,22 @@ async def check_invite(
             code="already_has_access",
         )
     return CheckedInvite(
-        command=command, email=email, portal=portal, personal_message=message, locale=locale
+        command=command,
+        email=email,
+        portal=portal,
+        personal_message=message,
+        locale=locale,
+        has_account=user_id is not None,
     )
+
+
+async def account_exists(deps: Deps, email: str) -> bool:
+    """Whether the address has an account, for the words of its email. Identity away: the
+    words for a newcomer (the link's page asks what the account needs)."""
+    try:
+        return await deps.directory.find_user_id(email) is not None
+    except Unavailable:
+        return False
 
 
 async def record_invite(
@@ -181,6 +195,7 @@ async def record_not_first(
                     invitee_name=command.invitee_name,
                     mates=mates,
                     locale=checked.locale,
+                    has_account=checked.has_account,
                 )
                 return reissued, "resent"
             (row,) = first.rows
@@ -275,6 +290,7 @@ def prepare_first(
         personal_message=checked.personal_message,
         invitee_name=checked.invitee_name,
         locale=checked.locale,
+        has_account=checked.has_account,
     )
     return FirstSend(rows, created, mail)
 
@@ -382,6 +398,7 @@ async def _reissue(
     invitee_name: str | None = None,
     mates: Sequence[Row] = (),
     locale: str | None = None,
+    has_account: bool = False,
 ) -> Row:
     """A new token, a new expiry, a new mail job; refused (RateLimited) beyond the caps on
     new links. ``row`` is locked by the caller. The expiry keeps the length chosen for
@@ -457,6 +474,7 @@ async def _reissue(
         personal_message=message,
         invitee_name=name,
         locale=language,
+        has_account=has_account,
     )
     first_type, first = announced[0]
     await emit(conn, first_type, first, *announced[1:], ("mail.requested", mail))
@@ -504,6 +522,7 @@ def _mail_job(
     invitee_name: str | None = None,
     template: Literal["invitation", "invitation_reminder"] = "invitation",
     locale: str | None = None,
+    has_account: bool = False,
 ) -> MailRequested:
     """The only place the token leaves this service: the private mail job."""
     context = domain.mail_context(
@@ -516,6 +535,7 @@ def _mail_job(
         personal_message=personal_message,
         invitee_name=invitee_name,
         portal_titles=portal_titles,
+        has_account=has_account,
     )
     return MailRequested(
         mail_id=mail_id,
@@ -545,8 +565,10 @@ async def resend(
     if current is None or staff_events.is_staff(current) != staff:
         raise NotFound("There is no such invitation.", code="invitation_not_found")
     domain.check_can_resend(current["status"])
+    has_account = False
     if not staff:
         await _check_portal_for_resend(deps, current)
+        has_account = await account_exists(deps, current["email"])
     async with transaction(deps.db) as conn:
         mates: list[Row] = []
         if current["group_id"] is not None:
@@ -565,7 +587,13 @@ async def resend(
         try:
             async with conn.transaction():
                 return await _reissue(
-                    conn, deps, row, row["portal_title"], reason=reason, mates=mates
+                    conn,
+                    deps,
+                    row,
+                    row["portal_title"],
+                    reason=reason,
+                    mates=mates,
+                    has_account=has_account,
                 )
         except asyncpg.UniqueViolationError:
             # Resending an expired invitation while a newer one to the same person and

@@ -248,6 +248,11 @@ def service_env(env: dict[str, str], secrets: dict[str, str], name: str) -> dict
     the mail-job key only where mail jobs are sealed or opened."""
     own = dict(env)
     own["PUBLIC_URL"] = public_url(env)
+    # Where the others call each service: its port, moved or not (an own URL stays).
+    for service, (variable, default) in PORTS.items():
+        if service != "gateway":
+            url = f"{service.upper()}_URL"
+            own[url] = env.get(url) or f"http://127.0.0.1:{env.get(variable) or default}"
     for service in broker.SERVICES:
         for kind in OWN_LOGINS:
             own.pop(f"{service.upper()}_{kind}_PASSWORD", None)

@@ -67,16 +67,38 @@ def test_gateway_port_moves_the_links_and_the_site_line_with_it() -> None:
     assert run_stack.service_env(mine, SECRETS, "gateway")["PUBLIC_URL"] == mine["PUBLIC_URL"]
 
 
+def test_a_service_port_moved_is_where_the_others_call_it() -> None:
+    # The taken-port line offers IDENTITY_PORT; the gateway, portals and invitations
+    # must then call identity there, not at its default 8101.
+    run_stack = _run_stack()
+    env = {"IDENTITY_PORT": "8111", "MAILER_PORT": "8114"}
+    gateway = run_stack.service_env(env, SECRETS, "gateway")
+    assert gateway["IDENTITY_URL"] == "http://127.0.0.1:8111"
+    assert gateway["MAILER_URL"] == "http://127.0.0.1:8114"
+    assert gateway["PORTALS_URL"] == "http://127.0.0.1:8102"
+    assert run_stack.service_env(env, SECRETS, "portals")["IDENTITY_URL"] == gateway["IDENTITY_URL"]
+    mine = {"IDENTITY_PORT": "8111", "IDENTITY_URL": "http://identity.internal:8101"}
+    assert run_stack.service_env(mine, SECRETS, "gateway")["IDENTITY_URL"] == mine["IDENTITY_URL"]
+
+
 def test_a_port_in_use_is_named_with_its_variable_before_anything_starts() -> None:
     # With 8080 taken, `make run` migrated, started four services and then printed
     # "gateway did not start" over 3,000 characters of old log lines, the cause (errno 98)
     # deep in a traceback.
     run_stack = _run_stack()
+    # Every other port on one the system just handed out and let go (a stack running on
+    # this machine holds the defaults); the gateway's is held.
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        free = str(spare.getsockname()[1])
+    variables = [v for v, _ in run_stack.PORTS.values()]
+    variables += [f"{name.upper()}_MANAGEMENT_PORT" for name in run_stack.SERVICES]
+    env = dict.fromkeys(variables, free) | {"SMTP_PORT": free, "MAIL_CATCHER_WEB_PORT": free}
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        problems = run_stack.ports_in_use({"GATEWAY_PORT": str(port)})
+        problems = run_stack.ports_in_use(env | {"GATEWAY_PORT": str(port)})
     assert len(problems) == 1
     assert f"port {port}" in problems[0] and "GATEWAY_PORT" in problems[0]
     assert "in use" in problems[0]

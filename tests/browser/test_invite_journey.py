@@ -10,8 +10,10 @@ from playwright.async_api import Browser, Page, expect
 
 from tests.browser.conftest import PHONE, new_context
 from tests.browser.pages import (
+    CLIENT_PASSWORD,
     add_portal,
     check_accessible,
+    client_of,
     invite_client,
     latest_html,
     latest_link,
@@ -107,3 +109,42 @@ async def test_accept_page_on_a_phone(page: Page, chromium: Browser, stack: Stac
         await screenshot(client, "accept-phone")
     finally:
         await phone.close()
+
+
+async def test_a_client_with_an_account_is_told_to_log_in_and_lands_on_the_new_portal(
+    page: Page, chromium: Browser, stack: Stack
+) -> None:
+    """The email to a person who already had an account said "Click the button below to
+    set your password. Your account is created for you"; its link then asked them to log
+    in. It says what the link does."""
+    await log_in_admin(page)
+    first = await add_portal(page, "Harbor First", "The first project.")
+    email = "lee@harbor.example"
+    async with client_of(chromium, stack, page, first, email):
+        pass
+    second = await add_portal(page, "Harbor Second", "The second project.")
+    await invite_client(page, second, email)
+    html = await latest_html(stack.sink, email, count=2)
+    link = await latest_link(stack.sink, email, count=2)
+
+    context = await new_context(chromium, stack)
+    try:
+        mail = await context.new_page()
+        await mail.set_content(html)
+        await expect(mail.get_by_text("log in with your account")).to_be_visible()
+        await expect(mail.get_by_text("set your password")).to_have_count(0)
+        await expect(mail.get_by_role("link", name="Accept Invitation")).to_be_visible()
+
+        client = await context.new_page()
+        await client.goto(link)
+        await expect(
+            client.get_by_role("heading", name=re.compile("log in to accept"))
+        ).to_be_visible()
+        await expect(client.get_by_role("button", name="Set Password")).to_have_count(0)
+        await check_accessible(client)
+        await client.get_by_label("Password", exact=True).fill(CLIENT_PASSWORD)
+        await client.get_by_role("button", name="Log In").click()
+        await expect(client).to_have_url(re.compile(r"/client-portal/harbor-second[a-z0-9-]*/$"))
+        await expect(client.get_by_role("heading", name="Harbor Second")).to_be_visible()
+    finally:
+        await context.close()

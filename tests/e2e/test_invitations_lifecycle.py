@@ -26,9 +26,8 @@ from tests.e2e.flows import (
     listening,
     unique_email,
 )
-from tests.support.smtp import accept_link
-from tests.support.stack import db_fetch
 from tests.support.smtp import accept_link, html_part, text_part
+from tests.support.stack import db_fetch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

@@ -200,6 +200,34 @@ async def test_status_tabs_with_counts_and_search_by_email(
     assert "No invitations match." in page
 
 
+async def test_an_empty_tab_says_what_it_lacks_not_that_a_search_found_nothing(
+    gw: TestClient, backend: Backend
+) -> None:
+    """With nothing searched, an empty tab said "No invitations match." (a new install's
+    first look at the screen): it says which invitations there are none of; a search or
+    a portal chosen still says none match."""
+    await as_admin(gw, backend)
+    portal = backend.add_portal("Acme")
+    expected = {
+        "all": "No invitations yet.",
+        "pending": "No pending invitations.",
+        "accepted": "No accepted invitations.",
+        "expired": "No expired invitations.",
+        "revoked": "No revoked invitations.",
+    }
+    for status, words in expected.items():
+        page = await (await gw.get("/admin/invitations", params={"status": status})).text()
+        assert words in page and "No invitations match." not in page, status
+    backend.add_invitation("ann@example.com", portal, status="revoked")
+    page = await (await gw.get("/admin/invitations", params={"status": "pending"})).text()
+    assert "No pending invitations." in page
+    for search in ({"email": "bob@example.com"}, {"portal_id": portal["id"]}):
+        page = await (
+            await gw.get("/admin/invitations", params={"status": "pending", **search})
+        ).text()
+        assert "No invitations match." in page, search
+
+
 async def test_resend_and_revoke_the_selected_rows(gw: TestClient, backend: Backend) -> None:
     await as_admin(gw, backend)
     portal = backend.add_portal("Acme")

@@ -252,7 +252,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.code == "csrf_failed":
             # A token that no longer matches (the form expired), or an Origin not ours,
             # which no retry mends: each says which.
-            return _answer(request, 403, exc.code, N_("Please try again"), exc.message)
+            title = getattr(exc, "title", N_("Please try again"))
+            return _answer(request, 403, exc.code, title, exc.message)
         return _answer(
             request,
             exc.status,

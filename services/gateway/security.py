@@ -85,7 +85,17 @@ def _plain(request: web.Request) -> bool:
 
 
 class CsrfFailed(Forbidden):
+    """A form whose token no longer matches: it expired, and a reload mends it. ``title``:
+    the page's heading (rendering.error_middleware)."""
+
     code = "csrf_failed"
+    title = N_("Please try again")
+
+
+class OriginRefused(CsrfFailed):
+    """A form posted from another origin than PUBLIC_URL's, which no retry mends."""
+
+    title = N_("Request refused")
 
 
 class UnreadableForm(DomainError, status=400, code="unreadable_form"):
@@ -239,7 +249,7 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 origin=(origin or "")[:200],
                 public_url=settings.public_origin,
             )
-            raise CsrfFailed(N_("The request came from another site."))
+            raise OriginRefused(N_("The request came from another site."))
         if not state.api_key:
             if is_api(request):
                 submitted = request.headers.get("X-CSRF-Token")

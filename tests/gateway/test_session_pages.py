@@ -196,7 +196,8 @@ async def test_post_without_csrf_token_is_refused(gw: TestClient, backend: Backe
     data = {"email": "c@example.com", "password": PASSWORD}
     response = await gw.post("/login", data=data, allow_redirects=False)
     assert response.status == 403
-    assert "The form expired, please try again." in await response.text()
+    page = await response.text()
+    assert "The form expired, please try again." in page and "<title>Please try again" in page
     response = await gw.post("/login", data={**data, "csrf_token": "x" * 43}, allow_redirects=False)
     assert response.status == 403
     assert "identity.login" not in backend.calls
@@ -214,6 +215,7 @@ async def test_foreign_origin_is_refused(gw: TestClient, backend: Backend) -> No
     page = await bad.text()
     assert "The request came from another site." in page
     assert "The form expired" not in page
+    assert "<title>Request refused" in page and "Please try again" not in page
     refused = [e for e in logs if e["event"] == "csrf_origin_refused"]
     assert refused == [
         {

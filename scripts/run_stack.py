@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -212,6 +213,17 @@ def catches_mail(env: dict[str, str]) -> bool:
     return host in {"127.0.0.1", "localhost"} and env.get("MAIL_CATCHER", "1") != "0"
 
 
+def clientpress_at(port: int) -> bool:
+    """Whether this machine's ``port`` answers as a ClientPress gateway (its Server)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=2) as answer:
+            return bool(answer.headers.get("Server") == "ClientPress")
+    except urllib.error.HTTPError as answer:
+        return bool(answer.headers.get("Server") == "ClientPress")
+    except (OSError, ValueError):
+        return False
+
+
 def ports_in_use(env: dict[str, str]) -> list[str]:
     """Why this run can't listen where it means to: one line per port something else
     already holds, naming the variable that moves it. Checked before anything starts, so a
@@ -227,6 +239,14 @@ def ports_in_use(env: dict[str, str]) -> list[str]:
         wanted.append((int(env.get("SMTP_PORT") or 1025), "the mail catcher's SMTP", "SMTP_PORT"))
         web = int(env.get("MAIL_CATCHER_WEB_PORT") or 1080)
         wanted.append((web, "the mail inbox", "MAIL_CATCHER_WEB_PORT"))
+    variable, default = PORTS["gateway"]
+    site = int(env.get(variable) or default)
+    if clientpress_at(site):
+        return [
+            f"ClientPress is already running at http://localhost:{site} (another make run?):"
+            " use that one, stop it (Ctrl+C where it runs), or run a second one beside it"
+            f" on other ports (make run GATEWAY_PORT=<port> and the others' *_PORT)."
+        ]
     problems = []
     for port, what, variable in wanted:
         with socket.socket() as probe:

@@ -102,3 +102,36 @@ def test_a_port_in_use_is_named_with_its_variable_before_anything_starts() -> No
     assert len(problems) == 1
     assert f"port {port}" in problems[0] and "GATEWAY_PORT" in problems[0]
     assert "in use" in problems[0]
+
+
+def test_a_second_make_run_says_the_stack_is_already_running() -> None:
+    """A second `make run` beside a running one listed each of its dozen ports as taken,
+    one line each, when one sentence says what happened: ClientPress answers there."""
+    import http.server
+    import threading
+
+    class Site(http.server.BaseHTTPRequestHandler):
+        def version_string(self) -> str:
+            return "ClientPress"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    run_stack = _run_stack()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Site)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        env = {"GATEWAY_PORT": str(port)}
+        problems = run_stack.ports_in_use(env)
+        assert len(problems) == 1, problems
+        assert "ClientPress is already running" in problems[0]
+        assert f"http://localhost:{port}" in problems[0] and "GATEWAY_PORT" in problems[0]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -19,10 +19,17 @@ from libs.common.events import ROLE_RANK
 Clock = Callable[[], datetime]
 Status = Literal["pending", "accepted", "revoked", "expired"]
 
-# How long one request may drive an acceptance before the same link may take it over: far
-# longer than the saga (a few internal calls and one argon2 hash), short enough that a
-# person retrying after a crash isn't kept waiting long.
+# How long one request may drive an acceptance before the same link may take it over (in
+# the link's life) and the sweep may hand it back: far longer than the saga (a few
+# internal calls and one argon2 hash), short enough that a person retrying after a crash
+# isn't kept waiting long. The holder finishes in its lease even past the link's end: the
+# link was spent in time.
 ACCEPT_LEASE = timedelta(seconds=60)
+# How long after its lease an acceptance that no one finished waits for its link before the
+# sweep hands it back (pending): a person who got an error page retries within minutes, and
+# their retry finishes through the set-password form. Once handed back, the page asks them
+# to log in if the failed try made their account.
+ACCEPT_RETRY_WINDOW = timedelta(minutes=10)
 
 EXPIRY_CHOICES = (7, 14, 21, 30)
 DEFAULT_EXPIRY_DAYS = 14
@@ -78,9 +85,12 @@ def effective_status(status: str, expires_at: datetime, now: datetime) -> Status
 # --- transitions ----------------------------------------------------------------------
 def check_token_usable(status: str, expires_at: datetime, now: datetime) -> None:
     """Why a link can't be used (validate); returns when it is still good. An acceptance
-    under way is good: the same link, sent again, finishes it."""
+    under way is good in the link's life: the same link, sent again, finishes it. After,
+    it is expired like any link (a link found in a mailbox months later sets nothing)."""
     if status == "accepting":
-        return
+        if now < expires_at:
+            return
+        status = "pending"  # as the link it was: expired
     current = effective_status(status, expires_at, now)
     if current == "accepted":
         raise Conflict(
@@ -118,15 +128,32 @@ def check_reservable(
     status: str, expires_at: datetime, claim_until: datetime | None, now: datetime
 ) -> None:
     """Why an acceptance can't start (or take over); returns when it can: a pending link
-    in time, or an acceptance whose driver has gone quiet (its lease is over)."""
-    if status == "accepting":
-        if claim_until is not None and now < claim_until:
-            raise Conflict(
-                "This invitation has already been used. Please log in instead.",
-                code="invitation_used",
-            )
-        return
+    in time, or an acceptance whose driver has gone quiet (its lease is over) while the
+    link is in time."""
+    if status == "accepting" and claim_until is not None and now < claim_until:
+        raise Conflict(
+            "This invitation has already been used. Please log in instead.",
+            code="invitation_used",
+        )
     check_token_usable(status, expires_at, now)
+
+
+def stalled_acceptance_becomes(
+    status: str, expires_at: datetime, claim_until: datetime | None, now: datetime
+) -> Literal["pending", "expired"] | None:
+    """What the sweep makes of an acceptance whose lease is over (its holder died, or gave
+    up after identity's answer timed out, before it could hand it back): nothing was
+    accepted, so the client has no access. Past the link's end it is expired; in the
+    link's life, once ACCEPT_RETRY_WINDOW has passed without a retry, it is pending again
+    (the same link or a Resend finishes it, staff can Revoke it). Never accepted: only a
+    holder with its claim, who knows the account, accepts. None: not (yet) for the sweep."""
+    if status != "accepting" or claim_until is None or now < claim_until:
+        return None
+    if now >= expires_at:
+        return "expired"
+    if now >= claim_until + ACCEPT_RETRY_WINDOW:
+        return "pending"
+    return None
 
 
 def check_can_resend(status: str) -> None:
@@ -537,12 +564,12 @@ def acceptable_in_group(rows: Sequence[LinkRow], now: datetime) -> list[int]:
     taken = [
         n
         for n, r in enumerate(rows)
-        if r.status == "accepting"
+        if (r.status == "accepting" and now < r.expires_at)
         or (r.status == "pending" and now < r.expires_at and r.portal_active)
     ]
     if taken:
         return taken
-    statuses = {effective_status(r.status, r.expires_at, now) for r in rows}
+    statuses = {_link_status(r, now) for r in rows}
     if "accepted" in statuses:
         raise Conflict(
             "This invitation has already been used. Please log in instead.",
@@ -555,15 +582,24 @@ def acceptable_in_group(rows: Sequence[LinkRow], now: datetime) -> list[int]:
             code="portal_not_active",
         )
     if "expired" in statuses:
-        last = max(r.expires_at for r in rows if r.status in ("pending", "expired"))
+        last = max(r.expires_at for r in rows if _link_status(r, now) == "expired")
         check_token_usable("pending", last, now)
     raise Gone("This invitation has been revoked.", code="invitation_revoked")
 
 
+def _link_status(row: LinkRow, now: datetime) -> Status:
+    """What a group's invitation is to its link: an acceptance under way whose lease and
+    link are over is expired (nothing takes it any more), not used."""
+    if row.status == "accepting" and now >= row.expires_at:
+        return "expired"
+    return effective_status(row.status, row.expires_at, now)
+
+
 def usable_in_group(rows: Sequence[LinkRow], now: datetime) -> list[int]:
     """What validating a group's link shows: the invitations an acceptance would take,
-    or, while one is under way (only its own link can finish it), those it holds."""
-    holding = [n for n, r in enumerate(rows) if r.status == "accepting"]
+    or, while one is under way in the link's life (only its own link can finish it),
+    those it holds."""
+    holding = [n for n, r in enumerate(rows) if r.status == "accepting" and now < r.expires_at]
     if holding:
         return holding
     return acceptable_in_group(rows, now)

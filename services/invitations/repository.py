@@ -418,7 +418,8 @@ async def reserve(
     conn: Conn, token_hash: str, claim: uuid.UUID, now: datetime, until: datetime
 ) -> Row | None:
     """Spend the link for one request: a pending one in time whose portal is Active (none,
-    for a staff invitation), or an acceptance whose lease is over. Exactly one caller
+    for a staff invitation), or an acceptance whose lease is over while the link is in
+    time (never after: a leaked link takes nothing over). Exactly one caller
     wins: the row lock serialises them and the conditions fail for everyone after the
     first (the ``SET`` reads the row as it was)."""
     return await conn.fetchrow(
@@ -429,7 +430,7 @@ async def reserve(
             " AND ((status = 'pending' AND expires_at > $3 AND (portal_id IS NULL OR EXISTS"
             " (SELECT 1 FROM portals p WHERE p.portal_id = invitations.portal_id"
             " AND p.status = 'active')))"
-            " OR (status = 'accepting' AND accept_claim_until <= $3))"
+            " OR (status = 'accepting' AND accept_claim_until <= $3 AND expires_at > $3))"
         ),
         token_hash,
         claim,
@@ -538,6 +539,41 @@ async def counts_by_status(conn: Conn, now: datetime) -> dict[str, int]:
         now,
     )
     return {row["status"]: int(row["n"]) for row in rows}
+
+
+async def stalled_acceptances(
+    conn: Conn, now: datetime, quiet_since: datetime, batch: int
+) -> list[Row]:
+    """Acceptances whose lease is over (their holder died or gave up) and whose link is
+    over too or went unused since ``quiet_since`` (domain.stalled_acceptance_becomes),
+    locked; one a request holds or takes over just now is skipped, not waited for."""
+    return await conn.fetch(
+        "SELECT id, status, expires_at, accept_claim_until FROM invitations"
+        " WHERE status = 'accepting' AND (accept_claim_until <= $2"
+        " OR (accept_claim_until <= $1 AND expires_at <= $1))"
+        " ORDER BY accept_claim_until LIMIT $3 FOR UPDATE SKIP LOCKED",
+        now,
+        quiet_since,
+        batch,
+    )
+
+
+async def end_stalled(conn: Conn, invitation_id: uuid.UUID, status: str) -> Row:
+    """A stalled acceptance becomes ``status`` (pending or expired), its claim gone, so
+    its late holder can't finish it. Raises UniqueViolationError when pending would make a
+    second pending invitation to the same person (and portal)."""
+    row = await conn.fetchrow(
+        "WITH i AS (UPDATE invitations SET status = $2, accept_claim = NULL,"
+        " accept_claim_until = NULL, accept_reopenable = false"
+        " WHERE id = $1 AND status = 'accepting' RETURNING *)"
+        " SELECT i.id, i.portal_id, i.email, i.group_id, i.staff_role, i.invited_by,"
+        " COALESCE(i.idempotency_key, g.idempotency_key) AS idempotency_key"
+        " FROM i LEFT JOIN invitation_groups g ON g.id = i.group_id",
+        invitation_id,
+        status,
+    )
+    assert row is not None
+    return row
 
 
 async def expire_due(conn: Conn, now: datetime, batch: int) -> list[Row]:
@@ -1092,11 +1128,14 @@ async def invitations_to(conn: Conn, addresses: list[str], before: datetime) -> 
 
 
 async def revoke_open(conn: Conn, ids: list[uuid.UUID], now: datetime) -> list[Row]:
-    """Revoke those of these invitations still pending or expired (their links die)."""
+    """Revoke those of these invitations still pending or expired, or being accepted (their
+    links die; an acceptance under way can't finish, so none is handed back later as a
+    pending invitation to the erased address)."""
     rows = await conn.fetch(
         _returning(
-            "UPDATE invitations SET status = 'revoked', revoked_at = $2"
-            " WHERE id = ANY($1::uuid[]) AND status IN ('pending', 'expired')"
+            "UPDATE invitations SET status = 'revoked', revoked_at = $2, accept_claim = NULL,"
+            " accept_claim_until = NULL WHERE id = ANY($1::uuid[])"
+            " AND status IN ('pending', 'expired', 'accepting')"
         ),
         ids,
         now,

@@ -18,7 +18,7 @@ from services.gateway.answers import AcceptedLink, EnsuredUser
 from services.gateway.handlers.saga import accept_with_password
 from services.gateway.upstream import Identity, Invitations, Portals, Upstream
 from tests.e2e.conftest import Browser, Stack
-from tests.e2e.flows import CLIENT_PASSWORD, Api, unique_email
+from tests.e2e.flows import CLIENT_PASSWORD, Api, eventually, unique_email
 from tests.support.smtp import accept_link
 from tests.support.stack import db_fetch
 
@@ -209,3 +209,94 @@ async def test_the_same_link_finishes_after_a_failure_and_ends_the_first_passwor
     assert info.value.code == "no_session"
     with pytest.raises(DomainError):
         await up.identity.login(email, first_password)
+
+
+async def _left_accepting(
+    stack: Stack, api: Api, http: aiohttp.ClientSession, tag: str
+) -> tuple[str, str, str, Upstream]:
+    """An acceptance whose outcome the person never learned: its first try made the
+    account and failed at the accept step, and no one retried. (email, invitation id,
+    token, upstream)."""
+    email, invitation_id, token = await _invited(stack, api, tag)
+    up = _upstream(stack, http, _nothing)
+    failing = Upstream(
+        identity=up.identity,
+        portals=up.portals,
+        invitations=InvitationsDownAtAccept(
+            ServiceClient(
+                http, stack["invitations"].url, "invitations", signer=stack.keys.signer("gateway")
+            )
+        ),
+    )
+    with pytest.raises(Unavailable):
+        await accept_with_password(failing, token, "the first password typed 1")
+    assert await _status(stack, invitation_id) == "accepting"
+    return email, invitation_id, token, up
+
+
+async def _status(stack: Stack, invitation_id: str) -> str:
+    rows = await db_fetch(
+        stack, "SELECT status FROM invitations.invitations WHERE id = $1", uuid.UUID(invitation_id)
+    )
+    return str(rows[0]["status"])
+
+
+async def test_an_acceptance_no_one_finishes_is_handed_back_to_staff(
+    stack: Stack, api: Api, http: aiohttp.ClientSession
+) -> None:
+    """Once its lease and the time for a retry are over (moved into the past here, as
+    after a quarter of an hour), the expiry sweep makes it pending again: listed as
+    pending, and the administrator's Revoke works and kills the link."""
+    email, invitation_id, token, up = await _left_accepting(stack, api, http, "stalled")
+    await db_fetch(
+        stack,
+        "UPDATE invitations.invitations SET accept_claim_until = now() - interval '11 minutes'"
+        " WHERE id = $1",
+        uuid.UUID(invitation_id),
+    )
+
+    async def handed_back() -> str | None:
+        status = await _status(stack, invitation_id)
+        return status if status != "accepting" else None
+
+    assert await eventually(handed_back, "the sweep to hand the acceptance back") == "pending"
+    code, listed = await api.call("GET", "/invitations?status=pending")
+    assert code == 200 and invitation_id in [i["id"] for i in listed["items"]]
+    code, _ = await api.call("POST", f"/invitations/{invitation_id}/revoke")
+    assert code == 200
+    with pytest.raises(DomainError) as info:
+        await accept_with_password(up, token, CLIENT_PASSWORD)
+    assert info.value.code == "invitation_revoked"
+    # The first try's account stays, with no access; the new password opens nothing.
+    assert await _aftermath(stack, up, email) == (1, 0, False)
+
+
+async def test_a_stalled_acceptances_link_sets_nothing_after_its_expiry(
+    stack: Stack, api: Api, http: aiohttp.ClientSession
+) -> None:
+    """A link found in a mailbox months after its expiry can't take the acceptance over:
+    the page says it expired, the password typed is set nowhere, no access is granted."""
+    email, invitation_id, token, up = await _left_accepting(stack, api, http, "leaked")
+    await db_fetch(
+        stack,
+        "UPDATE invitations.invitations SET sent_at = now() - interval '104 days',"
+        " expires_at = now() - interval '90 days',"
+        " accept_claim_until = now() - interval '100 days' WHERE id = $1",
+        uuid.UUID(invitation_id),
+    )
+    browser = Browser(stack.public_url)
+    try:
+        code, _, html = await browser.get(f"/invitations/accept?token={token}")
+        assert code == 410 and "Set Password" not in html, html[:1000]
+    finally:
+        await browser.close()
+    with pytest.raises(DomainError) as info:
+        await accept_with_password(up, token, CLIENT_PASSWORD)
+    assert info.value.code == "invitation_expired"
+    assert await _aftermath(stack, up, email) == (1, 0, False)
+
+    async def expired() -> str | None:
+        status = await _status(stack, invitation_id)
+        return status if status == "expired" else None
+
+    await eventually(expired, "the sweep to expire the acceptance")  # listed as expired

@@ -83,14 +83,16 @@ def test_revoke_rules() -> None:
 
 def test_an_acceptance_under_way_is_spent_but_finishable() -> None:
     expires = SENT + timedelta(days=14)
-    # Spent: shown as accepted, not revocable or resendable, even past the link's end.
+    # Spent: shown as accepted, not revocable or resendable, even past the link's end
+    # (its holder keeps its lease: the link was spent in time).
     assert domain.effective_status("accepting", expires, expires + timedelta(days=1)) == "accepted"
     for check in (domain.must_revoke, domain.check_can_resend):
         with pytest.raises(Conflict) as err:
             check("accepting")
         assert err.value.code == "invitation_accepted"
-    # Finishable: the same link validates, and takes over once the lease is over.
-    domain.check_token_usable("accepting", expires, expires + timedelta(days=1))
+    # Finishable within the link's life: the same link validates, and takes over once the
+    # lease is over.
+    domain.check_token_usable("accepting", expires, SENT + timedelta(days=1))
     lease_end = SENT + domain.ACCEPT_LEASE
     with pytest.raises(Conflict) as held:
         domain.check_reservable("accepting", expires, lease_end, SENT)
@@ -100,6 +102,55 @@ def test_an_acceptance_under_way_is_spent_but_finishable() -> None:
     with pytest.raises(Gone) as expired:
         domain.check_reservable("pending", expires, None, expires)
     assert expired.value.code == "invitation_expired"
+
+
+def test_an_acceptance_under_way_is_not_finishable_after_the_links_expiry() -> None:
+    """A link found in a mailbox months later can't take a stalled acceptance over."""
+    expires = SENT + timedelta(days=14)
+    later = expires + timedelta(days=90)
+    lease_end = SENT + domain.ACCEPT_LEASE
+    for check in (
+        lambda: domain.check_token_usable("accepting", expires, later),
+        lambda: domain.check_reservable("accepting", expires, lease_end, later),
+        lambda: domain.check_reservable("accepting", expires, lease_end, expires),
+    ):
+        with pytest.raises(Gone) as err:
+            check()
+        assert err.value.code == "invitation_expired"
+    # A group's link: the stalled acceptance isn't taken, and the link says it expired.
+    row = domain.LinkRow(
+        status="accepting", expires_at=expires, claim_until=lease_end, portal_active=True
+    )
+    assert domain.acceptable_in_group([row], expires - timedelta(seconds=1)) == [0]
+    for rules in (domain.acceptable_in_group, domain.usable_in_group):
+        with pytest.raises(Gone) as err:
+            rules([row], later)
+        assert err.value.code == "invitation_expired"
+
+
+def test_a_stalled_acceptance_is_handed_back_or_expired() -> None:
+    """The sweep's rule: once its lease is over an acceptance is no one's; in the link's
+    life, after the time a retry takes, it is pending again (the same link or a Resend
+    finishes it, staff can Revoke); past the link's end it is expired. One whose holder
+    still has its lease stays, even past the link's end."""
+    expires = SENT + timedelta(days=14)
+    lease_end = SENT + domain.ACCEPT_LEASE
+    becomes = domain.stalled_acceptance_becomes
+    assert becomes("accepting", expires, lease_end, SENT) is None
+    assert becomes("accepting", expires, lease_end, lease_end) is None  # a retry's time
+    quiet = lease_end + domain.ACCEPT_RETRY_WINDOW
+    assert becomes("accepting", expires, lease_end, quiet - timedelta(seconds=1)) is None
+    assert becomes("accepting", expires, lease_end, quiet) == "pending"
+    late = expires - timedelta(seconds=10)
+    assert becomes("accepting", expires, late + domain.ACCEPT_LEASE, expires) is None
+    assert becomes(
+        "accepting", expires, late + domain.ACCEPT_LEASE, late + timedelta(minutes=1)
+    ) == ("expired")
+    assert domain.stalled_acceptance_becomes("accepting", expires, lease_end, expires) == (
+        "expired"
+    )
+    for status in ("pending", "accepted", "revoked", "expired"):
+        assert domain.stalled_acceptance_becomes(status, expires, lease_end, expires) is None
 
 
 def test_token_is_random_and_stored_as_sha256() -> None:

@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient
 
 from services.invitations.api import DEPS
 from services.invitations.domain import ERASED_EMAIL
-from services.invitations.handlers import erase_person
-from tests.invitations.conftest import World, outbox_events
+from services.invitations.handlers import erase_person, sweep_once
+from tests.invitations.conftest import Clock, World, last_token, outbox_events
 from tests.support.erasure import places_naming
 
 pytestmark = pytest.mark.integration
@@ -106,3 +106,36 @@ async def test_an_erasure_applied_late_leaves_a_new_person_at_the_address_alone(
     assert kept["status"] == "pending" and kept["email"] == email
     gone = await (await client.get(f"/invitations/{old['id']}")).json()
     assert gone["email"] == ERASED_EMAIL
+
+
+async def test_an_erasure_ends_an_acceptance_under_way(
+    client: Client, world: World, pool: asyncpg.Pool, clock: Clock
+) -> None:
+    """An acceptance of one of the person's invitations that never finished (its holder
+    died): erased, it is revoked, so no sweep hands it back as a pending invitation to the
+    erased address, and its link takes nothing any more."""
+    email = f"midway-{uuid.uuid4().hex[:8]}@example.com"
+    first, second = world.add_portal(), world.add_portal()
+    accepted = await _invite(client, first["id"], email)
+    user_id = uuid.uuid4()
+    await pool.execute(
+        "UPDATE invitations SET status = 'accepted', accepted_at = now(), accepted_user_id = $2"
+        " WHERE id = $1",
+        uuid.UUID(accepted["id"]),
+        user_id,
+    )
+    midway = await _invite(client, second["id"], email)
+    token = await last_token(pool, midway["id"])
+    assert (await client.post("/invitations/reserve", json={"token": token})).status == 200
+
+    await erase_person(client.app[DEPS], user_id, datetime.now(UTC))
+    clock.advance(minutes=11)  # its holder died: past the lease and a retry's time
+    await sweep_once(client.app[DEPS])
+
+    shown = await (await client.get(f"/invitations/{midway['id']}")).json()
+    assert shown["status"] == "revoked" and shown["email"] == ERASED_EMAIL
+    response = await client.post("/invitations/reserve", json={"token": token})
+    assert response.status == 410
+    assert (await response.json())["error"]["code"] == "invitation_revoked"
+    revoked = [d for t, d in await outbox_events(pool, midway["id"]) if t == "invitation.revoked"]
+    assert [d["data"]["email"] for d in revoked] == [ERASED_EMAIL]

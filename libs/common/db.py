@@ -428,6 +428,12 @@ async def try_xact_lock(conn: Conn, name: str) -> bool:
 MIGRATION_LOCK_TIMEOUT_SECONDS = 2.0
 # The pause after a lock wait given up, doubled each time up to this.
 MIGRATION_RETRY_MAX_SECONDS = 30.0
+# A migration's session is exempt from a DBA's ``statement_timeout`` on the database or
+# role (meant for runaway queries): waiting for another run of the same schema, or an
+# index built on a large table, is neither, and cancelling it failed the upgrade with
+# "canceling statement due to statement timeout" (tests/faults/test_statement_timeout.py).
+# Table locks stay bounded by the migration's own lock_timeout.
+MIGRATION_SESSION = {"statement_timeout": "0"}
 
 
 async def migrate(
@@ -445,7 +451,11 @@ async def migrate(
     await ensure_database(url)
     migrations = load_migrations(COMMON_MIGRATIONS, directory)
     applied: list[str] = []
-    conn = await asyncpg.connect(url, timeout=10, server_settings=named(url, schema))
+    conn = await asyncpg.connect(
+        url,
+        timeout=10,
+        server_settings={**named(url, schema), **MIGRATION_SESSION},
+    )
     try:
         done = await _recorded(conn, schema)
         for migration in migrations:

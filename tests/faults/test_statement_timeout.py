@@ -1,0 +1,75 @@
+"""A DBA's ``statement_timeout`` on the service's role (``ALTER ROLE … SET statement_timeout``,
+as many installations set one to stop runaway queries): only this test's own role, on its
+own database, is changed.
+
+A migration waits for another run of the same schema (replicas started together, a
+``make migrate`` beside a starting service) and may rightly take long (an index on a large
+table): neither is a runaway query. The wait and the migration must not be cancelled by
+the role's timeout; the migration runs once the other run is done."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from libs.common.database_roles import role_name
+from libs.common.db import lock_key
+from tests.faults.support import record
+from tests.support.env import TestEnv, new_test_env, provisioned
+from tests.support.processes import ROOT
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture
+async def own_env() -> AsyncIterator[TestEnv]:
+    async with provisioned(new_test_env()) as env:
+        yield env
+
+
+def _migrate(env: dict[str, str], service: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", f"services.{service}", "migrate"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_a_role_statement_timeout_does_not_cancel_a_migration_waiting_its_turn(
+    own_env: TestEnv,
+) -> None:
+    role = role_name(own_env.database_name, "invitations")
+    admin = await asyncpg.connect(own_env.database_url)
+    other_run = await asyncpg.connect(own_env.database_url)
+    try:
+        await admin.execute(f"ALTER ROLE \"{role}\" SET statement_timeout = '300ms'")
+        # Another run of the invitations migrations holds the schema's turn for 3 s.
+        hold = other_run.transaction()
+        await hold.start()
+        await other_run.execute("SELECT pg_advisory_xact_lock($1)", lock_key("migrate:invitations"))
+        migrating = asyncio.create_task(
+            asyncio.to_thread(_migrate, own_env.service_env(), "invitations")
+        )
+        await asyncio.sleep(3)
+        await hold.rollback()
+        done = await migrating
+        record(
+            "migration_under_role_statement_timeout",
+            returncode=done.returncode,
+            output=(done.stdout + done.stderr)[-600:],
+        )
+        assert done.returncode == 0, (done.stdout + done.stderr)[-1500:]
+        applied = await admin.fetchval("SELECT count(*) FROM invitations.schema_migrations")
+        assert applied > 0
+    finally:
+        await admin.execute(f'ALTER ROLE "{role}" RESET statement_timeout')
+        await other_run.close()
+        await admin.close()

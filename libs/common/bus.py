@@ -234,6 +234,10 @@ class BrokerConnectionLost(aiormq.exceptions.AMQPConnectionError):
     broker confirmed it: it may or may not have been routed; the outbox tries it again."""
 
 
+# How often a publishing channel the broker closed is tried again (Bus._publish_channel_open).
+REOPEN_EVERY_SECONDS = 1.0
+
+
 class Bus:
     """One service's connection, as its own broker user: everything it publishes carries
     that user as ``user_id``, which RabbitMQ checks, so consumers know who sent it."""
@@ -247,6 +251,8 @@ class Bus:
         self._channel: AbstractRobustChannel | None = None
         self._exchanges: dict[str, AbstractRobustExchange] = {}
         self._consumer_channels: list[AbstractRobustChannel] = []
+        self._reopening = asyncio.Lock()
+        self._reopen_failed: tuple[float, BaseException] | None = None
 
     def exchange_name(self, kind: str) -> str:
         return f"{self.prefix}.{kind}"
@@ -418,6 +424,7 @@ class Bus:
         ) as span:
             # The trace goes on in the consumer: traceparent (and tracestate) in the headers.
             tracing.outgoing(message.headers)
+            await self._publish_channel_open()
             try:
                 await self._exchanges[kind].publish(
                     message,
@@ -446,6 +453,34 @@ class Bus:
                 raise BrokerConnectionLost(
                     f"{routing_key}: the broker connection was lost before its confirm"
                 ) from None
+
+    async def _publish_channel_open(self) -> None:
+        """Reopen the publishing channel if the broker closed it while the connection
+        stayed up. A publish to an exchange an operator deleted closes its channel
+        (404 NOT_FOUND); aio-pika's robust channel reopens it by declaring the exchanges
+        again, is refused while they are missing, and then stays closed for good: every
+        publish failed with "RobustChannel … closed" long after the exchange was
+        provisioned again (tests/faults/test_exchange_deleted.py). Reopened here, once
+        at a time and at most once per REOPEN_EVERY_SECONDS; while an exchange is still
+        missing this raises the broker's own words ("NOT_FOUND - no exchange …")."""
+        channel = self._channel
+        if channel is None or not channel.is_closed or not self.ready:
+            return  # open, or the robust connection is reconnecting and will reopen it
+        async with self._reopening:
+            if not channel.is_closed or not self.ready:
+                return
+            loop = asyncio.get_running_loop()
+            failed = self._reopen_failed
+            if failed is not None and loop.time() - failed[0] < REOPEN_EVERY_SECONDS:
+                raise failed[1]
+            log.warning("publish_channel_reopening")
+            try:
+                await channel.reopen()
+            except Exception as exc:
+                self._reopen_failed = (loop.time(), exc)
+                raise
+            self._reopen_failed = None
+            log.info("publish_channel_reopened")
 
     async def publish_envelope(self, envelope: Envelope, kind: ExchangeKind = "events") -> None:
         await self.publish(

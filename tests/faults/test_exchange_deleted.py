@@ -1,0 +1,98 @@
+"""The bus's public exchange deleted by an operator while the services run (a clean-up by
+hand, a wrong definitions import), then provisioned again: RabbitMQ drops the queues'
+bindings with it. Invitations made meanwhile wait in the outbox, the relay says why, and
+once the exchange is back every email goes, each once; nothing is dead-lettered.
+
+The broker closes the channel a publish to a missing exchange was sent on, and aio-pika's
+robust channel, reopening it, declares the exchange again (passively), is refused, and
+stays closed: the relay failed every publish with "RobustChannel … closed" long after
+the exchange was back, and no email went until the service was restarted."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import pytest
+
+from libs.common.provision import provision
+from tests.faults.support import (
+    Api,
+    all_delivered,
+    dead_letters,
+    outbox_backlog,
+    outboxes_drained,
+    per_address,
+    record,
+    unique_emails,
+    wait_until,
+)
+from tests.support.stack import Stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+async def _provision_again(stack: Stack) -> None:
+    env = stack.broker
+    await provision(
+        env.amqp_url,
+        env.bus_prefix,
+        env.broker_passwords,
+        {env.integration_user: env.integration_password},
+    )
+
+
+async def test_the_events_exchange_deleted_then_provisioned_again(stack: Stack) -> None:
+    api = Api(stack)
+    exchange = f"{stack.env['BUS_PREFIX']}.events"
+    try:
+        portal = await api.create_portal("Exchange deleted")
+        before = unique_emails("exch-before", 1)
+        await api.invite(portal["id"], before[0])
+        await all_delivered(stack, before, timeout=30)
+
+        admin = await aio_pika.connect(stack.broker.amqp_url)
+        try:
+            channel = await admin.channel()
+            await channel.exchange_delete(exchange)
+        finally:
+            await admin.close()
+        try:
+            during = unique_emails("exch-during", 3)
+            for email in during:
+                await api.invite(portal["id"], email)
+
+            async def waiting() -> bool:
+                return (await outbox_backlog(stack))["invitations"] > 0
+
+            await wait_until(waiting, 30, "the invitations to wait in the outbox")
+            await asyncio.sleep(3)
+            backlog = await outbox_backlog(stack)
+            said = stack["invitations"].log_tail(100)
+        finally:
+            await _provision_again(stack)
+
+        after = unique_emails("exch-after", 1)
+        await api.invite(portal["id"], after[0])
+        try:
+            await all_delivered(stack, [*during, *after], timeout=60)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}; outboxes: {await outbox_backlog(stack)};"
+                f" invitations' log: {stack['invitations'].log_tail(1)}"
+            ) from None
+        await outboxes_drained(stack)
+        dead = await dead_letters(stack)
+        counts = per_address(stack, [*before, *during, *after])
+        record(
+            "events_exchange_deleted",
+            backlog_while_deleted=backlog,
+            dead_lettered=dead,
+            relay_log="outbox_relay_retry" in stack["invitations"].log_tail(400),
+        )
+        # The relay says what the broker refused, in its words.
+        assert f"NOT_FOUND - no exchange '{exchange}'" in said, said[-1000:]
+        assert dead == dict.fromkeys(dead, 0)
+        assert all(n == 1 for n in counts.values()), counts
+    finally:
+        await api.close()

@@ -1,7 +1,10 @@
-"""The bus's public exchange deleted by an operator while the services run (a clean-up by
-hand, a wrong definitions import), then provisioned again: RabbitMQ drops the queues'
-bindings with it. Invitations made meanwhile wait in the outbox, the relay says why, and
-once the exchange is back every email goes, each once; nothing is dead-lettered.
+"""What an operator deletes on the broker while the services run: the bus's public
+exchange (a clean-up by hand, a wrong definitions import), then provisioned again, or the
+mailer's queue.
+
+The exchange takes the queues' bindings with it. Invitations made meanwhile wait in the
+outbox, the relay says why, and once the exchange is back every email goes, each once;
+nothing is dead-lettered.
 
 The broker closes the channel a publish to a missing exchange was sent on, and aio-pika's
 robust channel, reopening it, declares the exchange again (passively), is refused, and
@@ -92,6 +95,44 @@ async def test_the_events_exchange_deleted_then_provisioned_again(stack: Stack) 
         )
         # The relay says what the broker refused, in its words.
         assert f"NOT_FOUND - no exchange '{exchange}'" in said, said[-1000:]
+        assert dead == dict.fromkeys(dead, 0)
+        assert all(n == 1 for n in counts.values()), counts
+    finally:
+        await api.close()
+
+
+async def test_the_mailers_queue_deleted_by_an_operator(stack: Stack) -> None:
+    """``rabbitmqctl delete_queue <prefix>.mailer`` while the services run: what it held is
+    gone with it (the operator's doing), but the mailer declares and binds its queue again,
+    and the invitations made afterwards are emailed, each once."""
+    api = Api(stack)
+    queue = f"{stack.env['BUS_PREFIX']}.mailer"
+    try:
+        portal = await api.create_portal("Queue deleted")
+        before = unique_emails("queue-before", 1)
+        await api.invite(portal["id"], before[0])
+        await all_delivered(stack, before, timeout=30)
+
+        admin = await aio_pika.connect(stack.broker.amqp_url)
+        try:
+            channel = await admin.channel()
+            await channel.queue_delete(queue)
+        finally:
+            await admin.close()
+        after = unique_emails("queue-after", 3)
+        for email in after:
+            await api.invite(portal["id"], email)
+        try:
+            await all_delivered(stack, after, timeout=60)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}; outboxes: {await outbox_backlog(stack)};"
+                f" mailer's log: {stack['mailer'].log_tail(3)}"
+            ) from None
+        await outboxes_drained(stack)
+        dead = await dead_letters(stack)
+        counts = per_address(stack, [*before, *after])
+        record("mailer_queue_deleted", dead_lettered=dead)
         assert dead == dict.fromkeys(dead, 0)
         assert all(n == 1 for n in counts.values()), counts
     finally:

@@ -1,6 +1,6 @@
 """What an operator deletes on the broker while the services run: the bus's public
-exchange (a clean-up by hand, a wrong definitions import), then provisioned again, or the
-mailer's queue.
+exchange (a clean-up by hand, a wrong definitions import), then provisioned again; the
+mailer's queue; the invitations user's right to publish.
 
 The exchange takes the queues' bindings with it. Invitations made meanwhile wait in the
 outbox, the relay says why, and once the exchange is back every email goes, each once;
@@ -18,6 +18,7 @@ import asyncio
 import aio_pika
 import pytest
 
+from libs.common import broker
 from libs.common.provision import provision
 from tests.faults.support import (
     Api,
@@ -30,6 +31,7 @@ from tests.faults.support import (
     unique_emails,
     wait_until,
 )
+from tests.support.servers import current as current_servers
 from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -136,4 +138,57 @@ async def test_the_mailers_queue_deleted_by_an_operator(stack: Stack) -> None:
         assert dead == dict.fromkeys(dead, 0)
         assert all(n == 1 for n in counts.values()), counts
     finally:
+        await api.close()
+
+
+async def test_the_invitations_users_write_permission_taken_then_given_back(
+    stack: Stack,
+) -> None:
+    """``rabbitmqctl set_permissions`` takes the invitations user's right to publish while
+    it runs (a provisioning slip, a security clamp-down), then gives it back: its events
+    wait in the outbox meanwhile, the relay says what the broker refused, and they go
+    once it may publish again, each email once."""
+    api = Api(stack)
+    prefix = stack.env["BUS_PREFIX"]
+    grant = broker.service_grant(prefix, "invitations")
+    vhost = broker.vhost_of(stack.broker.amqp_url)
+    servers = current_servers()
+
+    def permissions(write: str) -> None:
+        servers.rabbitmqctl(
+            "set_permissions", "-p", vhost, grant.user, grant.configure, write, grant.read
+        )
+
+    try:
+        portal = await api.create_portal("Write permission taken")
+        await asyncio.to_thread(permissions, "^$")
+        try:
+            during = unique_emails("perm-during", 3)
+            for email in during:
+                await api.invite(portal["id"], email)
+
+            async def refused() -> bool:
+                return "ACCESS_REFUSED" in stack["invitations"].log_tail(100)
+
+            await wait_until(refused, 30, "the relay to say the broker refused it")
+            backlog = await outbox_backlog(stack)
+        finally:
+            await asyncio.to_thread(permissions, grant.write)
+        after = unique_emails("perm-after", 1)
+        await api.invite(portal["id"], after[0])
+        try:
+            await all_delivered(stack, [*during, *after], timeout=60)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}; outboxes: {await outbox_backlog(stack)};"
+                f" invitations' log: {stack['invitations'].log_tail(1)}"
+            ) from None
+        await outboxes_drained(stack)
+        dead = await dead_letters(stack)
+        counts = per_address(stack, [*during, *after])
+        record("write_permission_taken", backlog_while_refused=backlog, dead_lettered=dead)
+        assert dead == dict.fromkeys(dead, 0)
+        assert all(n == 1 for n in counts.values()), counts
+    finally:
+        await asyncio.to_thread(permissions, grant.write)
         await api.close()

@@ -14,6 +14,7 @@ the exchange was back, and no email went until the service was restarted."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import aio_pika
 import pytest
@@ -47,6 +48,29 @@ async def _provision_again(stack: Stack) -> None:
     )
 
 
+async def _as_broker_administrator(
+    stack: Stack, act: Callable[[aio_pika.abc.AbstractChannel], Awaitable[object]]
+) -> None:
+    """What an operator does by hand on the broker, as its administrator."""
+    admin = await aio_pika.connect(stack.broker.amqp_url)
+    try:
+        await act(await admin.channel())
+    finally:
+        await admin.close()
+
+
+async def _delivered(stack: Stack, emails: list[str], service: str, lines: int) -> None:
+    """Every email delivered within 60 s, or fail with the outboxes and ``service``'s last
+    log lines."""
+    try:
+        await all_delivered(stack, emails, timeout=60)
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}; outboxes: {await outbox_backlog(stack)};"
+            f" {service}'s log: {stack[service].log_tail(lines)}"
+        ) from None
+
+
 async def test_the_events_exchange_deleted_then_provisioned_again(stack: Stack) -> None:
     api = Api(stack)
     exchange = f"{stack.env['BUS_PREFIX']}.events"
@@ -56,12 +80,7 @@ async def test_the_events_exchange_deleted_then_provisioned_again(stack: Stack) 
         await api.invite(portal["id"], before[0])
         await all_delivered(stack, before, timeout=30)
 
-        admin = await aio_pika.connect(stack.broker.amqp_url)
-        try:
-            channel = await admin.channel()
-            await channel.exchange_delete(exchange)
-        finally:
-            await admin.close()
+        await _as_broker_administrator(stack, lambda channel: channel.exchange_delete(exchange))
         try:
             during = unique_emails("exch-during", 3)
             for email in during:
@@ -79,13 +98,7 @@ async def test_the_events_exchange_deleted_then_provisioned_again(stack: Stack) 
 
         after = unique_emails("exch-after", 1)
         await api.invite(portal["id"], after[0])
-        try:
-            await all_delivered(stack, [*during, *after], timeout=60)
-        except AssertionError as exc:
-            raise AssertionError(
-                f"{exc}; outboxes: {await outbox_backlog(stack)};"
-                f" invitations' log: {stack['invitations'].log_tail(1)}"
-            ) from None
+        await _delivered(stack, [*during, *after], "invitations", 1)
         await outboxes_drained(stack)
         dead = await dead_letters(stack)
         counts = per_address(stack, [*before, *during, *after])
@@ -115,22 +128,11 @@ async def test_the_mailers_queue_deleted_by_an_operator(stack: Stack) -> None:
         await api.invite(portal["id"], before[0])
         await all_delivered(stack, before, timeout=30)
 
-        admin = await aio_pika.connect(stack.broker.amqp_url)
-        try:
-            channel = await admin.channel()
-            await channel.queue_delete(queue)
-        finally:
-            await admin.close()
+        await _as_broker_administrator(stack, lambda channel: channel.queue_delete(queue))
         after = unique_emails("queue-after", 3)
         for email in after:
             await api.invite(portal["id"], email)
-        try:
-            await all_delivered(stack, after, timeout=60)
-        except AssertionError as exc:
-            raise AssertionError(
-                f"{exc}; outboxes: {await outbox_backlog(stack)};"
-                f" mailer's log: {stack['mailer'].log_tail(3)}"
-            ) from None
+        await _delivered(stack, after, "mailer", 3)
         await outboxes_drained(stack)
         dead = await dead_letters(stack)
         counts = per_address(stack, [*before, *after])
@@ -176,13 +178,7 @@ async def test_the_invitations_users_write_permission_taken_then_given_back(
             await asyncio.to_thread(permissions, grant.write)
         after = unique_emails("perm-after", 1)
         await api.invite(portal["id"], after[0])
-        try:
-            await all_delivered(stack, [*during, *after], timeout=60)
-        except AssertionError as exc:
-            raise AssertionError(
-                f"{exc}; outboxes: {await outbox_backlog(stack)};"
-                f" invitations' log: {stack['invitations'].log_tail(1)}"
-            ) from None
+        await _delivered(stack, [*during, *after], "invitations", 1)
         await outboxes_drained(stack)
         dead = await dead_letters(stack)
         counts = per_address(stack, [*during, *after])

@@ -167,6 +167,19 @@ async def test_a_revoke_right_after_validate_makes_nothing(
     assert await _aftermath(stack, up, email) == (0, 0, False)
 
 
+def _down_at_accept(stack: Stack, http: aiohttp.ClientSession, up: Upstream) -> Upstream:
+    """``up`` with invitations failing at the accept step (after the account was made)."""
+    return Upstream(
+        identity=up.identity,
+        portals=up.portals,
+        invitations=InvitationsDownAtAccept(
+            ServiceClient(
+                http, stack["invitations"].url, "invitations", signer=stack.keys.signer("gateway")
+            )
+        ),
+    )
+
+
 async def test_the_same_link_finishes_after_a_failure_and_ends_the_first_password(
     stack: Stack, api: Api, http: aiohttp.ClientSession
 ) -> None:
@@ -176,15 +189,7 @@ async def test_the_same_link_finishes_after_a_failure_and_ends_the_first_passwor
     email, _, token = await _invited(stack, api, "retry")
     first_password = "the first password typed 1"
     up = _upstream(stack, http, _nothing)
-    failing = Upstream(
-        identity=up.identity,
-        portals=up.portals,
-        invitations=InvitationsDownAtAccept(
-            ServiceClient(
-                http, stack["invitations"].url, "invitations", signer=stack.keys.signer("gateway")
-            )
-        ),
-    )
+    failing = _down_at_accept(stack, http, up)
     with pytest.raises(Unavailable):
         await accept_with_password(failing, token, first_password)
     assert (await _aftermath(stack, up, email))[:2] == (1, 0)  # an account, no access
@@ -219,15 +224,7 @@ async def _left_accepting(
     token, upstream)."""
     email, invitation_id, token = await _invited(stack, api, tag)
     up = _upstream(stack, http, _nothing)
-    failing = Upstream(
-        identity=up.identity,
-        portals=up.portals,
-        invitations=InvitationsDownAtAccept(
-            ServiceClient(
-                http, stack["invitations"].url, "invitations", signer=stack.keys.signer("gateway")
-            )
-        ),
-    )
+    failing = _down_at_accept(stack, http, up)
     with pytest.raises(Unavailable):
         await accept_with_password(failing, token, "the first password typed 1")
     assert await _status(stack, invitation_id) == "accepting"

@@ -41,7 +41,7 @@ class Stack:
 
     async def restart(self, name: str) -> None:
         service = self.services[name]
-        service.stop()
+        await asyncio.to_thread(service.stop)  # off the loop, as in ``started``
         service.start()
         await service.wait_ready()
 
@@ -122,8 +122,11 @@ async def started(
         )
         yield
     finally:
+        # Stopped off the event loop: a test's proxy (a black hole, a TCP proxy) runs on
+        # this loop, and a service shutting down closes its connections through it.
+        # Blocking here held each service until ServiceProcess.stop's bound.
         for service in reversed(services):
-            service.stop()
+            await asyncio.to_thread(service.stop)
 
 
 @dataclass

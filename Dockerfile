@@ -11,7 +11,11 @@
 # Only classic Dockerfile features are used (no BuildKit-only syntax), so the legacy
 # builder of docker-compose v1 builds it too.
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# The Debian release is named: `python:3.11-slim` alone moves to the next one (bookworm to
+# trixie) under the same name, so a rebuild of the same commit would ship another OS.
+# For a build that never changes, pin the digest too:
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest> .
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------
 # builder: installs the locked dependencies (requirements.lock) and the project into a

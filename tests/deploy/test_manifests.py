@@ -76,11 +76,15 @@ OWN_SECRETS = {
     "WEBHOOK_SECRET_KEY": {"mailer"},
     "ADMIN_PASSWORD": {"identity"},
     "GATEWAY_API_KEY": {"gateway"},
+    # the relay's login: in the shared env file every container would read it
+    "SMTP_PASSWORD": {"mailer"},
 }
+# Own secrets compose passes when deploy/.env has them, and `make secrets` does not write.
+OPTIONAL_COMPOSE_SECRETS = {"SMTP_PASSWORD"}
 SECRET_NAMES = {"DATABASE_URL", "AMQP_URL", "SMTP_PASSWORD", *OWN_SECRETS}
 # What `make secrets` writes to deploy/.env (compose's ${...} need them).
 COMPOSE_SECRETS = {
-    **{name: f"test-{name.lower()}" for name in OWN_SECRETS},
+    **{name: f"test-{name.lower()}" for name in set(OWN_SECRETS) - OPTIONAL_COMPOSE_SECRETS},
     "BROKER_ADMIN_PASSWORD": "test-broker-admin",
     "CRM_BROKER_PASSWORD": "test-crm",
 }
@@ -927,7 +931,7 @@ def test_dockerfile_is_multi_stage_non_root_and_healthchecked() -> None:
     args = dict(a.split("=", 1) for keyword, a in instructions if keyword == "ARG" and "=" in a)
     final_image = froms[-1].split()[0]
     final_image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], final_image)
-    assert final_image == "python:3.11-slim"
+    assert final_image.startswith("python:3.11-slim")
     final = instructions[max(i for i, (k, _) in enumerate(instructions) if k == "FROM") :]
     runs = " ".join(a for k, a in instructions if k == "RUN")
     # The locked tree, every file checked against its hash; then the project, nothing more.
@@ -1060,3 +1064,125 @@ def test_package_data_ships_every_non_python_file() -> None:
             if not any(fnmatch.fnmatch(path.name, p) for p in patterns):
                 missing.append(str(relative))
     assert not missing, f"not in [tool.setuptools.package-data], so not in the image: {missing}"
+
+
+# ---------------------------------------------------------------------------------------
+# what an operator meets on the first real install
+# ---------------------------------------------------------------------------------------
+
+MONITORING_NAMESPACE = {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+OTLP_HTTP_PORT = 4318
+
+
+@OVERLAYS
+def test_k8s_services_reach_the_trace_collector(directory: Path) -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT (config.env's example: a collector in the `monitoring`
+    namespace, OTLP/HTTP on 4318): the egress policies must not cut every span off."""
+    docs = kustomize(directory)
+    example = (K8S_BASE / "config.env").read_text()
+    assert f".monitoring:{OTLP_HTTP_PORT}" in example
+    policies = list(of_kind(docs, "NetworkPolicy").values())
+    for service in SERVICES:
+        allowed = [
+            rule
+            for rule in policies_for(policies, service, "egress")
+            if {"protocol": "TCP", "port": OTLP_HTTP_PORT} in rule.get("ports", [])
+            and any(
+                peer.get("namespaceSelector") == MONITORING_NAMESPACE and "podSelector" not in peer
+                for peer in rule.get("to", [])
+            )
+        ]
+        assert allowed, f"{service}: no egress to the trace collector (monitoring:4318)"
+
+
+def documented_production_secret_keys(markdown: str) -> set[str]:
+    """The keys of `clientpress-secrets` that the Kubernetes "Production:" list names,
+    `<SERVICE>_…` expanded to the five services."""
+    section = markdown.split("### Kubernetes (kustomize)", 1)[1].split("\n### ", 1)[0]
+    bullet = section.split("- provides the Secret `clientpress-secrets` with", 1)[1]
+    bullet = bullet.split("\n- ", 1)[0]
+    keys: set[str] = set()
+    for name in re.findall(r"`([A-Z<][A-Z0-9_<>]*)`", bullet):
+        if name.startswith("<SERVICE>_"):
+            keys |= {name.replace("<SERVICE>", s.upper()) for s in SERVICES}
+        else:
+            keys.add(name)
+    return keys
+
+
+def test_docs_name_every_key_of_the_kubernetes_secret() -> None:
+    """An overlay written from the docs' list must start: every key the base mounts
+    without `optional: true` is required, or the pods never leave
+    CreateContainerConfigError."""
+    required: set[str] = set()
+    for doc in workloads(kustomize(K8S_BASE)):
+        pod = doc["spec"]["template"]["spec"]
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref and ref["name"] == "clientpress-secrets" and not ref.get("optional"):
+                    required.add(ref["key"])
+    assert {"DATABASE_URL", "AMQP_URL", "MAIL_JOB_KEY"} <= required
+    for path in (ROOT / "docs" / "deploying.md", ROOT / "README.md"):
+        documented = documented_production_secret_keys(path.read_text())
+        assert not required - documented, f"{path.name} omits {sorted(required - documented)}"
+        assert documented == SECRET_NAMES, f"{path.name}: {sorted(documented ^ SECRET_NAMES)}"
+
+
+def third_party_images() -> dict[str, str]:
+    """Every image compose and the local Kubernetes overlay run that is not ClientPress's."""
+    images = {
+        f"compose {name}": str(svc["image"])
+        for name, svc in yaml.safe_load(COMPOSE_FILE.read_text())["services"].items()
+        if "image" in svc and not str(svc["image"]).startswith("clientpress:")
+    }
+    for doc in workloads(kustomize(K8S_LOCAL)):
+        pod = doc["spec"]["template"]["spec"]
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            if not is_clientpress(container):
+                images[f"k8s {doc['metadata']['name']}/{container['name']}"] = container["image"]
+    return images
+
+
+def test_backing_images_name_a_version() -> None:
+    """An image without a tag is `latest`: each `up` or node may pull another release."""
+    images = third_party_images()
+    assert {"compose postgres", "compose rabbitmq", "compose mailpit"} <= set(images)
+    assert "k8s mailpit/mailpit" in images
+    for where, image in images.items():
+        name = image.split("@", 1)[0]
+        tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else ""
+        assert tag and tag != "latest", f"{where}: {image} names no version"
+    assert images["compose mailpit"] == images["k8s mailpit/mailpit"]
+
+
+def test_dockerfile_base_names_its_debian_release() -> None:
+    """`python:3.11-slim` moves to the next Debian release under the same name (bookworm
+    to trixie): a rebuild of the same commit would ship another OS and C library."""
+    args = dict(
+        a.split("=", 1) for keyword, a in dockerfile_instructions() if keyword == "ARG" and "=" in a
+    )
+    assert re.fullmatch(
+        r"python:3\.11(\.\d+)?-slim-[a-z]+(@sha256:[0-9a-f]{64})?", args["PYTHON_IMAGE"]
+    )
+
+
+def test_compose_hands_the_smtp_password_to_the_mailer_alone(tmp_path: Path) -> None:
+    """SMTP_PASSWORD is the relay's login: it goes in deploy/.env like the other secrets,
+    and only the mailer gets it; without one (Mailpit) compose starts all the same."""
+    binary = require_binary("docker-compose", "`apt-get install docker-compose`")
+    assert "SMTP_PASSWORD" not in env_example()
+    base = [f"{k}={v}" for k, v in COMPOSE_SECRETS.items()] + list(COMPOSE_KEYS)
+    for extra, expected in (([], ""), (["SMTP_PASSWORD=relay-secret"], "relay-secret")):
+        secrets = tmp_path / "secrets.env"
+        secrets.write_text("\n".join(base + extra) + "\n")
+        result = run([binary, "--env-file", str(secrets), "-f", str(COMPOSE_FILE), "config"])
+        assert result.returncode == 0, result.stderr
+        services = yaml.safe_load(result.stdout)["services"]
+        assert (services["mailer"]["environment"].get("SMTP_PASSWORD") or "") == expected
+        holders = {
+            name
+            for name, svc in services.items()
+            if "SMTP_PASSWORD" in (svc.get("environment") or {})
+        }
+        assert holders == {"mailer"}, holders

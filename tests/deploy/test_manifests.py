@@ -1186,3 +1186,25 @@ def test_compose_hands_the_smtp_password_to_the_mailer_alone(tmp_path: Path) -> 
             if "SMTP_PASSWORD" in (svc.get("environment") or {})
         }
         assert holders == {"mailer"}, holders
+
+
+def nginx_size(value: str) -> int:
+    """An nginx size (`client_max_body_size`): bytes, or k/m/g (powers of 1024)."""
+    match = re.fullmatch(r"(\d+)([kmgKMG]?)", value.strip())
+    assert match, value
+    return int(match[1]) * 1024 ** " kmg".index(match[2].lower() or " ")
+
+
+def test_k8s_ingress_lets_the_largest_bodies_reach_the_gateway() -> None:
+    """ingress-nginx refuses a body over 1 MiB by default (its own 413 page): a batch of
+    invitations (16 MiB) or a logo upload never reached the gateway, which answers a too
+    large one in its own words."""
+    from services.gateway.domain import LOGO_FORM_LIMIT, PORTAL_BODY_LIMIT
+    from services.gateway.views.api import BATCH_BODY_LIMIT
+
+    largest = max(BATCH_BODY_LIMIT, LOGO_FORM_LIMIT, PORTAL_BODY_LIMIT)
+    for directory in (K8S_BASE, K8S_LOCAL):
+        ingress = of_kind(kustomize(directory), "Ingress")["gateway"]
+        annotations = ingress["metadata"].get("annotations", {})
+        size = annotations.get("nginx.ingress.kubernetes.io/proxy-body-size", "1m")
+        assert nginx_size(size) >= largest, f"{directory.name}: proxy-body-size {size}"

@@ -1208,3 +1208,32 @@ def test_k8s_ingress_lets_the_largest_bodies_reach_the_gateway() -> None:
         annotations = ingress["metadata"].get("annotations", {})
         size = annotations.get("nginx.ingress.kubernetes.io/proxy-body-size", "1m")
         assert nginx_size(size) >= largest, f"{directory.name}: proxy-body-size {size}"
+
+
+def test_k8s_local_secrets_hold_only_what_a_pod_reads() -> None:
+    """A key no pod mounts is a credential kept for nothing (and a sign of a step that no
+    longer exists); a comment naming a manifest must name one that exists."""
+    docs = kustomize(K8S_LOCAL)
+    read: dict[str, set[str]] = {}
+    whole: set[str] = set()
+    for doc in workloads(docs):
+        pod = doc["spec"]["template"]["spec"]
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    read.setdefault(ref["name"], set()).add(ref["key"])
+            for source in container.get("envFrom", []):
+                if "secretRef" in source:
+                    whole.add(source["secretRef"]["name"])
+        for volume in pod.get("volumes", []):
+            if "secret" in volume:
+                whole.add(volume["secret"]["secretName"])
+    for name, secret in of_kind(docs, "Secret").items():
+        if name in whole:
+            continue
+        unused = set(secret.get("data", {})) - read.get(name, set())
+        assert not unused, f"Secret {name}: no pod reads {sorted(unused)}"
+    for path in sorted((DEPLOY / "k8s").rglob("*.yaml")):
+        for mentioned in re.findall(r"#.*?\b([a-z][a-z0-9.-]*\.yaml)\b", path.read_text()):
+            assert list((DEPLOY / "k8s").rglob(mentioned)), f"{path.name} names {mentioned}"

@@ -1237,3 +1237,17 @@ def test_k8s_local_secrets_hold_only_what_a_pod_reads() -> None:
     for path in sorted((DEPLOY / "k8s").rglob("*.yaml")):
         for mentioned in re.findall(r"#.*?\b([a-z][a-z0-9.-]*\.yaml)\b", path.read_text()):
             assert list((DEPLOY / "k8s").rglob(mentioned)), f"{path.name} names {mentioned}"
+
+
+def test_docs_own_up_to_the_credential_compose_writes_down(compose_raw: dict[str, Any]) -> None:
+    """docs/deploying.md said no compose credential is written in the repository, yet
+    PostgreSQL's administrator is `clientpress`/`clientpress` in compose.yaml: an operator
+    must read which one is, and how to change it."""
+    env = compose_raw["services"]["postgres"]["environment"]
+    user, password = env["POSTGRES_USER"], env["POSTGRES_PASSWORD"]
+    setup_url = compose_raw["services"]["database-setup"]["environment"]["DATABASE_URL"]
+    assert f"//{user}:{password}@" in setup_url
+    for path in (ROOT / "docs" / "deploying.md", ROOT / "README.md"):
+        section = path.read_text().split("### Docker Compose", 1)[1].split("\n### ", 1)[0]
+        if "${" not in password:
+            assert f"`{user}`/`{password}`" in section, path.name

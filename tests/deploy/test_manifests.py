@@ -1251,3 +1251,18 @@ def test_docs_own_up_to_the_credential_compose_writes_down(compose_raw: dict[str
         section = path.read_text().split("### Docker Compose", 1)[1].split("\n### ", 1)[0]
         if "${" not in password:
             assert f"`{user}`/`{password}`" in section, path.name
+
+
+def test_compose_runs_the_image_locked_down_as_kubernetes_does(
+    compose_config: dict[str, Any],
+) -> None:
+    """The Kubernetes pods run read-only, with no capability and no privilege escalation;
+    compose ran the same image with Docker's defaults (a writable root filesystem, Docker's
+    default capabilities, setuid binaries honoured)."""
+    for name, svc in app_services(compose_config).items():
+        assert svc.get("read_only") is True, f"{name}: writable root filesystem"
+        assert svc.get("cap_drop") == ["ALL"], f"{name}: capabilities {svc.get('cap_drop')}"
+        assert "no-new-privileges:true" in svc.get("security_opt", []), name
+        tmpfs = svc.get("tmpfs", [])
+        tmpfs = [tmpfs] if isinstance(tmpfs, str) else tmpfs
+        assert any(t.split(":", 1)[0] == "/tmp" for t in tmpfs), f"{name}: no /tmp"

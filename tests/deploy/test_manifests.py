@@ -1266,3 +1266,25 @@ def test_compose_runs_the_image_locked_down_as_kubernetes_does(
         tmpfs = svc.get("tmpfs", [])
         tmpfs = [tmpfs] if isinstance(tmpfs, str) else tmpfs
         assert any(t.split(":", 1)[0] == "/tmp" for t in tmpfs), f"{name}: no /tmp"
+
+
+@OVERLAYS
+def test_k8s_replicas_spread_over_nodes(directory: Path) -> None:
+    """Two replicas and a disruption budget protect nothing when the scheduler puts both
+    on one node: a node lost takes the service down. Each Deployment asks to spread its
+    pods over nodes (ScheduleAnyway, so a one-node laptop cluster still runs them)."""
+    deployments = of_kind(kustomize(directory), "Deployment")
+    for service in SERVICES:
+        deployment = deployments[service]
+        pod = deployment["spec"]["template"]["spec"]
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        spreads = [
+            c
+            for c in pod.get("topologySpreadConstraints", [])
+            if c["topologyKey"] == "kubernetes.io/hostname"
+        ]
+        assert spreads, f"{service}: replicas may share one node"
+        (spread,) = spreads
+        assert spread["maxSkew"] == 1, service
+        assert spread["whenUnsatisfiable"] == "ScheduleAnyway", service
+        assert spread["labelSelector"]["matchLabels"] == selector, service

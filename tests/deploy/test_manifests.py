@@ -1288,3 +1288,17 @@ def test_k8s_replicas_spread_over_nodes(directory: Path) -> None:
         assert spread["maxSkew"] == 1, service
         assert spread["whenUnsatisfiable"] == "ScheduleAnyway", service
         assert spread["labelSelector"]["matchLabels"] == selector, service
+
+
+def test_docs_production_steps_make_the_broker_users_and_database_roles() -> None:
+    """The base mounts each service's own broker and database password, but no manifest
+    makes those users and roles (that takes the administrators' credentials, which no pod
+    of the base gets): the production steps must say to run the provisioning, or the
+    services are refused by the broker and PostgreSQL."""
+    for path in (ROOT / "docs" / "deploying.md", ROOT / "README.md"):
+        section = path.read_text().split("### Kubernetes (kustomize)", 1)[1]
+        section = section.split("\n### ", 1)[0]
+        steps = section.split("Production: write your own overlay", 1)[1]
+        steps = " ".join(steps.split("What the base gives every service", 1)[0].split())
+        for command in ("libs.common.provision database", "libs.common.provision provision"):
+            assert command in steps, f"{path.name}: the production steps never run {command}"

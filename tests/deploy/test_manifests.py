@@ -1302,3 +1302,23 @@ def test_docs_production_steps_make_the_broker_users_and_database_roles() -> Non
         steps = " ".join(steps.split("What the base gives every service", 1)[0].split())
         for command in ("libs.common.provision database", "libs.common.provision provision"):
             assert command in steps, f"{path.name}: the production steps never run {command}"
+
+
+@OVERLAYS
+def test_k8s_network_policies_select_pods_that_exist(directory: Path) -> None:
+    """A selector value no pod carries is a rule for something gone (the migrations Job
+    became init containers): it misleads whoever audits who may talk to whom."""
+    docs = kustomize(directory)
+    components = {labels_of(doc).get("app.kubernetes.io/component") for doc in workloads(docs)}
+    for name, policy in of_kind(docs, "NetworkPolicy").items():
+        selectors = [policy["spec"]["podSelector"]]
+        for kind in ("ingress", "egress"):
+            for rule in policy["spec"].get(kind, []):
+                for peer in [*rule.get("from", []), *rule.get("to", [])]:
+                    if "podSelector" in peer:
+                        selectors.append(peer["podSelector"])
+        for selector in selectors:
+            for expression in selector.get("matchExpressions", []):
+                if expression["key"] == "app.kubernetes.io/component":
+                    stale = set(expression["values"]) - components
+                    assert not stale, f"{directory.name} {name}: no pod is {sorted(stale)}"

@@ -1322,3 +1322,16 @@ def test_k8s_network_policies_select_pods_that_exist(directory: Path) -> None:
                 if expression["key"] == "app.kubernetes.io/component":
                     stale = set(expression["values"]) - components
                     assert not stale, f"{directory.name} {name}: no pod is {sorted(stale)}"
+
+
+def test_k8s_ingress_waits_as_long_as_the_gateway_does() -> None:
+    """ingress-nginx gives up on an answer after 60 s by default, but the gateway waits up
+    to BATCH_TIMEOUT (120 s) for a batch of invitations: a large batch got the
+    controller's 504 while the gateway went on making the invitations."""
+    from services.gateway.upstream import BATCH_TIMEOUT
+
+    for directory in (K8S_BASE, K8S_LOCAL):
+        ingress = of_kind(kustomize(directory), "Ingress")["gateway"]
+        annotations = ingress["metadata"].get("annotations", {})
+        read = int(annotations.get("nginx.ingress.kubernetes.io/proxy-read-timeout", "60"))
+        assert read > BATCH_TIMEOUT, f"{directory.name}: proxy-read-timeout {read}"

@@ -38,14 +38,23 @@ WORKDIR /src
 COPY requirements.lock ./
 RUN pip install --require-hashes -r requirements.lock
 
-# 2. The project itself: setuptools builds a wheel from pyproject.toml (with the package
+# 2. The build backend (pyproject's [build-system]: setuptools), its entry in the dev lock
+#    file, hashes and all: pip's build isolation would fetch the newest setuptools>=68
+#    from the index, unpinned and unchecked, into every build.
+COPY requirements-dev.lock ./
+RUN awk '/^setuptools==/{found=1} found{print} found && !/\\$/{exit}' requirements-dev.lock \
+        > /tmp/build-requirements.txt \
+    && pip install --require-hashes --no-deps -r /tmp/build-requirements.txt
+
+# 3. The project itself: setuptools builds a wheel from pyproject.toml (with the package
 #    data: migrations, templates, static files) and pip installs it into the venv, with
-#    nothing more resolved (--no-deps: the lock file is the whole tree).
+#    nothing more resolved (--no-deps: the lock file is the whole tree) or fetched
+#    (--no-build-isolation: the setuptools above).
 COPY pyproject.toml ./
 COPY libs ./libs
 COPY services ./services
 #    The runtime needs neither pip nor setuptools: they leave the venv afterwards.
-RUN pip install --no-deps . \
+RUN pip install --no-deps --no-build-isolation . \
     && pip check \
     && python -m pip uninstall --yes pip setuptools
 

@@ -936,7 +936,7 @@ def test_dockerfile_is_multi_stage_non_root_and_healthchecked() -> None:
     runs = " ".join(a for k, a in instructions if k == "RUN")
     # The locked tree, every file checked against its hash; then the project, nothing more.
     assert "pip install --require-hashes -r requirements.lock" in runs
-    assert "pip install --no-deps ." in runs
+    assert "pip install --no-deps --no-build-isolation ." in runs
     assert any(k == "COPY" and a.startswith("--from=") for k, a in final), "copies the venv"
     final_runs = " ".join(a for k, a in final if k == "RUN")
     assert not re.search(r"apt-get install|build-essential|gcc", final_runs)
@@ -1335,3 +1335,32 @@ def test_k8s_ingress_waits_as_long_as_the_gateway_does() -> None:
         annotations = ingress["metadata"].get("annotations", {})
         read = int(annotations.get("nginx.ingress.kubernetes.io/proxy-read-timeout", "60"))
         assert read > BATCH_TIMEOUT, f"{directory.name}: proxy-read-timeout {read}"
+
+
+def test_the_image_build_fetches_nothing_unchecked(tmp_path: Path) -> None:
+    """Every file the image build installs is checked against a hash: `pip install .` with
+    build isolation fetched the newest `setuptools>=68` (pyproject's [build-system]) from
+    the index, unpinned and unchecked, into every build."""
+    runs = [a for k, a in dockerfile_instructions() if k == "RUN"]
+    installs = [
+        command.strip()
+        for run_args in runs
+        for command in re.split(r"&&|;", run_args)
+        if re.search(r"\bpip install\b", command)
+    ]
+    assert installs
+    for command in installs:
+        checked = "--require-hashes" in command
+        from_source = "--no-deps" in command and "--no-build-isolation" in command
+        assert checked or from_source, f"unchecked: {command}"
+    # the build backend comes from the dev lock's entry, hashes and all
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    backends = {
+        re.split(r"[<>=!~ ]", r, maxsplit=1)[0] for r in pyproject["build-system"]["requires"]
+    }
+    (program,) = re.findall(r"awk '([^']*)' requirements-dev\.lock", " ".join(runs))
+    result = run(["awk", program, str(ROOT / "requirements-dev.lock")])
+    assert result.returncode == 0, result.stderr
+    names = {line.split("==")[0] for line in result.stdout.splitlines() if "==" in line}
+    assert names == backends, result.stdout
+    assert "--hash=sha256:" in result.stdout and not result.stdout.rstrip().endswith("\\")

@@ -1364,3 +1364,15 @@ def test_the_image_build_fetches_nothing_unchecked(tmp_path: Path) -> None:
     names = {line.split("==")[0] for line in result.stdout.splitlines() if "==" in line}
     assert names == backends, result.stdout
     assert "--hash=sha256:" in result.stdout and not result.stdout.rstrip().endswith("\\")
+
+
+def test_compose_gateway_waits_for_the_services_it_calls(compose_config: dict[str, Any]) -> None:
+    """The gateway took traffic as soon as identity's container had started, before
+    identity answered (its /readyz), so the first requests met an upstream that was not
+    there; and it never waited for the mailer, whose branding every page shows."""
+    services = compose_config["services"]
+    depends = services["gateway"]["depends_on"]
+    for callee in sorted(CALLS["gateway"]):
+        assert callee in depends, f"gateway does not wait for {callee}"
+        assert depends[callee]["condition"] == "service_healthy", callee
+        assert services[callee]["healthcheck"]["test"][-1] == "/readyz", callee

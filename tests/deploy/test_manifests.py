@@ -86,6 +86,7 @@ SECRET_NAMES = {"DATABASE_URL", "AMQP_URL", "SMTP_PASSWORD", *OWN_SECRETS}
 COMPOSE_SECRETS = {
     **{name: f"test-{name.lower()}" for name in set(OWN_SECRETS) - OPTIONAL_COMPOSE_SECRETS},
     "BROKER_ADMIN_PASSWORD": "test-broker-admin",
+    "POSTGRES_ADMIN_PASSWORD": "test-postgres-admin",
     "CRM_BROKER_PASSWORD": "test-crm",
 }
 # The README's architecture table: who calls whose internal HTTP API.
@@ -1239,18 +1240,46 @@ def test_k8s_local_secrets_hold_only_what_a_pod_reads() -> None:
             assert list((DEPLOY / "k8s").rglob(mentioned)), f"{path.name} names {mentioned}"
 
 
-def test_docs_own_up_to_the_credential_compose_writes_down(compose_raw: dict[str, Any]) -> None:
-    """docs/deploying.md said no compose credential is written in the repository, yet
-    PostgreSQL's administrator is `clientpress`/`clientpress` in compose.yaml: an operator
-    must read which one is, and how to change it."""
-    env = compose_raw["services"]["postgres"]["environment"]
-    user, password = env["POSTGRES_USER"], env["POSTGRES_PASSWORD"]
-    setup_url = compose_raw["services"]["database-setup"]["environment"]["DATABASE_URL"]
-    assert f"//{user}:{password}@" in setup_url
+def test_compose_writes_down_no_database_password(compose_config: dict[str, Any]) -> None:
+    """PostgreSQL's administrator login was `clientpress`/`clientpress` in compose.yaml,
+    the same on every installation, read by anyone with the repository: it is now
+    POSTGRES_ADMIN_PASSWORD, which `make secrets` makes."""
+    password = COMPOSE_SECRETS["POSTGRES_ADMIN_PASSWORD"]
+    env = compose_config["services"]["postgres"]["environment"]
+    assert env["POSTGRES_PASSWORD"] == password
+    setup_url = compose_config["services"]["database-setup"]["environment"]["DATABASE_URL"]
+    assert f"//{env['POSTGRES_USER']}:{password}@" in setup_url
+    raw = COMPOSE_FILE.read_text()
+    assert "clientpress:clientpress@" not in raw and "POSTGRES_PASSWORD: clientpress" not in raw
+
+
+def test_make_secrets_keeps_the_database_password_of_an_existing_installation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new installation gets a fresh PostgreSQL administrator password; one made before
+    it was a secret (a deploy/.env without it) keeps `clientpress`, which its data volume
+    was made with (PostgreSQL reads POSTGRES_PASSWORD only into an empty volume), and is
+    told how to change it."""
+    from scripts import compose_secrets
+
+    fresh = tmp_path / "fresh.env"
+    monkeypatch.setattr(compose_secrets, "ENV_FILE", fresh)
+    assert compose_secrets.main() == 0
+    made = dict(line.split("=", 1) for line in fresh.read_text().splitlines() if "=" in line)
+    assert len(made["POSTGRES_ADMIN_PASSWORD"]) >= 32
+    assert made["POSTGRES_ADMIN_PASSWORD"] != "clientpress"
+    assert "POSTGRES_ADMIN_PASSWORD" not in capsys.readouterr().err
+
+    earlier = tmp_path / "earlier.env"
+    earlier.write_text("# compose secrets (git-ignored)\nBROKER_ADMIN_PASSWORD=kept\n")
+    monkeypatch.setattr(compose_secrets, "ENV_FILE", earlier)
+    assert compose_secrets.main() == 0
+    kept = dict(line.split("=", 1) for line in earlier.read_text().splitlines() if "=" in line)
+    assert kept["POSTGRES_ADMIN_PASSWORD"] == "clientpress"
+    assert kept["BROKER_ADMIN_PASSWORD"] == "kept"
+    assert "docs/deploying.md" in capsys.readouterr().err
     for path in (ROOT / "docs" / "deploying.md", ROOT / "README.md"):
-        section = path.read_text().split("### Docker Compose", 1)[1].split("\n### ", 1)[0]
-        if "${" not in password:
-            assert f"`{user}`/`{password}`" in section, path.name
+        assert "PostgreSQL's administrator password" in path.read_text(), path.name
 
 
 def test_compose_runs_the_image_locked_down_as_kubernetes_does(

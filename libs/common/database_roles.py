@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import asyncpg
 
 from .broker import SERVICES, with_credentials
-from .db import ensure_database, xact_lock
+from .db import MIGRATION_SESSION, ensure_database, xact_lock
 
 # PostgreSQL's identifiers are cut at 63 bytes (NAMEDATALEN - 1): a longer role name
 # would be silently shortened, and two services' could meet.
@@ -156,7 +156,9 @@ async def provision(admin_url: str, passwords: Mapping[str, str]) -> list[str]:
     database = database_of(admin_url)
     sql = script(database, passwords)
     await ensure_database(admin_url)
-    conn = await asyncpg.connect(admin_url, timeout=10)
+    # Exempt from a DBA's statement_timeout like ``migrate`` (MIGRATION_SESSION): waiting
+    # for another run's turn is no runaway query (tests/faults/test_statement_timeout.py).
+    conn = await asyncpg.connect(admin_url, timeout=10, server_settings=MIGRATION_SESSION)
     try:
         async with conn.transaction():
             # Two runs at once (replicas of a setup job) take turns.

@@ -61,6 +61,14 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+def redacted(text: str) -> str:
+    """``text`` with what the log lines mask masked (a URL's password, ``token=…``, a
+    secret header): for a library's error shown outside a log line (``/readyz``)."""
+    text = _SECRET_IN_TEXT.sub(r"\1[redacted]", text)
+    text = _SECRET_IN_URL.sub(r"\1[redacted]\2", text)
+    return _SECRET_HEADER.sub(r"\1\2[redacted]", text)
+
+
 def _add_service(service: str) -> Any:
     def processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         event.setdefault("service", service)

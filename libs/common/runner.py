@@ -114,8 +114,9 @@ def main(
     raise_open_files_limit()
     open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     log.info("service_starting", host=host, port=port, open_files=open_files)
-    # Health, readiness and metrics on a port of their own, on the same host.
-    app.cleanup_ctx.append(serve_management(host, settings.management_port(service)))
+    # Health, readiness and metrics on a port of their own, on the same host, from the
+    # start (while the database is waited for).
+    serve_management(app, host, settings.management_port(service))
     loop = asyncio.new_event_loop()
     # "Task exception was never retrieved" and the like: a JSON line, not stderr's text.
     loop.set_exception_handler(log_loop_exception)

@@ -12,7 +12,6 @@ import time
 import typing
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -45,7 +44,7 @@ from .json_body import (
     refuse_repeated_keys,
     unreadable_for_pydantic,
 )
-from .logging import get_logger
+from .logging import get_logger, redacted
 from .metrics import (
     BROKER_BLOCKED,
     BROKER_CONNECTED,
@@ -511,6 +510,10 @@ async def readyz(request: web.Request) -> web.Response:
         except Exception as exc:
             ready = False
             checks["database"] = type(exc).__name__
+    elif SCHEMA_GATE in app:
+        # Still starting: waiting for the database (the last try's reason), or trying it.
+        ready = False
+        checks["database"] = app.get(STARTING, {}).get("database", "connecting")
     if BUS in app:
         checks["broker"] = _broker_state(app[BUS])
     parts = app.get(BUS_PARTS)
@@ -747,23 +750,45 @@ def require_service_proof(
     app.middlewares.append(service_proof_middleware)
 
 
-def serve_management(
-    host: str, port: int
-) -> Callable[[web.Application], AbstractAsyncContextManager[None]]:
-    """A cleanup context serving the management app on its own port (MANAGEMENT_PORT),
-    which no ingress routes. Appended last, it opens once the app has started and closes
-    first, after the main site has stopped taking requests."""
+def serve_management(app: web.Application, host: str, port: int) -> None:
+    """Serve the management app on its own port (MANAGEMENT_PORT), which no ingress
+    routes, from the start of ``app``'s startup: while it waits for its database,
+    ``/healthz`` says the process is alive and ``/readyz`` says why it is not ready (a
+    service that listened only once the database answered was killed by its liveness
+    probe, unheard: tests/faults/test_database_at_start.py). It closes as it did when
+    it opened last: first in the cleanup, after the main site has stopped taking
+    requests, before the rest (the pool, the broker) is closed."""
+    runner = web.AppRunner(management_app(app), access_log=None, shutdown_timeout=1)
+    opened = False
+
+    async def close(_: web.Application) -> None:
+        nonlocal opened
+        if opened:
+            opened = False
+            await runner.cleanup()
 
     @contextlib.asynccontextmanager
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        runner = web.AppRunner(management_app(app), access_log=None, shutdown_timeout=1)
+    async def ctx(_: web.Application) -> AsyncIterator[None]:
+        nonlocal opened
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        log.info("management_listening", host=host, port=port)
-        yield
-        await runner.cleanup()
+        opened = True
+        try:
+            await web.TCPSite(runner, host, port).start()
+            log.info("management_listening", host=host, port=port)
+            yield
+        finally:
+            await close(app)
 
-    return ctx
+    @contextlib.asynccontextmanager
+    async def closes_first(_: web.Application) -> AsyncIterator[None]:
+        yield
+        await close(app)
+
+    # Opens first, before the database, the broker and the rest are waited for; the
+    # last context's exit (the first to run) closes it. A start that fails closes it
+    # in ``ctx``'s own exit.
+    app.cleanup_ctx.insert(0, ctx)
+    app.cleanup_ctx.append(closes_first)
 
 
 def add_database(
@@ -777,12 +802,14 @@ def add_database(
     """The schema's pool; readiness waits until ``migrations`` (the service's directory)
     are all applied."""
     app[SCHEMA_GATE] = SchemaGate(schema, migrations)
+    waits = _waits(app)
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await _retry(
             "database",
             # Each service's schema bears its name, and so does its database role.
             lambda: create_pool(settings.service_database_url(schema), schema, max_size=max_size),
+            waits=waits,
         )
         yield
         await app[POOL].close()
@@ -1045,16 +1072,72 @@ async def _connect_patiently(bus: Bus) -> None:
             await asyncio.sleep(min(0.5 * attempt, 5.0))
 
 
-async def _retry(what: str, connect: Callable[[], Awaitable[Any]], attempts: int = 30) -> Any:
-    """Dependencies may come up after us (compose, k8s): wait for them, within a bound."""
+# How many times a dependency the start needs is tried (a pause growing to 5 s between
+# tries: about two minutes) before the service gives up and exits.
+START_ATTEMPTS = 30
+
+
+async def _retry(
+    what: str,
+    connect: Callable[[], Awaitable[Any]],
+    attempts: int = START_ATTEMPTS,
+    *,
+    waits: dict[str, str] | None = None,
+) -> Any:
+    """Dependencies may come up after us (compose, k8s): wait for them, within a bound.
+    Each failed try is logged with its reason, which ``waits`` (``/readyz``) holds until
+    the dependency answers; giving up is logged too, then raised (the process exits)."""
     for attempt in range(1, attempts + 1):
         try:
-            return await connect()
+            found = await connect()
         except Exception as exc:
+            reason = _reason(exc)
+            if waits is not None:
+                waits[what] = reason
             if attempt == attempts:
+                log.error(
+                    "dependency_unavailable",
+                    dependency=what,
+                    attempts=attempts,
+                    error=type(exc).__name__,
+                    reason=reason,
+                    outcome="giving up: the service exits",
+                )
                 raise
+            pause = min(0.5 * attempt, 5.0)
             log.warning(
-                "dependency_not_ready", dependency=what, attempt=attempt, error=type(exc).__name__
+                "dependency_not_ready",
+                dependency=what,
+                attempt=attempt,
+                attempts=attempts,
+                error=type(exc).__name__,
+                reason=reason,
+                retry_in=pause,
             )
-            await asyncio.sleep(min(0.5 * attempt, 5.0))
+            await asyncio.sleep(pause)
+            continue
+        if waits is not None:
+            waits.pop(what, None)
+        if attempt > 1:
+            log.info("dependency_ready", dependency=what, attempt=attempt)
+        return found
     raise AssertionError("unreachable")
+
+
+def _reason(exc: BaseException) -> str:
+    """What a failed connection attempt says (``ConnectionRefusedError: [Errno 111] Connect
+    call failed ('10.0.0.5', 5432)``), bounded for a log line and a readiness answer, a
+    URL's password masked as in the logs."""
+    text = redacted(str(exc).strip())
+    said = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return said if len(said) <= 300 else said[:299] + "…"
+
+
+# What the start still waits for (``dependency`` → the last try's reason), for /readyz.
+STARTING = web.AppKey("starting", dict[str, str])
+
+
+def _waits(app: web.Application) -> dict[str, str]:
+    if STARTING not in app:
+        app[STARTING] = {}
+    return app[STARTING]

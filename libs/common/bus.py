@@ -236,6 +236,13 @@ class BrokerConnectionLost(aiormq.exceptions.AMQPConnectionError):
 
 # How often a publishing channel the broker closed is tried again (Bus._publish_channel_open).
 REOPEN_EVERY_SECONDS = 1.0
+# How often a consuming service binds its queues again (Bus.keep_bound). An exchange an
+# operator deleted and then declared again by hand (rabbitmqadmin, another program, a
+# definitions import without the bindings) is back without the queues' bindings, and
+# the broker says so to nobody: it takes every publish and routes it nowhere (a
+# mandatory one comes back and waits in the outbox, any other is dropped). A bind of
+# what is bound already changes nothing, and costs one frame.
+BINDINGS_CHECK_SECONDS = 10.0
 
 
 class Bus:
@@ -253,6 +260,11 @@ class Bus:
         self._consumer_channels: list[AbstractRobustChannel] = []
         self._reopening = asyncio.Lock()
         self._reopen_failed: tuple[float, BaseException] | None = None
+        # What keep_bound binds again: (queue, exchange, routing key), in order.
+        self._bound: dict[tuple[str, str, str], None] = {}
+        # The bindings the last check could not make, with the broker's words.
+        self._unbound: dict[tuple[str, str, str], str] = {}
+        self._keeper: asyncio.Task[None] | None = None
 
     def exchange_name(self, kind: str) -> str:
         return f"{self.prefix}.{kind}"
@@ -376,6 +388,11 @@ class Bus:
         """Close the consumers' channels, then the connection, each within
         ``CLOSE_SECONDS``. A blocked connection's channels are left to the connection's
         close: the broker would read neither their close nor answer it."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+            self._keeper = None
         blocked = self.blocked
         for channel in self._consumer_channels:
             if not channel.is_closed and not blocked:
@@ -515,6 +532,7 @@ class Bus:
             # The provisioning binds the services' dead-letter queues; a service's user may
             # not read the dlx, so it can't bind a queue to another service's dead letters.
             await dead.bind(self.exchange_name("dlx"), routing_key=name)
+            self.keep_bound(dead.name, self.exchange_name("dlx"), name)
         declared = await ch.declare_queue(
             self.queue_name(name),
             durable=True,
@@ -523,6 +541,9 @@ class Bus:
         for binding in bindings:
             await declared.bind(
                 self.exchange_name(binding.exchange), routing_key=binding.routing_key
+            )
+            self.keep_bound(
+                declared.name, self.exchange_name(binding.exchange), binding.routing_key
             )
         for retired in broker.RETIRED_BINDINGS.get(name, ()):
             if retired in bindings:
@@ -536,6 +557,67 @@ class Bus:
             )
         assert isinstance(declared, aio_pika.RobustQueue)
         return declared
+
+    def keep_bound(self, queue: str, exchange: str, routing_key: str) -> None:
+        """Bind ``queue`` to ``exchange`` for ``routing_key`` again every
+        BINDINGS_CHECK_SECONDS, for as long as the bus is open: an exchange deleted and
+        declared again by hand, without the bindings, routes to the queue again within
+        that time (tests/faults/test_exchange_recreated.py). A binding that can't be
+        made (the exchange deleted and not back) is logged once, as
+        ``bindings_not_restored`` with the broker's words, and ``bindings_restored``
+        once it is made again."""
+        self._bound[(queue, exchange, routing_key)] = None
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep_bindings(), name="bus-bindings")
+
+    async def _keep_bindings(self) -> None:
+        while True:
+            await asyncio.sleep(BINDINGS_CHECK_SECONDS)
+            try:
+                await self._bind_again()
+            except Exception as exc:  # the broker away or slow: the next check tries again
+                log.debug("bindings_check_failed", error=type(exc).__name__)
+
+    async def _bind_again(self) -> None:
+        """Each kept binding, on a channel of its own (a refused bind closes the channel
+        it is sent on: the consumers' and the publishers' stay as they are)."""
+        connection = self._connection
+        if connection is None or not self.ready or self.blocked:
+            return  # a reconnection declares and binds the queues again by itself
+        transport = connection.transport
+        if transport is None:
+            return
+        unbound: dict[tuple[str, str, str], str] = {}
+        channel: aiormq.abc.AbstractChannel | None = None
+        try:
+            for binding in list(self._bound):
+                queue, exchange, routing_key = binding
+                if channel is None or channel.is_closed:
+                    channel = await asyncio.wait_for(transport.connection.channel(), CLOSE_SECONDS)
+                try:
+                    await asyncio.wait_for(
+                        channel.queue_bind(queue, exchange, routing_key=routing_key),
+                        CLOSE_SECONDS,
+                    )
+                except aiormq.exceptions.ChannelClosed as exc:
+                    unbound[binding] = str(exc)
+        finally:
+            if channel is not None and not channel.is_closed:
+                await _bounded("channel", channel.close())
+        for binding, reason in unbound.items():
+            if binding not in self._unbound:
+                queue, exchange, routing_key = binding
+                log.warning(
+                    "bindings_not_restored",
+                    queue=queue,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    reason=reason,
+                )
+        for binding in self._unbound.keys() - unbound.keys():
+            queue, exchange, routing_key = binding
+            log.info("bindings_restored", queue=queue, exchange=exchange, routing_key=routing_key)
+        self._unbound = unbound
 
     async def consume(
         self,

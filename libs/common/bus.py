@@ -262,8 +262,8 @@ class Bus:
         self._reopen_failed: tuple[float, BaseException] | None = None
         # What keep_bound binds again: (queue, exchange, routing key), in order.
         self._bound: dict[tuple[str, str, str], None] = {}
-        # The bindings the last check could not make, with the broker's words.
-        self._unbound: dict[tuple[str, str, str], str] = {}
+        # The (queue, exchange) bindings the last check could not make, the broker's words.
+        self._unbound: dict[tuple[str, str], str] = {}
         self._keeper: asyncio.Task[None] | None = None
 
     def exchange_name(self, kind: str) -> str:
@@ -587,11 +587,13 @@ class Bus:
         transport = connection.transport
         if transport is None:
             return
-        unbound: dict[tuple[str, str, str], str] = {}
+        # (queue, exchange) → the broker's words: one refused bind says it for the rest.
+        unbound: dict[tuple[str, str], str] = {}
         channel: aiormq.abc.AbstractChannel | None = None
         try:
-            for binding in list(self._bound):
-                queue, exchange, routing_key = binding
+            for queue, exchange, routing_key in list(self._bound):
+                if (queue, exchange) in unbound:
+                    continue
                 if channel is None or channel.is_closed:
                     channel = await asyncio.wait_for(transport.connection.channel(), CLOSE_SECONDS)
                 try:
@@ -600,23 +602,15 @@ class Bus:
                         CLOSE_SECONDS,
                     )
                 except aiormq.exceptions.ChannelClosed as exc:
-                    unbound[binding] = str(exc)
+                    unbound[(queue, exchange)] = str(exc)
         finally:
             if channel is not None and not channel.is_closed:
                 await _bounded("channel", channel.close())
-        for binding, reason in unbound.items():
-            if binding not in self._unbound:
-                queue, exchange, routing_key = binding
-                log.warning(
-                    "bindings_not_restored",
-                    queue=queue,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    reason=reason,
-                )
-        for binding in self._unbound.keys() - unbound.keys():
-            queue, exchange, routing_key = binding
-            log.info("bindings_restored", queue=queue, exchange=exchange, routing_key=routing_key)
+        for (queue, exchange), reason in unbound.items():
+            if (queue, exchange) not in self._unbound:
+                log.warning("bindings_not_restored", queue=queue, exchange=exchange, reason=reason)
+        for queue, exchange in self._unbound.keys() - unbound.keys():
+            log.info("bindings_restored", queue=queue, exchange=exchange)
         self._unbound = unbound
 
     async def consume(

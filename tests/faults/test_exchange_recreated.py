@@ -13,6 +13,7 @@ broker provisioned again: the outboxes kept the returned events for good."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 
 import aio_pika
@@ -81,5 +82,65 @@ async def test_an_exchange_deleted_and_declared_again_by_hand(stack: Stack, kind
         assert all(n == 1 for n in counts.values()), counts
     finally:
         # Whatever happened, the next test finds the bindings (the provisioning's).
+        await _provision_again(stack)
+        await api.close()
+
+
+async def test_the_services_say_which_bindings_they_cannot_make_then_that_they_made_them(
+    stack: Stack,
+) -> None:
+    """The events exchange deleted, and declared again by hand only once the services
+    have said they can't bind to it (``bindings_not_restored``, the broker's words): they
+    say so once each, then ``bindings_restored``, and what was made meanwhile goes."""
+    api = Api(stack)
+    exchange = f"{stack.env['BUS_PREFIX']}.events"
+    consumers = ("identity", "portals", "invitations")
+
+    def said(event: str) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return all(
+                event in line and exchange in line
+                for line in (stack[name].log_tail(400) for name in consumers)
+            )
+
+        return check
+
+    try:
+        portal = await api.create_portal("Exchange gone, then declared by hand")
+        await _as_broker_administrator(stack, lambda channel: channel.exchange_delete(exchange))
+        during = unique_emails("unbound-during", 2)
+        for email in during:
+            await api.invite(portal["id"], email)
+        await wait_until(said('"bindings_not_restored"'), 60, "each consumer to say so")
+
+        async def by_hand(channel: aio_pika.abc.AbstractChannel) -> None:
+            await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+
+        await _as_broker_administrator(stack, by_hand)
+        restored = await wait_until(said('"bindings_restored"'), 60, "the bindings restored")
+        await all_delivered(stack, during, timeout=90)
+        drained = await wait_until(_drained(stack), 90, "the outboxes to drain")
+        not_restored = {
+            name: [
+                json.loads(line)["queue"]
+                for line in stack[name].log_tail(1000).splitlines()
+                if '"bindings_not_restored"' in line
+            ]
+            for name in consumers
+        }
+        dead = await dead_letters(stack)
+        counts = per_address(stack, during)
+        record(
+            "events_exchange_gone_then_declared_by_hand",
+            restored_after_seconds=restored,
+            drained_after_seconds=drained,
+            not_restored_lines=not_restored,
+            dead_lettered=dead,
+        )
+        # Once per queue while the exchange was gone, not once per binding or check.
+        assert all(len(set(q)) == len(q) for q in not_restored.values()), not_restored
+        assert dead == dict.fromkeys(dead, 0)
+        assert all(n == 1 for n in counts.values()), counts
+    finally:
         await _provision_again(stack)
         await api.close()

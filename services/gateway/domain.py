@@ -37,6 +37,12 @@ LINK_EXPIRY_CHOICES = N_("Link Expiry must be 7, 14, 21 or 30 days.")
 # turned away German or Japanese pages far inside the limit.
 MAX_CONTENT = 60_000
 CONTENT_TOO_LONG = N_("The Content is too long: at most 60,000 characters.")
+# The portals service's content_too_large: Content whose page would be far larger than
+# it is (one link reference used thousands of times).
+CONTENT_TOO_LARGE = N_(
+    "The Content would make a page too large to show: a link or picture defined once is used"
+    " too many times. Use it fewer times, or give it a shorter address."
+)
 PORTAL_BODY_LIMIT = 1024 * 1024
 # A portal's revision is a PostgreSQL integer: a larger one is no revision it can be at.
 MAX_REVISION = 2**31 - 1

@@ -12,7 +12,9 @@ from typing import Literal
 
 import nh3
 from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
+from libs.common.errors import InvalidInput
 from libs.common.text import clean_line
 
 Status = Literal["active", "pending", "archived"]
@@ -94,8 +96,38 @@ _ATTRIBUTES = {
 }
 
 
+# Markdown can say far more than it is long: a link reference defined once ("[a]: address")
+# is written out again at every use ("[a]"), so 59,998 characters (10,000 uses of one
+# 29,990-character address) rendered 150,000,000 characters of HTML, held in memory, stored
+# and sent with every view of the page. The text and addresses a page would carry are counted
+# from the parse (cheap: every use shares its definition's address) before any is written
+# out. A million is 10 times the longest Content and more than any real page needs.
+RENDERED_MAX = 1_000_000
+CONTENT_TOO_LARGE = (
+    "The Content would make a page too large to show: a link or picture defined once is used"
+    " too many times. Use it fewer times, or give it a shorter address."
+)
+
+
+class ContentTooLarge(InvalidInput, code="content_too_large"):
+    """Content whose page would be larger than RENDERED_MAX."""
+
+
+def _written_size(tokens: list[Token]) -> int:
+    size = 0
+    for token in tokens:
+        size += len(token.content) + sum(len(str(value)) for value in token.attrs.values())
+        if token.children:
+            size += _written_size(token.children)
+    return size
+
+
 def render_content(markdown: str) -> str:
-    return sanitise_html(_markdown.render(markdown))
+    env: dict[str, object] = {}
+    tokens = _markdown.parse(markdown, env)
+    if _written_size(tokens) > RENDERED_MAX:
+        raise ContentTooLarge(CONTENT_TOO_LARGE)
+    return sanitise_html(_markdown.renderer.render(tokens, _markdown.options, env))
 
 
 def sanitise_html(html: str) -> str:

@@ -62,14 +62,15 @@ NOT_FOUND = ["404 portal_not_found"]
 
 OPERATIONS: list[Operation] = [
     ("post", "/portals", "Create a portal (Pending unless a status is given)",
-     api.CreatePortal, None, [], 201, PORTAL, ["409 slug_taken"]),
+     api.CreatePortal, None, [], 201, PORTAL, ["409 slug_taken", "422 content_too_large"]),
     ("get", "/portals", "List portals, newest first", None, api.ListQuery, [], 200, PAGE,
      ["422 invalid_cursor"]),
     ("get", "/portals/by-slug/{slug}", "Get a portal by its slug", None, None, [SLUG], 200,
      PORTAL, NOT_FOUND),
     ("get", "/portals/{portal_id}", "Get a portal", None, None, [ID], 200, PORTAL, NOT_FOUND),
     ("patch", "/portals/{portal_id}", "Change title, slug, content or status", api.PatchPortal,
-     None, [ID], 200, PORTAL, [*NOT_FOUND, "409 slug_taken", "409 portal_changed"]),
+     None, [ID], 200, PORTAL,
+     [*NOT_FOUND, "409 slug_taken", "409 portal_changed", "422 content_too_large"]),
     ("put", "/portals/{portal_id}/client", "Set (or clear) the primary Client", api.SetClient,
      None, [ID], 200, PORTAL, NOT_FOUND),
     ("put", "/portals/{portal_id}/sub-clients", "Replace the Sub-Clients", api.SetSubClients,

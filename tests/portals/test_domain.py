@@ -7,7 +7,10 @@ from html.parser import HTMLParser
 import pytest
 
 from services.portals.domain import (
+    CONTENT_MAX,
+    RENDERED_MAX,
     SLUG_MAX,
+    ContentTooLarge,
     first_free_slug,
     is_valid_slug,
     render_content,
@@ -133,6 +136,30 @@ def test_markdown_renders_common_formatting_and_safe_links() -> None:
     assert '<a href="https://example.com" rel="noopener noreferrer">our site</a>' in html
     assert "<li>one</li>" in html
     assert '<img src="https://example.com/logo.png" alt="logo">' in html
+
+
+# One reference written out at every use: a link's address, a picture's, a title.
+REFERENCE_BOMBS = [
+    "[a]" * 10_000 + "\n\n[a]: /" + "u" * 29_990,
+    "![a][a]" * 4_000 + "\n\n[a]: https://example.com/" + "u" * 30_000,
+    "[a]" * 10_000 + '\n\n[a]: / "' + "t" * 29_000 + '"',
+    "[a][]" * 12_000 + "\n\n[a]: /" + "u" * (CONTENT_MAX - 60_010),
+]
+
+
+@pytest.mark.parametrize("markdown", REFERENCE_BOMBS)
+def test_content_rendering_far_larger_than_written_is_refused(markdown: str) -> None:
+    assert len(markdown) <= CONTENT_MAX
+    with pytest.raises(ContentTooLarge) as refused:
+        render_content(markdown)
+    assert refused.value.code == "content_too_large" and refused.value.status == 422
+
+
+def test_the_longest_plain_content_renders_within_the_bound() -> None:
+    # Every character escaped to its longest entity, emphasis on every other one: a
+    # constant factor, far inside the bound.
+    for markdown in ('"' * CONTENT_MAX, "*a" * (CONTENT_MAX // 2), "&#" * (CONTENT_MAX // 2)):
+        assert len(render_content(markdown)) < RENDERED_MAX
 
 
 def test_bare_urls_are_not_linkified() -> None:

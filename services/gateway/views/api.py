@@ -223,7 +223,12 @@ KEY_CAPPED = (
     body=PortalCreate,
     response=Portal,
     status=201,
-    errors=["409 slug_taken", "413 body_too_large", "422 invalid_character"],
+    errors=[
+        "409 slug_taken",
+        "413 body_too_large",
+        "422 invalid_character",
+        "422 content_too_large (the Content's page would be over 1,000,000 characters)",
+    ],
 )
 async def create_portal(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, PortalCreate, limit=PORTAL_BODY_LIMIT)
@@ -247,6 +252,7 @@ async def get_portal(request: web.Request) -> web.StreamResponse:
         "409 portal_changed",
         "413 body_too_large",
         "422 invalid_character",
+        "422 content_too_large (the Content's page would be over 1,000,000 characters)",
     ],
 )
 async def patch_portal(request: web.Request) -> web.StreamResponse:

@@ -21,6 +21,7 @@ from libs.common.web import json_response
 
 from ..answers import InviteOutcome, PortalAnswer, UserAnswer
 from ..domain import (
+    CONTENT_TOO_LARGE,
     CONTENT_TOO_LONG,
     EXPIRY_CHOICES,
     MAX_CONTENT,
@@ -151,6 +152,13 @@ def _portal_fields(form: MultiDictProxy[Any]) -> tuple[dict[str, Any], dict[str,
     return values, errors
 
 
+def _refused(exc: DomainError) -> dict[str, str]:
+    """The field a refused Save names, in the reader's words."""
+    if exc.code == "content_too_large":
+        return {"content": CONTENT_TOO_LARGE}
+    return {"title": REORDERING_WORDS if exc.code == "invalid_character" else exc.message}
+
+
 @routes.get("/admin/portals/new")
 async def new_portal_form(request: web.Request) -> web.StreamResponse:
     return await _editor(request, None)
@@ -163,7 +171,7 @@ async def create_portal(request: web.Request) -> web.StreamResponse:
         try:
             portal = await request.app[UPSTREAM].portals.create(values)
         except InvalidInput as exc:
-            errors["title"] = REORDERING_WORDS if exc.code == "invalid_character" else exc.message
+            errors.update(_refused(exc))
         except DomainError as exc:
             if exc.code != "slug_taken":
                 raise
@@ -248,7 +256,7 @@ async def save_portal(request: web.Request) -> web.StreamResponse:
         if exc.code == "slug_taken":
             errors["slug"] = SLUG_TAKEN
         else:
-            errors["title"] = REORDERING_WORDS if exc.code == "invalid_character" else exc.message
+            errors.update(_refused(exc))
         return await again(portal, errors=errors, status=422)
     return see_other(request, f"/admin/portals/{portal_id}", flash="portal_saved")
 

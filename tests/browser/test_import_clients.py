@@ -352,3 +352,44 @@ async def test_ten_thousand_rows_from_a_spreadsheet(page: Page, stack: Stack) ->
     assert len(counts) == len(people), f"{len(people) - len(counts)} addresses got no email"
     assert counts[pending] == 2 and max(counts.values()) == 2
     assert sum(counts.values()) == len(people) + 1
+
+
+async def test_download_results_hands_a_spreadsheet_no_formula(page: Page, stack: Stack) -> None:
+    # A cell that starts with = + - @ (or a tab or carriage return) runs as a formula when
+    # the results are opened in a spreadsheet (CSV injection: =HYPERLINK, =cmd|…): each
+    # such cell is written with a leading apostrophe, which shows the text as it is.
+    tag = uuid.uuid4().hex[:6]
+    people = {
+        f"=1+2-{tag}@wayne.example": '=HYPERLINK("https://evil.example","Open")',
+        f"+a-{tag}@wayne.example": "+1+1",
+        f"-b-{tag}@wayne.example": "-2+3",
+        f"c-{tag}@wayne.example": "@SUM(1+1)",
+        f"d-{tag}@wayne.example": "Plain = name",
+    }
+    await log_in_admin(page)
+    editor = await add_portal(page, f"Formulas {tag}", "Cells.")
+    await page.goto(editor)
+    await page.get_by_role("link", name="Import Clients").click()
+    text = "email,name\r\n" + "".join(
+        f'{email},"{name.replace(chr(34), chr(34) * 2)}"\r\n' for email, name in people.items()
+    )
+    await page.get_by_label("CSV File", exact=True).set_input_files(
+        csv_file("formulas.csv", text)  # type: ignore[arg-type]
+    )
+    await expect(page.locator("#import-preview-table tbody tr")).to_have_count(len(people))
+    await page.get_by_role("button", name="Send Invitations").click()
+    await expect(page.locator("#import-results-summary")).to_contain_text("Done:")
+    async with page.expect_download() as info:
+        await page.get_by_role("link", name="Download Results").click()
+    path = await (await info.value).path()
+    content = Path(str(path)).read_text(encoding="utf-8-sig")
+    lines = list(csv.DictReader(io.StringIO(content)))
+    assert [(r["email"], r["name"]) for r in lines] == [
+        (
+            ("'" + email) if email[0] in "=+-@" else email,
+            ("'" + name) if name[0] in "=+-@" else name,
+        )
+        for email, name in people.items()
+    ]
+    for row in lines:
+        assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in row.values())

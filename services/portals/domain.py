@@ -97,11 +97,12 @@ _ATTRIBUTES = {
 
 
 # Markdown can say far more than it is long: a link reference defined once ("[a]: address")
-# is written out again at every use ("[a]"), so 59,998 characters (10,000 uses of one
+# is written out again at every use ("[a]"), so 59,998 characters (5,000 uses, "[a][a]", of one
 # 29,990-character address) rendered 150,000,000 characters of HTML, held in memory, stored
-# and sent with every view of the page. The text and addresses a page would carry are counted
-# from the parse (cheap: every use shares its definition's address) before any is written
-# out. A million is 10 times the longest Content and more than any real page needs.
+# and sent with every view of the page. The text and addresses a page would carry, escaped
+# as written, are counted from the parse (cheap: every use shares its definition's
+# address, counted once) before any is written out. A million is 10 times the longest
+# Content and more than any real page needs (tags come on top: a constant factor).
 RENDERED_MAX = 1_000_000
 CONTENT_TOO_LARGE = (
     "The Content would make a page too large to show: a link or picture defined once is used"
@@ -113,19 +114,37 @@ class ContentTooLarge(InvalidInput, code="content_too_large"):
     """Content whose page would be larger than RENDERED_MAX."""
 
 
-def _written_size(tokens: list[Token]) -> int:
+def _escaped_length(text: str, seen: dict[int, int]) -> int:
+    """``text``'s length as HTML writes it (markdown-it escapes & < > "), each string
+    counted once however many tokens share it."""
+    found = seen.get(id(text))
+    if found is None:
+        found = seen[id(text)] = (
+            len(text)
+            + 4 * text.count("&")
+            + 3 * (text.count("<") + text.count(">"))
+            + 5 * text.count('"')
+        )
+    return found
+
+
+def _written_size(tokens: list[Token], seen: dict[int, int]) -> int:
+    """The text and attribute values the renderer writes out for ``tokens``: an inline
+    token's (or a picture's) children, not its source."""
     size = 0
     for token in tokens:
-        size += len(token.content) + sum(len(str(value)) for value in token.attrs.values())
-        if token.children:
-            size += _written_size(token.children)
+        if token.children is not None:
+            size += _written_size(token.children, seen)
+        else:
+            size += _escaped_length(token.content, seen)
+        size += sum(_escaped_length(str(value), seen) for value in token.attrs.values())
     return size
 
 
 def render_content(markdown: str) -> str:
     env: dict[str, object] = {}
     tokens = _markdown.parse(markdown, env)
-    if _written_size(tokens) > RENDERED_MAX:
+    if _written_size(tokens, {}) > RENDERED_MAX:
         raise ContentTooLarge(CONTENT_TOO_LARGE)
     return sanitise_html(_markdown.renderer.render(tokens, _markdown.options, env))
 

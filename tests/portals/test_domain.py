@@ -144,6 +144,8 @@ REFERENCE_BOMBS = [
     "![a][a]" * 4_000 + "\n\n[a]: https://example.com/" + "u" * 30_000,
     "[a]" * 10_000 + '\n\n[a]: / "' + "t" * 29_000 + '"',
     "[a][]" * 12_000 + "\n\n[a]: /" + "u" * (CONTENT_MAX - 60_010),
+    # Counted as written: each & of the address is five characters (&amp;) at every use.
+    "[a]" * 40 + "\n\n[a]: /" + "&" * 25_000,
 ]
 
 
@@ -160,6 +162,8 @@ def test_the_longest_plain_content_renders_within_the_bound() -> None:
     # constant factor, far inside the bound.
     for markdown in ('"' * CONTENT_MAX, "*a" * (CONTENT_MAX // 2), "&#" * (CONTENT_MAX // 2)):
         assert len(render_content(markdown)) < RENDERED_MAX
+    # Forty uses of a 1,000-character address: as people write a page of links.
+    assert render_content("[a] " * 40 + "\n\n[a]: /" + "&" * 1_000).count("&amp;") == 40_000
 
 
 def test_bare_urls_are_not_linkified() -> None:

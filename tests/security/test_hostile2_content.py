@@ -14,7 +14,7 @@ from tests.support.stack import Browser, Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
-# 59,998 characters of Markdown (the editor and the API take 60,000): 10,000 uses of one
+# 59,998 characters of Markdown (the editor and the API take 60,000): 5,000 uses ([a][a]) of one
 # reference whose address is 29,990 characters long. Rendered, every use repeats the
 # address: 150,000,000 characters of HTML.
 BOMB = "[a]" * 10_000 + "\n\n[a]: /" + "u" * 29_990

@@ -42,6 +42,7 @@ from .domain import (
     could_be_integration_key,
     csrf_matches,
     forwarded_hops,
+    has_lone_surrogate,
     new_csrf_token,
     origin_allowed,
 )
@@ -117,7 +118,7 @@ async def read_form(
 ) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
     """The posted form (parsed once: the handler's own request.post() gets it again)."""
     try:
-        return await request.post()
+        form = await request.post()
     # aiohttp lets each of these through, a 500: text not in its charset, a charset
     # nobody knows; a multipart part cut short or with a header over 8 KiB
     # (HttpProcessingError), without a name, holding another multipart body or bad base64
@@ -126,6 +127,13 @@ async def read_form(
         raise UnreadableForm(UNREADABLE_FORM) from None
     except (ValueError, HttpProcessingError, RuntimeError):
         raise UnreadableForm(MALFORMED_FORM) from None
+    # Text in a charset that decodes to half a UTF-16 pair (domain.has_lone_surrogate).
+    if any(
+        has_lone_surrogate(name) or (isinstance(value, str) and has_lone_surrogate(value))
+        for name, value in form.items()
+    ):
+        raise UnreadableForm(UNREADABLE_FORM)
+    return form
 
 
 # The scope an integration key needs for each /api/v1 route (method, canonical path). A

@@ -17,6 +17,7 @@ from libs.common.errors import InvalidInput
 from libs.common.nul import NUL_PROBLEM
 
 from ..answers import BatchRowAnswer
+from ..domain import has_lone_surrogate
 from ..upstream import Invitations
 
 MAX_ROWS = 10_000
@@ -168,19 +169,23 @@ def _records(text: str, delimiter: str, first_line: int) -> tuple[list[list[str]
 
 def _decode(raw: bytes, charset: str | None) -> str:
     declared = None if charset is None or _is_utf8(charset) else charset
+    said = f"{declared} text" if declared else "UTF-8 text"
+    not_that = InvalidInput(
+        f"The file is not {said}. Save it as CSV UTF-8 and try again.", code="invalid_encoding"
+    )
     try:
-        return raw.decode(declared or "utf-8-sig")
+        text = raw.decode(declared or "utf-8-sig")
     except LookupError:
         raise InvalidInput(
             f"The charset {declared!r} is not one we know. Send the file as UTF-8.",
             code="invalid_encoding",
         ) from None
     except UnicodeDecodeError:
-        said = f"{declared} text" if declared else "UTF-8 text"
-        raise InvalidInput(
-            f"The file is not {said}. Save it as CSV UTF-8 and try again.",
-            code="invalid_encoding",
-        ) from None
+        raise not_that from None
+    # UTF-7 or unicode_escape can spell half a UTF-16 pair, which no text column takes.
+    if declared and has_lone_surrogate(text):
+        raise not_that
+    return text
 
 
 def _is_utf8(charset: str) -> bool:

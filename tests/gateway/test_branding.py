@@ -336,3 +336,21 @@ def test_the_theme_gives_links_a_shade_of_the_accent_readable_on_the_page() -> N
     assert "--accent: #767676;" in css
     assert f"--link: {readable_on('#767676', PAGE_BACKGROUND)};" in css
     assert readable_on("#767676", PAGE_BACKGROUND) != "#767676"
+
+
+@pytest.mark.parametrize(
+    "accent",
+    [
+        "#1a5fb4; } body { background: url(https://evil.example/x) }",
+        "#1a5fb4}</style><script>alert(1)</script>",
+        "red",
+        "#1A5FB4\n",
+        "expression(alert(1))",
+        "#1a5fb",
+        "",
+    ],
+)
+def test_the_theme_writes_no_accent_but_six_lower_case_hex_digits(accent: str) -> None:
+    # The stylesheet is public and the mailer's answer is its only input: anything but
+    # #rrggbb (which the mailer keeps) gives the built-in accent, never a rule of its own.
+    assert theme_css(accent) == "/* The built-in accent (app.css). */\n"

@@ -55,6 +55,14 @@ async def test_the_editor_says_why_beside_the_content_and_keeps_it(
     assert REFUSED in shown and BOMB in shown
     status, found = await api(admin, "GET", "/api/v1/portals?q=Bomb%20page")
     assert status == 200 and found["items"] == []
+    # Saving a portal's Content, likewise; what it had stays.
+    portal = await new_portal(admin, "Welcome.")
+    editor = f"{stack.public_url}/admin/portals/{portal['id']}"
+    _, _, shown = await admin.get(editor)
+    status, _, answer = await admin.submit(editor, shown, "Save Portal", {"Content": BOMB})
+    assert status == 422 and REFUSED in html.unescape(answer)
+    status, kept = await api(admin, "GET", f"/api/v1/portals/{portal['id']}")
+    assert kept["content"] == "Welcome." and kept["revision"] == 1
     # In the reader's language, as every word beside a field.
     data = find_form(page, "Save Portal").fill({"Title": "Bombe", "Content": BOMB})
     async with admin.session.post(url, data=data, headers={"Accept-Language": "de"}) as german:

@@ -8,11 +8,14 @@ the attacker put in it): pages carry one secret, the CSRF token, which every pag
 afresh (domain.mask_csrf), so it is never the same bytes twice. And a page another site
 opened (Sec-Fetch-Site: cross-site, the only way a page of ours gets the victim's cookies
 and the attacker's words together) is sent uncompressed, so nothing else on it, such as
-whom a portal invited, can be guessed by size either. JSON is compressed whoever asks:
-another site can't make a browser read the API with its cookies (a session needs the
-X-CSRF-Token header, which a cross-site request can't send without CORS, which we never
-allow), and a secret the API answers once (a new key, a webhook's signing secret) is in
-the answer to a POST that only our pages' scripts or a key holder can send."""
+whom a portal invited, can be guessed by size either. So is a page whose request doesn't
+say where it came from (no Sec-Fetch-Site: a browser from before 2023, whose request
+another site may well have made): only our own navigations are gzipped. JSON is
+compressed whoever asks: another site can't make a browser read the API with its
+cookies (a session needs the X-CSRF-Token header, which a cross-site request can't send
+without CORS, which we never allow), and a secret the API answers once (a new key, a
+webhook's signing secret) is in the answer to a POST that only our pages' scripts or a key
+holder can send."""
 
 from __future__ import annotations
 
@@ -59,19 +62,20 @@ def add_vary(response: web.StreamResponse, name: str) -> None:
         response.headers["Vary"] = f"{current}, {name}" if current else name
 
 
-def _compressible(request: web.Request, response: web.StreamResponse) -> bool:
+def _compressible(response: web.StreamResponse) -> bool:
     if not isinstance(response, web.Response) or response.status in (204, 304):
         return False
     body = response.body
     if not isinstance(body, bytes | bytearray) or len(body) < MIN_SIZE:
         return False
-    if "Content-Encoding" in response.headers or response.content_type not in COMPRESSIBLE:
-        return False
-    if response.content_type == "text/html":
-        site = request.headers.get("Sec-Fetch-Site")
-        if site is not None and site not in OWN_NAVIGATION:
-            return False
-    return True
+    return "Content-Encoding" not in response.headers and response.content_type in COMPRESSIBLE
+
+
+def _own_navigation(request: web.Request, response: web.Response) -> bool:
+    """A page is gzipped only for our own links and the address bar (BREACH, above)."""
+    if response.content_type != "text/html":
+        return True
+    return request.headers.get("Sec-Fetch-Site") in OWN_NAVIGATION
 
 
 def gzip_body(body: bytes) -> bytes:
@@ -86,10 +90,10 @@ def gzip_body(body: bytes) -> bytes:
 @web.middleware
 async def compression_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     response = await handler(request)
-    if isinstance(response, web.Response) and _compressible(request, response):
+    if isinstance(response, web.Response) and _compressible(response):
         # Whoever caches the answer keeps one copy per encoding.
         add_vary(response, "Accept-Encoding")
-        if accepts_gzip(request):
+        if accepts_gzip(request) and _own_navigation(request, response):
             body = bytes(response.body)  # type: ignore[arg-type]  # _compressible: bytes
             if len(body) > SYNC_LIMIT:
                 # A big answer (an import's results) off the event loop: a few ms of CPU.

@@ -116,7 +116,7 @@ def main(
     log.info("service_starting", host=host, port=port, open_files=open_files)
     # Health, readiness and metrics on a port of their own, on the same host, from the
     # start (while the database is waited for).
-    serve_management(app, host, settings.management_port(service))
+    serve_management(app, host, settings.management_port(service), serving=port)
     loop = asyncio.new_event_loop()
     # "Task exception was never retrieved" and the like: a JSON line, not stderr's text.
     loop.set_exception_handler(log_loop_exception)

@@ -514,6 +514,15 @@ async def readyz(request: web.Request) -> web.Response:
         # Still starting: waiting for the database (the last try's reason), or trying it.
         ready = False
         checks["database"] = app.get(STARTING, {}).get("database", "connecting")
+    site = request.app.get(MAIN_SITE)
+    if site is not None:
+        # The management port opens first, the service's own port once every start step
+        # is done: ready only once it takes connections, else a caller told "ready" (a
+        # test, a Service's endpoints) is refused.
+        if ready and not site.listening:
+            site.listening = await site.accepts()
+        checks["listening"] = "ok" if site.listening else "starting"
+        ready = ready and site.listening
     if BUS in app:
         checks["broker"] = _broker_state(app[BUS])
     parts = app.get(BUS_PARTS)
@@ -750,7 +759,35 @@ def require_service_proof(
     app.middlewares.append(service_proof_middleware)
 
 
-def serve_management(app: web.Application, host: str, port: int) -> None:
+@dataclass
+class MainSite:
+    """Where the service's own port listens, for ``readyz``: ``listening`` once it took a
+    connection (it never stops listening before the process stops)."""
+
+    host: str
+    port: int
+    listening: bool = False
+
+    async def accepts(self) -> bool:
+        # A wildcard address (a container's) takes a connection on the loopback.
+        wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+        host = wildcard.get(self.host, self.host)
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, self.port), 1.0)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+
+MAIN_SITE = web.AppKey("main_site", MainSite)
+
+
+def serve_management(
+    app: web.Application, host: str, port: int, *, serving: int | None = None
+) -> None:
     """Serve the management app on its own port (MANAGEMENT_PORT), which no ingress
     routes, from the start of ``app``'s startup: while it waits for its database,
     ``/healthz`` says the process is alive and ``/readyz`` says why it is not ready (a
@@ -758,7 +795,10 @@ def serve_management(app: web.Application, host: str, port: int) -> None:
     probe, unheard: tests/faults/test_database_at_start.py). It closes as it did when
     it opened last: first in the cleanup, after the main site has stopped taking
     requests, before the rest (the pool, the broker) is closed."""
-    runner = web.AppRunner(management_app(app), access_log=None, shutdown_timeout=1)
+    management = management_app(app)
+    if serving is not None:  # ``app``'s own port: ready once it listens too
+        management[MAIN_SITE] = MainSite(host, serving)
+    runner = web.AppRunner(management, access_log=None, shutdown_timeout=1)
     opened = False
 
     async def close(_: web.Application) -> None:

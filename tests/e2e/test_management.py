@@ -47,6 +47,7 @@ async def test_operations_routes_live_only_on_the_management_port(stack: Stack) 
                     "schema": "ok",
                     "broker": "ok",
                     "consumer": "ok",
+                    "listening": "ok",
                     **apart,
                 }, name
             # The gateway's figure is its cache listener's connection: 0 would page someone

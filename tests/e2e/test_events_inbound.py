@@ -315,3 +315,104 @@ async def test_the_example_publisher_works_against_the_stack(stack: Stack, api: 
     )
     assert code == 1, out
     assert "invitation.rejected" in out and "portal_not_found" in out, out
+
+
+async def test_the_example_publisher_by_portal_id_retried_and_resent(
+    stack: Stack, api: Api
+) -> None:
+    """docs/inviting-from-other-systems.md: --portal-id instead of --portal-slug; a retry
+    with the same key is answered invitation.created again (the same invitation, no second
+    email); another key for the pending address resends it; both exit 0."""
+    portal = await api.portal(f"Example id {uuid.uuid4().hex[:6]}")
+    email = unique_email("example-id")
+    key = f"example-{uuid.uuid4().hex}"
+    args = ("--portal-id", portal["id"], "--email", email, "--idempotency-key", key)
+    code, first = await _run_example(stack, *args, "--invited-by", "crm@agency.test")
+    assert code == 0 and "invitation.created" in first, first
+    code, again = await _run_example(stack, *args)
+    assert code == 0 and "invitation.created" in again, again
+    invitation_id = first.split("invitation_id=")[1].split()[0]
+    assert f"invitation_id={invitation_id}" in again, again
+    other = ("--portal-id", portal["id"], "--email", email, "--idempotency-key", f"{key}-2")
+    code, resent = await _run_example(stack, *other)
+    assert code == 0 and "invitation.resent" in resent, resent
+    assert f"invitation_id={invitation_id}" in resent, resent
+
+
+async def test_documented_request_shapes(stack: Stack, api: Api, outcomes: Listener) -> None:
+    """The table of docs/inviting-from-other-systems.md: a null or missing email is
+    answered invalid_email, no portal missing_portal, and a slug in any case naming the
+    same portal as portal_id is no ambiguity."""
+    portal = await api.portal(f"Shapes {uuid.uuid4().hex[:6]}")
+    rejected = {
+        "invalid_email": [
+            request(portal_slug=portal["slug"], email=None),
+            request(portal_slug=portal["slug"]),
+        ],
+        "missing_portal": [request(email=unique_email())],
+    }
+    same = request(portal_id=portal["id"], portal_slug=portal["slug"].upper(), email=unique_email())
+    for events in rejected.values():
+        for event in events:
+            await publish_event(stack, event)
+    await publish_event(stack, same)
+    for reason, events in rejected.items():
+        for event in events:
+            got = await answer(outcomes, event)
+            assert got["type"] == "invitation.rejected", got
+            assert got["data"]["reason"] == reason, got  # type: ignore[index]
+    got = await answer(outcomes, same)
+    assert got["type"] == "invitation.created", got
+    assert got["data"]["portal_id"] == portal["id"], got  # type: ignore[index]
+
+
+async def test_documented_options_and_their_rejections(
+    stack: Stack, api: Api, outcomes: Listener
+) -> None:
+    """Each optional field of the doc's table, and the reason its bad value is answered
+    with; the rejection names the request's email and portal_slug."""
+    portal = await api.portal(f"Options {uuid.uuid4().hex[:6]}")
+    slug = portal["slug"]
+    cases = {
+        "invalid_expires_in_days": request(
+            portal_slug=slug, email=unique_email(), expires_in_days=8
+        ),
+        "invalid_locale": request(portal_slug=slug, email=unique_email(), locale="it"),
+        "invalid_character": request(
+            portal_slug=slug, email=unique_email(), invited_by="Ann \u202eevil"
+        ),
+        "personal_message_too_long": request(
+            portal_slug=slug, email=unique_email(), personal_message="x" * 1001
+        ),
+    }
+    email = unique_email("options")
+    good = request(
+        portal_slug=slug,
+        email=email,
+        expires_in_days=14,
+        locale="de",
+        sub_client=True,
+        personal_message="x" * 1000,
+    )
+    for event in (*cases.values(), good):
+        await publish_event(stack, event)
+    for reason, event in cases.items():
+        got = await answer(outcomes, event)
+        data = got["data"]
+        assert isinstance(data, dict)
+        assert got["type"] == "invitation.rejected" and data["reason"] == reason, got
+        assert data["email"] == event["data"]["email"], got  # type: ignore[index]
+        assert data["portal_slug"] == slug, got
+    got = await answer(outcomes, good)
+    data = got["data"]
+    assert isinstance(data, dict)
+    assert got["type"] == "invitation.created", got
+    assert data["expires_in_days"] == 14 and data["sub_client"] is True, got
+    assert "personal_message" not in data, got
+
+    # The same key with the address in another case is a retry, not a reuse.
+    again = envelope({**good["data"], "email": email.upper()})  # type: ignore[dict-item]
+    await publish_event(stack, again)
+    got_again = await answer(outcomes, again)
+    assert got_again["type"] == "invitation.created", got_again
+    assert got_again["data"]["invitation_id"] == data["invitation_id"]  # type: ignore[index]

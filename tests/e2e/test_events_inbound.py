@@ -416,3 +416,33 @@ async def test_documented_options_and_their_rejections(
     got_again = await answer(outcomes, again)
     assert got_again["type"] == "invitation.created", got_again
     assert got_again["data"]["invitation_id"] == data["invitation_id"]  # type: ignore[index]
+
+
+async def test_documented_limits_dead_letter_the_request(
+    stack: Stack, api: Api, outcomes: Listener
+) -> None:
+    """The guide's bounds: correlation_id 1-100 characters, idempotency_key 1-200, no NUL
+    in any text; a request past them can never be processed and is dead-lettered."""
+    portal = await api.portal(f"Bounds {uuid.uuid4().hex[:6]}")
+    slug = portal["slug"]
+    long_correlation = envelope(
+        {"portal_slug": slug, "email": unique_email(), "idempotency_key": f"k-{uuid.uuid4().hex}"},
+        correlation_id="c" * 101,
+    )
+    long_key = request(portal_slug=slug, email=unique_email(), idempotency_key="k" * 201)
+    nul = request(portal_slug=slug, email=unique_email(), invited_by="Ann\u0000")
+    bad = [long_correlation, long_key, nul]
+    for event in bad:
+        await publish_event(stack, event)
+    good = request(portal_slug=slug, email=unique_email("after-bounds"))
+    await publish_event(stack, good)
+    assert (await answer(outcomes, good))["type"] == "invitation.created"
+
+    ids = {str(e["id"]) for e in bad}
+    got: dict[str, bytes] = {}
+
+    async def dead() -> bool | None:
+        got.update(await _dead_letters(stack, ids - set(got)))
+        return True if set(got) == ids else None
+
+    await eventually(dead, "the three requests past the bounds in the dead-letter queue")

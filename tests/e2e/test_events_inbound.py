@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
+import aiohttp
 import orjson
 import pytest
 
@@ -446,3 +447,39 @@ async def test_documented_limits_dead_letter_the_request(
         return True if set(got) == ids else None
 
     await eventually(dead, "the three requests past the bounds in the dead-letter queue")
+
+
+async def test_an_integration_key_shares_the_bus_requests_idempotency_keys(
+    stack: Stack, api: Api, outcomes: Listener
+) -> None:
+    """README "JSON API": an integration key with only invitations:write; the
+    Idempotency-Key takes "the same keys as invitation.requested's", so a CRM that asked on
+    the bus and retries over HTTP gets the same invitation, and another address 409."""
+    code, made = await api.call(
+        "POST", "/keys", {"name": f"CRM {uuid.uuid4().hex[:6]}", "scopes": ["invitations:write"]}
+    )
+    assert code == 201, made
+    portal = await api.portal(f"Keys {uuid.uuid4().hex[:6]}")
+    email = unique_email("key")
+    event = request(portal_slug=portal["slug"], email=email)
+    await publish_event(stack, event)
+    created = await answer(outcomes, event)
+    assert created["type"] == "invitation.created", created
+    key = event["data"]["idempotency_key"]  # type: ignore[index]
+
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {made['key']}"}) as http:
+        base = stack.public_url + "/api/v1"
+        async with http.get(base + "/portals") as response:
+            body = await response.json()
+            assert response.status == 403, body
+            assert body["error"]["code"] == "insufficient_scope", body
+        url = f"{base}/portals/{portal['id']}/invitations"
+        async with http.post(url, json={"email": email}, headers={"Idempotency-Key": key}) as r:
+            body = await r.json()
+            assert r.status in (200, 201), body
+            assert body["invitation"]["id"] == created["data"]["invitation_id"], body  # type: ignore[index]
+        other = {"email": unique_email("key-other")}
+        async with http.post(url, json=other, headers={"Idempotency-Key": key}) as r:
+            body = await r.json()
+            assert r.status == 409, body
+            assert body["error"]["code"] == "idempotency_key_reused", body

@@ -47,6 +47,12 @@ def build_request(args: argparse.Namespace, correlation_id: str) -> dict[str, ob
         data["sub_client"] = True
     if args.invited_by:
         data["invited_by"] = args.invited_by
+    if args.expires_in_days:
+        data["expires_in_days"] = args.expires_in_days
+    if args.personal_message:
+        data["personal_message"] = args.personal_message
+    if args.locale:
+        data["locale"] = args.locale
     return {
         "id": str(uuid.uuid4()),
         "type": "invitation.requested",
@@ -126,6 +132,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--sub-client", action="store_true", help="invite as a Sub-Client")
     parser.add_argument("--invited-by", help="shown in the invitation email")
+    parser.add_argument(
+        "--expires-in-days", type=int, help="Link Expiry: 7, 14, 21 or 30 (default: the setting)"
+    )
+    parser.add_argument(
+        "--personal-message", help="plain text, at most 1,000 characters, shown in the email"
+    )
+    parser.add_argument("--locale", help="the email's language: en, de, fr or es")
     parser.add_argument("--source", default="example-publisher")
     parser.add_argument("--timeout", type=float, default=30.0)
     return parser.parse_args(argv)

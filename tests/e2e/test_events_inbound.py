@@ -328,8 +328,16 @@ async def test_the_example_publisher_by_portal_id_retried_and_resent(
     email = unique_email("example-id")
     key = f"example-{uuid.uuid4().hex}"
     args = ("--portal-id", portal["id"], "--email", email, "--idempotency-key", key)
-    code, first = await _run_example(stack, *args, "--invited-by", "crm@agency.test")
+    options = ("--expires-in-days", "14", "--personal-message", "Hi Jane", "--locale", "de")
+    code, first = await _run_example(stack, *args, "--invited-by", "crm@agency.test", *options)
     assert code == 0 and "invitation.created" in first, first
+    rows = await db_fetch(
+        stack,
+        "SELECT expires_in_days, personal_message, locale FROM invitations.invitations"
+        " WHERE idempotency_key = $1",
+        key,
+    )
+    assert [tuple(r) for r in rows] == [(14, "Hi Jane", "de")], rows
     code, again = await _run_example(stack, *args)
     assert code == 0 and "invitation.created" in again, again
     invitation_id = first.split("invitation_id=")[1].split()[0]

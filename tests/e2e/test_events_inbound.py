@@ -491,3 +491,47 @@ async def test_an_integration_key_shares_the_bus_requests_idempotency_keys(
             body = await r.json()
             assert r.status == 409, body
             assert body["error"]["code"] == "idempotency_key_reused", body
+
+
+async def test_a_resend_by_request_keeps_or_replaces_the_options_as_documented(
+    stack: Stack, api: Api, outcomes: Listener
+) -> None:
+    """ "An expires_in_days or personal_message given with that request replaces the pending
+    invitation's; left out, the pending invitation keeps its own." And a retry of the
+    resending request is answered invitation.resent again."""
+    portal = await api.portal(f"Resend options {uuid.uuid4().hex[:6]}")
+    email = unique_email("resend-options")
+    slug = portal["slug"]
+    first = request(portal_slug=slug, email=email, expires_in_days=14, personal_message="one")
+    kept = request(portal_slug=slug, email=email)
+    replaced = request(portal_slug=slug, email=email, expires_in_days=7, personal_message="two")
+
+    async def send(event: dict[str, object]) -> dict[str, object]:
+        await publish_event(stack, event)
+        got = await answer(outcomes, event)
+        data = got["data"]
+        assert isinstance(data, dict)
+        return {"type": got["type"], **data}
+
+    async def stored() -> list[tuple[object, ...]]:
+        rows = await db_fetch(
+            stack,
+            "SELECT expires_in_days, personal_message FROM invitations.invitations"
+            " WHERE portal_id = $1",
+            uuid.UUID(portal["id"]),
+        )
+        return [tuple(r) for r in rows]
+
+    made = await send(first)
+    assert made["type"] == "invitation.created" and made["expires_in_days"] == 14, made
+    got = await send(kept)
+    assert got["type"] == "invitation.resent" and got["reason"] == "invitation_requested", got
+    assert got["expires_in_days"] == 14 and got["invitation_id"] == made["invitation_id"], got
+    assert got["idempotency_key"] == first["data"]["idempotency_key"], got  # type: ignore[index]
+    assert await stored() == [(14, "one")]
+    got = await send(replaced)
+    assert got["type"] == "invitation.resent" and got["expires_in_days"] == 7, got
+    assert await stored() == [(7, "two")]
+    retry = envelope(dict(replaced["data"]))  # type: ignore[arg-type]
+    got = await send(retry)
+    assert got["type"] == "invitation.resent" and got["expires_in_days"] == 7, got

@@ -357,6 +357,9 @@ async def test_documented_request_shapes(stack: Stack, api: Api, outcomes: Liste
         "invalid_email": [
             request(portal_slug=portal["slug"], email=None),
             request(portal_slug=portal["slug"]),
+            request(portal_slug=portal["slug"], email="a@x.com, b@y.com"),
+            request(portal_slug=portal["slug"], email="Alice <a@x.com>"),
+            request(portal_slug=portal["slug"], email=""),
         ],
         "missing_portal": [request(email=unique_email())],
     }

@@ -42,7 +42,7 @@ migrate: $(STAMP)
 	for s in identity portals invitations mailer gateway; do $(PY) -m services.$$s migrate || exit 1; done
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check services libs tests scripts bench
+	$(VENV)/bin/ruff check services libs tests scripts bench examples
 	$(VENV)/bin/ruff format --check services libs
 
 typecheck: $(STAMP)

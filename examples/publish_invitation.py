@@ -5,7 +5,8 @@ confirms, persistent) and waits on its own exclusive queue for the answer that c
 the same ``correlation_id``: ``invitation.created``, ``invitation.resent`` (the email
 already had a pending invitation to that portal: it was resent) or ``invitation.rejected``.
 
-    python examples/publish_invitation.py --amqp-url amqp://clientpress-crm:SECRET@127.0.0.1:5672/ \\
+    python examples/publish_invitation.py \\
+        --amqp-url amqp://clientpress-crm:SECRET@127.0.0.1:5672/ \\
         --prefix clientpress --portal-slug acme-rebrand --email client@example.com \\
         --idempotency-key crm-deal-4711
 
@@ -22,10 +23,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from urllib.parse import unquote, urlsplit
 import sys
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage

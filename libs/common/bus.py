@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import contextvars
 import re
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import groupby
@@ -324,27 +324,49 @@ class Bus:
     async def dead_letters(self, queue: str | None = None) -> int | None:
         """How many messages wait in the dead-letter queue of this service's queue
         (``queue``: another of its own), or None when the broker can't say now (away,
-        blocking, the queue not there). Asked on a channel of its own: the passive declare
-        of a missing queue closes the channel it is sent on."""
-        connection = self._connection
-        if connection is None or not self.ready or self.blocked:
-            return None
+        blocking, the queue not there). Asked on a side channel: the passive declare of a
+        missing queue closes the channel it is sent on."""
         try:
-            transport = connection.transport
-            assert transport is not None
-            channel = await asyncio.wait_for(transport.connection.channel(), CLOSE_SECONDS)
-            try:
+            async with self._side_channel() as channel:
+                if channel is None:
+                    return None
                 declared = await asyncio.wait_for(
-                    channel.queue_declare(f"{self.queue_name(queue)}.dead", passive=True),
+                    (await channel()).queue_declare(f"{self.queue_name(queue)}.dead", passive=True),
                     CLOSE_SECONDS,
                 )
-            finally:
-                if not channel.is_closed:
-                    await _bounded("channel", channel.close())
         except Exception as exc:  # the broker away, slow, or the queue missing: unknown
             log.debug("dead_letters_unknown", error=type(exc).__name__)
             return None
         return int(declared.message_count or 0)
+
+    @contextlib.asynccontextmanager
+    async def _side_channel(
+        self,
+    ) -> AsyncIterator[Callable[[], Awaitable[aiormq.abc.AbstractChannel]] | None]:
+        """A channel apart from the consumers' and the publishers', for a question or a
+        repair that the broker may answer by closing the channel (a passive declare of a
+        missing queue, a bind to a missing exchange). Yields None while the link is down
+        or blocked; otherwise a function giving the channel, opened on first use and again
+        after the broker closed it, each within ``CLOSE_SECONDS``. Closed at the end."""
+        connection = self._connection
+        transport = connection.transport if connection is not None else None
+        if transport is None or not self.ready or self.blocked:
+            yield None
+            return
+        amqp = transport.connection
+        current: aiormq.abc.AbstractChannel | None = None
+
+        async def channel() -> aiormq.abc.AbstractChannel:
+            nonlocal current
+            if current is None or current.is_closed:
+                current = await asyncio.wait_for(amqp.channel(), CLOSE_SECONDS)
+            return current
+
+        try:
+            yield channel
+        finally:
+            if current is not None and not current.is_closed:
+                await _bounded("channel", current.close())
 
     def refusal(self, exc: BaseException) -> str | None:
         """What a failed connection attempt means when the broker turned this user away,
@@ -579,33 +601,23 @@ class Bus:
                 log.debug("bindings_check_failed", error=type(exc).__name__)
 
     async def _bind_again(self) -> None:
-        """Each kept binding, on a channel of its own (a refused bind closes the channel
-        it is sent on: the consumers' and the publishers' stay as they are)."""
-        connection = self._connection
-        if connection is None or not self.ready or self.blocked:
-            return  # a reconnection declares and binds the queues again by itself
-        transport = connection.transport
-        if transport is None:
-            return
+        """Each kept binding, on a side channel (a refused bind closes the channel it is
+        sent on: the consumers' and the publishers' stay as they are)."""
         # (queue, exchange) → the broker's words: one refused bind says it for the rest.
         unbound: dict[tuple[str, str], str] = {}
-        channel: aiormq.abc.AbstractChannel | None = None
-        try:
+        async with self._side_channel() as channel:
+            if channel is None:
+                return  # a reconnection declares and binds the queues again by itself
             for queue, exchange, routing_key in list(self._bound):
                 if (queue, exchange) in unbound:
                     continue
-                if channel is None or channel.is_closed:
-                    channel = await asyncio.wait_for(transport.connection.channel(), CLOSE_SECONDS)
                 try:
                     await asyncio.wait_for(
-                        channel.queue_bind(queue, exchange, routing_key=routing_key),
+                        (await channel()).queue_bind(queue, exchange, routing_key=routing_key),
                         CLOSE_SECONDS,
                     )
                 except aiormq.exceptions.ChannelClosed as exc:
                     unbound[(queue, exchange)] = str(exc)
-        finally:
-            if channel is not None and not channel.is_closed:
-                await _bounded("channel", channel.close())
         for (queue, exchange), reason in unbound.items():
             if (queue, exchange) not in self._unbound:
                 log.warning("bindings_not_restored", queue=queue, exchange=exchange, reason=reason)

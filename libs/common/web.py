@@ -1080,7 +1080,7 @@ async def _consume_patiently(queue: str, consume: Callable[[], Awaitable[Consume
                 error=type(exc).__name__,
                 reason=str(exc)[:300],
             )
-            await asyncio.sleep(min(0.5 * attempt, 5.0))
+            await asyncio.sleep(_start_pause(attempt))
             continue
         if attempt > 1:
             log.info("consumer_started", queue=queue, attempt=attempt)
@@ -1109,12 +1109,18 @@ async def _connect_patiently(bus: Bus) -> None:
                 **({"reason": refusal} if refusal is not None else {}),
             )
             await bus.close()
-            await asyncio.sleep(min(0.5 * attempt, 5.0))
+            await asyncio.sleep(_start_pause(attempt))
 
 
 # How many times a dependency the start needs is tried (a pause growing to 5 s between
 # tries: about two minutes) before the service gives up and exits.
 START_ATTEMPTS = 30
+
+
+def _start_pause(attempt: int) -> float:
+    """The pause after the start's ``attempt``-th failed try of a dependency: half a
+    second more each time, 5 s at most."""
+    return min(0.5 * attempt, 5.0)
 
 
 async def _retry(
@@ -1144,7 +1150,7 @@ async def _retry(
                     outcome="giving up: the service exits",
                 )
                 raise
-            pause = min(0.5 * attempt, 5.0)
+            pause = _start_pause(attempt)
             log.warning(
                 "dependency_not_ready",
                 dependency=what,

@@ -114,12 +114,15 @@ class ContentTooLarge(InvalidInput, code="content_too_large"):
     """Content whose page would be larger than RENDERED_MAX."""
 
 
-def _escaped_length(text: str, seen: dict[int, int]) -> int:
-    """``text``'s length as HTML writes it (markdown-it escapes & < > "), each string
-    counted once however many tokens share it."""
-    found = seen.get(id(text))
+def _escaped_length(text: str, seen: dict[str, int]) -> int:
+    """``text``'s length as HTML writes it (markdown-it escapes & < > "), measured once
+    however many tokens share it. Keyed by the string itself, not its id(): an attribute
+    value that isn't a string is measured as a temporary ``str``, whose id the next one
+    may reuse. A string's hash is kept on it, so a reference repeated 5,000 times is
+    hashed once."""
+    found = seen.get(text)
     if found is None:
-        found = seen[id(text)] = (
+        found = seen[text] = (
             len(text)
             + 4 * text.count("&")
             + 3 * (text.count("<") + text.count(">"))
@@ -128,7 +131,7 @@ def _escaped_length(text: str, seen: dict[int, int]) -> int:
     return found
 
 
-def _written_size(tokens: list[Token], seen: dict[int, int]) -> int:
+def _written_size(tokens: list[Token], seen: dict[str, int]) -> int:
     """The text and attribute values the renderer writes out for ``tokens``: an inline
     token's (or a picture's) children, not its source."""
     size = 0

@@ -49,6 +49,7 @@ _ANY_SUSPECT = re.compile(
 _LINE_BREAKS = re.compile("\r\n?|[\x0b\x0c\x85\u2028\u2029]")
 _BREAKS_AND_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _CONTROLS_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # What a page says in its reader's language (the JSON API and events say which character).
@@ -73,6 +74,13 @@ class InvalidCharacter(InvalidInput, code="invalid_character"):
         )
         self.field = field
         self.character = character
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Half of a UTF-16 pair on its own. A body in a charset Python decodes to one
+    (UTF-7's ``+2AA-``, ``\\ud800`` read as unicode_escape) holds text no JSON, no UTF-8
+    and no PostgreSQL column can carry: the services' calls failed with a 500."""
+    return _LONE_SURROGATE.search(text) is not None
 
 
 def isolated(text: str) -> str:

@@ -98,16 +98,6 @@ def _unmask_csrf(submitted: str) -> str | None:
     return bytes(a ^ b for a, b in zip(pad, masked, strict=True)).decode("latin-1")
 
 
-# Half of a UTF-16 pair on its own. A body in a charset Python decodes to one (UTF-7's
-# +2AA-, \ud800 read as unicode_escape) holds text no JSON, no UTF-8 and no PostgreSQL
-# column can carry: the services' calls failed with a 500.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def has_lone_surrogate(text: str) -> bool:
-    return _LONE_SURROGATE.search(text) is not None
-
-
 def same_text(a: str, b: str) -> bool:
     """``a == b`` in constant time, for any text a request carries: compare_digest takes
     only ASCII str, and a header byte that isn't UTF-8 arrives as a lone surrogate

@@ -27,6 +27,7 @@ from libs.common.errors import (
 )
 from libs.common.logging import get_logger
 from libs.common.passwords import PASSWORD_FIELD
+from libs.common.text import has_lone_surrogate
 
 from .domain import (
     CONTENT_TOO_LONG,
@@ -42,7 +43,6 @@ from .domain import (
     could_be_integration_key,
     csrf_matches,
     forwarded_hops,
-    has_lone_surrogate,
     new_csrf_token,
     origin_allowed,
 )
@@ -127,7 +127,7 @@ async def read_form(
         raise UnreadableForm(UNREADABLE_FORM) from None
     except (ValueError, HttpProcessingError, RuntimeError):
         raise UnreadableForm(MALFORMED_FORM) from None
-    # Text in a charset that decodes to half a UTF-16 pair (domain.has_lone_surrogate).
+    # Text in a charset that decodes to half a UTF-16 pair (libs.common.text.has_lone_surrogate).
     if any(
         has_lone_surrogate(name) or (isinstance(value, str) and has_lone_surrogate(value))
         for name, value in form.items()

@@ -15,9 +15,9 @@ from typing import Any
 from libs.common.email import InvalidEmail, email_key, email_or_none
 from libs.common.errors import InvalidInput
 from libs.common.nul import NUL_PROBLEM
+from libs.common.text import has_lone_surrogate
 
 from ..answers import BatchRowAnswer
-from ..domain import has_lone_surrogate
 from ..upstream import Invitations
 
 MAX_ROWS = 10_000

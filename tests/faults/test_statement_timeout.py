@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -50,6 +50,22 @@ def _run(env: dict[str, str], module: str, command: str) -> subprocess.Completed
     )
 
 
+async def _waits_its_turn(
+    other_run: asyncpg.Connection,
+    turn: str,
+    command: Callable[[], subprocess.CompletedProcess[str]],
+) -> subprocess.CompletedProcess[str]:
+    """``command`` run while ``other_run`` holds ``turn`` (the advisory lock another run of
+    the same command takes) for 3 s, then lets it go; what the command did."""
+    hold = other_run.transaction()
+    await hold.start()
+    await other_run.execute("SELECT pg_advisory_xact_lock($1)", lock_key(turn))
+    running = asyncio.create_task(asyncio.to_thread(command))
+    await asyncio.sleep(3)
+    await hold.rollback()
+    return await running
+
+
 async def test_a_role_statement_timeout_does_not_cancel_a_migration_waiting_its_turn(
     own_env: TestEnv,
 ) -> None:
@@ -59,15 +75,11 @@ async def test_a_role_statement_timeout_does_not_cancel_a_migration_waiting_its_
     try:
         await admin.execute(f"ALTER ROLE \"{role}\" SET statement_timeout = '300ms'")
         # Another run of the invitations migrations holds the schema's turn for 3 s.
-        hold = other_run.transaction()
-        await hold.start()
-        await other_run.execute("SELECT pg_advisory_xact_lock($1)", lock_key("migrate:invitations"))
-        migrating = asyncio.create_task(
-            asyncio.to_thread(_migrate, own_env.service_env(), "invitations")
+        done = await _waits_its_turn(
+            other_run,
+            "migrate:invitations",
+            lambda: _migrate(own_env.service_env(), "invitations"),
         )
-        await asyncio.sleep(3)
-        await hold.rollback()
-        done = await migrating
         record(
             "migration_under_role_statement_timeout",
             returncode=done.returncode,
@@ -95,23 +107,13 @@ async def test_a_role_statement_timeout_does_not_cancel_the_roles_provisioning_w
     try:
         await admin.execute(f'CREATE ROLE "{admin_role}" LOGIN SUPERUSER')
         await admin.execute(f"ALTER ROLE \"{admin_role}\" SET statement_timeout = '300ms'")
-        hold = other_run.transaction()
-        await hold.start()
-        await other_run.execute(
-            "SELECT pg_advisory_xact_lock($1)",
-            lock_key(f"roles:{database_of(own_env.database_url)}"),
+        done = await _waits_its_turn(
+            other_run,
+            f"roles:{database_of(own_env.database_url)}",
+            lambda: _run(
+                own_env.service_env(DATABASE_URL=admin_url), "libs.common.provision", "database"
+            ),
         )
-        provisioning = asyncio.create_task(
-            asyncio.to_thread(
-                _run,
-                own_env.service_env(DATABASE_URL=admin_url),
-                "libs.common.provision",
-                "database",
-            )
-        )
-        await asyncio.sleep(3)
-        await hold.rollback()
-        done = await provisioning
         record(
             "roles_provisioning_under_role_statement_timeout",
             returncode=done.returncode,

@@ -245,6 +245,131 @@ REOPEN_EVERY_SECONDS = 1.0
 BINDINGS_CHECK_SECONDS = 10.0
 
 
+def link_ready(connection: AbstractRobustConnection | None) -> bool:
+    """The link is up right now. A robust connection is never "closed" while it
+    reconnects; its ``connected`` event says whether it is through."""
+    return connection is not None and not connection.is_closed and connection.connected.is_set()
+
+
+def link_blocked(connection: AbstractRobustConnection | None) -> bool:
+    """The broker has blocked ``connection`` (``connection.blocked``: a memory or disk
+    alarm): it reads nothing more from it, publishes and acknowledgements included, until
+    the alarm clears. aiormq keeps that state in the event its ``ready()`` waits on and
+    exposes nothing else; tests/faults/test_alarm.py raises a real alarm, so a release
+    that renames it fails there instead of reporting "ok" again."""
+    transport = connection.transport if connection is not None else None
+    if transport is None:
+        return False
+    unblocked = getattr(transport.connection, "_Connection__connection_unblocked", None)
+    return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
+
+
+@contextlib.asynccontextmanager
+async def side_channel(
+    connection: AbstractRobustConnection | None,
+) -> AsyncIterator[Callable[[], Awaitable[aiormq.abc.AbstractChannel]] | None]:
+    """A channel apart from the consumers' and the publishers', for a question or a
+    repair that the broker may answer by closing the channel (a passive declare of a
+    missing queue, a bind to a missing exchange). Yields None while the link is down or
+    blocked; otherwise a function giving the channel, opened on first use and again after
+    the broker closed it, each within ``CLOSE_SECONDS``. Closed at the end."""
+    transport = connection.transport if connection is not None else None
+    if transport is None or not link_ready(connection) or link_blocked(connection):
+        yield None
+        return
+    amqp = transport.connection
+    current: aiormq.abc.AbstractChannel | None = None
+
+    async def channel() -> aiormq.abc.AbstractChannel:
+        nonlocal current
+        if current is None or current.is_closed:
+            current = await asyncio.wait_for(amqp.channel(), CLOSE_SECONDS)
+        return current
+
+    try:
+        yield channel
+    finally:
+        if current is not None and not current.is_closed:
+            await _bounded("channel", current.close())
+
+
+class BindingKeeper:
+    """Bindings made again every BINDINGS_CHECK_SECONDS on a side channel of
+    ``connection()``, while it is up: an exchange deleted and declared again by hand,
+    without the bindings, routes to the queues again within that time. A binding that
+    can't be made (the exchange deleted and not back) is logged once, as
+    ``bindings_not_restored`` with the broker's words, and ``bindings_restored`` once it
+    is made again; ``on_change(True)`` / ``on_change(False)`` say the same to the owner.
+    A reconnection declares and binds the queues by itself, so a link that is down is
+    left alone. Used by every consuming service's Bus and by the gateway's cache
+    listener."""
+
+    def __init__(
+        self,
+        connection: Callable[[], AbstractRobustConnection | None],
+        on_change: Callable[[bool], object] | None = None,
+    ) -> None:
+        self._connection = connection
+        self._on_change = on_change
+        # (queue, exchange, routing key), in order.
+        self._bound: dict[tuple[str, str, str], None] = {}
+        # The (queue, exchange) bindings the last check could not make, the broker's words.
+        self._unbound: dict[tuple[str, str], str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def keep(self, queue: str, exchange: str, routing_key: str) -> None:
+        self._bound[(queue, exchange, routing_key)] = None
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="bus-bindings")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(BINDINGS_CHECK_SECONDS)
+            try:
+                await self.check()
+            except Exception as exc:  # the broker away or slow: the next check tries again
+                log.debug("bindings_check_failed", error=type(exc).__name__)
+
+    async def check(self) -> None:
+        """Each kept binding, on a side channel (a refused bind closes the channel it is
+        sent on: the consumers' and the publishers' stay as they are)."""
+        # (queue, exchange) → the broker's words: one refused bind says it for the rest.
+        unbound: dict[tuple[str, str], str] = {}
+        async with side_channel(self._connection()) as channel:
+            if channel is None:
+                return
+            for queue, exchange, routing_key in list(self._bound):
+                if (queue, exchange) in unbound:
+                    continue
+                try:
+                    await asyncio.wait_for(
+                        (await channel()).queue_bind(queue, exchange, routing_key=routing_key),
+                        CLOSE_SECONDS,
+                    )
+                except aiormq.exceptions.ChannelClosed as exc:
+                    unbound[(queue, exchange)] = str(exc)
+        for (queue, exchange), reason in unbound.items():
+            if (queue, exchange) not in self._unbound:
+                log.warning("bindings_not_restored", queue=queue, exchange=exchange, reason=reason)
+        restored = self._unbound.keys() - unbound.keys()
+        for queue, exchange in restored:
+            log.info("bindings_restored", queue=queue, exchange=exchange)
+        lost = bool(unbound) and not self._unbound
+        self._unbound = unbound
+        if self._on_change is not None:
+            if lost:
+                self._on_change(False)
+            elif restored and not unbound:
+                self._on_change(True)
+
+
 class Bus:
     """One service's connection, as its own broker user: everything it publishes carries
     that user as ``user_id``, which RabbitMQ checks, so consumers know who sent it."""
@@ -260,11 +385,7 @@ class Bus:
         self._consumer_channels: list[AbstractRobustChannel] = []
         self._reopening = asyncio.Lock()
         self._reopen_failed: tuple[float, BaseException] | None = None
-        # What keep_bound binds again: (queue, exchange, routing key), in order.
-        self._bound: dict[tuple[str, str, str], None] = {}
-        # The (queue, exchange) bindings the last check could not make, the broker's words.
-        self._unbound: dict[tuple[str, str], str] = {}
-        self._keeper: asyncio.Task[None] | None = None
+        self._bindings = BindingKeeper(lambda: self._connection)
 
     def exchange_name(self, kind: str) -> str:
         return f"{self.prefix}.{kind}"
@@ -302,24 +423,13 @@ class Bus:
 
     @property
     def ready(self) -> bool:
-        """The link is up right now. A robust connection is never "closed" while it
-        reconnects; its ``connected`` event says whether it is through."""
-        connection = self._connection
-        return connection is not None and not connection.is_closed and connection.connected.is_set()
+        """The link is up right now."""
+        return link_ready(self._connection)
 
     @property
     def blocked(self) -> bool:
-        """The broker has blocked this connection (``connection.blocked``: a memory or disk
-        alarm): it reads nothing more from it, publishes and acknowledgements included,
-        until the alarm clears. aiormq keeps that state in the event its ``ready()`` waits
-        on and exposes nothing else; tests/faults/test_alarm.py raises a real alarm, so a
-        release that renames it fails there instead of reporting "ok" again."""
-        connection = self._connection
-        transport = connection.transport if connection is not None else None
-        if transport is None:
-            return False
-        unblocked = getattr(transport.connection, "_Connection__connection_unblocked", None)
-        return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
+        """The broker has blocked this connection (link_blocked)."""
+        return link_blocked(self._connection)
 
     async def dead_letters(self, queue: str | None = None) -> int | None:
         """How many messages wait in the dead-letter queue of this service's queue
@@ -327,7 +437,7 @@ class Bus:
         blocking, the queue not there). Asked on a side channel: the passive declare of a
         missing queue closes the channel it is sent on."""
         try:
-            async with self._side_channel() as channel:
+            async with side_channel(self._connection) as channel:
                 if channel is None:
                     return None
                 declared = await asyncio.wait_for(
@@ -338,35 +448,6 @@ class Bus:
             log.debug("dead_letters_unknown", error=type(exc).__name__)
             return None
         return int(declared.message_count or 0)
-
-    @contextlib.asynccontextmanager
-    async def _side_channel(
-        self,
-    ) -> AsyncIterator[Callable[[], Awaitable[aiormq.abc.AbstractChannel]] | None]:
-        """A channel apart from the consumers' and the publishers', for a question or a
-        repair that the broker may answer by closing the channel (a passive declare of a
-        missing queue, a bind to a missing exchange). Yields None while the link is down
-        or blocked; otherwise a function giving the channel, opened on first use and again
-        after the broker closed it, each within ``CLOSE_SECONDS``. Closed at the end."""
-        connection = self._connection
-        transport = connection.transport if connection is not None else None
-        if transport is None or not self.ready or self.blocked:
-            yield None
-            return
-        amqp = transport.connection
-        current: aiormq.abc.AbstractChannel | None = None
-
-        async def channel() -> aiormq.abc.AbstractChannel:
-            nonlocal current
-            if current is None or current.is_closed:
-                current = await asyncio.wait_for(amqp.channel(), CLOSE_SECONDS)
-            return current
-
-        try:
-            yield channel
-        finally:
-            if current is not None and not current.is_closed:
-                await _bounded("channel", current.close())
 
     def refusal(self, exc: BaseException) -> str | None:
         """What a failed connection attempt means when the broker turned this user away,
@@ -410,11 +491,7 @@ class Bus:
         """Close the consumers' channels, then the connection, each within
         ``CLOSE_SECONDS``. A blocked connection's channels are left to the connection's
         close: the broker would read neither their close nor answer it."""
-        if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
-            self._keeper = None
+        await self._bindings.stop()
         blocked = self.blocked
         for channel in self._consumer_channels:
             if not channel.is_closed and not blocked:
@@ -582,48 +659,9 @@ class Bus:
 
     def keep_bound(self, queue: str, exchange: str, routing_key: str) -> None:
         """Bind ``queue`` to ``exchange`` for ``routing_key`` again every
-        BINDINGS_CHECK_SECONDS, for as long as the bus is open: an exchange deleted and
-        declared again by hand, without the bindings, routes to the queue again within
-        that time (tests/faults/test_exchange_recreated.py). A binding that can't be
-        made (the exchange deleted and not back) is logged once, as
-        ``bindings_not_restored`` with the broker's words, and ``bindings_restored``
-        once it is made again."""
-        self._bound[(queue, exchange, routing_key)] = None
-        if self._keeper is None:
-            self._keeper = asyncio.create_task(self._keep_bindings(), name="bus-bindings")
-
-    async def _keep_bindings(self) -> None:
-        while True:
-            await asyncio.sleep(BINDINGS_CHECK_SECONDS)
-            try:
-                await self._bind_again()
-            except Exception as exc:  # the broker away or slow: the next check tries again
-                log.debug("bindings_check_failed", error=type(exc).__name__)
-
-    async def _bind_again(self) -> None:
-        """Each kept binding, on a side channel (a refused bind closes the channel it is
-        sent on: the consumers' and the publishers' stay as they are)."""
-        # (queue, exchange) → the broker's words: one refused bind says it for the rest.
-        unbound: dict[tuple[str, str], str] = {}
-        async with self._side_channel() as channel:
-            if channel is None:
-                return  # a reconnection declares and binds the queues again by itself
-            for queue, exchange, routing_key in list(self._bound):
-                if (queue, exchange) in unbound:
-                    continue
-                try:
-                    await asyncio.wait_for(
-                        (await channel()).queue_bind(queue, exchange, routing_key=routing_key),
-                        CLOSE_SECONDS,
-                    )
-                except aiormq.exceptions.ChannelClosed as exc:
-                    unbound[(queue, exchange)] = str(exc)
-        for (queue, exchange), reason in unbound.items():
-            if (queue, exchange) not in self._unbound:
-                log.warning("bindings_not_restored", queue=queue, exchange=exchange, reason=reason)
-        for queue, exchange in self._unbound.keys() - unbound.keys():
-            log.info("bindings_restored", queue=queue, exchange=exchange)
-        self._unbound = unbound
+        BINDINGS_CHECK_SECONDS, for as long as the bus is open (BindingKeeper;
+        tests/faults/test_exchange_recreated.py)."""
+        self._bindings.keep(queue, exchange, routing_key)
 
     async def consume(
         self,

@@ -39,7 +39,7 @@ from prometheus_client import Counter
 
 from libs.common import amqp_decode
 from libs.common.broker import sender_problem
-from libs.common.bus import CancelWatch, trusted_sender
+from libs.common.bus import BindingKeeper, CancelWatch, trusted_sender
 from libs.common.events import (
     ApiKeyChanged,
     BrandingChanged,
@@ -293,6 +293,10 @@ class ChangeListener:
         self._connection: AbstractRobustConnection | None = None
         self._watch: CancelWatch | None = None
         self._task: asyncio.Task[None] | None = None
+        # The queue's bindings made again every BINDINGS_CHECK_SECONDS: an events exchange
+        # deleted and declared again by hand is back without them, and no announcement
+        # would reach this replica again (tests/faults/test_exchange_recreated_cache.py).
+        self._bindings = BindingKeeper(lambda: self._connection, self._on_bindings)
 
     def start(self) -> None:
         """Connect in the background: the gateway serves (without the cache) meanwhile."""
@@ -300,6 +304,7 @@ class ChangeListener:
 
     async def stop(self) -> None:
         self._set_connected(False)
+        await self._bindings.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -340,6 +345,7 @@ class ChangeListener:
         queue = await channel.declare_queue(self.queue_name, exclusive=True, auto_delete=True)
         for key in ROUTING_KEYS:
             await queue.bind(exchange, routing_key=key)
+            self._bindings.keep(queue.name, exchange.name, key)
         tag = await queue.consume(self._on_message, no_ack=True)
         assert isinstance(channel, aio_pika.RobustChannel)
         self._watch = CancelWatch(channel, tag, self._on_cancel_change)
@@ -359,6 +365,16 @@ class ChangeListener:
         else:
             self.cache.set_live(True)
             log.info("gateway_cache_on", reason="the listener consumes again")
+
+    def _on_bindings(self, bound: bool) -> None:
+        """The events exchange is gone (a bind refused) or bound again: off meanwhile,
+        on and empty after, as across a lost connection."""
+        if bound:
+            self.cache.set_live(True)
+            log.info("gateway_cache_on", reason="the listener's queue is bound again")
+        else:
+            log.warning("gateway_cache_off", reason="the events exchange is missing")
+            self.cache.set_live(False)
 
     def _set_connected(self, up: bool) -> None:
         # The gateway's only broker connection is this one: clientpress_broker_connected

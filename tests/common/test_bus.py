@@ -12,6 +12,7 @@ import aio_pika
 import asyncpg
 import orjson
 import pytest
+import structlog.testing
 from prometheus_client import REGISTRY
 
 import libs.common.bus as bus_module
@@ -1042,3 +1043,50 @@ def test_a_delivery_count_past_any_pause_is_bounded() -> None:
         read = bus_module._delivery_count(Delivered(headers))  # type: ignore[arg-type]
         assert read == count
         assert min(0.2 * 2**read, 5.0) <= 5.0
+
+
+async def test_the_binding_keeper_binds_again_and_says_when_an_exchange_is_gone(
+    test_env: TestEnv,
+) -> None:
+    """BindingKeeper.check, as every consuming service and the gateway's cache listener
+    run it: an exchange declared again by hand gets the queue's bindings back; one that is
+    gone is said once (``bindings_not_restored``, ``on_change(False)``), and once when it
+    is back (``bindings_restored``, ``on_change(True)``)."""
+    exchange_name = f"{test_env.bus_prefix}.keeper-{uuid.uuid4().hex[:6]}"
+    connection = await aio_pika.connect_robust(test_env.amqp_url)
+    said: list[bool] = []
+    keeper = bus_module.BindingKeeper(lambda: connection, said.append)
+    try:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC)
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(exchange, routing_key="a.#")
+        keeper.keep(queue.name, exchange_name, "a.#")
+
+        async def routed() -> bool:
+            await exchange.publish(aio_pika.Message(b"x"), routing_key="a.b")
+            return await queue.get(fail=False, timeout=5) is not None
+
+        assert await routed()
+        await channel.exchange_delete(exchange_name)
+        exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC)
+        assert not await routed()  # declared again by hand: no binding any more
+        await keeper.check()
+        assert await routed()
+        assert said == []  # nothing was refused: nothing to say
+
+        await channel.exchange_delete(exchange_name)
+        with structlog.testing.capture_logs() as logs:
+            await keeper.check()
+            await keeper.check()
+            exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC)
+            await keeper.check()
+        events = [line["event"] for line in logs if line["event"].startswith("bindings_")]
+        assert events == ["bindings_not_restored", "bindings_restored"], logs
+        assert "NOT_FOUND" in next(line["reason"] for line in logs if "reason" in line)
+        assert said == [False, True]
+        assert await routed()
+        await channel.exchange_delete(exchange_name)
+    finally:
+        await keeper.stop()
+        await connection.close()

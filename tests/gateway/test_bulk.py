@@ -139,3 +139,42 @@ def test_a_quote_gone_wrong_is_refused_with_its_line(text: str, words: str) -> N
 def test_a_quote_inside_an_unquoted_value_is_itself() -> None:
     rows, _ = bulk.parse_csv(b'email,personal_message\r\na@example.com,Our "VIP" portal\r\n')
     assert rows == [bulk.Row(email="a@example.com", personal_message='Our "VIP" portal')]
+
+
+# Past the csv module's default limit on a cell (131,072 characters), which refused the
+# file as "line 2 has a quote inside a value" (a value cell), or answered 500 (a header).
+LONGER_THAN_CSV_READS = 200_000
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+async def test_a_cell_of_any_length_is_a_verdict_on_its_row(quoted: bool) -> None:
+    """The README's promise: a cell of any length is answered on its row, never a 422 for
+    the file (the Import Clients page reads such a file, static/import.js, and sends it
+    as JSON, whose rows are answered so too)."""
+    long = "m" * LONGER_THAN_CSV_READS
+    cell = f'"{long}"' if quoted else long
+    text = (
+        "email,name,personal_message,notes\r\n"
+        f"a@example.com,{cell},,\r\n"
+        f"b@example.com,,{cell},\r\n"
+        f"{cell},,,\r\n"
+        f"c@example.com,Cy,,{cell}\r\n"
+    )
+    parsed, unread = bulk.parse_csv(text.encode())
+    assert unread == ["notes"]
+    assert [len(row.email) for row in parsed] == [13, 13, LONGER_THAN_CSV_READS, 13]
+    results = await send(FakeInvitations(), parsed)
+    assert [(r["status"], r.get("reason")) for r in results] == [
+        ("rejected", "name_too_long"),
+        ("rejected", "personal_message_too_long"),
+        ("rejected", "invalid_email"),
+        ("created", None),  # its long cell is in a column nothing reads
+    ]
+    assert results[1]["message"] == "The Personal Message is far too long (200,000 characters)."
+
+
+def test_a_header_cell_of_any_length_is_read_as_a_column_name() -> None:
+    header = "email;" + "x" * LONGER_THAN_CSV_READS
+    parsed, unread = bulk.parse_csv(f"{header}\r\na@example.com;Ann\r\n".encode())
+    assert parsed == [bulk.Row(email="a@example.com")]
+    assert unread == ["x" * LONGER_THAN_CSV_READS]

@@ -86,6 +86,7 @@ def parse_csv(raw: bytes, charset: str | None = None) -> tuple[list[Row], list[s
     header's other column names, as the file spells them, which nothing reads (so the
     caller can say so)."""
     text = _decode(raw, charset)
+    _read_cells_of_any_length(text)
     if "\x00" in text:
         raise InvalidInput("The file is not a CSV file.", code="not_csv")
     sep_line = SEP_LINE.match(text)
@@ -165,6 +166,16 @@ def _records(text: str, delimiter: str, first_line: int) -> tuple[list[list[str]
             why = f"line {starts:,} has a quote inside a value"
         raise InvalidInput(f"The file is not a CSV file: {why}.", code="not_csv") from None
     return records, count, True
+
+
+def _read_cells_of_any_length(text: str) -> None:
+    """A cell of any length is a verdict on its row (_rejection, CELL_LIMIT), never a
+    refusal of the file: the csv module refuses a cell over its limit (131,072 characters
+    by default, "field larger than field limit"), which read as a quote gone wrong, or a
+    500 in the header. No cell of ``text`` is longer than ``text``, whose size the body
+    limit bounds. The limit is the process's: only ever raised."""
+    if len(text) > csv.field_size_limit():
+        csv.field_size_limit(len(text))
 
 
 def _decode(raw: bytes, charset: str | None) -> str:

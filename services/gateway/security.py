@@ -191,7 +191,7 @@ def route_key(request: web.Request) -> tuple[str, str]:
 async def _authenticate_key(request: web.Request) -> None:
     """An /api request's bearer key: the bootstrap key (GATEWAY_API_KEY, every scope) or a
     live integration key, whose scopes identity answers. A key that isn't live is refused
-    here, whatever the route."""
+    here, whatever the route (but for PUBLIC_API's, which aren't asked for one)."""
     header = request.headers.get("Authorization")
     presented = bearer_key(header)
     if presented is None:
@@ -240,8 +240,10 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
     elif not _plain(request):
         state.csrf = new_csrf_token()
         state.csrf_new = True
-    # A key authorises /api calls within its scopes, reads as well as writes (_gate).
-    if is_api(request):
+    # A key authorises /api calls within its scopes, reads as well as writes (_gate). A
+    # public document grants nothing, so it is served whatever key comes with it (a stale
+    # one in a client's configuration too), as the pages outside /api are.
+    if is_api(request) and request.path not in PUBLIC_API:
         await _authenticate_key(request)
     if request.method in UNSAFE:
         settings = request.app[SETTINGS]

@@ -21,6 +21,7 @@ from services.gateway.views.openapi import OPENAPI
 from services.invitations import openapi as invitations_openapi
 from tests.gateway.conftest import csrf, log_in, make_settings
 from tests.gateway.fakes import Backend
+from tests.support.raw_http import raw_request
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "docs" / "openapi.json"
@@ -125,6 +126,54 @@ async def test_the_reference_page_is_self_hosted_and_script_free(gw: TestClient)
             assert f"/api/v1{path}" in html, path
             assert operation["summary"] in unescape(html), (method, path)
     assert 'id="schema-Invitation"' in html
+
+
+# Pages and files anyone may fetch: what they answer doesn't depend on who asks.
+PUBLIC_PAGES = (
+    "/api/v1/openapi.json",
+    "/api/docs",
+    "/login",
+    "/forgot-password",
+    "/invitations/accept?token=" + "t" * 43,
+    "/static/app.css",
+)
+
+
+async def test_a_public_document_is_served_whatever_credentials_come_with_it(
+    gw: TestClient, backend: Backend
+) -> None:
+    """The document and its reference page are public (README, The contract): a stale
+    key in a client's configuration, or a cookie of an ended session, gets them as no key
+    does, as the login page, the accept page and the static files always did. A key
+    that isn't live is refused where it would grant something: every other /api route."""
+    revoked, _ = backend.add_api_key("old", ["portals:read"])
+    del backend.api_keys[revoked]
+    stale = [
+        {"Authorization": f"Bearer {revoked}"},  # revoked: identity says so
+        {"Authorization": "Bearer cpk_" + "x" * 43},  # never made
+        {"Authorization": "Bearer nope"},  # not one of ours
+        {"Cookie": "cp_session=" + "s" * 43},  # a session that ended
+    ]
+    for path in PUBLIC_PAGES:
+        plain = await gw.get(path, allow_redirects=False)
+        for headers in stale:
+            answer = await gw.get(path, headers=headers, allow_redirects=False)
+            assert (answer.status, answer.content_type) == (plain.status, plain.content_type), (
+                path,
+                headers,
+                await answer.text(),
+            )
+    served = await gw.get("/api/v1/openapi.json", headers=stale[0])
+    assert await served.read() == COMMITTED.read_bytes()
+    # Bytes that are no key at all (not UTF-8), as a hostile client sends them.
+    status, _, body = await raw_request(
+        gw.server, b"GET /api/v1/openapi.json HTTP/1.1\r\nAuthorization: Bearer cpk_\xff"
+    )
+    assert (status, body) == (200, COMMITTED.read_bytes())
+    # Elsewhere under /api the stale key is still refused, not taken for no key.
+    refused = await gw.get("/api/v1/portals", headers=stale[0])
+    assert refused.status == 401
+    assert (await refused.json())["error"]["code"] == "invalid_api_key"
 
 
 async def _admin(gw: TestClient, backend: Backend) -> dict[str, str]:

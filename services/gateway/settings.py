@@ -40,6 +40,9 @@ class GatewaySettings(CommonSettings):
     # How long a replica may trust what identity and portals vouched for (a session, a
     # portal page; services/gateway/cache.py); 0 asks them on every request.
     gateway_cache_seconds: float = Field(default=10.0, ge=0, le=300)
+    # At most this many bytes of those answers per replica (cache.py; MAX_BYTES there): the
+    # oldest go first.
+    gateway_cache_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
 
     @field_validator("gateway_api_key", mode="before")
     @classmethod

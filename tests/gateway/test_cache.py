@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from libs.common.events import (
 )
 from services.gateway.app import create_app
 from services.gateway.cache import GatewayCache
+from services.gateway.settings import GatewaySettings
 from services.gateway.state import CACHE
 from tests.gateway.conftest import csrf, log_in, make_settings, post_form
 from tests.gateway.fakes import Backend
@@ -54,9 +56,9 @@ def answer(user_id: str, session_id: str, ends_in: timedelta = timedelta(hours=2
     }
 
 
-def live_cache(ttl: float = 10.0) -> tuple[GatewayCache, Clock]:
+def live_cache(ttl: float = 10.0, **options: Any) -> tuple[GatewayCache, Clock]:
     clock = Clock()
-    cache = GatewayCache(ttl, clock=clock)
+    cache = GatewayCache(ttl, clock=clock, **options)
     cache.set_live(True)
     return cache, clock
 
@@ -153,8 +155,10 @@ def test_portal_pages_are_forgotten_with_their_portal_or_their_user() -> None:
 def test_expired_answers_do_not_pile_up_until_the_cap() -> None:
     """An expired entry was dropped only when its own key was asked for again, or pushed
     out at MAX_ENTRIES: every client who ever opened a portal left a copy of its page
-    (content and HTML, up to 100,000 characters each) in the replica for good."""
-    cache, clock = live_cache(10)
+    (content and HTML, up to 100,000 characters each) in the replica for good. (The pages
+    share one content here: a budget of bytes that counts each copy is not what this is
+    about.)"""
+    cache, clock = live_cache(10, max_bytes=1024**3)
     content = "x" * 10_000
     for n in range(5_000):
         page = {"id": "p1", "slug": "acme", "status": "active", "content_html": content}
@@ -172,6 +176,56 @@ def test_expired_answers_do_not_pile_up_until_the_cap() -> None:
     clock.now += 5.05  # user-new's page is expired, its session not yet
     cache.put_portal("user-other", "acme", {"id": "p1"}, cache.generation)  # type: ignore[typeddict-item]
     assert len(cache) == 2 and cache.session("token-new") is not None
+
+
+def test_huge_answers_are_held_to_a_budget_of_bytes_not_only_a_count() -> None:
+    """The cap was 100,000 entries whatever their size: a portal page of 200,000
+    characters per client who came by within the TTL (50 MB for 250 of them, 20 GB at the
+    cap) in a replica given 256 MiB. By default the entries hold at most 32 MiB."""
+    cache, _ = live_cache(10)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(250):
+            page = {"id": f"p{n}", "slug": "acme", "content_html": str(n).ljust(200_000, "x")}
+            cache.put_portal(f"user-{n}", "acme", page, cache.generation)  # type: ignore[arg-type]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held <= 33 * 1024 * 1024, f"{held:,} bytes held"
+    assert cache.portal("user-249", "acme") is not None  # the newest stay
+    assert cache.portal("user-0", "acme") is None  # the oldest made room
+
+
+def test_the_byte_budget_drops_the_oldest_first_and_keeps_nothing_bigger_than_itself() -> None:
+    cache = GatewayCache(10, max_bytes=1_000_000)
+    cache.set_live(True)
+    for n in range(4):
+        page = {"id": f"p{n}", "content_html": str(n) * 300_000}
+        cache.put_portal(f"u{n}", "acme", page, cache.generation)  # type: ignore[arg-type]
+    assert [cache.portal(f"u{n}", "acme") is not None for n in range(4)] == [
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert cache.size_bytes <= 1_000_000
+    # An answer over the whole budget is not kept, and pushes nothing out.
+    cache.put_portal("big", "acme", {"id": "p9", "content_html": "b" * 1_000_000}, cache.generation)  # type: ignore[arg-type]
+    assert cache.portal("big", "acme") is None and len(cache) == 3
+    # Whatever way entries leave, their bytes leave with them.
+    cache.forget_portal("p3")
+    cache.forget_user("u2")
+    cache.forget_token("none")
+    assert len(cache) == 1 and 300_000 < cache.size_bytes < 400_000
+    cache.clear()
+    assert cache.size_bytes == 0
+
+
+def test_the_byte_budget_is_a_setting() -> None:
+    assert GatewaySettings().gateway_cache_max_bytes == 32 * 1024 * 1024
+    app = create_app(GatewaySettings(gateway_cache_max_bytes=5_000_000))
+    assert app[CACHE].max_bytes == 5_000_000
 
 
 @pytest.mark.parametrize(

@@ -173,3 +173,54 @@ def test_every_reason_an_invitation_request_is_rejected_for_is_documented() -> N
         assert not fields, f"{path.name}: fields not in the table: {fields}"
     missing = sorted(r for r in REJECT_REASONS if r not in rejected)
     assert not missing, f"asyncapi invitation.rejected: {missing}"
+
+
+def _deploying_sections(markdown: str) -> dict[str, str]:
+    """Each ``### `` section of a Deploying chapter (up to the next ``## `` or ``### ``)."""
+    sections: dict[str, str] = {}
+    title = None
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            title = None
+        elif line.startswith("### "):
+            title = line[4:]
+            sections[title] = ""
+        elif title is not None:
+            sections[title] += line + "\n"
+    return sections
+
+
+def _as_docs_links(markdown: str) -> str:
+    """README text with its relative links as docs/deploying.md writes them."""
+
+    def moved(link: re.Match[str]) -> str:
+        target = link[1]
+        if target.startswith("#"):
+            return f"](../README.md{target})"
+        if target.startswith("docs/"):
+            return f"]({target.removeprefix('docs/')})"
+        return f"](../{target})"
+
+    return re.sub(r"\]\((?![a-z]+:)([^)\s]+)\)", moved, markdown)
+
+
+def test_readme_and_docs_deploying_tell_each_topic_once() -> None:
+    """The README's Deploying chapter and docs/deploying.md drifted apart (the same
+    topics told differently: a section's later additions in one of them only, the
+    upgrade's manual migrations without the gateway's). A section both have is now the
+    same text (the Configuration table, ...) or, in one of them, a summary that links to
+    the other's section, where the whole topic is told."""
+    readme = (ROOT / "README.md").read_text()
+    chapter = readme.split("\n## Deploying\n", 1)[1].split("\n## ", 1)[0]
+    ours = _deploying_sections(chapter)
+    theirs = _deploying_sections((ROOT / "docs" / "deploying.md").read_text())
+    drifted = []
+    for title in ours.keys() & theirs.keys():
+        anchor = next(iter(_anchors(f"# {title}")))
+        same = _as_docs_links(ours[title]) == theirs[title]
+        linked = f"(docs/deploying.md#{anchor})" in ours[title] or (
+            f"(../README.md#{anchor})" in theirs[title]
+        )
+        if not same and not linked:
+            drifted.append(title)
+    assert not drifted, f"told differently in the README and docs/deploying.md: {drifted}"

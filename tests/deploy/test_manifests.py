@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 ENV_EXAMPLE = DEPLOY / ".env.example"
+# The deploying guide; the README's Deploying chapter sums up and links to it.
+DEPLOYING = ROOT / "docs" / "deploying.md"
 K8S_BASE = DEPLOY / "k8s" / "base"
 K8S_LOCAL = DEPLOY / "k8s" / "overlays" / "local"
 K8S_MONITORING = DEPLOY / "k8s" / "components" / "monitoring"
@@ -1124,10 +1126,17 @@ def test_docs_name_every_key_of_the_kubernetes_secret() -> None:
                 if ref and ref["name"] == "clientpress-secrets" and not ref.get("optional"):
                     required.add(ref["key"])
     assert {"DATABASE_URL", "AMQP_URL", "MAIL_JOB_KEY"} <= required
-    for path in (ROOT / "docs" / "deploying.md", ROOT / "README.md"):
-        documented = documented_production_secret_keys(path.read_text())
-        assert not required - documented, f"{path.name} omits {sorted(required - documented)}"
-        assert documented == SECRET_NAMES, f"{path.name}: {sorted(documented ^ SECRET_NAMES)}"
+    documented = documented_production_secret_keys(DEPLOYING.read_text())
+    assert not required - documented, f"docs/deploying.md omits {sorted(required - documented)}"
+    assert documented == SECRET_NAMES, f"docs/deploying.md: {sorted(documented ^ SECRET_NAMES)}"
+    readme_sends_there()
+
+
+def readme_sends_there() -> None:
+    """The README's Kubernetes section is a summary: the steps are docs/deploying.md's."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Kubernetes (kustomize)", 1)[1].split("\n### ", 1)[0]
+    assert "(docs/deploying.md#kubernetes-kustomize)" in section
 
 
 def third_party_images() -> dict[str, str]:
@@ -1324,13 +1333,13 @@ def test_docs_production_steps_make_the_broker_users_and_database_roles() -> Non
     makes those users and roles (that takes the administrators' credentials, which no pod
     of the base gets): the production steps must say to run the provisioning, or the
     services are refused by the broker and PostgreSQL."""
-    for path in (ROOT / "docs" / "deploying.md", ROOT / "README.md"):
-        section = path.read_text().split("### Kubernetes (kustomize)", 1)[1]
-        section = section.split("\n### ", 1)[0]
-        steps = section.split("Production: write your own overlay", 1)[1]
-        steps = " ".join(steps.split("What the base gives every service", 1)[0].split())
-        for command in ("libs.common.provision database", "libs.common.provision provision"):
-            assert command in steps, f"{path.name}: the production steps never run {command}"
+    section = DEPLOYING.read_text().split("### Kubernetes (kustomize)", 1)[1]
+    section = section.split("\n### ", 1)[0]
+    steps = section.split("Production: write your own overlay", 1)[1]
+    steps = " ".join(steps.split("What the base gives every service", 1)[0].split())
+    for command in ("libs.common.provision database", "libs.common.provision provision"):
+        assert command in steps, f"docs/deploying.md: the production steps never run {command}"
+    readme_sends_there()
 
 
 @OVERLAYS

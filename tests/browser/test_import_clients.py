@@ -183,6 +183,33 @@ async def test_an_import_in_the_chosen_language(page: Page, stack: Stack) -> Non
         assert "Accepter l'invitation" in text_part(message)
 
 
+async def test_a_cell_of_any_length_is_a_verdict_on_its_row(page: Page, stack: Stack) -> None:
+    """As the batch API reads a CSV body (tests/gateway/test_bulk.py): a cell past the
+    131,072 characters Python's csv module reads by default is answered on its row, and
+    one in a column nothing reads is left alone; the file is not refused."""
+    tag = uuid.uuid4().hex[:6]
+    long, fine = (f"{who}-{tag}@gotham.example" for who in ("long", "fine"))
+    await log_in_admin(page)
+    editor = await add_portal(page, f"Gotham {tag}", "Plans.")
+    await page.goto(editor)
+    await page.get_by_role("link", name="Import Clients").click()
+    text = (
+        "email,personal_message,notes\r\n"
+        f"{long},{'m' * 200_000},\r\n"
+        f'{fine},Hello,"{"n" * 200_000}"\r\n'
+    )
+    await page.get_by_label("CSV File", exact=True).set_input_files(
+        csv_file("clients.csv", text)  # type: ignore[arg-type]
+    )
+    await expect(page.locator("#import-preview-table tbody tr")).to_have_count(2)
+    await expect(page.locator("#import-error")).to_be_hidden()
+    verdicts = [row[3] for row in await table_rows(page, "import-preview-table")]
+    assert verdicts == [
+        "Will not invite: The Personal Message is far too long (200,000 characters).",
+        "Will invite",
+    ]
+
+
 async def test_a_send_stopped_by_the_network_goes_on_without_sending_twice(
     page: Page, stack: Stack
 ) -> None:

@@ -76,7 +76,8 @@ CACHE_LOOKUPS = Counter(
 )
 MAX_ENTRIES = 100_000
 # GATEWAY_CACHE_MAX_BYTES' default: an eighth of the 256 MiB a replica is given
-# (deploy/k8s), for 100,000 sessions of ~1 KB or a hundred pages of the longest content.
+# (deploy/k8s). Room for about 16,000 session answers (2 KB each as _size counts them) or
+# 70 pages of the longest Content in any script (480 KB), put within one TTL.
 MAX_BYTES = 32 * 1024 * 1024
 # A key in use is checked with identity again at least this often, whatever the TTL: its
 # last use (the API keys screen) stays current to within a minute or two.

@@ -92,7 +92,7 @@ def create_app(
     app[SETTINGS] = settings
     app[CACHE] = GatewayCache(
         settings.gateway_cache_seconds, max_bytes=settings.gateway_cache_max_bytes
-    )
+    ).measured()
     app[TRUSTED_PROXIES] = settings.trusted_proxies
     # The rate-limit counters, shared by every replica (limits.py).
     add_database(app, settings, SCHEMA, migrations=MIGRATIONS, max_size=5)

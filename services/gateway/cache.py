@@ -40,7 +40,7 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from libs.common import amqp_decode
 from libs.common.broker import sender_problem
@@ -73,6 +73,13 @@ CACHE_LOOKUPS = Counter(
     " (from the cache), miss (asked and cached), bypass (asked; the cache is off or not"
     " connected)",
     ["kind", "result"],
+)
+CACHE_BYTES = Gauge(
+    "clientpress_gateway_cache_bytes",
+    "What the gateway's cache holds now, as it counts it against GATEWAY_CACHE_MAX_BYTES",
+)
+CACHE_ENTRIES = Gauge(
+    "clientpress_gateway_cache_entries", "How many answers the gateway's cache holds now"
 )
 MAX_ENTRIES = 100_000
 # GATEWAY_CACHE_MAX_BYTES' default: an eighth of the 256 MiB a replica is given
@@ -153,6 +160,13 @@ class GatewayCache:
     @property
     def enabled(self) -> bool:
         return self.ttl > 0 and self.live
+
+    def measured(self) -> GatewayCache:
+        """This cache is the one ``clientpress_gateway_cache_bytes`` and ``_entries``
+        report: read at each scrape, not set at each put."""
+        CACHE_BYTES.set_function(lambda: self.size_bytes)
+        CACHE_ENTRIES.set_function(lambda: len(self._entries))
+        return self
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -13,6 +13,7 @@ from typing import Any
 import aio_pika
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from libs.common import broker
@@ -350,6 +351,24 @@ async def test_pages_ask_identity_once_per_ttl(cached_gw: TestClient, backend: B
     for _ in range(5):
         assert await status_of(cached_gw, page) == 200
     assert backend.current_calls - before == 1
+
+
+@pytest.mark.integration
+async def test_the_metrics_say_what_the_cache_holds(
+    cached_gw: TestClient, backend: Backend
+) -> None:
+    """``clientpress_gateway_cache_bytes`` and ``_entries``: what the byte budget
+    (GATEWAY_CACHE_MAX_BYTES) is spent on, read from the app's own cache at each scrape."""
+    _, page = await client_with_portal(backend, cached_gw)
+    assert await status_of(cached_gw, page) == 200
+    cache = cached_gw.app[CACHE]
+    held = REGISTRY.get_sample_value("clientpress_gateway_cache_bytes")
+    entries = REGISTRY.get_sample_value("clientpress_gateway_cache_entries")
+    assert held == cache.size_bytes > 0
+    assert entries == len(cache) >= 2  # the session and the portal page
+    cache.set_live(True)  # emptied
+    assert REGISTRY.get_sample_value("clientpress_gateway_cache_bytes") == 0
+    assert REGISTRY.get_sample_value("clientpress_gateway_cache_entries") == 0
 
 
 async def test_the_page_a_change_redirects_to_asks_identity_afresh(

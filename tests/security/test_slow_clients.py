@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -198,3 +199,60 @@ async def test_a_request_the_parser_refuses_is_answered_without_the_servers_vers
     assert "server: clientpress\r\n" in head + "\r\n", head
     assert "aiohttp" not in head and "python" not in head, head
     assert "x-content-type-options: nosniff" in head, head
+
+
+# A request a proxy in front may read as ending elsewhere than we would, each followed by
+# the request a smuggler hides behind it (README: "Bodies and parameters are read strictly").
+SMUGGLED = b"GET /admin/portals HTTP/1.1\r\nHost: clientpress\r\n\r\n"
+LOGIN = b"POST /login HTTP/1.1\r\nHost: clientpress\r\n"
+
+
+@pytest.mark.parametrize(
+    ("request_head", "answers"),
+    [
+        (LOGIN + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 1),
+        (LOGIN + b"Transfer-Encoding: chunked\r\nContent-Length: 48\r\n\r\n0\r\n\r\n", 1),
+        (LOGIN + b"Content-Length: 4\r\nContent-Length: 52\r\n\r\nabcd", 1),
+        (LOGIN + b"Content-Length: 4, 4\r\n\r\nabcd", 1),
+        (LOGIN + b"Content-Length: 4\r\nTransfer-Encoding:\r\n chunked\r\n\r\nabcd", 1),
+        (LOGIN + b"Content-Length: 4\r\nTransfer-Encoding : chunked\r\n\r\nabcd", 1),
+        (LOGIN + b"Transfer-Encoding: chunked\r\n\r\n1000000000000000004\r\nabcd\r\n0\r\n\r\n", 1),
+        (LOGIN + b"Transfer-Encoding: chunked\r\n\r\n4\nabcd\n0\n\n", 1),
+        (
+            LOGIN + b"".join(b"X-%d: a\r\n" % n for n in range(128)) + b"Content-Length: 0\r\n\r\n",
+            1,
+        ),
+        # The control: well framed, the second request is read and answered too.
+        (LOGIN + b"Content-Length: 4\r\n\r\nabcd", 2),
+    ],
+    ids=[
+        "content-length-then-chunked",
+        "chunked-then-content-length",
+        "two-content-lengths",
+        "content-length-list",
+        "obs-fold",
+        "space-before-colon",
+        "chunk-size-overflow",
+        "chunk-lines-without-cr",
+        "129-headers",
+        "well-framed",
+    ],
+)
+async def test_a_request_framed_two_ways_is_refused_and_nothing_after_it_is_read(
+    gateway: ServiceProcess, request_head: bytes, answers: int
+) -> None:
+    """README: a request that isn't HTTP/1.1 as RFC 9112 writes it (Content-Length beside
+    Transfer-Encoding, a bad chunk size, more than 128 headers) is refused by the parser,
+    the connection closed. Read either way instead, a proxy in front that read it the other
+    way would hand us the bytes after it as a second request of its own: one answer, a 400,
+    and the connection closed mean nothing after it was read."""
+    reader, writer = await _connect(gateway)
+    writer.write(request_head + SMUGGLED)
+    raw = await _until_closed(reader)
+    writer.close()
+    # A 400 quotes the bytes it refused, the smuggled request line among them.
+    assert len(re.findall(rb"HTTP/1\.[01] \d{3} ", raw)) == answers, raw
+    # The smuggled request, had it been read: an admin page's redirect to Log In.
+    assert (b" 303 See Other\r\n" in raw) == (answers == 2), raw
+    if answers == 1:
+        assert _answer(raw)[0] == 400, raw

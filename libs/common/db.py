@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from .email import email_key
 from .logging import get_logger
 from .tracing import enabled as tracing_enabled
 from .tracing import watch_queries
@@ -209,6 +210,36 @@ def named(url: str, service: str) -> dict[str, str]:
     if "application_name" in parse_qs(urlsplit(url).query):
         return {}
     return {"application_name": f"clientpress-{service}"}
+
+
+# Letters of several scripts: the code lowers addresses as Python does (email_key), and
+# identity's unique index with PostgreSQL's lower(), which follows the database's LC_CTYPE.
+LOWER_CASE_PROBE = "ÄÉΣЖ"
+
+
+class DatabaseLocaleError(Exception):
+    """The database lower-cases letters otherwise than the code: the message says how to
+    create one that doesn't."""
+
+
+async def check_lower_case(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Refuse a database whose ``lower()`` leaves non-ASCII letters as they are (LC_CTYPE
+    ``C``, or ``POSIX``): there, Ärger@example.com and ärger@example.com would be two
+    accounts, and identity and invitations would disagree on who has one."""
+    lowered = await conn.fetchval("SELECT lower($1::text)", LOWER_CASE_PROBE)
+    if lowered == email_key(LOWER_CASE_PROBE):
+        return
+    ctype = await conn.fetchval(
+        "SELECT datctype FROM pg_database WHERE datname = current_database()"
+    )
+    name = await conn.fetchval("SELECT current_database()")
+    raise DatabaseLocaleError(
+        f"the database {name!r} has LC_CTYPE {ctype!r}, whose lower() changes ASCII letters"
+        " alone; email addresses compare in any case (Ärger@example.com is"
+        " ärger@example.com), so one inbox could become two accounts. Create the database"
+        " with a UTF-8 LC_CTYPE, e.g. CREATE DATABASE ... TEMPLATE template0"
+        " LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8' (or en_US.UTF-8), then migrate."
+    )
 
 
 def _check_schema(schema: str) -> str:
@@ -457,6 +488,8 @@ async def migrate(
         server_settings={**named(url, schema), **MIGRATION_SESSION},
     )
     try:
+        # Before anything is made: a schema migrated onto such a database is to move.
+        await check_lower_case(conn)
         done = await _recorded(conn, schema)
         for migration in migrations:
             if migration.version in done:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from .db import migrate
+from .db import DatabaseLocaleError, migrate
 from .logging import configure_logging, get_logger, log_loop_exception
 from .protocol import server_options
 from .settings import (
@@ -88,7 +88,11 @@ def main(
         if schema is None or migrations is None:
             log.info("no_migrations", service=service)
             return
-        asyncio.run(migrate(settings.service_database_url(service), schema, migrations))
+        try:
+            asyncio.run(migrate(settings.service_database_url(service), schema, migrations))
+        except DatabaseLocaleError as exc:
+            print(f"clientpress: {service}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         return
     try:
         check_broker_user(settings, service)

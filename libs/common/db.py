@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -212,9 +213,11 @@ def named(url: str, service: str) -> dict[str, str]:
     return {"application_name": f"clientpress-{service}"}
 
 
-# Letters of several scripts: the code lowers addresses as Python does (email_key), and
-# identity's unique index with PostgreSQL's lower(), which follows the database's LC_CTYPE.
-LOWER_CASE_PROBE = "ÄÉΣЖ"
+# The code lowers addresses as Python does, a character at a time (email_key), and
+# identity's unique index with PostgreSQL's lower(), which follows the database's locale:
+# letters of four scripts, an "I" (a Turkish locale lowers it to a dotless i, U+0131) and
+# a word-final sigma (ICU lowers it to U+03C2, Python's character at a time to U+03C3).
+LOWER_CASE_PROBE = "IÄÉ ΟΣ Ж"
 
 
 class DatabaseLocaleError(Exception):
@@ -223,22 +226,34 @@ class DatabaseLocaleError(Exception):
 
 
 async def check_lower_case(conn: asyncpg.Connection[asyncpg.Record]) -> None:
-    """Refuse a database whose ``lower()`` leaves non-ASCII letters as they are (LC_CTYPE
-    ``C``, or ``POSIX``): there, Ärger@example.com and ärger@example.com would be two
-    accounts, and identity and invitations would disagree on who has one."""
+    """Refuse a database whose ``lower()`` lowers otherwise than :func:`email_key`:
+    LC_CTYPE ``C`` or ``POSIX`` (ASCII letters alone), the ICU locale provider (a final
+    sigma, a Turkish "I"). There Ärger@example.com and ärger@example.com, or IVAN@ and
+    ivan@ under Turkish rules, would be two accounts, and identity and invitations would
+    disagree on who has one."""
     lowered = await conn.fetchval("SELECT lower($1::text)", LOWER_CASE_PROBE)
-    if lowered == email_key(LOWER_CASE_PROBE):
+    expected = email_key(LOWER_CASE_PROBE)
+    if lowered == expected:
         return
-    ctype = await conn.fetchval(
-        "SELECT datctype FROM pg_database WHERE datname = current_database()"
+    # Read as JSON: the columns naming the locale differ between PostgreSQL versions.
+    row = await conn.fetchval(
+        "SELECT to_jsonb(d) - 'datacl' FROM pg_database d WHERE datname = current_database()"
     )
-    name = await conn.fetchval("SELECT current_database()")
+    database = json.loads(row) if isinstance(row, str) else dict(row)
+    icu = database.get("datlocprovider") == "i"
+    locale = (
+        f"ICU locale {database.get('daticulocale') or database.get('datlocale')!r}"
+        if icu
+        else f"LC_CTYPE {database.get('datctype')!r}"
+    )
     raise DatabaseLocaleError(
-        f"the database {name!r} has LC_CTYPE {ctype!r}, whose lower() changes ASCII letters"
-        " alone; email addresses compare in any case (Ärger@example.com is"
-        " ärger@example.com), so one inbox could become two accounts. Create the database"
-        " with a UTF-8 LC_CTYPE, e.g. CREATE DATABASE ... TEMPLATE template0"
-        " LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8' (or en_US.UTF-8), then migrate."
+        f"the database {database.get('datname')!r} ({locale}) lower-cases letters otherwise"
+        f" than ClientPress: lower({LOWER_CASE_PROBE!r}) is {lowered!r}, not {expected!r}."
+        " Email addresses compare in any case (Ärger@example.com is ärger@example.com),"
+        " so one inbox could become two accounts. Create the database with the libc locale"
+        " provider and a UTF-8 LC_CTYPE, e.g. CREATE DATABASE ... TEMPLATE template0"
+        " LOCALE_PROVIDER libc LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8' (or en_US.UTF-8),"
+        " then migrate."
     )
 
 

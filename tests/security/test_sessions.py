@@ -16,9 +16,17 @@ from yarl import URL
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from services.identity.domain import hash_token
-from tests.security.conftest import CLIENT_PASSWORD, Secrets, cookie, csrf_of, raw_post
-from tests.security.flows import logged_in, new_client
-from tests.support.smtp import html_part
+from tests.security.conftest import (
+    CLIENT_PASSWORD,
+    Secrets,
+    api,
+    cookie,
+    csrf_of,
+    raw_post,
+    unique_email,
+)
+from tests.security.flows import invite_link, logged_in, new_client, new_portal
+from tests.support.smtp import accept_link, html_part
 from tests.support.stack import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -86,6 +94,50 @@ async def test_a_log_in_over_a_session_ends_that_session(
         assert not await logged_in(stack, first)
     finally:
         await browser.close()
+
+
+async def test_an_accept_over_a_session_ends_that_session(stack: Stack, admin: Browser) -> None:
+    """SECURITY.md: the session whose cookie a log in *or an accept* replaces is ended.
+    On one shared browser: a client is logged in; the next person sets a password from
+    their invitation (a new account), then a third logs in to accept theirs (an account
+    they had). Each time the session whose cookie was replaced is over on the server."""
+    first = await new_client(stack, admin)
+    third = await new_client(stack, admin)
+    shared = first.browser
+    try:
+        before = cookie(shared, "cp_session")
+        assert before and await logged_in(stack, before)
+        portal = await new_portal(admin)
+        link = await invite_link(stack, admin, portal["id"], unique_email())
+        code, url, html = await shared.get(link)
+        code, url, _ = await shared.submit(
+            url,
+            html,
+            "Set Password",
+            {"Password": CLIENT_PASSWORD, "Confirm Password": CLIENT_PASSWORD},
+        )
+        assert code == 200 and f"/client-portal/{portal['slug']}/" in url
+        second = cookie(shared, "cp_session")
+        assert second and second != before and await logged_in(stack, second)
+        assert not await logged_in(stack, before)
+
+        portal = await new_portal(admin)
+        status, body = await api(
+            admin, "POST", f"/api/v1/portals/{portal['id']}/invitations", {"email": third.email}
+        )
+        assert status == 201, body
+        code, url, html = await shared.get(
+            accept_link((await stack.sink.wait_for(third.email, count=2))[-1])
+        )
+        assert code == 200 and "log in to accept" in html
+        code, url, _ = await shared.submit(url, html, "Log In", {"Password": CLIENT_PASSWORD})
+        assert code == 200 and f"/client-portal/{portal['slug']}/" in url
+        last = cookie(shared, "cp_session")
+        assert last and last not in {before, second} and await logged_in(stack, last)
+        assert not await logged_in(stack, second)
+    finally:
+        await third.browser.close()
+        await shared.close()
 
 
 async def test_log_out_ends_the_session_on_the_server(stack: Stack) -> None:

@@ -30,6 +30,7 @@ import orjson
 
 from .bus import Bus, ExchangeKind, Refused, Unroutable
 from .db import Conn, Db, Listener
+from .email import email_key
 from .events import PRIVATE_TYPES, Envelope
 from .logging import get_logger
 from .metrics import EVENTS_PUBLISHED, EVENTS_REFUSED, EVENTS_UNROUTABLE, OUTBOX_BACKLOG
@@ -65,7 +66,9 @@ async def forget_published(
         " AND ($2::timestamptz IS NULL OR created_at <= $2) AND EXISTS ("
         " SELECT 1 FROM unnest($1::text[]) AS n"
         " WHERE position(n IN lower(convert_from(body, 'UTF8'))) > 0)",
-        [needle.lower() for needle in needles if needle],
+        # A character at a time, as lower() does: str.lower makes a final capital sigma
+        # another letter.
+        [email_key(needle) for needle in needles if needle],
         before,
     )
     return int(status.rsplit(" ", 1)[-1])

@@ -11,6 +11,7 @@ import asyncpg
 import orjson
 
 from libs.common.db import Conn, Db, columns, from_row
+from libs.common.email import email_key
 from libs.common.retention import delete_in_batches
 
 from .domain import ActivityEntry
@@ -124,7 +125,9 @@ async def anonymise(conn: Conn, user_id: uuid.UUID, email: str, label: str) -> i
         " WHERE (actor_type = 'user' AND actor_id = $1) OR lower(object_label) = $2"
         " OR lower(details->>'invited_by') = $2",
         str(user_id),
-        email.lower(),
+        # A character at a time, as lower() does: str.lower makes a final capital sigma
+        # another letter.
+        email_key(email),
         label,
     )
     return int(status.rsplit(" ", 1)[-1])

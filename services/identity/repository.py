@@ -94,8 +94,10 @@ async def list_users(
     conditions: list[str] = []
     args: list[Any] = []
     if q:
-        args.append("%" + _escape_like(q.lower()) + "%")
-        conditions.append(f"lower(email) LIKE ${len(args)}")
+        # Both sides lowered by PostgreSQL, as the index lowers an address: Python's
+        # str.lower makes a word-final capital sigma U+03C2 where lower() gives U+03C3.
+        args.append("%" + _escape_like(q) + "%")
+        conditions.append(f"lower(email) LIKE lower(${len(args)})")
     if after is not None:
         args.extend(after)
         conditions.append(f"(created_at, id) > (${len(args) - 1}, ${len(args)})")

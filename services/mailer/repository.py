@@ -9,6 +9,7 @@ from datetime import datetime
 import orjson
 
 from libs.common.db import Conn, Db
+from libs.common.email import email_key
 from libs.common.retention import delete_in_batches
 
 from .domain import STUCK_SENDING_SECONDS, Delivery, RequestMail
@@ -198,7 +199,9 @@ async def forget_addresses(conn: Conn, addresses: list[str], erased: str, before
         "UPDATE deliveries SET to_address = $2, context = NULL, last_error = NULL,"
         " status = CASE WHEN status = 'queued' THEN 'failed' ELSE status END"
         " WHERE lower(to_address) = ANY($1::text[]) AND created_at <= $3",
-        [address.lower() for address in addresses],
+        # Lowered a character at a time, as lower() does (str.lower makes a final
+        # capital sigma another letter).
+        [email_key(address) for address in addresses],
         erased,
         before,
     )

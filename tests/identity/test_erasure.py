@@ -129,3 +129,35 @@ async def test_erasing_a_user_deletes_the_account_and_anonymises_the_activity_lo
         await handlers.erase_user(deps, user.id)
     again = await handlers.create_user(deps, email, STRONG, "client")
     assert again.id != user.id
+
+
+async def test_an_address_with_a_capital_final_sigma_is_erased_everywhere(
+    deps: Deps, pool: asyncpg.Pool
+) -> None:
+    """Where the log and the published events name the person was found with the address
+    lowered by Python's str.lower, which makes a word-final capital sigma U+03C2, against
+    PostgreSQL's lower(), which makes it U+03C3 like every other sigma: ΝΙΚΟΣ-…@example.gr,
+    erased, stayed named in the Activity log and in identity.user.created."""
+    address = f"ΝΙΚΟΣ-{uuid.uuid4().hex[:8]}@example.gr"
+    user = await handlers.create_user(deps, address, STRONG, "client")
+    about_them = _entry(object_label=user.email, details={"invited_by": user.email})
+    await handlers.record_activity(deps, about_them)
+    await pool.execute(
+        "UPDATE outbox SET published_at = now() WHERE published_at IS NULL"
+        " AND position(lower($1) IN lower(convert_from(body, 'UTF8'))) > 0",
+        user.email,
+    )
+
+    await handlers.erase_user(deps, user.id)
+
+    row = await pool.fetchrow(
+        "SELECT object_label, details->>'invited_by' AS invited_by FROM activity WHERE id = $1",
+        about_them.id,
+    )
+    assert (row["object_label"], row["invited_by"]) == (ERASED_LABEL, ERASED_LABEL)
+    named = await pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL"
+        " AND position(lower($1) IN lower(convert_from(body, 'UTF8'))) > 0",
+        user.email,
+    )
+    assert named == 0

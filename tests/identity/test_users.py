@@ -161,6 +161,20 @@ async def test_get_lookup_and_list_with_keyset_pages(deps: Deps) -> None:
     assert page == []
 
 
+async def test_the_search_finds_an_address_written_in_capitals_with_a_final_sigma(
+    deps: Deps,
+) -> None:
+    """Addresses are lowered a character at a time, as PostgreSQL's lower() does (the
+    users_email_lower index). The search lowered what was typed with Python's str.lower,
+    which lowers a word-final capital sigma to U+03C2, not the U+03C3 the stored address
+    lowers to: ΝΙΚΟΣ-…@example.gr, searched as written, was not found."""
+    tag = uuid.uuid4().hex[:8]
+    made = await handlers.create_user(deps, f"ΝΙΚΟΣ-{tag}@example.gr", STRONG, "client")
+    for q in (f"ΝΙΚΟΣ-{tag}", f"νικοσ-{tag}", f"ΝΙΚΟΣ-{tag}@example.gr"):
+        page, _ = await handlers.list_users(deps, q, None, 50)
+        assert [u.id for u in page] == [made.id], q
+
+
 async def test_disable_ends_sessions_and_announces_once(deps: Deps, pool: asyncpg.Pool) -> None:
     email = new_email("disable")
     user = await handlers.create_user(deps, email, STRONG, "client")

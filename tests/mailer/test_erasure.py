@@ -164,3 +164,41 @@ async def test_a_late_forget_leaves_a_new_person_at_the_address_alone(pool: asyn
             " WHERE ref_type = $1 AND status IN ('queued', 'sending')",
             REF_TYPE,
         )
+
+
+async def test_an_address_with_a_capital_final_sigma_is_forgotten_too(pool: asyncpg.Pool) -> None:
+    """The records were matched on the address lowered by Python's str.lower, which makes
+    a word-final capital sigma U+03C2, against PostgreSQL's lower(), which makes it U+03C3
+    as every other sigma: ΝΙΚΟΣ-…@example.gr, erased, kept its email's record (the
+    address, the names, the sealed link) and the webhook deliveries naming it."""
+    address = f"ΝΙΚΟΣ-{uuid.uuid4().hex[:8]}@example.gr"
+    job = _job(address)
+    await handlers.request_mails(_deps(pool), [job])
+    await pool.execute(
+        "UPDATE deliveries SET next_attempt_at = now() + interval '10 years' WHERE mail_id = $1",
+        job.mail_id,
+    )
+    endpoint = uuid.uuid4()
+    async with pool.acquire() as conn:
+        await webhook_repository.insert_endpoint(
+            conn, endpoint, "https://hooks.example.org/in", ["invitation.created"], "sealed"
+        )
+        payload = orjson.dumps({"email": address}).decode()
+        await webhook_repository.queue_for_events(
+            conn, [(uuid.uuid4(), "invitation.created", payload)]
+        )
+    try:
+        await handlers.forget_addresses(_deps(pool), [address], datetime.now(UTC))
+        async with pool.acquire() as conn:
+            assert await places_naming(conn, "mailer", address) == []
+        assert (
+            await pool.fetchval("SELECT to_address FROM deliveries WHERE mail_id = $1", job.mail_id)
+            == ERASED_ADDRESS
+        )
+    finally:
+        await pool.execute("DELETE FROM webhook_endpoints WHERE id = $1", endpoint)
+        await pool.execute(
+            "UPDATE deliveries SET status = 'failed', context = NULL"
+            " WHERE ref_type = $1 AND status IN ('queued', 'sending')",
+            REF_TYPE,
+        )

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from libs.common.db import Conn, Db, columns
+from libs.common.email import email_key
 from libs.common.retention import delete_in_batches
 
 WAKE_CHANNEL = "webhooks_wake"
@@ -298,7 +299,9 @@ async def forget_addresses(conn: Conn, addresses: list[str], before: datetime) -
     status = await conn.execute(
         "DELETE FROM webhook_deliveries WHERE queued_at <= $2 AND EXISTS"
         " (SELECT 1 FROM unnest($1::text[]) AS a WHERE position(a IN lower(payload)) > 0)",
-        [address.lower() for address in addresses],
+        # Lowered a character at a time, as lower() does (str.lower makes a final
+        # capital sigma another letter).
+        [email_key(address) for address in addresses],
         before,
     )
     return int(status.rsplit(" ", 1)[-1])

@@ -65,7 +65,9 @@ async def forget_published(
         "DELETE FROM outbox WHERE published_at IS NOT NULL"
         " AND ($2::timestamptz IS NULL OR created_at <= $2) AND EXISTS ("
         " SELECT 1 FROM unnest($1::text[]) AS n"
-        " WHERE position(n IN lower(convert_from(body, 'UTF8'))) > 0)",
+        # convert_from's text has the collation "C" (its encoding argument's, a name),
+        # under which lower() changes ASCII letters alone: lowered in the database's own.
+        " WHERE position(n IN lower(convert_from(body, 'UTF8') COLLATE \"default\")) > 0)",
         # A character at a time, as lower() does: str.lower makes a final capital sigma
         # another letter.
         [email_key(needle) for needle in needles if needle],

@@ -28,7 +28,7 @@ from tests.e2e.flows import CLIENT_PASSWORD, create_portal, eventually, invite, 
 from tests.support.forms import find_form
 from tests.support.processes import ServiceProcess
 from tests.support.proxy import RoundRobinProxy
-from tests.support.smtp import SmtpSink, accept_link
+from tests.support.smtp import accept_link
 from tests.support.stack import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -36,7 +36,7 @@ from tests.support.stack import (
     Browser,
     Replicas,
     db_fetch,
-    running_replicas,
+    replicas_behind_a_proxy,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -86,26 +86,16 @@ class Setup:
 
 @pytest.fixture(scope="module")
 async def setup() -> AsyncIterator[Setup]:
-    sink = SmtpSink()
-    sink.start()
-    proxy = RoundRobinProxy()
-    try:
-        async with running_replicas(
-            sink,
-            proxy.url,
+    async with (
+        replicas_behind_a_proxy(
             GATEWAY_TRUSTED_PROXIES="127.0.0.1/32",
             GATEWAY_CACHE_SECONDS=str(CACHE_SECONDS),
             GATEWAY_RATE_PER_IP=str(RATE_PER_IP),
             INVITATIONS_SWEEP_SECONDS=str(SWEEP_SECONDS),
-        ) as stack:
-            await proxy.start([gateway.url for gateway in stack["gateway"]])
-            try:
-                async with listening(stack) as bus:
-                    yield Setup(stack, proxy, bus)
-            finally:
-                await proxy.stop()
-    finally:
-        sink.stop()
+        ) as (stack, proxy),
+        listening(stack) as bus,
+    ):
+        yield Setup(stack, proxy, bus)
 
 
 @asynccontextmanager

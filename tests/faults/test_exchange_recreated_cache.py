@@ -22,9 +22,13 @@ from libs.common.bus import BINDINGS_CHECK_SECONDS
 from tests.e2e.test_replicas import cache_hits, direct_get, signed_in
 from tests.faults.support import record
 from tests.support.processes import ServiceProcess
-from tests.support.proxy import RoundRobinProxy
-from tests.support.smtp import SmtpSink
-from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Browser, Replicas, running_replicas
+from tests.support.stack import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    Browser,
+    Replicas,
+    replicas_behind_a_proxy,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -36,23 +40,10 @@ HEALED_WITHIN = 4 * BINDINGS_CHECK_SECONDS
 
 @pytest.fixture
 async def replicas() -> AsyncIterator[Replicas]:
-    sink = SmtpSink()
-    sink.start()
-    proxy = RoundRobinProxy()
-    try:
-        async with running_replicas(
-            sink,
-            proxy.url,
-            GATEWAY_TRUSTED_PROXIES="127.0.0.1/32",
-            GATEWAY_CACHE_SECONDS=str(CACHE_SECONDS),
-        ) as stack:
-            await proxy.start([gateway.url for gateway in stack["gateway"]])
-            try:
-                yield stack
-            finally:
-                await proxy.stop()
-    finally:
-        sink.stop()
+    async with replicas_behind_a_proxy(
+        GATEWAY_TRUSTED_PROXIES="127.0.0.1/32", GATEWAY_CACHE_SECONDS=str(CACHE_SECONDS)
+    ) as (stack, _):
+        yield stack
 
 
 async def _forgotten_within_a_second(first: ServiceProcess, second: ServiceProcess) -> bool:

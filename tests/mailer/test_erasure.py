@@ -31,6 +31,15 @@ def _deps(db: Any) -> Deps:
     return Deps(db=db, settings=MailerSettings(), clock=lambda: datetime.now(UTC))
 
 
+async def _settle_queued(pool: asyncpg.Pool) -> None:
+    """This file's queued emails failed and cleared, so no later test's mailer sends them."""
+    await pool.execute(
+        "UPDATE deliveries SET status = 'failed', context = NULL"
+        " WHERE ref_type = $1 AND status IN ('queued', 'sending')",
+        REF_TYPE,
+    )
+
+
 def _job(to: str) -> RequestMail:
     return RequestMail(
         mail_id=uuid.uuid4(),
@@ -110,11 +119,7 @@ async def test_an_erased_address_leaves_no_record_and_its_queued_email_is_never_
         assert await handlers.forget_addresses(_deps(pool), [address], now) == (0, 0)
     finally:
         await pool.execute("DELETE FROM webhook_endpoints WHERE id = $1", endpoint)
-        await pool.execute(
-            "UPDATE deliveries SET status = 'failed', context = NULL"
-            " WHERE ref_type = $1 AND status IN ('queued', 'sending')",
-            REF_TYPE,
-        )
+        await _settle_queued(pool)
 
 
 async def test_a_forget_not_sealed_with_the_key_changes_nothing(pool: asyncpg.Pool) -> None:
@@ -159,11 +164,7 @@ async def test_a_late_forget_leaves_a_new_person_at_the_address_alone(pool: asyn
         }
         assert rows == {old.mail_id: (ERASED_ADDRESS, "failed"), new.mail_id: (address, "queued")}
     finally:
-        await pool.execute(
-            "UPDATE deliveries SET status = 'failed', context = NULL"
-            " WHERE ref_type = $1 AND status IN ('queued', 'sending')",
-            REF_TYPE,
-        )
+        await _settle_queued(pool)
 
 
 async def test_an_address_with_a_capital_final_sigma_is_forgotten_too(pool: asyncpg.Pool) -> None:
@@ -197,8 +198,4 @@ async def test_an_address_with_a_capital_final_sigma_is_forgotten_too(pool: asyn
         )
     finally:
         await pool.execute("DELETE FROM webhook_endpoints WHERE id = $1", endpoint)
-        await pool.execute(
-            "UPDATE deliveries SET status = 'failed', context = NULL"
-            " WHERE ref_type = $1 AND status IN ('queued', 'sending')",
-            REF_TYPE,
-        )
+        await _settle_queued(pool)

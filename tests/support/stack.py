@@ -15,6 +15,7 @@ import asyncpg
 from tests.support.env import Keyring, TestEnv, free_port, new_test_env, provisioned
 from tests.support.forms import find_form
 from tests.support.processes import ServiceProcess, run_migrations
+from tests.support.proxy import RoundRobinProxy
 from tests.support.smtp import SmtpSink
 
 ADMIN_EMAIL = "admin@example.com"
@@ -170,6 +171,27 @@ async def running_replicas(
             yield Replicas(
                 services, sink, public_url, envs[0], test_env.database_url, test_env, test_env.keys
             )
+
+
+@asynccontextmanager
+async def replicas_behind_a_proxy(
+    **extra_env: str,
+) -> AsyncIterator[tuple[Replicas, RoundRobinProxy]]:
+    """Two replicas of every service (running_replicas) with an SMTP sink, the gateways
+    behind a round-robin proxy that appends X-Forwarded-For, as an ingress does: the
+    proxy's address is the public one, in every emailed link."""
+    sink = SmtpSink()
+    sink.start()
+    proxy = RoundRobinProxy()
+    try:
+        async with running_replicas(sink, proxy.url, **extra_env) as stack:
+            await proxy.start([gateway.url for gateway in stack["gateway"]])
+            try:
+                yield stack, proxy
+            finally:
+                await proxy.stop()
+    finally:
+        sink.stop()
 
 
 async def db_fetch(stack: Stack | Replicas, query: str, *args: Any) -> list[asyncpg.Record]:

@@ -322,6 +322,10 @@ class BindingKeeper:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="bus-bindings")
 
+    def let_go(self, queue: str, exchange: str, routing_key: str) -> None:
+        """Keep the binding no more: its owner removes it on purpose."""
+        self._bound.pop((queue, exchange, routing_key), None)
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -345,9 +349,10 @@ class BindingKeeper:
         async with side_channel(self._connection()) as channel:
             if channel is None:
                 return
-            for queue, exchange, routing_key in list(self._bound):
-                if (queue, exchange) in unbound:
-                    continue
+            for binding in list(self._bound):
+                queue, exchange, routing_key = binding
+                if (queue, exchange) in unbound or binding not in self._bound:
+                    continue  # a refused exchange, or a binding let go during this check
                 try:
                     await asyncio.wait_for(
                         (await channel()).queue_bind(queue, exchange, routing_key=routing_key),
@@ -662,6 +667,12 @@ class Bus:
         BINDINGS_CHECK_SECONDS, for as long as the bus is open (BindingKeeper;
         tests/faults/test_exchange_recreated.py)."""
         self._bindings.keep(queue, exchange, routing_key)
+
+    def let_go(self, queue: str, exchange: str, routing_key: str) -> None:
+        """Bind ``queue`` to ``exchange`` for ``routing_key`` again no more (keep_bound):
+        its owner removed the binding on purpose (the mailer's queue, for the lifecycle
+        types no webhook endpoint wants). Before its unbind, so no check binds it back."""
+        self._bindings.let_go(queue, exchange, routing_key)
 
     async def consume(
         self,

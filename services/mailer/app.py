@@ -67,7 +67,11 @@ def create_app(settings: MailerSettings) -> web.Application:
     async def consuming(bus: Bus, consumer: Consumer) -> None:
         assert consumer.queue is not None
         await subscription.attach(
-            app[POOL], consumer.queue, bus.exchange_name("events"), blocked=lambda: bus.blocked
+            app[POOL],
+            consumer.queue,
+            bus.exchange_name("events"),
+            blocked=lambda: bus.blocked,
+            bus=bus,
         )
 
     add_service_bus(

@@ -19,6 +19,7 @@ import asyncpg
 from aio_pika.abc import AbstractQueue
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
+from libs.common.bus import Bus
 from libs.common.db import Conn, Db, transaction, xact_lock
 from libs.common.errors import Unavailable
 from libs.common.logging import get_logger
@@ -44,6 +45,7 @@ class Subscription:
         self._attached = asyncio.Event()
         self._bound: frozenset[str] | None = None  # what this replica bound last
         self._blocked: Callable[[], bool] = lambda: False
+        self._bus: Bus | None = None
 
     @property
     def bound(self) -> frozenset[str] | None:
@@ -57,10 +59,14 @@ class Subscription:
         exchange: str,
         *,
         blocked: Callable[[], bool] = lambda: False,
+        bus: Bus | None = None,
     ) -> None:
         """The consumer's queue is declared (bound to every type): settle it. ``blocked``:
-        whether the broker blocks the connection now (Bus.blocked)."""
+        whether the broker blocks the connection now (Bus.blocked). ``bus``: the one that
+        declared the queue, whose binding keeper (Bus.keep_bound) must keep only the types
+        settled bound: it bound every type again each 10 s, all of them unwanted ones too."""
         self._queue, self._exchange, self._blocked = queue, exchange, blocked
+        self._bus = bus
         self._attached.set()
         await self.settle_now(pool)
 
@@ -93,7 +99,11 @@ class Subscription:
             for event_type in EVENT_TYPES:
                 if event_type in wanted:
                     await queue.bind(self._exchange, event_type, timeout=BROKER_TIMEOUT)
+                    if self._bus is not None:
+                        self._bus.keep_bound(queue.name, self._exchange, event_type)
                 else:
+                    if self._bus is not None:
+                        self._bus.let_go(queue.name, self._exchange, event_type)
                     await queue.unbind(self._exchange, event_type, timeout=BROKER_TIMEOUT)
         except (AMQPError, ConnectionError, TimeoutError, ChannelInvalidStateError) as exc:
             # The connection went away (it comes back by itself, and this replica settles

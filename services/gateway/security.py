@@ -393,7 +393,8 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
     state = req_state(request)
     # Cookies here go straight to the headers: aiohttp has already rendered
     # response.cookies when this signal runs.
-    if state.csrf_new and response.status < 500:
+    # Not to a call with a key: it posts no form (the cookie was built and sent each call).
+    if state.csrf_new and not state.api_key and response.status < 500:
         # Lax, not Strict: a Strict cookie stays home when a link on another site (a
         # webmail, a chat) is followed, so that page got a new token here and every form
         # open in the person's other tabs answered "The form expired". A cross-site post

@@ -11,20 +11,29 @@ TICK = os.sysconf("SC_CLK_TCK")
 SERVERS = {"postgres": "postgres", "rabbitmq": "beam.smp", "smtp-sink": "smtp-sink"}
 
 
-def _cpu_seconds(pid: int) -> tuple[str, float] | None:
+def _cpu_seconds(pid: int, reaped: bool = False) -> tuple[str, float] | None:
+    """The process's command name and CPU seconds so far; with ``reaped``, those of its
+    children that ended and were waited for too (a PostgreSQL backend that closed: the
+    postmaster reaps it)."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     name = raw[raw.index("(") + 1 : raw.rindex(")")]
     fields = raw[raw.rindex(")") + 2 :].split()
-    # utime and stime are fields 14 and 15 of stat; fields[0] here is field 3.
-    return name, (int(fields[11]) + int(fields[12])) / TICK
+    # utime, stime, cutime and cstime are fields 14 to 17 of stat; fields[0] here is
+    # field 3.
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return name, ticks / TICK
 
 
 def snapshot(service_pids: dict[str, int]) -> dict[str, float]:
-    """Seconds of CPU used so far by each service and each shared server (all its
-    processes; a PostgreSQL backend that ended meanwhile is not counted)."""
+    """Seconds of CPU used so far by each service and each shared server: all its
+    processes, and the ones that ended (the postmaster's reaped backends). Before, a
+    backend that closed between two snapshots took its CPU out of the second: a 10,000-row
+    batch was once measured at -0.33 ms of PostgreSQL a row."""
     totals = dict.fromkeys([*service_pids, *SERVERS], 0.0)
     by_pid = {pid: name for name, pid in service_pids.items()}
     for entry in Path("/proc").iterdir():
@@ -40,7 +49,8 @@ def snapshot(service_pids: dict[str, int]) -> dict[str, float]:
             continue
         for part, name in SERVERS.items():
             if command == name:
-                totals[part] += seconds
+                with_reaped = _cpu_seconds(pid, reaped=True)
+                totals[part] += with_reaped[1] if with_reaped is not None else seconds
     return totals
 
 

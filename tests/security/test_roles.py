@@ -17,7 +17,7 @@ from services.gateway.security import (
     STAFF_PAGES,
 )
 from tests.security.conftest import CLIENT_PASSWORD, api, cookie
-from tests.security.flows import Client, new_client
+from tests.security.flows import Client, new_client, new_portal
 from tests.security.test_api_keys import api_routes
 from tests.security.test_routes import concrete, route_table
 from tests.support.stack import ADMIN_EMAIL, Browser, Stack, login
@@ -119,6 +119,49 @@ async def test_disable_and_enable_on_the_users_screen(stack: Stack, admin: Brows
     assert status == 200 and f"User {client.email} enabled" in html
     back = await login(stack, client.email, CLIENT_PASSWORD)
     await back.close()
+
+
+async def test_a_disabled_user_can_not_be_made_client_or_sub_client(
+    stack: Stack, admin: Browser
+) -> None:
+    """Disabling takes a person off every portal, and only a new invitation gives access
+    back (the editor's pickers don't even list them). The API and a tampered editor form
+    took a disabled user's id as they were: the person, enabled again, was on those
+    portals without any invitation."""
+    client = await new_client(stack, admin)
+    user_id = await _user_id(admin, client.email)
+    await client.browser.close()
+    status, html = await _post(admin, f"/admin/users/{user_id}/disable")
+    assert status == 200 and f"User {client.email} disabled." in html
+    portal = await new_portal(admin)
+    for path, body in (
+        (f"/api/v1/portals/{portal['id']}/client", {"user_id": user_id}),
+        (f"/api/v1/portals/{portal['id']}/sub-clients", {"user_ids": [user_id]}),
+    ):
+        status, answer = await api(admin, "PUT", path, body)
+        code = answer.get("error", {}).get("code") if isinstance(answer, dict) else None
+        assert (status, code) == (422, "user_disabled"), (path, status, answer)
+    editor = f"/admin/portals/{portal['id']}"
+    code, _, page = await admin.get(editor)
+    assert code == 200
+    for field, message in (
+        ("client_id", "Choose an existing user."),
+        ("add_sub_client", "Choose existing users."),
+    ):
+        code, _, html = await admin.submit(
+            stack.public_url + editor, page, "Save Portal", extra={field: user_id}
+        )
+        assert code == 422 and message in html, (field, code, html[:300])
+    status, now = await api(admin, "GET", f"/api/v1/portals/{portal['id']}")
+    assert (now["client_id"], now["sub_client_ids"]) == (None, []), now
+    status, html = await _post(admin, f"/admin/users/{user_id}/enable")
+    assert status == 200 and f"User {client.email} enabled" in html
+    back = await login(stack, client.email, CLIENT_PASSWORD)
+    try:
+        code, _, _ = await back.get(f"/client-portal/{portal['slug']}/")
+        assert code == 404
+    finally:
+        await back.close()
 
 
 async def test_an_administrator_cant_demote_or_disable_themselves(

@@ -273,6 +273,14 @@ async def _check_users(request: web.Request, ids: list[UUID]) -> None:
     found = await request.app[UPSTREAM].identity.get_users(wanted)
     if wanted - found.keys():
         raise InvalidInput("Every user id must belong to an existing user.", code="user_not_found")
+    # Disabling took the person off every portal, and only a new invitation gives access
+    # back: attached here, they would be on the portal again the moment they are enabled.
+    disabled = sorted(user_id for user_id, user in found.items() if user.get("disabled"))
+    if disabled:
+        raise InvalidInput(
+            f"The user {disabled[0]} is disabled: enable the account first, then invite them.",
+            code="user_disabled",
+        )
 
 
 @API.put(
@@ -280,7 +288,7 @@ async def _check_users(request: web.Request, ids: list[UUID]) -> None:
     "Set (or clear) the primary client",
     body=ClientBody,
     response=Portal,
-    errors=["404 portal_not_found", "422 user_not_found"],
+    errors=["404 portal_not_found", "422 user_not_found", "422 user_disabled"],
 )
 async def put_client(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, ClientBody)
@@ -296,7 +304,7 @@ async def put_client(request: web.Request) -> web.StreamResponse:
     "Replace the sub-clients",
     body=SubClientsBody,
     response=Portal,
-    errors=["404 portal_not_found", "422 user_not_found"],
+    errors=["404 portal_not_found", "422 user_not_found", "422 user_disabled"],
 )
 async def put_sub_clients(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, SubClientsBody)

@@ -188,14 +188,16 @@ async def edit_portal(request: web.Request) -> web.StreamResponse:
 
 
 async def _known_user(up: Upstream, raw: str) -> str | None:
+    """A user the Client and Sub-Clients fields may take: one that exists and is not
+    disabled (the pickers list no disabled user; a posted id of one is refused alike)."""
     user_id = parse_uuid(raw)
     if user_id is None:
         return None
     try:
-        await up.identity.get_user(user_id)
+        user = await up.identity.get_user(user_id)
     except NotFound:
         return None
-    return user_id
+    return None if user.get("disabled") else user_id
 
 
 @routes.post(f"/admin/portals/{ID}")

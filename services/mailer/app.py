@@ -66,13 +66,7 @@ def create_app(settings: MailerSettings) -> web.Application:
 
     async def consuming(bus: Bus, consumer: Consumer) -> None:
         assert consumer.queue is not None
-        await subscription.attach(
-            app[POOL],
-            consumer.queue,
-            bus.exchange_name("events"),
-            blocked=lambda: bus.blocked,
-            bus=bus,
-        )
+        await subscription.attach(app[POOL], consumer.queue, bus)
 
     add_service_bus(
         app, settings, SERVICE, api.DEPS, BINDINGS, HANDLERS, prefetch=64, consuming=consuming

@@ -13,7 +13,6 @@ replica settles again every ``SETTLE_EVERY`` seconds, and at start."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import asyncpg
 from aio_pika.abc import AbstractQueue
@@ -41,32 +40,20 @@ class Subscription:
 
     def __init__(self) -> None:
         self._queue: AbstractQueue | None = None
-        self._exchange = ""
+        self._bus: Bus | None = None  # the one that declared the queue
         self._attached = asyncio.Event()
         self._bound: frozenset[str] | None = None  # what this replica bound last
-        self._blocked: Callable[[], bool] = lambda: False
-        self._bus: Bus | None = None
 
     @property
     def bound(self) -> frozenset[str] | None:
         """The types this replica last bound the queue to (None: not settled yet)."""
         return self._bound
 
-    async def attach(
-        self,
-        pool: asyncpg.Pool,
-        queue: AbstractQueue,
-        exchange: str,
-        *,
-        blocked: Callable[[], bool] = lambda: False,
-        bus: Bus | None = None,
-    ) -> None:
-        """The consumer's queue is declared (bound to every type): settle it. ``blocked``:
-        whether the broker blocks the connection now (Bus.blocked). ``bus``: the one that
-        declared the queue, whose binding keeper (Bus.keep_bound) must keep only the types
-        settled bound: it bound every type again each 10 s, all of them unwanted ones too."""
-        self._queue, self._exchange, self._blocked = queue, exchange, blocked
-        self._bus = bus
+    async def attach(self, pool: asyncpg.Pool, queue: AbstractQueue, bus: Bus) -> None:
+        """The consumer's queue is declared (bound to every type) on ``bus``: settle it.
+        The bus's binding keeper (Bus.keep_bound) keeps only the types settled bound: it
+        bound every type again each 10 s, all of them unwanted ones too."""
+        self._queue, self._bus = queue, bus
         self._attached.set()
         await self.settle_now(pool)
 
@@ -86,9 +73,10 @@ class Subscription:
                 await asyncio.wait_for(self._attached.wait(), ATTACH_WAIT)
             except TimeoutError:
                 raise _no_broker() from None
-        queue = self._queue
-        assert queue is not None
-        if self._blocked():
+        queue, bus = self._queue, self._bus
+        assert queue is not None and bus is not None
+        exchange = bus.exchange_name("events")
+        if bus.blocked:
             # A resource alarm: the broker reads nothing from the connection, so a bind
             # would wait out BROKER_TIMEOUT (and the gateway its own) for no answer.
             log.warning("webhook_settle_refused", reason="the broker blocks the connection")
@@ -98,13 +86,11 @@ class Subscription:
         try:
             for event_type in EVENT_TYPES:
                 if event_type in wanted:
-                    await queue.bind(self._exchange, event_type, timeout=BROKER_TIMEOUT)
-                    if self._bus is not None:
-                        self._bus.keep_bound(queue.name, self._exchange, event_type)
+                    await queue.bind(exchange, event_type, timeout=BROKER_TIMEOUT)
+                    bus.keep_bound(queue.name, exchange, event_type)
                 else:
-                    if self._bus is not None:
-                        self._bus.let_go(queue.name, self._exchange, event_type)
-                    await queue.unbind(self._exchange, event_type, timeout=BROKER_TIMEOUT)
+                    bus.let_go(queue.name, exchange, event_type)
+                    await queue.unbind(exchange, event_type, timeout=BROKER_TIMEOUT)
         except (AMQPError, ConnectionError, TimeoutError, ChannelInvalidStateError) as exc:
             # The connection went away (it comes back by itself, and this replica settles
             # again): the transaction is rolled back, an endpoint being added isn't saved.

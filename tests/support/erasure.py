@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from libs.common.email import email_key
+
 # A bytea (an outbox body, a logo) as text: ASCII as it is, other bytes escaped, so an
 # ASCII needle is found in any case.
 _AS_TEXT = {"bytea": "encode({}, 'escape')"}
@@ -17,7 +19,7 @@ def _byte_forms(needle: str) -> list[bytes]:
     lowered, upper-cased; lowered a character at a time, as PostgreSQL's lower() does): its
     UTF-8, and the ``\\uXXXX`` escapes of JSON written ASCII-only. The escaped text above
     can't find a needle with a non-ASCII letter (its bytes come out as octal escapes)."""
-    cases = {needle, needle.lower(), needle.upper(), "".join(c.lower() for c in needle)}
+    cases = {needle, needle.lower(), needle.upper(), email_key(needle)}
     forms = {text.encode() for text in cases} | {json.dumps(text)[1:-1].encode() for text in cases}
     return sorted(forms)
 

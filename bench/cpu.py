@@ -11,10 +11,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 SERVERS = {"postgres": "postgres", "rabbitmq": "beam.smp", "smtp-sink": "smtp-sink"}
 
 
-def _cpu_seconds(pid: int, reaped: bool = False) -> tuple[str, float] | None:
-    """The process's command name and CPU seconds so far; with ``reaped``, those of its
-    children that ended and were waited for too (a PostgreSQL backend that closed: the
-    postmaster reaps it)."""
+def _cpu_seconds(pid: int) -> tuple[str, float, float] | None:
+    """The process's command name, its CPU seconds so far, and those of its children
+    that ended and were waited for (a PostgreSQL backend that closed: the postmaster
+    reaps it)."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -23,10 +23,8 @@ def _cpu_seconds(pid: int, reaped: bool = False) -> tuple[str, float] | None:
     fields = raw[raw.rindex(")") + 2 :].split()
     # utime, stime, cutime and cstime are fields 14 to 17 of stat; fields[0] here is
     # field 3.
-    ticks = int(fields[11]) + int(fields[12])
-    if reaped:
-        ticks += int(fields[13]) + int(fields[14])
-    return name, ticks / TICK
+    own = (int(fields[11]) + int(fields[12])) / TICK
+    return name, own, (int(fields[13]) + int(fields[14])) / TICK
 
 
 def snapshot(service_pids: dict[str, int]) -> dict[str, float]:
@@ -43,14 +41,13 @@ def snapshot(service_pids: dict[str, int]) -> dict[str, float]:
         found = _cpu_seconds(pid)
         if found is None:
             continue
-        command, seconds = found
+        command, seconds, reaped = found
         if pid in by_pid:
             totals[by_pid[pid]] += seconds
             continue
         for part, name in SERVERS.items():
             if command == name:
-                with_reaped = _cpu_seconds(pid, reaped=True)
-                totals[part] += with_reaped[1] if with_reaped is not None else seconds
+                totals[part] += seconds + reaped
     return totals
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from libs.common.tasks import periodic
 from libs.common.web import (
     add_database,
     add_deps,
@@ -22,6 +23,8 @@ from .settings import PortalsSettings
 SERVICE = "portals"
 SCHEMA = "portals"
 MIGRATIONS = Path(__file__).parent / "migrations"
+# At start, then now and again for pages an older replica saved during a rolling upgrade.
+RERENDER_SECONDS = 300.0
 
 
 def create_app(settings: PortalsSettings) -> web.Application:
@@ -32,6 +35,11 @@ def create_app(settings: PortalsSettings) -> web.Application:
     add_database(app, settings, SCHEMA, migrations=MIGRATIONS)
     add_deps(app, api.DEPS, lambda pool: handlers.Deps(db=pool, settings=settings))
     add_service_bus(app, settings, SERVICE, api.DEPS, consumer.BINDINGS, consumer.HANDLERS)
+    app.cleanup_ctx.append(
+        periodic(
+            "portals-rerender", RERENDER_SECONDS, lambda app: handlers.rerender_once(app[api.DEPS])
+        )
+    )
     add_routes(app, api.ROUTES)
     app.router.add_get("/openapi.json", openapi.openapi)
     require_service_proof(app, settings, api.CALLERS)

@@ -8,6 +8,7 @@ import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from importlib.metadata import version
 from typing import Literal
 
 import nh3
@@ -163,6 +164,14 @@ def sanitise_html(html: str) -> str:
             strip_comments=True,
         )
     )
+
+
+# What wrote a page's stored HTML: our rules (bump RENDERING with any change to the tags,
+# attributes, options or code above that changes what a page holds; tests/portals/
+# test_domain.py fails until it is) and the libraries' versions, which may change it too (a
+# sanitiser fix among them). A page written by anything else is rendered again.
+RENDERING = 1
+RENDERER = f"{RENDERING}; markdown-it-py {version('markdown-it-py')}; nh3 {version('nh3')}"
 
 
 # --- access ---------------------------------------------------------------------------

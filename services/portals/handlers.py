@@ -24,12 +24,15 @@ from libs.common.outbox import append
 
 from . import repository as repo
 from .domain import (
+    RENDERER,
+    ContentTooLarge,
     Portal,
     Role,
     Status,
     first_free_slug,
     render_content,
     resolve_role,
+    sanitise_html,
     slug_candidate,
     slugify,
 )
@@ -116,6 +119,40 @@ async def _render(content: str) -> str:
     return await asyncio.get_running_loop().run_in_executor(_RENDERER, render_content, content)
 
 
+# Pages rendered again a few at a time: each one's Content and HTML held at once.
+_RERENDER_BATCH = 20
+
+
+async def rerender_once(deps: Deps) -> int:
+    """Render again every page an older renderer wrote (``domain.RENDERER``), so that a fix
+    to the rules or the libraries reaches pages saved before it; returns how many. A
+    portal saved meanwhile keeps what its save rendered. Content the rules now refuse
+    (too large a page) keeps its page, sanitised by today's rules. Several replicas may do
+    this at once: each stores the same page."""
+    done = 0
+    after = uuid.UUID(int=0)
+    while True:
+        async with connection(deps.db) as conn:
+            rows = await repo.rendered_otherwise(conn, RENDERER, after, _RERENDER_BATCH)
+        if not rows:
+            break
+        for row in rows:
+            try:
+                html = await _render(row["content"])
+            except ContentTooLarge:
+                html = await asyncio.get_running_loop().run_in_executor(
+                    _RENDERER, sanitise_html, row["content_html"]
+                )
+                log.warning("portal_content_refused_on_rerender", portal_id=str(row["id"]))
+            async with connection(deps.db) as conn:
+                if await repo.store_rendering(conn, row["id"], row["revision"], html, RENDERER):
+                    done += 1
+        after = rows[-1]["id"]
+    if done:
+        log.info("portals_rerendered", count=done, renderer=RENDERER)
+    return done
+
+
 async def create_portal(
     deps: Deps, *, title: str, slug: str | None, content: str, status: Status
 ) -> Portal:
@@ -129,6 +166,7 @@ async def create_portal(
             title=title,
             content=content,
             content_html=content_html,
+            rendered_with=RENDERER,
             status=status,
         )
         if slug is not None:
@@ -183,6 +221,7 @@ async def update_portal(
             return current
         if "content" in diff:
             diff["content_html"] = content_html
+            diff["rendered_with"] = RENDERER
         if not await _unless_slug_taken(conn, partial(repo.update, conn, portal_id, diff)):
             raise _slug_taken(str(diff["slug"]))
         portal = await _load(conn, portal_id)

@@ -64,24 +64,26 @@ async def insert(
     slug: str,
     content: str,
     content_html: str,
+    rendered_with: str,
     status: Status,
 ) -> None:
     """Raises asyncpg.UniqueViolationError when the slug is taken."""
     await conn.execute(
-        "INSERT INTO portals (id, title, slug, content, content_html, status)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO portals (id, title, slug, content, content_html, rendered_with, status)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
         portal_id,
         title,
         slug,
         content,
         content_html,
+        rendered_with,
         status,
     )
 
 
 async def update(conn: Conn, portal_id: uuid.UUID, changes: dict[str, Any]) -> None:
     """Apply the given columns and bump the revision. Raises UniqueViolationError on slug."""
-    allowed = {"title", "slug", "content", "content_html", "status"}
+    allowed = {"title", "slug", "content", "content_html", "rendered_with", "status"}
     assert changes and set(changes) <= allowed
     names = sorted(changes)
     sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
@@ -90,6 +92,36 @@ async def update(conn: Conn, portal_id: uuid.UUID, changes: dict[str, Any]) -> N
         portal_id,
         *(changes[name] for name in names),
     )
+
+
+async def rendered_otherwise(
+    conn: Conn, renderer: str, after: uuid.UUID, limit: int
+) -> list[asyncpg.Record]:
+    """Up to ``limit`` portals after ``after`` (by id) whose page another renderer wrote:
+    id, revision, content and content_html."""
+    return await conn.fetch(
+        "SELECT id, revision, content, content_html FROM portals"
+        " WHERE rendered_with <> $1 AND id > $2 ORDER BY id LIMIT $3",
+        renderer,
+        after,
+        limit,
+    )
+
+
+async def store_rendering(
+    conn: Conn, portal_id: uuid.UUID, revision: int, content_html: str, renderer: str
+) -> bool:
+    """A page rendered again, stored unless the portal was saved since ``revision`` was
+    read (that save rendered it itself). Neither the revision nor updated_at moves: the
+    portal is as its editor left it."""
+    done = await conn.execute(
+        "UPDATE portals SET content_html = $3, rendered_with = $4 WHERE id = $1 AND revision = $2",
+        portal_id,
+        revision,
+        content_html,
+        renderer,
+    )
+    return done == "UPDATE 1"
 
 
 async def page(

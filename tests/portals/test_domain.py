@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from html.parser import HTMLParser
 
 import pytest
 
+from services.portals import domain
 from services.portals.domain import (
     CONTENT_MAX,
     RENDERED_MAX,
@@ -193,3 +196,35 @@ def test_role_for_invitation() -> None:
     assert role_for_invitation(True) == "sub_client"
     assert role_for_invitation(False) == "client"
     assert role_for_invitation(None) is None
+
+
+def _rendering_rules() -> str:
+    """What decides a page's HTML besides the libraries: the rules and the code using them."""
+    return "\n".join(
+        [
+            repr(sorted(domain._TAGS)),
+            repr(sorted((tag, sorted(names)) for tag, names in domain._ATTRIBUTES.items())),
+            repr(sorted(domain._markdown.options.items())),
+            repr(domain.RENDERED_MAX),
+            *(
+                inspect.getsource(part)
+                for part in (
+                    domain._escaped_length,
+                    domain._written_size,
+                    domain.render_content,
+                    domain.sanitise_html,
+                )
+            ),
+        ]
+    )
+
+
+def test_a_change_to_the_rendering_rules_comes_with_a_new_rendering() -> None:
+    """Saved pages are rendered again only for a new ``RENDERER``: a change to the rules
+    without a new ``RENDERING`` would leave every page saved before it as the old rules
+    made it (a sanitiser fix reaching new pages only)."""
+    digest = hashlib.sha256(_rendering_rules().encode()).hexdigest()[:16]
+    assert (domain.RENDERING, digest) == (1, "e9347a0c4e9e5f36"), (
+        "The rendering rules changed: add 1 to RENDERING in services/portals/domain.py and"
+        " put the new pair here."
+    )

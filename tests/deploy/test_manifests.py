@@ -887,6 +887,22 @@ def test_k8s_local_overlay_is_complete() -> None:
         assert labels["app.kubernetes.io/component"] in allowed, name
 
 
+def test_k8s_local_inboxes_answer_a_port_forward_only() -> None:
+    """Mailpit's web inbox holds every link the stack mails (an Accept Invitation link is
+    an account), RabbitMQ's management UI the broker's administrator login: compose
+    publishes both on 127.0.0.1 only. In the local overlay any pod of any namespace could
+    reach both. ``kubectl port-forward`` connects inside the pod, where no NetworkPolicy
+    applies, so a developer still reaches them; nothing else does."""
+    policies = of_kind(kustomize(K8S_LOCAL), "NetworkPolicy")
+    for name, port in (("mailpit", 8025), ("rabbitmq", 15672)):
+        open_to = [
+            rule.get("from", "anyone")
+            for rule in policies[name]["spec"]["ingress"]
+            if any(p["port"] == port for p in rule.get("ports", [{"port": port}]))
+        ]
+        assert open_to == [], (name, port, open_to)
+
+
 def test_k8s_gateway_trusts_only_the_ingress_controller() -> None:
     """The base trusts no proxy (an overlay names its controller's range); the local one
     trusts the laptop clusters' pod networks; the Ingress limits each address first."""

@@ -199,7 +199,8 @@ DEAD_QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
 # or memory until its alarm blocks every publisher on it: all five services, every
 # installation sharing the broker. With it, RabbitMQ refuses what goes beyond
 # (``overflow: reject-publish``): a publisher with confirms gets a nack (the services'
-# outbox keeps the event and tries again), so the flood fills one queue and stops there.
+# outbox keeps the event and tries again), so the flood fills one queue and stops there:
+# the services' queues, and the ones an integration may declare itself (limits_policy).
 QUEUE_MAX_MESSAGES = 100_000
 QUEUE_MAX_BYTES = 256 * 1024 * 1024
 # The largest message RabbitMQ should accept (``max_message_size`` in rabbitmq.conf: a
@@ -255,18 +256,26 @@ def limits_from_env(environ: Mapping[str, str] = os.environ) -> QueueLimits:
     return QueueLimits(**values)
 
 
-def limits_policy(prefix: str, limits: QueueLimits, vhost: str = "/") -> dict[str, Any] | None:
-    """The policy that bounds the services' queues and their dead-letter queues; None when
-    both bounds are off. Its priority is above an operator's catch-all policy at 0 (one
-    policy applies to a queue: the one with the highest priority)."""
+def limits_policy(
+    prefix: str, limits: QueueLimits, vhost: str = "/", integrations: Sequence[str] = ()
+) -> dict[str, Any] | None:
+    """The policy that bounds the services' queues and their dead-letter queues, and the
+    queues ``integrations`` may declare (integration_queues): an integration publishes
+    into those through an exchange of its own, so a loop aimed there would otherwise fill
+    the broker all the same. None when both bounds are off. Its priority is above an
+    operator's catch-all policy at 0 (one policy applies to a queue: the one with the
+    highest priority)."""
     definition = limits.policy_definition()
     if not definition:
         return None
     services = "|".join(re.escape(s) for s in CONSUMES)
+    queues = [rf"{re.escape(prefix)}\.({services})(\.dead)?"]
+    if integrations:
+        queues.append(integration_queues(integrations))
     return {
         "vhost": vhost,
         "name": limits_policy_name(prefix),
-        "pattern": rf"^{re.escape(prefix)}\.({services})(\.dead)?$",
+        "pattern": f"^({'|'.join(queues)})$",
         "apply-to": "queues",
         "priority": 10,
         "definition": definition,
@@ -343,13 +352,22 @@ def check_integration_name(prefix: str, user: str) -> None:
         )
 
 
+# Server-named queues (amq.gen-…, and aio-pika's client-made amq_<hex>): any integration's.
+SERVER_NAMED = r"amq\.gen-.+|amq_[0-9a-f]{32}"
+
+
+def integration_queues(users: Sequence[str]) -> str:
+    """What integrations may name their own: server-named, or ``<user>.…`` (unanchored
+    alternatives)."""
+    return "|".join([SERVER_NAMED, *(rf"{re.escape(u)}\..+" for u in users)])
+
+
 def integration_grant(prefix: str, user: str) -> Grant:
     """Publish commands, read the public invitation lifecycle, own queues named
     ``<user>.…`` (or server-named): nothing else, and never the mail exchange."""
     check_integration_name(prefix, user)
-    p, u = re.escape(prefix), re.escape(user)
-    # Server-named queues (amq.gen-…, and aio-pika's client-made amq_<hex>) or its own.
-    own = rf"(amq\.gen-.+|amq_[0-9a-f]{{32}}|{u}\..+)"
+    p = re.escape(prefix)
+    own = f"({integration_queues([user])})"
     reads = "|".join(INTEGRATION_READS)
     commands = "|".join(re.escape(c) for c in sorted(COMMANDS))
     return Grant(
@@ -449,7 +467,7 @@ def definitions(
         "queues": queues,
         "bindings": bindings,
     }
-    policy = limits_policy(prefix, limits or QueueLimits(), vhost)
+    policy = limits_policy(prefix, limits or QueueLimits(), vhost, list(integrations or {}))
     if policy is not None:
         result["policies"] = [policy]
     if vhost != "/":

@@ -142,3 +142,37 @@ async def test_a_flooding_integration_fills_only_its_queue_and_gets_nacks(
         await portals.close()
         await identity.close()
     assert await _depth(prefix, "portals") in (BOUND, BOUND + 1)
+
+
+async def test_an_integration_flooding_a_queue_of_its_own_is_bounded_too(
+    bounded: tuple[str, dict[str, str], str],
+) -> None:
+    """An integration may declare exchanges and queues named ``<its user>.…`` (queues
+    server-named too), bind them together and publish there: a leaked password's loop
+    aimed at a queue of its own instead of the events exchange filled the broker until
+    its alarm blocked every service's publishing. Before: the policy bounded only the
+    services' queues, and all 30 were taken."""
+    prefix, _, integration_url = bounded
+    user = broker.user_of(integration_url)
+    connection = await aio_pika.connect(integration_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        for name in (f"{user}.answers", ""):  # its own name, and a server-named one
+            exchange = await channel.declare_exchange(
+                f"{user}.loop", aio_pika.ExchangeType.FANOUT, auto_delete=True
+            )
+            queue = await channel.declare_queue(name, durable=bool(name), exclusive=not name)
+            await queue.bind(exchange)
+            acked = nacked = 0
+            for _ in range(BOUND + 10):
+                try:
+                    await exchange.publish(
+                        aio_pika.Message(b"{}", user_id=user), routing_key="", timeout=10
+                    )
+                    acked += 1
+                except aio_pika.exceptions.DeliveryError:
+                    nacked += 1
+            await queue.delete(if_unused=False, if_empty=False)  # the exchange goes with it
+            assert acked in (BOUND, BOUND + 1) and acked + nacked == BOUND + 10, (name, acked)
+    finally:
+        await connection.close()

@@ -352,6 +352,22 @@ def check_integration_name(prefix: str, user: str) -> None:
         )
 
 
+def check_integration_names(prefix: str, users: Sequence[str]) -> None:
+    """check_integration_name for each, and no integration named into another's queues:
+    ``crm`` owns ``crm.…``, so beside ``crm.eu`` it would read, purge and delete every
+    queue of that one. ValueError names both."""
+    for user in users:
+        check_integration_name(prefix, user)
+    for user in users:
+        inside = sorted(other for other in users if other.startswith(f"{user}."))
+        if inside:
+            raise ValueError(
+                f"BROKER_INTEGRATIONS: {user!r} owns the queues named {user}.…, and so every"
+                f" queue of {inside[0]!r}: rename one, so that no integration's name is"
+                f" another's followed by a dot"
+            )
+
+
 # Server-named queues (amq.gen-…, and aio-pika's client-made amq_<hex>): any integration's.
 SERVER_NAMED = r"amq\.gen-.+|amq_[0-9a-f]{32}"
 
@@ -403,6 +419,7 @@ def definitions(
     policy that bounds those queues (``limits``, the defaults when None). Imported
     through the management API, ``rabbitmqctl import_definitions`` or ``load_definitions``
     at broker start."""
+    check_integration_names(prefix, list(integrations or {}))
     grants = [service_grant(prefix, s) for s in SERVICES if s in passwords]
     grants += [integration_grant(prefix, u) for u in integrations or {}]
     secret_of = {

@@ -206,8 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     integrations = broker.integrations_from_env()
     try:
-        for name in integrations:
-            broker.check_integration_name(prefix, name)
+        broker.check_integration_names(prefix, list(integrations))
         limits = broker.limits_from_env()
     except ValueError as exc:
         print(f"clientpress: {exc}", file=sys.stderr)

@@ -146,6 +146,46 @@ async def test_an_integration_is_never_named_into_the_services_namespace(name: s
     assert done.returncode == 2 and integration in done.stderr, done.stderr
 
 
+async def test_an_integration_is_never_named_into_another_integrations_queues() -> None:
+    """``<prefix>-crm`` owns the queues named ``<prefix>-crm.…``: with ``<prefix>-crm.eu``
+    beside it, that took in every queue of the second integration, which the first could
+    read (its answers), purge or delete. Before: provisioned, and the first consumed the
+    second's queue. Refused, naming both."""
+    amqp_url = current_servers().amqp_url
+    prefix = f"prov-{uuid.uuid4().hex[:8]}"
+    first, second = f"{prefix}-crm", f"{prefix}-crm.eu"
+    integrations = {first: "integration-secret-1", second: "integration-secret-2"}
+    passwords = broker.new_passwords()
+    try:
+        with pytest.raises(ValueError, match="BROKER_INTEGRATIONS") as refused:
+            await provision(amqp_url, prefix, passwords, integrations)
+        assert first in str(refused.value) and second in str(refused.value)
+    finally:
+        await remove_users(
+            amqp_url, [*(broker.broker_user(prefix, s) for s in broker.SERVICES), *integrations]
+        )
+        await remove_limits(amqp_url, prefix)
+        connection = await aio_pika.connect(amqp_url)  # what a provisioning made, if it did
+        channel = await connection.channel()
+        for queue in broker.CONSUMES:
+            await channel.queue_delete(f"{prefix}.{queue}")
+            await channel.queue_delete(f"{prefix}.{queue}.dead")
+        for kind in ("events", "mail", "dlx"):
+            await channel.exchange_delete(f"{prefix}.{kind}")
+        await connection.close()
+    env = {
+        **os.environ,
+        **{f"{s.upper()}_BROKER_PASSWORD": f"pw-{s}" for s in broker.SERVICES},
+        "BUS_PREFIX": prefix,
+        "BROKER_INTEGRATIONS": ",".join(f"{u}={pw}" for u, pw in integrations.items()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "libs.common.provision", "definitions"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and second in done.stderr, done.stderr
+
+
 def test_the_queue_limits_come_from_the_environment_and_a_bad_value_is_named() -> None:
     """The definitions carry the policy that bounds the services' queues (and their dead
     letters) with the operator's figures; a value that is not a whole number stops the

@@ -276,13 +276,35 @@ def client_address(peer: str | None, hops: list[str], trusted: tuple[Network, ..
     return str(current)
 
 
+# IPv6 ranges whose last 32 bits are an IPv4 client's address: NAT64 and SIIT (an
+# IPv6-only cluster reached by IPv4 clients), and the old IPv4-compatible form.
+_CARRIES_IPV4 = tuple(
+    ipaddress.IPv6Network(net) for net in ("64:ff9b::/96", "::ffff:0:0:0/96", "::/96")
+)
+
+
 def address_key(address: str) -> str:
     """What per-address limits count on: an IPv6 client usually holds a whole /64, so
-    its addresses count as one."""
+    its addresses count as one; but an IPv6 address that carries an IPv4 client's
+    (NAT64, SIIT, Teredo, 6to4) counts as that IPv4 client, since a /64 there holds every
+    client of the translator or relay (and a 6to4 site's whole /48 is one client's)."""
     parsed = parse_address(address)
     if isinstance(parsed, ipaddress.IPv6Address):
+        carried = _carried_ipv4(parsed)
+        if carried is not None:
+            return str(carried)
         return str(ipaddress.IPv6Network((parsed, 64), strict=False))
     return address
+
+
+def _carried_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.teredo is not None:
+        return address.teredo[1]
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in net for net in _CARRIES_IPV4) and int(address) > 0xFFFF:
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    return None
 
 
 # --- rate-limit windows -----------------------------------------------------------------

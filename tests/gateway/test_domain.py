@@ -168,6 +168,23 @@ def test_ipv6_clients_count_per_64() -> None:
     assert address_key("198.51.100.7") == "198.51.100.7"
 
 
+def test_an_ipv6_address_that_carries_an_ipv4_one_counts_as_that_ipv4_client() -> None:
+    """Behind NAT64/SIIT (an IPv6-only cluster reached by IPv4 clients) every IPv4 client
+    arrives as 64:ff9b::<its address>, and through a Teredo relay as 2001:0:<relay>:…:
+    one /64 held every one of them, so one person's failed logins locked everyone out.
+    Before: both NAT64 clients were '64:ff9b::/64'."""
+    nat64 = [address_key("64:ff9b::198.51.100.7"), address_key("64:ff9b::203.0.113.9")]
+    assert nat64[0] != nat64[1]
+    assert nat64[0] == address_key("198.51.100.7") == address_key("::ffff:0:198.51.100.7")
+    # Teredo: relay 65.54.227.120, clients 198.51.100.7 and 203.0.113.9 (stored inverted)
+    teredo = ["2001:0:4136:e378:8000:63bf:39cc:9bf8", "2001:0:4136:e378:8000:63bf:34ff:8ef6"]
+    assert address_key(teredo[0]) == address_key("198.51.100.7")
+    assert address_key(teredo[1]) == address_key("203.0.113.9")
+    # 6to4: one IPv4 address's site, its /48, is one client, whichever /64 it sends from
+    assert address_key("2002:c633:6407:1::1") == address_key("2002:c633:6407:2::1")
+    assert address_key("2002:c633:6407:1::1") == address_key("198.51.100.7")
+
+
 def test_trusted_proxies_setting_names_a_bad_range() -> None:
     assert GatewaySettings(gateway_trusted_proxies="").trusted_proxies == ()
     assert len(GatewaySettings(gateway_trusted_proxies="10.0.0.0/8,::1").trusted_proxies) == 2

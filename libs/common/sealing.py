@@ -10,6 +10,8 @@ hashed) encrypted at rest under ``WEBHOOK_SECRET_KEY``."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 from collections.abc import Mapping
 
@@ -23,6 +25,17 @@ SEALED = "sealed"
 DEVELOPMENT_KEY = "Y2xpZW50cHJlc3MtZGV2ZWxvcG1lbnQta2V5LTAwMDA="
 # The same rule for webhook signing secrets (WEBHOOK_SECRET_KEY, the mailer's).
 WEBHOOK_DEVELOPMENT_KEY = "Y2xpZW50cHJlc3MtZGV2LXdlYmhvb2stc2VjcmV0cy0="
+
+
+def key_material(key: str) -> bytes | None:
+    """The bytes Fernet takes from a key as written, None when it takes none. Fernet's
+    base64 skips whatever isn't of its alphabet (quotes an env file kept, a stray dot), so
+    two spellings can be one key: compare keys by this, never as text."""
+    try:
+        raw = base64.urlsafe_b64decode(key.strip().encode("ascii", "ignore"))
+    except (ValueError, binascii.Error):
+        return None
+    return raw if len(raw) == 32 else None
 
 
 class Unsealable(ValueError):

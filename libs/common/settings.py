@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from . import database_roles
 from .broker import broker_user, user_of, with_credentials, with_heartbeat
 from .protocol import BODY_TIMEOUT_SECONDS, HEAD_TIMEOUT_SECONDS
-from .sealing import DEVELOPMENT_KEY, WEBHOOK_DEVELOPMENT_KEY, Sealer, sealer_for
+from .sealing import DEVELOPMENT_KEY, WEBHOOK_DEVELOPMENT_KEY, Sealer, key_material, sealer_for
 
 S = TypeVar("S", bound="CommonSettings")
 
@@ -220,9 +220,18 @@ class CommonSettings(BaseSettings):
                 secrets = [unquote(urlsplit(value).password or "")]
             else:
                 continue
-            if any(secret.strip() in KNOWN_SECRETS for secret in secrets):
+            if any(_known(name, secret) for secret in secrets):
                 found.append(name.upper())
         return found
+
+
+def _known(name: str, secret: str) -> bool:
+    if secret.strip() in KNOWN_SECRETS:
+        return True
+    # A sealing key is known by the key Fernet reads from it, however it is spelled.
+    return name in ("mail_job_key", "webhook_secret_key") and (
+        key_material(secret) in KNOWN_KEY_MATERIAL
+    )
 
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -257,6 +266,12 @@ KNOWN_SECRETS = frozenset(
         "bG9jYWwtb3ZlcmxheS1tYWlsLWpvYi1rZXktMDAwMDA=",
         "bG9jYWwtb3ZlcmxheS13ZWJob29rLXNlY3JldHMtMDA=",
     }
+)
+
+
+# The shipped sealing keys, as the keys Fernet reads from them.
+KNOWN_KEY_MATERIAL = frozenset(
+    material for material in map(key_material, KNOWN_SECRETS) if material is not None
 )
 
 

@@ -62,6 +62,11 @@ def test_fresh_secrets_start_and_shipped_ones_do_not() -> None:
         ({"admin_password": "change-this-admin-password"}, "ADMIN_PASSWORD"),
         ({"mail_job_key": DEVELOPMENT_KEY}, "MAIL_JOB_KEY"),
         ({"mail_job_key": f"{new_key()},{DEVELOPMENT_KEY}"}, "MAIL_JOB_KEY"),
+        # Fernet reads past what isn't base64: quotes an env file kept (`docker run
+        # --env-file` keeps them), a stray character. Before: these started, sealing
+        # every link with the public key.
+        ({"mail_job_key": f'"{DEVELOPMENT_KEY}"'}, "MAIL_JOB_KEY"),
+        ({"mail_job_key": f"{DEVELOPMENT_KEY[:8]}.{DEVELOPMENT_KEY[8:]}"}, "MAIL_JOB_KEY"),
         ({"amqp_url": "amqp://guest:guest@rabbitmq:5672/"}, "AMQP_URL"),
         ({"database_url": "postgresql://clientpress:clientpress@db/cp"}, "DATABASE_URL"),
     ):

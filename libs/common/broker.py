@@ -339,16 +339,23 @@ def service_grant(prefix: str, service: str) -> Grant:
     )
 
 
+# The names RabbitMQ keeps for itself (amq.topic, amq.rabbitmq.trace, server-named queues).
+BROKER_NAMESPACE = "amq"
+
+
 def check_integration_name(prefix: str, user: str) -> None:
     """An integration owns the queues named ``<user>.…``: never a name whose pattern takes
     in the services' resources (``<prefix>.…``: their queues, dead letters and exchanges),
-    and never a service's own user, whose grant it would replace. ValueError names it."""
+    and never a service's own user, whose grant it would replace; nor the broker's own
+    ``amq.…`` (``amq`` would own ``amq.rabbitmq.trace``, the firehose of every message).
+    ValueError names it."""
     services = {broker_user(prefix, s) for s in SERVICES}
-    if user == prefix or user.startswith(f"{prefix}.") or user in services:
+    namespaces = (prefix, BROKER_NAMESPACE)
+    if any(user == n or user.startswith(f"{n}.") for n in namespaces) or user in services:
         raise ValueError(
             f"BROKER_INTEGRATIONS: {user!r} can't name an integration: its queues would be"
-            f" the services' ({prefix}.…) or it is a service's own user; choose another"
-            f" name, such as {prefix}-crm"
+            f" the services' ({prefix}.…) or the broker's own (amq.…), or it is a service's"
+            f" own user; choose another name, such as {prefix}-crm"
         )
 
 

@@ -146,6 +146,17 @@ async def test_an_integration_is_never_named_into_the_services_namespace(name: s
     assert done.returncode == 2 and integration in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("name", ["amq", "amq.rabbitmq", "amq.gen-crm"])
+def test_an_integration_is_never_named_into_the_brokers_own_namespace(name: str) -> None:
+    """``amq.…`` is the broker's: an integration named ``amq`` owned ``amq.…``, so it could
+    read ``amq.rabbitmq.trace`` (the firehose, a copy of every message, mail jobs and
+    internal events included, once tracing is on) and publish to ``amq.topic``. Before:
+    provisioned."""
+    with pytest.raises(ValueError, match="BROKER_INTEGRATIONS") as refused:
+        broker.definitions("cp", broker.new_passwords(), integrations={name: "secret-1"})
+    assert repr(name) in str(refused.value)
+
+
 async def test_an_integration_is_never_named_into_another_integrations_queues() -> None:
     """``<prefix>-crm`` owns the queues named ``<prefix>-crm.…``: with ``<prefix>-crm.eu``
     beside it, that took in every queue of the second integration, which the first could

@@ -131,6 +131,15 @@ async def replace_password_hash(conn: Conn, user_id: uuid.UUID, old: str, new: s
     )
 
 
+async def hold_enabled(conn: Conn, user_id: uuid.UUID) -> bool:
+    """Whether the account exists and is enabled, share-locking its row until the
+    transaction ends: a Disable (its UPDATE) waits for the transaction, then ends what it
+    made (a session), and a transaction that comes after the Disable reads it disabled."""
+    return bool(
+        await conn.fetchval("SELECT NOT disabled FROM users WHERE id = $1 FOR SHARE", user_id)
+    )
+
+
 async def disable_user(conn: Conn, user_id: uuid.UUID) -> User | None:
     """None when the user is missing or already disabled (so events go out once)."""
     row = await conn.fetchrow(

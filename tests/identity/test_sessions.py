@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import replace
+from typing import Any
 
 import asyncpg
 import pytest
 
 from libs.common.errors import Conflict, NotFound, Unauthorized
 from services.identity import handlers
-from services.identity.domain import hash_token
+from services.identity import repository as repo
+from services.identity.domain import User, hash_token
 from services.identity.handlers import Deps
 from services.identity.passwords import HashingBusy, default_hasher
 from tests.identity.helpers import (
@@ -206,3 +209,58 @@ async def test_a_hash_made_before_passwords_were_normalised_still_logs_in(
     legacy = cheap_hasher().hash(DECOMPOSED)  # as the password was typed, not normalised
     await pool.execute("UPDATE users SET password_hash = $1 WHERE id = $2", legacy, user.id)
     assert (await handlers.login(deps, email, DECOMPOSED)).user.id == user.id
+
+
+async def _waiting_on_a_lock(pool: asyncpg.Pool, task: asyncio.Task[User]) -> None:
+    """Until ``task`` has finished or waits on a row lock in this database (the run's own
+    database: no other test's backend is counted)."""
+    for _ in range(400):
+        if task.done():
+            return
+        waiting = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the disable neither finished nor waited on a lock")
+
+
+@pytest.mark.parametrize("opening", ["issue", "login"])
+async def test_a_disable_between_the_check_and_the_new_session_ends_that_session(
+    deps: Deps, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, opening: str
+) -> None:
+    """The accept saga's last step (issue) and a log in read the account, then write the
+    session. An administrator's Disable landing in between, forced here at the write,
+    must not leave a session that works, then or once the account is enabled again."""
+    email = new_email(f"disable-mid-{opening}")
+    user = await handlers.create_user(deps, email, STRONG, "client")
+    insert_session = repo.insert_session
+    disabling: list[asyncio.Task[User]] = []
+
+    async def disabled_meanwhile(conn: Any, **row: Any) -> repo.SessionRow:
+        task = asyncio.ensure_future(handlers.disable_user(deps, user.id))
+        disabling.append(task)
+        await _waiting_on_a_lock(pool, task)
+        return await insert_session(conn, **row)
+
+    monkeypatch.setattr(repo, "insert_session", disabled_meanwhile)
+    token = None
+    try:
+        if opening == "issue":
+            token = (await handlers.issue_session(deps, user.id)).token
+        else:
+            token = (await handlers.login(deps, email, STRONG)).token
+    except (Conflict, Unauthorized):
+        pass  # refused: the account was disabled first
+    monkeypatch.setattr(repo, "insert_session", insert_session)
+    assert (await disabling[0]).disabled
+    await handlers.enable_user(deps, user.id)
+    if token is not None:
+        with pytest.raises(Unauthorized):
+            await handlers.current_session(deps, token)
+    live = await pool.fetchval(
+        "SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NULL", user.id
+    )
+    assert live == 0

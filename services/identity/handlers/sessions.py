@@ -69,21 +69,31 @@ async def login(deps: Deps, email: str, password: str) -> IssuedSession:
             async with connection(deps.db) as conn:
                 await repo.replace_password_hash(conn, user.id, password_hash, fresh)
     issued = await _open_session(deps, user)
+    if issued is None:  # disabled while the password was checked
+        log.info("login_failed", reason="unknown_or_disabled")
+        raise _bad_credentials()
     log.info("login_succeeded", user_id=str(user.id))
     return issued
 
 
 async def issue_session(deps: Deps, user_id: uuid.UUID) -> IssuedSession:
     user = await get_user(deps, user_id)
-    if user.disabled:
+    issued = None if user.disabled else await _open_session(deps, user)
+    if issued is None:
         raise Conflict("This account is disabled.", code="account_disabled")
-    return await _open_session(deps, user)
+    return issued
 
 
-async def _open_session(deps: Deps, user: User) -> IssuedSession:
+async def _open_session(deps: Deps, user: User) -> IssuedSession | None:
+    """A new session, or None when the account is disabled by now. The check holds the
+    account's row until the session is written: a Disable landing between a caller's read
+    of the account and this write would otherwise leave a session it never ended, live
+    again the day the account is enabled."""
     token = new_token()
     now = deps.clock()
-    async with connection(deps.db) as conn:
+    async with transaction(deps.db) as conn:
+        if not await repo.hold_enabled(conn, user.id):
+            return None
         session = await repo.insert_session(
             conn,
             token_hash=hash_token(token),

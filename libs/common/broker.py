@@ -61,6 +61,7 @@ CONSUMES: dict[str, tuple[Binding, ...]] = {
     "portals": (
         Binding("events", "invitation.accepted"),
         Binding("events", "identity.user.disabled"),
+        Binding("events", "identity.user.enabled"),
         Binding("events", "identity.user.erased"),
     ),
     "invitations": tuple(

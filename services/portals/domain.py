@@ -195,3 +195,39 @@ def role_for_invitation(sub_client: bool | None) -> Role | None:
     if sub_client is None:
         return None
     return "sub_client" if sub_client else "client"
+
+
+# --- closed accounts ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Account:
+    """What portals heard of an account from identity: the occurred_at (identity's clock)
+    of its latest identity.user.disabled, .enabled and .erased, each None if never heard."""
+
+    disabled_at: datetime | None
+    enabled_at: datetime | None
+    erased_at: datetime | None
+
+    @property
+    def closed(self) -> bool:
+        """Erased, or disabled and not enabled again since."""
+        if self.erased_at is not None:
+            return True
+        if self.disabled_at is None:
+            return False
+        return self.enabled_at is None or self.enabled_at <= self.disabled_at
+
+
+def may_grant(account: Account | None, accepted_at: datetime | None) -> bool:
+    """Whether a grant may put the account on a portal. A disabled account leaves every
+    portal and an enable gives none back, so the account must be open now, and an
+    acceptance (``accepted_at``, invitations' clock) heard late must have been made after
+    the latest enable: one made before it was taken away by the Disable that came first,
+    or was made while the account was disabled. ``None``: a grant asked for now (the
+    accept saga's step, the editor)."""
+    if account is None:
+        return True
+    if account.closed:
+        return False
+    if accepted_at is None or account.disabled_at is None or account.enabled_at is None:
+        return True
+    return accepted_at >= account.enabled_at

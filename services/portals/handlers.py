@@ -17,7 +17,7 @@ import asyncpg
 
 from libs.common.cursor import page_of
 from libs.common.db import Conn, UseCaseDeps, connection, transaction
-from libs.common.errors import Conflict, NotFound
+from libs.common.errors import Conflict, InvalidInput, NotFound
 from libs.common.events import PortalAccessChanged, PortalChanged, make_event
 from libs.common.logging import get_logger
 from libs.common.outbox import append
@@ -30,6 +30,7 @@ from .domain import (
     Role,
     Status,
     first_free_slug,
+    may_grant,
     render_content,
     resolve_role,
     sanitise_html,
@@ -99,6 +100,25 @@ async def _access_changed(
         portal_id=portal_id, user_id=user_id, role=role, idempotency_key=idempotency_key
     )
     await append(conn, make_event(event_type, data, source=SOURCE))
+
+
+def _account_closed(user_id: uuid.UUID) -> InvalidInput:
+    return InvalidInput(
+        f"The user {user_id} is disabled: enable the account first, then invite them.",
+        code="user_disabled",
+    )
+
+
+async def _check_open(
+    conn: Conn, user_ids: list[uuid.UUID], accepted_at: datetime | None = None
+) -> None:
+    """Refuse a grant to an account portals heard was disabled or erased (domain.may_grant),
+    holding each account's lock until the transaction ends (in one order, so two changes
+    never wait on each other): the news of a Disable waits for the grant, then takes it."""
+    for user_id in sorted(set(user_ids)):
+        await repo.lock_account(conn, user_id)
+        if not may_grant(await repo.account(conn, user_id), accepted_at):
+            raise _account_closed(user_id)
 
 
 async def _load(conn: Conn, portal_id: uuid.UUID) -> Portal:
@@ -239,6 +259,8 @@ async def set_client(deps: Deps, portal_id: uuid.UUID, user_id: uuid.UUID | None
             raise _not_found()
         current = await repo.client_of(conn, portal_id)
         if current != user_id:
+            if user_id is not None:
+                await _check_open(conn, [user_id])
             if current is not None:
                 for old, role in await repo.delete_access(conn, portal_id, [current]):
                     await _access_changed(conn, False, portal_id, old, role)
@@ -262,6 +284,7 @@ async def set_sub_clients(deps: Deps, portal_id: uuid.UUID, user_ids: list[uuid.
                 code="user_is_client",
             )
         current = set(await repo.sub_clients_of(conn, portal_id))
+        await _check_open(conn, [u for u in wanted if u not in current])
         gone = [u for u in current if u not in set(wanted)]
         for old, role in await repo.delete_access(conn, portal_id, gone):
             await _access_changed(conn, False, portal_id, old, role)
@@ -279,10 +302,13 @@ async def grant_access(
     requested: Role | None,
     grant_key: str | None,
     idempotency_key: str | None = None,
+    accepted_at: datetime | None = None,
 ) -> tuple[Portal, Role]:
     """Give a user access; idempotent under ``grant_key`` (an invitation id). The portal
     row lock serialises concurrent grants, and the one-client index backs it up.
-    ``idempotency_key``: the key the invitation was made under, for the event."""
+    ``idempotency_key``: the key the invitation was made under, for the event.
+    ``accepted_at``: when the invitation was accepted, for a grant heard from its event
+    (a disabled account's, or one made before its Disable, is refused: user_disabled)."""
     async with transaction(deps.db) as conn:
         if not await repo.lock(conn, portal_id):
             raise _not_found()
@@ -296,6 +322,7 @@ async def grant_access(
                     )
                 role = await repo.role_of(conn, portal_id, user_id) or applied["role"]
                 return await _load(conn, portal_id), role
+        await _check_open(conn, [user_id], accepted_at)
         existing = await repo.role_of(conn, portal_id, user_id)
         client = await repo.client_of(conn, portal_id)
         role = resolve_role(requested, existing, client is not None and client != user_id)
@@ -317,14 +344,28 @@ async def grant_access(
     return portal, role
 
 
-async def remove_user(deps: Deps, user_id: uuid.UUID) -> int:
-    """Take the user off every portal (the account was disabled or erased)."""
+async def remove_user(deps: Deps, user_id: uuid.UUID, at: datetime, *, erased: bool) -> int:
+    """Take the user off every portal: the account was disabled or erased at ``at``
+    (identity's clock), and stays remembered so (grants check it). A Disable heard after
+    a later Enable leaves the account enabled and takes only the access granted before
+    it: not a portal given by an invitation accepted since."""
     async with transaction(deps.db) as conn:
-        removed = await repo.delete_user_access(conn, user_id)
+        await repo.lock_account(conn, user_id)
+        account = await repo.note_account(conn, user_id, "erased" if erased else "disabled", at)
+        removed = await repo.delete_user_access(conn, user_id, None if account.closed else at)
         for portal_id, role in removed:
             await _access_changed(conn, False, portal_id, user_id, role)
     log.info("user_access_removed", user_id=str(user_id), portals=len(removed))
     return len(removed)
+
+
+async def note_enabled(deps: Deps, user_id: uuid.UUID, at: datetime) -> None:
+    """The account was enabled at ``at`` (identity's clock): later grants may give it
+    portals again. It gets none back: only a new invitation gives access."""
+    async with transaction(deps.db) as conn:
+        await repo.lock_account(conn, user_id)
+        await repo.note_account(conn, user_id, "enabled", at)
+    log.info("user_enabled_noted", user_id=str(user_id))
 
 
 # --- reads ----------------------------------------------------------------------------

@@ -3,19 +3,20 @@
 Users are referenced by id only: portals does not check them against identity. The gateway
 validates that a user exists before it calls us, and an event (invitation.accepted) names
 a user identity has just created, so a user may be known here before or without any call
-to identity. A disabled user is removed through ``identity.user.disabled``."""
+to identity. A disabled user is removed through ``identity.user.disabled``, and what
+portals heard of each account (disabled, enabled, erased) is kept in ``accounts``."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import asyncpg
 
-from libs.common.db import Conn, from_row
+from libs.common.db import Conn, from_row, xact_lock
 
-from .domain import Portal, Role, Status
+from .domain import Account, Portal, Role, Status
 
 _PORTAL_COLUMNS = """
     p.id, p.title, p.slug, p.content, p.content_html, p.status, p.revision,
@@ -206,11 +207,55 @@ async def delete_access(
     return [(r["user_id"], r["role"]) for r in rows]
 
 
-async def delete_user_access(conn: Conn, user_id: uuid.UUID) -> list[tuple[uuid.UUID, Role]]:
+async def delete_user_access(
+    conn: Conn, user_id: uuid.UUID, granted_before: datetime | None = None
+) -> list[tuple[uuid.UUID, Role]]:
+    """Every access of the user, or only those granted before ``granted_before``."""
     rows = await conn.fetch(
-        "DELETE FROM access WHERE user_id = $1 RETURNING portal_id, role", user_id
+        "DELETE FROM access WHERE user_id = $1 AND ($2::timestamptz IS NULL OR granted_at < $2)"
+        " RETURNING portal_id, role",
+        user_id,
+        granted_before,
     )
     return [(r["portal_id"], r["role"]) for r in rows]
+
+
+# --- accounts -------------------------------------------------------------------------
+async def lock_account(conn: Conn, user_id: uuid.UUID) -> None:
+    """Until the transaction ends: a grant and the news of a Disable about one account take
+    turns, so a grant can't read the account open and write its access after the Disable
+    took the account's access away."""
+    await xact_lock(conn, f"portals:account:{user_id}")
+
+
+async def account(conn: Conn, user_id: uuid.UUID) -> Account | None:
+    row = await conn.fetchrow(
+        "SELECT disabled_at, enabled_at, erased_at FROM accounts WHERE user_id = $1", user_id
+    )
+    return from_row(Account, row) if row else None
+
+
+AccountNews = Literal["disabled", "enabled", "erased"]
+_ACCOUNT_NEWS: dict[AccountNews, str] = {
+    "disabled": "disabled_at",
+    "enabled": "enabled_at",
+    "erased": "erased_at",
+}
+
+
+async def note_account(conn: Conn, user_id: uuid.UUID, news: AccountNews, at: datetime) -> Account:
+    """Keep the latest time of each kind of news (``disabled``, ``enabled``, ``erased``):
+    heard out of order, the earlier one changes nothing."""
+    column = _ACCOUNT_NEWS[news]
+    row = await conn.fetchrow(
+        f"INSERT INTO accounts (user_id, {column}) VALUES ($1, $2)"
+        f" ON CONFLICT (user_id) DO UPDATE SET {column} ="
+        f" GREATEST(accounts.{column}, EXCLUDED.{column})"
+        " RETURNING disabled_at, enabled_at, erased_at",
+        user_id,
+        at,
+    )
+    return from_row(Account, cast(asyncpg.Record, row))
 
 
 async def applied_grant(conn: Conn, grant_key: str) -> asyncpg.Record | None:

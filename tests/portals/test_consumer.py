@@ -1,11 +1,13 @@
 """Events on the real broker: invitation.accepted grants, identity.user.disabled and
-.erased revoke,
+.erased revoke (and, with .enabled, decide which later grants a closed account may get),
 and what portals writes to its outbox reaches the exchange."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -16,11 +18,14 @@ from aiohttp.test_utils import TestClient
 from libs.common.bus import Binding, Bus
 from libs.common.events import (
     Envelope,
+    EventData,
     InvitationAccepted,
     UserDisabled,
+    UserEnabled,
     UserErased,
     make_event,
 )
+from services.portals import repository as repo
 from tests.portals.conftest import eventually, outbox_events
 from tests.support.env import TestEnv
 from tests.support.owners import OwnersBus
@@ -239,3 +244,183 @@ async def test_user_erased_removes_all_access_once(
     for portal in (first, second):
         revoked = [d for t, d in await outbox_events(db, portal["id"]) if t.endswith("revoked")]
         assert len(revoked) == 1
+
+
+# --- a closed account (disabled, erased) and grants that come after the news --------------
+# The events come from two services through two outboxes, so portals may hear of an
+# acceptance after the Disable that followed it. Each case delivers its events one at a
+# time, in the order given, with the occurred_at each names.
+_ACCOUNT_EVENTS: dict[str, type[EventData]] = {
+    "identity.user.disabled": UserDisabled,
+    "identity.user.enabled": UserEnabled,
+    "identity.user.erased": UserErased,
+}
+
+
+def _account_event(event_type: str, user: str, at: datetime) -> Envelope:
+    data = _ACCOUNT_EVENTS[event_type](user_id=uuid.UUID(user))  # type: ignore[call-arg]
+    return make_event(event_type, data, source="identity").model_copy(update={"occurred_at": at})
+
+
+def _accepted_at(portal: dict[str, Any], user: str, at: datetime) -> Envelope:
+    envelope = accepted(portal["id"], user, None, uuid.uuid4())
+    return envelope.model_copy(update={"occurred_at": at})
+
+
+async def _deliver(publisher: Bus, db: asyncpg.Pool, *envelopes: Envelope) -> None:
+    for envelope in envelopes:
+        await publisher.publish_envelope(envelope)
+        await eventually(lambda envelope=envelope: applied(db, envelope.id))  # type: ignore[misc]
+
+
+async def _portals_of(client: Client, user: str) -> list[str]:
+    body = await (await client.get(f"/users/{user}/portals")).json()
+    return [item["id"] for item in body["items"]]
+
+
+async def test_an_acceptance_heard_after_the_disable_grants_nothing(
+    client: Client, db: asyncpg.Pool, publisher: Bus, new_portal: NewPortal
+) -> None:
+    """Accepted, then disabled; portals hears the Disable first. Nor does the Enable that
+    follows give the portal back: only a new invitation does."""
+    portal, user, now = await new_portal(), str(uuid.uuid4()), datetime.now(UTC)
+    await _deliver(
+        publisher,
+        db,
+        _account_event("identity.user.disabled", user, now),
+        _accepted_at(portal, user, now - timedelta(seconds=2)),
+    )
+    assert await _portals_of(client, user) == []
+    await _deliver(publisher, db, _account_event("identity.user.enabled", user, now + _SECOND))
+    assert await _portals_of(client, user) == []
+
+
+_SECOND = timedelta(seconds=1)
+
+
+async def test_an_acceptance_from_before_a_disable_and_an_enable_grants_nothing(
+    client: Client, db: asyncpg.Pool, publisher: Bus, new_portal: NewPortal
+) -> None:
+    """Accepted, disabled, enabled again; the acceptance heard last (its relay was behind)."""
+    portal, user, now = await new_portal(), str(uuid.uuid4()), datetime.now(UTC)
+    await _deliver(
+        publisher,
+        db,
+        _account_event("identity.user.disabled", user, now),
+        _account_event("identity.user.enabled", user, now + _SECOND),
+        _accepted_at(portal, user, now - _SECOND),
+    )
+    assert await _portals_of(client, user) == []
+
+
+async def test_an_acceptance_while_disabled_heard_after_the_enable_grants_nothing(
+    client: Client, db: asyncpg.Pool, publisher: Bus, new_portal: NewPortal
+) -> None:
+    portal, user, now = await new_portal(), str(uuid.uuid4()), datetime.now(UTC)
+    await _deliver(
+        publisher,
+        db,
+        _account_event("identity.user.disabled", user, now),
+        _account_event("identity.user.enabled", user, now + 2 * _SECOND),
+        _accepted_at(portal, user, now + _SECOND),
+    )
+    assert await _portals_of(client, user) == []
+
+
+async def test_an_acceptance_after_the_enable_grants(
+    client: Client, db: asyncpg.Pool, publisher: Bus, new_portal: NewPortal
+) -> None:
+    """Disabled, enabled, then invited anew and accepted: the portal is theirs."""
+    portal, user, now = await new_portal(), str(uuid.uuid4()), datetime.now(UTC)
+    await _deliver(
+        publisher,
+        db,
+        _account_event("identity.user.disabled", user, now - 2 * _SECOND),
+        _account_event("identity.user.enabled", user, now - _SECOND),
+        _accepted_at(portal, user, now),
+    )
+    assert await _portals_of(client, user) == [portal["id"]]
+
+
+async def test_an_enable_heard_before_its_disable_keeps_the_account_enabled(
+    client: Client, db: asyncpg.Pool, publisher: Bus, new_portal: NewPortal
+) -> None:
+    """Disabled then enabled, heard the other way round: the account is enabled. The late
+    Disable takes the portals the account had before it, not one granted after the
+    Enable."""
+    before, after = await new_portal(), await new_portal()
+    user = str(uuid.uuid4())
+    resp = await client.post(f"/portals/{before['id']}/access", json={"user_id": user})
+    assert resp.status == 200
+    disabled_at = datetime.now(UTC)
+    enabled_at = disabled_at + timedelta(milliseconds=10)
+    await _deliver(publisher, db, _account_event("identity.user.enabled", user, enabled_at))
+    await asyncio.sleep(0.05)
+    resp = await client.post(f"/portals/{after['id']}/access", json={"user_id": user})
+    assert resp.status == 200, await resp.text()
+    await _deliver(publisher, db, _account_event("identity.user.disabled", user, disabled_at))
+    assert await _portals_of(client, user) == [after["id"]]
+    third = await new_portal()
+    resp = await client.post(f"/portals/{third['id']}/access", json={"user_id": user})
+    assert resp.status == 200, await resp.text()
+
+
+@pytest.mark.parametrize("closed", ["identity.user.disabled", "identity.user.erased"])
+async def test_a_closed_account_is_given_no_portal_by_any_route(
+    client: Client, db: asyncpg.Pool, publisher: Bus, new_portal: NewPortal, closed: str
+) -> None:
+    """After the Disable (or the erasure) was heard: an acceptance made later, the accept
+    saga's grant and the editor's Client and Sub-Clients (identity checked the account a
+    moment before) all find it closed."""
+    portal, user, now = await new_portal(), str(uuid.uuid4()), datetime.now(UTC)
+    await _deliver(
+        publisher,
+        db,
+        _account_event(closed, user, now - _SECOND),
+        _accepted_at(portal, user, now),
+    )
+    assert await _portals_of(client, user) == []
+    for method, path, body in (
+        ("POST", f"/portals/{portal['id']}/access", {"user_id": user, "grant_key": "k-1"}),
+        ("PUT", f"/portals/{portal['id']}/client", {"user_id": user}),
+        ("PUT", f"/portals/{portal['id']}/sub-clients", {"user_ids": [user]}),
+    ):
+        resp = await client.request(method, path, json=body)
+        assert resp.status == 422, (path, await resp.text())
+        assert (await resp.json())["error"]["code"] == "user_disabled"
+    assert await _portals_of(client, user) == []
+
+
+async def test_a_disable_heard_while_a_grant_is_written_takes_that_grant(
+    client: Client,
+    db: asyncpg.Pool,
+    publisher: Bus,
+    new_portal: NewPortal,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The accept saga's grant has found the account open; the news of its Disable is
+    heard before the grant writes (forced here at the write). The grant is still there
+    when the Disable is applied, which takes it."""
+    portal, user = await new_portal(), str(uuid.uuid4())
+    disable = _account_event("identity.user.disabled", user, datetime.now(UTC))
+    put_access = repo.put_access
+
+    async def disable_heard_meanwhile(conn: Any, *args: Any) -> None:
+        await publisher.publish_envelope(disable)
+
+        async def applied_or_waiting() -> bool:
+            waiting = await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            )
+            return bool(waiting) or await applied(db, disable.id)
+
+        await eventually(applied_or_waiting)
+        await put_access(conn, *args)
+
+    monkeypatch.setattr(repo, "put_access", disable_heard_meanwhile)
+    resp = await client.post(f"/portals/{portal['id']}/access", json={"user_id": user})
+    monkeypatch.setattr(repo, "put_access", put_access)
+    assert resp.status == 200, await resp.text()
+    await eventually(lambda: applied(db, disable.id))
+    assert await _portals_of(client, user) == []

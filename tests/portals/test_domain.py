@@ -1,9 +1,10 @@
-"""Pure portal rules: slugs, content sanitising, role resolution."""
+"""Pure portal rules: slugs, content sanitising, role resolution, closed accounts."""
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
 import pytest
@@ -13,9 +14,11 @@ from services.portals.domain import (
     CONTENT_MAX,
     RENDERED_MAX,
     SLUG_MAX,
+    Account,
     ContentTooLarge,
     first_free_slug,
     is_valid_slug,
+    may_grant,
     render_content,
     resolve_role,
     role_for_invitation,
@@ -228,3 +231,37 @@ def test_a_change_to_the_rendering_rules_comes_with_a_new_rendering() -> None:
         "The rendering rules changed: add 1 to RENDERING in services/portals/domain.py and"
         " put the new pair here."
     )
+
+
+_T = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def _at(minutes: int | None) -> datetime | None:
+    return None if minutes is None else _T + timedelta(minutes=minutes)
+
+
+@pytest.mark.parametrize(
+    ("disabled", "enabled", "erased", "accepted", "expected"),
+    [
+        (None, None, None, None, True),  # never heard of: an ordinary account
+        (None, None, None, 5, True),
+        (10, None, None, None, False),  # disabled now: no grant asked for now
+        (10, None, None, 5, False),  # accepted before the Disable, heard after it
+        (10, None, None, 15, False),  # accepted while disabled
+        (10, 20, None, None, True),  # enabled again: a grant asked for now
+        (10, 20, None, 5, False),  # accepted before the Disable: it took that portal
+        (10, 20, None, 15, False),  # accepted while disabled
+        (10, 20, None, 25, True),  # invited anew after the Enable
+        (20, 10, None, 25, False),  # disabled again after an Enable
+        (10, 10, None, None, False),  # the same instant: the Disable stands
+        (None, 20, None, 5, True),  # an Enable alone (its Disable not heard yet)
+        (None, None, 10, 15, False),  # erased: never again
+        (10, 20, 30, 40, False),
+    ],
+)
+def test_may_grant(  # type: ignore[no-untyped-def]
+    disabled, enabled, erased, accepted, expected
+) -> None:
+    account = Account(disabled_at=_at(disabled), enabled_at=_at(enabled), erased_at=_at(erased))
+    assert may_grant(account, _at(accepted)) is expected
+    assert may_grant(None, _at(accepted)) is True

@@ -15,7 +15,7 @@ import pytest
 from libs.common.errors import DomainError, Unavailable
 from libs.common.http import ServiceClient, new_session
 from services.gateway.answers import AcceptedLink, EnsuredUser
-from services.gateway.handlers.saga import accept_with_password
+from services.gateway.handlers.saga import accept_for_user, accept_with_password
 from services.gateway.upstream import Identity, Invitations, Portals, Upstream
 from tests.e2e.conftest import Browser, Stack
 from tests.e2e.flows import CLIENT_PASSWORD, Api, eventually, unique_email
@@ -297,3 +297,113 @@ async def test_a_stalled_acceptances_link_sets_nothing_after_its_expiry(
         return status if status == "expired" else None
 
     await eventually(expired, "the sweep to expire the acceptance")  # listed as expired
+
+
+# --- a Disable racing the accept saga ------------------------------------------------------
+# The order that used to leave a disabled person on the portal: the administrator's Disable
+# lands after the account step and portals applies it before the saga's grant arrives.
+async def _disabled_and_heard(stack: Stack, up: Upstream, email: str) -> str:
+    """The administrator disables the account (identity's endpoint behind Users →
+    Disable), and portals has applied identity.user.disabled: the user id."""
+    rows = await db_fetch(
+        stack, "SELECT id FROM identity.users WHERE lower(email) = lower($1)", email
+    )
+    user_id = str(rows[0]["id"])
+    await up.identity.disable_user(user_id)
+    await _heard_by_portals(stack, "identity.user.disabled", user_id)
+    return user_id
+
+
+async def _heard_by_portals(stack: Stack, event_type: str, naming: str) -> None:
+    """Until portals has applied an event of ``event_type`` whose body names ``naming``."""
+
+    async def heard() -> bool | None:
+        rows = await db_fetch(
+            stack,
+            "SELECT 1 FROM portals.inbox WHERE event_id IN (SELECT id FROM identity.outbox"
+            " WHERE routing_key = $1 AND position($2 IN convert_from(body, 'UTF8')) > 0"
+            " UNION ALL SELECT id FROM invitations.outbox"
+            " WHERE routing_key = $1 AND position($2 IN convert_from(body, 'UTF8')) > 0)",
+            event_type,
+            naming,
+        )
+        return True if rows else None
+
+    await eventually(heard, f"portals to apply {event_type}")
+
+
+async def test_a_disable_after_the_account_step_leaves_no_portal_even_once_enabled(
+    stack: Stack, api: Api, http: aiohttp.ClientSession
+) -> None:
+    email, invitation_id, token = await _invited(stack, api, "disable-mid")
+    disabled: list[str] = []
+
+    async def administrator_disables() -> None:
+        disabled.append(await _disabled_and_heard(stack, up, email))
+
+    up = _upstream(stack, http, administrator_disables)
+    with pytest.raises(DomainError) as info:
+        await accept_with_password(up, token, CLIENT_PASSWORD)
+    assert info.value.code in ("user_disabled", "account_disabled"), info.value.code
+    assert await _aftermath(stack, up, email) == (1, 0, False)
+
+    # Enabled again, once portals has heard the invitation.accepted too: the person logs
+    # in with the password they typed, and is on no portal (a Disable takes every portal,
+    # an Enable gives none back).
+    await up.identity.enable_user(disabled[0])
+    await _heard_by_portals(stack, "invitation.accepted", invitation_id)
+    assert await _aftermath(stack, up, email) == (1, 0, True)
+
+
+@dataclass(frozen=True)
+class DisableBeforeAcceptStep(Invitations):
+    """The real invitations client; the administrator disables the account after the link
+    was claimed for the saga, before the acceptance is recorded."""
+
+    before_accept: Hook = field(default=_nothing)
+
+    async def accept(self, token: str, claim: str, user_id: str) -> AcceptedLink:
+        await self.before_accept()
+        return await super().accept(token, claim, user_id)
+
+
+async def test_a_disable_while_a_logged_in_person_accepts_leaves_no_portal(
+    stack: Stack, api: Api, http: aiohttp.ClientSession
+) -> None:
+    """Someone with an account (Client of a first portal) accepts an invitation to a second
+    one while logged in; the Disable lands between the claim of the link and the
+    acceptance, and portals applies it before it hears of the acceptance."""
+    email, _, token = await _invited(stack, api, "disable-joined")
+    plain = _upstream(stack, http, _nothing)
+    await accept_with_password(plain, token, CLIENT_PASSWORD)
+    rows = await db_fetch(
+        stack, "SELECT id FROM identity.users WHERE lower(email) = lower($1)", email
+    )
+    user_id = str(rows[0]["id"])
+    second = await api.portal(f"Race second {uuid.uuid4().hex[:6]}")
+    code, body = await api.invite(second["id"], email)
+    assert code == 201, body
+    link = accept_link((await stack.sink.wait_for(email, count=2))[-1])
+    second_token = link.split("token=", 1)[1]
+
+    async def administrator_disables() -> None:
+        await _disabled_and_heard(stack, plain, email)
+
+    up = Upstream(
+        identity=plain.identity,
+        portals=plain.portals,
+        invitations=DisableBeforeAcceptStep(
+            ServiceClient(
+                http, stack["invitations"].url, "invitations", signer=stack.keys.signer("gateway")
+            ),
+            before_accept=administrator_disables,
+        ),
+    )
+    invitation = await up.invitations.validate(second_token)
+    with pytest.raises(DomainError) as info:
+        await accept_for_user(up, second_token, invitation, user_id)
+    assert info.value.code == "user_disabled", info.value.code
+    assert await _aftermath(stack, plain, email) == (1, 0, False)
+    await plain.identity.enable_user(user_id)
+    await _heard_by_portals(stack, "invitation.accepted", body["invitation"]["id"])
+    assert await _aftermath(stack, plain, email) == (1, 0, True)

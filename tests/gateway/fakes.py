@@ -61,6 +61,7 @@ class Backend:
     api_keys: dict[str, Json] = field(default_factory=dict)  # live key -> identity's answer
     key_checks: int = 0  # POST /api-keys/verify
     before_patch: Callable[[Json], None] | None = None  # someone else saving a portal first
+    before_grant: Callable[[Json], None] | None = None  # e.g. the account disabled meanwhile
 
     # --- helpers for tests -------------------------------------------------------
     @staticmethod
@@ -438,6 +439,12 @@ class Backend:
         async def access(request: web.Request) -> web.Response:
             body = await request.json()
             self.calls.append("portals.grant")
+            if self.before_grant is not None:
+                self.before_grant(body)
+            user = self.users.get(body["user_id"])
+            if user is not None and user["disabled"] and body["grant_key"] not in self.grants:
+                # As portals does once it has heard the account's Disable.
+                return err(422, "user_disabled")
             portal = self.portals[request.match_info["id"]]
             if body["grant_key"] not in self.grants:
                 self.grants[body["grant_key"]] = body["user_id"]

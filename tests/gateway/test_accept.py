@@ -200,3 +200,27 @@ async def test_logged_in_as_invited_email_accepts_directly(
     assert response.status == 303
     assert response.headers["Location"] == "/client-portal/second-project/"
     assert portal["client_id"] == existing["id"]
+
+
+async def test_an_account_disabled_during_the_accept_says_so_and_logs_no_one_in(
+    gw: TestClient, backend: Backend
+) -> None:
+    """The administrator disables the new account between the account step and the grant:
+    portals refuses the grant (user_disabled), and the page says the account is disabled
+    (as the link does once it is), with no session."""
+    portal = backend.add_portal("Acme Launch")
+    token = backend.add_invitation("late@example.com", portal)
+    await gw.get(f"/invitations/accept?token={token}")
+
+    def disabled_meanwhile(body: dict[str, object]) -> None:
+        backend.users[str(body["user_id"])]["disabled"] = True
+
+    backend.before_grant = disabled_meanwhile
+    data = {"token": token, "password": PASSWORD, "confirm": PASSWORD}
+    response = await post_form(gw, "/invitations/accept", data)
+    html = await response.text()
+    assert response.status == 403, html[:1000]
+    assert "Your account is disabled" in html
+    assert "cp_session" not in response.cookies
+    assert "identity.issue" not in backend.calls
+    assert portal["client_id"] is None

@@ -87,6 +87,11 @@ ACCOUNT_DISABLED = (
 )
 
 
+# Answers of a saga step for an account disabled while it ran: portals' grant (it has heard
+# the Disable) or identity's session.
+DISABLED_MEANWHILE = frozenset({"user_disabled", "account_disabled"})
+
+
 def _account_disabled(request: web.Request, invitation: ValidatedLink) -> web.Response:
     req_state(request).invitation_locale = invitation.get("locale")
     title, message = ACCOUNT_DISABLED
@@ -213,6 +218,8 @@ async def accept(request: web.Request) -> web.StreamResponse:
     except DomainError as exc:
         if exc.code == "weak_password":
             return _accept_page(request, token, invitation, {"password": exc.message}, 422)
+        if exc.code in DISABLED_MEANWHILE:
+            return _account_disabled(request, invitation)
         return _invitation_problem(request, exc, token)
     role_name = ROLE_NAMES.get(invitation.get("role") or "")
     response = see_other(
@@ -252,6 +259,8 @@ async def accept_login(request: web.Request) -> web.StreamResponse:
     try:
         joined = await accept_for_user(up, token, invitation, user["id"])
     except DomainError as exc:
+        if exc.code in DISABLED_MEANWHILE:
+            return _account_disabled(request, invitation)
         response = _invitation_problem(request, exc, token)
     else:
         response = _joined(request, joined)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import random
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
 from libs.common.email import InvalidEmail, normalise_email
 from libs.common.events import MailRequested
@@ -189,6 +190,34 @@ def clip_error(text: str, limit: int = MAX_ERROR_LENGTH) -> str:
     aren't UTF-8 (kept by aiosmtplib as lone surrogates) can't be written at all."""
     text = text.encode("utf-8", "replace").decode("utf-8")
     return " ".join(_CONTROL.sub(" ", text).split())[:limit]
+
+
+LINK_HIDDEN = "[link]"
+# A query value this long is a secret (a token), not a word a server might say anyway.
+_SECRET_VALUE_MIN = 16
+
+
+def _secrets_of(link: str) -> set[str]:
+    """A link, and each secret its query carries, as written and percent-encoded."""
+    found = {link}
+    found.update(v for _, v in parse_qsl(urlsplit(link).query) if len(v) >= _SECRET_VALUE_MIN)
+    return {
+        form
+        for value in found
+        for form in (value, quote(value), quote(value, safe=""), quote_plus(value))
+    }
+
+
+def without_links(text: str, links: Sequence[str]) -> str:
+    """A server's answer with the job's links (and the tokens in them) taken out: a filter
+    refusing a message may quote the address it refused, and the answer goes into
+    ``last_error`` (the Invitations screen), a log line and the public mail.retrying or
+    mail.failed. Before clip_error, so no cut leaves part of a token."""
+    for secret in sorted(
+        {s for link in links if link for s in _secrets_of(link)}, key=len, reverse=True
+    ):
+        text = text.replace(secret, LINK_HIDDEN)
+    return text
 
 
 class InvalidContext(ValueError):

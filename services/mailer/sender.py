@@ -37,10 +37,12 @@ from .domain import (
     InvalidContext,
     abandoned,
     after_failure,
+    clip_error,
     judge_smtp_code,
     next_attempt_at,
     normalise_address,
     retry_reason,
+    without_links,
 )
 from .handlers import Deps
 from .metrics import (
@@ -51,6 +53,7 @@ from .metrics import (
     SMTP_SEND_SECONDS,
 )
 from .rendering import (
+    LINKS,
     REPLY_TO_TEMPLATES,
     Templates,
     branded_from,
@@ -269,7 +272,10 @@ class Sender:
                 await transport.send(message)
         except SendError as exc:
             took = time.perf_counter() - started
-            await self._after_error(delivery, claimed_at, exc, since, took)
+            # The server's own words, without the job's links it may quote.
+            links = [str(context[key]) for key in LINKS if context.get(key)]
+            detail = clip_error(without_links(str(exc), links))
+            await self._after_error(delivery, claimed_at, exc.code, detail, since, took)
             return
         SMTP_SEND_SECONDS.labels("sent").observe(time.perf_counter() - started)
         if await self._finish(lambda _: self._sent((delivery, claimed_at, tracing.carrier()))):
@@ -277,19 +283,25 @@ class Sender:
             log.info("mail_sent", attempts=delivery.attempts)
 
     async def _after_error(
-        self, delivery: Delivery, claimed_at: datetime, exc: SendError, since: float, took: float
+        self,
+        delivery: Delivery,
+        claimed_at: datetime,
+        code: int | None,
+        detail: str,
+        since: float,
+        took: float,
     ) -> None:
         now = database_now(claimed_at, since)
-        reason = after_failure(judge_smtp_code(exc.code), delivery.queued_at, now, self.policy)
+        reason = after_failure(judge_smtp_code(code), delivery.queued_at, now, self.policy)
         SMTP_SEND_SECONDS.labels("retry" if reason is None else "failed").observe(took)
         if reason is not None:
-            await self._fail(delivery, claimed_at, reason, exc.detail)
+            await self._fail(delivery, claimed_at, reason, detail)
             return
         next_at = next_attempt_at(delivery.attempts, delivery.queued_at, now, self.policy)
-        why = retry_reason(exc.code)
+        why = retry_reason(code)
         if await self._finish(
             lambda deps: handlers.record_retry(
-                deps, delivery, claimed_at, next_at, exc.detail, why, exc.code
+                deps, delivery, claimed_at, next_at, detail, why, code
             )
         ):
             EMAILS_RETRIED.labels(delivery.template).inc()
@@ -297,8 +309,8 @@ class Sender:
             log.warning(
                 "mail_send_retry",
                 attempts=delivery.attempts,
-                smtp_code=exc.code,
-                error=exc.detail,
+                smtp_code=code,
+                error=detail,
                 retry_in=round(delay, 3),
                 next_attempt_at=next_at.isoformat(),
             )

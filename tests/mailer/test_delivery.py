@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import asyncpg
 import pytest
@@ -217,6 +218,34 @@ async def test_a_5xx_answer_fails_after_one_attempt(
     assert event["data"]["reason"] == "smtp_rejected" and event["data"]["attempts"] == 1
     assert token.encode() not in event["raw"]
     assert smtp_sink.sink.to(to) == []
+
+
+async def test_a_server_quoting_the_link_leaves_it_nowhere(
+    start_mailer: StartMailer,
+    publisher: Bus,
+    smtp_sink: SmtpSink,
+    pool: asyncpg.Pool,
+) -> None:
+    """A filter's rejection may quote what it refused: the link, or its token alone,
+    percent-encoded or not. The server's words went into ``last_error`` (the Invitations
+    screen's delivery error), the log line and the public mail.retrying / mail.failed,
+    where any program reading the lifecycle took a live link from it."""
+    job, token = invitation_job(_address())
+    link = job.context["accept_url"]
+    smtp_sink.sink.fail_with = f"451 4.7.1 greylisted {link} ({quote(link, safe='')}) try later"
+    await start_mailer(smtp_sink.port)
+    await publish_job(publisher, job)
+
+    row = await wait_for_row(pool, job.mail_id, lambda r: r["last_error"] is not None)
+    assert token not in row["last_error"], row["last_error"]
+    assert row["last_error"].startswith("451 4.7.1 greylisted [link] ([link])")
+    smtp_sink.sink.fail_with = f"550 5.7.1 blocked by policy: token {token}"
+    row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "failed", timeout=30)
+    assert row["last_error"] == "550 5.7.1 blocked by policy: token [link]"
+    events = await outbox_events(pool, job.mail_id)
+    assert {e["type"] for e in events} == {"mail.retrying", "mail.failed"}
+    for event in events:
+        assert token.encode() not in event["raw"], event["type"]
 
 
 async def test_an_outage_longer_than_eight_tries_keeps_retrying_then_delivers(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote, quote_plus
 
 import pytest
 from structlog.testing import capture_logs
@@ -25,6 +26,7 @@ from services.mailer.domain import (
     normalise_address,
     retry_delay,
     retry_reason,
+    without_links,
 )
 from services.mailer.handlers import Deps
 from services.mailer.sender import Sender
@@ -238,3 +240,17 @@ def test_a_sender_at_this_machine_on_a_public_site_is_warned_of_at_start(
     assert len(warnings) == warned
     if warned:
         assert "no-reply@portal.agency.example" in warnings[0]["problem"]
+
+
+def test_a_servers_answer_loses_every_form_of_the_jobs_links() -> None:
+    token = "Zm9vYmFyYmF6cXV4LXNlY3JldC10b2tlbg"
+    link = f"https://portal.example.com/invitations/accept?token={token}"
+    answer = (
+        f"554 refused {link}; url={quote(link, safe='')}; plus={quote_plus(link)};"
+        f" token {token}; the site https://portal.example.com/ is fine"
+    )
+    assert without_links(answer, [link]) == (
+        "554 refused [link]; url=[link]; plus=[link]; token [link];"
+        " the site https://portal.example.com/ is fine"
+    )
+    assert without_links("451 try later", []) == "451 try later"

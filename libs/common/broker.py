@@ -67,6 +67,9 @@ CONSUMES: dict[str, tuple[Binding, ...]] = {
     "invitations": tuple(
         Binding("events", key)
         for key in (
+            # A staff invitation never outlives its sender's right to send it.
+            "identity.user.disabled",
+            "identity.user.role_changed",
             "identity.user.erased",
             "portal.created",
             "portal.updated",

@@ -491,13 +491,18 @@ class Invitations:
         invited_by: str | None,
         locale: str | None = None,
         key: str | None = None,
+        invited_by_id: str | None = None,
     ) -> InviteOutcome:
         """Users → Invite Staff: ``{"invitation", "outcome": created|resent}``. ``locale``:
         the language of the email and the accept page (None: the agency's); ``key``: the
-        form's (send_key), so that posting it again sends nothing more."""
+        form's (send_key), so that posting it again sends nothing more; ``invited_by_id``:
+        the sending Administrator's user id (None: the bootstrap key), whose losing the
+        right to invite staff revokes the invitation."""
         body = {"email": email, "role": role, "invited_by": invited_by, "locale": locale}
         if key is not None:
             body["idempotency_key"] = key
+        if invited_by_id is not None:
+            body["invited_by_id"] = invited_by_id
         result: InviteOutcome = await self.client.call("POST", "/staff-invitations", json=body)
         return result
 

@@ -60,6 +60,10 @@ class StaffInviteBody(_Body):
     # Checked by the handler, which answers a clear invalid_role.
     role: str = Field(max_length=50)
     invited_by: InvitedBy = None
+    # The sending Administrator's user id (the gateway's session user): their open staff
+    # invitations are revoked when they lose the right to send them. None: no person (the
+    # bootstrap key), or a caller from before it was sent.
+    invited_by_id: uuid.UUID | None = None
     locale: Locale = None
     # The Invite Staff form's own key: posted again (a double click, the back button)
     # while its invitation is pending, nothing more is sent.
@@ -183,6 +187,12 @@ def invitation_json(row: asyncpg.Record, now: datetime) -> dict[str, Any]:
         # The language of its emails and pages; null: the agency's Language.
         "locale": row["locale"],
     }
+
+
+def staff_invitation_json(row: asyncpg.Record, now: datetime) -> dict[str, Any]:
+    """A staff invitation's JSON: an invitation's, and the user id of the Administrator who
+    sent it (null: no person, or sent before senders were recorded)."""
+    return {**invitation_json(row, now), "invited_by_id": _str(row["invited_by_id"])}
 
 
 def _str(value: uuid.UUID | None) -> str | None:
@@ -414,11 +424,17 @@ async def create_staff_invitation(request: web.Request) -> web.Response:
     body = await read_json(request, StaffInviteBody)
     deps = request.app[DEPS]
     row, outcome = await handlers.invite_staff(
-        deps, body.email, body.role, body.invited_by or None, body.locale, body.idempotency_key
+        deps,
+        body.email,
+        body.role,
+        body.invited_by or None,
+        body.locale,
+        body.idempotency_key,
+        body.invited_by_id,
     )
     shown = "resent" if outcome == "resent" else "created"
     return json_response(
-        {"invitation": invitation_json(row, deps.clock()), "outcome": shown},
+        {"invitation": staff_invitation_json(row, deps.clock()), "outcome": shown},
         200 if outcome == "resent" else 201,
     )
 
@@ -427,7 +443,7 @@ async def list_staff_invitations(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     rows = await handlers.open_staff_invitations(deps)
     now = deps.clock()
-    return json_response({"items": [invitation_json(row, now) for row in rows]})
+    return json_response({"items": [staff_invitation_json(row, now) for row in rows]})
 
 
 async def resend_staff_invitation(request: web.Request) -> web.Response:
@@ -435,13 +451,13 @@ async def resend_staff_invitation(request: web.Request) -> web.Response:
     # The body is optional: the sent time the Users screen showed (ResendBody).
     body = await read_json(request, ResendBody) if request.body_exists else ResendBody()
     row = await handlers.resend(deps, _id(request), staff=True, shown_sent_at=body.shown_sent_at)
-    return json_response(invitation_json(row, deps.clock()))
+    return json_response(staff_invitation_json(row, deps.clock()))
 
 
 async def revoke_staff_invitation(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     row = await handlers.revoke(deps, _id(request), staff=True)
-    return json_response(invitation_json(row, deps.clock()))
+    return json_response(staff_invitation_json(row, deps.clock()))
 
 
 async def _access(deps: Deps) -> dict[str, int]:

@@ -30,7 +30,9 @@ from libs.common.events import (
     MailRetrying,
     MailSent,
     PortalChanged,
+    UserDisabled,
     UserErased,
+    UserRoleChanged,
     make_event,
 )
 from libs.common.logging import get_logger
@@ -55,6 +57,7 @@ from .handlers import (
     record_group,
     record_not_first,
     replay,
+    revoke_sent_by,
     sends,
 )
 from .handlers.base import Row
@@ -107,8 +110,30 @@ async def on_portal_changed(deps: Deps, envelope: Envelope, data: EventData) -> 
 
 
 async def on_user_erased(deps: Deps, envelope: Envelope, data: EventData) -> None:
+    """The staff invitations the person sent go first (announced with the address they
+    were sent to), then what invitations keep of the person."""
     assert isinstance(data, UserErased)
+    await revoke_sent_by(deps, data.user_id, envelope.occurred_at, "sender_erased", envelope.actor)
     await erase_person(deps, data.user_id, envelope.occurred_at)
+
+
+async def on_user_disabled(deps: Deps, envelope: Envelope, data: EventData) -> None:
+    """A disabled Administrator's staff invitations can't make anyone Administrator or
+    Staff any more (enabling the account again doesn't bring them back)."""
+    assert isinstance(data, UserDisabled)
+    await revoke_sent_by(
+        deps, data.user_id, envelope.occurred_at, "sender_disabled", envelope.actor
+    )
+
+
+async def on_user_role_changed(deps: Deps, envelope: Envelope, data: EventData) -> None:
+    """A role that can't send staff invitations takes the ones the person sent."""
+    assert isinstance(data, UserRoleChanged)
+    if domain.may_send_staff_invitations(data.role):
+        return
+    await revoke_sent_by(
+        deps, data.user_id, envelope.occurred_at, "sender_role_changed", envelope.actor
+    )
 
 
 async def on_mail_outcomes(deps: Deps, events: Sequence[Event]) -> None:
@@ -518,4 +543,6 @@ HANDLERS: dict[str, ServiceHandler[Deps]] = {
     # the service's, whichever queue an event came through).
     **REQUEST_HANDLERS,
     "identity.user.erased": on_user_erased,
+    "identity.user.disabled": on_user_disabled,
+    "identity.user.role_changed": on_user_role_changed,
 }

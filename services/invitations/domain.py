@@ -459,6 +459,16 @@ def check_staff_role(role: str) -> str:
     return role
 
 
+# Who may send a staff invitation (the gateway's Users screen and /api/v1/staff-invitations
+# answer Administrators only). A sender who no longer is one, or whose account is disabled
+# or gone, can't send them any more: their open ones are revoked.
+SENDS_STAFF_INVITATIONS = frozenset({"administrator"})
+
+
+def may_send_staff_invitations(role: str, *, disabled: bool = False) -> bool:
+    return role in SENDS_STAFF_INVITATIONS and not disabled
+
+
 def check_not_on_the_team(email: str, role: str, disabled: bool, invited: str) -> None:
     """A staff invitation is for someone who isn't already at least the invited role.
     A Client (or a stranger) is invited alike, so the answer says nothing about clients."""

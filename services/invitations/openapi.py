@@ -113,6 +113,26 @@ OUTCOME = {
         "outcome": {"type": "string", "enum": ["created", "resent"]},
     },
 }
+STAFF_INVITATION = {
+    **INVITATION,
+    "properties": {
+        **INVITATION["properties"],  # type: ignore[dict-item]
+        "invited_by_id": {
+            **UUID,
+            "type": ["string", "null"],
+            "description": "the user id of the Administrator who sent it (null: no person,"
+            " or sent before senders were recorded); should they be disabled, erased or lose"
+            " the Administrator role, it is revoked",
+        },
+    },
+}
+STAFF_OUTCOME = {
+    "type": "object",
+    "properties": {
+        "invitation": STAFF_INVITATION,
+        "outcome": {"type": "string", "enum": ["created", "resent"]},
+    },
+}
 PAGE = page_of(INVITATION)
 VALIDATED = {
     "type": "object",
@@ -220,19 +240,19 @@ OPERATIONS: list[Operation] = [
      INVITATION, ["404 invitation_not_found", "409 invitation_accepted"]),
     ("post", "/staff-invitations",
      "Invite a person to the team as Administrator or Staff (or resend their pending one)",
-     api.StaffInviteBody, None, [], 201, OUTCOME,
+     api.StaffInviteBody, None, [], 201, STAFF_OUTCOME,
      ["200 outcome=resent", "422 invalid_email", "422 invalid_role",
       "409 already_on_team", "409 account_disabled", "429 send_rate_limited",
       "503 identity_unavailable"]),
     ("get", "/staff-invitations", "Pending and expired staff invitations, newest first",
      None, None, [], 200, {"type": "object", "properties": {
-         "items": {"type": "array", "items": INVITATION}}}, []),
+         "items": {"type": "array", "items": STAFF_INVITATION}}}, []),
     ("post", "/staff-invitations/{id}/resend", "New link and expiry; the old link dies",
-     None, None, [ID], 200, INVITATION,
+     None, None, [ID], 200, STAFF_INVITATION,
      ["404 invitation_not_found", "409 invitation_accepted", "409 invitation_revoked",
       "409 invitation_pending", "429 send_rate_limited (Retry-After, error.retry_at)"]),
     ("post", "/staff-invitations/{id}/revoke", "Invalidate the link", None, None, [ID], 200,
-     INVITATION, ["404 invitation_not_found", "409 invitation_accepted"]),
+     STAFF_INVITATION, ["404 invitation_not_found", "409 invitation_accepted"]),
     ("get", "/settings/access", "Invitation Link Expiry and Invitation Reminder", None, None,
      [], 200, ACCESS, []),
     ("put", "/settings/access",

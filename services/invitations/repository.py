@@ -28,7 +28,8 @@ _COLUMNS = (
     " i.accepted_user_id, i.accepted_at, i.revoked_at, i.created_at, i.send_count,"
     " i.delivery_next_attempt_at, i.accept_claim_until, i.expires_in_days, i.expiry_chosen,"
     " i.personal_message, i.invitee_name, i.send_reason, i.reminded_at, i.staff_role,"
-    " i.group_id, i.token_hash, i.locale, p.status AS portal_status, i.last_request_key"
+    " i.group_id, i.token_hash, i.locale, p.status AS portal_status, i.last_request_key,"
+    " i.invited_by_id"
 )
 _JOIN = (
     "LEFT JOIN portals p ON p.portal_id = i.portal_id"
@@ -240,18 +241,19 @@ async def insert(
     staff_role: str | None = None,
     group_id: uuid.UUID | None = None,
     locale: str | None = None,
+    invited_by_id: uuid.UUID | None = None,
 ) -> Row | None:
     """The new invitation, or None when a unique rule (one pending per email+portal, or
     per email for staff invitations; idempotency key) said no. A staff invitation has a
-    ``staff_role`` and no portal."""
+    ``staff_role`` and no portal, and ``invited_by_id``, its sender, when known."""
     return await conn.fetchrow(
         _returning(
             "INSERT INTO invitations (id, email, email_lower, portal_id, token_hash, sent_at,"
             " expires_at, last_mail_id, sub_client, invited_by, idempotency_key,"
             " expires_in_days, expiry_chosen, personal_message, invitee_name, staff_role,"
-            " group_id, locale)"
+            " group_id, locale, invited_by_id)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,"
-            " $17, $18) ON CONFLICT DO NOTHING"
+            " $17, $18, $19) ON CONFLICT DO NOTHING"
         ),
         invitation_id,
         email,
@@ -271,6 +273,7 @@ async def insert(
         staff_role,
         group_id,
         locale,
+        invited_by_id,
     )
 
 
@@ -704,6 +707,19 @@ async def open_staff_invitations(conn: Db, limit: int) -> list[Row]:
         " ORDER BY i.created_at DESC, i.id DESC LIMIT $1",
         limit,
     )
+
+
+async def open_staff_sent_by(conn: Conn, user_id: uuid.UUID, before: datetime) -> list[uuid.UUID]:
+    """The staff invitations this user sent before ``before`` (the event that took their
+    right to send them) still pending or expired: a Resend could still send those. Locked,
+    so a Resend or a reserve waits for the revocation."""
+    rows = await conn.fetch(
+        "SELECT id FROM invitations WHERE invited_by_id = $1"
+        " AND status IN ('pending', 'expired') AND created_at <= $2 ORDER BY id FOR UPDATE",
+        user_id,
+        before,
+    )
+    return [r["id"] for r in rows]
 
 
 # --- batches (issue 16) ---------------------------------------------------------------

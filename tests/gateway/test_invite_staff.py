@@ -49,12 +49,14 @@ async def test_the_users_screen_has_the_invite_staff_form(gw: TestClient, backen
 async def test_send_invitation_invites_with_the_role_and_says_so(
     gw: TestClient, backend: Backend
 ) -> None:
-    await as_admin(gw, backend)
+    admin = await as_admin(gw, backend)
     response = await post_form(
         gw, "/admin/users/invite", {"email": " Sam@Agency.Example ", "role": "staff"}
     )
     assert response.status == 303 and response.headers["Location"] == "/admin/users"
     assert "invitations.invite_staff:staff:admin@example.com" in backend.calls
+    # The sender by id: their losing the right to invite staff revokes it (SECURITY.md).
+    assert backend.staff_invite_bodies[-1]["invited_by_id"] == admin["id"]
     html = await (await gw.get("/admin/users")).text()
     assert "Invitation sent to Sam@agency.example" in html
     # The pending staff invitation is listed with its role, status and actions.
@@ -221,6 +223,8 @@ async def test_the_api_invites_staff_for_administrators_only(backend: Backend) -
         assert bad.status == 422
         assert (await bad.json())["error"]["code"]
         assert backend.calls.count("invitations.invite_staff:administrator:api") == 2
+        # The bootstrap key is no person: no sender's right for the invitation to live by.
+        assert "invited_by_id" not in backend.staff_invite_bodies[-1]
         # No session, no key: refused, and nothing is sent.
         assert (await api.post("/api/v1/staff-invitations", json=body)).status in (401, 403)
         assert backend.calls.count("invitations.invite_staff:administrator:api") == 2

@@ -130,6 +130,8 @@ async def access_rows(stack: Stack, user_id: str) -> int:
 FORGERIES: list[tuple[str, str, str]] = [
     ("portals", "events", "invitation.accepted"),
     ("portals", "events", "identity.user.disabled"),
+    ("invitations", "events", "identity.user.disabled"),
+    ("invitations", "events", "identity.user.role_changed"),
     ("invitations", "events", "portal.created"),
     ("invitations", "events", "portal.updated"),
     ("invitations", "events", "mail.sent"),
@@ -148,6 +150,11 @@ def forged_data(event_type: str, portal_id: str, user_id: str, email: str) -> di
             "user_id": user_id,
         },
         "identity.user.disabled": {"user_id": user_id},
+        "identity.user.role_changed": {
+            "user_id": user_id,
+            "role": "client",
+            "previous_role": "administrator",
+        },
         "portal.created": {
             "portal_id": str(uuid.uuid4()),
             "slug": f"forged-{ref[:8]}",

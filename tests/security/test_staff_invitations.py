@@ -11,6 +11,7 @@ import time
 import orjson
 import pytest
 
+from libs.common import broker
 from tests.security.conftest import (
     CLIENT_PASSWORD,
     PublicEvents,
@@ -19,7 +20,8 @@ from tests.security.conftest import (
     cookie,
     unique_email,
 )
-from tests.security.flows import logged_in, new_client
+from tests.security.flows import invite_link, logged_in, new_client, new_portal, publish_as
+from tests.security.test_broker_trust import dead_letter_ids, eventually, forged
 from tests.support.smtp import accept_link
 from tests.support.stack import ADMIN_EMAIL, Browser, Stack
 
@@ -128,3 +130,149 @@ async def test_a_client_logged_in_who_accepts_staff_gets_a_new_session(
     finally:
         await client.browser.close()
     assert await _role(admin, client.email) == "staff"
+
+
+# --- an invitation never outlives its sender's right to send it ---------------------------
+async def _post(browser: Browser, path: str, **fields: str) -> tuple[int, str]:
+    data = {"csrf_token": cookie(browser, "cp_csrf") or "", **fields}
+    async with browser.session.post(browser.base + path, data=data) as response:
+        return response.status, await response.text()
+
+
+async def _user_id(admin: Browser, email: str) -> str:
+    status, page = await api(admin, "GET", f"/api/v1/users?q={email}")
+    assert status == 200, page
+    return str(next(u["id"] for u in page["items"] if u["email"] == email))
+
+
+async def _new_administrator(stack: Stack, admin: Browser) -> tuple[Browser, str]:
+    """Another Administrator, invited and accepted: logged in, and their user id."""
+    email = unique_email("admin")
+    link = await _staff_link(stack, admin, email, "administrator")
+    browser = Browser(stack.public_url)
+    code, url, html = await browser.get(link)
+    assert code == 200, html[:500]
+    code, url, html = await browser.submit(
+        url,
+        html,
+        "Set Password",
+        {"Password": CLIENT_PASSWORD, "Confirm Password": CLIENT_PASSWORD},
+    )
+    assert code == 200 and url.endswith("/admin/portals"), (code, url, html[:500])
+    return browser, await _user_id(admin, email)
+
+
+async def _sent_by(stack: Stack, sender: Browser, *, through_form: bool) -> tuple[str, str, str]:
+    """``sender`` invites a stranger as Administrator (on the Users screen, or through the
+    API with their session) and a client to a portal: the stranger's address, and the two
+    links."""
+    staff_email, client_email = unique_email("newadmin"), unique_email()
+    if through_form:
+        code, html = await _post(
+            sender, "/admin/users/invite", email=staff_email, role="administrator"
+        )
+        assert code == 200 and "Invitation sent" in html, html[:500]
+    else:
+        code, body = await api(
+            sender,
+            "POST",
+            "/api/v1/staff-invitations",
+            {"email": staff_email, "role": "administrator"},
+        )
+        assert code == 201, body
+    staff_link = accept_link((await stack.sink.wait_for(staff_email))[-1])
+    portal = await new_portal(sender)
+    client_link = await invite_link(stack, sender, portal["id"], client_email)
+    return staff_email, staff_link, client_link
+
+
+async def _revoked_soon(stack: Stack, link: str) -> None:
+    """The link answers "revoked" once the invitations service has applied the event."""
+    browser = Browser(stack.public_url)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            code, _, html = await browser.get(link)
+            if code == 410 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert code == 410 and "This invitation has been revoked" in html, (code, html[:300])
+    finally:
+        await browser.close()
+
+
+async def _still_valid(stack: Stack, link: str) -> None:
+    browser = Browser(stack.public_url)
+    try:
+        code, _, html = await browser.get(link)
+        assert code == 200 and "Set Password" in html, (code, html[:300])
+    finally:
+        await browser.close()
+
+
+async def _listed(admin: Browser) -> set[str]:
+    status, body = await api(admin, "GET", "/api/v1/staff-invitations")
+    assert status == 200, body
+    return {i["email"] for i in body["items"]}
+
+
+async def test_a_disabled_administrators_staff_invitations_are_revoked_their_clients_stay(
+    stack: Stack, admin: Browser
+) -> None:
+    """An Administrator's account is disabled (compromised, or they left): the staff
+    invitations they sent can't make anyone Administrator any more. A client's invitation
+    they sent stays valid: clients expect to survive staff turnover."""
+    sender, sender_id = await _new_administrator(stack, admin)
+    try:
+        staff_email, staff_link, client_link = await _sent_by(stack, sender, through_form=True)
+    finally:
+        await sender.close()
+    code, html = await _post(admin, f"/admin/users/{sender_id}/disable")
+    assert code == 200, html[:500]
+
+    await _revoked_soon(stack, staff_link)
+    await _still_valid(stack, client_link)
+    # Off the Users screen's list, as after Revoke.
+    assert staff_email not in await _listed(admin)
+
+
+async def test_a_demoted_administrators_staff_invitations_are_revoked(
+    stack: Stack, admin: Browser
+) -> None:
+    sender, sender_id = await _new_administrator(stack, admin)
+    try:
+        staff_email, staff_link, client_link = await _sent_by(stack, sender, through_form=False)
+    finally:
+        await sender.close()
+    code, html = await _post(admin, f"/admin/users/{sender_id}/role", role="staff")
+    assert code == 200, html[:500]
+
+    await _revoked_soon(stack, staff_link)
+    await _still_valid(stack, client_link)
+    assert staff_email not in await _listed(admin)
+
+
+async def test_a_forged_disable_of_the_sender_revokes_nothing(stack: Stack, admin: Browser) -> None:
+    """identity.user.disabled from anyone but identity's broker user (here the broker's
+    administrator, the most a stolen credential gives) is dead-lettered by invitations, and
+    the invitation it names the sender of stays valid."""
+    sender, sender_id = await _new_administrator(stack, admin)
+    try:
+        staff_email, staff_link, _ = await _sent_by(stack, sender, through_form=False)
+    finally:
+        await sender.close()
+    event = forged("identity.user.disabled", {"user_id": sender_id})
+    await publish_as(
+        stack.broker.amqp_url,
+        stack,
+        "events",
+        event,
+        user_id=broker.user_of(stack.broker.amqp_url),
+    )
+
+    async def dead() -> bool:
+        return event["id"] in await dead_letter_ids(stack, "invitations")
+
+    await eventually(dead, "the forged disable in invitations' dead-letter queue")
+    await _still_valid(stack, staff_link)
+    assert staff_email in await _listed(admin)

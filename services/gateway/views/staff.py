@@ -59,6 +59,8 @@ async def invite_staff(request: web.Request) -> web.StreamResponse:
             locale,
             # Another role chosen (back, changed) is another request: resent with it.
             send_key(form_str(form, "send_key", 100), f"staff:{role}", email),
+            # Whose right to invite staff the invitation lives by (SECURITY.md).
+            str(admin["id"]) if admin else None,
         )
     except DomainError as exc:
         if exc.code in EMAIL_REFUSALS:
@@ -130,7 +132,11 @@ async def api_invite_staff(request: web.Request) -> web.StreamResponse:
     # An administrator's session, or the bootstrap key (no person: "api").
     inviter = user["email"] if user else "api"
     answer = await request.app[UPSTREAM].invitations.invite_staff(
-        body.email, body.role, inviter, body.locale
+        body.email,
+        body.role,
+        inviter,
+        body.locale,
+        invited_by_id=str(user["id"]) if user else None,
     )
     result = {"invitation": _public(answer["invitation"]), "outcome": answer["outcome"]}
     return json_response(result, 200 if answer["outcome"] == "resent" else 201)

@@ -30,6 +30,7 @@ from .sending import (
     revoke,
 )
 from .staff import invite_staff, open_staff_invitations
+from .staff_sender import revoke_sent_by
 from .sweep import SWEEP_LOCK, clear_closed_once, sweep_once
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "reserve",
     "resolve_portal",
     "revoke",
+    "revoke_sent_by",
     "serve_new_link_requests",
     "set_expiry_days",
     "set_reminder_days",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 import asyncpg
 
+from libs.common.actor import Actor
 from libs.common.db import Conn, UseCaseDeps
 from libs.common.events import Envelope, EventData, InvitationClosed, make_event
 from libs.common.logging import get_logger
@@ -152,11 +153,18 @@ def closed_event(row: Row) -> InvitationClosed:
     return InvitationClosed(**about(row), idempotency_key=row["idempotency_key"])
 
 
-def envelope(event_type: str, data: EventData) -> Envelope:
-    """The event as this service publishes it."""
-    return make_event(event_type, data, source=SOURCE)
+def envelope(event_type: str, data: EventData, actor: Actor | None = None) -> Envelope:
+    """The event as this service publishes it. ``actor``: by default the request's."""
+    return make_event(event_type, data, source=SOURCE, actor=actor)
 
 
-async def emit(conn: Conn, event_type: str, data: EventData, *more: tuple[str, EventData]) -> None:
-    """One event, or several in the order given, in one outbox statement."""
-    await append(conn, envelope(event_type, data), *(envelope(t, d) for t, d in more))
+async def emit(
+    conn: Conn,
+    event_type: str,
+    data: EventData,
+    *more: tuple[str, EventData],
+    actor: Actor | None = None,
+) -> None:
+    """One event, or several in the order given, in one outbox statement. ``actor``: who
+    made the change when it isn't the request's (an event's consequence: its actor)."""
+    await append(conn, envelope(event_type, data, actor), *(envelope(t, d, actor) for t, d in more))

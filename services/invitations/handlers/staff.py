@@ -29,11 +29,15 @@ async def invite_staff(
     invited_by: str | None,
     locale: str | None = None,
     key: str | None = None,
+    invited_by_id: uuid.UUID | None = None,
 ) -> tuple[Row, Outcome]:
     """Create the staff invitation, or resend the pending one. Someone who already is at
     least the invited role is refused (409 already_on_team); a Client is invited like a
     stranger, and logs in to accept. ``key``: the Invite Staff form's (send_key): posted
-    again while its invitation is pending, nothing more is sent."""
+    again while its invitation is pending, nothing more is sent. ``invited_by_id``: the
+    sending Administrator's user id, when a person sent it: should they lose the right to
+    invite staff, the invitation is revoked (staff_sender.py). A resend keeps the sender
+    the invitation was made by."""
     address = normalise_email(email)
     domain.check_staff_role(role)
     invited_by = domain.check_inviter(invited_by)
@@ -45,7 +49,7 @@ async def invite_staff(
             address, str(user.get("role", "client")), bool(user.get("disabled")), role
         )
     async with transaction(deps.db) as conn:
-        return await _record(conn, deps, address, role, invited_by, locale, key)
+        return await _record(conn, deps, address, role, invited_by, locale, key, invited_by_id)
 
 
 async def _record(
@@ -56,6 +60,7 @@ async def _record(
     invited_by: str | None,
     locale: str | None,
     key: str | None,
+    invited_by_id: uuid.UUID | None,
 ) -> tuple[Row, Outcome]:
     email_lower = email_key(email)
     for _ in range(5):
@@ -103,6 +108,7 @@ async def _record(
             expires_in_days=days,
             staff_role=role,
             locale=locale,
+            invited_by_id=invited_by_id,
         )
         if created is None:
             continue  # a concurrent invitation of this address won: resend that one

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from libs.common.actor import Actor
 from libs.common.db import Conn
 from libs.common.events import (
     MailRequested,
@@ -74,12 +75,15 @@ async def announce_sent(
     await emit(conn, event_type, sent, ("mail.requested", mail))
 
 
-async def announce_closed(conn: Conn, event_type: str, row: Row) -> None:
-    """invitation.staff.revoked / .expired."""
+async def announce_closed(
+    conn: Conn, event_type: str, row: Row, *, actor: Actor | None = None
+) -> None:
+    """invitation.staff.revoked / .expired. ``actor``: whose change it is, when not the
+    request's (a sender's right taken away: whoever took it)."""
     closed = StaffInvitationClosed(
         invitation_id=row["id"], email=row["email"], role=row["staff_role"]
     )
-    await emit(conn, event_type, closed)
+    await emit(conn, event_type, closed, actor=actor)
 
 
 async def announce_accepted(conn: Conn, row: Row, user_id: uuid.UUID) -> None:

@@ -220,7 +220,9 @@ OPERATIONS: list[Operation] = [
      [], 200, VALIDATED, [*TOKEN_ERRORS, "503 identity_unavailable"]),
     ("post", "/invitations/reserve",
      "Spend a link for one request (pending to accepting, exactly once), before any account"
-     " or access", api.ReserveBody, None, [], 200, RESERVED, TOKEN_ERRORS),
+     " or access; a staff invitation's sender is asked at identity (invitation_revoked:"
+     " they may no longer send it)", api.ReserveBody, None, [], 200, RESERVED,
+     [*TOKEN_ERRORS, "503 identity_unavailable"]),
     ("post", "/invitations/accept", "Finish the acceptance a claim holds: accepted, announced",
      api.AcceptBody, None, [], 200, ACCEPTED, ["404 invitation_invalid", "409 invitation_used"]),
     ("post", "/invitations/release",

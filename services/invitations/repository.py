@@ -709,13 +709,16 @@ async def open_staff_invitations(conn: Db, limit: int) -> list[Row]:
     )
 
 
-async def open_staff_sent_by(conn: Conn, user_id: uuid.UUID, before: datetime) -> list[uuid.UUID]:
+async def open_staff_sent_by(
+    conn: Conn, user_id: uuid.UUID, before: datetime | None
+) -> list[uuid.UUID]:
     """The staff invitations this user sent before ``before`` (the event that took their
-    right to send them) still pending or expired: a Resend could still send those. Locked,
-    so a Resend or a reserve waits for the revocation."""
+    right to send them; None: whenever) still pending or expired: a Resend could still
+    send those. Locked, so a Resend or a reserve waits for the revocation."""
     rows = await conn.fetch(
         "SELECT id FROM invitations WHERE invited_by_id = $1"
-        " AND status IN ('pending', 'expired') AND created_at <= $2 ORDER BY id FOR UPDATE",
+        " AND status IN ('pending', 'expired') AND ($2::timestamptz IS NULL OR created_at <= $2)"
+        " ORDER BY id FOR UPDATE",
         user_id,
         before,
     )

@@ -174,3 +174,97 @@ async def test_an_erased_senders_invitations_are_revoked(
     await apply(client, "identity.user.erased", UserErased(user_id=sender))
     assert await status_of(client, invitation) == "not listed"
     assert len(await revocations(pool, invitation)) == 1
+
+
+# --- at the link: the event not applied yet ------------------------------------------------
+async def sender_in(world: World, role: str = "administrator") -> tuple[str, uuid.UUID]:
+    """An Administrator identity knows: their address and id."""
+    email = f"admin-{uuid.uuid4().hex[:8]}@agency.example"
+    return email, uuid.UUID(world.add_user(email, role=role))
+
+
+async def sent_as(client: Client, email: str, sender: uuid.UUID) -> dict[str, Any]:
+    body = {
+        "email": new_email(),
+        "role": "administrator",
+        "invited_by": email,
+        "invited_by_id": str(sender),
+    }
+    response = await client.post("/staff-invitations", json=body)
+    assert response.status == 201, await response.text()
+    invitation: dict[str, Any] = (await response.json())["invitation"]
+    return invitation
+
+
+async def reserve(client: Client, token: str) -> tuple[int, dict[str, Any]]:
+    response = await client.post("/invitations/reserve", json={"token": token})
+    return response.status, await response.json()
+
+
+async def test_the_link_of_an_active_senders_invitation_works(
+    client: Client, world: World, pool: asyncpg.Pool
+) -> None:
+    email, sender = await sender_in(world)
+    invitation = await sent_as(client, email, sender)
+    token = await last_token(pool, invitation["id"])
+    assert (await validate(client, token))[0] == 200
+    assert (await reserve(client, token))[0] == 200
+
+
+@pytest.mark.parametrize("lost", ["disabled", "demoted", "erased", "address_reused"])
+async def test_a_sender_who_lost_the_right_is_caught_at_the_link(
+    client: Client, world: World, pool: asyncpg.Pool, lost: str
+) -> None:
+    """identity.user.* not applied yet (the queue behind, the service just started): the
+    link asks identity about the sender, and revokes what the event would have revoked."""
+    email, sender = await sender_in(world)
+    invitation = await sent_as(client, email, sender)
+    other = await sent_as(client, email, sender)
+    token = await last_token(pool, invitation["id"])
+    if lost == "disabled":
+        world.disabled.add(str(sender))
+    elif lost == "demoted":
+        world.roles[str(sender)] = "staff"
+    elif lost == "erased":
+        del world.users[email]
+    else:  # erased, and someone else has the address now
+        world.users[email] = str(uuid.uuid4())
+        world.roles[world.users[email]] = "administrator"
+
+    code, answer = await validate(client, token)
+    assert code == 410 and answer["error"]["code"] == "invitation_revoked"
+    code, answer = await reserve(client, token)
+    assert code == 410 and answer["error"]["code"] == "invitation_revoked"
+    for revoked in (invitation, other):
+        assert await status_of(client, revoked) == "not listed"
+        assert len(await revocations(pool, revoked)) == 1
+
+
+async def test_the_check_at_reserve_takes_back_the_claim(
+    client: Client, world: World, pool: asyncpg.Pool
+) -> None:
+    """Disabled between the page (validate) and Set Password (reserve): refused, and the
+    invitation is revoked rather than left spent for a claim nobody will finish."""
+    email, sender = await sender_in(world)
+    invitation = await sent_as(client, email, sender)
+    token = await last_token(pool, invitation["id"])
+    assert (await validate(client, token))[0] == 200
+    world.disabled.add(str(sender))
+    code, answer = await reserve(client, token)
+    assert code == 410 and answer["error"]["code"] == "invitation_revoked"
+    row = await pool.fetchrow(
+        "SELECT status, accept_claim FROM invitations WHERE id = $1", uuid.UUID(invitation["id"])
+    )
+    assert row is not None and row["status"] == "revoked" and row["accept_claim"] is None
+
+
+async def test_an_invitation_without_a_recorded_sender_asks_nobody(
+    client: Client, world: World, pool: asyncpg.Pool
+) -> None:
+    invitation = await sent(client, None)
+    token = await last_token(pool, invitation["id"])
+    world.identity_down = True  # were the sender asked, this would answer 503
+    try:
+        assert (await reserve(client, token))[0] == 200
+    finally:
+        world.identity_down = False

@@ -19,6 +19,7 @@ from .. import repository as repo
 from ..clients import PortalInfo
 from . import staff_events
 from .base import Deps, Row, about, emit, log
+from .staff_sender import check_sender
 
 
 def _invalid() -> NotFound:
@@ -117,6 +118,8 @@ async def validate(deps: Deps, token: str) -> tuple[list[Row], Account]:
             await _refuse_earlier_link(conn, token_hash)
     if rows[0]["group_id"] is None:
         rows = await _usable_alone(deps, token_hash, rows)
+        if rows[0]["status"] == "pending":
+            await check_sender(deps, rows[0])  # a staff invitation's sender: still may?
     else:
         await _fresh_portals(deps, rows)
         async with connection(deps.db) as conn:
@@ -153,9 +156,13 @@ async def reserve(deps: Deps, token: str) -> tuple[list[Row], uuid.UUID]:
     claim = uuid.uuid4()
     async with connection(deps.db) as conn:
         row = await repo.reserve(conn, token_hash, claim, now, now + domain.ACCEPT_LEASE)
-        if row is not None:
-            log.info("invitation_reserved", invitation_id=str(row["id"]))
-            return [row], claim
+    if row is not None:
+        # Checked once the link is spent for this request, so no revoke can come between
+        # the answer and the account: refused, the invitation is revoked, claim and all.
+        await check_sender(deps, row)
+        log.info("invitation_reserved", invitation_id=str(row["id"]))
+        return [row], claim
+    async with connection(deps.db) as conn:
         current = await repo.find_all_by_token(conn, token_hash)
         if not current:
             await _refuse_earlier_link(conn, token_hash)

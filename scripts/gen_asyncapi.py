@@ -246,7 +246,10 @@ LATER_VERSIONS: dict[tuple[str, int], tuple[dict[str, Any], str]] = {
 
 SUMMARIES = {
     "identity.user.created": "A user account was created.",
-    "identity.user.disabled": "A user account was disabled; its sessions end.",
+    "identity.user.disabled": (
+        "A user account was disabled; its sessions end, it leaves every portal, and the"
+        " staff invitations it sent, still open, are revoked."
+    ),
     "identity.user.enabled": "A disabled user account may log in again.",
     "identity.user.erased": (
         "An administrator erased the account (the right to erasure): it and its sessions are"
@@ -254,7 +257,9 @@ SUMMARIES = {
         " the user's id only, never personal data."
     ),
     "identity.user.role_changed": (
-        "A user's role changed (Administrator, Staff, Client); it applies to their next request."
+        "A user's role changed (Administrator, Staff, Client); it applies to their next"
+        " request. A role other than Administrator revokes the staff invitations the user"
+        " sent, still open."
     ),
     "identity.user.preferences_changed": (
         "A person saved their own Language and Time Zone on Account (null: not chosen);"

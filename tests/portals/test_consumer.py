@@ -298,48 +298,39 @@ async def test_an_acceptance_heard_after_the_disable_grants_nothing(
 _SECOND = timedelta(seconds=1)
 
 
-async def test_an_acceptance_from_before_a_disable_and_an_enable_grants_nothing(
-    client: Client, db: asyncpg.Pool, publisher: Bus, new_portal: NewPortal
+@pytest.mark.parametrize(
+    ("disabled", "enabled", "accepted", "granted"),
+    [
+        # Accepted, disabled, enabled again; the acceptance heard last (its relay behind).
+        (0, 1, -1, False),
+        # Accepted while disabled, heard after the Enable.
+        (0, 2, 1, False),
+        # Disabled, enabled, then invited anew and accepted: the portal is theirs.
+        (-2, -1, 0, True),
+    ],
+    ids=["accepted_before_the_disable", "accepted_while_disabled", "accepted_after_the_enable"],
+)
+async def test_an_acceptance_heard_after_a_disable_and_an_enable(
+    client: Client,
+    db: asyncpg.Pool,
+    publisher: Bus,
+    new_portal: NewPortal,
+    disabled: int,
+    enabled: int,
+    accepted: int,
+    granted: bool,
 ) -> None:
-    """Accepted, disabled, enabled again; the acceptance heard last (its relay was behind)."""
+    """The Disable and the Enable heard first (seconds from now), the acceptance last:
+    only one made after the Enable gives the portal."""
     portal, user, now = await new_portal(), str(uuid.uuid4()), datetime.now(UTC)
     await _deliver(
         publisher,
         db,
-        _account_event("identity.user.disabled", user, now),
-        _account_event("identity.user.enabled", user, now + _SECOND),
-        _accepted_at(portal, user, now - _SECOND),
+        _account_event("identity.user.disabled", user, now + disabled * _SECOND),
+        _account_event("identity.user.enabled", user, now + enabled * _SECOND),
+        _accepted_at(portal, user, now + accepted * _SECOND),
     )
-    assert await _portals_of(client, user) == []
-
-
-async def test_an_acceptance_while_disabled_heard_after_the_enable_grants_nothing(
-    client: Client, db: asyncpg.Pool, publisher: Bus, new_portal: NewPortal
-) -> None:
-    portal, user, now = await new_portal(), str(uuid.uuid4()), datetime.now(UTC)
-    await _deliver(
-        publisher,
-        db,
-        _account_event("identity.user.disabled", user, now),
-        _account_event("identity.user.enabled", user, now + 2 * _SECOND),
-        _accepted_at(portal, user, now + _SECOND),
-    )
-    assert await _portals_of(client, user) == []
-
-
-async def test_an_acceptance_after_the_enable_grants(
-    client: Client, db: asyncpg.Pool, publisher: Bus, new_portal: NewPortal
-) -> None:
-    """Disabled, enabled, then invited anew and accepted: the portal is theirs."""
-    portal, user, now = await new_portal(), str(uuid.uuid4()), datetime.now(UTC)
-    await _deliver(
-        publisher,
-        db,
-        _account_event("identity.user.disabled", user, now - 2 * _SECOND),
-        _account_event("identity.user.enabled", user, now - _SECOND),
-        _accepted_at(portal, user, now),
-    )
-    assert await _portals_of(client, user) == [portal["id"]]
+    assert await _portals_of(client, user) == ([portal["id"]] if granted else [])
 
 
 async def test_an_enable_heard_before_its_disable_keeps_the_account_enabled(

@@ -14,7 +14,14 @@ import aio_pika
 import aiohttp
 import orjson
 
-from tests.security.conftest import CLIENT_PASSWORD, PublicEvents, Secrets, api, unique_email
+from tests.security.conftest import (
+    CLIENT_PASSWORD,
+    PublicEvents,
+    Secrets,
+    api,
+    cookie,
+    unique_email,
+)
 from tests.support.smtp import accept_link
 from tests.support.stack import Browser, Stack
 
@@ -36,6 +43,35 @@ async def invite_link(stack: Stack, admin: Browser, portal_id: str, email: str) 
     return accept_link(messages[-1])
 
 
+async def set_password(stack: Stack, link: str) -> tuple[Browser, str]:
+    """A new browser opens an invitation's link and sets its password: the browser,
+    logged in, and where it landed."""
+    browser = Browser(stack.public_url)
+    code, url, html = await browser.get(link)
+    assert code == 200, html[:500]
+    code, url, html = await browser.submit(
+        url,
+        html,
+        "Set Password",
+        {"Password": CLIENT_PASSWORD, "Confirm Password": CLIENT_PASSWORD},
+    )
+    assert code == 200, (code, url, html[:500])
+    return browser, url
+
+
+async def post_form(browser: Browser, path: str, **fields: str) -> tuple[int, str]:
+    """A form posted as the page would post it (its CSRF token included)."""
+    data = {"csrf_token": cookie(browser, "cp_csrf") or "", **fields}
+    async with browser.session.post(browser.base + path, data=data) as response:
+        return response.status, await response.text()
+
+
+async def user_id_of(admin: Browser, email: str) -> str:
+    status, page = await api(admin, "GET", f"/api/v1/users?q={email}")
+    assert status == 200, page
+    return str(next(u["id"] for u in page["items"] if u["email"] == email))
+
+
 @dataclass
 class Client:
     browser: Browser
@@ -53,16 +89,8 @@ async def new_client(
     link = await invite_link(stack, admin, portal["id"], email)
     if secrets is not None:
         secrets.add(link.split("token=", 1)[1])
-    browser = Browser(stack.public_url)
-    code, url, html = await browser.get(link)
-    assert code == 200, html[:500]
-    code, url, html = await browser.submit(
-        url,
-        html,
-        "Set Password",
-        {"Password": CLIENT_PASSWORD, "Confirm Password": CLIENT_PASSWORD},
-    )
-    assert code == 200 and f"/client-portal/{portal['slug']}/" in url, (code, url, html[:500])
+    browser, url = await set_password(stack, link)
+    assert f"/client-portal/{portal['slug']}/" in url, url
     return Client(browser, email, portal, link)
 
 

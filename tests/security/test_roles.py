@@ -17,7 +17,7 @@ from services.gateway.security import (
     STAFF_PAGES,
 )
 from tests.security.conftest import CLIENT_PASSWORD, api, cookie
-from tests.security.flows import Client, new_client, new_portal
+from tests.security.flows import Client, new_client, new_portal, post_form, user_id_of
 from tests.security.test_api_keys import api_routes
 from tests.security.test_routes import concrete, route_table
 from tests.support.stack import ADMIN_EMAIL, Browser, Stack, login
@@ -25,21 +25,9 @@ from tests.support.stack import ADMIN_EMAIL, Browser, Stack, login
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
-async def _post(browser: Browser, path: str, **fields: str) -> tuple[int, str]:
-    data = {"csrf_token": cookie(browser, "cp_csrf") or "", **fields}
-    async with browser.session.post(browser.base + path, data=data) as response:
-        return response.status, await response.text()
-
-
-async def _user_id(admin: Browser, email: str) -> str:
-    status, page = await api(admin, "GET", f"/api/v1/users?q={email}")
-    assert status == 200, page
-    return str(next(u["id"] for u in page["items"] if u["email"] == email))
-
-
 async def _make_staff(admin: Browser, client: Client) -> str:
-    user_id = await _user_id(admin, client.email)
-    status, html = await _post(admin, f"/admin/users/{user_id}/role", role="staff")
+    user_id = await user_id_of(admin, client.email)
+    status, html = await post_form(admin, f"/admin/users/{user_id}/role", role="staff")
     assert status == 200 and f"The role of {client.email} was changed." in html, html[:500]
     return user_id
 
@@ -108,14 +96,14 @@ async def test_staff_log_in_to_the_admin_area(stack: Stack, admin: Browser) -> N
 
 async def test_disable_and_enable_on_the_users_screen(stack: Stack, admin: Browser) -> None:
     client = await new_client(stack, admin)
-    user_id = await _user_id(admin, client.email)
-    status, html = await _post(admin, f"/admin/users/{user_id}/disable")
+    user_id = await user_id_of(admin, client.email)
+    status, html = await post_form(admin, f"/admin/users/{user_id}/disable")
     assert status == 200 and f"User {client.email} disabled." in html
     assert re.search(rf'action="/admin/users/{user_id}/enable"', html)
     code, url, _ = await client.browser.get(f"/client-portal/{client.portal['slug']}/")
     assert "/login" in url  # logged out at once
     await client.browser.close()
-    status, html = await _post(admin, f"/admin/users/{user_id}/enable")
+    status, html = await post_form(admin, f"/admin/users/{user_id}/enable")
     assert status == 200 and f"User {client.email} enabled" in html
     back = await login(stack, client.email, CLIENT_PASSWORD)
     await back.close()
@@ -129,9 +117,9 @@ async def test_a_disabled_user_can_not_be_made_client_or_sub_client(
     took a disabled user's id as they were: the person, enabled again, was on those
     portals without any invitation."""
     client = await new_client(stack, admin)
-    user_id = await _user_id(admin, client.email)
+    user_id = await user_id_of(admin, client.email)
     await client.browser.close()
-    status, html = await _post(admin, f"/admin/users/{user_id}/disable")
+    status, html = await post_form(admin, f"/admin/users/{user_id}/disable")
     assert status == 200 and f"User {client.email} disabled." in html
     portal = await new_portal(admin)
     for path, body in (
@@ -154,7 +142,7 @@ async def test_a_disabled_user_can_not_be_made_client_or_sub_client(
         assert code == 422 and message in html, (field, code, html[:300])
     status, now = await api(admin, "GET", f"/api/v1/portals/{portal['id']}")
     assert (now["client_id"], now["sub_client_ids"]) == (None, []), now
-    status, html = await _post(admin, f"/admin/users/{user_id}/enable")
+    status, html = await post_form(admin, f"/admin/users/{user_id}/enable")
     assert status == 200 and f"User {client.email} enabled" in html
     back = await login(stack, client.email, CLIENT_PASSWORD)
     try:
@@ -167,12 +155,12 @@ async def test_a_disabled_user_can_not_be_made_client_or_sub_client(
 async def test_an_administrator_cant_demote_or_disable_themselves(
     stack: Stack, admin: Browser
 ) -> None:
-    me = await _user_id(admin, ADMIN_EMAIL.lower())
-    status, html = await _post(admin, f"/admin/users/{me}/role", role="client")
+    me = await user_id_of(admin, ADMIN_EMAIL.lower())
+    status, html = await post_form(admin, f"/admin/users/{me}/role", role="client")
     assert status == 422 and "You can&#39;t change the role of your own account." in html
-    status, html = await _post(admin, f"/admin/users/{me}/disable")
+    status, html = await post_form(admin, f"/admin/users/{me}/disable")
     assert status == 422 and "You can&#39;t disable your own account." in html
-    status, html = await _post(admin, f"/admin/users/{me}/role", role="owner")
+    status, html = await post_form(admin, f"/admin/users/{me}/role", role="owner")
     assert status == 422 and "Choose a role" in html
     code, _, _ = await admin.get("/admin/settings")
     assert code == 200  # still an administrator

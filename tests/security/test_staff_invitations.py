@@ -20,7 +20,16 @@ from tests.security.conftest import (
     cookie,
     unique_email,
 )
-from tests.security.flows import invite_link, logged_in, new_client, new_portal, publish_as
+from tests.security.flows import (
+    invite_link,
+    logged_in,
+    new_client,
+    new_portal,
+    post_form,
+    publish_as,
+    set_password,
+    user_id_of,
+)
 from tests.security.test_broker_trust import dead_letter_ids, eventually, forged
 from tests.support.smtp import accept_link
 from tests.support.stack import ADMIN_EMAIL, Browser, Stack
@@ -133,33 +142,13 @@ async def test_a_client_logged_in_who_accepts_staff_gets_a_new_session(
 
 
 # --- an invitation never outlives its sender's right to send it ---------------------------
-async def _post(browser: Browser, path: str, **fields: str) -> tuple[int, str]:
-    data = {"csrf_token": cookie(browser, "cp_csrf") or "", **fields}
-    async with browser.session.post(browser.base + path, data=data) as response:
-        return response.status, await response.text()
-
-
-async def _user_id(admin: Browser, email: str) -> str:
-    status, page = await api(admin, "GET", f"/api/v1/users?q={email}")
-    assert status == 200, page
-    return str(next(u["id"] for u in page["items"] if u["email"] == email))
-
-
 async def _new_administrator(stack: Stack, admin: Browser) -> tuple[Browser, str]:
     """Another Administrator, invited and accepted: logged in, and their user id."""
     email = unique_email("admin")
     link = await _staff_link(stack, admin, email, "administrator")
-    browser = Browser(stack.public_url)
-    code, url, html = await browser.get(link)
-    assert code == 200, html[:500]
-    code, url, html = await browser.submit(
-        url,
-        html,
-        "Set Password",
-        {"Password": CLIENT_PASSWORD, "Confirm Password": CLIENT_PASSWORD},
-    )
-    assert code == 200 and url.endswith("/admin/portals"), (code, url, html[:500])
-    return browser, await _user_id(admin, email)
+    browser, url = await set_password(stack, link)
+    assert url.endswith("/admin/portals"), url
+    return browser, await user_id_of(admin, email)
 
 
 async def _sent_by(stack: Stack, sender: Browser, *, through_form: bool) -> tuple[str, str, str]:
@@ -168,7 +157,7 @@ async def _sent_by(stack: Stack, sender: Browser, *, through_form: bool) -> tupl
     links."""
     staff_email, client_email = unique_email("newadmin"), unique_email()
     if through_form:
-        code, html = await _post(
+        code, html = await post_form(
             sender, "/admin/users/invite", email=staff_email, role="administrator"
         )
         assert code == 200 and "Invitation sent" in html, html[:500]
@@ -230,7 +219,7 @@ async def test_a_disabled_administrators_staff_invitations_are_revoked_their_cli
         staff_email, staff_link, client_link = await _sent_by(stack, sender, through_form=True)
     finally:
         await sender.close()
-    code, html = await _post(admin, f"/admin/users/{sender_id}/disable")
+    code, html = await post_form(admin, f"/admin/users/{sender_id}/disable")
     assert code == 200, html[:500]
 
     await _revoked_by_the_event(stack, public_events, staff_email, staff_link)
@@ -247,7 +236,7 @@ async def test_a_demoted_administrators_staff_invitations_are_revoked(
         staff_email, staff_link, client_link = await _sent_by(stack, sender, through_form=False)
     finally:
         await sender.close()
-    code, html = await _post(admin, f"/admin/users/{sender_id}/role", role="staff")
+    code, html = await post_form(admin, f"/admin/users/{sender_id}/role", role="staff")
     assert code == 200, html[:500]
 
     await _revoked_by_the_event(stack, public_events, staff_email, staff_link)

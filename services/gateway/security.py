@@ -71,6 +71,12 @@ LARGE_FORMS: dict[str, tuple[int, str]] = {
 # The API's description and its reference page: public, like any published contract.
 PUBLIC_API = frozenset({"/api/v1/openapi.json", "/api/docs"})
 NO_REFERRER = ("/invitations/accept", "/reset-password")
+# Answers only our own pages' scripts read: the editor's user search (app.js). Like the
+# API's, another site's link or script must not get them with the person's cookies.
+SCRIPT_ONLY = frozenset({"/admin/users/search"})
+# Sec-Fetch-Site of a request another site made the browser send (a sibling subdomain
+# counts as another site: the cookies are __Host- under https).
+ELSEWHERE = frozenset({"cross-site", "same-site"})
 HSTS = "max-age=31536000"
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -83,6 +89,14 @@ PORTAL_CSP = CSP.replace("img-src 'self' data:", "img-src 'self' data: https:")
 
 def _plain(request: web.Request) -> bool:
     return request.path.startswith(PLAIN_PATHS)
+
+
+def _read_by_scripts(request: web.Request) -> bool:
+    """The API (but its public documents) and SCRIPT_ONLY: JSON for programs and our own
+    pages' scripts, never a page another site links to."""
+    if is_api(request):
+        return request.path not in PUBLIC_API
+    return request.path in SCRIPT_ONLY
 
 
 class CsrfFailed(Forbidden):
@@ -245,6 +259,13 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
     # one in a client's configuration too), as the pages outside /api are.
     if is_api(request) and request.path not in PUBLIC_API:
         await _authenticate_key(request)
+    # A GET needs no token, and a link or a script on another site navigates the browser
+    # to one with the Lax session cookie: answered, its size tells whoever sees the
+    # traffic what a search found (README "Compression and secrets").
+    elsewhere = request.headers.get("Sec-Fetch-Site") in ELSEWHERE
+    if elsewhere and _read_by_scripts(request) and not state.api_key:
+        log.warning("cross_site_read_refused", path=request.path[:200])
+        raise OriginRefused(N_("The request came from another site."))
     if request.method in UNSAFE:
         settings = request.app[SETTINGS]
         origin = request.headers.get("Origin")

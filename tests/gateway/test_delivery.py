@@ -137,6 +137,41 @@ async def test_small_answers_and_pages_another_site_opened_are_not_compressed(
     assert api.headers.get("Content-Encoding") == "gzip"
 
 
+async def test_another_site_cannot_make_a_browser_read_the_api_with_its_session(
+    raw: TestClient, backend: Backend
+) -> None:
+    """A link or a script on another site navigates the administrator's browser to a JSON
+    answer (a GET: no form, no token): the Lax session cookie goes with it. Answered, it
+    tells whoever sees the traffic's sizes what a search found (gzipped or not); so a
+    session's API answer, and the editor's user search, go only to our own pages and the
+    address bar."""
+    admin = backend.add_user("admin@example.com", PASSWORD, role="administrator")
+    backend.add_user("ann.secret@example.com", PASSWORD)
+    await log_in(raw, admin, PASSWORD)
+    for path in ("/api/v1/users?q=ann.secret", "/admin/users/search?q=ann.secret"):
+        for site in ("cross-site", "same-site"):
+            response = await raw.get(path, headers={**IDENTITY, "Sec-Fetch-Site": site})
+            body = await response.read()
+            assert response.status == 403, (path, site, body[:200])
+            assert b"ann.secret" not in body
+        for site in ("same-origin", "none"):
+            response = await raw.get(path, headers={**IDENTITY, "Sec-Fetch-Site": site})
+            assert response.status == 200, (path, site)
+            assert b"ann.secret@example.com" in await response.read()
+    error = await (
+        await raw.get("/api/v1/users", headers={**IDENTITY, "Sec-Fetch-Site": "cross-site"})
+    ).json()
+    assert error["error"]["code"] == "csrf_failed"
+    # A key is no cookie a browser sends by itself: its holder's calls are answered
+    # whatever the header says.
+    key, _ = backend.add_api_key("crm", ["users:read"])
+    raw.session.cookie_jar.clear()
+    response = await raw.get(
+        "/api/v1/users", headers={"Authorization": f"Bearer {key}", "Sec-Fetch-Site": "cross-site"}
+    )
+    assert response.status == 200
+
+
 async def test_every_page_shows_the_csrf_token_masked_afresh(
     gw: TestClient, backend: Backend
 ) -> None:

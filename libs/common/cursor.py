@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
 from pydantic import StringConstraints
@@ -48,8 +48,13 @@ def decode_cursor(listing: str, cursor: str) -> tuple[datetime, uuid.UUID]:
             # A cursor issued before lists named theirs: a client paging through the
             # upgrade finishes its walk.
             created_at, row_id = parts
-        return datetime.fromisoformat(created_at), uuid.UUID(row_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        when = datetime.fromisoformat(created_at)
+        if when.tzinfo is None:
+            raise ValueError(created_at)  # every list issues its time with its offset
+        # The database takes it in UTC: a time Python reads but can't move there (within a
+        # day of year 1 or of year 9999) is no cursor a list issued (OverflowError).
+        return when.astimezone(UTC), uuid.UUID(row_id)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise InvalidInput(
             "The cursor is not valid; start from the first page.", code="invalid_cursor"
         ) from None

@@ -39,3 +39,17 @@ def test_bad_cursor_is_invalid_input(cursor: str) -> None:
     with pytest.raises(InvalidInput) as err:
         decode_cursor("portals", cursor)
     assert err.value.code == "invalid_cursor"
+
+
+@pytest.mark.parametrize(
+    "when",
+    # Times Python reads that PostgreSQL can't be given (they leave year 1 to 9999 once
+    # in UTC), and one without its offset, which no list issues.
+    ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "2026-01-02T03:04:05"],
+)
+def test_a_forged_time_no_list_issues_is_invalid(when: str) -> None:
+    raw = f"portals|{when}|{uuid.uuid4()}"
+    cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    with pytest.raises(InvalidInput) as err:
+        decode_cursor("portals", cursor)
+    assert err.value.code == "invalid_cursor"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -504,3 +505,20 @@ async def test_openapi_document(client: Client) -> None:
         "content",
         "status",
     }
+
+
+@pytest.mark.parametrize(
+    "when",
+    # Dates Python reads and PostgreSQL can't hold: a day past its range once in UTC.
+    ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"],
+)
+async def test_a_forged_cursor_out_of_the_databases_range_is_invalid(
+    client: Client, when: str
+) -> None:
+    """A cursor is opaque but not sealed: one a caller wrote with a date PostgreSQL
+    can't hold is refused as invalid_cursor, not a 500."""
+    raw = f"portals|{when}|{uuid.uuid4()}"
+    cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    resp = await client.get("/portals", params={"cursor": cursor})
+    assert resp.status == 422, await resp.text()
+    assert (await resp.json())["error"]["code"] == "invalid_cursor"

@@ -224,21 +224,46 @@ def clientpress_at(port: int) -> bool:
         return False
 
 
-def ports_in_use(env: dict[str, str]) -> list[str]:
-    """Why this run can't listen where it means to: one line per port something else
-    already holds, naming the variable that moves it. Checked before anything starts, so a
-    taken port is not found as a traceback in a service's log after the migrations."""
-    wanted: list[tuple[int, str, str]] = []
+def port_variables(env: dict[str, str]) -> list[tuple[str, str, str]]:
+    """Every port this run listens on: (its value as set, or its default; what listens
+    there; the variable that moves it)."""
+    wanted: list[tuple[str, str, str]] = []
     for name, (variable, default) in PORTS.items():
-        what = "the site" if name == "gateway" else f"{name}'s internal API"
-        wanted.append((int(env.get(variable) or default), what, variable))
-        wanted.append(
-            (management_port(env, name), f"{name}'s /metrics", f"{name.upper()}_MANAGEMENT_PORT")
-        )
+        what = "the site" if name == "gateway" else f"the {name} service's internal API"
+        wanted.append((env.get(variable) or str(default), what, variable))
+        own = f"{name.upper()}_MANAGEMENT_PORT"
+        # MANAGEMENT_PORT moves every service's: named as it was set.
+        chosen = own if env.get(own) or not env.get("MANAGEMENT_PORT") else "MANAGEMENT_PORT"
+        what = f"the {name} service's /metrics"
+        wanted.append((env.get(chosen) or str(SERVICES[name]), what, chosen))
     if catches_mail(env):
-        wanted.append((int(env.get("SMTP_PORT") or 1025), "the mail catcher's SMTP", "SMTP_PORT"))
-        web = int(env.get("MAIL_CATCHER_WEB_PORT") or 1080)
+        wanted.append((env.get("SMTP_PORT") or "1025", "the mail catcher's SMTP", "SMTP_PORT"))
+        web = env.get("MAIL_CATCHER_WEB_PORT") or "1080"
         wanted.append((web, "the mail inbox", "MAIL_CATCHER_WEB_PORT"))
+    return wanted
+
+
+def bad_ports(env: dict[str, str]) -> list[str]:
+    """One line per port variable that holds no port number, naming it: read before any
+    port is probed, where int() or bind() would end the run in a traceback."""
+    problems: list[str] = []
+    for value, _, variable in port_variables(env):
+        if not (value.isdecimal() and 1 <= int(value) <= 65535):
+            line = f"{variable}: must be a port number, 1 to 65535, not {value!r}."
+            if line not in problems:
+                problems.append(line)
+    return problems
+
+
+def ports_in_use(env: dict[str, str]) -> list[str]:
+    """Why this run can't listen where it means to: one line per port variable that is no
+    port, or per port something else already holds, naming the variable that moves it.
+    Checked before anything starts, so a taken port is not found as a traceback in a
+    service's log after the migrations."""
+    invalid = bad_ports(env)
+    if invalid:
+        return invalid
+    wanted = [(int(value), what, variable) for value, what, variable in port_variables(env)]
     variable, default = PORTS["gateway"]
     site = int(env.get(variable) or default)
     if clientpress_at(site):

@@ -135,3 +135,23 @@ def test_a_second_make_run_says_the_stack_is_already_running() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_port_variable_that_is_no_port_is_named_not_a_traceback() -> None:
+    """`make run GATEWAY_PORT=abc` (or 70000, or a typo in SMTP_PORT) ended in a Python
+    traceback (ValueError, OverflowError) from the port check, naming no variable; the
+    services themselves refuse such a value naming it, and so does `make run`, first."""
+    run_stack = _run_stack()
+    env = {
+        "GATEWAY_PORT": "abc",
+        "SMTP_PORT": "70000",
+        "MAIL_CATCHER_WEB_PORT": "0",
+        "MANAGEMENT_PORT": "9x",
+    }
+    problems = run_stack.ports_in_use(env)
+    assert any("GATEWAY_PORT" in p and "'abc'" in p for p in problems), problems
+    assert any("SMTP_PORT" in p and "'70000'" in p for p in problems), problems
+    assert any("MAIL_CATCHER_WEB_PORT" in p and "'0'" in p for p in problems), problems
+    # MANAGEMENT_PORT moves every service's management port: named once, as it was set.
+    assert sum("MANAGEMENT_PORT" in p for p in problems) == 1, problems
+    assert all("1 to 65535" in p for p in problems), problems

@@ -343,6 +343,14 @@ def administrator_line(env: dict[str, str], identity_log: str) -> str | None:
     return f"  Administrator:    {email} (password from ADMIN_PASSWORD)"
 
 
+def log_since(path: Path, start: int, limit: int = 3000) -> str:
+    """The end of what this run wrote to a service's log (it is kept across runs): at most
+    ``limit`` characters from ``start``, so an earlier run's lines don't bury the reason."""
+    with path.open("rb") as log:
+        log.seek(start)
+        return log.read().decode(errors="replace")[-limit:]
+
+
 def wait_ready(name: str, port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -431,7 +439,7 @@ def main() -> int:
         for name in SERVICES:
             if not wait_ready(name, management_port(env, name), services[name]):
                 say(f"{name} did not start; see .run/{name}.log:")
-                print((RUN_DIR / f"{name}.log").read_text()[-3000:])
+                print(log_since(RUN_DIR / f"{name}.log", log_start[name]), end="")
                 stop()
                 return 1
         say("ClientPress is running.")

@@ -155,3 +155,26 @@ def test_a_port_variable_that_is_no_port_is_named_not_a_traceback() -> None:
     # MANAGEMENT_PORT moves every service's management port: named once, as it was set.
     assert sum("MANAGEMENT_PORT" in p for p in problems) == 1, problems
     assert all("1 to 65535" in p for p in problems), problems
+
+
+def test_a_service_that_did_not_start_shows_this_runs_log_alone(tmp_path: Path) -> None:
+    """The logs are kept across runs: `identity did not start; see .run/identity.log:`
+    was followed by its last 3,000 characters, an earlier run's requests and its
+    `service_stopping` first, this run's one line (the reason) at the very end."""
+    run_stack = _run_stack()
+    log = tmp_path / "identity.log"
+    earlier = "".join(
+        json.dumps({"event": "http_request", "route": f"/users/{n}"}) + "\n" for n in range(60)
+    )
+    log.write_text(earlier + json.dumps({"event": "service_stopped"}) + "\n")
+    start = log.stat().st_size
+    reason = "clientpress: AMQP_URL: a value shipped with ClientPress\n"
+    with log.open("a") as this_run:
+        this_run.write(reason)
+    shown = run_stack.log_since(log, start)
+    assert shown == reason
+    # A run that wrote a great deal shows its end.
+    with log.open("a") as this_run:
+        this_run.write("x" * 10_000 + "\nthe end\n")
+    assert run_stack.log_since(log, start).endswith("the end\n")
+    assert len(run_stack.log_since(log, start)) <= 3000

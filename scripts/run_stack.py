@@ -90,7 +90,8 @@ async def check_dependencies(env: dict[str, str]) -> bool:
 
 
 def start_mail_catcher(env: dict[str, str], procs: list[subprocess.Popen[bytes]]) -> str | None:
-    """MailDev (npm) on SMTP_PORT with a web inbox; a plain aiosmtpd sink without npm."""
+    """MailDev (npm) on SMTP_PORT with a web inbox; without it, a sink that prints each
+    email's text to .run/mail.log (scripts/mail_sink.py)."""
     if not catches_mail(env):
         return None
     smtp_port = env.get("SMTP_PORT", "1025")
@@ -124,19 +125,14 @@ def start_mail_catcher(env: dict[str, str], procs: list[subprocess.Popen[bytes]]
             )
         )
         return f"http://localhost:{web_port}/"
-    say("npm is not available: emails are printed to .run/mail.log instead of a web inbox.")
+    why = "MailDev could not be installed (.run/maildev.log)" if shutil.which("npm") else None
+    say(
+        f"{why or 'npm is not available'}: emails are printed to .run/mail.log"
+        " (each one's text, links whole) instead of a web inbox."
+    )
     procs.append(
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                f"127.0.0.1:{smtp_port}",
-                "-c",
-                "aiosmtpd.handlers.Debugging",
-            ],
+            [sys.executable, str(ROOT / "scripts" / "mail_sink.py"), "127.0.0.1", smtp_port],
             stdout=(RUN_DIR / "mail.log").open("ab"),
             stderr=log,
         )

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
+import smtplib
 import socket
+import time
+from email.message import EmailMessage
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,3 +184,47 @@ def test_a_service_that_did_not_start_shows_this_runs_log_alone(tmp_path: Path) 
         this_run.write("x" * 10_000 + "\nthe end\n")
     assert run_stack.log_since(log, start).endswith("the end\n")
     assert len(run_stack.log_since(log, start)) <= 3000
+
+
+def test_without_maildev_the_mail_log_holds_links_that_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without npm, `make run` printed each email to .run/mail.log as it travels: quoted-
+    printable, so the accept link read `token=3D…` and broke across lines at 76 characters
+    with a `=` at each end, and a person who copied it got "This invitation link is not
+    valid". The log now holds each email's plain text decoded, every link whole."""
+    run_stack = _run_stack()
+    monkeypatch.setattr(run_stack, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+    procs: list = []
+    assert run_stack.start_mail_catcher({"SMTP_PORT": str(port)}, procs) is None
+    link = "http://localhost:8080/invitations/accept?token=" + "Ab_9-" * 12
+    message = EmailMessage()
+    message["From"] = "ClientPress <no-reply@localhost>"
+    message["To"] = "jane@client.example"
+    message["Subject"] = "You're invited to Acme Rebrand on localhost"
+    message.set_content(f"Grüße. Accept Invitation:\n\n{link}\n", cte="quoted-printable")
+    message.add_alternative(f'<a href="{link}">Accept Invitation</a>', subtype="html")
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=5) as smtp:
+                    smtp.send_message(message)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the sink did not start"
+                time.sleep(0.1)
+        while time.monotonic() < deadline and link not in (tmp_path / "mail.log").read_text():
+            time.sleep(0.1)
+        log = (tmp_path / "mail.log").read_text()
+        assert link in log.splitlines(), log
+        assert "Grüße" in log and "To: jane@client.example" in log
+        assert "You're invited to Acme Rebrand" in log
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)

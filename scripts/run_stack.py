@@ -339,6 +339,26 @@ def administrator_line(env: dict[str, str], identity_log: str) -> str | None:
     return f"  Administrator:    {email} (password from ADMIN_PASSWORD)"
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 25) -> None:
+    """SIGTERM to each process (the last started first), then up to ``grace`` seconds
+    each to finish its work. A second Ctrl-C meanwhile kills what is left at once."""
+    try:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    except KeyboardInterrupt:
+        left = [proc for proc in procs if proc.poll() is None]
+        for proc in left:
+            proc.kill()
+            proc.wait()
+        say(f"killed {len(left)} process(es) that had not stopped yet")
+
+
 def log_since(path: Path, start: int, limit: int = 3000) -> str:
     """The end of what this run wrote to a service's log (it is kept across runs): at most
     ``limit`` characters from ``start``, so an earlier run's lines don't bury the reason."""
@@ -419,14 +439,7 @@ def main() -> int:
     procs.extend(services.values())
 
     def stop(*_: object) -> None:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(25)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
 
     signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
     # Ctrl-C stops everything even when a shell started us with SIGINT ignored (`&`).
@@ -460,7 +473,7 @@ def main() -> int:
         stop()
         return 1
     except KeyboardInterrupt:
-        say("stopping ...")
+        say("stopping ... (Ctrl-C again to kill at once)")
         stop()
         return 0
 

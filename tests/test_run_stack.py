@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import signal
 import smtplib
 import socket
+import subprocess
+import sys
+import threading
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -228,3 +233,26 @@ def test_without_maildev_the_mail_log_holds_links_that_open(
         for proc in procs:
             proc.terminate()
             proc.wait(10)
+
+
+def test_a_second_ctrl_c_while_stopping_kills_the_rest_without_a_traceback() -> None:
+    """Ctrl-C twice (the first one's stopping takes up to 25 s a service) ended `make run`
+    in two chained KeyboardInterrupt tracebacks from inside the wait, and left whatever
+    had not stopped yet running. The second one now kills what is left, at once."""
+    run_stack = _run_stack()
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    procs = [subprocess.Popen([sys.executable, "-c", stubborn]) for _ in range(2)]
+    time.sleep(0.5)  # their handlers are in place
+    second = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    started = time.monotonic()
+    second.start()
+    try:
+        run_stack.stop_all(procs)
+        ended = [proc.poll() for proc in procs]
+    finally:
+        second.cancel()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert time.monotonic() - started < 10
+    assert ended == [-signal.SIGKILL, -signal.SIGKILL]

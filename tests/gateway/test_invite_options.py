@@ -287,3 +287,22 @@ def test_a_forged_bulk_flash_shows_nothing() -> None:
     # Numbers no int holds (JSON's 1e999 is infinity, NaN): nothing, not a 500 page.
     assert bulk_text('{"a":"resend","ok":1e999,"no":[]}') is None
     assert bulk_text('{"a":"resend","ok":1,"no":[["x",NaN,[]]]}') is None
+
+
+async def test_the_portal_filter_tells_portals_of_one_title_apart(
+    gw: TestClient, backend: Backend
+) -> None:
+    """Titles aren't unique (slugs are): two portals called "Acme Rebrand" were two options
+    "Acme Rebrand" in the Invitations and Activity screens' Portal filter, one of them the
+    wrong one. A title two portals share now shows each one's address (the Activity
+    screen's filter is the same template code)."""
+    await as_admin(gw, backend)
+    first = backend.add_portal("Acme Rebrand")
+    second = backend.add_portal("Acme Rebrand", slug="acme-rebrand-2")
+    backend.add_portal("Globex")
+    page = await (await gw.get("/admin/invitations")).text()
+    select = page.split('id="filter-portal"', 1)[1].split("</select>", 1)[0]
+    options = dict(re.findall(r'<option value="([^"]*)"[^>]*>([^<]*)</option>', select))
+    assert options[first["id"]] == "Acme Rebrand (/client-portal/acme-rebrand/)"
+    assert options[second["id"]] == "Acme Rebrand (/client-portal/acme-rebrand-2/)"
+    assert "Globex" in options.values()

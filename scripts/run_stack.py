@@ -367,6 +367,24 @@ def log_since(path: Path, start: int, limit: int = 3000) -> str:
         return log.read().decode(errors="replace")[-limit:]
 
 
+def running_lines(
+    env: dict[str, str], admin: str | None, inbox: str | None, integration_url: str
+) -> list[str]:
+    """What `make run` prints once every service is ready (the README shows it)."""
+    gateway_ops = f"http://127.0.0.1:{management_port(env, 'gateway')}"
+    return [
+        "ClientPress is running.",
+        f"  Site (gateway):   {public_url(env)}/login",
+        *([admin] if admin else []),
+        *([f"  Mail inbox:       {inbox}"] if inbox else []),
+        f"  Operations:       {gateway_ops}/metrics, /readyz (each service on its own port)",
+        f"  Integrations:     {redact(integration_url)}  (password in .run/secrets.json)",
+        "                    may publish invitation.requested and read invitation.*;",
+        "                    see docs/inviting-from-other-systems.md",
+        "  Logs:             .run/<service>.log   (Ctrl-C stops everything)",
+    ]
+
+
 def wait_ready(name: str, port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -451,21 +469,11 @@ def main() -> int:
                 print(log_since(RUN_DIR / f"{name}.log", log_start[name]), end="")
                 stop()
                 return 1
-        say("ClientPress is running.")
-        say(f"  Site (gateway):   {public_url(env)}/login")
         with (RUN_DIR / "identity.log").open("rb") as identity_log:
             identity_log.seek(log_start["identity"])
             admin = administrator_line(env, identity_log.read().decode(errors="replace"))
-        if admin:
-            say(admin)
-        if inbox:
-            say(f"  Mail inbox:       {inbox}")
-        gateway_ops = f"http://127.0.0.1:{management_port(env, 'gateway')}"
-        say(f"  Operations:       {gateway_ops}/metrics, /readyz (each service on its own port)")
-        say(f"  Integrations:     {redact(integration_url)}  (password in .run/secrets.json)")
-        say("                    may publish invitation.requested and read invitation.*;")
-        say("                    see docs/inviting-from-other-systems.md")
-        say("  Logs:             .run/<service>.log   (Ctrl-C stops everything)")
+        for line in running_lines(env, admin, inbox, integration_url):
+            say(line)
         while all(p.poll() is None for p in services.values()):
             time.sleep(0.5)
         dead = [n for n, p in services.items() if p.poll() is not None]

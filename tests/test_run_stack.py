@@ -256,3 +256,18 @@ def test_a_second_ctrl_c_while_stopping_kills_the_rest_without_a_traceback() -> 
             proc.wait()
     assert time.monotonic() - started < 10
     assert ended == [-signal.SIGKILL, -signal.SIGKILL]
+
+
+def test_the_readme_shows_what_make_run_prints_with_the_defaults() -> None:
+    """The Quick start's block is the output a person compares theirs with, line by line."""
+    run_stack = _run_stack()
+    env = {"ADMIN_EMAIL": "admin@example.com", "ADMIN_PASSWORD": "change-this-admin-password"}
+    admin = run_stack.administrator_line(env, "")
+    inbox = "http://localhost:1080/"
+    integration = "amqp://clientpress-crm:a-password@127.0.0.1:5672/"
+    printed = [
+        f"clientpress: {line}" for line in run_stack.running_lines(env, admin, inbox, integration)
+    ]
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```\nclientpress: ClientPress is running.", 1)[1].split("```", 1)[0]
+    assert ["clientpress: ClientPress is running.", *block.strip("\n").splitlines()] == printed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import asyncpg
+from aio_pika.exceptions import AuthenticationError, ProbableAuthenticationError
 
 from libs.common import broker, database_roles
 from libs.common.provision import ProvisionError, provision
@@ -67,6 +69,11 @@ async def check_dependencies(env: dict[str, str]) -> bool:
     try:
         conn = await asyncpg.connect(server_url, timeout=5)
         await conn.close()
+    except asyncpg.InvalidAuthorizationSpecificationError as exc:
+        # Up and answering: starting it is no advice.
+        ok = False
+        say(f"PostgreSQL refused the login at {redact(db_url)} ({exc}).")
+        say("  Check the user and password in DATABASE_URL.")
     except Exception as exc:
         ok = False
         say(f"PostgreSQL is not reachable at {redact(db_url)} ({type(exc).__name__}: {exc}).")
@@ -77,15 +84,26 @@ async def check_dependencies(env: dict[str, str]) -> bool:
         say("  or: docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16")
         say("  or set DATABASE_URL to a server you have.")
     amqp_url = env.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    # aiormq logs the refused connection itself, after the advice below: said once, here.
+    quiet = logging.getLogger("aiormq.connection")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         connection = await aio_pika.connect(amqp_url, timeout=5)
         await connection.close()
+    except (AuthenticationError, ProbableAuthenticationError):
+        ok = False
+        say(f"RabbitMQ refused the login at {redact(amqp_url)}.")
+        say("  Check the user and password in AMQP_URL (an administrator's: it creates the")
+        say("  services' own users).")
     except Exception as exc:
         ok = False
         say(f"RabbitMQ is not reachable at {redact(amqp_url)} ({type(exc).__name__}).")
         say("  Start it, e.g.: rabbitmq-server -detached")
         say("  or: docker run -d -p 5672:5672 -p 15672:15672 rabbitmq:3.13-management")
         say("  or set AMQP_URL to a broker you have.")
+    finally:
+        quiet.setLevel(level)
     return ok
 
 

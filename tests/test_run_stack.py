@@ -271,3 +271,58 @@ def test_the_readme_shows_what_make_run_prints_with_the_defaults() -> None:
     readme = (ROOT / "README.md").read_text()
     block = readme.split("```\nclientpress: ClientPress is running.", 1)[1].split("```", 1)[0]
     assert ["clientpress: ClientPress is running.", *block.strip("\n").splitlines()] == printed
+
+
+def test_an_unreachable_broker_is_told_once() -> None:
+    """`make run` with RabbitMQ down said so with how to start it, and then aio-pika's own
+    logger added `error when creating transport: <AMQPConnectionError: (111, ...)>` to
+    the end of the output, after the advice."""
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+    check = (
+        "import asyncio, importlib.util, sys;"
+        f"spec = importlib.util.spec_from_file_location('run_stack', {str(ROOT / 'scripts/run_stack.py')!r});"
+        "run_stack = importlib.util.module_from_spec(spec); spec.loader.exec_module(run_stack);"
+        f"env = {{'DATABASE_URL': 'postgresql://postgres@127.0.0.1:{port}/x',"
+        f" 'AMQP_URL': 'amqp://guest:guest@127.0.0.1:{port}/'}};"
+        "sys.exit(0 if asyncio.run(run_stack.check_dependencies(env)) else 1)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "RabbitMQ is not reachable" in done.stdout
+    assert "PostgreSQL is not reachable" in done.stdout
+    assert "error when creating transport" not in done.stdout + done.stderr, done.stderr
+
+
+@pytest.mark.integration
+def test_a_refused_login_is_told_apart_from_a_server_that_is_down() -> None:
+    """`make run` with a wrong password in AMQP_URL (or a user PostgreSQL doesn't know in
+    DATABASE_URL) said "RabbitMQ is not reachable" and how to start a server that was
+    running all along; a login refused now says so, and which variable to check."""
+    import asyncio
+    from urllib.parse import urlsplit, urlunsplit
+
+    from tests.support import servers
+
+    run_stack = _run_stack()
+    running = servers.current()
+    amqp = urlsplit(running.amqp_url)
+    wrong = amqp._replace(netloc=f"nobody-newuser:wrong@{amqp.hostname}:{amqp.port}")
+    db = urlsplit(running.database_url)
+    stranger = db._replace(netloc=f"nobody_newuser@{db.hostname}:{db.port}")
+    env = {"DATABASE_URL": urlunsplit(stranger), "AMQP_URL": urlunsplit(wrong)}
+    lines: list[str] = []
+    original = run_stack.say
+    run_stack.say = lines.append
+    try:
+        assert asyncio.run(run_stack.check_dependencies(env)) is False
+    finally:
+        run_stack.say = original
+    said = "\n".join(lines)
+    assert "not reachable" not in said and "Start it" not in said, said
+    assert "RabbitMQ refused the login" in said and "AMQP_URL" in said, said
+    assert "PostgreSQL refused the login" in said and "DATABASE_URL" in said, said
+    assert "wrong@" not in said

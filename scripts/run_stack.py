@@ -15,7 +15,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -357,6 +359,47 @@ def administrator_line(env: dict[str, str], identity_log: str) -> str | None:
     return f"  Administrator:    {email} (password from ADMIN_PASSWORD)"
 
 
+# A service that exits is started again, as compose and Kubernetes do; one that exits
+# sooner than RESTART_WINDOW seconds after its start RESTARTS times in a row stops the run.
+RESTART_WINDOW = 30.0
+RESTARTS = 3
+
+
+def exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def watch(
+    services: dict[str, Any],
+    start: Callable[[str], Any],
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    """Keep the services running: one that exits (a crash, `kill -9`) is started again,
+    its log saying why. Returns the name of one that keeps exiting as it starts."""
+    started = dict.fromkeys(services, clock())
+    quick = dict.fromkeys(services, 0)
+    while True:
+        for name, proc in list(services.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            quick[name] = quick[name] + 1 if clock() - started[name] < RESTART_WINDOW else 1
+            if quick[name] > RESTARTS:
+                say(f"{name} exited ({exit_reason(code)}) {RESTARTS} times as it started")
+                return name
+            say(f"{name} exited ({exit_reason(code)}); starting it again (.run/{name}.log)")
+            services[name] = start(name)
+            started[name] = clock()
+        sleep(0.5)
+
+
 def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 25) -> None:
     """SIGTERM to each process (the last started first), then up to ``grace`` seconds
     each to finish its work. A second Ctrl-C meanwhile kills what is left at once."""
@@ -462,20 +505,23 @@ def main() -> int:
         name: (RUN_DIR / f"{name}.log").stat().st_size if (RUN_DIR / f"{name}.log").exists() else 0
         for name in SERVICES
     }
-    for name in SERVICES:
+
+    def start(name: str) -> subprocess.Popen[bytes]:
         log = (RUN_DIR / f"{name}.log").open("ab")
         own = {"SERVICE_KEY": encode_private(keys[name]), "SERVICE_PUBLIC_KEYS": table}
-        services[name] = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"],
             cwd=ROOT,
             env={**service_env(env, secrets, name), **own},
             stdout=log,
             stderr=log,
         )
-    procs.extend(services.values())
+
+    for name in SERVICES:
+        services[name] = start(name)
 
     def stop(*_: object) -> None:
-        stop_all(procs)
+        stop_all([*procs, *services.values()])
 
     signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
     # Ctrl-C stops everything even when a shell started us with SIGINT ignored (`&`).
@@ -492,10 +538,8 @@ def main() -> int:
             admin = administrator_line(env, identity_log.read().decode(errors="replace"))
         for line in running_lines(env, admin, inbox, integration_url):
             say(line)
-        while all(p.poll() is None for p in services.values()):
-            time.sleep(0.5)
-        dead = [n for n, p in services.items() if p.poll() is not None]
-        say(f"stopped: {', '.join(dead)} exited; see .run/*.log")
+        failing = watch(services, start)
+        say(f"stopping: {failing} can't start; see .run/{failing}.log")
         stop()
         return 1
     except KeyboardInterrupt:

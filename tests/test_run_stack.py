@@ -326,3 +326,65 @@ def test_a_refused_login_is_told_apart_from_a_server_that_is_down() -> None:
     assert "RabbitMQ refused the login" in said and "AMQP_URL" in said, said
     assert "PostgreSQL refused the login" in said and "DATABASE_URL" in said, said
     assert "wrong@" not in said
+
+
+class _Process:
+    """A service process as watch() sees it: running until told it exited."""
+
+    def __init__(self) -> None:
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+
+def test_a_service_that_exits_is_started_again() -> None:
+    """`kill -9` of one service (or a crash) ended the whole `make run`: "stopped:
+    invitations exited", and every other service stopped with it, where compose and
+    Kubernetes start it again. It is now started again, and the run goes on."""
+    run_stack = _run_stack()
+    now = [0.0]
+    services = {"identity": _Process(), "invitations": _Process()}
+    started: list[str] = []
+    said: list[str] = []
+
+    def start(name: str) -> _Process:
+        started.append(name)
+        return _Process()
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+        if now[0] == 60:
+            services["invitations"].returncode = -9
+        if now[0] == 120:
+            raise KeyboardInterrupt  # Ctrl-C: the test's way out of the loop
+
+    run_stack.say = said.append
+    with pytest.raises(KeyboardInterrupt):
+        run_stack.watch(services, start, sleep=sleep, clock=lambda: now[0])
+    assert started == ["invitations"]
+    assert services["invitations"].poll() is None
+    assert any("invitations exited (killed by SIGKILL)" in line for line in said), said
+
+
+def test_a_service_that_keeps_exiting_at_start_stops_the_run() -> None:
+    run_stack = _run_stack()
+    now = [0.0]
+    started: list[str] = []
+
+    def failing() -> _Process:
+        process = _Process()
+        process.returncode = 1
+        return process
+
+    def start(name: str) -> _Process:
+        started.append(name)
+        return failing()
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    run_stack.say = lambda line: None
+    services = {"mailer": failing()}
+    assert run_stack.watch(services, start, sleep=sleep, clock=lambda: now[0]) == "mailer"
+    assert started == ["mailer"] * run_stack.RESTARTS

@@ -137,6 +137,28 @@ async def test_logout_revokes_the_session(gw: TestClient, backend: Backend) -> N
     assert response.headers["Location"] == "/login"
 
 
+async def test_logout_typed_in_the_address_bar_offers_the_button(
+    gw: TestClient, backend: Backend
+) -> None:
+    """/logout is a client page: typed, bookmarked or linked to, a GET answered a bare
+    "405 Method Not Allowed". It now shows a Log out button (the POST, with its CSRF
+    token, still does it: a link or an image can't log anyone out), and without a
+    session goes to the login page."""
+    response = await gw.get("/logout", allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == "/login"
+    client = backend.add_user("c@example.com", PASSWORD)
+    await log_in(gw, client, PASSWORD)
+    response = await gw.get("/logout", allow_redirects=False)
+    assert response.status == 200
+    page = await response.text()
+    main = page.split("<main", 1)[1]
+    assert '<form method="post" action="/logout"' in main
+    assert '<button type="submit">Log out</button>' in main
+    assert backend.sessions  # still logged in: the page alone ends nothing
+    response = await post_form(gw, "/logout")
+    assert response.status == 303 and not backend.sessions
+
+
 async def test_revoked_session_stops_on_the_next_request(gw: TestClient, backend: Backend) -> None:
     client = backend.add_user("c@example.com", PASSWORD)
     await log_in(gw, client, PASSWORD)

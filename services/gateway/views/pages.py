@@ -78,6 +78,15 @@ async def login(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@routes.get("/logout")
+async def logout_form(request: web.Request) -> web.StreamResponse:
+    """/logout typed, bookmarked or linked to: the Log out button. Only its POST (with the
+    CSRF token) ends the session, so a link or an image elsewhere can't."""
+    if current_user(request) is None:
+        raise web.HTTPSeeOther("/login")
+    return render(request, "logout.html")
+
+
 @routes.post("/logout")
 async def logout(request: web.Request) -> web.StreamResponse:
     token = cookie_token(request.cookies.get(request.app[SETTINGS].session_cookie))

@@ -14,8 +14,10 @@ Connect as your integration's own broker user (``make run`` prints one; docs/
 inviting-from-other-systems.md): it may publish ``invitation.requested`` and read the
 ``invitation.*`` answers, nothing else.
 
-Exit status: 0 created or resent, 1 rejected, 2 no answer in time. It needs only aio-pika; it
-imports nothing from ClientPress, so it can be copied into another code base as it is.
+Exit status: 0 created or resent, 1 rejected, 2 no answer in time, 3 not published (the
+broker refused the login, has no such exchange or did not take the message; one line on
+stderr says which). It needs only aio-pika; it imports nothing from ClientPress, so it can
+be copied into another code base as it is.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
+from aio_pika import exceptions
 from aio_pika.abc import AbstractIncomingMessage
+from aiormq.exceptions import ChannelAccessRefused
 
 ANSWERS = ("invitation.created", "invitation.resent", "invitation.rejected")
 
@@ -145,5 +149,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    url = urlsplit(args.amqp_url)
+    broker = f"{url.hostname}:{url.port or 5672}"
+    try:
+        return asyncio.run(request_invitation(args))
+    except (exceptions.AuthenticationError, exceptions.ProbableAuthenticationError):
+        why = f"the broker at {broker} refused the login of {unquote(url.username or 'guest')!r}"
+        print(f"{why}: check the user and password in --amqp-url", file=sys.stderr)
+    except exceptions.ChannelNotFoundEntity:
+        print(
+            f"no exchange {args.prefix}.events at {broker}: --prefix must be the"
+            " installation's BUS_PREFIX",
+            file=sys.stderr,
+        )
+    except ChannelAccessRefused as refused:
+        print(f"the broker at {broker} refused it: {refused}", file=sys.stderr)
+    except exceptions.DeliveryError:
+        print(
+            "the broker did not take the request (a queue full?): nothing was queued;"
+            " publish it again later with the same --idempotency-key",
+            file=sys.stderr,
+        )
+    except (OSError, exceptions.AMQPConnectionError) as down:
+        print(f"could not reach the broker at {broker}: {down}", file=sys.stderr)
+    return 3
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(request_invitation(parse_args())))
+    sys.exit(main())

@@ -4,6 +4,8 @@ Unavailable (503)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -138,4 +140,15 @@ def new_session(timeout: float = 10.0, limit: int = 100) -> aiohttp.ClientSessio
     )
 
 
-__all__ = ["DomainError", "ServiceClient", "new_session"]
+@asynccontextmanager
+async def service_sessions(*names: str) -> AsyncIterator[dict[str, aiohttp.ClientSession]]:
+    """A session of its own (new_session: its own pool of connections) for each called
+    service in ``names``. A service that accepts connections and answers nothing holds
+    its calls for the whole timeout: with one pool for all, a hundred of them took every
+    connection, and the calls to the services that did answer waited for one and failed
+    too (tests/faults/test_slow_upstream.py)."""
+    async with AsyncExitStack() as stack:
+        yield {name: await stack.enter_async_context(new_session()) for name in names}
+
+
+__all__ = ["DomainError", "ServiceClient", "new_session", "service_sessions"]

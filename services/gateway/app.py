@@ -11,7 +11,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from libs.common.http import ServiceClient, new_session
+from libs.common.http import ServiceClient, service_sessions
 from libs.common.protocol import body_coding_middleware
 from libs.common.service_auth import TokenSigner
 from libs.common.tasks import periodic
@@ -148,22 +148,24 @@ def _upstream_ctx(
     settings: GatewaySettings, signer: TokenSigner
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with new_session() as session:
-            mailer = ServiceClient(session, settings.mailer_url, "mailer", signer=signer)
+        urls = {
+            "identity": settings.identity_url,
+            "portals": settings.portals_url,
+            "invitations": settings.invitations_url,
+            "mailer": settings.mailer_url,
+        }
+        # A pool each: one service that hangs never holds the connections to the others.
+        async with service_sessions(*urls) as sessions:
+            client = {
+                name: ServiceClient(sessions[name], url, name, signer=signer)
+                for name, url in urls.items()
+            }
             app[UPSTREAM] = Upstream(
-                identity=Identity(
-                    ServiceClient(session, settings.identity_url, "identity", signer=signer),
-                    app[CACHE],
-                ),
-                portals=Portals(
-                    ServiceClient(session, settings.portals_url, "portals", signer=signer),
-                    app[CACHE],
-                ),
-                invitations=Invitations(
-                    ServiceClient(session, settings.invitations_url, "invitations", signer=signer)
-                ),
-                webhooks=Webhooks(mailer),
-                branding=Branding(mailer, app[CACHE]),
+                identity=Identity(client["identity"], app[CACHE]),
+                portals=Portals(client["portals"], app[CACHE]),
+                invitations=Invitations(client["invitations"]),
+                webhooks=Webhooks(client["mailer"]),
+                branding=Branding(client["mailer"], app[CACHE]),
             )
             yield
 

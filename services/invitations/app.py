@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from libs.common.http import new_session
+from libs.common.http import service_sessions
 from libs.common.logging import get_logger
 from libs.common.retention import pruning
 from libs.common.service_auth import TokenSigner
@@ -95,19 +95,20 @@ def create_app(
 def _deps(
     settings: InvitationsSettings, clock: domain.Clock, signer: TokenSigner
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The use cases' Deps, once the pool is open, with the directory's HTTP session."""
+    """The use cases' Deps, once the pool is open, with the directory's HTTP sessions."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        session = new_session()
-        directory = Directory(session, settings.identity_url, settings.portals_url, signer=signer)
-        app[api.DEPS] = Deps(
-            db=app[POOL],
-            clock=clock,
-            settings=settings,
-            directory=directory,
-            firsts=FirstWrites(app[POOL]),
-        )
-        yield
-        await session.close()
+        async with service_sessions("identity", "portals") as sessions:
+            directory = Directory(
+                sessions, settings.identity_url, settings.portals_url, signer=signer
+            )
+            app[api.DEPS] = Deps(
+                db=app[POOL],
+                clock=clock,
+                settings=settings,
+                directory=directory,
+                firsts=FirstWrites(app[POOL]),
+            )
+            yield
 
     return ctx

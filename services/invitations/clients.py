@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -49,14 +49,16 @@ class Directory:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        sessions: Mapping[str, aiohttp.ClientSession],
         identity_url: str,
         portals_url: str,
         *,
         signer: TokenSigner,
     ):
-        self.identity = ServiceClient(session, identity_url, "identity", signer=signer)
-        self.portals = ServiceClient(session, portals_url, "portals", signer=signer)
+        """``sessions``: one per service (service_sessions), so that one that hangs
+        never holds the connections to the other."""
+        self.identity = ServiceClient(sessions["identity"], identity_url, "identity", signer=signer)
+        self.portals = ServiceClient(sessions["portals"], portals_url, "portals", signer=signer)
         # The addresses asked about while a look-up is under way go in the next one.
         self._lookups = GroupCommit(self._user_ids, max_batch=LOOKUP_BATCH)
 

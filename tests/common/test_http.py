@@ -3,6 +3,8 @@ a fault of the deployment (keys, clocks, the callers table), never of the reques
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -13,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from libs.common.errors import Unavailable
-from libs.common.http import ServiceClient
+from libs.common.http import ServiceClient, service_sessions
 from libs.common.service_auth import (
     ServiceKeys,
     TokenSigner,
@@ -104,3 +106,47 @@ async def test_an_answer_that_is_not_json_is_the_service_unavailable() -> None:
                 assert entry["content_type"].startswith("text/plain")
     finally:
         await server.close()
+
+
+async def test_a_service_that_hangs_holds_only_its_own_connections() -> None:
+    """Portals hangs under more concurrent calls than a pool holds (100): the calls to
+    identity still get a connection at once. With one pool for both they waited for one
+    and failed with them (tests/faults/test_slow_upstream.py on the whole stack)."""
+    hang = asyncio.Event()
+
+    async def hanging(_: web.Request) -> web.Response:
+        await hang.wait()
+        return json_response({})
+
+    async def hello(_: web.Request) -> web.Response:
+        return json_response({"hello": "gateway"})
+
+    slow, quick = web.Application(), web.Application()
+    slow.router.add_get("/portals", hanging)
+    quick.router.add_get("/hello", hello)
+    servers = [TestServer(slow), TestServer(quick)]
+    for server in servers:
+        await server.start_server()
+    try:
+        async with service_sessions("portals", "identity") as sessions:
+            portals, identity = (
+                ServiceClient(
+                    sessions[name],
+                    str(server.make_url("")).rstrip("/"),
+                    name,
+                    signer=signer("gateway"),
+                )
+                for name, server in zip(("portals", "identity"), servers, strict=True)
+            )
+            held = [asyncio.create_task(portals.call("GET", "/portals")) for _ in range(120)]
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            assert await asyncio.wait_for(identity.call("GET", "/hello"), 5) == {"hello": "gateway"}
+            assert time.monotonic() - started < 1.0
+            assert not any(task.done() for task in held)
+            hang.set()
+            await asyncio.gather(*held)
+    finally:
+        hang.set()
+        for server in servers:
+            await server.close()

@@ -69,11 +69,12 @@ class MailerSettings(CommonSettings):
     mailer_give_up_after_seconds: float = Field(default=GIVE_UP_AFTER_SECONDS, gt=0, le=30 * 86_400)
     # MAILER_MAX_ATTEMPTS (a count of tries) is no longer read: the horizon replaced it.
     # A configuration that still sets it starts as before (unknown variables are ignored).
-    # Bounds one SMTP conversation (connect, or one message), so a stalled server can't
-    # hold a worker forever.
+    # Bounds each answer of the SMTP server, and twice this one email's whole send (the
+    # connection's opening included: smtp.py SEND_TIMEOUTS), so a stalled or slow server
+    # can't hold a worker forever.
     mailer_smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     # A row left in 'sending' this long belongs to a crashed worker and is queued again
-    # (at-least-once). Keep it well above two SMTP timeouts (connect + one message), so a
+    # (at-least-once). Keep it well above two SMTP timeouts (a whole send's bound), so a
     # slow live send is never taken for a dead one.
     mailer_stuck_sending_seconds: float = Field(default=120.0, gt=0, le=86_400)
 

@@ -4,6 +4,7 @@ server never answered)."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 
@@ -16,6 +17,9 @@ from .settings import MailerSettings, SmtpTls
 # Servers drop idle clients after a while; past this, open a fresh connection instead of
 # discovering the drop mid-send.
 MAX_IDLE_SECONDS = 60.0
+# One send, the connection's opening included, lasts at most this many SMTP timeouts
+# (MAILER_SMTP_TIMEOUT_SECONDS: connect, then one message), whatever the server's pace.
+SEND_TIMEOUTS = 2
 
 
 class SendError(Exception):
@@ -53,6 +57,26 @@ class SmtpTransport:
         self._last_used = 0.0
 
     async def send(self, message: Email) -> None:
+        """Within SEND_TIMEOUTS timeouts in all: aiosmtplib's timeout bounds each read, and
+        a server answering every command just inside it (six of them for one email, more
+        with STARTTLS and a login) kept a send going past MAILER_STUCK_SENDING_SECONDS,
+        whose sweep then sent the email again (tests/faults/test_smtp_slow.py)."""
+        bound = SEND_TIMEOUTS * self.settings.mailer_smtp_timeout_seconds
+        try:
+            async with asyncio.timeout(bound):
+                await self._send_once(message)
+        except TimeoutError:
+            # Mid-conversation: the connection can't be used again.
+            client, self._client = self._client, None
+            if client is not None:
+                client.close()
+            raise SendError(
+                None,
+                f"the SMTP server at {self._server} took longer than {bound:g} s over one"
+                f" email ({SEND_TIMEOUTS} times MAILER_SMTP_TIMEOUT_SECONDS)",
+            ) from None
+
+    async def _send_once(self, message: Email) -> None:
         try:
             reused = await self._connect()
             try:

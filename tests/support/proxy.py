@@ -186,6 +186,57 @@ async def _drain_into_nothing(reader: asyncio.StreamReader) -> None:
             pass
 
 
+class SlowReplies:
+    """A TCP proxy whose server answers each of the client's commands late: the first
+    bytes of the server's answer wait ``delay`` seconds (the greeting too), the rest of
+    that answer follows at once. A tarpit that answers every line just inside a per-read
+    timeout, as an overloaded relay or an anti-spam delay does. ``delay`` 0: a plain proxy."""
+
+    def __init__(self, target_host: str, target_port: int, delay: float = 0.0) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self.delay = delay
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        owed = [True]  # the greeting is an answer too
+
+        async def outbound() -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await reader.read(65536):
+                    owed[0] = True
+                    upstream_writer.write(data)
+                    await upstream_writer.drain()
+            with contextlib.suppress(Exception):
+                upstream_writer.close()
+
+        async def inbound() -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await upstream_reader.read(65536):
+                    if owed[0] and self.delay > 0:
+                        owed[0] = False
+                        await asyncio.sleep(self.delay)
+                    writer.write(data)
+                    await writer.drain()
+            with contextlib.suppress(Exception):
+                writer.close()
+
+        await asyncio.gather(outbound(), inbound(), return_exceptions=True)
+
+
 class RoundRobinProxy:
     """A small HTTP reverse proxy, as an ingress would be: each request goes to the next
     of ``targets`` in turn, from 127.0.0.1, with the client's address appended to

@@ -15,9 +15,11 @@ answer or its own exception, so one bad item never fails its neighbours."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from .context import deadline_var
 from .logging import get_logger
 
 log = get_logger(__name__)
@@ -50,7 +52,12 @@ class GroupCommit(Generic[Item, Result]):
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._waiting.append((item, future))
         if self._writer is None:
-            self._writer = asyncio.create_task(self._drain(), name="group-commit")
+            # The writer serves every caller that joins while it runs, so it runs on no
+            # one's deadline (context.py time_left): the first caller's, inherited, would
+            # fail the calls it makes for later callers once that one's caller gave up.
+            context = contextvars.copy_context()
+            context.run(deadline_var.set, None)
+            self._writer = asyncio.create_task(self._drain(), name="group-commit", context=context)
         # Shielded: a caller that gives up (cancelled) leaves its item to the batch it
         # joined, as a single write already under way would be.
         return await asyncio.shield(future)

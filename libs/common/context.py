@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 import uuid
 from contextvars import ContextVar
 
@@ -12,8 +14,14 @@ correlation_id_var: ContextVar[str | None] = ContextVar("correlation_id", defaul
 # against the login); None over HTTP, or when the sender left user_id out.
 sender_var: ContextVar[str | None] = ContextVar("sender", default=None)
 
+# When the request being served must be answered by (time.monotonic()): its caller gives
+# up then. None: no caller waits on a clock (the gateway's own requests, an event).
+deadline_var: ContextVar[float | None] = ContextVar("deadline", default=None)
+
 CORRELATION_HEADER = "X-Correlation-ID"
 REQUEST_ID_HEADER = "X-Request-ID"
+# The seconds the calling service still waits for this answer (libs/common/http.py).
+TIMEOUT_HEADER = "X-Request-Timeout"
 
 
 def current_correlation_id() -> str:
@@ -35,6 +43,23 @@ def set_sender(value: str | None) -> None:
 
 def current_sender() -> str | None:
     return sender_var.get()
+
+
+def set_deadline(header: str | None) -> None:
+    """The deadline a caller's TIMEOUT_HEADER sets from now (None: no deadline, as for a
+    value that isn't a positive number of seconds)."""
+    try:
+        seconds = float(header) if header is not None else math.nan
+    except ValueError:
+        seconds = math.nan
+    ok = math.isfinite(seconds) and seconds > 0
+    deadline_var.set(time.monotonic() + seconds if ok else None)
+
+
+def time_left() -> float | None:
+    """The seconds until the caller of the request being served gives up, if one waits."""
+    deadline = deadline_var.get()
+    return None if deadline is None else deadline - time.monotonic()
 
 
 def new_id() -> str:

@@ -14,7 +14,13 @@ from opentelemetry.trace import SpanKind
 
 from . import tracing
 from .actor import ACTOR_HEADER, current_actor, encode_actor
-from .context import CORRELATION_HEADER, clean_incoming_id, current_correlation_id
+from .context import (
+    CORRELATION_HEADER,
+    TIMEOUT_HEADER,
+    clean_incoming_id,
+    current_correlation_id,
+    time_left,
+)
 from .errors import DomainError, Unavailable, from_status
 from .logging import get_logger
 from .service_auth import TokenSigner
@@ -22,6 +28,9 @@ from .service_auth import TokenSigner
 log = get_logger(__name__)
 # The called service refused this one's proof (libs/common/web.py require_service_proof).
 REFUSED_PROOF = frozenset({(401, "service_auth_required"), (403, "service_forbidden")})
+# A call made while serving another service's request ends this long before that caller
+# gives up: time for this service to answer its 503.
+ANSWER_MARGIN = 0.5
 
 
 class ServiceClient:
@@ -46,8 +55,23 @@ class ServiceClient:
         timeout: float | None = None,
     ) -> Any:
         """``timeout``: this call's own limit in seconds, in place of the session's (a
-        batch that writes many rows)."""
+        batch that writes many rows). Serving another service's request, the call ends
+        ANSWER_MARGIN before that caller gives up (libs/common/context.py time_left): two
+        calls of 6 s each made the gateway answer 503 after its 10 s while the invitation
+        was made at 12 s, and a retry of that 503 sent a second email
+        (tests/faults/test_slow_upstream.py). The callee is told how long this one waits
+        (TIMEOUT_HEADER)."""
+        limit = timeout or self.session.timeout.total or 0.0
+        left = time_left()
+        if left is not None:
+            limit = min(limit, left - ANSWER_MARGIN) if limit else left - ANSWER_MARGIN
+            if limit <= 0:
+                raise Unavailable(
+                    f"The {self.name} service is unavailable.", code=f"{self.name}_unavailable"
+                )
         all_headers: dict[str, str] = {}
+        if limit:
+            all_headers[TIMEOUT_HEADER] = f"{limit:.3f}"
         # Only an id the callee would take (context_middleware): an integration's
         # correlation id may hold what no header can (a line break, a control character),
         # and a call refused for it would fail the event it serves again and again.
@@ -77,9 +101,7 @@ class ServiceClient:
                     data=data,
                     params=params,
                     headers=all_headers,
-                    timeout=aiohttp.ClientTimeout(total=timeout)
-                    if timeout
-                    else self.session.timeout,
+                    timeout=aiohttp.ClientTimeout(total=limit) if limit else self.session.timeout,
                 ) as response:
                     body = await response.read()
                     status = response.status

@@ -32,9 +32,11 @@ from .bus import AnyHandler, Bus, Consumer, ServiceHandler, in_inbox
 from .context import (
     CORRELATION_HEADER,
     REQUEST_ID_HEADER,
+    TIMEOUT_HEADER,
     clean_incoming_id,
     new_id,
     set_correlation_id,
+    set_deadline,
 )
 from .db import DATABASE_AWAY, DatabaseReadOnly, Db, SchemaGate, UseCaseDeps, create_pool
 from .errors import DomainError, Forbidden, InvalidInput, RateLimited, TooLarge, Unauthorized
@@ -337,6 +339,7 @@ async def context_middleware(
 ) -> web.StreamResponse:
     structlog.contextvars.clear_contextvars()
     set_actor(None)  # bound again by the gateway's session check or the service proof
+    set_deadline(None)  # set again by the service proof, from the caller's timeout
     request_id = clean_incoming_id(request.headers.get(REQUEST_ID_HEADER)) or new_id()
     correlation_id = clean_incoming_id(request.headers.get(CORRELATION_HEADER)) or request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -708,6 +711,9 @@ async def service_proof_middleware(
         )
     structlog.contextvars.bind_contextvars(caller=caller)
     request[PROVEN_CALLER] = caller
+    # The calls this request makes in turn give up before its caller does, so the
+    # caller hears this service's 503 rather than giving up on work still under way.
+    set_deadline(request.headers.get(TIMEOUT_HEADER))
     # Who made the change comes only from the gateway, which knows the user or the key;
     # the same header from any other caller is ignored.
     actor_header = request.headers.get(ACTOR_HEADER)

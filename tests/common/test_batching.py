@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from libs.common.batching import GroupCommit
+from libs.common.context import set_deadline, time_left
 
 
 class Recorder:
@@ -120,3 +121,21 @@ async def test_a_caller_that_gives_up_leaves_the_others_their_answers() -> None:
 def test_a_batch_holds_at_least_one() -> None:
     with pytest.raises(ValueError):
         GroupCommit(Recorder().write, max_batch=0)
+
+
+async def test_the_writer_runs_on_no_callers_deadline() -> None:
+    """The first caller's request has a deadline (a caller's X-Request-Timeout); the
+    writer it starts serves later callers too, so it must not inherit it."""
+    seen: list[float | None] = []
+
+    async def write(items: Sequence[int]) -> list[int]:
+        seen.append(time_left())
+        return list(items)
+
+    group: GroupCommit[int, int] = GroupCommit(write)
+    set_deadline("5")
+    try:
+        assert await group(1) == 1
+    finally:
+        set_deadline(None)
+    assert seen == [None]

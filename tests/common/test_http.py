@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from libs.common.context import set_deadline
 from libs.common.errors import Unavailable
 from libs.common.http import ServiceClient, service_sessions
 from libs.common.service_auth import (
@@ -150,3 +151,40 @@ async def test_a_service_that_hangs_holds_only_its_own_connections() -> None:
         hang.set()
         for server in servers:
             await server.close()
+
+
+async def test_a_call_made_for_a_caller_ends_before_that_caller_gives_up() -> None:
+    """Serving a request whose caller waits 3 s more (X-Request-Timeout, set by the
+    service proof), a call waits at most 3 s less ANSWER_MARGIN and tells its callee so;
+    with less than the margin left it isn't made at all. Without a caller's clock, the
+    session's timeout alone."""
+    seen: list[str | None] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("X-Request-Timeout"))
+        await asyncio.sleep(float(request.query.get("sleep", "0")))
+        return json_response({})
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        async with service_sessions("portals") as sessions:
+            url = str(server.make_url("")).rstrip("/")
+            client = ServiceClient(sessions["portals"], url, "portals", signer=signer("gateway"))
+            await client.call("GET", "/slow")
+            assert seen.pop() == "10.000"  # new_session's
+            set_deadline("3")
+            started = time.monotonic()
+            with pytest.raises(Unavailable):
+                await client.call("GET", "/slow", params={"sleep": "5"})
+            assert 2.3 < time.monotonic() - started < 2.8
+            assert 2.4 < float(seen.pop() or 0) <= 2.5
+            set_deadline("0.4")
+            with pytest.raises(Unavailable):
+                await client.call("GET", "/slow")
+            assert seen == []
+    finally:
+        set_deadline(None)
+        await server.close()

@@ -1,16 +1,18 @@
-"""One internal service that stops answering behind the gateway: the gateway's calls to
-invitations go through a proxy (tests/support/proxy.py ``BlackHole``) that this module
-switches, so that invitations accepts connections and answers nothing, as a service
-wedged on a lock, a full disk or a paused node does. The other services are reached
-directly: the routes that need only them must not wait on the one that hangs.
+"""Internal services that hang or answer slowly. The gateway's calls to invitations go
+through a proxy (tests/support/proxy.py ``BlackHole``) that this module switches, so that
+invitations accepts connections and answers nothing, as a service wedged on a lock, a
+full disk or a paused node does: the routes that need only the other services must not
+wait on it. Invitations' own calls to identity and portals go through proxies that answer
+late (``SlowReplies``): a request that needs both must be answered, and nothing made,
+before the gateway gives up on it.
 
-Only the gateway goes through the proxy: invitations itself, and every other service's
-calls, are untouched."""
+Only those calls go through the proxies: every other service's are untouched."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,9 +23,9 @@ import pytest
 from tests.faults.support import Api, record, wait_until
 from tests.support.env import free_port, new_test_env, provisioned
 from tests.support.processes import ServiceProcess, run_migrations
-from tests.support.proxy import BlackHole
+from tests.support.proxy import BlackHole, SlowReplies
 from tests.support.smtp import SmtpSink
-from tests.support.stack import API_KEY, ORDER, Stack, stack_env, started
+from tests.support.stack import ADMIN_EMAIL, API_KEY, ORDER, Stack, db_fetch, stack_env, started
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -33,6 +35,9 @@ HANGING = 120
 # The gateway gives up on an internal call after 10 s (libs/common/http.py new_session).
 UPSTREAM_TIMEOUT = 10.0
 CLIENT_TIMEOUT = 40.0
+# Identity's and portals' answers to invitations this late: each within the 10 s of a
+# call, the two an invitation to an address with an account needs not.
+SLOW_ANSWER = 6.0
 # Requests to each route served by identity or portals while invitations hangs.
 OTHERS = 4
 
@@ -46,8 +51,19 @@ async def hole() -> AsyncIterator[BlackHole]:
 
 
 @pytest.fixture(scope="module")
-async def stack(sink: SmtpSink, hole: BlackHole) -> AsyncIterator[Stack]:
-    """The whole stack, the gateway reaching invitations through ``hole``."""
+async def slow() -> AsyncIterator[dict[str, SlowReplies]]:
+    proxies = {name: SlowReplies("127.0.0.1", 0) for name in ("identity", "portals")}
+    yield proxies
+    for proxy in proxies.values():
+        await proxy.stop()
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    sink: SmtpSink, hole: BlackHole, slow: dict[str, SlowReplies]
+) -> AsyncIterator[Stack]:
+    """The whole stack, the gateway reaching invitations through ``hole``, invitations
+    reaching identity and portals through ``slow``."""
     async with provisioned(new_test_env()) as test_env:
         ports = {name: free_port() for name in ORDER}
         public_url = f"http://127.0.0.1:{ports['gateway']}"
@@ -55,10 +71,19 @@ async def stack(sink: SmtpSink, hole: BlackHole) -> AsyncIterator[Stack]:
         await asyncio.to_thread(run_migrations, env, ORDER)
         hole.target = ("127.0.0.1", ports["invitations"])
         await hole.start()
-        gateway_env = {**env, "INVITATIONS_URL": f"http://127.0.0.1:{hole.port}"}
+        for name, proxy in slow.items():
+            proxy.target = ("127.0.0.1", ports[name])
+            await proxy.start()
+        own_env = {
+            "gateway": {**env, "INVITATIONS_URL": f"http://127.0.0.1:{hole.port}"},
+            "invitations": {
+                **env,
+                "IDENTITY_URL": f"http://127.0.0.1:{slow['identity'].port}",
+                "PORTALS_URL": f"http://127.0.0.1:{slow['portals'].port}",
+            },
+        }
         services = {
-            name: ServiceProcess(name, ports[name], gateway_env if name == "gateway" else env)
-            for name in ORDER
+            name: ServiceProcess(name, ports[name], own_env.get(name, env)) for name in ORDER
         }
         async with started(list(services.values())):
             yield Stack(
@@ -149,6 +174,57 @@ async def test_one_hanging_service_leaves_the_others_answering(
         hole.restore()
         await clients.close()
         await api.close()
+
+
+async def test_calls_in_turn_end_before_the_gateway_gives_up(
+    stack: Stack, slow: dict[str, SlowReplies]
+) -> None:
+    """Identity and portals answer invitations 6 s late each; an invitation to an address
+    with an account asks both. Invitations answers 503 itself before the gateway's 10 s,
+    with nothing made, so the client's retry is safe; once they answer promptly the same
+    invitation is made once."""
+    api = Api(stack)
+    try:
+        portal = await api.create_portal("Slow calls in turn")
+        path = f"/api/v1/portals/{portal['id']}/invitations"
+        for proxy in slow.values():
+            proxy.delay = SLOW_ANSWER
+        started_at = time.monotonic()
+        status, body = await api.call("POST", path, {"email": ADMIN_EMAIL})
+        seconds = round(time.monotonic() - started_at, 2)
+        # Whatever invitations was still doing has finished by now.
+        await asyncio.sleep(2 * SLOW_ANSWER - seconds + 2)
+        made = await _invitations_to(stack, portal["id"])
+        for proxy in slow.values():
+            proxy.delay = 0.0
+        after, _ = await api.call("POST", path, {"email": ADMIN_EMAIL})
+        record(
+            "slow_calls_in_turn",
+            answer_delay=SLOW_ANSWER,
+            status=status,
+            code=body["error"]["code"] if isinstance(body, dict) and "error" in body else None,
+            seconds=seconds,
+            made_while_slow=made,
+            status_after=after,
+            made_after=await _invitations_to(stack, portal["id"]),
+        )
+        assert (status, made) == (503, 0), (status, body, seconds, made)
+        assert seconds < UPSTREAM_TIMEOUT, seconds
+        assert after == 201
+        assert await _invitations_to(stack, portal["id"]) == 1
+    finally:
+        for proxy in slow.values():
+            proxy.delay = 0.0
+        await api.close()
+
+
+async def _invitations_to(stack: Stack, portal_id: str) -> int:
+    rows = await db_fetch(
+        stack,
+        "SELECT count(*) AS n FROM invitations.invitations WHERE portal_id = $1",
+        uuid.UUID(portal_id),
+    )
+    return int(rows[0]["n"])
 
 
 async def _at_least(hole: BlackHole, count: int) -> bool:

@@ -196,6 +196,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         },
     },
     "mail.forget": {"sealed": "<Fernet token under MAIL_JOB_KEY: the addresses, a JSON list>"},
+    "mail.withdraw": {"mail_ids": [MAIL]},
     "mail.sent": {
         "mail_id": MAIL,
         "template": "invitation",
@@ -231,6 +232,7 @@ PUBLISHERS = {
     "invitation.": "invitations",
     "mail.requested": "invitations, identity",
     "mail.forget": "identity",
+    "mail.withdraw": "invitations",
     "mail.": "mailer",
     "settings.branding.": "mailer",
 }
@@ -339,6 +341,13 @@ SUMMARIES = {
         " (identity.user.erased), sealed under MAIL_JOB_KEY, whose delivery records and"
         " webhook deliveries the mailer forgets. Only the mailer binds it; not part of the"
         " public contract."
+    ),
+    "mail.withdraw": (
+        "Internal, on the private mail exchange only: emails whose invitation was closed or"
+        " given a new link (Revoke, Resend, a reminder, accept, expiry, erasure) before they"
+        " went. The mailer sends none of them still waiting (queued, or waiting for a"
+        " retry), nor one whose job comes later; one already being sent finishes. Mail ids"
+        " only. Only the mailer binds it; not part of the public contract."
     ),
     "mail.sent": "The mailer delivered a mail job to the SMTP server.",
     "settings.branding.changed": (

@@ -81,6 +81,7 @@ CONSUMES: dict[str, tuple[Binding, ...]] = {
     "mailer": (
         Binding("mail", "mail.requested"),
         Binding("mail", "mail.forget"),
+        Binding("mail", "mail.withdraw"),
         *WEBHOOK_BINDINGS,
     ),
     # Requests from other systems wait in a queue of their own, read by a consumer of its
@@ -118,13 +119,22 @@ _OWNED_EVENTS: dict[str, str] = {
     "portals": r"portal\..+",
     "invitations": r"invitation\.(?!requested$).+",
     # Branding lives with the mailer, which renders every email (docs/design.md).
-    "mailer": r"(?:mail\.(?!requested$|forget$).+|settings\.branding\..+)",
+    "mailer": r"(?:mail\.(?!requested$|forget$|withdraw$).+|settings\.branding\..+)",
 }
 MAIL_JOB = "mail.requested"
 MAIL_JOB_OWNERS = frozenset({"identity", "invitations"})
 # An erased person's addresses, for the mailer alone: identity, which erases, sends it.
 MAIL_FORGET = "mail.forget"
 MAIL_FORGET_OWNERS = frozenset({"identity"})
+# Emails whose invitations were closed or replaced, not to be sent: invitations sends it.
+MAIL_WITHDRAW = "mail.withdraw"
+MAIL_WITHDRAW_OWNERS = frozenset({"invitations"})
+# What each service may publish on the mail exchange, and who owns it.
+MAIL_ORDERS = {
+    MAIL_JOB: MAIL_JOB_OWNERS,
+    MAIL_FORGET: MAIL_FORGET_OWNERS,
+    MAIL_WITHDRAW: MAIL_WITHDRAW_OWNERS,
+}
 
 
 def broker_user(prefix: str, service: str) -> str:
@@ -140,10 +150,8 @@ def owners(event_type: str) -> frozenset[str] | None:
     """The services that may send ``event_type``; None for a command from outside."""
     if event_type in COMMANDS:
         return None
-    if event_type == MAIL_JOB:
-        return MAIL_JOB_OWNERS
-    if event_type == MAIL_FORGET:
-        return MAIL_FORGET_OWNERS
+    if event_type in MAIL_ORDERS:
+        return MAIL_ORDERS[event_type]
     return frozenset(s for s, rx in _OWNED_PATTERNS.items() if rx.fullmatch(event_type))
 
 
@@ -301,13 +309,9 @@ NOTHING = "^$"
 
 
 def _mail_writes(service: str) -> str:
-    """What a service may publish on the mail exchange: mail jobs, and identity the
-    mail.forget of an erasure."""
-    keys = [
-        key
-        for key, owners in ((MAIL_JOB, MAIL_JOB_OWNERS), (MAIL_FORGET, MAIL_FORGET_OWNERS))
-        if service in owners
-    ]
+    """What a service may publish on the mail exchange: mail jobs, identity the
+    mail.forget of an erasure, invitations the mail.withdraw of emails no longer wanted."""
+    keys = [key for key, owners in MAIL_ORDERS.items() if service in owners]
     if not keys:
         return NOTHING
     return "^(" + "|".join(re.escape(key) for key in keys) + ")$"
@@ -331,7 +335,7 @@ def service_grant(prefix: str, service: str) -> Grant:
         ),
         f"{prefix}.mail": (
             _mail_writes(service),
-            "^mail\\.(requested|forget)$" if service == "mailer" else NOTHING,
+            "^mail\\.(requested|forget|withdraw)$" if service == "mailer" else NOTHING,
         ),
     }
     return Grant(

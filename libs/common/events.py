@@ -440,6 +440,15 @@ class MailForget(EventData):
     sealed: str = Field(min_length=1, max_length=20_000)
 
 
+class MailWithdraw(EventData):
+    """Invitations closed or replaced the invitations these emails were for (Revoke,
+    Resend, a reminder's new link, accept, expiry, erasure): the mailer sends none of them
+    that is still waiting (queued, or waiting for a retry), and none that arrives later.
+    Private, like a mail job; mail ids only, never an address or a link."""
+
+    mail_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000)
+
+
 class MailSent(EventData):
     mail_id: uuid.UUID
     template: str
@@ -525,6 +534,7 @@ EVENTS: dict[tuple[str, int], type[EventData]] = {
     ("mail.requested", 1): MailRequested,
     ("mail.requested", 2): MailJobs,
     ("mail.forget", 1): MailForget,
+    ("mail.withdraw", 1): MailWithdraw,
     ("mail.sent", 1): MailSent,
     ("mail.retrying", 1): MailRetrying,
     ("mail.failed", 1): MailFailed,
@@ -536,7 +546,7 @@ VERSIONS: dict[tuple[str, type[EventData]], int] = {
     (event_type, model): version for (event_type, version), model in EVENTS.items()
 }
 
-PRIVATE_TYPES = frozenset({"mail.requested", "mail.forget"})
+PRIVATE_TYPES = frozenset({"mail.requested", "mail.forget", "mail.withdraw"})
 KNOWN_TYPES = frozenset(event_type for event_type, _ in EVENTS)
 OTHER_TYPE = "other"
 

@@ -1,5 +1,6 @@
 """The edge: ``mail.requested`` jobs from the private mail exchange → RequestMail, and an
-erasure's ``mail.forget`` → forget_addresses; a
+erasure's ``mail.forget`` → forget_addresses, invitations' ``mail.withdraw`` →
+withdraw_mails; a
 public lifecycle event → its webhook deliveries. Each handler gets ``Deps`` on the inbox
 transaction's connection (libs/common/bus.py ``in_inbox``): the job or the deliveries
 commit with the inbox row."""
@@ -17,12 +18,20 @@ from libs.common.events import (
     MailForget,
     MailJobs,
     MailRequested,
+    MailWithdraw,
 )
 from libs.common.logging import get_logger
 from libs.common.sealing import Unsealable
 
 from .domain import RequestMail
-from .handlers import Deps, forget_addresses, opened_addresses, request_mails, stale_job
+from .handlers import (
+    Deps,
+    forget_addresses,
+    opened_addresses,
+    request_mails,
+    stale_job,
+    withdraw_mails,
+)
 from .webhooks.domain import EVENT_TYPES
 from .webhooks.handlers import queue_events
 
@@ -56,6 +65,11 @@ async def on_mail_forget(deps: Deps, envelope: Envelope, data: EventData) -> Non
     await forget_addresses(deps, addresses, envelope.occurred_at)
 
 
+async def on_mail_withdraw(deps: Deps, envelope: Envelope, data: EventData) -> None:
+    assert isinstance(data, MailWithdraw)
+    await withdraw_mails(deps, data.mail_ids)
+
+
 async def on_lifecycle_events(deps: Deps, events: Sequence[Event]) -> None:
     # Only records the deliveries (with the inbox rows): POSTs happen in the webhook
     # senders, so a slow receiver never holds up the queue.
@@ -65,6 +79,7 @@ async def on_lifecycle_events(deps: Deps, events: Sequence[Event]) -> None:
 HANDLERS: dict[str, ServiceHandler[Deps]] = {
     "mail.requested": on_mail_requested,
     "mail.forget": on_mail_forget,
+    "mail.withdraw": on_mail_withdraw,
     # The lifecycle events that arrive together are queued in one statement.
     **dict.fromkeys(EVENT_TYPES, Together(on_lifecycle_events)),
 }

@@ -81,22 +81,25 @@ def stale_job(deps: Deps, envelope: Envelope) -> bool:
 
 
 async def prune_finished(deps: Deps) -> dict[str, int]:
-    """Forget emails and webhook deliveries finished ``MAILER_RETENTION_DAYS`` ago."""
+    """Forget emails and webhook deliveries finished ``MAILER_RETENTION_DAYS`` ago, and
+    the mail ids withdrawn as long ago."""
     before = deps.clock() - timedelta(days=deps.settings.mailer_retention_days)
     return {
         "deliveries": await repository.prune(deps.db, before),
+        "withdrawn_mails": await repository.prune_withdrawn(deps.db, before),
         "webhook_deliveries": await webhook_repository.prune(deps.db, before),
     }
 
 
-async def request_mails(deps: Deps, commands: Sequence[RequestMail]) -> set[uuid.UUID]:
+async def request_mails(deps: Deps, commands: Sequence[RequestMail]) -> dict[uuid.UUID, str]:
     """Record jobs (idempotent by mail_id) in one transaction (in a consumer's, its inbox
     transaction), the good ones in one statement. A job whose address can't go into a To
     header fails at once, without storing its link. If the statement for several fails,
     each is stored on its own and one that still can't be is refused (its neighbours are
     not held back); one job alone fails its message, which is retried.
 
-    Returns the mail ids queued now (the senders are woken at commit)."""
+    Returns the mail ids recorded now, each with its status: queued (the senders are
+    woken at commit), or withdrawn (mail.withdraw came first)."""
     async with atomic(deps.db) as conn:
         good: list[tuple[RequestMail, str]] = []
         for command in commands:
@@ -108,12 +111,15 @@ async def request_mails(deps: Deps, commands: Sequence[RequestMail]) -> set[uuid
         # The sends, whenever they come, continue the trace of the request that asked.
         trace = carrier()
         if len(good) <= 1:
-            queued = await repository.insert_queued(conn, good, trace) if good else set()
+            queued = await repository.insert_queued(conn, good, trace) if good else {}
         else:
             queued = await _queue_many(conn, good, trace)
     for command, _ in good:
-        if command.mail_id in queued:
+        status = queued.get(command.mail_id)
+        if status == "queued":
             log.info("mail_queued", mail_id=str(command.mail_id), template=command.template)
+        elif status == "withdrawn":
+            log.info("mail_withdrawn_before_job", mail_id=str(command.mail_id))
         else:
             log.info("mail_duplicate_ignored", mail_id=str(command.mail_id))
     return queued
@@ -121,13 +127,13 @@ async def request_mails(deps: Deps, commands: Sequence[RequestMail]) -> set[uuid
 
 async def _queue_many(
     conn: Conn, good: Sequence[tuple[RequestMail, str]], trace: str | None
-) -> set[uuid.UUID]:
+) -> dict[uuid.UUID, str]:
     try:
         async with conn.transaction():
             return await repository.insert_queued(conn, good, trace)
     except UNSTORABLE:
         log.info("mail_jobs_split", jobs=len(good))
-    queued: set[uuid.UUID] = set()
+    queued: dict[uuid.UUID, str] = {}
     for command, to_address in good:
         try:
             async with conn.transaction():
@@ -253,6 +259,17 @@ async def claim(
 async def release_claim(deps: Deps, claim_id: uuid.UUID) -> bool:
     async with connection(deps.db) as conn:
         return await repository.release_claim(conn, claim_id)
+
+
+async def withdraw_mails(deps: Deps, mail_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """mail.withdraw: none of these emails is sent from now on, unless a sender already
+    holds it (that try finishes: docs/reliability.md). Nothing is announced: the
+    invitations that asked show the email withdrawn themselves. Idempotent. The ids whose
+    queued delivery was withdrawn now."""
+    async with atomic(deps.db) as conn:
+        withdrawn = await repository.withdraw(conn, mail_ids)
+    log.info("mails_withdrawn", asked=len(mail_ids), withdrawn=len(withdrawn))
+    return withdrawn
 
 
 # What an erased person's delivery records say instead of their address.

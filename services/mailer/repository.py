@@ -19,22 +19,29 @@ WAKE_CHANNEL = "mailer_wake"
 
 async def insert_queued(
     conn: Conn, jobs: Sequence[tuple[RequestMail, str]], trace_context: str | None = None
-) -> set[uuid.UUID]:
+) -> dict[uuid.UUID, str]:
     """Record jobs ``(job, its checked To address)`` in one statement, with a wake-up for
     the senders at commit; each send continues its job's trace, else ``trace_context``.
-    The mail ids recorded now; one already known is left as it is."""
+    The mail ids recorded now, each with its status (queued, or withdrawn: mail.withdraw
+    came first); one already known is left as it is."""
     rows = await conn.fetch(
         "WITH queued AS (INSERT INTO deliveries"
         " (mail_id, template, to_address, ref_type, ref_id, context, correlation_id,"
-        "  trace_context, locale)"
-        " SELECT v.mail_id, v.template, v.to_address, v.ref_type, v.ref_id, v.context::jsonb,"
-        "  v.correlation_id, v.trace_context, v.locale"
+        "  trace_context, locale, status)"
+        # A job withdrawn before it came (mail.withdraw) is recorded withdrawn, its link
+        # never stored.
+        " SELECT v.mail_id, v.template, v.to_address, v.ref_type, v.ref_id,"
+        "  CASE WHEN w.mail_id IS NULL THEN v.context::jsonb END,"
+        "  v.correlation_id, v.trace_context, v.locale,"
+        "  CASE WHEN w.mail_id IS NULL THEN 'queued' ELSE 'withdrawn' END"
         " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[],"
         "  $6::text[], $7::text[], $8::text[], $10::text[])"
         "  AS v(mail_id, template, to_address, ref_type, ref_id, context, correlation_id,"
         "   trace_context, locale)"
-        " ON CONFLICT (mail_id) DO NOTHING RETURNING mail_id)"
-        " SELECT q.mail_id FROM queued AS q CROSS JOIN LATERAL (SELECT pg_notify($9, '')) AS woken",
+        " LEFT JOIN withdrawn_mails AS w ON w.mail_id = v.mail_id"
+        " ON CONFLICT (mail_id) DO NOTHING RETURNING mail_id, status)"
+        " SELECT q.mail_id, q.status FROM queued AS q"
+        " CROSS JOIN LATERAL (SELECT pg_notify($9, '')) AS woken",
         [job.mail_id for job, _ in jobs],
         [job.template for job, _ in jobs],
         [to_address for _, to_address in jobs],
@@ -46,7 +53,7 @@ async def insert_queued(
         WAKE_CHANNEL,
         [(job.locale or "")[:100] or None for job, _ in jobs],
     )
-    return {row["mail_id"] for row in rows}
+    return {row["mail_id"]: row["status"] for row in rows}
 
 
 async def insert_failed(conn: Conn, job: RequestMail, error: str) -> bool:
@@ -86,6 +93,8 @@ async def claim_due(
         " WHERE mail_id IN ("
         "   SELECT mail_id FROM deliveries"
         "   WHERE status = 'queued' AND next_attempt_at <= now()"
+        # Withdrawn while a sender held it (a retry, crash recovery): never taken again.
+        "   AND NOT EXISTS (SELECT 1 FROM withdrawn_mails w WHERE w.mail_id = deliveries.mail_id)"
         "   ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
         " RETURNING mail_id, template, to_address, ref_type, ref_id, context::text,"
         " attempts, correlation_id, claimed_at, created_at, trace_context, locale",
@@ -157,6 +166,35 @@ async def requeue_stuck(conn: Conn, older_than_seconds: float = STUCK_SENDING_SE
     return int(result.rsplit(" ", 1)[-1])
 
 
+async def withdraw(conn: Conn, mail_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """mail.withdraw: remember the ids (a job not come yet is recorded withdrawn when it
+    comes), and the deliveries still queued are withdrawn, their context gone now. One a
+    sender holds ('sending') finishes its try; a retry or a crash hands it back to the
+    queue, where no claim takes it (claim_due) and ``withdraw_queued`` ends it. The ids
+    withdrawn now."""
+    await conn.execute(
+        "INSERT INTO withdrawn_mails (mail_id) SELECT unnest($1::uuid[])"
+        " ON CONFLICT (mail_id) DO NOTHING",
+        list(mail_ids),
+    )
+    rows = await conn.fetch(
+        "UPDATE deliveries SET status = 'withdrawn', context = NULL"
+        " WHERE mail_id = ANY($1::uuid[]) AND status = 'queued' RETURNING mail_id",
+        list(mail_ids),
+    )
+    return [row["mail_id"] for row in rows]
+
+
+async def withdraw_queued(conn: Conn) -> int:
+    """Deliveries back in the queue after their withdrawal (a try under way when it came,
+    then retried; a job recorded as it came): withdrawn, their context gone."""
+    status = await conn.execute(
+        "UPDATE deliveries AS d SET status = 'withdrawn', context = NULL"
+        " FROM withdrawn_mails AS w WHERE w.mail_id = d.mail_id AND d.status = 'queued'"
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def sealed_contexts(conn: Conn) -> list[tuple[uuid.UUID, str]]:
     """The sealed context of every delivery still to be sent: (mail id, sealed value)."""
     rows = await conn.fetch(
@@ -214,6 +252,13 @@ async def prune(db: Db, finished_before: datetime) -> int:
     return await delete_in_batches(
         db,
         "deliveries",
-        "status IN ('sent', 'failed') AND coalesce(sent_at, claimed_at, created_at) < $1",
+        "status IN ('sent', 'failed', 'withdrawn')"
+        " AND coalesce(sent_at, claimed_at, created_at) < $1",
         finished_before,
     )
+
+
+async def prune_withdrawn(db: Db, withdrawn_before: datetime) -> int:
+    """Forget the ids withdrawn before ``withdrawn_before``: a job that old is stale
+    (handlers.stale_job) and never sent anyway."""
+    return await delete_in_batches(db, "withdrawn_mails", "withdrawn_at < $1", withdrawn_before)

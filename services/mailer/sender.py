@@ -358,6 +358,10 @@ class Sender:
     async def _recover(self) -> None:
         async with connection(self.deps.db) as conn:
             count = await repository.requeue_stuck(conn, self.settings.mailer_stuck_sending_seconds)
+            # What went back to the queue after its withdrawal keeps no link there.
+            withdrawn = await repository.withdraw_queued(conn)
+        if withdrawn:
+            log.info("mail_withdrawn_after_try", count=withdrawn)
         if count:
             log.warning("mail_stuck_requeued", count=count)
             self.wake()

@@ -137,6 +137,7 @@ FORGERIES: list[tuple[str, str, str]] = [
     ("invitations", "events", "mail.sent"),
     ("invitations", "events", "mail.failed"),
     ("mailer", "mail", "mail.requested"),
+    ("mailer", "mail", "mail.withdraw"),
 ]
 
 
@@ -183,6 +184,8 @@ def forged_data(event_type: str, portal_id: str, user_id: str, email: str) -> di
             "reason": "bounced",
             "attempts": 1,
         },
+        # Withdrawing someone else's email (a password reset) is invitations' alone.
+        "mail.withdraw": {"mail_ids": [ref]},
         "mail.requested": {
             "mail_id": ref,
             "template": "password_reset",

@@ -174,7 +174,7 @@ class InvitationAnswer(TypedDict):
     status: InvitationStatus
     sent_at: str
     expires_at: str
-    delivery: Literal["queued", "retrying", "sent", "failed"]
+    delivery: Literal["queued", "retrying", "sent", "failed", "withdrawn"]
     delivery_error: str | None
     delivery_next_attempt_at: str | None
     sub_client: bool | None

@@ -36,7 +36,7 @@ class Invitation(BaseModel):
     status: InvitationStatus
     sent_at: datetime
     expires_at: datetime
-    delivery: Literal["queued", "retrying", "sent", "failed"]
+    delivery: Literal["queued", "retrying", "sent", "failed", "withdrawn"]
     delivery_error: str | None = None
     delivery_next_attempt_at: Annotated[
         datetime | None,
@@ -102,7 +102,7 @@ class StaffInvitation(BaseModel):
     status: InvitationStatus
     sent_at: datetime
     expires_at: datetime
-    delivery: Literal["queued", "retrying", "sent", "failed"]
+    delivery: Literal["queued", "retrying", "sent", "failed", "withdrawn"]
     invited_by: str | None = None
     accepted_at: datetime | None = None
     revoked_at: datetime | None = None

@@ -29,7 +29,10 @@ INVITATION = {
         "status": {"type": "string", "enum": ["pending", "accepted", "expired", "revoked"]},
         "sent_at": TIME,
         "expires_at": TIME,
-        "delivery": {"type": "string", "enum": ["queued", "retrying", "sent", "failed"]},
+        "delivery": {
+            "type": "string",
+            "enum": ["queued", "retrying", "sent", "failed", "withdrawn"],
+        },
         "delivery_error": {"type": ["string", "null"]},
         "delivery_next_attempt_at": {
             **NULL_TIME,

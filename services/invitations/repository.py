@@ -533,6 +533,25 @@ async def set_delivery_retrying(
     return result != "UPDATE 0"
 
 
+async def withdraw_mails(conn: Conn, mail_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """Of these emails, the ones no pending invitation is waiting for any more (closed,
+    or given a newer link): their invitations show them withdrawn, unless an outcome came
+    already. Returns those ids."""
+    rows = await conn.fetch(
+        "WITH kept AS (SELECT DISTINCT last_mail_id AS mail_id FROM invitations"
+        "  WHERE last_mail_id = ANY($1::uuid[]) AND status = 'pending'),"
+        " gone AS (SELECT m AS mail_id FROM unnest($1::uuid[]) AS m"
+        "  WHERE m NOT IN (SELECT mail_id FROM kept)),"
+        " marked AS (UPDATE invitations SET delivery = 'withdrawn', delivery_error = NULL,"
+        "  delivery_next_attempt_at = NULL"
+        "  WHERE last_mail_id IN (SELECT mail_id FROM gone) AND delivery IN ('queued', 'retrying')"
+        "  RETURNING 1)"
+        " SELECT mail_id FROM gone, (SELECT count(*) FROM marked) AS m ORDER BY mail_id",
+        mail_ids,
+    )
+    return [row["mail_id"] for row in rows]
+
+
 async def counts_by_status(conn: Conn, now: datetime) -> dict[str, int]:
     """Every invitation by status; a pending one past its expiry counts as expired, as the
     list shows it."""
@@ -570,6 +589,7 @@ async def end_stalled(conn: Conn, invitation_id: uuid.UUID, status: str) -> Row:
         " accept_claim_until = NULL, accept_reopenable = false"
         " WHERE id = $1 AND status = 'accepting' RETURNING *)"
         " SELECT i.id, i.portal_id, i.email, i.group_id, i.staff_role, i.invited_by,"
+        " i.last_mail_id, i.delivery,"
         " COALESCE(i.idempotency_key, g.idempotency_key) AS idempotency_key"
         " FROM i LEFT JOIN invitation_groups g ON g.id = i.group_id",
         invitation_id,
@@ -585,6 +605,7 @@ async def expire_due(conn: Conn, now: datetime, batch: int) -> list[Row]:
         " SELECT id FROM invitations WHERE status = 'pending' AND expires_at <= $1"
         " ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING *)"
         " SELECT i.id, i.portal_id, i.email, i.group_id, i.staff_role, i.invited_by,"
+        " i.last_mail_id, i.delivery,"
         " COALESCE(i.idempotency_key, g.idempotency_key) AS idempotency_key"
         " FROM i LEFT JOIN invitation_groups g ON g.id = i.group_id",
         now,

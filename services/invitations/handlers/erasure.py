@@ -14,6 +14,7 @@ from libs.common.outbox import forget_published
 from .. import repository as repo
 from ..domain import ERASED_EMAIL
 from .base import Deps, closed_event, emit
+from .withdrawing import withdraw_mails
 
 log = get_logger(__name__)
 
@@ -31,6 +32,8 @@ async def erase_person(deps: Deps, user_id: uuid.UUID, before: datetime) -> int:
             return 0
         ids = await repo.invitations_to(conn, addresses, before)
         revoked = await repo.revoke_open(conn, ids, deps.clock())
+        # Their emails still waiting in the mailer are not sent (nor kept: mail.forget).
+        await withdraw_mails(conn, revoked)
         erased = await repo.anonymise(conn, ids, ERASED_EMAIL)
         await repo.forget_sender(conn, addresses, before)
         # invitation.* events and mail jobs published within the hour.

@@ -20,6 +20,7 @@ from ..clients import PortalInfo
 from . import staff_events
 from .base import Deps, Row, about, emit, log
 from .staff_sender import check_sender
+from .withdrawing import withdraw_mails
 
 
 def _invalid() -> NotFound:
@@ -212,6 +213,8 @@ async def accept(deps: Deps, token: str, claim: uuid.UUID, user_id: uuid.UUID) -
             if not await repo.find_all_by_token(conn, token_hash):
                 raise _invalid()
             raise _used()  # another request took the acceptance over
+        # The link is used: an email of it still waiting in the mailer is not sent.
+        await withdraw_mails(conn, rows)
         staff = [row for row in rows if staff_events.is_staff(row)]
         for row in staff:  # a staff invitation is never in a group: its own event
             await staff_events.announce_accepted(conn, row, user_id)

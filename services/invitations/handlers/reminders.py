@@ -24,6 +24,7 @@ from ..metrics import REMINDERS
 from . import sends
 from .base import Deps, Row, about, emit, log
 from .sending import account_exists
+from .withdrawing import withdraw_mails
 
 
 class _Deferred(Exception):
@@ -126,6 +127,8 @@ async def _send(conn: Conn, deps: Deps, rows: list[Row], now: datetime, has_acco
         *reminded[1:],
         ("mail.requested", _mail(deps, rows, token, mail_id, has_account)),
     )
+    # The earlier link's email, if still waiting in the mailer, would carry a dead link.
+    await withdraw_mails(conn, rows)
 
 
 def _mail(

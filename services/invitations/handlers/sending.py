@@ -42,6 +42,7 @@ from .base import (
     envelope,
     log,
 )
+from .withdrawing import withdraw_mails
 
 
 async def resolve_portal(
@@ -443,6 +444,7 @@ async def _reissue(
             await staff_events.announce_sent(
                 conn, deps, "invitation.staff.resent", updated, token, mail_id, expires_at, days
             )
+            await withdraw_mails(conn, [each])
             log.info("staff_invitation_resent", invitation_id=str(each["id"]), reason=reason)
             return updated
         resent = InvitationResent(
@@ -478,6 +480,8 @@ async def _reissue(
     )
     first_type, first = announced[0]
     await emit(conn, first_type, first, *announced[1:], ("mail.requested", mail))
+    # The earlier link's email, if still waiting in the mailer, would carry a dead link.
+    await withdraw_mails(conn, [row, *mates])
     return result
 
 
@@ -621,6 +625,8 @@ async def revoke(deps: Deps, invitation_id: uuid.UUID, *, staff: bool = False) -
         if not domain.must_revoke(row["status"]):
             return row
         updated = await repo.revoke(conn, invitation_id, deps.clock())
+        # Its email, if still waiting in the mailer, is never sent.
+        await withdraw_mails(conn, [row])
         if staff:
             await staff_events.announce_closed(conn, "invitation.staff.revoked", row)
             log.info("staff_invitation_revoked", invitation_id=str(invitation_id))

@@ -21,6 +21,7 @@ from .. import domain
 from .. import repository as repo
 from . import staff_events
 from .base import Deps, Row, log
+from .withdrawing import withdraw_mails
 
 Why = Literal["sender_disabled", "sender_erased", "sender_role_changed", "sender_checked"]
 
@@ -43,6 +44,7 @@ async def revoke_sent_by(
         ids = await repo.open_staff_sent_by(conn, user_id, before)
         for invitation_id in ids:
             row = await repo.revoke(conn, invitation_id, now)
+            await withdraw_mails(conn, [row])
             await staff_events.announce_closed(conn, "invitation.staff.revoked", row, actor=actor)
             log.info("staff_invitation_revoked", invitation_id=str(invitation_id), reason=why)
     if ids:
@@ -67,6 +69,7 @@ async def check_sender(deps: Deps, row: Row) -> None:
     async with transaction(deps.db) as conn:
         # This one even while this request holds it (reserve): its claim goes with it.
         for revoked in await repo.revoke_open(conn, [row["id"]], now):
+            await withdraw_mails(conn, [revoked])
             await staff_events.announce_closed(conn, "invitation.staff.revoked", revoked)
             log.info(
                 "staff_invitation_revoked",

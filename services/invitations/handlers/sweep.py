@@ -16,6 +16,7 @@ from .. import domain
 from .. import repository as repo
 from . import staff_events
 from .base import Deps, Row, closed_event, emit, log
+from .withdrawing import withdraw_mails
 
 SWEEP_LOCK = "invitations:sweep"
 
@@ -34,6 +35,8 @@ async def sweep_once(deps: Deps, *, batch: int = 500) -> int:
             if not await try_xact_lock(conn, SWEEP_LOCK):
                 return total
             rows = await repo.expire_due(conn, deps.clock(), batch)
+            # An expired link's email, if still waiting in the mailer, is not sent.
+            await withdraw_mails(conn, rows)
             for row in rows:
                 if staff_events.is_staff(row):
                     await staff_events.announce_closed(conn, "invitation.staff.expired", row)
@@ -99,6 +102,7 @@ async def _hand_back(conn: Conn, invitation_id: uuid.UUID) -> bool:
 
 
 async def _expire(conn: Conn, row: Row) -> None:
+    await withdraw_mails(conn, [row])
     if staff_events.is_staff(row):
         await staff_events.announce_closed(conn, "invitation.staff.expired", row)
     else:

@@ -10,6 +10,7 @@ import uuid
 import asyncpg
 import pytest
 
+from libs.common import broker
 from libs.common.bus import Bus
 from libs.common.events import MailRequested, MailWithdraw, make_event
 from services.mailer import repository
@@ -115,3 +116,16 @@ async def _remembered(pool: asyncpg.Pool, mail_id: uuid.UUID) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the withdrawal was never recorded")
+
+
+def test_only_invitations_may_withdraw_an_email() -> None:
+    """The mailer itself (whose mail.* announcements are its own) and identity (which sends
+    mail jobs too) may not: a withdrawal from them is not acted on."""
+    for service in ("mailer", "identity", "portals", "gateway"):
+        sender = broker.broker_user("cp", service)
+        assert broker.sender_problem("cp", "mail.withdraw", "mail.withdraw", sender), service
+    invitations = broker.broker_user("cp", "invitations")
+    assert broker.sender_problem("cp", "mail.withdraw", "mail.withdraw", invitations) is None
+    grants = {s: broker.service_grant("cp", s).topics["cp.mail"] for s in broker.SERVICES}
+    assert [s for s, (write, _) in grants.items() if "withdraw" in write] == ["invitations"]
+    assert [s for s, (_, read) in grants.items() if "withdraw" in read] == ["mailer"]

@@ -337,6 +337,8 @@ async def test_a_service_may_publish_only_what_it_owns(stack: Stack) -> None:
         await queue.bind(f"{prefix}.mail", "mail.requested")
 
     await _refused(bind_mail, identity_url)
+    # Only invitations withdraws an email: identity (a mail job owner too) may not.
+    await _refused(lambda ch: publish(ch, "mail", "mail.withdraw"), identity_url)
 
 
 async def test_the_integration_may_invite_and_read_the_lifecycle_and_nothing_else(

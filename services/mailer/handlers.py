@@ -187,6 +187,15 @@ async def record_sent_many(
     return [delivery.mail_id in recorded for delivery, _, _ in sends]
 
 
+async def end_withdrawn(deps: Deps, delivery: Delivery, claimed_at: datetime, error: str) -> bool:
+    """A try that failed for now, of a delivery withdrawn while it was under way: it ends
+    withdrawn, its context gone, instead of waiting for a retry (nothing announced).
+    False when it wasn't withdrawn (or its claim was taken over)."""
+    async with connection(deps.db) as conn:
+        ended = await conn.fetchval(repository.END_WITHDRAWN, delivery.mail_id, claimed_at, error)
+    return bool(ended)
+
+
 async def record_retry(
     deps: Deps,
     delivery: Delivery,

@@ -140,6 +140,14 @@ MARK_FAILED = (
 )
 
 
+# A try that failed for now, of a delivery withdrawn while it was under way: not retried.
+END_WITHDRAWN = (
+    "UPDATE deliveries AS d SET status = 'withdrawn', context = NULL, last_error = $3"
+    " WHERE d.mail_id = $1 AND d.status = 'sending' AND d.claimed_at = $2"
+    " AND EXISTS (SELECT 1 FROM withdrawn_mails w WHERE w.mail_id = d.mail_id) RETURNING 1"
+)
+
+
 RESCHEDULE = (
     "UPDATE deliveries SET status = 'queued', next_attempt_at = $3, last_error = $4"
     " WHERE mail_id = $1 AND status = 'sending' AND claimed_at = $2 RETURNING 1"

@@ -297,6 +297,11 @@ class Sender:
         if reason is not None:
             await self._fail(delivery, claimed_at, reason, detail)
             return
+        if await self._finish(
+            lambda deps: handlers.end_withdrawn(deps, delivery, claimed_at, detail)
+        ):
+            log.info("mail_withdrawn_after_try", attempts=delivery.attempts, smtp_code=code)
+            return
         next_at = next_attempt_at(delivery.attempts, delivery.queued_at, now, self.policy)
         why = retry_reason(code)
         if await self._finish(

@@ -13,7 +13,10 @@ import pytest
 from libs.common import broker
 from libs.common.bus import Bus
 from libs.common.events import MailRequested, MailWithdraw, make_event
-from services.mailer import repository
+from services.mailer import handlers, repository
+from services.mailer.domain import Delivery
+from services.mailer.handlers import Deps
+from services.mailer.settings import MailerSettings
 from tests.mailer.conftest import (
     StartMailer,
     invitation_job,
@@ -104,6 +107,56 @@ async def _hand_back_after_withdrawal(conn: asyncpg.Connection, job: MailRequest
     row = await conn.fetchrow("SELECT * FROM deliveries WHERE mail_id = $1", job.mail_id)
     assert row["status"] == "withdrawn" and row["context"] is None
     raise _Rollback
+
+
+async def test_a_try_under_way_when_withdrawn_is_not_retried_nor_announced(
+    pool: asyncpg.Pool,
+) -> None:
+    """The sender had the email in hand when the withdrawal came; the server answered 451:
+    the delivery ends withdrawn (no mail.retrying, no later try). One not withdrawn is
+    left to be retried."""
+    withdrawn, _ = invitation_job("in-hand@example.com")
+    kept, _ = invitation_job("kept@example.com")
+    async with pool.acquire() as conn:
+        with pytest.raises(_Rollback):
+            async with conn.transaction():
+                claimed_at = await conn.fetchval("SELECT clock_timestamp()")
+                for job in (withdrawn, kept):
+                    await conn.execute(
+                        "INSERT INTO deliveries (mail_id, template, to_address, ref_type,"
+                        " ref_id, context, status, claimed_at, attempts) VALUES ($1,"
+                        " 'invitation', $2, 'test-withdraw', $3, '{\"sealed\": \"x\"}',"
+                        " 'sending', $4, 1)",
+                        job.mail_id,
+                        job.to,
+                        job.ref_id,
+                        claimed_at,
+                    )
+                await repository.withdraw(conn, [withdrawn.mail_id])
+                deps = Deps(db=conn, settings=MailerSettings(), clock=lambda: claimed_at)
+                for job, ends in ((withdrawn, True), (kept, False)):
+                    delivery = Delivery(
+                        mail_id=job.mail_id,
+                        template="invitation",
+                        to_address=job.to,
+                        ref_type="test-withdraw",
+                        ref_id=job.ref_id,
+                        context={},
+                        attempts=1,
+                        correlation_id=None,
+                        queued_at=claimed_at,
+                    )
+                    assert await handlers.end_withdrawn(deps, delivery, claimed_at, "451") is ends
+                row = await conn.fetchrow(
+                    "SELECT * FROM deliveries WHERE mail_id = $1", withdrawn.mail_id
+                )
+                assert row["status"] == "withdrawn" and row["context"] is None
+                assert row["last_error"] == "451"
+                status = await conn.fetchval(
+                    "SELECT status FROM deliveries WHERE mail_id = $1", kept.mail_id
+                )
+                assert status == "sending"
+                raise _Rollback
 
 
 class _Rollback(Exception):

@@ -6,6 +6,7 @@ withdrawn rather than "Retrying" for ever."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -14,9 +15,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from libs.common.events import UserDisabled, make_event
 from services.invitations.api import DEPS
-from services.invitations.handlers import sweep_once
-from tests.invitations.conftest import Clock, World
+from services.invitations.consumer import HANDLERS
+from services.invitations.handlers import erase_person, remind_once, sweep_once
+from tests.invitations.conftest import Clock, World, last_token
 
 pytestmark = pytest.mark.integration
 
@@ -150,3 +153,95 @@ async def test_a_group_email_stays_while_another_invitation_of_it_is_pending(
     await client.post(f"/invitations/{ids[1]}/revoke")
     assert len(await _withdrawals(pool, mail_id)) == 1
     assert {(await _get(client, i))["delivery"] for i in ids} == {"withdrawn"}
+
+
+async def test_the_reminders_new_link_withdraws_the_earlier_email(
+    client: Client, world: World, pool: asyncpg.Pool, clock: Clock
+) -> None:
+    await client.put("/settings/access", json={"invitation_reminder_days": 1})
+    try:
+        invitation = await _invite(client, world)
+        mail_id = await _retrying(pool, invitation["id"])
+        clock.advance(days=13, minutes=1)
+        await remind_once(client.app[DEPS])
+    finally:
+        await pool.execute("UPDATE settings SET invitation_reminder_days = 0")
+    assert len(await _withdrawals(pool, mail_id)) == 1
+    assert (await _get(client, invitation["id"]))["delivery"] == "queued"  # the reminder's
+
+
+async def test_accepting_withdraws_an_email_of_the_link_still_waiting(
+    client: Client, world: World, pool: asyncpg.Pool
+) -> None:
+    invitation = await _invite(client, world)
+    mail_id = await _retrying(pool, invitation["id"])
+    token = await last_token(pool, invitation["id"])
+    response = await client.post("/invitations/reserve", json={"token": token})
+    assert response.status == 200, await response.text()
+    claim = (await response.json())["claim"]
+    response = await client.post(
+        "/invitations/accept",
+        json={"token": token, "claim": claim, "user_id": str(uuid.uuid4())},
+    )
+    assert response.status == 200, await response.text()
+    assert len(await _withdrawals(pool, mail_id)) == 1
+
+
+async def test_a_revoked_or_resent_staff_invitations_email_is_withdrawn(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    ids = []
+    for _ in range(2):
+        response = await client.post(
+            "/staff-invitations",
+            json={"email": f"st-{uuid.uuid4().hex[:8]}@example.com", "role": "staff"},
+        )
+        assert response.status == 201, await response.text()
+        ids.append((await response.json())["invitation"]["id"])
+    revoked_mail, resent_mail = [await _retrying(pool, i) for i in ids]
+    assert (await client.post(f"/staff-invitations/{ids[0]}/revoke")).status == 200
+    assert (await client.post(f"/staff-invitations/{ids[1]}/resend")).status == 200
+    assert len(await _withdrawals(pool, revoked_mail)) == 1
+    assert len(await _withdrawals(pool, resent_mail)) == 1
+
+
+async def test_a_staff_invitation_revoked_with_its_senders_right_withdraws_its_email(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    sender = uuid.uuid4()
+    response = await client.post(
+        "/staff-invitations",
+        json={
+            "email": f"ss-{uuid.uuid4().hex[:8]}@example.com",
+            "role": "administrator",
+            "invited_by": "dana@x.example",
+            "invited_by_id": str(sender),
+        },
+    )
+    assert response.status == 201, await response.text()
+    inv_id = (await response.json())["invitation"]["id"]
+    mail_id = await _retrying(pool, inv_id)
+    data = UserDisabled(user_id=sender)
+    envelope = make_event("identity.user.disabled", data, source="identity")
+    await HANDLERS["identity.user.disabled"](client.app[DEPS], envelope, data)
+    assert len(await _withdrawals(pool, mail_id)) == 1
+
+
+async def test_an_erasure_withdraws_the_erased_persons_waiting_emails(
+    client: Client, world: World, pool: asyncpg.Pool
+) -> None:
+    email = f"erin-{uuid.uuid4().hex[:8]}@example.com"
+    accepted = await _invite(client, world, email)
+    pending = await _invite(client, world, email)
+    user_id = uuid.uuid4()
+    await pool.execute(
+        "UPDATE invitations SET status = 'accepted', accepted_at = now(), accepted_user_id = $2,"
+        " delivery = 'sent' WHERE id = $1",
+        uuid.UUID(accepted["id"]),
+        user_id,
+    )
+    mail_id = await _retrying(pool, pending["id"])
+    await erase_person(client.app[DEPS], user_id, datetime.now(UTC))
+    [withdrawal] = await _withdrawals(pool, mail_id)
+    assert email.encode() not in withdrawal["raw"]
+    assert (await _get(client, pending["id"]))["delivery"] == "withdrawn"

@@ -352,6 +352,25 @@ async def test_invitations_page_shows_a_retrying_delivery_with_its_next_try(
     assert "(smtp_unreachable)" in html
 
 
+async def test_invitations_page_shows_a_withdrawn_delivery(
+    gw: TestClient, backend: Backend
+) -> None:
+    """Revoked while its email waited for a retry: the email was withdrawn, not retrying."""
+    await as_admin(gw, backend)
+    portal = backend.add_portal("Acme")
+    backend.add_invitation("withdrawn@b.example", portal)
+    invitation = next(
+        i for i in backend.invitations.values() if i["email"] == "withdrawn@b.example"
+    )
+    invitation.update(status="revoked", delivery="withdrawn")
+    html = await (await gw.get("/admin/invitations?status=all")).text()
+    row = next(r for r in html.split("<tr>") if "withdrawn@b.example" in r)
+    assert "<td>Withdrawn</td>" in row and "Retrying" not in row
+    response = await gw.get("/api/v1/invitations?status=revoked")
+    assert response.status == 200, await response.text()
+    assert "withdrawn" in {i["delivery"] for i in (await response.json())["items"]}
+
+
 async def test_settings_page_saves_both_owners(gw: TestClient, backend: Backend) -> None:
     await as_admin(gw, backend)
     html = await (await gw.get("/admin/settings")).text()

@@ -15,7 +15,7 @@ import pydantic
 import pytest
 
 from libs.common.events import make_event
-from services.mailer import handlers
+from services.mailer import handlers, repository
 from services.mailer.consumer import on_mail_requested
 from services.mailer.domain import RequestMail
 from services.mailer.handlers import Deps
@@ -110,6 +110,24 @@ async def test_finished_emails_and_webhook_deliveries_go_after_the_retention(
         }
     finally:
         await pool.execute("DELETE FROM webhook_endpoints WHERE id = $1", endpoint)
+
+
+async def test_withdrawn_emails_and_their_ids_go_after_the_retention(pool: asyncpg.Pool) -> None:
+    """A withdrawn delivery is pruned as a sent one, and so is the id withdrawn before its
+    job came: a job that old is stale, never sent anyway."""
+    delivered = await _record(pool, "queued")
+    not_come = uuid.uuid4()
+    async with pool.acquire() as conn:
+        assert await repository.withdraw(conn, [delivered, not_come]) == [delivered]
+    ids = [delivered, not_come]
+    await handlers.prune_finished(_deps(pool, days_later=29))
+    assert await _kept(pool, "deliveries", "mail_id", ids) == {delivered}
+    assert await _kept(pool, "withdrawn_mails", "mail_id", ids) == set(ids)
+
+    pruned = await handlers.prune_finished(_deps(pool, days_later=31))
+    assert pruned["withdrawn_mails"] >= 2
+    assert await _kept(pool, "deliveries", "mail_id", ids) == set()
+    assert await _kept(pool, "withdrawn_mails", "mail_id", ids) == set()
 
 
 async def test_a_mail_job_older_than_the_retention_is_not_sent(pool: asyncpg.Pool) -> None:

@@ -38,6 +38,7 @@ from .domain import (
     about,
     normalise_address,
 )
+from .metrics import EMAILS_WITHDRAWN
 from .settings import MailerSettings
 from .webhooks import repository as webhook_repository
 from .webhooks.subscription import Subscription
@@ -277,6 +278,7 @@ async def withdraw_mails(deps: Deps, mail_ids: Sequence[uuid.UUID]) -> list[uuid
     queued delivery was withdrawn now."""
     async with atomic(deps.db) as conn:
         withdrawn = await repository.withdraw(conn, mail_ids)
+    EMAILS_WITHDRAWN.inc(len(withdrawn))
     log.info("mails_withdrawn", asked=len(mail_ids), withdrawn=len(withdrawn))
     return withdrawn
 

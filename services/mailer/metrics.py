@@ -9,6 +9,10 @@ EMAILS_FAILED = Counter("clientpress_emails_failed_total", "Emails given up for 
 EMAILS_RETRIED = Counter(
     "clientpress_emails_retried_total", "Sends that failed and were scheduled again", ["template"]
 )
+EMAILS_WITHDRAWN = Counter(
+    "clientpress_emails_withdrawn_total",
+    "Emails withdrawn before they went (mail.withdraw: their invitation closed or resent)",
+)
 # One SMTP try, from the connection to the server's last answer (or the error), by how it
 # ended: an SMTP relay takes from tens of milliseconds to its timeout
 # (MAILER_SMTP_TIMEOUT_SECONDS, up to 600 s, once to connect and once for the message).

@@ -50,6 +50,7 @@ from .metrics import (
     EMAILS_QUEUED,
     EMAILS_RETRIED,
     EMAILS_SENT,
+    EMAILS_WITHDRAWN,
     SMTP_SEND_SECONDS,
 )
 from .rendering import (
@@ -300,6 +301,7 @@ class Sender:
         if await self._finish(
             lambda deps: handlers.end_withdrawn(deps, delivery, claimed_at, detail)
         ):
+            EMAILS_WITHDRAWN.inc()
             log.info("mail_withdrawn_after_try", attempts=delivery.attempts, smtp_code=code)
             return
         next_at = next_attempt_at(delivery.attempts, delivery.queued_at, now, self.policy)
@@ -366,6 +368,7 @@ class Sender:
             # What went back to the queue after its withdrawal keeps no link there.
             withdrawn = await repository.withdraw_queued(conn)
         if withdrawn:
+            EMAILS_WITHDRAWN.inc(withdrawn)
             log.info("mail_withdrawn_after_try", count=withdrawn)
         if count:
             log.warning("mail_stuck_requeued", count=count)

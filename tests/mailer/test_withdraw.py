@@ -9,6 +9,7 @@ import uuid
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from libs.common import broker
 from libs.common.bus import Bus
@@ -30,6 +31,10 @@ from tests.support.smtp import SmtpSink
 pytestmark = pytest.mark.integration
 
 
+def _withdrawn_count() -> float:
+    return REGISTRY.get_sample_value("clientpress_emails_withdrawn_total") or 0.0
+
+
 async def _withdraw(bus: Bus, *mail_ids: uuid.UUID) -> None:
     """As invitations sends it: on the mail exchange, as the invitations user."""
     data = MailWithdraw(mail_ids=list(mail_ids))
@@ -44,9 +49,11 @@ async def test_an_email_waiting_for_a_retry_is_never_sent_once_withdrawn(
     job, _ = await publish_invitation(publisher)
     await wait_for_row(pool, job.mail_id, lambda r: r["attempts"] >= 2)
 
+    before = _withdrawn_count()
     await _withdraw(publisher, job.mail_id)
     row = await wait_for_row(pool, job.mail_id, lambda r: r["status"] == "withdrawn")
     assert row["context"] is None
+    assert _withdrawn_count() - before >= 1  # clientpress_emails_withdrawn_total
     smtp_sink.sink.fail_with = None
     # The server answers again: a retry would have gone well within this.
     await asyncio.sleep(1.5)

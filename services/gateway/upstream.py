@@ -382,10 +382,15 @@ class Portals:
         role: str | None,
         grant_key: str,
         idempotency_key: str | None = None,
+        accepted_at: str | None = None,
     ) -> GrantedAccess:
+        """``accepted_at``: when invitations recorded the acceptance behind this grant:
+        portals refuses one made before the account's latest Enable (user_disabled)."""
         body = {"user_id": user_id, "role": role, "grant_key": grant_key}
         if idempotency_key:
             body["idempotency_key"] = idempotency_key
+        if accepted_at:
+            body["accepted_at"] = accepted_at
         result: GrantedAccess = await self.client.call(
             "POST", f"/portals/{portal_id}/access", json=body
         )

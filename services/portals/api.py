@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -105,6 +106,9 @@ class GrantAccess(_Body):
     grant_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     # The key the invitation behind this grant was made under (for portal.access.granted).
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    # When the invitation behind this grant was accepted (invitations' clock): one accepted
+    # before the account's latest Enable is refused, as its invitation.accepted would be.
+    accepted_at: AwareDatetime | None = None
 
 
 ContentMode = Literal["full", "omit", "hidden"]
@@ -211,7 +215,13 @@ async def post_access(request: web.Request) -> web.Response:
     portal_id = _portal_id(request)
     body = await read_json(request, GrantAccess)
     portal, role = await handlers.grant_access(
-        request.app[DEPS], portal_id, body.user_id, body.role, body.grant_key, body.idempotency_key
+        request.app[DEPS],
+        portal_id,
+        body.user_id,
+        body.role,
+        body.grant_key,
+        body.idempotency_key,
+        accepted_at=body.accepted_at,
     )
     return json_response({"portal": portal_json(portal), "role": role})
 

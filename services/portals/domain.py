@@ -222,8 +222,9 @@ def may_grant(account: Account | None, accepted_at: datetime | None) -> bool:
     portal and an enable gives none back, so the account must be open now, and an
     acceptance (``accepted_at``, invitations' clock) heard late must have been made after
     the latest enable: one made before it was taken away by the Disable that came first,
-    or was made while the account was disabled. ``None``: a grant asked for now (the
-    accept saga's step, the editor)."""
+    or was made while the account was disabled. The accept saga's own grant names its
+    acceptance too (a step slow or retried across a Disable and an Enable). ``None``: a
+    grant asked for now (the editor)."""
     if account is None:
         return True
     if account.closed:

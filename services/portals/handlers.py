@@ -307,8 +307,9 @@ async def grant_access(
     """Give a user access; idempotent under ``grant_key`` (an invitation id). The portal
     row lock serialises concurrent grants, and the one-client index backs it up.
     ``idempotency_key``: the key the invitation was made under, for the event.
-    ``accepted_at``: when the invitation was accepted, for a grant heard from its event
-    (a disabled account's, or one made before its Disable, is refused: user_disabled)."""
+    ``accepted_at``: when the invitation was accepted, for a grant heard from its event or
+    asked by the accept saga (a disabled account's, or one made before its Disable, is
+    refused: user_disabled)."""
     async with transaction(deps.db) as conn:
         if not await repo.lock(conn, portal_id):
             raise _not_found()

@@ -62,6 +62,7 @@ class Backend:
     key_checks: int = 0  # POST /api-keys/verify
     before_patch: Callable[[Json], None] | None = None  # someone else saving a portal first
     before_grant: Callable[[Json], None] | None = None  # e.g. the account disabled meanwhile
+    grant_bodies: list[Json] = field(default_factory=list)  # POST /portals/{id}/access
 
     # --- helpers for tests -------------------------------------------------------
     @staticmethod
@@ -439,6 +440,7 @@ class Backend:
         async def access(request: web.Request) -> web.Response:
             body = await request.json()
             self.calls.append("portals.grant")
+            self.grant_bodies.append(body)
             if self.before_grant is not None:
                 self.before_grant(body)
             user = self.users.get(body["user_id"])
@@ -573,8 +575,9 @@ class Backend:
                 for i in self.groups.get(body["token"], [inv["id"]])
                 if self.invitations[i].get("claim") == body["claim"]
             ]
+            accepted_at = datetime.now(UTC).isoformat()
             for each in held:
-                each["status"], each["claim"] = "accepted", None
+                each.update(status="accepted", claim=None, accepted_at=accepted_at)
             if body["token"] in self.groups:
                 return web.json_response(
                     {**inv, "invitations": self.linked(body["token"], "accepted")}

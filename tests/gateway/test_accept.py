@@ -224,3 +224,27 @@ async def test_an_account_disabled_during_the_accept_says_so_and_logs_no_one_in(
     assert "cp_session" not in response.cookies
     assert "identity.issue" not in backend.calls
     assert portal["client_id"] is None
+
+
+async def test_each_grant_names_when_the_link_was_accepted(
+    gw: TestClient, backend: Backend
+) -> None:
+    """The saga's grants carry the acceptance time invitations answered, so portals can
+    refuse one accepted before the account's latest Enable (a slow or retried step across a
+    Disable and an Enable), as it does the acceptance's event: a group's link, a new account,
+    and an account logged in."""
+    first, second = backend.add_portal("Acme Launch"), backend.add_portal("Acme Rebrand")
+    token = backend.add_group("new@example.com", [first, second])
+    data = {"token": token, "password": PASSWORD, "confirm": PASSWORD}
+    response = await post_form(gw, "/invitations/accept", data)
+    assert response.status == 303, await response.text()
+    existing = backend.add_user("old@example.com", "the old password")
+    third = backend.add_portal("Second Project")
+    one = backend.add_invitation("old@example.com", third)
+    await log_in(gw, existing, "the old password")
+    response = await post_form(gw, "/invitations/accept", {"token": one})
+    assert response.status == 303, await response.text()
+    accepted = [inv["accepted_at"] for inv in backend.invitations.values()]
+    assert len(backend.grant_bodies) == 3 and all(accepted)
+    sent = [(body["grant_key"], body.get("accepted_at")) for body in backend.grant_bodies]
+    assert sent == [(key, backend.invitations[key]["accepted_at"]) for key, _ in sent]

@@ -333,6 +333,37 @@ async def test_an_acceptance_heard_after_a_disable_and_an_enable(
     assert await _portals_of(client, user) == ([portal["id"]] if granted else [])
 
 
+async def test_the_accept_sagas_grant_made_before_the_enable_grants_nothing(
+    client: Client, db: asyncpg.Pool, publisher: Bus, new_portal: NewPortal
+) -> None:
+    """The accept saga's own grant names when the link was accepted: one accepted before
+    a Disable and the Enable that followed (a slow or retried step) is refused, as its
+    event would be; one accepted after the Enable is granted."""
+    before, after = await new_portal(), await new_portal()
+    user, now = str(uuid.uuid4()), datetime.now(UTC)
+    await _deliver(
+        publisher,
+        db,
+        _account_event("identity.user.disabled", user, now - _SECOND),
+        _account_event("identity.user.enabled", user, now),
+    )
+    for portal, accepted_at, status in (
+        (before, now - 2 * _SECOND, 422),
+        (after, now + _SECOND, 200),
+    ):
+        body = {"user_id": user, "grant_key": str(uuid.uuid4()), "accepted_at": accepted_at}
+        resp = await client.post(
+            f"/portals/{portal['id']}/access", data=orjson.dumps(body), headers=_JSON
+        )
+        assert resp.status == status, await resp.text()
+        if status == 422:
+            assert (await resp.json())["error"]["code"] == "user_disabled"
+    assert await _portals_of(client, user) == [after["id"]]
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
 async def test_an_enable_heard_before_its_disable_keeps_the_account_enabled(
     client: Client, db: asyncpg.Pool, publisher: Bus, new_portal: NewPortal
 ) -> None:

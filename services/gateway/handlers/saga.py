@@ -102,13 +102,14 @@ async def accept_with_password(
                 raise AccountExists(N_("You already have an account — log in to accept.")) from None
             raise
         user_id = ensured["user"]["id"]
-        taken = _taken(invitation, await up.invitations.accept(token, claim, user_id))
+        accepted = await up.invitations.accept(token, claim, user_id)
+        taken = _taken(invitation, accepted)
     # Only the holder of the claim gets here. An account it created already has its
     # password; one an earlier try made gets this one now, which ends its other sessions.
     if not ensured.get("created"):
         await up.identity.set_password(user_id, password)
     if not staff_role:  # a staff invitation's account was made with its role
-        await _grant(up, taken, user_id)
+        await _grant(up, taken, user_id, accepted.get("accepted_at"))
     session = await up.identity.issue_session(user_id)
     log.info("invitation_accepted_new_account", invitation_id=invitation["invitation_id"])
     destination = ADMIN_HOME if staff_role else landing(taken)
@@ -127,11 +128,12 @@ async def accept_for_user(
     async with _holding(up, token, claim):
         if staff_role:
             joined = await _raise_role(up, user_id, staff_role)
-        taken = _taken(invitation, await up.invitations.accept(token, claim, user_id))
+        accepted = await up.invitations.accept(token, claim, user_id)
+        taken = _taken(invitation, accepted)
     log.info("invitation_accepted_existing_account", invitation_id=invitation["invitation_id"])
     if joined is not None:
         return joined
-    await _grant(up, taken, user_id)
+    await _grant(up, taken, user_id, accepted.get("accepted_at"))
     return Joined(destination=landing(taken))
 
 
@@ -187,9 +189,14 @@ async def _holding(up: Upstream, token: str, claim: str) -> AsyncIterator[None]:
         raise
 
 
-async def _grant(up: Upstream, taken: list[LinkedInvitation], user_id: str) -> None:
+async def _grant(
+    up: Upstream, taken: list[LinkedInvitation], user_id: str, accepted_at: str | None
+) -> None:
     """After the acceptance: portals also grants from each ``invitation.accepted`` under
-    the same key, so a failure here delays access but can't lose it."""
+    the same key, so a failure here delays access but can't lose it. ``accepted_at`` (when
+    invitations recorded the acceptance, one time for a group's link) goes with each grant,
+    as the event's time goes with portals' own: an acceptance made before a Disable and the
+    Enable after it (this step slow or retried meanwhile) gives no portal back."""
     for invitation in taken:
         portal_id = invitation["portal_id"]
         if portal_id is None:  # a staff invitation: a role, no portal
@@ -201,4 +208,5 @@ async def _grant(up: Upstream, taken: list[LinkedInvitation], user_id: str) -> N
             role,
             invitation["invitation_id"],
             invitation.get("idempotency_key"),
+            accepted_at,
         )

@@ -58,6 +58,23 @@ async def test_several_portals_are_listed_and_none_is_friendly(
     assert 'href="/client-portal/acme/"' in html and 'href="/client-portal/beta/"' in html
 
 
+async def test_the_list_tells_portals_of_one_title_apart(gw: TestClient, backend: Backend) -> None:
+    """Titles aren't unique (slugs are): a client on two portals called "Acme Rebrand" saw
+    two identical entries. A title two portals share shows each one's address, as the
+    admin screens' Portal filter does; a title no other portal has reads as before."""
+    client = await as_client(gw, backend)
+    backend.add_portal("Acme Rebrand", client_id=client["id"])
+    backend.add_portal("Acme Rebrand", slug="acme-rebrand-2", sub_client_ids=[client["id"]])
+    backend.add_portal("Globex", client_id=client["id"])
+    page = await (await gw.get("/client-portal/")).text()
+    entries = dict(re.findall(r'<a href="(/client-portal/[^"]+)" dir="auto">([^<]*)</a>', page))
+    assert entries == {
+        "/client-portal/acme-rebrand/": "Acme Rebrand (/client-portal/acme-rebrand/)",
+        "/client-portal/acme-rebrand-2/": "Acme Rebrand (/client-portal/acme-rebrand-2/)",
+        "/client-portal/globex/": "Globex",
+    }
+
+
 async def test_portal_page_cases(gw: TestClient, backend: Backend) -> None:
     client = await as_client(gw, backend)
     backend.add_portal("Acme", client_id=client["id"])

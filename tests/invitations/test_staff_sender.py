@@ -268,3 +268,25 @@ async def test_an_invitation_without_a_recorded_sender_asks_nobody(
         assert (await reserve(client, token))[0] == 200
     finally:
         world.identity_down = False
+
+
+async def test_identity_away_at_reserve_leaves_the_link_to_the_next_try(
+    client: Client, world: World, pool: asyncpg.Pool
+) -> None:
+    """identity unreachable while the link asks about the sender (after the page, before
+    Set Password): 503, and the invitation is pending again, so the person's next try
+    works at once rather than finding the link spent by a claim nobody holds."""
+    email, sender = await sender_in(world)
+    invitation = await sent_as(client, email, sender)
+    token = await last_token(pool, invitation["id"])
+    assert (await validate(client, token))[0] == 200
+    world.identity_down = True
+    try:
+        assert (await reserve(client, token))[0] == 503
+    finally:
+        world.identity_down = False
+    row = await pool.fetchrow(
+        "SELECT status, accept_claim FROM invitations WHERE id = $1", uuid.UUID(invitation["id"])
+    )
+    assert row is not None and (row["status"], row["accept_claim"]) == ("pending", None)
+    assert (await reserve(client, token))[0] == 200

@@ -160,7 +160,13 @@ async def reserve(deps: Deps, token: str) -> tuple[list[Row], uuid.UUID]:
     if row is not None:
         # Checked once the link is spent for this request, so no revoke can come between
         # the answer and the account: refused, the invitation is revoked, claim and all.
-        await check_sender(deps, row)
+        try:
+            await check_sender(deps, row)
+        except Unavailable:
+            # Identity away: the claim never reaches the gateway, which can't release it,
+            # so the link is handed back here rather than spent until the lease ends.
+            await release(deps, token, claim, reopen=True)
+            raise
         log.info("invitation_reserved", invitation_id=str(row["id"]))
         return [row], claim
     async with connection(deps.db) as conn:

@@ -70,8 +70,9 @@ async def insert(
 ) -> None:
     """Raises asyncpg.UniqueViolationError when the slug is taken."""
     await conn.execute(
-        "INSERT INTO portals (id, title, slug, content, content_html, rendered_with, status)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO portals"
+        " (id, title, slug, content, content_html, rendered_with, rendered_from, status)"
+        " VALUES ($1, $2, $3, $4, $5, $6, md5($4), $7)",
         portal_id,
         title,
         slug,
@@ -88,6 +89,8 @@ async def update(conn: Conn, portal_id: uuid.UUID, changes: dict[str, Any]) -> N
     assert changes and set(changes) <= allowed
     names = sorted(changes)
     sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
+    if "rendered_with" in changes:  # rendered from the content written with it
+        sets += f", rendered_from = md5(${names.index('content') + 2}::text)"
     await conn.execute(
         f"UPDATE portals SET {sets}, revision = revision + 1, updated_at = now() WHERE id = $1",
         portal_id,
@@ -98,11 +101,13 @@ async def update(conn: Conn, portal_id: uuid.UUID, changes: dict[str, Any]) -> N
 async def rendered_otherwise(
     conn: Conn, renderer: str, after: uuid.UUID, limit: int
 ) -> list[asyncpg.Record]:
-    """Up to ``limit`` portals after ``after`` (by id) whose page another renderer wrote:
-    id, revision, content and content_html."""
+    """Up to ``limit`` portals after ``after`` (by id) whose page another renderer wrote,
+    or was rendered from other content (a previous release's save during a rollout leaves
+    ``rendered_with`` as it was): id, revision, content and content_html."""
     return await conn.fetch(
         "SELECT id, revision, content, content_html FROM portals"
-        " WHERE rendered_with <> $1 AND id > $2 ORDER BY id LIMIT $3",
+        " WHERE (rendered_with <> $1 OR rendered_from IS DISTINCT FROM md5(content))"
+        " AND id > $2 ORDER BY id LIMIT $3",
         renderer,
         after,
         limit,
@@ -116,7 +121,8 @@ async def store_rendering(
     read (that save rendered it itself). Neither the revision nor updated_at moves: the
     portal is as its editor left it."""
     done = await conn.execute(
-        "UPDATE portals SET content_html = $3, rendered_with = $4 WHERE id = $1 AND revision = $2",
+        "UPDATE portals SET content_html = $3, rendered_with = $4, rendered_from = md5(content)"
+        " WHERE id = $1 AND revision = $2",
         portal_id,
         revision,
         content_html,

@@ -100,3 +100,33 @@ async def test_a_save_in_between_keeps_what_it_rendered(
     after = await _stored(db, portal_id)
     assert after["content_html"] == render_content("new words")
     assert after["rendered_with"] == RENDERER  # the save itself rendered it today
+
+
+async def test_a_page_an_older_replica_saved_over_todays_rendering_is_rendered_again(
+    client: TestClient[Any, Any], db: asyncpg.Pool
+) -> None:
+    """During a rollout a replica of the previous release still saves pages: its UPDATE
+    writes its own rendering and knows nothing of ``rendered_with``, which still names
+    today's renderer from the page's last save here. Its content is rendered again all
+    the same; a change of title alone renders nothing again."""
+    resp = await client.post(
+        "/portals", json={"title": "Rolled", "content": "today", "status": "active"}
+    )
+    assert resp.status == 201, await resp.text()
+    portal_id = uuid.UUID((await resp.json())["id"])
+    assert await rerender_once(client.app[api.DEPS]) == 0
+    await db.execute(  # the previous release's save, as its repository writes it
+        "UPDATE portals SET content = $2, content_html = $3, revision = revision + 1,"
+        " updated_at = now() WHERE id = $1",
+        portal_id,
+        "**older** <script>alert(1)</script>",
+        UNSAFE,
+    )
+
+    assert await rerender_once(client.app[api.DEPS]) >= 1
+
+    after = await _stored(db, portal_id)
+    assert after["content_html"] == render_content("**older** <script>alert(1)</script>")
+    resp = await client.patch(f"/portals/{portal_id}", json={"title": "Renamed"})
+    assert resp.status == 200, await resp.text()
+    assert await rerender_once(client.app[api.DEPS]) == 0

@@ -4,9 +4,10 @@ Unavailable (503)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -31,6 +32,32 @@ REFUSED_PROOF = frozenset({(401, "service_auth_required"), (403, "service_forbid
 # A call made while serving another service's request ends this long before that caller
 # gives up: time for this service to answer its 503.
 ANSWER_MARGIN = 0.5
+
+T = TypeVar("T")
+
+
+def _unavailable(name: str) -> Unavailable:
+    return Unavailable(f"The {name} service is unavailable.", code=f"{name}_unavailable")
+
+
+async def by_deadline(name: str, work: Callable[[], Awaitable[T]]) -> T:
+    """``work()`` (a call to the ``name`` service shared with other requests: GroupCommit's
+    writer runs on no one's deadline) awaited only until ANSWER_MARGIN before the caller
+    of the request being served gives up, as ServiceClient.call's own calls are; then
+    Unavailable, the shared call going on for the others."""
+    left = time_left()
+    if left is None:
+        return await work()
+    if left <= ANSWER_MARGIN:
+        raise _unavailable(name)
+    bound = asyncio.timeout(left - ANSWER_MARGIN)
+    try:
+        async with bound:
+            return await work()
+    except TimeoutError:
+        if not bound.expired():
+            raise
+        raise _unavailable(name) from None
 
 
 class ServiceClient:
@@ -66,9 +93,7 @@ class ServiceClient:
         if left is not None:
             limit = min(limit, left - ANSWER_MARGIN) if limit else left - ANSWER_MARGIN
             if limit <= 0:
-                raise Unavailable(
-                    f"The {self.name} service is unavailable.", code=f"{self.name}_unavailable"
-                )
+                raise _unavailable(self.name)
         all_headers: dict[str, str] = {}
         if limit:
             all_headers[TIMEOUT_HEADER] = f"{limit:.3f}"
@@ -173,4 +198,4 @@ async def service_sessions(*names: str) -> AsyncIterator[dict[str, aiohttp.Clien
         yield {name: await stack.enter_async_context(new_session()) for name in names}
 
 
-__all__ = ["DomainError", "ServiceClient", "new_session", "service_sessions"]
+__all__ = ["DomainError", "ServiceClient", "by_deadline", "new_session", "service_sessions"]

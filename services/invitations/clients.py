@@ -13,7 +13,7 @@ import aiohttp
 from libs.common.batching import GroupCommit
 from libs.common.email import email_key
 from libs.common.errors import NotFound
-from libs.common.http import ServiceClient
+from libs.common.http import ServiceClient, by_deadline
 from libs.common.service_auth import TokenSigner
 
 # Addresses per identity look-up: identity's own limit (POST /users/lookup).
@@ -74,8 +74,10 @@ class Directory:
 
     async def find_user_id(self, email: str) -> uuid.UUID | None:
         """The account of this address, if there is one. Concurrent invitations share one
-        request to identity: one address alone is asked as before, several at once."""
-        return await self._lookups(email)
+        request to identity: one address alone is asked as before, several at once. The
+        shared request runs on no one's deadline: this one waits for it only as long as its
+        own caller allows (by_deadline)."""
+        return await by_deadline("identity", lambda: self._lookups(email))
 
     async def _user_ids(self, emails: Sequence[str]) -> list[uuid.UUID | None]:
         if len(emails) == 1:

@@ -5,6 +5,7 @@ would alone, and a row that can't be written fails no other."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -15,8 +16,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from libs.common.context import CORRELATION_HEADER
+from libs.common.context import CORRELATION_HEADER, set_deadline
+from libs.common.errors import Unavailable
 from services.invitations import repository as repo
+from services.invitations.api import DEPS
 from services.invitations.clients import Directory, PortalInfo
 from services.invitations.handlers.sending import FirstWrites
 from tests.invitations.conftest import (
@@ -228,3 +231,31 @@ async def test_a_first_invitation_reads_its_own_tables_once_before_it_is_written
     assert again["invitation"]["id"] == first["invitation"]["id"] and [
         key for key, _, _ in looks
     ] == [key, key]
+
+
+async def test_a_shared_look_up_answers_by_its_callers_deadline(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look-up shared with other requests runs on no one's deadline (GroupCommit), so
+    each request waits for it only until ANSWER_MARGIN before its own caller gives up
+    (X-Request-Timeout), as its own calls do: an answer later than that would come after
+    the gateway's 503, and the invitation made after it would be sent again on a retry."""
+
+    async def find_user(self: Directory, email: str) -> Any:
+        await asyncio.sleep(2)  # identity answering late
+        return None
+
+    monkeypatch.setattr(Directory, "find_user", find_user)
+    directory = client.app[DEPS].directory
+    set_deadline("1.5")
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await directory.find_user_id(f"late-{uuid.uuid4().hex[:8]}@example.com")
+        assert time.monotonic() - started < 1.2
+        set_deadline("0.3")  # too little left to ask at all
+        with pytest.raises(Unavailable):
+            await directory.find_user_id(f"late-{uuid.uuid4().hex[:8]}@example.com")
+    finally:
+        set_deadline(None)
+    assert await directory.find_user_id(f"late-{uuid.uuid4().hex[:8]}@example.com") is None

@@ -359,8 +359,9 @@ def administrator_line(env: dict[str, str], identity_log: str) -> str | None:
     return f"  Administrator:    {email} (password from ADMIN_PASSWORD)"
 
 
-# A service that exits is started again, as compose and Kubernetes do; one that exits
-# sooner than RESTART_WINDOW seconds after its start RESTARTS times in a row stops the run.
+# A service that exits is started again, as compose and Kubernetes do, RESTARTS times in a
+# row at most when it exits sooner than RESTART_WINDOW seconds after its start: the next
+# such exit (the fourth in a row) stops the run.
 RESTART_WINDOW = 30.0
 RESTARTS = 3
 
@@ -392,7 +393,7 @@ def watch(
                 continue
             quick[name] = quick[name] + 1 if clock() - started[name] < RESTART_WINDOW else 1
             if quick[name] > RESTARTS:
-                say(f"{name} exited ({exit_reason(code)}) {RESTARTS} times as it started")
+                say(f"{name} exited ({exit_reason(code)}) {RESTARTS + 1} times as it started")
                 return name
             say(f"{name} exited ({exit_reason(code)}); starting it again (.run/{name}.log)")
             services[name] = start(name)

@@ -384,7 +384,10 @@ def test_a_service_that_keeps_exiting_at_start_stops_the_run() -> None:
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    run_stack.say = lambda line: None
+    said: list[str] = []
+    run_stack.say = said.append
     services = {"mailer": failing()}
     assert run_stack.watch(services, start, sleep=sleep, clock=lambda: now[0]) == "mailer"
     assert started == ["mailer"] * run_stack.RESTARTS
+    # The first start and each restart: the line counts every exit it stops on.
+    assert said[-1] == f"mailer exited (exit code 1) {run_stack.RESTARTS + 1} times as it started"

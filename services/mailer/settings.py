@@ -44,6 +44,11 @@ _TRUE = {"1", "on", "t", "true", "y", "yes"}
 _FALSE = {"", "0", "off", "f", "false", "n", "no"}
 
 
+# One send, the connection's opening included, lasts at most this many
+# MAILER_SMTP_TIMEOUT_SECONDS (connect, then one message), whatever the server's pace.
+SEND_TIMEOUTS = 2
+
+
 class MailerSettings(CommonSettings):
     smtp_tls: SmtpTls = SmtpTls.OFF
     # A PEM file of the CA certificates that sign the SMTP server's certificate (an internal
@@ -69,13 +74,13 @@ class MailerSettings(CommonSettings):
     mailer_give_up_after_seconds: float = Field(default=GIVE_UP_AFTER_SECONDS, gt=0, le=30 * 86_400)
     # MAILER_MAX_ATTEMPTS (a count of tries) is no longer read: the horizon replaced it.
     # A configuration that still sets it starts as before (unknown variables are ignored).
-    # Bounds each answer of the SMTP server, and twice this one email's whole send (the
-    # connection's opening included: smtp.py SEND_TIMEOUTS), so a stalled or slow server
-    # can't hold a worker forever.
+    # Bounds each answer of the SMTP server, and SEND_TIMEOUTS times this one email's whole
+    # send (the connection's opening included: smtp.py), so a stalled or slow server can't
+    # hold a worker forever.
     mailer_smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     # A row left in 'sending' this long belongs to a crashed worker and is queued again
-    # (at-least-once). Keep it well above two SMTP timeouts (a whole send's bound), so a
-    # slow live send is never taken for a dead one.
+    # (at-least-once). Above SEND_TIMEOUTS SMTP timeouts (a whole send's bound: checked at
+    # start), so a slow live send is never taken for a dead one.
     mailer_stuck_sending_seconds: float = Field(default=120.0, gt=0, le=86_400)
 
     # --- branding (services/mailer/branding) ---
@@ -178,6 +183,18 @@ class MailerSettings(CommonSettings):
                     f"must be a readable PEM file of CA certificates ({value}: {exc})"
                 ) from None
         return value
+
+    @model_validator(mode="after")
+    def _stuck_outlasts_a_send(self) -> MailerSettings:
+        bound = SEND_TIMEOUTS * self.mailer_smtp_timeout_seconds
+        if self.mailer_stuck_sending_seconds <= bound:
+            raise ValueError(
+                f"MAILER_STUCK_SENDING_SECONDS must be more than {bound:g} s (twice"
+                f" MAILER_SMTP_TIMEOUT_SECONDS, {self.mailer_smtp_timeout_seconds:g} s: the"
+                " longest a live send lasts), or a slow send is taken for a crashed one and"
+                " its email sent twice"
+            )
+        return self
 
     @model_validator(mode="after")
     def _retention_outlasts_the_inbox(self) -> MailerSettings:

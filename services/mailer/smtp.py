@@ -12,14 +12,11 @@ import aiosmtplib
 
 from .domain import clip_error
 from .rendering import Email
-from .settings import MailerSettings, SmtpTls
+from .settings import SEND_TIMEOUTS, MailerSettings, SmtpTls
 
 # Servers drop idle clients after a while; past this, open a fresh connection instead of
 # discovering the drop mid-send.
 MAX_IDLE_SECONDS = 60.0
-# One send, the connection's opening included, lasts at most this many SMTP timeouts
-# (MAILER_SMTP_TIMEOUT_SECONDS: connect, then one message), whatever the server's pace.
-SEND_TIMEOUTS = 2
 
 
 class SendError(Exception):

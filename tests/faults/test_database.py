@@ -43,8 +43,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 @pytest.fixture(scope="module")
 async def stack(sink: SmtpSink) -> AsyncIterator[Stack]:
     # A row left 'sending' is queued again after 6 s, not 120: a lost outcome shows here
-    # as a second email within the test.
-    async with running_stack(sink, MAILER_STUCK_SENDING_SECONDS="6") as running:
+    # as a second email within the test (a send bounded by 4 s: the mailer refuses a stuck
+    # time below a send's bound).
+    async with running_stack(
+        sink, MAILER_STUCK_SENDING_SECONDS="6", MAILER_SMTP_TIMEOUT_SECONDS="2"
+    ) as running:
         yield running
 
 

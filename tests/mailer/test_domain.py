@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, quote_plus
 
 import pytest
+from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from libs.common.settings import ConfigError, load_settings
@@ -254,3 +255,19 @@ def test_a_servers_answer_loses_every_form_of_the_jobs_links() -> None:
         " the site https://portal.example.com/ is fine"
     )
     assert without_links("451 try later", []) == "451 try later"
+
+
+def test_a_stuck_send_is_never_taken_for_a_live_one() -> None:
+    """MAILER_STUCK_SENDING_SECONDS at or below a whole send's bound (twice
+    MAILER_SMTP_TIMEOUT_SECONDS) let the sweep queue a slow live send again, and the email
+    went twice: refused at start, naming both variables."""
+    with pytest.raises(ValidationError) as refused:
+        MailerSettings(mailer_smtp_timeout_seconds=30, mailer_stuck_sending_seconds=60)
+    assert "MAILER_STUCK_SENDING_SECONDS must be more than 60 s" in str(refused.value)
+    assert "MAILER_SMTP_TIMEOUT_SECONDS" in str(refused.value)
+    assert (
+        MailerSettings(
+            mailer_smtp_timeout_seconds=30, mailer_stuck_sending_seconds=61
+        ).mailer_stuck_sending_seconds
+        == 61
+    )

@@ -20,6 +20,7 @@ from libs.common.web import POOL, add_database, base_app, service_signer
 from . import assets, i18n, script_words
 from .cache import ChangeListener, GatewayCache
 from .compression import compression_middleware
+from .domain import repeated
 from .limits import RateLimits
 from .rendering import error_middleware
 from .security import csrf_middleware, on_prepare, session_middleware
@@ -110,6 +111,7 @@ def create_app(
     i18n.install(env)
     # The page scripts' words, translated into base.html's meta#words (script_words.py).
     script_words.install(env)
+    env.filters["repeated"] = repeated
     app.on_response_prepare.append(on_prepare)
     app.cleanup_ctx.append(_upstream_ctx(settings, service_signer(app, settings)))
     app.cleanup_ctx.append(_listener_ctx(settings))

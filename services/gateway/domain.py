@@ -13,6 +13,8 @@ import math
 import re
 import secrets
 import uuid
+from collections import Counter
+from collections.abc import Hashable, Iterable
 
 from libs.common.colours import darker, readable_on
 from libs.common.email import email_key
@@ -467,3 +469,10 @@ def theme_version(accent: str) -> str:
     """What the stylesheet's address says (and its ETag): its content's hash, so a browser
     keeping it for a year takes a new one when the accent, or how it is applied, changes."""
     return hashlib.sha256(theme_css(accent).encode()).hexdigest()[:32]
+
+
+def repeated(values: Iterable[Hashable]) -> frozenset[Hashable]:
+    """The values that occur more than once (the ``repeated`` template filter: a title two
+    portals of a list share), counted in one pass: ``list.count`` for each of an
+    administrator's thousands of portals was quadratic."""
+    return frozenset(value for value, n in Counter(values).items() if n > 1)

@@ -14,6 +14,7 @@ from services.gateway.domain import (
     origin_allowed,
     parse_address,
     parse_networks,
+    repeated,
     retry_after,
     safe_next_path,
     window_start,
@@ -218,3 +219,9 @@ def test_two_windows_approximate_a_sliding_one(
         else:
             assert retry_after(3, 60, later - 60, 1, current) == 0
     assert window_start(125.5, 60) == 120
+
+
+def test_repeated_names_each_value_more_than_one_item_holds() -> None:
+    titles = ["Acme", "Beta", "Acme", "Gamma", "Beta", "Acme"]
+    assert repeated(titles) == {"Acme", "Beta"}
+    assert repeated([]) == frozenset()

@@ -69,6 +69,10 @@ POLL_SECONDS = 1.0
 MAINTENANCE_SECONDS = 5.0
 STOP_GRACE_SECONDS = 15.0
 FINISH_PATIENCE_SECONDS = 60.0
+# How long a claim whose answer was lost is handed back again by each maintenance pass:
+# the server may still run the statement after the connection dropped, and commits it
+# within its command timeout.
+LOST_CLAIM_SECONDS = 60.0
 
 
 async def stop_workers(
@@ -109,6 +113,8 @@ class Sender:
         self._next_busy = 0
         self._workers: list[asyncio.Task[None]] = []
         self._maintenance: asyncio.Task[None] | None = None
+        # Claims we never heard the answer to, and until when each is handed back.
+        self._lost_claims: dict[uuid.UUID, float] = {}
         self._listener = Listener(
             settings.service_database_url("mailer"),
             repository.WAKE_CHANNEL,
@@ -201,7 +207,10 @@ class Sender:
             claimed = await handlers.claim(self.deps, len(wanted), claim_id)
         except DATABASE_AWAY:
             # The claim may have committed without our hearing of it: hand such rows back
-            # now, rather than leave them 'sending' until the stuck-row sweep.
+            # now, rather than leave them 'sending' until the stuck-row sweep. The server
+            # may also still run it (the connection dropped while it was on its way) and
+            # commit it after this: each maintenance pass hands it back again for a while.
+            self._lost_claims[claim_id] = asyncio.get_running_loop().time() + LOST_CLAIM_SECONDS
             await self._finish(lambda deps: handlers.release_claim(deps, claim_id))
             raise
         return [*claimed, *[None] * (len(wanted) - len(claimed))]
@@ -363,6 +372,13 @@ class Sender:
                 log.warning("mailer_maintenance_failed", error=type(exc).__name__)
 
     async def _recover(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for claim_id, until in list(self._lost_claims.items()):
+            if until < now:
+                del self._lost_claims[claim_id]
+            elif await handlers.release_claim(self.deps, claim_id):
+                del self._lost_claims[claim_id]
+                self.wake()
         async with connection(self.deps.db) as conn:
             count = await repository.requeue_stuck(conn, self.settings.mailer_stuck_sending_seconds)
             # What went back to the queue after its withdrawal keeps no link there.

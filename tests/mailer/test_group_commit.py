@@ -16,6 +16,7 @@ from aiosmtpd.controller import Controller
 
 from libs.common.sealing import DEVELOPMENT_KEY, Sealer
 from services.mailer import handlers
+from services.mailer import sender as sender_module
 from services.mailer.domain import Delivery, RequestMail
 from services.mailer.handlers import Deps
 from services.mailer.sender import Sender
@@ -164,3 +165,57 @@ async def test_a_batch_of_outcomes_refuses_only_the_claim_taken_over(
     status = await pool.fetchval("SELECT status FROM deliveries WHERE mail_id = $1", stale.mail_id)
     assert status == "sending"
     await _clear_queue(pool)
+
+
+async def test_a_claim_whose_answer_was_lost_is_handed_back_once_it_lands(
+    pool: asyncpg.Pool, migrated_schemas: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection dropped while the claim was on its way (tests/faults/
+    test_connection_cut.py): the worker hears an error at once, but the server still
+    runs the statement and commits it a moment later. Handing the claim back at once
+    found nothing, and the claimed rows waited in 'sending' for the stuck-row sweep
+    (``MAILER_STUCK_SENDING_SECONDS``, 120 s by default) before they were sent."""
+    await _clear_queue(pool)
+    command = _command(f"lost-claim-{uuid.uuid4().hex[:6]}@example.com")
+    async with pool.acquire() as conn:
+        assert command.mail_id in await handlers.request_mails(
+            Deps(db=conn, settings=MailerSettings()), [command]
+        )
+
+    claim = handlers.claim
+    orphans: list[asyncio.Task[Any]] = []
+
+    async def lost_once(deps: Deps, limit: int, claim_id: uuid.UUID | None = None) -> Any:
+        if orphans:
+            return await claim(deps, limit, claim_id)
+
+        async def orphan() -> None:  # the statement the server still runs
+            await asyncio.sleep(0.5)
+            await claim(deps, limit, claim_id)
+
+        orphans.append(asyncio.create_task(orphan()))
+        raise asyncpg.ConnectionDoesNotExistError(
+            "connection was closed in the middle of operation"
+        )
+
+    monkeypatch.setattr(handlers, "claim", lost_once)
+    monkeypatch.setattr(sender_module, "MAINTENANCE_SECONDS", 0.5)
+    sink = Sink()
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    sender = Sender(Deps(db=pool, settings=mailer_settings(migrated_schemas, port)))
+    try:
+        await sender.start()
+        deadline = time.monotonic() + 10
+        while not sink.messages and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        await sender.stop()
+        controller.stop()
+        await asyncio.gather(*orphans)
+
+    row = await pool.fetchrow(
+        "SELECT status, attempts FROM deliveries WHERE mail_id = $1", command.mail_id
+    )
+    assert (row["status"], row["attempts"], len(sink.messages)) == ("sent", 1, 1)

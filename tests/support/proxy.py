@@ -21,6 +21,7 @@ class TcpProxy:
         self.port = free_port()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._upstream: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -33,6 +34,16 @@ class TcpProxy:
         for writer in list(self._writers):
             writer.close()
         self._writers.clear()
+        self._upstream.clear()
+
+    def upstream_ports(self) -> set[int]:
+        """The local ports of the live connections to the target: how the target (a
+        PostgreSQL server's ``pg_stat_activity.client_port``) tells them apart."""
+        return {
+            sockname[1]
+            for writer in self._upstream
+            if (sockname := writer.get_extra_info("sockname")) is not None
+        }
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -41,10 +52,12 @@ class TcpProxy:
             writer.close()
             return
         self._writers |= {writer, upstream_writer}
+        self._upstream.add(upstream_writer)
         await asyncio.gather(
             _pipe(reader, upstream_writer), _pipe(upstream_reader, writer), return_exceptions=True
         )
         self._writers -= {writer, upstream_writer}
+        self._upstream.discard(upstream_writer)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -205,6 +218,15 @@ class SlowReplies:
         if self._server is not None:
             self._server.close()
             self._server = None
+
+    def upstream_ports(self) -> set[int]:
+        """The local ports of the live connections to the target: how the target (a
+        PostgreSQL server's ``pg_stat_activity.client_port``) tells them apart."""
+        return {
+            sockname[1]
+            for writer in self._upstream
+            if (sockname := writer.get_extra_info("sockname")) is not None
+        }
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -11,6 +11,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -318,3 +319,14 @@ async def metric(url: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             total += float(value)
     return total
+
+
+def delivered(stack: Stack, emails: list[str]) -> Counter[str]:
+    """How many emails the stack's sink holds to each of ``emails`` (lower-cased)."""
+    wanted = {email.lower() for email in emails}
+    counts: Counter[str] = Counter()
+    for message in stack.sink.messages:
+        address = parseaddr(str(message["To"]))[1].lower()
+        if address in wanted:
+            counts[address] += 1
+    return counts

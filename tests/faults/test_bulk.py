@@ -12,7 +12,6 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from email.utils import parseaddr
 from typing import Any
 
 import aiohttp
@@ -22,6 +21,7 @@ import pytest
 from tests.faults.support import (
     Api,
     dead_letters,
+    delivered,
     outboxes_drained,
     record,
     unique_emails,
@@ -82,16 +82,6 @@ async def _written(stack: Stack, portal_id: str) -> int:
         await conn.close()
 
 
-def _delivered(stack: Stack, emails: list[str]) -> Counter[str]:
-    wanted = {email.lower() for email in emails}
-    counts: Counter[str] = Counter()
-    for message in stack.sink.messages:
-        address = parseaddr(str(message["To"]))[1].lower()
-        if address in wanted:
-            counts[address] += 1
-    return counts
-
-
 async def _cut_a_batch(stack: Stack, scenario: str, stop: Any, start: Any) -> None:
     api = Api(stack)
     try:
@@ -121,12 +111,12 @@ async def _cut_a_batch(stack: Stack, scenario: str, stop: Any, start: Any) -> No
         assert len({r["invitation_id"] for r in results}) == ROWS
 
         async def all_in() -> bool:
-            return len(_delivered(stack, emails)) == ROWS
+            return len(delivered(stack, emails)) == ROWS
 
         await wait_until(all_in, 600, f"{ROWS} emails", every=1.0)
         recovered = round(time.monotonic() - cut_at, 2)
         await outboxes_drained(stack, timeout=120)
-        counts = _delivered(stack, emails)
+        counts = delivered(stack, emails)
         duplicated = {a: n for a, n in counts.items() if n > 1}
         dead = await dead_letters(stack)
         record(

@@ -17,7 +17,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from email.utils import parseaddr
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,6 +26,7 @@ import pytest
 from tests.faults.support import (
     Api,
     dead_letters,
+    delivered,
     outboxes_drained,
     record,
     unique_emails,
@@ -153,20 +153,20 @@ async def test_connections_cut_while_a_batch_is_written_and_sent(
             threshold = (n + 1) * ROWS // (CUTS + 2)
 
             async def sent_past(threshold: int = threshold) -> bool:
-                return sum(_delivered(stack, emails).values()) >= threshold
+                return sum(delivered(stack, emails).values()) >= threshold
 
             await wait_until(sent_past, 120, f"{threshold} emails", every=0.05)
-            sent_at_each_cut.append(sum(_delivered(stack, emails).values()))
+            sent_at_each_cut.append(sum(delivered(stack, emails).values()))
             await asyncio.gather(_cut(proxies["invitations"]), _cut(proxies["mailer"]))
 
         async def all_in() -> bool:
-            return len(_delivered(stack, emails)) == ROWS
+            return len(delivered(stack, emails)) == ROWS
 
         # Well within MAILER_STUCK_SENDING_SECONDS (120 s): nothing waits for the sweep.
         last_email = await wait_until(all_in, 60, f"{ROWS} emails", every=0.5)
         await asyncio.sleep(3)  # a second copy, were there one, would come by now
         await outboxes_drained(stack, timeout=60)
-        counts = _delivered(stack, emails)
+        counts = delivered(stack, emails)
         duplicated = {a: n for a, n in counts.items() if n > 1}
         dead = await dead_letters(stack)
         ready = [await _readyz(stack, name) for name in proxies]
@@ -190,16 +190,6 @@ async def test_connections_cut_while_a_batch_is_written_and_sent(
         assert ready == [200, 200]
     finally:
         await api.close()
-
-
-def _delivered(stack: Stack, emails: list[str]) -> Counter[str]:
-    wanted = {email.lower() for email in emails}
-    counts: Counter[str] = Counter()
-    for message in stack.sink.messages:
-        address = parseaddr(str(message["To"]))[1].lower()
-        if address in wanted:
-            counts[address] += 1
-    return counts
 
 
 async def _readyz(stack: Stack, name: str) -> int:

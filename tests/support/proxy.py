@@ -219,15 +219,6 @@ class SlowReplies:
             self._server.close()
             self._server = None
 
-    def upstream_ports(self) -> set[int]:
-        """The local ports of the live connections to the target: how the target (a
-        PostgreSQL server's ``pg_stat_activity.client_port``) tells them apart."""
-        return {
-            sockname[1]
-            for writer in self._upstream
-            if (sockname := writer.get_extra_info("sockname")) is not None
-        }
-
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Literal
 
 from libs.common.actor import Actor
-from libs.common.db import transaction
+from libs.common.db import Conn, transaction
 from libs.common.errors import NotFound
 
 from .. import domain
@@ -39,14 +39,9 @@ async def revoke_sent_by(
     it). Idempotent: a revoked invitation stays as it is; an acceptance under way has
     spent its link, as for Revoke. ``actor``: whoever took the right away, whose change
     this is in the Activity log."""
-    now = deps.clock()
     async with transaction(deps.db) as conn:
         ids = await repo.open_staff_sent_by(conn, user_id, before)
-        for invitation_id in ids:
-            row = await repo.revoke(conn, invitation_id, now)
-            await withdraw_mails(conn, [row])
-            await staff_events.announce_closed(conn, "invitation.staff.revoked", row, actor=actor)
-            log.info("staff_invitation_revoked", invitation_id=str(invitation_id), reason=why)
+        await _revoke(conn, ids, deps.clock(), why, actor)
     if ids:
         log.info(
             "sender_staff_invitations_revoked", user_id=str(user_id), reason=why, count=len(ids)
@@ -68,16 +63,21 @@ async def check_sender(deps: Deps, row: Row) -> None:
     now = deps.clock()
     async with transaction(deps.db) as conn:
         # This one even while this request holds it (reserve): its claim goes with it.
-        for revoked in await repo.revoke_open(conn, [row["id"]], now):
-            await withdraw_mails(conn, [revoked])
-            await staff_events.announce_closed(conn, "invitation.staff.revoked", revoked)
-            log.info(
-                "staff_invitation_revoked",
-                invitation_id=str(revoked["id"]),
-                reason="sender_checked",
-            )
+        await _revoke(conn, [row["id"]], now, "sender_checked")
     await revoke_sent_by(deps, sender, None, "sender_checked")
     domain.check_token_usable("revoked", row["expires_at"], now)
+
+
+async def _revoke(
+    conn: Conn, ids: list[uuid.UUID], now: datetime, why: Why, actor: Actor | None = None
+) -> None:
+    """Revoke these staff invitations (pending, expired, or held by an acceptance under
+    way) as Revoke does: their waiting email withdrawn, each announced."""
+    revoked = await repo.revoke_open(conn, ids, now)
+    await withdraw_mails(conn, revoked)
+    for row in revoked:
+        await staff_events.announce_closed(conn, "invitation.staff.revoked", row, actor=actor)
+        log.info("staff_invitation_revoked", invitation_id=str(row["id"]), reason=why)
 
 
 async def _may_still_send(deps: Deps, address: str | None, sender: uuid.UUID) -> bool:

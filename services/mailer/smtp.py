@@ -10,7 +10,6 @@ import time
 
 import aiosmtplib
 
-from .domain import clip_error
 from .rendering import Email
 from .settings import SEND_TIMEOUTS, MailerSettings, SmtpTls
 
@@ -20,10 +19,12 @@ MAX_IDLE_SECONDS = 60.0
 
 
 class SendError(Exception):
+    """The server's words, as it said them (the sender takes the job's links out, then
+    clips them: domain.without_links, clip_error), and its reply code."""
+
     def __init__(self, code: int | None, detail: str) -> None:
         super().__init__(detail)
         self.code = code
-        self.detail = clip_error(detail)
 
 
 # RFC 8314: submission over implicit TLS. STARTTLS there can never work.

@@ -40,17 +40,27 @@ def _unavailable(name: str) -> Unavailable:
     return Unavailable(f"The {name} service is unavailable.", code=f"{name}_unavailable")
 
 
+def _budget(name: str) -> float | None:
+    """The seconds a call to the ``name`` service may take while serving another service's
+    request: until ANSWER_MARGIN before that caller gives up (None: no caller waits on a
+    clock). Unavailable when that time is already gone."""
+    left = time_left()
+    if left is None:
+        return None
+    if left <= ANSWER_MARGIN:
+        raise _unavailable(name)
+    return left - ANSWER_MARGIN
+
+
 async def by_deadline(name: str, work: Callable[[], Awaitable[T]]) -> T:
     """``work()`` (a call to the ``name`` service shared with other requests: GroupCommit's
     writer runs on no one's deadline) awaited only until ANSWER_MARGIN before the caller
     of the request being served gives up, as ServiceClient.call's own calls are; then
     Unavailable, the shared call going on for the others."""
-    left = time_left()
-    if left is None:
+    budget = _budget(name)
+    if budget is None:
         return await work()
-    if left <= ANSWER_MARGIN:
-        raise _unavailable(name)
-    bound = asyncio.timeout(left - ANSWER_MARGIN)
+    bound = asyncio.timeout(budget)
     try:
         async with bound:
             return await work()
@@ -89,11 +99,9 @@ class ServiceClient:
         (tests/faults/test_slow_upstream.py). The callee is told how long this one waits
         (TIMEOUT_HEADER)."""
         limit = timeout or self.session.timeout.total or 0.0
-        left = time_left()
-        if left is not None:
-            limit = min(limit, left - ANSWER_MARGIN) if limit else left - ANSWER_MARGIN
-            if limit <= 0:
-                raise _unavailable(self.name)
+        budget = _budget(self.name)
+        if budget is not None:
+            limit = min(limit, budget) if limit else budget
         all_headers: dict[str, str] = {}
         if limit:
             all_headers[TIMEOUT_HEADER] = f"{limit:.3f}"
